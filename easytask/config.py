@@ -1,0 +1,93 @@
+"""Settings: command-line flag > EASYTASK_* environment > config file > default."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from easytask.errors import ConfigError
+
+CONFIG_ENV = "EASYTASK_CONFIG"
+LOCAL_CONFIG = Path(".easytask") / "config.toml"
+USER_CONFIG = Path("~/.config/easytask/config.toml")
+
+
+@dataclass
+class Settings:
+    """Everything a command may need to know, resolved once and passed explicitly."""
+
+    inventory: str = "inventory"
+    url: str = "http://127.0.0.1:8080"
+    token: str | None = None
+    state_dir: str = ".easytask/server"
+    db: str | None = None
+    agents: str = "127.0.0.1:8022"
+    http: str = "127.0.0.1:8080"
+    pending_timeout: float = 60.0
+    config_path: str | None = field(default=None, metadata={"internal": True})
+
+
+def config_file_candidates(env: Mapping[str, str]) -> list[Path]:
+    """Where a config file is looked for, first match wins."""
+    if env.get(CONFIG_ENV):
+        return [Path(env[CONFIG_ENV]).expanduser()]
+    return [LOCAL_CONFIG, USER_CONFIG.expanduser()]
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Read one TOML config file; errors name the file."""
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    known = {f.name for f in fields(Settings)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown setting(s): {', '.join(unknown)}")
+    return data
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Resolve settings from flags (None means unset), environment and config file."""
+    env = os.environ if env is None else env
+    flags = flags or {}
+    values: dict[str, Any] = {}
+    config_path: Path | None = None
+    for candidate in config_file_candidates(env):
+        if candidate.is_file():
+            values.update(read_config_file(candidate))
+            config_path = candidate
+            break
+        if env.get(CONFIG_ENV):
+            raise ConfigError(f"{candidate}: config file not found ({CONFIG_ENV})")
+    for f in fields(Settings):
+        if f.metadata.get("internal"):
+            continue
+        key = "EASYTASK_" + f.name.upper()
+        if env.get(key):
+            values[f.name] = env[key]
+        if flags.get(f.name) is not None:
+            values[f.name] = flags[f.name]
+    if "pending_timeout" in values:
+        try:
+            values["pending_timeout"] = float(values["pending_timeout"])
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"pending_timeout: not a number: {values['pending_timeout']!r}") from exc
+    settings = Settings(**values)
+    settings.config_path = str(config_path) if config_path else None
+    return settings
+
+
+def write_client_config(path: Path, url: str, token: str) -> None:
+    """Write the CLI's config file (URL and token) with owner-only permissions."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f'url = "{url}"\ntoken = "{token}"\n')
