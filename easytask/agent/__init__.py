@@ -1,0 +1,1 @@
+"""The resident agent: dials out to the scheduler and serves SSH on that connection."""

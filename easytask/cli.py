@@ -1,0 +1,387 @@
+"""`easytask`: argument parsing, errors to exit codes; the work happens elsewhere."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from easytask import __version__, cli_inventory
+from easytask.config import Settings, load_settings
+from easytask.durations import format_duration, parse_duration
+from easytask.errors import EasyTaskError, UsageError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_START, EXIT_BUG = 0, 1, 2, 3, 70
+FINAL = {"success", "failed", "terminated", "unreachable", "skipped"}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # usage errors exit 2 through our own path
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line."""
+    p = _Parser(prog="easytask", description="Run commands on many hosts; keep an exact record.")
+    p.add_argument("--version", action="version", version=f"easytask {__version__}")
+    p.add_argument("--url", help="server URL (EASYTASK_URL)")
+    p.add_argument("--token", help="API token (EASYTASK_TOKEN)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log debug details to stderr")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    s = sub.add_parser("server", help="run the scheduler: agent listener, API, console")
+    s.add_argument("--state-dir", help="where keys, tokens and the SQLite database live")
+    s.add_argument("--db", help="database URL (default: SQLite in the state dir)")
+    s.add_argument("--agents", help="ADDR:PORT to listen on for agents (default 127.0.0.1:8022)")
+    s.add_argument("--http", help="ADDR:PORT for the API and console (default 127.0.0.1:8080)")
+    s.add_argument("-i", "--inventory", help="inventory file or directory")
+    s.add_argument("--pending-timeout", type=_duration, help="how long a run waits for an offline agent")
+    s.add_argument("--keepalive", type=_duration, default=10.0, help="SSH keepalive interval to agents")
+    s.add_argument("--keepalive-count", type=int, default=3, help="missed keepalives before unreachable")
+    s.add_argument("--ssh-known-hosts", help="known_hosts file for agentless hosts")
+    s.set_defaults(func=cmd_server)
+
+    a = sub.add_parser("agent", help="run a resident agent that dials out to a server")
+    a.add_argument("--server", required=True, help="server HOST:PORT (its agent port)")
+    a.add_argument("--name", required=True, help="this agent's name (an inventory host name, or new)")
+    a.add_argument("--state-dir", required=True, help="where the agent keeps its key and spool")
+    a.add_argument("--enroll", metavar="TOKEN", help="enrolment token from `easytask agents token`")
+    a.add_argument("--slots", type=int, default=4, help="commands run at once (default 4)")
+    a.add_argument("--group", action="append", default=[], help="a group label (repeatable)")
+    a.add_argument("--keepalive", type=_duration, default=15.0, help="SSH keepalive interval")
+    a.add_argument("--keepalive-count", type=int, default=4, help="missed keepalives before reconnect")
+    a.set_defaults(func=cmd_agent)
+
+    r = sub.add_parser("run", help="run an ad hoc command on the hosts a pattern matches")
+    r.add_argument("pattern", help="host pattern, e.g. 'web:&prod:!db'")
+    r.add_argument("-a", "--args", dest="cmd", required=True, metavar="CMD", help="the shell command")
+    r.add_argument("--timeout", type=_duration, help="terminate a host's command after this long")
+    r.add_argument("--pending-timeout", type=_duration, help="wait this long for offline agents")
+    r.add_argument("--forks", type=int, default=0, help="hosts at once (default: all)")
+    r.add_argument("--format", choices=("text", "json"), default="text")
+    r.set_defaults(func=cmd_run)
+
+    rs = sub.add_parser("runs", help="list runs, newest first")
+    rs.add_argument("--since", help="ISO time or duration ago (1h, 2d)")
+    rs.add_argument("--until", help="ISO time or duration ago")
+    rs.add_argument("--status", help="success, failed, terminated, unreachable, ... (comma list)")
+    rs.add_argument("--host")
+    rs.add_argument("--task")
+    rs.add_argument("--job", type=int)
+    rs.add_argument("--limit", type=int, default=50)
+    rs.add_argument("--format", choices=("text", "json"), default="text")
+    rs.set_defaults(func=cmd_runs)
+
+    lg = sub.add_parser("logs", help="print a run's output")
+    lg.add_argument("run", type=int)
+    lg.add_argument("-f", "--follow", action="store_true", help="keep printing while it runs")
+    lg.add_argument("--level", help="DEBUG, INFO, WARN, ERROR (comma list)")
+    lg.add_argument("--grep", help="only lines containing this text")
+    lg.add_argument("--format", choices=("text", "json"), default="text")
+    lg.set_defaults(func=cmd_logs)
+
+    k = sub.add_parser("kill", help="terminate a run (N or run:N) or a whole job (job:N)")
+    k.add_argument("target")
+    k.set_defaults(func=cmd_kill)
+
+    ag = sub.add_parser("agents", help="list agents; accept, revoke; enrolment tokens")
+    ag.add_argument("--format", choices=("text", "json"), default="text")
+    agsub = ag.add_subparsers(dest="agents_command", metavar="ACTION", parser_class=_Parser)
+    for action in ("accept", "revoke"):
+        x = agsub.add_parser(action, help=f"{action} an agent")
+        x.add_argument("name")
+    t = agsub.add_parser("token", help="create an enrolment token")
+    t.add_argument("--uses", type=int, default=1)
+    t.add_argument("--ttl", help="lifetime, e.g. 1h")
+    ag.set_defaults(func=cmd_agents)
+
+    d = sub.add_parser("demo", help="a local server with three agents, for a first look")
+    d.add_argument("--dir", default=".easytask", help="where the demo keeps its state")
+    d.add_argument("--http", default="127.0.0.1:8080")
+    d.add_argument("--agents", default="127.0.0.1:8022")
+    d.set_defaults(func=cmd_demo)
+
+    cli_inventory.add_parser(sub)
+    return p
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _client(settings: Settings) -> Any:
+    from easytask.client import Client
+
+    return Client(settings.url, settings.token)
+
+
+def _print_json(data: Any, out: TextIO) -> None:
+    out.write(json.dumps(data, indent=2) + "\n")
+
+
+def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str], out: TextIO) -> None:
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for row in cells:
+        out.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def cmd_server(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    from easytask.server import ServerConfig, serve
+
+    config = ServerConfig(
+        state_dir=Path(args.state_dir or settings.state_dir),
+        db=args.db or settings.db,
+        agents=args.agents or settings.agents,
+        http=args.http or settings.http,
+        inventory=args.inventory or settings.inventory,
+        pending_timeout=args.pending_timeout if args.pending_timeout is not None else settings.pending_timeout,
+        keepalive_interval=args.keepalive,
+        keepalive_count=args.keepalive_count,
+        ssh_known_hosts=args.ssh_known_hosts,
+    )
+    return asyncio.run(serve(config))
+
+
+def cmd_agent(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    from easytask.agent.main import AgentConfig, serve
+
+    config = AgentConfig(
+        server=args.server, name=args.name, state_dir=Path(args.state_dir), enroll=args.enroll,
+        slots=args.slots, groups=args.group, keepalive_interval=args.keepalive,
+        keepalive_count=args.keepalive_count,
+    )
+    if config.slots < 1:
+        raise UsageError("--slots must be at least 1")
+    try:
+        return asyncio.run(serve(config))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+class _RunView:
+    """Prints a job's live events: `host | line`, then a summary."""
+
+    def __init__(self, out: TextIO, hosts: list[str]) -> None:
+        self.out = out
+        self.width = max((len(h) for h in hosts), default=4)
+        self.seen: dict[int, int] = {}
+        color = out.isatty() and not os.environ.get("NO_COLOR")
+        self.red = "\033[31m" if color else ""
+        self.dim = "\033[2m" if color else ""
+        self.reset = "\033[0m" if color else ""
+
+    def line(self, ev: dict[str, Any]) -> None:
+        if ev["seq"] <= self.seen.get(ev["run"], 0):
+            return
+        self.seen[ev["run"]] = ev["seq"]
+        host = ev["host"].ljust(self.width)
+        if ev["stream"] == "stderr":
+            self.out.write(f"{self.red}{host} ! {ev['text']}{self.reset}\n")
+        elif ev["stream"] == "system":
+            self.out.write(f"{self.dim}{host} * {ev['text']}{self.reset}\n")
+        else:
+            self.out.write(f"{host} | {ev['text']}\n")
+        self.out.flush()
+
+
+def _follow_job(client: Any, job_id: int, view: _RunView | None, run_id: int | None = None) -> None:
+    for ev in client.events(f"/api/jobs/{job_id}/events"):
+        if ev["t"] == "line" and view is not None and (run_id is None or ev["run"] == run_id):
+            view.line(ev)
+        elif ev["t"] == "run" and run_id is not None and ev.get("id", ev.get("run")) == run_id:
+            if ev["state"] in FINAL:
+                return
+        elif ev["t"] == "job":
+            return
+
+
+def _summary(data: dict[str, Any], elapsed: float, out: TextIO) -> int:
+    runs = data["runs"]
+    rows = [
+        (r["host"], r["state"], "" if r["exit_code"] is None else r["exit_code"],
+         format_duration(r["duration"]) if r["duration"] is not None else "-", r["reason"])
+        for r in runs
+    ]
+    out.write("\n")
+    _table(rows, ("HOST", "STATUS", "EXIT", "DURATION", "REASON"), out)
+    counts: dict[str, int] = {}
+    for r in runs:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    out.write(f"\njob {data['job']['id']}: {len(runs)} host(s): {parts} in {format_duration(elapsed)}\n")
+    return EXIT_OK if all(r["state"] == "success" for r in runs) else EXIT_FAILED
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    started = time.monotonic()
+    client = _client(settings)
+    body = {"pattern": args.pattern, "command": args.cmd, "timeout": args.timeout,
+            "pending_timeout": args.pending_timeout, "forks": args.forks}
+    sub = client.post("/api/jobs", body)
+    job_id = sub["job"]["id"]
+    view = _RunView(out, [r["host"] for r in sub["runs"]]) if args.format == "text" else None
+    killed = False
+    while True:
+        try:
+            _follow_job(client, job_id, view)
+            break
+        except KeyboardInterrupt:
+            if killed:
+                sys.stderr.write("interrupted again: leaving; the server keeps the record\n")
+                return 130
+            killed = True
+            sys.stderr.write(f"\nterminating job {job_id} (Ctrl-C again to leave now)\n")
+            client.post(f"/api/jobs/{job_id}/kill")
+    data = client.get(f"/api/jobs/{job_id}")
+    if args.format == "json":
+        _print_json(data, out)
+        return EXIT_OK if all(r["state"] == "success" for r in data["runs"]) else EXIT_FAILED
+    return _summary(data, time.monotonic() - started, out)
+
+
+def cmd_runs(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    client = _client(settings)
+    data = client.get("/api/runs", since=args.since, until=args.until, status=args.status,
+                      host=args.host, task=args.task, job=args.job, limit=args.limit)
+    if args.format == "json":
+        _print_json(data["runs"], out)
+        return EXIT_OK
+    rows = [
+        (r["id"], r["job"], r["host"], r["state"], "" if r["exit_code"] is None else r["exit_code"],
+         (r["created_at"] or "")[:19].replace("T", " "),
+         format_duration(r["duration"]) if r["duration"] is not None else "-",
+         r["task"][:40])
+        for r in data["runs"]
+    ]
+    _table(rows, ("RUN", "JOB", "HOST", "STATUS", "EXIT", "CREATED (UTC)", "DURATION", "TASK"), out)
+    return EXIT_OK
+
+
+def cmd_logs(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    client = _client(settings)
+    info = client.get(f"/api/runs/{args.run}")
+    run = info["run"]
+    data = client.get(f"/api/runs/{args.run}/log", level=args.level, grep=args.grep)
+    if args.format == "json":
+        _print_json(data["lines"], out)
+        return EXIT_OK
+    for line in data["lines"]:
+        prefix = {"stderr": "! ", "system": "* "}.get(line["stream"], "")
+        out.write(f"{prefix}{line['text']}\n")
+    if args.follow and run["state"] not in FINAL:
+        view = _RunView(out, [run["host"]])
+        if data["lines"]:
+            view.seen[run["id"]] = data["lines"][-1]["seq"]
+        _follow_job(client, run["job"], view, run_id=run["id"])
+    return EXIT_OK
+
+
+def cmd_kill(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    target = args.target.strip().lower()
+    kind, _, number = target.rpartition(":")
+    if not kind and target[:1] in "rj" and target[1:].isdigit():
+        kind, number = target[0], target[1:]
+    if not number.isdigit() or kind not in ("", "run", "r", "job", "j"):
+        raise UsageError(f"kill: {args.target!r} is not RUN, run:N or job:N")
+    client = _client(settings)
+    if kind in ("job", "j"):
+        data = client.post(f"/api/jobs/{number}/kill")
+        out.write(f"job {number}: asked {data['killed']} run(s) to terminate\n")
+    else:
+        client.post(f"/api/runs/{number}/kill")
+        out.write(f"run {number}: terminating\n")
+    return EXIT_OK
+
+
+def cmd_agents(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    client = _client(settings)
+    action = args.agents_command
+    if action in ("accept", "revoke"):
+        data = client.post(f"/api/agents/{args.name}/{action}")
+        out.write(f"agent {data['name']}: {data['state']}\n")
+        return EXIT_OK
+    if action == "token":
+        data = client.post("/api/agents/tokens", {"uses": args.uses, "ttl": args.ttl})
+        if args.format == "json":
+            _print_json(data, out)
+        else:
+            out.write(data["token"] + "\n")
+        return EXIT_OK
+    data = client.get("/api/agents")
+    if args.format == "json":
+        _print_json(data["agents"], out)
+        return EXIT_OK
+    rows = [
+        (a["name"], a["status"], (a["since"] or "")[:19].replace("T", " "),
+         (a["last_seen"] or "")[:19].replace("T", " "), a["address"],
+         f"{a['running']}/{a['slots']}", ",".join(str(x) for x in (a["facts"].get("load") or [])[:1]),
+         a["version"], ",".join(a["groups"]))
+        for a in data["agents"]
+    ]
+    _table(rows, ("NAME", "STATUS", "SINCE (UTC)", "LAST SEEN", "ADDRESS", "RUNNING", "LOAD",
+                  "VERSION", "GROUPS"), out)
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    from easytask.demo import run_demo
+
+    return run_demo(Path(args.dir), args.http, args.agents, out)
+
+
+# -- entry point -----------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    """Parse, run, and map errors to exit codes (0 ok, 1 hosts failed, 2 usage, 3 start, 70 bug)."""
+    out = out or sys.stdout
+    try:
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(
+            level=logging.DEBUG if args.verbose else logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            stream=sys.stderr,
+        )
+        if not args.verbose:
+            logging.getLogger("asyncssh").setLevel(logging.WARNING)
+        settings = load_settings({"url": args.url, "token": args.token})
+        return int(args.func(args, settings, out))
+    except EasyTaskError as exc:
+        sys.stderr.write(f"easytask: {exc.render()}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except SystemExit as exc:  # argparse --help / --version
+        return int(exc.code or 0)
+    except Exception as exc:
+        fd, path = tempfile.mkstemp(prefix="easytask-crash-", suffix=".log")
+        with os.fdopen(fd, "w") as fh:
+            traceback.print_exc(file=fh)
+        sys.stderr.write(f"easytask: unexpected error: {exc!r} (traceback in {path})\n")
+        return EXIT_BUG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""`easytask inventory`: show an inventory as `ansible-inventory` does, or the hosts a pattern selects."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, TextIO
+
+from easytask.config import Settings
+from easytask.errors import NoHostsMatched, UsageError
+from easytask.inventory import dumps_json, load_inventory
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register the `inventory` subcommand on an argparse subparsers object."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "inventory",
+        help="show the inventory (like ansible-inventory) or the hosts a pattern selects",
+        description="Read the inventory locally (no server needed) and show it.",
+    )
+    p.add_argument(
+        "-i",
+        "--inventory",
+        action="append",
+        metavar="PATH",
+        help="inventory file, directory or 'host1,host2,' list (repeatable; default from settings)",
+    )
+    action = p.add_mutually_exclusive_group()
+    action.add_argument(
+        "--list", action="store_true", help="all groups and host vars, as ansible-inventory --list"
+    )
+    action.add_argument(
+        "--graph",
+        nargs="?",
+        const="all",
+        metavar="GROUP",
+        help="the group tree from GROUP (default all), as ansible-inventory --graph",
+    )
+    action.add_argument("--host", metavar="NAME", help="one host's merged variables as JSON")
+    action.add_argument("--hosts", metavar="PATTERN", help="the hosts a pattern selects, in order")
+    p.add_argument("--vars", action="store_true", help="with --graph: show variables too")
+    p.add_argument(
+        "--format",
+        choices=("json", "text"),
+        help="output format (--hosts: text or json; --list/--host: json; --graph: text)",
+    )
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    """Load the inventory and print what was asked; errors are raised, not printed."""
+    if not (args.list or args.graph or args.host or args.hosts):
+        raise UsageError("inventory: choose one of --list, --graph, --host NAME or --hosts PATTERN")
+    if args.vars and not args.graph:
+        raise UsageError("inventory: --vars only goes with --graph")
+    inventory = load_inventory(args.inventory or [settings.inventory])
+    for warning in inventory.warnings:
+        sys.stderr.write(f"easytask: warning: {warning}\n")
+    if args.hosts:
+        hosts = inventory.select(args.hosts)
+        if args.format == "json":
+            out.write(json.dumps(hosts, indent=4) + "\n")
+        else:
+            out.write("".join(f"{host}\n" for host in hosts))
+    elif args.graph:
+        _only(args.format, "text", "--graph")
+        out.write(inventory.graph(args.graph, with_vars=args.vars) + "\n")
+    elif args.host:
+        _only(args.format, "json", "--host")
+        matched = inventory.select(args.host)
+        if len(matched) != 1:
+            raise NoHostsMatched(
+                f"--host needs exactly one host; {args.host!r} matches {len(matched)}"
+            )
+        out.write(dumps_json(inventory.host_vars(matched[0])) + "\n")
+    else:
+        _only(args.format, "json", "--list")
+        out.write(dumps_json(inventory.to_list_json()) + "\n")
+    return 0
+
+
+def _only(chosen: str | None, allowed: str, action: str) -> None:
+    if chosen not in (None, allowed):
+        raise UsageError(f"inventory: {action} prints {allowed} only")

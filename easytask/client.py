@@ -1,0 +1,72 @@
+"""The CLI's HTTP client for the server's JSON API."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+from easytask.errors import APIError, StartError
+
+
+class Client:
+    """Thin wrapper: bearer token, JSON in and out, errors as EasyTask errors."""
+
+    def __init__(self, url: str, token: str | None, timeout: float = 30.0) -> None:
+        if not token:
+            raise StartError(
+                "no API token: set EASYTASK_TOKEN, or EASYTASK_CONFIG / .easytask/config.toml "
+                "(written by `easytask demo`), or pass --token"
+            )
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.url,
+            headers={"authorization": f"Bearer {token}", "x-easytask-client": "cli"},
+            timeout=timeout,
+        )
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def _check(self, resp: httpx.Response) -> Any:
+        if resp.status_code >= 400:
+            try:
+                message = resp.json().get("error") or resp.text
+            except ValueError:
+                message = resp.text or resp.reason_phrase
+            raise APIError(message, status=resp.status_code)
+        return resp.json()
+
+    def _unreachable(self, exc: Exception) -> StartError:
+        return StartError(f"cannot reach the server at {self.url}: {exc} (is `easytask server` running?)")
+
+    def get(self, path: str, **params: Any) -> Any:
+        """GET a JSON resource."""
+        clean = {k: v for k, v in params.items() if v is not None}
+        try:
+            return self._check(self._http.get(path, params=clean))
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+
+    def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        """POST JSON, return JSON."""
+        try:
+            return self._check(self._http.post(path, json=body or {}))
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+
+    def events(self, path: str) -> Iterator[dict[str, Any]]:
+        """Read a server-sent event stream, one decoded event at a time."""
+        try:
+            with self._http.stream("GET", path, timeout=httpx.Timeout(30.0, read=None)) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    self._check(resp)
+                for line in resp.iter_lines():
+                    if line.startswith("data: "):
+                        yield json.loads(line[6:])
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc

@@ -1,0 +1,52 @@
+"""Durations as users write them: `30`, `30s`, `5m`, `1h30m`, `2d`, `500ms` (pure code)."""
+
+from __future__ import annotations
+
+import re
+
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str | float | int) -> float:
+    """Seconds in a duration; raises ValueError with the text when it is not one."""
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        if text < 0:
+            raise ValueError(f"duration must not be negative: {text}")
+        return float(text)
+    value = str(text).strip().lower()
+    if not value:
+        raise ValueError("empty duration")
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        if seconds < 0:
+            raise ValueError(f"duration must not be negative: {text!r}")
+        return seconds
+    pos = 0
+    total = 0.0
+    for match in _PART.finditer(value):
+        if match.start() != pos:
+            break
+        total += float(match.group(1)) * _UNITS[match.group(2)]
+        pos = match.end()
+    if pos != len(value) or pos == 0:
+        raise ValueError(
+            f"not a duration: {text!r} (use e.g. 30s, 5m, 1h30m, 2d or a number of seconds)"
+        )
+    return total
+
+
+def format_duration(seconds: float | None) -> str:
+    """A short human form: 0.42s, 12.3s, 4m05s, 2h03m."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.2f}s" if seconds < 10 else f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"

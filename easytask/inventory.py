@@ -1,0 +1,445 @@
+"""Ansible-compatible inventories: load INI/YAML files and directories, merge vars, select hosts."""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import os
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from easytask import patterns
+from easytask.errors import InventoryError, NoHostsMatched, PatternError, SourceLocation
+from easytask.hostnames import AddressError, is_ip_address, parse_address
+from easytask.inventory_ini import parse_ini
+from easytask.inventory_model import Group, Host, InventoryData
+from easytask.inventory_yaml import Document, UnsafeText, load_document, parse_structured, type_name
+
+__all__ = [
+    "Group",
+    "Host",
+    "Inventory",
+    "UnsafeText",
+    "dumps_json",
+    "load_inventory",
+]
+
+# Names Ansible skips inside an inventory directory: hidden files, vars dirs, backup/doc extensions.
+_IGNORED_EXTENSIONS = (
+    ".pyc", ".pyo", ".swp", ".bak", "~", ".rpm", ".md", ".txt", ".rst", ".orig", ".cfg", ".retry",
+)  # fmt: skip
+_IGNORED = re.compile(
+    "|".join(
+        [r"^\.", "^host_vars$", "^group_vars$", "^vars_plugins$"]
+        + [re.escape(ext) + "$" for ext in _IGNORED_EXTENSIONS]
+    )
+)
+_YAML_EXTENSIONS = (".yaml", ".yml", ".json")
+_VARS_EXTENSIONS = ("", ".yml", ".yaml", ".json")  # looked up in this order; the first one wins
+
+# Variables Ansible computes itself; `ansible-inventory` leaves them out of its output.
+INTERNAL_VARS = frozenset((
+    "ansible_async_path", "ansible_collection_name", "ansible_config_file",
+    "ansible_dependent_role_names", "ansible_diff_mode", "ansible_facts", "ansible_forks",
+    "ansible_inventory_sources", "ansible_limit", "ansible_play_batch", "ansible_play_hosts",
+    "ansible_play_hosts_all", "ansible_play_role_names", "ansible_playbook_python",
+    "ansible_role_name", "ansible_role_names", "ansible_run_tags", "ansible_skip_tags",
+    "ansible_verbosity", "ansible_version", "inventory_dir", "inventory_file", "inventory_hostname",
+    "inventory_hostname_short", "groups", "group_names", "hostvars", "playbook_dir", "play_hosts",
+    "role_name", "role_names", "role_path", "role_uuid",
+))  # fmt: skip
+
+
+def load_inventory(paths: str | Path | Sequence[str | Path]) -> Inventory:
+    """Load one or more inventory sources: files, directories, or `host1,host2,` lists.
+
+    No source at all gives an empty inventory (only the groups `all` and `ungrouped`).
+    """
+    sources = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    data = InventoryData()
+    var_dirs: list[Path] = []
+    for source in sources:
+        text = str(source)
+        if "," in text and not os.path.exists(text):
+            _parse_host_list(text, data)
+            continue
+        path = Path(os.path.expanduser(text))
+        if not path.exists():
+            raise InventoryError(f"inventory source not found: {text}")
+        _parse_source(path, data)
+        var_dirs.append(path if path.is_dir() else path.parent)
+    data.reconcile()
+    return Inventory(data, [str(s) for s in sources], _VarsFiles(var_dirs))
+
+
+class Inventory:
+    """Hosts and groups in inventory order, with Ansible's variable precedence and host patterns."""
+
+    def __init__(self, data: InventoryData, sources: list[str], var_files: _VarsFiles) -> None:
+        self.hosts: dict[str, Host] = data.hosts
+        self.groups: dict[str, Group] = data.groups
+        self.sources = sources
+        self._var_files = var_files
+        self._group_hosts: dict[str, list[str]] = {}
+        var_files.preload("group_vars", self.groups)
+        var_files.preload("host_vars", self.hosts)
+        self.warnings: list[str] = data.warnings + var_files.warnings
+
+    def __repr__(self) -> str:
+        return f"<Inventory {len(self.hosts)} hosts, {len(self.groups)} groups from {self.sources}>"
+
+    # -- hosts and groups ------------------------------------------------------------------
+
+    def group_hosts(self, name: str) -> list[str]:
+        """The hosts of a group and of its descendants: direct hosts, then child groups breadth-first."""
+        if name not in self._group_hosts:
+            order = [name, *self.groups[name].children]
+            seen = set(order)
+            level = order[1:]
+            while level:
+                below: list[str] = []
+                for parent in level:
+                    for kid in self.groups[parent].children:
+                        if kid not in seen:
+                            seen.add(kid)
+                            below.append(kid)
+                order.extend(below)
+                level = below
+            self._group_hosts[name] = list(
+                dict.fromkeys(h for g in order for h in self.groups[g].hosts)
+            )
+        return self._group_hosts[name]
+
+    def host_groups(self, name: str) -> list[str]:
+        """The groups a host is in, directly or through child groups, sorted by name."""
+        found: set[str] = set()
+        todo = list(self._host(name).groups)
+        while todo:
+            group = todo.pop()
+            if group not in found:
+                found.add(group)
+                todo.extend(self.groups[group].parents)
+        return sorted(found)
+
+    def select(self, pattern: str) -> list[str]:
+        """The host names a pattern selects, in Ansible's order; raises NoHostsMatched/PatternError."""
+        return patterns.select(self, pattern)
+
+    def with_extra_hosts(self, extra: Mapping[str, Sequence[str]]) -> Inventory:
+        """A copy with more hosts (e.g. connected agents) and group labels added; groups are created as needed."""
+        data = InventoryData.copy_of(self.hosts, self.groups)
+        for name, labels in extra.items():
+            if name not in data.hosts:
+                data.add_host(name)
+            if isinstance(labels, str):
+                raise InventoryError(f"groups of extra host {name!r} must be a list, not a string")
+            for label in labels:
+                data.add_host(name, data.add_group(label))
+        data.reconcile()
+        return Inventory(data, self.sources, self._var_files)
+
+    # -- variables -------------------------------------------------------------------------
+
+    def host_vars(self, name: str) -> dict[str, Any]:
+        """A host's variables merged with Ansible's precedence (what `ansible-inventory --host` shows).
+
+        Lowest first: `all` vars of the inventory file, other groups' inventory vars (by depth,
+        then ansible_group_priority, then name), group_vars/all, group_vars of the other groups
+        in the same order, the host's inventory vars, host_vars/.
+        """
+        host = self._host(name)
+        groups = self._sorted_groups([g for g in self.host_groups(name) if g != "all"])
+        merged: dict[str, Any] = dict(self.groups["all"].vars)
+        for group in groups:
+            merged.update(self.groups[group].vars)
+        for index in range(len(self._var_files.dirs)):
+            merged.update(self._var_files.get(index, "group_vars", "all"))
+        for index in range(len(self._var_files.dirs)):
+            for group in groups:
+                merged.update(self._var_files.get(index, "group_vars", group))
+        merged.update(host.vars)
+        for index in range(len(self._var_files.dirs)):
+            merged.update(self._var_files.get(index, "host_vars", name))
+        return copy.deepcopy({k: v for k, v in merged.items() if k not in INTERNAL_VARS})
+
+    def group_vars(self, name: str) -> dict[str, Any]:
+        """A group's own variables: the inventory's, then its group_vars files (`--graph --vars`)."""
+        if name not in self.groups:
+            raise PatternError(f"no group named {name!r}")
+        group = self.groups[name]
+        merged = dict(group.vars)
+        for index in range(len(self._var_files.dirs)):
+            merged.update(self._var_files.get(index, "group_vars", name))
+        if group.priority != 1:
+            merged["ansible_group_priority"] = group.priority
+        return copy.deepcopy({k: v for k, v in merged.items() if k not in INTERNAL_VARS})
+
+    def magic_vars(self, name: str) -> dict[str, Any]:
+        """The variables Ansible derives for a host: inventory_hostname, group_names, groups, …"""
+        host = self._host(name)
+        short = name if is_ip_address(name) else name.split(".")[0]
+        source = os.path.abspath(host.source) if host.source else None
+        return {
+            "inventory_hostname": name,
+            "inventory_hostname_short": short,
+            "group_names": [g for g in self.host_groups(name) if g != "all"],
+            "groups": {g: list(self.group_hosts(g)) for g in self.groups},
+            "inventory_file": source,
+            "inventory_dir": os.path.dirname(source) if source else None,
+        }
+
+    def _sorted_groups(self, names: list[str]) -> list[str]:
+        return sorted(
+            names,
+            key=lambda g: (self.groups[g].depth, self.groups[g].priority, self.groups[g].name),
+        )
+
+    def _host(self, name: str) -> Host:
+        try:
+            return self.hosts[name]
+        except KeyError:
+            raise NoHostsMatched(f"no host named {name!r} in the inventory") from None
+
+    # -- output like ansible-inventory -------------------------------------------------------
+
+    def to_list_json(self) -> dict[str, Any]:
+        """The data of `ansible-inventory --list` (dump it with `dumps_json` for the exact text)."""
+        out: dict[str, Any] = {}
+        seen: set[str] = set()
+
+        def add(name: str) -> None:
+            group = self.groups[name]
+            entry: dict[str, Any] = {}
+            if name != "all" and group.hosts:
+                entry["hosts"] = list(group.hosts)
+            if group.children:
+                entry["children"] = list(group.children)
+            if entry:
+                out[name] = entry
+            for kid in group.children:
+                if kid not in seen:
+                    seen.add(kid)
+                    add(kid)
+
+        add("all")
+        hostvars: dict[str, Any] = {}
+        for host in self.group_hosts("all"):
+            values = self.host_vars(host)
+            if values:
+                hostvars[host] = jsonable(values)
+        out["_meta"] = {"hostvars": hostvars, "profile": "inventory_legacy"}
+        return out
+
+    def graph(self, group: str = "all", with_vars: bool = False) -> str:
+        """The tree `ansible-inventory --graph [GROUP] [--vars]` prints (without a final newline)."""
+        if group not in self.groups:
+            raise PatternError(f"no group named {group!r} (--graph needs a group name)")
+        lines: list[str] = []
+
+        def line(text: str, depth: int) -> None:
+            lines.append("  |" * depth + "--" + text if depth else text)
+
+        def show_vars(values: Mapping[str, Any], depth: int) -> None:
+            for key, value in sorted(values.items()):
+                line(f"{{{key} = {value}}}", depth)
+
+        def walk(name: str, depth: int) -> None:
+            line(f"@{name}:", depth)
+            for kid in self.groups[name].children:
+                walk(kid, depth + 1)
+            if name != "all":
+                for host in self.groups[name].hosts:
+                    line(host, depth + 1)
+                    if with_vars:
+                        show_vars(self.host_vars(host), depth + 2)
+            if with_vars:
+                show_vars(self.group_vars(name), depth + 1)
+
+        walk(group, 0)
+        return "\n".join(lines)
+
+
+def jsonable(value: Any) -> Any:
+    """Variables as Ansible writes them in JSON: dates in ISO form, `!unsafe` strings marked."""
+    if isinstance(value, UnsafeText):
+        return {"__ansible_unsafe": str(value)}
+    if isinstance(value, Mapping):
+        return {_json_key(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogateescape")
+    return value
+
+
+def _json_key(key: Any) -> Any:
+    # Keys become strings before sorting, so that {1: a, two: b} can be written at all.
+    if isinstance(key, str) or not isinstance(key, (int, float, type(None))):
+        return key
+    return json.dumps(key)
+
+
+def dumps_json(data: Any) -> str:
+    """JSON formatted exactly as ansible-inventory prints it: sorted keys, indent 4, UTF-8."""
+    return json.dumps(jsonable(data), sort_keys=True, indent=4, ensure_ascii=False)
+
+
+# -- reading sources ----------------------------------------------------------------------------
+
+
+def _parse_host_list(text: str, data: InventoryData) -> None:
+    """`-i 'web1,web2:2222,'`: hosts separated by commas, all in `ungrouped`."""
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            name, port = parse_address(item)
+        except AddressError:
+            name, port = item, None
+        if name not in data.hosts:
+            data.add_host(name, "ungrouped", port)
+
+
+def _parse_source(path: Path, data: InventoryData) -> None:
+    if path.is_dir():
+        for entry in sorted(os.listdir(path)):
+            if not _IGNORED.search(entry):
+                _parse_source(path / entry, data)
+        return
+    data.current_source = str(path)
+    try:
+        _parse_file(path, data)
+    finally:
+        data.current_source = None
+
+
+def _read_text(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InventoryError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise InventoryError("not valid UTF-8", location=SourceLocation(str(path), line)) from None
+
+
+def _parse_file(path: Path, data: InventoryData) -> None:
+    """Parse one file the way Ansible's plugins take turns: YAML first if it may be YAML, then INI."""
+    text = _read_text(path)
+    name = str(path)
+    ext = os.path.splitext(name)[1]
+    if ext == ".toml":
+        _parse_toml(text, name, data)
+        return
+    if ext and ext not in _YAML_EXTENSIONS:
+        parse_ini(text, name, data)
+        return
+    yaml_error: InventoryError | None = None
+    try:
+        doc = load_document(text, name)
+    except InventoryError as exc:
+        yaml_error = exc
+    else:
+        if isinstance(doc.data, Mapping) or doc.data is None:
+            if doc.data:
+                parse_structured(doc, data)
+            return
+        yaml_error = InventoryError(
+            f"a YAML inventory must be a mapping of group names, got {type_name(doc.data)}",
+            location=doc.at(),
+        )
+    # Not a YAML inventory: Ansible then tries the file as INI.
+    try:
+        parse_ini(text, name, data)
+    except InventoryError:
+        if ext:
+            raise yaml_error from None
+        raise
+
+
+def _parse_toml(text: str, path: str, data: InventoryData) -> None:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"\(at line (\d+), column (\d+)\)$", str(exc))
+        at = SourceLocation(path, int(m[1]), int(m[2])) if m else SourceLocation(path)
+        message = str(exc)[: m.start()].strip() if m else str(exc)
+        raise InventoryError(f"invalid TOML: {message}", location=at) from None
+    if doc:
+        parse_structured(Document(path, doc), data, kind="TOML")
+
+
+class _VarsFiles:
+    """group_vars/ and host_vars/ beside each inventory source, read like Ansible's host_group_vars."""
+
+    def __init__(self, dirs: list[Path]) -> None:
+        self.dirs = dirs
+        self.warnings: list[str] = []
+        self._cache: dict[tuple[int, str, str], dict[str, Any]] = {}
+
+    def preload(self, kind: str, names: Mapping[str, object]) -> None:
+        """Read the files of every entity now, so that errors show when the inventory loads."""
+        for index in range(len(self.dirs)):
+            for name in names:
+                self.get(index, kind, name)
+
+    def get(self, index: int, kind: str, name: str) -> dict[str, Any]:
+        key = (index, kind, name)
+        if key not in self._cache:
+            self._cache[key] = self._load(self.dirs[index], kind, name)
+        return self._cache[key]
+
+    def _load(self, base: Path, kind: str, name: str) -> dict[str, Any]:
+        if name.startswith(os.sep):
+            return {}
+        folder = base / kind
+        if not folder.is_dir():
+            if folder.exists():
+                message = f"{folder} is not a directory; skipping it"
+                if message not in self.warnings:
+                    self.warnings.append(message)
+            return {}
+        merged: dict[str, Any] = {}
+        for file in _vars_files(folder, name):
+            doc = load_document(_read_text(file), str(file))
+            if not doc.data:
+                continue
+            if not isinstance(doc.data, Mapping):
+                raise InventoryError(
+                    f"a vars file must be a mapping of variables, got {type_name(doc.data)}",
+                    location=doc.at(),
+                )
+            merged.update(doc.data)
+        return merged
+
+
+def _vars_files(folder: Path, name: str) -> list[Path]:
+    """`NAME`, else NAME.yml, NAME.yaml, NAME.json; a directory stands for all files inside it."""
+    for ext in _VARS_EXTENSIONS:
+        candidate = folder / (name + ext)
+        if candidate.exists():
+            return _files_in(candidate) if candidate.is_dir() else [candidate]
+    return []
+
+
+def _files_in(folder: Path) -> list[Path]:
+    found: list[Path] = []
+    for entry in sorted(os.listdir(folder)):
+        if entry.startswith(".") or entry.endswith("~"):
+            continue
+        path = folder / entry
+        ext = os.path.splitext(entry)[1]
+        if path.is_dir() and not ext:
+            found.extend(_files_in(path))
+        elif path.is_file() and (not ext or ext in _VARS_EXTENSIONS):
+            found.append(path)
+    return found

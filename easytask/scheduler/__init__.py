@@ -1,0 +1,1 @@
+"""The scheduler: agent registry, job execution, log writer, live hub."""

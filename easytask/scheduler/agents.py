@@ -1,0 +1,244 @@
+"""The agent registry: who may connect, who is online, and how busy each agent is."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from easytask.scheduler.hub import LiveHub
+from easytask.store.db import Store
+from easytask.store.models import Agent, AgentState, utcnow
+from easytask.transport.agentlink import AgentLink, Verdict
+
+log = logging.getLogger("easytask.server")
+
+
+@dataclass
+class AgentInfo:
+    """What the scheduler keeps in memory about one agent."""
+
+    name: str
+    fingerprint: str
+    state: str
+    slots: int = 4
+    groups: list[str] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
+    link: AgentLink | None = None
+    running: int = 0
+    last_seen: float = 0.0
+
+    @property
+    def online(self) -> bool:
+        """Accepted and connected now."""
+        return self.link is not None and self.state == AgentState.ACCEPTED
+
+    @property
+    def load(self) -> float:
+        """The host's 1-minute load average as last reported."""
+        loads = self.facts.get("load") or [0.0]
+        return float(loads[0])
+
+
+class AgentRegistry:
+    """Implements the link gate and tracks connected agents and their free slots."""
+
+    def __init__(self, store: Store, hub: LiveHub, server_id: str) -> None:
+        self.store = store
+        self.hub = hub
+        self.server_id = server_id
+        self.agents: dict[str, AgentInfo] = {}
+        self._changed = asyncio.Condition()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.refused: list[dict[str, Any]] = []  # recent refusals, for the API and tests
+
+    async def load(self) -> None:
+        """Read every known agent from the store."""
+        await self.store.call(self.store.disconnect_all_agents, self.server_id)
+        for row in await self.store.call(self.store.list_agents):
+            self.agents[row.name] = self._info(row)
+
+    @staticmethod
+    def _info(row: Agent) -> AgentInfo:
+        return AgentInfo(
+            name=row.name,
+            fingerprint=row.fingerprint,
+            state=row.state,
+            slots=row.slots,
+            groups=[g for g in row.groups.split(",") if g],
+            facts=json.loads(row.facts or "{}"),
+        )
+
+    # -- the gate ---------------------------------------------------------------------------
+
+    def check_key(self, name: str | None, fingerprint: str, public_key: str, addr: str) -> Verdict:
+        """Pinned key of an accepted agent -> trusted; same name, other key -> refused."""
+        if name is None:
+            self._refuse(None, fingerprint, addr, "peer is not an EasyTask agent")
+            return "refuse"
+        info = self.agents.get(name)
+        if info is None or info.state == AgentState.PENDING:
+            return "probe"
+        if info.fingerprint != fingerprint:
+            if info.state == AgentState.REVOKED:
+                return "probe"
+            self._refuse(name, fingerprint, addr,
+                         f"name {name!r} is held by another key ({info.fingerprint})")
+            return "refuse"
+        if info.state == AgentState.REVOKED:
+            self._refuse(name, fingerprint, addr, "agent is revoked")
+            return "refuse"
+        return "trusted"
+
+    def _refuse(self, name: str | None, fingerprint: str, addr: str, reason: str) -> None:
+        log.warning("refused agent %s from %s (key %s): %s", name, addr, fingerprint, reason)
+        self.refused.append(
+            {"name": name, "fingerprint": fingerprint, "addr": addr, "reason": reason,
+             "at": utcnow().isoformat()}
+        )
+        del self.refused[:-100]
+
+    async def admit(self, link: AgentLink, hello: dict[str, Any], trusted: bool) -> bool:
+        """Admit a trusted agent, enrol one with a valid token, else record it as pending."""
+        assert link.name is not None
+        name = link.name
+        fields = {
+            "slots": max(int(hello.get("slots") or 4), 1),
+            "groups": ",".join(str(g) for g in hello.get("groups") or []),
+            "version": str(hello.get("version", "")),
+            "facts": json.dumps(hello.get("facts") or {}),
+            "address": link.addr,
+        }
+        if not trusted:
+            token = hello.get("enroll")
+            enrolled = bool(token) and await self.store.call(self.store.consume_enroll_token, token)
+            state = AgentState.ACCEPTED if enrolled else AgentState.PENDING
+            existing = self.agents.get(name)
+            if existing is not None and existing.state == AgentState.ACCEPTED:
+                # A race with another link of the same name: never replace an accepted key.
+                return False
+            row = await self.store.call(
+                self.store.register_agent, name, link.fingerprint, link.public_key, state, **fields
+            )
+            self.agents[name] = self._info(row)
+            if not enrolled:
+                log.info("agent %s (key %s) is pending: accept it with `easytask agents accept %s`",
+                         name, link.fingerprint, name)
+                self._publish(name)
+                return False
+            log.info("agent %s enrolled by token (key %s)", name, link.fingerprint)
+        info = self.agents[name]
+        if info.link is not None and info.link is not link:
+            info.link.close()  # the newest link of an agent wins
+        row = await self.store.call(
+            self.store.update_agent, name, connected=True, server=self.server_id,
+            last_seen=utcnow(), **fields,
+        )
+        assert row is not None
+        fresh = self._info(row)
+        info.slots, info.groups, info.facts = fresh.slots, fresh.groups, fresh.facts
+        info.link = link
+        info.last_seen = time.monotonic()
+        log.info("agent %s online from %s", name, link.addr)
+        await self._notify()
+        self._publish(name)
+        return True
+
+    def lost(self, link: AgentLink, exc: Exception | None) -> None:
+        """A link went away: the agent is unreachable until it comes back."""
+        info = self.agents.get(link.name or "")
+        if info is None or info.link is not link:
+            return
+        info.link = None
+        log.warning("agent %s unreachable: %s", info.name, exc or "connection closed")
+        self._spawn(self._mark_lost(info.name))
+
+    async def _mark_lost(self, name: str) -> None:
+        await self.store.call(self.store.update_agent, name, connected=False, last_seen=utcnow())
+        await self._notify()
+        self._publish(name)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro, name="agent-registry")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _publish(self, name: str) -> None:
+        info = self.agents.get(name)
+        if info is not None:
+            self.hub.publish({"t": "agent", "name": name, "state": self.status(info)}, "agents")
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    # -- administration ---------------------------------------------------------------------
+
+    async def set_state(self, name: str, state: str) -> Agent | None:
+        """Accept or revoke an agent; revoking closes its link."""
+        row = await self.store.call(self.store.update_agent, name, state=state)
+        if row is None:
+            return None
+        info = self.agents.setdefault(name, self._info(row))
+        info.state = state
+        info.fingerprint = row.fingerprint
+        if state == AgentState.REVOKED and info.link is not None:
+            info.link.close()
+            info.link = None
+        await self._notify()
+        self._publish(name)
+        return row
+
+    @staticmethod
+    def status(info: AgentInfo) -> str:
+        """online | unreachable | pending | revoked."""
+        if info.state != AgentState.ACCEPTED:
+            return info.state
+        return "online" if info.link is not None else "unreachable"
+
+    def declared_hosts(self) -> dict[str, list[str]]:
+        """Accepted agents as extra inventory hosts with the groups they declare."""
+        return {
+            name: info.groups
+            for name, info in self.agents.items()
+            if info.state == AgentState.ACCEPTED
+        }
+
+    # -- capacity ---------------------------------------------------------------------------
+
+    async def acquire(self, name: str, timeout: float) -> AgentInfo | None:
+        """Wait until the agent is online with a free slot and take it; None on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        async with self._changed:
+            while True:
+                info = self.agents.get(name)
+                if info is not None and info.online and info.running < info.slots:
+                    info.running += 1
+                    return info
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return None
+                try:
+                    async with asyncio.timeout(remaining):
+                        await self._changed.wait()
+                except TimeoutError:
+                    return None
+
+    async def release(self, name: str) -> None:
+        """Give back a slot."""
+        info = self.agents.get(name)
+        if info is not None and info.running > 0:
+            info.running -= 1
+        await self._notify()
+
+    async def close(self) -> None:
+        """Close every link."""
+        for info in self.agents.values():
+            if info.link is not None:
+                info.link.close()
+        for task in list(self._tasks):
+            await asyncio.gather(task, return_exceptions=True)

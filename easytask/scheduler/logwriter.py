@@ -1,0 +1,93 @@
+"""One task that stores log lines from every run in batches, one transaction per batch."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from easytask.store.db import LogRow, Store
+
+log = logging.getLogger("easytask.server")
+
+
+class LogWriter:
+    """Buffers lines and writes them every `interval` seconds or `batch` lines."""
+
+    def __init__(self, store: Store, batch: int = 2000, interval: float = 0.1) -> None:
+        self.store = store
+        self.batch = batch
+        self.interval = interval
+        self._rows: list[LogRow] = []
+        self._added = 0
+        self._written = 0
+        self._wake = asyncio.Event()
+        self._progress = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.total_written = 0
+
+    @property
+    def backlog(self) -> int:
+        """Lines accepted but not yet stored."""
+        return self._added - self._written
+
+    def add(self, rows: list[LogRow]) -> None:
+        """Queue lines for storage (never blocks)."""
+        self._rows.extend(rows)
+        self._added += len(rows)
+        if len(self._rows) >= self.batch:
+            self._wake.set()
+
+    def start(self) -> None:
+        """Start the background writer task."""
+        self._task = asyncio.create_task(self._loop(), name="log-writer")
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(self.interval):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            await self._write_pending()
+            if self._closing and not self._rows:
+                return
+
+    async def _write_pending(self) -> None:
+        while self._rows:
+            rows, self._rows = self._rows, []
+            while True:
+                try:
+                    await self.store.call(self.store.write_lines, rows)
+                    break
+                except Exception:
+                    # Lines are never dropped: keep them and try again shortly.
+                    log.exception("storing %d log lines failed; retrying", len(rows))
+                    await asyncio.sleep(0.5)
+            self._written += len(rows)
+            self.total_written += len(rows)
+            async with self._progress:
+                self._progress.notify_all()
+
+    async def flush(self) -> None:
+        """Return once every line added before this call is stored."""
+        target = self._added
+        self._wake.set()
+        async with self._progress:
+            await self._progress.wait_for(lambda: self._written >= target)
+
+    async def wait_below(self, limit: int) -> None:
+        """Wait until the backlog is below `limit` lines (backpressure for producers)."""
+        if self.backlog < limit:
+            return
+        self._wake.set()
+        async with self._progress:
+            await self._progress.wait_for(lambda: self.backlog < limit)
+
+    async def close(self) -> None:
+        """Store what is left and stop."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task

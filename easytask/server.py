@@ -1,0 +1,224 @@
+"""`easytask server`: the store, the agent listener, the job engine and the web app in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from easytask import __version__
+from easytask.errors import StartError
+from easytask.inventory import Inventory, load_inventory
+from easytask.plan import PlannedRun, plan_adhoc
+from easytask.scheduler.agents import AgentRegistry
+from easytask.scheduler.hub import LiveHub
+from easytask.scheduler.jobs import JobEngine
+from easytask.scheduler.logwriter import LogWriter
+from easytask.store.db import Store, sqlite_url
+from easytask.transport.agentless import SSHPool
+from easytask.transport.agentlink import AgentListener
+from easytask.transport.keys import load_or_create_key
+from easytask.web.api import create_app
+
+log = logging.getLogger("easytask.server")
+
+
+@dataclass
+class ServerConfig:
+    """What `easytask server` needs."""
+
+    state_dir: Path
+    db: str | None = None
+    agents: str = "127.0.0.1:8022"
+    http: str = "127.0.0.1:8080"
+    inventory: str | None = "inventory"
+    pending_timeout: float = 60.0
+    keepalive_interval: float = 10.0
+    keepalive_count: int = 3
+    ssh_known_hosts: str | None = None
+
+
+def split_addr(value: str, default_port: int) -> tuple[str, int]:
+    """`host:port`, `:port` or `host` into a pair."""
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        return value or "127.0.0.1", default_port
+    try:
+        return (host.strip("[]") or "0.0.0.0"), int(port)
+    except ValueError as exc:
+        raise StartError(f"not an address: {value!r} (use HOST:PORT)") from exc
+
+
+class Server:
+    """One EasyTask server process."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.state_dir = config.state_dir
+        self.server_id = f"{socket.gethostname()}:{os.getpid()}"
+        self.pending_timeout = config.pending_timeout
+        self.store: Store
+        self.hub = LiveHub()
+        self._inventory: Inventory | None = None
+        self._inventory_stamp: Any = None
+        self._stop = asyncio.Event()
+        self.http_port = 0
+        self.agents_port = 0
+
+    # -- inventory --------------------------------------------------------------------------
+
+    def _inventory_now(self) -> Inventory:
+        path = self.config.inventory
+        if not path or not Path(path).exists():
+            if self._inventory is None:
+                self._inventory = load_inventory([])
+            return self._inventory
+        stamp = _tree_stamp(Path(path))
+        if self._inventory is None or stamp != self._inventory_stamp:
+            self._inventory = load_inventory(path)
+            self._inventory_stamp = stamp
+        return self._inventory
+
+    async def plan_adhoc(self, pattern: str, command: str) -> list[PlannedRun]:
+        """Resolve a pattern against the inventory plus the accepted agents."""
+        inventory = await asyncio.to_thread(self._inventory_now)
+        merged = inventory.with_extra_hosts(self.registry.declared_hosts())
+        return plan_adhoc(merged, pattern, command)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the store, start the writer, the agent listener and the web server."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.state_dir, 0o700)
+        url = self.config.db or sqlite_url(self.state_dir / "easytask.db")
+        self.store = Store(url)
+        await self.store.call(self.store.create_schema)
+        self.admin_token = await self._ensure_admin()
+        self.writer = LogWriter(self.store)
+        self.writer.start()
+        self.registry = AgentRegistry(self.store, self.hub, self.server_id)
+        await self.registry.load()
+        self.pool = SSHPool()
+        self.engine = JobEngine(self.store, self.writer, self.hub, self.registry, self.pool,
+                                known_hosts=self.config.ssh_known_hosts)
+        reconciled = await self.engine.reconcile()
+        if reconciled:
+            log.warning("%d run(s) left unfinished by the previous server process were marked failed",
+                        reconciled)
+        client_key = load_or_create_key(self.state_dir / "client_key")
+        self.client_public_key = client_key.export_public_key("openssh").decode().strip()
+        self.listener = AgentListener(self.registry, client_key, self.config.keepalive_interval,
+                                      self.config.keepalive_count)
+        host, port = split_addr(self.config.agents, 8022)
+        try:
+            self.agents_port = await self.listener.start(host, port)
+        except OSError as exc:
+            raise StartError(f"cannot listen for agents on {host}:{port}: {exc}") from exc
+        http_host, http_port = split_addr(self.config.http, 8080)
+        sock = socket.socket(socket.AF_INET6 if ":" in http_host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((http_host, http_port))
+        except OSError as exc:
+            sock.close()
+            raise StartError(f"cannot listen for HTTP on {http_host}:{http_port}: {exc}") from exc
+        sock.listen(1024)
+        sock.setblocking(False)
+        self.http_port = sock.getsockname()[1]
+        self.app = create_app(self)
+        uv_config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",
+                                   timeout_graceful_shutdown=3)
+        self.http = uvicorn.Server(uv_config)
+        self.http.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._http_task = asyncio.create_task(self.http.serve(sockets=[sock]), name="http")
+        while not self.http.started:
+            if self._http_task.done():
+                self._http_task.result()
+                raise StartError("web server stopped during start")
+            await asyncio.sleep(0.01)
+        self.http_url = f"http://{_url_host(http_host)}:{self.http_port}"
+        info = {
+            "pid": os.getpid(), "version": __version__, "url": self.http_url,
+            "agents": f"{host}:{self.agents_port}", "db": url.split("@")[-1],
+            "client_key": self.client_public_key,
+        }
+        (self.state_dir / "server.json").write_text(json.dumps(info, indent=2) + "\n")
+        log.info("EasyTask %s serving agents on %s:%d and HTTP on %s", __version__, host,
+                 self.agents_port, self.http_url)
+
+    async def _ensure_admin(self) -> str:
+        path = self.state_dir / "admin.token"
+        if path.exists():
+            return path.read_text().strip()
+        await self.store.call(self.store.ensure_user, "admin", "admin")
+        token = await self.store.call(self.store.create_api_token, "admin", "initial admin token")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token + "\n")
+        password = secrets.token_urlsafe(12)
+        fd = os.open(self.state_dir / "admin.password", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(password + "\n")
+        return token
+
+    async def wait(self) -> None:
+        """Until stop() is called."""
+        await self._stop.wait()
+
+    def stop(self) -> None:
+        """Ask the server to stop."""
+        self._stop.set()
+
+    async def close(self) -> None:
+        """Stop taking work, end runs in flight, store what is buffered, close everything."""
+        await self.listener.close()
+        await self.engine.close()
+        await self.registry.close()
+        self.http.should_exit = True
+        try:
+            async with asyncio.timeout(5):
+                await self._http_task
+        except TimeoutError:
+            self._http_task.cancel()
+        await self.writer.close()
+        await self.pool.close()
+        await self.store.call(self.store.disconnect_all_agents, self.server_id)
+        self.store.close()
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
+def _tree_stamp(path: Path) -> tuple[tuple[str, float], ...]:
+    if path.is_file():
+        return ((str(path), path.stat().st_mtime),)
+    return tuple(sorted((str(p), p.stat().st_mtime) for p in path.rglob("*") if p.is_file()))
+
+
+async def serve(config: ServerConfig) -> int:
+    """Run a server until SIGINT/SIGTERM."""
+    server = Server(config)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, server.stop)
+    print(f"easytask server ready: {server.http_url} (agents on port {server.agents_port})", flush=True)
+    try:
+        await server.wait()
+    finally:
+        log.info("stopping")
+        await server.close()
+    return 0

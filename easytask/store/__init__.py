@@ -1,0 +1,1 @@
+"""Persistence: SQLModel tables and every query in one place."""

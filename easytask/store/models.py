@@ -1,0 +1,166 @@
+"""The tables EasyTask keeps: agents, jobs, runs, their timeline, log lines, users and tokens."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import Column, Index, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+class AgentState:
+    """Enrolment states of an agent."""
+
+    PENDING = "pending"
+    ACCEPTED = "accepted"
+    REVOKED = "revoked"
+
+
+class RunState:
+    """Run states; the last five are final."""
+
+    QUEUED = "queued"
+    DISPATCHED = "dispatched"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+    TERMINATED = "terminated"
+    UNREACHABLE = "unreachable"
+    SKIPPED = "skipped"
+
+    FINAL = frozenset({SUCCESS, FAILED, TERMINATED, UNREACHABLE, SKIPPED})
+    ALL = (QUEUED, DISPATCHED, RUNNING, SUCCESS, FAILED, TERMINATED, UNREACHABLE, SKIPPED)
+
+
+class Agent(SQLModel, table=True):
+    """A resident agent, known by the fingerprint of its host key."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True)
+    fingerprint: str = Field(index=True)
+    public_key: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    state: str = Field(default=AgentState.PENDING)
+    groups: str = ""  # comma-separated labels the agent declares
+    slots: int = 4
+    version: str = ""
+    facts: str = "{}"  # JSON
+    address: str = ""
+    server: str = ""  # the server process that holds the link
+    connected: bool = False
+    created_at: datetime = Field(default_factory=utcnow)
+    last_seen: datetime | None = None
+    state_since: datetime | None = None
+
+
+class EnrollToken(SQLModel, table=True):
+    """A one-time (or N-times) enrolment token, stored hashed."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    token_hash: str = Field(index=True, unique=True)
+    uses_left: int = 1
+    expires_at: datetime | None = None
+    created_by: str = ""
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Job(SQLModel, table=True):
+    """One submission: an ad hoc command or a playbook over a host pattern."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = "adhoc"
+    name: str = ""  # task or playbook name
+    pattern: str = ""
+    command: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    vars: str = "{}"
+    submitted_by: str = ""
+    source: str = ""  # cli | console | schedule, plus the client address
+    state: str = Field(default=RunState.QUEUED, index=True)
+    timeout: float | None = None
+    pending_timeout: float = 60.0
+    forks: int = 0
+    created_at: datetime = Field(default_factory=utcnow, index=True)
+    finished_at: datetime | None = None
+
+
+class Run(SQLModel, table=True):
+    """One task on one host: the unit that is queued, dispatched and recorded."""
+
+    __table_args__ = (
+        Index("ix_run_state_host", "state", "host"),
+        Index("ix_run_created", "created_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="job.id", index=True)
+    task: str = ""
+    host: str = Field(index=True)
+    connection: str = "agent"  # agent | ssh
+    agent: str = ""
+    command: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    state: str = Field(default=RunState.QUEUED)
+    attempt: int = 1
+    exit_code: int | None = None
+    signal: str | None = None
+    reason: str = ""
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    out_bytes: int = 0
+    out_lines: int = 0
+    truncated: bool = False
+    dropped_bytes: int = 0
+    dropped_lines: int = 0
+
+
+class RunEvent(SQLModel, table=True):
+    """The timeline of a run: queued, dispatched, started, retried, terminated, finished."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id", index=True)
+    at: datetime = Field(default_factory=utcnow)
+    kind: str
+    detail: str = ""
+
+
+class LogLine(SQLModel, table=True):
+    """One line of a run's output; seq runs 1..n without gaps."""
+
+    __tablename__ = "log_line"
+    __table_args__ = (UniqueConstraint("run_id", "seq", name="uq_log_line_run_seq"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id")
+    seq: int
+    ts: float
+    stream: str
+    level: str
+    text: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class User(SQLModel, table=True):
+    """A person who logs in to the console or uses the CLI."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True)
+    password_hash: str = ""
+    role: str = "viewer"
+    disabled: bool = False
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ApiToken(SQLModel, table=True):
+    """A bearer token for the API, stored hashed."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = ""
+    token_hash: str = Field(index=True, unique=True)
+    user_id: int = Field(foreign_key="user.id")
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime | None = None
+    revoked: bool = False
+    last_used: datetime | None = None

@@ -1,0 +1,168 @@
+"""The scheduler's side of agent links: `listen_reverse`, agents pinned by host-key fingerprint."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Literal, Protocol
+
+import asyncssh
+
+from easytask.transport import control
+
+log = logging.getLogger("easytask.server")
+
+Verdict = Literal["trusted", "probe", "refuse"]
+AGENT_VERSION_PREFIX = "EasyTaskAgent_"
+
+
+def claimed_name(server_version: str | None) -> str | None:
+    """The agent name carried in an agent's SSH version string, if any."""
+    if not server_version:
+        return None
+    _, _, rest = server_version.partition("SSH-2.0-")
+    software, _, comment = rest.partition(" ")
+    if not software.startswith(AGENT_VERSION_PREFIX):
+        return None
+    name = comment.strip()
+    return name or None
+
+
+class Gate(Protocol):
+    """Decides which agents may connect; implemented by the agent registry."""
+
+    def check_key(self, name: str | None, fingerprint: str, public_key: str, addr: str) -> Verdict:
+        """Called during key exchange: trusted (pinned), probe (hello only) or refuse."""
+
+    async def admit(
+        self, link: AgentLink, hello: dict[str, Any], trusted: bool
+    ) -> bool:
+        """Called once the link is up and the agent said hello; False closes it."""
+
+    def lost(self, link: AgentLink, exc: Exception | None) -> None:
+        """Called when an admitted link goes away."""
+
+
+class AgentLink:
+    """One connected agent: an SSH client connection the executor can use."""
+
+    def __init__(self, conn: asyncssh.SSHClientConnection, name: str | None, fingerprint: str,
+                 public_key: str, addr: str, trusted: bool) -> None:
+        self.conn = conn
+        self.name = name
+        self.fingerprint = fingerprint
+        self.public_key = public_key
+        self.addr = addr
+        self.trusted = trusted
+        self.admitted = False
+
+    async def request(self, op: str, **args: Any) -> dict[str, Any]:
+        """Send a control request to the agent."""
+        return await control.request(self.conn, op, **args)
+
+    def close(self) -> None:
+        """Close the link."""
+        self.conn.close()
+
+
+class _AgentClient(asyncssh.SSHClient):
+    """The SSH-client half of one reverse connection."""
+
+    def __init__(self, listener: AgentListener) -> None:
+        self._listener = listener
+        self._conn: asyncssh.SSHClientConnection | None = None
+        self.name: str | None = None
+        self.fingerprint = ""
+        self.public_key = ""
+        self.addr = ""
+        self.verdict: Verdict = "refuse"
+        self.link: AgentLink | None = None
+
+    def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+        self._conn = conn
+
+    def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
+        assert self._conn is not None
+        self.name = claimed_name(self._conn.get_extra_info("server_version"))
+        self.fingerprint = key.get_fingerprint("sha256")
+        self.public_key = key.export_public_key("openssh").decode().strip()
+        self.addr = addr
+        self.verdict = self._listener.gate.check_key(self.name, self.fingerprint, self.public_key, addr)
+        return self.verdict != "refuse"
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.link is not None and self.link.admitted:
+            self._listener.gate.lost(self.link, exc)
+
+
+class AgentListener:
+    """Accepts agents' outbound connections and hands admitted links to the gate."""
+
+    def __init__(self, gate: Gate, client_key: asyncssh.SSHKey, keepalive_interval: float = 10.0,
+                 keepalive_count: int = 3) -> None:
+        self.gate = gate
+        self.client_key = client_key
+        self.keepalive_interval = keepalive_interval
+        self.keepalive_count = keepalive_count
+        self._acceptor: asyncssh.SSHAcceptor | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen for agents; returns the bound port."""
+        self._acceptor = await asyncssh.listen_reverse(
+            host,
+            port,
+            client_factory=lambda: _AgentClient(self),
+            acceptor=self._accept,
+            known_hosts=([], [], []),  # never None: every key goes through the gate
+            client_keys=[self.client_key],
+            agent_path=None,
+            config=None,
+            username="easytask",
+            keepalive_interval=self.keepalive_interval,
+            keepalive_count_max=self.keepalive_count,
+            login_timeout=30,
+            backlog=1024,
+        )
+        self.port = self._acceptor.get_port()
+        return self.port
+
+    def _accept(self, conn: asyncssh.SSHClientConnection) -> None:
+        task = asyncio.create_task(self._admit(conn), name="agent-admit")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _admit(self, conn: asyncssh.SSHClientConnection) -> None:
+        client = conn.get_owner()
+        assert isinstance(client, _AgentClient)
+        link = AgentLink(conn, client.name, client.fingerprint, client.public_key, client.addr,
+                         client.verdict == "trusted")
+        client.link = link
+        try:
+            hello = await link.request("hello")
+            if client.name is None or hello.get("name") != client.name:
+                log.warning("agent at %s: name in hello %r does not match %r; closing",
+                            client.addr, hello.get("name"), client.name)
+                ok = False
+            else:
+                ok = await self.gate.admit(link, hello, link.trusted)
+        except Exception as exc:  # a misbehaving peer must not hurt the listener
+            log.warning("agent at %s failed its hello: %s", client.addr, exc)
+            ok = False
+        if ok:
+            link.admitted = True
+            if conn.is_closed():
+                self.gate.lost(link, None)
+        else:
+            conn.close()
+
+    async def close(self) -> None:
+        """Stop listening."""
+        if self._acceptor is not None:
+            self._acceptor.close()
+            await self._acceptor.wait_closed()
+        for task in list(self._tasks):
+            task.cancel()
+
+

@@ -1,0 +1,124 @@
+"""Run one command on one SSH connection and stream its output in arrival order."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import asyncssh
+
+from easytask.lines import STDERR, STDOUT
+
+# Called for every chunk, in the order the far side sent them: (stream, data).
+DataCallback = Callable[[str, bytes], None]
+
+
+@dataclass
+class ExecResult:
+    """How a command ended: exit code, or signal, or a lost connection."""
+
+    exit_code: int | None = None
+    signal: str | None = None
+    lost: bool = False
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the command exited 0."""
+        return self.exit_code == 0 and not self.lost
+
+
+class _Session(asyncssh.SSHClientSession[bytes]):
+    """Collects stdout/stderr chunks in order and the exit status."""
+
+    def __init__(self, on_data: DataCallback) -> None:
+        self._on_data = on_data
+        self.result = ExecResult()
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.chan: asyncssh.SSHClientChannel[bytes] | None = None
+        self._got_status = False
+
+    def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:  # type: ignore[override]
+        self.chan = chan
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        stream = STDERR if datatype == asyncssh.EXTENDED_DATA_STDERR else STDOUT
+        self._on_data(stream, data)
+
+    def exit_status_received(self, status: int) -> None:
+        self._got_status = True
+        self.result.exit_code = status
+
+    def exit_signal_received(
+        self, signal: str, core_dumped: bool, msg: str, lang: str
+    ) -> None:
+        self._got_status = True
+        self.result.signal = signal
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._got_status:
+            # A channel closed without an exit status means the link died: never success.
+            self.result.lost = True
+            self.result.error = str(exc) if exc else "connection lost"
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+class Execution:
+    """A started command; await `wait()` for its result."""
+
+    def __init__(self, session: _Session) -> None:
+        self._session = session
+
+    @property
+    def channel(self) -> asyncssh.SSHClientChannel[bytes] | None:
+        """The SSH channel (for flow control: pause_reading / resume_reading)."""
+        return self._session.chan
+
+    async def wait(self) -> ExecResult:
+        """Wait until the command ends or the link is lost."""
+        await asyncio.shield(self._session.done)
+        return self._session.result
+
+    def close(self) -> None:
+        """Close the channel (the remote command keeps its own fate)."""
+        if self._session.chan is not None:
+            self._session.chan.close()
+
+
+async def start(
+    conn: asyncssh.SSHClientConnection,
+    command: str,
+    on_data: DataCallback,
+    env: Mapping[str, str] | None = None,
+) -> Execution:
+    """Open a session running `command`; output chunks go to `on_data` as they arrive."""
+    holder: list[_Session] = []
+
+    def factory() -> _Session:
+        session = _Session(on_data)
+        holder.append(session)
+        return session
+
+    await conn.create_session(factory, command, env=dict(env or {}), encoding=None)
+    return Execution(holder[0])
+
+
+async def run_collect(
+    conn: asyncssh.SSHClientConnection, command: str, timeout: float = 30.0
+) -> tuple[ExecResult, bytes, bytes]:
+    """Run a short helper command and return its result, stdout and stderr."""
+    out: list[bytes] = []
+    err: list[bytes] = []
+
+    def on_data(stream: str, data: bytes) -> None:
+        (err if stream == STDERR else out).append(data)
+
+    execution = await start(conn, command, on_data)
+    try:
+        async with asyncio.timeout(timeout):
+            result = await execution.wait()
+    finally:
+        execution.close()
+    return result, b"".join(out), b"".join(err)

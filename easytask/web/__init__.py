@@ -1,0 +1,1 @@
+"""The web application: JSON API under /api (the console joins it later)."""

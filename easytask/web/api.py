@@ -1,0 +1,418 @@
+"""The JSON API shared by the CLI and the console."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from easytask.durations import parse_duration
+from easytask.errors import APIError, EasyTaskError
+from easytask.lines import LEVELS
+from easytask.scheduler.jobs import JobOptions, job_dict, run_dict
+from easytask.store.models import AgentState, RunState, User
+
+if TYPE_CHECKING:
+    from easytask.server import Server
+
+log = logging.getLogger("easytask.server")
+
+MAX_BODY = 1 << 20
+ROLES_OPERATE = ("admin", "operator")
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+class Api:
+    """Routes bound to one server."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self._token_cache: dict[str, tuple[float, User | None]] = {}
+
+    # -- auth -------------------------------------------------------------------------------
+
+    async def user(self, request: Request) -> User:
+        """The user behind the request's bearer token; 401 without a valid one."""
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise APIError("authentication required: pass a bearer token", status=401)
+        now = time.monotonic()
+        cached = self._token_cache.get(token)
+        if cached is None or now - cached[0] > 10:
+            store = self.server.store
+            user = await store.call(store.user_for_token, token.strip())
+            self._token_cache[token] = (now, user)
+            if len(self._token_cache) > 10000:
+                self._token_cache.clear()
+        else:
+            user = cached[1]
+        if user is None:
+            raise APIError("invalid, expired or revoked token", status=401)
+        return user
+
+    def route(self, handler: Callable[[Request, User], Awaitable[Response]],
+              roles: tuple[str, ...] | None = None) -> Handler:
+        """Wrap a handler with authentication, an optional role check and error mapping."""
+
+        async def wrapped(request: Request) -> Response:
+            try:
+                user = await self.user(request)
+                if roles is not None and user.role not in roles:
+                    raise APIError(f"role {user.role!r} may not do this", status=403)
+                return await handler(request, user)
+            except APIError as exc:
+                return _error(exc.status, str(exc))
+            except EasyTaskError as exc:
+                return _error(400, str(exc))
+            except HTTPException:
+                raise
+            except Exception:
+                log.exception("API error on %s %s", request.method, request.url.path)
+                return _error(500, "internal error; see the server log")
+
+        return wrapped
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    @staticmethod
+    async def body(request: Request) -> dict[str, Any]:
+        """The JSON body, size-limited and checked to be an object."""
+        raw = b""
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > MAX_BODY:
+                raise APIError("request body too large", status=413)
+        try:
+            data = json.loads(raw or b"{}")
+        except ValueError as exc:
+            raise APIError(f"body is not JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise APIError("body must be a JSON object")
+        return data
+
+    @staticmethod
+    def int_param(request: Request, name: str) -> int:
+        """A path parameter as an int."""
+        try:
+            return int(request.path_params[name])
+        except (KeyError, ValueError) as exc:
+            raise APIError(f"{name} must be a number", status=404) from exc
+
+    @staticmethod
+    def source(request: Request) -> str:
+        """Where a request came from: client kind and address."""
+        kind = request.headers.get("x-easytask-client", "api")
+        addr = request.client.host if request.client else "?"
+        return f"{kind} {addr}"
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    async def submit(self, request: Request, user: User) -> Response:
+        """POST /api/jobs: an ad hoc command over a host pattern."""
+        data = await self.body(request)
+        pattern = str(data.get("pattern") or "").strip()
+        command = str(data.get("command") or "")
+        if not pattern:
+            raise APIError("pattern is required")
+        if not command.strip():
+            raise APIError("command is required")
+        options = JobOptions(pending_timeout=self.server.pending_timeout)
+        try:
+            if data.get("timeout") not in (None, ""):
+                options.timeout = parse_duration(data["timeout"])
+            if data.get("pending_timeout") not in (None, ""):
+                options.pending_timeout = parse_duration(data["pending_timeout"])
+            options.forks = int(data.get("forks") or 0)
+        except (TypeError, ValueError) as exc:
+            raise APIError(str(exc)) from exc
+        planned = await self.server.plan_adhoc(pattern, command)
+        job, runs = await self.server.engine.submit(
+            planned, name=str(data.get("name") or command)[:200], pattern=pattern, command=command,
+            options=options, user=user.name, source=self.source(request),
+        )
+        return JSONResponse({"job": job_dict(job), "runs": [run_dict(r) for r in runs]}, status_code=201)
+
+    async def get_job(self, request: Request, user: User) -> Response:
+        """GET /api/jobs/{id}: the job and its runs."""
+        job_id = self.int_param(request, "job_id")
+        store = self.server.store
+        job = await store.call(store.get_job, job_id)
+        if job is None:
+            raise APIError(f"no job {job_id}", status=404)
+        runs = await store.call(store.job_runs, job_id)
+        return JSONResponse({"job": job_dict(job), "runs": [run_dict(r) for r in runs]})
+
+    async def kill_job(self, request: Request, user: User) -> Response:
+        """POST /api/jobs/{id}/kill: terminate every run of the job still in flight."""
+        job_id = self.int_param(request, "job_id")
+        store = self.server.store
+        if await store.call(store.get_job, job_id) is None:
+            raise APIError(f"no job {job_id}", status=404)
+        count = self.server.engine.kill_job(job_id, user.name)
+        return JSONResponse({"job": job_id, "killed": count})
+
+    async def job_events(self, request: Request, user: User) -> Response:
+        """GET /api/jobs/{id}/events: SSE of stored then live lines and state changes."""
+        job_id = self.int_param(request, "job_id")
+        store = self.server.store
+        if await store.call(store.get_job, job_id) is None:
+            raise APIError(f"no job {job_id}", status=404)
+        follow = request.query_params.get("follow", "1") != "0"
+        return StreamingResponse(self._job_stream(job_id, follow), media_type="text/event-stream",
+                                 headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+
+    async def _job_stream(self, job_id: int, follow: bool) -> AsyncIterator[str]:
+        server = self.server
+        store = server.store
+        sub = server.hub.subscribe(f"job:{job_id}")
+        last: dict[int, int] = {}
+        try:
+            await server.writer.flush()
+            runs = await store.call(store.job_runs, job_id)
+            hosts = {r.id: r.host for r in runs}
+            for run in runs:
+                yield _sse({"t": "run", **run_dict(run)})
+            after = 0
+            while True:
+                rows = await store.call(store.read_job_lines, job_id, after, 5000)
+                for row in rows:
+                    last[row.run_id] = row.seq
+                    yield _sse(_line_event(row, hosts.get(row.run_id, "")))
+                if len(rows) < 5000:
+                    break
+                after = rows[-1].id or after
+            job = await store.call(store.get_job, job_id)
+            if job is None or job.state in RunState.FINAL or not follow:
+                if job is not None:
+                    yield _sse({"t": "job", "job": job_id, "state": job.state})
+                return
+            while True:
+                event = await sub.get(timeout=15)
+                if sub.overflowed:
+                    await server.writer.flush()
+                    for run_id in hosts:
+                        for row in await store.call(store.read_lines, run_id, after_seq=last.get(run_id, 0)):
+                            last[row.run_id] = row.seq
+                            yield _sse(_line_event(row, hosts[run_id]))
+                    sub.reset()
+                    continue
+                if event is None:
+                    yield ": keepalive\n\n"
+                    continue
+                if event["t"] == "line":
+                    if event["seq"] <= last.get(event["run"], 0):
+                        continue
+                    last[event["run"]] = event["seq"]
+                yield _sse(event)
+                if event["t"] == "job":
+                    return
+        finally:
+            sub.close()
+
+    # -- runs -------------------------------------------------------------------------------
+
+    async def list_runs(self, request: Request, user: User) -> Response:
+        """GET /api/runs: filters since, until, status, host, task, job, before; newest first."""
+        q = request.query_params
+        store = self.server.store
+        try:
+            kwargs: dict[str, Any] = {
+                "since": _parse_time(q.get("since")),
+                "until": _parse_time(q.get("until")),
+                "status": q.get("status") or None,
+                "host": q.get("host") or None,
+                "task": q.get("task") or None,
+                "job_id": int(q["job"]) if q.get("job") else None,
+                "before_id": int(q["before"]) if q.get("before") else None,
+                "limit": min(int(q.get("limit") or 100), 1000),
+            }
+        except ValueError as exc:
+            raise APIError(str(exc)) from exc
+        if kwargs["status"]:
+            bad = [s for s in kwargs["status"].split(",") if s not in RunState.ALL]
+            if bad:
+                raise APIError(f"unknown status {bad[0]!r}; use one of {', '.join(RunState.ALL)}")
+        runs = await store.call(store.list_runs, **kwargs)
+        return JSONResponse({"runs": [run_dict(r) for r in runs]})
+
+    async def get_run(self, request: Request, user: User) -> Response:
+        """GET /api/runs/{id}: the run and its timeline."""
+        run_id = self.int_param(request, "run_id")
+        store = self.server.store
+        run = await store.call(store.get_run, run_id)
+        if run is None:
+            raise APIError(f"no run {run_id}", status=404)
+        events = await store.call(store.run_events, run_id)
+        return JSONResponse({
+            "run": run_dict(run),
+            "events": [{"at": e.at.isoformat(), "kind": e.kind, "detail": e.detail} for e in events],
+        })
+
+    async def run_log(self, request: Request, user: User) -> Response:
+        """GET /api/runs/{id}/log: stored lines; after, limit, level, grep."""
+        run_id = self.int_param(request, "run_id")
+        q = request.query_params
+        store = self.server.store
+        if await store.call(store.get_run, run_id) is None:
+            raise APIError(f"no run {run_id}", status=404)
+        levels = [lv.strip().upper() for lv in (q.get("level") or "").split(",") if lv.strip()]
+        bad = [lv for lv in levels if lv not in LEVELS]
+        if bad:
+            raise APIError(f"unknown level {bad[0]!r}; use one of {', '.join(LEVELS)}")
+        try:
+            after = int(q.get("after") or 0)
+            limit = min(int(q.get("limit") or 10000), 100000)
+        except ValueError as exc:
+            raise APIError(str(exc)) from exc
+        await self.server.writer.flush()
+        rows = await store.call(store.read_lines, run_id, after_seq=after, limit=limit,
+                                levels=levels or None, grep=q.get("grep") or None)
+        return JSONResponse({"run": run_id, "lines": [
+            {"seq": r.seq, "ts": r.ts, "stream": r.stream, "level": r.level, "text": r.text} for r in rows
+        ]})
+
+    async def kill_run(self, request: Request, user: User) -> Response:
+        """POST /api/runs/{id}/kill: terminate one run."""
+        run_id = self.int_param(request, "run_id")
+        store = self.server.store
+        run = await store.call(store.get_run, run_id)
+        if run is None:
+            raise APIError(f"no run {run_id}", status=404)
+        if run.state in RunState.FINAL:
+            raise APIError(f"run {run_id} already ended ({run.state})", status=409)
+        killed = self.server.engine.kill_run(run_id, user.name)
+        return JSONResponse({"run": run_id, "killed": int(killed)})
+
+    # -- agents -----------------------------------------------------------------------------
+
+    async def list_agents(self, request: Request, user: User) -> Response:
+        """GET /api/agents: every agent with its state and facts."""
+        store = self.server.store
+        rows = await store.call(store.list_agents)
+        registry = self.server.registry
+        out = []
+        for row in rows:
+            info = registry.agents.get(row.name)
+            status = registry.status(info) if info else row.state
+            out.append({
+                "name": row.name, "state": row.state, "status": status,
+                "fingerprint": row.fingerprint, "address": row.address, "version": row.version,
+                "groups": [g for g in row.groups.split(",") if g], "slots": row.slots,
+                "running": info.running if info else 0, "facts": json.loads(row.facts or "{}"),
+                "last_seen": row.last_seen.isoformat() if row.last_seen else None,
+                "since": row.state_since.isoformat() if row.state_since else None,
+            })
+        return JSONResponse({"agents": out, "refused": registry.refused[-20:]})
+
+    async def set_agent_state(self, request: Request, user: User) -> Response:
+        """POST /api/agents/{name}/accept|revoke."""
+        name = request.path_params["name"]
+        action = request.path_params["action"]
+        state = {"accept": AgentState.ACCEPTED, "revoke": AgentState.REVOKED}.get(action)
+        if state is None:
+            raise APIError(f"unknown action {action!r}", status=404)
+        row = await self.server.registry.set_state(name, state)
+        if row is None:
+            raise APIError(f"no agent {name!r}", status=404)
+        return JSONResponse({"name": name, "state": row.state})
+
+    async def enroll_token(self, request: Request, user: User) -> Response:
+        """POST /api/agents/tokens: a new enrolment token (uses, ttl)."""
+        data = await self.body(request)
+        try:
+            uses = int(data.get("uses") or 1)
+            ttl = parse_duration(data["ttl"]) if data.get("ttl") else None
+        except (TypeError, ValueError) as exc:
+            raise APIError(str(exc)) from exc
+        if uses < 1:
+            raise APIError("uses must be at least 1")
+        store = self.server.store
+        token = await store.call(store.create_enroll_token, uses, ttl, user.name)
+        return JSONResponse({"token": token, "uses": uses, "ttl": ttl}, status_code=201)
+
+    # -- inventory --------------------------------------------------------------------------
+
+    async def hosts(self, request: Request, user: User) -> Response:
+        """GET /api/hosts?pattern=: the hosts a pattern matches now."""
+        pattern = request.query_params.get("pattern") or "all"
+        planned = await self.server.plan_adhoc(pattern, "true")
+        return JSONResponse({"pattern": pattern, "hosts": [
+            {"name": p.host, "connection": p.connection} for p in planned
+        ]})
+
+    async def whoami(self, request: Request, user: User) -> Response:
+        """GET /api/whoami."""
+        return JSONResponse({"name": user.name, "role": user.role})
+
+    def routes(self) -> list[Route]:
+        """Every API route."""
+        op = ROLES_OPERATE
+        return [
+            Route("/api/health", _health),
+            Route("/api/whoami", self.route(self.whoami)),
+            Route("/api/jobs", self.route(self.submit, op), methods=["POST"]),
+            Route("/api/jobs/{job_id}", self.route(self.get_job)),
+            Route("/api/jobs/{job_id}/events", self.route(self.job_events)),
+            Route("/api/jobs/{job_id}/kill", self.route(self.kill_job, op), methods=["POST"]),
+            Route("/api/runs", self.route(self.list_runs)),
+            Route("/api/runs/{run_id}", self.route(self.get_run)),
+            Route("/api/runs/{run_id}/log", self.route(self.run_log)),
+            Route("/api/runs/{run_id}/kill", self.route(self.kill_run, op), methods=["POST"]),
+            Route("/api/agents", self.route(self.list_agents)),
+            Route("/api/agents/tokens", self.route(self.enroll_token, ("admin",)), methods=["POST"]),
+            Route("/api/agents/{name}/{action}", self.route(self.set_agent_state, ("admin",)),
+                  methods=["POST"]),
+            Route("/api/hosts", self.route(self.hosts)),
+        ]
+
+
+def _sse(event: dict[str, Any]) -> str:
+    return "data: " + json.dumps(event, separators=(",", ":")) + "\n\n"
+
+
+def _line_event(row: Any, host: str) -> dict[str, Any]:
+    return {"t": "line", "run": row.run_id, "host": host, "seq": row.seq, "ts": row.ts,
+            "stream": row.stream, "level": row.level, "text": row.text}
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    """An ISO date/time, or a duration meaning that long ago (`1h`, `2d`)."""
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        seconds = parse_duration(value)
+        return datetime.now(timezone.utc).replace(tzinfo=None) - _td(seconds)
+    if parsed.tzinfo is not None:
+        parsed = parsed.astimezone(timezone.utc).replace(tzinfo=None)
+    return parsed
+
+
+def _td(seconds: float) -> timedelta:
+    return timedelta(seconds=seconds)
+
+
+async def _health(request: Request) -> Response:
+    return JSONResponse({"ok": True})
+
+
+def create_app(server: Server) -> Starlette:
+    """The Starlette application for a server."""
+    api = Api(server)
+    return Starlette(routes=api.routes())
+

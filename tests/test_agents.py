@@ -1,0 +1,107 @@
+"""Agents over reverse SSH: enrolment, pinning, refusals, liveness."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tests.conftest import AgentFactory, ServerFactory
+from tests.helpers import wait_until
+
+
+def test_agent_enrolled_by_token_comes_online(start_server: ServerFactory, start_agent: AgentFactory) -> None:
+    """An agent with a valid enrolment token is accepted, online, and reports its facts."""
+    server = start_server()
+    start_agent(server, "alpha", "--group", "web", "--slots", "3")
+    (agent,) = server.get("/api/agents")["agents"]
+    assert agent["name"] == "alpha"
+    assert agent["state"] == "accepted"
+    assert agent["status"] == "online"
+    assert agent["groups"] == ["web"]
+    assert agent["slots"] == 3
+    assert agent["fingerprint"].startswith("SHA256:")
+    assert agent["facts"]["cpus"] >= 1
+    assert set(agent["facts"]) >= {"hostname", "os", "cpus", "load", "version"}
+
+
+def test_agent_without_token_waits_pending_until_accepted(
+    start_server: ServerFactory, start_agent: AgentFactory
+) -> None:
+    """Without a token an agent is pending and gets no work; `agents accept` lets it in."""
+    server = start_server()
+    start_agent(server, "beta", enroll=False, wait=False)
+    wait_until(lambda: server.agent_status("beta") == "pending", what="pending agent")
+    result = server.cli("run", "beta", "-a", "true", "--pending-timeout", "1")
+    assert result.returncode == 1, result.stderr
+    assert "unreachable" in result.stdout
+    accepted = server.cli("agents", "accept", "beta")
+    assert accepted.returncode == 0, accepted.stderr
+    assert "beta: accepted" in accepted.stdout
+    wait_until(lambda: server.agent_status("beta") == "online", timeout=40, what="accepted agent online")
+    result = server.cli("run", "beta", "-a", "echo hi")
+    assert result.returncode == 0, result.stderr
+    assert "beta | hi" in result.stdout
+
+
+def test_second_agent_with_same_name_and_other_key_is_refused(
+    start_server: ServerFactory, start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    """A name is bound to its first key: another key claiming it is refused, even with a token."""
+    server = start_server()
+    start_agent(server, "gamma")
+    original = server.get("/api/agents")["agents"][0]["fingerprint"]
+    start_agent(server, "gamma", state_dir=tmp_path / "forged", wait=False)
+    wait_until(lambda: any(r["name"] == "gamma" for r in server.get("/api/agents")["refused"]),
+               what="refusal recorded")
+    (agent,) = server.get("/api/agents")["agents"]
+    assert agent["fingerprint"] == original
+    assert agent["status"] == "online"
+    refused = [r for r in server.get("/api/agents")["refused"] if r["name"] == "gamma"]
+    assert "held by another key" in refused[0]["reason"]
+
+
+def test_unknown_key_without_token_never_gets_work(
+    start_server: ServerFactory, start_agent: AgentFactory
+) -> None:
+    """An unknown key with a bad token stays pending; a run to it ends unreachable."""
+    server = start_server()
+    start_agent(server, "delta", "--enroll", "et_enroll_forged", enroll=False, wait=False)
+    wait_until(lambda: server.agent_status("delta") == "pending", what="pending agent")
+    job = server.submit("delta", "touch /tmp/should-not-run", pending_timeout=1)
+    data = server.wait_job(job["job"]["id"])
+    assert data["runs"][0]["state"] == "unreachable"
+
+
+def test_killed_agent_becomes_unreachable_and_run_is_not_success(
+    start_server: ServerFactory, start_agent: AgentFactory
+) -> None:
+    """kill -9 of an agent mid-run: it is unreachable within the keepalive window; the run fails."""
+    server = start_server()
+    agent = start_agent(server, "eps")
+    job = server.submit("eps", "echo started; sleep 30")
+    run_id = job["runs"][0]["id"]
+    wait_until(lambda: server.get(f"/api/runs/{run_id}")["run"]["state"] == "running", what="running")
+    wait_until(lambda: server.log_lines(run_id), what="first line")
+    started = time.monotonic()
+    agent.kill9()
+    wait_until(lambda: server.agent_status("eps") == "unreachable", timeout=10, what="unreachable")
+    detect = time.monotonic() - started
+    assert detect < 5
+    data = server.wait_job(job["job"]["id"])
+    run = data["runs"][0]
+    assert run["state"] == "failed"
+    assert "connection lost" in run["reason"]
+
+
+def test_agents_listing_in_text_and_json(start_server: ServerFactory, start_agent: AgentFactory) -> None:
+    """`easytask agents` lists name, status and since-when; --format json gives the same data."""
+    import json
+
+    server = start_server()
+    start_agent(server, "zeta")
+    text = server.cli("agents")
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.splitlines()[0].split()[:3] == ["NAME", "STATUS", "SINCE"]
+    assert "zeta" in text.stdout and "online" in text.stdout
+    js = server.cli("agents", "--format", "json")
+    assert json.loads(js.stdout)[0]["status"] == "online"
