@@ -364,6 +364,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         )
         if not args.verbose:
             logging.getLogger("asyncssh").setLevel(logging.WARNING)
+            logging.getLogger("httpx").setLevel(logging.WARNING)
         settings = load_settings({"url": args.url, "token": args.token})
         return int(args.func(args, settings, out))
     except EasyTaskError as exc:

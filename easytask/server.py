@@ -16,7 +16,7 @@ from typing import Any
 import uvicorn
 
 from easytask import __version__
-from easytask.errors import StartError
+from easytask.errors import NoHostsMatched, StartError
 from easytask.inventory import Inventory, load_inventory
 from easytask.plan import PlannedRun, plan_adhoc
 from easytask.scheduler.agents import AgentRegistry
@@ -24,6 +24,7 @@ from easytask.scheduler.hub import LiveHub
 from easytask.scheduler.jobs import JobEngine
 from easytask.scheduler.logwriter import LogWriter
 from easytask.store.db import Store, sqlite_url
+from easytask.store.models import AgentState
 from easytask.transport.agentless import SSHPool
 from easytask.transport.agentlink import AgentListener
 from easytask.transport.keys import load_or_create_key
@@ -92,7 +93,19 @@ class Server:
         """Resolve a pattern against the inventory plus the accepted agents."""
         inventory = await asyncio.to_thread(self._inventory_now)
         merged = inventory.with_extra_hosts(self.registry.declared_hosts())
-        return plan_adhoc(merged, pattern, command)
+        try:
+            return plan_adhoc(merged, pattern, command)
+        except NoHostsMatched as exc:
+            waiting = [
+                name for name, info in self.registry.agents.items()
+                if info.state != AgentState.ACCEPTED and name in pattern
+            ]
+            if waiting:
+                raise NoHostsMatched(
+                    f"{exc.message}; agent(s) {', '.join(sorted(waiting))} not accepted "
+                    f"(pending or revoked): `easytask agents accept NAME`"
+                ) from exc
+            raise
 
     # -- lifecycle --------------------------------------------------------------------------
 

@@ -101,19 +101,19 @@ def test_timeout_terminates_with_reason(fleet) -> None:
 @pytest.mark.parametrize("host", ["web1", "plain1"])
 def test_kill_leaves_no_process_of_the_group(fleet, host: str, tmp_path: Path) -> None:
     """Killing a job TERMs the command's whole process group: no child survives."""
-    marker = f"easytask-kill-test-{host}-{os.getpid()}"
-    job = fleet.submit(host, f"sleep 300 & sleep 301 & echo started; exec -a {marker} sleep 302")
+    tag = f"{os.getpid()}{len(host)}"
+    sleeps = [f"sleep 300.{tag}{i}" for i in range(3)]
+    job = fleet.submit(host, f"{sleeps[0]} & {sleeps[1]} & echo started; {sleeps[2]}")
     run_id = job["runs"][0]["id"]
     wait_until(lambda: fleet.log_lines(run_id), what="started line")
-    assert _pids_with(marker)
+    wait_until(lambda: all(_pids_with(s) for s in sleeps), what="all three sleeps running")
     fleet.post(f"/api/jobs/{job['job']['id']}/kill")
     data = fleet.wait_job(job["job"]["id"])
     run = data["runs"][0]
     assert run["state"] == "terminated"
     assert "killed by admin" in run["reason"]
-    wait_until(lambda: not _pids_with(marker), timeout=10, what="process gone")
     # the background sleeps shared the group: none is left
-    assert not _pids_with("sleep 300") and not _pids_with("sleep 301")
+    wait_until(lambda: not any(_pids_with(s) for s in sleeps), timeout=10, what="processes gone")
     events = [e["kind"] for e in fleet.get(f"/api/runs/{run_id}")["events"]]
     assert events[:3] == ["queued", "dispatched", "started"]
     assert "terminating" in events and events[-1] == "finished"

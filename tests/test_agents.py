@@ -32,8 +32,8 @@ def test_agent_without_token_waits_pending_until_accepted(
     start_agent(server, "beta", enroll=False, wait=False)
     wait_until(lambda: server.agent_status("beta") == "pending", what="pending agent")
     result = server.cli("run", "beta", "-a", "true", "--pending-timeout", "1")
-    assert result.returncode == 1, result.stderr
-    assert "unreachable" in result.stdout
+    assert result.returncode == 2, result.stderr
+    assert "beta not accepted (pending or revoked)" in result.stderr
     accepted = server.cli("agents", "accept", "beta")
     assert accepted.returncode == 0, accepted.stderr
     assert "beta: accepted" in accepted.stdout
@@ -61,15 +61,19 @@ def test_second_agent_with_same_name_and_other_key_is_refused(
 
 
 def test_unknown_key_without_token_never_gets_work(
-    start_server: ServerFactory, start_agent: AgentFactory
+    start_server: ServerFactory, start_agent: AgentFactory, tmp_path: Path
 ) -> None:
-    """An unknown key with a bad token stays pending; a run to it ends unreachable."""
-    server = start_server()
+    """An agent with a forged token stays pending; a run for its inventory host never reaches it."""
+    inventory = tmp_path / "inv.ini"
+    inventory.write_text("[web]\ndelta\n")
+    server = start_server(inventory)
     start_agent(server, "delta", "--enroll", "et_enroll_forged", enroll=False, wait=False)
     wait_until(lambda: server.agent_status("delta") == "pending", what="pending agent")
-    job = server.submit("delta", "touch /tmp/should-not-run", pending_timeout=1)
+    marker = tmp_path / "should-not-exist"
+    job = server.submit("delta", f"touch {marker}", pending_timeout=2)
     data = server.wait_job(job["job"]["id"])
     assert data["runs"][0]["state"] == "unreachable"
+    assert not marker.exists()
 
 
 def test_killed_agent_becomes_unreachable_and_run_is_not_success(

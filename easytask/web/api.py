@@ -397,10 +397,10 @@ def _parse_time(value: str | None) -> datetime | None:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         seconds = parse_duration(value)
-        return datetime.now(timezone.utc).replace(tzinfo=None) - _td(seconds)
-    if parsed.tzinfo is not None:
-        parsed = parsed.astimezone(timezone.utc).replace(tzinfo=None)
-    return parsed
+        return datetime.now(timezone.utc) - _td(seconds)
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc)
 
 
 def _td(seconds: float) -> timedelta:
