@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import secrets
 import signal
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,8 +153,7 @@ class Server:
         self.app = create_app(self)
         uv_config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",
                                    timeout_graceful_shutdown=3)
-        self.http = uvicorn.Server(uv_config)
-        self.http.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self.http = _Uvicorn(uv_config)
         self._http_task = asyncio.create_task(self.http.serve(sockets=[sock]), name="http")
         while not self.http.started:
             if self._http_task.done():
@@ -207,6 +208,14 @@ class Server:
         await self.pool.close()
         await self.store.call(self.store.disconnect_all_agents, self.server_id)
         self.store.close()
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: the server process owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 def _url_host(host: str) -> str:

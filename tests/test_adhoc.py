@@ -186,3 +186,25 @@ def test_offline_agent_past_pending_timeout_is_unreachable(
     result = server.cli("run", "web", "-a", "true", "--pending-timeout", "1")
     assert result.returncode == 1
     assert re.search(r"^late2\s+unreachable.*did not connect within 1s", result.stdout, re.M), result.stdout
+
+
+def test_ctrl_c_terminates_remote_commands(fleet) -> None:
+    """SIGINT to `easytask run` terminates the remote commands and records them as terminated."""
+    import signal
+    import subprocess
+
+    from tests.helpers import easytask_cmd
+
+    proc = subprocess.Popen(easytask_cmd("run", "web1,plain1", "-a", "echo begun; sleep 60"),
+                            env=fleet.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: len([r for r in fleet.get("/api/runs", status="running")["runs"]]) == 2,
+                   what="both running")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, out + err
+    assert "terminating job" in err
+    assert re.search(r"^web1\s+terminated.*killed by admin", out, re.M), out
+    assert re.search(r"^plain1\s+terminated.*killed by admin", out, re.M), out

@@ -133,12 +133,12 @@ class AgentRegistry:
         info = self.agents[name]
         if info.link is not None and info.link is not link:
             info.link.close()  # the newest link of an agent wins
-        row = await self.store.call(
+        updated: Agent | None = await self.store.call(
             self.store.update_agent, name, connected=True, server=self.server_id,
             last_seen=utcnow(), **fields,
         )
-        assert row is not None
-        fresh = self._info(row)
+        assert updated is not None
+        fresh = self._info(updated)
         info.slots, info.groups, info.facts = fresh.slots, fresh.groups, fresh.facts
         info.link = link
         info.last_seen = time.monotonic()

@@ -81,7 +81,8 @@ class JobEngine:
         targets = {p.host: p.vars for p in planned}
         task = asyncio.create_task(self._run_job(job, runs, targets, options), name=f"job-{job.id}")
         self._jobs[job.id] = task
-        task.add_done_callback(lambda _t, jid=job.id: self._jobs.pop(jid, None))
+        job_id = job.id
+        task.add_done_callback(lambda _t: self._jobs.pop(job_id, None))
         return job, runs
 
     # -- kills ------------------------------------------------------------------------------

@@ -90,7 +90,7 @@ class SSHPool:
         if target.password:
             options["password"] = target.password
         try:
-            return await asyncssh.connect(target.host, target.port, **options)  # type: ignore[arg-type]
+            return await asyncssh.connect(target.host, target.port, **options)
         except (TimeoutError, OSError, asyncssh.Error) as exc:
             reason = str(exc) or type(exc).__name__
             raise ConnectError(

@@ -39,7 +39,7 @@ class _Session(asyncssh.SSHClientSession[bytes]):
         self.chan: asyncssh.SSHClientChannel[bytes] | None = None
         self._got_status = False
 
-    def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:  # type: ignore[override]
+    def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
         self.chan = chan
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
@@ -101,7 +101,8 @@ async def start(
         holder.append(session)
         return session
 
-    await conn.create_session(factory, command, env=dict(env or {}), encoding=None)
+    env_arg: dict[str | bytes, str | bytes] = {k: v for k, v in (env or {}).items()}
+    await conn.create_session(factory, command, env=env_arg, encoding=None)
     return Execution(holder[0])
 
 

@@ -183,7 +183,7 @@ class Api:
         try:
             await server.writer.flush()
             runs = await store.call(store.job_runs, job_id)
-            hosts = {r.id: r.host for r in runs}
+            hosts = {r.id or 0: r.host for r in runs}
             for run in runs:
                 yield _sse({"t": "run", **run_dict(run)})
             after = 0
