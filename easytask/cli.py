@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keepalive", type=_duration, default=10.0, help="SSH keepalive interval to agents")
     s.add_argument("--keepalive-count", type=int, default=3, help="missed keepalives before unreachable")
     s.add_argument("--ssh-known-hosts", help="known_hosts file for agentless hosts")
+    s.add_argument("--reattach-timeout", type=_duration, default=3600.0,
+                   help="how long a started run waits for its lost agent to come back (default 1h)")
     s.set_defaults(func=cmd_server)
 
     a = sub.add_parser("agent", help="run a resident agent that dials out to a server")
@@ -67,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--group", action="append", default=[], help="a group label (repeatable)")
     a.add_argument("--keepalive", type=_duration, default=15.0, help="SSH keepalive interval")
     a.add_argument("--keepalive-count", type=int, default=4, help="missed keepalives before reconnect")
+    a.add_argument("--backoff-max", type=_duration, default=30.0, help="longest wait between reconnects")
+    a.add_argument("--spool-cap", type=int, default=2 << 30, help="bytes of output kept per run")
     a.set_defaults(func=cmd_agent)
 
     r = sub.add_parser("run", help="run an ad hoc command on the hosts a pattern matches")
@@ -158,6 +162,7 @@ def cmd_server(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
         keepalive_interval=args.keepalive,
         keepalive_count=args.keepalive_count,
         ssh_known_hosts=args.ssh_known_hosts,
+        reattach_timeout=args.reattach_timeout,
     )
     return asyncio.run(serve(config))
 
@@ -168,7 +173,7 @@ def cmd_agent(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     config = AgentConfig(
         server=args.server, name=args.name, state_dir=Path(args.state_dir), enroll=args.enroll,
         slots=args.slots, groups=args.group, keepalive_interval=args.keepalive,
-        keepalive_count=args.keepalive_count,
+        keepalive_count=args.keepalive_count, backoff_max=args.backoff_max, spool_cap=args.spool_cap,
     )
     if config.slots < 1:
         raise UsageError("--slots must be at least 1")

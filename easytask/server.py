@@ -30,7 +30,7 @@ from easytask.store.models import AgentState
 from easytask.transport.agentless import SSHPool
 from easytask.transport.agentlink import AgentListener
 from easytask.transport.keys import load_or_create_key
-from easytask.web.api import create_app
+from easytask.web.app import create_web_app
 
 log = logging.getLogger("easytask.server")
 
@@ -48,6 +48,7 @@ class ServerConfig:
     keepalive_interval: float = 10.0
     keepalive_count: int = 3
     ssh_known_hosts: str | None = None
+    reattach_timeout: float = 3600.0
 
 
 def split_addr(value: str, default_port: int) -> tuple[str, int]:
@@ -91,6 +92,12 @@ class Server:
             self._inventory_stamp = stamp
         return self._inventory
 
+    def _hostvars(self, host: str) -> dict[str, Any]:
+        inventory = self._inventory_now()
+        if host in inventory.hosts:
+            return inventory.host_vars(host)
+        return {}
+
     async def plan_adhoc(self, pattern: str, command: str) -> list[PlannedRun]:
         """Resolve a pattern against the inventory plus the accepted agents."""
         inventory = await asyncio.to_thread(self._inventory_now)
@@ -99,7 +106,8 @@ class Server:
             return plan_adhoc(merged, pattern, command)
         except NoHostsMatched as exc:
             waiting = [
-                name for name, info in self.registry.agents.items()
+                name
+                for name, info in self.registry.agents.items()
                 if info.state != AgentState.ACCEPTED and name in pattern
             ]
             if waiting:
@@ -124,16 +132,20 @@ class Server:
         self.registry = AgentRegistry(self.store, self.hub, self.server_id)
         await self.registry.load()
         self.pool = SSHPool()
-        self.engine = JobEngine(self.store, self.writer, self.hub, self.registry, self.pool,
-                                known_hosts=self.config.ssh_known_hosts)
-        reconciled = await self.engine.reconcile()
-        if reconciled:
-            log.warning("%d run(s) left unfinished by the previous server process were marked failed",
-                        reconciled)
+        self.engine = JobEngine(
+            self.store,
+            self.writer,
+            self.hub,
+            self.registry,
+            self.pool,
+            known_hosts=self.config.ssh_known_hosts,
+        )
+        self.engine.reattach_timeout = self.config.reattach_timeout
         client_key = load_or_create_key(self.state_dir / "client_key")
         self.client_public_key = client_key.export_public_key("openssh").decode().strip()
-        self.listener = AgentListener(self.registry, client_key, self.config.keepalive_interval,
-                                      self.config.keepalive_count)
+        self.listener = AgentListener(
+            self.registry, client_key, self.config.keepalive_interval, self.config.keepalive_count
+        )
         host, port = split_addr(self.config.agents, 8022)
         try:
             self.agents_port = await self.listener.start(host, port)
@@ -150,9 +162,14 @@ class Server:
         sock.listen(1024)
         sock.setblocking(False)
         self.http_port = sock.getsockname()[1]
-        self.app = create_app(self)
-        uv_config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",
-                                   timeout_graceful_shutdown=3)
+        self.app = await create_web_app(self)
+        uv_config = uvicorn.Config(
+            self.app,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=3,
+        )
         self.http = _Uvicorn(uv_config)
         self._http_task = asyncio.create_task(self.http.serve(sockets=[sock]), name="http")
         while not self.http.started:
@@ -162,13 +179,29 @@ class Server:
             await asyncio.sleep(0.01)
         self.http_url = f"http://{_url_host(http_host)}:{self.http_port}"
         info = {
-            "pid": os.getpid(), "version": __version__, "url": self.http_url,
-            "agents": f"{host}:{self.agents_port}", "db": url.split("@")[-1],
+            "pid": os.getpid(),
+            "version": __version__,
+            "url": self.http_url,
+            "agents": f"{host}:{self.agents_port}",
+            "db": url.split("@")[-1],
             "client_key": self.client_public_key,
         }
         (self.state_dir / "server.json").write_text(json.dumps(info, indent=2) + "\n")
-        log.info("EasyTask %s serving agents on %s:%d and HTTP on %s", __version__, host,
-                 self.agents_port, self.http_url)
+        log.info(
+            "EasyTask %s serving agents on %s:%d and HTTP on %s",
+            __version__,
+            host,
+            self.agents_port,
+            self.http_url,
+        )
+        counts = await self.engine.resume(self._hostvars)
+        if any(counts.values()):
+            log.warning(
+                "taking over from the previous server process: %d run(s) resumed, "
+                "%d agentless run(s) failed (connection lost)",
+                counts["resumed"],
+                counts["failed"],
+            )
 
     async def _ensure_admin(self) -> str:
         path = self.state_dir / "admin.token"
@@ -180,7 +213,9 @@ class Server:
         with os.fdopen(fd, "w") as fh:
             fh.write(token + "\n")
         password = secrets.token_urlsafe(12)
-        fd = os.open(self.state_dir / "admin.password", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(
+            self.state_dir / "admin.password", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600
+        )
         with os.fdopen(fd, "w") as fh:
             fh.write(password + "\n")
         return token
@@ -237,7 +272,10 @@ async def serve(config: ServerConfig) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, server.stop)
-    print(f"easytask server ready: {server.http_url} (agents on port {server.agents_port})", flush=True)
+    print(
+        f"easytask server ready: {server.http_url} (agents on port {server.agents_port})",
+        flush=True,
+    )
     try:
         await server.wait()
     finally:

@@ -36,14 +36,15 @@ def start_server(tmp_path: Path, procs: list[Proc]) -> Iterator[ServerFactory]:
     handles: list[ServerHandle] = []
 
     def start(inventory: Path | None = None, *extra: str, state_dir: Path | None = None,
-              keepalive: str = "1", keepalive_count: str = "3") -> ServerHandle:
+              keepalive: str = "1", keepalive_count: str = "3",
+              agents: str = "127.0.0.1:0") -> ServerHandle:
         state = state_dir or tmp_path / f"server{len(handles)}"
         state.mkdir(parents=True, exist_ok=True)
         info = state / "server.json"
         if info.exists():
             info.unlink()
         args = easytask_cmd(
-            "server", "--state-dir", str(state), "--agents", "127.0.0.1:0", "--http", "127.0.0.1:0",
+            "server", "--state-dir", str(state), "--agents", agents, "--http", "127.0.0.1:0",
             "--keepalive", keepalive, "--keepalive-count", keepalive_count,
             "--inventory", str(inventory or tmp_path / "no-inventory"), *extra,
         )
@@ -72,7 +73,8 @@ def start_agent(tmp_path: Path, procs: list[Proc]) -> AgentFactory:
         state = state_dir or tmp_path / "agents" / name
         state.mkdir(parents=True, exist_ok=True)
         args = easytask_cmd("agent", "--server", server.agents_addr, "--name", name,
-                            "--state-dir", str(state), "--keepalive", "1", *extra)
+                            "--state-dir", str(state), "--keepalive", "1", "--backoff-max", "1",
+                            *extra)
         if enroll:
             token = server.post("/api/agents/tokens", {"uses": 1, "ttl": "10m"})["token"]
             args += ["--enroll", token]

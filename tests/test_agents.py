@@ -79,7 +79,7 @@ def test_unknown_key_without_token_never_gets_work(
 def test_killed_agent_becomes_unreachable_and_run_is_not_success(
     start_server: ServerFactory, start_agent: AgentFactory
 ) -> None:
-    """kill -9 of an agent mid-run: it is unreachable within the keepalive window; the run fails."""
+    """kill -9 of an agent mid-run: unreachable within the keepalive window; the run is not success."""
     server = start_server()
     agent = start_agent(server, "eps")
     job = server.submit("eps", "echo started; sleep 30")
@@ -89,12 +89,13 @@ def test_killed_agent_becomes_unreachable_and_run_is_not_success(
     started = time.monotonic()
     agent.kill9()
     wait_until(lambda: server.agent_status("eps") == "unreachable", timeout=10, what="unreachable")
-    detect = time.monotonic() - started
-    assert detect < 5
-    data = server.wait_job(job["job"]["id"])
-    run = data["runs"][0]
-    assert run["state"] == "failed"
-    assert "connection lost" in run["reason"]
+    assert time.monotonic() - started < 5
+    time.sleep(1)
+    run = server.get(f"/api/runs/{run_id}")["run"]
+    assert run["state"] == "running"  # waiting to re-attach, never reported as success
+    kinds = [e["kind"] for e in server.get(f"/api/runs/{run_id}")["events"]]
+    assert "agent lost" in kinds
+    server.post(f"/api/jobs/{job['job']['id']}/kill")
 
 
 def test_agents_listing_in_text_and_json(start_server: ServerFactory, start_agent: AgentFactory) -> None:

@@ -9,6 +9,7 @@ import os
 import random
 import re
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ class AgentConfig:
     backoff_min: float = 0.5
     backoff_max: float = 30.0
     grace: float = 5.0
+    spool_cap: int = 2 << 30
 
     @property
     def address(self) -> tuple[str, int]:
@@ -89,7 +91,8 @@ class Agent:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.host_key = load_or_create_key(self.state_dir / "host_key")
         self.pinned_path = self.state_dir / "server_keys"
-        self.runner = Runner()
+        self.runner = Runner(self.state_dir, cap=config.spool_cap)
+        self.runner.collect_garbage()
         self.connected = asyncio.Event()
         self._stop = asyncio.Event()
         self._conn: asyncssh.SSHServerConnection | None = None
@@ -164,6 +167,12 @@ class Agent:
                 grace = float(req.get("grace", self.config.grace))
                 found = await self.runner.terminate(str(req["run"]), grace, req.get("by", ""))
                 reply = {"found": found}
+            elif op == "status":
+                reply = self.runner.status(str(req["run"]))
+            elif op == "ack":
+                reply = {"removed": self.runner.ack(str(req["run"]))}
+            elif op == "list":
+                reply = {"runs": {key: self.runner.status(key) for key in self.runner.keys()}}
             else:
                 reply = {"error": f"unknown operation {op!r}"}
         except (ValueError, KeyError, TypeError) as exc:
@@ -172,61 +181,71 @@ class Agent:
         process.exit(0)
 
     async def _exec(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
-        command = process.command or ""
         env = dict(process.env)
+        attach = env.get("EASYTASK_ATTACH")
+        if attach:
+            try:
+                after = int(env.get("EASYTASK_FROM_SEQ") or 0)
+                known = self.runner.spool(attach).exists()
+            except ValueError:
+                known = False
+            if not known:
+                process.stderr.write(f"easytask agent: no run {attach!r} here\n".encode())
+                process.exit(255)
+                return
+            await self._stream(process, attach, after)
+            return
+        command = process.command or ""
         run_id = env.get("EASYTASK_RUN_ID", "")
         attempt = env.get("EASYTASK_ATTEMPT", "1")
-        key = f"{run_id}-{attempt}" if run_id else f"adhoc-{id(process)}"
+        key = f"{run_id}-{attempt}" if run_id else f"adhoc-{time.time_ns()}"
         if not command:
             process.stderr.write(b"easytask agent: no command given\n")
             process.exit(2)
             return
-        extra = {"EASYTASK_RUN_ID": run_id, "EASYTASK_ATTEMPT": attempt} if run_id else {}
         try:
-            job = await self.runner.start(key, command, extra)
-        except OSError as exc:
-            process.stderr.write(f"easytask agent: cannot start: {exc}\n".encode())
-            process.exit(127)
+            spool = self.runner.spool(key)
+        except ValueError:
+            process.stderr.write(f"easytask agent: bad run id {run_id!r}\n".encode())
+            process.exit(2)
             return
-        assert job.proc.stdout is not None and job.proc.stderr is not None
-        link_ok = [True]
+        if not spool.exists():
+            extra = {"EASYTASK_RUN_ID": run_id, "EASYTASK_ATTEMPT": attempt} if run_id else {}
+            try:
+                await self.runner.start(key, command, extra)
+            except OSError as exc:
+                process.stderr.write(f"easytask agent: cannot start: {exc}\n".encode())
+                process.exit(127)
+                return
+        # else: this run was started before (a retried dispatch): never start it twice
+        await self._stream(process, key, 0)
 
-        async def pump(reader: asyncio.StreamReader, writer: asyncssh.SSHWriter[bytes]) -> None:
-            while True:
-                chunk = await reader.read(CHUNK)
-                if not chunk:
-                    return
-                if not link_ok[0]:
-                    continue  # keep draining so the command never blocks on a full pipe
-                try:
-                    writer.write(chunk)
-                    await writer.drain()
-                except (asyncssh.Error, OSError, BrokenPipeError):
-                    link_ok[0] = False
-
-        # Reading stdin lets the session notice signals and the client's EOF.
+    async def _stream(
+        self, process: asyncssh.SSHServerProcess[bytes], key: str, after: int
+    ) -> None:
+        """Send a run's records after `after` in order, then its exit status."""
         drain_stdin = asyncio.create_task(self._drain(process), name=f"stdin-{key}")
         try:
-            await asyncio.gather(
-                pump(job.proc.stdout, process.stdout), pump(job.proc.stderr, process.stderr)
-            )
-            rc = await job.proc.wait()
+            async for rec in self.runner.follow(key, after):
+                writer = process.stderr if rec.stream == "stderr" else process.stdout
+                writer.write(rec.data)
+                await writer.drain()
+        except (asyncssh.Error, OSError, BrokenPipeError):
+            return  # the link went away; the run goes on and is re-attached later
         finally:
             drain_stdin.cancel()
-            self.runner.finished(job)
         if process.is_closing():
             return
-        if rc < 0:
-            try:
-                name = signal.Signals(-rc).name.removeprefix("SIG")
-            except ValueError:
-                name = str(-rc)
-            process.exit_with_signal(name)
+        info = self.runner.spool(key).exit_info() or {}
+        if info.get("signal"):
+            process.exit_with_signal(str(info["signal"]))
         else:
-            process.exit(rc)
+            code = info.get("exit_code")
+            process.exit(int(code) if code is not None else 255)
 
     @staticmethod
     async def _drain(process: asyncssh.SSHServerProcess[bytes]) -> None:
+        """Read stdin so the session notices signals and the client's EOF."""
         try:
             while await process.stdin.read(CHUNK):
                 pass
@@ -261,7 +280,9 @@ class Agent:
             try:
                 conn = await self.connect_once()
             except (TimeoutError, OSError, asyncssh.Error) as exc:
-                log.warning("cannot connect to %s: %s", self.config.server, exc or type(exc).__name__)
+                log.warning(
+                    "cannot connect to %s: %s", self.config.server, exc or type(exc).__name__
+                )
             else:
                 self._conn = conn
                 self.connected.set()
@@ -301,8 +322,6 @@ async def serve(config: AgentConfig) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, agent.stop)
     log.info("agent %s (key %s) starting", config.name, agent.fingerprint)
-    try:
-        await agent.run()
-    finally:
-        await agent.runner.terminate_all(config.grace)
+    # Runs are detached: they keep going (and keep their output) when the agent stops.
+    await agent.run()
     return 0

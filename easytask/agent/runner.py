@@ -1,88 +1,211 @@
-"""Runs commands for the agent: each in its own process group, output streamed in order."""
+"""Starts detached runs under the supervisor, follows their spools, terminates their groups."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
+import sys
+import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from easytask.agent.spool import Record, RecordReader, Spool
 
 log = logging.getLogger("easytask.agent")
 
 CHUNK = 65536
+DEFAULT_CAP = 2 << 30  # bytes of output spooled per run before the rest is cut and counted
+POLL = 0.05
 
 
 @dataclass
 class Job:
-    """A command the agent started."""
+    """A run whose supervisor this agent process started."""
 
     key: str
-    command: str
     proc: asyncio.subprocess.Process
-    cancelled_by: str | None = None
-    done: asyncio.Event = field(default_factory=asyncio.Event)
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    version: int = 0
+    done: bool = False
 
 
 class Runner:
-    """Starts, tracks and terminates the agent's commands."""
+    """The agent's runs: each under its own supervisor process, output in a spool."""
 
-    def __init__(self, shell: str = "/bin/sh", cwd: str | None = None) -> None:
-        self.shell = shell
+    def __init__(self, state_dir: Path, cap: int = DEFAULT_CAP, cwd: str | None = None) -> None:
+        self.root = state_dir / "spool"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.cap = cap
         self.cwd = cwd or os.path.expanduser("~")
         self.jobs: dict[str, Job] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def spool(self, key: str) -> Spool:
+        """The spool of a run key (raises ValueError for a bad key)."""
+        return Spool(self.root, key)
 
     @property
     def running(self) -> int:
-        """How many commands are running now."""
-        return sum(1 for job in self.jobs.values() if not job.done.is_set())
+        """Runs whose command has not ended yet."""
+        count = 0
+        for entry in self.root.iterdir() if self.root.exists() else ():
+            if entry.is_dir() and not (entry / "exit.json").exists():
+                count += 1
+        return count
 
     async def start(self, key: str, command: str, extra_env: dict[str, str]) -> Job:
-        """Start a command in a new session (so it has its own process group)."""
-        env = dict(os.environ)
-        env.update(extra_env)
-        proc = await asyncio.create_subprocess_exec(
-            self.shell,
-            "-c",
-            command,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-            cwd=self.cwd if os.path.isdir(self.cwd) else "/",
-            env=env,
+        """Start a command under a new supervisor (its own session, outliving this process)."""
+        spool = self.spool(key)
+        spool.dir.mkdir(parents=True)
+        (spool.dir / "cmd.json").write_text(
+            json.dumps({"command": command, "env": extra_env, "cwd": self.cwd, "cap": self.cap})
         )
-        job = Job(key=key, command=command, proc=proc)
+        spool.out_path.touch()
+        errlog = open(spool.dir / "supervisor.log", "ab")
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "easytask.agent.supervisor",
+                str(spool.dir),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=errlog,
+                start_new_session=True,
+            )
+        finally:
+            errlog.close()
+        job = Job(key=key, proc=proc)
         self.jobs[key] = job
+        task = asyncio.create_task(self._watch(job), name=f"supervisor-{key}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         return job
 
-    def finished(self, job: Job) -> None:
-        """Forget a job once its status was delivered."""
-        job.done.set()
-        if self.jobs.get(job.key) is job:
-            del self.jobs[job.key]
+    async def _watch(self, job: Job) -> None:
+        """Drain the supervisor's mirror pipe; each chunk means new records in the spool."""
+        assert job.proc.stdout is not None
+        try:
+            while await job.proc.stdout.read(CHUNK):
+                await self._bump(job)
+            await job.proc.wait()
+        finally:
+            job.done = True
+            await self._bump(job)
+            self.jobs.pop(job.key, None)
+
+    @staticmethod
+    async def _bump(job: Job) -> None:
+        async with job.changed:
+            job.version += 1
+            job.changed.notify_all()
+
+    async def follow(self, key: str, after_seq: int) -> AsyncIterator[Record]:
+        """Records with seq > after_seq, live until the run ends."""
+        spool = self.spool(key)
+        reader = RecordReader()
+        with spool.out_path.open("rb") as fh:
+            while True:
+                job = self.jobs.get(key)
+                seen = job.version if job else 0
+                data = await asyncio.to_thread(fh.read, 1 << 20)
+                if data:
+                    for rec in reader.feed(data):
+                        if rec.seq > after_seq:
+                            yield rec
+                    continue
+                if spool.exit_info() is not None:
+                    rest = await asyncio.to_thread(fh.read)
+                    if rest:
+                        for rec in reader.feed(rest):
+                            if rec.seq > after_seq:
+                                yield rec
+                    return
+                if job is None and not spool.supervisor_alive():
+                    if spool.exit_info() is None:
+                        spool.write_exit(
+                            {
+                                "exit_code": None,
+                                "signal": "KILL",
+                                "lost": True,
+                                "reason": "supervisor died (host restart?)",
+                            }
+                        )
+                    continue
+                if job is not None:
+                    async with job.changed:
+                        if job.version == seen and not job.done:
+                            try:
+                                async with asyncio.timeout(1.0):
+                                    await job.changed.wait()
+                            except TimeoutError:
+                                pass
+                else:
+                    await asyncio.sleep(POLL)
+
+    def status(self, key: str) -> dict[str, Any]:
+        """unknown | running | finished, with the exit record when finished."""
+        spool = self.spool(key)
+        if not spool.exists():
+            return {"state": "unknown"}
+        info = spool.exit_info()
+        if info is None:
+            if key not in self.jobs and not spool.supervisor_alive():
+                return {"state": "running", "orphaned": True}
+            return {"state": "running"}
+        return {"state": "finished", "exit": info}
+
+    def ack(self, key: str) -> bool:
+        """Delete a finished run's spool once the scheduler has stored everything."""
+        spool = self.spool(key)
+        if spool.exists() and spool.exit_info() is not None:
+            spool.remove()
+            return True
+        return False
+
+    def keys(self) -> list[str]:
+        """Every run key that has a spool."""
+        if not self.root.exists():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir())
 
     async def terminate(self, key: str, grace: float, by: str = "") -> bool:
-        """TERM the job's process group, KILL it after `grace` seconds; False if unknown."""
-        job = self.jobs.get(key)
-        if job is None:
+        """TERM the run's process group, KILL it after `grace` seconds; False if unknown."""
+        spool = self.spool(key)
+        if not spool.exists():
             return False
-        job.cancelled_by = by or "request"
-        pgid = job.proc.pid
+        pgid = spool.read_int("pgid")
+        if pgid is None or spool.exit_info() is not None:
+            return True
+        log.info("terminating run %s (group %d)%s", key, pgid, f" for {by}" if by else "")
         _signal_group(pgid, signal.SIGTERM)
-        try:
-            async with asyncio.timeout(grace):
-                await job.proc.wait()
-        except TimeoutError:
-            pass
-        # The leader may be gone while children of the group live on: KILL the group anyway.
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and _group_alive(pgid):
+            await asyncio.sleep(0.05)
+        # children may outlive the leader in the group: KILL the group regardless
         _signal_group(pgid, signal.SIGKILL)
         return True
 
-    async def terminate_all(self, grace: float) -> None:
-        """Stop every running job (agent shutdown)."""
-        keys = list(self.jobs)
-        await asyncio.gather(*(self.terminate(k, grace, "agent stop") for k in keys))
+    def collect_garbage(self, max_age: float = 7 * 86400) -> int:
+        """Remove finished spools the scheduler never acknowledged, after `max_age` seconds."""
+        removed = 0
+        now = time.time()
+        for key in self.keys():
+            spool = self.spool(key)
+            exit_file = spool.dir / "exit.json"
+            try:
+                age = now - exit_file.stat().st_mtime
+            except OSError:
+                continue
+            if age > max_age:
+                spool.remove()
+                removed += 1
+        return removed
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
@@ -90,3 +213,13 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

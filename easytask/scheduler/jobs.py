@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from easytask.errors import ConnectError, UsageError
@@ -34,6 +34,32 @@ class JobOptions:
     pending_timeout: float = 60.0
     forks: int = 0
     grace: float = 5.0
+    timeout_total: float | None = None  # the run's whole timeout (timeout is what is left)
+
+    def __post_init__(self) -> None:
+        if self.timeout_total is None:
+            self.timeout_total = self.timeout
+
+
+@dataclass
+class _Outcome:
+    """How one exec session ended: its result, or a state decided before it could start."""
+
+    result: ExecResult | None = None
+    state: str | None = None
+    reason: str = ""
+    duration: float | None = None
+
+
+def run_timeout_text(options: JobOptions) -> str:
+    """The timeout as the user gave it, for reasons."""
+    return f"{options.timeout_total:g}s" if options.timeout_total else "timeout"
+
+
+def _aware(value: Any) -> Any:
+    from datetime import timezone
+
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 @dataclass
@@ -48,14 +74,23 @@ class _Live:
 class JobEngine:
     """Plans nothing and decides nothing about hosts: it runs runs and records what happened."""
 
-    def __init__(self, store: Store, writer: LogWriter, hub: LiveHub, registry: AgentRegistry,
-                 pool: SSHPool, known_hosts: str | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        writer: LogWriter,
+        hub: LiveHub,
+        registry: AgentRegistry,
+        pool: SSHPool,
+        known_hosts: str | None = None,
+        reattach_timeout: float = 3600.0,
+    ) -> None:
         self.store = store
         self.writer = writer
         self.hub = hub
         self.registry = registry
         self.pool = pool
         self.known_hosts = known_hosts
+        self.reattach_timeout = reattach_timeout
         self._live: dict[int, _Live] = {}
         self._jobs: dict[int, asyncio.Task[None]] = {}
         self._connect_limit = asyncio.Semaphore(64)
@@ -63,17 +98,41 @@ class JobEngine:
 
     # -- submission -------------------------------------------------------------------------
 
-    async def submit(self, planned: list[PlannedRun], *, name: str, pattern: str, command: str,
-                     options: JobOptions, user: str, source: str, kind: str = "adhoc") -> tuple[Job, list[Run]]:
+    async def submit(
+        self,
+        planned: list[PlannedRun],
+        *,
+        name: str,
+        pattern: str,
+        command: str,
+        options: JobOptions,
+        user: str,
+        source: str,
+        kind: str = "adhoc",
+    ) -> tuple[Job, list[Run]]:
         """Record a job and its runs, then start executing it."""
         if not planned:
             raise UsageError("nothing to run")
-        job = Job(kind=kind, name=name, pattern=pattern, command=command, submitted_by=user,
-                  source=source, timeout=options.timeout, pending_timeout=options.pending_timeout,
-                  forks=options.forks)
+        job = Job(
+            kind=kind,
+            name=name,
+            pattern=pattern,
+            command=command,
+            submitted_by=user,
+            source=source,
+            timeout=options.timeout,
+            pending_timeout=options.pending_timeout,
+            forks=options.forks,
+        )
         runs = [
-            Run(job_id=0, task=name, host=p.host, connection=p.connection,
-                agent=p.host if p.connection == "agent" else "", command=p.command)
+            Run(
+                job_id=0,
+                task=name,
+                host=p.host,
+                connection=p.connection,
+                agent=p.host if p.connection == "agent" else "",
+                command=p.command,
+            )
             for p in planned
         ]
         job, runs = await self.store.call(self.store.create_job, job, runs)
@@ -106,8 +165,9 @@ class JobEngine:
 
     # -- execution --------------------------------------------------------------------------
 
-    async def _run_job(self, job: Job, runs: list[Run], targets: dict[str, dict[str, Any]],
-                       options: JobOptions) -> None:
+    async def _run_job(
+        self, job: Job, runs: list[Run], targets: dict[str, dict[str, Any]], options: JobOptions
+    ) -> None:
         limit = asyncio.Semaphore(options.forks) if options.forks > 0 else None
         for run in runs:
             assert run.id is not None
@@ -115,8 +175,10 @@ class JobEngine:
         try:
             async with asyncio.TaskGroup() as tg:
                 for run in runs:
-                    tg.create_task(self._guarded(run, targets[run.host], options, limit),
-                                   name=f"run-{run.id}")
+                    tg.create_task(
+                        self._guarded(run, targets.get(run.host, {}), options, limit),
+                        name=f"run-{run.id}",
+                    )
         finally:
             for run in runs:
                 self._live.pop(run.id or 0, None)
@@ -125,8 +187,13 @@ class JobEngine:
         if done is not None:
             self.hub.publish({"t": "job", "job": job.id, "state": done.state}, f"job:{job.id}")
 
-    async def _guarded(self, run: Run, hostvars: dict[str, Any], options: JobOptions,
-                       limit: asyncio.Semaphore | None) -> None:
+    async def _guarded(
+        self,
+        run: Run,
+        hostvars: dict[str, Any],
+        options: JobOptions,
+        limit: asyncio.Semaphore | None,
+    ) -> None:
         # Each run records its own failure; one bad host never cancels the others.
         try:
             if limit is None:
@@ -135,82 +202,215 @@ class JobEngine:
                 async with limit:
                     await self._execute(run, hostvars, options)
         except asyncio.CancelledError:
-            await self._finish(run, RunState.TERMINATED, reason="server stopping")
+            if run.connection == "agent" and run.state in (RunState.DISPATCHED, RunState.RUNNING):
+                # The command goes on under the agent's supervisor; the next server re-attaches.
+                raise
+            await asyncio.shield(self._finish(run, RunState.TERMINATED, reason="server stopping"))
             raise
         except Exception as exc:
             log.exception("run %s on %s failed unexpectedly", run.id, run.host)
             await self._finish(run, RunState.FAILED, reason=f"internal error: {exc}")
 
     async def _execute(self, run: Run, hostvars: dict[str, Any], options: JobOptions) -> None:
+        if run.connection == "agent":
+            await self._agent_run(run, options)
+        else:
+            await self._ssh_run(run, hostvars, options)
+
+    async def _ssh_run(self, run: Run, hostvars: dict[str, Any], options: JobOptions) -> None:
         assert run.id is not None
         live = self._live[run.id]
-        if run.connection == "agent":
-            acquired = await self._wait_agent(run, live, options.pending_timeout)
-            if acquired is None:
+        target = self._ssh_target(run.host, hostvars)
+        await self._update(
+            run, RunState.DISPATCHED, "dispatched", f"ssh {target.host}:{target.port}"
+        )
+        try:
+            async with self._connect_limit:
+                conn = await self.pool.get(target)
+        except ConnectError as exc:
+            await self._finish(run, RunState.UNREACHABLE, reason=str(exc))
+            return
+        key = f"{run.id}-{run.attempt}"
+        out = RunOutput(run.id, run.job_id, run.host, self.hub, self.writer)
+        outcome = await self._stream(
+            run,
+            live,
+            options,
+            conn,
+            wrap_command(run.command, key),
+            {},
+            out,
+            terminate=lambda grace: self.pool.terminate(target, key, grace),
+        )
+        if outcome.result is not None and outcome.result.lost:
+            self.pool.drop(target)
+        await self._conclude(run, outcome, out)
+
+    async def _agent_run(self, run: Run, options: JobOptions) -> None:
+        """Dispatch to the agent; after a lost link wait for it and re-attach, never re-run."""
+        assert run.id is not None
+        live = self._live[run.id]
+        key = f"{run.id}-{run.attempt}"
+        started = run.state in (RunState.DISPATCHED, RunState.RUNNING)
+        deadline = None
+        if options.timeout is not None:
+            begun = run.started_at or utcnow()
+            deadline = (
+                time.monotonic()
+                + options.timeout
+                - max((utcnow() - _aware(begun)).total_seconds(), 0)
+            )
+        while True:
+            wait_for = self.reattach_timeout if started else options.pending_timeout
+            if deadline is not None and started:
+                wait_for = min(wait_for, max(deadline - time.monotonic(), 0) + options.grace)
+            info = await self._wait_agent(run, live, wait_for, started)
+            if info is None:
+                if started:
+                    reason = (
+                        f"agent {run.host} did not come back within {wait_for:g}s; "
+                        "the command may still be running there"
+                    )
+                    await self._finish(run, RunState.FAILED, reason=reason)
                 return
-            assert acquired.link is not None
-            conn = acquired.link.conn
-            link = acquired.link
-            command = run.command
+            link = info.link
+            assert link is not None
             try:
-                await self._exec(run, live, options, conn, command,
-                                 terminate=lambda grace: link.request(
-                                     "cancel", run=f"{run.id}-{run.attempt}", grace=grace,
-                                     by=live.killed_by or "timeout", timeout=grace + 15))
+                attach_from: int | None = None
+                next_seq = 1
+                if started:
+                    status = await link.request("status", run=key)
+                    if status.get("state") == "unknown":
+                        if run.state == RunState.RUNNING:
+                            await self._finish(
+                                run,
+                                RunState.FAILED,
+                                reason="the agent has no record of this run (state dir lost?)",
+                            )
+                            return
+                        started = False  # the dispatch never reached the agent: start it now
+                    else:
+                        # The agent numbers only output lines; our seq also counts system lines.
+                        await self.writer.flush()
+                        attach_from = await self.store.call(self.store.count_output_lines, run.id)
+                        next_seq = await self.store.call(self.store.max_seq, run.id) + 1
+                if attach_from is None:
+                    await self._update(run, RunState.DISPATCHED, "dispatched", f"agent {run.host}")
+                    env = {"EASYTASK_RUN_ID": str(run.id), "EASYTASK_ATTEMPT": str(run.attempt)}
+                    out = RunOutput(run.id, run.job_id, run.host, self.hub, self.writer)
+                    command = run.command
+                else:
+                    env = {"EASYTASK_ATTACH": key, "EASYTASK_FROM_SEQ": str(attach_from)}
+                    out = RunOutput(
+                        run.id,
+                        run.job_id,
+                        run.host,
+                        self.hub,
+                        self.writer,
+                        first_seq=next_seq,
+                    )
+                    command = "easytask-attach"
+                    await self._event(
+                        run, "reattached", f"agent {run.host}, from line {attach_from + 1}"
+                    )
+                started = True
+                remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+                outcome = await self._stream(
+                    run,
+                    live,
+                    replace(options, timeout=remaining),
+                    link.conn,
+                    command,
+                    env,
+                    out,
+                    terminate=lambda grace: link.request(
+                        "cancel",
+                        run=key,
+                        grace=grace,
+                        by=live.killed_by or "timeout",
+                        timeout=grace + 15,
+                    ),
+                    attach=attach_from is not None,
+                )
+            except (ConnectionError, OSError, RuntimeError, TimeoutError) as exc:
+                log.warning("run %s: agent %s request failed: %s", run.id, run.host, exc)
+                continue
             finally:
                 await self.registry.release(run.host)
-        else:
-            target = self._ssh_target(run.host, hostvars)
-            await self._update(run, RunState.DISPATCHED, "dispatched", f"ssh {target.host}:{target.port}")
+            if outcome.result is not None and outcome.result.lost and not outcome.reason:
+                out.system(f"link to agent {run.host} lost; waiting to re-attach", "WARN")
+                await self._event(run, "agent lost", "waiting to re-attach")
+                continue
+            stats = None
             try:
-                async with self._connect_limit:
-                    conn = await self.pool.get(target)
-            except ConnectError as exc:
-                await self._finish(run, RunState.UNREACHABLE, reason=str(exc))
-                return
-            key = f"{run.id}-{run.attempt}"
-            await self._exec(run, live, options, conn, wrap_command(run.command, key),
-                             terminate=lambda grace: self.pool.terminate(target, key, grace))
+                stats = (await link.request("status", run=key)).get("exit")
+            except Exception:
+                pass
+            await self._conclude(run, outcome, out, stats)
+            await self.writer.flush()
+            try:
+                await link.request("ack", run=key)
+            except Exception as exc:
+                log.info("run %s: could not acknowledge spool on %s: %s", run.id, run.host, exc)
+            return
 
     def _ssh_target(self, host: str, hv: dict[str, Any]) -> SSHTarget:
         return SSHTarget(
             host=str(hv.get("ansible_host") or host),
             port=int(hv.get("ansible_port") or 22),
             user=str(hv["ansible_user"]) if hv.get("ansible_user") else None,
-            key_file=str(hv["ansible_ssh_private_key_file"]) if hv.get("ansible_ssh_private_key_file") else None,
+            key_file=str(hv["ansible_ssh_private_key_file"])
+            if hv.get("ansible_ssh_private_key_file")
+            else None,
             known_hosts=str(hv.get("easytask_known_hosts") or self.known_hosts or "") or None,
         )
 
-    async def _wait_agent(self, run: Run, live: _Live, pending_timeout: float) -> Any:
-        """Take a slot on the run's agent, waiting up to pending_timeout for it to be online."""
+    async def _wait_agent(self, run: Run, live: _Live, timeout: float, started: bool) -> Any:
+        """Take a slot on the run's agent, waiting up to `timeout` for it to be online."""
         info = self.registry.agents.get(run.host)
         if info is None or not info.online:
-            await self._event(run, "waiting", f"agent {run.host} not connected; waiting up to {pending_timeout:g}s")
-        acquire = asyncio.create_task(self.registry.acquire(run.host, pending_timeout))
+            await self._event(
+                run, "waiting", f"agent {run.host} not connected; waiting up to {timeout:g}s"
+            )
+        acquire = asyncio.create_task(self.registry.acquire(run.host, timeout))
         killed = asyncio.create_task(live.kill.wait())
         try:
-            await asyncio.wait({acquire, killed}, return_when=asyncio.FIRST_COMPLETED)
+            wait_set = {acquire} if started else {acquire, killed}
+            await asyncio.wait(wait_set, return_when=asyncio.FIRST_COMPLETED)
         finally:
             killed.cancel()
-        if live.kill.is_set():
+        if live.kill.is_set() and not started:
             if acquire.done() and acquire.result() is not None:
                 await self.registry.release(run.host)
             else:
                 acquire.cancel()
-            await self._finish(run, RunState.TERMINATED, reason=f"killed by {live.killed_by} before it started")
+            await self._finish(
+                run, RunState.TERMINATED, reason=f"killed by {live.killed_by} before it started"
+            )
             return None
         got = acquire.result()
-        if got is None:
-            await self._finish(run, RunState.UNREACHABLE,
-                               reason=f"agent {run.host} did not connect within {pending_timeout:g}s")
-            return None
-        await self._update(run, RunState.DISPATCHED, "dispatched", f"agent {run.host}")
+        if got is None and not started:
+            await self._finish(
+                run,
+                RunState.UNREACHABLE,
+                reason=f"agent {run.host} did not connect within {timeout:g}s",
+            )
         return got
 
-    async def _exec(self, run: Run, live: _Live, options: JobOptions, conn: Any, command: str,
-                    terminate: Callable[[float], Any]) -> None:
+    async def _stream(
+        self,
+        run: Run,
+        live: _Live,
+        options: JobOptions,
+        conn: Any,
+        command: str,
+        env: dict[str, str],
+        out: RunOutput,
+        terminate: Callable[[float], Any],
+        attach: bool = False,
+    ) -> _Outcome:
+        """Run (or re-attach to) one command and stream its output; kill or time it out if asked."""
         assert run.id is not None
-        out = RunOutput(run.id, run.job_id, run.host, self.hub, self.writer)
         paused = [False]
         execution: executor.Execution | None = None
 
@@ -225,23 +425,23 @@ class JobEngine:
                     self._pending_resumes.add(waiter)
                     waiter.add_done_callback(self._pending_resumes.discard)
 
-        env = {"EASYTASK_RUN_ID": str(run.id), "EASYTASK_ATTEMPT": str(run.attempt)}
         started = time.monotonic()
         try:
             execution = await executor.start(conn, command, on_data, env)
         except Exception as exc:
-            await self._finish(run, RunState.FAILED, reason=f"could not start: {exc}")
-            return
-        await self._update(run, RunState.RUNNING, "started", "", started_at=utcnow())
+            if attach:
+                return _Outcome(result=ExecResult(lost=True, error=str(exc)))
+            return _Outcome(state=RunState.FAILED, reason=f"could not start: {exc}")
+        if not attach:
+            await self._update(run, RunState.RUNNING, "started", "", started_at=utcnow())
         reason = ""
-        state: str
-        result: ExecResult
         try:
             waiter = asyncio.create_task(execution.wait())
             killer = asyncio.create_task(live.kill.wait())
             try:
-                done, _ = await asyncio.wait({waiter, killer}, timeout=options.timeout,
-                                             return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    {waiter, killer}, timeout=options.timeout, return_when=asyncio.FIRST_COMPLETED
+                )
             finally:
                 killer.cancel()
             if waiter in done:
@@ -250,7 +450,7 @@ class JobEngine:
                 if live.kill.is_set():
                     reason = f"killed by {live.killed_by}"
                 else:
-                    reason = f"timeout after {options.timeout:g}s"
+                    reason = f"timeout after {run_timeout_text(options)}"
                 out.system(f"terminating: {reason}", "WARN")
                 await self._event(run, "terminating", reason)
                 try:
@@ -265,8 +465,18 @@ class JobEngine:
                     result = await waiter
         finally:
             execution.close()
+        return _Outcome(result=result, reason=reason, duration=time.monotonic() - started)
+
+    async def _conclude(
+        self, run: Run, outcome: _Outcome, out: RunOutput, stats: dict[str, Any] | None = None
+    ) -> None:
+        """Record how a run ended."""
         out.close()
-        duration = time.monotonic() - started
+        result = outcome.result
+        reason = outcome.reason
+        if result is None:
+            await self._finish(run, outcome.state or RunState.FAILED, reason=reason, out=out)
+            return
         if reason:
             state = RunState.TERMINATED
         elif result.lost:
@@ -281,8 +491,32 @@ class JobEngine:
         else:
             state = RunState.FAILED
             reason = f"exit code {result.exit_code}"
-        await self._finish(run, state, reason=reason, exit_code=result.exit_code,
-                           signal=result.signal, out=out, duration=duration)
+        extra: dict[str, Any] = {}
+        if stats:
+            if stats.get("dropped_lines"):
+                extra = {
+                    "truncated": True,
+                    "dropped_bytes": int(stats.get("dropped_bytes") or 0),
+                    "dropped_lines": int(stats["dropped_lines"]),
+                }
+                out.system(
+                    f"output cut at the agent's spool limit: {extra['dropped_lines']} lines "
+                    f"({extra['dropped_bytes']} bytes) were not kept",
+                    "WARN",
+                )
+            if stats.get("lost"):
+                state, reason = RunState.FAILED, f"lost: {stats.get('reason', 'supervisor died')}"
+        await self._finish(
+            run,
+            state,
+            reason=reason,
+            exit_code=result.exit_code,
+            signal=result.signal,
+            out=out,
+            duration=outcome.duration,
+            stats=stats,
+            **extra,
+        )
 
     async def _resume_when_drained(self, execution: executor.Execution, paused: list[bool]) -> None:
         await self.writer.wait_below(BACKLOG_HIGH // 2)
@@ -299,28 +533,55 @@ class JobEngine:
 
     async def _update(self, run: Run, state: str, event: str, detail: str, **fields: Any) -> None:
         assert run.id is not None
-        fresh = await self.store.call(self.store.update_run, run.id, event, detail, state=state, **fields)
+        fresh = await self.store.call(
+            self.store.update_run, run.id, event, detail, state=state, **fields
+        )
         run.state = fresh.state
         self._publish_run(run, state)
 
-    async def _finish(self, run: Run, state: str, *, reason: str = "", exit_code: int | None = None,
-                      signal: str | None = None, out: RunOutput | None = None,
-                      duration: float | None = None) -> None:
+    async def _finish(
+        self,
+        run: Run,
+        state: str,
+        *,
+        reason: str = "",
+        exit_code: int | None = None,
+        signal: str | None = None,
+        out: RunOutput | None = None,
+        duration: float | None = None,
+        stats: dict[str, Any] | None = None,
+        **extra: Any,
+    ) -> None:
         assert run.id is not None
-        fields: dict[str, Any] = {"state": state, "reason": reason, "finished_at": utcnow()}
+        fields: dict[str, Any] = {
+            "state": state,
+            "reason": reason,
+            "finished_at": utcnow(),
+            **extra,
+        }
         if exit_code is not None:
             fields["exit_code"] = exit_code
         if signal is not None:
             fields["signal"] = signal
         if out is not None:
-            fields["out_bytes"] = out.bytes
-            fields["out_lines"] = out.lines
+            if out.first_seq > 1:  # re-attached: count what is stored, from every session
+                await self.writer.flush()
+                fields["out_lines"] = await self.store.call(self.store.count_output_lines, run.id)
+            else:
+                fields["out_lines"] = out.lines
+            fields["out_bytes"] = int(stats["bytes"]) if stats and "bytes" in stats else out.bytes
         detail = state + (f": {reason}" if reason else "")
         await self.store.call(self.store.update_run, run.id, "finished", detail, **fields)
         run.state = state
         run.exit_code = exit_code
-        self._publish_run(run, state, reason=reason, exit_code=exit_code, duration=duration,
-                          seq=out.seq if out else 0)
+        self._publish_run(
+            run,
+            state,
+            reason=reason,
+            exit_code=exit_code,
+            duration=duration,
+            seq=out.seq if out else 0,
+        )
 
     def _publish_run(self, run: Run, state: str, **extra: Any) -> None:
         event = {"t": "run", "run": run.id, "host": run.host, "state": state, **extra}
@@ -328,18 +589,46 @@ class JobEngine:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    async def reconcile(self) -> int:
-        """Runs left unfinished by a previous server process end as failed (connection lost)."""
-        count = 0
+    async def resume(self, hostvars: Callable[[str], dict[str, Any]]) -> dict[str, int]:
+        """Take over what a previous server process left: queued runs run, agent runs re-attach.
+
+        Runs that were dispatched to agentless hosts cannot be recovered (the link is gone with
+        the process): they end failed with reason "connection lost".
+        """
+        counts = {"resumed": 0, "failed": 0}
+        by_job: dict[int, list[Run]] = {}
         for run in await self.store.call(self.store.unfinished_runs):
             assert run.id is not None
-            await self.store.call(self.store.update_run, run.id, "finished",
-                                  "failed: connection lost (server restarted)",
-                                  state=RunState.FAILED, reason="connection lost (server restarted)",
-                                  finished_at=utcnow())
-            await self.store.call(self.store.finish_job_if_done, run.job_id)
-            count += 1
-        return count
+            if run.connection == "ssh" and run.state != RunState.QUEUED:
+                await self._finish(run, RunState.FAILED, reason="connection lost (server restarted)")
+                await self.store.call(self.store.finish_job_if_done, run.job_id)
+                counts["failed"] += 1
+                continue
+            await self._event(run, "resumed", f"by server {self.registry.server_id}")
+            by_job.setdefault(run.job_id, []).append(run)
+        for job_id, runs in by_job.items():
+            job = await self.store.call(self.store.get_job, job_id)
+            if job is None:
+                continue
+            options = JobOptions(timeout=job.timeout, pending_timeout=job.pending_timeout,
+                                 forks=job.forks)
+            targets = {}
+            for run in runs:
+                try:
+                    targets[run.host] = hostvars(run.host)
+                except Exception:
+                    targets[run.host] = {}
+            task = asyncio.create_task(self._run_job(job, runs, targets, options), name=f"job-{job_id}")
+            self._jobs[job_id] = task
+            task.add_done_callback(self._forget_job(job_id))
+            counts["resumed"] += len(runs)
+        return counts
+
+    def _forget_job(self, job_id: int) -> Callable[[asyncio.Task[None]], None]:
+        def forget(_task: asyncio.Task[None]) -> None:
+            self._jobs.pop(job_id, None)
+
+        return forget
 
     async def close(self) -> None:
         """Cancel jobs in flight (their runs are recorded as terminated)."""
@@ -352,9 +641,16 @@ class JobEngine:
 def job_dict(job: Job) -> dict[str, Any]:
     """A job as the API returns it."""
     return {
-        "id": job.id, "kind": job.kind, "name": job.name, "pattern": job.pattern,
-        "command": job.command, "submitted_by": job.submitted_by, "source": job.source,
-        "state": job.state, "created_at": _iso(job.created_at), "finished_at": _iso(job.finished_at),
+        "id": job.id,
+        "kind": job.kind,
+        "name": job.name,
+        "pattern": job.pattern,
+        "command": job.command,
+        "submitted_by": job.submitted_by,
+        "source": job.source,
+        "state": job.state,
+        "created_at": _iso(job.created_at),
+        "finished_at": _iso(job.finished_at),
         "timeout": job.timeout,
     }
 
@@ -365,12 +661,24 @@ def run_dict(run: Run) -> dict[str, Any]:
     if run.started_at and run.finished_at:
         duration = (run.finished_at - run.started_at).total_seconds()
     return {
-        "id": run.id, "job": run.job_id, "task": run.task, "host": run.host,
-        "connection": run.connection, "agent": run.agent, "command": run.command,
-        "state": run.state, "attempt": run.attempt, "exit_code": run.exit_code,
-        "signal": run.signal, "reason": run.reason, "created_at": _iso(run.created_at),
-        "started_at": _iso(run.started_at), "finished_at": _iso(run.finished_at),
-        "duration": duration, "out_bytes": run.out_bytes, "out_lines": run.out_lines,
+        "id": run.id,
+        "job": run.job_id,
+        "task": run.task,
+        "host": run.host,
+        "connection": run.connection,
+        "agent": run.agent,
+        "command": run.command,
+        "state": run.state,
+        "attempt": run.attempt,
+        "exit_code": run.exit_code,
+        "signal": run.signal,
+        "reason": run.reason,
+        "created_at": _iso(run.created_at),
+        "started_at": _iso(run.started_at),
+        "finished_at": _iso(run.finished_at),
+        "duration": duration,
+        "out_bytes": run.out_bytes,
+        "out_lines": run.out_lines,
         "truncated": run.truncated,
     }
 

@@ -14,13 +14,21 @@ from easytask.store.db import LogRow
 class RunOutput:
     """Numbers lines 1..n in arrival order; every line goes to the hub and the writer once."""
 
-    def __init__(self, run_id: int, job_id: int, host: str, hub: LiveHub, writer: LogWriter,
-                 first_seq: int = 1) -> None:
+    def __init__(
+        self,
+        run_id: int,
+        job_id: int,
+        host: str,
+        hub: LiveHub,
+        writer: LogWriter,
+        first_seq: int = 1,
+    ) -> None:
         self.run_id = run_id
         self.job_id = job_id
         self.host = host
         self.hub = hub
         self.writer = writer
+        self.first_seq = first_seq
         self.seq = first_seq - 1
         self.bytes = 0
         self.lines = 0
@@ -55,8 +63,14 @@ class RunOutput:
             if stream != SYSTEM:
                 self.lines += 1
             event: dict[str, Any] = {
-                "t": "line", "run": self.run_id, "host": self.host, "seq": self.seq,
-                "ts": now, "stream": stream, "level": lvl, "text": text,
+                "t": "line",
+                "run": self.run_id,
+                "host": self.host,
+                "seq": self.seq,
+                "ts": now,
+                "stream": stream,
+                "level": lvl,
+                "text": text,
             }
             self.hub.publish(event, *self._topics)
         self.writer.add(rows)

@@ -189,7 +189,9 @@ class Store:
     def consume_enroll_token(self, token: str) -> bool:
         """Use up one use of an enrolment token; False if unknown, spent or expired."""
         with self.session() as s:
-            row = s.exec(select(EnrollToken).where(EnrollToken.token_hash == hash_secret(token))).first()
+            row = s.exec(
+                select(EnrollToken).where(EnrollToken.token_hash == hash_secret(token))
+            ).first()
             if row is None or row.uses_left <= 0:
                 return False
             expires = as_utc(row.expires_at)
@@ -292,7 +294,9 @@ class Store:
         with self.session() as s:
             return s.get(Run, run_id)
 
-    def update_run(self, run_id: int, event: str | None = None, detail: str = "", **fields: Any) -> Run:
+    def update_run(
+        self, run_id: int, event: str | None = None, detail: str = "", **fields: Any
+    ) -> Run:
         """Change a run's fields and add a timeline event, in one transaction."""
         with self.session() as s:
             run = s.get(Run, run_id)
@@ -338,7 +342,11 @@ class Store:
         """Runs not in a final state (reconciled when a server starts)."""
         with self.session() as s:
             return list(
-                s.exec(select(Run).where(col(Run.state).not_in(list(RunState.FINAL))).order_by(col(Run.id)))
+                s.exec(
+                    select(Run)
+                    .where(col(Run.state).not_in(list(RunState.FINAL)))
+                    .order_by(col(Run.id))
+                )
             )
 
     def run_events(self, run_id: int) -> list[RunEvent]:
@@ -452,6 +460,14 @@ class Store:
             )
             return list(s.exec(q))
 
+    def count_output_lines(self, run_id: int) -> int:
+        """Stored stdout and stderr lines of a run (system lines excluded)."""
+        with self.session() as s:
+            value = s.exec(
+                select(func.count()).where(LogLine.run_id == run_id, LogLine.stream != "system")
+            ).one()
+            return int(value or 0)
+
     def max_seq(self, run_id: int) -> int:
         """The highest stored sequence number of a run (0 when none)."""
         with self.session() as s:
@@ -465,6 +481,216 @@ class Store:
                 select(func.count(), func.max(LogLine.seq)).where(LogLine.run_id == run_id)
             ).one()
             return int(count or 0), int(top or 0)
+
+    # -- console: users, jobs, run history and log windows ------------------------------------
+
+    def get_user(self, name: str) -> User | None:
+        """One user by name."""
+        with self.session() as s:
+            return s.exec(select(User).where(User.name == name)).first()
+
+    def get_user_by_id(self, user_id: int) -> User | None:
+        """One user by id."""
+        with self.session() as s:
+            return s.get(User, user_id)
+
+    def create_user(self, name: str, role: str, password_hash: str) -> User | None:
+        """Create a user; None if the name is taken."""
+        with self.session() as s:
+            if s.exec(select(User).where(User.name == name)).first() is not None:
+                return None
+            user = User(name=name, role=role, password_hash=password_hash)
+            s.add(user)
+            s.commit()
+            s.refresh(user)
+            return user
+
+    def list_users(self) -> list[User]:
+        """All users, by name."""
+        with self.session() as s:
+            return list(s.exec(select(User).order_by(col(User.name))))
+
+    def list_jobs(self, *, states: Sequence[str] | None = None, limit: int = 20) -> list[Job]:
+        """Jobs, newest first, optionally only those in some states."""
+        with self.session() as s:
+            q = select(Job)
+            if states:
+                q = q.where(col(Job.state).in_(list(states)))
+            return list(s.exec(q.order_by(col(Job.id).desc()).limit(limit)))
+
+    def job_state_counts(self, job_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+        """For each job, how many of its runs are in each state."""
+        out: dict[int, dict[str, int]] = {jid: {} for jid in job_ids}
+        if not job_ids:
+            return out
+        with self.session() as s:
+            q = (
+                select(Run.job_id, Run.state, func.count())
+                .where(col(Run.job_id).in_(list(job_ids)))
+                .group_by(col(Run.job_id), col(Run.state))
+            )
+            for job_id, state, count in s.exec(q):
+                out[job_id][state] = int(count)
+        return out
+
+    def find_runs(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        status: Sequence[str] | None = None,
+        host: str | None = None,
+        task: str | None = None,
+        user: str | None = None,
+        text: str | None = None,
+        job_id: int | None = None,
+        before_id: int | None = None,
+        after_id: int | None = None,
+        limit: int = 50,
+    ) -> list[tuple[Run, str]]:
+        """Runs with who submitted them, newest first, keyset-paginated by id (before or after).
+
+        `host` may hold `*`/`?` wildcards; `task` matches the task name or the command; `text`
+        is searched in the output as one phrase (FTS5 on SQLite), so no input is a syntax error.
+        """
+        with self.session() as s:
+            q = select(Run, Job.submitted_by).join(Job, col(Job.id) == col(Run.job_id))
+            if since is not None:
+                q = q.where(Run.created_at >= since)
+            if until is not None:
+                q = q.where(Run.created_at < until)
+            if status:
+                q = q.where(col(Run.state).in_(list(status)))
+            if host:
+                if "*" in host or "?" in host:
+                    pattern = host.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                    pattern = pattern.replace("*", "%").replace("?", "_")
+                    q = q.where(col(Run.host).like(pattern, escape="\\"))
+                else:
+                    q = q.where(Run.host == host)
+            if task:
+                q = q.where(
+                    col(Run.task).contains(task, autoescape=True)
+                    | col(Run.command).contains(task, autoescape=True)
+                )
+            if user:
+                q = q.where(Job.submitted_by == user)
+            if job_id is not None:
+                q = q.where(Run.job_id == job_id)
+            if text:
+                q = q.where(col(Run.id).in_(self._runs_with_text(text)))
+            if before_id is not None:
+                q = q.where(col(Run.id) < before_id)
+            if after_id is not None:
+                q = q.where(col(Run.id) > after_id).order_by(col(Run.id)).limit(limit)
+                rows = list(s.exec(q))
+                rows.reverse()
+                return [(run, by) for run, by in rows]
+            q = q.order_by(col(Run.id).desc()).limit(limit)
+            return [(run, by) for run, by in s.exec(q)]
+
+    def _runs_with_text(self, needle: str) -> Any:
+        """A subquery of the ids of runs whose output contains a phrase."""
+        from sqlalchemy import column
+
+        needle = needle.replace("\x00", "")
+        if self.is_sqlite:
+            phrase = '"' + needle.replace('"', '""') + '"'
+            matching = (
+                text("SELECT rowid FROM log_fts WHERE log_fts MATCH :phrase")
+                .bindparams(phrase=phrase)
+                .columns(column("rowid"))
+            )
+            return select(LogLine.run_id).where(col(LogLine.id).in_(matching)).distinct()
+        return (
+            select(LogLine.run_id)
+            .where(col(LogLine.text).icontains(needle, autoescape=True))
+            .distinct()
+        )
+
+    def count_lines(self, run_id: int, levels: Sequence[str] | None = None) -> tuple[int, int]:
+        """How many stored lines of a run have one of the levels (all when None), and the top seq."""
+        with self.session() as s:
+            top = s.exec(select(func.max(LogLine.seq)).where(LogLine.run_id == run_id)).one()
+            if not levels:
+                return int(top or 0), int(top or 0)
+            count = s.exec(
+                select(func.count())
+                .select_from(LogLine)
+                .where(LogLine.run_id == run_id, col(LogLine.level).in_(list(levels)))
+            ).one()
+            return int(count or 0), int(top or 0)
+
+    def line_window(
+        self,
+        run_id: int,
+        *,
+        offset: int,
+        limit: int,
+        levels: Sequence[str] | None = None,
+        after_seq: int | None = None,
+    ) -> list[LogLine]:
+        """Lines at positions offset..offset+limit-1 of a run's (level-filtered) log.
+
+        Unfiltered, position p is seq p+1 (seqs have no gaps). Filtered, `after_seq` (the seq of
+        the line just before `offset`, when the caller knows it) avoids counting from the start.
+        """
+        with self.session() as s:
+            q = select(LogLine).where(LogLine.run_id == run_id)
+            if not levels:
+                q = q.where(LogLine.seq > offset, LogLine.seq <= offset + limit)
+                return list(s.exec(q.order_by(col(LogLine.seq))))
+            q = q.where(col(LogLine.level).in_(list(levels)))
+            if after_seq is not None:
+                q = q.where(LogLine.seq > after_seq).order_by(col(LogLine.seq)).limit(limit)
+            else:
+                q = q.order_by(col(LogLine.seq)).offset(offset).limit(limit)
+            return list(s.exec(q))
+
+    def search_lines(
+        self, run_id: int, needle: str, *, levels: Sequence[str] | None = None, limit: int = 10000
+    ) -> list[tuple[int, int]]:
+        """(seq, position in the level-filtered log) of lines containing `needle`, ignoring case."""
+        pattern = "%" + needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        with self.session() as s:
+            if not levels:
+                q = (
+                    select(LogLine.seq)
+                    .where(LogLine.run_id == run_id, col(LogLine.text).ilike(pattern, escape="\\"))
+                    .order_by(col(LogLine.seq))
+                    .limit(limit)
+                )
+                return [(int(seq), int(seq) - 1) for seq in s.exec(q)]
+            numbered = (
+                select(
+                    col(LogLine.seq).label("seq"),
+                    col(LogLine.text).label("text"),
+                    (func.row_number().over(order_by=col(LogLine.seq)) - 1).label("pos"),
+                )
+                .where(LogLine.run_id == run_id, col(LogLine.level).in_(list(levels)))
+                .subquery()
+            )
+            q2 = (
+                select(numbered.c.seq, numbered.c.pos)
+                .where(numbered.c.text.ilike(pattern, escape="\\"))
+                .order_by(numbered.c.seq)
+                .limit(limit)
+            )
+            return [(int(seq), int(pos)) for seq, pos in s.exec(q2)]
+
+    def line_tuples(
+        self, run_id: int, after_seq: int = 0, limit: int = 10000
+    ) -> list[tuple[int, float, str, str, str]]:
+        """(seq, ts, stream, level, text) of a run's lines after a seq: no ORM objects, for bulk reads."""
+        with self.session() as s:
+            rows = s.connection().execute(
+                text(
+                    "SELECT seq, ts, stream, level, text FROM log_line "
+                    "WHERE run_id = :run AND seq > :after ORDER BY seq LIMIT :limit"
+                ),
+                {"run": run_id, "after": after_seq, "limit": limit},
+            )
+            return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
 
 def dumps(value: Any) -> str:

@@ -1,0 +1,143 @@
+"""A run's spool in the agent's state dir: numbered output records and the exit status.
+
+Layout of `STATE/spool/<run-key>/`:
+- `cmd.json`   what to run (command, env, cwd, cap)
+- `out`        records: 8-byte seq, 1-byte stream (1 stdout, 2 stderr), 4-byte length, raw bytes
+- `pgid`       the command's process group id while it runs
+- `super.pid`  the supervisor's pid
+- `exit.json`  written last: exit code or signal, line and byte counts, what the cap dropped
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HEADER = struct.Struct(">QBI")
+STREAM_CODES = {"stdout": 1, "stderr": 2}
+STREAM_NAMES = {1: "stdout", 2: "stderr"}
+KEY_CHARS = set("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-_.")
+
+
+@dataclass(slots=True)
+class Record:
+    """One numbered line (raw bytes, with its newline if it had one)."""
+
+    seq: int
+    stream: str
+    data: bytes
+
+    def encode(self) -> bytes:
+        return HEADER.pack(self.seq, STREAM_CODES[self.stream], len(self.data)) + self.data
+
+
+def valid_key(key: str) -> bool:
+    """Run keys name directories: keep them to a safe alphabet."""
+    return bool(key) and len(key) <= 100 and set(key) <= KEY_CHARS and not key.startswith(".")
+
+
+class RecordReader:
+    """Reads records from a byte stream or file incrementally (partial records wait)."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[Record]:
+        self._buf += data
+        out: list[Record] = []
+        pos = 0
+        buf = self._buf
+        while len(buf) - pos >= HEADER.size:
+            seq, code, length = HEADER.unpack_from(buf, pos)
+            end = pos + HEADER.size + length
+            if end > len(buf):
+                break
+            out.append(
+                Record(seq, STREAM_NAMES.get(code, "stdout"), bytes(buf[pos + HEADER.size : end]))
+            )
+            pos = end
+        if pos:
+            del buf[:pos]
+        return out
+
+
+class Spool:
+    """One run's spool directory."""
+
+    def __init__(self, root: Path, key: str) -> None:
+        if not valid_key(key):
+            raise ValueError(f"bad run key {key!r}")
+        self.key = key
+        self.dir = root / key
+
+    @property
+    def out_path(self) -> Path:
+        return self.dir / "out"
+
+    def exists(self) -> bool:
+        return self.dir.is_dir()
+
+    def exit_info(self) -> dict[str, Any] | None:
+        """The exit record, once the supervisor wrote it."""
+        try:
+            return dict(json.loads((self.dir / "exit.json").read_text()))
+        except (OSError, ValueError):
+            return None
+
+    def write_exit(self, info: dict[str, Any]) -> None:
+        """Write the exit record atomically."""
+        tmp = self.dir / "exit.json.tmp"
+        tmp.write_text(json.dumps(info))
+        os.replace(tmp, self.dir / "exit.json")
+
+    def read_int(self, name: str) -> int | None:
+        try:
+            return int((self.dir / name).read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def records(self, after_seq: int = 0) -> Iterator[Record]:
+        """Stored records with seq > after_seq, in order."""
+        reader = RecordReader()
+        try:
+            fh = self.out_path.open("rb")
+        except FileNotFoundError:
+            return
+        with fh:
+            while True:
+                chunk = fh.read(1 << 20)
+                if not chunk:
+                    return
+                for rec in reader.feed(chunk):
+                    if rec.seq > after_seq:
+                        yield rec
+
+    def supervisor_alive(self) -> bool:
+        pid = self.read_int("super.pid")
+        if pid is None:
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        # a pid can be reused: check it is still our supervisor for this spool
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return True
+        return str(self.dir).encode() in cmdline
+
+    def remove(self) -> None:
+        """Delete the spool (after the server acknowledged everything)."""
+        if not self.dir.exists():
+            return
+        for child in self.dir.iterdir():
+            child.unlink(missing_ok=True)
+        self.dir.rmdir()

@@ -1,0 +1,109 @@
+"""Chaos: agents and servers killed mid-run, links cut; no line lost or stored twice."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import AgentFactory, ServerFactory
+from tests.helpers import ServerHandle, free_port, wait_until
+
+pytestmark = pytest.mark.chaos
+
+N = 300
+NUMBERED = f"for i in $(seq 1 {N}); do echo \"line $i\"; echo \"err $i\" >&2; sleep 0.01; done; exit 7"
+
+
+def assert_complete(server: ServerHandle, run_id: int, n: int = N) -> dict[str, Any]:
+    """Every line 1..n of both streams stored once, in order, seq 1..m without gaps."""
+    run = server.get(f"/api/runs/{run_id}")["run"]
+    lines = server.log_lines(run_id)
+    assert [ln["seq"] for ln in lines] == list(range(1, len(lines) + 1))
+    out = [ln["text"] for ln in lines if ln["stream"] == "stdout"]
+    err = [ln["text"] for ln in lines if ln["stream"] == "stderr"]
+    assert out == [f"line {i}" for i in range(1, n + 1)]
+    assert err == [f"err {i}" for i in range(1, n + 1)]
+    assert run["out_lines"] == 2 * n
+    return run
+
+
+def test_agent_killed_and_restarted_mid_run(
+    start_server: ServerFactory, start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    """kill -9 of the agent mid-run, agent restarted: the job went on; all lines; exit status right."""
+    server = start_server()
+    agent = start_agent(server, "chaos1")
+    job = server.submit("chaos1", NUMBERED)
+    run_id = job["runs"][0]["id"]
+    wait_until(lambda: len(server.log_lines(run_id)) > 20, what="some output")
+    agent.kill9()
+    wait_until(lambda: server.agent_status("chaos1") == "unreachable", timeout=10, what="unreachable")
+    time.sleep(1)  # the command keeps printing into the spool meanwhile
+    start_agent(server, "chaos1", enroll=False, state_dir=tmp_path / "agents" / "chaos1")
+    data = server.wait_job(job["job"]["id"], timeout=60)
+    run = data["runs"][0]
+    assert (run["state"], run["exit_code"]) == ("failed", 7)
+    assert_complete(server, run_id)
+    kinds = [e["kind"] for e in server.get(f"/api/runs/{run_id}")["events"]]
+    assert "agent lost" in kinds and "reattached" in kinds
+    # the spool was deleted after the server acknowledged it
+    wait_until(lambda: not any((tmp_path / "agents" / "chaos1" / "spool").iterdir()), what="spool acked")
+
+
+def test_server_killed_and_restarted_mid_run(
+    start_server: ServerFactory, start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    """kill -9 of the server mid-run, restarted on the same state: re-attached, nothing lost."""
+    agents_addr = f"127.0.0.1:{free_port()}"
+    server = start_server(agents=agents_addr)
+    start_agent(server, "chaos2")
+    job = server.submit("chaos2", NUMBERED)
+    run_id = job["runs"][0]["id"]
+    wait_until(lambda: len(server.log_lines(run_id)) > 20, what="some output")
+    server.proc.kill9()
+    time.sleep(1)
+    server2 = start_server(state_dir=server.state_dir, agents=agents_addr)
+    data = server2.wait_job(job["job"]["id"], timeout=60)
+    run = data["runs"][0]
+    assert (run["state"], run["exit_code"]) == ("failed", 7)
+    assert_complete(server2, run_id)
+    kinds = [e["kind"] for e in server2.get(f"/api/runs/{run_id}")["events"]]
+    assert "resumed" in kinds and "reattached" in kinds
+
+
+def test_queued_runs_survive_server_kill(
+    start_server: ServerFactory, start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    """Runs queued for an absent agent survive kill -9 of the server and run once afterwards."""
+    inventory = tmp_path / "inv.ini"
+    inventory.write_text("[web]\nlater1\n")
+    agents_addr = f"127.0.0.1:{free_port()}"
+    server = start_server(inventory, agents=agents_addr)
+    marker = tmp_path / "ran"
+    job = server.submit("later1", f"echo x >> {marker}; echo done", pending_timeout=120)
+    server.proc.kill9()
+    server2 = start_server(inventory, state_dir=server.state_dir, agents=agents_addr)
+    start_agent(server2, "later1")
+    data = server2.wait_job(job["job"]["id"], timeout=60)
+    assert data["runs"][0]["state"] == "success"
+    assert marker.read_text() == "x\n"
+
+
+def test_agentless_run_fails_when_server_dies(
+    start_server: ServerFactory, sshd, tmp_path: Path
+) -> None:
+    """A run on an agentless host in flight when the server dies ends failed: connection lost."""
+    inventory = tmp_path / "inv.ini"
+    inventory.write_text(f"[plain]\nplainx {sshd.host_vars()}\n")
+    server = start_server(inventory)
+    job = server.submit("plainx", "echo hi; sleep 5")
+    run_id = job["runs"][0]["id"]
+    wait_until(lambda: server.log_lines(run_id), what="first line")
+    server.proc.kill9()
+    server2 = start_server(inventory, state_dir=server.state_dir)
+    run = server2.get(f"/api/runs/{run_id}")["run"]
+    assert run["state"] == "failed"
+    assert run["reason"] == "connection lost (server restarted)"
