@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 from easytask import __version__, cli_inventory
 from easytask.config import Settings, load_settings
-from easytask.durations import format_duration, parse_duration
+from easytask.durations import format_duration, parse_duration, parse_size
 from easytask.errors import EasyTaskError, UsageError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_START, EXIT_BUG = 0, 1, 2, 3, 70
@@ -32,6 +32,13 @@ class _Parser(argparse.ArgumentParser):
 def _duration(text: str) -> float:
     try:
         return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
@@ -58,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ssh-known-hosts", help="known_hosts file for agentless hosts")
     s.add_argument("--reattach-timeout", type=_duration, default=3600.0,
                    help="how long a started run waits for its lost agent to come back (default 1h)")
+    s.add_argument("--output-limit", type=_size, default=256 << 20,
+                   help="stored output per run, head and tail kept (default 256M; 0 = no limit)")
     s.set_defaults(func=cmd_server)
 
     a = sub.add_parser("agent", help="run a resident agent that dials out to a server")
@@ -70,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--keepalive", type=_duration, default=15.0, help="SSH keepalive interval")
     a.add_argument("--keepalive-count", type=int, default=4, help="missed keepalives before reconnect")
     a.add_argument("--backoff-max", type=_duration, default=30.0, help="longest wait between reconnects")
-    a.add_argument("--spool-cap", type=int, default=2 << 30, help="bytes of output kept per run")
+    a.add_argument("--spool-cap", type=_size, default=2 << 30,
+                   help="output kept per run in the spool before the rest is cut (default 2G)")
     a.set_defaults(func=cmd_agent)
 
     r = sub.add_parser("run", help="run an ad hoc command on the hosts a pattern matches")
@@ -163,6 +173,7 @@ def cmd_server(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
         keepalive_count=args.keepalive_count,
         ssh_known_hosts=args.ssh_known_hosts,
         reattach_timeout=args.reattach_timeout,
+        output_limit=args.output_limit,
     )
     return asyncio.run(serve(config))
 

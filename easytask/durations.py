@@ -1,4 +1,4 @@
-"""Durations as users write them: `30`, `30s`, `5m`, `1h30m`, `2d`, `500ms` (pure code)."""
+"""Durations and sizes as users write them: `30s`, `1h30m`, `500ms`; `512k`, `2G` (pure code)."""
 
 from __future__ import annotations
 
@@ -50,3 +50,18 @@ def format_duration(seconds: float | None) -> str:
         return f"{minutes}m{secs:02d}s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m"
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes in a size: `1048576`, `512k`, `256M`, `2GiB`, `1.5G` (binary units)."""
+    if isinstance(text, int):
+        return text
+    match = _SIZE.match(str(text))
+    if not match:
+        raise ValueError(f"not a size: {text!r} (use e.g. 512k, 256M, 2G or a number of bytes)")
+    unit = match.group(2).lower().rstrip("b").rstrip("i")
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])

@@ -49,6 +49,7 @@ class ServerConfig:
     keepalive_count: int = 3
     ssh_known_hosts: str | None = None
     reattach_timeout: float = 3600.0
+    output_limit: int | None = 256 << 20
 
 
 def split_addr(value: str, default_port: int) -> tuple[str, int]:
@@ -141,6 +142,7 @@ class Server:
             known_hosts=self.config.ssh_known_hosts,
         )
         self.engine.reattach_timeout = self.config.reattach_timeout
+        self.engine.output_limit = self.config.output_limit or None
         client_key = load_or_create_key(self.state_dir / "client_key")
         self.client_public_key = client_key.export_public_key("openssh").decode().strip()
         self.listener = AgentListener(

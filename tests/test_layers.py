@@ -9,7 +9,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "easytask"
 
-PURE = ["errors", "config", "inventory", "patterns", "hostnames", "inventory_model", "inventory_ini", "inventory_yaml", "plan", "durations", "lines", "templating",
+PURE = ["errors", "config", "inventory", "patterns", "hostnames", "inventory_model", "inventory_ini", "inventory_yaml", "cron", "plan_playbook", "plan", "durations", "lines", "templating",
         "playbook"]
 IO_LIBS = {"asyncssh", "sqlmodel", "sqlalchemy", "starlette", "uvicorn", "httpx", "socket",
            "subprocess", "asyncio"}

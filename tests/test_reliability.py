@@ -107,3 +107,50 @@ def test_agentless_run_fails_when_server_dies(
     run = server2.get(f"/api/runs/{run_id}")["run"]
     assert run["state"] == "failed"
     assert run["reason"] == "connection lost (server restarted)"
+
+
+def test_stored_output_limit_keeps_head_and_tail(
+    start_server: ServerFactory, start_agent: AgentFactory
+) -> None:
+    """Past --output-limit a run keeps the head and the tail and says what was cut."""
+    server = start_server(None, "--output-limit", "64k")
+    start_agent(server, "big1")
+    job = server.submit("big1", "for i in $(seq 1 10000); do printf 'line %014d\\n' $i; done")
+    data = server.wait_job(job["job"]["id"], timeout=60)
+    run = data["runs"][0]
+    assert run["state"] == "success" and run["truncated"]
+    lines = server.log_lines(run["id"])
+    assert [ln["seq"] for ln in lines] == list(range(1, len(lines) + 1))
+    texts = [ln["text"] for ln in lines]
+    assert texts[0] == "line 00000000000001"
+    assert texts[-1] == "line 00000000010000"
+    (marker,) = [ln for ln in lines if ln["stream"] == "system"]
+    numbers = [int(t.split()[1]) for t in texts if t.startswith("line ")]
+    head = [n for n in numbers if n < numbers[-1] - 1000]
+    assert head == list(range(1, len(head) + 1))  # the head is contiguous from line 1
+    tail = numbers[len(head):]
+    assert tail == list(range(tail[0], 10001))  # and so is the tail, up to the last line
+    dropped = 10000 - len(numbers)
+    assert f"output cut: {dropped} lines ({dropped * 20} bytes) dropped" in marker["text"]
+    full = server.get(f"/api/runs/{run['id']}")["run"]
+    assert full["truncated"] is True
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_one_gigabyte_of_output_keeps_server_memory_bounded(
+    start_server: ServerFactory, start_agent: AgentFactory
+) -> None:
+    """1 GB printed by one task: the server's peak RSS stays under 300 MB."""
+    server = start_server(None, "--output-limit", "32M")
+    start_agent(server, "huge1", "--spool-cap", "2G")
+    job = server.submit("huge1", "yes \"$(printf '%0999d' 0)\" | head -c 1073741824")
+    data = server.wait_job(job["job"]["id"], timeout=600)
+    run = data["runs"][0]
+    assert run["state"] == "success"
+    assert run["out_bytes"] == 1 << 30
+    assert run["truncated"]
+    status = Path(f"/proc/{server.proc.pid}/status").read_text()
+    peak_kb = int(next(ln for ln in status.splitlines() if ln.startswith("VmHWM")).split()[1])
+    print(f"server peak RSS after 1 GB of output: {peak_kb / 1024:.0f} MiB")
+    assert peak_kb < 300 * 1024

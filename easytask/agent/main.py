@@ -226,10 +226,19 @@ class Agent:
         """Send a run's records after `after` in order, then its exit status."""
         drain_stdin = asyncio.create_task(self._drain(process), name=f"stdin-{key}")
         try:
-            async for rec in self.runner.follow(key, after):
-                writer = process.stderr if rec.stream == "stderr" else process.stdout
-                writer.write(rec.data)
-                await writer.drain()
+            async for batch in self.runner.follow(key, after):
+                # consecutive records of one stream go out in one write, one drain per batch
+                stream = batch[0].stream
+                chunk = bytearray()
+                for rec in batch:
+                    if rec.stream != stream:
+                        (process.stderr if stream == "stderr" else process.stdout).write(bytes(chunk))
+                        chunk.clear()
+                        stream = rec.stream
+                    chunk += rec.data
+                (process.stderr if stream == "stderr" else process.stdout).write(bytes(chunk))
+                await process.stdout.drain()
+                await process.stderr.drain()
         except (asyncssh.Error, OSError, BrokenPipeError):
             return  # the link went away; the run goes on and is re-attached later
         finally:

@@ -105,8 +105,8 @@ class Runner:
             job.version += 1
             job.changed.notify_all()
 
-    async def follow(self, key: str, after_seq: int) -> AsyncIterator[Record]:
-        """Records with seq > after_seq, live until the run ends."""
+    async def follow(self, key: str, after_seq: int) -> AsyncIterator[list[Record]]:
+        """Batches of records with seq > after_seq, live until the run ends."""
         spool = self.spool(key)
         reader = RecordReader()
         with spool.out_path.open("rb") as fh:
@@ -115,16 +115,15 @@ class Runner:
                 seen = job.version if job else 0
                 data = await asyncio.to_thread(fh.read, 1 << 20)
                 if data:
-                    for rec in reader.feed(data):
-                        if rec.seq > after_seq:
-                            yield rec
+                    batch = [rec for rec in reader.feed(data) if rec.seq > after_seq]
+                    if batch:
+                        yield batch
                     continue
                 if spool.exit_info() is not None:
                     rest = await asyncio.to_thread(fh.read)
-                    if rest:
-                        for rec in reader.feed(rest):
-                            if rec.seq > after_seq:
-                                yield rec
+                    batch = [rec for rec in reader.feed(rest) if rec.seq > after_seq] if rest else []
+                    if batch:
+                        yield batch
                     return
                 if job is None and not spool.supervisor_alive():
                     if spool.exit_info() is None:

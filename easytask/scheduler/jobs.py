@@ -14,7 +14,7 @@ from easytask.plan import PlannedRun
 from easytask.scheduler.agents import AgentRegistry
 from easytask.scheduler.hub import LiveHub
 from easytask.scheduler.logwriter import LogWriter
-from easytask.scheduler.output import RunOutput
+from easytask.scheduler.output import DEFAULT_LIMIT, RunOutput
 from easytask.store.db import Store, dumps
 from easytask.store.models import Job, Run, RunState, utcnow
 from easytask.transport import executor
@@ -23,7 +23,9 @@ from easytask.transport.executor import ExecResult
 
 log = logging.getLogger("easytask.server")
 
-BACKLOG_HIGH = 50_000  # lines waiting for the writer before a run's channel is paused
+# Lines / bytes waiting for the writer before channels are paused (SSH flow control does the rest).
+BACKLOG_HIGH = 50_000
+BACKLOG_HIGH_BYTES = 16 << 20
 
 
 @dataclass
@@ -91,6 +93,7 @@ class JobEngine:
         self.pool = pool
         self.known_hosts = known_hosts
         self.reattach_timeout = reattach_timeout
+        self.output_limit: int | None = DEFAULT_LIMIT
         self._live: dict[int, _Live] = {}
         self._jobs: dict[int, asyncio.Task[None]] = {}
         self._connect_limit = asyncio.Semaphore(64)
@@ -231,7 +234,7 @@ class JobEngine:
             await self._finish(run, RunState.UNREACHABLE, reason=str(exc))
             return
         key = f"{run.id}-{run.attempt}"
-        out = RunOutput(run.id, run.job_id, run.host, self.hub, self.writer)
+        out = self._output(run)
         outcome = await self._stream(
             run,
             live,
@@ -260,6 +263,7 @@ class JobEngine:
                 + options.timeout
                 - max((utcnow() - _aware(begun)).total_seconds(), 0)
             )
+        out: RunOutput | None = None
         while True:
             wait_for = self.reattach_timeout if started else options.pending_timeout
             if deadline is not None and started:
@@ -267,69 +271,53 @@ class JobEngine:
             info = await self._wait_agent(run, live, wait_for, started)
             if info is None:
                 if started:
-                    reason = (
-                        f"agent {run.host} did not come back within {wait_for:g}s; "
-                        "the command may still be running there"
-                    )
-                    await self._finish(run, RunState.FAILED, reason=reason)
+                    reason = (f"agent {run.host} did not come back within {wait_for:g}s; "
+                              "the command may still be running there")
+                    if out is not None:
+                        out.close()
+                    await self._finish(run, RunState.FAILED, reason=reason, out=out)
                 return
             link = info.link
             assert link is not None
             try:
                 attach_from: int | None = None
-                next_seq = 1
                 if started:
                     status = await link.request("status", run=key)
                     if status.get("state") == "unknown":
                         if run.state == RunState.RUNNING:
-                            await self._finish(
-                                run,
-                                RunState.FAILED,
-                                reason="the agent has no record of this run (state dir lost?)",
-                            )
+                            await self._finish(run, RunState.FAILED,
+                                               reason="the agent has no record of this run (state dir lost?)")
                             return
                         started = False  # the dispatch never reached the agent: start it now
+                    elif out is not None:
+                        out.reset_partial()  # same process: continue after the last line received
+                        attach_from = out.agent_lines
                     else:
-                        # The agent numbers only output lines; our seq also counts system lines.
+                        # A new server process: continue after what is stored.  The agent numbers
+                        # only output lines; our seq also counts system lines.
                         await self.writer.flush()
                         attach_from = await self.store.call(self.store.count_output_lines, run.id)
                         next_seq = await self.store.call(self.store.max_seq, run.id) + 1
+                        stored = await self.store.call(self.store.output_bytes, run.id)
+                        out = self._output(run, first_seq=next_seq, stored=stored)
                 if attach_from is None:
                     await self._update(run, RunState.DISPATCHED, "dispatched", f"agent {run.host}")
                     env = {"EASYTASK_RUN_ID": str(run.id), "EASYTASK_ATTEMPT": str(run.attempt)}
-                    out = RunOutput(run.id, run.job_id, run.host, self.hub, self.writer)
+                    out = self._output(run)
                     command = run.command
                 else:
                     env = {"EASYTASK_ATTACH": key, "EASYTASK_FROM_SEQ": str(attach_from)}
-                    out = RunOutput(
-                        run.id,
-                        run.job_id,
-                        run.host,
-                        self.hub,
-                        self.writer,
-                        first_seq=next_seq,
-                    )
                     command = "easytask-attach"
-                    await self._event(
-                        run, "reattached", f"agent {run.host}, from line {attach_from + 1}"
-                    )
+                    await self._event(run, "reattached",
+                                      f"agent {run.host}, from output line {attach_from + 1}")
+                assert out is not None
                 started = True
                 remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
                 outcome = await self._stream(
-                    run,
-                    live,
-                    replace(options, timeout=remaining),
-                    link.conn,
-                    command,
-                    env,
-                    out,
-                    terminate=lambda grace: link.request(
-                        "cancel",
-                        run=key,
-                        grace=grace,
-                        by=live.killed_by or "timeout",
-                        timeout=grace + 15,
-                    ),
+                    run, live, replace(options, timeout=remaining), link.conn, command, env, out,
+                    terminate=lambda grace: link.request("cancel", run=key, grace=grace,
+                                                         by=live.killed_by or "timeout",
+                                                         timeout=grace + 15),
                     attach=attach_from is not None,
                 )
             except (ConnectionError, OSError, RuntimeError, TimeoutError) as exc:
@@ -353,6 +341,11 @@ class JobEngine:
             except Exception as exc:
                 log.info("run %s: could not acknowledge spool on %s: %s", run.id, run.host, exc)
             return
+
+    def _output(self, run: Run, first_seq: int = 1, stored: int = 0) -> RunOutput:
+        assert run.id is not None
+        return RunOutput(run.id, run.job_id, run.host, self.hub, self.writer, first_seq=first_seq,
+                         limit=self.output_limit, stored=stored)
 
     def _ssh_target(self, host: str, hv: dict[str, Any]) -> SSHTarget:
         return SSHTarget(
@@ -416,7 +409,7 @@ class JobEngine:
 
         def on_data(stream: str, data: bytes) -> None:
             out.data(stream, data)
-            if self.writer.backlog > BACKLOG_HIGH and not paused[0] and execution is not None:
+            if not paused[0] and execution is not None and self.writer.over(BACKLOG_HIGH, BACKLOG_HIGH_BYTES):
                 chan = execution.channel
                 if chan is not None:
                     paused[0] = True
@@ -519,7 +512,7 @@ class JobEngine:
         )
 
     async def _resume_when_drained(self, execution: executor.Execution, paused: list[bool]) -> None:
-        await self.writer.wait_below(BACKLOG_HIGH // 2)
+        await self.writer.wait_below(BACKLOG_HIGH // 2, BACKLOG_HIGH_BYTES // 2)
         paused[0] = False
         chan = execution.channel
         if chan is not None:
@@ -570,6 +563,9 @@ class JobEngine:
             else:
                 fields["out_lines"] = out.lines
             fields["out_bytes"] = int(stats["bytes"]) if stats and "bytes" in stats else out.bytes
+            if out.truncated and not extra.get("truncated"):
+                fields.update(truncated=True, dropped_lines=out.dropped_lines,
+                              dropped_bytes=out.dropped_bytes)
         detail = state + (f": {reason}" if reason else "")
         await self.store.call(self.store.update_run, run.id, "finished", detail, **fields)
         run.state = state

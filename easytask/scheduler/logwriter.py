@@ -20,6 +20,8 @@ class LogWriter:
         self._rows: list[LogRow] = []
         self._added = 0
         self._written = 0
+        self._added_bytes = 0
+        self._written_bytes = 0
         self._wake = asyncio.Event()
         self._progress = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
@@ -31,10 +33,16 @@ class LogWriter:
         """Lines accepted but not yet stored."""
         return self._added - self._written
 
+    @property
+    def backlog_bytes(self) -> int:
+        """Text bytes accepted but not yet stored."""
+        return self._added_bytes - self._written_bytes
+
     def add(self, rows: list[LogRow]) -> None:
         """Queue lines for storage (never blocks)."""
         self._rows.extend(rows)
         self._added += len(rows)
+        self._added_bytes += sum(len(row[5]) for row in rows)
         if len(self._rows) >= self.batch:
             self._wake.set()
 
@@ -66,6 +74,7 @@ class LogWriter:
                     log.exception("storing %d log lines failed; retrying", len(rows))
                     await asyncio.sleep(0.5)
             self._written += len(rows)
+            self._written_bytes += sum(len(row[5]) for row in rows)
             self.total_written += len(rows)
             async with self._progress:
                 self._progress.notify_all()
@@ -77,13 +86,17 @@ class LogWriter:
         async with self._progress:
             await self._progress.wait_for(lambda: self._written >= target)
 
-    async def wait_below(self, limit: int) -> None:
-        """Wait until the backlog is below `limit` lines (backpressure for producers)."""
-        if self.backlog < limit:
+    def over(self, lines: int, nbytes: int) -> bool:
+        """True when the backlog is at or above either limit."""
+        return self.backlog >= lines or self.backlog_bytes >= nbytes
+
+    async def wait_below(self, lines: int, nbytes: int) -> None:
+        """Wait until the backlog is below both limits (backpressure for producers)."""
+        if not self.over(lines, nbytes):
             return
         self._wake.set()
         async with self._progress:
-            await self._progress.wait_for(lambda: self.backlog < limit)
+            await self._progress.wait_for(lambda: not self.over(lines, nbytes))
 
     async def close(self) -> None:
         """Store what is left and stop."""

@@ -1,8 +1,14 @@
-"""A run's output on its way in: split into lines, numbered, published live and queued for storage."""
+"""A run's output on its way in: split into lines, numbered, published live and queued for storage.
+
+Past the stored-output limit a run keeps its head and its tail: lines after the head go through a
+bounded ring; whatever falls out of the ring is counted, and at the end one system line says how
+many lines and bytes were cut before the tail is stored.
+"""
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import Any
 
 from easytask.lines import STDERR, STDOUT, SYSTEM, LineSplitter, detect_level
@@ -10,19 +16,14 @@ from easytask.scheduler.hub import LiveHub
 from easytask.scheduler.logwriter import LogWriter
 from easytask.store.db import LogRow
 
+DEFAULT_LIMIT = 256 << 20  # stored bytes of output per run (head + tail)
+
 
 class RunOutput:
     """Numbers lines 1..n in arrival order; every line goes to the hub and the writer once."""
 
-    def __init__(
-        self,
-        run_id: int,
-        job_id: int,
-        host: str,
-        hub: LiveHub,
-        writer: LogWriter,
-        first_seq: int = 1,
-    ) -> None:
+    def __init__(self, run_id: int, job_id: int, host: str, hub: LiveHub, writer: LogWriter,
+                 first_seq: int = 1, limit: int | None = DEFAULT_LIMIT, stored: int = 0) -> None:
         self.run_id = run_id
         self.job_id = job_id
         self.host = host
@@ -30,28 +31,81 @@ class RunOutput:
         self.writer = writer
         self.first_seq = first_seq
         self.seq = first_seq - 1
-        self.bytes = 0
-        self.lines = 0
+        self.bytes = 0  # bytes received in this process
+        self.lines = 0  # output lines numbered (stored or held for the tail)
+        self.agent_lines = 0  # output lines received: what an agent has sent so far
+        self.limit = limit
+        self.tail_limit = min(limit // 4, 16 << 20) if limit else 0
+        self.head_limit = (limit - self.tail_limit) if limit else 0
+        self.stored = stored  # output bytes stored so far (head)
+        self._tail: deque[tuple[str, str, int]] = deque()
+        self._tail_bytes = 0
+        self.dropped_lines = 0
+        self.dropped_bytes = 0
+        self._cut_announced = False
         self._splitters = {STDOUT: LineSplitter(STDOUT), STDERR: LineSplitter(STDERR)}
         self._topics = (f"run:{run_id}", f"job:{job_id}")
+
+    @property
+    def truncated(self) -> bool:
+        """True when lines were cut between head and tail."""
+        return self.dropped_lines > 0
 
     def data(self, stream: str, data: bytes) -> None:
         """Take a chunk of one stream."""
         self.bytes += len(data)
         lines = self._splitters[stream].feed(data)
         if lines:
-            self._emit([(ln.stream, ln.text) for ln in lines])
+            self._output([(ln.stream, ln.text, ln.nbytes) for ln in lines])
+
+    def reset_partial(self) -> None:
+        """Forget partial lines (a re-attached agent resends from a line boundary)."""
+        self._splitters = {STDOUT: LineSplitter(STDOUT), STDERR: LineSplitter(STDERR)}
 
     def system(self, text: str, level: str = "INFO") -> None:
         """Add a scheduler line (timeouts, kills, lost links) to the run's log."""
         self._emit([(SYSTEM, text)], level)
 
     def close(self) -> None:
-        """Flush partial last lines of both streams."""
+        """Flush partial last lines of both streams, then the cut notice and the tail."""
         for splitter in self._splitters.values():
             tail = splitter.close()
             if tail:
-                self._emit([(ln.stream, ln.text) for ln in tail])
+                self._output([(ln.stream, ln.text, ln.nbytes) for ln in tail])
+        if self.dropped_lines or self._tail:
+            if self.dropped_lines:
+                self.system(
+                    f"output cut: {self.dropped_lines} lines ({self.dropped_bytes} bytes) dropped "
+                    f"between the first {self.head_limit} and the last {self.tail_limit} bytes "
+                    f"(stored-output limit {self.limit} bytes)", "WARN")
+            held = list(self._tail)
+            self._tail.clear()
+            self._tail_bytes = 0
+            self._emit([(stream, text) for stream, text, _ in held])
+
+    def _output(self, items: list[tuple[str, str, int]]) -> None:
+        keep: list[tuple[str, str]] = []
+        for stream, text, nbytes in items:
+            self.agent_lines += 1
+            if not self.limit or self.stored + nbytes <= self.head_limit:
+                self.stored += nbytes
+                keep.append((stream, text))
+                continue
+            # past the head: hold the line for the tail, dropping the oldest held ones
+            self._tail.append((stream, text, nbytes))
+            self._tail_bytes += nbytes
+            while self._tail_bytes > self.tail_limit and self._tail:
+                _, _, gone = self._tail.popleft()
+                self._tail_bytes -= gone
+                self.dropped_lines += 1
+                self.dropped_bytes += gone
+        if keep:
+            self._emit(keep)
+        if self._tail and not self._cut_announced:
+            self._cut_announced = True
+            self.hub.publish({"t": "notice", "run": self.run_id, "host": self.host,
+                              "text": "output past the stored-output limit: keeping the tail only"},
+                             *self._topics)
 
     def _emit(self, items: list[tuple[str, str]], level: str | None = None) -> None:
         now = time.time()
@@ -63,14 +117,8 @@ class RunOutput:
             if stream != SYSTEM:
                 self.lines += 1
             event: dict[str, Any] = {
-                "t": "line",
-                "run": self.run_id,
-                "host": self.host,
-                "seq": self.seq,
-                "ts": now,
-                "stream": stream,
-                "level": lvl,
-                "text": text,
+                "t": "line", "run": self.run_id, "host": self.host, "seq": self.seq,
+                "ts": now, "stream": stream, "level": lvl, "text": text,
             }
             self.hub.publish(event, *self._topics)
         self.writer.add(rows)

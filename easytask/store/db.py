@@ -468,6 +468,16 @@ class Store:
             ).one()
             return int(value or 0)
 
+    def output_bytes(self, run_id: int) -> int:
+        """Characters of stored output of a run (the head already kept, after a restart)."""
+        with self.session() as s:
+            value = s.exec(
+                select(func.sum(func.length(LogLine.text))).where(
+                    LogLine.run_id == run_id, LogLine.stream != "system"
+                )
+            ).one()
+            return int(value or 0)
+
     def max_seq(self, run_id: int) -> int:
         """The highest stored sequence number of a run (0 when none)."""
         with self.session() as s:
