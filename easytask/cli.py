@@ -92,6 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--format", choices=("text", "json"), default="text")
     r.set_defaults(func=cmd_run)
 
+    pl = sub.add_parser("play", help="run a playbook (or --check it without a server)")
+    pl.add_argument("playbook", help="playbook file, e.g. playbooks/health.yml")
+    pl.add_argument("-l", "--limit", help="further limit the hosts with a pattern")
+    pl.add_argument("-e", "--extra-vars", action="append", default=[], metavar="VARS",
+                    help="key=value, @file.yml or a JSON/YAML mapping (repeatable)")
+    pl.add_argument("--check", action="store_true",
+                    help="validate, render and print the plan; run nothing (no server needed)")
+    pl.add_argument("-i", "--inventory", help="inventory for --check (default: settings)")
+    pl.add_argument("--format", choices=("text", "json"), default="text")
+    pl.set_defaults(func=cmd_play)
+
     rs = sub.add_parser("runs", help="list runs, newest first")
     rs.add_argument("--since", help="ISO time or duration ago (1h, 2d)")
     rs.add_argument("--until", help="ISO time or duration ago")
@@ -273,6 +284,92 @@ def cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         _print_json(data, out)
         return EXIT_OK if all(r["state"] == "success" for r in data["runs"]) else EXIT_FAILED
     return _summary(data, time.monotonic() - started, out)
+
+
+def cmd_play(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    import base64
+
+    from easytask.inventory import load_inventory
+    from easytask.plan_playbook import (
+        check_playbook,
+        dumps_check,
+        format_check,
+        parse_extra_vars,
+        plan_playbook,
+    )
+    from easytask.playbook import load_playbook
+
+    started = time.monotonic()
+    playbook = load_playbook(args.playbook)
+    extra = parse_extra_vars(args.extra_vars)
+    if args.check:
+        inventory = load_inventory(args.inventory or settings.inventory)
+        plan = plan_playbook(playbook, inventory, extra_vars=extra, limit=args.limit)
+        checked = check_playbook(plan)
+        out.write(dumps_check(checked) if args.format == "json" else format_check(plan, checked))
+        return EXIT_USAGE if any(c.error for c in checked) else EXIT_OK
+    base = Path(playbook.base_dir)
+    files = {}
+    for task in playbook.tasks:
+        if task.action.path:
+            rel = Path(task.action.path).resolve().relative_to(base.resolve())
+            files[str(rel)] = base64.b64encode(Path(task.action.path).read_bytes()).decode()
+    client = _client(settings)
+    body = {"name": Path(args.playbook).name, "text": playbook.text, "files": files,
+            "limit": args.limit, "extra_vars": extra}
+    sub_data = client.post("/api/playbooks/run", body)
+    job_id = sub_data["job"]["id"]
+    view = _RunView(out, [r["host"] for r in sub_data["runs"]]) if args.format == "text" else None
+    killed = False
+    while True:
+        try:
+            _follow_job(client, job_id, view)
+            break
+        except KeyboardInterrupt:
+            if killed:
+                return 130
+            killed = True
+            sys.stderr.write(f"\nterminating job {job_id} (Ctrl-C again to leave now)\n")
+            client.post(f"/api/jobs/{job_id}/kill")
+    data = client.get(f"/api/jobs/{job_id}")
+    if args.format == "json":
+        _print_json(data, out)
+    else:
+        _recap(data, time.monotonic() - started, out)
+    ok = {"success", "skipped"}
+    return EXIT_OK if all(r["state"] in ok for r in _final_attempts(data["runs"])) else EXIT_FAILED
+
+
+def _final_attempts(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The last attempt of each (task, host): earlier failed attempts were retried."""
+    last: dict[tuple[str, str], dict[str, Any]] = {}
+    for run in sorted(runs, key=lambda r: r["id"]):
+        last[(run["task"], run["host"])] = run
+    return list(last.values())
+
+
+def _recap(data: dict[str, Any], elapsed: float, out: TextIO) -> None:
+    runs = _final_attempts(data["runs"])
+    out.write("\nTASKS\n")
+    rows = [
+        (r["task"], r["host"], r["state"], "" if r["exit_code"] is None else r["exit_code"],
+         r["attempt"], format_duration(r["duration"]) if r["duration"] is not None else "-",
+         r["reason"])
+        for r in runs
+    ]
+    _table(rows, ("TASK", "HOST", "STATUS", "EXIT", "TRY", "DURATION", "REASON"), out)
+    out.write("\nRECAP\n")
+    columns = ("ok", "failed", "skipped", "terminated", "unreachable")
+    per_host: dict[str, dict[str, int]] = {}
+    for r in runs:
+        counts = per_host.setdefault(r["host"], dict.fromkeys(columns, 0))
+        key = "ok" if r["state"] == "success" else r["state"]
+        if key in counts:
+            counts[key] += 1
+    _table([(host, *(c[k] for k in columns)) for host, c in per_host.items()],
+           ("HOST", *(k.upper() for k in columns)), out)
+    out.write(f"\njob {data['job']['id']} ({data['job']['name']}): {data['job']['state']} "
+              f"in {format_duration(elapsed)}\n")
 
 
 def cmd_runs(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:

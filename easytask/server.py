@@ -18,9 +18,11 @@ from typing import Any
 import uvicorn
 
 from easytask import __version__
-from easytask.errors import NoHostsMatched, StartError
+from easytask.errors import NoHostsMatched, PlaybookError, StartError
 from easytask.inventory import Inventory, load_inventory
 from easytask.plan import PlannedRun, plan_adhoc
+from easytask.plan_playbook import PlaybookPlan, plan_playbook
+from easytask.playbook import load_playbook
 from easytask.scheduler.agents import AgentRegistry
 from easytask.scheduler.hub import LiveHub
 from easytask.scheduler.jobs import JobEngine
@@ -98,6 +100,32 @@ class Server:
         if host in inventory.hosts:
             return inventory.host_vars(host)
         return {}
+
+    async def merged_inventory(self) -> Inventory:
+        """The inventory plus the accepted agents it does not list."""
+        inventory = await asyncio.to_thread(self._inventory_now)
+        return inventory.with_extra_hosts(self.registry.declared_hosts())
+
+    async def plan_playbook_bundle(
+        self, name: str, text: str, files: dict[str, bytes], limit: str | None,
+        extra_vars: dict[str, Any],
+    ) -> PlaybookPlan:
+        """Write a submitted playbook and its files to a private bundle dir, load and plan it."""
+        bundle = self.state_dir / "bundles" / secrets.token_hex(8)
+        base = Path(name).name or "playbook.yml"
+        entries = {base: text.encode()}
+        for rel, data in files.items():
+            parts = Path(rel).parts
+            if Path(rel).is_absolute() or ".." in parts or not parts:
+                raise PlaybookError(f"file path {rel!r} must be relative, inside the playbook's directory")
+            entries[str(Path(*parts))] = data
+        for rel, data in entries.items():
+            target = bundle / rel
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            target.write_bytes(data)
+        playbook = await asyncio.to_thread(load_playbook, bundle / base)
+        inventory = await self.merged_inventory()
+        return plan_playbook(playbook, inventory, extra_vars=extra_vars, limit=limit)
 
     async def plan_adhoc(self, pattern: str, command: str) -> list[PlannedRun]:
         """Resolve a pattern against the inventory plus the accepted agents."""

@@ -274,6 +274,8 @@ class Agent:
             process_factory=self.handle,
             encoding=None,
             server_version=agent_version_string(self.config.name),
+            sftp_factory=True,
+            allow_scp=False,
             keepalive_interval=self.config.keepalive_interval,
             keepalive_count_max=self.config.keepalive_count,
             config=None,

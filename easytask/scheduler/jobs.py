@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import secrets
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import UTC
+from pathlib import Path
 from typing import Any
+
+import asyncssh
 
 from easytask.errors import ConnectError, UsageError
 from easytask.plan import PlannedRun
@@ -59,9 +66,8 @@ def run_timeout_text(options: JobOptions) -> str:
 
 
 def _aware(value: Any) -> Any:
-    from datetime import timezone
 
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -315,9 +321,7 @@ class JobEngine:
                 remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
                 outcome = await self._stream(
                     run, live, replace(options, timeout=remaining), link.conn, command, env, out,
-                    terminate=lambda grace: link.request("cancel", run=key, grace=grace,
-                                                         by=live.killed_by or "timeout",
-                                                         timeout=grace + 15),
+                    terminate=_agent_terminator(link, key, live),
                     attach=attach_from is not None,
                 )
             except (ConnectionError, OSError, RuntimeError, TimeoutError) as exc:
@@ -518,6 +522,119 @@ class JobEngine:
         if chan is not None:
             chan.resume_reading()
 
+    # -- pieces the playbook runner uses -----------------------------------------------------
+
+    def adopt(self, job_id: int, task: asyncio.Task[None]) -> None:
+        """Keep a job task started elsewhere (playbooks) so that close() can stop it."""
+        self._jobs[job_id] = task
+        task.add_done_callback(self._forget_job(job_id))
+
+    def track(self, run: Run) -> None:
+        """Make a run killable (attempt rows created after the job started)."""
+        assert run.id is not None
+        self._live.setdefault(run.id, _Live(run))
+
+    async def finish(self, run: Run, state: str, *, reason: str = "") -> None:
+        """Record a run as ended without executing anything (skipped, template errors)."""
+        await self._finish(run, state, reason=reason)
+
+    async def job_event(self, job: Job, text: str) -> None:
+        """Tell viewers of a job something that concerns all its runs."""
+        log.info("job %s: %s", job.id, text)
+        self.hub.publish({"t": "notice", "job": job.id, "text": text}, f"job:{job.id}")
+
+    async def execute_one(self, run: Run, hostvars: dict[str, Any], options: JobOptions) -> None:
+        """Execute one run row to its end (the same path as ad hoc runs)."""
+        self.track(run)
+        await self._execute(run, hostvars, options)
+
+    async def output_text(self, run_id: int) -> tuple[str, str]:
+        """A finished run's stdout and stderr as text (for `results.<task>`)."""
+        await self.writer.flush()
+        rows = await self.store.call(self.store.read_lines, run_id)
+        out = "\n".join(r.text for r in rows if r.stream == "stdout")
+        err = "\n".join(r.text for r in rows if r.stream == "stderr")
+        return out, err
+
+    async def file_connection(self, run: Run, hostvars: dict[str, Any], options: JobOptions) -> Any:
+        """A connection for SFTP to the run's host, or None (the run is then recorded as ended)."""
+        assert run.id is not None
+        if run.connection == "agent":
+            live = self._live[run.id]
+            info = await self._wait_agent(run, live, options.pending_timeout, False)
+            if info is None:
+                return None
+            await self.registry.release(run.host)
+            assert info.link is not None
+            return info.link.conn
+        target = self._ssh_target(run.host, hostvars)
+        await self._update(run, RunState.DISPATCHED, "dispatched", f"ssh {target.host}:{target.port}")
+        try:
+            return await self.pool.get(target)
+        except ConnectError as exc:
+            await self._finish(run, RunState.UNREACHABLE, reason=str(exc))
+            return None
+
+    async def run_copy(self, run: Run, hostvars: dict[str, Any], action: Any, options: JobOptions) -> None:
+        """Send a file over SFTP unless the destination already has the same SHA-256."""
+        self.track(run)
+        conn = await self.file_connection(run, hostvars, options)
+        if conn is None:
+            return
+        assert run.id is not None
+        out = self._output(run)
+        await self._update(run, RunState.RUNNING, "started", f"copy to {action.dest}", started_at=utcnow())
+        started = time.monotonic()
+        try:
+            local = await asyncio.to_thread(_sha256_file, action.src)
+            result, stdout, _ = await executor.run_collect(
+                conn, f"sha256sum -- {shlex.quote(action.dest)} 2>/dev/null", timeout=60)
+            remote = stdout.split()[0].decode() if stdout.split() else ""
+            if remote == local:
+                out.system(f"unchanged: {action.dest} already has sha256 {local}")
+                await self._finish(run, RunState.SUCCESS, reason="unchanged", exit_code=0, out=out,
+                                   duration=time.monotonic() - started)
+                return
+            tmp = f"{action.dest}.easytask-{run.id}"
+            async with conn.start_sftp_client() as sftp:
+                await sftp.put(action.src, tmp)
+                if action.mode:
+                    await sftp.chmod(tmp, int(str(action.mode), 8))
+                await sftp.posix_rename(tmp, action.dest)
+            size = Path(action.src).stat().st_size
+            out.system(f"changed: copied {Path(action.src).name} ({size} bytes, sha256 {local}) to {action.dest}")
+            await self._finish(run, RunState.SUCCESS, reason="changed", exit_code=0, out=out,
+                               duration=time.monotonic() - started)
+        except (OSError, asyncssh.Error, TimeoutError) as exc:
+            out.system(f"copy failed: {exc}", "ERROR")
+            await self._finish(run, RunState.FAILED, reason=f"copy failed: {exc}", out=out,
+                               duration=time.monotonic() - started)
+
+    async def run_script(self, run: Run, hostvars: dict[str, Any], action: Any, options: JobOptions) -> None:
+        """Upload a script to a private temp dir, run it through its #! line, remove it."""
+        self.track(run)
+        conn = await self.file_connection(run, hostvars, options)
+        if conn is None:
+            return
+        assert run.id is not None
+        remote_dir = f"/tmp/.easytask-{run.id}-{secrets.token_hex(4)}"
+        remote = f"{remote_dir}/{Path(action.src).name}"
+        try:
+            async with conn.start_sftp_client() as sftp:
+                await sftp.mkdir(remote_dir, asyncssh.SFTPAttrs(permissions=0o700))
+                await sftp.put(action.src, remote)
+                await sftp.chmod(remote, 0o700)
+        except (OSError, asyncssh.Error) as exc:
+            await self._finish(run, RunState.FAILED, reason=f"could not upload the script: {exc}")
+            return
+        line = action.shell_line(remote)
+        command = f"( {line}\n); rc=$?; rm -rf {shlex.quote(remote_dir)}; exit $rc"
+        await self.store.call(self.store.update_run, run.id, None, "", command=command)
+        run.command = command
+        if run.connection == "agent":
+            run.state = RunState.QUEUED
+        await self._execute(run, hostvars, options)
+
     # -- recording --------------------------------------------------------------------------
 
     async def _event(self, run: Run, kind: str, detail: str) -> None:
@@ -632,6 +749,24 @@ class JobEngine:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _agent_terminator(link: Any, key: str, live: _Live) -> Callable[[float], Any]:
+    """Ask the agent to TERM, then KILL, the run's process group."""
+
+    def terminate(grace: float) -> Any:
+        return link.request("cancel", run=key, grace=grace, by=live.killed_by or "timeout",
+                            timeout=grace + 15)
+
+    return terminate
+
+
+def _sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def job_dict(job: Job) -> dict[str, Any]:

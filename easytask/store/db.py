@@ -279,6 +279,22 @@ class Store:
             s.refresh(job)
             return job, list(runs)
 
+    def add_attempt(self, run_id: int, attempt: int) -> Run:
+        """A new run row for the next attempt of a run (same job, task, host, command)."""
+        with self.session() as s:
+            prev = s.get(Run, run_id)
+            if prev is None:
+                raise KeyError(run_id)
+            run = Run(job_id=prev.job_id, task=prev.task, host=prev.host, connection=prev.connection,
+                      agent=prev.agent, command=prev.command, attempt=attempt)
+            s.add(run)
+            s.flush()
+            assert run.id is not None
+            s.add(RunEvent(run_id=run.id, kind="queued", detail=f"attempt {attempt} of run {run_id}"))
+            s.commit()
+            s.refresh(run)
+            return run
+
     def get_job(self, job_id: int) -> Job | None:
         """One job."""
         with self.session() as s:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
@@ -19,6 +20,7 @@ from easytask.durations import parse_duration
 from easytask.errors import APIError, EasyTaskError
 from easytask.lines import LEVELS
 from easytask.scheduler.jobs import JobOptions, job_dict, run_dict
+from easytask.scheduler.playbooks import submit_playbook
 from easytask.store.models import AgentState, RunState, User
 
 if TYPE_CHECKING:
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("easytask.server")
 
 MAX_BODY = 1 << 20
+MAX_PLAYBOOK_BODY = 64 << 20
 ROLES_OPERATE = ("admin", "operator")
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -41,12 +44,18 @@ class Api:
     def __init__(self, server: Server) -> None:
         self.server = server
         self._token_cache: dict[str, tuple[float, User | None]] = {}
+        # Set by the console: the signed-in user of a browser request without a bearer token.
+        self.session_user: Callable[[Request], Awaitable[User | None]] | None = None
 
     # -- auth -------------------------------------------------------------------------------
 
     async def user(self, request: Request) -> User:
         """The user behind the request's bearer token; 401 without a valid one."""
         header = request.headers.get("authorization", "")
+        if not header and self.session_user is not None:
+            session_user = await self.session_user(request)
+            if session_user is not None:
+                return session_user
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise APIError("authentication required: pass a bearer token", status=401)
@@ -64,8 +73,11 @@ class Api:
             raise APIError("invalid, expired or revoked token", status=401)
         return user
 
-    def route(self, handler: Callable[[Request, User], Awaitable[Response]],
-              roles: tuple[str, ...] | None = None) -> Handler:
+    def route(
+        self,
+        handler: Callable[[Request, User], Awaitable[Response]],
+        roles: tuple[str, ...] | None = None,
+    ) -> Handler:
         """Wrap a handler with authentication, an optional role check and error mapping."""
 
         async def wrapped(request: Request) -> Response:
@@ -89,12 +101,12 @@ class Api:
     # -- helpers ----------------------------------------------------------------------------
 
     @staticmethod
-    async def body(request: Request) -> dict[str, Any]:
+    async def body(request: Request, limit: int = MAX_BODY) -> dict[str, Any]:
         """The JSON body, size-limited and checked to be an object."""
         raw = b""
         async for chunk in request.stream():
             raw += chunk
-            if len(raw) > MAX_BODY:
+            if len(raw) > limit:
                 raise APIError("request body too large", status=413)
         try:
             data = json.loads(raw or b"{}")
@@ -130,21 +142,30 @@ class Api:
             raise APIError("pattern is required")
         if not command.strip():
             raise APIError("command is required")
-        options = JobOptions(pending_timeout=self.server.pending_timeout)
         try:
+            timeout = None
             if data.get("timeout") not in (None, ""):
-                options.timeout = parse_duration(data["timeout"])
+                timeout = parse_duration(data["timeout"])
+            pending = self.server.pending_timeout
             if data.get("pending_timeout") not in (None, ""):
-                options.pending_timeout = parse_duration(data["pending_timeout"])
-            options.forks = int(data.get("forks") or 0)
+                pending = parse_duration(data["pending_timeout"])
+            forks = int(data.get("forks") or 0)
         except (TypeError, ValueError) as exc:
             raise APIError(str(exc)) from exc
+        options = JobOptions(timeout=timeout, pending_timeout=pending, forks=forks)
         planned = await self.server.plan_adhoc(pattern, command)
         job, runs = await self.server.engine.submit(
-            planned, name=str(data.get("name") or command)[:200], pattern=pattern, command=command,
-            options=options, user=user.name, source=self.source(request),
+            planned,
+            name=str(data.get("name") or command)[:200],
+            pattern=pattern,
+            command=command,
+            options=options,
+            user=user.name,
+            source=self.source(request),
         )
-        return JSONResponse({"job": job_dict(job), "runs": [run_dict(r) for r in runs]}, status_code=201)
+        return JSONResponse(
+            {"job": job_dict(job), "runs": [run_dict(r) for r in runs]}, status_code=201
+        )
 
     async def get_job(self, request: Request, user: User) -> Response:
         """GET /api/jobs/{id}: the job and its runs."""
@@ -172,10 +193,16 @@ class Api:
         if await store.call(store.get_job, job_id) is None:
             raise APIError(f"no job {job_id}", status=404)
         follow = request.query_params.get("follow", "1") != "0"
-        return StreamingResponse(self._job_stream(job_id, follow), media_type="text/event-stream",
-                                 headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+        lines = request.query_params.get("lines", "1") != "0"
+        return StreamingResponse(
+            self._job_stream(job_id, follow, lines),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
 
-    async def _job_stream(self, job_id: int, follow: bool) -> AsyncIterator[str]:
+    async def _job_stream(
+        self, job_id: int, follow: bool, lines: bool = True
+    ) -> AsyncIterator[str]:
         server = self.server
         store = server.store
         sub = server.hub.subscribe(f"job:{job_id}")
@@ -187,7 +214,7 @@ class Api:
             for run in runs:
                 yield _sse({"t": "run", **run_dict(run)})
             after = 0
-            while True:
+            while lines:
                 rows = await store.call(store.read_job_lines, job_id, after, 5000)
                 for row in rows:
                     last[row.run_id] = row.seq
@@ -204,8 +231,20 @@ class Api:
                 event = await sub.get(timeout=15)
                 if sub.overflowed:
                     await server.writer.flush()
+                    if not lines:
+                        # State events may have been dropped with the lines: resend every state.
+                        sub.reset()
+                        for run in await store.call(store.job_runs, job_id):
+                            yield _sse({"t": "run", **run_dict(run)})
+                        job = await store.call(store.get_job, job_id)
+                        if job is not None and job.state in RunState.FINAL:
+                            yield _sse({"t": "job", "job": job_id, "state": job.state})
+                            return
+                        continue
                     for run_id in hosts:
-                        for row in await store.call(store.read_lines, run_id, after_seq=last.get(run_id, 0)):
+                        for row in await store.call(
+                            store.read_lines, run_id, after_seq=last.get(run_id, 0)
+                        ):
                             last[row.run_id] = row.seq
                             yield _sse(_line_event(row, hosts[run_id]))
                     sub.reset()
@@ -214,6 +253,8 @@ class Api:
                     yield ": keepalive\n\n"
                     continue
                 if event["t"] == "line":
+                    if not lines:
+                        continue
                     if event["seq"] <= last.get(event["run"], 0):
                         continue
                     last[event["run"]] = event["seq"]
@@ -257,10 +298,14 @@ class Api:
         if run is None:
             raise APIError(f"no run {run_id}", status=404)
         events = await store.call(store.run_events, run_id)
-        return JSONResponse({
-            "run": run_dict(run),
-            "events": [{"at": e.at.isoformat(), "kind": e.kind, "detail": e.detail} for e in events],
-        })
+        return JSONResponse(
+            {
+                "run": run_dict(run),
+                "events": [
+                    {"at": e.at.isoformat(), "kind": e.kind, "detail": e.detail} for e in events
+                ],
+            }
+        )
 
     async def run_log(self, request: Request, user: User) -> Response:
         """GET /api/runs/{id}/log: stored lines; after, limit, level, grep."""
@@ -279,11 +324,23 @@ class Api:
         except ValueError as exc:
             raise APIError(str(exc)) from exc
         await self.server.writer.flush()
-        rows = await store.call(store.read_lines, run_id, after_seq=after, limit=limit,
-                                levels=levels or None, grep=q.get("grep") or None)
-        return JSONResponse({"run": run_id, "lines": [
-            {"seq": r.seq, "ts": r.ts, "stream": r.stream, "level": r.level, "text": r.text} for r in rows
-        ]})
+        rows = await store.call(
+            store.read_lines,
+            run_id,
+            after_seq=after,
+            limit=limit,
+            levels=levels or None,
+            grep=q.get("grep") or None,
+        )
+        return JSONResponse(
+            {
+                "run": run_id,
+                "lines": [
+                    {"seq": r.seq, "ts": r.ts, "stream": r.stream, "level": r.level, "text": r.text}
+                    for r in rows
+                ],
+            }
+        )
 
     async def kill_run(self, request: Request, user: User) -> Response:
         """POST /api/runs/{id}/kill: terminate one run."""
@@ -308,14 +365,22 @@ class Api:
         for row in rows:
             info = registry.agents.get(row.name)
             status = registry.status(info) if info else row.state
-            out.append({
-                "name": row.name, "state": row.state, "status": status,
-                "fingerprint": row.fingerprint, "address": row.address, "version": row.version,
-                "groups": [g for g in row.groups.split(",") if g], "slots": row.slots,
-                "running": info.running if info else 0, "facts": json.loads(row.facts or "{}"),
-                "last_seen": row.last_seen.isoformat() if row.last_seen else None,
-                "since": row.state_since.isoformat() if row.state_since else None,
-            })
+            out.append(
+                {
+                    "name": row.name,
+                    "state": row.state,
+                    "status": status,
+                    "fingerprint": row.fingerprint,
+                    "address": row.address,
+                    "version": row.version,
+                    "groups": [g for g in row.groups.split(",") if g],
+                    "slots": row.slots,
+                    "running": info.running if info else 0,
+                    "facts": json.loads(row.facts or "{}"),
+                    "last_seen": row.last_seen.isoformat() if row.last_seen else None,
+                    "since": row.state_since.isoformat() if row.state_since else None,
+                }
+            )
         return JSONResponse({"agents": out, "refused": registry.refused[-20:]})
 
     async def set_agent_state(self, request: Request, user: User) -> Response:
@@ -344,15 +409,44 @@ class Api:
         token = await store.call(store.create_enroll_token, uses, ttl, user.name)
         return JSONResponse({"token": token, "uses": uses, "ttl": ttl}, status_code=201)
 
+    # -- playbooks ---------------------------------------------------------------------------
+
+    async def run_playbook(self, request: Request, user: User) -> Response:
+        """POST /api/playbooks/run: a playbook's text and files, --limit and extra vars."""
+        data = await self.body(request, limit=MAX_PLAYBOOK_BODY)
+        text = data.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise APIError("text (the playbook) is required")
+        files_in = data.get("files") or {}
+        extra = data.get("extra_vars") or {}
+        if not isinstance(files_in, dict) or not isinstance(extra, dict):
+            raise APIError("files and extra_vars must be objects")
+        try:
+            files = {str(k): base64.b64decode(v, validate=True) for k, v in files_in.items()}
+        except (ValueError, TypeError) as exc:
+            raise APIError(f"files must hold base64 data: {exc}") from exc
+        limit = data.get("limit") or None
+        plan = await self.server.plan_playbook_bundle(
+            str(data.get("name") or "playbook.yml"), text, files, limit, extra
+        )
+        job, runs = await submit_playbook(
+            self.server.engine, plan, user=user.name, source=self.source(request),
+            pending_timeout=self.server.pending_timeout,
+        )
+        return JSONResponse({"job": job_dict(job), "runs": [run_dict(r) for r in runs]}, status_code=201)
+
     # -- inventory --------------------------------------------------------------------------
 
     async def hosts(self, request: Request, user: User) -> Response:
         """GET /api/hosts?pattern=: the hosts a pattern matches now."""
         pattern = request.query_params.get("pattern") or "all"
         planned = await self.server.plan_adhoc(pattern, "true")
-        return JSONResponse({"pattern": pattern, "hosts": [
-            {"name": p.host, "connection": p.connection} for p in planned
-        ]})
+        return JSONResponse(
+            {
+                "pattern": pattern,
+                "hosts": [{"name": p.host, "connection": p.connection} for p in planned],
+            }
+        )
 
     async def whoami(self, request: Request, user: User) -> Response:
         """GET /api/whoami."""
@@ -373,10 +467,16 @@ class Api:
             Route("/api/runs/{run_id}/log", self.route(self.run_log)),
             Route("/api/runs/{run_id}/kill", self.route(self.kill_run, op), methods=["POST"]),
             Route("/api/agents", self.route(self.list_agents)),
-            Route("/api/agents/tokens", self.route(self.enroll_token, ("admin",)), methods=["POST"]),
-            Route("/api/agents/{name}/{action}", self.route(self.set_agent_state, ("admin",)),
-                  methods=["POST"]),
+            Route(
+                "/api/agents/tokens", self.route(self.enroll_token, ("admin",)), methods=["POST"]
+            ),
+            Route(
+                "/api/agents/{name}/{action}",
+                self.route(self.set_agent_state, ("admin",)),
+                methods=["POST"],
+            ),
             Route("/api/hosts", self.route(self.hosts)),
+            Route("/api/playbooks/run", self.route(self.run_playbook, op), methods=["POST"]),
         ]
 
 
@@ -385,8 +485,16 @@ def _sse(event: dict[str, Any]) -> str:
 
 
 def _line_event(row: Any, host: str) -> dict[str, Any]:
-    return {"t": "line", "run": row.run_id, "host": host, "seq": row.seq, "ts": row.ts,
-            "stream": row.stream, "level": row.level, "text": row.text}
+    return {
+        "t": "line",
+        "run": row.run_id,
+        "host": host,
+        "seq": row.seq,
+        "ts": row.ts,
+        "stream": row.stream,
+        "level": row.level,
+        "text": row.text,
+    }
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -415,4 +523,3 @@ def create_app(server: Server) -> Starlette:
     """The Starlette application for a server."""
     api = Api(server)
     return Starlette(routes=api.routes())
-

@@ -1,0 +1,248 @@
+"""Executing a planned playbook: batches, the `needs` DAG, `when`, retries, results, files."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from easytask.errors import EasyTaskError
+from easytask.plan_playbook import (
+    PlannedTask,
+    PlaybookPlan,
+    RunKey,
+    TaskRun,
+    evaluate_when,
+    render_action,
+    stop_after_batch,
+    task_result,
+)
+from easytask.scheduler.jobs import JobEngine, JobOptions
+from easytask.store.models import Job, Run, RunState
+
+log = logging.getLogger("easytask.server")
+
+ANY_HOST = "(any)"
+OK_FOR_NEEDS = (RunState.SUCCESS, RunState.SKIPPED)
+
+
+@dataclass
+class _Slot:
+    """Where a planned run stands: its current row, final state, result for `results.<task>`."""
+
+    planned: TaskRun
+    run: Run
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    state: str = RunState.QUEUED
+    skipped_by_when: bool = False
+    result: dict[str, Any] | None = None
+
+
+class PlaybookJob:
+    """One playbook job in flight."""
+
+    def __init__(self, engine: JobEngine, plan: PlaybookPlan, job: Job, runs: list[Run],
+                 pending_timeout: float) -> None:
+        self.engine = engine
+        self.plan = plan
+        self.job = job
+        self.pending_timeout = pending_timeout
+        self.slots: dict[RunKey, _Slot] = {
+            planned.key: _Slot(planned, run) for planned, run in zip(plan.runs, runs, strict=True)
+        }
+        forks = plan.forks or 0
+        self._forks = asyncio.Semaphore(forks) if forks > 0 else None
+        self.stopped_reason = ""
+
+    async def run(self) -> None:
+        """Run every batch in order; stop early when max_fail_percentage says so."""
+        batches = sorted({s.planned.batch for s in self.slots.values()})
+        for index in batches:
+            batch = [s for s in self.slots.values() if s.planned.batch == index]
+            if self.stopped_reason:
+                for slot in batch:
+                    await self._skip(slot, self.stopped_reason)
+                continue
+            async with asyncio.TaskGroup() as tg:
+                for slot in batch:
+                    tg.create_task(self._guarded(slot), name=f"play-run-{slot.run.id}")
+            hosts = {s.run.host for s in batch if s.planned.host is not None}
+            failed = {s.run.host for s in batch
+                      if s.planned.host is not None and s.state not in OK_FOR_NEEDS}
+            if index != batches[-1] and stop_after_batch(len(failed), len(hosts),
+                                                         self.plan.max_fail_percentage):
+                pct = self.plan.max_fail_percentage
+                self.stopped_reason = (
+                    f"not run: {len(failed)} of {len(hosts)} hosts failed in batch {index + 1}"
+                    + (f" (max_fail_percentage {pct:g})" if pct is not None else " (all failed)")
+                )
+                await self.engine.job_event(self.job, self.stopped_reason)
+
+    async def _guarded(self, slot: _Slot) -> None:
+        try:
+            await self._one(slot)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("playbook run %s failed unexpectedly", slot.run.id)
+            await self.engine.finish(slot.run, RunState.FAILED, reason=f"internal error: {exc}")
+            slot.state = RunState.FAILED
+        finally:
+            slot.done.set()
+
+    async def _skip(self, slot: _Slot, reason: str) -> None:
+        await self.engine.finish(slot.run, RunState.SKIPPED, reason=reason)
+        slot.state = RunState.SKIPPED
+        slot.result = task_result(rc=None, state=RunState.SKIPPED)
+        slot.done.set()
+
+    async def _one(self, slot: _Slot) -> None:
+        planned = slot.planned
+        task = self.plan.task(planned.task)
+        for need in planned.needs:
+            dep = self.slots[need]
+            await dep.done.wait()
+            if dep.state not in OK_FOR_NEEDS or (dep.state == RunState.SKIPPED and not dep.skipped_by_when):
+                await self._skip(slot, f"needs {need.task!r}"
+                                 + (f" on {need.host}" if need.host else "") + f", which ended {dep.state}")
+                return
+        host = planned.host
+        if host is None:
+            host = self._least_busy(planned.candidates)
+            await self.engine.store.call(self.engine.store.update_run, slot.run.id or 0, "placed",
+                                         f"least busy agent: {host}", host=host, agent=host)
+            slot.run.host = host
+            slot.run.agent = host
+        results = self._results(planned)
+        context = self.plan.context(host, results)
+        try:
+            if not evaluate_when(task, host, context):
+                slot.skipped_by_when = True
+                await self._skip(slot, f"when is false: {task.when}")
+                return
+            action = render_action(task, host, context)
+        except EasyTaskError as exc:
+            await self.engine.finish(slot.run, RunState.FAILED, reason=str(exc))
+            slot.state = RunState.FAILED
+            slot.result = task_result(stderr=str(exc), rc=None, state=RunState.FAILED)
+            return
+        if self._forks is not None:
+            async with self._forks:
+                await self._attempts(slot, task, action, host)
+        else:
+            await self._attempts(slot, task, action, host)
+
+    def _least_busy(self, candidates: tuple[str, ...]) -> str:
+        """The connected agent with the lowest running/slots, then load; else the first candidate."""
+        best: tuple[float, float, int] | None = None
+        choice = candidates[0]
+        for index, name in enumerate(candidates):
+            info = self.engine.registry.agents.get(name)
+            if info is None or not info.online:
+                continue
+            score = (info.running / max(info.slots, 1), info.load, index)
+            if best is None or score < best:
+                best, choice = score, name
+        return choice
+
+    def _results(self, planned: TaskRun) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, key in planned.results_from.items():
+            slot = self.slots.get(key)
+            if slot is not None and slot.result is not None:
+                out[name] = slot.result
+        return out
+
+    async def _attempts(self, slot: _Slot, task: PlannedTask, action: Any, host: str) -> None:
+        """Run the task, retrying with delay and backoff; every attempt is its own run row."""
+        run = slot.run
+        attempt = run.attempt
+        while True:
+            await self._attempt(run, task, action, host)
+            fresh = await self.engine.store.call(self.engine.store.get_run, run.id or 0)
+            assert fresh is not None
+            state = fresh.state
+            if state == RunState.SUCCESS or attempt > task.retries or state == RunState.TERMINATED \
+                    and "killed by" in fresh.reason:
+                break
+            attempt += 1
+            wait = task.retry_wait(attempt)
+            nxt = await self.engine.store.call(self.engine.store.add_attempt, run.id or 0, attempt)
+            await self.engine.store.call(self.engine.store.update_run, run.id or 0, "retry scheduled",
+                                         f"attempt {attempt} (run {nxt.id}) in {wait:g}s")
+            self.engine.track(nxt)
+            await asyncio.sleep(wait)
+            run = nxt
+            slot.run = nxt
+        slot.state = state
+        stdout, stderr = await self.engine.output_text(run.id or 0)
+        slot.result = task_result(stdout, stderr, fresh.exit_code, state)
+
+    async def _attempt(self, run: Run, task: PlannedTask, action: Any, host: str) -> None:
+        options = JobOptions(timeout=task.timeout, pending_timeout=self.pending_timeout)
+        hostvars = dict(self.plan.host_vars.get(host, {}))
+        if action.kind == "copy":
+            await self.engine.run_copy(run, hostvars, action, options)
+            return
+        if action.kind == "script":
+            await self.engine.run_script(run, hostvars, action, options)
+            return
+        command = action.shell_line()
+        await self.engine.store.call(self.engine.store.update_run, run.id or 0, None, "", command=command)
+        run.command = command
+        await self.engine.execute_one(run, hostvars, options)
+
+
+def job_runs_for(plan: PlaybookPlan) -> list[Run]:
+    """One queued run row per planned run (run_on any: host chosen when it starts)."""
+    runs = []
+    for planned in plan.runs:
+        task = plan.task(planned.task)
+        host = planned.host or ANY_HOST
+        connection = plan.connection(planned.host or planned.candidates[0])
+        runs.append(Run(job_id=0, task=planned.task, host=host, connection=connection,
+                        agent=host if connection == "agent" else "", command=_preview(task)))
+    return runs
+
+
+def _preview(task: PlannedTask) -> str:
+    action = task.action
+    if action.kind == "copy":
+        return f"copy {action.path_text} -> {action.dest}"
+    if action.kind == "script":
+        return f"script {action.path_text}" + (f" {action.args}" if action.args else "")
+    if action.argv is not None:
+        return shlex.join(action.argv)
+    return action.command or ""
+
+
+async def submit_playbook(engine: JobEngine, plan: PlaybookPlan, *, user: str, source: str,
+                          pending_timeout: float) -> tuple[Job, list[Run]]:
+    """Record a playbook job and its runs, then run it in the background."""
+    job = Job(kind="playbook", name=plan.name, pattern=plan.playbook.hosts,
+              command=Path(plan.playbook.path).name, submitted_by=user, source=source,
+              pending_timeout=pending_timeout, forks=plan.forks or 0)
+    runs = job_runs_for(plan)
+    if not runs:
+        raise EasyTaskError("the playbook selects no host for any task")
+    job, runs = await engine.store.call(engine.store.create_job, job, runs)
+    for run in runs:
+        engine.track(run)
+    runner = PlaybookJob(engine, plan, job, runs, pending_timeout)
+    assert job.id is not None
+    task = asyncio.create_task(_run(engine, runner), name=f"job-{job.id}")
+    engine.adopt(job.id, task)
+    return job, runs
+
+
+async def _run(engine: JobEngine, runner: PlaybookJob) -> None:
+    try:
+        await runner.run()
+    finally:
+        job_id = runner.job.id or 0
+        done = await engine.store.call(engine.store.finish_job_if_done, job_id)
+        if done is not None:
+            engine.hub.publish({"t": "job", "job": job_id, "state": done.state}, f"job:{job_id}")
