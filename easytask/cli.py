@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ssh-known-hosts", help="known_hosts file for agentless hosts")
     s.add_argument("--reattach-timeout", type=_duration, default=3600.0,
                    help="how long a started run waits for its lost agent to come back (default 1h)")
+    s.add_argument("--playbooks", help="directory whose playbooks with `schedule:` fire (default playbooks/)")
     s.add_argument("--output-limit", type=_size, default=256 << 20,
                    help="stored output per run, head and tail kept (default 256M; 0 = no limit)")
     s.set_defaults(func=cmd_server)
@@ -137,6 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ttl", help="lifetime, e.g. 1h")
     ag.set_defaults(func=cmd_agents)
 
+    sc = sub.add_parser("schedules", help="list schedules with next fire times; enable, disable, run")
+    sc.add_argument("--format", choices=("text", "json"), default="text")
+    scsub = sc.add_subparsers(dest="schedules_command", metavar="ACTION", parser_class=_Parser)
+    for action in ("enable", "disable", "run"):
+        x = scsub.add_parser(action, help=f"{action} a schedule")
+        x.add_argument("name")
+    sc.set_defaults(func=cmd_schedules)
+
     d = sub.add_parser("demo", help="a local server with three agents, for a first look")
     d.add_argument("--dir", default=".easytask", help="where the demo keeps its state")
     d.add_argument("--http", default="127.0.0.1:8080")
@@ -185,6 +194,7 @@ def cmd_server(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
         ssh_known_hosts=args.ssh_known_hosts,
         reattach_timeout=args.reattach_timeout,
         output_limit=args.output_limit,
+        playbooks=args.playbooks or "playbooks",
     )
     return asyncio.run(serve(config))
 
@@ -453,6 +463,30 @@ def cmd_agents(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
     ]
     _table(rows, ("NAME", "STATUS", "SINCE (UTC)", "LAST SEEN", "ADDRESS", "RUNNING", "LOAD",
                   "VERSION", "GROUPS"), out)
+    return EXIT_OK
+
+
+def cmd_schedules(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    client = _client(settings)
+    action = args.schedules_command
+    if action:
+        data = client.post(f"/api/schedules/{args.name}/{action}")
+        if action == "run":
+            out.write(f"schedule {args.name}: started job {data['job']}\n")
+        else:
+            out.write(f"schedule {args.name}: {'enabled' if data['enabled'] else 'disabled'}\n")
+        return EXIT_OK
+    data = client.get("/api/schedules")
+    if args.format == "json":
+        _print_json(data["schedules"], out)
+        return EXIT_OK
+    rows = [
+        (s["name"], s["cron"], s["tz"], "yes" if s["enabled"] else "no",
+         (s["next_fire"] or "-")[:16].replace("T", " "), (s["last_fire"] or "-")[:16].replace("T", " "),
+         s["last_job"] or "-", s["catch_up"])
+        for s in data["schedules"]
+    ]
+    _table(rows, ("NAME", "CRON", "TZ", "ENABLED", "NEXT (UTC)", "LAST (UTC)", "LAST JOB", "CATCH-UP"), out)
     return EXIT_OK
 
 

@@ -27,6 +27,8 @@ from easytask.scheduler.agents import AgentRegistry
 from easytask.scheduler.hub import LiveHub
 from easytask.scheduler.jobs import JobEngine
 from easytask.scheduler.logwriter import LogWriter
+from easytask.scheduler.playbooks import submit_playbook
+from easytask.scheduler.schedules import Scheduler
 from easytask.store.db import Store, sqlite_url
 from easytask.store.models import AgentState
 from easytask.transport.agentless import SSHPool
@@ -51,6 +53,8 @@ class ServerConfig:
     keepalive_count: int = 3
     ssh_known_hosts: str | None = None
     reattach_timeout: float = 3600.0
+    playbooks: str | None = "playbooks"
+    schedule_interval: float = 1.0
     output_limit: int | None = 256 << 20
 
 
@@ -126,6 +130,16 @@ class Server:
         playbook = await asyncio.to_thread(load_playbook, bundle / base)
         inventory = await self.merged_inventory()
         return plan_playbook(playbook, inventory, extra_vars=extra_vars, limit=limit)
+
+    async def _submit_scheduled(self, path: Path, name: str) -> int:
+        playbook = await asyncio.to_thread(load_playbook, path)
+        plan = plan_playbook(playbook, await self.merged_inventory())
+        job, _ = await submit_playbook(
+            self.engine, plan, user="schedule", source=f"schedule {name}",
+            pending_timeout=self.pending_timeout, kind="schedule",
+        )
+        assert job.id is not None
+        return job.id
 
     async def plan_adhoc(self, pattern: str, command: str) -> list[PlannedRun]:
         """Resolve a pattern against the inventory plus the accepted agents."""
@@ -224,6 +238,14 @@ class Server:
             self.agents_port,
             self.http_url,
         )
+        self.scheduler = Scheduler(
+            self.store,
+            Path(self.config.playbooks) if self.config.playbooks else None,
+            self._submit_scheduled,
+            self.server_id,
+            interval=self.config.schedule_interval,
+        )
+        self.scheduler.start()
         counts = await self.engine.resume(self._hostvars)
         if any(counts.values()):
             log.warning(
@@ -260,6 +282,7 @@ class Server:
 
     async def close(self) -> None:
         """Stop taking work, end runs in flight, store what is buffered, close everything."""
+        await self.scheduler.close()
         await self.listener.close()
         await self.engine.close()
         await self.registry.close()

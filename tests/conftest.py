@@ -46,7 +46,8 @@ def start_server(tmp_path: Path, procs: list[Proc]) -> Iterator[ServerFactory]:
         args = easytask_cmd(
             "server", "--state-dir", str(state), "--agents", agents, "--http", "127.0.0.1:0",
             "--keepalive", keepalive, "--keepalive-count", keepalive_count,
-            "--inventory", str(inventory or tmp_path / "no-inventory"), *extra,
+            "--inventory", str(inventory or tmp_path / "no-inventory"),
+            *(extra if "--playbooks" in extra else (*extra, "--playbooks", str(tmp_path / "no-playbooks"))),
         )
         proc = Proc(args, state / "server.log")
         procs.append(proc)

@@ -220,9 +220,9 @@ def _preview(task: PlannedTask) -> str:
 
 
 async def submit_playbook(engine: JobEngine, plan: PlaybookPlan, *, user: str, source: str,
-                          pending_timeout: float) -> tuple[Job, list[Run]]:
+                          pending_timeout: float, kind: str = "playbook") -> tuple[Job, list[Run]]:
     """Record a playbook job and its runs, then run it in the background."""
-    job = Job(kind="playbook", name=plan.name, pattern=plan.playbook.hosts,
+    job = Job(kind=kind, name=plan.name, pattern=plan.playbook.hosts,
               command=Path(plan.playbook.path).name, submitted_by=user, source=source,
               pending_timeout=pending_timeout, forks=plan.forks or 0)
     runs = job_runs_for(plan)

@@ -164,3 +164,33 @@ class ApiToken(SQLModel, table=True):
     expires_at: datetime | None = None
     revoked: bool = False
     last_used: datetime | None = None
+
+
+class Schedule(SQLModel, table=True):
+    """A playbook that fires on a cron expression."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True)
+    path: str
+    cron: str
+    tz: str = "UTC"
+    catch_up: str = "none"
+    enabled: bool = True
+    next_fire: datetime | None = None
+    last_fire: datetime | None = None
+    last_job: int | None = None
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class ScheduleFire(SQLModel, table=True):
+    """One fire time of a schedule; the unique pair makes it fire once across servers."""
+
+    __tablename__ = "schedule_fire"
+    __table_args__ = (UniqueConstraint("schedule_id", "fire_time", name="uq_schedule_fire"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    schedule_id: int = Field(foreign_key="schedule.id")
+    fire_time: datetime
+    job_id: int | None = None
+    server: str = ""
+    created_at: datetime = Field(default_factory=utcnow)

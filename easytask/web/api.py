@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
@@ -435,6 +436,32 @@ class Api:
         )
         return JSONResponse({"job": job_dict(job), "runs": [run_dict(r) for r in runs]}, status_code=201)
 
+    async def list_schedules(self, request: Request, user: User) -> Response:
+        """GET /api/schedules: every schedule with its next and last fire time."""
+        store = self.server.store
+        await self.server.scheduler.sync()
+        rows = await store.call(store.list_schedules)
+        return JSONResponse({"schedules": [_schedule_dict(r) for r in rows]})
+
+    async def schedule_action(self, request: Request, user: User) -> Response:
+        """POST /api/schedules/{name}/enable|disable|run."""
+        name = request.path_params["name"]
+        action = request.path_params["action"]
+        store = self.server.store
+        if action in ("enable", "disable"):
+            row = await store.call(store.update_schedule, name, enabled=action == "enable",
+                                   next_fire=None)
+            if row is None:
+                raise APIError(f"no schedule {name!r}", status=404)
+            return JSONResponse(_schedule_dict(row))
+        if action == "run":
+            rows = {r.name: r for r in await store.call(store.list_schedules)}
+            if name not in rows:
+                raise APIError(f"no schedule {name!r}", status=404)
+            job_id = await self.server._submit_scheduled(Path(rows[name].path), name)
+            return JSONResponse({"schedule": name, "job": job_id}, status_code=201)
+        raise APIError(f"unknown action {action!r}", status=404)
+
     # -- inventory --------------------------------------------------------------------------
 
     async def hosts(self, request: Request, user: User) -> Response:
@@ -477,7 +504,23 @@ class Api:
             ),
             Route("/api/hosts", self.route(self.hosts)),
             Route("/api/playbooks/run", self.route(self.run_playbook, op), methods=["POST"]),
+            Route("/api/schedules", self.route(self.list_schedules)),
+            Route("/api/schedules/{name}/{action}", self.route(self.schedule_action, op),
+                  methods=["POST"]),
         ]
+
+
+def _schedule_dict(row: Any) -> dict[str, Any]:
+    def iso(value: Any) -> str | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return str(value.isoformat())
+
+    return {"name": row.name, "path": row.path, "cron": row.cron, "tz": row.tz,
+            "catch_up": row.catch_up, "enabled": row.enabled, "next_fire": iso(row.next_fire),
+            "last_fire": iso(row.last_fire), "last_job": row.last_job}
 
 
 def _sse(event: dict[str, Any]) -> str:
