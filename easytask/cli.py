@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--timeout", type=_duration, help="terminate a host's command after this long")
     r.add_argument("--pending-timeout", type=_duration, help="wait this long for offline agents")
     r.add_argument("--forks", type=int, default=0, help="hosts at once (default: all)")
+    r.add_argument("--one", action="store_true",
+                   help="run on one host only: the least busy connected agent the pattern matches")
     r.add_argument("--format", choices=("text", "json"), default="text")
     r.set_defaults(func=cmd_run)
 
@@ -273,7 +275,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     started = time.monotonic()
     client = _client(settings)
     body = {"pattern": args.pattern, "command": args.cmd, "timeout": args.timeout,
-            "pending_timeout": args.pending_timeout, "forks": args.forks}
+            "pending_timeout": args.pending_timeout, "forks": args.forks, "one": args.one}
     sub = client.post("/api/jobs", body)
     job_id = sub["job"]["id"]
     view = _RunView(out, [r["host"] for r in sub["runs"]]) if args.format == "text" else None

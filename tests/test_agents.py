@@ -110,3 +110,28 @@ def test_agents_listing_in_text_and_json(start_server: ServerFactory, start_agen
     assert "zeta" in text.stdout and "online" in text.stdout
     js = server.cli("agents", "--format", "json")
     assert json.loads(js.stdout)[0]["status"] == "online"
+
+
+def test_run_one_picks_least_busy_and_slots_are_respected(
+    start_server: ServerFactory, start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    """--one runs on the least busy agent; an agent never runs more than its slots at once."""
+    inventory = tmp_path / "inv.ini"
+    inventory.write_text("[pool]\nslot1\nslot2\n")
+    server = start_server(inventory)
+    start_agent(server, "slot1", "--slots", "1")
+    start_agent(server, "slot2", "--slots", "2")
+    busy = server.submit("slot2", "sleep 15")
+    wait_until(lambda: server.get(f"/api/jobs/{busy['job']['id']}")["runs"][0]["state"] == "running",
+               what="slot2 busy")
+    one = server.cli("run", "pool", "--one", "-a", "echo on $EASYTASK_RUN_ID")
+    assert one.returncode == 0, one.stderr
+    assert "slot1 | on" in one.stdout and "slot2" not in one.stdout.split("HOST")[0]
+    # slot1 has one slot: two runs for it go one after the other
+    job = server.submit("slot1,slot1", "sleep 1")  # the pattern names it twice: one run
+    assert len(job["runs"]) == 1
+    jobs = [server.submit("slot1", "sleep 1") for _ in range(2)]
+    datas = [server.wait_job(j["job"]["id"]) for j in jobs]
+    spans = sorted((d["runs"][0]["started_at"], d["runs"][0]["finished_at"]) for d in datas)
+    assert spans[0][1] <= spans[1][0]  # no overlap
+    server.post(f"/api/jobs/{busy['job']['id']}/kill")

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -206,6 +207,19 @@ class AgentRegistry:
             for name, info in self.agents.items()
             if info.state == AgentState.ACCEPTED
         }
+
+    def least_busy(self, candidates: Sequence[str]) -> str:
+        """The online agent with the lowest running/slots, then load; else the first candidate."""
+        best: tuple[float, float, int] | None = None
+        choice = candidates[0]
+        for index, name in enumerate(candidates):
+            info = self.agents.get(name)
+            if info is None or not info.online:
+                continue
+            score = (info.running / max(info.slots, 1), info.load, index)
+            if best is None or score < best:
+                best, choice = score, name
+        return choice
 
     # -- capacity ---------------------------------------------------------------------------
 

@@ -710,8 +710,19 @@ class JobEngine:
         """
         counts = {"resumed": 0, "failed": 0}
         by_job: dict[int, list[Run]] = {}
+        kinds: dict[int, str] = {}
         for run in await self.store.call(self.store.unfinished_runs):
             assert run.id is not None
+            if run.job_id not in kinds:
+                job = await self.store.call(self.store.get_job, run.job_id)
+                kinds[run.job_id] = job.kind if job else "adhoc"
+            if kinds[run.job_id] != "adhoc" and run.state == RunState.QUEUED:
+                # A playbook's order (needs, batches, results) lived in the old process.
+                await self._finish(run, RunState.TERMINATED,
+                                   reason="not run: the server restarted before it started")
+                await self.store.call(self.store.finish_job_if_done, run.job_id)
+                counts["failed"] += 1
+                continue
             if run.connection == "ssh" and run.state != RunState.QUEUED:
                 await self._finish(run, RunState.FAILED, reason="connection lost (server restarted)")
                 await self.store.call(self.store.finish_job_if_done, run.job_id)

@@ -111,7 +111,7 @@ class PlaybookJob:
                 return
         host = planned.host
         if host is None:
-            host = self._least_busy(planned.candidates)
+            host = self.engine.registry.least_busy(planned.candidates)
             await self.engine.store.call(self.engine.store.update_run, slot.run.id or 0, "placed",
                                          f"least busy agent: {host}", host=host, agent=host)
             slot.run.host = host
@@ -134,19 +134,6 @@ class PlaybookJob:
                 await self._attempts(slot, task, action, host)
         else:
             await self._attempts(slot, task, action, host)
-
-    def _least_busy(self, candidates: tuple[str, ...]) -> str:
-        """The connected agent with the lowest running/slots, then load; else the first candidate."""
-        best: tuple[float, float, int] | None = None
-        choice = candidates[0]
-        for index, name in enumerate(candidates):
-            info = self.engine.registry.agents.get(name)
-            if info is None or not info.online:
-                continue
-            score = (info.running / max(info.slots, 1), info.load, index)
-            if best is None or score < best:
-                best, choice = score, name
-        return choice
 
     def _results(self, planned: TaskRun) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -155,6 +155,10 @@ class Api:
             raise APIError(str(exc)) from exc
         options = JobOptions(timeout=timeout, pending_timeout=pending, forks=forks)
         planned = await self.server.plan_adhoc(pattern, command)
+        if data.get("one"):
+            agents = [p for p in planned if p.connection == "agent"] or planned
+            chosen = self.server.registry.least_busy([p.host for p in agents])
+            planned = [p for p in agents if p.host == chosen]
         job, runs = await self.server.engine.submit(
             planned,
             name=str(data.get("name") or command)[:200],
