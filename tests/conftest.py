@@ -82,7 +82,7 @@ def start_agent(tmp_path: Path, procs: list[Proc]) -> AgentFactory:
         proc = Proc(args, state / "agent.log")
         procs.append(proc)
         if wait:
-            wait_until(lambda: server.agent_status(name) == "online", timeout=20,
+            wait_until(lambda: server.agent_status(name) == "online", timeout=40,
                        what=f"agent {name} online")
         return proc
 

@@ -154,3 +154,71 @@ def test_one_gigabyte_of_output_keeps_server_memory_bounded(
     peak_kb = int(next(ln for ln in status.splitlines() if ln.startswith("VmHWM")).split()[1])
     print(f"server peak RSS after 1 GB of output: {peak_kb / 1024:.0f} MiB")
     assert peak_kb < 300 * 1024
+
+
+@pytest.fixture
+def netns(tmp_path: Path):
+    """A network namespace joined to this one by a veth pair: 10.213.N.1 here, .2 inside."""
+    import os
+    import subprocess
+
+    tag = f"{os.getpid() % 200 + 20}"
+    ns, host_if, ns_if = f"et{tag}", f"eth{tag}", f"etn{tag}"
+    host_ip, ns_ip = f"10.213.{tag}.1", f"10.213.{tag}.2"
+
+    def ip(*args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True)
+
+    subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    subprocess.run(["ip", "link", "del", host_if], capture_output=True)
+    ip("netns", "add", ns)
+    try:
+        ip("link", "add", host_if, "type", "veth", "peer", "name", ns_if)
+        ip("link", "set", ns_if, "netns", ns)
+        ip("addr", "add", f"{host_ip}/30", "dev", host_if)
+        ip("link", "set", host_if, "up")
+        ip("-n", ns, "addr", "add", f"{ns_ip}/30", "dev", ns_if)
+        ip("-n", ns, "link", "set", ns_if, "up")
+        ip("-n", ns, "link", "set", "lo", "up")
+        yield {"ns": ns, "host_if": host_if, "host_ip": host_ip, "ip": ip}
+    finally:
+        subprocess.run(["ip", "link", "del", host_if], capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def test_network_partition_then_heal(start_server: ServerFactory, netns, tmp_path: Path,
+                                     procs: list) -> None:
+    """Link down longer than the keepalive window: unreachable meanwhile; then re-attached, all lines."""
+    import sys
+
+    from tests.helpers import Proc
+
+    port = free_port()
+    server = start_server(agents=f"{netns['host_ip']}:{port}")
+    token = server.post("/api/agents/tokens", {"uses": 1})["token"]
+    state = tmp_path / "agents" / "part1"
+    state.mkdir(parents=True)
+    agent = Proc(["ip", "netns", "exec", netns["ns"], sys.executable, "-m", "easytask", "agent",
+                  "--server", f"{netns['host_ip']}:{port}", "--name", "part1", "--state-dir", str(state),
+                  "--keepalive", "1", "--keepalive-count", "3", "--backoff-max", "1",
+                  "--enroll", token], state / "agent.log")
+    procs.append(agent)
+    wait_until(lambda: server.agent_status("part1") == "online", timeout=40, what="agent online")
+    n = 600
+    job = server.submit("part1", f"for i in $(seq 1 {n}); do echo \"line $i\"; echo \"err $i\" >&2; sleep 0.02; done; exit 7")
+    run_id = job["runs"][0]["id"]
+    wait_until(lambda: len(server.log_lines(run_id)) > 20, what="some output")
+    netns["ip"]("link", "set", netns["host_if"], "down")
+    cut = time.monotonic()
+    wait_until(lambda: server.agent_status("part1") == "unreachable", timeout=15, what="unreachable")
+    detected = time.monotonic() - cut
+    time.sleep(max(0.0, 6 - detected))
+    netns["ip"]("link", "set", netns["host_if"], "up")
+    healed = time.monotonic()
+    wait_until(lambda: server.agent_status("part1") == "online", timeout=30, what="back online")
+    back = time.monotonic() - healed
+    data = server.wait_job(job["job"]["id"], timeout=60)
+    run = data["runs"][0]
+    assert (run["state"], run["exit_code"]) == ("failed", 7)
+    assert_complete(server, run_id, n)
+    print(f"partition: unreachable after {detected:.1f}s, back online {back:.1f}s after the link came up")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import os
@@ -32,8 +33,13 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 ROLES = ("admin", "operator", "viewer", "auditor")
 
 _hasher = PasswordHasher()
-# Verified against when the user name is unknown, so a wrong name costs as long as a wrong password.
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    # Verified against when the user name is unknown, so a wrong name costs as much as a wrong
+    # password. Made on first use, not at import: hashing is slow on purpose.
+    return _hasher.hash(secrets.token_urlsafe(16))
 
 
 def hash_password(password: str) -> str:
@@ -44,7 +50,7 @@ def hash_password(password: str) -> str:
 def verify_password(password_hash: str, password: str) -> bool:
     """True if the password matches the hash; an empty or malformed hash never matches."""
     try:
-        return _hasher.verify(password_hash or _DUMMY_HASH, password) and bool(password_hash)
+        return _hasher.verify(password_hash or _dummy_hash(), password) and bool(password_hash)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
 
