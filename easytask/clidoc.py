@@ -1,0 +1,49 @@
+"""The CLI reference in Markdown, generated from the argument parser so it cannot drift."""
+
+from __future__ import annotations
+
+import argparse
+
+from easytask.cli import build_parser
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _section(name: str, parser: argparse.ArgumentParser, depth: int) -> list[str]:
+    parser.formatter_class = lambda prog: argparse.HelpFormatter(prog, width=100)
+    out = [f"{'#' * depth} `{name}`", ""]
+    help_text = parser.description or ""
+    if help_text:
+        out += [help_text, ""]
+    out += ["```text", parser.format_help().rstrip(), "```", ""]
+    for sub_name, sub in _subparsers(parser).items():
+        out += _section(f"{name} {sub_name}", sub, depth + 1)
+    return out
+
+
+def render() -> str:
+    """The whole reference."""
+    parser = build_parser()
+    lines = [
+        "# CLI reference",
+        "",
+        "Generated from the parser (`python -m easytask.clidoc > docs/cli.md`); a test keeps it",
+        "current. Server URL and token come from `--url`/`--token`, `EASYTASK_URL`/`EASYTASK_TOKEN`,",
+        "or a config file (`EASYTASK_CONFIG`, `./.easytask/config.toml`, `~/.config/easytask/config.toml`).",
+        "",
+        "Exit codes: 0 all good, 1 some hosts failed (or were terminated or unreachable), 2 usage,",
+        "configuration, inventory, pattern or YAML error, 3 could not start or reach the server,",
+        "70 unexpected error (the traceback is written to a file whose path is printed).",
+        "",
+    ]
+    lines += _section("easytask", parser, 2)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+if __name__ == "__main__":
+    print(render(), end="")
