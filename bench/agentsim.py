@@ -28,10 +28,18 @@ def raise_nofile() -> None:
 async def main(args: argparse.Namespace) -> None:
     raise_nofile()
     agents = [
-        Agent(AgentConfig(server=args.server, name=f"{args.prefix}{i:04d}",
-                          state_dir=Path(args.state_dir) / f"{args.prefix}{i:04d}",
-                          enroll=args.enroll, groups=args.group, slots=args.slots,
-                          keepalive_interval=30, backoff_max=5))
+        Agent(
+            AgentConfig(
+                server=args.server,
+                name=f"{args.prefix}{i:04d}",
+                state_dir=Path(args.state_dir) / f"{args.prefix}{i:04d}",
+                enroll=args.enroll,
+                groups=args.group,
+                slots=args.slots,
+                keepalive_interval=30,
+                backoff_max=5,
+            )
+        )
         for i in range(1, args.count + 1)
     ]
     stop = asyncio.Event()

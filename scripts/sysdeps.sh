@@ -5,6 +5,11 @@ need=()
 command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
 command -v setsid >/dev/null 2>&1 || need+=(util-linux)
+# network partition tests use namespaces and veth pairs; script tests run /usr/bin/python3
+command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || need+=(iproute2)
+[ -x /usr/bin/python3 ] || need+=(python3)
+# The console's browser tests drive Debian's Chromium through Playwright (no `playwright install`).
+[ -x /usr/bin/chromium ] || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "missing packages: ${need[*]} (run as root or install them)" >&2
