@@ -104,6 +104,7 @@ class JobEngine:
         self._jobs: dict[int, asyncio.Task[None]] = {}
         self._connect_limit = asyncio.Semaphore(64)
         self._pending_resumes: set[asyncio.Task[None]] = set()
+        self._running_jobs: set[int] = set()  # jobs already marked running
 
     # -- submission -------------------------------------------------------------------------
 
@@ -148,9 +149,7 @@ class JobEngine:
         assert job.id is not None
         targets = {p.host: p.vars for p in planned}
         task = asyncio.create_task(self._run_job(job, runs, targets, options), name=f"job-{job.id}")
-        self._jobs[job.id] = task
-        job_id = job.id
-        task.add_done_callback(lambda _t: self._jobs.pop(job_id, None))
+        self.adopt(job.id, task)
         return job, runs
 
     # -- kills ------------------------------------------------------------------------------
@@ -647,6 +646,9 @@ class JobEngine:
             self.store.update_run, run.id, event, detail, state=state, **fields
         )
         run.state = fresh.state
+        if state == RunState.RUNNING and run.job_id not in self._running_jobs:
+            self._running_jobs.add(run.job_id)
+            await self.store.call(self.store.mark_job_running, run.job_id)
         self._publish_run(run, state)
 
     async def _finish(
@@ -751,6 +753,7 @@ class JobEngine:
     def _forget_job(self, job_id: int) -> Callable[[asyncio.Task[None]], None]:
         def forget(_task: asyncio.Task[None]) -> None:
             self._jobs.pop(job_id, None)
+            self._running_jobs.discard(job_id)
 
         return forget
 

@@ -396,6 +396,15 @@ class Store:
             s.refresh(run)
             return run
 
+    def mark_job_running(self, job_id: int) -> None:
+        """A queued job becomes running when its first run starts."""
+        with self.session() as s:
+            job = s.get(Job, job_id)
+            if job is not None and job.state == RunState.QUEUED:
+                job.state = RunState.RUNNING
+                s.add(job)
+                s.commit()
+
     def finish_job_if_done(self, job_id: int) -> Job | None:
         """Set a job's aggregate state once all its runs are final; return it if it changed."""
         with self.session() as s:

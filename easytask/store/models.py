@@ -131,7 +131,10 @@ class LogLine(SQLModel, table=True):
     """One line of a run's output; seq runs 1..n without gaps."""
 
     __tablename__ = "log_line"
-    __table_args__ = (UniqueConstraint("run_id", "seq", name="uq_log_line_run_seq"),)
+    __table_args__ = (
+        UniqueConstraint("run_id", "seq", name="uq_log_line_run_seq"),
+        Index("ix_log_line_run_level_seq", "run_id", "level", "seq"),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     run_id: int = Field(foreign_key="run.id")
