@@ -51,7 +51,7 @@ def start_server(tmp_path: Path, procs: list[Proc]) -> Iterator[ServerFactory]:
         )
         proc = Proc(args, state / "server.log")
         procs.append(proc)
-        wait_until(lambda: info.exists() or not proc.alive(), timeout=20, what="server start")
+        wait_until(lambda: info.exists() or not proc.alive(), timeout=60, what="server start")
         assert proc.alive(), proc.output()
         handle = ServerHandle(proc, state)
         handles.append(handle)
