@@ -26,7 +26,8 @@ FINAL = {"success", "failed", "terminated", "unreachable", "skipped"}
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # usage errors exit 2 through our own path
-        raise UsageError(f"{self.prog}: {message}")
+        command = self.prog.partition(" ")[2]
+        raise UsageError(f"{command}: {message}" if command else message)
 
 
 def _duration(text: str) -> float:
@@ -86,7 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run an ad hoc command on the hosts a pattern matches")
     r.add_argument("pattern", help="host pattern, e.g. 'web:&prod:!db'")
-    r.add_argument("-a", "--args", dest="cmd", required=True, metavar="CMD", help="the shell command")
+    what = r.add_mutually_exclusive_group(required=True)
+    what.add_argument("-a", "--args", dest="cmd", metavar="CMD", help="the shell command")
+    what.add_argument("--script", metavar="FILE",
+                      help="a local script: sent to each host, run, removed; its arguments go "
+                           "after `--`")
+    r.add_argument("--interpreter", help="run the script with this (default: its #! line)")
+    r.set_defaults(script_args=[])
     r.add_argument("--timeout", type=_duration, help="terminate a host's command after this long")
     r.add_argument("--pending-timeout", type=_duration, help="wait this long for offline agents")
     r.add_argument("--forks", type=int, default=0, help="hosts at once (default: all)")
@@ -94,6 +101,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run on one host only: the least busy connected agent the pattern matches")
     r.add_argument("--format", choices=("text", "json"), default="text")
     r.set_defaults(func=cmd_run)
+
+    cp = sub.add_parser("copy", help="send a file or directory to every host the pattern matches")
+    cp.add_argument("pattern")
+    cp.add_argument("src", help="local file or directory")
+    cp.add_argument("dest", help="destination path on the hosts")
+    cp.add_argument("--mode", help="file mode, e.g. 0644")
+    cp.add_argument("--owner", help="chown the copied files to this user[:group]")
+    cp.add_argument("--backup", action="store_true", help="keep the previous version as DEST.TIMESTAMP~")
+    cp.add_argument("--timeout", type=_duration)
+    cp.add_argument("--pending-timeout", type=_duration)
+    cp.add_argument("--format", choices=("text", "json"), default="text")
+    cp.set_defaults(func=cmd_copy)
+
+    ck = sub.add_parser("checksum", help="SHA-256 of a file on every host, grouped by content")
+    ck.add_argument("pattern")
+    ck.add_argument("path")
+    ck.add_argument("--expect", metavar="SHA256", help="exit 1 unless every host has this digest")
+    ck.add_argument("--pending-timeout", type=_duration)
+    ck.add_argument("--format", choices=("text", "json"), default="text")
+    ck.set_defaults(func=cmd_checksum)
+
+    fe = sub.add_parser("fetch", help="bring a file back from every host into DEST_DIR/HOST/")
+    fe.add_argument("pattern")
+    fe.add_argument("path")
+    fe.add_argument("dest_dir")
+    fe.add_argument("--pending-timeout", type=_duration)
+    fe.set_defaults(func=cmd_fetch)
 
     pl = sub.add_parser("play", help="run a playbook (or --check it without a server)")
     pl.add_argument("playbook", help="playbook file, e.g. playbooks/health.yml")
@@ -254,6 +288,22 @@ def _follow_job(client: Any, job_id: int, view: _RunView | None, run_id: int | N
             return
 
 
+def _follow_interruptible(client: Any, job_id: int, view: _RunView | None) -> bool:
+    """Follow a job; the first Ctrl-C kills it and keeps following, a second leaves (True)."""
+    killed = False
+    while True:
+        try:
+            _follow_job(client, job_id, view)
+            return False
+        except KeyboardInterrupt:
+            if killed:
+                sys.stderr.write("interrupted again: leaving; the server keeps the record\n")
+                return True
+            killed = True
+            sys.stderr.write(f"\nterminating job {job_id} (Ctrl-C again to leave now)\n")
+            client.post(f"/api/jobs/{job_id}/kill")
+
+
 def _summary(data: dict[str, Any], elapsed: float, out: TextIO) -> int:
     runs = data["runs"]
     rows = [
@@ -271,26 +321,119 @@ def _summary(data: dict[str, Any], elapsed: float, out: TextIO) -> int:
     return EXIT_OK if all(r["state"] == "success" for r in runs) else EXIT_FAILED
 
 
+def _file_payload(path: Path) -> dict[str, Any]:
+    """A local file or directory as the API takes it (base64)."""
+    import base64
+
+    if path.is_dir():
+        files = {p.relative_to(path).as_posix(): base64.b64encode(p.read_bytes()).decode()
+                 for p in sorted(path.rglob("*")) if p.is_file()}
+        return {"name": path.name, "files": files}
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file or directory")
+    return {"name": path.name, "data": base64.b64encode(path.read_bytes()).decode()}
+
+
 def cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    import shlex
+
+    body: dict[str, Any] = {"pattern": args.pattern, "command": args.cmd or "", "timeout": args.timeout,
+                            "pending_timeout": args.pending_timeout, "forks": args.forks, "one": args.one}
+    if args.script:
+        spec = _file_payload(Path(args.script))
+        spec.update(args=shlex.join(args.script_args), interpreter=args.interpreter)
+        body.update(kind="script", script=spec)
+    elif args.script_args:
+        raise UsageError("run: arguments after the pattern are only for --script")
+    return _submit_and_follow(body, args.format, settings, out)
+
+
+def cmd_copy(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    spec = _file_payload(Path(args.src))
+    spec.update(dest=args.dest, mode=args.mode, owner=args.owner, backup=args.backup)
+    body = {"pattern": args.pattern, "kind": "copy", "copy": spec, "timeout": args.timeout,
+            "pending_timeout": args.pending_timeout}
+    return _submit_and_follow(body, args.format, settings, out)
+
+
+def cmd_checksum(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    import shlex
+
+    q = shlex.quote(args.path)
+    if args.path.startswith("~/"):  # each host's own home directory
+        q = '"$HOME"/' + shlex.quote(args.path[2:])
+    command = (f"if [ -f {q} ]; then sha256sum -- {q} | cut -d' ' -f1; "
+               f"elif [ -e {q} ]; then echo 'not a regular file' >&2; exit 2; else echo missing; fi")
+    client = _client(settings)
+    sub_data = client.post("/api/jobs", {"pattern": args.pattern, "command": command,
+                                         "name": f"checksum {args.path}",
+                                         "pending_timeout": args.pending_timeout})
+    job_id = sub_data["job"]["id"]
+    _follow_job(client, job_id, None)
+    data = client.get(f"/api/jobs/{job_id}")
+    digests: dict[str, str] = {}
+    for run in data["runs"]:
+        if run["state"] != "success":
+            digests[run["host"]] = f"error: {run['state']} ({run['reason']})"
+            continue
+        lines = client.get(f"/api/runs/{run['id']}/log")["lines"]
+        text = next((ln["text"] for ln in lines if ln["stream"] == "stdout"), "")
+        digests[run["host"]] = text.strip() or "missing"
+    groups: dict[str, list[str]] = {}
+    for host, digest in digests.items():
+        groups.setdefault(digest, []).append(host)
+    if args.format == "json":
+        _print_json({"path": args.path, "hosts": digests, "groups": groups}, out)
+    else:
+        for digest, hosts in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+            out.write(f"{digest}  {len(hosts)} host(s): {', '.join(sorted(hosts))}\n")
+    if args.expect:
+        bad = sorted(h for h, d in digests.items() if d != args.expect.lower())
+        if bad:
+            if args.format == "text":
+                out.write(f"differ from --expect: {', '.join(bad)}\n")
+            return EXIT_FAILED
+        return EXIT_OK
+    if len(groups) > 1:
+        if args.format == "text":
+            minority = sorted(groups.items(), key=lambda kv: len(kv[1]))[:-1]
+            odd = sorted(h for _, hosts in minority for h in hosts)
+            out.write(f"content differs: {', '.join(odd)}\n")
+        return EXIT_FAILED
+    return EXIT_OK if all(not d.startswith("error") for d in digests) else EXIT_FAILED
+
+
+def cmd_fetch(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    client = _client(settings)
+    sub_data = client.post("/api/jobs", {"pattern": args.pattern, "kind": "fetch",
+                                         "fetch": {"path": args.path},
+                                         "pending_timeout": args.pending_timeout})
+    job_id = sub_data["job"]["id"]
+    _follow_job(client, job_id, None)
+    data = client.get(f"/api/jobs/{job_id}")
+    dest = Path(args.dest_dir)
+    failed = 0
+    for run in data["runs"]:
+        if run["state"] != "success":
+            out.write(f"{run['host']}: {run['state']}: {run['reason']}\n")
+            failed += 1
+            continue
+        target = dest / run["host"] / (Path(args.path).name or "file")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(client.get_bytes(f"/api/runs/{run['id']}/fetched"))
+        out.write(f"{run['host']}: {target} ({target.stat().st_size} bytes)\n")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _submit_and_follow(body: dict[str, Any], fmt: str, settings: Settings, out: TextIO) -> int:
     started = time.monotonic()
     client = _client(settings)
-    body = {"pattern": args.pattern, "command": args.cmd, "timeout": args.timeout,
-            "pending_timeout": args.pending_timeout, "forks": args.forks, "one": args.one}
+    args = argparse.Namespace(format=fmt)
     sub = client.post("/api/jobs", body)
     job_id = sub["job"]["id"]
     view = _RunView(out, [r["host"] for r in sub["runs"]]) if args.format == "text" else None
-    killed = False
-    while True:
-        try:
-            _follow_job(client, job_id, view)
-            break
-        except KeyboardInterrupt:
-            if killed:
-                sys.stderr.write("interrupted again: leaving; the server keeps the record\n")
-                return 130
-            killed = True
-            sys.stderr.write(f"\nterminating job {job_id} (Ctrl-C again to leave now)\n")
-            client.post(f"/api/jobs/{job_id}/kill")
+    if _follow_interruptible(client, job_id, view):
+        return 130
     data = client.get(f"/api/jobs/{job_id}")
     if args.format == "json":
         _print_json(data, out)
@@ -332,17 +475,8 @@ def cmd_play(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     sub_data = client.post("/api/playbooks/run", body)
     job_id = sub_data["job"]["id"]
     view = _RunView(out, [r["host"] for r in sub_data["runs"]]) if args.format == "text" else None
-    killed = False
-    while True:
-        try:
-            _follow_job(client, job_id, view)
-            break
-        except KeyboardInterrupt:
-            if killed:
-                return 130
-            killed = True
-            sys.stderr.write(f"\nterminating job {job_id} (Ctrl-C again to leave now)\n")
-            client.post(f"/api/jobs/{job_id}/kill")
+    if _follow_interruptible(client, job_id, view):
+        return 130
     data = client.get(f"/api/jobs/{job_id}")
     if args.format == "json":
         _print_json(data, out)
@@ -505,7 +639,16 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Parse, run, and map errors to exit codes (0 ok, 1 hosts failed, 2 usage, 3 start, 70 bug)."""
     out = out or sys.stdout
     try:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        rest: list[str] = []
+        if "--" in argv:  # everything after -- belongs to the script (`run --script F -- ARGS`)
+            cut = argv.index("--")
+            argv, rest = argv[:cut], argv[cut + 1 :]
         args = build_parser().parse_args(argv)
+        if rest:
+            if getattr(args, "command", None) != "run":
+                raise UsageError(f"unexpected arguments after --: {' '.join(rest)}")
+            args.script_args = rest
         logging.basicConfig(
             level=logging.DEBUG if args.verbose else logging.INFO,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -51,6 +51,16 @@ class Client:
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from exc
 
+    def get_bytes(self, path: str) -> bytes:
+        """GET raw bytes (downloads)."""
+        try:
+            resp = self._http.get(path)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+        if resp.status_code >= 400:
+            self._check(resp)
+        return resp.content
+
     def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
         """POST JSON, return JSON."""
         try:

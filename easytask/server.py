@@ -230,7 +230,9 @@ class Server:
             "db": url.split("@")[-1],
             "client_key": self.client_public_key,
         }
-        (self.state_dir / "server.json").write_text(json.dumps(info, indent=2) + "\n")
+        tmp = self.state_dir / "server.json.tmp"
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
+        os.replace(tmp, self.state_dir / "server.json")  # readers never see half a file
         log.info(
             "EasyTask %s serving agents on %s:%d and HTTP on %s",
             __version__,

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import secrets
-import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC
-from pathlib import Path
 from typing import Any
-
-import asyncssh
 
 from easytask.errors import ConnectError, UsageError
 from easytask.plan import PlannedRun
@@ -44,6 +38,7 @@ class JobOptions:
     forks: int = 0
     grace: float = 5.0
     timeout_total: float | None = None  # the run's whole timeout (timeout is what is left)
+    file_action: Any = None  # a fileops.FileAction: copy, script or fetch instead of a command
 
     def __post_init__(self) -> None:
         if self.timeout_total is None:
@@ -220,6 +215,13 @@ class JobEngine:
             await self._finish(run, RunState.FAILED, reason=f"internal error: {exc}")
 
     async def _execute(self, run: Run, hostvars: dict[str, Any], options: JobOptions) -> None:
+        action = options.file_action
+        if action is not None:
+            from easytask.scheduler import fileops  # fileops builds on this module
+
+            handler = {"copy": fileops.copy, "script": fileops.script, "fetch": fileops.fetch}[action.kind]
+            await handler(self, run, hostvars, action, replace(options, file_action=None))
+            return
         if run.connection == "agent":
             await self._agent_run(run, options)
         else:
@@ -574,66 +576,6 @@ class JobEngine:
             await self._finish(run, RunState.UNREACHABLE, reason=str(exc))
             return None
 
-    async def run_copy(self, run: Run, hostvars: dict[str, Any], action: Any, options: JobOptions) -> None:
-        """Send a file over SFTP unless the destination already has the same SHA-256."""
-        self.track(run)
-        conn = await self.file_connection(run, hostvars, options)
-        if conn is None:
-            return
-        assert run.id is not None
-        out = self._output(run)
-        await self._update(run, RunState.RUNNING, "started", f"copy to {action.dest}", started_at=utcnow())
-        started = time.monotonic()
-        try:
-            local = await asyncio.to_thread(_sha256_file, action.src)
-            result, stdout, _ = await executor.run_collect(
-                conn, f"sha256sum -- {shlex.quote(action.dest)} 2>/dev/null", timeout=60)
-            remote = stdout.split()[0].decode() if stdout.split() else ""
-            if remote == local:
-                out.system(f"unchanged: {action.dest} already has sha256 {local}")
-                await self._finish(run, RunState.SUCCESS, reason="unchanged", exit_code=0, out=out,
-                                   duration=time.monotonic() - started)
-                return
-            tmp = f"{action.dest}.easytask-{run.id}"
-            async with conn.start_sftp_client() as sftp:
-                await sftp.put(action.src, tmp)
-                if action.mode:
-                    await sftp.chmod(tmp, int(str(action.mode), 8))
-                await sftp.posix_rename(tmp, action.dest)
-            size = Path(action.src).stat().st_size
-            out.system(f"changed: copied {Path(action.src).name} ({size} bytes, sha256 {local}) to {action.dest}")
-            await self._finish(run, RunState.SUCCESS, reason="changed", exit_code=0, out=out,
-                               duration=time.monotonic() - started)
-        except (OSError, asyncssh.Error, TimeoutError) as exc:
-            out.system(f"copy failed: {exc}", "ERROR")
-            await self._finish(run, RunState.FAILED, reason=f"copy failed: {exc}", out=out,
-                               duration=time.monotonic() - started)
-
-    async def run_script(self, run: Run, hostvars: dict[str, Any], action: Any, options: JobOptions) -> None:
-        """Upload a script to a private temp dir, run it through its #! line, remove it."""
-        self.track(run)
-        conn = await self.file_connection(run, hostvars, options)
-        if conn is None:
-            return
-        assert run.id is not None
-        remote_dir = f"/tmp/.easytask-{run.id}-{secrets.token_hex(4)}"
-        remote = f"{remote_dir}/{Path(action.src).name}"
-        try:
-            async with conn.start_sftp_client() as sftp:
-                await sftp.mkdir(remote_dir, asyncssh.SFTPAttrs(permissions=0o700))
-                await sftp.put(action.src, remote)
-                await sftp.chmod(remote, 0o700)
-        except (OSError, asyncssh.Error) as exc:
-            await self._finish(run, RunState.FAILED, reason=f"could not upload the script: {exc}")
-            return
-        line = action.shell_line(remote)
-        command = f"( {line}\n); rc=$?; rm -rf {shlex.quote(remote_dir)}; exit $rc"
-        await self.store.call(self.store.update_run, run.id, None, "", command=command)
-        run.command = command
-        if run.connection == "agent":
-            run.state = RunState.QUEUED
-        await self._execute(run, hostvars, options)
-
     # -- recording --------------------------------------------------------------------------
 
     async def _event(self, run: Run, kind: str, detail: str) -> None:
@@ -773,14 +715,6 @@ def _agent_terminator(link: Any, key: str, live: _Live) -> Callable[[float], Any
                             timeout=grace + 15)
 
     return terminate
-
-
-def _sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def job_dict(job: Job) -> dict[str, Any]:

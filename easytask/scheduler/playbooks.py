@@ -20,6 +20,7 @@ from easytask.plan_playbook import (
     stop_after_batch,
     task_result,
 )
+from easytask.scheduler import fileops
 from easytask.scheduler.jobs import JobEngine, JobOptions
 from easytask.store.models import Job, Run, RunState
 
@@ -172,10 +173,10 @@ class PlaybookJob:
         options = JobOptions(timeout=task.timeout, pending_timeout=self.pending_timeout)
         hostvars = dict(self.plan.host_vars.get(host, {}))
         if action.kind == "copy":
-            await self.engine.run_copy(run, hostvars, action, options)
+            await fileops.copy(self.engine, run, hostvars, action, options)
             return
         if action.kind == "script":
-            await self.engine.run_script(run, hostvars, action, options)
+            await fileops.script(self.engine, run, hostvars, action, options)
             return
         command = action.shell_line()
         await self.engine.store.call(self.engine.store.update_run, run.id or 0, None, "", command=command)

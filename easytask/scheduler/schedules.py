@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -25,7 +25,7 @@ ON_TIME = timedelta(minutes=2)  # a fire this late still counts as on time, not 
 
 def utc_now() -> datetime:
     """The real clock."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Scheduler:
@@ -85,7 +85,7 @@ class Scheduler:
         tz = ZoneInfo(row.tz)
         next_fire = as_utc(row.next_fire)
         if next_fire is None:
-            nxt = cron.next_after(now.astimezone(tz), tz).astimezone(timezone.utc)
+            nxt = cron.next_after(now.astimezone(tz), tz).astimezone(UTC)
             await self.store.call(self.store.update_schedule, row.name, next_fire=nxt)
             return None
         if next_fire > now:
@@ -94,13 +94,13 @@ class Scheduler:
         due = next_fire
         missed = 0
         while True:
-            following = cron.next_after(due.astimezone(tz), tz).astimezone(timezone.utc)
+            following = cron.next_after(due.astimezone(tz), tz).astimezone(UTC)
             if following > now:
                 break
             due = following
             missed += 1
         late = now - due > ON_TIME
-        nxt = cron.next_after(due.astimezone(tz), tz).astimezone(timezone.utc)
+        nxt = cron.next_after(due.astimezone(tz), tz).astimezone(UTC)
         if (missed or late) and row.catch_up == "none":
             log.info("schedule %s: skipping %d missed fire time(s) (catch_up: none)", row.name,
                      missed + 1)

@@ -2,24 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import re
+import secrets
+from dataclasses import replace
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from easytask.cron import Cron
 from easytask.durations import parse_duration
 from easytask.errors import APIError, EasyTaskError
 from easytask.lines import LEVELS
+from easytask.plan_playbook import plan_playbook
+from easytask.playbook import PlaybookErrors, load_playbook
+from easytask.scheduler.fileops import FileAction
 from easytask.scheduler.jobs import JobOptions, job_dict, run_dict
 from easytask.scheduler.playbooks import submit_playbook
 from easytask.store.models import AgentState, RunState, User
@@ -141,7 +150,7 @@ class Api:
         command = str(data.get("command") or "")
         if not pattern:
             raise APIError("pattern is required")
-        if not command.strip():
+        if not command.strip() and data.get("kind", "command") == "command":
             raise APIError("command is required")
         try:
             timeout = None
@@ -154,6 +163,9 @@ class Api:
         except (TypeError, ValueError) as exc:
             raise APIError(str(exc)) from exc
         options = JobOptions(timeout=timeout, pending_timeout=pending, forks=forks)
+        if data.get("kind", "command") != "command":
+            action, command = self._file_action(data)
+            options = replace(options, file_action=action)
         planned = await self.server.plan_adhoc(pattern, command)
         if data.get("one"):
             agents = [p for p in planned if p.connection == "agent"] or planned
@@ -171,6 +183,59 @@ class Api:
         return JSONResponse(
             {"job": job_dict(job), "runs": [run_dict(r) for r in runs]}, status_code=201
         )
+
+    def _file_action(self, data: dict[str, Any]) -> tuple[FileAction, str]:
+        """A copy, script or fetch request, its uploads written to a private dir."""
+        kind = data.get("kind")
+        spec = data.get(kind) if isinstance(kind, str) else None
+        if kind not in ("copy", "script", "fetch") or not isinstance(spec, dict):
+            raise APIError("kind must be command, copy, script or fetch, with an object of that name")
+        state = self.server.state_dir
+        if kind == "fetch":
+            path = str(spec.get("path") or "")
+            if not path:
+                raise APIError("fetch.path is required")
+            return FileAction("fetch", dest=path, store_dir=str(state / "fetched")), f"fetch {path}"
+        upload = state / "uploads" / secrets.token_hex(8)
+        name = safe_relative(str(spec.get("name") or ""))
+        files = spec.get("files")
+        try:
+            if isinstance(files, dict):  # a directory
+                for rel, b64 in files.items():
+                    target = upload / name / safe_relative(str(rel))
+                    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                    target.write_bytes(base64.b64decode(b64, validate=True))
+                (upload / name).mkdir(parents=True, exist_ok=True, mode=0o700)
+            else:
+                target = upload / name
+                target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                target.write_bytes(base64.b64decode(spec.get("data") or "", validate=True))
+        except (ValueError, TypeError) as exc:
+            raise APIError(f"{kind}: file data must be base64: {exc}") from exc
+        src = str(upload / name)
+        if kind == "script":
+            args = str(spec.get("args") or "")
+            interpreter = spec.get("interpreter") or None
+            action = FileAction("script", src=src, args=args, interpreter=interpreter)
+            return action, f"script {name}" + (f" {args}" if args else "")
+        dest = str(spec.get("dest") or "")
+        if not dest:
+            raise APIError("copy.dest is required")
+        mode = spec.get("mode") or None
+        if mode is not None and not re.fullmatch(r"0?[0-7]{3,4}", str(mode)):
+            raise APIError(f"copy.mode {mode!r} is not an octal mode like 0644")
+        action = FileAction("copy", src=src, dest=dest, mode=mode, owner=spec.get("owner") or None,
+                            backup=bool(spec.get("backup")))
+        return action, f"copy {name} -> {dest}"
+
+    async def fetched(self, request: Request, user: User) -> Response:
+        """GET /api/runs/{id}/fetched: the file a fetch run brought back."""
+        run_id = self.int_param(request, "run_id")
+        folder = self.server.state_dir / "fetched" / str(run_id)
+        files = sorted(folder.iterdir()) if folder.is_dir() else []
+        if not files:
+            raise APIError(f"run {run_id} fetched no file", status=404)
+        return FileResponse(files[0], filename=files[0].name)
 
     async def get_job(self, request: Request, user: User) -> Response:
         """GET /api/jobs/{id}: the job and its runs."""
@@ -466,6 +531,28 @@ class Api:
             return JSONResponse({"schedule": name, "job": job_id}, status_code=201)
         raise APIError(f"unknown action {action!r}", status=404)
 
+    async def list_playbooks(self, request: Request, user: User) -> Response:
+        """GET /api/playbooks: the playbooks of the server's playbooks directory."""
+        return JSONResponse(await playbook_listing(self.server))
+
+    async def run_playbook_file(self, request: Request, user: User) -> Response:
+        """POST /api/playbooks/{file}/run: run a playbook of the server's playbooks directory."""
+        path = playbook_path(self.server, request.path_params["file"])
+        data = await self.body(request)
+        extra = data.get("extra_vars") or {}
+        if not isinstance(extra, dict):
+            raise APIError("extra_vars must be an object")
+        playbook = await asyncio.to_thread(load_playbook, path)
+        inventory = await self.server.merged_inventory()
+        plan = plan_playbook(playbook, inventory, extra_vars=extra, limit=data.get("limit") or None)
+        job, runs = await submit_playbook(
+            self.server.engine, plan, user=user.name, source=self.source(request),
+            pending_timeout=self.server.pending_timeout,
+        )
+        return JSONResponse(
+            {"job": job_dict(job), "runs": [run_dict(r) for r in runs]}, status_code=201
+        )
+
     # -- inventory --------------------------------------------------------------------------
 
     async def hosts(self, request: Request, user: User) -> Response:
@@ -497,6 +584,7 @@ class Api:
             Route("/api/runs/{run_id}", self.route(self.get_run)),
             Route("/api/runs/{run_id}/log", self.route(self.run_log)),
             Route("/api/runs/{run_id}/kill", self.route(self.kill_run, op), methods=["POST"]),
+            Route("/api/runs/{run_id}/fetched", self.route(self.fetched)),
             Route("/api/agents", self.route(self.list_agents)),
             Route(
                 "/api/agents/tokens", self.route(self.enroll_token, ("admin",)), methods=["POST"]
@@ -511,7 +599,21 @@ class Api:
             Route("/api/schedules", self.route(self.list_schedules)),
             Route("/api/schedules/{name}/{action}", self.route(self.schedule_action, op),
                   methods=["POST"]),
+            Route("/api/playbooks", self.route(self.list_playbooks)),
+            Route(
+                "/api/playbooks/{file}/run",
+                self.route(self.run_playbook_file, op),
+                methods=["POST"],
+            ),
         ]
+
+
+def safe_relative(path: str) -> str:
+    """A relative path with no `..` and no absolute part (uploads, bundles)."""
+    parts = Path(path).parts
+    if not parts or Path(path).is_absolute() or ".." in parts:
+        raise APIError(f"path {path!r} must be relative and stay inside its directory")
+    return str(Path(*parts))
 
 
 def _schedule_dict(row: Any) -> dict[str, Any]:
@@ -525,6 +627,108 @@ def _schedule_dict(row: Any) -> dict[str, Any]:
     return {"name": row.name, "path": row.path, "cron": row.cron, "tz": row.tz,
             "catch_up": row.catch_up, "enabled": row.enabled, "next_fire": iso(row.next_fire),
             "last_fire": iso(row.last_fire), "last_job": row.last_job}
+
+
+# -- the server's playbooks directory ------------------------------------------------------------
+
+PLAYBOOK_SUFFIXES = (".yml", ".yaml")
+
+
+def playbooks_dir(server: Server) -> Path | None:
+    """The server's playbooks directory (`--playbooks`), made absolute; None without one."""
+    configured = server.config.playbooks
+    return Path(configured).resolve() if configured else None
+
+
+def playbook_path(server: Server, name: str) -> Path:
+    """The file `name` of the playbooks directory; only a plain file name is accepted.
+
+    400 for anything that is not a plain name (`..`, `a/b`, a leading dot), 404 for a name the
+    directory does not hold: no request can name a file outside the directory.
+    """
+    if (
+        not name
+        or name != Path(name).name
+        or name.startswith(".")
+        or any(c in name for c in "/\\\x00")
+    ):
+        raise APIError(f"not a playbook file name: {name!r} (a plain name such as deploy.yml)")
+    root = playbooks_dir(server)
+    path = root / name if root is not None else None
+    if path is None or path.suffix not in PLAYBOOK_SUFFIXES or not path.is_file():
+        raise APIError(f"no playbook {name!r} in the server's playbooks directory", status=404)
+    return path
+
+
+def _playbook_files(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    return sorted(
+        p
+        for p in root.iterdir()
+        if p.suffix in PLAYBOOK_SUFFIXES and not p.name.startswith(".") and p.is_file()
+    )
+
+
+def _playbook_entry(path: Path) -> dict[str, Any]:
+    """What the listing says about one file: name, hosts, task count, or its errors."""
+    entry: dict[str, Any] = {"file": path.name, "name": None, "hosts": None, "tasks": None,
+                             "errors": [], "schedule": None}
+    try:
+        book = load_playbook(path)
+    except EasyTaskError as exc:
+        problems = exc.errors if isinstance(exc, PlaybookErrors) else (exc,)
+        entry["errors"] = [_problem(path, e) for e in problems]
+        return entry
+    entry.update(name=book.name, hosts=book.hosts, tasks=len(book.tasks))
+    return entry
+
+
+def _problem(path: Path, exc: EasyTaskError) -> dict[str, Any]:
+    """One error of a playbook as `file:line:col: message`, with the offending line."""
+    at = exc.location
+    where = Path(at.path).name if at is not None else path.name
+    line = at.line if at is not None else None
+    col = at.col if at is not None and line is not None else None
+    if line is not None:
+        where += f":{line}" + (f":{col}" if col is not None else "")
+    return {"line": line, "col": col, "message": exc.message, "text": f"{where}: {exc.message}",
+            "source": at.source_line() if at is not None else None}
+
+
+def _listed_schedule(row: Any, now: datetime) -> dict[str, Any]:
+    """A schedule as listed; an enabled one not yet timed by the scheduler gets its next fire."""
+    data = _schedule_dict(row)
+    if row.enabled and row.next_fire is None:
+        try:
+            tz = ZoneInfo(row.tz)
+            nxt = Cron.parse(row.cron).next_after(now.astimezone(tz), tz)
+            data["next_fire"] = nxt.astimezone(timezone.utc).isoformat()
+        except (ValueError, KeyError):
+            pass  # the scheduler logs what is wrong with it
+    return data
+
+
+async def playbook_listing(server: Server) -> dict[str, Any]:
+    """Every playbook of the playbooks directory with its schedule (shared with the console)."""
+    root = playbooks_dir(server)
+    if root is None:
+        return {"dir": None, "playbooks": []}
+    await server.scheduler.sync()
+    store = server.store
+    schedules = {row.path: row for row in await store.call(store.list_schedules)}
+
+    def read() -> list[tuple[dict[str, Any], str]]:
+        return [(_playbook_entry(p), str(p.resolve())) for p in _playbook_files(root)]
+
+    now = datetime.now(timezone.utc)
+    out = []
+    for entry, resolved in await asyncio.to_thread(read):
+        row = schedules.get(resolved)
+        if row is not None:
+            entry["schedule"] = _listed_schedule(row, now)
+        out.append(entry)
+    return {"dir": str(root), "playbooks": out}
 
 
 def _sse(event: dict[str, Any]) -> str:

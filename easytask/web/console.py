@@ -7,10 +7,11 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
+from zoneinfo import ZoneInfo
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from starlette.requests import Request
@@ -24,6 +25,7 @@ from easytask.lines import LEVELS
 from easytask.scheduler.jobs import JobOptions
 from easytask.store.db import as_utc
 from easytask.store.models import AgentState, Job, Run, RunState, User
+from easytask.web.api import playbook_listing
 from easytask.web.auth import CSRF_FIELD, SAFE_METHODS, SessionAuth, csrf_ok
 
 if TYPE_CHECKING:
@@ -590,8 +592,17 @@ class Console:
         return RedirectResponse("/agents", status_code=303)
 
     async def playbooks_page(self, request: Request, user: User) -> Response:
-        """GET /playbooks: whatever /api/playbooks lists, once the playbook engine exists."""
-        return self.render(request, user, "playbooks.html", section="playbooks")
+        """GET /playbooks: the server's playbooks, their schedules, run now and on/off switches."""
+        listing = await playbook_listing(self.server)
+        now = datetime.now(UTC)
+        return self.render(
+            request,
+            user,
+            "playbooks.html",
+            section="playbooks",
+            folder=listing["dir"],
+            playbooks=[playbook_row(entry, now) for entry in listing["playbooks"]],
+        )
 
     def routes(self) -> list[Route]:
         """Every console route."""
@@ -618,6 +629,34 @@ def shown_state(state: str, run_states: Mapping[str, int]) -> str:
     if state == RunState.QUEUED and any(n and s != RunState.QUEUED for s, n in run_states.items()):
         return RunState.RUNNING
     return state
+
+
+def playbook_row(entry: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """A listed playbook as the page shows it: times parsed, the URLs its buttons post to."""
+    row = dict(entry)
+    schedule = entry.get("schedule")
+    if schedule is None:
+        row["run_url"] = f"/api/playbooks/{quote(entry['file'], safe='')}/run"
+        return row
+    name = quote(schedule["name"], safe="")
+    shown = dict(schedule)
+    for key in ("next_fire", "last_fire"):
+        shown[key] = datetime.fromisoformat(schedule[key]) if schedule[key] else None
+    nxt = shown["next_fire"]
+    shown["next_in"] = (nxt - now).total_seconds() if nxt is not None else None
+    shown["next_local"] = ""
+    if nxt is not None and schedule["tz"] != "UTC":
+        try:
+            shown["next_local"] = nxt.astimezone(ZoneInfo(schedule["tz"])).strftime(
+                "%Y-%m-%d %H:%M %Z"
+            )
+        except (KeyError, ValueError):
+            pass
+    shown["toggle"] = "disable" if schedule["enabled"] else "enable"
+    shown["toggle_url"] = f"/api/schedules/{name}/{shown['toggle']}"
+    row["schedule"] = shown
+    row["run_url"] = f"/api/schedules/{name}/run"
+    return row
 
 
 def _opt_int(value: str | None) -> int | None:

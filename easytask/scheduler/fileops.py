@@ -1,0 +1,181 @@
+"""Files on hosts over SFTP (agent and agentless links alike): copy, script, fetch."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from easytask.scheduler.jobs import JobEngine, JobOptions
+from easytask.store.models import Run, RunState, utcnow
+from easytask.transport import executor
+
+
+@dataclass(frozen=True)
+class FileAction:
+    """What to do with files on each host.
+
+    kind `copy`: `src` (a file or a directory, sent recursively) to `dest`, with `mode`, `owner`,
+    `backup`; kind `script`: upload `src`, run it with `args` through its #! line or
+    `interpreter`; kind `fetch`: bring `dest` (a remote path) back into `store_dir/RUN_ID/`.
+    """
+
+    kind: str
+    src: str = ""
+    dest: str = ""
+    mode: str | None = None
+    owner: str | None = None
+    backup: bool = False
+    args: str = ""
+    interpreter: str | None = None
+    store_dir: str = ""
+
+    def shell_line(self, script_path: str) -> str:
+        """The command that runs an uploaded script with its arguments."""
+        head = f"{self.interpreter} " if self.interpreter else ""
+        return head + shlex.quote(script_path) + (f" {self.args}" if self.args else "")
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a local file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _pairs(src: Path, dest: str) -> list[tuple[Path, str]]:
+    if src.is_dir():
+        return [(p, f"{dest.rstrip('/')}/{p.relative_to(src).as_posix()}")
+                for p in sorted(src.rglob("*")) if p.is_file()]
+    return [(src, dest)]
+
+
+async def _remote_sums(conn: Any, paths: list[str]) -> dict[str, str]:
+    """SHA-256 of remote files that exist (one round trip for all of them)."""
+    if not paths:
+        return {}
+    quoted = " ".join(shlex.quote(p) for p in paths)
+    _, stdout, _ = await executor.run_collect(
+        conn, f"for f in {quoted}; do [ -f \"$f\" ] && sha256sum -- \"$f\"; done; true", timeout=120)
+    sums = {}
+    for line in stdout.decode(errors="replace").splitlines():
+        digest, _, name = line.partition("  ")
+        if name:
+            sums[name] = digest
+    return sums
+
+
+async def copy(engine: JobEngine, run: Run, hostvars: dict[str, Any], action: Any,
+               options: JobOptions) -> None:
+    """Send a file or a directory; files whose destination has the same SHA-256 are skipped."""
+    engine.track(run)
+    conn = await engine.file_connection(run, hostvars, options)
+    if conn is None:
+        return
+    assert run.id is not None
+    out = engine._output(run)
+    await engine._update(run, RunState.RUNNING, "started", f"copy to {action.dest}", started_at=utcnow())
+    started = time.monotonic()
+    try:
+        pairs = await asyncio.to_thread(_pairs, Path(action.src), action.dest)
+        if not pairs:
+            raise OSError(f"nothing to copy in {action.src}")
+        local = {dest: await asyncio.to_thread(sha256_file, src) for src, dest in pairs}
+        remote = await _remote_sums(conn, [dest for _, dest in pairs])
+        changed = 0
+        async with conn.start_sftp_client() as sftp:
+            for src, dest in pairs:
+                if remote.get(dest) == local[dest]:
+                    out.system(f"unchanged: {dest} (sha256 {local[dest]})")
+                    continue
+                parent = dest.rsplit("/", 1)[0]
+                if parent and parent != dest:
+                    await sftp.makedirs(parent, exist_ok=True)
+                if getattr(action, "backup", False) and dest in remote:
+                    stamp = time.strftime("%Y%m%d%H%M%S")
+                    await sftp.posix_rename(dest, f"{dest}.{stamp}~")
+                    out.system(f"backup: previous {dest} kept as {dest}.{stamp}~")
+                tmp = f"{dest}.easytask-{run.id}"
+                await sftp.put(str(src), tmp)
+                if action.mode:
+                    await sftp.chmod(tmp, int(str(action.mode), 8))
+                await sftp.posix_rename(tmp, dest)
+                changed += 1
+                out.system(f"changed: {dest} ({src.stat().st_size} bytes, sha256 {local[dest]})")
+        owner = getattr(action, "owner", None)
+        if owner and changed:
+            targets = " ".join(shlex.quote(dest) for _, dest in pairs)
+            result, _, err = await executor.run_collect(conn, f"chown {shlex.quote(owner)} -- {targets}")
+            if result.exit_code != 0:
+                raise OSError(f"chown {owner}: {err.decode(errors='replace').strip()}")
+        reason = "changed" if changed else "unchanged"
+        if len(pairs) > 1:
+            reason += f" ({changed} of {len(pairs)} files)"
+        await engine._finish(run, RunState.SUCCESS, reason=reason, exit_code=0, out=out,
+                             duration=time.monotonic() - started)
+    except (OSError, asyncssh.Error, TimeoutError) as exc:
+        out.system(f"copy failed: {exc}", "ERROR")
+        await engine._finish(run, RunState.FAILED, reason=f"copy failed: {exc}", out=out,
+                             duration=time.monotonic() - started)
+
+
+async def script(engine: JobEngine, run: Run, hostvars: dict[str, Any], action: Any,
+                 options: JobOptions) -> None:
+    """Upload a script to a private temp dir, run it, remove it."""
+    engine.track(run)
+    conn = await engine.file_connection(run, hostvars, options)
+    if conn is None:
+        return
+    assert run.id is not None
+    remote_dir = f"/tmp/.easytask-{run.id}-{secrets.token_hex(4)}"
+    remote = f"{remote_dir}/{Path(action.src).name}"
+    try:
+        async with conn.start_sftp_client() as sftp:
+            await sftp.mkdir(remote_dir, asyncssh.SFTPAttrs(permissions=0o700))
+            await sftp.put(action.src, remote)
+            await sftp.chmod(remote, 0o700)
+    except (OSError, asyncssh.Error) as exc:
+        await engine._finish(run, RunState.FAILED, reason=f"could not upload the script: {exc}")
+        return
+    line = action.shell_line(remote)
+    command = f"( {line}\n); rc=$?; rm -rf {shlex.quote(remote_dir)}; exit $rc"
+    await engine.store.call(engine.store.update_run, run.id, None, "", command=command)
+    run.command = command
+    if run.connection == "agent":
+        run.state = RunState.QUEUED
+    await engine._execute(run, hostvars, options)
+
+
+async def fetch(engine: JobEngine, run: Run, hostvars: dict[str, Any], action: FileAction,
+                options: JobOptions) -> None:
+    """Bring a remote file back into the server's store dir for this run."""
+    engine.track(run)
+    conn = await engine.file_connection(run, hostvars, options)
+    if conn is None:
+        return
+    assert run.id is not None
+    out = engine._output(run)
+    await engine._update(run, RunState.RUNNING, "started", f"fetch {action.dest}", started_at=utcnow())
+    started = time.monotonic()
+    target = Path(action.store_dir) / str(run.id) / (Path(action.dest).name or "file")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        async with conn.start_sftp_client() as sftp:
+            await sftp.get(action.dest, str(target))
+        digest = await asyncio.to_thread(sha256_file, target)
+        out.system(f"fetched {action.dest} ({target.stat().st_size} bytes, sha256 {digest})")
+        await engine._finish(run, RunState.SUCCESS, reason=f"fetched sha256 {digest}", exit_code=0,
+                             out=out, duration=time.monotonic() - started)
+    except (OSError, asyncssh.Error, TimeoutError) as exc:
+        out.system(f"fetch failed: {exc}", "ERROR")
+        await engine._finish(run, RunState.FAILED, reason=f"fetch failed: {exc}", out=out,
+                             duration=time.monotonic() - started)
