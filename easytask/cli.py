@@ -182,6 +182,16 @@ def build_parser() -> argparse.ArgumentParser:
         x.add_argument("name")
     sc.set_defaults(func=cmd_schedules)
 
+    au = sub.add_parser("audit", help="the audit log (admin, auditor); `audit verify` checks the chain")
+    au.add_argument("--since", help="ISO time or duration ago (1h, 2d)")
+    au.add_argument("--action", help="e.g. job.submit, job.kill, login.failed, agent.")
+    au.add_argument("--actor")
+    au.add_argument("--limit", type=int, default=100)
+    au.add_argument("--format", choices=("text", "json"), default="text")
+    ausub = au.add_subparsers(dest="audit_command", metavar="ACTION", parser_class=_Parser)
+    ausub.add_parser("verify", help="walk the hash chain; exit 1 at the first bad row")
+    au.set_defaults(func=cmd_audit)
+
     d = sub.add_parser("demo", help="a local server with three agents, for a first look")
     d.add_argument("--dir", default=".easytask", help="where the demo keeps its state")
     d.add_argument("--http", default="127.0.0.1:8080")
@@ -623,6 +633,31 @@ def cmd_schedules(args: argparse.Namespace, settings: Settings, out: TextIO) -> 
         for s in data["schedules"]
     ]
     _table(rows, ("NAME", "CRON", "TZ", "ENABLED", "NEXT (UTC)", "LAST (UTC)", "LAST JOB", "CATCH-UP"), out)
+    return EXIT_OK
+
+
+def cmd_audit(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    client = _client(settings)
+    if args.audit_command == "verify":
+        result = client.get("/api/audit/verify")
+        if args.format == "json":
+            _print_json(result, out)
+        elif result["ok"]:
+            out.write(f"audit chain intact: {result['rows']} events, head {result['head']}\n")
+        else:
+            out.write(f"audit chain BROKEN after {result['rows']} good events: {result['problem']}\n")
+        return EXIT_OK if result["ok"] else EXIT_FAILED
+    data = client.get("/api/audit", since=args.since, action=args.action, actor=args.actor,
+                      limit=args.limit)
+    if args.format == "json":
+        _print_json(data["events"], out)
+        return EXIT_OK
+    rows = [
+        (e["id"], e["at"][:19].replace("T", " "), e["actor"], e["action"], e["source"],
+         json.dumps(e["detail"], separators=(",", ":"))[:80])
+        for e in data["events"]
+    ]
+    _table(rows, ("ID", "AT (UTC)", "ACTOR", "ACTION", "SOURCE", "DETAIL"), out)
     return EXIT_OK
 
 

@@ -138,6 +138,8 @@ class Server:
             self.engine, plan, user="schedule", source=f"schedule {name}",
             pending_timeout=self.pending_timeout, kind="schedule",
         )
+        await self.store.call(self.store.audit, "schedule", "job.submit", f"schedule {name}", {
+            "job": job.id, "kind": "schedule", "playbook": plan.name, "hosts": list(plan.hosts)})
         assert job.id is not None
         return job.id
 

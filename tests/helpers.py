@@ -137,7 +137,7 @@ class ServerHandle:
                 return str(agent["status"])
         return None
 
-    def wait_job(self, job_id: int, timeout: float = 30) -> dict[str, Any]:
+    def wait_job(self, job_id: int, timeout: float = 90) -> dict[str, Any]:
         final = {"success", "failed", "terminated", "unreachable", "skipped"}
         return wait_until(
             lambda: (d := self.get(f"/api/jobs/{job_id}"))["job"]["state"] in final and d,

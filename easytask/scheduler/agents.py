@@ -101,6 +101,8 @@ class AgentRegistry:
              "at": utcnow().isoformat()}
         )
         del self.refused[:-100]
+        self._spawn(self.store.call(self.store.audit, name or "?", "agent.refused", f"agent {addr}",
+                                    {"agent": name, "fingerprint": fingerprint, "reason": reason}))
 
     async def admit(self, link: AgentLink, hello: dict[str, Any], trusted: bool) -> bool:
         """Admit a trusted agent, enrol one with a valid token, else record it as pending."""
@@ -125,6 +127,10 @@ class AgentRegistry:
                 self.store.register_agent, name, link.fingerprint, link.public_key, state, **fields
             )
             self.agents[name] = self._info(row)
+            await self.store.call(
+                self.store.audit, name, "agent.enroll" if enrolled else "agent.pending",
+                f"agent {link.addr}", {"agent": name, "fingerprint": link.fingerprint},
+            )
             if not enrolled:
                 log.info("agent %s (key %s) is pending: accept it with `easytask agents accept %s`",
                          name, link.fingerprint, name)

@@ -16,8 +16,10 @@ from sqlalchemy import event, func, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, col, create_engine, select
 
+from easytask.store import audit as audit_chain
 from easytask.store.models import (
     Agent,
+    AuditEvent,
     ApiToken,
     EnrollToken,
     Job,
@@ -364,6 +366,37 @@ class Store:
                 s.add(row)
                 s.commit()
 
+    # -- audit -------------------------------------------------------------------------------
+
+    def audit(self, actor: str, action: str, source: str, detail: dict[str, Any]) -> AuditEvent:
+        """Append an event to the audit chain."""
+        with self.session() as s:
+            event = audit_chain.append(s, actor, action, source, detail)
+            s.commit()
+            s.refresh(event)
+            return event
+
+    def audit_events(self, *, since: datetime | None = None, action: str | None = None,
+                     actor: str | None = None, before_id: int | None = None,
+                     limit: int = 200) -> list[AuditEvent]:
+        """Audit events, newest first."""
+        with self.session() as s:
+            q = select(AuditEvent)
+            if since is not None:
+                q = q.where(AuditEvent.at >= since)
+            if action:
+                q = q.where(col(AuditEvent.action).startswith(action))
+            if actor:
+                q = q.where(AuditEvent.actor == actor)
+            if before_id is not None:
+                q = q.where(col(AuditEvent.id) < before_id)
+            return list(s.exec(q.order_by(col(AuditEvent.id).desc()).limit(limit)))
+
+    def audit_verify(self) -> dict[str, Any]:
+        """Walk the audit chain (see easytask.store.audit.verify)."""
+        with self.session() as s:
+            return audit_chain.verify(s)
+
     def get_job(self, job_id: int) -> Job | None:
         """One job."""
         with self.session() as s:
@@ -428,6 +461,11 @@ class Store:
                 job.state = RunState.UNREACHABLE
             job.finished_at = utcnow()
             s.add(job)
+            counts: dict[str, int] = {}
+            for st in states:
+                counts[st] = counts.get(st, 0) + 1
+            audit_chain.append(s, job.submitted_by, "job.finish", "",
+                               {"job": job.id, "kind": job.kind, "state": job.state, "runs": counts})
             s.commit()
             s.refresh(job)
             return job

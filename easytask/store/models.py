@@ -197,3 +197,18 @@ class ScheduleFire(SQLModel, table=True):
     job_id: int | None = None
     server: str = ""
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class AuditEvent(SQLModel, table=True):
+    """An append-only, hash-chained record of who did what: hash = sha256(prev_hash + json)."""
+
+    __tablename__ = "audit_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(default_factory=utcnow, index=True)
+    actor: str = ""
+    action: str = Field(index=True)
+    source: str = ""
+    detail: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
+    prev_hash: str = ""
+    hash: str = Field(default="", index=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import re
 import secrets
@@ -171,6 +172,13 @@ class Api:
             agents = [p for p in planned if p.connection == "agent"] or planned
             chosen = self.server.registry.least_busy([p.host for p in agents])
             planned = [p for p in agents if p.host == chosen]
+        action = options.file_action
+        audit_detail: dict[str, Any] = {
+            "kind": data.get("kind", "command"), "pattern": pattern, "command": command,
+            "hosts": [p.host for p in planned], "timeout": options.timeout,
+        }
+        if action is not None and action.kind in ("copy", "script"):
+            audit_detail["files"] = _file_digests(action.src)
         job, runs = await self.server.engine.submit(
             planned,
             name=str(data.get("name") or command)[:200],
@@ -180,9 +188,18 @@ class Api:
             user=user.name,
             source=self.source(request),
         )
+        await self.audit(user, "job.submit", request, {"job": job.id, **audit_detail})
         return JSONResponse(
             {"job": job_dict(job), "runs": [run_dict(r) for r in runs]}, status_code=201
         )
+
+    async def audit(self, user: User | str, action: str, request: Request | None,
+                    detail: dict[str, Any]) -> None:
+        """Append to the audit chain: who, what, from where."""
+        store = self.server.store
+        actor = user if isinstance(user, str) else user.name
+        source = self.source(request) if request is not None else ""
+        await store.call(store.audit, actor, action, source, detail)
 
     def _file_action(self, data: dict[str, Any]) -> tuple[FileAction, str]:
         """A copy, script or fetch request, its uploads written to a private dir."""
@@ -254,6 +271,7 @@ class Api:
         if await store.call(store.get_job, job_id) is None:
             raise APIError(f"no job {job_id}", status=404)
         count = self.server.engine.kill_job(job_id, user.name)
+        await self.audit(user, "job.kill", request, {"job": job_id, "runs_asked": count})
         return JSONResponse({"job": job_id, "killed": count})
 
     async def job_events(self, request: Request, user: User) -> Response:
@@ -422,6 +440,7 @@ class Api:
         if run.state in RunState.FINAL:
             raise APIError(f"run {run_id} already ended ({run.state})", status=409)
         killed = self.server.engine.kill_run(run_id, user.name)
+        await self.audit(user, "run.kill", request, {"run": run_id, "job": run.job_id, "host": run.host})
         return JSONResponse({"run": run_id, "killed": int(killed)})
 
     # -- agents -----------------------------------------------------------------------------
@@ -463,6 +482,7 @@ class Api:
         row = await self.server.registry.set_state(name, state)
         if row is None:
             raise APIError(f"no agent {name!r}", status=404)
+        await self.audit(user, f"agent.{action}", request, {"agent": name, "fingerprint": row.fingerprint})
         return JSONResponse({"name": name, "state": row.state})
 
     async def enroll_token(self, request: Request, user: User) -> Response:
@@ -477,6 +497,7 @@ class Api:
             raise APIError("uses must be at least 1")
         store = self.server.store
         token = await store.call(store.create_enroll_token, uses, ttl, user.name)
+        await self.audit(user, "agent.token", request, {"uses": uses, "ttl": ttl})
         return JSONResponse({"token": token, "uses": uses, "ttl": ttl}, status_code=201)
 
     # -- playbooks ---------------------------------------------------------------------------
@@ -503,6 +524,11 @@ class Api:
             self.server.engine, plan, user=user.name, source=self.source(request),
             pending_timeout=self.server.pending_timeout,
         )
+        await self.audit(user, "job.submit", request, {
+            "job": job.id, "kind": "playbook", "playbook": plan.name, "pattern": plan.playbook.hosts,
+            "limit": limit, "hosts": list(plan.hosts), "extra_vars": sorted(extra),
+            "sha256": hashlib.sha256(text.encode()).hexdigest(),
+        })
         return JSONResponse({"job": job_dict(job), "runs": [run_dict(r) for r in runs]}, status_code=201)
 
     async def list_schedules(self, request: Request, user: User) -> Response:
@@ -522,12 +548,14 @@ class Api:
                                    next_fire=None)
             if row is None:
                 raise APIError(f"no schedule {name!r}", status=404)
+            await self.audit(user, f"schedule.{action}", request, {"schedule": name})
             return JSONResponse(_schedule_dict(row))
         if action == "run":
             rows = {r.name: r for r in await store.call(store.list_schedules)}
             if name not in rows:
                 raise APIError(f"no schedule {name!r}", status=404)
             job_id = await self.server._submit_scheduled(Path(rows[name].path), name)
+            await self.audit(user, "schedule.run", request, {"schedule": name, "job": job_id})
             return JSONResponse({"schedule": name, "job": job_id}, status_code=201)
         raise APIError(f"unknown action {action!r}", status=404)
 
@@ -552,6 +580,32 @@ class Api:
         return JSONResponse(
             {"job": job_dict(job), "runs": [run_dict(r) for r in runs]}, status_code=201
         )
+
+    # -- audit -------------------------------------------------------------------------------
+
+    async def list_audit(self, request: Request, user: User) -> Response:
+        """GET /api/audit: events, newest first (since, action, actor, before, limit)."""
+        q = request.query_params
+        store = self.server.store
+        try:
+            rows = await store.call(
+                store.audit_events, since=_parse_time(q.get("since")), action=q.get("action") or None,
+                actor=q.get("actor") or None,
+                before_id=int(q["before"]) if q.get("before") else None,
+                limit=min(int(q.get("limit") or 200), 5000),
+            )
+        except ValueError as exc:
+            raise APIError(str(exc)) from exc
+        return JSONResponse({"events": [
+            {"id": e.id, "at": _iso_utc(e.at), "actor": e.actor, "action": e.action,
+             "source": e.source, "detail": json.loads(e.detail), "hash": e.hash}
+            for e in rows
+        ]})
+
+    async def verify_audit(self, request: Request, user: User) -> Response:
+        """GET /api/audit/verify: walk the hash chain."""
+        store = self.server.store
+        return JSONResponse(await store.call(store.audit_verify))
 
     # -- inventory --------------------------------------------------------------------------
 
@@ -597,6 +651,8 @@ class Api:
             Route("/api/hosts", self.route(self.hosts)),
             Route("/api/playbooks/run", self.route(self.run_playbook, op), methods=["POST"]),
             Route("/api/schedules", self.route(self.list_schedules)),
+            Route("/api/audit", self.route(self.list_audit, ("admin", "auditor"))),
+            Route("/api/audit/verify", self.route(self.verify_audit, ("admin", "auditor"))),
             Route("/api/schedules/{name}/{action}", self.route(self.schedule_action, op),
                   methods=["POST"]),
             Route("/api/playbooks", self.route(self.list_playbooks)),
@@ -606,6 +662,22 @@ class Api:
                 methods=["POST"],
             ),
         ]
+
+
+def _iso_utc(value: datetime) -> str:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.isoformat()
+
+
+def _file_digests(src: str) -> dict[str, str]:
+    """Name -> SHA-256 of an uploaded file or of each file of a directory (for the audit log)."""
+    root = Path(src)
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+    return {
+        (p.relative_to(root).as_posix() if root.is_dir() else p.name): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in files
+    }
 
 
 def safe_relative(path: str) -> str:

@@ -265,6 +265,9 @@ class Console:
                 request, target, "The form expired; please sign in again.", 403, name
             )
         user = await self.auth.login(name, form.get("password", ""))
+        addr = f"console {request.client.host if request.client else '?'}"
+        store = self.server.store
+        await store.call(store.audit, name, "login.ok" if user else "login.failed", addr, {"user": name})
         if user is None:
             log.warning(
                 "console sign-in refused for %r from %s",
@@ -634,6 +637,7 @@ def shown_state(state: str, run_states: Mapping[str, int]) -> str:
 def playbook_row(entry: dict[str, Any], now: datetime) -> dict[str, Any]:
     """A listed playbook as the page shows it: times parsed, the URLs its buttons post to."""
     row = dict(entry)
+    row["errors"] = [{**e, "shown": _compiler_style(e)} for e in entry["errors"]]
     schedule = entry.get("schedule")
     if schedule is None:
         row["run_url"] = f"/api/playbooks/{quote(entry['file'], safe='')}/run"
@@ -657,6 +661,16 @@ def playbook_row(entry: dict[str, Any], now: datetime) -> dict[str, Any]:
     row["schedule"] = shown
     row["run_url"] = f"/api/schedules/{name}/run"
     return row
+
+
+def _compiler_style(problem: dict[str, Any]) -> str:
+    """`file:line:col: message`, then the offending line and a caret under the column."""
+    text = str(problem["text"])
+    if problem.get("source") is not None:
+        text += "\n    " + str(problem["source"])
+        if problem.get("col"):
+            text += "\n    " + " " * (int(problem["col"]) - 1) + "^"
+    return text
 
 
 def _opt_int(value: str | None) -> int | None:

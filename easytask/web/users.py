@@ -63,6 +63,7 @@ class UsersApi:
         created = await store.call(store.create_user, name, role, password_hash)
         if created is None:
             raise APIError(f"user {name!r} exists", status=409)
+        await self.api.audit(user, "user.create", request, {"user": name, "role": role})
         return JSONResponse(user_json(created), status_code=201)
 
     def routes(self) -> list[Route]:
