@@ -60,45 +60,76 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--agents", help="ADDR:PORT to listen on for agents (default 127.0.0.1:8022)")
     s.add_argument("--http", help="ADDR:PORT for the API and console (default 127.0.0.1:8080)")
     s.add_argument("-i", "--inventory", help="inventory file or directory")
-    s.add_argument("--pending-timeout", type=_duration, help="how long a run waits for an offline agent")
-    s.add_argument("--keepalive", type=_duration, default=10.0, help="SSH keepalive interval to agents")
-    s.add_argument("--keepalive-count", type=int, default=3, help="missed keepalives before unreachable")
+    s.add_argument(
+        "--pending-timeout", type=_duration, help="how long a run waits for an offline agent"
+    )
+    s.add_argument(
+        "--keepalive", type=_duration, default=10.0, help="SSH keepalive interval to agents"
+    )
+    s.add_argument(
+        "--keepalive-count", type=int, default=3, help="missed keepalives before unreachable"
+    )
     s.add_argument("--ssh-known-hosts", help="known_hosts file for agentless hosts")
-    s.add_argument("--reattach-timeout", type=_duration, default=3600.0,
-                   help="how long a started run waits for its lost agent to come back (default 1h)")
-    s.add_argument("--playbooks", help="directory whose playbooks with `schedule:` fire (default playbooks/)")
-    s.add_argument("--output-limit", type=_size, default=256 << 20,
-                   help="stored output per run, head and tail kept (default 256M; 0 = no limit)")
+    s.add_argument(
+        "--reattach-timeout",
+        type=_duration,
+        default=3600.0,
+        help="how long a started run waits for its lost agent to come back (default 1h)",
+    )
+    s.add_argument(
+        "--playbooks", help="directory whose playbooks with `schedule:` fire (default playbooks/)"
+    )
+    s.add_argument(
+        "--output-limit",
+        type=_size,
+        default=256 << 20,
+        help="stored output per run, head and tail kept (default 256M; 0 = no limit)",
+    )
     s.set_defaults(func=cmd_server)
 
     a = sub.add_parser("agent", help="run a resident agent that dials out to a server")
     a.add_argument("--server", required=True, help="server HOST:PORT (its agent port)")
-    a.add_argument("--name", required=True, help="this agent's name (an inventory host name, or new)")
+    a.add_argument(
+        "--name", required=True, help="this agent's name (an inventory host name, or new)"
+    )
     a.add_argument("--state-dir", required=True, help="where the agent keeps its key and spool")
     a.add_argument("--enroll", metavar="TOKEN", help="enrolment token from `easytask agents token`")
     a.add_argument("--slots", type=int, default=4, help="commands run at once (default 4)")
     a.add_argument("--group", action="append", default=[], help="a group label (repeatable)")
     a.add_argument("--keepalive", type=_duration, default=15.0, help="SSH keepalive interval")
-    a.add_argument("--keepalive-count", type=int, default=4, help="missed keepalives before reconnect")
-    a.add_argument("--backoff-max", type=_duration, default=30.0, help="longest wait between reconnects")
-    a.add_argument("--spool-cap", type=_size, default=2 << 30,
-                   help="output kept per run in the spool before the rest is cut (default 2G)")
+    a.add_argument(
+        "--keepalive-count", type=int, default=4, help="missed keepalives before reconnect"
+    )
+    a.add_argument(
+        "--backoff-max", type=_duration, default=30.0, help="longest wait between reconnects"
+    )
+    a.add_argument(
+        "--spool-cap",
+        type=_size,
+        default=2 << 30,
+        help="output kept per run in the spool before the rest is cut (default 2G)",
+    )
     a.set_defaults(func=cmd_agent)
 
     r = sub.add_parser("run", help="run an ad hoc command on the hosts a pattern matches")
     r.add_argument("pattern", help="host pattern, e.g. 'web:&prod:!db'")
     what = r.add_mutually_exclusive_group(required=True)
     what.add_argument("-a", "--args", dest="cmd", metavar="CMD", help="the shell command")
-    what.add_argument("--script", metavar="FILE",
-                      help="a local script: sent to each host, run, removed; its arguments go "
-                           "after `--`")
+    what.add_argument(
+        "--script",
+        metavar="FILE",
+        help="a local script: sent to each host, run, removed; its arguments go after `--`",
+    )
     r.add_argument("--interpreter", help="run the script with this (default: its #! line)")
     r.set_defaults(script_args=[])
     r.add_argument("--timeout", type=_duration, help="terminate a host's command after this long")
     r.add_argument("--pending-timeout", type=_duration, help="wait this long for offline agents")
     r.add_argument("--forks", type=int, default=0, help="hosts at once (default: all)")
-    r.add_argument("--one", action="store_true",
-                   help="run on one host only: the least busy connected agent the pattern matches")
+    r.add_argument(
+        "--one",
+        action="store_true",
+        help="run on one host only: the least busy connected agent the pattern matches",
+    )
     r.add_argument("--format", choices=("text", "json"), default="text")
     r.set_defaults(func=cmd_run)
 
@@ -108,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("dest", help="destination path on the hosts")
     cp.add_argument("--mode", help="file mode, e.g. 0644")
     cp.add_argument("--owner", help="chown the copied files to this user[:group]")
-    cp.add_argument("--backup", action="store_true", help="keep the previous version as DEST.TIMESTAMP~")
+    cp.add_argument(
+        "--backup", action="store_true", help="keep the previous version as DEST.TIMESTAMP~"
+    )
     cp.add_argument("--timeout", type=_duration)
     cp.add_argument("--pending-timeout", type=_duration)
     cp.add_argument("--format", choices=("text", "json"), default="text")
@@ -132,10 +165,19 @@ def build_parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("play", help="run a playbook (or --check it without a server)")
     pl.add_argument("playbook", help="playbook file, e.g. playbooks/health.yml")
     pl.add_argument("-l", "--limit", help="further limit the hosts with a pattern")
-    pl.add_argument("-e", "--extra-vars", action="append", default=[], metavar="VARS",
-                    help="key=value, @file.yml or a JSON/YAML mapping (repeatable)")
-    pl.add_argument("--check", action="store_true",
-                    help="validate, render and print the plan; run nothing (no server needed)")
+    pl.add_argument(
+        "-e",
+        "--extra-vars",
+        action="append",
+        default=[],
+        metavar="VARS",
+        help="key=value, @file.yml or a JSON/YAML mapping (repeatable)",
+    )
+    pl.add_argument(
+        "--check",
+        action="store_true",
+        help="validate, render and print the plan; run nothing (no server needed)",
+    )
     pl.add_argument("-i", "--inventory", help="inventory for --check (default: settings)")
     pl.add_argument("--format", choices=("text", "json"), default="text")
     pl.set_defaults(func=cmd_play)
@@ -174,7 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ttl", help="lifetime, e.g. 1h")
     ag.set_defaults(func=cmd_agents)
 
-    sc = sub.add_parser("schedules", help="list schedules with next fire times; enable, disable, run")
+    sc = sub.add_parser(
+        "schedules", help="list schedules with next fire times; enable, disable, run"
+    )
     sc.add_argument("--format", choices=("text", "json"), default="text")
     scsub = sc.add_subparsers(dest="schedules_command", metavar="ACTION", parser_class=_Parser)
     for action in ("enable", "disable", "run"):
@@ -182,7 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
         x.add_argument("name")
     sc.set_defaults(func=cmd_schedules)
 
-    au = sub.add_parser("audit", help="the audit log (admin, auditor); `audit verify` checks the chain")
+    au = sub.add_parser(
+        "audit", help="the audit log (admin, auditor); `audit verify` checks the chain"
+    )
     au.add_argument("--since", help="ISO time or duration ago (1h, 2d)")
     au.add_argument("--action", help="e.g. job.submit, job.kill, login.failed, agent.")
     au.add_argument("--actor")
@@ -216,7 +262,9 @@ def _print_json(data: Any, out: TextIO) -> None:
 
 
 def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str], out: TextIO) -> None:
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in row] for row in rows]
+    cells = [[str(h) for h in headers]] + [
+        ["" if c is None else str(c) for c in row] for row in rows
+    ]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     for row in cells:
         out.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
@@ -234,7 +282,9 @@ def cmd_server(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
         agents=args.agents or settings.agents,
         http=args.http or settings.http,
         inventory=args.inventory or settings.inventory,
-        pending_timeout=args.pending_timeout if args.pending_timeout is not None else settings.pending_timeout,
+        pending_timeout=args.pending_timeout
+        if args.pending_timeout is not None
+        else settings.pending_timeout,
         keepalive_interval=args.keepalive,
         keepalive_count=args.keepalive_count,
         ssh_known_hosts=args.ssh_known_hosts,
@@ -249,9 +299,16 @@ def cmd_agent(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     from easytask.agent.main import AgentConfig, serve
 
     config = AgentConfig(
-        server=args.server, name=args.name, state_dir=Path(args.state_dir), enroll=args.enroll,
-        slots=args.slots, groups=args.group, keepalive_interval=args.keepalive,
-        keepalive_count=args.keepalive_count, backoff_max=args.backoff_max, spool_cap=args.spool_cap,
+        server=args.server,
+        name=args.name,
+        state_dir=Path(args.state_dir),
+        enroll=args.enroll,
+        slots=args.slots,
+        groups=args.group,
+        keepalive_interval=args.keepalive,
+        keepalive_count=args.keepalive_count,
+        backoff_max=args.backoff_max,
+        spool_cap=args.spool_cap,
     )
     if config.slots < 1:
         raise UsageError("--slots must be at least 1")
@@ -317,8 +374,13 @@ def _follow_interruptible(client: Any, job_id: int, view: _RunView | None) -> bo
 def _summary(data: dict[str, Any], elapsed: float, out: TextIO) -> int:
     runs = data["runs"]
     rows = [
-        (r["host"], r["state"], "" if r["exit_code"] is None else r["exit_code"],
-         format_duration(r["duration"]) if r["duration"] is not None else "-", r["reason"])
+        (
+            r["host"],
+            r["state"],
+            "" if r["exit_code"] is None else r["exit_code"],
+            format_duration(r["duration"]) if r["duration"] is not None else "-",
+            r["reason"],
+        )
         for r in runs
     ]
     out.write("\n")
@@ -327,7 +389,9 @@ def _summary(data: dict[str, Any], elapsed: float, out: TextIO) -> int:
     for r in runs:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
     parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    out.write(f"\njob {data['job']['id']}: {len(runs)} host(s): {parts} in {format_duration(elapsed)}\n")
+    out.write(
+        f"\njob {data['job']['id']}: {len(runs)} host(s): {parts} in {format_duration(elapsed)}\n"
+    )
     return EXIT_OK if all(r["state"] == "success" for r in runs) else EXIT_FAILED
 
 
@@ -336,8 +400,11 @@ def _file_payload(path: Path) -> dict[str, Any]:
     import base64
 
     if path.is_dir():
-        files = {p.relative_to(path).as_posix(): base64.b64encode(p.read_bytes()).decode()
-                 for p in sorted(path.rglob("*")) if p.is_file()}
+        files = {
+            p.relative_to(path).as_posix(): base64.b64encode(p.read_bytes()).decode()
+            for p in sorted(path.rglob("*"))
+            if p.is_file()
+        }
         return {"name": path.name, "files": files}
     if not path.is_file():
         raise UsageError(f"{path}: no such file or directory")
@@ -347,8 +414,14 @@ def _file_payload(path: Path) -> dict[str, Any]:
 def cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     import shlex
 
-    body: dict[str, Any] = {"pattern": args.pattern, "command": args.cmd or "", "timeout": args.timeout,
-                            "pending_timeout": args.pending_timeout, "forks": args.forks, "one": args.one}
+    body: dict[str, Any] = {
+        "pattern": args.pattern,
+        "command": args.cmd or "",
+        "timeout": args.timeout,
+        "pending_timeout": args.pending_timeout,
+        "forks": args.forks,
+        "one": args.one,
+    }
     if args.script:
         spec = _file_payload(Path(args.script))
         spec.update(args=shlex.join(args.script_args), interpreter=args.interpreter)
@@ -361,8 +434,13 @@ def cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
 def cmd_copy(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     spec = _file_payload(Path(args.src))
     spec.update(dest=args.dest, mode=args.mode, owner=args.owner, backup=args.backup)
-    body = {"pattern": args.pattern, "kind": "copy", "copy": spec, "timeout": args.timeout,
-            "pending_timeout": args.pending_timeout}
+    body = {
+        "pattern": args.pattern,
+        "kind": "copy",
+        "copy": spec,
+        "timeout": args.timeout,
+        "pending_timeout": args.pending_timeout,
+    }
     return _submit_and_follow(body, args.format, settings, out)
 
 
@@ -372,12 +450,20 @@ def cmd_checksum(args: argparse.Namespace, settings: Settings, out: TextIO) -> i
     q = shlex.quote(args.path)
     if args.path.startswith("~/"):  # each host's own home directory
         q = '"$HOME"/' + shlex.quote(args.path[2:])
-    command = (f"if [ -f {q} ]; then sha256sum -- {q} | cut -d' ' -f1; "
-               f"elif [ -e {q} ]; then echo 'not a regular file' >&2; exit 2; else echo missing; fi")
+    command = (
+        f"if [ -f {q} ]; then sha256sum -- {q} | cut -d' ' -f1; "
+        f"elif [ -e {q} ]; then echo 'not a regular file' >&2; exit 2; else echo missing; fi"
+    )
     client = _client(settings)
-    sub_data = client.post("/api/jobs", {"pattern": args.pattern, "command": command,
-                                         "name": f"checksum {args.path}",
-                                         "pending_timeout": args.pending_timeout})
+    sub_data = client.post(
+        "/api/jobs",
+        {
+            "pattern": args.pattern,
+            "command": command,
+            "name": f"checksum {args.path}",
+            "pending_timeout": args.pending_timeout,
+        },
+    )
     job_id = sub_data["job"]["id"]
     _follow_job(client, job_id, None)
     data = client.get(f"/api/jobs/{job_id}")
@@ -415,9 +501,15 @@ def cmd_checksum(args: argparse.Namespace, settings: Settings, out: TextIO) -> i
 
 def cmd_fetch(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     client = _client(settings)
-    sub_data = client.post("/api/jobs", {"pattern": args.pattern, "kind": "fetch",
-                                         "fetch": {"path": args.path},
-                                         "pending_timeout": args.pending_timeout})
+    sub_data = client.post(
+        "/api/jobs",
+        {
+            "pattern": args.pattern,
+            "kind": "fetch",
+            "fetch": {"path": args.path},
+            "pending_timeout": args.pending_timeout,
+        },
+    )
     job_id = sub_data["job"]["id"]
     _follow_job(client, job_id, None)
     data = client.get(f"/api/jobs/{job_id}")
@@ -480,8 +572,13 @@ def cmd_play(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
             rel = Path(task.action.path).resolve().relative_to(base.resolve())
             files[str(rel)] = base64.b64encode(Path(task.action.path).read_bytes()).decode()
     client = _client(settings)
-    body = {"name": Path(args.playbook).name, "text": playbook.text, "files": files,
-            "limit": args.limit, "extra_vars": extra}
+    body = {
+        "name": Path(args.playbook).name,
+        "text": playbook.text,
+        "files": files,
+        "limit": args.limit,
+        "extra_vars": extra,
+    }
     sub_data = client.post("/api/playbooks/run", body)
     job_id = sub_data["job"]["id"]
     view = _RunView(out, [r["host"] for r in sub_data["runs"]]) if args.format == "text" else None
@@ -508,9 +605,15 @@ def _recap(data: dict[str, Any], elapsed: float, out: TextIO) -> None:
     runs = _final_attempts(data["runs"])
     out.write("\nTASKS\n")
     rows = [
-        (r["task"], r["host"], r["state"], "" if r["exit_code"] is None else r["exit_code"],
-         r["attempt"], format_duration(r["duration"]) if r["duration"] is not None else "-",
-         r["reason"])
+        (
+            r["task"],
+            r["host"],
+            r["state"],
+            "" if r["exit_code"] is None else r["exit_code"],
+            r["attempt"],
+            format_duration(r["duration"]) if r["duration"] is not None else "-",
+            r["reason"],
+        )
         for r in runs
     ]
     _table(rows, ("TASK", "HOST", "STATUS", "EXIT", "TRY", "DURATION", "REASON"), out)
@@ -522,24 +625,43 @@ def _recap(data: dict[str, Any], elapsed: float, out: TextIO) -> None:
         key = "ok" if r["state"] == "success" else r["state"]
         if key in counts:
             counts[key] += 1
-    _table([(host, *(c[k] for k in columns)) for host, c in per_host.items()],
-           ("HOST", *(k.upper() for k in columns)), out)
-    out.write(f"\njob {data['job']['id']} ({data['job']['name']}): {data['job']['state']} "
-              f"in {format_duration(elapsed)}\n")
+    _table(
+        [(host, *(c[k] for k in columns)) for host, c in per_host.items()],
+        ("HOST", *(k.upper() for k in columns)),
+        out,
+    )
+    out.write(
+        f"\njob {data['job']['id']} ({data['job']['name']}): {data['job']['state']} "
+        f"in {format_duration(elapsed)}\n"
+    )
 
 
 def cmd_runs(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     client = _client(settings)
-    data = client.get("/api/runs", since=args.since, until=args.until, status=args.status,
-                      host=args.host, task=args.task, job=args.job, limit=args.limit)
+    data = client.get(
+        "/api/runs",
+        since=args.since,
+        until=args.until,
+        status=args.status,
+        host=args.host,
+        task=args.task,
+        job=args.job,
+        limit=args.limit,
+    )
     if args.format == "json":
         _print_json(data["runs"], out)
         return EXIT_OK
     rows = [
-        (r["id"], r["job"], r["host"], r["state"], "" if r["exit_code"] is None else r["exit_code"],
-         (r["created_at"] or "")[:19].replace("T", " "),
-         format_duration(r["duration"]) if r["duration"] is not None else "-",
-         r["task"][:40])
+        (
+            r["id"],
+            r["job"],
+            r["host"],
+            r["state"],
+            "" if r["exit_code"] is None else r["exit_code"],
+            (r["created_at"] or "")[:19].replace("T", " "),
+            format_duration(r["duration"]) if r["duration"] is not None else "-",
+            r["task"][:40],
+        )
         for r in data["runs"]
     ]
     _table(rows, ("RUN", "JOB", "HOST", "STATUS", "EXIT", "CREATED (UTC)", "DURATION", "TASK"), out)
@@ -601,14 +723,34 @@ def cmd_agents(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
         _print_json(data["agents"], out)
         return EXIT_OK
     rows = [
-        (a["name"], a["status"], (a["since"] or "")[:19].replace("T", " "),
-         (a["last_seen"] or "")[:19].replace("T", " "), a["address"],
-         f"{a['running']}/{a['slots']}", ",".join(str(x) for x in (a["facts"].get("load") or [])[:1]),
-         a["version"], ",".join(a["groups"]))
+        (
+            a["name"],
+            a["status"],
+            (a["since"] or "")[:19].replace("T", " "),
+            (a["last_seen"] or "")[:19].replace("T", " "),
+            a["address"],
+            f"{a['running']}/{a['slots']}",
+            ",".join(str(x) for x in (a["facts"].get("load") or [])[:1]),
+            a["version"],
+            ",".join(a["groups"]),
+        )
         for a in data["agents"]
     ]
-    _table(rows, ("NAME", "STATUS", "SINCE (UTC)", "LAST SEEN", "ADDRESS", "RUNNING", "LOAD",
-                  "VERSION", "GROUPS"), out)
+    _table(
+        rows,
+        (
+            "NAME",
+            "STATUS",
+            "SINCE (UTC)",
+            "LAST SEEN",
+            "ADDRESS",
+            "RUNNING",
+            "LOAD",
+            "VERSION",
+            "GROUPS",
+        ),
+        out,
+    )
     return EXIT_OK
 
 
@@ -627,12 +769,23 @@ def cmd_schedules(args: argparse.Namespace, settings: Settings, out: TextIO) -> 
         _print_json(data["schedules"], out)
         return EXIT_OK
     rows = [
-        (s["name"], s["cron"], s["tz"], "yes" if s["enabled"] else "no",
-         (s["next_fire"] or "-")[:16].replace("T", " "), (s["last_fire"] or "-")[:16].replace("T", " "),
-         s["last_job"] or "-", s["catch_up"])
+        (
+            s["name"],
+            s["cron"],
+            s["tz"],
+            "yes" if s["enabled"] else "no",
+            (s["next_fire"] or "-")[:16].replace("T", " "),
+            (s["last_fire"] or "-")[:16].replace("T", " "),
+            s["last_job"] or "-",
+            s["catch_up"],
+        )
         for s in data["schedules"]
     ]
-    _table(rows, ("NAME", "CRON", "TZ", "ENABLED", "NEXT (UTC)", "LAST (UTC)", "LAST JOB", "CATCH-UP"), out)
+    _table(
+        rows,
+        ("NAME", "CRON", "TZ", "ENABLED", "NEXT (UTC)", "LAST (UTC)", "LAST JOB", "CATCH-UP"),
+        out,
+    )
     return EXIT_OK
 
 
@@ -645,16 +798,25 @@ def cmd_audit(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         elif result["ok"]:
             out.write(f"audit chain intact: {result['rows']} events, head {result['head']}\n")
         else:
-            out.write(f"audit chain BROKEN after {result['rows']} good events: {result['problem']}\n")
+            out.write(
+                f"audit chain BROKEN after {result['rows']} good events: {result['problem']}\n"
+            )
         return EXIT_OK if result["ok"] else EXIT_FAILED
-    data = client.get("/api/audit", since=args.since, action=args.action, actor=args.actor,
-                      limit=args.limit)
+    data = client.get(
+        "/api/audit", since=args.since, action=args.action, actor=args.actor, limit=args.limit
+    )
     if args.format == "json":
         _print_json(data["events"], out)
         return EXIT_OK
     rows = [
-        (e["id"], e["at"][:19].replace("T", " "), e["actor"], e["action"], e["source"],
-         json.dumps(e["detail"], separators=(",", ":"))[:80])
+        (
+            e["id"],
+            e["at"][:19].replace("T", " "),
+            e["actor"],
+            e["action"],
+            e["source"],
+            json.dumps(e["detail"], separators=(",", ":"))[:80],
+        )
         for e in data["events"]
     ]
     _table(rows, ("ID", "AT (UTC)", "ACTOR", "ACTION", "SOURCE", "DETAIL"), out)

@@ -41,7 +41,9 @@ class Client:
         return resp.json()
 
     def _unreachable(self, exc: Exception) -> StartError:
-        return StartError(f"cannot reach the server at {self.url}: {exc} (is `easytask server` running?)")
+        return StartError(
+            f"cannot reach the server at {self.url}: {exc} (is `easytask server` running?)"
+        )
 
     def get(self, path: str, **params: Any) -> Any:
         """GET a JSON resource."""

@@ -79,7 +79,9 @@ def load_settings(
         try:
             values["pending_timeout"] = float(values["pending_timeout"])
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"pending_timeout: not a number: {values['pending_timeout']!r}") from exc
+            raise ConfigError(
+                f"pending_timeout: not a number: {values['pending_timeout']!r}"
+            ) from exc
     settings = Settings(**values)
     settings.config_path = str(config_path) if config_path else None
     return settings

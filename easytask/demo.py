@@ -19,21 +19,41 @@ DEMO_AGENTS = {"web1": ["demo"], "web2": ["demo"], "db1": ["demo"]}
 
 async def _demo(state: Path, http: str, agents_addr: str, out: TextIO) -> int:
     inventory = "inventory" if Path("inventory").exists() else None
-    server = Server(ServerConfig(state_dir=state / "server", http=http, agents=agents_addr,
-                                 inventory=inventory, pending_timeout=30))
+    server = Server(
+        ServerConfig(
+            state_dir=state / "server",
+            http=http,
+            agents=agents_addr,
+            inventory=inventory,
+            pending_timeout=30,
+        )
+    )
     await server.start()
     token = await server.store.call(server.store.create_enroll_token, len(DEMO_AGENTS), 600, "demo")
     procs: list[subprocess.Popen[bytes]] = []
     logs = state / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     for name, groups in DEMO_AGENTS.items():
-        cmd = [sys.executable, "-m", "easytask", "agent", "--server", f"127.0.0.1:{server.agents_port}",
-               "--name", name, "--state-dir", str(state / "agents" / name), "--enroll", token]
+        cmd = [
+            sys.executable,
+            "-m",
+            "easytask",
+            "agent",
+            "--server",
+            f"127.0.0.1:{server.agents_port}",
+            "--name",
+            name,
+            "--state-dir",
+            str(state / "agents" / name),
+            "--enroll",
+            token,
+        ]
         for group in groups:
             cmd += ["--group", group]
         with open(logs / f"agent-{name}.log", "ab") as log_file:
-            procs.append(subprocess.Popen(cmd, stdout=log_file, stderr=log_file,
-                                          start_new_session=True))
+            procs.append(
+                subprocess.Popen(cmd, stdout=log_file, stderr=log_file, start_new_session=True)
+            )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -111,7 +111,11 @@ class Server:
         return inventory.with_extra_hosts(self.registry.declared_hosts())
 
     async def plan_playbook_bundle(
-        self, name: str, text: str, files: dict[str, bytes], limit: str | None,
+        self,
+        name: str,
+        text: str,
+        files: dict[str, bytes],
+        limit: str | None,
         extra_vars: dict[str, Any],
     ) -> PlaybookPlan:
         """Write a submitted playbook and its files to a private bundle dir, load and plan it."""
@@ -121,7 +125,9 @@ class Server:
         for rel, data in files.items():
             parts = Path(rel).parts
             if Path(rel).is_absolute() or ".." in parts or not parts:
-                raise PlaybookError(f"file path {rel!r} must be relative, inside the playbook's directory")
+                raise PlaybookError(
+                    f"file path {rel!r} must be relative, inside the playbook's directory"
+                )
             entries[str(Path(*parts))] = data
         for rel, data in entries.items():
             target = bundle / rel
@@ -135,11 +141,20 @@ class Server:
         playbook = await asyncio.to_thread(load_playbook, path)
         plan = plan_playbook(playbook, await self.merged_inventory())
         job, _ = await submit_playbook(
-            self.engine, plan, user="schedule", source=f"schedule {name}",
-            pending_timeout=self.pending_timeout, kind="schedule",
+            self.engine,
+            plan,
+            user="schedule",
+            source=f"schedule {name}",
+            pending_timeout=self.pending_timeout,
+            kind="schedule",
         )
-        await self.store.call(self.store.audit, "schedule", "job.submit", f"schedule {name}", {
-            "job": job.id, "kind": "schedule", "playbook": plan.name, "hosts": list(plan.hosts)})
+        await self.store.call(
+            self.store.audit,
+            "schedule",
+            "job.submit",
+            f"schedule {name}",
+            {"job": job.id, "kind": "schedule", "playbook": plan.name, "hosts": list(plan.hosts)},
+        )
         assert job.id is not None
         return job.id
 

@@ -35,19 +35,38 @@ def start_server(tmp_path: Path, procs: list[Proc]) -> Iterator[ServerFactory]:
     """Start a real `easytask server` with its own state dir on free loopback ports."""
     handles: list[ServerHandle] = []
 
-    def start(inventory: Path | None = None, *extra: str, state_dir: Path | None = None,
-              keepalive: str = "1", keepalive_count: str = "3",
-              agents: str = "127.0.0.1:0") -> ServerHandle:
+    def start(
+        inventory: Path | None = None,
+        *extra: str,
+        state_dir: Path | None = None,
+        keepalive: str = "1",
+        keepalive_count: str = "3",
+        agents: str = "127.0.0.1:0",
+    ) -> ServerHandle:
         state = state_dir or tmp_path / f"server{len(handles)}"
         state.mkdir(parents=True, exist_ok=True)
         info = state / "server.json"
         if info.exists():
             info.unlink()
         args = easytask_cmd(
-            "server", "--state-dir", str(state), "--agents", agents, "--http", "127.0.0.1:0",
-            "--keepalive", keepalive, "--keepalive-count", keepalive_count,
-            "--inventory", str(inventory or tmp_path / "no-inventory"),
-            *(extra if "--playbooks" in extra else (*extra, "--playbooks", str(tmp_path / "no-playbooks"))),
+            "server",
+            "--state-dir",
+            str(state),
+            "--agents",
+            agents,
+            "--http",
+            "127.0.0.1:0",
+            "--keepalive",
+            keepalive,
+            "--keepalive-count",
+            keepalive_count,
+            "--inventory",
+            str(inventory or tmp_path / "no-inventory"),
+            *(
+                extra
+                if "--playbooks" in extra
+                else (*extra, "--playbooks", str(tmp_path / "no-playbooks"))
+            ),
         )
         proc = Proc(args, state / "server.log")
         procs.append(proc)
@@ -69,21 +88,41 @@ AgentFactory = Callable[..., Proc]
 def start_agent(tmp_path: Path, procs: list[Proc]) -> AgentFactory:
     """Start a real `easytask agent` process connected to a server."""
 
-    def start(server: ServerHandle, name: str, *extra: str, enroll: bool = True,
-              state_dir: Path | None = None, wait: bool = True) -> Proc:
+    def start(
+        server: ServerHandle,
+        name: str,
+        *extra: str,
+        enroll: bool = True,
+        state_dir: Path | None = None,
+        wait: bool = True,
+    ) -> Proc:
         state = state_dir or tmp_path / "agents" / name
         state.mkdir(parents=True, exist_ok=True)
-        args = easytask_cmd("agent", "--server", server.agents_addr, "--name", name,
-                            "--state-dir", str(state), "--keepalive", "1", "--backoff-max", "1",
-                            *extra)
+        args = easytask_cmd(
+            "agent",
+            "--server",
+            server.agents_addr,
+            "--name",
+            name,
+            "--state-dir",
+            str(state),
+            "--keepalive",
+            "1",
+            "--backoff-max",
+            "1",
+            *extra,
+        )
         if enroll:
             token = server.post("/api/agents/tokens", {"uses": 1, "ttl": "10m"})["token"]
             args += ["--enroll", token]
         proc = Proc(args, state / "agent.log")
         procs.append(proc)
         if wait:
-            wait_until(lambda: server.agent_status(name) == "online", timeout=40,
-                       what=f"agent {name} online")
+            wait_until(
+                lambda: server.agent_status(name) == "online",
+                timeout=40,
+                what=f"agent {name} online",
+            )
         return proc
 
     return start
@@ -102,9 +141,11 @@ class SSHD:
 
     def host_vars(self) -> str:
         """INI host-line variables that reach this sshd."""
-        return (f"ansible_host=127.0.0.1 ansible_port={self.port} ansible_user={self.user} "
-                f"ansible_ssh_private_key_file={self.client_key} easytask_connection=ssh "
-                f"easytask_known_hosts={self.known_hosts}")
+        return (
+            f"ansible_host=127.0.0.1 ansible_port={self.port} ansible_user={self.user} "
+            f"ansible_ssh_private_key_file={self.client_key} easytask_connection=ssh "
+            f"easytask_known_hosts={self.known_hosts}"
+        )
 
 
 @pytest.fixture
@@ -116,17 +157,22 @@ def sshd(tmp_path: Path, procs: list[Proc]) -> SSHD:
     root.mkdir()
     home = root / "home"
     home.mkdir()
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / "host_key")], check=True)
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / "client_key")], check=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / "host_key")], check=True
+    )
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / "client_key")], check=True
+    )
     (root / "authorized_keys").write_text((root / "client_key.pub").read_text())
     port = free_port()
     config = root / "sshd_config"
-    config.write_text(textwrap.dedent(f"""\
+    config.write_text(
+        textwrap.dedent(f"""\
         Port {port}
         ListenAddress 127.0.0.1
-        HostKey {root / 'host_key'}
-        AuthorizedKeysFile {root / 'authorized_keys'}
-        PidFile {root / 'sshd.pid'}
+        HostKey {root / "host_key"}
+        AuthorizedKeysFile {root / "authorized_keys"}
+        PidFile {root / "sshd.pid"}
         UsePAM no
         StrictModes no
         PasswordAuthentication no
@@ -138,7 +184,8 @@ def sshd(tmp_path: Path, procs: list[Proc]) -> SSHD:
         MaxSessions 200
         LogLevel ERROR
         Subsystem sftp internal-sftp
-        """))
+        """)
+    )
     Path("/run/sshd").mkdir(exist_ok=True)
     proc = Proc([SSHD_BIN, "-D", "-e", "-f", str(config)], root / "sshd.log")
     procs.append(proc)

@@ -25,8 +25,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(cond: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05,
-               what: str = "condition") -> Any:
+def wait_until(
+    cond: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, what: str = "condition"
+) -> Any:
     """Poll `cond` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     last_exc: Exception | None = None
@@ -39,19 +40,32 @@ def wait_until(cond: Callable[[], Any], timeout: float = 10.0, interval: float =
             if value:
                 return value
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f": {last_exc!r}" if last_exc else ""))
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what}" + (f": {last_exc!r}" if last_exc else "")
+    )
 
 
 class Proc:
     """A child process in its own process group, killed with its group on teardown."""
 
-    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None,
-                 cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         self.args = args
         self.log_path = log_path
         self._log = open(log_path, "ab")
-        self.popen = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT,
-                                      start_new_session=True, env=env, cwd=cwd)
+        self.popen = subprocess.Popen(
+            args,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+            cwd=cwd,
+        )
 
     @property
     def pid(self) -> int:
@@ -107,19 +121,35 @@ class ServerHandle:
         self.url: str = info["url"]
         self.agents_addr: str = info["agents"]
         self.token = (state_dir / "admin.token").read_text().strip()
-        self.http = httpx.Client(base_url=self.url, headers={"authorization": f"Bearer {self.token}"},
-                                 timeout=30)
+        self.http = httpx.Client(
+            base_url=self.url, headers={"authorization": f"Bearer {self.token}"}, timeout=30
+        )
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env.update({"EASYTASK_URL": self.url, "EASYTASK_TOKEN": self.token,
-                    "EASYTASK_CONFIG": "", "NO_COLOR": "1"})
+        env.update(
+            {
+                "EASYTASK_URL": self.url,
+                "EASYTASK_TOKEN": self.token,
+                "EASYTASK_CONFIG": "",
+                "NO_COLOR": "1",
+            }
+        )
         return env
 
-    def cli(self, *args: str, timeout: float = 60, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, timeout: float = 60, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """Run the real CLI against this server."""
-        return subprocess.run(easytask_cmd(*args), env=self.env(), capture_output=True, text=True,
-                              timeout=timeout, input=input, cwd=REPO)
+        return subprocess.run(
+            easytask_cmd(*args),
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+            cwd=REPO,
+        )
 
     def get(self, path: str, **params: Any) -> Any:
         resp = self.http.get(path, params=params)
@@ -141,7 +171,8 @@ class ServerHandle:
         final = {"success", "failed", "terminated", "unreachable", "skipped"}
         return wait_until(
             lambda: (d := self.get(f"/api/jobs/{job_id}"))["job"]["state"] in final and d,
-            timeout=timeout, what=f"job {job_id} to finish",
+            timeout=timeout,
+            what=f"job {job_id} to finish",
         )
 
     def submit(self, pattern: str, command: str, **extra: Any) -> dict[str, Any]:

@@ -17,7 +17,9 @@ from tests.helpers import wait_until
 @pytest.fixture
 def fleet(tmp_path: Path, start_server: ServerFactory, start_agent: AgentFactory, sshd: SSHD):
     """A server with two agents (web1, db1) and one agentless host (plain1) on a real sshd."""
-    inventory = write(tmp_path / "inv" / "hosts.ini", f"""\
+    inventory = write(
+        tmp_path / "inv" / "hosts.ini",
+        f"""\
         [web]
         web1
 
@@ -31,7 +33,8 @@ def fleet(tmp_path: Path, start_server: ServerFactory, start_agent: AgentFactory
         web
         db
         plain
-        """)
+        """,
+    )
     server = start_server(inventory)
     start_agent(server, "web1")
     start_agent(server, "db1")
@@ -47,13 +50,19 @@ def test_run_all_streams_prefixed_output_and_summary(fleet) -> None:
         assert any(re.match(rf"^{host}\s* \| out-\d+$", ln) for ln in lines), result.stdout
         assert any(re.match(rf"^{host}\s* ! err$", ln) for ln in lines), result.stdout
     assert re.search(r"job \d+: 3 host\(s\): 3 success in", result.stdout)
-    summary = [ln.split() for ln in lines if ln.split()[:1] in (["web1"], ["db1"], ["plain1"]) and "success" in ln]
+    summary = [
+        ln.split()
+        for ln in lines
+        if ln.split()[:1] in (["web1"], ["db1"], ["plain1"]) and "success" in ln
+    ]
     assert len(summary) == 3
 
 
 def test_exit_code_1_when_a_host_fails(fleet) -> None:
     """One failing host makes the CLI exit 1 and the summary shows its exit code."""
-    result = fleet.cli("run", "prod", "-a", 'if [ "$EASYTASK_RUN_ID" ] && [ $(hostname) ]; then exit 0; fi; exit 0')
+    result = fleet.cli(
+        "run", "prod", "-a", 'if [ "$EASYTASK_RUN_ID" ] && [ $(hostname) ]; then exit 0; fi; exit 0'
+    )
     assert result.returncode == 0, result.stderr
     result = fleet.cli("run", "db1,plain1", "-a", "exit 3")
     assert result.returncode == 1
@@ -74,7 +83,9 @@ def test_history_and_logs(fleet) -> None:
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     run_id = data["runs"][0]["id"]
-    listing = fleet.cli("runs", "--host", "web1", "--status", "success", "--since", "1h", "--format", "json")
+    listing = fleet.cli(
+        "runs", "--host", "web1", "--status", "success", "--since", "1h", "--format", "json"
+    )
     assert run_id in [r["id"] for r in json.loads(listing.stdout)]
     none = fleet.cli("runs", "--host", "web1", "--status", "failed", "--format", "json")
     assert run_id not in [r["id"] for r in json.loads(none.stdout)]
@@ -136,7 +147,10 @@ def _pids_with(text: str) -> list[int]:
 def test_ten_megabytes_stored_completely_in_order(fleet) -> None:
     """10 MB of numbered lines from one command are all stored, numbered 1..n, in order."""
     n = 200_000
-    job = fleet.submit("web1", f"seq 1 {n} | awk '{{printf \"%08d %s\\n\", $1, \"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}}'")
+    job = fleet.submit(
+        "web1",
+        f'seq 1 {n} | awk \'{{printf "%08d %s\\n", $1, "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}}\'',
+    )
     data = fleet.wait_job(job["job"]["id"], timeout=60)
     run = data["runs"][0]
     assert run["state"] == "success"
@@ -149,7 +163,9 @@ def test_ten_megabytes_stored_completely_in_order(fleet) -> None:
 
 def test_invalid_utf8_and_huge_line_are_stored(fleet) -> None:
     """Invalid UTF-8 is kept visibly and a 1 MB line without newline is stored whole."""
-    job = fleet.submit("web1,plain1", "printf 'bad \\377\\376 bytes\\n'; head -c 1048000 /dev/zero | tr '\\0' x")
+    job = fleet.submit(
+        "web1,plain1", "printf 'bad \\377\\376 bytes\\n'; head -c 1048000 /dev/zero | tr '\\0' x"
+    )
     data = fleet.wait_job(job["job"]["id"])
     for run in data["runs"]:
         assert run["state"] == "success", run
@@ -185,7 +201,9 @@ def test_offline_agent_past_pending_timeout_is_unreachable(
     server = start_server(inventory)
     result = server.cli("run", "web", "-a", "true", "--pending-timeout", "1")
     assert result.returncode == 1
-    assert re.search(r"^late2\s+unreachable.*did not connect within 1s", result.stdout, re.M), result.stdout
+    assert re.search(r"^late2\s+unreachable.*did not connect within 1s", result.stdout, re.M), (
+        result.stdout
+    )
 
 
 def test_ctrl_c_terminates_remote_commands(fleet) -> None:
@@ -195,11 +213,18 @@ def test_ctrl_c_terminates_remote_commands(fleet) -> None:
 
     from tests.helpers import easytask_cmd
 
-    proc = subprocess.Popen(easytask_cmd("run", "web1,plain1", "-a", "echo begun; sleep 60"),
-                            env=fleet.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        easytask_cmd("run", "web1,plain1", "-a", "echo begun; sleep 60"),
+        env=fleet.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
-        wait_until(lambda: len([r for r in fleet.get("/api/runs", status="running")["runs"]]) == 2,
-                   what="both running")
+        wait_until(
+            lambda: len([r for r in fleet.get("/api/runs", status="running")["runs"]]) == 2,
+            what="both running",
+        )
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     finally:

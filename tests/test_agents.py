@@ -9,7 +9,9 @@ from tests.conftest import AgentFactory, ServerFactory
 from tests.helpers import wait_until
 
 
-def test_agent_enrolled_by_token_comes_online(start_server: ServerFactory, start_agent: AgentFactory) -> None:
+def test_agent_enrolled_by_token_comes_online(
+    start_server: ServerFactory, start_agent: AgentFactory
+) -> None:
     """An agent with a valid enrolment token is accepted, online, and reports its facts."""
     server = start_server()
     start_agent(server, "alpha", "--group", "web", "--slots", "3")
@@ -37,7 +39,9 @@ def test_agent_without_token_waits_pending_until_accepted(
     accepted = server.cli("agents", "accept", "beta")
     assert accepted.returncode == 0, accepted.stderr
     assert "beta: accepted" in accepted.stdout
-    wait_until(lambda: server.agent_status("beta") == "online", timeout=40, what="accepted agent online")
+    wait_until(
+        lambda: server.agent_status("beta") == "online", timeout=40, what="accepted agent online"
+    )
     result = server.cli("run", "beta", "-a", "echo hi")
     assert result.returncode == 0, result.stderr
     assert "beta | hi" in result.stdout
@@ -51,8 +55,10 @@ def test_second_agent_with_same_name_and_other_key_is_refused(
     start_agent(server, "gamma")
     original = server.get("/api/agents")["agents"][0]["fingerprint"]
     start_agent(server, "gamma", state_dir=tmp_path / "forged", wait=False)
-    wait_until(lambda: any(r["name"] == "gamma" for r in server.get("/api/agents")["refused"]),
-               what="refusal recorded")
+    wait_until(
+        lambda: any(r["name"] == "gamma" for r in server.get("/api/agents")["refused"]),
+        what="refusal recorded",
+    )
     (agent,) = server.get("/api/agents")["agents"]
     assert agent["fingerprint"] == original
     assert agent["status"] == "online"
@@ -84,7 +90,9 @@ def test_killed_agent_becomes_unreachable_and_run_is_not_success(
     agent = start_agent(server, "eps")
     job = server.submit("eps", "echo started; sleep 30")
     run_id = job["runs"][0]["id"]
-    wait_until(lambda: server.get(f"/api/runs/{run_id}")["run"]["state"] == "running", what="running")
+    wait_until(
+        lambda: server.get(f"/api/runs/{run_id}")["run"]["state"] == "running", what="running"
+    )
     wait_until(lambda: server.log_lines(run_id), what="first line")
     started = time.monotonic()
     agent.kill9()
@@ -98,7 +106,9 @@ def test_killed_agent_becomes_unreachable_and_run_is_not_success(
     server.post(f"/api/jobs/{job['job']['id']}/kill")
 
 
-def test_agents_listing_in_text_and_json(start_server: ServerFactory, start_agent: AgentFactory) -> None:
+def test_agents_listing_in_text_and_json(
+    start_server: ServerFactory, start_agent: AgentFactory
+) -> None:
     """`easytask agents` lists name, status and since-when; --format json gives the same data."""
     import json
 
@@ -122,8 +132,10 @@ def test_run_one_picks_least_busy_and_slots_are_respected(
     start_agent(server, "slot1", "--slots", "1")
     start_agent(server, "slot2", "--slots", "2")
     busy = server.submit("slot2", "sleep 15")
-    wait_until(lambda: server.get(f"/api/jobs/{busy['job']['id']}")["runs"][0]["state"] == "running",
-               what="slot2 busy")
+    wait_until(
+        lambda: server.get(f"/api/jobs/{busy['job']['id']}")["runs"][0]["state"] == "running",
+        what="slot2 busy",
+    )
     one = server.cli("run", "pool", "--one", "-a", "echo on $EASYTASK_RUN_ID")
     assert one.returncode == 0, one.stderr
     assert "slot1 | on" in one.stdout and "slot2" not in one.stdout.split("HOST")[0]

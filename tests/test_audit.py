@@ -19,8 +19,10 @@ def audited(start_server: ServerFactory, start_agent: AgentFactory) -> ServerHan
     start_agent(server, "aud1")
     assert server.cli("run", "aud1", "-a", "echo hello").returncode == 0
     job = server.submit("aud1", "sleep 30")
-    wait_until(lambda: server.get(f"/api/jobs/{job['job']['id']}")["runs"][0]["state"] == "running",
-               what="running")
+    wait_until(
+        lambda: server.get(f"/api/jobs/{job['job']['id']}")["runs"][0]["state"] == "running",
+        what="running",
+    )
     server.post(f"/api/jobs/{job['job']['id']}/kill")
     server.wait_job(job["job"]["id"])
     return server
@@ -39,7 +41,9 @@ def test_runs_kills_and_agents_are_on_record(audited: ServerHandle) -> None:
     assert submit["detail"]["pattern"] == "aud1"
     assert submit["detail"]["hosts"] == ["aud1"]
     assert submit["detail"]["command"] == "echo hello"
-    finish = next(e for e in events if e["action"] == "job.finish" and e["detail"]["state"] == "terminated")
+    finish = next(
+        e for e in events if e["action"] == "job.finish" and e["detail"]["state"] == "terminated"
+    )
     assert finish["detail"]["runs"] == {"terminated": 1}
     ok = audited.cli("audit", "verify")
     assert ok.returncode == 0 and ok.stdout.startswith("audit chain intact:")
@@ -52,15 +56,23 @@ def _db(server: ServerHandle) -> sqlite3.Connection:
 @pytest.mark.parametrize(
     ("tamper", "message"),
     [
-        ("UPDATE audit_event SET detail = replace(detail, 'echo hello', 'echo bye') WHERE id = 3",
-         "row 3: contents do not match its hash (edited)"),
-        ("DELETE FROM audit_event WHERE id = 3",
-         "row 4: chain broken: a row before it was deleted or replaced"),
-        ("UPDATE audit_event SET actor = 'mallory' WHERE id = 2",
-         "row 2: contents do not match its hash (edited)"),
+        (
+            "UPDATE audit_event SET detail = replace(detail, 'echo hello', 'echo bye') WHERE id = 3",
+            "row 3: contents do not match its hash (edited)",
+        ),
+        (
+            "DELETE FROM audit_event WHERE id = 3",
+            "row 4: chain broken: a row before it was deleted or replaced",
+        ),
+        (
+            "UPDATE audit_event SET actor = 'mallory' WHERE id = 2",
+            "row 2: contents do not match its hash (edited)",
+        ),
     ],
 )
-def test_tampering_is_reported_at_the_first_bad_row(audited: ServerHandle, tamper: str, message: str) -> None:
+def test_tampering_is_reported_at_the_first_bad_row(
+    audited: ServerHandle, tamper: str, message: str
+) -> None:
     """Editing, deleting or rewriting a row directly in the database breaks verification there."""
     with _db(audited) as db:
         db.execute(tamper)

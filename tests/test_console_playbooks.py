@@ -166,6 +166,12 @@ def test_run_now_starts_jobs_that_succeed_on_a_real_agent(
         ("greet", "success"),
         ("after", "success"),
     }
+    (event,) = server.get("/api/audit", action="job.submit")["events"]
+    assert (event["actor"], event["detail"]["file"], event["detail"]["hosts"]) == (
+        "admin",
+        "hello.yml",
+        ["web1"],
+    )
     greet = next(r for r in data["runs"] if r["task"] == "greet")
     assert [ln["text"] for ln in server.log_lines(greet["id"]) if ln["stream"] == "stdout"] == [
         "hello from web1"

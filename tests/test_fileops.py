@@ -14,14 +14,19 @@ from tests.helpers import ServerHandle
 
 
 @pytest.fixture
-def hosts(tmp_path: Path, start_server: ServerFactory, start_agent: AgentFactory, sshd: SSHD) -> ServerHandle:
+def hosts(
+    tmp_path: Path, start_server: ServerFactory, start_agent: AgentFactory, sshd: SSHD
+) -> ServerHandle:
     """Two agents and one sshd host in group `all3`."""
-    inventory = write(tmp_path / "inv.ini", f"""\
+    inventory = write(
+        tmp_path / "inv.ini",
+        f"""\
         [all3]
         fa1
         fa2
         fs1 {sshd.host_vars()}
-        """)
+        """,
+    )
     server = start_server(inventory)
     start_agent(server, "fa1")
     start_agent(server, "fa2")
@@ -30,17 +35,22 @@ def hosts(tmp_path: Path, start_server: ServerFactory, start_agent: AgentFactory
 
 def test_script_with_arguments_on_three_hosts(hosts: ServerHandle, tmp_path: Path) -> None:
     """--script sends a local file, runs it with its arguments through its #! line, removes it."""
-    script = write(tmp_path / "check me.py", """\
+    script = write(
+        tmp_path / "check me.py",
+        """\
         #!/usr/bin/env python3
         import os, sys
         print("args:", sys.argv[1:])
         print("here:", os.path.dirname(os.path.abspath(__file__)))
         sys.exit(3 if "fail" in sys.argv else 0)
-        """)
+        """,
+    )
     result = hosts.cli("run", "all3", "--script", str(script), "--", "one", "two words", "ünï")
     assert result.returncode == 0, result.stdout + result.stderr
     for host in ("fa1", "fa2", "fs1"):
-        assert re.search(rf"^{host}\s+\| args: \['one', 'two words', 'ünï'\]$", result.stdout, re.M), result.stdout
+        assert re.search(
+            rf"^{host}\s+\| args: \['one', 'two words', 'ünï'\]$", result.stdout, re.M
+        ), result.stdout
     dirs = re.findall(r"\| here: (\S+)", result.stdout)
     assert len(dirs) == 3 and all(not Path(d).exists() for d in dirs)
     failing = hosts.cli("run", "fa1", "--script", str(script), "--", "fail")
@@ -66,7 +76,11 @@ def test_copy_file_then_unchanged_and_backup(hosts: ServerHandle, tmp_path: Path
         backup = hosts.cli("copy", host, str(src), str(dest), "--backup")
         assert backup.returncode == 0, backup.stdout
         assert dest.read_text() == "port = 2\n"
-        (kept,) = [p for p in dest_dir.iterdir() if p.name.startswith(f"{host}.ini.") and p.name.endswith("~")]
+        (kept,) = [
+            p
+            for p in dest_dir.iterdir()
+            if p.name.startswith(f"{host}.ini.") and p.name.endswith("~")
+        ]
         assert kept.read_text() == "port = 1\n"
         src.write_text("port = 1\n")
     assert results == {"fa1": "unchanged", "fs1": "unchanged"}

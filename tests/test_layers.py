@@ -9,10 +9,34 @@ import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "easytask"
 
-PURE = ["errors", "config", "inventory", "patterns", "hostnames", "inventory_model", "inventory_ini", "inventory_yaml", "cron", "plan_playbook", "plan", "durations", "lines", "templating",
-        "playbook"]
-IO_LIBS = {"asyncssh", "sqlmodel", "sqlalchemy", "starlette", "uvicorn", "httpx", "socket",
-           "subprocess", "asyncio"}
+PURE = [
+    "errors",
+    "config",
+    "inventory",
+    "patterns",
+    "hostnames",
+    "inventory_model",
+    "inventory_ini",
+    "inventory_yaml",
+    "cron",
+    "plan_playbook",
+    "plan",
+    "durations",
+    "lines",
+    "templating",
+    "playbook",
+]
+IO_LIBS = {
+    "asyncssh",
+    "sqlmodel",
+    "sqlalchemy",
+    "starlette",
+    "uvicorn",
+    "httpx",
+    "socket",
+    "subprocess",
+    "asyncio",
+}
 
 
 def imports_of(path: Path) -> set[str]:
@@ -47,11 +71,40 @@ def test_pure_core_has_no_io_imports(module: str) -> None:
 @pytest.mark.parametrize(
     ("layer", "forbidden"),
     [
-        ("transport", ("easytask.store", "easytask.scheduler", "easytask.web", "easytask.cli", "easytask.server")),
-        ("store", ("easytask.transport", "easytask.scheduler", "easytask.web", "easytask.cli", "easytask.server")),
+        (
+            "transport",
+            (
+                "easytask.store",
+                "easytask.scheduler",
+                "easytask.web",
+                "easytask.cli",
+                "easytask.server",
+            ),
+        ),
+        (
+            "store",
+            (
+                "easytask.transport",
+                "easytask.scheduler",
+                "easytask.web",
+                "easytask.cli",
+                "easytask.server",
+            ),
+        ),
         ("scheduler", ("easytask.web", "easytask.cli", "easytask.server")),
-        ("agent", ("easytask.store", "easytask.scheduler", "easytask.web", "easytask.server",
-                   "sqlmodel", "sqlalchemy", "starlette", "uvicorn")),
+        (
+            "agent",
+            (
+                "easytask.store",
+                "easytask.scheduler",
+                "easytask.web",
+                "easytask.server",
+                "sqlmodel",
+                "sqlalchemy",
+                "starlette",
+                "uvicorn",
+            ),
+        ),
     ],
 )
 def test_layers_import_one_way(layer: str, forbidden: tuple[str, ...]) -> None:

@@ -42,7 +42,9 @@ def test_examples_run_on_real_agents(demo_fleet: ServerHandle, example: str) -> 
 
 def test_dag_order_skip_propagation_and_when(demo_fleet: ServerHandle, tmp_path: Path) -> None:
     """A failed task skips what needs it; `when` false skips; independent tasks still run."""
-    book = write(tmp_path / "dag.yml", """\
+    book = write(
+        tmp_path / "dag.yml",
+        """\
         name: dag
         hosts: web1
         tasks:
@@ -62,13 +64,20 @@ def test_dag_order_skip_propagation_and_when(demo_fleet: ServerHandle, tmp_path:
           - name: f
             needs: e
             shell: echo f
-        """)
+        """,
+    )
     result = play(demo_fleet, book, "--format", "json")
     assert result.returncode == 1
     runs = final(json.loads(result.stdout)["runs"])
     states = {task: runs[(task, "web1")]["state"] for task in "abcdef"}
-    assert states == {"a": "failed", "b": "skipped", "c": "skipped", "d": "success",
-                      "e": "skipped", "f": "success"}
+    assert states == {
+        "a": "failed",
+        "b": "skipped",
+        "c": "skipped",
+        "d": "success",
+        "e": "skipped",
+        "f": "success",
+    }
     assert "needs 'a'" in runs[("b", "web1")]["reason"]
     assert runs[("e", "web1")]["reason"].startswith("when is false")
 
@@ -76,7 +85,9 @@ def test_dag_order_skip_propagation_and_when(demo_fleet: ServerHandle, tmp_path:
 def test_retries_store_every_attempt(demo_fleet: ServerHandle, tmp_path: Path) -> None:
     """A command that fails twice then succeeds leaves three attempts, each with its output."""
     counter = tmp_path / "count"
-    book = write(tmp_path / "retry.yml", f"""\
+    book = write(
+        tmp_path / "retry.yml",
+        f"""\
         name: retry
         hosts: web1
         tasks:
@@ -88,11 +99,16 @@ def test_retries_store_every_attempt(demo_fleet: ServerHandle, tmp_path: Path) -
               n=$(cat {counter} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {counter}
               echo attempt $n
               [ $n -ge 3 ]
-        """)
+        """,
+    )
     result = play(demo_fleet, book, "--format", "json")
     assert result.returncode == 0, result.stdout + result.stderr
     runs = sorted(json.loads(result.stdout)["runs"], key=lambda r: r["id"])
-    assert [(r["attempt"], r["state"]) for r in runs] == [(1, "failed"), (2, "failed"), (3, "success")]
+    assert [(r["attempt"], r["state"]) for r in runs] == [
+        (1, "failed"),
+        (2, "failed"),
+        (3, "success"),
+    ]
     for run in runs:
         lines = [ln["text"] for ln in demo_fleet.log_lines(run["id"])]
         assert lines == [f"attempt {run['attempt']}"]
@@ -100,9 +116,13 @@ def test_retries_store_every_attempt(demo_fleet: ServerHandle, tmp_path: Path) -
     assert "retry scheduled" in kinds
 
 
-def test_serial_and_max_fail_percentage_stop_after_first_batch(demo_fleet: ServerHandle, tmp_path: Path) -> None:
+def test_serial_and_max_fail_percentage_stop_after_first_batch(
+    demo_fleet: ServerHandle, tmp_path: Path
+) -> None:
     """With serial 1 and max_fail_percentage 0 a failure on the first host stops the rest."""
-    book = write(tmp_path / "serial.yml", """\
+    book = write(
+        tmp_path / "serial.yml",
+        """\
         name: serial
         hosts: prod
         serial: 1
@@ -110,7 +130,8 @@ def test_serial_and_max_fail_percentage_stop_after_first_batch(demo_fleet: Serve
         tasks:
           - name: step
             shell: '[ "{{ inventory_hostname }}" != web1 ]'
-        """)
+        """,
+    )
     result = play(demo_fleet, book, "--format", "json")
     assert result.returncode == 1
     runs = final(json.loads(result.stdout)["runs"])
@@ -123,16 +144,21 @@ def test_serial_and_max_fail_percentage_stop_after_first_batch(demo_fleet: Serve
 def test_run_on_any_picks_the_least_busy_agent(demo_fleet: ServerHandle, tmp_path: Path) -> None:
     """run_on: any goes to the agent of the set with the fewest running tasks."""
     busy = demo_fleet.submit("web1", "sleep 20")
-    wait_until(lambda: demo_fleet.get(f"/api/jobs/{busy['job']['id']}")["runs"][0]["state"] == "running",
-               what="web1 busy")
-    book = write(tmp_path / "any.yml", """\
+    wait_until(
+        lambda: demo_fleet.get(f"/api/jobs/{busy['job']['id']}")["runs"][0]["state"] == "running",
+        what="web1 busy",
+    )
+    book = write(
+        tmp_path / "any.yml",
+        """\
         name: any
         hosts: web
         tasks:
           - name: once
             run_on: any
             command: hostname
-        """)
+        """,
+    )
     result = play(demo_fleet, book, "--format", "json")
     assert result.returncode == 0, result.stdout + result.stderr
     (run,) = json.loads(result.stdout)["runs"]
@@ -143,14 +169,19 @@ def test_run_on_any_picks_the_least_busy_agent(demo_fleet: ServerHandle, tmp_pat
 def test_quote_keeps_hostile_values_one_argument(demo_fleet: ServerHandle, tmp_path: Path) -> None:
     """A variable holding `x; touch FILE` rendered with quote stays one argument."""
     pwned = tmp_path / "pwned"
-    book = write(tmp_path / "quote.yml", """\
+    book = write(
+        tmp_path / "quote.yml",
+        """\
         name: quote
         hosts: web1
         tasks:
           - name: echo
             shell: printf '[%s]\\n' {{ value | quote }}
-        """)
-    result = play(demo_fleet, book, "-e", json.dumps({"value": f"x; touch {pwned}"}), "--format", "json")
+        """,
+    )
+    result = play(
+        demo_fleet, book, "-e", json.dumps({"value": f"x; touch {pwned}"}), "--format", "json"
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     (run,) = json.loads(result.stdout)["runs"]
     assert [ln["text"] for ln in demo_fleet.log_lines(run["id"])] == [f"[x; touch {pwned}]"]
@@ -159,14 +190,17 @@ def test_quote_keeps_hostile_values_one_argument(demo_fleet: ServerHandle, tmp_p
 
 def test_timeout_terminates_task(demo_fleet: ServerHandle, tmp_path: Path) -> None:
     """A task past its timeout is terminated with reason timeout."""
-    book = write(tmp_path / "slow.yml", """\
+    book = write(
+        tmp_path / "slow.yml",
+        """\
         name: slow
         hosts: web1
         tasks:
           - name: sleepy
             timeout: 1s
             shell: sleep 30
-        """)
+        """,
+    )
     result = play(demo_fleet, book)
     assert result.returncode == 1
     assert re.search(r"sleepy\s+web1\s+terminated.*timeout after 1s", result.stdout), result.stdout
@@ -177,9 +211,23 @@ def test_check_prints_the_plan_without_a_server(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "easytask", "play", "playbooks/health.yml",
-                             "--check", "-i", "inventory"], cwd=REPO, capture_output=True,
-                            text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "easytask",
+            "play",
+            "playbooks/health.yml",
+            "--check",
+            "-i",
+            "inventory",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )
     assert result.returncode == 0, result.stderr
     for host in ("web1", "web2", "db1"):
         assert host in result.stdout
@@ -190,11 +238,14 @@ def test_copy_to_agent_and_agentless_is_idempotent(
     tmp_path: Path, start_server: ServerFactory, start_agent: AgentFactory, sshd: SSHD
 ) -> None:
     """copy sends the file over SFTP on both links; the second run reports unchanged."""
-    inventory = write(tmp_path / "inv.ini", f"""\
+    inventory = write(
+        tmp_path / "inv.ini",
+        f"""\
         [hosts]
         agent1
         plain1 {sshd.host_vars()}
-        """)
+        """,
+    )
     server = start_server(inventory)
     start_agent(server, "agent1")
     (tmp_path / "book").mkdir()
@@ -202,7 +253,9 @@ def test_copy_to_agent_and_agentless_is_idempotent(
     (tmp_path / "book" / "files" / "app.conf").write_text("port = 8080\n")
     dest_dir = tmp_path / "dest"
     dest_dir.mkdir()
-    book = write(tmp_path / "book" / "copy.yml", f"""\
+    book = write(
+        tmp_path / "book" / "copy.yml",
+        f"""\
         name: copy
         hosts: hosts
         tasks:
@@ -211,7 +264,8 @@ def test_copy_to_agent_and_agentless_is_idempotent(
               src: files/app.conf
               dest: "{dest_dir}/{{{{ inventory_hostname }}}}.conf"
               mode: "0640"
-        """)
+        """,
+    )
     first = play(server, book, "--format", "json")
     assert first.returncode == 0, first.stdout + first.stderr
     assert {r["reason"] for r in json.loads(first.stdout)["runs"]} == {"changed"}
@@ -228,27 +282,36 @@ def test_script_runs_on_agent_and_agentless(
     tmp_path: Path, start_server: ServerFactory, start_agent: AgentFactory, sshd: SSHD
 ) -> None:
     """script uploads the file, runs it with its arguments and removes it."""
-    inventory = write(tmp_path / "inv.ini", f"""\
+    inventory = write(
+        tmp_path / "inv.ini",
+        f"""\
         [hosts]
         agent2
         plain2 {sshd.host_vars()}
-        """)
+        """,
+    )
     server = start_server(inventory)
     start_agent(server, "agent2")
-    script = write(tmp_path / "book" / "show.py", """\
+    script = write(
+        tmp_path / "book" / "show.py",
+        """\
         #!/usr/bin/env python3
         import os, sys
         print("args:", " ".join(sys.argv[1:]))
         print("dir:", os.path.dirname(os.path.abspath(__file__)))
-        """)
+        """,
+    )
     script.chmod(0o755)
-    book = write(tmp_path / "book" / "script.yml", """\
+    book = write(
+        tmp_path / "book" / "script.yml",
+        """\
         name: script
         hosts: hosts
         tasks:
           - name: show
             script: show.py one "two words"
-        """)
+        """,
+    )
     result = play(server, book, "--format", "json")
     assert result.returncode == 0, result.stdout + result.stderr
     for run in json.loads(result.stdout)["runs"]:

@@ -14,7 +14,7 @@ from tests.helpers import ServerHandle, free_port, wait_until
 pytestmark = pytest.mark.chaos
 
 N = 300
-NUMBERED = f"for i in $(seq 1 {N}); do echo \"line $i\"; echo \"err $i\" >&2; sleep 0.01; done; exit 7"
+NUMBERED = f'for i in $(seq 1 {N}); do echo "line $i"; echo "err $i" >&2; sleep 0.01; done; exit 7'
 
 
 def assert_complete(server: ServerHandle, run_id: int, n: int = N) -> dict[str, Any]:
@@ -40,7 +40,9 @@ def test_agent_killed_and_restarted_mid_run(
     run_id = job["runs"][0]["id"]
     wait_until(lambda: len(server.log_lines(run_id)) > 20, what="some output")
     agent.kill9()
-    wait_until(lambda: server.agent_status("chaos1") == "unreachable", timeout=10, what="unreachable")
+    wait_until(
+        lambda: server.agent_status("chaos1") == "unreachable", timeout=10, what="unreachable"
+    )
     time.sleep(1)  # the command keeps printing into the spool meanwhile
     start_agent(server, "chaos1", enroll=False, state_dir=tmp_path / "agents" / "chaos1")
     data = server.wait_job(job["job"]["id"], timeout=60)
@@ -50,7 +52,9 @@ def test_agent_killed_and_restarted_mid_run(
     kinds = [e["kind"] for e in server.get(f"/api/runs/{run_id}")["events"]]
     assert "agent lost" in kinds and "reattached" in kinds
     # the spool was deleted after the server acknowledged it
-    wait_until(lambda: not any((tmp_path / "agents" / "chaos1" / "spool").iterdir()), what="spool acked")
+    wait_until(
+        lambda: not any((tmp_path / "agents" / "chaos1" / "spool").iterdir()), what="spool acked"
+    )
 
 
 def test_server_killed_and_restarted_mid_run(
@@ -128,7 +132,7 @@ def test_stored_output_limit_keeps_head_and_tail(
     numbers = [int(t.split()[1]) for t in texts if t.startswith("line ")]
     head = [n for n in numbers if n < numbers[-1] - 1000]
     assert head == list(range(1, len(head) + 1))  # the head is contiguous from line 1
-    tail = numbers[len(head):]
+    tail = numbers[len(head) :]
     assert tail == list(range(tail[0], 10001))  # and so is the tail, up to the last line
     dropped = 10000 - len(numbers)
     assert f"output cut: {dropped} lines ({dropped * 20} bytes) dropped" in marker["text"]
@@ -186,8 +190,9 @@ def netns(tmp_path: Path):
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
-def test_network_partition_then_heal(start_server: ServerFactory, netns, tmp_path: Path,
-                                     procs: list) -> None:
+def test_network_partition_then_heal(
+    start_server: ServerFactory, netns, tmp_path: Path, procs: list
+) -> None:
     """Link down longer than the keepalive window: unreachable meanwhile; then re-attached, all lines."""
     import sys
 
@@ -198,19 +203,47 @@ def test_network_partition_then_heal(start_server: ServerFactory, netns, tmp_pat
     token = server.post("/api/agents/tokens", {"uses": 1})["token"]
     state = tmp_path / "agents" / "part1"
     state.mkdir(parents=True)
-    agent = Proc(["ip", "netns", "exec", netns["ns"], sys.executable, "-m", "easytask", "agent",
-                  "--server", f"{netns['host_ip']}:{port}", "--name", "part1", "--state-dir", str(state),
-                  "--keepalive", "1", "--keepalive-count", "3", "--backoff-max", "1",
-                  "--enroll", token], state / "agent.log")
+    agent = Proc(
+        [
+            "ip",
+            "netns",
+            "exec",
+            netns["ns"],
+            sys.executable,
+            "-m",
+            "easytask",
+            "agent",
+            "--server",
+            f"{netns['host_ip']}:{port}",
+            "--name",
+            "part1",
+            "--state-dir",
+            str(state),
+            "--keepalive",
+            "1",
+            "--keepalive-count",
+            "3",
+            "--backoff-max",
+            "1",
+            "--enroll",
+            token,
+        ],
+        state / "agent.log",
+    )
     procs.append(agent)
     wait_until(lambda: server.agent_status("part1") == "online", timeout=40, what="agent online")
     n = 600
-    job = server.submit("part1", f"for i in $(seq 1 {n}); do echo \"line $i\"; echo \"err $i\" >&2; sleep 0.02; done; exit 7")
+    job = server.submit(
+        "part1",
+        f'for i in $(seq 1 {n}); do echo "line $i"; echo "err $i" >&2; sleep 0.02; done; exit 7',
+    )
     run_id = job["runs"][0]["id"]
     wait_until(lambda: len(server.log_lines(run_id)) > 20, what="some output")
     netns["ip"]("link", "set", netns["host_if"], "down")
     cut = time.monotonic()
-    wait_until(lambda: server.agent_status("part1") == "unreachable", timeout=15, what="unreachable")
+    wait_until(
+        lambda: server.agent_status("part1") == "unreachable", timeout=15, what="unreachable"
+    )
     detected = time.monotonic() - cut
     time.sleep(max(0.0, 6 - detected))
     netns["ip"]("link", "set", netns["host_if"], "up")
@@ -221,4 +254,6 @@ def test_network_partition_then_heal(start_server: ServerFactory, netns, tmp_pat
     run = data["runs"][0]
     assert (run["state"], run["exit_code"]) == ("failed", 7)
     assert_complete(server, run_id, n)
-    print(f"partition: unreachable after {detected:.1f}s, back online {back:.1f}s after the link came up")
+    print(
+        f"partition: unreachable after {detected:.1f}s, back online {back:.1f}s after the link came up"
+    )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -13,7 +13,7 @@ from easytask.store.db import Store, sqlite_url
 from tests.conftest import AgentFactory, ServerFactory, write
 from tests.helpers import wait_until
 
-UTC = timezone.utc
+UTC = UTC
 
 
 class Clock:
@@ -39,7 +39,9 @@ class Starts:
 
 def book(tmp_path: Path, schedule: str, tz: str = "UTC", catch_up: str = "none") -> Path:
     d = tmp_path / "books"
-    write(d / "job.yml", f"""\
+    write(
+        d / "job.yml",
+        f"""\
         name: every
         hosts: all
         schedule: "{schedule}"
@@ -48,11 +50,14 @@ def book(tmp_path: Path, schedule: str, tz: str = "UTC", catch_up: str = "none")
         tasks:
           - name: t
             command: "true"
-        """)
+        """,
+    )
     return d
 
 
-def make(tmp_path: Path, books: Path, clock: Clock, starts: Starts, server: str = "s1") -> tuple[Scheduler, Store]:
+def make(
+    tmp_path: Path, books: Path, clock: Clock, starts: Starts, server: str = "s1"
+) -> tuple[Scheduler, Store]:
     store = Store(sqlite_url(tmp_path / "db.sqlite"))
     store.create_schema()
     return Scheduler(store, books, starts, server, clock=clock), store
@@ -160,14 +165,17 @@ def test_schedules_cli_list_run_disable(
 ) -> None:
     """`easytask schedules` lists next fire times; run starts the playbook; disable sticks."""
     books = tmp_path / "books"
-    write(books / "tick.yml", """\
+    write(
+        books / "tick.yml",
+        """\
         name: tick
         hosts: all
         schedule: "@hourly"
         tasks:
           - name: hello
             command: echo scheduled hello
-        """)
+        """,
+    )
     server = start_server(None, "--playbooks", str(books))
     start_agent(server, "sch1")
     listing = server.cli("schedules")

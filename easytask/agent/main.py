@@ -172,7 +172,7 @@ class Agent:
             elif op == "ack":
                 reply = {"removed": self.runner.ack(str(req["run"]))}
             elif op == "list":
-                reply = {"runs": {key: self.runner.status(key) for key in self.runner.keys()}}
+                reply = {"runs": {key: self.runner.status(key) for key in self.runner.run_keys()}}
             else:
                 reply = {"error": f"unknown operation {op!r}"}
         except (ValueError, KeyError, TypeError) as exc:
@@ -232,7 +232,9 @@ class Agent:
                 chunk = bytearray()
                 for rec in batch:
                     if rec.stream != stream:
-                        (process.stderr if stream == "stderr" else process.stdout).write(bytes(chunk))
+                        (process.stderr if stream == "stderr" else process.stdout).write(
+                            bytes(chunk)
+                        )
                         chunk.clear()
                         stream = rec.stream
                     chunk += rec.data

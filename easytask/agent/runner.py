@@ -121,7 +121,9 @@ class Runner:
                     continue
                 if spool.exit_info() is not None:
                     rest = await asyncio.to_thread(fh.read)
-                    batch = [rec for rec in reader.feed(rest) if rec.seq > after_seq] if rest else []
+                    batch = (
+                        [rec for rec in reader.feed(rest) if rec.seq > after_seq] if rest else []
+                    )
                     if batch:
                         yield batch
                     return
@@ -167,7 +169,7 @@ class Runner:
             return True
         return False
 
-    def keys(self) -> list[str]:
+    def run_keys(self) -> list[str]:
         """Every run key that has a spool."""
         if not self.root.exists():
             return []
@@ -194,7 +196,7 @@ class Runner:
         """Remove finished spools the scheduler never acknowledged, after `max_age` seconds."""
         removed = 0
         now = time.time()
-        for key in self.keys():
+        for key in self.run_keys():
             spool = self.spool(key)
             exit_file = spool.dir / "exit.json"
             try:

@@ -86,8 +86,12 @@ class AgentRegistry:
         if info.fingerprint != fingerprint:
             if info.state == AgentState.REVOKED:
                 return "probe"
-            self._refuse(name, fingerprint, addr,
-                         f"name {name!r} is held by another key ({info.fingerprint})")
+            self._refuse(
+                name,
+                fingerprint,
+                addr,
+                f"name {name!r} is held by another key ({info.fingerprint})",
+            )
             return "refuse"
         if info.state == AgentState.REVOKED:
             self._refuse(name, fingerprint, addr, "agent is revoked")
@@ -97,12 +101,24 @@ class AgentRegistry:
     def _refuse(self, name: str | None, fingerprint: str, addr: str, reason: str) -> None:
         log.warning("refused agent %s from %s (key %s): %s", name, addr, fingerprint, reason)
         self.refused.append(
-            {"name": name, "fingerprint": fingerprint, "addr": addr, "reason": reason,
-             "at": utcnow().isoformat()}
+            {
+                "name": name,
+                "fingerprint": fingerprint,
+                "addr": addr,
+                "reason": reason,
+                "at": utcnow().isoformat(),
+            }
         )
         del self.refused[:-100]
-        self._spawn(self.store.call(self.store.audit, name or "?", "agent.refused", f"agent {addr}",
-                                    {"agent": name, "fingerprint": fingerprint, "reason": reason}))
+        self._spawn(
+            self.store.call(
+                self.store.audit,
+                name or "?",
+                "agent.refused",
+                f"agent {addr}",
+                {"agent": name, "fingerprint": fingerprint, "reason": reason},
+            )
+        )
 
     async def admit(self, link: AgentLink, hello: dict[str, Any], trusted: bool) -> bool:
         """Admit a trusted agent, enrol one with a valid token, else record it as pending."""
@@ -128,12 +144,19 @@ class AgentRegistry:
             )
             self.agents[name] = self._info(row)
             await self.store.call(
-                self.store.audit, name, "agent.enroll" if enrolled else "agent.pending",
-                f"agent {link.addr}", {"agent": name, "fingerprint": link.fingerprint},
+                self.store.audit,
+                name,
+                "agent.enroll" if enrolled else "agent.pending",
+                f"agent {link.addr}",
+                {"agent": name, "fingerprint": link.fingerprint},
             )
             if not enrolled:
-                log.info("agent %s (key %s) is pending: accept it with `easytask agents accept %s`",
-                         name, link.fingerprint, name)
+                log.info(
+                    "agent %s (key %s) is pending: accept it with `easytask agents accept %s`",
+                    name,
+                    link.fingerprint,
+                    name,
+                )
                 self._publish(name)
                 return False
             log.info("agent %s enrolled by token (key %s)", name, link.fingerprint)
@@ -141,8 +164,12 @@ class AgentRegistry:
         if info.link is not None and info.link is not link:
             info.link.close()  # the newest link of an agent wins
         updated: Agent | None = await self.store.call(
-            self.store.update_agent, name, connected=True, server=self.server_id,
-            last_seen=utcnow(), **fields,
+            self.store.update_agent,
+            name,
+            connected=True,
+            server=self.server_id,
+            last_seen=utcnow(),
+            **fields,
         )
         assert updated is not None
         fresh = self._info(updated)

@@ -54,8 +54,11 @@ def sha256_file(path: str | Path) -> str:
 
 def _pairs(src: Path, dest: str) -> list[tuple[Path, str]]:
     if src.is_dir():
-        return [(p, f"{dest.rstrip('/')}/{p.relative_to(src).as_posix()}")
-                for p in sorted(src.rglob("*")) if p.is_file()]
+        return [
+            (p, f"{dest.rstrip('/')}/{p.relative_to(src).as_posix()}")
+            for p in sorted(src.rglob("*"))
+            if p.is_file()
+        ]
     return [(src, dest)]
 
 
@@ -65,7 +68,8 @@ async def _remote_sums(conn: Any, paths: list[str]) -> dict[str, str]:
         return {}
     quoted = " ".join(shlex.quote(p) for p in paths)
     _, stdout, _ = await executor.run_collect(
-        conn, f"for f in {quoted}; do [ -f \"$f\" ] && sha256sum -- \"$f\"; done; true", timeout=120)
+        conn, f'for f in {quoted}; do [ -f "$f" ] && sha256sum -- "$f"; done; true', timeout=120
+    )
     sums = {}
     for line in stdout.decode(errors="replace").splitlines():
         digest, _, name = line.partition("  ")
@@ -74,8 +78,9 @@ async def _remote_sums(conn: Any, paths: list[str]) -> dict[str, str]:
     return sums
 
 
-async def copy(engine: JobEngine, run: Run, hostvars: dict[str, Any], action: Any,
-               options: JobOptions) -> None:
+async def copy(
+    engine: JobEngine, run: Run, hostvars: dict[str, Any], action: Any, options: JobOptions
+) -> None:
     """Send a file or a directory; files whose destination has the same SHA-256 are skipped."""
     engine.track(run)
     conn = await engine.file_connection(run, hostvars, options)
@@ -83,7 +88,9 @@ async def copy(engine: JobEngine, run: Run, hostvars: dict[str, Any], action: An
         return
     assert run.id is not None
     out = engine._output(run)
-    await engine._update(run, RunState.RUNNING, "started", f"copy to {action.dest}", started_at=utcnow())
+    await engine._update(
+        run, RunState.RUNNING, "started", f"copy to {action.dest}", started_at=utcnow()
+    )
     started = time.monotonic()
     try:
         pairs = await asyncio.to_thread(_pairs, Path(action.src), action.dest)
@@ -114,22 +121,36 @@ async def copy(engine: JobEngine, run: Run, hostvars: dict[str, Any], action: An
         owner = getattr(action, "owner", None)
         if owner and changed:
             targets = " ".join(shlex.quote(dest) for _, dest in pairs)
-            result, _, err = await executor.run_collect(conn, f"chown {shlex.quote(owner)} -- {targets}")
+            result, _, err = await executor.run_collect(
+                conn, f"chown {shlex.quote(owner)} -- {targets}"
+            )
             if result.exit_code != 0:
                 raise OSError(f"chown {owner}: {err.decode(errors='replace').strip()}")
         reason = "changed" if changed else "unchanged"
         if len(pairs) > 1:
             reason += f" ({changed} of {len(pairs)} files)"
-        await engine._finish(run, RunState.SUCCESS, reason=reason, exit_code=0, out=out,
-                             duration=time.monotonic() - started)
+        await engine._finish(
+            run,
+            RunState.SUCCESS,
+            reason=reason,
+            exit_code=0,
+            out=out,
+            duration=time.monotonic() - started,
+        )
     except (OSError, asyncssh.Error, TimeoutError) as exc:
         out.system(f"copy failed: {exc}", "ERROR")
-        await engine._finish(run, RunState.FAILED, reason=f"copy failed: {exc}", out=out,
-                             duration=time.monotonic() - started)
+        await engine._finish(
+            run,
+            RunState.FAILED,
+            reason=f"copy failed: {exc}",
+            out=out,
+            duration=time.monotonic() - started,
+        )
 
 
-async def script(engine: JobEngine, run: Run, hostvars: dict[str, Any], action: Any,
-                 options: JobOptions) -> None:
+async def script(
+    engine: JobEngine, run: Run, hostvars: dict[str, Any], action: Any, options: JobOptions
+) -> None:
     """Upload a script to a private temp dir, run it, remove it."""
     engine.track(run)
     conn = await engine.file_connection(run, hostvars, options)
@@ -155,8 +176,9 @@ async def script(engine: JobEngine, run: Run, hostvars: dict[str, Any], action: 
     await engine._execute(run, hostvars, options)
 
 
-async def fetch(engine: JobEngine, run: Run, hostvars: dict[str, Any], action: FileAction,
-                options: JobOptions) -> None:
+async def fetch(
+    engine: JobEngine, run: Run, hostvars: dict[str, Any], action: FileAction, options: JobOptions
+) -> None:
     """Bring a remote file back into the server's store dir for this run."""
     engine.track(run)
     conn = await engine.file_connection(run, hostvars, options)
@@ -164,7 +186,9 @@ async def fetch(engine: JobEngine, run: Run, hostvars: dict[str, Any], action: F
         return
     assert run.id is not None
     out = engine._output(run)
-    await engine._update(run, RunState.RUNNING, "started", f"fetch {action.dest}", started_at=utcnow())
+    await engine._update(
+        run, RunState.RUNNING, "started", f"fetch {action.dest}", started_at=utcnow()
+    )
     started = time.monotonic()
     target = Path(action.store_dir) / str(run.id) / (Path(action.dest).name or "file")
     try:
@@ -173,9 +197,20 @@ async def fetch(engine: JobEngine, run: Run, hostvars: dict[str, Any], action: F
             await sftp.get(action.dest, str(target))
         digest = await asyncio.to_thread(sha256_file, target)
         out.system(f"fetched {action.dest} ({target.stat().st_size} bytes, sha256 {digest})")
-        await engine._finish(run, RunState.SUCCESS, reason=f"fetched sha256 {digest}", exit_code=0,
-                             out=out, duration=time.monotonic() - started)
+        await engine._finish(
+            run,
+            RunState.SUCCESS,
+            reason=f"fetched sha256 {digest}",
+            exit_code=0,
+            out=out,
+            duration=time.monotonic() - started,
+        )
     except (OSError, asyncssh.Error, TimeoutError) as exc:
         out.system(f"fetch failed: {exc}", "ERROR")
-        await engine._finish(run, RunState.FAILED, reason=f"fetch failed: {exc}", out=out,
-                             duration=time.monotonic() - started)
+        await engine._finish(
+            run,
+            RunState.FAILED,
+            reason=f"fetch failed: {exc}",
+            out=out,
+            duration=time.monotonic() - started,
+        )

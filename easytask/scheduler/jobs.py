@@ -219,7 +219,9 @@ class JobEngine:
         if action is not None:
             from easytask.scheduler import fileops  # fileops builds on this module
 
-            handler = {"copy": fileops.copy, "script": fileops.script, "fetch": fileops.fetch}[action.kind]
+            handler = {"copy": fileops.copy, "script": fileops.script, "fetch": fileops.fetch}[
+                action.kind
+            ]
             await handler(self, run, hostvars, action, replace(options, file_action=None))
             return
         if run.connection == "agent":
@@ -278,8 +280,10 @@ class JobEngine:
             info = await self._wait_agent(run, live, wait_for, started)
             if info is None:
                 if started:
-                    reason = (f"agent {run.host} did not come back within {wait_for:g}s; "
-                              "the command may still be running there")
+                    reason = (
+                        f"agent {run.host} did not come back within {wait_for:g}s; "
+                        "the command may still be running there"
+                    )
                     if out is not None:
                         out.close()
                     await self._finish(run, RunState.FAILED, reason=reason, out=out)
@@ -292,8 +296,11 @@ class JobEngine:
                     status = await link.request("status", run=key)
                     if status.get("state") == "unknown":
                         if run.state == RunState.RUNNING:
-                            await self._finish(run, RunState.FAILED,
-                                               reason="the agent has no record of this run (state dir lost?)")
+                            await self._finish(
+                                run,
+                                RunState.FAILED,
+                                reason="the agent has no record of this run (state dir lost?)",
+                            )
                             return
                         started = False  # the dispatch never reached the agent: start it now
                     elif out is not None:
@@ -315,13 +322,20 @@ class JobEngine:
                 else:
                     env = {"EASYTASK_ATTACH": key, "EASYTASK_FROM_SEQ": str(attach_from)}
                     command = "easytask-attach"
-                    await self._event(run, "reattached",
-                                      f"agent {run.host}, from output line {attach_from + 1}")
+                    await self._event(
+                        run, "reattached", f"agent {run.host}, from output line {attach_from + 1}"
+                    )
                 assert out is not None
                 started = True
                 remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
                 outcome = await self._stream(
-                    run, live, replace(options, timeout=remaining), link.conn, command, env, out,
+                    run,
+                    live,
+                    replace(options, timeout=remaining),
+                    link.conn,
+                    command,
+                    env,
+                    out,
                     terminate=_agent_terminator(link, key, live),
                     attach=attach_from is not None,
                 )
@@ -349,8 +363,16 @@ class JobEngine:
 
     def _output(self, run: Run, first_seq: int = 1, stored: int = 0) -> RunOutput:
         assert run.id is not None
-        return RunOutput(run.id, run.job_id, run.host, self.hub, self.writer, first_seq=first_seq,
-                         limit=self.output_limit, stored=stored)
+        return RunOutput(
+            run.id,
+            run.job_id,
+            run.host,
+            self.hub,
+            self.writer,
+            first_seq=first_seq,
+            limit=self.output_limit,
+            stored=stored,
+        )
 
     def _ssh_target(self, host: str, hv: dict[str, Any]) -> SSHTarget:
         return SSHTarget(
@@ -414,7 +436,11 @@ class JobEngine:
 
         def on_data(stream: str, data: bytes) -> None:
             out.data(stream, data)
-            if not paused[0] and execution is not None and self.writer.over(BACKLOG_HIGH, BACKLOG_HIGH_BYTES):
+            if (
+                not paused[0]
+                and execution is not None
+                and self.writer.over(BACKLOG_HIGH, BACKLOG_HIGH_BYTES)
+            ):
                 chan = execution.channel
                 if chan is not None:
                     paused[0] = True
@@ -569,7 +595,9 @@ class JobEngine:
             assert info.link is not None
             return info.link.conn
         target = self._ssh_target(run.host, hostvars)
-        await self._update(run, RunState.DISPATCHED, "dispatched", f"ssh {target.host}:{target.port}")
+        await self._update(
+            run, RunState.DISPATCHED, "dispatched", f"ssh {target.host}:{target.port}"
+        )
         try:
             return await self.pool.get(target)
         except ConnectError as exc:
@@ -625,8 +653,9 @@ class JobEngine:
                 fields["out_lines"] = out.lines
             fields["out_bytes"] = int(stats["bytes"]) if stats and "bytes" in stats else out.bytes
             if out.truncated and not extra.get("truncated"):
-                fields.update(truncated=True, dropped_lines=out.dropped_lines,
-                              dropped_bytes=out.dropped_bytes)
+                fields.update(
+                    truncated=True, dropped_lines=out.dropped_lines, dropped_bytes=out.dropped_bytes
+                )
         detail = state + (f": {reason}" if reason else "")
         await self.store.call(self.store.update_run, run.id, "finished", detail, **fields)
         run.state = state
@@ -662,13 +691,18 @@ class JobEngine:
                 kinds[run.job_id] = job.kind if job else "adhoc"
             if kinds[run.job_id] != "adhoc" and run.state == RunState.QUEUED:
                 # A playbook's order (needs, batches, results) lived in the old process.
-                await self._finish(run, RunState.TERMINATED,
-                                   reason="not run: the server restarted before it started")
+                await self._finish(
+                    run,
+                    RunState.TERMINATED,
+                    reason="not run: the server restarted before it started",
+                )
                 await self.store.call(self.store.finish_job_if_done, run.job_id)
                 counts["failed"] += 1
                 continue
             if run.connection == "ssh" and run.state != RunState.QUEUED:
-                await self._finish(run, RunState.FAILED, reason="connection lost (server restarted)")
+                await self._finish(
+                    run, RunState.FAILED, reason="connection lost (server restarted)"
+                )
                 await self.store.call(self.store.finish_job_if_done, run.job_id)
                 counts["failed"] += 1
                 continue
@@ -678,15 +712,18 @@ class JobEngine:
             job = await self.store.call(self.store.get_job, job_id)
             if job is None:
                 continue
-            options = JobOptions(timeout=job.timeout, pending_timeout=job.pending_timeout,
-                                 forks=job.forks)
+            options = JobOptions(
+                timeout=job.timeout, pending_timeout=job.pending_timeout, forks=job.forks
+            )
             targets = {}
             for run in runs:
                 try:
                     targets[run.host] = hostvars(run.host)
                 except Exception:
                     targets[run.host] = {}
-            task = asyncio.create_task(self._run_job(job, runs, targets, options), name=f"job-{job_id}")
+            task = asyncio.create_task(
+                self._run_job(job, runs, targets, options), name=f"job-{job_id}"
+            )
             self._jobs[job_id] = task
             task.add_done_callback(self._forget_job(job_id))
             counts["resumed"] += len(runs)
@@ -711,8 +748,9 @@ def _agent_terminator(link: Any, key: str, live: _Live) -> Callable[[float], Any
     """Ask the agent to TERM, then KILL, the run's process group."""
 
     def terminate(grace: float) -> Any:
-        return link.request("cancel", run=key, grace=grace, by=live.killed_by or "timeout",
-                            timeout=grace + 15)
+        return link.request(
+            "cancel", run=key, grace=grace, by=live.killed_by or "timeout", timeout=grace + 15
+        )
 
     return terminate
 

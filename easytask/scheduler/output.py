@@ -22,8 +22,17 @@ DEFAULT_LIMIT = 256 << 20  # stored bytes of output per run (head + tail)
 class RunOutput:
     """Numbers lines 1..n in arrival order; every line goes to the hub and the writer once."""
 
-    def __init__(self, run_id: int, job_id: int, host: str, hub: LiveHub, writer: LogWriter,
-                 first_seq: int = 1, limit: int | None = DEFAULT_LIMIT, stored: int = 0) -> None:
+    def __init__(
+        self,
+        run_id: int,
+        job_id: int,
+        host: str,
+        hub: LiveHub,
+        writer: LogWriter,
+        first_seq: int = 1,
+        limit: int | None = DEFAULT_LIMIT,
+        stored: int = 0,
+    ) -> None:
         self.run_id = run_id
         self.job_id = job_id
         self.host = host
@@ -77,7 +86,9 @@ class RunOutput:
                 self.system(
                     f"output cut: {self.dropped_lines} lines ({self.dropped_bytes} bytes) dropped "
                     f"between the first {self.head_limit} and the last {self.tail_limit} bytes "
-                    f"(stored-output limit {self.limit} bytes)", "WARN")
+                    f"(stored-output limit {self.limit} bytes)",
+                    "WARN",
+                )
             held = list(self._tail)
             self._tail.clear()
             self._tail_bytes = 0
@@ -103,9 +114,15 @@ class RunOutput:
             self._emit(keep)
         if self._tail and not self._cut_announced:
             self._cut_announced = True
-            self.hub.publish({"t": "notice", "run": self.run_id, "host": self.host,
-                              "text": "output past the stored-output limit: keeping the tail only"},
-                             *self._topics)
+            self.hub.publish(
+                {
+                    "t": "notice",
+                    "run": self.run_id,
+                    "host": self.host,
+                    "text": "output past the stored-output limit: keeping the tail only",
+                },
+                *self._topics,
+            )
 
     def _emit(self, items: list[tuple[str, str]], level: str | None = None) -> None:
         now = time.time()
@@ -117,8 +134,14 @@ class RunOutput:
             if stream != SYSTEM:
                 self.lines += 1
             event: dict[str, Any] = {
-                "t": "line", "run": self.run_id, "host": self.host, "seq": self.seq,
-                "ts": now, "stream": stream, "level": lvl, "text": text,
+                "t": "line",
+                "run": self.run_id,
+                "host": self.host,
+                "seq": self.seq,
+                "ts": now,
+                "stream": stream,
+                "level": lvl,
+                "text": text,
             }
             self.hub.publish(event, *self._topics)
         self.writer.add(rows)

@@ -45,8 +45,14 @@ class _Slot:
 class PlaybookJob:
     """One playbook job in flight."""
 
-    def __init__(self, engine: JobEngine, plan: PlaybookPlan, job: Job, runs: list[Run],
-                 pending_timeout: float) -> None:
+    def __init__(
+        self,
+        engine: JobEngine,
+        plan: PlaybookPlan,
+        job: Job,
+        runs: list[Run],
+        pending_timeout: float,
+    ) -> None:
         self.engine = engine
         self.plan = plan
         self.job = job
@@ -71,10 +77,14 @@ class PlaybookJob:
                 for slot in batch:
                     tg.create_task(self._guarded(slot), name=f"play-run-{slot.run.id}")
             hosts = {s.run.host for s in batch if s.planned.host is not None}
-            failed = {s.run.host for s in batch
-                      if s.planned.host is not None and s.state not in OK_FOR_NEEDS}
-            if index != batches[-1] and stop_after_batch(len(failed), len(hosts),
-                                                         self.plan.max_fail_percentage):
+            failed = {
+                s.run.host
+                for s in batch
+                if s.planned.host is not None and s.state not in OK_FOR_NEEDS
+            }
+            if index != batches[-1] and stop_after_batch(
+                len(failed), len(hosts), self.plan.max_fail_percentage
+            ):
                 pct = self.plan.max_fail_percentage
                 self.stopped_reason = (
                     f"not run: {len(failed)} of {len(hosts)} hosts failed in batch {index + 1}"
@@ -106,15 +116,27 @@ class PlaybookJob:
         for need in planned.needs:
             dep = self.slots[need]
             await dep.done.wait()
-            if dep.state not in OK_FOR_NEEDS or (dep.state == RunState.SKIPPED and not dep.skipped_by_when):
-                await self._skip(slot, f"needs {need.task!r}"
-                                 + (f" on {need.host}" if need.host else "") + f", which ended {dep.state}")
+            if dep.state not in OK_FOR_NEEDS or (
+                dep.state == RunState.SKIPPED and not dep.skipped_by_when
+            ):
+                await self._skip(
+                    slot,
+                    f"needs {need.task!r}"
+                    + (f" on {need.host}" if need.host else "")
+                    + f", which ended {dep.state}",
+                )
                 return
         host = planned.host
         if host is None:
             host = self.engine.registry.least_busy(planned.candidates)
-            await self.engine.store.call(self.engine.store.update_run, slot.run.id or 0, "placed",
-                                         f"least busy agent: {host}", host=host, agent=host)
+            await self.engine.store.call(
+                self.engine.store.update_run,
+                slot.run.id or 0,
+                "placed",
+                f"least busy agent: {host}",
+                host=host,
+                agent=host,
+            )
             slot.run.host = host
             slot.run.agent = host
         results = self._results(planned)
@@ -153,14 +175,22 @@ class PlaybookJob:
             fresh = await self.engine.store.call(self.engine.store.get_run, run.id or 0)
             assert fresh is not None
             state = fresh.state
-            if state == RunState.SUCCESS or attempt > task.retries or state == RunState.TERMINATED \
-                    and "killed by" in fresh.reason:
+            if (
+                state == RunState.SUCCESS
+                or attempt > task.retries
+                or state == RunState.TERMINATED
+                and "killed by" in fresh.reason
+            ):
                 break
             attempt += 1
             wait = task.retry_wait(attempt)
             nxt = await self.engine.store.call(self.engine.store.add_attempt, run.id or 0, attempt)
-            await self.engine.store.call(self.engine.store.update_run, run.id or 0, "retry scheduled",
-                                         f"attempt {attempt} (run {nxt.id}) in {wait:g}s")
+            await self.engine.store.call(
+                self.engine.store.update_run,
+                run.id or 0,
+                "retry scheduled",
+                f"attempt {attempt} (run {nxt.id}) in {wait:g}s",
+            )
             self.engine.track(nxt)
             await asyncio.sleep(wait)
             run = nxt
@@ -179,7 +209,9 @@ class PlaybookJob:
             await fileops.script(self.engine, run, hostvars, action, options)
             return
         command = action.shell_line()
-        await self.engine.store.call(self.engine.store.update_run, run.id or 0, None, "", command=command)
+        await self.engine.store.call(
+            self.engine.store.update_run, run.id or 0, None, "", command=command
+        )
         run.command = command
         await self.engine.execute_one(run, hostvars, options)
 
@@ -191,8 +223,16 @@ def job_runs_for(plan: PlaybookPlan) -> list[Run]:
         task = plan.task(planned.task)
         host = planned.host or ANY_HOST
         connection = plan.connection(planned.host or planned.candidates[0])
-        runs.append(Run(job_id=0, task=planned.task, host=host, connection=connection,
-                        agent=host if connection == "agent" else "", command=_preview(task)))
+        runs.append(
+            Run(
+                job_id=0,
+                task=planned.task,
+                host=host,
+                connection=connection,
+                agent=host if connection == "agent" else "",
+                command=_preview(task),
+            )
+        )
     return runs
 
 
@@ -207,12 +247,26 @@ def _preview(task: PlannedTask) -> str:
     return action.command or ""
 
 
-async def submit_playbook(engine: JobEngine, plan: PlaybookPlan, *, user: str, source: str,
-                          pending_timeout: float, kind: str = "playbook") -> tuple[Job, list[Run]]:
+async def submit_playbook(
+    engine: JobEngine,
+    plan: PlaybookPlan,
+    *,
+    user: str,
+    source: str,
+    pending_timeout: float,
+    kind: str = "playbook",
+) -> tuple[Job, list[Run]]:
     """Record a playbook job and its runs, then run it in the background."""
-    job = Job(kind=kind, name=plan.name, pattern=plan.playbook.hosts,
-              command=Path(plan.playbook.path).name, submitted_by=user, source=source,
-              pending_timeout=pending_timeout, forks=plan.forks or 0)
+    job = Job(
+        kind=kind,
+        name=plan.name,
+        pattern=plan.playbook.hosts,
+        command=Path(plan.playbook.path).name,
+        submitted_by=user,
+        source=source,
+        pending_timeout=pending_timeout,
+        forks=plan.forks or 0,
+    )
     runs = job_runs_for(plan)
     if not runs:
         raise EasyTaskError("the playbook selects no host for any task")

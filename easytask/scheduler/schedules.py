@@ -31,8 +31,15 @@ def utc_now() -> datetime:
 class Scheduler:
     """Reads schedules from the playbooks dir and fires them; the store decides who fires."""
 
-    def __init__(self, store: Store, playbooks_dir: Path | None, submit: Submit, server_id: str,
-                 clock: Clock = utc_now, interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        playbooks_dir: Path | None,
+        submit: Submit,
+        server_id: str,
+        clock: Clock = utc_now,
+        interval: float = 1.0,
+    ) -> None:
         self.store = store
         self.playbooks_dir = playbooks_dir
         self.submit = submit
@@ -58,10 +65,16 @@ class Scheduler:
             self.errors.pop(str(path), None)
             if book.schedule is None:
                 continue
-            rows.append(await self.store.call(
-                self.store.upsert_schedule, book.name, str(path.resolve()), book.schedule.text,
-                book.tz or "UTC", book.catch_up,
-            ))
+            rows.append(
+                await self.store.call(
+                    self.store.upsert_schedule,
+                    book.name,
+                    str(path.resolve()),
+                    book.schedule.text,
+                    book.tz or "UTC",
+                    book.catch_up,
+                )
+            )
         return rows
 
     async def tick(self) -> list[int]:
@@ -102,8 +115,11 @@ class Scheduler:
         late = now - due > ON_TIME
         nxt = cron.next_after(due.astimezone(tz), tz).astimezone(UTC)
         if (missed or late) and row.catch_up == "none":
-            log.info("schedule %s: skipping %d missed fire time(s) (catch_up: none)", row.name,
-                     missed + 1)
+            log.info(
+                "schedule %s: skipping %d missed fire time(s) (catch_up: none)",
+                row.name,
+                missed + 1,
+            )
             await self.store.call(self.store.update_schedule, row.name, next_fire=nxt)
             return None
         assert row.id is not None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlmodel import Session, col, select
@@ -14,13 +14,21 @@ from easytask.store.models import AuditEvent
 GENESIS = "0" * 64
 
 
-def canonical(event_id: int, at: datetime, actor: str, action: str, source: str, detail: str) -> str:
+def canonical(
+    event_id: int, at: datetime, actor: str, action: str, source: str, detail: str
+) -> str:
     """The exact text that is hashed: sorted keys, no spaces, UTC time in ISO form."""
     if at.tzinfo is None:
-        at = at.replace(tzinfo=timezone.utc)
-    stamp = at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    body = {"id": event_id, "at": stamp, "actor": actor, "action": action, "source": source,
-            "detail": json.loads(detail)}
+        at = at.replace(tzinfo=UTC)
+    stamp = at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    body = {
+        "id": event_id,
+        "at": stamp,
+        "actor": actor,
+        "action": action,
+        "source": source,
+        "detail": json.loads(detail),
+    }
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -29,16 +37,25 @@ def chain_hash(prev_hash: str, text: str) -> str:
     return hashlib.sha256((prev_hash + text).encode()).hexdigest()
 
 
-def append(session: Session, actor: str, action: str, source: str, detail: dict[str, Any]) -> AuditEvent:
+def append(
+    session: Session, actor: str, action: str, source: str, detail: dict[str, Any]
+) -> AuditEvent:
     """Add one event at the end of the chain (the caller commits; one writer at a time)."""
     last = session.exec(select(AuditEvent).order_by(col(AuditEvent.id).desc()).limit(1)).first()
     prev_hash = last.hash if last else GENESIS
-    event = AuditEvent(actor=actor, action=action, source=source,
-                       detail=json.dumps(detail, sort_keys=True, default=str), prev_hash=prev_hash)
+    event = AuditEvent(
+        actor=actor,
+        action=action,
+        source=source,
+        detail=json.dumps(detail, sort_keys=True, default=str),
+        prev_hash=prev_hash,
+    )
     session.add(event)
     session.flush()
     assert event.id is not None
-    event.hash = chain_hash(prev_hash, canonical(event.id, event.at, actor, action, source, event.detail))
+    event.hash = chain_hash(
+        prev_hash, canonical(event.id, event.at, actor, action, source, event.detail)
+    )
     session.add(event)
     return event
 
@@ -51,17 +68,32 @@ def verify(session: Session) -> dict[str, Any]:
     for event in session.exec(select(AuditEvent).order_by(col(AuditEvent.id))):
         assert event.id is not None
         if event.prev_hash != prev_hash:
-            problem = ("a row before it was deleted or replaced" if event.id != prev_id + 1
-                       else "it does not follow the row before it (inserted out of order?)")
-            return {"ok": False, "rows": count, "bad_row": event.id,
-                    "problem": f"row {event.id}: chain broken: {problem}"}
+            problem = (
+                "a row before it was deleted or replaced"
+                if event.id != prev_id + 1
+                else "it does not follow the row before it (inserted out of order?)"
+            )
+            return {
+                "ok": False,
+                "rows": count,
+                "bad_row": event.id,
+                "problem": f"row {event.id}: chain broken: {problem}",
+            }
         if event.id != prev_id + 1:
-            return {"ok": False, "rows": count, "bad_row": event.id,
-                    "problem": f"row {event.id}: rows {prev_id + 1}..{event.id - 1} are missing"}
+            return {
+                "ok": False,
+                "rows": count,
+                "bad_row": event.id,
+                "problem": f"row {event.id}: rows {prev_id + 1}..{event.id - 1} are missing",
+            }
         text = canonical(event.id, event.at, event.actor, event.action, event.source, event.detail)
         if chain_hash(prev_hash, text) != event.hash:
-            return {"ok": False, "rows": count, "bad_row": event.id,
-                    "problem": f"row {event.id}: contents do not match its hash (edited)"}
+            return {
+                "ok": False,
+                "rows": count,
+                "bad_row": event.id,
+                "problem": f"row {event.id}: contents do not match its hash (edited)",
+            }
         prev_hash, prev_id = event.hash, event.id
         count += 1
     return {"ok": True, "rows": count, "head": prev_hash}

@@ -19,8 +19,8 @@ from sqlmodel import Session, SQLModel, col, create_engine, select
 from easytask.store import audit as audit_chain
 from easytask.store.models import (
     Agent,
-    AuditEvent,
     ApiToken,
+    AuditEvent,
     EnrollToken,
     Job,
     LogLine,
@@ -289,12 +289,21 @@ class Store:
             prev = s.get(Run, run_id)
             if prev is None:
                 raise KeyError(run_id)
-            run = Run(job_id=prev.job_id, task=prev.task, host=prev.host, connection=prev.connection,
-                      agent=prev.agent, command=prev.command, attempt=attempt)
+            run = Run(
+                job_id=prev.job_id,
+                task=prev.task,
+                host=prev.host,
+                connection=prev.connection,
+                agent=prev.agent,
+                command=prev.command,
+                attempt=attempt,
+            )
             s.add(run)
             s.flush()
             assert run.id is not None
-            s.add(RunEvent(run_id=run.id, kind="queued", detail=f"attempt {attempt} of run {run_id}"))
+            s.add(
+                RunEvent(run_id=run.id, kind="queued", detail=f"attempt {attempt} of run {run_id}")
+            )
             s.commit()
             s.refresh(run)
             return run
@@ -353,14 +362,22 @@ class Store:
     def fires(self, schedule_id: int) -> list[ScheduleFire]:
         """A schedule's fire records, oldest first."""
         with self.session() as s:
-            return list(s.exec(select(ScheduleFire).where(ScheduleFire.schedule_id == schedule_id)
-                               .order_by(col(ScheduleFire.fire_time))))
+            return list(
+                s.exec(
+                    select(ScheduleFire)
+                    .where(ScheduleFire.schedule_id == schedule_id)
+                    .order_by(col(ScheduleFire.fire_time))
+                )
+            )
 
     def set_fire_job(self, schedule_id: int, fire_time: datetime, job_id: int) -> None:
         """Link a fire record to the job it started."""
         with self.session() as s:
-            row = s.exec(select(ScheduleFire).where(ScheduleFire.schedule_id == schedule_id,
-                                                    ScheduleFire.fire_time == fire_time)).first()
+            row = s.exec(
+                select(ScheduleFire).where(
+                    ScheduleFire.schedule_id == schedule_id, ScheduleFire.fire_time == fire_time
+                )
+            ).first()
             if row is not None:
                 row.job_id = job_id
                 s.add(row)
@@ -376,9 +393,15 @@ class Store:
             s.refresh(event)
             return event
 
-    def audit_events(self, *, since: datetime | None = None, action: str | None = None,
-                     actor: str | None = None, before_id: int | None = None,
-                     limit: int = 200) -> list[AuditEvent]:
+    def audit_events(
+        self,
+        *,
+        since: datetime | None = None,
+        action: str | None = None,
+        actor: str | None = None,
+        before_id: int | None = None,
+        limit: int = 200,
+    ) -> list[AuditEvent]:
         """Audit events, newest first."""
         with self.session() as s:
             q = select(AuditEvent)
@@ -464,8 +487,13 @@ class Store:
             counts: dict[str, int] = {}
             for st in states:
                 counts[st] = counts.get(st, 0) + 1
-            audit_chain.append(s, job.submitted_by, "job.finish", "",
-                               {"job": job.id, "kind": job.kind, "state": job.state, "runs": counts})
+            audit_chain.append(
+                s,
+                job.submitted_by,
+                "job.finish",
+                "",
+                {"job": job.id, "kind": job.kind, "state": job.state, "runs": counts},
+            )
             s.commit()
             s.refresh(job)
             return job

@@ -39,7 +39,7 @@ def wrap_command(command: str, run_key: str) -> str:
     pidfile = shlex.quote(pidfile_for(run_key))
     inner = 'echo $$ >"$0"; exec /bin/sh -c "$1"'
     return (
-        f"f={pidfile}; setsid -w /bin/sh -c {shlex.quote(inner)} \"$f\" {shlex.quote(command)}"
+        f'f={pidfile}; setsid -w /bin/sh -c {shlex.quote(inner)} "$f" {shlex.quote(command)}'
         '; rc=$?; rm -f "$f"; exit $rc'
     )
 
@@ -49,9 +49,9 @@ def terminate_command(run_key: str, grace: float) -> str:
     pidfile = shlex.quote(pidfile_for(run_key))
     steps = max(int(grace * 10), 1)
     return (
-        f"f={pidfile}; [ -s \"$f\" ] || exit 0; g=$(cat \"$f\"); kill -TERM -- -$g 2>/dev/null || exit 0; "
+        f'f={pidfile}; [ -s "$f" ] || exit 0; g=$(cat "$f"); kill -TERM -- -$g 2>/dev/null || exit 0; '
         f"i=0; while [ $i -lt {steps} ] && kill -0 -- -$g 2>/dev/null; do sleep 0.1; i=$((i+1)); done; "
-        'kill -KILL -- -$g 2>/dev/null; exit 0'
+        "kill -KILL -- -$g 2>/dev/null; exit 0"
     )
 
 

@@ -34,9 +34,7 @@ class Gate(Protocol):
     def check_key(self, name: str | None, fingerprint: str, public_key: str, addr: str) -> Verdict:
         """Called during key exchange: trusted (pinned), probe (hello only) or refuse."""
 
-    async def admit(
-        self, link: AgentLink, hello: dict[str, Any], trusted: bool
-    ) -> bool:
+    async def admit(self, link: AgentLink, hello: dict[str, Any], trusted: bool) -> bool:
         """Called once the link is up and the agent said hello; False closes it."""
 
     def lost(self, link: AgentLink, exc: Exception | None) -> None:
@@ -46,8 +44,15 @@ class Gate(Protocol):
 class AgentLink:
     """One connected agent: an SSH client connection the executor can use."""
 
-    def __init__(self, conn: asyncssh.SSHClientConnection, name: str | None, fingerprint: str,
-                 public_key: str, addr: str, trusted: bool) -> None:
+    def __init__(
+        self,
+        conn: asyncssh.SSHClientConnection,
+        name: str | None,
+        fingerprint: str,
+        public_key: str,
+        addr: str,
+        trusted: bool,
+    ) -> None:
         self.conn = conn
         self.name = name
         self.fingerprint = fingerprint
@@ -81,13 +86,17 @@ class _AgentClient(asyncssh.SSHClient):
     def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
         self._conn = conn
 
-    def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
+    def validate_host_public_key(
+        self, host: str, addr: str, port: int, key: asyncssh.SSHKey
+    ) -> bool:
         assert self._conn is not None
         self.name = claimed_name(self._conn.get_extra_info("server_version"))
         self.fingerprint = key.get_fingerprint("sha256")
         self.public_key = key.export_public_key("openssh").decode().strip()
         self.addr = addr
-        self.verdict = self._listener.gate.check_key(self.name, self.fingerprint, self.public_key, addr)
+        self.verdict = self._listener.gate.check_key(
+            self.name, self.fingerprint, self.public_key, addr
+        )
         return self.verdict != "refuse"
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -98,8 +107,13 @@ class _AgentClient(asyncssh.SSHClient):
 class AgentListener:
     """Accepts agents' outbound connections and hands admitted links to the gate."""
 
-    def __init__(self, gate: Gate, client_key: asyncssh.SSHKey, keepalive_interval: float = 10.0,
-                 keepalive_count: int = 3) -> None:
+    def __init__(
+        self,
+        gate: Gate,
+        client_key: asyncssh.SSHKey,
+        keepalive_interval: float = 10.0,
+        keepalive_count: int = 3,
+    ) -> None:
         self.gate = gate
         self.client_key = client_key
         self.keepalive_interval = keepalive_interval
@@ -136,14 +150,24 @@ class AgentListener:
     async def _admit(self, conn: asyncssh.SSHClientConnection) -> None:
         client = conn.get_owner()
         assert isinstance(client, _AgentClient)
-        link = AgentLink(conn, client.name, client.fingerprint, client.public_key, client.addr,
-                         client.verdict == "trusted")
+        link = AgentLink(
+            conn,
+            client.name,
+            client.fingerprint,
+            client.public_key,
+            client.addr,
+            client.verdict == "trusted",
+        )
         client.link = link
         try:
             hello = await link.request("hello")
             if client.name is None or hello.get("name") != client.name:
-                log.warning("agent at %s: name in hello %r does not match %r; closing",
-                            client.addr, hello.get("name"), client.name)
+                log.warning(
+                    "agent at %s: name in hello %r does not match %r; closing",
+                    client.addr,
+                    hello.get("name"),
+                    client.name,
+                )
                 ok = False
             else:
                 ok = await self.gate.admit(link, hello, link.trusted)
@@ -164,5 +188,3 @@ class AgentListener:
             await self._acceptor.wait_closed()
         for task in list(self._tasks):
             task.cancel()
-
-

@@ -50,9 +50,7 @@ class _Session(asyncssh.SSHClientSession[bytes]):
         self._got_status = True
         self.result.exit_code = status
 
-    def exit_signal_received(
-        self, signal: str, core_dumped: bool, msg: str, lang: str
-    ) -> None:
+    def exit_signal_received(self, signal: str, core_dumped: bool, msg: str, lang: str) -> None:
         self._got_status = True
         self.result.signal = signal
 

@@ -6,13 +6,13 @@ import asyncio
 import base64
 import hashlib
 import json
+import logging
 import re
 import secrets
-from dataclasses import replace
-import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime, timedelta, timezone
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -174,8 +174,11 @@ class Api:
             planned = [p for p in agents if p.host == chosen]
         action = options.file_action
         audit_detail: dict[str, Any] = {
-            "kind": data.get("kind", "command"), "pattern": pattern, "command": command,
-            "hosts": [p.host for p in planned], "timeout": options.timeout,
+            "kind": data.get("kind", "command"),
+            "pattern": pattern,
+            "command": command,
+            "hosts": [p.host for p in planned],
+            "timeout": options.timeout,
         }
         if action is not None and action.kind in ("copy", "script"):
             audit_detail["files"] = _file_digests(action.src)
@@ -193,8 +196,9 @@ class Api:
             {"job": job_dict(job), "runs": [run_dict(r) for r in runs]}, status_code=201
         )
 
-    async def audit(self, user: User | str, action: str, request: Request | None,
-                    detail: dict[str, Any]) -> None:
+    async def audit(
+        self, user: User | str, action: str, request: Request | None, detail: dict[str, Any]
+    ) -> None:
         """Append to the audit chain: who, what, from where."""
         store = self.server.store
         actor = user if isinstance(user, str) else user.name
@@ -206,7 +210,9 @@ class Api:
         kind = data.get("kind")
         spec = data.get(kind) if isinstance(kind, str) else None
         if kind not in ("copy", "script", "fetch") or not isinstance(spec, dict):
-            raise APIError("kind must be command, copy, script or fetch, with an object of that name")
+            raise APIError(
+                "kind must be command, copy, script or fetch, with an object of that name"
+            )
         state = self.server.state_dir
         if kind == "fetch":
             path = str(spec.get("path") or "")
@@ -241,8 +247,14 @@ class Api:
         mode = spec.get("mode") or None
         if mode is not None and not re.fullmatch(r"0?[0-7]{3,4}", str(mode)):
             raise APIError(f"copy.mode {mode!r} is not an octal mode like 0644")
-        action = FileAction("copy", src=src, dest=dest, mode=mode, owner=spec.get("owner") or None,
-                            backup=bool(spec.get("backup")))
+        action = FileAction(
+            "copy",
+            src=src,
+            dest=dest,
+            mode=mode,
+            owner=spec.get("owner") or None,
+            backup=bool(spec.get("backup")),
+        )
         return action, f"copy {name} -> {dest}"
 
     async def fetched(self, request: Request, user: User) -> Response:
@@ -440,7 +452,9 @@ class Api:
         if run.state in RunState.FINAL:
             raise APIError(f"run {run_id} already ended ({run.state})", status=409)
         killed = self.server.engine.kill_run(run_id, user.name)
-        await self.audit(user, "run.kill", request, {"run": run_id, "job": run.job_id, "host": run.host})
+        await self.audit(
+            user, "run.kill", request, {"run": run_id, "job": run.job_id, "host": run.host}
+        )
         return JSONResponse({"run": run_id, "killed": int(killed)})
 
     # -- agents -----------------------------------------------------------------------------
@@ -482,7 +496,9 @@ class Api:
         row = await self.server.registry.set_state(name, state)
         if row is None:
             raise APIError(f"no agent {name!r}", status=404)
-        await self.audit(user, f"agent.{action}", request, {"agent": name, "fingerprint": row.fingerprint})
+        await self.audit(
+            user, f"agent.{action}", request, {"agent": name, "fingerprint": row.fingerprint}
+        )
         return JSONResponse({"name": name, "state": row.state})
 
     async def enroll_token(self, request: Request, user: User) -> Response:
@@ -521,15 +537,30 @@ class Api:
             str(data.get("name") or "playbook.yml"), text, files, limit, extra
         )
         job, runs = await submit_playbook(
-            self.server.engine, plan, user=user.name, source=self.source(request),
+            self.server.engine,
+            plan,
+            user=user.name,
+            source=self.source(request),
             pending_timeout=self.server.pending_timeout,
         )
-        await self.audit(user, "job.submit", request, {
-            "job": job.id, "kind": "playbook", "playbook": plan.name, "pattern": plan.playbook.hosts,
-            "limit": limit, "hosts": list(plan.hosts), "extra_vars": sorted(extra),
-            "sha256": hashlib.sha256(text.encode()).hexdigest(),
-        })
-        return JSONResponse({"job": job_dict(job), "runs": [run_dict(r) for r in runs]}, status_code=201)
+        await self.audit(
+            user,
+            "job.submit",
+            request,
+            {
+                "job": job.id,
+                "kind": "playbook",
+                "playbook": plan.name,
+                "pattern": plan.playbook.hosts,
+                "limit": limit,
+                "hosts": list(plan.hosts),
+                "extra_vars": sorted(extra),
+                "sha256": hashlib.sha256(text.encode()).hexdigest(),
+            },
+        )
+        return JSONResponse(
+            {"job": job_dict(job), "runs": [run_dict(r) for r in runs]}, status_code=201
+        )
 
     async def list_schedules(self, request: Request, user: User) -> Response:
         """GET /api/schedules: every schedule with its next and last fire time."""
@@ -544,8 +575,9 @@ class Api:
         action = request.path_params["action"]
         store = self.server.store
         if action in ("enable", "disable"):
-            row = await store.call(store.update_schedule, name, enabled=action == "enable",
-                                   next_fire=None)
+            row = await store.call(
+                store.update_schedule, name, enabled=action == "enable", next_fire=None
+            )
             if row is None:
                 raise APIError(f"no schedule {name!r}", status=404)
             await self.audit(user, f"schedule.{action}", request, {"schedule": name})
@@ -570,12 +602,32 @@ class Api:
         extra = data.get("extra_vars") or {}
         if not isinstance(extra, dict):
             raise APIError("extra_vars must be an object")
+        limit = data.get("limit") or None
         playbook = await asyncio.to_thread(load_playbook, path)
         inventory = await self.server.merged_inventory()
-        plan = plan_playbook(playbook, inventory, extra_vars=extra, limit=data.get("limit") or None)
+        plan = plan_playbook(playbook, inventory, extra_vars=extra, limit=limit)
         job, runs = await submit_playbook(
-            self.server.engine, plan, user=user.name, source=self.source(request),
+            self.server.engine,
+            plan,
+            user=user.name,
+            source=self.source(request),
             pending_timeout=self.server.pending_timeout,
+        )
+        await self.audit(
+            user,
+            "job.submit",
+            request,
+            {
+                "job": job.id,
+                "kind": "playbook",
+                "playbook": plan.name,
+                "file": path.name,
+                "pattern": playbook.hosts,
+                "limit": limit,
+                "hosts": list(plan.hosts),
+                "extra_vars": sorted(extra),
+                "sha256": hashlib.sha256(playbook.text.encode()).hexdigest(),
+            },
         )
         return JSONResponse(
             {"job": job_dict(job), "runs": [run_dict(r) for r in runs]}, status_code=201
@@ -589,18 +641,31 @@ class Api:
         store = self.server.store
         try:
             rows = await store.call(
-                store.audit_events, since=_parse_time(q.get("since")), action=q.get("action") or None,
+                store.audit_events,
+                since=_parse_time(q.get("since")),
+                action=q.get("action") or None,
                 actor=q.get("actor") or None,
                 before_id=int(q["before"]) if q.get("before") else None,
                 limit=min(int(q.get("limit") or 200), 5000),
             )
         except ValueError as exc:
             raise APIError(str(exc)) from exc
-        return JSONResponse({"events": [
-            {"id": e.id, "at": _iso_utc(e.at), "actor": e.actor, "action": e.action,
-             "source": e.source, "detail": json.loads(e.detail), "hash": e.hash}
-            for e in rows
-        ]})
+        return JSONResponse(
+            {
+                "events": [
+                    {
+                        "id": e.id,
+                        "at": _iso_utc(e.at),
+                        "actor": e.actor,
+                        "action": e.action,
+                        "source": e.source,
+                        "detail": json.loads(e.detail),
+                        "hash": e.hash,
+                    }
+                    for e in rows
+                ]
+            }
+        )
 
     async def verify_audit(self, request: Request, user: User) -> Response:
         """GET /api/audit/verify: walk the hash chain."""
@@ -653,8 +718,11 @@ class Api:
             Route("/api/schedules", self.route(self.list_schedules)),
             Route("/api/audit", self.route(self.list_audit, ("admin", "auditor"))),
             Route("/api/audit/verify", self.route(self.verify_audit, ("admin", "auditor"))),
-            Route("/api/schedules/{name}/{action}", self.route(self.schedule_action, op),
-                  methods=["POST"]),
+            Route(
+                "/api/schedules/{name}/{action}",
+                self.route(self.schedule_action, op),
+                methods=["POST"],
+            ),
             Route("/api/playbooks", self.route(self.list_playbooks)),
             Route(
                 "/api/playbooks/{file}/run",
@@ -666,7 +734,7 @@ class Api:
 
 def _iso_utc(value: datetime) -> str:
     if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
+        value = value.replace(tzinfo=UTC)
     return value.isoformat()
 
 
@@ -675,7 +743,9 @@ def _file_digests(src: str) -> dict[str, str]:
     root = Path(src)
     files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
     return {
-        (p.relative_to(root).as_posix() if root.is_dir() else p.name): hashlib.sha256(p.read_bytes()).hexdigest()
+        (p.relative_to(root).as_posix() if root.is_dir() else p.name): hashlib.sha256(
+            p.read_bytes()
+        ).hexdigest()
         for p in files
     }
 
@@ -693,12 +763,20 @@ def _schedule_dict(row: Any) -> dict[str, Any]:
         if value is None:
             return None
         if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
+            value = value.replace(tzinfo=UTC)
         return str(value.isoformat())
 
-    return {"name": row.name, "path": row.path, "cron": row.cron, "tz": row.tz,
-            "catch_up": row.catch_up, "enabled": row.enabled, "next_fire": iso(row.next_fire),
-            "last_fire": iso(row.last_fire), "last_job": row.last_job}
+    return {
+        "name": row.name,
+        "path": row.path,
+        "cron": row.cron,
+        "tz": row.tz,
+        "catch_up": row.catch_up,
+        "enabled": row.enabled,
+        "next_fire": iso(row.next_fire),
+        "last_fire": iso(row.last_fire),
+        "last_job": row.last_job,
+    }
 
 
 # -- the server's playbooks directory ------------------------------------------------------------
@@ -744,8 +822,14 @@ def _playbook_files(root: Path) -> list[Path]:
 
 def _playbook_entry(path: Path) -> dict[str, Any]:
     """What the listing says about one file: name, hosts, task count, or its errors."""
-    entry: dict[str, Any] = {"file": path.name, "name": None, "hosts": None, "tasks": None,
-                             "errors": [], "schedule": None}
+    entry: dict[str, Any] = {
+        "file": path.name,
+        "name": None,
+        "hosts": None,
+        "tasks": None,
+        "errors": [],
+        "schedule": None,
+    }
     try:
         book = load_playbook(path)
     except EasyTaskError as exc:
@@ -764,8 +848,13 @@ def _problem(path: Path, exc: EasyTaskError) -> dict[str, Any]:
     col = at.col if at is not None and line is not None else None
     if line is not None:
         where += f":{line}" + (f":{col}" if col is not None else "")
-    return {"line": line, "col": col, "message": exc.message, "text": f"{where}: {exc.message}",
-            "source": at.source_line() if at is not None else None}
+    return {
+        "line": line,
+        "col": col,
+        "message": exc.message,
+        "text": f"{where}: {exc.message}",
+        "source": at.source_line() if at is not None else None,
+    }
 
 
 def _listed_schedule(row: Any, now: datetime) -> dict[str, Any]:
@@ -775,7 +864,7 @@ def _listed_schedule(row: Any, now: datetime) -> dict[str, Any]:
         try:
             tz = ZoneInfo(row.tz)
             nxt = Cron.parse(row.cron).next_after(now.astimezone(tz), tz)
-            data["next_fire"] = nxt.astimezone(timezone.utc).isoformat()
+            data["next_fire"] = nxt.astimezone(UTC).isoformat()
         except (ValueError, KeyError):
             pass  # the scheduler logs what is wrong with it
     return data
@@ -793,7 +882,7 @@ async def playbook_listing(server: Server) -> dict[str, Any]:
     def read() -> list[tuple[dict[str, Any], str]]:
         return [(_playbook_entry(p), str(p.resolve())) for p in _playbook_files(root)]
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     out = []
     for entry, resolved in await asyncio.to_thread(read):
         row = schedules.get(resolved)
@@ -828,10 +917,10 @@ def _parse_time(value: str | None) -> datetime | None:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         seconds = parse_duration(value)
-        return datetime.now(timezone.utc) - _td(seconds)
+        return datetime.now(UTC) - _td(seconds)
     if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
+        return parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
 
 
 def _td(seconds: float) -> timedelta:

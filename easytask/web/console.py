@@ -267,7 +267,9 @@ class Console:
         user = await self.auth.login(name, form.get("password", ""))
         addr = f"console {request.client.host if request.client else '?'}"
         store = self.server.store
-        await store.call(store.audit, name, "login.ok" if user else "login.failed", addr, {"user": name})
+        await store.call(
+            store.audit, name, "login.ok" if user else "login.failed", addr, {"user": name}
+        )
         if user is None:
             log.warning(
                 "console sign-in refused for %r from %s",
