@@ -14,6 +14,7 @@ from typing import Any
 import asyncssh
 
 from easytask.scheduler.jobs import JobEngine, JobOptions
+from easytask.scheduler.output import RunOutput
 from easytask.store.models import Run, RunState, utcnow
 from easytask.transport import executor
 
@@ -78,20 +79,28 @@ async def _remote_sums(conn: Any, paths: list[str]) -> dict[str, str]:
     return sums
 
 
+async def _begin(
+    engine: JobEngine, run: Run, hostvars: dict[str, Any], options: JobOptions, what: str
+) -> tuple[Any, RunOutput, float] | None:
+    """Connect for SFTP and mark the run started; None when the run already ended (unreachable)."""
+    engine.track(run)
+    conn = await engine.file_connection(run, hostvars, options)
+    if conn is None:
+        return None
+    assert run.id is not None
+    out = engine._output(run)
+    await engine._update(run, RunState.RUNNING, "started", what, started_at=utcnow())
+    return conn, out, time.monotonic()
+
+
 async def copy(
     engine: JobEngine, run: Run, hostvars: dict[str, Any], action: Any, options: JobOptions
 ) -> None:
     """Send a file or a directory; files whose destination has the same SHA-256 are skipped."""
-    engine.track(run)
-    conn = await engine.file_connection(run, hostvars, options)
-    if conn is None:
+    begun = await _begin(engine, run, hostvars, options, f"copy to {action.dest}")
+    if begun is None:
         return
-    assert run.id is not None
-    out = engine._output(run)
-    await engine._update(
-        run, RunState.RUNNING, "started", f"copy to {action.dest}", started_at=utcnow()
-    )
-    started = time.monotonic()
+    conn, out, started = begun
     try:
         pairs = await asyncio.to_thread(_pairs, Path(action.src), action.dest)
         if not pairs:
@@ -180,16 +189,10 @@ async def fetch(
     engine: JobEngine, run: Run, hostvars: dict[str, Any], action: FileAction, options: JobOptions
 ) -> None:
     """Bring a remote file back into the server's store dir for this run."""
-    engine.track(run)
-    conn = await engine.file_connection(run, hostvars, options)
-    if conn is None:
+    begun = await _begin(engine, run, hostvars, options, f"fetch {action.dest}")
+    if begun is None:
         return
-    assert run.id is not None
-    out = engine._output(run)
-    await engine._update(
-        run, RunState.RUNNING, "started", f"fetch {action.dest}", started_at=utcnow()
-    )
-    started = time.monotonic()
+    conn, out, started = begun
     target = Path(action.store_dir) / str(run.id) / (Path(action.dest).name or "file")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,49 +1,61 @@
-/* Playbooks page: lists /api/playbooks when the server has it, else says there are none yet. */
+/* Playbooks page: "Run now" (press twice) starts a playbook and opens its job; schedule on/off. */
 (function () {
   "use strict";
   const ET = window.EasyTask;
-  const KEYS = ["name", "file", "path", "hosts", "schedule", "next_run", "last_run", "state"];
 
-  document.addEventListener("DOMContentLoaded", async function () {
-    const box = document.getElementById("playbooks");
-    if (!box) return;
-    let items = [];
-    try {
-      const data = await ET.api("GET", "/api/playbooks");
-      items = Array.isArray(data) ? data : data.playbooks || [];
-    } catch (err) {
-      if (err.status !== 404) {
-        box.replaceChildren();
-        ET.alertText(box, err.message);
+  /* The job id in an answer: `{"job": {...}}` from a playbook run, `{"job": 7}` from a schedule. */
+  function jobId(data) {
+    const job = data && data.job;
+    return job !== null && typeof job === "object" ? job.id : job;
+  }
+
+  function armRun(button) {
+    const label = button.textContent;
+    let armed = null;
+
+    function disarm() {
+      armed = null;
+      button.textContent = label;
+      button.classList.replace("danger", "primary");
+    }
+
+    button.addEventListener("click", async function () {
+      if (!armed) {
+        button.textContent = "Confirm: run now";
+        button.classList.replace("primary", "danger");
+        armed = setTimeout(disarm, 4000);
         return;
       }
-    }
-    if (!items.length) {
-      const p = document.createElement("p");
-      p.className = "empty";
-      p.textContent = "No playbooks yet.";
-      box.replaceChildren(p);
-      return;
-    }
-    const keys = KEYS.filter(function (k) {
-      return items.some(function (it) { return it[k] !== undefined && it[k] !== null; });
+      clearTimeout(armed);
+      disarm();
+      button.disabled = true;
+      button.textContent = "Starting…";
+      try {
+        const data = await ET.api("POST", button.dataset.runUrl);
+        window.location.assign("/jobs/" + encodeURIComponent(jobId(data)));
+      } catch (err) {
+        button.disabled = false;
+        button.textContent = label;
+        ET.alertText(button.parentElement, err.message);
+      }
     });
-    const table = document.createElement("table");
-    table.className = "grid";
-    const head = table.createTHead().insertRow();
-    keys.forEach(function (k) {
-      const th = document.createElement("th");
-      th.textContent = k.replace("_", " ");
-      head.appendChild(th);
+  }
+
+  function toggle(button) {
+    button.addEventListener("click", async function () {
+      button.disabled = true;
+      try {
+        await ET.api("POST", button.dataset.toggleUrl);
+        window.location.reload();
+      } catch (err) {
+        button.disabled = false;
+        ET.alertText(button.parentElement, err.message);
+      }
     });
-    const body = table.createTBody();
-    items.forEach(function (it) {
-      const tr = body.insertRow();
-      keys.forEach(function (k) {
-        const v = it[k];
-        tr.insertCell().textContent = v === undefined || v === null ? "" : typeof v === "object" ? JSON.stringify(v) : String(v);
-      });
-    });
-    box.replaceChildren(table);
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll("#playbooks button[data-run-url]").forEach(armRun);
+    document.querySelectorAll("#playbooks button[data-toggle-url]").forEach(toggle);
   });
 })();
