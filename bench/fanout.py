@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/fanout.py [--sizes 10,100,200,500] [--repeat 3] [--ansible-max 200]
         [--ansible-venv /tmp/easytask-bench-ansible] [--no-ansible] [--no-agentless]
-        [--quick] [--json FILE] [--write] [--keep]
+        [--quick] [--json FILE] [--write] [--wait-idle SECONDS] [--workdir DIR] [--keep]
 
 For each N it measures, from CLI start to exit, with the real CLI as a subprocess:
 - `easytask run sim -a true` on N agents (bench/agentsim.py: one process, N real reverse SSH links);
@@ -651,30 +651,50 @@ def versions(bench: Bench) -> dict[str, str]:
     }
 
 
-def measured_block(rows: Sequence[Row], bench: Bench, argv: Sequence[str]) -> str:
+def record(rows: Sequence[Row], bench: Bench, argv: Sequence[str]) -> dict[str, Any]:
+    """Everything a report needs: the samples and the conditions they were taken in."""
+    return {
+        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "argv": list(argv),
+        "python_shown": _python_shown(),
+        "machine": machine_info(),
+        "versions": versions(bench),
+        "revision": bench.revision,
+        "repeat": bench.args.repeat,
+        "wait_idle": bench.args.wait_idle,
+        "busy_before": bench.busy_before,
+        "busy_during": bench.busy_during,
+        "cli_startup": bench.cli_startup,
+        "rows": [asdict(r) for r in rows],
+    }
+
+
+def measured_block(rec: dict[str, Any]) -> str:
     """The generated part of docs/benchmarks.md."""
-    m = machine_info()
-    v = versions(bench)
-    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    rows = [Row(**r) for r in rec["rows"]]
+    m, v = rec["machine"], rec["versions"]
+    command = [rec.get("python_shown", "python"), "bench/fanout.py", *rec["argv"]]
     lines = [
         BEGIN,
-        f"Measured {when} with:",
+        f"Measured {rec['when']} with:",
         "",
         "```sh",
-        " ".join(shlex.quote(a) for a in [_python_shown(), "bench/fanout.py", *argv]),
+        " ".join(shlex.quote(a) for a in command),
         "```",
         "",
         f"- Machine: {m['cpus']} CPUs ({m['cpu_model']}), {m['memory']} RAM, {m['kernel']}",
-        f"- Software: Python {v['python']}, EasyTask {v['easytask']} (revision {bench.revision}), "
+        f"- Software: Python {v['python']}, EasyTask {v['easytask']} (revision {rec['revision']}), "
         f"asyncssh {v['asyncssh']}, ansible-core {v['ansible-core']}, {v['openssh']}",
         f"- Other work on the machine (it is shared): in the 2 s before each measurement step the "
-        f"CPUs were {_busy_summary(bench.busy_before)} busy (each step waited up to "
-        f"{bench.args.wait_idle:g} s for less than {IDLE_BUSY:g}%); over the whole run they were "
-        f"{_fmt(bench.busy_during, 0)}% busy, the benchmark's own processes included.",
-        f"- Median of {bench.args.repeat} run(s) per figure, in seconds, from CLI start to exit. "
-        f"`easytask --version` alone takes {_fmt(bench.cli_startup)} s.",
+        f"CPUs were {_busy_summary(rec['busy_before'])} busy (each step waited up to "
+        f"{rec['wait_idle']:g} s for less than {IDLE_BUSY:g}%); over the whole run they were "
+        f"{_fmt(rec['busy_during'], 0)}% busy, the benchmark's own processes included.",
+        f"- Median of {rec['repeat']} run(s) per figure, in seconds, from CLI start to exit. "
+        f"`easytask --version` alone takes {_fmt(rec['cli_startup'])} s.",
         "",
         table(rows, markdown=True),
+        "",
+        *(f"- {label}: {meaning}" for _, label, meaning in COLUMNS),
         "",
     ]
     connect = [f"N={r.n}: {r.agents_connect:.1f} s" for r in rows if r.agents_connect is not None]
@@ -715,14 +735,15 @@ subprocess against a real `easytask server`) and compares it with Ansible on the
   Ansible runs from a throwaway venv; sizes above `--ansible-max` (default 200) are skipped.
 
 Run it with `make bench` or `.venv/bin/python bench/fanout.py --write` (rewrites the measured
-section below). `--quick` measures N=10 only, without Ansible.
+section below; the rest of this page is kept). `--quick` measures N=10 only, without Ansible;
+`--json FILE` saves every sample, and `--report FILE --write` renders a saved run again.
 
 """
 
 
-def write_doc(rows: Sequence[Row], bench: Bench, argv: Sequence[str]) -> None:
+def write_doc(rec: dict[str, Any]) -> None:
     """Replace the measured section of docs/benchmarks.md (the rest of the page is kept)."""
-    block = measured_block(rows, bench, argv)
+    block = measured_block(rec)
     text = DOC.read_text() if DOC.exists() else ""
     if BEGIN in text and END in text:
         head, _, rest = text.partition(BEGIN)
@@ -757,6 +778,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="N=10, one run, no Ansible (smoke test)")
     p.add_argument("--json", metavar="FILE", help="also write every sample as JSON")
     p.add_argument("--write", action="store_true", help="write the results into docs/benchmarks.md")
+    p.add_argument(
+        "--report", metavar="FILE", help="measure nothing: report the samples of an earlier --json"
+    )
     p.add_argument("--workdir", help="where the temp dir goes (default /tmp)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, state) afterwards")
     p.add_argument(
@@ -782,10 +806,8 @@ def _terminate(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)  # unwinds through the `finally` that stops every child
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
+def measure_all(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
+    """Run every measurement; every child process and the temp dir are gone when it returns."""
     raise_nofile()
     # Under /tmp by default: a short path keeps Ansible's ControlPath sockets within 108 bytes.
     workdir = Path(args.workdir or "/tmp")
@@ -805,6 +827,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             say(f"kept {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
+    return record(rows, bench, argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    rec = json.loads(Path(args.report).read_text()) if args.report else measure_all(args, argv)
+    rows = [Row(**r) for r in rec["rows"]]
     print(table(rows, markdown=False))
     ratios = ratio_table(rows, markdown=False)
     if ratios:
@@ -813,25 +844,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     for line in verdicts(rows):
         print(line.replace("**", ""))
-    if args.json:
-        Path(args.json).write_text(
-            json.dumps(
-                {
-                    "argv": argv,
-                    "machine": machine_info(),
-                    "versions": versions(bench),
-                    "revision": bench.revision,
-                    "busy_before": bench.busy_before,
-                    "busy_during": bench.busy_during,
-                    "cli_startup": bench.cli_startup,
-                    "rows": [asdict(r) for r in rows],
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+    if args.json and not args.report:
+        Path(args.json).write_text(json.dumps(rec, indent=2) + "\n")
     if args.write:
-        write_doc(rows, bench, argv)
+        write_doc(rec)
     failed = [e for r in rows for e in r.errors]
     return 1 if failed else 0
 
