@@ -274,6 +274,7 @@ def test_run_now_in_the_browser_opens_the_job(
     consoles.append(console)
     page = console.page
     page.click("nav >> text=Playbooks")
+    page.wait_for_url(re.compile(r"/playbooks$"))  # loaded: the page's script is listening
     button = page.locator("tr[data-playbook='hello.yml'] button[data-run-url]")
     button.click()
     assert button.inner_text() == "Confirm: run now"

@@ -181,6 +181,11 @@ class Runner:
         if not spool.exists():
             return False
         pgid = spool.read_int("pgid")
+        deadline = time.monotonic() + max(grace, 1.0)
+        while pgid is None and spool.exit_info() is None and time.monotonic() < deadline:
+            # the supervisor is still starting the command: wait for its group id
+            await asyncio.sleep(0.05)
+            pgid = spool.read_int("pgid")
         if pgid is None or spool.exit_info() is not None:
             return True
         log.info("terminating run %s (group %d)%s", key, pgid, f" for {by}" if by else "")

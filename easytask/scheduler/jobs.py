@@ -486,7 +486,11 @@ class JobEngine:
                         result = await waiter
                 except TimeoutError:
                     execution.close()
-                    result = await waiter
+                    try:
+                        async with asyncio.timeout(10):
+                            result = await waiter
+                    except TimeoutError:  # the far side never closed: stop waiting for it
+                        result = ExecResult(lost=True, error="no answer after terminate")
         finally:
             execution.close()
         return _Outcome(result=result, reason=reason, duration=time.monotonic() - started)
