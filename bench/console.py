@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/console.py [--viewers 50] [--rate 1000] [--seconds 10]
         [--viewer-procs 2] [--lines 1000000] [--runs 100000] [--repeat 5] [--no-browser]
+        [--variants as-is,nodelay] [--skip live,log,history] [--quiet-below 25] [--quiet-wait 90]
         [--quick] [--results FILE] [--json FILE] [--workdir DIR] [--keep]
 
 Everything runs against a real `easytask server` and a real `easytask agent` on loopback:
@@ -15,8 +16,11 @@ Everything runs against a real `easytask server` and a real `easytask agent` on 
   for first, the same in Chromium until the last line is on screen, and searches.
 - history: RUNS runs (in jobs of 5) appended to the store with executemany, with three log
   lines each (indexed for full-text search): `GET /api/runs` and the `/runs` page with filters.
+`--variants as-is,nodelay` measures everything a second time on a server whose HTTP connections
+have TCP_NODELAY (set through a `sitecustomize` on that server's PYTHONPATH; no engine change).
 Figures go to stdout and, as a Markdown page, to --results (bench/results/console.md by
-default; `--quick` writes only when --results is given).
+default, keeping the notes section of the previous file; `--quick` writes only when --results
+is given).
 """
 
 from __future__ import annotations
