@@ -213,7 +213,9 @@ class Server:
         except OSError as exc:
             raise StartError(f"cannot listen for agents on {host}:{port}: {exc}") from exc
         http_host, http_port = split_addr(self.config.http, 8080)
-        sock = socket.socket(socket.AF_INET6 if ":" in http_host else socket.AF_INET)
+        # IPPROTO_TCP explicitly: asyncio then sets TCP_NODELAY on accepted connections
+        family = socket.AF_INET6 if ":" in http_host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((http_host, http_port))
