@@ -893,6 +893,8 @@ async def playbook_listing(server: Server) -> dict[str, Any]:
 
 
 def _sse(event: dict[str, Any]) -> str:
+    if "_sse" in event:  # the run stream's cached encoding rides on shared live events
+        event = {k: v for k, v in event.items() if k != "_sse"}
     return "data: " + json.dumps(event, separators=(",", ":")) + "\n\n"
 
 

@@ -45,6 +45,19 @@ def resume_point(request: Request) -> int:
     return 0
 
 
+BATCH = 2000  # live events sent in one write at most
+
+
+def _encoded_line(item: dict[str, Any]) -> str:
+    """A live line's SSE text, encoded once and shared by every viewer of the run."""
+    text = item.get("_sse")
+    if text is None:
+        data = {k: v for k, v in item.items() if k not in ("host", "_sse")}
+        text = event(data, id=int(item["seq"]))
+        item["_sse"] = text
+    return str(text)
+
+
 def line_event(run_id: int, row: tuple[int, float, str, str, str]) -> str:
     """A stored log line (seq, ts, stream, level, text) as an SSE event whose id is its seq."""
     seq, ts, stream, level, text = row
@@ -114,28 +127,43 @@ async def run_stream(
             if item is None:
                 yield ": keepalive\n\n"
                 continue
-            if item.get("t") == "line":
-                seq = int(item["seq"])
-                if seq <= last:
-                    continue
-                if seq > last + 1:
-                    async for chunk in catch_up(seq - 1):
-                        yield chunk
-                last = seq
-                yield event({k: v for k, v in item.items() if k != "host"}, id=seq)
-            elif item.get("t") == "run":
-                yield event(item)
-                if item.get("state") in RunState.FINAL:
-                    async for chunk in catch_up():
-                        yield chunk
-                    yield event(
-                        {
-                            "t": "end",
-                            "run": run_id,
-                            "state": item["state"],
-                            "exit_code": item.get("exit_code"),
-                        }
-                    )
-                    return
+            # Take whatever else is queued too and send it as one write: under load the batch
+            # grows by itself, so the cost per line stays small however many viewers there are.
+            items = [item]
+            while len(items) < BATCH and not sub.queue.empty():
+                items.append(sub.queue.get_nowait())
+            out: list[str] = []
+            ended = False
+            for item in items:
+                if item.get("t") == "line":
+                    seq = int(item["seq"])
+                    if seq <= last:
+                        continue
+                    if seq > last + 1:
+                        async for chunk in catch_up(seq - 1):
+                            out.append(chunk)
+                    last = seq
+                    out.append(_encoded_line(item))
+                elif item.get("t") == "run":
+                    out.append(event(item))
+                    if item.get("state") in RunState.FINAL:
+                        async for chunk in catch_up():
+                            out.append(chunk)
+                        out.append(
+                            event(
+                                {
+                                    "t": "end",
+                                    "run": run_id,
+                                    "state": item["state"],
+                                    "exit_code": item.get("exit_code"),
+                                }
+                            )
+                        )
+                        ended = True
+                        break
+            if out:
+                yield "".join(out)
+            if ended:
+                return
     finally:
         sub.close()
