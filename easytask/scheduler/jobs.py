@@ -7,7 +7,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC
 from typing import Any
 
 from easytask.errors import ConnectError, UsageError
@@ -16,7 +15,7 @@ from easytask.scheduler.agents import AgentRegistry
 from easytask.scheduler.hub import LiveHub
 from easytask.scheduler.logwriter import LogWriter
 from easytask.scheduler.output import DEFAULT_LIMIT, RunOutput
-from easytask.store.db import Store, dumps
+from easytask.store.db import Store, as_utc
 from easytask.store.models import Job, Run, RunState, utcnow
 from easytask.transport import executor
 from easytask.transport.agentless import SSHPool, SSHTarget, wrap_command
@@ -58,11 +57,6 @@ class _Outcome:
 def run_timeout_text(options: JobOptions) -> str:
     """The timeout as the user gave it, for reasons."""
     return f"{options.timeout_total:g}s" if options.timeout_total else "timeout"
-
-
-def _aware(value: Any) -> Any:
-
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -270,7 +264,7 @@ class JobEngine:
             deadline = (
                 time.monotonic()
                 + options.timeout
-                - max((utcnow() - _aware(begun)).total_seconds(), 0)
+                - max((utcnow() - as_utc(begun)).total_seconds(), 0)
             )
         out: RunOutput | None = None
         while True:
@@ -812,4 +806,4 @@ def _iso(value: Any) -> str | None:
     return value.isoformat()
 
 
-__all__ = ["JobEngine", "JobOptions", "dumps", "job_dict", "run_dict"]
+__all__ = ["JobEngine", "JobOptions", "job_dict", "run_dict"]

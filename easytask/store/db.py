@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from sqlalchemy import event, func, text
 from sqlalchemy.engine import Engine
@@ -37,6 +37,14 @@ T = TypeVar("T")
 
 # One row of the log writer's batch: run_id, seq, ts, stream, level, text.
 LogRow = tuple[int, int, float, str, str, str]
+
+
+@overload
+def as_utc(value: datetime) -> datetime: ...
+
+
+@overload
+def as_utc(value: None) -> None: ...
 
 
 def as_utc(value: datetime | None) -> datetime | None:

@@ -27,11 +27,12 @@ from easytask.cron import Cron
 from easytask.durations import parse_duration
 from easytask.errors import APIError, EasyTaskError
 from easytask.lines import LEVELS
-from easytask.plan_playbook import plan_playbook
+from easytask.plan_playbook import PlaybookPlan, plan_playbook
 from easytask.playbook import PlaybookErrors, load_playbook
 from easytask.scheduler.fileops import FileAction
 from easytask.scheduler.jobs import JobOptions, job_dict, run_dict
 from easytask.scheduler.playbooks import submit_playbook
+from easytask.store.db import as_utc
 from easytask.store.models import AgentState, RunState, User
 
 if TYPE_CHECKING:
@@ -536,6 +537,12 @@ class Api:
         plan = await self.server.plan_playbook_bundle(
             str(data.get("name") or "playbook.yml"), text, files, limit, extra
         )
+        return await self._submit_plan(request, user, plan, {})
+
+    async def _submit_plan(
+        self, request: Request, user: User, plan: PlaybookPlan, extra: dict[str, Any]
+    ) -> Response:
+        """Start a planned playbook and put it on the audit record."""
         job, runs = await submit_playbook(
             self.server.engine,
             plan,
@@ -551,11 +558,12 @@ class Api:
                 "job": job.id,
                 "kind": "playbook",
                 "playbook": plan.name,
+                **extra,
                 "pattern": plan.playbook.hosts,
-                "limit": limit,
+                "limit": plan.limit,
                 "hosts": list(plan.hosts),
-                "extra_vars": sorted(extra),
-                "sha256": hashlib.sha256(text.encode()).hexdigest(),
+                "extra_vars": sorted(plan.extra_vars),
+                "sha256": hashlib.sha256(plan.playbook.text.encode()).hexdigest(),
             },
         )
         return JSONResponse(
@@ -606,32 +614,7 @@ class Api:
         playbook = await asyncio.to_thread(load_playbook, path)
         inventory = await self.server.merged_inventory()
         plan = plan_playbook(playbook, inventory, extra_vars=extra, limit=limit)
-        job, runs = await submit_playbook(
-            self.server.engine,
-            plan,
-            user=user.name,
-            source=self.source(request),
-            pending_timeout=self.server.pending_timeout,
-        )
-        await self.audit(
-            user,
-            "job.submit",
-            request,
-            {
-                "job": job.id,
-                "kind": "playbook",
-                "playbook": plan.name,
-                "file": path.name,
-                "pattern": playbook.hosts,
-                "limit": limit,
-                "hosts": list(plan.hosts),
-                "extra_vars": sorted(extra),
-                "sha256": hashlib.sha256(playbook.text.encode()).hexdigest(),
-            },
-        )
-        return JSONResponse(
-            {"job": job_dict(job), "runs": [run_dict(r) for r in runs]}, status_code=201
-        )
+        return await self._submit_plan(request, user, plan, {"file": path.name})
 
     # -- audit -------------------------------------------------------------------------------
 
@@ -732,10 +715,11 @@ class Api:
         ]
 
 
-def _iso_utc(value: datetime) -> str:
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.isoformat()
+def _iso_utc(value: datetime | None) -> str | None:
+    """A stored time as ISO 8601 in UTC (SQLite gives times back without a zone)."""
+    if value is None:
+        return None
+    return str(as_utc(value).isoformat())
 
 
 def _file_digests(src: str) -> dict[str, str]:
@@ -759,13 +743,7 @@ def safe_relative(path: str) -> str:
 
 
 def _schedule_dict(row: Any) -> dict[str, Any]:
-    def iso(value: Any) -> str | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return str(value.isoformat())
-
+    iso = _iso_utc
     return {
         "name": row.name,
         "path": row.path,
