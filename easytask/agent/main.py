@@ -19,7 +19,7 @@ import asyncssh
 from easytask import __version__
 from easytask.agent import facts
 from easytask.agent.runner import CHUNK, Runner
-from easytask.transport.control import SUBSYSTEM
+from easytask.transport.control import SESSION_OP, SUBSYSTEM
 from easytask.transport.keys import load_or_create_key
 
 log = logging.getLogger("easytask.agent")
@@ -158,27 +158,67 @@ class Agent:
         raw = await process.stdin.readline()
         try:
             req = json.loads(raw or b"{}")
+        except ValueError as exc:
+            req = {"op": None, "bad": str(exc)}
+        if isinstance(req, dict) and req.get("op") == SESSION_OP:
+            await self._control_session(process)
+            return
+        process.stdout.write((json.dumps(await self._answer(req)) + "\n").encode())
+        process.exit(0)
+
+    async def _control_session(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
+        """Answer requests until the server closes the session; replies carry the request id."""
+        pending: set[asyncio.Task[None]] = set()
+
+        async def answer(req: Any) -> None:
+            reply = await self._answer(req)
+            if isinstance(req, dict) and "id" in req:
+                reply["id"] = req["id"]
+            if not process.is_closing():
+                process.stdout.write((json.dumps(reply) + "\n").encode())
+
+        try:
+            async for raw in process.stdin:
+                try:
+                    req = json.loads(raw)
+                except ValueError as exc:
+                    req = {"op": None, "bad": str(exc)}
+                # a cancel waits out its grace period: it must not hold up the requests after it
+                task = asyncio.create_task(answer(req), name="control-request")
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+        except (asyncssh.Error, OSError):
+            pass
+        finally:
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+            if not process.is_closing():
+                process.exit(0)
+
+    async def _answer(self, req: Any) -> dict[str, Any]:
+        try:
+            if not isinstance(req, dict):
+                raise TypeError("a request is a JSON object")
+            if "bad" in req:
+                raise ValueError(req["bad"])
             op = req.get("op")
             if op == "hello":
-                reply = self.hello()
-            elif op == "facts":
-                reply = {"facts": facts.gather(self.runner.running)}
-            elif op == "cancel":
+                return self.hello()
+            if op == "facts":
+                return {"facts": facts.gather(self.runner.running)}
+            if op == "cancel":
                 grace = float(req.get("grace", self.config.grace))
                 found = await self.runner.terminate(str(req["run"]), grace, req.get("by", ""))
-                reply = {"found": found}
-            elif op == "status":
-                reply = self.runner.status(str(req["run"]))
-            elif op == "ack":
-                reply = {"removed": self.runner.ack(str(req["run"]))}
-            elif op == "list":
-                reply = {"runs": {key: self.runner.status(key) for key in self.runner.run_keys()}}
-            else:
-                reply = {"error": f"unknown operation {op!r}"}
+                return {"found": found}
+            if op == "status":
+                return self.runner.status(str(req["run"]))
+            if op == "ack":
+                return {"removed": self.runner.ack(str(req["run"]))}
+            if op == "list":
+                return {"runs": {key: self.runner.status(key) for key in self.runner.run_keys()}}
+            return {"error": f"unknown operation {op!r}"}
         except (ValueError, KeyError, TypeError) as exc:
-            reply = {"error": f"bad request: {exc}"}
-        process.stdout.write((json.dumps(reply) + "\n").encode())
-        process.exit(0)
+            return {"error": f"bad request: {exc}"}
 
     async def _exec(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
         env = dict(process.env)

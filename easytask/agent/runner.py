@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,10 +29,84 @@ class Job:
     """A run whose supervisor this agent process started."""
 
     key: str
-    proc: asyncio.subprocess.Process
+    notify: int  # our end of the spool's FIFO (opened read-write: it never reports EOF)
+    started: float = field(default_factory=time.monotonic)
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     version: int = 0
     done: bool = False
+
+
+class Launcher:
+    """The agent process's launcher (`easytask.agent.launcher`): forks one supervisor per run."""
+
+    def __init__(self) -> None:
+        self.proc: asyncio.subprocess.Process | None = None
+        self.pending: deque[asyncio.Future[int]] = deque()
+        self._reader: asyncio.Task[None] | None = None
+        self._starting = asyncio.Lock()
+
+    async def launch(self, spool_dir: Path) -> int:
+        """Start the supervisor of one spool; its pid."""
+        proc = await self._ensure()
+        assert proc.stdin is not None
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.pending.append(fut)
+        proc.stdin.write(os.fsencode(spool_dir) + b"\n")
+        return await fut
+
+    async def _ensure(self) -> asyncio.subprocess.Process:
+        async with self._starting:
+            if self.proc is None or self.proc.returncode is not None or self._reader is None:
+                self.proc = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "easytask.agent.launcher",
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                )
+                self._reader = asyncio.create_task(self._read(self.proc), name="launcher")
+            return self.proc
+
+    async def _read(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        try:
+            while line := await proc.stdout.readline():
+                verdict, _, rest = line.decode().strip().partition(" ")
+                fut = self.pending.popleft()
+                if fut.done():
+                    continue
+                if verdict == "ok":
+                    fut.set_result(int(rest))
+                else:
+                    fut.set_exception(OSError(rest or "the launcher refused"))
+        finally:
+            self._reader = None
+            while self.pending:
+                fut = self.pending.popleft()
+                if not fut.done():
+                    fut.set_exception(OSError("the agent's launcher process exited"))
+
+    async def close(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            try:
+                async with asyncio.timeout(5):
+                    await self.proc.wait()
+            except TimeoutError:
+                self.proc.kill()
+
+
+_launchers: dict[asyncio.AbstractEventLoop, Launcher] = {}
+
+
+def launcher() -> Launcher:
+    """The launcher of this process (one per event loop, shared by its agents)."""
+    loop = asyncio.get_running_loop()
+    found = _launchers.get(loop)
+    if found is None:
+        found = _launchers[loop] = Launcher()
+    return found
 
 
 class Runner:
@@ -66,38 +141,56 @@ class Runner:
             json.dumps({"command": command, "env": extra_env, "cwd": self.cwd, "cap": self.cap})
         )
         spool.out_path.touch()
-        errlog = open(spool.dir / "supervisor.log", "ab")
+        fifo = spool.dir / "notify"
+        os.mkfifo(fifo, 0o600)
+        notify = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+        job = Job(key=key, notify=notify)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "easytask.agent.supervisor",
-                str(spool.dir),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=errlog,
-                start_new_session=True,
-            )
-        finally:
-            errlog.close()
-        job = Job(key=key, proc=proc)
+            await launcher().launch(spool.dir)
+        except BaseException:
+            os.close(notify)
+            raise
         self.jobs[key] = job
-        task = asyncio.create_task(self._watch(job), name=f"supervisor-{key}")
+        task = asyncio.create_task(self._watch(job, spool), name=f"supervisor-{key}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return job
 
-    async def _watch(self, job: Job) -> None:
-        """Drain the supervisor's mirror pipe; each chunk means new records in the spool."""
-        assert job.proc.stdout is not None
+    async def _watch(self, job: Job, spool: Spool) -> None:
+        """Each poke on the FIFO means new records in the spool; '!' means exit.json is there."""
+        loop = asyncio.get_running_loop()
+        poked = asyncio.Event()
+        loop.add_reader(job.notify, poked.set)
         try:
-            while await job.proc.stdout.read(CHUNK):
+            while True:
+                try:
+                    async with asyncio.timeout(1.0):
+                        await poked.wait()
+                except TimeoutError:
+                    pass
+                poked.clear()
+                try:
+                    data = os.read(job.notify, 65536)
+                except BlockingIOError:
+                    data = b""
                 await self._bump(job)
-            await job.proc.wait()
+                if b"!" in data or spool.exit_info() is not None:
+                    return
+                if not data and not self._supervisor_may_live(job, spool):
+                    return
         finally:
+            loop.remove_reader(job.notify)
+            os.close(job.notify)
             job.done = True
             await self._bump(job)
             self.jobs.pop(job.key, None)
+
+    @staticmethod
+    def _supervisor_may_live(job: Job, spool: Spool) -> bool:
+        if spool.supervisor_alive():
+            return True
+        # a supervisor just forked may not have written super.pid yet
+        return not (spool.dir / "super.pid").exists() and time.monotonic() - job.started < 30
 
     @staticmethod
     async def _bump(job: Job) -> None:
@@ -113,14 +206,14 @@ class Runner:
             while True:
                 job = self.jobs.get(key)
                 seen = job.version if job else 0
-                data = await asyncio.to_thread(fh.read, 1 << 20)
+                data = fh.read(1 << 20)  # page cache: cheaper than a thread hop
                 if data:
                     batch = [rec for rec in reader.feed(data) if rec.seq > after_seq]
                     if batch:
                         yield batch
                     continue
                 if spool.exit_info() is not None:
-                    rest = await asyncio.to_thread(fh.read)
+                    rest = fh.read()
                     batch = (
                         [rec for rec in reader.feed(rest) if rec.seq > after_seq] if rest else []
                     )

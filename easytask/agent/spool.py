@@ -4,7 +4,8 @@ Layout of `STATE/spool/<run-key>/`:
 - `cmd.json`   what to run (command, env, cwd, cap)
 - `out`        records: 8-byte seq, 1-byte stream (1 stdout, 2 stderr), 4-byte length, raw bytes
 - `pgid`       the command's process group id while it runs
-- `super.pid`  the supervisor's pid
+- `super.pid`  the supervisor's pid and start time (`PID START`, clock ticks since boot)
+- `notify`     a FIFO the agent holds open while it follows the run; the supervisor pokes it
 - `exit.json`  written last: exit code or signal, line and byte counts, what the cap dropped
 """
 
@@ -118,21 +119,22 @@ class Spool:
                         yield rec
 
     def supervisor_alive(self) -> bool:
-        pid = self.read_int("super.pid")
-        if pid is None:
+        """Whether the supervisor that wrote `super.pid` (`PID START`) still runs."""
+        try:
+            pid_text, _, start_text = (self.dir / "super.pid").read_text().partition(" ")
+            pid = int(pid_text)
+        except (OSError, ValueError):
             return False
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
             return False
         except PermissionError:
+            pass
+        started = process_start(pid)
+        if not start_text.strip() or not started:
             return True
-        # a pid can be reused: check it is still our supervisor for this spool
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return True
-        return str(self.dir).encode() in cmdline
+        return str(started) == start_text.strip()  # a reused pid has another start time
 
     def remove(self) -> None:
         """Delete the spool (after the server acknowledged everything)."""
@@ -141,3 +143,22 @@ class Spool:
         for child in self.dir.iterdir():
             child.unlink(missing_ok=True)
         self.dir.rmdir()
+
+
+def process_identity(pid: int) -> str:
+    """`PID START` (start time in clock ticks since boot): tells a reused pid from ours."""
+    return f"{pid} {process_start(pid)}"
+
+
+def process_start(pid: int) -> int:
+    """A process's start time from /proc (0 when unknown)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return 0
+    # the command name may hold spaces and parentheses: fields follow the last ')'
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return 0

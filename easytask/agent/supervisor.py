@@ -1,9 +1,11 @@
 """The per-run supervisor: runs one command detached from the agent and spools its output.
 
-`python -m easytask.agent.supervisor SPOOL_DIR` reads `cmd.json`, starts the command in its own
-session, numbers its output lines exactly as the scheduler does (same line rules), appends them to
-`out`, mirrors them to stdout while someone reads it, and writes `exit.json` last.  It outlives the
-agent process, so a job keeps running and keeps its output when the agent or its link goes away.
+The agent's launcher (`easytask.agent.launcher`) forks one per run; `python -m
+easytask.agent.supervisor SPOOL_DIR` does the same from a fresh interpreter.  It reads `cmd.json`,
+starts the command in its own session, numbers its output lines exactly as the scheduler does (same
+line rules), appends them to `out`, pokes the `notify` FIFO (when the agent holds it open) after
+each write, and writes `exit.json` last.  It outlives the agent process, so a job keeps running and
+keeps its output when the agent or its link goes away.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from easytask.agent.spool import Record, Spool
+from easytask.agent.spool import Record, Spool, process_identity
 from easytask.lines import MAX_LINE_BYTES
 
 CHUNK = 65536
@@ -68,15 +70,14 @@ def supervise(spool_dir: Path) -> int:
     spec = json.loads((spool_dir / "cmd.json").read_text())
     spool = Spool(spool_dir.parent, spool_dir.name)
     cap = int(spec.get("cap") or 0)
-    (spool_dir / "super.pid").write_text(str(os.getpid()))
+    (spool_dir / "super.pid").write_text(process_identity(os.getpid()))
     env = dict(os.environ)
     env.update(spec.get("env") or {})
     cwd = spec.get("cwd") or os.path.expanduser("~")
     if not os.path.isdir(cwd):
         cwd = "/"
     out_fh = open(spool.out_path, "ab", buffering=0)
-    mirror = sys.stdout.buffer
-    mirror_ok = True
+    notify = _Notifier(spool_dir / "notify")
     seq = 0
     stored = 0
     dropped_bytes = 0
@@ -84,7 +85,7 @@ def supervise(spool_dir: Path) -> int:
     total_bytes = 0
 
     def emit(stream: str, items: list[bytes]) -> None:
-        nonlocal seq, stored, dropped_bytes, dropped_lines, mirror_ok
+        nonlocal seq, stored, dropped_bytes, dropped_lines
         blob = bytearray()
         for data in items:
             if cap and stored + len(data) > cap:
@@ -97,12 +98,7 @@ def supervise(spool_dir: Path) -> int:
         if not blob:
             return
         out_fh.write(blob)
-        if mirror_ok:
-            try:
-                mirror.write(blob)
-                mirror.flush()
-            except (BrokenPipeError, OSError):
-                mirror_ok = False
+        notify.poke()
 
     try:
         proc = subprocess.Popen(
@@ -126,6 +122,7 @@ def supervise(spool_dir: Path) -> int:
                 "dropped_lines": 0,
             }
         )
+        notify.close()
         return 0
     (spool_dir / "pgid").write_text(str(proc.pid))
     assert proc.stdout is not None and proc.stderr is not None
@@ -171,14 +168,52 @@ def supervise(spool_dir: Path) -> int:
             "dropped_lines": dropped_lines,
         }
     )
+    notify.close()
     return 0
 
 
-def main() -> int:
+class _Notifier:
+    """Pokes the agent through the spool's FIFO; silent when nobody holds it open."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd: int | None = None
+        try:
+            self.fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:  # no FIFO, or no reader (the agent is gone): the agent polls instead
+            self.fd = None
+
+    def poke(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.write(self.fd, b".")
+        except BlockingIOError:
+            pass  # the pipe is full of pokes the agent has not read yet: one more adds nothing
+        except OSError:
+            self.close()
+
+    def close(self) -> None:
+        """A last poke (exit.json is written), then let go of the FIFO."""
+        fd, self.fd = self.fd, None
+        if fd is None:
+            return
+        try:
+            os.write(fd, b"!")
+        except OSError:
+            pass
+        os.close(fd)
+
+
+def main_in(spool_dir: Path) -> int:
+    """Supervise one run in this process (a fresh interpreter or a child of the launcher)."""
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    return supervise(Path(sys.argv[1]))
+    return supervise(spool_dir)
+
+
+def main() -> int:
+    return main_in(Path(sys.argv[1]))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from easytask.scheduler.agents import AgentRegistry
 from easytask.scheduler.hub import LiveHub
 from easytask.scheduler.logwriter import LogWriter
 from easytask.scheduler.output import DEFAULT_LIMIT, RunOutput
+from easytask.scheduler.runstate import RunStateWriter
 from easytask.store.db import Store, as_utc
 from easytask.store.models import Job, Run, RunState, utcnow
 from easytask.transport import executor
@@ -89,10 +90,11 @@ class JobEngine:
         self.known_hosts = known_hosts
         self.reattach_timeout = reattach_timeout
         self.output_limit: int | None = DEFAULT_LIMIT
+        self.run_state = RunStateWriter(store)
         self._live: dict[int, _Live] = {}
         self._jobs: dict[int, asyncio.Task[None]] = {}
         self._connect_limit = asyncio.Semaphore(64)
-        self._pending_resumes: set[asyncio.Task[None]] = set()
+        self._background_tasks: set[asyncio.Task[None]] = set()
         self._running_jobs: set[int] = set()  # jobs already marked running
 
     # -- submission -------------------------------------------------------------------------
@@ -348,12 +350,21 @@ class JobEngine:
             except Exception:
                 pass
             await self._conclude(run, outcome, out, stats)
-            await self.writer.flush()
-            try:
-                await link.request("ack", run=key)
-            except Exception as exc:
-                log.info("run %s: could not acknowledge spool on %s: %s", run.id, run.host, exc)
+            self._background(self._acknowledge(run, link, key), f"ack-{key}")
             return
+
+    async def _acknowledge(self, run: Run, link: Any, key: str) -> None:
+        """Let the agent delete the run's spool once every line is stored."""
+        try:
+            await self.writer.flush()
+            await link.request("ack", run=key)
+        except Exception as exc:
+            log.info("run %s: could not acknowledge spool on %s: %s", run.id, run.host, exc)
+
+    def _background(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._background_tasks.add(task)
+        task.add_done_callback(self._background_tasks.discard)
 
     def _output(self, run: Run, first_seq: int = 1, stored: int = 0) -> RunOutput:
         assert run.id is not None
@@ -439,9 +450,9 @@ class JobEngine:
                 if chan is not None:
                     paused[0] = True
                     chan.pause_reading()
-                    waiter = asyncio.create_task(self._resume_when_drained(execution, paused))
-                    self._pending_resumes.add(waiter)
-                    waiter.add_done_callback(self._pending_resumes.discard)
+                    self._background(
+                        self._resume_when_drained(execution, paused), f"resume-{run.id}"
+                    )
 
         started = time.monotonic()
         try:
@@ -606,13 +617,11 @@ class JobEngine:
 
     async def _event(self, run: Run, kind: str, detail: str) -> None:
         assert run.id is not None
-        await self.store.call(self.store.update_run, run.id, kind, detail)
+        await self.run_state.change(run.id, kind, detail)
 
     async def _update(self, run: Run, state: str, event: str, detail: str, **fields: Any) -> None:
         assert run.id is not None
-        fresh = await self.store.call(
-            self.store.update_run, run.id, event, detail, state=state, **fields
-        )
+        fresh = await self.run_state.change(run.id, event, detail, state=state, **fields)
         run.state = fresh.state
         if state == RunState.RUNNING and run.job_id not in self._running_jobs:
             self._running_jobs.add(run.job_id)
@@ -655,7 +664,7 @@ class JobEngine:
                     truncated=True, dropped_lines=out.dropped_lines, dropped_bytes=out.dropped_bytes
                 )
         detail = state + (f": {reason}" if reason else "")
-        await self.store.call(self.store.update_run, run.id, "finished", detail, **fields)
+        await self.run_state.change(run.id, "finished", detail, **fields)
         run.state = state
         run.exit_code = exit_code
         self._publish_run(
@@ -740,6 +749,10 @@ class JobEngine:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._background_tasks:  # acknowledgements on their way: a moment to arrive
+            _, late = await asyncio.wait(set(self._background_tasks), timeout=2)
+            for task in late:
+                task.cancel()
 
 
 def _agent_terminator(link: Any, key: str, live: _Live) -> Callable[[float], Any]:

@@ -8,6 +8,8 @@ import json
 import secrets
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar, overload
@@ -37,6 +39,16 @@ T = TypeVar("T")
 
 # One row of the log writer's batch: run_id, seq, ts, stream, level, text.
 LogRow = tuple[int, int, float, str, str, str]
+
+
+@dataclass(slots=True)
+class RunChange:
+    """New values for some of a run's fields, and the timeline event that says why."""
+
+    run_id: int
+    event: str | None = None
+    detail: str = ""
+    fields: dict[str, Any] = dataclass_field(default_factory=dict)
 
 
 @overload
@@ -447,18 +459,30 @@ class Store:
         self, run_id: int, event: str | None = None, detail: str = "", **fields: Any
     ) -> Run:
         """Change a run's fields and add a timeline event, in one transaction."""
+        result = self.update_runs([RunChange(run_id, event, detail, fields)])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def update_runs(self, changes: Sequence[RunChange]) -> list[Run | KeyError]:
+        """Apply run changes in order, all in one transaction (a missing run: its KeyError)."""
+        results: list[Run | KeyError] = []
         with self.session() as s:
-            run = s.get(Run, run_id)
-            if run is None:
-                raise KeyError(run_id)
-            for key, value in fields.items():
-                setattr(run, key, value)
-            s.add(run)
-            if event:
-                s.add(RunEvent(run_id=run_id, kind=event, detail=detail))
+            ids = {change.run_id for change in changes}
+            runs = {run.id: run for run in s.exec(select(Run).where(col(Run.id).in_(ids)))}
+            for change in changes:
+                run = runs.get(change.run_id)
+                if run is None:
+                    results.append(KeyError(change.run_id))
+                    continue
+                for key, value in change.fields.items():
+                    setattr(run, key, value)
+                s.add(run)
+                if change.event:
+                    s.add(RunEvent(run_id=change.run_id, kind=change.event, detail=change.detail))
+                results.append(run)
             s.commit()
-            s.refresh(run)
-            return run
+        return results
 
     def mark_job_running(self, job_id: int) -> None:
         """A queued job becomes running when its first run starts."""

@@ -60,10 +60,11 @@ class AgentLink:
         self.addr = addr
         self.trusted = trusted
         self.admitted = False
+        self.control = control.ControlChannel(conn)
 
     async def request(self, op: str, **args: Any) -> dict[str, Any]:
-        """Send a control request to the agent."""
-        return await control.request(self.conn, op, **args)
+        """Send a control request to the agent (over the link's long-lived control session)."""
+        return await self.control.request(op, **args)
 
     def close(self) -> None:
         """Close the link."""
@@ -160,7 +161,7 @@ class AgentListener:
         )
         client.link = link
         try:
-            hello = await link.request("hello")
+            hello = await control.request(conn, "hello")
             if client.name is None or hello.get("name") != client.name:
                 log.warning(
                     "agent at %s: name in hello %r does not match %r; closing",

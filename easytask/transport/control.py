@@ -1,4 +1,10 @@
-"""The agent's control channel: one JSON request and one JSON reply on the `easytask` subsystem."""
+"""The agent's control channel: JSON requests and replies on the `easytask` subsystem.
+
+`request` opens a session for one request and one reply (the hello, before an agent is
+admitted).  `ControlChannel` keeps one session open per link and sends many requests over it,
+each with an `id` its reply carries back, so status checks, acknowledgements and cancels cost one
+message each way instead of a channel open and close.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from typing import Any
 import asyncssh
 
 SUBSYSTEM = "easytask"
+SESSION_OP = "session"  # the first line of a long-lived control session
 
 
 async def request(
@@ -25,7 +32,70 @@ async def request(
             proc.close()
     if not line:
         raise ConnectionError(f"agent gave no answer to {op!r}")
-    reply: dict[str, Any] = json.loads(line)
+    return _checked(op, json.loads(line))
+
+
+def _checked(op: str, reply: dict[str, Any]) -> dict[str, Any]:
     if "error" in reply:
         raise RuntimeError(f"agent refused {op!r}: {reply['error']}")
     return reply
+
+
+class ControlChannel:
+    """Many requests over one control session of a connection; opened on first use."""
+
+    def __init__(self, conn: asyncssh.SSHClientConnection) -> None:
+        self.conn = conn
+        self._proc: asyncssh.SSHClientProcess[str] | None = None
+        self._opening = asyncio.Lock()
+        self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._next_id = 0
+        self._reader: asyncio.Task[None] | None = None
+
+    async def request(self, op: str, timeout: float = 15.0, **args: Any) -> dict[str, Any]:
+        """Send one request and wait for its reply."""
+        self._next_id += 1
+        rid = self._next_id
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[rid] = fut
+        try:
+            async with asyncio.timeout(timeout):
+                proc = await self._open()
+                proc.stdin.write(json.dumps({"id": rid, "op": op, **args}) + "\n")
+                reply = await fut
+        finally:
+            self._waiting.pop(rid, None)
+        return _checked(op, reply)
+
+    async def _open(self) -> asyncssh.SSHClientProcess[str]:
+        async with self._opening:
+            if self._proc is None:
+                proc = await self.conn.create_process(subsystem=SUBSYSTEM, encoding="utf-8")
+                proc.stdin.write(json.dumps({"op": SESSION_OP}) + "\n")
+                self._proc = proc
+                self._reader = asyncio.create_task(self._read(proc), name="control-reader")
+            return self._proc
+
+    async def _read(self, proc: asyncssh.SSHClientProcess[str]) -> None:
+        try:
+            async for line in proc.stdout:
+                try:
+                    reply = json.loads(line)
+                    fut = self._waiting.get(int(reply.pop("id")))
+                except (ValueError, KeyError, TypeError):
+                    continue
+                if fut is not None and not fut.done():
+                    fut.set_result(reply)
+        except (asyncssh.Error, OSError):
+            pass
+        finally:
+            if self._proc is proc:
+                self._proc = None
+            proc.close()
+            for fut in self._waiting.values():
+                if not fut.done():
+                    fut.set_exception(ConnectionError("the agent's control session closed"))
+
+    def close(self) -> None:
+        if self._proc is not None:
+            self._proc.close()

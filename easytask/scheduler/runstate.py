@@ -1,0 +1,56 @@
+"""Run-state changes from every run in flight, written in one transaction per wake-up."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from easytask.store.db import RunChange, Store
+from easytask.store.models import Run
+
+
+class RunStateWriter:
+    """Queues run changes; one task writes all that queued up meanwhile, in order.
+
+    A fan-out to hundreds of hosts changes each run's state three times within a second or two;
+    one transaction per change would keep the database thread busy for most of that time.
+    Callers still wait for their change to be stored before they go on.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._queue: list[tuple[RunChange, asyncio.Future[Run]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def change(
+        self, run_id: int, event: str | None = None, detail: str = "", **fields: Any
+    ) -> Run:
+        """Store a change of one run (after every change queued before it); the stored run."""
+        fut: asyncio.Future[Run] = asyncio.get_running_loop().create_future()
+        self._queue.append((RunChange(run_id, event, detail, fields), fut))
+        if self._task is None:
+            self._task = asyncio.create_task(self._drain(), name="run-state-writer")
+        return await fut
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                try:
+                    results = await self.store.call(
+                        self.store.update_runs, [change for change, _ in batch]
+                    )
+                except Exception as exc:
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    continue
+                for (_, fut), result in zip(batch, results, strict=True):
+                    if fut.done():
+                        continue
+                    if isinstance(result, Exception):
+                        fut.set_exception(result)
+                    else:
+                        fut.set_result(result)
+        finally:
+            self._task = None
