@@ -36,17 +36,18 @@ class Job:
     done: bool = False
 
 
-class Launcher:
-    """The agent process's launcher (`easytask.agent.launcher`): forks one supervisor per run."""
+class SupervisorProcess:
+    """The agent process's supervisor (`easytask.agent.supervisor`), started on first use."""
 
-    def __init__(self) -> None:
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
         self.proc: asyncio.subprocess.Process | None = None
         self.pending: deque[asyncio.Future[int]] = deque()
         self._reader: asyncio.Task[None] | None = None
         self._starting = asyncio.Lock()
 
-    async def launch(self, spool_dir: Path) -> int:
-        """Start the supervisor of one spool; its pid."""
+    async def start_run(self, spool_dir: Path) -> int:
+        """Have the supervisor start the command of one spool; the command's process group."""
         proc = await self._ensure()
         assert proc.stdin is not None
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -57,14 +58,17 @@ class Launcher:
     async def _ensure(self) -> asyncio.subprocess.Process:
         async with self._starting:
             if self.proc is None or self.proc.returncode is not None or self._reader is None:
-                self.proc = await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-m",
-                    "easytask.agent.launcher",
-                    stdin=asyncio.subprocess.PIPE,
-                    stdout=asyncio.subprocess.PIPE,
-                )
-                self._reader = asyncio.create_task(self._read(self.proc), name="launcher")
+                with open(self.log_path, "ab") as errlog:
+                    self.proc = await asyncio.create_subprocess_exec(
+                        sys.executable,
+                        "-m",
+                        "easytask.agent.supervisor",
+                        stdin=asyncio.subprocess.PIPE,
+                        stdout=asyncio.subprocess.PIPE,
+                        stderr=errlog,
+                        start_new_session=True,  # outlives the agent; no signals meant for it
+                    )
+                self._reader = asyncio.create_task(self._read(self.proc), name="supervisor")
             return self.proc
 
     async def _read(self, proc: asyncio.subprocess.Process) -> None:
@@ -78,34 +82,24 @@ class Launcher:
                 if verdict == "ok":
                     fut.set_result(int(rest))
                 else:
-                    fut.set_exception(OSError(rest or "the launcher refused"))
+                    fut.set_exception(OSError(rest or "the supervisor refused"))
         finally:
             self._reader = None
             while self.pending:
                 fut = self.pending.popleft()
                 if not fut.done():
-                    fut.set_exception(OSError("the agent's launcher process exited"))
-
-    async def close(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            assert self.proc.stdin is not None
-            self.proc.stdin.close()
-            try:
-                async with asyncio.timeout(5):
-                    await self.proc.wait()
-            except TimeoutError:
-                self.proc.kill()
+                    fut.set_exception(OSError("the agent's supervisor process exited"))
 
 
-_launchers: dict[asyncio.AbstractEventLoop, Launcher] = {}
+_supervisors: dict[asyncio.AbstractEventLoop, SupervisorProcess] = {}
 
 
-def launcher() -> Launcher:
-    """The launcher of this process (one per event loop, shared by its agents)."""
+def supervisor_process(log_path: Path) -> SupervisorProcess:
+    """The supervisor of this process (one per event loop, shared by its agents)."""
     loop = asyncio.get_running_loop()
-    found = _launchers.get(loop)
+    found = _supervisors.get(loop)
     if found is None:
-        found = _launchers[loop] = Launcher()
+        found = _supervisors[loop] = SupervisorProcess(log_path)
     return found
 
 
@@ -146,7 +140,7 @@ class Runner:
         notify = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
         job = Job(key=key, notify=notify)
         try:
-            await launcher().launch(spool.dir)
+            await supervisor_process(self.root.parent / "supervisor.log").start_run(spool.dir)
         except BaseException:
             os.close(notify)
             raise
@@ -189,7 +183,7 @@ class Runner:
     def _supervisor_may_live(job: Job, spool: Spool) -> bool:
         if spool.supervisor_alive():
             return True
-        # a supervisor just forked may not have written super.pid yet
+        # the supervisor writes super.pid when it starts the command
         return not (spool.dir / "super.pid").exists() and time.monotonic() - job.started < 30
 
     @staticmethod

@@ -1,11 +1,15 @@
-"""The per-run supervisor: runs one command detached from the agent and spools its output.
+"""The agent's supervisor: one long-lived process that runs every command detached from the agent.
 
-The agent's launcher (`easytask.agent.launcher`) forks one per run; `python -m
-easytask.agent.supervisor SPOOL_DIR` does the same from a fresh interpreter.  It reads `cmd.json`,
-starts the command in its own session, numbers its output lines exactly as the scheduler does (same
-line rules), appends them to `out`, pokes the `notify` FIFO (when the agent holds it open) after
-each write, and writes `exit.json` last.  It outlives the agent process, so a job keeps running and
-keeps its output when the agent or its link goes away.
+The agent starts `python -m easytask.agent.supervisor` once (in its own session) and writes one
+spool directory per line to its stdin; the supervisor answers `ok PGID` or `error TEXT` per line,
+in order.  For each spool it reads `cmd.json`, starts the command in its own session, numbers its
+output lines exactly as the scheduler does (same line rules), appends them to `out`, pokes the
+`notify` FIFO (when the agent holds it open) after each write, and writes `exit.json` last.
+
+It outlives the agent process: when its stdin closes (the agent stopped or died) it takes no new
+runs but sees the ones it has to their end, so a job keeps running and keeps its output when the
+agent or its link goes away; the next agent process starts a supervisor of its own for new runs.
+One process for all runs costs a fork and exec of the shell per run, instead of an interpreter.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ import selectors
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from easytask.agent.spool import Record, Spool, process_identity
 from easytask.lines import MAX_LINE_BYTES
@@ -65,110 +71,200 @@ class _Splitter:
         return [data]
 
 
-def supervise(spool_dir: Path) -> int:
-    """Run the command described in spool_dir/cmd.json to the end; return 0."""
-    spec = json.loads((spool_dir / "cmd.json").read_text())
-    spool = Spool(spool_dir.parent, spool_dir.name)
-    cap = int(spec.get("cap") or 0)
-    (spool_dir / "super.pid").write_text(process_identity(os.getpid()))
-    env = dict(os.environ)
-    env.update(spec.get("env") or {})
-    cwd = spec.get("cwd") or os.path.expanduser("~")
-    if not os.path.isdir(cwd):
-        cwd = "/"
-    out_fh = open(spool.out_path, "ab", buffering=0)
-    notify = _Notifier(spool_dir / "notify")
-    seq = 0
-    stored = 0
-    dropped_bytes = 0
-    dropped_lines = 0
-    total_bytes = 0
+@dataclass
+class _Run:
+    """One command in flight and its spool."""
 
-    def emit(stream: str, items: list[bytes]) -> None:
-        nonlocal seq, stored, dropped_bytes, dropped_lines
+    spool: Spool
+    proc: subprocess.Popen[bytes]
+    out: Any  # the spool's `out`, opened for appending
+    notify: _Notifier
+    cap: int
+    splitters: dict[str, _Splitter] = field(
+        default_factory=lambda: {"stdout": _Splitter("stdout"), "stderr": _Splitter("stderr")}
+    )
+    open_streams: int = 2
+    seq: int = 0
+    stored: int = 0
+    total_bytes: int = 0
+    dropped_bytes: int = 0
+    dropped_lines: int = 0
+
+    def emit(self, stream: str, items: list[bytes]) -> None:
+        """Number lines and append them to the spool (past the cap they are only counted)."""
         blob = bytearray()
         for data in items:
-            if cap and stored + len(data) > cap:
-                dropped_bytes += len(data)
-                dropped_lines += 1
+            if self.cap and self.stored + len(data) > self.cap:
+                self.dropped_bytes += len(data)
+                self.dropped_lines += 1
                 continue
-            seq += 1
-            stored += len(data)
-            blob += Record(seq, stream, data).encode()
-        if not blob:
-            return
-        out_fh.write(blob)
-        notify.poke()
+            self.seq += 1
+            self.stored += len(data)
+            blob += Record(self.seq, stream, data).encode()
+        if blob:
+            self.out.write(blob)
+            self.notify.poke()
 
-    try:
-        proc = subprocess.Popen(
-            [spec.get("shell") or "/bin/sh", "-c", spec["command"]],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-            cwd=cwd,
-            env=env,
-        )
-    except OSError as exc:
-        emit("stderr", [f"easytask agent: cannot start command: {exc}\n".encode()])
-        spool.write_exit(
-            {
-                "exit_code": 127,
-                "signal": None,
-                "lines": seq,
-                "bytes": 0,
-                "dropped_bytes": 0,
-                "dropped_lines": 0,
-            }
-        )
-        notify.close()
-        return 0
-    (spool_dir / "pgid").write_text(str(proc.pid))
-    assert proc.stdout is not None and proc.stderr is not None
-    splitters = {"stdout": _Splitter("stdout"), "stderr": _Splitter("stderr")}
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ, "stdout")
-    sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
-    open_streams = 2
-    while open_streams:
-        for key, _ in sel.select():
-            stream = key.data
-            data = os.read(key.fd, CHUNK)
-            if not data:
-                sel.unregister(key.fileobj)
-                open_streams -= 1
-                continue
-            total_bytes += len(data)
-            lines = splitters[stream].feed(data)
-            if lines:
-                emit(stream, lines)
-    # partial last lines come last, stdout first: the scheduler numbers them the same way
-    for stream in ("stdout", "stderr"):
-        tail = splitters[stream].tail()
-        if tail:
-            emit(stream, tail)
-    rc = proc.wait()
-    out_fh.close()
-    sig = None
-    code: int | None = rc
-    if rc < 0:
-        try:
-            sig = signal.Signals(-rc).name.removeprefix("SIG")
-        except ValueError:
-            sig = str(-rc)
-        code = None
-    spool.write_exit(
-        {
+    def exit_record(self, rc: int) -> dict[str, Any]:
+        sig = None
+        code: int | None = rc
+        if rc < 0:
+            try:
+                sig = signal.Signals(-rc).name.removeprefix("SIG")
+            except ValueError:
+                sig = str(-rc)
+            code = None
+        return {
             "exit_code": code,
             "signal": sig,
-            "lines": seq,
-            "bytes": total_bytes,
-            "dropped_bytes": dropped_bytes,
-            "dropped_lines": dropped_lines,
+            "lines": self.seq,
+            "bytes": self.total_bytes,
+            "dropped_bytes": self.dropped_bytes,
+            "dropped_lines": self.dropped_lines,
         }
-    )
-    notify.close()
+
+
+class Supervisor:
+    """Starts commands and follows all of them from one selector loop."""
+
+    def __init__(self) -> None:
+        self.sel = selectors.DefaultSelector()
+        self.identity = process_identity(os.getpid())
+        self.draining: list[_Run] = []  # output closed, process not reaped yet
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.draining) or any(
+            isinstance(key.data, tuple) for key in self.sel.get_map().values()
+        )
+
+    def start(self, spool_dir: Path) -> int:
+        """Start the command of one spool; the command's process group id (0 if it failed)."""
+        spec = json.loads((spool_dir / "cmd.json").read_text())
+        spool = Spool(spool_dir.parent, spool_dir.name)
+        (spool_dir / "super.pid").write_text(self.identity)
+        env = dict(os.environ)
+        env.update(spec.get("env") or {})
+        cwd = spec.get("cwd") or os.path.expanduser("~")
+        if not os.path.isdir(cwd):
+            cwd = "/"
+        out = open(spool.out_path, "ab", buffering=0)
+        notify = _Notifier(spool_dir / "notify")
+        try:
+            proc = subprocess.Popen(
+                [spec.get("shell") or "/bin/sh", "-c", spec["command"]],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                cwd=cwd,
+                env=env,
+                close_fds=False,  # every descriptor we open is non-inheritable already
+            )
+        except OSError as exc:
+            text = f"easytask agent: cannot start command: {exc}\n".encode()
+            out.write(Record(1, "stderr", text).encode())
+            out.close()
+            spool.write_exit(
+                {
+                    "exit_code": 127,
+                    "signal": None,
+                    "lines": 1,
+                    "bytes": 0,
+                    "dropped_bytes": 0,
+                    "dropped_lines": 0,
+                }
+            )
+            notify.close()
+            return 0
+        (spool_dir / "pgid").write_text(str(proc.pid))
+        run = _Run(spool, proc, out, notify, int(spec.get("cap") or 0))
+        assert proc.stdout is not None and proc.stderr is not None
+        self.sel.register(proc.stdout, selectors.EVENT_READ, (run, "stdout"))
+        self.sel.register(proc.stderr, selectors.EVENT_READ, (run, "stderr"))
+        return proc.pid
+
+    def readable(self, run: _Run, stream: str, fileobj: Any) -> None:
+        data = os.read(fileobj.fileno(), CHUNK)
+        if not data:
+            self.sel.unregister(fileobj)
+            fileobj.close()
+            run.open_streams -= 1
+            if not run.open_streams:
+                # partial last lines come last, stdout first: the scheduler numbers them alike
+                for name in ("stdout", "stderr"):
+                    tail = run.splitters[name].tail()
+                    if tail:
+                        run.emit(name, tail)
+                self.draining.append(run)
+                self.reap()
+            return
+        run.total_bytes += len(data)
+        lines = run.splitters[stream].feed(data)
+        if lines:
+            run.emit(stream, lines)
+
+    def reap(self) -> None:
+        """Finish runs whose output is closed and whose process has exited."""
+        still: list[_Run] = []
+        for run in self.draining:
+            rc = run.proc.poll()
+            if rc is None:
+                still.append(run)
+                continue
+            run.out.close()
+            run.spool.write_exit(run.exit_record(rc))
+            run.notify.close()
+        self.draining = still
+
+
+def serve(stdin_fd: int = 0, stdout_fd: int = 1) -> int:
+    """Start runs named on stdin until it closes, then see the last of them to their end."""
+    # its own session: no terminal signals reach it (commands get the default dispositions)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # the wakeup fd does the work
+    sup = Supervisor()
+    sup.sel.register(wake_r, selectors.EVENT_READ, "wake")
+    sup.sel.register(stdin_fd, selectors.EVENT_READ, "in")
+    taking = True
+    buf = b""
+    while taking or sup.busy:
+        # a command that closed its output but has not exited yet is checked every second
+        for key, _ in sup.sel.select(timeout=1.0 if sup.draining else None):
+            if key.data == "wake":
+                try:
+                    os.read(wake_r, 4096)
+                except BlockingIOError:
+                    pass
+            elif key.data == "in":
+                data = os.read(stdin_fd, CHUNK)
+                if not data:
+                    sup.sel.unregister(stdin_fd)
+                    taking = False
+                    continue
+                buf += data
+                *lines, buf = buf.split(b"\n")
+                replies = []
+                for raw in lines:
+                    try:
+                        replies.append(f"ok {sup.start(Path(os.fsdecode(raw)))}\n")
+                    except Exception as exc:  # one bad spool must not stop the others
+                        replies.append("error " + str(exc).replace("\n", " ") + "\n")
+                try:
+                    os.write(stdout_fd, "".join(replies).encode())
+                except OSError:
+                    pass
+            else:
+                run, stream = key.data
+                try:
+                    sup.readable(run, stream, key.fileobj)
+                except OSError as exc:
+                    print(f"easytask supervisor: {run.spool.key}: {exc}", file=sys.stderr)
+        sup.reap()
     return 0
 
 
@@ -204,17 +300,5 @@ class _Notifier:
         os.close(fd)
 
 
-def main_in(spool_dir: Path) -> int:
-    """Supervise one run in this process (a fresh interpreter or a child of the launcher)."""
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    return supervise(spool_dir)
-
-
-def main() -> int:
-    return main_in(Path(sys.argv[1]))
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(serve())

@@ -621,8 +621,8 @@ class JobEngine:
 
     async def _update(self, run: Run, state: str, event: str, detail: str, **fields: Any) -> None:
         assert run.id is not None
-        fresh = await self.run_state.change(run.id, event, detail, state=state, **fields)
-        run.state = fresh.state
+        await self.run_state.change(run.id, event, detail, state=state, **fields)
+        run.state = state
         if state == RunState.RUNNING and run.job_id not in self._running_jobs:
             self._running_jobs.add(run.job_id)
             await self.store.call(self.store.mark_job_running, run.job_id)

@@ -6,7 +6,6 @@ import asyncio
 from typing import Any
 
 from easytask.store.db import RunChange, Store
-from easytask.store.models import Run
 
 
 class RunStateWriter:
@@ -19,14 +18,14 @@ class RunStateWriter:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._queue: list[tuple[RunChange, asyncio.Future[Run]]] = []
+        self._queue: list[tuple[RunChange, asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
 
     async def change(
         self, run_id: int, event: str | None = None, detail: str = "", **fields: Any
-    ) -> Run:
-        """Store a change of one run (after every change queued before it); the stored run."""
-        fut: asyncio.Future[Run] = asyncio.get_running_loop().create_future()
+    ) -> None:
+        """Store a change of one run, after every change queued before it (KeyError: no run)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append((RunChange(run_id, event, detail, fields), fut))
         if self._task is None:
             self._task = asyncio.create_task(self._drain(), name="run-state-writer")
@@ -48,9 +47,9 @@ class RunStateWriter:
                 for (_, fut), result in zip(batch, results, strict=True):
                     if fut.done():
                         continue
-                    if isinstance(result, Exception):
-                        fut.set_exception(result)
+                    if result is None:
+                        fut.set_result(None)
                     else:
-                        fut.set_result(result)
+                        fut.set_exception(result)
         finally:
             self._task = None

@@ -459,29 +459,44 @@ class Store:
         self, run_id: int, event: str | None = None, detail: str = "", **fields: Any
     ) -> Run:
         """Change a run's fields and add a timeline event, in one transaction."""
-        result = self.update_runs([RunChange(run_id, event, detail, fields)])[0]
-        if isinstance(result, Exception):
-            raise result
-        return result
-
-    def update_runs(self, changes: Sequence[RunChange]) -> list[Run | KeyError]:
-        """Apply run changes in order, all in one transaction (a missing run: its KeyError)."""
-        results: list[Run | KeyError] = []
+        missing = self.update_runs([RunChange(run_id, event, detail, fields)])[0]
+        if missing is not None:
+            raise missing
         with self.session() as s:
-            ids = {change.run_id for change in changes}
-            runs = {run.id: run for run in s.exec(select(Run).where(col(Run.id).in_(ids)))}
+            run = s.get(Run, run_id)
+            assert run is not None
+            return run
+
+    def update_runs(self, changes: Sequence[RunChange]) -> list[KeyError | None]:
+        """Apply run changes in order, all in one transaction; a KeyError for a missing run."""
+        results: list[KeyError | None] = []
+        events: list[dict[str, Any]] = []
+        table = Run.__table__  # type: ignore[attr-defined]
+        with self.engine.begin() as conn:
             for change in changes:
-                run = runs.get(change.run_id)
-                if run is None:
+                if change.fields:
+                    found = conn.execute(
+                        table.update().where(table.c.id == change.run_id).values(change.fields)
+                    ).rowcount
+                else:
+                    found = conn.execute(
+                        select(func.count()).where(col(Run.id) == change.run_id)
+                    ).scalar_one()
+                if not found:
                     results.append(KeyError(change.run_id))
                     continue
-                for key, value in change.fields.items():
-                    setattr(run, key, value)
-                s.add(run)
+                results.append(None)
                 if change.event:
-                    s.add(RunEvent(run_id=change.run_id, kind=change.event, detail=change.detail))
-                results.append(run)
-            s.commit()
+                    events.append(
+                        {
+                            "run_id": change.run_id,
+                            "at": utcnow(),
+                            "kind": change.event,
+                            "detail": change.detail,
+                        }
+                    )
+            if events:
+                conn.execute(RunEvent.__table__.insert(), events)  # type: ignore[attr-defined]
         return results
 
     def mark_job_running(self, job_id: int) -> None:
