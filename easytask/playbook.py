@@ -677,7 +677,11 @@ class _Checker:
                 self.fail("'notify' needs a 'url'", self.src.start(item))
                 continue
             if not isinstance(url, str) or not re.match(r"https?://[^\s/]+", url):
-                self.bad(item, "url", f"'url' in 'notify' must be an http:// or https:// URL, got {_got(url)}")
+                self.bad(
+                    item,
+                    "url",
+                    f"'url' in 'notify' must be an http:// or https:// URL, got {_got(url)}",
+                )
                 continue
             events = item.get("events", "all")
             if events not in NOTIFY_EVENTS:
