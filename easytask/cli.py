@@ -235,6 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("target")
     k.set_defaults(func=cmd_kill)
 
+    dl = sub.add_parser("deliveries", help="webhook delivery attempts of a job")
+    dl.add_argument("job", type=int, help="the job's number")
+    dl.add_argument("--format", choices=("text", "json"), default="text")
+    dl.set_defaults(func=cmd_deliveries)
+
     ag = sub.add_parser("agents", help="list agents; accept, revoke; enrolment tokens")
     ag.add_argument("--format", choices=("text", "json"), default="text")
     agsub = ag.add_subparsers(dest="agents_command", metavar="ACTION", parser_class=_Parser)
@@ -753,6 +758,30 @@ def cmd_kill(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     else:
         client.post(f"/api/runs/{number}/kill")
         out.write(f"run {number}: terminating\n")
+    return EXIT_OK
+
+
+def cmd_deliveries(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    rows = _client(settings).get(f"/api/jobs/{args.job}/deliveries")["deliveries"]
+    if args.format == "json":
+        _print_json(rows, out)
+        return EXIT_OK
+    _table(
+        [
+            (
+                r["at"],
+                r["attempt"],
+                "ok" if r["ok"] else "failed",
+                r["status_code"] or "",
+                f"{r['duration_ms']:.0f}ms",
+                r["url"],
+                r["error"],
+            )
+            for r in rows
+        ],
+        ("AT", "ATTEMPT", "RESULT", "HTTP", "TIME", "URL", "ERROR"),
+        out,
+    )
     return EXIT_OK
 
 

@@ -102,6 +102,13 @@ def test_webhook_is_retried_signed_and_recorded(
         "sha256=" + hmac.new(SECRET.encode(), forged, hashlib.sha256).hexdigest()
         != (receiver.requests[-1][0]["X-EasyTask-Signature"])
     )
+    listing = server.cli("deliveries", str(job_id))
+    assert listing.returncode == 0, listing.stderr
+    assert [ln.split()[1:4] for ln in listing.stdout.splitlines()[1:]] == [
+        ["1", "failed", "500"],
+        ["2", "failed", "500"],
+        ["3", "ok", "204"],
+    ]
     metrics = server.http.get("/metrics").text
     assert 'easytask_webhook_attempts_total{outcome="error"} 2' in metrics
     assert 'easytask_webhook_attempts_total{outcome="ok"} 1' in metrics
