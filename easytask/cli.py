@@ -330,6 +330,7 @@ def cmd_server(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
         notify_url=args.notify_url or settings.notify_url,
         notify_events=args.notify_events or settings.notify_events,
         notify_secret=settings.notify_secret,
+        metrics_token=settings.metrics_token,
     )
     return asyncio.run(serve(config))
 

@@ -33,6 +33,7 @@ class Settings:
     notify_url: str | None = None  # webhook called when any job finishes
     notify_events: str = "all"  # all | failed
     notify_secret: str | None = None  # HMAC key for X-EasyTask-Signature (default: generated)
+    metrics_token: str | None = None  # a bearer token good for /metrics only
     config_path: str | None = field(default=None, metadata={"internal": True})
 
 

@@ -62,6 +62,7 @@ class ServerConfig:
     notify_url: str | None = None
     notify_events: str = "all"
     notify_secret: str | None = None
+    metrics_token: str | None = None
 
 
 def split_addr(value: str, default_port: int) -> tuple[str, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -32,14 +33,20 @@ def test_healthz_and_readyz_answer_without_a_token(start_server: ServerFactory) 
     assert (ready.status_code, ready.json()) == (200, {"status": "ready"})
 
 
-def test_metrics_need_a_token(start_server: ServerFactory) -> None:
-    """/metrics without a bearer token is refused, like the API."""
+def test_metrics_need_a_token(start_server: ServerFactory, monkeypatch: Any) -> None:
+    """/metrics takes an API token or the metrics token; the metrics token opens nothing else."""
+    monkeypatch.setenv("EASYTASK_METRICS_TOKEN", "scrape-me-please")
     server = start_server()
-    assert httpx.get(server.url + "/metrics").status_code == 401
-    assert (
-        httpx.get(server.url + "/metrics", headers={"authorization": "Bearer nope"}).status_code
-        == 401
-    )
+
+    def status(path: str, token: str | None) -> int:
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        return httpx.get(server.url + path, headers=headers).status_code
+
+    assert status("/metrics", None) == 401
+    assert status("/metrics", "nope") == 401
+    assert status("/metrics", "scrape-me-please") == 200
+    assert status("/metrics", server.token) == 200
+    assert status("/api/runs", "scrape-me-please") == 401
 
 
 def test_metrics_move_after_a_real_run(

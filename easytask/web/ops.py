@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
@@ -39,8 +40,19 @@ class OpsApi:
             return JSONResponse({"status": "not ready", "problems": problems}, status_code=503)
         return JSONResponse({"status": "ready"})
 
-    async def metrics(self, request: Request, user: User) -> Response:
-        """GET /metrics: Prometheus text exposition."""
+    async def metrics(self, request: Request) -> Response:
+        """GET /metrics: with the metrics token (if one is set) or any API token."""
+        wanted = self.server.config.metrics_token
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if wanted and scheme.lower() == "bearer" and hmac.compare_digest(given, wanted):
+            return await self._metrics(request)
+        return await self.api.route(self._metrics_for_user)(request)
+
+    async def _metrics_for_user(self, request: Request, user: User) -> Response:
+        return await self._metrics(request)
+
+    async def _metrics(self, request: Request) -> Response:
+        """Prometheus text exposition."""
         server = self.server
         registry = server.registry
         agents: dict[str, int] = {}
@@ -71,6 +83,6 @@ class OpsApi:
         return [
             Route("/healthz", self.healthz),
             Route("/readyz", self.readyz),
-            Route("/metrics", self.api.route(self.metrics)),
+            Route("/metrics", self.metrics),
             Route("/api/jobs/{job_id}/deliveries", self.api.route(self.deliveries)),
         ]
