@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +136,18 @@ def test_json_logs_are_one_object_per_line(
     connected = [r for r in records(agent.output()) if r["msg"].startswith("connected to")]
     assert connected and connected[0]["agent"] == "j1"
     assert connected[0]["logger"] == "easytask.agent"
+
+
+def test_agent_without_server_or_name_is_a_usage_error(tmp_path: Path) -> None:
+    """`easytask agent` names the missing flag and its variable, and exits 2."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EASYTASK_AGENT_")}
+    base = [sys.executable, "-m", "easytask", "agent"]
+    missing = subprocess.run(base, env=env, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2
+    assert "--server is required (or set EASYTASK_AGENT_SERVER)" in missing.stderr
+    env["EASYTASK_AGENT_SERVER"] = "127.0.0.1:1"
+    env["EASYTASK_AGENT_STATE_DIR"] = str(tmp_path / "a")
+    no_name = subprocess.run(base, env=env, capture_output=True, text=True, timeout=60)
+    assert no_name.returncode == 2
+    assert "--name is required (or set EASYTASK_AGENT_NAME)" in no_name.stderr
+    assert not (tmp_path / "a").exists()
