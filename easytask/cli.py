@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import sys
 import tempfile
@@ -19,6 +18,7 @@ from easytask import __version__, cli_inventory
 from easytask.config import Settings, load_settings
 from easytask.durations import format_duration, parse_duration, parse_size
 from easytask.errors import EasyTaskError, UsageError
+from easytask.logs import FORMATS, setup_logging
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_START, EXIT_BUG = 0, 1, 2, 3, 70
 FINAL = {"success", "failed", "terminated", "unreachable", "skipped"}
@@ -85,17 +85,42 @@ def build_parser() -> argparse.ArgumentParser:
         default=256 << 20,
         help="stored output per run, head and tail kept (default 256M; 0 = no limit)",
     )
+    s.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        help="text, or json: one object per line (EASYTASK_LOG_FORMAT)",
+    )
+    s.add_argument("--public-url", help="the console's URL as users reach it (EASYTASK_PUBLIC_URL)")
+    s.add_argument("--notify-url", help="webhook called when a job finishes (EASYTASK_NOTIFY_URL)")
+    s.add_argument(
+        "--notify-events",
+        choices=("all", "failed"),
+        help="which finished jobs call --notify-url (default all; EASYTASK_NOTIFY_EVENTS)",
+    )
     s.set_defaults(func=cmd_server)
 
     a = sub.add_parser("agent", help="run a resident agent that dials out to a server")
-    a.add_argument("--server", required=True, help="server HOST:PORT (its agent port)")
+    a.add_argument("--server", help="server HOST:PORT, its agent port (EASYTASK_AGENT_SERVER)")
     a.add_argument(
-        "--name", required=True, help="this agent's name (an inventory host name, or new)"
+        "--name", help="this agent's name, an inventory host name or new (EASYTASK_AGENT_NAME)"
     )
-    a.add_argument("--state-dir", required=True, help="where the agent keeps its key and spool")
-    a.add_argument("--enroll", metavar="TOKEN", help="enrolment token from `easytask agents token`")
-    a.add_argument("--slots", type=int, default=4, help="commands run at once (default 4)")
-    a.add_argument("--group", action="append", default=[], help="a group label (repeatable)")
+    a.add_argument(
+        "--state-dir", help="where the agent keeps its key and spool (EASYTASK_AGENT_STATE_DIR)"
+    )
+    a.add_argument(
+        "--enroll",
+        metavar="TOKEN",
+        help="enrolment token from `easytask agents token` (EASYTASK_AGENT_ENROLL)",
+    )
+    a.add_argument(
+        "--slots", type=int, help="commands run at once (default 4; EASYTASK_AGENT_SLOTS)"
+    )
+    a.add_argument(
+        "--group",
+        action="append",
+        default=[],
+        help="a group label, repeatable (EASYTASK_AGENT_GROUPS: comma-separated)",
+    )
     a.add_argument("--keepalive", type=_duration, default=15.0, help="SSH keepalive interval")
     a.add_argument(
         "--keepalive-count", type=int, default=4, help="missed keepalives before reconnect"
@@ -108,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=_size,
         default=2 << 30,
         help="output kept per run in the spool before the rest is cut (default 2G)",
+    )
+    a.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        help="text, or json: one object per line (EASYTASK_LOG_FORMAT)",
     )
     a.set_defaults(func=cmd_agent)
 
@@ -205,6 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("target")
     k.set_defaults(func=cmd_kill)
 
+    dl = sub.add_parser("deliveries", help="webhook delivery attempts of a job")
+    dl.add_argument("job", type=int, help="the job's number")
+    dl.add_argument("--format", choices=("text", "json"), default="text")
+    dl.set_defaults(func=cmd_deliveries)
+
     ag = sub.add_parser("agents", help="list agents; accept, revoke; enrolment tokens")
     ag.add_argument("--format", choices=("text", "json"), default="text")
     agsub = ag.add_subparsers(dest="agents_command", metavar="ACTION", parser_class=_Parser)
@@ -291,6 +326,11 @@ def cmd_server(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
         reattach_timeout=args.reattach_timeout,
         output_limit=args.output_limit,
         playbooks=args.playbooks or "playbooks",
+        public_url=args.public_url or settings.public_url,
+        notify_url=args.notify_url or settings.notify_url,
+        notify_events=args.notify_events or settings.notify_events,
+        notify_secret=settings.notify_secret,
+        metrics_token=settings.metrics_token,
     )
     return asyncio.run(serve(config))
 
@@ -298,13 +338,31 @@ def cmd_server(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
 def cmd_agent(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     from easytask.agent.main import AgentConfig, serve
 
+    env = os.environ
+    server = args.server or env.get("EASYTASK_AGENT_SERVER")
+    name = args.name or env.get("EASYTASK_AGENT_NAME")
+    state_dir = args.state_dir or env.get("EASYTASK_AGENT_STATE_DIR")
+    for flag, value in (("--server", server), ("--name", name), ("--state-dir", state_dir)):
+        if not value:
+            variable = "EASYTASK_AGENT_" + flag[2:].upper().replace("-", "_")
+            raise UsageError(f"agent: {flag} is required (or set {variable})")
+    slots = args.slots
+    if slots is None:
+        try:
+            slots = int(env.get("EASYTASK_AGENT_SLOTS") or 4)
+        except ValueError as exc:
+            raise UsageError("EASYTASK_AGENT_SLOTS must be a number") from exc
+    groups = args.group or [
+        g.strip() for g in env.get("EASYTASK_AGENT_GROUPS", "").split(",") if g.strip()
+    ]
+    assert server and name and state_dir
     config = AgentConfig(
-        server=args.server,
-        name=args.name,
-        state_dir=Path(args.state_dir),
-        enroll=args.enroll,
-        slots=args.slots,
-        groups=args.group,
+        server=server,
+        name=name,
+        state_dir=Path(state_dir),
+        enroll=args.enroll or env.get("EASYTASK_AGENT_ENROLL") or None,
+        slots=slots,
+        groups=groups,
         keepalive_interval=args.keepalive,
         keepalive_count=args.keepalive_count,
         backoff_max=args.backoff_max,
@@ -704,6 +762,30 @@ def cmd_kill(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     return EXIT_OK
 
 
+def cmd_deliveries(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    rows = _client(settings).get(f"/api/jobs/{args.job}/deliveries")["deliveries"]
+    if args.format == "json":
+        _print_json(rows, out)
+        return EXIT_OK
+    _table(
+        [
+            (
+                r["at"],
+                r["attempt"],
+                "ok" if r["ok"] else "failed",
+                r["status_code"] or "",
+                f"{r['duration_ms']:.0f}ms",
+                r["url"],
+                r["error"],
+            )
+            for r in rows
+        ],
+        ("AT", "ATTEMPT", "RESULT", "HTTP", "TIME", "URL", "ERROR"),
+        out,
+    )
+    return EXIT_OK
+
+
 def cmd_agents(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     client = _client(settings)
     action = args.agents_command
@@ -846,15 +928,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             if getattr(args, "command", None) != "run":
                 raise UsageError(f"unexpected arguments after --: {' '.join(rest)}")
             args.script_args = rest
-        logging.basicConfig(
-            level=logging.DEBUG if args.verbose else logging.INFO,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            stream=sys.stderr,
+        setup_logging("text", args.verbose)
+        settings = load_settings(
+            {"url": args.url, "token": args.token, "log_format": getattr(args, "log_format", None)}
         )
-        if not args.verbose:
-            logging.getLogger("asyncssh").setLevel(logging.WARNING)
-            logging.getLogger("httpx").setLevel(logging.WARNING)
-        settings = load_settings({"url": args.url, "token": args.token})
+        if settings.log_format != "text":
+            setup_logging(settings.log_format, args.verbose)
         return int(args.func(args, settings, out))
     except EasyTaskError as exc:
         sys.stderr.write(f"easytask: {exc.render()}\n")

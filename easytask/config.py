@@ -28,6 +28,12 @@ class Settings:
     agents: str = "127.0.0.1:8022"
     http: str = "127.0.0.1:8080"
     pending_timeout: float = 60.0
+    log_format: str = "text"  # text | json
+    public_url: str | None = None  # the console's address as users reach it (webhook links)
+    notify_url: str | None = None  # webhook called when any job finishes
+    notify_events: str = "all"  # all | failed
+    notify_secret: str | None = None  # HMAC key for X-EasyTask-Signature (default: generated)
+    metrics_token: str | None = None  # a bearer token good for /metrics only
     config_path: str | None = field(default=None, metadata={"internal": True})
 
 
@@ -82,6 +88,11 @@ def load_settings(
             raise ConfigError(
                 f"pending_timeout: not a number: {values['pending_timeout']!r}"
             ) from exc
+    for name, allowed in (("log_format", ("text", "json")), ("notify_events", ("all", "failed"))):
+        if name in values and values[name] not in allowed:
+            raise ConfigError(
+                f"{name}: must be {' or '.join(repr(a) for a in allowed)}, got {values[name]!r}"
+            )
     settings = Settings(**values)
     settings.config_path = str(config_path) if config_path else None
     return settings

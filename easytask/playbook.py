@@ -30,11 +30,14 @@ __all__ = [
     "ACTIONS",
     "COPY_KEYS",
     "DEFAULTS_KEYS",
+    "NOTIFY_EVENTS",
+    "NOTIFY_KEYS",
     "PLAY_KEYS",
     "SCRIPT_KEYS",
     "TASK_KEYS",
     "Action",
     "Defaults",
+    "Notify",
     "Playbook",
     "PlaybookErrors",
     "Task",
@@ -45,7 +48,7 @@ __all__ = [
 
 PLAY_KEYS = (
     "name", "hosts", "vars", "defaults", "serial", "max_fail_percentage", "forks",
-    "schedule", "tz", "catch_up", "tasks",
+    "schedule", "tz", "catch_up", "notify", "tasks",
 )  # fmt: skip
 DEFAULTS_KEYS = ("timeout", "retries", "retry_delay", "retry_backoff")
 ACTIONS = ("command", "shell", "script", "copy")
@@ -55,6 +58,8 @@ TASK_KEYS = (
 COPY_KEYS = ("src", "dest", "mode")
 SCRIPT_KEYS = ("path", "args")
 CATCH_UP = ("none", "one")
+NOTIFY_KEYS = ("url", "events")
+NOTIFY_EVENTS = ("all", "failed")
 RESERVED_VARS = ("results",)
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -141,6 +146,14 @@ class Task:
 
 
 @dataclass(frozen=True)
+class Notify:
+    """A webhook to call when the job finishes: on every end (`all`) or when it did not succeed."""
+
+    url: str
+    events: str = "all"
+
+
+@dataclass(frozen=True)
 class Playbook:
     """A checked playbook: one play and its tasks in file order."""
 
@@ -158,6 +171,7 @@ class Playbook:
     schedule: Cron | None = None
     tz: str | None = None
     catch_up: str = "none"
+    notify: tuple[Notify, ...] = ()
     text: str = field(default="", repr=False)
     locations: Mapping[str, SourceLocation] = field(default_factory=dict, repr=False)
 
@@ -449,6 +463,7 @@ class _Checker:
         max_fail = self.number(data, "max_fail_percentage", "the play", low=0, high=100)
         forks = self.integer(data, "forks", "the play", low=1)
         schedule, tz, catch_up = self.schedule(data)
+        notify = self.notify(data)
         tasks = self.tasks(data, defaults or Defaults())
         if hosts is None or tasks is None or defaults is None or self.errors:
             return None
@@ -467,6 +482,7 @@ class _Checker:
             schedule=schedule,
             tz=tz,
             catch_up=catch_up,
+            notify=notify,
             text=text,
             locations={k: self.src.key(data, k) for k in data},
         )
@@ -632,6 +648,47 @@ class _Checker:
             else:
                 catch_up = value
         return cron, tz, catch_up
+
+    def notify(self, data: dict[Any, Any]) -> tuple[Notify, ...]:
+        value = data.get("notify")
+        if value is None:
+            return ()
+        if value == []:
+            self.bad(data, "notify", "'notify' is an empty list")
+            return ()
+        container, items = (
+            (value, list(enumerate(value)))
+            if isinstance(value, list)
+            else (data, [("notify", value)])
+        )
+        out: list[Notify] = []
+        for where, item in items:
+            if not isinstance(item, dict):
+                self.bad(
+                    container,
+                    where,
+                    f"'notify' must be a mapping with 'url' (and 'events'), or a list of those, "
+                    f"got {_got(item)}",
+                )
+                continue
+            self.unknown_keys(item, NOTIFY_KEYS, "'notify'")
+            url = item.get("url")
+            if url is None:
+                self.fail("'notify' needs a 'url'", self.src.start(item))
+                continue
+            if not isinstance(url, str) or not re.match(r"https?://[^\s/]+", url):
+                self.bad(
+                    item,
+                    "url",
+                    f"'url' in 'notify' must be an http:// or https:// URL, got {_got(url)}",
+                )
+                continue
+            events = item.get("events", "all")
+            if events not in NOTIFY_EVENTS:
+                self.expect(item, "events", "'notify'", "'all' or 'failed'")
+                continue
+            out.append(Notify(url=str(url), events=str(events)))
+        return tuple(out)
 
     # -- tasks ------------------------------------------------------------------------------
 

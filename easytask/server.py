@@ -27,10 +27,12 @@ from easytask.scheduler.agents import AgentRegistry
 from easytask.scheduler.hub import LiveHub
 from easytask.scheduler.jobs import JobEngine
 from easytask.scheduler.logwriter import LogWriter
+from easytask.scheduler.metrics import Metrics
+from easytask.scheduler.notify import Notifier, Webhook
 from easytask.scheduler.playbooks import submit_playbook
 from easytask.scheduler.schedules import Scheduler
 from easytask.store.db import Store, sqlite_url
-from easytask.store.models import AgentState
+from easytask.store.models import AgentState, Job
 from easytask.transport.agentless import SSHPool
 from easytask.transport.agentlink import AgentListener
 from easytask.transport.keys import load_or_create_key
@@ -56,6 +58,11 @@ class ServerConfig:
     playbooks: str | None = "playbooks"
     schedule_interval: float = 1.0
     output_limit: int | None = 256 << 20
+    public_url: str | None = None
+    notify_url: str | None = None
+    notify_events: str = "all"
+    notify_secret: str | None = None
+    metrics_token: str | None = None
 
 
 def split_addr(value: str, default_port: int) -> tuple[str, int]:
@@ -79,6 +86,7 @@ class Server:
         self.pending_timeout = config.pending_timeout
         self.store: Store
         self.hub = LiveHub()
+        self.metrics = Metrics()
         self._inventory: Inventory | None = None
         self._inventory_stamp: Any = None
         self._stop = asyncio.Event()
@@ -202,6 +210,17 @@ class Server:
         )
         self.engine.reattach_timeout = self.config.reattach_timeout
         self.engine.output_limit = self.config.output_limit or None
+        self.engine.on_run_started.append(self.metrics.run_started)
+        self.notifier = Notifier(
+            self.store,
+            self._webhook_secret(),
+            self.config.public_url or "",
+            default=Webhook(self.config.notify_url, self.config.notify_events)
+            if self.config.notify_url
+            else None,
+            on_attempt=self.metrics.webhook_attempt,
+        )
+        self.engine.on_job_finished.append(self._job_finished)
         client_key = load_or_create_key(self.state_dir / "client_key")
         self.client_public_key = client_key.export_public_key("openssh").decode().strip()
         self.listener = AgentListener(
@@ -241,6 +260,8 @@ class Server:
                 raise StartError("web server stopped during start")
             await asyncio.sleep(0.01)
         self.http_url = f"http://{_url_host(http_host)}:{self.http_port}"
+        if not self.config.public_url:
+            self.notifier.console_url = self.http_url
         info = {
             "pid": os.getpid(),
             "version": __version__,
@@ -275,6 +296,33 @@ class Server:
                 counts["resumed"],
                 counts["failed"],
             )
+
+    async def _job_finished(self, job: Job) -> None:
+        self.metrics.job_finished(job.state)
+        await self.notifier.job_finished(job)
+
+    def _webhook_secret(self) -> bytes:
+        """The HMAC key for webhook signatures: configured, else STATE_DIR/webhook.secret."""
+        if self.config.notify_secret:
+            return self.config.notify_secret.encode()
+        path = self.state_dir / "webhook.secret"
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(32) + "\n")
+        return path.read_text().strip().encode()
+
+    async def ready(self) -> dict[str, str]:
+        """What /readyz checks: the database answers, the agent listener is up. Empty if ready."""
+        problems: dict[str, str] = {}
+        try:
+            async with asyncio.timeout(5):
+                await self.store.call(self.store.ping)
+        except Exception as exc:
+            problems["database"] = f"{type(exc).__name__}: {exc}"
+        if not self.listener.listening:
+            problems["agent_listener"] = "not listening"
+        return problems
 
     async def _ensure_admin(self) -> str:
         path = self.state_dir / "admin.token"
@@ -313,6 +361,7 @@ class Server:
                 await self._http_task
         except TimeoutError:
             self._http_task.cancel()
+        await self.notifier.close()
         await self.writer.close()
         await self.pool.close()
         await self.store.call(self.store.disconnect_all_agents, self.server_id)

@@ -46,3 +46,25 @@ def test_client_config_is_private(tmp_path: Path) -> None:
     assert path.stat().st_mode & 0o777 == 0o600
     settings = load_settings({}, env={"EASYTASK_CONFIG": str(path)})
     assert (settings.url, settings.token) == ("http://127.0.0.1:1", "et_secret")
+
+
+def test_operations_settings_from_env_and_bad_values(tmp_path: Path) -> None:
+    """Log format and webhook settings come from EASYTASK_*; a wrong choice is a clear error."""
+    env = {
+        "EASYTASK_CONFIG": str(tmp_path / "c.toml"),
+        "EASYTASK_LOG_FORMAT": "json",
+        "EASYTASK_NOTIFY_URL": "http://127.0.0.1:9/hook",
+        "EASYTASK_NOTIFY_EVENTS": "failed",
+    }
+    (tmp_path / "c.toml").write_text('notify_secret = "from-file"\n')
+    settings = load_settings({}, env=env)
+    assert (settings.log_format, settings.notify_url, settings.notify_events) == (
+        "json",
+        "http://127.0.0.1:9/hook",
+        "failed",
+    )
+    assert settings.notify_secret == "from-file"
+    with pytest.raises(ConfigError, match="log_format: must be 'text' or 'json', got 'xml'"):
+        load_settings({}, env={**env, "EASYTASK_LOG_FORMAT": "xml"})
+    with pytest.raises(ConfigError, match="notify_events: must be 'all' or 'failed'"):
+        load_settings({}, env={**env, "EASYTASK_NOTIFY_EVENTS": "some"})

@@ -16,6 +16,7 @@ from easytask.playbook import (
     ACTIONS,
     COPY_KEYS,
     DEFAULTS_KEYS,
+    NOTIFY_KEYS,
     PLAY_KEYS,
     SCRIPT_KEYS,
     TASK_KEYS,
@@ -249,6 +250,21 @@ def test_unsafe_strings_are_not_templates(tree: Path) -> None:
                 "pb/x.yml:3:22: 'max_fail_percentage' in the play must be a number from 0 to 100, got 120",
                 "pb/x.yml:4:8: 'forks' in the play must be a positive integer, got 0",
             ], id="play-settings"),
+        pytest.param("""\
+            hosts: all
+            notify:
+              - {url: "ftp://hooks.example.com/x", events: failed}
+              - {url: "https://hooks.example.com/x", events: some, colour: red}
+              - {events: all}
+              - just-a-string
+            tasks: [{name: a, shell: x}]
+            """, [
+                "pb/x.yml:3:11: 'url' in 'notify' must be an http:// or https:// URL, got 'ftp://hooks.example.com/x'",
+                "pb/x.yml:4:50: 'events' in 'notify' must be 'all' or 'failed', got 'some'",
+                "pb/x.yml:4:56: unknown key 'colour' in 'notify'",
+                "pb/x.yml:5:5: 'notify' needs a 'url'",
+                "pb/x.yml:6:5: 'notify' must be a mapping with 'url' (and 'events'), or a list of those, got 'just-a-string'",
+            ], id="notify"),
         pytest.param("""\
             hosts: all
             serial: [1, "25%", abc, -1, "150%", true]
@@ -549,6 +565,7 @@ def test_schema_keys_match_the_checker() -> None:
     assert set(task["properties"]) == set(TASK_KEYS)
     assert [s["required"] for s in task["oneOf"]] == [[a] for a in ACTIONS]
     assert set(task["properties"]["copy"]["properties"]) == set(COPY_KEYS)
+    assert set(SCHEMA["$defs"]["notify"]["properties"]) == set(NOTIFY_KEYS)
     assert set(task["properties"]["script"]["oneOf"][1]["properties"]) == set(SCRIPT_KEYS)
     assert SCHEMA["$schema"] == "https://json-schema.org/draft/2020-12/schema"
 
@@ -573,6 +590,7 @@ def test_valid_playbooks_match_the_schema(path: Path) -> None:
         "hosts: all\ntasks: [{name: a, shell: x, timeout: 5 min}]",
         "hosts: all\nserial: 150%\ntasks: [{name: a, shell: x}]",
         "hosts: all\ntz: UTC\ntasks: [{name: a, shell: x}]",
+        "hosts: all\nnotify: {url: ftp://x, events: some}\ntasks: [{name: a, shell: x}]",
         "hosts: all\ntasks: [{name: a, copy: {src: f, dest: d, mode: 644}}]",
     ],
 )
@@ -591,3 +609,21 @@ def test_schema_is_valid_json_schema() -> None:
 def test_examples_are_in_the_playbook_directory() -> None:
     """The example scripts the playbooks use ship beside them."""
     assert os.access(REPO / "playbooks" / "scripts" / "backup.sh", os.X_OK)
+
+
+def test_notify_accepts_one_webhook_or_a_list() -> None:
+    """`notify:` takes a mapping or a list of them; `events` defaults to all."""
+    one = parse_playbook(
+        "hosts: all\nnotify: {url: 'https://hooks.example.com/a'}\ntasks: [{name: a, shell: x}]",
+        "pb/x.yml",
+    )
+    many = parse_playbook(
+        "hosts: all\nnotify:\n  - {url: 'http://h/a', events: failed}\n  - url: 'http://h/b'\n"
+        "tasks: [{name: a, shell: x}]",
+        "pb/x.yml",
+    )
+    assert [(n.url, n.events) for n in one.notify] == [("https://hooks.example.com/a", "all")]
+    assert [(n.url, n.events) for n in many.notify] == [
+        ("http://h/a", "failed"),
+        ("http://h/b", "all"),
+    ]

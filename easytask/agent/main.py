@@ -339,13 +339,20 @@ class Agent:
             else:
                 self._conn = conn
                 self.connected.set()
-                log.info("connected to %s as %s", self.config.server, self.config.name)
+                self.write_status(True)
+                log.info(
+                    "connected to %s as %s",
+                    self.config.server,
+                    self.config.name,
+                    extra={"server": self.config.server, "agent": self.config.name},
+                )
                 stop_wait = asyncio.create_task(self._stop.wait(), name="agent-stop-wait")
                 closed = asyncio.create_task(conn.wait_closed(), name="agent-conn-closed")
                 await asyncio.wait({stop_wait, closed}, return_when=asyncio.FIRST_COMPLETED)
                 stop_wait.cancel()
                 closed.cancel()
                 self.connected.clear()
+                self.write_status(False)
                 self._conn = None
                 conn.close()
                 log.info("disconnected from %s", self.config.server)
@@ -361,6 +368,13 @@ class Agent:
             except TimeoutError:
                 pass
 
+    def write_status(self, connected: bool) -> None:
+        """STATE_DIR/status.json: whether the link is up (read by container health checks)."""
+        status = {"pid": os.getpid(), "connected": connected, "since": time.time()}
+        tmp = self.state_dir / "status.json.tmp"
+        tmp.write_text(json.dumps(status) + "\n")
+        os.replace(tmp, self.state_dir / "status.json")
+
     def stop(self) -> None:
         """Ask the connection loop to end."""
         self._stop.set()
@@ -375,6 +389,10 @@ async def serve(config: AgentConfig) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, agent.stop)
     log.info("agent %s (key %s) starting", config.name, agent.fingerprint)
+    agent.write_status(False)
     # Runs are detached: they keep going (and keep their output) when the agent stops.
-    await agent.run()
+    try:
+        await agent.run()
+    finally:
+        agent.write_status(False)
     return 0

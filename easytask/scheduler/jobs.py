@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -96,6 +96,9 @@ class JobEngine:
         self._connect_limit = asyncio.Semaphore(64)
         self._background_tasks: set[asyncio.Task[None]] = set()
         self._running_jobs: set[int] = set()  # jobs already marked running
+        # Hook points (metrics, notifications): called in order; a failing hook is logged only.
+        self.on_run_started: list[Callable[[Run], None]] = []
+        self.on_job_finished: list[Callable[[Job], Awaitable[None]]] = []
 
     # -- submission -------------------------------------------------------------------------
 
@@ -184,7 +187,7 @@ class JobEngine:
         assert job.id is not None
         done = await self.store.call(self.store.finish_job_if_done, job.id)
         if done is not None:
-            self.hub.publish({"t": "job", "job": job.id, "state": done.state}, f"job:{job.id}")
+            await self.job_finished(done)
 
     async def _guarded(
         self,
@@ -626,6 +629,9 @@ class JobEngine:
         if state == RunState.RUNNING and run.job_id not in self._running_jobs:
             self._running_jobs.add(run.job_id)
             await self.store.call(self.store.mark_job_running, run.job_id)
+        if state == RunState.RUNNING:
+            for hook in self.on_run_started:
+                _call_hook(hook, fresh)
         self._publish_run(run, state)
 
     async def _finish(
@@ -703,14 +709,14 @@ class JobEngine:
                     RunState.TERMINATED,
                     reason="not run: the server restarted before it started",
                 )
-                await self.store.call(self.store.finish_job_if_done, run.job_id)
+                await self._finish_job(run.job_id)
                 counts["failed"] += 1
                 continue
             if run.connection == "ssh" and run.state != RunState.QUEUED:
                 await self._finish(
                     run, RunState.FAILED, reason="connection lost (server restarted)"
                 )
-                await self.store.call(self.store.finish_job_if_done, run.job_id)
+                await self._finish_job(run.job_id)
                 counts["failed"] += 1
                 continue
             await self._event(run, "resumed", f"by server {self.registry.server_id}")
@@ -736,6 +742,21 @@ class JobEngine:
             counts["resumed"] += len(runs)
         return counts
 
+    async def job_finished(self, job: Job) -> None:
+        """Tell viewers and the finish hooks that a job reached its final state."""
+        self.hub.publish({"t": "job", "job": job.id, "state": job.state}, f"job:{job.id}")
+        log.info("job %s %s", job.id, job.state, extra={"job": job.id, "state": job.state})
+        for hook in self.on_job_finished:
+            try:
+                await hook(job)
+            except Exception:
+                log.exception("job %s: a finish hook failed", job.id)
+
+    async def _finish_job(self, job_id: int) -> None:
+        done = await self.store.call(self.store.finish_job_if_done, job_id)
+        if done is not None:
+            await self.job_finished(done)
+
     def _forget_job(self, job_id: int) -> Callable[[asyncio.Task[None]], None]:
         def forget(_task: asyncio.Task[None]) -> None:
             self._jobs.pop(job_id, None)
@@ -753,6 +774,13 @@ class JobEngine:
             _, late = await asyncio.wait(set(self._background_tasks), timeout=2)
             for task in late:
                 task.cancel()
+
+
+def _call_hook(hook: Callable[[Run], None], run: Run) -> None:
+    try:
+        hook(run)
+    except Exception:
+        log.exception("run %s: a hook failed", run.id)
 
 
 def _agent_terminator(link: Any, key: str, live: _Live) -> Callable[[float], Any]:

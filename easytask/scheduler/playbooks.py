@@ -271,6 +271,10 @@ async def submit_playbook(
     if not runs:
         raise EasyTaskError("the playbook selects no host for any task")
     job, runs = await engine.store.call(engine.store.create_job, job, runs)
+    assert job.id is not None
+    if plan.playbook.notify:
+        hooks = [(n.url, n.events) for n in plan.playbook.notify]
+        await engine.store.call(engine.store.add_job_webhooks, job.id, hooks)
     for run in runs:
         engine.track(run)
     runner = PlaybookJob(engine, plan, job, runs, pending_timeout)
@@ -287,4 +291,4 @@ async def _run(engine: JobEngine, runner: PlaybookJob) -> None:
         job_id = runner.job.id or 0
         done = await engine.store.call(engine.store.finish_job_if_done, job_id)
         if done is not None:
-            engine.hub.publish({"t": "job", "job": job_id, "state": done.state}, f"job:{job_id}")
+            await engine.job_finished(done)

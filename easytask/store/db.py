@@ -25,6 +25,7 @@ from easytask.store.models import (
     AuditEvent,
     EnrollToken,
     Job,
+    JobWebhook,
     LogLine,
     Run,
     RunEvent,
@@ -32,6 +33,7 @@ from easytask.store.models import (
     Schedule,
     ScheduleFire,
     User,
+    WebhookDelivery,
     utcnow,
 )
 
@@ -734,6 +736,48 @@ class Store:
             if states:
                 q = q.where(col(Job.state).in_(list(states)))
             return list(s.exec(q.order_by(col(Job.id).desc()).limit(limit)))
+
+    def run_state_counts(self) -> dict[str, int]:
+        """How many runs are in each state, over the whole store."""
+        with self.session() as s:
+            q = select(Run.state, func.count()).group_by(col(Run.state))
+            return {state: int(count) for state, count in s.exec(q)}
+
+    def ping(self) -> None:
+        """A round trip to the database (readiness)."""
+        with self.session() as s:
+            s.exec(select(1)).one()
+
+    def add_job_webhooks(self, job_id: int, hooks: Sequence[tuple[str, str]]) -> None:
+        """Remember the webhooks (url, events) a job calls when it finishes."""
+        with self.session() as s:
+            for url, events in hooks:
+                s.add(JobWebhook(job_id=job_id, url=url, events=events))
+            s.commit()
+
+    def job_webhooks(self, job_id: int) -> list[JobWebhook]:
+        """The webhooks a job asked for."""
+        with self.session() as s:
+            q = select(JobWebhook).where(JobWebhook.job_id == job_id).order_by(col(JobWebhook.id))
+            return list(s.exec(q))
+
+    def add_delivery(self, row: WebhookDelivery) -> WebhookDelivery:
+        """Record one webhook delivery attempt."""
+        with self.session() as s:
+            s.add(row)
+            s.commit()
+            s.refresh(row)
+            return row
+
+    def deliveries(self, job_id: int) -> list[WebhookDelivery]:
+        """Every webhook delivery attempt for a job, oldest first."""
+        with self.session() as s:
+            q = (
+                select(WebhookDelivery)
+                .where(WebhookDelivery.job_id == job_id)
+                .order_by(col(WebhookDelivery.id))
+            )
+            return list(s.exec(q))
 
     def job_state_counts(self, job_ids: Sequence[int]) -> dict[int, dict[str, int]]:
         """For each job, how many of its runs are in each state."""

@@ -212,3 +212,32 @@ class AuditEvent(SQLModel, table=True):
     detail: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
     prev_hash: str = ""
     hash: str = Field(default="", index=True)
+
+
+class JobWebhook(SQLModel, table=True):
+    """A webhook one job asked for (a playbook's `notify:`), called when the job finishes."""
+
+    __tablename__ = "job_webhook"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="job.id", index=True)
+    url: str = Field(sa_column=Column(Text, nullable=False))
+    events: str = "all"  # all | failed
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One attempt to deliver a job's finish notification to a webhook URL."""
+
+    __tablename__ = "webhook_delivery"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="job.id", index=True)
+    delivery: str = ""  # the same for every attempt of one notification
+    url: str = Field(sa_column=Column(Text, nullable=False))
+    event: str = ""  # the job's final state
+    attempt: int = 1
+    at: datetime = Field(default_factory=utcnow)
+    ok: bool = False
+    status_code: int | None = None
+    error: str = ""
+    duration_ms: float = 0.0

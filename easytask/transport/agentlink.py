@@ -143,6 +143,11 @@ class AgentListener:
         self.port = self._acceptor.get_port()
         return self.port
 
+    @property
+    def listening(self) -> bool:
+        """Whether agents can connect now."""
+        return self._acceptor is not None and bool(self._acceptor.is_serving())
+
     def _accept(self, conn: asyncssh.SSHClientConnection) -> None:
         task = asyncio.create_task(self._admit(conn), name="agent-admit")
         self._tasks.add(task)

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from easytask.web.api import Api
 from easytask.web.auth import SessionAuth, ensure_admin_password, load_or_create_secret
 from easytask.web.console import Console, web_dir
+from easytask.web.ops import OpsApi
 from easytask.web.runlog import RunLogApi
 from easytask.web.users import UsersApi
 
@@ -62,6 +63,7 @@ def routes(server: Server, auth: SessionAuth) -> list[BaseRoute]:
     root = web_dir()
     console = Console(server, auth, root)
     return [
+        *OpsApi(server, api).routes(),
         *api.routes(),
         *RunLogApi(server, api).routes(),
         *UsersApi(server, api).routes(),

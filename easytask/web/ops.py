@@ -1,0 +1,88 @@
+"""Operations endpoints: /healthz, /readyz, /metrics and webhook deliveries of a job."""
+
+from __future__ import annotations
+
+import hmac
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from easytask.errors import APIError
+from easytask.scheduler.metrics import Snapshot
+from easytask.scheduler.notify import delivery_dict
+from easytask.store.models import RunState, User
+
+if TYPE_CHECKING:
+    from easytask.server import Server
+    from easytask.web.api import Api
+
+AGENT_STATUSES = ("online", "unreachable", "pending", "revoked")
+PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class OpsApi:
+    """Health without a login; metrics and deliveries with an API token, as the rest of /api."""
+
+    def __init__(self, server: Server, api: Api) -> None:
+        self.server = server
+        self.api = api
+
+    async def healthz(self, request: Request) -> Response:
+        """GET /healthz: the process is alive and its event loop answers."""
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(self, request: Request) -> Response:
+        """GET /readyz: 200 when the database answers and agents can connect, else 503."""
+        problems = await self.server.ready()
+        if problems:
+            return JSONResponse({"status": "not ready", "problems": problems}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    async def metrics(self, request: Request) -> Response:
+        """GET /metrics: with the metrics token (if one is set) or any API token."""
+        wanted = self.server.config.metrics_token
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if wanted and scheme.lower() == "bearer" and hmac.compare_digest(given, wanted):
+            return await self._metrics(request)
+        return await self.api.route(self._metrics_for_user)(request)
+
+    async def _metrics_for_user(self, request: Request, user: User) -> Response:
+        return await self._metrics(request)
+
+    async def _metrics(self, request: Request) -> Response:
+        """Prometheus text exposition."""
+        server = self.server
+        registry = server.registry
+        agents: dict[str, int] = {}
+        for info in registry.agents.values():
+            status = registry.status(info)
+            agents[status] = agents.get(status, 0) + 1
+        runs = await server.store.call(server.store.run_state_counts)
+        snap = Snapshot(
+            agents=agents,
+            runs=runs,
+            log_lines=server.writer.total_written,
+            sse_viewers=server.hub.viewers,
+        )
+        text = server.metrics.render(snap, AGENT_STATUSES, RunState.ALL)
+        return PlainTextResponse(text, media_type=PROMETHEUS_TYPE)
+
+    async def deliveries(self, request: Request, user: User) -> Response:
+        """GET /api/jobs/{job_id}/deliveries: every webhook delivery attempt for the job."""
+        job_id = self.api.int_param(request, "job_id")
+        store = self.server.store
+        if await store.call(store.get_job, job_id) is None:
+            raise APIError(f"no job {job_id}", status=404)
+        rows = await store.call(store.deliveries, job_id)
+        return JSONResponse({"deliveries": [delivery_dict(r) for r in rows]})
+
+    def routes(self) -> list[Route]:
+        """The routes, to mount before the console's."""
+        return [
+            Route("/healthz", self.healthz),
+            Route("/readyz", self.readyz),
+            Route("/metrics", self.metrics),
+            Route("/api/jobs/{job_id}/deliveries", self.api.route(self.deliveries)),
+        ]
