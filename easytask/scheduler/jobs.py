@@ -626,12 +626,14 @@ class JobEngine:
         assert run.id is not None
         await self.run_state.change(run.id, event, detail, state=state, **fields)
         run.state = state
+        for key, value in fields.items():
+            setattr(run, key, value)
         if state == RunState.RUNNING and run.job_id not in self._running_jobs:
             self._running_jobs.add(run.job_id)
             await self.store.call(self.store.mark_job_running, run.job_id)
         if state == RunState.RUNNING:
             for hook in self.on_run_started:
-                _call_hook(hook, fresh)
+                _call_hook(hook, run)
         self._publish_run(run, state)
 
     async def _finish(
