@@ -61,6 +61,7 @@ class ServerConfig:
     playbooks: str | None = "playbooks"
     schedule_interval: float = 1.0
     output_limit: int | None = 256 << 20
+    upload_limit: int = 1 << 30
 
 
 def split_addr(value: str, default_port: int) -> tuple[str, int]:
