@@ -18,7 +18,6 @@ from easytask.scheduler.output import RunOutput
 from easytask.store.models import Run, RunState, utcnow
 from easytask.transport import executor
 
-
 # SFTP transfers: 128 KiB requests, 32 in flight. asyncssh's default follows the far side's limits;
 # an agent (asyncssh's SFTP server) allows 4 MiB writes, which put ~150 MiB in the server's memory
 # per 200 MiB file. These bound it to a few MiB on every link (OpenSSH allows 255 KiB writes).
