@@ -187,3 +187,35 @@ def test_copy_of_200_mb_keeps_server_memory_flat(hosts: ServerHandle, tmp_path: 
     # default SFTP window towards an agent (16 x 4 MiB requests) it was ~150 MiB. 64 MiB leaves
     # room for a loaded machine and still fails on any copy that holds the file in memory.
     assert grown_mib < 64, f"server peak RSS grew {grown_mib:.0f} MiB for a 200 MiB copy"
+
+
+def test_uploads_are_size_limited_and_checked(start_server: ServerFactory) -> None:
+    """Past --upload-limit an upload is refused with a clear 413 and nothing is kept."""
+    server = start_server(None, "--upload-limit", "1k")
+    uploads = server.state_dir / "uploads"
+    ok = server.http.post("/api/uploads", params={"name": "a.txt"}, content=b"hello\n")
+    assert ok.status_code == 201, ok.text
+    assert ok.json()["sha256"] == hashlib.sha256(b"hello\n").hexdigest()
+    assert (uploads / ok.json()["upload"] / "a.txt").read_bytes() == b"hello\n"
+    declared = server.http.post("/api/uploads", params={"name": "b.bin"}, content=b"x" * 2048)
+    assert declared.status_code == 413
+    assert declared.json()["error"] == (
+        "upload too large: 2.0 KiB is more than the server's limit of 1.0 KiB "
+        "(easytask server --upload-limit)"
+    )
+
+    def chunks():  # no content-length: the limit is found while streaming
+        for _ in range(4):
+            yield b"x" * 1000
+
+    streamed = server.http.post("/api/uploads", params={"name": "c.bin"}, content=chunks())
+    assert streamed.status_code == 413 and "upload too large" in streamed.json()["error"]
+    assert [p.name for p in uploads.iterdir()] == [ok.json()["upload"]]
+    for name in ("", "../x", "a/b"):
+        bad = server.http.post("/api/uploads", params={"name": name}, content=b"x")
+        assert bad.status_code == 400 and "plain name" in bad.json()["error"]
+    job = server.http.post(
+        "/api/jobs",
+        json={"pattern": "all", "kind": "copy", "copy": {"name": "a.txt", "upload": "0" * 16}},
+    )
+    assert job.status_code == 400 and "no uploaded file" in job.json()["error"]

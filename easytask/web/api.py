@@ -810,9 +810,20 @@ def _file_digests(src: str) -> dict[str, str]:
 
 def _too_large(size: int, limit: int) -> str:
     return (
-        f"upload too large: {size / 1048576:.1f} MiB is more than the server's limit of "
-        f"{limit / 1048576:.1f} MiB (easytask server --upload-limit)"
+        f"upload too large: {human_size(size)} is more than the server's limit of "
+        f"{human_size(limit)} (easytask server --upload-limit)"
     )
+
+
+def human_size(n: float) -> str:
+    """Bytes as `512 bytes`, `64.0 KiB`, `1.5 GiB`."""
+    if n < 1024:
+        return f"{int(n)} bytes"
+    for unit in ("KiB", "MiB", "GiB"):
+        n /= 1024
+        if n < 1024 or unit == "GiB":
+            break
+    return f"{n:.1f} {unit}"
 
 
 def safe_relative(path: str) -> str:
