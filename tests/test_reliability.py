@@ -340,3 +340,21 @@ def test_playbook_job_continues_after_server_kill(
         r["started_at"] for k, v in rows.items() if k[1] == "pb2" for r in v if r["started_at"]
     )
     assert pb2_start >= pb1_done
+
+
+def test_changed_playbook_is_not_resumed(start_server: ServerFactory, tmp_path: Path) -> None:
+    """A playbook edited while its server was down is not continued: its runs end with the reason."""
+    inventory = tmp_path / "inv.ini"
+    inventory.write_text("[pbweb]\npb1\npb2\n")
+    server = start_server(inventory)
+    book = RESUME_BOOK.format(marks=tmp_path)
+    job = server.post("/api/playbooks/run", {"name": "resume.yml", "text": book})
+    server.proc.kill9()
+    (saved,) = (server.state_dir / "bundles").glob("*/resume.yml")
+    saved.write_text(saved.read_text() + "# edited\n")
+    server2 = start_server(inventory, state_dir=server.state_dir)
+    data = server2.wait_job(job["job"]["id"], timeout=60)
+    assert data["job"]["state"] == "terminated"
+    assert {r["reason"] for r in data["runs"]} == {
+        f"not resumed: {saved.resolve()} changed since the job started"
+    }
