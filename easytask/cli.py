@@ -97,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("all", "failed"),
         help="which finished jobs call --notify-url (default all; EASYTASK_NOTIFY_EVENTS)",
     )
+    s.add_argument(
+        "--upload-limit",
+        type=_size,
+        default=1 << 30,
+        help="largest file a copy or script may upload (default 1G)",
+    )
     s.set_defaults(func=cmd_server)
 
     a = sub.add_parser("agent", help="run a resident agent that dials out to a server")
@@ -325,6 +331,7 @@ def cmd_server(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
         ssh_known_hosts=args.ssh_known_hosts,
         reattach_timeout=args.reattach_timeout,
         output_limit=args.output_limit,
+        upload_limit=args.upload_limit,
         playbooks=args.playbooks or "playbooks",
         public_url=args.public_url or settings.public_url,
         notify_url=args.notify_url or settings.notify_url,
@@ -453,10 +460,12 @@ def _summary(data: dict[str, Any], elapsed: float, out: TextIO) -> int:
     return EXIT_OK if all(r["state"] == "success" for r in runs) else EXIT_FAILED
 
 
-def _file_payload(path: Path) -> dict[str, Any]:
-    """A local file or directory as the API takes it (base64)."""
+def _file_payload(path: Path, client: Any) -> dict[str, Any]:
+    """A local file (streamed to POST /api/uploads) or directory (base64) as the API takes it."""
     import base64
 
+    if path.is_file():
+        return {"name": path.name, "upload": client.upload(path)["upload"]}
     if path.is_dir():
         files = {
             p.relative_to(path).as_posix(): base64.b64encode(p.read_bytes()).decode()
@@ -481,7 +490,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         "one": args.one,
     }
     if args.script:
-        spec = _file_payload(Path(args.script))
+        spec = _file_payload(Path(args.script), _client(settings))
         spec.update(args=shlex.join(args.script_args), interpreter=args.interpreter)
         body.update(kind="script", script=spec)
     elif args.script_args:
@@ -490,7 +499,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
 
 
 def cmd_copy(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    spec = _file_payload(Path(args.src))
+    spec = _file_payload(Path(args.src), _client(settings))
     spec.update(dest=args.dest, mode=args.mode, owner=args.owner, backup=args.backup)
     body = {
         "pattern": args.pattern,

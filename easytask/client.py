@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -67,6 +68,29 @@ class Client:
         """POST JSON, return JSON."""
         try:
             return self._check(self._http.post(path, json=body or {}))
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+
+    def upload(self, path: Path) -> Any:
+        """Stream a local file to POST /api/uploads; returns its upload id, size and SHA-256."""
+
+        def chunks() -> Iterator[bytes]:
+            with open(path, "rb") as fh:
+                while chunk := fh.read(1 << 20):
+                    yield chunk
+
+        try:
+            resp = self._http.post(
+                "/api/uploads",
+                params={"name": path.name},
+                content=chunks(),
+                headers={
+                    "content-type": "application/octet-stream",
+                    "content-length": str(path.stat().st_size),
+                },
+                timeout=httpx.Timeout(30.0, write=None, read=600.0),
+            )
+            return self._check(resp)
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from exc
 

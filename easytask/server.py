@@ -18,7 +18,7 @@ from typing import Any
 import uvicorn
 
 from easytask import __version__
-from easytask.errors import NoHostsMatched, PlaybookError, StartError
+from easytask.errors import EasyTaskError, NoHostsMatched, PlaybookError, StartError
 from easytask.inventory import Inventory, load_inventory
 from easytask.plan import PlannedRun, plan_adhoc
 from easytask.plan_playbook import PlaybookPlan, plan_playbook
@@ -29,7 +29,12 @@ from easytask.scheduler.jobs import JobEngine
 from easytask.scheduler.logwriter import LogWriter
 from easytask.scheduler.metrics import Metrics
 from easytask.scheduler.notify import Notifier, Webhook
-from easytask.scheduler.playbooks import submit_playbook
+from easytask.scheduler.playbooks import (
+    ResumeError,
+    check_resumable,
+    resume_playbook,
+    submit_playbook,
+)
 from easytask.scheduler.schedules import Scheduler
 from easytask.store.db import Store, sqlite_url
 from easytask.store.models import AgentState, Job
@@ -63,6 +68,7 @@ class ServerConfig:
     notify_events: str = "all"
     notify_secret: str | None = None
     metrics_token: str | None = None
+    upload_limit: int = 1 << 30
 
 
 def split_addr(value: str, default_port: int) -> tuple[str, int]:
@@ -165,6 +171,27 @@ class Server:
         )
         assert job.id is not None
         return job.id
+
+    async def _resume_playbook(self, job: Job) -> int:
+        """Plan a playbook job again from what it stored and continue it where it stopped."""
+        try:
+            spec = json.loads(job.vars or "{}")
+        except ValueError:
+            spec = {}
+        if not isinstance(spec, dict) or not spec.get("playbook"):
+            raise ResumeError("the job holds no playbook to plan it again from")
+        try:
+            playbook = await asyncio.to_thread(load_playbook, Path(spec["playbook"]))
+        except EasyTaskError as exc:
+            raise ResumeError(f"{spec['playbook']}: {exc}") from exc
+        plan = plan_playbook(
+            playbook,
+            await self.merged_inventory(),
+            extra_vars=spec.get("extra_vars") or {},
+            limit=spec.get("limit"),
+        )
+        check_resumable(plan, spec)
+        return await resume_playbook(self.engine, plan, job, self.pending_timeout)
 
     async def plan_adhoc(self, pattern: str, command: str) -> list[PlannedRun]:
         """Resolve a pattern against the inventory plus the accepted agents."""
@@ -288,7 +315,7 @@ class Server:
             interval=self.config.schedule_interval,
         )
         self.scheduler.start()
-        counts = await self.engine.resume(self._hostvars)
+        counts = await self.engine.resume(self._hostvars, self._resume_playbook)
         if any(counts.values()):
             log.warning(
                 "taking over from the previous server process: %d run(s) resumed, "

@@ -90,6 +90,7 @@ def test_viewer_gets_403_on_operator_and_admin_actions(server: ServerHandle) -> 
     assert viewer.http.get("/api/whoami").json() == {"name": "vera", "role": "viewer"}
     api_actions = [
         "/api/jobs",
+        "/api/uploads?name=x.sh",
         "/api/jobs/1/kill",
         "/api/runs/1/kill",
         "/api/agents/web1/accept",
@@ -133,6 +134,8 @@ def test_csrf_is_required_for_browser_state_changes(
     assert admin.api_post("/api/jobs", body).status_code == 400
     assert admin.api_post("/api/agents/tokens", {"uses": 1}).status_code == 201
     assert admin.form_post("/adhoc", body, csrf=False).status_code == 403
+    upload = admin.http.post("/api/uploads", params={"name": "x.sh"}, content=b"echo hi\n")
+    assert upload.status_code == 403 and "CSRF" in upload.json()["error"]
     assert admin.form_post("/agents/web1/accept", {}, csrf=False).status_code == 403
     assert admin.form_post("/logout", {}, csrf=False).status_code == 403
     assert admin.http.get("/").status_code == 200  # still signed in

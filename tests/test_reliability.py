@@ -257,3 +257,104 @@ def test_network_partition_then_heal(
     print(
         f"partition: unreachable after {detected:.1f}s, back online {back:.1f}s after the link came up"
     )
+
+
+RESUME_BOOK = """\
+name: resume
+hosts: pbweb
+serial: 1
+tasks:
+  - name: count
+    shell: >-
+      echo x >> {marks}/count-{{{{ inventory_hostname }}}};
+      for i in $(seq 1 40); do echo $i; sleep 0.1; done
+  - name: report
+    needs: count
+    shell: >-
+      echo x >> {marks}/report-{{{{ inventory_hostname }}}};
+      echo "count said {{{{ results.count.stdout_lines | length }}}} lines"
+  - name: flaky
+    needs: report
+    retries: 1
+    retry_delay: 1s
+    shell: >-
+      echo x >> {marks}/flaky-{{{{ inventory_hostname }}}};
+      [ $(wc -l < {marks}/flaky-{{{{ inventory_hostname }}}}) -ge 2 ]
+  - name: never
+    when: inventory_hostname == "nobody"
+    shell: echo x >> {marks}/never
+"""
+
+
+def test_playbook_job_continues_after_server_kill(
+    start_server: ServerFactory, start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    """kill -9 of the server mid-task of a playbook: the restarted server finishes the job, once."""
+    inventory = tmp_path / "inv.ini"
+    inventory.write_text("[pbweb]\npb1\npb2\n")
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    agents_addr = f"127.0.0.1:{free_port()}"
+    server = start_server(inventory, agents=agents_addr)
+    start_agent(server, "pb1")
+    start_agent(server, "pb2")
+    job = server.post(
+        "/api/playbooks/run", {"name": "resume.yml", "text": RESUME_BOOK.format(marks=marks)}
+    )
+    job_id = job["job"]["id"]
+    first = next(r for r in job["runs"] if (r["task"], r["host"]) == ("count", "pb1"))
+    wait_until(lambda: len(server.log_lines(first["id"])) > 10, timeout=60, what="some output")
+    server.proc.kill9()
+    server2 = start_server(inventory, state_dir=server.state_dir, agents=agents_addr)
+    data = server2.wait_job(job_id, timeout=120)
+    assert data["job"]["state"] == "success", data
+    rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for run in sorted(data["runs"], key=lambda r: r["id"]):
+        rows.setdefault((run["task"], run["host"]), []).append(run)
+    for host in ("pb1", "pb2"):
+        assert [r["state"] for r in rows[("count", host)]] == ["success"]
+        assert [r["state"] for r in rows[("report", host)]] == ["success"]
+        assert [(r["attempt"], r["state"]) for r in rows[("flaky", host)]] == [
+            (1, "failed"),
+            (2, "success"),
+        ]
+        assert [r["state"] for r in rows[("never", host)]] == ["skipped"]
+        # every command ran exactly as often as it has run rows
+        assert (marks / f"count-{host}").read_text() == "x\n"
+        assert (marks / f"report-{host}").read_text() == "x\n"
+        assert (marks / f"flaky-{host}").read_text() == "x\nx\n"
+        count = rows[("count", host)][0]
+        lines = server2.log_lines(count["id"])
+        assert [ln["seq"] for ln in lines] == list(range(1, len(lines) + 1))
+        assert [ln["text"] for ln in lines if ln["stream"] == "stdout"] == [
+            str(i) for i in range(1, 41)
+        ]
+        report = server2.log_lines(rows[("report", host)][0]["id"])
+        assert [ln["text"] for ln in report] == ["count said 40 lines"]
+    assert not (marks / "never").exists()
+    kinds = [e["kind"] for e in server2.get(f"/api/runs/{first['id']}")["events"]]
+    assert "resumed" in kinds and "reattached" in kinds
+    # pb2 is in the second serial batch: it started only after the restart, after pb1 finished
+    pb1_done = max(r["finished_at"] for k, v in rows.items() if k[1] == "pb1" for r in v)
+    pb2_start = min(
+        r["started_at"] for k, v in rows.items() if k[1] == "pb2" for r in v if r["started_at"]
+    )
+    assert pb2_start >= pb1_done
+
+
+def test_changed_playbook_is_not_resumed(start_server: ServerFactory, tmp_path: Path) -> None:
+    """A playbook edited while its server was down is not continued: its runs end with the reason."""
+    inventory = tmp_path / "inv.ini"
+    inventory.write_text("[pbweb]\npb1\npb2\n")
+    server = start_server(inventory)
+    book = RESUME_BOOK.format(marks=tmp_path)
+    job = server.post("/api/playbooks/run", {"name": "resume.yml", "text": book})
+    server.proc.kill9()
+    (saved,) = (server.state_dir / "bundles").glob("*/resume.yml")
+    saved.write_text(saved.read_text() + "# edited\n")
+    server2 = start_server(inventory, state_dir=server.state_dir)
+    data = server2.wait_job(job["job"]["id"], timeout=60)
+    assert data["job"]["state"] == "terminated"
+    assert {r["reason"] for r in data["runs"]} == {
+        f"not resumed: {saved.resolve()} changed since the job started"
+    }

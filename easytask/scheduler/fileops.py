@@ -18,6 +18,13 @@ from easytask.scheduler.output import RunOutput
 from easytask.store.models import Run, RunState, utcnow
 from easytask.transport import executor
 
+# SFTP transfers: 128 KiB requests, 32 in flight. asyncssh's default follows the far side's limits;
+# an agent (asyncssh's SFTP server) allows 4 MiB writes, which put ~150 MiB in the server's memory
+# per 200 MiB file. These bound it to a few MiB on every link (OpenSSH allows 255 KiB writes).
+SFTP_BLOCK = 128 << 10
+SFTP_REQUESTS = 32
+SFTP_OPTS: dict[str, Any] = {"block_size": SFTP_BLOCK, "max_requests": SFTP_REQUESTS}
+
 
 @dataclass(frozen=True)
 class FileAction:
@@ -42,6 +49,26 @@ class FileAction:
         """The command that runs an uploaded script with its arguments."""
         head = f"{self.interpreter} " if self.interpreter else ""
         return head + shlex.quote(script_path) + (f" {self.args}" if self.args else "")
+
+
+def checksum_command(path: str, expect: str | None = None) -> str:
+    """A shell command that prints the SHA-256 of `path` (or `missing`); with `expect`, it fails
+    when the digest differs. `~/` is each host's own home directory."""
+    q = shlex.quote(path)
+    if path.startswith("~/"):
+        q = '"$HOME"/' + shlex.quote(path[2:])
+    command = (
+        f"if [ -f {q} ]; then sha256sum -- {q} | cut -d' ' -f1; "
+        f"elif [ -e {q} ]; then echo 'not a regular file' >&2; exit 2; else echo missing; fi"
+    )
+    if expect:
+        want = shlex.quote(expect.lower())
+        command = (
+            f'got=$({command}) || exit $?; echo "$got"; '
+            f"if [ \"$got\" != {want} ]; then echo 'differs from the expected SHA-256' >&2; "
+            "exit 1; fi"
+        )
+    return command
 
 
 def sha256_file(path: str | Path) -> str:
@@ -121,7 +148,7 @@ async def copy(
                     await sftp.posix_rename(dest, f"{dest}.{stamp}~")
                     out.system(f"backup: previous {dest} kept as {dest}.{stamp}~")
                 tmp = f"{dest}.easytask-{run.id}"
-                await sftp.put(str(src), tmp)
+                await sftp.put(str(src), tmp, **SFTP_OPTS)
                 if action.mode:
                     await sftp.chmod(tmp, int(str(action.mode), 8))
                 await sftp.posix_rename(tmp, dest)
@@ -171,7 +198,7 @@ async def script(
     try:
         async with conn.start_sftp_client() as sftp:
             await sftp.mkdir(remote_dir, asyncssh.SFTPAttrs(permissions=0o700))
-            await sftp.put(action.src, remote)
+            await sftp.put(action.src, remote, **SFTP_OPTS)
             await sftp.chmod(remote, 0o700)
     except (OSError, asyncssh.Error) as exc:
         await engine._finish(run, RunState.FAILED, reason=f"could not upload the script: {exc}")
@@ -197,7 +224,7 @@ async def fetch(
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         async with conn.start_sftp_client() as sftp:
-            await sftp.get(action.dest, str(target))
+            await sftp.get(action.dest, str(target), **SFTP_OPTS)
         digest = await asyncio.to_thread(sha256_file, target)
         out.system(f"fetched {action.dest} ({target.stat().st_size} bytes, sha256 {digest})")
         await engine._finish(

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from easytask.errors import ConnectError, UsageError
+from easytask.errors import ConnectError, EasyTaskError, UsageError
 from easytask.plan import PlannedRun
 from easytask.scheduler.agents import AgentRegistry
 from easytask.scheduler.hub import LiveHub
@@ -185,9 +185,7 @@ class JobEngine:
             for run in runs:
                 self._live.pop(run.id or 0, None)
         assert job.id is not None
-        done = await self.store.call(self.store.finish_job_if_done, job.id)
-        if done is not None:
-            await self.job_finished(done)
+        await self._finish_job(job.id)
 
     async def _guarded(
         self,
@@ -690,29 +688,29 @@ class JobEngine:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    async def resume(self, hostvars: Callable[[str], dict[str, Any]]) -> dict[str, int]:
+    async def resume(
+        self,
+        hostvars: Callable[[str], dict[str, Any]],
+        resume_playbook: Callable[[Job], Awaitable[int]] | None = None,
+    ) -> dict[str, int]:
         """Take over what a previous server process left: queued runs run, agent runs re-attach.
 
         Runs that were dispatched to agentless hosts cannot be recovered (the link is gone with
-        the process): they end failed with reason "connection lost".
+        the process): they end failed with reason "connection lost". A playbook job goes on
+        through `resume_playbook` (which plans it again); when that raises an EasyTaskError, or
+        without it, the job's unfinished runs end terminated with the reason.
         """
         counts = {"resumed": 0, "failed": 0}
         by_job: dict[int, list[Run]] = {}
+        playbook_jobs: dict[int, list[Run]] = {}
         kinds: dict[int, str] = {}
         for run in await self.store.call(self.store.unfinished_runs):
             assert run.id is not None
             if run.job_id not in kinds:
                 job = await self.store.call(self.store.get_job, run.job_id)
                 kinds[run.job_id] = job.kind if job else "adhoc"
-            if kinds[run.job_id] != "adhoc" and run.state == RunState.QUEUED:
-                # A playbook's order (needs, batches, results) lived in the old process.
-                await self._finish(
-                    run,
-                    RunState.TERMINATED,
-                    reason="not run: the server restarted before it started",
-                )
-                await self._finish_job(run.job_id)
-                counts["failed"] += 1
+            if kinds[run.job_id] != "adhoc":
+                playbook_jobs.setdefault(run.job_id, []).append(run)
                 continue
             if run.connection == "ssh" and run.state != RunState.QUEUED:
                 await self._finish(
@@ -723,6 +721,20 @@ class JobEngine:
                 continue
             await self._event(run, "resumed", f"by server {self.registry.server_id}")
             by_job.setdefault(run.job_id, []).append(run)
+        for job_id, left in playbook_jobs.items():
+            job = await self.store.call(self.store.get_job, job_id)
+            reason = "the server restarted and cannot continue this kind of job"
+            if job is not None and resume_playbook is not None:
+                try:
+                    counts["resumed"] += await resume_playbook(job)
+                    continue
+                except EasyTaskError as exc:
+                    reason = str(exc)
+                    log.warning("job %s not resumed: %s", job_id, reason)
+            for run in left:
+                await self._finish(run, RunState.TERMINATED, reason=f"not resumed: {reason}")
+                counts["failed"] += 1
+            await self._finish_job(job_id)
         for job_id, runs in by_job.items():
             job = await self.store.call(self.store.get_job, job_id)
             if job is None:

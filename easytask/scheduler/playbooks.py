@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import shlex
 from dataclasses import dataclass, field
@@ -40,6 +42,7 @@ class _Slot:
     state: str = RunState.QUEUED
     skipped_by_when: bool = False
     result: dict[str, Any] | None = None
+    resumed: bool = False  # its row was started (or a retry queued) by a previous server process
 
 
 class PlaybookJob:
@@ -113,6 +116,8 @@ class PlaybookJob:
     async def _one(self, slot: _Slot) -> None:
         planned = slot.planned
         task = self.plan.task(planned.task)
+        if slot.done.is_set():  # finished before a server restart
+            return
         for need in planned.needs:
             dep = self.slots[need]
             await dep.done.wait()
@@ -127,6 +132,8 @@ class PlaybookJob:
                 )
                 return
         host = planned.host
+        if host is None and slot.run.host != ANY_HOST:
+            host = slot.run.host  # placed by a previous server process
         if host is None:
             host = self.engine.registry.least_busy(planned.candidates)
             await self.engine.store.call(
@@ -170,8 +177,13 @@ class PlaybookJob:
         """Run the task, retrying with delay and backoff; every attempt is its own run row."""
         run = slot.run
         attempt = run.attempt
+        resumed = slot.resumed
         while True:
-            await self._attempt(run, task, action, host)
+            if resumed:
+                await self._resumed_attempt(run, task, action, host)
+                resumed = False
+            else:
+                await self._attempt(run, task, action, host)
             fresh = await self.engine.store.call(self.engine.store.get_run, run.id or 0)
             assert fresh is not None
             state = fresh.state
@@ -214,6 +226,23 @@ class PlaybookJob:
         )
         run.command = command
         await self.engine.execute_one(run, hostvars, options)
+
+    async def _resumed_attempt(self, run: Run, task: PlannedTask, action: Any, host: str) -> None:
+        """Go on with an attempt a previous server process left queued or in flight."""
+        if run.state == RunState.QUEUED or action.kind == "copy":
+            # A copy sends whole files to a temporary name: sending again is safe.
+            await self._attempt(run, task, action, host)
+            return
+        if run.connection != "agent":
+            # The link to an agentless host went with the old process.
+            await self.engine.finish(
+                run, RunState.FAILED, reason="connection lost (server restarted)"
+            )
+            return
+        # On an agent the command goes on under its supervisor: re-attach with the stored command
+        # (for a script, the one that runs the already uploaded file).
+        options = JobOptions(timeout=task.timeout, pending_timeout=self.pending_timeout)
+        await self.engine.execute_one(run, dict(self.plan.host_vars.get(host, {})), options)
 
 
 def job_runs_for(plan: PlaybookPlan) -> list[Run]:
@@ -266,6 +295,7 @@ async def submit_playbook(
         source=source,
         pending_timeout=pending_timeout,
         forks=plan.forks or 0,
+        vars=json.dumps(resume_spec(plan)),
     )
     runs = job_runs_for(plan)
     if not runs:
@@ -282,6 +312,95 @@ async def submit_playbook(
     task = asyncio.create_task(_run(engine, runner), name=f"job-{job.id}")
     engine.adopt(job.id, task)
     return job, runs
+
+
+def resume_spec(plan: PlaybookPlan) -> dict[str, Any]:
+    """What a later server process needs to plan the same job again (kept in `job.vars`)."""
+    return {
+        "playbook": str(Path(plan.playbook.path).resolve()),
+        "sha256": hashlib.sha256(plan.playbook.text.encode()).hexdigest(),
+        "limit": plan.limit,
+        "extra_vars": dict(plan.extra_vars),
+    }
+
+
+class ResumeError(EasyTaskError):
+    """The playbook job cannot be continued after the server restarted."""
+
+
+def check_resumable(plan: PlaybookPlan, spec: dict[str, Any]) -> None:
+    """Raise ResumeError unless `plan` was made from the very playbook text the job started with."""
+    digest = hashlib.sha256(plan.playbook.text.encode()).hexdigest()
+    if digest != spec.get("sha256"):
+        raise ResumeError(f"{spec.get('playbook')} changed since the job started")
+
+
+async def resume_playbook(
+    engine: JobEngine, plan: PlaybookPlan, job: Job, pending_timeout: float
+) -> int:
+    """Continue a playbook job a previous server process left unfinished; returns runs to go.
+
+    Finished runs keep their result (for `needs`, `when` and `results.<task>`); a run in flight
+    on an agent is re-attached; queued runs and retries run in their batches as before.
+    """
+    assert job.id is not None
+    rows = await engine.store.call(engine.store.job_runs, job.id)
+    originals = sorted((r for r in rows if r.attempt == 1), key=lambda r: r.id or 0)
+    if len(originals) != len(plan.runs) or any(
+        row.task != planned.task
+        or (planned.host is not None and row.host != planned.host)
+        or (planned.host is None and row.host != ANY_HOST and row.host not in planned.candidates)
+        for row, planned in zip(originals, plan.runs, strict=False)
+    ):
+        raise ResumeError("the inventory no longer gives the hosts the job was planned for")
+    latest: dict[tuple[str, str], Run] = {}
+    for row in sorted(rows, key=lambda r: (r.attempt, r.id or 0)):
+        latest[(row.task, row.host)] = row
+    current = [latest[(row.task, row.host)] for row in originals]
+    runner = PlaybookJob(engine, plan, job, current, pending_timeout)
+    left = 0
+    for slot in runner.slots.values():
+        run = slot.run
+        task = plan.task(slot.planned.task)
+        engine.track(run)
+        if run.state not in RunState.FINAL:
+            left += 1
+            slot.resumed = run.attempt > 1 or run.state != RunState.QUEUED
+            if slot.resumed:
+                await engine.store.call(
+                    engine.store.update_run, run.id or 0, "resumed", "by a restarted server"
+                )
+            continue
+        if _retry_due(run, task):
+            # The old process ended this attempt but died before queuing the next one.
+            nxt = await engine.store.call(engine.store.add_attempt, run.id or 0, run.attempt + 1)
+            engine.track(nxt)
+            slot.run = nxt
+            slot.resumed = True
+            left += 1
+            continue
+        slot.state = run.state
+        slot.skipped_by_when = run.reason.startswith("when is false")
+        if run.state == RunState.SKIPPED:
+            slot.result = task_result(rc=None, state=RunState.SKIPPED)
+        else:
+            stdout, stderr = await engine.output_text(run.id or 0)
+            slot.result = task_result(stdout, stderr, run.exit_code, run.state)
+        slot.done.set()
+    task_ = asyncio.create_task(_run(engine, runner), name=f"job-{job.id}")
+    engine.adopt(job.id, task_)
+    return left
+
+
+def _retry_due(run: Run, task: PlannedTask) -> bool:
+    """Whether the retry loop would have queued another attempt after this ended one."""
+    return (
+        run.state in (RunState.FAILED, RunState.TERMINATED, RunState.UNREACHABLE)
+        and run.attempt <= task.retries
+        and "killed by" not in run.reason
+        and not run.reason.startswith("internal error")
+        and (run.started_at is not None or run.state == RunState.UNREACHABLE)
+    )
 
 
 async def _run(engine: JobEngine, runner: PlaybookJob) -> None:

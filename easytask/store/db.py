@@ -516,13 +516,19 @@ class Store:
             job = s.get(Job, job_id)
             if job is None or job.state in RunState.FINAL:
                 return None
-            states = [r.state for r in s.exec(select(Run).where(Run.job_id == job_id))]
-            if not states or any(st not in RunState.FINAL for st in states):
+            rows = list(s.exec(select(Run).where(Run.job_id == job_id)))
+            if not rows or any(r.state not in RunState.FINAL for r in rows):
+                states = [r.state for r in rows]
                 if any(st != RunState.QUEUED for st in states) and job.state == RunState.QUEUED:
                     job.state = RunState.RUNNING
                     s.add(job)
                     s.commit()
                 return None
+            # A run that was retried counts by its last attempt.
+            latest: dict[tuple[str, str], Run] = {}
+            for r in sorted(rows, key=lambda r: (r.attempt, r.id or 0)):
+                latest[(r.task, r.host)] = r
+            states = [r.state for r in latest.values()]
             if all(st in (RunState.SUCCESS, RunState.SKIPPED) for st in states):
                 job.state = RunState.SUCCESS
             elif any(st == RunState.TERMINATED for st in states):
@@ -534,8 +540,8 @@ class Store:
             job.finished_at = utcnow()
             s.add(job)
             counts: dict[str, int] = {}
-            for st in states:
-                counts[st] = counts.get(st, 0) + 1
+            for r in rows:
+                counts[r.state] = counts.get(r.state, 0) + 1
             audit_chain.append(
                 s,
                 job.submitted_by,

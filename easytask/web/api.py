@@ -9,6 +9,7 @@ import json
 import logging
 import re
 import secrets
+import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
@@ -29,7 +30,7 @@ from easytask.errors import APIError, EasyTaskError
 from easytask.lines import LEVELS
 from easytask.plan_playbook import PlaybookPlan, plan_playbook
 from easytask.playbook import PlaybookErrors, load_playbook
-from easytask.scheduler.fileops import FileAction
+from easytask.scheduler.fileops import FileAction, checksum_command, sha256_file
 from easytask.scheduler.jobs import JobOptions, job_dict, run_dict
 from easytask.scheduler.playbooks import submit_playbook
 from easytask.store.db import as_utc
@@ -42,6 +43,7 @@ log = logging.getLogger("easytask.server")
 
 MAX_BODY = 1 << 20
 MAX_PLAYBOOK_BODY = 64 << 20
+UPLOAD_CHUNK = 1 << 20  # bytes buffered before a write (and the memory an upload holds)
 ROLES_OPERATE = ("admin", "operator")
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -165,7 +167,9 @@ class Api:
         except (TypeError, ValueError) as exc:
             raise APIError(str(exc)) from exc
         options = JobOptions(timeout=timeout, pending_timeout=pending, forks=forks)
-        if data.get("kind", "command") != "command":
+        if data.get("kind") == "checksum":
+            command, data["name"] = self._checksum(data)
+        elif data.get("kind", "command") != "command":
             action, command = self._file_action(data)
             options = replace(options, file_action=action)
         planned = await self.server.plan_adhoc(pattern, command)
@@ -182,7 +186,7 @@ class Api:
             "timeout": options.timeout,
         }
         if action is not None and action.kind in ("copy", "script"):
-            audit_detail["files"] = _file_digests(action.src)
+            audit_detail["files"] = await asyncio.to_thread(_file_digests, action.src)
         job, runs = await self.server.engine.submit(
             planned,
             name=str(data.get("name") or command)[:200],
@@ -206,13 +210,25 @@ class Api:
         source = self.source(request) if request is not None else ""
         await store.call(store.audit, actor, action, source, detail)
 
+    @staticmethod
+    def _checksum(data: dict[str, Any]) -> tuple[str, str]:
+        """A checksum request: its command and the job's name."""
+        spec = data.get("checksum")
+        if not isinstance(spec, dict) or not str(spec.get("path") or "").strip():
+            raise APIError("checksum.path is required")
+        path = str(spec["path"]).strip()
+        expect = str(spec.get("expect") or "").strip() or None
+        if expect is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", expect):
+            raise APIError(f"checksum.expect {expect!r} is not a SHA-256 (64 hex digits)")
+        return checksum_command(path, expect), f"checksum {path}"
+
     def _file_action(self, data: dict[str, Any]) -> tuple[FileAction, str]:
         """A copy, script or fetch request, its uploads written to a private dir."""
         kind = data.get("kind")
         spec = data.get(kind) if isinstance(kind, str) else None
         if kind not in ("copy", "script", "fetch") or not isinstance(spec, dict):
             raise APIError(
-                "kind must be command, copy, script or fetch, with an object of that name"
+                "kind must be command, checksum, copy, script or fetch, with an object of that name"
             )
         state = self.server.state_dir
         if kind == "fetch":
@@ -224,7 +240,14 @@ class Api:
         name = safe_relative(str(spec.get("name") or ""))
         files = spec.get("files")
         try:
-            if isinstance(files, dict):  # a directory
+            if spec.get("upload"):  # sent before through POST /api/uploads
+                token = str(spec["upload"])
+                if not re.fullmatch(r"[0-9a-f]{16}", token):
+                    raise APIError(f"{kind}.upload: not an upload id: {token!r}")
+                upload = state / "uploads" / token
+                if not (upload / name).is_file():
+                    raise APIError(f"{kind}.upload: no uploaded file {name!r} with id {token}")
+            elif isinstance(files, dict):  # a directory
                 for rel, b64 in files.items():
                     target = upload / name / safe_relative(str(rel))
                     target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -257,6 +280,59 @@ class Api:
             backup=bool(spec.get("backup")),
         )
         return action, f"copy {name} -> {dest}"
+
+    async def upload(self, request: Request, user: User) -> Response:
+        """POST /api/uploads?name=FILE: the raw body, streamed to disk, for a later copy or script.
+
+        Memory stays bounded whatever the size; past the server's --upload-limit the upload
+        is refused (413) and nothing is kept. Returns the upload id, size and SHA-256.
+        """
+        name = request.query_params.get("name") or ""
+        if not name or name != Path(name).name or name in (".", ".."):
+            raise APIError("name (the file's plain name, no directory) is required")
+        limit = self.server.config.upload_limit
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise APIError(_too_large(int(declared), limit), status=413)
+        token = secrets.token_hex(8)
+        folder = self.server.state_dir / "uploads" / token
+        target = folder / name
+        digest = hashlib.sha256()
+        size = 0
+        pending = bytearray()
+
+        def write(fh: Any, data: bytes) -> None:
+            digest.update(data)
+            fh.write(data)
+
+        await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True, mode=0o700)
+        fh = await asyncio.to_thread(open, target, "wb")
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise APIError(_too_large(size, limit), status=413)
+                pending += chunk
+                if len(pending) >= UPLOAD_CHUNK:
+                    await asyncio.to_thread(write, fh, bytes(pending))
+                    pending.clear()
+            await asyncio.to_thread(write, fh, bytes(pending))
+        except BaseException:
+            fh.close()
+            await asyncio.to_thread(shutil.rmtree, folder, True)
+            raise
+        finally:
+            fh.close()
+        sha = digest.hexdigest()
+        await self.audit(
+            user,
+            "file.upload",
+            request,
+            {"upload": token, "name": name, "size": size, "sha256": sha},
+        )
+        return JSONResponse(
+            {"upload": token, "name": name, "size": size, "sha256": sha}, status_code=201
+        )
 
     async def fetched(self, request: Request, user: User) -> Response:
         """GET /api/runs/{id}/fetched: the file a fetch run brought back."""
@@ -679,6 +755,7 @@ class Api:
             Route("/api/health", _health),
             Route("/api/whoami", self.route(self.whoami)),
             Route("/api/jobs", self.route(self.submit, op), methods=["POST"]),
+            Route("/api/uploads", self.route(self.upload, op), methods=["POST"]),
             Route("/api/jobs/{job_id}", self.route(self.get_job)),
             Route("/api/jobs/{job_id}/events", self.route(self.job_events)),
             Route("/api/jobs/{job_id}/kill", self.route(self.kill_job, op), methods=["POST"]),
@@ -727,11 +804,26 @@ def _file_digests(src: str) -> dict[str, str]:
     root = Path(src)
     files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
     return {
-        (p.relative_to(root).as_posix() if root.is_dir() else p.name): hashlib.sha256(
-            p.read_bytes()
-        ).hexdigest()
-        for p in files
+        (p.relative_to(root).as_posix() if root.is_dir() else p.name): sha256_file(p) for p in files
     }
+
+
+def _too_large(size: int, limit: int) -> str:
+    return (
+        f"upload too large: {human_size(size)} is more than the server's limit of "
+        f"{human_size(limit)} (easytask server --upload-limit)"
+    )
+
+
+def human_size(n: float) -> str:
+    """Bytes as `512 bytes`, `64.0 KiB`, `1.5 GiB`."""
+    if n < 1024:
+        return f"{int(n)} bytes"
+    for unit in ("KiB", "MiB", "GiB"):
+        n /= 1024
+        if n < 1024 or unit == "GiB":
+            break
+    return f"{n:.1f} {unit}"
 
 
 def safe_relative(path: str) -> str:

@@ -25,7 +25,7 @@ from easytask.lines import LEVELS
 from easytask.scheduler.jobs import JobOptions
 from easytask.store.db import as_utc
 from easytask.store.models import AgentState, Job, Run, RunState, User
-from easytask.web.api import playbook_listing
+from easytask.web.api import Api, human_size, playbook_listing
 from easytask.web.auth import CSRF_FIELD, SAFE_METHODS, SessionAuth, csrf_ok
 
 if TYPE_CHECKING:
@@ -35,6 +35,7 @@ log = logging.getLogger("easytask.server")
 
 MAX_FORM = 64 * 1024
 ROLES_OPERATE = ("admin", "operator")
+ADHOC_KINDS = ("command", "script", "copy", "checksum")
 FAILED_STATES = (RunState.FAILED, RunState.TERMINATED, RunState.UNREACHABLE)
 PageHandler = Callable[[Request, User], Awaitable[Response]]
 
@@ -514,31 +515,68 @@ class Console:
             again="/adhoc?" + urlencode({"pattern": job.pattern, "command": job.command}),
         )
 
-    async def adhoc_page(self, request: Request, user: User) -> Response:
-        """GET /adhoc: pattern (with live preview), command, timeout."""
-        q = request.query_params
+    def _adhoc(self, request: Request, user: User, status: int = 200, **fields: str) -> Response:
+        """The ad hoc form, filled with `fields`."""
+        limit = self.server.config.upload_limit
+        values = {
+            "error": "",
+            "kind": "command",
+            "pattern": "",
+            "command": "",
+            "timeout": "",
+            "path": "",
+            "expect": "",
+        }
+        values.update(fields)
+        if values["kind"] not in ADHOC_KINDS:
+            values["kind"] = "command"
         return self.render(
             request,
             user,
             "adhoc.html",
+            status=status,
             section="adhoc",
-            error="",
+            upload_limit=limit,
+            upload_limit_text=human_size(limit),
+            **values,
+        )
+
+    async def adhoc_page(self, request: Request, user: User) -> Response:
+        """GET /adhoc: pattern (with live preview); command, script, copy or checksum; timeout."""
+        q = request.query_params
+        return self._adhoc(
+            request,
+            user,
+            kind=q.get("kind") or "command",
             pattern=q.get("pattern") or "",
             command=q.get("command") or "",
             timeout=q.get("timeout") or "",
         )
 
     async def adhoc_submit(self, request: Request, user: User) -> Response:
-        """POST /adhoc: submit the command, then show its status grid."""
+        """POST /adhoc: submit a command or checksum, then show its status grid.
+
+        Scripts and copies carry a file: the page's script sends it to POST /api/uploads and
+        the job to POST /api/jobs (the CLI's path, with the same checks and audit record).
+        """
         form = await self.form(request)
+        kind = form.get("kind", "command") or "command"
         pattern = form.get("pattern", "").strip()
         command = form.get("command", "")
         timeout = form.get("timeout", "").strip()
+        path = form.get("path", "").strip()
+        expect = form.get("expect", "").strip()
         try:
             if not pattern:
                 raise PageError("a host pattern is required")
-            if not command.strip():
-                raise PageError("a command is required")
+            if kind == "checksum":
+                command, name = Api._checksum({"checksum": {"path": path, "expect": expect}})
+            elif kind == "command":
+                if not command.strip():
+                    raise PageError("a command is required")
+                name = command
+            else:
+                raise PageError(f"{kind}: sending a file needs JavaScript in the browser")
             try:
                 seconds = parse_duration(timeout) if timeout else None
             except (TypeError, ValueError) as exc:
@@ -548,24 +586,40 @@ class Console:
             addr = request.client.host if request.client else "?"
             job, _runs = await self.server.engine.submit(
                 planned,
-                name=command[:200],
+                name=name[:200],
                 pattern=pattern,
                 command=command,
                 options=options,
                 user=user.name,
                 source=f"console {addr}",
             )
+            store = self.server.store
+            await store.call(
+                store.audit,
+                user.name,
+                "job.submit",
+                f"console {addr}",
+                {
+                    "job": job.id,
+                    "kind": kind,
+                    "pattern": pattern,
+                    "command": command,
+                    "hosts": [p.host for p in planned],
+                    "timeout": seconds,
+                },
+            )
         except EasyTaskError as exc:
-            return self.render(
+            return self._adhoc(
                 request,
                 user,
-                "adhoc.html",
                 status=400,
-                section="adhoc",
                 error=str(exc),
+                kind=kind,
                 pattern=pattern,
                 command=command,
                 timeout=timeout,
+                path=path,
+                expect=expect,
             )
         return RedirectResponse(f"/jobs/{job.id}", status_code=303)
 
