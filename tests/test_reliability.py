@@ -355,6 +355,7 @@ def test_changed_playbook_is_not_resumed(start_server: ServerFactory, tmp_path: 
     server2 = start_server(inventory, state_dir=server.state_dir)
     data = server2.wait_job(job["job"]["id"], timeout=60)
     assert data["job"]["state"] == "terminated"
-    assert {r["reason"] for r in data["runs"]} == {
+    # a task skipped by its `when` may have ended before the kill; every other run is refused
+    assert {r["reason"] for r in data["runs"] if r["state"] != "skipped"} == {
         f"not resumed: {saved.resolve()} changed since the job started"
     }

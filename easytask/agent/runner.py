@@ -134,8 +134,7 @@ class Runner:
         (spool.dir / "cmd.json").write_text(
             json.dumps({"command": command, "env": extra_env, "cwd": self.cwd, "cap": self.cap})
         )
-        spool.out_path.touch()
-        fifo = spool.dir / "notify"
+        fifo = spool.dir / "notify"  # `out` is created by the supervisor before it answers
         os.mkfifo(fifo, 0o600)
         notify = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
         job = Job(key=key, notify=notify)

@@ -35,6 +35,13 @@ class Subscription:
         except TimeoutError:
             return None
 
+    def get_nowait(self) -> Event | None:
+        """The next event if one is waiting, else None."""
+        try:
+            return self.queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+
     def reset(self) -> None:
         """Clear the overflow after the viewer caught up from the store."""
         while not self.queue.empty():

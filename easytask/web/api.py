@@ -429,15 +429,20 @@ class Api:
                 if event is None:
                     yield ": keepalive\n\n"
                     continue
-                if event["t"] == "line":
-                    if not lines:
-                        continue
-                    if event["seq"] <= last.get(event["run"], 0):
-                        continue
-                    last[event["run"]] = event["seq"]
-                yield _sse(event)
-                if event["t"] == "job":
-                    return
+                # everything already waiting goes out in one write
+                chunk: list[str] = []
+                while event is not None:
+                    if event["t"] != "line":
+                        chunk.append(_sse(event))
+                        if event["t"] == "job":
+                            yield "".join(chunk)
+                            return
+                    elif lines and event["seq"] > last.get(event["run"], 0):
+                        last[event["run"]] = event["seq"]
+                        chunk.append(_sse(event))
+                    event = sub.get_nowait() if len(chunk) < 1000 else None
+                if chunk:
+                    yield "".join(chunk)
         finally:
             sub.close()
 
