@@ -140,6 +140,28 @@ def test_stored_output_limit_keeps_head_and_tail(
     assert full["truncated"] is True
 
 
+def test_agent_spool_cap_cuts_cleanly_and_says_so(
+    start_server: ServerFactory, start_agent: AgentFactory
+) -> None:
+    """Past the agent's --spool-cap the run keeps the first lines and records what was cut."""
+    server = start_server(None)
+    start_agent(server, "capped1", "--spool-cap", "10k")
+    job = server.submit("capped1", "for i in $(seq 1 2000); do printf 'line %014d\\n' $i; done")
+    data = server.wait_job(job["job"]["id"], timeout=60)
+    run = server.get(f"/api/runs/{data['runs'][0]['id']}")["run"]
+    assert run["state"] == "success" and run["exit_code"] == 0
+    lines = server.log_lines(run["id"])
+    assert [ln["seq"] for ln in lines] == list(range(1, len(lines) + 1))
+    kept = [ln["text"] for ln in lines if ln["stream"] == "stdout"]
+    assert kept == [f"line {i:014d}" for i in range(1, 10240 // 20 + 1)]  # 20 bytes a line
+    dropped = 2000 - len(kept)
+    assert run["truncated"] is True
+    assert (run["dropped_lines"], run["dropped_bytes"]) == (dropped, dropped * 20)
+    assert run["out_bytes"] == 2000 * 20  # what the command printed, cut or not
+    (marker,) = [ln for ln in lines if ln["stream"] == "system"]
+    assert f"{dropped} lines ({dropped * 20} bytes) were not kept" in marker["text"]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_one_gigabyte_of_output_keeps_server_memory_bounded(

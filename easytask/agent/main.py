@@ -20,6 +20,7 @@ from easytask import __version__
 from easytask.agent import facts
 from easytask.agent.runner import CHUNK, Runner
 from easytask.transport.control import SESSION_OP, SUBSYSTEM
+from easytask.transport.executor import STATS_SIGNAL
 from easytask.transport.keys import load_or_create_key
 
 log = logging.getLogger("easytask.agent")
@@ -288,7 +289,10 @@ class Agent:
         if process.is_closing():
             return
         info = self.runner.spool(key).exit_info() or {}
-        if info.get("signal"):
+        if info.get("dropped_lines") or info.get("lost"):
+            # counts the server must record: sent with the exit, no question needed
+            process.exit_with_signal(STATS_SIGNAL, False, json.dumps(info))
+        elif info.get("signal"):
             process.exit_with_signal(str(info["signal"]))
         else:
             code = info.get("exit_code")

@@ -345,11 +345,7 @@ class JobEngine:
                 out.system(f"link to agent {run.host} lost; waiting to re-attach", "WARN")
                 await self._event(run, "agent lost", "waiting to re-attach")
                 continue
-            stats = None
-            try:
-                stats = (await link.request("status", run=key)).get("exit")
-            except Exception:
-                pass
+            stats = outcome.result.stats if outcome.result is not None else None
             await self._conclude(run, outcome, out, stats)
             self._background(self._acknowledge(run, link, key), f"ack-{key}")
             return
@@ -850,6 +846,8 @@ def run_dict(run: Run) -> dict[str, Any]:
         "out_bytes": run.out_bytes,
         "out_lines": run.out_lines,
         "truncated": run.truncated,
+        "dropped_lines": run.dropped_lines,
+        "dropped_bytes": run.dropped_bytes,
     }
 
 

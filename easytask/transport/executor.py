@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import asyncssh
 
 from easytask.lines import STDERR, STDOUT
+
+# An exit-signal name of our own (RFC 4254 6.10 allows `name@domain`): the agent ends a run's
+# channel with it when the run has counts to report; its message is the run's exit record (JSON).
+STATS_SIGNAL = "stats@easytask"
 
 # Called for every chunk, in the order the far side sent them: (stream, data).
 DataCallback = Callable[[str, bytes], None]
@@ -22,6 +28,7 @@ class ExecResult:
     signal: str | None = None
     lost: bool = False
     error: str | None = None
+    stats: dict[str, Any] | None = None  # an agent's account of the run, when it had one
 
     @property
     def ok(self) -> bool:
@@ -52,6 +59,17 @@ class _Session(asyncssh.SSHClientSession[bytes]):
 
     def exit_signal_received(self, signal: str, core_dumped: bool, msg: str, lang: str) -> None:
         self._got_status = True
+        if signal == STATS_SIGNAL:
+            # An agent's exit with something to tell (output it cut, a run it lost): the exit
+            # code or signal travel inside, with the counts.
+            try:
+                stats = json.loads(msg)
+                self.result.exit_code = stats.get("exit_code")
+                self.result.signal = stats.get("signal")
+                self.result.stats = stats
+                return
+            except (ValueError, AttributeError):
+                pass
         self.result.signal = signal
 
     def connection_lost(self, exc: Exception | None) -> None:
