@@ -29,11 +29,12 @@ class Job:
     """A run whose supervisor this agent process started."""
 
     key: str
-    notify: int  # our end of the spool's FIFO (opened read-write: it never reports EOF)
     started: float = field(default_factory=time.monotonic)
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     version: int = 0
     done: bool = False
+    poked: asyncio.Event = field(default_factory=asyncio.Event)  # new records in the spool
+    exited: bool = False  # the supervisor wrote exit.json
 
 
 class SupervisorProcess:
@@ -43,17 +44,26 @@ class SupervisorProcess:
         self.log_path = log_path
         self.proc: asyncio.subprocess.Process | None = None
         self.pending: deque[asyncio.Future[int]] = deque()
+        self.watchers: dict[str, Job] = {}  # spool dir -> the run told about its records
         self._reader: asyncio.Task[None] | None = None
         self._starting = asyncio.Lock()
 
-    async def start_run(self, spool_dir: Path) -> int:
-        """Have the supervisor start the command of one spool; the command's process group."""
+    async def start_run(self, spool_dir: Path, spec: dict[str, Any], job: Job) -> int:
+        """Have the supervisor start one run; the command's process group."""
         proc = await self._ensure()
         assert proc.stdin is not None
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.pending.append(fut)
-        proc.stdin.write(os.fsencode(spool_dir) + b"\n")
-        return await fut
+        self.watchers[str(spool_dir)] = job  # before asking: its first records may come at once
+        proc.stdin.write(json.dumps({"dir": str(spool_dir), "spec": spec}).encode() + b"\n")
+        try:
+            return await fut
+        except BaseException:
+            self.watchers.pop(str(spool_dir), None)
+            raise
+
+    def forget(self, spool_dir: Path) -> None:
+        self.watchers.pop(str(spool_dir), None)
 
     async def _ensure(self) -> asyncio.subprocess.Process:
         async with self._starting:
@@ -67,6 +77,7 @@ class SupervisorProcess:
                         stdout=asyncio.subprocess.PIPE,
                         stderr=errlog,
                         start_new_session=True,  # outlives the agent; no signals meant for it
+                        limit=1 << 20,
                     )
                 self._reader = asyncio.create_task(self._read(self.proc), name="supervisor")
             return self.proc
@@ -75,11 +86,17 @@ class SupervisorProcess:
         assert proc.stdout is not None
         try:
             while line := await proc.stdout.readline():
-                verdict, _, rest = line.decode().strip().partition(" ")
+                kind, _, rest = line.decode(errors="surrogateescape").rstrip("\n").partition(" ")
+                if kind in ("p", "x"):
+                    job = self.watchers.get(rest)
+                    if job is not None:
+                        job.exited = job.exited or kind == "x"
+                        job.poked.set()
+                    continue
                 fut = self.pending.popleft()
                 if fut.done():
                     continue
-                if verdict == "ok":
+                if kind == "ok":
                     fut.set_result(int(rest))
                 else:
                     fut.set_exception(OSError(rest or "the supervisor refused"))
@@ -89,6 +106,8 @@ class SupervisorProcess:
                 fut = self.pending.popleft()
                 if not fut.done():
                     fut.set_exception(OSError("the agent's supervisor process exited"))
+            for job in self.watchers.values():
+                job.poked.set()  # their watchers fall back to reading the spools
 
 
 _supervisors: dict[asyncio.AbstractEventLoop, SupervisorProcess] = {}
@@ -128,62 +147,37 @@ class Runner:
         return count
 
     async def start(self, key: str, command: str, extra_env: dict[str, str]) -> Job:
-        """Start a command under a new supervisor (its own session, outliving this process)."""
+        """Start a command under the supervisor (its own session, outliving this process)."""
         spool = self.spool(key)
         spool.dir.mkdir(parents=True)
-        (spool.dir / "cmd.json").write_text(
-            json.dumps({"command": command, "env": extra_env, "cwd": self.cwd, "cap": self.cap})
-        )
-        fifo = spool.dir / "notify"  # `out` is created by the supervisor before it answers
-        os.mkfifo(fifo, 0o600)
-        notify = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
-        job = Job(key=key, notify=notify)
-        try:
-            await supervisor_process(self.root.parent / "supervisor.log").start_run(spool.dir)
-        except BaseException:
-            os.close(notify)
-            raise
+        spec = {"command": command, "env": extra_env, "cwd": self.cwd, "cap": self.cap}
+        job = Job(key=key)
+        supervisor = supervisor_process(self.root.parent / "supervisor.log")
+        # `out` exists once the supervisor answers
+        await supervisor.start_run(spool.dir, spec, job)
         self.jobs[key] = job
-        task = asyncio.create_task(self._watch(job, spool), name=f"supervisor-{key}")
+        task = asyncio.create_task(self._watch(job, spool, supervisor), name=f"run-{key}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return job
 
-    async def _watch(self, job: Job, spool: Spool) -> None:
-        """Each poke on the FIFO means new records in the spool; '!' means exit.json is there."""
-        loop = asyncio.get_running_loop()
-        poked = asyncio.Event()
-        loop.add_reader(job.notify, poked.set)
+    async def _watch(self, job: Job, spool: Spool, supervisor: SupervisorProcess) -> None:
+        """Each poke from the supervisor means new records in the spool, until exit.json."""
         try:
-            while True:
+            while not job.exited:
                 try:
                     async with asyncio.timeout(1.0):
-                        await poked.wait()
+                        await job.poked.wait()
                 except TimeoutError:
-                    pass
-                poked.clear()
-                try:
-                    data = os.read(job.notify, 65536)
-                except BlockingIOError:
-                    data = b""
+                    if spool.exit_info() is not None or not spool.supervisor_alive():
+                        break
+                job.poked.clear()
                 await self._bump(job)
-                if b"!" in data or spool.exit_info() is not None:
-                    return
-                if not data and not self._supervisor_may_live(job, spool):
-                    return
         finally:
-            loop.remove_reader(job.notify)
-            os.close(job.notify)
+            supervisor.forget(spool.dir)
             job.done = True
             await self._bump(job)
             self.jobs.pop(job.key, None)
-
-    @staticmethod
-    def _supervisor_may_live(job: Job, spool: Spool) -> bool:
-        if spool.supervisor_alive():
-            return True
-        # the supervisor writes super.pid when it starts the command
-        return not (spool.dir / "super.pid").exists() and time.monotonic() - job.started < 30
 
     @staticmethod
     async def _bump(job: Job) -> None:
@@ -266,12 +260,12 @@ class Runner:
         spool = self.spool(key)
         if not spool.exists():
             return False
-        pgid = spool.read_int("pgid")
+        pgid = spool.pgid
         deadline = time.monotonic() + max(grace, 1.0)
         while pgid is None and spool.exit_info() is None and time.monotonic() < deadline:
             # the supervisor is still starting the command: wait for its group id
             await asyncio.sleep(0.05)
-            pgid = spool.read_int("pgid")
+            pgid = spool.pgid
         if pgid is None or spool.exit_info() is not None:
             return True
         log.info("terminating run %s (group %d)%s", key, pgid, f" for {by}" if by else "")

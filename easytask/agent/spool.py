@@ -1,11 +1,9 @@
 """A run's spool in the agent's state dir: numbered output records and the exit status.
 
 Layout of `STATE/spool/<run-key>/`:
-- `cmd.json`   what to run (command, env, cwd, cap)
 - `out`        records: 8-byte seq, 1-byte stream (1 stdout, 2 stderr), 4-byte length, raw bytes
-- `pgid`       the command's process group id while it runs
-- `super.pid`  the supervisor's pid and start time (`PID START`, clock ticks since boot)
-- `notify`     a FIFO the agent holds open while it follows the run; the supervisor pokes it
+- `proc`       `SUPERVISOR_PID START PGID`: the supervisor (its start time in clock ticks since
+               boot tells a reused pid apart) and the command's process group
 - `exit.json`  written last: exit code or signal, line and byte counts, what the cap dropped
 """
 
@@ -96,12 +94,6 @@ class Spool:
         tmp.write_text(json.dumps(info))
         os.replace(tmp, self.dir / "exit.json")
 
-    def read_int(self, name: str) -> int | None:
-        try:
-            return int((self.dir / name).read_text().strip())
-        except (OSError, ValueError):
-            return None
-
     def records(self, after_seq: int = 0) -> Iterator[Record]:
         """Stored records with seq > after_seq, in order."""
         reader = RecordReader()
@@ -118,23 +110,37 @@ class Spool:
                     if rec.seq > after_seq:
                         yield rec
 
-    def supervisor_alive(self) -> bool:
-        """Whether the supervisor that wrote `super.pid` (`PID START`) still runs."""
+    def write_proc(self, supervisor_pid: int, supervisor_start: int, pgid: int) -> None:
+        """Record who supervises the run and the command's process group."""
+        (self.dir / "proc").write_text(f"{supervisor_pid} {supervisor_start} {pgid}")
+
+    def _proc(self) -> tuple[int, int, int] | None:
         try:
-            pid_text, _, start_text = (self.dir / "super.pid").read_text().partition(" ")
-            pid = int(pid_text)
+            pid, start, pgid = (self.dir / "proc").read_text().split()
+            return int(pid), int(start), int(pgid)
         except (OSError, ValueError):
+            return None
+
+    @property
+    def pgid(self) -> int | None:
+        """The command's process group, once the supervisor started it."""
+        proc = self._proc()
+        return proc[2] if proc else None
+
+    def supervisor_alive(self) -> bool:
+        """Whether the supervisor of this run still runs."""
+        proc = self._proc()
+        if proc is None:
             return False
+        pid, start, _ = proc
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
             return False
         except PermissionError:
             pass
-        started = process_start(pid)
-        if not start_text.strip() or not started:
-            return True
-        return str(started) == start_text.strip()  # a reused pid has another start time
+        now = process_start(pid)
+        return not start or not now or now == start  # a reused pid has another start time
 
     def remove(self) -> None:
         """Delete the spool (after the server acknowledged everything)."""
@@ -143,11 +149,6 @@ class Spool:
         for child in self.dir.iterdir():
             child.unlink(missing_ok=True)
         self.dir.rmdir()
-
-
-def process_identity(pid: int) -> str:
-    """`PID START` (start time in clock ticks since boot): tells a reused pid from ours."""
-    return f"{pid} {process_start(pid)}"
 
 
 def process_start(pid: int) -> int:

@@ -1,15 +1,17 @@
 """The agent's supervisor: one long-lived process that runs every command detached from the agent.
 
 The agent starts `python -m easytask.agent.supervisor` once (in its own session) and writes one
-spool directory per line to its stdin; the supervisor answers `ok PGID` or `error TEXT` per line,
-in order.  For each spool it reads `cmd.json`, starts the command in its own session, numbers its
-output lines exactly as the scheduler does (same line rules), appends them to `out`, pokes the
-`notify` FIFO (when the agent holds it open) after each write, and writes `exit.json` last.
+JSON request per line to its stdin: `{"dir": SPOOL_DIR, "spec": {command, env, cwd, cap}}`.  For
+each, the supervisor starts the command in its own session and answers `ok PGID` or `error TEXT`
+on stdout, in request order.  It numbers the command's output lines exactly as the scheduler does
+(same line rules), appends them to the spool's `out`, writes `exit.json` last, and tells the agent
+on the same stdout: `p SPOOL_DIR` (new records) and `x SPOOL_DIR` (exit.json is there).
 
 It outlives the agent process: when its stdin closes (the agent stopped or died) it takes no new
 runs but sees the ones it has to their end, so a job keeps running and keeps its output when the
-agent or its link goes away; the next agent process starts a supervisor of its own for new runs.
-One process for all runs costs a fork and exec of the shell per run, instead of an interpreter.
+agent or its link goes away; the next agent process starts a supervisor of its own for new runs
+and follows the old ones from their spools.  One process for all runs costs a fork and exec of the
+shell per run, instead of an interpreter.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ import selectors
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from easytask.agent.spool import Record, Spool, process_identity
+from easytask.agent.spool import Record, Spool, process_start
 from easytask.lines import MAX_LINE_BYTES
 
 CHUNK = 65536
@@ -78,8 +81,8 @@ class _Run:
     spool: Spool
     proc: subprocess.Popen[bytes]
     out: Any  # the spool's `out`, opened for appending
-    notify: _Notifier
     cap: int
+    poke: Callable[[str, str], None]  # tell the agent: ("p" | "x", spool dir)
     splitters: dict[str, _Splitter] = field(
         default_factory=lambda: {"stdout": _Splitter("stdout"), "stderr": _Splitter("stderr")}
     )
@@ -103,7 +106,7 @@ class _Run:
             blob += Record(self.seq, stream, data).encode()
         if blob:
             self.out.write(blob)
-            self.notify.poke()
+            self.poke("p", str(self.spool.dir))
 
     def exit_record(self, rc: int) -> dict[str, Any]:
         sig = None
@@ -127,10 +130,15 @@ class _Run:
 class Supervisor:
     """Starts commands and follows all of them from one selector loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, out_fd: int) -> None:
         self.sel = selectors.DefaultSelector()
-        self.identity = process_identity(os.getpid())
+        self.pid = os.getpid()
+        self.start_time = process_start(self.pid)
         self.draining: list[_Run] = []  # output closed, process not reaped yet
+        self.out_fd = out_fd
+        self.outbox = bytearray()  # answers and pokes not yet written to the agent
+        self.pokes: dict[str, str] = {}  # spool dir -> "p" or "x", sent once per loop turn
+        self.agent_gone = False
 
     @property
     def busy(self) -> bool:
@@ -138,18 +146,40 @@ class Supervisor:
             isinstance(key.data, tuple) for key in self.sel.get_map().values()
         )
 
-    def start(self, spool_dir: Path) -> int:
+    def poke(self, kind: str, spool_dir: str) -> None:
+        if self.pokes.get(spool_dir) != "x":
+            self.pokes[spool_dir] = kind
+
+    def say(self, text: str) -> None:
+        self.outbox += text.encode()
+
+    def flush(self) -> None:
+        """Write what the agent should hear; never block on it (pokes wait for the next turn)."""
+        for spool_dir, kind in self.pokes.items():
+            self.outbox += f"{kind} {spool_dir}\n".encode()
+        self.pokes.clear()
+        if self.agent_gone or not self.outbox:
+            self.outbox.clear()
+            return
+        try:
+            written = os.write(self.out_fd, self.outbox)
+        except BlockingIOError:
+            written = 0
+        except OSError:  # the agent is gone: its successor reads the spools instead
+            self.agent_gone = True
+            self.outbox.clear()
+            return
+        del self.outbox[:written]
+
+    def start(self, spool_dir: Path, spec: dict[str, Any]) -> int:
         """Start the command of one spool; the command's process group id (0 if it failed)."""
-        spec = json.loads((spool_dir / "cmd.json").read_text())
         spool = Spool(spool_dir.parent, spool_dir.name)
-        (spool_dir / "super.pid").write_text(self.identity)
         env = dict(os.environ)
         env.update(spec.get("env") or {})
         cwd = spec.get("cwd") or os.path.expanduser("~")
         if not os.path.isdir(cwd):
             cwd = "/"
         out = open(spool.out_path, "ab", buffering=0)
-        notify = _Notifier(spool_dir / "notify")
         try:
             proc = subprocess.Popen(
                 [spec.get("shell") or "/bin/sh", "-c", spec["command"]],
@@ -175,10 +205,10 @@ class Supervisor:
                     "dropped_lines": 0,
                 }
             )
-            notify.close()
+            self.poke("x", str(spool_dir))
             return 0
-        (spool_dir / "pgid").write_text(str(proc.pid))
-        run = _Run(spool, proc, out, notify, int(spec.get("cap") or 0))
+        spool.write_proc(self.pid, self.start_time, proc.pid)
+        run = _Run(spool, proc, out, int(spec.get("cap") or 0), self.poke)
         assert proc.stdout is not None and proc.stderr is not None
         self.sel.register(proc.stdout, selectors.EVENT_READ, (run, "stdout"))
         self.sel.register(proc.stderr, selectors.EVENT_READ, (run, "stderr"))
@@ -214,27 +244,40 @@ class Supervisor:
                 continue
             run.out.close()
             run.spool.write_exit(run.exit_record(rc))
-            run.notify.close()
+            self.poke("x", str(run.spool.dir))
         self.draining = still
+
+    def request(self, raw: bytes) -> None:
+        """Start one run named by a request line and answer it."""
+        try:
+            req = json.loads(raw)
+            pgid = self.start(Path(req["dir"]), req["spec"])
+        except Exception as exc:  # one bad request must not stop the others
+            self.say("error " + str(exc).replace("\n", " ") + "\n")
+        else:
+            self.say(f"ok {pgid}\n")
 
 
 def serve(stdin_fd: int = 0, stdout_fd: int = 1) -> int:
-    """Start runs named on stdin until it closes, then see the last of them to their end."""
+    """Start runs requested on stdin until it closes, then see the last of them to their end."""
     # its own session: no terminal signals reach it (commands get the default dispositions)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
     os.set_blocking(wake_w, False)
+    os.set_blocking(stdout_fd, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)  # the wakeup fd does the work
-    sup = Supervisor()
+    sup = Supervisor(stdout_fd)
     sup.sel.register(wake_r, selectors.EVENT_READ, "wake")
     sup.sel.register(stdin_fd, selectors.EVENT_READ, "in")
     taking = True
     buf = b""
     while taking or sup.busy:
-        # a command that closed its output but has not exited yet is checked every second
-        for key, _ in sup.sel.select(timeout=1.0 if sup.draining else None):
+        # a command that closed its output but has not exited yet is checked every second;
+        # what the agent could not take yet is retried soon
+        timeout = 0.05 if sup.outbox else 1.0 if sup.draining else None
+        for key, _ in sup.sel.select(timeout=timeout):
             if key.data == "wake":
                 try:
                     os.read(wake_r, 4096)
@@ -244,20 +287,13 @@ def serve(stdin_fd: int = 0, stdout_fd: int = 1) -> int:
                 data = os.read(stdin_fd, CHUNK)
                 if not data:
                     sup.sel.unregister(stdin_fd)
+                    sup.agent_gone = True
                     taking = False
                     continue
                 buf += data
                 *lines, buf = buf.split(b"\n")
-                replies = []
                 for raw in lines:
-                    try:
-                        replies.append(f"ok {sup.start(Path(os.fsdecode(raw)))}\n")
-                    except Exception as exc:  # one bad spool must not stop the others
-                        replies.append("error " + str(exc).replace("\n", " ") + "\n")
-                try:
-                    os.write(stdout_fd, "".join(replies).encode())
-                except OSError:
-                    pass
+                    sup.request(raw)
             else:
                 run, stream = key.data
                 try:
@@ -265,39 +301,8 @@ def serve(stdin_fd: int = 0, stdout_fd: int = 1) -> int:
                 except OSError as exc:
                     print(f"easytask supervisor: {run.spool.key}: {exc}", file=sys.stderr)
         sup.reap()
+        sup.flush()
     return 0
-
-
-class _Notifier:
-    """Pokes the agent through the spool's FIFO; silent when nobody holds it open."""
-
-    def __init__(self, path: Path) -> None:
-        self.fd: int | None = None
-        try:
-            self.fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
-        except OSError:  # no FIFO, or no reader (the agent is gone): the agent polls instead
-            self.fd = None
-
-    def poke(self) -> None:
-        if self.fd is None:
-            return
-        try:
-            os.write(self.fd, b".")
-        except BlockingIOError:
-            pass  # the pipe is full of pokes the agent has not read yet: one more adds nothing
-        except OSError:
-            self.close()
-
-    def close(self) -> None:
-        """A last poke (exit.json is written), then let go of the FIFO."""
-        fd, self.fd = self.fd, None
-        if fd is None:
-            return
-        try:
-            os.write(fd, b"!")
-        except OSError:
-            pass
-        os.close(fd)
 
 
 if __name__ == "__main__":
