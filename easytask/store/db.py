@@ -109,6 +109,7 @@ class Store:
     def create_schema(self) -> None:
         """Create tables and the full-text index if they are missing."""
         SQLModel.metadata.create_all(self.engine)
+        self._add_missing_columns()
         if self.is_sqlite:
             with self.engine.begin() as conn:
                 conn.execute(
@@ -117,6 +118,34 @@ class Store:
                         "text, content='log_line', content_rowid='id')"
                     )
                 )
+
+    def _add_missing_columns(self) -> None:
+        """Add columns a newer release introduced to tables an older one created."""
+        from sqlalchemy import inspect
+
+        inspector = inspect(self.engine)
+        with self.engine.begin() as conn:
+            for table in SQLModel.metadata.sorted_tables:
+                if not inspector.has_table(table.name):
+                    continue
+                have = {c["name"] for c in inspector.get_columns(table.name)}
+                for column in table.columns:
+                    if column.name in have:
+                        continue
+                    kind = column.type.compile(dialect=self.engine.dialect)
+                    default = getattr(column.default, "arg", None)
+                    clause = ""
+                    if isinstance(default, bool):
+                        clause = f" NOT NULL DEFAULT {int(default)}"
+                    elif isinstance(default, int | float):
+                        clause = f" NOT NULL DEFAULT {default}"
+                    elif isinstance(default, str):
+                        clause = " NOT NULL DEFAULT '" + default.replace("'", "''") + "'"
+                    conn.execute(
+                        text(
+                            f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}{clause}'
+                        )
+                    )
 
     def session(self) -> Session:
         """A new ORM session."""
@@ -237,18 +266,58 @@ class Store:
 
     def create_api_token(self, user_name: str, name: str, ttl: float | None = None) -> str:
         """Create an API token for a user and return it (only its hash is kept)."""
+        return self.issue_api_token(user_name, name, ttl)[0]
+
+    def issue_api_token(
+        self, user_name: str, name: str, ttl: float | None = None
+    ) -> tuple[str, ApiToken]:
+        """Create an API token for a user: the secret (shown once) and its stored row."""
         token = "et_" + secrets.token_urlsafe(32)
         with self.session() as s:
             user = s.exec(select(User).where(User.name == user_name)).one()
             assert user.id is not None
             expires = utcnow() + timedelta(seconds=ttl) if ttl else None
-            s.add(
-                ApiToken(
-                    name=name, token_hash=hash_secret(token), user_id=user.id, expires_at=expires
-                )
+            row = ApiToken(
+                name=name, token_hash=hash_secret(token), user_id=user.id, expires_at=expires
             )
+            s.add(row)
             s.commit()
-        return token
+            s.refresh(row)
+        return token, row
+
+    def list_api_tokens(self, user_name: str | None = None) -> list[tuple[ApiToken, str]]:
+        """API tokens with their owner's name, oldest first; one user's only when named."""
+        with self.session() as s:
+            q = select(ApiToken, User.name).join(User, col(User.id) == col(ApiToken.user_id))
+            if user_name is not None:
+                q = q.where(User.name == user_name)
+            return [(row, owner) for row, owner in s.exec(q.order_by(col(ApiToken.id)))]
+
+    def revoke_api_token(self, token_id: int) -> tuple[ApiToken, str] | None:
+        """Mark a token revoked; its row and owner, or None if there is no such token."""
+        with self.session() as s:
+            row = s.get(ApiToken, token_id)
+            if row is None:
+                return None
+            row.revoked = True
+            s.add(row)
+            s.commit()
+            s.refresh(row)
+            owner = s.get(User, row.user_id)
+            return row, owner.name if owner else ""
+
+    def update_user(self, name: str, **fields: Any) -> User | None:
+        """Change a user's role, scope, disabled flag or password hash; None if unknown."""
+        with self.session() as s:
+            user = s.exec(select(User).where(User.name == name)).first()
+            if user is None:
+                return None
+            for key, value in fields.items():
+                setattr(user, key, value)
+            s.add(user)
+            s.commit()
+            s.refresh(user)
+            return user
 
     def user_for_token(self, token: str) -> User | None:
         """The user a valid API token belongs to, recording its use."""
@@ -672,12 +741,12 @@ class Store:
         with self.session() as s:
             return s.get(User, user_id)
 
-    def create_user(self, name: str, role: str, password_hash: str) -> User | None:
+    def create_user(self, name: str, role: str, password_hash: str, scope: str = "") -> User | None:
         """Create a user; None if the name is taken."""
         with self.session() as s:
             if s.exec(select(User).where(User.name == name)).first() is not None:
                 return None
-            user = User(name=name, role=role, password_hash=password_hash)
+            user = User(name=name, role=role, password_hash=password_hash, scope=scope)
             s.add(user)
             s.commit()
             s.refresh(user)

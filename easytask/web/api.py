@@ -34,6 +34,7 @@ from easytask.scheduler.jobs import JobOptions, job_dict, run_dict
 from easytask.scheduler.playbooks import submit_playbook
 from easytask.store.db import as_utc
 from easytask.store.models import AgentState, RunState, User
+from easytask.web.scope import enforce_scope, plan_hosts
 
 if TYPE_CHECKING:
     from easytask.server import Server
@@ -84,6 +85,10 @@ class Api:
         if user is None:
             raise APIError("invalid, expired or revoked token", status=401)
         return user
+
+    def forget_tokens(self) -> None:
+        """Drop cached token lookups so a revoked token or a changed user applies at once."""
+        self._token_cache.clear()
 
     def route(
         self,
@@ -173,6 +178,13 @@ class Api:
             agents = [p for p in planned if p.connection == "agent"] or planned
             chosen = self.server.registry.least_busy([p.host for p in agents])
             planned = [p for p in agents if p.host == chosen]
+        await enforce_scope(
+            self.server,
+            user,
+            [p.host for p in planned],
+            self.source(request),
+            {"kind": data.get("kind", "command"), "pattern": pattern, "command": command},
+        )
         action = options.file_action
         audit_detail: dict[str, Any] = {
             "kind": data.get("kind", "command"),
@@ -543,6 +555,13 @@ class Api:
         self, request: Request, user: User, plan: PlaybookPlan, extra: dict[str, Any]
     ) -> Response:
         """Start a planned playbook and put it on the audit record."""
+        await enforce_scope(
+            self.server,
+            user,
+            plan_hosts(plan),
+            self.source(request),
+            {"kind": "playbook", "playbook": plan.name, "pattern": plan.playbook.hosts},
+        )
         job, runs = await submit_playbook(
             self.server.engine,
             plan,
@@ -594,6 +613,16 @@ class Api:
             rows = {r.name: r for r in await store.call(store.list_schedules)}
             if name not in rows:
                 raise APIError(f"no schedule {name!r}", status=404)
+            if user.scope:
+                book = await asyncio.to_thread(load_playbook, Path(rows[name].path))
+                plan = plan_playbook(book, await self.server.merged_inventory())
+                await enforce_scope(
+                    self.server,
+                    user,
+                    plan_hosts(plan),
+                    self.source(request),
+                    {"kind": "schedule", "schedule": name},
+                )
             job_id = await self.server._submit_scheduled(Path(rows[name].path), name)
             await self.audit(user, "schedule.run", request, {"schedule": name, "job": job_id})
             return JSONResponse({"schedule": name, "job": job_id}, status_code=201)

@@ -64,7 +64,7 @@ def routes(server: Server, auth: SessionAuth) -> list[BaseRoute]:
     return [
         *api.routes(),
         *RunLogApi(server, api).routes(),
-        *UsersApi(server, api).routes(),
+        *UsersApi(server, api, auth).routes(),
         *console.routes(),
         Mount("/static", StaticFiles(directory=root / "static"), name="static"),
     ]
