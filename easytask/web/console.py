@@ -470,6 +470,8 @@ class Console:
             newer=newer,
             older=older,
             newest="/runs?" + urlencode(base) if (before is not None or after is not None) else "",
+            export_query=urlencode([(k, v) for k, v in filters.items() if v])
+            + "".join("&" + urlencode({"status": s}) for s in statuses),
         )
 
     async def run_page(self, request: Request, user: User) -> Response:
