@@ -85,6 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=256 << 20,
         help="stored output per run, head and tail kept (default 256M; 0 = no limit)",
     )
+    s.add_argument(
+        "--retention", help="delete successful runs older than this, e.g. 90d (default: keep)"
+    )
+    s.add_argument(
+        "--retention-failed",
+        help="delete failed runs older than this, e.g. 365d (default: as --retention)",
+    )
+    s.add_argument(
+        "--prune-interval", type=_duration, default=3600.0, help="how often to prune (default 1h)"
+    )
     s.set_defaults(func=cmd_server)
 
     a = sub.add_parser("agent", help="run a resident agent that dials out to a server")
@@ -293,8 +303,25 @@ def cmd_server(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
         reattach_timeout=args.reattach_timeout,
         output_limit=args.output_limit,
         playbooks=args.playbooks or "playbooks",
+        retention=_optional_duration("retention", args.retention or settings.retention),
+        retention_failed=_optional_duration(
+            "retention_failed", args.retention_failed or settings.retention_failed
+        ),
+        prune_interval=args.prune_interval,
     )
     return asyncio.run(serve(config))
+
+
+def _optional_duration(name: str, value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise UsageError(f"{name}: {exc}") from exc
+    if seconds <= 0:
+        raise UsageError(f"{name} must be positive")
+    return seconds
 
 
 def cmd_agent(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:

@@ -29,6 +29,8 @@ class Settings:
     agents: str = "127.0.0.1:8022"
     http: str = "127.0.0.1:8080"
     pending_timeout: float = 60.0
+    retention: str | None = None
+    retention_failed: str | None = None
     config_path: str | None = field(default=None, metadata={"internal": True})
 
 

@@ -28,6 +28,7 @@ from easytask.scheduler.hub import LiveHub
 from easytask.scheduler.jobs import JobEngine
 from easytask.scheduler.logwriter import LogWriter
 from easytask.scheduler.playbooks import submit_playbook
+from easytask.scheduler.retention import Retention
 from easytask.scheduler.schedules import Scheduler
 from easytask.store.db import Store, sqlite_url
 from easytask.store.models import AgentState
@@ -56,6 +57,9 @@ class ServerConfig:
     playbooks: str | None = "playbooks"
     schedule_interval: float = 1.0
     output_limit: int | None = 256 << 20
+    retention: float | None = None  # seconds a successful run is kept (None: forever)
+    retention_failed: float | None = None  # the same for failed runs (None: as retention)
+    prune_interval: float = 3600.0
 
 
 def split_addr(value: str, default_port: int) -> tuple[str, int]:
@@ -267,6 +271,13 @@ class Server:
             interval=self.config.schedule_interval,
         )
         self.scheduler.start()
+        self.retention = Retention(
+            self.store,
+            self.config.retention,
+            self.config.retention_failed,
+            self.config.prune_interval,
+        )
+        self.retention.start()
         counts = await self.engine.resume(self._hostvars)
         if any(counts.values()):
             log.warning(
@@ -304,6 +315,7 @@ class Server:
     async def close(self) -> None:
         """Stop taking work, end runs in flight, store what is buffered, close everything."""
         await self.scheduler.close()
+        await self.retention.close()
         await self.listener.close()
         await self.engine.close()
         await self.registry.close()

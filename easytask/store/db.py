@@ -625,6 +625,86 @@ class Store:
             q = q.order_by(col(Run.id).desc()).limit(limit)
             return list(s.exec(q))
 
+    # -- retention ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _prunable(ok_before: datetime | None, failed_before: datetime | None) -> Any:
+        """Runs that ended before their cutoff: success/skipped by one, failures by the other."""
+        from sqlalchemy import and_, false, or_
+
+        ended = func.coalesce(Run.finished_at, Run.created_at)
+        ok_states = [RunState.SUCCESS, RunState.SKIPPED]
+        failed_states = [RunState.FAILED, RunState.TERMINATED, RunState.UNREACHABLE]
+        conds = []
+        if ok_before is not None:
+            conds.append(and_(col(Run.state).in_(ok_states), ended < ok_before))
+        if failed_before is not None:
+            conds.append(and_(col(Run.state).in_(failed_states), ended < failed_before))
+        return or_(*conds) if conds else false()
+
+    def prune_counts(
+        self, ok_before: datetime | None, failed_before: datetime | None
+    ) -> dict[str, int]:
+        """What a prune would delete: jobs (left without runs), runs and log lines."""
+        from sqlalchemy import not_
+
+        cand = self._prunable(ok_before, failed_before)
+        with self.session() as s:
+            runs = s.exec(select(func.count()).select_from(Run).where(cand)).one()
+            lines = s.exec(
+                select(func.count())
+                .select_from(LogLine)
+                .where(col(LogLine.run_id).in_(select(Run.id).where(cand)))
+            ).one()
+            jobs = s.exec(
+                select(func.count())
+                .select_from(Job)
+                .where(
+                    col(Job.id).in_(select(Run.job_id).where(cand)),
+                    col(Job.id).not_in(select(Run.job_id).where(not_(cand))),
+                )
+            ).one()
+        return {"jobs": int(jobs or 0), "runs": int(runs or 0), "lines": int(lines or 0)}
+
+    def prune_batch(
+        self, ok_before: datetime | None, failed_before: datetime | None, batch: int = 100
+    ) -> dict[str, int]:
+        """Delete up to `batch` prunable runs with their lines, index rows and timeline, in one
+        transaction, then the jobs left without runs. The audit log is never touched."""
+        from sqlalchemy import bindparam
+
+        cand = self._prunable(ok_before, failed_before)
+        with self.session() as s:
+            rows = list(
+                s.exec(select(Run.id, Run.job_id).where(cand).order_by(col(Run.id)).limit(batch))
+            )
+            if not rows:
+                return {"jobs": 0, "runs": 0, "lines": 0}
+            run_ids = [int(r[0] or 0) for r in rows]
+            job_ids = sorted({r[1] for r in rows})
+
+            def run(sql: str, ids: list[int]) -> Any:
+                stmt = text(sql).bindparams(bindparam("ids", expanding=True))
+                return s.connection().execute(stmt, {"ids": ids})
+
+            lines = run("SELECT count(*) FROM log_line WHERE run_id IN :ids", run_ids).scalar()
+            if self.is_sqlite:
+                run(
+                    "INSERT INTO log_fts(log_fts, rowid, text) "
+                    "SELECT 'delete', id, text FROM log_line WHERE run_id IN :ids",
+                    run_ids,
+                )
+            run("DELETE FROM log_line WHERE run_id IN :ids", run_ids)
+            run("DELETE FROM runevent WHERE run_id IN :ids", run_ids)
+            run("DELETE FROM run WHERE id IN :ids", run_ids)
+            jobs = run(
+                "DELETE FROM job WHERE id IN :ids "
+                "AND NOT EXISTS (SELECT 1 FROM run WHERE run.job_id = job.id)",
+                job_ids,
+            ).rowcount
+            s.commit()
+        return {"jobs": int(jobs or 0), "runs": len(run_ids), "lines": int(lines or 0)}
+
     # -- log lines --------------------------------------------------------------------------
 
     def _raw_conn(self) -> Any:

@@ -684,6 +684,23 @@ class Api:
         store = self.server.store
         return JSONResponse(await store.call(store.audit_verify))
 
+    async def prune(self, request: Request, user: User) -> Response:
+        """POST /api/prune: {dry_run, retention, retention_failed} (admin; audited)."""
+        data = await self.body(request)
+        overrides: dict[str, float | None] = {}
+        for name in ("retention", "retention_failed"):
+            value = data.get(name)
+            try:
+                overrides[name] = parse_duration(value) if value not in (None, "") else None
+            except (TypeError, ValueError) as exc:
+                raise APIError(f"{name}: {exc}") from exc
+            if overrides[name] is not None and (overrides[name] or 0) <= 0:
+                raise APIError(f"{name} must be positive")
+        dry_run = bool(data.get("dry_run"))
+        result = await self.server.retention.prune(dry_run=dry_run, **overrides)
+        await self.audit(user, "prune.dry_run" if dry_run else "prune", request, result)
+        return JSONResponse(result)
+
     # -- inventory --------------------------------------------------------------------------
 
     async def hosts(self, request: Request, user: User) -> Response:
@@ -730,6 +747,7 @@ class Api:
             Route("/api/schedules", self.route(self.list_schedules)),
             Route("/api/audit", self.route(self.list_audit, ("admin", "auditor"))),
             Route("/api/audit/verify", self.route(self.verify_audit, ("admin", "auditor"))),
+            Route("/api/prune", self.route(self.prune, ("admin",)), methods=["POST"]),
             Route(
                 "/api/schedules/{name}/{action}",
                 self.route(self.schedule_action, op),
