@@ -140,6 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run on one host only: the least busy connected agent the pattern matches",
     )
+    r.add_argument(
+        "--secret",
+        action="append",
+        default=[],
+        metavar="NAME[=VALUE]",
+        help="export NAME to the command, masked as **** in the output; "
+        "without =VALUE the value comes from this environment (repeatable)",
+    )
     r.add_argument("--format", choices=("text", "json"), default="text")
     r.set_defaults(func=cmd_run)
 
@@ -451,6 +459,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         "forks": args.forks,
         "one": args.one,
     }
+    if args.secret:
+        body["secrets"] = _secrets(args.secret)
     if args.script:
         spec = _file_payload(Path(args.script))
         spec.update(args=shlex.join(args.script_args), interpreter=args.interpreter)
@@ -458,6 +468,19 @@ def cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     elif args.script_args:
         raise UsageError("run: arguments after the pattern are only for --script")
     return _submit_and_follow(body, args.format, settings, out)
+
+
+def _secrets(items: list[str]) -> dict[str, str]:
+    """`--secret NAME=VALUE` or `--secret NAME` (the value from this process's environment)."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            if name not in os.environ:
+                raise UsageError(f"--secret {name}: no such environment variable")
+            value = os.environ[name]
+        out[name] = value
+    return out
 
 
 def cmd_copy(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:

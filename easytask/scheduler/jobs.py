@@ -15,6 +15,7 @@ from easytask.scheduler.agents import AgentRegistry
 from easytask.scheduler.hub import LiveHub
 from easytask.scheduler.logwriter import LogWriter
 from easytask.scheduler.output import DEFAULT_LIMIT, RunOutput
+from easytask.secrets import env_prefix
 from easytask.store.db import Store, as_utc
 from easytask.store.models import Job, Run, RunState, utcnow
 from easytask.transport import executor
@@ -38,6 +39,8 @@ class JobOptions:
     grace: float = 5.0
     timeout_total: float | None = None  # the run's whole timeout (timeout is what is left)
     file_action: Any = None  # a fileops.FileAction: copy, script or fetch instead of a command
+    secret_env: dict[str, str] = field(default_factory=dict)  # exported to the command, masked
+    masks: tuple[str, ...] = ()  # further values masked in the output (playbook secrets)
 
     def __post_init__(self) -> None:
         if self.timeout_total is None:
@@ -237,13 +240,13 @@ class JobEngine:
             await self._finish(run, RunState.UNREACHABLE, reason=str(exc))
             return
         key = f"{run.id}-{run.attempt}"
-        out = self._output(run)
+        out = self._output(run, masks=_masks(options))
         outcome = await self._stream(
             run,
             live,
             options,
             conn,
-            wrap_command(run.command, key),
+            wrap_command(env_prefix(options.secret_env) + run.command, key),
             {},
             out,
             terminate=lambda grace: self.pool.terminate(target, key, grace),
@@ -307,12 +310,14 @@ class JobEngine:
                         attach_from = await self.store.call(self.store.count_output_lines, run.id)
                         next_seq = await self.store.call(self.store.max_seq, run.id) + 1
                         stored = await self.store.call(self.store.output_bytes, run.id)
-                        out = self._output(run, first_seq=next_seq, stored=stored)
+                        out = self._output(
+                            run, first_seq=next_seq, stored=stored, masks=_masks(options)
+                        )
                 if attach_from is None:
                     await self._update(run, RunState.DISPATCHED, "dispatched", f"agent {run.host}")
                     env = {"EASYTASK_RUN_ID": str(run.id), "EASYTASK_ATTEMPT": str(run.attempt)}
-                    out = self._output(run)
-                    command = run.command
+                    out = self._output(run, masks=_masks(options))
+                    command = env_prefix(options.secret_env) + run.command
                 else:
                     env = {"EASYTASK_ATTACH": key, "EASYTASK_FROM_SEQ": str(attach_from)}
                     command = "easytask-attach"
@@ -355,7 +360,9 @@ class JobEngine:
                 log.info("run %s: could not acknowledge spool on %s: %s", run.id, run.host, exc)
             return
 
-    def _output(self, run: Run, first_seq: int = 1, stored: int = 0) -> RunOutput:
+    def _output(
+        self, run: Run, first_seq: int = 1, stored: int = 0, masks: tuple[str, ...] = ()
+    ) -> RunOutput:
         assert run.id is not None
         return RunOutput(
             run.id,
@@ -366,6 +373,7 @@ class JobEngine:
             first_seq=first_seq,
             limit=self.output_limit,
             stored=stored,
+            masks=masks,
         )
 
     def _ssh_target(self, host: str, hv: dict[str, Any]) -> SSHTarget:
@@ -740,6 +748,10 @@ class JobEngine:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _masks(options: JobOptions) -> tuple[str, ...]:
+    return (*options.secret_env.values(), *options.masks)
 
 
 def _agent_terminator(link: Any, key: str, live: _Live) -> Callable[[float], Any]:

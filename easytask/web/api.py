@@ -32,6 +32,7 @@ from easytask.playbook import PlaybookErrors, load_playbook
 from easytask.scheduler.fileops import FileAction
 from easytask.scheduler.jobs import JobOptions, job_dict, run_dict
 from easytask.scheduler.playbooks import submit_playbook
+from easytask.secrets import check_secret_env
 from easytask.store.db import as_utc
 from easytask.store.models import AgentState, RunState, User
 from easytask.web.scope import enforce_scope, plan_hosts
@@ -169,7 +170,13 @@ class Api:
             forks = int(data.get("forks") or 0)
         except (TypeError, ValueError) as exc:
             raise APIError(str(exc)) from exc
-        options = JobOptions(timeout=timeout, pending_timeout=pending, forks=forks)
+        try:
+            secret_env = check_secret_env(data.get("secrets"))
+        except ValueError as exc:
+            raise APIError(str(exc)) from exc
+        options = JobOptions(
+            timeout=timeout, pending_timeout=pending, forks=forks, secret_env=secret_env
+        )
         if data.get("kind", "command") != "command":
             action, command = self._file_action(data)
             options = replace(options, file_action=action)
@@ -193,6 +200,8 @@ class Api:
             "hosts": [p.host for p in planned],
             "timeout": options.timeout,
         }
+        if secret_env:
+            audit_detail["secrets"] = sorted(secret_env)  # names only, never values
         if action is not None and action.kind in ("copy", "script"):
             audit_detail["files"] = _file_digests(action.src)
         job, runs = await self.server.engine.submit(
