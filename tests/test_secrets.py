@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
 
-
 from easytask.playbook import PlaybookErrors, load_playbook
 from easytask.secrets import Masker
 from tests.conftest import AgentFactory, ServerFactory, write
-from tests.helpers import ServerHandle
+from tests.helpers import ServerHandle, easytask_cmd
 
 SECRET = "s3cr3t-Value-9f2"
 
@@ -77,11 +78,6 @@ def test_adhoc_secret_is_exported_to_the_command_and_masked(
 def test_secret_from_the_environment(agent_server: ServerHandle) -> None:
     """`--secret NAME` takes the value from the CLI's environment; a missing one is a usage error."""
     env_value = "from-env-" + SECRET
-    import os
-    import subprocess
-
-    from tests.helpers import easytask_cmd
-
     env = {**agent_server.env(), "DB_PASS": env_value}
     result = subprocess.run(
         easytask_cmd("run", "sec1", "-a", "echo pw=$DB_PASS", "--secret", "DB_PASS"),

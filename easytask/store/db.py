@@ -617,7 +617,7 @@ class Store:
             if host:
                 q = q.where(Run.host == host)
             if task:
-                q = q.where(col(Run.task).contains(task))
+                q = q.where(col(Run.task).contains(task, autoescape=True))
             if job_id is not None:
                 q = q.where(Run.job_id == job_id)
             if before_id is not None:
