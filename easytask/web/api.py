@@ -135,6 +135,13 @@ class Api:
         return data
 
     @staticmethod
+    def no_nul(request: Request) -> None:
+        """Refuse query parameters holding NUL: the database would cut the text there, and a
+        filter cut to nothing matches everything."""
+        if any("\x00" in value for _, value in request.query_params.multi_items()):
+            raise APIError("a NUL character is not allowed in a query parameter")
+
+    @staticmethod
     def int_param(request: Request, name: str) -> int:
         """A path parameter as an int."""
         try:
@@ -390,6 +397,7 @@ class Api:
 
     async def list_runs(self, request: Request, user: User) -> Response:
         """GET /api/runs: filters since, until, status, host, task, job, before; newest first."""
+        self.no_nul(request)
         q = request.query_params
         store = self.server.store
         try:
@@ -431,6 +439,7 @@ class Api:
 
     async def run_log(self, request: Request, user: User) -> Response:
         """GET /api/runs/{id}/log: stored lines; after, limit, level, grep."""
+        self.no_nul(request)
         run_id = self.int_param(request, "run_id")
         q = request.query_params
         store = self.server.store
@@ -658,6 +667,7 @@ class Api:
 
     async def list_audit(self, request: Request, user: User) -> Response:
         """GET /api/audit: events, newest first (since, action, actor, before, limit)."""
+        self.no_nul(request)
         q = request.query_params
         store = self.server.store
         try:

@@ -56,33 +56,6 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-class RejectNul:
-    """Answers 400 to a URL holding a NUL character: databases cut text at NUL, so a filter
-    `x%00` would otherwise match as if it were empty."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            raw = scope.get("query_string", b"") + scope.get("raw_path", b"")
-            if b"%00" in raw.lower() or "\x00" in scope.get("path", ""):
-                body = b'{"error":"a NUL character is not allowed in the URL"}'
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 400,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
-                return
-        await self.app(scope, receive, send)
-
-
 def routes(server: Server, auth: SessionAuth) -> list[BaseRoute]:
     """Every route of the application, API first."""
     api = Api(server)
@@ -104,6 +77,4 @@ async def create_web_app(server: Server) -> Starlette:
     secret = load_or_create_secret(server.state_dir / "session.key")
     await ensure_admin_password(server.store, server.state_dir)
     auth = SessionAuth(server.store, secret)
-    return Starlette(
-        routes=routes(server, auth), middleware=[Middleware(SecurityHeaders), Middleware(RejectNul)]
-    )
+    return Starlette(routes=routes(server, auth), middleware=[Middleware(SecurityHeaders)])

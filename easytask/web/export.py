@@ -80,6 +80,9 @@ class ExportApi:
         """The export's filters from the query, checked (400 before anything is streamed)."""
         from easytask.web.api import _parse_time
 
+        from easytask.web.api import Api
+
+        Api.no_nul(request)
         q = request.query_params
         chosen = {name: (q.get(name) or "").strip() for name in FILTERS}
         statuses = [s.strip() for v in q.getlist("status") for s in v.split(",") if s.strip()]
