@@ -78,9 +78,7 @@ class ExportApi:
     @staticmethod
     def filters(request: Request) -> dict[str, Any]:
         """The export's filters from the query, checked (400 before anything is streamed)."""
-        from easytask.web.api import _parse_time
-
-        from easytask.web.api import Api
+        from easytask.web.api import Api, _parse_time
 
         Api.no_nul(request)
         q = request.query_params
