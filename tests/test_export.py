@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 import os
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -14,6 +16,7 @@ import httpx
 import pytest
 
 from easytask import exports
+from tests.browser.support import Browserless, admin_password
 from tests.conftest import AgentFactory, ServerFactory
 from tests.helpers import ServerHandle
 
@@ -157,3 +160,21 @@ def test_large_export_keeps_server_memory_flat(start_server: ServerFactory, tmp_
     )
     assert peak < 200 * 1024, f"server peak RSS {peak >> 10} MB"
     assert httpx.get(server.url + "/api/health").json() == {"ok": True}
+
+
+def test_console_download_keeps_the_page_filters(history: ServerHandle) -> None:
+    """The runs page links a download of exactly the runs it filters, signed in by the session."""
+    console = Browserless(history)
+    assert console.login("admin", admin_password(history)).status_code == 303
+    page = console.http.get("/runs", params={"host": "ex1", "status": "failed"})
+    link = re.search(
+        r'id="export-csv" href="([^"]+)"|href="([^"]+)"[^>]*id="export-csv"', page.text
+    )
+    assert link is not None, page.text
+    href = html.unescape(link.group(1) or link.group(2))
+    assert "host=ex1" in href and "status=failed" in href
+    resp = console.http.get(href)
+    assert resp.status_code == 200
+    rows = list(csv.DictReader(io.StringIO(resp.text)))
+    assert [(r["type"], r["exit_code"]) for r in rows] == [("run", "3")]
+    console.close()
