@@ -206,6 +206,7 @@ class Server:
         )
         self.engine.reattach_timeout = self.config.reattach_timeout
         self.engine.output_limit = self.config.output_limit or None
+        self.engine.secrets_dir = self.state_dir / "secrets"
         client_key = load_or_create_key(self.state_dir / "client_key")
         self.client_public_key = client_key.export_public_key("openssh").decode().strip()
         self.listener = AgentListener(

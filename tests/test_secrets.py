@@ -12,7 +12,7 @@ import pytest
 from easytask.playbook import PlaybookErrors, load_playbook
 from easytask.secrets import Masker
 from tests.conftest import AgentFactory, ServerFactory, write
-from tests.helpers import ServerHandle, easytask_cmd
+from tests.helpers import ServerHandle, easytask_cmd, free_port, wait_until
 
 SECRET = "s3cr3t-Value-9f2"
 
@@ -143,3 +143,32 @@ def test_secrets_must_name_variables(tmp_path: Path) -> None:
     with pytest.raises(PlaybookErrors) as caught:
         load_playbook(path)
     assert str(caught.value.errors[0]) == f"{path}:3:22: secrets: '9bad' is not a variable name"
+
+
+def test_masking_survives_a_server_restart(
+    start_server: ServerFactory, start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    """kill -9 of the server mid-run: the re-attached output is still masked; the kept secret
+    (0600, in the state dir) goes when the job ends."""
+    agents_addr = f"127.0.0.1:{free_port()}"
+    server = start_server(agents=agents_addr)
+    start_agent(server, "sec2")
+    go = tmp_path / "go"
+    command = f'echo "first $TOK"; while [ ! -e {go} ]; do sleep 0.1; done; echo "second $TOK"'
+    job = server.submit("sec2", command, secrets={"TOK": SECRET})
+    job_id, run_id = job["job"]["id"], job["runs"][0]["id"]
+    wait_until(
+        lambda: [ln["text"] for ln in server.log_lines(run_id)] == ["first ****"],
+        what="first line",
+    )
+    kept = server.state_dir / "secrets" / f"{job_id}.json"
+    assert kept.stat().st_mode & 0o777 == 0o600
+    server.proc.kill9()
+    wait_until(lambda: not server.proc.alive(), what="server gone")
+    server2 = start_server(state_dir=server.state_dir, agents=agents_addr)
+    go.touch()
+    assert server2.wait_job(job_id, timeout=60)["job"]["state"] == "success"
+    texts = [ln["text"] for ln in server2.log_lines(run_id) if ln["stream"] != "system"]
+    assert texts == ["first ****", "second ****"]
+    assert not kept.exists()
+    assert _stored_anywhere(server2, SECRET) == []

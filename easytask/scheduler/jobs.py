@@ -7,10 +7,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from easytask.errors import ConnectError, UsageError
 from easytask.plan import PlannedRun
+from easytask.scheduler import secretfile
 from easytask.scheduler.agents import AgentRegistry
 from easytask.scheduler.hub import LiveHub
 from easytask.scheduler.logwriter import LogWriter
@@ -97,6 +99,7 @@ class JobEngine:
         self._connect_limit = asyncio.Semaphore(64)
         self._pending_resumes: set[asyncio.Task[None]] = set()
         self._running_jobs: set[int] = set()  # jobs already marked running
+        self.secrets_dir: Path | None = None  # where unfinished jobs' secrets are kept
 
     # -- submission -------------------------------------------------------------------------
 
@@ -139,6 +142,7 @@ class JobEngine:
         ]
         job, runs = await self.store.call(self.store.create_job, job, runs)
         assert job.id is not None
+        secretfile.save(self.secrets_dir, job.id, options.secret_env, options.masks)
         targets = {p.host: p.vars for p in planned}
         task = asyncio.create_task(self._run_job(job, runs, targets, options), name=f"job-{job.id}")
         self.adopt(job.id, task)
@@ -185,6 +189,7 @@ class JobEngine:
         assert job.id is not None
         done = await self.store.call(self.store.finish_job_if_done, job.id)
         if done is not None:
+            secretfile.drop(self.secrets_dir, job.id)
             self.hub.publish({"t": "job", "job": job.id, "state": done.state}, f"job:{job.id}")
 
     async def _guarded(
@@ -719,7 +724,10 @@ class JobEngine:
             if job is None:
                 continue
             options = JobOptions(
-                timeout=job.timeout, pending_timeout=job.pending_timeout, forks=job.forks
+                timeout=job.timeout,
+                pending_timeout=job.pending_timeout,
+                forks=job.forks,
+                **secretfile.load(self.secrets_dir, job_id),
             )
             targets = {}
             for run in runs:

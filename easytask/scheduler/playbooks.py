@@ -20,7 +20,7 @@ from easytask.plan_playbook import (
     stop_after_batch,
     task_result,
 )
-from easytask.scheduler import fileops
+from easytask.scheduler import fileops, secretfile
 from easytask.scheduler.jobs import JobEngine, JobOptions
 from easytask.secrets import Masker
 from easytask.store.models import Job, Run, RunState
@@ -201,7 +201,7 @@ class PlaybookJob:
         stdout, stderr = await self.engine.output_text(run.id or 0)
         slot.result = task_result(stdout, stderr, fresh.exit_code, state)
 
-    def _masks(self, host: str) -> tuple[str, ...]:
+    def masks(self, host: str) -> tuple[str, ...]:
         """The values of the playbook's secret variables on a host."""
         context = self.plan.context(host)
         values = []
@@ -214,7 +214,7 @@ class PlaybookJob:
         return tuple(v for v in values if v)
 
     async def _attempt(self, run: Run, task: PlannedTask, action: Any, host: str) -> None:
-        masks = self._masks(host)
+        masks = self.masks(host)
         options = JobOptions(
             timeout=task.timeout, pending_timeout=self.pending_timeout, masks=masks
         )
@@ -293,6 +293,9 @@ async def submit_playbook(
         engine.track(run)
     runner = PlaybookJob(engine, plan, job, runs, pending_timeout)
     assert job.id is not None
+    if plan.playbook.secrets:  # every host's values: a resumed run's output stays masked
+        masks = {m for host in plan.all_hosts for m in runner.masks(host)}
+        secretfile.save(engine.secrets_dir, job.id, {}, tuple(sorted(masks)))
     task = asyncio.create_task(_run(engine, runner), name=f"job-{job.id}")
     engine.adopt(job.id, task)
     return job, runs
@@ -305,4 +308,5 @@ async def _run(engine: JobEngine, runner: PlaybookJob) -> None:
         job_id = runner.job.id or 0
         done = await engine.store.call(engine.store.finish_job_if_done, job_id)
         if done is not None:
+            secretfile.drop(engine.secrets_dir, job_id)
             engine.hub.publish({"t": "job", "job": job_id, "state": done.state}, f"job:{job_id}")

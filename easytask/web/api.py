@@ -35,7 +35,7 @@ from easytask.scheduler.playbooks import submit_playbook
 from easytask.secrets import check_secret_env
 from easytask.store.db import as_utc
 from easytask.store.models import AgentState, RunState, User
-from easytask.web.scope import enforce_scope, plan_hosts
+from easytask.web.scope import enforce_scope
 
 if TYPE_CHECKING:
     from easytask.server import Server
@@ -576,7 +576,7 @@ class Api:
         await enforce_scope(
             self.server,
             user,
-            plan_hosts(plan),
+            list(plan.all_hosts),
             self.source(request),
             {"kind": "playbook", "playbook": plan.name, "pattern": plan.playbook.hosts},
         )
@@ -637,7 +637,7 @@ class Api:
                 await enforce_scope(
                     self.server,
                     user,
-                    plan_hosts(plan),
+                    list(plan.all_hosts),
                     self.source(request),
                     {"kind": "schedule", "schedule": name},
                 )

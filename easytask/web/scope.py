@@ -11,7 +11,6 @@ from easytask.patterns import split_pattern
 from easytask.store.models import User
 
 if TYPE_CHECKING:
-    from easytask.plan_playbook import PlaybookPlan
     from easytask.server import Server
 
 log = logging.getLogger("easytask.server")
@@ -28,16 +27,6 @@ def check_scope_pattern(scope: str) -> str:
         except EasyTaskError as exc:
             raise APIError(f"scope: {exc}") from exc
     return scope
-
-
-def plan_hosts(plan: PlaybookPlan) -> list[str]:
-    """Every host a playbook job may touch: the play's hosts and each task's."""
-    hosts = list(plan.hosts)
-    for task in plan.tasks:
-        hosts += task.hosts
-    for run in plan.runs:
-        hosts += run.candidates
-    return list(dict.fromkeys(hosts))
 
 
 async def outside_scope(server: Server, user: User, hosts: Sequence[str]) -> list[str]:
