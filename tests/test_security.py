@@ -12,7 +12,7 @@ import pytest
 from easytask.config import load_settings
 from tests.browser.support import Browserless, add_user, admin_password
 from tests.conftest import ServerFactory, write
-from tests.helpers import ServerHandle
+from tests.helpers import ServerHandle, wait_until
 
 
 @pytest.fixture
@@ -198,3 +198,50 @@ def test_scoped_operator_is_refused_whole(server: ServerHandle, tmp_path: Path) 
     bad = server.http.post("/api/users", json={"name": "x", "password": "p" * 9, "scope": "web:["})
     assert bad.status_code == 400 and bad.json()["error"].startswith("scope: ")
     otto.close()
+
+
+def test_scope_applies_in_the_console_too(server: ServerHandle) -> None:
+    """The console's ad hoc form refuses a scoped operator's out-of-scope hosts with the same message."""
+    add_user(server, "otto", "operator", "operator-pass-1")
+    server.post("/api/users/otto", {"scope": "web1"})
+    console = Browserless(server)
+    assert console.login("otto", "operator-pass-1").status_code == 303
+    console.refresh_csrf()
+    resp = console.form_post("/adhoc", {"pattern": "web", "command": "uptime"})
+    assert resp.status_code == 403
+    assert "refused: 1 host(s) outside your scope &#39;web1&#39;: web2" in resp.text
+    console.close()
+    assert server.get("/api/runs")["runs"] == []
+
+
+def test_expired_token_is_refused(server: ServerHandle) -> None:
+    """A token past its ttl answers 401 like a revoked one."""
+    made = server.post("/api/tokens", {"name": "short", "ttl": "1s"})
+    client = bearer(server, made["token"])
+    wait_until(lambda: client.get("/api/whoami").status_code == 401, timeout=30, what="expiry")
+    assert client.get("/api/whoami").json()["error"] == "invalid, expired or revoked token"
+    client.close()
+
+
+def test_schema_gains_new_columns(tmp_path: Path) -> None:
+    """A database made before user scopes gets the column (empty) when the server opens it."""
+    from easytask.store.db import Store, sqlite_url
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE user (id INTEGER PRIMARY KEY, name VARCHAR NOT NULL UNIQUE, "
+            "password_hash VARCHAR NOT NULL, role VARCHAR NOT NULL, disabled BOOLEAN NOT NULL, "
+            "created_at DATETIME NOT NULL)"
+        )
+        db.execute(
+            "INSERT INTO user (name, password_hash, role, disabled, created_at) "
+            "VALUES ('old', '', 'operator', 0, '2024-01-01 00:00:00')"
+        )
+    store = Store(sqlite_url(path))
+    try:
+        store.create_schema()
+        user = store.get_user("old")
+        assert user is not None and user.scope == "" and user.role == "operator"
+    finally:
+        store.close()

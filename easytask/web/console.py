@@ -570,7 +570,7 @@ class Console:
                 request,
                 user,
                 "adhoc.html",
-                status=400,
+                status=exc.status if isinstance(exc, APIError) else 400,
                 section="adhoc",
                 error=str(exc),
                 pattern=pattern,
