@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from easytask import __version__, cli_inventory
+from easytask import __version__, cli_export, cli_inventory, cli_security
 from easytask.config import Settings, load_settings
 from easytask.durations import format_duration, parse_duration, parse_size
 from easytask.errors import EasyTaskError, UsageError
@@ -103,6 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=1 << 30,
         help="largest file a copy or script may upload (default 1G)",
     )
+    s.add_argument(
+        "--retention", help="delete successful runs older than this, e.g. 90d (default: keep)"
+    )
+    s.add_argument(
+        "--retention-failed",
+        help="delete failed runs older than this, e.g. 365d (default: as --retention)",
+    )
+    s.add_argument(
+        "--prune-interval", type=_duration, default=3600.0, help="how often to prune (default 1h)"
+    )
     s.set_defaults(func=cmd_server)
 
     a = sub.add_parser("agent", help="run a resident agent that dials out to a server")
@@ -165,6 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--one",
         action="store_true",
         help="run on one host only: the least busy connected agent the pattern matches",
+    )
+    r.add_argument(
+        "--secret",
+        action="append",
+        default=[],
+        metavar="NAME[=VALUE]",
+        help="export NAME to the command, masked as **** in the output; "
+        "without =VALUE the value comes from this environment (repeatable)",
     )
     r.add_argument("--format", choices=("text", "json"), default="text")
     r.set_defaults(func=cmd_run)
@@ -286,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     cli_inventory.add_parser(sub)
+    cli_security.add_parsers(sub)
+    cli_export.add_parsers(sub)
     return p
 
 
@@ -338,8 +358,25 @@ def cmd_server(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
         notify_events=args.notify_events or settings.notify_events,
         notify_secret=settings.notify_secret,
         metrics_token=settings.metrics_token,
+        retention=_optional_duration("retention", args.retention or settings.retention),
+        retention_failed=_optional_duration(
+            "retention_failed", args.retention_failed or settings.retention_failed
+        ),
+        prune_interval=args.prune_interval,
     )
     return asyncio.run(serve(config))
+
+
+def _optional_duration(name: str, value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise UsageError(f"{name}: {exc}") from exc
+    if seconds <= 0:
+        raise UsageError(f"{name} must be positive")
+    return seconds
 
 
 def cmd_agent(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
@@ -489,6 +526,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         "forks": args.forks,
         "one": args.one,
     }
+    if args.secret:
+        body["secrets"] = _secrets(args.secret)
     if args.script:
         spec = _file_payload(Path(args.script), _client(settings))
         spec.update(args=shlex.join(args.script_args), interpreter=args.interpreter)
@@ -496,6 +535,19 @@ def cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     elif args.script_args:
         raise UsageError("run: arguments after the pattern are only for --script")
     return _submit_and_follow(body, args.format, settings, out)
+
+
+def _secrets(items: list[str]) -> dict[str, str]:
+    """`--secret NAME=VALUE` or `--secret NAME` (the value from this process's environment)."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            if name not in os.environ:
+                raise UsageError(f"--secret {name}: no such environment variable")
+            value = os.environ[name]
+        out[name] = value
+    return out
 
 
 def cmd_copy(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:

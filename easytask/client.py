@@ -64,6 +64,28 @@ class Client:
             self._check(resp)
         return resp.content
 
+    def stream_to(self, path: str, fh: Any, params: dict[str, Any]) -> tuple[int, str, str]:
+        """GET a download into an open binary file: (bytes, SHA-256, export id header)."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        size = 0
+        clean = {k: v for k, v in params.items() if v is not None}
+        try:
+            with self._http.stream(
+                "GET", path, params=clean, timeout=httpx.Timeout(30.0, read=None)
+            ) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    self._check(resp)
+                for chunk in resp.iter_bytes(1 << 16):
+                    digest.update(chunk)
+                    fh.write(chunk)
+                    size += len(chunk)
+                return size, digest.hexdigest(), resp.headers.get("x-easytask-export", "")
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+
     def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
         """POST JSON, return JSON."""
         try:
@@ -106,3 +128,22 @@ class Client:
                         yield json.loads(line[6:])
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from exc
+
+
+def login(url: str, body: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+    """POST /api/login without a token: a name and password for a new API token."""
+    base = url.rstrip("/")
+    try:
+        resp = httpx.post(
+            base + "/api/login", json=body, timeout=timeout, headers={"x-easytask-client": "cli"}
+        )
+    except httpx.TransportError as exc:
+        raise StartError(f"cannot reach the server at {base}: {exc}") from exc
+    if resp.status_code >= 400:
+        try:
+            message = resp.json().get("error") or resp.text
+        except ValueError:
+            message = resp.text or resp.reason_phrase
+        raise APIError(message, status=resp.status_code)
+    data: dict[str, Any] = resp.json()
+    return data

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -34,6 +35,8 @@ class Settings:
     notify_events: str = "all"  # all | failed
     notify_secret: str | None = None  # HMAC key for X-EasyTask-Signature (default: generated)
     metrics_token: str | None = None  # a bearer token good for /metrics only
+    retention: str | None = None
+    retention_failed: str | None = None
     config_path: str | None = field(default=None, metadata={"internal": True})
 
 
@@ -99,8 +102,25 @@ def load_settings(
 
 
 def write_client_config(path: Path, url: str, token: str) -> None:
-    """Write the CLI's config file (URL and token) with owner-only permissions."""
+    """Write the CLI's URL and token into a config file, keeping its other settings.
+
+    The file is replaced atomically and is readable by its owner only (mode 0600).
+    """
+    values: dict[str, Any] = read_config_file(path) if path.is_file() else {}
+    values.update(url=url, token=token)
+    lines = []
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise ConfigError(
+                f"{path}: cannot rewrite setting {key!r} of type {type(value).__name__}"
+            )
+        # a JSON string is a valid TOML basic string: quotes and control characters escaped
+        text = json.dumps(value) if isinstance(value, str) else repr(value)
+        lines.append(f"{key} = {text}\n")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
-        fh.write(f'url = "{url}"\ntoken = "{token}"\n')
+        os.fchmod(fh.fileno(), 0o600)
+        fh.write("".join(lines))
+    os.replace(tmp, path)

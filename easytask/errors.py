@@ -128,6 +128,16 @@ class AuthError(APIError):
         super().__init__(message, status=status)
 
 
+class RateLimited(APIError):
+    """Too many failed sign-ins; try again later."""
+
+    def __init__(self, retry_after: int, message: str | None = None):
+        super().__init__(
+            message or f"too many failed sign-ins; try again in {retry_after} s", status=429
+        )
+        self.retry_after = retry_after
+
+
 class NotFound(APIError):
     """Not found."""
 

@@ -126,6 +126,16 @@ class PlaybookPlan:
         return self.playbook.name
 
     @property
+    def all_hosts(self) -> tuple[str, ...]:
+        """Every host the job may run on: the play's and each task's (run_on any candidates too)."""
+        hosts = list(self.hosts)
+        for task in self.tasks:
+            hosts += task.hosts
+        for run in self.runs:
+            hosts += run.candidates
+        return tuple(dict.fromkeys(hosts))
+
+    @property
     def forks(self) -> int | None:
         """At most this many runs at once (None: no limit of the playbook's own)."""
         return self.playbook.forks

@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 PLAY_KEYS = (
-    "name", "hosts", "vars", "defaults", "serial", "max_fail_percentage", "forks",
+    "name", "hosts", "vars", "secrets", "defaults", "serial", "max_fail_percentage", "forks",
     "schedule", "tz", "catch_up", "notify", "tasks",
 )  # fmt: skip
 DEFAULTS_KEYS = ("timeout", "retries", "retry_delay", "retry_backoff")
@@ -164,6 +164,7 @@ class Playbook:
     base_dir: str
     location: SourceLocation
     vars: Mapping[str, Any] = field(default_factory=dict)
+    secrets: tuple[str, ...] = ()  # names of variables whose values are masked in output
     defaults: Defaults = field(default_factory=Defaults)
     serial: tuple[int | str, ...] = ()
     max_fail_percentage: float | None = None
@@ -458,6 +459,7 @@ class _Checker:
         name = self.string(data, "name", "the play") or Path(self.path).stem
         hosts = self.hosts(data, "the play", required=True)
         play_vars = self.variables(data)
+        secrets = self.secret_names(data)
         defaults = self.defaults(data)
         serial = self.serial(data)
         max_fail = self.number(data, "max_fail_percentage", "the play", low=0, high=100)
@@ -475,6 +477,7 @@ class _Checker:
             base_dir=self.base_dir,
             location=self.src.start(data),
             vars=play_vars,
+            secrets=secrets,
             defaults=defaults,
             serial=serial,
             max_fail_percentage=max_fail,
@@ -561,6 +564,21 @@ class _Checker:
             else:
                 self.nested_templates(value, name, f"variable {name!r}")
         return dict(value)
+
+    def secret_names(self, data: dict[Any, Any]) -> tuple[str, ...]:
+        value = data.get("secrets")
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            self.expect(data, "secrets", "the play", "a list of variable names")
+            return ()
+        names = []
+        for index, name in enumerate(value):
+            if not isinstance(name, str) or not _NAME.match(name) or name in RESERVED_VARS:
+                self.bad(value, index, f"secrets: {name!r} is not a variable name")
+            else:
+                names.append(name)
+        return tuple(dict.fromkeys(names))
 
     def nested_templates(self, container: Any, where: Any, what: str) -> None:
         value = container[where]

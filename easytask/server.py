@@ -35,6 +35,7 @@ from easytask.scheduler.playbooks import (
     resume_playbook,
     submit_playbook,
 )
+from easytask.scheduler.retention import Retention
 from easytask.scheduler.schedules import Scheduler
 from easytask.store.db import Store, sqlite_url
 from easytask.store.models import AgentState, Job
@@ -69,6 +70,9 @@ class ServerConfig:
     notify_secret: str | None = None
     metrics_token: str | None = None
     upload_limit: int = 1 << 30
+    retention: float | None = None  # seconds a successful run is kept (None: forever)
+    retention_failed: float | None = None  # the same for failed runs (None: as retention)
+    prune_interval: float = 3600.0
 
 
 def split_addr(value: str, default_port: int) -> tuple[str, int]:
@@ -248,6 +252,7 @@ class Server:
             on_attempt=self.metrics.webhook_attempt,
         )
         self.engine.on_job_finished.append(self._job_finished)
+        self.engine.secrets_dir = self.state_dir / "secrets"
         client_key = load_or_create_key(self.state_dir / "client_key")
         self.client_public_key = client_key.export_public_key("openssh").decode().strip()
         self.listener = AgentListener(
@@ -315,6 +320,13 @@ class Server:
             interval=self.config.schedule_interval,
         )
         self.scheduler.start()
+        self.retention = Retention(
+            self.store,
+            self.config.retention,
+            self.config.retention_failed,
+            self.config.prune_interval,
+        )
+        self.retention.start()
         counts = await self.engine.resume(self._hostvars, self._resume_playbook)
         if any(counts.values()):
             log.warning(
@@ -379,6 +391,7 @@ class Server:
     async def close(self) -> None:
         """Stop taking work, end runs in flight, store what is buffered, close everything."""
         await self.scheduler.close()
+        await self.retention.close()
         await self.listener.close()
         await self.engine.close()
         await self.registry.close()

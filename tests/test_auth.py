@@ -20,7 +20,12 @@ from tests.conftest import ServerFactory
 from tests.helpers import ServerHandle
 
 SAMPLE_PARAMS = {"run_id": "1", "job_id": "1", "name": "web1", "action": "accept"}
-PUBLIC = {("GET", "/api/health"), ("GET", "/login"), ("POST", "/login")}
+PUBLIC = {
+    ("GET", "/api/health"),
+    ("GET", "/login"),
+    ("POST", "/login"),
+    ("POST", "/api/login"),
+}
 
 
 def route_table() -> list[tuple[str, str]]:

@@ -25,6 +25,7 @@ PURE = [
     "lines",
     "templating",
     "playbook",
+    "secrets",
 ]
 IO_LIBS = {
     "asyncssh",

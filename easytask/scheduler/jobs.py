@@ -7,15 +7,18 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from easytask.errors import ConnectError, EasyTaskError, UsageError
 from easytask.plan import PlannedRun
+from easytask.scheduler import secretfile
 from easytask.scheduler.agents import AgentRegistry
 from easytask.scheduler.hub import LiveHub
 from easytask.scheduler.logwriter import LogWriter
 from easytask.scheduler.output import DEFAULT_LIMIT, RunOutput
 from easytask.scheduler.runstate import RunStateWriter
+from easytask.secrets import env_prefix
 from easytask.store.db import Store, as_utc
 from easytask.store.models import Job, Run, RunState, utcnow
 from easytask.transport import executor
@@ -39,6 +42,8 @@ class JobOptions:
     grace: float = 5.0
     timeout_total: float | None = None  # the run's whole timeout (timeout is what is left)
     file_action: Any = None  # a fileops.FileAction: copy, script or fetch instead of a command
+    secret_env: dict[str, str] = field(default_factory=dict)  # exported to the command, masked
+    masks: tuple[str, ...] = ()  # further values masked in the output (playbook secrets)
 
     def __post_init__(self) -> None:
         if self.timeout_total is None:
@@ -99,6 +104,7 @@ class JobEngine:
         # Hook points (metrics, notifications): called in order; a failing hook is logged only.
         self.on_run_started: list[Callable[[Run], None]] = []
         self.on_job_finished: list[Callable[[Job], Awaitable[None]]] = []
+        self.secrets_dir: Path | None = None  # where unfinished jobs' secrets are kept
 
     # -- submission -------------------------------------------------------------------------
 
@@ -141,6 +147,7 @@ class JobEngine:
         ]
         job, runs = await self.store.call(self.store.create_job, job, runs)
         assert job.id is not None
+        secretfile.save(self.secrets_dir, job.id, options.secret_env, options.masks)
         targets = {p.host: p.vars for p in planned}
         task = asyncio.create_task(self._run_job(job, runs, targets, options), name=f"job-{job.id}")
         self.adopt(job.id, task)
@@ -240,13 +247,13 @@ class JobEngine:
             await self._finish(run, RunState.UNREACHABLE, reason=str(exc))
             return
         key = f"{run.id}-{run.attempt}"
-        out = self._output(run)
+        out = self._output(run, masks=_masks(options))
         outcome = await self._stream(
             run,
             live,
             options,
             conn,
-            wrap_command(run.command, key),
+            wrap_command(env_prefix(options.secret_env) + run.command, key),
             {},
             out,
             terminate=lambda grace: self.pool.terminate(target, key, grace),
@@ -310,12 +317,14 @@ class JobEngine:
                         attach_from = await self.store.call(self.store.count_output_lines, run.id)
                         next_seq = await self.store.call(self.store.max_seq, run.id) + 1
                         stored = await self.store.call(self.store.output_bytes, run.id)
-                        out = self._output(run, first_seq=next_seq, stored=stored)
+                        out = self._output(
+                            run, first_seq=next_seq, stored=stored, masks=_masks(options)
+                        )
                 if attach_from is None:
                     await self._update(run, RunState.DISPATCHED, "dispatched", f"agent {run.host}")
                     env = {"EASYTASK_RUN_ID": str(run.id), "EASYTASK_ATTEMPT": str(run.attempt)}
-                    out = self._output(run)
-                    command = run.command
+                    out = self._output(run, masks=_masks(options))
+                    command = env_prefix(options.secret_env) + run.command
                 else:
                     env = {"EASYTASK_ATTACH": key, "EASYTASK_FROM_SEQ": str(attach_from)}
                     command = "easytask-attach"
@@ -363,7 +372,9 @@ class JobEngine:
         self._background_tasks.add(task)
         task.add_done_callback(self._background_tasks.discard)
 
-    def _output(self, run: Run, first_seq: int = 1, stored: int = 0) -> RunOutput:
+    def _output(
+        self, run: Run, first_seq: int = 1, stored: int = 0, masks: tuple[str, ...] = ()
+    ) -> RunOutput:
         assert run.id is not None
         return RunOutput(
             run.id,
@@ -374,6 +385,7 @@ class JobEngine:
             first_seq=first_seq,
             limit=self.output_limit,
             stored=stored,
+            masks=masks,
         )
 
     def _ssh_target(self, host: str, hv: dict[str, Any]) -> SSHTarget:
@@ -736,7 +748,10 @@ class JobEngine:
             if job is None:
                 continue
             options = JobOptions(
-                timeout=job.timeout, pending_timeout=job.pending_timeout, forks=job.forks
+                timeout=job.timeout,
+                pending_timeout=job.pending_timeout,
+                forks=job.forks,
+                **secretfile.load(self.secrets_dir, job_id),
             )
             targets = {}
             for run in runs:
@@ -754,6 +769,8 @@ class JobEngine:
 
     async def job_finished(self, job: Job) -> None:
         """Tell viewers and the finish hooks that a job reached its final state."""
+        assert job.id is not None
+        secretfile.drop(self.secrets_dir, job.id)  # nothing left to mask
         self.hub.publish({"t": "job", "job": job.id, "state": job.state}, f"job:{job.id}")
         log.info("job %s %s", job.id, job.state, extra={"job": job.id, "state": job.state})
         for hook in self.on_job_finished:
@@ -791,6 +808,10 @@ def _call_hook(hook: Callable[[Run], None], run: Run) -> None:
         hook(run)
     except Exception:
         log.exception("run %s: a hook failed", run.id)
+
+
+def _masks(options: JobOptions) -> tuple[str, ...]:
+    return (*options.secret_env.values(), *options.masks)
 
 
 def _agent_terminator(link: Any, key: str, live: _Live) -> Callable[[float], Any]:

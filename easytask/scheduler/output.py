@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
 from easytask.lines import STDERR, STDOUT, SYSTEM, LineSplitter, detect_level
 from easytask.scheduler.hub import LiveHub
 from easytask.scheduler.logwriter import LogWriter
+from easytask.secrets import Masker
 from easytask.store.db import LogRow
 
 DEFAULT_LIMIT = 256 << 20  # stored bytes of output per run (head + tail)
@@ -32,6 +34,7 @@ class RunOutput:
         first_seq: int = 1,
         limit: int | None = DEFAULT_LIMIT,
         stored: int = 0,
+        masks: Iterable[str] = (),
     ) -> None:
         self.run_id = run_id
         self.job_id = job_id
@@ -54,6 +57,7 @@ class RunOutput:
         self._cut_announced = False
         self._splitters = {STDOUT: LineSplitter(STDOUT), STDERR: LineSplitter(STDERR)}
         self._topics = (f"run:{run_id}", f"job:{job_id}")
+        self._mask = Masker(masks)  # secrets never reach the hub, the store or an export
 
     @property
     def truncated(self) -> bool:
@@ -128,6 +132,8 @@ class RunOutput:
         now = time.time()
         rows: list[LogRow] = []
         for stream, text in items:
+            if self._mask:
+                text = self._mask(text)
             self.seq += 1
             lvl = level or detect_level(text, stream)
             rows.append((self.run_id, self.seq, now, stream, lvl, text))

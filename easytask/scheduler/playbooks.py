@@ -22,9 +22,11 @@ from easytask.plan_playbook import (
     stop_after_batch,
     task_result,
 )
-from easytask.scheduler import fileops
+from easytask.scheduler import fileops, secretfile
 from easytask.scheduler.jobs import JobEngine, JobOptions
+from easytask.secrets import Masker
 from easytask.store.models import Job, Run, RunState
+from easytask.templating import render
 
 log = logging.getLogger("easytask.server")
 
@@ -211,8 +213,23 @@ class PlaybookJob:
         stdout, stderr = await self.engine.output_text(run.id or 0)
         slot.result = task_result(stdout, stderr, fresh.exit_code, state)
 
+    def masks(self, host: str) -> tuple[str, ...]:
+        """The values of the playbook's secret variables on a host."""
+        context = self.plan.context(host)
+        values = []
+        for name in self.plan.playbook.secrets:
+            if name in context:
+                try:
+                    values.append(render("{{ " + name + " }}", context, what=f"secret {name}"))
+                except EasyTaskError:
+                    continue
+        return tuple(v for v in values if v)
+
     async def _attempt(self, run: Run, task: PlannedTask, action: Any, host: str) -> None:
-        options = JobOptions(timeout=task.timeout, pending_timeout=self.pending_timeout)
+        masks = self.masks(host)
+        options = JobOptions(
+            timeout=task.timeout, pending_timeout=self.pending_timeout, masks=masks
+        )
         hostvars = dict(self.plan.host_vars.get(host, {}))
         if action.kind == "copy":
             await fileops.copy(self.engine, run, hostvars, action, options)
@@ -221,8 +238,9 @@ class PlaybookJob:
             await fileops.script(self.engine, run, hostvars, action, options)
             return
         command = action.shell_line()
+        # the stored command shows **** where a secret was rendered into it
         await self.engine.store.call(
-            self.engine.store.update_run, run.id or 0, None, "", command=command
+            self.engine.store.update_run, run.id or 0, None, "", command=Masker(masks)(command)
         )
         run.command = command
         await self.engine.execute_one(run, hostvars, options)
@@ -309,6 +327,9 @@ async def submit_playbook(
         engine.track(run)
     runner = PlaybookJob(engine, plan, job, runs, pending_timeout)
     assert job.id is not None
+    if plan.playbook.secrets:  # every host's values: a resumed run's output stays masked
+        masks = {m for host in plan.all_hosts for m in runner.masks(host)}
+        secretfile.save(engine.secrets_dir, job.id, {}, tuple(sorted(masks)))
     task = asyncio.create_task(_run(engine, runner), name=f"job-{job.id}")
     engine.adopt(job.id, task)
     return job, runs

@@ -123,6 +123,7 @@ class Store:
     def create_schema(self) -> None:
         """Create tables and the full-text index if they are missing."""
         SQLModel.metadata.create_all(self.engine)
+        self._add_missing_columns()
         if self.is_sqlite:
             with self.engine.begin() as conn:
                 conn.execute(
@@ -131,6 +132,34 @@ class Store:
                         "text, content='log_line', content_rowid='id')"
                     )
                 )
+
+    def _add_missing_columns(self) -> None:
+        """Add columns a newer release introduced to tables an older one created."""
+        from sqlalchemy import inspect
+
+        inspector = inspect(self.engine)
+        with self.engine.begin() as conn:
+            for table in SQLModel.metadata.sorted_tables:
+                if not inspector.has_table(table.name):
+                    continue
+                have = {c["name"] for c in inspector.get_columns(table.name)}
+                for column in table.columns:
+                    if column.name in have:
+                        continue
+                    kind = column.type.compile(dialect=self.engine.dialect)
+                    default = getattr(column.default, "arg", None)
+                    clause = ""
+                    if isinstance(default, bool):
+                        clause = f" NOT NULL DEFAULT {int(default)}"
+                    elif isinstance(default, int | float):
+                        clause = f" NOT NULL DEFAULT {default}"
+                    elif isinstance(default, str):
+                        clause = " NOT NULL DEFAULT '" + default.replace("'", "''") + "'"
+                    conn.execute(
+                        text(
+                            f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}{clause}'
+                        )
+                    )
 
     def session(self) -> Session:
         """A new ORM session."""
@@ -251,18 +280,58 @@ class Store:
 
     def create_api_token(self, user_name: str, name: str, ttl: float | None = None) -> str:
         """Create an API token for a user and return it (only its hash is kept)."""
+        return self.issue_api_token(user_name, name, ttl)[0]
+
+    def issue_api_token(
+        self, user_name: str, name: str, ttl: float | None = None
+    ) -> tuple[str, ApiToken]:
+        """Create an API token for a user: the secret (shown once) and its stored row."""
         token = "et_" + secrets.token_urlsafe(32)
         with self.session() as s:
             user = s.exec(select(User).where(User.name == user_name)).one()
             assert user.id is not None
             expires = utcnow() + timedelta(seconds=ttl) if ttl else None
-            s.add(
-                ApiToken(
-                    name=name, token_hash=hash_secret(token), user_id=user.id, expires_at=expires
-                )
+            row = ApiToken(
+                name=name, token_hash=hash_secret(token), user_id=user.id, expires_at=expires
             )
+            s.add(row)
             s.commit()
-        return token
+            s.refresh(row)
+        return token, row
+
+    def list_api_tokens(self, user_name: str | None = None) -> list[tuple[ApiToken, str]]:
+        """API tokens with their owner's name, oldest first; one user's only when named."""
+        with self.session() as s:
+            q = select(ApiToken, User.name).join(User, col(User.id) == col(ApiToken.user_id))
+            if user_name is not None:
+                q = q.where(User.name == user_name)
+            return [(row, owner) for row, owner in s.exec(q.order_by(col(ApiToken.id)))]
+
+    def revoke_api_token(self, token_id: int) -> tuple[ApiToken, str] | None:
+        """Mark a token revoked; its row and owner, or None if there is no such token."""
+        with self.session() as s:
+            row = s.get(ApiToken, token_id)
+            if row is None:
+                return None
+            row.revoked = True
+            s.add(row)
+            s.commit()
+            s.refresh(row)
+            owner = s.get(User, row.user_id)
+            return row, owner.name if owner else ""
+
+    def update_user(self, name: str, **fields: Any) -> User | None:
+        """Change a user's role, scope, disabled flag or password hash; None if unknown."""
+        with self.session() as s:
+            user = s.exec(select(User).where(User.name == name)).first()
+            if user is None:
+                return None
+            for key, value in fields.items():
+                setattr(user, key, value)
+            s.add(user)
+            s.commit()
+            s.refresh(user)
+            return user
 
     def user_for_token(self, token: str) -> User | None:
         """The user a valid API token belongs to, recording its use."""
@@ -595,13 +664,93 @@ class Store:
             if host:
                 q = q.where(Run.host == host)
             if task:
-                q = q.where(col(Run.task).contains(task))
+                q = q.where(col(Run.task).contains(task, autoescape=True))
             if job_id is not None:
                 q = q.where(Run.job_id == job_id)
             if before_id is not None:
                 q = q.where(col(Run.id) < before_id)
             q = q.order_by(col(Run.id).desc()).limit(limit)
             return list(s.exec(q))
+
+    # -- retention ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _prunable(ok_before: datetime | None, failed_before: datetime | None) -> Any:
+        """Runs that ended before their cutoff: success/skipped by one, failures by the other."""
+        from sqlalchemy import and_, false, or_
+
+        ended = func.coalesce(Run.finished_at, Run.created_at)
+        ok_states = [RunState.SUCCESS, RunState.SKIPPED]
+        failed_states = [RunState.FAILED, RunState.TERMINATED, RunState.UNREACHABLE]
+        conds = []
+        if ok_before is not None:
+            conds.append(and_(col(Run.state).in_(ok_states), ended < ok_before))
+        if failed_before is not None:
+            conds.append(and_(col(Run.state).in_(failed_states), ended < failed_before))
+        return or_(*conds) if conds else false()
+
+    def prune_counts(
+        self, ok_before: datetime | None, failed_before: datetime | None
+    ) -> dict[str, int]:
+        """What a prune would delete: jobs (left without runs), runs and log lines."""
+        from sqlalchemy import not_
+
+        cand = self._prunable(ok_before, failed_before)
+        with self.session() as s:
+            runs = s.exec(select(func.count()).select_from(Run).where(cand)).one()
+            lines = s.exec(
+                select(func.count())
+                .select_from(LogLine)
+                .where(col(LogLine.run_id).in_(select(Run.id).where(cand)))
+            ).one()
+            jobs = s.exec(
+                select(func.count())
+                .select_from(Job)
+                .where(
+                    col(Job.id).in_(select(Run.job_id).where(cand)),
+                    col(Job.id).not_in(select(Run.job_id).where(not_(cand))),
+                )
+            ).one()
+        return {"jobs": int(jobs or 0), "runs": int(runs or 0), "lines": int(lines or 0)}
+
+    def prune_batch(
+        self, ok_before: datetime | None, failed_before: datetime | None, batch: int = 100
+    ) -> dict[str, int]:
+        """Delete up to `batch` prunable runs with their lines, index rows and timeline, in one
+        transaction, then the jobs left without runs. The audit log is never touched."""
+        from sqlalchemy import bindparam
+
+        cand = self._prunable(ok_before, failed_before)
+        with self.session() as s:
+            rows = list(
+                s.exec(select(Run.id, Run.job_id).where(cand).order_by(col(Run.id)).limit(batch))
+            )
+            if not rows:
+                return {"jobs": 0, "runs": 0, "lines": 0}
+            run_ids = [int(r[0] or 0) for r in rows]
+            job_ids = sorted({r[1] for r in rows})
+
+            def run(sql: str, ids: list[int]) -> Any:
+                stmt = text(sql).bindparams(bindparam("ids", expanding=True))
+                return s.connection().execute(stmt, {"ids": ids})
+
+            lines = run("SELECT count(*) FROM log_line WHERE run_id IN :ids", run_ids).scalar()
+            if self.is_sqlite:
+                run(
+                    "INSERT INTO log_fts(log_fts, rowid, text) "
+                    "SELECT 'delete', id, text FROM log_line WHERE run_id IN :ids",
+                    run_ids,
+                )
+            run("DELETE FROM log_line WHERE run_id IN :ids", run_ids)
+            run("DELETE FROM runevent WHERE run_id IN :ids", run_ids)
+            run("DELETE FROM run WHERE id IN :ids", run_ids)
+            jobs = run(
+                "DELETE FROM job WHERE id IN :ids "
+                "AND NOT EXISTS (SELECT 1 FROM run WHERE run.job_id = job.id)",
+                job_ids,
+            ).rowcount
+            s.commit()
+        return {"jobs": int(jobs or 0), "runs": len(run_ids), "lines": int(lines or 0)}
 
     # -- log lines --------------------------------------------------------------------------
 
@@ -719,12 +868,12 @@ class Store:
         with self.session() as s:
             return s.get(User, user_id)
 
-    def create_user(self, name: str, role: str, password_hash: str) -> User | None:
+    def create_user(self, name: str, role: str, password_hash: str, scope: str = "") -> User | None:
         """Create a user; None if the name is taken."""
         with self.session() as s:
             if s.exec(select(User).where(User.name == name)).first() is not None:
                 return None
-            user = User(name=name, role=role, password_hash=password_hash)
+            user = User(name=name, role=role, password_hash=password_hash, scope=scope)
             s.add(user)
             s.commit()
             s.refresh(user)

@@ -152,6 +152,7 @@ class User(SQLModel, table=True):
     name: str = Field(index=True, unique=True)
     password_hash: str = ""
     role: str = "viewer"
+    scope: str = ""  # a host pattern the user may run on; empty = every host
     disabled: bool = False
     created_at: datetime = Field(default_factory=utcnow)
 

@@ -33,8 +33,10 @@ from easytask.playbook import PlaybookErrors, load_playbook
 from easytask.scheduler.fileops import FileAction, checksum_command, sha256_file
 from easytask.scheduler.jobs import JobOptions, job_dict, run_dict
 from easytask.scheduler.playbooks import submit_playbook
+from easytask.secrets import check_secret_env
 from easytask.store.db import as_utc
 from easytask.store.models import AgentState, RunState, User
+from easytask.web.scope import enforce_scope
 
 if TYPE_CHECKING:
     from easytask.server import Server
@@ -87,6 +89,10 @@ class Api:
             raise APIError("invalid, expired or revoked token", status=401)
         return user
 
+    def forget_tokens(self) -> None:
+        """Drop cached token lookups so a revoked token or a changed user applies at once."""
+        self._token_cache.clear()
+
     def route(
         self,
         handler: Callable[[Request, User], Awaitable[Response]],
@@ -131,6 +137,13 @@ class Api:
         return data
 
     @staticmethod
+    def no_nul(request: Request) -> None:
+        """Refuse query parameters holding NUL: the database would cut the text there, and a
+        filter cut to nothing matches everything."""
+        if any("\x00" in value for _, value in request.query_params.multi_items()):
+            raise APIError("a NUL character is not allowed in a query parameter")
+
+    @staticmethod
     def int_param(request: Request, name: str) -> int:
         """A path parameter as an int."""
         try:
@@ -166,7 +179,13 @@ class Api:
             forks = int(data.get("forks") or 0)
         except (TypeError, ValueError) as exc:
             raise APIError(str(exc)) from exc
-        options = JobOptions(timeout=timeout, pending_timeout=pending, forks=forks)
+        try:
+            secret_env = check_secret_env(data.get("secrets"))
+        except ValueError as exc:
+            raise APIError(str(exc)) from exc
+        options = JobOptions(
+            timeout=timeout, pending_timeout=pending, forks=forks, secret_env=secret_env
+        )
         if data.get("kind") == "checksum":
             command, data["name"] = self._checksum(data)
         elif data.get("kind", "command") != "command":
@@ -177,6 +196,13 @@ class Api:
             agents = [p for p in planned if p.connection == "agent"] or planned
             chosen = self.server.registry.least_busy([p.host for p in agents])
             planned = [p for p in agents if p.host == chosen]
+        await enforce_scope(
+            self.server,
+            user,
+            [p.host for p in planned],
+            self.source(request),
+            {"kind": data.get("kind", "command"), "pattern": pattern, "command": command},
+        )
         action = options.file_action
         audit_detail: dict[str, Any] = {
             "kind": data.get("kind", "command"),
@@ -185,6 +211,8 @@ class Api:
             "hosts": [p.host for p in planned],
             "timeout": options.timeout,
         }
+        if secret_env:
+            audit_detail["secrets"] = sorted(secret_env)  # names only, never values
         if action is not None and action.kind in ("copy", "script"):
             audit_detail["files"] = await asyncio.to_thread(_file_digests, action.src)
         job, runs = await self.server.engine.submit(
@@ -450,6 +478,7 @@ class Api:
 
     async def list_runs(self, request: Request, user: User) -> Response:
         """GET /api/runs: filters since, until, status, host, task, job, before; newest first."""
+        self.no_nul(request)
         q = request.query_params
         store = self.server.store
         try:
@@ -491,6 +520,7 @@ class Api:
 
     async def run_log(self, request: Request, user: User) -> Response:
         """GET /api/runs/{id}/log: stored lines; after, limit, level, grep."""
+        self.no_nul(request)
         run_id = self.int_param(request, "run_id")
         q = request.query_params
         store = self.server.store
@@ -624,6 +654,13 @@ class Api:
         self, request: Request, user: User, plan: PlaybookPlan, extra: dict[str, Any]
     ) -> Response:
         """Start a planned playbook and put it on the audit record."""
+        await enforce_scope(
+            self.server,
+            user,
+            list(plan.all_hosts),
+            self.source(request),
+            {"kind": "playbook", "playbook": plan.name, "pattern": plan.playbook.hosts},
+        )
         job, runs = await submit_playbook(
             self.server.engine,
             plan,
@@ -675,6 +712,16 @@ class Api:
             rows = {r.name: r for r in await store.call(store.list_schedules)}
             if name not in rows:
                 raise APIError(f"no schedule {name!r}", status=404)
+            if user.scope:
+                book = await asyncio.to_thread(load_playbook, Path(rows[name].path))
+                plan = plan_playbook(book, await self.server.merged_inventory())
+                await enforce_scope(
+                    self.server,
+                    user,
+                    list(plan.all_hosts),
+                    self.source(request),
+                    {"kind": "schedule", "schedule": name},
+                )
             job_id = await self.server._submit_scheduled(Path(rows[name].path), name)
             await self.audit(user, "schedule.run", request, {"schedule": name, "job": job_id})
             return JSONResponse({"schedule": name, "job": job_id}, status_code=201)
@@ -701,6 +748,7 @@ class Api:
 
     async def list_audit(self, request: Request, user: User) -> Response:
         """GET /api/audit: events, newest first (since, action, actor, before, limit)."""
+        self.no_nul(request)
         q = request.query_params
         store = self.server.store
         try:
@@ -735,6 +783,23 @@ class Api:
         """GET /api/audit/verify: walk the hash chain."""
         store = self.server.store
         return JSONResponse(await store.call(store.audit_verify))
+
+    async def prune(self, request: Request, user: User) -> Response:
+        """POST /api/prune: {dry_run, retention, retention_failed} (admin; audited)."""
+        data = await self.body(request)
+        overrides: dict[str, float | None] = {}
+        for name in ("retention", "retention_failed"):
+            value = data.get(name)
+            try:
+                overrides[name] = parse_duration(value) if value not in (None, "") else None
+            except (TypeError, ValueError) as exc:
+                raise APIError(f"{name}: {exc}") from exc
+            if overrides[name] is not None and (overrides[name] or 0) <= 0:
+                raise APIError(f"{name} must be positive")
+        dry_run = bool(data.get("dry_run"))
+        result = await self.server.retention.prune(dry_run=dry_run, **overrides)
+        await self.audit(user, "prune.dry_run" if dry_run else "prune", request, result)
+        return JSONResponse(result)
 
     # -- inventory --------------------------------------------------------------------------
 
@@ -783,6 +848,7 @@ class Api:
             Route("/api/schedules", self.route(self.list_schedules)),
             Route("/api/audit", self.route(self.list_audit, ("admin", "auditor"))),
             Route("/api/audit/verify", self.route(self.verify_audit, ("admin", "auditor"))),
+            Route("/api/prune", self.route(self.prune, ("admin",)), methods=["POST"]),
             Route(
                 "/api/schedules/{name}/{action}",
                 self.route(self.schedule_action, op),

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from easytask.web.api import Api
 from easytask.web.auth import SessionAuth, ensure_admin_password, load_or_create_secret
 from easytask.web.console import Console, web_dir
+from easytask.web.export import ExportApi
 from easytask.web.ops import OpsApi
 from easytask.web.runlog import RunLogApi
 from easytask.web.users import UsersApi
@@ -66,7 +67,8 @@ def routes(server: Server, auth: SessionAuth) -> list[BaseRoute]:
         *OpsApi(server, api).routes(),
         *api.routes(),
         *RunLogApi(server, api).routes(),
-        *UsersApi(server, api).routes(),
+        *UsersApi(server, api, auth).routes(),
+        *ExportApi(server, api).routes(),
         *console.routes(),
         Mount("/static", StaticFiles(directory=root / "static"), name="static"),
     ]

@@ -19,8 +19,9 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.requests import Request
 from starlette.responses import Response
 
-from easytask.errors import APIError
+from easytask.errors import APIError, RateLimited
 from easytask.store.models import User
+from easytask.web.ratelimit import LoginLimiter
 
 if TYPE_CHECKING:
     from easytask.store.db import Store
@@ -101,6 +102,7 @@ class SessionAuth:
         self._signer = URLSafeTimedSerializer(secret, salt="easytask-session")
         self._users: dict[int, tuple[float, User | None]] = {}
         self._revoked: dict[str, float] = {}
+        self.limiter = LoginLimiter()
 
     # -- cookies ----------------------------------------------------------------------------
 
@@ -218,6 +220,29 @@ class SessionAuth:
         ok = await asyncio.to_thread(verify_password, user.password_hash if user else "", password)
         if user is None or not ok or user.disabled:
             return None
+        return user
+
+    async def checked_login(self, name: str, password: str, address: str, source: str) -> User:
+        """A sign-in with rate limiting and an audit record of every attempt.
+
+        Raises RateLimited (429) while the user name or the address has too many recent
+        failures, and APIError (401) for a wrong name or password.
+        """
+        store = self.store
+        wait = self.limiter.retry_after(name, address)
+        if wait:
+            await store.call(
+                store.audit, name, "login.blocked", source, {"user": name, "retry_after": wait}
+            )
+            raise RateLimited(wait)
+        user = await self.login(name, password)
+        await store.call(
+            store.audit, name, "login.ok" if user else "login.failed", source, {"user": name}
+        )
+        if user is None:
+            self.limiter.failed(name, address)
+            raise APIError("wrong user name or password", status=401)
+        self.limiter.succeeded(name)
         return user
 
 

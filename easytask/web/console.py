@@ -20,13 +20,14 @@ from starlette.routing import Route
 
 from easytask import __version__
 from easytask.durations import parse_duration
-from easytask.errors import APIError, EasyTaskError
+from easytask.errors import APIError, EasyTaskError, RateLimited
 from easytask.lines import LEVELS
 from easytask.scheduler.jobs import JobOptions
 from easytask.store.db import as_utc
 from easytask.store.models import AgentState, Job, Run, RunState, User
 from easytask.web.api import Api, human_size, playbook_listing
 from easytask.web.auth import CSRF_FIELD, SAFE_METHODS, SessionAuth, csrf_ok
+from easytask.web.scope import enforce_scope
 
 if TYPE_CHECKING:
     from easytask.server import Server
@@ -265,18 +266,18 @@ class Console:
             return self._login_form(
                 request, target, "The form expired; please sign in again.", 403, name
             )
-        user = await self.auth.login(name, form.get("password", ""))
-        addr = f"console {request.client.host if request.client else '?'}"
-        store = self.server.store
-        await store.call(
-            store.audit, name, "login.ok" if user else "login.failed", addr, {"user": name}
-        )
-        if user is None:
-            log.warning(
-                "console sign-in refused for %r from %s",
-                name,
-                request.client.host if request.client else "?",
+        address = request.client.host if request.client else "?"
+        try:
+            user = await self.auth.checked_login(
+                name, form.get("password", ""), address, f"console {address}"
             )
+        except RateLimited as exc:
+            log.warning("console sign-in blocked for %r from %s", name, address)
+            response = self._login_form(request, target, f"{exc}.", 429, name)
+            response.headers["retry-after"] = str(exc.retry_after)
+            return response
+        except APIError:
+            log.warning("console sign-in refused for %r from %s", name, address)
             return self._login_form(request, target, "Wrong user name or password.", 401, name)
         assert session is not None
         self.auth.revoke(session)
@@ -470,6 +471,8 @@ class Console:
             newer=newer,
             older=older,
             newest="/runs?" + urlencode(base) if (before is not None or after is not None) else "",
+            export_query=urlencode([(k, v) for k, v in filters.items() if v])
+            + "".join("&" + urlencode({"status": s}) for s in statuses),
         )
 
     async def run_page(self, request: Request, user: User) -> Response:
@@ -584,6 +587,13 @@ class Console:
             options = JobOptions(timeout=seconds, pending_timeout=self.server.pending_timeout)
             planned = await self.server.plan_adhoc(pattern, command)
             addr = request.client.host if request.client else "?"
+            await enforce_scope(
+                self.server,
+                user,
+                [p.host for p in planned],
+                f"console {addr}",
+                {"kind": "command", "pattern": pattern, "command": command},
+            )
             job, _runs = await self.server.engine.submit(
                 planned,
                 name=name[:200],
@@ -612,7 +622,7 @@ class Console:
             return self._adhoc(
                 request,
                 user,
-                status=400,
+                status=exc.status if isinstance(exc, APIError) else 400,
                 error=str(exc),
                 kind=kind,
                 pattern=pattern,

@@ -1,25 +1,31 @@
-"""API for console accounts: list and create users (admin only)."""
+"""API for accounts and API tokens: users (admin), tokens (own or admin), sign-in for a token."""
 
 from __future__ import annotations
 
 import asyncio
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from easytask.errors import APIError
-from easytask.store.models import User
-from easytask.web.auth import ROLES, hash_password
+from easytask.durations import parse_duration
+from easytask.errors import APIError, EasyTaskError, RateLimited
+from easytask.store.db import as_utc
+from easytask.store.models import ApiToken, User
+from easytask.web.auth import ROLES, SessionAuth, hash_password
+from easytask.web.scope import check_scope_pattern
 
 if TYPE_CHECKING:
     from easytask.server import Server
     from easytask.web.api import Api
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+TOKEN_NAME_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,100}$")
 MIN_PASSWORD = 8
+MAX_PASSWORD = 1024
+LOGIN_BODY = 8 * 1024
 
 
 def user_json(user: User) -> dict[str, object]:
@@ -27,49 +33,230 @@ def user_json(user: User) -> dict[str, object]:
     return {
         "name": user.name,
         "role": user.role,
+        "scope": user.scope,
         "disabled": user.disabled,
         "created_at": user.created_at.isoformat() if user.created_at else None,
     }
 
 
-class UsersApi:
-    """GET/POST /api/users."""
+def token_json(row: ApiToken, owner: str) -> dict[str, object]:
+    """A token as the API lists it: never the secret, never its hash."""
 
-    def __init__(self, server: Server, api: Api) -> None:
+    def iso(value: Any) -> str | None:
+        return as_utc(value).isoformat() if value is not None else None
+
+    return {
+        "id": row.id,
+        "name": row.name,
+        "user": owner,
+        "created_at": iso(row.created_at),
+        "expires_at": iso(row.expires_at),
+        "last_used": iso(row.last_used),
+        "revoked": row.revoked,
+    }
+
+
+def _password(value: object) -> str:
+    if not isinstance(value, str) or not MIN_PASSWORD <= len(value) <= MAX_PASSWORD:
+        raise APIError(f"password must be a string of {MIN_PASSWORD} to {MAX_PASSWORD} characters")
+    return value
+
+
+def _ttl(value: object) -> float | None:
+    if value in (None, ""):
+        return None
+    try:
+        seconds = parse_duration(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise APIError(f"ttl: {exc}") from exc
+    if seconds <= 0:
+        raise APIError("ttl must be positive")
+    return seconds
+
+
+def _token_name(value: object, default: str) -> str:
+    name = str(value or default).strip()
+    if not TOKEN_NAME_RE.match(name):
+        raise APIError("token name must be 1-100 characters without control characters")
+    return name
+
+
+class UsersApi:
+    """/api/users, /api/tokens and /api/login."""
+
+    def __init__(self, server: Server, api: Api, auth: SessionAuth) -> None:
         self.server = server
         self.api = api
+        self.auth = auth
+
+    def _changed(self, user: User | None) -> None:
+        """A user or token changed: cached sign-ins must look again."""
+        self.api.forget_tokens()
+        if user is not None:
+            self.auth.forget_user(user.id)
+
+    # -- users ------------------------------------------------------------------------------
 
     async def list_users(self, request: Request, user: User) -> Response:
-        """GET /api/users: every user with role and state."""
+        """GET /api/users: every user with role, scope and state."""
         store = self.server.store
         return JSONResponse({"users": [user_json(u) for u in await store.call(store.list_users)]})
 
     async def create(self, request: Request, user: User) -> Response:
-        """POST /api/users: {name, role, password}."""
+        """POST /api/users: {name, role, password, scope}."""
         data = await self.api.body(request)
         name = str(data.get("name") or "").strip()
         role = str(data.get("role") or "viewer")
-        password = data.get("password")
         if not NAME_RE.match(name):
             raise APIError(
                 "name must be 1-64 letters, digits or . _ @ - (starting with a letter or digit)"
             )
         if role not in ROLES:
             raise APIError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
-        if not isinstance(password, str) or len(password) < MIN_PASSWORD:
-            raise APIError(f"password must be a string of at least {MIN_PASSWORD} characters")
+        password = _password(data.get("password"))
+        scope = check_scope_pattern(str(data.get("scope") or ""))
         password_hash = await asyncio.to_thread(hash_password, password)
         store = self.server.store
-        created = await store.call(store.create_user, name, role, password_hash)
+        created = await store.call(store.create_user, name, role, password_hash, scope)
         if created is None:
             raise APIError(f"user {name!r} exists", status=409)
-        await self.api.audit(user, "user.create", request, {"user": name, "role": role})
+        await self.api.audit(
+            user, "user.create", request, {"user": name, "role": role, "scope": scope}
+        )
         return JSONResponse(user_json(created), status_code=201)
 
+    async def update(self, request: Request, user: User) -> Response:
+        """POST /api/users/{name}: {role, scope, disabled, password}; a user may set their password."""
+        name = request.path_params["name"]
+        data = await self.api.body(request)
+        if user.role != "admin" and (name != user.name or set(data) - {"password"}):
+            raise APIError(f"role {user.role!r} may only change its own password", status=403)
+        fields: dict[str, Any] = {}
+        detail: dict[str, Any] = {"user": name}
+        if "role" in data:
+            if data["role"] not in ROLES:
+                raise APIError(f"unknown role {data['role']!r}; use one of {', '.join(ROLES)}")
+            fields["role"] = detail["role"] = data["role"]
+        if "scope" in data:
+            fields["scope"] = detail["scope"] = check_scope_pattern(str(data["scope"] or ""))
+        if "disabled" in data:
+            if not isinstance(data["disabled"], bool):
+                raise APIError("disabled must be true or false")
+            if data["disabled"] and name == user.name:
+                raise APIError("you cannot disable your own account", status=409)
+            fields["disabled"] = detail["disabled"] = data["disabled"]
+        if "password" in data:
+            password = _password(data["password"])
+            fields["password_hash"] = await asyncio.to_thread(hash_password, password)
+            detail["password"] = "changed"
+        if not fields:
+            raise APIError("nothing to change: give role, scope, disabled or password")
+        store = self.server.store
+        changed = await store.call(store.update_user, name, **fields)
+        if changed is None:
+            raise APIError(f"no user {name!r}", status=404)
+        self._changed(changed)
+        await self.api.audit(user, "user.update", request, detail)
+        return JSONResponse(user_json(changed))
+
+    # -- tokens -----------------------------------------------------------------------------
+
+    async def list_tokens(self, request: Request, user: User) -> Response:
+        """GET /api/tokens: the caller's tokens; every token (or ?user=) for an admin."""
+        store = self.server.store
+        owner = request.query_params.get("user") or None
+        if user.role != "admin":
+            owner = user.name
+        rows = await store.call(store.list_api_tokens, owner)
+        return JSONResponse({"tokens": [token_json(row, name) for row, name in rows]})
+
+    async def create_token(self, request: Request, user: User) -> Response:
+        """POST /api/tokens: {name, ttl, user}; only an admin makes tokens for someone else."""
+        data = await self.api.body(request)
+        owner = str(data.get("user") or user.name)
+        if owner != user.name and user.role != "admin":
+            raise APIError("only an admin may create tokens for another user", status=403)
+        name = _token_name(data.get("name"), "cli")
+        ttl = _ttl(data.get("ttl"))
+        store = self.server.store
+        target = await store.call(store.get_user, owner)
+        if target is None:
+            raise APIError(f"no user {owner!r}", status=404)
+        if target.disabled:
+            raise APIError(f"user {owner!r} is disabled", status=409)
+        secret, row = await store.call(store.issue_api_token, owner, name, ttl)
+        await self.api.audit(
+            user,
+            "token.create",
+            request,
+            {"token": row.id, "name": name, "user": owner, "ttl": ttl},
+        )
+        return JSONResponse({"token": secret, **token_json(row, owner)}, status_code=201)
+
+    async def revoke_token(self, request: Request, user: User) -> Response:
+        """POST /api/tokens/{token_id}/revoke: the owner or an admin."""
+        token_id = self.api.int_param(request, "token_id")
+        store = self.server.store
+        owned = {row.id for row, _ in await store.call(store.list_api_tokens, user.name)}
+        if user.role != "admin" and token_id not in owned:
+            raise APIError(f"no token {token_id} of yours", status=404)
+        result = await store.call(store.revoke_api_token, token_id)
+        if result is None:
+            raise APIError(f"no token {token_id}", status=404)
+        row, owner = result
+        self._changed(None)
+        await self.api.audit(
+            user, "token.revoke", request, {"token": token_id, "name": row.name, "user": owner}
+        )
+        return JSONResponse(token_json(row, owner))
+
+    # -- sign-in for a token -----------------------------------------------------------------
+
+    async def login(self, request: Request) -> Response:
+        """POST /api/login: {name, password, token_name, ttl} -> a new API token (public, rate-limited)."""
+        address = request.client.host if request.client else "?"
+        try:
+            data = await self.api.body(request, limit=LOGIN_BODY)
+            name = str(data.get("name") or "").strip()
+            password = data.get("password")
+            if not name or not isinstance(password, str):
+                raise APIError("name and password are required")
+            token_name = _token_name(data.get("token_name"), f"login {address}")
+            ttl = _ttl(data.get("ttl"))
+            user = await self.auth.checked_login(name, password, address, self.api.source(request))
+            store = self.server.store
+            secret, row = await store.call(store.issue_api_token, user.name, token_name, ttl)
+            await self.api.audit(
+                user,
+                "token.create",
+                request,
+                {"token": row.id, "name": token_name, "user": user.name, "ttl": ttl, "login": True},
+            )
+        except RateLimited as exc:
+            return JSONResponse(
+                {"error": str(exc)},
+                status_code=429,
+                headers={"retry-after": str(exc.retry_after)},
+            )
+        except APIError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        except EasyTaskError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse(
+            {"token": secret, "user": user.name, "role": user.role, **token_json(row, user.name)},
+            status_code=201,
+        )
+
     def routes(self) -> list[Route]:
-        """The user routes (admin only)."""
+        """The account routes."""
         admin = ("admin",)
+        route = self.api.route
         return [
-            Route("/api/users", self.api.route(self.list_users, admin), methods=["GET"]),
-            Route("/api/users", self.api.route(self.create, admin), methods=["POST"]),
+            Route("/api/login", self.login, methods=["POST"]),
+            Route("/api/users", route(self.list_users, admin), methods=["GET"]),
+            Route("/api/users", route(self.create, admin), methods=["POST"]),
+            Route("/api/users/{name}", route(self.update), methods=["POST"]),
+            Route("/api/tokens", route(self.list_tokens), methods=["GET"]),
+            Route("/api/tokens", route(self.create_token), methods=["POST"]),
+            Route("/api/tokens/{token_id}/revoke", route(self.revoke_token), methods=["POST"]),
         ]

@@ -1,0 +1,96 @@
+"""Retention: old runs go with their lines and index rows; failures stay longer; audit stays."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+from tests.conftest import AgentFactory, ServerFactory
+from tests.helpers import ServerHandle, wait_until
+
+
+def _run(server: ServerHandle, command: str) -> int:
+    job = server.submit("ret1", command)
+    server.wait_job(job["job"]["id"])
+    return int(job["runs"][0]["id"])
+
+
+def _age(server: ServerHandle, run_id: int, days: int) -> None:
+    with sqlite3.connect(server.state_dir / "easytask.db") as db:
+        ago = f"-{days} days"
+        db.execute(
+            "UPDATE run SET created_at = datetime('now', ?), finished_at = datetime('now', ?) "
+            "WHERE id = ?",
+            (ago, ago, run_id),
+        )
+
+
+def _left(server: ServerHandle, word: str) -> tuple[list[int], int, int]:
+    with sqlite3.connect(server.state_dir / "easytask.db") as db:
+        runs = [r[0] for r in db.execute("SELECT id FROM run ORDER BY id")]
+        lines = db.execute(
+            "SELECT count(*) FROM log_line WHERE text LIKE ?", (f"%{word}%",)
+        ).fetchone()[0]
+        indexed = db.execute(
+            "SELECT count(*) FROM log_fts WHERE log_fts MATCH ?", (word,)
+        ).fetchone()[0]
+        db.execute("INSERT INTO log_fts(log_fts) VALUES ('integrity-check')")
+    return runs, lines, indexed
+
+
+def test_prune_keeps_failures_longer_and_never_the_audit_log(
+    start_server: ServerFactory, start_agent: AgentFactory
+) -> None:
+    """prune --dry-run counts, prune deletes runs, lines and index rows past their retention."""
+    server = start_server(None, "--retention", "90d", "--retention-failed", "365d")
+    start_agent(server, "ret1")
+    old_ok = _run(server, "echo oldsuccess; echo oldsuccess again")
+    old_failed = _run(server, "echo failedkept; exit 1")
+    ancient_failed = _run(server, "echo ancientfail; exit 2")
+    fresh = _run(server, "echo freshrun")
+    _age(server, old_ok, 100)
+    _age(server, old_failed, 100)
+    _age(server, ancient_failed, 400)
+    audit_before = len(server.get("/api/audit", limit=5000)["events"])
+
+    dry = server.cli("prune", "--dry-run", "--format", "json")
+    assert dry.returncode == 0, dry.stderr
+    counts = json.loads(dry.stdout)
+    assert (counts["runs"], counts["lines"], counts["jobs"]) == (2, 3, 2)
+    assert _left(server, "oldsuccess")[1] == 2  # nothing deleted yet
+
+    done = server.cli("prune")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("deleted 2 job(s), 2 run(s), 3 log line(s)")
+    runs, lines, indexed = _left(server, "oldsuccess")
+    assert runs == [old_failed, fresh]
+    assert (lines, indexed) == (0, 0)
+    assert _left(server, "ancientfail")[1:] == (0, 0)
+    assert _left(server, "failedkept")[1:] == (1, 1)
+    assert server.http.get(f"/api/runs/{old_ok}").status_code == 404
+    events = server.get("/api/audit", limit=5000)["events"]
+    assert len(events) == audit_before + 2  # prune.dry_run and prune; nothing removed
+    assert events[0]["action"] == "prune" and events[0]["detail"]["runs"] == 2
+    assert server.cli("audit", "verify").returncode == 0
+    again = server.cli("prune")
+    assert again.stdout.startswith("deleted 0 job(s), 0 run(s), 0 log line(s)")
+    server.post("/api/users", {"name": "vic", "role": "operator", "password": "operator-pass"})
+    token = server.post("/api/tokens", {"name": "t", "user": "vic"})["token"]
+    resp = server.http.post("/api/prune", json={}, headers={"authorization": f"Bearer {token}"})
+    assert resp.status_code == 403
+
+
+def test_server_prunes_on_its_own(
+    start_server: ServerFactory, start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    """With a retention set, the server's periodic prune removes old runs and audits it."""
+    server = start_server(None, "--retention", "30d", "--prune-interval", "1s")
+    start_agent(server, "ret1")
+    old = _run(server, "echo periodic")
+    keep = _run(server, "echo stays")
+    _age(server, old, 31)
+    wait_until(lambda: _left(server, "periodic")[0] == [keep], timeout=30, what="periodic prune")
+    assert _left(server, "periodic")[1:] == (0, 0)
+    events = server.get("/api/audit", action="prune")["events"]
+    assert events and events[0]["actor"] == "server" and events[0]["detail"]["runs"] == 1

@@ -1,0 +1,174 @@
+"""Secret masking: declared secrets never reach stored output, the console, the CLI or exports."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from easytask.playbook import PlaybookErrors, load_playbook
+from easytask.secrets import Masker
+from tests.conftest import AgentFactory, ServerFactory, write
+from tests.helpers import ServerHandle, easytask_cmd, free_port, wait_until
+
+SECRET = "s3cr3t-Value-9f2"
+
+
+@pytest.fixture
+def agent_server(start_server: ServerFactory, start_agent: AgentFactory) -> ServerHandle:
+    server = start_server()
+    start_agent(server, "sec1")
+    return server
+
+
+def _stored_anywhere(server: ServerHandle, needle: str) -> list[str]:
+    """Every table and column of the database whose text holds the needle."""
+    found = []
+    with sqlite3.connect(server.state_dir / "easytask.db") as db:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        for table in tables:
+            columns = [r[1] for r in db.execute(f'PRAGMA table_info("{table}")')]
+            for column in columns:
+                hit = db.execute(
+                    f'SELECT 1 FROM "{table}" WHERE CAST("{column}" AS TEXT) LIKE ? LIMIT 1',
+                    (f"%{needle}%",),
+                ).fetchone()
+                if hit:
+                    found.append(f"{table}.{column}")
+    return found
+
+
+def test_masker_masks_every_value_longest_first() -> None:
+    """Each occurrence of any value becomes ****; a value holding another is masked whole."""
+    mask = Masker(["abc", "abcdef", "two\nlines", ""])
+    assert mask("x abcdef y abc z") == "x **** y **** z"
+    assert mask("two and lines") == "**** and ****"
+    assert mask("nothing here") == "nothing here"
+    assert not Masker([])
+
+
+def test_adhoc_secret_is_exported_to_the_command_and_masked(
+    agent_server: ServerHandle, tmp_path: Path
+) -> None:
+    """`run --secret NAME=VALUE`: the command sees $NAME, every stored and shown line has ****."""
+    result = agent_server.cli(
+        "run",
+        "sec1",
+        "-a",
+        'echo "token=$API_TOKEN"; echo "$API_TOKEN" >&2; echo "len=${#API_TOKEN}"',
+        "--secret",
+        f"API_TOKEN={SECRET}",
+    )
+    assert result.returncode == 0, result.stderr
+    assert SECRET not in result.stdout and "token=****" in result.stdout
+    job = agent_server.get("/api/runs", limit=1)["runs"][0]
+    texts = [ln["text"] for ln in agent_server.log_lines(job["id"])]
+    assert sorted(texts) == sorted(["token=****", "****", f"len={len(SECRET)}"])
+    export = tmp_path / "e.jsonl"
+    assert agent_server.cli("export", "--include-logs", "-o", str(export)).returncode == 0
+    assert SECRET not in export.read_text() and "token=****" in export.read_text()
+    audit = agent_server.get("/api/audit", action="job.submit")["events"][0]
+    assert audit["detail"]["secrets"] == ["API_TOKEN"]
+    assert _stored_anywhere(agent_server, SECRET) == []
+
+
+def test_secret_from_the_environment(agent_server: ServerHandle) -> None:
+    """`--secret NAME` takes the value from the CLI's environment; a missing one is a usage error."""
+    env_value = "from-env-" + SECRET
+    env = {**agent_server.env(), "DB_PASS": env_value}
+    result = subprocess.run(
+        easytask_cmd("run", "sec1", "-a", "echo pw=$DB_PASS", "--secret", "DB_PASS"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=os.getcwd(),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "pw=****" in result.stdout and env_value not in result.stdout
+    missing = agent_server.cli("run", "sec1", "-a", "true", "--secret", "NOPE_NOT_SET")
+    assert missing.returncode == 2 and "no such environment variable" in missing.stderr
+    bad = agent_server.http.post(
+        "/api/jobs", json={"pattern": "sec1", "command": "true", "secrets": {"1x": "v"}}
+    )
+    assert bad.status_code == 400 and "not a shell variable name" in bad.json()["error"]
+    assert _stored_anywhere(agent_server, env_value) == []
+
+
+def test_playbook_secret_vars_are_masked(agent_server: ServerHandle, tmp_path: Path) -> None:
+    """A playbook's `secrets:` names vars whose values are masked in output and stored commands."""
+    book = write(
+        tmp_path / "deploy.yml",
+        f"""\
+        name: deploy
+        hosts: sec1
+        vars:
+          db_password: {SECRET}
+          api_key: "{{{{ db_password }}}}-suffix"
+        secrets: [db_password, api_key]
+        tasks:
+          - name: use
+            shell: echo "pw={{{{ db_password }}}} key={{{{ api_key }}}}"
+        """,
+    )
+    result = agent_server.cli("play", str(book))
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert SECRET not in result.stdout
+    run = agent_server.get("/api/runs", limit=1)["runs"][0]
+    assert [ln["text"] for ln in agent_server.log_lines(run["id"])] == ["pw=**** key=****"]
+    assert SECRET not in agent_server.get(f"/api/runs/{run['id']}")["run"]["command"]
+    extra = "override-" + SECRET
+    result = agent_server.cli("play", str(book), "-e", f"db_password={extra}")
+    assert result.returncode == 0 and extra not in result.stdout
+    assert _stored_anywhere(agent_server, SECRET) == []
+    assert _stored_anywhere(agent_server, extra) == []
+
+
+def test_secrets_must_name_variables(tmp_path: Path) -> None:
+    """`secrets:` is a list of variable names; anything else is an error at its line."""
+    path = write(
+        tmp_path / "bad.yml",
+        """\
+        name: bad
+        hosts: all
+        secrets: [good_name, 9bad]
+        tasks:
+          - name: t
+            command: "true"
+        """,
+    )
+    with pytest.raises(PlaybookErrors) as caught:
+        load_playbook(path)
+    assert str(caught.value.errors[0]) == f"{path}:3:22: secrets: '9bad' is not a variable name"
+
+
+def test_masking_survives_a_server_restart(
+    start_server: ServerFactory, start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    """kill -9 of the server mid-run: the re-attached output is still masked; the kept secret
+    (0600, in the state dir) goes when the job ends."""
+    agents_addr = f"127.0.0.1:{free_port()}"
+    server = start_server(agents=agents_addr)
+    start_agent(server, "sec2")
+    go = tmp_path / "go"
+    command = f'echo "first $TOK"; while [ ! -e {go} ]; do sleep 0.1; done; echo "second $TOK"'
+    job = server.submit("sec2", command, secrets={"TOK": SECRET})
+    job_id, run_id = job["job"]["id"], job["runs"][0]["id"]
+    wait_until(
+        lambda: [ln["text"] for ln in server.log_lines(run_id)] == ["first ****"],
+        what="first line",
+    )
+    kept = server.state_dir / "secrets" / f"{job_id}.json"
+    assert kept.stat().st_mode & 0o777 == 0o600
+    server.proc.kill9()
+    wait_until(lambda: not server.proc.alive(), what="server gone")
+    server2 = start_server(state_dir=server.state_dir, agents=agents_addr)
+    go.touch()
+    assert server2.wait_job(job_id, timeout=60)["job"]["state"] == "success"
+    texts = [ln["text"] for ln in server2.log_lines(run_id) if ln["stream"] != "system"]
+    assert texts == ["first ****", "second ****"]
+    assert not kept.exists()
+    assert _stored_anywhere(server2, SECRET) == []
