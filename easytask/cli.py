@@ -151,6 +151,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="output kept per run in the spool before the rest is cut (default 2G)",
     )
     a.add_argument(
+        "--run-as",
+        metavar="USER",
+        help="run commands and file transfers as this user (EASYTASK_AGENT_RUN_AS)",
+    )
+    a.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="run only commands matching this pattern, e.g. 'systemctl status *' (repeatable)",
+    )
+    a.add_argument(
+        "--allow-file",
+        metavar="FILE",
+        help="allowlist patterns, one per line (# comments) (EASYTASK_AGENT_ALLOW_FILE)",
+    )
+    a.add_argument(
+        "--no-files",
+        action="store_true",
+        help="refuse file transfers: copy, script, fetch (EASYTASK_AGENT_NO_FILES=1)",
+    )
+    a.add_argument(
         "--log-format",
         choices=FORMATS,
         help="text, or json: one object per line (EASYTASK_LOG_FORMAT)",
@@ -379,6 +401,18 @@ def _optional_duration(name: str, value: str | None) -> float | None:
     return seconds
 
 
+def _allow_file(path: str | None) -> list[str]:
+    """Allowlist patterns from a file: one per line; blank lines and # comments ignored."""
+    if not path:
+        return []
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise UsageError(f"--allow-file {path}: {exc.strerror or exc}") from exc
+    lines = (line.strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
 def cmd_agent(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     from easytask.agent.main import AgentConfig, serve
 
@@ -411,6 +445,9 @@ def cmd_agent(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         keepalive_count=args.keepalive_count,
         backoff_max=args.backoff_max,
         spool_cap=args.spool_cap,
+        run_as=args.run_as or env.get("EASYTASK_AGENT_RUN_AS") or None,
+        allow=args.allow + _allow_file(args.allow_file or env.get("EASYTASK_AGENT_ALLOW_FILE")),
+        files=not (args.no_files or env.get("EASYTASK_AGENT_NO_FILES", "") in ("1", "true")),
     )
     if config.slots < 1:
         raise UsageError("--slots must be at least 1")

@@ -17,7 +17,8 @@ from typing import Any
 import asyncssh
 
 from easytask import __version__
-from easytask.agent import facts
+from easytask.agent import facts, sftp
+from easytask.agent.policy import make_policy
 from easytask.agent.runner import CHUNK, Runner
 from easytask.transport.control import SESSION_OP, SUBSYSTEM
 from easytask.transport.executor import STATS_SIGNAL
@@ -45,6 +46,9 @@ class AgentConfig:
     backoff_max: float = 30.0
     grace: float = 5.0
     spool_cap: int = 2 << 30
+    run_as: str | None = None  # see easytask.agent.policy
+    allow: list[str] = field(default_factory=list)
+    files: bool = True
 
     @property
     def address(self) -> tuple[str, int]:
@@ -92,8 +96,10 @@ class Agent:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.host_key = load_or_create_key(self.state_dir / "host_key")
         self.pinned_path = self.state_dir / "server_keys"
-        self.runner = Runner(self.state_dir, cap=config.spool_cap)
+        self.policy = make_policy(config.run_as, config.allow, config.files, config.slots)
+        self.runner = Runner(self.state_dir, cap=config.spool_cap, run_as=self.policy.run_as)
         self.runner.collect_garbage()
+        self._starting = 0  # runs being started right now (counted against the slots)
         self.connected = asyncio.Event()
         self._stop = asyncio.Event()
         self._conn: asyncssh.SSHServerConnection | None = None
@@ -148,7 +154,7 @@ class Agent:
             "version": __version__,
             "groups": self.config.groups,
             "slots": self.config.slots,
-            "facts": facts.gather(self.runner.running),
+            "facts": {**facts.gather(self.runner.running), "policy": self.policy.describe()},
             "fingerprint": self.fingerprint,
         }
         if self.config.enroll:
@@ -221,6 +227,13 @@ class Agent:
         except (ValueError, KeyError, TypeError) as exc:
             return {"error": f"bad request: {exc}"}
 
+    def _refuse(self, process: asyncssh.SSHServerProcess[bytes], reason: str) -> None:
+        """End a session the policy does not allow; the run records why."""
+        log.warning("refused a run: %s", reason)
+        process.stderr.write(f"easytask agent: refused: {reason}\n".encode())
+        info = {"exit_code": None, "signal": None, "refused": reason}
+        process.exit_with_signal(STATS_SIGNAL, False, json.dumps(info))
+
     async def _exec(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
         env = dict(process.env)
         attach = env.get("EASYTASK_ATTACH")
@@ -251,13 +264,23 @@ class Agent:
             process.exit(2)
             return
         if not spool.exists():
+            reason = self.policy.refusal(command)
+            busy = self.runner.running + self._starting
+            if reason is None and busy >= self.policy.slots:
+                reason = f"all {self.policy.slots} slots are in use (--slots)"
+            if reason is not None:
+                self._refuse(process, reason)
+                return
             extra = {"EASYTASK_RUN_ID": run_id, "EASYTASK_ATTEMPT": attempt} if run_id else {}
+            self._starting += 1
             try:
                 await self.runner.start(key, command, extra)
             except OSError as exc:
                 process.stderr.write(f"easytask agent: cannot start: {exc}\n".encode())
                 process.exit(127)
                 return
+            finally:
+                self._starting -= 1
         # else: this run was started before (a retried dispatch): never start it twice
         await self._stream(process, key, 0)
 
@@ -320,7 +343,7 @@ class Agent:
             process_factory=self.handle,
             encoding=None,
             server_version=agent_version_string(self.config.name),
-            sftp_factory=True,
+            sftp_factory=sftp.sftp_factory(self.policy.files, self.policy.run_as),
             allow_scp=False,
             keepalive_interval=self.config.keepalive_interval,
             keepalive_count_max=self.config.keepalive_count,

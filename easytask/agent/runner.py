@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from easytask.agent.policy import Account
 from easytask.agent.spool import Record, RecordReader, Spool
 
 log = logging.getLogger("easytask.agent")
@@ -125,11 +126,18 @@ def supervisor_process(log_path: Path) -> SupervisorProcess:
 class Runner:
     """The agent's runs: each under its own supervisor process, output in a spool."""
 
-    def __init__(self, state_dir: Path, cap: int = DEFAULT_CAP, cwd: str | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        cap: int = DEFAULT_CAP,
+        cwd: str | None = None,
+        run_as: Account | None = None,
+    ) -> None:
         self.root = state_dir / "spool"
         self.root.mkdir(parents=True, exist_ok=True)
         self.cap = cap
-        self.cwd = cwd or os.path.expanduser("~")
+        self.run_as = run_as
+        self.cwd = cwd or (run_as.home if run_as else os.path.expanduser("~"))
         self.jobs: dict[str, Job] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -150,7 +158,14 @@ class Runner:
         """Start a command under the supervisor (its own session, outliving this process)."""
         spool = self.spool(key)
         spool.dir.mkdir(parents=True)
-        spec = {"command": command, "env": extra_env, "cwd": self.cwd, "cap": self.cap}
+        spec: dict[str, Any] = {
+            "command": command,
+            "env": extra_env,
+            "cwd": self.cwd,
+            "cap": self.cap,
+        }
+        if self.run_as is not None and self.run_as.uid != os.geteuid():
+            spec["user"] = self.run_as.spec()
         job = Job(key=key)
         supervisor = supervisor_process(self.root.parent / "supervisor.log")
         # `out` exists once the supervisor answers

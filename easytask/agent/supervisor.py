@@ -175,6 +175,11 @@ class Supervisor:
         """Start the command of one spool; the command's process group id (0 if it failed)."""
         spool = Spool(spool_dir.parent, spool_dir.name)
         env = dict(os.environ)
+        user = spec.get("user")  # run as this account (the agent's --run-as)
+        ids: dict[str, Any] = {}
+        if user:
+            env.update(HOME=user["home"], USER=user["name"], LOGNAME=user["name"])
+            ids = {"user": user["uid"], "group": user["gid"], "extra_groups": user["groups"]}
         env.update(spec.get("env") or {})
         cwd = spec.get("cwd") or os.path.expanduser("~")
         if not os.path.isdir(cwd):
@@ -190,6 +195,7 @@ class Supervisor:
                 cwd=cwd,
                 env=env,
                 close_fds=False,  # every descriptor we open is non-inheritable already
+                **ids,
             )
         except OSError as exc:
             text = f"easytask agent: cannot start command: {exc}\n".encode()

@@ -546,6 +546,8 @@ class JobEngine:
                     f"({extra['dropped_bytes']} bytes) were not kept",
                     "WARN",
                 )
+            if stats.get("refused"):
+                state, reason = RunState.FAILED, f"refused by the agent: {stats['refused']}"
             if stats.get("lost"):
                 state, reason = RunState.FAILED, f"lost: {stats.get('reason', 'supervisor died')}"
         await self._finish(

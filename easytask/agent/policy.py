@@ -1,0 +1,133 @@
+"""What an agent lets its server do on this host, enforced by the agent itself.
+
+The server decides what runs where; the agent decides what it will run at all.  A compromised
+or misconfigured server cannot get past these limits:
+
+- `--run-as USER`: commands and file transfers run as that user (the agent itself needs to be
+  root for a user other than its own); file transfers switch to the user's filesystem identity
+  for every path (easytask.agent.sftp), so the kernel checks each path as for that user.
+- `--allow PATTERN` (repeatable): only commands matching a pattern run.  A pattern is matched
+  against the command's words joined by single spaces (`*` matches anything, including spaces;
+  `?` and `[...]` as in shell globs).  With an allowlist, commands may not use shell syntax
+  (`;`, `|`, `&`, redirections, `$`, backquotes, globs, ...): the command is exactly the words the
+  pattern saw.
+- `--no-files`: no file transfers (copy, script, fetch) at all.
+- `--slots N`: at most N runs at once; the agent refuses more even if its server asks.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import pwd
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Characters that make a command more than a list of words; refused when an allowlist is set.
+SHELL_SYNTAX = set(";&|<>()$`\\\n\r*?[]{}~!#")
+
+
+class PolicyError(ValueError):
+    """A policy that cannot be enforced on this host (bad user, no sftp-server, ...)."""
+
+
+@dataclass(frozen=True)
+class Account:
+    """The user commands run as."""
+
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    home: str
+
+    def spec(self) -> dict[str, Any]:
+        """How the supervisor learns whom to run a command as."""
+        return {
+            "name": self.name,
+            "uid": self.uid,
+            "gid": self.gid,
+            "groups": list(self.groups),
+            "home": self.home,
+        }
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The limits of one agent."""
+
+    run_as: Account | None = None
+    allow: tuple[str, ...] = ()
+    files: bool = True
+    slots: int = 4
+
+    def refusal(self, command: str) -> str | None:
+        """Why this command may not run here, or None."""
+        if not self.allow:
+            return None
+        syntax = sorted({ch for ch in command if ch in SHELL_SYNTAX})
+        if syntax:
+            shown = " ".join(repr(ch) for ch in syntax)
+            return (
+                f"shell syntax ({shown}) is not allowed: this agent runs allowlisted commands only"
+            )
+        try:
+            words = shlex.split(command)
+        except ValueError as exc:
+            return f"cannot read the command: {exc}"
+        line = " ".join(words)
+        if not any(fnmatch.fnmatchcase(line, pattern) for pattern in self.allow):
+            return f"{line!r} is not in this agent's allowlist (--allow)"
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """What the server and the console may show about this agent's limits."""
+        return {
+            "run_as": self.run_as.name if self.run_as else None,
+            "allow": list(self.allow),
+            "files": self.files,
+            "slots": self.slots,
+        }
+
+
+def make_policy(
+    run_as: str | None = None, allow: list[str] | None = None, files: bool = True, slots: int = 4
+) -> Policy:
+    """Check the options against this host and build the policy (PolicyError when it cannot)."""
+    account = None
+    if run_as:
+        try:
+            entry = pwd.getpwnam(run_as)
+        except KeyError:
+            raise PolicyError(f"--run-as {run_as}: no such user on this host") from None
+        if os.geteuid() not in (0, entry.pw_uid):
+            me = pwd.getpwuid(os.geteuid()).pw_name
+            raise PolicyError(
+                f"--run-as {run_as}: the agent runs as {me}; only root can run commands "
+                "as another user"
+            )
+        account = Account(
+            name=entry.pw_name,
+            uid=entry.pw_uid,
+            gid=entry.pw_gid,
+            groups=tuple(os.getgrouplist(entry.pw_name, entry.pw_gid)),
+            home=entry.pw_dir if Path(entry.pw_dir).is_dir() else "/",
+        )
+        if files and entry.pw_uid != os.geteuid() and not sftp_switch_supported():
+            raise PolicyError(
+                f"--run-as {run_as}: file transfers as another user are not supported on this "
+                "machine; start the agent with --no-files"
+            )
+    patterns = tuple(p.strip() for p in allow or () if p.strip())
+    if slots < 1:
+        raise PolicyError("--slots must be at least 1")
+    return Policy(run_as=account, allow=patterns, files=files, slots=slots)
+
+
+def sftp_switch_supported() -> bool:
+    """Whether file transfers can act as another user here (Linux on x86_64 or arm64)."""
+    from easytask.agent import sftp  # loads libc: only when a run-as user needs it
+
+    return sftp.supported()
