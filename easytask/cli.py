@@ -111,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="delete failed runs older than this, e.g. 365d (default: as --retention)",
     )
     s.add_argument(
+        "--trusted-proxy",
+        metavar="ADDR",
+        help="believe X-Forwarded-For/-Proto only from this reverse proxy address "
+        "(EASYTASK_TRUSTED_PROXY); by default the client address is the TCP peer",
+    )
+    s.add_argument(
         "--prune-interval", type=_duration, default=3600.0, help="how often to prune (default 1h)"
     )
     s.set_defaults(func=cmd_server)
@@ -385,6 +391,7 @@ def cmd_server(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
             "retention_failed", args.retention_failed or settings.retention_failed
         ),
         prune_interval=args.prune_interval,
+        trusted_proxy=args.trusted_proxy or os.environ.get("EASYTASK_TRUSTED_PROXY") or None,
     )
     return asyncio.run(serve(config))
 

@@ -73,6 +73,7 @@ class ServerConfig:
     retention: float | None = None  # seconds a successful run is kept (None: forever)
     retention_failed: float | None = None  # the same for failed runs (None: as retention)
     prune_interval: float = 3600.0
+    trusted_proxy: str | None = None  # address of a reverse proxy whose X-Forwarded-* we believe
 
 
 def split_addr(value: str, default_port: int) -> tuple[str, int]:
@@ -283,6 +284,10 @@ class Server:
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=3,
+            # the client address (audit log, login rate limits) is the TCP peer unless a proxy
+            # we were told about says otherwise
+            proxy_headers=self.config.trusted_proxy is not None,
+            forwarded_allow_ips=self.config.trusted_proxy or "",
         )
         self.http = _Uvicorn(uv_config)
         self._http_task = asyncio.create_task(self.http.serve(sockets=[sock]), name="http")

@@ -172,6 +172,27 @@ def test_failed_logins_are_rate_limited(server: ServerHandle) -> None:
     anon.close()
 
 
+def test_forwarded_for_cannot_dodge_the_address_limit(server: ServerHandle) -> None:
+    """A client that claims another address in X-Forwarded-For is still counted as itself."""
+    anon = httpx.Client(base_url=server.url, timeout=30)
+    for i in range(5):
+        resp = anon.post(
+            "/api/login",
+            json={"name": f"nobody{i}", "password": "guess"},
+            headers={"X-Forwarded-For": f"203.0.113.{i}"},
+        )
+        assert resp.status_code == 401
+    resp = anon.post(
+        "/api/login",
+        json={"name": "nobody9", "password": "guess"},
+        headers={"X-Forwarded-For": "203.0.113.99"},
+    )
+    assert resp.status_code == 429
+    sources = {e["source"] for e in audit_actions(server, "login.failed")}
+    assert all("127.0.0.1" in s and "203.0.113" not in s for s in sources), sources
+    anon.close()
+
+
 def test_scoped_operator_is_refused_whole(server: ServerHandle, tmp_path: Path) -> None:
     """An operator scoped to `web` may not touch db1: ad hoc, file ops and playbooks are refused whole."""
     server.post(
