@@ -23,6 +23,7 @@ from easytask.inventory import Inventory, load_inventory
 from easytask.plan import PlannedRun, plan_adhoc
 from easytask.plan_playbook import PlaybookPlan, plan_playbook
 from easytask.playbook import load_playbook
+from easytask.scheduler import secretfile
 from easytask.scheduler.agents import AgentRegistry
 from easytask.scheduler.hub import LiveHub
 from easytask.scheduler.jobs import JobEngine
@@ -192,7 +193,10 @@ class Server:
         plan = plan_playbook(
             playbook,
             await self.merged_inventory(),
-            extra_vars=spec.get("extra_vars") or {},
+            extra_vars={
+                **(spec.get("extra_vars") or {}),
+                **secretfile.secret_extra_vars(self.engine.secrets_dir, job.id or 0),
+            },
             limit=spec.get("limit"),
         )
         check_resumable(plan, spec)

@@ -25,7 +25,10 @@ PUBLIC = {
     ("GET", "/login"),
     ("POST", "/login"),
     ("POST", "/api/login"),
+    ("GET", "/healthz"),  # liveness and readiness for orchestrators: no secrets in them
+    ("GET", "/readyz"),
 }
+MACHINE = {"/metrics"}  # read by scrapers with a token: 401 like the API, not a redirect
 
 
 def route_table() -> list[tuple[str, str]]:
@@ -66,7 +69,7 @@ def test_every_route_needs_sign_in(server: ServerHandle) -> None:
             continue
         url = concrete(path)
         resp = anon.request(method, url, json={} if method == "POST" else None)
-        if path.startswith("/api/"):
+        if path.startswith("/api/") or path in MACHINE:
             assert resp.status_code == 401, (method, url, resp.status_code)
             assert "error" in resp.json()
         else:
@@ -165,7 +168,9 @@ def test_login_form_needs_its_csrf_token(server: ServerHandle) -> None:
     client.close()
 
 
-def test_login_rotates_the_session_and_sets_safe_cookie_flags(server: ServerHandle) -> None:
+def test_login_rotates_the_session_and_sets_safe_cookie_flags(
+    server: ServerHandle, start_server: ServerFactory
+) -> None:
     """Sign-in issues a new session id and CSRF token; the cookie is HttpOnly and SameSite=Lax."""
     client = Browserless(server)
     page = client.http.get("/login")
@@ -188,8 +193,12 @@ def test_login_rotates_the_session_and_sets_safe_cookie_flags(server: ServerHand
     after = session_payload(client.http.cookies[COOKIE])
     assert after["u"] is not None
     assert after["s"] != before["s"] and after["c"] != before["c"]
-    # over https (here: a trusted proxy says so) the cookie is also Secure
-    https = httpx.get(server.url + "/login", headers={"x-forwarded-proto": "https"})
+    # a client cannot claim https for itself: the header counts only from --trusted-proxy
+    claimed = httpx.get(server.url + "/login", headers={"x-forwarded-proto": "https"})
+    assert "secure" not in claimed.headers["set-cookie"].lower()
+    # over https (here: the trusted proxy says so) the cookie is also Secure
+    proxied = start_server(None, "--trusted-proxy", "127.0.0.1")
+    https = httpx.get(proxied.url + "/login", headers={"x-forwarded-proto": "https"})
     assert "secure" in https.headers["set-cookie"].lower()
     client.close()
 

@@ -99,7 +99,6 @@ class Agent:
         self.policy = make_policy(config.run_as, config.allow, config.files, config.slots)
         self.runner = Runner(self.state_dir, cap=config.spool_cap, run_as=self.policy.run_as)
         self.runner.collect_garbage()
-        self._starting = 0  # runs being started right now (counted against the slots)
         self.connected = asyncio.Event()
         self._stop = asyncio.Event()
         self._conn: asyncssh.SSHServerConnection | None = None
@@ -265,22 +264,20 @@ class Agent:
             return
         if not spool.exists():
             reason = self.policy.refusal(command)
-            busy = self.runner.running + self._starting
-            if reason is None and busy >= self.policy.slots:
+            # runner.start makes the spool before it first awaits: no other start slips in
+            # between this count and the run being counted
+            if reason is None and self.runner.running >= self.policy.slots:
                 reason = f"all {self.policy.slots} slots are in use (--slots)"
             if reason is not None:
                 self._refuse(process, reason)
                 return
             extra = {"EASYTASK_RUN_ID": run_id, "EASYTASK_ATTEMPT": attempt} if run_id else {}
-            self._starting += 1
             try:
                 await self.runner.start(key, command, extra)
             except OSError as exc:
                 process.stderr.write(f"easytask agent: cannot start: {exc}\n".encode())
                 process.exit(127)
                 return
-            finally:
-                self._starting -= 1
         # else: this run was started before (a retried dispatch): never start it twice
         await self._stream(process, key, 0)
 

@@ -168,8 +168,11 @@ class Runner:
             spec["user"] = self.run_as.spec()
         job = Job(key=key)
         supervisor = supervisor_process(self.root.parent / "supervisor.log")
-        # `out` exists once the supervisor answers
-        await supervisor.start_run(spool.dir, spec, job)
+        try:
+            await supervisor.start_run(spool.dir, spec, job)  # `out` exists once it answers
+        except BaseException:
+            spool.remove()  # nothing started: no spool to count as running or to keep
+            raise
         self.jobs[key] = job
         task = asyncio.create_task(self._watch(job, spool, supervisor), name=f"run-{key}")
         self._tasks.add(task)

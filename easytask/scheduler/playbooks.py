@@ -329,19 +329,24 @@ async def submit_playbook(
     assert job.id is not None
     if plan.playbook.secrets:  # every host's values: a resumed run's output stays masked
         masks = {m for host in plan.all_hosts for m in runner.masks(host)}
-        secretfile.save(engine.secrets_dir, job.id, {}, tuple(sorted(masks)))
+        hidden = {k: v for k, v in plan.extra_vars.items() if k in plan.playbook.secrets}
+        secretfile.save(engine.secrets_dir, job.id, {}, tuple(sorted(masks)), hidden)
     task = asyncio.create_task(_run(engine, runner), name=f"job-{job.id}")
     engine.adopt(job.id, task)
     return job, runs
 
 
 def resume_spec(plan: PlaybookPlan) -> dict[str, Any]:
-    """What a later server process needs to plan the same job again (kept in `job.vars`)."""
+    """What a later server process needs to plan the same job again (kept in `job.vars`).
+
+    Secret extra vars are left out: they wait in the job's secrets file (mode 0600) instead.
+    """
+    secret = set(plan.playbook.secrets)
     return {
         "playbook": str(Path(plan.playbook.path).resolve()),
         "sha256": hashlib.sha256(plan.playbook.text.encode()).hexdigest(),
         "limit": plan.limit,
-        "extra_vars": dict(plan.extra_vars),
+        "extra_vars": {k: v for k, v in plan.extra_vars.items() if k not in secret},
     }
 
 
