@@ -24,6 +24,7 @@ from easytask.store.models import (
     EnrollToken,
     Job,
     LogLine,
+    RevokedSession,
     Run,
     RunEvent,
     RunState,
@@ -269,6 +270,29 @@ class Store:
                 s.add(row)
                 s.commit()
             return user
+
+    def revoke_session(self, sid: str, expires_at: datetime) -> None:
+        """Refuse a console session id from now on (every server, after restarts too)."""
+        from sqlalchemy import delete
+
+        with self.session() as s:
+            s.connection().execute(
+                delete(RevokedSession).where(col(RevokedSession.expires_at) < utcnow())
+            )
+            sid_hash = hash_secret(sid)
+            if s.exec(select(RevokedSession).where(RevokedSession.sid_hash == sid_hash)).first():
+                s.commit()
+                return
+            s.add(RevokedSession(sid_hash=sid_hash, expires_at=expires_at))
+            s.commit()
+
+    def session_revoked(self, sid: str) -> bool:
+        """True if a console session id was ended by logout."""
+        with self.session() as s:
+            row = s.exec(
+                select(RevokedSession.id).where(RevokedSession.sid_hash == hash_secret(sid))
+            ).first()
+            return row is not None
 
     # -- jobs and runs ----------------------------------------------------------------------
 

@@ -278,7 +278,7 @@ class Console:
             )
             return self._login_form(request, target, "Wrong user name or password.", 401, name)
         assert session is not None
-        self.auth.revoke(session)
+        await self.auth.revoke(session)
         response = RedirectResponse(target, status_code=303)
         self.auth.set_cookie(response, request, self.auth.signed_in(user))
         return response
@@ -287,7 +287,7 @@ class Console:
         """POST /logout: end the session."""
         session = self.auth.read(request)
         if session is not None:
-            self.auth.revoke(session)
+            await self.auth.revoke(session)
         response = RedirectResponse("/login", status_code=303)
         self.auth.clear_cookie(response, request)
         return response
