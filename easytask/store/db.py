@@ -548,38 +548,6 @@ class Store:
                 s.exec(select(RunEvent).where(RunEvent.run_id == run_id).order_by(col(RunEvent.id)))
             )
 
-    def list_runs(
-        self,
-        *,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        status: str | None = None,
-        host: str | None = None,
-        task: str | None = None,
-        job_id: int | None = None,
-        before_id: int | None = None,
-        limit: int = 100,
-    ) -> list[Run]:
-        """Runs matching the filters, newest first, keyset-paginated by id."""
-        with self.session() as s:
-            q = select(Run)
-            if since is not None:
-                q = q.where(Run.created_at >= since)
-            if until is not None:
-                q = q.where(Run.created_at < until)
-            if status:
-                q = q.where(col(Run.state).in_(status.split(",")))
-            if host:
-                q = q.where(Run.host == host)
-            if task:
-                q = q.where(col(Run.task).contains(task))
-            if job_id is not None:
-                q = q.where(Run.job_id == job_id)
-            if before_id is not None:
-                q = q.where(col(Run.id) < before_id)
-            q = q.order_by(col(Run.id).desc()).limit(limit)
-            return list(s.exec(q))
-
     # -- log lines --------------------------------------------------------------------------
 
     def _raw_conn(self) -> Any:
