@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import secrets
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -822,15 +823,9 @@ class Store:
 
         SQLite's `LIKE` already ignores case (of ASCII letters, as its `lower()` does), and
         reads each row once; `ilike` would add `lower()` on both sides and take twice as long.
-        `%`, `_` and the escape character are escaped; the pattern only carries an ESCAPE
-        clause when it needs one (it costs a little per row). The needle is a bound parameter,
-        so quotes and any other syntax are just characters.
+        The needle is a bound parameter, so quotes and any other syntax are just characters.
         """
-        escape = None
-        if any(ch in needle for ch in "\\%_"):
-            escape = "\\"
-            needle = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        pattern = "%" + needle + "%"
+        pattern, escape = like_pattern(needle)
         if self.is_sqlite:
             return column.like(pattern, escape=escape)
         return column.ilike(pattern, escape=escape)
@@ -841,6 +836,10 @@ class Store:
         """(seq, position in the level-filtered log) of lines containing `needle`, ignoring case."""
         with self.session() as s:
             if not levels:
+                if self.is_sqlite:
+                    found = self._search_by_index(s, run_id, needle, limit)
+                    if found is not None:
+                        return [(seq, seq - 1) for seq in found]
                 q = (
                     select(LogLine.seq)
                     .where(LogLine.run_id == run_id, self._contains(col(LogLine.text), needle))
@@ -865,6 +864,52 @@ class Store:
             )
             return [(int(seq), int(pos)) for seq, pos in s.exec(q2)]
 
+    def _search_by_index(
+        self, s: Session, run_id: int, needle: str, limit: int
+    ) -> list[int] | None:
+        """Seqs of a run's lines containing `needle`, from the few lines the full-text index
+        names; None when the index cannot narrow the search enough (then every line is read).
+
+        Every line that contains the needle has the needle's inner words as whole words, and
+        its last word as the start of one (see `index_words`), so the index gives a superset;
+        `LIKE` then keeps exactly the lines that contain the needle.
+        """
+        conn = s.connection()
+
+        def few(query: str) -> bool:
+            count = conn.execute(
+                text(
+                    "SELECT count(*) FROM (SELECT rowid FROM log_fts WHERE log_fts MATCH :q "
+                    "LIMIT :most)"
+                ),
+                {"q": query, "most": INDEX_CANDIDATES + 1},
+            ).scalar_one()
+            return bool(count <= INDEX_CANDIDATES)
+
+        words, prefix = index_words(needle)
+        if words:
+            probes = [f'"{w}"' for w in words[:3]]
+        elif prefix is not None and few(f'"{prefix}"'):
+            # A prefix query reads every word it covers: asked only when the word itself is rare.
+            probes = [f'"{prefix}" *']
+        else:
+            return None
+        query = next((probe for probe in probes if few(probe)), None)
+        if query is None:
+            return None
+        pattern, escape = like_pattern(needle)
+        rows = conn.execute(
+            text(
+                "SELECT l.seq FROM (SELECT rowid AS id FROM log_fts WHERE log_fts MATCH :q) AS f "
+                "CROSS JOIN log_line AS l ON l.id = f.id "
+                "WHERE l.run_id = :run AND l.text LIKE :pattern"
+                + (" ESCAPE :escape" if escape else "")
+                + " ORDER BY l.seq LIMIT :limit"
+            ),
+            {"q": query, "run": run_id, "pattern": pattern, "escape": escape, "limit": limit},
+        )
+        return [int(r[0]) for r in rows]
+
     def line_tuples(
         self, run_id: int, after_seq: int = 0, limit: int = 10000
     ) -> list[tuple[int, float, str, str, str]]:
@@ -878,6 +923,47 @@ class Store:
                 {"run": run_id, "after": after_seq, "limit": limit},
             )
             return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+
+INDEX_CANDIDATES = 20000  # lines the full-text index may name before a search reads them all
+_ASCII_WORD = re.compile(r"[A-Za-z0-9]+")
+
+
+def like_pattern(needle: str) -> tuple[str, str | None]:
+    """A `LIKE` pattern for lines containing `needle` literally, and its escape character.
+
+    `%`, `_` and the escape character are escaped; the pattern carries an escape character only
+    when it needs one (an ESCAPE clause costs a little per row on SQLite).
+    """
+    if not any(ch in needle for ch in "\\%_"):
+        return "%" + needle + "%", None
+    escaped = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return "%" + escaped + "%", "\\"
+
+
+def index_words(needle: str) -> tuple[list[str], str | None]:
+    """Words of `needle` that every line containing it holds as whole words in the full-text
+    index (longest first), and its last word when only that word's start is certain.
+
+    Only ASCII letters and digits between ASCII separators count: the index (FTS5 `unicode61`)
+    splits text at every such separator, so a word with a separator on both sides inside the
+    needle is a whole word of any line that contains the needle; the last word, with a
+    separator before it and the needle's end after it, starts one. A word at the needle's start
+    may be the end of a longer word, and a word next to other characters is not used.
+    """
+    words: list[str] = []
+    prefix = None
+    for match in _ASCII_WORD.finditer(needle):
+        start, end = match.span()
+        before = start > 0 and needle[start - 1].isascii()
+        if not before:
+            continue
+        if end < len(needle) and needle[end].isascii():
+            words.append(match.group().lower())
+        elif end == len(needle):
+            prefix = match.group().lower()
+    words.sort(key=len, reverse=True)
+    return words, prefix
 
 
 def dumps(value: Any) -> str:
