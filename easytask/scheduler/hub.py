@@ -53,11 +53,21 @@ class Subscription:
 
 
 class LiveHub:
-    """Topics such as `job:12` and `run:34`, each with any number of subscribers."""
+    """Topics such as `job:12` and `run:34`, each with any number of subscribers.
 
-    def __init__(self, maxsize: int = 20000) -> None:
+    Events are delivered in the order they were published, in rounds at most `interval`
+    seconds apart: the first event after a quiet spell goes out on the next turn of the event
+    loop, and a busy run's lines are grouped, so each viewer wakes once per round, not once per
+    line (50 viewers of a run printing 1,000 lines/s: 10,000 wake-ups a second, not 50,000).
+    """
+
+    def __init__(self, maxsize: int = 20000, interval: float = 0.005) -> None:
         self._subs: dict[str, set[Subscription]] = defaultdict(set)
         self.maxsize = maxsize
+        self.interval = interval
+        self._pending: list[tuple[Event, tuple[str, ...]]] = []
+        self._round: asyncio.Handle | None = None
+        self._last_round = -1e9
 
     def subscribe(self, *topics: str) -> Subscription:
         """Start receiving events published on these topics."""
@@ -75,7 +85,40 @@ class LiveHub:
                     del self._subs[topic]
 
     def publish(self, event: Event, *topics: str) -> None:
-        """Deliver an event to every subscriber of any of the topics (once each)."""
+        """Deliver an event to every subscriber of any of the topics (once each), in this round."""
+        if not any(topic in self._subs for topic in topics):
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (a script or a test): deliver now
+            self._deliver(event, topics)
+            return
+        self._pending.append((event, topics))
+        if self._round is None:
+            wait = self._last_round + self.interval - loop.time()
+            if wait > 0:
+                self._round = loop.call_later(wait, self.flush)
+            else:
+                self._round = loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Deliver every pending event now, in order."""
+        if self._round is not None:
+            self._round.cancel()
+            self._round = None
+        try:
+            self._last_round = asyncio.get_running_loop().time()
+        except RuntimeError:
+            pass
+        pending, self._pending = self._pending, []
+        for event, topics in pending:
+            self._deliver(event, topics)
+
+    def _deliver(self, event: Event, topics: tuple[str, ...]) -> None:
+        if len(topics) == 1:
+            for sub in self._subs.get(topics[0], ()):
+                sub.push(event)
+            return
         seen: set[int] = set()
         for topic in topics:
             for sub in self._subs.get(topic, ()):
