@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
+from collections import defaultdict, deque
 from typing import Any
 
 Event = dict[str, Any]
@@ -15,30 +15,59 @@ class Subscription:
     def __init__(self, hub: LiveHub, topics: tuple[str, ...], maxsize: int) -> None:
         self.hub = hub
         self.topics = topics
-        self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize)
+        self.maxsize = maxsize
         self.overflowed = False
+        self._items: deque[Event] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    @property
+    def pending(self) -> int:
+        """Events queued and not taken yet."""
+        return len(self._items)
 
     def push(self, event: Event) -> None:
+        """Queue one event (see `push_many`)."""
+        self.push_many([event])
+
+    def push_many(self, events: list[Event]) -> None:
+        """Queue events in order and wake the viewer; past `maxsize` mark it as overflowed."""
         if self.overflowed:
             return
-        try:
-            self.queue.put_nowait(event)
-        except asyncio.QueueFull:
+        if len(self._items) + len(events) > self.maxsize:
             # The viewer fell behind: it must resume from the store by sequence number.
             self.overflowed = True
+        else:
+            self._items.extend(events)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def get(self, timeout: float | None = None) -> Event | None:
-        """The next event, or None after `timeout` seconds of silence."""
-        try:
-            async with asyncio.timeout(timeout):
-                return await self.queue.get()
-        except TimeoutError:
-            return None
+        """The next event, or None after `timeout` seconds of silence (or on an overflow)."""
+        if not self._items and not self.overflowed:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiter = waiter
+            try:
+                async with asyncio.timeout(timeout):
+                    await waiter
+            except TimeoutError:
+                return None
+            finally:
+                self._waiter = None
+        return self._items.popleft() if self._items else None
+
+    def take(self, limit: int) -> list[Event]:
+        """Up to `limit` queued events, without waiting."""
+        items = self._items
+        if len(items) <= limit:
+            out = list(items)
+            items.clear()
+            return out
+        return [items.popleft() for _ in range(limit)]
 
     def reset(self) -> None:
-        """Clear the overflow after the viewer caught up from the store."""
-        while not self.queue.empty():
-            self.queue.get_nowait()
+        """Clear the queue and the overflow after the viewer caught up from the store."""
+        self._items.clear()
         self.overflowed = False
 
     def close(self) -> None:
@@ -91,7 +120,7 @@ class LiveHub:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no event loop (a script or a test): deliver now
-            self._deliver(event, topics)
+            self._deliver([event], topics)
             return
         self._pending.append((event, topics))
         if self._round is None:
@@ -111,20 +140,29 @@ class LiveHub:
         except RuntimeError:
             pass
         pending, self._pending = self._pending, []
-        for event, topics in pending:
-            self._deliver(event, topics)
+        # Consecutive events on the same topics (a run's lines) go to each subscriber together.
+        group: list[Event] = []
+        topics: tuple[str, ...] = ()
+        for event, event_topics in pending:
+            if event_topics != topics and group:
+                self._deliver(group, topics)
+                group = []
+            group.append(event)
+            topics = event_topics
+        if group:
+            self._deliver(group, topics)
 
-    def _deliver(self, event: Event, topics: tuple[str, ...]) -> None:
+    def _deliver(self, events: list[Event], topics: tuple[str, ...]) -> None:
         if len(topics) == 1:
-            for sub in self._subs.get(topics[0], ()):
-                sub.push(event)
+            for sub in tuple(self._subs.get(topics[0], ())):
+                sub.push_many(events)
             return
         seen: set[int] = set()
         for topic in topics:
-            for sub in self._subs.get(topic, ()):
+            for sub in tuple(self._subs.get(topic, ())):
                 if id(sub) not in seen:
                     seen.add(id(sub))
-                    sub.push(event)
+                    sub.push_many(events)
 
     @property
     def viewers(self) -> int:
