@@ -872,7 +872,9 @@ class Store:
 
         Every line that contains the needle has the needle's inner words as whole words, and
         its last word as the start of one (see `index_words`), so the index gives a superset;
-        `LIKE` then keeps exactly the lines that contain the needle.
+        `LIKE` then keeps exactly the lines that contain the needle. This relies on every stored
+        line being in the index, as `write_lines` keeps it (the runs list's text filter relies on
+        the same): whatever writes `log_line` rows must index them too.
         """
         conn = s.connection()
 
