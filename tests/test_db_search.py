@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from easytask.store.db import INDEX_CANDIDATES, Store, index_words, like_pattern, sqlite_url
+from easytask.store.db import (
+    INDEX_CANDIDATES,
+    POSITION_MARKS,
+    Store,
+    index_words,
+    like_pattern,
+    sqlite_url,
+)
 from easytask.store.models import Job, Run
 
 
@@ -143,4 +150,35 @@ def test_a_common_word_falls_back_to_reading_every_line(store: Store) -> None:
     assert len(store.search_lines(run, " common word", limit=count + 1)) == count
     assert store.search_lines(run, "p 17 common", limit=5) == [(18, 17)]
     assert store.search_lines(run, "5 common w", limit=3) == [(6, 5), (16, 15), (26, 25)]
+    store.close()
+
+
+@pytest.mark.parametrize(
+    "levels",
+    [
+        ["INFO", "WARN", "ERROR"],  # few lines hidden: counted from the hidden ones
+        ["ERROR"],  # few lines shown: counted from the shown ones
+        ["INFO", "ERROR"],  # many of both
+        ["DEBUG", "INFO", "WARN", "ERROR"],
+    ],
+)
+def test_positions_in_a_level_filtered_log(store: Store, levels: list[str]) -> None:
+    """A match's position counts the lines of the chosen levels before it, however many."""
+    count = 4 * POSITION_MARKS + 4000
+    texts = [f"n={n} mark" for n in range(1, count + 1)]
+
+    def level(n: int) -> str:
+        # spread evenly but not in a pattern: 10% DEBUG, 10% ERROR, 40% INFO, 40% WARN
+        k = (n * 2654435761 >> 7) % 10
+        return "DEBUG" if k == 0 else "ERROR" if k == 1 else "INFO" if k < 6 else "WARN"
+
+    level_of = {n: level(n) for n in range(1, count + 1)}
+    _, (run,) = store.create_job(Job(command="x"), [Run(host="h", command="x")])
+    assert run.id is not None
+    store.write_lines([(run.id, n, 0.0, "stdout", level_of[n], t) for n, t in enumerate(texts, 1)])
+    shown = [n for n in range(1, count + 1) if level_of[n] in levels]
+    position = {n: i for i, n in enumerate(shown)}
+    want = [(n, position[n]) for n in shown if texts[n - 1].endswith("77 mark")]
+    assert len(want) > 10
+    assert store.search_lines(run.id, "77 mark", levels=levels) == want
     store.close()

@@ -7,6 +7,7 @@ import hashlib
 import json
 import re
 import secrets
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ from sqlalchemy import event, func, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, col, create_engine, select
 
+from easytask.lines import LEVELS
 from easytask.store import audit as audit_chain
 from easytask.store.models import (
     Agent,
@@ -835,37 +837,66 @@ class Store:
     ) -> list[tuple[int, int]]:
         """(seq, position in the level-filtered log) of lines containing `needle`, ignoring case."""
         with self.session() as s:
-            if not levels:
-                if self.is_sqlite:
-                    found = self._search_by_index(s, run_id, needle, limit)
-                    if found is not None:
-                        return [(seq, seq - 1) for seq in found]
+            found = None
+            if self.is_sqlite:
+                found = self._search_by_index(s, run_id, needle, limit, levels)
+            if found is None:
+                q = select(LogLine.seq).where(
+                    LogLine.run_id == run_id, self._contains(col(LogLine.text), needle)
+                )
+                if levels:
+                    q = q.where(col(LogLine.level).in_(list(levels)))
+                found = [int(seq) for seq in s.exec(q.order_by(col(LogLine.seq)).limit(limit))]
+            if not levels or not found:
+                return [(seq, seq - 1) for seq in found]
+            return list(zip(found, self._positions(s, run_id, found, levels), strict=True))
+
+    def _positions(
+        self, s: Session, run_id: int, seqs: list[int], levels: Sequence[str]
+    ) -> list[int]:
+        """Positions of lines (sorted seqs, all of the given levels) in the level-filtered log.
+
+        A line's position is the number of lines of those levels before it or, as seqs have no
+        gaps, its seq - 1 minus the lines of the other levels before it. The seqs of the other
+        levels are read first (usually few: DEBUG lines hidden), up to `POSITION_MARKS`; if
+        there are more, those of the chosen levels (few when only ERROR is shown); if both sides
+        are large, all of the other levels'. The level index is read in seq order and the
+        positions are found by bisection.
+        """
+        last = seqs[-1]
+
+        def marks(names: Sequence[str], most: int | None) -> list[int] | None:
+            # one query per level: each reads its index range in seq order and can stop early
+            out: list[int] = []
+            for name in names:
                 q = (
                     select(LogLine.seq)
-                    .where(LogLine.run_id == run_id, self._contains(col(LogLine.text), needle))
+                    .where(LogLine.run_id == run_id, LogLine.level == name, LogLine.seq < last)
                     .order_by(col(LogLine.seq))
-                    .limit(limit)
                 )
-                return [(int(seq), int(seq) - 1) for seq in s.exec(q)]
-            numbered = (
-                select(
-                    col(LogLine.seq).label("seq"),
-                    col(LogLine.text).label("text"),
-                    (func.row_number().over(order_by=col(LogLine.seq)) - 1).label("pos"),
-                )
-                .where(LogLine.run_id == run_id, col(LogLine.level).in_(list(levels)))
-                .subquery()
-            )
-            q2 = (
-                select(numbered.c.seq, numbered.c.pos)
-                .where(self._contains(numbered.c.text, needle))
-                .order_by(numbered.c.seq)
-                .limit(limit)
-            )
-            return [(int(seq), int(pos)) for seq, pos in s.exec(q2)]
+                if most is not None:
+                    q = q.limit(most - len(out) + 1)
+                out += s.exec(q).all()
+                if most is not None and len(out) > most:
+                    return None
+            return sorted(out)
+
+        others = [lv for lv in LEVELS if lv not in levels]
+        hidden = marks(others, POSITION_MARKS)
+        if hidden is None:
+            shown = marks(levels, POSITION_MARKS)
+            if shown is not None:
+                return [bisect_left(shown, seq) for seq in seqs]
+            hidden = marks(others, None) or []
+        return [seq - 1 - bisect_left(hidden, seq) for seq in seqs]
 
     def _search_by_index(
-        self, s: Session, run_id: int, needle: str, limit: int
+        self,
+        s: Session,
+        run_id: int,
+        needle: str,
+        limit: int,
+        levels: Sequence[str] | None = None,
     ) -> list[int] | None:
         """Seqs of a run's lines containing `needle`, from the few lines the full-text index
         names; None when the index cannot narrow the search enough (then every line is read).
@@ -900,15 +931,28 @@ class Store:
         if query is None:
             return None
         pattern, escape = like_pattern(needle)
+        params: dict[str, Any] = {
+            "q": query,
+            "run": run_id,
+            "pattern": pattern,
+            "escape": escape,
+            "limit": limit,
+        }
+        where = ""
+        if levels:
+            names = [f"lv{i}" for i in range(len(levels))]
+            where = " AND l.level IN (" + ", ".join(":" + n for n in names) + ")"
+            params.update(zip(names, levels, strict=True))
         rows = conn.execute(
             text(
                 "SELECT l.seq FROM (SELECT rowid AS id FROM log_fts WHERE log_fts MATCH :q) AS f "
                 "CROSS JOIN log_line AS l ON l.id = f.id "
                 "WHERE l.run_id = :run AND l.text LIKE :pattern"
                 + (" ESCAPE :escape" if escape else "")
+                + where
                 + " ORDER BY l.seq LIMIT :limit"
             ),
-            {"q": query, "run": run_id, "pattern": pattern, "escape": escape, "limit": limit},
+            params,
         )
         return [int(r[0]) for r in rows]
 
@@ -928,6 +972,7 @@ class Store:
 
 
 INDEX_CANDIDATES = 20000  # lines the full-text index may name before a search reads them all
+POSITION_MARKS = 20_000  # seqs read from one side before trying the other (numbering matches)
 _ASCII_WORD = re.compile(r"[A-Za-z0-9]+")
 
 
