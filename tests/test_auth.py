@@ -230,6 +230,34 @@ def test_logout_ends_the_session_even_if_the_cookie_is_replayed(
     replay.close()
 
 
+def test_logout_holds_after_a_server_restart(start_server: ServerFactory, tmp_path: Path) -> None:
+    """A cookie logged out before a restart stays refused after it; another session lives on."""
+    state = tmp_path / "state"
+    server = start_server(state_dir=state)
+    leaving, staying = Browserless(server), Browserless(server)
+    for client in (leaving, staying):
+        assert client.login("admin", admin_password(server)).status_code == 303
+    stolen = leaving.http.cookies[COOKIE]
+    kept = staying.http.cookies[COOKIE]
+    assert leaving.form_post("/logout", {}).status_code == 303
+    leaving.close()
+    staying.close()
+    server.proc.stop()
+    again = start_server(state_dir=state)
+    replay = httpx.Client(base_url=again.url, timeout=30, cookies={COOKIE: stolen})
+    assert replay.get("/").status_code == 303
+    assert replay.get("/api/runs").status_code == 401
+    replay.close()
+    other = httpx.Client(base_url=again.url, timeout=30, cookies={COOKIE: kept})
+    assert other.get("/").status_code == 200
+    assert other.get("/api/runs").status_code == 200
+    other.close()
+    with sqlite3.connect(state / "easytask.db") as db:
+        rows = db.execute("SELECT sid_hash FROM revoked_session").fetchall()
+    # only the hash of the session id is kept, and only for the signed-in session that ended
+    assert len(rows) == 1 and session_payload(stolen)["s"] not in rows[0][0]
+
+
 def test_first_start_sets_an_argon2_admin_password_and_a_private_session_key(
     start_server: ServerFactory, tmp_path: Path
 ) -> None:

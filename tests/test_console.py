@@ -240,3 +240,64 @@ def test_log_windows_search_and_raw_download(fleet: ServerHandle, admin: Browser
     )
     kinds = {d["t"] for _, d in sse_events(stream.text)}
     assert kinds == {"run", "job"}
+
+
+SEARCH_LINES = [
+    "progress 50% done",
+    "progress 50 percent done",
+    "a_b literal underscore",
+    "axb no underscore",
+    "it's quoted",
+    'say "hi" there',
+    "back\\slash path",
+    "backslash path",
+    "MiXeD CaSe Word",
+    "NEAR(a b) AND OR NOT * ^ -x col:val",
+    "near a b",
+]
+
+
+def test_search_takes_the_query_as_literal_text(fleet: ServerHandle, admin: Browserless) -> None:
+    """Search ignores case and finds `%`, `_`, `\\`, quotes and query syntax as plain text."""
+    body = "\n".join(SEARCH_LINES)
+    data = fleet.wait_job(fleet.submit("web1", f"cat <<'EOF'\n{body}\nEOF")["job"]["id"])
+    run_id = data["runs"][0]["id"]
+    assert [ln["text"] for ln in fleet.log_lines(run_id)] == SEARCH_LINES
+
+    def seqs(q: str, **params: Any) -> list[int]:
+        resp = admin.http.get(f"/api/runs/{run_id}/search", params={"q": q, **params})
+        assert resp.status_code == 200, resp.text
+        return [m["seq"] for m in resp.json()["matches"]]
+
+    cases = {
+        "50%": [1],
+        "%": [1],
+        "50% d": [1],
+        "a_b": [3],
+        "_": [3],
+        "it's": [5],
+        "'": [5],
+        '"hi"': [6],
+        '"': [6],
+        "back\\slash": [7],
+        "\\": [7],
+        "mixed case": [9],
+        "MIXED CASE WORD": [9],
+        "NEAR(a b)": [10],
+        "AND OR NOT *": [10],
+        "*": [10],
+        "col:val": [10],
+        "-x": [10],
+        "near": [10, 11],
+        "%%": [],
+        "a%b": [],
+        "_b literal_": [],
+        "hi there": [],
+    }
+    for q, expected in cases.items():
+        assert seqs(q) == expected, q
+        # the level-filtered path numbers positions itself: same lines, same semantics
+        assert seqs(q, level="INFO,WARN") == expected, q
+    for bad in ("x\x00y", "x" * 1001):
+        resp = admin.http.get(f"/api/runs/{run_id}/search", params={"q": bad})
+        assert resp.status_code == 400, bad[:10]

@@ -23,6 +23,8 @@ log = logging.getLogger("easytask.agent")
 CHUNK = 65536
 DEFAULT_CAP = 2 << 30  # bytes of output spooled per run before the rest is cut and counted
 POLL = 0.05
+GATHER = 0.005  # seconds: output printed this soon after a batch waits for the next one
+READ = 1 << 20  # bytes of spool read at once
 
 
 @dataclass
@@ -204,18 +206,32 @@ class Runner:
             job.changed.notify_all()
 
     async def follow(self, key: str, after_seq: int) -> AsyncIterator[list[Record]]:
-        """Batches of records with seq > after_seq, live until the run ends."""
+        """Batches of records with seq > after_seq, live until the run ends.
+
+        The first line after a quiet spell goes out at once; while a run keeps printing, what
+        it prints within `GATHER` seconds of the last batch goes out as one batch (one SSH
+        message and one wake-up of the scheduler per batch, not per line). The spool is a
+        local file the supervisor has just written, so it is read directly: a thread hand-off
+        per read costs more than the read.
+        """
         spool = self.spool(key)
         reader = RecordReader()
+        loop = asyncio.get_running_loop()
+        sent = -1e9
         with spool.out_path.open("rb") as fh:
             while True:
+                gap = sent + GATHER - loop.time()
+                if gap > 0:
+                    await asyncio.sleep(gap)
                 job = self.jobs.get(key)
                 seen = job.version if job else 0
-                data = fh.read(1 << 20)  # page cache: cheaper than a thread hop
+                data = fh.read(READ)
                 if data:
                     batch = [rec for rec in reader.feed(data) if rec.seq > after_seq]
                     if batch:
                         yield batch
+                        # a full read means a backlog (a replay): no pause until it is sent
+                        sent = loop.time() if len(data) < READ else -1e9
                     continue
                 if spool.exit_info() is not None:
                     rest = fh.read()

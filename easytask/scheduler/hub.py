@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
+from collections import defaultdict, deque
 from typing import Any
 
 Event = dict[str, Any]
@@ -15,37 +15,63 @@ class Subscription:
     def __init__(self, hub: LiveHub, topics: tuple[str, ...], maxsize: int) -> None:
         self.hub = hub
         self.topics = topics
-        self.queue: asyncio.Queue[Event] = asyncio.Queue(maxsize)
+        self.maxsize = maxsize
         self.overflowed = False
+        self._items: deque[Event] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    @property
+    def pending(self) -> int:
+        """Events queued and not taken yet."""
+        return len(self._items)
 
     def push(self, event: Event) -> None:
+        """Queue one event (see `push_many`)."""
+        self.push_many([event])
+
+    def push_many(self, events: list[Event]) -> None:
+        """Queue events in order and wake the viewer; past `maxsize` mark it as overflowed."""
         if self.overflowed:
             return
-        try:
-            self.queue.put_nowait(event)
-        except asyncio.QueueFull:
+        if len(self._items) + len(events) > self.maxsize:
             # The viewer fell behind: it must resume from the store by sequence number.
             self.overflowed = True
+        else:
+            self._items.extend(events)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def get(self, timeout: float | None = None) -> Event | None:
-        """The next event, or None after `timeout` seconds of silence."""
-        try:
-            async with asyncio.timeout(timeout):
-                return await self.queue.get()
-        except TimeoutError:
-            return None
+        """The next event, or None after `timeout` seconds of silence (or on an overflow)."""
+        if not self._items and not self.overflowed:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiter = waiter
+            try:
+                async with asyncio.timeout(timeout):
+                    await waiter
+            except TimeoutError:
+                return None
+            finally:
+                self._waiter = None
+        return self._items.popleft() if self._items else None
+
+    def take(self, limit: int) -> list[Event]:
+        """Up to `limit` queued events, without waiting."""
+        items = self._items
+        if len(items) <= limit:
+            out = list(items)
+            items.clear()
+            return out
+        return [items.popleft() for _ in range(limit)]
 
     def get_nowait(self) -> Event | None:
         """The next event if one is waiting, else None."""
-        try:
-            return self.queue.get_nowait()
-        except asyncio.QueueEmpty:
-            return None
+        return self._items.popleft() if self._items else None
 
     def reset(self) -> None:
-        """Clear the overflow after the viewer caught up from the store."""
-        while not self.queue.empty():
-            self.queue.get_nowait()
+        """Clear the queue and the overflow after the viewer caught up from the store."""
+        self._items.clear()
         self.overflowed = False
 
     def close(self) -> None:
@@ -60,11 +86,21 @@ class Subscription:
 
 
 class LiveHub:
-    """Topics such as `job:12` and `run:34`, each with any number of subscribers."""
+    """Topics such as `job:12` and `run:34`, each with any number of subscribers.
 
-    def __init__(self, maxsize: int = 20000) -> None:
+    Events are delivered in the order they were published, in rounds at most `interval`
+    seconds apart: the first event after a quiet spell goes out on the next turn of the event
+    loop, and a busy run's lines are grouped, so each viewer wakes once per round, not once per
+    line (50 viewers of a run printing 1,000 lines/s: 10,000 wake-ups a second, not 50,000).
+    """
+
+    def __init__(self, maxsize: int = 20000, interval: float = 0.005) -> None:
         self._subs: dict[str, set[Subscription]] = defaultdict(set)
         self.maxsize = maxsize
+        self.interval = interval
+        self._pending: list[tuple[Event, tuple[str, ...]]] = []
+        self._round: asyncio.Handle | None = None
+        self._last_round = -1e9
 
     def subscribe(self, *topics: str) -> Subscription:
         """Start receiving events published on these topics."""
@@ -82,13 +118,55 @@ class LiveHub:
                     del self._subs[topic]
 
     def publish(self, event: Event, *topics: str) -> None:
-        """Deliver an event to every subscriber of any of the topics (once each)."""
+        """Deliver an event to every subscriber of any of the topics (once each), in this round."""
+        if not any(topic in self._subs for topic in topics):
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (a script or a test): deliver now
+            self._deliver([event], topics)
+            return
+        self._pending.append((event, topics))
+        if self._round is None:
+            wait = self._last_round + self.interval - loop.time()
+            if wait > 0:
+                self._round = loop.call_later(wait, self.flush)
+            else:
+                self._round = loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Deliver every pending event now, in order."""
+        if self._round is not None:
+            self._round.cancel()
+            self._round = None
+        try:
+            self._last_round = asyncio.get_running_loop().time()
+        except RuntimeError:
+            pass
+        pending, self._pending = self._pending, []
+        # Consecutive events on the same topics (a run's lines) go to each subscriber together.
+        group: list[Event] = []
+        topics: tuple[str, ...] = ()
+        for event, event_topics in pending:
+            if event_topics != topics and group:
+                self._deliver(group, topics)
+                group = []
+            group.append(event)
+            topics = event_topics
+        if group:
+            self._deliver(group, topics)
+
+    def _deliver(self, events: list[Event], topics: tuple[str, ...]) -> None:
+        if len(topics) == 1:
+            for sub in tuple(self._subs.get(topics[0], ())):
+                sub.push_many(events)
+            return
         seen: set[int] = set()
         for topic in topics:
-            for sub in self._subs.get(topic, ()):
+            for sub in tuple(self._subs.get(topic, ())):
                 if id(sub) not in seen:
                     seen.add(id(sub))
-                    sub.push(event)
+                    sub.push_many(events)
 
     @property
     def viewers(self) -> int:

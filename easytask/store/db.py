@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import secrets
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from sqlalchemy import event, func, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, col, create_engine, select
 
+from easytask.lines import LEVELS
 from easytask.store import audit as audit_chain
 from easytask.store.models import (
     Agent,
@@ -27,6 +30,7 @@ from easytask.store.models import (
     Job,
     JobWebhook,
     LogLine,
+    RevokedSession,
     Run,
     RunEvent,
     RunState,
@@ -353,6 +357,29 @@ class Store:
                 s.commit()
             return user
 
+    def revoke_session(self, sid: str, expires_at: datetime) -> None:
+        """Refuse a console session id from now on (every server, after restarts too)."""
+        from sqlalchemy import delete
+
+        with self.session() as s:
+            s.connection().execute(
+                delete(RevokedSession).where(col(RevokedSession.expires_at) < utcnow())
+            )
+            sid_hash = hash_secret(sid)
+            if s.exec(select(RevokedSession).where(RevokedSession.sid_hash == sid_hash)).first():
+                s.commit()
+                return
+            s.add(RevokedSession(sid_hash=sid_hash, expires_at=expires_at))
+            s.commit()
+
+    def session_revoked(self, sid: str) -> bool:
+        """True if a console session id was ended by logout."""
+        with self.session() as s:
+            row = s.exec(
+                select(RevokedSession.id).where(RevokedSession.sid_hash == hash_secret(sid))
+            ).first()
+            return row is not None
+
     # -- jobs and runs ----------------------------------------------------------------------
 
     def create_job(self, job: Job, runs: Sequence[Run]) -> tuple[Job, list[Run]]:
@@ -639,38 +666,6 @@ class Store:
             return list(
                 s.exec(select(RunEvent).where(RunEvent.run_id == run_id).order_by(col(RunEvent.id)))
             )
-
-    def list_runs(
-        self,
-        *,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        status: str | None = None,
-        host: str | None = None,
-        task: str | None = None,
-        job_id: int | None = None,
-        before_id: int | None = None,
-        limit: int = 100,
-    ) -> list[Run]:
-        """Runs matching the filters, newest first, keyset-paginated by id."""
-        with self.session() as s:
-            q = select(Run)
-            if since is not None:
-                q = q.where(Run.created_at >= since)
-            if until is not None:
-                q = q.where(Run.created_at < until)
-            if status:
-                q = q.where(col(Run.state).in_(status.split(",")))
-            if host:
-                q = q.where(Run.host == host)
-            if task:
-                q = q.where(col(Run.task).contains(task, autoescape=True))
-            if job_id is not None:
-                q = q.where(Run.job_id == job_id)
-            if before_id is not None:
-                q = q.where(col(Run.id) < before_id)
-            q = q.order_by(col(Run.id).desc()).limit(limit)
-            return list(s.exec(q))
 
     # -- retention ----------------------------------------------------------------------------
 
@@ -1063,36 +1058,141 @@ class Store:
                 q = q.order_by(col(LogLine.seq)).offset(offset).limit(limit)
             return list(s.exec(q))
 
+    def _contains(self, column: Any, needle: str) -> Any:
+        """`column` contains `needle` as literal text, ignoring case.
+
+        SQLite's `LIKE` already ignores case (of ASCII letters, as its `lower()` does), and
+        reads each row once; `ilike` would add `lower()` on both sides and take twice as long.
+        The needle is a bound parameter, so quotes and any other syntax are just characters.
+        """
+        pattern, escape = like_pattern(needle)
+        if self.is_sqlite:
+            return column.like(pattern, escape=escape)
+        return column.ilike(pattern, escape=escape)
+
     def search_lines(
         self, run_id: int, needle: str, *, levels: Sequence[str] | None = None, limit: int = 10000
     ) -> list[tuple[int, int]]:
         """(seq, position in the level-filtered log) of lines containing `needle`, ignoring case."""
-        pattern = "%" + needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         with self.session() as s:
-            if not levels:
+            found = None
+            if self.is_sqlite:
+                found = self._search_by_index(s, run_id, needle, limit, levels)
+            if found is None:
+                q = select(LogLine.seq).where(
+                    LogLine.run_id == run_id, self._contains(col(LogLine.text), needle)
+                )
+                if levels:
+                    q = q.where(col(LogLine.level).in_(list(levels)))
+                found = [int(seq) for seq in s.exec(q.order_by(col(LogLine.seq)).limit(limit))]
+            if not levels or not found:
+                return [(seq, seq - 1) for seq in found]
+            return list(zip(found, self._positions(s, run_id, found, levels), strict=True))
+
+    def _positions(
+        self, s: Session, run_id: int, seqs: list[int], levels: Sequence[str]
+    ) -> list[int]:
+        """Positions of lines (sorted seqs, all of the given levels) in the level-filtered log.
+
+        A line's position is the number of lines of those levels before it or, as seqs have no
+        gaps, its seq - 1 minus the lines of the other levels before it. The seqs of the other
+        levels are read first (usually few: DEBUG lines hidden), up to `POSITION_MARKS`; if
+        there are more, those of the chosen levels (few when only ERROR is shown); if both sides
+        are large, all of the other levels'. The level index is read in seq order and the
+        positions are found by bisection.
+        """
+        last = seqs[-1]
+
+        def marks(names: Sequence[str], most: int | None) -> list[int] | None:
+            # one query per level: each reads its index range in seq order and can stop early
+            out: list[int] = []
+            for name in names:
                 q = (
                     select(LogLine.seq)
-                    .where(LogLine.run_id == run_id, col(LogLine.text).ilike(pattern, escape="\\"))
+                    .where(LogLine.run_id == run_id, LogLine.level == name, LogLine.seq < last)
                     .order_by(col(LogLine.seq))
-                    .limit(limit)
                 )
-                return [(int(seq), int(seq) - 1) for seq in s.exec(q)]
-            numbered = (
-                select(
-                    col(LogLine.seq).label("seq"),
-                    col(LogLine.text).label("text"),
-                    (func.row_number().over(order_by=col(LogLine.seq)) - 1).label("pos"),
-                )
-                .where(LogLine.run_id == run_id, col(LogLine.level).in_(list(levels)))
-                .subquery()
-            )
-            q2 = (
-                select(numbered.c.seq, numbered.c.pos)
-                .where(numbered.c.text.ilike(pattern, escape="\\"))
-                .order_by(numbered.c.seq)
-                .limit(limit)
-            )
-            return [(int(seq), int(pos)) for seq, pos in s.exec(q2)]
+                if most is not None:
+                    q = q.limit(most - len(out) + 1)
+                out += s.exec(q).all()
+                if most is not None and len(out) > most:
+                    return None
+            return sorted(out)
+
+        others = [lv for lv in LEVELS if lv not in levels]
+        hidden = marks(others, POSITION_MARKS)
+        if hidden is None:
+            shown = marks(levels, POSITION_MARKS)
+            if shown is not None:
+                return [bisect_left(shown, seq) for seq in seqs]
+            hidden = marks(others, None) or []
+        return [seq - 1 - bisect_left(hidden, seq) for seq in seqs]
+
+    def _search_by_index(
+        self,
+        s: Session,
+        run_id: int,
+        needle: str,
+        limit: int,
+        levels: Sequence[str] | None = None,
+    ) -> list[int] | None:
+        """Seqs of a run's lines containing `needle`, from the few lines the full-text index
+        names; None when the index cannot narrow the search enough (then every line is read).
+
+        Every line that contains the needle has the needle's inner words as whole words, and
+        its last word as the start of one (see `index_words`), so the index gives a superset;
+        `LIKE` then keeps exactly the lines that contain the needle. This relies on every stored
+        line being in the index, as `write_lines` keeps it (the runs list's text filter relies on
+        the same): whatever writes `log_line` rows must index them too.
+        """
+        conn = s.connection()
+
+        def few(query: str) -> bool:
+            count = conn.execute(
+                text(
+                    "SELECT count(*) FROM (SELECT rowid FROM log_fts WHERE log_fts MATCH :q "
+                    "LIMIT :most)"
+                ),
+                {"q": query, "most": INDEX_CANDIDATES + 1},
+            ).scalar_one()
+            return bool(count <= INDEX_CANDIDATES)
+
+        words, prefix = index_words(needle)
+        if words:
+            probes = [f'"{w}"' for w in words[:3]]
+        elif prefix is not None and few(f'"{prefix}"'):
+            # A prefix query reads every word it covers: asked only when the word itself is rare.
+            probes = [f'"{prefix}" *']
+        else:
+            return None
+        query = next((probe for probe in probes if few(probe)), None)
+        if query is None:
+            return None
+        pattern, escape = like_pattern(needle)
+        params: dict[str, Any] = {
+            "q": query,
+            "run": run_id,
+            "pattern": pattern,
+            "escape": escape,
+            "limit": limit,
+        }
+        where = ""
+        if levels:
+            names = [f"lv{i}" for i in range(len(levels))]
+            where = " AND l.level IN (" + ", ".join(":" + n for n in names) + ")"
+            params.update(zip(names, levels, strict=True))
+        rows = conn.execute(
+            text(
+                "SELECT l.seq FROM (SELECT rowid AS id FROM log_fts WHERE log_fts MATCH :q) AS f "
+                "CROSS JOIN log_line AS l ON l.id = f.id "
+                "WHERE l.run_id = :run AND l.text LIKE :pattern"
+                + (" ESCAPE :escape" if escape else "")
+                + where
+                + " ORDER BY l.seq LIMIT :limit"
+            ),
+            params,
+        )
+        return [int(r[0]) for r in rows]
 
     def line_tuples(
         self, run_id: int, after_seq: int = 0, limit: int = 10000
@@ -1107,6 +1207,48 @@ class Store:
                 {"run": run_id, "after": after_seq, "limit": limit},
             )
             return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+
+INDEX_CANDIDATES = 20000  # lines the full-text index may name before a search reads them all
+POSITION_MARKS = 20_000  # seqs read from one side before trying the other (numbering matches)
+_ASCII_WORD = re.compile(r"[A-Za-z0-9]+")
+
+
+def like_pattern(needle: str) -> tuple[str, str | None]:
+    """A `LIKE` pattern for lines containing `needle` literally, and its escape character.
+
+    `%`, `_` and the escape character are escaped; the pattern carries an escape character only
+    when it needs one (an ESCAPE clause costs a little per row on SQLite).
+    """
+    if not any(ch in needle for ch in "\\%_"):
+        return "%" + needle + "%", None
+    escaped = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return "%" + escaped + "%", "\\"
+
+
+def index_words(needle: str) -> tuple[list[str], str | None]:
+    """Words of `needle` that every line containing it holds as whole words in the full-text
+    index (longest first), and its last word when only that word's start is certain.
+
+    Only ASCII letters and digits between ASCII separators count: the index (FTS5 `unicode61`)
+    splits text at every such separator, so a word with a separator on both sides inside the
+    needle is a whole word of any line that contains the needle; the last word, with a
+    separator before it and the needle's end after it, starts one. A word at the needle's start
+    may be the end of a longer word, and a word next to other characters is not used.
+    """
+    words: list[str] = []
+    prefix = None
+    for match in _ASCII_WORD.finditer(needle):
+        start, end = match.span()
+        before = start > 0 and needle[start - 1].isascii()
+        if not before:
+            continue
+        if end < len(needle) and needle[end].isascii():
+            words.append(match.group().lower())
+        elif end == len(needle):
+            prefix = match.group().lower()
+    words.sort(key=len, reverse=True)
+    return words, prefix
 
 
 def dumps(value: Any) -> str:

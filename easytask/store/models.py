@@ -157,6 +157,16 @@ class User(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
+class RevokedSession(SQLModel, table=True):
+    """A console session ended by logout: its id (hashed) is refused until the cookie expires."""
+
+    __tablename__ = "revoked_session"
+
+    id: int | None = Field(default=None, primary_key=True)
+    sid_hash: str = Field(index=True, unique=True)
+    expires_at: datetime = Field(index=True)
+
+
 class ApiToken(SQLModel, table=True):
     """A bearer token for the API, stored hashed."""
 

@@ -13,7 +13,7 @@ import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -36,6 +36,7 @@ from easytask.scheduler.playbooks import submit_playbook
 from easytask.secrets import check_secret_env
 from easytask.store.db import as_utc
 from easytask.store.models import AgentState, RunState, User
+from easytask.web.runfilter import RunQuery, find_runs, parse_time
 from easytask.web.scope import enforce_scope
 
 if TYPE_CHECKING:
@@ -477,29 +478,17 @@ class Api:
     # -- runs -------------------------------------------------------------------------------
 
     async def list_runs(self, request: Request, user: User) -> Response:
-        """GET /api/runs: filters since, until, status, host, task, job, before; newest first."""
+        """GET /api/runs: the console's filters (see runfilter), newest first, keyset pages."""
         self.no_nul(request)
-        q = request.query_params
-        store = self.server.store
-        try:
-            kwargs: dict[str, Any] = {
-                "since": _parse_time(q.get("since")),
-                "until": _parse_time(q.get("until")),
-                "status": q.get("status") or None,
-                "host": q.get("host") or None,
-                "task": q.get("task") or None,
-                "job_id": int(q["job"]) if q.get("job") else None,
-                "before_id": int(q["before"]) if q.get("before") else None,
-                "limit": min(int(q.get("limit") or 100), 1000),
+        query = RunQuery.from_params(request.query_params, default_limit=100, max_limit=1000)
+        page = await find_runs(self.server, query)
+        return JSONResponse(
+            {
+                "runs": [{**run_dict(r), "submitted_by": by} for r, by in page.rows],
+                "next_before": page.older_before,
+                "prev_after": page.newer_after,
             }
-        except ValueError as exc:
-            raise APIError(str(exc)) from exc
-        if kwargs["status"]:
-            bad = [s for s in kwargs["status"].split(",") if s not in RunState.ALL]
-            if bad:
-                raise APIError(f"unknown status {bad[0]!r}; use one of {', '.join(RunState.ALL)}")
-        runs = await store.call(store.list_runs, **kwargs)
-        return JSONResponse({"runs": [run_dict(r) for r in runs]})
+        )
 
     async def get_run(self, request: Request, user: User) -> Response:
         """GET /api/runs/{id}: the run and its timeline."""
@@ -754,7 +743,7 @@ class Api:
         try:
             rows = await store.call(
                 store.audit_events,
-                since=_parse_time(q.get("since")),
+                since=parse_time(q.get("since")),
                 action=q.get("action") or None,
                 actor=q.get("actor") or None,
                 before_id=int(q["before"]) if q.get("before") else None,
@@ -1050,24 +1039,6 @@ def _line_event(row: Any, host: str) -> dict[str, Any]:
         "level": row.level,
         "text": row.text,
     }
-
-
-def _parse_time(value: str | None) -> datetime | None:
-    """An ISO date/time, or a duration meaning that long ago (`1h`, `2d`)."""
-    if not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        seconds = parse_duration(value)
-        return datetime.now(UTC) - _td(seconds)
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
-
-
-def _td(seconds: float) -> timedelta:
-    return timedelta(seconds=seconds)
 
 
 async def _health(request: Request) -> Response:

@@ -10,6 +10,7 @@ import os
 import secrets
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,7 @@ COOKIE = "easytask_session"
 CSRF_HEADER = "x-csrf-token"
 CSRF_FIELD = "csrf"
 SESSION_MAX_AGE = 12 * 3600
+REVOCATION_RECHECK = 5.0  # seconds a "not logged out" answer from the store is trusted
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 ROLES = ("admin", "operator", "viewer", "auditor")
 
@@ -103,6 +105,7 @@ class SessionAuth:
         self._users: dict[int, tuple[float, User | None]] = {}
         self._revoked: dict[str, float] = {}
         self.limiter = LoginLimiter()
+        self._stored: dict[str, tuple[float, bool]] = {}  # sid -> (checked at, revoked)
 
     # -- cookies ----------------------------------------------------------------------------
 
@@ -164,11 +167,18 @@ class SessionAuth:
             COOKIE, path="/", httponly=True, samesite="lax", secure=request.url.scheme == "https"
         )
 
-    def revoke(self, session: Session) -> None:
-        """Refuse this session id from now on (logout), even if its cookie is replayed."""
+    async def revoke(self, session: Session) -> None:
+        """Refuse this session id from now on (logout), even if its cookie is replayed.
+
+        A signed-in session's end is stored, so it holds after a restart and on every server
+        of the database; an anonymous one (the login form's) carries nothing worth storing.
+        """
         now = time.time()
         self._revoked = {sid: t for sid, t in self._revoked.items() if t > now}
         self._revoked[session.sid] = now + self.max_age
+        if session.uid is not None:
+            expires = datetime.fromtimestamp(now + self.max_age, UTC)
+            await self.store.call(self.store.revoke_session, session.sid, expires)
 
     def _fingerprint(self, password_hash: str) -> str:
         return hmac.new(self._secret, password_hash.encode(), hashlib.sha256).hexdigest()[:16]
@@ -179,6 +189,8 @@ class SessionAuth:
         """The signed-in user of a request, or None (anonymous, expired, disabled, new password)."""
         session = self.read(request)
         if session is None or session.uid is None:
+            return None
+        if await self._revoked_in_store(session.sid):
             return None
         now = time.monotonic()
         cached = self._users.get(session.uid)
@@ -194,6 +206,19 @@ class SessionAuth:
         if not hmac.compare_digest(session.pw, self._fingerprint(user.password_hash)):
             return None
         return user
+
+    async def _revoked_in_store(self, sid: str) -> bool:
+        # Asked again at most every few seconds per session: a logout on another server of the
+        # same database takes effect here within that time (at once on this server).
+        now = time.monotonic()
+        cached = self._stored.get(sid)
+        if cached is not None and now - cached[0] <= REVOCATION_RECHECK:
+            return cached[1]
+        revoked = await self.store.call(self.store.session_revoked, sid)
+        if len(self._stored) > 10000:
+            self._stored.clear()
+        self._stored[sid] = (now, revoked)
+        return revoked
 
     def forget_user(self, user_id: int | None) -> None:
         """Drop a cached user so a change (role, password) applies at once."""

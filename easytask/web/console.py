@@ -27,6 +27,7 @@ from easytask.store.db import as_utc
 from easytask.store.models import AgentState, Job, Run, RunState, User
 from easytask.web.api import Api, human_size, playbook_listing
 from easytask.web.auth import CSRF_FIELD, SAFE_METHODS, SessionAuth, csrf_ok
+from easytask.web.runfilter import FILTERS, RunPage, RunQuery, find_runs
 from easytask.web.scope import enforce_scope
 
 if TYPE_CHECKING:
@@ -79,16 +80,6 @@ def between(start: datetime | None, end: datetime | None) -> float | None:
     if start is None or end is None:
         return None
     return (end - start).total_seconds()
-
-
-def parse_time(value: str | None) -> datetime | None:
-    """An ISO date/time (UTC unless it says otherwise) or a duration meaning that long ago."""
-    from easytask.web.api import _parse_time
-
-    try:
-        return _parse_time(value.strip() if value else value)
-    except ValueError as exc:
-        raise PageError(f"not a time or duration: {value!r} (use 2024-05-01T10:00 or 2h)") from exc
 
 
 def safe_next(value: str | None) -> str:
@@ -280,7 +271,7 @@ class Console:
             log.warning("console sign-in refused for %r from %s", name, address)
             return self._login_form(request, target, "Wrong user name or password.", 401, name)
         assert session is not None
-        self.auth.revoke(session)
+        await self.auth.revoke(session)
         response = RedirectResponse(target, status_code=303)
         self.auth.set_cookie(response, request, self.auth.signed_in(user))
         return response
@@ -289,7 +280,7 @@ class Console:
         """POST /logout: end the session."""
         session = self.auth.read(request)
         if session is not None:
-            self.auth.revoke(session)
+            await self.auth.revoke(session)
         response = RedirectResponse("/login", status_code=303)
         self.auth.clear_cookie(response, request)
         return response
@@ -400,79 +391,39 @@ class Console:
     async def runs(self, request: Request, user: User) -> Response:
         """GET /runs: history with filters in the URL and keyset pagination."""
         q = request.query_params
-        statuses: list[str] = []
-        for value in q.getlist("status"):
-            statuses += [s.strip() for s in value.split(",") if s.strip()]
-        filters = {
-            "since": (q.get("since") or "").strip(),
-            "until": (q.get("until") or "").strip(),
-            "task": (q.get("task") or "").strip(),
-            "host": (q.get("host") or "").strip(),
-            "user": (q.get("user") or "").strip(),
-            "q": q.get("q") or "",
-        }
         error = ""
-        rows: list[tuple[Run, str]] = []
-        more = False
-        before = _opt_int(q.get("before"))
-        after = _opt_int(q.get("after"))
+        page = RunPage([], None, None)
         try:
-            limit = min(max(int(q.get("limit") or 50), 1), 500)
-        except ValueError:
-            limit = 50
-        try:
-            bad = [s for s in statuses if s not in RunState.ALL]
-            if bad:
-                raise PageError(f"unknown status {bad[0]!r}")
-            store = self.server.store
-            await self.server.writer.flush()
-            rows = await store.call(
-                store.find_runs,
-                since=parse_time(filters["since"]),
-                until=parse_time(filters["until"]),
-                status=statuses or None,
-                host=filters["host"] or None,
-                task=filters["task"] or None,
-                user=filters["user"] or None,
-                text=filters["q"].strip() or None,
-                job_id=_opt_int(q.get("job")),
-                before_id=before,
-                after_id=after,
-                limit=limit + 1,
-            )
-        except PageError as exc:
+            query = RunQuery.from_params(q, default_limit=50, max_limit=500)
+            page = await find_runs(self.server, query)
+        except APIError as exc:
             error = str(exc)
-        if len(rows) > limit:
-            more = True
-            rows = rows[1:] if after is not None else rows[:limit]
-        base = [(k, v) for k, v in filters.items() if v] + [("status", s) for s in statuses]
-        if q.get("job"):
-            base.append(("job", q["job"]))
-        if q.get("limit"):
-            base.append(("limit", str(limit)))
+            query = RunQuery(
+                filters={k: q.get(k) or "" for k in FILTERS},
+                statuses=[s for v in q.getlist("status") for s in v.split(",") if s.strip()],
+            )
+        base = query.link_params(explicit_limit=bool(q.get("limit")))
         newer = older = ""
-        if rows:
-            has_newer = more if after is not None else before is not None
-            has_older = more if after is None else True
-            if has_newer:
-                newer = "/runs?" + urlencode([*base, ("after", str(rows[0][0].id))])
-            if has_older:
-                older = "/runs?" + urlencode([*base, ("before", str(rows[-1][0].id))])
+        if page.newer_after is not None:
+            newer = "/runs?" + urlencode([*base, ("after", str(page.newer_after))])
+        if page.older_before is not None:
+            older = "/runs?" + urlencode([*base, ("before", str(page.older_before))])
+        paged = query.before is not None or query.after is not None
         return self.render(
             request,
             user,
             "runs.html",
             status=400 if error else 200,
             section="runs",
-            filters=filters,
-            statuses=statuses,
+            filters=query.filters,
+            statuses=query.statuses,
             error=error,
-            rows=[self.run_row(r, by) for r, by in rows],
+            rows=[self.run_row(r, by) for r, by in page.rows],
             newer=newer,
             older=older,
-            newest="/runs?" + urlencode(base) if (before is not None or after is not None) else "",
-            export_query=urlencode([(k, v) for k, v in filters.items() if v])
-            + "".join("&" + urlencode({"status": s}) for s in statuses),
+            newest="/runs?" + urlencode(base) if paged else "",
+            export_query=urlencode([(k, v) for k, v in query.filters.items() if v])
+            + "".join("&" + urlencode({"status": s}) for s in query.statuses),
         )
 
     async def run_page(self, request: Request, user: User) -> Response:
@@ -737,10 +688,3 @@ def _compiler_style(problem: dict[str, Any]) -> str:
         if problem.get("col"):
             text += "\n    " + " " * (int(problem["col"]) - 1) + "^"
     return text
-
-
-def _opt_int(value: str | None) -> int | None:
-    try:
-        return int(value) if value else None
-    except ValueError:
-        return None

@@ -78,7 +78,8 @@ class ExportApi:
     @staticmethod
     def filters(request: Request) -> dict[str, Any]:
         """The export's filters from the query, checked (400 before anything is streamed)."""
-        from easytask.web.api import Api, _parse_time
+        from easytask.web.api import Api
+        from easytask.web.runfilter import parse_time
 
         Api.no_nul(request)
         q = request.query_params
@@ -89,8 +90,8 @@ class ExportApi:
         if bad:
             raise APIError(f"unknown status {bad[0]!r}; use one of {', '.join(RunState.ALL)}")
         try:
-            since = _parse_time(chosen["since"] or None)
-            until = _parse_time(chosen["until"] or None)
+            since = parse_time(chosen["since"] or None)
+            until = parse_time(chosen["until"] or None)
         except ValueError as exc:
             raise APIError(f"since/until: {exc}") from exc
         return {

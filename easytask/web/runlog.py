@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 MAX_WINDOW = 2000
 MAX_TEXT = 10_000  # characters of one line sent to the viewer; the raw download has all of it
+MAX_QUERY = 1000  # characters of a search (SQLite refuses LIKE patterns past 50,000 bytes)
 RAW_CHUNK = 10_000
 
 
@@ -109,12 +110,19 @@ class RunLogApi:
         return JSONResponse(out)
 
     async def search(self, request: Request, user: User) -> Response:
-        """GET /api/runs/{id}/search?q=: seq and view position of each line containing q."""
+        """GET /api/runs/{id}/search?q=: seq and view position of each line containing q.
+
+        q is literal text (no wildcards, no query syntax), matched ignoring case.
+        """
         run = await self._run(request)
         assert run.id is not None
         needle = request.query_params.get("q") or ""
         if not needle.strip():
             raise APIError("q is required")
+        if len(needle) > MAX_QUERY:
+            raise APIError(f"q is too long (at most {MAX_QUERY} characters)")
+        if "\x00" in needle:
+            raise APIError("q must not contain a NUL character")
         levels = parse_levels(request.query_params.get("level"))
         limit = _int(request, "limit", 10000, low=1, high=100_000)
         store = self.server.store

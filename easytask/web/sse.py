@@ -129,9 +129,7 @@ async def run_stream(
                 continue
             # Take whatever else is queued too and send it as one write: under load the batch
             # grows by itself, so the cost per line stays small however many viewers there are.
-            items = [item]
-            while len(items) < BATCH and not sub.queue.empty():
-                items.append(sub.queue.get_nowait())
+            items = [item, *sub.take(BATCH - 1)]
             out: list[str] = []
             ended = False
             for item in items:

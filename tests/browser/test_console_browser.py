@@ -219,7 +219,8 @@ def test_output_markup_is_shown_as_text(
 
 
 def seed_lines(db: Path, run_id: int, first: int, last: int) -> None:
-    """Append numbered lines to a stored run (every 1000th an ERROR) straight into the store."""
+    """Append numbered lines to a stored run (every 1000th an ERROR) straight into the store,
+    indexed for full-text search as the log writer indexes them."""
     rows = (
         (
             run_id,
@@ -232,9 +233,13 @@ def seed_lines(db: Path, run_id: int, first: int, last: int) -> None:
         for n in range(first, last + 1)
     )
     with sqlite3.connect(db, timeout=60) as conn:
+        top = conn.execute("SELECT coalesce(max(id), 0) FROM log_line").fetchone()[0]
         conn.executemany(
             "INSERT INTO log_line (run_id, seq, ts, stream, level, text) VALUES (?, ?, ?, ?, ?, ?)",
             rows,
+        )
+        conn.execute(
+            "INSERT INTO log_fts(rowid, text) SELECT id, text FROM log_line WHERE id > ?", (top,)
         )
 
 

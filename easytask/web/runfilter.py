@@ -1,0 +1,146 @@
+"""The runs list's filters and keyset pages, read the same way by `/api/runs` and the console."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from starlette.datastructures import QueryParams
+
+from easytask.durations import parse_duration
+from easytask.errors import APIError
+from easytask.store.models import Run, RunState
+
+if TYPE_CHECKING:
+    from easytask.server import Server
+
+# The filters that narrow the list (kept in every page link), in the order forms show them.
+FILTERS = ("since", "until", "task", "host", "user", "q")
+
+
+def parse_time(value: str | None) -> datetime | None:
+    """An ISO date/time (UTC unless it says otherwise) or a duration meaning that long ago (`2h`)."""
+    value = (value or "").strip()
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        try:
+            seconds = parse_duration(value)
+        except ValueError as exc:
+            raise APIError(
+                f"not a time or duration: {value!r} (use 2024-05-01T10:00 or 2h)"
+            ) from exc
+        return datetime.now(UTC) - timedelta(seconds=seconds)
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def _opt_int(params: QueryParams, name: str) -> int | None:
+    value = (params.get(name) or "").strip()
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise APIError(f"{name} must be a run id (a number), not {value!r}") from exc
+
+
+@dataclass(frozen=True)
+class RunQuery:
+    """One request for a page of runs: filters as typed, the job, a keyset cursor and a size."""
+
+    filters: dict[str, str] = field(default_factory=dict)
+    statuses: list[str] = field(default_factory=list)
+    job: int | None = None
+    before: int | None = None
+    after: int | None = None
+    limit: int = 50
+
+    @classmethod
+    def from_params(cls, params: QueryParams, default_limit: int, max_limit: int) -> RunQuery:
+        """Read a query string; `status` may repeat and hold comma lists. Bad input: APIError."""
+        statuses: list[str] = []
+        for value in params.getlist("status"):
+            statuses += [s.strip() for s in value.split(",") if s.strip()]
+        bad = [s for s in statuses if s not in RunState.ALL]
+        if bad:
+            raise APIError(f"unknown status {bad[0]!r}; use one of {', '.join(RunState.ALL)}")
+        filters = {name: (params.get(name) or "").strip() for name in FILTERS}
+        filters["q"] = params.get("q") or ""  # a phrase: inner spacing is kept as typed
+        raw_limit = (params.get("limit") or "").strip()
+        try:
+            limit = int(raw_limit) if raw_limit else default_limit
+        except ValueError as exc:
+            raise APIError(f"limit must be a number, not {raw_limit!r}") from exc
+        query = cls(
+            filters=filters,
+            statuses=statuses,
+            job=_opt_int(params, "job"),
+            before=_opt_int(params, "before"),
+            after=_opt_int(params, "after"),
+            limit=min(max(limit, 1), max_limit),
+        )
+        if query.before is not None and query.after is not None:
+            raise APIError("give before or after, not both")
+        return query
+
+    def store_args(self) -> dict[str, Any]:
+        """Keyword arguments of `Store.find_runs` (one row more than a page, to see if more exist)."""
+        f = self.filters
+        return {
+            "since": parse_time(f.get("since")),
+            "until": parse_time(f.get("until")),
+            "status": self.statuses or None,
+            "host": f.get("host") or None,
+            "task": f.get("task") or None,
+            "user": f.get("user") or None,
+            "text": (f.get("q") or "").strip() or None,
+            "job_id": self.job,
+            "before_id": self.before,
+            "after_id": self.after,
+            "limit": self.limit + 1,
+        }
+
+    def link_params(self, explicit_limit: bool = True) -> list[tuple[str, str]]:
+        """The filters as query parameters (no cursor), for links to other pages."""
+        out = [(k, v) for k, v in self.filters.items() if v]
+        out += [("status", s) for s in self.statuses]
+        if self.job is not None:
+            out.append(("job", str(self.job)))
+        if explicit_limit:
+            out.append(("limit", str(self.limit)))
+        return out
+
+
+@dataclass
+class RunPage:
+    """A page of runs (newest first) with who submitted each, and the cursors next to it."""
+
+    rows: list[tuple[Run, str]]
+    newer_after: int | None  # pass as `after` for the page of newer runs; None: this is the newest
+    older_before: int | None  # pass as `before` for the page of older runs; None: nothing older
+
+
+async def find_runs(server: Server, query: RunQuery) -> RunPage:
+    """The page of runs a query asks for (output searched after pending lines are stored)."""
+    store = server.store
+    args = query.store_args()
+    if args["text"]:
+        await server.writer.flush()
+    rows = await store.call(store.find_runs, **args)
+    more = len(rows) > query.limit
+    if more:
+        rows = rows[1:] if query.after is not None else rows[: query.limit]
+    if not rows:
+        return RunPage(rows, None, None)
+    has_newer = more if query.after is not None else query.before is not None
+    has_older = more if query.after is None else True
+    return RunPage(
+        rows,
+        newer_after=rows[0][0].id if has_newer else None,
+        older_before=rows[-1][0].id if has_older else None,
+    )
