@@ -8,7 +8,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,11 +84,11 @@ def parse_containerfile(path: Path) -> Recipe:
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh venv with the project's wheel installed from a file, not from the source tree.
+    """A fresh venv with the project's wheel and its dependencies, as a container image holds.
 
-    The dependencies come from the development venv through a path entry (offline, fast); the
-    project itself comes only from the wheel: its files and console script are what a container
-    image would hold.
+    The wheel is built from the tree and installed like any package (dependencies from the
+    package index pip is configured with, as `make test` itself installs them); nothing of the
+    development venv or the source tree is visible to it.
     """
     root = tmp_path_factory.mktemp("wheel")
     wheels = root / "wheels"
@@ -104,27 +103,17 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q"]
-        + ["--no-deps", "--no-index", str(wheel)],
+        + [str(wheel)],
         check=True,
-        timeout=300,
+        timeout=600,
     )
-    site = subprocess.run(
-        [
-            str(venv / "bin" / "python"),
-            "-c",
-            "import sysconfig; print(sysconfig.get_path('purelib'))",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    (Path(site) / "easytask-deps.pth").write_text(sysconfig.get_path("purelib") + "\n")
     where = subprocess.run(
         [str(venv / "bin" / "python"), "-c", "import easytask; print(easytask.__file__)"],
         check=True,
         capture_output=True,
         text=True,
         cwd=root,
+        env={"PATH": "/usr/bin:/bin"},  # nothing inherited (PYTHONPATH) may point elsewhere
     ).stdout.strip()
     assert where.startswith(str(venv)), where
     assert (venv / "bin" / "easytask").exists()
