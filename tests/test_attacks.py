@@ -67,6 +67,10 @@ def test_sql_and_fts_syntax_in_search_boxes(server: ServerHandle, console: Brows
             resp = server.http.get("/api/runs", params={name: needle})
             if name == "status":
                 assert resp.status_code == 400 and "unknown status" in resp.json()["error"]
+            elif name == "task":  # task name or command, as literal text: never wider
+                assert resp.status_code == 200, (name, needle)
+                for run in resp.json()["runs"]:
+                    assert needle in run["task"] or needle in run["command"], (needle, run)
             else:
                 assert resp.status_code == 200 and resp.json()["runs"] == [], (name, needle)
         found = server.http.get(f"/api/runs/{run_id}/log", params={"grep": needle})
