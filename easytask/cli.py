@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
@@ -393,6 +392,8 @@ def cmd_server(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
         prune_interval=args.prune_interval,
         trusted_proxy=args.trusted_proxy or os.environ.get("EASYTASK_TRUSTED_PROXY") or None,
     )
+    import asyncio  # the server and the agent only: other commands start faster without it
+
     return asyncio.run(serve(config))
 
 
@@ -458,6 +459,8 @@ def cmd_agent(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     )
     if config.slots < 1:
         raise UsageError("--slots must be at least 1")
+    import asyncio
+
     try:
         return asyncio.run(serve(config))
     except ValueError as exc:

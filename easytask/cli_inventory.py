@@ -9,7 +9,6 @@ from typing import Any, TextIO
 
 from easytask.config import Settings
 from easytask.errors import NoHostsMatched, UsageError
-from easytask.inventory import dumps_json, load_inventory
 
 __all__ = ["add_parser", "run"]
 
@@ -57,6 +56,8 @@ def run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         raise UsageError("inventory: choose one of --list, --graph, --host NAME or --hosts PATTERN")
     if args.vars and not args.graph:
         raise UsageError("inventory: --vars only goes with --graph")
+    from easytask.inventory import dumps_json, load_inventory  # only this command needs YAML
+
     inventory = load_inventory(args.inventory or [settings.inventory])
     for warning in inventory.warnings:
         sys.stderr.write(f"easytask: warning: {warning}\n")
