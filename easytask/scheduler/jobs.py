@@ -134,8 +134,10 @@ class JobEngine:
             pending_timeout=options.pending_timeout,
             forks=options.forks,
         )
+        now = utcnow()  # given, not defaulted: a model's default factory costs per object
         runs = [
             Run(
+                created_at=now,
                 job_id=0,
                 task=name,
                 host=p.host,

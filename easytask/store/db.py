@@ -392,14 +392,16 @@ class Store:
                 run.job_id = job.id
                 s.add(run)
             s.flush()
-            for run in runs:
-                assert run.id is not None
-                s.add(RunEvent(run_id=run.id, kind="queued", detail=f"host {run.host}"))
+            now = utcnow()
+            events = [
+                {"run_id": run.id, "at": now, "kind": "queued", "detail": f"host {run.host}"}
+                for run in runs
+            ]
+            # one INSERT for all events; no model objects (pydantic defaults cost per object)
+            s.connection().execute(RunEvent.__table__.insert(), events)  # type: ignore[attr-defined]
             s.commit()
-            for run in runs:
-                s.refresh(run)
             s.refresh(job)
-            return job, list(runs)
+            return job, list(runs)  # every field was set before the insert: no refresh needed
 
     def add_attempt(self, run_id: int, attempt: int) -> Run:
         """A new run row for the next attempt of a run (same job, task, host, command)."""
