@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -152,7 +153,7 @@ class Runner:
         """Runs whose command has not ended yet."""
         count = 0
         for entry in self.root.iterdir() if self.root.exists() else ():
-            if entry.is_dir() and not (entry / "exit.json").exists():
+            if _is_spool(entry) and not (entry / "exit.json").exists():
                 count += 1
         return count
 
@@ -287,7 +288,7 @@ class Runner:
         """Every run key that has a spool."""
         if not self.root.exists():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir())
+        return sorted(p.name for p in self.root.iterdir() if _is_spool(p))
 
     async def terminate(self, key: str, grace: float, by: str = "") -> bool:
         """TERM the run's process group, KILL it after `grace` seconds; False if unknown."""
@@ -325,7 +326,14 @@ class Runner:
             if age > max_age:
                 spool.remove()
                 removed += 1
+        for gone in self.root.glob(".gone-*"):  # a deletion an earlier process did not finish
+            shutil.rmtree(gone, ignore_errors=True)
         return removed
+
+
+def _is_spool(path: Path) -> bool:
+    """A run's spool directory (not one being deleted: those are hidden)."""
+    return not path.name.startswith(".") and path.is_dir()
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,12 +144,21 @@ class Spool:
         return not start or not now or now == start  # a reused pid has another start time
 
     def remove(self) -> None:
-        """Delete the spool (after the server acknowledged everything)."""
+        """Delete the spool (after the server acknowledged everything).
+
+        The directory is first renamed out of sight in one step, so that nobody counting spools
+        meanwhile sees a run without its exit record.
+        """
         if not self.dir.exists():
             return
-        for child in self.dir.iterdir():
+        gone = self.dir.with_name(f".gone-{self.key}-{os.getpid()}-{time.monotonic_ns()}")
+        try:
+            os.rename(self.dir, gone)
+        except FileNotFoundError:
+            return
+        for child in gone.iterdir():
             child.unlink(missing_ok=True)
-        self.dir.rmdir()
+        gone.rmdir()
 
 
 def process_start(pid: int) -> int:
