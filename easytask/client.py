@@ -12,6 +12,17 @@ import httpx
 from easytask.errors import APIError, StartError
 
 
+def checked(resp: httpx.Response) -> Any:
+    """The JSON body of a successful answer; an APIError with the server's message otherwise."""
+    if resp.status_code >= 400:
+        try:
+            message = resp.json().get("error") or resp.text
+        except ValueError:
+            message = resp.text or resp.reason_phrase
+        raise APIError(message, status=resp.status_code)
+    return resp.json()
+
+
 class Client:
     """Thin wrapper: bearer token, JSON in and out, errors as EasyTask errors."""
 
@@ -36,13 +47,7 @@ class Client:
         self._http.close()
 
     def _check(self, resp: httpx.Response) -> Any:
-        if resp.status_code >= 400:
-            try:
-                message = resp.json().get("error") or resp.text
-            except ValueError:
-                message = resp.text or resp.reason_phrase
-            raise APIError(message, status=resp.status_code)
-        return resp.json()
+        return checked(resp)
 
     def _unreachable(self, exc: Exception) -> StartError:
         return StartError(
@@ -142,11 +147,5 @@ def login(url: str, body: dict[str, Any], timeout: float = 30.0) -> dict[str, An
         )
     except httpx.TransportError as exc:
         raise StartError(f"cannot reach the server at {base}: {exc}") from exc
-    if resp.status_code >= 400:
-        try:
-            message = resp.json().get("error") or resp.text
-        except ValueError:
-            message = resp.text or resp.reason_phrase
-        raise APIError(message, status=resp.status_code)
-    data: dict[str, Any] = resp.json()
+    data: dict[str, Any] = checked(resp)
     return data

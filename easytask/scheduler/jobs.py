@@ -840,8 +840,8 @@ def job_dict(job: Job) -> dict[str, Any]:
         "submitted_by": job.submitted_by,
         "source": job.source,
         "state": job.state,
-        "created_at": _iso(job.created_at),
-        "finished_at": _iso(job.finished_at),
+        "created_at": iso_time(job.created_at),
+        "finished_at": iso_time(job.finished_at),
         "timeout": job.timeout,
     }
 
@@ -864,9 +864,9 @@ def run_dict(run: Run) -> dict[str, Any]:
         "exit_code": run.exit_code,
         "signal": run.signal,
         "reason": run.reason,
-        "created_at": _iso(run.created_at),
-        "started_at": _iso(run.started_at),
-        "finished_at": _iso(run.finished_at),
+        "created_at": iso_time(run.created_at),
+        "started_at": iso_time(run.started_at),
+        "finished_at": iso_time(run.finished_at),
         "duration": duration,
         "out_bytes": run.out_bytes,
         "out_lines": run.out_lines,
@@ -876,7 +876,8 @@ def run_dict(run: Run) -> dict[str, Any]:
     }
 
 
-def _iso(value: Any) -> str | None:
+def iso_time(value: Any) -> str | None:
+    """A stored time as ISO 8601 (a naive one is UTC)."""
     if value is None:
         return None
     if value.tzinfo is None:

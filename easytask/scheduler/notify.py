@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from easytask import __version__
+from easytask.scheduler.jobs import iso_time
 from easytask.store.db import Store, as_utc
 from easytask.store.models import Job, Run, RunState, WebhookDelivery
 
@@ -57,9 +58,9 @@ def payload(job: Job, runs: list[Run], console_url: str) -> dict[str, Any]:
         "submitted_by": job.submitted_by,
         "counts": counts,
         "hosts": len(runs),
-        "created_at": _iso(job.created_at),
-        "started_at": _iso(min(started)) if started else None,
-        "finished_at": _iso(job.finished_at),
+        "created_at": iso_time(job.created_at),
+        "started_at": iso_time(min(started)) if started else None,
+        "finished_at": iso_time(job.finished_at),
         "url": f"{console_url.rstrip('/')}/jobs/{job.id}",
     }
 
@@ -194,15 +195,9 @@ def delivery_dict(row: WebhookDelivery) -> dict[str, Any]:
         "url": row.url,
         "event": row.event,
         "attempt": row.attempt,
-        "at": _iso(row.at),
+        "at": iso_time(row.at),
         "ok": row.ok,
         "status_code": row.status_code,
         "error": row.error,
         "duration_ms": row.duration_ms,
     }
-
-
-def _iso(value: Any) -> str | None:
-    if value is None:
-        return None
-    return str(as_utc(value).isoformat())

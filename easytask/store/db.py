@@ -42,6 +42,7 @@ from easytask.store.models import (
 )
 
 T = TypeVar("T")
+M = TypeVar("M", bound=SQLModel)
 
 # One row of the log writer's batch: run_id, seq, ts, stream, level, text.
 LogRow = tuple[int, int, float, str, str, str]
@@ -326,16 +327,7 @@ class Store:
 
     def update_user(self, name: str, **fields: Any) -> User | None:
         """Change a user's role, scope, disabled flag or password hash; None if unknown."""
-        with self.session() as s:
-            user = s.exec(select(User).where(User.name == name)).first()
-            if user is None:
-                return None
-            for key, value in fields.items():
-                setattr(user, key, value)
-            s.add(user)
-            s.commit()
-            s.refresh(user)
-            return user
+        return self._update_named(User, name, fields)
 
     def user_for_token(self, token: str) -> User | None:
         """The user a valid API token belongs to, recording its use."""
@@ -455,8 +447,12 @@ class Store:
 
     def update_schedule(self, name: str, **fields: Any) -> Schedule | None:
         """Change a schedule's fields (enabled, next_fire, last_fire, last_job)."""
+        return self._update_named(Schedule, name, fields)
+
+    def _update_named(self, model: type[M], name: str, fields: dict[str, Any]) -> M | None:
+        """Set fields of the row of `model` with this name; None if there is none."""
         with self.session() as s:
-            row = s.exec(select(Schedule).where(Schedule.name == name)).first()
+            row = s.exec(select(model).where(model.name == name)).first()  # type: ignore[attr-defined]
             if row is None:
                 return None
             for key, value in fields.items():
