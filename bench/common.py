@@ -452,7 +452,8 @@ def start_agent(
         if not proc.alive():
             raise RuntimeError(f"agent {name} exited:\n{proc.tail()}")
         return any(
-            a["name"] == name and a["status"] == "online" for a in server.get("/api/agents")["agents"]
+            a["name"] == name and a["status"] == "online"
+            for a in server.get("/api/agents")["agents"]
         )
 
     wait_until(online, timeout=timeout, interval=0.1, what=f"agent {name} online")

@@ -55,7 +55,8 @@ def rows_for(run_id: int, n: int) -> Iterator[list[tuple[int, int, float, str, s
     now = time.time()
     for start in range(1, n + 1, BATCH):
         yield [
-            (run_id, i, now, "stdout", "INFO", str(i)) for i in range(start, min(n, start + BATCH - 1) + 1)
+            (run_id, i, now, "stdout", "INFO", str(i))
+            for i in range(start, min(n, start + BATCH - 1) + 1)
         ]
 
 
