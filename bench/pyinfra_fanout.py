@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import statistics
 import subprocess
@@ -132,8 +133,9 @@ def time_pyinfra(exe: Path, inventory: Path, root: Path, n: int) -> float:
         raise RuntimeError(
             f"pyinfra exited {done.returncode}: {(done.stdout + done.stderr)[-2000:]}"
         )
-    if f"Connected to {n} of {n}" not in done.stdout and "Connected to" in done.stdout:
-        say("pyinfra did not report every host connected:\n" + done.stdout[-1500:])
+    total = re.search(r"Grand total\s+(\d+)\s+(\d+)", done.stdout + done.stderr)
+    if total is None or total.groups() != (str(n), str(n)):
+        raise RuntimeError(f"pyinfra did not succeed on all {n} hosts:\n{done.stderr[-1500:]}")
     return elapsed
 
 
