@@ -47,6 +47,11 @@ from common import (  # noqa: E402  (the bench directory is not a package)
 )
 
 DOC = REPO / "docs" / "benchmarks.md"
+PARTS = {
+    "agent": "One idle agent",
+    "fleet": "A server with 1,000 idle agents",
+    "output": "One task printing 1 GB",
+}
 TARGETS = {"agent_rss_mib": 45, "server_rss_mib": 300, "server_cpu_pct": 5.0, "output_mib": 300}
 # Salt does not document the minion's memory use; these are reports in its issue tracker.
 SALT_REPORTS = [
@@ -227,12 +232,17 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "load_before": load_average(),
     }
     try:
-        if "agent" in args.parts:
-            rec["agent"] = agent_part(root, args.idle, args.settle)
-        if "fleet" in args.parts:
-            rec["fleet"] = fleet_part(root, args.agents, args.idle, args.settle)
-        if "output" in args.parts:
-            rec["output"] = output_part(root, args.output_bytes)
+        for part in PARTS:
+            if part not in args.parts:
+                continue
+            load = load_average()
+            if part == "agent":
+                rec[part] = agent_part(root, args.idle, args.settle)
+            elif part == "fleet":
+                rec[part] = fleet_part(root, args.agents, args.idle, args.settle)
+            else:
+                rec[part] = output_part(root, args.output_bytes)
+            rec[part].update(load_before=load, load_after=load_average())
     finally:
         shutil.rmtree(root, ignore_errors=True)
     rec["load_after"] = load_average()
@@ -243,9 +253,10 @@ def _verdict(ok: bool) -> str:
     return "**met**" if ok else "**missed**"
 
 
-def report(rec: dict[str, Any]) -> list[str]:
-    """The figures as Markdown lines (tables and target verdicts)."""
+def report(rec: dict[str, Any], only: str | None = None) -> list[str]:
+    """The figures as Markdown lines (tables and target verdicts), of every part or one."""
     out: list[str] = []
+    rec = {k: v for k, v in rec.items() if only is None or k not in PARTS or k == only}
     if "agent" in rec:
         a = rec["agent"]
         out += [
@@ -324,14 +335,31 @@ a flood of output:
   `tests/test_reliability.py` checks it.
 
 Run it with `.venv/bin/python bench/footprint.py --write` (`--parts agent,fleet,output` picks
-parts; only the parts run are written); `--quick` uses 1 s windows, 20 agents and 10 MB of output."""
+parts; each part has its own section, the others are kept); `--quick` uses 1 s windows, 20 agents and 10 MB of output."""
 
 
-def block(rec: dict[str, Any]) -> str:
-    lines = conditions_lines(
-        ["bench/footprint.py", *rec["argv"]], rec["when"], rec["load_before"], rec["load_after"]
-    )
-    return "\n".join([*lines, "", *report(rec)])
+def write_doc(rec: dict[str, Any]) -> None:
+    """Rewrite the measured parts' sections of docs/benchmarks.md (the others are kept)."""
+    text = DOC.read_text()
+    if "<!-- footprint-agent:begin -->" not in text:
+        text = text.rstrip("\n") + f"\n\n## Footprint\n\n{INTRO}\n"
+        for part, title in PARTS.items():
+            text += (
+                f"\n### {title}\n\n<!-- footprint-{part}:begin -->\nNot measured yet."
+                f"\n<!-- footprint-{part}:end -->\n"
+            )
+        DOC.write_text(text)
+    for part in PARTS:
+        if part in rec:
+            r = rec[part]
+            lines = conditions_lines(
+                ["bench/footprint.py", *rec["argv"]],
+                rec["when"],
+                r.get("load_before", rec["load_before"]),
+                r.get("load_after", rec["load_after"]),
+            )
+            body = "\n".join([*lines, "", *report(rec, only=part)])
+            write_section(DOC, f"footprint-{part}", PARTS[part], "", body)
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -345,9 +373,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--write", action="store_true", help="rewrite its section of docs/benchmarks.md")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     p.add_argument("--workdir", help="where the temp dir goes (default /tmp)")
+    p.add_argument("--report", metavar="FILE", help="measure nothing: report an earlier --json")
     args = p.parse_args(argv)
     args.parts = {s.strip() for s in args.parts.split(",") if s.strip()}
-    if args.parts - {"agent", "fleet", "output"} or not args.parts:
+    if args.parts - set(PARTS) or not args.parts:
         p.error("--parts: agent, fleet, output")
     if args.quick:
         args.idle, args.settle, args.agents, args.output_bytes = 1.0, 0.5, 20, 10 << 20
@@ -358,14 +387,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     exit_on_sigterm()
-    rec = measure(args)
+    rec = json.loads(Path(args.report).read_text()) if args.report else measure(args)
     print(f"load average before: {rec['load_before']}, after: {rec['load_after']}")
     for line in report(rec):
         print(line.replace("**", "").replace("`", ""))
-    if args.json:
+    if args.json and not args.report:
         Path(args.json).write_text(json.dumps(rec, indent=2) + "\n")
     if args.write:
-        write_section(DOC, "footprint", "Footprint", INTRO, block(rec))
+        write_doc(rec)
         say(f"wrote {DOC}")
     return 0
 
