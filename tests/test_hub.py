@@ -81,3 +81,14 @@ def test_without_an_event_loop_events_are_delivered_at_once() -> None:
     sub = hub.subscribe("agents")
     hub.publish({"t": "agent"}, "agents")
     assert sub.take(5) == [{"t": "agent"}]
+
+
+def test_watched_tells_whether_a_topic_has_a_subscriber() -> None:
+    """`watched` is true only while some subscriber follows one of the topics."""
+    hub = LiveHub()
+    assert not hub.watched("run:1", "job:1")
+    sub = hub.subscribe("job:1")
+    assert hub.watched("run:1", "job:1")
+    assert not hub.watched("run:1")
+    sub.close()
+    assert not hub.watched("run:1", "job:1")
