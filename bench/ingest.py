@@ -34,6 +34,7 @@ from common import (  # noqa: E402  (the bench directory is not a package)
     conditions_lines,
     exit_on_sigterm,
     load_average,
+    proc_cpu_seconds,
     start_agent,
     wait_job_events,
     write_section,
@@ -67,10 +68,10 @@ def real_path(root: Path, n: int) -> dict[str, Any]:
         inventory.write_text("")
         server = Server(root / "server", inventory, procs)
         agent = start_agent(server, "ingest1", root / "agent", procs)
-        del agent
         http = server.http
         warm = http.post("/api/jobs", json={"pattern": "ingest1", "command": "true"}).json()
         wait_job_events(http, warm["job"]["id"])
+        cpu0 = proc_cpu_seconds(server.proc.pid), proc_cpu_seconds(agent.pid)
         t0 = time.perf_counter()
         resp = http.post("/api/jobs", json={"pattern": "ingest1", "command": f"seq 1 {n}"})
         resp.raise_for_status()
@@ -81,6 +82,7 @@ def real_path(root: Path, n: int) -> dict[str, Any]:
         run = server.get(f"/api/jobs/{job_id}")["runs"][0]
         found = server.get(f"/api/runs/{run['id']}/search", q=str(n))
         t_found = time.perf_counter()
+        cpu1 = proc_cpu_seconds(server.proc.pid), proc_cpu_seconds(agent.pid)
         if state != "success":
             raise RuntimeError(f"seq 1 {n} ended {state}")
         seqs = [m["seq"] for m in found["matches"]]
@@ -103,6 +105,8 @@ def real_path(root: Path, n: int) -> dict[str, Any]:
             "search_after_end": t_found - t_done,
             "command_duration": run.get("duration"),
             "rate": n / total,
+            "server_cpu": cpu1[0] - cpu0[0],
+            "agent_cpu": cpu1[1] - cpu0[1],
         }
     finally:
         procs.stop_all()
@@ -253,6 +257,9 @@ def details(rec: dict[str, Any]) -> list[str]:
         f"(it flushes the log writer first). The command itself ran "
         + (f"{dur:.2f} s" if isinstance(dur, int | float) else "?")
         + " on the agent (the run's recorded duration).",
+        f"- CPU time used meanwhile (less sensitive to other work than the wall clock): server "
+        f"{real['server_cpu']:.1f} s, agent process {real['agent_cpu']:.1f} s "
+        f"({real['server_cpu'] / real['lines'] * 1e6:.1f} server CPU-seconds per million lines).",
     ]
 
 

@@ -126,6 +126,7 @@ class RunOutput:
                     "text": "output past the stored-output limit: keeping the tail only",
                 },
                 *self._topics,
+                f"jobstate:{self.job_id}",
             )
 
     def _emit(self, items: list[tuple[str, str]], level: str | None = None) -> None:
