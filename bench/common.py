@@ -530,11 +530,17 @@ def software_versions() -> dict[str, str]:
     }
 
 
-def conditions_lines(command: list[str], when: str, load_before: str, load_after: str) -> list[str]:
+def conditions_lines(
+    command: list[str],
+    when: str,
+    load_before: str,
+    load_after: str,
+    versions: dict[str, str] | None = None,
+) -> list[str]:
     """The command, machine, software and load lines every report section starts with."""
     import shlex
 
-    m, v = machine_info(), software_versions()
+    m, v = machine_info(), versions or software_versions()
     niceness = os.nice(0)
     nice = f"nice -n {niceness} " if niceness > 0 else ""
     return [

@@ -40,6 +40,7 @@ from common import (  # noqa: E402  (the bench directory is not a package)
     proc_cpu_seconds,
     proc_rss_kib,
     raise_nofile,
+    software_versions,
     start_agent,
     wait_job_events,
     wait_until,
@@ -230,6 +231,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "argv": args.argv,
         "load_before": load_average(),
+        "versions": software_versions(),
     }
     try:
         for part in PARTS:
@@ -357,6 +359,7 @@ def write_doc(rec: dict[str, Any]) -> None:
                 rec["when"],
                 r.get("load_before", rec["load_before"]),
                 r.get("load_after", rec["load_after"]),
+                rec.get("versions"),
             )
             body = "\n".join([*lines, "", *report(rec, only=part)])
             write_section(DOC, f"footprint-{part}", PARTS[part], "", body)
