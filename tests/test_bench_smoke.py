@@ -149,3 +149,20 @@ def test_all_runs_every_benchmark_with_write(tmp_path: Path) -> None:
         "== bench/footprint.py --write",
     ]
     assert "bench/all.py" in (REPO / "Makefile").read_text()
+
+
+PYINFRA_VENV = Path("/tmp/pyinfra-venv")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (PYINFRA_VENV / "bin" / "pyinfra").exists(),
+    reason="pyinfra is not installed in /tmp/pyinfra-venv (the benchmark would install it)",
+)
+def test_pyinfra_fanout_quick_times_both_tools(tmp_path: Path) -> None:
+    """`pyinfra_fanout.py --quick`: N=3 with EasyTask and pyinfra side by side, nothing left."""
+    stdout, rec = _run_quick("pyinfra_fanout.py", tmp_path, "--pyinfra-venv", str(PYINFRA_VENV))
+    (row,) = rec["rows"]
+    assert row["n"] == 3
+    assert min(row["cold"] + row["pooled"] + row["pyinfra"]) > 0
+    assert re.search(r"^\s*3\s+\d+\.\d\d\s+\d+\.\d\d\s+\d+\.\d\d\s", stdout, re.M), stdout
