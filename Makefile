@@ -27,7 +27,7 @@ check: $(STAMP)
 	$(VENV)/bin/mypy easytask
 
 bench: $(STAMP)
-	$(PY) bench/fanout.py
+	$(PY) bench/all.py
 
 clean:
 	rm -rf $(VENV) .easytask build dist

@@ -36,7 +36,7 @@ async def main(args: argparse.Namespace) -> None:
                 enroll=args.enroll,
                 groups=args.group,
                 slots=args.slots,
-                keepalive_interval=30,
+                keepalive_interval=args.keepalive,
                 backoff_max=5,
             )
         )
@@ -65,5 +65,6 @@ if __name__ == "__main__":
     parser.add_argument("--enroll")
     parser.add_argument("--group", action="append", default=[])
     parser.add_argument("--slots", type=int, default=4)
+    parser.add_argument("--keepalive", type=float, default=30, help="SSH keepalive interval (s)")
     logging.basicConfig(level=logging.WARNING)
     asyncio.run(main(parser.parse_args()))

@@ -372,3 +372,196 @@ def git_revision() -> str:
     if not head:
         return "?"
     return f"{head} + uncommitted changes" if dirty else head
+
+
+# -- shared by the roundtrip, ingest and footprint benchmarks --------------------------------------
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, as `uptime` shows them."""
+    try:
+        one, five, fifteen = Path("/proc/loadavg").read_text().split()[:3]
+    except (OSError, ValueError):
+        return "?"
+    return f"{one}, {five}, {fifteen}"
+
+
+def proc_rss_kib(pid: int, field: str = "VmRSS") -> int:
+    """A memory figure of a process in KiB from /proc/PID/status (VmRSS, VmHWM...)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise ValueError(f"no {field} for pid {pid}")
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds a process has used so far (/proc/PID/stat utime+stime)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct child processes of a process."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def cmdline(pid: int) -> str:
+    """A process's command line with spaces between the arguments."""
+    try:
+        return (Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")).decode().strip()
+    except OSError:
+        return ""
+
+
+def start_agent(
+    server: Server, name: str, state_dir: Path, procs: Procs, *extra: str, timeout: float = 60
+) -> Proc:
+    """A real `easytask agent` process, enrolled with a one-use token, waited for online."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    token = server.post("/api/agents/tokens", {"uses": 1, "ttl": "10m"})["token"]
+    args = [
+        *easytask_cli(),
+        "agent",
+        "--server",
+        server.agents_addr,
+        "--name",
+        name,
+        "--state-dir",
+        str(state_dir),
+        "--enroll",
+        token,
+        *extra,
+    ]
+    proc = procs.start(args, state_dir / "agent.log")
+
+    def online() -> bool:
+        if not proc.alive():
+            raise RuntimeError(f"agent {name} exited:\n{proc.tail()}")
+        return any(
+            a["name"] == name and a["status"] == "online"
+            for a in server.get("/api/agents")["agents"]
+        )
+
+    wait_until(online, timeout=timeout, interval=0.1, what=f"agent {name} online")
+    return proc
+
+
+FINAL_STATES = {"success", "failed", "terminated", "unreachable", "skipped"}
+
+
+def wait_job_events(http: httpx.Client, job_id: int) -> str:
+    """Follow GET /api/jobs/ID/events?lines=0 until the job's final event; its state."""
+    with http.stream(
+        "GET", f"/api/jobs/{job_id}/events", params={"lines": "0"}, timeout=httpx.Timeout(60.0)
+    ) as resp:
+        resp.raise_for_status()
+        for line in resp.iter_lines():
+            if line.startswith("data: "):
+                event = json.loads(line[6:])
+                if event.get("t") == "job":
+                    return str(event["state"])
+    raise RuntimeError(f"the event stream of job {job_id} ended without a final state")
+
+
+def percentile(values: list[float], pct: float) -> float:
+    """The pct-th percentile (nearest rank) of a non-empty list."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(pct / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def write_section(doc: Path, name: str, title: str, intro: str, block: str) -> None:
+    """Replace `<!-- NAME:begin -->`..`<!-- NAME:end -->` in doc, or add `## TITLE` with it.
+
+    Only that section changes; every other part of the page is kept as it is.
+    """
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    body = f"{begin}\n{block.strip()}\n{end}"
+    if begin in text and end in text:
+        head, _, rest = text.partition(begin)
+        _, _, tail = rest.partition(end)
+        text = head + body + tail
+    else:
+        text = text.rstrip("\n") + f"\n\n## {title}\n\n{intro.strip()}\n\n{body}\n"
+    doc.write_text(text)
+
+
+def shown_python() -> str:
+    """The interpreter as a user would type it: relative when it is the repo's venv."""
+    exe = Path(sys.executable)
+    try:
+        return str(exe.relative_to(REPO))
+    except ValueError:
+        return "python"
+
+
+def software_versions() -> dict[str, str]:
+    """Python, EasyTask (with the revision), asyncssh, SQLite, OpenSSH."""
+    import sqlite3
+    from importlib import metadata
+
+    def version(dist: str) -> str:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "?"
+
+    return {
+        "python": platform.python_version(),
+        "easytask": f"{version('easytask')} (revision {git_revision()})",
+        "asyncssh": version("asyncssh"),
+        "sqlite": sqlite3.sqlite_version,
+        "openssh": openssh_version(),
+    }
+
+
+def conditions_lines(
+    command: list[str],
+    when: str,
+    load_before: str,
+    load_after: str,
+    versions: dict[str, str] | None = None,
+) -> list[str]:
+    """The command, machine, software and load lines every report section starts with."""
+    import shlex
+
+    m, v = machine_info(), versions or software_versions()
+    niceness = os.nice(0)
+    nice = f"nice -n {niceness} " if niceness > 0 else ""
+    return [
+        f"Measured {when} with:",
+        "",
+        "```sh",
+        nice + " ".join(shlex.quote(a) for a in [shown_python(), *command]),
+        "```",
+        "",
+        f"- Machine: {m['cpus']} CPUs ({m['cpu_model']}), {m['memory']} RAM, {m['kernel']}",
+        f"- Software: Python {v['python']}, EasyTask {v['easytask']}, asyncssh {v['asyncssh']}, "
+        f"SQLite {v['sqlite']}, {v['openssh']}",
+        f"- Load average (1, 5, 15 min; the machine is shared): {load_before} before, "
+        f"{load_after} after",
+    ]
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM unwinds through `finally` blocks (which stop every child) like Ctrl-C does."""
+
+    def _terminate(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _terminate)

@@ -59,3 +59,110 @@ def test_fanout_quick_prints_a_row_and_leaves_nothing_running(tmp_path: Path) ->
     assert data["rows"][0]["agents"][0] > 0
     assert not _processes_mentioning(str(work))
     assert list(work.iterdir()) == []
+
+
+def _run_quick(script: str, tmp_path: Path, *extra: str) -> tuple[str, dict]:
+    """Run `bench/SCRIPT --quick` in a fresh work dir; its stdout and its --json record."""
+    work = tmp_path / "work"
+    work.mkdir()
+    out_json = tmp_path / f"{script}.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / script),
+            "--quick",
+            "--workdir",
+            str(work),
+            "--json",
+            str(out_json),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not _processes_mentioning(str(work))
+    assert list(work.iterdir()) == []
+    return result.stdout, json.loads(out_json.read_text())
+
+
+@pytest.mark.slow
+def test_roundtrip_quick_measures_every_path(tmp_path: Path) -> None:
+    """`roundtrip.py --quick`: 3 rounds of every path, a ratio to ssh for each, nothing left."""
+    stdout, rec = _run_quick("roundtrip.py", tmp_path)
+    assert set(rec["samples"]) == {
+        "api_agent",
+        "api_agentless",
+        "cli_agent",
+        "cli_agentless",
+        "ssh_mux",
+        "ssh_plain",
+        "cli_version",
+    }
+    assert all(len(v) == 3 and min(v) > 0 for v in rec["samples"].values())
+    assert re.search(r"^API, agent\s+\d+\.\d\s+\d+\.\d\s+\d+\.\dx$", stdout, re.M), stdout
+    assert "load average before:" in stdout
+
+
+@pytest.mark.slow
+def test_ingest_quick_stores_and_finds_every_line(tmp_path: Path) -> None:
+    """`ingest.py --quick`: 20,000 lines stored and the last one found; raw rates alongside."""
+    stdout, rec = _run_quick("ingest.py", tmp_path)
+    assert rec["real"]["lines"] == 20_000
+    assert rec["real"]["rate"] > 0
+    assert rec["store"]["rate"] > 0
+    assert set(rec["raw"]) == {"fts", "indexed", "bare"}
+    assert "lines/s" in stdout
+    assert "last line searchable" in stdout
+
+
+@pytest.mark.slow
+def test_footprint_quick_reports_each_part(tmp_path: Path) -> None:
+    """`footprint.py --quick`: the agent with its supervisor, 20 agents, 10 MB of output."""
+    stdout, rec = _run_quick("footprint.py", tmp_path)
+    assert rec["agent"]["supervisors"] == 1
+    assert rec["agent"]["after_rss"] > rec["agent"]["before_rss"] > 0
+    assert rec["fleet"]["online_after"] == 20
+    assert rec["fleet"]["server_rss"] > 0
+    assert rec["output"]["bytes"] == 10 << 20
+    assert rec["output"]["server_hwm"] > 0
+    assert "server peak RSS" in stdout
+
+
+def test_all_runs_every_benchmark_with_write(tmp_path: Path) -> None:
+    """`make bench` (bench/all.py) runs the five benchmarks in order, each writing its report."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "all.py"), "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "== bench/fanout.py --write",
+        "== bench/console.py",
+        "== bench/roundtrip.py --write",
+        "== bench/ingest.py --write",
+        "== bench/footprint.py --write",
+    ]
+    assert "bench/all.py" in (REPO / "Makefile").read_text()
+
+
+PYINFRA_VENV = Path("/tmp/pyinfra-venv")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (PYINFRA_VENV / "bin" / "pyinfra").exists(),
+    reason="pyinfra is not installed in /tmp/pyinfra-venv (the benchmark would install it)",
+)
+def test_pyinfra_fanout_quick_times_both_tools(tmp_path: Path) -> None:
+    """`pyinfra_fanout.py --quick`: N=3 with EasyTask and pyinfra side by side, nothing left."""
+    stdout, rec = _run_quick("pyinfra_fanout.py", tmp_path, "--pyinfra-venv", str(PYINFRA_VENV))
+    (row,) = rec["rows"]
+    assert row["n"] == 3
+    assert min(row["cold"] + row["pooled"] + row["pyinfra"]) > 0
+    assert re.search(r"^\s*3\s+\d+\.\d\d\s+\d+\.\d\d\s+\d+\.\d\d\s", stdout, re.M), stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 from easytask.scheduler.hub import LiveHub
 
@@ -81,3 +82,45 @@ def test_without_an_event_loop_events_are_delivered_at_once() -> None:
     sub = hub.subscribe("agents")
     hub.publish({"t": "agent"}, "agents")
     assert sub.take(5) == [{"t": "agent"}]
+
+
+def test_watched_tells_whether_a_topic_has_a_subscriber() -> None:
+    """`watched` is true only while some subscriber follows one of the topics."""
+    hub = LiveHub()
+    assert not hub.watched("run:1", "job:1")
+    sub = hub.subscribe("job:1")
+    assert hub.watched("run:1", "job:1")
+    assert not hub.watched("run:1")
+    sub.close()
+    assert not hub.watched("run:1", "job:1")
+
+
+def test_a_states_only_follower_gets_no_line_events(tmp_path: Path) -> None:
+    """`jobstate:ID` (GET /api/jobs/ID/events?lines=0) carries the cut notice but no lines."""
+    from easytask.scheduler.logwriter import LogWriter
+    from easytask.scheduler.output import RunOutput
+    from easytask.store.db import Store
+    from easytask.store.models import Job, Run
+
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    store.create_schema()
+    job, (run,) = store.create_job(Job(command="x"), [Run(host="h", command="x")])
+    assert job.id is not None and run.id is not None
+    hub = LiveHub()
+    everything = hub.subscribe(f"job:{job.id}")
+    states = hub.subscribe(f"jobstate:{job.id}")
+    out = RunOutput(run.id, job.id, "h", hub, LogWriter(store), limit=400)
+    out.data("stdout", b"".join(b"line %03d\n" % n for n in range(100)))
+    got = everything.take(1000)
+    assert [e["t"] for e in got].count("line") > 0
+    assert [e["t"] for e in got if e["t"] != "line"] == ["notice"]
+    assert states.take(1000) == [
+        {
+            "t": "notice",
+            "run": run.id,
+            "host": "h",
+            "text": "output past the stored-output limit: keeping the tail only",
+        }
+    ]
+    assert not hub.watched(f"run:{run.id}") and hub.watched(f"jobstate:{job.id}")
+    store.close()

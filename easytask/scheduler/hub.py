@@ -117,9 +117,13 @@ class LiveHub:
                 if not subs:
                     del self._subs[topic]
 
+    def watched(self, *topics: str) -> bool:
+        """True when any of the topics has a subscriber (publishing to none of them does nothing)."""
+        return any(topic in self._subs for topic in topics)
+
     def publish(self, event: Event, *topics: str) -> None:
         """Deliver an event to every subscriber of any of the topics (once each), in this round."""
-        if not any(topic in self._subs for topic in topics):
+        if not self.watched(*topics):
             return
         try:
             loop = asyncio.get_running_loop()

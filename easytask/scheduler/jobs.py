@@ -590,7 +590,9 @@ class JobEngine:
     async def job_event(self, job: Job, text: str) -> None:
         """Tell viewers of a job something that concerns all its runs."""
         log.info("job %s: %s", job.id, text)
-        self.hub.publish({"t": "notice", "job": job.id, "text": text}, f"job:{job.id}")
+        self.hub.publish(
+            {"t": "notice", "job": job.id, "text": text}, f"job:{job.id}", f"jobstate:{job.id}"
+        )
 
     async def execute_one(self, run: Run, hostvars: dict[str, Any], options: JobOptions) -> None:
         """Execute one run row to its end (the same path as ad hoc runs)."""
@@ -696,7 +698,8 @@ class JobEngine:
 
     def _publish_run(self, run: Run, state: str, **extra: Any) -> None:
         event = {"t": "run", "run": run.id, "host": run.host, "state": state, **extra}
-        self.hub.publish(event, f"run:{run.id}", f"job:{run.job_id}", "runs")
+        topics = f"run:{run.id}", f"job:{run.job_id}", f"jobstate:{run.job_id}", "runs"
+        self.hub.publish(event, *topics)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -775,7 +778,8 @@ class JobEngine:
         """Tell viewers and the finish hooks that a job reached its final state."""
         assert job.id is not None
         secretfile.drop(self.secrets_dir, job.id)  # nothing left to mask
-        self.hub.publish({"t": "job", "job": job.id, "state": job.state}, f"job:{job.id}")
+        event = {"t": "job", "job": job.id, "state": job.state}
+        self.hub.publish(event, f"job:{job.id}", f"jobstate:{job.id}")
         log.info("job %s %s", job.id, job.state, extra={"job": job.id, "state": job.state})
         for hook in self.on_job_finished:
             try:

@@ -126,11 +126,14 @@ class RunOutput:
                     "text": "output past the stored-output limit: keeping the tail only",
                 },
                 *self._topics,
+                f"jobstate:{self.job_id}",
             )
 
     def _emit(self, items: list[tuple[str, str]], level: str | None = None) -> None:
         now = time.time()
         rows: list[LogRow] = []
+        # Nobody follows most runs live: then build no per-line events at all.
+        live = self.hub.watched(*self._topics)
         for stream, text in items:
             if self._mask:
                 text = self._mask(text)
@@ -139,15 +142,16 @@ class RunOutput:
             rows.append((self.run_id, self.seq, now, stream, lvl, text))
             if stream != SYSTEM:
                 self.lines += 1
-            event: dict[str, Any] = {
-                "t": "line",
-                "run": self.run_id,
-                "host": self.host,
-                "seq": self.seq,
-                "ts": now,
-                "stream": stream,
-                "level": lvl,
-                "text": text,
-            }
-            self.hub.publish(event, *self._topics)
+            if live:
+                event: dict[str, Any] = {
+                    "t": "line",
+                    "run": self.run_id,
+                    "host": self.host,
+                    "seq": self.seq,
+                    "ts": now,
+                    "stream": stream,
+                    "level": lvl,
+                    "text": text,
+                }
+                self.hub.publish(event, *self._topics)
         self.writer.add(rows)

@@ -411,7 +411,8 @@ class Api:
     ) -> AsyncIterator[str]:
         server = self.server
         store = server.store
-        sub = server.hub.subscribe(f"job:{job_id}")
+        # jobstate: carries a job's events except its lines (a status grid gets no line flood)
+        sub = server.hub.subscribe(f"job:{job_id}" if lines else f"jobstate:{job_id}")
         last: dict[int, int] = {}
         try:
             await server.writer.flush()

@@ -1,0 +1,69 @@
+"""Every benchmark in sequence, each writing its own report (what `make bench` runs).
+
+    .venv/bin/python bench/all.py [--only fanout,console,roundtrip,ingest,footprint] [--quick]
+        [--dry-run]
+
+Each benchmark runs with its defaults and `--write`: fanout, roundtrip, ingest and footprint
+rewrite their sections of docs/benchmarks.md, console rewrites bench/results/console.md.
+`--quick` runs each with `--quick` and writes nothing.  A benchmark that fails does not stop the
+others; the exit status is 1 if any failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ORDER = ["fanout", "console", "roundtrip", "ingest", "footprint"]
+
+
+def commands(only: Sequence[str], quick: bool) -> list[list[str]]:
+    out = []
+    for name in ORDER:
+        if name not in only:
+            continue
+        args = [sys.executable, str(BENCH / f"{name}.py")]
+        if quick:
+            args.append("--quick")
+        elif name != "console":  # console writes bench/results/console.md by default
+            args.append("--write")
+        out.append(args)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--only", default=",".join(ORDER), help="which benchmarks (comma separated)")
+    p.add_argument("--quick", action="store_true", help="each with --quick; nothing is written")
+    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    args = p.parse_args(argv)
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in only if s not in ORDER]
+    if unknown or not only:
+        p.error(f"--only: choose from {', '.join(ORDER)}")
+    failed = []
+    for cmd in commands(only, args.quick):
+        shown = " ".join([f"bench/{Path(cmd[1]).name}", *cmd[2:]])
+        print(f"== {shown}", flush=True)
+        if args.dry_run:
+            continue
+        t0 = time.monotonic()
+        code = subprocess.run(cmd, check=False).returncode
+        print(
+            f"== {Path(cmd[1]).stem}: exit {code} after {time.monotonic() - t0:.0f} s", flush=True
+        )
+        if code != 0:
+            failed.append(Path(cmd[1]).stem)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
