@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from easytask import __version__, cli_export, cli_inventory, cli_security
+from easytask import __version__, cli_db, cli_export, cli_inventory, cli_security
 from easytask.config import Settings, load_settings
 from easytask.durations import format_duration, parse_duration, parse_size
 from easytask.errors import EasyTaskError, UsageError
@@ -306,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_inventory.add_parser(sub)
     cli_security.add_parsers(sub)
     cli_export.add_parsers(sub)
+    cli_db.add_parsers(sub)
     return p
 
 

@@ -37,7 +37,8 @@ from easytask.scheduler.playbooks import (
 )
 from easytask.scheduler.retention import Retention
 from easytask.scheduler.schedules import Scheduler
-from easytask.store.db import Store, sqlite_url
+from easytask.store import schema
+from easytask.store.db import Store, safe_url, sqlite_url
 from easytask.store.models import AgentState, Job
 from easytask.transport.agentless import SSHPool
 from easytask.transport.agentlink import AgentListener
@@ -224,7 +225,9 @@ class Server:
         os.chmod(self.state_dir, 0o700)
         url = self.config.db or sqlite_url(self.state_dir / "easytask.db")
         self.store = Store(url)
-        await self.store.call(self.store.create_schema)
+        created = await self.store.call(schema.prepare, self.store.engine, url)
+        if created == "created":
+            log.info("created the database schema in %s", safe_url(url))
         self.admin_token = await self._ensure_admin()
         self.writer = LogWriter(self.store)
         self.writer.start()
@@ -299,7 +302,7 @@ class Server:
             "version": __version__,
             "url": self.http_url,
             "agents": f"{host}:{self.agents_port}",
-            "db": url.split("@")[-1],
+            "db": safe_url(url),
             "client_key": self.client_public_key,
         }
         tmp = self.state_dir / "server.json.tmp"

@@ -16,9 +16,10 @@ from typing import Any, TypeVar, overload
 
 from sqlalchemy import event, func, text
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, SQLModel, col, create_engine, select
+from sqlmodel import Session, col, create_engine, select
 
 from easytask.store import audit as audit_chain
+from easytask.store import schema
 from easytask.store.models import (
     Agent,
     ApiToken,
@@ -68,6 +69,15 @@ def as_utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
+def like_pattern(needle: str) -> str:
+    """A LIKE pattern (escape character backslash) that finds `needle` anywhere in a text.
+
+    NUL is dropped: PostgreSQL text cannot hold it, and stored lines never do there.
+    """
+    needle = needle.replace("\x00", "")
+    return "%" + needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
 def hash_secret(secret: str) -> str:
     """The at-rest form of a token: its SHA-256 (tokens are long and random)."""
     return hashlib.sha256(secret.encode()).hexdigest()
@@ -78,8 +88,32 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
+def engine_url(url: str) -> str:
+    """The SQLAlchemy URL for a `--db` value: `postgresql://` and `postgres://` use psycopg 3."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def is_postgres(url: str) -> bool:
+    """The URL names a PostgreSQL database."""
+    return engine_url(url).startswith("postgresql")
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1]
+
+
 def make_engine(url: str) -> Engine:
-    """Create the engine; SQLite gets WAL mode and a busy timeout."""
+    """Create the engine; SQLite gets WAL mode and a busy timeout, PostgreSQL talks UTC."""
+    url = engine_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
@@ -92,6 +126,12 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
+    if url.startswith("postgresql"):
+        return create_engine(
+            url,
+            pool_pre_ping=True,
+            connect_args={"options": "-c timezone=UTC", "application_name": "easytask"},
+        )
     return create_engine(url, pool_pre_ping=True)
 
 
@@ -101,7 +141,7 @@ class Store:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
-        self.is_sqlite = url.startswith("sqlite")
+        self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="easytask-db")
         self._raw: Any = None
 
@@ -121,45 +161,12 @@ class Store:
         self.engine.dispose()
 
     def create_schema(self) -> None:
-        """Create tables and the full-text index if they are missing."""
-        SQLModel.metadata.create_all(self.engine)
-        self._add_missing_columns()
-        if self.is_sqlite:
-            with self.engine.begin() as conn:
-                conn.execute(
-                    text(
-                        "CREATE VIRTUAL TABLE IF NOT EXISTS log_fts USING fts5("
-                        "text, content='log_line', content_rowid='id')"
-                    )
-                )
+        """Bring the schema up to this release's revision (creating it in an empty database)."""
+        schema.upgrade(self.engine)
 
-    def _add_missing_columns(self) -> None:
-        """Add columns a newer release introduced to tables an older one created."""
-        from sqlalchemy import inspect
-
-        inspector = inspect(self.engine)
-        with self.engine.begin() as conn:
-            for table in SQLModel.metadata.sorted_tables:
-                if not inspector.has_table(table.name):
-                    continue
-                have = {c["name"] for c in inspector.get_columns(table.name)}
-                for column in table.columns:
-                    if column.name in have:
-                        continue
-                    kind = column.type.compile(dialect=self.engine.dialect)
-                    default = getattr(column.default, "arg", None)
-                    clause = ""
-                    if isinstance(default, bool):
-                        clause = f" NOT NULL DEFAULT {int(default)}"
-                    elif isinstance(default, int | float):
-                        clause = f" NOT NULL DEFAULT {default}"
-                    elif isinstance(default, str):
-                        clause = " NOT NULL DEFAULT '" + default.replace("'", "''") + "'"
-                    conn.execute(
-                        text(
-                            f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}{clause}'
-                        )
-                    )
+    def schema_state(self) -> schema.SchemaState:
+        """Where the database's schema stands against this release."""
+        return schema.schema_state(self.engine)
 
     def session(self) -> Session:
         """A new ORM session."""
@@ -664,7 +671,7 @@ class Store:
             if host:
                 q = q.where(Run.host == host)
             if task:
-                q = q.where(col(Run.task).contains(task, autoescape=True))
+                q = q.where(col(Run.task).icontains(task, autoescape=True))
             if job_id is not None:
                 q = q.where(Run.job_id == job_id)
             if before_id is not None:
@@ -764,30 +771,52 @@ class Store:
         if not rows:
             return
         conn = self._raw_conn()
-        cur = conn.cursor()
         try:
             if self.is_sqlite:
-                cur.execute("SELECT coalesce(max(id), 0) FROM log_line")
-                first = cur.fetchone()[0]
-                cur.executemany(
-                    "INSERT INTO log_line (run_id, seq, ts, stream, level, text) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
-                cur.execute(
-                    "INSERT INTO log_fts(rowid, text) SELECT id, text FROM log_line WHERE id > ?",
-                    (first,),
-                )
+                self._write_lines_sqlite(conn, rows)
             else:
-                cur.executemany(
-                    "INSERT INTO log_line (run_id, seq, ts, stream, level, text) "
-                    "VALUES (%s, %s, %s, %s, %s, %s)",
-                    rows,
-                )
+                self._write_lines_postgres(conn, rows)
             conn.commit()
         except BaseException:
-            conn.rollback()
+            try:
+                conn.rollback()
+            except Exception:
+                # the connection is gone (server restart, network): the next batch opens a new one
+                self._raw = None
+                conn.invalidate()
             raise
+
+    @staticmethod
+    def _write_lines_sqlite(conn: Any, rows: Sequence[LogRow]) -> None:
+        cur = conn.cursor()
+        try:
+            cur.execute("SELECT coalesce(max(id), 0) FROM log_line")
+            first = cur.fetchone()[0]
+            cur.executemany(
+                "INSERT INTO log_line (run_id, seq, ts, stream, level, text) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            cur.execute(
+                "INSERT INTO log_fts(rowid, text) SELECT id, text FROM log_line WHERE id > ?",
+                (first,),
+            )
+        finally:
+            cur.close()
+
+    @staticmethod
+    def _write_lines_postgres(conn: Any, rows: Sequence[LogRow]) -> None:
+        # COPY is psycopg's fastest path; the trigram index is kept by PostgreSQL itself.
+        # PostgreSQL text cannot hold NUL, which a command may well print: it becomes U+FFFD.
+        cur = conn.driver_connection.cursor()
+        try:
+            with cur.copy(
+                "COPY log_line (run_id, seq, ts, stream, level, text) FROM STDIN"
+            ) as copy:
+                for run_id, seq, ts, stream, level, line in rows:
+                    if "\x00" in line:
+                        line = line.replace("\x00", "\ufffd")
+                    copy.write_row((run_id, seq, ts, stream, level, line))
         finally:
             cur.close()
 
@@ -806,7 +835,7 @@ class Store:
             if levels:
                 q = q.where(col(LogLine.level).in_(list(levels)))
             if grep:
-                q = q.where(col(LogLine.text).contains(grep, autoescape=True))
+                q = q.where(col(LogLine.text).ilike(like_pattern(grep), escape="\\"))
             q = q.order_by(col(LogLine.seq))
             if limit:
                 q = q.limit(limit)
@@ -986,8 +1015,8 @@ class Store:
                     q = q.where(Run.host == host)
             if task:
                 q = q.where(
-                    col(Run.task).contains(task, autoescape=True)
-                    | col(Run.command).contains(task, autoescape=True)
+                    col(Run.task).icontains(task, autoescape=True)
+                    | col(Run.command).icontains(task, autoescape=True)
                 )
             if user:
                 q = q.where(Job.submitted_by == user)
@@ -1018,10 +1047,10 @@ class Store:
                 .columns(column("rowid"))
             )
             return select(LogLine.run_id).where(col(LogLine.id).in_(matching)).distinct()
+        # ILIKE '%needle%' is served by the trigram index (see docs/decisions/0005-postgresql.md)
+        pattern = like_pattern(needle)
         return (
-            select(LogLine.run_id)
-            .where(col(LogLine.text).icontains(needle, autoescape=True))
-            .distinct()
+            select(LogLine.run_id).where(col(LogLine.text).ilike(pattern, escape="\\")).distinct()
         )
 
     def count_lines(self, run_id: int, levels: Sequence[str] | None = None) -> tuple[int, int]:
@@ -1067,7 +1096,7 @@ class Store:
         self, run_id: int, needle: str, *, levels: Sequence[str] | None = None, limit: int = 10000
     ) -> list[tuple[int, int]]:
         """(seq, position in the level-filtered log) of lines containing `needle`, ignoring case."""
-        pattern = "%" + needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        pattern = like_pattern(needle)
         with self.session() as s:
             if not levels:
                 q = (
