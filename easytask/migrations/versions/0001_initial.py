@@ -297,9 +297,19 @@ def upgrade() -> None:
 
 def _adopt(bind: sa.engine.Connection, inspector: sa.engine.Inspector, table: sa.Table) -> None:
     """Add the columns and indexes an older release's table lacks (new columns get defaults)."""
-    have = {c["name"] for c in inspector.get_columns(table.name)}
+    have = {c["name"]: c["type"] for c in inspector.get_columns(table.name)}
     for column in table.columns:
         if column.name in have:
+            if (
+                bind.dialect.name == "postgresql"
+                and isinstance(column.type, sa.DateTime)
+                and not getattr(have[column.name], "timezone", True)
+            ):
+                # times were written as naive UTC; say so in the column type
+                op.execute(
+                    f'ALTER TABLE "{table.name}" ALTER COLUMN "{column.name}" '
+                    f"TYPE timestamptz USING \"{column.name}\" AT TIME ZONE 'UTC'"
+                )
             continue
         default = None if column.nullable else _empty_value(column.type)
         added = sa.Column(
