@@ -99,7 +99,8 @@ def start_server(
         procs.append(proc)
         wait_until(lambda: info.exists() or not proc.alive(), timeout=60, what="server start")
         assert proc.alive(), proc.output()
-        handle = ServerHandle(proc, state)
+        db_url = next((extra[i + 1] for i, a in enumerate(extra[:-1]) if a == "--db"), None)
+        handle = ServerHandle(proc, state, db_url or databases.get(state))
         handles.append(handle)
         return handle
 
