@@ -195,6 +195,7 @@ def test_log_lines_search_and_windows(store: Store) -> None:
     assert [(run.id, by) for run, by in found] == [(a, "dave")]
     assert store.find_runs(text="Disk Full")[0][0].id == a
     assert store.find_runs(text='"quoted" AND (nonsense') == []
+    assert store.find_runs(text="\x00 ") == []
     assert [run.id for run, _ in store.find_runs(host="web*")] == [b, a]
     assert [run.id for run, _ in store.find_runs(host="web_")] == []
     assert [run.id for run, _ in store.find_runs(host="web?")] == [b, a]

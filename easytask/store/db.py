@@ -1038,7 +1038,11 @@ class Store:
         """A subquery of the ids of runs whose output contains a phrase."""
         from sqlalchemy import column
 
+        from sqlalchemy import false
+
         needle = needle.replace("\x00", "")
+        if not needle.strip():  # an empty phrase matches nothing, as in FTS5
+            return select(LogLine.run_id).where(false())
         if self.is_sqlite:
             phrase = '"' + needle.replace('"', '""') + '"'
             matching = (
