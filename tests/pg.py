@@ -38,7 +38,12 @@ class PostgresCluster:
         self.port = free_port()
         self._owner: dict[str, Any] = {}
         if os.getuid() == 0:
-            entry = pwd.getpwnam(PG_USER)
+            try:
+                entry = pwd.getpwnam(PG_USER)
+            except KeyError:
+                raise RuntimeError(
+                    f"initdb refuses root and there is no {PG_USER!r} user: run `make sysdeps`"
+                ) from None
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
             self._owner = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
         self._count = 0

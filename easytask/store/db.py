@@ -1036,9 +1036,7 @@ class Store:
 
     def _runs_with_text(self, needle: str) -> Any:
         """A subquery of the ids of runs whose output contains a phrase."""
-        from sqlalchemy import column
-
-        from sqlalchemy import false
+        from sqlalchemy import column, false
 
         needle = needle.replace("\x00", "")
         if not needle.strip():  # an empty phrase matches nothing, as in FTS5
