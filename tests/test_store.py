@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -256,6 +257,29 @@ def test_prune_deletes_runs_lines_and_index(store: Store) -> None:
     assert store.get_job(old_job.id or 0) is None and store.get_job(new_job.id or 0) is not None
     assert store.find_runs(text="needle") == []
     assert store.prune_batch(cutoff, None) == {"jobs": 0, "runs": 0, "lines": 0}
+
+
+@pytest.mark.postgres
+def test_audit_chain_stays_a_line_with_several_writers(postgres: PostgresCluster) -> None:
+    """Stores of several servers appending audit events at once still form one valid chain."""
+    url = postgres.new_database()
+    stores = [Store(url) for _ in range(4)]
+    try:
+
+        def append(st: Store, n: int) -> None:
+            for i in range(15):
+                st.audit(f"server{n}", "test.append", "", {"i": i})
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for future in [pool.submit(append, st, n) for n, st in enumerate(stores)]:
+                future.result()
+        events = stores[0].audit_events(limit=1000)
+        assert len(events) == 60
+        assert len({e.prev_hash for e in events}) == 60
+        assert stores[0].audit_verify()["ok"] is True
+    finally:
+        for st in stores:
+            st.close()
 
 
 @pytest.mark.postgres
