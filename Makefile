@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # Tests run a second time with every server on its own PostgreSQL database (EASYTASK_TEST_DB):
 # the ones that start servers and touch the store. Pure modules and the browser tests are left
 # out; tests marked `sqlite` handle the SQLite file itself. See docs/operations.md.
-PG_TESTS := tests/test_store.py tests/test_migrations.py tests/test_adhoc.py \
+PG_TESTS := tests/test_store.py tests/test_migrations.py tests/test_multiserver.py tests/test_adhoc.py \
 	tests/test_agents.py tests/test_attacks.py tests/test_audit.py tests/test_auth.py \
 	tests/test_console.py tests/test_console_playbooks.py tests/test_export.py \
 	tests/test_fileops.py tests/test_notify.py tests/test_ops.py tests/test_play.py \

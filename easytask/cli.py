@@ -116,7 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_server)
 
     a = sub.add_parser("agent", help="run a resident agent that dials out to a server")
-    a.add_argument("--server", help="server HOST:PORT, its agent port (EASYTASK_AGENT_SERVER)")
+    a.add_argument(
+        "--server",
+        help="server HOST:PORT, its agent port; A,B,... are tried in order (EASYTASK_AGENT_SERVER)",
+    )
     a.add_argument(
         "--name", help="this agent's name, an inventory host name or new (EASYTASK_AGENT_NAME)"
     )
@@ -415,6 +418,11 @@ def cmd_agent(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     )
     if config.slots < 1:
         raise UsageError("--slots must be at least 1")
+    try:
+        if not config.addresses:
+            raise ValueError(server)
+    except ValueError as exc:
+        raise UsageError(f"--server: not HOST:PORT[,HOST:PORT...]: {server!r}") from exc
     try:
         return asyncio.run(serve(config))
     except ValueError as exc:
