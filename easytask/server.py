@@ -225,6 +225,7 @@ class Server:
         os.chmod(self.state_dir, 0o700)
         url = self.config.db or sqlite_url(self.state_dir / "easytask.db")
         self.store = Store(url)
+        self.store.owner = self._instance_id()
         created = await self.store.call(schema.prepare, self.store.engine, url)
         if created == "created":
             log.info("created the database schema in %s", safe_url(url))
@@ -365,6 +366,15 @@ class Server:
         if not self.listener.listening:
             problems["agent_listener"] = "not listening"
         return problems
+
+    def _instance_id(self) -> str:
+        """This server's lasting identity (STATE_DIR/server.id), the same across restarts."""
+        path = self.state_dir / "server.id"
+        if not path.exists():
+            tmp = path.with_name("server.id.tmp")
+            tmp.write_text(secrets.token_hex(8) + "\n")
+            os.replace(tmp, path)
+        return path.read_text().strip()
 
     async def _ensure_admin(self) -> str:
         path = self.state_dir / "admin.token"

@@ -17,7 +17,7 @@ from sqlmodel import SQLModel
 from easytask.store.db import Store, as_utc, make_engine, sqlite_url
 from easytask.store.schema import head_revision, schema_state, upgrade
 from tests.conftest import ServerFactory
-from tests.helpers import easytask_cmd, free_port
+from tests.helpers import db_execute, easytask_cmd, free_port
 from tests.pg import PostgresCluster
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
@@ -192,3 +192,30 @@ def test_server_creates_the_schema_in_an_empty_postgres(
     finally:
         engine.dispose()
     assert server.get("/api/runs") is not None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_database_one_revision_behind_is_refused_then_upgraded(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path, start_server: ServerFactory
+) -> None:
+    """At revision 0001 (no job.server) the server names `db upgrade`; after it, jobs run."""
+    url = _empty_url(backend, request, tmp_path)
+    engine = make_engine(url)
+    upgrade(engine, "0001")
+    engine.dispose()
+    refused = _server(url, tmp_path / "refused")
+    assert refused.returncode == 3
+    assert f"(revision 0001, this release needs {head_revision()})" in refused.stderr
+    assert refused.stderr.strip().endswith(f"easytask db upgrade --db '{url}'")
+    current = subprocess.run(
+        easytask_cmd("db", "current", "--db", url), capture_output=True, text=True, timeout=120
+    )
+    assert current.returncode == 1 and "status: out of date" in current.stdout
+    done = subprocess.run(
+        easytask_cmd("db", "upgrade", "--db", url), capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and "from revision 0001 to" in done.stdout
+    server = start_server(None, "--db", url)
+    assert server.get("/api/runs")["runs"] == []
+    rows = db_execute(url, "SELECT server FROM job")
+    assert rows == []

@@ -144,6 +144,9 @@ class Store:
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="easytask-db")
         self._raw: Any = None
+        # The server this store works for (set by the server): its jobs carry it, and a server
+        # resumes only its own unfinished jobs when several share the database.
+        self.owner = ""
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -364,6 +367,7 @@ class Store:
 
     def create_job(self, job: Job, runs: Sequence[Run]) -> tuple[Job, list[Run]]:
         """Insert a job and its runs, each with a `queued` event, in one transaction."""
+        job.server = job.server or self.owner
         with self.session() as s:
             s.add(job)
             s.flush()
@@ -630,12 +634,17 @@ class Store:
             return job
 
     def unfinished_runs(self) -> list[Run]:
-        """Runs not in a final state (reconciled when a server starts)."""
+        """Runs not in a final state of this server's jobs, or of jobs no server owns (reconciled
+        when a server starts; another server's jobs are left to it)."""
         with self.session() as s:
             return list(
                 s.exec(
                     select(Run)
-                    .where(col(Run.state).not_in(list(RunState.FINAL)))
+                    .join(Job, col(Job.id) == col(Run.job_id))
+                    .where(
+                        col(Run.state).not_in(list(RunState.FINAL)),
+                        col(Job.server).in_(["", self.owner]),
+                    )
                     .order_by(col(Run.id))
                 )
             )

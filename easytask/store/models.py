@@ -85,6 +85,7 @@ class Job(SQLModel, table=True):
     vars: str = "{}"
     submitted_by: str = ""
     source: str = ""  # cli | console | schedule, plus the client address
+    server: str = ""  # the server that runs it (its state dir's server.id); "" = any
     state: str = Field(default=RunState.QUEUED, index=True)
     timeout: float | None = None
     pending_timeout: float = 60.0
