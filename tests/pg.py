@@ -79,7 +79,9 @@ class PostgresCluster:
         options = (
             f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} "
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-            "-c max_connections=300 -c shared_buffers=32MB"
+            "-c max_connections=300 -c shared_buffers=32MB "
+            # a zone far from UTC, so a time read back in the server's zone would show
+            "-c timezone=Pacific/Auckland"
         )
         self._run(
             pg_bin("pg_ctl"),

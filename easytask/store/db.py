@@ -127,11 +127,15 @@ def make_engine(url: str) -> Engine:
 
         return engine
     if url.startswith("postgresql"):
-        return create_engine(
-            url,
-            pool_pre_ping=True,
-            connect_args={"options": "-c timezone=UTC", "application_name": "easytask"},
-        )
+        engine = create_engine(url, pool_pre_ping=True)
+
+        @event.listens_for(engine, "connect")
+        def _utc(dbapi_conn: Any, _record: Any) -> None:
+            # timestamptz values come back in UTC whatever the role's or server's time zone
+            dbapi_conn.execute("SET TIME ZONE 'UTC'")
+            dbapi_conn.commit()
+
+        return engine
     return create_engine(url, pool_pre_ping=True)
 
 

@@ -16,8 +16,6 @@ from sqlalchemy.engine import Engine, make_url
 import easytask.migrations
 from easytask.errors import StartError
 
-VERSION_TABLE = "alembic_version"
-
 
 def alembic_config(url: str = "") -> Config:
     """An Alembic configuration for EasyTask's revisions (no alembic.ini needed)."""
