@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from easytask import __version__, cli_export, cli_inventory, cli_security
+from easytask import __version__, cli_db, cli_export, cli_inventory, cli_security
 from easytask.config import Settings, load_settings
 from easytask.durations import format_duration, parse_duration, parse_size
 from easytask.errors import EasyTaskError, UsageError
@@ -121,7 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_server)
 
     a = sub.add_parser("agent", help="run a resident agent that dials out to a server")
-    a.add_argument("--server", help="server HOST:PORT, its agent port (EASYTASK_AGENT_SERVER)")
+    a.add_argument(
+        "--server",
+        help="server HOST:PORT, its agent port; A,B,... are tried in order (EASYTASK_AGENT_SERVER)",
+    )
     a.add_argument(
         "--name", help="this agent's name, an inventory host name or new (EASYTASK_AGENT_NAME)"
     )
@@ -333,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_inventory.add_parser(sub)
     cli_security.add_parsers(sub)
     cli_export.add_parsers(sub)
+    cli_db.add_parsers(sub)
     return p
 
 
@@ -461,6 +465,11 @@ def cmd_agent(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         raise UsageError("--slots must be at least 1")
     import asyncio
 
+    try:
+        if not config.addresses:
+            raise ValueError(server)
+    except ValueError as exc:
+        raise UsageError(f"--server: not HOST:PORT[,HOST:PORT...]: {server!r}") from exc
     try:
         return asyncio.run(serve(config))
     except ValueError as exc:

@@ -38,7 +38,8 @@ from easytask.scheduler.playbooks import (
 )
 from easytask.scheduler.retention import Retention
 from easytask.scheduler.schedules import Scheduler
-from easytask.store.db import Store, sqlite_url
+from easytask.store import schema
+from easytask.store.db import Store, safe_url, sqlite_url
 from easytask.store.models import AgentState, Job
 from easytask.transport.agentless import SSHPool
 from easytask.transport.agentlink import AgentListener
@@ -229,7 +230,10 @@ class Server:
         os.chmod(self.state_dir, 0o700)
         url = self.config.db or sqlite_url(self.state_dir / "easytask.db")
         self.store = Store(url)
-        await self.store.call(self.store.create_schema)
+        self.store.owner = self._instance_id()
+        created = await self.store.call(schema.prepare, self.store.engine, url)
+        if created == "created":
+            log.info("created the database schema in %s", safe_url(url))
         self.admin_token = await self._ensure_admin()
         self.writer = LogWriter(self.store)
         self.writer.start()
@@ -308,7 +312,7 @@ class Server:
             "version": __version__,
             "url": self.http_url,
             "agents": f"{host}:{self.agents_port}",
-            "db": url.split("@")[-1],
+            "db": safe_url(url),
             "client_key": self.client_public_key,
         }
         tmp = self.state_dir / "server.json.tmp"
@@ -371,6 +375,15 @@ class Server:
         if not self.listener.listening:
             problems["agent_listener"] = "not listening"
         return problems
+
+    def _instance_id(self) -> str:
+        """This server's lasting identity (STATE_DIR/server.id), the same across restarts."""
+        path = self.state_dir / "server.id"
+        if not path.exists():
+            tmp = path.with_name("server.id.tmp")
+            tmp.write_text(secrets.token_hex(8) + "\n")
+            os.replace(tmp, path)
+        return path.read_text().strip()
 
     async def _ensure_admin(self) -> str:
         path = self.state_dir / "admin.token"

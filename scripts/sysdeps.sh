@@ -10,6 +10,9 @@ command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || need+=(iproute2)
 [ -x /usr/bin/python3 ] || need+=(python3)
 # The console's browser tests drive Debian's Chromium through Playwright (no `playwright install`).
 [ -x /usr/bin/chromium ] || need+=(chromium)
+# The PostgreSQL tests start their own cluster with initdb and pg_ctl (PATH or Debian's dirs).
+command -v initdb >/dev/null 2>&1 || compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null ||
+    need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "missing packages: ${need[*]} (run as root or install them)" >&2
@@ -19,4 +22,9 @@ if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q >/dev/null || true
     apt-get install -y -q "${need[@]}" >/dev/null
+fi
+# initdb refuses root: as root, the test cluster belongs to the postgres system user.
+if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
+    echo "adding system user postgres"
+    useradd --system --home-dir /var/lib/postgresql --shell /usr/sbin/nologin postgres
 fi

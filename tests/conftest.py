@@ -14,8 +14,24 @@ from typing import Any
 import pytest
 
 from tests.helpers import Proc, ServerHandle, easytask_cmd, free_port, wait_until
+from tests.pg import PostgresCluster
 
 SSHD_BIN = shutil.which("sshd") or "/usr/sbin/sshd"
+
+# EASYTASK_TEST_DB=postgres: every server a test starts gets its own PostgreSQL database.
+TEST_DB = os.environ.get("EASYTASK_TEST_DB", "sqlite")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """A real PostgreSQL cluster for the whole session, with a template database at head."""
+    cluster = PostgresCluster()
+    try:
+        cluster.start()
+        cluster.make_template()
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture
@@ -31,9 +47,16 @@ ServerFactory = Callable[..., ServerHandle]
 
 
 @pytest.fixture
-def start_server(tmp_path: Path, procs: list[Proc]) -> Iterator[ServerFactory]:
-    """Start a real `easytask server` with its own state dir on free loopback ports."""
+def start_server(
+    tmp_path: Path, procs: list[Proc], request: pytest.FixtureRequest
+) -> Iterator[ServerFactory]:
+    """Start a real `easytask server` with its own state dir on free loopback ports.
+
+    With EASYTASK_TEST_DB=postgres each state dir gets its own fresh PostgreSQL database (kept
+    across restarts of a server on that state dir), unless the test passes `--db` itself.
+    """
     handles: list[ServerHandle] = []
+    databases: dict[Path, str] = {}
 
     def start(
         inventory: Path | None = None,
@@ -68,11 +91,16 @@ def start_server(tmp_path: Path, procs: list[Proc]) -> Iterator[ServerFactory]:
                 else (*extra, "--playbooks", str(tmp_path / "no-playbooks"))
             ),
         )
+        if TEST_DB == "postgres" and "--db" not in extra:
+            if state not in databases:
+                databases[state] = request.getfixturevalue("postgres").new_database()
+            args += ["--db", databases[state]]
         proc = Proc(args, state / "server.log")
         procs.append(proc)
         wait_until(lambda: info.exists() or not proc.alive(), timeout=60, what="server start")
         assert proc.alive(), proc.output()
-        handle = ServerHandle(proc, state)
+        db_url = next((extra[i + 1] for i, a in enumerate(extra[:-1]) if a == "--db"), None)
+        handle = ServerHandle(proc, state, db_url or databases.get(state))
         handles.append(handle)
         return handle
 

@@ -111,12 +111,29 @@ def easytask_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "easytask", *args]
 
 
+def db_execute(url: str, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+    """Run one SQL statement on a server's database directly (SQLite or PostgreSQL)."""
+    from sqlalchemy import text
+
+    from easytask.store.db import make_engine
+
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            result = conn.execute(text(sql), params or {})
+            return [tuple(row) for row in result] if result.returns_rows else []
+    finally:
+        engine.dispose()
+
+
 class ServerHandle:
     """A real `easytask server` process on loopback."""
 
-    def __init__(self, proc: Proc, state_dir: Path) -> None:
+    def __init__(self, proc: Proc, state_dir: Path, db_url: str | None = None) -> None:
         self.proc = proc
         self.state_dir = state_dir
+        # the database the server uses: its SQLite file, or the PostgreSQL one it was given
+        self.db_url = db_url or f"sqlite:///{state_dir / 'easytask.db'}"
         info = json.loads((state_dir / "server.json").read_text())
         self.url: str = info["url"]
         self.agents_addr: str = info["agents"]

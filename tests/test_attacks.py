@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 
 import httpx
@@ -10,15 +9,14 @@ import pytest
 
 from tests.browser.support import Browserless, admin_password
 from tests.conftest import AgentFactory, ServerFactory
-from tests.helpers import ServerHandle
+from tests.helpers import ServerHandle, db_execute
 
 # Tables whose contents a refused request must leave alone (the audit log may note refusals).
 WATCHED = ("job", "run", "runevent", "log_line", "user", "apitoken", "schedule", "agent")
 
 
 def snapshot(server: ServerHandle) -> dict[str, list[tuple[object, ...]]]:
-    with sqlite3.connect(server.state_dir / "easytask.db") as db:
-        return {t: sorted(db.execute(f'SELECT * FROM "{t}"').fetchall(), key=repr) for t in WATCHED}
+    return {t: sorted(db_execute(server.db_url, f'SELECT * FROM "{t}"'), key=repr) for t in WATCHED}
 
 
 @pytest.fixture

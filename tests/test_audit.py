@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import sqlite3
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import AgentFactory, ServerFactory
-from tests.helpers import ServerHandle, wait_until
+from tests.helpers import ServerHandle, db_execute, wait_until
 
 
 @pytest.fixture
@@ -49,10 +47,6 @@ def test_runs_kills_and_agents_are_on_record(audited: ServerHandle) -> None:
     assert ok.returncode == 0 and ok.stdout.startswith("audit chain intact:")
 
 
-def _db(server: ServerHandle) -> sqlite3.Connection:
-    return sqlite3.connect(Path(server.state_dir) / "easytask.db")
-
-
 @pytest.mark.parametrize(
     ("tamper", "message"),
     [
@@ -74,8 +68,7 @@ def test_tampering_is_reported_at_the_first_bad_row(
     audited: ServerHandle, tamper: str, message: str
 ) -> None:
     """Editing, deleting or rewriting a row directly in the database breaks verification there."""
-    with _db(audited) as db:
-        db.execute(tamper)
+    db_execute(audited.db_url, tamper)
     result = audited.cli("audit", "verify")
     assert result.returncode == 1
     assert message in result.stdout
@@ -83,10 +76,9 @@ def test_tampering_is_reported_at_the_first_bad_row(
 
 def test_rows_swapped_out_of_order_are_caught(audited: ServerHandle) -> None:
     """Two rows swapped (ids exchanged) no longer chain."""
-    with _db(audited) as db:
-        db.execute("UPDATE audit_event SET id = -1 WHERE id = 2")
-        db.execute("UPDATE audit_event SET id = 2 WHERE id = 3")
-        db.execute("UPDATE audit_event SET id = 3 WHERE id = -1")
+    db_execute(audited.db_url, "UPDATE audit_event SET id = -1 WHERE id = 2")
+    db_execute(audited.db_url, "UPDATE audit_event SET id = 2 WHERE id = 3")
+    db_execute(audited.db_url, "UPDATE audit_event SET id = 3 WHERE id = -1")
     result = audited.cli("audit", "verify")
     assert result.returncode == 1
     assert "row 2: chain broken" in result.stdout

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import sqlite3
 import stat
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,7 +16,7 @@ from easytask.web.app import routes
 from easytask.web.auth import SessionAuth
 from tests.browser.support import COOKIE, Browserless, add_user, admin_password, session_payload
 from tests.conftest import ServerFactory
-from tests.helpers import ServerHandle
+from tests.helpers import ServerHandle, db_execute
 
 SAMPLE_PARAMS = {"run_id": "1", "job_id": "1", "name": "web1", "action": "accept"}
 PUBLIC = {
@@ -252,8 +251,7 @@ def test_logout_holds_after_a_server_restart(start_server: ServerFactory, tmp_pa
     assert other.get("/").status_code == 200
     assert other.get("/api/runs").status_code == 200
     other.close()
-    with sqlite3.connect(state / "easytask.db") as db:
-        rows = db.execute("SELECT sid_hash FROM revoked_session").fetchall()
+    rows = db_execute(again.db_url, "SELECT sid_hash FROM revoked_session")
     # only the hash of the session id is kept, and only for the signed-in session that ended
     assert len(rows) == 1 and session_payload(stolen)["s"] not in rows[0][0]
 
@@ -266,8 +264,9 @@ def test_first_start_sets_an_argon2_admin_password_and_a_private_session_key(
     server = start_server(state_dir=state)
     mode = stat.S_IMODE(os.stat(state / "session.key").st_mode)
     assert mode == 0o600
-    with sqlite3.connect(state / "easytask.db") as db:
-        (hash_,) = db.execute("SELECT password_hash FROM user WHERE name = 'admin'").fetchone()
+    ((hash_,),) = db_execute(
+        server.db_url, "SELECT password_hash FROM \"user\" WHERE name = 'admin'"
+    )
     assert hash_.startswith("$argon2id$")
     assert admin_password(server) not in hash_
     client = Browserless(server)

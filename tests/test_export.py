@@ -113,6 +113,7 @@ def _vm(pid: int, field: str) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.sqlite
 @pytest.mark.timeout(1800)
 def test_large_export_keeps_server_memory_flat(start_server: ServerFactory, tmp_path: Path) -> None:
     """An export of a million stored lines streams with the server's peak RSS under 200 MB."""

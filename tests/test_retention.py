@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
-import sqlite3
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+from easytask.store.db import is_postgres
 from tests.conftest import AgentFactory, ServerFactory
-from tests.helpers import ServerHandle, wait_until
+from tests.helpers import ServerHandle, db_execute, wait_until
 
 
 def _run(server: ServerHandle, command: str) -> int:
@@ -17,26 +19,29 @@ def _run(server: ServerHandle, command: str) -> int:
 
 
 def _age(server: ServerHandle, run_id: int, days: int) -> None:
-    with sqlite3.connect(server.state_dir / "easytask.db") as db:
-        ago = f"-{days} days"
-        db.execute(
-            "UPDATE run SET created_at = datetime('now', ?), finished_at = datetime('now', ?) "
-            "WHERE id = ?",
-            (ago, ago, run_id),
-        )
+    when = datetime.now(UTC) - timedelta(days=days)
+    # SQLite keeps times as naive UTC text, PostgreSQL as timestamptz
+    value: Any = when if is_postgres(server.db_url) else when.strftime("%Y-%m-%d %H:%M:%S.%f")
+    db_execute(
+        server.db_url,
+        "UPDATE run SET created_at = :t, finished_at = :t WHERE id = :id",
+        {"t": value, "id": run_id},
+    )
 
 
 def _left(server: ServerHandle, word: str) -> tuple[list[int], int, int]:
-    with sqlite3.connect(server.state_dir / "easytask.db") as db:
-        runs = [r[0] for r in db.execute("SELECT id FROM run ORDER BY id")]
-        lines = db.execute(
-            "SELECT count(*) FROM log_line WHERE text LIKE ?", (f"%{word}%",)
-        ).fetchone()[0]
-        indexed = db.execute(
-            "SELECT count(*) FROM log_fts WHERE log_fts MATCH ?", (word,)
-        ).fetchone()[0]
-        db.execute("INSERT INTO log_fts(log_fts) VALUES ('integrity-check')")
-    return runs, lines, indexed
+    url = server.db_url
+    runs = [r[0] for r in db_execute(url, "SELECT id FROM run ORDER BY id")]
+    pattern = {"p": f"%{word}%"}
+    lines = db_execute(url, "SELECT count(*) FROM log_line WHERE text LIKE :p", pattern)[0][0]
+    if is_postgres(url):  # the trigram index is part of the table: what is left is indexed
+        indexed = db_execute(url, "SELECT count(*) FROM log_line WHERE text ILIKE :p", pattern)
+    else:
+        indexed = db_execute(
+            url, "SELECT count(*) FROM log_fts WHERE log_fts MATCH :w", {"w": word}
+        )
+        db_execute(url, "INSERT INTO log_fts(log_fts) VALUES ('integrity-check')")
+    return runs, lines, indexed[0][0]
 
 
 def test_prune_keeps_failures_longer_and_never_the_audit_log(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 from easytask.playbook import PlaybookErrors, load_playbook
 from easytask.secrets import Masker
 from tests.conftest import AgentFactory, ServerFactory, write
-from tests.helpers import ServerHandle, easytask_cmd, free_port, wait_until
+from tests.helpers import ServerHandle, db_execute, easytask_cmd, free_port, wait_until
 
 SECRET = "s3cr3t-Value-9f2"
 
@@ -26,18 +25,28 @@ def agent_server(start_server: ServerFactory, start_agent: AgentFactory) -> Serv
 
 def _stored_anywhere(server: ServerHandle, needle: str) -> list[str]:
     """Every table and column of the database whose text holds the needle."""
+    from sqlalchemy import inspect
+
+    from easytask.store.db import make_engine
+
+    engine = make_engine(server.db_url)
+    try:
+        tables = {
+            t: [c["name"] for c in inspect(engine).get_columns(t)]
+            for t in inspect(engine).get_table_names()
+        }
+    finally:
+        engine.dispose()
     found = []
-    with sqlite3.connect(server.state_dir / "easytask.db") as db:
-        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        for table in tables:
-            columns = [r[1] for r in db.execute(f'PRAGMA table_info("{table}")')]
-            for column in columns:
-                hit = db.execute(
-                    f'SELECT 1 FROM "{table}" WHERE CAST("{column}" AS TEXT) LIKE ? LIMIT 1',
-                    (f"%{needle}%",),
-                ).fetchone()
-                if hit:
-                    found.append(f"{table}.{column}")
+    for table, columns in tables.items():
+        for column in columns:
+            hit = db_execute(
+                server.db_url,
+                f'SELECT 1 FROM "{table}" WHERE CAST("{column}" AS TEXT) LIKE :p LIMIT 1',
+                {"p": f"%{needle}%"},
+            )
+            if hit:
+                found.append(f"{table}.{column}")
     return found
 
 

@@ -12,7 +12,7 @@ import pytest
 from easytask.config import load_settings
 from tests.browser.support import Browserless, add_user, admin_password
 from tests.conftest import ServerFactory, write
-from tests.helpers import ServerHandle, wait_until
+from tests.helpers import ServerHandle, db_execute, wait_until
 
 
 @pytest.fixture
@@ -94,8 +94,7 @@ def test_tokens_are_named_hashed_revocable_and_record_use(server: ServerHandle) 
     tokens = server.get("/api/tokens")["tokens"]
     row = next(t for t in tokens if t["name"] == "ci")
     assert row["expires_at"] and row["last_used"] and not row["revoked"]
-    with sqlite3.connect(server.state_dir / "easytask.db") as db:
-        stored = [r[0] for r in db.execute("SELECT token_hash FROM apitoken")]
+    stored = [r[0] for r in db_execute(server.db_url, "SELECT token_hash FROM apitoken")]
     assert secret not in stored and all(len(h) == 64 for h in stored)
     revoked = server.cli("tokens", "revoke", str(row["id"]))
     assert revoked.returncode == 0 and "revoked" in revoked.stdout

@@ -51,12 +51,23 @@ class AgentConfig:
     files: bool = True
 
     @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """The servers' hosts and ports, in the order they are tried (`--server A,B`)."""
+        return [split_address(part) for part in self.server.split(",") if part.strip()]
+
+    @property
     def address(self) -> tuple[str, int]:
-        """The server's host and port."""
-        host, _, port = self.server.rpartition(":")
-        if not host:
-            return self.server, 8022
-        return host.strip("[]"), int(port)
+        """The first server's host and port."""
+        return self.addresses[0]
+
+
+def split_address(value: str) -> tuple[str, int]:
+    """HOST:PORT (or [V6]:PORT, or HOST for port 8022) as a host and a port."""
+    value = value.strip()
+    host, _, port = value.rpartition(":")
+    if not host or (value.startswith("[") and not host.endswith("]")):
+        return value.strip("[]"), 8022
+    return host.strip("[]"), int(port)
 
 
 def agent_version_string(name: str) -> str:
@@ -102,6 +113,7 @@ class Agent:
         self.connected = asyncio.Event()
         self._stop = asyncio.Event()
         self._conn: asyncssh.SSHServerConnection | None = None
+        self.current_server = ""  # the HOST:PORT of the server the link is up to
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
@@ -330,8 +342,23 @@ class Agent:
     # -- connection loop --------------------------------------------------------------------
 
     async def connect_once(self) -> asyncssh.SSHServerConnection:
-        """Dial the server once and let it in as SSH client."""
-        host, port = self.config.address
+        """Dial the servers in order and let the first that answers in as SSH client.
+
+        Servers sharing one database are interchangeable to an agent: the first on the list is
+        preferred, the next ones are tried when it does not answer.
+        """
+        errors: list[str] = []
+        for host, port in self.config.addresses:
+            try:
+                conn = await self._dial(host, port)
+            except (TimeoutError, OSError, asyncssh.Error) as exc:
+                errors.append(f"{host}:{port}: {exc or type(exc).__name__}")
+                continue
+            self.current_server = f"{host}:{port}"
+            return conn
+        raise OSError("; ".join(errors))
+
+    async def _dial(self, host: str, port: int) -> asyncssh.SSHServerConnection:
         return await asyncssh.connect_reverse(
             host,
             port,
@@ -366,9 +393,9 @@ class Agent:
                 self.write_status(True)
                 log.info(
                     "connected to %s as %s",
-                    self.config.server,
+                    self.current_server,
                     self.config.name,
-                    extra={"server": self.config.server, "agent": self.config.name},
+                    extra={"server": self.current_server, "agent": self.config.name},
                 )
                 stop_wait = asyncio.create_task(self._stop.wait(), name="agent-stop-wait")
                 closed = asyncio.create_task(conn.wait_closed(), name="agent-conn-closed")
@@ -379,7 +406,7 @@ class Agent:
                 self.write_status(False)
                 self._conn = None
                 conn.close()
-                log.info("disconnected from %s", self.config.server)
+                log.info("disconnected from %s", self.current_server)
                 if asyncio.get_running_loop().time() - started > 30:
                     backoff = self.config.backoff_min
             if self._stop.is_set():

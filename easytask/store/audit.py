@@ -7,11 +7,13 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import text
 from sqlmodel import Session, col, select
 
 from easytask.store.models import AuditEvent
 
 GENESIS = "0" * 64
+CHAIN_LOCK = 0x6175_6469  # "audi": PostgreSQL advisory lock key of the chain's tail
 
 
 def canonical(
@@ -41,6 +43,10 @@ def append(
     session: Session, actor: str, action: str, source: str, detail: dict[str, Any]
 ) -> AuditEvent:
     """Add one event at the end of the chain (the caller commits; one writer at a time)."""
+    if session.get_bind().dialect.name == "postgresql":
+        # Several servers may append at once: the lock, held until the caller commits, keeps
+        # the chain a line (SQLite has one writer anyway).
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHAIN_LOCK})
     last = session.exec(select(AuditEvent).order_by(col(AuditEvent.id).desc()).limit(1)).first()
     prev_hash = last.hash if last else GENESIS
     event = AuditEvent(

@@ -22,6 +22,7 @@ from sqlmodel import Session, SQLModel, col, create_engine, select
 
 from easytask.lines import LEVELS
 from easytask.store import audit as audit_chain
+from easytask.store import schema
 from easytask.store.models import (
     Agent,
     ApiToken,
@@ -83,8 +84,32 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path}"
 
 
+def engine_url(url: str) -> str:
+    """The SQLAlchemy URL for a `--db` value: `postgresql://` and `postgres://` use psycopg 3."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def is_postgres(url: str) -> bool:
+    """The URL names a PostgreSQL database."""
+    return engine_url(url).startswith("postgresql")
+
+
+def safe_url(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1]
+
+
 def make_engine(url: str) -> Engine:
-    """Create the engine; SQLite gets WAL mode and a busy timeout."""
+    """Create the engine; SQLite gets WAL mode and a busy timeout, PostgreSQL talks UTC."""
+    url = engine_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
@@ -97,6 +122,16 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
+    if url.startswith("postgresql"):
+        engine = create_engine(url, pool_pre_ping=True)
+
+        @event.listens_for(engine, "connect")
+        def _utc(dbapi_conn: Any, _record: Any) -> None:
+            # timestamptz values come back in UTC whatever the role's or server's time zone
+            dbapi_conn.execute("SET TIME ZONE 'UTC'")
+            dbapi_conn.commit()
+
+        return engine
     return create_engine(url, pool_pre_ping=True)
 
 
@@ -106,9 +141,12 @@ class Store:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = make_engine(url)
-        self.is_sqlite = url.startswith("sqlite")
+        self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="easytask-db")
         self._raw: Any = None
+        # The server this store works for (set by the server): its jobs carry it, and a server
+        # resumes only its own unfinished jobs when several share the database.
+        self.owner = ""
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -126,45 +164,12 @@ class Store:
         self.engine.dispose()
 
     def create_schema(self) -> None:
-        """Create tables and the full-text index if they are missing."""
-        SQLModel.metadata.create_all(self.engine)
-        self._add_missing_columns()
-        if self.is_sqlite:
-            with self.engine.begin() as conn:
-                conn.execute(
-                    text(
-                        "CREATE VIRTUAL TABLE IF NOT EXISTS log_fts USING fts5("
-                        "text, content='log_line', content_rowid='id')"
-                    )
-                )
+        """Bring the schema up to this release's revision (creating it in an empty database)."""
+        schema.upgrade(self.engine)
 
-    def _add_missing_columns(self) -> None:
-        """Add columns a newer release introduced to tables an older one created."""
-        from sqlalchemy import inspect
-
-        inspector = inspect(self.engine)
-        with self.engine.begin() as conn:
-            for table in SQLModel.metadata.sorted_tables:
-                if not inspector.has_table(table.name):
-                    continue
-                have = {c["name"] for c in inspector.get_columns(table.name)}
-                for column in table.columns:
-                    if column.name in have:
-                        continue
-                    kind = column.type.compile(dialect=self.engine.dialect)
-                    default = getattr(column.default, "arg", None)
-                    clause = ""
-                    if isinstance(default, bool):
-                        clause = f" NOT NULL DEFAULT {int(default)}"
-                    elif isinstance(default, int | float):
-                        clause = f" NOT NULL DEFAULT {default}"
-                    elif isinstance(default, str):
-                        clause = " NOT NULL DEFAULT '" + default.replace("'", "''") + "'"
-                    conn.execute(
-                        text(
-                            f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}{clause}'
-                        )
-                    )
+    def schema_state(self) -> schema.SchemaState:
+        """Where the database's schema stands against this release."""
+        return schema.schema_state(self.engine)
 
     def session(self) -> Session:
         """A new ORM session."""
@@ -376,6 +381,7 @@ class Store:
 
     def create_job(self, job: Job, runs: Sequence[Run]) -> tuple[Job, list[Run]]:
         """Insert a job and its runs, each with a `queued` event, in one transaction."""
+        job.server = job.server or self.owner
         with self.session() as s:
             s.add(job)
             s.flush()
@@ -648,12 +654,17 @@ class Store:
             return job
 
     def unfinished_runs(self) -> list[Run]:
-        """Runs not in a final state (reconciled when a server starts)."""
+        """Runs not in a final state of this server's jobs, or of jobs no server owns (reconciled
+        when a server starts; another server's jobs are left to it)."""
         with self.session() as s:
             return list(
                 s.exec(
                     select(Run)
-                    .where(col(Run.state).not_in(list(RunState.FINAL)))
+                    .join(Job, col(Job.id) == col(Run.job_id))
+                    .where(
+                        col(Run.state).not_in(list(RunState.FINAL)),
+                        col(Job.server).in_(["", self.owner]),
+                    )
                     .order_by(col(Run.id))
                 )
             )
@@ -757,30 +768,52 @@ class Store:
         if not rows:
             return
         conn = self._raw_conn()
-        cur = conn.cursor()
         try:
             if self.is_sqlite:
-                cur.execute("SELECT coalesce(max(id), 0) FROM log_line")
-                first = cur.fetchone()[0]
-                cur.executemany(
-                    "INSERT INTO log_line (run_id, seq, ts, stream, level, text) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
-                cur.execute(
-                    "INSERT INTO log_fts(rowid, text) SELECT id, text FROM log_line WHERE id > ?",
-                    (first,),
-                )
+                self._write_lines_sqlite(conn, rows)
             else:
-                cur.executemany(
-                    "INSERT INTO log_line (run_id, seq, ts, stream, level, text) "
-                    "VALUES (%s, %s, %s, %s, %s, %s)",
-                    rows,
-                )
+                self._write_lines_postgres(conn, rows)
             conn.commit()
         except BaseException:
-            conn.rollback()
+            try:
+                conn.rollback()
+            except Exception:
+                # the connection is gone (server restart, network): the next batch opens a new one
+                self._raw = None
+                conn.invalidate()
             raise
+
+    @staticmethod
+    def _write_lines_sqlite(conn: Any, rows: Sequence[LogRow]) -> None:
+        cur = conn.cursor()
+        try:
+            cur.execute("SELECT coalesce(max(id), 0) FROM log_line")
+            first = cur.fetchone()[0]
+            cur.executemany(
+                "INSERT INTO log_line (run_id, seq, ts, stream, level, text) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            cur.execute(
+                "INSERT INTO log_fts(rowid, text) SELECT id, text FROM log_line WHERE id > ?",
+                (first,),
+            )
+        finally:
+            cur.close()
+
+    @staticmethod
+    def _write_lines_postgres(conn: Any, rows: Sequence[LogRow]) -> None:
+        # COPY is psycopg's fastest path; the trigram index is kept by PostgreSQL itself.
+        # PostgreSQL text cannot hold NUL, which a command may well print: it becomes U+FFFD.
+        cur = conn.driver_connection.cursor()
+        try:
+            with cur.copy(
+                "COPY log_line (run_id, seq, ts, stream, level, text) FROM STDIN"
+            ) as copy:
+                for run_id, seq, ts, stream, level, line in rows:
+                    if "\x00" in line:
+                        line = line.replace("\x00", "\ufffd")
+                    copy.write_row((run_id, seq, ts, stream, level, line))
         finally:
             cur.close()
 
@@ -799,7 +832,7 @@ class Store:
             if levels:
                 q = q.where(col(LogLine.level).in_(list(levels)))
             if grep:
-                q = q.where(col(LogLine.text).contains(grep, autoescape=True))
+                q = q.where(self._contains(col(LogLine.text), grep))
             q = q.order_by(col(LogLine.seq))
             if limit:
                 q = q.limit(limit)
@@ -979,8 +1012,8 @@ class Store:
                     q = q.where(Run.host == host)
             if task:
                 q = q.where(
-                    col(Run.task).contains(task, autoescape=True)
-                    | col(Run.command).contains(task, autoescape=True)
+                    col(Run.task).icontains(task, autoescape=True)
+                    | col(Run.command).icontains(task, autoescape=True)
                 )
             if user:
                 q = q.where(Job.submitted_by == user)
@@ -1000,9 +1033,11 @@ class Store:
 
     def _runs_with_text(self, needle: str) -> Any:
         """A subquery of the ids of runs whose output contains a phrase."""
-        from sqlalchemy import column
+        from sqlalchemy import column, false
 
         needle = needle.replace("\x00", "")
+        if not needle.strip():  # an empty phrase matches nothing, as in FTS5
+            return select(LogLine.run_id).where(false())
         if self.is_sqlite:
             phrase = '"' + needle.replace('"', '""') + '"'
             matching = (
@@ -1011,11 +1046,8 @@ class Store:
                 .columns(column("rowid"))
             )
             return select(LogLine.run_id).where(col(LogLine.id).in_(matching)).distinct()
-        return (
-            select(LogLine.run_id)
-            .where(col(LogLine.text).icontains(needle, autoescape=True))
-            .distinct()
-        )
+        # ILIKE '%needle%' is served by the trigram index (see docs/decisions/0007-postgresql-and-migrations.md)
+        return select(LogLine.run_id).where(self._contains(col(LogLine.text), needle)).distinct()
 
     def count_lines(self, run_id: int, levels: Sequence[str] | None = None) -> tuple[int, int]:
         """How many stored lines of a run have one of the levels (all when None), and the top seq."""
@@ -1218,6 +1250,7 @@ def like_pattern(needle: str) -> tuple[str, str | None]:
     `%`, `_` and the escape character are escaped; the pattern carries an escape character only
     when it needs one (an ESCAPE clause costs a little per row on SQLite).
     """
+    needle = needle.replace("\x00", "")  # PostgreSQL text cannot hold NUL; no stored line has it
     if not any(ch in needle for ch in "\\%_"):
         return "%" + needle + "%", None
     escaped = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import Column, Index, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
+
+# Times are stored with their zone on PostgreSQL (timestamptz); SQLite keeps naive UTC text and
+# the store attaches UTC when it reads them back (see easytask.store.db.as_utc).
+TZ = DateTime(timezone=True)
+# Log line ids may pass 2**31 on PostgreSQL; SQLite needs INTEGER to keep its rowid alias.
+BIGID = BigInteger().with_variant(Integer(), "sqlite")
 
 
 def utcnow() -> datetime:
@@ -52,9 +58,9 @@ class Agent(SQLModel, table=True):
     address: str = ""
     server: str = ""  # the server process that holds the link
     connected: bool = False
-    created_at: datetime = Field(default_factory=utcnow)
-    last_seen: datetime | None = None
-    state_since: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow, sa_type=TZ)
+    last_seen: datetime | None = Field(default=None, sa_type=TZ)
+    state_since: datetime | None = Field(default=None, sa_type=TZ)
 
 
 class EnrollToken(SQLModel, table=True):
@@ -63,9 +69,9 @@ class EnrollToken(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     token_hash: str = Field(index=True, unique=True)
     uses_left: int = 1
-    expires_at: datetime | None = None
+    expires_at: datetime | None = Field(default=None, sa_type=TZ)
     created_by: str = ""
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=TZ)
 
 
 class Job(SQLModel, table=True):
@@ -79,12 +85,13 @@ class Job(SQLModel, table=True):
     vars: str = "{}"
     submitted_by: str = ""
     source: str = ""  # cli | console | schedule, plus the client address
+    server: str = ""  # the server that runs it (its state dir's server.id); "" = any
     state: str = Field(default=RunState.QUEUED, index=True)
     timeout: float | None = None
     pending_timeout: float = 60.0
     forks: int = 0
-    created_at: datetime = Field(default_factory=utcnow, index=True)
-    finished_at: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow, index=True, sa_type=TZ)
+    finished_at: datetime | None = Field(default=None, sa_type=TZ)
 
 
 class Run(SQLModel, table=True):
@@ -107,9 +114,9 @@ class Run(SQLModel, table=True):
     exit_code: int | None = None
     signal: str | None = None
     reason: str = ""
-    created_at: datetime = Field(default_factory=utcnow)
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow, sa_type=TZ)
+    started_at: datetime | None = Field(default=None, sa_type=TZ)
+    finished_at: datetime | None = Field(default=None, sa_type=TZ)
     out_bytes: int = 0
     out_lines: int = 0
     truncated: bool = False
@@ -122,7 +129,7 @@ class RunEvent(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     run_id: int = Field(foreign_key="run.id", index=True)
-    at: datetime = Field(default_factory=utcnow)
+    at: datetime = Field(default_factory=utcnow, sa_type=TZ)
     kind: str
     detail: str = ""
 
@@ -136,7 +143,7 @@ class LogLine(SQLModel, table=True):
         Index("ix_log_line_run_level_seq", "run_id", "level", "seq"),
     )
 
-    id: int | None = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, sa_column=Column(BIGID, primary_key=True))
     run_id: int = Field(foreign_key="run.id")
     seq: int
     ts: float
@@ -154,7 +161,7 @@ class User(SQLModel, table=True):
     role: str = "viewer"
     scope: str = ""  # a host pattern the user may run on; empty = every host
     disabled: bool = False
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=TZ)
 
 
 class RevokedSession(SQLModel, table=True):
@@ -174,10 +181,10 @@ class ApiToken(SQLModel, table=True):
     name: str = ""
     token_hash: str = Field(index=True, unique=True)
     user_id: int = Field(foreign_key="user.id")
-    created_at: datetime = Field(default_factory=utcnow)
-    expires_at: datetime | None = None
+    created_at: datetime = Field(default_factory=utcnow, sa_type=TZ)
+    expires_at: datetime | None = Field(default=None, sa_type=TZ)
     revoked: bool = False
-    last_used: datetime | None = None
+    last_used: datetime | None = Field(default=None, sa_type=TZ)
 
 
 class Schedule(SQLModel, table=True):
@@ -190,10 +197,10 @@ class Schedule(SQLModel, table=True):
     tz: str = "UTC"
     catch_up: str = "none"
     enabled: bool = True
-    next_fire: datetime | None = None
-    last_fire: datetime | None = None
+    next_fire: datetime | None = Field(default=None, sa_type=TZ)
+    last_fire: datetime | None = Field(default=None, sa_type=TZ)
     last_job: int | None = None
-    updated_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=TZ)
 
 
 class ScheduleFire(SQLModel, table=True):
@@ -204,10 +211,10 @@ class ScheduleFire(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     schedule_id: int = Field(foreign_key="schedule.id")
-    fire_time: datetime
+    fire_time: datetime = Field(sa_type=TZ)
     job_id: int | None = None
     server: str = ""
-    created_at: datetime = Field(default_factory=utcnow)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=TZ)
 
 
 class AuditEvent(SQLModel, table=True):
@@ -216,7 +223,7 @@ class AuditEvent(SQLModel, table=True):
     __tablename__ = "audit_event"
 
     id: int | None = Field(default=None, primary_key=True)
-    at: datetime = Field(default_factory=utcnow, index=True)
+    at: datetime = Field(default_factory=utcnow, index=True, sa_type=TZ)
     actor: str = ""
     action: str = Field(index=True)
     source: str = ""
@@ -247,7 +254,7 @@ class WebhookDelivery(SQLModel, table=True):
     url: str = Field(sa_column=Column(Text, nullable=False))
     event: str = ""  # the job's final state
     attempt: int = 1
-    at: datetime = Field(default_factory=utcnow)
+    at: datetime = Field(default_factory=utcnow, sa_type=TZ)
     ok: bool = False
     status_code: int | None = None
     error: str = ""

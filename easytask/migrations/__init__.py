@@ -1,0 +1,1 @@
+"""Alembic migrations of the EasyTask schema (SQLite and PostgreSQL); run with `easytask db upgrade`."""

@@ -1,0 +1,300 @@
+"""Every Store method behaves the same on SQLite and on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from easytask.store.db import RunChange, Store, as_utc, sqlite_url
+from easytask.store.models import Job, Run, RunState, WebhookDelivery
+from tests.pg import PostgresCluster
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """A store at the current schema, on each backend."""
+    if request.param == "postgres":
+        cluster: PostgresCluster = request.getfixturevalue("postgres")
+        url = cluster.new_database(empty=True)
+    else:
+        url = sqlite_url(tmp_path / "easytask.db")
+    st = Store(url)
+    st.create_schema()
+    yield st
+    st.close()
+
+
+def _job(store: Store, hosts: list[str], by: str = "alice") -> tuple[Job, list[Run]]:
+    job = Job(kind="adhoc", name="uptime", pattern="all", command="uptime", submitted_by=by)
+    runs = [Run(job_id=0, task="uptime", host=h, command="uptime") for h in hosts]
+    return store.create_job(job, runs)
+
+
+def test_agents_users_and_tokens(store: Store) -> None:
+    """Agents, enrolment tokens, users and API tokens round-trip with UTC-aware times."""
+    agent = store.register_agent("web1", "SHA256:x", "ssh-ed25519 AAA", "pending", slots=2)
+    assert agent.id is not None and agent.slots == 2
+    store.register_agent("db1", "SHA256:y", "ssh-ed25519 BBB", "accepted")
+    assert [a.name for a in store.list_agents()] == ["db1", "web1"]
+    changed = store.update_agent("web1", state="accepted", connected=True, server="s1")
+    assert changed is not None and changed.connected and changed.state_since is not None
+    assert store.update_agent("nobody", state="accepted") is None
+    store.disconnect_all_agents("s1")
+    got = store.get_agent("web1")
+    assert got is not None and not got.connected
+    created = as_utc(got.created_at)
+    assert created.utcoffset() == timedelta(0)
+    assert abs((datetime.now(UTC) - created).total_seconds()) < 60
+
+    token = store.create_enroll_token(uses=1, ttl=600, created_by="admin")
+    assert store.consume_enroll_token(token)
+    assert not store.consume_enroll_token(token)
+    expired = store.create_enroll_token(uses=1, ttl=0.001, created_by="admin")
+    time.sleep(0.01)
+    assert not store.consume_enroll_token(expired)
+
+    admin = store.ensure_user("admin", "admin")
+    assert store.ensure_user("admin", "viewer").id == admin.id
+    assert store.create_user("bob", "operator", "h1", scope="web*") is not None
+    assert store.create_user("bob", "viewer", "h2") is None
+    store.set_password_hash("bob", "h3")
+    bob = store.update_user("bob", role="viewer")
+    assert bob is not None and bob.password_hash == "h3" and bob.scope == "web*"
+    assert store.update_user("nobody", role="viewer") is None
+    assert store.get_user_by_id(bob.id or 0) is not None
+    assert [u.name for u in store.list_users()] == ["admin", "bob"]
+
+    secret, row = store.issue_api_token("bob", "ci", ttl=3600)
+    plain = store.create_api_token("admin", "cli")
+    user = store.user_for_token(secret)
+    assert user is not None and user.name == "bob"
+    assert store.user_for_token(plain) is not None
+    assert store.user_for_token("et_nope") is None
+    assert [(t.name, owner) for t, owner in store.list_api_tokens()] == [
+        ("ci", "bob"),
+        ("cli", "admin"),
+    ]
+    assert [t.name for t, _ in store.list_api_tokens("bob")] == ["ci"]
+    revoked = store.revoke_api_token(row.id or 0)
+    assert revoked is not None and revoked[1] == "bob"
+    assert store.user_for_token(secret) is None
+    assert store.revoke_api_token(999999) is None
+    store.update_user("admin", disabled=True)
+    assert store.user_for_token(plain) is None
+    assert store.get_user("admin") is not None
+
+
+def test_jobs_runs_timeline_and_webhooks(store: Store) -> None:
+    """Jobs and runs are created, changed, retried, finished and listed the same way."""
+    job, runs = _job(store, ["web1", "web2"])
+    assert job.id is not None and [r.host for r in runs] == ["web1", "web2"]
+    assert store.get_job(job.id) is not None
+    assert [r.id for r in store.job_runs(job.id)] == [r.id for r in runs]
+    first, second = (r.id or 0 for r in runs)
+    store.mark_job_running(job.id)
+    assert store.get_job(job.id).state == RunState.RUNNING  # type: ignore[union-attr]
+    now = datetime.now(UTC)
+    run = store.update_run(first, "started", "on web1", state=RunState.RUNNING, started_at=now)
+    assert run.state == RunState.RUNNING and as_utc(run.started_at) == now
+    with pytest.raises(KeyError):
+        store.update_run(999999, "started")
+    results = store.update_runs(
+        [
+            RunChange(first, "finished", "exit 0", {"state": RunState.SUCCESS, "exit_code": 0}),
+            RunChange(second, "finished", "exit 3", {"state": RunState.FAILED, "exit_code": 3}),
+            RunChange(999999, "finished"),
+        ]
+    )
+    assert [r is None for r in results] == [True, True, False]
+    assert [e.kind for e in store.run_events(first)] == ["queued", "started", "finished"]
+    retry = store.add_attempt(second, 2)
+    assert retry.attempt == 2 and retry.host == "web2"
+    assert [r.id for r in store.unfinished_runs()] == [retry.id]
+    assert store.finish_job_if_done(job.id) is None
+    store.update_run(retry.id or 0, "finished", state=RunState.SUCCESS, exit_code=0)
+    done = store.finish_job_if_done(job.id)
+    assert done is not None and done.state == RunState.SUCCESS and done.finished_at is not None
+    assert store.finish_job_if_done(job.id) is None
+    assert store.audit_events(action="job.finish")[0].detail.startswith("{")
+
+    other, _ = _job(store, ["db1"], by="carol")
+    assert [j.id for j in store.list_jobs()] == [other.id, job.id]
+    assert [j.id for j in store.list_jobs(states=[RunState.SUCCESS])] == [job.id]
+    assert store.run_state_counts() == {"success": 2, "failed": 1, "queued": 1}
+    counts = store.job_state_counts([job.id, other.id or 0])
+    assert counts[job.id] == {"success": 2, "failed": 1}
+    assert [r.host for r in store.list_runs(status="failed,success")] == ["web2", "web2", "web1"]
+    assert [r.id for r in store.list_runs(host="db1")] == [r.id for r in store.job_runs(other.id)]  # type: ignore[arg-type]
+    assert len(store.list_runs(task="UPT", job_id=job.id, before_id=retry.id)) == 2
+    assert store.list_runs(since=datetime.now(UTC) + timedelta(hours=1)) == []
+    store.ping()
+
+    store.add_job_webhooks(job.id, [("https://hooks.example/a", "all")])
+    assert [(h.url, h.events) for h in store.job_webhooks(job.id)] == [
+        ("https://hooks.example/a", "all")
+    ]
+    store.add_delivery(WebhookDelivery(job_id=job.id, url="https://hooks.example/a", ok=True))
+    assert [d.ok for d in store.deliveries(job.id)] == [True]
+
+
+def test_log_lines_search_and_windows(store: Store) -> None:
+    """Log lines are stored in batches, read back in order, windowed and searched."""
+    job, runs = _job(store, ["web1", "web2"], by="dave")
+    a, b = (r.id or 0 for r in runs)
+    t = time.time()
+    store.write_lines(
+        [
+            (a, 1, t, "stdout", "INFO", "starting backup of /var/lib"),
+            (a, 2, t, "stderr", "ERROR", "ERROR: disk full on /dev/sda1"),
+            (b, 1, t, "stdout", "INFO", "nothing to do: 100% done_ok"),
+            (a, 3, t, "stdout", "INFO", "wrote 5 files with ünïcödé names"),
+            (a, 4, t, "system", "INFO", "exit 1"),
+        ]
+    )
+    store.write_lines([(b, 2, t, "stdout", "WARN", "a NUL \x00 inside")])
+    store.write_lines([])
+    lines = store.read_lines(a)
+    assert [line.seq for line in lines] == [1, 2, 3, 4]
+    assert lines[2].text == "wrote 5 files with ünïcödé names"
+    nul = store.read_lines(b, after_seq=1)[0].text
+    assert nul.startswith("a NUL ") and nul.endswith(" inside")
+    assert [line.seq for line in store.read_lines(a, levels=["ERROR"])] == [2]
+    assert [line.seq for line in store.read_lines(a, grep="DISK FULL")] == [2]
+    assert [line.seq for line in store.read_lines(b, grep="100%")] == [1]
+    assert [line.seq for line in store.read_lines(b, grep="0%_")] == []
+    assert [line.seq for line in store.read_lines(a, after_seq=1, limit=2)] == [2, 3]
+    assert [(line.run_id, line.seq) for line in store.read_job_lines(job.id or 0)][:3] == [
+        (a, 1),
+        (a, 2),
+        (b, 1),
+    ]
+    assert store.count_output_lines(a) == 3
+    assert store.output_bytes(a) == sum(len(line.text) for line in lines[:3])
+    assert store.max_seq(a) == 4 and store.max_seq(999999) == 0
+    assert store.line_stats(a) == (4, 4)
+    assert store.count_lines(a) == (4, 4)
+    assert store.count_lines(a, ["INFO"]) == (3, 4)
+    assert [line.seq for line in store.line_window(a, offset=1, limit=2)] == [2, 3]
+    assert [line.seq for line in store.line_window(a, offset=1, limit=5, levels=["INFO"])] == [
+        3,
+        4,
+    ]
+    window = store.line_window(a, offset=1, limit=5, levels=["INFO"], after_seq=1)
+    assert [line.seq for line in window] == [3, 4]
+    assert store.search_lines(a, "FILES") == [(3, 2)]
+    assert store.search_lines(a, "exit", levels=["INFO"]) == [(4, 2)]
+    assert store.search_lines(b, "100%") == [(1, 0)]
+    assert store.search_lines(b, "a\x00b") == []
+    assert store.line_tuples(a, after_seq=3) == [(4, t, "system", "INFO", "exit 1")]
+
+    found = store.find_runs(text="disk full")
+    assert [(run.id, by) for run, by in found] == [(a, "dave")]
+    assert store.find_runs(text="Disk Full")[0][0].id == a
+    assert store.find_runs(text='"quoted" AND (nonsense') == []
+    assert store.find_runs(text="\x00 ") == []
+    assert [run.id for run, _ in store.find_runs(host="web*")] == [b, a]
+    assert [run.id for run, _ in store.find_runs(host="web_")] == []
+    assert [run.id for run, _ in store.find_runs(host="web?")] == [b, a]
+    assert [run.id for run, _ in store.find_runs(task="UPTIME", user="dave")] == [b, a]
+    assert [run.id for run, _ in store.find_runs(status=["queued"], job_id=job.id)] == [b, a]
+    assert [run.id for run, _ in store.find_runs(after_id=a)] == [b]
+    assert [run.id for run, _ in store.find_runs(before_id=b)] == [a]
+    since = datetime.now(UTC) - timedelta(minutes=5)
+    assert len(store.find_runs(since=since, until=since + timedelta(hours=1))) == 2
+
+
+def test_schedules_fire_once(store: Store) -> None:
+    """A schedule fire time is claimed once; fire times come back as the same UTC instant."""
+    row = store.upsert_schedule("nightly", "p.yml", "0 3 * * *", "UTC", "none")
+    assert store.upsert_schedule("nightly", "p.yml", "0 3 * * *", "UTC", "none").id == row.id
+    store.update_schedule("nightly", next_fire=datetime(2030, 1, 1, 3, tzinfo=UTC))
+    changed = store.upsert_schedule("nightly", "p.yml", "0 4 * * *", "UTC", "one")
+    assert changed.next_fire is None and changed.cron == "0 4 * * *"
+    assert store.update_schedule("missing", enabled=False) is None
+    assert [s.name for s in store.list_schedules()] == ["nightly"]
+    fire = datetime(2030, 1, 1, 4, tzinfo=UTC)
+    assert store.claim_fire(row.id or 0, fire, "s1")
+    assert not store.claim_fire(row.id or 0, fire, "s2")
+    job, _ = _job(store, ["web1"])
+    store.set_fire_job(row.id or 0, fire, job.id or 0)
+    fires = store.fires(row.id or 0)
+    assert [(as_utc(f.fire_time), f.job_id, f.server) for f in fires] == [(fire, job.id, "s1")]
+
+
+def test_audit_chain_verifies(store: Store) -> None:
+    """Audit events chain, filter and verify on both backends."""
+    store.audit("alice", "run.submit", "cli", {"pattern": "web*", "hosts": ["web1"]})
+    store.audit("bob", "agent.accept", "console", {"agent": "web1"})
+    assert [e.actor for e in store.audit_events()] == ["bob", "alice"]
+    assert [e.actor for e in store.audit_events(action="run.")] == ["alice"]
+    assert [e.actor for e in store.audit_events(actor="bob")] == ["bob"]
+    newest = store.audit_events()[0].id or 0
+    assert [e.actor for e in store.audit_events(before_id=newest)] == ["alice"]
+    assert store.audit_events(since=datetime.now(UTC) + timedelta(hours=1)) == []
+    assert store.audit_verify()["ok"] is True
+
+
+def test_prune_deletes_runs_lines_and_index(store: Store) -> None:
+    """Pruning removes old runs with their lines and search entries; recent ones stay."""
+    old_job, old_runs = _job(store, ["web1"])
+    new_job, new_runs = _job(store, ["web2"])
+    long_ago = datetime.now(UTC) - timedelta(days=30)
+    old, new = old_runs[0].id or 0, new_runs[0].id or 0
+    store.update_run(old, "finished", state=RunState.SUCCESS, finished_at=long_ago)
+    store.update_run(new, "finished", state=RunState.SUCCESS, finished_at=datetime.now(UTC))
+    t = time.time()
+    store.write_lines(
+        [(old, 1, t, "stdout", "INFO", "needle here"), (new, 1, t, "stdout", "INFO", "hay")]
+    )
+    cutoff = datetime.now(UTC) - timedelta(days=1)
+    assert store.prune_counts(cutoff, cutoff) == {"jobs": 1, "runs": 1, "lines": 1}
+    assert store.prune_batch(cutoff, cutoff) == {"jobs": 1, "runs": 1, "lines": 1}
+    assert store.get_job(old_job.id or 0) is None and store.get_job(new_job.id or 0) is not None
+    assert store.find_runs(text="needle") == []
+    assert store.prune_batch(cutoff, None) == {"jobs": 0, "runs": 0, "lines": 0}
+
+
+@pytest.mark.postgres
+def test_audit_chain_stays_a_line_with_several_writers(postgres: PostgresCluster) -> None:
+    """Stores of several servers appending audit events at once still form one valid chain."""
+    url = postgres.new_database()
+    stores = [Store(url) for _ in range(4)]
+    try:
+
+        def append(st: Store, n: int) -> None:
+            for i in range(15):
+                st.audit(f"server{n}", "test.append", "", {"i": i})
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for future in [pool.submit(append, st, n) for n, st in enumerate(stores)]:
+                future.result()
+        events = stores[0].audit_events(limit=1000)
+        assert len(events) == 60
+        assert len({e.prev_hash for e in events}) == 60
+        assert stores[0].audit_verify()["ok"] is True
+    finally:
+        for st in stores:
+            st.close()
+
+
+@pytest.mark.postgres
+def test_log_writer_reconnects_after_postgres_drops_it(postgres: PostgresCluster) -> None:
+    """A batch that fails because PostgreSQL dropped the connection is raised; the next one lands."""
+    st = Store(postgres.new_database())
+    try:
+        _, runs = _job(st, ["web1"])
+        rid = runs[0].id or 0
+        st.write_lines([(rid, 1, time.time(), "stdout", "INFO", "one")])
+        pid = st._raw_conn().driver_connection.info.backend_pid
+        postgres.execute(f"SELECT pg_terminate_backend({pid})")
+        with pytest.raises(Exception):  # noqa: B017 - psycopg's OperationalError, whichever kind
+            st.write_lines([(rid, 2, time.time(), "stdout", "INFO", "two")])
+        st.write_lines([(rid, 2, time.time(), "stdout", "INFO", "two again")])
+        assert [line.text for line in st.read_lines(rid)] == ["one", "two again"]
+    finally:
+        st.close()
