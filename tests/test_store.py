@@ -128,10 +128,13 @@ def test_jobs_runs_timeline_and_webhooks(store: Store) -> None:
     assert store.run_state_counts() == {"success": 2, "failed": 1, "queued": 1}
     counts = store.job_state_counts([job.id, other.id or 0])
     assert counts[job.id] == {"success": 2, "failed": 1}
-    assert [r.host for r in store.list_runs(status="failed,success")] == ["web2", "web2", "web1"]
-    assert [r.id for r in store.list_runs(host="db1")] == [r.id for r in store.job_runs(other.id)]  # type: ignore[arg-type]
-    assert len(store.list_runs(task="UPT", job_id=job.id, before_id=retry.id)) == 2
-    assert store.list_runs(since=datetime.now(UTC) + timedelta(hours=1)) == []
+    found = store.find_runs(status=["failed", "success"])
+    assert [r.host for r, _ in found] == ["web2", "web2", "web1"]
+    assert [r.id for r, _ in store.find_runs(host="db1")] == [
+        r.id for r in store.job_runs(other.id or 0)
+    ]
+    assert len(store.find_runs(task="UPT", job_id=job.id, before_id=retry.id)) == 2
+    assert store.find_runs(since=datetime.now(UTC) + timedelta(hours=1)) == []
     store.ping()
 
     store.add_job_webhooks(job.id, [("https://hooks.example/a", "all")])
