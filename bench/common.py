@@ -501,6 +501,33 @@ def write_section(doc: Path, name: str, title: str, intro: str, block: str) -> N
     doc.write_text(text)
 
 
+def report(
+    rec: dict[str, Any],
+    args: Any,
+    *,
+    table_text: str,
+    notes: list[str],
+    doc: Path,
+    section: tuple[str, str, str],
+    block: str,
+    say: Callable[[str], None],
+) -> int:
+    """Print a benchmark's figures and notes; save the record (--json) and its section
+    (`section` = name, title, intro) of the doc (--write)."""
+    print(f"load average before: {rec['load_before']}, after: {rec['load_after']}")
+    print(table_text)
+    if notes:
+        print()
+    for line in notes:
+        print(line.replace("**", "").replace("`", ""))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rec, indent=2) + "\n")
+    if args.write:
+        write_section(doc, *section, block)
+        say(f"wrote {doc}")
+    return 0
+
+
 def shown_python() -> str:
     """The interpreter as a user would type it: relative when it is the repo's venv."""
     exe = Path(sys.executable)

@@ -15,7 +15,6 @@ Three figures, all on the same disk (the temp dir):
 from __future__ import annotations
 
 import argparse
-import json
 import sqlite3
 import sys
 import tempfile
@@ -35,9 +34,9 @@ from common import (  # noqa: E402  (the bench directory is not a package)
     exit_on_sigterm,
     load_average,
     proc_cpu_seconds,
+    report,
     start_agent,
     wait_job_events,
-    write_section,
 )
 
 DOC = REPO / "docs" / "benchmarks.md"
@@ -319,17 +318,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     exit_on_sigterm()
     rec = measure(args)
-    print(f"load average before: {rec['load_before']}, after: {rec['load_after']}")
-    print(table(rec, markdown=False))
-    print()
-    for line in details(rec) + verdicts(rec):
-        print(line.replace("**", "").replace("`", ""))
-    if args.json:
-        Path(args.json).write_text(json.dumps(rec, indent=2) + "\n")
-    if args.write:
-        write_section(DOC, "ingest", "Log ingest on SQLite", INTRO, block(rec))
-        say(f"wrote {DOC}")
-    return 0
+    return report(
+        rec,
+        args,
+        table_text=table(rec, markdown=False),
+        notes=details(rec) + verdicts(rec),
+        doc=DOC,
+        section=("ingest", "Log ingest on SQLite", INTRO),
+        block=block(rec),
+        say=say,
+    )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ with `pip install pyinfra` if missing), never in ours.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
 import statistics
@@ -37,8 +36,8 @@ from common import (  # noqa: E402  (the bench directory is not a package)
     easytask_cli,
     exit_on_sigterm,
     load_average,
+    report,
     start_sshd,
-    write_section,
 )
 
 DOC = REPO / "docs" / "benchmarks.md"
@@ -258,14 +257,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     exit_on_sigterm()
     rec = measure(args)
-    print(f"load average before: {rec['load_before']}, after: {rec['load_after']}")
-    print(table(rec, markdown=False))
-    if args.json:
-        Path(args.json).write_text(json.dumps(rec, indent=2) + "\n")
-    if args.write:
-        write_section(DOC, "pyinfra", "Fan-out against pyinfra", INTRO, block(rec))
-        say(f"wrote {DOC}")
-    return 0
+    return report(
+        rec,
+        args,
+        table_text=table(rec, markdown=False),
+        notes=[],
+        doc=DOC,
+        section=("pyinfra", "Fan-out against pyinfra", INTRO),
+        block=block(rec),
+        say=say,
+    )
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ on every path alike; p50 and p95 are over `--runs` rounds (after `--warmup` roun
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -38,10 +37,10 @@ from common import (  # noqa: E402  (the bench directory is not a package)
     exit_on_sigterm,
     load_average,
     percentile,
+    report,
     start_agent,
     start_sshd,
     wait_job_events,
-    write_section,
 )
 
 DOC = REPO / "docs" / "benchmarks.md"
@@ -314,17 +313,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     exit_on_sigterm()
     rec = measure(args)
-    print(f"load average before: {rec['load_before']}, after: {rec['load_after']}")
-    print(table(rec, markdown=False))
-    print()
-    for line in verdicts(rec):
-        print(line.replace("**", ""))
-    if args.json:
-        Path(args.json).write_text(json.dumps(rec, indent=2) + "\n")
-    if args.write:
-        write_section(DOC, "roundtrip", "Round trip: one command on one host", INTRO, block(rec))
-        say(f"wrote {DOC}")
-    return 0
+    return report(
+        rec,
+        args,
+        table_text=table(rec, markdown=False),
+        notes=verdicts(rec),
+        doc=DOC,
+        section=("roundtrip", "Round trip: one command on one host", INTRO),
+        block=block(rec),
+        say=say,
+    )
 
 
 if __name__ == "__main__":
