@@ -174,14 +174,15 @@ async def copy(
             duration=time.monotonic() - started,
         )
     except (OSError, asyncssh.Error, TimeoutError) as exc:
-        out.system(f"copy failed: {exc}", "ERROR")
-        await engine._finish(
-            run,
-            RunState.FAILED,
-            reason=f"copy failed: {exc}",
-            out=out,
-            duration=time.monotonic() - started,
-        )
+        await _failed(engine, run, out, started, f"copy failed: {exc}")
+
+
+async def _failed(engine: JobEngine, run: Run, out: RunOutput, started: float, reason: str) -> None:
+    """Record a file operation that failed, with the reason in its output too."""
+    out.system(reason, "ERROR")
+    await engine._finish(
+        run, RunState.FAILED, reason=reason, out=out, duration=time.monotonic() - started
+    )
 
 
 async def script(
@@ -236,11 +237,4 @@ async def fetch(
             duration=time.monotonic() - started,
         )
     except (OSError, asyncssh.Error, TimeoutError) as exc:
-        out.system(f"fetch failed: {exc}", "ERROR")
-        await engine._finish(
-            run,
-            RunState.FAILED,
-            reason=f"fetch failed: {exc}",
-            out=out,
-            duration=time.monotonic() - started,
-        )
+        await _failed(engine, run, out, started, f"fetch failed: {exc}")
