@@ -76,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long a started run waits for its lost agent to come back (default 1h)",
     )
     s.add_argument(
+        "--server-timeout",
+        type=_duration,
+        default=15.0,
+        help="servers sharing a PostgreSQL database: silence after which another server takes "
+        "over a server's work (default 15s; heartbeats every 1/5 of it)",
+    )
+    s.add_argument(
         "--playbooks", help="directory whose playbooks with `schedule:` fire (default playbooks/)"
     )
     s.add_argument(
@@ -381,6 +388,7 @@ def cmd_server(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
         keepalive_count=args.keepalive_count,
         ssh_known_hosts=args.ssh_known_hosts,
         reattach_timeout=args.reattach_timeout,
+        server_timeout=args.server_timeout,
         output_limit=args.output_limit,
         upload_limit=args.upload_limit,
         playbooks=args.playbooks or "playbooks",

@@ -25,6 +25,7 @@ from easytask.plan_playbook import PlaybookPlan, plan_playbook
 from easytask.playbook import load_playbook
 from easytask.scheduler import secretfile
 from easytask.scheduler.agents import AgentRegistry
+from easytask.scheduler.cluster import Cluster
 from easytask.scheduler.hub import LiveHub
 from easytask.scheduler.jobs import JobEngine
 from easytask.scheduler.logwriter import LogWriter
@@ -63,6 +64,7 @@ class ServerConfig:
     keepalive_count: int = 3
     ssh_known_hosts: str | None = None
     reattach_timeout: float = 3600.0
+    server_timeout: float = 15.0  # several servers: heartbeat silence before a take-over
     playbooks: str | None = "playbooks"
     schedule_interval: float = 1.0
     output_limit: int | None = 256 << 20
@@ -103,6 +105,7 @@ class Server:
         self._inventory: Inventory | None = None
         self._inventory_stamp: Any = None
         self._stop = asyncio.Event()
+        self.cluster: Cluster | None = None
         self.http_port = 0
         self.agents_port = 0
 
@@ -237,7 +240,8 @@ class Server:
         self.admin_token = await self._ensure_admin()
         self.writer = LogWriter(self.store)
         self.writer.start()
-        self.registry = AgentRegistry(self.store, self.hub, self.server_id)
+        # agents record the lasting id of the server holding them (servers share the database)
+        self.registry = AgentRegistry(self.store, self.hub, self.store.owner)
         await self.registry.load()
         self.pool = SSHPool()
         self.engine = JobEngine(
@@ -325,6 +329,8 @@ class Server:
             self.agents_port,
             self.http_url,
         )
+        if not self.store.is_sqlite:
+            await self._join_cluster(f"{host}:{self.agents_port}")
         self.scheduler = Scheduler(
             self.store,
             Path(self.config.playbooks) if self.config.playbooks else None,
@@ -348,6 +354,38 @@ class Server:
                 counts["resumed"],
                 counts["failed"],
             )
+
+    async def _join_cluster(self, agents_addr: str) -> None:
+        """Share the work with the other servers on this database (see scheduler.cluster)."""
+        cluster = Cluster(
+            self.store,
+            self.engine,
+            self.registry,
+            self.hub,
+            self.store.owner,
+            beat=max(self.config.server_timeout / 5, 0.2),
+            dead_after=self.config.server_timeout,
+        )
+        self.engine.cluster = cluster
+        self.registry.on_online.append(lambda _name: cluster.agent_online())
+        self.registry.on_changed.append(lambda name: cluster.notify("agent", name=name))
+        self.writer.on_written.append(cluster.lines_written)
+        cluster.on_fenced.append(self.stop)
+
+        async def take_over(server: str, jobs: list[int]) -> None:
+            await self.engine.resume(
+                self._hostvars, self._resume_playbook, job_ids=jobs, why=f"server {server} stopped"
+            )
+
+        cluster.on_take_over.append(take_over)
+        await cluster.start(self.http_url, agents_addr, self.server_id)
+        self.cluster = cluster
+
+    async def live_servers(self) -> set[str]:
+        """Ids of the servers sharing the database whose heartbeat is recent (this one too)."""
+        if self.cluster is None:
+            return {self.store.owner}
+        return await self.cluster.live_servers()
 
     async def _job_finished(self, job: Job) -> None:
         self.metrics.job_finished(job.state)
@@ -412,6 +450,8 @@ class Server:
 
     async def close(self) -> None:
         """Stop taking work, end runs in flight, store what is buffered, close everything."""
+        if self.cluster is not None:
+            self.cluster.stop_claiming()
         await self.scheduler.close()
         await self.retention.close()
         await self.listener.close()
@@ -426,7 +466,9 @@ class Server:
         await self.notifier.close()
         await self.writer.close()
         await self.pool.close()
-        await self.store.call(self.store.disconnect_all_agents, self.server_id)
+        await self.store.call(self.store.disconnect_all_agents, self.store.owner)
+        if self.cluster is not None:
+            await self.cluster.close()
         self.store.close()
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import AgentFactory, ServerFactory
-from tests.helpers import db_execute, free_port, wait_until
+from tests.helpers import ServerHandle, db_execute, free_port, wait_until
 from tests.pg import PostgresCluster
 
 
@@ -35,10 +38,11 @@ def test_agent_fails_over_to_the_next_server_on_the_same_database(
     second = start_server(
         None, "--db", url, state_dir=second_state, agents=f"127.0.0.1:{second_port}"
     )
-    assert second.agent_status("fo1") == "unreachable"  # known from the database, held by the first
-    # not handed over (yet): a run for an agent another server holds waits, then is unreachable
-    waiting = second.submit("fo1", "echo never", pending_timeout="2s")
-    assert second.wait_job(waiting["job"]["id"])["job"]["state"] == "unreachable"
+    # a run submitted to the second server executes on the first, which holds the agent
+    handed = second.submit("fo1", "echo handed-over", pending_timeout="20s")
+    assert second.wait_job(handed["job"]["id"])["job"]["state"] == "success"
+    handed_run = handed["runs"][0]["id"]
+    assert [ln["text"] for ln in second.log_lines(handed_run)] == ["handed-over"]
     first.proc.stop()
     wait_until(lambda: second.agent_status("fo1") == "online", timeout=60, what="failover")
     assert f"connected to 127.0.0.1:{second_port} as fo1" in agent.output()
@@ -49,7 +53,7 @@ def test_agent_fails_over_to_the_next_server_on_the_same_database(
     assert [ln["text"] for ln in second.log_lines(run_id)] == ["on-second"]
     # the first server's runs are in the shared database, visible from the second
     states = [r["state"] for r in second.get("/api/runs")["runs"]]
-    assert states == ["success", "unreachable", "success"]
+    assert states == ["success", "success", "success"]
 
 
 @pytest.mark.postgres
@@ -78,3 +82,134 @@ def test_a_server_starting_leaves_another_servers_runs_alone(
     # the job records the server that ran it: the first one's lasting id
     server_ids = db_execute(url, "SELECT server FROM job")
     assert server_ids == [((tmp_path / "a" / "server.id").read_text().strip(),)]
+
+
+def _second_server(
+    start_server: ServerFactory, first: ServerHandle, url: str, state: Path, *extra: str
+) -> ServerHandle:
+    """Another server on the same database; servers sharing a database share the key agents pin."""
+    state.mkdir(parents=True, exist_ok=True)
+    for name in ("client_key", "client_key.pub"):
+        shutil.copy(first.state_dir / name, state / name)
+    return start_server(None, "--db", url, *extra, state_dir=state)
+
+
+def _sse_events(server: ServerHandle, path: str, timeout: float = 60) -> list[dict[str, Any]]:
+    """Read a job's event stream to its end (the job's final event)."""
+    events: list[dict[str, Any]] = []
+    with server.http.stream("GET", path, timeout=timeout) as resp:
+        resp.raise_for_status()
+        for raw in resp.iter_lines():
+            if raw.startswith("data: "):
+                events.append(json.loads(raw[6:]))
+    return events
+
+
+@pytest.mark.postgres
+def test_a_run_executes_on_the_server_holding_its_agent_and_viewers_anywhere_see_it_live(
+    postgres: PostgresCluster,
+    start_server: ServerFactory,
+    start_agent: AgentFactory,
+    tmp_path: Path,
+) -> None:
+    """Submitted on A, executed by B (which holds the agent); a viewer on A gets B's lines live;
+    a kill sent to A stops the command B runs."""
+    url = postgres.new_database()
+    a = start_server(None, "--db", url, state_dir=tmp_path / "a")
+    b = _second_server(start_server, a, url, tmp_path / "b")
+    start_agent(b, "far1")
+    wait_until(lambda: a.agent_status("far1") == "online", timeout=30, what="seen from A")
+
+    job = a.submit("far1", "sleep 2; for i in 1 2 3 4 5; do echo line-$i; sleep 0.3; done")
+    job_id, run_id = job["job"]["id"], job["runs"][0]["id"]
+    with ThreadPoolExecutor(1) as pool:
+        viewer = pool.submit(_sse_events, a, f"/api/jobs/{job_id}/events")
+        wait_until(
+            lambda: a.get(f"/api/runs/{run_id}")["run"]["state"] == "running",
+            timeout=30,
+            what="run started on B",
+        )
+        events = viewer.result(timeout=90)
+    lines = [e["text"] for e in events if e["t"] == "line"]
+    assert lines == [f"line-{i}" for i in range(1, 6)]
+    assert events[-1] == {"t": "job", "job": job_id, "state": "success"}
+    assert a.wait_job(job_id)["job"]["state"] == "success"
+    detail = a.get(f"/api/runs/{run_id}")
+    kinds = [e["kind"] for e in detail["events"]]
+    assert "handed over" in kinds
+    assert kinds.count("started") == 1
+    assert [ln["text"] for ln in a.log_lines(run_id)] == lines  # stored once, in order
+    b_id = (tmp_path / "b" / "server.id").read_text().strip()
+    assert db_execute(url, f"SELECT server FROM run WHERE id = {run_id}") == [(b_id,)]
+    # the job stays A's: its result and its audit come from there
+    a_id = (tmp_path / "a" / "server.id").read_text().strip()
+    assert db_execute(url, f"SELECT server FROM job WHERE id = {job_id}") == [(a_id,)]
+
+    marker = tmp_path / "killed-marker"
+    slow = a.submit("far1", f"echo $$ > {marker}; exec sleep 300")
+    slow_run = slow["runs"][0]["id"]
+    wait_until(lambda: marker.exists() and marker.read_text().strip(), timeout=30, what="pid")
+    pid = int(marker.read_text())
+    a.post(f"/api/runs/{slow_run}/kill")
+    final = a.wait_job(slow["job"]["id"], timeout=60)
+    assert final["job"]["state"] == "terminated"
+    assert final["runs"][0]["reason"].startswith("killed by admin")
+    assert not Path(f"/proc/{pid}").exists()
+
+
+@pytest.mark.postgres
+def test_killing_a_server_hands_its_jobs_and_running_commands_to_another(
+    postgres: PostgresCluster,
+    start_server: ServerFactory,
+    start_agent: AgentFactory,
+    tmp_path: Path,
+) -> None:
+    """kill -9 of server B mid-run: its agent reconnects to A, A takes B's job over, re-attaches
+    to the command the agent kept running; every line is stored once and the job succeeds."""
+    url = postgres.new_database()
+    a_port, b_port = free_port(), free_port()
+    a = start_server(
+        None,
+        "--db",
+        url,
+        "--server-timeout",
+        "3s",
+        state_dir=tmp_path / "a",
+        agents=f"127.0.0.1:{a_port}",
+    )
+    b_state = tmp_path / "b"
+    b_state.mkdir()
+    for name in ("client_key", "client_key.pub"):
+        shutil.copy(a.state_dir / name, b_state / name)
+    b = start_server(
+        None,
+        "--db",
+        url,
+        "--server-timeout",
+        "3s",
+        state_dir=b_state,
+        agents=f"127.0.0.1:{b_port}",
+    )
+    agent = start_agent(b, "mover", "--server", f"127.0.0.1:{b_port},127.0.0.1:{a_port}")
+    queued_too = start_agent(b, "idle2", "--server", f"127.0.0.1:{b_port},127.0.0.1:{a_port}")
+    assert queued_too.alive()
+    job = b.submit("mover", "for i in $(seq 1 30); do echo n-$i; sleep 0.2; done")
+    job_id, run_id = job["job"]["id"], job["runs"][0]["id"]
+    wait_until(lambda: len(b.log_lines(run_id)) >= 5, timeout=30, what="first lines on B")
+    b.proc.kill9()
+
+    final = a.wait_job(job_id, timeout=120)
+    assert final["job"]["state"] == "success", final
+    assert [ln["text"] for ln in a.log_lines(run_id)] == [f"n-{i}" for i in range(1, 31)]
+    kinds = [e["kind"] for e in a.get(f"/api/runs/{run_id}")["events"]]
+    assert kinds.count("started") == 1 and "reattached" in kinds, kinds
+    a_id = (tmp_path / "a" / "server.id").read_text().strip()
+    assert db_execute(url, f"SELECT server FROM job WHERE id = {job_id}") == [(a_id,)]
+    assert f"connected to 127.0.0.1:{a_port} as mover" in agent.output()
+    # B's heartbeat row is gone: it was taken over once
+    assert db_execute(url, "SELECT id FROM server_node") == [(a_id,)]
+    assert "took over 1 job(s)" in a.proc.output()
+
+    # work goes on: a new job on A runs on both agents
+    after = a.submit("mover,idle2", "echo still-here")
+    assert a.wait_job(after["job"]["id"])["job"]["state"] == "success"

@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +55,10 @@ class AgentRegistry:
         self._changed = asyncio.Condition()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.refused: list[dict[str, Any]] = []  # recent refusals, for the API and tests
+        # Hooks for servers sharing the database: an agent came online here; an agent's
+        # enrolment state changed here (the others reload it).
+        self.on_online: list[Callable[[str], None]] = []
+        self.on_changed: list[Callable[[str], None]] = []
 
     async def load(self) -> None:
         """Read every known agent from the store."""
@@ -124,6 +128,17 @@ class AgentRegistry:
         """Admit a trusted agent, enrol one with a valid token, else record it as pending."""
         assert link.name is not None
         name = link.name
+        if not trusted:
+            # enrolled or accepted on another server sharing the database since we loaded it
+            known = self.agents.get(name)
+            if known is None or known.state == AgentState.PENDING:
+                await self.reload(name)
+            known = self.agents.get(name)
+            trusted = (
+                known is not None
+                and known.state == AgentState.ACCEPTED
+                and known.fingerprint == link.fingerprint
+            )
         fields = {
             "slots": max(int(hello.get("slots") or 4), 1),
             "groups": ",".join(str(g) for g in hello.get("groups") or []),
@@ -160,6 +175,7 @@ class AgentRegistry:
                 self._publish(name)
                 return False
             log.info("agent %s enrolled by token (key %s)", name, link.fingerprint)
+            self._changed_here(name)
         info = self.agents[name]
         if info.link is not None and info.link is not link:
             info.link.close()  # the newest link of an agent wins
@@ -179,6 +195,8 @@ class AgentRegistry:
         log.info("agent %s online from %s", name, link.addr)
         await self._notify()
         self._publish(name)
+        for hook in self.on_online:
+            hook(name)
         return True
 
     def lost(self, link: AgentLink, exc: Exception | None) -> None:
@@ -224,7 +242,34 @@ class AgentRegistry:
             info.link = None
         await self._notify()
         self._publish(name)
+        self._changed_here(name)
         return row
+
+    def _changed_here(self, name: str) -> None:
+        for hook in self.on_changed:
+            hook(name)
+
+    async def reload(self, name: str) -> None:
+        """Read one agent again from the store (another server enrolled, accepted or revoked
+        it); a revoked agent's link here is closed."""
+        row = await self.store.call(self.store.get_agent, name)
+        if row is None:
+            return
+        fresh = self._info(row)
+        info = self.agents.get(name)
+        if info is None:
+            self.agents[name] = fresh
+        else:
+            info.state, info.fingerprint = fresh.state, fresh.fingerprint
+            if info.link is None:
+                info.slots, info.groups, info.facts = fresh.slots, fresh.groups, fresh.facts
+            if info.link is not None and (
+                info.state != AgentState.ACCEPTED or info.link.fingerprint != info.fingerprint
+            ):
+                info.link.close()
+                info.link = None
+        await self._notify()
+        self._publish(name)
 
     @staticmethod
     def status(info: AgentInfo) -> str:
@@ -232,6 +277,15 @@ class AgentRegistry:
         if info.state != AgentState.ACCEPTED:
             return info.state
         return "online" if info.link is not None else "unreachable"
+
+    def row_status(self, row: Agent, live_servers: set[str]) -> str:
+        """An agent's status as the console shows it: online also when another live server
+        sharing the database holds its link."""
+        info = self.agents.get(row.name)
+        status = self.status(info) if info else row.state
+        if status == "unreachable" and row.connected and row.server in live_servers:
+            return "online"
+        return status
 
     def declared_hosts(self) -> dict[str, list[str]]:
         """Accepted agents as extra inventory hosts with the groups they declare."""

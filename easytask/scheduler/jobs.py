@@ -14,13 +14,14 @@ from easytask.errors import ConnectError, EasyTaskError, UsageError
 from easytask.plan import PlannedRun
 from easytask.scheduler import secretfile
 from easytask.scheduler.agents import AgentRegistry
+from easytask.scheduler.cluster import Cluster
 from easytask.scheduler.hub import LiveHub
 from easytask.scheduler.logwriter import LogWriter
 from easytask.scheduler.output import DEFAULT_LIMIT, RunOutput
 from easytask.scheduler.runstate import RunStateWriter
 from easytask.secrets import env_prefix
 from easytask.store.db import Store, as_utc
-from easytask.store.models import Job, Run, RunState, utcnow
+from easytask.store.models import OFFERED, Job, Run, RunState, utcnow
 from easytask.transport import executor
 from easytask.transport.agentless import SSHPool, SSHTarget, wrap_command
 from easytask.transport.executor import ExecResult
@@ -105,6 +106,10 @@ class JobEngine:
         self.on_run_started: list[Callable[[Run], None]] = []
         self.on_job_finished: list[Callable[[Job], Awaitable[None]]] = []
         self.secrets_dir: Path | None = None  # where unfinished jobs' secrets are kept
+        # Servers sharing the database (PostgreSQL): hand-offs, follow-ups, relayed events.
+        self.cluster: Cluster | None = None
+        self._claimed: dict[int, _Live] = {}  # runs executed here for another server's job
+        self._claimed_tasks: set[asyncio.Task[None]] = set()
 
     # -- submission -------------------------------------------------------------------------
 
@@ -133,6 +138,7 @@ class JobEngine:
             timeout=options.timeout,
             pending_timeout=options.pending_timeout,
             forks=options.forks,
+            masked=bool(_masks(options)),
         )
         now = utcnow()  # given, not defaulted: a model's default factory costs per object
         runs = [
@@ -157,22 +163,43 @@ class JobEngine:
 
     # -- kills ------------------------------------------------------------------------------
 
-    def kill_run(self, run_id: int, by: str) -> bool:
-        """Ask a run in flight to terminate; False if it is not running here."""
-        live = self._live.get(run_id)
-        if live is None:
-            return False
-        live.killed_by = by
-        live.kill.set()
-        return True
+    def kill_run(self, run_id: int, by: str, *, local: bool = False) -> bool:
+        """Ask a run in flight to terminate; False if it is not running here.  With other
+        servers, they are asked too (unless `local`: the request came from one of them)."""
+        found = False
+        for live in (self._live.get(run_id), self._claimed.get(run_id)):
+            if live is not None:
+                live.killed_by = by
+                live.kill.set()
+                found = True
+        if self.cluster is not None and not local:
+            self.cluster.notify("kill", run=run_id, by=by)
+        return found
 
-    def kill_job(self, job_id: int, by: str) -> int:
-        """Terminate every run of a job in flight; returns how many were asked."""
+    def kill_job(self, job_id: int, by: str, *, local: bool = False) -> int:
+        """Terminate every run of a job in flight; returns how many were asked here."""
         count = 0
-        for live in list(self._live.values()):
+        for live in [*self._live.values(), *self._claimed.values()]:
             if live.run.job_id == job_id:
-                count += self.kill_run(live.run.id or 0, by)
+                count += self.kill_run(live.run.id or 0, by, local=True)
+        if self.cluster is not None and not local:
+            self.cluster.notify("kill", job=job_id, by=by)
         return count
+
+    def executes_here(self, run: Run, claimed: bool = False) -> bool:
+        """The caller executes the run itself: it is this server's, and the caller is the claim
+        that took it or, when no claim here did, the job's driver."""
+        return run.server in ("", self.store.owner) and (claimed or run.id not in self._claimed)
+
+    def killed_by(self, run_id: int) -> str:
+        """Who asked a run in flight here to terminate."""
+        live = self._live.get(run_id) or self._claimed.get(run_id)
+        return live.killed_by if live is not None else ""
+
+    def live_run(self, run_id: int) -> Run | None:
+        """A run in flight on this server (its job's, or one claimed for another server)."""
+        live = self._live.get(run_id) or self._claimed.get(run_id)
+        return live.run if live is not None else None
 
     # -- execution --------------------------------------------------------------------------
 
@@ -214,6 +241,8 @@ class JobEngine:
             if run.connection == "agent" and run.state in (RunState.DISPATCHED, RunState.RUNNING):
                 # The command goes on under the agent's supervisor; the next server re-attaches.
                 raise
+            if self.cluster is not None:
+                raise  # another server sharing the database takes the job over
             await asyncio.shield(self._finish(run, RunState.TERMINATED, reason="server stopping"))
             raise
         except Exception as exc:
@@ -264,11 +293,31 @@ class JobEngine:
             self.pool.drop(target)
         await self._conclude(run, outcome, out)
 
-    async def _agent_run(self, run: Run, options: JobOptions) -> None:
-        """Dispatch to the agent; after a lost link wait for it and re-attach, never re-run."""
+    async def _agent_run(self, run: Run, options: JobOptions, live: _Live | None = None) -> None:
+        """Execute here, or follow the run while the server holding its agent executes it."""
         assert run.id is not None
-        live = self._live[run.id]
+        live = live or self._live[run.id]
+        give_back: float | None = time.monotonic() + options.pending_timeout
+        while True:
+            if (
+                self.cluster is not None
+                and not self.executes_here(run, claimed=live is self._claimed.get(run.id or 0))
+                and await self.cluster.follow(run, live.kill, give_back)
+            ):
+                return
+            give_back = await self._agent_run_here(run, options, live, give_back or 0.0)
+            if give_back is None:
+                return
+
+    async def _agent_run_here(
+        self, run: Run, options: JobOptions, live: _Live, pending_until: float
+    ) -> float | None:
+        """Dispatch to the agent; after a lost link wait for it and re-attach, never re-run.
+        Returns None when the run ended, or, when it was offered to the server that holds its
+        agent, the time after which this server takes it back if nobody claimed it."""
+        assert run.id is not None
         key = f"{run.id}-{run.attempt}"
+        can_offer = self.cluster is not None and not _masks(options)
         started = run.state in (RunState.DISPATCHED, RunState.RUNNING)
         deadline = None
         if options.timeout is not None:
@@ -279,11 +328,31 @@ class JobEngine:
                 - max((utcnow() - as_utc(begun)).total_seconds(), 0)
             )
         out: RunOutput | None = None
+
+        async def store_what_came() -> None:
+            # Before another server re-attaches: every line received here is stored, and a
+            # later re-attach here continues after what is stored, like one in a new process.
+            nonlocal out
+            if out is not None:
+                out.close()
+                out = None
+            await self.writer.flush()
+
         while True:
             wait_for = self.reattach_timeout if started else options.pending_timeout
             if deadline is not None and started:
                 wait_for = min(wait_for, max(deadline - time.monotonic(), 0) + options.grace)
-            info = await self._wait_agent(run, live, wait_for, started)
+            patience = wait_for if started else max(pending_until - time.monotonic(), 0.0)
+            info = await self._wait_agent(
+                run,
+                live,
+                patience,
+                started,
+                offer=store_what_came if can_offer else None,
+                said=wait_for,
+            )
+            if info is OFFER:
+                return time.monotonic() + wait_for if started else pending_until
             if info is None:
                 if started:
                     reason = (
@@ -293,7 +362,7 @@ class JobEngine:
                     if out is not None:
                         out.close()
                     await self._finish(run, RunState.FAILED, reason=reason, out=out)
-                return
+                return None
             link = info.link
             assert link is not None
             try:
@@ -307,7 +376,7 @@ class JobEngine:
                                 RunState.FAILED,
                                 reason="the agent has no record of this run (state dir lost?)",
                             )
-                            return
+                            return None
                         started = False  # the dispatch never reached the agent: start it now
                     elif out is not None:
                         out.reset_partial()  # same process: continue after the last line received
@@ -359,7 +428,7 @@ class JobEngine:
             stats = outcome.result.stats if outcome.result is not None else None
             await self._conclude(run, outcome, out, stats)
             self._background(self._acknowledge(run, link, key), f"ack-{key}")
-            return
+            return None
 
     async def _acknowledge(self, run: Run, link: Any, key: str) -> None:
         """Let the agent delete the run's spool once every line is stored."""
@@ -401,14 +470,30 @@ class JobEngine:
             known_hosts=str(hv.get("easytask_known_hosts") or self.known_hosts or "") or None,
         )
 
-    async def _wait_agent(self, run: Run, live: _Live, timeout: float, started: bool) -> Any:
-        """Take a slot on the run's agent, waiting up to `timeout` for it to be online."""
+    async def _wait_agent(
+        self,
+        run: Run,
+        live: _Live,
+        timeout: float,
+        started: bool,
+        *,
+        offer: Callable[[], Awaitable[None]] | None = None,
+        said: float | None = None,
+    ) -> Any:
+        """Take a slot on the run's agent, waiting up to `timeout` for it to be online; with
+        `offer`, hand the run over (returns OFFER) if another server holds the agent."""
+        said = timeout if said is None else said
         info = self.registry.agents.get(run.host)
         if info is None or not info.online:
+            if offer is not None and self.cluster is not None:
+                holder = await self.cluster.holder(run.host)
+                if holder is not None and await self._offer(run, offer):
+                    await self._event(run, "handed over", f"agent {run.host} is held by {holder}")
+                    return OFFER
             await self._event(
-                run, "waiting", f"agent {run.host} not connected; waiting up to {timeout:g}s"
+                run, "waiting", f"agent {run.host} not connected; waiting up to {said:g}s"
             )
-        acquire = asyncio.create_task(self.registry.acquire(run.host, timeout))
+        acquire = asyncio.create_task(self._acquire(run, timeout, offer))
         killed = asyncio.create_task(live.kill.wait())
         try:
             wait_set = {acquire} if started else {acquire, killed}
@@ -416,7 +501,7 @@ class JobEngine:
         finally:
             killed.cancel()
         if live.kill.is_set() and not started:
-            if acquire.done() and acquire.result() is not None:
+            if acquire.done() and acquire.result() not in (None, OFFER):
                 await self.registry.release(run.host)
             else:
                 acquire.cancel()
@@ -425,13 +510,42 @@ class JobEngine:
             )
             return None
         got = acquire.result()
-        if got is None and not started:
+        if got is OFFER:
+            holder = await self.cluster.holder(run.host) if self.cluster else None
+            await self._event(run, "handed over", f"agent {run.host} is held by {holder}")
+        elif got is None and not started:
             await self._finish(
                 run,
                 RunState.UNREACHABLE,
-                reason=f"agent {run.host} did not connect within {timeout:g}s",
+                reason=f"agent {run.host} did not connect within {said:g}s",
             )
         return got
+
+    async def _offer(self, run: Run, prepare: Callable[[], Awaitable[None]]) -> bool:
+        assert self.cluster is not None
+        await prepare()
+        return await self.cluster.offer(run)
+
+    async def _acquire(
+        self, run: Run, timeout: float, offer: Callable[[], Awaitable[None]] | None
+    ) -> Any:
+        """A slot on the run's agent; OFFER once the run went to the server holding the agent."""
+        cluster = self.cluster
+        if offer is None or cluster is None:
+            return await self.registry.acquire(run.host, timeout)
+        end = time.monotonic() + timeout
+        while True:
+            info = self.registry.agents.get(run.host)
+            if (
+                (info is None or not info.online)
+                and await cluster.holder(run.host) is not None
+                and await self._offer(run, offer)
+            ):
+                return OFFER
+            slice_ = min(max(end - time.monotonic(), 0.0), cluster.beat)
+            got = await self.registry.acquire(run.host, slice_)
+            if got is not None or time.monotonic() >= end:
+                return got
 
     async def _stream(
         self,
@@ -590,9 +704,45 @@ class JobEngine:
     async def job_event(self, job: Job, text: str) -> None:
         """Tell viewers of a job something that concerns all its runs."""
         log.info("job %s: %s", job.id, text)
-        self.hub.publish(
-            {"t": "notice", "job": job.id, "text": text}, f"job:{job.id}", f"jobstate:{job.id}"
+        self._publish(
+            {"t": "notice", "job": job.id, "text": text}, (f"job:{job.id}", f"jobstate:{job.id}")
         )
+
+    def execute_claimed(self, run: Run) -> None:
+        """Execute a run of another server's job, claimed because its agent is held here."""
+        assert run.id is not None
+        live = _Live(run)
+        self._claimed[run.id] = live
+        task = asyncio.create_task(self._claimed_run(run, live), name=f"claimed-{run.id}")
+        self._claimed_tasks.add(task)
+        task.add_done_callback(self._claimed_tasks.discard)
+
+    async def _claimed_run(self, run: Run, live: _Live) -> None:
+        assert run.id is not None
+        try:
+            job = await self.store.call(self.store.get_job, run.job_id)
+            if job is None:
+                return
+            options = JobOptions(timeout=job.timeout, pending_timeout=job.pending_timeout)
+            if job.masked:
+                kept = secretfile.load(self.secrets_dir, run.job_id)
+                if not kept:
+                    await self._finish(
+                        run,
+                        RunState.FAILED,
+                        reason="the secrets masked in this job's output were kept by the server "
+                        "that stopped; not re-attached (the command may still be running)",
+                    )
+                    return
+                options = replace(options, **kept)
+            await self._agent_run(run, options, live)
+        except asyncio.CancelledError:
+            raise  # left to the next server that holds the agent (see cluster.orphaned_claims)
+        except Exception as exc:
+            log.exception("claimed run %s on %s failed unexpectedly", run.id, run.host)
+            await self._finish(run, RunState.FAILED, reason=f"internal error: {exc}")
+        finally:
+            self._claimed.pop(run.id, None)
 
     async def execute_one(self, run: Run, hostvars: dict[str, Any], options: JobOptions) -> None:
         """Execute one run row to its end (the same path as ad hoc runs)."""
@@ -684,6 +834,9 @@ class JobEngine:
                     truncated=True, dropped_lines=out.dropped_lines, dropped_bytes=out.dropped_bytes
                 )
         detail = state + (f": {reason}" if reason else "")
+        if run.id in self._claimed:
+            # the job's own server reads the output (results, counts) once it sees the end
+            await self.writer.flush()
         await self.run_state.change(run.id, "finished", detail, **fields)
         run.state = state
         run.exit_code = exit_code
@@ -699,7 +852,13 @@ class JobEngine:
     def _publish_run(self, run: Run, state: str, **extra: Any) -> None:
         event = {"t": "run", "run": run.id, "host": run.host, "state": state, **extra}
         topics = f"run:{run.id}", f"job:{run.job_id}", f"jobstate:{run.job_id}", "runs"
+        self._publish(event, topics)
+
+    def _publish(self, event: dict[str, Any], topics: tuple[str, ...]) -> None:
+        """To this server's viewers, and to the other servers' (their consoles follow too)."""
         self.hub.publish(event, *topics)
+        if self.cluster is not None:
+            self.cluster.relay(event, topics)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -707,6 +866,8 @@ class JobEngine:
         self,
         hostvars: Callable[[str], dict[str, Any]],
         resume_playbook: Callable[[Job], Awaitable[int]] | None = None,
+        job_ids: list[int] | None = None,
+        why: str = "server restarted",
     ) -> dict[str, int]:
         """Take over what a previous server process left: queued runs run, agent runs re-attach.
 
@@ -719,7 +880,7 @@ class JobEngine:
         by_job: dict[int, list[Run]] = {}
         playbook_jobs: dict[int, list[Run]] = {}
         kinds: dict[int, str] = {}
-        for run in await self.store.call(self.store.unfinished_runs):
+        for run in await self.store.call(self.store.unfinished_runs, job_ids):
             assert run.id is not None
             if run.job_id not in kinds:
                 job = await self.store.call(self.store.get_job, run.job_id)
@@ -728,9 +889,7 @@ class JobEngine:
                 playbook_jobs.setdefault(run.job_id, []).append(run)
                 continue
             if run.connection == "ssh" and run.state != RunState.QUEUED:
-                await self._finish(
-                    run, RunState.FAILED, reason="connection lost (server restarted)"
-                )
+                await self._finish(run, RunState.FAILED, reason=f"connection lost ({why})")
                 await self._finish_job(run.job_id)
                 counts["failed"] += 1
                 continue
@@ -738,7 +897,7 @@ class JobEngine:
             by_job.setdefault(run.job_id, []).append(run)
         for job_id, left in playbook_jobs.items():
             job = await self.store.call(self.store.get_job, job_id)
-            reason = "the server restarted and cannot continue this kind of job"
+            reason = f"{why}: this kind of job cannot be continued"
             if job is not None and resume_playbook is not None:
                 try:
                     counts["resumed"] += await resume_playbook(job)
@@ -754,11 +913,16 @@ class JobEngine:
             job = await self.store.call(self.store.get_job, job_id)
             if job is None:
                 continue
+            kept = secretfile.load(self.secrets_dir, job_id)
+            if job.masked and not kept:
+                await self._unmaskable(runs)
+                await self._finish_job(job_id)
+                continue
             options = JobOptions(
                 timeout=job.timeout,
                 pending_timeout=job.pending_timeout,
                 forks=job.forks,
-                **secretfile.load(self.secrets_dir, job_id),
+                **kept,
             )
             targets = {}
             for run in runs:
@@ -774,12 +938,29 @@ class JobEngine:
             counts["resumed"] += len(runs)
         return counts
 
+    async def _unmaskable(self, runs: list[Run]) -> None:
+        """A taken-over job whose secrets its stopped server kept: its runs end, never unmasked."""
+        from easytask.store import cluster as rows
+
+        for run in runs:
+            assert run.id is not None
+            if run.server == OFFERED and not await self.store.call(
+                rows.retract, self.store, run.id, self.store.owner
+            ):
+                continue  # claimed meanwhile: that server ends it the same way
+            await self._finish(
+                run,
+                RunState.FAILED,
+                reason="the secrets masked in this job's output were kept by the server that "
+                "stopped; not continued (a command may still be running)",
+            )
+
     async def job_finished(self, job: Job) -> None:
         """Tell viewers and the finish hooks that a job reached its final state."""
         assert job.id is not None
         secretfile.drop(self.secrets_dir, job.id)  # nothing left to mask
         event = {"t": "job", "job": job.id, "state": job.state}
-        self.hub.publish(event, f"job:{job.id}", f"jobstate:{job.id}")
+        self._publish(event, (f"job:{job.id}", f"jobstate:{job.id}"))
         log.info("job %s %s", job.id, job.state, extra={"job": job.id, "state": job.state})
         for hook in self.on_job_finished:
             try:
@@ -801,7 +982,7 @@ class JobEngine:
 
     async def close(self) -> None:
         """Cancel jobs in flight (their runs are recorded as terminated)."""
-        tasks = list(self._jobs.values())
+        tasks = [*self._jobs.values(), *self._claimed_tasks]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -809,6 +990,9 @@ class JobEngine:
             _, late = await asyncio.wait(set(self._background_tasks), timeout=2)
             for task in late:
                 task.cancel()
+
+
+OFFER: Any = object()  # _wait_agent: the run was handed to the server that holds its agent
 
 
 def _call_hook(hook: Callable[[Run], None], run: Run) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from easytask.store.db import LogRow, Store
 
@@ -27,6 +28,7 @@ class LogWriter:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self.total_written = 0
+        self.on_written: list[Callable[[list[LogRow]], None]] = []  # after each stored batch
 
     @property
     def backlog(self) -> int:
@@ -76,6 +78,11 @@ class LogWriter:
             self._written += len(rows)
             self._written_bytes += sum(len(row[5]) for row in rows)
             self.total_written += len(rows)
+            for hook in self.on_written:
+                try:
+                    hook(rows)
+                except Exception:
+                    log.exception("a hook on stored lines failed")
             async with self._progress:
                 self._progress.notify_all()
 

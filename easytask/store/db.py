@@ -388,6 +388,7 @@ class Store:
             assert job.id is not None
             for run in runs:
                 run.job_id = job.id
+                run.server = run.server or job.server
                 s.add(run)
             s.flush()
             now = utcnow()
@@ -415,6 +416,7 @@ class Store:
                 agent=prev.agent,
                 command=prev.command,
                 attempt=attempt,
+                server=self.owner,
             )
             s.add(run)
             s.flush()
@@ -653,21 +655,21 @@ class Store:
             s.refresh(job)
             return job
 
-    def unfinished_runs(self) -> list[Run]:
+    def unfinished_runs(self, job_ids: Sequence[int] | None = None) -> list[Run]:
         """Runs not in a final state of this server's jobs, or of jobs no server owns (reconciled
-        when a server starts; another server's jobs are left to it)."""
+        when a server starts; another server's jobs are left to it); only of `job_ids` if given."""
         with self.session() as s:
-            return list(
-                s.exec(
-                    select(Run)
-                    .join(Job, col(Job.id) == col(Run.job_id))
-                    .where(
-                        col(Run.state).not_in(list(RunState.FINAL)),
-                        col(Job.server).in_(["", self.owner]),
-                    )
-                    .order_by(col(Run.id))
+            q = (
+                select(Run)
+                .join(Job, col(Job.id) == col(Run.job_id))
+                .where(
+                    col(Run.state).not_in(list(RunState.FINAL)),
+                    col(Job.server).in_(["", self.owner]),
                 )
             )
+            if job_ids is not None:
+                q = q.where(col(Run.job_id).in_(list(job_ids)))
+            return list(s.exec(q.order_by(col(Run.id))))
 
     def run_events(self, run_id: int) -> list[RunEvent]:
         """A run's timeline, oldest first."""

@@ -86,6 +86,7 @@ class Job(SQLModel, table=True):
     submitted_by: str = ""
     source: str = ""  # cli | console | schedule, plus the client address
     server: str = ""  # the server that runs it (its state dir's server.id); "" = any
+    masked: bool = False  # secrets masked in its output are kept by its server alone
     state: str = Field(default=RunState.QUEUED, index=True)
     timeout: float | None = None
     pending_timeout: float = 60.0
@@ -110,6 +111,9 @@ class Run(SQLModel, table=True):
     agent: str = ""
     command: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     state: str = Field(default=RunState.QUEUED)
+    # The server that executes the run: its job's server, another one that holds the run's
+    # agent, or OFFERED while it waits for one of those to claim it.
+    server: str = Field(default="", index=True)
     attempt: int = 1
     exit_code: int | None = None
     signal: str | None = None
@@ -122,6 +126,22 @@ class Run(SQLModel, table=True):
     truncated: bool = False
     dropped_bytes: int = 0
     dropped_lines: int = 0
+
+
+OFFERED = "*offered"  # Run.server of a run waiting for the server that holds its agent
+
+
+class ServerNode(SQLModel, table=True):
+    """A server process sharing the database; `seen_at` is its heartbeat."""
+
+    __tablename__ = "server_node"
+
+    id: str = Field(primary_key=True)  # the lasting id in STATE_DIR/server.id
+    process: str = ""  # host:pid
+    url: str = ""
+    agents: str = ""  # address agents connect to
+    started_at: datetime = Field(default_factory=utcnow, sa_type=TZ)
+    seen_at: datetime = Field(default_factory=utcnow, sa_type=TZ)
 
 
 class RunEvent(SQLModel, table=True):

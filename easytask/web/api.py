@@ -566,10 +566,11 @@ class Api:
         store = self.server.store
         rows = await store.call(store.list_agents)
         registry = self.server.registry
+        live = await self.server.live_servers()
         out = []
         for row in rows:
             info = registry.agents.get(row.name)
-            status = registry.status(info) if info else row.state
+            status = registry.row_status(row, live)
             out.append(
                 {
                     "name": row.name,
@@ -577,6 +578,7 @@ class Api:
                     "status": status,
                     "fingerprint": row.fingerprint,
                     "address": row.address,
+                    "server": row.server if row.connected else "",
                     "version": row.version,
                     "groups": [g for g in row.groups.split(",") if g],
                     "slots": row.slots,

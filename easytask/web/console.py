@@ -291,6 +291,7 @@ class Console:
         """Every agent with its live status, load and running count."""
         store = self.server.store
         registry = self.server.registry
+        live = await self.server.live_servers()
         out = []
         for row in await store.call(store.list_agents):
             info = registry.agents.get(row.name)
@@ -300,7 +301,7 @@ class Console:
                 {
                     "name": row.name,
                     "state": row.state,
-                    "status": registry.status(info) if info else row.state,
+                    "status": registry.row_status(row, live),
                     "address": row.address,
                     "version": row.version,
                     "last_seen": row.last_seen,

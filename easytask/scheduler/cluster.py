@@ -1,0 +1,381 @@
+"""Several servers on one PostgreSQL database: heartbeats, hand-offs, take-overs, shared live view.
+
+- Each server writes a heartbeat row (`server_node`) every `beat` seconds. A server whose
+  heartbeat is older than `dead_after` seconds (or that stopped and said so) is dead: the first
+  live server to lock its row takes its unfinished jobs and offers the runs it was executing to
+  whichever server now holds their agents, which re-attach to the commands the agents kept.
+- A run whose agent is held by another live server is offered (`run.server = OFFERED`); the
+  server holding the agent claims it with a row lock and executes it; the job's own server
+  follows it to its end (its forks limit, playbook flow and job result stay there).
+- `LISTEN/NOTIFY` on one channel carries what other servers need to know at once: offers, kill
+  requests, run and job state changes for their viewers, agents whose state changed, and the
+  line ranges just stored, which a server whose viewers watch that run reads from the database
+  and publishes to them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from easytask.store import cluster as rows
+from easytask.store.db import LogRow, Store
+from easytask.store.models import OFFERED, Run, RunState
+
+if TYPE_CHECKING:
+    from easytask.scheduler.agents import AgentRegistry
+    from easytask.scheduler.hub import LiveHub
+    from easytask.scheduler.jobs import JobEngine
+
+log = logging.getLogger("easytask.server")
+
+CHANNEL = "easytask"
+MAX_PAYLOAD = 7000  # PostgreSQL's limit is 8000 bytes
+
+
+class Cluster:
+    """This server's part in a group of servers sharing one PostgreSQL database."""
+
+    def __init__(
+        self,
+        store: Store,
+        engine: JobEngine,
+        registry: AgentRegistry,
+        hub: LiveHub,
+        node: str,
+        *,
+        beat: float = 2.0,
+        dead_after: float = 15.0,
+    ) -> None:
+        self.store = store
+        self.engine = engine
+        self.registry = registry
+        self.hub = hub
+        self.node = node
+        self.beat = beat
+        self.dead_after = dead_after
+        self.on_take_over: list[Callable[[str, list[int]], Awaitable[None]]] = []
+        self.on_fenced: list[Callable[[], None]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._outbox: asyncio.Queue[str] = asyncio.Queue()
+        self._claim_wake = asyncio.Event()
+        self._changed: dict[int, asyncio.Event] = {}
+        self._listening = asyncio.Event()
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self, url: str, agents: str, process: str) -> None:
+        """Join: heartbeat row, offer back runs claimed before a restart, start listening."""
+        await self.store.call(
+            rows.heartbeat,
+            self.store,
+            self.node,
+            first=True,
+            url=url,
+            agents=agents,
+            process=process,
+        )
+        back = await self.store.call(rows.orphaned_claims, self.store, self.node)
+        if back:
+            log.warning(
+                "%d run(s) this server had claimed for other servers are offered again", back
+            )
+        self._tasks = [
+            asyncio.create_task(self._listen(), name="cluster-listen"),
+            asyncio.create_task(self._send(), name="cluster-send"),
+            asyncio.create_task(self._heartbeats(), name="cluster-heartbeat"),
+            asyncio.create_task(self._claims(), name="cluster-claims"),
+        ]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10):
+                await self._listening.wait()
+        if back:
+            self.notify("offer")
+
+    def stop_claiming(self) -> None:
+        """This server is stopping: it takes no more runs from the others."""
+        for task in self._tasks:
+            if task.get_name() == "cluster-claims":
+                task.cancel()
+
+    async def close(self) -> None:
+        """Leave: mark the heartbeat old so another server takes what is left at once."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            await self.store.call(rows.leave, self.store, self.node)
+        except Exception as exc:
+            log.warning("could not record this server's stop: %s", exc)
+
+    # -- notifications ----------------------------------------------------------------------
+
+    def notify(self, kind: str, **data: Any) -> None:
+        """Tell the other servers something (sent in order by one task; never blocks)."""
+        payload = json.dumps({"k": kind, "s": self.node, **data}, separators=(",", ":"))
+        if len(payload.encode()) > MAX_PAYLOAD:
+            log.warning("cluster notice %s too large (%d bytes); not sent", kind, len(payload))
+            return
+        self._outbox.put_nowait(payload)
+
+    def relay(self, event: dict[str, Any], topics: tuple[str, ...]) -> None:
+        """Publish a state event to the viewers on the other servers too."""
+        if len(event.get("reason") or "") > 1000:
+            event = {**event, "reason": event["reason"][:1000] + "…"}
+        self.notify("hub", e=event, t=list(topics))
+
+    def lines_written(self, batch: list[LogRow]) -> None:
+        """After a batch of lines is stored: tell the others which line ranges they can read."""
+        ranges: dict[int, list[Any]] = {}
+        for row in batch:
+            run_id, seq = row[0], row[1]
+            span = ranges.get(run_id)
+            if span is None:
+                run = self.engine.live_run(run_id)
+                if run is None:
+                    continue
+                ranges[run_id] = [run_id, run.job_id, run.host, seq, seq]
+            else:
+                span[4] = seq
+        chunk: list[list[Any]] = []
+        size = 0
+        for span in ranges.values():
+            chunk.append(span)
+            size += len(span[2]) + 40
+            if size > MAX_PAYLOAD - 500:
+                self.notify("lines", r=chunk)
+                chunk, size = [], 0
+        if chunk:
+            self.notify("lines", r=chunk)
+
+    async def _send(self) -> None:
+        import psycopg
+
+        conn: Any = None
+        while True:
+            payload = await self._outbox.get()
+            while True:
+                try:
+                    if conn is None or conn.closed:
+                        conn = await psycopg.AsyncConnection.connect(
+                            self._conninfo(), autocommit=True
+                        )
+                    await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+                    break
+                except asyncio.CancelledError:
+                    if conn is not None:
+                        await conn.close()
+                    raise
+                except Exception as exc:
+                    log.warning("cluster notice not sent (%s); retrying", exc)
+                    conn = None
+                    await asyncio.sleep(1)
+
+    async def _listen(self) -> None:
+        import psycopg
+
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self._conninfo(), autocommit=True
+                ) as conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    self._listening.set()
+                    # anything missed while not listening: look for offers now
+                    self._claim_wake.set()
+                    async for note in conn.notifies():
+                        try:
+                            await self._received(json.loads(note.payload))
+                        except Exception:
+                            log.exception("cluster notice not handled: %.200s", note.payload)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("cluster listener lost its connection (%s); reconnecting", exc)
+                await asyncio.sleep(1)
+
+    def _conninfo(self) -> str:
+        url = self.store.engine.url.set(drivername="postgresql")
+        return url.render_as_string(hide_password=False)
+
+    async def _received(self, note: dict[str, Any]) -> None:
+        if note.get("s") == self.node:
+            return
+        kind = note.get("k")
+        if kind == "offer":
+            self._claim_wake.set()
+        elif kind == "hub":
+            event, topics = note["e"], tuple(note["t"])
+            self.hub.publish(event, *topics)
+            if event.get("t") == "run":
+                self._wake(int(event["run"]))
+        elif kind == "lines":
+            await self._relay_lines(note["r"])
+        elif kind == "kill":
+            by = str(note.get("by") or "?")
+            if note.get("run"):
+                self.engine.kill_run(int(note["run"]), by, local=True)
+            if note.get("job"):
+                self.engine.kill_job(int(note["job"]), by, local=True)
+        elif kind == "agent":
+            await self.registry.reload(str(note.get("name")))
+
+    async def _relay_lines(self, spans: list[list[Any]]) -> None:
+        for run_id, job_id, host, first, last in spans:
+            topics = (f"run:{run_id}", f"job:{job_id}")
+            if not self.hub.watched(*topics):
+                continue
+            lines = await self.store.call(
+                self.store.read_lines, run_id, after_seq=first - 1, limit=last - first + 1
+            )
+            for row in lines:
+                event = {
+                    "t": "line",
+                    "run": run_id,
+                    "host": host,
+                    "seq": row.seq,
+                    "ts": row.ts,
+                    "stream": row.stream,
+                    "level": row.level,
+                    "text": row.text,
+                }
+                self.hub.publish(event, *topics)
+
+    # -- heartbeats and take-overs ----------------------------------------------------------
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.beat)
+            try:
+                ok = await self.store.call(rows.heartbeat, self.store, self.node)
+            except Exception as exc:
+                log.warning("heartbeat not recorded: %s", exc)
+                continue
+            if not ok:
+                log.error(
+                    "this server was presumed dead (no heartbeat for %gs) and its work was taken "
+                    "over by another server; stopping",
+                    self.dead_after,
+                )
+                for fenced in self.on_fenced:
+                    fenced()
+                return
+            try:
+                taken = await self.store.call(
+                    rows.take_over, self.store, self.node, self.dead_after
+                )
+            except Exception as exc:
+                log.warning("could not check for stopped servers: %s", exc)
+                continue
+            for t in taken:
+                log.warning(
+                    "server %s stopped: took over %d job(s); %d of its %d run(s) in flight are "
+                    "offered to the servers holding their agents",
+                    t.server,
+                    len(t.jobs),
+                    t.offered,
+                    t.runs,
+                )
+                if t.jobs:
+                    for hook in self.on_take_over:
+                        await hook(t.server, t.jobs)
+                if t.offered:
+                    self.notify("offer")
+                    self._claim_wake.set()
+
+    # -- hand-offs --------------------------------------------------------------------------
+
+    async def holder(self, agent: str) -> str | None:
+        """The other live server holding the agent's link, if any."""
+        held = await self.store.call(rows.holder, self.store, agent, self.dead_after)
+        return held if held != self.node else None
+
+    async def live_servers(self) -> set[str]:
+        """Ids of the servers whose heartbeat is recent, this one included."""
+        found = await self.store.call(rows.nodes, self.store)
+        return {n.id for n in found if rows.alive(n, self.dead_after)} | {self.node}
+
+    async def offer(self, run: Run) -> bool:
+        """Hand the run to the server that holds its agent."""
+        assert run.id is not None
+        if not await self.store.call(rows.offer, self.store, run.id, self.node):
+            return False
+        run.server = OFFERED
+        self.notify("offer", agent=run.agent)
+        return True
+
+    def agent_online(self) -> None:
+        """An agent connected here: it may have runs waiting on offer."""
+        self._claim_wake.set()
+
+    async def _claims(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.beat):
+                    await self._claim_wake.wait()
+            self._claim_wake.clear()
+            online = [name for name, info in self.registry.agents.items() if info.online]
+            if not online:
+                continue
+            try:
+                claimed = await self.store.call(rows.claim, self.store, online, self.node)
+            except Exception as exc:
+                log.warning("could not claim offered runs: %s", exc)
+                continue
+            for run in claimed:
+                log.info("run %s on %s: claimed (its agent is held here)", run.id, run.host)
+                self.engine.execute_claimed(run)
+            if len(claimed) >= 500:
+                self._claim_wake.set()
+
+    async def follow(self, run: Run, kill: asyncio.Event, give_back_at: float | None) -> bool:
+        """Wait for a run another server executes: True once it ended (fields copied into `run`),
+        False when it is this server's to execute (it came back, unclaimed or taken over)."""
+        assert run.id is not None
+        asked_kill = False
+        changed = self._changed.setdefault(run.id, asyncio.Event())
+        try:
+            while True:
+                waits = [asyncio.ensure_future(changed.wait())]
+                if not asked_kill:
+                    waits.append(asyncio.ensure_future(kill.wait()))
+                try:
+                    await asyncio.wait(
+                        waits, timeout=self.beat, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    for w in waits:
+                        w.cancel()
+                changed.clear()
+                row = await self.store.call(self.store.get_run, run.id)
+                if row is None:
+                    return True
+                for name in Run.model_fields:
+                    setattr(run, name, getattr(row, name))
+                if row.state in RunState.FINAL:
+                    return True
+                if self.engine.executes_here(row):
+                    return False
+                if kill.is_set() and not asked_kill:
+                    asked_kill = True
+                    self.notify("kill", run=run.id, by=self.engine.killed_by(run.id))
+                late = give_back_at is not None and time.monotonic() >= give_back_at
+                if (
+                    row.server == OFFERED
+                    and (kill.is_set() or late)
+                    and await self.store.call(rows.retract, self.store, run.id, self.node)
+                ):
+                    run.server = self.node
+                    return False
+        finally:
+            self._changed.pop(run.id, None)
+
+    def _wake(self, run_id: int) -> None:
+        changed = self._changed.get(run_id)
+        if changed is not None:
+            changed.set()
