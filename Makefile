@@ -10,8 +10,9 @@ STAMP  := $(VENV)/.installed
 # `make test` runs a subset that calls every Store method (tests/test_store.py) and the server
 # paths that differ by backend: migrations, several servers, search input, audit chain, retention,
 # secrets, tokens, restarts and re-attach, large output. `make test-pg` runs every server-level
-# test file. Tests marked `sqlite` handle the SQLite file itself. See docs/operations.md.
-PG_TESTS := tests/test_store.py tests/test_migrations.py tests/test_multiserver.py \
+# test file. Tests marked `sqlite` handle the SQLite file itself; tests/test_multiserver.py starts
+# its servers on PostgreSQL itself and runs in the first pass. See docs/operations.md.
+PG_TESTS := tests/test_store.py tests/test_migrations.py \
 	tests/test_adhoc.py tests/test_attacks.py tests/test_audit.py tests/test_retention.py \
 	tests/test_secrets.py tests/test_security.py tests/test_reliability.py
 PG_TESTS_ALL := $(PG_TESTS) tests/test_agents.py tests/test_auth.py tests/test_console.py \
