@@ -427,11 +427,16 @@ class Server:
         path = self.state_dir / "admin.token"
         if path.exists():
             return path.read_text().strip()
+        existing = await self.store.call(self.store.get_user, "admin")
         await self.store.call(self.store.ensure_user, "admin", "admin")
         token = await self.store.call(self.store.create_api_token, "admin", "initial admin token")
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(token + "\n")
+        if existing is not None and existing.password_hash:
+            # another server on this database set the admin up: its password stays the one
+            log.info("the admin user exists already (another server): no admin.password written")
+            return token
         password = secrets.token_urlsafe(12)
         fd = os.open(
             self.state_dir / "admin.password", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600
