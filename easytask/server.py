@@ -106,6 +106,7 @@ class Server:
         self._inventory_stamp: Any = None
         self._stop = asyncio.Event()
         self.cluster: Cluster | None = None
+        self.fenced = False  # another server took this one's work over: stop, exit 1
         self.http_port = 0
         self.agents_port = 0
 
@@ -370,7 +371,7 @@ class Server:
         self.registry.on_online.append(lambda _name: cluster.agent_online())
         self.registry.on_changed.append(lambda name: cluster.notify("agent", name=name))
         self.writer.on_written.append(cluster.lines_written)
-        cluster.on_fenced.append(self.stop)
+        cluster.on_fenced.append(self._fenced)
 
         async def take_over(server: str, jobs: list[int]) -> None:
             await self.engine.resume(
@@ -380,6 +381,13 @@ class Server:
         cluster.on_take_over.append(take_over)
         await cluster.start(self.http_url, agents_addr, self.server_id)
         self.cluster = cluster
+
+    def _fenced(self) -> None:
+        # The server that took over re-attached from what was stored: lines still buffered
+        # here would be stored twice, so they are dropped, and this process stops.
+        self.fenced = True
+        self.writer.fence()
+        self.stop()
 
     async def live_servers(self) -> set[str]:
         """Ids of the servers sharing the database whose heartbeat is recent (this one too)."""
@@ -513,4 +521,4 @@ async def serve(config: ServerConfig) -> int:
     finally:
         log.info("stopping")
         await server.close()
-    return 0
+    return 1 if server.fenced else 0

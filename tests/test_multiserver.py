@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -305,3 +306,51 @@ def test_a_schedule_fires_once_across_two_servers(
     assert (job_id,) in jobs and len(jobs) == len(again)
     assert a.wait_job(job_id)["job"]["state"] == "success"
     assert b.get(f"/api/jobs/{job_id}")["job"]["state"] == "success"
+
+
+@pytest.mark.postgres
+def test_a_server_presumed_dead_stops_when_it_wakes_up(
+    postgres: PostgresCluster,
+    start_server: ServerFactory,
+    start_agent: AgentFactory,
+    tmp_path: Path,
+) -> None:
+    """Server B frozen (SIGSTOP) past the timeout: A takes its job over; B, thawed, finds its
+    heartbeat row gone and exits 1 without storing anything twice."""
+    url = postgres.new_database()
+    a_port = free_port()
+    a = start_server(
+        None,
+        "--db",
+        url,
+        "--server-timeout",
+        "3s",
+        state_dir=tmp_path / "a",
+        agents=f"127.0.0.1:{a_port}",
+    )
+    b = _second_server(
+        start_server,
+        a,
+        url,
+        tmp_path / "b",
+        "--server-timeout",
+        "3s",
+    )
+    assert (a.state_dir / "admin.password").exists()
+    assert not (b.state_dir / "admin.password").exists()  # the admin's password is A's
+    b_agents = b.agents_addr
+    start_agent(b, "frozen1", "--server", f"{b_agents},127.0.0.1:{a_port}")
+    job = b.submit("frozen1", "for i in $(seq 1 25); do echo f-$i; sleep 0.2; done")
+    job_id, run_id = job["job"]["id"], job["runs"][0]["id"]
+    wait_until(lambda: len(b.log_lines(run_id)) >= 3, timeout=30, what="first lines on B")
+    b.proc.signal(signal.SIGSTOP)
+    try:
+        # the agent's keepalives to the frozen B fail: it moves to A, which takes the job over
+        final = a.wait_job(job_id, timeout=120)
+    finally:
+        b.proc.signal(signal.SIGCONT)
+    assert final["job"]["state"] == "success", final
+    wait_until(lambda: not b.proc.alive(), timeout=60, what="B stopped after waking up")
+    assert b.proc.popen.returncode == 1
+    assert "presumed dead" in b.proc.output()
+    assert [ln["text"] for ln in a.log_lines(run_id)] == [f"f-{i}" for i in range(1, 26)]

@@ -485,7 +485,7 @@ class JobEngine:
         said = timeout if said is None else said
         info = self.registry.agents.get(run.host)
         if info is None or not info.online:
-            if offer is not None and self.cluster is not None:
+            if offer is not None and self.cluster is not None and not live.kill.is_set():
                 holder = await self.cluster.holder(run.host)
                 if holder is not None and await self._offer(run, offer):
                     await self._event(run, "handed over", f"agent {run.host} is held by {holder}")

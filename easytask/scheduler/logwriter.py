@@ -27,6 +27,7 @@ class LogWriter:
         self._progress = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._fenced = False
         self.total_written = 0
         self.on_written: list[Callable[[list[LogRow]], None]] = []  # after each stored batch
 
@@ -40,8 +41,18 @@ class LogWriter:
         """Text bytes accepted but not yet stored."""
         return self._added_bytes - self._written_bytes
 
+    def fence(self) -> None:
+        """Another server took over this one's runs (and re-read their output from the agents):
+        drop what is buffered and store nothing more."""
+        self._fenced = True
+        self._added -= len(self._rows)
+        self._added_bytes -= sum(len(row[5]) for row in self._rows)
+        self._rows = []
+
     def add(self, rows: list[LogRow]) -> None:
         """Queue lines for storage (never blocks)."""
+        if self._fenced:
+            return
         self._rows.extend(rows)
         self._added += len(rows)
         self._added_bytes += sum(len(row[5]) for row in rows)
