@@ -354,3 +354,50 @@ def test_a_server_presumed_dead_stops_when_it_wakes_up(
     assert b.proc.popen.returncode == 1
     assert "presumed dead" in b.proc.output()
     assert [ln["text"] for ln in a.log_lines(run_id)] == [f"f-{i}" for i in range(1, 26)]
+
+
+@pytest.mark.postgres
+def test_a_playbook_on_one_server_drives_tasks_executed_by_another(
+    postgres: PostgresCluster,
+    start_server: ServerFactory,
+    start_agent: AgentFactory,
+    tmp_path: Path,
+) -> None:
+    """A playbook submitted to A whose agent B holds: retries, `needs` and `results` work as on
+    one server (the output B stored is what A's templates read)."""
+    url = postgres.new_database()
+    a = start_server(None, "--db", url, state_dir=tmp_path / "a")
+    b = _second_server(start_server, a, url, tmp_path / "b")
+    start_agent(b, "pb1")
+    wait_until(lambda: a.agent_status("pb1") == "online", timeout=30, what="seen from A")
+    counter = tmp_path / "count"
+    book = write(
+        tmp_path / "chain.yml",
+        f"""\
+        name: chain
+        hosts: pb1
+        tasks:
+          - name: first
+            retries: 2
+            retry_delay: 0.2s
+            shell: |
+              n=$(cat {counter} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {counter}
+              echo token-$n
+              [ $n -ge 2 ]
+          - name: second
+            needs: first
+            shell: echo got {{{{ results.first.stdout | quote }}}}
+        """,
+    )
+    result = a.cli("play", str(book), "--format", "json", timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    runs = sorted(json.loads(result.stdout)["runs"], key=lambda r: (r["task"], r["attempt"]))
+    assert [(r["task"], r["attempt"], r["state"]) for r in runs] == [
+        ("first", 1, "failed"),
+        ("first", 2, "success"),
+        ("second", 1, "success"),
+    ]
+    assert [ln["text"] for ln in a.log_lines(runs[2]["id"])] == ["got token-2"]
+    b_id = (tmp_path / "b" / "server.id").read_text().strip()
+    ids = ",".join(str(r["id"]) for r in runs)
+    assert db_execute(url, f"SELECT DISTINCT server FROM run WHERE id IN ({ids})") == [(b_id,)]
