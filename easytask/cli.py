@@ -166,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="output kept per run in the spool before the rest is cut (default 2G)",
     )
     a.add_argument(
+        "--supervisor-idle",
+        type=_duration,
+        default=60.0,
+        help="the process that runs commands exits after this long without runs and starts "
+        "again with the next one (default 60s; 0 keeps it)",
+    )
+    a.add_argument(
         "--run-as",
         metavar="USER",
         help="run commands and file transfers as this user (EASYTASK_AGENT_RUN_AS)",
@@ -465,6 +472,7 @@ def cmd_agent(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         keepalive_count=args.keepalive_count,
         backoff_max=args.backoff_max,
         spool_cap=args.spool_cap,
+        supervisor_idle=args.supervisor_idle,
         run_as=args.run_as or env.get("EASYTASK_AGENT_RUN_AS") or None,
         allow=args.allow + _allow_file(args.allow_file or env.get("EASYTASK_AGENT_ALLOW_FILE")),
         files=not (args.no_files or env.get("EASYTASK_AGENT_NO_FILES", "") in ("1", "true")),

@@ -147,3 +147,45 @@ def test_run_one_picks_least_busy_and_slots_are_respected(
     spans = sorted((d["runs"][0]["started_at"], d["runs"][0]["finished_at"]) for d in datas)
     assert spans[0][1] <= spans[1][0]  # no overlap
     server.post(f"/api/jobs/{busy['job']['id']}/kill")
+
+
+def _supervisors_of(pid: int) -> list[int]:
+    """Child processes of `pid` that are agent supervisors."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rpartition(")")[2].split()[1])
+        if ppid == pid and b"easytask.agent.supervisor" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def test_idle_supervisor_exits_and_the_next_run_starts_a_new_one(
+    start_server: ServerFactory, start_agent: AgentFactory
+) -> None:
+    """No supervisor before the first run; it exits after --supervisor-idle without runs (an
+    idle agent is one process), never while a run is going, and the next run starts another."""
+    server = start_server()
+    agent = start_agent(server, "lean", "--supervisor-idle", "2s")
+    assert _supervisors_of(agent.pid) == []
+    job = server.submit("lean", "sleep 4; echo slow-done")
+    (first,) = wait_until(lambda: _supervisors_of(agent.pid), timeout=20, what="supervisor")
+    assert server.wait_job(job["job"]["id"])["job"]["state"] == "success"
+    # the 4 s run outlived the 2 s idle time: the supervisor was kept while it ran
+    assert [ln["text"] for ln in server.log_lines(job["runs"][0]["id"])] == ["slow-done"]
+    wait_until(lambda: _supervisors_of(agent.pid) == [], timeout=20, what="idle supervisor exit")
+    assert (
+        not Path(f"/proc/{first}").exists()
+        or b"zombie" in Path(f"/proc/{first}/status").read_bytes()
+    )
+    again = server.submit("lean", "echo again")
+    assert server.wait_job(again["job"]["id"])["job"]["state"] == "success"
+    assert [ln["text"] for ln in server.log_lines(again["runs"][0]["id"])] == ["again"]
+    (second,) = _supervisors_of(agent.pid)
+    assert second != first

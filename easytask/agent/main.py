@@ -46,6 +46,7 @@ class AgentConfig:
     backoff_max: float = 30.0
     grace: float = 5.0
     spool_cap: int = 2 << 30
+    supervisor_idle: float = 60.0  # seconds without runs before the supervisor exits (0: never)
     run_as: str | None = None  # see easytask.agent.policy
     allow: list[str] = field(default_factory=list)
     files: bool = True
@@ -108,7 +109,12 @@ class Agent:
         self.host_key = load_or_create_key(self.state_dir / "host_key")
         self.pinned_path = self.state_dir / "server_keys"
         self.policy = make_policy(config.run_as, config.allow, config.files, config.slots)
-        self.runner = Runner(self.state_dir, cap=config.spool_cap, run_as=self.policy.run_as)
+        self.runner = Runner(
+            self.state_dir,
+            cap=config.spool_cap,
+            run_as=self.policy.run_as,
+            supervisor_idle=config.supervisor_idle,
+        )
         self.runner.collect_garbage()
         self.connected = asyncio.Event()
         self._stop = asyncio.Event()

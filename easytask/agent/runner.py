@@ -44,8 +44,10 @@ class Job:
 class SupervisorProcess:
     """The agent process's supervisor (`easytask.agent.supervisor`), started on first use."""
 
-    def __init__(self, log_path: Path) -> None:
+    def __init__(self, log_path: Path, idle_exit: float = 60.0) -> None:
         self.log_path = log_path
+        self.idle_exit = idle_exit  # without runs this long, it exits (0: never)
+        self._idle: asyncio.TimerHandle | None = None
         self.proc: asyncio.subprocess.Process | None = None
         self.pending: deque[asyncio.Future[int]] = deque()
         self.watchers: dict[str, Job] = {}  # spool dir -> the run told about its records
@@ -54,6 +56,9 @@ class SupervisorProcess:
 
     async def start_run(self, spool_dir: Path, spec: dict[str, Any], job: Job) -> int:
         """Have the supervisor start one run; the command's process group."""
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
         proc = await self._ensure()
         assert proc.stdin is not None
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -63,11 +68,26 @@ class SupervisorProcess:
         try:
             return await fut
         except BaseException:
-            self.watchers.pop(str(spool_dir), None)
+            self.forget(spool_dir)
             raise
 
     def forget(self, spool_dir: Path) -> None:
         self.watchers.pop(str(spool_dir), None)
+        if not self.watchers and not self.pending and self.idle_exit > 0 and self._idle is None:
+            loop = asyncio.get_running_loop()
+            self._idle = loop.call_later(self.idle_exit, self._exit_if_idle)
+
+    def _exit_if_idle(self) -> None:
+        """No run for a while: let the supervisor go (an idle agent is one process); the next
+        run starts a new one.  Closing its stdin is how it is told: it takes no more runs."""
+        self._idle = None
+        proc = self.proc
+        if self.watchers or self.pending or proc is None or self._starting.locked():
+            return
+        self.proc = None
+        self._reader = None
+        if proc.stdin is not None and proc.returncode is None:
+            proc.stdin.close()
 
     async def _ensure(self) -> asyncio.subprocess.Process:
         async with self._starting:
@@ -105,24 +125,29 @@ class SupervisorProcess:
                 else:
                     fut.set_exception(OSError(rest or "the supervisor refused"))
         finally:
-            self._reader = None
-            while self.pending:
-                fut = self.pending.popleft()
-                if not fut.done():
-                    fut.set_exception(OSError("the agent's supervisor process exited"))
-            for job in self.watchers.values():
-                job.poked.set()  # their watchers fall back to reading the spools
+            # (an idle supervisor that was let go leaves nothing waiting for it)
+            if self.proc is proc:
+                self._gone()
+
+    def _gone(self) -> None:
+        self._reader = None
+        while self.pending:
+            fut = self.pending.popleft()
+            if not fut.done():
+                fut.set_exception(OSError("the agent's supervisor process exited"))
+        for job in self.watchers.values():
+            job.poked.set()  # their watchers fall back to reading the spools
 
 
 _supervisors: dict[asyncio.AbstractEventLoop, SupervisorProcess] = {}
 
 
-def supervisor_process(log_path: Path) -> SupervisorProcess:
+def supervisor_process(log_path: Path, idle_exit: float = 60.0) -> SupervisorProcess:
     """The supervisor of this process (one per event loop, shared by its agents)."""
     loop = asyncio.get_running_loop()
     found = _supervisors.get(loop)
     if found is None:
-        found = _supervisors[loop] = SupervisorProcess(log_path)
+        found = _supervisors[loop] = SupervisorProcess(log_path, idle_exit)
     return found
 
 
@@ -135,7 +160,9 @@ class Runner:
         cap: int = DEFAULT_CAP,
         cwd: str | None = None,
         run_as: Account | None = None,
+        supervisor_idle: float = 60.0,
     ) -> None:
+        self.supervisor_idle = supervisor_idle
         self.root = state_dir / "spool"
         self.root.mkdir(parents=True, exist_ok=True)
         self.cap = cap
@@ -170,7 +197,7 @@ class Runner:
         if self.run_as is not None and self.run_as.uid != os.geteuid():
             spec["user"] = self.run_as.spec()
         job = Job(key=key)
-        supervisor = supervisor_process(self.root.parent / "supervisor.log")
+        supervisor = supervisor_process(self.root.parent / "supervisor.log", self.supervisor_idle)
         try:
             await supervisor.start_run(spool.dir, spec, job)  # `out` exists once it answers
         except BaseException:
