@@ -24,6 +24,8 @@ def test_agent_enrolled_by_token_comes_online(
     assert agent["fingerprint"].startswith("SHA256:")
     assert agent["facts"]["cpus"] >= 1
     assert set(agent["facts"]) >= {"hostname", "os", "cpus", "load", "version"}
+    # agent links prefer AES-GCM (cheaper per packet than chacha20-poly1305 in asyncssh)
+    assert "agent alpha online from 127.0.0.1 (aes256-gcm@openssh.com)" in server.proc.output()
 
 
 def test_agent_without_token_waits_pending_until_accepted(

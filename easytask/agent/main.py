@@ -20,7 +20,7 @@ from easytask import __version__
 from easytask.agent import facts, sftp
 from easytask.agent.policy import make_policy
 from easytask.agent.runner import CHUNK, Runner
-from easytask.transport.control import SESSION_OP, SUBSYSTEM
+from easytask.transport.control import LINK_CIPHERS, SESSION_OP, SUBSYSTEM
 from easytask.transport.executor import STATS_SIGNAL
 from easytask.transport.keys import load_or_create_key
 
@@ -377,6 +377,7 @@ class Agent:
             allow_scp=False,
             keepalive_interval=self.config.keepalive_interval,
             keepalive_count_max=self.config.keepalive_count,
+            encryption_algs=LINK_CIPHERS,
             config=None,
             login_timeout=30,
             connect_timeout=15,

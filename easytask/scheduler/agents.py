@@ -192,7 +192,12 @@ class AgentRegistry:
         info.slots, info.groups, info.facts = fresh.slots, fresh.groups, fresh.facts
         info.link = link
         info.last_seen = time.monotonic()
-        log.info("agent %s online from %s", name, link.addr)
+        log.info(
+            "agent %s online from %s (%s)",
+            name,
+            link.addr,
+            link.conn.get_extra_info("send_cipher") or "?",
+        )
         await self._notify()
         self._publish(name)
         for hook in self.on_online:

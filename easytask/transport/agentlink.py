@@ -137,6 +137,7 @@ class AgentListener:
             username="easytask",
             keepalive_interval=self.keepalive_interval,
             keepalive_count_max=self.keepalive_count,
+            encryption_algs=control.LINK_CIPHERS,
             login_timeout=30,
             backlog=1024,
         )
