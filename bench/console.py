@@ -8,7 +8,7 @@
 Everything runs against a real `easytask server` and a real `easytask agent` on loopback:
 - live: one run prints RATE lines/s for SECONDS seconds, each line carrying the time it was
   printed (one clock: same machine); VIEWERS clients follow `GET /api/runs/{id}/events` with a
-  bearer token (httpx, async, spread over --viewer-procs processes). Latency is the time a
+  bearer token (plain asyncio HTTP/1.1 streams, spread over --viewer-procs processes). Latency is the time a
   viewer received a line minus the time it was printed; the line's `ts` (stamped by the server
   when the line arrived from the agent) splits it into agent -> server and server -> viewer.
 - big log: a run whose log is LINES lines (the first printed by the agent, the rest appended to
@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -218,48 +219,71 @@ def agent_pid(procs: Procs, name: str) -> int:
 async def follow_run(
     url: str, token: str, run_id: int, count: int, ready: Path, timeout: float
 ) -> list[dict[str, Any]]:
-    """`count` SSE viewers of one run; each returns its (printed, server ts, received) samples."""
-    opened = 0
-    limits = httpx.Limits(max_connections=count + 4, max_keepalive_connections=count + 4)
-    async with httpx.AsyncClient(
-        base_url=url,
-        headers={"authorization": f"Bearer {token}"},
-        timeout=httpx.Timeout(timeout, connect=60),
-        limits=limits,
-    ) as client:
+    """`count` SSE viewers of one run; each returns its (printed, server ts, received) samples.
 
-        async def viewer() -> dict[str, Any]:
-            nonlocal opened
-            printed: list[float] = []
-            stamped: list[float] = []
-            received: list[float] = []
-            seqs: list[int] = []
+    Each viewer is a plain HTTP/1.1 connection read with asyncio streams (chunked transfer
+    decoded by hand): on a 2-core machine the viewers share the CPUs with the server, and a
+    general HTTP client costs several times more per received chunk than the server does to
+    send it, which would show up as the server's latency.
+    """
+    opened = 0
+    parsed = urlsplit(url)
+    host, port = parsed.hostname or "127.0.0.1", parsed.port or 80
+    request = (
+        f"GET /api/runs/{run_id}/events HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Authorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
+    ).encode()
+
+    async def viewer() -> dict[str, Any]:
+        nonlocal opened
+        printed: list[float] = []
+        stamped: list[float] = []
+        received: list[float] = []
+        seqs: list[int] = []
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 60)
+        try:
+            writer.write(request)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+            status = head.split(b"\r\n", 1)[0]
+            if b" 200 " not in status:
+                raise RuntimeError(f"viewer got {status.decode(errors='replace')}")
+            chunked = b"transfer-encoding: chunked" in head.lower()
             buf = b""
             first = True
-            async with client.stream("GET", f"/api/runs/{run_id}/events") as resp:
-                resp.raise_for_status()
-                async for chunk in resp.aiter_raw():
-                    now = time.time()
-                    if first:
-                        first = False
-                        opened += 1
-                        if opened == count:
-                            ready.write_text("ready")
-                    buf += chunk
-                    cut = buf.rfind(b"\n\n")
-                    if cut < 0:
-                        continue
-                    complete, buf = buf[: cut + 2], buf[cut + 2 :]
-                    for m in LINE_EVENT.finditer(complete):
-                        seqs.append(int(m.group(1)))
-                        stamped.append(float(m.group(2)))
-                        printed.append(float(m.group(3)))
-                        received.append(now)
-                    if b'"t":"end"' in complete:
+            done = False
+            while not done:
+                if chunked:
+                    size = int((await asyncio.wait_for(reader.readline(), timeout)).strip(), 16)
+                    if size == 0:
                         break
-            return {"printed": printed, "ts": stamped, "received": received, "seqs": seqs}
+                    chunk = await reader.readexactly(size + 2)
+                    chunk = chunk[:-2]
+                else:
+                    chunk = await asyncio.wait_for(reader.read(65536), timeout)
+                    if not chunk:
+                        break
+                now = time.time()
+                if first:
+                    first = False
+                    opened += 1
+                    if opened == count:
+                        ready.write_text("ready")
+                buf += chunk
+                cut = buf.rfind(b"\n\n")
+                if cut < 0:
+                    continue
+                complete, buf = buf[: cut + 2], buf[cut + 2 :]
+                for m in LINE_EVENT.finditer(complete):
+                    seqs.append(int(m.group(1)))
+                    stamped.append(float(m.group(2)))
+                    printed.append(float(m.group(3)))
+                    received.append(now)
+                done = b'"t":"end"' in complete
+        finally:
+            writer.close()
+        return {"printed": printed, "ts": stamped, "received": received, "seqs": seqs}
 
-        return list(await asyncio.gather(*(viewer() for _ in range(count))))
+    return list(await asyncio.gather(*(viewer() for _ in range(count))))
 
 
 def viewer_worker(spec: str) -> int:
@@ -883,7 +907,7 @@ def render_variant(args: argparse.Namespace, result: VariantResult) -> list[str]
             "",
             f"One run prints {live.rate:g} lines/s for {live.seconds:g} s ({live.lines:,} lines, "
             f"each with its print time); {live.viewers} viewers follow `GET /api/runs/ID/events` "
-            f"(httpx, bearer token, {args.viewer_procs} client processes). Latency = received - "
+            f"(asyncio HTTP/1.1 streams, bearer token, {args.viewer_procs} client processes). Latency = received - "
             "printed; the server's `ts` of each line splits it in two.",
             "",
             "| | p50 ms | p99 ms | max ms |",
