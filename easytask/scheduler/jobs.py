@@ -343,14 +343,9 @@ class JobEngine:
             if deadline is not None and started:
                 wait_for = min(wait_for, max(deadline - time.monotonic(), 0) + options.grace)
             patience = wait_for if started else max(pending_until - time.monotonic(), 0.0)
-            info = await self._wait_agent(
-                run,
-                live,
-                patience,
-                started,
-                offer=store_what_came if can_offer else None,
-                said=wait_for,
-            )
+            # an offer taken back after the pending time is not made again: the run ends here
+            offer = store_what_came if can_offer and (started or patience > 0) else None
+            info = await self._wait_agent(run, live, patience, started, offer=offer, said=wait_for)
             if info is OFFER:
                 return time.monotonic() + wait_for if started else pending_until
             if info is None:
