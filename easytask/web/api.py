@@ -389,6 +389,9 @@ class Api:
         if await store.call(store.get_job, job_id) is None:
             raise APIError(f"no job {job_id}", status=404)
         count = self.server.engine.kill_job(job_id, user.name)
+        if self.server.cluster is not None:  # the other servers were asked too: count them all
+            runs = await store.call(store.job_runs, job_id)
+            count = max(count, sum(r.state not in RunState.FINAL for r in runs))
         await self.audit(user, "job.kill", request, {"job": job_id, "runs_asked": count})
         return JSONResponse({"job": job_id, "killed": count})
 
@@ -553,7 +556,9 @@ class Api:
             raise APIError(f"no run {run_id}", status=404)
         if run.state in RunState.FINAL:
             raise APIError(f"run {run_id} already ended ({run.state})", status=409)
-        killed = self.server.engine.kill_run(run_id, user.name)
+        killed = self.server.engine.kill_run(run_id, user.name) or (
+            self.server.cluster is not None  # asked of the server that executes it
+        )
         await self.audit(
             user, "run.kill", request, {"run": run_id, "job": run.job_id, "host": run.host}
         )
