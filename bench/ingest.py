@@ -147,7 +147,7 @@ def raw_sqlite(root: Path, n: int, variant: str) -> dict[str, Any]:
         if variant == "fts":
             db.execute(
                 "CREATE VIRTUAL TABLE log_fts USING fts5(text, content='log_line', "
-                "content_rowid='id')"
+                "content_rowid='id', columnsize=0)"
             )
         db.commit()
         batches = list(rows_for(1, n))
