@@ -285,7 +285,8 @@ compares that with raw `sqlite3` inserts on the same disk in the same run:
 - **`Store.write_lines` alone**: the store's batch insert, called directly with the same rows in
   batches of 2,000 (the log writer's batch).
 - **raw sqlite3**: `executemany` in the same batches and the same WAL mode into a table with the
-  same columns and indexes, with and without an FTS5 index like the store's, and into a bare table.
+  same columns and indexes, with and without an FTS5 index like the store's (external content,
+  `columnsize=0`), and into a bare table.
 
 Run it with `.venv/bin/python bench/ingest.py --write`; `--quick` prints 20,000 lines."""
 
