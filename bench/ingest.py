@@ -147,7 +147,7 @@ def raw_sqlite(root: Path, n: int, variant: str) -> dict[str, Any]:
         if variant == "fts":
             db.execute(
                 "CREATE VIRTUAL TABLE log_fts USING fts5(text, content='log_line', "
-                "content_rowid='id')"
+                "content_rowid='id', columnsize=0)"
             )
         db.commit()
         batches = list(rows_for(1, n))
@@ -285,7 +285,8 @@ compares that with raw `sqlite3` inserts on the same disk in the same run:
 - **`Store.write_lines` alone**: the store's batch insert, called directly with the same rows in
   batches of 2,000 (the log writer's batch).
 - **raw sqlite3**: `executemany` in the same batches and the same WAL mode into a table with the
-  same columns and indexes, with and without an FTS5 index like the store's, and into a bare table.
+  same columns and indexes, with and without an FTS5 index like the store's (external content,
+  `columnsize=0`), and into a bare table.
 
 Run it with `.venv/bin/python bench/ingest.py --write`; `--quick` prints 20,000 lines."""
 

@@ -219,3 +219,44 @@ def test_a_database_one_revision_behind_is_refused_then_upgraded(
     assert server.get("/api/runs")["runs"] == []
     rows = db_execute(url, "SELECT server FROM job")
     assert rows == []
+
+
+def test_revision_0005_reindexes_the_lines_already_stored(tmp_path: Path) -> None:
+    """Lines stored before 0005 are found through the rebuilt index, and new lines are indexed."""
+    from easytask.store.models import Job, Run
+
+    url = sqlite_url(tmp_path / "easytask.db")
+    engine = make_engine(url)
+    upgrade(engine, "0004")
+    engine.dispose()
+    store = Store(url)
+    try:
+        _, (run,) = store.create_job(Job(command="x"), [Run(host="h", command="x")])
+        assert run.id is not None
+        store.write_lines(
+            [(run.id, i, 0.0, "stdout", "INFO", f"old line{i}") for i in range(1, 1201)]
+        )
+        store.create_schema()
+        assert store.schema_state().current == head_revision()
+        store.write_lines(
+            [(run.id, i, 0.0, "stdout", "INFO", f"new line{i}") for i in range(1201, 1301)]
+        )
+    finally:
+        store.close()
+    (definition,) = db_execute(url, "SELECT sql FROM sqlite_master WHERE name = 'log_fts'")[0]
+    assert "columnsize=0" in definition
+    db_execute(url, "INSERT INTO log_fts(log_fts) VALUES ('integrity-check')")
+
+    def matched(query: str) -> list[int]:
+        rows = db_execute(
+            url,
+            "SELECT l.seq FROM log_fts JOIN log_line AS l ON l.id = log_fts.rowid "
+            "WHERE log_fts MATCH :q ORDER BY l.seq",
+            {"q": query},
+        )
+        return [seq for (seq,) in rows]
+
+    assert matched("line7") == [7]
+    assert matched("line1250") == [1250]
+    assert matched("old") == list(range(1, 1201))
+    assert matched("new") == list(range(1201, 1301))

@@ -307,17 +307,8 @@ class Agent:
         try:
             async for batch in self.runner.follow(key, after):
                 # consecutive records of one stream go out in one write, one drain per batch
-                stream = batch[0].stream
-                chunk = bytearray()
-                for rec in batch:
-                    if rec.stream != stream:
-                        (process.stderr if stream == "stderr" else process.stdout).write(
-                            bytes(chunk)
-                        )
-                        chunk.clear()
-                        stream = rec.stream
-                    chunk += rec.data
-                (process.stderr if stream == "stderr" else process.stdout).write(bytes(chunk))
+                for stream, data in batch:
+                    (process.stderr if stream == "stderr" else process.stdout).write(data)
                 await process.stdout.drain()
                 await process.stderr.drain()
         except (asyncssh.Error, OSError, BrokenPipeError):

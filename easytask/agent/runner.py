@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from easytask.agent.policy import Account
-from easytask.agent.spool import Record, RecordReader, Spool
+from easytask.agent.spool import RecordReader, Spool
 
 log = logging.getLogger("easytask.agent")
 
@@ -233,8 +233,9 @@ class Runner:
             job.version += 1
             job.changed.notify_all()
 
-    async def follow(self, key: str, after_seq: int) -> AsyncIterator[list[Record]]:
-        """Batches of records with seq > after_seq, live until the run ends.
+    async def follow(self, key: str, after_seq: int) -> AsyncIterator[list[tuple[str, bytes]]]:
+        """Batches of records with seq > after_seq, live until the run ends; a batch is a list of
+        (stream, data) runs of consecutive records of one stream, their data joined.
 
         The first line after a quiet spell goes out at once; while a run keeps printing, what
         it prints within `GATHER` seconds of the last batch goes out as one batch (one SSH
@@ -255,7 +256,7 @@ class Runner:
                 seen = job.version if job else 0
                 data = fh.read(READ)
                 if data:
-                    batch = [rec for rec in reader.feed(data) if rec.seq > after_seq]
+                    batch = reader.feed_runs(data, after_seq)
                     if batch:
                         yield batch
                         # a full read means a backlog (a replay): no pause until it is sent
@@ -263,9 +264,7 @@ class Runner:
                     continue
                 if spool.exit_info() is not None:
                     rest = fh.read()
-                    batch = (
-                        [rec for rec in reader.feed(rest) if rec.seq > after_seq] if rest else []
-                    )
+                    batch = reader.feed_runs(rest, after_seq) if rest else []
                     if batch:
                         yield batch
                     return

@@ -36,6 +36,15 @@ class Record:
         return HEADER.pack(self.seq, STREAM_CODES[self.stream], len(self.data)) + self.data
 
 
+def encode_records(first_seq: int, stream: str, lines: list[bytes]) -> bytes:
+    """Records of consecutive lines of one stream, numbered from `first_seq`."""
+    code = STREAM_CODES[stream]
+    pack = HEADER.pack
+    return b"".join(
+        [pack(seq, code, len(data)) + data for seq, data in enumerate(lines, first_seq)]
+    )
+
+
 def valid_key(key: str) -> bool:
     """Run keys name directories: keep them to a safe alphabet."""
     return bool(key) and len(key) <= 100 and set(key) <= KEY_CHARS and not key.startswith(".")
@@ -48,22 +57,68 @@ class RecordReader:
         self._buf = bytearray()
 
     def feed(self, data: bytes) -> list[Record]:
-        self._buf += data
+        """Add bytes and return the records they completed."""
+        data = self._take(data)
         out: list[Record] = []
         pos = 0
-        buf = self._buf
-        while len(buf) - pos >= HEADER.size:
-            seq, code, length = HEADER.unpack_from(buf, pos)
-            end = pos + HEADER.size + length
-            if end > len(buf):
+        size = len(data)
+        head = HEADER.size
+        unpack = HEADER.unpack_from
+        while size - pos >= head:
+            seq, code, length = unpack(data, pos)
+            end = pos + head + length
+            if end > size:
                 break
-            out.append(
-                Record(seq, STREAM_NAMES.get(code, "stdout"), bytes(buf[pos + HEADER.size : end]))
-            )
+            out.append(Record(seq, STREAM_NAMES.get(code, "stdout"), data[pos + head : end]))
             pos = end
-        if pos:
-            del buf[:pos]
+        self._keep(data, pos)
         return out
+
+    def feed_runs(self, data: bytes, after_seq: int = 0) -> list[tuple[str, bytes]]:
+        """Add bytes; the completed records with seq > after_seq as (stream, joined data) runs of
+        consecutive records of one stream (what a reader sends on, without a per-line object)."""
+        data = self._take(data)
+        runs: list[tuple[str, bytes]] = []
+        pieces: list[bytes] = []
+        current = 0
+        pos = 0
+        size = len(data)
+        head = HEADER.size
+        unpack = HEADER.unpack_from
+        while size - pos >= head:
+            seq, code, length = unpack(data, pos)
+            start = pos + head
+            end = start + length
+            if end > size:
+                break
+            pos = end
+            if seq <= after_seq:
+                continue
+            if code != current:
+                if pieces:
+                    runs.append((STREAM_NAMES.get(current, "stdout"), b"".join(pieces)))
+                    pieces = []
+                current = code
+            pieces.append(data[start:end])
+        if pieces:
+            runs.append((STREAM_NAMES.get(current, "stdout"), b"".join(pieces)))
+        self._keep(data, pos)
+        return runs
+
+    def _take(self, data: bytes) -> bytes:
+        """The bytes left over from the last call followed by `data`."""
+        if self._buf:
+            self._buf += data
+            data = bytes(self._buf)
+            self._buf.clear()
+        elif not isinstance(data, bytes):
+            data = bytes(data)
+        return data
+
+    def _keep(self, data: bytes, pos: int) -> None:
+        """Hold a partial record for the next call."""
+        if pos < len(data):
+            self._buf += data[pos:]
 
 
 class Spool:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from easytask.agent.spool import Record, Spool, process_start
+from easytask.agent.spool import Record, Spool, encode_records, process_start
 from easytask.lines import MAX_LINE_BYTES
 
 CHUNK = 65536
@@ -42,6 +42,14 @@ class _Splitter:
 
     def feed(self, data: bytes) -> list[bytes]:
         self.buf += data
+        end = self.buf.rfind(b"\n") + 1
+        if end > 0 and len(self.buf) < MAX_LINE_BYTES:
+            # the usual case, no line to cut: split the complete lines at once
+            chunk = bytes(self.buf[:end])
+            del self.buf[:end]
+            lines = chunk.split(b"\n")
+            lines.pop()
+            return [line + b"\n" for line in lines]
         out: list[bytes] = []
         start = 0
         while True:
@@ -95,6 +103,15 @@ class _Run:
 
     def emit(self, stream: str, items: list[bytes]) -> None:
         """Number lines and append them to the spool (past the cap they are only counted)."""
+        nbytes = sum(map(len, items))
+        if not self.cap or self.stored + nbytes <= self.cap:
+            # all of them fit: encode them in one go
+            first = self.seq + 1
+            self.seq += len(items)
+            self.stored += nbytes
+            self.out.write(encode_records(first, stream, items))
+            self.poke("p", str(self.spool.dir))
+            return
         blob = bytearray()
         for data in items:
             if self.cap and self.stored + len(data) > self.cap:

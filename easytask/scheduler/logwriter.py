@@ -19,6 +19,7 @@ class LogWriter:
         self.batch = batch
         self.interval = interval
         self._rows: list[LogRow] = []
+        self._rows_bytes = 0
         self._added = 0
         self._written = 0
         self._added_bytes = 0
@@ -46,16 +47,20 @@ class LogWriter:
         drop what is buffered and store nothing more."""
         self._fenced = True
         self._added -= len(self._rows)
-        self._added_bytes -= sum(len(row[5]) for row in self._rows)
+        self._added_bytes -= self._rows_bytes
         self._rows = []
+        self._rows_bytes = 0
 
-    def add(self, rows: list[LogRow]) -> None:
-        """Queue lines for storage (never blocks)."""
+    def add(self, rows: list[LogRow], nbytes: int | None = None) -> None:
+        """Queue lines for storage (never blocks); `nbytes` is their text's length if known."""
         if self._fenced:
             return
+        if nbytes is None:
+            nbytes = sum(len(row[5]) for row in rows)
         self._rows.extend(rows)
+        self._rows_bytes += nbytes
         self._added += len(rows)
-        self._added_bytes += sum(len(row[5]) for row in rows)
+        self._added_bytes += nbytes
         if len(self._rows) >= self.batch:
             self._wake.set()
 
@@ -78,6 +83,7 @@ class LogWriter:
     async def _write_pending(self) -> None:
         while self._rows:
             rows, self._rows = self._rows, []
+            nbytes, self._rows_bytes = self._rows_bytes, 0
             while True:
                 try:
                     await self.store.call(self.store.write_lines, rows)
@@ -87,7 +93,7 @@ class LogWriter:
                     log.exception("storing %d log lines failed; retrying", len(rows))
                     await asyncio.sleep(0.5)
             self._written += len(rows)
-            self._written_bytes += sum(len(row[5]) for row in rows)
+            self._written_bytes += nbytes
             self.total_written += len(rows)
             for hook in self.on_written:
                 try:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Iterable
+from itertools import groupby
+from operator import itemgetter
 from typing import Any
 
-from easytask.lines import STDERR, STDOUT, SYSTEM, LineSplitter, detect_level
+from easytask.lines import STDERR, STDOUT, SYSTEM, LineSplitter, detect_levels
 from easytask.scheduler.hub import LiveHub
 from easytask.scheduler.logwriter import LogWriter
 from easytask.secrets import Masker
@@ -67,9 +69,9 @@ class RunOutput:
     def data(self, stream: str, data: bytes) -> None:
         """Take a chunk of one stream."""
         self.bytes += len(data)
-        lines = self._splitters[stream].feed(data)
-        if lines:
-            self._output([(ln.stream, ln.text, ln.nbytes) for ln in lines])
+        texts, sizes = self._splitters[stream].feed(data)
+        if texts:
+            self._output(stream, texts, sizes)
 
     def reset_partial(self) -> None:
         """Forget partial lines (a re-attached agent resends from a line boundary)."""
@@ -77,14 +79,14 @@ class RunOutput:
 
     def system(self, text: str, level: str = "INFO") -> None:
         """Add a scheduler line (timeouts, kills, lost links) to the run's log."""
-        self._emit([(SYSTEM, text)], level)
+        self._emit(SYSTEM, [text], level)
 
     def close(self) -> None:
         """Flush partial last lines of both streams, then the cut notice and the tail."""
-        for splitter in self._splitters.values():
-            tail = splitter.close()
-            if tail:
-                self._output([(ln.stream, ln.text, ln.nbytes) for ln in tail])
+        for stream, splitter in self._splitters.items():
+            texts, sizes = splitter.close()
+            if texts:
+                self._output(stream, texts, sizes)
         if self.dropped_lines or self._tail:
             if self.dropped_lines:
                 self.system(
@@ -96,26 +98,32 @@ class RunOutput:
             held = list(self._tail)
             self._tail.clear()
             self._tail_bytes = 0
-            self._emit([(stream, text) for stream, text, _ in held])
+            for stream, group in groupby(held, key=itemgetter(0)):
+                self._emit(stream, [text for _, text, _ in group])
 
-    def _output(self, items: list[tuple[str, str, int]]) -> None:
-        keep: list[tuple[str, str]] = []
-        for stream, text, nbytes in items:
-            self.agent_lines += 1
-            if not self.limit or self.stored + nbytes <= self.head_limit:
-                self.stored += nbytes
-                keep.append((stream, text))
+    def _output(self, stream: str, texts: list[str], sizes: list[int]) -> None:
+        self.agent_lines += len(texts)
+        nbytes = sum(sizes)
+        if not self.limit or (not self._tail and self.stored + nbytes <= self.head_limit):
+            self.stored += nbytes
+            self._emit(stream, texts)
+            return
+        keep: list[str] = []
+        for text, size in zip(texts, sizes, strict=True):
+            if not self._tail and self.stored + size <= self.head_limit:
+                self.stored += size
+                keep.append(text)
                 continue
             # past the head: hold the line for the tail, dropping the oldest held ones
-            self._tail.append((stream, text, nbytes))
-            self._tail_bytes += nbytes
+            self._tail.append((stream, text, size))
+            self._tail_bytes += size
             while self._tail_bytes > self.tail_limit and self._tail:
                 _, _, gone = self._tail.popleft()
                 self._tail_bytes -= gone
                 self.dropped_lines += 1
                 self.dropped_bytes += gone
         if keep:
-            self._emit(keep)
+            self._emit(stream, keep)
         if self._tail and not self._cut_announced:
             self._cut_announced = True
             self.hub.publish(
@@ -129,29 +137,33 @@ class RunOutput:
                 f"jobstate:{self.job_id}",
             )
 
-    def _emit(self, items: list[tuple[str, str]], level: str | None = None) -> None:
+    def _emit(self, stream: str, texts: list[str], level: str | None = None) -> None:
+        """Number lines of one stream, queue them for storage and publish them to viewers."""
         now = time.time()
-        rows: list[LogRow] = []
+        if self._mask:
+            texts = [self._mask(text) for text in texts]
+        levels = [level] * len(texts) if level else detect_levels(texts, stream)
+        first = self.seq + 1
+        self.seq += len(texts)
+        run_id = self.run_id
+        rows: list[LogRow] = [
+            (run_id, seq, now, stream, lvl, text)
+            for seq, lvl, text in zip(range(first, self.seq + 1), levels, texts, strict=True)
+        ]
+        if stream != SYSTEM:
+            self.lines += len(texts)
         # Nobody follows most runs live: then build no per-line events at all.
-        live = self.hub.watched(*self._topics)
-        for stream, text in items:
-            if self._mask:
-                text = self._mask(text)
-            self.seq += 1
-            lvl = level or detect_level(text, stream)
-            rows.append((self.run_id, self.seq, now, stream, lvl, text))
-            if stream != SYSTEM:
-                self.lines += 1
-            if live:
+        if self.hub.watched(*self._topics):
+            for row in rows:
                 event: dict[str, Any] = {
                     "t": "line",
-                    "run": self.run_id,
+                    "run": run_id,
                     "host": self.host,
-                    "seq": self.seq,
+                    "seq": row[1],
                     "ts": now,
                     "stream": stream,
-                    "level": lvl,
-                    "text": text,
+                    "level": row[4],
+                    "text": row[5],
                 }
                 self.hub.publish(event, *self._topics)
-        self.writer.add(rows)
+        self.writer.add(rows, sum(map(len, texts)))
