@@ -1,8 +1,8 @@
 """Servers sharing one PostgreSQL: run throughput on one and two servers, log ingest on both backends.
 
     .venv/bin/python bench/cluster.py [--runs 10000] [--agents 20] [--slots 16] [--lines 1000000]
-        [--command 'echo x'] [--no-sqlite] [--no-real-ingest] [--fast-pg] [--quick] [--write]
-        [--json FILE] [--workdir DIR]
+        [--command 'echo x'] [--no-sqlite] [--no-real-ingest] [--fast-pg] [--py-spy PATH]
+        [--profile-dir DIR] [--profile-seconds 20] [--quick] [--write] [--json FILE] [--workdir DIR]
 
 Throughput: RUNS short runs submitted as RUNS/AGENTS jobs over the API (`POST /api/jobs`, pattern
 `cl` = every agent, so one run per agent per job), timed from the first submission until every
@@ -239,6 +239,77 @@ def submit(server: Server, command: str, agents: int) -> int:
     return int(body["job"]["id"])
 
 
+def profile_servers(
+    args: argparse.Namespace, setup: Setup, servers: list[Server], procs: Procs
+) -> list[Proc]:
+    """py-spy on every server from the first submission on, in collapsed-stack files."""
+    if not args.py_spy:
+        return []
+    out_dir = Path(args.profile_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spies = []
+    for i, server in enumerate(servers):
+        name = f"{setup.key}-{'ab'[i]}"
+        spies.append(
+            procs.start(
+                [
+                    "nice",
+                    "-n",
+                    "10",
+                    args.py_spy,
+                    "record",
+                    "--pid",
+                    str(server.proc.pid),
+                    "--duration",
+                    str(args.profile_seconds),
+                    "--rate",
+                    "50",
+                    "--format",
+                    "raw",
+                    "--nonblocking",
+                    "--output",
+                    str(out_dir / f"{name}.txt"),
+                ],
+                out_dir / f"{name}.log",
+            )
+        )
+    return spies
+
+
+def _frame(raw: str) -> str:
+    """`send (asyncssh/connection.py:123)` -> `send (asyncssh/connection.py)`."""
+    name, _, where = raw.partition(" (")
+    where = where.rstrip(")").rsplit(":", 1)[0]
+    for marker in ("site-packages/", "lib/python3", "/easytask/"):
+        if marker in where:
+            where = where.split(marker, 1)[1]
+            break
+    return f"{name} ({where})" if where else name
+
+
+def summarize_profile(path: Path, top: int = 8) -> dict[str, Any]:
+    """Where a py-spy collapsed-stack file spent its samples: top self and top inclusive frames."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [_frame(f) for f in stack.split(";")]
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for frame in set(frames[1:]):  # the thread's own frame is every sample
+            inclusive[frame] = inclusive.get(frame, 0) + n
+
+    def ranked(counts: dict[str, int]) -> list[tuple[str, float]]:
+        best = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+        return [(k, 100.0 * v / total) for k, v in best]
+
+    return {"samples": total, "self": ranked(own), "inclusive": ranked(inclusive)}
+
+
 def throughput(root: Path, setup: Setup, args: argparse.Namespace, pg: Any) -> dict[str, Any]:
     procs = Procs()
     db: Database | None = None
@@ -262,6 +333,7 @@ def throughput(root: Path, setup: Setup, args: argparse.Namespace, pg: Any) -> d
             }
 
         cpu0, busy0 = cpu(), cpu_counters()
+        spies = profile_servers(args, setup, servers, procs)
         t0 = time.perf_counter()
         with ThreadPoolExecutor(args.submitters) as pool:
             ids = list(
@@ -283,6 +355,14 @@ def throughput(root: Path, setup: Setup, args: argparse.Namespace, pg: Any) -> d
         elapsed = time.perf_counter() - t0
         busy = busy_since(busy0)
         cpu1 = cpu()
+        profiles = {}
+        for spy in spies:  # each stops after --profile-seconds and writes its file then
+            wait_until(
+                lambda s=spy: not s.alive(), timeout=args.profile_seconds + 60, what="py-spy"
+            )
+            out = Path(spy.args[spy.args.index("--output") + 1])
+            if out.exists():
+                profiles[out.stem] = summarize_profile(out)
         states = dict(
             db.rows(
                 "SELECT state, count(*) FROM run WHERE job_id BETWEEN :lo AND :hi GROUP BY state",
@@ -320,6 +400,7 @@ def throughput(root: Path, setup: Setup, args: argparse.Namespace, pg: Any) -> d
             "postgres_cpu": cpu1["postgres"] - cpu0["postgres"],
             "cpu_busy": busy,
             "runs_by_server": by_server,
+            "profiles": profiles,
         }
         say(
             f"{setup.label}: {args.runs} runs in {elapsed:.1f} s = {result['rate']:.0f} runs/s "
@@ -439,6 +520,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "lines": args.lines,
         "batch": BATCH,
         "postgres": "fast" if args.fast_pg else "durable",
+        "postgres_root": str(pg.root),  # removed by now, with every process of it
         "throughput": runs,
         "ingest": ingest,
     }
@@ -554,6 +636,12 @@ def details(rec: dict[str, Any]) -> list[str]:
             f"servers, the runs were executed {split} by the two servers (a run goes to the "
             "server holding its agent; submissions alternated between the servers)."
         )
+    for r in t.values():
+        for name, prof in r.get("profiles", {}).items():
+            own = ", ".join(f"{f} {pct:.0f}%" for f, pct in prof["self"][:5])
+            out.append(
+                f"- py-spy, server {name} ({prof['samples']} samples), most self time: {own}"
+            )
     pg_mode = (
         "PostgreSQL's own defaults for fsync, synchronous_commit and shared_buffers"
         if rec["postgres"] == "durable"
@@ -613,6 +701,15 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--no-real-ingest", dest="real_ingest", action="store_false", help="Store alone only"
     )
     p.add_argument("--fast-pg", action="store_true", help="PostgreSQL with fsync etc. off")
+    p.add_argument(
+        "--py-spy",
+        metavar="PATH",
+        help="profile every server with this py-spy from the first submission on (nice'd)",
+    )
+    p.add_argument(
+        "--profile-dir", default="bench/results/cluster-profile", help="where py-spy writes"
+    )
+    p.add_argument("--profile-seconds", type=int, default=20, help="how long py-spy records")
     p.add_argument("--quick", action="store_true", help="1,000 runs, 100,000 lines")
     p.add_argument("--write", action="store_true", help="rewrite its section of docs/benchmarks.md")
     p.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
