@@ -516,6 +516,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "load_after": load_average(),
         "agents": args.agents,
         "slots": args.slots,
+        "submitters": args.submitters,
         "command": args.command,
         "lines": args.lines,
         "batch": BATCH,
@@ -614,6 +615,10 @@ def tables(rec: dict[str, Any], markdown: bool) -> str:
     )
 
 
+def args_submitters(rec: dict[str, Any]) -> int:
+    return int(rec.get("submitters", 4))
+
+
 def details(rec: dict[str, Any]) -> list[str]:
     t = rec["throughput"]
     any_setup = next(iter(t.values()))
@@ -636,6 +641,24 @@ def details(rec: dict[str, Any]) -> list[str]:
             f"servers, the runs were executed {split} by the two servers (a run goes to the "
             "server holding its agent; submissions alternated between the servers)."
         )
+    per_run = "; ".join(
+        f"{r['label']}: server {sum(r['server_cpu']) / r['runs'] * 1000:.1f} ms"
+        + (
+            f", PostgreSQL {r['postgres_cpu'] / r['runs'] * 1000:.1f} ms"
+            if r["postgres_cpu"]
+            else ""
+        )
+        + f", agents {r['agents_cpu'] / r['runs'] * 1000:.1f} ms"
+        for r in t.values()
+    )
+    out.append(f"- CPU time per run (all servers together): {per_run}.")
+    tail = ", ".join(f"{r['seconds'] - r['submit_seconds']:.1f} s" for r in t.values())
+    out.append(
+        f"- The last job was final {tail} after the last submission returned: the runs kept up "
+        "with the submissions, so each figure is the rate at which the server(s) took jobs of "
+        f"{rec['agents']} runs ({args_submitters(rec)} clients submitting at once) while running "
+        "the earlier ones."
+    )
     for r in t.values():
         for name, prof in r.get("profiles", {}).items():
             own = ", ".join(f"{f} {pct:.0f}%" for f, pct in prof["self"][:5])
