@@ -1,10 +1,10 @@
 """Every benchmark in sequence, each writing its own report (what `make bench` runs).
 
-    .venv/bin/python bench/all.py [--only fanout,console,roundtrip,ingest,footprint] [--quick]
+    .venv/bin/python bench/all.py [--only fanout,console,roundtrip,ingest,footprint,cluster] [--quick]
         [--dry-run]
 
-Each benchmark runs with its defaults and `--write`: fanout, roundtrip, ingest and footprint
-rewrite their sections of docs/benchmarks.md, console rewrites bench/results/console.md.
+Each benchmark runs with its defaults and `--write`: fanout, roundtrip, ingest, footprint and
+cluster rewrite their sections of docs/benchmarks.md, console rewrites bench/results/console.md.
 `--quick` runs each with `--quick` and writes nothing.  A benchmark that fails does not stop the
 others; the exit status is 1 if any failed.
 """
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-ORDER = ["fanout", "console", "roundtrip", "ingest", "footprint"]
+ORDER = ["fanout", "console", "roundtrip", "ingest", "footprint", "cluster"]
 
 
 def commands(only: Sequence[str], quick: bool) -> list[list[str]]:

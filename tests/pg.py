@@ -29,9 +29,11 @@ def pg_bin(name: str) -> str:
 
 
 class PostgresCluster:
-    """One throwaway cluster: trust auth on 127.0.0.1, durability off for speed."""
+    """One throwaway cluster: trust auth on 127.0.0.1, durability off for speed unless `durable`
+    (then PostgreSQL's own defaults for fsync, commits and buffers, as a benchmark wants)."""
 
-    def __init__(self) -> None:
+    def __init__(self, durable: bool = False) -> None:
+        self.durable = durable
         self.root = Path(tempfile.mkdtemp(prefix="easytask-pg-"))
         self.data = self.root / "data"
         self.log = self.root / "postgres.log"
@@ -76,10 +78,15 @@ class PostgresCluster:
             "--locale=C",
             "--no-sync",
         )
+        speed = (
+            ""
+            if self.durable
+            else "-c fsync=off -c synchronous_commit=off "
+            "-c full_page_writes=off -c shared_buffers=32MB "
+        )
         options = (
-            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-            "-c max_connections=300 -c shared_buffers=32MB "
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} {speed}"
+            "-c max_connections=300 "
             # a zone far from UTC, so a time read back in the server's zone would show
             "-c timezone=Pacific/Auckland"
         )

@@ -131,8 +131,30 @@ def test_footprint_quick_reports_each_part(tmp_path: Path) -> None:
     assert "server peak RSS" in stdout
 
 
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_cluster_quick_one_and_two_servers_and_both_backends(tmp_path: Path) -> None:
+    """`cluster.py --quick` with 40 runs: every set-up finishes them all, the two servers execute
+    20 each, ingest on both backends; PostgreSQL and every child stopped, nothing left."""
+    stdout, rec = _run_quick("cluster.py", tmp_path, "--runs", "40", "--lines", "3000")
+    t = rec["throughput"]
+    assert set(t) == {"sqlite1", "pg1", "pg2"}
+    assert all(r["runs"] == 40 and r["jobs"] == 2 and r["rate"] > 0 for r in t.values())
+    assert [len(r["server_cpu"]) for r in (t["pg1"], t["pg2"])] == [1, 2]
+    assert t["pg1"]["runs_by_server"] == [40]
+    assert t["pg2"]["runs_by_server"] == [20, 20]  # each server executes its own agents' runs
+    for path in ("store", "real"):
+        assert set(rec["ingest"][path]) == {"sqlite", "postgresql"}
+        assert all(r["lines"] == 3000 and r["rate"] > 0 for r in rec["ingest"][path].values())
+    assert re.search(r"^PostgreSQL, 2 servers\s+\d+\.\d\s+\d+\s", stdout, re.M), stdout
+    assert re.search(r"^Store\.write_lines alone\s+[\d,]+\s+[\d,]+\s+\d+\.\d\d$", stdout, re.M)
+    assert "Two servers / one server on PostgreSQL" in stdout
+    assert not Path(rec["postgres_root"]).exists()
+    assert not _processes_mentioning(rec["postgres_root"])
+
+
 def test_all_runs_every_benchmark_with_write(tmp_path: Path) -> None:
-    """`make bench` (bench/all.py) runs the five benchmarks in order, each writing its report."""
+    """`make bench` (bench/all.py) runs the six benchmarks in order, each writing its report."""
     result = subprocess.run(
         [sys.executable, str(REPO / "bench" / "all.py"), "--dry-run"],
         capture_output=True,
@@ -147,6 +169,7 @@ def test_all_runs_every_benchmark_with_write(tmp_path: Path) -> None:
         "== bench/roundtrip.py --write",
         "== bench/ingest.py --write",
         "== bench/footprint.py --write",
+        "== bench/cluster.py --write",
     ]
     assert "bench/all.py" in (REPO / "Makefile").read_text()
 
