@@ -301,3 +301,29 @@ def test_log_writer_reconnects_after_postgres_drops_it(postgres: PostgresCluster
         assert [line.text for line in st.read_lines(rid)] == ["one", "two again"]
     finally:
         st.close()
+
+
+@pytest.mark.postgres
+def test_a_pooled_connection_postgres_dropped_is_replaced_before_use(
+    postgres: PostgresCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection that rested in the pool is checked first: one PostgreSQL killed meanwhile is
+    replaced, and the call succeeds (no error reaches the caller)."""
+    from easytask.store import db as db_module
+
+    url = postgres.new_database()
+    st = Store(url)
+    try:
+        _, runs = _job(st, ["web1"])
+        rid = runs[0].id or 0
+        assert st.get_run(rid) is not None
+        monkeypatch.setattr(db_module, "PING_AFTER_IDLE", 0.0)
+        dbname = url.rsplit("/", 1)[1].split("?")[0]
+        postgres.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            f"WHERE datname = '{dbname}' AND pid <> pg_backend_pid()"
+        )
+        run = st.get_run(rid)
+        assert run is not None and run.host == "web1"
+    finally:
+        st.close()

@@ -9,6 +9,7 @@ import json
 import re
 import secrets
 import sqlite3
+import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,7 @@ from typing import Any, TypeVar, overload
 
 from sqlalchemy import event, func, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DisconnectionError
 from sqlmodel import Session, SQLModel, col, create_engine, select
 
 from easytask.lines import LEVELS
@@ -46,6 +48,7 @@ from easytask.store.models import (
 )
 
 T = TypeVar("T")
+PING_AFTER_IDLE = 5.0  # seconds a PostgreSQL connection rests in the pool before it is checked
 M = TypeVar("M", bound=SQLModel)
 
 # One row of the log writer's batch: run_id, seq, ts, stream, level, text.
@@ -142,13 +145,29 @@ def make_engine(url: str) -> Engine:
 
         return engine
     if url.startswith("postgresql"):
-        engine = create_engine(url, pool_pre_ping=True)
+        engine = create_engine(url)
 
         @event.listens_for(engine, "connect")
         def _utc(dbapi_conn: Any, _record: Any) -> None:
             # timestamptz values come back in UTC whatever the role's or server's time zone
             dbapi_conn.execute("SET TIME ZONE 'UTC'")
             dbapi_conn.commit()
+
+        # A connection back in the pool for a while is checked before use (PostgreSQL may have
+        # restarted or dropped it): a failed check makes the pool open a new one.  Checking on
+        # every use (`pool_pre_ping`) cost a round trip per store call.
+        @event.listens_for(engine, "checkin")
+        def _returned(_dbapi_conn: Any, record: Any) -> None:
+            record.info["returned"] = time.monotonic()
+
+        @event.listens_for(engine, "checkout")
+        def _check(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+            if time.monotonic() - record.info.get("returned", 0.0) < PING_AFTER_IDLE:
+                return
+            try:
+                engine.dialect.do_ping(dbapi_conn)
+            except Exception as exc:
+                raise DisconnectionError(str(exc)) from exc
 
         return engine
     return create_engine(url, pool_pre_ping=True)
