@@ -36,6 +36,7 @@ log = logging.getLogger("easytask.server")
 
 CHANNEL = "easytask"
 MAX_PAYLOAD = 7000  # PostgreSQL's limit is 8000 bytes
+HOLDERS_FOR = 0.5  # seconds the map of which server holds which agent is reused
 
 
 class Cluster:
@@ -64,7 +65,12 @@ class Cluster:
         self._tasks: list[asyncio.Task[None]] = []
         self._outbox: asyncio.Queue[str] = asyncio.Queue()
         self._claim_wake = asyncio.Event()
-        self._changed: dict[int, asyncio.Event] = {}
+        self._changed: dict[int, asyncio.Event] = {}  # runs followed here, woken on changes
+        self._seen: dict[int, tuple[str, str]] = {}  # their (state, server) at the last look
+        self._holders: dict[str, str] = {}
+        self._holders_at = -1e9
+        self._holders_lock = asyncio.Lock()
+        self._offer_queued = False
         self._listening = asyncio.Event()
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -90,6 +96,7 @@ class Cluster:
             asyncio.create_task(self._send(), name="cluster-send"),
             asyncio.create_task(self._heartbeats(), name="cluster-heartbeat"),
             asyncio.create_task(self._claims(), name="cluster-claims"),
+            asyncio.create_task(self._watch_followed(), name="cluster-follow"),
         ]
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(10):
@@ -117,6 +124,11 @@ class Cluster:
 
     def notify(self, kind: str, **data: Any) -> None:
         """Tell the other servers something (sent in order by one task; never blocks)."""
+        if kind == "offer":
+            if self._offer_queued:
+                return  # one notice wakes every claim loop; the runs are found in the database
+            self._offer_queued = True
+            data = {}
         payload = json.dumps({"k": kind, "s": self.node, **data}, separators=(",", ":"))
         if len(payload.encode()) > MAX_PAYLOAD:
             log.warning("cluster notice %s too large (%d bytes); not sent", kind, len(payload))
@@ -125,6 +137,8 @@ class Cluster:
 
     def relay(self, event: dict[str, Any], topics: tuple[str, ...]) -> None:
         """Publish a state event to the viewers on the other servers too."""
+        if event.get("t") == "run" and event.get("state") in RunState.FINAL:
+            self._wake(int(event["run"]))  # a run claimed here, followed here by its job
         if len(event.get("reason") or "") > 1000:
             event = {**event, "reason": event["reason"][:1000] + "…"}
         self.notify("hub", e=event, t=list(topics))
@@ -158,14 +172,22 @@ class Cluster:
 
         conn: Any = None
         while True:
-            payload = await self._outbox.get()
+            # what queued up meanwhile goes in one statement (in order: one transaction)
+            payloads = [await self._outbox.get()]
+            while not self._outbox.empty() and len(payloads) < 200:
+                payloads.append(self._outbox.get_nowait())
+            self._offer_queued = False
             while True:
                 try:
                     if conn is None or conn.closed:
                         conn = await psycopg.AsyncConnection.connect(
                             self._conninfo(), autocommit=True
                         )
-                    await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+                    await conn.execute(
+                        "SELECT pg_notify(%s, p) FROM unnest(%s::text[]) WITH ORDINALITY AS t(p, i)"
+                        " ORDER BY i",
+                        (CHANNEL, payloads),
+                    )
                     break
                 except asyncio.CancelledError:
                     if conn is not None:
@@ -212,7 +234,7 @@ class Cluster:
         elif kind == "hub":
             event, topics = note["e"], tuple(note["t"])
             self.hub.publish(event, *topics)
-            if event.get("t") == "run":
+            if event.get("t") == "run" and event.get("state") in RunState.FINAL:
                 self._wake(int(event["run"]))
         elif kind == "lines":
             await self._relay_lines(note["r"])
@@ -291,8 +313,13 @@ class Cluster:
     # -- hand-offs --------------------------------------------------------------------------
 
     async def holder(self, agent: str) -> str | None:
-        """The other live server holding the agent's link, if any."""
-        held = await self.store.call(rows.holder, self.store, agent, self.dead_after)
+        """The other live server holding the agent's link, if any (a map read at most every
+        HOLDERS_FOR seconds serves every run: a fan-out asks once, not once per host)."""
+        async with self._holders_lock:
+            if time.monotonic() - self._holders_at > HOLDERS_FOR:
+                self._holders = await self.store.call(rows.holders, self.store, self.dead_after)
+                self._holders_at = time.monotonic()
+        held = self._holders.get(agent)
         return held if held != self.node else None
 
     async def live_servers(self) -> set[str]:
@@ -345,9 +372,7 @@ class Cluster:
                 if not asked_kill:
                     waits.append(asyncio.ensure_future(kill.wait()))
                 try:
-                    await asyncio.wait(
-                        waits, timeout=self.beat, return_when=asyncio.FIRST_COMPLETED
-                    )
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     for w in waits:
                         w.cancel()
@@ -374,6 +399,28 @@ class Cluster:
                     return False
         finally:
             self._changed.pop(run.id, None)
+            self._seen.pop(run.id, None)
+
+    async def _watch_followed(self) -> None:
+        """Every beat, one query for every run followed here: wake those that ended or moved
+        (and offered ones, whose followers may take them back)."""
+        while True:
+            await asyncio.sleep(self.beat)
+            ids = list(self._changed)
+            if not ids:
+                continue
+            try:
+                found = await self.store.call(rows.states, self.store, ids)
+            except Exception as exc:
+                log.warning("could not read the runs other servers execute: %s", exc)
+                continue
+            for run_id, state, server in found:
+                if run_id not in self._changed:
+                    continue
+                now = (state, server)
+                if state in RunState.FINAL or server == OFFERED or self._seen.get(run_id) != now:
+                    self._seen[run_id] = now
+                    self._wake(run_id)
 
     def _wake(self, run_id: int) -> None:
         changed = self._changed.get(run_id)

@@ -62,17 +62,26 @@ def alive(row: ServerNode, dead_after: float) -> bool:
     return utcnow() - as_utc(row.seen_at) <= timedelta(seconds=dead_after)
 
 
-def holder(store: Store, agent: str, dead_after: float) -> str | None:
-    """The live server that holds the agent's link now, if any."""
+def holders(store: Store, dead_after: float) -> dict[str, str]:
+    """Agent name -> the live server that holds its link now."""
     with store.session() as s:
-        row = s.exec(
-            select(ServerNode)
-            .join(Agent, col(Agent.server) == col(ServerNode.id))
-            .where(Agent.name == agent, col(Agent.connected))
-        ).first()
-        if row is None or not alive(row, dead_after):
-            return None
-        return row.id
+        found = s.exec(
+            select(Agent.name, ServerNode)
+            .join(ServerNode, col(Agent.server) == col(ServerNode.id))
+            .where(col(Agent.connected))
+        )
+        return {name: node.id for name, node in found if alive(node, dead_after)}
+
+
+def states(store: Store, run_ids: Sequence[int]) -> list[tuple[int, str, str]]:
+    """(id, state, server) of these runs."""
+    out: list[tuple[int, str, str]] = []
+    with store.session() as s:
+        for start in range(0, len(run_ids), 1000):
+            chunk = list(run_ids[start : start + 1000])
+            q = select(Run.id, Run.state, Run.server).where(col(Run.id).in_(chunk))
+            out += [(int(i or 0), st, srv) for i, st, srv in s.exec(q)]
+    return out
 
 
 def offer(store: Store, run_id: int, node: str) -> bool:
