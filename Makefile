@@ -6,18 +6,17 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test test-pg check bench sysdeps clean
 
-# Tests run a second time with every server on its own PostgreSQL database (EASYTASK_TEST_DB).
-# `make test` runs a subset that calls every Store method (tests/test_store.py) and the server
-# paths that differ by backend: migrations, several servers, search input, audit chain, retention,
-# secrets, tokens, restarts and re-attach, large output. `make test-pg` runs every server-level
-# test file. Tests marked `sqlite` handle the SQLite file itself; tests/test_multiserver.py starts
-# its servers on PostgreSQL itself and runs in the first pass. See docs/operations.md.
-PG_TESTS := tests/test_store.py tests/test_migrations.py \
-	tests/test_adhoc.py tests/test_attacks.py tests/test_audit.py tests/test_retention.py \
-	tests/test_secrets.py tests/test_security.py tests/test_reliability.py
-PG_TESTS_ALL := $(PG_TESTS) tests/test_agents.py tests/test_auth.py tests/test_console.py \
-	tests/test_console_playbooks.py tests/test_export.py tests/test_fileops.py \
-	tests/test_notify.py tests/test_ops.py tests/test_play.py tests/test_schedules.py
+# `make test` runs the whole suite on SQLite and, side by side, every server-level test file again
+# with each server on its own PostgreSQL database (EASYTASK_TEST_DB=postgres; scripts/test-both.sh).
+# Tests marked `sqlite` handle the SQLite file itself; tests/test_multiserver.py starts its servers
+# on PostgreSQL itself; the browser tests drive the same console (tests/test_console.py covers it
+# on both). `make test-pg` runs the PostgreSQL pass alone. See docs/operations.md.
+PG_TESTS := tests/test_store.py tests/test_migrations.py tests/test_adhoc.py \
+	tests/test_attacks.py tests/test_audit.py tests/test_retention.py tests/test_secrets.py \
+	tests/test_security.py tests/test_reliability.py tests/test_agents.py tests/test_auth.py \
+	tests/test_console.py tests/test_console_playbooks.py tests/test_export.py \
+	tests/test_fileops.py tests/test_notify.py tests/test_ops.py tests/test_play.py \
+	tests/test_schedules.py tests/test_api_runs.py tests/test_policy.py
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,11 +31,10 @@ demo: $(STAMP)
 	$(VENV)/bin/easytask demo
 
 test: sysdeps $(STAMP)
-	$(PY) -m pytest -q
-	EASYTASK_TEST_DB=postgres $(PY) -m pytest -q -m 'not sqlite' $(PG_TESTS)
+	PY=$(PY) bash scripts/test-both.sh $(PG_TESTS)
 
 test-pg: sysdeps $(STAMP)
-	EASYTASK_TEST_DB=postgres $(PY) -m pytest -q -m 'not sqlite' $(PG_TESTS_ALL)
+	EASYTASK_TEST_DB=postgres $(PY) -m pytest -q -m 'not sqlite' $(PG_TESTS)
 
 check: $(STAMP)
 	$(VENV)/bin/ruff format --check easytask tests bench
