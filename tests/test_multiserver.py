@@ -169,7 +169,7 @@ def test_killing_a_server_hands_its_jobs_and_running_commands_to_another(
     """kill -9 of server B mid-run: its agent reconnects to A, A takes B's job over, re-attaches
     to the command the agent kept running; every line is stored once and the job succeeds."""
     url = postgres.new_database()
-    a_port, b_port = free_port(), free_port()
+    a_port = free_port()
     a = start_server(
         None,
         "--db",
@@ -179,21 +179,10 @@ def test_killing_a_server_hands_its_jobs_and_running_commands_to_another(
         state_dir=tmp_path / "a",
         agents=f"127.0.0.1:{a_port}",
     )
-    b_state = tmp_path / "b"
-    b_state.mkdir()
-    for name in ("client_key", "client_key.pub"):
-        shutil.copy(a.state_dir / name, b_state / name)
-    b = start_server(
-        None,
-        "--db",
-        url,
-        "--server-timeout",
-        "3s",
-        state_dir=b_state,
-        agents=f"127.0.0.1:{b_port}",
-    )
-    agent = start_agent(b, "mover", "--server", f"127.0.0.1:{b_port},127.0.0.1:{a_port}")
-    queued_too = start_agent(b, "idle2", "--server", f"127.0.0.1:{b_port},127.0.0.1:{a_port}")
+    b = _second_server(start_server, a, url, tmp_path / "b", "--server-timeout", "3s")
+    servers = f"{b.agents_addr},127.0.0.1:{a_port}"
+    agent = start_agent(b, "mover", "--server", servers)
+    queued_too = start_agent(b, "idle2", "--server", servers)
     assert queued_too.alive()
     job = b.submit("mover", "for i in $(seq 1 30); do echo n-$i; sleep 0.2; done")
     job_id, run_id = job["job"]["id"], job["runs"][0]["id"]
