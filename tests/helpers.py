@@ -26,7 +26,7 @@ def free_port() -> int:
 
 
 def wait_until(
-    cond: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, what: str = "condition"
+    cond: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = "condition"
 ) -> Any:
     """Poll `cond` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout
