@@ -61,8 +61,12 @@ def test_api_runs_has_the_console_filters_and_keyset_pages(fleet: ServerHandle) 
     assert ids(q="disk is full") == [ok_id]
     assert ids(q="full is disk") == []  # a phrase, in order
     assert ids(q="100") == otto_ids
-    for hostile in ('"', "needle AND (", "NEAR(a b", "*", "-x", "a:b", "%", "_", "'"):
+    for hostile in ('"', "needle AND (", "NEAR(a b", "*", "-x", "a:b", "_", "'"):
         assert ids(q=hostile) == [], hostile
+    # `%` is a literal, never a wildcard: at most the run that printed one is found (PostgreSQL
+    # finds substrings; SQLite's full-text index leaves punctuation out)
+    on_postgres = (fleet.db_url or "").startswith("postgresql")
+    assert ids(q="%") == (otto_ids if on_postgres else [])
     assert ids(host="web1") == [otto_on["web1"], ok_id]
     assert ids(host="web*") == [*otto_ids, ok_id]
     assert ids(host="w?b2") == [otto_on["web2"]]

@@ -45,13 +45,19 @@ def wrap_command(command: str, run_key: str) -> str:
 
 
 def terminate_command(run_key: str, grace: float) -> str:
-    """A shell command that sends TERM to the run's group, then KILL after a grace period."""
+    """A shell command that sends TERM to the run's group, then KILL after a grace period.
+
+    A run is recorded as started once its channel is open, a moment before its shell wrote the
+    pid file: a terminate that comes in between waits (up to the grace period) for the file.
+    `kill -SIG -PGID` without `--`: dash, a common /bin/sh and login shell, refuses `--`.
+    """
     pidfile = shlex.quote(pidfile_for(run_key))
     steps = max(int(grace * 10), 1)
     return (
-        f'f={pidfile}; [ -s "$f" ] || exit 0; g=$(cat "$f"); kill -TERM -- -$g 2>/dev/null || exit 0; '
-        f"i=0; while [ $i -lt {steps} ] && kill -0 -- -$g 2>/dev/null; do sleep 0.1; i=$((i+1)); done; "
-        "kill -KILL -- -$g 2>/dev/null; exit 0"
+        f'f={pidfile}; i=0; while [ ! -s "$f" ] && [ $i -lt {steps} ]; do sleep 0.1; i=$((i+1)); '
+        'done; [ -s "$f" ] || exit 0; g=$(cat "$f"); kill -TERM -$g 2>/dev/null || exit 0; '
+        f"i=0; while [ $i -lt {steps} ] && kill -0 -$g 2>/dev/null; do sleep 0.1; i=$((i+1)); done; "
+        "kill -KILL -$g 2>/dev/null; exit 0"
     )
 
 
@@ -107,7 +113,7 @@ class SSHPool:
     async def terminate(self, target: SSHTarget, run_key: str, grace: float) -> None:
         """Stop a run's whole process group on the host."""
         conn = await self.get(target)
-        await executor.run_collect(conn, terminate_command(run_key, grace), timeout=grace + 15)
+        await executor.run_collect(conn, terminate_command(run_key, grace), timeout=2 * grace + 15)
 
     async def close(self) -> None:
         """Close every pooled connection."""
