@@ -233,3 +233,27 @@ def test_ctrl_c_terminates_remote_commands(fleet) -> None:
     assert "terminating job" in err
     assert re.search(r"^web1\s+terminated.*killed by admin", out, re.M), out
     assert re.search(r"^plain1\s+terminated.*killed by admin", out, re.M), out
+
+
+def test_two_installations_on_one_agentless_host_kill_only_their_own_runs(
+    start_server: ServerFactory, sshd: SSHD, tmp_path: Path
+) -> None:
+    """Two servers with their own databases number runs alike; a kill from one stops its own
+    command on the shared host, never the other's."""
+    inventory = write(tmp_path / "inv" / "hosts.ini", f"[plain]\nplain1 {sshd.host_vars()}\n")
+    a = start_server(inventory)
+    b = start_server(inventory)
+    mine = a.submit("plain1", "sleep 30; echo a-done")
+    theirs = b.submit("plain1", "sleep 4; echo b-done")
+    run_id = mine["runs"][0]["id"]
+    assert theirs["runs"][0]["id"] == run_id  # the same run id on each
+    for server in (a, b):
+        wait_until(
+            lambda s=server: s.get(f"/api/runs/{run_id}")["run"]["state"] == "running",
+            what="both running",
+        )
+    a.post(f"/api/runs/{run_id}/kill")
+    assert a.wait_job(mine["job"]["id"])["job"]["state"] == "terminated"
+    final = b.wait_job(theirs["job"]["id"])
+    assert final["job"]["state"] == "success", final["runs"]
+    assert [ln["text"] for ln in b.log_lines(run_id)] == ["b-done"]

@@ -277,7 +277,9 @@ class JobEngine:
         except ConnectError as exc:
             await self._finish(run, RunState.UNREACHABLE, reason=str(exc))
             return
-        key = f"{run.id}-{run.attempt}"
+        # The host may serve other EasyTask installations whose run ids overlap with ours: the
+        # pid file of the run's process group is named after this server's lasting id too.
+        key = f"{self.store.owner or 'et'}-{run.id}-{run.attempt}"
         out = self._output(run, masks=_masks(options))
         outcome = await self._stream(
             run,
