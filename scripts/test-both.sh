@@ -6,10 +6,12 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 logs=$(mktemp -d)
-"$PY" -m pytest -q -p no:cacheprovider >"$logs/sqlite.log" 2>&1 &
+# each pass its own temp root: pytest's numbered temp dirs keep only the newest three, so a
+# session starting beside another may otherwise delete the directories it is using
+"$PY" -m pytest -q -p no:cacheprovider --basetemp "$logs/tmp-sqlite" >"$logs/sqlite.log" 2>&1 &
 sqlite_pid=$!
-EASYTASK_TEST_DB=postgres "$PY" -m pytest -q -p no:cacheprovider -m 'not sqlite' "$@" \
-    >"$logs/postgres.log" 2>&1 &
+EASYTASK_TEST_DB=postgres "$PY" -m pytest -q -p no:cacheprovider --basetemp "$logs/tmp-pg" \
+    -m 'not sqlite' "$@" >"$logs/postgres.log" 2>&1 &
 pg_pid=$!
 wait "$sqlite_pid"; sqlite_rc=$?
 echo "== SQLite: the whole suite (exit $sqlite_rc)"

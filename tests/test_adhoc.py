@@ -219,6 +219,9 @@ def test_ctrl_c_terminates_remote_commands(fleet) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # as at a terminal: a test runner started in the background has SIGINT ignored, and an
+        # ignored signal stays ignored in the programs it starts
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         wait_until(
