@@ -96,6 +96,14 @@ def _second_server(
     return start_server(None, "--db", url, *extra, state_dir=state)
 
 
+def _failover_pair(
+    start_server: ServerFactory, url: str, tmp_path: Path
+) -> tuple[ServerHandle, ServerHandle]:
+    """Servers A and B on one database, each taking over from the other after 3 s of silence."""
+    a = start_server(None, "--db", url, "--server-timeout", "3s", state_dir=tmp_path / "a")
+    return a, _second_server(start_server, a, url, tmp_path / "b", "--server-timeout", "3s")
+
+
 def _sse_events(server: ServerHandle, path: str, timeout: float = 60) -> list[dict[str, Any]]:
     """Read a job's event stream to its end (the job's final event)."""
     events: list[dict[str, Any]] = []
@@ -168,19 +176,9 @@ def test_killing_a_server_hands_its_jobs_and_running_commands_to_another(
 ) -> None:
     """kill -9 of server B mid-run: its agent reconnects to A, A takes B's job over, re-attaches
     to the command the agent kept running; every line is stored once and the job succeeds."""
-    url = postgres.new_database()
-    a_port = free_port()
-    a = start_server(
-        None,
-        "--db",
-        url,
-        "--server-timeout",
-        "3s",
-        state_dir=tmp_path / "a",
-        agents=f"127.0.0.1:{a_port}",
-    )
-    b = _second_server(start_server, a, url, tmp_path / "b", "--server-timeout", "3s")
-    servers = f"{b.agents_addr},127.0.0.1:{a_port}"
+    a, b = _failover_pair(start_server, postgres.new_database(), tmp_path)
+    url = a.db_url
+    servers = f"{b.agents_addr},{a.agents_addr}"
     agent = start_agent(b, "mover", "--server", servers)
     queued_too = start_agent(b, "idle2", "--server", servers)
     assert queued_too.alive()
@@ -196,7 +194,7 @@ def test_killing_a_server_hands_its_jobs_and_running_commands_to_another(
     assert kinds.count("started") == 1 and "reattached" in kinds, kinds
     a_id = (tmp_path / "a" / "server.id").read_text().strip()
     assert db_execute(url, f"SELECT server FROM job WHERE id = {job_id}") == [(a_id,)]
-    assert f"connected to 127.0.0.1:{a_port} as mover" in agent.output()
+    assert f"connected to {a.agents_addr} as mover" in agent.output()
     # B's heartbeat row is gone: it was taken over once
     assert db_execute(url, "SELECT id FROM server_node") == [(a_id,)]
     assert "took over 1 job(s)" in a.proc.output()
@@ -306,29 +304,10 @@ def test_a_server_presumed_dead_stops_when_it_wakes_up(
 ) -> None:
     """Server B frozen (SIGSTOP) past the timeout: A takes its job over; B, thawed, finds its
     heartbeat row gone and exits 1 without storing anything twice."""
-    url = postgres.new_database()
-    a_port = free_port()
-    a = start_server(
-        None,
-        "--db",
-        url,
-        "--server-timeout",
-        "3s",
-        state_dir=tmp_path / "a",
-        agents=f"127.0.0.1:{a_port}",
-    )
-    b = _second_server(
-        start_server,
-        a,
-        url,
-        tmp_path / "b",
-        "--server-timeout",
-        "3s",
-    )
+    a, b = _failover_pair(start_server, postgres.new_database(), tmp_path)
     assert (a.state_dir / "admin.password").exists()
     assert not (b.state_dir / "admin.password").exists()  # the admin's password is A's
-    b_agents = b.agents_addr
-    start_agent(b, "frozen1", "--server", f"{b_agents},127.0.0.1:{a_port}")
+    start_agent(b, "frozen1", "--server", f"{b.agents_addr},{a.agents_addr}")
     job = b.submit("frozen1", "for i in $(seq 1 25); do echo f-$i; sleep 0.2; done")
     job_id, run_id = job["job"]["id"], job["runs"][0]["id"]
     wait_until(lambda: len(b.log_lines(run_id)) >= 3, timeout=30, what="first lines on B")

@@ -128,7 +128,6 @@ class Cluster:
             if self._offer_queued:
                 return  # one notice wakes every claim loop; the runs are found in the database
             self._offer_queued = True
-            data = {}
         payload = json.dumps({"k": kind, "s": self.node, **data}, separators=(",", ":"))
         if len(payload.encode()) > MAX_PAYLOAD:
             log.warning("cluster notice %s too large (%d bytes); not sent", kind, len(payload))
@@ -333,7 +332,7 @@ class Cluster:
         if not await self.store.call(rows.offer, self.store, run.id, self.node):
             return False
         run.server = OFFERED
-        self.notify("offer", agent=run.agent)
+        self.notify("offer")
         return True
 
     def agent_online(self) -> None:

@@ -482,11 +482,8 @@ class JobEngine:
         said = timeout if said is None else said
         info = self.registry.agents.get(run.host)
         if info is None or not info.online:
-            if offer is not None and self.cluster is not None and not live.kill.is_set():
-                holder = await self.cluster.holder(run.host)
-                if holder is not None and await self._offer(run, offer):
-                    await self._event(run, "handed over", f"agent {run.host} is held by {holder}")
-                    return OFFER
+            if offer is not None and not live.kill.is_set() and await self._try_offer(run, offer):
+                return OFFER
             await self._event(
                 run, "waiting", f"agent {run.host} not connected; waiting up to {said:g}s"
             )
@@ -507,10 +504,7 @@ class JobEngine:
             )
             return None
         got = acquire.result()
-        if got is OFFER:
-            holder = await self.cluster.holder(run.host) if self.cluster else None
-            await self._event(run, "handed over", f"agent {run.host} is held by {holder}")
-        elif got is None and not started:
+        if got is None and not started:
             await self._finish(
                 run,
                 RunState.UNREACHABLE,
@@ -518,10 +512,19 @@ class JobEngine:
             )
         return got
 
-    async def _offer(self, run: Run, prepare: Callable[[], Awaitable[None]]) -> bool:
-        assert self.cluster is not None
+    async def _try_offer(self, run: Run, prepare: Callable[[], Awaitable[None]]) -> bool:
+        """Hand the run to another live server if that one holds its agent (and say so)."""
+        info = self.registry.agents.get(run.host)
+        if self.cluster is None or (info is not None and info.online):
+            return False
+        holder = await self.cluster.holder(run.host)
+        if holder is None:
+            return False
         await prepare()
-        return await self.cluster.offer(run)
+        if not await self.cluster.offer(run):
+            return False
+        await self._event(run, "handed over", f"agent {run.host} is held by {holder}")
+        return True
 
     async def _acquire(
         self, run: Run, timeout: float, offer: Callable[[], Awaitable[None]] | None
@@ -532,12 +535,7 @@ class JobEngine:
             return await self.registry.acquire(run.host, timeout)
         end = time.monotonic() + timeout
         while True:
-            info = self.registry.agents.get(run.host)
-            if (
-                (info is None or not info.online)
-                and await cluster.holder(run.host) is not None
-                and await self._offer(run, offer)
-            ):
+            if await self._try_offer(run, offer):
                 return OFFER
             slice_ = min(max(end - time.monotonic(), 0.0), cluster.beat)
             got = await self.registry.acquire(run.host, slice_)
@@ -724,12 +722,7 @@ class JobEngine:
             if job.masked:
                 kept = secretfile.load(self.secrets_dir, run.job_id)
                 if not kept:
-                    await self._finish(
-                        run,
-                        RunState.FAILED,
-                        reason="the secrets masked in this job's output were kept by the server "
-                        "that stopped; not re-attached (the command may still be running)",
-                    )
+                    await self._unmaskable([run])
                     return
                 options = replace(options, **kept)
             await self._agent_run(run, options, live)

@@ -29,9 +29,7 @@ def heartbeat(store: Store, node: str, *, first: bool = False, **fields: str) ->
             if not first:
                 return False
             row = ServerNode(id=node)
-            for key, value in fields.items():
-                setattr(row, key, value)
-        elif first:
+        if first:
             row.started_at = utcnow()
             for key, value in fields.items():
                 setattr(row, key, value)
