@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import random
+from pathlib import Path
 
 import pytest
 
-from easytask.agent.spool import HEADER, Record, RecordReader, encode_records
+from easytask.agent.spool import HEADER, Record, RecordReader, Spool, encode_records, spool_keys
 from easytask.agent.supervisor import _Splitter
 from easytask.lines import MAX_LINE_BYTES, LineSplitter
 
@@ -95,3 +97,32 @@ def test_supervisor_cuts_lines_where_the_server_does(chunks: list[bytes]) -> Non
     sizes += server.close()[1]
     assert [len(p) for p in pieces] == sizes
     assert b"".join(pieces) == b"".join(chunks)
+
+
+def test_proc_record_is_read_back_and_never_taken_for_a_line(tmp_path: Path) -> None:
+    """The supervisor's first record names the command's group; readers of lines skip it."""
+    spool = Spool(tmp_path, "7-1")
+    spool.create()
+    with pytest.raises(FileExistsError):
+        spool.create()  # a run key is started once
+    with spool.out_path.open("ab") as fh:
+        fh.write(Spool.proc_record(os.getpid(), 0, 4242) + _spool())
+    assert spool.pgid == 4242
+    assert spool.supervisor_alive()
+    assert [r.seq for r in spool.records()] == list(range(1, 7))
+    assert RecordReader().feed_runs(spool.out_path.read_bytes()) == [
+        (stream, b"".join(lines)) for stream, lines in LINES
+    ]
+
+
+def test_spools_are_counted_by_their_output_file(tmp_path: Path) -> None:
+    """A spool with an exit file has ended; removing it leaves nothing behind."""
+    running, ended = Spool(tmp_path, "1-1"), Spool(tmp_path, "2-1")
+    for spool in (running, ended):
+        spool.create()
+    ended.write_exit({"exit_code": 0})
+    assert spool_keys(tmp_path) == (["1-1", "2-1"], {"2-1"})
+    assert ended.exit_info() == {"exit_code": 0} and running.exit_info() is None
+    ended.remove()
+    running.remove()
+    assert list(tmp_path.iterdir()) == []

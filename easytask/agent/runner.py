@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import os
-import shutil
 import signal
 import sys
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from easytask.agent.policy import Account
-from easytask.agent.spool import RecordReader, Spool
+from easytask.agent.spool import RecordReader, Spool, spool_keys
 
 log = logging.getLogger("easytask.agent")
 
@@ -38,7 +37,7 @@ class Job:
     version: int = 0
     done: bool = False
     poked: asyncio.Event = field(default_factory=asyncio.Event)  # new records in the spool
-    exited: bool = False  # the supervisor wrote exit.json
+    exited: bool = False  # the supervisor wrote the exit file
 
 
 class SupervisorProcess:
@@ -50,12 +49,12 @@ class SupervisorProcess:
         self._idle: asyncio.TimerHandle | None = None
         self.proc: asyncio.subprocess.Process | None = None
         self.pending: deque[asyncio.Future[int]] = deque()
-        self.watchers: dict[str, Job] = {}  # spool dir -> the run told about its records
+        self.watchers: dict[str, Job] = {}  # spool name -> the run told about its records
         self._reader: asyncio.Task[None] | None = None
         self._starting = asyncio.Lock()
 
-    async def start_run(self, spool_dir: Path, spec: dict[str, Any], job: Job) -> int:
-        """Have the supervisor start one run; the command's process group."""
+    async def start_run(self, spool: str, spec: dict[str, Any], job: Job) -> int:
+        """Have the supervisor start the run of a spool (its name); the command's process group."""
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
@@ -63,16 +62,16 @@ class SupervisorProcess:
         assert proc.stdin is not None
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.pending.append(fut)
-        self.watchers[str(spool_dir)] = job  # before asking: its first records may come at once
-        proc.stdin.write(json.dumps({"dir": str(spool_dir), "spec": spec}).encode() + b"\n")
+        self.watchers[spool] = job  # before asking: its first records may come at once
+        proc.stdin.write(json.dumps({"spool": spool, "spec": spec}).encode() + b"\n")
         try:
             return await fut
         except BaseException:
-            self.forget(spool_dir)
+            self.forget(spool)
             raise
 
-    def forget(self, spool_dir: Path) -> None:
-        self.watchers.pop(str(spool_dir), None)
+    def forget(self, spool: str) -> None:
+        self.watchers.pop(spool, None)
         if not self.watchers and not self.pending and self.idle_exit > 0 and self._idle is None:
             loop = asyncio.get_running_loop()
             self._idle = loop.call_later(self.idle_exit, self._exit_if_idle)
@@ -178,16 +177,13 @@ class Runner:
     @property
     def running(self) -> int:
         """Runs whose command has not ended yet."""
-        count = 0
-        for entry in self.root.iterdir() if self.root.exists() else ():
-            if _is_spool(entry) and not (entry / "exit.json").exists():
-                count += 1
-        return count
+        keys, ended = spool_keys(self.root)
+        return len(keys) - len(ended)
 
     async def start(self, key: str, command: str, extra_env: dict[str, str]) -> Job:
         """Start a command under the supervisor (its own session, outliving this process)."""
         spool = self.spool(key)
-        spool.dir.mkdir(parents=True)
+        spool.create()
         spec: dict[str, Any] = {
             "command": command,
             "env": extra_env,
@@ -199,7 +195,7 @@ class Runner:
         job = Job(key=key)
         supervisor = supervisor_process(self.root.parent / "supervisor.log", self.supervisor_idle)
         try:
-            await supervisor.start_run(spool.dir, spec, job)  # `out` exists once it answers
+            await supervisor.start_run(spool.name, spec, job)
         except BaseException:
             spool.remove()  # nothing started: no spool to count as running or to keep
             raise
@@ -210,7 +206,7 @@ class Runner:
         return job
 
     async def _watch(self, job: Job, spool: Spool, supervisor: SupervisorProcess) -> None:
-        """Each poke from the supervisor means new records in the spool, until exit.json."""
+        """Each poke from the supervisor means new records in the spool, until the exit file."""
         try:
             while not job.exited:
                 try:
@@ -222,7 +218,7 @@ class Runner:
                 job.poked.clear()
                 await self._bump(job)
         finally:
-            supervisor.forget(spool.dir)
+            supervisor.forget(spool.name)
             job.done = True
             await self._bump(job)
             self.jobs.pop(job.key, None)
@@ -312,9 +308,7 @@ class Runner:
 
     def run_keys(self) -> list[str]:
         """Every run key that has a spool."""
-        if not self.root.exists():
-            return []
-        return sorted(p.name for p in self.root.iterdir() if _is_spool(p))
+        return spool_keys(self.root)[0]
 
     async def terminate(self, key: str, grace: float, by: str = "") -> bool:
         """TERM the run's process group, KILL it after `grace` seconds; False if unknown."""
@@ -342,24 +336,22 @@ class Runner:
         """Remove finished spools the scheduler never acknowledged, after `max_age` seconds."""
         removed = 0
         now = time.time()
-        for key in self.run_keys():
+        for key in spool_keys(self.root)[1]:
             spool = self.spool(key)
-            exit_file = spool.dir / "exit.json"
             try:
-                age = now - exit_file.stat().st_mtime
+                age = now - spool.exit_path.stat().st_mtime
             except OSError:
                 continue
             if age > max_age:
                 spool.remove()
                 removed += 1
-        for gone in self.root.glob(".gone-*"):  # a deletion an earlier process did not finish
-            shutil.rmtree(gone, ignore_errors=True)
+        for stray in self.root.glob(".*"):  # exit files a crash left half written
+            try:
+                if now - stray.stat().st_mtime > max_age:
+                    stray.unlink()
+            except OSError:
+                pass
         return removed
-
-
-def _is_spool(path: Path) -> bool:
-    """A run's spool directory (not one being deleted: those are hidden)."""
-    return not path.name.startswith(".") and path.is_dir()
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

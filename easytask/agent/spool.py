@@ -1,10 +1,15 @@
 """A run's spool in the agent's state dir: numbered output records and the exit status.
 
-Layout of `STATE/spool/<run-key>/`:
-- `out`        records: 8-byte seq, 1-byte stream (1 stdout, 2 stderr), 4-byte length, raw bytes
-- `proc`       `SUPERVISOR_PID START PGID`: the supervisor (its start time in clock ticks since
-               boot tells a reused pid apart) and the command's process group
-- `exit.json`  written last: exit code or signal, line and byte counts, what the cap dropped
+Two files per run in `STATE/spool/` (no directory per run: on some disks every create, mkdir
+and rmdir costs a good part of a millisecond, and a fan-out pays them on every host):
+- `<run-key>.out`   records: 8-byte seq, 1-byte kind, 4-byte length, raw bytes.  Kind 1 is a
+                    stdout line, 2 a stderr line; the first record, kind 3 (seq 0), says who
+                    runs the command: `SUPERVISOR_PID START PGID` (the supervisor, its start
+                    time in clock ticks since boot to tell a reused pid apart, and the
+                    command's process group).  The agent creates the file, the supervisor
+                    appends to it.
+- `<run-key>.exit`  written last (through a hidden temp file): exit code or signal, line and
+                    byte counts, what the cap dropped.
 """
 
 from __future__ import annotations
@@ -12,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +25,9 @@ from typing import Any
 HEADER = struct.Struct(">QBI")
 STREAM_CODES = {"stdout": 1, "stderr": 2}
 STREAM_NAMES = {1: "stdout", 2: "stderr"}
+PROC_CODE = 3  # the first record: who runs the command (never an output line)
+OUT_SUFFIX = ".out"
+EXIT_SUFFIX = ".exit"
 KEY_CHARS = set("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-_.")
 
 
@@ -46,7 +53,7 @@ def encode_records(first_seq: int, stream: str, lines: list[bytes]) -> bytes:
 
 
 def valid_key(key: str) -> bool:
-    """Run keys name directories: keep them to a safe alphabet."""
+    """Run keys name files: keep them to a safe alphabet."""
     return bool(key) and len(key) <= 100 and set(key) <= KEY_CHARS and not key.startswith(".")
 
 
@@ -69,7 +76,8 @@ class RecordReader:
             end = pos + head + length
             if end > size:
                 break
-            out.append(Record(seq, STREAM_NAMES.get(code, "stdout"), data[pos + head : end]))
+            if code in STREAM_NAMES:
+                out.append(Record(seq, STREAM_NAMES[code], data[pos + head : end]))
             pos = end
         self._keep(data, pos)
         return out
@@ -92,7 +100,7 @@ class RecordReader:
             if end > size:
                 break
             pos = end
-            if seq <= after_seq:
+            if seq <= after_seq or code not in STREAM_NAMES:
                 continue
             if code != current:
                 if pieces:
@@ -122,33 +130,40 @@ class RecordReader:
 
 
 class Spool:
-    """One run's spool directory."""
+    """One run's spool: its output file and, once the command ended, its exit file."""
 
     def __init__(self, root: Path, key: str) -> None:
         if not valid_key(key):
             raise ValueError(f"bad run key {key!r}")
+        self.root = root
         self.key = key
-        self.dir = root / key
+        self.out_path = root / (key + OUT_SUFFIX)
+        self.exit_path = root / (key + EXIT_SUFFIX)
 
     @property
-    def out_path(self) -> Path:
-        return self.dir / "out"
+    def name(self) -> str:
+        """The spool's name between the agent and the supervisor (a path, not a file)."""
+        return str(self.root / self.key)
 
     def exists(self) -> bool:
-        return self.dir.is_dir()
+        return self.out_path.exists()
+
+    def create(self) -> None:
+        """Make the empty output file (FileExistsError: this run was started before)."""
+        os.close(os.open(self.out_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
 
     def exit_info(self) -> dict[str, Any] | None:
         """The exit record, once the supervisor wrote it."""
         try:
-            return dict(json.loads((self.dir / "exit.json").read_text()))
+            return dict(json.loads(self.exit_path.read_bytes()))
         except (OSError, ValueError):
             return None
 
     def write_exit(self, info: dict[str, Any]) -> None:
         """Write the exit record atomically."""
-        tmp = self.dir / "exit.json.tmp"
+        tmp = self.root / f".{self.key}{EXIT_SUFFIX}.{os.getpid()}"
         tmp.write_text(json.dumps(info))
-        os.replace(tmp, self.dir / "exit.json")
+        os.replace(tmp, self.exit_path)
 
     def records(self, after_seq: int = 0) -> Iterator[Record]:
         """Stored records with seq > after_seq, in order."""
@@ -166,15 +181,27 @@ class Spool:
                     if rec.seq > after_seq:
                         yield rec
 
-    def write_proc(self, supervisor_pid: int, supervisor_start: int, pgid: int) -> None:
-        """Record who supervises the run and the command's process group."""
-        (self.dir / "proc").write_text(f"{supervisor_pid} {supervisor_start} {pgid}")
+    @staticmethod
+    def proc_record(supervisor_pid: int, supervisor_start: int, pgid: int) -> bytes:
+        """The first record of the output file: who supervises the run, the command's group."""
+        data = f"{supervisor_pid} {supervisor_start} {pgid}".encode()
+        return HEADER.pack(0, PROC_CODE, len(data)) + data
 
     def _proc(self) -> tuple[int, int, int] | None:
         try:
-            pid, start, pgid = (self.dir / "proc").read_text().split()
+            with self.out_path.open("rb") as fh:
+                head = fh.read(HEADER.size + 64)
+        except OSError:
+            return None
+        if len(head) < HEADER.size:
+            return None
+        _, code, length = HEADER.unpack_from(head)
+        if code != PROC_CODE:
+            return None
+        try:
+            pid, start, pgid = head[HEADER.size : HEADER.size + length].split()
             return int(pid), int(start), int(pgid)
-        except (OSError, ValueError):
+        except ValueError:
             return None
 
     @property
@@ -201,19 +228,23 @@ class Spool:
     def remove(self) -> None:
         """Delete the spool (after the server acknowledged everything).
 
-        The directory is first renamed out of sight in one step, so that nobody counting spools
+        The output file goes first: a spool is counted by its output file, so nobody counting
         meanwhile sees a run without its exit record.
         """
-        if not self.dir.exists():
-            return
-        gone = self.dir.with_name(f".gone-{self.key}-{os.getpid()}-{time.monotonic_ns()}")
-        try:
-            os.rename(self.dir, gone)
-        except FileNotFoundError:
-            return
-        for child in gone.iterdir():
-            child.unlink(missing_ok=True)
-        gone.rmdir()
+        self.out_path.unlink(missing_ok=True)
+        self.exit_path.unlink(missing_ok=True)
+
+
+def spool_keys(root: Path) -> tuple[list[str], set[str]]:
+    """The run keys with a spool under `root`, and those of them whose command ended."""
+    try:
+        names = os.listdir(root)
+    except FileNotFoundError:
+        return [], set()
+    present = set(names)
+    keys = [n[: -len(OUT_SUFFIX)] for n in names if n.endswith(OUT_SUFFIX) and n[0] != "."]
+    ended = {k for k in keys if k + EXIT_SUFFIX in present}
+    return sorted(keys), ended
 
 
 def process_start(pid: int) -> int:

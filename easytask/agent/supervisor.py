@@ -1,11 +1,13 @@
 """The agent's supervisor: one long-lived process that runs every command detached from the agent.
 
 The agent starts `python -m easytask.agent.supervisor` once (in its own session) and writes one
-JSON request per line to its stdin: `{"dir": SPOOL_DIR, "spec": {command, env, cwd, cap}}`.  For
+JSON request per line to its stdin: `{"spool": SPOOL, "spec": {command, env, cwd, cap}}`, where
+SPOOL is `STATE/spool/RUN-KEY` (the agent has created `RUN-KEY.out`).  For
 each, the supervisor starts the command in its own session and answers `ok PGID` or `error TEXT`
 on stdout, in request order.  It numbers the command's output lines exactly as the scheduler does
-(same line rules), appends them to the spool's `out`, writes `exit.json` last, and tells the agent
-on the same stdout: `p SPOOL_DIR` (new records) and `x SPOOL_DIR` (exit.json is there).
+(same line rules), appends them to the spool's output file after a first record saying who runs
+the command, writes the exit file last, and tells the agent on the same stdout: `p SPOOL` (new
+records) and `x SPOOL` (the exit file is there).
 
 It outlives the agent process: when its stdin closes (the agent stopped or died) it takes no new
 runs but sees the ones it has to their end, so a job keeps running and keeps its output when the
@@ -88,9 +90,9 @@ class _Run:
 
     spool: Spool
     proc: subprocess.Popen[bytes]
-    out: Any  # the spool's `out`, opened for appending
+    out: Any  # the spool's output file, opened for appending
     cap: int
-    poke: Callable[[str, str], None]  # tell the agent: ("p" | "x", spool dir)
+    poke: Callable[[str, str], None]  # tell the agent: ("p" | "x", spool name)
     splitters: dict[str, _Splitter] = field(
         default_factory=lambda: {"stdout": _Splitter("stdout"), "stderr": _Splitter("stderr")}
     )
@@ -110,7 +112,7 @@ class _Run:
             self.seq += len(items)
             self.stored += nbytes
             self.out.write(encode_records(first, stream, items))
-            self.poke("p", str(self.spool.dir))
+            self.poke("p", self.spool.name)
             return
         blob = bytearray()
         for data in items:
@@ -123,7 +125,7 @@ class _Run:
             blob += Record(self.seq, stream, data).encode()
         if blob:
             self.out.write(blob)
-            self.poke("p", str(self.spool.dir))
+            self.poke("p", self.spool.name)
 
     def exit_record(self, rc: int) -> dict[str, Any]:
         sig = None
@@ -154,7 +156,7 @@ class Supervisor:
         self.draining: list[_Run] = []  # output closed, process not reaped yet
         self.out_fd = out_fd
         self.outbox = bytearray()  # answers and pokes not yet written to the agent
-        self.pokes: dict[str, str] = {}  # spool dir -> "p" or "x", sent once per loop turn
+        self.pokes: dict[str, str] = {}  # spool name -> "p" or "x", sent once per loop turn
         self.agent_gone = False
 
     @property
@@ -163,17 +165,17 @@ class Supervisor:
             isinstance(key.data, tuple) for key in self.sel.get_map().values()
         )
 
-    def poke(self, kind: str, spool_dir: str) -> None:
-        if self.pokes.get(spool_dir) != "x":
-            self.pokes[spool_dir] = kind
+    def poke(self, kind: str, spool: str) -> None:
+        if self.pokes.get(spool) != "x":
+            self.pokes[spool] = kind
 
     def say(self, text: str) -> None:
         self.outbox += text.encode()
 
     def flush(self) -> None:
         """Write what the agent should hear; never block on it (pokes wait for the next turn)."""
-        for spool_dir, kind in self.pokes.items():
-            self.outbox += f"{kind} {spool_dir}\n".encode()
+        for spool, kind in self.pokes.items():
+            self.outbox += f"{kind} {spool}\n".encode()
         self.pokes.clear()
         if self.agent_gone or not self.outbox:
             self.outbox.clear()
@@ -188,9 +190,10 @@ class Supervisor:
             return
         del self.outbox[:written]
 
-    def start(self, spool_dir: Path, spec: dict[str, Any]) -> int:
+    def start(self, name: str, spec: dict[str, Any]) -> int:
         """Start the command of one spool; the command's process group id (0 if it failed)."""
-        spool = Spool(spool_dir.parent, spool_dir.name)
+        path = Path(name)
+        spool = Spool(path.parent, path.name)
         env = dict(os.environ)
         user = spec.get("user")  # run as this account (the agent's --run-as)
         ids: dict[str, Any] = {}
@@ -201,7 +204,8 @@ class Supervisor:
         cwd = spec.get("cwd") or os.path.expanduser("~")
         if not os.path.isdir(cwd):
             cwd = "/"
-        out = open(spool.out_path, "ab", buffering=0)
+        # the agent created the file (no O_CREAT: a spool nobody made is an error)
+        out = open(os.open(spool.out_path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC), "ab", 0)
         try:
             proc = subprocess.Popen(
                 [spec.get("shell") or "/bin/sh", "-c", spec["command"]],
@@ -228,9 +232,9 @@ class Supervisor:
                     "dropped_lines": 0,
                 }
             )
-            self.poke("x", str(spool_dir))
+            self.poke("x", spool.name)
             return 0
-        spool.write_proc(self.pid, self.start_time, proc.pid)
+        out.write(Spool.proc_record(self.pid, self.start_time, proc.pid))
         run = _Run(spool, proc, out, int(spec.get("cap") or 0), self.poke)
         assert proc.stdout is not None and proc.stderr is not None
         self.sel.register(proc.stdout, selectors.EVENT_READ, (run, "stdout"))
@@ -267,14 +271,14 @@ class Supervisor:
                 continue
             run.out.close()
             run.spool.write_exit(run.exit_record(rc))
-            self.poke("x", str(run.spool.dir))
+            self.poke("x", run.spool.name)
         self.draining = still
 
     def request(self, raw: bytes) -> None:
         """Start one run named by a request line and answer it."""
         try:
             req = json.loads(raw)
-            pgid = self.start(Path(req["dir"]), req["spec"])
+            pgid = self.start(str(req["spool"]), req["spec"])
         except Exception as exc:  # one bad request must not stop the others
             self.say("error " + str(exc).replace("\n", " ") + "\n")
         else:

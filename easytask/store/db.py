@@ -20,7 +20,7 @@ from itertools import chain
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
-from sqlalchemy import event, func, text
+from sqlalchemy import bindparam, event, func, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DisconnectionError
 from sqlmodel import Session, SQLModel, col, create_engine, select
@@ -610,24 +610,32 @@ class Store:
             return run
 
     def update_runs(self, changes: Sequence[RunChange]) -> list[KeyError | None]:
-        """Apply run changes in order, all in one transaction; a KeyError for a missing run."""
-        results: list[KeyError | None] = []
-        events: list[dict[str, Any]] = []
+        """Apply run changes in order, all in one transaction; a KeyError for a missing run.
+
+        A fan-out changes hundreds of runs at once: the changes of one run are folded into one
+        row of new values (later ones win), runs changing the same fields are updated by one
+        executemany, and the timeline events go in as one multi-row insert.
+        """
         table = Run.__table__  # type: ignore[attr-defined]
+        wanted = list(dict.fromkeys(change.run_id for change in changes))
+        found: set[int] = set()
+        merged: dict[int, dict[str, Any]] = {}
+        events: list[dict[str, Any]] = []
+        results: list[KeyError | None] = []
         with self.engine.begin() as conn:
+            for start in range(0, len(wanted), 500):
+                found.update(
+                    conn.execute(
+                        select(table.c.id).where(table.c.id.in_(wanted[start : start + 500]))
+                    ).scalars()
+                )
             for change in changes:
-                if change.fields:
-                    found = conn.execute(
-                        table.update().where(table.c.id == change.run_id).values(change.fields)
-                    ).rowcount
-                else:
-                    found = conn.execute(
-                        select(func.count()).where(col(Run.id) == change.run_id)
-                    ).scalar_one()
-                if not found:
+                if change.run_id not in found:
                     results.append(KeyError(change.run_id))
                     continue
                 results.append(None)
+                if change.fields:
+                    merged.setdefault(change.run_id, {}).update(change.fields)
                 if change.event:
                     events.append(
                         {
@@ -637,6 +645,20 @@ class Store:
                             "detail": change.detail,
                         }
                     )
+            by_fields: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+            for run_id, fields in merged.items():
+                row = {f"new_{name}": value for name, value in fields.items()}
+                row["run_id"] = run_id
+                by_fields.setdefault(tuple(sorted(fields)), []).append(row)
+            for names, rows in by_fields.items():
+                stmt = (
+                    table.update()
+                    .where(table.c.id == bindparam("run_id"))
+                    .values(
+                        {name: bindparam(f"new_{name}", type_=table.c[name].type) for name in names}
+                    )
+                )
+                conn.execute(stmt, rows)
             if events:
                 conn.execute(RunEvent.__table__.insert(), events)  # type: ignore[attr-defined]
         return results
@@ -762,7 +784,6 @@ class Store:
     ) -> dict[str, int]:
         """Delete up to `batch` prunable runs with their lines, index rows and timeline, in one
         transaction, then the jobs left without runs. The audit log is never touched."""
-        from sqlalchemy import bindparam
 
         cand = self._prunable(ok_before, failed_before)
         with self.session() as s:
