@@ -113,10 +113,20 @@ def test_proc_record_is_read_back_and_never_taken_for_a_line(tmp_path: Path) -> 
     assert RecordReader().feed_runs(spool.out_path.read_bytes()) == [
         (stream, b"".join(lines)) for stream, lines in LINES
     ]
+    assert spool.exit_info() is None
+    spool.write_exit({"exit_code": 3, "lines": 6})
+    # the exit record is read from the end and never taken for a line; the group is still known
+    assert not spool.out_path.exists() and spool.exists()
+    assert spool.exit_info() == {"exit_code": 3, "lines": 6}
+    assert [r.seq for r in spool.records()] == list(range(1, 7))
+    assert RecordReader().feed_runs(spool.done_path.read_bytes(), after_seq=5) == [
+        ("stdout", b"last, no newline")
+    ]
+    assert spool.pgid == 4242
 
 
 def test_spools_are_counted_by_their_output_file(tmp_path: Path) -> None:
-    """A spool with an exit file has ended; removing it leaves nothing behind."""
+    """A spool with an exit record has ended; removing it leaves nothing behind."""
     running, ended = Spool(tmp_path, "1-1"), Spool(tmp_path, "2-1")
     for spool in (running, ended):
         spool.create()

@@ -237,7 +237,9 @@ class Agent:
             if op == "status":
                 return self.runner.status(str(req["run"]))
             if op == "ack":  # deleting files is slow on some disks: off the event loop
-                return {"removed": await asyncio.to_thread(self.runner.ack, str(req["run"]))}
+                keys = [str(k) for k in req["runs"]] if "runs" in req else [str(req["run"])]
+                acked = await asyncio.to_thread(lambda: [k for k in keys if self.runner.ack(k)])
+                return {"removed": acked}
             if op == "list":
                 return {"runs": {key: self.runner.status(key) for key in self.runner.run_keys()}}
             return {"error": f"unknown operation {op!r}"}

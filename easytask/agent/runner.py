@@ -37,7 +37,7 @@ class Job:
     version: int = 0
     done: bool = False
     poked: asyncio.Event = field(default_factory=asyncio.Event)  # new records in the spool
-    exited: bool = False  # the supervisor wrote the exit file
+    exited: bool = False  # the supervisor wrote the exit record
 
 
 class SupervisorProcess:
@@ -206,7 +206,7 @@ class Runner:
         return job
 
     async def _watch(self, job: Job, spool: Spool, supervisor: SupervisorProcess) -> None:
-        """Each poke from the supervisor means new records in the spool, until the exit file."""
+        """Each poke from the supervisor means new records in the spool, until the exit record."""
         try:
             while not job.exited:
                 try:
@@ -243,7 +243,7 @@ class Runner:
         reader = RecordReader()
         loop = asyncio.get_running_loop()
         sent = -1e9
-        with spool.out_path.open("rb") as fh:
+        with spool.open() as fh:
             while True:
                 gap = sent + GATHER - loop.time()
                 if gap > 0:
@@ -258,7 +258,8 @@ class Runner:
                         # a full read means a backlog (a replay): no pause until it is sent
                         sent = loop.time() if len(data) < READ else -1e9
                     continue
-                if spool.exit_info() is not None:
+                # a run this process started says when it exited: no need to look before
+                if (job is None or job.exited or job.done) and spool.exit_info() is not None:
                     rest = fh.read()
                     batch = reader.feed_runs(rest, after_seq) if rest else []
                     if batch:
@@ -300,11 +301,11 @@ class Runner:
 
     def ack(self, key: str) -> bool:
         """Delete a finished run's spool once the scheduler has stored everything."""
-        spool = self.spool(key)
-        if spool.exists() and spool.exit_info() is not None:
-            spool.remove()
-            return True
-        return False
+        try:
+            self.spool(key).done_path.unlink()  # only an ended run's spool: a running one stays
+        except FileNotFoundError:
+            return False
+        return True
 
     def run_keys(self) -> list[str]:
         """Every run key that has a spool."""
@@ -339,18 +340,12 @@ class Runner:
         for key in spool_keys(self.root)[1]:
             spool = self.spool(key)
             try:
-                age = now - spool.exit_path.stat().st_mtime
+                age = now - spool.done_path.stat().st_mtime
             except OSError:
                 continue
             if age > max_age:
                 spool.remove()
                 removed += 1
-        for stray in self.root.glob(".*"):  # exit files a crash left half written
-            try:
-                if now - stray.stat().st_mtime > max_age:
-                    stray.unlink()
-            except OSError:
-                pass
         return removed
 
 

@@ -1,15 +1,17 @@
 """A run's spool in the agent's state dir: numbered output records and the exit status.
 
-Two files per run in `STATE/spool/` (no directory per run: on some disks every create, mkdir
-and rmdir costs a good part of a millisecond, and a fan-out pays them on every host):
-- `<run-key>.out`   records: 8-byte seq, 1-byte kind, 4-byte length, raw bytes.  Kind 1 is a
-                    stdout line, 2 a stderr line; the first record, kind 3 (seq 0), says who
-                    runs the command: `SUPERVISOR_PID START PGID` (the supervisor, its start
-                    time in clock ticks since boot to tell a reused pid apart, and the
-                    command's process group).  The agent creates the file, the supervisor
-                    appends to it.
-- `<run-key>.exit`  written last (through a hidden temp file): exit code or signal, line and
-                    byte counts, what the cap dropped.
+One file per run in `STATE/spool/`, `<run-key>.out` while the command runs and `<run-key>.done`
+once it ended (no directory, no second file: on some disks every create, mkdir and rmdir costs a
+good part of a millisecond, and a fan-out pays them on every host).  It holds records: 8-byte
+seq, 1-byte kind, 4-byte length, that many bytes.
+- kind 3, first (seq 0): who runs the command, `SUPERVISOR_PID START PGID` (the supervisor, its
+  start time in clock ticks since boot to tell a reused pid apart, and the command's process
+  group);
+- kinds 1 and 2: a stdout or stderr line, raw bytes, numbered from 1;
+- kind 4, last (seq 0): the exit record, JSON (exit code or signal, line and byte counts, what
+  the cap dropped) followed by its own length as 4 bytes, so it is found from the file's end.
+  The file is renamed to `.done` only after the exit record is written.
+The agent creates the `.out` file, the supervisor appends to it and renames it.
 """
 
 from __future__ import annotations
@@ -20,14 +22,16 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 HEADER = struct.Struct(">QBI")
 STREAM_CODES = {"stdout": 1, "stderr": 2}
 STREAM_NAMES = {1: "stdout", 2: "stderr"}
 PROC_CODE = 3  # the first record: who runs the command (never an output line)
+EXIT_CODE = 4  # the last record: how the command ended
 OUT_SUFFIX = ".out"
-EXIT_SUFFIX = ".exit"
+DONE_SUFFIX = ".done"
+_TAIL = struct.Struct(">I")
 KEY_CHARS = set("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-_.")
 
 
@@ -130,7 +134,7 @@ class RecordReader:
 
 
 class Spool:
-    """One run's spool: its output file and, once the command ended, its exit file."""
+    """One run's spool file: `.out` while its command runs, `.done` with the exit record."""
 
     def __init__(self, root: Path, key: str) -> None:
         if not valid_key(key):
@@ -138,7 +142,7 @@ class Spool:
         self.root = root
         self.key = key
         self.out_path = root / (key + OUT_SUFFIX)
-        self.exit_path = root / (key + EXIT_SUFFIX)
+        self.done_path = root / (key + DONE_SUFFIX)
 
     @property
     def name(self) -> str:
@@ -146,30 +150,52 @@ class Spool:
         return str(self.root / self.key)
 
     def exists(self) -> bool:
-        return self.out_path.exists()
+        return self.out_path.exists() or self.done_path.exists()
 
     def create(self) -> None:
         """Make the empty output file (FileExistsError: this run was started before)."""
-        os.close(os.open(self.out_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        os.close(os.open(self.out_path, flags, 0o600))
+
+    def open(self) -> BinaryIO:
+        """The spool file for reading, wherever it is now (FileNotFoundError: no spool)."""
+        try:
+            return self.out_path.open("rb")
+        except FileNotFoundError:
+            return self.done_path.open("rb")  # renamed meanwhile: the command ended
 
     def exit_info(self) -> dict[str, Any] | None:
-        """The exit record, once the supervisor wrote it."""
+        """The exit record, once the command ended."""
         try:
-            return dict(json.loads(self.exit_path.read_bytes()))
+            with self.done_path.open("rb") as fh:
+                return _exit_record(fh)
         except (OSError, ValueError):
             return None
 
-    def write_exit(self, info: dict[str, Any]) -> None:
-        """Write the exit record atomically."""
-        tmp = self.root / f".{self.key}{EXIT_SUFFIX}.{os.getpid()}"
-        tmp.write_text(json.dumps(info))
-        os.replace(tmp, self.exit_path)
+    def write_exit(self, info: dict[str, Any], out: BinaryIO | None = None) -> None:
+        """Append the exit record (through `out`, the file opened for appending, if given) and
+        mark the spool ended."""
+        data = json.dumps(info).encode()
+        data += _TAIL.pack(len(data))
+        record = HEADER.pack(0, EXIT_CODE, len(data)) + data
+        if out is None:
+            try:
+                fd = os.open(self.out_path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return  # ended already
+            try:
+                os.write(fd, record)
+            finally:
+                os.close(fd)
+        else:
+            out.write(record)
+        os.rename(self.out_path, self.done_path)
 
     def records(self, after_seq: int = 0) -> Iterator[Record]:
         """Stored records with seq > after_seq, in order."""
         reader = RecordReader()
         try:
-            fh = self.out_path.open("rb")
+            fh = self.open()
         except FileNotFoundError:
             return
         with fh:
@@ -189,7 +215,7 @@ class Spool:
 
     def _proc(self) -> tuple[int, int, int] | None:
         try:
-            with self.out_path.open("rb") as fh:
+            with self.open() as fh:
                 head = fh.read(HEADER.size + 64)
         except OSError:
             return None
@@ -226,13 +252,27 @@ class Spool:
         return not start or not now or now == start  # a reused pid has another start time
 
     def remove(self) -> None:
-        """Delete the spool (after the server acknowledged everything).
-
-        The output file goes first: a spool is counted by its output file, so nobody counting
-        meanwhile sees a run without its exit record.
-        """
+        """Delete the spool, whether it ended or not."""
         self.out_path.unlink(missing_ok=True)
-        self.exit_path.unlink(missing_ok=True)
+        self.done_path.unlink(missing_ok=True)
+
+
+def _exit_record(fh: BinaryIO) -> dict[str, Any] | None:
+    """The exit record at the end of an ended spool file."""
+    size = fh.seek(0, os.SEEK_END)
+    if size < HEADER.size + _TAIL.size:
+        return None
+    fh.seek(size - _TAIL.size)
+    (length,) = _TAIL.unpack(fh.read(_TAIL.size))
+    start = size - _TAIL.size - length - HEADER.size
+    if start < 0:
+        return None
+    fh.seek(start)
+    head = fh.read(HEADER.size)
+    _, code, total = HEADER.unpack(head)
+    if code != EXIT_CODE or total != length + _TAIL.size:
+        return None
+    return dict(json.loads(fh.read(length)))
 
 
 def spool_keys(root: Path) -> tuple[list[str], set[str]]:
@@ -241,10 +281,17 @@ def spool_keys(root: Path) -> tuple[list[str], set[str]]:
         names = os.listdir(root)
     except FileNotFoundError:
         return [], set()
-    present = set(names)
-    keys = [n[: -len(OUT_SUFFIX)] for n in names if n.endswith(OUT_SUFFIX) and n[0] != "."]
-    ended = {k for k in keys if k + EXIT_SUFFIX in present}
-    return sorted(keys), ended
+    running: list[str] = []
+    ended: set[str] = set()
+    for n in names:
+        if n[0] == ".":
+            continue
+        if n.endswith(OUT_SUFFIX):
+            running.append(n[: -len(OUT_SUFFIX)])
+        elif n.endswith(DONE_SUFFIX):
+            ended.add(n[: -len(DONE_SUFFIX)])
+    # a spool renamed between the listing's reads may show up twice: it has ended
+    return sorted(set(running) | ended), ended
 
 
 def process_start(pid: int) -> int:

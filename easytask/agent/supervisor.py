@@ -6,8 +6,8 @@ SPOOL is `STATE/spool/RUN-KEY` (the agent has created `RUN-KEY.out`).  For
 each, the supervisor starts the command in its own session and answers `ok PGID` or `error TEXT`
 on stdout, in request order.  It numbers the command's output lines exactly as the scheduler does
 (same line rules), appends them to the spool's output file after a first record saying who runs
-the command, writes the exit file last, and tells the agent on the same stdout: `p SPOOL` (new
-records) and `x SPOOL` (the exit file is there).
+the command, appends the exit record last and renames the file `.done`, and tells the agent on the same
+stdout: `p SPOOL` (new records) and `x SPOOL` (the command ended).
 
 It outlives the agent process: when its stdin closes (the agent stopped or died) it takes no new
 runs but sees the ones it has to their end, so a job keeps running and keeps its output when the
@@ -221,7 +221,6 @@ class Supervisor:
         except OSError as exc:
             text = f"easytask agent: cannot start command: {exc}\n".encode()
             out.write(Record(1, "stderr", text).encode())
-            out.close()
             spool.write_exit(
                 {
                     "exit_code": 127,
@@ -230,8 +229,10 @@ class Supervisor:
                     "bytes": 0,
                     "dropped_bytes": 0,
                     "dropped_lines": 0,
-                }
+                },
+                out,
             )
+            out.close()
             self.poke("x", spool.name)
             return 0
         out.write(Spool.proc_record(self.pid, self.start_time, proc.pid))
@@ -269,8 +270,8 @@ class Supervisor:
             if rc is None:
                 still.append(run)
                 continue
+            run.spool.write_exit(run.exit_record(rc), run.out)
             run.out.close()
-            run.spool.write_exit(run.exit_record(rc))
             self.poke("x", run.spool.name)
         self.draining = still
 

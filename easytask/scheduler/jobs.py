@@ -431,7 +431,7 @@ class JobEngine:
         """Let the agent delete the run's spool once every line is stored."""
         try:
             await self.writer.flush()
-            await link.request("ack", run=key)
+            await link.acknowledge(key)
         except Exception as exc:
             log.info("run %s: could not acknowledge spool on %s: %s", run.id, run.host, exc)
 

@@ -14,6 +14,7 @@ log = logging.getLogger("easytask.server")
 
 Verdict = Literal["trusted", "probe", "refuse"]
 AGENT_VERSION_PREFIX = "EasyTaskAgent_"
+ACK_DELAY = 1.0  # seconds: acknowledgements of ended runs gather this long, then go as one request
 
 
 def claimed_name(server_version: str | None) -> str | None:
@@ -61,10 +62,42 @@ class AgentLink:
         self.trusted = trusted
         self.admitted = False
         self.control = control.ControlChannel(conn)
+        self._acks: list[str] = []
+        self._acked: asyncio.Future[None] | None = None
+        self._sending: set[asyncio.Task[None]] = set()
 
     async def request(self, op: str, **args: Any) -> dict[str, Any]:
         """Send a control request to the agent (over the link's long-lived control session)."""
         return await self.control.request(op, **args)
+
+    async def acknowledge(self, key: str) -> None:
+        """Let the agent delete the spool of an ended run (its lines are stored).
+
+        Deleting a spool is never urgent: acknowledgements wait `ACK_DELAY` and go out together
+        in one request, after the work of a fan-out rather than in the middle of it.
+        """
+        self._acks.append(key)
+        if self._acked is None:
+            self._acked = asyncio.get_running_loop().create_future()
+            asyncio.get_running_loop().call_later(ACK_DELAY, self._send_acks)
+        await asyncio.shield(self._acked)
+
+    def _send_acks(self) -> None:
+        keys, self._acks = self._acks, []
+        done, self._acked = self._acked, None
+        assert done is not None
+        task = asyncio.create_task(self._ack(keys, done), name="agent-ack")
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _ack(self, keys: list[str], done: asyncio.Future[None]) -> None:
+        try:
+            await self.request("ack", runs=keys)
+        except Exception as exc:
+            done.set_exception(exc)
+            done.exception()  # told to whoever waits; nobody waiting is fine too
+        else:
+            done.set_result(None)
 
     def close(self) -> None:
         """Close the link."""
