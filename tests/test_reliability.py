@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from easytask.agent.spool import spool_keys
 from tests.conftest import AgentFactory, ServerFactory
 from tests.helpers import ServerHandle, free_port, wait_until
 
@@ -53,7 +54,7 @@ def test_agent_killed_and_restarted_mid_run(
     assert "agent lost" in kinds and "reattached" in kinds
     # the spool was deleted after the server acknowledged it
     wait_until(
-        lambda: not any((tmp_path / "agents" / "chaos1" / "spool").iterdir()), what="spool acked"
+        lambda: not spool_keys(tmp_path / "agents" / "chaos1" / "spool")[0], what="spool acked"
     )
 
 

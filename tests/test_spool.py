@@ -136,3 +136,28 @@ def test_spools_are_counted_by_their_output_file(tmp_path: Path) -> None:
     ended.remove()
     running.remove()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_acknowledged_spool_file_is_the_next_runs(tmp_path: Path) -> None:
+    """Retiring an ended spool keeps its file as the spare; the next run gets it emptied."""
+    first = Spool(tmp_path, "1-1")
+    first.create()
+    with first.out_path.open("ab") as fh:
+        fh.write(Spool.proc_record(os.getpid(), 0, 99) + _spool())
+    assert not first.retire()  # still running: kept
+    first.write_exit({"exit_code": 0})
+    assert first.retire() and not first.exists()
+    inode = (tmp_path / ".spare").stat().st_ino
+    second = Spool(tmp_path, "2-1")
+    second.create()
+    assert second.out_path.stat().st_ino == inode and second.out_path.read_bytes() == b""
+    assert not (tmp_path / ".spare").exists()
+    with pytest.raises(FileExistsError):
+        second.create()
+    third = Spool(tmp_path, "3-1")
+    third.create()  # no spare: a new file
+    for spool in (second, third):
+        spool.write_exit({"exit_code": 0})
+        assert spool.retire()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".spare"]
+    assert spool_keys(tmp_path) == ([], set())

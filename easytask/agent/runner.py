@@ -301,11 +301,7 @@ class Runner:
 
     def ack(self, key: str) -> bool:
         """Delete a finished run's spool once the scheduler has stored everything."""
-        try:
-            self.spool(key).done_path.unlink()  # only an ended run's spool: a running one stays
-        except FileNotFoundError:
-            return False
-        return True
+        return self.spool(key).retire()  # only an ended run's spool: a running one stays
 
     def run_keys(self) -> list[str]:
         """Every run key that has a spool."""
