@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -255,6 +256,10 @@ class Agent:
 
     async def _exec(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
         env = dict(process.env)
+        if env.get("EASYTASK_ACK"):  # ended runs the server has stored: their spools may go
+            for done in str(env["EASYTASK_ACK"]).split(","):
+                with contextlib.suppress(ValueError):
+                    self.runner.ack(done)
         attach = env.get("EASYTASK_ATTACH")
         if attach:
             try:

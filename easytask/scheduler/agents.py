@@ -342,9 +342,11 @@ class AgentRegistry:
         await self._notify()
 
     async def close(self) -> None:
-        """Close every link."""
-        for info in self.agents.values():
-            if info.link is not None:
-                info.link.close()
+        """Close every link (after the acknowledgements waiting for it are sent)."""
+        links = [info.link for info in self.agents.values() if info.link is not None]
+        if links:
+            await asyncio.wait([asyncio.create_task(ln.flush_acks()) for ln in links], timeout=2)
+        for link in links:
+            link.close()
         for task in list(self._tasks):
             await asyncio.gather(task, return_exceptions=True)

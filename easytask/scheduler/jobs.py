@@ -401,6 +401,9 @@ class JobEngine:
                     )
                 assert out is not None
                 started = True
+                acks = link.take_acks()
+                if acks:  # ended runs whose spools the agent may delete, along for the ride
+                    env["EASYTASK_ACK"] = ",".join(acks)
                 remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
                 outcome = await self._stream(
                     run,
@@ -431,7 +434,7 @@ class JobEngine:
         """Let the agent delete the run's spool once every line is stored."""
         try:
             await self.writer.flush()
-            await link.acknowledge(key)
+            link.acknowledge(key)
         except Exception as exc:
             log.info("run %s: could not acknowledge spool on %s: %s", run.id, run.host, exc)
 

@@ -106,6 +106,8 @@ class LogWriter:
     async def flush(self) -> None:
         """Return once every line added before this call is stored."""
         target = self._added
+        if self._written >= target:
+            return
         self._wake.set()
         async with self._progress:
             await self._progress.wait_for(lambda: self._written >= target)

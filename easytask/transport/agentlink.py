@@ -14,7 +14,7 @@ log = logging.getLogger("easytask.server")
 
 Verdict = Literal["trusted", "probe", "refuse"]
 AGENT_VERSION_PREFIX = "EasyTaskAgent_"
-ACK_DELAY = 1.0  # seconds: acknowledgements of ended runs gather this long, then go as one request
+ACK_DELAY = 5.0  # seconds: acknowledgements no command carried go out in one request after this
 
 
 def claimed_name(server_version: str | None) -> str | None:
@@ -63,41 +63,52 @@ class AgentLink:
         self.admitted = False
         self.control = control.ControlChannel(conn)
         self._acks: list[str] = []
-        self._acked: asyncio.Future[None] | None = None
+        self._ack_timer: asyncio.TimerHandle | None = None
         self._sending: set[asyncio.Task[None]] = set()
 
     async def request(self, op: str, **args: Any) -> dict[str, Any]:
         """Send a control request to the agent (over the link's long-lived control session)."""
         return await self.control.request(op, **args)
 
-    async def acknowledge(self, key: str) -> None:
+    def acknowledge(self, key: str) -> None:
         """Let the agent delete the spool of an ended run (its lines are stored).
 
-        Deleting a spool is never urgent: acknowledgements wait `ACK_DELAY` and go out together
-        in one request, after the work of a fan-out rather than in the middle of it.
+        Deleting a spool is never urgent: the key rides on the next command sent to the agent
+        (`EASYTASK_ACK`, see `take_acks`), or, when none comes within `ACK_DELAY`, goes out with
+        the others in one request.
         """
         self._acks.append(key)
-        if self._acked is None:
-            self._acked = asyncio.get_running_loop().create_future()
-            asyncio.get_running_loop().call_later(ACK_DELAY, self._send_acks)
-        await asyncio.shield(self._acked)
+        if self._ack_timer is None:
+            self._ack_timer = asyncio.get_running_loop().call_later(ACK_DELAY, self._send_acks)
 
-    def _send_acks(self) -> None:
+    def take_acks(self) -> list[str]:
+        """The acknowledgements waiting to be sent, for a command about to go to the agent."""
         keys, self._acks = self._acks, []
-        done, self._acked = self._acked, None
-        assert done is not None
-        task = asyncio.create_task(self._ack(keys, done), name="agent-ack")
+        return keys
+
+    def _send_acks(self) -> asyncio.Task[None] | None:
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+        keys = self.take_acks()
+        if not keys:
+            return None
+        task = asyncio.create_task(self._ack(keys), name="agent-ack")
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
+        return task
 
-    async def _ack(self, keys: list[str], done: asyncio.Future[None]) -> None:
+    async def _ack(self, keys: list[str]) -> None:
         try:
             await self.request("ack", runs=keys)
-        except Exception as exc:
-            done.set_exception(exc)
-            done.exception()  # told to whoever waits; nobody waiting is fine too
-        else:
-            done.set_result(None)
+        except Exception as exc:  # the spools stay; the agent removes them after a week
+            log.info("agent %s: could not acknowledge %d run(s): %s", self.name, len(keys), exc)
+
+    async def flush_acks(self) -> None:
+        """Send the acknowledgements waiting now (before the link closes)."""
+        self._send_acks()
+        if self._sending:
+            await asyncio.gather(*self._sending, return_exceptions=True)
 
     def close(self) -> None:
         """Close the link."""
