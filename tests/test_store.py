@@ -327,3 +327,30 @@ def test_a_pooled_connection_postgres_dropped_is_replaced_before_use(
         assert run is not None and run.host == "web1"
     finally:
         st.close()
+
+
+def test_batched_run_changes_apply_in_order_and_name_missing_runs(store: Store) -> None:
+    """Several changes of one run in a batch end at the last; a missing run fails alone."""
+    _, runs = _job(store, ["web1", "web2"])
+    first, second = (r.id or 0 for r in runs)
+    results = store.update_runs(
+        [
+            RunChange(first, "dispatched", "", {"state": RunState.DISPATCHED}),
+            RunChange(999998, "dispatched", "", {"state": RunState.DISPATCHED}),
+            RunChange(second, "dispatched", "", {"state": RunState.DISPATCHED}),
+            RunChange(first, "started", "", {"state": RunState.RUNNING}),
+            RunChange(first, "finished", "exit 4", {"state": RunState.FAILED, "exit_code": 4}),
+            RunChange(second, "note", "only an event"),
+        ]
+    )
+    assert [type(r).__name__ for r in results] == [
+        "NoneType", "KeyError", "NoneType", "NoneType", "NoneType", "NoneType"
+    ]  # fmt: skip
+    rows = {r.id: r for r in store.job_runs(runs[0].job_id)}
+    assert rows[first].state == RunState.FAILED and rows[first].exit_code == 4
+    assert rows[second].state == RunState.DISPATCHED and rows[second].exit_code is None
+    assert [e.kind for e in store.run_events(first)] == [
+        "queued", "dispatched", "started", "finished"
+    ]  # fmt: skip
+    assert [e.kind for e in store.run_events(second)] == ["queued", "dispatched", "note"]
+    assert store.run_events(999998) == []

@@ -81,17 +81,6 @@ class RunChange:
     fields: dict[str, Any] = dataclass_field(default_factory=dict)
 
 
-def _id_ranges(ids: Iterable[int], gap: int = 64) -> list[tuple[int, int]]:
-    """Sorted ids as (low, high) ranges that skip no more than `gap` ids inside."""
-    ranges: list[tuple[int, int]] = []
-    for i in sorted(set(ids)):
-        if ranges and i - ranges[-1][1] <= gap:
-            ranges[-1] = (ranges[-1][0], i)
-        else:
-            ranges.append((i, i))
-    return ranges
-
-
 @overload
 def as_utc(value: datetime) -> datetime: ...
 
@@ -625,41 +614,27 @@ class Store:
 
         A fan-out changes hundreds of runs at once: the changes of one run are folded into one
         row of new values (later ones win), runs changing the same fields are updated by one
-        executemany, and the timeline events go in as one multi-row insert.
+        executemany, and the timeline events go in as one multi-row insert.  Missing runs are
+        looked for only when the updates matched fewer rows than asked.
         """
         table = Run.__table__  # type: ignore[attr-defined]
-        wanted = {change.run_id for change in changes}
-        found: set[int] = set()
         merged: dict[int, dict[str, Any]] = {}
-        events: list[dict[str, Any]] = []
-        results: list[KeyError | None] = []
+        for change in changes:
+            if change.fields:
+                merged.setdefault(change.run_id, {}).update(change.fields)
+        by_fields: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for run_id, fields in merged.items():
+            row = {f"new_{name}": value for name, value in fields.items()}
+            row["run_id"] = run_id
+            by_fields.setdefault(tuple(sorted(fields)), []).append(row)
+        missing: set[int] = set()
+
+        def absent(conn: Any, ids: Iterable[int]) -> set[int]:
+            wanted = set(ids)
+            present = conn.execute(select(table.c.id).where(table.c.id.in_(wanted))).scalars()
+            return wanted - set(present)
+
         with self.engine.begin() as conn:
-            for low, high in _id_ranges(wanted):
-                # a range on the primary key: one statement, compiled once, for a whole fan-out
-                found.update(
-                    conn.execute(select(table.c.id).where(table.c.id.between(low, high))).scalars()
-                )
-            for change in changes:
-                if change.run_id not in found:
-                    results.append(KeyError(change.run_id))
-                    continue
-                results.append(None)
-                if change.fields:
-                    merged.setdefault(change.run_id, {}).update(change.fields)
-                if change.event:
-                    events.append(
-                        {
-                            "run_id": change.run_id,
-                            "at": utcnow(),
-                            "kind": change.event,
-                            "detail": change.detail,
-                        }
-                    )
-            by_fields: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-            for run_id, fields in merged.items():
-                row = {f"new_{name}": value for name, value in fields.items()}
-                row["run_id"] = run_id
-                by_fields.setdefault(tuple(sorted(fields)), []).append(row)
             for names, rows in by_fields.items():
                 stmt = (
                     table.update()
@@ -668,10 +643,20 @@ class Store:
                         {name: bindparam(f"new_{name}", type_=table.c[name].type) for name in names}
                     )
                 )
-                conn.execute(stmt, rows)
+                if conn.execute(stmt, rows).rowcount != len(rows):
+                    missing |= absent(conn, (row["run_id"] for row in rows))
+            only_events = {c.run_id for c in changes if c.run_id not in merged}
+            if only_events:
+                missing |= absent(conn, only_events)
+            now = utcnow()
+            events = [
+                {"run_id": c.run_id, "at": now, "kind": c.event, "detail": c.detail}
+                for c in changes
+                if c.event and c.run_id not in missing
+            ]
             if events:
                 conn.execute(RunEvent.__table__.insert(), events)  # type: ignore[attr-defined]
-        return results
+        return [KeyError(c.run_id) if c.run_id in missing else None for c in changes]
 
     def mark_job_running(self, job_id: int) -> None:
         """A queued job becomes running when its first run starts."""

@@ -83,13 +83,13 @@ class AgentLink:
 
     def take_acks(self) -> list[str]:
         """The acknowledgements waiting to be sent, for a command about to go to the agent."""
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
         keys, self._acks = self._acks, []
         return keys
 
     def _send_acks(self) -> asyncio.Task[None] | None:
-        if self._ack_timer is not None:
-            self._ack_timer.cancel()
-            self._ack_timer = None
         keys = self.take_acks()
         if not keys:
             return None
