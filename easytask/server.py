@@ -42,6 +42,7 @@ from easytask.scheduler.schedules import Scheduler
 from easytask.store import schema
 from easytask.store.db import Store, safe_url, sqlite_url
 from easytask.store.models import AgentState, Job
+from easytask.transport import sshlog
 from easytask.transport.agentless import SSHPool
 from easytask.transport.agentlink import AgentListener
 from easytask.transport.keys import load_or_create_key
@@ -95,6 +96,7 @@ class Server:
     """One EasyTask server process."""
 
     def __init__(self, config: ServerConfig) -> None:
+        sshlog.install()  # asyncssh formats no debug message nobody reads
         self.config = config
         self.state_dir = config.state_dir
         self.server_id = f"{socket.gethostname()}:{os.getpid()}"

@@ -21,6 +21,7 @@ from easytask import __version__
 from easytask.agent import facts, sftp
 from easytask.agent.policy import make_policy
 from easytask.agent.runner import CHUNK, Runner
+from easytask.transport import sshlog
 from easytask.transport.control import LINK_CIPHERS, SESSION_OP, SUBSYSTEM
 from easytask.transport.executor import STATS_SIGNAL
 from easytask.transport.keys import load_or_create_key
@@ -100,6 +101,7 @@ class Agent:
     """One resident agent."""
 
     def __init__(self, config: AgentConfig) -> None:
+        sshlog.install()  # asyncssh formats no debug message nobody reads
         if not NAME_RE.match(config.name):
             raise ValueError(
                 f"agent name {config.name!r} is not valid: use letters, digits, '.', '_' and '-'"
@@ -274,8 +276,10 @@ class Agent:
             await self._stream(process, attach, after)
             return
         command = process.command or ""
-        run_id = env.get("EASYTASK_RUN_ID", "")
-        attempt = env.get("EASYTASK_ATTEMPT", "1")
+        # `EASYTASK_RUN=ID-ATTEMPT` (one SSH request), or the two variables it stands for
+        run_id, _, attempt = str(env.get("EASYTASK_RUN", "")).partition("-")
+        run_id = run_id or env.get("EASYTASK_RUN_ID", "")
+        attempt = attempt or env.get("EASYTASK_ATTEMPT", "1")
         key = f"{run_id}-{attempt}" if run_id else f"adhoc-{time.time_ns()}"
         if not command:
             process.stderr.write(b"easytask agent: no command given\n")

@@ -390,7 +390,7 @@ class JobEngine:
                         )
                 if attach_from is None:
                     await self._update(run, RunState.DISPATCHED, "dispatched", f"agent {run.host}")
-                    env = {"EASYTASK_RUN_ID": str(run.id), "EASYTASK_ATTEMPT": str(run.attempt)}
+                    env = {"EASYTASK_RUN": key}  # the command sees EASYTASK_RUN_ID, _ATTEMPT
                     out = self._output(run, masks=_masks(options))
                     command = env_prefix(options.secret_env) + run.command
                 else:
