@@ -315,15 +315,22 @@ class AgentRegistry:
 
     # -- capacity ---------------------------------------------------------------------------
 
+    def try_acquire(self, name: str) -> AgentInfo | None:
+        """Take a slot if the agent is online with one free now (no waiting)."""
+        info = self.agents.get(name)
+        if info is not None and info.online and info.running < info.slots:
+            info.running += 1
+            return info
+        return None
+
     async def acquire(self, name: str, timeout: float) -> AgentInfo | None:
         """Wait until the agent is online with a free slot and take it; None on timeout."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         async with self._changed:
             while True:
-                info = self.agents.get(name)
-                if info is not None and info.online and info.running < info.slots:
-                    info.running += 1
+                info = self.try_acquire(name)
+                if info is not None:
                     return info
                 remaining = deadline - loop.time()
                 if remaining <= 0:

@@ -66,12 +66,31 @@ def run_timeout_text(options: JobOptions) -> str:
     return f"{options.timeout_total:g}s" if options.timeout_total else "timeout"
 
 
+class KillSwitch(asyncio.Event):
+    """An event that also calls back when set (a run waits for its end or a kill without a task
+    per wait)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._callbacks: list[Callable[[], None]] = []
+
+    def set(self) -> None:
+        super().set()
+        for callback in list(self._callbacks):
+            callback()
+
+    def on_set(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` when set; returns what stops that."""
+        self._callbacks.append(callback)
+        return lambda: self._callbacks.remove(callback)
+
+
 @dataclass
 class _Live:
     """What the engine knows about a run while it is in flight."""
 
     run: Run
-    kill: asyncio.Event = field(default_factory=asyncio.Event)
+    kill: KillSwitch = field(default_factory=KillSwitch)
     killed_by: str = ""
 
 
@@ -483,6 +502,10 @@ class JobEngine:
         """Take a slot on the run's agent, waiting up to `timeout` for it to be online; with
         `offer`, hand the run over (returns OFFER) if another server holds the agent."""
         said = timeout if said is None else said
+        if started or not live.kill.is_set():
+            got = self.registry.try_acquire(run.host)  # the usual case: online, a slot free
+            if got is not None:
+                return got
         info = self.registry.agents.get(run.host)
         if info is None or not info.online:
             if offer is not None and not live.kill.is_set() and await self._try_offer(run, offer):
@@ -588,16 +611,8 @@ class JobEngine:
             await self._update(run, RunState.RUNNING, "started", "", started_at=utcnow())
         reason = ""
         try:
-            waiter = asyncio.create_task(execution.wait())
-            killer = asyncio.create_task(live.kill.wait())
-            try:
-                done, _ = await asyncio.wait(
-                    {waiter, killer}, timeout=options.timeout, return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                killer.cancel()
-            if waiter in done:
-                result = waiter.result()
+            if await _ended_or_stopped(execution.ended, live.kill, options.timeout):
+                result = await execution.wait()
             else:
                 if live.kill.is_set():
                     reason = f"killed by {live.killed_by}"
@@ -611,12 +626,12 @@ class JobEngine:
                     out.system(f"terminate failed: {exc}", "ERROR")
                 try:
                     async with asyncio.timeout(options.grace + 10):
-                        result = await waiter
+                        result = await execution.wait()
                 except TimeoutError:
                     execution.close()
                     try:
                         async with asyncio.timeout(10):
-                            result = await waiter
+                            result = await execution.wait()
                     except TimeoutError:  # the far side never closed: stop waiting for it
                         result = ExecResult(lost=True, error="no answer after terminate")
         finally:
@@ -986,6 +1001,37 @@ class JobEngine:
 
 
 OFFER: Any = object()  # _wait_agent: the run was handed to the server that holds its agent
+
+
+async def _ended_or_stopped(
+    ended: asyncio.Future[None], kill: KillSwitch, timeout: float | None
+) -> bool:
+    """Wait until the command ended (True), or it was killed or timed out (False).
+
+    Callbacks on the two and a timer, not a task per wait: a fan-out waits once per run.
+    """
+    if ended.done():
+        return True
+    if kill.is_set():
+        return False
+    loop = asyncio.get_running_loop()
+    wake: asyncio.Future[None] = loop.create_future()
+
+    def poke(*_: Any) -> None:
+        if not wake.done():
+            wake.set_result(None)
+
+    ended.add_done_callback(poke)
+    unhook = kill.on_set(poke)
+    timer = loop.call_later(timeout, poke) if timeout is not None else None
+    try:
+        await wake
+    finally:
+        ended.remove_done_callback(poke)
+        unhook()
+        if timer is not None:
+            timer.cancel()
+    return ended.done()
 
 
 def _call_hook(hook: Callable[[Run], None], run: Run) -> None:

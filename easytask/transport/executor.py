@@ -88,13 +88,19 @@ class Execution:
         self._session = session
 
     @property
+    def ended(self) -> asyncio.Future[None]:
+        """Done when the command ended or the link was lost (never cancel it)."""
+        return self._session.done
+
+    @property
     def channel(self) -> asyncssh.SSHClientChannel[bytes] | None:
         """The SSH channel (for flow control: pause_reading / resume_reading)."""
         return self._session.chan
 
     async def wait(self) -> ExecResult:
         """Wait until the command ends or the link is lost."""
-        await asyncio.shield(self._session.done)
+        if not self._session.done.done():
+            await asyncio.shield(self._session.done)
         return self._session.result
 
     def close(self) -> None:
