@@ -407,8 +407,14 @@ class JobEngine:
                         out = self._output(
                             run, first_seq=next_seq, stored=stored, masks=_masks(options)
                         )
+                dispatch: asyncio.Future[None] | None = None
                 if attach_from is None:
-                    await self._update(run, RunState.DISPATCHED, "dispatched", f"agent {run.host}")
+                    # Stored while the command starts, not before: the agent starts a run key
+                    # once, so a server that died in between re-attaches instead of re-running.
+                    run.state = RunState.DISPATCHED
+                    dispatch = asyncio.ensure_future(
+                        self._update(run, RunState.DISPATCHED, "dispatched", f"agent {run.host}")
+                    )
                     env = {"EASYTASK_RUN": key}  # the command sees EASYTASK_RUN_ID, _ATTEMPT
                     out = self._output(run, masks=_masks(options))
                     command = env_prefix(options.secret_env) + run.command
@@ -434,6 +440,7 @@ class JobEngine:
                     out,
                     terminate=_agent_terminator(link, key, live),
                     attach=attach_from is not None,
+                    dispatched=dispatch,
                 )
             except (ConnectionError, OSError, RuntimeError, TimeoutError) as exc:
                 log.warning("run %s: agent %s request failed: %s", run.id, run.host, exc)
@@ -579,8 +586,10 @@ class JobEngine:
         out: RunOutput,
         terminate: Callable[[float], Any],
         attach: bool = False,
+        dispatched: asyncio.Future[None] | None = None,
     ) -> _Outcome:
-        """Run (or re-attach to) one command and stream its output; kill or time it out if asked."""
+        """Run (or re-attach to) one command and stream its output; kill or time it out if asked.
+        `dispatched`: the storing of the run's dispatch, awaited before it is marked started."""
         assert run.id is not None
         paused = [False]
         execution: executor.Execution | None = None
@@ -604,9 +613,13 @@ class JobEngine:
         try:
             execution = await executor.start(conn, command, on_data, env)
         except Exception as exc:
+            if dispatched is not None:
+                await dispatched
             if attach:
                 return _Outcome(result=ExecResult(lost=True, error=str(exc)))
             return _Outcome(state=RunState.FAILED, reason=f"could not start: {exc}")
+        if dispatched is not None:
+            await dispatched
         if not attach:
             await self._update(run, RunState.RUNNING, "started", "", started_at=utcnow())
         reason = ""

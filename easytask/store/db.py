@@ -420,15 +420,23 @@ class Store:
     def create_job(self, job: Job, runs: Sequence[Run]) -> tuple[Job, list[Run]]:
         """Insert a job and its runs, each with a `queued` event, in one transaction."""
         job.server = job.server or self.owner
+        table = Run.__table__  # type: ignore[attr-defined]
+        names = [c.name for c in table.columns if c.name != "id"]
         with self.session() as s:
             s.add(job)
             s.flush()
             assert job.id is not None
+            rows = []
             for run in runs:
                 run.job_id = job.id
                 run.server = run.server or job.server
-                s.add(run)
-            s.flush()
+                rows.append({name: getattr(run, name) for name in names})
+            if rows:
+                # one multi-row INSERT … RETURNING id, not an ORM flush of every run
+                stmt = table.insert().returning(table.c.id, sort_by_parameter_order=True)
+                ids = s.connection().execute(stmt, rows).scalars().all()
+                for run, run_id in zip(runs, ids, strict=True):
+                    run.id = run_id
             now = utcnow()
             events = [
                 {"run_id": run.id, "at": now, "kind": "queued", "detail": f"host {run.host}"}
