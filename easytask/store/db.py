@@ -432,9 +432,13 @@ class Store:
                 run.server = run.server or job.server
                 rows.append({name: getattr(run, name) for name in names})
             if rows:
-                # one multi-row INSERT … RETURNING id, not an ORM flush of every run
-                stmt = table.insert().returning(table.c.id, sort_by_parameter_order=True)
-                ids = s.connection().execute(stmt, rows).scalars().all()
+                # one executemany, not an ORM flush of every run; the ids are read back in
+                # order (one transaction inserting in order numbers its rows in that order)
+                conn = s.connection()
+                conn.execute(table.insert(), rows)
+                ids = conn.execute(
+                    select(table.c.id).where(table.c.job_id == job.id).order_by(table.c.id)
+                ).scalars()
                 for run, run_id in zip(runs, ids, strict=True):
                     run.id = run_id
             now = utcnow()
