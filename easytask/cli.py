@@ -519,7 +519,8 @@ class _RunView:
 
 
 def _follow_job(client: Any, job_id: int, view: _RunView | None, run_id: int | None = None) -> None:
-    for ev in client.events(f"/api/jobs/{job_id}/events"):
+    # following a whole job, only its lines and its end are shown: no run-state events
+    for ev in client.events(f"/api/jobs/{job_id}/events" + ("?runs=0" if run_id is None else "")):
         if ev["t"] == "line" and view is not None and (run_id is None or ev["run"] == run_id):
             view.line(ev)
         elif ev["t"] == "run" and run_id is not None and ev.get("id", ev.get("run")) == run_id:

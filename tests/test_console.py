@@ -240,6 +240,15 @@ def test_log_windows_search_and_raw_download(fleet: ServerHandle, admin: Browser
     )
     kinds = {d["t"] for _, d in sse_events(stream.text)}
     assert kinds == {"run", "job"}
+    # … or the run states (what `easytask run` prints is lines and the end)
+    stream = httpx.get(
+        fleet.url + f"/api/jobs/{data['job']['id']}/events",
+        params={"runs": 0, "follow": 0},
+        headers={"authorization": f"Bearer {fleet.token}"},
+    )
+    events = [d for _, d in sse_events(stream.text)]
+    assert {d["t"] for d in events} == {"line", "job"}
+    assert [d["text"] for d in events if d["t"] == "line"] == expected.splitlines()
 
 
 SEARCH_LINES = [

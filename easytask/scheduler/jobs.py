@@ -143,8 +143,11 @@ class JobEngine:
         user: str,
         source: str,
         kind: str = "adhoc",
+        recorded: Callable[[Job], Awaitable[None]] | None = None,
     ) -> tuple[Job, list[Run]]:
-        """Record a job and its runs, then start executing it."""
+        """Record a job and its runs, then start executing it; `recorded` is awaited in between
+        (the audit record of a submission is stored before anything runs, and waits for no
+        run's state change)."""
         if not planned:
             raise UsageError("nothing to run")
         job = Job(
@@ -175,6 +178,8 @@ class JobEngine:
         job, runs = await self.store.call(self.store.create_job, job, runs)
         assert job.id is not None
         secretfile.save(self.secrets_dir, job.id, options.secret_env, options.masks)
+        if recorded is not None:
+            await recorded(job)
         targets = {p.host: p.vars for p in planned}
         task = asyncio.create_task(self._run_job(job, runs, targets, options), name=f"job-{job.id}")
         self.adopt(job.id, task)

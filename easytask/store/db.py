@@ -599,6 +599,13 @@ class Store:
         with self.session() as s:
             return s.get(Job, job_id)
 
+    def job_hosts(self, job_id: int) -> dict[int, str]:
+        """The host of each run of a job, by run id (no row objects)."""
+        table = Run.__table__  # type: ignore[attr-defined]
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(table.c.id, table.c.host).where(table.c.job_id == job_id))
+            return {row.id: row.host for row in rows}
+
     def job_runs(self, job_id: int) -> list[Run]:
         """The runs of a job, in host order of submission."""
         with self.session() as s:

@@ -35,7 +35,7 @@ from easytask.scheduler.jobs import JobOptions, job_dict, run_dict
 from easytask.scheduler.playbooks import submit_playbook
 from easytask.secrets import check_secret_env
 from easytask.store.db import as_utc
-from easytask.store.models import AgentState, RunState, User
+from easytask.store.models import AgentState, Job, RunState, User
 from easytask.web.runfilter import RunQuery, find_runs, parse_time
 from easytask.web.scope import enforce_scope
 
@@ -216,6 +216,10 @@ class Api:
             audit_detail["secrets"] = sorted(secret_env)  # names only, never values
         if action is not None and action.kind in ("copy", "script"):
             audit_detail["files"] = await asyncio.to_thread(_file_digests, action.src)
+
+        async def audit_submission(job: Job) -> None:
+            await self.audit(user, "job.submit", request, {"job": job.id, **audit_detail})
+
         job, runs = await self.server.engine.submit(
             planned,
             name=str(data.get("name") or command)[:200],
@@ -224,8 +228,8 @@ class Api:
             options=options,
             user=user.name,
             source=self.source(request),
+            recorded=audit_submission,
         )
-        await self.audit(user, "job.submit", request, {"job": job.id, **audit_detail})
         return JSONResponse(
             {"job": job_dict(job), "runs": [run_dict(r) for r in runs]}, status_code=201
         )
@@ -403,15 +407,18 @@ class Api:
             raise APIError(f"no job {job_id}", status=404)
         follow = request.query_params.get("follow", "1") != "0"
         lines = request.query_params.get("lines", "1") != "0"
+        runs = request.query_params.get("runs", "1") != "0"
         return StreamingResponse(
-            self._job_stream(job_id, follow, lines),
+            self._job_stream(job_id, follow, lines, runs),
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
 
     async def _job_stream(
-        self, job_id: int, follow: bool, lines: bool = True
+        self, job_id: int, follow: bool, lines: bool = True, runs: bool = True
     ) -> AsyncIterator[str]:
+        """Stored then live events of a job: run states (unless not `runs`: a client that
+        only prints lines and waits for the end), lines (unless not `lines`), and its end."""
         server = self.server
         store = server.store
         # jobstate: carries a job's events except its lines (a status grid gets no line flood)
@@ -419,10 +426,13 @@ class Api:
         last: dict[int, int] = {}
         try:
             await server.writer.flush()
-            runs = await store.call(store.job_runs, job_id)
-            hosts = {r.id or 0: r.host for r in runs}
-            for run in runs:
-                yield _sse({"t": "run", **run_dict(run)})
+            if runs:
+                snapshot = await store.call(store.job_runs, job_id)
+                hosts = {r.id or 0: r.host for r in snapshot}
+                for run in snapshot:
+                    yield _sse({"t": "run", **run_dict(run)})
+            else:
+                hosts = await store.call(store.job_hosts, job_id)
             after = 0
             while lines:
                 rows = await store.call(store.read_job_lines, job_id, after, 5000)
@@ -465,7 +475,9 @@ class Api:
                 # everything already waiting goes out in one write
                 chunk: list[str] = []
                 while event is not None:
-                    if event["t"] != "line":
+                    if event["t"] == "run" and not runs:
+                        pass
+                    elif event["t"] != "line":
                         chunk.append(_sse(event))
                         if event["t"] == "job":
                             yield "".join(chunk)
