@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar, overload
 
 from sqlalchemy import bindparam, event, func, text
+from sqlalchemy import select as core_select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DisconnectionError
 from sqlmodel import Session, SQLModel, col, create_engine, select
@@ -692,7 +693,15 @@ class Store:
             job = s.get(Job, job_id)
             if job is None or job.state in RunState.FINAL:
                 return None
-            rows = list(s.exec(select(Run).where(Run.job_id == job_id)))
+            # the columns that decide, not row objects (a fan-out's job has thousands of runs)
+            t = Run.__table__  # type: ignore[attr-defined]
+            rows = list(
+                s.connection().execute(
+                    core_select(t.c.id, t.c.task, t.c.host, t.c.attempt, t.c.state).where(
+                        t.c.job_id == job_id
+                    )
+                )
+            )
             if not rows or any(r.state not in RunState.FINAL for r in rows):
                 states = [r.state for r in rows]
                 if any(st != RunState.QUEUED for st in states) and job.state == RunState.QUEUED:
@@ -701,7 +710,7 @@ class Store:
                     s.commit()
                 return None
             # A run that was retried counts by its last attempt.
-            latest: dict[tuple[str, str], Run] = {}
+            latest: dict[tuple[str, str], Any] = {}
             for r in sorted(rows, key=lambda r: (r.attempt, r.id or 0)):
                 latest[(r.task, r.host)] = r
             states = [r.state for r in latest.values()]
