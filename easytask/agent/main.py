@@ -326,9 +326,10 @@ class Agent:
             return  # the link went away; the run goes on and is re-attached later
         finally:
             drain_stdin.cancel()
+            ended = self.runner.exits.pop(key, None)
         if process.is_closing():
             return
-        info = self.runner.spool(key).exit_info() or {}
+        info = ended or self.runner.spool(key).exit_info() or {}
         if info.get("dropped_lines") or info.get("lost"):
             # counts the server must record: sent with the exit, no question needed
             process.exit_with_signal(STATS_SIGNAL, False, json.dumps(info))

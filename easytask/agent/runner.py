@@ -168,6 +168,7 @@ class Runner:
         self.run_as = run_as
         self.cwd = cwd or (run_as.home if run_as else os.path.expanduser("~"))
         self.jobs: dict[str, Job] = {}
+        self.exits: dict[str, dict[str, Any]] = {}  # exit records `follow` read, for its caller
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def spool(self, key: str) -> Spool:
@@ -259,12 +260,15 @@ class Runner:
                         sent = loop.time() if len(data) < READ else -1e9
                     continue
                 # a run this process started says when it exited: no need to look before
-                if (job is None or job.exited or job.done) and spool.exit_info() is not None:
-                    rest = fh.read()
-                    batch = reader.feed_runs(rest, after_seq) if rest else []
-                    if batch:
-                        yield batch
-                    return
+                if job is None or job.exited or job.done:
+                    info = spool.exit_info()
+                    if info is not None:
+                        self.exits[key] = info  # for the caller, who sends the exit status
+                        rest = fh.read()
+                        batch = reader.feed_runs(rest, after_seq) if rest else []
+                        if batch:
+                            yield batch
+                        return
                 if job is None and not spool.supervisor_alive():
                     if spool.exit_info() is None:
                         spool.write_exit(
