@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -623,10 +624,13 @@ class JobEngine:
             if attach:
                 return _Outcome(result=ExecResult(lost=True, error=str(exc)))
             return _Outcome(state=RunState.FAILED, reason=f"could not start: {exc}")
-        if dispatched is not None:
-            await dispatched
+        # Stored while the command runs; waited for before the run's end is recorded (the run
+        # states are stored in the order they are asked for).
+        marked: asyncio.Future[None] | None = None
         if not attach:
-            await self._update(run, RunState.RUNNING, "started", "", started_at=utcnow())
+            marked = asyncio.ensure_future(self._mark_started(run, dispatched, utcnow()))
+        elif dispatched is not None:
+            await dispatched
         reason = ""
         try:
             if await _ended_or_stopped(execution.ended, live.kill, options.timeout):
@@ -654,7 +658,16 @@ class JobEngine:
                         result = ExecResult(lost=True, error="no answer after terminate")
         finally:
             execution.close()
+            if marked is not None:
+                await marked
         return _Outcome(result=result, reason=reason, duration=time.monotonic() - started)
+
+    async def _mark_started(
+        self, run: Run, dispatched: asyncio.Future[None] | None, at: datetime
+    ) -> None:
+        if dispatched is not None:
+            await dispatched
+        await self._update(run, RunState.RUNNING, "started", "", started_at=at)
 
     async def _conclude(
         self, run: Run, outcome: _Outcome, out: RunOutput, stats: dict[str, Any] | None = None
@@ -818,7 +831,10 @@ class JobEngine:
             setattr(run, key, value)
         if state == RunState.RUNNING and run.job_id not in self._running_jobs:
             self._running_jobs.add(run.job_id)
-            await self.store.call(self.store.mark_job_running, run.job_id)
+            # not waited for: the database thread takes it before the run's next change
+            self._background(
+                self.store.call(self.store.mark_job_running, run.job_id), f"job-{run.job_id}"
+            )
         if state == RunState.RUNNING:
             for hook in self.on_run_started:
                 _call_hook(hook, run)

@@ -600,6 +600,16 @@ class Store:
         with self.session() as s:
             return s.get(Job, job_id)
 
+    def job_stream_start(
+        self, job_id: int, runs: bool, limit: int
+    ) -> tuple[list[Run], dict[int, str], list[LogLine], Job | None]:
+        """What a job's event stream starts with: its runs (if `runs`), their hosts by run id,
+        its first `limit` lines, and the job as it is after those lines were read."""
+        snapshot = self.job_runs(job_id) if runs else []
+        hosts = {r.id or 0: r.host for r in snapshot} if runs else self.job_hosts(job_id)
+        lines = self.read_job_lines(job_id, 0, limit) if limit else []
+        return snapshot, hosts, lines, self.get_job(job_id)
+
     def job_hosts(self, job_id: int) -> dict[int, str]:
         """The host of each run of a job, by run id (no row objects)."""
         table = Run.__table__  # type: ignore[attr-defined]

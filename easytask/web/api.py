@@ -426,23 +426,21 @@ class Api:
         last: dict[int, int] = {}
         try:
             await server.writer.flush()
-            if runs:
-                snapshot = await store.call(store.job_runs, job_id)
-                hosts = {r.id or 0: r.host for r in snapshot}
-                for run in snapshot:
-                    yield _sse({"t": "run", **run_dict(run)})
-            else:
-                hosts = await store.call(store.job_hosts, job_id)
-            after = 0
-            while lines:
-                rows = await store.call(store.read_job_lines, job_id, after, 5000)
+            # runs (or their hosts), the first lines and the job, in one trip to the database
+            snapshot, hosts, rows, job = await store.call(
+                store.job_stream_start, job_id, runs, 5000 if lines else 0
+            )
+            for run in snapshot:
+                yield _sse({"t": "run", **run_dict(run)})
+            while rows:
                 for row in rows:
                     last[row.run_id] = row.seq
                     yield _sse(_line_event(row, hosts.get(row.run_id, "")))
                 if len(rows) < 5000:
                     break
-                after = rows[-1].id or after
-            job = await store.call(store.get_job, job_id)
+                rows = await store.call(store.read_job_lines, job_id, rows[-1].id or 0, 5000)
+                if len(rows) < 5000:  # the job's state, read after its last line
+                    job = await store.call(store.get_job, job_id)
             if job is None or job.state in RunState.FINAL or not follow:
                 if job is not None:
                     yield _sse({"t": "job", "job": job_id, "state": job.state})
