@@ -21,7 +21,7 @@ from easytask.scheduler.logwriter import LogWriter
 from easytask.scheduler.output import DEFAULT_LIMIT, RunOutput
 from easytask.scheduler.runstate import RunStateWriter
 from easytask.secrets import env_prefix
-from easytask.store.db import Store, as_utc
+from easytask.store.db import AuditNote, Store, as_utc
 from easytask.store.models import OFFERED, Job, Run, RunState, utcnow
 from easytask.transport import executor
 from easytask.transport.agentless import SSHPool, SSHTarget, wrap_command
@@ -144,11 +144,10 @@ class JobEngine:
         user: str,
         source: str,
         kind: str = "adhoc",
-        recorded: Callable[[Job], Awaitable[None]] | None = None,
+        audit: AuditNote | None = None,
     ) -> tuple[Job, list[Run]]:
-        """Record a job and its runs, then start executing it; `recorded` is awaited in between
-        (the audit record of a submission is stored before anything runs, and waits for no
-        run's state change)."""
+        """Record a job and its runs (with `audit`, the submission's audit event in the same
+        transaction: stored before anything runs), then start executing it."""
         if not planned:
             raise UsageError("nothing to run")
         job = Job(
@@ -176,11 +175,9 @@ class JobEngine:
             )
             for p in planned
         ]
-        job, runs = await self.store.call(self.store.create_job, job, runs)
+        job, runs = await self.store.call(self.store.create_job, job, runs, audit)
         assert job.id is not None
         secretfile.save(self.secrets_dir, job.id, options.secret_env, options.masks)
-        if recorded is not None:
-            await recorded(job)
         targets = {p.host: p.vars for p in planned}
         task = asyncio.create_task(self._run_job(job, runs, targets, options), name=f"job-{job.id}")
         self.adopt(job.id, task)

@@ -73,6 +73,16 @@ def _insert_chunk(dbapi_conn: Any) -> int:
 
 
 @dataclass(slots=True)
+class AuditNote:
+    """An audit event to store with the change it records: who, what, from where, details."""
+
+    actor: str
+    action: str
+    source: str
+    detail: dict[str, Any]
+
+
+@dataclass(slots=True)
 class RunChange:
     """New values for some of a run's fields, and the timeline event that says why."""
 
@@ -418,8 +428,11 @@ class Store:
 
     # -- jobs and runs ----------------------------------------------------------------------
 
-    def create_job(self, job: Job, runs: Sequence[Run]) -> tuple[Job, list[Run]]:
-        """Insert a job and its runs, each with a `queued` event, in one transaction."""
+    def create_job(
+        self, job: Job, runs: Sequence[Run], audit: AuditNote | None = None
+    ) -> tuple[Job, list[Run]]:
+        """Insert a job and its runs, each with a `queued` event, in one transaction; with
+        `audit`, its audit event too (the job's id added to its detail)."""
         job.server = job.server or self.owner
         table = Run.__table__  # type: ignore[attr-defined]
         names = [c.name for c in table.columns if c.name != "id"]
@@ -449,6 +462,9 @@ class Store:
             ]
             # one INSERT for all events; no model objects (pydantic defaults cost per object)
             s.connection().execute(RunEvent.__table__.insert(), events)  # type: ignore[attr-defined]
+            if audit is not None:
+                detail = {"job": job.id, **audit.detail}
+                audit_chain.append(s, audit.actor, audit.action, audit.source, detail)
             s.commit()
             s.refresh(job)
             return job, list(runs)  # every field was set before the insert: no refresh needed

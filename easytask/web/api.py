@@ -34,8 +34,8 @@ from easytask.scheduler.fileops import FileAction, checksum_command, sha256_file
 from easytask.scheduler.jobs import JobOptions, job_dict, run_dict
 from easytask.scheduler.playbooks import submit_playbook
 from easytask.secrets import check_secret_env
-from easytask.store.db import as_utc
-from easytask.store.models import AgentState, Job, RunState, User
+from easytask.store.db import AuditNote, as_utc
+from easytask.store.models import AgentState, RunState, User
 from easytask.web.runfilter import RunQuery, find_runs, parse_time
 from easytask.web.scope import enforce_scope
 
@@ -216,10 +216,6 @@ class Api:
             audit_detail["secrets"] = sorted(secret_env)  # names only, never values
         if action is not None and action.kind in ("copy", "script"):
             audit_detail["files"] = await asyncio.to_thread(_file_digests, action.src)
-
-        async def audit_submission(job: Job) -> None:
-            await self.audit(user, "job.submit", request, {"job": job.id, **audit_detail})
-
         job, runs = await self.server.engine.submit(
             planned,
             name=str(data.get("name") or command)[:200],
@@ -228,7 +224,7 @@ class Api:
             options=options,
             user=user.name,
             source=self.source(request),
-            recorded=audit_submission,
+            audit=AuditNote(user.name, "job.submit", self.source(request), audit_detail),
         )
         return JSONResponse(
             {"job": job_dict(job), "runs": [run_dict(r) for r in runs]}, status_code=201
