@@ -60,9 +60,12 @@ ANSIBLE_FORKS = 50
 IDLE_BUSY = 15.0  # percent of all CPUs; above it the machine counts as busy with other work
 TARGETS = {
     "agents_vs_command": 50.0,
+    "agents_vs_raw_warm": 5.0,
+    "agents_vs_floor": 1.5,  # at most this many times bare asyncssh (warm) plus CLI start
     "agentless_cold": 3.0,
     "agentless_pooled": 20.0,
     "agents_500_seconds": 2.0,
+    "agents_1000_seconds": 3.0,
 }
 
 
@@ -328,6 +331,9 @@ class Bench:
             wait_until(all_online, timeout=60 + n / 4, interval=0.2, what=f"{n} agents online")
             row.agents_connect = time.perf_counter() - t0
             say(f"N={n} agents: all online after {row.agents_connect:.1f}s")
+            # the connect storm (enrolments, their audit events) settles before the timing, as
+            # every step starts from a quiet machine
+            self._wait_idle(self.args.wait_idle)
             for _ in range(self.args.repeat):
                 row.agents.append(self.time_cli(server, "sim", n))
                 say(f"N={n} agents: {row.agents[-1]:.2f}s")
@@ -541,7 +547,7 @@ def ratio_table(rows: Sequence[Row], markdown: bool) -> str:
     return "\n".join(lines)
 
 
-def verdicts(rows: Sequence[Row]) -> list[str]:
+def verdicts(rows: Sequence[Row], cli_startup: float | None = None) -> list[str]:
     """Each target, the measured figure, met or missed and by how much."""
     by_n = {r.n: r for r in rows}
     out: list[str] = []
@@ -602,17 +608,36 @@ def verdicts(rows: Sequence[Row]) -> list[str]:
                 "N=200, agentless pooled vs `ansible -m command`",
             )
         )
-    row = by_n.get(500)
-    limit = TARGETS["agents_500_seconds"]
-    if row is None or row.med("agents") is None:
-        out.append(f"- N=500 agents under {limit:g} s: not measured")
-    else:
+        out.append(
+            against(
+                row,
+                "agents",
+                [("ans_raw_warm", "masters warm")],
+                TARGETS["agents_vs_raw_warm"],
+                "N=200, agents vs `ansible -m raw`",
+            )
+        )
+    row = by_n.get(200)
+    most = TARGETS["agents_vs_floor"]
+    if row is not None and row.med("agents") and row.med("floor_warm") and cli_startup:
+        took, floor = row.med("agents") or 0.0, (row.med("floor_warm") or 0.0) + cli_startup
+        head = "**met**" if took <= most * floor else "**missed**"
+        out.append(
+            f"- N=200, agents within {most:g}x of bare asyncssh (warm) plus CLI start: {head} — "
+            f"{took / floor:.2f}x ({took:.2f} s against {floor:.2f} s)"
+        )
+    for n, key in ((500, "agents_500_seconds"), (1000, "agents_1000_seconds")):
+        row = by_n.get(n)
+        limit = TARGETS[key]
+        if row is None or row.med("agents") is None:
+            out.append(f"- N={n} agents under {limit:g} s: not measured")
+            continue
         took = row.med("agents") or 0.0
         if took < limit:
-            out.append(f"- N=500 agents under {limit:g} s: **met** — {took:.2f} s")
+            out.append(f"- N={n} agents under {limit:g} s: **met** — {took:.2f} s")
         else:
             out.append(
-                f"- N=500 agents under {limit:g} s: **missed** — {took:.2f} s, "
+                f"- N={n} agents under {limit:g} s: **missed** — {took:.2f} s, "
                 f"{took - limit:.2f} s ({took / limit:.2f}x) over"
             )
     return out
@@ -708,7 +733,7 @@ def measured_block(rec: dict[str, Any]) -> str:
     ratios = ratio_table(rows, markdown=True)
     if ratios:
         lines += ["How many times faster than Ansible (its median / ours):", "", ratios, ""]
-    lines += ["Targets:", "", *verdicts(rows), ""]
+    lines += ["Targets:", "", *verdicts(rows, rec.get("cli_startup")), ""]
     errors = [f"- N={r.n} {e.splitlines()[0]}" for r in rows for e in r.errors]
     if errors:
         lines += ["Measurements that failed:", "", *errors, ""]
@@ -842,7 +867,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\nhow many times faster than Ansible (its median / ours):")
         print(ratios)
     print()
-    for line in verdicts(rows):
+    for line in verdicts(rows, rec.get("cli_startup")):
         print(line.replace("**", ""))
     if args.json and not args.report:
         Path(args.json).write_text(json.dumps(rec, indent=2) + "\n")
