@@ -287,10 +287,12 @@ def test_a_schedule_fires_once_across_two_servers(
     )
     time.sleep(4)  # both servers tick every second: a second fire for that minute would be here
     again = db_execute(url, "SELECT fire_time, server, job_id FROM schedule_fire")
-    assert [row[0] for row in again].count(fires[0][0]) == 1
+    minutes = [row[0] for row in again]
+    assert len(minutes) == len(set(minutes))  # one fire per minute, whichever server made it
     job_id = fires[0][2]
     jobs = db_execute(url, "SELECT id FROM job WHERE name = 'tick'")
-    assert (job_id,) in jobs and len(jobs) == len(again)
+    # a minute that came before the agent connected fired with no host to run on: no job
+    assert (job_id,) in jobs and len(jobs) == len([row for row in again if row[2] is not None])
     assert a.wait_job(job_id)["job"]["state"] == "success"
     assert b.get(f"/api/jobs/{job_id}")["job"]["state"] == "success"
 
