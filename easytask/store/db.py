@@ -445,10 +445,10 @@ class Store:
                 run.job_id = job.id
                 run.server = run.server or job.server
                 rows.append({name: getattr(run, name) for name in names})
+            conn = s.connection()
             if rows:
                 # one executemany, not an ORM flush of every run; the ids are read back in
                 # order (one transaction inserting in order numbers its rows in that order)
-                conn = s.connection()
                 conn.execute(table.insert(), rows)
                 ids = conn.execute(
                     select(table.c.id).where(table.c.job_id == job.id).order_by(table.c.id)
@@ -461,7 +461,7 @@ class Store:
                 for run in runs
             ]
             # one INSERT for all events; no model objects (pydantic defaults cost per object)
-            s.connection().execute(RunEvent.__table__.insert(), events)  # type: ignore[attr-defined]
+            conn.execute(RunEvent.__table__.insert(), events)  # type: ignore[attr-defined]
             if audit is not None:
                 detail = {"job": job.id, **audit.detail}
                 audit_chain.append(s, audit.actor, audit.action, audit.source, detail)

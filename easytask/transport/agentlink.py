@@ -89,14 +89,12 @@ class AgentLink:
         keys, self._acks = self._acks, []
         return keys
 
-    def _send_acks(self) -> asyncio.Task[None] | None:
+    def _send_acks(self) -> None:
         keys = self.take_acks()
-        if not keys:
-            return None
-        task = asyncio.create_task(self._ack(keys), name="agent-ack")
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
-        return task
+        if keys:
+            task = asyncio.create_task(self._ack(keys), name="agent-ack")
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
 
     async def _ack(self, keys: list[str]) -> None:
         try:

@@ -469,16 +469,15 @@ class Api:
                 # everything already waiting goes out in one write
                 chunk: list[str] = []
                 while event is not None:
-                    if event["t"] == "run" and not runs:
-                        pass
-                    elif event["t"] != "line":
+                    if event["t"] == "line":
+                        if lines and event["seq"] > last.get(event["run"], 0):
+                            last[event["run"]] = event["seq"]
+                            chunk.append(_sse(event))
+                    elif runs or event["t"] != "run":
                         chunk.append(_sse(event))
                         if event["t"] == "job":
                             yield "".join(chunk)
                             return
-                    elif lines and event["seq"] > last.get(event["run"], 0):
-                        last[event["run"]] = event["seq"]
-                        chunk.append(_sse(event))
                     event = sub.get_nowait() if len(chunk) < 1000 else None
                 if chunk:
                     yield "".join(chunk)
