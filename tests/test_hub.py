@@ -51,6 +51,28 @@ def test_rounds_are_at_least_the_interval_apart() -> None:
     asyncio.run(main())
 
 
+def test_a_jobs_end_does_not_wait_for_the_next_round() -> None:
+    """Within the interval, a job's end goes out on the next turn, after what came before it."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        hub = LiveHub(interval=5.0)
+        sub = hub.subscribe("job:1")
+        hub.publish({"t": "line", "seq": 1}, "job:1")
+        assert await sub.get(timeout=10) == {"t": "line", "seq": 1}  # a round just went
+        start = loop.time()
+        hub.publish({"t": "run", "state": "success"}, "job:1")  # would wait for the next round
+        hub.publish({"t": "job", "state": "success"}, "job:1")
+        assert await sub.get(timeout=10) == {"t": "run", "state": "success"}
+        assert sub.take(5) == [{"t": "job", "state": "success"}]
+        assert loop.time() - start < 1.0  # not the 5 s round
+        hub.publish({"t": "line", "seq": 2}, "job:1")  # and lines wait for their round again
+        await asyncio.sleep(0.05)
+        assert sub.pending == 0
+
+    asyncio.run(main())
+
+
 def test_a_viewer_that_falls_behind_is_marked_and_others_go_on() -> None:
     """A full queue sets `overflowed` on that viewer only; `reset` empties it to resume."""
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from easytask.store.db import RunChange, Store, as_utc, sqlite_url
+from easytask.store.db import JOB_END, JOB_RUNNING, RunChange, Store, as_utc, sqlite_url
 from easytask.store.models import Job, Run, RunState, WebhookDelivery
 from tests.pg import PostgresCluster
 
@@ -354,3 +354,58 @@ def test_batched_run_changes_apply_in_order_and_name_missing_runs(store: Store) 
     ]  # fmt: skip
     assert [e.kind for e in store.run_events(second)] == ["queued", "dispatched", "note"]
     assert store.run_events(999998) == []
+
+
+def test_a_run_change_marks_its_job_running_and_the_last_end_ends_it(store: Store) -> None:
+    """JOB_RUNNING and JOB_END go in the run change's transaction: the job is running with the
+    first start, and the end of its last open run ends it once, with its audit event."""
+    job, runs = _job(store, ["web1", "web2"])
+    first, second = (r.id or 0 for r in runs)
+    started = {"state": RunState.RUNNING}
+    assert store.update_runs([RunChange(first, "started", "", started, job.id or 0, JOB_RUNNING)])
+    assert store.get_job(job.id or 0).state == RunState.RUNNING  # type: ignore[union-attr]
+    ok = {"state": RunState.SUCCESS, "exit_code": 0}
+    # one run still open: asking for the end changes nothing
+    assert store.update_runs([RunChange(first, "finished", "", ok, job.id or 0, JOB_END)]) == [None]
+    assert store.get_job(job.id or 0).state == RunState.RUNNING  # type: ignore[union-attr]
+    failed = {"state": RunState.FAILED, "exit_code": 2}
+    ended = store.update_runs(
+        [
+            RunChange(second, "finished", "", failed, job.id or 0, JOB_END),
+            RunChange(second, "note", "", {}, job.id or 0, JOB_END),  # the job is told once
+        ]
+    )
+    assert isinstance(ended[0], Job) and ended[1] is None
+    assert ended[0].id == job.id and ended[0].state == RunState.FAILED
+    assert ended[0].finished_at is not None and ended[0].submitted_by == "alice"
+    stored = store.get_job(job.id or 0)
+    assert stored is not None and stored.state == RunState.FAILED
+    assert store.finish_job_if_done(job.id or 0) is None  # already ended: not again
+    finishes = store.audit_events(action="job.finish")
+    assert len(finishes) == 1 and f'"job": {job.id}' in finishes[0].detail
+    assert store.audit_verify()["ok"]
+
+
+def test_a_job_stream_starts_from_one_read(store: Store) -> None:
+    """Hosts by run id, the first lines in arrival order and the job, as the stream needs them."""
+    job, runs = _job(store, ["web1", "web2"])
+    first, second = (r.id or 0 for r in runs)
+    store.write_lines(
+        [
+            (second, 1, 1.0, "stdout", "INFO", "b1"),
+            (first, 1, 2.0, "stdout", "INFO", "a1"),
+            (second, 2, 3.0, "stderr", "ERROR", "b2"),
+        ]
+    )
+    snapshot, hosts, lines, found = store.job_stream_start(job.id or 0, False, 2)
+    assert snapshot == [] and hosts == {first: "web1", second: "web2"}
+    assert [(line.run_id, line.seq, line.text) for line in lines] == [
+        (second, 1, "b1"),
+        (first, 1, "a1"),
+    ]
+    assert found is not None and found.id == job.id and found.state == RunState.QUEUED
+    rest = store.read_job_lines(job.id or 0, lines[-1].id, 10)
+    assert [(line.text, line.level, line.stream) for line in rest] == [("b2", "ERROR", "stderr")]
+    snapshot, hosts, lines, found = store.job_stream_start(job.id or 0, True, 0)
+    assert [r.host for r in snapshot] == ["web1", "web2"] and lines == []
+    assert store.job_stream_start(999999, False, 10) == ([], {}, [], None)

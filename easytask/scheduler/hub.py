@@ -92,6 +92,7 @@ class LiveHub:
     seconds apart: the first event after a quiet spell goes out on the next turn of the event
     loop, and a busy run's lines are grouped, so each viewer wakes once per round, not once per
     line (50 viewers of a run printing 1,000 lines/s: 10,000 wake-ups a second, not 50,000).
+    A job's end (`"t": "job"`) does not wait for the next round: it goes on the next turn.
     """
 
     def __init__(self, maxsize: int = 20000, interval: float = 0.005) -> None:
@@ -131,6 +132,15 @@ class LiveHub:
             self._deliver([event], topics)
             return
         self._pending.append((event, topics))
+        if event.get("t") == "job":
+            # A job's end is what a waiting client waits for: this round goes at once (with
+            # everything before it, in order).
+            if self._round is not None and isinstance(self._round, asyncio.TimerHandle):
+                self._round.cancel()
+                self._round = None
+            if self._round is None:
+                self._round = loop.call_soon(self.flush)
+            return
         if self._round is None:
             wait = self._last_round + self.interval - loop.time()
             if wait > 0:

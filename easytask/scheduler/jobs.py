@@ -21,7 +21,7 @@ from easytask.scheduler.logwriter import LogWriter
 from easytask.scheduler.output import DEFAULT_LIMIT, RunOutput
 from easytask.scheduler.runstate import RunStateWriter
 from easytask.secrets import env_prefix
-from easytask.store.db import AuditNote, Store, as_utc
+from easytask.store.db import JOB_END, JOB_RUNNING, AuditNote, Store, as_utc
 from easytask.store.models import OFFERED, Job, Run, RunState, utcnow
 from easytask.transport import executor
 from easytask.transport.agentless import SSHPool, SSHTarget, wrap_command
@@ -122,6 +122,10 @@ class JobEngine:
         self._connect_limit = asyncio.Semaphore(64)
         self._background_tasks: set[asyncio.Task[None]] = set()
         self._running_jobs: set[int] = set()  # jobs already marked running
+        # Ad hoc jobs run here: how many of their runs have not ended yet.  The run that ends
+        # last ends its job in the same transaction (a client waits for that end).
+        self._open_runs: dict[int, int] = {}
+        self._ended_jobs: set[int] = set()  # of those, the ones that ended with a run
         # Hook points (metrics, notifications): called in order; a failing hook is logged only.
         self.on_run_started: list[Callable[[Run], None]] = []
         self.on_job_finished: list[Callable[[Job], Awaitable[None]]] = []
@@ -232,6 +236,8 @@ class JobEngine:
         for run in runs:
             assert run.id is not None
             self._live[run.id] = _Live(run)
+        assert job.id is not None
+        self._open_runs[job.id] = len(runs)
         try:
             async with asyncio.TaskGroup() as tg:
                 for run in runs:
@@ -242,8 +248,11 @@ class JobEngine:
         finally:
             for run in runs:
                 self._live.pop(run.id or 0, None)
-        assert job.id is not None
-        await self._finish_job(job.id)
+            self._open_runs.pop(job.id, None)
+            ended_here = job.id in self._ended_jobs
+            self._ended_jobs.discard(job.id)
+        if not ended_here:  # runs ended elsewhere (another server), or some were still open
+            await self._finish_job(job.id)
 
     async def _guarded(
         self,
@@ -728,6 +737,10 @@ class JobEngine:
 
     # -- pieces the playbook runner uses -----------------------------------------------------
 
+    def running_here(self, job_id: int) -> bool:
+        """True while this server drives the job (it exists; no need to ask the database)."""
+        return job_id in self._jobs
+
     def adopt(self, job_id: int, task: asyncio.Task[None]) -> None:
         """Keep a job task started elsewhere (playbooks) so that close() can stop it."""
         self._jobs[job_id] = task
@@ -822,16 +835,16 @@ class JobEngine:
 
     async def _update(self, run: Run, state: str, event: str, detail: str, **fields: Any) -> None:
         assert run.id is not None
-        await self.run_state.change(run.id, event, detail, state=state, **fields)
+        then = ""
+        if state == RunState.RUNNING and run.job_id not in self._running_jobs:
+            self._running_jobs.add(run.job_id)
+            then = JOB_RUNNING  # the job is marked running with its first run's start
+        await self.run_state.change(
+            run.id, event, detail, job_id=run.job_id, then=then, state=state, **fields
+        )
         run.state = state
         for key, value in fields.items():
             setattr(run, key, value)
-        if state == RunState.RUNNING and run.job_id not in self._running_jobs:
-            self._running_jobs.add(run.job_id)
-            # not waited for: the database thread takes it before the run's next change
-            self._background(
-                self.store.call(self.store.mark_job_running, run.job_id), f"job-{run.job_id}"
-            )
         if state == RunState.RUNNING:
             for hook in self.on_run_started:
                 _call_hook(hook, run)
@@ -876,7 +889,14 @@ class JobEngine:
         if run.id in self._claimed:
             # the job's own server reads the output (results, counts) once it sees the end
             await self.writer.flush()
-        await self.run_state.change(run.id, "finished", detail, **fields)
+        left = self._open_runs.get(run.job_id)
+        last = False
+        if left is not None and run.state not in RunState.FINAL:
+            self._open_runs[run.job_id] = left - 1
+            last = left == 1
+        ended = await self.run_state.change(
+            run.id, "finished", detail, job_id=run.job_id, then=JOB_END if last else "", **fields
+        )
         run.state = state
         run.exit_code = exit_code
         self._publish_run(
@@ -887,6 +907,9 @@ class JobEngine:
             duration=duration,
             seq=out.seq if out else 0,
         )
+        if ended is not None:
+            self._ended_jobs.add(run.job_id)
+            await self.job_finished(ended)
 
     def _publish_run(self, run: Run, state: str, **extra: Any) -> None:
         event = {"t": "run", "run": run.id, "host": run.host, "state": state, **extra}

@@ -99,8 +99,9 @@ class Notifier:
         """Start delivering to every webhook that wants this job's end (returns at once)."""
         assert job.id is not None
         hooks = [self.default] if self.default else []
-        rows = await self.store.call(self.store.job_webhooks, job.id)
-        hooks += [Webhook(row.url, row.events) for row in rows]
+        if job.kind != "adhoc":  # only a playbook's `notify:` adds webhooks of its own
+            rows = await self.store.call(self.store.job_webhooks, job.id)
+            hooks += [Webhook(row.url, row.events) for row in rows]
         wanted = [h for h in hooks if h.wants(job.state)]
         if not wanted:
             return

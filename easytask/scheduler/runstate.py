@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from easytask.store.db import RunChange, Store
+from easytask.store.models import Job
 
 
 class RunStateWriter:
@@ -18,15 +19,24 @@ class RunStateWriter:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._queue: list[tuple[RunChange, asyncio.Future[None]]] = []
+        self._queue: list[tuple[RunChange, asyncio.Future[Job | None]]] = []
         self._task: asyncio.Task[None] | None = None
 
     async def change(
-        self, run_id: int, event: str | None = None, detail: str = "", **fields: Any
-    ) -> None:
-        """Store a change of one run, after every change queued before it (KeyError: no run)."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((RunChange(run_id, event, detail, fields), fut))
+        self,
+        run_id: int,
+        event: str | None = None,
+        detail: str = "",
+        *,
+        job_id: int = 0,
+        then: str = "",
+        **fields: Any,
+    ) -> Job | None:
+        """Store a change of one run, after every change queued before it (KeyError: no run).
+        With `then` (see RunChange), its job's change goes in the same transaction; returns the
+        job if that ended it."""
+        fut: asyncio.Future[Job | None] = asyncio.get_running_loop().create_future()
+        self._queue.append((RunChange(run_id, event, detail, fields, job_id, then), fut))
         if self._task is None:
             self._task = asyncio.create_task(self._drain(), name="run-state-writer")
         return await fut
@@ -47,9 +57,9 @@ class RunStateWriter:
                 for (_, fut), result in zip(batch, results, strict=True):
                     if fut.done():
                         continue
-                    if result is None:
-                        fut.set_result(None)
-                    else:
+                    if isinstance(result, KeyError):
                         fut.set_exception(result)
+                    else:
+                        fut.set_result(result)
         finally:
             self._task = None

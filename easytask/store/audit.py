@@ -7,9 +7,11 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import text
-from sqlmodel import Session, col, select
+from sqlalchemy import Connection, text
+from sqlmodel import Session, col
+from sqlmodel import select as model_select
 
+from easytask.store import statements as sql
 from easytask.store.models import AuditEvent
 
 GENESIS = "0" * 64
@@ -40,29 +42,28 @@ def chain_hash(prev_hash: str, text: str) -> str:
 
 
 def append(
-    session: Session, actor: str, action: str, source: str, detail: dict[str, Any]
+    conn: Connection, actor: str, action: str, source: str, detail: dict[str, Any]
 ) -> AuditEvent:
-    """Add one event at the end of the chain (the caller commits; one writer at a time)."""
-    if session.get_bind().dialect.name == "postgresql":
+    """Add one event at the end of the chain, in the caller's transaction (one writer at a time).
+
+    Plain statements, no ORM unit of work: every submitted and finished job appends one, on the
+    path a client waits on.
+    """
+    if conn.dialect.name == "postgresql":
         # Several servers may append at once: the lock, held until the caller commits, keeps
         # the chain a line (SQLite has one writer anyway).
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHAIN_LOCK})
-    last = session.exec(select(AuditEvent).order_by(col(AuditEvent.id).desc()).limit(1)).first()
-    prev_hash = last.hash if last else GENESIS
-    event = AuditEvent(
-        actor=actor,
-        action=action,
-        source=source,
-        detail=json.dumps(detail, sort_keys=True, default=str),
-        prev_hash=prev_hash,
-    )
-    session.add(event)
-    session.flush()
-    assert event.id is not None
-    event.hash = chain_hash(
-        prev_hash, canonical(event.id, event.at, actor, action, source, event.detail)
-    )
-    session.add(event)
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHAIN_LOCK})
+    last = conn.execute(sql.AUDIT_TAIL).scalar()
+    prev_hash = last if last is not None else GENESIS
+    at = datetime.now(UTC)
+    body = json.dumps(detail, sort_keys=True, default=str)
+    event = AuditEvent(at=at, actor=actor, action=action, source=source, detail=body)
+    event.prev_hash = prev_hash
+    values = {"at": at, "actor": actor, "action": action, "source": source, "detail": body}
+    inserted = conn.execute(sql.INSERT_AUDIT, {**values, "prev_hash": prev_hash, "hash": ""})
+    event.id = sql.new_id(inserted)
+    event.hash = chain_hash(prev_hash, canonical(event.id, at, actor, action, source, body))
+    conn.execute(sql.AUDIT_HASH, {"event_id": event.id, "hash": event.hash})
     return event
 
 
@@ -71,7 +72,7 @@ def verify(session: Session) -> dict[str, Any]:
     prev_hash = GENESIS
     prev_id = 0
     count = 0
-    for event in session.exec(select(AuditEvent).order_by(col(AuditEvent.id))):
+    for event in session.exec(model_select(AuditEvent).order_by(col(AuditEvent.id))):
         assert event.id is not None
         if event.prev_hash != prev_hash:
             problem = (

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, TypeVar, overload
 
 from sqlalchemy import bindparam, event, func, text
-from sqlalchemy import select as core_select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DisconnectionError
 from sqlmodel import Session, SQLModel, col, create_engine, select
@@ -29,6 +28,7 @@ from sqlmodel import Session, SQLModel, col, create_engine, select
 from easytask.lines import LEVELS
 from easytask.store import audit as audit_chain
 from easytask.store import schema
+from easytask.store import statements as sql
 from easytask.store.models import (
     Agent,
     ApiToken,
@@ -90,6 +90,14 @@ class RunChange:
     event: str | None = None
     detail: str = ""
     fields: dict[str, Any] = dataclass_field(default_factory=dict)
+    # What the change means for the run's job, in the same transaction: JOB_RUNNING marks a
+    # queued job running, JOB_END ends the job if every run of it is final.
+    job_id: int = 0
+    then: str = ""
+
+
+JOB_RUNNING = "running"
+JOB_END = "end"
 
 
 @overload
@@ -432,42 +440,37 @@ class Store:
         self, job: Job, runs: Sequence[Run], audit: AuditNote | None = None
     ) -> tuple[Job, list[Run]]:
         """Insert a job and its runs, each with a `queued` event, in one transaction; with
-        `audit`, its audit event too (the job's id added to its detail)."""
+        `audit`, its audit event too (the job's id added to its detail).
+
+        Plain statements, no ORM unit of work: a client waits on this before its job starts.
+        """
         job.server = job.server or self.owner
-        table = Run.__table__  # type: ignore[attr-defined]
-        names = [c.name for c in table.columns if c.name != "id"]
-        with self.session() as s:
-            s.add(job)
-            s.flush()
-            assert job.id is not None
+        with self.engine.begin() as conn:
+            values = {name: getattr(job, name) for name in sql.JOB_FIELDS}
+            job.id = sql.new_id(conn.execute(sql.INSERT_JOB, values))
             rows = []
             for run in runs:
                 run.job_id = job.id
                 run.server = run.server or job.server
-                rows.append({name: getattr(run, name) for name in names})
-            conn = s.connection()
+                rows.append({name: getattr(run, name) for name in sql.RUN_FIELDS})
             if rows:
-                # one executemany, not an ORM flush of every run; the ids are read back in
-                # order (one transaction inserting in order numbers its rows in that order)
-                conn.execute(table.insert(), rows)
-                ids = conn.execute(
-                    select(table.c.id).where(table.c.job_id == job.id).order_by(table.c.id)
-                ).scalars()
+                # one executemany; the ids are read back in order (one transaction inserting
+                # in order numbers its rows in that order)
+                conn.execute(sql.INSERT_RUNS, rows)
+                ids = conn.execute(sql.RUN_IDS, {"job_id": job.id}).scalars()
                 for run, run_id in zip(runs, ids, strict=True):
                     run.id = run_id
-            now = utcnow()
-            events = [
-                {"run_id": run.id, "at": now, "kind": "queued", "detail": f"host {run.host}"}
-                for run in runs
-            ]
-            # one INSERT for all events; no model objects (pydantic defaults cost per object)
-            conn.execute(RunEvent.__table__.insert(), events)  # type: ignore[attr-defined]
+                now = utcnow()
+                events = [
+                    {"run_id": run.id, "at": now, "kind": "queued", "detail": f"host {run.host}"}
+                    for run in runs
+                ]
+                # one INSERT for all events; no model objects (pydantic defaults cost per object)
+                conn.execute(sql.INSERT_RUN_EVENTS, events)
             if audit is not None:
                 detail = {"job": job.id, **audit.detail}
-                audit_chain.append(s, audit.actor, audit.action, audit.source, detail)
-            s.commit()
-            s.refresh(job)
-            return job, list(runs)  # every field was set before the insert: no refresh needed
+                audit_chain.append(conn, audit.actor, audit.action, audit.source, detail)
+        return job, list(runs)  # every field was set before the insert: nothing to read back
 
     def add_attempt(self, run_id: int, attempt: int) -> Run:
         """A new run row for the next attempt of a run (same job, task, host, command)."""
@@ -578,11 +581,8 @@ class Store:
 
     def audit(self, actor: str, action: str, source: str, detail: dict[str, Any]) -> AuditEvent:
         """Append an event to the audit chain."""
-        with self.session() as s:
-            event = audit_chain.append(s, actor, action, source, detail)
-            s.commit()
-            s.refresh(event)
-            return event
+        with self.engine.begin() as conn:
+            return audit_chain.append(conn, actor, action, source, detail)
 
     def audit_events(
         self,
@@ -618,19 +618,29 @@ class Store:
 
     def job_stream_start(
         self, job_id: int, runs: bool, limit: int
-    ) -> tuple[list[Run], dict[int, str], list[LogLine], Job | None]:
+    ) -> tuple[list[Run], dict[int, str], list[Any], Job | None]:
         """What a job's event stream starts with: its runs (if `runs`), their hosts by run id,
-        its first `limit` lines, and the job as it is after those lines were read."""
-        snapshot = self.job_runs(job_id) if runs else []
-        hosts = {r.id or 0: r.host for r in snapshot} if runs else self.job_hosts(job_id)
-        lines = self.read_job_lines(job_id, 0, limit) if limit else []
-        return snapshot, hosts, lines, self.get_job(job_id)
+        its first `limit` lines (rows as `read_job_lines` gives them), and the job as it is
+        after those lines were read; one connection, plain statements (a client waits)."""
+        with self.engine.connect() as conn:
+            if runs:
+                with Session(conn) as s:
+                    snapshot = list(
+                        s.exec(select(Run).where(Run.job_id == job_id).order_by(col(Run.id)))
+                    )
+                hosts = {r.id or 0: r.host for r in snapshot}
+            else:
+                snapshot = []
+                rows = conn.execute(sql.RUN_HOSTS, {"job_id": job_id})
+                hosts = {row.id: row.host for row in rows}
+            lines = self._job_lines(conn, job_id, 0, limit) if limit else []
+            found = conn.execute(sql.JOB_ROW, {"job_id": job_id}).first()
+            return snapshot, hosts, lines, Job(**found._mapping) if found else None
 
     def job_hosts(self, job_id: int) -> dict[int, str]:
         """The host of each run of a job, by run id (no row objects)."""
-        table = Run.__table__  # type: ignore[attr-defined]
         with self.engine.connect() as conn:
-            rows = conn.execute(select(table.c.id, table.c.host).where(table.c.job_id == job_id))
+            rows = conn.execute(sql.RUN_HOSTS, {"job_id": job_id})
             return {row.id: row.host for row in rows}
 
     def job_runs(self, job_id: int) -> list[Run]:
@@ -648,22 +658,23 @@ class Store:
     ) -> Run:
         """Change a run's fields and add a timeline event, in one transaction."""
         missing = self.update_runs([RunChange(run_id, event, detail, fields)])[0]
-        if missing is not None:
+        if isinstance(missing, KeyError):
             raise missing
         with self.session() as s:
             run = s.get(Run, run_id)
             assert run is not None
             return run
 
-    def update_runs(self, changes: Sequence[RunChange]) -> list[KeyError | None]:
-        """Apply run changes in order, all in one transaction; a KeyError for a missing run.
+    def update_runs(self, changes: Sequence[RunChange]) -> list[KeyError | Job | None]:
+        """Apply run changes in order, all in one transaction.  For each change: a KeyError if
+        its run is missing, the job if the change ended it (`then=JOB_END`), else None.
 
         A fan-out changes hundreds of runs at once: the changes of one run are folded into one
         row of new values (later ones win), runs changing the same fields are updated by one
         executemany, and the timeline events go in as one multi-row insert.  Missing runs are
         looked for only when the updates matched fewer rows than asked.
         """
-        table = Run.__table__  # type: ignore[attr-defined]
+        table = sql.RUN
         merged: dict[int, dict[str, Any]] = {}
         for change in changes:
             if change.fields:
@@ -680,16 +691,10 @@ class Store:
             present = conn.execute(select(table.c.id).where(table.c.id.in_(wanted))).scalars()
             return wanted - set(present)
 
+        ended: dict[int, Job | None] = {}
         with self.engine.begin() as conn:
             for names, rows in by_fields.items():
-                stmt = (
-                    table.update()
-                    .where(table.c.id == bindparam("run_id"))
-                    .values(
-                        {name: bindparam(f"new_{name}", type_=table.c[name].type) for name in names}
-                    )
-                )
-                if conn.execute(stmt, rows).rowcount != len(rows):
+                if conn.execute(sql.update_runs(names), rows).rowcount != len(rows):
                     missing |= absent(conn, (row["run_id"] for row in rows))
             only_events = {c.run_id for c in changes if c.run_id not in merged}
             if only_events:
@@ -701,68 +706,77 @@ class Store:
                 if c.event and c.run_id not in missing
             ]
             if events:
-                conn.execute(RunEvent.__table__.insert(), events)  # type: ignore[attr-defined]
-        return [KeyError(c.run_id) if c.run_id in missing else None for c in changes]
+                conn.execute(sql.INSERT_RUN_EVENTS, events)
+            running = {c.job_id for c in changes if c.then == JOB_RUNNING and c.job_id}
+            if running:
+                self._job_running(conn, running)
+            for change in changes:
+                if change.then == JOB_END and change.job_id and change.job_id not in ended:
+                    ended[change.job_id] = self._end_job(conn, change.job_id)
+        results: list[KeyError | Job | None] = []
+        for c in changes:
+            if c.run_id in missing:
+                results.append(KeyError(c.run_id))
+            elif c.then == JOB_END:
+                results.append(ended.pop(c.job_id, None))  # the first change asking gets it
+            else:
+                results.append(None)
+        return results
+
+    @staticmethod
+    def _job_running(conn: Any, job_ids: Iterable[int]) -> None:
+        conn.execute(sql.JOB_RUNNING, {"job_ids": list(job_ids)})
 
     def mark_job_running(self, job_id: int) -> None:
         """A queued job becomes running when its first run starts."""
-        with self.session() as s:
-            job = s.get(Job, job_id)
-            if job is not None and job.state == RunState.QUEUED:
-                job.state = RunState.RUNNING
-                s.add(job)
-                s.commit()
+        with self.engine.begin() as conn:
+            self._job_running(conn, [job_id])
 
     def finish_job_if_done(self, job_id: int) -> Job | None:
         """Set a job's aggregate state once all its runs are final; return it if it changed."""
-        with self.session() as s:
-            job = s.get(Job, job_id)
-            if job is None or job.state in RunState.FINAL:
-                return None
-            # the columns that decide, not row objects (a fan-out's job has thousands of runs)
-            t = Run.__table__  # type: ignore[attr-defined]
-            rows = list(
-                s.connection().execute(
-                    core_select(t.c.id, t.c.task, t.c.host, t.c.attempt, t.c.state).where(
-                        t.c.job_id == job_id
-                    )
-                )
-            )
-            if not rows or any(r.state not in RunState.FINAL for r in rows):
-                states = [r.state for r in rows]
-                if any(st != RunState.QUEUED for st in states) and job.state == RunState.QUEUED:
-                    job.state = RunState.RUNNING
-                    s.add(job)
-                    s.commit()
-                return None
-            # A run that was retried counts by its last attempt.
-            latest: dict[tuple[str, str], Any] = {}
-            for r in sorted(rows, key=lambda r: (r.attempt, r.id or 0)):
-                latest[(r.task, r.host)] = r
-            states = [r.state for r in latest.values()]
-            if all(st in (RunState.SUCCESS, RunState.SKIPPED) for st in states):
-                job.state = RunState.SUCCESS
-            elif any(st == RunState.TERMINATED for st in states):
-                job.state = RunState.TERMINATED
-            elif any(st == RunState.FAILED for st in states):
-                job.state = RunState.FAILED
-            else:
-                job.state = RunState.UNREACHABLE
-            job.finished_at = utcnow()
-            s.add(job)
-            counts: dict[str, int] = {}
-            for r in rows:
-                counts[r.state] = counts.get(r.state, 0) + 1
-            audit_chain.append(
-                s,
-                job.submitted_by,
-                "job.finish",
-                "",
-                {"job": job.id, "kind": job.kind, "state": job.state, "runs": counts},
-            )
-            s.commit()
-            s.refresh(job)
-            return job
+        with self.engine.begin() as conn:
+            return self._end_job(conn, job_id)
+
+    def _end_job(self, conn: Any, job_id: int) -> Job | None:
+        """finish_job_if_done in the caller's transaction: plain statements on the columns that
+        decide (a fan-out's job has thousands of runs; a client waits for the end)."""
+        found = conn.execute(sql.JOB_ROW, {"job_id": job_id}).first()
+        if found is None or found.state in RunState.FINAL:
+            return None
+        rows = list(conn.execute(sql.RUN_OUTCOMES, {"job_id": job_id}))
+        if not rows or any(r.state not in RunState.FINAL for r in rows):
+            if found.state == RunState.QUEUED and any(r.state != RunState.QUEUED for r in rows):
+                self._job_running(conn, [job_id])
+            return None
+        # A run that was retried counts by its last attempt.
+        latest: dict[tuple[str, str], Any] = {}
+        for r in sorted(rows, key=lambda r: (r.attempt, r.id or 0)):
+            latest[(r.task, r.host)] = r
+        states = [r.state for r in latest.values()]
+        if all(st in (RunState.SUCCESS, RunState.SKIPPED) for st in states):
+            state = RunState.SUCCESS
+        elif any(st == RunState.TERMINATED for st in states):
+            state = RunState.TERMINATED
+        elif any(st == RunState.FAILED for st in states):
+            state = RunState.FAILED
+        else:
+            state = RunState.UNREACHABLE
+        now = utcnow()
+        params = {"job_id": job_id, "new_state": state, "new_finished_at": now}
+        if not conn.execute(sql.JOB_END, params).rowcount:
+            return None
+        job = Job(**{**found._mapping, "state": state, "finished_at": now})
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r.state] = counts.get(r.state, 0) + 1
+        audit_chain.append(
+            conn,
+            job.submitted_by,
+            "job.finish",
+            "",
+            {"job": job.id, "kind": job.kind, "state": job.state, "runs": counts},
+        )
+        return job
 
     def unfinished_runs(self, job_ids: Sequence[int] | None = None) -> list[Run]:
         """Runs not in a final state of this server's jobs, or of jobs no server owns (reconciled
@@ -956,17 +970,16 @@ class Store:
                 q = q.limit(limit)
             return list(s.exec(q))
 
-    def read_job_lines(self, job_id: int, after_id: int = 0, limit: int = 5000) -> list[LogLine]:
-        """Lines of every run of a job in arrival order (by row id), after a row id."""
-        with self.session() as s:
-            q = (
-                select(LogLine)
-                .join(Run, col(Run.id) == col(LogLine.run_id))
-                .where(Run.job_id == job_id, col(LogLine.id) > after_id)
-                .order_by(col(LogLine.id))
-                .limit(limit)
-            )
-            return list(s.exec(q))
+    def read_job_lines(self, job_id: int, after_id: int = 0, limit: int = 5000) -> list[Any]:
+        """Lines of every run of a job in arrival order (by row id), after a row id: rows with
+        the fields of LogLine (id, run_id, seq, ts, stream, level, text)."""
+        with self.engine.connect() as conn:
+            return self._job_lines(conn, job_id, after_id, limit)
+
+    @staticmethod
+    def _job_lines(conn: Any, job_id: int, after_id: int, limit: int) -> list[Any]:
+        params = {"job_id": job_id, "after_id": after_id, "limit": limit}
+        return list(conn.execute(sql.JOB_LINES, params))
 
     def count_output_lines(self, run_id: int) -> int:
         """Stored stdout and stderr lines of a run (system lines excluded)."""

@@ -399,7 +399,9 @@ class Api:
         """GET /api/jobs/{id}/events: SSE of stored then live lines and state changes."""
         job_id = self.int_param(request, "job_id")
         store = self.server.store
-        if await store.call(store.get_job, job_id) is None:
+        if not self.server.engine.running_here(job_id) and (
+            await store.call(store.get_job, job_id) is None
+        ):
             raise APIError(f"no job {job_id}", status=404)
         follow = request.query_params.get("follow", "1") != "0"
         lines = request.query_params.get("lines", "1") != "0"
