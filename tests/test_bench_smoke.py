@@ -100,6 +100,7 @@ def test_roundtrip_quick_measures_every_path(tmp_path: Path) -> None:
         "ssh_mux",
         "ssh_plain",
         "cli_version",
+        "py_floor",
     }
     assert all(len(v) == 3 and min(v) > 0 for v in rec["samples"].values())
     assert re.search(r"^API, agent\s+\d+\.\d\s+\d+\.\d\s+\d+\.\dx$", stdout, re.M), stdout
