@@ -6,14 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from easytask.store.db import (
-    INDEX_CANDIDATES,
-    POSITION_MARKS,
-    Store,
-    index_words,
-    like_pattern,
-    sqlite_url,
-)
+from easytask.store.db import Store, sqlite_url
+from easytask.store.lines import INDEX_CANDIDATES, POSITION_MARKS, index_words, like_pattern
 from easytask.store.models import Job, Run
 
 

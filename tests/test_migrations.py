@@ -14,7 +14,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import text
 from sqlmodel import SQLModel
 
-from easytask.store.db import Store, as_utc, make_engine, sqlite_url
+from easytask.store.db import Store, make_engine, sqlite_url
+from easytask.store.models import as_utc
 from easytask.store.schema import head_revision, schema_state, upgrade
 from tests.conftest import ServerFactory
 from tests.helpers import db_execute, easytask_cmd, free_port

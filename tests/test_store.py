@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from easytask.store.db import JOB_END, JOB_RUNNING, RunChange, Store, as_utc, sqlite_url
-from easytask.store.models import Job, Run, RunState, WebhookDelivery
+from easytask.store.db import JOB_END, JOB_RUNNING, RunChange, Store, sqlite_url
+from easytask.store.models import Job, Run, RunState, WebhookDelivery, as_utc
 from tests.pg import PostgresCluster
 
 

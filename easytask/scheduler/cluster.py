@@ -24,7 +24,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from easytask.store import cluster as rows
-from easytask.store.db import LogRow, Store
+from easytask.store.db import Store
+from easytask.store.lines import LogRow
 from easytask.store.models import OFFERED, Run, RunState
 
 if TYPE_CHECKING:

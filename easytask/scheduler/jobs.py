@@ -21,8 +21,8 @@ from easytask.scheduler.logwriter import LogWriter
 from easytask.scheduler.output import DEFAULT_LIMIT, RunOutput
 from easytask.scheduler.runstate import RunStateWriter
 from easytask.secrets import env_prefix
-from easytask.store.db import JOB_END, JOB_RUNNING, AuditNote, Store, as_utc
-from easytask.store.models import OFFERED, Job, Run, RunState, utcnow
+from easytask.store.db import JOB_END, JOB_RUNNING, AuditNote, Store
+from easytask.store.models import OFFERED, Job, Run, RunState, as_utc, utcnow
 from easytask.transport import executor
 from easytask.transport.agentless import SSHPool, SSHTarget, wrap_command
 from easytask.transport.executor import ExecResult

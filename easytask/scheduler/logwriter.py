@@ -6,7 +6,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from easytask.store.db import LogRow, Store
+from easytask.store.db import Store
+from easytask.store.lines import LogRow
 
 log = logging.getLogger("easytask.server")
 

@@ -6,8 +6,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from easytask.store.db import as_utc
-from easytask.store.models import Run
+from easytask.store.models import Run, as_utc
 
 # Seconds from queued to started: a healthy dispatch takes milliseconds, a waiting one minutes.
 DISPATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)

@@ -17,8 +17,8 @@ import httpx
 
 from easytask import __version__
 from easytask.scheduler.jobs import iso_time
-from easytask.store.db import Store, as_utc
-from easytask.store.models import Job, Run, RunState, WebhookDelivery
+from easytask.store.db import Store
+from easytask.store.models import Job, Run, RunState, WebhookDelivery, as_utc
 
 log = logging.getLogger("easytask.notify")
 

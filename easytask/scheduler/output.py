@@ -18,7 +18,7 @@ from easytask.lines import STDERR, STDOUT, SYSTEM, LineSplitter, detect_levels
 from easytask.scheduler.hub import LiveHub
 from easytask.scheduler.logwriter import LogWriter
 from easytask.secrets import Masker
-from easytask.store.db import LogRow
+from easytask.store.lines import LogRow
 
 DEFAULT_LIMIT = 256 << 20  # stored bytes of output per run (head + tail)
 

@@ -12,8 +12,8 @@ from zoneinfo import ZoneInfo
 from easytask.cron import Cron
 from easytask.errors import EasyTaskError
 from easytask.playbook import load_playbook
-from easytask.store.db import Store, as_utc
-from easytask.store.models import Schedule
+from easytask.store.db import Store
+from easytask.store.models import Schedule, as_utc
 
 log = logging.getLogger("easytask.server")
 

@@ -15,8 +15,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, delete, update
 from sqlmodel import col, select
 
-from easytask.store.db import Store, as_utc
-from easytask.store.models import OFFERED, Agent, Job, Run, RunState, ServerNode, utcnow
+from easytask.store.db import Store
+from easytask.store.models import OFFERED, Agent, Job, Run, RunState, ServerNode, as_utc, utcnow
 
 FINAL = list(RunState.FINAL)
 

@@ -1,49 +1,42 @@
-"""Engine, schema and every query; synchronous code run on one dedicated database thread."""
+"""Engine, schema and the Store: every query, run on one dedicated database thread.
+
+The Store's queries on log lines live in `lines.py`, on agents, users and tokens in
+`identities.py`; the statements on the path a waiting client is on in `statements.py`.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import hashlib
 import json
-import re
-import secrets
-import sqlite3
 import time
-from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
-from datetime import UTC, datetime, timedelta
-from itertools import chain
+from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar
 
 from sqlalchemy import bindparam, event, func, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DisconnectionError
 from sqlmodel import Session, SQLModel, col, create_engine, select
 
-from easytask.lines import LEVELS
 from easytask.store import audit as audit_chain
 from easytask.store import schema
 from easytask.store import statements as sql
+from easytask.store.identities import IdentityQueries
+from easytask.store.lines import LineQueries
 from easytask.store.models import (
-    Agent,
-    ApiToken,
     AuditEvent,
-    EnrollToken,
     Job,
     JobWebhook,
     LogLine,
-    RevokedSession,
     Run,
     RunEvent,
     RunState,
     Schedule,
     ScheduleFire,
-    User,
     WebhookDelivery,
     utcnow,
 )
@@ -51,25 +44,6 @@ from easytask.store.models import (
 T = TypeVar("T")
 PING_AFTER_IDLE = 5.0  # seconds a PostgreSQL connection rests in the pool before it is checked
 M = TypeVar("M", bound=SQLModel)
-
-# One row of the log writer's batch: run_id, seq, ts, stream, level, text.
-LogRow = tuple[int, int, float, str, str, str]
-
-_LINE_COLUMNS = "(run_id, seq, ts, stream, level, text)"
-_LINE_CHUNK = 512  # rows per multi-row INSERT of log lines (SQLite)
-
-
-@functools.cache
-def _insert_lines_sql(rows: int) -> str:
-    """One INSERT of `rows` log lines."""
-    values = ",".join(["(?, ?, ?, ?, ?, ?)"] * rows)
-    return f"INSERT INTO log_line {_LINE_COLUMNS} VALUES {values}"
-
-
-def _insert_chunk(dbapi_conn: Any) -> int:
-    """Rows per multi-row INSERT: 512, or fewer where SQLite allows fewer parameters."""
-    params = dbapi_conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-    return max(1, min(_LINE_CHUNK, params // 6))
 
 
 @dataclass(slots=True)
@@ -98,26 +72,6 @@ class RunChange:
 
 JOB_RUNNING = "running"
 JOB_END = "end"
-
-
-@overload
-def as_utc(value: datetime) -> datetime: ...
-
-
-@overload
-def as_utc(value: None) -> None: ...
-
-
-def as_utc(value: datetime | None) -> datetime | None:
-    """Attach UTC to a naive datetime read back from SQLite."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
-def hash_secret(secret: str) -> str:
-    """The at-rest form of a token: its SHA-256 (tokens are long and random)."""
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def sqlite_url(path: Path) -> str:
@@ -192,7 +146,7 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-class Store:
+class Store(IdentityQueries, LineQueries):
     """Every query EasyTask makes; call from the database thread (see `call`)."""
 
     def __init__(self, url: str) -> None:
@@ -231,208 +185,6 @@ class Store:
     def session(self) -> Session:
         """A new ORM session."""
         return Session(self.engine, expire_on_commit=False)
-
-    # -- agents -----------------------------------------------------------------------------
-
-    def list_agents(self) -> list[Agent]:
-        """All agents, by name."""
-        with self.session() as s:
-            return list(s.exec(select(Agent).order_by(col(Agent.name))))
-
-    def get_agent(self, name: str) -> Agent | None:
-        """One agent by name."""
-        with self.session() as s:
-            return s.exec(select(Agent).where(Agent.name == name)).first()
-
-    def register_agent(
-        self, name: str, fingerprint: str, public_key: str, state: str, **fields: Any
-    ) -> Agent:
-        """Create or update an agent's identity (a name keeps its key once accepted)."""
-        with self.session() as s:
-            agent = s.exec(select(Agent).where(Agent.name == name)).first()
-            if agent is None:
-                agent = Agent(name=name, fingerprint=fingerprint, public_key=public_key)
-            agent.fingerprint = fingerprint
-            agent.public_key = public_key
-            if agent.state != state:
-                agent.state = state
-                agent.state_since = utcnow()
-            for key, value in fields.items():
-                setattr(agent, key, value)
-            s.add(agent)
-            s.commit()
-            s.refresh(agent)
-            return agent
-
-    def update_agent(self, name: str, **fields: Any) -> Agent | None:
-        """Change some fields of an agent."""
-        with self.session() as s:
-            agent = s.exec(select(Agent).where(Agent.name == name)).first()
-            if agent is None:
-                return None
-            if "state" in fields and fields["state"] != agent.state:
-                agent.state_since = utcnow()
-            if "connected" in fields and fields["connected"] != agent.connected:
-                agent.state_since = utcnow()
-            for key, value in fields.items():
-                setattr(agent, key, value)
-            s.add(agent)
-            s.commit()
-            s.refresh(agent)
-            return agent
-
-    def disconnect_all_agents(self, server: str) -> None:
-        """Mark every agent held by this server as not connected (used at start and stop)."""
-        with self.session() as s:
-            for agent in s.exec(select(Agent).where(Agent.server == server, Agent.connected)):
-                agent.connected = False
-                agent.state_since = utcnow()
-                s.add(agent)
-            s.commit()
-
-    # -- enrolment tokens -------------------------------------------------------------------
-
-    def create_enroll_token(self, uses: int, ttl: float | None, created_by: str) -> str:
-        """Create an enrolment token and return it (only its hash is kept)."""
-        token = "et_enroll_" + secrets.token_urlsafe(24)
-        expires = utcnow() + timedelta(seconds=ttl) if ttl else None
-        with self.session() as s:
-            s.add(
-                EnrollToken(
-                    token_hash=hash_secret(token),
-                    uses_left=uses,
-                    expires_at=expires,
-                    created_by=created_by,
-                )
-            )
-            s.commit()
-        return token
-
-    def consume_enroll_token(self, token: str) -> bool:
-        """Use up one use of an enrolment token; False if unknown, spent or expired."""
-        with self.session() as s:
-            row = s.exec(
-                select(EnrollToken).where(EnrollToken.token_hash == hash_secret(token))
-            ).first()
-            if row is None or row.uses_left <= 0:
-                return False
-            expires = as_utc(row.expires_at)
-            if expires is not None and expires < utcnow():
-                return False
-            row.uses_left -= 1
-            s.add(row)
-            s.commit()
-            return True
-
-    # -- users and API tokens ---------------------------------------------------------------
-
-    def ensure_user(self, name: str, role: str) -> User:
-        """Return the user, creating it if needed."""
-        with self.session() as s:
-            user = s.exec(select(User).where(User.name == name)).first()
-            if user is None:
-                user = User(name=name, role=role)
-                s.add(user)
-                s.commit()
-                s.refresh(user)
-            return user
-
-    def set_password_hash(self, name: str, password_hash: str) -> None:
-        """Store a user's password hash."""
-        with self.session() as s:
-            user = s.exec(select(User).where(User.name == name)).one()
-            user.password_hash = password_hash
-            s.add(user)
-            s.commit()
-
-    def create_api_token(self, user_name: str, name: str, ttl: float | None = None) -> str:
-        """Create an API token for a user and return it (only its hash is kept)."""
-        return self.issue_api_token(user_name, name, ttl)[0]
-
-    def issue_api_token(
-        self, user_name: str, name: str, ttl: float | None = None
-    ) -> tuple[str, ApiToken]:
-        """Create an API token for a user: the secret (shown once) and its stored row."""
-        token = "et_" + secrets.token_urlsafe(32)
-        with self.session() as s:
-            user = s.exec(select(User).where(User.name == user_name)).one()
-            assert user.id is not None
-            expires = utcnow() + timedelta(seconds=ttl) if ttl else None
-            row = ApiToken(
-                name=name, token_hash=hash_secret(token), user_id=user.id, expires_at=expires
-            )
-            s.add(row)
-            s.commit()
-            s.refresh(row)
-        return token, row
-
-    def list_api_tokens(self, user_name: str | None = None) -> list[tuple[ApiToken, str]]:
-        """API tokens with their owner's name, oldest first; one user's only when named."""
-        with self.session() as s:
-            q = select(ApiToken, User.name).join(User, col(User.id) == col(ApiToken.user_id))
-            if user_name is not None:
-                q = q.where(User.name == user_name)
-            return [(row, owner) for row, owner in s.exec(q.order_by(col(ApiToken.id)))]
-
-    def revoke_api_token(self, token_id: int) -> tuple[ApiToken, str] | None:
-        """Mark a token revoked; its row and owner, or None if there is no such token."""
-        with self.session() as s:
-            row = s.get(ApiToken, token_id)
-            if row is None:
-                return None
-            row.revoked = True
-            s.add(row)
-            s.commit()
-            s.refresh(row)
-            owner = s.get(User, row.user_id)
-            return row, owner.name if owner else ""
-
-    def update_user(self, name: str, **fields: Any) -> User | None:
-        """Change a user's role, scope, disabled flag or password hash; None if unknown."""
-        return self._update_named(User, name, fields)
-
-    def user_for_token(self, token: str) -> User | None:
-        """The user a valid API token belongs to, recording its use."""
-        with self.session() as s:
-            row = s.exec(select(ApiToken).where(ApiToken.token_hash == hash_secret(token))).first()
-            if row is None or row.revoked:
-                return None
-            expires = as_utc(row.expires_at)
-            if expires is not None and expires < utcnow():
-                return None
-            user = s.get(User, row.user_id)
-            if user is None or user.disabled:
-                return None
-            now = utcnow()
-            last = as_utc(row.last_used)
-            if last is None or (now - last).total_seconds() > 60:
-                row.last_used = now
-                s.add(row)
-                s.commit()
-            return user
-
-    def revoke_session(self, sid: str, expires_at: datetime) -> None:
-        """Refuse a console session id from now on (every server, after restarts too)."""
-        from sqlalchemy import delete
-
-        with self.session() as s:
-            s.connection().execute(
-                delete(RevokedSession).where(col(RevokedSession.expires_at) < utcnow())
-            )
-            sid_hash = hash_secret(sid)
-            if s.exec(select(RevokedSession).where(RevokedSession.sid_hash == sid_hash)).first():
-                s.commit()
-                return
-            s.add(RevokedSession(sid_hash=sid_hash, expires_at=expires_at))
-            s.commit()
-
-    def session_revoked(self, sid: str) -> bool:
-        """True if a console session id was ended by logout."""
-        with self.session() as s:
-            row = s.exec(
-                select(RevokedSession.id).where(RevokedSession.sid_hash == hash_secret(sid))
-            ).first()
-            return row is not None
 
     # -- jobs and runs ----------------------------------------------------------------------
 
@@ -882,164 +634,7 @@ class Store:
 
     # -- log lines --------------------------------------------------------------------------
 
-    def _raw_conn(self) -> Any:
-        if self._raw is None:
-            self._raw = self.engine.raw_connection()
-        return self._raw
-
-    def write_lines(self, rows: Sequence[LogRow]) -> None:
-        """Store a batch of log lines in one transaction and index them for search."""
-        if not rows:
-            return
-        conn = self._raw_conn()
-        try:
-            if self.is_sqlite:
-                self._write_lines_sqlite(conn, rows)
-            else:
-                self._write_lines_postgres(conn, rows)
-            conn.commit()
-        except BaseException:
-            try:
-                conn.rollback()
-            except Exception:
-                # the connection is gone (server restart, network): the next batch opens a new one
-                self._raw = None
-                conn.invalidate()
-            raise
-
-    @staticmethod
-    def _write_lines_sqlite(conn: Any, rows: Sequence[LogRow]) -> None:
-        cur = conn.cursor()
-        try:
-            cur.execute("SELECT coalesce(max(id), 0) FROM log_line")
-            first = cur.fetchone()[0]
-            # Multi-row INSERTs rather than executemany: executemany hands the interpreter lock
-            # back and forth for every row, and while the event loop is busy each hand-back waits
-            # for it; one statement per chunk does it once per chunk (and runs twice as fast).
-            # Chunks of 512 rows, then halves for the rest: few statement shapes, all cached.
-            size = _insert_chunk(conn.driver_connection)
-            start, total = 0, len(rows)
-            while start < total:
-                while total - start < size:
-                    size //= 2
-                cur.execute(
-                    _insert_lines_sql(size), list(chain.from_iterable(rows[start : start + size]))
-                )
-                start += size
-            cur.execute(
-                "INSERT INTO log_fts(rowid, text) SELECT id, text FROM log_line WHERE id > ?",
-                (first,),
-            )
-        finally:
-            cur.close()
-
-    @staticmethod
-    def _write_lines_postgres(conn: Any, rows: Sequence[LogRow]) -> None:
-        # COPY is psycopg's fastest path; the trigram index is kept by PostgreSQL itself.
-        # PostgreSQL text cannot hold NUL, which a command may well print: it becomes U+FFFD.
-        cur = conn.driver_connection.cursor()
-        try:
-            with cur.copy(
-                "COPY log_line (run_id, seq, ts, stream, level, text) FROM STDIN"
-            ) as copy:
-                for run_id, seq, ts, stream, level, line in rows:
-                    if "\x00" in line:
-                        line = line.replace("\x00", "\ufffd")
-                    copy.write_row((run_id, seq, ts, stream, level, line))
-        finally:
-            cur.close()
-
-    def read_lines(
-        self,
-        run_id: int,
-        *,
-        after_seq: int = 0,
-        limit: int | None = None,
-        levels: Iterable[str] | None = None,
-        grep: str | None = None,
-    ) -> list[LogLine]:
-        """A run's stored lines after a sequence number, optionally filtered."""
-        with self.session() as s:
-            q = select(LogLine).where(LogLine.run_id == run_id, LogLine.seq > after_seq)
-            if levels:
-                q = q.where(col(LogLine.level).in_(list(levels)))
-            if grep:
-                q = q.where(self._contains(col(LogLine.text), grep))
-            q = q.order_by(col(LogLine.seq))
-            if limit:
-                q = q.limit(limit)
-            return list(s.exec(q))
-
-    def read_job_lines(self, job_id: int, after_id: int = 0, limit: int = 5000) -> list[Any]:
-        """Lines of every run of a job in arrival order (by row id), after a row id: rows with
-        the fields of LogLine (id, run_id, seq, ts, stream, level, text)."""
-        with self.engine.connect() as conn:
-            return self._job_lines(conn, job_id, after_id, limit)
-
-    @staticmethod
-    def _job_lines(conn: Any, job_id: int, after_id: int, limit: int) -> list[Any]:
-        params = {"job_id": job_id, "after_id": after_id, "limit": limit}
-        return list(conn.execute(sql.JOB_LINES, params))
-
-    def count_output_lines(self, run_id: int) -> int:
-        """Stored stdout and stderr lines of a run (system lines excluded)."""
-        with self.session() as s:
-            value = s.exec(
-                select(func.count()).where(LogLine.run_id == run_id, LogLine.stream != "system")
-            ).one()
-            return int(value or 0)
-
-    def output_bytes(self, run_id: int) -> int:
-        """Characters of stored output of a run (the head already kept, after a restart)."""
-        with self.session() as s:
-            value = s.exec(
-                select(func.sum(func.length(LogLine.text))).where(
-                    LogLine.run_id == run_id, LogLine.stream != "system"
-                )
-            ).one()
-            return int(value or 0)
-
-    def max_seq(self, run_id: int) -> int:
-        """The highest stored sequence number of a run (0 when none)."""
-        with self.session() as s:
-            value = s.exec(select(func.max(LogLine.seq)).where(LogLine.run_id == run_id)).one()
-            return int(value or 0)
-
-    def line_stats(self, run_id: int) -> tuple[int, int]:
-        """Count of stored lines and the highest seq (they are equal when nothing is missing)."""
-        with self.session() as s:
-            count, top = s.exec(
-                select(func.count(), func.max(LogLine.seq)).where(LogLine.run_id == run_id)
-            ).one()
-            return int(count or 0), int(top or 0)
-
-    # -- console: users, jobs, run history and log windows ------------------------------------
-
-    def get_user(self, name: str) -> User | None:
-        """One user by name."""
-        with self.session() as s:
-            return s.exec(select(User).where(User.name == name)).first()
-
-    def get_user_by_id(self, user_id: int) -> User | None:
-        """One user by id."""
-        with self.session() as s:
-            return s.get(User, user_id)
-
-    def create_user(self, name: str, role: str, password_hash: str, scope: str = "") -> User | None:
-        """Create a user; None if the name is taken."""
-        with self.session() as s:
-            if s.exec(select(User).where(User.name == name)).first() is not None:
-                return None
-            user = User(name=name, role=role, password_hash=password_hash, scope=scope)
-            s.add(user)
-            s.commit()
-            s.refresh(user)
-            return user
-
-    def list_users(self) -> list[User]:
-        """All users, by name."""
-        with self.session() as s:
-            return list(s.exec(select(User).order_by(col(User.name))))
+    # -- console: jobs and run history ------------------------------------
 
     def list_jobs(self, *, states: Sequence[str] | None = None, limit: int = 20) -> list[Job]:
         """Jobs, newest first, optionally only those in some states."""
@@ -1161,256 +756,6 @@ class Store:
                 return [(run, by) for run, by in rows]
             q = q.order_by(col(Run.id).desc()).limit(limit)
             return [(run, by) for run, by in s.exec(q)]
-
-    def _runs_with_text(self, needle: str) -> Any:
-        """A subquery of the ids of runs whose output contains a phrase."""
-        from sqlalchemy import column, false
-
-        needle = needle.replace("\x00", "")
-        if not needle.strip():  # an empty phrase matches nothing, as in FTS5
-            return select(LogLine.run_id).where(false())
-        if self.is_sqlite:
-            phrase = '"' + needle.replace('"', '""') + '"'
-            matching = (
-                text("SELECT rowid FROM log_fts WHERE log_fts MATCH :phrase")
-                .bindparams(phrase=phrase)
-                .columns(column("rowid"))
-            )
-            return select(LogLine.run_id).where(col(LogLine.id).in_(matching)).distinct()
-        # ILIKE '%needle%' is served by the trigram index (see docs/decisions/0007-postgresql-and-migrations.md)
-        return select(LogLine.run_id).where(self._contains(col(LogLine.text), needle)).distinct()
-
-    def count_lines(self, run_id: int, levels: Sequence[str] | None = None) -> tuple[int, int]:
-        """How many stored lines of a run have one of the levels (all when None), and the top seq."""
-        with self.session() as s:
-            top = s.exec(select(func.max(LogLine.seq)).where(LogLine.run_id == run_id)).one()
-            if not levels:
-                return int(top or 0), int(top or 0)
-            count = s.exec(
-                select(func.count())
-                .select_from(LogLine)
-                .where(LogLine.run_id == run_id, col(LogLine.level).in_(list(levels)))
-            ).one()
-            return int(count or 0), int(top or 0)
-
-    def line_window(
-        self,
-        run_id: int,
-        *,
-        offset: int,
-        limit: int,
-        levels: Sequence[str] | None = None,
-        after_seq: int | None = None,
-    ) -> list[LogLine]:
-        """Lines at positions offset..offset+limit-1 of a run's (level-filtered) log.
-
-        Unfiltered, position p is seq p+1 (seqs have no gaps). Filtered, `after_seq` (the seq of
-        the line just before `offset`, when the caller knows it) avoids counting from the start.
-        """
-        with self.session() as s:
-            q = select(LogLine).where(LogLine.run_id == run_id)
-            if not levels:
-                q = q.where(LogLine.seq > offset, LogLine.seq <= offset + limit)
-                return list(s.exec(q.order_by(col(LogLine.seq))))
-            q = q.where(col(LogLine.level).in_(list(levels)))
-            if after_seq is not None:
-                q = q.where(LogLine.seq > after_seq).order_by(col(LogLine.seq)).limit(limit)
-            else:
-                q = q.order_by(col(LogLine.seq)).offset(offset).limit(limit)
-            return list(s.exec(q))
-
-    def _contains(self, column: Any, needle: str) -> Any:
-        """`column` contains `needle` as literal text, ignoring case.
-
-        SQLite's `LIKE` already ignores case (of ASCII letters, as its `lower()` does), and
-        reads each row once; `ilike` would add `lower()` on both sides and take twice as long.
-        The needle is a bound parameter, so quotes and any other syntax are just characters.
-        """
-        pattern, escape = like_pattern(needle)
-        if self.is_sqlite:
-            return column.like(pattern, escape=escape)
-        return column.ilike(pattern, escape=escape)
-
-    def search_lines(
-        self, run_id: int, needle: str, *, levels: Sequence[str] | None = None, limit: int = 10000
-    ) -> list[tuple[int, int]]:
-        """(seq, position in the level-filtered log) of lines containing `needle`, ignoring case."""
-        with self.session() as s:
-            found = None
-            if self.is_sqlite:
-                found = self._search_by_index(s, run_id, needle, limit, levels)
-            if found is None:
-                q = select(LogLine.seq).where(
-                    LogLine.run_id == run_id, self._contains(col(LogLine.text), needle)
-                )
-                if levels:
-                    q = q.where(col(LogLine.level).in_(list(levels)))
-                found = [int(seq) for seq in s.exec(q.order_by(col(LogLine.seq)).limit(limit))]
-            if not levels or not found:
-                return [(seq, seq - 1) for seq in found]
-            return list(zip(found, self._positions(s, run_id, found, levels), strict=True))
-
-    def _positions(
-        self, s: Session, run_id: int, seqs: list[int], levels: Sequence[str]
-    ) -> list[int]:
-        """Positions of lines (sorted seqs, all of the given levels) in the level-filtered log.
-
-        A line's position is the number of lines of those levels before it or, as seqs have no
-        gaps, its seq - 1 minus the lines of the other levels before it. The seqs of the other
-        levels are read first (usually few: DEBUG lines hidden), up to `POSITION_MARKS`; if
-        there are more, those of the chosen levels (few when only ERROR is shown); if both sides
-        are large, all of the other levels'. The level index is read in seq order and the
-        positions are found by bisection.
-        """
-        last = seqs[-1]
-
-        def marks(names: Sequence[str], most: int | None) -> list[int] | None:
-            # one query per level: each reads its index range in seq order and can stop early
-            out: list[int] = []
-            for name in names:
-                q = (
-                    select(LogLine.seq)
-                    .where(LogLine.run_id == run_id, LogLine.level == name, LogLine.seq < last)
-                    .order_by(col(LogLine.seq))
-                )
-                if most is not None:
-                    q = q.limit(most - len(out) + 1)
-                out += s.exec(q).all()
-                if most is not None and len(out) > most:
-                    return None
-            return sorted(out)
-
-        others = [lv for lv in LEVELS if lv not in levels]
-        hidden = marks(others, POSITION_MARKS)
-        if hidden is None:
-            shown = marks(levels, POSITION_MARKS)
-            if shown is not None:
-                return [bisect_left(shown, seq) for seq in seqs]
-            hidden = marks(others, None) or []
-        return [seq - 1 - bisect_left(hidden, seq) for seq in seqs]
-
-    def _search_by_index(
-        self,
-        s: Session,
-        run_id: int,
-        needle: str,
-        limit: int,
-        levels: Sequence[str] | None = None,
-    ) -> list[int] | None:
-        """Seqs of a run's lines containing `needle`, from the few lines the full-text index
-        names; None when the index cannot narrow the search enough (then every line is read).
-
-        Every line that contains the needle has the needle's inner words as whole words, and
-        its last word as the start of one (see `index_words`), so the index gives a superset;
-        `LIKE` then keeps exactly the lines that contain the needle. This relies on every stored
-        line being in the index, as `write_lines` keeps it (the runs list's text filter relies on
-        the same): whatever writes `log_line` rows must index them too.
-        """
-        conn = s.connection()
-
-        def few(query: str) -> bool:
-            count = conn.execute(
-                text(
-                    "SELECT count(*) FROM (SELECT rowid FROM log_fts WHERE log_fts MATCH :q "
-                    "LIMIT :most)"
-                ),
-                {"q": query, "most": INDEX_CANDIDATES + 1},
-            ).scalar_one()
-            return bool(count <= INDEX_CANDIDATES)
-
-        words, prefix = index_words(needle)
-        if words:
-            probes = [f'"{w}"' for w in words[:3]]
-        elif prefix is not None and few(f'"{prefix}"'):
-            # A prefix query reads every word it covers: asked only when the word itself is rare.
-            probes = [f'"{prefix}" *']
-        else:
-            return None
-        query = next((probe for probe in probes if few(probe)), None)
-        if query is None:
-            return None
-        pattern, escape = like_pattern(needle)
-        params: dict[str, Any] = {
-            "q": query,
-            "run": run_id,
-            "pattern": pattern,
-            "escape": escape,
-            "limit": limit,
-        }
-        where = ""
-        if levels:
-            names = [f"lv{i}" for i in range(len(levels))]
-            where = " AND l.level IN (" + ", ".join(":" + n for n in names) + ")"
-            params.update(zip(names, levels, strict=True))
-        rows = conn.execute(
-            text(
-                "SELECT l.seq FROM (SELECT rowid AS id FROM log_fts WHERE log_fts MATCH :q) AS f "
-                "CROSS JOIN log_line AS l ON l.id = f.id "
-                "WHERE l.run_id = :run AND l.text LIKE :pattern"
-                + (" ESCAPE :escape" if escape else "")
-                + where
-                + " ORDER BY l.seq LIMIT :limit"
-            ),
-            params,
-        )
-        return [int(r[0]) for r in rows]
-
-    def line_tuples(
-        self, run_id: int, after_seq: int = 0, limit: int = 10000
-    ) -> list[tuple[int, float, str, str, str]]:
-        """(seq, ts, stream, level, text) of a run's lines after a seq: no ORM objects, for bulk reads."""
-        with self.session() as s:
-            rows = s.connection().execute(
-                text(
-                    "SELECT seq, ts, stream, level, text FROM log_line "
-                    "WHERE run_id = :run AND seq > :after ORDER BY seq LIMIT :limit"
-                ),
-                {"run": run_id, "after": after_seq, "limit": limit},
-            )
-            return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
-
-
-INDEX_CANDIDATES = 20000  # lines the full-text index may name before a search reads them all
-POSITION_MARKS = 20_000  # seqs read from one side before trying the other (numbering matches)
-_ASCII_WORD = re.compile(r"[A-Za-z0-9]+")
-
-
-def like_pattern(needle: str) -> tuple[str, str | None]:
-    """A `LIKE` pattern for lines containing `needle` literally, and its escape character.
-
-    `%`, `_` and the escape character are escaped; the pattern carries an escape character only
-    when it needs one (an ESCAPE clause costs a little per row on SQLite).
-    """
-    needle = needle.replace("\x00", "")  # PostgreSQL text cannot hold NUL; no stored line has it
-    if not any(ch in needle for ch in "\\%_"):
-        return "%" + needle + "%", None
-    escaped = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return "%" + escaped + "%", "\\"
-
-
-def index_words(needle: str) -> tuple[list[str], str | None]:
-    """Words of `needle` that every line containing it holds as whole words in the full-text
-    index (longest first), and its last word when only that word's start is certain.
-
-    Only ASCII letters and digits between ASCII separators count: the index (FTS5 `unicode61`)
-    splits text at every such separator, so a word with a separator on both sides inside the
-    needle is a whole word of any line that contains the needle; the last word, with a
-    separator before it and the needle's end after it, starts one. A word at the needle's start
-    may be the end of a longer word, and a word next to other characters is not used.
-    """
-    words: list[str] = []
-    prefix = None
-    for match in _ASCII_WORD.finditer(needle):
-        start, end = match.span()
-        before = start > 0 and needle[start - 1].isascii()
-        if not before:
-            continue
-        if end < len(needle) and needle[end].isascii():
-            words.append(match.group().lower())
-        elif end == len(needle):
-            prefix = match.group().lower()
-    words.sort(key=len, reverse=True)
-    return words, prefix
 
 
 def dumps(value: Any) -> str:

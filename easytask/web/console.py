@@ -23,8 +23,7 @@ from easytask.durations import parse_duration
 from easytask.errors import APIError, EasyTaskError, RateLimited
 from easytask.lines import LEVELS
 from easytask.scheduler.jobs import JobOptions
-from easytask.store.db import as_utc
-from easytask.store.models import AgentState, Job, Run, RunState, User
+from easytask.store.models import AgentState, Job, Run, RunState, User, as_utc
 from easytask.web.api import Api, human_size, playbook_listing
 from easytask.web.auth import CSRF_FIELD, SAFE_METHODS, SessionAuth, csrf_ok
 from easytask.web.runfilter import FILTERS, RunPage, RunQuery, find_runs

@@ -20,8 +20,7 @@ from starlette.routing import Route
 
 from easytask import exports
 from easytask.errors import APIError
-from easytask.store.db import as_utc
-from easytask.store.models import Run, RunState, User
+from easytask.store.models import Run, RunState, User, as_utc
 
 if TYPE_CHECKING:
     from easytask.server import Server

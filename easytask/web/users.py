@@ -12,8 +12,7 @@ from starlette.routing import Route
 
 from easytask.durations import parse_duration
 from easytask.errors import APIError, EasyTaskError, RateLimited
-from easytask.store.db import as_utc
-from easytask.store.models import ApiToken, User
+from easytask.store.models import ApiToken, User, as_utc
 from easytask.web.auth import ROLES, SessionAuth, hash_password
 from easytask.web.scope import check_scope_pattern
 

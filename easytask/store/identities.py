@@ -1,0 +1,259 @@
+"""Agents, enrolment tokens, users, API tokens and console sessions; a part of `Store`."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlmodel import Session, SQLModel, col, select
+
+from easytask.store.models import (
+    Agent,
+    ApiToken,
+    EnrollToken,
+    RevokedSession,
+    User,
+    as_utc,
+    utcnow,
+)
+
+M = TypeVar("M", bound=SQLModel)
+
+
+def hash_secret(secret: str) -> str:
+    """The at-rest form of a token: its SHA-256 (tokens are long and random)."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class IdentityQueries:
+    """The Store's queries on who may connect and act (mixed into `Store`; database thread)."""
+
+    if TYPE_CHECKING:
+
+        def session(self) -> Session: ...
+
+        def _update_named(self, model: type[M], name: str, fields: dict[str, Any]) -> M | None: ...
+
+    def list_agents(self) -> list[Agent]:
+        """All agents, by name."""
+        with self.session() as s:
+            return list(s.exec(select(Agent).order_by(col(Agent.name))))
+
+    def get_agent(self, name: str) -> Agent | None:
+        """One agent by name."""
+        with self.session() as s:
+            return s.exec(select(Agent).where(Agent.name == name)).first()
+
+    def register_agent(
+        self, name: str, fingerprint: str, public_key: str, state: str, **fields: Any
+    ) -> Agent:
+        """Create or update an agent's identity (a name keeps its key once accepted)."""
+        with self.session() as s:
+            agent = s.exec(select(Agent).where(Agent.name == name)).first()
+            if agent is None:
+                agent = Agent(name=name, fingerprint=fingerprint, public_key=public_key)
+            agent.fingerprint = fingerprint
+            agent.public_key = public_key
+            if agent.state != state:
+                agent.state = state
+                agent.state_since = utcnow()
+            for key, value in fields.items():
+                setattr(agent, key, value)
+            s.add(agent)
+            s.commit()
+            s.refresh(agent)
+            return agent
+
+    def update_agent(self, name: str, **fields: Any) -> Agent | None:
+        """Change some fields of an agent."""
+        with self.session() as s:
+            agent = s.exec(select(Agent).where(Agent.name == name)).first()
+            if agent is None:
+                return None
+            if "state" in fields and fields["state"] != agent.state:
+                agent.state_since = utcnow()
+            if "connected" in fields and fields["connected"] != agent.connected:
+                agent.state_since = utcnow()
+            for key, value in fields.items():
+                setattr(agent, key, value)
+            s.add(agent)
+            s.commit()
+            s.refresh(agent)
+            return agent
+
+    def disconnect_all_agents(self, server: str) -> None:
+        """Mark every agent held by this server as not connected (used at start and stop)."""
+        with self.session() as s:
+            for agent in s.exec(select(Agent).where(Agent.server == server, Agent.connected)):
+                agent.connected = False
+                agent.state_since = utcnow()
+                s.add(agent)
+            s.commit()
+
+    def create_enroll_token(self, uses: int, ttl: float | None, created_by: str) -> str:
+        """Create an enrolment token and return it (only its hash is kept)."""
+        token = "et_enroll_" + secrets.token_urlsafe(24)
+        expires = utcnow() + timedelta(seconds=ttl) if ttl else None
+        with self.session() as s:
+            s.add(
+                EnrollToken(
+                    token_hash=hash_secret(token),
+                    uses_left=uses,
+                    expires_at=expires,
+                    created_by=created_by,
+                )
+            )
+            s.commit()
+        return token
+
+    def consume_enroll_token(self, token: str) -> bool:
+        """Use up one use of an enrolment token; False if unknown, spent or expired."""
+        with self.session() as s:
+            row = s.exec(
+                select(EnrollToken).where(EnrollToken.token_hash == hash_secret(token))
+            ).first()
+            if row is None or row.uses_left <= 0:
+                return False
+            expires = as_utc(row.expires_at)
+            if expires is not None and expires < utcnow():
+                return False
+            row.uses_left -= 1
+            s.add(row)
+            s.commit()
+            return True
+
+    def ensure_user(self, name: str, role: str) -> User:
+        """Return the user, creating it if needed."""
+        with self.session() as s:
+            user = s.exec(select(User).where(User.name == name)).first()
+            if user is None:
+                user = User(name=name, role=role)
+                s.add(user)
+                s.commit()
+                s.refresh(user)
+            return user
+
+    def set_password_hash(self, name: str, password_hash: str) -> None:
+        """Store a user's password hash."""
+        with self.session() as s:
+            user = s.exec(select(User).where(User.name == name)).one()
+            user.password_hash = password_hash
+            s.add(user)
+            s.commit()
+
+    def create_api_token(self, user_name: str, name: str, ttl: float | None = None) -> str:
+        """Create an API token for a user and return it (only its hash is kept)."""
+        return self.issue_api_token(user_name, name, ttl)[0]
+
+    def issue_api_token(
+        self, user_name: str, name: str, ttl: float | None = None
+    ) -> tuple[str, ApiToken]:
+        """Create an API token for a user: the secret (shown once) and its stored row."""
+        token = "et_" + secrets.token_urlsafe(32)
+        with self.session() as s:
+            user = s.exec(select(User).where(User.name == user_name)).one()
+            assert user.id is not None
+            expires = utcnow() + timedelta(seconds=ttl) if ttl else None
+            row = ApiToken(
+                name=name, token_hash=hash_secret(token), user_id=user.id, expires_at=expires
+            )
+            s.add(row)
+            s.commit()
+            s.refresh(row)
+        return token, row
+
+    def list_api_tokens(self, user_name: str | None = None) -> list[tuple[ApiToken, str]]:
+        """API tokens with their owner's name, oldest first; one user's only when named."""
+        with self.session() as s:
+            q = select(ApiToken, User.name).join(User, col(User.id) == col(ApiToken.user_id))
+            if user_name is not None:
+                q = q.where(User.name == user_name)
+            return [(row, owner) for row, owner in s.exec(q.order_by(col(ApiToken.id)))]
+
+    def revoke_api_token(self, token_id: int) -> tuple[ApiToken, str] | None:
+        """Mark a token revoked; its row and owner, or None if there is no such token."""
+        with self.session() as s:
+            row = s.get(ApiToken, token_id)
+            if row is None:
+                return None
+            row.revoked = True
+            s.add(row)
+            s.commit()
+            s.refresh(row)
+            owner = s.get(User, row.user_id)
+            return row, owner.name if owner else ""
+
+    def update_user(self, name: str, **fields: Any) -> User | None:
+        """Change a user's role, scope, disabled flag or password hash; None if unknown."""
+        return self._update_named(User, name, fields)
+
+    def user_for_token(self, token: str) -> User | None:
+        """The user a valid API token belongs to, recording its use."""
+        with self.session() as s:
+            row = s.exec(select(ApiToken).where(ApiToken.token_hash == hash_secret(token))).first()
+            if row is None or row.revoked:
+                return None
+            expires = as_utc(row.expires_at)
+            if expires is not None and expires < utcnow():
+                return None
+            user = s.get(User, row.user_id)
+            if user is None or user.disabled:
+                return None
+            now = utcnow()
+            last = as_utc(row.last_used)
+            if last is None or (now - last).total_seconds() > 60:
+                row.last_used = now
+                s.add(row)
+                s.commit()
+            return user
+
+    def revoke_session(self, sid: str, expires_at: datetime) -> None:
+        """Refuse a console session id from now on (every server, after restarts too)."""
+        from sqlalchemy import delete
+
+        with self.session() as s:
+            s.connection().execute(
+                delete(RevokedSession).where(col(RevokedSession.expires_at) < utcnow())
+            )
+            sid_hash = hash_secret(sid)
+            if s.exec(select(RevokedSession).where(RevokedSession.sid_hash == sid_hash)).first():
+                s.commit()
+                return
+            s.add(RevokedSession(sid_hash=sid_hash, expires_at=expires_at))
+            s.commit()
+
+    def session_revoked(self, sid: str) -> bool:
+        """True if a console session id was ended by logout."""
+        with self.session() as s:
+            row = s.exec(
+                select(RevokedSession.id).where(RevokedSession.sid_hash == hash_secret(sid))
+            ).first()
+            return row is not None
+
+    def get_user(self, name: str) -> User | None:
+        """One user by name."""
+        with self.session() as s:
+            return s.exec(select(User).where(User.name == name)).first()
+
+    def get_user_by_id(self, user_id: int) -> User | None:
+        """One user by id."""
+        with self.session() as s:
+            return s.get(User, user_id)
+
+    def create_user(self, name: str, role: str, password_hash: str, scope: str = "") -> User | None:
+        """Create a user; None if the name is taken."""
+        with self.session() as s:
+            if s.exec(select(User).where(User.name == name)).first() is not None:
+                return None
+            user = User(name=name, role=role, password_hash=password_hash, scope=scope)
+            s.add(user)
+            s.commit()
+            s.refresh(user)
+            return user
+
+    def list_users(self) -> list[User]:
+        """All users, by name."""
+        with self.session() as s:
+            return list(s.exec(select(User).order_by(col(User.name))))
