@@ -6,9 +6,7 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
-import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -43,15 +41,67 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole command line."""
-    p = _Parser(prog="easytask", description="Run commands on many hosts; keep an exact record.")
+class _Skipped:
+    """Stands in for the parser of a command that is not being run (see `build_parser`)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: self
+
+
+class _OneCommand:
+    """The top-level subcommands, of which only `name` is built."""
+
+    def __init__(self, sub: Any, name: str) -> None:
+        self.sub = sub
+        self.name = name
+        self.found = False
+
+    def add_parser(self, name: str, **kwargs: Any) -> Any:
+        if name != self.name:
+            return _Skipped()
+        self.found = True
+        return self.sub.add_parser(name, **kwargs)
+
+
+DESCRIPTION = "Run commands on many hosts; keep an exact record."
+GLOBAL_WITH_VALUE = ("--url", "--token")  # global options followed by a value
+
+
+def command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand an argument list names (the first word that is not a global option)."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in GLOBAL_WITH_VALUE:
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with `only`, the global options and that command alone when it
+    exists (building every command's parser takes longer than most commands run)."""
+    if only is not None:
+        p = _Parser(prog="easytask", description=DESCRIPTION)
+        if _add_commands(p, only):
+            return p
+    p = _Parser(prog="easytask", description=DESCRIPTION)
+    _add_commands(p, None)
+    return p
+
+
+def _add_commands(p: argparse.ArgumentParser, only: str | None) -> bool:
+    """Add the global options and the commands (only `only` if given); False if it was absent."""
     p.add_argument("--version", action="version", version=f"easytask {__version__}")
     p.add_argument("--url", help="server URL (EASYTASK_URL)")
     p.add_argument("--token", help="API token (EASYTASK_TOKEN)")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug details to stderr")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
+    top = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    top.required = True
+    one = _OneCommand(top, only) if only is not None else None
+    sub: Any = one if one is not None else top
 
     s = sub.add_parser("server", help="run the scheduler: agent listener, API, console")
     s.add_argument("--state-dir", help="where keys, tokens and the SQLite database live")
@@ -351,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_security.add_parsers(sub)
     cli_export.add_parsers(sub)
     cli_db.add_parsers(sub)
-    return p
+    return one is None or one.found
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -1057,7 +1107,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         if "--" in argv:  # everything after -- belongs to the script (`run --script F -- ARGS`)
             cut = argv.index("--")
             argv, rest = argv[:cut], argv[cut + 1 :]
-        args = build_parser().parse_args(argv)
+        args = build_parser(command_of(argv)).parse_args(argv)
         if rest:
             if getattr(args, "command", None) != "run":
                 raise UsageError(f"unexpected arguments after --: {' '.join(rest)}")
@@ -1079,6 +1129,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     except SystemExit as exc:  # argparse --help / --version
         return int(exc.code or 0)
     except Exception as exc:
+        import tempfile  # only here: every command would pay for these imports
+        import traceback
+
         fd, path = tempfile.mkstemp(prefix="easytask-crash-", suffix=".log")
         with os.fdopen(fd, "w") as fh:
             traceback.print_exc(file=fh)
