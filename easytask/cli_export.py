@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from easytask.cli_common import _client, _Parser
 from easytask.config import Settings
 from easytask.errors import UsageError
 
@@ -17,8 +18,6 @@ __all__ = ["add_parsers"]
 
 def add_parsers(sub: Any) -> None:
     """Register `export` and `prune`."""
-    from easytask.cli import _Parser
-
     ex = sub.add_parser(
         "export",
         help="export runs (and logs) as JSON Lines or CSV with a signed manifest; `export verify`",
@@ -50,12 +49,6 @@ def add_parsers(sub: Any) -> None:
     pr.add_argument("--retention-failed", help="override `retention_failed` (e.g. 365d)")
     pr.add_argument("--format", choices=("text", "json"), default="text")
     pr.set_defaults(func=cmd_prune)
-
-
-def _client(settings: Settings) -> Any:
-    from easytask.client import Client
-
-    return Client(settings.url, settings.token)
 
 
 def cmd_export(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:

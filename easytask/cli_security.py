@@ -10,25 +10,13 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from easytask.cli_common import _client, _Parser, _table
 from easytask.config import CONFIG_ENV, LOCAL_CONFIG, USER_CONFIG, Settings, write_client_config
 from easytask.errors import UsageError
 
 __all__ = ["add_parsers"]
 
 ROLES = ("admin", "operator", "viewer", "auditor")
-
-
-def _client(settings: Settings) -> Any:
-    from easytask.client import Client
-
-    return Client(settings.url, settings.token)
-
-
-def _table(rows: list[tuple[Any, ...]], headers: tuple[str, ...], out: TextIO) -> None:
-    cells = [list(headers)] + [["" if c is None else str(c) for c in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    for row in cells:
-        out.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
 
 
 def _read_password(args: argparse.Namespace, prompt: str, confirm: bool = True) -> str:
@@ -48,8 +36,6 @@ def _read_password(args: argparse.Namespace, prompt: str, confirm: bool = True) 
 
 def add_parsers(sub: Any) -> None:
     """Register `users`, `tokens` and `login`."""
-    from easytask.cli import _Parser
-
     us = sub.add_parser(
         "users", help="console and API accounts (admin): add, passwd, disable, list"
     )

@@ -1,0 +1,442 @@
+"""Commands that submit work and follow it: `run`, `copy`, `checksum`, `fetch`, `play`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from easytask.cli_common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    FINAL,
+    _client,
+    _duration,
+    _print_json,
+    _table,
+)
+from easytask.config import Settings
+from easytask.durations import format_duration
+from easytask.errors import UsageError
+
+
+def add_parsers(sub: Any) -> None:
+    """Register `run`, `copy`, `checksum`, `fetch` and `play`."""
+    r = sub.add_parser("run", help="run an ad hoc command on the hosts a pattern matches")
+    r.add_argument("pattern", help="host pattern, e.g. 'web:&prod:!db'")
+    what = r.add_mutually_exclusive_group(required=True)
+    what.add_argument("-a", "--args", dest="cmd", metavar="CMD", help="the shell command")
+    what.add_argument(
+        "--script",
+        metavar="FILE",
+        help="a local script: sent to each host, run, removed; its arguments go after `--`",
+    )
+    r.add_argument("--interpreter", help="run the script with this (default: its #! line)")
+    r.set_defaults(script_args=[])
+    r.add_argument("--timeout", type=_duration, help="terminate a host's command after this long")
+    r.add_argument("--pending-timeout", type=_duration, help="wait this long for offline agents")
+    r.add_argument("--forks", type=int, default=0, help="hosts at once (default: all)")
+    r.add_argument(
+        "--one",
+        action="store_true",
+        help="run on one host only: the least busy connected agent the pattern matches",
+    )
+    r.add_argument(
+        "--secret",
+        action="append",
+        default=[],
+        metavar="NAME[=VALUE]",
+        help="export NAME to the command, masked as **** in the output; "
+        "without =VALUE the value comes from this environment (repeatable)",
+    )
+    r.add_argument("--format", choices=("text", "json"), default="text")
+    r.set_defaults(func=cmd_run)
+
+    cp = sub.add_parser("copy", help="send a file or directory to every host the pattern matches")
+    cp.add_argument("pattern")
+    cp.add_argument("src", help="local file or directory")
+    cp.add_argument("dest", help="destination path on the hosts")
+    cp.add_argument("--mode", help="file mode, e.g. 0644")
+    cp.add_argument("--owner", help="chown the copied files to this user[:group]")
+    cp.add_argument(
+        "--backup", action="store_true", help="keep the previous version as DEST.TIMESTAMP~"
+    )
+    cp.add_argument("--timeout", type=_duration)
+    cp.add_argument("--pending-timeout", type=_duration)
+    cp.add_argument("--format", choices=("text", "json"), default="text")
+    cp.set_defaults(func=cmd_copy)
+
+    ck = sub.add_parser("checksum", help="SHA-256 of a file on every host, grouped by content")
+    ck.add_argument("pattern")
+    ck.add_argument("path")
+    ck.add_argument("--expect", metavar="SHA256", help="exit 1 unless every host has this digest")
+    ck.add_argument("--pending-timeout", type=_duration)
+    ck.add_argument("--format", choices=("text", "json"), default="text")
+    ck.set_defaults(func=cmd_checksum)
+
+    fe = sub.add_parser("fetch", help="bring a file back from every host into DEST_DIR/HOST/")
+    fe.add_argument("pattern")
+    fe.add_argument("path")
+    fe.add_argument("dest_dir")
+    fe.add_argument("--pending-timeout", type=_duration)
+    fe.set_defaults(func=cmd_fetch)
+
+    pl = sub.add_parser("play", help="run a playbook (or --check it without a server)")
+    pl.add_argument("playbook", help="playbook file, e.g. playbooks/health.yml")
+    pl.add_argument("-l", "--limit", help="further limit the hosts with a pattern")
+    pl.add_argument(
+        "-e",
+        "--extra-vars",
+        action="append",
+        default=[],
+        metavar="VARS",
+        help="key=value, @file.yml or a JSON/YAML mapping (repeatable)",
+    )
+    pl.add_argument(
+        "--check",
+        action="store_true",
+        help="validate, render and print the plan; run nothing (no server needed)",
+    )
+    pl.add_argument("-i", "--inventory", help="inventory for --check (default: settings)")
+    pl.add_argument("--format", choices=("text", "json"), default="text")
+    pl.set_defaults(func=cmd_play)
+
+
+class _RunView:
+    """Prints a job's live events: `host | line`, then a summary."""
+
+    def __init__(self, out: TextIO, hosts: list[str]) -> None:
+        self.out = out
+        self.width = max((len(h) for h in hosts), default=4)
+        self.seen: dict[int, int] = {}
+        color = out.isatty() and not os.environ.get("NO_COLOR")
+        self.red = "\033[31m" if color else ""
+        self.dim = "\033[2m" if color else ""
+        self.reset = "\033[0m" if color else ""
+
+    def line(self, ev: dict[str, Any]) -> None:
+        if ev["seq"] <= self.seen.get(ev["run"], 0):
+            return
+        self.seen[ev["run"]] = ev["seq"]
+        host = ev["host"].ljust(self.width)
+        if ev["stream"] == "stderr":
+            self.out.write(f"{self.red}{host} ! {ev['text']}{self.reset}\n")
+        elif ev["stream"] == "system":
+            self.out.write(f"{self.dim}{host} * {ev['text']}{self.reset}\n")
+        else:
+            self.out.write(f"{host} | {ev['text']}\n")
+        self.out.flush()
+
+
+def _follow_job(client: Any, job_id: int, view: _RunView | None, run_id: int | None = None) -> None:
+    # following a whole job, only its lines and its end are shown: no run-state events
+    for ev in client.events(f"/api/jobs/{job_id}/events" + ("?runs=0" if run_id is None else "")):
+        if ev["t"] == "line" and view is not None and (run_id is None or ev["run"] == run_id):
+            view.line(ev)
+        elif ev["t"] == "run" and run_id is not None and ev.get("id", ev.get("run")) == run_id:
+            if ev["state"] in FINAL:
+                return
+        elif ev["t"] == "job":
+            return
+
+
+def _follow_interruptible(client: Any, job_id: int, view: _RunView | None) -> bool:
+    """Follow a job; the first Ctrl-C kills it and keeps following, a second leaves (True)."""
+    killed = False
+    while True:
+        try:
+            _follow_job(client, job_id, view)
+            return False
+        except KeyboardInterrupt:
+            if killed:
+                sys.stderr.write("interrupted again: leaving; the server keeps the record\n")
+                return True
+            killed = True
+            sys.stderr.write(f"\nterminating job {job_id} (Ctrl-C again to leave now)\n")
+            client.post(f"/api/jobs/{job_id}/kill")
+
+
+def _summary(data: dict[str, Any], elapsed: float, out: TextIO) -> int:
+    runs = data["runs"]
+    rows = [
+        (
+            r["host"],
+            r["state"],
+            "" if r["exit_code"] is None else r["exit_code"],
+            format_duration(r["duration"]) if r["duration"] is not None else "-",
+            r["reason"],
+        )
+        for r in runs
+    ]
+    out.write("\n")
+    _table(rows, ("HOST", "STATUS", "EXIT", "DURATION", "REASON"), out)
+    counts: dict[str, int] = {}
+    for r in runs:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    out.write(
+        f"\njob {data['job']['id']}: {len(runs)} host(s): {parts} in {format_duration(elapsed)}\n"
+    )
+    return EXIT_OK if all(r["state"] == "success" for r in runs) else EXIT_FAILED
+
+
+def _file_payload(path: Path, client: Any) -> dict[str, Any]:
+    """A local file (streamed to POST /api/uploads) or directory (base64) as the API takes it."""
+    import base64
+
+    if path.is_file():
+        return {"name": path.name, "upload": client.upload(path)["upload"]}
+    if path.is_dir():
+        files = {
+            p.relative_to(path).as_posix(): base64.b64encode(p.read_bytes()).decode()
+            for p in sorted(path.rglob("*"))
+            if p.is_file()
+        }
+        return {"name": path.name, "files": files}
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file or directory")
+    return {"name": path.name, "data": base64.b64encode(path.read_bytes()).decode()}
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    import shlex
+
+    body: dict[str, Any] = {
+        "pattern": args.pattern,
+        "command": args.cmd or "",
+        "timeout": args.timeout,
+        "pending_timeout": args.pending_timeout,
+        "forks": args.forks,
+        "one": args.one,
+    }
+    if args.secret:
+        body["secrets"] = _secrets(args.secret)
+    if args.script:
+        spec = _file_payload(Path(args.script), _client(settings))
+        spec.update(args=shlex.join(args.script_args), interpreter=args.interpreter)
+        body.update(kind="script", script=spec)
+    elif args.script_args:
+        raise UsageError("run: arguments after the pattern are only for --script")
+    return _submit_and_follow(body, args.format, settings, out)
+
+
+def _secrets(items: list[str]) -> dict[str, str]:
+    """`--secret NAME=VALUE` or `--secret NAME` (the value from this process's environment)."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            if name not in os.environ:
+                raise UsageError(f"--secret {name}: no such environment variable")
+            value = os.environ[name]
+        out[name] = value
+    return out
+
+
+def cmd_copy(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    spec = _file_payload(Path(args.src), _client(settings))
+    spec.update(dest=args.dest, mode=args.mode, owner=args.owner, backup=args.backup)
+    body = {
+        "pattern": args.pattern,
+        "kind": "copy",
+        "copy": spec,
+        "timeout": args.timeout,
+        "pending_timeout": args.pending_timeout,
+    }
+    return _submit_and_follow(body, args.format, settings, out)
+
+
+def cmd_checksum(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    import shlex
+
+    q = shlex.quote(args.path)
+    if args.path.startswith("~/"):  # each host's own home directory
+        q = '"$HOME"/' + shlex.quote(args.path[2:])
+    command = (
+        f"if [ -f {q} ]; then sha256sum -- {q} | cut -d' ' -f1; "
+        f"elif [ -e {q} ]; then echo 'not a regular file' >&2; exit 2; else echo missing; fi"
+    )
+    client = _client(settings)
+    sub_data = client.post(
+        "/api/jobs",
+        {
+            "pattern": args.pattern,
+            "command": command,
+            "name": f"checksum {args.path}",
+            "pending_timeout": args.pending_timeout,
+        },
+    )
+    job_id = sub_data["job"]["id"]
+    _follow_job(client, job_id, None)
+    data = client.get(f"/api/jobs/{job_id}")
+    digests: dict[str, str] = {}
+    for run in data["runs"]:
+        if run["state"] != "success":
+            digests[run["host"]] = f"error: {run['state']} ({run['reason']})"
+            continue
+        lines = client.get(f"/api/runs/{run['id']}/log")["lines"]
+        text = next((ln["text"] for ln in lines if ln["stream"] == "stdout"), "")
+        digests[run["host"]] = text.strip() or "missing"
+    groups: dict[str, list[str]] = {}
+    for host, digest in digests.items():
+        groups.setdefault(digest, []).append(host)
+    if args.format == "json":
+        _print_json({"path": args.path, "hosts": digests, "groups": groups}, out)
+    else:
+        for digest, hosts in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+            out.write(f"{digest}  {len(hosts)} host(s): {', '.join(sorted(hosts))}\n")
+    if args.expect:
+        bad = sorted(h for h, d in digests.items() if d != args.expect.lower())
+        if bad:
+            if args.format == "text":
+                out.write(f"differ from --expect: {', '.join(bad)}\n")
+            return EXIT_FAILED
+        return EXIT_OK
+    if len(groups) > 1:
+        if args.format == "text":
+            minority = sorted(groups.items(), key=lambda kv: len(kv[1]))[:-1]
+            odd = sorted(h for _, hosts in minority for h in hosts)
+            out.write(f"content differs: {', '.join(odd)}\n")
+        return EXIT_FAILED
+    return EXIT_OK if all(not d.startswith("error") for d in digests) else EXIT_FAILED
+
+
+def cmd_fetch(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    client = _client(settings)
+    sub_data = client.post(
+        "/api/jobs",
+        {
+            "pattern": args.pattern,
+            "kind": "fetch",
+            "fetch": {"path": args.path},
+            "pending_timeout": args.pending_timeout,
+        },
+    )
+    job_id = sub_data["job"]["id"]
+    _follow_job(client, job_id, None)
+    data = client.get(f"/api/jobs/{job_id}")
+    dest = Path(args.dest_dir)
+    failed = 0
+    for run in data["runs"]:
+        if run["state"] != "success":
+            out.write(f"{run['host']}: {run['state']}: {run['reason']}\n")
+            failed += 1
+            continue
+        target = dest / run["host"] / (Path(args.path).name or "file")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(client.get_bytes(f"/api/runs/{run['id']}/fetched"))
+        out.write(f"{run['host']}: {target} ({target.stat().st_size} bytes)\n")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _submit_and_follow(body: dict[str, Any], fmt: str, settings: Settings, out: TextIO) -> int:
+    started = time.monotonic()
+    client = _client(settings)
+    args = argparse.Namespace(format=fmt)
+    sub = client.post("/api/jobs", body)
+    job_id = sub["job"]["id"]
+    view = _RunView(out, [r["host"] for r in sub["runs"]]) if args.format == "text" else None
+    if _follow_interruptible(client, job_id, view):
+        return 130
+    data = client.get(f"/api/jobs/{job_id}")
+    if args.format == "json":
+        _print_json(data, out)
+        return EXIT_OK if all(r["state"] == "success" for r in data["runs"]) else EXIT_FAILED
+    return _summary(data, time.monotonic() - started, out)
+
+
+def cmd_play(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    import base64
+
+    from easytask.inventory import load_inventory
+    from easytask.plan_playbook import (
+        check_playbook,
+        dumps_check,
+        format_check,
+        parse_extra_vars,
+        plan_playbook,
+    )
+    from easytask.playbook import load_playbook
+
+    started = time.monotonic()
+    playbook = load_playbook(args.playbook)
+    extra = parse_extra_vars(args.extra_vars)
+    if args.check:
+        inventory = load_inventory(args.inventory or settings.inventory)
+        plan = plan_playbook(playbook, inventory, extra_vars=extra, limit=args.limit)
+        checked = check_playbook(plan)
+        out.write(dumps_check(checked) if args.format == "json" else format_check(plan, checked))
+        return EXIT_USAGE if any(c.error for c in checked) else EXIT_OK
+    base = Path(playbook.base_dir)
+    files = {}
+    for task in playbook.tasks:
+        if task.action.path:
+            rel = Path(task.action.path).resolve().relative_to(base.resolve())
+            files[str(rel)] = base64.b64encode(Path(task.action.path).read_bytes()).decode()
+    client = _client(settings)
+    body = {
+        "name": Path(args.playbook).name,
+        "text": playbook.text,
+        "files": files,
+        "limit": args.limit,
+        "extra_vars": extra,
+    }
+    sub_data = client.post("/api/playbooks/run", body)
+    job_id = sub_data["job"]["id"]
+    view = _RunView(out, [r["host"] for r in sub_data["runs"]]) if args.format == "text" else None
+    if _follow_interruptible(client, job_id, view):
+        return 130
+    data = client.get(f"/api/jobs/{job_id}")
+    if args.format == "json":
+        _print_json(data, out)
+    else:
+        _recap(data, time.monotonic() - started, out)
+    ok = {"success", "skipped"}
+    return EXIT_OK if all(r["state"] in ok for r in _final_attempts(data["runs"])) else EXIT_FAILED
+
+
+def _final_attempts(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The last attempt of each (task, host): earlier failed attempts were retried."""
+    last: dict[tuple[str, str], dict[str, Any]] = {}
+    for run in sorted(runs, key=lambda r: r["id"]):
+        last[(run["task"], run["host"])] = run
+    return list(last.values())
+
+
+def _recap(data: dict[str, Any], elapsed: float, out: TextIO) -> None:
+    runs = _final_attempts(data["runs"])
+    out.write("\nTASKS\n")
+    rows = [
+        (
+            r["task"],
+            r["host"],
+            r["state"],
+            "" if r["exit_code"] is None else r["exit_code"],
+            r["attempt"],
+            format_duration(r["duration"]) if r["duration"] is not None else "-",
+            r["reason"],
+        )
+        for r in runs
+    ]
+    _table(rows, ("TASK", "HOST", "STATUS", "EXIT", "TRY", "DURATION", "REASON"), out)
+    out.write("\nRECAP\n")
+    columns = ("ok", "failed", "skipped", "terminated", "unreachable")
+    per_host: dict[str, dict[str, int]] = {}
+    for r in runs:
+        counts = per_host.setdefault(r["host"], dict.fromkeys(columns, 0))
+        key = "ok" if r["state"] == "success" else r["state"]
+        if key in counts:
+            counts[key] += 1
+    _table(
+        [(host, *(c[k] for k in columns)) for host, c in per_host.items()],
+        ("HOST", *(k.upper() for k in columns)),
+        out,
+    )
+    out.write(
+        f"\njob {data['job']['id']} ({data['job']['name']}): {data['job']['state']} "
+        f"in {format_duration(elapsed)}\n"
+    )
