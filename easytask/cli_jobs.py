@@ -335,18 +335,28 @@ def cmd_fetch(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
 
 def _submit_and_follow(body: dict[str, Any], fmt: str, settings: Settings, out: TextIO) -> int:
     started = time.monotonic()
-    client = _client(settings)
-    args = argparse.Namespace(format=fmt)
-    sub = client.post("/api/jobs", body)
-    job_id = sub["job"]["id"]
-    view = _RunView(out, [r["host"] for r in sub["runs"]]) if args.format == "text" else None
-    if _follow_interruptible(client, job_id, view):
+    data = _post_and_follow(_client(settings), "/api/jobs", body, fmt, out)
+    if data is None:
         return 130
-    data = client.get(f"/api/jobs/{job_id}")
-    if args.format == "json":
-        _print_json(data, out)
+    if fmt == "json":
         return EXIT_OK if all(r["state"] == "success" for r in data["runs"]) else EXIT_FAILED
     return _summary(data, time.monotonic() - started, out)
+
+
+def _post_and_follow(
+    client: Any, path: str, body: dict[str, Any], fmt: str, out: TextIO
+) -> dict[str, Any] | None:
+    """Submit a job, show its output until it ends, and return it as it ended (printed as JSON
+    with `fmt` json); None if interrupted."""
+    sub = client.post(path, body)
+    job_id = sub["job"]["id"]
+    view = _RunView(out, [r["host"] for r in sub["runs"]]) if fmt == "text" else None
+    if _follow_interruptible(client, job_id, view):
+        return None
+    data: dict[str, Any] = client.get(f"/api/jobs/{job_id}")
+    if fmt == "json":
+        _print_json(data, out)
+    return data
 
 
 def cmd_play(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
@@ -385,15 +395,10 @@ def cmd_play(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         "limit": args.limit,
         "extra_vars": extra,
     }
-    sub_data = client.post("/api/playbooks/run", body)
-    job_id = sub_data["job"]["id"]
-    view = _RunView(out, [r["host"] for r in sub_data["runs"]]) if args.format == "text" else None
-    if _follow_interruptible(client, job_id, view):
+    data = _post_and_follow(client, "/api/playbooks/run", body, args.format, out)
+    if data is None:
         return 130
-    data = client.get(f"/api/jobs/{job_id}")
-    if args.format == "json":
-        _print_json(data, out)
-    else:
+    if args.format != "json":
         _recap(data, time.monotonic() - started, out)
     ok = {"success", "skipped"}
     return EXIT_OK if all(r["state"] in ok for r in _final_attempts(data["runs"])) else EXIT_FAILED
