@@ -135,7 +135,7 @@ class LiveHub:
         if event.get("t") == "job":
             # A job's end is what a waiting client waits for: this round goes at once (with
             # everything before it, in order).
-            if self._round is not None and isinstance(self._round, asyncio.TimerHandle):
+            if isinstance(self._round, asyncio.TimerHandle):
                 self._round.cancel()
                 self._round = None
             if self._round is None:

@@ -123,9 +123,9 @@ class JobEngine:
         self._background_tasks: set[asyncio.Task[None]] = set()
         self._running_jobs: set[int] = set()  # jobs already marked running
         # Ad hoc jobs run here: how many of their runs have not ended yet.  The run that ends
-        # last ends its job in the same transaction (a client waits for that end).
+        # last ends its job in the same transaction (a client waits for that end); a job that
+        # ended so is taken out.
         self._open_runs: dict[int, int] = {}
-        self._ended_jobs: set[int] = set()  # of those, the ones that ended with a run
         # Hook points (metrics, notifications): called in order; a failing hook is logged only.
         self.on_run_started: list[Callable[[Run], None]] = []
         self.on_job_finished: list[Callable[[Job], Awaitable[None]]] = []
@@ -248,9 +248,7 @@ class JobEngine:
         finally:
             for run in runs:
                 self._live.pop(run.id or 0, None)
-            self._open_runs.pop(job.id, None)
-            ended_here = job.id in self._ended_jobs
-            self._ended_jobs.discard(job.id)
+            ended_here = self._open_runs.pop(job.id, None) is None
         if not ended_here:  # runs ended elsewhere (another server), or some were still open
             await self._finish_job(job.id)
 
@@ -908,7 +906,7 @@ class JobEngine:
             seq=out.seq if out else 0,
         )
         if ended is not None:
-            self._ended_jobs.add(run.job_id)
+            self._open_runs.pop(run.job_id, None)
             await self.job_finished(ended)
 
     def _publish_run(self, run: Run, state: str, **extra: Any) -> None:

@@ -57,13 +57,19 @@ def append(
     prev_hash = last if last is not None else GENESIS
     at = datetime.now(UTC)
     body = json.dumps(detail, sort_keys=True, default=str)
-    event = AuditEvent(at=at, actor=actor, action=action, source=source, detail=body)
-    event.prev_hash = prev_hash
-    values = {"at": at, "actor": actor, "action": action, "source": source, "detail": body}
-    inserted = conn.execute(sql.INSERT_AUDIT, {**values, "prev_hash": prev_hash, "hash": ""})
-    event.id = sql.new_id(inserted)
-    event.hash = chain_hash(prev_hash, canonical(event.id, at, actor, action, source, body))
-    conn.execute(sql.AUDIT_HASH, {"event_id": event.id, "hash": event.hash})
+    values: dict[str, Any] = {
+        "at": at,
+        "actor": actor,
+        "action": action,
+        "source": source,
+        "detail": body,
+        "prev_hash": prev_hash,
+    }
+    inserted = conn.execute(sql.INSERT_AUDIT, {**values, "hash": ""})
+    event_id = sql.new_id(inserted)
+    event = AuditEvent(id=event_id, **values)
+    event.hash = chain_hash(prev_hash, canonical(event_id, at, actor, action, source, body))
+    conn.execute(sql.AUDIT_HASH, {"event_id": event_id, "hash": event.hash})
     return event
 
 

@@ -389,12 +389,6 @@ class Store(IdentityQueries, LineQueries):
             found = conn.execute(sql.JOB_ROW, {"job_id": job_id}).first()
             return snapshot, hosts, lines, Job(**found._mapping) if found else None
 
-    def job_hosts(self, job_id: int) -> dict[int, str]:
-        """The host of each run of a job, by run id (no row objects)."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(sql.RUN_HOSTS, {"job_id": job_id})
-            return {row.id: row.host for row in rows}
-
     def job_runs(self, job_id: int) -> list[Run]:
         """The runs of a job, in host order of submission."""
         with self.session() as s:
