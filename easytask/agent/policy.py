@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import platform
 import pwd
 import shlex
 from dataclasses import dataclass
@@ -126,8 +127,10 @@ def make_policy(
     return Policy(run_as=account, allow=patterns, files=files, slots=slots)
 
 
+# setgroups(2) system call numbers: libc's setgroups() would change every thread of the process.
+SETGROUPS_SYSCALLS = {"x86_64": 116, "aarch64": 159, "arm64": 159}
+
+
 def sftp_switch_supported() -> bool:
     """Whether file transfers can act as another user here (Linux on x86_64 or arm64)."""
-    from easytask.agent import sftp  # loads libc: only when a run-as user needs it
-
-    return sftp.supported()
+    return platform.system() == "Linux" and platform.machine() in SETGROUPS_SYSCALLS

@@ -24,22 +24,14 @@ from typing import Any
 
 import asyncssh
 
-from easytask.agent.policy import Account
-
-# setgroups(2) system call numbers: libc's setgroups() would change every thread of the process.
-_SYS_SETGROUPS = {"x86_64": 116, "aarch64": 159, "arm64": 159}
+from easytask.agent.policy import SETGROUPS_SYSCALLS, Account
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def supported() -> bool:
-    """Whether this machine can switch a thread's filesystem identity."""
-    return platform.system() == "Linux" and platform.machine() in _SYS_SETGROUPS
-
-
 def _thread_setgroups(groups: list[int] | tuple[int, ...]) -> None:
     array = (ctypes.c_uint * len(groups))(*groups)
-    if _libc.syscall(_SYS_SETGROUPS[platform.machine()], len(groups), array) != 0:
+    if _libc.syscall(SETGROUPS_SYSCALLS[platform.machine()], len(groups), array) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"setgroups: {os.strerror(err)}")
 
