@@ -22,8 +22,8 @@ import yaml
 from easytask.cron import Cron
 from easytask.durations import parse_duration
 from easytask.errors import PatternError, PlaybookError, SourceLocation
-from easytask.inventory_yaml import UnsafeText, type_name
-from easytask.patterns import split_pattern
+from easytask.inventory import split_pattern
+from easytask.inventory.yamlfile import UnsafeText, type_name
 from easytask.templating import attribute_refs, is_template, syntax_problem
 
 __all__ = [

@@ -9,8 +9,8 @@ from typing import Any
 import yaml
 
 from easytask.errors import InventoryError, SourceLocation
-from easytask.hostnames import RangeError, expand_host_pattern
-from easytask.inventory_model import InventoryData
+from easytask.inventory.hostnames import RangeError, expand_host_pattern
+from easytask.inventory.model import InventoryData
 
 __all__ = ["Document", "UnsafeText", "load_document", "parse_structured", "type_name"]
 

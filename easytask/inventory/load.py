@@ -12,12 +12,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from easytask import patterns
 from easytask.errors import InventoryError, NoHostsMatched, PatternError, SourceLocation
-from easytask.hostnames import AddressError, is_ip_address, parse_address
-from easytask.inventory_ini import parse_ini
-from easytask.inventory_model import Group, Host, InventoryData
-from easytask.inventory_yaml import Document, UnsafeText, load_document, parse_structured, type_name
+from easytask.inventory import patterns
+from easytask.inventory.hostnames import AddressError, is_ip_address, parse_address
+from easytask.inventory.ini import parse_ini
+from easytask.inventory.model import Group, Host, InventoryData
+from easytask.inventory.yamlfile import (
+    Document,
+    UnsafeText,
+    load_document,
+    parse_structured,
+    type_name,
+)
 
 __all__ = [
     "Group",
