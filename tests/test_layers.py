@@ -17,10 +17,10 @@ PURE = [
     "plan_playbook",
     "plan",
     "durations",
-    "lines",
+    "loglines",
     "templating",
     "playbook",
-    "secrets",
+    "masking",
 ]
 IO_LIBS = {
     "asyncssh",
