@@ -14,12 +14,11 @@ PURE = [
     "config",
     "inventory",
     "cron",
-    "plan_playbook",
     "plan",
+    "playbook",
     "durations",
     "loglines",
     "templating",
-    "playbook",
     "masking",
 ]
 IO_LIBS = {

@@ -13,7 +13,7 @@ from typing import Any
 
 from easytask.errors import EasyTaskError
 from easytask.masking import Masker
-from easytask.plan_playbook import (
+from easytask.plan import (
     PlannedTask,
     PlaybookPlan,
     RunKey,

@@ -29,7 +29,7 @@ from easytask.durations import parse_duration
 from easytask.errors import APIError, EasyTaskError
 from easytask.loglines import LEVELS
 from easytask.masking import check_secret_env
-from easytask.plan_playbook import PlaybookPlan, plan_playbook
+from easytask.plan import PlaybookPlan, plan_playbook
 from easytask.playbook import PlaybookErrors, load_playbook
 from easytask.scheduler.fileops import FileAction, checksum_command, sha256_file
 from easytask.scheduler.jobs import JobOptions, job_dict, run_dict

@@ -22,7 +22,7 @@ from easytask.errors import (
     TemplateError,
     UsageError,
 )
-from easytask.plan import HostSource, connection_of
+from easytask.plan.adhoc import HostSource, connection_of
 from easytask.playbook import RESERVED_VARS, Action, Playbook, Task, load_yaml
 from easytask.templating import Vars, evaluate, render, variables
 

@@ -1,0 +1,47 @@
+"""Planning: an ad hoc command or a playbook plus an inventory -> the runs of a job (pure code)."""
+
+from easytask.plan.adhoc import CONNECTIONS, HostSource, PlannedRun, connection_of, plan_adhoc
+from easytask.plan.playbook import (
+    CheckedRun,
+    PlannedTask,
+    PlaybookPlan,
+    RenderedAction,
+    RunKey,
+    TaskRun,
+    check_playbook,
+    dumps_check,
+    evaluate_when,
+    format_check,
+    parse_extra_vars,
+    plan_playbook,
+    render_action,
+    render_command,
+    serial_batches,
+    stop_after_batch,
+    task_result,
+)
+
+__all__ = [
+    "CONNECTIONS",
+    "CheckedRun",
+    "HostSource",
+    "PlannedRun",
+    "PlannedTask",
+    "PlaybookPlan",
+    "RenderedAction",
+    "RunKey",
+    "TaskRun",
+    "check_playbook",
+    "connection_of",
+    "dumps_check",
+    "evaluate_when",
+    "format_check",
+    "parse_extra_vars",
+    "plan_adhoc",
+    "plan_playbook",
+    "render_action",
+    "render_command",
+    "serial_batches",
+    "stop_after_batch",
+    "task_result",
+]

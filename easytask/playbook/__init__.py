@@ -1,0 +1,43 @@
+"""Playbooks: the YAML format, loaded and checked with errors that point at file:line:col."""
+
+from easytask.playbook.check import (
+    ACTIONS,
+    COPY_KEYS,
+    DEFAULTS_KEYS,
+    NOTIFY_EVENTS,
+    NOTIFY_KEYS,
+    PLAY_KEYS,
+    RESERVED_VARS,
+    SCRIPT_KEYS,
+    TASK_KEYS,
+    Action,
+    Defaults,
+    Notify,
+    Playbook,
+    PlaybookErrors,
+    Task,
+    load_playbook,
+    load_yaml,
+    parse_playbook,
+)
+
+__all__ = [
+    "ACTIONS",
+    "Action",
+    "COPY_KEYS",
+    "DEFAULTS_KEYS",
+    "Defaults",
+    "NOTIFY_EVENTS",
+    "NOTIFY_KEYS",
+    "Notify",
+    "PLAY_KEYS",
+    "Playbook",
+    "PlaybookErrors",
+    "RESERVED_VARS",
+    "SCRIPT_KEYS",
+    "TASK_KEYS",
+    "Task",
+    "load_playbook",
+    "load_yaml",
+    "parse_playbook",
+]
