@@ -13,6 +13,7 @@ PURE = [
     "errors",
     "config",
     "inventory",
+    "sourceyaml",
     "cron",
     "plan",
     "playbook",

@@ -17,13 +17,8 @@ from easytask.inventory import patterns
 from easytask.inventory.hostnames import AddressError, is_ip_address, parse_address
 from easytask.inventory.ini import parse_ini
 from easytask.inventory.model import Group, Host, InventoryData
-from easytask.inventory.yamlfile import (
-    Document,
-    UnsafeText,
-    load_document,
-    parse_structured,
-    type_name,
-)
+from easytask.inventory.yamlfile import load_document, parse_structured
+from easytask.sourceyaml import Source, UnsafeText, type_name
 
 __all__ = [
     "Group",
@@ -381,7 +376,7 @@ def _parse_toml(text: str, path: str, data: InventoryData) -> None:
         message = str(exc)[: m.start()].strip() if m else str(exc)
         raise InventoryError(f"invalid TOML: {message}", location=at) from None
     if doc:
-        parse_structured(Document(path, doc), data, kind="TOML")
+        parse_structured(Source(path, "", doc), data, kind="TOML")
 
 
 class _VarsFiles:

@@ -3,94 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
-
-import yaml
 
 from easytask.errors import InventoryError, SourceLocation
 from easytask.inventory.hostnames import RangeError, expand_host_pattern
 from easytask.inventory.model import InventoryData
+from easytask.sourceyaml import Source, UnsafeText, YamlError, parse_yaml, type_name
 
-__all__ = ["Document", "UnsafeText", "load_document", "parse_structured", "type_name"]
-
-_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class UnsafeText(str):
-    """A string tagged `!unsafe`: it is never rendered as a template."""
-
-    __slots__ = ()
-
-
-def type_name(value: Any) -> str:
-    """What a value is, for messages: "null", "a list", "an integer", ..."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a float"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, (list, tuple)):
-        return "a list"
-    name = type(value).__name__
-    return f"an {name}" if name[0] in "aeiou" else f"a {name}"
-
-
-class _Loader(_BaseLoader):  # type: ignore[valid-type,misc]
-    """PyYAML's safe loader that records where each mapping and each of its keys starts."""
-
-    def __init__(self, stream: str, path: str) -> None:
-        super().__init__(stream)
-        self.path = path
-        self.marks: dict[int, tuple[yaml.Mark, dict[Any, yaml.Mark]]] = {}
-
-    def construct_marked_map(self, node: yaml.MappingNode) -> Iterator[dict[Any, Any]]:
-        data: dict[Any, Any] = {}
-        yield data
-        data.update(self.construct_mapping(node))
-        keys: dict[Any, yaml.Mark] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node)
-            try:
-                # The last occurrence wins, as it does for the value (and over `<<` merges).
-                keys[key] = key_node.start_mark
-            except TypeError:  # an unhashable key; construct_mapping has complained already
-                pass
-        self.marks[id(data)] = (node.start_mark, keys)
-
-    def construct_unsafe(self, node: yaml.Node) -> Any:
-        if isinstance(node, yaml.ScalarNode):
-            return UnsafeText(self.construct_scalar(node))
-        return _unsafe(self.construct_object(node, deep=True))
-
-    def construct_vault(self, node: yaml.Node) -> Any:
-        mark = node.start_mark
-        raise InventoryError(
-            "Ansible Vault values (!vault) are not supported",
-            location=SourceLocation(self.path, mark.line + 1, mark.column + 1),
-        )
-
-
-_Loader.add_constructor("tag:yaml.org,2002:map", _Loader.construct_marked_map)
-_Loader.add_constructor("!unsafe", _Loader.construct_unsafe)
-_Loader.add_constructor("!vault", _Loader.construct_vault)
-
-
-def _unsafe(value: Any) -> Any:
-    if isinstance(value, str):
-        return UnsafeText(value)
-    if isinstance(value, list):
-        return [_unsafe(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _unsafe(v) for k, v in value.items()}
-    return value
+__all__ = ["load_document", "parse_structured"]
 
 
 def _json_object(pairs: list[tuple[str, Any]]) -> Any:
@@ -99,52 +20,19 @@ def _json_object(pairs: list[tuple[str, Any]]) -> Any:
     return dict(pairs)
 
 
-class Document:
-    """A parsed YAML or JSON file and the positions of its mappings (YAML only)."""
-
-    def __init__(self, path: str, data: Any, marks: Mapping[int, Any] | None = None) -> None:
-        self.path = path
-        self.data = data
-        self._marks = marks or {}
-
-    def at(self, mapping: Any = None, key: Any = None) -> SourceLocation:
-        """Where a mapping, or one of its keys, starts; the file alone when unknown."""
-        entry = self._marks.get(id(mapping)) if mapping is not None else None
-        if entry is None:
-            return SourceLocation(self.path)
-        mark = entry[0]
-        if key is not None:
-            try:
-                mark = entry[1].get(key, mark)
-            except TypeError:
-                pass
-        return SourceLocation(self.path, mark.line + 1, mark.column + 1)
-
-
-def load_document(text: str, path: str) -> Document:
+def load_document(text: str, path: str) -> Source:
     """Parse JSON, or else YAML (Ansible tries JSON first too); errors name file:line:col."""
     try:
-        return Document(path, json.loads(text, object_pairs_hook=_json_object))
+        return Source(path, text, json.loads(text, object_pairs_hook=_json_object))
     except ValueError:
         pass
-    loader = _Loader(text, path)
     try:
-        data = loader.get_single_data()
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = (
-            SourceLocation(path, mark.line + 1, mark.column + 1) if mark else SourceLocation(path)
-        )
-        problem = exc.problem or exc.context or "not valid YAML"
-        raise InventoryError(f"invalid YAML: {problem}", location=where) from None
-    except yaml.YAMLError as exc:
-        raise InventoryError(f"invalid YAML: {exc}", location=SourceLocation(path)) from None
-    finally:
-        loader.dispose()
-    return Document(path, data, loader.marks)
+        return parse_yaml(text, path, vault=True)
+    except YamlError as exc:
+        raise InventoryError(exc.message, location=exc.location) from None
 
 
-def parse_structured(doc: Document, data: InventoryData, *, kind: str = "YAML") -> None:
+def parse_structured(doc: Source, data: InventoryData, *, kind: str = "YAML") -> None:
     """Add the groups of a YAML/JSON (or TOML) inventory document, as Ansible's plugins do."""
     top = doc.data
     if not isinstance(top, Mapping):
@@ -163,7 +51,7 @@ def parse_structured(doc: Document, data: InventoryData, *, kind: str = "YAML") 
 
 
 class _GroupParser:
-    def __init__(self, doc: Document, data: InventoryData, kind: str) -> None:
+    def __init__(self, doc: Source, data: InventoryData, kind: str) -> None:
         self.doc = doc
         self.data = data
         self.toml = kind == "TOML"

@@ -17,13 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from easytask.cron import Cron
 from easytask.durations import parse_duration
 from easytask.errors import PatternError, PlaybookError, SourceLocation
 from easytask.inventory import split_pattern
-from easytask.inventory.yamlfile import UnsafeText, type_name
+from easytask.sourceyaml import Source, YamlError, parse_yaml, type_name
 from easytask.templating import attribute_refs, is_template, syntax_problem
 
 __all__ = [
@@ -206,158 +204,16 @@ class PlaybookErrors(PlaybookError):
 
 # -- YAML with positions ----------------------------------------------------------------------
 
-_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-
-@dataclass
-class _Marks:
-    obj: Any  # kept alive, so that its id is not reused
-    start: yaml.Mark
-    keys: dict[Any, yaml.Mark] = field(default_factory=dict)
-    values: dict[Any, yaml.Node] = field(default_factory=dict)
-    items: list[yaml.Node] = field(default_factory=list)
-
-
-class _Loader(_BaseLoader):  # type: ignore[valid-type,misc]
-    """PyYAML's safe loader that keeps positions and reports duplicate keys."""
-
-    def __init__(self, stream: str, path: str) -> None:
-        super().__init__(stream)
-        self.path = path
-        self.marks: dict[int, _Marks] = {}
-        self.problems: list[PlaybookError] = []
-
-    def at(self, mark: yaml.Mark) -> SourceLocation:
-        return SourceLocation(self.path, mark.line + 1, mark.column + 1)
-
-    def construct_marked_map(self, node: yaml.MappingNode) -> Iterator[dict[Any, Any]]:
-        data: dict[Any, Any] = {}
-        yield data
-        seen: dict[Any, yaml.Mark] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(
-                key_node, yaml.ScalarNode
-            ):
-                continue
-            key = self.construct_object(key_node)
-            if key in seen:
-                self.problems.append(
-                    PlaybookError(
-                        f"duplicate key {key!r} (first at line {seen[key].line + 1})",
-                        location=self.at(key_node.start_mark),
-                    )
-                )
-            else:
-                seen[key] = key_node.start_mark
-        data.update(self.construct_mapping(node))
-        marks = _Marks(data, node.start_mark)
-        for key_node, value_node in node.value:  # merged keys first, own keys last: last wins
-            key = self.construct_object(key_node)
-            marks.keys[key] = key_node.start_mark
-            marks.values[key] = value_node
-        self.marks[id(data)] = marks
-
-    def construct_marked_seq(self, node: yaml.SequenceNode) -> Iterator[list[Any]]:
-        data: list[Any] = []
-        yield data
-        data.extend(self.construct_sequence(node))
-        self.marks[id(data)] = _Marks(data, node.start_mark, items=list(node.value))
-
-    def construct_unsafe(self, node: yaml.Node) -> Any:
-        if isinstance(node, yaml.ScalarNode):
-            return UnsafeText(self.construct_scalar(node))
-        return _unsafe(self.construct_object(node, deep=True))
-
-
-_Loader.add_constructor("tag:yaml.org,2002:map", _Loader.construct_marked_map)
-_Loader.add_constructor("tag:yaml.org,2002:seq", _Loader.construct_marked_seq)
-_Loader.add_constructor("!unsafe", _Loader.construct_unsafe)
-
-
-def _unsafe(value: Any) -> Any:
-    if isinstance(value, str):
-        return UnsafeText(value)
-    if isinstance(value, list):
-        return [_unsafe(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _unsafe(v) for k, v in value.items()}
-    return value
-
-
-class _Source:
-    """A parsed YAML document, its text, and where each of its values is written."""
-
-    def __init__(self, path: str, text: str, data: Any, marks: dict[int, _Marks]) -> None:
-        self.path = path
-        self.lines = text.splitlines()
-        self.data = data
-        self.marks = marks
-
-    def _at(self, mark: yaml.Mark | None) -> SourceLocation:
-        if mark is None:
-            return SourceLocation(self.path)
-        return SourceLocation(self.path, mark.line + 1, mark.column + 1)
-
-    def start(self, obj: Any) -> SourceLocation:
-        marks = self.marks.get(id(obj))
-        return self._at(marks.start if marks else None)
-
-    def key(self, mapping: Any, key: Any) -> SourceLocation:
-        marks = self.marks.get(id(mapping))
-        if marks is None:
-            return SourceLocation(self.path)
-        return self._at(marks.keys.get(key, marks.start))
-
-    def node(self, container: Any, where: Any) -> yaml.Node | None:
-        marks = self.marks.get(id(container))
-        if marks is None:
-            return None
-        if isinstance(container, list):
-            return marks.items[where] if 0 <= where < len(marks.items) else None
-        return marks.values.get(where)
-
-    def value(self, container: Any, where: Any) -> SourceLocation:
-        """Where a mapping's value (by key) or a list's item (by index) starts."""
-        node = self.node(container, where)
-        if node is None:
-            return (
-                self.key(container, where) if isinstance(container, dict) else self.start(container)
-            )
-        return self._at(node.start_mark)
-
-    def template_at(self, container: Any, where: Any, lineno: int) -> SourceLocation:
-        """Where line `lineno` of a template value is: exact in block scalars (`|`, `>`)."""
-        node = self.node(container, where)
-        at = self.value(container, where)
-        if node is None or at.line is None or getattr(node, "style", None) not in ("|", ">"):
-            return at
-        line = at.line + lineno
-        text = self.lines[line - 1] if 0 < line <= len(self.lines) else ""
-        return SourceLocation(self.path, line, len(text) - len(text.lstrip()) + 1)
-
-
-def load_yaml(text: str, path: str) -> tuple[Any, list[PlaybookError], _Source]:
+def load_yaml(text: str, path: str) -> tuple[Any, list[PlaybookError], Source]:
     """Parse YAML: (data, duplicate-key problems, position source); syntax errors raise."""
-    loader = _Loader(text, path)
     try:
-        data = loader.get_single_data()
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = loader.at(mark) if mark else SourceLocation(path)
-        problem = exc.problem or exc.context or "not valid YAML"
-        if exc.problem and exc.context and exc.context.startswith("expected"):
-            problem = f"{exc.context}, {exc.problem}"
-        lines = text.splitlines()
-        line = lines[mark.line] if mark and mark.line < len(lines) else ""
-        message = f"invalid YAML: {problem}{_yaml_hint(problem, line)}"
-        raise PlaybookErrors([PlaybookError(message, location=where)]) from None
-    except yaml.YAMLError as exc:
-        raise PlaybookErrors(
-            [PlaybookError(f"invalid YAML: {exc}", location=SourceLocation(path))]
-        ) from None
-    finally:
-        loader.dispose()
-    return data, loader.problems, _Source(path, text, data, loader.marks)
+        source = parse_yaml(text, path, nodes=True)
+    except YamlError as exc:
+        message = f"invalid YAML: {exc.detail}{_yaml_hint(exc.detail, exc.line)}"
+        raise PlaybookErrors([PlaybookError(message, location=exc.location)]) from None
+    problems = [PlaybookError(message, location=at) for message, at in source.duplicates]
+    return source.data, problems, source
 
 
 def _yaml_hint(problem: str, line: str) -> str:
@@ -421,7 +277,7 @@ def suggest(word: str, known: Sequence[str]) -> str:
 class _Checker:
     """Walks the document and collects errors; a part that is wrong comes back as None."""
 
-    def __init__(self, source: _Source, path: str) -> None:
+    def __init__(self, source: Source, path: str) -> None:
         self.src = source
         self.path = path
         self.base_dir = os.path.realpath(os.path.dirname(os.path.abspath(path)))
