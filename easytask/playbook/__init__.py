@@ -1,6 +1,12 @@
-"""Playbooks: the YAML format, loaded and checked with errors that point at file:line:col."""
+"""Playbooks: the YAML format, checked with errors that point at file:line:col (pure code).
 
-from easytask.playbook.check import (
+A playbook is one play: a mapping with `hosts` and `tasks` (see docs/playbooks.md). Every problem
+found is collected; `parse_playbook` raises them together as one `PlaybookErrors`, whose `str()`
+is the first error (in file order) and whose `render()` lists them all with their lines.
+"""
+
+from easytask.playbook.load import load_playbook, load_yaml, parse_playbook
+from easytask.playbook.model import (
     ACTIONS,
     COPY_KEYS,
     DEFAULTS_KEYS,
@@ -16,12 +22,12 @@ from easytask.playbook.check import (
     Playbook,
     PlaybookErrors,
     Task,
-    load_playbook,
-    load_yaml,
-    parse_playbook,
 )
 
 __all__ = [
+    "load_playbook",
+    "load_yaml",
+    "parse_playbook",
     "ACTIONS",
     "Action",
     "COPY_KEYS",
