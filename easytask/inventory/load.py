@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from easytask.errors import InventoryError, NoHostsMatched, PatternError, SourceLocation
-from easytask.inventory import patterns
 from easytask.inventory.hostnames import AddressError, is_ip_address, parse_address
 from easytask.inventory.ini import parse_ini
 from easytask.inventory.model import Group, Host, InventoryData
+from easytask.inventory.patterns import select as select_hosts
 from easytask.inventory.yamlfile import load_document, parse_structured
 from easytask.sourceyaml import Source, UnsafeText, type_name
 
@@ -128,7 +128,7 @@ class Inventory:
 
     def select(self, pattern: str) -> list[str]:
         """The host names a pattern selects, in Ansible's order; raises NoHostsMatched/PatternError."""
-        return patterns.select(self, pattern)
+        return select_hosts(self, pattern)
 
     def with_extra_hosts(self, extra: Mapping[str, Sequence[str]]) -> Inventory:
         """A copy with more hosts (e.g. connected agents) and group labels added; groups are created as needed."""
