@@ -27,7 +27,7 @@ from easytask.cli_jobs import _follow_job, _RunView
 from easytask.config import Settings, load_settings
 from easytask.durations import format_duration, parse_duration
 from easytask.errors import EasyTaskError, UsageError
-from easytask.logs import FORMATS, setup_logging
+from easytask.proclog import FORMATS, setup_logging
 
 
 class _Skipped:

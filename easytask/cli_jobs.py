@@ -363,7 +363,7 @@ def cmd_play(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     import base64
 
     from easytask.inventory import load_inventory
-    from easytask.plan_playbook import (
+    from easytask.plan import (
         check_playbook,
         dumps_check,
         format_check,

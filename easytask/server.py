@@ -20,8 +20,7 @@ import uvicorn
 from easytask import __version__
 from easytask.errors import EasyTaskError, NoHostsMatched, PlaybookError, StartError
 from easytask.inventory import Inventory, load_inventory
-from easytask.plan import PlannedRun, plan_adhoc
-from easytask.plan_playbook import PlaybookPlan, plan_playbook
+from easytask.plan import PlannedRun, PlaybookPlan, plan_adhoc, plan_playbook
 from easytask.playbook import load_playbook
 from easytask.scheduler import secretfile
 from easytask.scheduler.agents import AgentRegistry

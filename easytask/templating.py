@@ -18,7 +18,7 @@ from jinja2.runtime import Context, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from easytask.errors import TemplateError
-from easytask.inventory_yaml import UnsafeText
+from easytask.sourceyaml import UnsafeText
 
 __all__ = [
     "Vars",

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from easytask.errors import InventoryError, NoHostsMatched, PatternError
-from easytask.hostnames import RangeError, expand_host_pattern, parse_address
 from easytask.inventory import UnsafeText, dumps_json, load_inventory
-from easytask.inventory_ini import ini_value
+from easytask.inventory.hostnames import RangeError, expand_host_pattern, parse_address
+from easytask.inventory.ini import ini_value
 
 CASES = Path(__file__).parent / "cases" / "inventory"
 ERRORS = CASES / "errors"

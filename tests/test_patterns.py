@@ -12,7 +12,7 @@ import pytest
 
 from easytask.errors import NoHostsMatched, PatternError
 from easytask.inventory import Inventory, load_inventory
-from easytask.patterns import order_parts, split_pattern, split_subscript
+from easytask.inventory.patterns import order_parts, split_pattern, split_subscript
 
 CASES = Path(__file__).parent / "cases" / "inventory"
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from easytask.masking import Masker
 from easytask.playbook import PlaybookErrors, load_playbook
-from easytask.secrets import Masker
 from tests.conftest import AgentFactory, ServerFactory, write
 from tests.helpers import ServerHandle, db_execute, easytask_cmd, free_port, wait_until
 

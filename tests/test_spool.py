@@ -10,7 +10,7 @@ import pytest
 
 from easytask.agent.spool import HEADER, Record, RecordReader, Spool, encode_records, spool_keys
 from easytask.agent.supervisor import _Splitter
-from easytask.lines import MAX_LINE_BYTES, LineSplitter
+from easytask.loglines import MAX_LINE_BYTES, LineSplitter
 
 LINES = [
     ("stdout", [b"one\n", b"two\n"]),

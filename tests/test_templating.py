@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from easytask.errors import TemplateError
-from easytask.inventory_yaml import UnsafeText
+from easytask.sourceyaml import UnsafeText
 from easytask.templating import (
     Vars,
     attribute_refs,

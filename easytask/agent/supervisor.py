@@ -30,13 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from easytask.agent.spool import Record, Spool, encode_records, process_start
-from easytask.lines import MAX_LINE_BYTES
+from easytask.loglines import MAX_LINE_BYTES
 
 CHUNK = 65536
 
 
 class _Splitter:
-    """Raw-bytes twin of `easytask.lines.LineSplitter`: same cut points, bytes kept as sent."""
+    """Raw-bytes twin of `easytask.loglines.LineSplitter`: same cut points, bytes kept as sent."""
 
     def __init__(self, stream: str) -> None:
         self.stream = stream

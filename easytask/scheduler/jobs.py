@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from easytask.errors import ConnectError, EasyTaskError, UsageError
+from easytask.masking import env_prefix
 from easytask.plan import PlannedRun
 from easytask.scheduler import secretfile
 from easytask.scheduler.agents import AgentRegistry
@@ -20,7 +21,6 @@ from easytask.scheduler.hub import LiveHub
 from easytask.scheduler.logwriter import LogWriter
 from easytask.scheduler.output import DEFAULT_LIMIT, RunOutput
 from easytask.scheduler.runstate import RunStateWriter
-from easytask.secrets import env_prefix
 from easytask.store.db import JOB_END, JOB_RUNNING, AuditNote, Store
 from easytask.store.models import OFFERED, Job, Run, RunState, as_utc, utcnow
 from easytask.transport import executor

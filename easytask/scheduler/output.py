@@ -14,10 +14,10 @@ from itertools import groupby
 from operator import itemgetter
 from typing import Any
 
-from easytask.lines import STDERR, STDOUT, SYSTEM, LineSplitter, detect_levels
+from easytask.loglines import STDERR, STDOUT, SYSTEM, LineSplitter, detect_levels
+from easytask.masking import Masker
 from easytask.scheduler.hub import LiveHub
 from easytask.scheduler.logwriter import LogWriter
-from easytask.secrets import Masker
 from easytask.store.lines import LogRow
 
 DEFAULT_LIMIT = 256 << 20  # stored bytes of output per run (head + tail)

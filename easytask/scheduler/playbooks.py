@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from easytask.errors import EasyTaskError
-from easytask.plan_playbook import (
+from easytask.masking import Masker
+from easytask.plan import (
     PlannedTask,
     PlaybookPlan,
     RunKey,
@@ -24,7 +25,6 @@ from easytask.plan_playbook import (
 )
 from easytask.scheduler import fileops, secretfile
 from easytask.scheduler.jobs import JobEngine, JobOptions
-from easytask.secrets import Masker
 from easytask.store.models import Job, Run, RunState
 from easytask.templating import render
 

@@ -14,7 +14,7 @@ from sqlalchemy import func, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from easytask.lines import LEVELS
+from easytask.loglines import LEVELS
 from easytask.store import statements as sql
 from easytask.store.models import LogLine
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import asyncssh
 
-from easytask.lines import STDERR, STDOUT
+from easytask.loglines import STDERR, STDOUT
 
 # An exit-signal name of our own (RFC 4254 6.10 allows `name@domain`): the agent ends a run's
 # channel with it when the run has counts to report; its message is the run's exit record (JSON).

@@ -27,13 +27,13 @@ from starlette.routing import Route
 from easytask.cron import Cron
 from easytask.durations import parse_duration
 from easytask.errors import APIError, EasyTaskError
-from easytask.lines import LEVELS
-from easytask.plan_playbook import PlaybookPlan, plan_playbook
+from easytask.loglines import LEVELS
+from easytask.masking import check_secret_env
+from easytask.plan import PlaybookPlan, plan_playbook
 from easytask.playbook import PlaybookErrors, load_playbook
 from easytask.scheduler.fileops import FileAction, checksum_command, sha256_file
 from easytask.scheduler.jobs import JobOptions, job_dict, run_dict
 from easytask.scheduler.playbooks import submit_playbook
-from easytask.secrets import check_secret_env
 from easytask.store.db import AuditNote
 from easytask.store.models import AgentState, RunState, User, as_utc
 from easytask.web.runfilter import RunQuery, find_runs, parse_time

@@ -21,7 +21,7 @@ from starlette.routing import Route
 from easytask import __version__
 from easytask.durations import parse_duration
 from easytask.errors import APIError, EasyTaskError, RateLimited
-from easytask.lines import LEVELS
+from easytask.loglines import LEVELS
 from easytask.scheduler.jobs import JobOptions
 from easytask.store.models import AgentState, Job, Run, RunState, User, as_utc
 from easytask.web.api import Api, human_size, playbook_listing

@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from easytask.errors import APIError
-from easytask.lines import LEVELS, SYSTEM
+from easytask.loglines import LEVELS, SYSTEM
 from easytask.store.models import LogLine, Run, User
 from easytask.web import sse
 

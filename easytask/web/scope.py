@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from easytask.errors import APIError, EasyTaskError
-from easytask.patterns import split_pattern
+from easytask.inventory import split_pattern
 from easytask.store.models import User
 
 if TYPE_CHECKING:

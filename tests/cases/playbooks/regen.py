@@ -20,7 +20,7 @@ sys.path.insert(0, str(REPO))
 
 from easytask.errors import PlaybookError  # noqa: E402
 from easytask.inventory import load_inventory  # noqa: E402
-from easytask.plan_playbook import (  # noqa: E402
+from easytask.plan import (  # noqa: E402
     check_playbook,
     format_check,
     parse_extra_vars,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from easytask.lines import DEBUG, ERROR, INFO, WARN, LineSplitter, detect_level, detect_levels
+from easytask.loglines import DEBUG, ERROR, INFO, WARN, LineSplitter, detect_level, detect_levels
 
 
 @pytest.mark.parametrize(

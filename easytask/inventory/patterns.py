@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from easytask.errors import NoHostsMatched, PatternError
-from easytask.hostnames import AddressError, parse_address
+from easytask.inventory.hostnames import AddressError, parse_address
 
 __all__ = ["HostSource", "order_parts", "select", "split_pattern", "split_subscript"]
 

@@ -7,7 +7,6 @@ renders each command when the run starts (`render_action`), with the results of 
 
 from __future__ import annotations
 
-import json
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,31 +18,21 @@ from easytask.errors import (
     PatternError,
     PlaybookError,
     SourceLocation,
-    TemplateError,
     UsageError,
 )
-from easytask.plan import HostSource, connection_of
+from easytask.plan.adhoc import HostSource, connection_of
 from easytask.playbook import RESERVED_VARS, Action, Playbook, Task, load_yaml
-from easytask.templating import Vars, evaluate, render, variables
+from easytask.templating import Vars
 
 __all__ = [
-    "CheckedRun",
     "PlannedTask",
     "PlaybookPlan",
-    "RenderedAction",
     "RunKey",
     "TaskRun",
-    "check_playbook",
-    "dumps_check",
-    "evaluate_when",
-    "format_check",
     "parse_extra_vars",
     "plan_playbook",
-    "render_action",
-    "render_command",
     "serial_batches",
     "stop_after_batch",
-    "task_result",
 ]
 
 
@@ -376,124 +365,6 @@ def stop_after_batch(failed: int, size: int, max_fail_percentage: float | None) 
     return failed * 100 > max_fail_percentage * size
 
 
-# -- rendering at run time --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RenderedAction:
-    """An action with its templates rendered for one host.
-
-    `command`: the command line (command, shell) or the script's arguments ('' if none);
-    `src`: absolute local path of the script or the copy's source; `dest`, `mode`: the copy's.
-    """
-
-    kind: str
-    command: str = ""
-    src: str | None = None
-    dest: str | None = None
-    mode: str | None = None
-    env: Mapping[str, str] = field(default_factory=dict)
-    cwd: str | None = None
-
-    def shell_line(self, script_path: str | None = None) -> str:
-        """The line to run on the host: the command (or the uploaded script at `script_path`
-        with its arguments), after `cd CWD || exit 1` and `export NAME=VALUE` when set."""
-        if self.kind == "copy":
-            raise ValueError("a copy has no command line")
-        if self.kind == "script":
-            if script_path is None:
-                raise ValueError("a script runs from the path it was uploaded to: pass script_path")
-            body = shlex.quote(script_path) + (f" {self.command}" if self.command else "")
-        else:
-            body = self.command
-        prefix = []
-        if self.cwd:
-            prefix.append(f"cd {shlex.quote(self.cwd)} || exit 1")
-        if self.env:
-            prefix.append(
-                "export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
-            )
-        return ("\n" if "\n" in body.rstrip("\n") else "; ").join([*prefix, body])
-
-
-def _what(task: PlannedTask | Task, host: str | None) -> str:
-    return f"task {task.name!r} on host {host!r}" if host else f"task {task.name!r}"
-
-
-def render_action(
-    task: PlannedTask | Task, host: str | None, context: Mapping[str, Any]
-) -> RenderedAction:
-    """Render a task's action for a host; raises TemplateError naming the task and host."""
-    what = _what(task, host)
-    action = task.action
-    env = {k: render(v, context, what=f"{what}, env {k}") for k, v in task.env.items()}
-    cwd = render(task.cwd, context, what=f"{what}, cwd") if task.cwd else None
-    if action.kind == "copy":
-        dest = render(action.dest or "", context, what=what)
-        return RenderedAction(
-            "copy", src=action.path, dest=dest, mode=action.mode, env=env, cwd=cwd
-        )
-    if action.argv is not None:
-        line = shlex.join(render(a, context, what=what) for a in action.argv)
-    elif action.kind == "command":
-        line = _command_line(render(action.command or "", context, what=what), what)
-    elif action.kind == "script":
-        line = render(action.args or "", context, what=what).strip()
-    else:
-        line = render(action.command or "", context, what=what)
-    return RenderedAction(action.kind, command=line, src=action.path, env=env, cwd=cwd)
-
-
-def _command_line(rendered: str, what: str) -> str:
-    """A `command` runs without a shell: its words, each quoted, so `;`, `|`, `$x` stay text."""
-    try:
-        words = shlex.split(rendered)
-    except ValueError as exc:
-        raise TemplateError(f"{what}: the command cannot be split into words: {exc}") from None
-    if not words:
-        raise TemplateError(f"{what}: the command is empty")
-    return shlex.join(words)
-
-
-def render_command(
-    task: PlannedTask | Task,
-    host: str | None,
-    context: Mapping[str, Any],
-    *,
-    script_path: str | None = None,
-) -> str:
-    """The line to run for a command, shell or script task on a host (see `shell_line`)."""
-    return render_action(task, host, context).shell_line(script_path)
-
-
-def evaluate_when(task: PlannedTask | Task, host: str | None, context: Mapping[str, Any]) -> bool:
-    """Whether the task runs on the host: its `when` (True when it has none)."""
-    if task.when is None:
-        return True
-    return evaluate(task.when, context, what=f"{_what(task, host)}, when")
-
-
-def task_result(
-    stdout: str = "", stderr: str = "", rc: int | None = None, state: str = "success"
-) -> dict[str, Any]:
-    """What `results.<task>` holds for a finished run (`state` skipped: its `when` was false).
-
-    stdout/stderr lose their final newline, as in Ansible; `*_lines` split them into lines.
-    """
-    out = stdout.rstrip("\r\n")
-    err = stderr.rstrip("\r\n")
-    return {
-        "stdout": out,
-        "stderr": err,
-        "stdout_lines": out.splitlines(),
-        "stderr_lines": err.splitlines(),
-        "rc": rc,
-        "state": state,
-        "failed": state not in ("success", "skipped"),
-        "skipped": state == "skipped",
-    }
-
-
 # -- extra vars -------------------------------------------------------------------------------
 
 
@@ -558,188 +429,3 @@ def _check_var_name(key: Any, what: str, at: SourceLocation | None) -> None:
         raise UsageError(f"{what}: invalid variable name {key!r}", location=at)
     if key in RESERVED_VARS:
         raise UsageError(f"{what}: the variable name {key!r} is reserved", location=at)
-
-
-# -- --check ----------------------------------------------------------------------------------
-
-
-class _ResultText(str):
-    """`results.<task>...` in --check: renders as `<results of task.stdout>`."""
-
-    _path: str
-
-    def __new__(cls, path: str) -> _ResultText:
-        text = super().__new__(cls, f"<results of {path}>")
-        text._path = path
-        return text
-
-    def __getattr__(self, name: str) -> _ResultText:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return _ResultText(f"{self._path}.{name}")
-
-    def __getitem__(self, key: Any) -> Any:
-        if isinstance(key, str):
-            return _ResultText(f"{self._path}.{key}")
-        return _ResultText(f"{self._path}[{key if isinstance(key, int) else '...'}]")
-
-
-class _CheckResults(Mapping[str, Any]):
-    """`results` in --check: any task's results, as placeholders."""
-
-    def __getitem__(self, name: str) -> _ResultText:
-        return _ResultText(name)
-
-    def __getattr__(self, name: str) -> _ResultText:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return _ResultText(name)
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str)
-
-    def __iter__(self) -> Any:
-        return iter(())
-
-    def __len__(self) -> int:
-        return 0
-
-
-@dataclass(frozen=True)
-class CheckedRun:
-    """One run as --check shows it: the line it would run, or why it would not."""
-
-    run: TaskRun
-    host: str  # the host whose variables rendered it (the first candidate for `run_on: any`)
-    line: str | None  # what runs; None when skipped or in error
-    when: bool | None = True  # False: skipped by `when`; None: decided at run time (uses results)
-    error: str | None = None  # what went wrong (without the task and host, which are known)
-
-
-def check_playbook(plan: PlaybookPlan) -> list[CheckedRun]:
-    """Render every run's command as it would run, with placeholders for results.<task>."""
-    checked: list[CheckedRun] = []
-    for run in plan.runs:
-        task = plan.task(run.task)
-        host = run.host or run.candidates[0]
-        context = plan.context(host, _CheckResults())
-        when: bool | None = True
-        try:
-            if task.when is not None:
-                # A condition on results is only known at run time.
-                uses = "results" in variables(task.when, expression=True)
-                when = None if uses else evaluate_when(task, host, context)
-            line = _check_line(task, host, context) if when is not False else None
-        except TemplateError as exc:
-            prefix = _what(task, host) + ": "
-            message = exc.message[len(prefix) :] if exc.message.startswith(prefix) else exc.message
-            checked.append(CheckedRun(run, host, None, when, message))
-            continue
-        checked.append(CheckedRun(run, host, line, when))
-    return checked
-
-
-def _check_line(task: PlannedTask, host: str, context: Mapping[str, Any]) -> str:
-    action = render_action(task, host, context)
-    if action.kind == "copy":
-        mode = f" (mode {action.mode})" if action.mode else ""
-        return f"copy {task.action.path_text} -> {action.dest}{mode}"
-    return action.shell_line(task.action.path_text)
-
-
-def format_check(plan: PlaybookPlan, checked: Sequence[CheckedRun]) -> str:
-    """The text `easytask play --check` prints: the plan, then each task's runs and lines."""
-    book = plan.playbook
-    lines = [
-        f"playbook {book.name} ({book.path}): {_count(len(plan.hosts), 'host')}: {', '.join(plan.hosts)}"
-    ]
-    if book.schedule is not None:
-        zone = book.tz or "server time zone"
-        lines.append(f"schedule: {book.schedule} ({zone}), catch_up: {book.catch_up}")
-    if book.serial:
-        shown = " ".join("[" + ", ".join(b) + "]" for b in plan.batches)
-        serial = ", ".join(str(s) for s in book.serial)
-        lines.append(f"serial: {serial} -> batches {shown}")
-    if book.max_fail_percentage is not None:
-        lines.append(f"max_fail_percentage: {book.max_fail_percentage:g}")
-    if book.forks is not None:
-        lines.append(f"forks: {book.forks}")
-    by_task: dict[str, list[CheckedRun]] = {}
-    for item in checked:
-        by_task.setdefault(item.run.task, []).append(item)
-    for task in plan.tasks:
-        lines.append("")
-        lines.append(_task_header(task))
-        runs = by_task.get(task.name, [])
-        if not runs:
-            lines.append("  (no hosts)")
-        for item in runs:
-            who = f"any of {', '.join(item.run.candidates)}" if item.run.host is None else item.host
-            if len(plan.batches) > 1:
-                who += f" (batch {item.run.batch + 1})"
-            if item.error is not None:
-                lines.append(f"  {who}: ERROR {item.error}")
-            elif item.when is False:
-                lines.append(f"  {who}: skipped (when: {task.when})")
-            else:
-                note = f"  # if {task.when}" if item.when is None else ""
-                text = (item.line or "").rstrip("\n").replace("\n", "\n" + " " * (len(who) + 4))
-                lines.append(f"  {who}: {text}{note}")
-    errors = sum(1 for c in checked if c.error is not None)
-    lines.append("")
-    lines.append(f"{_count(len(checked), 'run')}, {_count(errors, 'error')}")
-    return "\n".join(lines)
-
-
-def _task_header(task: PlannedTask) -> str:
-    head = f"task {task.name} ({task.kind})"
-    if task.run_on_any:
-        head += " once on any host"
-    elif task.run_once:
-        head += " once"
-    if task.needs:
-        head += " needs " + ", ".join(task.needs)
-    settings = []
-    if task.timeout is not None:
-        settings.append(f"timeout {_short(task.timeout)}")
-    if task.retries:
-        backoff = f" x{task.retry_backoff:g}" if task.retry_backoff != 1 else ""
-        settings.append(f"retries {task.retries} every {_short(task.retry_delay)}{backoff}")
-    if task.env:
-        settings.append("env " + " ".join(task.env))
-    return head + (" [" + ", ".join(settings) + "]" if settings else "")
-
-
-def _short(seconds: float) -> str:
-    """30s, 5m, 1h30m, 1.5s: a duration as a playbook would write it."""
-    if seconds != int(seconds):
-        return f"{seconds:g}s"
-    out, left = "", int(seconds)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if left >= size:
-            out += f"{left // size}{unit}"
-            left %= size
-    return out or "0s"
-
-
-def _count(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
-
-
-def dumps_check(checked: Sequence[CheckedRun]) -> str:
-    """--check as JSON lines (one object per run), for `--format json`."""
-    return "\n".join(
-        json.dumps(
-            {
-                "task": c.run.task,
-                "host": c.run.host,
-                "candidates": list(c.run.candidates),
-                "batch": c.run.batch,
-                "needs": [list(k) for k in c.run.needs],
-                "line": c.line,
-                "when": c.when,
-                "error": c.error,
-            }
-        )
-        for c in checked
-    )

@@ -12,7 +12,7 @@ import pytest
 
 from easytask.errors import NoHostsMatched, SourceLocation, TemplateError, UsageError
 from easytask.inventory import Inventory, load_inventory
-from easytask.plan_playbook import (
+from easytask.plan import (
     PlaybookPlan,
     RenderedAction,
     RunKey,

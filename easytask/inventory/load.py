@@ -12,12 +12,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from easytask import patterns
 from easytask.errors import InventoryError, NoHostsMatched, PatternError, SourceLocation
-from easytask.hostnames import AddressError, is_ip_address, parse_address
-from easytask.inventory_ini import parse_ini
-from easytask.inventory_model import Group, Host, InventoryData
-from easytask.inventory_yaml import Document, UnsafeText, load_document, parse_structured, type_name
+from easytask.inventory.hostnames import AddressError, is_ip_address, parse_address
+from easytask.inventory.ini import parse_ini
+from easytask.inventory.model import Group, Host, InventoryData
+from easytask.inventory.patterns import select as select_hosts
+from easytask.inventory.yamlfile import load_document, parse_structured
+from easytask.sourceyaml import Source, UnsafeText, type_name
 
 __all__ = [
     "Group",
@@ -127,7 +128,7 @@ class Inventory:
 
     def select(self, pattern: str) -> list[str]:
         """The host names a pattern selects, in Ansible's order; raises NoHostsMatched/PatternError."""
-        return patterns.select(self, pattern)
+        return select_hosts(self, pattern)
 
     def with_extra_hosts(self, extra: Mapping[str, Sequence[str]]) -> Inventory:
         """A copy with more hosts (e.g. connected agents) and group labels added; groups are created as needed."""
@@ -375,7 +376,7 @@ def _parse_toml(text: str, path: str, data: InventoryData) -> None:
         message = str(exc)[: m.start()].strip() if m else str(exc)
         raise InventoryError(f"invalid TOML: {message}", location=at) from None
     if doc:
-        parse_structured(Document(path, doc), data, kind="TOML")
+        parse_structured(Source(path, "", doc), data, kind="TOML")
 
 
 class _VarsFiles:

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from easytask.errors import InventoryError, SourceLocation
-from easytask.hostnames import RangeError, expand_host_pattern
-from easytask.inventory_model import InventoryData
+from easytask.inventory.hostnames import RangeError, expand_host_pattern
+from easytask.inventory.model import InventoryData
 
 __all__ = ["ini_value", "parse_ini"]
 
