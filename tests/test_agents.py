@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import AgentFactory, ServerFactory
-from tests.helpers import wait_until
+from tests.support import wait_until
 
 
 def test_agent_enrolled_by_token_comes_online(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO
+from tests.support import REPO
 
 
 def _processes_mentioning(text: str) -> list[str]:

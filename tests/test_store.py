@@ -12,7 +12,7 @@ import pytest
 
 from easytask.store.db import JOB_END, JOB_RUNNING, RunChange, Store, sqlite_url
 from easytask.store.models import Job, Run, RunState, WebhookDelivery, as_utc
-from tests.pg import PostgresCluster
+from tests.support import PostgresCluster
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
