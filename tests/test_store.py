@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from easytask.store.db import JOB_END, JOB_RUNNING, RunChange, Store, sqlite_url
+from easytask.store.db import Store, sqlite_url
 from easytask.store.models import Job, Run, RunState, WebhookDelivery, as_utc
+from easytask.store.runs import JOB_END, JOB_RUNNING, RunChange
 from tests.support import PostgresCluster
 
 
