@@ -1,6 +1,6 @@
 """Servers sharing one PostgreSQL: run throughput on one and two servers, log ingest on both backends.
 
-    .venv/bin/python bench/cluster.py [--runs 10000] [--agents 20] [--slots 16] [--lines 1000000]
+    .venv/bin/python -m bench.cluster [--runs 10000] [--agents 20] [--slots 16] [--lines 1000000]
         [--command 'echo x'] [--no-sqlite] [--no-real-ingest] [--fast-pg] [--py-spy PATH]
         [--profile-dir DIR] [--profile-seconds 20] [--quick] [--write] [--json FILE] [--workdir DIR]
 
@@ -17,7 +17,7 @@ Ingest: `Store.write_lines` fed the same N rows in the log writer's batches on S
 the temp dir) and PostgreSQL; and the real path, one real `easytask agent` printing `seq 1 N`
 through a server on each backend, timed from POST /api/jobs until the job's final event.
 
-PostgreSQL is a throwaway cluster (tests/pg.py) with PostgreSQL's own defaults for fsync, commits
+PostgreSQL is a throwaway cluster (tests/support/pg.py) with PostgreSQL's own defaults for fsync, commits
 and buffers; `--fast-pg` uses the tests' settings instead (fsync and synchronous_commit off).
 """
 
@@ -35,16 +35,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
-sys.path.insert(1, str(BENCH.parent))  # tests/pg.py: the throwaway PostgreSQL
-
-from common import (  # noqa: E402  (the bench directory is not a package)
+from bench.common import (
     CLK_TCK,
-    REPO,
-    Proc,
-    Procs,
-    Server,
     busy_since,
     conditions_lines,
     cpu_counters,
@@ -53,10 +45,17 @@ from common import (  # noqa: E402  (the bench directory is not a package)
     raise_nofile,
     report,
     start_agent,
+    start_server,
     wait_job_events,
+)
+from bench.ingest import BATCH, rows_for
+from tests.support import (
+    REPO,
+    Proc,
+    Procs,
+    ServerHandle,
     wait_until,
 )
-from ingest import BATCH, rows_for  # noqa: E402
 
 DOC = REPO / "docs" / "benchmarks.md"
 GROUP = "cl"
@@ -164,7 +163,9 @@ SETUPS = [
 ]
 
 
-def start_servers(root: Path, setup: Setup, pg: Any, procs: Procs) -> tuple[list[Server], str]:
+def start_servers(
+    root: Path, setup: Setup, pg: Any, procs: Procs
+) -> tuple[list[ServerHandle], str]:
     """The set-up's servers (a second one gets the first one's agent key) and the database URL."""
     inventory = root / "inventory.ini"
     inventory.write_text("")
@@ -175,19 +176,19 @@ def start_servers(root: Path, setup: Setup, pg: Any, procs: Procs) -> tuple[list
     else:
         url = f"sqlite:///{first_state / 'easytask.db'}"
         extra = []
-    servers = [Server(first_state, inventory, procs, *extra)]
+    servers = [start_server(first_state, inventory, procs, *extra)]
     if setup.servers == 2:
         second_state = root / f"{setup.key}-b"
         second_state.mkdir(parents=True)
         # servers sharing a database share the key agents pin
         for name in ("client_key", "client_key.pub"):
             shutil.copy(first_state / name, second_state / name)
-        servers.append(Server(second_state, inventory, procs, *extra))
+        servers.append(start_server(second_state, inventory, procs, *extra))
     return servers, url
 
 
 def start_simulators(
-    root: Path, setup: Setup, servers: list[Server], args: argparse.Namespace, procs: Procs
+    root: Path, setup: Setup, servers: list[ServerHandle], args: argparse.Namespace, procs: Procs
 ) -> list[Proc]:
     """Two agentsim processes of AGENTS/2 agents each; simulator i on server i mod servers."""
     half = args.agents // 2
@@ -199,7 +200,7 @@ def start_simulators(
             procs.start(
                 [
                     sys.executable,
-                    str(BENCH / "agentsim.py"),
+                    str(REPO / "bench" / "agentsim.py"),
                     "--server",
                     server.agents_addr,
                     "--count",
@@ -230,7 +231,7 @@ def start_simulators(
     return sims
 
 
-def submit(server: Server, command: str, agents: int) -> int:
+def submit(server: ServerHandle, command: str, agents: int) -> int:
     resp = server.http.post("/api/jobs", json={"pattern": GROUP, "command": command})
     resp.raise_for_status()
     body = resp.json()
@@ -240,7 +241,7 @@ def submit(server: Server, command: str, agents: int) -> int:
 
 
 def profile_servers(
-    args: argparse.Namespace, setup: Setup, servers: list[Server], procs: Procs
+    args: argparse.Namespace, setup: Setup, servers: list[ServerHandle], procs: Procs
 ) -> list[Proc]:
     """py-spy on every server from the first submission on, in collapsed-stack files."""
     if not args.py_spy:
@@ -446,10 +447,10 @@ def real_ingest(root: Path, n: int, backend: str, pg: Any) -> dict[str, Any]:
         state = root / f"ingest-{backend}"
         if backend == "postgresql":
             url = pg.new_database()
-            server = Server(state, inventory, procs, "--db", url)
+            server = start_server(state, inventory, procs, "--db", url)
         else:
             url = f"sqlite:///{state / 'easytask.db'}"
-            server = Server(state, inventory, procs)
+            server = start_server(state, inventory, procs)
         start_agent(server, f"ing-{backend}", root / f"ingest-agent-{backend}", procs)
         warm = submit_one(server, f"ing-{backend}", "true")
         wait_job_events(server.http, warm)
@@ -475,7 +476,7 @@ def real_ingest(root: Path, n: int, backend: str, pg: Any) -> dict[str, Any]:
         procs.stop_all()
 
 
-def submit_one(server: Server, pattern: str, command: str) -> int:
+def submit_one(server: ServerHandle, pattern: str, command: str) -> int:
     return int(server.post("/api/jobs", {"pattern": pattern, "command": command})["job"]["id"])
 
 
@@ -483,7 +484,7 @@ def submit_one(server: Server, pattern: str, command: str) -> int:
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    from tests.pg import PostgresCluster
+    from tests.support import PostgresCluster
 
     raise_nofile()
     root = Path(tempfile.mkdtemp(prefix="eclu-", dir=args.workdir or "/tmp"))
@@ -628,7 +629,7 @@ def details(rec: dict[str, Any]) -> list[str]:
         f"agents in two `bench/agentsim.py` processes, {rec['slots']} slots per agent (so up "
         f"to {rec['agents'] * rec['slots']} runs at once: the agents' slots are not what limits "
         "the rate). Timed from the first `POST /api/jobs` until every job is final in the "
-        "database; every run ended `success`. Server CPU is per server; agents CPU is both "
+        "database; every run ended `success`. ServerHandle CPU is per server; agents CPU is both "
         "simulators with their supervisors and shells; CPUs busy counts every process on the "
         "machine over the timed span.",
     ]
@@ -668,7 +669,7 @@ def details(rec: dict[str, Any]) -> list[str]:
     pg_mode = (
         "PostgreSQL's own defaults for fsync, synchronous_commit and shared_buffers"
         if rec["postgres"] == "durable"
-        else "fsync, synchronous_commit and full_page_writes off (tests/pg.py's settings)"
+        else "fsync, synchronous_commit and full_page_writes off (tests/support/pg.py's settings)"
     )
     out.append(
         f"- Ingest: N = {rec['lines']:,} lines in batches of {rec['batch']:,} (the log writer's "
@@ -694,8 +695,8 @@ PostgreSQL costs against SQLite for log ingest, in one run:
   PostgreSQL, and the real path: one real `easytask agent` printing `seq 1 N` through a server on
   each backend, from `POST /api/jobs` to the job's final event.
 
-PostgreSQL is a throwaway local cluster (`tests/pg.py`, `initdb` and `pg_ctl` as the `postgres`
-user) with PostgreSQL's default durability. Run it with `.venv/bin/python bench/cluster.py
+PostgreSQL is a throwaway local cluster (`tests/support/pg.py`, `initdb` and `pg_ctl` as the `postgres`
+user) with PostgreSQL's default durability. Run it with `.venv/bin/python -m bench.cluster
 --write`; `--quick` submits 1,000 runs and ingests 100,000 lines.
 
 **Read with care:** this machine has 2 CPUs. Both servers, PostgreSQL, the 20 agents with their
@@ -705,7 +706,7 @@ no CPU: the figure shows the cost of sharing the work, not the gain of a second 
 
 def block(rec: dict[str, Any]) -> str:
     lines = conditions_lines(
-        ["bench/cluster.py", *rec["argv"]], rec["when"], rec["load_before"], rec["load_after"]
+        ["-m", "bench.cluster", *rec["argv"]], rec["when"], rec["load_before"], rec["load_after"]
     )
     lines += [*details(rec), "", tables(rec, markdown=True)]
     return "\n".join(lines)

@@ -1,6 +1,6 @@
 """Fan-out benchmark: wall clock of `easytask run PATTERN -a true` against Ansible.
 
-    .venv/bin/python bench/fanout.py [--sizes 10,100,200,500] [--repeat 3] [--ansible-max 200]
+    .venv/bin/python -m bench.fanout [--sizes 10,100,200,500] [--repeat 3] [--ansible-max 200]
         [--ansible-venv /tmp/easytask-bench-ansible] [--no-ansible] [--no-agentless]
         [--quick] [--json FILE] [--write] [--wait-idle SECONDS] [--workdir DIR] [--keep]
 
@@ -35,21 +35,23 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import (  # noqa: E402  (the bench directory is not a package)
-    REPO,
-    SSHD,
-    Procs,
-    Server,
+from bench.common import (
     busy_since,
     cpu_busy,
     cpu_counters,
-    easytask_cli,
     git_revision,
     machine_info,
     openssh_version,
     raise_nofile,
+    start_server,
+    stop_server,
+)
+from tests.support import (
+    REPO,
+    SSHD,
+    Procs,
+    ServerHandle,
+    easytask_cli,
     start_sshd,
     wait_until,
 )
@@ -258,12 +260,12 @@ class Bench:
 
     # -- measurements ---------------------------------------------------------------------------
 
-    def time_cli(self, server: Server, pattern: str, n: int) -> float:
+    def time_cli(self, server: ServerHandle, pattern: str, n: int) -> float:
         """Wall clock of the real `easytask run PATTERN -a true`, from start to exit."""
         t0 = time.perf_counter()
         done = subprocess.run(
             [*self.cli, "run", pattern, "-a", "true"],
-            env=server.cli_env(),
+            env=server.env(),
             cwd=server.state_dir,
             capture_output=True,
             text=True,
@@ -278,12 +280,12 @@ class Bench:
     def measure_agentless(self, row: Row) -> None:
         inventory = self.easytask_inventory(row.n)
         for rep in range(self.args.repeat):
-            server = Server(self.root / f"server-ssh-{row.n}-{rep}", inventory, self.procs)
+            server = start_server(self.root / f"server-ssh-{row.n}-{rep}", inventory, self.procs)
             try:
                 row.ssh_cold.append(self.time_cli(server, "plain", row.n))
                 row.ssh_pooled.append(self.time_cli(server, "plain", row.n))
             finally:
-                server.stop()
+                stop_server(server, self.procs)
             say(
                 f"N={row.n} agentless: cold {row.ssh_cold[-1]:.2f}s, pooled {row.ssh_pooled[-1]:.2f}s"
             )
@@ -297,7 +299,9 @@ class Bench:
 
     def measure_agents(self, row: Row) -> None:
         n = row.n
-        server = Server(self.root / f"server-agents-{n}", self.easytask_inventory(0), self.procs)
+        server = start_server(
+            self.root / f"server-agents-{n}", self.easytask_inventory(0), self.procs
+        )
         sim = None
         try:
             token = server.post("/api/agents/tokens", {"uses": n, "ttl": "1h"})["token"]
@@ -340,7 +344,7 @@ class Bench:
         finally:
             if sim is not None:
                 self.procs.stop(sim)
-            server.stop()
+            stop_server(server, self.procs)
 
     def ansible_run(self, inventory: Path, module: str) -> float:
         assert self.ansible is not None
@@ -698,7 +702,7 @@ def measured_block(rec: dict[str, Any]) -> str:
     """The generated part of docs/benchmarks.md."""
     rows = [Row(**r) for r in rec["rows"]]
     m, v = rec["machine"], rec["versions"]
-    command = [rec.get("python_shown", "python"), "bench/fanout.py", *rec["argv"]]
+    command = [rec.get("python_shown", "python"), "-m", "bench.fanout", *rec["argv"]]
     lines = [
         BEGIN,
         f"Measured {rec['when']} with:",
@@ -759,7 +763,7 @@ subprocess against a real `easytask server`) and compares it with Ansible on the
   sshd, each with its own ControlPath; cold (no ControlPersist master) and warm (masters alive).
   Ansible runs from a throwaway venv; sizes above `--ansible-max` (default 200) are skipped.
 
-Run it with `make bench` or `.venv/bin/python bench/fanout.py --write` (rewrites the measured
+Run it with `make bench` or `.venv/bin/python -m bench.fanout --write` (rewrites the measured
 section below; the rest of this page is kept). `--quick` measures N=10 only, without Ansible;
 `--json FILE` saves every sample, and `--report FILE --write` renders a saved run again.
 

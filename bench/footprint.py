@@ -1,6 +1,6 @@
 """Footprint: an idle agent, a server with 1,000 idle agents, and a task printing 1 GB.
 
-    .venv/bin/python bench/footprint.py [--parts agent,fleet,output] [--idle 30] [--agents 1000]
+    .venv/bin/python -m bench.footprint [--parts agent,fleet,output] [--idle 30] [--agents 1000]
         [--output-bytes 1073741824] [--quick] [--write] [--json FILE]
 
 - agent: one real `easytask agent` process, idle; resident memory (VmRSS) and CPU used over
@@ -27,12 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import (  # noqa: E402  (the bench directory is not a package)
-    REPO,
-    Procs,
-    Server,
+from bench.common import (
     children_of,
     cmdline,
     conditions_lines,
@@ -43,9 +38,14 @@ from common import (  # noqa: E402  (the bench directory is not a package)
     raise_nofile,
     software_versions,
     start_agent,
+    start_server,
     wait_job_events,
-    wait_until,
     write_section,
+)
+from tests.support import (
+    REPO,
+    Procs,
+    wait_until,
 )
 
 DOC = REPO / "docs" / "benchmarks.md"
@@ -97,7 +97,7 @@ def agent_part(
     try:
         inventory = root / "inventory.ini"
         inventory.write_text("")
-        server = Server(root / "server-agent", inventory, procs)
+        server = start_server(root / "server-agent", inventory, procs)
         agent = start_agent(
             server,
             "idle1",
@@ -153,7 +153,7 @@ def fleet_part(root: Path, count: int, idle: float, settle: float) -> dict[str, 
     try:
         inventory = root / "inventory.ini"
         inventory.write_text("")
-        server = Server(root / "server-fleet", inventory, procs)
+        server = start_server(root / "server-fleet", inventory, procs)
         rss_empty = mib(proc_rss_kib(server.proc.pid))
         token = server.post("/api/agents/tokens", {"uses": count, "ttl": "1h"})["token"]
         t0 = time.perf_counter()
@@ -218,7 +218,7 @@ def output_part(root: Path, size: int) -> dict[str, Any]:
     try:
         inventory = root / "inventory.ini"
         inventory.write_text("")
-        server = Server(root / "server-output", inventory, procs, "--output-limit", "32M")
+        server = start_server(root / "server-output", inventory, procs, "--output-limit", "32M")
         start_agent(server, "huge1", root / "agent-huge1", procs, "--spool-cap", "2G")
         rss0 = mib(proc_rss_kib(server.proc.pid))
         hwm0 = mib(proc_rss_kib(server.proc.pid, "VmHWM"))
@@ -365,7 +365,7 @@ a flood of output:
 - **output**: one task on a real agent prints 1 GB; the server's peak RSS (VmHWM), as
   `tests/test_reliability.py` checks it.
 
-Run it with `.venv/bin/python bench/footprint.py --write` (`--parts agent,fleet,output` picks
+Run it with `.venv/bin/python -m bench.footprint --write` (`--parts agent,fleet,output` picks
 parts; each part has its own section, the others are kept); `--quick` uses 1 s windows, 20 agents and 10 MB of output."""
 
 
@@ -384,7 +384,7 @@ def write_doc(rec: dict[str, Any]) -> None:
         if part in rec:
             r = rec[part]
             lines = conditions_lines(
-                ["bench/footprint.py", *rec["argv"]],
+                ["-m", "bench.footprint", *rec["argv"]],
                 rec["when"],
                 r.get("load_before", rec["load_before"]),
                 r.get("load_after", rec["load_after"]),

@@ -1,6 +1,6 @@
 """Sustained log ingest on SQLite: a real agent printing N lines, against raw sqlite3 inserts.
 
-    .venv/bin/python bench/ingest.py [--lines 2000000] [--quick] [--write] [--json FILE]
+    .venv/bin/python -m bench.ingest [--lines 2000000] [--quick] [--write] [--json FILE]
 
 Three figures, all on the same disk (the temp dir):
 - real path: one real `easytask agent` runs `seq 1 N`; lines go agent spool -> reverse SSH ->
@@ -24,19 +24,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import (  # noqa: E402  (the bench directory is not a package)
-    REPO,
-    Procs,
-    Server,
+from bench.common import (
     conditions_lines,
     exit_on_sigterm,
     load_average,
     proc_cpu_seconds,
     report,
     start_agent,
+    start_server,
     wait_job_events,
+)
+from tests.support import (
+    REPO,
+    Procs,
 )
 
 DOC = REPO / "docs" / "benchmarks.md"
@@ -65,7 +65,7 @@ def real_path(root: Path, n: int) -> dict[str, Any]:
     try:
         inventory = root / "inventory.ini"
         inventory.write_text("")
-        server = Server(root / "server", inventory, procs)
+        server = start_server(root / "server", inventory, procs)
         agent = start_agent(server, "ingest1", root / "agent", procs)
         http = server.http
         warm = http.post("/api/jobs", json={"pattern": "ingest1", "command": "true"}).json()
@@ -288,12 +288,12 @@ compares that with raw `sqlite3` inserts on the same disk in the same run:
   same columns and indexes, with and without an FTS5 index like the store's (external content,
   `columnsize=0`), and into a bare table.
 
-Run it with `.venv/bin/python bench/ingest.py --write`; `--quick` prints 20,000 lines."""
+Run it with `.venv/bin/python -m bench.ingest --write`; `--quick` prints 20,000 lines."""
 
 
 def block(rec: dict[str, Any]) -> str:
     lines = conditions_lines(
-        ["bench/ingest.py", *rec["argv"]], rec["when"], rec["load_before"], rec["load_after"]
+        ["-m", "bench.ingest", *rec["argv"]], rec["when"], rec["load_before"], rec["load_after"]
     )
     lines += [*details(rec), "", table(rec, markdown=True), "", "Targets:", "", *verdicts(rec)]
     return "\n".join(lines)

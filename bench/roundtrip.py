@@ -1,6 +1,6 @@
 """Round trip of one command on one host: EasyTask's API and CLI against multiplexed OpenSSH.
 
-    .venv/bin/python bench/roundtrip.py [--runs 50] [--quick] [--write] [--json FILE]
+    .venv/bin/python -m bench.roundtrip [--runs 50] [--quick] [--write] [--json FILE]
 
 One real server, one real `easytask agent` process and one loopback OpenSSH sshd. Each round
 runs `true` once on every path below, in turn, so that load from other work on the machine falls
@@ -25,22 +25,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import (  # noqa: E402  (the bench directory is not a package)
-    REPO,
-    SSHD,
-    Procs,
-    Server,
+from bench.common import (
     conditions_lines,
-    easytask_cli,
     exit_on_sigterm,
     load_average,
     percentile,
     report,
     start_agent,
-    start_sshd,
+    start_server,
     wait_job_events,
+)
+from tests.support import (
+    REPO,
+    SSHD,
+    Procs,
+    ServerHandle,
+    easytask_cli,
+    start_sshd,
 )
 
 DOC = REPO / "docs" / "benchmarks.md"
@@ -67,7 +68,7 @@ class Bench:
         self.root = root
         self.procs = Procs()
         self.sshd: SSHD | None = None
-        self.server: Server | None = None
+        self.server: ServerHandle | None = None
         self.cli = easytask_cli()
 
     def setup(self) -> None:
@@ -80,7 +81,7 @@ class Bench:
             f"ansible_user={sshd.user} ansible_ssh_private_key_file={sshd.client_key} "
             f"easytask_known_hosts={sshd.known_hosts}\n"
         )
-        self.server = Server(self.root / "server", inventory, self.procs)
+        self.server = start_server(self.root / "server", inventory, self.procs)
         start_agent(self.server, "agent1", self.root / "agent1", self.procs)
 
     def close(self) -> None:
@@ -109,7 +110,7 @@ class Bench:
         t0 = time.perf_counter()
         done = subprocess.run(
             [*self.cli, "run", host, "-a", "true"],
-            env=self.server.cli_env(),
+            env=self.server.env(),
             capture_output=True,
             text=True,
             timeout=120,
@@ -294,13 +295,13 @@ config, `UsePAM no`, `SetEnv HOME=` an empty directory) on the same machine.
 - **ssh, ControlMaster up**: `ssh -o ControlMaster=auto -o ControlPath=... -o ControlPersist=60
   127.0.0.1 true` with the master already running; **ssh, new connection**: the same without it.
 
-Run it with `.venv/bin/python bench/roundtrip.py --write` (rewrites the section below);
+Run it with `.venv/bin/python -m bench.roundtrip --write` (rewrites the section below);
 `--quick` does 3 rounds."""
 
 
 def block(rec: dict[str, Any]) -> str:
     lines = conditions_lines(
-        ["bench/roundtrip.py", *rec["argv"]], rec["when"], rec["load_before"], rec["load_after"]
+        ["-m", "bench.roundtrip", *rec["argv"]], rec["when"], rec["load_before"], rec["load_after"]
     )
     lines += [
         f"- {rec['runs']} rounds after {rec['warmup']} not counted; milliseconds.",
