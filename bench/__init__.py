@@ -1,1 +1,1 @@
-"""The benchmarks, each run from the repo root as `python -m bench.NAME` (`bench.all`: every one)."""
+"""The benchmarks: run each from the repo root as `python -m bench.NAME` (`bench.all` runs all)."""

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,8 @@ from tests.support import (
     launch_agent,
     launch_server,
 )
+
+DOC = REPO / "docs" / "benchmarks.md"
 
 
 def raise_nofile() -> int:
@@ -53,6 +55,39 @@ def start_server(state_dir: Path, inventory: Path, procs: Procs, *extra: str) ->
     config.write_text("")
     server.cli_config = str(config)
     return server
+
+
+def start_agentsim(
+    procs: Procs,
+    server: ServerHandle,
+    count: int,
+    prefix: str,
+    group: str,
+    token: str,
+    state_dir: Path,
+    log: Path,
+    *options: str,
+) -> Proc:
+    """COUNT simulated agents in one process (bench/agentsim.py) enrolling with `token`, named
+    PREFIX0001..., in `group`; run from the log's directory."""
+    args = [
+        sys.executable,
+        str(REPO / "bench" / "agentsim.py"),
+        "--server",
+        server.agents_addr,
+        "--count",
+        str(count),
+        "--prefix",
+        prefix,
+        "--state-dir",
+        str(state_dir),
+        "--enroll",
+        token,
+        "--group",
+        group,
+        *options,
+    ]
+    return procs.start(args, log, cwd=log.parent)
 
 
 def stop_server(server: ServerHandle, procs: Procs) -> None:
@@ -174,29 +209,6 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def children_of(pid: int) -> list[int]:
-    """Direct child processes of a process."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            found.append(int(entry.name))
-    return found
-
-
-def cmdline(pid: int) -> str:
-    """A process's command line with spaces between the arguments."""
-    try:
-        return (Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")).decode().strip()
-    except OSError:
-        return ""
-
-
 def start_agent(
     server: ServerHandle, name: str, state_dir: Path, procs: Procs, *extra: str, timeout: float = 60
 ) -> Proc:
@@ -251,30 +263,37 @@ def write_section(doc: Path, name: str, title: str, intro: str, block: str) -> N
     doc.write_text(text)
 
 
-def report(
-    rec: dict[str, Any],
-    args: Any,
-    *,
-    table_text: str,
-    notes: list[str],
-    doc: Path,
+Record = dict[str, Any]
+
+
+def run(
+    argv: Sequence[str] | None,
+    parse_args: Callable[[list[str]], Any],
+    measure: Callable[[Any], Record],
+    table: Callable[..., str],
+    notes: Callable[[Record], list[str]],
+    block: Callable[[Record], str],
     section: tuple[str, str, str],
-    block: str,
     say: Callable[[str], None],
 ) -> int:
-    """Print a benchmark's figures and notes; save the record (--json) and its section
-    (`section` = name, title, intro) of the doc (--write)."""
+    """A benchmark's main: parse the arguments, measure, print the figures and notes; save the
+    record (--json) and its section (`section` = name, title, intro) of docs/benchmarks.md
+    (--write)."""
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    exit_on_sigterm()
+    rec = measure(args)
     print(f"load average before: {rec['load_before']}, after: {rec['load_after']}")
-    print(table_text)
-    if notes:
+    print(table(rec, markdown=False))
+    lines = notes(rec)
+    if lines:
         print()
-    for line in notes:
+    for line in lines:
         print(line.replace("**", "").replace("`", ""))
     if args.json:
         Path(args.json).write_text(json.dumps(rec, indent=2) + "\n")
     if args.write:
-        write_section(doc, *section, block)
-        say(f"wrote {doc}")
+        write_section(DOC, *section, block(rec))
+        say(f"wrote {DOC}")
     return 0
 
 
@@ -287,17 +306,21 @@ def shown_python() -> str:
         return "python"
 
 
+def dist_version(dist: str) -> str:
+    """The installed version of a distribution, "?" when it is not installed."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
 def software_versions() -> dict[str, str]:
     """Python, EasyTask (with the revision), asyncssh, SQLite, OpenSSH."""
     import sqlite3
-    from importlib import metadata
 
-    def version(dist: str) -> str:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return "?"
-
+    version = dist_version
     return {
         "python": platform.python_version(),
         "easytask": f"{version('easytask')} (revision {git_revision()})",

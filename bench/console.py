@@ -999,7 +999,7 @@ def render(
         "benchmark's own processes included."
     )
     out.append(
-        "- ServerHandle, agent and clients on one machine over loopback; every figure is wall clock "
+        "- Server, agent and clients on one machine over loopback; every figure is wall clock "
         "seen by the client."
     )
     out.append("")

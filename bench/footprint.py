@@ -28,8 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
-    children_of,
-    cmdline,
+    DOC,
     conditions_lines,
     exit_on_sigterm,
     load_average,
@@ -38,17 +37,18 @@ from bench.common import (
     raise_nofile,
     software_versions,
     start_agent,
+    start_agentsim,
     start_server,
     wait_job_events,
     write_section,
 )
 from tests.support import (
-    REPO,
     Procs,
+    children_of,
+    cmdline,
     wait_until,
 )
 
-DOC = REPO / "docs" / "benchmarks.md"
 PARTS = {
     "agent": "One idle agent",
     "fleet": "A server with 1,000 idle agents",
@@ -157,27 +157,17 @@ def fleet_part(root: Path, count: int, idle: float, settle: float) -> dict[str, 
         rss_empty = mib(proc_rss_kib(server.proc.pid))
         token = server.post("/api/agents/tokens", {"uses": count, "ttl": "1h"})["token"]
         t0 = time.perf_counter()
-        sim = procs.start(
-            [
-                sys.executable,
-                str(REPO / "bench" / "agentsim.py"),
-                "--server",
-                server.agents_addr,
-                "--count",
-                str(count),
-                "--prefix",
-                "idle",
-                "--state-dir",
-                str(root / "sim"),
-                "--enroll",
-                token,
-                "--group",
-                "idle",
-                "--keepalive",
-                "15",  # the `easytask agent` default
-            ],
+        sim = start_agentsim(
+            procs,
+            server,
+            count,
+            "idle",
+            "idle",
+            token,
+            root / "sim",
             root / "agentsim.log",
-            cwd=root,
+            "--keepalive",
+            "15",  # the `easytask agent` default
         )
 
         def all_online() -> bool:
@@ -352,21 +342,17 @@ def report(rec: dict[str, Any], only: str | None = None) -> list[str]:
 
 
 INTRO = """\
-`bench/footprint.py` measures what EasyTask costs while it waits, and the server's memory under
-a flood of output:
+`bench/footprint.py` measures what EasyTask costs while it waits, and the server's memory under a
+flood of output:
 
-- **agent**: one real `easytask agent` process, idle: resident memory (VmRSS) and the CPU time it
-  used (utime + stime from `/proc/PID/stat`) over 30 s, before any run, after one run while its
-  supervisor process (started by the first run) is up too, and after the supervisor exited
-  (60 s without runs, the agent's `--supervisor-idle` default);
-- **fleet**: one real server with 1,000 agents connected (`bench/agentsim.py`: one process, each
-  agent its own key and reverse SSH link), the open-file limit raised; the server's RSS and CPU over
-  30 s of idle keepalives;
-- **output**: one task on a real agent prints 1 GB; the server's peak RSS (VmHWM), as
-  `tests/test_reliability.py` checks it.
+- **agent**: one idle `easytask agent`: RSS and CPU over 30 s, before any run, with its
+  supervisor up after a run, and after the supervisor exited (`--supervisor-idle`, 60 s).
+- **fleet**: a server with 1,000 simulated agents connected: its RSS and CPU over 30 s of idle
+  keepalives.
+- **output**: one task prints 1 GB; the server's peak RSS (VmHWM).
 
 Run it with `.venv/bin/python -m bench.footprint --write` (`--parts agent,fleet,output` picks
-parts; each part has its own section, the others are kept); `--quick` uses 1 s windows, 20 agents and 10 MB of output."""
+parts, each with its own section); `--quick` uses 1 s windows, 20 agents and 10 MB of output."""
 
 
 def write_doc(rec: dict[str, Any]) -> None:

@@ -27,22 +27,18 @@ from typing import Any
 
 from bench.common import (
     conditions_lines,
-    exit_on_sigterm,
     load_average,
-    report,
+    run,
     start_server,
     stop_server,
 )
 from tests.support import (
-    REPO,
     SSHD,
     Procs,
     ServerHandle,
     easytask_cli,
     start_sshd,
 )
-
-DOC = REPO / "docs" / "benchmarks.md"
 
 
 def say(text: str) -> None:
@@ -211,14 +207,12 @@ def table(rec: dict[str, Any], markdown: bool) -> str:
 
 
 INTRO = """\
-`bench/pyinfra_fanout.py` times `pyinfra INVENTORY exec -- true` (pyinfra from a throwaway venv,
-`-y`, its defaults otherwise) on N aliases of one loopback sshd, next to
-`easytask run plain -a true` on the same N aliases in the same run, each from process start to
-exit: EasyTask's first run (the server connects N times) and its second (connections pooled).
-pyinfra connects to every host on each run, so its figure compares with EasyTask's first run.
+`bench/pyinfra_fanout.py` times `pyinfra INVENTORY exec -- true` next to `easytask run plain -a
+true` (first run and pooled) on the same N aliases of one loopback sshd, from process start to
+exit. pyinfra connects on every run, so compare it with EasyTask's first run.
 
-Run it with `.venv/bin/python -m bench.pyinfra_fanout --write` (not part of `make bench`: it
-needs pyinfra, which it installs into `/tmp/pyinfra-venv` when missing)."""
+Run it with `.venv/bin/python -m bench.pyinfra_fanout --write` (not in `make bench`: it installs
+pyinfra into `/tmp/pyinfra-venv` when missing)."""
 
 
 def block(rec: dict[str, Any]) -> str:
@@ -256,19 +250,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    exit_on_sigterm()
-    rec = measure(args)
-    return report(
-        rec,
-        args,
-        table_text=table(rec, markdown=False),
-        notes=[],
-        doc=DOC,
-        section=("pyinfra", "Fan-out against pyinfra", INTRO),
-        block=block(rec),
-        say=say,
-    )
+    section = ("pyinfra", "Fan-out against pyinfra", INTRO)
+    return run(argv, parse_args, measure, table, lambda rec: [], block, section, say)
 
 
 if __name__ == "__main__":

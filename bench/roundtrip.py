@@ -27,16 +27,14 @@ from typing import Any
 
 from bench.common import (
     conditions_lines,
-    exit_on_sigterm,
     load_average,
     percentile,
-    report,
+    run,
     start_agent,
     start_server,
     wait_job_events,
 )
 from tests.support import (
-    REPO,
     SSHD,
     Procs,
     ServerHandle,
@@ -44,7 +42,6 @@ from tests.support import (
     start_sshd,
 )
 
-DOC = REPO / "docs" / "benchmarks.md"
 TARGET = 2.0  # ours / OpenSSH multiplexed, p50
 PATHS: list[tuple[str, str]] = [
     ("api_agent", "API, agent"),
@@ -282,21 +279,15 @@ def verdicts(rec: dict[str, Any]) -> list[str]:
 
 
 INTRO = """\
-`bench/roundtrip.py` runs `true` on one host again and again, one round after another, through
-every path below in turn, and reports the median (p50) and 95th percentile (p95). One real
-`easytask server`, one real `easytask agent` process and one loopback OpenSSH sshd (its own
-config, `UsePAM no`, `SetEnv HOME=` an empty directory) on the same machine.
+`bench/roundtrip.py` runs `true` on one host round after round through each path below and
+reports the median (p50) and 95th percentile (p95); one real server, agent and loopback sshd.
 
-- **API**: `POST /api/jobs`, then `GET /api/jobs/ID/events` until the job's final event, on one
-  open HTTP connection: what a program using the API waits for.
-- **CLI**: `easytask run HOST -a true` as a subprocess, from process start to exit (includes the
-  interpreter's start; `easytask --version` alone is shown for that, and the least any Python
-  client pays: the interpreter's start with `import http.client, json`).
-- **ssh, ControlMaster up**: `ssh -o ControlMaster=auto -o ControlPath=... -o ControlPersist=60
-  127.0.0.1 true` with the master already running; **ssh, new connection**: the same without it.
+- **API**: `POST /api/jobs`, then the job's event stream until its final event.
+- **CLI**: `easytask run HOST -a true` from process start to exit; `easytask --version` and
+  `python -c 'import http.client, json'` show the interpreter's share.
+- **ssh**: `ssh 127.0.0.1 true` with a ControlMaster up, and over a new connection.
 
-Run it with `.venv/bin/python -m bench.roundtrip --write` (rewrites the section below);
-`--quick` does 3 rounds."""
+Run it with `.venv/bin/python -m bench.roundtrip --write`; `--quick` does 3 rounds."""
 
 
 def block(rec: dict[str, Any]) -> str:
@@ -333,19 +324,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    exit_on_sigterm()
-    rec = measure(args)
-    return report(
-        rec,
-        args,
-        table_text=table(rec, markdown=False),
-        notes=verdicts(rec),
-        doc=DOC,
-        section=("roundtrip", "Round trip: one command on one host", INTRO),
-        block=block(rec),
-        say=say,
-    )
+    section = ("roundtrip", "Round trip: one command on one host", INTRO)
+    return run(argv, parse_args, measure, table, verdicts, block, section, say)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Real processes for tests and benchmarks: free ports, waiting with a deadline, process groups."""
+"""Real processes for tests and benchmarks: free ports, deadlines, process groups, /proc."""
 
 from __future__ import annotations
 
@@ -153,3 +153,26 @@ def easytask_cli(*args: str) -> list[str]:
     if script.exists():
         return [str(script), *args]
     return easytask_cmd(*args)
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct child processes of a process."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def cmdline(pid: int) -> str:
+    """A process's command line with spaces between the arguments."""
+    try:
+        return (Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")).decode().strip()
+    except OSError:
+        return ""
