@@ -285,13 +285,11 @@ def report(rec: dict[str, Any], only: str | None = None) -> list[str]:
             f"| agent, {a['supervisor_idle']:g} s after the run (supervisor exited) | "
             f"{a['idle_again_rss']:.1f} | {a['idle_again_cpu']:.3f} |",
             "",
-            "salt-minion for comparison: the Salt documentation gives no memory figure for the "
-            "minion; reports in Salt's issue tracker give "
+            "salt-minion, from Salt's issue tracker (its documentation gives no figure): "
             + "; ".join(f"{text} ({url})" for text, url in SALT_REPORTS)
-            + f". Ours idle is {a['idle_again_rss']:.0f} MiB "
+            + f". Ours: {a['idle_again_rss']:.0f} MiB idle "
             f"({75.7 / a['idle_again_rss']:.1f}x less than the first report's 75.7 MiB), "
-            f"{a['after_rss']:.0f} MiB while its supervisor is up (runs, and "
-            f"{a['supervisor_idle']:g} s after the last one).",
+            f"{a['after_rss']:.0f} MiB while its supervisor is up.",
             "",
             f"- idle agent RSS <= {TARGETS['agent_rss_mib']} MiB: "
             f"{_verdict(a['idle_again_rss'] <= TARGETS['agent_rss_mib'])} — "
