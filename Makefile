@@ -42,7 +42,7 @@ check: $(STAMP)
 	$(VENV)/bin/mypy easytask
 
 bench: $(STAMP)
-	$(PY) bench/all.py
+	$(PY) -m bench.all
 
 clean:
 	rm -rf $(VENV) .easytask build dist

@@ -1,6 +1,6 @@
 """Many real agents in one process: each its own key, its own reverse SSH link, real commands.
 
-    python bench/agentsim.py --server 127.0.0.1:8022 --count 500 --prefix sim --state-dir DIR \
+    python -m bench.agentsim --server 127.0.0.1:8022 --count 500 --prefix sim --state-dir DIR \
         [--enroll TOKEN] [--group GROUP]
 
 Agents are named PREFIX0001..PREFIXNNNN.  Used by the fan-out benchmark; each agent is the same

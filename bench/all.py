@@ -1,6 +1,6 @@
 """Every benchmark in sequence, each writing its own report (what `make bench` runs).
 
-    .venv/bin/python bench/all.py [--only fanout,console,roundtrip,ingest,footprint,cluster] [--quick]
+    .venv/bin/python -m bench.all [--only fanout,console,roundtrip,ingest,footprint,cluster] [--quick]
         [--dry-run]
 
 Each benchmark runs with its defaults and `--write`: fanout, roundtrip, ingest, footprint and
@@ -16,9 +16,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
+from tests.support import REPO
+
 ORDER = ["fanout", "console", "roundtrip", "ingest", "footprint", "cluster"]
 
 
@@ -27,7 +27,7 @@ def commands(only: Sequence[str], quick: bool) -> list[list[str]]:
     for name in ORDER:
         if name not in only:
             continue
-        args = [sys.executable, str(BENCH / f"{name}.py")]
+        args = [sys.executable, "-m", f"bench.{name}"]
         if quick:
             args.append("--quick")
         elif name != "console":  # console writes bench/results/console.md by default
@@ -48,17 +48,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"--only: choose from {', '.join(ORDER)}")
     failed = []
     for cmd in commands(only, args.quick):
-        shown = " ".join([f"bench/{Path(cmd[1]).name}", *cmd[2:]])
+        name = cmd[2].removeprefix("bench.")
+        shown = " ".join(["python", *cmd[1:]])
         print(f"== {shown}", flush=True)
         if args.dry_run:
             continue
         t0 = time.monotonic()
-        code = subprocess.run(cmd, check=False).returncode
-        print(
-            f"== {Path(cmd[1]).stem}: exit {code} after {time.monotonic() - t0:.0f} s", flush=True
-        )
+        code = subprocess.run(cmd, check=False, cwd=REPO).returncode
+        print(f"== {name}: exit {code} after {time.monotonic() - t0:.0f} s", flush=True)
         if code != 0:
-            failed.append(Path(cmd[1]).stem)
+            failed.append(name)
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
         return 1

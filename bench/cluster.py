@@ -1,6 +1,6 @@
 """Servers sharing one PostgreSQL: run throughput on one and two servers, log ingest on both backends.
 
-    .venv/bin/python bench/cluster.py [--runs 10000] [--agents 20] [--slots 16] [--lines 1000000]
+    .venv/bin/python -m bench.cluster [--runs 10000] [--agents 20] [--slots 16] [--lines 1000000]
         [--command 'echo x'] [--no-sqlite] [--no-real-ingest] [--fast-pg] [--py-spy PATH]
         [--profile-dir DIR] [--profile-seconds 20] [--quick] [--write] [--json FILE] [--workdir DIR]
 
@@ -17,8 +17,8 @@ Ingest: `Store.write_lines` fed the same N rows in the log writer's batches on S
 the temp dir) and PostgreSQL; and the real path, one real `easytask agent` printing `seq 1 N`
 through a server on each backend, timed from POST /api/jobs until the job's final event.
 
-PostgreSQL is a throwaway cluster (tests/pg.py) with PostgreSQL's own defaults for fsync, commits
-and buffers; `--fast-pg` uses the tests' settings instead (fsync and synchronous_commit off).
+PostgreSQL is a throwaway cluster (tests/support/pg.py) with PostgreSQL's own defaults for fsync,
+commits and buffers; `--fast-pg` uses the tests' settings instead (fsync and synchronous_commit off).
 """
 
 from __future__ import annotations
@@ -35,30 +35,27 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
-sys.path.insert(1, str(BENCH.parent))  # tests/pg.py: the throwaway PostgreSQL
-
-from common import (  # noqa: E402  (the bench directory is not a package)
+from bench.common import (
     CLK_TCK,
-    REPO,
-    Proc,
-    Procs,
-    Server,
     busy_since,
     conditions_lines,
     cpu_counters,
-    exit_on_sigterm,
     load_average,
     raise_nofile,
-    report,
+    run,
     start_agent,
+    start_agentsim,
+    start_server,
     wait_job_events,
+)
+from bench.ingest import BATCH, store_alone
+from tests.support import (
+    Proc,
+    Procs,
+    ServerHandle,
     wait_until,
 )
-from ingest import BATCH, rows_for  # noqa: E402
 
-DOC = REPO / "docs" / "benchmarks.md"
 GROUP = "cl"
 FINAL = ("success", "failed", "terminated", "unreachable", "skipped")
 
@@ -164,7 +161,9 @@ SETUPS = [
 ]
 
 
-def start_servers(root: Path, setup: Setup, pg: Any, procs: Procs) -> tuple[list[Server], str]:
+def start_servers(
+    root: Path, setup: Setup, pg: Any, procs: Procs
+) -> tuple[list[ServerHandle], str]:
     """The set-up's servers (a second one gets the first one's agent key) and the database URL."""
     inventory = root / "inventory.ini"
     inventory.write_text("")
@@ -175,19 +174,19 @@ def start_servers(root: Path, setup: Setup, pg: Any, procs: Procs) -> tuple[list
     else:
         url = f"sqlite:///{first_state / 'easytask.db'}"
         extra = []
-    servers = [Server(first_state, inventory, procs, *extra)]
+    servers = [start_server(first_state, inventory, procs, *extra)]
     if setup.servers == 2:
         second_state = root / f"{setup.key}-b"
         second_state.mkdir(parents=True)
         # servers sharing a database share the key agents pin
         for name in ("client_key", "client_key.pub"):
             shutil.copy(first_state / name, second_state / name)
-        servers.append(Server(second_state, inventory, procs, *extra))
+        servers.append(start_server(second_state, inventory, procs, *extra))
     return servers, url
 
 
 def start_simulators(
-    root: Path, setup: Setup, servers: list[Server], args: argparse.Namespace, procs: Procs
+    root: Path, setup: Setup, servers: list[ServerHandle], args: argparse.Namespace, procs: Procs
 ) -> list[Proc]:
     """Two agentsim processes of AGENTS/2 agents each; simulator i on server i mod servers."""
     half = args.agents // 2
@@ -196,27 +195,17 @@ def start_simulators(
         server = servers[i % len(servers)]
         token = server.post("/api/agents/tokens", {"uses": count, "ttl": "1h"})["token"]
         sims.append(
-            procs.start(
-                [
-                    sys.executable,
-                    str(BENCH / "agentsim.py"),
-                    "--server",
-                    server.agents_addr,
-                    "--count",
-                    str(count),
-                    "--prefix",
-                    f"{'ab'[i]}{setup.key}-",
-                    "--state-dir",
-                    str(root / f"{setup.key}-sim{i}"),
-                    "--enroll",
-                    token,
-                    "--group",
-                    GROUP,
-                    "--slots",
-                    str(args.slots),
-                ],
+            start_agentsim(
+                procs,
+                server,
+                count,
+                f"{'ab'[i]}{setup.key}-",
+                GROUP,
+                token,
+                root / f"{setup.key}-sim{i}",
                 root / f"{setup.key}-sim{i}.log",
-                cwd=root,
+                "--slots",
+                str(args.slots),
             )
         )
 
@@ -230,7 +219,7 @@ def start_simulators(
     return sims
 
 
-def submit(server: Server, command: str, agents: int) -> int:
+def submit(server: ServerHandle, command: str, agents: int) -> int:
     resp = server.http.post("/api/jobs", json={"pattern": GROUP, "command": command})
     resp.raise_for_status()
     body = resp.json()
@@ -240,7 +229,7 @@ def submit(server: Server, command: str, agents: int) -> int:
 
 
 def profile_servers(
-    args: argparse.Namespace, setup: Setup, servers: list[Server], procs: Procs
+    args: argparse.Namespace, setup: Setup, servers: list[ServerHandle], procs: Procs
 ) -> list[Proc]:
     """py-spy on every server from the first submission on, in collapsed-stack files."""
     if not args.py_spy:
@@ -416,26 +405,6 @@ def throughput(root: Path, setup: Setup, args: argparse.Namespace, pg: Any) -> d
 # -- log ingest -----------------------------------------------------------------------------------------
 
 
-def store_alone(url: str, n: int) -> dict[str, Any]:
-    """Store.write_lines fed N rows in the log writer's batches."""
-    from easytask.store.db import Store
-    from easytask.store.models import Job, Run
-
-    store = Store(url)
-    try:
-        store.create_schema()
-        _, (run,) = store.create_job(Job(command="seq"), [Run(host="h", command="seq")])
-        assert run.id is not None
-        batches = list(rows_for(run.id, n))
-        t0 = time.perf_counter()
-        for batch in batches:
-            store.write_lines(batch)
-        elapsed = time.perf_counter() - t0
-    finally:
-        store.close()
-    return {"lines": n, "seconds": elapsed, "rate": n / elapsed}
-
-
 def real_ingest(root: Path, n: int, backend: str, pg: Any) -> dict[str, Any]:
     """One real agent printing `seq 1 N` through a server on the backend."""
     procs = Procs()
@@ -446,10 +415,10 @@ def real_ingest(root: Path, n: int, backend: str, pg: Any) -> dict[str, Any]:
         state = root / f"ingest-{backend}"
         if backend == "postgresql":
             url = pg.new_database()
-            server = Server(state, inventory, procs, "--db", url)
+            server = start_server(state, inventory, procs, "--db", url)
         else:
             url = f"sqlite:///{state / 'easytask.db'}"
-            server = Server(state, inventory, procs)
+            server = start_server(state, inventory, procs)
         start_agent(server, f"ing-{backend}", root / f"ingest-agent-{backend}", procs)
         warm = submit_one(server, f"ing-{backend}", "true")
         wait_job_events(server.http, warm)
@@ -475,7 +444,7 @@ def real_ingest(root: Path, n: int, backend: str, pg: Any) -> dict[str, Any]:
         procs.stop_all()
 
 
-def submit_one(server: Server, pattern: str, command: str) -> int:
+def submit_one(server: ServerHandle, pattern: str, command: str) -> int:
     return int(server.post("/api/jobs", {"pattern": pattern, "command": command})["job"]["id"])
 
 
@@ -483,7 +452,7 @@ def submit_one(server: Server, pattern: str, command: str) -> int:
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    from tests.pg import PostgresCluster
+    from tests.support import PostgresCluster
 
     raise_nofile()
     root = Path(tempfile.mkdtemp(prefix="eclu-", dir=args.workdir or "/tmp"))
@@ -624,22 +593,17 @@ def details(rec: dict[str, Any]) -> list[str]:
     any_setup = next(iter(t.values()))
     out = [
         f"- Throughput: {any_setup['runs']:,} runs of `{rec['command']}` as {any_setup['jobs']} "
-        f"jobs of {rec['agents']} runs (pattern `{GROUP}`: one run per agent), {rec['agents']} "
-        f"agents in two `bench/agentsim.py` processes, {rec['slots']} slots per agent (so up "
-        f"to {rec['agents'] * rec['slots']} runs at once: the agents' slots are not what limits "
-        "the rate). Timed from the first `POST /api/jobs` until every job is final in the "
-        "database; every run ended `success`. Server CPU is per server; agents CPU is both "
-        "simulators with their supervisors and shells; CPUs busy counts every process on the "
-        "machine over the timed span.",
+        f"jobs of {rec['agents']} runs (one per agent), {rec['agents']} agents of "
+        f"{rec['slots']} slots (up to {rec['agents'] * rec['slots']} runs at once). Server CPU "
+        "is per server; CPUs busy counts every process on the machine.",
     ]
     r = ratio(rec)
     if r is not None:
         split = " and ".join(f"{n:,}" for n in t["pg2"]["runs_by_server"])
         out.append(
             f"- Two servers / one server on PostgreSQL: **{r:.2f}x** "
-            f"({t['pg2']['rate']:,.0f} against {t['pg1']['rate']:,.0f} runs/s). With two "
-            f"servers, the runs were executed {split} by the two servers (a run goes to the "
-            "server holding its agent; submissions alternated between the servers)."
+            f"({t['pg2']['rate']:,.0f} against {t['pg1']['rate']:,.0f} runs/s); the two "
+            f"servers executed {split} runs (each its own agents')."
         )
     per_run = "; ".join(
         f"{r['label']}: server {sum(r['server_cpu']) / r['runs'] * 1000:.1f} ms"
@@ -654,10 +618,8 @@ def details(rec: dict[str, Any]) -> list[str]:
     out.append(f"- CPU time per run (all servers together): {per_run}.")
     tail = ", ".join(f"{r['seconds'] - r['submit_seconds']:.1f} s" for r in t.values())
     out.append(
-        f"- The last job was final {tail} after the last submission returned: the runs kept up "
-        "with the submissions, so each figure is the rate at which the server(s) took jobs of "
-        f"{rec['agents']} runs ({args_submitters(rec)} clients submitting at once) while running "
-        "the earlier ones."
+        f"- The last job was final {tail} after the last submission returned "
+        f"({args_submitters(rec)} clients submitting at once)."
     )
     for r in t.values():
         for name, prof in r.get("profiles", {}).items():
@@ -666,46 +628,35 @@ def details(rec: dict[str, Any]) -> list[str]:
                 f"- py-spy, server {name} ({prof['samples']} samples), most self time: {own}"
             )
     pg_mode = (
-        "PostgreSQL's own defaults for fsync, synchronous_commit and shared_buffers"
+        "its default durability"
         if rec["postgres"] == "durable"
-        else "fsync, synchronous_commit and full_page_writes off (tests/pg.py's settings)"
+        else "fsync, synchronous_commit and full_page_writes off"
     )
     out.append(
-        f"- Ingest: N = {rec['lines']:,} lines in batches of {rec['batch']:,} (the log writer's "
-        f"batch); SQLite is a file in the temp dir (WAL, synchronous=NORMAL, with the FTS5 "
-        f"index); PostgreSQL is a local throwaway cluster on the same disk with {pg_mode} "
-        "(COPY, with the trigram index). The real path is timed from `POST /api/jobs` until the "
-        "job's final event, and every line is then counted in the database."
+        f"- Ingest: N = {rec['lines']:,} lines in batches of {rec['batch']:,}; SQLite with WAL "
+        f"and FTS5, PostgreSQL ({pg_mode}) with COPY and the trigram index. The real path is "
+        "timed until the job's final event."
     )
     return out
 
 
 INTRO = """\
 `bench/cluster.py` measures what a second server on the same PostgreSQL database buys, and what
-PostgreSQL costs against SQLite for log ingest, in one run:
+PostgreSQL costs against SQLite for log ingest:
 
-- **throughput**: 10,000 short runs (`echo x`) submitted over the API as 500 jobs of 20 runs
-  (pattern matching all 20 agents), timed from the first submission until every job is final;
-  one server on SQLite (reference), one server on PostgreSQL, and two servers on the same
-  PostgreSQL database with submissions alternating between them. The same 20 agents every time:
-  two `bench/agentsim.py` processes of 10 agents, both on the one server, or one on each server.
-  Every run must end `success`, or the benchmark fails.
-- **ingest**: `Store.write_lines` fed the same N rows in the log writer's batches on SQLite and on
-  PostgreSQL, and the real path: one real `easytask agent` printing `seq 1 N` through a server on
-  each backend, from `POST /api/jobs` to the job's final event.
+- **throughput**: 10,000 runs of `echo x` as 500 jobs of 20 runs on the same 20 agents, timed
+  until every job is final: one server on SQLite, one on PostgreSQL, and two on the same
+  PostgreSQL database with submissions alternating. Every run must succeed.
+- **ingest**: `Store.write_lines` alone and a real agent's `seq 1 N`, on each backend.
 
-PostgreSQL is a throwaway local cluster (`tests/pg.py`, `initdb` and `pg_ctl` as the `postgres`
-user) with PostgreSQL's default durability. Run it with `.venv/bin/python bench/cluster.py
---write`; `--quick` submits 1,000 runs and ingests 100,000 lines.
-
-**Read with care:** this machine has 2 CPUs. Both servers, PostgreSQL, the 20 agents with their
-shells and the benchmark share them (and other work on the machine), so the second server adds
-no CPU: the figure shows the cost of sharing the work, not the gain of a second host."""
+PostgreSQL is a throwaway local cluster (`tests/support/pg.py`) with its default durability. Run
+it with `.venv/bin/python -m bench.cluster --write`; `--quick` submits 1,000 runs and ingests
+100,000 lines. This machine has 2 CPUs shared by everything: a second server adds work, not CPUs."""
 
 
 def block(rec: dict[str, Any]) -> str:
     lines = conditions_lines(
-        ["bench/cluster.py", *rec["argv"]], rec["when"], rec["load_before"], rec["load_after"]
+        ["-m", "bench.cluster", *rec["argv"]], rec["when"], rec["load_before"], rec["load_after"]
     )
     lines += [*details(rec), "", tables(rec, markdown=True)]
     return "\n".join(lines)
@@ -751,19 +702,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    exit_on_sigterm()
-    rec = measure(args)
-    return report(
-        rec,
-        args,
-        table_text=tables(rec, markdown=False),
-        notes=details(rec),
-        doc=DOC,
-        section=("cluster", "Several servers on one PostgreSQL", INTRO),
-        block=block(rec),
-        say=say,
-    )
+    section = ("cluster", "Several servers on one PostgreSQL", INTRO)
+    return run(argv, parse_args, measure, tables, details, block, section, say)
 
 
 if __name__ == "__main__":

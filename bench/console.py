@@ -1,6 +1,6 @@
 """Console benchmark: live lines to 50 SSE viewers, a 1,000,000-line run, a 100,000-run history.
 
-    .venv/bin/python bench/console.py [--viewers 50] [--rate 1000] [--seconds 10]
+    .venv/bin/python -m bench.console [--viewers 50] [--rate 1000] [--seconds 10]
         [--viewer-procs 2] [--lines 1000000] [--runs 100000] [--repeat 5] [--no-browser]
         [--variants as-is,nodelay] [--skip live,log,history] [--quiet-below 25] [--quiet-wait 90]
         [--quick] [--results FILE] [--json FILE] [--workdir DIR] [--keep]
@@ -48,19 +48,21 @@ from urllib.parse import urlsplit
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import (  # noqa: E402  (the bench directory is not a package)
-    REPO,
-    Procs,
-    Server,
+from bench.common import (
     busy_since,
     cpu_busy,
     cpu_counters,
-    easytask_cli,
     git_revision,
     machine_info,
     raise_nofile,
+    start_agent,
+    start_server,
+    stop_server,
+)
+from tests.support import (
+    REPO,
+    Procs,
+    ServerHandle,
     wait_until,
 )
 
@@ -160,7 +162,7 @@ def timed(name: str, repeat: int, fn: Callable[[], Any], note: str = "") -> Timi
 # -- the console as a browser without JavaScript sees it ---------------------------------------
 
 
-def signed_in_client(server: Server) -> httpx.Client:
+def signed_in_client(server: ServerHandle) -> httpx.Client:
     """A cookie-keeping client signed in as admin through the login form."""
     password = (server.state_dir / "admin.password").read_text().strip()
     client = httpx.Client(base_url=server.url, timeout=120, follow_redirects=False)
@@ -176,38 +178,8 @@ def signed_in_client(server: Server) -> httpx.Client:
     return client
 
 
-def start_agent(server: Server, procs: Procs, work: Path, name: str) -> None:
-    """A real `easytask agent` connected to the server, enrolled and online."""
-    token = server.post("/api/agents/tokens", {"uses": 1, "ttl": "10m"})["token"]
-    state = work / "agents" / name
-    state.mkdir(parents=True, exist_ok=True)
-    args = [
-        *easytask_cli(),
-        "agent",
-        "--server",
-        server.agents_addr,
-        "--name",
-        name,
-        "--state-dir",
-        str(state),
-        "--keepalive",
-        "1",
-        "--enroll",
-        token,
-    ]
-    procs.start(args, state / "agent.log")
-
-    def online() -> bool:
-        return any(
-            a["name"] == name and a["status"] == "online"
-            for a in server.get("/api/agents")["agents"]
-        )
-
-    wait_until(online, timeout=60, what=f"agent {name} online")
-
-
 def agent_pid(procs: Procs, name: str) -> int:
-    for proc in procs.items:
+    for proc in procs:
         if "agent" in proc.args and name in proc.args:
             return proc.pid
     return 0
@@ -323,7 +295,13 @@ class LiveResult:
 
 
 def bench_live(
-    server: Server, procs: Procs, work: Path, viewers: int, rate: float, seconds: float, nprocs: int
+    server: ServerHandle,
+    procs: Procs,
+    work: Path,
+    viewers: int,
+    rate: float,
+    seconds: float,
+    nprocs: int,
 ) -> LiveResult:
     """One run printing `rate` lines/s for `seconds`, followed by `viewers` SSE clients."""
     printer = work / "printer.py"
@@ -477,7 +455,7 @@ class BigLogResult:
 
 def bench_big_log(
     quiet: Callable[[str], None],
-    server: Server,
+    server: ServerHandle,
     client: httpx.Client,
     lines: int,
     repeat: int,
@@ -545,7 +523,7 @@ def bench_big_log(
 
 
 def browser_first_screen(
-    server: Server, client: httpx.Client, run_id: int, lines: int, repeat: int
+    server: ServerHandle, client: httpx.Client, run_id: int, lines: int, repeat: int
 ) -> Timing | None:
     """Chromium: from navigation to the run page until its last line is on screen."""
     if not Path(CHROMIUM).exists():
@@ -753,7 +731,7 @@ def history_filters(host: str) -> list[tuple[str, dict[str, Any], bool]]:
 
 
 def bench_history(
-    quiet: Callable[[str], None], server: Server, client: httpx.Client, runs: int, repeat: int
+    quiet: Callable[[str], None], server: ServerHandle, client: httpx.Client, runs: int, repeat: int
 ) -> HistoryResult:
     """The runs list (API and page) over `runs` stored runs, with each filter combination."""
     say(f"appending {runs:,} runs with 3 lines each")
@@ -1006,7 +984,7 @@ def render(
 ) -> str:
     out: list[str] = ["# Console benchmark", ""]
     out.append(f"Measured {started:%Y-%m-%d %H:%M} UTC with:")
-    out += ["", "```sh", ".venv/bin/python bench/console.py " + " ".join(args.argv), "```", ""]
+    out += ["", "```sh", ".venv/bin/python -m bench.console " + " ".join(args.argv), "```", ""]
     out.append(
         f"- Machine: {machine['cpus']} CPUs ({machine['cpu_model']}), {machine['memory']} RAM, "
         f"{machine['kernel']}"
@@ -1045,13 +1023,15 @@ def run_variant(args: argparse.Namespace, name: str, work: Path, skip: set[str])
             (site / "sitecustomize.py").write_text(NODELAY_SITECUSTOMIZE)
             os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(site), saved) if p)
         try:
-            server = Server(work / "server", inventory, procs, "--playbooks", str(work / "none"))
+            server = start_server(
+                work / "server", inventory, procs, "--playbooks", str(work / "none")
+            )
         finally:
             if saved is None:
                 os.environ.pop("PYTHONPATH", None)
             else:
                 os.environ["PYTHONPATH"] = saved
-        start_agent(server, procs, work, "live1")
+        start_agent(server, "live1", work / "agents" / "live1", procs, "--keepalive", "1")
 
         current: list[Any] = []  # the step being measured and the CPU counters at its start
 
@@ -1090,7 +1070,7 @@ def run_variant(args: argparse.Namespace, name: str, work: Path, skip: set[str])
             finish_step()
         finally:
             client.close()
-        server.stop()
+        stop_server(server, procs)
     finally:
         procs.stop_all()
     return result

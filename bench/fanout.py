@@ -1,6 +1,6 @@
 """Fan-out benchmark: wall clock of `easytask run PATTERN -a true` against Ansible.
 
-    .venv/bin/python bench/fanout.py [--sizes 10,100,200,500] [--repeat 3] [--ansible-max 200]
+    .venv/bin/python -m bench.fanout [--sizes 10,100,200,500] [--repeat 3] [--ansible-max 200]
         [--ansible-venv /tmp/easytask-bench-ansible] [--no-ansible] [--no-agentless]
         [--quick] [--json FILE] [--write] [--wait-idle SECONDS] [--workdir DIR] [--keep]
 
@@ -31,30 +31,33 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import (  # noqa: E402  (the bench directory is not a package)
-    REPO,
-    SSHD,
-    Procs,
-    Server,
+from bench.common import (
+    DOC,
     busy_since,
     cpu_busy,
     cpu_counters,
-    easytask_cli,
+    dist_version,
     git_revision,
     machine_info,
     openssh_version,
     raise_nofile,
+    shown_python,
+    start_agentsim,
+    start_server,
+    stop_server,
+)
+from tests.support import (
+    SSHD,
+    Procs,
+    ServerHandle,
+    easytask_cli,
     start_sshd,
     wait_until,
 )
 
-DOC = REPO / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- fanout:begin -->", "<!-- fanout:end -->"
 ANSIBLE_FORKS = 50
 IDLE_BUSY = 15.0  # percent of all CPUs; above it the machine counts as busy with other work
@@ -258,12 +261,12 @@ class Bench:
 
     # -- measurements ---------------------------------------------------------------------------
 
-    def time_cli(self, server: Server, pattern: str, n: int) -> float:
+    def time_cli(self, server: ServerHandle, pattern: str, n: int) -> float:
         """Wall clock of the real `easytask run PATTERN -a true`, from start to exit."""
         t0 = time.perf_counter()
         done = subprocess.run(
             [*self.cli, "run", pattern, "-a", "true"],
-            env=server.cli_env(),
+            env=server.env(),
             cwd=server.state_dir,
             capture_output=True,
             text=True,
@@ -278,12 +281,12 @@ class Bench:
     def measure_agentless(self, row: Row) -> None:
         inventory = self.easytask_inventory(row.n)
         for rep in range(self.args.repeat):
-            server = Server(self.root / f"server-ssh-{row.n}-{rep}", inventory, self.procs)
+            server = start_server(self.root / f"server-ssh-{row.n}-{rep}", inventory, self.procs)
             try:
                 row.ssh_cold.append(self.time_cli(server, "plain", row.n))
                 row.ssh_pooled.append(self.time_cli(server, "plain", row.n))
             finally:
-                server.stop()
+                stop_server(server, self.procs)
             say(
                 f"N={row.n} agentless: cold {row.ssh_cold[-1]:.2f}s, pooled {row.ssh_pooled[-1]:.2f}s"
             )
@@ -297,30 +300,22 @@ class Bench:
 
     def measure_agents(self, row: Row) -> None:
         n = row.n
-        server = Server(self.root / f"server-agents-{n}", self.easytask_inventory(0), self.procs)
+        server = start_server(
+            self.root / f"server-agents-{n}", self.easytask_inventory(0), self.procs
+        )
         sim = None
         try:
             token = server.post("/api/agents/tokens", {"uses": n, "ttl": "1h"})["token"]
             t0 = time.perf_counter()
-            sim = self.procs.start(
-                [
-                    sys.executable,
-                    str(REPO / "bench" / "agentsim.py"),
-                    "--server",
-                    server.agents_addr,
-                    "--count",
-                    str(n),
-                    "--prefix",
-                    "sim",
-                    "--state-dir",
-                    str(self.root / f"sim-{n}"),
-                    "--enroll",
-                    token,
-                    "--group",
-                    "sim",
-                ],
+            sim = start_agentsim(
+                self.procs,
+                server,
+                n,
+                "sim",
+                "sim",
+                token,
+                self.root / f"sim-{n}",
                 self.root / f"agentsim-{n}.log",
-                cwd=self.root,
             )
 
             def all_online() -> bool:
@@ -340,7 +335,7 @@ class Bench:
         finally:
             if sim is not None:
                 self.procs.stop(sim)
-            server.stop()
+            stop_server(server, self.procs)
 
     def ansible_run(self, inventory: Path, module: str) -> float:
         assert self.ansible is not None
@@ -649,24 +644,9 @@ def _busy_summary(samples: Sequence[float]) -> str:
     return f"{statistics.median(samples):.0f}% (median) to {max(samples):.0f}% (max)"
 
 
-def _python_shown() -> str:
-    """The interpreter as a user would type it: relative when it is the repo's venv."""
-    exe = Path(sys.executable)
-    try:
-        return str(exe.relative_to(REPO))
-    except ValueError:
-        return "python"
-
-
 def versions(bench: Bench) -> dict[str, str]:
     """Software that shaped the figures."""
-
-    def version(dist: str) -> str:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return "?"
-
+    version = dist_version
     return {
         "python": platform.python_version(),
         "easytask": version("easytask"),
@@ -681,7 +661,7 @@ def record(rows: Sequence[Row], bench: Bench, argv: Sequence[str]) -> dict[str, 
     return {
         "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "argv": list(argv),
-        "python_shown": _python_shown(),
+        "python_shown": shown_python(),
         "machine": machine_info(),
         "versions": versions(bench),
         "revision": bench.revision,
@@ -698,7 +678,7 @@ def measured_block(rec: dict[str, Any]) -> str:
     """The generated part of docs/benchmarks.md."""
     rows = [Row(**r) for r in rec["rows"]]
     m, v = rec["machine"], rec["versions"]
-    command = [rec.get("python_shown", "python"), "bench/fanout.py", *rec["argv"]]
+    command = [rec.get("python_shown", "python"), "-m", "bench.fanout", *rec["argv"]]
     lines = [
         BEGIN,
         f"Measured {rec['when']} with:",
@@ -746,22 +726,18 @@ DOC_HEAD = """\
 
 ## Fan-out: one trivial command on N hosts
 
-`bench/fanout.py` times `easytask run PATTERN -a true` from CLI start to exit (the real CLI as a
-subprocess against a real `easytask server`) and compares it with Ansible on the same machine.
+`bench/fanout.py` times `easytask run PATTERN -a true` from CLI start to exit against a real
+`easytask server`, next to Ansible on the same machine:
 
-- **agents**: N agents in one process (`bench/agentsim.py`), each with its own key and its own
-  reverse SSH link, running real commands; enrolled with one token (`uses: N`).
-- **agentless**: N inventory aliases (`s001`...) of one loopback OpenSSH sshd; first run (the
-  server connects N times) and second run (connections pooled by the server).
-- **asyncssh**: the transport's floor — bare asyncssh over N connections to the same sshd,
-  no HTTP, database or CLI.
-- **Ansible**: `ansible all -m command|raw -a true -f 50` on N aliases (`h001`...) of the same
-  sshd, each with its own ControlPath; cold (no ControlPersist master) and warm (masters alive).
-  Ansible runs from a throwaway venv; sizes above `--ansible-max` (default 200) are skipped.
+- **agents**: N agents in one process (`bench/agentsim.py`), each with its own key and reverse
+  SSH link.
+- **agentless**: N aliases of one loopback sshd; first run (N connections) and second (pooled).
+- **asyncssh**: bare asyncssh over N connections to the same sshd, the transport's floor.
+- **Ansible**: `ansible all -m command|raw -a true -f 50` on N aliases of the same sshd, cold (no
+  ControlPersist master) and warm; sizes above `--ansible-max` (200) are skipped.
 
-Run it with `make bench` or `.venv/bin/python bench/fanout.py --write` (rewrites the measured
-section below; the rest of this page is kept). `--quick` measures N=10 only, without Ansible;
-`--json FILE` saves every sample, and `--report FILE --write` renders a saved run again.
+Run it with `make bench` or `.venv/bin/python -m bench.fanout --write`; `--quick` measures N=10
+without Ansible, `--json FILE` saves the samples and `--report FILE --write` renders them again.
 
 """
 

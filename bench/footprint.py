@@ -1,6 +1,6 @@
 """Footprint: an idle agent, a server with 1,000 idle agents, and a task printing 1 GB.
 
-    .venv/bin/python bench/footprint.py [--parts agent,fleet,output] [--idle 30] [--agents 1000]
+    .venv/bin/python -m bench.footprint [--parts agent,fleet,output] [--idle 30] [--agents 1000]
         [--output-bytes 1073741824] [--quick] [--write] [--json FILE]
 
 - agent: one real `easytask agent` process, idle; resident memory (VmRSS) and CPU used over
@@ -27,14 +27,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import (  # noqa: E402  (the bench directory is not a package)
-    REPO,
-    Procs,
-    Server,
-    children_of,
-    cmdline,
+from bench.common import (
+    DOC,
     conditions_lines,
     exit_on_sigterm,
     load_average,
@@ -43,12 +37,18 @@ from common import (  # noqa: E402  (the bench directory is not a package)
     raise_nofile,
     software_versions,
     start_agent,
+    start_agentsim,
+    start_server,
     wait_job_events,
-    wait_until,
     write_section,
 )
+from tests.support import (
+    Procs,
+    children_of,
+    cmdline,
+    wait_until,
+)
 
-DOC = REPO / "docs" / "benchmarks.md"
 PARTS = {
     "agent": "One idle agent",
     "fleet": "A server with 1,000 idle agents",
@@ -97,7 +97,7 @@ def agent_part(
     try:
         inventory = root / "inventory.ini"
         inventory.write_text("")
-        server = Server(root / "server-agent", inventory, procs)
+        server = start_server(root / "server-agent", inventory, procs)
         agent = start_agent(
             server,
             "idle1",
@@ -153,31 +153,21 @@ def fleet_part(root: Path, count: int, idle: float, settle: float) -> dict[str, 
     try:
         inventory = root / "inventory.ini"
         inventory.write_text("")
-        server = Server(root / "server-fleet", inventory, procs)
+        server = start_server(root / "server-fleet", inventory, procs)
         rss_empty = mib(proc_rss_kib(server.proc.pid))
         token = server.post("/api/agents/tokens", {"uses": count, "ttl": "1h"})["token"]
         t0 = time.perf_counter()
-        sim = procs.start(
-            [
-                sys.executable,
-                str(REPO / "bench" / "agentsim.py"),
-                "--server",
-                server.agents_addr,
-                "--count",
-                str(count),
-                "--prefix",
-                "idle",
-                "--state-dir",
-                str(root / "sim"),
-                "--enroll",
-                token,
-                "--group",
-                "idle",
-                "--keepalive",
-                "15",  # the `easytask agent` default
-            ],
+        sim = start_agentsim(
+            procs,
+            server,
+            count,
+            "idle",
+            "idle",
+            token,
+            root / "sim",
             root / "agentsim.log",
-            cwd=root,
+            "--keepalive",
+            "15",  # the `easytask agent` default
         )
 
         def all_online() -> bool:
@@ -218,7 +208,7 @@ def output_part(root: Path, size: int) -> dict[str, Any]:
     try:
         inventory = root / "inventory.ini"
         inventory.write_text("")
-        server = Server(root / "server-output", inventory, procs, "--output-limit", "32M")
+        server = start_server(root / "server-output", inventory, procs, "--output-limit", "32M")
         start_agent(server, "huge1", root / "agent-huge1", procs, "--spool-cap", "2G")
         rss0 = mib(proc_rss_kib(server.proc.pid))
         hwm0 = mib(proc_rss_kib(server.proc.pid, "VmHWM"))
@@ -295,13 +285,11 @@ def report(rec: dict[str, Any], only: str | None = None) -> list[str]:
             f"| agent, {a['supervisor_idle']:g} s after the run (supervisor exited) | "
             f"{a['idle_again_rss']:.1f} | {a['idle_again_cpu']:.3f} |",
             "",
-            "salt-minion for comparison: the Salt documentation gives no memory figure for the "
-            "minion; reports in Salt's issue tracker give "
+            "salt-minion, from Salt's issue tracker (its documentation gives no figure): "
             + "; ".join(f"{text} ({url})" for text, url in SALT_REPORTS)
-            + f". Ours idle is {a['idle_again_rss']:.0f} MiB "
+            + f". Ours: {a['idle_again_rss']:.0f} MiB idle "
             f"({75.7 / a['idle_again_rss']:.1f}x less than the first report's 75.7 MiB), "
-            f"{a['after_rss']:.0f} MiB while its supervisor is up (runs, and "
-            f"{a['supervisor_idle']:g} s after the last one).",
+            f"{a['after_rss']:.0f} MiB while its supervisor is up.",
             "",
             f"- idle agent RSS <= {TARGETS['agent_rss_mib']} MiB: "
             f"{_verdict(a['idle_again_rss'] <= TARGETS['agent_rss_mib'])} — "
@@ -352,21 +340,17 @@ def report(rec: dict[str, Any], only: str | None = None) -> list[str]:
 
 
 INTRO = """\
-`bench/footprint.py` measures what EasyTask costs while it waits, and the server's memory under
-a flood of output:
+`bench/footprint.py` measures what EasyTask costs while it waits, and the server's memory under a
+flood of output:
 
-- **agent**: one real `easytask agent` process, idle: resident memory (VmRSS) and the CPU time it
-  used (utime + stime from `/proc/PID/stat`) over 30 s, before any run, after one run while its
-  supervisor process (started by the first run) is up too, and after the supervisor exited
-  (60 s without runs, the agent's `--supervisor-idle` default);
-- **fleet**: one real server with 1,000 agents connected (`bench/agentsim.py`: one process, each
-  agent its own key and reverse SSH link), the open-file limit raised; the server's RSS and CPU over
-  30 s of idle keepalives;
-- **output**: one task on a real agent prints 1 GB; the server's peak RSS (VmHWM), as
-  `tests/test_reliability.py` checks it.
+- **agent**: one idle `easytask agent`: RSS and CPU over 30 s, before any run, with its
+  supervisor up after a run, and after the supervisor exited (`--supervisor-idle`, 60 s).
+- **fleet**: a server with 1,000 simulated agents connected: its RSS and CPU over 30 s of idle
+  keepalives.
+- **output**: one task prints 1 GB; the server's peak RSS (VmHWM).
 
-Run it with `.venv/bin/python bench/footprint.py --write` (`--parts agent,fleet,output` picks
-parts; each part has its own section, the others are kept); `--quick` uses 1 s windows, 20 agents and 10 MB of output."""
+Run it with `.venv/bin/python -m bench.footprint --write` (`--parts agent,fleet,output` picks
+parts, each with its own section); `--quick` uses 1 s windows, 20 agents and 10 MB of output."""
 
 
 def write_doc(rec: dict[str, Any]) -> None:
@@ -384,7 +368,7 @@ def write_doc(rec: dict[str, Any]) -> None:
         if part in rec:
             r = rec[part]
             lines = conditions_lines(
-                ["bench/footprint.py", *rec["argv"]],
+                ["-m", "bench.footprint", *rec["argv"]],
                 rec["when"],
                 r.get("load_before", rec["load_before"]),
                 r.get("load_after", rec["load_after"]),

@@ -1,6 +1,6 @@
 """Sustained log ingest on SQLite: a real agent printing N lines, against raw sqlite3 inserts.
 
-    .venv/bin/python bench/ingest.py [--lines 2000000] [--quick] [--write] [--json FILE]
+    .venv/bin/python -m bench.ingest [--lines 2000000] [--quick] [--write] [--json FILE]
 
 Three figures, all on the same disk (the temp dir):
 - real path: one real `easytask agent` runs `seq 1 N`; lines go agent spool -> reverse SSH ->
@@ -24,22 +24,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import (  # noqa: E402  (the bench directory is not a package)
-    REPO,
-    Procs,
-    Server,
+from bench.common import (
     conditions_lines,
-    exit_on_sigterm,
     load_average,
     proc_cpu_seconds,
-    report,
+    run,
     start_agent,
+    start_server,
     wait_job_events,
 )
+from tests.support import (
+    Procs,
+)
 
-DOC = REPO / "docs" / "benchmarks.md"
 TARGET_RATE = 100_000  # lines/s through the real path
 TARGET_SEARCH = 1.0  # seconds from the command's end until its last line is found
 BATCH = 2000  # LogWriter's default batch
@@ -65,7 +62,7 @@ def real_path(root: Path, n: int) -> dict[str, Any]:
     try:
         inventory = root / "inventory.ini"
         inventory.write_text("")
-        server = Server(root / "server", inventory, procs)
+        server = start_server(root / "server", inventory, procs)
         agent = start_agent(server, "ingest1", root / "agent", procs)
         http = server.http
         warm = http.post("/api/jobs", json={"pattern": "ingest1", "command": "true"}).json()
@@ -111,11 +108,12 @@ def real_path(root: Path, n: int) -> dict[str, Any]:
         procs.stop_all()
 
 
-def store_alone(root: Path, n: int) -> dict[str, Any]:
+def store_alone(url: str, n: int) -> dict[str, Any]:
+    """Store.write_lines fed N rows in the log writer's batches."""
     from easytask.store.db import Store
     from easytask.store.models import Job, Run
 
-    store = Store(f"sqlite:///{root / 'store.db'}")
+    store = Store(url)
     try:
         store.create_schema()
         _, (run,) = store.create_job(Job(command="seq"), [Run(host="h", command="seq")])
@@ -186,7 +184,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         say(f"real path: seq 1 {args.lines} on one agent")
         real = real_path(root, args.lines)
         say(f"real path: {real['rate']:,.0f} lines/s")
-        alone = store_alone(root, args.lines)
+        alone = store_alone(f"sqlite:///{root / 'store.db'}", args.lines)
         say(f"Store.write_lines alone: {alone['rate']:,.0f} lines/s")
         raw = {}
         for variant, _ in RAW:
@@ -275,25 +273,21 @@ def verdicts(rec: dict[str, Any]) -> list[str]:
 
 
 INTRO = """\
-`bench/ingest.py` measures how fast printed lines become stored and searchable on SQLite, and
-compares that with raw `sqlite3` inserts on the same disk in the same run:
+`bench/ingest.py` measures how fast printed lines become stored and searchable on SQLite, next to
+raw `sqlite3` inserts on the same disk:
 
-- **real path**: one real `easytask agent` runs `seq 1 N`; the lines go through its spool, the
-  reverse SSH link, the server and its log writer into SQLite (`log_line` and the full-text
-  index). Timed from `POST /api/jobs` until `GET /api/runs/ID/search?q=N` has found the last line;
-  that search is sent as soon as the job's final event arrives.
-- **`Store.write_lines` alone**: the store's batch insert, called directly with the same rows in
-  batches of 2,000 (the log writer's batch).
-- **raw sqlite3**: `executemany` in the same batches and the same WAL mode into a table with the
-  same columns and indexes, with and without an FTS5 index like the store's (external content,
-  `columnsize=0`), and into a bare table.
+- **real path**: a real agent runs `seq 1 N`; timed from `POST /api/jobs` until a search finds
+  the last line.
+- **`Store.write_lines` alone**: the same rows in the log writer's batches of 2,000.
+- **raw sqlite3**: `executemany` in the same batches into the same table and indexes, with and
+  without the FTS5 index, and into a bare table.
 
-Run it with `.venv/bin/python bench/ingest.py --write`; `--quick` prints 20,000 lines."""
+Run it with `.venv/bin/python -m bench.ingest --write`; `--quick` prints 20,000 lines."""
 
 
 def block(rec: dict[str, Any]) -> str:
     lines = conditions_lines(
-        ["bench/ingest.py", *rec["argv"]], rec["when"], rec["load_before"], rec["load_after"]
+        ["-m", "bench.ingest", *rec["argv"]], rec["when"], rec["load_before"], rec["load_after"]
     )
     lines += [*details(rec), "", table(rec, markdown=True), "", "Targets:", "", *verdicts(rec)]
     return "\n".join(lines)
@@ -316,18 +310,16 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    exit_on_sigterm()
-    rec = measure(args)
-    return report(
-        rec,
-        args,
-        table_text=table(rec, markdown=False),
-        notes=details(rec) + verdicts(rec),
-        doc=DOC,
-        section=("ingest", "Log ingest on SQLite", INTRO),
-        block=block(rec),
-        say=say,
+    section = ("ingest", "Log ingest on SQLite", INTRO)
+    return run(
+        argv,
+        parse_args,
+        measure,
+        table,
+        lambda rec: details(rec) + verdicts(rec),
+        block,
+        section,
+        say,
     )
 
 

@@ -1,6 +1,6 @@
 """Fan-out against pyinfra: `pyinfra INVENTORY exec -- true` next to `easytask run plain -a true`.
 
-    .venv/bin/python bench/pyinfra_fanout.py [--sizes 10,100] [--repeat 1]
+    .venv/bin/python -m bench.pyinfra_fanout [--sizes 10,100] [--repeat 1]
         [--pyinfra-venv /tmp/pyinfra-venv] [--quick] [--write] [--json FILE]
 
 N inventory aliases of one loopback OpenSSH sshd for both tools, measured in the same run, from
@@ -25,22 +25,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common import (  # noqa: E402  (the bench directory is not a package)
-    REPO,
+from bench.common import (
+    conditions_lines,
+    load_average,
+    run,
+    start_server,
+    stop_server,
+)
+from tests.support import (
     SSHD,
     Procs,
-    Server,
-    conditions_lines,
+    ServerHandle,
     easytask_cli,
-    exit_on_sigterm,
-    load_average,
-    report,
     start_sshd,
 )
-
-DOC = REPO / "docs" / "benchmarks.md"
 
 
 def say(text: str) -> None:
@@ -95,11 +93,11 @@ def inventories(root: Path, sshd: SSHD, n: int) -> tuple[Path, Path]:
     return ini_path, py_path
 
 
-def time_easytask(server: Server, n: int) -> float:
+def time_easytask(server: ServerHandle, n: int) -> float:
     t0 = time.perf_counter()
     done = subprocess.run(
         [*easytask_cli(), "run", "plain", "-a", "true"],
-        env=server.cli_env(),
+        env=server.env(),
         capture_output=True,
         text=True,
         timeout=900,
@@ -150,12 +148,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             ini, py = inventories(root, sshd, n)
             row: dict[str, Any] = {"n": n, "cold": [], "pooled": [], "pyinfra": []}
             for rep in range(args.repeat):
-                server = Server(root / f"server-{n}-{rep}", ini, procs)
+                server = start_server(root / f"server-{n}-{rep}", ini, procs)
                 try:
                     row["cold"].append(time_easytask(server, n))
                     row["pooled"].append(time_easytask(server, n))
                 finally:
-                    server.stop()
+                    stop_server(server, procs)
                 row["pyinfra"].append(time_pyinfra(exe, py, root, n))
                 say(
                     f"N={n}: easytask cold {row['cold'][-1]:.2f}s, pooled {row['pooled'][-1]:.2f}s,"
@@ -209,19 +207,17 @@ def table(rec: dict[str, Any], markdown: bool) -> str:
 
 
 INTRO = """\
-`bench/pyinfra_fanout.py` times `pyinfra INVENTORY exec -- true` (pyinfra from a throwaway venv,
-`-y`, its defaults otherwise) on N aliases of one loopback sshd, next to
-`easytask run plain -a true` on the same N aliases in the same run, each from process start to
-exit: EasyTask's first run (the server connects N times) and its second (connections pooled).
-pyinfra connects to every host on each run, so its figure compares with EasyTask's first run.
+`bench/pyinfra_fanout.py` times `pyinfra INVENTORY exec -- true` next to `easytask run plain -a
+true` (first run and pooled) on the same N aliases of one loopback sshd, from process start to
+exit. pyinfra connects on every run, so compare it with EasyTask's first run.
 
-Run it with `.venv/bin/python bench/pyinfra_fanout.py --write` (not part of `make bench`: it
-needs pyinfra, which it installs into `/tmp/pyinfra-venv` when missing)."""
+Run it with `.venv/bin/python -m bench.pyinfra_fanout --write` (not in `make bench`: it installs
+pyinfra into `/tmp/pyinfra-venv` when missing)."""
 
 
 def block(rec: dict[str, Any]) -> str:
     lines = conditions_lines(
-        ["bench/pyinfra_fanout.py", *rec["argv"]],
+        ["-m", "bench.pyinfra_fanout", *rec["argv"]],
         rec["when"],
         rec["load_before"],
         rec["load_after"],
@@ -254,19 +250,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    exit_on_sigterm()
-    rec = measure(args)
-    return report(
-        rec,
-        args,
-        table_text=table(rec, markdown=False),
-        notes=[],
-        doc=DOC,
-        section=("pyinfra", "Fan-out against pyinfra", INTRO),
-        block=block(rec),
-        say=say,
-    )
+    section = ("pyinfra", "Fan-out against pyinfra", INTRO)
+    return run(argv, parse_args, measure, table, lambda rec: [], block, section, say)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-import pwd
-import shutil
-import subprocess
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,10 +10,17 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import Proc, ServerHandle, easytask_cmd, free_port, wait_until
-from tests.pg import PostgresCluster
-
-SSHD_BIN = shutil.which("sshd") or "/usr/sbin/sshd"
+from tests.support import (
+    SSHD,
+    SSHD_BIN,
+    PostgresCluster,
+    Proc,
+    Procs,
+    ServerHandle,
+    launch_agent,
+    launch_server,
+    start_sshd,
+)
 
 # EASYTASK_TEST_DB=postgres: every server a test starts gets its own PostgreSQL database.
 TEST_DB = os.environ.get("EASYTASK_TEST_DB", "sqlite")
@@ -35,12 +39,11 @@ def postgres() -> Iterator[PostgresCluster]:
 
 
 @pytest.fixture
-def procs() -> Iterator[list[Proc]]:
+def procs() -> Iterator[Procs]:
     """Every process a test starts; all are stopped (by process group) at teardown."""
-    started: list[Proc] = []
+    started = Procs()
     yield started
-    for proc in reversed(started):
-        proc.stop()
+    started.stop_all()
 
 
 ServerFactory = Callable[..., ServerHandle]
@@ -48,7 +51,7 @@ ServerFactory = Callable[..., ServerHandle]
 
 @pytest.fixture
 def start_server(
-    tmp_path: Path, procs: list[Proc], request: pytest.FixtureRequest
+    tmp_path: Path, procs: Procs, request: pytest.FixtureRequest
 ) -> Iterator[ServerFactory]:
     """Start a real `easytask server` with its own state dir on free loopback ports.
 
@@ -67,18 +70,9 @@ def start_server(
         agents: str = "127.0.0.1:0",
     ) -> ServerHandle:
         state = state_dir or tmp_path / f"server{len(handles)}"
-        state.mkdir(parents=True, exist_ok=True)
-        info = state / "server.json"
-        if info.exists():
-            info.unlink()
-        args = easytask_cmd(
-            "server",
-            "--state-dir",
-            str(state),
+        options = [
             "--agents",
             agents,
-            "--http",
-            "127.0.0.1:0",
             "--keepalive",
             keepalive,
             "--keepalive-count",
@@ -90,17 +84,13 @@ def start_server(
                 if "--playbooks" in extra
                 else (*extra, "--playbooks", str(tmp_path / "no-playbooks"))
             ),
-        )
+        ]
         if TEST_DB == "postgres" and "--db" not in extra:
             if state not in databases:
                 databases[state] = request.getfixturevalue("postgres").new_database()
-            args += ["--db", databases[state]]
-        proc = Proc(args, state / "server.log")
-        procs.append(proc)
-        wait_until(lambda: info.exists() or not proc.alive(), timeout=60, what="server start")
-        assert proc.alive(), proc.output()
+            options += ["--db", databases[state]]
         db_url = next((extra[i + 1] for i, a in enumerate(extra[:-1]) if a == "--db"), None)
-        handle = ServerHandle(proc, state, db_url or databases.get(state))
+        handle = launch_server(procs, state, *options, db_url=db_url or databases.get(state))
         handles.append(handle)
         return handle
 
@@ -113,7 +103,7 @@ AgentFactory = Callable[..., Proc]
 
 
 @pytest.fixture
-def start_agent(tmp_path: Path, procs: list[Proc]) -> AgentFactory:
+def start_agent(tmp_path: Path, procs: Procs) -> AgentFactory:
     """Start a real `easytask agent` process connected to a server."""
 
     def start(
@@ -125,109 +115,20 @@ def start_agent(tmp_path: Path, procs: list[Proc]) -> AgentFactory:
         wait: bool = True,
     ) -> Proc:
         state = state_dir or tmp_path / "agents" / name
-        state.mkdir(parents=True, exist_ok=True)
-        args = easytask_cmd(
-            "agent",
-            "--server",
-            server.agents_addr,
-            "--name",
-            name,
-            "--state-dir",
-            str(state),
-            "--keepalive",
-            "1",
-            "--backoff-max",
-            "1",
-            *extra,
+        options = ("--keepalive", "1", "--backoff-max", "1", *extra)
+        return launch_agent(
+            procs, server, name, state, *options, enroll=enroll, wait=wait, timeout=40
         )
-        if enroll:
-            token = server.post("/api/agents/tokens", {"uses": 1, "ttl": "10m"})["token"]
-            args += ["--enroll", token]
-        proc = Proc(args, state / "agent.log")
-        procs.append(proc)
-        if wait:
-            wait_until(
-                lambda: server.agent_status(name) == "online",
-                timeout=40,
-                what=f"agent {name} online",
-            )
-        return proc
 
     return start
 
 
-class SSHD:
-    """A real OpenSSH sshd on a loopback port, with a client key and a known_hosts file."""
-
-    def __init__(self, root: Path, port: int, proc: Proc) -> None:
-        self.root = root
-        self.port = port
-        self.proc = proc
-        self.client_key = root / "client_key"
-        self.known_hosts = root / "known_hosts"
-        self.user = pwd.getpwuid(os.getuid()).pw_name
-
-    def host_vars(self) -> str:
-        """INI host-line variables that reach this sshd."""
-        return (
-            f"ansible_host=127.0.0.1 ansible_port={self.port} ansible_user={self.user} "
-            f"ansible_ssh_private_key_file={self.client_key} easytask_connection=ssh "
-            f"easytask_known_hosts={self.known_hosts}"
-        )
-
-
 @pytest.fixture
-def sshd(tmp_path: Path, procs: list[Proc]) -> SSHD:
-    """Start sshd with its own config, host key and authorized key; UsePAM no, StrictModes no."""
+def sshd(tmp_path: Path, procs: Procs) -> SSHD:
+    """A real sshd on loopback for this test (tests.support.sshd)."""
     if not Path(SSHD_BIN).exists():
         pytest.fail("sshd is missing: `make test` installs openssh-server")
-    root = tmp_path / "sshd"
-    root.mkdir()
-    home = root / "home"
-    home.mkdir()
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / "host_key")], check=True
-    )
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / "client_key")], check=True
-    )
-    (root / "authorized_keys").write_text((root / "client_key.pub").read_text())
-    port = free_port()
-    config = root / "sshd_config"
-    config.write_text(
-        textwrap.dedent(f"""\
-        Port {port}
-        ListenAddress 127.0.0.1
-        HostKey {root / "host_key"}
-        AuthorizedKeysFile {root / "authorized_keys"}
-        PidFile {root / "sshd.pid"}
-        UsePAM no
-        StrictModes no
-        PasswordAuthentication no
-        KbdInteractiveAuthentication no
-        PubkeyAuthentication yes
-        PermitRootLogin yes
-        SetEnv HOME={home}
-        MaxStartups 200:30:400
-        MaxSessions 200
-        LogLevel ERROR
-        Subsystem sftp internal-sftp
-        """)
-    )
-    Path("/run/sshd").mkdir(exist_ok=True)
-    proc = Proc([SSHD_BIN, "-D", "-e", "-f", str(config)], root / "sshd.log")
-    procs.append(proc)
-    host_pub = (root / "host_key.pub").read_text().split()
-    (root / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
-
-    def listening() -> bool:
-        import socket
-
-        with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", port)) == 0
-
-    wait_until(listening, timeout=10, what="sshd listening")
-    return SSHD(root, port, proc)
+    return start_sshd(tmp_path / "sshd", procs)
 
 
 def write(path: Path, text: str) -> Path:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SSHD, AgentFactory, ServerFactory, write
-from tests.helpers import wait_until
+from tests.conftest import AgentFactory, ServerFactory, write
+from tests.support import SSHD, wait_until
 
 
 @pytest.fixture
@@ -211,7 +211,7 @@ def test_ctrl_c_terminates_remote_commands(fleet) -> None:
     import signal
     import subprocess
 
-    from tests.helpers import easytask_cmd
+    from tests.support import easytask_cmd
 
     proc = subprocess.Popen(
         easytask_cmd("run", "web1,plain1", "-a", "echo begun; sleep 60"),

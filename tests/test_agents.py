@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import AgentFactory, ServerFactory
-from tests.helpers import wait_until
+from tests.support import children_of, cmdline, wait_until
 
 
 def test_agent_enrolled_by_token_comes_online(
@@ -153,19 +153,7 @@ def test_run_one_picks_least_busy_and_slots_are_respected(
 
 def _supervisors_of(pid: int) -> list[int]:
     """Child processes of `pid` that are agent supervisors."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        ppid = int(stat.rpartition(")")[2].split()[1])
-        if ppid == pid and b"easytask.agent.supervisor" in cmdline:
-            found.append(int(entry.name))
-    return found
+    return [child for child in children_of(pid) if "easytask.agent.supervisor" in cmdline(child)]
 
 
 def test_idle_supervisor_exits_and_the_next_run_starts_a_new_one(

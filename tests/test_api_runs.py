@@ -10,7 +10,7 @@ import pytest
 
 from tests.browser.support import Browserless, add_user, admin_password
 from tests.conftest import AgentFactory, ServerFactory, write
-from tests.helpers import ServerHandle
+from tests.support import ServerHandle
 
 RUN_ROW = re.compile(r'<tr data-run="(\d+)">')
 

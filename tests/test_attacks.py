@@ -9,7 +9,7 @@ import pytest
 
 from tests.browser.support import Browserless, admin_password
 from tests.conftest import AgentFactory, ServerFactory
-from tests.helpers import ServerHandle, db_execute
+from tests.support import ServerHandle, db_execute
 
 # Tables whose contents a refused request must leave alone (the audit log may note refusals).
 WATCHED = ("job", "run", "runevent", "log_line", "user", "apitoken", "schedule", "agent")

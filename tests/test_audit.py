@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.conftest import AgentFactory, ServerFactory
-from tests.helpers import ServerHandle, db_execute, wait_until
+from tests.support import ServerHandle, db_execute, wait_until
 
 
 @pytest.fixture

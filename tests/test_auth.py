@@ -16,7 +16,7 @@ from easytask.web.app import routes
 from easytask.web.auth import SessionAuth
 from tests.browser.support import COOKIE, Browserless, add_user, admin_password, session_payload
 from tests.conftest import ServerFactory
-from tests.helpers import ServerHandle, db_execute
+from tests.support import ServerHandle, db_execute
 
 SAMPLE_PARAMS = {"run_id": "1", "job_id": "1", "name": "web1", "action": "accept"}
 PUBLIC = {

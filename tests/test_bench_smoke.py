@@ -11,7 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO
+from tests.support import REPO
+
+
+def _bench(module: str, *args: str) -> list[str]:
+    """The command that runs `python -m bench.MODULE ARGS`."""
+    return [sys.executable, "-m", f"bench.{module}", *args]
+
+
+def _bench_env() -> dict[str, str]:
+    """The environment a benchmark runs in from another directory: the repo on the path."""
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": str(REPO) + (os.pathsep + path if path else "")}
 
 
 def _processes_mentioning(text: str) -> list[str]:
@@ -33,9 +44,8 @@ def test_fanout_quick_prints_a_row_and_leaves_nothing_running(tmp_path: Path) ->
     """`fanout.py --quick --sizes 5 --no-ansible` exits 0, prints N=5 with a positive time, cleans up."""
     work = tmp_path / "work"
     result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "bench" / "fanout.py"),
+        _bench(
+            "fanout",
             "--quick",
             "--sizes",
             "5",
@@ -44,11 +54,12 @@ def test_fanout_quick_prints_a_row_and_leaves_nothing_running(tmp_path: Path) ->
             str(work),
             "--json",
             str(tmp_path / "fanout.json"),
-        ],
+        ),
         capture_output=True,
         text=True,
         timeout=110,
         cwd=tmp_path,
+        env=_bench_env(),
     )
     assert result.returncode == 0, result.stdout + result.stderr
     row = re.search(r"^\s*5\s+(\d+\.\d+)\s", result.stdout, re.M)
@@ -62,25 +73,25 @@ def test_fanout_quick_prints_a_row_and_leaves_nothing_running(tmp_path: Path) ->
 
 
 def _run_quick(script: str, tmp_path: Path, *extra: str) -> tuple[str, dict]:
-    """Run `bench/SCRIPT --quick` in a fresh work dir; its stdout and its --json record."""
+    """Run `python -m bench.SCRIPT --quick` in a fresh work dir; its stdout and its --json record."""
     work = tmp_path / "work"
     work.mkdir()
     out_json = tmp_path / f"{script}.json"
     result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "bench" / script),
+        _bench(
+            script.removesuffix(".py"),
             "--quick",
             "--workdir",
             str(work),
             "--json",
             str(out_json),
             *extra,
-        ],
+        ),
         capture_output=True,
         text=True,
         timeout=180,
         cwd=tmp_path,
+        env=_bench_env(),
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert not _processes_mentioning(str(work))
@@ -155,24 +166,25 @@ def test_cluster_quick_one_and_two_servers_and_both_backends(tmp_path: Path) -> 
 
 
 def test_all_runs_every_benchmark_with_write(tmp_path: Path) -> None:
-    """`make bench` (bench/all.py) runs the six benchmarks in order, each writing its report."""
+    """`make bench` (bench.all) runs the six benchmarks in order, each writing its report."""
     result = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "all.py"), "--dry-run"],
+        _bench("all", "--dry-run"),
         capture_output=True,
         text=True,
         timeout=60,
         cwd=tmp_path,
+        env=_bench_env(),
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
-        "== bench/fanout.py --write",
-        "== bench/console.py",
-        "== bench/roundtrip.py --write",
-        "== bench/ingest.py --write",
-        "== bench/footprint.py --write",
-        "== bench/cluster.py --write",
+        "== python -m bench.fanout --write",
+        "== python -m bench.console",
+        "== python -m bench.roundtrip --write",
+        "== python -m bench.ingest --write",
+        "== python -m bench.footprint --write",
+        "== python -m bench.cluster --write",
     ]
-    assert "bench/all.py" in (REPO / "Makefile").read_text()
+    assert "-m bench.all" in (REPO / "Makefile").read_text()
 
 
 PYINFRA_VENV = Path("/tmp/pyinfra-venv")

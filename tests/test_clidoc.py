@@ -7,7 +7,7 @@ import pytest
 from easytask.cli import build_parser, command_of
 from easytask.clidoc import render
 from easytask.errors import UsageError
-from tests.helpers import REPO
+from tests.support import REPO
 
 
 def test_cli_reference_is_current() -> None:

@@ -14,7 +14,7 @@ import pytest
 from tests.browser.conftest import Console, browser, consoles  # noqa: F401 (fixtures)
 from tests.browser.support import Browserless, add_user, admin_password
 from tests.conftest import AgentFactory, ServerFactory, write
-from tests.helpers import ServerHandle, wait_until
+from tests.support import ServerHandle, wait_until
 
 HELLO = """\
     name: hello

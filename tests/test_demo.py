@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, Proc, easytask_cmd, wait_until
+from tests.support import REPO, Proc, easytask_cmd, wait_until
 
 
 @pytest.mark.slow

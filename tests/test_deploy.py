@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import REPO, Proc, free_port, wait_until
+from tests.support import REPO, Proc, free_port, wait_until
 
 DEPLOY = REPO / "deploy"
 

@@ -18,7 +18,7 @@ import pytest
 from easytask import exports
 from tests.browser.support import Browserless, admin_password
 from tests.conftest import AgentFactory, ServerFactory
-from tests.helpers import ServerHandle
+from tests.support import ServerHandle
 
 FORMULA = '=HYPERLINK("http://evil","x")'
 

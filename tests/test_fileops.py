@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SSHD, AgentFactory, ServerFactory, write
-from tests.helpers import ServerHandle
+from tests.conftest import AgentFactory, ServerFactory, write
+from tests.support import SSHD, ServerHandle
 
 
 @pytest.fixture

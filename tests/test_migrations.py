@@ -18,8 +18,7 @@ from easytask.store.db import Store, make_engine, sqlite_url
 from easytask.store.models import as_utc
 from easytask.store.schema import head_revision, schema_state, upgrade
 from tests.conftest import ServerFactory
-from tests.helpers import db_execute, easytask_cmd, free_port
-from tests.pg import PostgresCluster
+from tests.support import PostgresCluster, db_execute, easytask_cmd, free_port
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 

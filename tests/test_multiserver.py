@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import AgentFactory, ServerFactory, write
-from tests.helpers import ServerHandle, db_execute, free_port, wait_until
-from tests.pg import PostgresCluster
+from tests.support import PostgresCluster, ServerHandle, db_execute, free_port, wait_until
 
 
 @pytest.mark.postgres

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import AgentFactory, ServerFactory
-from tests.helpers import ServerHandle, wait_until
+from tests.support import ServerHandle, wait_until
 
 SECRET = "s3cret-for-the-test"
 

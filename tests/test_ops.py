@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 
 from tests.conftest import AgentFactory, ServerFactory
-from tests.helpers import ServerHandle, wait_until
+from tests.support import ServerHandle, wait_until
 
 
 def _metrics(server: ServerHandle) -> dict[str, float]:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SSHD, AgentFactory, ServerFactory, write
-from tests.helpers import REPO, ServerHandle, wait_until
+from tests.conftest import AgentFactory, ServerFactory, write
+from tests.support import REPO, SSHD, ServerHandle, wait_until
 
 
 @pytest.fixture

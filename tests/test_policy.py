@@ -19,7 +19,7 @@ import asyncssh
 import pytest
 
 from tests.conftest import AgentFactory, ServerFactory, write
-from tests.helpers import Proc, easytask_cmd, free_port, wait_until
+from tests.support import Proc, easytask_cmd, free_port, wait_until
 
 USER = "etrunas"
 

@@ -10,7 +10,7 @@ import pytest
 
 from easytask.agent.spool import spool_keys
 from tests.conftest import AgentFactory, ServerFactory
-from tests.helpers import ServerHandle, free_port, wait_until
+from tests.support import ServerHandle, free_port, wait_until
 
 pytestmark = pytest.mark.chaos
 
@@ -219,7 +219,7 @@ def test_network_partition_then_heal(
     """Link down longer than the keepalive window: unreachable meanwhile; then re-attached, all lines."""
     import sys
 
-    from tests.helpers import Proc
+    from tests.support import Proc
 
     port = free_port()
     server = start_server(agents=f"{netns['host_ip']}:{port}")

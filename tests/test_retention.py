@@ -9,7 +9,7 @@ from typing import Any
 
 from easytask.store.db import is_postgres
 from tests.conftest import AgentFactory, ServerFactory
-from tests.helpers import ServerHandle, db_execute, wait_until
+from tests.support import ServerHandle, db_execute, wait_until
 
 
 def _run(server: ServerHandle, command: str) -> int:

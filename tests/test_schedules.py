@@ -11,7 +11,7 @@ import pytest
 from easytask.scheduler.schedules import Scheduler
 from easytask.store.db import Store, sqlite_url
 from tests.conftest import AgentFactory, ServerFactory, write
-from tests.helpers import wait_until
+from tests.support import wait_until
 
 UTC = UTC
 

@@ -11,7 +11,7 @@ import pytest
 from easytask.masking import Masker
 from easytask.playbook import PlaybookErrors, load_playbook
 from tests.conftest import AgentFactory, ServerFactory, write
-from tests.helpers import ServerHandle, db_execute, easytask_cmd, free_port, wait_until
+from tests.support import ServerHandle, db_execute, easytask_cmd, free_port, wait_until
 
 SECRET = "s3cr3t-Value-9f2"
 

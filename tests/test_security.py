@@ -12,7 +12,7 @@ import pytest
 from easytask.config import load_settings
 from tests.browser.support import Browserless, add_user, admin_password
 from tests.conftest import ServerFactory, write
-from tests.helpers import ServerHandle, db_execute, wait_until
+from tests.support import ServerHandle, db_execute, wait_until
 
 
 @pytest.fixture

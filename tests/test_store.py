@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from easytask.store.db import JOB_END, JOB_RUNNING, RunChange, Store, sqlite_url
+from easytask.store.db import Store, sqlite_url
 from easytask.store.models import Job, Run, RunState, WebhookDelivery, as_utc
-from tests.pg import PostgresCluster
+from easytask.store.runs import JOB_END, JOB_RUNNING, RunChange
+from tests.support import PostgresCluster
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from easytask.store import cluster as rows
+from easytask.store import servers as rows
 from easytask.store.db import Store
 from easytask.store.lines import LogRow
 from easytask.store.models import OFFERED, Run, RunState

@@ -21,8 +21,10 @@ from easytask.scheduler.hub import LiveHub
 from easytask.scheduler.logwriter import LogWriter
 from easytask.scheduler.output import DEFAULT_LIMIT, RunOutput
 from easytask.scheduler.runstate import RunStateWriter
-from easytask.store.db import JOB_END, JOB_RUNNING, AuditNote, Store
+from easytask.store.audit import AuditNote
+from easytask.store.db import Store
 from easytask.store.models import OFFERED, Job, Run, RunState, as_utc, utcnow
+from easytask.store.runs import JOB_END, JOB_RUNNING
 from easytask.transport import executor
 from easytask.transport.agentless import SSHPool, SSHTarget, wrap_command
 from easytask.transport.executor import ExecResult
@@ -1000,7 +1002,7 @@ class JobEngine:
 
     async def _unmaskable(self, runs: list[Run]) -> None:
         """A taken-over job whose secrets its stopped server kept: its runs end, never unmasked."""
-        from easytask.store import cluster as rows
+        from easytask.store import servers as rows
 
         for run in runs:
             assert run.id is not None

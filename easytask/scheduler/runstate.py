@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from easytask.store.db import RunChange, Store
+from easytask.store.db import Store
 from easytask.store.models import Job
+from easytask.store.runs import RunChange
 
 
 class RunStateWriter:

@@ -1,13 +1,15 @@
-"""The audit chain: canonical form of an event, appending, and verification."""
+"""The audit chain: canonical form of an event, appending, verification, and the Store's queries."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, text
+from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 from sqlmodel import select as model_select
 
@@ -110,3 +112,55 @@ def verify(session: Session) -> dict[str, Any]:
         prev_hash, prev_id = event.hash, event.id
         count += 1
     return {"ok": True, "rows": count, "head": prev_hash}
+
+
+@dataclass(slots=True)
+class AuditNote:
+    """An audit event to store with the change it records: who, what, from where, details."""
+
+    actor: str
+    action: str
+    source: str
+    detail: dict[str, Any]
+
+
+class AuditQueries:
+    """The Store's queries on the audit chain (mixed into `Store`)."""
+
+    engine: Engine
+
+    if TYPE_CHECKING:
+
+        def session(self) -> Session: ...
+
+    def audit(self, actor: str, action: str, source: str, detail: dict[str, Any]) -> AuditEvent:
+        """Append an event to the audit chain."""
+        with self.engine.begin() as conn:
+            return append(conn, actor, action, source, detail)
+
+    def audit_events(
+        self,
+        *,
+        since: datetime | None = None,
+        action: str | None = None,
+        actor: str | None = None,
+        before_id: int | None = None,
+        limit: int = 200,
+    ) -> list[AuditEvent]:
+        """Audit events, newest first."""
+        with self.session() as s:
+            q = model_select(AuditEvent)
+            if since is not None:
+                q = q.where(AuditEvent.at >= since)
+            if action:
+                q = q.where(col(AuditEvent.action).startswith(action))
+            if actor:
+                q = q.where(AuditEvent.actor == actor)
+            if before_id is not None:
+                q = q.where(col(AuditEvent.id) < before_id)
+            return list(s.exec(q.order_by(col(AuditEvent.id).desc()).limit(limit)))
+
+    def audit_verify(self) -> dict[str, Any]:
+        """Walk the audit chain (see easytask.store.audit.verify)."""
+        with self.session() as s:
+            return verify(s)

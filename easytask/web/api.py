@@ -34,7 +34,7 @@ from easytask.playbook import PlaybookErrors, load_playbook
 from easytask.scheduler.fileops import FileAction, checksum_command, sha256_file
 from easytask.scheduler.jobs import JobOptions, job_dict, run_dict
 from easytask.scheduler.playbooks import submit_playbook
-from easytask.store.db import AuditNote
+from easytask.store.audit import AuditNote
 from easytask.store.models import AgentState, RunState, User, as_utc
 from easytask.web.runfilter import RunQuery, find_runs, parse_time
 from easytask.web.scope import enforce_scope

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.browser.support import admin_password
-from tests.helpers import ServerHandle
+from tests.support import ServerHandle
 
 CHROMIUM = os.environ.get("EASYTASK_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from tests.helpers import ServerHandle
+from tests.support import ServerHandle
 
 META_CSRF = re.compile(r'<meta name="csrf-token" content="([^"]*)">')
 FIELD_CSRF = re.compile(r'name="csrf" value="([^"]*)"')

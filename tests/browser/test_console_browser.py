@@ -13,8 +13,8 @@ import pytest
 
 from tests.browser.conftest import Console, screenshot
 from tests.conftest import AgentFactory, ServerFactory, write
-from tests.helpers import ServerHandle
-from tests.helpers import wait_until as _wait_until
+from tests.support import ServerHandle
+from tests.support import wait_until as _wait_until
 
 pytestmark = pytest.mark.browser
 

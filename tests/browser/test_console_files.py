@@ -11,7 +11,7 @@ import pytest
 
 from tests.browser.conftest import Console, screenshot
 from tests.conftest import AgentFactory, ServerFactory, write
-from tests.helpers import REPO, ServerHandle
+from tests.support import REPO, ServerHandle
 
 pytestmark = pytest.mark.browser
 

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import free_port
+from tests.support.procs import free_port
 
 # initdb refuses to run as root; the cluster then belongs to this system user.
 PG_USER = "postgres"

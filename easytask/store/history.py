@@ -1,0 +1,188 @@
+"""Past jobs and runs: listing, counting, searching and pruning them; a part of `Store`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import bindparam, func, text
+from sqlmodel import Session, col, select
+
+from easytask.store.models import Job, LogLine, Run, RunState
+
+
+class HistoryQueries:
+    """The Store's queries over many jobs and runs (mixed into `Store`)."""
+
+    is_sqlite: bool
+
+    if TYPE_CHECKING:
+
+        def session(self) -> Session: ...
+
+        def _runs_with_text(self, needle: str) -> Any: ...
+
+    def list_jobs(self, *, states: Sequence[str] | None = None, limit: int = 20) -> list[Job]:
+        """Jobs, newest first, optionally only those in some states."""
+        with self.session() as s:
+            q = select(Job)
+            if states:
+                q = q.where(col(Job.state).in_(list(states)))
+            return list(s.exec(q.order_by(col(Job.id).desc()).limit(limit)))
+
+    def run_state_counts(self) -> dict[str, int]:
+        """How many runs are in each state, over the whole store."""
+        with self.session() as s:
+            q = select(Run.state, func.count()).group_by(col(Run.state))
+            return {state: int(count) for state, count in s.exec(q)}
+
+    def job_state_counts(self, job_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+        """For each job, how many of its runs are in each state."""
+        out: dict[int, dict[str, int]] = {jid: {} for jid in job_ids}
+        if not job_ids:
+            return out
+        with self.session() as s:
+            q = (
+                select(Run.job_id, Run.state, func.count())
+                .where(col(Run.job_id).in_(list(job_ids)))
+                .group_by(col(Run.job_id), col(Run.state))
+            )
+            for job_id, state, count in s.exec(q):
+                out[job_id][state] = int(count)
+        return out
+
+    def find_runs(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        status: Sequence[str] | None = None,
+        host: str | None = None,
+        task: str | None = None,
+        user: str | None = None,
+        text: str | None = None,
+        job_id: int | None = None,
+        before_id: int | None = None,
+        after_id: int | None = None,
+        limit: int = 50,
+    ) -> list[tuple[Run, str]]:
+        """Runs with who submitted them, newest first, keyset-paginated by id (before or after).
+
+        `host` may hold `*`/`?` wildcards; `task` matches the task name or the command; `text`
+        is searched in the output as one phrase (FTS5 on SQLite), so no input is a syntax error.
+        """
+        with self.session() as s:
+            q = select(Run, Job.submitted_by).join(Job, col(Job.id) == col(Run.job_id))
+            if since is not None:
+                q = q.where(Run.created_at >= since)
+            if until is not None:
+                q = q.where(Run.created_at < until)
+            if status:
+                q = q.where(col(Run.state).in_(list(status)))
+            if host:
+                if "*" in host or "?" in host:
+                    pattern = host.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                    pattern = pattern.replace("*", "%").replace("?", "_")
+                    q = q.where(col(Run.host).like(pattern, escape="\\"))
+                else:
+                    q = q.where(Run.host == host)
+            if task:
+                q = q.where(
+                    col(Run.task).icontains(task, autoescape=True)
+                    | col(Run.command).icontains(task, autoescape=True)
+                )
+            if user:
+                q = q.where(Job.submitted_by == user)
+            if job_id is not None:
+                q = q.where(Run.job_id == job_id)
+            if text:
+                q = q.where(col(Run.id).in_(self._runs_with_text(text)))
+            if before_id is not None:
+                q = q.where(col(Run.id) < before_id)
+            if after_id is not None:
+                q = q.where(col(Run.id) > after_id).order_by(col(Run.id)).limit(limit)
+                rows = list(s.exec(q))
+                rows.reverse()
+                return [(run, by) for run, by in rows]
+            q = q.order_by(col(Run.id).desc()).limit(limit)
+            return [(run, by) for run, by in s.exec(q)]
+
+    # -- retention ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _prunable(ok_before: datetime | None, failed_before: datetime | None) -> Any:
+        """Runs that ended before their cutoff: success/skipped by one, failures by the other."""
+        from sqlalchemy import and_, false, or_
+
+        ended = func.coalesce(Run.finished_at, Run.created_at)
+        ok_states = [RunState.SUCCESS, RunState.SKIPPED]
+        failed_states = [RunState.FAILED, RunState.TERMINATED, RunState.UNREACHABLE]
+        conds = []
+        if ok_before is not None:
+            conds.append(and_(col(Run.state).in_(ok_states), ended < ok_before))
+        if failed_before is not None:
+            conds.append(and_(col(Run.state).in_(failed_states), ended < failed_before))
+        return or_(*conds) if conds else false()
+
+    def prune_counts(
+        self, ok_before: datetime | None, failed_before: datetime | None
+    ) -> dict[str, int]:
+        """What a prune would delete: jobs (left without runs), runs and log lines."""
+        from sqlalchemy import not_
+
+        cand = self._prunable(ok_before, failed_before)
+        with self.session() as s:
+            runs = s.exec(select(func.count()).select_from(Run).where(cand)).one()
+            lines = s.exec(
+                select(func.count())
+                .select_from(LogLine)
+                .where(col(LogLine.run_id).in_(select(Run.id).where(cand)))
+            ).one()
+            jobs = s.exec(
+                select(func.count())
+                .select_from(Job)
+                .where(
+                    col(Job.id).in_(select(Run.job_id).where(cand)),
+                    col(Job.id).not_in(select(Run.job_id).where(not_(cand))),
+                )
+            ).one()
+        return {"jobs": int(jobs or 0), "runs": int(runs or 0), "lines": int(lines or 0)}
+
+    def prune_batch(
+        self, ok_before: datetime | None, failed_before: datetime | None, batch: int = 100
+    ) -> dict[str, int]:
+        """Delete up to `batch` prunable runs with their lines, index rows and timeline, in one
+        transaction, then the jobs left without runs. The audit log is never touched."""
+
+        cand = self._prunable(ok_before, failed_before)
+        with self.session() as s:
+            rows = list(
+                s.exec(select(Run.id, Run.job_id).where(cand).order_by(col(Run.id)).limit(batch))
+            )
+            if not rows:
+                return {"jobs": 0, "runs": 0, "lines": 0}
+            run_ids = [int(r[0] or 0) for r in rows]
+            job_ids = sorted({r[1] for r in rows})
+
+            def run(sql: str, ids: list[int]) -> Any:
+                stmt = text(sql).bindparams(bindparam("ids", expanding=True))
+                return s.connection().execute(stmt, {"ids": ids})
+
+            lines = run("SELECT count(*) FROM log_line WHERE run_id IN :ids", run_ids).scalar()
+            if self.is_sqlite:
+                run(
+                    "INSERT INTO log_fts(log_fts, rowid, text) "
+                    "SELECT 'delete', id, text FROM log_line WHERE run_id IN :ids",
+                    run_ids,
+                )
+            run("DELETE FROM log_line WHERE run_id IN :ids", run_ids)
+            run("DELETE FROM runevent WHERE run_id IN :ids", run_ids)
+            run("DELETE FROM run WHERE id IN :ids", run_ids)
+            jobs = run(
+                "DELETE FROM job WHERE id IN :ids "
+                "AND NOT EXISTS (SELECT 1 FROM run WHERE run.job_id = job.id)",
+                job_ids,
+            ).rowcount
+            s.commit()
+        return {"jobs": int(jobs or 0), "runs": len(run_ids), "lines": int(lines or 0)}

@@ -1,0 +1,86 @@
+"""Schedules as stored: their rows and the record of every time one fired; a part of `Store`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlmodel import Session, SQLModel, col, select
+
+from easytask.store.models import Schedule, ScheduleFire, utcnow
+
+M = TypeVar("M", bound=SQLModel)
+
+
+class ScheduleQueries:
+    """The Store's queries on schedules and their fires (mixed into `Store`)."""
+
+    if TYPE_CHECKING:
+
+        def session(self) -> Session: ...
+
+        def _update_named(self, model: type[M], name: str, fields: dict[str, Any]) -> M | None: ...
+
+    def upsert_schedule(self, name: str, path: str, cron: str, tz: str, catch_up: str) -> Schedule:
+        """Create or refresh a schedule from a playbook file; `enabled` is left as it was."""
+        with self.session() as s:
+            row = s.exec(select(Schedule).where(Schedule.name == name)).first()
+            if row is None:
+                row = Schedule(name=name, path=path, cron=cron, tz=tz, catch_up=catch_up)
+            elif (row.path, row.cron, row.tz, row.catch_up) != (path, cron, tz, catch_up):
+                if (row.cron, row.tz) != (cron, tz):
+                    row.next_fire = None  # recomputed from the new expression
+                row.path, row.cron, row.tz, row.catch_up = path, cron, tz, catch_up
+                row.updated_at = utcnow()
+            else:
+                return row
+            s.add(row)
+            s.commit()
+            s.refresh(row)
+            return row
+
+    def list_schedules(self) -> list[Schedule]:
+        """Every schedule, by name."""
+        with self.session() as s:
+            return list(s.exec(select(Schedule).order_by(col(Schedule.name))))
+
+    def update_schedule(self, name: str, **fields: Any) -> Schedule | None:
+        """Change a schedule's fields (enabled, next_fire, last_fire, last_job)."""
+        return self._update_named(Schedule, name, fields)
+
+    def claim_fire(self, schedule_id: int, fire_time: datetime, server: str) -> bool:
+        """Record that a schedule fires for `fire_time`; False if it already did (any server)."""
+        from sqlalchemy.exc import IntegrityError
+
+        with self.session() as s:
+            s.add(ScheduleFire(schedule_id=schedule_id, fire_time=fire_time, server=server))
+            try:
+                s.commit()
+            except IntegrityError:
+                s.rollback()
+                return False
+            return True
+
+    def fires(self, schedule_id: int) -> list[ScheduleFire]:
+        """A schedule's fire records, oldest first."""
+        with self.session() as s:
+            return list(
+                s.exec(
+                    select(ScheduleFire)
+                    .where(ScheduleFire.schedule_id == schedule_id)
+                    .order_by(col(ScheduleFire.fire_time))
+                )
+            )
+
+    def set_fire_job(self, schedule_id: int, fire_time: datetime, job_id: int) -> None:
+        """Link a fire record to the job it started."""
+        with self.session() as s:
+            row = s.exec(
+                select(ScheduleFire).where(
+                    ScheduleFire.schedule_id == schedule_id, ScheduleFire.fire_time == fire_time
+                )
+            ).first()
+            if row is not None:
+                row.job_id = job_id
+                s.add(row)
+                s.commit()
