@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from easytask.cli import build_parser
+from easytask.cli.main import build_parser
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -32,7 +32,7 @@ def render() -> str:
     lines = [
         "# CLI reference",
         "",
-        "Generated from the parser (`python -m easytask.clidoc > docs/cli.md`); a test keeps it",
+        "Generated from the parser (`python -m easytask.cli.doc > docs/cli.md`); a test keeps it",
         "current. Server URL and token come from `--url`/`--token`, `EASYTASK_URL`/`EASYTASK_TOKEN`,",
         "or a config file (`EASYTASK_CONFIG`, `./.easytask/config.toml`, `~/.config/easytask/config.toml`).",
         "",
