@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from easytask.cli.common import duration_arg, size_arg
-from easytask.config import Settings
-from easytask.durations import parse_duration
+from easytask.config import Settings, env_name
 from easytask.errors import UsageError
 from easytask.logs import FORMATS
 
@@ -19,81 +18,131 @@ __all__ = ["add_demo_parser", "add_parsers"]
 def add_parsers(sub: Any) -> None:
     """Register `server` and `agent`."""
     s = sub.add_parser("server", help="run the scheduler: agent listener, API, console")
-    s.add_argument("--state-dir", help="where keys, tokens and the SQLite database live")
-    s.add_argument("--db", help="database URL (default: SQLite in the state dir)")
-    s.add_argument("--agents", help="ADDR:PORT to listen on for agents (default 127.0.0.1:8022)")
-    s.add_argument("--http", help="ADDR:PORT for the API and console (default 127.0.0.1:8080)")
-    s.add_argument("-i", "--inventory", help="inventory file or directory")
-    s.add_argument(
-        "--pending-timeout", type=duration_arg, help="how long a run waits for an offline agent"
+    names: list[str] = []
+
+    def setting(*flags: str, name: str, help: str, **kwargs: Any) -> None:
+        """A server option that is also the setting `name`: EASYTASK_NAME, `name =` in a file."""
+        names.append(name)
+        s.add_argument(*flags, dest=name, help=f"{help} ({env_name(name)})", **kwargs)
+
+    setting("--state-dir", name="state_dir", help="where keys, tokens and the SQLite database live")
+    setting("--db", name="db", help="database URL (default: SQLite in the state dir)")
+    setting(
+        "--agents", name="agents", help="ADDR:PORT to listen on for agents (default 127.0.0.1:8022)"
     )
-    s.add_argument(
-        "--keepalive", type=duration_arg, default=10.0, help="SSH keepalive interval to agents"
+    setting(
+        "--http", name="http", help="ADDR:PORT for the API and console (default 127.0.0.1:8080)"
     )
-    s.add_argument(
-        "--keepalive-count", type=int, default=3, help="missed keepalives before unreachable"
+    setting(
+        "-i",
+        "--inventory",
+        name="inventory",
+        help="inventory file or directory (default inventory)",
     )
-    s.add_argument("--ssh-known-hosts", help="known_hosts file for agentless hosts")
-    s.add_argument(
-        "--reattach-timeout",
+    setting(
+        "--pending-timeout",
+        name="pending_timeout",
         type=duration_arg,
-        default=3600.0,
+        help="how long a run waits for an offline agent (default 60s)",
+    )
+    setting(
+        "--keepalive",
+        name="keepalive_interval",
+        metavar="KEEPALIVE",
+        type=duration_arg,
+        help="SSH keepalive interval to agents (default 10s)",
+    )
+    setting(
+        "--keepalive-count",
+        name="keepalive_count",
+        type=int,
+        help="missed keepalives before unreachable (default 3)",
+    )
+    setting(
+        "--ssh-known-hosts", name="ssh_known_hosts", help="known_hosts file for agentless hosts"
+    )
+    setting(
+        "--reattach-timeout",
+        name="reattach_timeout",
+        type=duration_arg,
         help="how long a started run waits for its lost agent to come back (default 1h)",
     )
-    s.add_argument(
+    setting(
         "--server-timeout",
+        name="server_timeout",
         type=duration_arg,
-        default=15.0,
         help="servers sharing a PostgreSQL database: silence after which another server takes "
         "over a server's work (default 15s; heartbeats every 1/5 of it)",
     )
-    s.add_argument(
-        "--playbooks", help="directory whose playbooks with `schedule:` fire (default playbooks/)"
+    setting(
+        "--playbooks",
+        name="playbooks",
+        help="directory whose playbooks with `schedule:` fire (default playbooks/)",
     )
-    s.add_argument(
+    setting(
         "--output-limit",
+        name="output_limit",
         type=size_arg,
-        default=256 << 20,
         help="stored output per run, head and tail kept (default 256M; 0 = no limit)",
     )
-    s.add_argument(
+    setting(
         "--log-format",
+        name="log_format",
         choices=FORMATS,
-        help="text, or json: one object per line (EASYTASK_LOG_FORMAT)",
+        help="text, or json: one object per line",
     )
-    s.add_argument("--public-url", help="the console's URL as users reach it (EASYTASK_PUBLIC_URL)")
-    s.add_argument("--notify-url", help="webhook called when a job finishes (EASYTASK_NOTIFY_URL)")
-    s.add_argument(
+    setting("--public-url", name="public_url", help="the console's URL as users reach it")
+    setting("--notify-url", name="notify_url", help="webhook called when a job finishes")
+    setting(
         "--notify-events",
+        name="notify_events",
         choices=("all", "failed"),
-        help="which finished jobs call --notify-url (default all; EASYTASK_NOTIFY_EVENTS)",
+        help="which finished jobs call --notify-url (default all)",
     )
-    s.add_argument(
+    setting(
+        "--notify-secret",
+        name="notify_secret",
+        metavar="KEY",
+        help="HMAC key that signs webhook calls (default: generated in the state dir); "
+        "a flag shows in `ps`, prefer the variable or the config file",
+    )
+    setting(
+        "--metrics-token",
+        name="metrics_token",
+        metavar="TOKEN",
+        help="a bearer token good for /metrics only; a flag shows in `ps`, prefer the variable "
+        "or the config file",
+    )
+    setting(
         "--upload-limit",
+        name="upload_limit",
         type=size_arg,
-        default=1 << 30,
         help="largest file a copy or script may upload (default 1G)",
     )
-    s.add_argument(
-        "--retention", help="delete successful runs older than this, e.g. 90d (default: keep)"
+    setting(
+        "--retention",
+        name="retention",
+        help="delete successful runs older than this, e.g. 90d (default: keep)",
     )
-    s.add_argument(
+    setting(
         "--retention-failed",
+        name="retention_failed",
         help="delete failed runs older than this, e.g. 365d (default: as --retention)",
     )
-    s.add_argument(
+    setting(
         "--trusted-proxy",
+        name="trusted_proxy",
         metavar="ADDR",
-        help="believe X-Forwarded-For/-Proto only from this reverse proxy address "
-        "(EASYTASK_TRUSTED_PROXY); by default the client address is the TCP peer",
+        help="believe X-Forwarded-For/-Proto only from this reverse proxy address; by default "
+        "the client address is the TCP peer",
     )
-    s.add_argument(
+    setting(
         "--prune-interval",
+        name="prune_interval",
         type=duration_arg,
-        default=3600.0,
         help="how often to prune (default 1h)",
     )
-    s.set_defaults(func=cmd_server)
+    s.set_defaults(func=cmd_server, settings_from=tuple(names))
 
     a = sub.add_parser("agent", help="run a resident agent that dials out to a server")
     a.add_argument(
@@ -167,7 +216,7 @@ def add_parsers(sub: Any) -> None:
         choices=FORMATS,
         help="text, or json: one object per line (EASYTASK_LOG_FORMAT)",
     )
-    a.set_defaults(func=cmd_agent)
+    a.set_defaults(func=cmd_agent, settings_from=("log_format",))
 
 
 def add_demo_parser(sub: Any) -> None:
@@ -180,52 +229,12 @@ def add_demo_parser(sub: Any) -> None:
 
 
 def cmd_server(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    from easytask.server import ServerConfig, serve
-
-    config = ServerConfig(
-        state_dir=Path(args.state_dir or settings.state_dir),
-        db=args.db or settings.db,
-        agents=args.agents or settings.agents,
-        http=args.http or settings.http,
-        inventory=args.inventory or settings.inventory,
-        pending_timeout=args.pending_timeout
-        if args.pending_timeout is not None
-        else settings.pending_timeout,
-        keepalive_interval=args.keepalive,
-        keepalive_count=args.keepalive_count,
-        ssh_known_hosts=args.ssh_known_hosts,
-        reattach_timeout=args.reattach_timeout,
-        server_timeout=args.server_timeout,
-        output_limit=args.output_limit,
-        upload_limit=args.upload_limit,
-        playbooks=args.playbooks or "playbooks",
-        public_url=args.public_url or settings.public_url,
-        notify_url=args.notify_url or settings.notify_url,
-        notify_events=args.notify_events or settings.notify_events,
-        notify_secret=settings.notify_secret,
-        metrics_token=settings.metrics_token,
-        retention=_optional_duration("retention", args.retention or settings.retention),
-        retention_failed=_optional_duration(
-            "retention_failed", args.retention_failed or settings.retention_failed
-        ),
-        prune_interval=args.prune_interval,
-        trusted_proxy=args.trusted_proxy or os.environ.get("EASYTASK_TRUSTED_PROXY") or None,
-    )
+    """`easytask server`: every option is a setting, resolved into `settings` already."""
     import asyncio  # the server and the agent only: other commands start faster without it
 
-    return asyncio.run(serve(config))
+    from easytask.server import serve
 
-
-def _optional_duration(name: str, value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        seconds = parse_duration(value)
-    except ValueError as exc:
-        raise UsageError(f"{name}: {exc}") from exc
-    if seconds <= 0:
-        raise UsageError(f"{name} must be positive")
-    return seconds
+    return asyncio.run(serve(settings))
 
 
 def _allow_file(path: str | None) -> list[str]:

@@ -378,7 +378,7 @@ def cmd_play(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     playbook = load_playbook(args.playbook)
     extra = parse_extra_vars(args.extra_vars)
     if args.check:
-        inventory = load_inventory(args.inventory or settings.inventory)
+        inventory = load_inventory(args.inventory or settings.inventory or [])
         plan = plan_playbook(playbook, inventory, extra_vars=extra, limit=args.limit)
         checked = check_playbook(plan)
         out.write(dumps_check(checked) if args.format == "json" else format_check(plan, checked))

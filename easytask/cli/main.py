@@ -114,9 +114,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
                 raise UsageError(f"unexpected arguments after --: {' '.join(rest)}")
             args.script_args = rest
         setup_logging("text", args.verbose)
-        settings = load_settings(
-            {"url": args.url, "token": args.token, "log_format": getattr(args, "log_format", None)}
-        )
+        # the command's options that are settings too (see `settings_from`) beat the rest
+        names = ("url", "token", *getattr(args, "settings_from", ()))
+        settings = load_settings({name: getattr(args, name) for name in names})
         if settings.log_format != "text":
             setup_logging(settings.log_format, args.verbose)
         return int(args.func(args, settings, out))
