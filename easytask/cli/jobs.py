@@ -103,7 +103,14 @@ def add_parsers(sub: Any) -> None:
         action="store_true",
         help="validate, render and print the plan; run nothing (no server needed)",
     )
-    pl.add_argument("-i", "--inventory", help="inventory for --check (default: settings)")
+    pl.add_argument(
+        "-i",
+        "--inventory",
+        action="append",
+        metavar="PATH",
+        help="inventory for --check, repeatable (default from settings); a run without --check "
+        "uses the server's inventory (`easytask server -i`)",
+    )
     pl.add_argument("--format", choices=("text", "json"), default="text")
     pl.set_defaults(func=cmd_play)
 
@@ -374,11 +381,16 @@ def cmd_play(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     )
     from easytask.playbook import load_playbook
 
+    if args.inventory and not args.check:
+        raise UsageError(
+            "play: -i/--inventory is only read with --check; a playbook runs on the server's "
+            "inventory (set it with `easytask server -i`)"
+        )
     started = time.monotonic()
     playbook = load_playbook(args.playbook)
     extra = parse_extra_vars(args.extra_vars)
     if args.check:
-        inventory = load_inventory(args.inventory or settings.inventory or [])
+        inventory = load_inventory(args.inventory or [settings.inventory or "inventory"])
         plan = plan_playbook(playbook, inventory, extra_vars=extra, limit=args.limit)
         checked = check_playbook(plan)
         out.write(dumps_check(checked) if args.format == "json" else format_check(plan, checked))

@@ -1,0 +1,81 @@
+"""The command line without a server: argument forms, usage errors, output formats."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from easytask.cli import main
+from easytask.cli import manage as cli_manage
+
+PLAYBOOK = """\
+name: hello
+hosts: all
+tasks:
+  - name: say
+    command: echo hi {{ inventory_hostname }}
+"""
+
+
+class FakeClient:
+    """Answers the few API calls these commands make; records them."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, Any]] = []
+
+    def get(self, path: str, **params: Any) -> Any:
+        self.calls.append(("GET", path, params))
+        if path.endswith("/log"):
+            return {"lines": [{"stream": "stdout", "text": "hello", "seq": 1}]}
+        return {"run": {"id": 7, "job": 3, "host": "web1", "state": "success"}}
+
+    def post(self, path: str, body: Any = None) -> Any:
+        self.calls.append(("POST", path, body))
+        if path == "/api/agents/tokens":
+            return {"token": "et_enroll", "uses": 1, "expires_at": None}
+        return {"killed": 2}
+
+
+@pytest.fixture
+def client(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeClient:
+    fake = FakeClient()
+    monkeypatch.setattr(cli_manage, "api_client", lambda settings: fake)
+    monkeypatch.setenv("EASYTASK_CONFIG", str(tmp_path / "none.toml"))
+    (tmp_path / "none.toml").write_text("")
+    return fake
+
+
+def run(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    return main(list(argv), out), out.getvalue()
+
+
+def _two_inventories(tmp_path: Path) -> tuple[Path, Path, Path]:
+    (tmp_path / "a.ini").write_text("alpha1\n")
+    (tmp_path / "b.ini").write_text("beta1\n")
+    playbook = tmp_path / "hello.yml"
+    playbook.write_text(PLAYBOOK)
+    return tmp_path / "a.ini", tmp_path / "b.ini", playbook
+
+
+def test_play_check_reads_every_inventory(client: FakeClient, tmp_path: Path) -> None:
+    """`play --check -i A -i B` plans on the hosts of both."""
+    a, b, playbook = _two_inventories(tmp_path)
+    code, out = run("play", str(playbook), "--check", "-i", str(a), "-i", str(b))
+    assert code == 0, out
+    assert "echo hi alpha1" in out
+    assert "echo hi beta1" in out
+
+
+def test_play_inventory_without_check_is_a_usage_error(
+    client: FakeClient, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run uses the server's inventory: -i without --check says so instead of being ignored."""
+    a, _, playbook = _two_inventories(tmp_path)
+    code, _ = run("play", str(playbook), "-i", str(a))
+    assert code == 2
+    assert "-i/--inventory is only read with --check" in capsys.readouterr().err
+    assert client.calls == []
