@@ -53,6 +53,28 @@ def run(*argv: str) -> tuple[int, str]:
     return main(list(argv), out), out.getvalue()
 
 
+@pytest.mark.parametrize("target", ["7", "run:7", "r7", "RUN:7"])
+def test_logs_takes_a_run_as_kill_does(client: FakeClient, target: str) -> None:
+    """`logs run:7` is accepted like `kill run:7`."""
+    assert run("logs", target) == (0, "hello\n")
+    assert ("GET", "/api/runs/7/log", {"level": None, "grep": None}) in client.calls
+
+
+def test_logs_refuses_a_job(client: FakeClient, capsys: pytest.CaptureFixture[str]) -> None:
+    """A job is not a run: a usage error, nothing asked of the server."""
+    assert run("logs", "job:3")[0] == 2
+    assert "is not RUN or run:N" in capsys.readouterr().err
+    assert client.calls == []
+
+
+@pytest.mark.parametrize(
+    ("target", "path"), [("run:7", "/api/runs/7/kill"), ("j3", "/api/jobs/3/kill")]
+)
+def test_kill_targets(client: FakeClient, target: str, path: str) -> None:
+    assert run("kill", target)[0] == 0
+    assert client.calls[0][:2] == ("POST", path)
+
+
 def _two_inventories(tmp_path: Path) -> tuple[Path, Path, Path]:
     (tmp_path / "a.ini").write_text("alpha1\n")
     (tmp_path / "b.ini").write_text("beta1\n")

@@ -38,7 +38,7 @@ def add_parsers(sub: Any) -> None:
     rs.set_defaults(func=cmd_runs)
 
     lg = sub.add_parser("logs", help="print a run's output")
-    lg.add_argument("run", type=int)
+    lg.add_argument("run", type=run_number, help="the run: N or run:N")
     lg.add_argument("-f", "--follow", action="store_true", help="keep printing while it runs")
     lg.add_argument("--level", help="DEBUG, INFO, WARN, ERROR (comma list)")
     lg.add_argument("--grep", help="only lines containing this text")
@@ -141,15 +141,32 @@ def cmd_logs(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     return EXIT_OK
 
 
-def cmd_kill(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    target = args.target.strip().lower()
+def parse_target(text: str) -> tuple[str, int] | None:
+    """`N`, `run:N`, `rN` -> ("run", N); `job:N`, `jN` -> ("job", N); None if neither."""
+    target = text.strip().lower()
     kind, _, number = target.rpartition(":")
-    if not kind and target[:1] in "rj" and target[1:].isdigit():
+    if not kind and target[:1] in ("r", "j") and target[1:].isdigit():
         kind, number = target[0], target[1:]
     if not number.isdigit() or kind not in ("", "run", "r", "job", "j"):
+        return None
+    return ("job" if kind in ("job", "j") else "run"), int(number)
+
+
+def run_number(text: str) -> int:
+    """A run as `logs` takes it: N or run:N (as `kill` does)."""
+    target = parse_target(text)
+    if target is None or target[0] != "run":
+        raise argparse.ArgumentTypeError(f"{text!r} is not RUN or run:N")
+    return target[1]
+
+
+def cmd_kill(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    target = parse_target(args.target)
+    if target is None:
         raise UsageError(f"kill: {args.target!r} is not RUN, run:N or job:N")
+    kind, number = target
     client = api_client(settings)
-    if kind in ("job", "j"):
+    if kind == "job":
         data = client.post(f"/api/jobs/{number}/kill")
         out.write(f"job {number}: asked {data['killed']} run(s) to terminate\n")
     else:
