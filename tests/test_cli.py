@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,24 @@ def test_logs_refuses_a_job(client: FakeClient, capsys: pytest.CaptureFixture[st
 def test_kill_targets(client: FakeClient, target: str, path: str) -> None:
     assert run("kill", target)[0] == 0
     assert client.calls[0][:2] == ("POST", path)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["agents", "token", "--format", "json"],
+        ["agents", "--format", "json", "token"],
+    ],
+)
+def test_agents_token_as_json(client: FakeClient, argv: list[str]) -> None:
+    """`agents token --format json` prints the token as JSON (the option goes either side)."""
+    code, out = run(*argv)
+    assert code == 0
+    assert json.loads(out)["token"] == "et_enroll"
+
+
+def test_agents_token_as_text(client: FakeClient) -> None:
+    assert run("agents", "token") == (0, "et_enroll\n")
 
 
 def _two_inventories(tmp_path: Path) -> tuple[Path, Path, Path]:

@@ -63,6 +63,8 @@ def add_parsers(sub: Any) -> None:
     t = agsub.add_parser("token", help="create an enrolment token")
     t.add_argument("--uses", type=int, default=1)
     t.add_argument("--ttl", help="lifetime, e.g. 1h")
+    # also after `token` (`agents token --format json`); not given, `agents --format` holds
+    t.add_argument("--format", choices=("text", "json"), default=argparse.SUPPRESS)
     ag.set_defaults(func=cmd_agents)
 
     sc = sub.add_parser(
