@@ -27,8 +27,9 @@ def _setting(default: Any, kind: str = "text", **extra: Any) -> Any:
 class Settings:
     """Every setting of the CLI and the server, resolved once and passed explicitly.
 
-    Each one (but the internal ones) is a command-line flag, an `EASYTASK_<NAME>` environment
-    variable and a `name = value` key in the config file, in that order of precedence.
+    Each one (but the internal ones) is an `EASYTASK_<NAME>` environment variable and a
+    `name = value` key in the config file, and all but the two secrets (notify_secret,
+    metrics_token) a command-line flag too; flag > environment > file > default.
     """
 
     # the CLI

@@ -179,12 +179,18 @@ def test_bad_setting_values_name_the_setting(
 
 
 def test_server_flags_are_settings() -> None:
-    """Each of `easytask server`'s options is a setting of the same name, and every setting but
-    the CLI's own (url, token: global options) is one of them."""
+    """Each of `easytask server`'s options is a setting of the same name, and every setting is
+    one of them but the global options (url, token) and the secrets, kept off the command line
+    (`ps` shows it to every local user)."""
     from easytask.cli.main import build_parser
 
     parser = build_parser("server")
     args = parser.parse_args(["server"])
-    assert set(args.settings_from) == set(setting_names()) - {"url", "token"}
+    assert set(args.settings_from) == set(setting_names()) - {
+        "url",
+        "token",
+        "notify_secret",
+        "metrics_token",
+    }
     given = parser.parse_args(["server", "--upload-limit", "2k", "--keepalive", "5s"])
     assert (given.upload_limit, given.keepalive_interval) == (2048, 5.0)

@@ -100,20 +100,6 @@ def add_parsers(sub: Any) -> None:
         help="which finished jobs call --notify-url (default all)",
     )
     setting(
-        "--notify-secret",
-        name="notify_secret",
-        metavar="KEY",
-        help="HMAC key that signs webhook calls (default: generated in the state dir); "
-        "a flag shows in `ps`, prefer the variable or the config file",
-    )
-    setting(
-        "--metrics-token",
-        name="metrics_token",
-        metavar="TOKEN",
-        help="a bearer token good for /metrics only; a flag shows in `ps`, prefer the variable "
-        "or the config file",
-    )
-    setting(
         "--upload-limit",
         name="upload_limit",
         type=size_arg,

@@ -27,7 +27,10 @@ def add_parsers(subparsers: Any) -> None:
     ):
         x = sub.add_parser(name, help=text, description=text)
         x.add_argument("--db", help="database URL (EASYTASK_DB; default: SQLite in the state dir)")
-        x.add_argument("--state-dir", help="the server's state dir, for its default SQLite file")
+        x.add_argument(
+            "--state-dir",
+            help="the server's state dir, for its default SQLite file (EASYTASK_STATE_DIR)",
+        )
         x.set_defaults(func=cmd_db, settings_from=("db", "state_dir"))
 
 

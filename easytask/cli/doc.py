@@ -35,6 +35,8 @@ def render() -> str:
         "Generated from the parser (`python -m easytask.cli.doc > docs/cli.md`); a test keeps it",
         "current. Server URL and token come from `--url`/`--token`, `EASYTASK_URL`/`EASYTASK_TOKEN`,",
         "or a config file (`EASYTASK_CONFIG`, `./.easytask/config.toml`, `~/.config/easytask/config.toml`).",
+        "Each option followed by `(EASYTASK_NAME)` is a setting: a flag beats that variable, which",
+        "beats the config-file key `name`; all settings are in [operations](operations.md#settings).",
         "",
         "Exit codes: 0 all good, 1 some hosts failed (or were terminated or unreachable), 2 usage,",
         "configuration, inventory, pattern or YAML error, 3 could not start or reach the server,",
