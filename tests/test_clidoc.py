@@ -11,7 +11,7 @@ from tests.helpers import REPO
 
 
 def test_cli_reference_is_current() -> None:
-    """The committed CLI reference equals what the parser prints (regenerate with clidoc)."""
+    """The committed CLI reference equals what the parser prints (regenerate with easytask.cli.doc)."""
     assert (REPO / "docs" / "cli.md").read_text() == render(), (
         "docs/cli.md is stale: run `.venv/bin/python -m easytask.cli.doc > docs/cli.md`"
     )
