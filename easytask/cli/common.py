@@ -17,6 +17,16 @@ FINAL = {"success", "failed", "terminated", "unreachable", "skipped"}
 
 
 class Parser(argparse.ArgumentParser):
+    """The argument parser of every command: usage errors raise, and its subcommands are known
+    (`subcommands`, for the generated reference)."""
+
+    subcommands: dict[str, argparse.ArgumentParser] = {}
+
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        action = super().add_subparsers(**kwargs)
+        self.subcommands = action.choices
+        return action
+
     def error(self, message: str) -> Any:  # usage errors exit 2 through our own path
         command = self.prog.partition(" ")[2]
         raise UsageError(f"{command}: {message}" if command else message)

@@ -7,13 +7,6 @@ import argparse
 from easytask.cli.main import build_parser
 
 
-def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return dict(action.choices)
-    return {}
-
-
 def _section(name: str, parser: argparse.ArgumentParser, depth: int) -> list[str]:
     parser.formatter_class = lambda prog: argparse.HelpFormatter(prog, width=100)
     out = [f"{'#' * depth} `{name}`", ""]
@@ -21,7 +14,7 @@ def _section(name: str, parser: argparse.ArgumentParser, depth: int) -> list[str
     if help_text:
         out += [help_text, ""]
     out += ["```text", parser.format_help().rstrip(), "```", ""]
-    for sub_name, sub in _subparsers(parser).items():
+    for sub_name, sub in getattr(parser, "subcommands", {}).items():
         out += _section(f"{name} {sub_name}", sub, depth + 1)
     return out
 
