@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from easytask.durations import parse_duration, parse_size
 from easytask.errors import ConfigError
 
 CONFIG_ENV = "EASYTASK_CONFIG"
@@ -17,27 +18,61 @@ LOCAL_CONFIG = Path(".easytask") / "config.toml"
 USER_CONFIG = Path("~/.config/easytask/config.toml")
 
 
+def _setting(default: Any, kind: str = "text", **extra: Any) -> Any:
+    """A settings field: `kind` says how a value from the environment or a file is read."""
+    return field(default=default, metadata={"kind": kind, **extra})
+
+
 @dataclass
 class Settings:
-    """Everything a command may need to know, resolved once and passed explicitly."""
+    """Every setting of the CLI and the server, resolved once and passed explicitly.
 
-    inventory: str = "inventory"
-    url: str = "http://127.0.0.1:8080"
-    token: str | None = None
-    state_dir: str = ".easytask/server"
-    db: str | None = None
-    agents: str = "127.0.0.1:8022"
-    http: str = "127.0.0.1:8080"
-    pending_timeout: float = 60.0
-    log_format: str = "text"  # text | json
-    public_url: str | None = None  # the console's address as users reach it (webhook links)
-    notify_url: str | None = None  # webhook called when any job finishes
-    notify_events: str = "all"  # all | failed
-    notify_secret: str | None = None  # HMAC key for X-EasyTask-Signature (default: generated)
-    metrics_token: str | None = None  # a bearer token good for /metrics only
-    retention: str | None = None
-    retention_failed: str | None = None
+    Each one (but the internal ones) is an `EASYTASK_<NAME>` environment variable and a
+    `name = value` key in the config file, and all but the two secrets (notify_secret,
+    metrics_token) a command-line flag too; flag > environment > file > default.
+    """
+
+    # the CLI
+    url: str = _setting("http://127.0.0.1:8080")
+    token: str | None = _setting(None)
+    inventory: str | None = _setting("inventory")
+    log_format: str = _setting("text", "choice", choices=("text", "json"))
+    # the server
+    state_dir: Path = _setting(Path(".easytask/server"), "path")
+    db: str | None = _setting(None)
+    agents: str = _setting("127.0.0.1:8022")
+    http: str = _setting("127.0.0.1:8080")
+    pending_timeout: float = _setting(60.0, "duration")
+    keepalive_interval: float = _setting(10.0, "duration")
+    keepalive_count: int = _setting(3, "count")
+    ssh_known_hosts: str | None = _setting(None)
+    reattach_timeout: float = _setting(3600.0, "duration")
+    server_timeout: float = _setting(15.0, "duration")  # shared database: silence before take-over
+    playbooks: str | None = _setting("playbooks")
+    output_limit: int | None = _setting(256 << 20, "size")  # 0: no limit
+    upload_limit: int = _setting(1 << 30, "size")
+    public_url: str | None = _setting(None)  # the console's address as users reach it
+    notify_url: str | None = _setting(None)  # webhook called when any job finishes
+    notify_events: str = _setting("all", "choice", choices=("all", "failed"))
+    notify_secret: str | None = _setting(None)  # HMAC key for X-EasyTask-Signature
+    metrics_token: str | None = _setting(None)  # a bearer token good for /metrics only
+    retention: float | None = _setting(None, "lifetime")  # seconds a successful run is kept
+    retention_failed: float | None = _setting(None, "lifetime")  # failed runs (None: as retention)
+    prune_interval: float = _setting(3600.0, "duration")
+    trusted_proxy: str | None = _setting(None)  # a reverse proxy whose X-Forwarded-* we believe
+    # not settings: fixed by the code that builds a Settings
+    schedule_interval: float = field(default=1.0, metadata={"internal": True})
     config_path: str | None = field(default=None, metadata={"internal": True})
+
+
+def setting_names() -> list[str]:
+    """The names of the settings a user can set (flag, environment, config file)."""
+    return [f.name for f in fields(Settings) if not f.metadata.get("internal")]
+
+
+def env_name(name: str) -> str:
+    """The environment variable of a setting: `output_limit` -> `EASYTASK_OUTPUT_LIMIT`."""
+    return "EASYTASK_" + name.upper()
 
 
 def config_file_candidates(env: Mapping[str, str]) -> list[Path]:
@@ -54,17 +89,46 @@ def read_config_file(path: Path) -> dict[str, Any]:
             data = tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
-    known = {f.name for f in fields(Settings)}
-    unknown = sorted(set(data) - known)
+    unknown = sorted(set(data) - set(setting_names()))
     if unknown:
         raise ConfigError(f"{path}: unknown setting(s): {', '.join(unknown)}")
     return data
 
 
+def _convert(name: str, kind: str, value: Any, choices: tuple[str, ...] = ()) -> Any:
+    """One setting's value as its field holds it; a wrong value is a ConfigError naming it."""
+    try:
+        if kind == "path":
+            return Path(value)
+        if kind == "duration":
+            return parse_duration(value)
+        if kind == "lifetime":  # a positive duration, or nothing (unset)
+            if value is None or value == "":
+                return None
+            seconds = parse_duration(value)
+            if seconds <= 0:
+                raise ValueError("must be positive")
+            return seconds
+        if kind == "size":
+            if isinstance(value, bool) or not isinstance(value, int | str):
+                raise ValueError(f"not a size: {value!r}")
+            return parse_size(value)
+        if kind == "count":
+            if isinstance(value, bool | float):
+                raise ValueError(f"not a whole number: {value!r}")
+            return int(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name}: {exc}") from exc
+    if kind == "choice" and value not in choices:
+        raise ConfigError(f"{name}: must be {' or '.join(repr(a) for a in choices)}, got {value!r}")
+    return value
+
+
 def load_settings(
     flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None
 ) -> Settings:
-    """Resolve settings from flags (None means unset), environment and config file."""
+    """Resolve settings: flags (None means unset) > EASYTASK_* environment > config file >
+    default."""
     env = os.environ if env is None else env
     flags = flags or {}
     values: dict[str, Any] = {}
@@ -79,22 +143,13 @@ def load_settings(
     for f in fields(Settings):
         if f.metadata.get("internal"):
             continue
-        key = "EASYTASK_" + f.name.upper()
-        if env.get(key):
-            values[f.name] = env[key]
+        if env.get(env_name(f.name)):
+            values[f.name] = env[env_name(f.name)]
         if flags.get(f.name) is not None:
             values[f.name] = flags[f.name]
-    if "pending_timeout" in values:
-        try:
-            values["pending_timeout"] = float(values["pending_timeout"])
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(
-                f"pending_timeout: not a number: {values['pending_timeout']!r}"
-            ) from exc
-    for name, allowed in (("log_format", ("text", "json")), ("notify_events", ("all", "failed"))):
-        if name in values and values[name] not in allowed:
-            raise ConfigError(
-                f"{name}: must be {' or '.join(repr(a) for a in allowed)}, got {values[name]!r}"
+        if f.name in values:
+            values[f.name] = _convert(
+                f.name, f.metadata["kind"], values[f.name], f.metadata.get("choices", ())
             )
     settings = Settings(**values)
     settings.config_path = str(config_path) if config_path else None

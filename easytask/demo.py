@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from easytask.config import write_client_config
-from easytask.server import Server, ServerConfig
+from easytask.config import Settings, write_client_config
+from easytask.server import Server
 
 DEMO_AGENTS = {"web1": ["demo"], "web2": ["demo"], "db1": ["demo"]}
 
@@ -20,7 +20,7 @@ DEMO_AGENTS = {"web1": ["demo"], "web2": ["demo"], "db1": ["demo"]}
 async def _demo(state: Path, http: str, agents_addr: str, out: TextIO) -> int:
     inventory = "inventory" if Path("inventory").exists() else None
     server = Server(
-        ServerConfig(
+        Settings(
             state_dir=state / "server",
             http=http,
             agents=agents_addr,

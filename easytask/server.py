@@ -11,13 +11,13 @@ import secrets
 import signal
 import socket
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import uvicorn
 
 from easytask import __version__
+from easytask.config import Settings
 from easytask.errors import EasyTaskError, NoHostsMatched, PlaybookError, StartError
 from easytask.inventory import Inventory, load_inventory
 from easytask.plan import PlannedRun, PlaybookPlan, plan_adhoc, plan_playbook
@@ -50,36 +50,6 @@ from easytask.web.app import create_web_app
 log = logging.getLogger("easytask.server")
 
 
-@dataclass
-class ServerConfig:
-    """What `easytask server` needs."""
-
-    state_dir: Path
-    db: str | None = None
-    agents: str = "127.0.0.1:8022"
-    http: str = "127.0.0.1:8080"
-    inventory: str | None = "inventory"
-    pending_timeout: float = 60.0
-    keepalive_interval: float = 10.0
-    keepalive_count: int = 3
-    ssh_known_hosts: str | None = None
-    reattach_timeout: float = 3600.0
-    server_timeout: float = 15.0  # several servers: heartbeat silence before a take-over
-    playbooks: str | None = "playbooks"
-    schedule_interval: float = 1.0
-    output_limit: int | None = 256 << 20
-    public_url: str | None = None
-    notify_url: str | None = None
-    notify_events: str = "all"
-    notify_secret: str | None = None
-    metrics_token: str | None = None
-    upload_limit: int = 1 << 30
-    retention: float | None = None  # seconds a successful run is kept (None: forever)
-    retention_failed: float | None = None  # the same for failed runs (None: as retention)
-    prune_interval: float = 3600.0
-    trusted_proxy: str | None = None  # address of a reverse proxy whose X-Forwarded-* we believe
-
-
 def split_addr(value: str, default_port: int) -> tuple[str, int]:
     """`host:port`, `:port` or `host` into a pair."""
     host, sep, port = value.rpartition(":")
@@ -94,7 +64,7 @@ def split_addr(value: str, default_port: int) -> tuple[str, int]:
 class Server:
     """One EasyTask server process."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: Settings) -> None:
         sshlog.install()  # asyncssh formats no debug message nobody reads
         self.config = config
         self.state_dir = config.state_dir
@@ -506,7 +476,7 @@ def _tree_stamp(path: Path) -> tuple[tuple[str, float], ...]:
     return tuple(sorted((str(p), p.stat().st_mtime) for p in path.rglob("*") if p.is_file()))
 
 
-async def serve(config: ServerConfig) -> int:
+async def serve(config: Settings) -> int:
     """Run a server until SIGINT/SIGTERM."""
     server = Server(config)
     await server.start()

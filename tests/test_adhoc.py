@@ -91,6 +91,7 @@ def test_history_and_logs(fleet) -> None:
     assert run_id not in [r["id"] for r in json.loads(none.stdout)]
     logs = fleet.cli("logs", str(run_id))
     assert logs.stdout == "a\nERROR b\nc\n"
+    assert fleet.cli("logs", f"run:{run_id}").stdout == logs.stdout  # as `kill run:N` takes it
     errors = fleet.cli("logs", str(run_id), "--level", "ERROR")
     assert errors.stdout == "ERROR b\n"
     grep = fleet.cli("logs", str(run_id), "--grep", "c")

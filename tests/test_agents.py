@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -26,6 +27,9 @@ def test_agent_enrolled_by_token_comes_online(
     assert set(agent["facts"]) >= {"hostname", "os", "cpus", "load", "version"}
     # agent links prefer AES-GCM (cheaper per packet than chacha20-poly1305 in asyncssh)
     assert "agent alpha online from 127.0.0.1 (aes256-gcm@openssh.com)" in server.proc.output()
+    token = server.cli("agents", "token", "--format", "json")
+    assert token.returncode == 0, token.stderr
+    assert json.loads(token.stdout)["token"]
 
 
 def test_agent_without_token_waits_pending_until_accepted(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from easytask import cli_inventory
+from easytask.cli import inventory as cli_inventory
 from easytask.config import Settings
 from easytask.errors import EasyTaskError, InventoryError, NoHostsMatched, UsageError
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from easytask.cli import build_parser, command_of
-from easytask.clidoc import render
+from easytask.cli.doc import render
+from easytask.cli.main import build_parser, command_of
 from easytask.errors import UsageError
 from tests.support import REPO
 
 
 def test_cli_reference_is_current() -> None:
-    """The committed CLI reference equals what the parser prints (regenerate with clidoc)."""
+    """The committed CLI reference equals what the parser prints (regenerate with easytask.cli.doc)."""
     assert (REPO / "docs" / "cli.md").read_text() == render(), (
-        "docs/cli.md is stale: run `.venv/bin/python -m easytask.clidoc > docs/cli.md`"
+        "docs/cli.md is stale: run `.venv/bin/python -m easytask.cli.doc > docs/cli.md`"
     )
 
 

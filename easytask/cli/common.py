@@ -16,37 +16,47 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_START, EXIT_BUG = 0, 1, 2, 3, 70
 FINAL = {"success", "failed", "terminated", "unreachable", "skipped"}
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
+    """The argument parser of every command: usage errors raise, and its subcommands are known
+    (`subcommands`, for the generated reference)."""
+
+    subcommands: dict[str, argparse.ArgumentParser] = {}
+
+    def add_subparsers(self, **kwargs: Any) -> Any:
+        action = super().add_subparsers(**kwargs)
+        self.subcommands = action.choices
+        return action
+
     def error(self, message: str) -> Any:  # usage errors exit 2 through our own path
         command = self.prog.partition(" ")[2]
         raise UsageError(f"{command}: {message}" if command else message)
 
 
-def _duration(text: str) -> float:
+def duration_arg(text: str) -> float:
     try:
         return parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-def _size(text: str) -> int:
+def size_arg(text: str) -> int:
     try:
         return parse_size(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-def _client(settings: Settings) -> Any:
-    from easytask.client import Client
+def api_client(settings: Settings) -> Any:
+    from easytask.cli.client import Client
 
     return Client(settings.url, settings.token)
 
 
-def _print_json(data: Any, out: TextIO) -> None:
+def print_json(data: Any, out: TextIO) -> None:
     out.write(json.dumps(data, indent=2) + "\n")
 
 
-def _table(rows: Sequence[Sequence[Any]], headers: Sequence[str], out: TextIO) -> None:
+def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str], out: TextIO) -> None:
     cells = [[str(h) for h in headers]] + [
         ["" if c is None else str(c) for c in row] for row in rows
     ]

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         raise UsageError("inventory: --vars only goes with --graph")
     from easytask.inventory import dumps_json, load_inventory  # only this command needs YAML
 
-    inventory = load_inventory(args.inventory or [settings.inventory])
+    inventory = load_inventory(args.inventory or [settings.inventory or "inventory"])
     for warning in inventory.warnings:
         sys.stderr.write(f"easytask: warning: {warning}\n")
     if args.hosts:

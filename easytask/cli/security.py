@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from easytask.cli_common import _client, _Parser, _table
+from easytask.cli.common import Parser, api_client, print_table
 from easytask.config import CONFIG_ENV, LOCAL_CONFIG, USER_CONFIG, Settings, write_client_config
 from easytask.errors import UsageError
 
@@ -40,7 +40,7 @@ def add_parsers(sub: Any) -> None:
         "users", help="console and API accounts (admin): add, passwd, disable, list"
     )
     us.add_argument("--format", choices=("text", "json"), default="text")
-    ussub = us.add_subparsers(dest="users_command", metavar="ACTION", parser_class=_Parser)
+    ussub = us.add_subparsers(dest="users_command", metavar="ACTION", parser_class=Parser)
     ussub.add_parser("list", help="every user with role, scope and state")
     x = ussub.add_parser("add", help="create a user (password asked, or --password-stdin)")
     x.add_argument("name")
@@ -61,7 +61,7 @@ def add_parsers(sub: Any) -> None:
 
     tk = sub.add_parser("tokens", help="API tokens: create, list, revoke")
     tk.add_argument("--format", choices=("text", "json"), default="text")
-    tksub = tk.add_subparsers(dest="tokens_command", metavar="ACTION", parser_class=_Parser)
+    tksub = tk.add_subparsers(dest="tokens_command", metavar="ACTION", parser_class=Parser)
     x = tksub.add_parser("list", help="your tokens (an admin sees all, or --user)")
     x.add_argument("--user")
     x = tksub.add_parser("create", help="a new named token; printed once, stored hashed")
@@ -84,7 +84,7 @@ def add_parsers(sub: Any) -> None:
 
 
 def cmd_users(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    client = _client(settings)
+    client = api_client(settings)
     action = args.users_command or "list"
     if action == "add":
         password = _read_password(args, f"password for {args.name}: ")
@@ -128,12 +128,12 @@ def cmd_users(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         )
         for u in users
     ]
-    _table(rows, ("NAME", "ROLE", "SCOPE", "STATE", "CREATED (UTC)"), out)
+    print_table(rows, ("NAME", "ROLE", "SCOPE", "STATE", "CREATED (UTC)"), out)
     return 0
 
 
 def cmd_tokens(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    client = _client(settings)
+    client = api_client(settings)
     action = args.tokens_command or "list"
     if action == "create":
         data = client.post("/api/tokens", {"name": args.name, "ttl": args.ttl, "user": args.user})
@@ -170,7 +170,7 @@ def cmd_tokens(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
         )
         for t in tokens
     ]
-    _table(rows, ("ID", "NAME", "USER", "STATE", "CREATED (UTC)", "EXPIRES", "LAST USED"), out)
+    print_table(rows, ("ID", "NAME", "USER", "STATE", "CREATED (UTC)", "EXPIRES", "LAST USED"), out)
     return 0
 
 
@@ -184,7 +184,7 @@ def _ask(prompt: str, default: str | None) -> str:
 
 
 def cmd_login(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    from easytask.client import login
+    from easytask.cli.client import login
 
     url = _ask("server URL: ", settings.url).rstrip("/")
     if not url.startswith(("http://", "https://")) or any(c in url for c in "\"'\\\n\r "):

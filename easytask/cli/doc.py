@@ -4,14 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from easytask.cli import build_parser
-
-
-def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return dict(action.choices)
-    return {}
+from easytask.cli.main import build_parser
 
 
 def _section(name: str, parser: argparse.ArgumentParser, depth: int) -> list[str]:
@@ -21,7 +14,7 @@ def _section(name: str, parser: argparse.ArgumentParser, depth: int) -> list[str
     if help_text:
         out += [help_text, ""]
     out += ["```text", parser.format_help().rstrip(), "```", ""]
-    for sub_name, sub in _subparsers(parser).items():
+    for sub_name, sub in getattr(parser, "subcommands", {}).items():
         out += _section(f"{name} {sub_name}", sub, depth + 1)
     return out
 
@@ -32,9 +25,11 @@ def render() -> str:
     lines = [
         "# CLI reference",
         "",
-        "Generated from the parser (`python -m easytask.clidoc > docs/cli.md`); a test keeps it",
+        "Generated from the parser (`python -m easytask.cli.doc > docs/cli.md`); a test keeps it",
         "current. Server URL and token come from `--url`/`--token`, `EASYTASK_URL`/`EASYTASK_TOKEN`,",
         "or a config file (`EASYTASK_CONFIG`, `./.easytask/config.toml`, `~/.config/easytask/config.toml`).",
+        "Each option followed by `(EASYTASK_NAME)` is a setting: a flag beats that variable, which",
+        "beats the config-file key `name`; all settings are in [operations](operations.md#settings).",
         "",
         "Exit codes: 0 all good, 1 some hosts failed (or were terminated or unreachable), 2 usage,",
         "configuration, inventory, pattern or YAML error, 3 could not start or reach the server,",

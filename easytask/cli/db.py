@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 from typing import Any, TextIO
 
 from easytask.config import Settings
@@ -28,17 +27,19 @@ def add_parsers(subparsers: Any) -> None:
     ):
         x = sub.add_parser(name, help=text, description=text)
         x.add_argument("--db", help="database URL (EASYTASK_DB; default: SQLite in the state dir)")
-        x.add_argument("--state-dir", help="the server's state dir, for its default SQLite file")
-        x.set_defaults(func=cmd_db)
+        x.add_argument(
+            "--state-dir",
+            help="the server's state dir, for its default SQLite file (EASYTASK_STATE_DIR)",
+        )
+        x.set_defaults(func=cmd_db, settings_from=("db", "state_dir"))
 
 
 def _url(args: argparse.Namespace, settings: Settings, create: bool) -> str:
     from easytask.store.db import sqlite_url
 
-    url = args.db or settings.db
-    if url:
-        return str(url)
-    state_dir = Path(args.state_dir or settings.state_dir)
+    if settings.db:
+        return settings.db
+    state_dir = settings.state_dir
     path = state_dir / "easytask.db"
     if not create and not path.exists():
         raise StartError(f"no database at {path} (give --db URL or --state-dir DIR)")

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from easytask.cli_common import _client, _Parser
+from easytask.cli.common import Parser, api_client
 from easytask.config import Settings
 from easytask.errors import UsageError
 
@@ -33,7 +33,7 @@ def add_parsers(sub: Any) -> None:
     ex.add_argument(
         "-o", "--output", metavar="FILE", help="the export file (FILE.manifest.json beside it)"
     )
-    exsub = ex.add_subparsers(dest="export_command", metavar="ACTION", parser_class=_Parser)
+    exsub = ex.add_subparsers(dest="export_command", metavar="ACTION", parser_class=Parser)
     v = exsub.add_parser("verify", help="check an export's SHA-256 and its manifest's signature")
     v.add_argument("file")
     v.add_argument("--manifest", help="default: FILE.manifest.json")
@@ -59,7 +59,7 @@ def cmd_export(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
     target = Path(args.output)
     if target.is_dir():
         raise UsageError(f"export: {target} is a directory; give a file name")
-    client = _client(settings)
+    client = api_client(settings)
     params = {
         "since": args.since,
         "until": args.until,
@@ -129,7 +129,7 @@ def _verify(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_prune(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    client = _client(settings)
+    client = api_client(settings)
     data = client.post(
         "/api/prune",
         {

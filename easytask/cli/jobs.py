@@ -9,15 +9,15 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from easytask.cli_common import (
+from easytask.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
     FINAL,
-    _client,
-    _duration,
-    _print_json,
-    _table,
+    api_client,
+    duration_arg,
+    print_json,
+    print_table,
 )
 from easytask.config import Settings
 from easytask.durations import format_duration
@@ -37,8 +37,10 @@ def add_parsers(sub: Any) -> None:
     )
     r.add_argument("--interpreter", help="run the script with this (default: its #! line)")
     r.set_defaults(script_args=[])
-    r.add_argument("--timeout", type=_duration, help="terminate a host's command after this long")
-    r.add_argument("--pending-timeout", type=_duration, help="wait this long for offline agents")
+    r.add_argument(
+        "--timeout", type=duration_arg, help="terminate a host's command after this long"
+    )
+    r.add_argument("--pending-timeout", type=duration_arg, help="wait this long for offline agents")
     r.add_argument("--forks", type=int, default=0, help="hosts at once (default: all)")
     r.add_argument(
         "--one",
@@ -65,8 +67,8 @@ def add_parsers(sub: Any) -> None:
     cp.add_argument(
         "--backup", action="store_true", help="keep the previous version as DEST.TIMESTAMP~"
     )
-    cp.add_argument("--timeout", type=_duration)
-    cp.add_argument("--pending-timeout", type=_duration)
+    cp.add_argument("--timeout", type=duration_arg)
+    cp.add_argument("--pending-timeout", type=duration_arg)
     cp.add_argument("--format", choices=("text", "json"), default="text")
     cp.set_defaults(func=cmd_copy)
 
@@ -74,7 +76,7 @@ def add_parsers(sub: Any) -> None:
     ck.add_argument("pattern")
     ck.add_argument("path")
     ck.add_argument("--expect", metavar="SHA256", help="exit 1 unless every host has this digest")
-    ck.add_argument("--pending-timeout", type=_duration)
+    ck.add_argument("--pending-timeout", type=duration_arg)
     ck.add_argument("--format", choices=("text", "json"), default="text")
     ck.set_defaults(func=cmd_checksum)
 
@@ -82,7 +84,7 @@ def add_parsers(sub: Any) -> None:
     fe.add_argument("pattern")
     fe.add_argument("path")
     fe.add_argument("dest_dir")
-    fe.add_argument("--pending-timeout", type=_duration)
+    fe.add_argument("--pending-timeout", type=duration_arg)
     fe.set_defaults(func=cmd_fetch)
 
     pl = sub.add_parser("play", help="run a playbook (or --check it without a server)")
@@ -101,12 +103,19 @@ def add_parsers(sub: Any) -> None:
         action="store_true",
         help="validate, render and print the plan; run nothing (no server needed)",
     )
-    pl.add_argument("-i", "--inventory", help="inventory for --check (default: settings)")
+    pl.add_argument(
+        "-i",
+        "--inventory",
+        action="append",
+        metavar="PATH",
+        help="inventory for --check, repeatable (default from settings); a run without --check "
+        "uses the server's inventory (`easytask server -i`)",
+    )
     pl.add_argument("--format", choices=("text", "json"), default="text")
     pl.set_defaults(func=cmd_play)
 
 
-class _RunView:
+class RunView:
     """Prints a job's live events: `host | line`, then a summary."""
 
     def __init__(self, out: TextIO, hosts: list[str]) -> None:
@@ -132,7 +141,7 @@ class _RunView:
         self.out.flush()
 
 
-def _follow_job(client: Any, job_id: int, view: _RunView | None, run_id: int | None = None) -> None:
+def follow_job(client: Any, job_id: int, view: RunView | None, run_id: int | None = None) -> None:
     # following a whole job, only its lines and its end are shown: no run-state events
     for ev in client.events(f"/api/jobs/{job_id}/events" + ("?runs=0" if run_id is None else "")):
         if ev["t"] == "line" and view is not None and (run_id is None or ev["run"] == run_id):
@@ -144,12 +153,12 @@ def _follow_job(client: Any, job_id: int, view: _RunView | None, run_id: int | N
             return
 
 
-def _follow_interruptible(client: Any, job_id: int, view: _RunView | None) -> bool:
+def _follow_interruptible(client: Any, job_id: int, view: RunView | None) -> bool:
     """Follow a job; the first Ctrl-C kills it and keeps following, a second leaves (True)."""
     killed = False
     while True:
         try:
-            _follow_job(client, job_id, view)
+            follow_job(client, job_id, view)
             return False
         except KeyboardInterrupt:
             if killed:
@@ -173,7 +182,7 @@ def _summary(data: dict[str, Any], elapsed: float, out: TextIO) -> int:
         for r in runs
     ]
     out.write("\n")
-    _table(rows, ("HOST", "STATUS", "EXIT", "DURATION", "REASON"), out)
+    print_table(rows, ("HOST", "STATUS", "EXIT", "DURATION", "REASON"), out)
     counts: dict[str, int] = {}
     for r in runs:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
@@ -216,7 +225,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     if args.secret:
         body["secrets"] = _secrets(args.secret)
     if args.script:
-        spec = _file_payload(Path(args.script), _client(settings))
+        spec = _file_payload(Path(args.script), api_client(settings))
         spec.update(args=shlex.join(args.script_args), interpreter=args.interpreter)
         body.update(kind="script", script=spec)
     elif args.script_args:
@@ -238,7 +247,7 @@ def _secrets(items: list[str]) -> dict[str, str]:
 
 
 def cmd_copy(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    spec = _file_payload(Path(args.src), _client(settings))
+    spec = _file_payload(Path(args.src), api_client(settings))
     spec.update(dest=args.dest, mode=args.mode, owner=args.owner, backup=args.backup)
     body = {
         "pattern": args.pattern,
@@ -260,7 +269,7 @@ def cmd_checksum(args: argparse.Namespace, settings: Settings, out: TextIO) -> i
         f"if [ -f {q} ]; then sha256sum -- {q} | cut -d' ' -f1; "
         f"elif [ -e {q} ]; then echo 'not a regular file' >&2; exit 2; else echo missing; fi"
     )
-    client = _client(settings)
+    client = api_client(settings)
     sub_data = client.post(
         "/api/jobs",
         {
@@ -271,7 +280,7 @@ def cmd_checksum(args: argparse.Namespace, settings: Settings, out: TextIO) -> i
         },
     )
     job_id = sub_data["job"]["id"]
-    _follow_job(client, job_id, None)
+    follow_job(client, job_id, None)
     data = client.get(f"/api/jobs/{job_id}")
     digests: dict[str, str] = {}
     for run in data["runs"]:
@@ -285,7 +294,7 @@ def cmd_checksum(args: argparse.Namespace, settings: Settings, out: TextIO) -> i
     for host, digest in digests.items():
         groups.setdefault(digest, []).append(host)
     if args.format == "json":
-        _print_json({"path": args.path, "hosts": digests, "groups": groups}, out)
+        print_json({"path": args.path, "hosts": digests, "groups": groups}, out)
     else:
         for digest, hosts in sorted(groups.items(), key=lambda kv: -len(kv[1])):
             out.write(f"{digest}  {len(hosts)} host(s): {', '.join(sorted(hosts))}\n")
@@ -306,7 +315,7 @@ def cmd_checksum(args: argparse.Namespace, settings: Settings, out: TextIO) -> i
 
 
 def cmd_fetch(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    client = _client(settings)
+    client = api_client(settings)
     sub_data = client.post(
         "/api/jobs",
         {
@@ -317,7 +326,7 @@ def cmd_fetch(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         },
     )
     job_id = sub_data["job"]["id"]
-    _follow_job(client, job_id, None)
+    follow_job(client, job_id, None)
     data = client.get(f"/api/jobs/{job_id}")
     dest = Path(args.dest_dir)
     failed = 0
@@ -335,7 +344,7 @@ def cmd_fetch(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
 
 def _submit_and_follow(body: dict[str, Any], fmt: str, settings: Settings, out: TextIO) -> int:
     started = time.monotonic()
-    data = _post_and_follow(_client(settings), "/api/jobs", body, fmt, out)
+    data = _post_and_follow(api_client(settings), "/api/jobs", body, fmt, out)
     if data is None:
         return 130
     if fmt == "json":
@@ -350,12 +359,12 @@ def _post_and_follow(
     with `fmt` json); None if interrupted."""
     sub = client.post(path, body)
     job_id = sub["job"]["id"]
-    view = _RunView(out, [r["host"] for r in sub["runs"]]) if fmt == "text" else None
+    view = RunView(out, [r["host"] for r in sub["runs"]]) if fmt == "text" else None
     if _follow_interruptible(client, job_id, view):
         return None
     data: dict[str, Any] = client.get(f"/api/jobs/{job_id}")
     if fmt == "json":
-        _print_json(data, out)
+        print_json(data, out)
     return data
 
 
@@ -372,11 +381,16 @@ def cmd_play(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     )
     from easytask.playbook import load_playbook
 
+    if args.inventory and not args.check:
+        raise UsageError(
+            "play: -i/--inventory is only read with --check; a playbook runs on the server's "
+            "inventory (set it with `easytask server -i`)"
+        )
     started = time.monotonic()
     playbook = load_playbook(args.playbook)
     extra = parse_extra_vars(args.extra_vars)
     if args.check:
-        inventory = load_inventory(args.inventory or settings.inventory)
+        inventory = load_inventory(args.inventory or [settings.inventory or "inventory"])
         plan = plan_playbook(playbook, inventory, extra_vars=extra, limit=args.limit)
         checked = check_playbook(plan)
         out.write(dumps_check(checked) if args.format == "json" else format_check(plan, checked))
@@ -387,7 +401,7 @@ def cmd_play(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         if task.action.path:
             rel = Path(task.action.path).resolve().relative_to(base.resolve())
             files[str(rel)] = base64.b64encode(Path(task.action.path).read_bytes()).decode()
-    client = _client(settings)
+    client = api_client(settings)
     body = {
         "name": Path(args.playbook).name,
         "text": playbook.text,
@@ -427,7 +441,7 @@ def _recap(data: dict[str, Any], elapsed: float, out: TextIO) -> None:
         )
         for r in runs
     ]
-    _table(rows, ("TASK", "HOST", "STATUS", "EXIT", "TRY", "DURATION", "REASON"), out)
+    print_table(rows, ("TASK", "HOST", "STATUS", "EXIT", "TRY", "DURATION", "REASON"), out)
     out.write("\nRECAP\n")
     columns = ("ok", "failed", "skipped", "terminated", "unreachable")
     per_host: dict[str, dict[str, int]] = {}
@@ -436,7 +450,7 @@ def _recap(data: dict[str, Any], elapsed: float, out: TextIO) -> None:
         key = "ok" if r["state"] == "success" else r["state"]
         if key in counts:
             counts[key] += 1
-    _table(
+    print_table(
         [(host, *(c[k] for k in columns)) for host, c in per_host.items()],
         ("HOST", *(k.upper() for k in columns)),
         out,

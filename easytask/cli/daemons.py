@@ -1,0 +1,293 @@
+"""`easytask server`, `easytask agent` and `easytask demo`: the long-running processes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any, TextIO
+
+from easytask.cli.common import duration_arg, size_arg
+from easytask.config import Settings, env_name
+from easytask.errors import UsageError
+from easytask.proclog import FORMATS
+
+__all__ = ["add_demo_parser", "add_parsers"]
+
+
+def add_parsers(sub: Any) -> None:
+    """Register `server` and `agent`."""
+    s = sub.add_parser("server", help="run the scheduler: agent listener, API, console")
+    names: list[str] = []
+
+    def setting(*flags: str, name: str, help: str, **kwargs: Any) -> None:
+        """A server option that is also the setting `name`: EASYTASK_NAME, `name =` in a file."""
+        names.append(name)
+        s.add_argument(*flags, dest=name, help=f"{help} ({env_name(name)})", **kwargs)
+
+    setting("--state-dir", name="state_dir", help="where keys, tokens and the SQLite database live")
+    setting("--db", name="db", help="database URL (default: SQLite in the state dir)")
+    setting(
+        "--agents", name="agents", help="ADDR:PORT to listen on for agents (default 127.0.0.1:8022)"
+    )
+    setting(
+        "--http", name="http", help="ADDR:PORT for the API and console (default 127.0.0.1:8080)"
+    )
+    setting(
+        "-i",
+        "--inventory",
+        name="inventory",
+        help="inventory file or directory (default inventory)",
+    )
+    setting(
+        "--pending-timeout",
+        name="pending_timeout",
+        type=duration_arg,
+        help="how long a run waits for an offline agent (default 60s)",
+    )
+    setting(
+        "--keepalive",
+        name="keepalive_interval",
+        metavar="KEEPALIVE",
+        type=duration_arg,
+        help="SSH keepalive interval to agents (default 10s)",
+    )
+    setting(
+        "--keepalive-count",
+        name="keepalive_count",
+        type=int,
+        help="missed keepalives before unreachable (default 3)",
+    )
+    setting(
+        "--ssh-known-hosts", name="ssh_known_hosts", help="known_hosts file for agentless hosts"
+    )
+    setting(
+        "--reattach-timeout",
+        name="reattach_timeout",
+        type=duration_arg,
+        help="how long a started run waits for its lost agent to come back (default 1h)",
+    )
+    setting(
+        "--server-timeout",
+        name="server_timeout",
+        type=duration_arg,
+        help="servers sharing a PostgreSQL database: silence after which another server takes "
+        "over a server's work (default 15s; heartbeats every 1/5 of it)",
+    )
+    setting(
+        "--playbooks",
+        name="playbooks",
+        help="directory whose playbooks with `schedule:` fire (default playbooks/)",
+    )
+    setting(
+        "--output-limit",
+        name="output_limit",
+        type=size_arg,
+        help="stored output per run, head and tail kept (default 256M; 0 = no limit)",
+    )
+    setting(
+        "--log-format",
+        name="log_format",
+        choices=FORMATS,
+        help="text, or json: one object per line",
+    )
+    setting("--public-url", name="public_url", help="the console's URL as users reach it")
+    setting("--notify-url", name="notify_url", help="webhook called when a job finishes")
+    setting(
+        "--notify-events",
+        name="notify_events",
+        choices=("all", "failed"),
+        help="which finished jobs call --notify-url (default all)",
+    )
+    setting(
+        "--upload-limit",
+        name="upload_limit",
+        type=size_arg,
+        help="largest file a copy or script may upload (default 1G)",
+    )
+    setting(
+        "--retention",
+        name="retention",
+        help="delete successful runs older than this, e.g. 90d (default: keep)",
+    )
+    setting(
+        "--retention-failed",
+        name="retention_failed",
+        help="delete failed runs older than this, e.g. 365d (default: as --retention)",
+    )
+    setting(
+        "--trusted-proxy",
+        name="trusted_proxy",
+        metavar="ADDR",
+        help="believe X-Forwarded-For/-Proto only from this reverse proxy address; by default "
+        "the client address is the TCP peer",
+    )
+    setting(
+        "--prune-interval",
+        name="prune_interval",
+        type=duration_arg,
+        help="how often to prune (default 1h)",
+    )
+    s.set_defaults(func=cmd_server, settings_from=tuple(names))
+
+    a = sub.add_parser("agent", help="run a resident agent that dials out to a server")
+    a.add_argument(
+        "--server",
+        help="server HOST:PORT, its agent port; A,B,... are tried in order (EASYTASK_AGENT_SERVER)",
+    )
+    a.add_argument(
+        "--name", help="this agent's name, an inventory host name or new (EASYTASK_AGENT_NAME)"
+    )
+    a.add_argument(
+        "--state-dir", help="where the agent keeps its key and spool (EASYTASK_AGENT_STATE_DIR)"
+    )
+    a.add_argument(
+        "--enroll",
+        metavar="TOKEN",
+        help="enrolment token from `easytask agents token` (EASYTASK_AGENT_ENROLL)",
+    )
+    a.add_argument(
+        "--slots", type=int, help="commands run at once (default 4; EASYTASK_AGENT_SLOTS)"
+    )
+    a.add_argument(
+        "--group",
+        action="append",
+        default=[],
+        help="a group label, repeatable (EASYTASK_AGENT_GROUPS: comma-separated)",
+    )
+    a.add_argument("--keepalive", type=duration_arg, default=15.0, help="SSH keepalive interval")
+    a.add_argument(
+        "--keepalive-count", type=int, default=4, help="missed keepalives before reconnect"
+    )
+    a.add_argument(
+        "--backoff-max", type=duration_arg, default=30.0, help="longest wait between reconnects"
+    )
+    a.add_argument(
+        "--spool-cap",
+        type=size_arg,
+        default=2 << 30,
+        help="output kept per run in the spool before the rest is cut (default 2G)",
+    )
+    a.add_argument(
+        "--supervisor-idle",
+        type=duration_arg,
+        default=60.0,
+        help="the process that runs commands exits after this long without runs and starts "
+        "again with the next one (default 60s; 0 keeps it)",
+    )
+    a.add_argument(
+        "--run-as",
+        metavar="USER",
+        help="run commands and file transfers as this user (EASYTASK_AGENT_RUN_AS)",
+    )
+    a.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="run only commands matching this pattern, e.g. 'systemctl status *' (repeatable)",
+    )
+    a.add_argument(
+        "--allow-file",
+        metavar="FILE",
+        help="allowlist patterns, one per line (# comments) (EASYTASK_AGENT_ALLOW_FILE)",
+    )
+    a.add_argument(
+        "--no-files",
+        action="store_true",
+        help="refuse file transfers: copy, script, fetch (EASYTASK_AGENT_NO_FILES=1)",
+    )
+    a.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        help="text, or json: one object per line (EASYTASK_LOG_FORMAT)",
+    )
+    a.set_defaults(func=cmd_agent, settings_from=("log_format",))
+
+
+def add_demo_parser(sub: Any) -> None:
+    """Register `demo`."""
+    d = sub.add_parser("demo", help="a local server with three agents, for a first look")
+    d.add_argument("--dir", default=".easytask", help="where the demo keeps its state")
+    d.add_argument("--http", default="127.0.0.1:8080")
+    d.add_argument("--agents", default="127.0.0.1:8022")
+    d.set_defaults(func=cmd_demo)
+
+
+def cmd_server(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    """`easytask server`: every option is a setting, resolved into `settings` already."""
+    import asyncio  # the server and the agent only: other commands start faster without it
+
+    from easytask.server import serve
+
+    return asyncio.run(serve(settings))
+
+
+def _allow_file(path: str | None) -> list[str]:
+    """Allowlist patterns from a file: one per line; blank lines and # comments ignored."""
+    if not path:
+        return []
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise UsageError(f"--allow-file {path}: {exc.strerror or exc}") from exc
+    lines = (line.strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def cmd_agent(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    from easytask.agent.main import AgentConfig, serve
+
+    env = os.environ
+    server = args.server or env.get("EASYTASK_AGENT_SERVER")
+    name = args.name or env.get("EASYTASK_AGENT_NAME")
+    state_dir = args.state_dir or env.get("EASYTASK_AGENT_STATE_DIR")
+    for flag, value in (("--server", server), ("--name", name), ("--state-dir", state_dir)):
+        if not value:
+            variable = "EASYTASK_AGENT_" + flag[2:].upper().replace("-", "_")
+            raise UsageError(f"agent: {flag} is required (or set {variable})")
+    slots = args.slots
+    if slots is None:
+        try:
+            slots = int(env.get("EASYTASK_AGENT_SLOTS") or 4)
+        except ValueError as exc:
+            raise UsageError("EASYTASK_AGENT_SLOTS must be a number") from exc
+    groups = args.group or [
+        g.strip() for g in env.get("EASYTASK_AGENT_GROUPS", "").split(",") if g.strip()
+    ]
+    assert server and name and state_dir
+    config = AgentConfig(
+        server=server,
+        name=name,
+        state_dir=Path(state_dir),
+        enroll=args.enroll or env.get("EASYTASK_AGENT_ENROLL") or None,
+        slots=slots,
+        groups=groups,
+        keepalive_interval=args.keepalive,
+        keepalive_count=args.keepalive_count,
+        backoff_max=args.backoff_max,
+        spool_cap=args.spool_cap,
+        supervisor_idle=args.supervisor_idle,
+        run_as=args.run_as or env.get("EASYTASK_AGENT_RUN_AS") or None,
+        allow=args.allow + _allow_file(args.allow_file or env.get("EASYTASK_AGENT_ALLOW_FILE")),
+        files=not (args.no_files or env.get("EASYTASK_AGENT_NO_FILES", "") in ("1", "true")),
+    )
+    if config.slots < 1:
+        raise UsageError("--slots must be at least 1")
+    import asyncio
+
+    try:
+        if not config.addresses:
+            raise ValueError(server)
+    except ValueError as exc:
+        raise UsageError(f"--server: not HOST:PORT[,HOST:PORT...]: {server!r}") from exc
+    try:
+        return asyncio.run(serve(config))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    from easytask.demo import run_demo
+
+    return run_demo(Path(args.dir), args.http, args.agents, out)

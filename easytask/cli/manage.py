@@ -1,0 +1,320 @@
+"""Commands that read and manage what the server holds: `runs`, `logs`, `kill`, `deliveries`,
+`agents`, `schedules`, `audit`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any, TextIO
+
+from easytask.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    FINAL,
+    Parser,
+    api_client,
+    print_json,
+    print_table,
+)
+from easytask.cli.jobs import RunView, follow_job
+from easytask.config import Settings
+from easytask.durations import format_duration
+from easytask.errors import UsageError
+
+__all__ = ["add_parsers"]
+
+
+def add_parsers(sub: Any) -> None:
+    """Register `runs`, `logs`, `kill`, `deliveries`, `agents`, `schedules` and `audit`."""
+    rs = sub.add_parser("runs", help="list runs, newest first")
+    rs.add_argument("--since", help="ISO time or duration ago (1h, 2d)")
+    rs.add_argument("--until", help="ISO time or duration ago")
+    rs.add_argument("--status", help="success, failed, terminated, unreachable, ... (comma list)")
+    rs.add_argument("--host")
+    rs.add_argument("--task")
+    rs.add_argument("--job", type=int)
+    rs.add_argument("--limit", type=int, default=50)
+    rs.add_argument("--format", choices=("text", "json"), default="text")
+    rs.set_defaults(func=cmd_runs)
+
+    lg = sub.add_parser("logs", help="print a run's output")
+    lg.add_argument("run", type=run_number, help="the run: N or run:N")
+    lg.add_argument("-f", "--follow", action="store_true", help="keep printing while it runs")
+    lg.add_argument("--level", help="DEBUG, INFO, WARN, ERROR (comma list)")
+    lg.add_argument("--grep", help="only lines containing this text")
+    lg.add_argument("--format", choices=("text", "json"), default="text")
+    lg.set_defaults(func=cmd_logs)
+
+    k = sub.add_parser("kill", help="terminate a run (N or run:N) or a whole job (job:N)")
+    k.add_argument("target")
+    k.set_defaults(func=cmd_kill)
+
+    dl = sub.add_parser("deliveries", help="webhook delivery attempts of a job")
+    dl.add_argument("job", type=int, help="the job's number")
+    dl.add_argument("--format", choices=("text", "json"), default="text")
+    dl.set_defaults(func=cmd_deliveries)
+
+    ag = sub.add_parser("agents", help="list agents; accept, revoke; enrolment tokens")
+    ag.add_argument("--format", choices=("text", "json"), default="text")
+    agsub = ag.add_subparsers(dest="agents_command", metavar="ACTION", parser_class=Parser)
+    for action in ("accept", "revoke"):
+        x = agsub.add_parser(action, help=f"{action} an agent")
+        x.add_argument("name")
+    t = agsub.add_parser("token", help="create an enrolment token")
+    t.add_argument("--uses", type=int, default=1)
+    t.add_argument("--ttl", help="lifetime, e.g. 1h")
+    # also after `token` (`agents token --format json`); not given, `agents --format` holds
+    t.add_argument("--format", choices=("text", "json"), default=argparse.SUPPRESS)
+    ag.set_defaults(func=cmd_agents)
+
+    sc = sub.add_parser(
+        "schedules", help="list schedules with next fire times; enable, disable, run"
+    )
+    sc.add_argument("--format", choices=("text", "json"), default="text")
+    scsub = sc.add_subparsers(dest="schedules_command", metavar="ACTION", parser_class=Parser)
+    for action in ("enable", "disable", "run"):
+        x = scsub.add_parser(action, help=f"{action} a schedule")
+        x.add_argument("name")
+    sc.set_defaults(func=cmd_schedules)
+
+    au = sub.add_parser(
+        "audit", help="the audit log (admin, auditor); `audit verify` checks the chain"
+    )
+    au.add_argument("--since", help="ISO time or duration ago (1h, 2d)")
+    au.add_argument("--action", help="e.g. job.submit, job.kill, login.failed, agent.")
+    au.add_argument("--actor")
+    au.add_argument("--limit", type=int, default=100)
+    au.add_argument("--format", choices=("text", "json"), default="text")
+    ausub = au.add_subparsers(dest="audit_command", metavar="ACTION", parser_class=Parser)
+    ausub.add_parser("verify", help="walk the hash chain; exit 1 at the first bad row")
+    au.set_defaults(func=cmd_audit)
+
+
+def cmd_runs(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    client = api_client(settings)
+    data = client.get(
+        "/api/runs",
+        since=args.since,
+        until=args.until,
+        status=args.status,
+        host=args.host,
+        task=args.task,
+        job=args.job,
+        limit=args.limit,
+    )
+    if args.format == "json":
+        print_json(data["runs"], out)
+        return EXIT_OK
+    rows = [
+        (
+            r["id"],
+            r["job"],
+            r["host"],
+            r["state"],
+            "" if r["exit_code"] is None else r["exit_code"],
+            (r["created_at"] or "")[:19].replace("T", " "),
+            format_duration(r["duration"]) if r["duration"] is not None else "-",
+            r["task"][:40],
+        )
+        for r in data["runs"]
+    ]
+    print_table(
+        rows, ("RUN", "JOB", "HOST", "STATUS", "EXIT", "CREATED (UTC)", "DURATION", "TASK"), out
+    )
+    return EXIT_OK
+
+
+def cmd_logs(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    client = api_client(settings)
+    info = client.get(f"/api/runs/{args.run}")
+    run = info["run"]
+    data = client.get(f"/api/runs/{args.run}/log", level=args.level, grep=args.grep)
+    if args.format == "json":
+        print_json(data["lines"], out)
+        return EXIT_OK
+    for line in data["lines"]:
+        prefix = {"stderr": "! ", "system": "* "}.get(line["stream"], "")
+        out.write(f"{prefix}{line['text']}\n")
+    if args.follow and run["state"] not in FINAL:
+        view = RunView(out, [run["host"]])
+        if data["lines"]:
+            view.seen[run["id"]] = data["lines"][-1]["seq"]
+        follow_job(client, run["job"], view, run_id=run["id"])
+    return EXIT_OK
+
+
+def parse_target(text: str) -> tuple[str, int] | None:
+    """`N`, `run:N`, `rN` -> ("run", N); `job:N`, `jN` -> ("job", N); None if neither."""
+    target = text.strip().lower()
+    kind, _, number = target.rpartition(":")
+    if not kind and target[:1] in ("r", "j") and target[1:].isdigit():
+        kind, number = target[0], target[1:]
+    if not number.isdigit() or kind not in ("", "run", "r", "job", "j"):
+        return None
+    return ("job" if kind in ("job", "j") else "run"), int(number)
+
+
+def run_number(text: str) -> int:
+    """A run as `logs` takes it: N or run:N (as `kill` does)."""
+    target = parse_target(text)
+    if target is None or target[0] != "run":
+        raise argparse.ArgumentTypeError(f"{text!r} is not RUN or run:N")
+    return target[1]
+
+
+def cmd_kill(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    target = parse_target(args.target)
+    if target is None:
+        raise UsageError(f"kill: {args.target!r} is not RUN, run:N or job:N")
+    kind, number = target
+    client = api_client(settings)
+    if kind == "job":
+        data = client.post(f"/api/jobs/{number}/kill")
+        out.write(f"job {number}: asked {data['killed']} run(s) to terminate\n")
+    else:
+        client.post(f"/api/runs/{number}/kill")
+        out.write(f"run {number}: terminating\n")
+    return EXIT_OK
+
+
+def cmd_deliveries(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    rows = api_client(settings).get(f"/api/jobs/{args.job}/deliveries")["deliveries"]
+    if args.format == "json":
+        print_json(rows, out)
+        return EXIT_OK
+    print_table(
+        [
+            (
+                r["at"],
+                r["attempt"],
+                "ok" if r["ok"] else "failed",
+                r["status_code"] or "",
+                f"{r['duration_ms']:.0f}ms",
+                r["url"],
+                r["error"],
+            )
+            for r in rows
+        ],
+        ("AT", "ATTEMPT", "RESULT", "HTTP", "TIME", "URL", "ERROR"),
+        out,
+    )
+    return EXIT_OK
+
+
+def cmd_agents(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    client = api_client(settings)
+    action = args.agents_command
+    if action in ("accept", "revoke"):
+        data = client.post(f"/api/agents/{args.name}/{action}")
+        out.write(f"agent {data['name']}: {data['state']}\n")
+        return EXIT_OK
+    if action == "token":
+        data = client.post("/api/agents/tokens", {"uses": args.uses, "ttl": args.ttl})
+        if args.format == "json":
+            print_json(data, out)
+        else:
+            out.write(data["token"] + "\n")
+        return EXIT_OK
+    data = client.get("/api/agents")
+    if args.format == "json":
+        print_json(data["agents"], out)
+        return EXIT_OK
+    rows = [
+        (
+            a["name"],
+            a["status"],
+            (a["since"] or "")[:19].replace("T", " "),
+            (a["last_seen"] or "")[:19].replace("T", " "),
+            a["address"],
+            f"{a['running']}/{a['slots']}",
+            ",".join(str(x) for x in (a["facts"].get("load") or [])[:1]),
+            a["version"],
+            ",".join(a["groups"]),
+        )
+        for a in data["agents"]
+    ]
+    print_table(
+        rows,
+        (
+            "NAME",
+            "STATUS",
+            "SINCE (UTC)",
+            "LAST SEEN",
+            "ADDRESS",
+            "RUNNING",
+            "LOAD",
+            "VERSION",
+            "GROUPS",
+        ),
+        out,
+    )
+    return EXIT_OK
+
+
+def cmd_schedules(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    client = api_client(settings)
+    action = args.schedules_command
+    if action:
+        data = client.post(f"/api/schedules/{args.name}/{action}")
+        if action == "run":
+            out.write(f"schedule {args.name}: started job {data['job']}\n")
+        else:
+            out.write(f"schedule {args.name}: {'enabled' if data['enabled'] else 'disabled'}\n")
+        return EXIT_OK
+    data = client.get("/api/schedules")
+    if args.format == "json":
+        print_json(data["schedules"], out)
+        return EXIT_OK
+    rows = [
+        (
+            s["name"],
+            s["cron"],
+            s["tz"],
+            "yes" if s["enabled"] else "no",
+            (s["next_fire"] or "-")[:16].replace("T", " "),
+            (s["last_fire"] or "-")[:16].replace("T", " "),
+            s["last_job"] or "-",
+            s["catch_up"],
+        )
+        for s in data["schedules"]
+    ]
+    print_table(
+        rows,
+        ("NAME", "CRON", "TZ", "ENABLED", "NEXT (UTC)", "LAST (UTC)", "LAST JOB", "CATCH-UP"),
+        out,
+    )
+    return EXIT_OK
+
+
+def cmd_audit(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    client = api_client(settings)
+    if args.audit_command == "verify":
+        result = client.get("/api/audit/verify")
+        if args.format == "json":
+            print_json(result, out)
+        elif result["ok"]:
+            out.write(f"audit chain intact: {result['rows']} events, head {result['head']}\n")
+        else:
+            out.write(
+                f"audit chain BROKEN after {result['rows']} good events: {result['problem']}\n"
+            )
+        return EXIT_OK if result["ok"] else EXIT_FAILED
+    data = client.get(
+        "/api/audit", since=args.since, action=args.action, actor=args.actor, limit=args.limit
+    )
+    if args.format == "json":
+        print_json(data["events"], out)
+        return EXIT_OK
+    rows = [
+        (
+            e["id"],
+            e["at"][:19].replace("T", " "),
+            e["actor"],
+            e["action"],
+            e["source"],
+            json.dumps(e["detail"], separators=(",", ":"))[:80],
+        )
+        for e in data["events"]
+    ]
+    print_table(rows, ("ID", "AT (UTC)", "ACTOR", "ACTION", "SOURCE", "DETAIL"), out)
+    return EXIT_OK

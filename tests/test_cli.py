@@ -1,0 +1,122 @@
+"""The command line without a server: argument forms, usage errors, output formats."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from easytask.cli import main
+from easytask.cli import manage as cli_manage
+
+PLAYBOOK = """\
+name: hello
+hosts: all
+tasks:
+  - name: say
+    command: echo hi {{ inventory_hostname }}
+"""
+
+
+class FakeClient:
+    """Answers the few API calls these commands make; records them."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, Any]] = []
+
+    def get(self, path: str, **params: Any) -> Any:
+        self.calls.append(("GET", path, params))
+        if path.endswith("/log"):
+            return {"lines": [{"stream": "stdout", "text": "hello", "seq": 1}]}
+        return {"run": {"id": 7, "job": 3, "host": "web1", "state": "success"}}
+
+    def post(self, path: str, body: Any = None) -> Any:
+        self.calls.append(("POST", path, body))
+        if path == "/api/agents/tokens":
+            return {"token": "et_enroll", "uses": 1, "expires_at": None}
+        return {"killed": 2}
+
+
+@pytest.fixture
+def client(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeClient:
+    fake = FakeClient()
+    monkeypatch.setattr(cli_manage, "api_client", lambda settings: fake)
+    monkeypatch.setenv("EASYTASK_CONFIG", str(tmp_path / "none.toml"))
+    (tmp_path / "none.toml").write_text("")
+    return fake
+
+
+def run(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    return main(list(argv), out), out.getvalue()
+
+
+@pytest.mark.parametrize("target", ["7", "run:7", "r7", "RUN:7"])
+def test_logs_takes_a_run_as_kill_does(client: FakeClient, target: str) -> None:
+    """`logs run:7` is accepted like `kill run:7`."""
+    assert run("logs", target) == (0, "hello\n")
+    assert ("GET", "/api/runs/7/log", {"level": None, "grep": None}) in client.calls
+
+
+def test_logs_refuses_a_job(client: FakeClient, capsys: pytest.CaptureFixture[str]) -> None:
+    """A job is not a run: a usage error, nothing asked of the server."""
+    assert run("logs", "job:3")[0] == 2
+    assert "is not RUN or run:N" in capsys.readouterr().err
+    assert client.calls == []
+
+
+@pytest.mark.parametrize(
+    ("target", "path"), [("run:7", "/api/runs/7/kill"), ("j3", "/api/jobs/3/kill")]
+)
+def test_kill_targets(client: FakeClient, target: str, path: str) -> None:
+    assert run("kill", target)[0] == 0
+    assert client.calls[0][:2] == ("POST", path)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["agents", "token", "--format", "json"],
+        ["agents", "--format", "json", "token"],
+    ],
+)
+def test_agents_token_as_json(client: FakeClient, argv: list[str]) -> None:
+    """`agents token --format json` prints the token as JSON (the option goes either side)."""
+    code, out = run(*argv)
+    assert code == 0
+    assert json.loads(out)["token"] == "et_enroll"
+
+
+def test_agents_token_as_text(client: FakeClient) -> None:
+    assert run("agents", "token") == (0, "et_enroll\n")
+
+
+def _two_inventories(tmp_path: Path) -> tuple[Path, Path, Path]:
+    (tmp_path / "a.ini").write_text("alpha1\n")
+    (tmp_path / "b.ini").write_text("beta1\n")
+    playbook = tmp_path / "hello.yml"
+    playbook.write_text(PLAYBOOK)
+    return tmp_path / "a.ini", tmp_path / "b.ini", playbook
+
+
+def test_play_check_reads_every_inventory(client: FakeClient, tmp_path: Path) -> None:
+    """`play --check -i A -i B` plans on the hosts of both."""
+    a, b, playbook = _two_inventories(tmp_path)
+    code, out = run("play", str(playbook), "--check", "-i", str(a), "-i", str(b))
+    assert code == 0, out
+    assert "echo hi alpha1" in out
+    assert "echo hi beta1" in out
+
+
+def test_play_inventory_without_check_is_a_usage_error(
+    client: FakeClient, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run uses the server's inventory: -i without --check says so instead of being ignored."""
+    a, _, playbook = _two_inventories(tmp_path)
+    code, _ = run("play", str(playbook), "-i", str(a))
+    assert code == 2
+    assert "-i/--inventory is only read with --check" in capsys.readouterr().err
+    assert client.calls == []
