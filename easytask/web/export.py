@@ -11,7 +11,7 @@ import secrets
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from starlette.requests import Request
@@ -20,11 +20,10 @@ from starlette.routing import Route
 
 from easytask import exports
 from easytask.errors import APIError
+from easytask.service.context import Services
 from easytask.store.models import Run, RunState, User, as_utc
-
-if TYPE_CHECKING:
-    from easytask.server import Server
-    from easytask.web.api import Api
+from easytask.web.requests import ApiRequests, no_nul, source
+from easytask.web.runfilter import parse_time
 
 RUN_BATCH = 500
 LINE_BATCH = 5000
@@ -59,8 +58,8 @@ def run_record(run: Run, submitted_by: str) -> dict[str, Any]:
 class ExportApi:
     """GET /api/export (the stream), its manifest, and the server's export public key."""
 
-    def __init__(self, server: Server, api: Api) -> None:
-        self.server = server
+    def __init__(self, services: Services, api: ApiRequests) -> None:
+        self.services = services
         self.api = api
         self._key: Ed25519PrivateKey | None = None
 
@@ -68,19 +67,16 @@ class ExportApi:
     def key(self) -> Ed25519PrivateKey:
         """The server's signing key (made on first use, kept in the state dir)."""
         if self._key is None:
-            self._key = exports.load_or_create_key(self.server.state_dir / "export.key")
+            self._key = exports.load_or_create_key(self.services.state_dir / "export.key")
         return self._key
 
     def _manifest_path(self, export_id: str) -> Path:
-        return self.server.state_dir / "exports" / f"{export_id}.json"
+        return self.services.state_dir / "exports" / f"{export_id}.json"
 
     @staticmethod
     def filters(request: Request) -> dict[str, Any]:
         """The export's filters from the query, checked (400 before anything is streamed)."""
-        from easytask.web.api import Api
-        from easytask.web.runfilter import parse_time
-
-        Api.no_nul(request)
+        no_nul(request)
         q = request.query_params
         chosen = {name: (q.get(name) or "").strip() for name in FILTERS}
         statuses = [s.strip() for v in q.getlist("status") for s in v.split(",") if s.strip()]
@@ -114,13 +110,13 @@ class ExportApi:
         logs = request.query_params.get("logs", "0") in ("1", "true", "yes", "on")
         filters = self.filters(request)
         export_id = secrets.token_hex(8)
-        store = self.server.store
-        await self.server.writer.flush()
+        store = self.services.store
+        await self.services.writer.flush()
         start = await store.call(
             store.audit,
             user.name,
             "export",
-            self.api.source(request),
+            source(request),
             {"export": export_id, "format": fmt, "logs": logs, "filters": filters["shown"]},
         )
         manifest: dict[str, Any] = {
@@ -128,7 +124,7 @@ class ExportApi:
             "export": export_id,
             "created_at": datetime.now(UTC).isoformat(),
             "exported_by": user.name,
-            "server": self.server.server_id,
+            "server": self.services.server_id,
             "format": fmt,
             "include_logs": logs,
             "filters": filters["shown"],
@@ -155,7 +151,7 @@ class ExportApi:
         logs: bool,
         manifest: dict[str, Any],
     ) -> AsyncIterator[bytes]:
-        store = self.server.store
+        store = self.services.store
         encoder = exports.Encoder(fmt)
         digest = hashlib.sha256()
         size = runs = lines = 0
@@ -213,7 +209,7 @@ class ExportApi:
             store.audit,
             user.name,
             "export.done",
-            self.api.source(request),
+            source(request),
             {
                 "export": manifest["export"],
                 "runs": runs,

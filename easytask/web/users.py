@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -12,13 +12,11 @@ from starlette.routing import Route
 
 from easytask.durations import parse_duration
 from easytask.errors import APIError, EasyTaskError, RateLimited
+from easytask.service.context import Services
+from easytask.service.scope import check_scope_pattern
 from easytask.store.models import ApiToken, User, as_utc
 from easytask.web.auth import ROLES, SessionAuth, hash_password
-from easytask.web.scope import check_scope_pattern
-
-if TYPE_CHECKING:
-    from easytask.server import Server
-    from easytask.web.api import Api
+from easytask.web.requests import ApiRequests, body, int_param, source
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 TOKEN_NAME_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,100}$")
@@ -83,8 +81,8 @@ def _token_name(value: object, default: str) -> str:
 class UsersApi:
     """/api/users, /api/tokens and /api/login."""
 
-    def __init__(self, server: Server, api: Api, auth: SessionAuth) -> None:
-        self.server = server
+    def __init__(self, services: Services, api: ApiRequests, auth: SessionAuth) -> None:
+        self.services = services
         self.api = api
         self.auth = auth
 
@@ -98,12 +96,12 @@ class UsersApi:
 
     async def list_users(self, request: Request, user: User) -> Response:
         """GET /api/users: every user with role, scope and state."""
-        store = self.server.store
+        store = self.services.store
         return JSONResponse({"users": [user_json(u) for u in await store.call(store.list_users)]})
 
     async def create(self, request: Request, user: User) -> Response:
         """POST /api/users: {name, role, password, scope}."""
-        data = await self.api.body(request)
+        data = await body(request)
         name = str(data.get("name") or "").strip()
         role = str(data.get("role") or "viewer")
         if not NAME_RE.match(name):
@@ -115,7 +113,7 @@ class UsersApi:
         password = _password(data.get("password"))
         scope = check_scope_pattern(str(data.get("scope") or ""))
         password_hash = await asyncio.to_thread(hash_password, password)
-        store = self.server.store
+        store = self.services.store
         created = await store.call(store.create_user, name, role, password_hash, scope)
         if created is None:
             raise APIError(f"user {name!r} exists", status=409)
@@ -127,7 +125,7 @@ class UsersApi:
     async def update(self, request: Request, user: User) -> Response:
         """POST /api/users/{name}: {role, scope, disabled, password}; a user may set their password."""
         name = request.path_params["name"]
-        data = await self.api.body(request)
+        data = await body(request)
         if user.role != "admin" and (name != user.name or set(data) - {"password"}):
             raise APIError(f"role {user.role!r} may only change its own password", status=403)
         fields: dict[str, Any] = {}
@@ -150,7 +148,7 @@ class UsersApi:
             detail["password"] = "changed"
         if not fields:
             raise APIError("nothing to change: give role, scope, disabled or password")
-        store = self.server.store
+        store = self.services.store
         changed = await store.call(store.update_user, name, **fields)
         if changed is None:
             raise APIError(f"no user {name!r}", status=404)
@@ -162,7 +160,7 @@ class UsersApi:
 
     async def list_tokens(self, request: Request, user: User) -> Response:
         """GET /api/tokens: the caller's tokens; every token (or ?user=) for an admin."""
-        store = self.server.store
+        store = self.services.store
         owner = request.query_params.get("user") or None
         if user.role != "admin":
             owner = user.name
@@ -171,13 +169,13 @@ class UsersApi:
 
     async def create_token(self, request: Request, user: User) -> Response:
         """POST /api/tokens: {name, ttl, user}; only an admin makes tokens for someone else."""
-        data = await self.api.body(request)
+        data = await body(request)
         owner = str(data.get("user") or user.name)
         if owner != user.name and user.role != "admin":
             raise APIError("only an admin may create tokens for another user", status=403)
         name = _token_name(data.get("name"), "cli")
         ttl = _ttl(data.get("ttl"))
-        store = self.server.store
+        store = self.services.store
         target = await store.call(store.get_user, owner)
         if target is None:
             raise APIError(f"no user {owner!r}", status=404)
@@ -194,8 +192,8 @@ class UsersApi:
 
     async def revoke_token(self, request: Request, user: User) -> Response:
         """POST /api/tokens/{token_id}/revoke: the owner or an admin."""
-        token_id = self.api.int_param(request, "token_id")
-        store = self.server.store
+        token_id = int_param(request, "token_id")
+        store = self.services.store
         owned = {row.id for row, _ in await store.call(store.list_api_tokens, user.name)}
         if user.role != "admin" and token_id not in owned:
             raise APIError(f"no token {token_id} of yours", status=404)
@@ -215,15 +213,15 @@ class UsersApi:
         """POST /api/login: {name, password, token_name, ttl} -> a new API token (public, rate-limited)."""
         address = request.client.host if request.client else "?"
         try:
-            data = await self.api.body(request, limit=LOGIN_BODY)
+            data = await body(request, limit=LOGIN_BODY)
             name = str(data.get("name") or "").strip()
             password = data.get("password")
             if not name or not isinstance(password, str):
                 raise APIError("name and password are required")
             token_name = _token_name(data.get("token_name"), f"login {address}")
             ttl = _ttl(data.get("ttl"))
-            user = await self.auth.checked_login(name, password, address, self.api.source(request))
-            store = self.server.store
+            user = await self.auth.checked_login(name, password, address, source(request))
+            store = self.services.store
             secret, row = await store.call(store.issue_api_token, user.name, token_name, ttl)
             await self.api.audit(
                 user,
