@@ -25,7 +25,7 @@ from easytask.plan_playbook import (
 from easytask.scheduler import fileops, secretfile
 from easytask.scheduler.jobs import JobEngine, JobOptions
 from easytask.secrets import Masker
-from easytask.store.db import AuditNote
+from easytask.store.audit import AuditNote
 from easytask.store.models import Job, Run, RunState
 from easytask.templating import render
 

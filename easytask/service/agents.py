@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from easytask.errors import APIError
 from easytask.service.context import Services
+from easytask.store.audit import AuditNote
 from easytask.store.models import Agent, AgentState
 
 ACTIONS = {"accept": AgentState.ACCEPTED, "revoke": AgentState.REVOKED}
@@ -16,12 +17,10 @@ async def set_agent_state(
     state = ACTIONS.get(action)
     if state is None:
         raise APIError(f"unknown action {action!r}", status=404)
-    row = await services.registry.set_state(name, state)
+    note = AuditNote(actor, f"agent.{action}", source, {"agent": name})
+    row = await services.registry.set_state(name, state, note)  # its fingerprint added
     if row is None:
         raise APIError(f"no agent {name!r}", status=404)
-    await services.audit(
-        actor, f"agent.{action}", source, {"agent": name, "fingerprint": row.fingerprint}
-    )
     return row
 
 
@@ -32,6 +31,5 @@ async def create_enroll_token(
     if uses < 1:
         raise APIError("uses must be at least 1")
     store = services.store
-    token = await store.call(store.create_enroll_token, uses, ttl, actor)
-    await services.audit(actor, "agent.token", source, {"uses": uses, "ttl": ttl})
-    return token
+    note = AuditNote(actor, "agent.token", source, {"uses": uses, "ttl": ttl})
+    return await store.call(store.create_enroll_token, uses, ttl, actor, note)

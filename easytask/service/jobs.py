@@ -15,7 +15,7 @@ from easytask.service.context import Services
 from easytask.service.files import file_digests
 from easytask.service.planning import plan_file, plan_pattern
 from easytask.service.scope import enforce_scope
-from easytask.store.db import AuditNote
+from easytask.store.audit import AuditNote
 from easytask.store.models import Job, Run, RunState, Schedule, User
 
 
@@ -144,11 +144,11 @@ async def set_schedule_enabled(
 ) -> Schedule:
     """Switch a schedule on or off."""
     store = services.store
-    row = await store.call(store.update_schedule, name, enabled=enabled, next_fire=None)
+    action = "enable" if enabled else "disable"
+    note = AuditNote(user.name, f"schedule.{action}", source, {"schedule": name})
+    row = await store.call(store.update_schedule, name, note, enabled=enabled, next_fire=None)
     if row is None:
         raise APIError(f"no schedule {name!r}", status=404)
-    action = "enable" if enabled else "disable"
-    await services.audit(user.name, f"schedule.{action}", source, {"schedule": name})
     return row
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,6 +40,23 @@ def canonical(
 def chain_hash(prev_hash: str, text: str) -> str:
     """sha256(prev_hash + canonical json)."""
     return hashlib.sha256((prev_hash + text).encode()).hexdigest()
+
+
+@dataclass(slots=True)
+class AuditNote:
+    """An audit event to store with the change it records: who, what, from where, details."""
+
+    actor: str
+    action: str
+    source: str
+    detail: dict[str, Any]
+
+
+def append_note(conn: Connection, note: AuditNote | None, **known: Any) -> None:
+    """Append `note` (if any) in the caller's transaction; `known` (what only the change knows,
+    such as a new row's id) is added to its detail."""
+    if note is not None:
+        append(conn, note.actor, note.action, note.source, {**known, **note.detail})
 
 
 def append(

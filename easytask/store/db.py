@@ -25,6 +25,7 @@ from sqlmodel import Session, SQLModel, col, create_engine, select
 from easytask.store import audit as audit_chain
 from easytask.store import schema
 from easytask.store import statements as sql
+from easytask.store.audit import AuditNote
 from easytask.store.identities import IdentityQueries
 from easytask.store.lines import LineQueries
 from easytask.store.models import (
@@ -44,16 +45,6 @@ from easytask.store.models import (
 T = TypeVar("T")
 PING_AFTER_IDLE = 5.0  # seconds a PostgreSQL connection rests in the pool before it is checked
 M = TypeVar("M", bound=SQLModel)
-
-
-@dataclass(slots=True)
-class AuditNote:
-    """An audit event to store with the change it records: who, what, from where, details."""
-
-    actor: str
-    action: str
-    source: str
-    detail: dict[str, Any]
 
 
 @dataclass(slots=True)
@@ -219,9 +210,7 @@ class Store(IdentityQueries, LineQueries):
                 ]
                 # one INSERT for all events; no model objects (pydantic defaults cost per object)
                 conn.execute(sql.INSERT_RUN_EVENTS, events)
-            if audit is not None:
-                detail = {"job": job.id, **audit.detail}
-                audit_chain.append(conn, audit.actor, audit.action, audit.source, detail)
+            audit_chain.append_note(conn, audit, job=job.id)
         return job, list(runs)  # every field was set before the insert: nothing to read back
 
     def add_attempt(self, run_id: int, attempt: int) -> Run:
@@ -275,12 +264,18 @@ class Store(IdentityQueries, LineQueries):
         with self.session() as s:
             return list(s.exec(select(Schedule).order_by(col(Schedule.name))))
 
-    def update_schedule(self, name: str, **fields: Any) -> Schedule | None:
-        """Change a schedule's fields (enabled, next_fire, last_fire, last_job)."""
-        return self._update_named(Schedule, name, fields)
+    def update_schedule(
+        self, name: str, audit: AuditNote | None = None, **fields: Any
+    ) -> Schedule | None:
+        """Change a schedule's fields (enabled, next_fire, last_fire, last_job); with `audit`,
+        its audit event in the same transaction."""
+        return self._update_named(Schedule, name, fields, audit)
 
-    def _update_named(self, model: type[M], name: str, fields: dict[str, Any]) -> M | None:
-        """Set fields of the row of `model` with this name; None if there is none."""
+    def _update_named(
+        self, model: type[M], name: str, fields: dict[str, Any], audit: AuditNote | None = None
+    ) -> M | None:
+        """Set fields of the row of `model` with this name (and append `audit` in the same
+        transaction); None if there is none."""
         with self.session() as s:
             row = s.exec(select(model).where(model.name == name)).first()  # type: ignore[attr-defined]
             if row is None:
@@ -288,6 +283,7 @@ class Store(IdentityQueries, LineQueries):
             for key, value in fields.items():
                 setattr(row, key, value)
             s.add(row)
+            audit_chain.append_note(s.connection(), audit)
             s.commit()
             s.refresh(row)
             return row

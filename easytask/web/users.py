@@ -12,10 +12,12 @@ from starlette.routing import Route
 
 from easytask.durations import parse_duration
 from easytask.errors import APIError, EasyTaskError, RateLimited
+from easytask.service import users
 from easytask.service.context import Services
 from easytask.service.scope import check_scope_pattern
 from easytask.store.models import ApiToken, User, as_utc
 from easytask.web.auth import ROLES, SessionAuth, hash_password
+from easytask.web.errors import http_status, json_error
 from easytask.web.requests import ApiRequests, body, int_param, source
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
@@ -113,12 +115,8 @@ class UsersApi:
         password = _password(data.get("password"))
         scope = check_scope_pattern(str(data.get("scope") or ""))
         password_hash = await asyncio.to_thread(hash_password, password)
-        store = self.services.store
-        created = await store.call(store.create_user, name, role, password_hash, scope)
-        if created is None:
-            raise APIError(f"user {name!r} exists", status=409)
-        await self.api.audit(
-            user, "user.create", request, {"user": name, "role": role, "scope": scope}
+        created = await users.create_user(
+            self.services, user.name, source(request), name, role, password_hash, scope
         )
         return JSONResponse(user_json(created), status_code=201)
 
@@ -148,12 +146,10 @@ class UsersApi:
             detail["password"] = "changed"
         if not fields:
             raise APIError("nothing to change: give role, scope, disabled or password")
-        store = self.services.store
-        changed = await store.call(store.update_user, name, **fields)
-        if changed is None:
-            raise APIError(f"no user {name!r}", status=404)
+        changed = await users.update_user(
+            self.services, user.name, source(request), name, fields, detail
+        )
         self._changed(changed)
-        await self.api.audit(user, "user.update", request, detail)
         return JSONResponse(user_json(changed))
 
     # -- tokens -----------------------------------------------------------------------------
@@ -175,36 +171,16 @@ class UsersApi:
             raise APIError("only an admin may create tokens for another user", status=403)
         name = _token_name(data.get("name"), "cli")
         ttl = _ttl(data.get("ttl"))
-        store = self.services.store
-        target = await store.call(store.get_user, owner)
-        if target is None:
-            raise APIError(f"no user {owner!r}", status=404)
-        if target.disabled:
-            raise APIError(f"user {owner!r} is disabled", status=409)
-        secret, row = await store.call(store.issue_api_token, owner, name, ttl)
-        await self.api.audit(
-            user,
-            "token.create",
-            request,
-            {"token": row.id, "name": name, "user": owner, "ttl": ttl},
+        secret, row = await users.issue_token(
+            self.services, user.name, source(request), owner, name, ttl
         )
         return JSONResponse({"token": secret, **token_json(row, owner)}, status_code=201)
 
     async def revoke_token(self, request: Request, user: User) -> Response:
         """POST /api/tokens/{token_id}/revoke: the owner or an admin."""
         token_id = int_param(request, "token_id")
-        store = self.services.store
-        owned = {row.id for row, _ in await store.call(store.list_api_tokens, user.name)}
-        if user.role != "admin" and token_id not in owned:
-            raise APIError(f"no token {token_id} of yours", status=404)
-        result = await store.call(store.revoke_api_token, token_id)
-        if result is None:
-            raise APIError(f"no token {token_id}", status=404)
-        row, owner = result
+        row, owner = await users.revoke_token(self.services, user, source(request), token_id)
         self._changed(None)
-        await self.api.audit(
-            user, "token.revoke", request, {"token": token_id, "name": row.name, "user": owner}
-        )
         return JSONResponse(token_json(row, owner))
 
     # -- sign-in for a token -----------------------------------------------------------------
@@ -221,13 +197,8 @@ class UsersApi:
             token_name = _token_name(data.get("token_name"), f"login {address}")
             ttl = _ttl(data.get("ttl"))
             user = await self.auth.checked_login(name, password, address, source(request))
-            store = self.services.store
-            secret, row = await store.call(store.issue_api_token, user.name, token_name, ttl)
-            await self.api.audit(
-                user,
-                "token.create",
-                request,
-                {"token": row.id, "name": token_name, "user": user.name, "ttl": ttl, "login": True},
+            secret, row = await users.issue_token(
+                self.services, user.name, source(request), user.name, token_name, ttl, login=True
             )
         except RateLimited as exc:
             return JSONResponse(
@@ -235,10 +206,8 @@ class UsersApi:
                 status_code=429,
                 headers={"retry-after": str(exc.retry_after)},
             )
-        except APIError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=exc.status)
         except EasyTaskError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
+            return json_error(http_status(exc), str(exc))
         return JSONResponse(
             {"token": secret, "user": user.name, "role": user.role, **token_json(row, user.name)},
             status_code=201,
