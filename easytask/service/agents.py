@@ -2,12 +2,48 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from typing import Any
+
 from easytask.errors import APIError
 from easytask.service.context import Services
 from easytask.store.audit import AuditNote
 from easytask.store.models import Agent, AgentState
 
 ACTIONS = {"accept": AgentState.ACCEPTED, "revoke": AgentState.REVOKED}
+
+
+@dataclass
+class AgentView:
+    """An agent as stored, with what this server knows of it now."""
+
+    row: Agent
+    status: str  # online, unreachable, pending or revoked
+    running: int  # runs it executes for this server
+    facts: dict[str, Any]
+    groups: list[str]
+
+
+async def list_agents(services: Services) -> list[AgentView]:
+    """Every agent, by name, with its live status (any server of the database holding it)."""
+    store = services.store
+    registry = services.registry
+    rows = await store.call(store.list_agents)
+    live = await services.live_servers()
+    out = []
+    for row in rows:
+        info = registry.agents.get(row.name)
+        out.append(
+            AgentView(
+                row=row,
+                status=registry.row_status(row, live),
+                running=info.running if info else 0,
+                facts=json.loads(row.facts or "{}"),
+                groups=[g for g in row.groups.split(",") if g],
+            )
+        )
+    return out
 
 
 async def set_agent_state(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -26,32 +24,27 @@ class AgentsApi:
 
     async def list_agents(self, request: Request, user: User) -> Response:
         """GET /api/agents: every agent with its state and facts."""
-        store = self.services.store
-        rows = await store.call(store.list_agents)
-        registry = self.services.registry
-        live = await self.services.live_servers()
         out = []
-        for row in rows:
-            info = registry.agents.get(row.name)
-            status = registry.row_status(row, live)
+        for view in await agents.list_agents(self.services):
+            row = view.row
             out.append(
                 {
                     "name": row.name,
                     "state": row.state,
-                    "status": status,
+                    "status": view.status,
                     "fingerprint": row.fingerprint,
                     "address": row.address,
                     "server": row.server if row.connected else "",
                     "version": row.version,
-                    "groups": [g for g in row.groups.split(",") if g],
+                    "groups": view.groups,
                     "slots": row.slots,
-                    "running": info.running if info else 0,
-                    "facts": json.loads(row.facts or "{}"),
+                    "running": view.running,
+                    "facts": view.facts,
                     "last_seen": row.last_seen.isoformat() if row.last_seen else None,
                     "since": row.state_since.isoformat() if row.state_since else None,
                 }
             )
-        return JSONResponse({"agents": out, "refused": registry.refused[-20:]})
+        return JSONResponse({"agents": out, "refused": self.services.registry.refused[-20:]})
 
     async def set_agent_state(self, request: Request, user: User) -> Response:
         """POST /api/agents/{name}/accept|revoke."""

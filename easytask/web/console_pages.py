@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import Counter
@@ -44,26 +43,22 @@ class ConsolePages:
 
     async def agent_rows(self) -> list[dict[str, Any]]:
         """Every agent with its live status, load and running count."""
-        store = self.services.store
-        registry = self.services.registry
-        live = await self.services.live_servers()
         out = []
-        for row in await store.call(store.list_agents):
-            info = registry.agents.get(row.name)
-            facts = json.loads(row.facts or "{}")
+        for view in await agents.list_agents(self.services):
+            row, facts = view.row, view.facts
             load = facts.get("load") or []
             out.append(
                 {
                     "name": row.name,
                     "state": row.state,
-                    "status": registry.row_status(row, live),
+                    "status": view.status,
                     "address": row.address,
                     "version": row.version,
                     "last_seen": row.last_seen,
                     "load": load[0] if load else None,
-                    "running": info.running if info else 0,
+                    "running": view.running,
                     "slots": row.slots,
-                    "groups": [g for g in row.groups.split(",") if g],
+                    "groups": view.groups,
                     "fingerprint": row.fingerprint,
                     "os": facts.get("os") or facts.get("system") or "",
                 }
