@@ -20,7 +20,7 @@ from easytask.store.db import Store
 from easytask.transport.agentlink import AgentListener
 
 
-class Settings(Protocol):
+class ServerSettings(Protocol):
     """The server settings the use cases and the web layer read."""
 
     inventory: str | None
@@ -69,7 +69,7 @@ def tree_stamp(path: Path) -> tuple[tuple[str, float], ...]:
 class Services:
     """The parts of one server that the use cases and the web layer need."""
 
-    settings: Settings
+    settings: ServerSettings
     state_dir: Path
     server_id: str
     pending_timeout: float

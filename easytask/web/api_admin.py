@@ -13,7 +13,7 @@ from easytask.errors import APIError
 from easytask.service.context import Services
 from easytask.service.playbooks import iso_utc
 from easytask.store.models import User
-from easytask.web.requests import ApiRequests, body, no_nul
+from easytask.web.requests import ApiRequests, body, no_nul, source
 from easytask.web.runfilter import parse_time
 
 
@@ -80,7 +80,8 @@ class AdminApi:
                 raise APIError(f"{name} must be positive")
         dry_run = bool(data.get("dry_run"))
         result = await self.services.retention.prune(dry_run=dry_run, **overrides)
-        await self.api.audit(user, "prune.dry_run" if dry_run else "prune", request, result)
+        action = "prune.dry_run" if dry_run else "prune"
+        await self.services.audit(user.name, action, source(request), result)
         return JSONResponse(result)
 
     def routes(self) -> list[Route]:

@@ -118,10 +118,3 @@ class ApiRequests:
                 return json_error(500, INTERNAL)
 
         return wrapped
-
-    async def audit(
-        self, user: User | str, action: str, request: Request | None, detail: dict[str, Any]
-    ) -> None:
-        """Append to the audit chain: who, what, from where."""
-        actor = user if isinstance(user, str) else user.name
-        await self.services.audit(actor, action, source(request) if request else "", detail)
