@@ -13,6 +13,7 @@ from typing import TextIO
 
 from easytask.config import Settings, write_client_config
 from easytask.server import Server
+from easytask.service.agents import create_enroll_token
 
 DEMO_AGENTS = {"web1": ["demo"], "web2": ["demo"], "db1": ["demo"]}
 
@@ -29,7 +30,7 @@ async def _demo(state: Path, http: str, agents_addr: str, out: TextIO) -> int:
         )
     )
     await server.start()
-    token = await server.store.call(server.store.create_enroll_token, len(DEMO_AGENTS), 600, "demo")
+    token = await create_enroll_token(server.services, "demo", "demo", len(DEMO_AGENTS), 600)
     procs: list[subprocess.Popen[bytes]] = []
     logs = state / "logs"
     logs.mkdir(parents=True, exist_ok=True)

@@ -12,17 +12,12 @@ import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import uvicorn
 
 from easytask import __version__
 from easytask.config import Settings
-from easytask.errors import EasyTaskError, NoHostsMatched, PlaybookError, StartError
-from easytask.inventory import Inventory, load_inventory
-from easytask.plan import PlannedRun, PlaybookPlan, plan_adhoc, plan_playbook
-from easytask.playbook import load_playbook
-from easytask.scheduler import secretfile
+from easytask.errors import StartError
 from easytask.scheduler.agents import AgentRegistry
 from easytask.scheduler.cluster import Cluster
 from easytask.scheduler.hub import LiveHub
@@ -30,17 +25,14 @@ from easytask.scheduler.jobs import JobEngine
 from easytask.scheduler.logwriter import LogWriter
 from easytask.scheduler.metrics import Metrics
 from easytask.scheduler.notify import Notifier, Webhook
-from easytask.scheduler.playbooks import (
-    ResumeError,
-    check_resumable,
-    resume_playbook,
-    submit_playbook,
-)
 from easytask.scheduler.retention import Retention
 from easytask.scheduler.schedules import Scheduler
+from easytask.service.context import InventorySource, Services
+from easytask.service.jobs import submit_scheduled
+from easytask.service.planning import resume_playbook_job
 from easytask.store import schema
 from easytask.store.db import Store, safe_url, sqlite_url
-from easytask.store.models import AgentState, Job
+from easytask.store.models import Job
 from easytask.transport import sshlog
 from easytask.transport.agentless import SSHPool
 from easytask.transport.agentlink import AgentListener
@@ -73,129 +65,12 @@ class Server:
         self.store: Store
         self.hub = LiveHub()
         self.metrics = Metrics()
-        self._inventory: Inventory | None = None
-        self._inventory_stamp: Any = None
+        self.inventory = InventorySource(config.inventory)
         self._stop = asyncio.Event()
         self.cluster: Cluster | None = None
         self.fenced = False  # another server took this one's work over: stop, exit 1
         self.http_port = 0
         self.agents_port = 0
-
-    # -- inventory --------------------------------------------------------------------------
-
-    def _inventory_now(self) -> Inventory:
-        path = self.config.inventory
-        if not path or not Path(path).exists():
-            if self._inventory is None:
-                self._inventory = load_inventory([])
-            return self._inventory
-        stamp = _tree_stamp(Path(path))
-        if self._inventory is None or stamp != self._inventory_stamp:
-            self._inventory = load_inventory(path)
-            self._inventory_stamp = stamp
-        return self._inventory
-
-    def _hostvars(self, host: str) -> dict[str, Any]:
-        inventory = self._inventory_now()
-        if host in inventory.hosts:
-            return inventory.host_vars(host)
-        return {}
-
-    async def merged_inventory(self) -> Inventory:
-        """The inventory plus the accepted agents it does not list."""
-        inventory = await asyncio.to_thread(self._inventory_now)
-        return inventory.with_extra_hosts(self.registry.declared_hosts())
-
-    async def plan_playbook_bundle(
-        self,
-        name: str,
-        text: str,
-        files: dict[str, bytes],
-        limit: str | None,
-        extra_vars: dict[str, Any],
-    ) -> PlaybookPlan:
-        """Write a submitted playbook and its files to a private bundle dir, load and plan it."""
-        bundle = self.state_dir / "bundles" / secrets.token_hex(8)
-        base = Path(name).name or "playbook.yml"
-        entries = {base: text.encode()}
-        for rel, data in files.items():
-            parts = Path(rel).parts
-            if Path(rel).is_absolute() or ".." in parts or not parts:
-                raise PlaybookError(
-                    f"file path {rel!r} must be relative, inside the playbook's directory"
-                )
-            entries[str(Path(*parts))] = data
-        for rel, data in entries.items():
-            target = bundle / rel
-            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            target.write_bytes(data)
-        playbook = await asyncio.to_thread(load_playbook, bundle / base)
-        inventory = await self.merged_inventory()
-        return plan_playbook(playbook, inventory, extra_vars=extra_vars, limit=limit)
-
-    async def _submit_scheduled(self, path: Path, name: str) -> int:
-        playbook = await asyncio.to_thread(load_playbook, path)
-        plan = plan_playbook(playbook, await self.merged_inventory())
-        job, _ = await submit_playbook(
-            self.engine,
-            plan,
-            user="schedule",
-            source=f"schedule {name}",
-            pending_timeout=self.pending_timeout,
-            kind="schedule",
-        )
-        await self.store.call(
-            self.store.audit,
-            "schedule",
-            "job.submit",
-            f"schedule {name}",
-            {"job": job.id, "kind": "schedule", "playbook": plan.name, "hosts": list(plan.hosts)},
-        )
-        assert job.id is not None
-        return job.id
-
-    async def _resume_playbook(self, job: Job) -> int:
-        """Plan a playbook job again from what it stored and continue it where it stopped."""
-        try:
-            spec = json.loads(job.vars or "{}")
-        except ValueError:
-            spec = {}
-        if not isinstance(spec, dict) or not spec.get("playbook"):
-            raise ResumeError("the job holds no playbook to plan it again from")
-        try:
-            playbook = await asyncio.to_thread(load_playbook, Path(spec["playbook"]))
-        except EasyTaskError as exc:
-            raise ResumeError(f"{spec['playbook']}: {exc}") from exc
-        plan = plan_playbook(
-            playbook,
-            await self.merged_inventory(),
-            extra_vars={
-                **(spec.get("extra_vars") or {}),
-                **secretfile.secret_extra_vars(self.engine.secrets_dir, job.id or 0),
-            },
-            limit=spec.get("limit"),
-        )
-        check_resumable(plan, spec)
-        return await resume_playbook(self.engine, plan, job, self.pending_timeout)
-
-    async def plan_adhoc(self, pattern: str, command: str) -> list[PlannedRun]:
-        """Resolve a pattern against the inventory plus the accepted agents."""
-        inventory = await asyncio.to_thread(self._inventory_now)
-        merged = inventory.with_extra_hosts(self.registry.declared_hosts())
-        try:
-            return plan_adhoc(merged, pattern, command)
-        except NoHostsMatched as exc:
-            waiting = [
-                name
-                for name, info in self.registry.agents.items()
-                if info.state != AgentState.ACCEPTED and name in pattern
-            ]
-            if waiting:
-                raise NoHostsMatched(
-                    f"{exc.message}; agent(s) {', '.join(sorted(waiting))} not accepted "
-                    f"(pending or revoked): `easytask agents accept NAME`"
-                ) from exc
-            raise
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -261,7 +136,36 @@ class Server:
         sock.listen(1024)
         sock.setblocking(False)
         self.http_port = sock.getsockname()[1]
-        self.app = await create_web_app(self)
+        self.scheduler = Scheduler(
+            self.store,
+            Path(self.config.playbooks) if self.config.playbooks else None,
+            self._submit_scheduled,
+            self.server_id,
+            interval=self.config.schedule_interval,
+        )
+        self.retention = Retention(
+            self.store,
+            self.config.retention,
+            self.config.retention_failed,
+            self.config.prune_interval,
+        )
+        self.services = Services(
+            settings=self.config,
+            state_dir=self.state_dir,
+            server_id=self.server_id,
+            pending_timeout=self.pending_timeout,
+            store=self.store,
+            writer=self.writer,
+            hub=self.hub,
+            registry=self.registry,
+            engine=self.engine,
+            metrics=self.metrics,
+            listener=self.listener,
+            inventory=self.inventory,
+            scheduler=self.scheduler,
+            retention=self.retention,
+        )
+        self.app = await create_web_app(self.services)
         uv_config = uvicorn.Config(
             self.app,
             log_level="warning",
@@ -303,22 +207,9 @@ class Server:
         )
         if not self.store.is_sqlite:
             await self._join_cluster(f"{host}:{self.agents_port}")
-        self.scheduler = Scheduler(
-            self.store,
-            Path(self.config.playbooks) if self.config.playbooks else None,
-            self._submit_scheduled,
-            self.server_id,
-            interval=self.config.schedule_interval,
-        )
         self.scheduler.start()
-        self.retention = Retention(
-            self.store,
-            self.config.retention,
-            self.config.retention_failed,
-            self.config.prune_interval,
-        )
         self.retention.start()
-        counts = await self.engine.resume(self._hostvars, self._resume_playbook)
+        counts = await self.engine.resume(self.inventory.hostvars, self._resume_playbook)
         if any(counts.values()):
             log.warning(
                 "taking over from the previous server process: %d run(s) resumed, "
@@ -346,12 +237,16 @@ class Server:
 
         async def take_over(server: str, jobs: list[int]) -> None:
             await self.engine.resume(
-                self._hostvars, self._resume_playbook, job_ids=jobs, why=f"server {server} stopped"
+                self.inventory.hostvars,
+                self._resume_playbook,
+                job_ids=jobs,
+                why=f"server {server} stopped",
             )
 
         cluster.on_take_over.append(take_over)
         await cluster.start(self.http_url, agents_addr, self.server_id)
         self.cluster = cluster
+        self.services.cluster = cluster
 
     def _fenced(self) -> None:
         # The server that took over re-attached from what was stored: lines still buffered
@@ -360,11 +255,11 @@ class Server:
         self.writer.fence()
         self.stop()
 
-    async def live_servers(self) -> set[str]:
-        """Ids of the servers sharing the database whose heartbeat is recent (this one too)."""
-        if self.cluster is None:
-            return {self.store.owner}
-        return await self.cluster.live_servers()
+    async def _submit_scheduled(self, path: Path, name: str) -> int:
+        return await submit_scheduled(self.services, path, name)
+
+    async def _resume_playbook(self, job: Job) -> int:
+        return await resume_playbook_job(self.services, job)
 
     async def _job_finished(self, job: Job) -> None:
         self.metrics.job_finished(job.state)
@@ -380,18 +275,6 @@ class Server:
             with os.fdopen(fd, "w") as fh:
                 fh.write(secrets.token_hex(32) + "\n")
         return path.read_text().strip().encode()
-
-    async def ready(self) -> dict[str, str]:
-        """What /readyz checks: the database answers, the agent listener is up. Empty if ready."""
-        problems: dict[str, str] = {}
-        try:
-            async with asyncio.timeout(5):
-                await self.store.call(self.store.ping)
-        except Exception as exc:
-            problems["database"] = f"{type(exc).__name__}: {exc}"
-        if not self.listener.listening:
-            problems["agent_listener"] = "not listening"
-        return problems
 
     def _instance_id(self) -> str:
         """This server's lasting identity (STATE_DIR/server.id), the same across restarts."""
@@ -468,12 +351,6 @@ def _url_host(host: str) -> str:
     if host in ("0.0.0.0", ""):
         return "127.0.0.1"
     return f"[{host}]" if ":" in host else host
-
-
-def _tree_stamp(path: Path) -> tuple[tuple[str, float], ...]:
-    if path.is_file():
-        return ((str(path), path.stat().st_mtime),)
-    return tuple(sorted((str(p), p.stat().st_mtime) for p in path.rglob("*") if p.is_file()))
 
 
 async def serve(config: Settings) -> int:

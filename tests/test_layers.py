@@ -1,4 +1,4 @@
-"""The import order of the package: pure core <- transport, store <- scheduler <- web, cli."""
+"""The import order of the package: pure core <- transport, store <- scheduler <- service <- web, cli."""
 
 from __future__ import annotations
 
@@ -87,7 +87,12 @@ def test_pure_core_has_no_io_imports(module: str) -> None:
                 "easytask.server",
             ),
         ),
-        ("scheduler", ("easytask.web", "easytask.cli", "easytask.server")),
+        (
+            "scheduler",
+            ("easytask.service", "easytask.web", "easytask.cli", "easytask.server"),
+        ),
+        ("service", ("easytask.web", "easytask.cli", "easytask.server")),
+        ("web", ("easytask.cli", "easytask.server")),
         (
             "agent",
             (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from easytask.store.audit import AuditNote
 from easytask.store.db import Store, sqlite_url
 from easytask.store.models import Job, Run, RunState, WebhookDelivery, as_utc
 from easytask.store.runs import JOB_END, JOB_RUNNING, RunChange
@@ -240,6 +242,35 @@ def test_audit_chain_verifies(store: Store) -> None:
     newest = store.audit_events()[0].id or 0
     assert [e.actor for e in store.audit_events(before_id=newest)] == ["alice"]
     assert store.audit_events(since=datetime.now(UTC) + timedelta(hours=1)) == []
+    assert store.audit_verify()["ok"] is True
+
+
+def test_changes_store_their_audit_event_with_them(store: Store) -> None:
+    """An audited change appends its event in its own transaction, with what only it knows;
+    a change that finds nothing to change appends none."""
+    note = AuditNote
+    store.register_agent("web1", "SHA256:k", "ssh-ed25519 AAAA", "pending")
+    store.update_agent(
+        "web1", note("ann", "agent.accept", "cli", {"agent": "web1"}), state="accepted"
+    )
+    store.create_user(
+        "bob", "viewer", "hash", "", note("ann", "user.create", "cli", {"user": "bob"})
+    )
+    assert store.update_user("nobody", note("ann", "user.update", "cli", {}), role="admin") is None
+    store.update_user("bob", note("ann", "user.update", "cli", {"user": "bob"}), role="operator")
+    _, row = store.issue_api_token("bob", "laptop", None, note("ann", "token.create", "cli", {}))
+    store.revoke_api_token(row.id or 0, note("ann", "token.revoke", "cli", {}))
+    store.create_enroll_token(1, None, "ann", note("ann", "agent.token", "cli", {"uses": 1}))
+    events = [(e.action, json.loads(e.detail)) for e in reversed(store.audit_events())]
+    assert events == [
+        ("agent.accept", {"agent": "web1", "fingerprint": "SHA256:k"}),
+        ("user.create", {"user": "bob"}),
+        ("user.update", {"user": "bob"}),
+        ("token.create", {"token": row.id}),
+        ("token.revoke", {"token": row.id, "name": "laptop", "user": "bob"}),
+        ("agent.token", {"uses": 1}),
+    ]
+    assert store.get_user("bob").role == "operator"  # type: ignore[union-attr]
     assert store.audit_verify()["ok"] is True
 
 

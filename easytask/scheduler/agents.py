@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from easytask.scheduler.hub import LiveHub
+from easytask.store.audit import AuditNote
 from easytask.store.db import Store
 from easytask.store.models import Agent, AgentState, utcnow
 from easytask.transport.agentlink import AgentLink, Verdict
@@ -234,9 +235,12 @@ class AgentRegistry:
 
     # -- administration ---------------------------------------------------------------------
 
-    async def set_state(self, name: str, state: str) -> Agent | None:
-        """Accept or revoke an agent; revoking closes its link."""
-        row = await self.store.call(self.store.update_agent, name, state=state)
+    async def set_state(
+        self, name: str, state: str, audit: AuditNote | None = None
+    ) -> Agent | None:
+        """Accept or revoke an agent (with `audit`, its audit event in the same transaction);
+        revoking closes its link."""
+        row = await self.store.call(self.store.update_agent, name, audit, state=state)
         if row is None:
             return None
         info = self.agents.setdefault(name, self._info(row))

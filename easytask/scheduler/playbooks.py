@@ -25,6 +25,7 @@ from easytask.plan import (
 )
 from easytask.scheduler import fileops, secretfile
 from easytask.scheduler.jobs import JobEngine, JobOptions
+from easytask.store.audit import AuditNote
 from easytask.store.models import Job, Run, RunState
 from easytask.templating import render
 
@@ -302,8 +303,10 @@ async def submit_playbook(
     source: str,
     pending_timeout: float,
     kind: str = "playbook",
+    audit: AuditNote | None = None,
 ) -> tuple[Job, list[Run]]:
-    """Record a playbook job and its runs, then run it in the background."""
+    """Record a playbook job and its runs (with `audit`, the submission's audit event in the
+    same transaction), then run it in the background."""
     job = Job(
         kind=kind,
         name=plan.name,
@@ -318,7 +321,7 @@ async def submit_playbook(
     runs = job_runs_for(plan)
     if not runs:
         raise EasyTaskError("the playbook selects no host for any task")
-    job, runs = await engine.store.call(engine.store.create_job, job, runs)
+    job, runs = await engine.store.call(engine.store.create_job, job, runs, audit)
     assert job.id is not None
     if plan.playbook.notify:
         hooks = [(n.url, n.events) for n in plan.playbook.notify]

@@ -43,6 +43,23 @@ def chain_hash(prev_hash: str, text: str) -> str:
     return hashlib.sha256((prev_hash + text).encode()).hexdigest()
 
 
+@dataclass(slots=True)
+class AuditNote:
+    """An audit event to store with the change it records: who, what, from where, details."""
+
+    actor: str
+    action: str
+    source: str
+    detail: dict[str, Any]
+
+
+def append_note(conn: Connection, note: AuditNote | None, **known: Any) -> None:
+    """Append `note` (if any) in the caller's transaction; `known` (what only the change knows,
+    such as a new row's id) is added to its detail."""
+    if note is not None:
+        append(conn, note.actor, note.action, note.source, {**known, **note.detail})
+
+
 def append(
     conn: Connection, actor: str, action: str, source: str, detail: dict[str, Any]
 ) -> AuditEvent:
@@ -112,16 +129,6 @@ def verify(session: Session) -> dict[str, Any]:
         prev_hash, prev_id = event.hash, event.id
         count += 1
     return {"ok": True, "rows": count, "head": prev_hash}
-
-
-@dataclass(slots=True)
-class AuditNote:
-    """An audit event to store with the change it records: who, what, from where, details."""
-
-    actor: str
-    action: str
-    source: str
-    detail: dict[str, Any]
 
 
 class AuditQueries:

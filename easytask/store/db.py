@@ -22,8 +22,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DisconnectionError
 from sqlmodel import Session, SQLModel, create_engine, select
 
+from easytask.store import audit as audit_chain
 from easytask.store import schema
-from easytask.store.audit import AuditQueries
+from easytask.store.audit import AuditNote, AuditQueries
 from easytask.store.history import HistoryQueries
 from easytask.store.identities import IdentityQueries
 from easytask.store.lines import LineQueries
@@ -149,8 +150,11 @@ class Store(
         """A new ORM session."""
         return Session(self.engine, expire_on_commit=False)
 
-    def _update_named(self, model: type[M], name: str, fields: dict[str, Any]) -> M | None:
-        """Set fields of the row of `model` with this name; None if there is none."""
+    def _update_named(
+        self, model: type[M], name: str, fields: dict[str, Any], audit: AuditNote | None = None
+    ) -> M | None:
+        """Set fields of the row of `model` with this name (and append `audit` in the same
+        transaction); None if there is none."""
         with self.session() as s:
             row = s.exec(select(model).where(model.name == name)).first()  # type: ignore[attr-defined]
             if row is None:
@@ -158,6 +162,7 @@ class Store(
             for key, value in fields.items():
                 setattr(row, key, value)
             s.add(row)
+            audit_chain.append_note(s.connection(), audit)
             s.commit()
             s.refresh(row)
             return row

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlmodel import Session, SQLModel, col, select
 
+from easytask.store import audit as audit_chain
+from easytask.store.audit import AuditNote
 from easytask.store.models import (
     Agent,
     ApiToken,
@@ -34,7 +36,13 @@ class IdentityQueries:
 
         def session(self) -> Session: ...
 
-        def _update_named(self, model: type[M], name: str, fields: dict[str, Any]) -> M | None: ...
+        def _update_named(
+            self,
+            model: type[M],
+            name: str,
+            fields: dict[str, Any],
+            audit: AuditNote | None = None,
+        ) -> M | None: ...
 
     def list_agents(self) -> list[Agent]:
         """All agents, by name."""
@@ -66,8 +74,11 @@ class IdentityQueries:
             s.refresh(agent)
             return agent
 
-    def update_agent(self, name: str, **fields: Any) -> Agent | None:
-        """Change some fields of an agent."""
+    def update_agent(
+        self, name: str, audit: AuditNote | None = None, **fields: Any
+    ) -> Agent | None:
+        """Change some fields of an agent; with `audit`, its audit event in the same transaction
+        (the agent's fingerprint added to its detail)."""
         with self.session() as s:
             agent = s.exec(select(Agent).where(Agent.name == name)).first()
             if agent is None:
@@ -79,6 +90,7 @@ class IdentityQueries:
             for key, value in fields.items():
                 setattr(agent, key, value)
             s.add(agent)
+            audit_chain.append_note(s.connection(), audit, fingerprint=agent.fingerprint)
             s.commit()
             s.refresh(agent)
             return agent
@@ -92,8 +104,11 @@ class IdentityQueries:
                 s.add(agent)
             s.commit()
 
-    def create_enroll_token(self, uses: int, ttl: float | None, created_by: str) -> str:
-        """Create an enrolment token and return it (only its hash is kept)."""
+    def create_enroll_token(
+        self, uses: int, ttl: float | None, created_by: str, audit: AuditNote | None = None
+    ) -> str:
+        """Create an enrolment token and return it (only its hash is kept); with `audit`, its
+        audit event in the same transaction."""
         token = "et_enroll_" + secrets.token_urlsafe(24)
         expires = utcnow() + timedelta(seconds=ttl) if ttl else None
         with self.session() as s:
@@ -105,6 +120,7 @@ class IdentityQueries:
                     created_by=created_by,
                 )
             )
+            audit_chain.append_note(s.connection(), audit)
             s.commit()
         return token
 
@@ -148,9 +164,10 @@ class IdentityQueries:
         return self.issue_api_token(user_name, name, ttl)[0]
 
     def issue_api_token(
-        self, user_name: str, name: str, ttl: float | None = None
+        self, user_name: str, name: str, ttl: float | None = None, audit: AuditNote | None = None
     ) -> tuple[str, ApiToken]:
-        """Create an API token for a user: the secret (shown once) and its stored row."""
+        """Create an API token for a user: the secret (shown once) and its stored row; with
+        `audit`, its audit event in the same transaction (the token's id added to its detail)."""
         token = "et_" + secrets.token_urlsafe(32)
         with self.session() as s:
             user = s.exec(select(User).where(User.name == user_name)).one()
@@ -160,6 +177,9 @@ class IdentityQueries:
                 name=name, token_hash=hash_secret(token), user_id=user.id, expires_at=expires
             )
             s.add(row)
+            if audit is not None:
+                s.flush()
+                audit_chain.append_note(s.connection(), audit, token=row.id)
             s.commit()
             s.refresh(row)
         return token, row
@@ -172,22 +192,31 @@ class IdentityQueries:
                 q = q.where(User.name == user_name)
             return [(row, owner) for row, owner in s.exec(q.order_by(col(ApiToken.id)))]
 
-    def revoke_api_token(self, token_id: int) -> tuple[ApiToken, str] | None:
-        """Mark a token revoked; its row and owner, or None if there is no such token."""
+    def revoke_api_token(
+        self, token_id: int, audit: AuditNote | None = None
+    ) -> tuple[ApiToken, str] | None:
+        """Mark a token revoked; its row and owner, or None if there is no such token. With
+        `audit`, its audit event in the same transaction (the token's id, name and owner added
+        to its detail)."""
         with self.session() as s:
             row = s.get(ApiToken, token_id)
             if row is None:
                 return None
             row.revoked = True
             s.add(row)
+            user = s.get(User, row.user_id)
+            owner = user.name if user else ""
+            audit_chain.append_note(
+                s.connection(), audit, token=token_id, name=row.name, user=owner
+            )
             s.commit()
             s.refresh(row)
-            owner = s.get(User, row.user_id)
-            return row, owner.name if owner else ""
+            return row, owner
 
-    def update_user(self, name: str, **fields: Any) -> User | None:
-        """Change a user's role, scope, disabled flag or password hash; None if unknown."""
-        return self._update_named(User, name, fields)
+    def update_user(self, name: str, audit: AuditNote | None = None, **fields: Any) -> User | None:
+        """Change a user's role, scope, disabled flag or password hash; None if unknown. With
+        `audit`, its audit event in the same transaction."""
+        return self._update_named(User, name, fields, audit)
 
     def user_for_token(self, token: str) -> User | None:
         """The user a valid API token belongs to, recording its use."""
@@ -242,13 +271,22 @@ class IdentityQueries:
         with self.session() as s:
             return s.get(User, user_id)
 
-    def create_user(self, name: str, role: str, password_hash: str, scope: str = "") -> User | None:
-        """Create a user; None if the name is taken."""
+    def create_user(
+        self,
+        name: str,
+        role: str,
+        password_hash: str,
+        scope: str = "",
+        audit: AuditNote | None = None,
+    ) -> User | None:
+        """Create a user; None if the name is taken. With `audit`, its audit event in the same
+        transaction."""
         with self.session() as s:
             if s.exec(select(User).where(User.name == name)).first() is not None:
                 return None
             user = User(name=name, role=role, password_hash=password_hash, scope=scope)
             s.add(user)
+            audit_chain.append_note(s.connection(), audit)
             s.commit()
             s.refresh(user)
             return user

@@ -77,9 +77,7 @@ class RunQueries:
                 ]
                 # one INSERT for all events; no model objects (pydantic defaults cost per object)
                 conn.execute(sql.INSERT_RUN_EVENTS, events)
-            if audit is not None:
-                detail = {"job": job.id, **audit.detail}
-                audit_chain.append(conn, audit.actor, audit.action, audit.source, detail)
+            audit_chain.append_note(conn, audit, job=job.id)
         return job, list(runs)  # every field was set before the insert: nothing to read back
 
     def add_attempt(self, run_id: int, attempt: int) -> Run:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlmodel import Session, SQLModel, col, select
 
+from easytask.store.audit import AuditNote
 from easytask.store.models import Schedule, ScheduleFire, utcnow
 
 M = TypeVar("M", bound=SQLModel)
@@ -19,7 +20,13 @@ class ScheduleQueries:
 
         def session(self) -> Session: ...
 
-        def _update_named(self, model: type[M], name: str, fields: dict[str, Any]) -> M | None: ...
+        def _update_named(
+            self,
+            model: type[M],
+            name: str,
+            fields: dict[str, Any],
+            audit: AuditNote | None = None,
+        ) -> M | None: ...
 
     def upsert_schedule(self, name: str, path: str, cron: str, tz: str, catch_up: str) -> Schedule:
         """Create or refresh a schedule from a playbook file; `enabled` is left as it was."""
@@ -44,9 +51,12 @@ class ScheduleQueries:
         with self.session() as s:
             return list(s.exec(select(Schedule).order_by(col(Schedule.name))))
 
-    def update_schedule(self, name: str, **fields: Any) -> Schedule | None:
-        """Change a schedule's fields (enabled, next_fire, last_fire, last_job)."""
-        return self._update_named(Schedule, name, fields)
+    def update_schedule(
+        self, name: str, audit: AuditNote | None = None, **fields: Any
+    ) -> Schedule | None:
+        """Change a schedule's fields (enabled, next_fire, last_fire, last_job); with `audit`,
+        its audit event in the same transaction."""
+        return self._update_named(Schedule, name, fields, audit)
 
     def claim_fire(self, schedule_id: int, fire_time: datetime, server: str) -> bool:
         """Record that a schedule fires for `fire_time`; False if it already did (any server)."""

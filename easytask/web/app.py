@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from starlette.applications import Starlette
 from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
@@ -11,16 +9,19 @@ from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from easytask.web.api import Api
+from easytask.service.context import Services
+from easytask.web.api_admin import AdminApi
+from easytask.web.api_agents import AgentsApi
+from easytask.web.api_jobs import JobsApi
+from easytask.web.api_playbooks import PlaybooksApi
 from easytask.web.auth import SessionAuth, ensure_admin_password, load_or_create_secret
 from easytask.web.console import Console, web_dir
+from easytask.web.console_pages import ConsolePages
 from easytask.web.export import ExportApi
 from easytask.web.ops import OpsApi
+from easytask.web.requests import ApiRequests
 from easytask.web.runlog import RunLogApi
 from easytask.web.users import UsersApi
-
-if TYPE_CHECKING:
-    from easytask.server import Server
 
 # Scripts and styles come only from /static: untrusted text can never run as code.
 CSP = (
@@ -57,26 +58,30 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def routes(server: Server, auth: SessionAuth) -> list[BaseRoute]:
+def routes(services: Services, auth: SessionAuth) -> list[BaseRoute]:
     """Every route of the application, API first."""
-    api = Api(server)
+    api = ApiRequests(services)
     api.session_user = auth.api_user
     root = web_dir()
-    console = Console(server, auth, root)
+    console = Console(auth, root)
     return [
-        *OpsApi(server, api).routes(),
-        *api.routes(),
-        *RunLogApi(server, api).routes(),
-        *UsersApi(server, api, auth).routes(),
-        *ExportApi(server, api).routes(),
+        *OpsApi(services, api).routes(),
+        *AdminApi(services, api).routes(),
+        *JobsApi(services, api).routes(),
+        *AgentsApi(services, api).routes(),
+        *PlaybooksApi(services, api).routes(),
+        *RunLogApi(services, api).routes(),
+        *UsersApi(services, api, auth).routes(),
+        *ExportApi(services, api).routes(),
         *console.routes(),
+        *ConsolePages(services, console).routes(),
         Mount("/static", StaticFiles(directory=root / "static"), name="static"),
     ]
 
 
-async def create_web_app(server: Server) -> Starlette:
+async def create_web_app(services: Services) -> Starlette:
     """The application for a server: loads the session key, sets the first admin password."""
-    secret = load_or_create_secret(server.state_dir / "session.key")
-    await ensure_admin_password(server.store, server.state_dir)
-    auth = SessionAuth(server.store, secret)
-    return Starlette(routes=routes(server, auth), middleware=[Middleware(SecurityHeaders)])
+    secret = load_or_create_secret(services.state_dir / "session.key")
+    await ensure_admin_password(services.store, services.state_dir)
+    auth = SessionAuth(services.store, secret)
+    return Starlette(routes=routes(services, auth), middleware=[Middleware(SecurityHeaders)])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -12,11 +11,9 @@ from starlette.routing import Route
 from easytask.errors import APIError
 from easytask.scheduler.metrics import Snapshot
 from easytask.scheduler.notify import delivery_dict
+from easytask.service.context import Services
 from easytask.store.models import RunState, User
-
-if TYPE_CHECKING:
-    from easytask.server import Server
-    from easytask.web.api import Api
+from easytask.web.requests import ApiRequests, int_param
 
 AGENT_STATUSES = ("online", "unreachable", "pending", "revoked")
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -25,8 +22,8 @@ PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class OpsApi:
     """Health without a login; metrics and deliveries with an API token, as the rest of /api."""
 
-    def __init__(self, server: Server, api: Api) -> None:
-        self.server = server
+    def __init__(self, services: Services, api: ApiRequests) -> None:
+        self.services = services
         self.api = api
 
     async def healthz(self, request: Request) -> Response:
@@ -35,14 +32,14 @@ class OpsApi:
 
     async def readyz(self, request: Request) -> Response:
         """GET /readyz: 200 when the database answers and agents can connect, else 503."""
-        problems = await self.server.ready()
+        problems = await self.services.ready()
         if problems:
             return JSONResponse({"status": "not ready", "problems": problems}, status_code=503)
         return JSONResponse({"status": "ready"})
 
     async def metrics(self, request: Request) -> Response:
         """GET /metrics: with the metrics token (if one is set) or any API token."""
-        wanted = self.server.config.metrics_token
+        wanted = self.services.settings.metrics_token
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if wanted and scheme.lower() == "bearer" and hmac.compare_digest(given, wanted):
             return await self._metrics(request)
@@ -53,7 +50,7 @@ class OpsApi:
 
     async def _metrics(self, request: Request) -> Response:
         """Prometheus text exposition."""
-        server = self.server
+        server = self.services
         registry = server.registry
         agents: dict[str, int] = {}
         for info in registry.agents.values():
@@ -71,8 +68,8 @@ class OpsApi:
 
     async def deliveries(self, request: Request, user: User) -> Response:
         """GET /api/jobs/{job_id}/deliveries: every webhook delivery attempt for the job."""
-        job_id = self.api.int_param(request, "job_id")
-        store = self.server.store
+        job_id = int_param(request, "job_id")
+        store = self.services.store
         if await store.call(store.get_job, job_id) is None:
             raise APIError(f"no job {job_id}", status=404)
         rows = await store.call(store.deliveries, job_id)

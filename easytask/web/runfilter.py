@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.datastructures import QueryParams
 
 from easytask.durations import parse_duration
 from easytask.errors import APIError
+from easytask.service.context import Services
 from easytask.store.models import Run, RunState
-
-if TYPE_CHECKING:
-    from easytask.server import Server
 
 # The filters that narrow the list (kept in every page link), in the order forms show them.
 FILTERS = ("since", "until", "task", "host", "user", "q")
@@ -125,12 +123,12 @@ class RunPage:
     older_before: int | None  # pass as `before` for the page of older runs; None: nothing older
 
 
-async def find_runs(server: Server, query: RunQuery) -> RunPage:
+async def find_runs(services: Services, query: RunQuery) -> RunPage:
     """The page of runs a query asks for (output searched after pending lines are stored)."""
-    store = server.store
+    store = services.store
     args = query.store_args()
     if args["text"]:
-        await server.writer.flush()
+        await services.writer.flush()
     rows = await store.call(store.find_runs, **args)
     more = len(rows) > query.limit
     if more:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -11,12 +11,10 @@ from starlette.routing import Route
 
 from easytask.errors import APIError
 from easytask.loglines import LEVELS, SYSTEM
+from easytask.service.context import Services
 from easytask.store.models import LogLine, Run, User
 from easytask.web import sse
-
-if TYPE_CHECKING:
-    from easytask.server import Server
-    from easytask.web.api import Api
+from easytask.web.requests import ApiRequests, int_param
 
 MAX_WINDOW = 2000
 MAX_TEXT = 10_000  # characters of one line sent to the viewer; the raw download has all of it
@@ -63,13 +61,13 @@ def line_json(row: LogLine) -> dict[str, Any]:
 class RunLogApi:
     """Endpoints under /api/runs/{id}/ used by the console's log viewer (and any client)."""
 
-    def __init__(self, server: Server, api: Api) -> None:
-        self.server = server
+    def __init__(self, services: Services, api: ApiRequests) -> None:
+        self.services = services
         self.api = api
 
     async def _run(self, request: Request) -> Run:
-        run_id = self.api.int_param(request, "run_id")
-        store = self.server.store
+        run_id = int_param(request, "run_id")
+        store = self.services.store
         run = await store.call(store.get_run, run_id)
         if run is None:
             raise APIError(f"no run {run_id}", status=404)
@@ -80,7 +78,9 @@ class RunLogApi:
         run = await self._run(request)
         assert run.id is not None
         follow = request.query_params.get("follow", "1") != "0"
-        return sse.response(sse.run_stream(self.server, run.id, sse.resume_point(request), follow))
+        return sse.response(
+            sse.run_stream(self.services, run.id, sse.resume_point(request), follow)
+        )
 
     async def lines(self, request: Request, user: User) -> Response:
         """GET /api/runs/{id}/lines: lines at positions offset.. of the level-filtered log."""
@@ -91,8 +91,8 @@ class RunLogApi:
         limit = _int(request, "limit", 200, low=1, high=MAX_WINDOW)
         after = request.query_params.get("after_seq")
         after_seq = _int(request, "after_seq", 0) if after not in (None, "") else None
-        store = self.server.store
-        await self.server.writer.flush()
+        store = self.services.store
+        await self.services.writer.flush()
         out: dict[str, Any] = {"run": run.id, "state": run.state, "offset": offset}
         if request.query_params.get("count", "0") != "0":
             total, top = await store.call(store.count_lines, run.id, levels or None)
@@ -125,8 +125,8 @@ class RunLogApi:
             raise APIError("q must not contain a NUL character")
         levels = parse_levels(request.query_params.get("level"))
         limit = _int(request, "limit", 10000, low=1, high=100_000)
-        store = self.server.store
-        await self.server.writer.flush()
+        store = self.services.store
+        await self.services.writer.flush()
         found = await store.call(
             store.search_lines, run.id, needle, levels=levels or None, limit=limit + 1
         )
@@ -144,7 +144,7 @@ class RunLogApi:
         run = await self._run(request)
         assert run.id is not None
         system = request.query_params.get("system", "0") != "0"
-        await self.server.writer.flush()
+        await self.services.writer.flush()
         return StreamingResponse(
             self._raw_lines(run.id, system),
             media_type="text/plain; charset=utf-8",
@@ -155,7 +155,7 @@ class RunLogApi:
         )
 
     async def _raw_lines(self, run_id: int, system: bool) -> AsyncIterator[bytes]:
-        store = self.server.store
+        store = self.services.store
         after = 0
         while True:
             rows = await store.call(store.line_tuples, run_id, after, RAW_CHUNK)

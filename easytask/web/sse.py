@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
 from easytask.scheduler.jobs import run_dict
+from easytask.service.context import Services
 from easytask.store.models import RunState
-
-if TYPE_CHECKING:
-    from easytask.server import Server
 
 CHUNK = 5000  # stored lines read per query while catching up
 KEEPALIVE = 15.0
@@ -76,7 +74,7 @@ def line_event(run_id: int, row: tuple[int, float, str, str, str]) -> str:
 
 
 async def run_stream(
-    server: Server, run_id: int, after: int, follow: bool = True, keepalive: float = KEEPALIVE
+    services: Services, run_id: int, after: int, follow: bool = True, keepalive: float = KEEPALIVE
 ) -> AsyncIterator[str]:
     """Lines of a run after seq `after` (stored, then live), its state changes, then `end`.
 
@@ -84,13 +82,13 @@ async def run_stream(
     viewer's queue overflowed, or lines were published while it was catching up) is filled
     from the store.
     """
-    store = server.store
-    sub = server.hub.subscribe(f"run:{run_id}")
+    store = services.store
+    sub = services.hub.subscribe(f"run:{run_id}")
     last = after
 
     async def catch_up(upto: int | None = None) -> AsyncIterator[str]:
         nonlocal last
-        await server.writer.flush()
+        await services.writer.flush()
         while upto is None or last < upto:
             limit = CHUNK if upto is None else min(CHUNK, upto - last)
             rows = await store.call(store.line_tuples, run_id, last, limit)
@@ -165,3 +163,98 @@ async def run_stream(
                 return
     finally:
         sub.close()
+
+
+async def job_stream(
+    services: Services, job_id: int, follow: bool, lines: bool = True, runs: bool = True
+) -> AsyncIterator[str]:
+    """Stored then live events of a job: run states (unless not `runs`: a client that
+    only prints lines and waits for the end), lines (unless not `lines`), and its end."""
+    store = services.store
+    # jobstate: carries a job's events except its lines (a status grid gets no line flood)
+    sub = services.hub.subscribe(f"job:{job_id}" if lines else f"jobstate:{job_id}")
+    last: dict[int, int] = {}
+    try:
+        await services.writer.flush()
+        # runs (or their hosts), the first lines and the job, in one trip to the database
+        snapshot, hosts, rows, job = await store.call(
+            store.job_stream_start, job_id, runs, 5000 if lines else 0
+        )
+        for run in snapshot:
+            yield job_event({"t": "run", **run_dict(run)})
+        while rows:
+            for row in rows:
+                last[row.run_id] = row.seq
+                yield job_event(job_line(row, hosts.get(row.run_id, "")))
+            if len(rows) < 5000:
+                break
+            rows = await store.call(store.read_job_lines, job_id, rows[-1].id or 0, 5000)
+            if len(rows) < 5000:  # the job's state, read after its last line
+                job = await store.call(store.get_job, job_id)
+        if job is None or job.state in RunState.FINAL or not follow:
+            if job is not None:
+                yield job_event({"t": "job", "job": job_id, "state": job.state})
+            return
+        while True:
+            event = await sub.get(timeout=15)
+            if sub.overflowed:
+                await services.writer.flush()
+                if not lines:
+                    # State events may have been dropped with the lines: resend every state.
+                    sub.reset()
+                    for run in await store.call(store.job_runs, job_id):
+                        yield job_event({"t": "run", **run_dict(run)})
+                    job = await store.call(store.get_job, job_id)
+                    if job is not None and job.state in RunState.FINAL:
+                        yield job_event({"t": "job", "job": job_id, "state": job.state})
+                        return
+                    continue
+                for run_id in hosts:
+                    for row in await store.call(
+                        store.read_lines, run_id, after_seq=last.get(run_id, 0)
+                    ):
+                        last[row.run_id] = row.seq
+                        yield job_event(job_line(row, hosts[run_id]))
+                sub.reset()
+                continue
+            if event is None:
+                yield ": keepalive\n\n"
+                continue
+            # everything already waiting goes out in one write
+            chunk: list[str] = []
+            while event is not None:
+                if event["t"] == "line":
+                    if lines and event["seq"] > last.get(event["run"], 0):
+                        last[event["run"]] = event["seq"]
+                        chunk.append(job_event(event))
+                elif runs or event["t"] != "run":
+                    chunk.append(job_event(event))
+                    if event["t"] == "job":
+                        yield "".join(chunk)
+                        return
+                event = sub.get_nowait() if len(chunk) < 1000 else None
+            if chunk:
+                yield "".join(chunk)
+    finally:
+        sub.close()
+
+
+def job_event(event: dict[str, Any]) -> str:
+    """One event of a job's stream (no id: a job's stream resumes from the store)."""
+    if "_sse" in event:  # the run stream's cached encoding rides on shared live events
+        event = {k: v for k, v in event.items() if k != "_sse"}
+    return "data: " + json.dumps(event, separators=(",", ":")) + "\n\n"
+
+
+def job_line(row: Any, host: str) -> dict[str, Any]:
+    """A stored line as a job stream's line event."""
+    return {
+        "t": "line",
+        "run": row.run_id,
+        "host": host,
+        "seq": row.seq,
+        "ts": row.ts,
+        "stream": row.stream,
+        "level": row.level,
+        "text": row.text,
+    }

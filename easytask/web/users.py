@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -12,13 +12,13 @@ from starlette.routing import Route
 
 from easytask.durations import parse_duration
 from easytask.errors import APIError, EasyTaskError, RateLimited
+from easytask.service import users
+from easytask.service.context import Services
+from easytask.service.scope import check_scope_pattern
 from easytask.store.models import ApiToken, User, as_utc
 from easytask.web.auth import ROLES, SessionAuth, hash_password
-from easytask.web.scope import check_scope_pattern
-
-if TYPE_CHECKING:
-    from easytask.server import Server
-    from easytask.web.api import Api
+from easytask.web.errors import http_status, json_error
+from easytask.web.requests import ApiRequests, body, int_param, source
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 TOKEN_NAME_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,100}$")
@@ -83,8 +83,8 @@ def _token_name(value: object, default: str) -> str:
 class UsersApi:
     """/api/users, /api/tokens and /api/login."""
 
-    def __init__(self, server: Server, api: Api, auth: SessionAuth) -> None:
-        self.server = server
+    def __init__(self, services: Services, api: ApiRequests, auth: SessionAuth) -> None:
+        self.services = services
         self.api = api
         self.auth = auth
 
@@ -98,12 +98,12 @@ class UsersApi:
 
     async def list_users(self, request: Request, user: User) -> Response:
         """GET /api/users: every user with role, scope and state."""
-        store = self.server.store
+        store = self.services.store
         return JSONResponse({"users": [user_json(u) for u in await store.call(store.list_users)]})
 
     async def create(self, request: Request, user: User) -> Response:
         """POST /api/users: {name, role, password, scope}."""
-        data = await self.api.body(request)
+        data = await body(request)
         name = str(data.get("name") or "").strip()
         role = str(data.get("role") or "viewer")
         if not NAME_RE.match(name):
@@ -115,19 +115,15 @@ class UsersApi:
         password = _password(data.get("password"))
         scope = check_scope_pattern(str(data.get("scope") or ""))
         password_hash = await asyncio.to_thread(hash_password, password)
-        store = self.server.store
-        created = await store.call(store.create_user, name, role, password_hash, scope)
-        if created is None:
-            raise APIError(f"user {name!r} exists", status=409)
-        await self.api.audit(
-            user, "user.create", request, {"user": name, "role": role, "scope": scope}
+        created = await users.create_user(
+            self.services, user.name, source(request), name, role, password_hash, scope
         )
         return JSONResponse(user_json(created), status_code=201)
 
     async def update(self, request: Request, user: User) -> Response:
         """POST /api/users/{name}: {role, scope, disabled, password}; a user may set their password."""
         name = request.path_params["name"]
-        data = await self.api.body(request)
+        data = await body(request)
         if user.role != "admin" and (name != user.name or set(data) - {"password"}):
             raise APIError(f"role {user.role!r} may only change its own password", status=403)
         fields: dict[str, Any] = {}
@@ -150,19 +146,17 @@ class UsersApi:
             detail["password"] = "changed"
         if not fields:
             raise APIError("nothing to change: give role, scope, disabled or password")
-        store = self.server.store
-        changed = await store.call(store.update_user, name, **fields)
-        if changed is None:
-            raise APIError(f"no user {name!r}", status=404)
+        changed = await users.update_user(
+            self.services, user.name, source(request), name, fields, detail
+        )
         self._changed(changed)
-        await self.api.audit(user, "user.update", request, detail)
         return JSONResponse(user_json(changed))
 
     # -- tokens -----------------------------------------------------------------------------
 
     async def list_tokens(self, request: Request, user: User) -> Response:
         """GET /api/tokens: the caller's tokens; every token (or ?user=) for an admin."""
-        store = self.server.store
+        store = self.services.store
         owner = request.query_params.get("user") or None
         if user.role != "admin":
             owner = user.name
@@ -171,42 +165,22 @@ class UsersApi:
 
     async def create_token(self, request: Request, user: User) -> Response:
         """POST /api/tokens: {name, ttl, user}; only an admin makes tokens for someone else."""
-        data = await self.api.body(request)
+        data = await body(request)
         owner = str(data.get("user") or user.name)
         if owner != user.name and user.role != "admin":
             raise APIError("only an admin may create tokens for another user", status=403)
         name = _token_name(data.get("name"), "cli")
         ttl = _ttl(data.get("ttl"))
-        store = self.server.store
-        target = await store.call(store.get_user, owner)
-        if target is None:
-            raise APIError(f"no user {owner!r}", status=404)
-        if target.disabled:
-            raise APIError(f"user {owner!r} is disabled", status=409)
-        secret, row = await store.call(store.issue_api_token, owner, name, ttl)
-        await self.api.audit(
-            user,
-            "token.create",
-            request,
-            {"token": row.id, "name": name, "user": owner, "ttl": ttl},
+        secret, row = await users.issue_token(
+            self.services, user.name, source(request), owner, name, ttl
         )
         return JSONResponse({"token": secret, **token_json(row, owner)}, status_code=201)
 
     async def revoke_token(self, request: Request, user: User) -> Response:
         """POST /api/tokens/{token_id}/revoke: the owner or an admin."""
-        token_id = self.api.int_param(request, "token_id")
-        store = self.server.store
-        owned = {row.id for row, _ in await store.call(store.list_api_tokens, user.name)}
-        if user.role != "admin" and token_id not in owned:
-            raise APIError(f"no token {token_id} of yours", status=404)
-        result = await store.call(store.revoke_api_token, token_id)
-        if result is None:
-            raise APIError(f"no token {token_id}", status=404)
-        row, owner = result
+        token_id = int_param(request, "token_id")
+        row, owner = await users.revoke_token(self.services, user, source(request), token_id)
         self._changed(None)
-        await self.api.audit(
-            user, "token.revoke", request, {"token": token_id, "name": row.name, "user": owner}
-        )
         return JSONResponse(token_json(row, owner))
 
     # -- sign-in for a token -----------------------------------------------------------------
@@ -215,21 +189,16 @@ class UsersApi:
         """POST /api/login: {name, password, token_name, ttl} -> a new API token (public, rate-limited)."""
         address = request.client.host if request.client else "?"
         try:
-            data = await self.api.body(request, limit=LOGIN_BODY)
+            data = await body(request, limit=LOGIN_BODY)
             name = str(data.get("name") or "").strip()
             password = data.get("password")
             if not name or not isinstance(password, str):
                 raise APIError("name and password are required")
             token_name = _token_name(data.get("token_name"), f"login {address}")
             ttl = _ttl(data.get("ttl"))
-            user = await self.auth.checked_login(name, password, address, self.api.source(request))
-            store = self.server.store
-            secret, row = await store.call(store.issue_api_token, user.name, token_name, ttl)
-            await self.api.audit(
-                user,
-                "token.create",
-                request,
-                {"token": row.id, "name": token_name, "user": user.name, "ttl": ttl, "login": True},
+            user = await self.auth.checked_login(name, password, address, source(request))
+            secret, row = await users.issue_token(
+                self.services, user.name, source(request), user.name, token_name, ttl, login=True
             )
         except RateLimited as exc:
             return JSONResponse(
@@ -237,10 +206,8 @@ class UsersApi:
                 status_code=429,
                 headers={"retry-after": str(exc.retry_after)},
             )
-        except APIError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=exc.status)
         except EasyTaskError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
+            return json_error(http_status(exc), str(exc))
         return JSONResponse(
             {"token": secret, "user": user.name, "role": user.role, **token_json(row, user.name)},
             status_code=201,

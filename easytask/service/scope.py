@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from easytask.errors import APIError, EasyTaskError
 from easytask.inventory import split_pattern
+from easytask.service.context import Services
 from easytask.store.models import User
-
-if TYPE_CHECKING:
-    from easytask.server import Server
 
 log = logging.getLogger("easytask.server")
 
@@ -29,11 +26,11 @@ def check_scope_pattern(scope: str) -> str:
     return scope
 
 
-async def outside_scope(server: Server, user: User, hosts: Sequence[str]) -> list[str]:
+async def outside_scope(services: Services, user: User, hosts: Sequence[str]) -> list[str]:
     """The hosts a user may not run on (none when the user has no scope)."""
     if not user.scope:
         return []
-    inventory = await server.merged_inventory()
+    inventory = await services.merged_inventory()
     try:
         allowed = set(inventory.select(user.scope))
     except EasyTaskError as exc:  # a scope that matches nothing allows nothing
@@ -43,13 +40,13 @@ async def outside_scope(server: Server, user: User, hosts: Sequence[str]) -> lis
 
 
 async def enforce_scope(
-    server: Server, user: User, hosts: Sequence[str], source: str, what: dict[str, object]
+    services: Services, user: User, hosts: Sequence[str], source: str, what: dict[str, object]
 ) -> None:
     """Refuse the whole submission (403, audited) if any host is outside the user's scope."""
-    outside = await outside_scope(server, user, hosts)
+    outside = await outside_scope(services, user, hosts)
     if not outside:
         return
-    store = server.store
+    store = services.store
     await store.call(
         store.audit,
         user.name,

@@ -1,0 +1,71 @@
+"""Agent use cases: accept or revoke an agent, issue enrolment tokens."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from easytask.errors import APIError
+from easytask.service.context import Services
+from easytask.store.audit import AuditNote
+from easytask.store.models import Agent, AgentState
+
+ACTIONS = {"accept": AgentState.ACCEPTED, "revoke": AgentState.REVOKED}
+
+
+@dataclass
+class AgentView:
+    """An agent as stored, with what this server knows of it now."""
+
+    row: Agent
+    status: str  # online, unreachable, pending or revoked
+    running: int  # runs it executes for this server
+    facts: dict[str, Any]
+    groups: list[str]
+
+
+async def list_agents(services: Services) -> list[AgentView]:
+    """Every agent, by name, with its live status (any server of the database holding it)."""
+    store = services.store
+    registry = services.registry
+    rows = await store.call(store.list_agents)
+    live = await services.live_servers()
+    out = []
+    for row in rows:
+        info = registry.agents.get(row.name)
+        out.append(
+            AgentView(
+                row=row,
+                status=registry.row_status(row, live),
+                running=info.running if info else 0,
+                facts=json.loads(row.facts or "{}"),
+                groups=[g for g in row.groups.split(",") if g],
+            )
+        )
+    return out
+
+
+async def set_agent_state(
+    services: Services, actor: str, source: str, name: str, action: str
+) -> Agent:
+    """Accept or revoke an agent (`action` is accept or revoke); its row after the change."""
+    state = ACTIONS.get(action)
+    if state is None:
+        raise APIError(f"unknown action {action!r}", status=404)
+    note = AuditNote(actor, f"agent.{action}", source, {"agent": name})
+    row = await services.registry.set_state(name, state, note)  # its fingerprint added
+    if row is None:
+        raise APIError(f"no agent {name!r}", status=404)
+    return row
+
+
+async def create_enroll_token(
+    services: Services, actor: str, source: str, uses: int, ttl: float | None
+) -> str:
+    """A new enrolment token for `uses` agents, valid `ttl` seconds (None: no end)."""
+    if uses < 1:
+        raise APIError("uses must be at least 1")
+    store = services.store
+    note = AuditNote(actor, "agent.token", source, {"uses": uses, "ttl": ttl})
+    return await store.call(store.create_enroll_token, uses, ttl, actor, note)

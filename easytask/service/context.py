@@ -1,0 +1,105 @@
+"""What the use cases work with: the parts of one running server, built and wired by server.py."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from easytask.config import Settings
+from easytask.inventory import Inventory, load_inventory
+from easytask.scheduler.agents import AgentRegistry
+from easytask.scheduler.cluster import Cluster
+from easytask.scheduler.hub import LiveHub
+from easytask.scheduler.jobs import JobEngine
+from easytask.scheduler.logwriter import LogWriter
+from easytask.scheduler.metrics import Metrics
+from easytask.scheduler.retention import Retention
+from easytask.scheduler.schedules import Scheduler
+from easytask.store.db import Store
+from easytask.transport.agentlink import AgentListener
+
+
+class InventorySource:
+    """The inventory file or directory, loaded again when a file of it changes."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self._inventory: Inventory | None = None
+        self._stamp: Any = None
+
+    def now(self) -> Inventory:
+        """The inventory as its files are now (an empty one without files)."""
+        path = self.path
+        if not path or not Path(path).exists():
+            if self._inventory is None:
+                self._inventory = load_inventory([])
+            return self._inventory
+        stamp = tree_stamp(Path(path))
+        if self._inventory is None or stamp != self._stamp:
+            self._inventory = load_inventory(path)
+            self._stamp = stamp
+        return self._inventory
+
+    def hostvars(self, host: str) -> dict[str, Any]:
+        """The variables of a host the inventory lists (none for another host)."""
+        inventory = self.now()
+        if host in inventory.hosts:
+            return inventory.host_vars(host)
+        return {}
+
+
+def tree_stamp(path: Path) -> tuple[tuple[str, float], ...]:
+    """The files of a path with their modification times: changes when one changes."""
+    if path.is_file():
+        return ((str(path), path.stat().st_mtime),)
+    return tuple(sorted((str(p), p.stat().st_mtime) for p in path.rglob("*") if p.is_file()))
+
+
+@dataclass
+class Services:
+    """The parts of one server that the use cases and the web layer need."""
+
+    settings: Settings
+    state_dir: Path
+    server_id: str
+    pending_timeout: float
+    store: Store
+    writer: LogWriter
+    hub: LiveHub
+    registry: AgentRegistry
+    engine: JobEngine
+    metrics: Metrics
+    listener: AgentListener
+    inventory: InventorySource
+    scheduler: Scheduler
+    retention: Retention
+    cluster: Cluster | None = None  # set when the server joins others on a shared database
+
+    async def merged_inventory(self) -> Inventory:
+        """The inventory plus the accepted agents it does not list."""
+        inventory = await asyncio.to_thread(self.inventory.now)
+        return inventory.with_extra_hosts(self.registry.declared_hosts())
+
+    async def live_servers(self) -> set[str]:
+        """Ids of the servers sharing the database whose heartbeat is recent (this one too)."""
+        if self.cluster is None:
+            return {self.store.owner}
+        return await self.cluster.live_servers()
+
+    async def ready(self) -> dict[str, str]:
+        """What /readyz checks: the database answers, the agent listener is up. Empty if ready."""
+        problems: dict[str, str] = {}
+        try:
+            async with asyncio.timeout(5):
+                await self.store.call(self.store.ping)
+        except Exception as exc:
+            problems["database"] = f"{type(exc).__name__}: {exc}"
+        if not self.listener.listening:
+            problems["agent_listener"] = "not listening"
+        return problems
+
+    async def audit(self, actor: str, action: str, source: str, detail: dict[str, Any]) -> None:
+        """Append an event to the audit chain on its own (for an event that changes nothing)."""
+        await self.store.call(self.store.audit, actor, action, source, detail)

@@ -1,0 +1,100 @@
+"""Planning against the live inventory: ad hoc patterns, submitted bundles, playbooks to resume."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from pathlib import Path
+from typing import Any
+
+from easytask.errors import EasyTaskError, NoHostsMatched, PlaybookError
+from easytask.plan import PlannedRun, PlaybookPlan, plan_adhoc, plan_playbook
+from easytask.playbook import load_playbook
+from easytask.scheduler import secretfile
+from easytask.scheduler.playbooks import ResumeError, check_resumable, resume_playbook
+from easytask.service.context import Services
+from easytask.store.models import AgentState, Job
+
+
+async def plan_pattern(services: Services, pattern: str, command: str) -> list[PlannedRun]:
+    """Resolve a pattern against the inventory plus the accepted agents."""
+    merged = await services.merged_inventory()
+    registry = services.registry
+    try:
+        return plan_adhoc(merged, pattern, command)
+    except NoHostsMatched as exc:
+        waiting = [
+            name
+            for name, info in registry.agents.items()
+            if info.state != AgentState.ACCEPTED and name in pattern
+        ]
+        if waiting:
+            raise NoHostsMatched(
+                f"{exc.message}; agent(s) {', '.join(sorted(waiting))} not accepted "
+                f"(pending or revoked): `easytask agents accept NAME`"
+            ) from exc
+        raise
+
+
+async def plan_file(
+    services: Services,
+    path: Path,
+    extra_vars: dict[str, Any] | None = None,
+    limit: str | None = None,
+) -> PlaybookPlan:
+    """Load a playbook file and plan it against the inventory plus the accepted agents."""
+    playbook = await asyncio.to_thread(load_playbook, path)
+    inventory = await services.merged_inventory()
+    return plan_playbook(playbook, inventory, extra_vars=extra_vars, limit=limit)
+
+
+async def plan_bundle(
+    services: Services,
+    name: str,
+    text: str,
+    files: dict[str, bytes],
+    limit: str | None,
+    extra_vars: dict[str, Any],
+) -> PlaybookPlan:
+    """Write a submitted playbook and its files to a private bundle dir, load and plan it."""
+    bundle = services.state_dir / "bundles" / secrets.token_hex(8)
+    base = Path(name).name or "playbook.yml"
+    entries = {base: text.encode()}
+    for rel, data in files.items():
+        parts = Path(rel).parts
+        if Path(rel).is_absolute() or ".." in parts or not parts:
+            raise PlaybookError(
+                f"file path {rel!r} must be relative, inside the playbook's directory"
+            )
+        entries[str(Path(*parts))] = data
+    for rel, data in entries.items():
+        target = bundle / rel
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        target.write_bytes(data)
+    return await plan_file(services, bundle / base, extra_vars, limit)
+
+
+async def resume_playbook_job(services: Services, job: Job) -> int:
+    """Plan a playbook job again from what it stored and continue it where it stopped."""
+    try:
+        spec = json.loads(job.vars or "{}")
+    except ValueError:
+        spec = {}
+    if not isinstance(spec, dict) or not spec.get("playbook"):
+        raise ResumeError("the job holds no playbook to plan it again from")
+    try:
+        playbook = await asyncio.to_thread(load_playbook, Path(spec["playbook"]))
+    except EasyTaskError as exc:
+        raise ResumeError(f"{spec['playbook']}: {exc}") from exc
+    plan = plan_playbook(
+        playbook,
+        await services.merged_inventory(),
+        extra_vars={
+            **(spec.get("extra_vars") or {}),
+            **secretfile.secret_extra_vars(services.engine.secrets_dir, job.id or 0),
+        },
+        limit=spec.get("limit"),
+    )
+    check_resumable(plan, spec)
+    return await resume_playbook(services.engine, plan, job, services.pending_timeout)

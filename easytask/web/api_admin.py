@@ -1,0 +1,102 @@
+"""The API's administration: health, who am I, the audit log and pruning."""
+
+from __future__ import annotations
+
+import json
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from easytask.durations import parse_duration
+from easytask.errors import APIError
+from easytask.service.context import Services
+from easytask.service.playbooks import iso_utc
+from easytask.store.models import User
+from easytask.web.requests import ApiRequests, body, no_nul, source
+from easytask.web.runfilter import parse_time
+
+
+class AdminApi:
+    """/api/health, /api/whoami, /api/audit and /api/prune."""
+
+    def __init__(self, services: Services, api: ApiRequests) -> None:
+        self.services = services
+        self.api = api
+
+    async def whoami(self, request: Request, user: User) -> Response:
+        """GET /api/whoami."""
+        return JSONResponse({"name": user.name, "role": user.role})
+
+    async def list_audit(self, request: Request, user: User) -> Response:
+        """GET /api/audit: events, newest first (since, action, actor, before, limit)."""
+        no_nul(request)
+        q = request.query_params
+        store = self.services.store
+        try:
+            rows = await store.call(
+                store.audit_events,
+                since=parse_time(q.get("since")),
+                action=q.get("action") or None,
+                actor=q.get("actor") or None,
+                before_id=int(q["before"]) if q.get("before") else None,
+                limit=min(int(q.get("limit") or 200), 5000),
+            )
+        except ValueError as exc:
+            raise APIError(str(exc)) from exc
+        return JSONResponse(
+            {
+                "events": [
+                    {
+                        "id": e.id,
+                        "at": iso_utc(e.at),
+                        "actor": e.actor,
+                        "action": e.action,
+                        "source": e.source,
+                        "detail": json.loads(e.detail),
+                        "hash": e.hash,
+                    }
+                    for e in rows
+                ]
+            }
+        )
+
+    async def verify_audit(self, request: Request, user: User) -> Response:
+        """GET /api/audit/verify: walk the hash chain."""
+        store = self.services.store
+        return JSONResponse(await store.call(store.audit_verify))
+
+    async def prune(self, request: Request, user: User) -> Response:
+        """POST /api/prune: {dry_run, retention, retention_failed} (admin; audited)."""
+        data = await body(request)
+        overrides: dict[str, float | None] = {}
+        for name in ("retention", "retention_failed"):
+            value = data.get(name)
+            try:
+                overrides[name] = parse_duration(value) if value not in (None, "") else None
+            except (TypeError, ValueError) as exc:
+                raise APIError(f"{name}: {exc}") from exc
+            if overrides[name] is not None and (overrides[name] or 0) <= 0:
+                raise APIError(f"{name} must be positive")
+        dry_run = bool(data.get("dry_run"))
+        result = await self.services.retention.prune(dry_run=dry_run, **overrides)
+        action = "prune.dry_run" if dry_run else "prune"
+        await self.services.audit(user.name, action, source(request), result)
+        return JSONResponse(result)
+
+    def routes(self) -> list[Route]:
+        """The administration routes."""
+        route = self.api.route
+        audit = ("admin", "auditor")
+        return [
+            Route("/api/health", health),
+            Route("/api/whoami", route(self.whoami)),
+            Route("/api/audit", route(self.list_audit, audit)),
+            Route("/api/audit/verify", route(self.verify_audit, audit)),
+            Route("/api/prune", route(self.prune, ("admin",)), methods=["POST"]),
+        ]
+
+
+async def health(request: Request) -> Response:
+    """GET /api/health: the process answers (no sign-in)."""
+    return JSONResponse({"ok": True})

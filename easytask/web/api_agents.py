@@ -1,0 +1,91 @@
+"""The API of agents and hosts: list, accept, revoke, enrolment tokens, what a pattern matches."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from easytask.durations import parse_duration
+from easytask.errors import APIError
+from easytask.service import agents
+from easytask.service.context import Services
+from easytask.service.planning import plan_pattern
+from easytask.store.models import User
+from easytask.web.requests import ApiRequests, body, source
+
+
+class AgentsApi:
+    """/api/agents and /api/hosts."""
+
+    def __init__(self, services: Services, api: ApiRequests) -> None:
+        self.services = services
+        self.api = api
+
+    async def list_agents(self, request: Request, user: User) -> Response:
+        """GET /api/agents: every agent with its state and facts."""
+        out = []
+        for view in await agents.list_agents(self.services):
+            row = view.row
+            out.append(
+                {
+                    "name": row.name,
+                    "state": row.state,
+                    "status": view.status,
+                    "fingerprint": row.fingerprint,
+                    "address": row.address,
+                    "server": row.server if row.connected else "",
+                    "version": row.version,
+                    "groups": view.groups,
+                    "slots": row.slots,
+                    "running": view.running,
+                    "facts": view.facts,
+                    "last_seen": row.last_seen.isoformat() if row.last_seen else None,
+                    "since": row.state_since.isoformat() if row.state_since else None,
+                }
+            )
+        return JSONResponse({"agents": out, "refused": self.services.registry.refused[-20:]})
+
+    async def set_agent_state(self, request: Request, user: User) -> Response:
+        """POST /api/agents/{name}/accept|revoke."""
+        name = request.path_params["name"]
+        action = request.path_params["action"]
+        row = await agents.set_agent_state(self.services, user.name, source(request), name, action)
+        return JSONResponse({"name": name, "state": row.state})
+
+    async def enroll_token(self, request: Request, user: User) -> Response:
+        """POST /api/agents/tokens: a new enrolment token (uses, ttl)."""
+        data = await body(request)
+        try:
+            uses = int(data.get("uses") or 1)
+            ttl = parse_duration(data["ttl"]) if data.get("ttl") else None
+        except (TypeError, ValueError) as exc:
+            raise APIError(str(exc)) from exc
+        token = await agents.create_enroll_token(
+            self.services, user.name, source(request), uses, ttl
+        )
+        return JSONResponse({"token": token, "uses": uses, "ttl": ttl}, status_code=201)
+
+    async def hosts(self, request: Request, user: User) -> Response:
+        """GET /api/hosts?pattern=: the hosts a pattern matches now."""
+        pattern = request.query_params.get("pattern") or "all"
+        planned = await plan_pattern(self.services, pattern, "true")
+        return JSONResponse(
+            {
+                "pattern": pattern,
+                "hosts": [{"name": p.host, "connection": p.connection} for p in planned],
+            }
+        )
+
+    def routes(self) -> list[Route]:
+        """The agent and host routes."""
+        route = self.api.route
+        admin = ("admin",)
+        return [
+            Route("/api/agents", route(self.list_agents)),
+            Route("/api/agents/tokens", route(self.enroll_token, admin), methods=["POST"]),
+            Route(
+                "/api/agents/{name}/{action}", route(self.set_agent_state, admin), methods=["POST"]
+            ),
+            Route("/api/hosts", route(self.hosts)),
+        ]

@@ -1,0 +1,230 @@
+"""The API of jobs and runs: submit, upload, follow, read logs, kill."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from easytask.durations import parse_duration
+from easytask.errors import APIError
+from easytask.loglines import LEVELS
+from easytask.masking import check_secret_env
+from easytask.scheduler.jobs import JobOptions, job_dict, run_dict
+from easytask.service import files, jobs
+from easytask.service.context import Services
+from easytask.store.models import User
+from easytask.web.requests import (
+    ROLES_OPERATE,
+    ApiRequests,
+    body,
+    int_param,
+    no_nul,
+    source,
+)
+from easytask.web.runfilter import RunQuery, find_runs
+from easytask.web.sse import job_stream
+
+
+class JobsApi:
+    """/api/jobs, /api/uploads and /api/runs."""
+
+    def __init__(self, services: Services, api: ApiRequests) -> None:
+        self.services = services
+        self.api = api
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    async def submit(self, request: Request, user: User) -> Response:
+        """POST /api/jobs: an ad hoc command over a host pattern."""
+        data = await body(request)
+        pattern = str(data.get("pattern") or "").strip()
+        command = str(data.get("command") or "")
+        if not pattern:
+            raise APIError("pattern is required")
+        if not command.strip() and data.get("kind", "command") == "command":
+            raise APIError("command is required")
+        try:
+            timeout = None
+            if data.get("timeout") not in (None, ""):
+                timeout = parse_duration(data["timeout"])
+            pending = self.services.pending_timeout
+            if data.get("pending_timeout") not in (None, ""):
+                pending = parse_duration(data["pending_timeout"])
+            forks = int(data.get("forks") or 0)
+        except (TypeError, ValueError) as exc:
+            raise APIError(str(exc)) from exc
+        try:
+            secret_env = check_secret_env(data.get("secrets"))
+        except ValueError as exc:
+            raise APIError(str(exc)) from exc
+        options = JobOptions(
+            timeout=timeout, pending_timeout=pending, forks=forks, secret_env=secret_env
+        )
+        if data.get("kind") == "checksum":
+            command, data["name"] = files.checksum_job(data)
+        elif data.get("kind", "command") != "command":
+            action, command = files.file_action(self.services.state_dir, data)
+            options = replace(options, file_action=action)
+        job, runs = await jobs.submit_adhoc(
+            self.services,
+            user,
+            source(request),
+            pattern=pattern,
+            command=command,
+            kind=data.get("kind", "command"),
+            name=str(data.get("name") or command),
+            options=options,
+            one=bool(data.get("one")),
+        )
+        return JSONResponse(
+            {"job": job_dict(job), "runs": [run_dict(r) for r in runs]}, status_code=201
+        )
+
+    async def upload(self, request: Request, user: User) -> Response:
+        """POST /api/uploads?name=FILE: the raw body, streamed to disk, for a later copy or script.
+
+        Memory stays bounded whatever the size; past the server's --upload-limit the upload
+        is refused (413) and nothing is kept. Returns the upload id, size and SHA-256.
+        """
+        declared = request.headers.get("content-length")
+        result = await files.store_upload(
+            self.services,
+            request.query_params.get("name") or "",
+            int(declared) if declared and declared.isdigit() else None,
+            request.stream(),
+            user.name,
+            source(request),
+        )
+        return JSONResponse(result, status_code=201)
+
+    async def fetched(self, request: Request, user: User) -> Response:
+        """GET /api/runs/{id}/fetched: the file a fetch run brought back."""
+        path = files.fetched_file(self.services, int_param(request, "run_id"))
+        return FileResponse(path, filename=path.name)
+
+    async def get_job(self, request: Request, user: User) -> Response:
+        """GET /api/jobs/{id}: the job and its runs."""
+        job_id = int_param(request, "job_id")
+        store = self.services.store
+        job = await store.call(store.get_job, job_id)
+        if job is None:
+            raise APIError(f"no job {job_id}", status=404)
+        runs = await store.call(store.job_runs, job_id)
+        return JSONResponse({"job": job_dict(job), "runs": [run_dict(r) for r in runs]})
+
+    async def kill_job(self, request: Request, user: User) -> Response:
+        """POST /api/jobs/{id}/kill: terminate every run of the job still in flight."""
+        job_id = int_param(request, "job_id")
+        count = await jobs.kill_job(self.services, user, source(request), job_id)
+        return JSONResponse({"job": job_id, "killed": count})
+
+    async def job_events(self, request: Request, user: User) -> Response:
+        """GET /api/jobs/{id}/events: SSE of stored then live lines and state changes."""
+        job_id = int_param(request, "job_id")
+        store = self.services.store
+        if not self.services.engine.running_here(job_id) and (
+            await store.call(store.get_job, job_id) is None
+        ):
+            raise APIError(f"no job {job_id}", status=404)
+        follow = request.query_params.get("follow", "1") != "0"
+        lines = request.query_params.get("lines", "1") != "0"
+        runs = request.query_params.get("runs", "1") != "0"
+        return StreamingResponse(
+            job_stream(self.services, job_id, follow, lines, runs),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
+
+    # -- runs -------------------------------------------------------------------------------
+
+    async def list_runs(self, request: Request, user: User) -> Response:
+        """GET /api/runs: the console's filters (see runfilter), newest first, keyset pages."""
+        no_nul(request)
+        query = RunQuery.from_params(request.query_params, default_limit=100, max_limit=1000)
+        page = await find_runs(self.services, query)
+        return JSONResponse(
+            {
+                "runs": [{**run_dict(r), "submitted_by": by} for r, by in page.rows],
+                "next_before": page.older_before,
+                "prev_after": page.newer_after,
+            }
+        )
+
+    async def get_run(self, request: Request, user: User) -> Response:
+        """GET /api/runs/{id}: the run and its timeline."""
+        run_id = int_param(request, "run_id")
+        store = self.services.store
+        run = await store.call(store.get_run, run_id)
+        if run is None:
+            raise APIError(f"no run {run_id}", status=404)
+        events = await store.call(store.run_events, run_id)
+        return JSONResponse(
+            {
+                "run": run_dict(run),
+                "events": [
+                    {"at": e.at.isoformat(), "kind": e.kind, "detail": e.detail} for e in events
+                ],
+            }
+        )
+
+    async def run_log(self, request: Request, user: User) -> Response:
+        """GET /api/runs/{id}/log: stored lines; after, limit, level, grep."""
+        no_nul(request)
+        run_id = int_param(request, "run_id")
+        q = request.query_params
+        store = self.services.store
+        if await store.call(store.get_run, run_id) is None:
+            raise APIError(f"no run {run_id}", status=404)
+        levels = [lv.strip().upper() for lv in (q.get("level") or "").split(",") if lv.strip()]
+        bad = [lv for lv in levels if lv not in LEVELS]
+        if bad:
+            raise APIError(f"unknown level {bad[0]!r}; use one of {', '.join(LEVELS)}")
+        try:
+            after = int(q.get("after") or 0)
+            limit = min(int(q.get("limit") or 10000), 100000)
+        except ValueError as exc:
+            raise APIError(str(exc)) from exc
+        await self.services.writer.flush()
+        rows = await store.call(
+            store.read_lines,
+            run_id,
+            after_seq=after,
+            limit=limit,
+            levels=levels or None,
+            grep=q.get("grep") or None,
+        )
+        return JSONResponse(
+            {
+                "run": run_id,
+                "lines": [
+                    {"seq": r.seq, "ts": r.ts, "stream": r.stream, "level": r.level, "text": r.text}
+                    for r in rows
+                ],
+            }
+        )
+
+    async def kill_run(self, request: Request, user: User) -> Response:
+        """POST /api/runs/{id}/kill: terminate one run."""
+        run_id = int_param(request, "run_id")
+        killed = await jobs.kill_run(self.services, user, source(request), run_id)
+        return JSONResponse({"run": run_id, "killed": int(killed)})
+
+    def routes(self) -> list[Route]:
+        """The job and run routes."""
+        route = self.api.route
+        op = ROLES_OPERATE
+        return [
+            Route("/api/jobs", route(self.submit, op), methods=["POST"]),
+            Route("/api/uploads", route(self.upload, op), methods=["POST"]),
+            Route("/api/jobs/{job_id}", route(self.get_job)),
+            Route("/api/jobs/{job_id}/events", route(self.job_events)),
+            Route("/api/jobs/{job_id}/kill", route(self.kill_job, op), methods=["POST"]),
+            Route("/api/runs", route(self.list_runs)),
+            Route("/api/runs/{run_id}", route(self.get_run)),
+            Route("/api/runs/{run_id}/log", route(self.run_log)),
+            Route("/api/runs/{run_id}/kill", route(self.kill_run, op), methods=["POST"]),
+            Route("/api/runs/{run_id}/fetched", route(self.fetched)),
+        ]

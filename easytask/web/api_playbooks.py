@@ -1,0 +1,107 @@
+"""The API of playbooks and schedules: run a playbook sent or on the server, list, switch, run now."""
+
+from __future__ import annotations
+
+import base64
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from easytask.errors import APIError
+from easytask.plan import PlaybookPlan
+from easytask.scheduler.jobs import job_dict, run_dict
+from easytask.service import jobs
+from easytask.service.context import Services
+from easytask.service.planning import plan_bundle, plan_file
+from easytask.service.playbooks import playbook_listing, playbook_path, schedule_dict
+from easytask.store.models import User
+from easytask.web.requests import ROLES_OPERATE, ApiRequests, body, source
+
+MAX_PLAYBOOK_BODY = 64 << 20
+
+
+class PlaybooksApi:
+    """/api/playbooks and /api/schedules."""
+
+    def __init__(self, services: Services, api: ApiRequests) -> None:
+        self.services = services
+        self.api = api
+
+    async def run_playbook(self, request: Request, user: User) -> Response:
+        """POST /api/playbooks/run: a playbook's text and files, --limit and extra vars."""
+        data = await body(request, limit=MAX_PLAYBOOK_BODY)
+        text = data.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise APIError("text (the playbook) is required")
+        files_in = data.get("files") or {}
+        extra = data.get("extra_vars") or {}
+        if not isinstance(files_in, dict) or not isinstance(extra, dict):
+            raise APIError("files and extra_vars must be objects")
+        try:
+            files = {str(k): base64.b64decode(v, validate=True) for k, v in files_in.items()}
+        except (ValueError, TypeError) as exc:
+            raise APIError(f"files must hold base64 data: {exc}") from exc
+        limit = data.get("limit") or None
+        plan = await plan_bundle(
+            self.services, str(data.get("name") or "playbook.yml"), text, files, limit, extra
+        )
+        return await self._submitted(request, user, plan, {})
+
+    async def run_playbook_file(self, request: Request, user: User) -> Response:
+        """POST /api/playbooks/{file}/run: run a playbook of the server's playbooks directory."""
+        path = playbook_path(self.services, request.path_params["file"])
+        data = await body(request)
+        extra = data.get("extra_vars") or {}
+        if not isinstance(extra, dict):
+            raise APIError("extra_vars must be an object")
+        limit = data.get("limit") or None
+        plan = await plan_file(self.services, path, extra, limit)
+        return await self._submitted(request, user, plan, {"file": path.name})
+
+    async def _submitted(
+        self, request: Request, user: User, plan: PlaybookPlan, extra: dict[str, str]
+    ) -> Response:
+        job, runs = await jobs.submit_plan(self.services, user, source(request), plan, extra)
+        return JSONResponse(
+            {"job": job_dict(job), "runs": [run_dict(r) for r in runs]}, status_code=201
+        )
+
+    async def list_playbooks(self, request: Request, user: User) -> Response:
+        """GET /api/playbooks: the playbooks of the server's playbooks directory."""
+        return JSONResponse(await playbook_listing(self.services))
+
+    async def list_schedules(self, request: Request, user: User) -> Response:
+        """GET /api/schedules: every schedule with its next and last fire time."""
+        store = self.services.store
+        await self.services.scheduler.sync()
+        rows = await store.call(store.list_schedules)
+        return JSONResponse({"schedules": [schedule_dict(r) for r in rows]})
+
+    async def schedule_action(self, request: Request, user: User) -> Response:
+        """POST /api/schedules/{name}/enable|disable|run."""
+        name = request.path_params["name"]
+        action = request.path_params["action"]
+        if action in ("enable", "disable"):
+            row = await jobs.set_schedule_enabled(
+                self.services, user, source(request), name, action == "enable"
+            )
+            return JSONResponse(schedule_dict(row))
+        if action == "run":
+            job_id = await jobs.run_schedule_now(self.services, user, source(request), name)
+            return JSONResponse({"schedule": name, "job": job_id}, status_code=201)
+        raise APIError(f"unknown action {action!r}", status=404)
+
+    def routes(self) -> list[Route]:
+        """The playbook and schedule routes."""
+        route = self.api.route
+        op = ROLES_OPERATE
+        return [
+            Route("/api/playbooks/run", route(self.run_playbook, op), methods=["POST"]),
+            Route("/api/schedules", route(self.list_schedules)),
+            Route(
+                "/api/schedules/{name}/{action}", route(self.schedule_action, op), methods=["POST"]
+            ),
+            Route("/api/playbooks", route(self.list_playbooks)),
+            Route("/api/playbooks/{file}/run", route(self.run_playbook_file, op), methods=["POST"]),
+        ]

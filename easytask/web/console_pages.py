@@ -1,0 +1,325 @@
+"""The console's pages: dashboard, runs, jobs, ad hoc commands, agents and playbooks."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from easytask.durations import parse_duration
+from easytask.errors import APIError, EasyTaskError
+from easytask.scheduler.jobs import JobOptions
+from easytask.service import agents, jobs
+from easytask.service.context import Services
+from easytask.service.files import checksum_job, human_size
+from easytask.service.playbooks import playbook_listing
+from easytask.store.models import RunState, User
+from easytask.web.console import Console
+from easytask.web.errors import PageError, http_status
+from easytask.web.format import FAILED_STATES, job_row, playbook_row, run_row, shown_state
+from easytask.web.requests import ROLES_OPERATE
+from easytask.web.runfilter import FILTERS, RunPage, RunQuery, find_runs
+
+log = logging.getLogger("easytask.server")
+
+ADHOC_KINDS = ("command", "script", "copy", "checksum")
+
+
+class ConsolePages:
+    """Every console page behind the sign-in, bound to one server."""
+
+    def __init__(self, services: Services, console: Console) -> None:
+        self.services = services
+        self.console = console
+
+    # -- data helpers -----------------------------------------------------------------------
+
+    async def agent_rows(self) -> list[dict[str, Any]]:
+        """Every agent with its live status, load and running count."""
+        out = []
+        for view in await agents.list_agents(self.services):
+            row, facts = view.row, view.facts
+            load = facts.get("load") or []
+            out.append(
+                {
+                    "name": row.name,
+                    "state": row.state,
+                    "status": view.status,
+                    "address": row.address,
+                    "version": row.version,
+                    "last_seen": row.last_seen,
+                    "load": load[0] if load else None,
+                    "running": view.running,
+                    "slots": row.slots,
+                    "groups": view.groups,
+                    "fingerprint": row.fingerprint,
+                    "os": facts.get("os") or facts.get("system") or "",
+                }
+            )
+        return out
+
+    # -- pages ------------------------------------------------------------------------------
+
+    async def dashboard(self, request: Request, user: User) -> Response:
+        """GET /: agents by state, jobs in flight, recent failures."""
+        store = self.services.store
+        agents = await self.agent_rows()
+        counts = Counter(a["status"] for a in agents)
+        running = await store.call(
+            store.list_jobs, states=[RunState.QUEUED, RunState.RUNNING], limit=20
+        )
+        recent = await store.call(store.list_jobs, limit=10)
+        ids = [j.id for j in running + recent if j.id is not None]
+        progress = await store.call(store.job_state_counts, ids)
+        failures = await store.call(store.find_runs, status=list(FAILED_STATES), limit=10)
+        return self.console.render(
+            request,
+            user,
+            "dashboard.html",
+            section="dashboard",
+            agent_counts={
+                k: counts.get(k, 0) for k in ("online", "unreachable", "pending", "revoked")
+            },
+            agents_total=len(agents),
+            running=[job_row(j, progress) for j in running],
+            recent=[job_row(j, progress) for j in recent],
+            failures=[run_row(r, by) for r, by in failures],
+            failed_filter=",".join(FAILED_STATES),
+        )
+
+    async def runs(self, request: Request, user: User) -> Response:
+        """GET /runs: history with filters in the URL and keyset pagination."""
+        q = request.query_params
+        error = ""
+        page = RunPage([], None, None)
+        try:
+            query = RunQuery.from_params(q, default_limit=50, max_limit=500)
+            page = await find_runs(self.services, query)
+        except APIError as exc:
+            error = str(exc)
+            query = RunQuery(
+                filters={k: q.get(k) or "" for k in FILTERS},
+                statuses=[s for v in q.getlist("status") for s in v.split(",") if s.strip()],
+            )
+        base = query.link_params(explicit_limit=bool(q.get("limit")))
+        newer = older = ""
+        if page.newer_after is not None:
+            newer = "/runs?" + urlencode([*base, ("after", str(page.newer_after))])
+        if page.older_before is not None:
+            older = "/runs?" + urlencode([*base, ("before", str(page.older_before))])
+        paged = query.before is not None or query.after is not None
+        return self.console.render(
+            request,
+            user,
+            "runs.html",
+            status=400 if error else 200,
+            section="runs",
+            filters=query.filters,
+            statuses=query.statuses,
+            error=error,
+            rows=[run_row(r, by) for r, by in page.rows],
+            newer=newer,
+            older=older,
+            newest="/runs?" + urlencode(base) if paged else "",
+            export_query=urlencode([(k, v) for k, v in query.filters.items() if v])
+            + "".join("&" + urlencode({"status": s}) for s in query.statuses),
+        )
+
+    async def run_page(self, request: Request, user: User) -> Response:
+        """GET /runs/{id}: details, timeline and the log viewer."""
+        run_id = self.console.int_param(request, "run_id")
+        store = self.services.store
+        run = await store.call(store.get_run, run_id)
+        if run is None:
+            raise PageError(f"no run {run_id}", status=404)
+        job = await store.call(store.get_job, run.job_id)
+        events = await store.call(store.run_events, run_id)
+        siblings = await store.call(store.job_runs, run.job_id)
+        return self.console.render(
+            request,
+            user,
+            "run.html",
+            section="runs",
+            run=run_row(run, job.submitted_by if job else ""),
+            job=job,
+            events=events,
+            final=run.state in RunState.FINAL,
+            siblings=[run_row(r) for r in siblings if r.id != run.id][:50],
+            initial_q=request.query_params.get("q") or "",
+        )
+
+    async def job_page(self, request: Request, user: User) -> Response:
+        """GET /jobs/{id}: the per-host status grid, live."""
+        job_id = self.console.int_param(request, "job_id")
+        store = self.services.store
+        job = await store.call(store.get_job, job_id)
+        if job is None:
+            raise PageError(f"no job {job_id}", status=404)
+        runs = await store.call(store.job_runs, job_id)
+        return self.console.render(
+            request,
+            user,
+            "job.html",
+            section="adhoc",
+            job=job,
+            job_state=shown_state(job.state, Counter(r.state for r in runs)),
+            runs=[run_row(r) for r in runs],
+            final=job.state in RunState.FINAL,
+            again="/adhoc?" + urlencode({"pattern": job.pattern, "command": job.command}),
+        )
+
+    def _adhoc(self, request: Request, user: User, status: int = 200, **fields: str) -> Response:
+        """The ad hoc form, filled with `fields`."""
+        limit = self.services.settings.upload_limit
+        values = {
+            "error": "",
+            "kind": "command",
+            "pattern": "",
+            "command": "",
+            "timeout": "",
+            "path": "",
+            "expect": "",
+        }
+        values.update(fields)
+        if values["kind"] not in ADHOC_KINDS:
+            values["kind"] = "command"
+        return self.console.render(
+            request,
+            user,
+            "adhoc.html",
+            status=status,
+            section="adhoc",
+            upload_limit=limit,
+            upload_limit_text=human_size(limit),
+            **values,
+        )
+
+    async def adhoc_page(self, request: Request, user: User) -> Response:
+        """GET /adhoc: pattern (with live preview); command, script, copy or checksum; timeout."""
+        q = request.query_params
+        return self._adhoc(
+            request,
+            user,
+            kind=q.get("kind") or "command",
+            pattern=q.get("pattern") or "",
+            command=q.get("command") or "",
+            timeout=q.get("timeout") or "",
+        )
+
+    async def adhoc_submit(self, request: Request, user: User) -> Response:
+        """POST /adhoc: submit a command or checksum, then show its status grid.
+
+        Scripts and copies carry a file: the page's script sends it to POST /api/uploads and
+        the job to POST /api/jobs (the CLI's path, with the same checks and audit record).
+        """
+        form = await self.console.form(request)
+        kind = form.get("kind", "command") or "command"
+        pattern = form.get("pattern", "").strip()
+        command = form.get("command", "")
+        timeout = form.get("timeout", "").strip()
+        path = form.get("path", "").strip()
+        expect = form.get("expect", "").strip()
+        try:
+            if not pattern:
+                raise PageError("a host pattern is required")
+            if kind == "checksum":
+                command, name = checksum_job({"checksum": {"path": path, "expect": expect}})
+            elif kind == "command":
+                if not command.strip():
+                    raise PageError("a command is required")
+                name = command
+            else:
+                raise PageError(f"{kind}: sending a file needs JavaScript in the browser")
+            try:
+                seconds = parse_duration(timeout) if timeout else None
+            except (TypeError, ValueError) as exc:
+                raise PageError(str(exc)) from exc
+            options = JobOptions(timeout=seconds, pending_timeout=self.services.pending_timeout)
+            addr = request.client.host if request.client else "?"
+            job, _runs = await jobs.submit_adhoc(
+                self.services,
+                user,
+                f"console {addr}",
+                pattern=pattern,
+                command=command,
+                kind=kind,
+                name=name,
+                options=options,
+            )
+        except EasyTaskError as exc:
+            return self._adhoc(
+                request,
+                user,
+                status=http_status(exc),
+                error=str(exc),
+                kind=kind,
+                pattern=pattern,
+                command=command,
+                timeout=timeout,
+                path=path,
+                expect=expect,
+            )
+        return RedirectResponse(f"/jobs/{job.id}", status_code=303)
+
+    async def agents_page(self, request: Request, user: User) -> Response:
+        """GET /agents: every agent; accept and revoke for admins."""
+        agents = await self.agent_rows()
+        return self.console.render(
+            request,
+            user,
+            "agents.html",
+            section="agents",
+            agents=agents,
+            refused=list(reversed(self.services.registry.refused[-20:])),
+            now=time.time(),
+        )
+
+    async def agent_action(self, request: Request, user: User) -> Response:
+        """POST /agents/{name}/accept|revoke (admin)."""
+        name = request.path_params["name"]
+        action = request.path_params["action"]
+        if action not in agents.ACTIONS:
+            raise PageError("unknown action", status=404)
+        addr = request.client.host if request.client else "?"
+        row = await agents.set_agent_state(
+            self.services, user.name, f"console {addr}", name, action
+        )
+        state = row.state
+        log.info("agent %s set to %s by %s (console)", name, state, user.name)
+        return RedirectResponse("/agents", status_code=303)
+
+    async def playbooks_page(self, request: Request, user: User) -> Response:
+        """GET /playbooks: the server's playbooks, their schedules, run now and on/off switches."""
+        listing = await playbook_listing(self.services)
+        now = datetime.now(UTC)
+        return self.console.render(
+            request,
+            user,
+            "playbooks.html",
+            section="playbooks",
+            folder=listing["dir"],
+            playbooks=[playbook_row(entry, now) for entry in listing["playbooks"]],
+        )
+
+    def routes(self) -> list[Route]:
+        """Every page route."""
+        page = self.console.page
+        op = ROLES_OPERATE
+        return [
+            Route("/", page(self.dashboard)),
+            Route("/runs", page(self.runs)),
+            Route("/runs/{run_id}", page(self.run_page)),
+            Route("/jobs/{job_id}", page(self.job_page)),
+            Route("/adhoc", page(self.adhoc_page), methods=["GET"]),
+            Route("/adhoc", page(self.adhoc_submit, op), methods=["POST"]),
+            Route("/agents", page(self.agents_page)),
+            Route("/agents/{name}/{action}", page(self.agent_action, ("admin",)), methods=["POST"]),
+            Route("/playbooks", page(self.playbooks_page)),
+        ]
