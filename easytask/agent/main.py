@@ -52,6 +52,7 @@ class AgentConfig:
     run_as: str | None = None  # see easytask.agent.policy
     allow: list[str] = field(default_factory=list)
     files: bool = True
+    file_dirs: list[str] = field(default_factory=list)  # where file transfers may go (--file-dir)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -111,7 +112,9 @@ class Agent:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.host_key = load_or_create_key(self.state_dir / "host_key")
         self.pinned_path = self.state_dir / "server_keys"
-        self.policy = make_policy(config.run_as, config.allow, config.files, config.slots)
+        self.policy = make_policy(
+            config.run_as, config.allow, config.files, config.slots, config.file_dirs
+        )
         self.runner = Runner(
             self.state_dir,
             cap=config.spool_cap,
@@ -376,7 +379,7 @@ class Agent:
             process_factory=self.handle,
             encoding=None,
             server_version=agent_version_string(self.config.name),
-            sftp_factory=sftp.sftp_factory(self.policy.files, self.policy.run_as),
+            sftp_factory=sftp.sftp_factory(self.policy),
             allow_scp=False,
             keepalive_interval=self.config.keepalive_interval,
             keepalive_count_max=self.config.keepalive_count,

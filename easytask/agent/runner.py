@@ -6,11 +6,12 @@ import asyncio
 import json
 import logging
 import os
+import pwd
 import signal
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,49 @@ DEFAULT_CAP = 2 << 30  # bytes of output spooled per run before the rest is cut 
 POLL = 0.05
 GATHER = 0.005  # seconds: output printed this soon after a batch waits for the next one
 READ = 1 << 20  # bytes of spool read at once
+
+# What a command's environment takes from the agent's (docs/agents.md, "The command's
+# environment"): where programs are and how text is shown, nothing the agent was configured with.
+PASSED = ("PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR")
+PASSED_PREFIX = "LC_"
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def command_env(
+    run_as: Account | None = None, environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The environment every command starts from, before its run's own variables.
+
+    Login-like: PATH, the locale and time zone variables of the agent's environment, and HOME,
+    USER, LOGNAME and SHELL of the account the command runs as.  Nothing else of the agent's
+    environment: its `EASYTASK_AGENT_*` settings (the enrolment token among them) and whatever
+    else its service manager or container gave it never reach a command.
+    """
+    environ = os.environ if environ is None else environ
+    env = {k: v for k, v in environ.items() if k in PASSED or k.startswith(PASSED_PREFIX)}
+    env.setdefault("PATH", DEFAULT_PATH)
+    if run_as is not None:
+        env.update(HOME=run_as.home, USER=run_as.name, LOGNAME=run_as.name, SHELL=run_as.shell)
+        return env
+    try:  # the agent's own account: as its environment says, else as the password database does
+        entry: pwd.struct_passwd | None = pwd.getpwuid(os.geteuid())
+    except KeyError:
+        entry = None
+    user = environ.get("USER") or (entry.pw_name if entry else "")
+    own = {
+        "HOME": environ.get("HOME") or (entry.pw_dir if entry else "/"),
+        "USER": user,
+        "LOGNAME": environ.get("LOGNAME") or user,
+        "SHELL": environ.get("SHELL") or (entry.pw_shell if entry else "") or "/bin/sh",
+    }
+    env.update({k: v for k, v in own.items() if v})
+    return env
+
+
+def supervisor_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The supervisor's own environment: the agent's without its EASYTASK_* settings."""
+    environ = os.environ if environ is None else environ
+    return {k: v for k, v in environ.items() if not k.startswith("EASYTASK_")}
 
 
 @dataclass
@@ -100,6 +144,7 @@ class SupervisorProcess:
                         stdout=asyncio.subprocess.PIPE,
                         stderr=errlog,
                         start_new_session=True,  # outlives the agent; no signals meant for it
+                        env=supervisor_env(),  # no enrolment token in a long-lived process
                         limit=1 << 20,
                     )
                 self._reader = asyncio.create_task(self._read(self.proc), name="supervisor")
@@ -167,6 +212,7 @@ class Runner:
         self.cap = cap
         self.run_as = run_as
         self.cwd = cwd or (run_as.home if run_as else os.path.expanduser("~"))
+        self.env = command_env(run_as)  # what every command's environment starts from
         self.jobs: dict[str, Job] = {}
         self.exits: dict[str, dict[str, Any]] = {}  # exit records `follow` read, for its caller
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -182,12 +228,15 @@ class Runner:
         return len(keys) - len(ended)
 
     async def start(self, key: str, command: str, extra_env: dict[str, str]) -> Job:
-        """Start a command under the supervisor (its own session, outliving this process)."""
+        """Start a command under the supervisor (its own session, outliving this process).
+
+        Its environment is exactly `command_env` and `extra_env` (the run's id and attempt).
+        """
         spool = self.spool(key)
         spool.create()
         spec: dict[str, Any] = {
             "command": command,
-            "env": extra_env,
+            "env": {**self.env, **extra_env},
             "cwd": self.cwd,
             "cap": self.cap,
         }
