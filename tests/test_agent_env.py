@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from easytask.agent.policy import Account
-from easytask.agent.runner import DEFAULT_PATH, command_env, supervisor_env
+from easytask.agent.runner import DEFAULT_PATH, check_pass_env, command_env, supervisor_env
 from tests.conftest import ServerFactory
 from tests.support import Procs, easytask_cmd, wait_until
 
@@ -34,8 +36,10 @@ def test_commands_get_none_of_the_agents_settings_or_secrets(
         "EASYTASK_LOG_FORMAT": "json",
         "VAULT_TOKEN": "s.agent-only-secret",
         "LC_TIME": "C",
+        "EASYTASK_AGENT_PASS_ENV": "https_proxy",
     }
     env.update(secrets)
+    env["https_proxy"] = "http://proxy.example:3128"  # passed on: --pass-env
     args = easytask_cmd("agent", "--keepalive", "1", "--backoff-max", "1")
     procs.start(args, tmp_path / "agent-env1.log", env=env)
     wait_until(lambda: server.agent_status("env1") == "online", timeout=40, what="agent online")
@@ -52,7 +56,8 @@ def test_commands_get_none_of_the_agents_settings_or_secrets(
     for value in (token, "agent-only-secret", str(state), server.agents_addr):
         assert value not in text, f"{value} reached the command"
     assert not [n for n in seen if n.startswith("EASYTASK_") and n not in DOCUMENTED]
-    extra = {n for n in seen if n not in DOCUMENTED and not n.startswith("LC_")}
+    assert seen["https_proxy"] == "http://proxy.example:3128"
+    extra = {n for n in seen if n not in DOCUMENTED | {"https_proxy"} and not n.startswith("LC_")}
     assert not extra, f"undocumented variables: {sorted(extra)}"
     assert seen["EASYTASK_RUN_ID"] == str(run["id"]) and seen["EASYTASK_ATTEMPT"] == "1"
     assert seen["LC_TIME"] == "C"  # the locale is passed on
@@ -94,3 +99,16 @@ def test_command_env_is_login_like() -> None:
         "SHELL": "/bin/bash",
     }
     assert supervisor_env(agent) == {k: v for k, v in agent.items() if k != "EASYTASK_AGENT_ENROLL"}
+
+
+def test_pass_env_names_variables_and_never_the_agents_own() -> None:
+    """--pass-env adds named variables of the agent's environment; EASYTASK_* ones are refused."""
+    assert check_pass_env(["https_proxy", " no_proxy ", "", "https_proxy"]) == (
+        "https_proxy",
+        "no_proxy",
+    )
+    for bad in ("EASYTASK_AGENT_ENROLL", "A-B", "1X"):
+        with pytest.raises(ValueError, match="--pass-env"):
+            check_pass_env([bad])
+    env = command_env(None, {"https_proxy": "p", "other": "o", "HOME": "/h"}, ("https_proxy",))
+    assert env["https_proxy"] == "p" and "other" not in env

@@ -20,7 +20,7 @@ import asyncssh
 from easytask import __version__
 from easytask.agent import facts, sftp
 from easytask.agent.policy import make_policy
-from easytask.agent.runner import CHUNK, Runner
+from easytask.agent.runner import CHUNK, Runner, check_pass_env
 from easytask.transport import sshlog
 from easytask.transport.control import LINK_CIPHERS, SESSION_OP, SUBSYSTEM
 from easytask.transport.executor import STATS_SIGNAL
@@ -53,6 +53,7 @@ class AgentConfig:
     allow: list[str] = field(default_factory=list)
     files: bool = True
     file_dirs: list[str] = field(default_factory=list)  # where file transfers may go (--file-dir)
+    pass_env: list[str] = field(default_factory=list)  # variables commands get from the agent
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -120,6 +121,7 @@ class Agent:
             cap=config.spool_cap,
             run_as=self.policy.run_as,
             supervisor_idle=config.supervisor_idle,
+            pass_env=check_pass_env(config.pass_env),
         )
         self.runner.collect_garbage()
         self.connected = asyncio.Event()

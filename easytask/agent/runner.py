@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import pwd
+import re
 import signal
 import sys
 import time
@@ -32,20 +33,45 @@ READ = 1 << 20  # bytes of spool read at once
 PASSED = ("PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR")
 PASSED_PREFIX = "LC_"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def check_pass_env(names: list[str]) -> tuple[str, ...]:
+    """The agent's `--pass-env` names, checked (ValueError): never one of EasyTask's own."""
+    checked: list[str] = []
+    for name in (n.strip() for n in names):
+        if not name:
+            continue
+        if not ENV_NAME_RE.match(name):
+            raise ValueError(f"--pass-env {name!r}: not a variable name")
+        if name.startswith("EASYTASK_"):
+            raise ValueError(f"--pass-env {name}: the agent's own settings never reach commands")
+        if name not in checked:
+            checked.append(name)
+    return tuple(checked)
 
 
 def command_env(
-    run_as: Account | None = None, environ: Mapping[str, str] | None = None
+    run_as: Account | None = None,
+    environ: Mapping[str, str] | None = None,
+    passed: tuple[str, ...] = (),
 ) -> dict[str, str]:
     """The environment every command starts from, before its run's own variables.
 
     Login-like: PATH, the locale and time zone variables of the agent's environment, and HOME,
-    USER, LOGNAME and SHELL of the account the command runs as.  Nothing else of the agent's
-    environment: its `EASYTASK_AGENT_*` settings (the enrolment token among them) and whatever
-    else its service manager or container gave it never reach a command.
+    USER, LOGNAME and SHELL of the account the command runs as; then the variables the agent was
+    told to pass on (`--pass-env`, see check_pass_env).  Nothing else of the agent's environment:
+    its `EASYTASK_AGENT_*` settings (the enrolment token among them) and whatever else its
+    service manager or container gave it never reach a command.
     """
     environ = os.environ if environ is None else environ
-    env = {k: v for k, v in environ.items() if k in PASSED or k.startswith(PASSED_PREFIX)}
+    env = {
+        k: v
+        for k, v in environ.items()
+        if k in PASSED
+        or k.startswith(PASSED_PREFIX)
+        or (k in passed and not k.startswith("EASYTASK_"))
+    }
     env.setdefault("PATH", DEFAULT_PATH)
     if run_as is not None:
         env.update(HOME=run_as.home, USER=run_as.name, LOGNAME=run_as.name, SHELL=run_as.shell)
@@ -205,6 +231,7 @@ class Runner:
         cwd: str | None = None,
         run_as: Account | None = None,
         supervisor_idle: float = 60.0,
+        pass_env: tuple[str, ...] = (),
     ) -> None:
         self.supervisor_idle = supervisor_idle
         self.root = state_dir / "spool"
@@ -212,7 +239,7 @@ class Runner:
         self.cap = cap
         self.run_as = run_as
         self.cwd = cwd or (run_as.home if run_as else os.path.expanduser("~"))
-        self.env = command_env(run_as)  # what every command's environment starts from
+        self.env = command_env(run_as, passed=pass_env)  # every command's environment, at first
         self.jobs: dict[str, Job] = {}
         self.exits: dict[str, dict[str, Any]] = {}  # exit records `follow` read, for its caller
         self._tasks: set[asyncio.Task[Any]] = set()

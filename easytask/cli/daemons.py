@@ -206,6 +206,14 @@ def add_parsers(sub: Any) -> None:
         "EASYTASK_AGENT_FILE_DIRS: colon-separated)",
     )
     a.add_argument(
+        "--pass-env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="pass this variable of the agent's environment on to commands, e.g. https_proxy "
+        "(repeatable; EASYTASK_AGENT_PASS_ENV: comma-separated)",
+    )
+    a.add_argument(
         "--log-format",
         choices=FORMATS,
         help="text, or json: one object per line (EASYTASK_LOG_FORMAT)",
@@ -281,6 +289,7 @@ def cmd_agent(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         files=not (args.no_files or env.get("EASYTASK_AGENT_NO_FILES", "") in ("1", "true")),
         file_dirs=args.file_dir
         or [d for d in env.get("EASYTASK_AGENT_FILE_DIRS", "").split(":") if d],
+        pass_env=args.pass_env or env.get("EASYTASK_AGENT_PASS_ENV", "").split(","),
     )
     if config.slots < 1:
         raise UsageError("--slots must be at least 1")
