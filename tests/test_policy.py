@@ -330,3 +330,28 @@ def test_policy_file_dirs(tmp_path: Path) -> None:
     for bad in (f"{real}/../x", str(tmp_path), f"{real}-sibling/x", "/etc/passwd"):
         with pytest.raises(asyncssh.SFTPPermissionDenied):
             sftp.confine(bad.encode(), dirs)
+
+
+def test_file_dir_with_run_as(
+    start_server: ServerFactory,
+    start_agent: AgentFactory,
+    run_as_user: pwd.struct_passwd,
+    shared_dir: Path,
+) -> None:
+    """--run-as and --file-dir together: copies land inside the directory, as the user; a
+    destination the user could write outside it is refused all the same."""
+    server = start_server(None)
+    drop = shared_dir / "drop"
+    drop.mkdir(mode=0o777)
+    drop.chmod(0o777)
+    start_agent(server, "fdir3", "--run-as", USER, "--file-dir", str(drop))
+    src = write(shared_dir / "src.txt", "as user\n")
+    src.chmod(0o644)
+    ok = server.cli("copy", "fdir3", str(src), str(drop / "a.txt"), "--format", "json")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert (drop / "a.txt").stat().st_uid == run_as_user.pw_uid
+    refused = server.cli("copy", "fdir3", str(src), str(shared_dir / "b.txt"), "--format", "json")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    (run,) = json.loads(refused.stdout)["runs"]
+    assert "outside the directories file transfers may touch" in run["reason"], run
+    assert not (shared_dir / "b.txt").exists()

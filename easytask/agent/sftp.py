@@ -12,11 +12,11 @@ thread), made and undone around each operation on the event loop's thread; the o
 synchronous, so nothing else runs in between.
 
 With `--file-dir`, every path a request names is checked before the operation: made absolute,
-`..` removed, the symlinks of its directory resolved, and both that path and the file it finally
-points to must be inside one of the directories, else the request fails with "permission
-denied".  The operation then acts on the checked path (no symlink in its directories), so a link
-planted later in a checked directory cannot take it elsewhere; a link in a named directory that
-points outside is refused when used.
+`..` removed, the symlinks of its directories resolved, and both that path and the file it
+finally points to must be inside one of the directories, else the request fails with "permission
+denied".  The operation acts on the checked path in the same synchronous step (no other request
+runs in between), and every request is checked anew: a link inside a named directory that points
+outside is refused whenever it is used.
 """
 
 from __future__ import annotations
