@@ -10,7 +10,7 @@ import pytest
 from easytask.agent.policy import Account
 from easytask.agent.runner import DEFAULT_PATH, check_pass_env, command_env, supervisor_env
 from tests.conftest import ServerFactory
-from tests.support import Procs, easytask_cmd, wait_until
+from tests.support import Procs, children_of, cmdline, easytask_cmd, wait_until
 
 # docs/agents.md, "The command's environment"; PWD, SHLVL, OLDPWD and _ are the shell's own
 DOCUMENTED = {"PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR", "HOME", "USER", "LOGNAME", "SHELL"}
@@ -41,7 +41,7 @@ def test_commands_get_none_of_the_agents_settings_or_secrets(
     env.update(secrets)
     env["https_proxy"] = "http://proxy.example:3128"  # passed on: --pass-env
     args = easytask_cmd("agent", "--keepalive", "1", "--backoff-max", "1")
-    procs.start(args, tmp_path / "agent-env1.log", env=env)
+    agent = procs.start(args, tmp_path / "agent-env1.log", env=env)
     wait_until(lambda: server.agent_status("env1") == "online", timeout=40, what="agent online")
 
     job = server.submit("env1", "env")
@@ -63,6 +63,11 @@ def test_commands_get_none_of_the_agents_settings_or_secrets(
     assert seen["LC_TIME"] == "C"  # the locale is passed on
     assert seen["PATH"] == os.environ.get("PATH", DEFAULT_PATH)
     assert seen["HOME"] and seen["USER"] and seen["LOGNAME"] == seen["USER"]
+    # the supervisor (it outlives the agent) does not hold the token either
+    (supervisor,) = [
+        pid for pid in children_of(agent.pid) if "easytask.agent.supervisor" in cmdline(pid)
+    ]
+    assert token.encode() not in Path(f"/proc/{supervisor}/environ").read_bytes()
 
 
 def test_command_env_is_login_like() -> None:
