@@ -20,7 +20,7 @@ import asyncssh
 from easytask import __version__
 from easytask.agent import facts, sftp
 from easytask.agent.policy import make_policy
-from easytask.agent.runner import CHUNK, Runner
+from easytask.agent.runner import CHUNK, Runner, check_pass_env
 from easytask.transport import sshlog
 from easytask.transport.control import LINK_CIPHERS, SESSION_OP, SUBSYSTEM
 from easytask.transport.executor import STATS_SIGNAL
@@ -52,6 +52,8 @@ class AgentConfig:
     run_as: str | None = None  # see easytask.agent.policy
     allow: list[str] = field(default_factory=list)
     files: bool = True
+    file_dirs: list[str] = field(default_factory=list)  # where file transfers may go (--file-dir)
+    pass_env: list[str] = field(default_factory=list)  # variables commands get from the agent
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -111,12 +113,15 @@ class Agent:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.host_key = load_or_create_key(self.state_dir / "host_key")
         self.pinned_path = self.state_dir / "server_keys"
-        self.policy = make_policy(config.run_as, config.allow, config.files, config.slots)
+        self.policy = make_policy(
+            config.run_as, config.allow, config.files, config.slots, config.file_dirs
+        )
         self.runner = Runner(
             self.state_dir,
             cap=config.spool_cap,
             run_as=self.policy.run_as,
             supervisor_idle=config.supervisor_idle,
+            pass_env=check_pass_env(config.pass_env),
         )
         self.runner.collect_garbage()
         self.connected = asyncio.Event()
@@ -376,7 +381,7 @@ class Agent:
             process_factory=self.handle,
             encoding=None,
             server_version=agent_version_string(self.config.name),
-            sftp_factory=sftp.sftp_factory(self.policy.files, self.policy.run_as),
+            sftp_factory=sftp.sftp_factory(self.policy),
             allow_scp=False,
             keepalive_interval=self.config.keepalive_interval,
             keepalive_count_max=self.config.keepalive_count,

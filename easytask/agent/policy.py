@@ -12,6 +12,10 @@ or misconfigured server cannot get past these limits:
   (`;`, `|`, `&`, redirections, `$`, backquotes, globs, ...): the command is exactly the words the
   pattern saw.
 - `--no-files`: no file transfers (copy, script, fetch) at all.
+- `--file-dir DIR` (repeatable): file transfers may touch only paths inside these directories
+  (after resolving symlinks and `..`; easytask.agent.sftp).  With an allowlist and no `--file-dir`,
+  file transfers are off: SFTP could otherwise write `~/.ssh/authorized_keys` or a cron file and
+  get past the allowlist.
 - `--slots N`: at most N runs at once; the agent refuses more even if its server asks.
 """
 
@@ -43,6 +47,7 @@ class Account:
     gid: int
     groups: tuple[int, ...]
     home: str
+    shell: str = "/bin/sh"
 
     def spec(self) -> dict[str, Any]:
         """How the supervisor learns whom to run a command as."""
@@ -63,6 +68,18 @@ class Policy:
     allow: tuple[str, ...] = ()
     files: bool = True
     slots: int = 4
+    file_dirs: tuple[str, ...] = ()  # real paths: file transfers stay inside them (empty: anywhere)
+
+    def files_refusal(self) -> str | None:
+        """Why this agent makes no file transfers at all, or None."""
+        if not self.files:
+            return "file transfers are off on this agent (--no-files)"
+        if self.allow and not self.file_dirs:
+            return (
+                "file transfers are off on this agent: it runs allowlisted commands only (--allow) "
+                "and names no directory for them (--file-dir)"
+            )
+        return None
 
     def refusal(self, command: str) -> str | None:
         """Why this command may not run here, or None."""
@@ -88,15 +105,29 @@ class Policy:
         return {
             "run_as": self.run_as.name if self.run_as else None,
             "allow": list(self.allow),
-            "files": self.files,
+            "files": self.files_refusal() is None,
+            "file_dirs": list(self.file_dirs),
             "slots": self.slots,
         }
 
 
 def make_policy(
-    run_as: str | None = None, allow: list[str] | None = None, files: bool = True, slots: int = 4
+    run_as: str | None = None,
+    allow: list[str] | None = None,
+    files: bool = True,
+    slots: int = 4,
+    file_dirs: list[str] | None = None,
 ) -> Policy:
     """Check the options against this host and build the policy (PolicyError when it cannot)."""
+    patterns = tuple(p.strip() for p in allow or () if p.strip())
+    dirs: list[str] = []
+    for given in file_dirs or ():
+        real = os.path.realpath(given)
+        if not os.path.isdir(real):
+            raise PolicyError(f"--file-dir {given}: no such directory")
+        if real not in dirs:
+            dirs.append(real)
+    transfers = files and (bool(dirs) or not patterns)
     account = None
     if run_as:
         try:
@@ -115,16 +146,16 @@ def make_policy(
             gid=entry.pw_gid,
             groups=tuple(os.getgrouplist(entry.pw_name, entry.pw_gid)),
             home=entry.pw_dir if Path(entry.pw_dir).is_dir() else "/",
+            shell=entry.pw_shell or "/bin/sh",
         )
-        if files and entry.pw_uid != os.geteuid() and not sftp_switch_supported():
+        if transfers and entry.pw_uid != os.geteuid() and not sftp_switch_supported():
             raise PolicyError(
                 f"--run-as {run_as}: file transfers as another user are not supported on this "
                 "machine; start the agent with --no-files"
             )
-    patterns = tuple(p.strip() for p in allow or () if p.strip())
     if slots < 1:
         raise PolicyError("--slots must be at least 1")
-    return Policy(run_as=account, allow=patterns, files=files, slots=slots)
+    return Policy(run_as=account, allow=patterns, files=files, slots=slots, file_dirs=tuple(dirs))
 
 
 # setgroups(2) system call numbers: libc's setgroups() would change every thread of the process.

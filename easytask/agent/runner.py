@@ -6,11 +6,13 @@ import asyncio
 import json
 import logging
 import os
+import pwd
+import re
 import signal
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,74 @@ DEFAULT_CAP = 2 << 30  # bytes of output spooled per run before the rest is cut 
 POLL = 0.05
 GATHER = 0.005  # seconds: output printed this soon after a batch waits for the next one
 READ = 1 << 20  # bytes of spool read at once
+
+# What a command's environment takes from the agent's (docs/agents.md, "The command's
+# environment"): where programs are and how text is shown, nothing the agent was configured with.
+PASSED = ("PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR")
+PASSED_PREFIX = "LC_"
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def check_pass_env(names: list[str]) -> tuple[str, ...]:
+    """The agent's `--pass-env` names, checked (ValueError): never one of EasyTask's own."""
+    checked: list[str] = []
+    for name in (n.strip() for n in names):
+        if not name:
+            continue
+        if not ENV_NAME_RE.match(name):
+            raise ValueError(f"--pass-env {name!r}: not a variable name")
+        if name.startswith("EASYTASK_"):
+            raise ValueError(f"--pass-env {name}: the agent's own settings never reach commands")
+        if name not in checked:
+            checked.append(name)
+    return tuple(checked)
+
+
+def command_env(
+    run_as: Account | None = None,
+    environ: Mapping[str, str] | None = None,
+    passed: tuple[str, ...] = (),
+) -> dict[str, str]:
+    """The environment every command starts from, before its run's own variables.
+
+    Login-like: PATH, the locale and time zone variables of the agent's environment, and HOME,
+    USER, LOGNAME and SHELL of the account the command runs as; then the variables the agent was
+    told to pass on (`--pass-env`, see check_pass_env).  Nothing else of the agent's environment:
+    its `EASYTASK_AGENT_*` settings (the enrolment token among them) and whatever else its
+    service manager or container gave it never reach a command.
+    """
+    environ = os.environ if environ is None else environ
+    env = {
+        k: v
+        for k, v in environ.items()
+        if k in PASSED
+        or k.startswith(PASSED_PREFIX)
+        or (k in passed and not k.startswith("EASYTASK_"))
+    }
+    env.setdefault("PATH", DEFAULT_PATH)
+    if run_as is not None:
+        env.update(HOME=run_as.home, USER=run_as.name, LOGNAME=run_as.name, SHELL=run_as.shell)
+        return env
+    try:  # the agent's own account: as its environment says, else as the password database does
+        entry: pwd.struct_passwd | None = pwd.getpwuid(os.geteuid())
+    except KeyError:
+        entry = None
+    user = environ.get("USER") or (entry.pw_name if entry else "")
+    own = {
+        "HOME": environ.get("HOME") or (entry.pw_dir if entry else "/"),
+        "USER": user,
+        "LOGNAME": environ.get("LOGNAME") or user,
+        "SHELL": environ.get("SHELL") or (entry.pw_shell if entry else "") or "/bin/sh",
+    }
+    env.update({k: v for k, v in own.items() if v})
+    return env
+
+
+def supervisor_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The supervisor's own environment: the agent's without its EASYTASK_* settings."""
+    environ = os.environ if environ is None else environ
+    return {k: v for k, v in environ.items() if not k.startswith("EASYTASK_")}
 
 
 @dataclass
@@ -100,6 +170,7 @@ class SupervisorProcess:
                         stdout=asyncio.subprocess.PIPE,
                         stderr=errlog,
                         start_new_session=True,  # outlives the agent; no signals meant for it
+                        env=supervisor_env(),  # no enrolment token in a long-lived process
                         limit=1 << 20,
                     )
                 self._reader = asyncio.create_task(self._read(self.proc), name="supervisor")
@@ -160,6 +231,7 @@ class Runner:
         cwd: str | None = None,
         run_as: Account | None = None,
         supervisor_idle: float = 60.0,
+        pass_env: tuple[str, ...] = (),
     ) -> None:
         self.supervisor_idle = supervisor_idle
         self.root = state_dir / "spool"
@@ -167,6 +239,7 @@ class Runner:
         self.cap = cap
         self.run_as = run_as
         self.cwd = cwd or (run_as.home if run_as else os.path.expanduser("~"))
+        self.env = command_env(run_as, passed=pass_env)  # every command's environment, at first
         self.jobs: dict[str, Job] = {}
         self.exits: dict[str, dict[str, Any]] = {}  # exit records `follow` read, for its caller
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -182,12 +255,15 @@ class Runner:
         return len(keys) - len(ended)
 
     async def start(self, key: str, command: str, extra_env: dict[str, str]) -> Job:
-        """Start a command under the supervisor (its own session, outliving this process)."""
+        """Start a command under the supervisor (its own session, outliving this process).
+
+        Its environment is exactly `command_env` and `extra_env` (the run's id and attempt).
+        """
         spool = self.spool(key)
         spool.create()
         spec: dict[str, Any] = {
             "command": command,
-            "env": extra_env,
+            "env": {**self.env, **extra_env},
             "cwd": self.cwd,
             "cap": self.cap,
         }

@@ -1,4 +1,4 @@
-"""The agent's SFTP server acting as its --run-as user.
+"""The agent's SFTP server: acting as its --run-as user, kept inside its --file-dir directories.
 
 asyncssh's SFTP server runs inside the agent process (root, when it runs commands as another
 user).  Here every operation that names a path runs with the calling thread's filesystem
@@ -10,6 +10,13 @@ write fails with "permission denied", and files are created owned by the user.
 These are per-thread switches (the raw system calls, not the libc wrappers that change every
 thread), made and undone around each operation on the event loop's thread; the operations are
 synchronous, so nothing else runs in between.
+
+With `--file-dir`, every path a request names is checked before the operation: made absolute,
+`..` removed, the symlinks of its directories resolved, and both that path and the file it
+finally points to must be inside one of the directories, else the request fails with "permission
+denied".  The operation acts on the checked path in the same synchronous step (no other request
+runs in between), and every request is checked anew: a link inside a named directory that points
+outside is refused whenever it is used.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from typing import Any
 
 import asyncssh
 
-from easytask.agent.policy import SETGROUPS_SYSCALLS, Account
+from easytask.agent.policy import SETGROUPS_SYSCALLS, Account, Policy
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -81,11 +88,47 @@ _PATH_OPS = (
 )
 
 
-class RunAsSFTPServer(asyncssh.SFTPServer):
-    """SFTP for the agent's run-as user."""
+def inside(path: str, dirs: tuple[str, ...]) -> bool:
+    """Whether a real path is one of the directories or below one of them."""
+    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in dirs)
 
-    def __init__(self, chan: Any, account: Account) -> None:
+
+def confine(path: bytes, dirs: tuple[str, ...]) -> bytes:
+    """The path to act on for a requested one, if it stays inside `dirs` (else permission denied).
+
+    The directories of the path are resolved (symlinks, `..`), its last name is kept as it is
+    (removing a symlink removes the link); the file that name finally points to must be inside
+    too.
+    """
+    absolute = os.path.abspath(os.fsdecode(path) or ".")
+    parent, name = os.path.split(absolute)
+    checked = os.path.join(os.path.realpath(parent), name) if name else os.path.realpath(parent)
+    if not (inside(checked, dirs) and inside(os.path.realpath(checked), dirs)):
+        shown = os.fsdecode(path)
+        raise asyncssh.SFTPPermissionDenied(
+            f"{shown}: outside the directories file transfers may touch on this agent (--file-dir)"
+        )
+    return os.fsencode(checked)
+
+
+class ConfinedSFTPServer(asyncssh.SFTPServer):
+    """SFTP that touches only paths inside the agent's --file-dir directories (all when none)."""
+
+    def __init__(self, chan: Any, dirs: tuple[str, ...] = ()) -> None:
         super().__init__(chan)
+        self.dirs = dirs
+
+    def map_path(self, path: bytes) -> bytes:
+        """Every path-naming operation of asyncssh's server maps its paths here."""
+        mapped = super().map_path(path)
+        return confine(mapped, self.dirs) if self.dirs else mapped
+
+
+class RunAsSFTPServer(ConfinedSFTPServer):
+    """SFTP for the agent's run-as user (paths checked as that user, inside --file-dir)."""
+
+    def __init__(self, chan: Any, account: Account, dirs: tuple[str, ...] = ()) -> None:
+        super().__init__(chan, dirs)
         self.account = account
 
     async def scandir(self, path: bytes) -> AsyncIterator[asyncssh.SFTPName]:
@@ -115,27 +158,35 @@ for _name in _PATH_OPS:
 
 
 class NoFilesSFTPServer(asyncssh.SFTPServer):
-    """SFTP on an agent started with --no-files: every request is refused, saying why."""
+    """SFTP on an agent that makes no file transfers: every request is refused, saying why."""
+
+    def __init__(self, chan: Any, reason: str) -> None:
+        super().__init__(chan)
+        self.reason = reason
 
     async def scandir(self, path: bytes) -> AsyncIterator[asyncssh.SFTPName]:
-        _refuse()
+        self.refuse()
         nothing: tuple[asyncssh.SFTPName, ...] = ()
         for name in nothing:  # an async generator like the base method's; never reached
             yield name
 
-
-def _refuse(*_args: Any) -> Any:
-    raise asyncssh.SFTPPermissionDenied("file transfers are off on this agent (--no-files)")
+    def refuse(self, *_args: Any) -> Any:
+        """Fail the request with the reason."""
+        raise asyncssh.SFTPPermissionDenied(self.reason)
 
 
 for _name in _PATH_OPS:
-    setattr(NoFilesSFTPServer, _name, lambda self, *args: _refuse())
+    setattr(NoFilesSFTPServer, _name, NoFilesSFTPServer.refuse)
 
 
-def sftp_factory(files: bool, account: Account | None) -> Any:
+def sftp_factory(policy: Policy) -> Any:
     """What the agent's SSH server uses for the `sftp` subsystem under its policy."""
-    if not files:
-        return NoFilesSFTPServer
+    reason = policy.files_refusal()
+    if reason is not None:
+        return lambda chan: NoFilesSFTPServer(chan, reason)
+    account, dirs = policy.run_as, policy.file_dirs
     if account is not None and account.uid != os.geteuid():
-        return lambda chan: RunAsSFTPServer(chan, account)
+        return lambda chan: RunAsSFTPServer(chan, account, dirs)
+    if dirs:
+        return lambda chan: ConfinedSFTPServer(chan, dirs)
     return True  # asyncssh's own server, as the agent's user

@@ -1,7 +1,8 @@
 """The agent's supervisor: one long-lived process that runs every command detached from the agent.
 
 The agent starts `python -m easytask.agent.supervisor` once (in its own session) and writes one
-JSON request per line to its stdin: `{"spool": SPOOL, "spec": {command, env, cwd, cap}}`, where
+JSON request per line to its stdin: `{"spool": SPOOL, "spec": {command, env, cwd, cap}}` (env is
+the command's whole environment), where
 SPOOL is `STATE/spool/RUN-KEY` (the agent has created `RUN-KEY.out`).  For
 each, the supervisor starts the command in its own session and answers `ok PGID` or `error TEXT`
 on stdout, in request order.  It numbers the command's output lines exactly as the scheduler does
@@ -194,13 +195,13 @@ class Supervisor:
         """Start the command of one spool; the command's process group id (0 if it failed)."""
         path = Path(name)
         spool = Spool(path.parent, path.name)
-        env = dict(os.environ)
+        # the command's whole environment, made by the agent (easytask.agent.runner.command_env):
+        # nothing of this process's own environment is passed on
+        env = {str(k): str(v) for k, v in (spec.get("env") or {}).items()}
         user = spec.get("user")  # run as this account (the agent's --run-as)
         ids: dict[str, Any] = {}
         if user:
-            env.update(HOME=user["home"], USER=user["name"], LOGNAME=user["name"])
             ids = {"user": user["uid"], "group": user["gid"], "extra_groups": user["groups"]}
-        env.update(spec.get("env") or {})
         cwd = spec.get("cwd") or os.path.expanduser("~")
         if not os.path.isdir(cwd):
             cwd = "/"

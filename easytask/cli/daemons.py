@@ -198,6 +198,22 @@ def add_parsers(sub: Any) -> None:
         help="refuse file transfers: copy, script, fetch (EASYTASK_AGENT_NO_FILES=1)",
     )
     a.add_argument(
+        "--file-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="file transfers may touch only paths inside DIR (repeatable; needed with --allow; "
+        "EASYTASK_AGENT_FILE_DIRS: colon-separated)",
+    )
+    a.add_argument(
+        "--pass-env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="pass this variable of the agent's environment on to commands, e.g. https_proxy "
+        "(repeatable; EASYTASK_AGENT_PASS_ENV: comma-separated)",
+    )
+    a.add_argument(
         "--log-format",
         choices=FORMATS,
         help="text, or json: one object per line (EASYTASK_LOG_FORMAT)",
@@ -271,6 +287,9 @@ def cmd_agent(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         run_as=args.run_as or env.get("EASYTASK_AGENT_RUN_AS") or None,
         allow=args.allow + _allow_file(args.allow_file or env.get("EASYTASK_AGENT_ALLOW_FILE")),
         files=not (args.no_files or env.get("EASYTASK_AGENT_NO_FILES", "") in ("1", "true")),
+        file_dirs=args.file_dir
+        or [d for d in env.get("EASYTASK_AGENT_FILE_DIRS", "").split(":") if d],
+        pass_env=args.pass_env or env.get("EASYTASK_AGENT_PASS_ENV", "").split(","),
     )
     if config.slots < 1:
         raise UsageError("--slots must be at least 1")
