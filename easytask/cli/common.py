@@ -1,10 +1,11 @@
 """What the commands share: exit codes, the argument parser class and value types, the API
-client, JSON and table output."""
+client, JSON and table output, and the escaping of text from hosts and the server for a terminal."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections.abc import Sequence
 from typing import Any, TextIO
 
@@ -52,13 +53,34 @@ def api_client(settings: Settings) -> Any:
     return Client(settings.url, settings.token)
 
 
+# C0 controls but tab, DEL and the C1 controls (0x9b is a one-character CSI): what a terminal acts on
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+_CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_NAMED = {"\n": "\\n", "\r": "\\r"}
+
+
+def _shown(match: re.Match[str]) -> str:
+    char = match.group()
+    return _NAMED.get(char) or f"\\x{ord(char):02x}"
+
+
+def escape_controls(text: str, newlines: bool = False) -> str:
+    """`text` with every control character a terminal would act on written visibly instead
+    (ESC as `\\x1b`, CR as `\\r`, as Python's repr shows them); tabs are kept, and newlines too
+    with `newlines`. Text from hosts or the server goes through this before a terminal sees it,
+    so it cannot move the cursor, clear the screen, set the title or answer queries."""
+    return (_CONTROL_BUT_NEWLINE if newlines else _CONTROL).sub(_shown, text)
+
+
 def print_json(data: Any, out: TextIO) -> None:
+    """`data` as indented JSON: control characters (and all non-ASCII) come out as \\u escapes."""
     out.write(json.dumps(data, indent=2) + "\n")
 
 
 def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str], out: TextIO) -> None:
+    """Rows in aligned columns; every cell's control characters escaped (`escape_controls`)."""
     cells = [[str(h) for h in headers]] + [
-        ["" if c is None else str(c) for c in row] for row in rows
+        ["" if c is None else escape_controls(str(c)) for c in row] for row in rows
     ]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     for row in cells:

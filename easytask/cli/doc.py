@@ -35,6 +35,11 @@ def render() -> str:
         "configuration, inventory, pattern or YAML error, 3 could not start or reach the server,",
         "70 unexpected error (the traceback is written to a file whose path is printed).",
         "",
+        "Text from hosts and the server (command output, host and task names, reasons) is printed",
+        "with its control characters escaped as `\\x1b`, `\\r` and so on (tabs kept), so it cannot",
+        "move the cursor, retitle or clear the terminal; `run`, `play` and `logs` take `--raw` to",
+        "print the output as it was sent, e.g. into a file. `--format json` escapes them as JSON does.",
+        "",
     ]
     lines += _section("easytask", parser, 2)
     return "\n".join(lines).rstrip() + "\n"
