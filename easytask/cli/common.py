@@ -18,15 +18,39 @@ FINAL = {"success", "failed", "terminated", "unreachable", "skipped"}
 
 
 class Parser(argparse.ArgumentParser):
-    """The argument parser of every command: usage errors raise, and its subcommands are known
-    (`subcommands`, for the generated reference)."""
+    """The argument parser of every command: usage errors raise, and its subcommands and options
+    are known (`subcommands`, `options`: for the generated reference and the tests that hold the
+    documentation to the code)."""
 
     subcommands: dict[str, argparse.ArgumentParser] = {}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.options: list[argparse.Action] = []  # the optional arguments, `-h` included
+        super().__init__(*args, **kwargs)
 
     def add_subparsers(self, **kwargs: Any) -> Any:
         action = super().add_subparsers(**kwargs)
         self.subcommands = action.choices
         return action
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        if action.option_strings:
+            self.options.append(action)
+        return action
+
+    def add_mutually_exclusive_group(self, **kwargs: Any) -> Any:
+        group = super().add_mutually_exclusive_group(**kwargs)
+        add = group.add_argument
+
+        def add_argument(*args: Any, **kw: Any) -> argparse.Action:
+            action = add(*args, **kw)
+            if action.option_strings:
+                self.options.append(action)
+            return action
+
+        group.add_argument = add_argument  # type: ignore[method-assign]
+        return group
 
     def error(self, message: str) -> Any:  # usage errors exit 2 through our own path
         command = self.prog.partition(" ")[2]

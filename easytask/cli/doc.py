@@ -30,6 +30,7 @@ def render() -> str:
         "or a config file (`EASYTASK_CONFIG`, `./.easytask/config.toml`, `~/.config/easytask/config.toml`).",
         "Each option followed by `(EASYTASK_NAME)` is a setting: a flag beats that variable, which",
         "beats the config-file key `name`; all settings are in [operations](operations.md#settings).",
+        "The agent's own variables (`EASYTASK_AGENT_*`) have no config-file key.",
         "",
         "Exit codes: 0 all good, 1 some hosts failed (or were terminated or unreachable), 2 usage,",
         "configuration, inventory, pattern or YAML error, 3 could not start or reach the server,",
