@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from easytask.cli import jobs as cli_jobs
 from easytask.cli import main
 from easytask.cli import manage as cli_manage
 from easytask.cli.common import escape_controls, print_json, print_table
@@ -172,3 +173,40 @@ def test_real_run_and_logs_escape_a_hosts_escape_sequences(
     result = server.cli("logs", run_id, "--format", "json")
     assert result.returncode == 0 and "\x1b" not in result.stdout
     assert json.loads(result.stdout)[0]["text"] == SENT
+
+
+class ChecksumClient:
+    """One job of two runs: a host that printed an escape sequence, one refused."""
+
+    def post(self, path: str, body: Any = None) -> Any:
+        return {"job": {"id": 1}, "runs": []}
+
+    def events(self, path: str) -> Any:
+        yield {"t": "job", "state": "failed"}
+
+    def get(self, path: str, **params: Any) -> Any:
+        if path.endswith("/log"):
+            return {"lines": [{"stream": "stdout", "text": "\x1b]0;pwned\x07", "seq": 1}]}
+        runs = [
+            {"id": 1, "host": "web1", "state": "success", "reason": ""},
+            {"id": 2, "host": "web2", "state": "failed", "reason": "refused: \x1b[2J"},
+        ]
+        return {"runs": runs}
+
+
+def test_checksum_text_escaped_json_as_sent(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(cli_jobs, "api_client", lambda settings: ChecksumClient())
+    monkeypatch.setenv("EASYTASK_CONFIG", str(tmp_path / "none.toml"))
+    (tmp_path / "none.toml").write_text("")
+    code, out = _cli("checksum", "all", "/etc/motd")
+    assert code == 1
+    assert "\\x1b]0;pwned\\x07  1 host(s): web1" in out
+    assert "error: failed (refused: \\x1b[2J)  1 host(s): web2" in out
+    assert escape_controls(out, newlines=True) == out
+    code, out = _cli("checksum", "all", "/etc/motd", "--format", "json")
+    assert json.loads(out)["hosts"] == {
+        "web1": "\x1b]0;pwned\x07",
+        "web2": "error: failed (refused: \x1b[2J)",
+    }

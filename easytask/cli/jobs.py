@@ -296,11 +296,11 @@ def cmd_checksum(args: argparse.Namespace, settings: Settings, out: TextIO) -> i
     digests: dict[str, str] = {}
     for run in data["runs"]:
         if run["state"] != "success":
-            digests[run["host"]] = escape_controls(f"error: {run['state']} ({run['reason']})")
+            digests[run["host"]] = f"error: {run['state']} ({run['reason']})"
             continue
         lines = client.get(f"/api/runs/{run['id']}/log")["lines"]
         text = next((ln["text"] for ln in lines if ln["stream"] == "stdout"), "")
-        digests[run["host"]] = escape_controls(text.strip()) or "missing"
+        digests[run["host"]] = text.strip() or "missing"
     groups: dict[str, list[str]] = {}
     for host, digest in digests.items():
         groups.setdefault(digest, []).append(host)
@@ -308,8 +308,8 @@ def cmd_checksum(args: argparse.Namespace, settings: Settings, out: TextIO) -> i
         print_json({"path": args.path, "hosts": digests, "groups": groups}, out)
     else:
         for digest, hosts in sorted(groups.items(), key=lambda kv: -len(kv[1])):
-            names = escape_controls(", ".join(sorted(hosts)))
-            out.write(f"{digest}  {len(hosts)} host(s): {names}\n")
+            line = f"{digest}  {len(hosts)} host(s): {', '.join(sorted(hosts))}"
+            out.write(escape_controls(line) + "\n")
     if args.expect:
         bad = sorted(h for h, d in digests.items() if d != args.expect.lower())
         if bad:
