@@ -1,10 +1,11 @@
 """What the commands share: exit codes, the argument parser class and value types, the API
-client, JSON and table output."""
+client, JSON and table output, and the escaping of text from hosts and the server for a terminal."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections.abc import Sequence
 from typing import Any, TextIO
 
@@ -17,15 +18,39 @@ FINAL = {"success", "failed", "terminated", "unreachable", "skipped"}
 
 
 class Parser(argparse.ArgumentParser):
-    """The argument parser of every command: usage errors raise, and its subcommands are known
-    (`subcommands`, for the generated reference)."""
+    """The argument parser of every command: usage errors raise, and its subcommands and options
+    are known (`subcommands`, `options`: for the generated reference and the tests that hold the
+    documentation to the code)."""
 
     subcommands: dict[str, argparse.ArgumentParser] = {}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.options: list[argparse.Action] = []  # the optional arguments, `-h` included
+        super().__init__(*args, **kwargs)
 
     def add_subparsers(self, **kwargs: Any) -> Any:
         action = super().add_subparsers(**kwargs)
         self.subcommands = action.choices
         return action
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        if action.option_strings:
+            self.options.append(action)
+        return action
+
+    def add_mutually_exclusive_group(self, **kwargs: Any) -> Any:
+        group = super().add_mutually_exclusive_group(**kwargs)
+        add = group.add_argument
+
+        def add_argument(*args: Any, **kw: Any) -> argparse.Action:
+            action = add(*args, **kw)
+            if action.option_strings:
+                self.options.append(action)
+            return action
+
+        group.add_argument = add_argument  # type: ignore[method-assign]
+        return group
 
     def error(self, message: str) -> Any:  # usage errors exit 2 through our own path
         command = self.prog.partition(" ")[2]
@@ -52,13 +77,34 @@ def api_client(settings: Settings) -> Any:
     return Client(settings.url, settings.token)
 
 
+# C0 controls but tab, DEL and the C1 controls (0x9b is a one-character CSI): what a terminal acts on
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+_CONTROL_BUT_NEWLINE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_NAMED = {"\n": "\\n", "\r": "\\r"}
+
+
+def _shown(match: re.Match[str]) -> str:
+    char = match.group()
+    return _NAMED.get(char) or f"\\x{ord(char):02x}"
+
+
+def escape_controls(text: str, newlines: bool = False) -> str:
+    """`text` with every control character a terminal would act on written visibly instead
+    (ESC as `\\x1b`, CR as `\\r`, as Python's repr shows them); tabs are kept, and newlines too
+    with `newlines`. Text from hosts or the server goes through this before a terminal sees it,
+    so it cannot move the cursor, clear the screen, set the title or answer queries."""
+    return (_CONTROL_BUT_NEWLINE if newlines else _CONTROL).sub(_shown, text)
+
+
 def print_json(data: Any, out: TextIO) -> None:
+    """`data` as indented JSON: control characters (and all non-ASCII) come out as \\u escapes."""
     out.write(json.dumps(data, indent=2) + "\n")
 
 
 def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str], out: TextIO) -> None:
+    """Rows in aligned columns; every cell's control characters escaped (`escape_controls`)."""
     cells = [[str(h) for h in headers]] + [
-        ["" if c is None else str(c) for c in row] for row in rows
+        ["" if c is None else escape_controls(str(c)) for c in row] for row in rows
     ]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     for row in cells:

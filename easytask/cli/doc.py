@@ -30,10 +30,16 @@ def render() -> str:
         "or a config file (`EASYTASK_CONFIG`, `./.easytask/config.toml`, `~/.config/easytask/config.toml`).",
         "Each option followed by `(EASYTASK_NAME)` is a setting: a flag beats that variable, which",
         "beats the config-file key `name`; all settings are in [operations](operations.md#settings).",
+        "The agent's own variables (`EASYTASK_AGENT_*`) have no config-file key.",
         "",
         "Exit codes: 0 all good, 1 some hosts failed (or were terminated or unreachable), 2 usage,",
         "configuration, inventory, pattern or YAML error, 3 could not start or reach the server,",
         "70 unexpected error (the traceback is written to a file whose path is printed).",
+        "",
+        "Text from hosts and the server (command output, host and task names, reasons) is printed",
+        "with its control characters escaped as `\\x1b`, `\\r` and so on (tabs kept), so it cannot",
+        "move the cursor, retitle or clear the terminal; `run`, `play` and `logs` take `--raw` to",
+        "print the output as it was sent, e.g. into a file. `--format json` escapes them as JSON does.",
         "",
     ]
     lines += _section("easytask", parser, 2)

@@ -16,12 +16,18 @@ from easytask.cli.common import (
     FINAL,
     api_client,
     duration_arg,
+    escape_controls,
     print_json,
     print_table,
 )
 from easytask.config import Settings
 from easytask.durations import format_duration
 from easytask.errors import UsageError
+
+RAW_HELP = (
+    "print the hosts' output as it is, terminal control sequences included (for a file or a "
+    "pipe); by default they are shown escaped, e.g. \\x1b"
+)
 
 
 def add_parsers(sub: Any) -> None:
@@ -56,6 +62,7 @@ def add_parsers(sub: Any) -> None:
         "without =VALUE the value comes from this environment (repeatable)",
     )
     r.add_argument("--format", choices=("text", "json"), default="text")
+    r.add_argument("--raw", action="store_true", help=RAW_HELP)
     r.set_defaults(func=cmd_run)
 
     cp = sub.add_parser("copy", help="send a file or directory to every host the pattern matches")
@@ -112,14 +119,17 @@ def add_parsers(sub: Any) -> None:
         "uses the server's inventory (`easytask server -i`)",
     )
     pl.add_argument("--format", choices=("text", "json"), default="text")
+    pl.add_argument("--raw", action="store_true", help=RAW_HELP)
     pl.set_defaults(func=cmd_play)
 
 
 class RunView:
-    """Prints a job's live events: `host | line`, then a summary."""
+    """Prints a job's live events: `host | line`, then a summary. The lines' control characters
+    are escaped unless `raw`; host names always are."""
 
-    def __init__(self, out: TextIO, hosts: list[str]) -> None:
+    def __init__(self, out: TextIO, hosts: list[str], raw: bool = False) -> None:
         self.out = out
+        self.raw = raw
         self.width = max((len(h) for h in hosts), default=4)
         self.seen: dict[int, int] = {}
         color = out.isatty() and not os.environ.get("NO_COLOR")
@@ -131,13 +141,14 @@ class RunView:
         if ev["seq"] <= self.seen.get(ev["run"], 0):
             return
         self.seen[ev["run"]] = ev["seq"]
-        host = ev["host"].ljust(self.width)
+        host = escape_controls(ev["host"]).ljust(self.width)
+        text = ev["text"] if self.raw else escape_controls(ev["text"])
         if ev["stream"] == "stderr":
-            self.out.write(f"{self.red}{host} ! {ev['text']}{self.reset}\n")
+            self.out.write(f"{self.red}{host} ! {text}{self.reset}\n")
         elif ev["stream"] == "system":
-            self.out.write(f"{self.dim}{host} * {ev['text']}{self.reset}\n")
+            self.out.write(f"{self.dim}{host} * {text}{self.reset}\n")
         else:
-            self.out.write(f"{host} | {ev['text']}\n")
+            self.out.write(f"{host} | {text}\n")
         self.out.flush()
 
 
@@ -230,7 +241,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         body.update(kind="script", script=spec)
     elif args.script_args:
         raise UsageError("run: arguments after the pattern are only for --script")
-    return _submit_and_follow(body, args.format, settings, out)
+    return _submit_and_follow(body, args.format, settings, out, args.raw)
 
 
 def _secrets(items: list[str]) -> dict[str, str]:
@@ -297,19 +308,20 @@ def cmd_checksum(args: argparse.Namespace, settings: Settings, out: TextIO) -> i
         print_json({"path": args.path, "hosts": digests, "groups": groups}, out)
     else:
         for digest, hosts in sorted(groups.items(), key=lambda kv: -len(kv[1])):
-            out.write(f"{digest}  {len(hosts)} host(s): {', '.join(sorted(hosts))}\n")
+            line = f"{digest}  {len(hosts)} host(s): {', '.join(sorted(hosts))}"
+            out.write(escape_controls(line) + "\n")
     if args.expect:
         bad = sorted(h for h, d in digests.items() if d != args.expect.lower())
         if bad:
             if args.format == "text":
-                out.write(f"differ from --expect: {', '.join(bad)}\n")
+                out.write(f"differ from --expect: {escape_controls(', '.join(bad))}\n")
             return EXIT_FAILED
         return EXIT_OK
     if len(groups) > 1:
         if args.format == "text":
             minority = sorted(groups.items(), key=lambda kv: len(kv[1]))[:-1]
             odd = sorted(h for _, hosts in minority for h in hosts)
-            out.write(f"content differs: {', '.join(odd)}\n")
+            out.write(f"content differs: {escape_controls(', '.join(odd))}\n")
         return EXIT_FAILED
     return EXIT_OK if all(not d.startswith("error") for d in digests) else EXIT_FAILED
 
@@ -332,19 +344,23 @@ def cmd_fetch(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     failed = 0
     for run in data["runs"]:
         if run["state"] != "success":
-            out.write(f"{run['host']}: {run['state']}: {run['reason']}\n")
+            out.write(escape_controls(f"{run['host']}: {run['state']}: {run['reason']}") + "\n")
             failed += 1
             continue
         target = dest / run["host"] / (Path(args.path).name or "file")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(client.get_bytes(f"/api/runs/{run['id']}/fetched"))
-        out.write(f"{run['host']}: {target} ({target.stat().st_size} bytes)\n")
+        out.write(
+            escape_controls(f"{run['host']}: {target} ({target.stat().st_size} bytes)") + "\n"
+        )
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def _submit_and_follow(body: dict[str, Any], fmt: str, settings: Settings, out: TextIO) -> int:
+def _submit_and_follow(
+    body: dict[str, Any], fmt: str, settings: Settings, out: TextIO, raw: bool = False
+) -> int:
     started = time.monotonic()
-    data = _post_and_follow(api_client(settings), "/api/jobs", body, fmt, out)
+    data = _post_and_follow(api_client(settings), "/api/jobs", body, fmt, out, raw)
     if data is None:
         return 130
     if fmt == "json":
@@ -353,13 +369,13 @@ def _submit_and_follow(body: dict[str, Any], fmt: str, settings: Settings, out: 
 
 
 def _post_and_follow(
-    client: Any, path: str, body: dict[str, Any], fmt: str, out: TextIO
+    client: Any, path: str, body: dict[str, Any], fmt: str, out: TextIO, raw: bool = False
 ) -> dict[str, Any] | None:
-    """Submit a job, show its output until it ends, and return it as it ended (printed as JSON
-    with `fmt` json); None if interrupted."""
+    """Submit a job, show its output until it ends (`raw`: control characters unescaped), and
+    return it as it ended (printed as JSON with `fmt` json); None if interrupted."""
     sub = client.post(path, body)
     job_id = sub["job"]["id"]
-    view = RunView(out, [r["host"] for r in sub["runs"]]) if fmt == "text" else None
+    view = RunView(out, [r["host"] for r in sub["runs"]], raw) if fmt == "text" else None
     if _follow_interruptible(client, job_id, view):
         return None
     data: dict[str, Any] = client.get(f"/api/jobs/{job_id}")
@@ -409,7 +425,7 @@ def cmd_play(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         "limit": args.limit,
         "extra_vars": extra,
     }
-    data = _post_and_follow(client, "/api/playbooks/run", body, args.format, out)
+    data = _post_and_follow(client, "/api/playbooks/run", body, args.format, out, args.raw)
     if data is None:
         return 130
     if args.format != "json":
@@ -456,6 +472,6 @@ def _recap(data: dict[str, Any], elapsed: float, out: TextIO) -> None:
         out,
     )
     out.write(
-        f"\njob {data['job']['id']} ({data['job']['name']}): {data['job']['state']} "
-        f"in {format_duration(elapsed)}\n"
+        f"\njob {data['job']['id']} ({escape_controls(data['job']['name'])}): "
+        f"{data['job']['state']} in {format_duration(elapsed)}\n"
     )

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from easytask import __version__
-from easytask.cli.common import EXIT_BUG, EXIT_OK, Parser
+from easytask.cli.common import EXIT_BUG, EXIT_OK, Parser, escape_controls
 from easytask.cli.daemons import add_demo_parser
 from easytask.cli.daemons import add_parsers as add_daemon_parsers
 from easytask.cli.db import add_parsers as add_db_parsers
@@ -121,7 +121,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             setup_logging(settings.log_format, args.verbose)
         return int(args.func(args, settings, out))
     except EasyTaskError as exc:
-        sys.stderr.write(f"easytask: {exc.render()}\n")
+        # a server's message may quote what hosts sent
+        sys.stderr.write(f"easytask: {escape_controls(exc.render(), newlines=True)}\n")
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

@@ -13,10 +13,11 @@ from easytask.cli.common import (
     FINAL,
     Parser,
     api_client,
+    escape_controls,
     print_json,
     print_table,
 )
-from easytask.cli.jobs import RunView, follow_job
+from easytask.cli.jobs import RAW_HELP, RunView, follow_job
 from easytask.config import Settings
 from easytask.durations import format_duration
 from easytask.errors import UsageError
@@ -43,6 +44,7 @@ def add_parsers(sub: Any) -> None:
     lg.add_argument("--level", help="DEBUG, INFO, WARN, ERROR (comma list)")
     lg.add_argument("--grep", help="only lines containing this text")
     lg.add_argument("--format", choices=("text", "json"), default="text")
+    lg.add_argument("--raw", action="store_true", help=RAW_HELP)
     lg.set_defaults(func=cmd_logs)
 
     k = sub.add_parser("kill", help="terminate a run (N or run:N) or a whole job (job:N)")
@@ -134,9 +136,9 @@ def cmd_logs(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         return EXIT_OK
     for line in data["lines"]:
         prefix = {"stderr": "! ", "system": "* "}.get(line["stream"], "")
-        out.write(f"{prefix}{line['text']}\n")
+        out.write(f"{prefix}{line['text'] if args.raw else escape_controls(line['text'])}\n")
     if args.follow and run["state"] not in FINAL:
-        view = RunView(out, [run["host"]])
+        view = RunView(out, [run["host"]], args.raw)
         if data["lines"]:
             view.seen[run["id"]] = data["lines"][-1]["seq"]
         follow_job(client, run["job"], view, run_id=run["id"])
@@ -206,7 +208,7 @@ def cmd_agents(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
     action = args.agents_command
     if action in ("accept", "revoke"):
         data = client.post(f"/api/agents/{args.name}/{action}")
-        out.write(f"agent {data['name']}: {data['state']}\n")
+        out.write(f"agent {escape_controls(data['name'])}: {data['state']}\n")
         return EXIT_OK
     if action == "token":
         data = client.post("/api/agents/tokens", {"uses": args.uses, "ttl": args.ttl})
@@ -296,7 +298,8 @@ def cmd_audit(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
             out.write(f"audit chain intact: {result['rows']} events, head {result['head']}\n")
         else:
             out.write(
-                f"audit chain BROKEN after {result['rows']} good events: {result['problem']}\n"
+                f"audit chain BROKEN after {result['rows']} good events: "
+                f"{escape_controls(result['problem'])}\n"
             )
         return EXIT_OK if result["ok"] else EXIT_FAILED
     data = client.get(
