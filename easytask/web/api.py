@@ -32,10 +32,11 @@ from easytask.masking import check_secret_env
 from easytask.plan import PlaybookPlan, plan_playbook
 from easytask.playbook import PlaybookErrors, load_playbook
 from easytask.scheduler.fileops import FileAction, checksum_command, sha256_file
-from easytask.scheduler.jobs import JobOptions, job_dict, run_dict
+from easytask.scheduler.jobs import JobOptions
 from easytask.scheduler.playbooks import submit_playbook
 from easytask.store.audit import AuditNote
 from easytask.store.models import AgentState, RunState, User, as_utc
+from easytask.store.serialize import job_dict, run_dict, schedule_dict
 from easytask.web.runfilter import RunQuery, find_runs, parse_time
 from easytask.web.scope import enforce_scope
 
@@ -697,7 +698,7 @@ class Api:
         store = self.server.store
         await self.server.scheduler.sync()
         rows = await store.call(store.list_schedules)
-        return JSONResponse({"schedules": [_schedule_dict(r) for r in rows]})
+        return JSONResponse({"schedules": [schedule_dict(r) for r in rows]})
 
     async def schedule_action(self, request: Request, user: User) -> Response:
         """POST /api/schedules/{name}/enable|disable|run."""
@@ -711,7 +712,7 @@ class Api:
             if row is None:
                 raise APIError(f"no schedule {name!r}", status=404)
             await self.audit(user, f"schedule.{action}", request, {"schedule": name})
-            return JSONResponse(_schedule_dict(row))
+            return JSONResponse(schedule_dict(row))
         if action == "run":
             rows = {r.name: r for r in await store.call(store.list_schedules)}
             if name not in rows:
@@ -909,21 +910,6 @@ def safe_relative(path: str) -> str:
     return str(Path(*parts))
 
 
-def _schedule_dict(row: Any) -> dict[str, Any]:
-    iso = _iso_utc
-    return {
-        "name": row.name,
-        "path": row.path,
-        "cron": row.cron,
-        "tz": row.tz,
-        "catch_up": row.catch_up,
-        "enabled": row.enabled,
-        "next_fire": iso(row.next_fire),
-        "last_fire": iso(row.last_fire),
-        "last_job": row.last_job,
-    }
-
-
 # -- the server's playbooks directory ------------------------------------------------------------
 
 PLAYBOOK_SUFFIXES = (".yml", ".yaml")
@@ -1004,7 +990,7 @@ def _problem(path: Path, exc: EasyTaskError) -> dict[str, Any]:
 
 def _listed_schedule(row: Any, now: datetime) -> dict[str, Any]:
     """A schedule as listed; an enabled one not yet timed by the scheduler gets its next fire."""
-    data = _schedule_dict(row)
+    data = schedule_dict(row)
     if row.enabled and row.next_fire is None:
         try:
             tz = ZoneInfo(row.tz)

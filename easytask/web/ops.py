@@ -11,8 +11,8 @@ from starlette.routing import Route
 
 from easytask.errors import APIError
 from easytask.scheduler.metrics import Snapshot
-from easytask.scheduler.notify import delivery_dict
 from easytask.store.models import RunState, User
+from easytask.store.serialize import delivery_dict
 
 if TYPE_CHECKING:
     from easytask.server import Server

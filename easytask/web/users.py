@@ -12,7 +12,8 @@ from starlette.routing import Route
 
 from easytask.durations import parse_duration
 from easytask.errors import APIError, EasyTaskError, RateLimited
-from easytask.store.models import ApiToken, User, as_utc
+from easytask.store.models import User
+from easytask.store.serialize import token_dict, user_dict
 from easytask.web.auth import ROLES, SessionAuth, hash_password
 from easytask.web.scope import check_scope_pattern
 
@@ -25,34 +26,6 @@ TOKEN_NAME_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,100}$")
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024
 LOGIN_BODY = 8 * 1024
-
-
-def user_json(user: User) -> dict[str, object]:
-    """A user as the API returns it (never the hash)."""
-    return {
-        "name": user.name,
-        "role": user.role,
-        "scope": user.scope,
-        "disabled": user.disabled,
-        "created_at": user.created_at.isoformat() if user.created_at else None,
-    }
-
-
-def token_json(row: ApiToken, owner: str) -> dict[str, object]:
-    """A token as the API lists it: never the secret, never its hash."""
-
-    def iso(value: Any) -> str | None:
-        return as_utc(value).isoformat() if value is not None else None
-
-    return {
-        "id": row.id,
-        "name": row.name,
-        "user": owner,
-        "created_at": iso(row.created_at),
-        "expires_at": iso(row.expires_at),
-        "last_used": iso(row.last_used),
-        "revoked": row.revoked,
-    }
 
 
 def _password(value: object) -> str:
@@ -99,7 +72,7 @@ class UsersApi:
     async def list_users(self, request: Request, user: User) -> Response:
         """GET /api/users: every user with role, scope and state."""
         store = self.server.store
-        return JSONResponse({"users": [user_json(u) for u in await store.call(store.list_users)]})
+        return JSONResponse({"users": [user_dict(u) for u in await store.call(store.list_users)]})
 
     async def create(self, request: Request, user: User) -> Response:
         """POST /api/users: {name, role, password, scope}."""
@@ -122,7 +95,7 @@ class UsersApi:
         await self.api.audit(
             user, "user.create", request, {"user": name, "role": role, "scope": scope}
         )
-        return JSONResponse(user_json(created), status_code=201)
+        return JSONResponse(user_dict(created), status_code=201)
 
     async def update(self, request: Request, user: User) -> Response:
         """POST /api/users/{name}: {role, scope, disabled, password}; a user may set their password."""
@@ -156,7 +129,7 @@ class UsersApi:
             raise APIError(f"no user {name!r}", status=404)
         self._changed(changed)
         await self.api.audit(user, "user.update", request, detail)
-        return JSONResponse(user_json(changed))
+        return JSONResponse(user_dict(changed))
 
     # -- tokens -----------------------------------------------------------------------------
 
@@ -167,7 +140,7 @@ class UsersApi:
         if user.role != "admin":
             owner = user.name
         rows = await store.call(store.list_api_tokens, owner)
-        return JSONResponse({"tokens": [token_json(row, name) for row, name in rows]})
+        return JSONResponse({"tokens": [token_dict(row, name) for row, name in rows]})
 
     async def create_token(self, request: Request, user: User) -> Response:
         """POST /api/tokens: {name, ttl, user}; only an admin makes tokens for someone else."""
@@ -190,7 +163,7 @@ class UsersApi:
             request,
             {"token": row.id, "name": name, "user": owner, "ttl": ttl},
         )
-        return JSONResponse({"token": secret, **token_json(row, owner)}, status_code=201)
+        return JSONResponse({"token": secret, **token_dict(row, owner)}, status_code=201)
 
     async def revoke_token(self, request: Request, user: User) -> Response:
         """POST /api/tokens/{token_id}/revoke: the owner or an admin."""
@@ -207,7 +180,7 @@ class UsersApi:
         await self.api.audit(
             user, "token.revoke", request, {"token": token_id, "name": row.name, "user": owner}
         )
-        return JSONResponse(token_json(row, owner))
+        return JSONResponse(token_dict(row, owner))
 
     # -- sign-in for a token -----------------------------------------------------------------
 
@@ -242,7 +215,7 @@ class UsersApi:
         except EasyTaskError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         return JSONResponse(
-            {"token": secret, "user": user.name, "role": user.role, **token_json(row, user.name)},
+            {"token": secret, "user": user.name, "role": user.role, **token_dict(row, user.name)},
             status_code=201,
         )
 
