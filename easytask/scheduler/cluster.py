@@ -23,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from easytask.scheduler import events
 from easytask.store import servers as rows
 from easytask.store.db import Store
 from easytask.store.lines import LogRow
@@ -256,16 +257,7 @@ class Cluster:
                 self.store.read_lines, run_id, after_seq=first - 1, limit=last - first + 1
             )
             for row in lines:
-                event = {
-                    "t": "line",
-                    "run": run_id,
-                    "host": host,
-                    "seq": row.seq,
-                    "ts": row.ts,
-                    "stream": row.stream,
-                    "level": row.level,
-                    "text": row.text,
-                }
+                event = events.line(run_id, host, row.seq, row.ts, row.stream, row.level, row.text)
                 self.hub.publish(event, *topics)
 
     # -- heartbeats and take-overs ----------------------------------------------------------

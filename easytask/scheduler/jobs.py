@@ -14,7 +14,7 @@ from typing import Any
 from easytask.errors import ConnectError, EasyTaskError, UsageError
 from easytask.masking import env_prefix
 from easytask.plan import PlannedRun
-from easytask.scheduler import secretfile
+from easytask.scheduler import events, secretfile
 from easytask.scheduler.agents import AgentRegistry
 from easytask.scheduler.cluster import Cluster
 from easytask.scheduler.hub import LiveHub
@@ -758,9 +758,7 @@ class JobEngine:
     async def job_event(self, job: Job, text: str) -> None:
         """Tell viewers of a job something that concerns all its runs."""
         log.info("job %s: %s", job.id, text)
-        self._publish(
-            {"t": "notice", "job": job.id, "text": text}, (f"job:{job.id}", f"jobstate:{job.id}")
-        )
+        self._publish(events.job_notice(job.id, text), (f"job:{job.id}", f"jobstate:{job.id}"))
 
     def execute_claimed(self, run: Run) -> None:
         """Execute a run of another server's job, claimed because its agent is held here."""
@@ -848,7 +846,7 @@ class JobEngine:
         if state == RunState.RUNNING:
             for hook in self.on_run_started:
                 _call_hook(hook, run)
-        self._publish_run(run, state)
+        self._publish_run(run, events.run_state(run.id, run.host, state))
 
     async def _finish(
         self,
@@ -901,18 +899,21 @@ class JobEngine:
         run.exit_code = exit_code
         self._publish_run(
             run,
-            state,
-            reason=reason,
-            exit_code=exit_code,
-            duration=duration,
-            seq=out.seq if out else 0,
+            events.run_finished(
+                run.id,
+                run.host,
+                state,
+                reason=reason,
+                exit_code=exit_code,
+                duration=duration,
+                seq=out.seq if out else 0,
+            ),
         )
         if ended is not None:
             self._open_runs.pop(run.job_id, None)
             await self.job_finished(ended)
 
-    def _publish_run(self, run: Run, state: str, **extra: Any) -> None:
-        event = {"t": "run", "run": run.id, "host": run.host, "state": state, **extra}
+    def _publish_run(self, run: Run, event: dict[str, Any]) -> None:
         topics = f"run:{run.id}", f"job:{run.job_id}", f"jobstate:{run.job_id}", "runs"
         self._publish(event, topics)
 
@@ -1021,8 +1022,7 @@ class JobEngine:
         """Tell viewers and the finish hooks that a job reached its final state."""
         assert job.id is not None
         secretfile.drop(self.secrets_dir, job.id)  # nothing left to mask
-        event = {"t": "job", "job": job.id, "state": job.state}
-        self._publish(event, (f"job:{job.id}", f"jobstate:{job.id}"))
+        self._publish(events.job_state(job.id, job.state), (f"job:{job.id}", f"jobstate:{job.id}"))
         log.info("job %s %s", job.id, job.state, extra={"job": job.id, "state": job.state})
         for hook in self.on_job_finished:
             try:
@@ -1110,60 +1110,4 @@ def _agent_terminator(link: Any, key: str, live: _Live) -> Callable[[float], Any
     return terminate
 
 
-def job_dict(job: Job) -> dict[str, Any]:
-    """A job as the API returns it."""
-    return {
-        "id": job.id,
-        "kind": job.kind,
-        "name": job.name,
-        "pattern": job.pattern,
-        "command": job.command,
-        "submitted_by": job.submitted_by,
-        "source": job.source,
-        "state": job.state,
-        "created_at": iso_time(job.created_at),
-        "finished_at": iso_time(job.finished_at),
-        "timeout": job.timeout,
-    }
-
-
-def run_dict(run: Run) -> dict[str, Any]:
-    """A run as the API returns it."""
-    duration = None
-    if run.started_at and run.finished_at:
-        duration = (run.finished_at - run.started_at).total_seconds()
-    return {
-        "id": run.id,
-        "job": run.job_id,
-        "task": run.task,
-        "host": run.host,
-        "connection": run.connection,
-        "agent": run.agent,
-        "command": run.command,
-        "state": run.state,
-        "attempt": run.attempt,
-        "exit_code": run.exit_code,
-        "signal": run.signal,
-        "reason": run.reason,
-        "created_at": iso_time(run.created_at),
-        "started_at": iso_time(run.started_at),
-        "finished_at": iso_time(run.finished_at),
-        "duration": duration,
-        "out_bytes": run.out_bytes,
-        "out_lines": run.out_lines,
-        "truncated": run.truncated,
-        "dropped_lines": run.dropped_lines,
-        "dropped_bytes": run.dropped_bytes,
-    }
-
-
-def iso_time(value: Any) -> str | None:
-    """A stored time as ISO 8601 (a naive one is UTC)."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        return value.isoformat() + "Z"
-    return value.isoformat()
-
-
-__all__ = ["JobEngine", "JobOptions", "job_dict", "run_dict"]
+__all__ = ["JobEngine", "JobOptions"]

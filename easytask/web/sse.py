@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
-from easytask.scheduler.jobs import run_dict
+from easytask.scheduler import events
 from easytask.store.models import RunState
+from easytask.store.serialize import run_dict
 
 if TYPE_CHECKING:
     from easytask.server import Server
@@ -61,18 +62,7 @@ def _encoded_line(item: dict[str, Any]) -> str:
 def line_event(run_id: int, row: tuple[int, float, str, str, str]) -> str:
     """A stored log line (seq, ts, stream, level, text) as an SSE event whose id is its seq."""
     seq, ts, stream, level, text = row
-    return event(
-        {
-            "t": "line",
-            "run": run_id,
-            "seq": seq,
-            "ts": ts,
-            "stream": stream,
-            "level": level,
-            "text": text,
-        },
-        id=seq,
-    )
+    return event(events.line(run_id, None, seq, ts, stream, level, text), id=seq)
 
 
 async def run_stream(
@@ -113,9 +103,7 @@ async def run_stream(
             async for chunk in catch_up():
                 yield chunk
             if run.state in RunState.FINAL:
-                yield event(
-                    {"t": "end", "run": run_id, "state": run.state, "exit_code": run.exit_code}
-                )
+                yield event(events.run_end(run_id, run.state, run.exit_code))
             return
         while True:
             item = await sub.get(timeout=keepalive)
@@ -148,14 +136,7 @@ async def run_stream(
                         async for chunk in catch_up():
                             out.append(chunk)
                         out.append(
-                            event(
-                                {
-                                    "t": "end",
-                                    "run": run_id,
-                                    "state": item["state"],
-                                    "exit_code": item.get("exit_code"),
-                                }
-                            )
+                            event(events.run_end(run_id, item["state"], item.get("exit_code")))
                         )
                         ended = True
                         break
