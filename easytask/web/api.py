@@ -32,7 +32,7 @@ from easytask.masking import check_secret_env
 from easytask.plan import PlaybookPlan, plan_playbook
 from easytask.playbook import PlaybookErrors, load_playbook
 from easytask.scheduler.fileops import FileAction, checksum_command, sha256_file
-from easytask.scheduler.jobs import JobOptions
+from easytask.scheduler.inflight import JobOptions
 from easytask.scheduler.playbooks import submit_playbook
 from easytask.store.audit import AuditNote
 from easytask.store.models import AgentState, RunState, User, as_utc

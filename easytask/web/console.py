@@ -22,7 +22,7 @@ from easytask import __version__
 from easytask.durations import parse_duration
 from easytask.errors import APIError, EasyTaskError, RateLimited
 from easytask.loglines import LEVELS
-from easytask.scheduler.jobs import JobOptions
+from easytask.scheduler.inflight import JobOptions
 from easytask.store.models import AgentState, Job, Run, RunState, User, as_utc
 from easytask.web.api import Api, human_size, playbook_listing
 from easytask.web.auth import CSRF_FIELD, SAFE_METHODS, SessionAuth, csrf_ok
