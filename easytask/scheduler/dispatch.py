@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Literal
 
-from easytask.scheduler.agents import AgentRegistry
+from easytask.scheduler.agents import AgentInfo, AgentRegistry
 from easytask.scheduler.cluster import Cluster
 from easytask.scheduler.inflight import LiveRun
 from easytask.scheduler.recording import Recorder
 from easytask.store.models import Run, RunState
 
-OFFER: Any = object()  # wait_agent: the run was handed to the server that holds its agent
+
+class Handed(enum.Enum):
+    """wait_agent's answer when the run was handed to the server that holds its agent."""
+
+    OFFER = "offer"
+
+
+OFFER = Handed.OFFER
+Slot = AgentInfo | Literal[Handed.OFFER] | None  # a slot taken, the run handed over, or neither
 
 
 class Dispatcher:
@@ -34,14 +43,14 @@ class Dispatcher:
         *,
         offer: Callable[[], Awaitable[None]] | None = None,
         said: float | None = None,
-    ) -> Any:
+    ) -> Slot:
         """Take a slot on the run's agent, waiting up to `timeout` for it to be online; with
         `offer`, hand the run over (returns OFFER) if another server holds the agent."""
         said = timeout if said is None else said
         if started or not live.kill.is_set():
-            got = self.registry.try_acquire(run.host)  # the usual case: online, a slot free
-            if got is not None:
-                return got
+            free = self.registry.try_acquire(run.host)  # the usual case: online, a slot free
+            if free is not None:
+                return free
         info = self.registry.agents.get(run.host)
         if info is None or not info.online:
             if offer is not None and not live.kill.is_set() and await self.try_offer(run, offer):
@@ -90,7 +99,7 @@ class Dispatcher:
 
     async def acquire(
         self, run: Run, timeout: float, offer: Callable[[], Awaitable[None]] | None
-    ) -> Any:
+    ) -> Slot:
         """A slot on the run's agent; OFFER once the run went to the server holding the agent."""
         cluster = self.cluster
         if offer is None or cluster is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -271,7 +271,7 @@ class Execution:
         except Exception as exc:
             log.info("run %s: could not acknowledge spool on %s: %s", run.id, run.host, exc)
 
-    def _background(self, coro: Any, name: str) -> None:
+    def _background(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coro, name=name)
         self.background_tasks.add(task)
         task.add_done_callback(self.background_tasks.discard)
@@ -295,7 +295,7 @@ class Execution:
         if run.connection == "agent":
             live = self.inflight.live[run.id]
             info = await self.dispatcher.wait_agent(run, live, options.pending_timeout, False)
-            if info is None:
+            if info is None or info is OFFER:  # no offer asked: never handed over
                 return None
             await self.registry.release(run.host)
             assert info.link is not None
@@ -317,7 +317,7 @@ class Execution:
         run: Run,
         live: LiveRun,
         options: JobOptions,
-        conn: Any,
+        conn: SSHClientConnection,
         command: str,
         env: dict[str, str],
         out: RunOutput,
