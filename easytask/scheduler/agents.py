@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from easytask.scheduler import events
 from easytask.scheduler.hub import LiveHub
 from easytask.store.audit import AuditNote
 from easytask.store.db import Store
@@ -227,7 +228,7 @@ class AgentRegistry:
     def _publish(self, name: str) -> None:
         info = self.agents.get(name)
         if info is not None:
-            self.hub.publish({"t": "agent", "name": name, "state": self.status(info)}, "agents")
+            self.hub.publish(events.agent_state(name, self.status(info)), "agents")
 
     async def _notify(self) -> None:
         async with self._changed:

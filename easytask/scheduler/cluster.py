@@ -21,17 +21,15 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from easytask.scheduler import events
+from easytask.scheduler.agents import AgentRegistry
+from easytask.scheduler.hub import LiveHub
 from easytask.store import servers as rows
 from easytask.store.db import Store
 from easytask.store.lines import LogRow
 from easytask.store.models import OFFERED, Run, RunState
-
-if TYPE_CHECKING:
-    from easytask.scheduler.agents import AgentRegistry
-    from easytask.scheduler.hub import LiveHub
-    from easytask.scheduler.jobs import JobEngine
 
 log = logging.getLogger("easytask.server")
 
@@ -40,13 +38,35 @@ MAX_PAYLOAD = 7000  # PostgreSQL's limit is 8000 bytes
 HOLDERS_FOR = 0.5  # seconds the map of which server holds which agent is reused
 
 
+class RunControl(Protocol):
+    """What the cluster asks of this server's engine: its runs in flight, kills, claimed runs."""
+
+    def live_run(self, run_id: int) -> Run | None:
+        """A run in flight on this server."""
+
+    def kill_run(self, run_id: int, by: str, *, local: bool = False) -> bool:
+        """Ask a run in flight to terminate."""
+
+    def kill_job(self, job_id: int, by: str, *, local: bool = False) -> int:
+        """Terminate every run of a job in flight."""
+
+    def killed_by(self, run_id: int) -> str:
+        """Who asked a run in flight here to terminate."""
+
+    def executes_here(self, run: Run, claimed: bool = False) -> bool:
+        """This server executes the run itself."""
+
+    def execute_claimed(self, run: Run) -> None:
+        """Execute a run of another server's job, claimed here."""
+
+
 class Cluster:
     """This server's part in a group of servers sharing one PostgreSQL database."""
 
     def __init__(
         self,
         store: Store,
-        engine: JobEngine,
+        engine: RunControl,
         registry: AgentRegistry,
         hub: LiveHub,
         node: str,
@@ -256,16 +276,7 @@ class Cluster:
                 self.store.read_lines, run_id, after_seq=first - 1, limit=last - first + 1
             )
             for row in lines:
-                event = {
-                    "t": "line",
-                    "run": run_id,
-                    "host": host,
-                    "seq": row.seq,
-                    "ts": row.ts,
-                    "stream": row.stream,
-                    "level": row.level,
-                    "text": row.text,
-                }
+                event = events.line(run_id, host, row.seq, row.ts, row.stream, row.level, row.text)
                 self.hub.publish(event, *topics)
 
     # -- heartbeats and take-overs ----------------------------------------------------------

@@ -9,12 +9,13 @@ import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import asyncssh
 
-from easytask.scheduler.jobs import JobEngine, JobOptions
+from easytask.scheduler.inflight import JobOptions
 from easytask.scheduler.output import RunOutput
+from easytask.store.db import Store
 from easytask.store.models import Run, RunState, utcnow
 from easytask.transport import executor
 
@@ -24,6 +25,42 @@ from easytask.transport import executor
 SFTP_BLOCK = 128 << 10
 SFTP_REQUESTS = 32
 SFTP_OPTS: dict[str, Any] = {"block_size": SFTP_BLOCK, "max_requests": SFTP_REQUESTS}
+
+
+class RunHost(Protocol):
+    """What a file operation needs from the engine: a connection to the run's host, its output,
+    its state changes recorded, and the command path for the script it uploaded."""
+
+    store: Store
+
+    def track(self, run: Run) -> None:
+        """Make the run killable."""
+
+    async def file_connection(
+        self, run: Run, hostvars: dict[str, Any], options: JobOptions
+    ) -> asyncssh.SSHClientConnection | None:
+        """A connection for SFTP to the run's host; None when the run already ended."""
+
+    def output(self, run: Run) -> RunOutput:
+        """Where the run's output goes."""
+
+    async def update(self, run: Run, state: str, event: str, detail: str, **fields: Any) -> None:
+        """Record the run's move to a state that is not final."""
+
+    async def finish(
+        self,
+        run: Run,
+        state: str,
+        *,
+        reason: str = "",
+        exit_code: int | None = None,
+        out: RunOutput | None = None,
+        duration: float | None = None,
+    ) -> None:
+        """Record the run's end."""
+
+    async def execute_one(self, run: Run, hostvars: dict[str, Any], options: JobOptions) -> None:
+        """Execute the run's command to its end."""
 
 
 @dataclass(frozen=True)
@@ -107,21 +144,21 @@ async def _remote_sums(conn: Any, paths: list[str]) -> dict[str, str]:
 
 
 async def _begin(
-    engine: JobEngine, run: Run, hostvars: dict[str, Any], options: JobOptions, what: str
-) -> tuple[Any, RunOutput, float] | None:
+    engine: RunHost, run: Run, hostvars: dict[str, Any], options: JobOptions, what: str
+) -> tuple[asyncssh.SSHClientConnection, RunOutput, float] | None:
     """Connect for SFTP and mark the run started; None when the run already ended (unreachable)."""
     engine.track(run)
     conn = await engine.file_connection(run, hostvars, options)
     if conn is None:
         return None
     assert run.id is not None
-    out = engine._output(run)
-    await engine._update(run, RunState.RUNNING, "started", what, started_at=utcnow())
+    out = engine.output(run)
+    await engine.update(run, RunState.RUNNING, "started", what, started_at=utcnow())
     return conn, out, time.monotonic()
 
 
 async def copy(
-    engine: JobEngine, run: Run, hostvars: dict[str, Any], action: Any, options: JobOptions
+    engine: RunHost, run: Run, hostvars: dict[str, Any], action: Any, options: JobOptions
 ) -> None:
     """Send a file or a directory; files whose destination has the same SHA-256 are skipped."""
     begun = await _begin(engine, run, hostvars, options, f"copy to {action.dest}")
@@ -165,7 +202,7 @@ async def copy(
         reason = "changed" if changed else "unchanged"
         if len(pairs) > 1:
             reason += f" ({changed} of {len(pairs)} files)"
-        await engine._finish(
+        await engine.finish(
             run,
             RunState.SUCCESS,
             reason=reason,
@@ -177,16 +214,16 @@ async def copy(
         await _failed(engine, run, out, started, f"copy failed: {exc}")
 
 
-async def _failed(engine: JobEngine, run: Run, out: RunOutput, started: float, reason: str) -> None:
+async def _failed(engine: RunHost, run: Run, out: RunOutput, started: float, reason: str) -> None:
     """Record a file operation that failed, with the reason in its output too."""
     out.system(reason, "ERROR")
-    await engine._finish(
+    await engine.finish(
         run, RunState.FAILED, reason=reason, out=out, duration=time.monotonic() - started
     )
 
 
 async def script(
-    engine: JobEngine, run: Run, hostvars: dict[str, Any], action: Any, options: JobOptions
+    engine: RunHost, run: Run, hostvars: dict[str, Any], action: Any, options: JobOptions
 ) -> None:
     """Upload a script to a private temp dir, run it, remove it."""
     engine.track(run)
@@ -202,7 +239,7 @@ async def script(
             await sftp.put(action.src, remote, **SFTP_OPTS)
             await sftp.chmod(remote, 0o700)
     except (OSError, asyncssh.Error) as exc:
-        await engine._finish(run, RunState.FAILED, reason=f"could not upload the script: {exc}")
+        await engine.finish(run, RunState.FAILED, reason=f"could not upload the script: {exc}")
         return
     line = action.shell_line(remote)
     command = f"( {line}\n); rc=$?; rm -rf {shlex.quote(remote_dir)}; exit $rc"
@@ -210,11 +247,11 @@ async def script(
     run.command = command
     if run.connection == "agent":
         run.state = RunState.QUEUED
-    await engine._execute(run, hostvars, options)
+    await engine.execute_one(run, hostvars, options)
 
 
 async def fetch(
-    engine: JobEngine, run: Run, hostvars: dict[str, Any], action: FileAction, options: JobOptions
+    engine: RunHost, run: Run, hostvars: dict[str, Any], action: FileAction, options: JobOptions
 ) -> None:
     """Bring a remote file back into the server's store dir for this run."""
     begun = await _begin(engine, run, hostvars, options, f"fetch {action.dest}")
@@ -228,7 +265,7 @@ async def fetch(
             await sftp.get(action.dest, str(target), **SFTP_OPTS)
         digest = await asyncio.to_thread(sha256_file, target)
         out.system(f"fetched {action.dest} ({target.stat().st_size} bytes, sha256 {digest})")
-        await engine._finish(
+        await engine.finish(
             run,
             RunState.SUCCESS,
             reason=f"fetched sha256 {digest}",

@@ -16,9 +16,9 @@ from typing import Any
 import httpx
 
 from easytask import __version__
-from easytask.scheduler.jobs import iso_time
 from easytask.store.db import Store
 from easytask.store.models import Job, Run, RunState, WebhookDelivery, as_utc
+from easytask.store.serialize import iso_time
 
 log = logging.getLogger("easytask.notify")
 
@@ -185,20 +185,3 @@ class Notifier:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         await self._client.aclose()
-
-
-def delivery_dict(row: WebhookDelivery) -> dict[str, Any]:
-    """A delivery attempt as the API returns it."""
-    return {
-        "id": row.id,
-        "job": row.job_id,
-        "delivery": row.delivery,
-        "url": row.url,
-        "event": row.event,
-        "attempt": row.attempt,
-        "at": iso_time(row.at),
-        "ok": row.ok,
-        "status_code": row.status_code,
-        "error": row.error,
-        "duration_ms": row.duration_ms,
-    }

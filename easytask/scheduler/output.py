@@ -12,10 +12,10 @@ from collections import deque
 from collections.abc import Iterable
 from itertools import groupby
 from operator import itemgetter
-from typing import Any
 
 from easytask.loglines import STDERR, STDOUT, SYSTEM, LineSplitter, detect_levels
 from easytask.masking import Masker
+from easytask.scheduler import events
 from easytask.scheduler.hub import LiveHub
 from easytask.scheduler.logwriter import LogWriter
 from easytask.store.lines import LogRow
@@ -127,12 +127,11 @@ class RunOutput:
         if self._tail and not self._cut_announced:
             self._cut_announced = True
             self.hub.publish(
-                {
-                    "t": "notice",
-                    "run": self.run_id,
-                    "host": self.host,
-                    "text": "output past the stored-output limit: keeping the tail only",
-                },
+                events.run_notice(
+                    self.run_id,
+                    self.host,
+                    "output past the stored-output limit: keeping the tail only",
+                ),
                 *self._topics,
                 f"jobstate:{self.job_id}",
             )
@@ -155,15 +154,6 @@ class RunOutput:
         # Nobody follows most runs live: then build no per-line events at all.
         if self.hub.watched(*self._topics):
             for row in rows:
-                event: dict[str, Any] = {
-                    "t": "line",
-                    "run": run_id,
-                    "host": self.host,
-                    "seq": row[1],
-                    "ts": now,
-                    "stream": stream,
-                    "level": row[4],
-                    "text": row[5],
-                }
+                event = events.line(run_id, self.host, row[1], now, stream, row[4], row[5])
                 self.hub.publish(event, *self._topics)
         self.writer.add(rows, sum(map(len, texts)))

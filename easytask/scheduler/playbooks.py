@@ -24,7 +24,8 @@ from easytask.plan import (
     task_result,
 )
 from easytask.scheduler import fileops, secretfile
-from easytask.scheduler.jobs import JobEngine, JobOptions
+from easytask.scheduler.engine import JobEngine
+from easytask.scheduler.inflight import JobOptions
 from easytask.store.audit import AuditNote
 from easytask.store.models import Job, Run, RunState
 from easytask.templating import render

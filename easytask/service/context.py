@@ -11,8 +11,8 @@ from easytask.config import Settings
 from easytask.inventory import Inventory, load_inventory
 from easytask.scheduler.agents import AgentRegistry
 from easytask.scheduler.cluster import Cluster
+from easytask.scheduler.engine import JobEngine
 from easytask.scheduler.hub import LiveHub
-from easytask.scheduler.jobs import JobEngine
 from easytask.scheduler.logwriter import LogWriter
 from easytask.scheduler.metrics import Metrics
 from easytask.scheduler.retention import Retention

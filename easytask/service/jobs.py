@@ -9,7 +9,7 @@ from typing import Any
 
 from easytask.errors import APIError
 from easytask.plan import PlaybookPlan
-from easytask.scheduler.jobs import JobOptions
+from easytask.scheduler.inflight import JobOptions
 from easytask.scheduler.playbooks import submit_playbook
 from easytask.service.context import Services
 from easytask.service.files import file_digests

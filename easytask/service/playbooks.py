@@ -12,31 +12,9 @@ from easytask.cron import Cron
 from easytask.errors import APIError, EasyTaskError
 from easytask.playbook import PlaybookErrors, load_playbook
 from easytask.service.context import Services
-from easytask.store.models import as_utc
+from easytask.store.serialize import schedule_dict
 
 PLAYBOOK_SUFFIXES = (".yml", ".yaml")
-
-
-def iso_utc(value: datetime | None) -> str | None:
-    """A stored time as ISO 8601 in UTC (SQLite gives times back without a zone)."""
-    if value is None:
-        return None
-    return str(as_utc(value).isoformat())
-
-
-def schedule_dict(row: Any) -> dict[str, Any]:
-    iso = iso_utc
-    return {
-        "name": row.name,
-        "path": row.path,
-        "cron": row.cron,
-        "tz": row.tz,
-        "catch_up": row.catch_up,
-        "enabled": row.enabled,
-        "next_fire": iso(row.next_fire),
-        "last_fire": iso(row.last_fire),
-        "last_job": row.last_job,
-    }
 
 
 def playbooks_dir(services: Services) -> Path | None:

@@ -11,8 +11,8 @@ from starlette.routing import Route
 from easytask.durations import parse_duration
 from easytask.errors import APIError
 from easytask.service.context import Services
-from easytask.service.playbooks import iso_utc
 from easytask.store.models import User
+from easytask.store.serialize import iso_utc
 from easytask.web.requests import ApiRequests, body, no_nul, source
 from easytask.web.runfilter import parse_time
 

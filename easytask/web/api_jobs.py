@@ -12,10 +12,11 @@ from easytask.durations import parse_duration
 from easytask.errors import APIError
 from easytask.loglines import LEVELS
 from easytask.masking import check_secret_env
-from easytask.scheduler.jobs import JobOptions, job_dict, run_dict
+from easytask.scheduler.inflight import JobOptions
 from easytask.service import files, jobs
 from easytask.service.context import Services
 from easytask.store.models import User
+from easytask.store.serialize import job_dict, run_dict
 from easytask.web.requests import (
     ROLES_OPERATE,
     ApiRequests,

@@ -10,12 +10,12 @@ from starlette.routing import Route
 
 from easytask.errors import APIError
 from easytask.plan import PlaybookPlan
-from easytask.scheduler.jobs import job_dict, run_dict
 from easytask.service import jobs
 from easytask.service.context import Services
 from easytask.service.planning import plan_bundle, plan_file
-from easytask.service.playbooks import playbook_listing, playbook_path, schedule_dict
+from easytask.service.playbooks import playbook_listing, playbook_path
 from easytask.store.models import User
+from easytask.store.serialize import job_dict, run_dict, schedule_dict
 from easytask.web.requests import ROLES_OPERATE, ApiRequests, body, source
 
 MAX_PLAYBOOK_BODY = 64 << 20

@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from easytask.durations import parse_duration
 from easytask.errors import APIError, EasyTaskError
-from easytask.scheduler.jobs import JobOptions
+from easytask.scheduler.inflight import JobOptions
 from easytask.service import agents, jobs
 from easytask.service.context import Services
 from easytask.service.files import checksum_job, human_size

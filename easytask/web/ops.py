@@ -10,9 +10,9 @@ from starlette.routing import Route
 
 from easytask.errors import APIError
 from easytask.scheduler.metrics import Snapshot
-from easytask.scheduler.notify import delivery_dict
 from easytask.service.context import Services
 from easytask.store.models import RunState, User
+from easytask.store.serialize import delivery_dict
 from easytask.web.requests import ApiRequests, int_param
 
 AGENT_STATUSES = ("online", "unreachable", "pending", "revoked")

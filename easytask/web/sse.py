@@ -9,9 +9,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
-from easytask.scheduler.jobs import run_dict
+from easytask.scheduler import events
 from easytask.service.context import Services
 from easytask.store.models import RunState
+from easytask.store.serialize import run_dict
 
 CHUNK = 5000  # stored lines read per query while catching up
 KEEPALIVE = 15.0
@@ -59,18 +60,7 @@ def _encoded_line(item: dict[str, Any]) -> str:
 def line_event(run_id: int, row: tuple[int, float, str, str, str]) -> str:
     """A stored log line (seq, ts, stream, level, text) as an SSE event whose id is its seq."""
     seq, ts, stream, level, text = row
-    return event(
-        {
-            "t": "line",
-            "run": run_id,
-            "seq": seq,
-            "ts": ts,
-            "stream": stream,
-            "level": level,
-            "text": text,
-        },
-        id=seq,
-    )
+    return event(events.line(run_id, None, seq, ts, stream, level, text), id=seq)
 
 
 async def run_stream(
@@ -106,14 +96,12 @@ async def run_stream(
         run = await store.call(store.get_run, run_id)
         if run is None:
             return
-        yield event({"t": "run", **run_dict(run), "run": run.id})
+        yield event({**events.run_row(run_dict(run)), "run": run.id})
         if run.state in RunState.FINAL or not follow:
             async for chunk in catch_up():
                 yield chunk
             if run.state in RunState.FINAL:
-                yield event(
-                    {"t": "end", "run": run_id, "state": run.state, "exit_code": run.exit_code}
-                )
+                yield event(events.run_end(run_id, run.state, run.exit_code))
             return
         while True:
             item = await sub.get(timeout=keepalive)
@@ -146,14 +134,7 @@ async def run_stream(
                         async for chunk in catch_up():
                             out.append(chunk)
                         out.append(
-                            event(
-                                {
-                                    "t": "end",
-                                    "run": run_id,
-                                    "state": item["state"],
-                                    "exit_code": item.get("exit_code"),
-                                }
-                            )
+                            event(events.run_end(run_id, item["state"], item.get("exit_code")))
                         )
                         ended = True
                         break
@@ -181,7 +162,7 @@ async def job_stream(
             store.job_stream_start, job_id, runs, 5000 if lines else 0
         )
         for run in snapshot:
-            yield job_event({"t": "run", **run_dict(run)})
+            yield job_event(events.run_row(run_dict(run)))
         while rows:
             for row in rows:
                 last[row.run_id] = row.seq
@@ -193,7 +174,7 @@ async def job_stream(
                 job = await store.call(store.get_job, job_id)
         if job is None or job.state in RunState.FINAL or not follow:
             if job is not None:
-                yield job_event({"t": "job", "job": job_id, "state": job.state})
+                yield job_event(events.job_state(job_id, job.state))
             return
         while True:
             event = await sub.get(timeout=15)
@@ -203,10 +184,10 @@ async def job_stream(
                     # State events may have been dropped with the lines: resend every state.
                     sub.reset()
                     for run in await store.call(store.job_runs, job_id):
-                        yield job_event({"t": "run", **run_dict(run)})
+                        yield job_event(events.run_row(run_dict(run)))
                     job = await store.call(store.get_job, job_id)
                     if job is not None and job.state in RunState.FINAL:
-                        yield job_event({"t": "job", "job": job_id, "state": job.state})
+                        yield job_event(events.job_state(job_id, job.state))
                         return
                     continue
                 for run_id in hosts:
@@ -248,13 +229,4 @@ def job_event(event: dict[str, Any]) -> str:
 
 def job_line(row: Any, host: str) -> dict[str, Any]:
     """A stored line as a job stream's line event."""
-    return {
-        "t": "line",
-        "run": row.run_id,
-        "host": host,
-        "seq": row.seq,
-        "ts": row.ts,
-        "stream": row.stream,
-        "level": row.level,
-        "text": row.text,
-    }
+    return events.line(row.run_id, host, row.seq, row.ts, row.stream, row.level, row.text)

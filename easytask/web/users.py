@@ -15,7 +15,8 @@ from easytask.errors import APIError, EasyTaskError, RateLimited
 from easytask.service import users
 from easytask.service.context import Services
 from easytask.service.scope import check_scope_pattern
-from easytask.store.models import ApiToken, User, as_utc
+from easytask.store.models import User
+from easytask.store.serialize import token_dict, user_dict
 from easytask.web.auth import ROLES, SessionAuth, hash_password
 from easytask.web.errors import http_status, json_error
 from easytask.web.requests import ApiRequests, body, int_param, source
@@ -25,34 +26,6 @@ TOKEN_NAME_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,100}$")
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024
 LOGIN_BODY = 8 * 1024
-
-
-def user_json(user: User) -> dict[str, object]:
-    """A user as the API returns it (never the hash)."""
-    return {
-        "name": user.name,
-        "role": user.role,
-        "scope": user.scope,
-        "disabled": user.disabled,
-        "created_at": user.created_at.isoformat() if user.created_at else None,
-    }
-
-
-def token_json(row: ApiToken, owner: str) -> dict[str, object]:
-    """A token as the API lists it: never the secret, never its hash."""
-
-    def iso(value: Any) -> str | None:
-        return as_utc(value).isoformat() if value is not None else None
-
-    return {
-        "id": row.id,
-        "name": row.name,
-        "user": owner,
-        "created_at": iso(row.created_at),
-        "expires_at": iso(row.expires_at),
-        "last_used": iso(row.last_used),
-        "revoked": row.revoked,
-    }
 
 
 def _password(value: object) -> str:
@@ -99,7 +72,7 @@ class UsersApi:
     async def list_users(self, request: Request, user: User) -> Response:
         """GET /api/users: every user with role, scope and state."""
         store = self.services.store
-        return JSONResponse({"users": [user_json(u) for u in await store.call(store.list_users)]})
+        return JSONResponse({"users": [user_dict(u) for u in await store.call(store.list_users)]})
 
     async def create(self, request: Request, user: User) -> Response:
         """POST /api/users: {name, role, password, scope}."""
@@ -118,7 +91,7 @@ class UsersApi:
         created = await users.create_user(
             self.services, user.name, source(request), name, role, password_hash, scope
         )
-        return JSONResponse(user_json(created), status_code=201)
+        return JSONResponse(user_dict(created), status_code=201)
 
     async def update(self, request: Request, user: User) -> Response:
         """POST /api/users/{name}: {role, scope, disabled, password}; a user may set their password."""
@@ -150,7 +123,7 @@ class UsersApi:
             self.services, user.name, source(request), name, fields, detail
         )
         self._changed(changed)
-        return JSONResponse(user_json(changed))
+        return JSONResponse(user_dict(changed))
 
     # -- tokens -----------------------------------------------------------------------------
 
@@ -161,7 +134,7 @@ class UsersApi:
         if user.role != "admin":
             owner = user.name
         rows = await store.call(store.list_api_tokens, owner)
-        return JSONResponse({"tokens": [token_json(row, name) for row, name in rows]})
+        return JSONResponse({"tokens": [token_dict(row, name) for row, name in rows]})
 
     async def create_token(self, request: Request, user: User) -> Response:
         """POST /api/tokens: {name, ttl, user}; only an admin makes tokens for someone else."""
@@ -174,14 +147,14 @@ class UsersApi:
         secret, row = await users.issue_token(
             self.services, user.name, source(request), owner, name, ttl
         )
-        return JSONResponse({"token": secret, **token_json(row, owner)}, status_code=201)
+        return JSONResponse({"token": secret, **token_dict(row, owner)}, status_code=201)
 
     async def revoke_token(self, request: Request, user: User) -> Response:
         """POST /api/tokens/{token_id}/revoke: the owner or an admin."""
         token_id = int_param(request, "token_id")
         row, owner = await users.revoke_token(self.services, user, source(request), token_id)
         self._changed(None)
-        return JSONResponse(token_json(row, owner))
+        return JSONResponse(token_dict(row, owner))
 
     # -- sign-in for a token -----------------------------------------------------------------
 
@@ -209,7 +182,7 @@ class UsersApi:
         except EasyTaskError as exc:
             return json_error(http_status(exc), str(exc))
         return JSONResponse(
-            {"token": secret, "user": user.name, "role": user.role, **token_json(row, user.name)},
+            {"token": secret, "user": user.name, "role": user.role, **token_dict(row, user.name)},
             status_code=201,
         )
 

@@ -1,0 +1,114 @@
+"""Waiting for a run's agent: a slot on it, or a hand-over to the server that holds it."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections.abc import Awaitable, Callable
+from typing import Literal
+
+from easytask.scheduler.agents import AgentInfo, AgentRegistry
+from easytask.scheduler.cluster import Cluster
+from easytask.scheduler.inflight import LiveRun
+from easytask.scheduler.recording import Recorder
+from easytask.store.models import Run, RunState
+
+
+class Handed(enum.Enum):
+    """wait_agent's answer when the run was handed to the server that holds its agent."""
+
+    OFFER = "offer"
+
+
+OFFER = Handed.OFFER
+Slot = AgentInfo | Literal[Handed.OFFER] | None  # a slot taken, the run handed over, or neither
+
+
+class Dispatcher:
+    """Takes slots on agents for runs; offers a run to another server when that one holds its
+    agent."""
+
+    def __init__(self, registry: AgentRegistry, recorder: Recorder) -> None:
+        self.registry = registry
+        self.recorder = recorder
+        self.cluster: Cluster | None = None
+
+    async def wait_agent(
+        self,
+        run: Run,
+        live: LiveRun,
+        timeout: float,
+        started: bool,
+        *,
+        offer: Callable[[], Awaitable[None]] | None = None,
+        said: float | None = None,
+    ) -> Slot:
+        """Take a slot on the run's agent, waiting up to `timeout` for it to be online; with
+        `offer`, hand the run over (returns OFFER) if another server holds the agent."""
+        said = timeout if said is None else said
+        if started or not live.kill.is_set():
+            free = self.registry.try_acquire(run.host)  # the usual case: online, a slot free
+            if free is not None:
+                return free
+        info = self.registry.agents.get(run.host)
+        if info is None or not info.online:
+            if offer is not None and not live.kill.is_set() and await self.try_offer(run, offer):
+                return OFFER
+            await self.recorder.event(
+                run, "waiting", f"agent {run.host} not connected; waiting up to {said:g}s"
+            )
+        acquire = asyncio.create_task(self.acquire(run, timeout, offer))
+        killed = asyncio.create_task(live.kill.wait())
+        try:
+            wait_set = {acquire} if started else {acquire, killed}
+            await asyncio.wait(wait_set, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            killed.cancel()
+        if live.kill.is_set() and not started:
+            if acquire.done() and acquire.result() not in (None, OFFER):
+                await self.registry.release(run.host)
+            else:
+                acquire.cancel()
+            await self.recorder.finish(
+                run, RunState.TERMINATED, reason=f"killed by {live.killed_by} before it started"
+            )
+            return None
+        got = acquire.result()
+        if got is None and not started:
+            await self.recorder.finish(
+                run,
+                RunState.UNREACHABLE,
+                reason=f"agent {run.host} did not connect within {said:g}s",
+            )
+        return got
+
+    async def try_offer(self, run: Run, prepare: Callable[[], Awaitable[None]]) -> bool:
+        """Hand the run to another live server if that one holds its agent (and say so)."""
+        info = self.registry.agents.get(run.host)
+        if self.cluster is None or (info is not None and info.online):
+            return False
+        holder = await self.cluster.holder(run.host)
+        if holder is None:
+            return False
+        await prepare()
+        if not await self.cluster.offer(run):
+            return False
+        await self.recorder.event(run, "handed over", f"agent {run.host} is held by {holder}")
+        return True
+
+    async def acquire(
+        self, run: Run, timeout: float, offer: Callable[[], Awaitable[None]] | None
+    ) -> Slot:
+        """A slot on the run's agent; OFFER once the run went to the server holding the agent."""
+        cluster = self.cluster
+        if offer is None or cluster is None:
+            return await self.registry.acquire(run.host, timeout)
+        end = time.monotonic() + timeout
+        while True:
+            if await self.try_offer(run, offer):
+                return OFFER
+            slice_ = min(max(end - time.monotonic(), 0.0), cluster.beat)
+            got = await self.registry.acquire(run.host, slice_)
+            if got is not None or time.monotonic() >= end:
+                return got

@@ -1,0 +1,450 @@
+"""Executing one run on its host, through its agent or over SSH, and streaming its output."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from asyncssh import SSHClientConnection
+
+from easytask.errors import ConnectError
+from easytask.masking import env_prefix
+from easytask.scheduler.agents import AgentRegistry
+from easytask.scheduler.cluster import Cluster
+from easytask.scheduler.dispatch import OFFER, Dispatcher
+from easytask.scheduler.inflight import (
+    InFlight,
+    JobOptions,
+    KillSwitch,
+    LiveRun,
+    masks,
+    run_timeout_text,
+)
+from easytask.scheduler.logwriter import LogWriter
+from easytask.scheduler.output import RunOutput
+from easytask.scheduler.recording import Outcome, Recorder
+from easytask.store.db import Store
+from easytask.store.models import Run, RunState, as_utc, utcnow
+from easytask.transport import executor
+from easytask.transport.agentless import SSHPool, SSHTarget, wrap_command
+from easytask.transport.agentlink import AgentLink
+from easytask.transport.executor import ExecResult
+
+log = logging.getLogger("easytask.server")
+
+# Lines / bytes waiting for the writer before channels are paused (SSH flow control does the rest).
+BACKLOG_HIGH = 50_000
+BACKLOG_HIGH_BYTES = 16 << 20
+
+
+class Execution:
+    """Runs one run's command on its host (agent or agentless, one code path) to its end."""
+
+    def __init__(
+        self,
+        store: Store,
+        writer: LogWriter,
+        registry: AgentRegistry,
+        pool: SSHPool,
+        inflight: InFlight,
+        recorder: Recorder,
+        dispatcher: Dispatcher,
+        known_hosts: str | None = None,
+        reattach_timeout: float = 3600.0,
+    ) -> None:
+        self.store = store
+        self.writer = writer
+        self.registry = registry
+        self.pool = pool
+        self.inflight = inflight
+        self.recorder = recorder
+        self.dispatcher = dispatcher
+        self.known_hosts = known_hosts
+        self.reattach_timeout = reattach_timeout
+        self.cluster: Cluster | None = None
+        self.background_tasks: set[asyncio.Task[None]] = set()
+        self._connect_limit = asyncio.Semaphore(64)
+
+    async def run(self, run: Run, hostvars: dict[str, Any], options: JobOptions) -> None:
+        """Execute a run's command on its agent or over SSH, and record how it ended."""
+        if run.connection == "agent":
+            await self.agent_run(run, options)
+        else:
+            await self._ssh_run(run, hostvars, options)
+
+    async def close(self) -> None:
+        """Acknowledgements on their way: a moment to arrive, then they are cancelled."""
+        if self.background_tasks:
+            _, late = await asyncio.wait(set(self.background_tasks), timeout=2)
+            for task in late:
+                task.cancel()
+
+    async def _ssh_run(self, run: Run, hostvars: dict[str, Any], options: JobOptions) -> None:
+        assert run.id is not None
+        live = self.inflight.live[run.id]
+        target = self._ssh_target(run.host, hostvars)
+        await self.recorder.update(
+            run, RunState.DISPATCHED, "dispatched", f"ssh {target.host}:{target.port}"
+        )
+        try:
+            async with self._connect_limit:
+                conn = await self.pool.get(target)
+        except ConnectError as exc:
+            await self.recorder.finish(run, RunState.UNREACHABLE, reason=str(exc))
+            return
+        # The host may serve other EasyTask installations whose run ids overlap with ours: the
+        # pid file of the run's process group is named after this server's lasting id too.
+        key = f"{self.store.owner or 'et'}-{run.id}-{run.attempt}"
+        out = self.recorder.output(run, masks=masks(options))
+        outcome = await self._stream(
+            run,
+            live,
+            options,
+            conn,
+            wrap_command(env_prefix(options.secret_env) + run.command, key),
+            {},
+            out,
+            terminate=lambda grace: self.pool.terminate(target, key, grace),
+        )
+        if outcome.result is not None and outcome.result.lost:
+            self.pool.drop(target)
+        await self.recorder.conclude(run, outcome, out)
+
+    async def agent_run(self, run: Run, options: JobOptions, live: LiveRun | None = None) -> None:
+        """Execute here, or follow the run while the server holding its agent executes it."""
+        assert run.id is not None
+        live = live or self.inflight.live[run.id]
+        give_back: float | None = time.monotonic() + options.pending_timeout
+        while True:
+            if (
+                self.cluster is not None
+                and not self.inflight.executes_here(
+                    run, claimed=live is self.inflight.claimed.get(run.id or 0)
+                )
+                and await self.cluster.follow(run, live.kill, give_back)
+            ):
+                return
+            give_back = await self._agent_run_here(run, options, live, give_back or 0.0)
+            if give_back is None:
+                return
+
+    async def _agent_run_here(
+        self, run: Run, options: JobOptions, live: LiveRun, pending_until: float
+    ) -> float | None:
+        """Dispatch to the agent; after a lost link wait for it and re-attach, never re-run.
+        Returns None when the run ended, or, when it was offered to the server that holds its
+        agent, the time after which this server takes it back if nobody claimed it."""
+        assert run.id is not None
+        key = f"{run.id}-{run.attempt}"
+        can_offer = self.cluster is not None and not masks(options)
+        started = run.state in (RunState.DISPATCHED, RunState.RUNNING)
+        deadline = None
+        if options.timeout is not None:
+            begun = run.started_at or utcnow()
+            deadline = (
+                time.monotonic()
+                + options.timeout
+                - max((utcnow() - as_utc(begun)).total_seconds(), 0)
+            )
+        out: RunOutput | None = None
+
+        async def store_what_came() -> None:
+            # Before another server re-attaches: every line received here is stored, and a
+            # later re-attach here continues after what is stored, like one in a new process.
+            nonlocal out
+            if out is not None:
+                out.close()
+                out = None
+            await self.writer.flush()
+
+        while True:
+            wait_for = self.reattach_timeout if started else options.pending_timeout
+            if deadline is not None and started:
+                wait_for = min(wait_for, max(deadline - time.monotonic(), 0) + options.grace)
+            patience = wait_for if started else max(pending_until - time.monotonic(), 0.0)
+            # an offer taken back after the pending time is not made again: the run ends here
+            offer = store_what_came if can_offer and (started or patience > 0) else None
+            info = await self.dispatcher.wait_agent(
+                run, live, patience, started, offer=offer, said=wait_for
+            )
+            if info is OFFER:
+                return time.monotonic() + wait_for if started else pending_until
+            if info is None:
+                if started:
+                    reason = (
+                        f"agent {run.host} did not come back within {wait_for:g}s; "
+                        "the command may still be running there"
+                    )
+                    if out is not None:
+                        out.close()
+                    await self.recorder.finish(run, RunState.FAILED, reason=reason, out=out)
+                return None
+            link = info.link
+            assert link is not None
+            try:
+                attach_from: int | None = None
+                if started:
+                    status = await link.request("status", run=key)
+                    if status.get("state") == "unknown":
+                        if run.state == RunState.RUNNING:
+                            await self.recorder.finish(
+                                run,
+                                RunState.FAILED,
+                                reason="the agent has no record of this run (state dir lost?)",
+                            )
+                            return None
+                        started = False  # the dispatch never reached the agent: start it now
+                    elif out is not None:
+                        out.reset_partial()  # same process: continue after the last line received
+                        attach_from = out.agent_lines
+                    else:
+                        # A new server process: continue after what is stored.  The agent numbers
+                        # only output lines; our seq also counts system lines.
+                        await self.writer.flush()
+                        attach_from = await self.store.call(self.store.count_output_lines, run.id)
+                        next_seq = await self.store.call(self.store.max_seq, run.id) + 1
+                        stored = await self.store.call(self.store.output_bytes, run.id)
+                        out = self.recorder.output(
+                            run, first_seq=next_seq, stored=stored, masks=masks(options)
+                        )
+                dispatch: asyncio.Future[None] | None = None
+                if attach_from is None:
+                    # Stored while the command starts, not before: the agent starts a run key
+                    # once, so a server that died in between re-attaches instead of re-running.
+                    run.state = RunState.DISPATCHED
+                    dispatch = asyncio.ensure_future(
+                        self.recorder.update(
+                            run, RunState.DISPATCHED, "dispatched", f"agent {run.host}"
+                        )
+                    )
+                    env = {"EASYTASK_RUN": key}  # the command sees EASYTASK_RUN_ID, _ATTEMPT
+                    out = self.recorder.output(run, masks=masks(options))
+                    command = env_prefix(options.secret_env) + run.command
+                else:
+                    env = {"EASYTASK_ATTACH": key, "EASYTASK_FROM_SEQ": str(attach_from)}
+                    command = "easytask-attach"
+                    await self.recorder.event(
+                        run, "reattached", f"agent {run.host}, from output line {attach_from + 1}"
+                    )
+                assert out is not None
+                started = True
+                acks = link.take_acks()
+                if acks:  # ended runs whose spools the agent may delete, along for the ride
+                    env["EASYTASK_ACK"] = ",".join(acks)
+                remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+                outcome = await self._stream(
+                    run,
+                    live,
+                    replace(options, timeout=remaining),
+                    link.conn,
+                    command,
+                    env,
+                    out,
+                    terminate=_agent_terminator(link, key, live),
+                    attach=attach_from is not None,
+                    dispatched=dispatch,
+                )
+            except (ConnectionError, OSError, RuntimeError, TimeoutError) as exc:
+                log.warning("run %s: agent %s request failed: %s", run.id, run.host, exc)
+                continue
+            finally:
+                await self.registry.release(run.host)
+            if outcome.result is not None and outcome.result.lost and not outcome.reason:
+                out.system(f"link to agent {run.host} lost; waiting to re-attach", "WARN")
+                await self.recorder.event(run, "agent lost", "waiting to re-attach")
+                continue
+            stats = outcome.result.stats if outcome.result is not None else None
+            await self.recorder.conclude(run, outcome, out, stats)
+            self._background(self._acknowledge(run, link, key), f"ack-{key}")
+            return None
+
+    async def _acknowledge(self, run: Run, link: AgentLink, key: str) -> None:
+        """Let the agent delete the run's spool once every line is stored."""
+        try:
+            await self.writer.flush()
+            link.acknowledge(key)
+        except Exception as exc:
+            log.info("run %s: could not acknowledge spool on %s: %s", run.id, run.host, exc)
+
+    def _background(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self.background_tasks.add(task)
+        task.add_done_callback(self.background_tasks.discard)
+
+    def _ssh_target(self, host: str, hv: dict[str, Any]) -> SSHTarget:
+        return SSHTarget(
+            host=str(hv.get("ansible_host") or host),
+            port=int(hv.get("ansible_port") or 22),
+            user=str(hv["ansible_user"]) if hv.get("ansible_user") else None,
+            key_file=str(hv["ansible_ssh_private_key_file"])
+            if hv.get("ansible_ssh_private_key_file")
+            else None,
+            known_hosts=str(hv.get("easytask_known_hosts") or self.known_hosts or "") or None,
+        )
+
+    async def file_connection(
+        self, run: Run, hostvars: dict[str, Any], options: JobOptions
+    ) -> SSHClientConnection | None:
+        """A connection for SFTP to the run's host, or None (the run is then recorded as ended)."""
+        assert run.id is not None
+        if run.connection == "agent":
+            live = self.inflight.live[run.id]
+            info = await self.dispatcher.wait_agent(run, live, options.pending_timeout, False)
+            if info is None or info is OFFER:  # no offer asked: never handed over
+                return None
+            await self.registry.release(run.host)
+            assert info.link is not None
+            return info.link.conn
+        target = self._ssh_target(run.host, hostvars)
+        await self.recorder.update(
+            run, RunState.DISPATCHED, "dispatched", f"ssh {target.host}:{target.port}"
+        )
+        try:
+            return await self.pool.get(target)
+        except ConnectError as exc:
+            await self.recorder.finish(run, RunState.UNREACHABLE, reason=str(exc))
+            return None
+
+    # -- one command, streamed -----------------------------------------------------------------
+
+    async def _stream(
+        self,
+        run: Run,
+        live: LiveRun,
+        options: JobOptions,
+        conn: SSHClientConnection,
+        command: str,
+        env: dict[str, str],
+        out: RunOutput,
+        terminate: Callable[[float], Any],
+        attach: bool = False,
+        dispatched: asyncio.Future[None] | None = None,
+    ) -> Outcome:
+        """Run (or re-attach to) one command and stream its output; kill or time it out if asked.
+        `dispatched`: the storing of the run's dispatch, awaited before it is marked started."""
+        assert run.id is not None
+        paused = [False]
+        execution: executor.Execution | None = None
+
+        def on_data(stream: str, data: bytes) -> None:
+            out.data(stream, data)
+            if (
+                not paused[0]
+                and execution is not None
+                and self.writer.over(BACKLOG_HIGH, BACKLOG_HIGH_BYTES)
+            ):
+                chan = execution.channel
+                if chan is not None:
+                    paused[0] = True
+                    chan.pause_reading()
+                    self._background(
+                        self._resume_when_drained(execution, paused), f"resume-{run.id}"
+                    )
+
+        started = time.monotonic()
+        try:
+            execution = await executor.start(conn, command, on_data, env)
+        except Exception as exc:
+            if dispatched is not None:
+                await dispatched
+            if attach:
+                return Outcome(result=ExecResult(lost=True, error=str(exc)))
+            return Outcome(state=RunState.FAILED, reason=f"could not start: {exc}")
+        # Stored while the command runs; waited for before the run's end is recorded (the run
+        # states are stored in the order they are asked for).
+        marked: asyncio.Future[None] | None = None
+        if not attach:
+            marked = asyncio.ensure_future(self._mark_started(run, dispatched, utcnow()))
+        elif dispatched is not None:
+            await dispatched
+        reason = ""
+        try:
+            if await _ended_or_stopped(execution.ended, live.kill, options.timeout):
+                result = await execution.wait()
+            else:
+                if live.kill.is_set():
+                    reason = f"killed by {live.killed_by}"
+                else:
+                    reason = f"timeout after {run_timeout_text(options)}"
+                out.system(f"terminating: {reason}", "WARN")
+                await self.recorder.event(run, "terminating", reason)
+                try:
+                    await terminate(options.grace)
+                except Exception as exc:
+                    out.system(f"terminate failed: {exc}", "ERROR")
+                try:
+                    async with asyncio.timeout(options.grace + 10):
+                        result = await execution.wait()
+                except TimeoutError:
+                    execution.close()
+                    try:
+                        async with asyncio.timeout(10):
+                            result = await execution.wait()
+                    except TimeoutError:  # the far side never closed: stop waiting for it
+                        result = ExecResult(lost=True, error="no answer after terminate")
+        finally:
+            execution.close()
+            if marked is not None:
+                await marked
+        return Outcome(result=result, reason=reason, duration=time.monotonic() - started)
+
+    async def _mark_started(
+        self, run: Run, dispatched: asyncio.Future[None] | None, at: datetime
+    ) -> None:
+        if dispatched is not None:
+            await dispatched
+        await self.recorder.update(run, RunState.RUNNING, "started", "", started_at=at)
+
+    async def _resume_when_drained(self, execution: executor.Execution, paused: list[bool]) -> None:
+        await self.writer.wait_below(BACKLOG_HIGH // 2, BACKLOG_HIGH_BYTES // 2)
+        paused[0] = False
+        chan = execution.channel
+        if chan is not None:
+            chan.resume_reading()
+
+
+async def _ended_or_stopped(
+    ended: asyncio.Future[None], kill: KillSwitch, timeout: float | None
+) -> bool:
+    """Wait until the command ended (True), or it was killed or timed out (False).
+
+    Callbacks on the two and a timer, not a task per wait: a fan-out waits once per run.
+    """
+    if ended.done():
+        return True
+    if kill.is_set():
+        return False
+    loop = asyncio.get_running_loop()
+    wake: asyncio.Future[None] = loop.create_future()
+
+    def poke(*_: Any) -> None:
+        if not wake.done():
+            wake.set_result(None)
+
+    ended.add_done_callback(poke)
+    unhook = kill.on_set(poke)
+    timer = loop.call_later(timeout, poke) if timeout is not None else None
+    try:
+        await wake
+    finally:
+        ended.remove_done_callback(poke)
+        unhook()
+        if timer is not None:
+            timer.cancel()
+    return ended.done()
+
+
+def _agent_terminator(link: AgentLink, key: str, live: LiveRun) -> Callable[[float], Any]:
+    """Ask the agent to TERM, then KILL, the run's process group."""
+
+    def terminate(grace: float) -> Any:
+        return link.request(
+            "cancel", run=key, grace=grace, by=live.killed_by or "timeout", timeout=grace + 15
+        )
+
+    return terminate

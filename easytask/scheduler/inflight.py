@@ -1,0 +1,90 @@
+"""Runs in flight on this server: their options, kill switches, and which jobs are open here."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from easytask.store.db import Store
+from easytask.store.models import Run
+
+
+@dataclass
+class JobOptions:
+    """Per-job execution settings."""
+
+    timeout: float | None = None
+    pending_timeout: float = 60.0
+    forks: int = 0
+    grace: float = 5.0
+    timeout_total: float | None = None  # the run's whole timeout (timeout is what is left)
+    file_action: Any = None  # a fileops.FileAction: copy, script or fetch instead of a command
+    secret_env: dict[str, str] = field(default_factory=dict)  # exported to the command, masked
+    masks: tuple[str, ...] = ()  # further values masked in the output (playbook secrets)
+
+    def __post_init__(self) -> None:
+        if self.timeout_total is None:
+            self.timeout_total = self.timeout
+
+
+def run_timeout_text(options: JobOptions) -> str:
+    """The timeout as the user gave it, for reasons."""
+    return f"{options.timeout_total:g}s" if options.timeout_total else "timeout"
+
+
+def masks(options: JobOptions) -> tuple[str, ...]:
+    """Every value masked in a run's output: its secret environment and further masks."""
+    return (*options.secret_env.values(), *options.masks)
+
+
+class KillSwitch(asyncio.Event):
+    """An event that also calls back when set (a run waits for its end or a kill without a task
+    per wait)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._callbacks: list[Callable[[], None]] = []
+
+    def set(self) -> None:
+        super().set()
+        for callback in list(self._callbacks):
+            callback()
+
+    def on_set(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` when set; returns what stops that."""
+        self._callbacks.append(callback)
+        return lambda: self._callbacks.remove(callback)
+
+
+@dataclass
+class LiveRun:
+    """What the engine knows about a run while it is in flight."""
+
+    run: Run
+    kill: KillSwitch = field(default_factory=KillSwitch)
+    killed_by: str = ""
+
+
+class InFlight:
+    """The runs this server executes now and the jobs it drives, shared by the engine's parts."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.live: dict[int, LiveRun] = {}  # runs of the jobs driven here
+        self.claimed: dict[int, LiveRun] = {}  # runs executed here for another server's job
+        self.running_jobs: set[int] = set()  # jobs already marked running
+        # Ad hoc jobs run here: how many of their runs have not ended yet.  The run that ends
+        # last ends its job in the same transaction (a client waits for that end); a job that
+        # ended so is taken out.
+        self.open_runs: dict[int, int] = {}
+
+    def get(self, run_id: int) -> LiveRun | None:
+        """The run in flight here under this id (its job's, or one claimed for another server)."""
+        return self.live.get(run_id) or self.claimed.get(run_id)
+
+    def executes_here(self, run: Run, claimed: bool = False) -> bool:
+        """The caller executes the run itself: it is this server's, and the caller is the claim
+        that took it or, when no claim here did, the job's driver."""
+        return run.server in ("", self.store.owner) and (claimed or run.id not in self.claimed)

@@ -1,0 +1,128 @@
+"""Stored rows as the API returns them: jobs, runs, schedules, deliveries, users and tokens."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from easytask.store.models import ApiToken, Job, Run, Schedule, User, WebhookDelivery, as_utc
+
+
+def iso_time(value: Any) -> str | None:
+    """A stored time as ISO 8601 (a naive one is UTC)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.isoformat() + "Z"
+    return value.isoformat()
+
+
+def iso_utc(value: datetime | None) -> str | None:
+    """A stored time as ISO 8601 in UTC (SQLite gives times back without a zone)."""
+    if value is None:
+        return None
+    return str(as_utc(value).isoformat())
+
+
+def job_dict(job: Job) -> dict[str, Any]:
+    """A job as the API returns it."""
+    return {
+        "id": job.id,
+        "kind": job.kind,
+        "name": job.name,
+        "pattern": job.pattern,
+        "command": job.command,
+        "submitted_by": job.submitted_by,
+        "source": job.source,
+        "state": job.state,
+        "created_at": iso_time(job.created_at),
+        "finished_at": iso_time(job.finished_at),
+        "timeout": job.timeout,
+    }
+
+
+def run_dict(run: Run) -> dict[str, Any]:
+    """A run as the API returns it."""
+    duration = None
+    if run.started_at and run.finished_at:
+        duration = (run.finished_at - run.started_at).total_seconds()
+    return {
+        "id": run.id,
+        "job": run.job_id,
+        "task": run.task,
+        "host": run.host,
+        "connection": run.connection,
+        "agent": run.agent,
+        "command": run.command,
+        "state": run.state,
+        "attempt": run.attempt,
+        "exit_code": run.exit_code,
+        "signal": run.signal,
+        "reason": run.reason,
+        "created_at": iso_time(run.created_at),
+        "started_at": iso_time(run.started_at),
+        "finished_at": iso_time(run.finished_at),
+        "duration": duration,
+        "out_bytes": run.out_bytes,
+        "out_lines": run.out_lines,
+        "truncated": run.truncated,
+        "dropped_lines": run.dropped_lines,
+        "dropped_bytes": run.dropped_bytes,
+    }
+
+
+def schedule_dict(row: Schedule) -> dict[str, Any]:
+    """A schedule as the API returns it."""
+    iso = iso_utc
+    return {
+        "name": row.name,
+        "path": row.path,
+        "cron": row.cron,
+        "tz": row.tz,
+        "catch_up": row.catch_up,
+        "enabled": row.enabled,
+        "next_fire": iso(row.next_fire),
+        "last_fire": iso(row.last_fire),
+        "last_job": row.last_job,
+    }
+
+
+def delivery_dict(row: WebhookDelivery) -> dict[str, Any]:
+    """A delivery attempt as the API returns it."""
+    return {
+        "id": row.id,
+        "job": row.job_id,
+        "delivery": row.delivery,
+        "url": row.url,
+        "event": row.event,
+        "attempt": row.attempt,
+        "at": iso_time(row.at),
+        "ok": row.ok,
+        "status_code": row.status_code,
+        "error": row.error,
+        "duration_ms": row.duration_ms,
+    }
+
+
+def user_dict(user: User) -> dict[str, object]:
+    """A user as the API returns it (never the hash)."""
+    return {
+        "name": user.name,
+        "role": user.role,
+        "scope": user.scope,
+        "disabled": user.disabled,
+        "created_at": user.created_at.isoformat() if user.created_at else None,
+    }
+
+
+def token_dict(row: ApiToken, owner: str) -> dict[str, object]:
+    """A token as the API lists it: never the secret, never its hash."""
+    return {
+        "id": row.id,
+        "name": row.name,
+        "user": owner,
+        "created_at": iso_utc(row.created_at),
+        "expires_at": iso_utc(row.expires_at),
+        "last_used": iso_utc(row.last_used),
+        "revoked": row.revoked,
+    }
