@@ -16,6 +16,7 @@ from easytask.errors import ConfigError
 CONFIG_ENV = "EASYTASK_CONFIG"
 LOCAL_CONFIG = Path(".easytask") / "config.toml"
 USER_CONFIG = Path("~/.config/easytask/config.toml")
+TOKEN_MAX_TTL = 90 * 86400.0  # an API token's longest life unless the admin sets another
 
 
 def _setting(default: Any, kind: str = "text", **extra: Any) -> Any:
@@ -60,6 +61,7 @@ class Settings:
     retention_failed: float | None = _setting(None, "lifetime")  # failed runs (None: as retention)
     prune_interval: float = _setting(3600.0, "duration")
     trusted_proxy: str | None = _setting(None)  # a reverse proxy whose X-Forwarded-* we believe
+    token_max_ttl: float | None = _setting(TOKEN_MAX_TTL, "lifetime")  # longest API token life
     # not settings: fixed by the code that builds a Settings
     schedule_interval: float = field(default=1.0, metadata={"internal": True})
     config_path: str | None = field(default=None, metadata={"internal": True})

@@ -291,7 +291,12 @@ class Server:
             return path.read_text().strip()
         existing = await self.store.call(self.store.get_user, "admin")
         await self.store.call(self.store.ensure_user, "admin", "admin")
-        token = await self.store.call(self.store.create_api_token, "admin", "initial admin token")
+        token = await self.store.call(
+            self.store.create_api_token,
+            "admin",
+            "initial admin token",
+            self.config.token_max_ttl,
+        )
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(token + "\n")

@@ -79,7 +79,7 @@ def test_users_cli_adds_changes_and_disables(server: ServerHandle) -> None:
     assert "password must be" in short.stderr
     actions = [e["detail"] for e in audit_actions(server, "user.")]
     assert {"user": "otto", "disabled": True} in actions
-    assert {"user": "otto", "password": "changed"} in actions
+    assert {"user": "otto", "password": "changed", "tokens_revoked": 1} in actions
     otto.close()
 
 

@@ -123,6 +123,12 @@ def add_parsers(sub: Any) -> None:
         "the client address is the TCP peer",
     )
     setting(
+        "--token-max-ttl",
+        name="token_max_ttl",
+        help="longest life of an API token: a token asked without --ttl gets it, a longer "
+        "one is refused (default 90d)",
+    )
+    setting(
         "--prune-interval",
         name="prune_interval",
         type=duration_arg,

@@ -47,9 +47,18 @@ def add_parsers(sub: Any) -> None:
     x.add_argument("--role", choices=ROLES, default="viewer")
     x.add_argument("--scope", default="", help="host pattern the user may run on (default: all)")
     x.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    x = ussub.add_parser("passwd", help="set a user's password (yours, or any as admin)")
+    x = ussub.add_parser(
+        "passwd",
+        help="set a user's password (yours: current one asked first; any as admin); "
+        "ends that user's API tokens and console sessions",
+    )
     x.add_argument("name")
-    x.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    x.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from stdin (your own: the current one, then the new one, "
+        "a line each)",
+    )
     x = ussub.add_parser("set", help="change a user's role or scope")
     x.add_argument("name")
     x.add_argument("--role", choices=ROLES)
@@ -66,7 +75,7 @@ def add_parsers(sub: Any) -> None:
     x.add_argument("--user")
     x = tksub.add_parser("create", help="a new named token; printed once, stored hashed")
     x.add_argument("name")
-    x.add_argument("--ttl", help="lifetime, e.g. 30d (default: no expiry)")
+    x.add_argument("--ttl", help="lifetime, e.g. 30d (default and most: the server's maximum)")
     x.add_argument("--user", help="owner (admin only; default: you)")
     x = tksub.add_parser("revoke", help="revoke a token by id")
     x.add_argument("id", type=int)
@@ -77,7 +86,9 @@ def add_parsers(sub: Any) -> None:
     )
     lg.add_argument("--user", help="user name (asked if missing)")
     lg.add_argument("--token-name", help="name of the new token (default: login HOST)")
-    lg.add_argument("--ttl", help="token lifetime, e.g. 90d (default: no expiry)")
+    lg.add_argument(
+        "--ttl", help="token lifetime, e.g. 30d (default and most: the server's maximum)"
+    )
     lg.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     lg.add_argument("--config", help=f"file to write (default: ${CONFIG_ENV} or {USER_CONFIG})")
     lg.set_defaults(func=cmd_login)
@@ -95,9 +106,15 @@ def cmd_users(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         out.write(f"user {data['name']}: created ({data['role']})\n")
         return 0
     if action == "passwd":
-        password = _read_password(args, f"new password for {args.name}: ")
-        client.post(f"/api/users/{args.name}", {"password": password})
-        out.write(f"user {args.name}: password changed\n")
+        own = client.get("/api/whoami")["name"] == args.name
+        change: dict[str, str] = {}
+        if own:  # your own needs the current one; an admin resets another's without it
+            change["current_password"] = _read_password(args, "current password: ", confirm=False)
+        change["password"] = _read_password(args, f"new password for {args.name}: ")
+        client.post(f"/api/users/{args.name}", change)
+        out.write(f"user {args.name}: password changed; its API tokens and sessions ended\n")
+        if own:
+            sys.stderr.write("your token ended too: sign in again with `easytask login`\n")
         return 0
     if action in ("disable", "enable"):
         data = client.post(f"/api/users/{args.name}", {"disabled": action == "disable"})

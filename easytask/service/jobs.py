@@ -122,18 +122,31 @@ async def submit_scheduled(services: Services, path: Path, name: str) -> int:
     return job.id
 
 
-async def run_schedule_now(services: Services, user: User, source: str, name: str) -> int:
-    """Start a schedule's playbook now, out of its timetable; the job's id."""
+async def schedule_path(services: Services, name: str) -> Path:
+    """The playbook file of a schedule (404 if there is no such schedule)."""
     store = services.store
     rows = {r.name: r for r in await store.call(store.list_schedules)}
     if name not in rows:
         raise APIError(f"no schedule {name!r}", status=404)
-    path = Path(rows[name].path)
+    return Path(rows[name].path)
+
+
+async def enforce_schedule_scope(
+    services: Services, user: User, source: str, name: str, path: Path, kind: str
+) -> None:
+    """Refuse (403, audited) a scoped user's action on a schedule whose playbook reaches a host
+    outside the scope."""
     if user.scope:
         plan = await plan_file(services, path)
         await enforce_scope(
-            services, user, list(plan.all_hosts), source, {"kind": "schedule", "schedule": name}
+            services, user, list(plan.all_hosts), source, {"kind": kind, "schedule": name}
         )
+
+
+async def run_schedule_now(services: Services, user: User, source: str, name: str) -> int:
+    """Start a schedule's playbook now, out of its timetable; the job's id."""
+    path = await schedule_path(services, name)
+    await enforce_schedule_scope(services, user, source, name, path, "schedule")
     job_id = await submit_scheduled(services, path, name)
     await services.audit(user.name, "schedule.run", source, {"schedule": name, "job": job_id})
     return job_id
@@ -142,9 +155,21 @@ async def run_schedule_now(services: Services, user: User, source: str, name: st
 async def set_schedule_enabled(
     services: Services, user: User, source: str, name: str, enabled: bool
 ) -> Schedule:
-    """Switch a schedule on or off."""
+    """Switch a schedule on or off. A schedule fires with the server's authority, not its
+    switcher's, so only a user without a scope may switch one on (403, audited); a scoped user
+    may switch off one whose hosts are all in the scope."""
     store = services.store
     action = "enable" if enabled else "disable"
+    path = await schedule_path(services, name)
+    if enabled and user.scope:
+        what = {"kind": "schedule.enable", "schedule": name, "scope": user.scope}
+        await services.audit(user.name, "job.refused", source, what)
+        raise APIError(
+            f"refused: a schedule fires with the server's authority; only a user without a "
+            f"scope may switch one on (yours is {user.scope!r})",
+            status=403,
+        )
+    await enforce_schedule_scope(services, user, source, name, path, f"schedule.{action}")
     note = AuditNote(user.name, f"schedule.{action}", source, {"schedule": name})
     row = await store.call(store.update_schedule, name, note, enabled=enabled, next_fire=None)
     if row is None:
@@ -157,6 +182,9 @@ async def kill_job(services: Services, user: User, source: str, job_id: int) -> 
     store = services.store
     if await store.call(store.get_job, job_id) is None:
         raise APIError(f"no job {job_id}", status=404)
+    if user.scope:  # every host of the job in the scope, or nothing is killed
+        hosts = [r.host for r in await store.call(store.job_runs, job_id)]
+        await enforce_scope(services, user, hosts, source, {"kind": "job.kill", "job": job_id})
     count = services.engine.kill_job(job_id, user.name)
     if services.cluster is not None:  # the other servers were asked too: count them all
         runs = await store.call(store.job_runs, job_id)
@@ -171,6 +199,8 @@ async def kill_run(services: Services, user: User, source: str, run_id: int) -> 
     run = await store.call(store.get_run, run_id)
     if run is None:
         raise APIError(f"no run {run_id}", status=404)
+    what = {"kind": "run.kill", "run": run_id, "job": run.job_id}
+    await enforce_scope(services, user, [run.host], source, what)
     if run.state in RunState.FINAL:
         raise APIError(f"run {run_id} already ended ({run.state})", status=409)
     killed = services.engine.kill_run(run_id, user.name) or (

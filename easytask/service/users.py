@@ -57,6 +57,7 @@ async def issue_token(
     """A new API token of `owner` (for a sign-in with a password when `login`): its secret
     (shown once) and its row."""
     store = services.store
+    ttl = token_lifetime(services, ttl)
     if not login:
         target = await store.call(store.get_user, owner)
         if target is None:
@@ -68,6 +69,29 @@ async def issue_token(
         detail["login"] = True
     note = AuditNote(actor, "token.create", source, detail)  # the token's id added
     return await store.call(store.issue_api_token, owner, name, ttl, note)
+
+
+def _span(seconds: float) -> str:
+    """A lifetime as it would be written: 90d, 12h, 30m or 45s."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def token_lifetime(services: Services, ttl: float | None) -> float | None:
+    """A token's lifetime: the one asked for, or the server's maximum when none is asked; a
+    request beyond the maximum is refused (400)."""
+    longest = services.settings.token_max_ttl
+    if longest is None:
+        return ttl
+    if ttl is None:
+        return longest
+    if ttl > longest:
+        raise APIError(
+            f"ttl: at most {_span(longest)} (the server's token_max_ttl), got {_span(ttl)}"
+        )
+    return ttl
 
 
 async def revoke_token(

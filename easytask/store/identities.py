@@ -214,9 +214,31 @@ class IdentityQueries:
             return row, owner
 
     def update_user(self, name: str, audit: AuditNote | None = None, **fields: Any) -> User | None:
-        """Change a user's role, scope, disabled flag or password hash; None if unknown. With
-        `audit`, its audit event in the same transaction."""
-        return self._update_named(User, name, fields, audit)
+        """Change a user's role, scope, disabled flag or password hash; None if unknown. A new
+        password hash revokes every API token of the user in the same transaction. With `audit`,
+        its audit event in the same transaction too (with a new password, how many tokens
+        were revoked)."""
+        if "password_hash" not in fields:
+            return self._update_named(User, name, fields, audit)
+        with self.session() as s:
+            user = s.exec(select(User).where(User.name == name)).first()
+            if user is None:
+                return None
+            for key, value in fields.items():
+                setattr(user, key, value)
+            s.add(user)
+            live = select(ApiToken).where(
+                ApiToken.user_id == user.id, col(ApiToken.revoked).is_(False)
+            )
+            ended = 0
+            for row in s.exec(live):
+                row.revoked = True
+                s.add(row)
+                ended += 1
+            audit_chain.append_note(s.connection(), audit, tokens_revoked=ended)
+            s.commit()
+            s.refresh(user)
+            return user
 
     def user_for_token(self, token: str) -> User | None:
         """The user a valid API token belongs to, recording its use."""

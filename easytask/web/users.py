@@ -26,6 +26,7 @@ TOKEN_NAME_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,100}$")
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024
 LOGIN_BODY = 8 * 1024
+OWN_PASSWORD_KEYS = {"password", "current_password"}  # what a non-admin may send about itself
 
 
 def _password(value: object) -> str:
@@ -97,7 +98,7 @@ class UsersApi:
         """POST /api/users/{name}: {role, scope, disabled, password}; a user may set their password."""
         name = request.path_params["name"]
         data = await body(request)
-        if user.role != "admin" and (name != user.name or set(data) - {"password"}):
+        if user.role != "admin" and (name != user.name or set(data) - OWN_PASSWORD_KEYS):
             raise APIError(f"role {user.role!r} may only change its own password", status=403)
         fields: dict[str, Any] = {}
         detail: dict[str, Any] = {"user": name}
@@ -115,6 +116,8 @@ class UsersApi:
             fields["disabled"] = detail["disabled"] = data["disabled"]
         if "password" in data:
             password = _password(data["password"])
+            if name == user.name:
+                await self._check_current_password(request, user, data.get("current_password"))
             fields["password_hash"] = await asyncio.to_thread(hash_password, password)
             detail["password"] = "changed"
         if not fields:
@@ -124,6 +127,19 @@ class UsersApi:
         )
         self._changed(changed)
         return JSONResponse(user_dict(changed))
+
+    async def _check_current_password(self, request: Request, user: User, current: object) -> None:
+        """Your own new password needs your current one: a token alone cannot set it. Checked as
+        a sign-in is (rate-limited, audited)."""
+        if not isinstance(current, str) or not current:
+            raise APIError("changing your own password needs your current one (current_password)")
+        address = request.client.host if request.client else "?"
+        try:
+            await self.auth.checked_login(user.name, current, address, source(request))
+        except APIError as exc:  # a 429 (too many failures) stays one
+            if exc.status != 401:
+                raise
+            raise APIError("the current password is wrong", status=403) from exc
 
     # -- tokens -----------------------------------------------------------------------------
 
