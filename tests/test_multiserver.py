@@ -10,8 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from tests.browser.support import add_user
 from tests.conftest import AgentFactory, ServerFactory, write
 from tests.support import PostgresCluster, ServerHandle, db_execute, free_port, wait_until
 
@@ -370,3 +372,27 @@ def test_a_playbook_on_one_server_drives_tasks_executed_by_another(
     b_id = (tmp_path / "b" / "server.id").read_text().strip()
     ids = ",".join(str(r["id"]) for r in runs)
     assert db_execute(url, f"SELECT DISTINCT server FROM run WHERE id IN ({ids})") == [(b_id,)]
+
+
+@pytest.mark.postgres
+def test_servers_on_one_database_share_the_sign_in_limit(
+    postgres: PostgresCluster, start_server: ServerFactory, tmp_path: Path
+) -> None:
+    """Wrong passwords sent at once to two servers of one database: at most five are checked."""
+    url = postgres.new_database()
+    a = start_server(None, "--db", url, state_dir=tmp_path / "a")
+    b = _second_server(start_server, a, url, tmp_path / "b")
+    add_user(a, "amy", "auditor", "auditor-pass-1")
+
+    def login(server: ServerHandle, password: str) -> int:
+        with httpx.Client(base_url=server.url, timeout=60) as anon:
+            body = {"name": "amy", "password": password}
+            return anon.post("/api/login", json=body).status_code
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        futures = [pool.submit(login, (a, b)[i % 2], f"guess-{i}") for i in range(20)]
+        statuses = [f.result() for f in futures]
+    assert sorted(set(statuses)) == [401, 429], statuses
+    assert statuses.count(401) <= 5, statuses
+    assert login(a, "auditor-pass-1") == 429
+    assert login(b, "auditor-pass-1") == 429

@@ -441,3 +441,48 @@ def test_a_job_stream_starts_from_one_read(store: Store) -> None:
     snapshot, hosts, lines, found = store.job_stream_start(job.id or 0, True, 0)
     assert [r.host for r in snapshot] == ["web1", "web2"] and lines == []
     assert store.job_stream_start(999999, False, 10) == ([], {}, [], None)
+
+
+def test_sign_in_attempts_are_reserved_per_key_within_the_window(store: Store) -> None:
+    """Five attempts per key in the window are reserved; the sixth waits; a success gives its
+    own attempt back and clears the user's count, not the address's."""
+    keys = ["user:amy", "addr:10.0.0.1"]
+    for _ in range(4):
+        wait, ids = store.reserve_login(keys, 5, 60)
+        assert wait == 0 and len(ids) == 2
+    wait, last = store.reserve_login(keys, 5, 60)
+    assert wait == 0
+    wait, ids = store.reserve_login(keys, 5, 60)
+    assert 1 <= wait <= 60 and ids == []
+    # the address is at its limit for every name; another address for amy is too
+    assert store.reserve_login(["user:bob", "addr:10.0.0.1"], 5, 60)[0] > 0
+    assert store.reserve_login(["user:amy", "addr:10.0.0.2"], 5, 60)[0] > 0
+    assert store.login_attempts("user:amy") == 5
+    store.release_login(last, ["user:amy"])
+    assert store.login_attempts("user:amy") == 0
+    assert store.login_attempts("addr:10.0.0.1") == 4
+    assert store.reserve_login(["user:amy", "addr:10.0.0.2"], 5, 60)[0] == 0
+    # attempts older than the window do not count
+    assert store.reserve_login(["user:old", "addr:10.0.0.3"], 1, 0.2)[0] == 0
+    assert store.reserve_login(["user:old", "addr:10.0.0.3"], 1, 0.2)[0] == 1
+    time.sleep(0.3)
+    assert store.reserve_login(["user:old", "addr:10.0.0.3"], 1, 0.2)[0] == 0
+
+
+@pytest.mark.postgres
+def test_sign_in_reservations_of_several_servers_take_turns(postgres: PostgresCluster) -> None:
+    """Stores of several servers reserving at once for one key never pass the limit together."""
+    url = postgres.new_database()
+    stores = [Store(url) for _ in range(4)]
+    try:
+
+        def reserve(st: Store) -> list[int]:
+            return [st.reserve_login(["user:amy", "addr:a"], 5, 60)[0] for _ in range(5)]
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            waits = [w for f in [pool.submit(reserve, st) for st in stores] for w in f.result()]
+        assert waits.count(0) == 5
+        assert stores[0].login_attempts("user:amy") == 5
+    finally:
+        for st in stores:
+            st.close()

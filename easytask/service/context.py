@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ from easytask.scheduler.retention import Retention
 from easytask.scheduler.schedules import Scheduler
 from easytask.store.db import Store
 from easytask.transport.agentlink import AgentListener
+
+log = logging.getLogger("easytask.server")
 
 
 class InventorySource:
@@ -95,7 +98,8 @@ class Services:
             async with asyncio.timeout(5):
                 await self.store.call(self.store.ping)
         except Exception as exc:
-            problems["database"] = f"{type(exc).__name__}: {exc}"
+            log.warning("not ready: the database does not answer: %s: %s", type(exc).__name__, exc)
+            problems["database"] = "not ready"
         if not self.listener.listening:
             problems["agent_listener"] = "not listening"
         return problems

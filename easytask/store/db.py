@@ -2,8 +2,8 @@
 
 The Store's queries live in its parts: jobs and runs in `runs.py`, listing, searching and
 pruning them in `history.py`, schedules in `timetable.py`, the audit chain in `audit.py`, log
-lines in `lines.py`, agents, users and tokens in `identities.py`; the statements on the path a
-waiting client is on in `statements.py`.  What servers sharing the database record about each
+lines in `lines.py`, sign-in attempts in `logins.py`, agents, users and tokens in
+`identities.py`; the statements on the path a waiting client is on in `statements.py`.  What servers sharing the database record about each
 other is in `servers.py`.
 """
 
@@ -28,6 +28,7 @@ from easytask.store.audit import AuditNote, AuditQueries
 from easytask.store.history import HistoryQueries
 from easytask.store.identities import IdentityQueries
 from easytask.store.lines import LineQueries
+from easytask.store.logins import LoginQueries
 from easytask.store.runs import RunQueries
 from easytask.store.timetable import ScheduleQueries
 
@@ -109,7 +110,13 @@ def make_engine(url: str) -> Engine:
 
 
 class Store(
-    RunQueries, HistoryQueries, ScheduleQueries, AuditQueries, IdentityQueries, LineQueries
+    RunQueries,
+    HistoryQueries,
+    ScheduleQueries,
+    AuditQueries,
+    IdentityQueries,
+    LineQueries,
+    LoginQueries,
 ):
     """Every query EasyTask makes; call from the database thread (see `call`)."""
 

@@ -210,6 +210,17 @@ class RevokedSession(SQLModel, table=True):
     expires_at: datetime = Field(index=True)
 
 
+class LoginAttempt(SQLModel, table=True):
+    """A sign-in attempt counted against a key (`user:NAME` or `addr:ADDRESS`) until it ages out."""
+
+    __tablename__ = "login_attempt"
+    __table_args__ = (Index("ix_login_attempt_key_at", "key", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str
+    at: datetime = Field(default_factory=utcnow, index=True, sa_type=TZ)
+
+
 class ApiToken(SQLModel, table=True):
     """A bearer token for the API, stored hashed."""
 

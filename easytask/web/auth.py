@@ -22,7 +22,7 @@ from starlette.responses import Response
 
 from easytask.errors import APIError, RateLimited
 from easytask.store.models import User
-from easytask.web.ratelimit import LoginLimiter
+from easytask.web.ratelimit import LoginLimiter, Reservation
 
 if TYPE_CHECKING:
     from easytask.store.db import Store
@@ -104,7 +104,7 @@ class SessionAuth:
         self._signer = URLSafeTimedSerializer(secret, salt="easytask-session")
         self._users: dict[int, tuple[float, User | None]] = {}
         self._revoked: dict[str, float] = {}
-        self.limiter = LoginLimiter()
+        self.limiter = LoginLimiter(store)
         self._stored: dict[str, tuple[float, bool]] = {}  # sid -> (checked at, revoked)
 
     # -- cookies ----------------------------------------------------------------------------
@@ -250,24 +250,25 @@ class SessionAuth:
     async def checked_login(self, name: str, password: str, address: str, source: str) -> User:
         """A sign-in with rate limiting and an audit record of every attempt.
 
-        Raises RateLimited (429) while the user name or the address has too many recent
-        failures, and APIError (401) for a wrong name or password.
+        The attempt is counted in the store before the password is checked, so concurrent
+        attempts never pass the limit together. Raises RateLimited (429) while the user name
+        or the address has too many recent attempts, and APIError (401) for a wrong name or
+        password.
         """
         store = self.store
-        wait = self.limiter.retry_after(name, address)
-        if wait:
+        reserved = await self.limiter.reserve(name, address)
+        if not isinstance(reserved, Reservation):
             await store.call(
-                store.audit, name, "login.blocked", source, {"user": name, "retry_after": wait}
+                store.audit, name, "login.blocked", source, {"user": name, "retry_after": reserved}
             )
-            raise RateLimited(wait)
+            raise RateLimited(reserved)
         user = await self.login(name, password)
         await store.call(
             store.audit, name, "login.ok" if user else "login.failed", source, {"user": name}
         )
         if user is None:
-            self.limiter.failed(name, address)
             raise APIError("wrong user name or password", status=401)
-        self.limiter.succeeded(name)
+        await self.limiter.succeeded(reserved)
         return user
 
 

@@ -20,7 +20,7 @@ from easytask.store.models import RunState, User
 from easytask.web.auth import CSRF_FIELD, SAFE_METHODS, SessionAuth, csrf_ok
 from easytask.web.errors import INTERNAL, PageError, http_status
 from easytask.web.format import fmt_duration, fmt_time
-from easytask.web.requests import ROLES_OPERATE
+from easytask.web.requests import ROLES_OPERATE, read_capped
 
 log = logging.getLogger("easytask.server")
 
@@ -98,11 +98,9 @@ class Console:
         cached = request.scope.get("easytask.form")
         if cached is not None:
             return cached
-        raw = b""
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > MAX_FORM:
-                raise PageError("form too large", status=413)
+        raw = await read_capped(request, MAX_FORM)
+        if raw is None:
+            raise PageError("form too large", status=413)
         data: dict[str, str] = {}
         if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
             data = dict(parse_qsl(raw.decode("utf-8", errors="replace"), keep_blank_values=True))

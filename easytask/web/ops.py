@@ -31,7 +31,10 @@ class OpsApi:
         return JSONResponse({"status": "ok"})
 
     async def readyz(self, request: Request) -> Response:
-        """GET /readyz: 200 when the database answers and agents can connect, else 503."""
+        """GET /readyz: 200 when the database answers and agents can connect, else 503.
+
+        Anyone may ask, so the answer names what is not ready, never why (the log says why).
+        """
         problems = await self.services.ready()
         if problems:
             return JSONResponse({"status": "not ready", "problems": problems}, status_code=503)
@@ -41,7 +44,12 @@ class OpsApi:
         """GET /metrics: with the metrics token (if one is set) or any API token."""
         wanted = self.services.settings.metrics_token
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if wanted and scheme.lower() == "bearer" and hmac.compare_digest(given, wanted):
+        # compared as bytes: a header may carry any byte, and str comparison takes ASCII only
+        if (
+            wanted
+            and scheme.lower() == "bearer"
+            and hmac.compare_digest(given.encode("utf-8", "surrogateescape"), wanted.encode())
+        ):
             return await self._metrics(request)
         return await self.api.route(self._metrics_for_user)(request)
 

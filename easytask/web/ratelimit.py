@@ -1,60 +1,53 @@
-"""Failed sign-ins, counted per user name and per client address, in a sliding window."""
+"""Sign-in attempts, counted per user name and per client address in a sliding window, in the
+store: the count holds across restarts and is shared by every server of one database."""
 
 from __future__ import annotations
 
-import math
-import time
-from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from easytask.store.db import Store
 
 MAX_FAILURES = 5
 WINDOW = 60.0
-MAX_KEYS = 100_000
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """One sign-in's place under the limit: the stored attempts it counts as, and its user key."""
+
+    user_key: str
+    ids: list[int] = field(default_factory=list)
 
 
 class LoginLimiter:
-    """After `limit` failures within `window` seconds a key is refused until the oldest expires.
+    """At most `limit` sign-in attempts per key within `window` seconds are ever checked.
 
-    Keys are `user:NAME` and `addr:ADDRESS`; a sign-in is refused when either key is over the
+    Keys are `user:NAME` and `addr:ADDRESS`; an attempt is refused when either key is at the
     limit, so guessing many passwords for one user or many users from one address both stop.
+    The attempt is counted *before* the password is checked, so concurrent guesses cannot pass
+    the check together; a correct password takes its attempt back and clears the user's count.
     """
 
-    def __init__(self, limit: int = MAX_FAILURES, window: float = WINDOW) -> None:
+    def __init__(self, store: Store, limit: int = MAX_FAILURES, window: float = WINDOW) -> None:
+        self.store = store
         self.limit = limit
         self.window = window
-        self._failures: dict[str, deque[float]] = {}
 
-    def _recent(self, key: str, now: float) -> deque[float] | None:
-        times = self._failures.get(key)
-        if times is None:
-            return None
-        while times and times[0] <= now - self.window:
-            times.popleft()
-        if not times:
-            del self._failures[key]
-            return None
-        return times
+    async def reserve(self, user: str, address: str) -> Reservation | int:
+        """A reservation to check one password, or the seconds to wait before trying again."""
+        user_key = f"user:{user.lower()}"
+        store = self.store
+        wait, ids = await store.call(
+            store.reserve_login, [user_key, f"addr:{address}"], self.limit, self.window
+        )
+        if wait:
+            return wait
+        return Reservation(user_key, ids)
 
-    def retry_after(self, user: str, address: str) -> int:
-        """Seconds to wait before this user may try again from this address (0: go ahead)."""
-        now = time.monotonic()
-        wait = 0.0
-        for key in (f"user:{user.lower()}", f"addr:{address}"):
-            times = self._recent(key, now)
-            if times is not None and len(times) >= self.limit:
-                wait = max(wait, times[-self.limit] + self.window - now)
-        return math.ceil(wait) if wait > 0 else 0
-
-    def failed(self, user: str, address: str) -> None:
-        """Count one failed sign-in against the user name and the address."""
-        now = time.monotonic()
-        if len(self._failures) > MAX_KEYS:
-            for key in list(self._failures):
-                self._recent(key, now)
-            if len(self._failures) > MAX_KEYS:
-                self._failures.clear()
-        for key in (f"user:{user.lower()}", f"addr:{address}"):
-            self._failures.setdefault(key, deque(maxlen=self.limit * 4)).append(now)
-
-    def succeeded(self, user: str) -> None:
-        """A correct password clears the user's count (the address keeps its own)."""
-        self._failures.pop(f"user:{user.lower()}", None)
+    async def succeeded(self, reservation: Reservation) -> None:
+        """A correct password: its attempt does not count, and the user's failures are cleared
+        (the address keeps its own)."""
+        store = self.store
+        await store.call(store.release_login, reservation.ids, [reservation.user_key])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,18 +21,27 @@ from easytask.web.errors import INTERNAL, http_status, json_error
 log = logging.getLogger("easytask.server")
 
 MAX_BODY = 1 << 20
+CLIENT_KIND = re.compile(r"[A-Za-z0-9._:/+-]{1,32}")
 ROLES_OPERATE = ("admin", "operator")
 Handler = Callable[[Request], Awaitable[Response]]
 UserHandler = Callable[[Request, User], Awaitable[Response]]
 
 
+async def read_capped(request: Request, limit: int) -> bytes | None:
+    """The raw request body, read into one buffer; None as soon as it passes `limit` bytes."""
+    raw = bytearray()
+    async for chunk in request.stream():
+        if len(raw) + len(chunk) > limit:
+            return None
+        raw += chunk
+    return bytes(raw)
+
+
 async def body(request: Request, limit: int = MAX_BODY) -> dict[str, Any]:
     """The JSON body, size-limited and checked to be an object."""
-    raw = b""
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > limit:
-            raise APIError("request body too large", status=413)
+    raw = await read_capped(request, limit)
+    if raw is None:
+        raise APIError("request body too large", status=413)
     try:
         data = json.loads(raw or b"{}")
     except ValueError as exc:
@@ -57,8 +67,14 @@ def int_param(request: Request, name: str) -> int:
 
 
 def source(request: Request) -> str:
-    """Where a request came from: client kind and address."""
-    kind = request.headers.get("x-easytask-client", "api")
+    """Where a request came from: client kind and address.
+
+    The kind is the `X-EasyTask-Client` header when it is a short name (letters, digits and
+    `._:/+-`, at most 32); any other value is ignored and the request counts as "api".
+    """
+    kind = request.headers.get("x-easytask-client", "")
+    if not CLIENT_KIND.fullmatch(kind):
+        kind = "api"
     addr = request.client.host if request.client else "?"
     return f"{kind} {addr}"
 
