@@ -62,6 +62,7 @@ class Settings:
     prune_interval: float = _setting(3600.0, "duration")
     trusted_proxy: str | None = _setting(None)  # a reverse proxy whose X-Forwarded-* we believe
     token_max_ttl: float | None = _setting(TOKEN_MAX_TTL, "lifetime")  # longest API token life
+    audit_key_file: Path | None = _setting(None, "path")  # the audit chain's key (None: state dir)
     # not settings: fixed by the code that builds a Settings
     schedule_interval: float = field(default=1.0, metadata={"internal": True})
     config_path: str | None = field(default=None, metadata={"internal": True})

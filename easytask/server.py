@@ -19,6 +19,7 @@ from easytask import __version__
 from easytask.config import Settings
 from easytask.errors import StartError
 from easytask.scheduler.agents import AgentRegistry
+from easytask.scheduler.auditanchor import AuditAnchor
 from easytask.scheduler.cluster import Cluster
 from easytask.scheduler.engine import JobEngine
 from easytask.scheduler.hub import LiveHub
@@ -30,7 +31,7 @@ from easytask.scheduler.schedules import Scheduler
 from easytask.service.context import InventorySource, Services
 from easytask.service.jobs import submit_scheduled
 from easytask.service.planning import resume_playbook_job
-from easytask.store import schema
+from easytask.store import checkpoints, schema
 from easytask.store.db import Store, safe_url, sqlite_url
 from easytask.store.models import Job
 from easytask.transport import sshlog
@@ -84,6 +85,11 @@ class Server:
         created = await self.store.call(schema.prepare, self.store.engine, url)
         if created == "created":
             log.info("created the database schema in %s", safe_url(url))
+        key_file = self.config.audit_key_file or self.state_dir / checkpoints.KEY_FILE
+        self.store.use_audit_key(checkpoints.load_or_create_secret(Path(key_file)))
+        self.audit_anchor = AuditAnchor(
+            self.store, checkpoints.open_log(self.state_dir, self.store.owner)
+        )
         self.admin_token = await self._ensure_admin()
         self.writer = LogWriter(self.store)
         self.writer.start()
@@ -164,6 +170,7 @@ class Server:
             inventory=self.inventory,
             scheduler=self.scheduler,
             retention=self.retention,
+            audit_anchor=self.audit_anchor,
         )
         self.app = await create_web_app(self.services)
         uv_config = uvicorn.Config(
@@ -209,6 +216,7 @@ class Server:
             await self._join_cluster(f"{host}:{self.agents_port}")
         self.scheduler.start()
         self.retention.start()
+        self.audit_anchor.start()
         counts = await self.engine.resume(self.inventory.hostvars, self._resume_playbook)
         if any(counts.values()):
             log.warning(
@@ -337,6 +345,7 @@ class Server:
             self._http_task.cancel()
         await self.notifier.close()
         await self.writer.close()
+        await self.audit_anchor.close()
         await self.pool.close()
         await self.store.call(self.store.disconnect_all_agents, self.store.owner)
         if self.cluster is not None:

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import pytest
+from sqlmodel import col, select
 
+from easytask.store.audit import GENESIS, canonical, chain_hash
+from easytask.store.db import Store
+from easytask.store.models import AuditEvent
 from tests.conftest import AgentFactory, ServerFactory
 from tests.support import ServerHandle, db_execute, wait_until
 
@@ -82,3 +87,108 @@ def test_rows_swapped_out_of_order_are_caught(audited: ServerHandle) -> None:
     result = audited.cli("audit", "verify")
     assert result.returncode == 1
     assert "row 2: chain broken" in result.stdout
+
+
+def rewrite_plain(db_url: str, edit: Callable[[AuditEvent], bool]) -> None:
+    """What someone with the database but not the key can do: edit rows (`edit` says whether it
+    changed one) and recompute every hash from there on as plain sha256, so the chain links."""
+    store = Store(db_url)
+    try:
+        with store.session() as s:
+            prev, changed = GENESIS, False
+            for event in s.exec(select(AuditEvent).order_by(col(AuditEvent.id))):
+                assert event.id is not None
+                changed = edit(event) or changed
+                if changed:
+                    text = canonical(
+                        event.id, event.at, event.actor, event.action, event.source, event.detail
+                    )
+                    event.prev_hash, event.hash = prev, chain_hash(prev, text)
+                    s.add(event)
+                prev = event.hash
+            s.commit()
+    finally:
+        store.close()
+
+
+def last_id(server: ServerHandle) -> int:
+    return int(db_execute(server.db_url, "SELECT MAX(id) FROM audit_event")[0][0])
+
+
+def test_deleting_the_last_rows_is_caught_as_truncation(audited: ServerHandle) -> None:
+    """Rows deleted from the end leave a chain that links, but not the signed checkpoint."""
+    written = audited.cli("audit", "checkpoint")
+    assert written.returncode == 0 and written.stdout.startswith("audit checkpoint: row ")
+    head = last_id(audited)
+    db_execute(audited.db_url, "DELETE FROM audit_event WHERE id >= :id", {"id": head - 1})
+    result = audited.cli("audit", "verify")
+    assert result.returncode == 1
+    assert f"truncated: the chain ends at row {head - 2}" in result.stdout
+    assert "rows were deleted from its end" in result.stdout
+
+
+def test_ids_are_never_reused(audited: ServerHandle) -> None:
+    """After the last rows are deleted, the next event gets a new id, so the gap shows."""
+    head = last_id(audited)
+    db_execute(audited.db_url, "DELETE FROM audit_event WHERE id >= :id", {"id": head - 1})
+    audited.post("/api/prune", {"dry_run": True})  # one more audited event
+    assert last_id(audited) == head + 1
+    result = audited.cli("audit", "verify")
+    assert result.returncode == 1
+    assert f"row {head + 1}: rows {head - 1}..{head} are missing" in result.stdout
+
+
+def test_a_chain_rewritten_without_the_key_is_caught(audited: ServerHandle) -> None:
+    """A row edited and every hash after it recomputed as plain sha256 no longer verifies: new
+    rows are hashed with the audit key, which the database does not hold."""
+
+    def edit(event: AuditEvent) -> bool:
+        if event.id != 3:
+            return False
+        event.detail = event.detail.replace("echo hello", "echo bye")
+        return True
+
+    rewrite_plain(audited.db_url, edit)
+    result = audited.cli("audit", "verify")
+    assert result.returncode == 1
+    assert "row 3: not hashed with the audit key (the chain was rewritten)" in result.stdout
+
+
+def test_an_edited_checkpoint_fails_its_signature(audited: ServerHandle) -> None:
+    """The checkpoint file is signed line by line: a count lowered to hide a truncation shows."""
+    assert audited.cli("audit", "checkpoint").returncode == 0
+    path = audited.state_dir / "audit.checkpoints"
+    lines = path.read_text().splitlines()
+    entry = json.loads(lines[-1])
+    entry["count"] -= 2
+    lines[-1] = json.dumps(entry, sort_keys=True)
+    path.write_text("\n".join(lines) + "\n")
+    result = audited.cli("audit", "verify")
+    assert result.returncode == 1
+    assert f"audit.checkpoints line {len(lines)}: checkpoint signature is not valid" in (
+        result.stdout
+    )
+
+
+def test_rows_from_before_the_key_still_verify(
+    audited: ServerHandle, start_server: ServerFactory
+) -> None:
+    """A database whose chain predates the key (plain sha256, no key, no checkpoints) verifies
+    after an upgrade; new rows are keyed, and the old ones cannot be rewritten afterwards."""
+    audited.proc.stop()
+    rewrite_plain(audited.db_url, lambda event: True)
+    (audited.state_dir / "audit.key").unlink()
+    (audited.state_dir / "audit.checkpoints").unlink()
+    old = last_id(audited)
+    server = start_server(state_dir=audited.state_dir)
+    server.post("/api/prune", {"dry_run": True})  # one more audited event, keyed
+    ok = server.cli("audit", "verify")
+    assert ok.returncode == 0, ok.stdout
+    assert last_id(server) > old
+    hashes = db_execute(server.db_url, "SELECT hash FROM audit_event WHERE id > :id", {"id": old})
+    assert all(h.startswith("hmac:") for (h,) in hashes)
+    # the key's first checkpoint anchors the old rows: a plain rewrite of them shows
+    rewrite_plain(server.db_url, lambda event: event.id == old)
+    result = server.cli("audit", "verify")
+    assert result.returncode == 1
+    assert f"row {old + 1}: not hashed with the audit key" in result.stdout

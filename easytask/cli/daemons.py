@@ -129,6 +129,13 @@ def add_parsers(sub: Any) -> None:
         "one is refused (default 90d)",
     )
     setting(
+        "--audit-key-file",
+        name="audit_key_file",
+        metavar="PATH",
+        help="the audit chain's key; servers sharing a database share it (default "
+        "STATE_DIR/audit.key, made on first start)",
+    )
+    setting(
         "--prune-interval",
         name="prune_interval",
         type=duration_arg,

@@ -88,7 +88,14 @@ def add_parsers(sub: Any) -> None:
     au.add_argument("--limit", type=int, default=100)
     au.add_argument("--format", choices=("text", "json"), default="text")
     ausub = au.add_subparsers(dest="audit_command", metavar="ACTION", parser_class=Parser)
-    ausub.add_parser("verify", help="walk the hash chain; exit 1 at the first bad row")
+    ausub.add_parser(
+        "verify",
+        help="walk the keyed hash chain and check it against the signed checkpoints; exit 1 at "
+        "the first bad row, a truncated end or an altered checkpoint",
+    )
+    ausub.add_parser(
+        "checkpoint", help="sign and write a checkpoint of the chain's head now (admin)"
+    )
     au.set_defaults(func=cmd_audit)
 
 
@@ -302,6 +309,16 @@ def cmd_audit(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
                 f"{escape_controls(result['problem'])}\n"
             )
         return EXIT_OK if result["ok"] else EXIT_FAILED
+    if args.audit_command == "checkpoint":
+        written = client.post("/api/audit/checkpoint")
+        if args.format == "json":
+            print_json(written, out)
+        elif written["written"]:
+            point = written["checkpoint"]
+            out.write(f"audit checkpoint: row {point['head_id']}, {point['count']} events\n")
+        else:
+            out.write("audit checkpoint: the chain has not moved since the last one\n")
+        return EXIT_OK
     data = client.get(
         "/api/audit", since=args.since, action=args.action, actor=args.actor, limit=args.limit
     )

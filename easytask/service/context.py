@@ -11,6 +11,7 @@ from typing import Any
 from easytask.config import Settings
 from easytask.inventory import Inventory, load_inventory
 from easytask.scheduler.agents import AgentRegistry
+from easytask.scheduler.auditanchor import AuditAnchor
 from easytask.scheduler.cluster import Cluster
 from easytask.scheduler.engine import JobEngine
 from easytask.scheduler.hub import LiveHub
@@ -78,6 +79,7 @@ class Services:
     inventory: InventorySource
     scheduler: Scheduler
     retention: Retention
+    audit_anchor: AuditAnchor
     cluster: Cluster | None = None  # set when the server joins others on a shared database
 
     async def merged_inventory(self) -> Inventory:

@@ -1,9 +1,16 @@
-"""The audit chain: canonical form of an event, appending, verification, and the Store's queries."""
+"""The audit chain: canonical form of an event, appending, verification, and the Store's queries.
+
+A row's hash is `hmac:` + HMAC-SHA256 under the chain's key (kept outside the database, see
+`easytask.store.checkpoints`) of prev_hash + canonical json; rows written before the key existed
+keep a plain sha256 and verify as such, up to the last one a signed checkpoint names.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -14,10 +21,14 @@ from sqlmodel import Session, col
 from sqlmodel import select as model_select
 
 from easytask.store import statements as sql
+from easytask.store.checkpoints import Checkpoint
 from easytask.store.models import AuditEvent
 
 GENESIS = "0" * 64
 CHAIN_LOCK = 0x6175_6469  # "audi": PostgreSQL advisory lock key of the chain's tail
+KEYED = "hmac:"  # the mark of a row hashed with the chain's key
+# The chain key of each open database (set by the server): every append on it is keyed.
+KEYS: weakref.WeakKeyDictionary[Engine, bytes] = weakref.WeakKeyDictionary()
 
 
 def canonical(
@@ -41,6 +52,11 @@ def canonical(
 def chain_hash(prev_hash: str, text: str) -> str:
     """sha256(prev_hash + canonical json)."""
     return hashlib.sha256((prev_hash + text).encode()).hexdigest()
+
+
+def keyed_hash(key: bytes, prev_hash: str, text: str) -> str:
+    """`hmac:` + HMAC-SHA256(key, prev_hash + canonical json)."""
+    return KEYED + hmac.new(key, (prev_hash + text).encode(), hashlib.sha256).hexdigest()
 
 
 @dataclass(slots=True)
@@ -87,16 +103,31 @@ def append(
     inserted = conn.execute(sql.INSERT_AUDIT, {**values, "hash": ""})
     event_id = sql.new_id(inserted)
     event = AuditEvent(id=event_id, **values)
-    event.hash = chain_hash(prev_hash, canonical(event_id, at, actor, action, source, body))
+    signed = canonical(event_id, at, actor, action, source, body)
+    key = KEYS.get(conn.engine)
+    event.hash = keyed_hash(key, prev_hash, signed) if key else chain_hash(prev_hash, signed)
     conn.execute(sql.AUDIT_HASH, {"event_id": event_id, "hash": event.hash})
     return event
 
 
-def verify(session: Session) -> dict[str, Any]:
-    """Walk the chain; report the first row that was edited, deleted or inserted out of order."""
+def verify(
+    session: Session, key: bytes | None = None, checkpoints: list[Checkpoint] | None = None
+) -> dict[str, Any]:
+    """Walk the chain; report the first row that was edited, deleted or inserted out of order,
+    then any checkpoint whose head is gone or changed (the end truncated, the chain rewritten)."""
+    checkpoints = checkpoints or []
+    # rows up to here may be plain sha256 (written before the key); none after
+    plain_until = min((c.plain_until for c in checkpoints), default=None)
+    heads = {c.head_id: c.head_hash for c in checkpoints}
+    seen: dict[int, str] = {}
     prev_hash = GENESIS
     prev_id = 0
     count = 0
+    keyed_seen = False
+
+    def broken(row: int, problem: str) -> dict[str, Any]:
+        return {"ok": False, "rows": count, "bad_row": row, "problem": f"row {row}: {problem}"}
+
     for event in session.exec(model_select(AuditEvent).order_by(col(AuditEvent.id))):
         assert event.id is not None
         if event.prev_hash != prev_hash:
@@ -105,30 +136,40 @@ def verify(session: Session) -> dict[str, Any]:
                 if event.id != prev_id + 1
                 else "it does not follow the row before it (inserted out of order?)"
             )
-            return {
-                "ok": False,
-                "rows": count,
-                "bad_row": event.id,
-                "problem": f"row {event.id}: chain broken: {problem}",
-            }
+            return broken(event.id, f"chain broken: {problem}")
         if event.id != prev_id + 1:
-            return {
-                "ok": False,
-                "rows": count,
-                "bad_row": event.id,
-                "problem": f"row {event.id}: rows {prev_id + 1}..{event.id - 1} are missing",
-            }
+            return broken(event.id, f"rows {prev_id + 1}..{event.id - 1} are missing")
         text = canonical(event.id, event.at, event.actor, event.action, event.source, event.detail)
-        if chain_hash(prev_hash, text) != event.hash:
-            return {
-                "ok": False,
-                "rows": count,
-                "bad_row": event.id,
-                "problem": f"row {event.id}: contents do not match its hash (edited)",
-            }
+        if event.hash.startswith(KEYED):
+            if key is None:
+                return broken(event.id, "hashed with the audit key, which this server lacks")
+            good = hmac.compare_digest(keyed_hash(key, prev_hash, text), event.hash)
+            keyed_seen = True
+        elif keyed_seen or (plain_until is not None and event.id > plain_until):
+            return broken(event.id, "not hashed with the audit key (the chain was rewritten)")
+        else:
+            good = chain_hash(prev_hash, text) == event.hash
+        if not good:
+            return broken(event.id, "contents do not match its hash (edited)")
+        if event.id in heads:
+            seen[event.id] = event.hash
         prev_hash, prev_id = event.hash, event.id
         count += 1
-    return {"ok": True, "rows": count, "head": prev_hash}
+    for point in sorted(checkpoints, key=lambda c: (c.head_id, c.count), reverse=True):
+        if point.head_id > prev_id or point.count > count:
+            return {
+                "ok": False,
+                "rows": count,
+                "bad_row": prev_id,
+                "problem": f"truncated: the chain ends at row {prev_id} ({count} rows) but the "
+                f"{point.describe()} recorded more: rows were deleted from its end",
+            }
+        if point.head_id and seen.get(point.head_id) != point.head_hash:
+            return broken(
+                point.head_id,
+                f"differs from the {point.describe()} (the chain was rewritten)",
+            )
+    return {"ok": True, "rows": count, "head": prev_hash, "checkpoints": len(checkpoints)}
 
 
 class AuditQueries:
@@ -167,7 +208,21 @@ class AuditQueries:
                 q = q.where(col(AuditEvent.id) < before_id)
             return list(s.exec(q.order_by(col(AuditEvent.id).desc()).limit(limit)))
 
-    def audit_verify(self) -> dict[str, Any]:
-        """Walk the audit chain (see easytask.store.audit.verify)."""
+    def use_audit_key(self, key: bytes) -> None:
+        """Hash every event appended from now on with `key` (the chain's HMAC key)."""
+        KEYS[self.engine] = key
+
+    def audit_verify(self, checkpoints: list[Checkpoint] | None = None) -> dict[str, Any]:
+        """Walk the audit chain with its key, against signed checkpoints (see `verify`)."""
         with self.session() as s:
-            return verify(s)
+            return verify(s, KEYS.get(self.engine), checkpoints)
+
+    def audit_head(self) -> tuple[int, str, int, int]:
+        """(head id, head hash, row count, last row hashed without the key) of the chain."""
+        with self.engine.connect() as conn:
+            head = conn.execute(sql.AUDIT_HEAD).first()
+            count = conn.execute(sql.AUDIT_COUNT).scalar() or 0
+            plain = conn.execute(sql.AUDIT_LAST_PLAIN, {"mark": KEYED + "%"}).scalar() or 0
+        if head is None:
+            return 0, GENESIS, 0, plain
+        return int(head[0]), str(head[1]), int(count), int(plain)

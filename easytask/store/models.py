@@ -265,9 +265,11 @@ class ScheduleFire(SQLModel, table=True):
 
 
 class AuditEvent(SQLModel, table=True):
-    """An append-only, hash-chained record of who did what: hash = sha256(prev_hash + json)."""
+    """An append-only, hash-chained record of who did what: hash = HMAC-SHA256 under the
+    chain's key (plain sha256 before it existed) of prev_hash + json. Ids are never reused."""
 
     __tablename__ = "audit_event"
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: int | None = Field(default=None, primary_key=True)
     at: datetime = Field(default_factory=utcnow, index=True, sa_type=TZ)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, func, select
 
 from easytask.store.models import AuditEvent, Job, LogLine, Run, RunEvent, RunState
 
@@ -52,6 +52,9 @@ JOB_LINES = (
     .limit(bindparam("limit"))
 )
 AUDIT_TAIL = select(AUDIT.c.hash).order_by(AUDIT.c.id.desc()).limit(1)
+AUDIT_HEAD = select(AUDIT.c.id, AUDIT.c.hash).order_by(AUDIT.c.id.desc()).limit(1)
+AUDIT_COUNT = select(func.count()).select_from(AUDIT)
+AUDIT_LAST_PLAIN = select(func.max(AUDIT.c.id)).where(~AUDIT.c.hash.like(bindparam("mark")))
 INSERT_AUDIT = AUDIT.insert()
 AUDIT_HASH = AUDIT.update().where(AUDIT.c.id == bindparam("event_id"))
 

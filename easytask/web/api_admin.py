@@ -62,9 +62,13 @@ class AdminApi:
         )
 
     async def verify_audit(self, request: Request, user: User) -> Response:
-        """GET /api/audit/verify: walk the hash chain."""
-        store = self.services.store
-        return JSONResponse(await store.call(store.audit_verify))
+        """GET /api/audit/verify: walk the keyed chain and check it against the checkpoints."""
+        return JSONResponse(await self.services.audit_anchor.verify())
+
+    async def checkpoint_audit(self, request: Request, user: User) -> Response:
+        """POST /api/audit/checkpoint: sign and write a checkpoint of the chain's head now."""
+        written = await self.services.audit_anchor.checkpoint(force=True)
+        return JSONResponse({"written": written is not None, "checkpoint": written})
 
     async def prune(self, request: Request, user: User) -> Response:
         """POST /api/prune: {dry_run, retention, retention_failed} (admin; audited)."""
@@ -93,6 +97,11 @@ class AdminApi:
             Route("/api/whoami", route(self.whoami)),
             Route("/api/audit", route(self.list_audit, audit)),
             Route("/api/audit/verify", route(self.verify_audit, audit)),
+            Route(
+                "/api/audit/checkpoint",
+                route(self.checkpoint_audit, ("admin",)),
+                methods=["POST"],
+            ),
             Route("/api/prune", route(self.prune, ("admin",)), methods=["POST"]),
         ]
 
