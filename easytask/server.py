@@ -32,6 +32,7 @@ from easytask.service.context import InventorySource, Services
 from easytask.service.jobs import submit_scheduled
 from easytask.service.planning import resume_playbook_job
 from easytask.store import checkpoints, schema
+from easytask.store.audit import hashed_with_another_key
 from easytask.store.db import Store, safe_url, sqlite_url
 from easytask.store.models import Job
 from easytask.transport import sshlog
@@ -86,7 +87,15 @@ class Server:
         if created == "created":
             log.info("created the database schema in %s", safe_url(url))
         key_file = self.config.audit_key_file or self.state_dir / checkpoints.KEY_FILE
-        self.store.use_audit_key(checkpoints.load_or_create_secret(Path(key_file)))
+        audit_key = checkpoints.load_or_create_secret(Path(key_file))
+        self.store.use_audit_key(audit_key)
+        _, head_hash, _, _ = await self.store.call(self.store.audit_head)
+        if hashed_with_another_key(audit_key, head_hash):
+            log.warning(
+                "the audit chain's last event was hashed with another key than %s: servers "
+                "sharing a database must share one audit key file (--audit-key-file)",
+                key_file,
+            )
         self.audit_anchor = AuditAnchor(
             self.store, checkpoints.open_log(self.state_dir, self.store.owner)
         )

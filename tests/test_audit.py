@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from sqlmodel import col, select
@@ -12,7 +13,7 @@ from easytask.store.audit import GENESIS, canonical, chain_hash
 from easytask.store.db import Store
 from easytask.store.models import AuditEvent
 from tests.conftest import AgentFactory, ServerFactory
-from tests.support import ServerHandle, db_execute, wait_until
+from tests.support import PostgresCluster, ServerHandle, db_execute, wait_until
 
 
 @pytest.fixture
@@ -192,3 +193,26 @@ def test_rows_from_before_the_key_still_verify(
     result = server.cli("audit", "verify")
     assert result.returncode == 1
     assert f"row {old + 1}: not hashed with the audit key" in result.stdout
+
+
+@pytest.mark.postgres
+def test_servers_sharing_a_database_share_the_key(
+    postgres: PostgresCluster, start_server: ServerFactory, tmp_path: Path
+) -> None:
+    """Two servers on one PostgreSQL with one key file: each verifies the other's events. A
+    server with a key of its own names the key it lacks."""
+    url = postgres.new_database()
+    key = tmp_path / "shared" / "audit.key"
+    a = start_server(None, "--db", url, "--audit-key-file", str(key), state_dir=tmp_path / "a")
+    b = start_server(None, "--db", url, "--audit-key-file", str(key), state_dir=tmp_path / "b")
+    a.post("/api/prune", {"dry_run": True})
+    b.post("/api/prune", {"dry_run": True})
+    for server in (a, b):
+        ok = server.cli("audit", "verify")
+        assert ok.returncode == 0, ok.stdout
+    c = start_server(None, "--db", url, state_dir=tmp_path / "c")
+    c.post("/api/prune", {"dry_run": True})
+    result = a.cli("audit", "verify")
+    assert result.returncode == 1
+    assert "hashed with another audit key" in result.stdout
+    assert "servers sharing a database share one key file" in result.stdout

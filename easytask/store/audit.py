@@ -54,9 +54,20 @@ def chain_hash(prev_hash: str, text: str) -> str:
     return hashlib.sha256((prev_hash + text).encode()).hexdigest()
 
 
+def key_id(key: bytes) -> str:
+    """A short fingerprint of the chain's key, written in each keyed row's hash."""
+    return hashlib.sha256(b"easytask audit key " + key).hexdigest()[:8]
+
+
 def keyed_hash(key: bytes, prev_hash: str, text: str) -> str:
-    """`hmac:` + HMAC-SHA256(key, prev_hash + canonical json)."""
-    return KEYED + hmac.new(key, (prev_hash + text).encode(), hashlib.sha256).hexdigest()
+    """`hmac:KEYID:` + HMAC-SHA256(key, prev_hash + canonical json)."""
+    digest = hmac.new(key, (prev_hash + text).encode(), hashlib.sha256).hexdigest()
+    return f"{KEYED}{key_id(key)}:{digest}"
+
+
+def hashed_with_another_key(key: bytes, row_hash: str) -> bool:
+    """Whether a keyed row's hash names a key other than `key`."""
+    return row_hash.startswith(KEYED) and not row_hash.startswith(f"{KEYED}{key_id(key)}:")
 
 
 @dataclass(slots=True)
@@ -143,6 +154,12 @@ def verify(
         if event.hash.startswith(KEYED):
             if key is None:
                 return broken(event.id, "hashed with the audit key, which this server lacks")
+            if hashed_with_another_key(key, event.hash):
+                return broken(
+                    event.id,
+                    f"hashed with another audit key ({event.hash.split(':')[1]}, this server's "
+                    f"is {key_id(key)}): servers sharing a database share one key file",
+                )
             good = hmac.compare_digest(keyed_hash(key, prev_hash, text), event.hash)
             keyed_seen = True
         elif keyed_seen or (plain_until is not None and event.id > plain_until):
