@@ -89,7 +89,7 @@ class Server:
         key_file = self.config.audit_key_file or self.state_dir / checkpoints.KEY_FILE
         audit_key = checkpoints.load_or_create_secret(Path(key_file))
         self.store.use_audit_key(audit_key)
-        _, head_hash, _, _ = await self.store.call(self.store.audit_head)
+        _, head_hash = await self.store.call(self.store.audit_head)
         if hashed_with_another_key(audit_key, head_hash):
             log.warning(
                 "the audit chain's last event was hashed with another key than %s: servers "

@@ -36,6 +36,7 @@ class AuditAnchor:
         self.poll = poll
         self._last: tuple[int, str] | None = None
         self._last_at = 0.0
+        self._plain_until: int | None = None
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
@@ -43,17 +44,20 @@ class AuditAnchor:
         """Sign and write a checkpoint of the chain's head unless it did not move; what was
         written (None when nothing was)."""
         async with self._lock:
-            head_id, head_hash, count, plain = await self.store.call(self.store.audit_head)
+            head_id, head_hash = await self.store.call(self.store.audit_head)
             if (head_id, head_hash) == self._last:
                 return None
             if not force and self._last is not None:
                 moved = head_id - self._last[0]
                 if moved < self.every and time.monotonic() - self._last_at < self.interval:
                     return None
+            # rows written from now on are keyed: the last plain one, once found, stays it
+            count, plain = await self.store.call(self.store.audit_tally, head_id, self._plain_until)
             at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             line = await asyncio.to_thread(
                 self.checkpoints.append, head_id, head_hash, count, plain, at
             )
+            self._plain_until = plain
             self._last, self._last_at = (head_id, head_hash), time.monotonic()
             log.info("audit checkpoint: %s", line)
             return {"head_id": head_id, "head_hash": head_hash, "count": count, "at": at}

@@ -234,12 +234,20 @@ class AuditQueries:
         with self.session() as s:
             return verify(s, KEYS.get(self.engine), checkpoints)
 
-    def audit_head(self) -> tuple[int, str, int, int]:
-        """(head id, head hash, row count, last row hashed without the key) of the chain."""
+    def audit_head(self) -> tuple[int, str]:
+        """(id, hash) of the chain's last row: one look-up by primary key."""
         with self.engine.connect() as conn:
             head = conn.execute(sql.AUDIT_HEAD).first()
-            count = conn.execute(sql.AUDIT_COUNT).scalar() or 0
-            plain = conn.execute(sql.AUDIT_LAST_PLAIN, {"mark": KEYED + "%"}).scalar() or 0
-        if head is None:
-            return 0, GENESIS, 0, plain
-        return int(head[0]), str(head[1]), int(count), int(plain)
+        return (0, GENESIS) if head is None else (int(head[0]), str(head[1]))
+
+    def audit_tally(self, head_id: int, plain_until: int | None) -> tuple[int, int]:
+        """(rows up to `head_id`, last of them hashed without the key); the second is looked for
+        (a scan) only when `plain_until` is not already known."""
+        with self.engine.connect() as conn:
+            count = conn.execute(sql.AUDIT_COUNT, {"head": head_id}).scalar() or 0
+            if plain_until is None:
+                found = conn.execute(
+                    sql.AUDIT_LAST_PLAIN, {"mark": KEYED + "%", "head": head_id}
+                ).scalar()
+                plain_until = int(found or 0)
+        return int(count), plain_until

@@ -53,8 +53,10 @@ JOB_LINES = (
 )
 AUDIT_TAIL = select(AUDIT.c.hash).order_by(AUDIT.c.id.desc()).limit(1)
 AUDIT_HEAD = select(AUDIT.c.id, AUDIT.c.hash).order_by(AUDIT.c.id.desc()).limit(1)
-AUDIT_COUNT = select(func.count()).select_from(AUDIT)
-AUDIT_LAST_PLAIN = select(func.max(AUDIT.c.id)).where(~AUDIT.c.hash.like(bindparam("mark")))
+AUDIT_COUNT = select(func.count()).select_from(AUDIT).where(AUDIT.c.id <= bindparam("head"))
+AUDIT_LAST_PLAIN = select(func.max(AUDIT.c.id)).where(
+    ~AUDIT.c.hash.like(bindparam("mark")), AUDIT.c.id <= bindparam("head")
+)
 INSERT_AUDIT = AUDIT.insert()
 AUDIT_HASH = AUDIT.update().where(AUDIT.c.id == bindparam("event_id"))
 
