@@ -120,7 +120,11 @@ def test_deleting_the_last_rows_is_caught_as_truncation(audited: ServerHandle) -
     """Rows deleted from the end leave a chain that links, but not the signed checkpoint."""
     written = audited.cli("audit", "checkpoint")
     assert written.returncode == 0 and written.stdout.startswith("audit checkpoint: row ")
+    # signed into the state dir, and the same line in the server log
+    line = (audited.state_dir / "audit.checkpoints").read_text().splitlines()[-1]
+    assert f"audit checkpoint: {line}" in audited.proc.output()
     head = last_id(audited)
+    assert json.loads(line)["head_id"] == head
     db_execute(audited.db_url, "DELETE FROM audit_event WHERE id >= :id", {"id": head - 1})
     result = audited.cli("audit", "verify")
     assert result.returncode == 1
