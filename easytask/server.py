@@ -99,6 +99,7 @@ class Server:
         self.audit_anchor = AuditAnchor(
             self.store, checkpoints.open_log(self.state_dir, self.store.owner)
         )
+        await self.audit_anchor.start()
         self.admin_token = await self._ensure_admin()
         self.writer = LogWriter(self.store)
         self.writer.start()
@@ -225,7 +226,6 @@ class Server:
             await self._join_cluster(f"{host}:{self.agents_port}")
         self.scheduler.start()
         self.retention.start()
-        self.audit_anchor.start()
         counts = await self.engine.resume(self.inventory.hostvars, self._resume_playbook)
         if any(counts.values()):
             log.warning(

@@ -173,6 +173,11 @@ def test_an_edited_checkpoint_fails_its_signature(audited: ServerHandle) -> None
     assert f"audit.checkpoints line {len(lines)}: checkpoint signature is not valid" in (
         result.stdout
     )
+    # and a file deleted with them all (the server writes one as it starts) is noticed
+    path.unlink()
+    result = audited.cli("audit", "verify")
+    assert result.returncode == 1
+    assert "audit.checkpoints: no checkpoint (the file was deleted?)" in result.stdout
 
 
 def test_rows_from_before_the_key_still_verify(

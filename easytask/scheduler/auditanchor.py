@@ -66,22 +66,29 @@ class AuditAnchor:
         """The chain checked with its key, then against every signed checkpoint; a checkpoint
         whose signature fails is reported."""
         good, problems = await asyncio.to_thread(self.checkpoints.read)
+        if not good and not problems:
+            # the server writes one as it starts: none means the file was deleted
+            problems.append(
+                f"{self.checkpoints.path.name}: no checkpoint (the file was deleted?): rows "
+                "deleted from the end of the chain cannot be told"
+            )
         result = await self.store.call(self.store.audit_verify, good)
         if result["ok"] and problems:
             result = {"ok": False, "rows": result["rows"], "problem": "; ".join(problems)}
         return result
 
-    def start(self) -> None:
-        """Checkpoint now (a server starting anchors the chain it found) and in the background."""
+    async def start(self) -> None:
+        """Checkpoint now (a server starting anchors the chain it found), then in the background."""
+        await self.checkpoint(force=True)
         self._task = asyncio.create_task(self._loop(), name="audit-checkpoints")
 
     async def _loop(self) -> None:
         while True:
+            await asyncio.sleep(self.poll)
             try:
-                await self.checkpoint(force=self._last is None)
+                await self.checkpoint()
             except Exception:
                 log.exception("audit checkpoint failed")
-            await asyncio.sleep(self.poll)
 
     async def close(self) -> None:
         """Stop the loop and write a last checkpoint."""
