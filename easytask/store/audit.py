@@ -1,6 +1,6 @@
 """The audit chain: canonical form of an event, appending, verification, and the Store's queries.
 
-A row's hash is `hmac:` + HMAC-SHA256 under the chain's key (kept outside the database, see
+A row's hash is `hmac:KEYID:` + HMAC-SHA256 under the chain's key (outside the database, see
 `easytask.store.checkpoints`) of prev_hash + canonical json; rows written before the key existed
 keep a plain sha256 and verify as such, up to the last one a signed checkpoint names.
 """
@@ -150,7 +150,9 @@ def verify(
             return broken(event.id, f"chain broken: {problem}")
         if event.id != prev_id + 1:
             return broken(event.id, f"rows {prev_id + 1}..{event.id - 1} are missing")
-        text = canonical(event.id, event.at, event.actor, event.action, event.source, event.detail)
+        signed = canonical(
+            event.id, event.at, event.actor, event.action, event.source, event.detail
+        )
         if event.hash.startswith(KEYED):
             if key is None:
                 return broken(event.id, "hashed with the audit key, which this server lacks")
@@ -160,12 +162,12 @@ def verify(
                     f"hashed with another audit key ({event.hash.split(':')[1]}, this server's "
                     f"is {key_id(key)}): servers sharing a database share one key file",
                 )
-            good = hmac.compare_digest(keyed_hash(key, prev_hash, text), event.hash)
+            good = hmac.compare_digest(keyed_hash(key, prev_hash, signed), event.hash)
             keyed_seen = True
         elif keyed_seen or (plain_until is not None and event.id > plain_until):
             return broken(event.id, "not hashed with the audit key (the chain was rewritten)")
         else:
-            good = chain_hash(prev_hash, text) == event.hash
+            good = chain_hash(prev_hash, signed) == event.hash
         if not good:
             return broken(event.id, "contents do not match its hash (edited)")
         if event.id in heads:
