@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from easytask.errors import Conflict
 from easytask.scheduler import events
+from easytask.scheduler.hello import BadHello, check_hello, stored_facts
 from easytask.scheduler.hub import LiveHub
 from easytask.store.audit import AuditNote
 from easytask.store.db import Store
@@ -19,6 +20,9 @@ from easytask.store.models import Agent, AgentState, utcnow
 from easytask.transport.agentlink import AgentLink, Verdict
 
 log = logging.getLogger("easytask.server")
+
+PENDING_WINDOW = 600  # seconds over which an address may make `pending_max` new requests
+REFUSAL_AUDIT_EVERY = 60.0  # seconds between audit events of one repeated refusal
 
 
 @dataclass
@@ -58,6 +62,10 @@ class AgentRegistry:
         self._changed = asyncio.Condition()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.refused: list[dict[str, Any]] = []  # recent refusals, for the API and tests
+        # pending requests one address may hold, and make per PENDING_WINDOW seconds
+        self.pending_max = 10
+        self._new_pending: dict[str, deque[float]] = {}
+        self._audited: dict[tuple[str | None, str, str, str], float] = {}
         # Hooks for servers sharing the database: an agent came online here; an agent's
         # enrolment state changed here (the others reload it).
         self.on_online: list[Callable[[str], None]] = []
@@ -77,7 +85,7 @@ class AgentRegistry:
             state=row.state,
             slots=row.slots,
             groups=[g for g in row.groups.split(",") if g],
-            facts=json.loads(row.facts or "{}"),
+            facts=stored_facts(row.facts),
         )
 
     # -- the gate ---------------------------------------------------------------------------
@@ -118,6 +126,13 @@ class AgentRegistry:
             }
         )
         del self.refused[:-100]
+        # a peer retrying every second is audited once a minute per name, key, address and reason
+        now = time.monotonic()
+        key = (name, fingerprint, addr, reason)
+        if now - self._audited.get(key, -REFUSAL_AUDIT_EVERY) < REFUSAL_AUDIT_EVERY:
+            return
+        self._audited = {k: t for k, t in self._audited.items() if now - t < REFUSAL_AUDIT_EVERY}
+        self._audited[key] = now
         self._spawn(
             self.store.call(
                 self.store.audit,
@@ -141,13 +156,11 @@ class AgentRegistry:
                 and known.state == AgentState.ACCEPTED
                 and known.fingerprint == link.fingerprint
             )
-        fields = {
-            "slots": max(int(hello.get("slots") or 4), 1),
-            "groups": ",".join(str(g) for g in hello.get("groups") or []),
-            "version": str(hello.get("version", "")),
-            "facts": json.dumps(hello.get("facts") or {}),
-            "address": link.addr,
-        }
+        try:
+            fields: dict[str, Any] = {**check_hello(hello), "address": link.addr}
+        except BadHello as exc:
+            self._refuse(name, link.fingerprint, link.addr, f"bad hello: {exc}")
+            return False
         if not trusted:
             enrolled = await self._enrol(link, hello, fields)
             if not enrolled:
@@ -197,6 +210,15 @@ class AgentRegistry:
             return False
         reenrol = existing is not None and existing.state == AgentState.REVOKED
         token = hello.get("enroll")
+        if existing is None and not token and not await self._pending_allowed(link.addr):
+            self._refuse(
+                name,
+                link.fingerprint,
+                link.addr,
+                f"too many pending requests from {link.addr} (at most {self.pending_max}, "
+                f"and {self.pending_max} new ones per {PENDING_WINDOW // 60} minutes)",
+            )
+            return False
         if reenrol and not token:
             self._refuse(
                 name,
@@ -230,13 +252,14 @@ class AgentRegistry:
             return False
         self.agents[name] = self._info(row)
         action = "agent.enroll" if enrolled else "agent.reenroll" if reenrol else "agent.pending"
-        await self.store.call(
-            self.store.audit,
-            name,
-            action,
-            f"agent {link.addr}",
-            {"agent": name, "fingerprint": link.fingerprint},
-        )
+        if existing is None or reenrol:  # a pending agent's reconnects are not new requests
+            await self.store.call(
+                self.store.audit,
+                name,
+                action,
+                f"agent {link.addr}",
+                {"agent": name, "fingerprint": link.fingerprint},
+            )
         if not enrolled:
             log.info(
                 "agent %s (key %s) is pending: accept it with "
@@ -252,6 +275,21 @@ class AgentRegistry:
             return False
         log.info("agent %s enrolled by token (key %s)", name, link.fingerprint)
         self._changed_here(name)
+        return True
+
+    async def _pending_allowed(self, addr: str) -> bool:
+        """Whether `addr` may open one more pending request now (and count it if so)."""
+        now = time.monotonic()
+        recent = self._new_pending.setdefault(addr, deque())
+        while recent and now - recent[0] > PENDING_WINDOW:
+            recent.popleft()
+        if len(recent) >= self.pending_max:
+            return False
+        if await self.store.call(self.store.count_pending, addr) >= self.pending_max:
+            return False
+        recent.append(now)
+        for other in [a for a, times in self._new_pending.items() if not times]:
+            del self._new_pending[other]
         return True
 
     def lost(self, link: AgentLink, exc: Exception | None) -> None:

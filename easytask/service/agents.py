@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from easytask.errors import APIError
+from easytask.scheduler.hello import stored_facts
 from easytask.service.context import Services
 from easytask.store.audit import AuditNote
 from easytask.store.models import Agent, AgentState
@@ -39,7 +39,7 @@ async def list_agents(services: Services) -> list[AgentView]:
                 row=row,
                 status=registry.row_status(row, live),
                 running=info.running if info else 0,
-                facts=json.loads(row.facts or "{}"),
+                facts=stored_facts(row.facts),
                 groups=[g for g in row.groups.split(",") if g],
             )
         )

@@ -7,7 +7,7 @@ import secrets
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlmodel import Session, SQLModel, col, select
+from sqlmodel import Session, SQLModel, col, func, select
 
 from easytask.errors import Conflict
 from easytask.store import audit as audit_chain
@@ -55,6 +55,14 @@ class IdentityQueries:
         """One agent by name."""
         with self.session() as s:
             return s.exec(select(Agent).where(Agent.name == name)).first()
+
+    def count_pending(self, address: str) -> int:
+        """How many pending agent requests came last from `address`."""
+        with self.session() as s:
+            query = select(func.count()).where(
+                Agent.state == AgentState.PENDING, Agent.address == address
+            )
+            return int(s.exec(query).one())
 
     def register_agent(
         self,
