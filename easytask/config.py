@@ -46,6 +46,7 @@ class Settings:
     pending_timeout: float = _setting(60.0, "duration")
     keepalive_interval: float = _setting(10.0, "duration")
     keepalive_count: int = _setting(3, "count")
+    agents_pending_max: int = _setting(10, "count")  # pending agent requests per address
     ssh_known_hosts: str | None = _setting(None)
     reattach_timeout: float = _setting(3600.0, "duration")
     server_timeout: float = _setting(15.0, "duration")  # shared database: silence before take-over

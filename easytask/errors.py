@@ -138,6 +138,13 @@ class RateLimited(APIError):
         self.retry_after = retry_after
 
 
+class Conflict(APIError):
+    """The request conflicts with the current state."""
+
+    def __init__(self, message: str | None = None):
+        super().__init__(message, status=409)
+
+
 class NotFound(APIError):
     """Not found."""
 

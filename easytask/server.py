@@ -105,6 +105,7 @@ class Server:
         self.writer.start()
         # agents record the lasting id of the server holding them (servers share the database)
         self.registry = AgentRegistry(self.store, self.hub, self.store.owner)
+        self.registry.pending_max = self.config.agents_pending_max
         await self.registry.load()
         self.pool = SSHPool()
         self.engine = JobEngine(

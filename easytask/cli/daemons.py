@@ -59,6 +59,13 @@ def add_parsers(sub: Any) -> None:
         help="missed keepalives before unreachable (default 3)",
     )
     setting(
+        "--agents-pending-max",
+        name="agents_pending_max",
+        type=int,
+        help="pending agent requests (names no admin has decided on) one address may hold, "
+        "and new ones it may make per 10 minutes (default 10)",
+    )
+    setting(
         "--ssh-known-hosts", name="ssh_known_hosts", help="known_hosts file for agentless hosts"
     )
     setting(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 from typing import Any, TextIO
+from urllib.parse import quote
 
 from easytask.cli.common import (
     EXIT_FAILED,
@@ -56,12 +57,19 @@ def add_parsers(sub: Any) -> None:
     dl.add_argument("--format", choices=("text", "json"), default="text")
     dl.set_defaults(func=cmd_deliveries)
 
-    ag = sub.add_parser("agents", help="list agents; accept, revoke; enrolment tokens")
+    ag = sub.add_parser("agents", help="list agents; accept, revoke, delete; enrolment tokens")
     ag.add_argument("--format", choices=("text", "json"), default="text")
     agsub = ag.add_subparsers(dest="agents_command", metavar="ACTION", parser_class=Parser)
     for action in ("accept", "revoke"):
         x = agsub.add_parser(action, help=f"{action} an agent")
         x.add_argument("name")
+        x.add_argument(
+            "--fingerprint",
+            help="the key the agent must hold (SHA256:..., as `agents` lists it); refused if "
+            "it holds another",
+        )
+    x = agsub.add_parser("delete", help="delete a pending, revoked or disconnected agent's record")
+    x.add_argument("name")
     t = agsub.add_parser("token", help="create an enrolment token")
     t.add_argument("--uses", type=int, default=1)
     t.add_argument("--ttl", help="lifetime, e.g. 1h")
@@ -213,9 +221,14 @@ def cmd_deliveries(args: argparse.Namespace, settings: Settings, out: TextIO) ->
 def cmd_agents(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     client = api_client(settings)
     action = args.agents_command
-    if action in ("accept", "revoke"):
-        data = client.post(f"/api/agents/{args.name}/{action}")
-        out.write(f"agent {escape_controls(data['name'])}: {data['state']}\n")
+    if action in ("accept", "revoke", "delete"):
+        fingerprint = getattr(args, "fingerprint", None)
+        body = {"fingerprint": fingerprint} if fingerprint else {}
+        data = client.post(f"/api/agents/{quote(args.name, safe='')}/{action}", body)
+        out.write(
+            f"agent {escape_controls(data['name'])}: {data['state']} "
+            f"(key {escape_controls(data['fingerprint'])})\n"
+        )
         return EXIT_OK
     if action == "token":
         data = client.post("/api/agents/tokens", {"uses": args.uses, "ttl": args.ttl})

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from easytask.errors import Conflict
 from easytask.scheduler import events
+from easytask.scheduler.hello import BadHello, check_hello, stored_facts
 from easytask.scheduler.hub import LiveHub
 from easytask.store.audit import AuditNote
 from easytask.store.db import Store
@@ -18,6 +20,9 @@ from easytask.store.models import Agent, AgentState, utcnow
 from easytask.transport.agentlink import AgentLink, Verdict
 
 log = logging.getLogger("easytask.server")
+
+PENDING_WINDOW = 600  # seconds over which an address may make `pending_max` new requests
+REFUSAL_AUDIT_EVERY = 60.0  # seconds between audit events of one repeated refusal
 
 
 @dataclass
@@ -57,6 +62,10 @@ class AgentRegistry:
         self._changed = asyncio.Condition()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.refused: list[dict[str, Any]] = []  # recent refusals, for the API and tests
+        # pending requests one address may hold, and make per PENDING_WINDOW seconds
+        self.pending_max = 10
+        self._new_pending: dict[str, deque[float]] = {}
+        self._audited: dict[tuple[str | None, str, str, str], float] = {}
         # Hooks for servers sharing the database: an agent came online here; an agent's
         # enrolment state changed here (the others reload it).
         self.on_online: list[Callable[[str], None]] = []
@@ -76,33 +85,34 @@ class AgentRegistry:
             state=row.state,
             slots=row.slots,
             groups=[g for g in row.groups.split(",") if g],
-            facts=json.loads(row.facts or "{}"),
+            facts=stored_facts(row.facts),
         )
 
     # -- the gate ---------------------------------------------------------------------------
 
     def check_key(self, name: str | None, fingerprint: str, public_key: str, addr: str) -> Verdict:
-        """Pinned key of an accepted agent -> trusted; same name, other key -> refused."""
+        """A name is bound to the first key that claimed it until an admin decides: its key ->
+        trusted (accepted) or probe (pending, hello only); another key -> refused, except on a
+        revoked name, where the hello may carry an enrolment token (checked in `admit`)."""
         if name is None:
             self._refuse(None, fingerprint, addr, "peer is not an EasyTask agent")
             return "refuse"
         info = self.agents.get(name)
-        if info is None or info.state == AgentState.PENDING:
+        if info is None:
             return "probe"
         if info.fingerprint != fingerprint:
             if info.state == AgentState.REVOKED:
                 return "probe"
-            self._refuse(
-                name,
-                fingerprint,
-                addr,
-                f"name {name!r} is held by another key ({info.fingerprint})",
-            )
+            self._refuse(name, fingerprint, addr, self._held(name, info))
             return "refuse"
         if info.state == AgentState.REVOKED:
             self._refuse(name, fingerprint, addr, "agent is revoked")
             return "refuse"
-        return "trusted"
+        return "trusted" if info.state == AgentState.ACCEPTED else "probe"
+
+    @staticmethod
+    def _held(name: str, info: AgentInfo) -> str:
+        return f"name {name!r} is held by another key ({info.fingerprint}, {info.state})"
 
     def _refuse(self, name: str | None, fingerprint: str, addr: str, reason: str) -> None:
         log.warning("refused agent %s from %s (key %s): %s", name, addr, fingerprint, reason)
@@ -116,6 +126,13 @@ class AgentRegistry:
             }
         )
         del self.refused[:-100]
+        # a peer retrying every second is audited once a minute per name, key, address and reason
+        now = time.monotonic()
+        key = (name, fingerprint, addr, reason)
+        if now - self._audited.get(key, -REFUSAL_AUDIT_EVERY) < REFUSAL_AUDIT_EVERY:
+            return
+        self._audited = {k: t for k, t in self._audited.items() if now - t < REFUSAL_AUDIT_EVERY}
+        self._audited[key] = now
         self._spawn(
             self.store.call(
                 self.store.audit,
@@ -132,52 +149,22 @@ class AgentRegistry:
         name = link.name
         if not trusted:
             # enrolled or accepted on another server sharing the database since we loaded it
-            known = self.agents.get(name)
-            if known is None or known.state == AgentState.PENDING:
-                await self.reload(name)
+            await self.reload(name)
             known = self.agents.get(name)
             trusted = (
                 known is not None
                 and known.state == AgentState.ACCEPTED
                 and known.fingerprint == link.fingerprint
             )
-        fields = {
-            "slots": max(int(hello.get("slots") or 4), 1),
-            "groups": ",".join(str(g) for g in hello.get("groups") or []),
-            "version": str(hello.get("version", "")),
-            "facts": json.dumps(hello.get("facts") or {}),
-            "address": link.addr,
-        }
+        try:
+            fields: dict[str, Any] = {**check_hello(hello), "address": link.addr}
+        except BadHello as exc:
+            self._refuse(name, link.fingerprint, link.addr, f"bad hello: {exc}")
+            return False
         if not trusted:
-            token = hello.get("enroll")
-            enrolled = bool(token) and await self.store.call(self.store.consume_enroll_token, token)
-            state = AgentState.ACCEPTED if enrolled else AgentState.PENDING
-            existing = self.agents.get(name)
-            if existing is not None and existing.state == AgentState.ACCEPTED:
-                # A race with another link of the same name: never replace an accepted key.
-                return False
-            row = await self.store.call(
-                self.store.register_agent, name, link.fingerprint, link.public_key, state, **fields
-            )
-            self.agents[name] = self._info(row)
-            await self.store.call(
-                self.store.audit,
-                name,
-                "agent.enroll" if enrolled else "agent.pending",
-                f"agent {link.addr}",
-                {"agent": name, "fingerprint": link.fingerprint},
-            )
+            enrolled = await self._enrol(link, hello, fields)
             if not enrolled:
-                log.info(
-                    "agent %s (key %s) is pending: accept it with `easytask agents accept %s`",
-                    name,
-                    link.fingerprint,
-                    name,
-                )
-                self._publish(name)
                 return False
-            log.info("agent %s enrolled by token (key %s)", name, link.fingerprint)
-            self._changed_here(name)
         info = self.agents[name]
         if info.link is not None and info.link is not link:
             info.link.close()  # the newest link of an agent wins
@@ -204,6 +191,105 @@ class AgentRegistry:
         self._publish(name)
         for hook in self.on_online:
             hook(name)
+        return True
+
+    async def _enrol(self, link: AgentLink, hello: dict[str, Any], fields: dict[str, Any]) -> bool:
+        """An untrusted link's hello: a name with no record is enrolled by a valid token, else
+        pending; a pending name waits for an admin's accept; a revoked name takes a new key only
+        with a valid token, and then waits for an admin too (pending). Another key on a pending
+        or accepted name, or a revoked key, is refused (and audited)."""
+        name = link.name
+        assert name is not None
+        existing = self.agents.get(name)
+        if existing is not None and existing.fingerprint != link.fingerprint:
+            if existing.state != AgentState.REVOKED:
+                self._refuse(name, link.fingerprint, link.addr, self._held(name, existing))
+                return False
+        elif existing is not None and existing.state == AgentState.REVOKED:
+            self._refuse(name, link.fingerprint, link.addr, "agent is revoked")
+            return False
+        reenrol = existing is not None and existing.state == AgentState.REVOKED
+        token = hello.get("enroll")
+        if existing is None and not token and not await self._pending_allowed(link.addr):
+            self._refuse(
+                name,
+                link.fingerprint,
+                link.addr,
+                f"too many pending requests from {link.addr} (at most {self.pending_max}, "
+                f"and {self.pending_max} new ones per {PENDING_WINDOW // 60} minutes)",
+            )
+            return False
+        if reenrol and not token:
+            self._refuse(
+                name,
+                link.fingerprint,
+                link.addr,
+                "agent is revoked: a new key needs an enrolment token and an admin's accept",
+            )
+            return False
+        # a token enrols a name with no record; a pending name waits for an admin, token or not
+        valid = (existing is None or reenrol) and bool(token)
+        valid = valid and await self.store.call(self.store.consume_enroll_token, token)
+        if reenrol and not valid:
+            self._refuse(name, link.fingerprint, link.addr, "agent is revoked: invalid token")
+            return False
+        enrolled = valid and existing is None
+        state = AgentState.ACCEPTED if enrolled else AgentState.PENDING
+        row = await self.store.call(
+            self.store.register_agent,
+            name,
+            link.fingerprint,
+            link.public_key,
+            state,
+            replace_revoked=reenrol,
+            **fields,
+        )
+        if row is None:  # another server bound the name to another key meanwhile
+            await self.reload(name)
+            held = self.agents.get(name)
+            reason = self._held(name, held) if held else f"name {name!r} is held by another key"
+            self._refuse(name, link.fingerprint, link.addr, reason)
+            return False
+        self.agents[name] = self._info(row)
+        action = "agent.enroll" if enrolled else "agent.reenroll" if reenrol else "agent.pending"
+        if existing is None or reenrol:  # a pending agent's reconnects are not new requests
+            await self.store.call(
+                self.store.audit,
+                name,
+                action,
+                f"agent {link.addr}",
+                {"agent": name, "fingerprint": link.fingerprint},
+            )
+        if not enrolled:
+            log.info(
+                "agent %s (key %s) is pending: accept it with "
+                "`easytask agents accept %s --fingerprint %s`",
+                name,
+                link.fingerprint,
+                name,
+                link.fingerprint,
+            )
+            self._publish(name)
+            if reenrol:
+                self._changed_here(name)
+            return False
+        log.info("agent %s enrolled by token (key %s)", name, link.fingerprint)
+        self._changed_here(name)
+        return True
+
+    async def _pending_allowed(self, addr: str) -> bool:
+        """Whether `addr` may open one more pending request now (and count it if so)."""
+        now = time.monotonic()
+        recent = self._new_pending.setdefault(addr, deque())
+        while recent and now - recent[0] > PENDING_WINDOW:
+            recent.popleft()
+        if len(recent) >= self.pending_max:
+            return False
+        if await self.store.call(self.store.count_pending, addr) >= self.pending_max:
+            return False
+        recent.append(now)
+        for other in [a for a, times in self._new_pending.items() if not times]:
+            del self._new_pending[other]
         return True
 
     def lost(self, link: AgentLink, exc: Exception | None) -> None:
@@ -237,11 +323,16 @@ class AgentRegistry:
     # -- administration ---------------------------------------------------------------------
 
     async def set_state(
-        self, name: str, state: str, audit: AuditNote | None = None
+        self,
+        name: str,
+        state: str,
+        audit: AuditNote | None = None,
+        fingerprint: str | None = None,
     ) -> Agent | None:
         """Accept or revoke an agent (with `audit`, its audit event in the same transaction);
+        with `fingerprint`, only if the agent holds that key (else `Conflict`);
         revoking closes its link."""
-        row = await self.store.call(self.store.update_agent, name, audit, state=state)
+        row = await self.store.call(self.store.set_agent_state, name, state, audit, fingerprint)
         if row is None:
             return None
         info = self.agents.setdefault(name, self._info(row))
@@ -255,6 +346,22 @@ class AgentRegistry:
         self._changed_here(name)
         return row
 
+    async def delete(self, name: str, audit: AuditNote | None = None) -> Agent | None:
+        """Delete an agent's record (pending, revoked, or accepted and not connected to any
+        server; else `Conflict`), with `audit` in the same transaction; None if unknown."""
+        info = self.agents.get(name)
+        if info is not None and info.link is not None:
+            raise Conflict(f"agent {name!r} is connected: revoke it first")
+        row = await self.store.call(self.store.delete_agent, name, audit)
+        self.agents.pop(name, None)
+        if row is not None:
+            self._notify_deleted(name)
+            self._changed_here(name)
+        return row
+
+    def _notify_deleted(self, name: str) -> None:
+        self.hub.publish(events.agent_state(name, "deleted"), "agents")
+
     def _changed_here(self, name: str) -> None:
         for hook in self.on_changed:
             hook(name)
@@ -263,7 +370,10 @@ class AgentRegistry:
         """Read one agent again from the store (another server enrolled, accepted or revoked
         it); a revoked agent's link here is closed."""
         row = await self.store.call(self.store.get_agent, name)
-        if row is None:
+        if row is None:  # deleted
+            gone = self.agents.pop(name, None)
+            if gone is not None and gone.link is not None:
+                gone.link.close()
             return
         fresh = self._info(row)
         info = self.agents.get(name)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from easytask.errors import APIError
+from easytask.scheduler.hello import stored_facts
 from easytask.service.context import Services
 from easytask.store.audit import AuditNote
 from easytask.store.models import Agent, AgentState
@@ -39,7 +39,7 @@ async def list_agents(services: Services) -> list[AgentView]:
                 row=row,
                 status=registry.row_status(row, live),
                 running=info.running if info else 0,
-                facts=json.loads(row.facts or "{}"),
+                facts=stored_facts(row.facts),
                 groups=[g for g in row.groups.split(",") if g],
             )
         )
@@ -47,14 +47,33 @@ async def list_agents(services: Services) -> list[AgentView]:
 
 
 async def set_agent_state(
-    services: Services, actor: str, source: str, name: str, action: str
+    services: Services,
+    actor: str,
+    source: str,
+    name: str,
+    action: str,
+    fingerprint: str | None = None,
 ) -> Agent:
-    """Accept or revoke an agent (`action` is accept or revoke); its row after the change."""
+    """Accept or revoke an agent (`action` is accept or revoke); its row after the change.
+    With `fingerprint`, only if the agent holds that key (409 otherwise); the audit event
+    records the key decided on either way."""
     state = ACTIONS.get(action)
     if state is None:
         raise APIError(f"unknown action {action!r}", status=404)
     note = AuditNote(actor, f"agent.{action}", source, {"agent": name})
-    row = await services.registry.set_state(name, state, note)  # its fingerprint added
+    # its fingerprint is added to the event in the same transaction
+    row = await services.registry.set_state(name, state, note, fingerprint or None)
+    if row is None:
+        raise APIError(f"no agent {name!r}", status=404)
+    return row
+
+
+async def delete_agent(services: Services, actor: str, source: str, name: str) -> Agent:
+    """Delete an agent's record (pending, revoked, or accepted and offline), audited; the
+    name is then free for the next key that claims it."""
+    row = await services.registry.delete(
+        name, AuditNote(actor, "agent.delete", source, {"agent": name})
+    )
     if row is None:
         raise APIError(f"no agent {name!r}", status=404)
     return row

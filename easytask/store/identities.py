@@ -7,12 +7,14 @@ import secrets
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlmodel import Session, SQLModel, col, select
+from sqlmodel import Session, SQLModel, col, func, select
 
+from easytask.errors import Conflict
 from easytask.store import audit as audit_chain
 from easytask.store.audit import AuditNote
 from easytask.store.models import (
     Agent,
+    AgentState,
     ApiToken,
     EnrollToken,
     RevokedSession,
@@ -54,16 +56,36 @@ class IdentityQueries:
         with self.session() as s:
             return s.exec(select(Agent).where(Agent.name == name)).first()
 
+    def count_pending(self, address: str) -> int:
+        """How many pending agent requests came last from `address`."""
+        with self.session() as s:
+            query = select(func.count()).where(
+                Agent.state == AgentState.PENDING, Agent.address == address
+            )
+            return int(s.exec(query).one())
+
     def register_agent(
-        self, name: str, fingerprint: str, public_key: str, state: str, **fields: Any
-    ) -> Agent:
-        """Create or update an agent's identity (a name keeps its key once accepted)."""
+        self,
+        name: str,
+        fingerprint: str,
+        public_key: str,
+        state: str,
+        *,
+        replace_revoked: bool = False,
+        **fields: Any,
+    ) -> Agent | None:
+        """Create an agent's identity, or update the one its key already holds. A name stays
+        bound to the key that first claimed it: another key gets None (refused), except on a
+        revoked name with `replace_revoked` (a re-enrolment, checked here in one transaction)."""
         with self.session() as s:
             agent = s.exec(select(Agent).where(Agent.name == name)).first()
             if agent is None:
                 agent = Agent(name=name, fingerprint=fingerprint, public_key=public_key)
-            agent.fingerprint = fingerprint
-            agent.public_key = public_key
+            elif agent.fingerprint != fingerprint:
+                if not (replace_revoked and agent.state == AgentState.REVOKED):
+                    return None
+                agent.fingerprint = fingerprint
+                agent.public_key = public_key
             if agent.state != state:
                 agent.state = state
                 agent.state_since = utcnow()
@@ -72,6 +94,41 @@ class IdentityQueries:
             s.add(agent)
             s.commit()
             s.refresh(agent)
+            return agent
+
+    def set_agent_state(
+        self, name: str, state: str, audit: AuditNote | None, fingerprint: str | None = None
+    ) -> Agent | None:
+        """Accept or revoke an agent, its audit event (with the fingerprint decided on) in the
+        same transaction; None when there is no such agent. With `fingerprint`, the stored key
+        must be that one, else `Conflict` and nothing changes."""
+        with self.session() as s:
+            agent = s.exec(select(Agent).where(Agent.name == name)).first()
+            if agent is None:
+                return None
+            if fingerprint is not None and fingerprint != agent.fingerprint:
+                raise Conflict(f"agent {name!r} holds key {agent.fingerprint}, not {fingerprint}")
+            if state != agent.state:
+                agent.state = state
+                agent.state_since = utcnow()
+            s.add(agent)
+            audit_chain.append_note(s.connection(), audit, fingerprint=agent.fingerprint)
+            s.commit()
+            s.refresh(agent)
+            return agent
+
+    def delete_agent(self, name: str, audit: AuditNote | None = None) -> Agent | None:
+        """Delete an agent's record with its audit event in the same transaction; the deleted
+        row, or None when there is none."""
+        with self.session() as s:
+            agent = s.exec(select(Agent).where(Agent.name == name)).first()
+            if agent is None:
+                return None
+            if agent.state == AgentState.ACCEPTED and agent.connected:
+                raise Conflict(f"agent {name!r} is connected: revoke it first")
+            s.delete(agent)
+            audit_chain.append_note(s.connection(), audit, fingerprint=agent.fingerprint)
+            s.commit()
             return agent
 
     def update_agent(

@@ -1,4 +1,4 @@
-"""The API of agents and hosts: list, accept, revoke, enrolment tokens, what a pattern matches."""
+"""The API of agents and hosts: list, accept, revoke, delete, enrolment tokens, what a pattern matches."""
 
 from __future__ import annotations
 
@@ -47,11 +47,21 @@ class AgentsApi:
         return JSONResponse({"agents": out, "refused": self.services.registry.refused[-20:]})
 
     async def set_agent_state(self, request: Request, user: User) -> Response:
-        """POST /api/agents/{name}/accept|revoke."""
+        """POST /api/agents/{name}/accept|revoke|delete; accept and revoke take an optional
+        `fingerprint` (409 if the agent holds another key)."""
         name = request.path_params["name"]
         action = request.path_params["action"]
-        row = await agents.set_agent_state(self.services, user.name, source(request), name, action)
-        return JSONResponse({"name": name, "state": row.state})
+        data = await body(request)
+        if action == "delete":
+            row = await agents.delete_agent(self.services, user.name, source(request), name)
+            return JSONResponse({"name": name, "state": "deleted", "fingerprint": row.fingerprint})
+        fingerprint = data.get("fingerprint")
+        if fingerprint is not None and not isinstance(fingerprint, str):
+            raise APIError("fingerprint must be a string like SHA256:...")
+        row = await agents.set_agent_state(
+            self.services, user.name, source(request), name, action, fingerprint
+        )
+        return JSONResponse({"name": name, "state": row.state, "fingerprint": row.fingerprint})
 
     async def enroll_token(self, request: Request, user: User) -> Response:
         """POST /api/agents/tokens: a new enrolment token (uses, ttl)."""

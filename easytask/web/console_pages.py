@@ -281,18 +281,48 @@ class ConsolePages:
             now=time.time(),
         )
 
-    async def agent_action(self, request: Request, user: User) -> Response:
-        """POST /agents/{name}/accept|revoke (admin)."""
+    async def agent_confirm(self, request: Request, user: User) -> Response:
+        """GET /agents/{name}/accept|revoke|delete (admin): the agent's key and what the
+        action does, with the form that does it (the key named in it)."""
         name = request.path_params["name"]
         action = request.path_params["action"]
-        if action not in agents.ACTIONS:
+        if action not in (*agents.ACTIONS, "delete"):
+            raise PageError("unknown action", status=404)
+        row = next((a for a in await self.agent_rows() if a["name"] == name), None)
+        if row is None:
+            raise PageError(f"no agent {name!r}", status=404)
+        return self.console.render(
+            request, user, "agent_confirm.html", section="agents", agent=row, action=action
+        )
+
+    async def agent_action(self, request: Request, user: User) -> Response:
+        """POST /agents/{name}/accept|revoke|delete (admin); accept and revoke only if the
+        agent holds the key in the form's `fingerprint` (when given)."""
+        name = request.path_params["name"]
+        action = request.path_params["action"]
+        if action not in (*agents.ACTIONS, "delete"):
             raise PageError("unknown action", status=404)
         addr = request.client.host if request.client else "?"
+        if action == "delete":
+            row = await agents.delete_agent(self.services, user.name, f"console {addr}", name)
+            log.info("agent %s deleted by %s (console)", name, user.name)
+            return RedirectResponse("/agents", status_code=303)
+        form = await self.console.form(request)
         row = await agents.set_agent_state(
-            self.services, user.name, f"console {addr}", name, action
+            self.services,
+            user.name,
+            f"console {addr}",
+            name,
+            action,
+            form.get("fingerprint") or None,
         )
-        state = row.state
-        log.info("agent %s set to %s by %s (console)", name, state, user.name)
+        log.info(
+            "agent %s set to %s by %s (console, key %s)",
+            name,
+            row.state,
+            user.name,
+            row.fingerprint,
+        )
         return RedirectResponse("/agents", status_code=303)
 
     async def playbooks_page(self, request: Request, user: User) -> Response:
@@ -321,5 +351,6 @@ class ConsolePages:
             Route("/adhoc", page(self.adhoc_submit, op), methods=["POST"]),
             Route("/agents", page(self.agents_page)),
             Route("/agents/{name}/{action}", page(self.agent_action, ("admin",)), methods=["POST"]),
+            Route("/agents/{name}/{action}", page(self.agent_confirm, ("admin",))),
             Route("/playbooks", page(self.playbooks_page)),
         ]
