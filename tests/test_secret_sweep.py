@@ -5,8 +5,11 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import AgentFactory, ServerFactory, write
 from tests.support import wait_until
+from tests.test_notify import Receiver
 
 
 def _database_hits(db_url: str, needle: str) -> list[str]:
@@ -48,10 +51,14 @@ def _file_hits(root: Path, needle: str, allowed: dict[Path, str]) -> list[str]:
 
 
 def test_no_secret_value_anywhere_after_jobs_that_used_it(
-    start_server: ServerFactory, start_agent: AgentFactory, tmp_path: Path
+    start_server: ServerFactory,
+    start_agent: AgentFactory,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     """Ad hoc env secret, playbook script (argument and env), copy, an allowlist refusal that
-    quotes the command: the value is in no column, no log line and no file of either state dir."""
+    quotes the command: the value is in no column, no log line, no export, no webhook body and no
+    file of either state dir."""
     value = f"s3cr3t-{secrets.token_hex(8)}"
     inventory = write(
         tmp_path / "inv.ini",
@@ -60,7 +67,9 @@ def test_no_secret_value_anywhere_after_jobs_that_used_it(
         sw1
         """,
     )
-    server = start_server(inventory)
+    receiver = Receiver()
+    request.addfinalizer(receiver.close)
+    server = start_server(inventory, "--notify-url", receiver.url)
     agent_dir = tmp_path / "agents"
     start_agent(server, "sw1")
     start_agent(server, "sw2", "--allow", "echo *")
@@ -161,6 +170,15 @@ def test_no_secret_value_anywhere_after_jobs_that_used_it(
         ),
         what="the agents' spools acknowledged",
     )
+    # an export with the logs, and the webhook bodies of every finished job
+    export = tmp_path / "export.jsonl"
+    assert server.cli("export", "--include-logs", "-o", str(export)).returncode == 0
+    assert "****" in export.read_text() and value not in export.read_text()
+    jobs = len({r["job"] for r in server.get("/api/runs", limit=100)["runs"]})
+    assert jobs == 5
+    wait_until(lambda: len(receiver.requests) >= jobs, what="a webhook per job")
+    assert [body for _, body in receiver.requests if value.encode() in body] == []
+
     kept = server.state_dir / "secrets"
     assert not kept.exists() or list(kept.iterdir()) == []
     allowed: dict[Path, str] = {
