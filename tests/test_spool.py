@@ -139,7 +139,7 @@ def test_spools_are_counted_by_their_output_file(tmp_path: Path) -> None:
 
 
 def test_an_acknowledged_spool_file_is_the_next_runs(tmp_path: Path) -> None:
-    """Retiring an ended spool keeps its file as the spare; the next run gets it emptied."""
+    """Retiring an ended spool keeps its file, emptied, as the spare; the next run gets it."""
     first = Spool(tmp_path, "1-1")
     first.create()
     with first.out_path.open("ab") as fh:
@@ -147,6 +147,7 @@ def test_an_acknowledged_spool_file_is_the_next_runs(tmp_path: Path) -> None:
     assert not first.retire()  # still running: kept
     first.write_exit({"exit_code": 0})
     assert first.retire() and not first.exists()
+    assert (tmp_path / ".spare").stat().st_size == 0  # the run's output does not stay on disk
     inode = (tmp_path / ".spare").stat().st_ino
     second = Spool(tmp_path, "2-1")
     second.create()

@@ -32,6 +32,11 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 AGENT_VERSION_PREFIX = "EasyTaskAgent_"
 
 
+def quoteless(reason: str) -> str:
+    """A refusal without the quoted command (it may hold rendered secrets)."""
+    return re.sub(r"^'.*' is not in", "the command is not in", reason, flags=re.S)
+
+
 @dataclass
 class AgentConfig:
     """How an agent reaches its server and who it is."""
@@ -254,9 +259,12 @@ class Agent:
         except (ValueError, KeyError, TypeError) as exc:
             return {"error": f"bad request: {exc}"}
 
-    def _refuse(self, process: asyncssh.SSHServerProcess[bytes], reason: str) -> None:
-        """End a session the policy does not allow; the run records why."""
-        log.warning("refused a run: %s", reason)
+    def _refuse(
+        self, process: asyncssh.SSHServerProcess[bytes], reason: str, key: str = ""
+    ) -> None:
+        """End a session the policy does not allow; the run records why (the server masks the
+        command's secrets there; this log, which cannot tell them, never quotes the command)."""
+        log.warning("refused a run %s: %s", key or "(no run id)", quoteless(reason))
         process.stderr.write(f"easytask agent: refused: {reason}\n".encode())
         info = {"exit_code": None, "signal": None, "refused": reason}
         process.exit_with_signal(STATS_SIGNAL, False, json.dumps(info))
@@ -303,7 +311,7 @@ class Agent:
             if reason is None and self.runner.running >= self.policy.slots:
                 reason = f"all {self.policy.slots} slots are in use (--slots)"
             if reason is not None:
-                self._refuse(process, reason)
+                self._refuse(process, reason, key)
                 return
             extra = {"EASYTASK_RUN_ID": run_id, "EASYTASK_ATTEMPT": attempt} if run_id else {}
             try:

@@ -12,8 +12,8 @@ seq, 1-byte kind, 4-byte length, that many bytes.
   the cap dropped) followed by its own length as 4 bytes, so it is found from the file's end.
   The file is renamed to `.done` only after the exit record is written.
 The agent creates the `.out` file, the supervisor appends to it and renames it; once the server
-has stored the run, the agent keeps the file as `.spare` (emptied when a run takes it) or deletes
-it.
+has stored the run, the agent empties the file and keeps it as `.spare` (for the next run to
+take) or deletes it.
 """
 
 from __future__ import annotations
@@ -179,6 +179,7 @@ class Spool:
         run if there is none.  False if there was no ended spool."""
         try:
             if not (self.root / SPARE).exists():
+                os.truncate(self.done_path, 0)  # the run's output (secrets too) leaves the disk
                 os.rename(self.done_path, self.root / SPARE)
             else:
                 self.done_path.unlink()

@@ -291,9 +291,10 @@ class JobEngine:
         assert run.id is not None
         self.inflight.live.setdefault(run.id, LiveRun(run))
 
-    def output(self, run: Run) -> RunOutput:
-        """Where a run's output goes (numbered, published live, queued for storage)."""
-        return self.recorder.output(run)
+    def output(self, run: Run, masks: tuple[str, ...] = ()) -> RunOutput:
+        """Where a run's output goes (numbered, published live, queued for storage, secret
+        values masked)."""
+        return self.recorder.output(run, masks=masks)
 
     async def update(self, run: Run, state: str, event: str, detail: str, **fields: Any) -> None:
         """Record a run's move to a state that is not final (dispatched, running)."""

@@ -13,7 +13,8 @@ from typing import Any, Protocol
 
 import asyncssh
 
-from easytask.scheduler.inflight import JobOptions
+from easytask.masking import Masker
+from easytask.scheduler.inflight import JobOptions, masks
 from easytask.scheduler.output import RunOutput
 from easytask.store.db import Store
 from easytask.store.models import Run, RunState, utcnow
@@ -41,8 +42,8 @@ class RunHost(Protocol):
     ) -> asyncssh.SSHClientConnection | None:
         """A connection for SFTP to the run's host; None when the run already ended."""
 
-    def output(self, run: Run) -> RunOutput:
-        """Where the run's output goes."""
+    def output(self, run: Run, masks: tuple[str, ...] = ()) -> RunOutput:
+        """Where the run's output goes (secret values masked)."""
 
     async def update(self, run: Run, state: str, event: str, detail: str, **fields: Any) -> None:
         """Record the run's move to a state that is not final."""
@@ -152,8 +153,9 @@ async def _begin(
     if conn is None:
         return None
     assert run.id is not None
-    out = engine.output(run)
-    await engine.update(run, RunState.RUNNING, "started", what, started_at=utcnow())
+    out = engine.output(run, masks(options))
+    detail = Masker(masks(options))(what)
+    await engine.update(run, RunState.RUNNING, "started", detail, started_at=utcnow())
     return conn, out, time.monotonic()
 
 
@@ -211,11 +213,14 @@ async def copy(
             duration=time.monotonic() - started,
         )
     except (OSError, asyncssh.Error, TimeoutError) as exc:
-        await _failed(engine, run, out, started, f"copy failed: {exc}")
+        await _failed(engine, run, out, started, f"copy failed: {exc}", options)
 
 
-async def _failed(engine: RunHost, run: Run, out: RunOutput, started: float, reason: str) -> None:
-    """Record a file operation that failed, with the reason in its output too."""
+async def _failed(
+    engine: RunHost, run: Run, out: RunOutput, started: float, reason: str, options: JobOptions
+) -> None:
+    """Record a file operation that failed, with the reason (secrets masked) in its output too."""
+    reason = Masker(masks(options))(reason)
     out.system(reason, "ERROR")
     await engine.finish(
         run, RunState.FAILED, reason=reason, out=out, duration=time.monotonic() - started
@@ -239,11 +244,14 @@ async def script(
             await sftp.put(action.src, remote, **SFTP_OPTS)
             await sftp.chmod(remote, 0o700)
     except (OSError, asyncssh.Error) as exc:
-        await engine.finish(run, RunState.FAILED, reason=f"could not upload the script: {exc}")
+        reason = Masker(masks(options))(f"could not upload the script: {exc}")
+        await engine.finish(run, RunState.FAILED, reason=reason)
         return
     line = action.shell_line(remote)
     command = f"( {line}\n); rc=$?; rm -rf {shlex.quote(remote_dir)}; exit $rc"
-    await engine.store.call(engine.store.update_run, run.id, None, "", command=command)
+    # the stored command shows **** where a secret was rendered into it (arguments, env)
+    stored = Masker(masks(options))(command)
+    await engine.store.call(engine.store.update_run, run.id, None, "", command=stored)
     run.command = command
     if run.connection == "agent":
         run.state = RunState.QUEUED
@@ -274,4 +282,4 @@ async def fetch(
             duration=time.monotonic() - started,
         )
     except (OSError, asyncssh.Error, TimeoutError) as exc:
-        await _failed(engine, run, out, started, f"fetch failed: {exc}")
+        await _failed(engine, run, out, started, f"fetch failed: {exc}", options)

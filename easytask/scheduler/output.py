@@ -61,6 +61,10 @@ class RunOutput:
         self._topics = (f"run:{run_id}", f"job:{job_id}")
         self._mask = Masker(masks)  # secrets never reach the hub, the store or an export
 
+    def mask(self, text: str) -> str:
+        """A text about this run (a reason that may quote its command) with its secrets masked."""
+        return self._mask(text)
+
     @property
     def truncated(self) -> bool:
         """True when lines were cut between head and tail."""

@@ -105,6 +105,8 @@ class Recorder:
     ) -> None:
         """Record a run's end (and its job's, when it was the job's last open run)."""
         assert run.id is not None
+        if out is not None:
+            reason = out.mask(reason)  # an agent's refusal quotes the command it was sent
         fields: dict[str, Any] = {
             "state": state,
             "reason": reason,
