@@ -31,6 +31,7 @@ from easytask.scheduler.schedules import Scheduler
 from easytask.service.context import InventorySource, Services
 from easytask.service.jobs import submit_scheduled
 from easytask.service.planning import resume_playbook_job
+from easytask.statefiles import load_or_create_secret
 from easytask.store import checkpoints, schema
 from easytask.store.audit import hashed_with_another_key
 from easytask.store.db import Store, safe_url, sqlite_url
@@ -87,7 +88,7 @@ class Server:
         if created == "created":
             log.info("created the database schema in %s", safe_url(url))
         key_file = self.config.audit_key_file or self.state_dir / checkpoints.KEY_FILE
-        audit_key = checkpoints.load_or_create_secret(Path(key_file))
+        audit_key = load_or_create_secret(Path(key_file))
         self.store.use_audit_key(audit_key)
         _, head_hash = await self.store.call(self.store.audit_head)
         if hashed_with_another_key(audit_key, head_hash):

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from easytask.scheduler.auditanchor import AuditAnchor
+from easytask.statefiles import load_or_create_secret
 from easytask.store import checkpoints
 from easytask.store.db import Store, sqlite_url
 
@@ -20,7 +21,7 @@ def test_checkpoints_follow_the_chain_and_anchor_the_rows_before_the_key(tmp_pat
         try:
             store.create_schema()
             store.audit("old", "before.key", "cli", {})  # written before the key existed
-            store.use_audit_key(checkpoints.load_or_create_secret(tmp_path / "audit.key"))
+            store.use_audit_key(load_or_create_secret(tmp_path / "audit.key"))
             assert (tmp_path / "audit.key").stat().st_mode & 0o777 == 0o600
             anchor = AuditAnchor(store, checkpoints.open_log(tmp_path), every=3, interval=3600)
             assert (await anchor.checkpoint(force=True) or {})["head_id"] == 1

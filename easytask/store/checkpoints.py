@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,20 +24,6 @@ from easytask import exports
 KEY_FILE = "audit.key"
 CHECKPOINT_FILE = "audit.checkpoints"
 SIGNING_KEY_FILE = "export.key"
-
-
-def load_or_create_secret(path: Path) -> bytes:
-    """The audit chain's HMAC key: 32 random bytes, made once, readable by the owner only."""
-    try:
-        return bytes.fromhex(path.read_text().strip())
-    except FileNotFoundError:
-        pass
-    key = secrets.token_bytes(32)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(key.hex() + "\n")
-    return key
 
 
 @dataclass(slots=True)

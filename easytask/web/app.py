@@ -10,11 +10,12 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from easytask.service.context import Services
+from easytask.statefiles import load_or_create_secret
 from easytask.web.api_admin import AdminApi
 from easytask.web.api_agents import AgentsApi
 from easytask.web.api_jobs import JobsApi
 from easytask.web.api_playbooks import PlaybooksApi
-from easytask.web.auth import SessionAuth, ensure_admin_password, load_or_create_secret
+from easytask.web.auth import SessionAuth, ensure_admin_password
 from easytask.web.console import Console, web_dir
 from easytask.web.console_pages import ConsolePages
 from easytask.web.export import ExportApi

@@ -6,7 +6,6 @@ import asyncio
 import functools
 import hashlib
 import hmac
-import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -56,19 +55,6 @@ def verify_password(password_hash: str, password: str) -> bool:
         return _hasher.verify(password_hash or _dummy_hash(), password) and bool(password_hash)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
-
-
-def load_or_create_secret(path: Path) -> bytes:
-    """The key that signs session cookies: random, created once, readable by the owner only."""
-    try:
-        return bytes.fromhex(path.read_text().strip())
-    except FileNotFoundError:
-        pass
-    key = secrets.token_bytes(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(key.hex() + "\n")
-    return key
 
 
 async def ensure_admin_password(store: Store, state_dir: Path) -> None:
