@@ -20,11 +20,10 @@ from typing import Any, TypeVar
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DisconnectionError
-from sqlmodel import Session, SQLModel, create_engine, select
+from sqlmodel import SQLModel, create_engine, select
 
-from easytask.store import audit as audit_chain
 from easytask.store import schema
-from easytask.store.audit import AuditNote, AuditQueries
+from easytask.store.audit import AuditQueries
 from easytask.store.history import HistoryQueries
 from easytask.store.identities import IdentityQueries
 from easytask.store.lines import LineQueries
@@ -152,27 +151,6 @@ class Store(
     def schema_state(self) -> schema.SchemaState:
         """Where the database's schema stands against this release."""
         return schema.schema_state(self.engine)
-
-    def session(self) -> Session:
-        """A new ORM session."""
-        return Session(self.engine, expire_on_commit=False)
-
-    def _update_named(
-        self, model: type[M], name: str, fields: dict[str, Any], audit: AuditNote | None = None
-    ) -> M | None:
-        """Set fields of the row of `model` with this name (and append `audit` in the same
-        transaction); None if there is none."""
-        with self.session() as s:
-            row = s.exec(select(model).where(model.name == name)).first()  # type: ignore[attr-defined]
-            if row is None:
-                return None
-            for key, value in fields.items():
-                setattr(row, key, value)
-            s.add(row)
-            audit_chain.append_note(s.connection(), audit)
-            s.commit()
-            s.refresh(row)
-            return row
 
     def ping(self) -> None:
         """A round trip to the database (readiness)."""

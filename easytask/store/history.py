@@ -7,19 +7,18 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, func, text
-from sqlmodel import Session, col, select
+from sqlmodel import col, select
 
+from easytask.store.base import Queries
 from easytask.store.models import Job, LogLine, Run, RunState
 
 
-class HistoryQueries:
+class HistoryQueries(Queries):
     """The Store's queries over many jobs and runs (mixed into `Store`)."""
 
     is_sqlite: bool
 
     if TYPE_CHECKING:
-
-        def session(self) -> Session: ...
 
         def _runs_with_text(self, needle: str) -> Any: ...
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import secrets
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-from sqlmodel import Session, SQLModel, col, func, select
+from sqlmodel import SQLModel, col, func, select
 
 from easytask.errors import Conflict
 from easytask.store import audit as audit_chain
 from easytask.store.audit import AuditNote
+from easytask.store.base import Queries
 from easytask.store.models import (
     Agent,
     AgentState,
@@ -31,20 +32,8 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-class IdentityQueries:
+class IdentityQueries(Queries):
     """The Store's queries on who may connect and act (mixed into `Store`; database thread)."""
-
-    if TYPE_CHECKING:
-
-        def session(self) -> Session: ...
-
-        def _update_named(
-            self,
-            model: type[M],
-            name: str,
-            fields: dict[str, Any],
-            audit: AuditNote | None = None,
-        ) -> M | None: ...
 
     def list_agents(self) -> list[Agent]:
         """All agents, by name."""
@@ -276,7 +265,7 @@ class IdentityQueries:
         its audit event in the same transaction too (with a new password, how many tokens
         were revoked)."""
         if "password_hash" not in fields:
-            return self._update_named(User, name, fields, audit)
+            return self.update_named(User, name, fields, audit)
         with self.session() as s:
             user = s.exec(select(User).where(User.name == name)).first()
             if user is None:

@@ -8,14 +8,14 @@ import sqlite3
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from itertools import chain
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import func, text
-from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from easytask.loglines import LEVELS
 from easytask.store import statements as sql
+from easytask.store.base import Queries
 from easytask.store.models import LogLine
 
 # One row of the log writer's batch: run_id, seq, ts, stream, level, text.
@@ -78,16 +78,11 @@ def index_words(needle: str) -> tuple[list[str], str | None]:
     return words, prefix
 
 
-class LineQueries:
+class LineQueries(Queries):
     """The Store's queries on log lines (mixed into `Store`; called on the database thread)."""
 
-    engine: Engine
     is_sqlite: bool
     _raw: Any
-
-    if TYPE_CHECKING:
-
-        def session(self) -> Session: ...
 
     def _raw_conn(self) -> Any:
         if self._raw is None:

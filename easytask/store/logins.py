@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Connection, delete, text
 from sqlmodel import col, func, select
 
+from easytask.store.base import Queries
 from easytask.store.models import LoginAttempt, as_utc, utcnow
 
 if TYPE_CHECKING:
-    from sqlmodel import Session
+    pass
 
 LOCK_CLASS = 0x6C6F_676E  # "logn": first half of the PostgreSQL advisory lock of a key
 PRUNE_EVERY = 60.0  # seconds between sweeps of attempts too old to count anywhere
@@ -43,14 +44,10 @@ def lock_keys(conn: Connection, keys: Sequence[str]) -> None:
         )
 
 
-class LoginQueries:
+class LoginQueries(Queries):
     """Reserving, releasing and pruning sign-in attempts (mixed into the Store)."""
 
     _login_pruned = 0.0
-
-    if TYPE_CHECKING:
-
-        def session(self) -> Session: ...
 
     def reserve_login(
         self, keys: Sequence[str], limit: int, window: float

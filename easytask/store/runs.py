@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from easytask.store import audit as audit_chain
 from easytask.store import statements as sql
 from easytask.store.audit import AuditNote
+from easytask.store.base import Queries
 from easytask.store.models import Job, JobWebhook, Run, RunEvent, RunState, WebhookDelivery, utcnow
 
 
@@ -34,15 +34,12 @@ JOB_RUNNING = "running"
 JOB_END = "end"
 
 
-class RunQueries:
+class RunQueries(Queries):
     """The Store's queries on jobs, runs and a job's webhooks (mixed into `Store`)."""
 
-    engine: Engine
     owner: str
 
     if TYPE_CHECKING:
-
-        def session(self) -> Session: ...
 
         def _job_lines(self, conn: Any, job_id: int, after_id: int, limit: int) -> list[Any]: ...
 

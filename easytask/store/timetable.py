@@ -3,30 +3,19 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-from sqlmodel import Session, SQLModel, col, select
+from sqlmodel import SQLModel, col, select
 
 from easytask.store.audit import AuditNote
+from easytask.store.base import Queries
 from easytask.store.models import Schedule, ScheduleFire, utcnow
 
 M = TypeVar("M", bound=SQLModel)
 
 
-class ScheduleQueries:
+class ScheduleQueries(Queries):
     """The Store's queries on schedules and their fires (mixed into `Store`)."""
-
-    if TYPE_CHECKING:
-
-        def session(self) -> Session: ...
-
-        def _update_named(
-            self,
-            model: type[M],
-            name: str,
-            fields: dict[str, Any],
-            audit: AuditNote | None = None,
-        ) -> M | None: ...
 
     def upsert_schedule(self, name: str, path: str, cron: str, tz: str, catch_up: str) -> Schedule:
         """Create or refresh a schedule from a playbook file; `enabled` is left as it was."""
@@ -56,7 +45,7 @@ class ScheduleQueries:
     ) -> Schedule | None:
         """Change a schedule's fields (enabled, next_fire, last_fire, last_job); with `audit`,
         its audit event in the same transaction."""
-        return self._update_named(Schedule, name, fields, audit)
+        return self.update_named(Schedule, name, fields, audit)
 
     def claim_fire(self, schedule_id: int, fire_time: datetime, server: str) -> bool:
         """Record that a schedule fires for `fire_time`; False if it already did (any server)."""
