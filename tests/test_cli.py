@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from easytask.cli import main
 from easytask.cli import manage as cli_manage
+from tests.support.cli import answer_with, run_cli
 
 PLAYBOOK = """\
 name: hello
@@ -42,28 +41,19 @@ class FakeClient:
 
 @pytest.fixture
 def client(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeClient:
-    fake = FakeClient()
-    monkeypatch.setattr(cli_manage, "api_client", lambda settings: fake)
-    monkeypatch.setenv("EASYTASK_CONFIG", str(tmp_path / "none.toml"))
-    (tmp_path / "none.toml").write_text("")
-    return fake
-
-
-def run(*argv: str) -> tuple[int, str]:
-    out = io.StringIO()
-    return main(list(argv), out), out.getvalue()
+    return answer_with(monkeypatch, tmp_path, cli_manage, FakeClient())
 
 
 @pytest.mark.parametrize("target", ["7", "run:7", "r7", "RUN:7"])
 def test_logs_takes_a_run_as_kill_does(client: FakeClient, target: str) -> None:
     """`logs run:7` is accepted like `kill run:7`."""
-    assert run("logs", target) == (0, "hello\n")
+    assert run_cli("logs", target) == (0, "hello\n")
     assert ("GET", "/api/runs/7/log", {"level": None, "grep": None}) in client.calls
 
 
 def test_logs_refuses_a_job(client: FakeClient, capsys: pytest.CaptureFixture[str]) -> None:
     """A job is not a run: a usage error, nothing asked of the server."""
-    assert run("logs", "job:3")[0] == 2
+    assert run_cli("logs", "job:3")[0] == 2
     assert "is not RUN or run:N" in capsys.readouterr().err
     assert client.calls == []
 
@@ -72,7 +62,7 @@ def test_logs_refuses_a_job(client: FakeClient, capsys: pytest.CaptureFixture[st
     ("target", "path"), [("run:7", "/api/runs/7/kill"), ("j3", "/api/jobs/3/kill")]
 )
 def test_kill_targets(client: FakeClient, target: str, path: str) -> None:
-    assert run("kill", target)[0] == 0
+    assert run_cli("kill", target)[0] == 0
     assert client.calls[0][:2] == ("POST", path)
 
 
@@ -85,13 +75,13 @@ def test_kill_targets(client: FakeClient, target: str, path: str) -> None:
 )
 def test_agents_token_as_json(client: FakeClient, argv: list[str]) -> None:
     """`agents token --format json` prints the token as JSON (the option goes either side)."""
-    code, out = run(*argv)
+    code, out = run_cli(*argv)
     assert code == 0
     assert json.loads(out)["token"] == "et_enroll"
 
 
 def test_agents_token_as_text(client: FakeClient) -> None:
-    assert run("agents", "token") == (0, "et_enroll\n")
+    assert run_cli("agents", "token") == (0, "et_enroll\n")
 
 
 def _two_inventories(tmp_path: Path) -> tuple[Path, Path, Path]:
@@ -105,7 +95,7 @@ def _two_inventories(tmp_path: Path) -> tuple[Path, Path, Path]:
 def test_play_check_reads_every_inventory(client: FakeClient, tmp_path: Path) -> None:
     """`play --check -i A -i B` plans on the hosts of both."""
     a, b, playbook = _two_inventories(tmp_path)
-    code, out = run("play", str(playbook), "--check", "-i", str(a), "-i", str(b))
+    code, out = run_cli("play", str(playbook), "--check", "-i", str(a), "-i", str(b))
     assert code == 0, out
     assert "echo hi alpha1" in out
     assert "echo hi beta1" in out
@@ -116,7 +106,7 @@ def test_play_inventory_without_check_is_a_usage_error(
 ) -> None:
     """A run uses the server's inventory: -i without --check says so instead of being ignored."""
     a, _, playbook = _two_inventories(tmp_path)
-    code, _ = run("play", str(playbook), "-i", str(a))
+    code, _ = run_cli("play", str(playbook), "-i", str(a))
     assert code == 2
     assert "-i/--inventory is only read with --check" in capsys.readouterr().err
     assert client.calls == []

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 from easytask.cli import jobs as cli_jobs
-from easytask.cli import main
 from easytask.cli import manage as cli_manage
 from easytask.cli.common import escape_controls, print_json, print_table
 from easytask.cli.jobs import RunView
 from tests.conftest import AgentFactory, ServerFactory, write
+from tests.support.cli import answer_with, run_cli
 
 # (text as received, as shown)
 CASES = [
@@ -115,28 +115,19 @@ class FakeClient:
 
 @pytest.fixture
 def client(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeClient:
-    fake = FakeClient()
-    monkeypatch.setattr(cli_manage, "api_client", lambda settings: fake)
-    monkeypatch.setenv("EASYTASK_CONFIG", str(tmp_path / "none.toml"))
-    (tmp_path / "none.toml").write_text("")
-    return fake
-
-
-def _cli(*argv: str) -> tuple[int, str]:
-    out = io.StringIO()
-    return main(list(argv), out), out.getvalue()
+    return answer_with(monkeypatch, tmp_path, cli_manage, FakeClient())
 
 
 def test_logs_escaped_unless_raw(client: FakeClient) -> None:
-    assert _cli("logs", "7") == (0, "! bad\\x1b[2J\\x9b\n")
-    assert _cli("logs", "7", "--raw") == (0, "! bad\x1b[2J\x9b\n")
-    code, out = _cli("logs", "7", "--format", "json")
+    assert run_cli("logs", "7") == (0, "! bad\\x1b[2J\\x9b\n")
+    assert run_cli("logs", "7", "--raw") == (0, "! bad\x1b[2J\x9b\n")
+    code, out = run_cli("logs", "7", "--format", "json")
     assert code == 0 and "\x1b" not in out
     assert json.loads(out)[0]["text"] == "bad\x1b[2J\x9b"
 
 
 def test_agents_table_escaped(client: FakeClient) -> None:
-    code, out = _cli("agents")
+    code, out = run_cli("agents")
     assert code == 0
     assert escape_controls(out, newlines=True) == out
     assert "evil\\x1b[31m" in out and "g\\x1b" in out
@@ -197,15 +188,13 @@ class ChecksumClient:
 def test_checksum_text_escaped_json_as_sent(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(cli_jobs, "api_client", lambda settings: ChecksumClient())
-    monkeypatch.setenv("EASYTASK_CONFIG", str(tmp_path / "none.toml"))
-    (tmp_path / "none.toml").write_text("")
-    code, out = _cli("checksum", "all", "/etc/motd")
+    answer_with(monkeypatch, tmp_path, cli_jobs, ChecksumClient())
+    code, out = run_cli("checksum", "all", "/etc/motd")
     assert code == 1
     assert "\\x1b]0;pwned\\x07  1 host(s): web1" in out
     assert "error: failed (refused: \\x1b[2J)  1 host(s): web2" in out
     assert escape_controls(out, newlines=True) == out
-    code, out = _cli("checksum", "all", "/etc/motd", "--format", "json")
+    code, out = run_cli("checksum", "all", "/etc/motd", "--format", "json")
     assert json.loads(out)["hosts"] == {
         "web1": "\x1b]0;pwned\x07",
         "web2": "error: failed (refused: \x1b[2J)",
