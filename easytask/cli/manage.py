@@ -8,6 +8,7 @@ import json
 from typing import Any, TextIO
 from urllib.parse import quote
 
+from easytask.cli.agentinstall import add_parser as add_install_parser
 from easytask.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -75,6 +76,7 @@ def add_parsers(sub: Any) -> None:
     t.add_argument("--ttl", help="lifetime, e.g. 1h")
     # also after `token` (`agents token --format json`); not given, `agents --format` holds
     t.add_argument("--format", choices=("text", "json"), default=argparse.SUPPRESS)
+    add_install_parser(agsub)
     ag.set_defaults(func=cmd_agents)
 
     sc = sub.add_parser(
