@@ -358,6 +358,8 @@ def test_the_unit_starts_the_agent_only_install(
     lines = server.get(f"/api/runs/{done['runs'][0]['id']}/log")["lines"]
     assert [ln["text"] for ln in lines if ln["stream"] == "stdout"] == ["from-the-unit"]
     assert token not in (unit_path.read_text() + env_path.read_text())
+    for name in ("cmdline", "environ"):  # what `ps` and /proc show of the agent
+        assert token.encode() not in Path(f"/proc/{agent.pid}/{name}").read_bytes(), name
     # the token spent and its file removed: SetCredential= leaves an empty credential
     procs.stop(agent)
     wait_until(lambda: not online(), timeout=30, what="agent offline")
