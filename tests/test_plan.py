@@ -28,7 +28,7 @@ from easytask.plan import (
     stop_after_batch,
     task_result,
 )
-from easytask.playbook import parse_playbook
+from easytask.playbook import PlaybookErrors, parse_playbook
 
 REPO = Path(__file__).resolve().parent.parent
 CASES = Path(__file__).parent / "cases" / "playbooks"
@@ -157,7 +157,7 @@ def test_needs_on_the_same_host(book_dir: Path, inventory: Inventory) -> None:
         hosts: web
         tasks:
           - {name: b, shell: x, needs: a}
-          - {name: a, shell: x}
+          - {name: a, shell: x, needs: []}
         """)  # fmt: skip
     assert [t.name for t in plan.tasks] == ["a", "b"]
     assert needs_of(plan) == {
@@ -172,8 +172,8 @@ def test_needs_across_hosts_once_and_any(book_dir: Path, inventory: Inventory) -
         hosts: web
         tasks:
           - {name: backup, shell: x, hosts: db}
-          - {name: pick, shell: x, hosts: prod, run_on: any}
-          - {name: first, shell: x, run_once: true}
+          - {name: pick, shell: x, hosts: prod, run_on: any, needs: []}
+          - {name: first, shell: x, run_once: true, needs: []}
           - {name: web, shell: x, needs: [backup, pick, first]}
           - {name: report, shell: x, run_once: true, needs: web}
           - {name: any, shell: x, run_on: any, needs: [first]}
@@ -225,7 +225,7 @@ def test_batches_of_runs(book_dir: Path, inventory: Inventory) -> None:
           - {name: a, shell: x}
           - {name: only-db, shell: x, hosts: db1}
           - {name: b, shell: x, needs: only-db}
-          - {name: once, shell: x, run_once: true}
+          - {name: once, shell: x, run_once: true, needs: []}
           - {name: last, shell: x, run_once: true, needs: a}
         """)  # fmt: skip
     assert plan.batches == (("web1",), ("web2",), ("db1",))
@@ -245,12 +245,51 @@ def test_dependency_order_keeps_file_order_among_equals(
         hosts: db
         tasks:
           - {name: d, shell: x, needs: [c]}
-          - {name: a, shell: x}
+          - {name: a, shell: x, needs: []}
           - {name: c, shell: x, needs: [b]}
-          - {name: b, shell: x}
-          - {name: e, shell: x}
+          - {name: b, shell: x, needs: []}
+          - {name: e, shell: x, needs: []}
         """)  # fmt: skip
     assert [t.name for t in plan.tasks] == ["a", "b", "c", "d", "e"]
+
+
+def test_tasks_without_needs_run_top_to_bottom(book_dir: Path, inventory: Inventory) -> None:
+    """A task without `needs` waits for the task above it on the same host, as in Ansible;
+    `needs: []` starts at once and written `needs` wait for exactly what they name."""
+    plan = plan_of(book_dir, inventory, """\
+        hosts: web
+        tasks:
+          - {name: a, shell: x}
+          - {name: b, shell: x}
+          - {name: side, shell: x, needs: []}
+          - {name: c, shell: x, needs: a}
+          - {name: d, shell: x}
+        """)  # fmt: skip
+    assert needs_of(plan) == {
+        ("a", "web1"): [], ("a", "web2"): [],
+        ("b", "web1"): [("a", "web1")], ("b", "web2"): [("a", "web2")],
+        ("side", "web1"): [], ("side", "web2"): [],
+        ("c", "web1"): [("a", "web1")], ("c", "web2"): [("a", "web2")],
+        ("d", "web1"): [("c", "web1")], ("d", "web2"): [("c", "web2")],
+    }  # fmt: skip
+    assert [(t.name, t.needs_implied) for t in plan.tasks] == [
+        ("a", False), ("b", True), ("side", False), ("c", False), ("d", True),
+    ]  # fmt: skip
+
+
+def test_an_implied_order_that_closes_a_cycle_says_so(book_dir: Path, inventory: Inventory) -> None:
+    """`needs` on a task further down meets the implied order: the error says how to break it."""
+    with pytest.raises(PlaybookErrors) as exc:
+        plan_of(book_dir, inventory, """\
+            hosts: web
+            tasks:
+              - {name: b, shell: x, needs: a}
+              - {name: a, shell: x}
+            """)  # fmt: skip
+    assert (
+        "needs cycle: b -> a -> b ('a' has no 'needs', so it waits for the task above it;"
+        in str(exc.value)
+    )
 
 
 def test_planned_task_settings(book_dir: Path, inventory: Inventory) -> None:

@@ -41,7 +41,8 @@ def test_examples_run_on_real_agents(demo_fleet: ServerHandle, example: str) -> 
 
 
 def test_dag_order_skip_propagation_and_when(demo_fleet: ServerHandle, tmp_path: Path) -> None:
-    """A failed task skips what needs it; `when` false skips; independent tasks still run."""
+    """A failed task skips what waits for it (written `needs` or the task above); `when` false
+    skips; tasks with `needs: []` still run."""
     book = write(
         tmp_path / "dag.yml",
         """\
@@ -54,9 +55,9 @@ def test_dag_order_skip_propagation_and_when(demo_fleet: ServerHandle, tmp_path:
             needs: a
             shell: echo b
           - name: c
-            needs: b
             shell: echo c
           - name: d
+            needs: []
             shell: echo d
           - name: e
             when: inventory_hostname == "nope"
@@ -79,6 +80,7 @@ def test_dag_order_skip_propagation_and_when(demo_fleet: ServerHandle, tmp_path:
         "f": "success",
     }
     assert "needs 'a'" in runs[("b", "web1")]["reason"]
+    assert "'b'" in runs[("c", "web1")]["reason"]
     assert runs[("e", "web1")]["reason"].startswith("when is false")
 
 

@@ -409,6 +409,7 @@ def test_unsafe_strings_are_not_templates(tree: Path) -> None:
               - name: a
                 shell: echo {{ results.b.stdout }}
               - name: b
+                needs: []
                 shell: x
               - name: c
                 needs: b
@@ -422,9 +423,9 @@ def test_unsafe_strings_are_not_templates(tree: Path) -> None:
                 shell: x
             """, [
                 "pb/x.yml:4:12: task 'a' uses results.b but does not need 'b' (add it to 'needs')",
-                "pb/x.yml:9:12: task 'c' uses results.bb, but there is no task 'bb' (did you mean 'b'?)",
-                "pb/x.yml:12:12: task 'd' uses its own results (results.d)",
-                "pb/x.yml:15:11: task 'e' uses results.a but does not need 'a' (add it to 'needs')",
+                "pb/x.yml:10:12: task 'c' uses results.bb, but there is no task 'bb' (did you mean 'b'?)",
+                "pb/x.yml:13:12: task 'd' uses its own results (results.d)",
+                "pb/x.yml:16:11: task 'e' uses results.a but does not need 'a' (add it to 'needs')",
             ], id="results"),
         pytest.param("- hosts: all\n  tasks: []\n", [
             "pb/x.yml:1:1: a playbook is one play: a mapping with 'hosts' and 'tasks', not a list (for a single Ansible play, remove the leading '- ')"

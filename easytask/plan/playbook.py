@@ -52,6 +52,7 @@ class PlannedTask:
     action: Action
     hosts: tuple[str, ...]  # where it runs (per host), or the hosts it may run on (once, any)
     needs: tuple[str, ...]
+    needs_implied: bool  # the task above, since the task names no `needs`
     when: str | None
     timeout: float | None
     retries: int
@@ -252,6 +253,7 @@ def _planned_task(
         action=task.action,
         hosts=hosts,
         needs=task.needs,
+        needs_implied=task.needs_implied,
         when=task.when,
         timeout=task.timeout,
         retries=task.retries,

@@ -84,6 +84,7 @@ class Task:
     location: SourceLocation
     hosts: str | None = None
     needs: tuple[str, ...] = ()
+    needs_implied: bool = False  # no `needs` written: the task above, as in Ansible
     when: str | None = None
     timeout: float | None = None
     retries: int = 0

@@ -6,6 +6,7 @@ import os
 import re
 import shlex
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 from easytask.errors import SourceLocation
@@ -29,6 +30,16 @@ __all__ = ["TaskChecker"]
 _MODE = re.compile(r"[0-7]{3,4}\Z")
 
 
+def implied_order(tasks: list[Task], written: list[Any]) -> list[Task]:
+    """A task without `needs` waits for the task above it, as in Ansible; `needs: []` does not."""
+    ordered = tasks[:1]
+    for above, task, data in zip(tasks, tasks[1:], written[1:], strict=False):
+        if "needs" not in data:
+            task = replace(task, needs=(above.name,), needs_implied=True)
+        ordered.append(task)
+    return ordered
+
+
 class TaskChecker(ValueChecker):
     """The checks of the tasks of a play."""
 
@@ -47,7 +58,7 @@ class TaskChecker(ValueChecker):
         tasks = [self.task(value, index, defaults, names) for index in range(len(value))]
         if any(t is None for t in tasks):
             return None
-        checked = [t for t in tasks if t is not None]
+        checked = implied_order([t for t in tasks if t is not None], value)
         DependencyChecker(self, checked).check()
         return tuple(checked)
 
