@@ -26,6 +26,8 @@ from easytask.plan import (
     render_command,
     serial_batches,
     stop_after_batch,
+    tag_names,
+    tag_selected,
     task_result,
 )
 from easytask.playbook import PlaybookErrors, parse_playbook
@@ -613,3 +615,73 @@ def test_check_keeps_errors_per_run(book_dir: Path, inventory: Inventory) -> Non
         ("web1", "undefined variable 'nope'"), ("web2", "undefined variable 'nope'"),
     ]  # fmt: skip
     assert plan.playbook.task("a").location == SourceLocation(str(book_dir / "pb.yml"), 2, 9)
+
+
+@pytest.mark.parametrize(
+    ("task_tags", "tags", "skip", "runs"),
+    [
+        ((), (), (), True),
+        (("web",), (), (), True),
+        (("never",), (), (), False),
+        (("never", "debug"), ("debug",), (), True),
+        (("web",), ("db",), (), False),
+        (("web", "db"), ("db",), (), True),
+        (("always",), ("db",), (), True),
+        (("always",), ("db",), ("always",), False),
+        (("web",), (), ("web",), False),
+        (("web",), ("web",), ("web",), False),
+        ((), ("untagged",), (), True),
+        (("web",), ("untagged",), (), False),
+        (("web",), ("tagged",), (), True),
+        ((), ("tagged",), (), False),
+        (("web",), ("all",), (), True),
+        (("never",), ("all",), (), False),
+        ((), (), ("untagged",), False),
+        (("web",), (), ("tagged",), False),
+    ],
+)
+def test_tag_selection_follows_ansible(
+    task_tags: tuple[str, ...], tags: tuple[str, ...], skip: tuple[str, ...], runs: bool
+) -> None:
+    """--tags/--skip-tags: skip wins; always, never, all, tagged and untagged as in Ansible."""
+    assert tag_selected(task_tags, tags, skip) is runs
+
+
+def test_tasks_left_out_by_tags_have_no_runs_and_keep_the_order(
+    book_dir: Path, inventory: Inventory
+) -> None:
+    """A task left out by --tags has no runs; the task below it still waits for the one above."""
+    plan = plan_of(book_dir, inventory, """\
+        hosts: web
+        tasks:
+          - {name: a, shell: x, tags: deploy}
+          - {name: b, shell: x, tags: [debug]}
+          - {name: c, shell: x, tags: "deploy, check"}
+        """, tags=("deploy",))  # fmt: skip
+    assert [t.hosts for t in plan.tasks] == [("web1", "web2"), (), ("web1", "web2")]
+    assert needs_of(plan) == {
+        ("a", "web1"): [], ("a", "web2"): [],
+        ("c", "web1"): [("a", "web1")], ("c", "web2"): [("a", "web2")],
+    }  # fmt: skip
+    assert plan.tasks[2].task.tags == ("deploy", "check")
+    skipped = plan_of(
+        book_dir, inventory, "hosts: web\ntasks: [{name: a, shell: x, tags: x}]\n", skip_tags=("x",)
+    )
+    assert skipped.runs == ()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("a,b c", "--tags: bad tag 'b c' (letters, digits and . _ - only)"),
+        ("a,,b", "--tags: bad tag '' (letters, digits and . _ - only)"),
+        (["a", 3], "--tags must be tag names separated by commas, or a list of them"),
+        ({"a": 1}, "--tags must be tag names separated by commas, or a list of them"),
+    ],
+)
+def test_bad_tag_options_are_refused(value: Any, message: str) -> None:
+    with pytest.raises(UsageError) as exc:
+        tag_names(value, "--tags")
+    assert str(exc.value) == message
+    assert tag_names(" a, b,a", "--tags") == ("a", "b")
+    assert tag_names(None, "--tags") == ()

@@ -322,3 +322,44 @@ def test_script_runs_on_agent_and_agentless(
         remote_dir = lines[1].split(": ", 1)[1]
         assert remote_dir.startswith("/tmp/.easytask-")
         assert not Path(remote_dir).exists()
+
+
+def test_tags_choose_the_tasks_and_the_order_holds(
+    demo_fleet: ServerHandle, tmp_path: Path
+) -> None:
+    """`play --tags/--skip-tags` run only the chosen tasks, still top to bottom; `environment`
+    reaches the command as `env` does."""
+    book = write(
+        tmp_path / "tags.yml",
+        f"""\
+        name: tags
+        hosts: web1
+        tasks:
+          - name: first
+            tags: deploy
+            shell: echo one > {tmp_path}/order
+          - name: debug-only
+            tags: [debug, never]
+            shell: echo debug
+          - name: second
+            tags: deploy
+            environment: {{WORD: two}}
+            shell: echo "$WORD" >> {tmp_path}/order; cat {tmp_path}/order
+          - name: always
+            tags: always
+            shell: echo always
+          - name: untagged
+            shell: echo untagged
+        """,
+    )
+    result = play(
+        demo_fleet, book, "--tags", "deploy", "--skip-tags", "nothing", "--format", "json"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    runs = final(json.loads(result.stdout)["runs"])
+    assert sorted(task for task, _ in runs) == ["always", "first", "second"]
+    assert runs[("second", "web1")]["state"] == "success"
+    log = demo_fleet.cli("logs", str(runs[("second", "web1")]["id"]))
+    assert log.stdout.splitlines()[-2:] == ["one", "two"]
+    bad = play(demo_fleet, book, "--tags", "a b")
+    assert bad.returncode == 2 and "--tags: bad tag 'a b'" in bad.stderr

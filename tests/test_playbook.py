@@ -628,3 +628,30 @@ def test_notify_accepts_one_webhook_or_a_list() -> None:
         ("http://h/a", "failed"),
         ("http://h/b", "all"),
     ]
+
+
+def test_environment_is_ansibles_name_for_env_and_tags_are_read(tree: Path) -> None:
+    """`environment:` is read as `env:`; `tags` as a list or a text separated by commas."""
+    book = parse_playbook(
+        "hosts: all\ntasks:\n  - name: a\n    shell: x\n    environment: {A: '{{ x }}', B: 2}\n"
+        "    tags: [deploy, web]\n  - name: b\n    shell: y\n    tags: 'check, web'\n",
+        "pb/x.yml",
+    )
+    assert book.tasks[0].env == {"A": "{{ x }}", "B": "2"}
+    assert (book.tasks[0].tags, book.tasks[1].tags) == (("deploy", "web"), ("check", "web"))
+
+
+@pytest.mark.parametrize(
+    ("task", "message"),
+    [
+        ("env: {A: 1}\n    environment: {B: 2}", "pb/x.yml:6:18: task 'a' has both 'env' and 'environment' (use one)"),
+        ("environment: [A]", "pb/x.yml:5:18: 'environment' in task 'a' must be a mapping of variable names to values, got a list"),
+        ("environment: {A: '{{ }}'}", "pb/x.yml:5:22: invalid template in environment variable 'A' of task 'a': Expected an expression, got 'end of print statement'"),
+        ("tags: [a, 'b c']", "pb/x.yml:5:11: bad tag 'b c' in task 'a' (letters, digits and . _ - only)"),
+        ("tags: {a: 1}", "pb/x.yml:5:11: 'tags' in task 'a' must be a tag name or a list of tag names, got a mapping"),
+    ],
+)  # fmt: skip
+def test_environment_and_tags_errors(tree: Path, task: str, message: str) -> None:
+    with pytest.raises(PlaybookErrors) as exc:
+        parse_playbook(f"hosts: all\ntasks:\n  - name: a\n    shell: x\n    {task}\n", "pb/x.yml")
+    assert str(exc.value) == message
