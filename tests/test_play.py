@@ -363,3 +363,25 @@ def test_tags_choose_the_tasks_and_the_order_holds(
     assert log.stdout.splitlines()[-2:] == ["one", "two"]
     bad = play(demo_fleet, book, "--tags", "a b")
     assert bad.returncode == 2 and "--tags: bad tag 'a b'" in bad.stderr
+
+
+def test_vars_files_travel_with_the_playbook(demo_fleet: ServerHandle, tmp_path: Path) -> None:
+    """`easytask play` sends the vars files with the playbook; the server reads them in order."""
+    (tmp_path / "vars").mkdir()
+    (tmp_path / "vars" / "common.yml").write_text("greeting: hello\nwho: nobody\n")
+    (tmp_path / "vars" / "site.yml").write_text("who: '{{ inventory_hostname }}'\n")
+    book = write(
+        tmp_path / "vf.yml",
+        """\
+        hosts: db1
+        vars: {greeting: overridden}
+        vars_files: [vars/common.yml, vars/site.yml]
+        tasks:
+          - name: greet
+            command: echo {{ greeting }} {{ who }}
+        """,
+    )
+    result = play(demo_fleet, book, "--format", "json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    run = final(json.loads(result.stdout)["runs"])[("greet", "db1")]
+    assert demo_fleet.cli("logs", str(run["id"])).stdout.splitlines()[-1] == "hello db1"

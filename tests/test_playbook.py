@@ -655,3 +655,51 @@ def test_environment_and_tags_errors(tree: Path, task: str, message: str) -> Non
     with pytest.raises(PlaybookErrors) as exc:
         parse_playbook(f"hosts: all\ntasks:\n  - name: a\n    shell: x\n    {task}\n", "pb/x.yml")
     assert str(exc.value) == message
+
+
+def test_vars_files_are_read_in_order_over_vars(tree: Path) -> None:
+    """`vars_files` beside the playbook: read in order, each over `vars` and the ones before."""
+    (tree / "pb" / "vars").mkdir()
+    (tree / "pb" / "vars" / "a.yml").write_text("port: 80\nname: a\nurl: 'http://{{ host }}'\n")
+    (tree / "pb" / "vars" / "b.yml").write_text("name: b\n")
+    (tree / "pb" / "vars" / "empty.yml").write_text("# nothing yet\n")
+    book = parse_playbook(
+        "hosts: all\nvars: {port: 8080, keep: 1}\nvars_files: [vars/a.yml, vars/b.yml, vars/empty.yml]\n"
+        "tasks:\n  - name: a\n    shell: x\n",
+        "pb/x.yml",
+    )
+    assert book.vars == {"port": 80, "keep": 1, "name": "b", "url": "http://{{ host }}"}
+    assert book.vars_files == tuple(
+        str(tree / "pb" / "vars" / n) for n in ("a.yml", "b.yml", "empty.yml")
+    )
+    one = parse_playbook(
+        "hosts: all\nvars_files: vars/b.yml\ntasks: [{name: a, shell: x}]\n", "pb/x.yml"
+    )
+    assert one.vars == {"name": "b"}
+
+
+@pytest.mark.parametrize(
+    ("files", "written", "message"),
+    [
+        ({}, "[vars/none.yml]", "pb/x.yml:2:14: the vars file 'vars/none.yml' of the play does not exist (looked in pb)"),
+        ({}, "[../outside.sh]", "pb/x.yml:2:14: the vars file '../outside.sh' of the play is outside the playbook's directory (pb)"),
+        ({}, "{a: 1}", "pb/x.yml:2:13: 'vars_files' in the play must be a list of file paths, got a mapping"),
+        ({}, "[3]", "pb/x.yml:2:14: vars_files: 3 is not a file path"),
+        ({"v.yml": "- a\n"}, "[v.yml]", "pb/v.yml:1:1: the vars file 'v.yml' must be a mapping of variables, got a list"),
+        ({"v.yml": "ok: 1\nbad name: 2\n"}, "[v.yml]", "pb/v.yml:2:1: invalid variable name 'bad name' (use letters, digits and _, not starting with a digit)"),
+        ({"v.yml": "a: [1\n"}, "[v.yml]", "pb/v.yml:2:1: invalid YAML: did not find expected ',' or ']'"),
+        ({"v.yml": "a: '{{ x'\n"}, "[v.yml]", "pb/v.yml:1:4: invalid template in variable 'a': unexpected end of template, expected 'end of print statement'."),
+        ({"v.yml": "$ANSIBLE_VAULT;1.1;AES256\n6162\n"}, "[v.yml]", "pb/x.yml:2:14: the vars file 'v.yml' is encrypted with Ansible Vault, which is not supported"),
+        ({"v.yml": "a: !vault |\n  $ANSIBLE_VAULT;1.1;AES256\n  6162\n"}, "[v.yml]", "pb/v.yml:1:4: Ansible Vault values (!vault) are not supported"),
+    ],
+)  # fmt: skip
+def test_vars_files_errors_name_the_file_and_line(
+    tree: Path, files: dict[str, str], written: str, message: str
+) -> None:
+    for name, text in files.items():
+        (tree / "pb" / name).write_text(text)
+    with pytest.raises(PlaybookErrors) as exc:
+        parse_playbook(
+            f"hosts: all\nvars_files: {written}\ntasks: [{{name: a, shell: x}}]\n", "pb/x.yml"
+        )
+    assert str(exc.value) == message

@@ -434,10 +434,10 @@ def cmd_play(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         return EXIT_USAGE if any(c.error for c in checked) else EXIT_OK
     base = Path(playbook.base_dir)
     files = {}
-    for task in playbook.tasks:
-        if task.action.path:
-            rel = Path(task.action.path).resolve().relative_to(base.resolve())
-            files[str(rel)] = base64.b64encode(Path(task.action.path).read_bytes()).decode()
+    local = [t.action.path for t in playbook.tasks if t.action.path] + list(playbook.vars_files)
+    for path in local:
+        rel = Path(path).resolve().relative_to(base.resolve())
+        files[str(rel)] = base64.b64encode(Path(path).read_bytes()).decode()
     client = api_client(settings)
     body = {
         "name": Path(args.playbook).name,

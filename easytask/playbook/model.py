@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 PLAY_KEYS = (
-    "name", "hosts", "vars", "secrets", "defaults", "serial", "max_fail_percentage", "forks",
+    "name", "hosts", "vars", "vars_files", "secrets", "defaults", "serial", "max_fail_percentage", "forks",
     "schedule", "tz", "catch_up", "notify", "tasks",
 )  # fmt: skip
 DEFAULTS_KEYS = ("timeout", "retries", "retry_delay", "retry_backoff")
@@ -135,7 +135,8 @@ class Playbook:
     path: str
     base_dir: str
     location: SourceLocation
-    vars: Mapping[str, Any] = field(default_factory=dict)
+    vars: Mapping[str, Any] = field(default_factory=dict)  # `vars`, then `vars_files` over them
+    vars_files: tuple[str, ...] = ()  # absolute paths, in order
     secrets: tuple[str, ...] = ()  # names of variables whose values are masked in output
     defaults: Defaults = field(default_factory=Defaults)
     serial: tuple[int | str, ...] = ()
