@@ -98,6 +98,22 @@ def add_parsers(sub: Any) -> None:
     pl.add_argument("playbook", help="playbook file, e.g. playbooks/health.yml")
     pl.add_argument("-l", "--limit", help="further limit the hosts with a pattern")
     pl.add_argument(
+        "-t",
+        "--tags",
+        action="append",
+        default=[],
+        metavar="TAGS",
+        help="only the tasks with one of these tags (a,b; repeatable; always, never, all, "
+        "tagged, untagged as in Ansible)",
+    )
+    pl.add_argument(
+        "--skip-tags",
+        action="append",
+        default=[],
+        metavar="TAGS",
+        help="leave out the tasks with one of these tags (a,b; repeatable)",
+    )
+    pl.add_argument(
         "-e",
         "--extra-vars",
         action="append",
@@ -394,6 +410,7 @@ def cmd_play(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         format_check,
         parse_extra_vars,
         plan_playbook,
+        tag_names,
     )
     from easytask.playbook import load_playbook
 
@@ -405,24 +422,30 @@ def cmd_play(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     started = time.monotonic()
     playbook = load_playbook(args.playbook)
     extra = parse_extra_vars(args.extra_vars)
+    tags = tag_names(",".join(args.tags), "--tags")
+    skip_tags = tag_names(",".join(args.skip_tags), "--skip-tags")
     if args.check:
         inventory = load_inventory(args.inventory or [settings.inventory or "inventory"])
-        plan = plan_playbook(playbook, inventory, extra_vars=extra, limit=args.limit)
+        plan = plan_playbook(
+            playbook, inventory, extra_vars=extra, limit=args.limit, tags=tags, skip_tags=skip_tags
+        )
         checked = check_playbook(plan)
         out.write(dumps_check(checked) if args.format == "json" else format_check(plan, checked))
         return EXIT_USAGE if any(c.error for c in checked) else EXIT_OK
     base = Path(playbook.base_dir)
     files = {}
-    for task in playbook.tasks:
-        if task.action.path:
-            rel = Path(task.action.path).resolve().relative_to(base.resolve())
-            files[str(rel)] = base64.b64encode(Path(task.action.path).read_bytes()).decode()
+    local = [t.action.path for t in playbook.tasks if t.action.path] + list(playbook.vars_files)
+    for path in local:
+        rel = Path(path).resolve().relative_to(base.resolve())
+        files[str(rel)] = base64.b64encode(Path(path).read_bytes()).decode()
     client = api_client(settings)
     body = {
         "name": Path(args.playbook).name,
         "text": playbook.text,
         "files": files,
         "limit": args.limit,
+        "tags": list(tags),
+        "skip_tags": list(skip_tags),
         "extra_vars": extra,
     }
     data = _post_and_follow(client, "/api/playbooks/run", body, args.format, out, args.raw)

@@ -86,6 +86,8 @@ async def submit_plan(
         **extra,
         "pattern": plan.playbook.hosts,
         "limit": plan.limit,
+        **({"tags": list(plan.tags)} if plan.tags else {}),
+        **({"skip_tags": list(plan.skip_tags)} if plan.skip_tags else {}),
         "hosts": list(plan.hosts),
         "extra_vars": sorted(plan.extra_vars),
         "sha256": hashlib.sha256(plan.playbook.text.encode()).hexdigest(),

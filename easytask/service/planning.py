@@ -42,11 +42,15 @@ async def plan_file(
     path: Path,
     extra_vars: dict[str, Any] | None = None,
     limit: str | None = None,
+    tags: tuple[str, ...] = (),
+    skip_tags: tuple[str, ...] = (),
 ) -> PlaybookPlan:
     """Load a playbook file and plan it against the inventory plus the accepted agents."""
     playbook = await asyncio.to_thread(load_playbook, path)
     inventory = await services.merged_inventory()
-    return plan_playbook(playbook, inventory, extra_vars=extra_vars, limit=limit)
+    return plan_playbook(
+        playbook, inventory, extra_vars=extra_vars, limit=limit, tags=tags, skip_tags=skip_tags
+    )
 
 
 async def plan_bundle(
@@ -56,6 +60,8 @@ async def plan_bundle(
     files: dict[str, bytes],
     limit: str | None,
     extra_vars: dict[str, Any],
+    tags: tuple[str, ...] = (),
+    skip_tags: tuple[str, ...] = (),
 ) -> PlaybookPlan:
     """Write a submitted playbook and its files to a private bundle dir, load and plan it."""
     bundle = services.state_dir / "bundles" / secrets.token_hex(8)
@@ -72,7 +78,7 @@ async def plan_bundle(
         target = bundle / rel
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         target.write_bytes(data)
-    return await plan_file(services, bundle / base, extra_vars, limit)
+    return await plan_file(services, bundle / base, extra_vars, limit, tags, skip_tags)
 
 
 async def resume_playbook_job(services: Services, job: Job) -> int:
@@ -95,6 +101,8 @@ async def resume_playbook_job(services: Services, job: Job) -> int:
             **secretfile.secret_extra_vars(services.engine.secrets_dir, job.id or 0),
         },
         limit=spec.get("limit"),
+        tags=tuple(spec.get("tags") or ()),
+        skip_tags=tuple(spec.get("skip_tags") or ()),
     )
     check_resumable(plan, spec)
     return await resume_playbook(services.engine, plan, job, services.pending_timeout)
