@@ -17,12 +17,25 @@ from easytask.service.context import Services
 from easytask.store.models import AgentState, Job
 
 
-async def plan_pattern(services: Services, pattern: str, command: str) -> list[PlannedRun]:
-    """Resolve a pattern against the inventory plus the accepted agents."""
+async def plan_pattern(
+    services: Services,
+    pattern: str,
+    command: str,
+    *,
+    limit: str | None = None,
+    extra_vars: dict[str, Any] | None = None,
+    user: str | None = None,
+) -> list[PlannedRun]:
+    """Resolve a pattern against the inventory plus the accepted agents (see `plan_adhoc`)."""
     merged = await services.merged_inventory()
     registry = services.registry
     try:
-        return plan_adhoc(merged, pattern, command)
+        if extra_vars is None:
+            return plan_adhoc(merged, pattern, command, limit=limit, user=user)
+        # rendering a template per host is work for a thread, not for the event loop
+        return await asyncio.to_thread(
+            plan_adhoc, merged, pattern, command, limit=limit, extra_vars=extra_vars, user=user
+        )
     except NoHostsMatched as exc:
         waiting = [
             name

@@ -77,12 +77,14 @@ class AgentsApi:
         return JSONResponse({"token": token, "uses": uses, "ttl": ttl}, status_code=201)
 
     async def hosts(self, request: Request, user: User) -> Response:
-        """GET /api/hosts?pattern=: the hosts a pattern matches now."""
+        """GET /api/hosts?pattern=&limit=: the hosts a pattern (within a limit) matches now."""
         pattern = request.query_params.get("pattern") or "all"
-        planned = await plan_pattern(self.services, pattern, "true")
+        limit = request.query_params.get("limit") or None
+        planned = await plan_pattern(self.services, pattern, "true", limit=limit)
         return JSONResponse(
             {
                 "pattern": pattern,
+                "limit": limit,
                 "hosts": [{"name": p.host, "connection": p.connection} for p in planned],
             }
         )
