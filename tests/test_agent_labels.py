@@ -5,14 +5,24 @@ processes)."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.browser.support import Browserless, admin_password
 from tests.conftest import AgentFactory, ServerFactory, write
-from tests.support import Procs, ServerHandle, easytask_cmd, launch_agent, wait_until
+from tests.support import (
+    PostgresCluster,
+    Procs,
+    ServerHandle,
+    easytask_cmd,
+    launch_agent,
+    wait_until,
+)
 
 MARKER = "only-for-prod-7f3a"
 
@@ -262,3 +272,35 @@ def test_the_server_refuses_a_bad_name_or_label_and_stores_nothing(
         ), events
     assert server.get("/api/agents")["agents"] == []
     assert server.get("/api/audit", action="agent.enroll")["events"] == []
+
+
+@pytest.mark.postgres
+def test_an_approval_on_one_server_counts_on_every_server_of_the_database(
+    postgres: PostgresCluster,
+    start_server: ServerFactory,
+    start_agent: AgentFactory,
+    tmp_path: Path,
+) -> None:
+    """Two servers on one PostgreSQL: a label approved through the server that does not hold
+    the agent places it in the group on both; withdrawn through the other, on neither."""
+    url = postgres.new_database()
+    first = start_server(None, "--db", url, state_dir=tmp_path / "a")
+    second_state = tmp_path / "b"
+    second_state.mkdir()
+    for name in ("client_key", "client_key.pub"):  # servers on one database share this key
+        shutil.copy(first.state_dir / name, second_state / name)
+    start_agent(first, "tau", "--group", "web")
+    second = start_server(None, "--db", url, state_dir=second_state)
+    for server in (first, second):
+        refused = server.http.post("/api/jobs", json={"pattern": "web", "command": "true"})
+        assert refused.status_code == 400, refused.text
+    assert second.cli("agents", "approve", "tau", "--groups", "web").returncode == 0
+
+    def selects(server: ServerHandle) -> bool:
+        return server.http.get("/api/hosts", params={"pattern": "web"}).status_code == 200
+
+    wait_until(lambda: selects(first), what="the approval reaching the first server")
+    assert hosts_of(first, "web") == {"tau"} and hosts_of(second, "web") == {"tau"}
+    assert first.cli("agents", "withdraw", "tau", "--groups", "web").returncode == 0
+    wait_until(lambda: not selects(second), what="the withdrawal reaching the second server")
+    assert not selects(first)
