@@ -179,7 +179,8 @@ def add_parsers(sub: Any) -> None:
         "--group",
         action="append",
         default=[],
-        help="a group label, repeatable (EASYTASK_AGENT_GROUPS: comma-separated)",
+        help="a group label, repeatable: a group membership once an admin approves it "
+        "(EASYTASK_AGENT_GROUPS: comma-separated)",
     )
     a.add_argument("--keepalive", type=duration_arg, default=15.0, help="SSH keepalive interval")
     a.add_argument(

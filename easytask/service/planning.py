@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import secrets
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,19 @@ async def plan_pattern(
             raise NoHostsMatched(
                 f"{exc.message}; agent(s) {', '.join(sorted(waiting))} not accepted "
                 f"(pending or revoked): `easytask agents accept NAME`"
+            ) from exc
+        terms = set(re.split(r"[:,&!]+", pattern))
+        unapproved = sorted(
+            f"{name} ({label})"
+            for name, info in registry.agents.items()
+            if info.state == AgentState.ACCEPTED
+            for label in info.groups
+            if label in terms and label not in info.approved
+        )
+        if unapproved:
+            raise NoHostsMatched(
+                f"{exc.message}; agent(s) {', '.join(unapproved)} report the label but it is "
+                f"not approved: `easytask agents approve NAME --groups LABEL`"
             ) from exc
         raise
 
