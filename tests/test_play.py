@@ -385,3 +385,46 @@ def test_vars_files_travel_with_the_playbook(demo_fleet: ServerHandle, tmp_path:
     assert result.returncode == 0, result.stdout + result.stderr
     run = final(json.loads(result.stdout)["runs"])[("greet", "db1")]
     assert demo_fleet.cli("logs", str(run["id"])).stdout.splitlines()[-1] == "hello db1"
+
+
+def test_facts_reach_templates_from_agents_and_agentless_hosts(
+    start_server: ServerFactory, start_agent: AgentFactory, sshd: SSHD, tmp_path: Path
+) -> None:
+    """`ansible_*` facts: an agent's come from its hello, an agentless host's are gathered with
+    one command for the job; both read this machine, so both print what it is."""
+    from easytask.agent.facts import local_facts
+    from easytask.facts import fact_vars
+
+    inventory = write(
+        tmp_path / "inv" / "hosts.ini", f"[web]\nweb1\n[plain]\nplain1 {sshd.host_vars()}\n"
+    )
+    server = start_server(inventory)
+    start_agent(server, "web1")
+    book = write(
+        tmp_path / "facts.yml",
+        """\
+        hosts: web1,plain1
+        tasks:
+          - name: show
+            command: >-
+              echo {{ ansible_distribution }}/{{ ansible_facts.os_family }}/
+              {{ ansible_processor_vcpus }}/{{ ansible_hostname }}/{{ ansible_architecture }}
+        """,
+    )
+    here = fact_vars(local_facts())
+    expected = "{}/{}/ {}/{}/{}".format(
+        *(
+            here[f"ansible_{k}"]
+            for k in ("distribution", "os_family", "processor_vcpus", "hostname", "architecture")
+        )
+    )
+    result = play(server, book, "--format", "json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    runs = final(json.loads(result.stdout)["runs"])
+    for host in ("web1", "plain1"):
+        log = server.cli("logs", str(runs[("show", host)]["id"]))
+        assert log.stdout.splitlines()[-1] == expected, (host, log.stdout)
+    check = server.cli("play", str(book), "--check", "-i", str(inventory))
+    assert check.returncode == 0, check.stdout + check.stderr
+    # --check knows no live host: facts show as placeholders (split into words by `command`)
+    assert "'<fact' 'ansible_processor_vcpus>/<fact' 'ansible_hostname>/<fact'" in check.stdout

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from easytask.errors import TemplateError
+from easytask.facts import FACT_VARIABLES
 from easytask.plan.playbook import PlannedTask, PlaybookPlan, TaskRun
 from easytask.plan.render import evaluate_when, render_action, run_label
 from easytask.templating import variables
@@ -21,24 +22,32 @@ __all__ = [
 
 
 class _ResultText(str):
-    """`results.<task>...` in --check: renders as `<results of task.stdout>`."""
+    """`results.<task>...` in --check: renders as `<results of task.stdout>` (`<fact ...>` for
+    a fact, which only a live host knows)."""
 
     _path: str
+    _kind: str
 
-    def __new__(cls, path: str) -> _ResultText:
-        text = super().__new__(cls, f"<results of {path}>")
+    def __new__(cls, path: str, kind: str = "results of") -> _ResultText:
+        text = super().__new__(cls, f"<{kind} {path}>")
         text._path = path
+        text._kind = kind
         return text
 
     def __getattr__(self, name: str) -> _ResultText:
         if name.startswith("_"):
             raise AttributeError(name)
-        return _ResultText(f"{self._path}.{name}")
+        return _ResultText(f"{self._path}.{name}", self._kind)
 
     def __getitem__(self, key: Any) -> Any:
         if isinstance(key, str):
-            return _ResultText(f"{self._path}.{key}")
-        return _ResultText(f"{self._path}[{key if isinstance(key, int) else '...'}]")
+            return _ResultText(f"{self._path}.{key}", self._kind)
+        index = key if isinstance(key, int) else "..."
+        return _ResultText(f"{self._path}[{index}]", self._kind)
+
+
+# Facts in --check: placeholders where the host's own are not known (agentless, or no agent).
+_CHECK_FACTS = {name: _ResultText(name, "fact") for name in FACT_VARIABLES}
 
 
 class _CheckResults(Mapping[str, Any]):
@@ -79,7 +88,8 @@ def check_playbook(plan: PlaybookPlan) -> list[CheckedRun]:
     for run in plan.runs:
         task = plan.task(run.task)
         host = run.host or run.candidates[0]
-        context = plan.context(host, _CheckResults())
+        known = "ansible_facts" in plan.host_vars.get(host, {})
+        context = plan.context(host, _CheckResults(), None if known else _CHECK_FACTS)
         when: bool | None = True
         try:
             if task.when is not None:

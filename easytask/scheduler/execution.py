@@ -13,6 +13,7 @@ from typing import Any
 from asyncssh import SSHClientConnection
 
 from easytask.errors import ConnectError
+from easytask.facts import GATHER_COMMAND, parse_gathered
 from easytask.masking import env_prefix
 from easytask.scheduler.agents import AgentRegistry
 from easytask.scheduler.cluster import Cluster
@@ -275,6 +276,17 @@ class Execution:
         task = asyncio.create_task(coro, name=name)
         self.background_tasks.add(task)
         task.add_done_callback(self.background_tasks.discard)
+
+    async def gather_facts(self, host: str, hostvars: dict[str, Any]) -> dict[str, Any]:
+        """An agentless host's facts, read with one command (`easytask.facts.GATHER_COMMAND`)."""
+        target = self._ssh_target(host, hostvars)
+        async with self._connect_limit:
+            conn = await self.pool.get(target)
+        async with asyncio.timeout(60):
+            result = await conn.run(GATHER_COMMAND, check=False)
+        if result.exit_status not in (0, None):
+            raise RuntimeError(f"exit code {result.exit_status}: {str(result.stderr or '')[:200]}")
+        return parse_gathered(str(result.stdout or ""))
 
     def _ssh_target(self, host: str, hv: dict[str, Any]) -> SSHTarget:
         return SSHTarget(

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from easytask.errors import EasyTaskError
+from easytask.facts import fact_vars, uses_facts
 from easytask.masking import Masker
 from easytask.plan import (
     PlannedTask,
@@ -70,6 +71,21 @@ class PlaybookJob:
         forks = plan.forks or 0
         self._forks = asyncio.Semaphore(forks) if forks > 0 else None
         self.stopped_reason = ""
+        # agentless hosts gather facts once per job, when the playbook names one
+        self._gather = uses_facts(plan.playbook.text)
+        self._facts: dict[str, asyncio.Task[dict[str, Any]]] = {}
+
+    async def host_facts(self, host: str) -> dict[str, Any]:
+        """An agentless host's fact variables for this job (gathered once, on first use);
+        none for agents (theirs come with the inventory) or when the playbook names no fact."""
+        if not self._gather or self.plan.connection(host) != "ssh":
+            return {}
+        if host not in self._facts:
+            hostvars = dict(self.plan.host_vars.get(host, {}))
+            self._facts[host] = asyncio.create_task(
+                self.engine.execution.gather_facts(host, hostvars), name=f"facts-{host}"
+            )
+        return fact_vars(await asyncio.shield(self._facts[host]))
 
     async def run(self) -> None:
         """Run every batch in order; stop early when max_fail_percentage says so."""
@@ -151,7 +167,15 @@ class PlaybookJob:
             slot.run.host = host
             slot.run.agent = host
         results = self._results(planned)
-        context = self.plan.context(host, results)
+        try:
+            facts = await self.host_facts(host)
+        except Exception as exc:
+            reason = f"gathering facts failed: {exc}"
+            await self.engine.finish(slot.run, RunState.UNREACHABLE, reason=reason)
+            slot.state = RunState.UNREACHABLE
+            slot.result = task_result(stderr=reason, rc=None, state=RunState.UNREACHABLE)
+            return
+        context = self.plan.context(host, results, facts)
         try:
             if not evaluate_when(task, host, context):
                 slot.skipped_by_when = True

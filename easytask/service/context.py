@@ -85,7 +85,9 @@ class Services:
     async def merged_inventory(self) -> Inventory:
         """The inventory plus the accepted agents it does not list."""
         inventory = await asyncio.to_thread(self.inventory.now)
-        return inventory.with_extra_hosts(self.registry.declared_hosts())
+        return inventory.with_extra_hosts(
+            self.registry.declared_hosts(), facts=self.registry.declared_facts()
+        )
 
     async def live_servers(self) -> set[str]:
         """Ids of the servers sharing the database whose heartbeat is recent (this one too)."""
