@@ -200,6 +200,10 @@ def test_notify_outside_the_allowlist_is_refused_at_submit_and_never_called(
     try:
         books = tmp_path / "books"
         write(books / "probe.yml", PLAY.format(notify=f"{{url: '{internal.url}'}}"))
+        scheduled = PLAY.replace("probe", "nightly").replace(
+            "tasks:", "schedule: '@hourly'\ntasks:"
+        )
+        write(books / "nightly.yml", scheduled.format(notify=f"{{url: '{internal.url}'}}"))
         server = start_server(
             None,
             "--notify-allow",
@@ -232,15 +236,20 @@ def test_notify_outside_the_allowlist_is_refused_at_submit_and_never_called(
                 and "--notify-allow" in resp.json()["error"]
             )
         assert expected in post(f"{{url: '{internal.url}'}}").json()["error"]
-        # a playbook of the server's directory: refused to run, and its listing says why
-        resp = server.http.post("/api/playbooks/probe.yml/run", json={})
-        assert resp.status_code == 400 and expected in resp.json()["error"]
-        (entry,) = server.get("/api/playbooks")["playbooks"]
-        assert [expected in e["message"] for e in entry["errors"]] == [True]
+        # the server's own playbooks: refused to run, by hand or through a schedule, and
+        # listed with the reason
+        for path in ("/api/playbooks/probe.yml/run", "/api/schedules/nightly/run"):
+            resp = server.http.post(path, json={})
+            assert resp.status_code == 400 and expected in resp.json()["error"], path
+        entries = server.get("/api/playbooks")["playbooks"]
+        assert [(e["file"], [expected in p["message"] for p in e["errors"]]) for e in entries] == [
+            ("nightly.yml", [True]),
+            ("probe.yml", [True]),
+        ]
         assert _count(server, "SELECT count(*) FROM job") == jobs
         assert _count(server, "SELECT count(*) FROM job_webhook") == 0
         refused = _refusals(server)
-        assert len(refused) == 5
+        assert len(refused) == 6
         assert {d["target"] for d in refused} == {
             f"http://127.0.0.1:{internal.port}",
             f"http://127.0.0.1:{allowed.port}",
