@@ -86,7 +86,7 @@ class Server:
         checkpoint_hook = None
         if self.config.audit_checkpoint_url:
             try:
-                parse_url(self.config.audit_checkpoint_url)
+                parse_url(self.config.audit_checkpoint_url, credentials=True)
             except WebhookRefused as exc:
                 raise ConfigError(f"audit_checkpoint_url: {exc.message}") from exc
             checkpoint_hook = CheckpointWebhook(self.config.audit_checkpoint_url)

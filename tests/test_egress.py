@@ -169,6 +169,17 @@ def test_a_name_that_resolves_to_loopback_is_refused_as_it_is_sent() -> None:
     asyncio.run(main())
 
 
+def test_only_the_notify_url_may_carry_credentials() -> None:
+    """The admin's notify_url may hold a user and password (basic auth); a playbook's URL to
+    the same host with other ones is refused."""
+    targets = WebhookTargets(["other.example"], "https://u:p@hooks.example.com/h")
+    assert targets.check("https://u:p@hooks.example.com/h")[1].exact is not None
+    with pytest.raises(WebhookRefused, match="may not carry a user or password"):
+        targets.check("https://u:q@hooks.example.com/h")
+    with pytest.raises(WebhookRefused, match="is not allowed"):
+        targets.check("https://hooks.example.com/h")
+
+
 def test_the_notify_url_by_name_reaches_any_address() -> None:
     """The admin's own notify_url may name a host on the server itself; the request goes to the
     address resolved, with the name as Host (and TLS server name)."""

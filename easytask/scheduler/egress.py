@@ -65,8 +65,9 @@ def address_kind(address: IPAddress) -> str:
     return "public" if address.is_global else "private"
 
 
-def parse_url(text: str) -> httpx.URL:
-    """A webhook URL as the client reads it; WebhookRefused for anything ambiguous."""
+def parse_url(text: str, *, credentials: bool = False) -> httpx.URL:
+    """A webhook URL as the client reads it; WebhookRefused for anything ambiguous, and for a
+    user or password unless `credentials` (the admin's own URLs may carry them)."""
     if not isinstance(text, str) or any(c.isspace() or ord(c) < 32 or c == "\\" for c in text):
         raise WebhookRefused(f"not a plain http(s) URL: {text!r}")
     try:
@@ -75,7 +76,7 @@ def parse_url(text: str) -> httpx.URL:
         raise WebhookRefused(f"not a valid URL: {text!r} ({exc})") from exc
     if url.scheme not in DEFAULT_PORTS or not url.host:
         raise WebhookRefused(f"not an http:// or https:// URL: {text!r}")
-    if url.userinfo:
+    if url.userinfo and not credentials:
         raise WebhookRefused(f"a webhook URL may not carry a user or password: {text!r}")
     if _ip(url.host) is None and _NUMERIC.fullmatch(url.host):
         raise WebhookRefused(f"{url.host!r} is neither a host name nor an IP address")
@@ -187,9 +188,10 @@ class WebhookTargets:
 
     def __init__(self, entries: Sequence[str] = (), notify_url: str | None = None) -> None:
         self.targets = [parse_entry(e) for e in entries if e.strip()]
+        self.notify_url = notify_url
         if notify_url:
             try:
-                url = parse_url(notify_url)
+                url = parse_url(notify_url, credentials=True)
             except WebhookRefused as exc:
                 raise ConfigError(f"notify_url: {exc.message}") from exc
             self.targets.append(Target(notify_url, url.host, exact=str(url)))
@@ -197,7 +199,7 @@ class WebhookTargets:
     def check(self, text: str) -> tuple[httpx.URL, Target]:
         """The parsed URL and the entry allowing it; WebhookRefused naming the URL and the
         setting if none does."""
-        url = parse_url(text)
+        url = parse_url(text, credentials=bool(self.notify_url) and text == self.notify_url)
         for target in self.targets:
             if target.matches(url):
                 return url, target
