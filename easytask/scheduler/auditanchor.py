@@ -75,6 +75,10 @@ class CheckpointWebhook:
             line = await self._queue.get()
             try:
                 await self._deliver(line)
+            except Exception as exc:  # the sender outlives any one checkpoint
+                self.failed += 1
+                # the class only, as for HTTP errors: a message may quote the URL
+                log.error("audit checkpoint webhook %s: %s", self.where, type(exc).__name__)
             finally:
                 self._queue.task_done()
 
