@@ -54,7 +54,7 @@ def _playbook_files(root: Path) -> list[Path]:
     )
 
 
-def _playbook_entry(path: Path, webhooks: WebhookTargets | None = None) -> dict[str, Any]:
+def _playbook_entry(path: Path, webhooks: WebhookTargets) -> dict[str, Any]:
     """What the listing says about one file: name, hosts, task count, or its errors (a
     `notify:` URL the server's webhook allowlist refuses is one)."""
     entry: dict[str, Any] = {
@@ -73,8 +73,6 @@ def _playbook_entry(path: Path, webhooks: WebhookTargets | None = None) -> dict[
         return entry
     entry.update(name=book.name, hosts=book.hosts, tasks=len(book.tasks))
     for notify in book.notify:
-        if webhooks is None:
-            break
         try:
             webhooks.check(notify.url)
         except WebhookRefused as exc:
