@@ -17,10 +17,11 @@ import uvicorn
 
 from easytask import __version__
 from easytask.config import Settings
-from easytask.errors import StartError
+from easytask.errors import ConfigError, StartError
 from easytask.scheduler.agents import AgentRegistry
-from easytask.scheduler.auditanchor import AuditAnchor
+from easytask.scheduler.auditanchor import AuditAnchor, CheckpointWebhook
 from easytask.scheduler.cluster import Cluster
+from easytask.scheduler.egress import WebhookRefused, WebhookTargets, parse_url
 from easytask.scheduler.engine import JobEngine
 from easytask.scheduler.hub import LiveHub
 from easytask.scheduler.logwriter import LogWriter
@@ -79,6 +80,16 @@ class Server:
 
     async def start(self) -> None:
         """Open the store, start the writer, the agent listener and the web server."""
+        self.webhook_targets = WebhookTargets(
+            self.config.notify_allow or (), self.config.notify_url
+        )
+        checkpoint_hook = None
+        if self.config.audit_checkpoint_url:
+            try:
+                parse_url(self.config.audit_checkpoint_url, credentials=True)
+            except WebhookRefused as exc:
+                raise ConfigError(f"audit_checkpoint_url: {exc.message}") from exc
+            checkpoint_hook = CheckpointWebhook(self.config.audit_checkpoint_url)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o700)
         url = self.config.db or sqlite_url(self.state_dir / "easytask.db")
@@ -98,7 +109,9 @@ class Server:
                 key_file,
             )
         self.audit_anchor = AuditAnchor(
-            self.store, checkpoints.open_log(self.state_dir, self.store.owner)
+            self.store,
+            checkpoints.open_log(self.state_dir, self.store.owner),
+            webhook=checkpoint_hook,
         )
         await self.audit_anchor.start()
         self.admin_token = await self._ensure_admin()
@@ -127,6 +140,7 @@ class Server:
             default=Webhook(self.config.notify_url, self.config.notify_events)
             if self.config.notify_url
             else None,
+            targets=self.webhook_targets,
             on_attempt=self.metrics.webhook_attempt,
         )
         self.engine.on_job_finished.append(self._job_finished)
@@ -183,6 +197,7 @@ class Server:
             scheduler=self.scheduler,
             retention=self.retention,
             audit_anchor=self.audit_anchor,
+            webhooks=self.webhook_targets,
         )
         self.app = await create_web_app(self.services)
         uv_config = uvicorn.Config(

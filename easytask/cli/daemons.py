@@ -107,6 +107,15 @@ def add_parsers(sub: Any) -> None:
         help="which finished jobs call --notify-url (default all)",
     )
     setting(
+        "--notify-allow",
+        name="notify_allow",
+        metavar="TARGET",
+        action="append",
+        help="where a playbook's `notify:` may send webhooks besides --notify-url: a URL prefix "
+        "(https://hooks.example.com/services/) or HOST[:PORT] (*.example.com for subdomains); "
+        "repeatable or comma-separated (default: nowhere else)",
+    )
+    setting(
         "--upload-limit",
         name="upload_limit",
         type=size_arg,
@@ -141,6 +150,12 @@ def add_parsers(sub: Any) -> None:
         metavar="PATH",
         help="the audit chain's key; servers sharing a database share it (default "
         "STATE_DIR/audit.key, made on first start)",
+    )
+    setting(
+        "--audit-checkpoint-url",
+        name="audit_checkpoint_url",
+        metavar="URL",
+        help="POST each signed audit checkpoint to this URL too (retried in the background)",
     )
     setting(
         "--prune-interval",

@@ -13,6 +13,7 @@ from easytask.inventory import Inventory, load_inventory
 from easytask.scheduler.agents import AgentRegistry
 from easytask.scheduler.auditanchor import AuditAnchor
 from easytask.scheduler.cluster import Cluster
+from easytask.scheduler.egress import WebhookTargets
 from easytask.scheduler.engine import JobEngine
 from easytask.scheduler.hub import LiveHub
 from easytask.scheduler.logwriter import LogWriter
@@ -80,6 +81,7 @@ class Services:
     scheduler: Scheduler
     retention: Retention
     audit_anchor: AuditAnchor
+    webhooks: WebhookTargets  # where a playbook's `notify:` may point
     cluster: Cluster | None = None  # set when the server joins others on a shared database
 
     async def merged_inventory(self) -> Inventory:

@@ -7,8 +7,9 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from easytask.errors import APIError
+from easytask.errors import APIError, PlaybookError
 from easytask.plan import PlaybookPlan
+from easytask.scheduler.egress import WebhookRefused, url_origin
 from easytask.scheduler.inflight import JobOptions
 from easytask.scheduler.playbooks import submit_playbook
 from easytask.service.context import Services
@@ -81,6 +82,18 @@ async def submit_adhoc(
     )
 
 
+async def check_webhooks(services: Services, plan: PlaybookPlan, actor: str, source: str) -> None:
+    """Refuse (400, audited as `job.refused`) a playbook whose `notify:` names a URL outside the
+    server's webhook allowlist; nothing is queued and nothing is called."""
+    for notify in plan.playbook.notify:
+        try:
+            services.webhooks.check(notify.url)
+        except WebhookRefused as exc:
+            what = {"kind": "notify", "playbook": plan.name, "target": url_origin(notify.url)}
+            await services.audit(actor, "job.refused", source, what)
+            raise PlaybookError(exc.message, location=plan.playbook.at("notify")) from exc
+
+
 async def submit_plan(
     services: Services, user: User, source: str, plan: PlaybookPlan, extra: dict[str, Any]
 ) -> tuple[Job, list[Run]]:
@@ -92,6 +105,7 @@ async def submit_plan(
         source,
         {"kind": "playbook", "playbook": plan.name, "pattern": plan.playbook.hosts},
     )
+    await check_webhooks(services, plan, user.name, source)
     detail = {
         "kind": "playbook",
         "playbook": plan.name,
@@ -118,6 +132,7 @@ async def submit_scheduled(services: Services, path: Path, name: str) -> int:
     """Start the playbook of a schedule (as the user `schedule`); the job's id."""
     plan = await plan_file(services, path)
     source = f"schedule {name}"
+    await check_webhooks(services, plan, "schedule", source)
     job, _ = await submit_playbook(
         services.engine,
         plan,

@@ -87,21 +87,28 @@ def schedule_dict(row: Schedule) -> dict[str, Any]:
     }
 
 
-def delivery_dict(row: WebhookDelivery) -> dict[str, Any]:
-    """A delivery attempt as the API returns it."""
-    return {
+def delivery_dict(row: WebhookDelivery, *, details: bool = False) -> dict[str, Any]:
+    """A delivery attempt as the API returns it: to admins (`details`) with its URL, HTTP
+    status, error and duration; to anyone else only whether it was delivered (an error can
+    tell which addresses and ports answer)."""
+    data: dict[str, Any] = {
         "id": row.id,
         "job": row.job_id,
         "delivery": row.delivery,
-        "url": row.url,
         "event": row.event,
         "attempt": row.attempt,
         "at": iso_time(row.at),
         "ok": row.ok,
-        "status_code": row.status_code,
-        "error": row.error,
-        "duration_ms": row.duration_ms,
+        "result": "delivered" if row.ok else "failed",
     }
+    if details:
+        data.update(
+            url=row.url,
+            status_code=row.status_code,
+            error=row.error,
+            duration_ms=row.duration_ms,
+        )
+    return data
 
 
 def user_dict(user: User) -> dict[str, object]:
