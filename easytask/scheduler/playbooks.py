@@ -230,7 +230,10 @@ class PlaybookJob:
     async def _attempt(self, run: Run, task: PlannedTask, action: Any, host: str) -> None:
         masks = self.masks(host)
         options = JobOptions(
-            timeout=task.timeout, pending_timeout=self.pending_timeout, masks=masks
+            timeout=task.timeout,
+            pending_timeout=self.pending_timeout,
+            masks=masks,
+            env=dict(action.env),  # exported apart from the command line (see shell_line)
         )
         hostvars = dict(self.plan.host_vars.get(host, {}))
         if action.kind == "copy":
@@ -239,12 +242,12 @@ class PlaybookJob:
         if action.kind == "script":
             await fileops.script(self.engine, run, hostvars, action, options)
             return
-        command = action.shell_line()
-        # the stored command shows **** where a secret was rendered into it
+        # the stored command shows the exports, and **** where a secret was rendered into it
+        shown = Masker(masks)(action.shell_line())
         await self.engine.store.call(
-            self.engine.store.update_run, run.id or 0, None, "", command=Masker(masks)(command)
+            self.engine.store.update_run, run.id or 0, None, "", command=shown
         )
-        run.command = command
+        run.command = action.shell_line(env=False)
         await self.engine.execute_one(run, hostvars, options)
 
     async def _resumed_attempt(self, run: Run, task: PlannedTask, action: Any, host: str) -> None:
