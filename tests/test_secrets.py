@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from easytask.masking import Masker
+from easytask.masking import Masker, env_prefix, lift_exports
 from easytask.playbook import PlaybookErrors, load_playbook
 from tests.conftest import AgentFactory, ServerFactory, write
 from tests.support import SSHD, ServerHandle, db_execute, easytask_cmd, free_port, wait_until
@@ -274,3 +274,60 @@ tasks:
     # the stored command still shows what was exported, the secret masked
     assert "export TOKEN=**** PLAIN='visible value'" in run["command"]
     assert _stored_anywhere(server, SECRET) == []
+
+
+def test_exports_lift_back_into_variables() -> None:
+    """What env_prefix writes, lift_exports reads back exactly; a variable a shell acts on at
+    its start (IFS, BASH_ENV...) and whatever follows it stay in the command."""
+    env = {"A": "plain", "B": "", "C": 'it\'s \\ $x `y` "q"\nline two\n', "D": "é ü"}
+    assert lift_exports(env_prefix(env) + "echo hi") == (env, "echo hi")
+    rest = env_prefix({"IFS": ":", "E": "e"}) + "echo hi"
+    assert lift_exports(env_prefix({"A": "a"}) + rest) == ({"A": "a"}, rest)
+    assert lift_exports("export A=$(id)\necho") == ({}, "export A=$(id)\necho")
+
+
+def test_agent_secret_env_is_never_in_a_command_line(
+    agent_server: ServerHandle, tmp_path: Path
+) -> None:
+    """On an agent's host too: the secrets of `run --secret` and a playbook task's `env:`
+    reach the command's environment, never a command line of any process."""
+    (tmp_path / "adhoc").mkdir()
+    token = "agent-" + SECRET
+    command, started, release = _hold_until_released(tmp_path / "adhoc", "API_TOKEN")
+    job = agent_server.post(
+        "/api/jobs", {"pattern": "sec1", "command": command, "secrets": {"API_TOKEN": token}}
+    )
+    try:
+        wait_until(started.exists, what="the command started")
+        assert _argv_holding(SECRET.encode()) == []
+    finally:
+        release.touch()
+    done = agent_server.wait_job(job["job"]["id"])
+    assert done["job"]["state"] == "success", done["runs"]
+    assert [ln["text"] for ln in agent_server.log_lines(done["runs"][0]["id"])] == [_sha(token)]
+
+    (tmp_path / "play").mkdir()
+    command, started, release = _hold_until_released(tmp_path / "play", "TOKEN", "PLAIN")
+    text = f"""\
+name: envs
+hosts: sec1
+vars:
+  token: {token}
+secrets: [token]
+tasks:
+  - name: use
+    env:
+      TOKEN: "{{{{ token }}}}"
+      PLAIN: visible value
+    shell: '{command}'
+"""
+    job = agent_server.post("/api/playbooks/run", {"text": text})
+    try:
+        wait_until(started.exists, what="the playbook's command started")
+        assert _argv_holding(SECRET.encode()) == []
+    finally:
+        release.touch()
+    done = agent_server.wait_job(job["job"]["id"])
+    assert done["job"]["state"] == "success", done["runs"]
+    lines = [ln["text"] for ln in agent_server.log_lines(done["runs"][0]["id"])]
+    assert lines == [_sha(token), _sha("visible value")]
