@@ -86,11 +86,22 @@ def _counted(iterable: Any) -> Any:
     return iterable if budget is None else budget.iterate(iterable)
 
 
+def _weight(value: Any) -> int:
+    """The size of a value for the limits: a string's characters; a list's items, each
+    string counting its characters (a list of one long string repeated is as big as its join)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list | tuple):
+        return sum(len(x) if isinstance(x, str) else 1 for x in value)
+    return 0
+
+
 def _sized(value: Any) -> Any:
     """A value a template built by joining (`~`, `+`): refused past MAX_SEQUENCE items."""
-    if isinstance(value, str | list | tuple) and len(value) > MAX_SEQUENCE:
+    size = _weight(value)
+    if size > MAX_SEQUENCE:
         raise SecurityError(
-            f"the template would build a value of {len(value)} items (the limit is {MAX_SEQUENCE})"
+            f"the template would build a value of {size} items (the limit is {MAX_SEQUENCE})"
         )
     return value
 
@@ -138,6 +149,8 @@ def _check_str_call(method: Any, args: tuple[Any, ...]) -> None:
             )
     elif name in ("format", "format_map"):
         _check_format(target)
+    elif name == "join" and args and isinstance(args[0], list | tuple):
+        _sized(args[0])
 
 
 def _wrap_for_loops(tree: nodes.Template) -> nodes.Template:
@@ -202,10 +215,11 @@ class _Environment(ImmutableSandboxedEnvironment):
                 if (
                     isinstance(seq, str | list | tuple)
                     and isinstance(times, int)
-                    and len(seq) * times > MAX_SEQUENCE
+                    and _weight(seq) * times > MAX_SEQUENCE
                 ):
                     raise SecurityError(
-                        f"'*' would build a value of {len(seq) * times} items (the limit is {MAX_SEQUENCE})"
+                        f"'*' would build a value of {_weight(seq) * times} items "
+                        f"(the limit is {MAX_SEQUENCE})"
                     )
         elif operator == "%":
             if isinstance(left, str):
@@ -247,6 +261,11 @@ def _checked_filter(name: str, width_arg: int) -> Any:
             _check_format(args[first], tuple(args[first + 1 :]))
         elif len(args) > first + width_arg:
             _check_width(name, args[first + width_arg])
+        if name == "join" and len(args) > first and isinstance(args[first], list | tuple):
+            glue = args[first + 1] if len(args) > first + 1 else kwargs.get("d", "")
+            _sized(args[first])
+            if len(glue) * len(args[first]) > MAX_SEQUENCE:
+                raise SecurityError(f"join would build a value past {MAX_SEQUENCE} characters")
         if name == "indent" and len(args) > first:  # the width may be a string, on each line
             width = args[first + 1] if len(args) > first + 1 else kwargs.get("width", 4)
             text = str(args[first])
@@ -264,7 +283,14 @@ def _checked_filter(name: str, width_arg: int) -> Any:
 
 ENV.globals["range"] = _safe_range
 ENV.globals.pop("lipsum", None)  # nothing a command needs, and its size is the caller's choice
-for _name, _arg in (("center", 1), ("indent", 1), ("wordwrap", 1), ("slice", 1), ("format", 0)):
+for _name, _arg in (
+    ("center", 1),
+    ("indent", 1),
+    ("wordwrap", 1),
+    ("slice", 1),
+    ("format", 0),
+    ("join", 99),  # (its own check)
+):
     ENV.filters[_name] = _checked_filter(_name, _arg)
 ENV.filters.update(
     quote=quote,

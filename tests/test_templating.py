@@ -252,6 +252,18 @@ NESTED = "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{
             "str.replace would build a value of 2000000 characters (the limit is 1000000)",
         ),
         ("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}", "the template calls itself too deeply"),
+        (
+            "{{ ['x' * 1000000] * 1000000 }}",
+            "'*' would build a value of 1000000000000 items (the limit is 1000000)",
+        ),
+        (
+            "{{ (range(100000) | list) | join('x' * 100) }}",
+            "join would build a value past 1000000 characters",
+        ),
+        (
+            "{{ ''.join(['x' * 1000] * 500 + ['x' * 1000] * 501) }}",
+            "the template would build a value of 1001000 items (the limit is 1000000)",
+        ),
     ],
 )
 def test_templates_are_bounded(template: str, message: str) -> None:
