@@ -130,7 +130,7 @@ def _check_width(name: str, width: Any) -> None:
         raise SecurityError(f"{name}: a width of {width} is past the limit of {MAX_SEQUENCE}")
 
 
-def _check_str_call(method: Any, args: tuple[Any, ...]) -> None:
+def _check_str_call(method: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
     """Refuse a str method call that would build a value past MAX_SEQUENCE."""
     target = getattr(method, "__self__", None)
     if not isinstance(target, str):
@@ -149,6 +149,12 @@ def _check_str_call(method: Any, args: tuple[Any, ...]) -> None:
             )
     elif name in ("format", "format_map"):
         _check_format(target)
+        if re.search(r"\{[^{}]*\{", target):  # a width from the arguments: `{:{w}}`
+            values = [*args, *kwargs.values()]
+            if name == "format_map" and args and isinstance(args[0], Mapping):
+                values = list(args[0].values())
+            if any(isinstance(v, int) and v > MAX_SEQUENCE for v in values):
+                raise SecurityError(f"a format width is past the limit of {MAX_SEQUENCE}")
     elif name == "join" and args and isinstance(args[0], list | tuple):
         _sized(args[0])
 
@@ -198,7 +204,7 @@ class _Environment(ImmutableSandboxedEnvironment):
             if isinstance(__obj, LoopContext) and args:
                 # `loop(children)` in a recursive loop: the children are iterations too
                 args = (budget.iterate(args[0]), *args[1:])
-        _check_str_call(getattr(__obj, "__wrapped__", __obj), args)
+        _check_str_call(getattr(__obj, "__wrapped__", __obj), args, kwargs)
         return super().call(__context, __obj, *args, **kwargs)
 
     def unsafe_undefined(self, obj: Any, attribute: str) -> Undefined:

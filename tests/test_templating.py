@@ -231,6 +231,7 @@ NESTED = "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{
             "{{ '{:>999999999}'.format(1) }}",
             "a format width of 999999999 is past the limit of 1000000",
         ),
+        ("{{ '{:{w}}'.format(1, w=10 ** 9) }}", "a format width is past the limit of 1000000"),
         (
             "{{ '%999999999d' | format(1) }}",
             "a format width of 999999999 is past the limit of 1000000",
