@@ -180,6 +180,7 @@ class Server:
             self.config.retention,
             self.config.retention_failed,
             self.config.prune_interval,
+            state_dir=self.state_dir,
         )
         self.services = Services(
             settings=self.config,

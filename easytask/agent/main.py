@@ -21,6 +21,7 @@ from easytask import __version__
 from easytask.agent import facts, sftp
 from easytask.agent.policy import make_policy
 from easytask.agent.runner import CHUNK, Runner, check_pass_env
+from easytask.masking import lift_exports
 from easytask.names import check_labels, check_name
 from easytask.transport import sshlog
 from easytask.transport.control import LINK_CIPHERS, SESSION_OP, SUBSYSTEM
@@ -313,8 +314,11 @@ class Agent:
                 self._refuse(process, reason, key)
                 return
             extra = {"EASYTASK_RUN_ID": run_id, "EASYTASK_ATTEMPT": attempt} if run_id else {}
+            # the secrets the server exports first go to the command's environment instead,
+            # out of the shell's command line (which `ps` shows every user of this host)
+            exported, command = lift_exports(command)
             try:
-                await self.runner.start(key, command, extra)
+                await self.runner.start(key, command, {**exported, **extra})
             except OSError as exc:
                 process.stderr.write(f"easytask agent: cannot start: {exc}\n".encode())
                 process.exit(127)

@@ -11,10 +11,11 @@ from easytask.errors import TemplateError
 from easytask.facts import FACT_VARIABLES
 from easytask.plan.playbook import PlannedTask, PlaybookPlan, TaskRun
 from easytask.plan.render import evaluate_when, render_action, run_label
-from easytask.templating import variables
+from easytask.templating import TemplateLimit, variables
 
 __all__ = [
     "CheckedRun",
+    "check_limits",
     "check_playbook",
     "dumps_check",
     "format_check",
@@ -104,6 +105,29 @@ def check_playbook(plan: PlaybookPlan) -> list[CheckedRun]:
             continue
         checked.append(CheckedRun(run, host, line, when))
     return checked
+
+
+def check_limits(plan: PlaybookPlan) -> None:
+    """Raise TemplateLimit if a task's templates go past the limits on their work, rendered
+    as --check does on the task's first host (results of earlier tasks as placeholders).
+
+    Only the limits: any other template error is the run's, found when it starts."""
+    seen: set[str] = set()
+    for run in plan.runs:
+        if run.task in seen:
+            continue
+        seen.add(run.task)
+        task = plan.task(run.task)
+        host = run.host or run.candidates[0]
+        context = plan.context(host, _CheckResults())
+        try:
+            if task.when is not None and "results" not in variables(task.when, expression=True):
+                evaluate_when(task, host, context)
+            render_action(task, host, context)
+        except TemplateLimit:
+            raise
+        except TemplateError:
+            continue
 
 
 def _check_line(task: PlannedTask, host: str, context: Mapping[str, Any]) -> str:

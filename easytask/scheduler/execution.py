@@ -23,6 +23,7 @@ from easytask.scheduler.inflight import (
     JobOptions,
     KillSwitch,
     LiveRun,
+    command_env,
     masks,
     run_timeout_text,
 )
@@ -32,7 +33,7 @@ from easytask.scheduler.recording import Outcome, Recorder
 from easytask.store.db import Store
 from easytask.store.models import Run, RunState, as_utc, utcnow
 from easytask.transport import executor
-from easytask.transport.agentless import SSHPool, SSHTarget, wrap_command
+from easytask.transport.agentless import SSHPool, SSHTarget, env_on_stdin, wrap_command
 from easytask.transport.agentlink import AgentLink
 from easytask.transport.executor import ExecResult
 
@@ -102,15 +103,18 @@ class Execution:
         # pid file of the run's process group is named after this server's lasting id too.
         key = f"{self.store.owner or 'et'}-{run.id}-{run.attempt}"
         out = self.recorder.output(run, masks=masks(options))
+        # the values go on the channel's stdin, never in the command line `ps` shows on the host
+        env_text, env_bytes = env_on_stdin(command_env(options))
         outcome = await self._stream(
             run,
             live,
             options,
             conn,
-            wrap_command(env_prefix(options.secret_env) + run.command, key),
+            wrap_command(run.command, key, env_text),
             {},
             out,
             terminate=lambda grace: self.pool.terminate(target, key, grace),
+            stdin=env_bytes,
         )
         if outcome.result is not None and outcome.result.lost:
             self.pool.drop(target)
@@ -225,7 +229,7 @@ class Execution:
                     )
                     env = {"EASYTASK_RUN": key}  # the command sees EASYTASK_RUN_ID, _ATTEMPT
                     out = self.recorder.output(run, masks=masks(options))
-                    command = env_prefix(options.secret_env) + run.command
+                    command = env_prefix(command_env(options)) + run.command
                 else:
                     env = {"EASYTASK_ATTACH": key, "EASYTASK_FROM_SEQ": str(attach_from)}
                     command = "easytask-attach"
@@ -336,6 +340,7 @@ class Execution:
         terminate: Callable[[float], Any],
         attach: bool = False,
         dispatched: asyncio.Future[None] | None = None,
+        stdin: bytes = b"",
     ) -> Outcome:
         """Run (or re-attach to) one command and stream its output; kill or time it out if asked.
         `dispatched`: the storing of the run's dispatch, awaited before it is marked started."""
@@ -360,7 +365,7 @@ class Execution:
 
         started = time.monotonic()
         try:
-            execution = await executor.start(conn, command, on_data, env)
+            execution = await executor.start(conn, command, on_data, env, stdin)
         except Exception as exc:
             if dispatched is not None:
                 await dispatched

@@ -22,6 +22,7 @@ class JobOptions:
     timeout_total: float | None = None  # the run's whole timeout (timeout is what is left)
     file_action: Any = None  # a fileops.FileAction: copy, script or fetch instead of a command
     secret_env: dict[str, str] = field(default_factory=dict)  # exported to the command, masked
+    env: dict[str, str] = field(default_factory=dict)  # exported too (a playbook task's `env:`)
     masks: tuple[str, ...] = ()  # further values masked in the output (playbook secrets)
 
     def __post_init__(self) -> None:
@@ -32,6 +33,14 @@ class JobOptions:
 def run_timeout_text(options: JobOptions) -> str:
     """The timeout as the user gave it, for reasons."""
     return f"{options.timeout_total:g}s" if options.timeout_total else "timeout"
+
+
+def command_env(options: JobOptions) -> dict[str, str]:
+    """The variables exported to a run's command: its task's `env:`, then its secrets.
+
+    They travel apart from the command line: on the agentless channel's stdin, on an agent's
+    link with the command (see Execution)."""
+    return {**options.env, **options.secret_env}
 
 
 def masks(options: JobOptions) -> tuple[str, ...]:

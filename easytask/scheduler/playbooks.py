@@ -7,9 +7,12 @@ import hashlib
 import json
 import logging
 import shlex
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from easytask.errors import EasyTaskError
 from easytask.facts import fact_vars, uses_facts
@@ -17,8 +20,10 @@ from easytask.masking import Masker
 from easytask.plan import (
     PlannedTask,
     PlaybookPlan,
+    RenderedAction,
     RunKey,
     TaskRun,
+    check_limits,
     evaluate_when,
     render_action,
     stop_after_batch,
@@ -35,6 +40,24 @@ log = logging.getLogger("easytask.server")
 
 ANY_HOST = "(any)"
 OK_FOR_NEEDS = (RunState.SUCCESS, RunState.SKIPPED)
+
+T = TypeVar("T")
+
+# Templates render in these threads, never on the event loop: a render's work is bounded
+# (easytask.templating: steps, output, time) but may take up to its time limit.
+_RENDER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="easytask-render")
+
+
+async def off_loop(fn: Callable[..., T], *args: Any) -> T:
+    """Run a call that renders templates in the render threads."""
+    return await asyncio.get_running_loop().run_in_executor(_RENDER, partial(fn, *args))
+
+
+def _prepare(task: PlannedTask, host: str, context: Mapping[str, Any]) -> RenderedAction | None:
+    """The run's action rendered for its host, or None when its `when` is false."""
+    if not evaluate_when(task, host, context):
+        return None
+    return render_action(task, host, context)
 
 
 @dataclass
@@ -177,11 +200,11 @@ class PlaybookJob:
             return
         context = self.plan.context(host, results, facts)
         try:
-            if not evaluate_when(task, host, context):
+            action = await off_loop(_prepare, task, host, context)
+            if action is None:
                 slot.skipped_by_when = True
                 await self._skip(slot, f"when is false: {task.when}")
                 return
-            action = render_action(task, host, context)
         except EasyTaskError as exc:
             await self.engine.finish(slot.run, RunState.FAILED, reason=str(exc))
             slot.state = RunState.FAILED
@@ -252,9 +275,12 @@ class PlaybookJob:
         return tuple(v for v in values if v)
 
     async def _attempt(self, run: Run, task: PlannedTask, action: Any, host: str) -> None:
-        masks = self.masks(host)
+        masks = await off_loop(self.masks, host) if self.plan.playbook.secrets else ()
         options = JobOptions(
-            timeout=task.timeout, pending_timeout=self.pending_timeout, masks=masks
+            timeout=task.timeout,
+            pending_timeout=self.pending_timeout,
+            masks=masks,
+            env=dict(action.env),  # exported apart from the command line (see shell_line)
         )
         hostvars = dict(self.plan.host_vars.get(host, {}))
         if action.kind == "copy":
@@ -263,12 +289,12 @@ class PlaybookJob:
         if action.kind == "script":
             await fileops.script(self.engine, run, hostvars, action, options)
             return
-        command = action.shell_line()
-        # the stored command shows **** where a secret was rendered into it
+        # the stored command shows the exports, and **** where a secret was rendered into it
+        shown = Masker(masks)(action.shell_line())
         await self.engine.store.call(
-            self.engine.store.update_run, run.id or 0, None, "", command=Masker(masks)(command)
+            self.engine.store.update_run, run.id or 0, None, "", command=shown
         )
-        run.command = command
+        run.command = action.shell_line(env=False)
         await self.engine.execute_one(run, hostvars, options)
 
     async def _resumed_attempt(self, run: Run, task: PlannedTask, action: Any, host: str) -> None:
@@ -331,7 +357,9 @@ async def submit_playbook(
     audit: AuditNote | None = None,
 ) -> tuple[Job, list[Run]]:
     """Record a playbook job and its runs (with `audit`, the submission's audit event in the
-    same transaction), then run it in the background."""
+    same transaction), then run it in the background. A template past its limits is refused
+    first (TemplateLimit), with nothing stored."""
+    await off_loop(check_limits, plan)
     job = Job(
         kind=kind,
         name=plan.name,
@@ -356,7 +384,7 @@ async def submit_playbook(
     runner = PlaybookJob(engine, plan, job, runs, pending_timeout)
     assert job.id is not None
     if plan.playbook.secrets:  # every host's values: a resumed run's output stays masked
-        masks = {m for host in plan.all_hosts for m in runner.masks(host)}
+        masks = await off_loop(lambda: {m for host in plan.all_hosts for m in runner.masks(host)})
         hidden = {k: v for k, v in plan.extra_vars.items() if k in plan.playbook.secrets}
         secretfile.save(engine.secrets_dir, job.id, {}, tuple(sorted(masks)), hidden)
     task = asyncio.create_task(_run(engine, runner), name=f"job-{job.id}")

@@ -13,7 +13,7 @@ from easytask.scheduler.egress import WebhookRefused, url_origin
 from easytask.scheduler.inflight import JobOptions
 from easytask.scheduler.playbooks import submit_playbook
 from easytask.service.context import Services
-from easytask.service.files import file_digests
+from easytask.service.files import file_digests, upload_id
 from easytask.service.planning import plan_file, plan_pattern
 from easytask.service.scope import enforce_scope
 from easytask.store.audit import AuditNote
@@ -68,8 +68,12 @@ async def submit_adhoc(
         detail["user"] = remote_user
     if options.secret_env:
         detail["secrets"] = sorted(options.secret_env)  # names only, never values
+    job_vars: dict[str, Any] = {}
     if action is not None and action.kind in ("copy", "script"):
         detail["files"] = await asyncio.to_thread(file_digests, action.src)
+        upload = upload_id(services.state_dir, action.src)
+        if upload is not None:  # kept while a job refers to it (see Retention)
+            job_vars["upload"] = upload
     return await services.engine.submit(
         planned,
         name=name[:200],
@@ -79,6 +83,7 @@ async def submit_adhoc(
         user=user.name,
         source=source,
         audit=AuditNote(user.name, "job.submit", source, detail),
+        job_vars=job_vars,
     )
 
 
