@@ -108,6 +108,7 @@ class PlaybookPlan:
     host_vars: Mapping[str, Mapping[str, Any]] = field(repr=False)  # inventory + magic vars
     extra_vars: Mapping[str, Any] = field(default_factory=dict)
     limit: str | None = None
+    credentials: tuple[str, ...] = ()  # secret vars the credential store gave (their names)
 
     @property
     def name(self) -> str:

@@ -87,7 +87,7 @@ class Execution:
     async def _ssh_run(self, run: Run, hostvars: dict[str, Any], options: JobOptions) -> None:
         assert run.id is not None
         live = self.inflight.live[run.id]
-        target = self._ssh_target(run.host, hostvars)
+        target = self._ssh_target(run.host, hostvars, options)
         await self.recorder.update(
             run, RunState.DISPATCHED, "dispatched", f"ssh {target.host}:{target.port}"
         )
@@ -276,7 +276,7 @@ class Execution:
         self.background_tasks.add(task)
         task.add_done_callback(self.background_tasks.discard)
 
-    def _ssh_target(self, host: str, hv: dict[str, Any]) -> SSHTarget:
+    def _ssh_target(self, host: str, hv: dict[str, Any], options: JobOptions) -> SSHTarget:
         return SSHTarget(
             host=str(hv.get("ansible_host") or host),
             port=int(hv.get("ansible_port") or 22),
@@ -285,6 +285,7 @@ class Execution:
             if hv.get("ansible_ssh_private_key_file")
             else None,
             known_hosts=str(hv.get("easytask_known_hosts") or self.known_hosts or "") or None,
+            client_key=options.ssh_keys.get(host),
         )
 
     async def file_connection(
@@ -300,7 +301,7 @@ class Execution:
             await self.registry.release(run.host)
             assert info.link is not None
             return info.link.conn
-        target = self._ssh_target(run.host, hostvars)
+        target = self._ssh_target(run.host, hostvars, options)
         await self.recorder.update(
             run, RunState.DISPATCHED, "dispatched", f"ssh {target.host}:{target.port}"
         )

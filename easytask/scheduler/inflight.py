@@ -23,6 +23,10 @@ class JobOptions:
     file_action: Any = None  # a fileops.FileAction: copy, script or fetch instead of a command
     secret_env: dict[str, str] = field(default_factory=dict)  # exported to the command, masked
     masks: tuple[str, ...] = ()  # further values masked in the output (playbook secrets)
+    # From the credential store, for agentless hosts (host -> value); masked, never kept on disk
+    ssh_keys: dict[str, str] = field(default_factory=dict, repr=False)
+    # For become (sudo -S reads it on stdin); this release only carries and masks it
+    become_passwords: dict[str, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.timeout_total is None:
@@ -36,7 +40,12 @@ def run_timeout_text(options: JobOptions) -> str:
 
 def masks(options: JobOptions) -> tuple[str, ...]:
     """Every value masked in a run's output: its secret environment and further masks."""
-    return (*options.secret_env.values(), *options.masks)
+    return (
+        *options.secret_env.values(),
+        *options.masks,
+        *options.ssh_keys.values(),
+        *options.become_passwords.values(),
+    )
 
 
 class KillSwitch(asyncio.Event):

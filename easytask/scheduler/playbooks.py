@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,9 @@ class PlaybookJob:
         forks = plan.forks or 0
         self._forks = asyncio.Semaphore(forks) if forks > 0 else None
         self.stopped_reason = ""
+        # from the credential store, for agentless hosts: host -> SSH key, become password
+        self.ssh_keys: dict[str, str] = {}
+        self.become_passwords: dict[str, str] = {}
 
     async def run(self) -> None:
         """Run every batch in order; stop early when max_fail_percentage says so."""
@@ -230,7 +234,11 @@ class PlaybookJob:
     async def _attempt(self, run: Run, task: PlannedTask, action: Any, host: str) -> None:
         masks = self.masks(host)
         options = JobOptions(
-            timeout=task.timeout, pending_timeout=self.pending_timeout, masks=masks
+            timeout=task.timeout,
+            pending_timeout=self.pending_timeout,
+            masks=masks,
+            ssh_keys={h: k for h, k in self.ssh_keys.items() if h == host},
+            become_passwords={h: p for h, p in self.become_passwords.items() if h == host},
         )
         hostvars = dict(self.plan.host_vars.get(host, {}))
         if action.kind == "copy":
@@ -305,6 +313,8 @@ async def submit_playbook(
     pending_timeout: float,
     kind: str = "playbook",
     audit: AuditNote | None = None,
+    ssh_keys: Mapping[str, str] | None = None,
+    become_passwords: Mapping[str, str] | None = None,
 ) -> tuple[Job, list[Run]]:
     """Record a playbook job and its runs (with `audit`, the submission's audit event in the
     same transaction), then run it in the background."""
@@ -330,6 +340,8 @@ async def submit_playbook(
     for run in runs:
         engine.track(run)
     runner = PlaybookJob(engine, plan, job, runs, pending_timeout)
+    runner.ssh_keys = dict(ssh_keys or {})
+    runner.become_passwords = dict(become_passwords or {})
     assert job.id is not None
     if plan.playbook.secrets:  # every host's values: a resumed run's output stays masked
         masks = {m for host in plan.all_hosts for m in runner.masks(host)}
@@ -366,7 +378,11 @@ def check_resumable(plan: PlaybookPlan, spec: dict[str, Any]) -> None:
 
 
 async def resume_playbook(
-    engine: JobEngine, plan: PlaybookPlan, job: Job, pending_timeout: float
+    engine: JobEngine,
+    plan: PlaybookPlan,
+    job: Job,
+    pending_timeout: float,
+    ssh_keys: Mapping[str, str] | None = None,
 ) -> int:
     """Continue a playbook job a previous server process left unfinished; returns runs to go.
 
@@ -388,6 +404,7 @@ async def resume_playbook(
         latest[(row.task, row.host)] = row
     current = [latest[(row.task, row.host)] for row in originals]
     runner = PlaybookJob(engine, plan, job, current, pending_timeout)
+    runner.ssh_keys = dict(ssh_keys or {})
     left = 0
     for slot in runner.slots.values():
         run = slot.run

@@ -19,6 +19,7 @@ from easytask.scheduler.logwriter import LogWriter
 from easytask.scheduler.metrics import Metrics
 from easytask.scheduler.retention import Retention
 from easytask.scheduler.schedules import Scheduler
+from easytask.sealing import Keyring
 from easytask.store.db import Store
 from easytask.transport.agentlink import AgentListener
 
@@ -80,6 +81,7 @@ class Services:
     scheduler: Scheduler
     retention: Retention
     audit_anchor: AuditAnchor
+    keyring: Keyring  # seals and opens the credential store's values
     cluster: Cluster | None = None  # set when the server joins others on a shared database
 
     async def merged_inventory(self) -> Inventory:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,14 @@ from easytask.plan import PlaybookPlan
 from easytask.scheduler.inflight import JobOptions
 from easytask.scheduler.playbooks import submit_playbook
 from easytask.service.context import Services
+from easytask.service.credentials import (
+    AS_VALUE,
+    HostCredentials,
+    env_name,
+    host_credentials,
+    note_use,
+    open_credentials,
+)
 from easytask.service.files import file_digests
 from easytask.service.planning import plan_file, plan_pattern
 from easytask.service.scope import enforce_scope
@@ -30,9 +40,11 @@ async def submit_adhoc(
     name: str,
     options: JobOptions,
     one: bool = False,
+    credentials: Sequence[str] = (),
 ) -> tuple[Job, list[Run]]:
     """An ad hoc command (or checksum, copy, script, fetch) over a host pattern, audited with
-    the job in one transaction; `one` picks the least busy host of those matched."""
+    the job in one transaction; `one` picks the least busy host of those matched. `credentials`:
+    stored credentials exported to the command (`env_name`)."""
     planned = await plan_pattern(services, pattern, command)
     if one:
         agents = [p for p in planned if p.connection == "agent"] or planned
@@ -45,6 +57,24 @@ async def submit_adhoc(
         source,
         {"kind": kind, "pattern": pattern, "command": command},
     )
+    what = {"kind": kind, "pattern": pattern, "command": command}
+    hosts = [p.host for p in planned]
+    opened = await open_credentials(
+        services, user, source, {n: hosts for n in credentials}, what, kinds=AS_VALUE
+    )
+    env = {env_name(n): v for n, v in opened.values.items()}
+    clash = sorted(set(env) & set(options.secret_env))
+    if clash:
+        raise APIError(f"secret {', '.join(clash)} given twice (a value and a credential)")
+    agentless = {p.host: p.vars for p in planned if p.connection != "agent"}
+    per_host = await host_credentials(services, user, source, agentless, what)
+    options = replace(
+        options,
+        secret_env={**options.secret_env, **env},
+        ssh_keys=per_host.ssh_keys,
+        become_passwords=per_host.become_passwords,
+    )
+    used = sorted({*opened.names, *per_host.names})
     action = options.file_action
     detail: dict[str, Any] = {
         "kind": kind,
@@ -55,9 +85,11 @@ async def submit_adhoc(
     }
     if options.secret_env:
         detail["secrets"] = sorted(options.secret_env)  # names only, never values
+    if used:
+        detail["credentials"] = used  # names only, never values
     if action is not None and action.kind in ("copy", "script"):
         detail["files"] = await asyncio.to_thread(file_digests, action.src)
-    return await services.engine.submit(
+    submitted = await services.engine.submit(
         planned,
         name=name[:200],
         pattern=pattern,
@@ -67,6 +99,8 @@ async def submit_adhoc(
         source=source,
         audit=AuditNote(user.name, "job.submit", source, detail),
     )
+    await note_use(services, used, user.name)
+    return submitted
 
 
 async def submit_plan(
@@ -80,6 +114,8 @@ async def submit_plan(
         source,
         {"kind": "playbook", "playbook": plan.name, "pattern": plan.playbook.hosts},
     )
+    what = {"kind": "playbook", "playbook": plan.name, "pattern": plan.playbook.hosts}
+    per_host = await plan_credentials(services, user, source, plan, what)
     detail = {
         "kind": "playbook",
         "playbook": plan.name,
@@ -87,23 +123,47 @@ async def submit_plan(
         "pattern": plan.playbook.hosts,
         "limit": plan.limit,
         "hosts": list(plan.hosts),
-        "extra_vars": sorted(plan.extra_vars),
+        "extra_vars": sorted(set(plan.extra_vars) - set(plan.credentials)),
         "sha256": hashlib.sha256(plan.playbook.text.encode()).hexdigest(),
     }
-    return await submit_playbook(
+    if per_host.names:
+        detail["credentials"] = per_host.names  # names only, never values
+    submitted = await submit_playbook(
         services.engine,
         plan,
         user=user.name,
         source=source,
         pending_timeout=services.pending_timeout,
         audit=AuditNote(user.name, "job.submit", source, detail),
+        ssh_keys=per_host.ssh_keys,
+        become_passwords=per_host.become_passwords,
     )
+    await note_use(services, per_host.names, user.name)
+    return submitted
+
+
+async def plan_credentials(
+    services: Services, user: User | None, source: str, plan: PlaybookPlan, what: dict[str, Any]
+) -> HostCredentials:
+    """Check who may use the credentials a playbook plan takes (its `secrets:` from the store,
+    on every host of the job; the inventory's for its agentless hosts) and open the latter;
+    `names` lists them all."""
+    hosts = list(plan.all_hosts)
+    await open_credentials(
+        services, user, source, {n: hosts for n in plan.credentials}, what, kinds=AS_VALUE
+    )
+    agentless = {h: plan.host_vars.get(h, {}) for h in hosts if plan.connection(h) != "agent"}
+    per_host = await host_credentials(services, user, source, agentless, what)
+    per_host.names = sorted({*plan.credentials, *per_host.names})
+    return per_host
 
 
 async def submit_scheduled(services: Services, path: Path, name: str) -> int:
     """Start the playbook of a schedule (as the user `schedule`); the job's id."""
     plan = await plan_file(services, path)
     source = f"schedule {name}"
+    what = {"kind": "schedule", "playbook": plan.name}
+    per_host = await plan_credentials(services, None, source, plan, what)
     job, _ = await submit_playbook(
         services.engine,
         plan,
@@ -115,9 +175,17 @@ async def submit_scheduled(services: Services, path: Path, name: str) -> int:
             "schedule",
             "job.submit",
             source,
-            {"kind": "schedule", "playbook": plan.name, "hosts": list(plan.hosts)},
+            {
+                "kind": "schedule",
+                "playbook": plan.name,
+                "hosts": list(plan.hosts),
+                **({"credentials": per_host.names} if per_host.names else {}),
+            },
         ),
+        ssh_keys=per_host.ssh_keys,
+        become_passwords=per_host.become_passwords,
     )
+    await note_use(services, per_host.names, "schedule")
     assert job.id is not None
     return job.id
 
