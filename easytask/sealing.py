@@ -129,6 +129,8 @@ def begin_rotation(state_dir: Path, ring: Keyring) -> Keyring:
     """A new key for a rotation: the old one kept as `credentials.key.old`, the new one written
     as `credentials.key.new`; the keyring that seals with the new and still opens the old."""
     path = state_dir / KEY_FILE
+    if path.with_name(path.name + NEW_SUFFIX).exists():
+        raise SealError(f"a key rotation is under way ({path}{NEW_SUFFIX} exists)")
     write_key(path.with_name(path.name + OLD_SUFFIX), ring.key)
     new = secrets.token_bytes(32)
     write_key(path.with_name(path.name + NEW_SUFFIX), new)
@@ -148,3 +150,21 @@ def abandon_rotation(state_dir: Path) -> None:
     path = state_dir / KEY_FILE
     path.with_name(path.name + NEW_SUFFIX).unlink(missing_ok=True)
     path.with_name(path.name + OLD_SUFFIX).unlink(missing_ok=True)
+
+
+def settle_rotation(state_dir: Path, used: set[str]) -> str | None:
+    """At start, end a rotation a stopped server left (its `.new` file there): finished when
+    the database's values (key ids `used`) are all sealed with the new key, abandoned when none
+    is; what was done, or None."""
+    path = state_dir / KEY_FILE
+    new_path = path.with_name(path.name + NEW_SUFFIX)
+    if not new_path.is_file():
+        return None
+    new_id = key_id(parse_key(new_path.read_text()))
+    if used and used == {new_id}:
+        finish_rotation(state_dir)
+        return "finished"
+    if new_id not in used:
+        abandon_rotation(state_dir)
+        return "abandoned"
+    return None

@@ -28,7 +28,7 @@ from easytask.scheduler.metrics import Metrics
 from easytask.scheduler.notify import Notifier, Webhook
 from easytask.scheduler.retention import Retention
 from easytask.scheduler.schedules import Scheduler
-from easytask.sealing import load_keyring
+from easytask.sealing import load_keyring, settle_rotation
 from easytask.service.context import InventorySource, Services
 from easytask.service.jobs import submit_scheduled
 from easytask.service.planning import resume_playbook_job
@@ -98,12 +98,12 @@ class Server:
                 "sharing a database must share one audit key file (--audit-key-file)",
                 key_file,
             )
+        stored = await self.store.call(self.store.list_credentials)
+        settled = settle_rotation(self.state_dir, {c.key_id for c in stored})
+        if settled:
+            log.info("the credential key rotation a stopped server left was %s", settled)
         self.keyring = load_keyring(self.state_dir, self.config.secret_key)
-        foreign = sorted(
-            c.name
-            for c in await self.store.call(self.store.list_credentials)
-            if not self.keyring.opens(c.key_id)
-        )
+        foreign = sorted(c.name for c in stored if not self.keyring.opens(c.key_id))
         if foreign:
             log.warning(
                 "credential(s) %s were sealed with another key than this server's (%s): servers "

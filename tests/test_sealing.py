@@ -22,6 +22,7 @@ from easytask.sealing import (
     key_id,
     load_keyring,
     parse_key,
+    settle_rotation,
 )
 
 AAD = associated("db_password", "value")
@@ -119,3 +120,20 @@ def test_rotation_files(tmp_path: Path) -> None:
     finish_rotation(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [KEY_FILE]
     assert load_keyring(tmp_path, None).key_id == new.key_id
+
+
+def test_an_interrupted_rotation_is_settled_at_start(tmp_path: Path) -> None:
+    """A rotation left half done is finished when the database holds the new key's values,
+    undone when it holds the old key's; a second rotation is refused while one is under way."""
+    old = load_keyring(tmp_path, None)
+    new = begin_rotation(tmp_path, old)
+    with pytest.raises(SealError, match="under way"):
+        begin_rotation(tmp_path, old)
+    assert settle_rotation(tmp_path, {old.key_id}) == "abandoned"
+    assert load_keyring(tmp_path, None).key_id == old.key_id
+    assert sorted(p.name for p in tmp_path.iterdir()) == [KEY_FILE]
+    new = begin_rotation(tmp_path, old)
+    assert settle_rotation(tmp_path, {new.key_id}) == "finished"
+    assert load_keyring(tmp_path, None).key_id == new.key_id
+    assert sorted(p.name for p in tmp_path.iterdir()) == [KEY_FILE]
+    assert settle_rotation(tmp_path, {new.key_id}) is None

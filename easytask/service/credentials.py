@@ -122,7 +122,10 @@ async def rotate_key(services: Services, actor: str, source: str) -> dict[str, A
             status=409,
         )
     old = services.keyring
-    new = begin_rotation(services.state_dir, old)
+    try:
+        new = begin_rotation(services.state_dir, old)
+    except SealError as exc:
+        raise APIError(str(exc), status=409) from exc
 
     def reseal(row: Credential) -> tuple[str, str]:
         aad = associated(row.name, row.kind)
