@@ -241,3 +241,24 @@ def test_agentless_host_reached_with_an_ssh_key_from_the_store(
     assert _audit(server, "job.submit")[0]["detail"]["credentials"] == ["deploy-key"]
     body = key.splitlines()[1]
     assert _database_hits(server.db_url, body) == []
+
+
+def test_key_from_the_environment(
+    start_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EASYTASK_SECRET_KEY is the key (no key file is made); the server does not rotate a key
+    it was given (409, nothing changes); a malformed one stops the server with a clear error."""
+    key = secrets.token_bytes(32)
+    monkeypatch.setenv("EASYTASK_SECRET_KEY", key.hex())
+    server = start_server()
+    assert server.cli("secrets", "set", "one", input="v-1").returncode == 0
+    assert server.get("/api/credentials")["key_id"] == key_id(key)
+    ((stored,),) = db_execute(server.db_url, "SELECT key_id FROM credential")
+    assert stored == key_id(key) and not (server.state_dir / KEY_FILE).exists()
+    refused = server.cli("secrets", "rotate-key")
+    assert refused.returncode == 2 and "set by secret_key (EASYTASK_SECRET_KEY)" in refused.stderr
+    assert db_execute(server.db_url, "SELECT key_id FROM credential") == [(key_id(key),)]
+    assert _audit(server, "credential.rotate-key") == []
+    monkeypatch.setenv("EASYTASK_SECRET_KEY", "not-hex")
+    with pytest.raises(AssertionError, match="secret_key must be 64 hex digits"):
+        start_server()
