@@ -219,8 +219,8 @@ def test_agentless_host_reached_with_an_ssh_key_from_the_store(
     start_server: ServerFactory, sshd: SSHD, tmp_path: Path
 ) -> None:
     """`easytask_credential: NAME` gives an agentless host its SSH key from the store (no key
-    file named): the run reaches the real sshd, its audit event names the credential; without
-    the credential the submission is refused."""
+    file named): an ad hoc run and a playbook reach the real sshd, their audit events name the
+    credential; without the credential the submission is refused."""
     inventory = write(
         tmp_path / "inv.ini",
         f"[boxes]\nbox1 ansible_host=127.0.0.1 ansible_port={sshd.port} ansible_user={sshd.user} "
@@ -238,6 +238,19 @@ def test_agentless_host_reached_with_an_ssh_key_from_the_store(
     ran = server.cli("run", "box1", "-a", "echo reached-$(whoami)")
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert f"reached-{sshd.user}" in ran.stdout
+    assert _audit(server, "job.submit")[0]["detail"]["credentials"] == ["deploy-key"]
+    book = write(
+        tmp_path / "book" / "box.yml",
+        """\
+        name: box
+        hosts: boxes
+        tasks:
+          - name: where
+            shell: echo played-on-$(hostname)
+        """,
+    )
+    played = server.cli("play", str(book), "--format", "json")
+    assert played.returncode == 0, played.stdout + played.stderr
     assert _audit(server, "job.submit")[0]["detail"]["credentials"] == ["deploy-key"]
     body = key.splitlines()[1]
     assert _database_hits(server.db_url, body) == []
