@@ -423,7 +423,15 @@ def cmd_play(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     extra = parse_extra_vars(args.extra_vars)
     if args.check:
         inventory = load_inventory(args.inventory or [settings.inventory or "inventory"])
-        plan = plan_playbook(playbook, inventory, extra_vars=extra, limit=args.limit)
+        # a secret nothing here sets comes from the server's credential store: a placeholder
+        stored = {
+            n: f"<credential {n}>"
+            for n in playbook.secrets
+            if n not in playbook.vars
+            and n not in extra
+            and not any(n in inventory.host_vars(h) for h in inventory.hosts)
+        }
+        plan = plan_playbook(playbook, inventory, extra_vars={**stored, **extra}, limit=args.limit)
         checked = check_playbook(plan)
         out.write(dumps_check(checked) if args.format == "json" else format_check(plan, checked))
         return EXIT_USAGE if any(c.error for c in checked) else EXIT_OK
