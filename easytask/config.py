@@ -30,8 +30,8 @@ class Settings:
     """Every setting of the CLI and the server, resolved once and passed explicitly.
 
     Each one (but the internal ones) is an `EASYTASK_<NAME>` environment variable and a
-    `name = value` key in the config file, and all but the two secrets (notify_secret,
-    metrics_token) a command-line flag too; flag > environment > file > default.
+    `name = value` key in the config file, and all but the secrets (notify_secret,
+    metrics_token, secret_key) a command-line flag too; flag > environment > file > default.
     """
 
     # the CLI
@@ -68,6 +68,7 @@ class Settings:
     token_max_ttl: float | None = _setting(TOKEN_MAX_TTL, "lifetime")  # longest API token life
     audit_key_file: Path | None = _setting(None, "path")  # the audit chain's key (None: state dir)
     audit_checkpoint_url: str | None = _setting(None)  # each signed checkpoint POSTed here too
+    secret_key: str | None = _setting(None)  # the credential store's key, 64 hex (None: state dir)
     # not settings: fixed by the code that builds a Settings
     schedule_interval: float = field(default=1.0, metadata={"internal": True})
     config_path: str | None = field(default=None, metadata={"internal": True})

@@ -29,6 +29,7 @@ from easytask.scheduler.metrics import Metrics
 from easytask.scheduler.notify import Notifier, Webhook
 from easytask.scheduler.retention import Retention
 from easytask.scheduler.schedules import Scheduler
+from easytask.sealing import load_keyring, settle_rotation
 from easytask.service.context import InventorySource, Services
 from easytask.service.jobs import submit_scheduled
 from easytask.service.planning import resume_playbook_job
@@ -107,6 +108,19 @@ class Server:
                 "the audit chain's last event was hashed with another key than %s: servers "
                 "sharing a database must share one audit key file (--audit-key-file)",
                 key_file,
+            )
+        stored = await self.store.call(self.store.list_credentials)
+        settled = settle_rotation(self.state_dir, {c.key_id for c in stored})
+        if settled:
+            log.info("the credential key rotation a stopped server left was %s", settled)
+        self.keyring = load_keyring(self.state_dir, self.config.secret_key)
+        foreign = sorted(c.name for c in stored if not self.keyring.opens(c.key_id))
+        if foreign:
+            log.warning(
+                "credential(s) %s were sealed with another key than this server's (%s): servers "
+                "sharing a database must share one credential key",
+                ", ".join(foreign),
+                self.keyring.key_id,
             )
         self.audit_anchor = AuditAnchor(
             self.store,
@@ -199,6 +213,7 @@ class Server:
             retention=self.retention,
             audit_anchor=self.audit_anchor,
             webhooks=self.webhook_targets,
+            keyring=self.keyring,
         )
         self.app = await create_web_app(self.services)
         uv_config = uvicorn.Config(

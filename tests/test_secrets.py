@@ -85,11 +85,12 @@ def test_adhoc_secret_is_exported_to_the_command_and_masked(
 
 
 def test_secret_from_the_environment(agent_server: ServerHandle) -> None:
-    """`--secret NAME` takes the value from the CLI's environment; a missing one is a usage error."""
+    """`--secret-env NAME` takes the value from the CLI's environment; a missing one is a usage
+    error."""
     env_value = "from-env-" + SECRET
     env = {**agent_server.env(), "DB_PASS": env_value}
     result = subprocess.run(
-        easytask_cmd("run", "sec1", "-a", "echo pw=$DB_PASS", "--secret", "DB_PASS"),
+        easytask_cmd("run", "sec1", "-a", "echo pw=$DB_PASS", "--secret-env", "DB_PASS"),
         env=env,
         capture_output=True,
         text=True,
@@ -98,7 +99,7 @@ def test_secret_from_the_environment(agent_server: ServerHandle) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "pw=****" in result.stdout and env_value not in result.stdout
-    missing = agent_server.cli("run", "sec1", "-a", "true", "--secret", "NOPE_NOT_SET")
+    missing = agent_server.cli("run", "sec1", "-a", "true", "--secret-env", "NOPE_NOT_SET")
     assert missing.returncode == 2 and "no such environment variable" in missing.stderr
     bad = agent_server.http.post(
         "/api/jobs", json={"pattern": "sec1", "command": "true", "secrets": {"1x": "v"}}

@@ -79,8 +79,16 @@ def add_parsers(sub: Any) -> None:
         action="append",
         default=[],
         metavar="NAME[=VALUE]",
-        help="export NAME to the command, masked as **** in the output; "
-        "without =VALUE the value comes from this environment (repeatable)",
+        help="export a secret to the command, masked as **** in the output: NAME=VALUE, or "
+        "NAME alone for the stored credential NAME (`easytask secrets`), exported as NAME "
+        "upper-cased with other characters as _ (repeatable)",
+    )
+    r.add_argument(
+        "--secret-env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="export NAME with its value in this environment, masked as **** (repeatable)",
     )
     r.add_argument("--format", choices=("text", "json"), default="text")
     r.add_argument("--raw", action="store_true", help=RAW_HELP)
@@ -282,8 +290,11 @@ def cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         body["extra_vars"] = parse_extra_vars(args.extra_vars)
     if args.user:
         body["user"] = args.user
-    if args.secret:
-        body["secrets"] = _secrets(args.secret)
+    given, stored = _secrets(args.secret, args.secret_env)
+    if given:
+        body["secrets"] = given
+    if stored:
+        body["credentials"] = stored
     if args.script:
         spec = _file_payload(Path(args.script), api_client(settings))
         spec.update(args=shlex.join(args.script_args), interpreter=args.interpreter)
@@ -355,17 +366,22 @@ def _one_line(body: dict[str, Any], settings: Settings, out: TextIO, raw: bool) 
     return EXIT_OK if all(r["state"] == "success" for r in data["runs"]) else EXIT_FAILED
 
 
-def _secrets(items: list[str]) -> dict[str, str]:
-    """`--secret NAME=VALUE` or `--secret NAME` (the value from this process's environment)."""
-    out = {}
+def _secrets(items: list[str], from_env: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Secret values (`--secret NAME=VALUE`, `--secret-env NAME`: from this process's
+    environment) and the names of stored credentials (`--secret NAME`)."""
+    given: dict[str, str] = {}
+    stored: list[str] = []
     for item in items:
         name, sep, value = item.partition("=")
-        if not sep:
-            if name not in os.environ:
-                raise UsageError(f"--secret {name}: no such environment variable")
-            value = os.environ[name]
-        out[name] = value
-    return out
+        if sep:
+            given[name] = value
+        else:
+            stored.append(name)
+    for name in from_env:
+        if name not in os.environ:
+            raise UsageError(f"--secret-env {name}: no such environment variable")
+        given[name] = os.environ[name]
+    return given, stored
 
 
 def cmd_copy(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
@@ -521,8 +537,21 @@ def cmd_play(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     skip_tags = tag_names(",".join(args.skip_tags), "--skip-tags")
     if args.check:
         inventory = load_inventory(args.inventory or [settings.inventory or "inventory"])
+        # a secret nothing here sets comes from the server's credential store: a placeholder
+        stored = {
+            n: f"<credential {n}>"
+            for n in playbook.secrets
+            if n not in playbook.vars
+            and n not in extra
+            and not any(n in inventory.host_vars(h) for h in inventory.hosts)
+        }
         plan = plan_playbook(
-            playbook, inventory, extra_vars=extra, limit=args.limit, tags=tags, skip_tags=skip_tags
+            playbook,
+            inventory,
+            extra_vars={**stored, **extra},
+            limit=args.limit,
+            tags=tags,
+            skip_tags=skip_tags,
         )
         checked = check_playbook(plan)
         out.write(dumps_check(checked) if args.format == "json" else format_check(plan, checked))

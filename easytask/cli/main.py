@@ -10,6 +10,7 @@ from typing import Any, TextIO
 
 from easytask import __version__
 from easytask.cli.common import EXIT_BUG, EXIT_OK, EXIT_START, Parser, escape_controls
+from easytask.cli.credentials import add_parsers as add_credential_parsers
 from easytask.cli.daemons import add_demo_parser
 from easytask.cli.daemons import add_parsers as add_daemon_parsers
 from easytask.cli.db import add_parsers as add_db_parsers
@@ -153,6 +154,7 @@ def _add_commands(p: argparse.ArgumentParser, only: str | None) -> bool:
     add_demo_parser(sub)
     add_inventory_parser(sub)
     add_security_parsers(sub)
+    add_credential_parsers(sub)
     add_export_parsers(sub)
     add_db_parsers(sub)
     return one is None or one.found

@@ -111,6 +111,7 @@ class PlaybookPlan:
     limit: str | None = None
     tags: tuple[str, ...] = ()  # --tags: only tasks with one of these (Ansible's rules)
     skip_tags: tuple[str, ...] = ()  # --skip-tags
+    credentials: tuple[str, ...] = ()  # secret vars the credential store gave (their names)
 
     @property
     def name(self) -> str:

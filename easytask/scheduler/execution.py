@@ -89,7 +89,7 @@ class Execution:
     async def _ssh_run(self, run: Run, hostvars: dict[str, Any], options: JobOptions) -> None:
         assert run.id is not None
         live = self.inflight.live[run.id]
-        target = self._ssh_target(run.host, hostvars)
+        target = self._ssh_target(run.host, hostvars, options)
         await self.recorder.update(
             run, RunState.DISPATCHED, "dispatched", f"ssh {target.host}:{target.port}"
         )
@@ -281,9 +281,11 @@ class Execution:
         self.background_tasks.add(task)
         task.add_done_callback(self.background_tasks.discard)
 
-    async def gather_facts(self, host: str, hostvars: dict[str, Any]) -> dict[str, Any]:
+    async def gather_facts(
+        self, host: str, hostvars: dict[str, Any], options: JobOptions
+    ) -> dict[str, Any]:
         """An agentless host's facts, read with one command (`easytask.facts.GATHER_COMMAND`)."""
-        target = self._ssh_target(host, hostvars)
+        target = self._ssh_target(host, hostvars, options)
         async with self._connect_limit:
             conn = await self.pool.get(target)
         async with asyncio.timeout(60):
@@ -292,7 +294,7 @@ class Execution:
             raise RuntimeError(f"exit code {result.exit_status}: {str(result.stderr or '')[:200]}")
         return parse_gathered(str(result.stdout or ""))
 
-    def _ssh_target(self, host: str, hv: dict[str, Any]) -> SSHTarget:
+    def _ssh_target(self, host: str, hv: dict[str, Any], options: JobOptions) -> SSHTarget:
         return SSHTarget(
             host=str(hv.get("ansible_host") or host),
             port=int(hv.get("ansible_port") or 22),
@@ -301,6 +303,7 @@ class Execution:
             if hv.get("ansible_ssh_private_key_file")
             else None,
             known_hosts=str(hv.get("easytask_known_hosts") or self.known_hosts or "") or None,
+            client_key=options.ssh_keys.get(host),
         )
 
     async def file_connection(
@@ -316,7 +319,7 @@ class Execution:
             await self.registry.release(run.host)
             assert info.link is not None
             return info.link.conn
-        target = self._ssh_target(run.host, hostvars)
+        target = self._ssh_target(run.host, hostvars, options)
         await self.recorder.update(
             run, RunState.DISPATCHED, "dispatched", f"ssh {target.host}:{target.port}"
         )

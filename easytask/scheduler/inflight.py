@@ -24,6 +24,10 @@ class JobOptions:
     secret_env: dict[str, str] = field(default_factory=dict)  # exported to the command, masked
     env: dict[str, str] = field(default_factory=dict)  # exported too (a playbook task's `env:`)
     masks: tuple[str, ...] = ()  # further values masked in the output (playbook secrets)
+    # From the credential store, for agentless hosts (host -> value); masked, never kept on disk
+    ssh_keys: dict[str, str] = field(default_factory=dict, repr=False)
+    # For become (sudo -S reads it on stdin); this release only carries and masks it
+    become_passwords: dict[str, str] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.timeout_total is None:
@@ -45,7 +49,12 @@ def command_env(options: JobOptions) -> dict[str, str]:
 
 def masks(options: JobOptions) -> tuple[str, ...]:
     """Every value masked in a run's output: its secret environment and further masks."""
-    return (*options.secret_env.values(), *options.masks)
+    return (
+        *options.secret_env.values(),
+        *options.masks,
+        *options.ssh_keys.values(),
+        *options.become_passwords.values(),
+    )
 
 
 class KillSwitch(asyncio.Event):

@@ -94,6 +94,9 @@ class PlaybookJob:
         forks = plan.forks or 0
         self._forks = asyncio.Semaphore(forks) if forks > 0 else None
         self.stopped_reason = ""
+        # from the credential store, for agentless hosts: host -> SSH key, become password
+        self.ssh_keys: dict[str, str] = {}
+        self.become_passwords: dict[str, str] = {}
         # agentless hosts gather facts once per job, when the playbook names one
         self._gather = uses_facts(plan.playbook.text)
         self._facts: dict[str, asyncio.Task[dict[str, Any]]] = {}
@@ -105,8 +108,9 @@ class PlaybookJob:
             return {}
         if host not in self._facts:
             hostvars = dict(self.plan.host_vars.get(host, {}))
+            options = JobOptions(ssh_keys={h: k for h, k in self.ssh_keys.items() if h == host})
             self._facts[host] = asyncio.create_task(
-                self.engine.execution.gather_facts(host, hostvars), name=f"facts-{host}"
+                self.engine.execution.gather_facts(host, hostvars, options), name=f"facts-{host}"
             )
         return fact_vars(await asyncio.shield(self._facts[host]))
 
@@ -281,6 +285,8 @@ class PlaybookJob:
             pending_timeout=self.pending_timeout,
             masks=masks,
             env=dict(action.env),  # exported apart from the command line (see shell_line)
+            ssh_keys={h: k for h, k in self.ssh_keys.items() if h == host},
+            become_passwords={h: p for h, p in self.become_passwords.items() if h == host},
         )
         hostvars = dict(self.plan.host_vars.get(host, {}))
         if action.kind == "copy":
@@ -355,6 +361,8 @@ async def submit_playbook(
     pending_timeout: float,
     kind: str = "playbook",
     audit: AuditNote | None = None,
+    ssh_keys: Mapping[str, str] | None = None,
+    become_passwords: Mapping[str, str] | None = None,
 ) -> tuple[Job, list[Run]]:
     """Record a playbook job and its runs (with `audit`, the submission's audit event in the
     same transaction), then run it in the background. A template past its limits is refused
@@ -382,6 +390,8 @@ async def submit_playbook(
     for run in runs:
         engine.track(run)
     runner = PlaybookJob(engine, plan, job, runs, pending_timeout)
+    runner.ssh_keys = dict(ssh_keys or {})
+    runner.become_passwords = dict(become_passwords or {})
     assert job.id is not None
     if plan.playbook.secrets:  # every host's values: a resumed run's output stays masked
         masks = await off_loop(lambda: {m for host in plan.all_hosts for m in runner.masks(host)})
@@ -420,7 +430,11 @@ def check_resumable(plan: PlaybookPlan, spec: dict[str, Any]) -> None:
 
 
 async def resume_playbook(
-    engine: JobEngine, plan: PlaybookPlan, job: Job, pending_timeout: float
+    engine: JobEngine,
+    plan: PlaybookPlan,
+    job: Job,
+    pending_timeout: float,
+    ssh_keys: Mapping[str, str] | None = None,
 ) -> int:
     """Continue a playbook job a previous server process left unfinished; returns runs to go.
 
@@ -442,6 +456,7 @@ async def resume_playbook(
         latest[(row.task, row.host)] = row
     current = [latest[(row.task, row.host)] for row in originals]
     runner = PlaybookJob(engine, plan, job, current, pending_timeout)
+    runner.ssh_keys = dict(ssh_keys or {})
     left = 0
     for slot in runner.slots.values():
         run = slot.run

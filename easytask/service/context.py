@@ -20,6 +20,7 @@ from easytask.scheduler.logwriter import LogWriter
 from easytask.scheduler.metrics import Metrics
 from easytask.scheduler.retention import Retention
 from easytask.scheduler.schedules import Scheduler
+from easytask.sealing import Keyring
 from easytask.store.db import Store
 from easytask.transport.agentlink import AgentListener
 
@@ -82,6 +83,7 @@ class Services:
     retention: Retention
     audit_anchor: AuditAnchor
     webhooks: WebhookTargets  # where a playbook's `notify:` may point
+    keyring: Keyring  # seals and opens the credential store's values
     cluster: Cluster | None = None  # set when the server joins others on a shared database
 
     async def merged_inventory(self) -> Inventory:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,14 @@ from easytask.scheduler.egress import WebhookRefused, url_origin
 from easytask.scheduler.inflight import JobOptions
 from easytask.scheduler.playbooks import submit_playbook
 from easytask.service.context import Services
+from easytask.service.credentials import (
+    AS_VALUE,
+    HostCredentials,
+    env_name,
+    host_credentials,
+    note_use,
+    open_credentials,
+)
 from easytask.service.files import file_digests, upload_id
 from easytask.service.planning import plan_file, plan_pattern
 from easytask.service.scope import enforce_scope
@@ -34,10 +44,12 @@ async def submit_adhoc(
     limit: str | None = None,
     extra_vars: dict[str, Any] | None = None,
     remote_user: str | None = None,
+    credentials: Sequence[str] = (),
 ) -> tuple[Job, list[Run]]:
     """An ad hoc command (or checksum, copy, script, fetch) over a host pattern, audited with
     the job in one transaction; `one` picks the least busy host of those matched; `limit`,
-    `extra_vars` and `remote_user` as `plan_adhoc` takes them."""
+    `extra_vars` and `remote_user` as `plan_adhoc` takes them. `credentials`: stored
+    credentials exported to the command (`env_name`)."""
     planned = await plan_pattern(
         services, pattern, command, limit=limit, extra_vars=extra_vars, user=remote_user
     )
@@ -52,6 +64,24 @@ async def submit_adhoc(
         source,
         {"kind": kind, "pattern": pattern, "command": command},
     )
+    what = {"kind": kind, "pattern": pattern, "command": command}
+    hosts = [p.host for p in planned]
+    opened = await open_credentials(
+        services, user, source, {n: hosts for n in credentials}, what, kinds=AS_VALUE
+    )
+    env = {env_name(n): v for n, v in opened.values.items()}
+    clash = sorted(set(env) & set(options.secret_env))
+    if clash:
+        raise APIError(f"secret {', '.join(clash)} given twice (a value and a credential)")
+    agentless = {p.host: p.vars for p in planned if p.connection != "agent"}
+    per_host = await host_credentials(services, user, source, agentless, what)
+    options = replace(
+        options,
+        secret_env={**options.secret_env, **env},
+        ssh_keys=per_host.ssh_keys,
+        become_passwords=per_host.become_passwords,
+    )
+    used = sorted({*opened.names, *per_host.names})
     action = options.file_action
     detail: dict[str, Any] = {
         "kind": kind,
@@ -68,13 +98,15 @@ async def submit_adhoc(
         detail["user"] = remote_user
     if options.secret_env:
         detail["secrets"] = sorted(options.secret_env)  # names only, never values
+    if used:
+        detail["credentials"] = used  # names only, never values
     job_vars: dict[str, Any] = {}
     if action is not None and action.kind in ("copy", "script"):
         detail["files"] = await asyncio.to_thread(file_digests, action.src)
         upload = upload_id(services.state_dir, action.src)
         if upload is not None:  # kept while a job refers to it (see Retention)
             job_vars["upload"] = upload
-    return await services.engine.submit(
+    submitted = await services.engine.submit(
         planned,
         name=name[:200],
         pattern=pattern,
@@ -85,6 +117,8 @@ async def submit_adhoc(
         audit=AuditNote(user.name, "job.submit", source, detail),
         job_vars=job_vars,
     )
+    await note_use(services, used, user.name)
+    return submitted
 
 
 async def check_webhooks(services: Services, plan: PlaybookPlan, actor: str, source: str) -> None:
@@ -111,6 +145,8 @@ async def submit_plan(
         {"kind": "playbook", "playbook": plan.name, "pattern": plan.playbook.hosts},
     )
     await check_webhooks(services, plan, user.name, source)
+    what = {"kind": "playbook", "playbook": plan.name, "pattern": plan.playbook.hosts}
+    per_host = await plan_credentials(services, user, source, plan, what)
     detail = {
         "kind": "playbook",
         "playbook": plan.name,
@@ -120,17 +156,39 @@ async def submit_plan(
         **({"tags": list(plan.tags)} if plan.tags else {}),
         **({"skip_tags": list(plan.skip_tags)} if plan.skip_tags else {}),
         "hosts": list(plan.hosts),
-        "extra_vars": sorted(plan.extra_vars),
+        "extra_vars": sorted(set(plan.extra_vars) - set(plan.credentials)),
         "sha256": hashlib.sha256(plan.playbook.text.encode()).hexdigest(),
     }
-    return await submit_playbook(
+    if per_host.names:
+        detail["credentials"] = per_host.names  # names only, never values
+    submitted = await submit_playbook(
         services.engine,
         plan,
         user=user.name,
         source=source,
         pending_timeout=services.pending_timeout,
         audit=AuditNote(user.name, "job.submit", source, detail),
+        ssh_keys=per_host.ssh_keys,
+        become_passwords=per_host.become_passwords,
     )
+    await note_use(services, per_host.names, user.name)
+    return submitted
+
+
+async def plan_credentials(
+    services: Services, user: User | None, source: str, plan: PlaybookPlan, what: dict[str, Any]
+) -> HostCredentials:
+    """Check who may use the credentials a playbook plan takes (its `secrets:` from the store,
+    on every host of the job; the inventory's for its agentless hosts) and open the latter;
+    `names` lists them all."""
+    hosts = list(plan.all_hosts)
+    await open_credentials(
+        services, user, source, {n: hosts for n in plan.credentials}, what, kinds=AS_VALUE
+    )
+    agentless = {h: plan.host_vars.get(h, {}) for h in hosts if plan.connection(h) != "agent"}
+    per_host = await host_credentials(services, user, source, agentless, what)
+    per_host.names = sorted({*plan.credentials, *per_host.names})
+    return per_host
 
 
 async def submit_scheduled(services: Services, path: Path, name: str) -> int:
@@ -138,6 +196,8 @@ async def submit_scheduled(services: Services, path: Path, name: str) -> int:
     plan = await plan_file(services, path)
     source = f"schedule {name}"
     await check_webhooks(services, plan, "schedule", source)
+    what = {"kind": "schedule", "playbook": plan.name}
+    per_host = await plan_credentials(services, None, source, plan, what)
     job, _ = await submit_playbook(
         services.engine,
         plan,
@@ -149,9 +209,17 @@ async def submit_scheduled(services: Services, path: Path, name: str) -> int:
             "schedule",
             "job.submit",
             source,
-            {"kind": "schedule", "playbook": plan.name, "hosts": list(plan.hosts)},
+            {
+                "kind": "schedule",
+                "playbook": plan.name,
+                "hosts": list(plan.hosts),
+                **({"credentials": per_host.names} if per_host.names else {}),
+            },
         ),
+        ssh_keys=per_host.ssh_keys,
+        become_passwords=per_host.become_passwords,
     )
+    await note_use(services, per_host.names, "schedule")
     assert job.id is not None
     return job.id
 

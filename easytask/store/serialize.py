@@ -5,7 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from easytask.store.models import ApiToken, Job, Run, Schedule, User, WebhookDelivery, as_utc
+from easytask.store.models import (
+    ApiToken,
+    Credential,
+    Job,
+    Run,
+    Schedule,
+    User,
+    WebhookDelivery,
+    as_utc,
+)
 
 
 def iso_time(value: Any) -> str | None:
@@ -132,4 +141,20 @@ def token_dict(row: ApiToken, owner: str) -> dict[str, object]:
         "expires_at": iso_utc(row.expires_at),
         "last_used": iso_utc(row.last_used),
         "revoked": row.revoked,
+    }
+
+
+def credential_dict(row: Credential) -> dict[str, object]:
+    """A credential as the API lists it: never its value, sealed or not."""
+    return {
+        "name": row.name,
+        "kind": row.kind,
+        "scope": row.scope,
+        "key_id": row.key_id,
+        "created_by": row.created_by,
+        "created_at": iso_utc(row.created_at),
+        "updated_by": row.updated_by,
+        "updated_at": iso_utc(row.updated_at),
+        "last_used_at": iso_utc(row.last_used_at),
+        "last_used_by": row.last_used_by,
     }

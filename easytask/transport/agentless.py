@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncssh
@@ -23,7 +23,8 @@ class SSHTarget:
     user: str | None = None
     key_file: str | None = None
     known_hosts: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
+    client_key: str | None = field(default=None, repr=False)  # a private key's text, not a file
 
 
 def pidfile_for(run_key: str) -> str:
@@ -123,7 +124,12 @@ class SSHPool:
         }
         if target.user:
             options["username"] = target.user
-        if target.key_file:
+        if target.client_key:  # from the credential store: this key, not a file's
+            try:
+                options["client_keys"] = [asyncssh.import_private_key(target.client_key)]
+            except (asyncssh.KeyImportError, ValueError) as exc:
+                raise ConnectError(f"the host's SSH key from the credential store: {exc}") from exc
+        elif target.key_file:
             options["client_keys"] = [str(Path(target.key_file).expanduser())]
         if target.known_hosts:
             options["known_hosts"] = str(Path(target.known_hosts).expanduser())

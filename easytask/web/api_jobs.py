@@ -14,7 +14,7 @@ from easytask.errors import APIError
 from easytask.loglines import LEVELS
 from easytask.masking import check_secret_env
 from easytask.scheduler.inflight import JobOptions
-from easytask.service import files, jobs
+from easytask.service import credentials, files, jobs
 from easytask.service.context import Services
 from easytask.store.models import User
 from easytask.store.serialize import job_dict, run_dict
@@ -62,6 +62,11 @@ class JobsApi:
             secret_env = check_secret_env(data.get("secrets"))
         except ValueError as exc:
             raise APIError(str(exc)) from exc
+        named = data.get("credentials") or []
+        if not isinstance(named, list) or not all(isinstance(n, str) for n in named):
+            raise APIError("credentials must be a list of credential names")
+        for name in named:
+            credentials.check_name(name)
         options = JobOptions(
             timeout=timeout, pending_timeout=pending, forks=forks, secret_env=secret_env
         )
@@ -81,6 +86,7 @@ class JobsApi:
             options=options,
             one=bool(data.get("one")),
             **_adhoc_selection(data),
+            credentials=list(dict.fromkeys(named)),
         )
         return JSONResponse(
             {"job": job_dict(job), "runs": [run_dict(r) for r in runs]}, status_code=201
