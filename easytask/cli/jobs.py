@@ -156,12 +156,23 @@ def add_parsers(sub: Any) -> None:
         help="validate, render and print the plan; run nothing (no server needed)",
     )
     pl.add_argument(
+        "--list-tasks",
+        action="store_true",
+        help="print the tasks in the order they run (after --tags/--skip-tags); run nothing",
+    )
+    pl.add_argument(
+        "--list-hosts",
+        action="store_true",
+        help="print the play's hosts (after --limit): from the server's inventory, or from -i; "
+        "run nothing",
+    )
+    pl.add_argument(
         "-i",
         "--inventory",
         action="append",
         metavar="PATH",
-        help="inventory for --check, repeatable (default from settings); a run without --check "
-        "uses the server's inventory (`easytask server -i`)",
+        help="inventory for --check and --list-hosts, repeatable (default from settings for "
+        "--check); a run uses the server's inventory (`easytask server -i`)",
     )
     pl.add_argument("--format", choices=("text", "json"), default="text")
     pl.add_argument("--raw", action="store_true", help=RAW_HELP)
@@ -511,6 +522,50 @@ def _post_and_follow(
     return data
 
 
+def _play_listing(
+    args: argparse.Namespace,
+    settings: Settings,
+    playbook: Any,
+    tags: tuple[str, ...],
+    skip_tags: tuple[str, ...],
+    out: TextIO,
+) -> int:
+    """`play --list-tasks` / `--list-hosts`, as ansible-playbook prints them; nothing runs."""
+    from easytask.plan import tag_selected
+
+    if args.list_hosts:
+        if args.inventory:
+            from easytask.inventory import load_inventory
+
+            inventory = load_inventory(args.inventory)
+            hosts = inventory.select(playbook.hosts)
+            if args.limit:
+                allowed = set(inventory.select(args.limit))
+                hosts = [h for h in hosts if h in allowed]
+        else:
+            query = {"pattern": playbook.hosts, **({"limit": args.limit} if args.limit else {})}
+            from urllib.parse import urlencode
+
+            data = api_client(settings).get("/api/hosts?" + urlencode(query))
+            hosts = [h["name"] for h in data["hosts"]]
+    out.write(f"\nplaybook: {args.playbook}\n\n  play #1 ({playbook.hosts}): {playbook.name}\n")
+    if args.list_hosts:
+        out.write(f"    pattern: {playbook.hosts}\n    hosts ({len(hosts)}):\n")
+        out.writelines(f"      {escape_controls(h)}\n" for h in hosts)
+    if args.list_tasks:
+        out.write("    tasks:\n")
+        for task in playbook.tasks:
+            if not tag_selected(task.tags, tags, skip_tags):
+                continue
+            order = (
+                f"after {task.needs[0]}"
+                if task.needs_implied
+                else ("needs " + ", ".join(task.needs) if task.needs else "at once")
+            )
+            out.write(f"      {task.name}\tTAGS: [{', '.join(task.tags)}]\t{order}\n")
+    return EXIT_OK
+
+
 def cmd_play(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     import base64
 
@@ -525,16 +580,18 @@ def cmd_play(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     )
     from easytask.playbook import load_playbook
 
-    if args.inventory and not args.check:
+    if args.inventory and not (args.check or args.list_hosts):
         raise UsageError(
-            "play: -i/--inventory is only read with --check; a playbook runs on the server's "
-            "inventory (set it with `easytask server -i`)"
+            "play: -i/--inventory is only read with --check or --list-hosts; a playbook runs on "
+            "the server's inventory (set it with `easytask server -i`)"
         )
     started = time.monotonic()
     playbook = load_playbook(args.playbook)
     extra = parse_extra_vars(args.extra_vars)
     tags = tag_names(",".join(args.tags), "--tags")
     skip_tags = tag_names(",".join(args.skip_tags), "--skip-tags")
+    if args.list_tasks or args.list_hosts:
+        return _play_listing(args, settings, playbook, tags, skip_tags, out)
     if args.check:
         inventory = load_inventory(args.inventory or [settings.inventory or "inventory"])
         # a secret nothing here sets comes from the server's credential store: a placeholder
