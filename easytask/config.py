@@ -36,7 +36,9 @@ class Settings:
     # the CLI
     url: str = _setting("http://127.0.0.1:8080")
     token: str | None = _setting(None)
-    inventory: str | None = _setting("inventory")
+    inventory: str | list[str] | None = _setting("inventory")  # `server -i` is repeatable
+    inventory_timeout: float = _setting(30.0, "duration")  # one run of an inventory script
+    inventory_cache: float = _setting(30.0, "duration")  # the server reuses a script's output
     log_format: str = _setting("text", "choice", choices=("text", "json"))
     # the server
     state_dir: Path = _setting(Path(".easytask/server"), "path")
@@ -67,6 +69,13 @@ class Settings:
     # not settings: fixed by the code that builds a Settings
     schedule_interval: float = field(default=1.0, metadata={"internal": True})
     config_path: str | None = field(default=None, metadata={"internal": True})
+
+
+def inventory_sources(value: str | list[str] | None) -> list[str]:
+    """The inventory sources of the `inventory` setting: one, or a list (`-i A -i B`)."""
+    if not value:
+        return ["inventory"]
+    return [value] if isinstance(value, str) else list(value)
 
 
 def setting_names() -> list[str]:

@@ -403,6 +403,7 @@ def _post_and_follow(
 def cmd_play(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     import base64
 
+    from easytask.config import inventory_sources
     from easytask.inventory import load_inventory
     from easytask.plan import (
         check_playbook,
@@ -413,6 +414,7 @@ def cmd_play(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         tag_names,
     )
     from easytask.playbook import load_playbook
+    from easytask.transport.invscript import script_runner
 
     if args.inventory and not args.check:
         raise UsageError(
@@ -425,7 +427,10 @@ def cmd_play(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     tags = tag_names(",".join(args.tags), "--tags")
     skip_tags = tag_names(",".join(args.skip_tags), "--skip-tags")
     if args.check:
-        inventory = load_inventory(args.inventory or [settings.inventory or "inventory"])
+        inventory = load_inventory(
+            args.inventory or inventory_sources(settings.inventory),
+            scripts=script_runner(settings.inventory_timeout),
+        )
         plan = plan_playbook(
             playbook, inventory, extra_vars=extra, limit=args.limit, tags=tags, skip_tags=skip_tags
         )
