@@ -15,7 +15,6 @@ import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 
-from easytask.durations import format_duration
 from easytask.errors import InventoryError
 from easytask.inventory import ScriptRunner
 
@@ -67,7 +66,7 @@ def run_script(path: str, args: Sequence[str], timeout: float) -> bytes | None:
         proc.communicate()
         raise InventoryError(
             f"inventory script {command} did not finish within "
-            f"{format_duration(timeout)} (inventory_timeout)"
+            f"{timeout:g}s (inventory_timeout)"
         ) from None
     if proc.returncode != 0:
         how = (

@@ -5,7 +5,8 @@
 
 For each case directory with a case.json ({"sources": [...], "graph": [...], "patterns": [...]}),
 this writes expected/list.json (`ansible-inventory --list`), list.yaml (`--list --yaml`),
-list-export.json and list-export.yaml (`--export`), expected/graph-GROUP.txt and
+list-export.json and list-export.yaml (`--export`), host-localhost.json (`--host localhost`, for
+a case whose patterns name localhost), expected/graph-GROUP.txt and
 expected/graph-GROUP-vars.txt (`--graph [--vars]`) and expected/patterns.json (the hosts of
 `ansible PATTERN --list-hosts`). Patterns that Ansible cannot match, or whose order Ansible does
 not keep from one run to the next, are reported and left out.
@@ -69,6 +70,9 @@ def regen(bindir: Path, case: Path) -> None:
     ):
         done = ansible(bindir, "ansible-inventory", *inv, "--list", *extra)
         (expected / name).write_text(done.stdout)
+    if "localhost" in spec.get("patterns", []):  # the implicit localhost's variables
+        done = ansible(bindir, "ansible-inventory", *inv, "--host", "localhost")
+        (expected / "host-localhost.json").write_text(done.stdout)
     for group in spec.get("graph", []):
         for extra, suffix in (([], ""), (["--vars"], "-vars")):
             done = ansible(bindir, "ansible-inventory", *inv, "--graph", group, *extra)
