@@ -65,8 +65,7 @@ def run_script(path: str, args: Sequence[str], timeout: float) -> bytes | None:
             pass
         proc.communicate()
         raise InventoryError(
-            f"inventory script {command} did not finish within "
-            f"{timeout:g}s (inventory_timeout)"
+            f"inventory script {command} did not finish within {timeout:g}s (inventory_timeout)"
         ) from None
     if proc.returncode != 0:
         how = (
