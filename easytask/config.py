@@ -36,7 +36,7 @@ class Settings:
     # the CLI
     url: str = _setting("http://127.0.0.1:8080")
     token: str | None = _setting(None)
-    inventory: str | list[str] | None = _setting("inventory")  # `server -i` is repeatable
+    inventory: str | list[str] | None = _setting("inventory", "sources")  # `server -i A -i B`
     inventory_timeout: float = _setting(30.0, "duration")  # one run of an inventory script
     inventory_cache: float = _setting(30.0, "duration")  # the server reuses a script's output
     log_format: str = _setting("text", "choice", choices=("text", "json"))
@@ -126,6 +126,12 @@ def _convert(name: str, kind: str, value: Any, choices: tuple[str, ...] = ()) ->
             if isinstance(value, bool) or not isinstance(value, int | str):
                 raise ValueError(f"not a size: {value!r}")
             return parse_size(value)
+        if kind == "sources":  # one inventory source, or a list of them
+            if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+                return list(value)
+            if not isinstance(value, str):
+                raise ValueError(f"must be a path or a list of paths, got {value!r}")
+            return value
         if kind == "count":
             if isinstance(value, bool | float):
                 raise ValueError(f"not a whole number: {value!r}")
