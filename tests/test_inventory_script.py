@@ -259,3 +259,11 @@ def test_script_environment_defaults() -> None:
         "HOME": "/h",
         "PATH": "/usr/local/bin:/usr/bin:/bin",
     }
+
+
+def test_a_script_without_the_x_bit_gets_a_hint(tmp_path: Path) -> None:
+    """A `#!` file that is not executable is read as INI, as Ansible does; its error says why."""
+    path = tmp_path / "cloud.py"
+    path.write_text("#!/usr/bin/env python3\nimport json\nprint(json.dumps({}))\n")
+    with pytest.raises(InventoryError, match=r"only when it is executable: chmod \+x it\)$"):
+        load_inventory(path, script_runner(10))

@@ -400,7 +400,12 @@ def _parse_source(path: Path, data: InventoryData, scripts: ScriptRunner | None)
                 raise InventoryError(f"{path} is an inventory script, and scripts are not run here")
             if parse_script(os.path.abspath(path), scripts, data):
                 return
-        _parse_file(path, data)
+        try:
+            _parse_file(path, data)
+        except InventoryError as exc:
+            if not is_script(path) and path.read_bytes().startswith(b"#!"):
+                exc.message += " (a file starting with #! is run as an inventory script only when it is executable: chmod +x it)"
+            raise
     finally:
         data.current_source = None
 
