@@ -70,7 +70,9 @@ class Server:
         self.store: Store
         self.hub = LiveHub()
         self.metrics = Metrics()
-        self.inventory = InventorySource(config.inventory)
+        self.inventory = InventorySource(
+            config.inventory, config.inventory_timeout, config.inventory_cache
+        )
         self._stop = asyncio.Event()
         self.cluster: Cluster | None = None
         self.fenced = False  # another server took this one's work over: stop, exit 1

@@ -37,7 +37,23 @@ def add_parsers(sub: Any) -> None:
         "-i",
         "--inventory",
         name="inventory",
-        help="inventory file or directory (default inventory)",
+        action="append",
+        metavar="PATH",
+        help="inventory file, directory, script or 'host1,host2,' list; repeatable "
+        "(default inventory)",
+    )
+    setting(
+        "--inventory-timeout",
+        name="inventory_timeout",
+        type=duration_arg,
+        help="how long one run of an inventory script may take (default 30s)",
+    )
+    setting(
+        "--inventory-cache",
+        name="inventory_cache",
+        type=duration_arg,
+        help="how long the output of an inventory script is reused before jobs run it again "
+        "(default 30s; 0: every job runs it)",
     )
     setting(
         "--pending-timeout",

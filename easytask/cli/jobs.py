@@ -536,8 +536,11 @@ def _play_listing(
     if args.list_hosts:
         if args.inventory:
             from easytask.inventory import load_inventory
+            from easytask.transport.invscript import script_runner
 
-            inventory = load_inventory(args.inventory)
+            inventory = load_inventory(
+                args.inventory, scripts=script_runner(settings.inventory_timeout)
+            )
             hosts = inventory.select(playbook.hosts)
             if args.limit:
                 allowed = set(inventory.select(args.limit))
@@ -569,6 +572,7 @@ def _play_listing(
 def cmd_play(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     import base64
 
+    from easytask.config import inventory_sources
     from easytask.inventory import load_inventory
     from easytask.plan import (
         check_playbook,
@@ -579,6 +583,7 @@ def cmd_play(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         tag_names,
     )
     from easytask.playbook import load_playbook
+    from easytask.transport.invscript import script_runner
 
     if args.inventory and not (args.check or args.list_hosts):
         raise UsageError(
@@ -593,7 +598,10 @@ def cmd_play(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     if args.list_tasks or args.list_hosts:
         return _play_listing(args, settings, playbook, tags, skip_tags, out)
     if args.check:
-        inventory = load_inventory(args.inventory or [settings.inventory or "inventory"])
+        inventory = load_inventory(
+            args.inventory or inventory_sources(settings.inventory),
+            scripts=script_runner(settings.inventory_timeout),
+        )
         # a secret nothing here sets comes from the server's credential store: a placeholder
         stored = {
             n: f"<credential {n}>"
