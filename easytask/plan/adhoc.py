@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from easytask.errors import InventoryError
+from easytask.plan.become import host_request
 
 CONNECTIONS = ("agent", "ssh")
 
@@ -43,5 +44,6 @@ def plan_adhoc(inventory: HostSource, pattern: str, command: str) -> list[Planne
     runs = []
     for host in inventory.select(pattern):
         hostvars = inventory.host_vars(host)
+        host_request(host, hostvars)  # its ansible_become* variables, checked before any run
         runs.append(PlannedRun(host, connection_of(host, hostvars), command, hostvars))
     return runs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,6 +12,7 @@ from easytask.errors import PlaybookError, SourceLocation
 
 __all__ = [
     "ACTIONS",
+    "BECOME_USER_RE",
     "CATCH_UP",
     "COPY_KEYS",
     "DEFAULTS_KEYS",
@@ -30,12 +32,13 @@ __all__ = [
 
 PLAY_KEYS = (
     "name", "hosts", "vars", "secrets", "defaults", "serial", "max_fail_percentage", "forks",
-    "schedule", "tz", "catch_up", "notify", "tasks",
+    "schedule", "tz", "catch_up", "notify", "become", "become_user", "tasks",
 )  # fmt: skip
 DEFAULTS_KEYS = ("timeout", "retries", "retry_delay", "retry_backoff")
 ACTIONS = ("command", "shell", "script", "copy")
 TASK_KEYS = (
     "name", *ACTIONS, "hosts", "needs", "when", *DEFAULTS_KEYS, "run_on", "run_once", "env", "cwd",
+    "become", "become_user",
 )  # fmt: skip
 COPY_KEYS = ("src", "dest", "mode")
 SCRIPT_KEYS = ("path", "args")
@@ -43,6 +46,8 @@ CATCH_UP = ("none", "one")
 NOTIFY_KEYS = ("url", "events")
 NOTIFY_EVENTS = ("all", "failed")
 RESERVED_VARS = ("results",)
+# A user to become: an account name as useradd takes it (it travels to the host as one word).
+BECOME_USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?\Z")
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,8 @@ class Task:
     run_once: bool = False
     env: Mapping[str, str] = field(default_factory=dict)
     cwd: str | None = None
+    become: bool | None = None  # None: as the play says
+    become_user: str | None = None
     uses_results: tuple[str, ...] = ()
     locations: Mapping[str, SourceLocation] = field(default_factory=dict, repr=False)
 
@@ -139,6 +146,8 @@ class Playbook:
     tz: str | None = None
     catch_up: str = "none"
     notify: tuple[Notify, ...] = ()
+    become: bool | None = None  # None: as the command line or the inventory says
+    become_user: str | None = None
     text: str = field(default="", repr=False)
     locations: Mapping[str, SourceLocation] = field(default_factory=dict, repr=False)
 

@@ -94,6 +94,7 @@ class TaskChecker(ValueChecker):
         cwd = self.string(data, "cwd", label)
         if cwd is not None:
             self.template(data, "cwd", f"'cwd' of {label}")
+        become, become_user = self.become(data, label)
         if len(self.errors) > errors_before or action is None or not isinstance(name, str):
             return None
         return Task(
@@ -111,6 +112,8 @@ class TaskChecker(ValueChecker):
             run_once=run_once,
             env=env,
             cwd=cwd,
+            become=become,
+            become_user=become_user,
             uses_results=self.result_refs(data, name),
             locations={k: self.src.key(data, k) for k in data},
         )

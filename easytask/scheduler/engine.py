@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -147,6 +148,8 @@ class JobEngine:
             forks=options.forks,
             masked=bool(masks(options)),
         )
+        if options.become.as_dict():  # what a later server process needs to run it the same
+            job.vars = json.dumps({"become": options.become.as_dict()})
         now = utcnow()  # given, not defaulted: a model's default factory costs per object
         runs = [
             Run(

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from easytask.plan.become import Become, BecomeRequest
 from easytask.store.db import Store
 from easytask.store.models import Run
 
@@ -23,6 +24,8 @@ class JobOptions:
     file_action: Any = None  # a fileops.FileAction: copy, script or fetch instead of a command
     secret_env: dict[str, str] = field(default_factory=dict)  # exported to the command, masked
     masks: tuple[str, ...] = ()  # further values masked in the output (playbook secrets)
+    become: BecomeRequest = field(default_factory=BecomeRequest)  # the job's or task's ask
+    as_user: Become | None = None  # resolved for one run, with its host's variables
 
     def __post_init__(self) -> None:
         if self.timeout_total is None:

@@ -23,6 +23,7 @@ from easytask.plan import (
     stop_after_batch,
     task_result,
 )
+from easytask.plan.become import task_request
 from easytask.scheduler import fileops, secretfile
 from easytask.scheduler.engine import JobEngine
 from easytask.scheduler.inflight import JobOptions
@@ -230,7 +231,10 @@ class PlaybookJob:
     async def _attempt(self, run: Run, task: PlannedTask, action: Any, host: str) -> None:
         masks = self.masks(host)
         options = JobOptions(
-            timeout=task.timeout, pending_timeout=self.pending_timeout, masks=masks
+            timeout=task.timeout,
+            pending_timeout=self.pending_timeout,
+            masks=masks,
+            become=task_request(self.plan.playbook, task.task),
         )
         hostvars = dict(self.plan.host_vars.get(host, {}))
         if action.kind == "copy":
@@ -261,7 +265,11 @@ class PlaybookJob:
             return
         # On an agent the command goes on under its supervisor: re-attach with the stored command
         # (for a script, the one that runs the already uploaded file).
-        options = JobOptions(timeout=task.timeout, pending_timeout=self.pending_timeout)
+        options = JobOptions(
+            timeout=task.timeout,
+            pending_timeout=self.pending_timeout,
+            become=task_request(self.plan.playbook, task.task),
+        )
         await self.engine.execute_one(run, dict(self.plan.host_vars.get(host, {})), options)
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
 from easytask.errors import EasyTaskError
+from easytask.plan.become import BecomeRequest
 from easytask.scheduler import secretfile
 from easytask.scheduler.agents import AgentRegistry
 from easytask.scheduler.execution import Execution
@@ -22,6 +24,15 @@ log = logging.getLogger("easytask.server")
 
 # Starts executing a job's runs on this server (its task is kept by the engine).
 StartJob = Callable[[Job, list[Run], dict[str, dict[str, Any]], JobOptions], None]
+
+
+def adhoc_become(job: Job) -> BecomeRequest:
+    """The become an ad hoc job asked for (`run -b`), as `JobEngine.submit` kept it."""
+    try:
+        spec = json.loads(job.vars or "{}")
+    except ValueError:
+        return BecomeRequest()
+    return BecomeRequest.from_dict(spec.get("become") if isinstance(spec, dict) else None)
 
 
 class TakeOver:
@@ -107,6 +118,7 @@ class TakeOver:
                 timeout=job.timeout,
                 pending_timeout=job.pending_timeout,
                 forks=job.forks,
+                become=adhoc_become(job),
                 **kept,
             )
             targets = {}

@@ -9,6 +9,7 @@ from typing import Any
 
 from easytask.errors import APIError
 from easytask.plan import PlaybookPlan
+from easytask.plan.become import agentless_refusal, resolve_become, task_request
 from easytask.scheduler.inflight import JobOptions
 from easytask.scheduler.playbooks import submit_playbook
 from easytask.service.context import Services
@@ -46,6 +47,14 @@ async def submit_adhoc(
         {"kind": kind, "pattern": pattern, "command": command},
     )
     action = options.file_action
+    become: dict[str, list[str]] = {}  # user -> the hosts whose runs become that user
+    for p in planned:
+        as_user = resolve_become(p.host, p.vars, options.become)
+        refusal = agentless_refusal(p.host, as_user) if p.connection == "ssh" else None
+        if refusal:
+            raise APIError(refusal)
+        if as_user is not None:
+            become.setdefault(as_user.user, []).append(p.host)
     detail: dict[str, Any] = {
         "kind": kind,
         "pattern": pattern,
@@ -53,6 +62,8 @@ async def submit_adhoc(
         "hosts": [p.host for p in planned],
         "timeout": options.timeout,
     }
+    if become:
+        detail["become"] = become
     if options.secret_env:
         detail["secrets"] = sorted(options.secret_env)  # names only, never values
     if action is not None and action.kind in ("copy", "script"):
@@ -90,6 +101,9 @@ async def submit_plan(
         "extra_vars": sorted(plan.extra_vars),
         "sha256": hashlib.sha256(plan.playbook.text.encode()).hexdigest(),
     }
+    become = plan_become(plan)
+    if become:
+        detail["become"] = become
     return await submit_playbook(
         services.engine,
         plan,
@@ -98,6 +112,18 @@ async def submit_plan(
         pending_timeout=services.pending_timeout,
         audit=AuditNote(user.name, "job.submit", source, detail),
     )
+
+
+def plan_become(plan: PlaybookPlan) -> dict[str, dict[str, list[str]]]:
+    """Task -> user -> the hosts whose runs of the task become that user (for the audit)."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for task in plan.tasks:
+        request = task_request(plan.playbook, task.task)
+        for host in task.hosts:
+            as_user = resolve_become(host, plan.host_vars.get(host, {}), request)
+            if as_user is not None:
+                out.setdefault(task.name, {}).setdefault(as_user.user, []).append(host)
+    return out
 
 
 async def submit_scheduled(services: Services, path: Path, name: str) -> int:
@@ -115,7 +141,12 @@ async def submit_scheduled(services: Services, path: Path, name: str) -> int:
             "schedule",
             "job.submit",
             source,
-            {"kind": "schedule", "playbook": plan.name, "hosts": list(plan.hosts)},
+            {
+                "kind": "schedule",
+                "playbook": plan.name,
+                "hosts": list(plan.hosts),
+                **({"become": plan_become(plan)} if plan_become(plan) else {}),
+            },
         ),
     )
     assert job.id is not None
