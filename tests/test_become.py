@@ -21,11 +21,15 @@ from typing import Any
 
 import pytest
 
-from easytask.errors import InventoryError, UsageError
+from easytask.errors import InventoryError, PlaybookError, UsageError
+from easytask.inventory import load_inventory
+from easytask.plan import plan_playbook
 from easytask.plan.become import Become, BecomeRequest, agentless_refusal, resolve_become
+from easytask.playbook import parse_playbook
 from tests.browser.support import Browserless, admin_password
 from tests.conftest import AgentFactory, ServerFactory, write
 from tests.support import REPO, SSHD, ServerHandle, launch_agent, wait_until
+from tests.support.pg import PostgresCluster
 from tests.support.procs import Procs
 
 TARGET = "etbecome"  # the user runs become
@@ -86,6 +90,35 @@ def test_su_on_agentless_hosts_asks_for_a_become_password() -> None:
     refusal = agentless_refusal("h1", Become("root", "su"))
     assert refusal is not None and "needs a become password" in refusal
     assert agentless_refusal("h1", Become("root", "sudo")) is None
+
+
+def test_playbook_become_keys_are_checked_and_su_over_ssh_is_refused_when_planned(
+    tmp_path: Path,
+) -> None:
+    """`become` must be a boolean and `become_user` a user name (errors at file:line); a play
+    that would `su` on an agentless host is refused when it is planned, naming task and host."""
+    bad = "hosts: all\nbecome: yes please\ntasks:\n  - name: a\n    command: id\n    become_user: 'x y'\n"
+    with pytest.raises(PlaybookError) as caught:
+        parse_playbook(bad, tmp_path / "pb.yml")
+    assert [str(e) for e in caught.value.errors] == [
+        f"{tmp_path / 'pb.yml'}:2:9: 'become' in the play must be true or false, got 'yes please'",
+        f"{tmp_path / 'pb.yml'}:6:18: 'become_user' in task 'a' must be a user name, got 'x y'",
+    ]
+    inv = write(
+        tmp_path / "inv.ini",
+        """\
+        agent1 ansible_become_method=su
+        ssh1 easytask_connection=ssh ansible_become_method=su
+        """,
+    )
+    book = parse_playbook(
+        "hosts: all\nbecome: true\ntasks:\n  - name: a\n    command: id\n", tmp_path / "pb.yml"
+    )
+    with pytest.raises(UsageError) as refused:
+        plan_playbook(book, load_inventory(inv))
+    assert "task 'a': host 'ssh1': become method 'su' needs a become password" in str(refused.value)
+    # the agent host alone: its agent decides how, the method does not matter
+    assert plan_playbook(book, load_inventory(inv), limit="agent1").hosts == ("agent1",)
 
 
 # -- fixtures -----------------------------------------------------------------------------------
@@ -184,7 +217,7 @@ def test_root_agent_starts_the_command_as_the_user(
     assert done.returncode == 0, done.stdout + done.stderr
     assert "bec1 | nobody" in done.stdout
     header = next(line for line in done.stdout.splitlines() if line.startswith("HOST"))
-    assert header.split()[:3] == ["HOST", "STATUS", "AS"]
+    assert header.split() == ["HOST", "STATUS", "EXIT", "DURATION", "AS", "REASON"]
     assert "nobody (become)" in done.stdout
 
     # no become: the agent's own user, recorded too
@@ -401,3 +434,31 @@ def test_playbook_become_at_play_and_task_level(
         "as-play": {TARGET: ["pb1"], "nobody": ["pb2"]},
         "as-root": {"root": ["pb1"], "nobody": ["pb2"]},
     }
+
+
+# -- several servers ----------------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_a_run_handed_to_the_server_holding_its_agent_still_becomes(
+    postgres: PostgresCluster,
+    start_server: ServerFactory,
+    start_agent: AgentFactory,
+    tmp_path: Path,
+) -> None:
+    """Submitted on A with become, executed by B (which holds the agent): B asks the agent for
+    the user A resolved (the run's `become` event)."""
+    url = postgres.new_database()
+    a = start_server(None, "--db", url, state_dir=tmp_path / "a")
+    b_state = tmp_path / "b"
+    b_state.mkdir()
+    for name in ("client_key", "client_key.pub"):  # servers on one database share this key
+        shutil.copy(a.state_dir / name, b_state / name)
+    b = start_server(None, "--db", url, state_dir=b_state)
+    start_agent(b, "far1", "--allow-become", "nobody")
+    wait_until(lambda: a.agent_status("far1") == "online", timeout=30, what="seen from A")
+    run = _run(a, "far1", "id -un", become=True, become_user="nobody")
+    assert run["state"] == "success", run
+    assert run["output"] == ["nobody"] and run["ran_as"] == "nobody (become)"
+    kinds = [e["kind"] for e in a.get(f"/api/runs/{run['id']}")["events"]]
+    assert "handed over" in kinds and "become" in kinds

@@ -194,15 +194,15 @@ def _summary(data: dict[str, Any], elapsed: float, out: TextIO) -> int:
         (
             r["host"],
             r["state"],
-            r.get("ran_as") or "-",
             "" if r["exit_code"] is None else r["exit_code"],
             format_duration(r["duration"]) if r["duration"] is not None else "-",
+            r.get("ran_as") or "-",
             r["reason"],
         )
         for r in runs
     ]
     out.write("\n")
-    print_table(rows, ("HOST", "STATUS", "AS", "EXIT", "DURATION", "REASON"), out)
+    print_table(rows, ("HOST", "STATUS", "EXIT", "DURATION", "AS", "REASON"), out)
     counts: dict[str, int] = {}
     for r in runs:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
@@ -463,10 +463,10 @@ def _recap(data: dict[str, Any], elapsed: float, out: TextIO) -> None:
             r["task"],
             r["host"],
             r["state"],
-            r.get("ran_as") or "-",
             "" if r["exit_code"] is None else r["exit_code"],
             r["attempt"],
             format_duration(r["duration"]) if r["duration"] is not None else "-",
+            r.get("ran_as") or "-",
             r["reason"],
         )
         for r in runs

@@ -31,7 +31,7 @@ from easytask.scheduler.output import RunOutput
 from easytask.scheduler.recording import Outcome, Recorder
 from easytask.store.db import Store
 from easytask.store.models import Run, RunState, as_utc, utcnow
-from easytask.store.runs import RAN_AS
+from easytask.store.runs import BECOME, RAN_AS
 from easytask.transport import executor
 from easytask.transport.agentless import SSHPool, SSHTarget, wrap_command
 from easytask.transport.agentlink import AgentLink
@@ -77,6 +77,10 @@ class Execution:
         """Execute a run's command on its agent or over SSH, and record how it ended."""
         as_user = resolve_become(run.host, hostvars, options.become)
         options = replace(options, as_user=as_user)
+        if as_user is not None and run.connection == "agent":
+            # on the timeline before it is dispatched: a server that claims the run (it holds
+            # the agent) reads whom to ask for here
+            await self.recorder.event(run, BECOME, as_user.user)
         if run.connection == "agent":
             await self.agent_run(run, options)
         else:
@@ -156,9 +160,7 @@ class Execution:
         agent, the time after which this server takes it back if nobody claimed it."""
         assert run.id is not None
         key = f"{run.id}-{run.attempt}"
-        # (a run that becomes another user stays here: the server that would claim it could
-        # not tell whom it asked for)
-        can_offer = self.cluster is not None and not masks(options) and options.as_user is None
+        can_offer = self.cluster is not None and not masks(options)
         started = run.state in (RunState.DISPATCHED, RunState.RUNNING)
         deadline = None
         if options.timeout is not None:

@@ -10,7 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 from easytask.errors import EasyTaskError
-from easytask.plan.become import BecomeRequest
+from easytask.plan.become import Become, BecomeRequest
 from easytask.scheduler import secretfile
 from easytask.scheduler.agents import AgentRegistry
 from easytask.scheduler.execution import Execution
@@ -19,6 +19,7 @@ from easytask.scheduler.recording import Recorder
 from easytask.store import servers as rows
 from easytask.store.db import Store
 from easytask.store.models import OFFERED, Job, Run, RunState
+from easytask.store.runs import BECOME
 
 log = logging.getLogger("easytask.server")
 
@@ -162,6 +163,10 @@ class TakeOver:
             if job is None:
                 return
             options = JobOptions(timeout=job.timeout, pending_timeout=job.pending_timeout)
+            events = await self.store.call(self.store.run_events, run.id)
+            asked = next((e.detail for e in reversed(events) if e.kind == BECOME), "")
+            if asked:  # whom the job's server resolved it to become (see Execution.run)
+                options = replace(options, as_user=Become(asked))
             if job.masked:
                 kept = secretfile.load(self.recorder.secrets_dir, run.job_id)
                 if not kept:

@@ -16,6 +16,7 @@ from easytask.store.base import Queries
 from easytask.store.models import Job, JobWebhook, Run, RunEvent, RunState, WebhookDelivery, utcnow
 
 RAN_AS = "ran as"  # the timeline event that says whom a run's command ran as
+BECOME = "become"  # the timeline event that says whom an agent run asks its agent to become
 
 
 @dataclass(slots=True)
