@@ -239,6 +239,14 @@ def add_parsers(sub: Any) -> None:
         help="run commands and file transfers as this user (EASYTASK_AGENT_RUN_AS)",
     )
     a.add_argument(
+        "--allow-become",
+        action="append",
+        default=[],
+        metavar="USER,...",
+        help="users a run may ask to become (become, run -b); default none "
+        "(repeatable; EASYTASK_AGENT_ALLOW_BECOME: comma-separated)",
+    )
+    a.add_argument(
         "--allow",
         action="append",
         default=[],
@@ -362,6 +370,7 @@ def cmd_agent(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         file_dirs=args.file_dir
         or [d for d in env.get("EASYTASK_AGENT_FILE_DIRS", "").split(":") if d],
         pass_env=args.pass_env or env.get("EASYTASK_AGENT_PASS_ENV", "").split(","),
+        allow_become=args.allow_become or [env.get("EASYTASK_AGENT_ALLOW_BECOME", "")],
     )
     if config.slots < 1:
         raise UsageError("--slots must be at least 1")

@@ -90,6 +90,14 @@ def add_parsers(sub: Any) -> None:
         metavar="NAME",
         help="export NAME with its value in this environment, masked as **** (repeatable)",
     )
+    r.add_argument(
+        "-b",
+        "--become",
+        action="store_true",
+        help="run the command as another user (--become-user, default root); agents allow it "
+        "with --allow-become",
+    )
+    r.add_argument("--become-user", metavar="USER", help="the user to become (implies --become)")
     r.add_argument("--format", choices=("text", "json"), default="text")
     r.add_argument("--raw", action="store_true", help=RAW_HELP)
     r.set_defaults(func=cmd_run)
@@ -246,12 +254,13 @@ def _summary(data: dict[str, Any], elapsed: float, out: TextIO) -> int:
             r["state"],
             "" if r["exit_code"] is None else r["exit_code"],
             format_duration(r["duration"]) if r["duration"] is not None else "-",
+            r.get("ran_as") or "-",
             r["reason"],
         )
         for r in runs
     ]
     out.write("\n")
-    print_table(rows, ("HOST", "STATUS", "EXIT", "DURATION", "REASON"), out)
+    print_table(rows, ("HOST", "STATUS", "EXIT", "DURATION", "AS", "REASON"), out)
     counts: dict[str, int] = {}
     for r in runs:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
@@ -306,6 +315,10 @@ def cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         body["secrets"] = given
     if stored:
         body["credentials"] = stored
+    if args.become or args.become_user:
+        body["become"] = True
+    if args.become_user:
+        body["become_user"] = args.become_user
     if args.script:
         spec = _file_payload(Path(args.script), api_client(settings))
         spec.update(args=shlex.join(args.script_args), interpreter=args.interpreter)
@@ -665,11 +678,12 @@ def _recap(data: dict[str, Any], elapsed: float, out: TextIO) -> None:
             "" if r["exit_code"] is None else r["exit_code"],
             r["attempt"],
             format_duration(r["duration"]) if r["duration"] is not None else "-",
+            r.get("ran_as") or "-",
             r["reason"],
         )
         for r in runs
     ]
-    print_table(rows, ("TASK", "HOST", "STATUS", "EXIT", "TRY", "DURATION", "REASON"), out)
+    print_table(rows, ("TASK", "HOST", "STATUS", "AS", "EXIT", "TRY", "DURATION", "REASON"), out)
     out.write("\nRECAP\n")
     columns = ("ok", "failed", "skipped", "terminated", "unreachable")
     per_host: dict[str, dict[str, int]] = {}

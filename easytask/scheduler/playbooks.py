@@ -29,6 +29,7 @@ from easytask.plan import (
     stop_after_batch,
     task_result,
 )
+from easytask.plan.become import task_request
 from easytask.scheduler import fileops, secretfile
 from easytask.scheduler.engine import JobEngine
 from easytask.scheduler.inflight import JobOptions
@@ -287,6 +288,7 @@ class PlaybookJob:
             env=dict(action.env),  # exported apart from the command line (see shell_line)
             ssh_keys={h: k for h, k in self.ssh_keys.items() if h == host},
             become_passwords={h: p for h, p in self.become_passwords.items() if h == host},
+            become=task_request(self.plan.playbook, task.task),
         )
         hostvars = dict(self.plan.host_vars.get(host, {}))
         if action.kind == "copy":
@@ -317,7 +319,11 @@ class PlaybookJob:
             return
         # On an agent the command goes on under its supervisor: re-attach with the stored command
         # (for a script, the one that runs the already uploaded file).
-        options = JobOptions(timeout=task.timeout, pending_timeout=self.pending_timeout)
+        options = JobOptions(
+            timeout=task.timeout,
+            pending_timeout=self.pending_timeout,
+            become=task_request(self.plan.playbook, task.task),
+        )
         await self.engine.execute_one(run, dict(self.plan.host_vars.get(host, {})), options)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from easytask.errors import APIError, PlaybookError
 from easytask.plan import PlaybookPlan
+from easytask.plan.become import agentless_refusal, resolve_become, task_request
 from easytask.scheduler.egress import WebhookRefused, url_origin
 from easytask.scheduler.inflight import JobOptions
 from easytask.scheduler.playbooks import submit_playbook
@@ -83,6 +84,14 @@ async def submit_adhoc(
     )
     used = sorted({*opened.names, *per_host.names})
     action = options.file_action
+    become: dict[str, list[str]] = {}  # user -> the hosts whose runs become that user
+    for p in planned:
+        as_user = resolve_become(p.host, p.vars, options.become)
+        refusal = agentless_refusal(p.host, as_user) if p.connection == "ssh" else None
+        if refusal:
+            raise APIError(refusal)
+        if as_user is not None:
+            become.setdefault(as_user.user, []).append(p.host)
     detail: dict[str, Any] = {
         "kind": kind,
         "pattern": pattern,
@@ -96,6 +105,8 @@ async def submit_adhoc(
         detail["extra_vars"] = sorted(extra_vars)  # names; the rendered command is stored
     if remote_user:
         detail["user"] = remote_user
+    if become:
+        detail["become"] = become
     if options.secret_env:
         detail["secrets"] = sorted(options.secret_env)  # names only, never values
     if used:
@@ -161,6 +172,9 @@ async def submit_plan(
     }
     if per_host.names:
         detail["credentials"] = per_host.names  # names only, never values
+    become = plan_become(plan)
+    if become:
+        detail["become"] = become
     submitted = await submit_playbook(
         services.engine,
         plan,
@@ -191,6 +205,18 @@ async def plan_credentials(
     return per_host
 
 
+def plan_become(plan: PlaybookPlan) -> dict[str, dict[str, list[str]]]:
+    """Task -> user -> the hosts whose runs of the task become that user (for the audit)."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for task in plan.tasks:
+        request = task_request(plan.playbook, task.task)
+        for host in task.hosts:
+            as_user = resolve_become(host, plan.host_vars.get(host, {}), request)
+            if as_user is not None:
+                out.setdefault(task.name, {}).setdefault(as_user.user, []).append(host)
+    return out
+
+
 async def submit_scheduled(services: Services, path: Path, name: str) -> int:
     """Start the playbook of a schedule (as the user `schedule`); the job's id."""
     plan = await plan_file(services, path)
@@ -214,6 +240,7 @@ async def submit_scheduled(services: Services, path: Path, name: str) -> int:
                 "playbook": plan.name,
                 "hosts": list(plan.hosts),
                 **({"credentials": per_host.names} if per_host.names else {}),
+                **({"become": plan_become(plan)} if plan_become(plan) else {}),
             },
         ),
         ssh_keys=per_host.ssh_keys,
