@@ -37,6 +37,8 @@ class Settings:
     url: str = _setting("http://127.0.0.1:8080")
     token: str | None = _setting(None)
     inventory: str | None = _setting("inventory")
+    vault_password_file: str | None = _setting(None)  # Ansible Vault password: a file or a script
+    vault_id: tuple[str, ...] | None = _setting(None, "list")  # LABEL@FILE: more vault passwords
     log_format: str = _setting("text", "choice", choices=("text", "json"))
     # the server
     state_dir: Path = _setting(Path(".easytask/server"), "path")
@@ -117,6 +119,12 @@ def _convert(name: str, kind: str, value: Any, choices: tuple[str, ...] = ()) ->
             if isinstance(value, bool) or not isinstance(value, int | str):
                 raise ValueError(f"not a size: {value!r}")
             return parse_size(value)
+        if kind == "list":  # a list in a config file, comma-separated in the environment
+            if isinstance(value, str):
+                return tuple(v.strip() for v in value.split(",") if v.strip())
+            if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"not a list of strings: {value!r}")
+            return tuple(value)
         if kind == "count":
             if isinstance(value, bool | float):
                 raise ValueError(f"not a whole number: {value!r}")

@@ -21,6 +21,7 @@ PURE = [
     "loglines",
     "templating",
     "masking",
+    "vault",
 ]
 IO_LIBS = {
     "asyncssh",

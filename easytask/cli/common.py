@@ -17,6 +17,26 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_START, EXIT_BUG = 0, 1, 2, 3, 70
 FINAL = {"success", "failed", "terminated", "unreachable", "skipped"}
 
 
+VAULT_SETTINGS = ("vault_password_file", "vault_id")
+
+
+def add_vault_options(parser: argparse.ArgumentParser) -> None:
+    """`--vault-password-file` and `--vault-id`: the settings that open Ansible Vault values."""
+    parser.add_argument(
+        "--vault-password-file",
+        metavar="FILE",
+        help="the Ansible Vault password: a file, or an executable that prints it "
+        "(EASYTASK_VAULT_PASSWORD_FILE)",
+    )
+    parser.add_argument(
+        "--vault-id",
+        action="append",
+        metavar="LABEL@FILE",
+        help="a vault id's password file or script, repeatable (EASYTASK_VAULT_ID, "
+        "comma-separated)",
+    )
+
+
 class Parser(argparse.ArgumentParser):
     """The argument parser of every command: usage errors raise, and its subcommands and options
     are known (`subcommands`, `options`: for the generated reference and the tests that hold the

@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any, TextIO
 
+from easytask.cli.common import VAULT_SETTINGS, add_vault_options
 from easytask.config import Settings
 from easytask.errors import NoHostsMatched, UsageError
 
@@ -46,7 +47,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         choices=("json", "text"),
         help="output format (--hosts: text or json; --list/--host: json; --graph: text)",
     )
-    p.set_defaults(func=run)
+    add_vault_options(p)
+    p.set_defaults(func=run, settings_from=VAULT_SETTINGS)
     return p
 
 
@@ -57,8 +59,10 @@ def run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     if args.vars and not args.graph:
         raise UsageError("inventory: --vars only goes with --graph")
     from easytask.inventory import dumps_json, load_inventory  # only this command needs YAML
+    from easytask.vaultpass import load_vault
 
-    inventory = load_inventory(args.inventory or [settings.inventory or "inventory"])
+    vault = load_vault(settings.vault_password_file, settings.vault_id)
+    inventory = load_inventory(args.inventory or [settings.inventory or "inventory"], vault)
     for warning in inventory.warnings:
         sys.stderr.write(f"easytask: warning: {warning}\n")
     if args.hosts:

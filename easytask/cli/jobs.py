@@ -14,6 +14,8 @@ from easytask.cli.common import (
     EXIT_OK,
     EXIT_USAGE,
     FINAL,
+    VAULT_SETTINGS,
+    add_vault_options,
     api_client,
     duration_arg,
     escape_controls,
@@ -136,7 +138,8 @@ def add_parsers(sub: Any) -> None:
     )
     pl.add_argument("--format", choices=("text", "json"), default="text")
     pl.add_argument("--raw", action="store_true", help=RAW_HELP)
-    pl.set_defaults(func=cmd_play)
+    add_vault_options(pl)
+    pl.set_defaults(func=cmd_play, settings_from=VAULT_SETTINGS)
 
 
 class RunView:
@@ -413,6 +416,8 @@ def cmd_play(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         tag_names,
     )
     from easytask.playbook import load_playbook
+    from easytask.vault import Vault
+    from easytask.vaultpass import load_vault
 
     if args.inventory and not args.check:
         raise UsageError(
@@ -420,12 +425,18 @@ def cmd_play(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
             "inventory (set it with `easytask server -i`)"
         )
     started = time.monotonic()
-    playbook = load_playbook(args.playbook)
+    # --check opens vaults here; a run leaves them shut: the server decrypts with its passwords
+    vault = (
+        load_vault(settings.vault_password_file, settings.vault_id)
+        if args.check
+        else Vault(locked=True)
+    )
+    playbook = load_playbook(args.playbook, vault)
     extra = parse_extra_vars(args.extra_vars)
     tags = tag_names(",".join(args.tags), "--tags")
     skip_tags = tag_names(",".join(args.skip_tags), "--skip-tags")
     if args.check:
-        inventory = load_inventory(args.inventory or [settings.inventory or "inventory"])
+        inventory = load_inventory(args.inventory or [settings.inventory or "inventory"], vault)
         plan = plan_playbook(
             playbook, inventory, extra_vars=extra, limit=args.limit, tags=tags, skip_tags=skip_tags
         )

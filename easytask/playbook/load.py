@@ -9,6 +9,7 @@ from easytask.errors import PlaybookError, SourceLocation
 from easytask.playbook.check import PlaybookChecker
 from easytask.playbook.model import Playbook, PlaybookErrors
 from easytask.sourceyaml import Source, YamlError, parse_yaml
+from easytask.vault import Vault
 
 __all__ = ["load_playbook", "load_yaml", "parse_playbook"]
 
@@ -41,8 +42,10 @@ def _yaml_hint(problem: str, line: str) -> str:
 # -- loading ----------------------------------------------------------------------------------
 
 
-def load_playbook(path: str | Path) -> Playbook:
-    """Read and check a playbook file; raises PlaybookError (PlaybookErrors for its contents)."""
+def load_playbook(path: str | Path, vault: Vault | None = None) -> Playbook:
+    """Read and check a playbook file; raises PlaybookError (PlaybookErrors for its contents).
+
+    `vault` decrypts its vaulted `vars_files` (none: no password)."""
     name = str(path)
     try:
         raw = Path(name).read_bytes()
@@ -55,14 +58,14 @@ def load_playbook(path: str | Path) -> Playbook:
         raise PlaybookErrors(
             [PlaybookError("not valid UTF-8", location=SourceLocation(name, line))]
         ) from None
-    return parse_playbook(text, name)
+    return parse_playbook(text, name, vault)
 
 
-def parse_playbook(text: str, path: str | Path) -> Playbook:
+def parse_playbook(text: str, path: str | Path, vault: Vault | None = None) -> Playbook:
     """Check a playbook's text; `path` names it in errors, and its directory holds its files."""
     name = str(path)
     data, problems, source = load_yaml(text, name)
-    checker = PlaybookChecker(source, name)
+    checker = PlaybookChecker(source, name, vault)
     playbook = checker.play(data, text)
     errors = _in_file_order(problems + checker.errors)
     if errors or playbook is None:

@@ -29,6 +29,7 @@ from easytask.scheduler.inflight import JobOptions
 from easytask.store.audit import AuditNote
 from easytask.store.models import Job, Run, RunState
 from easytask.templating import render
+from easytask.vault import vault_values
 
 log = logging.getLogger("easytask.server")
 
@@ -216,7 +217,8 @@ class PlaybookJob:
         slot.result = task_result(stdout, stderr, fresh.exit_code, state)
 
     def masks(self, host: str) -> tuple[str, ...]:
-        """The values of the playbook's secret variables on a host."""
+        """The values of the playbook's secret variables on a host, and every value that came
+        from an Ansible Vault (its inventory vars, the play's vars and vars_files)."""
         context = self.plan.context(host)
         values = []
         for name in self.plan.playbook.secrets:
@@ -225,7 +227,8 @@ class PlaybookJob:
                     values.append(render("{{ " + name + " }}", context, what=f"secret {name}"))
                 except EasyTaskError:
                     continue
-        return tuple(v for v in values if v)
+        values += vault_values(self.plan.host_vars.get(host, {}), self.plan.playbook.vars)
+        return tuple(v for v in dict.fromkeys(values) if v)
 
     async def _attempt(self, run: Run, task: PlannedTask, action: Any, host: str) -> None:
         masks = self.masks(host)
@@ -331,8 +334,8 @@ async def submit_playbook(
         engine.track(run)
     runner = PlaybookJob(engine, plan, job, runs, pending_timeout)
     assert job.id is not None
-    if plan.playbook.secrets:  # every host's values: a resumed run's output stays masked
-        masks = {m for host in plan.all_hosts for m in runner.masks(host)}
+    masks = {m for host in plan.all_hosts for m in runner.masks(host)}
+    if plan.playbook.secrets or masks:  # every host's values: a resumed run's output stays masked
         hidden = {k: v for k, v in plan.extra_vars.items() if k in plan.playbook.secrets}
         secretfile.save(engine.secrets_dir, job.id, {}, tuple(sorted(masks)), hidden)
     task = asyncio.create_task(_run(engine, runner), name=f"job-{job.id}")

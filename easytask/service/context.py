@@ -21,6 +21,7 @@ from easytask.scheduler.retention import Retention
 from easytask.scheduler.schedules import Scheduler
 from easytask.store.db import Store
 from easytask.transport.agentlink import AgentListener
+from easytask.vault import Vault
 
 log = logging.getLogger("easytask.server")
 
@@ -28,8 +29,9 @@ log = logging.getLogger("easytask.server")
 class InventorySource:
     """The inventory file or directory, loaded again when a file of it changes."""
 
-    def __init__(self, path: str | None) -> None:
+    def __init__(self, path: str | None, vault: Vault | None = None) -> None:
         self.path = path
+        self.vault = vault
         self._inventory: Inventory | None = None
         self._stamp: Any = None
 
@@ -38,11 +40,11 @@ class InventorySource:
         path = self.path
         if not path or not Path(path).exists():
             if self._inventory is None:
-                self._inventory = load_inventory([])
+                self._inventory = load_inventory([], self.vault)
             return self._inventory
         stamp = tree_stamp(Path(path))
         if self._inventory is None or stamp != self._stamp:
-            self._inventory = load_inventory(path)
+            self._inventory = load_inventory(path, self.vault)
             self._stamp = stamp
         return self._inventory
 
@@ -69,6 +71,7 @@ class Services:
     state_dir: Path
     server_id: str
     pending_timeout: float
+    vault: Vault  # the Ansible Vault passwords, read at start
     store: Store
     writer: LogWriter
     hub: LiveHub

@@ -13,6 +13,7 @@ from easytask.errors import APIError, EasyTaskError
 from easytask.playbook import PlaybookErrors, load_playbook
 from easytask.service.context import Services
 from easytask.store.serialize import schedule_dict
+from easytask.vault import Vault
 
 PLAYBOOK_SUFFIXES = (".yml", ".yaml")
 
@@ -53,7 +54,7 @@ def _playbook_files(root: Path) -> list[Path]:
     )
 
 
-def _playbook_entry(path: Path) -> dict[str, Any]:
+def _playbook_entry(path: Path, vault: Vault) -> dict[str, Any]:
     """What the listing says about one file: name, hosts, task count, or its errors."""
     entry: dict[str, Any] = {
         "file": path.name,
@@ -64,7 +65,7 @@ def _playbook_entry(path: Path) -> dict[str, Any]:
         "schedule": None,
     }
     try:
-        book = load_playbook(path)
+        book = load_playbook(path, vault)
     except EasyTaskError as exc:
         problems = exc.errors if isinstance(exc, PlaybookErrors) else (exc,)
         entry["errors"] = [_problem(path, e) for e in problems]
@@ -113,7 +114,9 @@ async def playbook_listing(services: Services) -> dict[str, Any]:
     schedules = {row.path: row for row in await store.call(store.list_schedules)}
 
     def read() -> list[tuple[dict[str, Any], str]]:
-        return [(_playbook_entry(p), str(p.resolve())) for p in _playbook_files(root)]
+        return [
+            (_playbook_entry(p, services.vault), str(p.resolve())) for p in _playbook_files(root)
+        ]
 
     now = datetime.now(UTC)
     out = []
