@@ -16,7 +16,7 @@ import pytest
 
 from easytask.config import load_settings
 from easytask.errors import ConfigError, InventoryError
-from easytask.inventory import dumps_json, load_inventory
+from easytask.inventory import load_inventory
 from easytask.playbook import PlaybookErrors, parse_playbook
 from easytask.vault import Vault, VaultError, VaultText, vault_values
 from easytask.vaultpass import load_vault
