@@ -104,14 +104,19 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_group_vars_file_and_inline_values_as_ansible_reads_them(tree: Path) -> None:
-    """`easytask inventory --list` prints byte for byte what `ansible-inventory --list` prints
-    with the same passwords: encrypted files in clear, inline values as their ciphertext."""
+@pytest.mark.parametrize("action", [["--list"], ["--host", "web1"], ["--graph", "--vars"]])
+def test_group_vars_file_and_inline_values_as_ansible_reads_them(
+    tree: Path, action: list[str]
+) -> None:
+    """`easytask inventory` prints byte for byte what `ansible-inventory` prints with the same
+    passwords: encrypted files in clear, inline values as their ciphertext in JSON."""
     ids = ["--vault-id", "prod@prod.pw", "--vault-password-file", "default.pw"]
-    theirs = ansible("ansible-inventory", "-i", "inv/hosts.ini", *ids, "--list", cwd=tree).stdout
-    ours = easytask("inventory", "-i", "inv/hosts.ini", *ids, "--list", cwd=tree)
+    theirs = ansible("ansible-inventory", "-i", "inv/hosts.ini", *ids, *action, cwd=tree).stdout
+    ours = easytask("inventory", "-i", "inv/hosts.ini", *ids, *action, cwd=tree)
     assert ours.returncode == 0, ours.stderr
     assert ours.stdout == theirs
+    if action != ["--list"]:
+        return
     listed = json.loads(ours.stdout)["_meta"]["hostvars"]
     assert listed["web2"]["db_password"] == SECRET
     assert listed["web1"]["api_token"]["__ansible_vault"].startswith("$ANSIBLE_VAULT;1.1;AES256")
