@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from easytask.config import load_settings
-from easytask.errors import ConfigError, InventoryError
+from easytask.errors import ConfigError, InventoryError, UsageError
 from easytask.inventory import load_inventory
+from easytask.plan import parse_extra_vars
 from easytask.playbook import PlaybookErrors, parse_playbook
 from easytask.vault import Vault, VaultError, VaultText, vault_values
 from easytask.vaultpass import load_vault
@@ -249,6 +250,36 @@ def test_vaulted_vars_files(tree: Path) -> None:
     # read only to be sent to the server (which decrypts): nothing is decrypted here
     sent = parse_playbook(text, book / "play.yml", Vault(locked=True))
     assert sent.vars == {"region": "eu", "token": ""}
+
+
+def test_vault_values_in_the_play_and_an_encrypted_playbook(tree: Path) -> None:
+    """`!vault` in the play's `vars` is decrypted (and masked, as every vault value); a playbook
+    encrypted whole is refused by name; `-e @file` takes no vault values."""
+    inline = ansible(
+        "ansible-vault", "encrypt_string", "--vault-id", "prod@prod.pw", TOKEN,
+        "--name", "token", cwd=tree,
+    ).stdout  # fmt: skip
+    body = "".join("  " + line + "\n" for line in inline.splitlines())
+    text = f"hosts: all\nvars:\n{body}tasks: [{{name: a, shell: 'echo {{{{ token }}}}'}}]\n"
+    book = tree / "inplay.yml"
+    playbook = parse_playbook(text, book, Vault([("prod", PROD_PASSWORD.encode())]))
+    assert vault_values(playbook.vars) == [TOKEN]
+    with pytest.raises(PlaybookErrors) as exc:
+        parse_playbook(text, book, Vault([("prod", b"wrong")]))
+    assert str(exc.value) == (
+        f"{book}:3:10: cannot decrypt the vault value with the given password (vault id 'prod')"
+    )
+    encrypted = write(tree / "whole.yml", "hosts: all\ntasks: [{name: a, shell: x}]\n")
+    ansible("ansible-vault", "encrypt", "--vault-id", "prod@prod.pw", str(encrypted), cwd=tree)
+    with pytest.raises(PlaybookErrors) as exc:
+        parse_playbook(encrypted.read_text(), encrypted, Vault([("prod", PROD_PASSWORD.encode())]))
+    assert str(exc.value) == (
+        f"{encrypted}:1:1: an encrypted playbook is not supported: put its secrets in vaulted"
+        " vars_files"
+    )
+    extra = write(tree / "extra.yml", inline)
+    with pytest.raises(UsageError, match="!vault"):
+        parse_extra_vars([f"@{extra}"])
 
 
 def test_play_check_masks_vault_values(tree: Path) -> None:
