@@ -201,8 +201,9 @@ def test_vault_values_masked_and_never_stored(
 ) -> None:
     """A vaulted group_vars file (made by ansible-vault, vault id `prod`) and a vaulted vars file
     sent with the playbook: the server decrypts them with its --vault-id and
-    --vault-password-file; the job's output and stored command show ****, and the values are in
-    no column and no file of either state dir (the sent vars file stays encrypted)."""
+    --vault-password-file; the job's output and stored command show ****, an ad hoc command's
+    output on the host too, and the values are in no column and no file of either state dir
+    (the sent vars file stays encrypted)."""
     from tests.test_vault import ansible
 
     group_value = f"vaulted-{secrets.token_hex(8)}"
@@ -254,6 +255,12 @@ def test_vault_values_masked_and_never_stored(
         "db=**** api=****",
     ]
     assert run["command"] == 'echo "db=**** api=****"; echo "****" >&2'
+
+    # an ad hoc command on a host with vault values: they are masked in its output too
+    holder = write(tmp_path / "host" / "conf.txt", f"password={group_value}\n")
+    adhoc = server.cli("run", "sw1", "-a", f"cat {holder}")
+    assert adhoc.returncode == 0, adhoc.stdout + adhoc.stderr
+    assert group_value not in adhoc.stdout and "password=****" in adhoc.stdout
 
     wait_until(
         lambda: not [p for p in agent_dir.rglob("spool/*") if p.suffix in (".out", ".done")],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from easytask.service.planning import plan_file, plan_pattern
 from easytask.service.scope import enforce_scope
 from easytask.store.audit import AuditNote
 from easytask.store.models import Job, Run, RunState, Schedule, User
+from easytask.vault import vault_values
 
 
 async def submit_adhoc(
@@ -45,6 +47,9 @@ async def submit_adhoc(
         source,
         {"kind": kind, "pattern": pattern, "command": command},
     )
+    vaulted = vault_values(*(p.vars for p in planned))  # the hosts' vault values: masked too
+    if vaulted:
+        options = dataclasses.replace(options, masks=(*options.masks, *vaulted))
     action = options.file_action
     detail: dict[str, Any] = {
         "kind": kind,
