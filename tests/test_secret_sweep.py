@@ -256,6 +256,24 @@ def test_vault_values_masked_and_never_stored(
     ]
     assert run["command"] == 'echo "db=**** api=****"; echo "****" >&2'
 
+    # a vars file the server has no password for: refused with the file and line, nothing runs
+    write(tmp_path / "other.pw", "another password\n")
+    other = write(tmp_path / "book" / "other.yml", "other: 1\n")
+    ansible("ansible-vault", "encrypt", "--vault-id", "x@other.pw", str(other), cwd=tmp_path)
+    refused = write(
+        tmp_path / "book" / "refused.yml",
+        "hosts: hosts\nvars_files: [other.yml]\ntasks: [{name: a, shell: 'true'}]\n",
+    )
+    runs_before = len(server.get("/api/runs", limit=100)["runs"])
+    failed = server.cli("play", str(refused))
+    assert failed.returncode == 2, failed.stdout + failed.stderr
+    assert (
+        "other.yml:1:1: cannot decrypt the vault file with the given password (vault id 'x')"
+        in failed.stderr
+    ), failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert len(server.get("/api/runs", limit=100)["runs"]) == runs_before
+
     # an ad hoc command on a host with vault values: they are masked in its output too
     holder = write(tmp_path / "host" / "conf.txt", f"password={group_value}\n")
     adhoc = server.cli("run", "sw1", "-a", f"cat {holder}")
