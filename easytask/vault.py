@@ -167,9 +167,15 @@ def mark_secret(value: Any) -> Any:
     return value
 
 
+MIN_MASKED = 4  # shorter vault strings ("yes", "80") are not masked: they would hide too much
+
+
 def vault_values(*layers: Mapping[str, Any]) -> list[str]:
-    """The vault values (non-blank strings) found in some variables, nested ones too."""
-    return sorted({str(v) for layer in layers for v in _walk(layer) if str(v).strip()})
+    """The vault values found in some variables, nested ones too: the strings to mask (those of
+    MIN_MASKED characters or more)."""
+    return sorted(
+        {str(v) for layer in layers for v in _walk(layer) if len(v.strip()) >= MIN_MASKED}
+    )
 
 
 def _walk(value: Any) -> Iterator[VaultText]:

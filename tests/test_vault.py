@@ -74,6 +74,7 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
         f"""\
         db_password: {SECRET}
         db_port: 5432
+        short: "ab"
         users:
           - name: admin
             key: {SECRET}-admin
@@ -126,7 +127,8 @@ def test_group_vars_file_and_inline_values_as_ansible_reads_them(
 
 def test_decrypted_values_are_vault_texts(tree: Path) -> None:
     """Every string that came from a vault (an encrypted file's, nested ones too, and inline
-    values) is a VaultText: the values masked in job output; numbers and plain values are not."""
+    values) is a VaultText, masked in job output from 4 characters; numbers and plain values are
+    not."""
     vault = load_vault(str(tree / "default.pw"), [f"prod@{tree / 'prod.pw'}"])
     inventory = load_inventory(tree / "inv" / "hosts.ini", vault)
     web1 = inventory.host_vars("web1")
@@ -135,6 +137,7 @@ def test_decrypted_values_are_vault_texts(tree: Path) -> None:
     assert web1["cert"] == "multi\nline value"
     assert web1["db_port"] == 5432
     assert not isinstance(web1["plain"], VaultText)
+    assert isinstance(web1["short"], VaultText)  # but too short to be masked
     assert vault_values(web1) == sorted(
         [SECRET, f"{SECRET}-admin", TOKEN, "admin", "multi\nline value"]
     )
