@@ -146,7 +146,9 @@ class Vault:
         raise VaultError(f"cannot decrypt the vault {what} with the given password{shown}")
 
     def decrypt_text(self, text: str, what: str = "value") -> str:
-        """The plaintext as UTF-8 text."""
+        """The plaintext as UTF-8 text ("" when the vault is `locked`)."""
+        if self.locked:
+            return ""
         plain = self.decrypt(text, what)
         try:
             return plain.decode("utf-8")

@@ -342,3 +342,23 @@ def test_an_inventory_error_is_still_an_inventory_error(tree: Path) -> None:
     with pytest.raises(InventoryError) as exc:
         load_inventory(tree / "inv" / "hosts.ini", Vault([("x", b"y")]))
     assert exc.value.exit_code == 2
+
+
+def test_json_vault_values_as_ansible_reads_them(tree: Path) -> None:
+    """`{"__ansible_vault": ...}` in a JSON vars file (what `--host` prints) is a vault value."""
+    ids = ["--vault-id", "prod@prod.pw", "--vault-password-file", "default.pw"]
+    shown = ansible("ansible-inventory", "-i", "inv/hosts.ini", *ids, "--host", "web1", cwd=tree)
+    write(tree / "json" / "hosts.ini", "[web]\nweb3\n")
+    write(tree / "json" / "host_vars" / "web3.json", shown.stdout)
+    theirs = ansible("ansible-inventory", "-i", "json/hosts.ini", *ids, "--list", cwd=tree).stdout
+    ours = easytask("inventory", "-i", "json/hosts.ini", *ids, "--list", cwd=tree)
+    assert ours.returncode == 0, ours.stderr
+    assert ours.stdout == theirs
+    vault = Vault([("default", DEFAULT_PASSWORD.encode()), ("prod", PROD_PASSWORD.encode())])
+    web3 = load_inventory(tree / "json" / "hosts.ini", vault).host_vars("web3")
+    assert web3["api_token"] == TOKEN and isinstance(web3["api_token"], VaultText)
+    wrong = easytask("inventory", "-i", "json/hosts.ini", "--list", cwd=tree)
+    assert wrong.returncode == 2
+    assert wrong.stderr.startswith(
+        "easytask: json/host_vars/web3.json: cannot decrypt the vault value: no vault password"
+    ), wrong.stderr

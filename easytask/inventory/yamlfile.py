@@ -10,7 +10,7 @@ from easytask.errors import InventoryError, SourceLocation
 from easytask.inventory.hostnames import RangeError, expand_host_pattern
 from easytask.inventory.model import InventoryData
 from easytask.sourceyaml import Source, UnsafeText, YamlError, parse_yaml, type_name
-from easytask.vault import Vault
+from easytask.vault import Vault, VaultError, VaultText
 
 __all__ = ["VaultFileError", "load_document", "parse_structured"]
 
@@ -28,13 +28,24 @@ def _json_object(pairs: list[tuple[str, Any]]) -> Any:
 def load_document(text: str, path: str, vault: Vault | None = None) -> Source:
     """Parse JSON, or else YAML (Ansible tries JSON first too); errors name file:line:col.
 
-    `!vault` values and a file encrypted whole are decrypted with `vault` (none: no password)."""
+    `!vault` values (in JSON `{"__ansible_vault": ...}`) and a file encrypted whole are
+    decrypted with `vault` (none: no password)."""
+    vault = vault if vault is not None else Vault()
+
+    def json_object(pairs: list[tuple[str, Any]]) -> Any:
+        if len(pairs) == 1 and pairs[0][0] == "__ansible_vault" and isinstance(pairs[0][1], str):
+            try:
+                return VaultText(vault.decrypt_text(pairs[0][1]), pairs[0][1])
+            except VaultError as exc:
+                raise VaultFileError(str(exc), location=SourceLocation(path)) from None
+        return _json_object(pairs)
+
     try:
-        return Source(path, text, json.loads(text, object_pairs_hook=_json_object))
+        return Source(path, text, json.loads(text, object_pairs_hook=json_object))
     except ValueError:
         pass
     try:
-        return parse_yaml(text, path, vault=vault if vault is not None else Vault())
+        return parse_yaml(text, path, vault=vault)
     except YamlError as exc:
         error = VaultFileError if exc.vault else InventoryError
         raise error(exc.message, location=exc.location) from None
