@@ -362,3 +362,13 @@ def test_json_vault_values_as_ansible_reads_them(tree: Path) -> None:
     assert wrong.stderr.startswith(
         "easytask: json/host_vars/web3.json: cannot decrypt the vault value: no vault password"
     ), wrong.stderr
+
+
+def test_play_without_check_refuses_vault_flags(tree: Path) -> None:
+    """A run decrypts on the server: vault flags given to `play` without --check are refused,
+    never silently dropped."""
+    done = easytask("play", "check.yml", "--vault-password-file", "default.pw", cwd=tree)
+    assert done.returncode == 2
+    assert done.stderr.startswith(
+        "easytask: play: --vault-password-file/--vault-id are only read with --check"
+    ), done.stderr

@@ -424,6 +424,11 @@ def cmd_play(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
             "play: -i/--inventory is only read with --check; a playbook runs on the server's "
             "inventory (set it with `easytask server -i`)"
         )
+    if (args.vault_password_file or args.vault_id) and not args.check:
+        raise UsageError(
+            "play: --vault-password-file/--vault-id are only read with --check; a playbook runs "
+            "with the server's vault passwords (`easytask server --vault-password-file`)"
+        )
     started = time.monotonic()
     # --check opens vaults here; a run leaves them shut: the server decrypts with its passwords
     vault = (
