@@ -101,6 +101,21 @@ def test_play_check_reads_every_inventory(client: FakeClient, tmp_path: Path) ->
     assert "echo hi beta1" in out
 
 
+def test_play_check_shows_a_credential_placeholder(client: FakeClient, tmp_path: Path) -> None:
+    """`play --check`: a secret nothing local sets comes from the server's credential store,
+    shown as a placeholder; one the inventory sets keeps its value."""
+    (tmp_path / "inv.ini").write_text("alpha1\nbeta1 token=from-inventory\n")
+    book = tmp_path / "cred.yml"
+    book.write_text(
+        "name: cred\nhosts: all\nsecrets: [token, api_key]\ntasks:\n"
+        "  - name: show\n    shell: echo \"{{ api_key }} {{ token | default('-') }}\"\n"
+    )
+    code, out = run_cli("play", str(book), "--check", "-i", str(tmp_path / "inv.ini"))
+    assert code == 0, out
+    assert 'echo "<credential api_key> -"' in out
+    assert 'echo "<credential api_key> from-inventory"' in out
+
+
 def test_play_inventory_without_check_is_a_usage_error(
     client: FakeClient, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

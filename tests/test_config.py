@@ -192,6 +192,7 @@ def test_server_flags_are_settings() -> None:
         "token",
         "notify_secret",
         "metrics_token",
+        "secret_key",
     }
     given = parser.parse_args(["server", "--upload-limit", "2k", "--keepalive", "5s"])
     assert (given.upload_limit, given.keepalive_interval) == (2048, 5.0)

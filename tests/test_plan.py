@@ -685,3 +685,36 @@ def test_bad_tag_options_are_refused(value: Any, message: str) -> None:
     assert str(exc.value) == message
     assert tag_names(" a, b,a", "--tags") == ("a", "b")
     assert tag_names(None, "--tags") == ()
+
+
+def test_adhoc_limit_extra_vars_and_user(inventory: Inventory) -> None:
+    """plan_adhoc: --limit keeps hosts of the pattern, -e renders per host, -u is checked."""
+    from easytask.plan import plan_adhoc
+
+    runs = plan_adhoc(inventory, "prod", "echo {{ x }} {{ inventory_hostname }}", limit="web")
+    assert [(r.host, r.command) for r in runs] == [
+        ("web1", "echo {{ x }} {{ inventory_hostname }}"),
+        ("web2", "echo {{ x }} {{ inventory_hostname }}"),
+    ]
+    rendered = plan_adhoc(
+        inventory, "db", "echo {{ x }} {{ inventory_hostname }}", extra_vars={"x": 1}
+    )
+    assert [r.command for r in rendered] == ["echo 1 db1"]
+    with pytest.raises(NoHostsMatched, match="no host of 'db' is in --limit 'web'"):
+        plan_adhoc(inventory, "db", "true", limit="web")
+    with pytest.raises(UsageError, match="is the SSH user of agentless hosts; db1 run"):
+        plan_adhoc(inventory, "db", "true", user="deploy")
+    with pytest.raises(UsageError, match="'-rf' is not a user name"):
+        plan_adhoc(inventory, "db", "true", user="-rf")
+    with pytest.raises(TemplateError):
+        plan_adhoc(inventory, "db", "echo {{ nope }}", extra_vars={})
+
+
+def test_global_options_after_the_subcommand_move_before_it() -> None:
+    from easytask.cli.main import hoist_globals
+
+    assert hoist_globals(["run", "all", "--url", "U", "-a", "x", "--token=T"]) == [
+        "--url", "U", "--token=T", "run", "all", "-a", "x",
+    ]  # fmt: skip
+    assert hoist_globals(["--url", "U", "runs"]) == ["--url", "U", "runs"]
+    assert hoist_globals([]) == []

@@ -21,6 +21,8 @@ from easytask import __version__
 from easytask.agent import facts, sftp
 from easytask.agent.policy import make_policy
 from easytask.agent.runner import CHUNK, Runner, check_pass_env
+from easytask.masking import lift_exports
+from easytask.names import check_labels, check_name
 from easytask.transport import sshlog
 from easytask.transport.control import LINK_CIPHERS, SESSION_OP, SUBSYSTEM
 from easytask.transport.executor import STATS_SIGNAL
@@ -28,7 +30,6 @@ from easytask.transport.keys import load_or_create_key
 
 log = logging.getLogger("easytask.agent")
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 AGENT_VERSION_PREFIX = "EasyTaskAgent_"
 
 
@@ -109,10 +110,9 @@ class Agent:
 
     def __init__(self, config: AgentConfig) -> None:
         sshlog.install()  # asyncssh formats no debug message nobody reads
-        if not NAME_RE.match(config.name):
-            raise ValueError(
-                f"agent name {config.name!r} is not valid: use letters, digits, '.', '_' and '-'"
-            )
+        # refused here, before anything is dialled or written (`BadName` is a ValueError)
+        check_name(config.name)
+        config.groups = check_labels(config.groups)
         self.config = config
         self.state_dir = config.state_dir
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -314,8 +314,11 @@ class Agent:
                 self._refuse(process, reason, key)
                 return
             extra = {"EASYTASK_RUN_ID": run_id, "EASYTASK_ATTEMPT": attempt} if run_id else {}
+            # the secrets the server exports first go to the command's environment instead,
+            # out of the shell's command line (which `ps` shows every user of this host)
+            exported, command = lift_exports(command)
             try:
-                await self.runner.start(key, command, extra)
+                await self.runner.start(key, command, {**exported, **extra})
             except OSError as exc:
                 process.stderr.write(f"easytask agent: cannot start: {exc}\n".encode())
                 process.exit(127)

@@ -121,6 +121,15 @@ def add_parsers(sub: Any) -> None:
         help="which finished jobs call --notify-url (default all)",
     )
     setting(
+        "--notify-allow",
+        name="notify_allow",
+        metavar="TARGET",
+        action="append",
+        help="where a playbook's `notify:` may send webhooks besides --notify-url: a URL prefix "
+        "(https://hooks.example.com/services/) or HOST[:PORT] (*.example.com for subdomains); "
+        "repeatable or comma-separated (default: nowhere else)",
+    )
+    setting(
         "--upload-limit",
         name="upload_limit",
         type=size_arg,
@@ -155,6 +164,12 @@ def add_parsers(sub: Any) -> None:
         metavar="PATH",
         help="the audit chain's key; servers sharing a database share it (default "
         "STATE_DIR/audit.key, made on first start)",
+    )
+    setting(
+        "--audit-checkpoint-url",
+        name="audit_checkpoint_url",
+        metavar="URL",
+        help="POST each signed audit checkpoint to this URL too (retried in the background)",
     )
     setting(
         "--prune-interval",
@@ -193,7 +208,8 @@ def add_parsers(sub: Any) -> None:
         "--group",
         action="append",
         default=[],
-        help="a group label, repeatable (EASYTASK_AGENT_GROUPS: comma-separated)",
+        help="a group label, repeatable: a group membership once an admin approves it "
+        "(EASYTASK_AGENT_GROUPS: comma-separated)",
     )
     a.add_argument("--keepalive", type=duration_arg, default=15.0, help="SSH keepalive interval")
     a.add_argument(

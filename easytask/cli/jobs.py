@@ -19,9 +19,11 @@ from easytask.cli.common import (
     api_client,
     duration_arg,
     escape_controls,
+    play_vault,
     print_json,
     print_table,
 )
+from easytask.cli.recap import final_attempts, play_recap
 from easytask.config import Settings
 from easytask.durations import format_duration
 from easytask.errors import UsageError
@@ -49,7 +51,28 @@ def add_parsers(sub: Any) -> None:
         "--timeout", type=duration_arg, help="terminate a host's command after this long"
     )
     r.add_argument("--pending-timeout", type=duration_arg, help="wait this long for offline agents")
-    r.add_argument("--forks", type=int, default=0, help="hosts at once (default: all)")
+    r.add_argument("-f", "--forks", type=int, default=0, help="hosts at once (default: all)")
+    r.add_argument("-l", "--limit", help="further limit the hosts with a pattern")
+    r.add_argument(
+        "-e",
+        "--extra-vars",
+        action="append",
+        metavar="VARS",
+        help="key=value, @file.yml or a JSON/YAML mapping (repeatable); with -e the command is "
+        "a template, rendered per host over its inventory vars and these",
+    )
+    r.add_argument(
+        "-u", "--user", help="connect to agentless hosts as this user (agents run as their own)"
+    )
+    r.add_argument(
+        "--list-hosts", action="store_true", help="print the hosts it would run on; run nothing"
+    )
+    r.add_argument(
+        "-o",
+        "--one-line",
+        action="store_true",
+        help="one line per host at the end: host | status | rc=N | (stdout) out\\nout",
+    )
     r.add_argument(
         "--one",
         action="store_true",
@@ -60,8 +83,16 @@ def add_parsers(sub: Any) -> None:
         action="append",
         default=[],
         metavar="NAME[=VALUE]",
-        help="export NAME to the command, masked as **** in the output; "
-        "without =VALUE the value comes from this environment (repeatable)",
+        help="export a secret to the command, masked as **** in the output: NAME=VALUE, or "
+        "NAME alone for the stored credential NAME (`easytask secrets`), exported as NAME "
+        "upper-cased with other characters as _ (repeatable)",
+    )
+    r.add_argument(
+        "--secret-env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="export NAME with its value in this environment, masked as **** (repeatable)",
     )
     r.add_argument("--format", choices=("text", "json"), default="text")
     r.add_argument("--raw", action="store_true", help=RAW_HELP)
@@ -171,7 +202,9 @@ class RunView:
         self.out.flush()
 
 
-def follow_job(client: Any, job_id: int, view: RunView | None, run_id: int | None = None) -> None:
+def follow_job(
+    client: Any, job_id: int, view: RunView | OneLineView | None, run_id: int | None = None
+) -> None:
     # following a whole job, only its lines and its end are shown: no run-state events
     for ev in client.events(f"/api/jobs/{job_id}/events" + ("?runs=0" if run_id is None else "")):
         if ev["t"] == "line" and view is not None and (run_id is None or ev["run"] == run_id):
@@ -183,7 +216,7 @@ def follow_job(client: Any, job_id: int, view: RunView | None, run_id: int | Non
             return
 
 
-def _follow_interruptible(client: Any, job_id: int, view: RunView | None) -> bool:
+def _follow_interruptible(client: Any, job_id: int, view: RunView | OneLineView | None) -> bool:
     """Follow a job; the first Ctrl-C kills it and keeps following, a second leaves (True)."""
     killed = False
     while True:
@@ -244,6 +277,8 @@ def _file_payload(path: Path, client: Any) -> dict[str, Any]:
 def cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     import shlex
 
+    if args.list_hosts:
+        return _list_hosts(api_client(settings), args.pattern, args.limit, args.format, out)
     body: dict[str, Any] = {
         "pattern": args.pattern,
         "command": args.cmd or "",
@@ -252,28 +287,106 @@ def cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         "forks": args.forks,
         "one": args.one,
     }
-    if args.secret:
-        body["secrets"] = _secrets(args.secret)
+    if args.limit:
+        body["limit"] = args.limit
+    if args.extra_vars is not None:
+        from easytask.plan import parse_extra_vars
+
+        body["extra_vars"] = parse_extra_vars(args.extra_vars)
+    if args.user:
+        body["user"] = args.user
+    given, stored = _secrets(args.secret, args.secret_env)
+    if given:
+        body["secrets"] = given
+    if stored:
+        body["credentials"] = stored
     if args.script:
         spec = _file_payload(Path(args.script), api_client(settings))
         spec.update(args=shlex.join(args.script_args), interpreter=args.interpreter)
         body.update(kind="script", script=spec)
     elif args.script_args:
         raise UsageError("run: arguments after the pattern are only for --script")
+    if args.one_line:
+        if args.format == "json":
+            raise UsageError("run: -o/--one-line is a text format; leave out --format json")
+        return _one_line(body, settings, out, args.raw)
     return _submit_and_follow(body, args.format, settings, out, args.raw)
 
 
-def _secrets(items: list[str]) -> dict[str, str]:
-    """`--secret NAME=VALUE` or `--secret NAME` (the value from this process's environment)."""
-    out = {}
+def _list_hosts(client: Any, pattern: str, limit: str | None, fmt: str, out: TextIO) -> int:
+    """`--list-hosts`: the hosts a pattern (within --limit) matches on the server, as Ansible
+    prints them."""
+    from urllib.parse import urlencode
+
+    query = {"pattern": pattern, **({"limit": limit} if limit else {})}
+    data = client.get("/api/hosts?" + urlencode(query))
+    if fmt == "json":
+        print_json(data, out)
+        return EXIT_OK
+    hosts = data["hosts"]
+    out.write(f"  hosts ({len(hosts)}):\n")
+    for host in hosts:
+        out.write(f"    {escape_controls(host['name'])}\n")
+    return EXIT_OK
+
+
+class OneLineView:
+    """`-o`: a host's output kept until its run ends, then printed on one line (newlines as
+    the two characters \\n), as Ansible's one-line callback does."""
+
+    def __init__(self, raw: bool) -> None:
+        self.raw = raw
+        self.text: dict[tuple[int, str], list[str]] = {}
+        self.seen: dict[int, int] = {}
+
+    def line(self, ev: dict[str, Any]) -> None:
+        if ev["seq"] <= self.seen.get(ev["run"], 0):
+            return
+        self.seen[ev["run"]] = ev["seq"]
+        self.text.setdefault((ev["run"], ev["stream"]), []).append(ev["text"])
+
+    def write(self, runs: list[dict[str, Any]], out: TextIO) -> None:
+        for run in runs:
+            parts = [escape_controls(run["host"]), run["state"].upper()]
+            if run["exit_code"] is not None:
+                parts.append(f"rc={run['exit_code']}")
+            for stream in ("stdout", "stderr"):
+                lines = self.text.get((run["id"], stream))
+                if lines:
+                    text = "\\n".join(lines)
+                    parts.append(f"({stream}) " + (text if self.raw else escape_controls(text)))
+            if run["reason"] and run["state"] != "success":
+                parts.append(f"({escape_controls(run['reason'])})")
+            out.write(" | ".join(parts) + "\n")
+
+
+def _one_line(body: dict[str, Any], settings: Settings, out: TextIO, raw: bool) -> int:
+    client = api_client(settings)
+    sub = client.post("/api/jobs", body)
+    view = OneLineView(raw)
+    if _follow_interruptible(client, sub["job"]["id"], view):
+        return 130
+    data: dict[str, Any] = client.get(f"/api/jobs/{sub['job']['id']}")
+    view.write(data["runs"], out)
+    return EXIT_OK if all(r["state"] == "success" for r in data["runs"]) else EXIT_FAILED
+
+
+def _secrets(items: list[str], from_env: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Secret values (`--secret NAME=VALUE`, `--secret-env NAME`: from this process's
+    environment) and the names of stored credentials (`--secret NAME`)."""
+    given: dict[str, str] = {}
+    stored: list[str] = []
     for item in items:
         name, sep, value = item.partition("=")
-        if not sep:
-            if name not in os.environ:
-                raise UsageError(f"--secret {name}: no such environment variable")
-            value = os.environ[name]
-        out[name] = value
-    return out
+        if sep:
+            given[name] = value
+        else:
+            stored.append(name)
+    for name in from_env:
+        if name not in os.environ:
+            raise UsageError(f"--secret-env {name}: no such environment variable")
+        given[name] = os.environ[name]
+    return given, stored
 
 
 def cmd_copy(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
@@ -416,34 +529,35 @@ def cmd_play(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         tag_names,
     )
     from easytask.playbook import load_playbook
-    from easytask.vault import Vault
-    from easytask.vaultpass import load_vault
 
     if args.inventory and not args.check:
         raise UsageError(
             "play: -i/--inventory is only read with --check; a playbook runs on the server's "
             "inventory (set it with `easytask server -i`)"
         )
-    if (args.vault_password_file or args.vault_id) and not args.check:
-        raise UsageError(
-            "play: --vault-password-file/--vault-id are only read with --check; a playbook runs "
-            "with the server's vault passwords (`easytask server --vault-password-file`)"
-        )
+    vault = play_vault(args, settings)
     started = time.monotonic()
-    # --check opens vaults here; a run leaves them shut: the server decrypts with its passwords
-    vault = (
-        load_vault(settings.vault_password_file, settings.vault_id)
-        if args.check
-        else Vault(locked=True)
-    )
     playbook = load_playbook(args.playbook, vault)
     extra = parse_extra_vars(args.extra_vars)
     tags = tag_names(",".join(args.tags), "--tags")
     skip_tags = tag_names(",".join(args.skip_tags), "--skip-tags")
     if args.check:
         inventory = load_inventory(args.inventory or [settings.inventory or "inventory"], vault)
+        # a secret nothing here sets comes from the server's credential store: a placeholder
+        stored = {
+            n: f"<credential {n}>"
+            for n in playbook.secrets
+            if n not in playbook.vars
+            and n not in extra
+            and not any(n in inventory.host_vars(h) for h in inventory.hosts)
+        }
         plan = plan_playbook(
-            playbook, inventory, extra_vars=extra, limit=args.limit, tags=tags, skip_tags=skip_tags
+            playbook,
+            inventory,
+            extra_vars={**stored, **extra},
+            limit=args.limit,
+            tags=tags,
+            skip_tags=skip_tags,
         )
         checked = check_playbook(plan)
         out.write(dumps_check(checked) if args.format == "json" else format_check(plan, checked))
@@ -468,49 +582,6 @@ def cmd_play(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     if data is None:
         return 130
     if args.format != "json":
-        _recap(data, time.monotonic() - started, out)
+        play_recap(data, time.monotonic() - started, out)
     ok = {"success", "skipped"}
-    return EXIT_OK if all(r["state"] in ok for r in _final_attempts(data["runs"])) else EXIT_FAILED
-
-
-def _final_attempts(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The last attempt of each (task, host): earlier failed attempts were retried."""
-    last: dict[tuple[str, str], dict[str, Any]] = {}
-    for run in sorted(runs, key=lambda r: r["id"]):
-        last[(run["task"], run["host"])] = run
-    return list(last.values())
-
-
-def _recap(data: dict[str, Any], elapsed: float, out: TextIO) -> None:
-    runs = _final_attempts(data["runs"])
-    out.write("\nTASKS\n")
-    rows = [
-        (
-            r["task"],
-            r["host"],
-            r["state"],
-            "" if r["exit_code"] is None else r["exit_code"],
-            r["attempt"],
-            format_duration(r["duration"]) if r["duration"] is not None else "-",
-            r["reason"],
-        )
-        for r in runs
-    ]
-    print_table(rows, ("TASK", "HOST", "STATUS", "EXIT", "TRY", "DURATION", "REASON"), out)
-    out.write("\nRECAP\n")
-    columns = ("ok", "failed", "skipped", "terminated", "unreachable")
-    per_host: dict[str, dict[str, int]] = {}
-    for r in runs:
-        counts = per_host.setdefault(r["host"], dict.fromkeys(columns, 0))
-        key = "ok" if r["state"] == "success" else r["state"]
-        if key in counts:
-            counts[key] += 1
-    print_table(
-        [(host, *(c[k] for k in columns)) for host, c in per_host.items()],
-        ("HOST", *(k.upper() for k in columns)),
-        out,
-    )
-    out.write(
-        f"\njob {data['job']['id']} ({escape_controls(data['job']['name'])}): "
-        f"{data['job']['state']} in {format_duration(elapsed)}\n"
-    )
+    return EXIT_OK if all(r["state"] in ok for r in final_attempts(data["runs"])) else EXIT_FAILED

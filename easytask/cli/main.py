@@ -10,6 +10,7 @@ from typing import Any, TextIO
 
 from easytask import __version__
 from easytask.cli.common import EXIT_BUG, EXIT_OK, EXIT_START, Parser, escape_controls
+from easytask.cli.credentials import add_parsers as add_credential_parsers
 from easytask.cli.daemons import add_demo_parser
 from easytask.cli.daemons import add_parsers as add_daemon_parsers
 from easytask.cli.db import add_parsers as add_db_parsers
@@ -100,6 +101,30 @@ def command_of(argv: Sequence[str]) -> str | None:
     return None
 
 
+def hoist_globals(argv: list[str]) -> list[str]:
+    """`--url`/`--token` after the subcommand (`easytask run all -a x --url U`) are moved before
+    it, where the parser takes them: no command has options of those names."""
+    command = command_of(argv)
+    if command is None:
+        return argv
+    at = argv.index(command)
+    moved: list[str] = []
+    rest: list[str] = []
+    i = at + 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg in GLOBAL_WITH_VALUE and i + 1 < len(argv):
+            moved += argv[i : i + 2]
+            i += 2
+            continue
+        if "=" in arg and arg.split("=", 1)[0] in GLOBAL_WITH_VALUE:
+            moved.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    return [*argv[:at], *moved, command, *rest]
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The whole command line; with `only`, the global options and that command alone when it
     exists (building every command's parser takes longer than most commands run)."""
@@ -129,6 +154,7 @@ def _add_commands(p: argparse.ArgumentParser, only: str | None) -> bool:
     add_demo_parser(sub)
     add_inventory_parser(sub)
     add_security_parsers(sub)
+    add_credential_parsers(sub)
     add_export_parsers(sub)
     add_db_parsers(sub)
     return one is None or one.found
@@ -146,6 +172,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         if "--" in argv:  # everything after -- belongs to the script (`run --script F -- ARGS`)
             cut = argv.index("--")
             argv, rest = argv[:cut], argv[cut + 1 :]
+        argv = hoist_globals(argv)
         args = build_parser(command_of(argv)).parse_args(argv)
         if rest:
             if getattr(args, "command", None) != "run":

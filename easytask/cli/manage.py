@@ -53,12 +53,17 @@ def add_parsers(sub: Any) -> None:
     k.add_argument("target")
     k.set_defaults(func=cmd_kill)
 
-    dl = sub.add_parser("deliveries", help="webhook delivery attempts of a job")
+    dl = sub.add_parser(
+        "deliveries",
+        help="webhook delivery attempts of a job (to admins with URL, HTTP status and error)",
+    )
     dl.add_argument("job", type=int, help="the job's number")
     dl.add_argument("--format", choices=("text", "json"), default="text")
     dl.set_defaults(func=cmd_deliveries)
 
-    ag = sub.add_parser("agents", help="list agents; accept, revoke, delete; enrolment tokens")
+    ag = sub.add_parser(
+        "agents", help="list agents; accept, revoke, delete; approve group labels; enrolment tokens"
+    )
     ag.add_argument("--format", choices=("text", "json"), default="text")
     agsub = ag.add_subparsers(dest="agents_command", metavar="ACTION", parser_class=Parser)
     for action in ("accept", "revoke"):
@@ -69,6 +74,26 @@ def add_parsers(sub: Any) -> None:
             help="the key the agent must hold (SHA256:..., as `agents` lists it); refused if "
             "it holds another",
         )
+    for action, what in (
+        ("approve", "approve group labels the agent reports: they place it in those groups"),
+        ("withdraw", "withdraw approved group labels: they place it in no group again"),
+    ):
+        x = agsub.add_parser(action, help=what)
+        x.add_argument("name")
+        x.add_argument(
+            "--groups",
+            required=True,
+            metavar="A,B",
+            help="the labels, comma-separated (as `agents` lists them)",
+        )
+        x.add_argument(
+            "--fingerprint",
+            help="the key the agent must hold (SHA256:..., as `agents` lists it); refused if "
+            "it holds another",
+        )
+    x = agsub.add_parser("show", help="one agent: its key, state, labels (pending or approved)")
+    x.add_argument("name")
+    x.add_argument("--format", choices=("text", "json"), default=argparse.SUPPRESS)
     x = agsub.add_parser("delete", help="delete a pending, revoked or disconnected agent's record")
     x.add_argument("name")
     t = agsub.add_parser("token", help="create an enrolment token")
@@ -201,22 +226,56 @@ def cmd_deliveries(args: argparse.Namespace, settings: Settings, out: TextIO) ->
     if args.format == "json":
         print_json(rows, out)
         return EXIT_OK
+    if rows and "url" not in rows[0]:  # the server shows the details to admins only
+        print_table(
+            [(r["at"], r["attempt"], r["result"]) for r in rows], ("AT", "ATTEMPT", "RESULT"), out
+        )
+        return EXIT_OK
     print_table(
         [
             (
                 r["at"],
                 r["attempt"],
-                "ok" if r["ok"] else "failed",
+                r["result"],
                 r["status_code"] or "",
                 f"{r['duration_ms']:.0f}ms",
-                r["url"],
-                r["error"],
+                escape_controls(r["url"]),
+                escape_controls(r["error"]),
             )
             for r in rows
         ],
         ("AT", "ATTEMPT", "RESULT", "HTTP", "TIME", "URL", "ERROR"),
         out,
     )
+    return EXIT_OK
+
+
+def _show_agent(agents: list[dict[str, Any]], name: str, fmt: str, out: TextIO) -> int:
+    """`agents show NAME`: one agent, a field a line; its labels by what they do."""
+    agent = next((a for a in agents if a["name"] == name), None)
+    if agent is None:
+        raise UsageError(f"no agent {name!r}")
+    if fmt == "json":
+        print_json(agent, out)
+        return EXIT_OK
+    approved = agent.get("approved") or []
+    idle = [g for g in approved if g not in (agent.get("labels") or [])]
+    fields = [
+        ("name", agent["name"]),
+        ("status", agent["status"]),
+        ("state", agent["state"]),
+        ("key", agent["fingerprint"]),
+        ("address", agent["address"]),
+        ("version", agent["version"]),
+        ("slots", agent["slots"]),
+        ("labels", ",".join(agent.get("labels") or [])),
+        ("groups", ",".join(agent["groups"])),
+        ("pending labels", ",".join(agent.get("pending") or [])),
+        ("approved, not reported", ",".join(idle)),
+        ("last seen", (agent["last_seen"] or "")[:19].replace("T", " ")),
+    ]
+    for key, value in fields:
+        out.write(f"{key + ':':24}{escape_controls(str(value))}\n")
     return EXIT_OK
 
 
@@ -232,6 +291,17 @@ def cmd_agents(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
             f"(key {escape_controls(data['fingerprint'])})\n"
         )
         return EXIT_OK
+    if action in ("approve", "withdraw"):
+        body = {"groups": [g.strip() for g in args.groups.split(",") if g.strip()]}
+        if args.fingerprint:
+            body["fingerprint"] = args.fingerprint
+        data = client.post(f"/api/agents/{quote(args.name, safe='')}/{action}", body)
+        approved = ",".join(data["approved"]) or "none"
+        out.write(
+            f"agent {escape_controls(data['name'])}: approved labels {escape_controls(approved)} "
+            f"(key {escape_controls(data['fingerprint'])})\n"
+        )
+        return EXIT_OK
     if action == "token":
         data = client.post("/api/agents/tokens", {"uses": args.uses, "ttl": args.ttl})
         if args.format == "json":
@@ -240,6 +310,8 @@ def cmd_agents(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
             out.write(data["token"] + "\n")
         return EXIT_OK
     data = client.get("/api/agents")
+    if action == "show":
+        return _show_agent(data["agents"], args.name, args.format, out)
     if args.format == "json":
         print_json(data["agents"], out)
         return EXIT_OK
@@ -254,6 +326,7 @@ def cmd_agents(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
             ",".join(str(x) for x in (a["facts"].get("load") or [])[:1]),
             a["version"],
             ",".join(a["groups"]),
+            ",".join(a.get("pending") or []),
         )
         for a in data["agents"]
     ]
@@ -269,6 +342,7 @@ def cmd_agents(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
             "LOAD",
             "VERSION",
             "GROUPS",
+            "PENDING LABELS",
         ),
         out,
     )

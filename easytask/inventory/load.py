@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from easytask.errors import InventoryError, NoHostsMatched, PatternError, SourceLocation
+from easytask.facts import fact_vars
 from easytask.inventory.hostnames import AddressError, is_ip_address, parse_address
 from easytask.inventory.ini import parse_ini
 from easytask.inventory.model import Group, Host, InventoryData
@@ -94,6 +95,7 @@ class Inventory:
         var_files.preload("group_vars", self.groups)
         var_files.preload("host_vars", self.hosts)
         self.warnings: list[str] = data.warnings + var_files.warnings
+        self.facts: dict[str, dict[str, Any]] = {}  # host -> its fact variables (agents)
 
     def __repr__(self) -> str:
         return f"<Inventory {len(self.hosts)} hosts, {len(self.groups)} groups from {self.sources}>"
@@ -135,8 +137,14 @@ class Inventory:
         """The host names a pattern selects, in Ansible's order; raises NoHostsMatched/PatternError."""
         return select_hosts(self, pattern)
 
-    def with_extra_hosts(self, extra: Mapping[str, Sequence[str]]) -> Inventory:
-        """A copy with more hosts (e.g. connected agents) and group labels added; groups are created as needed."""
+    def with_extra_hosts(
+        self,
+        extra: Mapping[str, Sequence[str]],
+        facts: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> Inventory:
+        """A copy with more hosts (e.g. connected agents) and group labels added; groups are
+        created as needed. `facts` (host -> what its agent reports) become its fact variables
+        (`ansible_facts`, `ansible_hostname`, ...) among its magic vars."""
         data = InventoryData.copy_of(self.hosts, self.groups)
         for name, labels in extra.items():
             if name not in data.hosts:
@@ -146,7 +154,9 @@ class Inventory:
             for label in labels:
                 data.add_host(name, data.add_group(label))
         data.reconcile()
-        return Inventory(data, self.sources, self._var_files)
+        merged = Inventory(data, self.sources, self._var_files)
+        merged.facts = {name: fact_vars(f) for name, f in (facts or {}).items()}
+        return merged
 
     # -- variables -------------------------------------------------------------------------
 
@@ -190,6 +200,7 @@ class Inventory:
         short = name if is_ip_address(name) else name.split(".")[0]
         source = os.path.abspath(host.source) if host.source else None
         return {
+            **self.facts.get(name, {}),
             "inventory_hostname": name,
             "inventory_hostname_short": short,
             "group_names": [g for g in self.host_groups(name) if g != "all"],

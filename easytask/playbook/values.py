@@ -28,7 +28,8 @@ _HINTS = {
     "loop": "loops are not supported; use a shell loop in 'shell'",
     "with_items": "loops are not supported; use a shell loop in 'shell'",
     "roles": "roles are not supported",
-    "gather_facts": "EasyTask gathers no facts; remove it",
+    "gather_facts": "facts are there when the playbook names one (ansible_facts, "
+    "ansible_hostname, ...): agents report them, agentless hosts gather them; remove it",
 }
 
 

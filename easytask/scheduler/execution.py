@@ -13,6 +13,7 @@ from typing import Any
 from asyncssh import SSHClientConnection
 
 from easytask.errors import ConnectError
+from easytask.facts import GATHER_COMMAND, parse_gathered
 from easytask.masking import env_prefix
 from easytask.scheduler.agents import AgentRegistry
 from easytask.scheduler.cluster import Cluster
@@ -22,6 +23,7 @@ from easytask.scheduler.inflight import (
     JobOptions,
     KillSwitch,
     LiveRun,
+    command_env,
     masks,
     run_timeout_text,
 )
@@ -31,7 +33,7 @@ from easytask.scheduler.recording import Outcome, Recorder
 from easytask.store.db import Store
 from easytask.store.models import Run, RunState, as_utc, utcnow
 from easytask.transport import executor
-from easytask.transport.agentless import SSHPool, SSHTarget, wrap_command
+from easytask.transport.agentless import SSHPool, SSHTarget, env_on_stdin, wrap_command
 from easytask.transport.agentlink import AgentLink
 from easytask.transport.executor import ExecResult
 
@@ -87,7 +89,7 @@ class Execution:
     async def _ssh_run(self, run: Run, hostvars: dict[str, Any], options: JobOptions) -> None:
         assert run.id is not None
         live = self.inflight.live[run.id]
-        target = self._ssh_target(run.host, hostvars)
+        target = self._ssh_target(run.host, hostvars, options)
         await self.recorder.update(
             run, RunState.DISPATCHED, "dispatched", f"ssh {target.host}:{target.port}"
         )
@@ -101,15 +103,18 @@ class Execution:
         # pid file of the run's process group is named after this server's lasting id too.
         key = f"{self.store.owner or 'et'}-{run.id}-{run.attempt}"
         out = self.recorder.output(run, masks=masks(options))
+        # the values go on the channel's stdin, never in the command line `ps` shows on the host
+        env_text, env_bytes = env_on_stdin(command_env(options))
         outcome = await self._stream(
             run,
             live,
             options,
             conn,
-            wrap_command(env_prefix(options.secret_env) + run.command, key),
+            wrap_command(run.command, key, env_text),
             {},
             out,
             terminate=lambda grace: self.pool.terminate(target, key, grace),
+            stdin=env_bytes,
         )
         if outcome.result is not None and outcome.result.lost:
             self.pool.drop(target)
@@ -224,7 +229,7 @@ class Execution:
                     )
                     env = {"EASYTASK_RUN": key}  # the command sees EASYTASK_RUN_ID, _ATTEMPT
                     out = self.recorder.output(run, masks=masks(options))
-                    command = env_prefix(options.secret_env) + run.command
+                    command = env_prefix(command_env(options)) + run.command
                 else:
                     env = {"EASYTASK_ATTACH": key, "EASYTASK_FROM_SEQ": str(attach_from)}
                     command = "easytask-attach"
@@ -276,7 +281,20 @@ class Execution:
         self.background_tasks.add(task)
         task.add_done_callback(self.background_tasks.discard)
 
-    def _ssh_target(self, host: str, hv: dict[str, Any]) -> SSHTarget:
+    async def gather_facts(
+        self, host: str, hostvars: dict[str, Any], options: JobOptions
+    ) -> dict[str, Any]:
+        """An agentless host's facts, read with one command (`easytask.facts.GATHER_COMMAND`)."""
+        target = self._ssh_target(host, hostvars, options)
+        async with self._connect_limit:
+            conn = await self.pool.get(target)
+        async with asyncio.timeout(60):
+            result = await conn.run(GATHER_COMMAND, check=False)
+        if result.exit_status not in (0, None):
+            raise RuntimeError(f"exit code {result.exit_status}: {str(result.stderr or '')[:200]}")
+        return parse_gathered(str(result.stdout or ""))
+
+    def _ssh_target(self, host: str, hv: dict[str, Any], options: JobOptions) -> SSHTarget:
         return SSHTarget(
             host=str(hv.get("ansible_host") or host),
             port=int(hv.get("ansible_port") or 22),
@@ -285,6 +303,7 @@ class Execution:
             if hv.get("ansible_ssh_private_key_file")
             else None,
             known_hosts=str(hv.get("easytask_known_hosts") or self.known_hosts or "") or None,
+            client_key=options.ssh_keys.get(host),
         )
 
     async def file_connection(
@@ -300,7 +319,7 @@ class Execution:
             await self.registry.release(run.host)
             assert info.link is not None
             return info.link.conn
-        target = self._ssh_target(run.host, hostvars)
+        target = self._ssh_target(run.host, hostvars, options)
         await self.recorder.update(
             run, RunState.DISPATCHED, "dispatched", f"ssh {target.host}:{target.port}"
         )
@@ -324,6 +343,7 @@ class Execution:
         terminate: Callable[[float], Any],
         attach: bool = False,
         dispatched: asyncio.Future[None] | None = None,
+        stdin: bytes = b"",
     ) -> Outcome:
         """Run (or re-attach to) one command and stream its output; kill or time it out if asked.
         `dispatched`: the storing of the run's dispatch, awaited before it is marked started."""
@@ -348,7 +368,7 @@ class Execution:
 
         started = time.monotonic()
         try:
-            execution = await executor.start(conn, command, on_data, env)
+            execution = await executor.start(conn, command, on_data, env, stdin)
         except Exception as exc:
             if dispatched is not None:
                 await dispatched

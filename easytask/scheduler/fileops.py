@@ -83,8 +83,9 @@ class FileAction:
     interpreter: str | None = None
     store_dir: str = ""
 
-    def shell_line(self, script_path: str) -> str:
-        """The command that runs an uploaded script with its arguments."""
+    def shell_line(self, script_path: str, *, env: bool = True) -> str:
+        """The command that runs an uploaded script with its arguments (an ad hoc script has
+        no exports: `env` is there to match a playbook's RenderedAction.shell_line)."""
         head = f"{self.interpreter} " if self.interpreter else ""
         return head + shlex.quote(script_path) + (f" {self.args}" if self.args else "")
 
@@ -247,12 +248,15 @@ async def script(
         reason = Masker(masks(options))(f"could not upload the script: {exc}")
         await engine.finish(run, RunState.FAILED, reason=reason)
         return
-    line = action.shell_line(remote)
-    command = f"( {line}\n); rc=$?; rm -rf {shlex.quote(remote_dir)}; exit $rc"
+
+    def wrapped(line: str) -> str:
+        return f"( {line}\n); rc=$?; rm -rf {shlex.quote(remote_dir)}; exit $rc"
+
     # the stored command shows **** where a secret was rendered into it (arguments, env)
-    stored = Masker(masks(options))(command)
+    stored = Masker(masks(options))(wrapped(action.shell_line(remote)))
     await engine.store.call(engine.store.update_run, run.id, None, "", command=stored)
-    run.command = command
+    # a task's `env:` goes to the command apart from its line (options.env)
+    run.command = wrapped(action.shell_line(remote, env=False))
     if run.connection == "agent":
         run.state = RunState.QUEUED
     await engine.execute_one(run, hostvars, options)

@@ -13,12 +13,14 @@ from easytask.inventory import Inventory, load_inventory
 from easytask.scheduler.agents import AgentRegistry
 from easytask.scheduler.auditanchor import AuditAnchor
 from easytask.scheduler.cluster import Cluster
+from easytask.scheduler.egress import WebhookTargets
 from easytask.scheduler.engine import JobEngine
 from easytask.scheduler.hub import LiveHub
 from easytask.scheduler.logwriter import LogWriter
 from easytask.scheduler.metrics import Metrics
 from easytask.scheduler.retention import Retention
 from easytask.scheduler.schedules import Scheduler
+from easytask.sealing import Keyring
 from easytask.store.db import Store
 from easytask.transport.agentlink import AgentListener
 from easytask.vault import Vault
@@ -83,12 +85,16 @@ class Services:
     scheduler: Scheduler
     retention: Retention
     audit_anchor: AuditAnchor
+    webhooks: WebhookTargets  # where a playbook's `notify:` may point
+    keyring: Keyring  # seals and opens the credential store's values
     cluster: Cluster | None = None  # set when the server joins others on a shared database
 
     async def merged_inventory(self) -> Inventory:
         """The inventory plus the accepted agents it does not list."""
         inventory = await asyncio.to_thread(self.inventory.now)
-        return inventory.with_extra_hosts(self.registry.declared_hosts())
+        return inventory.with_extra_hosts(
+            self.registry.declared_hosts(), facts=self.registry.declared_facts()
+        )
 
     async def live_servers(self) -> set[str]:
         """Ids of the servers sharing the database whose heartbeat is recent (this one too)."""

@@ -4,25 +4,41 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import secrets
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from easytask.errors import EasyTaskError, NoHostsMatched, PlaybookError
 from easytask.plan import PlannedRun, PlaybookPlan, plan_adhoc, plan_playbook
-from easytask.playbook import load_playbook
+from easytask.playbook import Playbook, load_playbook
 from easytask.scheduler import secretfile
 from easytask.scheduler.playbooks import ResumeError, check_resumable, resume_playbook
 from easytask.service.context import Services
+from easytask.service.credentials import AS_VALUE, host_credentials, open_credentials
 from easytask.store.models import AgentState, Job
 
 
-async def plan_pattern(services: Services, pattern: str, command: str) -> list[PlannedRun]:
-    """Resolve a pattern against the inventory plus the accepted agents."""
+async def plan_pattern(
+    services: Services,
+    pattern: str,
+    command: str,
+    *,
+    limit: str | None = None,
+    extra_vars: dict[str, Any] | None = None,
+    user: str | None = None,
+) -> list[PlannedRun]:
+    """Resolve a pattern against the inventory plus the accepted agents (see `plan_adhoc`)."""
     merged = await services.merged_inventory()
     registry = services.registry
     try:
-        return plan_adhoc(merged, pattern, command)
+        if extra_vars is None:
+            return plan_adhoc(merged, pattern, command, limit=limit, user=user)
+        # rendering a template per host is work for a thread, not for the event loop
+        return await asyncio.to_thread(
+            plan_adhoc, merged, pattern, command, limit=limit, extra_vars=extra_vars, user=user
+        )
     except NoHostsMatched as exc:
         waiting = [
             name
@@ -33,6 +49,19 @@ async def plan_pattern(services: Services, pattern: str, command: str) -> list[P
             raise NoHostsMatched(
                 f"{exc.message}; agent(s) {', '.join(sorted(waiting))} not accepted "
                 f"(pending or revoked): `easytask agents accept NAME`"
+            ) from exc
+        terms = set(re.split(r"[:,&!]+", pattern))
+        unapproved = sorted(
+            f"{name} ({label})"
+            for name, info in registry.agents.items()
+            if info.state == AgentState.ACCEPTED
+            for label in info.groups
+            if label in terms and label not in info.approved
+        )
+        if unapproved:
+            raise NoHostsMatched(
+                f"{exc.message}; agent(s) {', '.join(unapproved)} report the label but it is "
+                f"not approved: `easytask agents approve NAME --groups LABEL`"
             ) from exc
         raise
 
@@ -48,9 +77,31 @@ async def plan_file(
     """Load a playbook file and plan it against the inventory plus the accepted agents."""
     playbook = await asyncio.to_thread(load_playbook, path, services.vault)
     inventory = await services.merged_inventory()
-    return plan_playbook(
-        playbook, inventory, extra_vars=extra_vars, limit=limit, tags=tags, skip_tags=skip_tags
+    given = dict(extra_vars or {})
+    stored = await playbook_credentials(services, playbook, given)
+    plan = plan_playbook(
+        playbook,
+        inventory,
+        extra_vars={**stored, **given},
+        limit=limit,
+        tags=tags,
+        skip_tags=skip_tags,
     )
+    return replace(plan, credentials=tuple(sorted(stored)))
+
+
+async def playbook_credentials(
+    services: Services, playbook: Playbook, extra_vars: dict[str, Any]
+) -> dict[str, str]:
+    """The values of the playbook's `secrets:` that neither its vars nor `-e` give and the
+    credential store holds (who may use them on which hosts is checked at submission)."""
+    names = [n for n in playbook.secrets if n not in playbook.vars and n not in extra_vars]
+    store = services.store
+    held = await store.call(store.get_credentials, names)
+    if not held:
+        return {}
+    opened = await open_credentials(services, None, "", {n: [] for n in held}, {}, kinds=AS_VALUE)
+    return opened.values
 
 
 async def plan_bundle(
@@ -105,4 +156,11 @@ async def resume_playbook_job(services: Services, job: Job) -> int:
         skip_tags=tuple(spec.get("skip_tags") or ()),
     )
     check_resumable(plan, spec)
-    return await resume_playbook(services.engine, plan, job, services.pending_timeout)
+    agentless = {
+        h: plan.host_vars.get(h, {}) for h in plan.all_hosts if plan.connection(h) != "agent"
+    }
+    what = {"kind": "resume", "job": job.id}
+    per_host = await host_credentials(services, None, f"resume {job.id}", agentless, what)
+    return await resume_playbook(
+        services.engine, plan, job, services.pending_timeout, ssh_keys=per_host.ssh_keys
+    )

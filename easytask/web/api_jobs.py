@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -13,7 +14,7 @@ from easytask.errors import APIError
 from easytask.loglines import LEVELS
 from easytask.masking import check_secret_env
 from easytask.scheduler.inflight import JobOptions
-from easytask.service import files, jobs
+from easytask.service import credentials, files, jobs
 from easytask.service.context import Services
 from easytask.store.models import User
 from easytask.store.serialize import job_dict, run_dict
@@ -61,6 +62,11 @@ class JobsApi:
             secret_env = check_secret_env(data.get("secrets"))
         except ValueError as exc:
             raise APIError(str(exc)) from exc
+        named = data.get("credentials") or []
+        if not isinstance(named, list) or not all(isinstance(n, str) for n in named):
+            raise APIError("credentials must be a list of credential names")
+        for name in named:
+            credentials.check_name(name)
         options = JobOptions(
             timeout=timeout, pending_timeout=pending, forks=forks, secret_env=secret_env
         )
@@ -79,6 +85,8 @@ class JobsApi:
             name=str(data.get("name") or command),
             options=options,
             one=bool(data.get("one")),
+            **_adhoc_selection(data),
+            credentials=list(dict.fromkeys(named)),
         )
         return JSONResponse(
             {"job": job_dict(job), "runs": [run_dict(r) for r in runs]}, status_code=201
@@ -229,3 +237,17 @@ class JobsApi:
             Route("/api/runs/{run_id}/kill", route(self.kill_run, op), methods=["POST"]),
             Route("/api/runs/{run_id}/fetched", route(self.fetched)),
         ]
+
+
+def _adhoc_selection(data: dict[str, Any]) -> dict[str, Any]:
+    """`limit`, `extra_vars` and `user` of an ad hoc submission, checked (see `plan_adhoc`)."""
+    limit = data.get("limit")
+    extra = data.get("extra_vars")
+    user = data.get("user")
+    if limit is not None and not isinstance(limit, str):
+        raise APIError("limit must be a host pattern")
+    if extra is not None and not isinstance(extra, dict):
+        raise APIError("extra_vars must be an object")
+    if user is not None and not isinstance(user, str):
+        raise APIError("user must be a user name")
+    return {"limit": limit or None, "extra_vars": extra, "remote_user": user or None}
