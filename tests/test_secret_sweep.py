@@ -279,6 +279,11 @@ def test_vault_values_masked_and_never_stored(
     adhoc = server.cli("run", "sw1", "-a", f"cat {holder}")
     assert adhoc.returncode == 0, adhoc.stdout + adhoc.stderr
     assert group_value not in adhoc.stdout and "password=****" in adhoc.stdout
+    # an ad hoc command templated with a vault value would be stored in clear: refused
+    templated = server.cli("run", "sw1", "-e", "x=1", "-a", "echo {{ db_password }}")
+    assert templated.returncode == 2, templated.stdout + templated.stderr
+    assert "would hold a value from an Ansible Vault" in templated.stderr, templated.stderr
+    assert group_value not in templated.stdout + templated.stderr
 
     wait_until(
         lambda: not [p for p in agent_dir.rglob("spool/*") if p.suffix in (".out", ".done")],
