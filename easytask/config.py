@@ -40,6 +40,8 @@ class Settings:
     inventory: str | list[str] | None = _setting("inventory", "sources")  # `server -i A -i B`
     inventory_timeout: float = _setting(30.0, "duration")  # one run of an inventory script
     inventory_cache: float = _setting(30.0, "duration")  # the server reuses a script's output
+    vault_password_file: str | None = _setting(None)  # Ansible Vault password: a file or a script
+    vault_id: tuple[str, ...] | None = _setting(None, "list")  # LABEL@FILE: more vault passwords
     log_format: str = _setting("text", "choice", choices=("text", "json"))
     # the server
     state_dir: Path = _setting(Path(".easytask/server"), "path")

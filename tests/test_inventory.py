@@ -401,7 +401,7 @@ def test_with_extra_hosts_refuses_a_string_of_groups() -> None:
         ("plugin.yml", 1, 1, "inventory plugins are not supported (plugin: aws_ec2); only static inventories are"),
         ("cycle.yml", 3, 5, "group 'b' would be its own ancestor: b -> a -> b"),
         ("range.yml", 3, 5, "bad range [1:x] in host pattern 'web[1:x]': begin and end must both be numbers or both be letters"),
-        ("vault.yml", 3, 13, "Ansible Vault values (!vault) are not supported"),
+        ("vault.yml", 3, 13, "the vault text is damaged (not the hex Ansible Vault writes)"),
         ("bad.toml", 1, 5, "invalid TOML: Expected ']' at the end of a table declaration"),
     ],
 )  # fmt: skip

@@ -23,6 +23,7 @@ PURE = [
     "masking",
     "names",
     "facts",
+    "vault",
 ]
 IO_LIBS = {
     "asyncssh",

@@ -56,6 +56,20 @@ def add_parsers(sub: Any) -> None:
         "(default 30s; 0: every job runs it)",
     )
     setting(
+        "--vault-password-file",
+        name="vault_password_file",
+        metavar="FILE",
+        help="the Ansible Vault password for the inventory and playbooks: a file, or an "
+        "executable that prints it (read once, at start)",
+    )
+    setting(
+        "--vault-id",
+        name="vault_id",
+        action="append",
+        metavar="LABEL@FILE",
+        help="a vault id's password file or script, repeatable; comma-separated in the variable",
+    )
+    setting(
         "--pending-timeout",
         name="pending_timeout",
         type=duration_arg,

@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any, TextIO
 
+from easytask.cli.common import VAULT_SETTINGS, add_vault_options
 from easytask.config import Settings
 from easytask.errors import NoHostsMatched, UsageError
 
@@ -56,7 +57,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         choices=("json", "text"),
         help="output format (--hosts: text or json; --list/--host: json; --graph: text)",
     )
-    p.set_defaults(func=run)
+    add_vault_options(p)
+    p.set_defaults(func=run, settings_from=VAULT_SETTINGS)
     return p
 
 
@@ -76,10 +78,13 @@ def run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     from easytask.config import inventory_sources
     from easytask.inventory import dumps_json, dumps_yaml, load_inventory  # needs YAML
     from easytask.transport.invscript import script_runner
+    from easytask.vaultpass import load_vault
 
+    vault = load_vault(settings.vault_password_file, settings.vault_id)
     inventory = load_inventory(
         args.inventory or inventory_sources(settings.inventory),
         scripts=script_runner(settings.inventory_timeout),
+        vault=vault,
     )
     for warning in inventory.warnings:
         sys.stderr.write(f"easytask: warning: {warning}\n")

@@ -11,13 +11,15 @@ from easytask.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
+    VAULT_SETTINGS,
+    add_vault_options,
     api_client,
     escape_controls,
-    print_table,
+    play_vault,
 )
 from easytask.cli.jobs import RAW_HELP, post_and_follow
+from easytask.cli.recap import final_attempts, play_recap
 from easytask.config import Settings
-from easytask.durations import format_duration
 from easytask.errors import UsageError
 
 
@@ -76,7 +78,8 @@ def add_parsers(sub: Any) -> None:
     )
     pl.add_argument("--format", choices=("text", "json"), default="text")
     pl.add_argument("--raw", action="store_true", help=RAW_HELP)
-    pl.set_defaults(func=cmd_play)
+    add_vault_options(pl)
+    pl.set_defaults(func=cmd_play, settings_from=VAULT_SETTINGS)
 
 
 def _play_listing(
@@ -86,6 +89,7 @@ def _play_listing(
     tags: tuple[str, ...],
     skip_tags: tuple[str, ...],
     out: TextIO,
+    vault: Any = None,
 ) -> int:
     """`play --list-tasks` / `--list-hosts`, as ansible-playbook prints them; nothing runs."""
     from easytask.plan import tag_selected
@@ -96,7 +100,7 @@ def _play_listing(
             from easytask.transport.invscript import script_runner
 
             inventory = load_inventory(
-                args.inventory, scripts=script_runner(settings.inventory_timeout)
+                args.inventory, scripts=script_runner(settings.inventory_timeout), vault=vault
             )
             hosts = inventory.select(playbook.hosts)
             if args.limit:
@@ -147,17 +151,19 @@ def cmd_play(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
             "play: -i/--inventory is only read with --check or --list-hosts; a playbook runs on "
             "the server's inventory (set it with `easytask server -i`)"
         )
+    vault = play_vault(args, settings)
     started = time.monotonic()
-    playbook = load_playbook(args.playbook)
+    playbook = load_playbook(args.playbook, vault)
     extra = parse_extra_vars(args.extra_vars)
     tags = tag_names(",".join(args.tags), "--tags")
     skip_tags = tag_names(",".join(args.skip_tags), "--skip-tags")
     if args.list_tasks or args.list_hosts:
-        return _play_listing(args, settings, playbook, tags, skip_tags, out)
+        return _play_listing(args, settings, playbook, tags, skip_tags, out, vault)
     if args.check:
         inventory = load_inventory(
             args.inventory or inventory_sources(settings.inventory),
             scripts=script_runner(settings.inventory_timeout),
+            vault=vault,
         )
         # a secret nothing here sets comes from the server's credential store: a placeholder
         stored = {
@@ -198,50 +204,6 @@ def cmd_play(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     if data is None:
         return 130
     if args.format != "json":
-        _recap(data, time.monotonic() - started, out)
+        play_recap(data, time.monotonic() - started, out)
     ok = {"success", "skipped"}
-    return EXIT_OK if all(r["state"] in ok for r in _final_attempts(data["runs"])) else EXIT_FAILED
-
-
-def _final_attempts(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The last attempt of each (task, host): earlier failed attempts were retried."""
-    last: dict[tuple[str, str], dict[str, Any]] = {}
-    for run in sorted(runs, key=lambda r: r["id"]):
-        last[(run["task"], run["host"])] = run
-    return list(last.values())
-
-
-def _recap(data: dict[str, Any], elapsed: float, out: TextIO) -> None:
-    runs = _final_attempts(data["runs"])
-    out.write("\nTASKS\n")
-    rows = [
-        (
-            r["task"],
-            r["host"],
-            r["state"],
-            "" if r["exit_code"] is None else r["exit_code"],
-            r["attempt"],
-            format_duration(r["duration"]) if r["duration"] is not None else "-",
-            r.get("ran_as") or "-",
-            r["reason"],
-        )
-        for r in runs
-    ]
-    print_table(rows, ("TASK", "HOST", "STATUS", "AS", "EXIT", "TRY", "DURATION", "REASON"), out)
-    out.write("\nRECAP\n")
-    columns = ("ok", "failed", "skipped", "terminated", "unreachable")
-    per_host: dict[str, dict[str, int]] = {}
-    for r in runs:
-        counts = per_host.setdefault(r["host"], dict.fromkeys(columns, 0))
-        key = "ok" if r["state"] == "success" else r["state"]
-        if key in counts:
-            counts[key] += 1
-    print_table(
-        [(host, *(c[k] for k in columns)) for host, c in per_host.items()],
-        ("HOST", *(k.upper() for k in columns)),
-        out,
-    )
-    out.write(
-        f"\njob {data['job']['id']} ({escape_controls(data['job']['name'])}): "
-        f"{data['job']['state']} in {format_duration(elapsed)}\n"
-    )
+    return EXIT_OK if all(r["state"] in ok for r in final_attempts(data["runs"])) else EXIT_FAILED

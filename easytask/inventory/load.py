@@ -23,8 +23,9 @@ from easytask.inventory.model import Group, Host, InventoryData
 from easytask.inventory.patterns import IMPLICIT_LOCALHOST
 from easytask.inventory.patterns import select as select_hosts
 from easytask.inventory.script import ScriptRunner, is_script, parse_script
-from easytask.inventory.yamlfile import load_document, parse_structured
+from easytask.inventory.yamlfile import VaultFileError, load_document, parse_structured
 from easytask.sourceyaml import Source, UnsafeText, type_name
+from easytask.vault import Vault, VaultText
 
 __all__ = [
     "Group",
@@ -64,13 +65,17 @@ INTERNAL_VARS = frozenset((
 
 
 def load_inventory(
-    paths: str | Path | Sequence[str | Path], scripts: ScriptRunner | None = None
+    paths: str | Path | Sequence[str | Path],
+    scripts: ScriptRunner | None = None,
+    vault: Vault | None = None,
 ) -> Inventory:
     """Load one or more inventory sources: files, directories, or `host1,host2,` lists.
 
     An executable file is an inventory script, run with `scripts` (without it, an error).
     No source at all gives an empty inventory (only the groups `all` and `ungrouped`).
+    `vault` holds the passwords for `!vault` values and encrypted files (none: no password).
     """
+    vault = vault if vault is not None else Vault()
     sources = [paths] if isinstance(paths, (str, Path)) else list(paths)
     data = InventoryData()
     var_dirs: list[Path] = []
@@ -82,10 +87,10 @@ def load_inventory(
         path = Path(os.path.expanduser(text))
         if not path.exists():
             raise InventoryError(f"inventory source not found: {text}")
-        _parse_source(path, data, scripts)
+        _parse_source(path, data, scripts, vault)
         var_dirs.append(path if path.is_dir() else path.parent)
     data.reconcile()
-    return Inventory(data, [str(s) for s in sources], _VarsFiles(var_dirs))
+    return Inventory(data, [str(s) for s in sources], _VarsFiles(var_dirs, vault))
 
 
 class Inventory:
@@ -339,7 +344,10 @@ class Inventory:
 
 
 def jsonable(value: Any) -> Any:
-    """Variables as Ansible writes them in JSON: dates in ISO form, `!unsafe` strings marked."""
+    """Variables as Ansible writes them in JSON: dates in ISO form, `!unsafe` strings marked,
+    `!vault` values as their ciphertext."""
+    if isinstance(value, VaultText) and value.ciphertext is not None:
+        return {"__ansible_vault": value.ciphertext}
     if isinstance(value, UnsafeText):
         return {"__ansible_unsafe": str(value)}
     if isinstance(value, Mapping):
@@ -398,11 +406,13 @@ def _parse_host_list(text: str, data: InventoryData) -> None:
             data.add_host(name, "ungrouped", port)
 
 
-def _parse_source(path: Path, data: InventoryData, scripts: ScriptRunner | None) -> None:
+def _parse_source(
+    path: Path, data: InventoryData, scripts: ScriptRunner | None, vault: Vault
+) -> None:
     if path.is_dir():
         for entry in sorted(os.listdir(path)):
             if not _IGNORED.search(entry):
-                _parse_source(path / entry, data, scripts)
+                _parse_source(path / entry, data, scripts, vault)
         return
     data.current_source = str(path)
     try:
@@ -412,7 +422,7 @@ def _parse_source(path: Path, data: InventoryData, scripts: ScriptRunner | None)
             if parse_script(os.path.abspath(path), scripts, data):
                 return
         try:
-            _parse_file(path, data)
+            _parse_file(path, data, vault)
         except InventoryError as exc:
             if not is_script(path) and path.read_bytes().startswith(b"#!"):
                 exc.message += " (a file starting with #! is run as an inventory script only when it is executable: chmod +x it)"
@@ -433,7 +443,7 @@ def _read_text(path: Path) -> str:
         raise InventoryError("not valid UTF-8", location=SourceLocation(str(path), line)) from None
 
 
-def _parse_file(path: Path, data: InventoryData) -> None:
+def _parse_file(path: Path, data: InventoryData, vault: Vault) -> None:
     """Parse one file the way Ansible's plugins take turns: YAML first if it may be YAML, then INI."""
     text = _read_text(path)
     name = str(path)
@@ -446,7 +456,9 @@ def _parse_file(path: Path, data: InventoryData) -> None:
         return
     yaml_error: InventoryError | None = None
     try:
-        doc = load_document(text, name)
+        doc = load_document(text, name, vault)
+    except VaultFileError:
+        raise
     except InventoryError as exc:
         yaml_error = exc
     else:
@@ -482,8 +494,9 @@ def _parse_toml(text: str, path: str, data: InventoryData) -> None:
 class _VarsFiles:
     """group_vars/ and host_vars/ beside each inventory source, read like Ansible's host_group_vars."""
 
-    def __init__(self, dirs: list[Path]) -> None:
+    def __init__(self, dirs: list[Path], vault: Vault) -> None:
         self.dirs = dirs
+        self.vault = vault
         self.warnings: list[str] = []
         self._cache: dict[tuple[int, str, str], dict[str, Any]] = {}
 
@@ -511,7 +524,7 @@ class _VarsFiles:
             return {}
         merged: dict[str, Any] = {}
         for file in _vars_files(folder, name):
-            doc = load_document(_read_text(file), str(file))
+            doc = load_document(_read_text(file), str(file), self.vault)
             if not doc.data:
                 continue
             if not isinstance(doc.data, Mapping):

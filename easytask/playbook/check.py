@@ -24,7 +24,8 @@ from easytask.playbook.model import (
 )
 from easytask.playbook.tasks import TaskChecker
 from easytask.playbook.values import NAME, got, suggest
-from easytask.sourceyaml import YamlError, parse_yaml, type_name
+from easytask.sourceyaml import Source, YamlError, parse_yaml, type_name
+from easytask.vault import Vault
 
 __all__ = ["PlaybookChecker"]
 
@@ -32,7 +33,14 @@ _PERCENT = re.compile(r"(\d+)%\Z")
 
 
 class PlaybookChecker(TaskChecker):
-    """Checks a whole playbook: the play's keys here, its tasks and values in the base classes."""
+    """Checks a whole playbook: the play's keys here, its tasks and values in the base classes.
+
+    `vault` decrypts vaulted `vars_files` (none: no password).
+    """
+
+    def __init__(self, source: Source, path: str, vault: Vault | None = None) -> None:
+        super().__init__(source, path)
+        self.vault = vault if vault is not None else Vault()
 
     def play(self, data: Any, text: str) -> Playbook | None:
         top = SourceLocation(self.path, 1, 1)
@@ -131,19 +139,13 @@ class PlaybookChecker(TaskChecker):
             self.fail(f"cannot read the vars file {shown!r}: {exc}", at)
             return {}
         name = os.path.join(os.path.dirname(self.path), shown)
-        if text.startswith("$ANSIBLE_VAULT"):
-            self.fail(
-                f"the vars file {shown!r} is encrypted with Ansible Vault, which is not supported",
-                at,
-            )
-            return {}
         try:
-            source = parse_yaml(text, name, nodes=True, vault=True)
+            source = parse_yaml(text, name, nodes=True, vault=self.vault)
         except YamlError as exc:
-            message = f"invalid YAML: {exc.detail}" if exc.detail else exc.message
+            message = f"invalid YAML: {exc.detail}" if exc.detail and not exc.vault else exc.message
             self.errors.append(PlaybookError(message, location=exc.location))
             return {}
-        inner = PlaybookChecker(source, name)
+        inner = PlaybookChecker(source, name, self.vault)
         self.errors.extend(PlaybookError(m, location=a) for m, a in source.duplicates)
         if source.data is None:
             return {}

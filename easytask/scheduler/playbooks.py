@@ -36,6 +36,7 @@ from easytask.scheduler.inflight import JobOptions
 from easytask.store.audit import AuditNote
 from easytask.store.models import Job, Run, RunState
 from easytask.templating import render
+from easytask.vault import vault_values
 
 log = logging.getLogger("easytask.server")
 
@@ -268,19 +269,30 @@ class PlaybookJob:
         slot.result = task_result(stdout, stderr, fresh.exit_code, state)
 
     def masks(self, host: str) -> tuple[str, ...]:
-        """The values of the playbook's secret variables on a host."""
-        context = self.plan.context(host)
+        """The values of the playbook's secret variables on a host, and every value that came
+        from an Ansible Vault (its inventory vars, the play's vars and vars_files)."""
         values = []
-        for name in self.plan.playbook.secrets:
-            if name in context:
-                try:
-                    values.append(render("{{ " + name + " }}", context, what=f"secret {name}"))
-                except EasyTaskError:
-                    continue
-        return tuple(v for v in values if v)
+        if self.plan.playbook.secrets:
+            context = self.plan.context(host)
+            for name in self.plan.playbook.secrets:
+                if name in context:
+                    try:
+                        values.append(render("{{ " + name + " }}", context, what=f"secret {name}"))
+                    except EasyTaskError:
+                        continue
+        values += self.vault_masks(host)
+        return tuple(v for v in dict.fromkeys(values) if v)
+
+    def vault_masks(self, host: str) -> tuple[str, ...]:
+        """The values on a host that came from an Ansible Vault (cheap: no rendering)."""
+        return tuple(vault_values(self.plan.host_vars.get(host, {}), self.plan.playbook.vars))
 
     async def _attempt(self, run: Run, task: PlannedTask, action: Any, host: str) -> None:
-        masks = await off_loop(self.masks, host) if self.plan.playbook.secrets else ()
+        masks = (
+            await off_loop(self.masks, host)
+            if self.plan.playbook.secrets
+            else self.vault_masks(host)
+        )
         options = JobOptions(
             timeout=task.timeout,
             pending_timeout=self.pending_timeout,
@@ -399,8 +411,8 @@ async def submit_playbook(
     runner.ssh_keys = dict(ssh_keys or {})
     runner.become_passwords = dict(become_passwords or {})
     assert job.id is not None
-    if plan.playbook.secrets:  # every host's values: a resumed run's output stays masked
-        masks = await off_loop(lambda: {m for host in plan.all_hosts for m in runner.masks(host)})
+    masks = await off_loop(lambda: {m for host in plan.all_hosts for m in runner.masks(host)})
+    if plan.playbook.secrets or masks:  # every host's values: a resumed run's output stays masked
         hidden = {k: v for k, v in plan.extra_vars.items() if k in plan.playbook.secrets}
         secretfile.save(engine.secrets_dir, job.id, {}, tuple(sorted(masks)), hidden)
     task = asyncio.create_task(_run(engine, runner), name=f"job-{job.id}")

@@ -28,6 +28,7 @@ from easytask.sealing import Keyring
 from easytask.store.db import Store
 from easytask.transport.agentlink import AgentListener
 from easytask.transport.invscript import run_script
+from easytask.vault import Vault
 
 log = logging.getLogger("easytask.server")
 
@@ -37,11 +38,16 @@ class InventorySource:
     an inventory script, when its output is older than `cache` seconds."""
 
     def __init__(
-        self, paths: str | list[str] | None, timeout: float = 30.0, cache: float = 30.0
+        self,
+        paths: str | list[str] | None,
+        timeout: float = 30.0,
+        cache: float = 30.0,
+        vault: Vault | None = None,
     ) -> None:
         self.paths = [paths] if isinstance(paths, str) else list(paths or [])
         self.timeout = timeout
         self.cache = cache
+        self.vault = vault
         self._inventory: Inventory | None = None
         self._stamp: Any = None
         self._ran_script = False
@@ -57,7 +63,7 @@ class InventorySource:
             if self._inventory is None or stamp != self._stamp or not fresh:
                 self._ran_script = False
                 self._inventory = None  # a failed load is tried again by the next job
-                self._inventory = load_inventory(sources, scripts=self._run)
+                self._inventory = load_inventory(sources, scripts=self._run, vault=self.vault)
                 self._stamp = stamp
                 self._loaded_at = time.monotonic()
             return self._inventory
@@ -94,6 +100,7 @@ class Services:
     state_dir: Path
     server_id: str
     pending_timeout: float
+    vault: Vault  # the Ansible Vault passwords, read at start
     store: Store
     writer: LogWriter
     hub: LiveHub

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from easytask.errors import APIError, PlaybookError
+from easytask.masking import Masker
 from easytask.plan import PlaybookPlan
 from easytask.plan.become import agentless_refusal, resolve_become, task_request
 from easytask.scheduler.egress import WebhookRefused, url_origin
@@ -29,6 +30,7 @@ from easytask.service.planning import plan_file, plan_pattern
 from easytask.service.scope import enforce_scope
 from easytask.store.audit import AuditNote
 from easytask.store.models import Job, Run, RunState, Schedule, User
+from easytask.vault import vault_values
 
 
 async def submit_adhoc(
@@ -58,6 +60,15 @@ async def submit_adhoc(
         agents = [p for p in planned if p.connection == "agent"] or planned
         chosen = services.registry.least_busy([p.host for p in agents])
         planned = [p for p in agents if p.host == chosen]
+    vaulted = vault_values(*(p.vars for p in planned))  # the hosts' vault values: masked too
+    if vaulted:
+        hide = Masker(vaulted)
+        held = [p.host for p in planned if hide(p.command) != p.command]
+        if held:  # an ad hoc command is stored as it runs: it may not carry a secret
+            raise APIError(
+                f"the command on {held[0]} would hold a value from an Ansible Vault, and a "
+                "command is stored as it runs; use a playbook task (its stored command is masked)"
+            )
     await enforce_scope(
         services,
         user,
@@ -83,6 +94,8 @@ async def submit_adhoc(
         become_passwords=per_host.become_passwords,
     )
     used = sorted({*opened.names, *per_host.names})
+    if vaulted:
+        options = replace(options, masks=(*options.masks, *vaulted))
     action = options.file_action
     become: dict[str, list[str]] = {}  # user -> the hosts whose runs become that user
     for p in planned:
