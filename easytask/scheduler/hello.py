@@ -22,6 +22,10 @@ class BadHello(ValueError):
 def _text(value: Any, where: str) -> str:
     if not isinstance(value, str) or len(value) > MAX_TEXT or "\x00" in value:
         raise BadHello(f"{where} must be a text of at most {MAX_TEXT} characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadHello(f"{where} is not valid Unicode text") from exc
     return value
 
 
@@ -118,10 +122,13 @@ def stored_facts(text: str | None) -> dict[str, Any]:
 
 
 def check_hello(hello: Any) -> dict[str, Any]:
-    """The agent fields a hello sets (slots, groups, version, facts as JSON); `BadHello`."""
+    """The agent fields a hello sets (slots, groups, version, facts as JSON); `BadHello`, also
+    for an `enroll` token that is not a short text."""
     if not isinstance(hello, dict):
         raise BadHello("the hello must be an object")
     slots = hello.get("slots")
+    if hello.get("enroll") is not None:
+        _text(hello["enroll"], "enroll")
     return {
         "slots": _count(slots, "slots", 1) if slots else 4,
         "groups": ",".join(_texts(hello.get("groups") or [], "groups")),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +59,10 @@ async def plan_bundle(
     extra_vars: dict[str, Any],
 ) -> PlaybookPlan:
     """Write a submitted playbook and its files to a private bundle dir, load and plan it."""
+    if name != Path(name).name or name in ("", ".", ".."):
+        raise PlaybookError(f"playbook name {name!r} must be a plain file name, no directory")
     bundle = services.state_dir / "bundles" / secrets.token_hex(8)
-    base = Path(name).name or "playbook.yml"
+    base = name
     entries = {base: text.encode()}
     for rel, data in files.items():
         parts = Path(rel).parts
@@ -72,7 +75,11 @@ async def plan_bundle(
         target = bundle / rel
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         target.write_bytes(data)
-    return await plan_file(services, bundle / base, extra_vars, limit)
+    try:
+        return await plan_file(services, bundle / base, extra_vars, limit)
+    except BaseException:  # a refused playbook leaves nothing behind
+        shutil.rmtree(bundle, ignore_errors=True)
+        raise
 
 
 async def resume_playbook_job(services: Services, job: Job) -> int:
