@@ -175,7 +175,7 @@ BODIES = [
         "/api/users/nobody%00",
         json={"role": "viewer"},
         status=(400, 404),
-        says="",
+        says="NUL",
     ),
     Case("tokens-control-name", "POST", "/api/tokens", json={"name": "a\nb"}, says="token name"),
     Case("tokens-ttl-negative", "POST", "/api/tokens", json={"ttl": "-1h"}, says="ttl"),
@@ -198,7 +198,7 @@ BODIES = [
         "POST",
         "/api/tokens/99999999999999999999/revoke",
         status=404,
-        says="",
+        says="token_id must be a number",
     ),
     Case(
         "login-not-json",
@@ -262,7 +262,7 @@ BODIES = [
         "/api/agents/nobody/explode",
         json={},
         status=(400, 404),
-        says="",
+        says="unknown action",
     ),
     Case(
         "prune-bad-retention", "POST", "/api/prune", json={"retention": "later"}, says="retention"
@@ -548,7 +548,7 @@ PLAYBOOKS = [
         "/api/playbooks/..%2f..%2fetc%2fpasswd/run",
         json={},
         status=(400, 404),
-        says="",
+        says="not found",
     ),
     Case(
         "playfile-absolute",
@@ -556,10 +556,15 @@ PLAYBOOKS = [
         "/api/playbooks/%2fetc%2fpasswd/run",
         json={},
         status=(400, 404),
-        says="",
+        says="not found",
     ),
     Case(
-        "playfile-nul", "POST", "/api/playbooks/a%00.yml/run", json={}, status=(400, 404), says=""
+        "playfile-nul",
+        "POST",
+        "/api/playbooks/a%00.yml/run",
+        json={},
+        status=(400, 404),
+        says="NUL",
     ),
     Case(
         "playfile-missing",
@@ -748,7 +753,7 @@ FILES = [
         says="NUL",
     ),
     Case("fetched-no-file", "GET", "/api/runs/{run}/fetched", status=404, says="fetched no file"),
-    Case("fetched-bad-id", "GET", "/api/runs/..%2f..%2fetc/fetched", status=404, says=""),
+    Case("fetched-bad-id", "GET", "/api/runs/..%2f..%2fetc/fetched", status=404, says="not found"),
 ]
 
 # -- query parameters: limits, dates, cursors, ids ------------------------------------------
@@ -782,10 +787,16 @@ QUERIES = [
     Case("runs-job-huge", "GET", "/api/runs", params={"job": "9" * 30}, says="job"),
     Case("runs-status-bad", "GET", "/api/runs", params={"status": "exploded"}, says="status"),
     Case("runs-nul", "GET", "/api/runs", params={"host": "a\x00"}, says="NUL"),
-    Case("run-id-huge", "GET", "/api/runs/" + "9" * 30, status=404, says=""),
-    Case("run-id-negative", "GET", "/api/runs/-1", status=404, says=""),
-    Case("job-id-huge", "GET", "/api/jobs/" + "9" * 30, status=404, says=""),
-    Case("job-kill-huge", "POST", "/api/jobs/" + "9" * 30 + "/kill", status=404, says=""),
+    Case("run-id-huge", "GET", "/api/runs/" + "9" * 30, status=404, says="run_id must be a number"),
+    Case("run-id-negative", "GET", "/api/runs/-1", status=404, says="run_id must be a number"),
+    Case("job-id-huge", "GET", "/api/jobs/" + "9" * 30, status=404, says="job_id must be a number"),
+    Case(
+        "job-kill-huge",
+        "POST",
+        "/api/jobs/" + "9" * 30 + "/kill",
+        status=404,
+        says="job_id must be a number",
+    ),
     Case(
         "run-log-limit-negative", "GET", "/api/runs/{run}/log", params={"limit": "-1"}, says="limit"
     ),
@@ -794,7 +805,13 @@ QUERIES = [
         "run-log-after-huge", "GET", "/api/runs/{run}/log", params={"after": "9" * 30}, says="after"
     ),
     Case("run-log-level-bad", "GET", "/api/runs/{run}/log", params={"level": "LOUD"}, says="LOUD"),
-    Case("run-log-id-huge", "GET", "/api/runs/" + "9" * 30 + "/log", status=404, says=""),
+    Case(
+        "run-log-id-huge",
+        "GET",
+        "/api/runs/" + "9" * 30 + "/log",
+        status=404,
+        says="run_id must be a number",
+    ),
     Case(
         "run-lines-after-bad",
         "GET",
@@ -840,7 +857,13 @@ QUERIES = [
     ),
     Case("tokens-user-nul", "GET", "/api/tokens", params={"user": "a\x00"}, says="NUL"),
     Case("hosts-pattern-nul", "GET", "/api/hosts", params={"pattern": "a\x00"}, says="NUL"),
-    Case("deliveries-huge", "GET", "/api/jobs/" + "9" * 30 + "/deliveries", status=404, says=""),
+    Case(
+        "deliveries-huge",
+        "GET",
+        "/api/jobs/" + "9" * 30 + "/deliveries",
+        status=404,
+        says="job_id must be a number",
+    ),
 ]
 
 # limits past the most a page holds are taken as that most (an honest, shorter answer)
@@ -892,7 +915,7 @@ HEADERS = [
         "/metrics",
         headers={"authorization": "Bearer ñ"},
         status=401,
-        says="",
+        says="token",
     ),
     Case(
         "cookie-garbage",
@@ -1054,7 +1077,7 @@ FORMS = [
         "/agents/nobody/accept",
         {"fingerprint": "SHA256:\x00"},
         status=(400, 404),
-        says="",
+        says="NUL",
     ),
     Form("logout-no-csrf", "/logout", {}, csrf=None, status=403, says="CSRF"),
 ]
@@ -1066,14 +1089,14 @@ LOGIN_FORMS = [
         "/login",
         {"username": "ad\x00min", "password": "x" * 12},
         status=(400, 401),
-        says="",
+        says="NUL",
     ),
     Form(
         "login-long-name",
         "/login",
         {"username": "a" * 60_000, "password": "x"},
         status=(400, 401),
-        says="",
+        says="Wrong user name",
     ),
     Form(
         "login-no-csrf",
