@@ -20,12 +20,13 @@ PG_TESTS := tests/test_store.py tests/test_migrations.py tests/test_adhoc.py \
 	tests/test_schedules.py tests/test_api_runs.py tests/test_policy.py tests/test_login_limit.py \
 	tests/test_request_hygiene.py tests/test_passwords.py tests/test_scope_actions.py \
 	tests/test_console_audit.py tests/test_agent_env.py tests/test_agent_names.py \
-	tests/test_agent_requests.py tests/test_bad_input.py
+	tests/test_agent_requests.py tests/test_light_agent.py tests/test_agent_labels.py \
+	tests/test_bad_input.py
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[server,test]'
 	touch $(STAMP)
 
 sysdeps:

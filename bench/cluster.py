@@ -56,7 +56,8 @@ from tests.support import (
     wait_until,
 )
 
-GROUP = "cl"
+GROUP = "cl"  # the simulated agents' label (counted online; labels are not groups)
+PATTERN = "all"  # the jobs' hosts: every simulated agent (the inventory is empty)
 FINAL = ("success", "failed", "terminated", "unreachable", "skipped")
 
 
@@ -220,7 +221,7 @@ def start_simulators(
 
 
 def submit(server: ServerHandle, command: str, agents: int) -> int:
-    resp = server.http.post("/api/jobs", json={"pattern": GROUP, "command": command})
+    resp = server.http.post("/api/jobs", json={"pattern": PATTERN, "command": command})
     resp.raise_for_status()
     body = resp.json()
     if len(body["runs"]) != agents:

@@ -1,6 +1,7 @@
 """Footprint: an idle agent, a server with 1,000 idle agents, and a task printing 1 GB.
 
-    .venv/bin/python -m bench.footprint [--parts agent,fleet,output] [--idle 30] [--agents 1000]
+    .venv/bin/python -m bench.footprint [--parts agent,fleet,output,install] [--idle 30]
+        [--agents 1000]
         [--output-bytes 1073741824] [--quick] [--write] [--json FILE]
 
 - agent: one real `easytask agent` process, idle; resident memory (VmRSS) and CPU used over
@@ -11,7 +12,11 @@
   process, each agent its own reverse SSH link); the server's RSS and CPU over `--idle` seconds of
   idle keepalives;
 - output: one task on a real agent prints `--output-bytes` (1 GB) of 1,000-byte lines; the
-  server's peak RSS (VmHWM), with the stored output cut at 32 MiB as tests/test_reliability.py does.
+  server's peak RSS (VmHWM), with the stored output cut at 32 MiB as tests/test_reliability.py does;
+- install: the wheel built from the tree, installed into two empty venvs as a user would
+  (tests/support/wheel.py): `pip install easytask` (an agent's) and `pip install
+  'easytask[server]'`; each venv's site-packages (`du -sk`) and distributions, and the idle RSS
+  and CPU of a connected `easytask agent` started from each against one real server.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -46,13 +52,16 @@ from tests.support import (
     Procs,
     children_of,
     cmdline,
+    launch_agent,
     wait_until,
 )
+from tests.support.wheel import build_wheel, install_venv, installed_distributions
 
 PARTS = {
     "agent": "One idle agent",
     "fleet": "A server with 1,000 idle agents",
     "output": "One task printing 1 GB",
+    "install": "An agent's install",
 }
 TARGETS = {"agent_rss_mib": 45, "server_rss_mib": 300, "server_cpu_pct": 5.0, "output_mib": 300}
 # Salt does not document the minion's memory use; these are reports in its issue tracker.
@@ -236,6 +245,50 @@ def output_part(root: Path, size: int) -> dict[str, Any]:
         procs.stop_all()
 
 
+def install_part(root: Path, idle: float, settle: float) -> dict[str, Any]:
+    """Size of an agent's install and of a server's, and the idle agent each one runs."""
+    wheel = build_wheel(root / "dist")
+    installs = {"agent": str(wheel), "full": f"{wheel}[server]"}
+    out: dict[str, Any] = {}
+    procs = Procs()
+    try:
+        inventory = root / "inventory.ini"
+        inventory.write_text("")
+        server = start_server(root / "server-install", inventory, procs)
+        for kind, requirement in installs.items():
+            venv = install_venv(root / f"venv-{kind}", requirement)
+            (site,) = (venv / "lib").glob("python3*/site-packages")
+            du = subprocess.run(
+                ["du", "-sk", str(site)], capture_output=True, text=True, check=True
+            )
+            agent = launch_agent(
+                procs,
+                server,
+                f"install-{kind}",
+                root / f"agent-{kind}",
+                command=[str(venv / "bin" / "easytask")],
+                timeout=60,
+                interval=0.1,
+            )
+            time.sleep(settle)
+            rss, cpu = idle_window([agent.pid], idle)
+            out[kind] = {
+                "site_kib": int(du.stdout.split()[0]),
+                "distributions": sorted(installed_distributions(venv)),
+                "rss": rss,
+                "cpu": cpu,
+            }
+            say(
+                f"{kind} install: {out[kind]['site_kib'] / 1024:.1f} MiB in site-packages, "
+                f"{len(out[kind]['distributions'])} distributions; idle agent {rss:.1f} MiB, "
+                f"{cpu:.3f}% CPU"
+            )
+    finally:
+        procs.stop_all()
+    out["idle"] = idle
+    return out
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     raise_nofile()
     root = Path(tempfile.mkdtemp(prefix="efp-", dir=args.workdir or "/tmp"))
@@ -254,6 +307,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 rec[part] = agent_part(root, args.idle, args.settle, args.supervisor_idle)
             elif part == "fleet":
                 rec[part] = fleet_part(root, args.agents, args.idle, args.settle)
+            elif part == "install":
+                rec[part] = install_part(root, args.idle, args.settle)
             else:
                 rec[part] = output_part(root, args.output_bytes)
             rec[part].update(load_before=load, load_after=load_average())
@@ -336,6 +391,29 @@ def report(rec: dict[str, Any], only: str | None = None) -> list[str]:
             f"{_verdict(o['server_hwm'] < TARGETS['output_mib'])} — {o['server_hwm']:.1f} MiB",
             "",
         ]
+    if "install" in rec:
+        i = rec["install"]
+        rows = (
+            ("agent", "`pip install easytask` (an agent's)"),
+            ("full", "`pip install 'easytask[server]'`"),
+        )
+        out += [
+            f"**An agent's install against a server's** (site-packages of an empty venv, `du -sk`; "
+            f"a connected `easytask agent` from each, idle {i['idle']:g} s, against one server):",
+            "",
+            "| install | distributions | site-packages MiB | idle agent RSS MiB | CPU % |",
+            "|---|---:|---:|---:|---:|",
+            *(
+                f"| {label} | {len(i[k]['distributions'])} | {i[k]['site_kib'] / 1024:.1f} | "
+                f"{i[k]['rss']:.1f} | {i[k]['cpu']:.3f} |"
+                for k, label in rows
+            ),
+            "",
+            f"An agent's install: {', '.join(i['agent']['distributions'])}. "
+            f"{i['agent']['site_kib'] / i['full']['site_kib']:.0%} of the server's install on "
+            "disk; the agent loads the same modules from either, so its memory is the same.",
+            "",
+        ]
     return out
 
 
@@ -348,9 +426,13 @@ flood of output:
 - **fleet**: a server with 1,000 simulated agents connected: its RSS and CPU over 30 s of idle
   keepalives.
 - **output**: one task prints 1 GB; the server's peak RSS (VmHWM).
+- **install**: an agent's install (`pip install easytask`) against a server's
+  (`pip install 'easytask[server]'`), each into an empty venv from the wheel built from the tree:
+  site-packages on disk, and a connected agent's idle RSS from each.
 
-Run it with `.venv/bin/python -m bench.footprint --write` (`--parts agent,fleet,output` picks
-parts, each with its own section); `--quick` uses 1 s windows, 20 agents and 10 MB of output."""
+Run it with `.venv/bin/python -m bench.footprint --write` (`--parts agent,fleet,output,install`
+picks parts, each with its own section); `--quick` uses 1 s windows, 20 agents and 10 MB of
+output."""
 
 
 def write_doc(rec: dict[str, Any]) -> None:
@@ -380,7 +462,9 @@ def write_doc(rec: dict[str, Any]) -> None:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    p.add_argument("--parts", default="agent,fleet,output", help="which parts (comma separated)")
+    p.add_argument(
+        "--parts", default="agent,fleet,output,install", help="which parts (comma separated)"
+    )
     p.add_argument("--idle", type=float, default=30.0, help="idle window in seconds (default 30)")
     p.add_argument("--agents", type=int, default=1000, help="agents in the fleet part (1000)")
     p.add_argument("--output-bytes", type=int, default=1 << 30, help="output size (1 GiB)")
@@ -399,7 +483,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.parts = {s.strip() for s in args.parts.split(",") if s.strip()}
     if args.parts - set(PARTS) or not args.parts:
-        p.error("--parts: agent, fleet, output")
+        p.error("--parts: agent, fleet, output, install")
     if args.quick:
         args.idle, args.settle, args.agents, args.output_bytes = 1.0, 0.5, 20, 10 << 20
         args.supervisor_idle = 3.0

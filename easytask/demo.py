@@ -13,7 +13,7 @@ from typing import TextIO
 
 from easytask.config import Settings, write_client_config
 from easytask.server import Server
-from easytask.service.agents import create_enroll_token
+from easytask.service.agents import create_enroll_token, set_agent_labels
 
 DEMO_AGENTS = {"web1": ["demo"], "web2": ["demo"], "db1": ["demo"]}
 
@@ -68,6 +68,8 @@ async def _demo(state: Path, http: str, agents_addr: str, out: TextIO) -> int:
                 out.write(f"agents did not come online; see {logs}\n")
                 return 3
             await asyncio.sleep(0.1)
+        for name, groups in DEMO_AGENTS.items():  # the demo's own labels, approved (audited)
+            await set_agent_labels(server.services, "demo", "demo", name, "approve", groups)
         config_path = state / "config.toml"
         write_client_config(config_path, server.http_url, server.admin_token)
         password = (server.state_dir / "admin.password").read_text().strip()

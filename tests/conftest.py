@@ -21,6 +21,7 @@ from tests.support import (
     launch_server,
     start_sshd,
 )
+from tests.support.wheel import build_wheel, install_venv
 
 # EASYTASK_TEST_DB=postgres: every server a test starts gets its own PostgreSQL database.
 TEST_DB = os.environ.get("EASYTASK_TEST_DB", "sqlite")
@@ -36,6 +37,25 @@ def postgres() -> Iterator[PostgresCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def easytask_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project's wheel, built from the tree."""
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
+
+
+@pytest.fixture(scope="session")
+def agent_venv(tmp_path_factory: pytest.TempPathFactory, easytask_wheel: Path) -> Path:
+    """A fresh venv with an agent's install: `pip install easytask`, no extra."""
+    return install_venv(tmp_path_factory.mktemp("agent-venv") / "venv", str(easytask_wheel))
+
+
+@pytest.fixture(scope="session")
+def server_venv(tmp_path_factory: pytest.TempPathFactory, easytask_wheel: Path) -> Path:
+    """A fresh venv with a server's install: `pip install 'easytask[server]'`."""
+    venv = tmp_path_factory.mktemp("server-venv") / "venv"
+    return install_venv(venv, f"{easytask_wheel}[server]")
 
 
 @pytest.fixture

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import AgentFactory, ServerFactory, write
-from tests.support import SSHD, wait_until
+from tests.support import SSHD, easytask_cmd, wait_until
 
 
 @pytest.fixture
@@ -261,3 +262,48 @@ def test_two_installations_on_one_agentless_host_kill_only_their_own_runs(
     final = b.wait_job(theirs["job"]["id"])
     assert final["job"]["state"] == "success", final["runs"]
     assert [ln["text"] for ln in b.log_lines(run_id)] == ["b-done"]
+
+
+def test_ansible_style_run_flags(fleet) -> None:
+    """-l narrows the pattern, -e makes the command a template rendered per host, -o prints one
+    line per host, --list-hosts runs nothing, and --url/--token work after the subcommand."""
+    listed = fleet.cli("run", "prod", "-a", "true", "--list-hosts", "-l", "web1,plain1")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout == "  hosts (2):\n    web1\n    plain1\n"
+    assert fleet.get("/api/runs")["runs"] == []  # nothing ran
+    env = {k: v for k, v in fleet.env().items() if k not in ("EASYTASK_URL", "EASYTASK_TOKEN")}
+    result = subprocess.run(
+        easytask_cmd(
+            "run", "prod", "-l", "!db1", "-e", "word=hi", "-e", '{"n": 2}', "-o",
+            "-a", "echo {{ word }} {{ n * 2 }} {{ inventory_hostname }}; echo e >&2",
+            "--url", fleet.url, "--token=" + fleet.token,
+        ),
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sorted(result.stdout.splitlines()) == [
+        "plain1 | SUCCESS | rc=0 | (stdout) hi 4 plain1 | (stderr) e",
+        "web1 | SUCCESS | rc=0 | (stdout) hi 4 web1 | (stderr) e",
+    ]
+    # without -e a command is not a template: {{ }} reaches the host as written
+    plain = fleet.cli("run", "web1", "-o", "-a", "echo '{{ word }}'")
+    assert plain.stdout == "web1 | SUCCESS | rc=0 | (stdout) {{ word }}\n"
+    undefined = fleet.cli("run", "web1", "-e", "a=1", "-a", "echo {{ nope }}")
+    assert undefined.returncode == 2 and "nope" in undefined.stderr
+
+
+def test_run_user_is_the_ssh_user_of_agentless_hosts(fleet) -> None:
+    """-u replaces the inventory's ansible_user for hosts reached over SSH; agents run commands
+    as their own user, so -u for one is refused with the reason rather than ignored."""
+    other = fleet.cli("run", "plain1", "-u", "nobody", "-o", "-a", "id -un")
+    assert other.returncode == 1
+    assert other.stdout.startswith("plain1 | UNREACHABLE | (cannot connect to nobody@"), (
+        other.stdout
+    )
+    refused = fleet.cli("run", "prod", "-u", "deploy", "-a", "true")
+    assert refused.returncode == 2
+    assert "-u/--user 'deploy' is the SSH user of agentless hosts; web1, db1 run commands" in (
+        refused.stderr
+    )
+    bad = fleet.cli("run", "plain1", "-u=-x;rm", "-a", "true")
+    assert bad.returncode == 2 and "is not a user name" in bad.stderr

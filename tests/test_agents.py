@@ -20,7 +20,8 @@ def test_agent_enrolled_by_token_comes_online(
     assert agent["name"] == "alpha"
     assert agent["state"] == "accepted"
     assert agent["status"] == "online"
-    assert agent["groups"] == ["web"]
+    assert agent["labels"] == ["web"]  # reported, not approved: in no group yet
+    assert (agent["groups"], agent["pending"], agent["approved"]) == ([], ["web"], [])
     assert agent["slots"] == 3
     assert agent["fingerprint"].startswith("SHA256:")
     assert agent["facts"]["cpus"] >= 1

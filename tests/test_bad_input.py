@@ -419,10 +419,10 @@ def test_agent_port_refuses_bad_hellos(unchanged: Live, case: Hello) -> None:
     """A peer with a crafted hello is refused with the reason listed (`/api/agents` → refused)
     and audited as `agent.refused`; no agent record is made."""
     live = unchanged
-    name = f"h-{case.id}"
+    name = f"h-{case.id}" if case.version_name in ("same", None) else case.version_name
     key = asyncssh.generate_private_key("ssh-ed25519")
     fingerprint = key.get_fingerprint("sha256")
-    version_name = name if case.version_name == "same" else case.version_name
+    version_name = None if case.version_name is None else name
     asyncio.run(_say_hello(live.server.agents_addr, version_name, hello_bytes(case, name), key))
 
     def refusal() -> dict[str, Any] | None:

@@ -132,7 +132,8 @@ def test_ingest_quick_stores_and_finds_every_line(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_footprint_quick_reports_each_part(tmp_path: Path) -> None:
-    """`footprint.py --quick`: the agent with its supervisor, 20 agents, 10 MB of output."""
+    """`footprint.py --quick`: the agent with its supervisor, 20 agents, 10 MB of output, and
+    an agent's install against a server's."""
     stdout, rec = _run_quick("footprint.py", tmp_path)
     assert rec["agent"]["supervisors"] == 1
     assert rec["agent"]["after_rss"] > rec["agent"]["before_rss"] > 0
@@ -141,6 +142,11 @@ def test_footprint_quick_reports_each_part(tmp_path: Path) -> None:
     assert rec["output"]["bytes"] == 10 << 20
     assert rec["output"]["server_hwm"] > 0
     assert "server peak RSS" in stdout
+    agent, full = rec["install"]["agent"], rec["install"]["full"]
+    assert "asyncssh" in agent["distributions"] and "sqlmodel" not in agent["distributions"]
+    assert "sqlmodel" in full["distributions"]
+    assert 0 < agent["site_kib"] < full["site_kib"]
+    assert agent["rss"] > 0 and full["rss"] > 0
 
 
 @pytest.mark.slow

@@ -30,6 +30,7 @@ class Recipe:
     user: str = ""
     workdir: str = ""
     volume: str = ""
+    installs: str = ""  # what the stage's `pip install` installs: `easytask`, `'easytask[server]'`
 
 
 def _instructions(path: Path) -> list[tuple[str, str]]:
@@ -79,45 +80,10 @@ def parse_containerfile(path: Path) -> Recipe:
             recipe.workdir = rest
         elif word == "VOLUME":
             recipe.volume = rest
+        elif word == "RUN" and rest.startswith("pip install "):
+            words = shlex.split(rest.partition("&&")[0])
+            recipe.installs = next(w for w in words[2:] if w.startswith("easytask"))
     return recipe
-
-
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh venv with the project's wheel and its dependencies, as a container image holds.
-
-    The wheel is built from the tree and installed like any package (dependencies from the
-    package index pip is configured with, as `make test` itself installs them); nothing of the
-    development venv or the source tree is visible to it.
-    """
-    root = tmp_path_factory.mktemp("wheel")
-    wheels = root / "wheels"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
-        + ["-w", str(wheels), str(REPO)],
-        check=True,
-        timeout=300,
-    )
-    (wheel,) = wheels.glob("easytask-*.whl")
-    venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q"]
-        + [str(wheel)],
-        check=True,
-        timeout=600,
-    )
-    where = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", "import easytask; print(easytask.__file__)"],
-        check=True,
-        capture_output=True,
-        text=True,
-        cwd=root,
-        env={"PATH": "/usr/bin:/bin"},  # nothing inherited (PYTHONPATH) may point elsewhere
-    ).stdout.strip()
-    assert where.startswith(str(venv)), where
-    assert (venv / "bin" / "easytask").exists()
-    return venv
 
 
 def _container(
@@ -164,10 +130,20 @@ def test_recipes_run_as_a_user_with_state_on_a_volume() -> None:
         assert recipe.env["EASYTASK_LOG_FORMAT"] == "json"
 
 
-def test_installed_wheel_starts_as_the_containers_do(installed: Path, tmp_path: Path) -> None:
-    """Server and agent started from the Containerfiles' ENTRYPOINT/CMD/ENV run a command."""
+def test_the_agent_image_holds_the_agent_alone() -> None:
+    """The agent's image installs the wheel without the server's extra; the server's with it."""
+    assert parse_containerfile(DEPLOY / "Containerfile.agent").installs == "easytask"
+    assert parse_containerfile(DEPLOY / "Containerfile.server").installs == "easytask[server]"
+
+
+def test_installed_wheel_starts_as_the_containers_do(
+    server_venv: Path, agent_venv: Path, tmp_path: Path
+) -> None:
+    """Server and agent started from the Containerfiles' ENTRYPOINT/CMD/ENV run a command: the
+    server from a `pip install 'easytask[server]'`, the agent from a plain `pip install easytask`."""
     server_recipe = parse_containerfile(DEPLOY / "Containerfile.server")
     agent_recipe = parse_containerfile(DEPLOY / "Containerfile.agent")
+    installed = server_venv
     http_port, agent_port = free_port(), free_port()
     argv, env, cwd = _container(
         server_recipe,
@@ -196,7 +172,7 @@ def test_installed_wheel_starts_as_the_containers_do(installed: Path, tmp_path: 
         enroll = api.post("/api/agents/tokens", json={"uses": 1, "ttl": "10m"}).json()["token"]
         argv, agent_env, agent_cwd = _container(
             agent_recipe,
-            installed,
+            agent_venv,
             tmp_path / "agent",
             {
                 "EASYTASK_AGENT_SERVER": f"127.0.0.1:{agent_port}",
@@ -226,7 +202,7 @@ def test_installed_wheel_starts_as_the_containers_do(installed: Path, tmp_path: 
         run_id = done["runs"][0]["id"]
         lines = api.get(f"/api/runs/{run_id}/log").json()["lines"]
         assert [ln["text"] for ln in lines if ln["stream"] == "stdout"] == ["from-the-box"]
-        assert _health(agent_recipe, installed, agent_env) == 0
+        assert _health(agent_recipe, agent_venv, agent_env) == 0
         # JSON logs from EASYTASK_LOG_FORMAT in both images
         assert json.loads(agent.output().splitlines()[0])["logger"] == "easytask.agent"
         assert any(json.loads(ln).get("logger") for ln in server.output().splitlines()[:1])
@@ -237,7 +213,7 @@ def test_installed_wheel_starts_as_the_containers_do(installed: Path, tmp_path: 
         if api is not None:
             api.close()
     assert agent is not None
-    assert _health(agent_recipe, installed, agent_env) == 1  # stopped: not connected
+    assert _health(agent_recipe, agent_venv, agent_env) == 1  # stopped: not connected
 
 
 UNITS = sorted((DEPLOY / "systemd").glob("*.service"))

@@ -21,6 +21,7 @@ PURE = [
     "loglines",
     "templating",
     "masking",
+    "names",
 ]
 IO_LIBS = {
     "asyncssh",

@@ -26,9 +26,11 @@ from easytask.plan import (
     render_command,
     serial_batches,
     stop_after_batch,
+    tag_names,
+    tag_selected,
     task_result,
 )
-from easytask.playbook import parse_playbook
+from easytask.playbook import PlaybookErrors, parse_playbook
 
 REPO = Path(__file__).resolve().parent.parent
 CASES = Path(__file__).parent / "cases" / "playbooks"
@@ -157,7 +159,7 @@ def test_needs_on_the_same_host(book_dir: Path, inventory: Inventory) -> None:
         hosts: web
         tasks:
           - {name: b, shell: x, needs: a}
-          - {name: a, shell: x}
+          - {name: a, shell: x, needs: []}
         """)  # fmt: skip
     assert [t.name for t in plan.tasks] == ["a", "b"]
     assert needs_of(plan) == {
@@ -172,8 +174,8 @@ def test_needs_across_hosts_once_and_any(book_dir: Path, inventory: Inventory) -
         hosts: web
         tasks:
           - {name: backup, shell: x, hosts: db}
-          - {name: pick, shell: x, hosts: prod, run_on: any}
-          - {name: first, shell: x, run_once: true}
+          - {name: pick, shell: x, hosts: prod, run_on: any, needs: []}
+          - {name: first, shell: x, run_once: true, needs: []}
           - {name: web, shell: x, needs: [backup, pick, first]}
           - {name: report, shell: x, run_once: true, needs: web}
           - {name: any, shell: x, run_on: any, needs: [first]}
@@ -225,7 +227,7 @@ def test_batches_of_runs(book_dir: Path, inventory: Inventory) -> None:
           - {name: a, shell: x}
           - {name: only-db, shell: x, hosts: db1}
           - {name: b, shell: x, needs: only-db}
-          - {name: once, shell: x, run_once: true}
+          - {name: once, shell: x, run_once: true, needs: []}
           - {name: last, shell: x, run_once: true, needs: a}
         """)  # fmt: skip
     assert plan.batches == (("web1",), ("web2",), ("db1",))
@@ -245,12 +247,51 @@ def test_dependency_order_keeps_file_order_among_equals(
         hosts: db
         tasks:
           - {name: d, shell: x, needs: [c]}
-          - {name: a, shell: x}
+          - {name: a, shell: x, needs: []}
           - {name: c, shell: x, needs: [b]}
-          - {name: b, shell: x}
-          - {name: e, shell: x}
+          - {name: b, shell: x, needs: []}
+          - {name: e, shell: x, needs: []}
         """)  # fmt: skip
     assert [t.name for t in plan.tasks] == ["a", "b", "c", "d", "e"]
+
+
+def test_tasks_without_needs_run_top_to_bottom(book_dir: Path, inventory: Inventory) -> None:
+    """A task without `needs` waits for the task above it on the same host, as in Ansible;
+    `needs: []` starts at once and written `needs` wait for exactly what they name."""
+    plan = plan_of(book_dir, inventory, """\
+        hosts: web
+        tasks:
+          - {name: a, shell: x}
+          - {name: b, shell: x}
+          - {name: side, shell: x, needs: []}
+          - {name: c, shell: x, needs: a}
+          - {name: d, shell: x}
+        """)  # fmt: skip
+    assert needs_of(plan) == {
+        ("a", "web1"): [], ("a", "web2"): [],
+        ("b", "web1"): [("a", "web1")], ("b", "web2"): [("a", "web2")],
+        ("side", "web1"): [], ("side", "web2"): [],
+        ("c", "web1"): [("a", "web1")], ("c", "web2"): [("a", "web2")],
+        ("d", "web1"): [("c", "web1")], ("d", "web2"): [("c", "web2")],
+    }  # fmt: skip
+    assert [(t.name, t.needs_implied) for t in plan.tasks] == [
+        ("a", False), ("b", True), ("side", False), ("c", False), ("d", True),
+    ]  # fmt: skip
+
+
+def test_an_implied_order_that_closes_a_cycle_says_so(book_dir: Path, inventory: Inventory) -> None:
+    """`needs` on a task further down meets the implied order: the error says how to break it."""
+    with pytest.raises(PlaybookErrors) as exc:
+        plan_of(book_dir, inventory, """\
+            hosts: web
+            tasks:
+              - {name: b, shell: x, needs: a}
+              - {name: a, shell: x}
+            """)  # fmt: skip
+    assert (
+        "needs cycle: b -> a -> b ('a' has no 'needs', so it waits for the task above it;"
+        in str(exc.value)
+    )
 
 
 def test_planned_task_settings(book_dir: Path, inventory: Inventory) -> None:
@@ -574,3 +615,106 @@ def test_check_keeps_errors_per_run(book_dir: Path, inventory: Inventory) -> Non
         ("web1", "undefined variable 'nope'"), ("web2", "undefined variable 'nope'"),
     ]  # fmt: skip
     assert plan.playbook.task("a").location == SourceLocation(str(book_dir / "pb.yml"), 2, 9)
+
+
+@pytest.mark.parametrize(
+    ("task_tags", "tags", "skip", "runs"),
+    [
+        ((), (), (), True),
+        (("web",), (), (), True),
+        (("never",), (), (), False),
+        (("never", "debug"), ("debug",), (), True),
+        (("web",), ("db",), (), False),
+        (("web", "db"), ("db",), (), True),
+        (("always",), ("db",), (), True),
+        (("always",), ("db",), ("always",), False),
+        (("web",), (), ("web",), False),
+        (("web",), ("web",), ("web",), False),
+        ((), ("untagged",), (), True),
+        (("web",), ("untagged",), (), False),
+        (("web",), ("tagged",), (), True),
+        ((), ("tagged",), (), False),
+        (("web",), ("all",), (), True),
+        (("never",), ("all",), (), False),
+        ((), (), ("untagged",), False),
+        (("web",), (), ("tagged",), False),
+    ],
+)
+def test_tag_selection_follows_ansible(
+    task_tags: tuple[str, ...], tags: tuple[str, ...], skip: tuple[str, ...], runs: bool
+) -> None:
+    """--tags/--skip-tags: skip wins; always, never, all, tagged and untagged as in Ansible."""
+    assert tag_selected(task_tags, tags, skip) is runs
+
+
+def test_tasks_left_out_by_tags_have_no_runs_and_keep_the_order(
+    book_dir: Path, inventory: Inventory
+) -> None:
+    """A task left out by --tags has no runs; the task below it still waits for the one above."""
+    plan = plan_of(book_dir, inventory, """\
+        hosts: web
+        tasks:
+          - {name: a, shell: x, tags: deploy}
+          - {name: b, shell: x, tags: [debug]}
+          - {name: c, shell: x, tags: "deploy, check"}
+        """, tags=("deploy",))  # fmt: skip
+    assert [t.hosts for t in plan.tasks] == [("web1", "web2"), (), ("web1", "web2")]
+    assert needs_of(plan) == {
+        ("a", "web1"): [], ("a", "web2"): [],
+        ("c", "web1"): [("a", "web1")], ("c", "web2"): [("a", "web2")],
+    }  # fmt: skip
+    assert plan.tasks[2].task.tags == ("deploy", "check")
+    skipped = plan_of(
+        book_dir, inventory, "hosts: web\ntasks: [{name: a, shell: x, tags: x}]\n", skip_tags=("x",)
+    )
+    assert skipped.runs == ()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("a,b c", "--tags: bad tag 'b c' (letters, digits and . _ - only)"),
+        ("a,,b", "--tags: bad tag '' (letters, digits and . _ - only)"),
+        (["a", 3], "--tags must be tag names separated by commas, or a list of them"),
+        ({"a": 1}, "--tags must be tag names separated by commas, or a list of them"),
+    ],
+)
+def test_bad_tag_options_are_refused(value: Any, message: str) -> None:
+    with pytest.raises(UsageError) as exc:
+        tag_names(value, "--tags")
+    assert str(exc.value) == message
+    assert tag_names(" a, b,a", "--tags") == ("a", "b")
+    assert tag_names(None, "--tags") == ()
+
+
+def test_adhoc_limit_extra_vars_and_user(inventory: Inventory) -> None:
+    """plan_adhoc: --limit keeps hosts of the pattern, -e renders per host, -u is checked."""
+    from easytask.plan import plan_adhoc
+
+    runs = plan_adhoc(inventory, "prod", "echo {{ x }} {{ inventory_hostname }}", limit="web")
+    assert [(r.host, r.command) for r in runs] == [
+        ("web1", "echo {{ x }} {{ inventory_hostname }}"),
+        ("web2", "echo {{ x }} {{ inventory_hostname }}"),
+    ]
+    rendered = plan_adhoc(
+        inventory, "db", "echo {{ x }} {{ inventory_hostname }}", extra_vars={"x": 1}
+    )
+    assert [r.command for r in rendered] == ["echo 1 db1"]
+    with pytest.raises(NoHostsMatched, match="no host of 'db' is in --limit 'web'"):
+        plan_adhoc(inventory, "db", "true", limit="web")
+    with pytest.raises(UsageError, match="is the SSH user of agentless hosts; db1 run"):
+        plan_adhoc(inventory, "db", "true", user="deploy")
+    with pytest.raises(UsageError, match="'-rf' is not a user name"):
+        plan_adhoc(inventory, "db", "true", user="-rf")
+    with pytest.raises(TemplateError):
+        plan_adhoc(inventory, "db", "echo {{ nope }}", extra_vars={})
+
+
+def test_global_options_after_the_subcommand_move_before_it() -> None:
+    from easytask.cli.main import hoist_globals
+
+    assert hoist_globals(["run", "all", "--url", "U", "-a", "x", "--token=T"]) == [
+        "--url", "U", "--token=T", "run", "all", "-a", "x",
+    ]  # fmt: skip
+    assert hoist_globals(["--url", "U", "runs"]) == ["--url", "U", "runs"]
+    assert hoist_globals([]) == []

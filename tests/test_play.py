@@ -41,7 +41,8 @@ def test_examples_run_on_real_agents(demo_fleet: ServerHandle, example: str) -> 
 
 
 def test_dag_order_skip_propagation_and_when(demo_fleet: ServerHandle, tmp_path: Path) -> None:
-    """A failed task skips what needs it; `when` false skips; independent tasks still run."""
+    """A failed task skips what waits for it (written `needs` or the task above); `when` false
+    skips; tasks with `needs: []` still run."""
     book = write(
         tmp_path / "dag.yml",
         """\
@@ -54,9 +55,9 @@ def test_dag_order_skip_propagation_and_when(demo_fleet: ServerHandle, tmp_path:
             needs: a
             shell: echo b
           - name: c
-            needs: b
             shell: echo c
           - name: d
+            needs: []
             shell: echo d
           - name: e
             when: inventory_hostname == "nope"
@@ -79,6 +80,7 @@ def test_dag_order_skip_propagation_and_when(demo_fleet: ServerHandle, tmp_path:
         "f": "success",
     }
     assert "needs 'a'" in runs[("b", "web1")]["reason"]
+    assert "'b'" in runs[("c", "web1")]["reason"]
     assert runs[("e", "web1")]["reason"].startswith("when is false")
 
 
@@ -320,3 +322,66 @@ def test_script_runs_on_agent_and_agentless(
         remote_dir = lines[1].split(": ", 1)[1]
         assert remote_dir.startswith("/tmp/.easytask-")
         assert not Path(remote_dir).exists()
+
+
+def test_tags_choose_the_tasks_and_the_order_holds(
+    demo_fleet: ServerHandle, tmp_path: Path
+) -> None:
+    """`play --tags/--skip-tags` run only the chosen tasks, still top to bottom; `environment`
+    reaches the command as `env` does."""
+    book = write(
+        tmp_path / "tags.yml",
+        f"""\
+        name: tags
+        hosts: web1
+        tasks:
+          - name: first
+            tags: deploy
+            shell: echo one > {tmp_path}/order
+          - name: debug-only
+            tags: [debug, never]
+            shell: echo debug
+          - name: second
+            tags: deploy
+            environment: {{WORD: two}}
+            shell: echo "$WORD" >> {tmp_path}/order; cat {tmp_path}/order
+          - name: always
+            tags: always
+            shell: echo always
+          - name: untagged
+            shell: echo untagged
+        """,
+    )
+    result = play(
+        demo_fleet, book, "--tags", "deploy", "--skip-tags", "nothing", "--format", "json"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    runs = final(json.loads(result.stdout)["runs"])
+    assert sorted(task for task, _ in runs) == ["always", "first", "second"]
+    assert runs[("second", "web1")]["state"] == "success"
+    log = demo_fleet.cli("logs", str(runs[("second", "web1")]["id"]))
+    assert log.stdout.splitlines()[-2:] == ["one", "two"]
+    bad = play(demo_fleet, book, "--tags", "a b")
+    assert bad.returncode == 2 and "--tags: bad tag 'a b'" in bad.stderr
+
+
+def test_vars_files_travel_with_the_playbook(demo_fleet: ServerHandle, tmp_path: Path) -> None:
+    """`easytask play` sends the vars files with the playbook; the server reads them in order."""
+    (tmp_path / "vars").mkdir()
+    (tmp_path / "vars" / "common.yml").write_text("greeting: hello\nwho: nobody\n")
+    (tmp_path / "vars" / "site.yml").write_text("who: '{{ inventory_hostname }}'\n")
+    book = write(
+        tmp_path / "vf.yml",
+        """\
+        hosts: db1
+        vars: {greeting: overridden}
+        vars_files: [vars/common.yml, vars/site.yml]
+        tasks:
+          - name: greet
+            command: echo {{ greeting }} {{ who }}
+        """,
+    )
+    result = play(demo_fleet, book, "--format", "json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    run = final(json.loads(result.stdout)["runs"])[("greet", "db1")]
+    assert demo_fleet.cli("logs", str(run["id"])).stdout.splitlines()[-1] == "hello db1"

@@ -409,6 +409,7 @@ def test_unsafe_strings_are_not_templates(tree: Path) -> None:
               - name: a
                 shell: echo {{ results.b.stdout }}
               - name: b
+                needs: []
                 shell: x
               - name: c
                 needs: b
@@ -422,9 +423,9 @@ def test_unsafe_strings_are_not_templates(tree: Path) -> None:
                 shell: x
             """, [
                 "pb/x.yml:4:12: task 'a' uses results.b but does not need 'b' (add it to 'needs')",
-                "pb/x.yml:9:12: task 'c' uses results.bb, but there is no task 'bb' (did you mean 'b'?)",
-                "pb/x.yml:12:12: task 'd' uses its own results (results.d)",
-                "pb/x.yml:15:11: task 'e' uses results.a but does not need 'a' (add it to 'needs')",
+                "pb/x.yml:10:12: task 'c' uses results.bb, but there is no task 'bb' (did you mean 'b'?)",
+                "pb/x.yml:13:12: task 'd' uses its own results (results.d)",
+                "pb/x.yml:16:11: task 'e' uses results.a but does not need 'a' (add it to 'needs')",
             ], id="results"),
         pytest.param("- hosts: all\n  tasks: []\n", [
             "pb/x.yml:1:1: a playbook is one play: a mapping with 'hosts' and 'tasks', not a list (for a single Ansible play, remove the leading '- ')"
@@ -627,3 +628,78 @@ def test_notify_accepts_one_webhook_or_a_list() -> None:
         ("http://h/a", "failed"),
         ("http://h/b", "all"),
     ]
+
+
+def test_environment_is_ansibles_name_for_env_and_tags_are_read(tree: Path) -> None:
+    """`environment:` is read as `env:`; `tags` as a list or a text separated by commas."""
+    book = parse_playbook(
+        "hosts: all\ntasks:\n  - name: a\n    shell: x\n    environment: {A: '{{ x }}', B: 2}\n"
+        "    tags: [deploy, web]\n  - name: b\n    shell: y\n    tags: 'check, web'\n",
+        "pb/x.yml",
+    )
+    assert book.tasks[0].env == {"A": "{{ x }}", "B": "2"}
+    assert (book.tasks[0].tags, book.tasks[1].tags) == (("deploy", "web"), ("check", "web"))
+
+
+@pytest.mark.parametrize(
+    ("task", "message"),
+    [
+        ("env: {A: 1}\n    environment: {B: 2}", "pb/x.yml:6:18: task 'a' has both 'env' and 'environment' (use one)"),
+        ("environment: [A]", "pb/x.yml:5:18: 'environment' in task 'a' must be a mapping of variable names to values, got a list"),
+        ("environment: {A: '{{ }}'}", "pb/x.yml:5:22: invalid template in environment variable 'A' of task 'a': Expected an expression, got 'end of print statement'"),
+        ("tags: [a, 'b c']", "pb/x.yml:5:11: bad tag 'b c' in task 'a' (letters, digits and . _ - only)"),
+        ("tags: {a: 1}", "pb/x.yml:5:11: 'tags' in task 'a' must be a tag name or a list of tag names, got a mapping"),
+    ],
+)  # fmt: skip
+def test_environment_and_tags_errors(tree: Path, task: str, message: str) -> None:
+    with pytest.raises(PlaybookErrors) as exc:
+        parse_playbook(f"hosts: all\ntasks:\n  - name: a\n    shell: x\n    {task}\n", "pb/x.yml")
+    assert str(exc.value) == message
+
+
+def test_vars_files_are_read_in_order_over_vars(tree: Path) -> None:
+    """`vars_files` beside the playbook: read in order, each over `vars` and the ones before."""
+    (tree / "pb" / "vars").mkdir()
+    (tree / "pb" / "vars" / "a.yml").write_text("port: 80\nname: a\nurl: 'http://{{ host }}'\n")
+    (tree / "pb" / "vars" / "b.yml").write_text("name: b\n")
+    (tree / "pb" / "vars" / "empty.yml").write_text("# nothing yet\n")
+    book = parse_playbook(
+        "hosts: all\nvars: {port: 8080, keep: 1}\nvars_files: [vars/a.yml, vars/b.yml, vars/empty.yml]\n"
+        "tasks:\n  - name: a\n    shell: x\n",
+        "pb/x.yml",
+    )
+    assert book.vars == {"port": 80, "keep": 1, "name": "b", "url": "http://{{ host }}"}
+    assert book.vars_files == tuple(
+        str(tree / "pb" / "vars" / n) for n in ("a.yml", "b.yml", "empty.yml")
+    )
+    one = parse_playbook(
+        "hosts: all\nvars_files: vars/b.yml\ntasks: [{name: a, shell: x}]\n", "pb/x.yml"
+    )
+    assert one.vars == {"name": "b"}
+
+
+@pytest.mark.parametrize(
+    ("files", "written", "message"),
+    [
+        ({}, "[vars/none.yml]", "pb/x.yml:2:14: the vars file 'vars/none.yml' of the play does not exist (looked in pb)"),
+        ({}, "[../outside.sh]", "pb/x.yml:2:14: the vars file '../outside.sh' of the play is outside the playbook's directory (pb)"),
+        ({}, "{a: 1}", "pb/x.yml:2:13: 'vars_files' in the play must be a list of file paths, got a mapping"),
+        ({}, "[3]", "pb/x.yml:2:14: vars_files: 3 is not a file path"),
+        ({"v.yml": "- a\n"}, "[v.yml]", "pb/v.yml:1:1: the vars file 'v.yml' must be a mapping of variables, got a list"),
+        ({"v.yml": "ok: 1\nbad name: 2\n"}, "[v.yml]", "pb/v.yml:2:1: invalid variable name 'bad name' (use letters, digits and _, not starting with a digit)"),
+        ({"v.yml": "a: [1\n"}, "[v.yml]", "pb/v.yml:2:1: invalid YAML: did not find expected ',' or ']'"),
+        ({"v.yml": "a: '{{ x'\n"}, "[v.yml]", "pb/v.yml:1:4: invalid template in variable 'a': unexpected end of template, expected 'end of print statement'."),
+        ({"v.yml": "$ANSIBLE_VAULT;1.1;AES256\n6162\n"}, "[v.yml]", "pb/x.yml:2:14: the vars file 'v.yml' is encrypted with Ansible Vault, which is not supported"),
+        ({"v.yml": "a: !vault |\n  $ANSIBLE_VAULT;1.1;AES256\n  6162\n"}, "[v.yml]", "pb/v.yml:1:4: Ansible Vault values (!vault) are not supported"),
+    ],
+)  # fmt: skip
+def test_vars_files_errors_name_the_file_and_line(
+    tree: Path, files: dict[str, str], written: str, message: str
+) -> None:
+    for name, text in files.items():
+        (tree / "pb" / name).write_text(text)
+    with pytest.raises(PlaybookErrors) as exc:
+        parse_playbook(
+            f"hosts: all\nvars_files: {written}\ntasks: [{{name: a, shell: x}}]\n", "pb/x.yml"
+        )
+    assert str(exc.value) == message

@@ -8,9 +8,11 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from easytask.errors import Conflict
 from easytask.store.audit import AuditNote
 from easytask.store.db import Store, sqlite_url
 from easytask.store.models import Job, Run, RunState, WebhookDelivery, as_utc
@@ -242,6 +244,43 @@ def test_audit_chain_verifies(store: Store) -> None:
     newest = store.audit_events()[0].id or 0
     assert [e.actor for e in store.audit_events(before_id=newest)] == ["alice"]
     assert store.audit_events(since=datetime.now(UTC) + timedelta(hours=1)) == []
+    assert store.audit_verify()["ok"] is True
+
+
+def test_label_approvals_are_checked_audited_and_follow_the_key(store: Store) -> None:
+    """Only reported labels are approved and only approved ones withdrawn, with the key if
+    given, each with its audit event (key, approved labels after); a refusal changes and
+    records nothing; a revoked name taking a new key starts with no approval."""
+    store.register_agent("web1", "SHA256:k", "ssh-ed25519 AAAA", "accepted", groups="web,prod")
+
+    def approve(groups: list[str], yes: bool = True, key: str | None = None) -> Any:
+        action = "agent.approve" if yes else "agent.withdraw"
+        note = AuditNote("ann", action, "cli", {"agent": "web1", "groups": groups})
+        return store.set_agent_groups("web1", groups, yes, note, key)
+
+    for refused in (
+        lambda: approve(["db"]),
+        lambda: approve(["web"], yes=False),
+        lambda: approve(["prod"], key="SHA256:other"),
+    ):
+        with pytest.raises(Conflict):
+            refused()
+    assert store.audit_events() == []
+    assert approve(["prod"], key="SHA256:k").approved_groups == "prod"
+    assert approve(["web", "prod"]).approved_groups == "prod,web"
+    assert approve(["web"], yes=False).approved_groups == "prod"
+    assert store.set_agent_groups("nobody", ["web"], True, None) is None
+    events = [(e.action, json.loads(e.detail)) for e in reversed(store.audit_events())]
+    assert events[0] == (
+        "agent.approve",
+        {"agent": "web1", "groups": ["prod"], "fingerprint": "SHA256:k", "approved": ["prod"]},
+    )
+    assert [e[1]["approved"] for e in events] == [["prod"], ["prod", "web"], ["prod"]]
+    store.update_agent("web1", state="revoked")
+    again = store.register_agent(
+        "web1", "SHA256:new", "ssh-ed25519 BBBB", "pending", replace_revoked=True
+    )
+    assert again is not None and again.approved_groups == ""
     assert store.audit_verify()["ok"] is True
 
 

@@ -108,6 +108,7 @@ class FakeClient:
                 "facts": {"load": ["\x1b]0;x\x07"]},
                 "version": "1\x08",
                 "groups": ["g\x1b"],
+                "pending": ["p\x1b"],
             }
             return {"agents": [agent]}
         return {"run": {"id": 7, "job": 3, "host": "web1", "state": "success"}}
@@ -130,7 +131,7 @@ def test_agents_table_escaped(client: FakeClient) -> None:
     code, out = run_cli("agents")
     assert code == 0
     assert escape_controls(out, newlines=True) == out
-    assert "evil\\x1b[31m" in out and "g\\x1b" in out
+    assert "evil\\x1b[31m" in out and "g\\x1b" in out and "p\\x1b" in out
 
 
 # printed by a host: set the window title, then clear the screen

@@ -21,6 +21,7 @@ from easytask import __version__
 from easytask.agent import facts, sftp
 from easytask.agent.policy import make_policy
 from easytask.agent.runner import CHUNK, Runner, check_pass_env
+from easytask.names import check_labels, check_name
 from easytask.transport import sshlog
 from easytask.transport.control import LINK_CIPHERS, SESSION_OP, SUBSYSTEM
 from easytask.transport.executor import STATS_SIGNAL
@@ -28,7 +29,6 @@ from easytask.transport.keys import load_or_create_key
 
 log = logging.getLogger("easytask.agent")
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 AGENT_VERSION_PREFIX = "EasyTaskAgent_"
 
 
@@ -109,10 +109,9 @@ class Agent:
 
     def __init__(self, config: AgentConfig) -> None:
         sshlog.install()  # asyncssh formats no debug message nobody reads
-        if not NAME_RE.match(config.name):
-            raise ValueError(
-                f"agent name {config.name!r} is not valid: use letters, digits, '.', '_' and '-'"
-            )
+        # refused here, before anything is dialled or written (`BadName` is a ValueError)
+        check_name(config.name)
+        config.groups = check_labels(config.groups)
         self.config = config
         self.state_dir = config.state_dir
         self.state_dir.mkdir(parents=True, exist_ok=True)

@@ -167,13 +167,20 @@ def add_parsers(sub: Any) -> None:
         help="enrolment token from `easytask agents token` (EASYTASK_AGENT_ENROLL)",
     )
     a.add_argument(
+        "--enroll-file",
+        metavar="FILE",
+        help="read the enrolment token from this file, e.g. a systemd credential or a podman "
+        "secret; an empty file is no token (EASYTASK_AGENT_ENROLL_FILE)",
+    )
+    a.add_argument(
         "--slots", type=int, help="commands run at once (default 4; EASYTASK_AGENT_SLOTS)"
     )
     a.add_argument(
         "--group",
         action="append",
         default=[],
-        help="a group label, repeatable (EASYTASK_AGENT_GROUPS: comma-separated)",
+        help="a group label, repeatable: a group membership once an admin approves it "
+        "(EASYTASK_AGENT_GROUPS: comma-separated)",
     )
     a.add_argument("--keepalive", type=duration_arg, default=15.0, help="SSH keepalive interval")
     a.add_argument(
@@ -271,6 +278,16 @@ def _allow_file(path: str | None) -> list[str]:
     return [line for line in lines if line and not line.startswith("#")]
 
 
+def _enroll_file(path: str | None) -> str | None:
+    """The enrolment token a file holds (surrounding white space dropped); None if it is empty."""
+    if not path:
+        return None
+    try:
+        return Path(path).read_text().strip() or None
+    except OSError as exc:
+        raise UsageError(f"--enroll-file {path}: {exc.strerror or exc}") from exc
+
+
 def cmd_agent(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     from easytask.agent.main import AgentConfig, serve
 
@@ -296,7 +313,11 @@ def cmd_agent(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         server=server,
         name=name,
         state_dir=Path(state_dir),
-        enroll=args.enroll or env.get("EASYTASK_AGENT_ENROLL") or None,
+        enroll=args.enroll
+        or _enroll_file(args.enroll_file)
+        or env.get("EASYTASK_AGENT_ENROLL")
+        or _enroll_file(env.get("EASYTASK_AGENT_ENROLL_FILE"))
+        or None,
         slots=slots,
         groups=groups,
         keepalive_interval=args.keepalive,

@@ -47,7 +47,28 @@ def add_parsers(sub: Any) -> None:
         "--timeout", type=duration_arg, help="terminate a host's command after this long"
     )
     r.add_argument("--pending-timeout", type=duration_arg, help="wait this long for offline agents")
-    r.add_argument("--forks", type=int, default=0, help="hosts at once (default: all)")
+    r.add_argument("-f", "--forks", type=int, default=0, help="hosts at once (default: all)")
+    r.add_argument("-l", "--limit", help="further limit the hosts with a pattern")
+    r.add_argument(
+        "-e",
+        "--extra-vars",
+        action="append",
+        metavar="VARS",
+        help="key=value, @file.yml or a JSON/YAML mapping (repeatable); with -e the command is "
+        "a template, rendered per host over its inventory vars and these",
+    )
+    r.add_argument(
+        "-u", "--user", help="connect to agentless hosts as this user (agents run as their own)"
+    )
+    r.add_argument(
+        "--list-hosts", action="store_true", help="print the hosts it would run on; run nothing"
+    )
+    r.add_argument(
+        "-o",
+        "--one-line",
+        action="store_true",
+        help="one line per host at the end: host | status | rc=N | (stdout) out\\nout",
+    )
     r.add_argument(
         "--one",
         action="store_true",
@@ -97,6 +118,22 @@ def add_parsers(sub: Any) -> None:
     pl = sub.add_parser("play", help="run a playbook (or --check it without a server)")
     pl.add_argument("playbook", help="playbook file, e.g. playbooks/health.yml")
     pl.add_argument("-l", "--limit", help="further limit the hosts with a pattern")
+    pl.add_argument(
+        "-t",
+        "--tags",
+        action="append",
+        default=[],
+        metavar="TAGS",
+        help="only the tasks with one of these tags (a,b; repeatable; always, never, all, "
+        "tagged, untagged as in Ansible)",
+    )
+    pl.add_argument(
+        "--skip-tags",
+        action="append",
+        default=[],
+        metavar="TAGS",
+        help="leave out the tasks with one of these tags (a,b; repeatable)",
+    )
     pl.add_argument(
         "-e",
         "--extra-vars",
@@ -152,7 +189,9 @@ class RunView:
         self.out.flush()
 
 
-def follow_job(client: Any, job_id: int, view: RunView | None, run_id: int | None = None) -> None:
+def follow_job(
+    client: Any, job_id: int, view: RunView | OneLineView | None, run_id: int | None = None
+) -> None:
     # following a whole job, only its lines and its end are shown: no run-state events
     for ev in client.events(f"/api/jobs/{job_id}/events" + ("?runs=0" if run_id is None else "")):
         if ev["t"] == "line" and view is not None and (run_id is None or ev["run"] == run_id):
@@ -164,7 +203,7 @@ def follow_job(client: Any, job_id: int, view: RunView | None, run_id: int | Non
             return
 
 
-def _follow_interruptible(client: Any, job_id: int, view: RunView | None) -> bool:
+def _follow_interruptible(client: Any, job_id: int, view: RunView | OneLineView | None) -> bool:
     """Follow a job; the first Ctrl-C kills it and keeps following, a second leaves (True)."""
     killed = False
     while True:
@@ -225,6 +264,8 @@ def _file_payload(path: Path, client: Any) -> dict[str, Any]:
 def cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     import shlex
 
+    if args.list_hosts:
+        return _list_hosts(api_client(settings), args.pattern, args.limit, args.format, out)
     body: dict[str, Any] = {
         "pattern": args.pattern,
         "command": args.cmd or "",
@@ -233,6 +274,14 @@ def cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         "forks": args.forks,
         "one": args.one,
     }
+    if args.limit:
+        body["limit"] = args.limit
+    if args.extra_vars is not None:
+        from easytask.plan import parse_extra_vars
+
+        body["extra_vars"] = parse_extra_vars(args.extra_vars)
+    if args.user:
+        body["user"] = args.user
     if args.secret:
         body["secrets"] = _secrets(args.secret)
     if args.script:
@@ -241,7 +290,69 @@ def cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         body.update(kind="script", script=spec)
     elif args.script_args:
         raise UsageError("run: arguments after the pattern are only for --script")
+    if args.one_line:
+        if args.format == "json":
+            raise UsageError("run: -o/--one-line is a text format; leave out --format json")
+        return _one_line(body, settings, out, args.raw)
     return _submit_and_follow(body, args.format, settings, out, args.raw)
+
+
+def _list_hosts(client: Any, pattern: str, limit: str | None, fmt: str, out: TextIO) -> int:
+    """`--list-hosts`: the hosts a pattern (within --limit) matches on the server, as Ansible
+    prints them."""
+    from urllib.parse import urlencode
+
+    query = {"pattern": pattern, **({"limit": limit} if limit else {})}
+    data = client.get("/api/hosts?" + urlencode(query))
+    if fmt == "json":
+        print_json(data, out)
+        return EXIT_OK
+    hosts = data["hosts"]
+    out.write(f"  hosts ({len(hosts)}):\n")
+    for host in hosts:
+        out.write(f"    {escape_controls(host['name'])}\n")
+    return EXIT_OK
+
+
+class OneLineView:
+    """`-o`: a host's output kept until its run ends, then printed on one line (newlines as
+    the two characters \\n), as Ansible's one-line callback does."""
+
+    def __init__(self, raw: bool) -> None:
+        self.raw = raw
+        self.text: dict[tuple[int, str], list[str]] = {}
+        self.seen: dict[int, int] = {}
+
+    def line(self, ev: dict[str, Any]) -> None:
+        if ev["seq"] <= self.seen.get(ev["run"], 0):
+            return
+        self.seen[ev["run"]] = ev["seq"]
+        self.text.setdefault((ev["run"], ev["stream"]), []).append(ev["text"])
+
+    def write(self, runs: list[dict[str, Any]], out: TextIO) -> None:
+        for run in runs:
+            parts = [escape_controls(run["host"]), run["state"].upper()]
+            if run["exit_code"] is not None:
+                parts.append(f"rc={run['exit_code']}")
+            for stream in ("stdout", "stderr"):
+                lines = self.text.get((run["id"], stream))
+                if lines:
+                    text = "\\n".join(lines)
+                    parts.append(f"({stream}) " + (text if self.raw else escape_controls(text)))
+            if run["reason"] and run["state"] != "success":
+                parts.append(f"({escape_controls(run['reason'])})")
+            out.write(" | ".join(parts) + "\n")
+
+
+def _one_line(body: dict[str, Any], settings: Settings, out: TextIO, raw: bool) -> int:
+    client = api_client(settings)
+    sub = client.post("/api/jobs", body)
+    view = OneLineView(raw)
+    if _follow_interruptible(client, sub["job"]["id"], view):
+        return 130
+    data: dict[str, Any] = client.get(f"/api/jobs/{sub['job']['id']}")
+    view.write(data["runs"], out)
+    return EXIT_OK if all(r["state"] == "success" for r in data["runs"]) else EXIT_FAILED
 
 
 def _secrets(items: list[str]) -> dict[str, str]:
@@ -394,6 +505,7 @@ def cmd_play(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         format_check,
         parse_extra_vars,
         plan_playbook,
+        tag_names,
     )
     from easytask.playbook import load_playbook
 
@@ -405,24 +517,30 @@ def cmd_play(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     started = time.monotonic()
     playbook = load_playbook(args.playbook)
     extra = parse_extra_vars(args.extra_vars)
+    tags = tag_names(",".join(args.tags), "--tags")
+    skip_tags = tag_names(",".join(args.skip_tags), "--skip-tags")
     if args.check:
         inventory = load_inventory(args.inventory or [settings.inventory or "inventory"])
-        plan = plan_playbook(playbook, inventory, extra_vars=extra, limit=args.limit)
+        plan = plan_playbook(
+            playbook, inventory, extra_vars=extra, limit=args.limit, tags=tags, skip_tags=skip_tags
+        )
         checked = check_playbook(plan)
         out.write(dumps_check(checked) if args.format == "json" else format_check(plan, checked))
         return EXIT_USAGE if any(c.error for c in checked) else EXIT_OK
     base = Path(playbook.base_dir)
     files = {}
-    for task in playbook.tasks:
-        if task.action.path:
-            rel = Path(task.action.path).resolve().relative_to(base.resolve())
-            files[str(rel)] = base64.b64encode(Path(task.action.path).read_bytes()).decode()
+    local = [t.action.path for t in playbook.tasks if t.action.path] + list(playbook.vars_files)
+    for path in local:
+        rel = Path(path).resolve().relative_to(base.resolve())
+        files[str(rel)] = base64.b64encode(Path(path).read_bytes()).decode()
     client = api_client(settings)
     body = {
         "name": Path(args.playbook).name,
         "text": playbook.text,
         "files": files,
         "limit": args.limit,
+        "tags": list(tags),
+        "skip_tags": list(skip_tags),
         "extra_vars": extra,
     }
     data = _post_and_follow(client, "/api/playbooks/run", body, args.format, out, args.raw)

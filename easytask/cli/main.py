@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from easytask import __version__
-from easytask.cli.common import EXIT_BUG, EXIT_OK, Parser, escape_controls
+from easytask.cli.common import EXIT_BUG, EXIT_OK, EXIT_START, Parser, escape_controls
 from easytask.cli.daemons import add_demo_parser
 from easytask.cli.daemons import add_parsers as add_daemon_parsers
 from easytask.cli.db import add_parsers as add_db_parsers
@@ -46,6 +46,44 @@ class _OneCommand:
 
 
 DESCRIPTION = "Run commands on many hosts; keep an exact record."
+
+# The modules of the `server` extra's distributions (pyproject.toml) that an agent's install,
+# `pip install easytask` alone, does not have (cryptography comes with asyncssh); a command that
+# needs one of them says how to add them (tests/test_light_agent.py holds this list to the extra).
+SERVER_MODULES = frozenset(
+    {
+        "sqlmodel",
+        "sqlalchemy",
+        "pydantic",
+        "starlette",
+        "uvicorn",
+        "jinja2",
+        "yaml",
+        "httpx",
+        "argon2",
+        "itsdangerous",
+        "alembic",
+        "psycopg",
+    }
+)
+
+
+def server_extra_command() -> str:
+    """The exact command that adds the `server` extra to this installation."""
+    import shlex
+
+    return f"{shlex.quote(sys.executable)} -m pip install 'easytask[server]=={__version__}'"
+
+
+def missing_server_module(exc: BaseException) -> str | None:
+    """The server-side module whose absence `exc` reports, if that is what it is."""
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        top = exc.name.partition(".")[0]
+        if top in SERVER_MODULES:
+            return top
+    return None
+
+
 GLOBAL_WITH_VALUE = ("--url", "--token")  # global options followed by a value
 
 
@@ -60,6 +98,30 @@ def command_of(argv: Sequence[str]) -> str | None:
         elif not arg.startswith("-"):
             return arg
     return None
+
+
+def hoist_globals(argv: list[str]) -> list[str]:
+    """`--url`/`--token` after the subcommand (`easytask run all -a x --url U`) are moved before
+    it, where the parser takes them: no command has options of those names."""
+    command = command_of(argv)
+    if command is None:
+        return argv
+    at = argv.index(command)
+    moved: list[str] = []
+    rest: list[str] = []
+    i = at + 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg in GLOBAL_WITH_VALUE and i + 1 < len(argv):
+            moved += argv[i : i + 2]
+            i += 2
+            continue
+        if "=" in arg and arg.split("=", 1)[0] in GLOBAL_WITH_VALUE:
+            moved.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    return [*argv[:at], *moved, command, *rest]
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -108,6 +170,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         if "--" in argv:  # everything after -- belongs to the script (`run --script F -- ARGS`)
             cut = argv.index("--")
             argv, rest = argv[:cut], argv[cut + 1 :]
+        argv = hoist_globals(argv)
         args = build_parser(command_of(argv)).parse_args(argv)
         if rest:
             if getattr(args, "command", None) != "run":
@@ -131,6 +194,15 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     except SystemExit as exc:  # argparse --help / --version
         return int(exc.code or 0)
     except Exception as exc:
+        module = missing_server_module(exc)
+        if module is not None:
+            command = command_of(argv or []) or "this command"
+            sys.stderr.write(
+                f"easytask: `easytask {command}` needs the `server` extra, which this "
+                f"installation (an agent's) does not have (no module {module!r}); add it "
+                f"with:\n    {server_extra_command()}\n"
+            )
+            return EXIT_START
         import tempfile  # only here: every command would pay for these imports
         import traceback
 

@@ -8,6 +8,7 @@ import json
 from typing import Any, TextIO
 from urllib.parse import quote
 
+from easytask.cli.agentinstall import add_parser as add_install_parser
 from easytask.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -57,7 +58,9 @@ def add_parsers(sub: Any) -> None:
     dl.add_argument("--format", choices=("text", "json"), default="text")
     dl.set_defaults(func=cmd_deliveries)
 
-    ag = sub.add_parser("agents", help="list agents; accept, revoke, delete; enrolment tokens")
+    ag = sub.add_parser(
+        "agents", help="list agents; accept, revoke, delete; approve group labels; enrolment tokens"
+    )
     ag.add_argument("--format", choices=("text", "json"), default="text")
     agsub = ag.add_subparsers(dest="agents_command", metavar="ACTION", parser_class=Parser)
     for action in ("accept", "revoke"):
@@ -68,6 +71,26 @@ def add_parsers(sub: Any) -> None:
             help="the key the agent must hold (SHA256:..., as `agents` lists it); refused if "
             "it holds another",
         )
+    for action, what in (
+        ("approve", "approve group labels the agent reports: they place it in those groups"),
+        ("withdraw", "withdraw approved group labels: they place it in no group again"),
+    ):
+        x = agsub.add_parser(action, help=what)
+        x.add_argument("name")
+        x.add_argument(
+            "--groups",
+            required=True,
+            metavar="A,B",
+            help="the labels, comma-separated (as `agents` lists them)",
+        )
+        x.add_argument(
+            "--fingerprint",
+            help="the key the agent must hold (SHA256:..., as `agents` lists it); refused if "
+            "it holds another",
+        )
+    x = agsub.add_parser("show", help="one agent: its key, state, labels (pending or approved)")
+    x.add_argument("name")
+    x.add_argument("--format", choices=("text", "json"), default=argparse.SUPPRESS)
     x = agsub.add_parser("delete", help="delete a pending, revoked or disconnected agent's record")
     x.add_argument("name")
     t = agsub.add_parser("token", help="create an enrolment token")
@@ -75,6 +98,7 @@ def add_parsers(sub: Any) -> None:
     t.add_argument("--ttl", help="lifetime, e.g. 1h")
     # also after `token` (`agents token --format json`); not given, `agents --format` holds
     t.add_argument("--format", choices=("text", "json"), default=argparse.SUPPRESS)
+    add_install_parser(agsub)
     ag.set_defaults(func=cmd_agents)
 
     sc = sub.add_parser(
@@ -218,6 +242,35 @@ def cmd_deliveries(args: argparse.Namespace, settings: Settings, out: TextIO) ->
     return EXIT_OK
 
 
+def _show_agent(agents: list[dict[str, Any]], name: str, fmt: str, out: TextIO) -> int:
+    """`agents show NAME`: one agent, a field a line; its labels by what they do."""
+    agent = next((a for a in agents if a["name"] == name), None)
+    if agent is None:
+        raise UsageError(f"no agent {name!r}")
+    if fmt == "json":
+        print_json(agent, out)
+        return EXIT_OK
+    approved = agent.get("approved") or []
+    idle = [g for g in approved if g not in (agent.get("labels") or [])]
+    fields = [
+        ("name", agent["name"]),
+        ("status", agent["status"]),
+        ("state", agent["state"]),
+        ("key", agent["fingerprint"]),
+        ("address", agent["address"]),
+        ("version", agent["version"]),
+        ("slots", agent["slots"]),
+        ("labels", ",".join(agent.get("labels") or [])),
+        ("groups", ",".join(agent["groups"])),
+        ("pending labels", ",".join(agent.get("pending") or [])),
+        ("approved, not reported", ",".join(idle)),
+        ("last seen", (agent["last_seen"] or "")[:19].replace("T", " ")),
+    ]
+    for key, value in fields:
+        out.write(f"{key + ':':24}{escape_controls(str(value))}\n")
+    return EXIT_OK
+
+
 def cmd_agents(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     client = api_client(settings)
     action = args.agents_command
@@ -230,6 +283,17 @@ def cmd_agents(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
             f"(key {escape_controls(data['fingerprint'])})\n"
         )
         return EXIT_OK
+    if action in ("approve", "withdraw"):
+        body = {"groups": [g.strip() for g in args.groups.split(",") if g.strip()]}
+        if args.fingerprint:
+            body["fingerprint"] = args.fingerprint
+        data = client.post(f"/api/agents/{quote(args.name, safe='')}/{action}", body)
+        approved = ",".join(data["approved"]) or "none"
+        out.write(
+            f"agent {escape_controls(data['name'])}: approved labels {escape_controls(approved)} "
+            f"(key {escape_controls(data['fingerprint'])})\n"
+        )
+        return EXIT_OK
     if action == "token":
         data = client.post("/api/agents/tokens", {"uses": args.uses, "ttl": args.ttl})
         if args.format == "json":
@@ -238,6 +302,8 @@ def cmd_agents(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
             out.write(data["token"] + "\n")
         return EXIT_OK
     data = client.get("/api/agents")
+    if action == "show":
+        return _show_agent(data["agents"], args.name, args.format, out)
     if args.format == "json":
         print_json(data["agents"], out)
         return EXIT_OK
@@ -252,6 +318,7 @@ def cmd_agents(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
             ",".join(str(x) for x in (a["facts"].get("load") or [])[:1]),
             a["version"],
             ",".join(a["groups"]),
+            ",".join(a.get("pending") or []),
         )
         for a in data["agents"]
     ]
@@ -267,6 +334,7 @@ def cmd_agents(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
             "LOAD",
             "VERSION",
             "GROUPS",
+            "PENDING LABELS",
         ),
         out,
     )

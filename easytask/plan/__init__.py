@@ -11,6 +11,8 @@ from easytask.plan.playbook import (
     plan_playbook,
     serial_batches,
     stop_after_batch,
+    tag_names,
+    tag_selected,
 )
 from easytask.plan.render import (
     RenderedAction,
@@ -42,5 +44,7 @@ __all__ = [
     "render_command",
     "serial_batches",
     "stop_after_batch",
+    "tag_names",
+    "tag_selected",
     "task_result",
 ]

@@ -154,7 +154,9 @@ def _task_header(task: PlannedTask) -> str:
         head += " once on any host"
     elif task.run_once:
         head += " once"
-    if task.needs:
+    if task.needs_implied:
+        head += " after " + ", ".join(task.needs)
+    elif task.needs:
         head += " needs " + ", ".join(task.needs)
     settings = []
     if task.timeout is not None:

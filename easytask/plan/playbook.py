@@ -21,7 +21,7 @@ from easytask.errors import (
     UsageError,
 )
 from easytask.plan.adhoc import HostSource, connection_of
-from easytask.playbook import RESERVED_VARS, Action, Playbook, Task, load_yaml
+from easytask.playbook import RESERVED_VARS, TAG, Action, Playbook, Task, load_yaml
 from easytask.templating import Vars
 
 __all__ = [
@@ -52,6 +52,7 @@ class PlannedTask:
     action: Action
     hosts: tuple[str, ...]  # where it runs (per host), or the hosts it may run on (once, any)
     needs: tuple[str, ...]
+    needs_implied: bool  # the task above, since the task names no `needs`
     when: str | None
     timeout: float | None
     retries: int
@@ -108,6 +109,8 @@ class PlaybookPlan:
     host_vars: Mapping[str, Mapping[str, Any]] = field(repr=False)  # inventory + magic vars
     extra_vars: Mapping[str, Any] = field(default_factory=dict)
     limit: str | None = None
+    tags: tuple[str, ...] = ()  # --tags: only tasks with one of these (Ansible's rules)
+    skip_tags: tuple[str, ...] = ()  # --skip-tags
 
     @property
     def name(self) -> str:
@@ -174,12 +177,15 @@ def plan_playbook(
     *,
     extra_vars: Mapping[str, Any] | None = None,
     limit: str | None = None,
+    tags: Sequence[str] = (),
+    skip_tags: Sequence[str] = (),
 ) -> PlaybookPlan:
     """Plan a playbook on an inventory; raises NoHostsMatched if the play selects no host.
 
     The inventory's `magic_vars(host)` (inventory_hostname, group_names, groups, ...) are used
     too when it has that method. Planning is deterministic: the same playbook, inventory, extra
-    vars and limit give the same plan, so a job can be planned again from what it stored.
+    vars, limit and tags give the same plan, so a job can be planned again from what it stored.
+    A task that `--tags`/`--skip-tags` leave out has no runs (see `tag_selected`).
     """
     extra = dict(extra_vars or {})
     for name in RESERVED_VARS:
@@ -196,7 +202,12 @@ def plan_playbook(
             f"no host of the play ({playbook.hosts}) is in --limit {limit}",
             location=playbook.at("hosts"),
         )
-    tasks = [_planned_task(t, play_hosts, inventory, allowed) for t in _dependency_order(playbook)]
+    tasks = [
+        _planned_task(t, play_hosts, inventory, allowed)
+        if tag_selected(t.tags, tags, skip_tags)
+        else _planned_task(t, (), inventory, set())
+        for t in _dependency_order(playbook)
+    ]
     batches = serial_batches(play_hosts, playbook.serial)
     runs = _runs(tasks, batches)
     host_vars: dict[str, dict[str, Any]] = {}
@@ -217,7 +228,49 @@ def plan_playbook(
         host_vars=host_vars,
         extra_vars=extra,
         limit=limit,
+        tags=tuple(tags),
+        skip_tags=tuple(skip_tags),
     )
+
+
+def tag_names(value: Any, option: str) -> tuple[str, ...]:
+    """`--tags a,b` (a text of names separated by commas, or a list) as tag names.
+
+    UsageError naming the option and the bad name for anything else; None and "" give none.
+    """
+    if value is None or value == "":
+        return ()
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+        raise UsageError(f"{option} must be tag names separated by commas, or a list of them")
+    names = [i.strip() for i in items]
+    for name in names:
+        if not TAG.fullmatch(name):
+            raise UsageError(f"{option}: bad tag {name!r} (letters, digits and . _ - only)")
+    return tuple(dict.fromkeys(names))
+
+
+def tag_selected(task_tags: Sequence[str], tags: Sequence[str], skip_tags: Sequence[str]) -> bool:
+    """Whether a task with these tags runs under `--tags`/`--skip-tags`, by Ansible's rules.
+
+    `--skip-tags` wins. A task tagged `always` runs unless `always` is skipped; one tagged `never`
+    runs only when one of its other tags is asked for. `all` (every task but `never` ones),
+    `tagged` and `untagged` are the special names of both options.
+    """
+    mine = set(task_tags)
+    skip = set(skip_tags)
+    if mine & skip or ("tagged" in skip and mine) or ("untagged" in skip and not mine):
+        return False
+    if not tags:
+        return "never" not in mine
+    want = set(tags)
+    if "always" in mine:
+        return True
+    if "never" not in mine and (
+        "all" in want or ("tagged" in want and mine) or ("untagged" in want and not mine)
+    ):
+        return True
+    return bool(mine & want)
 
 
 def _dependency_order(playbook: Playbook) -> list[Task]:
@@ -252,6 +305,7 @@ def _planned_task(
         action=task.action,
         hosts=hosts,
         needs=task.needs,
+        needs_implied=task.needs_implied,
         when=task.when,
         timeout=task.timeout,
         retries=task.retries,
@@ -274,8 +328,12 @@ def _runs(tasks: list[PlannedTask], batches: tuple[tuple[str, ...], ...]) -> lis
     batch_of_run: dict[RunKey, int] = {}
     ancestors: dict[str, list[str]] = {}
     single = {t.name: t.single for t in tasks}
+    waits_for: dict[str, list[str]] = {}  # what a task waits for, through tasks without runs
     runs: list[TaskRun] = []
     for task in tasks:
+        waits_for[task.name] = list(
+            dict.fromkeys(w for n in task.needs for w in ([n] if by_task[n] else waits_for[n]))
+        )
         ancestors[task.name] = list(
             dict.fromkeys(a for n in task.needs for a in (*ancestors[n], n))
         )
@@ -291,7 +349,7 @@ def _runs(tasks: list[PlannedTask], batches: tuple[tuple[str, ...], ...]) -> lis
             needs: list[RunKey] = []
             # A run goes in its host's batch; a single run (once, any) in the first one.
             batch = 0 if task.single else batch_of.get(key.host or "", 0)
-            for need in task.needs:
+            for need in waits_for[task.name]:
                 same = RunKey(need, key.host)
                 if not task.single and same in keys_of[need]:
                     needs.append(same)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
 import zoneinfo
 from pathlib import Path
 from typing import Any
 
 from easytask.cron import Cron
-from easytask.errors import SourceLocation
+from easytask.errors import PlaybookError, SourceLocation
 from easytask.playbook.model import (
     CATCH_UP,
     DEFAULTS_KEYS,
@@ -23,7 +24,7 @@ from easytask.playbook.model import (
 )
 from easytask.playbook.tasks import TaskChecker
 from easytask.playbook.values import NAME, got, suggest
-from easytask.sourceyaml import type_name
+from easytask.sourceyaml import YamlError, parse_yaml, type_name
 
 __all__ = ["PlaybookChecker"]
 
@@ -51,6 +52,9 @@ class PlaybookChecker(TaskChecker):
         name = self.string(data, "name", "the play") or Path(self.path).stem
         hosts = self.hosts(data, "the play", required=True)
         play_vars = self.variables(data)
+        files = self.vars_files(data)
+        for _, file_vars in files:
+            play_vars.update(file_vars)
         secrets = self.secret_names(data)
         defaults = self.defaults(data)
         serial = self.serial(data)
@@ -69,6 +73,7 @@ class PlaybookChecker(TaskChecker):
             base_dir=self.base_dir,
             location=self.src.start(data),
             vars=play_vars,
+            vars_files=tuple(path for path, _ in files),
             secrets=secrets,
             defaults=defaults,
             serial=serial,
@@ -89,6 +94,68 @@ class PlaybookChecker(TaskChecker):
         if not isinstance(value, dict):
             self.expect(data, "vars", "the play", "a mapping")
             return {}
+        return self.checked_vars(value)
+
+    def vars_files(self, data: dict[Any, Any]) -> list[tuple[str, dict[str, Any]]]:
+        """`vars_files`: YAML mappings beside the playbook, read in order (later ones win)."""
+        written = data.get("vars_files")
+        if written is None:
+            return []
+        value = [written] if isinstance(written, str) else written
+        if not isinstance(value, list):
+            self.expect(data, "vars_files", "the play", "a list of file paths")
+            return []
+        out = []
+        for index, item in enumerate(value):
+            at = (
+                self.src.value(value, index)
+                if value is written
+                else self.src.value(data, "vars_files")
+            )
+            if not isinstance(item, str):
+                self.fail(f"vars_files: {got(item)} is not a file path", at)
+                continue
+            path = self.local_file(item, "vars file", "the play", at)
+            if path is not None:
+                out.append((path, self.vars_file(path, item, at)))
+        return out
+
+    def vars_file(self, path: str, shown: str, at: SourceLocation) -> dict[str, Any]:
+        """One vars file's variables, checked as `vars` are, errors at its own file:line."""
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            self.fail(f"cannot read the vars file {shown!r}: {exc}", at)
+            return {}
+        name = os.path.join(os.path.dirname(self.path), shown)
+        if text.startswith("$ANSIBLE_VAULT"):
+            self.fail(
+                f"the vars file {shown!r} is encrypted with Ansible Vault, which is not supported",
+                at,
+            )
+            return {}
+        try:
+            source = parse_yaml(text, name, nodes=True, vault=True)
+        except YamlError as exc:
+            message = f"invalid YAML: {exc.detail}" if exc.detail else exc.message
+            self.errors.append(PlaybookError(message, location=exc.location))
+            return {}
+        inner = PlaybookChecker(source, name)
+        self.errors.extend(PlaybookError(m, location=a) for m, a in source.duplicates)
+        if source.data is None:
+            return {}
+        if not isinstance(source.data, dict):
+            self.fail(
+                f"the vars file {shown!r} must be a mapping of variables, got {type_name(source.data)}",
+                SourceLocation(name, 1, 1),
+            )
+            return {}
+        found = inner.checked_vars(source.data)
+        self.errors.extend(inner.errors)
+        return found
+
+    def checked_vars(self, value: dict[Any, Any]) -> dict[str, Any]:
+        """A mapping of variables: names checked, templates in the values checked."""
         for name in value:
             at = self.src.key(value, name)
             if not isinstance(name, str) or not NAME.match(name):

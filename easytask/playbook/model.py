@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ __all__ = [
     "PLAY_KEYS",
     "RESERVED_VARS",
     "SCRIPT_KEYS",
+    "TAG",
     "TASK_KEYS",
     "Action",
     "Defaults",
@@ -29,13 +31,14 @@ __all__ = [
 ]
 
 PLAY_KEYS = (
-    "name", "hosts", "vars", "secrets", "defaults", "serial", "max_fail_percentage", "forks",
+    "name", "hosts", "vars", "vars_files", "secrets", "defaults", "serial", "max_fail_percentage", "forks",
     "schedule", "tz", "catch_up", "notify", "tasks",
 )  # fmt: skip
 DEFAULTS_KEYS = ("timeout", "retries", "retry_delay", "retry_backoff")
 ACTIONS = ("command", "shell", "script", "copy")
 TASK_KEYS = (
-    "name", *ACTIONS, "hosts", "needs", "when", *DEFAULTS_KEYS, "run_on", "run_once", "env", "cwd",
+    "name", *ACTIONS, "hosts", "needs", "when", *DEFAULTS_KEYS, "run_on", "run_once", "env",
+    "environment", "cwd", "tags",
 )  # fmt: skip
 COPY_KEYS = ("src", "dest", "mode")
 SCRIPT_KEYS = ("path", "args")
@@ -43,6 +46,7 @@ CATCH_UP = ("none", "one")
 NOTIFY_KEYS = ("url", "events")
 NOTIFY_EVENTS = ("all", "failed")
 RESERVED_VARS = ("results",)
+TAG = re.compile(r"[A-Za-z0-9_.-]{1,100}")  # a tag name (task `tags`, --tags, --skip-tags)
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,7 @@ class Task:
     location: SourceLocation
     hosts: str | None = None
     needs: tuple[str, ...] = ()
+    needs_implied: bool = False  # no `needs` written: the task above, as in Ansible
     when: str | None = None
     timeout: float | None = None
     retries: int = 0
@@ -93,6 +98,7 @@ class Task:
     run_once: bool = False
     env: Mapping[str, str] = field(default_factory=dict)
     cwd: str | None = None
+    tags: tuple[str, ...] = ()  # for `play --tags/--skip-tags`
     uses_results: tuple[str, ...] = ()
     locations: Mapping[str, SourceLocation] = field(default_factory=dict, repr=False)
 
@@ -129,7 +135,8 @@ class Playbook:
     path: str
     base_dir: str
     location: SourceLocation
-    vars: Mapping[str, Any] = field(default_factory=dict)
+    vars: Mapping[str, Any] = field(default_factory=dict)  # `vars`, then `vars_files` over them
+    vars_files: tuple[str, ...] = ()  # absolute paths, in order
     secrets: tuple[str, ...] = ()  # names of variables whose values are masked in output
     defaults: Defaults = field(default_factory=Defaults)
     serial: tuple[int | str, ...] = ()

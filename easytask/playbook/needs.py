@@ -32,7 +32,14 @@ class DependencyChecker:
         cycle = self.find_cycle()
         if cycle:
             first = self.tasks[cycle[0]]
-            self.checker.fail(f"needs cycle: {' -> '.join(cycle)}", first.at("needs"))
+            implied = [n for n in dict.fromkeys(cycle) if self.tasks[n].needs_implied]
+            hint = (
+                f" ({', '.join(repr(n) for n in implied)} has no 'needs', so it waits for the task"
+                " above it; write 'needs: []' to start it at once)"
+                if implied
+                else ""
+            )
+            self.checker.fail(f"needs cycle: {' -> '.join(cycle)}{hint}", first.at("needs"))
             return
         for task in self.tasks.values():
             before = self.ancestors(task.name)

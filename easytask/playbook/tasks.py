@@ -6,6 +6,7 @@ import os
 import re
 import shlex
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 from easytask.errors import SourceLocation
@@ -14,6 +15,7 @@ from easytask.playbook.model import (
     COPY_KEYS,
     PLAY_KEYS,
     SCRIPT_KEYS,
+    TAG,
     TASK_KEYS,
     Action,
     Defaults,
@@ -27,6 +29,16 @@ from easytask.templating import attribute_refs, is_template, syntax_problem
 __all__ = ["TaskChecker"]
 
 _MODE = re.compile(r"[0-7]{3,4}\Z")
+
+
+def implied_order(tasks: list[Task], written: list[Any]) -> list[Task]:
+    """A task without `needs` waits for the task above it, as in Ansible; `needs: []` does not."""
+    ordered = tasks[:1]
+    for above, task, data in zip(tasks, tasks[1:], written[1:], strict=False):
+        if data.get("needs") is None:  # not written, or written empty as if not
+            task = replace(task, needs=(above.name,), needs_implied=True)
+        ordered.append(task)
+    return ordered
 
 
 class TaskChecker(ValueChecker):
@@ -47,7 +59,7 @@ class TaskChecker(ValueChecker):
         tasks = [self.task(value, index, defaults, names) for index in range(len(value))]
         if any(t is None for t in tasks):
             return None
-        checked = [t for t in tasks if t is not None]
+        checked = implied_order([t for t in tasks if t is not None], value)
         DependencyChecker(self, checked).check()
         return tuple(checked)
 
@@ -91,6 +103,7 @@ class TaskChecker(ValueChecker):
                 self.src.key(data, "run_once"),
             )
         env = self.env(data, label)
+        tags = self.tags(data, label)
         cwd = self.string(data, "cwd", label)
         if cwd is not None:
             self.template(data, "cwd", f"'cwd' of {label}")
@@ -110,6 +123,7 @@ class TaskChecker(ValueChecker):
             run_on_any=run_on_any,
             run_once=run_once,
             env=env,
+            tags=tags,
             cwd=cwd,
             uses_results=self.result_refs(data, name),
             locations={k: self.src.key(data, k) for k in data},
@@ -305,6 +319,26 @@ class TaskChecker(ValueChecker):
             self.needs_at[data["name"]] = list(seen.values())
         return tuple(seen)
 
+    def tags(self, data: dict[Any, Any], label: str) -> tuple[str, ...]:
+        """`tags`: a list of names, or one text of names separated by commas (as Ansible takes)."""
+        value = data.get("tags")
+        if value is None:
+            return ()
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(i, str | int) for i in items):
+            self.expect(data, "tags", label, "a tag name or a list of tag names")
+            return ()
+        names = [str(i).strip() for i in items]
+        bad = [n for n in names if not TAG.fullmatch(n)]
+        if bad:
+            self.bad(
+                data,
+                "tags",
+                f"bad tag {bad[0]!r} in {label} (letters, digits and . _ - only)",
+            )
+            return ()
+        return tuple(dict.fromkeys(names))
+
     def when(self, data: dict[Any, Any], label: str) -> str | None:
         value = data.get("when")
         if value is None:
@@ -340,11 +374,16 @@ class TaskChecker(ValueChecker):
         return exprs[0] if len(exprs) == 1 else " and ".join(f"({e})" for e in exprs) or None
 
     def env(self, data: dict[Any, Any], label: str) -> dict[str, str]:
-        value = data.get("env")
+        """`env`, or `environment` as Ansible calls it (one of the two)."""
+        key = "environment" if "environment" in data else "env"
+        if "env" in data and "environment" in data:
+            self.bad(data, "environment", f"{label} has both 'env' and 'environment' (use one)")
+            return {}
+        value = data.get(key)
         if value is None:
             return {}
         if not isinstance(value, dict):
-            self.expect(data, "env", label, "a mapping of variable names to values")
+            self.expect(data, key, label, "a mapping of variable names to values")
             return {}
         out: dict[str, str] = {}
         for name, item in value.items():
@@ -368,7 +407,7 @@ class TaskChecker(ValueChecker):
 
 def _template_slots(data: dict[Any, Any]) -> Iterator[tuple[Any, Any, bool]]:
     """(container, key or index, is-an-expression) of every string of a task that is rendered."""
-    for key in (*ACTIONS, "env", "cwd", "when"):
+    for key in (*ACTIONS, "env", "environment", "cwd", "when"):
         value = data.get(key)
         if isinstance(value, str):
             yield data, key, key == "when"
@@ -378,7 +417,7 @@ def _template_slots(data: dict[Any, Any]) -> Iterator[tuple[Any, Any, bool]]:
             )
         elif isinstance(value, dict):
             for sub, item in value.items():
-                if key != "env" and sub not in ("args", "dest"):
+                if key not in ("env", "environment") and sub not in ("args", "dest"):
                     continue
                 if isinstance(item, str):
                     yield value, sub, False

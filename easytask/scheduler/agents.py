@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from easytask.errors import Conflict
+from easytask.names import BadName, check_name
 from easytask.scheduler import events
 from easytask.scheduler.hello import BadHello, check_hello, stored_facts
 from easytask.scheduler.hub import LiveHub
@@ -34,7 +35,8 @@ class AgentInfo:
     fingerprint: str
     state: str
     slots: int = 4
-    groups: list[str] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)  # the labels it reports
+    approved: list[str] = field(default_factory=list)  # the labels an admin approved
     facts: dict[str, Any] = field(default_factory=dict)
     link: AgentLink | None = None
     running: int = 0
@@ -44,6 +46,11 @@ class AgentInfo:
     def online(self) -> bool:
         """Accepted and connected now."""
         return self.link is not None and self.state == AgentState.ACCEPTED
+
+    @property
+    def member_of(self) -> list[str]:
+        """The groups its labels place it in: those it reports that an admin approved."""
+        return [g for g in self.groups if g in self.approved]
 
     @property
     def load(self) -> float:
@@ -86,6 +93,7 @@ class AgentRegistry:
             state=row.state,
             slots=row.slots,
             groups=[g for g in row.groups.split(",") if g],
+            approved=[g for g in row.approved_groups.split(",") if g],
             facts=stored_facts(row.facts),
         )
 
@@ -97,6 +105,11 @@ class AgentRegistry:
         revoked name, where the hello may carry an enrolment token (checked in `admit`)."""
         if name is None:
             self.refuse(None, fingerprint, addr, "peer is not an EasyTask agent")
+            return "refuse"
+        try:
+            check_name(name)
+        except BadName as exc:
+            self.refuse(name, fingerprint, addr, str(exc))
             return "refuse"
         info = self.agents.get(name)
         if info is None:
@@ -182,6 +195,7 @@ class AgentRegistry:
         assert updated is not None
         fresh = self._info(updated)
         info.slots, info.groups, info.facts = fresh.slots, fresh.groups, fresh.facts
+        info.approved = fresh.approved
         info.link = link
         info.last_seen = time.monotonic()
         log.info(
@@ -190,6 +204,16 @@ class AgentRegistry:
             link.addr,
             link.conn.get_extra_info("send_cipher") or "?",
         )
+        waiting = [g for g in info.groups if g not in info.approved]
+        if waiting:
+            log.info(
+                "agent %s reports group label(s) not approved: %s (they place it in no group "
+                "until `easytask agents approve %s --groups %s`, unless the inventory does)",
+                name,
+                ",".join(waiting),
+                name,
+                ",".join(waiting),
+            )
         await self._notify()
         self._publish(name)
         for hook in self.on_online:
@@ -357,6 +381,30 @@ class AgentRegistry:
         self._changed_here(name)
         return row
 
+    async def set_groups(
+        self,
+        name: str,
+        groups: list[str],
+        approve: bool,
+        audit: AuditNote | None = None,
+        fingerprint: str | None = None,
+    ) -> Agent | None:
+        """Approve (or withdraw) group labels of an agent, audited in the same transaction
+        (see `Store.set_agent_groups`); the change counts for the next plan."""
+        row = await self.store.call(
+            self.store.set_agent_groups, name, groups, approve, audit, fingerprint
+        )
+        if row is None:
+            return None
+        fresh = self._info(row)
+        info = self.agents.setdefault(name, fresh)
+        info.approved = fresh.approved
+        if info.link is None:
+            info.groups = fresh.groups
+        self._publish(name)
+        self._changed_here(name)
+        return row
+
     async def delete(self, name: str, audit: AuditNote | None = None) -> Agent | None:
         """Delete an agent's record (pending, revoked, or accepted and not connected to any
         server; else `Conflict`), with `audit` in the same transaction; None if unknown."""
@@ -392,6 +440,7 @@ class AgentRegistry:
             self.agents[name] = fresh
         else:
             info.state, info.fingerprint = fresh.state, fresh.fingerprint
+            info.approved = fresh.approved
             if info.link is None:
                 info.slots, info.groups, info.facts = fresh.slots, fresh.groups, fresh.facts
             if info.link is not None and (
@@ -419,9 +468,11 @@ class AgentRegistry:
         return status
 
     def declared_hosts(self) -> dict[str, list[str]]:
-        """Accepted agents as extra inventory hosts with the groups they declare."""
+        """Accepted agents as extra inventory hosts, each with the groups its approved labels
+        place it in (a label not approved places it nowhere; the inventory's own groups of a
+        host it lists stay as they are)."""
         return {
-            name: info.groups
+            name: info.member_of
             for name, info in self.agents.items()
             if info.state == AgentState.ACCEPTED
         }

@@ -6,6 +6,8 @@ import json
 import math
 from typing import Any
 
+from easytask.names import BadName, check_labels
+
 MAX_FACTS_BYTES = 16 * 1024
 MAX_FACTS = 64
 MAX_TEXT = 256
@@ -121,9 +123,17 @@ def stored_facts(text: str | None) -> dict[str, Any]:
         return {}
 
 
+def _labels(value: Any) -> str:
+    """The group labels of a hello as stored (comma-separated), each under the one name rule."""
+    try:
+        return ",".join(check_labels(_texts(value or [], "groups")))
+    except BadName as exc:
+        raise BadHello(f"groups: {exc}") from exc
+
+
 def check_hello(hello: Any) -> dict[str, Any]:
-    """The agent fields a hello sets (slots, groups, version, facts as JSON); `BadHello`, also
-    for an `enroll` token that is not a short text."""
+    """The agent fields a hello sets (slots, group labels, version, facts as JSON); `BadHello`,
+    also for an `enroll` token that is not a short text."""
     if not isinstance(hello, dict):
         raise BadHello("the hello must be an object")
     slots = hello.get("slots")
@@ -131,7 +141,7 @@ def check_hello(hello: Any) -> dict[str, Any]:
         _text(hello["enroll"], "enroll")
     return {
         "slots": _count(slots, "slots", 1) if slots else 4,
-        "groups": ",".join(_texts(hello.get("groups") or [], "groups")),
+        "groups": _labels(hello.get("groups")),
         "version": _text(str(hello.get("version", "")), "version"),
         "facts": json.dumps(check_facts(hello.get("facts"))),
     }

@@ -350,6 +350,8 @@ def resume_spec(plan: PlaybookPlan) -> dict[str, Any]:
         "playbook": str(Path(plan.playbook.path).resolve()),
         "sha256": hashlib.sha256(plan.playbook.text.encode()).hexdigest(),
         "limit": plan.limit,
+        "tags": list(plan.tags),
+        "skip_tags": list(plan.skip_tags),
         "extra_vars": {k: v for k, v in plan.extra_vars.items() if k not in secret},
     }
 

@@ -1,11 +1,13 @@
-"""Agent use cases: accept or revoke an agent, issue enrolment tokens."""
+"""Agent use cases: accept or revoke an agent, approve its group labels, issue enrolment tokens."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
 from easytask.errors import APIError
+from easytask.names import BadName, check_labels
 from easytask.scheduler.hello import stored_facts
 from easytask.service.context import Services
 from easytask.store.audit import AuditNote
@@ -13,6 +15,7 @@ from easytask.store.models import Agent, AgentState
 
 ACTIONS = {"accept": AgentState.ACCEPTED, "revoke": AgentState.REVOKED}
 MAX_TOKEN_USES = 1_000_000
+LABEL_ACTIONS = {"approve": True, "withdraw": False}
 
 
 @dataclass
@@ -23,7 +26,10 @@ class AgentView:
     status: str  # online, unreachable, pending or revoked
     running: int  # runs it executes for this server
     facts: dict[str, Any]
-    groups: list[str]
+    labels: list[str]  # the group labels it reports
+    approved: list[str]  # the labels an admin approved (reported now or not)
+    groups: list[str]  # the labels that place it in groups: approved, or the inventory's
+    pending: list[str]  # the labels that place it nowhere until an admin approves them
 
 
 async def list_agents(services: Services) -> list[AgentView]:
@@ -32,19 +38,66 @@ async def list_agents(services: Services) -> list[AgentView]:
     registry = services.registry
     rows = await store.call(store.list_agents)
     live = await services.live_servers()
+    inventory = await asyncio.to_thread(services.inventory.now)
     out = []
     for row in rows:
         info = registry.agents.get(row.name)
+        labels = [g for g in row.groups.split(",") if g]
+        approved = [g for g in row.approved_groups.split(",") if g]
+        placed = set(inventory.host_groups(row.name)) if row.name in inventory.hosts else set()
         out.append(
             AgentView(
                 row=row,
                 status=registry.row_status(row, live),
                 running=info.running if info else 0,
                 facts=stored_facts(row.facts),
-                groups=[g for g in row.groups.split(",") if g],
+                labels=labels,
+                approved=approved,
+                groups=[g for g in labels if g in approved or g in placed],
+                pending=[g for g in labels if g not in approved and g not in placed],
             )
         )
     return out
+
+
+def parse_labels(value: Any) -> list[str]:
+    """Group labels as a request gives them (a list, or one comma-separated text), each under
+    the one name rule; 400 naming the first bad one."""
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",")]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise APIError("groups must be a list of group labels")
+    try:
+        labels = check_labels([v for v in value if v])
+    except BadName as exc:
+        raise APIError(str(exc)) from exc
+    if not labels:
+        raise APIError("groups: name at least one group label")
+    return labels
+
+
+async def set_agent_labels(
+    services: Services,
+    actor: str,
+    source: str,
+    name: str,
+    action: str,
+    groups: Any,
+    fingerprint: str | None = None,
+) -> Agent:
+    """Approve group labels the agent reports (`action` approve), or withdraw approved ones
+    (withdraw); its row after the change. Audited as agent.approve or agent.withdraw with the
+    labels, the key and the approved labels after, in the same transaction. With
+    `fingerprint`, only if the agent holds that key (409 otherwise)."""
+    approve = LABEL_ACTIONS.get(action)
+    if approve is None:
+        raise APIError(f"unknown action {action!r}", status=404)
+    labels = parse_labels(groups)
+    note = AuditNote(actor, f"agent.{action}", source, {"agent": name, "groups": labels})
+    row = await services.registry.set_groups(name, labels, approve, note, fingerprint or None)
+    if row is None:
+        raise APIError(f"no agent {name!r}", status=404)
+    return row
 
 
 async def set_agent_state(

@@ -30,10 +30,16 @@ async def submit_adhoc(
     name: str,
     options: JobOptions,
     one: bool = False,
+    limit: str | None = None,
+    extra_vars: dict[str, Any] | None = None,
+    remote_user: str | None = None,
 ) -> tuple[Job, list[Run]]:
     """An ad hoc command (or checksum, copy, script, fetch) over a host pattern, audited with
-    the job in one transaction; `one` picks the least busy host of those matched."""
-    planned = await plan_pattern(services, pattern, command)
+    the job in one transaction; `one` picks the least busy host of those matched; `limit`,
+    `extra_vars` and `remote_user` as `plan_adhoc` takes them."""
+    planned = await plan_pattern(
+        services, pattern, command, limit=limit, extra_vars=extra_vars, user=remote_user
+    )
     if one:
         agents = [p for p in planned if p.connection == "agent"] or planned
         chosen = services.registry.least_busy([p.host for p in agents])
@@ -53,6 +59,12 @@ async def submit_adhoc(
         "hosts": [p.host for p in planned],
         "timeout": options.timeout,
     }
+    if limit:
+        detail["limit"] = limit
+    if extra_vars is not None:
+        detail["extra_vars"] = sorted(extra_vars)  # names; the rendered command is stored
+    if remote_user:
+        detail["user"] = remote_user
     if options.secret_env:
         detail["secrets"] = sorted(options.secret_env)  # names only, never values
     if action is not None and action.kind in ("copy", "script"):
@@ -86,6 +98,8 @@ async def submit_plan(
         **extra,
         "pattern": plan.playbook.hosts,
         "limit": plan.limit,
+        **({"tags": list(plan.tags)} if plan.tags else {}),
+        **({"skip_tags": list(plan.skip_tags)} if plan.skip_tags else {}),
         "hosts": list(plan.hosts),
         "extra_vars": sorted(plan.extra_vars),
         "sha256": hashlib.sha256(plan.playbook.text.encode()).hexdigest(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import secrets
 import shutil
 from pathlib import Path
@@ -18,12 +19,25 @@ from easytask.service.context import Services
 from easytask.store.models import AgentState, Job
 
 
-async def plan_pattern(services: Services, pattern: str, command: str) -> list[PlannedRun]:
-    """Resolve a pattern against the inventory plus the accepted agents."""
+async def plan_pattern(
+    services: Services,
+    pattern: str,
+    command: str,
+    *,
+    limit: str | None = None,
+    extra_vars: dict[str, Any] | None = None,
+    user: str | None = None,
+) -> list[PlannedRun]:
+    """Resolve a pattern against the inventory plus the accepted agents (see `plan_adhoc`)."""
     merged = await services.merged_inventory()
     registry = services.registry
     try:
-        return plan_adhoc(merged, pattern, command)
+        if extra_vars is None:
+            return plan_adhoc(merged, pattern, command, limit=limit, user=user)
+        # rendering a template per host is work for a thread, not for the event loop
+        return await asyncio.to_thread(
+            plan_adhoc, merged, pattern, command, limit=limit, extra_vars=extra_vars, user=user
+        )
     except NoHostsMatched as exc:
         waiting = [
             name
@@ -35,6 +49,19 @@ async def plan_pattern(services: Services, pattern: str, command: str) -> list[P
                 f"{exc.message}; agent(s) {', '.join(sorted(waiting))} not accepted "
                 f"(pending or revoked): `easytask agents accept NAME`"
             ) from exc
+        terms = set(re.split(r"[:,&!]+", pattern))
+        unapproved = sorted(
+            f"{name} ({label})"
+            for name, info in registry.agents.items()
+            if info.state == AgentState.ACCEPTED
+            for label in info.groups
+            if label in terms and label not in info.approved
+        )
+        if unapproved:
+            raise NoHostsMatched(
+                f"{exc.message}; agent(s) {', '.join(unapproved)} report the label but it is "
+                f"not approved: `easytask agents approve NAME --groups LABEL`"
+            ) from exc
         raise
 
 
@@ -43,11 +70,15 @@ async def plan_file(
     path: Path,
     extra_vars: dict[str, Any] | None = None,
     limit: str | None = None,
+    tags: tuple[str, ...] = (),
+    skip_tags: tuple[str, ...] = (),
 ) -> PlaybookPlan:
     """Load a playbook file and plan it against the inventory plus the accepted agents."""
     playbook = await asyncio.to_thread(load_playbook, path)
     inventory = await services.merged_inventory()
-    return plan_playbook(playbook, inventory, extra_vars=extra_vars, limit=limit)
+    return plan_playbook(
+        playbook, inventory, extra_vars=extra_vars, limit=limit, tags=tags, skip_tags=skip_tags
+    )
 
 
 async def plan_bundle(
@@ -57,6 +88,8 @@ async def plan_bundle(
     files: dict[str, bytes],
     limit: str | None,
     extra_vars: dict[str, Any],
+    tags: tuple[str, ...] = (),
+    skip_tags: tuple[str, ...] = (),
 ) -> PlaybookPlan:
     """Write a submitted playbook and its files to a private bundle dir, load and plan it."""
     if name != Path(name).name or name in ("", ".", ".."):
@@ -76,7 +109,7 @@ async def plan_bundle(
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         target.write_bytes(data)
     try:
-        return await plan_file(services, bundle / base, extra_vars, limit)
+        return await plan_file(services, bundle / base, extra_vars, limit, tags, skip_tags)
     except BaseException:  # a refused playbook leaves nothing behind
         shutil.rmtree(bundle, ignore_errors=True)
         raise
@@ -102,6 +135,8 @@ async def resume_playbook_job(services: Services, job: Job) -> int:
             **secretfile.secret_extra_vars(services.engine.secrets_dir, job.id or 0),
         },
         limit=spec.get("limit"),
+        tags=tuple(spec.get("tags") or ()),
+        skip_tags=tuple(spec.get("skip_tags") or ()),
     )
     check_resumable(plan, spec)
     return await resume_playbook(services.engine, plan, job, services.pending_timeout)

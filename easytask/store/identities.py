@@ -75,6 +75,7 @@ class IdentityQueries(Queries):
                     return None
                 agent.fingerprint = fingerprint
                 agent.public_key = public_key
+                agent.approved_groups = ""  # approvals were given to the old key
             if agent.state != state:
                 agent.state = state
                 agent.state_since = utcnow()
@@ -102,6 +103,53 @@ class IdentityQueries(Queries):
                 agent.state_since = utcnow()
             s.add(agent)
             audit_chain.append_note(s.connection(), audit, fingerprint=agent.fingerprint)
+            s.commit()
+            s.refresh(agent)
+            return agent
+
+    def set_agent_groups(
+        self,
+        name: str,
+        groups: list[str],
+        approve: bool,
+        audit: AuditNote | None,
+        fingerprint: str | None = None,
+    ) -> Agent | None:
+        """Approve group labels of an agent (`approve`), or withdraw approved ones, its audit
+        event (with the key and the approved labels after) in the same transaction; None when
+        there is no such agent. Only labels the agent reports may be approved and only
+        approved ones withdrawn, else `Conflict`; with `fingerprint` the stored key must be
+        that one. Nothing changes on a `Conflict`."""
+        with self.session() as s:
+            # the row is locked (PostgreSQL) so two admins' changes both count
+            agent = s.exec(select(Agent).where(Agent.name == name).with_for_update()).first()
+            if agent is None:
+                return None
+            if fingerprint is not None and fingerprint != agent.fingerprint:
+                raise Conflict(f"agent {name!r} holds key {agent.fingerprint}, not {fingerprint}")
+            reported = [g for g in agent.groups.split(",") if g]
+            approved = [g for g in agent.approved_groups.split(",") if g]
+            if approve:
+                unknown = [g for g in groups if g not in reported]
+                if unknown:
+                    raise Conflict(
+                        f"agent {name!r} does not report label(s) {', '.join(unknown)} "
+                        f"(it reports: {', '.join(reported) or 'none'})"
+                    )
+                approved = sorted({*approved, *groups})
+            else:
+                unknown = [g for g in groups if g not in approved]
+                if unknown:
+                    raise Conflict(
+                        f"label(s) {', '.join(unknown)} of agent {name!r} are not approved "
+                        f"(approved: {', '.join(approved) or 'none'})"
+                    )
+                approved = [g for g in approved if g not in groups]
+            agent.approved_groups = ",".join(approved)
+            s.add(agent)
+            audit_chain.append_note(
+                s.connection(), audit, fingerprint=agent.fingerprint, approved=approved
+            )
             s.commit()
             s.refresh(agent)
             return agent

@@ -67,7 +67,8 @@ class Agent(SQLModel, table=True):
     fingerprint: str = Field(index=True)
     public_key: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     state: str = Field(default=AgentState.PENDING)
-    groups: str = ""  # comma-separated labels the agent declares
+    groups: str = ""  # comma-separated labels the agent reports (its hello's `groups`)
+    approved_groups: str = ""  # comma-separated labels an admin approved: only these place it
     slots: int = 4
     version: str = ""
     facts: str = "{}"  # JSON

@@ -1,4 +1,5 @@
-"""The API of agents and hosts: list, accept, revoke, delete, enrolment tokens, what a pattern matches."""
+"""The API of agents and hosts: list, accept, revoke, delete, approve or withdraw group labels,
+enrolment tokens, what a pattern matches."""
 
 from __future__ import annotations
 
@@ -36,7 +37,10 @@ class AgentsApi:
                     "address": row.address,
                     "server": row.server if row.connected else "",
                     "version": row.version,
+                    "labels": view.labels,
                     "groups": view.groups,
+                    "pending": view.pending,
+                    "approved": view.approved,
                     "slots": row.slots,
                     "running": view.running,
                     "facts": view.facts,
@@ -47,8 +51,9 @@ class AgentsApi:
         return JSONResponse({"agents": out, "refused": self.services.registry.refused[-20:]})
 
     async def set_agent_state(self, request: Request, user: User) -> Response:
-        """POST /api/agents/{name}/accept|revoke|delete; accept and revoke take an optional
-        `fingerprint` (409 if the agent holds another key)."""
+        """POST /api/agents/{name}/accept|revoke|delete|approve|withdraw; all but delete take
+        an optional `fingerprint` (409 if the agent holds another key); approve and withdraw
+        take `groups`, the labels (a list)."""
         name = request.path_params["name"]
         action = request.path_params["action"]
         data = await body(request)
@@ -58,6 +63,24 @@ class AgentsApi:
         fingerprint = data.get("fingerprint")
         if fingerprint is not None and not isinstance(fingerprint, str):
             raise APIError("fingerprint must be a string like SHA256:...")
+        if action in agents.LABEL_ACTIONS:
+            row = await agents.set_agent_labels(
+                self.services,
+                user.name,
+                source(request),
+                name,
+                action,
+                data.get("groups"),
+                fingerprint,
+            )
+            return JSONResponse(
+                {
+                    "name": name,
+                    "state": row.state,
+                    "fingerprint": row.fingerprint,
+                    "approved": [g for g in row.approved_groups.split(",") if g],
+                }
+            )
         row = await agents.set_agent_state(
             self.services, user.name, source(request), name, action, fingerprint
         )
@@ -80,12 +103,14 @@ class AgentsApi:
         return JSONResponse({"token": token, "uses": uses, "ttl": ttl}, status_code=201)
 
     async def hosts(self, request: Request, user: User) -> Response:
-        """GET /api/hosts?pattern=: the hosts a pattern matches now."""
+        """GET /api/hosts?pattern=&limit=: the hosts a pattern (within a limit) matches now."""
         pattern = request.query_params.get("pattern") or "all"
-        planned = await plan_pattern(self.services, pattern, "true")
+        limit = request.query_params.get("limit") or None
+        planned = await plan_pattern(self.services, pattern, "true", limit=limit)
         return JSONResponse(
             {
                 "pattern": pattern,
+                "limit": limit,
                 "hosts": [{"name": p.host, "connection": p.connection} for p in planned],
             }
         )

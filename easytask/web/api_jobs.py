@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -88,6 +89,7 @@ class JobsApi:
             name=str(data.get("name") or command),
             options=options,
             one=bool(data.get("one")),
+            **_adhoc_selection(data),
         )
         return JSONResponse(
             {"job": job_dict(job), "runs": [run_dict(r) for r in runs]}, status_code=201
@@ -238,3 +240,17 @@ class JobsApi:
             Route("/api/runs/{run_id}/kill", route(self.kill_run, op), methods=["POST"]),
             Route("/api/runs/{run_id}/fetched", route(self.fetched)),
         ]
+
+
+def _adhoc_selection(data: dict[str, Any]) -> dict[str, Any]:
+    """`limit`, `extra_vars` and `user` of an ad hoc submission, checked (see `plan_adhoc`)."""
+    limit = data.get("limit")
+    extra = data.get("extra_vars")
+    user = data.get("user")
+    if limit is not None and not isinstance(limit, str):
+        raise APIError("limit must be a host pattern")
+    if extra is not None and not isinstance(extra, dict):
+        raise APIError("extra_vars must be an object")
+    if user is not None and not isinstance(user, str):
+        raise APIError("user must be a user name")
+    return {"limit": limit or None, "extra_vars": extra, "remote_user": user or None}

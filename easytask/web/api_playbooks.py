@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from easytask.errors import APIError
-from easytask.plan import PlaybookPlan
+from easytask.plan import PlaybookPlan, tag_names
 from easytask.service import jobs
 from easytask.service.context import Services
 from easytask.service.planning import plan_bundle, plan_file
@@ -53,7 +53,14 @@ class PlaybooksApi:
             raise APIError(f"files must hold base64 data: {exc}") from exc
         limit = pattern_limit(data)
         plan = await plan_bundle(
-            self.services, str(data.get("name") or "playbook.yml"), text, files, limit, extra
+            self.services,
+            str(data.get("name") or "playbook.yml"),
+            text,
+            files,
+            limit,
+            extra,
+            tag_names(data.get("tags"), "tags"),
+            tag_names(data.get("skip_tags"), "skip_tags"),
         )
         return await self._submitted(request, user, plan, {})
 
@@ -65,7 +72,14 @@ class PlaybooksApi:
         if not isinstance(extra, dict):
             raise APIError("extra_vars must be an object")
         limit = pattern_limit(data)
-        plan = await plan_file(self.services, path, extra, limit)
+        plan = await plan_file(
+            self.services,
+            path,
+            extra,
+            limit,
+            tag_names(data.get("tags"), "tags"),
+            tag_names(data.get("skip_tags"), "skip_tags"),
+        )
         return await self._submitted(request, user, plan, {"file": path.name})
 
     async def _submitted(

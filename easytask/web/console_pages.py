@@ -59,6 +59,8 @@ class ConsolePages:
                     "running": view.running,
                     "slots": row.slots,
                     "groups": view.groups,
+                    "pending": view.pending,
+                    "approved": view.approved,
                     "fingerprint": row.fingerprint,
                     "os": facts.get("os") or facts.get("system") or "",
                 }
@@ -282,25 +284,39 @@ class ConsolePages:
         )
 
     async def agent_confirm(self, request: Request, user: User) -> Response:
-        """GET /agents/{name}/accept|revoke|delete (admin): the agent's key and what the
-        action does, with the form that does it (the key named in it)."""
+        """GET /agents/{name}/accept|revoke|delete|approve|withdraw (admin): the agent's key
+        and what the action does, with the form that does it (the key named in it; approve
+        and withdraw name the label, `?group=`)."""
         name = request.path_params["name"]
         action = request.path_params["action"]
-        if action not in (*agents.ACTIONS, "delete"):
+        if action not in (*agents.ACTIONS, *agents.LABEL_ACTIONS, "delete"):
             raise PageError("unknown action", status=404)
         row = next((a for a in await self.agent_rows() if a["name"] == name), None)
         if row is None:
             raise PageError(f"no agent {name!r}", status=404)
+        group = ""
+        if action in agents.LABEL_ACTIONS:
+            try:
+                (group,) = agents.parse_labels(request.query_params.get("group", ""))
+            except (APIError, ValueError) as exc:
+                raise PageError(f"name one group label: {exc}", status=400) from exc
         return self.console.render(
-            request, user, "agent_confirm.html", section="agents", agent=row, action=action
+            request,
+            user,
+            "agent_confirm.html",
+            section="agents",
+            agent=row,
+            action=action,
+            group=group,
         )
 
     async def agent_action(self, request: Request, user: User) -> Response:
-        """POST /agents/{name}/accept|revoke|delete (admin); accept and revoke only if the
-        agent holds the key in the form's `fingerprint` (when given)."""
+        """POST /agents/{name}/accept|revoke|delete|approve|withdraw (admin); all but delete
+        only if the agent holds the key in the form's `fingerprint` (when given); approve and
+        withdraw the labels in the form's `groups`."""
         name = request.path_params["name"]
         action = request.path_params["action"]
-        if action not in (*agents.ACTIONS, "delete"):
+        if action not in (*agents.ACTIONS, *agents.LABEL_ACTIONS, "delete"):
             raise PageError("unknown action", status=404)
         addr = request.client.host if request.client else "?"
         if action == "delete":
@@ -308,6 +324,25 @@ class ConsolePages:
             log.info("agent %s deleted by %s (console)", name, user.name)
             return RedirectResponse("/agents", status_code=303)
         form = await self.console.form(request)
+        if action in agents.LABEL_ACTIONS:
+            row = await agents.set_agent_labels(
+                self.services,
+                user.name,
+                f"console {addr}",
+                name,
+                action,
+                form.get("groups") or "",
+                form.get("fingerprint") or None,
+            )
+            log.info(
+                "agent %s: label(s) %s %s by %s (console, key %s)",
+                name,
+                form.get("groups"),
+                "approved" if action == "approve" else "withdrawn",
+                user.name,
+                row.fingerprint,
+            )
+            return RedirectResponse("/agents", status_code=303)
         row = await agents.set_agent_state(
             self.services,
             user.name,

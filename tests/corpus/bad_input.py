@@ -453,7 +453,7 @@ PLAYBOOKS = [
         json=playbook(
             "hosts: web1\nvars_files: [../../../etc/shadow]\ntasks:\n  - name: t\n    command: 'true'\n"
         ),
-        says="vars_files",
+        says="outside",
     ),
     Case(
         "play-script-absolute",
@@ -1132,7 +1132,9 @@ class Hello:
     id: str
     reply: Any
     says: str
-    version_name: str | None = "same"  # "same": the case's name; None: not an EasyTask agent
+    # the name in the SSH version string and the hello: "same" is the case's own name; None is
+    # no name (the peer is not an EasyTask agent)
+    version_name: str | None = "same"
 
 
 def hello(**fields: Any) -> dict[str, Any]:
@@ -1160,6 +1162,10 @@ HELLOS = [
     Hello("facts-deep", hello(facts={"x": {"y": {"z": 1}}}), "facts.x"),
     Hello("facts-huge", hello(facts={f"k{i}": "v" * 250 for i in range(64)}), "bytes"),
     Hello("surrogate-version", b'{"name": "$NAME", "version": "\\ud800"}\n', "version"),
+    Hello("name-shell", hello(), "not valid", version_name="web1;curl x|sh"),
+    Hello("name-comma", hello(), "not valid", version_name="web1,web2"),
+    Hello("groups-comma", hello(groups=["web,prod"]), "groups"),
+    Hello("groups-shell", hello(groups=["prod;curl x|sh"]), "groups"),
     Hello("enroll-wrong", hello(enroll="not-a-token"), "enrolment token"),
     Hello("enroll-number", hello(enroll=12345), "enroll"),
     Hello("enroll-object", hello(enroll={"token": "x"}), "enroll"),

@@ -95,12 +95,12 @@ class ServerHandle:
                 return str(agent["status"])
         return None
 
-    def online(self, group: str) -> int:
-        """How many agents of a group are online now."""
+    def online(self, label: str) -> int:
+        """How many agents reporting a group label (approved or not) are online now."""
         return sum(
             1
             for a in self.get("/api/agents")["agents"]
-            if a["status"] == "online" and group in a["groups"]
+            if a["status"] == "online" and label in a["labels"]
         )
 
     def wait_job(self, job_id: int, timeout: float = 90) -> dict[str, Any]:
