@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -29,14 +30,16 @@ class Settings:
     """Every setting of the CLI and the server, resolved once and passed explicitly.
 
     Each one (but the internal ones) is an `EASYTASK_<NAME>` environment variable and a
-    `name = value` key in the config file, and all but the two secrets (notify_secret,
-    metrics_token) a command-line flag too; flag > environment > file > default.
+    `name = value` key in the config file, and all but the secrets (notify_secret,
+    metrics_token, secret_key) a command-line flag too; flag > environment > file > default.
     """
 
     # the CLI
     url: str = _setting("http://127.0.0.1:8080")
     token: str | None = _setting(None)
-    inventory: str | None = _setting("inventory")
+    inventory: str | list[str] | None = _setting("inventory", "sources")  # `server -i A -i B`
+    inventory_timeout: float = _setting(30.0, "duration")  # one run of an inventory script
+    inventory_cache: float = _setting(30.0, "duration")  # the server reuses a script's output
     log_format: str = _setting("text", "choice", choices=("text", "json"))
     # the server
     state_dir: Path = _setting(Path(".easytask/server"), "path")
@@ -57,6 +60,8 @@ class Settings:
     notify_url: str | None = _setting(None)  # webhook called when any job finishes
     notify_events: str = _setting("all", "choice", choices=("all", "failed"))
     notify_secret: str | None = _setting(None)  # HMAC key for X-EasyTask-Signature
+    # where playbooks' `notify:` may point besides notify_url (None: nowhere else)
+    notify_allow: tuple[str, ...] | None = _setting(None, "list")
     metrics_token: str | None = _setting(None)  # a bearer token good for /metrics only
     retention: float | None = _setting(None, "lifetime")  # seconds a successful run is kept
     retention_failed: float | None = _setting(None, "lifetime")  # failed runs (None: as retention)
@@ -64,9 +69,18 @@ class Settings:
     trusted_proxy: str | None = _setting(None)  # a reverse proxy whose X-Forwarded-* we believe
     token_max_ttl: float | None = _setting(TOKEN_MAX_TTL, "lifetime")  # longest API token life
     audit_key_file: Path | None = _setting(None, "path")  # the audit chain's key (None: state dir)
+    audit_checkpoint_url: str | None = _setting(None)  # each signed checkpoint POSTed here too
+    secret_key: str | None = _setting(None)  # the credential store's key, 64 hex (None: state dir)
     # not settings: fixed by the code that builds a Settings
     schedule_interval: float = field(default=1.0, metadata={"internal": True})
     config_path: str | None = field(default=None, metadata={"internal": True})
+
+
+def inventory_sources(value: str | list[str] | None) -> list[str]:
+    """The inventory sources of the `inventory` setting: one, or a list (`-i A -i B`)."""
+    if not value:
+        return ["inventory"]
+    return [value] if isinstance(value, str) else list(value)
 
 
 def setting_names() -> list[str]:
@@ -117,6 +131,17 @@ def _convert(name: str, kind: str, value: Any, choices: tuple[str, ...] = ()) ->
             if isinstance(value, bool) or not isinstance(value, int | str):
                 raise ValueError(f"not a size: {value!r}")
             return parse_size(value)
+        if kind == "list":  # texts (a TOML list, a repeated flag), each split at commas and spaces
+            given = value if isinstance(value, list | tuple) else [value]
+            if not all(isinstance(item, str) for item in given):
+                raise ValueError(f"not a list of texts: {value!r}")
+            return tuple(w for item in given for w in re.split(r"[,\s]+", item) if w) or None
+        if kind == "sources":  # one inventory source, or a list of them
+            if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+                return list(value)
+            if not isinstance(value, str):
+                raise ValueError(f"must be a path or a list of paths, got {value!r}")
+            return value
         if kind == "count":
             if isinstance(value, bool | float):
                 raise ValueError(f"not a whole number: {value!r}")

@@ -33,8 +33,34 @@ class Masker:
 
 
 def env_prefix(env: Mapping[str, str]) -> str:
-    """Shell lines that export each secret to the command that follows."""
+    """Shell lines that export each secret to the command that follows (see `lift_exports`)."""
     return "".join(f"export {name}={shlex.quote(value)}\n" for name, value in env.items())
+
+
+# One line of `env_prefix`: a name, then a word as shlex.quote writes it (bare safe characters,
+# or single-quoted pieces joined by "'" for each quote inside).
+_EXPORT_LINE = re.compile(
+    r"export ([A-Za-z_][A-Za-z0-9_]*)=((?:'[^']*'|\"'\"|[\w@%+=:,./-])+)\n", re.ASCII
+)
+# Variables a shell acts on when it starts (a startup file, options, field splitting): an
+# export of one of these stays in the command, where it acts only after the start, as written.
+_AT_START = frozenset(["BASH_ENV", "ENV", "SHELLOPTS", "BASHOPTS", "IFS", "PS4", "CDPATH"])
+
+
+def lift_exports(command: str) -> tuple[dict[str, str], str]:
+    """The leading `export NAME=VALUE` lines of a command (as `env_prefix` writes them) as
+    variables, and the command without them.
+
+    Started with those variables in its environment, the command's shell sees what the exports
+    would have given it, and the values stay out of its command line, which `ps` shows to
+    every user of the host (a process's environment is for its own user and root only).
+    """
+    env: dict[str, str] = {}
+    pos = 0
+    while (m := _EXPORT_LINE.match(command, pos)) is not None and m[1] not in _AT_START:
+        env[m[1]] = shlex.split(m[2])[0]
+        pos = m.end()
+    return env, command[pos:]
 
 
 def check_secret_env(env: object) -> dict[str, str]:

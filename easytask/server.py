@@ -17,10 +17,11 @@ import uvicorn
 
 from easytask import __version__
 from easytask.config import Settings
-from easytask.errors import StartError
+from easytask.errors import ConfigError, StartError
 from easytask.scheduler.agents import AgentRegistry
-from easytask.scheduler.auditanchor import AuditAnchor
+from easytask.scheduler.auditanchor import AuditAnchor, CheckpointWebhook
 from easytask.scheduler.cluster import Cluster
+from easytask.scheduler.egress import WebhookRefused, WebhookTargets, parse_url
 from easytask.scheduler.engine import JobEngine
 from easytask.scheduler.hub import LiveHub
 from easytask.scheduler.logwriter import LogWriter
@@ -28,6 +29,7 @@ from easytask.scheduler.metrics import Metrics
 from easytask.scheduler.notify import Notifier, Webhook
 from easytask.scheduler.retention import Retention
 from easytask.scheduler.schedules import Scheduler
+from easytask.sealing import load_keyring, settle_rotation
 from easytask.service.context import InventorySource, Services
 from easytask.service.jobs import submit_scheduled
 from easytask.service.planning import resume_playbook_job
@@ -68,7 +70,9 @@ class Server:
         self.store: Store
         self.hub = LiveHub()
         self.metrics = Metrics()
-        self.inventory = InventorySource(config.inventory)
+        self.inventory = InventorySource(
+            config.inventory, config.inventory_timeout, config.inventory_cache
+        )
         self._stop = asyncio.Event()
         self.cluster: Cluster | None = None
         self.fenced = False  # another server took this one's work over: stop, exit 1
@@ -79,6 +83,16 @@ class Server:
 
     async def start(self) -> None:
         """Open the store, start the writer, the agent listener and the web server."""
+        self.webhook_targets = WebhookTargets(
+            self.config.notify_allow or (), self.config.notify_url
+        )
+        checkpoint_hook = None
+        if self.config.audit_checkpoint_url:
+            try:
+                parse_url(self.config.audit_checkpoint_url, credentials=True)
+            except WebhookRefused as exc:
+                raise ConfigError(f"audit_checkpoint_url: {exc.message}") from exc
+            checkpoint_hook = CheckpointWebhook(self.config.audit_checkpoint_url)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o700)
         url = self.config.db or sqlite_url(self.state_dir / "easytask.db")
@@ -97,8 +111,23 @@ class Server:
                 "sharing a database must share one audit key file (--audit-key-file)",
                 key_file,
             )
+        stored = await self.store.call(self.store.list_credentials)
+        settled = settle_rotation(self.state_dir, {c.key_id for c in stored})
+        if settled:
+            log.info("the credential key rotation a stopped server left was %s", settled)
+        self.keyring = load_keyring(self.state_dir, self.config.secret_key)
+        foreign = sorted(c.name for c in stored if not self.keyring.opens(c.key_id))
+        if foreign:
+            log.warning(
+                "credential(s) %s were sealed with another key than this server's (%s): servers "
+                "sharing a database must share one credential key",
+                ", ".join(foreign),
+                self.keyring.key_id,
+            )
         self.audit_anchor = AuditAnchor(
-            self.store, checkpoints.open_log(self.state_dir, self.store.owner)
+            self.store,
+            checkpoints.open_log(self.state_dir, self.store.owner),
+            webhook=checkpoint_hook,
         )
         await self.audit_anchor.start()
         self.admin_token = await self._ensure_admin()
@@ -127,6 +156,7 @@ class Server:
             default=Webhook(self.config.notify_url, self.config.notify_events)
             if self.config.notify_url
             else None,
+            targets=self.webhook_targets,
             on_attempt=self.metrics.webhook_attempt,
         )
         self.engine.on_job_finished.append(self._job_finished)
@@ -166,6 +196,7 @@ class Server:
             self.config.retention,
             self.config.retention_failed,
             self.config.prune_interval,
+            state_dir=self.state_dir,
         )
         self.services = Services(
             settings=self.config,
@@ -183,6 +214,8 @@ class Server:
             scheduler=self.scheduler,
             retention=self.retention,
             audit_anchor=self.audit_anchor,
+            webhooks=self.webhook_targets,
+            keyring=self.keyring,
         )
         self.app = await create_web_app(self.services)
         uv_config = uvicorn.Config(

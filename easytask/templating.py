@@ -6,7 +6,9 @@ import json
 import posixpath
 import re
 import shlex
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from functools import lru_cache
 from typing import Any
 
@@ -14,13 +16,18 @@ from jinja2 import StrictUndefined, Template, nodes
 from jinja2.exceptions import SecurityError, TemplateSyntaxError, UndefinedError
 from jinja2.meta import find_undeclared_variables
 from jinja2.parser import Parser
-from jinja2.runtime import Context, Undefined
+from jinja2.runtime import Context, LoopContext, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from easytask.errors import TemplateError
 from easytask.sourceyaml import UnsafeText
 
 __all__ = [
+    "MAX_OUTPUT",
+    "MAX_RANGE",
+    "MAX_SECONDS",
+    "MAX_STEPS",
+    "TemplateLimit",
     "Vars",
     "attribute_refs",
     "evaluate",
@@ -32,8 +39,139 @@ __all__ = [
 
 _MARKERS = ("{{", "{%", "{#")
 _UNDEFINED = re.compile(r"'(.+)' is undefined")
-MAX_SEQUENCE = 1_000_000  # longest string or list `*` may build in a template
+MAX_SEQUENCE = 1_000_000  # longest string or list an operator or call may build in a template
 MAX_POWER_BITS = 100_000  # largest integer `**` may build in a template
+# The work one template may do (each field of a task is one template; a variable's own
+# template, rendered when first used, counts towards the template that uses it):
+MAX_STEPS = 1_000_000  # loop iterations plus calls (macros, functions, methods)
+MAX_OUTPUT = 1_000_000  # characters of output
+MAX_SECONDS = 5.0  # wall-clock time, checked at every step
+MAX_RANGE = 100_000  # items of one range()
+
+
+class TemplateLimit(TemplateError):
+    """A template went past one of the limits on its work (steps, output, time, size)."""
+
+
+class _Budget:
+    """What is left of one render's limits; every loop iteration and call takes a step."""
+
+    __slots__ = ("deadline", "steps")
+
+    def __init__(self) -> None:
+        self.steps = MAX_STEPS
+        self.deadline = time.monotonic() + MAX_SECONDS
+
+    def step(self) -> None:
+        self.steps -= 1
+        if self.steps < 0:
+            raise SecurityError(
+                f"the template went past its limit of {MAX_STEPS} steps (loop iterations and calls)"
+            )
+        if self.steps & 0xFF == 0 and time.monotonic() > self.deadline:
+            raise SecurityError(f"the template went past its time limit of {MAX_SECONDS:g}s")
+
+    def iterate(self, iterable: Iterable[Any]) -> Iterator[Any]:
+        for item in iterable:
+            self.step()
+            yield item
+
+
+_BUDGET: ContextVar[_Budget | None] = ContextVar("easytask_template_budget", default=None)
+
+
+def _counted(iterable: Any) -> Any:
+    """What a template's `for` loops over: each item takes a step of the render's budget."""
+    budget = _BUDGET.get()
+    return iterable if budget is None else budget.iterate(iterable)
+
+
+def _weight(value: Any) -> int:
+    """The size of a value for the limits: a string's characters; a list's items, each
+    string counting its characters (a list of one long string repeated is as big as its join)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list | tuple):
+        return sum(len(x) if isinstance(x, str) else 1 for x in value)
+    return 0
+
+
+def _sized(value: Any) -> Any:
+    """A value a template built by joining (`~`, `+`): refused past MAX_SEQUENCE items."""
+    size = _weight(value)
+    if size > MAX_SEQUENCE:
+        raise SecurityError(
+            f"the template would build a value of {size} items (the limit is {MAX_SEQUENCE})"
+        )
+    return value
+
+
+# a width or precision in a %-format or a str.format spec (`%9999d`, `{:>9999}`)
+_FORMAT_NUMBER = re.compile(r"%[-#0 +]*(\d*)(?:\.(\d*))?|\{[^{}]*?[:.](?:.?[<>=^])?[-+ ]?#?0?(\d+)")
+_WIDENING = frozenset(["center", "ljust", "rjust", "zfill", "expandtabs"])
+
+
+def _check_format(fmt: str, args: Any = ()) -> None:
+    """Refuse a format whose widths or precisions would build a value past MAX_SEQUENCE."""
+    for groups in _FORMAT_NUMBER.findall(fmt):
+        for number in groups:
+            if number and int(number) > MAX_SEQUENCE:
+                raise SecurityError(
+                    f"a format width of {number} is past the limit of {MAX_SEQUENCE}"
+                )
+    if "*" in fmt:
+        values = args if isinstance(args, tuple) else (args,)
+        if any(isinstance(v, int) and v > MAX_SEQUENCE for v in values):
+            raise SecurityError(f"a format width is past the limit of {MAX_SEQUENCE}")
+
+
+def _check_width(name: str, width: Any) -> None:
+    if isinstance(width, int) and width > MAX_SEQUENCE:
+        raise SecurityError(f"{name}: a width of {width} is past the limit of {MAX_SEQUENCE}")
+
+
+def _check_str_call(method: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+    """Refuse a str method call that would build a value past MAX_SEQUENCE."""
+    target = getattr(method, "__self__", None)
+    if not isinstance(target, str):
+        return
+    name = getattr(method, "__name__", "")
+    if name in _WIDENING:
+        for arg in args:
+            _check_width(f"str.{name}", arg)
+    elif name == "replace" and len(args) >= 2:
+        old, new = str(args[0]), str(args[1])
+        grows = (target.count(old) if old else len(target) + 1) * max(len(new) - len(old), 0)
+        if len(target) + grows > MAX_SEQUENCE:
+            raise SecurityError(
+                f"str.replace would build a value of {len(target) + grows} characters "
+                f"(the limit is {MAX_SEQUENCE})"
+            )
+    elif name in ("format", "format_map"):
+        _check_format(target)
+        if re.search(r"\{[^{}]*\{", target):  # a width from the arguments: `{:{w}}`
+            values = [*args, *kwargs.values()]
+            if name == "format_map" and args and isinstance(args[0], Mapping):
+                values = list(args[0].values())
+            if any(isinstance(v, int) and v > MAX_SEQUENCE for v in values):
+                raise SecurityError(f"a format width is past the limit of {MAX_SEQUENCE}")
+    elif name == "join" and args and isinstance(args[0], list | tuple):
+        _sized(args[0])
+
+
+def _wrap_for_loops(tree: nodes.Template) -> nodes.Template:
+    """Make every `for` of a parsed template iterate through `_counted`, and every `~` go
+    through `_sized`, so the budget sees each iteration and no join grows without bound."""
+    for loop in tree.find_all(nodes.For):
+        loop.iter = nodes.Call(
+            nodes.ImportedName("easytask.templating._counted"), [loop.iter], [], None, None
+        )
+    for concat in list(tree.find_all(nodes.Concat)):
+        concat.nodes = [
+            nodes.Call(nodes.ImportedName("easytask.templating._sized"), [n], [], None, None)
+            for n in concat.nodes
+        ]
+    return tree
 
 
 def quote(value: Any) -> str:
@@ -54,9 +192,20 @@ def to_json(value: Any) -> str:
 
 
 class _Environment(ImmutableSandboxedEnvironment):
-    """The sandbox, with messages a user understands and bounds on `*` and `**`."""
+    """The sandbox, with messages a user understands, bounds on `*`, `**`, `+` and `%`, and a
+    step of the render's budget for each call."""
 
-    intercepted_binops = frozenset(["*", "**"])
+    intercepted_binops = frozenset(["*", "**", "+", "%"])
+
+    def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        budget = _BUDGET.get()
+        if budget is not None:
+            budget.step()
+            if isinstance(__obj, LoopContext) and args:
+                # `loop(children)` in a recursive loop: the children are iterations too
+                args = (budget.iterate(args[0]), *args[1:])
+        _check_str_call(getattr(__obj, "__wrapped__", __obj), args, kwargs)
+        return super().call(__context, __obj, *args, **kwargs)
 
     def unsafe_undefined(self, obj: Any, attribute: str) -> Undefined:
         return self.undefined(
@@ -72,11 +221,17 @@ class _Environment(ImmutableSandboxedEnvironment):
                 if (
                     isinstance(seq, str | list | tuple)
                     and isinstance(times, int)
-                    and len(seq) * times > MAX_SEQUENCE
+                    and _weight(seq) * times > MAX_SEQUENCE
                 ):
                     raise SecurityError(
-                        f"'*' would build a value of {len(seq) * times} items (the limit is {MAX_SEQUENCE})"
+                        f"'*' would build a value of {_weight(seq) * times} items "
+                        f"(the limit is {MAX_SEQUENCE})"
                     )
+        elif operator == "%":
+            if isinstance(left, str):
+                _check_format(left, right)
+        elif operator == "+":
+            return _sized(super().call_binop(context, operator, left, right))
         elif (
             isinstance(left, int)
             and isinstance(right, int)
@@ -92,6 +247,57 @@ ENV = _Environment(
     autoescape=False,
     keep_trailing_newline=True,
 )
+
+
+def _safe_range(*args: int) -> range:
+    rng = range(*args)
+    if len(rng) > MAX_RANGE:
+        raise SecurityError(f"range() of {len(rng)} items is past the limit of {MAX_RANGE}")
+    return rng
+
+
+def _checked_filter(name: str, width_arg: int) -> Any:
+    """A filter whose argument number `width_arg` (0: the value) is a width, count or format."""
+    original = ENV.filters[name]
+    passed = getattr(original, "jinja_pass_arg", None)
+    first = 1 if passed is not None else 0  # the environment or context comes first
+
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        if name == "format" and len(args) > first and isinstance(args[first], str):
+            _check_format(args[first], tuple(args[first + 1 :]))
+        elif len(args) > first + width_arg:
+            _check_width(name, args[first + width_arg])
+        if name == "join" and len(args) > first and isinstance(args[first], list | tuple):
+            glue = args[first + 1] if len(args) > first + 1 else kwargs.get("d", "")
+            _sized(args[first])
+            if len(glue) * len(args[first]) > MAX_SEQUENCE:
+                raise SecurityError(f"join would build a value past {MAX_SEQUENCE} characters")
+        if name == "indent" and len(args) > first:  # the width may be a string, on each line
+            width = args[first + 1] if len(args) > first + 1 else kwargs.get("width", 4)
+            text = str(args[first])
+            each = len(width) if isinstance(width, str) else width if isinstance(width, int) else 0
+            if len(text) + (text.count("\n") + 1) * each > MAX_SEQUENCE:
+                raise SecurityError(f"indent would build a value past {MAX_SEQUENCE} characters")
+        for value in kwargs.values():
+            _check_width(name, value)
+        return original(*args, **kwargs)
+
+    if passed is not None:
+        checked.jinja_pass_arg = passed  # type: ignore[attr-defined]
+    return checked
+
+
+ENV.globals["range"] = _safe_range
+ENV.globals.pop("lipsum", None)  # nothing a command needs, and its size is the caller's choice
+for _name, _arg in (
+    ("center", 1),
+    ("indent", 1),
+    ("wordwrap", 1),
+    ("slice", 1),
+    ("format", 0),
+    ("join", 99),  # (its own check)
+):
+    ENV.filters[_name] = _checked_filter(_name, _arg)
 ENV.filters.update(
     quote=quote,
     bool=to_bool,
@@ -117,7 +323,8 @@ def is_template(value: Any) -> bool:
 @lru_cache(maxsize=4096)
 def _compiled(source: str) -> tuple[Template, frozenset[str]]:
     tree = ENV.parse(source)
-    return ENV.from_string(tree), frozenset(find_undeclared_variables(tree))
+    names = frozenset(find_undeclared_variables(tree))
+    return ENV.from_string(_wrap_for_loops(tree)), names
 
 
 def _parse_expression(source: str) -> nodes.Expr:
@@ -256,31 +463,62 @@ def _scope(
 
 
 def render(template: str, context: Mapping[str, Any], *, what: str) -> str:
-    """Render a template; any failure is a TemplateError that starts with `what`."""
+    """Render a template; any failure is a TemplateError that starts with `what` (a
+    TemplateLimit when it went past MAX_STEPS, MAX_OUTPUT, MAX_SECONDS or a size limit).
+
+    The work is bounded, but may take up to MAX_SECONDS: async code runs it in a thread."""
     return _render(template, context, what, [])
 
 
 def _render(template: str, context: Mapping[str, Any], what: str, stack: Sequence[str]) -> str:
     if not is_template(template):
         return str(template)
+    own = _BUDGET.get() is None  # a variable's template shares the budget of its user's
+    token = _BUDGET.set(_Budget()) if own else None
     try:
         compiled, names = _compiled(template)
-        return compiled.render(_scope(context, names, what, stack))
+        out: list[str] = []
+        size = 0
+        for piece in compiled.root_render_func(
+            compiled.new_context(_scope(context, names, what, stack))
+        ):
+            size += len(piece)
+            if size > MAX_OUTPUT:
+                raise SecurityError(
+                    f"the template went past its limit of {MAX_OUTPUT} characters of output"
+                )
+            out.append(piece)
+        return "".join(out)
     except TemplateError:
         raise
     except Exception as exc:
-        raise TemplateError(f"{what}: {describe(exc)}") from None
+        raise _error(what, exc) from None
+    finally:
+        if token is not None:
+            _BUDGET.reset(token)
 
 
 def evaluate(expr: str, context: Mapping[str, Any], *, what: str) -> bool:
     """The truth of a Jinja2 expression (a `when` condition), as Jinja2 tests it."""
+    own = _BUDGET.get() is None
+    token = _BUDGET.set(_Budget()) if own else None
     try:
         compiled, names = _compiled_expression(expr)
         return bool(compiled(**_scope(context, names, what, ())))
     except TemplateError:
         raise
     except Exception as exc:
-        raise TemplateError(f"{what}: {describe(exc)}") from None
+        raise _error(what, exc) from None
+    finally:
+        if token is not None:
+            _BUDGET.reset(token)
+
+
+def _error(what: str, exc: BaseException) -> TemplateError:
+    limit = isinstance(exc, SecurityError | RecursionError | MemoryError) and not isinstance(
+        exc, UndefinedError
+    )
+    return (TemplateLimit if limit else TemplateError)(f"{what}: {describe(exc)}")
 
 
 def describe(exc: BaseException) -> str:
@@ -292,5 +530,7 @@ def describe(exc: BaseException) -> str:
         return f"undefined variable {m[1]!r}" if m else str(exc)
     if isinstance(exc, SecurityError):
         return str(exc)
+    if isinstance(exc, RecursionError):
+        return "the template calls itself too deeply"
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

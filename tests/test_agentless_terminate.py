@@ -9,7 +9,12 @@ import time
 
 import pytest
 
-from easytask.transport.agentless import pidfile_for, terminate_command, wrap_command
+from easytask.transport.agentless import (
+    env_on_stdin,
+    pidfile_for,
+    terminate_command,
+    wrap_command,
+)
 
 
 @pytest.mark.parametrize("shell", ["/bin/bash", "/bin/dash"])
@@ -41,3 +46,38 @@ def test_a_terminate_for_a_run_that_is_gone_returns_after_the_grace_period() -> 
     done = subprocess.run(["/bin/dash", "-c", terminate_command(key, 0.5)], timeout=30)
     assert done.returncode == 0
     assert 0.4 < time.monotonic() - started < 15
+
+
+@pytest.mark.parametrize("shell", ["/bin/bash", "/bin/dash"])
+def test_environment_values_come_on_stdin_and_the_rest_of_stdin_stays_the_commands(
+    shell: str,
+) -> None:
+    """The exported values are read from stdin (never in the command line), any character and
+    any number of lines; what follows them on stdin is the command's, byte for byte."""
+    env = {
+        "ONE": "plain",
+        "EMPTY": "",
+        "ODD": "  lead & trail \\ $HOME `x` 'q' \"d\"\r  ",
+        "LINES": "first\n\nthird\n",
+    }
+    text, data = env_on_stdin(env)
+    assert all(v not in text for v in env.values() if v)
+    key = f"env-{os.getpid()}-{time.monotonic_ns()}"
+    command = (
+        'for n in ONE EMPTY ODD LINES; do eval "printf \'%s=[%s]\\n\' $n \\"\\$$n\\""; done; '
+        "cat; echo; env | grep -c '^_et_' || true"
+    )
+    done = subprocess.run(
+        [shell, "-c", wrap_command(command, key, text)],
+        input=data + b"the command's own input",
+        capture_output=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    expected = "".join(f"{k}=[{v}]\n" for k, v in env.items())
+    assert done.stdout.decode() == expected + "the command's own input\n0\n"
+    short = subprocess.run(
+        [shell, "-c", wrap_command("echo ran", key, text)], input=b"", capture_output=True
+    )
+    assert short.returncode == 125 and b"ran" not in short.stdout
+    assert b"did not arrive on stdin" in short.stderr

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from cryptography.exceptions import InvalidSignature
 from sqlmodel import col, select
 
+from easytask.exports import canonical as exports_canonical
+from easytask.exports import load_or_create_key, public_key_text
 from easytask.store.audit import GENESIS, canonical, chain_hash
 from easytask.store.db import Store
 from easytask.store.models import AuditEvent
 from tests.conftest import AgentFactory, ServerFactory
 from tests.support import PostgresCluster, ServerHandle, db_execute, wait_until
+from tests.test_notify import Receiver
 
 
 @pytest.fixture
@@ -225,3 +230,37 @@ def test_servers_sharing_a_database_share_the_key(
     assert result.returncode == 1
     assert "hashed with another audit key" in result.stdout
     assert "servers sharing a database share one key file" in result.stdout
+
+
+def test_checkpoints_are_posted_signed_to_the_webhook(start_server: ServerFactory) -> None:
+    """With --audit-checkpoint-url each signed checkpoint is POSTed, the line of the file, and
+    retried when the receiver fails; the signature checks with the server's public key; the log
+    names the receiver without the URL's path."""
+    hook = Receiver(fail=1)
+    url = f"http://127.0.0.1:{hook.port}/checkpoints/tok-5ecret"
+    try:
+        server = start_server(None, "--audit-checkpoint-url", url)
+        # the checkpoint written at start: refused once (500), sent again
+        wait_until(lambda: len(hook.requests) >= 2, timeout=30, what="start checkpoint resent")
+        server.post("/api/users", {"name": "cp", "role": "viewer", "password": "cp-password-1"})
+        written = server.cli("audit", "checkpoint")
+        assert written.returncode == 0, written.stderr
+        wait_until(lambda: len(hook.requests) >= 3, timeout=30, what="second checkpoint")
+        lines = (server.state_dir / "audit.checkpoints").read_text().splitlines()
+        assert [body.decode() for _, body in hook.requests] == [lines[0], lines[0], lines[1]]
+        public = load_or_create_key(server.state_dir / "export.key").public_key()
+        for headers, body in hook.requests[1:]:
+            assert headers["X-EasyTask-Event"] == "audit.checkpoint"
+            entry = json.loads(body)
+            assert {"head_id", "head_hash", "count", "at", "key_id", "signature"} <= set(entry)
+            assert entry["public_key"] == public_key_text(public)
+            public.verify(base64.b64decode(entry["signature"]), exports_canonical(entry))
+        assert json.loads(lines[1])["head_id"] == last_id(server)
+        forged = {**entry, "count": entry["count"] + 1}
+        with pytest.raises(InvalidSignature):
+            public.verify(base64.b64decode(forged["signature"]), exports_canonical(forged))
+        log = server.proc.output()
+        assert f"audit checkpoint webhook http://127.0.0.1:{hook.port} failed (HTTP 500" in log
+        assert "tok-5ecret" not in log
+    finally:
+        hook.close()

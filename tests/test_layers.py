@@ -22,6 +22,7 @@ PURE = [
     "templating",
     "masking",
     "names",
+    "facts",
 ]
 IO_LIBS = {
     "asyncssh",
@@ -227,6 +228,7 @@ def test_modules_stay_small() -> None:
 NOT_PRIVATE = {
     ("store/runs.py", "_mapping"),
     ("plan/check.py", "_path"),
+    ("plan/check.py", "_kind"),
     ("transport/sshlog.py", "_log_packet"),
     ("transport/sshlog.py", "_debug_level"),
     ("transport/sshlog.py", "_easytask_checks_level"),

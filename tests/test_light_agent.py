@@ -482,12 +482,12 @@ def test_the_agent_image_entrypoint_starts_from_an_agent_only_install(
 
     def online() -> bool:
         return any(
-            a["name"] == "web1" and a["status"] == "online" and "web" in a["groups"]
+            a["name"] == "web1" and a["status"] == "online" and "web" in a["labels"]
             for a in server.get("/api/agents")["agents"]
         )
 
     wait_until(online, timeout=60, what="containerised agent online")
-    job = server.post("/api/jobs", {"pattern": "web", "command": "echo from-the-image"})["job"]
+    job = server.post("/api/jobs", {"pattern": "web1", "command": "echo from-the-image"})["job"]
     done = wait_until(
         lambda: (d := server.get(f"/api/jobs/{job['id']}"))["job"]["state"] == "success" and d,
         timeout=60,

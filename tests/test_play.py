@@ -385,3 +385,87 @@ def test_vars_files_travel_with_the_playbook(demo_fleet: ServerHandle, tmp_path:
     assert result.returncode == 0, result.stdout + result.stderr
     run = final(json.loads(result.stdout)["runs"])[("greet", "db1")]
     assert demo_fleet.cli("logs", str(run["id"])).stdout.splitlines()[-1] == "hello db1"
+
+
+def test_facts_reach_templates_from_agents_and_agentless_hosts(
+    start_server: ServerFactory, start_agent: AgentFactory, sshd: SSHD, tmp_path: Path
+) -> None:
+    """`ansible_*` facts: an agent's come from its hello, an agentless host's are gathered with
+    one command for the job; both read this machine, so both print what it is."""
+    from easytask.agent.facts import local_facts
+    from easytask.facts import fact_vars
+
+    inventory = write(
+        tmp_path / "inv" / "hosts.ini", f"[web]\nweb1\n[plain]\nplain1 {sshd.host_vars()}\n"
+    )
+    server = start_server(inventory)
+    start_agent(server, "web1")
+    book = write(
+        tmp_path / "facts.yml",
+        """\
+        hosts: web1,plain1
+        tasks:
+          - name: show
+            command: >-
+              echo {{ ansible_distribution }}/{{ ansible_facts.os_family }}/
+              {{ ansible_processor_vcpus }}/{{ ansible_hostname }}/{{ ansible_architecture }}
+        """,
+    )
+    here = fact_vars(local_facts())
+    expected = "{}/{}/ {}/{}/{}".format(
+        *(
+            here[f"ansible_{k}"]
+            for k in ("distribution", "os_family", "processor_vcpus", "hostname", "architecture")
+        )
+    )
+    result = play(server, book, "--format", "json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    runs = final(json.loads(result.stdout)["runs"])
+    for host in ("web1", "plain1"):
+        log = server.cli("logs", str(runs[("show", host)]["id"]))
+        assert log.stdout.splitlines()[-1] == expected, (host, log.stdout)
+    check = server.cli("play", str(book), "--check", "-i", str(inventory))
+    assert check.returncode == 0, check.stdout + check.stderr
+    # --check knows no live host: facts show as placeholders (split into words by `command`)
+    assert "'<fact' 'ansible_processor_vcpus>/<fact' 'ansible_hostname>/<fact'" in check.stdout
+
+
+SPIN = (
+    "echo {% for i in range(n | int) %}{% for j in range(n | int) %}{% endfor %}{% endfor %}"
+    "spun {{ n }}"
+)
+
+
+def test_a_template_past_its_limits_is_refused_or_fails_its_run(
+    start_server: ServerFactory, start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    """Nested loops of 100000 x 100000 items: refused at once when the playbook is submitted
+    (400 naming the task and the limit; nothing stored), or, when only another host's
+    variables make it so, that host's run fails with the same message while the rest runs."""
+    inventory = write(tmp_path / "inv" / "hosts.ini", "[spin]\nspin1 n=10\nspin2 n=100000\n")
+    server = start_server(inventory)
+    for name in ("spin1", "spin2"):
+        start_agent(server, name)
+    runs_before = len(server.get("/api/runs")["runs"])
+    text = "name: s\nhosts: spin\ntasks:\n  - name: spin\n    shell: '{}'\n"
+    refused = server.http.post(
+        "/api/playbooks/run", json={"text": text.format(SPIN.replace("n | int", "100000"))}
+    )
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"] == (
+        "task 'spin' on host 'spin1': the template went past its limit of 1000000 steps "
+        "(loop iterations and calls)"
+    )
+    assert server.http.get("/healthz").status_code == 200
+    assert len(server.get("/api/runs")["runs"]) == runs_before
+
+    job = server.post("/api/playbooks/run", {"text": text.format(SPIN)})
+    done = server.wait_job(job["job"]["id"])
+    runs = {r["host"]: r for r in done["runs"]}
+    assert runs["spin1"]["state"] == "success"
+    assert [ln["text"] for ln in server.log_lines(runs["spin1"]["id"])] == ["spun 10"]
+    assert runs["spin2"]["state"] == "failed"
+    assert runs["spin2"]["reason"] == (
+        "task 'spin' on host 'spin2': the template went past its limit of 1000000 steps "
+        "(loop iterations and calls)"
+    )

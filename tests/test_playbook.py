@@ -472,7 +472,7 @@ def test_unsafe_strings_are_not_templates(tree: Path) -> None:
         pytest.param("""\
             hosts: all
             command: x
-            become: true
+            become_method: su
             tasks:
               - name: a
                 shell: x
@@ -482,7 +482,7 @@ def test_unsafe_strings_are_not_templates(tree: Path) -> None:
                 depends_on: b
             """, [
                 "pb/x.yml:2:1: unknown key 'command' in the play (it belongs in a task)",
-                "pb/x.yml:3:1: unknown key 'become' in the play (EasyTask runs commands as the agent's (or SSH) user; 'become' is not supported)",
+                "pb/x.yml:3:1: unknown key 'become_method' in the play (set ansible_become_method in the inventory (agents use their own way))",
                 "pb/x.yml:7:5: unknown key 'register' in task 'a' (every task's output is results.<task name>; 'register' is not needed)",
                 "pb/x.yml:8:5: unknown key 'loop' in task 'a' (loops are not supported; use a shell loop in 'shell')",
                 "pb/x.yml:9:5: unknown key 'serial' in task 'a' (it belongs in the play)",

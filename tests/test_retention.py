@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -99,3 +101,80 @@ def test_server_prunes_on_its_own(
     assert _left(server, "periodic")[1:] == (0, 0)
     events = server.get("/api/audit", action="prune")["events"]
     assert events and events[0]["actor"] == "server" and events[0]["detail"]["runs"] == 1
+
+
+def test_prune_removes_the_files_of_what_it_deleted_and_keeps_the_rest(
+    start_server: ServerFactory, start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    """Uploads, fetched files and submitted playbook bundles in the state dir go with the runs
+    and jobs that used them; files a remaining run or job refers to stay, however old."""
+    server = start_server(None, "--retention", "30d")
+    start_agent(server, "ret1")
+    state = server.state_dir
+    remote = tmp_path / "remote.txt"
+    remote.write_text("fetch me\n")
+
+    def done(job: dict[str, Any]) -> int:
+        final = server.wait_job(job["job"]["id"])
+        assert final["job"]["state"] == "success", final["runs"]
+        return int(job["runs"][0]["id"])
+
+    def upload(name: str) -> str:
+        resp = server.http.post("/api/uploads", params={"name": name}, content=b"data\n")
+        assert resp.status_code == 201, resp.text
+        return str(resp.json()["upload"])
+
+    def copy(upload_id: str, name: str) -> int:
+        spec = {"name": name, "upload": upload_id, "dest": str(tmp_path / f"copied-{name}")}
+        return done(server.post("/api/jobs", {"pattern": "ret1", "kind": "copy", "copy": spec}))
+
+    def fetch() -> int:
+        spec = {"path": str(remote)}
+        return done(server.post("/api/jobs", {"pattern": "ret1", "kind": "fetch", "fetch": spec}))
+
+    def play(word: str) -> tuple[int, Path]:
+        text = f"name: {word}\nhosts: ret1\ntasks:\n  - name: t\n    shell: echo {word}\n"
+        job = server.post("/api/playbooks/run", {"text": text, "name": f"{word}.yml"})
+        run_id = done(job)
+        spec = db_execute(
+            server.db_url, "SELECT vars FROM job WHERE id = :i", {"i": job["job"]["id"]}
+        )
+        return run_id, Path(json.loads(spec[0][0])["playbook"]).parent
+
+    old_upload, kept_upload, unused_old, unused_new = (upload(f"{n}.txt") for n in "abcd")
+    old_copy, kept_copy = copy(old_upload, "a.txt"), copy(kept_upload, "b.txt")
+    old_fetch, kept_fetch = fetch(), fetch()
+    (old_play, old_bundle), (_, kept_bundle) = play("oldbook"), play("keptbook")
+    for run_id in (old_copy, old_fetch, old_play):
+        _age(server, run_id, 31)
+    # every file is as old as the oldest run: what keeps one is a row that refers to it
+    long_ago = time.time() - 31 * 86400
+    files = {
+        "old upload": state / "uploads" / old_upload,
+        "kept upload": state / "uploads" / kept_upload,
+        "unused old upload": state / "uploads" / unused_old,
+        "old fetch": state / "fetched" / str(old_fetch),
+        "kept fetch": state / "fetched" / str(kept_fetch),
+        "old bundle": old_bundle,
+        "kept bundle": kept_bundle,
+    }
+    for path in files.values():
+        assert path.is_dir(), path
+        os.utime(path, (long_ago, long_ago))
+    assert server.http.get(f"/api/runs/{old_fetch}/fetched").status_code == 200
+
+    dry = json.loads(server.cli("prune", "--dry-run", "--format", "json").stdout)
+    assert dry["files"] == 1  # the unused upload; the others go with their runs
+    assert all(p.exists() for p in files.values())
+
+    result = server.cli("prune")
+    assert result.stdout.startswith("deleted 3 job(s), 3 run(s)"), result.stdout
+    assert ", 4 file(s)" in result.stdout, result.stdout
+    left = {name for name, path in files.items() if path.exists()}
+    assert left == {"kept upload", "kept fetch", "kept bundle"}
+    assert (state / "uploads" / unused_new).is_dir()  # younger than the retention
+    assert server.http.get(f"/api/runs/{kept_fetch}/fetched").status_code == 200
+    # what stays still works: the kept upload copies again
+    assert copy(kept_upload, "b.txt") > kept_copy
+    event = server.get("/api/audit", action="prune")["events"][0]
+    assert event["detail"]["files"] == 4

@@ -194,3 +194,80 @@ def test_no_secret_value_anywhere_after_jobs_that_used_it(
     assert hits == [], "\n".join(hits)
     assert _file_hits(server.state_dir, value, allowed) == []
     assert _file_hits(agent_dir, value, allowed) == []
+
+
+def test_no_credential_value_anywhere_after_jobs_that_used_it(
+    start_server: ServerFactory,
+    start_agent: AgentFactory,
+    tmp_path: Path,
+) -> None:
+    """A credential from the store, set through the CLI's stdin and used by an ad hoc command
+    (`--secret NAME`) and a playbook (`secrets: [name]`, argument and env), is in no column (the
+    table holds its sealed form only), no log line, no export and no file of either state dir."""
+    value = f"cr3d-{secrets.token_hex(8)}"
+    inventory = write(tmp_path / "inv.ini", "[hosts]\ncs1\n")
+    server = start_server(inventory)
+    agent_dir = tmp_path / "agents"
+    start_agent(server, "cs1")
+    made = server.cli("secrets", "set", "db_password", input=value + "\n")
+    assert made.returncode == 0, made.stderr
+
+    adhoc = server.cli(
+        "run",
+        "cs1",
+        "-a",
+        'echo "v=$DB_PASSWORD"; echo "$DB_PASSWORD" >&2',
+        "--secret",
+        "db_password",
+    )
+    assert adhoc.returncode == 0, adhoc.stderr
+    assert value not in adhoc.stdout and "v=****" in adhoc.stdout
+
+    book_dir = tmp_path / "book"
+    script = write(book_dir / "show.sh", '#!/bin/sh\necho "arg=$1 env=$PW"\n')
+    script.chmod(0o755)
+    book = write(
+        book_dir / "cred.yml",
+        """\
+        name: cred
+        hosts: hosts
+        secrets: [db_password]
+        tasks:
+          - name: show
+            script: show.sh "{{ db_password }}"
+            env:
+              PW: "{{ db_password }}"
+          - name: echo
+            shell: echo "pw={{ db_password }}"
+        """,
+    )
+    played = server.cli("play", str(book), "--format", "json")
+    assert played.returncode == 0, played.stdout + played.stderr
+    assert value not in played.stdout
+    texts = sorted(
+        ln["text"]
+        for r in server.get("/api/runs", limit=2)["runs"]
+        for ln in server.log_lines(r["id"])
+    )
+    assert texts == ["arg=**** env=****", "pw=****"]
+
+    wait_until(
+        lambda: (
+            not [
+                p
+                for p in agent_dir.rglob("spool/*")
+                if p.suffix in (".out", ".done") and not p.name.startswith("adhoc-")
+            ]
+        ),
+        what="the agent's spool acknowledged",
+    )
+    export = tmp_path / "export.jsonl"
+    assert server.cli("export", "--include-logs", "-o", str(export)).returncode == 0
+    assert "****" in export.read_text() and value not in export.read_text()
+    kept = server.state_dir / "secrets"
+    wait_until(
+        lambda: not kept.exists() or list(kept.iterdir()) == [], what="the jobs' secrets dropped"
+    )
+    assert _database_hits(server.db_url, value) == []
+    assert _file_hits(server.state_dir, value, {}) == []
+    assert _file_hits(agent_dir, value, {}) == []

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from easytask.masking import Masker
+from easytask.masking import Masker, env_prefix, lift_exports
 from easytask.playbook import PlaybookErrors, load_playbook
 from tests.conftest import AgentFactory, ServerFactory, write
-from tests.support import ServerHandle, db_execute, easytask_cmd, free_port, wait_until
+from tests.support import SSHD, ServerHandle, db_execute, easytask_cmd, free_port, wait_until
 
 SECRET = "s3cr3t-Value-9f2"
 
@@ -85,11 +85,12 @@ def test_adhoc_secret_is_exported_to_the_command_and_masked(
 
 
 def test_secret_from_the_environment(agent_server: ServerHandle) -> None:
-    """`--secret NAME` takes the value from the CLI's environment; a missing one is a usage error."""
+    """`--secret-env NAME` takes the value from the CLI's environment; a missing one is a usage
+    error."""
     env_value = "from-env-" + SECRET
     env = {**agent_server.env(), "DB_PASS": env_value}
     result = subprocess.run(
-        easytask_cmd("run", "sec1", "-a", "echo pw=$DB_PASS", "--secret", "DB_PASS"),
+        easytask_cmd("run", "sec1", "-a", "echo pw=$DB_PASS", "--secret-env", "DB_PASS"),
         env=env,
         capture_output=True,
         text=True,
@@ -98,7 +99,7 @@ def test_secret_from_the_environment(agent_server: ServerHandle) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "pw=****" in result.stdout and env_value not in result.stdout
-    missing = agent_server.cli("run", "sec1", "-a", "true", "--secret", "NOPE_NOT_SET")
+    missing = agent_server.cli("run", "sec1", "-a", "true", "--secret-env", "NOPE_NOT_SET")
     assert missing.returncode == 2 and "no such environment variable" in missing.stderr
     bad = agent_server.http.post(
         "/api/jobs", json={"pattern": "sec1", "command": "true", "secrets": {"1x": "v"}}
@@ -181,3 +182,153 @@ def test_masking_survives_a_server_restart(
     assert texts == ["first ****", "second ****"]
     assert not kept.exists()
     assert _stored_anywhere(server2, SECRET) == []
+
+
+def _argv_holding(*needles: bytes) -> list[str]:
+    """Every process of this machine whose command line holds one of the needles."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes()
+        except OSError:  # ended meanwhile, or not ours to read
+            continue
+        if any(n in argv for n in needles):
+            shown = argv.replace(bytes(1), b" ")[:200]
+            found.append(f"{proc.name}: {shown!r}")
+    return found
+
+
+def _hold_until_released(tmp_path: Path, *names: str) -> tuple[str, Path, Path]:
+    """A command that says it started, waits for a release file, then prints the SHA-256 of
+    each variable (the values themselves would be masked, and quoting them would put them in
+    its own command line)."""
+    started, release = tmp_path / "started", tmp_path / "release"
+    digests = "; ".join(f'printf %s "${name}" | sha256sum' for name in names)
+    command = f"touch {started}; while [ ! -e {release} ]; do sleep 0.05; done; {digests}"
+    return command, started, release
+
+
+def _sha(value: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(value.encode()).hexdigest() + "  -"
+
+
+def test_agentless_secret_env_is_never_in_a_command_line(
+    start_server: ServerFactory, sshd: SSHD, tmp_path: Path
+) -> None:
+    """On an agentless host the secrets of `run --secret` and a playbook task's `env:` go on
+    the channel's stdin: while the command runs no process on the host shows a value in its
+    command line (what `ps` shows every user), and the command still sees every variable,
+    values of several lines and odd characters included."""
+    inventory = write(tmp_path / "inv" / "hosts.ini", f"[plain]\nplain1 {sshd.host_vars()}\n")
+    server = start_server(inventory)
+    token = "argv-" + SECRET
+    multi = 'line one\n  it\'s \\ $HOME `x` "q"\nlast-' + SECRET + "\n"
+    (tmp_path / "adhoc").mkdir()
+    command, started, release = _hold_until_released(tmp_path / "adhoc", "API_TOKEN", "MULTI")
+    job = server.post(
+        "/api/jobs",
+        {"pattern": "plain1", "command": command, "secrets": {"API_TOKEN": token, "MULTI": multi}},
+    )
+    try:
+        wait_until(started.exists, what="the command started")
+        assert _argv_holding(SECRET.encode()) == []
+    finally:
+        release.touch()
+    done = server.wait_job(job["job"]["id"])
+    assert done["job"]["state"] == "success", done["runs"]
+    run_id = done["runs"][0]["id"]
+    assert [ln["text"] for ln in server.log_lines(run_id)] == [_sha(token), _sha(multi)]
+
+    # a playbook task's env (a secret var rendered into it) travels the same way
+    (tmp_path / "play").mkdir()
+    command, started, release = _hold_until_released(tmp_path / "play", "TOKEN", "PLAIN")
+    text = f"""\
+name: envs
+hosts: plain1
+vars:
+  token: {token}
+secrets: [token]
+tasks:
+  - name: use
+    env:
+      TOKEN: "{{{{ token }}}}"
+      PLAIN: visible value
+    shell: '{command}'
+"""
+    job = server.post("/api/playbooks/run", {"text": text})
+    try:
+        wait_until(started.exists, what="the playbook's command started")
+        assert _argv_holding(SECRET.encode()) == []
+    finally:
+        release.touch()
+    done = server.wait_job(job["job"]["id"])
+    assert done["job"]["state"] == "success", done["runs"]
+    run = server.get(f"/api/runs/{done['runs'][0]['id']}")["run"]
+    assert [ln["text"] for ln in server.log_lines(run["id"])] == [
+        _sha(token),
+        _sha("visible value"),
+    ]
+    # the stored command still shows what was exported, the secret masked
+    assert "export TOKEN=**** PLAIN='visible value'" in run["command"]
+    assert _stored_anywhere(server, SECRET) == []
+
+
+def test_exports_lift_back_into_variables() -> None:
+    """What env_prefix writes, lift_exports reads back exactly; a variable a shell acts on at
+    its start (IFS, BASH_ENV...) and whatever follows it stay in the command."""
+    env = {"A": "plain", "B": "", "C": 'it\'s \\ $x `y` "q"\nline two\n', "D": "é ü"}
+    assert lift_exports(env_prefix(env) + "echo hi") == (env, "echo hi")
+    rest = env_prefix({"IFS": ":", "E": "e"}) + "echo hi"
+    assert lift_exports(env_prefix({"A": "a"}) + rest) == ({"A": "a"}, rest)
+    assert lift_exports("export A=$(id)\necho") == ({}, "export A=$(id)\necho")
+
+
+def test_agent_secret_env_is_never_in_a_command_line(
+    agent_server: ServerHandle, tmp_path: Path
+) -> None:
+    """On an agent's host too: the secrets of `run --secret` and a playbook task's `env:`
+    reach the command's environment, never a command line of any process."""
+    (tmp_path / "adhoc").mkdir()
+    token = "agent-" + SECRET
+    command, started, release = _hold_until_released(tmp_path / "adhoc", "API_TOKEN")
+    job = agent_server.post(
+        "/api/jobs", {"pattern": "sec1", "command": command, "secrets": {"API_TOKEN": token}}
+    )
+    try:
+        wait_until(started.exists, what="the command started")
+        assert _argv_holding(SECRET.encode()) == []
+    finally:
+        release.touch()
+    done = agent_server.wait_job(job["job"]["id"])
+    assert done["job"]["state"] == "success", done["runs"]
+    assert [ln["text"] for ln in agent_server.log_lines(done["runs"][0]["id"])] == [_sha(token)]
+
+    (tmp_path / "play").mkdir()
+    command, started, release = _hold_until_released(tmp_path / "play", "TOKEN", "PLAIN")
+    text = f"""\
+name: envs
+hosts: sec1
+vars:
+  token: {token}
+secrets: [token]
+tasks:
+  - name: use
+    env:
+      TOKEN: "{{{{ token }}}}"
+      PLAIN: visible value
+    shell: '{command}'
+"""
+    job = agent_server.post("/api/playbooks/run", {"text": text})
+    try:
+        wait_until(started.exists, what="the playbook's command started")
+        assert _argv_holding(SECRET.encode()) == []
+    finally:
+        release.touch()
+    done = agent_server.wait_job(job["job"]["id"])
+    assert done["job"]["state"] == "success", done["runs"]
+    lines = [ln["text"] for ln in agent_server.log_lines(done["runs"][0]["id"])]
+    assert lines == [_sha(token), _sha("visible value")]

@@ -37,7 +37,23 @@ def add_parsers(sub: Any) -> None:
         "-i",
         "--inventory",
         name="inventory",
-        help="inventory file or directory (default inventory)",
+        action="append",
+        metavar="PATH",
+        help="inventory file, directory, script or 'host1,host2,' list; repeatable "
+        "(default inventory)",
+    )
+    setting(
+        "--inventory-timeout",
+        name="inventory_timeout",
+        type=duration_arg,
+        help="how long one run of an inventory script may take (default 30s)",
+    )
+    setting(
+        "--inventory-cache",
+        name="inventory_cache",
+        type=duration_arg,
+        help="how long the output of an inventory script is reused before jobs run it again "
+        "(default 30s; 0: every job runs it)",
     )
     setting(
         "--pending-timeout",
@@ -107,6 +123,15 @@ def add_parsers(sub: Any) -> None:
         help="which finished jobs call --notify-url (default all)",
     )
     setting(
+        "--notify-allow",
+        name="notify_allow",
+        metavar="TARGET",
+        action="append",
+        help="where a playbook's `notify:` may send webhooks besides --notify-url: a URL prefix "
+        "(https://hooks.example.com/services/) or HOST[:PORT] (*.example.com for subdomains); "
+        "repeatable or comma-separated (default: nowhere else)",
+    )
+    setting(
         "--upload-limit",
         name="upload_limit",
         type=size_arg,
@@ -141,6 +166,12 @@ def add_parsers(sub: Any) -> None:
         metavar="PATH",
         help="the audit chain's key; servers sharing a database share it (default "
         "STATE_DIR/audit.key, made on first start)",
+    )
+    setting(
+        "--audit-checkpoint-url",
+        name="audit_checkpoint_url",
+        metavar="URL",
+        help="POST each signed audit checkpoint to this URL too (retried in the background)",
     )
     setting(
         "--prune-interval",
@@ -206,6 +237,14 @@ def add_parsers(sub: Any) -> None:
         "--run-as",
         metavar="USER",
         help="run commands and file transfers as this user (EASYTASK_AGENT_RUN_AS)",
+    )
+    a.add_argument(
+        "--allow-become",
+        action="append",
+        default=[],
+        metavar="USER,...",
+        help="users a run may ask to become (become, run -b); default none "
+        "(repeatable; EASYTASK_AGENT_ALLOW_BECOME: comma-separated)",
     )
     a.add_argument(
         "--allow",
@@ -331,6 +370,7 @@ def cmd_agent(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         file_dirs=args.file_dir
         or [d for d in env.get("EASYTASK_AGENT_FILE_DIRS", "").split(":") if d],
         pass_env=args.pass_env or env.get("EASYTASK_AGENT_PASS_ENV", "").split(","),
+        allow_become=args.allow_become or [env.get("EASYTASK_AGENT_ALLOW_BECOME", "")],
     )
     if config.slots < 1:
         raise UsageError("--slots must be at least 1")

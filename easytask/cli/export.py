@@ -143,7 +143,7 @@ def cmd_prune(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         return 0
     verb = "would delete" if data["dry_run"] else "deleted"
     out.write(
-        f"{verb} {data['jobs']} job(s), {data['runs']} run(s), {data['lines']} log line(s) "
-        f"(retention {data['retention'] or 'off'}, failed {data['retention_failed'] or 'off'})\n"
+        f"{verb} {data['jobs']} job(s), {data['runs']} run(s), {data['lines']} log line(s), "
+        f"{data.get('files', 0)} file(s) (retention {data['retention'] or 'off'}, failed {data['retention_failed'] or 'off'})\n"
     )
     return 0

@@ -10,6 +10,7 @@ from typing import Any, TextIO
 
 from easytask import __version__
 from easytask.cli.common import EXIT_BUG, EXIT_OK, EXIT_START, Parser, escape_controls
+from easytask.cli.credentials import add_parsers as add_credential_parsers
 from easytask.cli.daemons import add_demo_parser
 from easytask.cli.daemons import add_parsers as add_daemon_parsers
 from easytask.cli.db import add_parsers as add_db_parsers
@@ -17,6 +18,7 @@ from easytask.cli.export import add_parsers as add_export_parsers
 from easytask.cli.inventory import add_parser as add_inventory_parser
 from easytask.cli.jobs import add_parsers as add_job_parsers
 from easytask.cli.manage import add_parsers as add_manage_parsers
+from easytask.cli.play import add_parsers as add_play_parsers
 from easytask.cli.security import add_parsers as add_security_parsers
 from easytask.config import load_settings
 from easytask.errors import EasyTaskError, UsageError
@@ -149,10 +151,12 @@ def _add_commands(p: argparse.ArgumentParser, only: str | None) -> bool:
 
     add_daemon_parsers(sub)
     add_job_parsers(sub)
+    add_play_parsers(sub)
     add_manage_parsers(sub)
     add_demo_parser(sub)
     add_inventory_parser(sub)
     add_security_parsers(sub)
+    add_credential_parsers(sub)
     add_export_parsers(sub)
     add_db_parsers(sub)
     return one is None or one.found

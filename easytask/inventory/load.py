@@ -7,16 +7,22 @@ import datetime
 import json
 import os
 import re
+import sys
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from easytask.errors import InventoryError, NoHostsMatched, PatternError, SourceLocation
+from easytask.facts import fact_vars
 from easytask.inventory.hostnames import AddressError, is_ip_address, parse_address
 from easytask.inventory.ini import parse_ini
 from easytask.inventory.model import Group, Host, InventoryData
+from easytask.inventory.patterns import IMPLICIT_LOCALHOST
 from easytask.inventory.patterns import select as select_hosts
+from easytask.inventory.script import ScriptRunner, is_script, parse_script
 from easytask.inventory.yamlfile import load_document, parse_structured
 from easytask.sourceyaml import Source, UnsafeText, type_name
 
@@ -24,8 +30,10 @@ __all__ = [
     "Group",
     "Host",
     "Inventory",
+    "ScriptRunner",
     "UnsafeText",
     "dumps_json",
+    "dumps_yaml",
     "load_inventory",
 ]
 
@@ -55,9 +63,12 @@ INTERNAL_VARS = frozenset((
 ))  # fmt: skip
 
 
-def load_inventory(paths: str | Path | Sequence[str | Path]) -> Inventory:
+def load_inventory(
+    paths: str | Path | Sequence[str | Path], scripts: ScriptRunner | None = None
+) -> Inventory:
     """Load one or more inventory sources: files, directories, or `host1,host2,` lists.
 
+    An executable file is an inventory script, run with `scripts` (without it, an error).
     No source at all gives an empty inventory (only the groups `all` and `ungrouped`).
     """
     sources = [paths] if isinstance(paths, (str, Path)) else list(paths)
@@ -71,7 +82,7 @@ def load_inventory(paths: str | Path | Sequence[str | Path]) -> Inventory:
         path = Path(os.path.expanduser(text))
         if not path.exists():
             raise InventoryError(f"inventory source not found: {text}")
-        _parse_source(path, data)
+        _parse_source(path, data, scripts)
         var_dirs.append(path if path.is_dir() else path.parent)
     data.reconcile()
     return Inventory(data, [str(s) for s in sources], _VarsFiles(var_dirs))
@@ -86,9 +97,11 @@ class Inventory:
         self.sources = sources
         self._var_files = var_files
         self._group_hosts: dict[str, list[str]] = {}
+        self._implicit: dict[str, Host] = {}
         var_files.preload("group_vars", self.groups)
         var_files.preload("host_vars", self.hosts)
         self.warnings: list[str] = data.warnings + var_files.warnings
+        self.facts: dict[str, dict[str, Any]] = {}  # host -> its fact variables (agents)
 
     def __repr__(self) -> str:
         return f"<Inventory {len(self.hosts)} hosts, {len(self.groups)} groups from {self.sources}>"
@@ -130,8 +143,14 @@ class Inventory:
         """The host names a pattern selects, in Ansible's order; raises NoHostsMatched/PatternError."""
         return select_hosts(self, pattern)
 
-    def with_extra_hosts(self, extra: Mapping[str, Sequence[str]]) -> Inventory:
-        """A copy with more hosts (e.g. connected agents) and group labels added; groups are created as needed."""
+    def with_extra_hosts(
+        self,
+        extra: Mapping[str, Sequence[str]],
+        facts: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> Inventory:
+        """A copy with more hosts (e.g. connected agents) and group labels added; groups are
+        created as needed. `facts` (host -> what its agent reports) become its fact variables
+        (`ansible_facts`, `ansible_hostname`, ...) among its magic vars."""
         data = InventoryData.copy_of(self.hosts, self.groups)
         for name, labels in extra.items():
             if name not in data.hosts:
@@ -141,7 +160,9 @@ class Inventory:
             for label in labels:
                 data.add_host(name, data.add_group(label))
         data.reconcile()
-        return Inventory(data, self.sources, self._var_files)
+        merged = Inventory(data, self.sources, self._var_files)
+        merged.facts = {name: fact_vars(f) for name, f in (facts or {}).items()}
+        return merged
 
     # -- variables -------------------------------------------------------------------------
 
@@ -152,6 +173,11 @@ class Inventory:
         then ansible_group_priority, then name), group_vars/all, group_vars of the other groups
         in the same order, the host's inventory vars, host_vars/.
         """
+        return copy.deepcopy(self._merged_vars(name))
+
+    def _merged_vars(self, name: str) -> dict[str, Any]:
+        """host_vars without the copy: values shared with the groups, as Ansible shares them (its
+        YAML output then writes a value used by several hosts once, with an anchor)."""
         host = self._host(name)
         groups = self._sorted_groups([g for g in self.host_groups(name) if g != "all"])
         merged: dict[str, Any] = dict(self.groups["all"].vars)
@@ -165,7 +191,7 @@ class Inventory:
         merged.update(host.vars)
         for index in range(len(self._var_files.dirs)):
             merged.update(self._var_files.get(index, "host_vars", name))
-        return copy.deepcopy({k: v for k, v in merged.items() if k not in INTERNAL_VARS})
+        return {k: v for k, v in merged.items() if k not in INTERNAL_VARS}
 
     def group_vars(self, name: str) -> dict[str, Any]:
         """A group's own variables: the inventory's, then its group_vars files (`--graph --vars`)."""
@@ -185,6 +211,7 @@ class Inventory:
         short = name if is_ip_address(name) else name.split(".")[0]
         source = os.path.abspath(host.source) if host.source else None
         return {
+            **self.facts.get(name, {}),
             "inventory_hostname": name,
             "inventory_hostname_short": short,
             "group_names": [g for g in self.host_groups(name) if g != "all"],
@@ -200,15 +227,30 @@ class Inventory:
         )
 
     def _host(self, name: str) -> Host:
-        try:
+        if name in self.hosts:
             return self.hosts[name]
-        except KeyError:
-            raise NoHostsMatched(f"no host named {name!r} in the inventory") from None
+        if name in IMPLICIT_LOCALHOST:  # Ansible's implicit localhost: local, not in `all`
+            if name not in self._implicit:
+                local = {
+                    "ansible_python_interpreter": sys.executable,
+                    "ansible_connection": "local",
+                }
+                self._implicit[name] = Host(name, vars=local)
+            return self._implicit[name]
+        raise NoHostsMatched(f"no host named {name!r} in the inventory")
+
+    def own_host_vars(self, name: str) -> dict[str, Any]:
+        """A host's own variables: the inventory's, then its host_vars files (`--export`)."""
+        merged = dict(self._host(name).vars)
+        for index in range(len(self._var_files.dirs)):
+            merged.update(self._var_files.get(index, "host_vars", name))
+        return copy.deepcopy({k: v for k, v in merged.items() if k not in INTERNAL_VARS})
 
     # -- output like ansible-inventory -------------------------------------------------------
 
-    def to_list_json(self) -> dict[str, Any]:
-        """The data of `ansible-inventory --list` (dump it with `dumps_json` for the exact text)."""
+    def to_list_json(self, export: bool = False) -> dict[str, Any]:
+        """The data of `ansible-inventory --list [--export]` (dump it with `dumps_json` for the
+        exact text); with export, group variables stay on their groups."""
         out: dict[str, Any] = {}
         seen: set[str] = set()
 
@@ -219,6 +261,8 @@ class Inventory:
                 entry["hosts"] = list(group.hosts)
             if group.children:
                 entry["children"] = list(group.children)
+            if export and (values := self.group_vars(name)):
+                entry["vars"] = jsonable(values)
             if entry:
                 out[name] = entry
             for kid in group.children:
@@ -229,11 +273,41 @@ class Inventory:
         add("all")
         hostvars: dict[str, Any] = {}
         for host in self.group_hosts("all"):
-            values = self.host_vars(host)
+            values = self.own_host_vars(host) if export else self.host_vars(host)
             if values:
                 hostvars[host] = jsonable(values)
         out["_meta"] = {"hostvars": hostvars, "profile": "inventory_legacy"}
         return out
+
+    def to_yaml_tree(self, export: bool = False) -> dict[str, Any]:
+        """The tree `ansible-inventory --list --yaml [--export]` prints: a host's variables
+        where it first appears, `{}` after that."""
+        seen_hosts: set[str] = set()
+        seen_groups: set[str] = set()
+
+        def tree(name: str) -> dict[str, Any]:
+            group = self.groups[name]
+            children: dict[str, Any] = {}
+            for kid in group.children:
+                if kid in seen_groups:
+                    children[kid] = {}
+                else:
+                    children.update(tree(kid))
+                    seen_groups.add(kid)
+            hosts: dict[str, Any] = {}
+            for host in group.hosts if name != "all" else []:
+                values: dict[str, Any] = {}
+                if host not in seen_hosts:
+                    seen_hosts.add(host)
+                    values = self.own_host_vars(host) if export else self._merged_vars(host)
+                hosts[host] = values
+            entry = {"children": children, "hosts": hosts}
+            if export:
+                entry["vars"] = self.group_vars(name)
+            entry = {key: value for key, value in entry.items() if value}
+            return {name: entry} if entry else {}
+
+        return tree("all")
 
     def graph(self, group: str = "all", with_vars: bool = False) -> str:
         """The tree `ansible-inventory --graph [GROUP] [--vars]` prints (without a final newline)."""
@@ -286,6 +360,22 @@ def _json_key(key: Any) -> Any:
     return json.dumps(key)
 
 
+class _YamlDumper(yaml.SafeDumper):
+    """Ansible's dumper for what an inventory holds: `!unsafe` strings written as plain ones,
+    anchors for shared lists and mappings only."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return isinstance(data, (datetime.date, datetime.time)) or super().ignore_aliases(data)
+
+
+_YamlDumper.add_representer(UnsafeText, lambda dumper, value: dumper.represent_str(str(value)))
+
+
+def dumps_yaml(data: Any) -> str:
+    """YAML formatted as ansible-inventory --yaml prints it: block style, sorted keys."""
+    return yaml.dump(data, Dumper=_YamlDumper, default_flow_style=False, allow_unicode=True)
+
+
 def dumps_json(data: Any) -> str:
     """JSON formatted exactly as ansible-inventory prints it: sorted keys, indent 4, UTF-8."""
     return json.dumps(jsonable(data), sort_keys=True, indent=4, ensure_ascii=False)
@@ -308,15 +398,25 @@ def _parse_host_list(text: str, data: InventoryData) -> None:
             data.add_host(name, "ungrouped", port)
 
 
-def _parse_source(path: Path, data: InventoryData) -> None:
+def _parse_source(path: Path, data: InventoryData, scripts: ScriptRunner | None) -> None:
     if path.is_dir():
         for entry in sorted(os.listdir(path)):
             if not _IGNORED.search(entry):
-                _parse_source(path / entry, data)
+                _parse_source(path / entry, data, scripts)
         return
     data.current_source = str(path)
     try:
-        _parse_file(path, data)
+        if is_script(path):
+            if scripts is None:
+                raise InventoryError(f"{path} is an inventory script, and scripts are not run here")
+            if parse_script(os.path.abspath(path), scripts, data):
+                return
+        try:
+            _parse_file(path, data)
+        except InventoryError as exc:
+            if not is_script(path) and path.read_bytes().startswith(b"#!"):
+                exc.message += " (a file starting with #! is run as an inventory script only when it is executable: chmod +x it)"
+            raise
     finally:
         data.current_source = None
 

@@ -1,7 +1,13 @@
 """Planning: an ad hoc command or a playbook plus an inventory -> the runs of a job (pure code)."""
 
 from easytask.plan.adhoc import CONNECTIONS, HostSource, PlannedRun, connection_of, plan_adhoc
-from easytask.plan.check import CheckedRun, check_playbook, dumps_check, format_check
+from easytask.plan.check import (
+    CheckedRun,
+    check_limits,
+    check_playbook,
+    dumps_check,
+    format_check,
+)
 from easytask.plan.playbook import (
     PlannedTask,
     PlaybookPlan,
@@ -32,6 +38,7 @@ __all__ = [
     "RenderedAction",
     "RunKey",
     "TaskRun",
+    "check_limits",
     "check_playbook",
     "connection_of",
     "dumps_check",

@@ -8,12 +8,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from easytask.errors import TemplateError
+from easytask.facts import FACT_VARIABLES
 from easytask.plan.playbook import PlannedTask, PlaybookPlan, TaskRun
 from easytask.plan.render import evaluate_when, render_action, run_label
-from easytask.templating import variables
+from easytask.templating import TemplateLimit, variables
 
 __all__ = [
     "CheckedRun",
+    "check_limits",
     "check_playbook",
     "dumps_check",
     "format_check",
@@ -21,24 +23,32 @@ __all__ = [
 
 
 class _ResultText(str):
-    """`results.<task>...` in --check: renders as `<results of task.stdout>`."""
+    """`results.<task>...` in --check: renders as `<results of task.stdout>` (`<fact ...>` for
+    a fact, which only a live host knows)."""
 
     _path: str
+    _kind: str
 
-    def __new__(cls, path: str) -> _ResultText:
-        text = super().__new__(cls, f"<results of {path}>")
+    def __new__(cls, path: str, kind: str = "results of") -> _ResultText:
+        text = super().__new__(cls, f"<{kind} {path}>")
         text._path = path
+        text._kind = kind
         return text
 
     def __getattr__(self, name: str) -> _ResultText:
         if name.startswith("_"):
             raise AttributeError(name)
-        return _ResultText(f"{self._path}.{name}")
+        return _ResultText(f"{self._path}.{name}", self._kind)
 
     def __getitem__(self, key: Any) -> Any:
         if isinstance(key, str):
-            return _ResultText(f"{self._path}.{key}")
-        return _ResultText(f"{self._path}[{key if isinstance(key, int) else '...'}]")
+            return _ResultText(f"{self._path}.{key}", self._kind)
+        index = key if isinstance(key, int) else "..."
+        return _ResultText(f"{self._path}[{index}]", self._kind)
+
+
+# Facts in --check: placeholders where the host's own are not known (agentless, or no agent).
+_CHECK_FACTS = {name: _ResultText(name, "fact") for name in FACT_VARIABLES}
 
 
 class _CheckResults(Mapping[str, Any]):
@@ -79,7 +89,8 @@ def check_playbook(plan: PlaybookPlan) -> list[CheckedRun]:
     for run in plan.runs:
         task = plan.task(run.task)
         host = run.host or run.candidates[0]
-        context = plan.context(host, _CheckResults())
+        known = "ansible_facts" in plan.host_vars.get(host, {})
+        context = plan.context(host, _CheckResults(), None if known else _CHECK_FACTS)
         when: bool | None = True
         try:
             if task.when is not None:
@@ -94,6 +105,29 @@ def check_playbook(plan: PlaybookPlan) -> list[CheckedRun]:
             continue
         checked.append(CheckedRun(run, host, line, when))
     return checked
+
+
+def check_limits(plan: PlaybookPlan) -> None:
+    """Raise TemplateLimit if a task's templates go past the limits on their work, rendered
+    as --check does on the task's first host (results of earlier tasks as placeholders).
+
+    Only the limits: any other template error is the run's, found when it starts."""
+    seen: set[str] = set()
+    for run in plan.runs:
+        if run.task in seen:
+            continue
+        seen.add(run.task)
+        task = plan.task(run.task)
+        host = run.host or run.candidates[0]
+        context = plan.context(host, _CheckResults())
+        try:
+            if task.when is not None and "results" not in variables(task.when, expression=True):
+                evaluate_when(task, host, context)
+            render_action(task, host, context)
+        except TemplateLimit:
+            raise
+        except TemplateError:
+            continue
 
 
 def _check_line(task: PlannedTask, host: str, context: Mapping[str, Any]) -> str:

@@ -21,6 +21,7 @@ from easytask.errors import (
     UsageError,
 )
 from easytask.plan.adhoc import HostSource, connection_of
+from easytask.plan.become import agentless_refusal, resolve_become, task_request
 from easytask.playbook import RESERVED_VARS, TAG, Action, Playbook, Task, load_yaml
 from easytask.templating import Vars
 
@@ -111,6 +112,7 @@ class PlaybookPlan:
     limit: str | None = None
     tags: tuple[str, ...] = ()  # --tags: only tasks with one of these (Ansible's rules)
     skip_tags: tuple[str, ...] = ()  # --skip-tags
+    credentials: tuple[str, ...] = ()  # secret vars the credential store gave (their names)
 
     @property
     def name(self) -> str:
@@ -156,12 +158,20 @@ class PlaybookPlan:
         """How a host is reached: `agent` or `ssh` (its `easytask_connection`)."""
         return connection_of(host, dict(self.host_vars.get(host, {})))
 
-    def context(self, host: str, results: Mapping[str, Any] | None = None) -> Vars:
-        """The template variables on a host: inventory and magic vars < play vars < extra vars.
+    def context(
+        self,
+        host: str,
+        results: Mapping[str, Any] | None = None,
+        facts: Mapping[str, Any] | None = None,
+    ) -> Vars:
+        """The template variables on a host: facts < inventory and magic vars < play vars <
+        extra vars.
 
-        `results` (task name -> `task_result(...)`) is there as-is, never rendered.
+        `results` (task name -> `task_result(...)`) is there as-is, never rendered. `facts` are
+        an agentless host's fact variables gathered for the job (an agent's are among its
+        magic vars already).
         """
-        base = dict(self.host_vars.get(host, {}))
+        base = {**(facts or {}), **self.host_vars.get(host, {})}
         base.setdefault("inventory_hostname", host)
         base.update(playbook_dir=self.playbook.base_dir, ansible_play_hosts=list(self.hosts))
         literal = {"results": results if results is not None else {}}
@@ -219,6 +229,15 @@ def plan_playbook(
                 values.update(inventory.host_vars(host))
                 connection_of(host, values)
                 host_vars[host] = values
+    for task in tasks:
+        for host in task.hosts:
+            values = host_vars[host]
+            become = resolve_become(host, values, task_request(playbook, task.task))
+            refusal = (
+                agentless_refusal(host, become) if connection_of(host, values) == "ssh" else None
+            )
+            if refusal:
+                raise UsageError(f"task {task.name!r}: {refusal}", location=task.location)
     return PlaybookPlan(
         playbook=playbook,
         hosts=play_hosts,

@@ -38,9 +38,12 @@ class RenderedAction:
     env: Mapping[str, str] = field(default_factory=dict)
     cwd: str | None = None
 
-    def shell_line(self, script_path: str | None = None) -> str:
+    def shell_line(self, script_path: str | None = None, *, env: bool = True) -> str:
         """The line to run on the host: the command (or the uploaded script at `script_path`
-        with its arguments), after `cd CWD || exit 1` and `export NAME=VALUE` when set."""
+        with its arguments), after `cd CWD || exit 1` and `export NAME=VALUE` when set.
+
+        `env=False` leaves the exports out: the run passes `env` to the command another way,
+        out of its command line."""
         if self.kind == "copy":
             raise ValueError("a copy has no command line")
         if self.kind == "script":
@@ -52,7 +55,7 @@ class RenderedAction:
         prefix = []
         if self.cwd:
             prefix.append(f"cd {shlex.quote(self.cwd)} || exit 1")
-        if self.env:
+        if self.env and env:
             prefix.append(
                 "export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
             )

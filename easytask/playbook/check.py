@@ -62,6 +62,7 @@ class PlaybookChecker(TaskChecker):
         forks = self.integer(data, "forks", "the play", low=1)
         schedule, tz, catch_up = self.schedule(data)
         notify = self.notify(data)
+        become, become_user = self.become(data, "the play")
         tasks = self.tasks(data, defaults or Defaults())
         if hosts is None or tasks is None or defaults is None or self.errors:
             return None
@@ -83,6 +84,8 @@ class PlaybookChecker(TaskChecker):
             tz=tz,
             catch_up=catch_up,
             notify=notify,
+            become=become,
+            become_user=become_user,
             text=text,
             locations={k: self.src.key(data, k) for k in data},
         )

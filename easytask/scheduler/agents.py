@@ -477,6 +477,14 @@ class AgentRegistry:
             if info.state == AgentState.ACCEPTED
         }
 
+    def declared_facts(self) -> dict[str, dict[str, Any]]:
+        """What each accepted agent reports about its host (for its fact variables)."""
+        return {
+            name: info.facts
+            for name, info in self.agents.items()
+            if info.state == AgentState.ACCEPTED and info.facts
+        }
+
     def least_busy(self, candidates: Sequence[str]) -> str:
         """The online agent with the lowest running/slots, then load; else the first candidate."""
         best: tuple[float, float, int] | None = None

@@ -1,5 +1,6 @@
 """The audit chain's checkpoints: signed and written outside the database as the chain grows,
-at start and at shutdown, and checked with the chain by `verify`."""
+at start and at shutdown (and POSTed to a webhook if one is set), and checked with the chain by
+`verify`."""
 
 from __future__ import annotations
 
@@ -10,10 +11,121 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
+
+from easytask import __version__
+from easytask.scheduler.egress import url_origin
 from easytask.store.checkpoints import CheckpointLog
 from easytask.store.db import Store
 
 log = logging.getLogger("easytask.server")
+
+
+class CheckpointWebhook:
+    """POSTs each signed checkpoint line, as written to the file, to a URL: one background task
+    works through a bounded queue, retrying a failed POST with exponential backoff, so the
+    server never waits for the receiver. When the queue is full the oldest checkpoint is
+    dropped (the file keeps it; the next one covers the chain up to a later head)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        attempts: int = 5,
+        backoff: float = 1.0,
+        max_backoff: float = 60.0,
+        timeout: float = 10.0,
+        queue: int = 100,
+    ) -> None:
+        self.url = url
+        self.where = url_origin(url)
+        self.attempts = attempts
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.timeout = timeout
+        self._queue: asyncio.Queue[str] = asyncio.Queue(maxsize=queue)
+        self._task: asyncio.Task[None] | None = None
+        self._client: httpx.AsyncClient | None = None
+        self.sent = 0
+        self.failed = 0
+
+    def start(self) -> None:
+        """Start the sending task (in the running loop)."""
+        if self._task is None:
+            self._client = httpx.AsyncClient(
+                timeout=self.timeout,
+                follow_redirects=False,
+                headers={"user-agent": f"EasyTask/{__version__}"},
+            )
+            self._task = asyncio.create_task(self._run(), name="audit-checkpoint-webhook")
+
+    def send(self, line: str) -> None:
+        """Queue one signed checkpoint line (returns at once)."""
+        if self._queue.full():
+            self._queue.get_nowait()
+            self._queue.task_done()
+            self.failed += 1
+            log.warning(
+                "audit checkpoint webhook %s: queue full, oldest checkpoint dropped", self.where
+            )
+        self._queue.put_nowait(line)
+
+    async def _run(self) -> None:
+        while True:
+            line = await self._queue.get()
+            try:
+                await self._deliver(line)
+            except Exception as exc:  # the sender outlives any one checkpoint
+                self.failed += 1
+                # the class only, as for HTTP errors: a message may quote the URL
+                log.error("audit checkpoint webhook %s: %s", self.where, type(exc).__name__)
+            finally:
+                self._queue.task_done()
+
+    async def _deliver(self, line: str) -> None:
+        assert self._client is not None
+        headers = {"content-type": "application/json", "X-EasyTask-Event": "audit.checkpoint"}
+        for attempt in range(1, self.attempts + 1):
+            try:
+                resp = await self._client.post(self.url, content=line.encode(), headers=headers)
+                problem = "" if 200 <= resp.status_code < 300 else f"HTTP {resp.status_code}"
+            except httpx.HTTPError as exc:
+                # the exception's class only: its text may quote the URL
+                problem = type(exc).__name__
+            if not problem:
+                self.sent += 1
+                return
+            if attempt == self.attempts:
+                break
+            delay = min(self.backoff * 2 ** (attempt - 1), self.max_backoff)
+            log.warning(
+                "audit checkpoint webhook %s failed (%s, attempt %d of %d); retry in %gs",
+                self.where,
+                problem,
+                attempt,
+                self.attempts,
+                delay,
+            )
+            await asyncio.sleep(delay)
+        self.failed += 1
+        log.error(
+            "audit checkpoint webhook %s failed %d times; this checkpoint is in the file only",
+            self.where,
+            self.attempts,
+        )
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Give queued checkpoints a moment to go out, then stop."""
+        if self._task is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self._queue.join()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        if self._client is not None:
+            await self._client.aclose()
 
 
 class AuditAnchor:
@@ -28,9 +140,11 @@ class AuditAnchor:
         every: int = 100,
         interval: float = 300.0,
         poll: float = 5.0,
+        webhook: CheckpointWebhook | None = None,
     ) -> None:
         self.store = store
         self.checkpoints = checkpoints
+        self.webhook = webhook
         self.every = every
         self.interval = interval
         self.poll = poll
@@ -60,6 +174,8 @@ class AuditAnchor:
             self._plain_until = plain
             self._last, self._last_at = (head_id, head_hash), time.monotonic()
             log.info("audit checkpoint: %s", line)
+            if self.webhook is not None:
+                self.webhook.send(line)
             return {"head_id": head_id, "head_hash": head_hash, "count": count, "at": at}
 
     async def verify(self) -> dict[str, Any]:
@@ -79,6 +195,8 @@ class AuditAnchor:
 
     async def start(self) -> None:
         """Checkpoint now (a server starting anchors the chain it found), then in the background."""
+        if self.webhook is not None:
+            self.webhook.start()
         await self.checkpoint(force=True)
         self._task = asyncio.create_task(self._loop(), name="audit-checkpoints")
 
@@ -100,3 +218,5 @@ class AuditAnchor:
             await self.checkpoint(force=True)
         except Exception:
             log.exception("audit checkpoint at shutdown failed")
+        if self.webhook is not None:
+            await self.webhook.close()

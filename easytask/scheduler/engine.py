@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -130,9 +131,11 @@ class JobEngine:
         source: str,
         kind: str = "adhoc",
         audit: AuditNote | None = None,
+        job_vars: dict[str, Any] | None = None,
     ) -> tuple[Job, list[Run]]:
         """Record a job and its runs (with `audit`, the submission's audit event in the same
-        transaction: stored before anything runs), then start executing it."""
+        transaction: stored before anything runs), then start executing it. `job_vars` are
+        kept in `job.vars` (the upload a copy or script sends, for retention)."""
         if not planned:
             raise UsageError("nothing to run")
         job = Job(
@@ -146,7 +149,10 @@ class JobEngine:
             pending_timeout=options.pending_timeout,
             forks=options.forks,
             masked=bool(masks(options)),
+            vars=json.dumps(job_vars or {}),
         )
+        if options.become.as_dict():  # what a later server process needs to run it the same
+            job.vars = json.dumps({"become": options.become.as_dict()})
         now = utcnow()  # given, not defaulted: a model's default factory costs per object
         runs = [
             Run(

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import asyncssh
 
 from easytask.masking import Masker
+from easytask.plan.become import resolve_become
 from easytask.scheduler.inflight import JobOptions, masks
 from easytask.scheduler.output import RunOutput
 from easytask.store.db import Store
@@ -83,8 +84,9 @@ class FileAction:
     interpreter: str | None = None
     store_dir: str = ""
 
-    def shell_line(self, script_path: str) -> str:
-        """The command that runs an uploaded script with its arguments."""
+    def shell_line(self, script_path: str, *, env: bool = True) -> str:
+        """The command that runs an uploaded script with its arguments (an ad hoc script has
+        no exports: `env` is there to match a playbook's RenderedAction.shell_line)."""
         head = f"{self.interpreter} " if self.interpreter else ""
         return head + shlex.quote(script_path) + (f" {self.args}" if self.args else "")
 
@@ -238,21 +240,26 @@ async def script(
     assert run.id is not None
     remote_dir = f"/tmp/.easytask-{run.id}-{secrets.token_hex(4)}"
     remote = f"{remote_dir}/{Path(action.src).name}"
+    # a script that runs as another user (become) must be readable by it while it runs
+    mode = 0o755 if resolve_become(run.host, hostvars, options.become) else 0o700
     try:
         async with conn.start_sftp_client() as sftp:
-            await sftp.mkdir(remote_dir, asyncssh.SFTPAttrs(permissions=0o700))
+            await sftp.mkdir(remote_dir, asyncssh.SFTPAttrs(permissions=mode))
             await sftp.put(action.src, remote, **SFTP_OPTS)
-            await sftp.chmod(remote, 0o700)
+            await sftp.chmod(remote, mode)
     except (OSError, asyncssh.Error) as exc:
         reason = Masker(masks(options))(f"could not upload the script: {exc}")
         await engine.finish(run, RunState.FAILED, reason=reason)
         return
-    line = action.shell_line(remote)
-    command = f"( {line}\n); rc=$?; rm -rf {shlex.quote(remote_dir)}; exit $rc"
+
+    def wrapped(line: str) -> str:
+        return f"( {line}\n); rc=$?; rm -rf {shlex.quote(remote_dir)}; exit $rc"
+
     # the stored command shows **** where a secret was rendered into it (arguments, env)
-    stored = Masker(masks(options))(command)
+    stored = Masker(masks(options))(wrapped(action.shell_line(remote)))
     await engine.store.call(engine.store.update_run, run.id, None, "", command=stored)
-    run.command = command
+    # a task's `env:` goes to the command apart from its line (options.env)
+    run.command = wrapped(action.shell_line(remote, env=False))
     if run.connection == "agent":
         run.state = RunState.QUEUED
     await engine.execute_one(run, hostvars, options)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from easytask.plan.become import Become, BecomeRequest
 from easytask.store.db import Store
 from easytask.store.models import Run
 
@@ -22,7 +23,14 @@ class JobOptions:
     timeout_total: float | None = None  # the run's whole timeout (timeout is what is left)
     file_action: Any = None  # a fileops.FileAction: copy, script or fetch instead of a command
     secret_env: dict[str, str] = field(default_factory=dict)  # exported to the command, masked
+    env: dict[str, str] = field(default_factory=dict)  # exported too (a playbook task's `env:`)
     masks: tuple[str, ...] = ()  # further values masked in the output (playbook secrets)
+    # From the credential store, for agentless hosts (host -> value); masked, never kept on disk
+    ssh_keys: dict[str, str] = field(default_factory=dict, repr=False)
+    # For become (sudo -S reads it on stdin); this release only carries and masks it
+    become_passwords: dict[str, str] = field(default_factory=dict, repr=False)
+    become: BecomeRequest = field(default_factory=BecomeRequest)  # the job's or task's ask
+    as_user: Become | None = None  # resolved for one run, with its host's variables
 
     def __post_init__(self) -> None:
         if self.timeout_total is None:
@@ -34,9 +42,22 @@ def run_timeout_text(options: JobOptions) -> str:
     return f"{options.timeout_total:g}s" if options.timeout_total else "timeout"
 
 
+def command_env(options: JobOptions) -> dict[str, str]:
+    """The variables exported to a run's command: its task's `env:`, then its secrets.
+
+    They travel apart from the command line: on the agentless channel's stdin, on an agent's
+    link with the command (see Execution)."""
+    return {**options.env, **options.secret_env}
+
+
 def masks(options: JobOptions) -> tuple[str, ...]:
     """Every value masked in a run's output: its secret environment and further masks."""
-    return (*options.secret_env.values(), *options.masks)
+    return (
+        *options.secret_env.values(),
+        *options.masks,
+        *options.ssh_keys.values(),
+        *options.become_passwords.values(),
+    )
 
 
 class KillSwitch(asyncio.Event):

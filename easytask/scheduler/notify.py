@@ -1,4 +1,8 @@
-"""Webhooks on job finish: a signed JSON POST, retried with exponential backoff, every try stored."""
+"""Webhooks on job finish: a signed JSON POST, retried with exponential backoff, every try stored.
+
+Each attempt checks its URL against the server's allowlist and the addresses its name resolves
+to (`egress.WebhookTargets.pin`) and connects to the address it checked; redirects are never
+followed. A refused URL is recorded as a failed attempt and not tried again."""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from typing import Any
 import httpx
 
 from easytask import __version__
+from easytask.scheduler.egress import WebhookRefused, WebhookTargets
 from easytask.store.db import Store
 from easytask.store.models import Job, Run, RunState, WebhookDelivery, as_utc
 from easytask.store.serialize import iso_time
@@ -75,6 +80,7 @@ class Notifier:
         console_url: str,
         *,
         default: Webhook | None = None,
+        targets: WebhookTargets | None = None,
         attempts: int = 4,
         backoff: float = 1.0,
         timeout: float = 10.0,
@@ -84,6 +90,7 @@ class Notifier:
         self.secret = secret
         self.console_url = console_url
         self.default = default
+        self.targets = targets or WebhookTargets((), default.url if default else None)
         self.attempts = attempts
         self.backoff = backoff
         self.timeout = timeout
@@ -93,6 +100,10 @@ class Notifier:
             timeout=timeout,
             follow_redirects=False,
             headers={"user-agent": f"EasyTask/{__version__}"},
+            # straight to the address checked: no proxy from the environment, and no
+            # connection kept for another name that resolves to the same address
+            trust_env=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
         )
 
     async def job_finished(self, job: Job) -> None:
@@ -127,11 +138,17 @@ class Notifier:
             started = time.monotonic()
             status: int | None = None
             error = ""
+            refused = False
             try:
-                resp = await self._client.post(url, content=body, headers=headers)
+                pinned, host, extensions = await self.targets.pin(url)
+                resp = await self._client.post(
+                    pinned, content=body, headers={**headers, **host}, extensions=extensions
+                )
                 status = resp.status_code
                 if not 200 <= status < 300:
                     error = f"HTTP {status}"
+            except WebhookRefused as exc:
+                error, refused = f"refused: {exc.message}", True
             except httpx.HTTPError as exc:
                 error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             ok = not error
@@ -154,6 +171,14 @@ class Notifier:
                     "job %s: webhook delivered to %s",
                     job.id,
                     url,
+                    extra={"job": job.id, "url": url, "attempt": attempt},
+                )
+                return
+            if refused:
+                log.warning(
+                    "job %s: webhook %s",
+                    job.id,
+                    error,
                     extra={"job": job.id, "url": url, "attempt": attempt},
                 )
                 return

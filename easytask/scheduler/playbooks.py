@@ -7,22 +7,29 @@ import hashlib
 import json
 import logging
 import shlex
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from easytask.errors import EasyTaskError
+from easytask.facts import fact_vars, uses_facts
 from easytask.masking import Masker
 from easytask.plan import (
     PlannedTask,
     PlaybookPlan,
+    RenderedAction,
     RunKey,
     TaskRun,
+    check_limits,
     evaluate_when,
     render_action,
     stop_after_batch,
     task_result,
 )
+from easytask.plan.become import task_request
 from easytask.scheduler import fileops, secretfile
 from easytask.scheduler.engine import JobEngine
 from easytask.scheduler.inflight import JobOptions
@@ -34,6 +41,24 @@ log = logging.getLogger("easytask.server")
 
 ANY_HOST = "(any)"
 OK_FOR_NEEDS = (RunState.SUCCESS, RunState.SKIPPED)
+
+T = TypeVar("T")
+
+# Templates render in these threads, never on the event loop: a render's work is bounded
+# (easytask.templating: steps, output, time) but may take up to its time limit.
+_RENDER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="easytask-render")
+
+
+async def off_loop(fn: Callable[..., T], *args: Any) -> T:
+    """Run a call that renders templates in the render threads."""
+    return await asyncio.get_running_loop().run_in_executor(_RENDER, partial(fn, *args))
+
+
+def _prepare(task: PlannedTask, host: str, context: Mapping[str, Any]) -> RenderedAction | None:
+    """The run's action rendered for its host, or None when its `when` is false."""
+    if not evaluate_when(task, host, context):
+        return None
+    return render_action(task, host, context)
 
 
 @dataclass
@@ -70,6 +95,25 @@ class PlaybookJob:
         forks = plan.forks or 0
         self._forks = asyncio.Semaphore(forks) if forks > 0 else None
         self.stopped_reason = ""
+        # from the credential store, for agentless hosts: host -> SSH key, become password
+        self.ssh_keys: dict[str, str] = {}
+        self.become_passwords: dict[str, str] = {}
+        # agentless hosts gather facts once per job, when the playbook names one
+        self._gather = uses_facts(plan.playbook.text)
+        self._facts: dict[str, asyncio.Task[dict[str, Any]]] = {}
+
+    async def host_facts(self, host: str) -> dict[str, Any]:
+        """An agentless host's fact variables for this job (gathered once, on first use);
+        none for agents (theirs come with the inventory) or when the playbook names no fact."""
+        if not self._gather or self.plan.connection(host) != "ssh":
+            return {}
+        if host not in self._facts:
+            hostvars = dict(self.plan.host_vars.get(host, {}))
+            options = JobOptions(ssh_keys={h: k for h, k in self.ssh_keys.items() if h == host})
+            self._facts[host] = asyncio.create_task(
+                self.engine.execution.gather_facts(host, hostvars, options), name=f"facts-{host}"
+            )
+        return fact_vars(await asyncio.shield(self._facts[host]))
 
     async def run(self) -> None:
         """Run every batch in order; stop early when max_fail_percentage says so."""
@@ -151,13 +195,21 @@ class PlaybookJob:
             slot.run.host = host
             slot.run.agent = host
         results = self._results(planned)
-        context = self.plan.context(host, results)
         try:
-            if not evaluate_when(task, host, context):
+            facts = await self.host_facts(host)
+        except Exception as exc:
+            reason = f"gathering facts failed: {exc}"
+            await self.engine.finish(slot.run, RunState.UNREACHABLE, reason=reason)
+            slot.state = RunState.UNREACHABLE
+            slot.result = task_result(stderr=reason, rc=None, state=RunState.UNREACHABLE)
+            return
+        context = self.plan.context(host, results, facts)
+        try:
+            action = await off_loop(_prepare, task, host, context)
+            if action is None:
                 slot.skipped_by_when = True
                 await self._skip(slot, f"when is false: {task.when}")
                 return
-            action = render_action(task, host, context)
         except EasyTaskError as exc:
             await self.engine.finish(slot.run, RunState.FAILED, reason=str(exc))
             slot.state = RunState.FAILED
@@ -228,9 +280,15 @@ class PlaybookJob:
         return tuple(v for v in values if v)
 
     async def _attempt(self, run: Run, task: PlannedTask, action: Any, host: str) -> None:
-        masks = self.masks(host)
+        masks = await off_loop(self.masks, host) if self.plan.playbook.secrets else ()
         options = JobOptions(
-            timeout=task.timeout, pending_timeout=self.pending_timeout, masks=masks
+            timeout=task.timeout,
+            pending_timeout=self.pending_timeout,
+            masks=masks,
+            env=dict(action.env),  # exported apart from the command line (see shell_line)
+            ssh_keys={h: k for h, k in self.ssh_keys.items() if h == host},
+            become_passwords={h: p for h, p in self.become_passwords.items() if h == host},
+            become=task_request(self.plan.playbook, task.task),
         )
         hostvars = dict(self.plan.host_vars.get(host, {}))
         if action.kind == "copy":
@@ -239,12 +297,12 @@ class PlaybookJob:
         if action.kind == "script":
             await fileops.script(self.engine, run, hostvars, action, options)
             return
-        command = action.shell_line()
-        # the stored command shows **** where a secret was rendered into it
+        # the stored command shows the exports, and **** where a secret was rendered into it
+        shown = Masker(masks)(action.shell_line())
         await self.engine.store.call(
-            self.engine.store.update_run, run.id or 0, None, "", command=Masker(masks)(command)
+            self.engine.store.update_run, run.id or 0, None, "", command=shown
         )
-        run.command = command
+        run.command = action.shell_line(env=False)
         await self.engine.execute_one(run, hostvars, options)
 
     async def _resumed_attempt(self, run: Run, task: PlannedTask, action: Any, host: str) -> None:
@@ -261,7 +319,11 @@ class PlaybookJob:
             return
         # On an agent the command goes on under its supervisor: re-attach with the stored command
         # (for a script, the one that runs the already uploaded file).
-        options = JobOptions(timeout=task.timeout, pending_timeout=self.pending_timeout)
+        options = JobOptions(
+            timeout=task.timeout,
+            pending_timeout=self.pending_timeout,
+            become=task_request(self.plan.playbook, task.task),
+        )
         await self.engine.execute_one(run, dict(self.plan.host_vars.get(host, {})), options)
 
 
@@ -305,9 +367,13 @@ async def submit_playbook(
     pending_timeout: float,
     kind: str = "playbook",
     audit: AuditNote | None = None,
+    ssh_keys: Mapping[str, str] | None = None,
+    become_passwords: Mapping[str, str] | None = None,
 ) -> tuple[Job, list[Run]]:
     """Record a playbook job and its runs (with `audit`, the submission's audit event in the
-    same transaction), then run it in the background."""
+    same transaction), then run it in the background. A template past its limits is refused
+    first (TemplateLimit), with nothing stored."""
+    await off_loop(check_limits, plan)
     job = Job(
         kind=kind,
         name=plan.name,
@@ -330,9 +396,11 @@ async def submit_playbook(
     for run in runs:
         engine.track(run)
     runner = PlaybookJob(engine, plan, job, runs, pending_timeout)
+    runner.ssh_keys = dict(ssh_keys or {})
+    runner.become_passwords = dict(become_passwords or {})
     assert job.id is not None
     if plan.playbook.secrets:  # every host's values: a resumed run's output stays masked
-        masks = {m for host in plan.all_hosts for m in runner.masks(host)}
+        masks = await off_loop(lambda: {m for host in plan.all_hosts for m in runner.masks(host)})
         hidden = {k: v for k, v in plan.extra_vars.items() if k in plan.playbook.secrets}
         secretfile.save(engine.secrets_dir, job.id, {}, tuple(sorted(masks)), hidden)
     task = asyncio.create_task(_run(engine, runner), name=f"job-{job.id}")
@@ -368,7 +436,11 @@ def check_resumable(plan: PlaybookPlan, spec: dict[str, Any]) -> None:
 
 
 async def resume_playbook(
-    engine: JobEngine, plan: PlaybookPlan, job: Job, pending_timeout: float
+    engine: JobEngine,
+    plan: PlaybookPlan,
+    job: Job,
+    pending_timeout: float,
+    ssh_keys: Mapping[str, str] | None = None,
 ) -> int:
     """Continue a playbook job a previous server process left unfinished; returns runs to go.
 
@@ -390,6 +462,7 @@ async def resume_playbook(
         latest[(row.task, row.host)] = row
     current = [latest[(row.task, row.host)] for row in originals]
     runner = PlaybookJob(engine, plan, job, current, pending_timeout)
+    runner.ssh_keys = dict(ssh_keys or {})
     left = 0
     for slot in runner.slots.values():
         run = slot.run

@@ -3,13 +3,21 @@
 Successful runs go after `retention`, failed, terminated and unreachable ones after
 `retention_failed` (the same age when unset). Runs still in flight are never touched, jobs go
 when their last run goes, and the audit log is never pruned.
+
+Files in the state dir go the same way: a fetched file (`fetched/RUN_ID/`) once its run row is
+gone, an upload (`uploads/ID/`) and a submitted playbook's bundle (`bundles/ID/`) once no job
+row refers to them any more; none younger than the shorter retention (a file in the making
+has no row yet).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from easytask.store.db import Store
@@ -28,8 +36,10 @@ class Retention:
         retention: float | None,
         retention_failed: float | None,
         interval: float = 3600.0,
+        state_dir: Path | None = None,
     ) -> None:
         self.store = store
+        self.state_dir = state_dir
         self.retention = retention
         self.retention_failed = retention_failed
         self.interval = interval
@@ -63,9 +73,12 @@ class Retention:
             "retention_failed": failed_age,
         }
         store = self.store
+        ages = [a for a in (ok_age, failed_age) if a is not None]
         if dry_run:
             counts = await store.call(store.prune_counts, ok_before, failed_before)
-            return {**result, **counts}
+            # (the files of the runs counted are not old enough to count yet: they go with them)
+            files = await self._sweep_files(min(ages), dry_run=True) if ages else 0
+            return {**result, **counts, "files": files}
         total = {"jobs": 0, "runs": 0, "lines": 0}
         while ok_before is not None or failed_before is not None:
             done = await store.call(store.prune_batch, ok_before, failed_before, BATCH)
@@ -73,7 +86,27 @@ class Retention:
                 total[key] += done[key]
             if done["runs"] < BATCH:
                 break
-        return {**result, **total}
+        files = await self._sweep_files(min(ages)) if ages else 0
+        return {**result, **total, "files": files}
+
+    async def _sweep_files(self, age: float, dry_run: bool = False) -> int:
+        """Remove (or count) the state dir's files older than `age` whose run or job is gone."""
+        if self.state_dir is None:
+            return 0
+        old = await asyncio.to_thread(_entries_older_than, self.state_dir, time.time() - age)
+        run_ids = [int(name) for kind, name, _ in old if kind == "fetched"]
+        needles = [_needle(kind, name) for kind, name, _ in old if kind != "fetched"]
+        if not old:
+            return 0
+        runs, held = await self.store.call(self.store.file_refs, run_ids, needles)
+        gone = [
+            path
+            for kind, name, path in old
+            if (int(name) not in runs if kind == "fetched" else _needle(kind, name) not in held)
+        ]
+        if not dry_run:
+            await asyncio.to_thread(_remove, gone)
+        return len(gone)
 
     def start(self) -> None:
         """Prune periodically when a retention is set."""
@@ -85,12 +118,13 @@ class Retention:
         while True:
             try:
                 result = await self.prune()
-                if result["runs"]:
+                if result["runs"] or result["files"]:
                     log.info(
-                        "retention: deleted %d job(s), %d run(s), %d log line(s)",
+                        "retention: deleted %d job(s), %d run(s), %d log line(s), %d file(s)",
                         result["jobs"],
                         result["runs"],
                         result["lines"],
+                        result["files"],
                     )
                     await self.store.call(self.store.audit, "server", "prune", "retention", result)
             except asyncio.CancelledError:
@@ -105,3 +139,37 @@ class Retention:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+
+
+# What a job's `vars` holds for each kind of kept files: an upload's id (as a JSON string), a
+# bundle's directory (in the playbook's path).
+def _needle(kind: str, name: str) -> str:
+    return f'"{name}"' if kind == "uploads" else f"/bundles/{name}/"
+
+
+def _entries_older_than(state_dir: Path, before: float) -> list[tuple[str, str, Path]]:
+    """(kind, name, path) of each fetched run dir, upload and bundle last changed before."""
+    found = []
+    for kind in ("fetched", "uploads", "bundles"):
+        try:
+            entries = list((state_dir / kind).iterdir())
+        except OSError:
+            continue
+        for entry in entries:
+            if kind == "fetched" and not entry.name.isdigit():
+                continue
+            try:
+                if entry.is_symlink() or entry.lstat().st_mtime >= before:
+                    continue
+            except OSError:
+                continue
+            found.append((kind, entry.name, entry))
+    return found
+
+
+def _remove(paths: list[Path]) -> None:
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)

@@ -86,6 +86,9 @@ class Scheduler:
                 continue
             try:
                 job = await self._maybe_fire(row, now)
+            except EasyTaskError as exc:  # refused (a `notify:` URL not allowed, …): say why
+                log.error("schedule %s did not fire: %s", row.name, exc)
+                continue
             except Exception:
                 log.exception("schedule %s failed to fire", row.name)
                 continue

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,38 +17,54 @@ from easytask.inventory import Inventory, load_inventory
 from easytask.scheduler.agents import AgentRegistry
 from easytask.scheduler.auditanchor import AuditAnchor
 from easytask.scheduler.cluster import Cluster
+from easytask.scheduler.egress import WebhookTargets
 from easytask.scheduler.engine import JobEngine
 from easytask.scheduler.hub import LiveHub
 from easytask.scheduler.logwriter import LogWriter
 from easytask.scheduler.metrics import Metrics
 from easytask.scheduler.retention import Retention
 from easytask.scheduler.schedules import Scheduler
+from easytask.sealing import Keyring
 from easytask.store.db import Store
 from easytask.transport.agentlink import AgentListener
+from easytask.transport.invscript import run_script
 
 log = logging.getLogger("easytask.server")
 
 
 class InventorySource:
-    """The inventory file or directory, loaded again when a file of it changes."""
+    """The server's inventory sources, loaded again when a file of them changes and, when one is
+    an inventory script, when its output is older than `cache` seconds."""
 
-    def __init__(self, path: str | None) -> None:
-        self.path = path
+    def __init__(
+        self, paths: str | list[str] | None, timeout: float = 30.0, cache: float = 30.0
+    ) -> None:
+        self.paths = [paths] if isinstance(paths, str) else list(paths or [])
+        self.timeout = timeout
+        self.cache = cache
         self._inventory: Inventory | None = None
         self._stamp: Any = None
+        self._ran_script = False
+        self._loaded_at = 0.0
+        self._lock = threading.Lock()  # one load at a time: a script runs once for many jobs
 
     def now(self) -> Inventory:
-        """The inventory as its files are now (an empty one without files)."""
-        path = self.path
-        if not path or not Path(path).exists():
-            if self._inventory is None:
-                self._inventory = load_inventory([])
+        """The inventory as its files (and scripts) are now (an empty one without sources)."""
+        with self._lock:
+            sources = [p for p in self.paths if is_host_list(p) or Path(p).exists()]
+            stamp = tuple(tree_stamp(Path(p)) for p in sources if not is_host_list(p))
+            fresh = not self._ran_script or time.monotonic() - self._loaded_at < self.cache
+            if self._inventory is None or stamp != self._stamp or not fresh:
+                self._ran_script = False
+                self._inventory = None  # a failed load is tried again by the next job
+                self._inventory = load_inventory(sources, scripts=self._run)
+                self._stamp = stamp
+                self._loaded_at = time.monotonic()
             return self._inventory
-        stamp = tree_stamp(Path(path))
-        if self._inventory is None or stamp != self._stamp:
-            self._inventory = load_inventory(path)
-            self._stamp = stamp
-        return self._inventory
+
+    def _run(self, path: str, args: Sequence[str]) -> bytes | None:
+        self._ran_script = True
+        return run_script(path, args, self.timeout)
 
     def hostvars(self, host: str) -> dict[str, Any]:
         """The variables of a host the inventory lists (none for another host)."""
@@ -52,6 +72,11 @@ class InventorySource:
         if host in inventory.hosts:
             return inventory.host_vars(host)
         return {}
+
+
+def is_host_list(source: str) -> bool:
+    """`web1,web2,`: hosts named on the command line, not a path."""
+    return "," in source and not os.path.exists(source)
 
 
 def tree_stamp(path: Path) -> tuple[tuple[str, float], ...]:
@@ -80,12 +105,16 @@ class Services:
     scheduler: Scheduler
     retention: Retention
     audit_anchor: AuditAnchor
+    webhooks: WebhookTargets  # where a playbook's `notify:` may point
+    keyring: Keyring  # seals and opens the credential store's values
     cluster: Cluster | None = None  # set when the server joins others on a shared database
 
     async def merged_inventory(self) -> Inventory:
         """The inventory plus the accepted agents it does not list."""
         inventory = await asyncio.to_thread(self.inventory.now)
-        return inventory.with_extra_hosts(self.registry.declared_hosts())
+        return inventory.with_extra_hosts(
+            self.registry.declared_hosts(), facts=self.registry.declared_facts()
+        )
 
     async def live_servers(self) -> set[str]:
         """Ids of the servers sharing the database whose heartbeat is recent (this one too)."""

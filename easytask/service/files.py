@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import os
 import re
 import secrets
 import shutil
@@ -64,6 +65,7 @@ def file_action(state: Path, data: dict[str, Any]) -> tuple[FileAction, str]:
             upload = state / "uploads" / token
             if not (upload / name).is_file():
                 raise APIError(f"{kind}.upload: no uploaded file {name!r} with id {token}")
+            os.utime(upload)  # just used: retention leaves it to the job about to refer to it
         elif isinstance(files, dict):  # a directory
             for rel, b64 in files.items():
                 target = upload / name / safe_relative(str(rel))
@@ -148,6 +150,15 @@ async def store_upload(
     result = {"upload": token, "name": name, "size": size, "sha256": digest.hexdigest()}
     await services.audit(actor, "file.upload", source, dict(result))
     return result
+
+
+def upload_id(state: Path, src: str) -> str | None:
+    """The id of the upload (`STATE_DIR/uploads/ID/...`) a copy or script sends, if it is one."""
+    try:
+        parts = Path(src).relative_to(state / "uploads").parts
+    except ValueError:
+        return None
+    return parts[0] if parts else None
 
 
 def fetched_file(services: Services, run_id: int) -> Path:

@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from easytask.errors import APIError
+from easytask.errors import APIError, PlaybookError
 from easytask.plan import PlaybookPlan
+from easytask.plan.become import agentless_refusal, resolve_become, task_request
+from easytask.scheduler.egress import WebhookRefused, url_origin
 from easytask.scheduler.inflight import JobOptions
 from easytask.scheduler.playbooks import submit_playbook
 from easytask.service.context import Services
-from easytask.service.files import file_digests
+from easytask.service.credentials import (
+    AS_VALUE,
+    HostCredentials,
+    env_name,
+    host_credentials,
+    note_use,
+    open_credentials,
+)
+from easytask.service.files import file_digests, upload_id
 from easytask.service.planning import plan_file, plan_pattern
 from easytask.service.scope import enforce_scope
 from easytask.store.audit import AuditNote
@@ -33,10 +45,12 @@ async def submit_adhoc(
     limit: str | None = None,
     extra_vars: dict[str, Any] | None = None,
     remote_user: str | None = None,
+    credentials: Sequence[str] = (),
 ) -> tuple[Job, list[Run]]:
     """An ad hoc command (or checksum, copy, script, fetch) over a host pattern, audited with
     the job in one transaction; `one` picks the least busy host of those matched; `limit`,
-    `extra_vars` and `remote_user` as `plan_adhoc` takes them."""
+    `extra_vars` and `remote_user` as `plan_adhoc` takes them. `credentials`: stored
+    credentials exported to the command (`env_name`)."""
     planned = await plan_pattern(
         services, pattern, command, limit=limit, extra_vars=extra_vars, user=remote_user
     )
@@ -51,7 +65,33 @@ async def submit_adhoc(
         source,
         {"kind": kind, "pattern": pattern, "command": command},
     )
+    what = {"kind": kind, "pattern": pattern, "command": command}
+    hosts = [p.host for p in planned]
+    opened = await open_credentials(
+        services, user, source, {n: hosts for n in credentials}, what, kinds=AS_VALUE
+    )
+    env = {env_name(n): v for n, v in opened.values.items()}
+    clash = sorted(set(env) & set(options.secret_env))
+    if clash:
+        raise APIError(f"secret {', '.join(clash)} given twice (a value and a credential)")
+    agentless = {p.host: p.vars for p in planned if p.connection != "agent"}
+    per_host = await host_credentials(services, user, source, agentless, what)
+    options = replace(
+        options,
+        secret_env={**options.secret_env, **env},
+        ssh_keys=per_host.ssh_keys,
+        become_passwords=per_host.become_passwords,
+    )
+    used = sorted({*opened.names, *per_host.names})
     action = options.file_action
+    become: dict[str, list[str]] = {}  # user -> the hosts whose runs become that user
+    for p in planned:
+        as_user = resolve_become(p.host, p.vars, options.become)
+        refusal = agentless_refusal(p.host, as_user) if p.connection == "ssh" else None
+        if refusal:
+            raise APIError(refusal)
+        if as_user is not None:
+            become.setdefault(as_user.user, []).append(p.host)
     detail: dict[str, Any] = {
         "kind": kind,
         "pattern": pattern,
@@ -65,11 +105,19 @@ async def submit_adhoc(
         detail["extra_vars"] = sorted(extra_vars)  # names; the rendered command is stored
     if remote_user:
         detail["user"] = remote_user
+    if become:
+        detail["become"] = become
     if options.secret_env:
         detail["secrets"] = sorted(options.secret_env)  # names only, never values
+    if used:
+        detail["credentials"] = used  # names only, never values
+    job_vars: dict[str, Any] = {}
     if action is not None and action.kind in ("copy", "script"):
         detail["files"] = await asyncio.to_thread(file_digests, action.src)
-    return await services.engine.submit(
+        upload = upload_id(services.state_dir, action.src)
+        if upload is not None:  # kept while a job refers to it (see Retention)
+            job_vars["upload"] = upload
+    submitted = await services.engine.submit(
         planned,
         name=name[:200],
         pattern=pattern,
@@ -78,7 +126,22 @@ async def submit_adhoc(
         user=user.name,
         source=source,
         audit=AuditNote(user.name, "job.submit", source, detail),
+        job_vars=job_vars,
     )
+    await note_use(services, used, user.name)
+    return submitted
+
+
+async def check_webhooks(services: Services, plan: PlaybookPlan, actor: str, source: str) -> None:
+    """Refuse (400, audited as `job.refused`) a playbook whose `notify:` names a URL outside the
+    server's webhook allowlist; nothing is queued and nothing is called."""
+    for notify in plan.playbook.notify:
+        try:
+            services.webhooks.check(notify.url)
+        except WebhookRefused as exc:
+            what = {"kind": "notify", "playbook": plan.name, "target": url_origin(notify.url)}
+            await services.audit(actor, "job.refused", source, what)
+            raise PlaybookError(exc.message, location=plan.playbook.at("notify")) from exc
 
 
 async def submit_plan(
@@ -92,6 +155,9 @@ async def submit_plan(
         source,
         {"kind": "playbook", "playbook": plan.name, "pattern": plan.playbook.hosts},
     )
+    await check_webhooks(services, plan, user.name, source)
+    what = {"kind": "playbook", "playbook": plan.name, "pattern": plan.playbook.hosts}
+    per_host = await plan_credentials(services, user, source, plan, what)
     detail = {
         "kind": "playbook",
         "playbook": plan.name,
@@ -101,23 +167,63 @@ async def submit_plan(
         **({"tags": list(plan.tags)} if plan.tags else {}),
         **({"skip_tags": list(plan.skip_tags)} if plan.skip_tags else {}),
         "hosts": list(plan.hosts),
-        "extra_vars": sorted(plan.extra_vars),
+        "extra_vars": sorted(set(plan.extra_vars) - set(plan.credentials)),
         "sha256": hashlib.sha256(plan.playbook.text.encode()).hexdigest(),
     }
-    return await submit_playbook(
+    if per_host.names:
+        detail["credentials"] = per_host.names  # names only, never values
+    become = plan_become(plan)
+    if become:
+        detail["become"] = become
+    submitted = await submit_playbook(
         services.engine,
         plan,
         user=user.name,
         source=source,
         pending_timeout=services.pending_timeout,
         audit=AuditNote(user.name, "job.submit", source, detail),
+        ssh_keys=per_host.ssh_keys,
+        become_passwords=per_host.become_passwords,
     )
+    await note_use(services, per_host.names, user.name)
+    return submitted
+
+
+async def plan_credentials(
+    services: Services, user: User | None, source: str, plan: PlaybookPlan, what: dict[str, Any]
+) -> HostCredentials:
+    """Check who may use the credentials a playbook plan takes (its `secrets:` from the store,
+    on every host of the job; the inventory's for its agentless hosts) and open the latter;
+    `names` lists them all."""
+    hosts = list(plan.all_hosts)
+    await open_credentials(
+        services, user, source, {n: hosts for n in plan.credentials}, what, kinds=AS_VALUE
+    )
+    agentless = {h: plan.host_vars.get(h, {}) for h in hosts if plan.connection(h) != "agent"}
+    per_host = await host_credentials(services, user, source, agentless, what)
+    per_host.names = sorted({*plan.credentials, *per_host.names})
+    return per_host
+
+
+def plan_become(plan: PlaybookPlan) -> dict[str, dict[str, list[str]]]:
+    """Task -> user -> the hosts whose runs of the task become that user (for the audit)."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for task in plan.tasks:
+        request = task_request(plan.playbook, task.task)
+        for host in task.hosts:
+            as_user = resolve_become(host, plan.host_vars.get(host, {}), request)
+            if as_user is not None:
+                out.setdefault(task.name, {}).setdefault(as_user.user, []).append(host)
+    return out
 
 
 async def submit_scheduled(services: Services, path: Path, name: str) -> int:
     """Start the playbook of a schedule (as the user `schedule`); the job's id."""
     plan = await plan_file(services, path)
     source = f"schedule {name}"
+    await check_webhooks(services, plan, "schedule", source)
+    what = {"kind": "schedule", "playbook": plan.name}
+    per_host = await plan_credentials(services, None, source, plan, what)
     job, _ = await submit_playbook(
         services.engine,
         plan,
@@ -129,9 +235,18 @@ async def submit_scheduled(services: Services, path: Path, name: str) -> int:
             "schedule",
             "job.submit",
             source,
-            {"kind": "schedule", "playbook": plan.name, "hosts": list(plan.hosts)},
+            {
+                "kind": "schedule",
+                "playbook": plan.name,
+                "hosts": list(plan.hosts),
+                **({"credentials": per_host.names} if per_host.names else {}),
+                **({"become": plan_become(plan)} if plan_become(plan) else {}),
+            },
         ),
+        ssh_keys=per_host.ssh_keys,
+        become_passwords=per_host.become_passwords,
     )
+    await note_use(services, per_host.names, "schedule")
     assert job.id is not None
     return job.id
 

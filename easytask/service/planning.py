@@ -7,15 +7,17 @@ import json
 import re
 import secrets
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from easytask.errors import EasyTaskError, NoHostsMatched, PlaybookError
 from easytask.plan import PlannedRun, PlaybookPlan, plan_adhoc, plan_playbook
-from easytask.playbook import load_playbook
+from easytask.playbook import Playbook, load_playbook
 from easytask.scheduler import secretfile
 from easytask.scheduler.playbooks import ResumeError, check_resumable, resume_playbook
 from easytask.service.context import Services
+from easytask.service.credentials import AS_VALUE, host_credentials, open_credentials
 from easytask.store.models import AgentState, Job
 
 
@@ -76,9 +78,31 @@ async def plan_file(
     """Load a playbook file and plan it against the inventory plus the accepted agents."""
     playbook = await asyncio.to_thread(load_playbook, path)
     inventory = await services.merged_inventory()
-    return plan_playbook(
-        playbook, inventory, extra_vars=extra_vars, limit=limit, tags=tags, skip_tags=skip_tags
+    given = dict(extra_vars or {})
+    stored = await playbook_credentials(services, playbook, given)
+    plan = plan_playbook(
+        playbook,
+        inventory,
+        extra_vars={**stored, **given},
+        limit=limit,
+        tags=tags,
+        skip_tags=skip_tags,
     )
+    return replace(plan, credentials=tuple(sorted(stored)))
+
+
+async def playbook_credentials(
+    services: Services, playbook: Playbook, extra_vars: dict[str, Any]
+) -> dict[str, str]:
+    """The values of the playbook's `secrets:` that neither its vars nor `-e` give and the
+    credential store holds (who may use them on which hosts is checked at submission)."""
+    names = [n for n in playbook.secrets if n not in playbook.vars and n not in extra_vars]
+    store = services.store
+    held = await store.call(store.get_credentials, names)
+    if not held:
+        return {}
+    opened = await open_credentials(services, None, "", {n: [] for n in held}, {}, kinds=AS_VALUE)
+    return opened.values
 
 
 async def plan_bundle(
@@ -139,4 +163,11 @@ async def resume_playbook_job(services: Services, job: Job) -> int:
         skip_tags=tuple(spec.get("skip_tags") or ()),
     )
     check_resumable(plan, spec)
-    return await resume_playbook(services.engine, plan, job, services.pending_timeout)
+    agentless = {
+        h: plan.host_vars.get(h, {}) for h in plan.all_hosts if plan.connection(h) != "agent"
+    }
+    what = {"kind": "resume", "job": job.id}
+    per_host = await host_credentials(services, None, f"resume {job.id}", agentless, what)
+    return await resume_playbook(
+        services.engine, plan, job, services.pending_timeout, ssh_keys=per_host.ssh_keys
+    )

@@ -9,8 +9,9 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from easytask.cron import Cron
-from easytask.errors import APIError, EasyTaskError
+from easytask.errors import APIError, EasyTaskError, PlaybookError
 from easytask.playbook import PlaybookErrors, load_playbook
+from easytask.scheduler.egress import WebhookRefused, WebhookTargets
 from easytask.service.context import Services
 from easytask.store.serialize import schedule_dict
 
@@ -53,8 +54,9 @@ def _playbook_files(root: Path) -> list[Path]:
     )
 
 
-def _playbook_entry(path: Path) -> dict[str, Any]:
-    """What the listing says about one file: name, hosts, task count, or its errors."""
+def _playbook_entry(path: Path, webhooks: WebhookTargets) -> dict[str, Any]:
+    """What the listing says about one file: name, hosts, task count, or its errors (a
+    `notify:` URL the server's webhook allowlist refuses is one)."""
     entry: dict[str, Any] = {
         "file": path.name,
         "name": None,
@@ -70,6 +72,12 @@ def _playbook_entry(path: Path) -> dict[str, Any]:
         entry["errors"] = [_problem(path, e) for e in problems]
         return entry
     entry.update(name=book.name, hosts=book.hosts, tasks=len(book.tasks))
+    for notify in book.notify:
+        try:
+            webhooks.check(notify.url)
+        except WebhookRefused as exc:
+            refused = PlaybookError(exc.message, location=book.at("notify"))
+            entry["errors"].append(_problem(path, refused))
     return entry
 
 
@@ -113,7 +121,9 @@ async def playbook_listing(services: Services) -> dict[str, Any]:
     schedules = {row.path: row for row in await store.call(store.list_schedules)}
 
     def read() -> list[tuple[dict[str, Any], str]]:
-        return [(_playbook_entry(p), str(p.resolve())) for p in _playbook_files(root)]
+        return [
+            (_playbook_entry(p, services.webhooks), str(p.resolve())) for p in _playbook_files(root)
+        ]
 
     now = datetime.now(UTC)
     out = []

@@ -3,7 +3,7 @@
 The Store's queries live in its parts: jobs and runs in `runs.py`, listing, searching and
 pruning them in `history.py`, schedules in `timetable.py`, the audit chain in `audit.py`, log
 lines in `lines.py`, sign-in attempts in `logins.py`, agents, users and tokens in
-`identities.py`; the statements on the path a waiting client is on in `statements.py`.  What servers sharing the database record about each
+`identities.py`; sealed credentials in `credentials.py`; the statements on the path a waiting client is on in `statements.py`.  What servers sharing the database record about each
 other is in `servers.py`.
 """
 
@@ -24,6 +24,7 @@ from sqlmodel import SQLModel, create_engine, select
 
 from easytask.store import schema
 from easytask.store.audit import AuditQueries
+from easytask.store.credentials import CredentialQueries
 from easytask.store.history import HistoryQueries
 from easytask.store.identities import IdentityQueries
 from easytask.store.lines import LineQueries
@@ -116,6 +117,7 @@ class Store(
     IdentityQueries,
     LineQueries,
     LoginQueries,
+    CredentialQueries,
 ):
     """Every query EasyTask makes; call from the database thread (see `call`)."""
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import bindparam, func, text
+from sqlalchemy import bindparam, func, or_, text
 from sqlmodel import col, select
 
 from easytask.store.base import Queries
@@ -185,3 +185,23 @@ class HistoryQueries(Queries):
             ).rowcount
             s.commit()
         return {"jobs": int(jobs or 0), "runs": len(run_ids), "lines": int(lines or 0)}
+
+    def file_refs(
+        self, run_ids: Sequence[int], needles: Sequence[str]
+    ) -> tuple[set[int], set[str]]:
+        """For retention's sweep of the state dir: of `run_ids`, those that still have a run
+        row; of `needles` (upload ids, bundle paths), those some job's `vars` still holds."""
+        runs: set[int] = set()
+        held: set[str] = set()
+        with self.session() as s:
+            for i in range(0, len(run_ids), 500):
+                ids = list(run_ids[i : i + 500])
+                runs.update(int(r or 0) for r in s.exec(select(Run.id).where(col(Run.id).in_(ids))))
+            for i in range(0, len(needles), 50):
+                some = list(needles[i : i + 50])
+                q = select(Job.vars).where(
+                    or_(*(col(Job.vars).contains(n, autoescape=True) for n in some))
+                )
+                for text_ in s.exec(q):
+                    held.update(n for n in some if n in (text_ or ""))
+        return runs, held

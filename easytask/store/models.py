@@ -309,3 +309,21 @@ class WebhookDelivery(SQLModel, table=True):
     status_code: int | None = None
     error: str = ""
     duration_ms: float = 0.0
+
+
+class Credential(SQLModel, table=True):
+    """A named secret (a value, an SSH private key, a become password), sealed at rest: only
+    its sealed form and the id of the key that sealed it are stored."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True)
+    kind: str = "value"  # value | ssh-key | become-password
+    scope: str = ""  # a host pattern the credential may be used on; empty = every host
+    key_id: str = ""
+    sealed: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    created_by: str = ""
+    created_at: datetime = Field(default_factory=utcnow, sa_type=TZ)
+    updated_by: str = ""
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=TZ)
+    last_used_at: datetime | None = Field(default=None, sa_type=TZ)
+    last_used_by: str = ""

@@ -5,7 +5,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from easytask.store.models import ApiToken, Job, Run, Schedule, User, WebhookDelivery, as_utc
+from easytask.store.models import (
+    ApiToken,
+    Credential,
+    Job,
+    Run,
+    Schedule,
+    User,
+    WebhookDelivery,
+    as_utc,
+)
 
 
 def iso_time(value: Any) -> str | None:
@@ -87,21 +96,28 @@ def schedule_dict(row: Schedule) -> dict[str, Any]:
     }
 
 
-def delivery_dict(row: WebhookDelivery) -> dict[str, Any]:
-    """A delivery attempt as the API returns it."""
-    return {
+def delivery_dict(row: WebhookDelivery, *, details: bool = False) -> dict[str, Any]:
+    """A delivery attempt as the API returns it: to admins (`details`) with its URL, HTTP
+    status, error and duration; to anyone else only whether it was delivered (an error can
+    tell which addresses and ports answer)."""
+    data: dict[str, Any] = {
         "id": row.id,
         "job": row.job_id,
         "delivery": row.delivery,
-        "url": row.url,
         "event": row.event,
         "attempt": row.attempt,
         "at": iso_time(row.at),
         "ok": row.ok,
-        "status_code": row.status_code,
-        "error": row.error,
-        "duration_ms": row.duration_ms,
+        "result": "delivered" if row.ok else "failed",
     }
+    if details:
+        data.update(
+            url=row.url,
+            status_code=row.status_code,
+            error=row.error,
+            duration_ms=row.duration_ms,
+        )
+    return data
 
 
 def user_dict(user: User) -> dict[str, object]:
@@ -125,4 +141,20 @@ def token_dict(row: ApiToken, owner: str) -> dict[str, object]:
         "expires_at": iso_utc(row.expires_at),
         "last_used": iso_utc(row.last_used),
         "revoked": row.revoked,
+    }
+
+
+def credential_dict(row: Credential) -> dict[str, object]:
+    """A credential as the API lists it: never its value, sealed or not."""
+    return {
+        "name": row.name,
+        "kind": row.kind,
+        "scope": row.scope,
+        "key_id": row.key_id,
+        "created_by": row.created_by,
+        "created_at": iso_utc(row.created_at),
+        "updated_by": row.updated_by,
+        "updated_at": iso_utc(row.updated_at),
+        "last_used_at": iso_utc(row.last_used_at),
+        "last_used_by": row.last_used_by,
     }

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import shlex
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncssh
@@ -22,7 +23,8 @@ class SSHTarget:
     user: str | None = None
     key_file: str | None = None
     known_hosts: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
+    client_key: str | None = field(default=None, repr=False)  # a private key's text, not a file
 
 
 def pidfile_for(run_key: str) -> str:
@@ -30,16 +32,49 @@ def pidfile_for(run_key: str) -> str:
     return f"/tmp/.easytask-{run_key}.pid"
 
 
-def wrap_command(command: str, run_key: str) -> str:
+def env_on_stdin(env: Mapping[str, str]) -> tuple[str, bytes]:
+    """Shell text that reads environment values from stdin and exports them, and those bytes.
+
+    The values never appear in a command line (which `ps` shows to every user of the host):
+    the shell's `read` builtin takes them, one line each (a value of several lines over as
+    many reads), and exactly those bytes, so what follows on stdin stays the command's.
+    """
+    if not env:
+        return "", b""
+    reads: list[str] = []
+    lines: list[str] = []
+    for name, value in env.items():
+        parts = value.split("\n")
+        reads.append(f"IFS= read -r {name}")
+        for _ in parts[1:]:
+            reads.append(f'IFS= read -r _et_l && {name}="${{{name}}}${{_et_nl}}$_et_l"')
+        lines.extend(parts)
+    multi = len(lines) > len(env)
+    text = (
+        ("_et_nl='\n'; " if multi else "")
+        + "{ "
+        + " && ".join(reads)
+        + "; } || { echo 'easytask: the environment did not arrive on stdin' >&2; exit 125; }; "
+        + "export "
+        + " ".join(env)
+        + ("; unset _et_l _et_nl" if multi else "")
+        + "; "
+    )
+    return text, ("\n".join(lines) + "\n").encode()
+
+
+def wrap_command(command: str, run_key: str, env_text: str = "") -> str:
     """Run a command in its own session (its own process group) and note the group id.
 
     `setsid -w` starts a new session and returns the command's status; the pid file lets a
     second channel signal the whole group.  The outer shell removes the pid file afterwards.
+    `env_text` (from `env_on_stdin`) comes first: the exported values reach the command.
     """
     pidfile = shlex.quote(pidfile_for(run_key))
     inner = 'echo $$ >"$0"; exec /bin/sh -c "$1"'
     return (
-        f'f={pidfile}; setsid -w /bin/sh -c {shlex.quote(inner)} "$f" {shlex.quote(command)}'
+        f"{env_text}f={pidfile}; "
+        f'setsid -w /bin/sh -c {shlex.quote(inner)} "$f" {shlex.quote(command)}'
         '; rc=$?; rm -f "$f"; exit $rc'
     )
 
@@ -89,7 +124,12 @@ class SSHPool:
         }
         if target.user:
             options["username"] = target.user
-        if target.key_file:
+        if target.client_key:  # from the credential store: this key, not a file's
+            try:
+                options["client_keys"] = [asyncssh.import_private_key(target.client_key)]
+            except (asyncssh.KeyImportError, ValueError) as exc:
+                raise ConnectError(f"the host's SSH key from the credential store: {exc}") from exc
+        elif target.key_file:
             options["client_keys"] = [str(Path(target.key_file).expanduser())]
         if target.known_hosts:
             options["known_hosts"] = str(Path(target.known_hosts).expanduser())

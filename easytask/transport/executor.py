@@ -114,8 +114,12 @@ async def start(
     command: str,
     on_data: DataCallback,
     env: Mapping[str, str] | None = None,
+    stdin: bytes = b"",
 ) -> Execution:
-    """Open a session running `command`; output chunks go to `on_data` as they arrive."""
+    """Open a session running `command`; output chunks go to `on_data` as they arrive.
+
+    `stdin`: bytes written to the command's stdin at once (sent with the request, no round
+    trip more); the channel stays open after them, as it does without."""
     holder: list[_Session] = []
 
     def factory() -> _Session:
@@ -124,7 +128,9 @@ async def start(
         return session
 
     env_arg: dict[str | bytes, str | bytes] = {k: v for k, v in (env or {}).items()}
-    await conn.create_session(factory, command, env=env_arg, encoding=None)
+    chan, _ = await conn.create_session(factory, command, env=env_arg, encoding=None)
+    if stdin:
+        chan.write(stdin)
     return Execution(holder[0])
 
 

@@ -19,3 +19,13 @@ def load_or_create_key(path: Path) -> asyncssh.SSHKey:
         fh.write(key.export_private_key())
     (path.parent / (path.name + ".pub")).write_bytes(key.export_public_key())
     return key
+
+
+def check_private_key(text: str) -> str:
+    """An SSH private key as given (OpenSSH or PEM, without a passphrase); ValueError naming
+    what is wrong otherwise. Returns its algorithm."""
+    try:
+        key = asyncssh.import_private_key(text)
+    except (asyncssh.KeyImportError, ValueError) as exc:
+        raise ValueError(f"not an SSH private key without a passphrase: {exc}") from exc
+    return key.get_algorithm()

@@ -13,6 +13,7 @@ from easytask.service.context import Services
 from easytask.statefiles import load_or_create_secret
 from easytask.web.api_admin import AdminApi
 from easytask.web.api_agents import AgentsApi
+from easytask.web.api_credentials import CredentialsApi
 from easytask.web.api_jobs import JobsApi
 from easytask.web.api_playbooks import PlaybooksApi
 from easytask.web.auth import SessionAuth, ensure_admin_password
@@ -73,6 +74,7 @@ def routes(services: Services, auth: SessionAuth) -> list[BaseRoute]:
         *PlaybooksApi(services, api).routes(),
         *RunLogApi(services, api).routes(),
         *UsersApi(services, api, auth).routes(),
+        *CredentialsApi(services, api).routes(),
         *ExportApi(services, api).routes(),
         *console.routes(),
         *ConsolePages(services, console).routes(),

@@ -21,6 +21,8 @@ from easytask.service.context import Services
 from easytask.service.files import checksum_job, human_size
 from easytask.service.playbooks import playbook_listing
 from easytask.store.models import RunState, User
+from easytask.store.runs import RAN_AS
+from easytask.store.serialize import delivery_dict
 from easytask.web.console import Console
 from easytask.web.errors import PageError, http_status
 from easytask.web.format import FAILED_STATES, job_row, playbook_row, run_row, shown_state
@@ -152,6 +154,7 @@ class ConsolePages:
             run=run_row(run, job.submitted_by if job else ""),
             job=job,
             events=events,
+            ran_as=next((e.detail for e in reversed(events) if e.kind == RAN_AS), ""),
             final=run.state in RunState.FINAL,
             siblings=[run_row(r) for r in siblings if r.id != run.id][:50],
             initial_q=request.query_params.get("q") or "",
@@ -165,10 +168,16 @@ class ConsolePages:
         if job is None:
             raise PageError(f"no job {job_id}", status=404)
         runs = await store.call(store.job_runs, job_id)
+        details = user.role == "admin"  # delivery errors tell which addresses answer
+        deliveries = [
+            delivery_dict(d, details=details) for d in await store.call(store.deliveries, job_id)
+        ]
         return self.console.render(
             request,
             user,
             "job.html",
+            deliveries=deliveries,
+            delivery_details=details,
             section="adhoc",
             job=job,
             job_state=shown_state(job.state, Counter(r.state for r in runs)),

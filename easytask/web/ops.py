@@ -75,13 +75,15 @@ class OpsApi:
         return PlainTextResponse(text, media_type=PROMETHEUS_TYPE)
 
     async def deliveries(self, request: Request, user: User) -> Response:
-        """GET /api/jobs/{job_id}/deliveries: every webhook delivery attempt for the job."""
+        """GET /api/jobs/{job_id}/deliveries: every webhook delivery attempt for the job, with
+        its details for admins only."""
         job_id = int_param(request, "job_id")
         store = self.services.store
         if await store.call(store.get_job, job_id) is None:
             raise APIError(f"no job {job_id}", status=404)
         rows = await store.call(store.deliveries, job_id)
-        return JSONResponse({"deliveries": [delivery_dict(r) for r in rows]})
+        details = user.role == "admin"
+        return JSONResponse({"deliveries": [delivery_dict(r, details=details) for r in rows]})
 
     def routes(self) -> list[Route]:
         """The routes, to mount before the console's."""
