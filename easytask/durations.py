@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import math
 import re
 
+MAX_DURATION = 100 * 365 * 86400.0  # seconds: longer is a mistake (and overflows dates)
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def parse_duration(text: str | float | int) -> float:
-    """Seconds in a duration; raises ValueError with the text when it is not one."""
+    """Seconds in a duration (at most 100 years); raises ValueError with the text when it is
+    not one."""
+    seconds = _duration(text)
+    shown = str(text) if len(str(text)) <= 40 else str(text)[:40] + "…"
+    if math.isnan(seconds):
+        raise ValueError(f"not a duration: {shown!r}")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"duration too long: {shown!r} (at most 100 years)")
+    return seconds
+
+
+def _duration(text: str | float | int) -> float:
     if isinstance(text, int | float) and not isinstance(text, bool):
         if text < 0:
             raise ValueError(f"duration must not be negative: {text}")

@@ -69,15 +69,11 @@ def procs() -> Iterator[Procs]:
 ServerFactory = Callable[..., ServerHandle]
 
 
-@pytest.fixture
-def start_server(
-    tmp_path: Path, procs: Procs, request: pytest.FixtureRequest
-) -> Iterator[ServerFactory]:
-    """Start a real `easytask server` with its own state dir on free loopback ports.
-
-    With EASYTASK_TEST_DB=postgres each state dir gets its own fresh PostgreSQL database (kept
-    across restarts of a server on that state dir), unless the test passes `--db` itself.
-    """
+def server_factory(
+    base: Path, procs: Procs, request: pytest.FixtureRequest
+) -> tuple[ServerFactory, list[ServerHandle]]:
+    """A function starting real `easytask server`s with state dirs under `base`, and the list of
+    the handles it made (close them at teardown); see `start_server`."""
     handles: list[ServerHandle] = []
     databases: dict[Path, str] = {}
 
@@ -89,7 +85,7 @@ def start_server(
         keepalive_count: str = "3",
         agents: str = "127.0.0.1:0",
     ) -> ServerHandle:
-        state = state_dir or tmp_path / f"server{len(handles)}"
+        state = state_dir or base / f"server{len(handles)}"
         options = [
             "--agents",
             agents,
@@ -98,11 +94,11 @@ def start_server(
             "--keepalive-count",
             keepalive_count,
             "--inventory",
-            str(inventory or tmp_path / "no-inventory"),
+            str(inventory or base / "no-inventory"),
             *(
                 extra
                 if "--playbooks" in extra
-                else (*extra, "--playbooks", str(tmp_path / "no-playbooks"))
+                else (*extra, "--playbooks", str(base / "no-playbooks"))
             ),
         ]
         if TEST_DB == "postgres" and "--db" not in extra:
@@ -114,6 +110,38 @@ def start_server(
         handles.append(handle)
         return handle
 
+    return start, handles
+
+
+@pytest.fixture
+def start_server(
+    tmp_path: Path, procs: Procs, request: pytest.FixtureRequest
+) -> Iterator[ServerFactory]:
+    """Start a real `easytask server` with its own state dir on free loopback ports.
+
+    With EASYTASK_TEST_DB=postgres each state dir gets its own fresh PostgreSQL database (kept
+    across restarts of a server on that state dir), unless the test passes `--db` itself.
+    """
+    start, handles = server_factory(tmp_path, procs, request)
+    yield start
+    for handle in handles:
+        handle.close()
+
+
+@pytest.fixture(scope="module")
+def module_procs() -> Iterator[Procs]:
+    """`procs` for a whole test module: stopped after its last test."""
+    started = Procs()
+    yield started
+    started.stop_all()
+
+
+@pytest.fixture(scope="module")
+def start_module_server(
+    tmp_path_factory: pytest.TempPathFactory, module_procs: Procs, request: pytest.FixtureRequest
+) -> Iterator[ServerFactory]:
+    """`start_server` for a whole test module: its servers live until the module's last test."""
+    start, handles = server_factory(tmp_path_factory.mktemp("module"), module_procs, request)
     yield start
     for handle in handles:
         handle.close()

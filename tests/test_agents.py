@@ -76,12 +76,18 @@ def test_second_agent_with_same_name_and_other_key_is_refused(
 def test_unknown_key_without_token_never_gets_work(
     start_server: ServerFactory, start_agent: AgentFactory, tmp_path: Path
 ) -> None:
-    """An agent with a forged token stays pending; a run for its inventory host never reaches it."""
+    """An agent with a forged token is refused (no pending request is made for it); a run for
+    its inventory host never reaches it."""
     inventory = tmp_path / "inv.ini"
     inventory.write_text("[web]\ndelta\n")
     server = start_server(inventory)
     start_agent(server, "delta", "--enroll", "et_enroll_forged", enroll=False, wait=False)
-    wait_until(lambda: server.agent_status("delta") == "pending", what="pending agent")
+    refused = wait_until(
+        lambda: [r for r in server.get("/api/agents")["refused"] if r["name"] == "delta"],
+        what="refusal",
+    )
+    assert refused[0]["reason"] == "the enrolment token is unknown, spent or expired"
+    assert server.agent_status("delta") is None
     marker = tmp_path / "should-not-exist"
     job = server.submit("delta", f"touch {marker}", pending_timeout=2)
     data = server.wait_job(job["job"]["id"])

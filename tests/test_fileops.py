@@ -216,6 +216,10 @@ def test_uploads_are_size_limited_and_checked(start_server: ServerFactory) -> No
         assert bad.status_code == 400 and "plain name" in bad.json()["error"]
     job = server.http.post(
         "/api/jobs",
-        json={"pattern": "all", "kind": "copy", "copy": {"name": "a.txt", "upload": "0" * 16}},
+        json={
+            "pattern": "all",
+            "kind": "copy",
+            "copy": {"name": "a.txt", "upload": "0" * 16, "dest": "/tmp/a.txt"},
+        },
     )
     assert job.status_code == 400 and "no uploaded file" in job.json()["error"]

@@ -46,6 +46,8 @@ def split_pattern(pattern: str) -> list[str]:
     """Split a pattern into its parts: on ',' if it has one, else on ':' outside [...] ranges."""
     if not pattern.strip():
         raise PatternError("the host pattern is empty")
+    if any(ord(c) < 32 or ord(c) == 127 for c in pattern):
+        raise PatternError(f"the host pattern {pattern!r} has a control character in it")
     if "," in pattern:
         parts = pattern.split(",")
     else:

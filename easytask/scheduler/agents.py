@@ -24,6 +24,7 @@ log = logging.getLogger("easytask.server")
 
 PENDING_WINDOW = 600  # seconds over which an address may make `pending_max` new requests
 REFUSAL_AUDIT_EVERY = 60.0  # seconds between audit events of one repeated refusal
+MAX_REASON = 300  # characters of a refusal's reason kept (it may quote what the peer sent)
 
 
 @dataclass
@@ -103,12 +104,12 @@ class AgentRegistry:
         trusted (accepted) or probe (pending, hello only); another key -> refused, except on a
         revoked name, where the hello may carry an enrolment token (checked in `admit`)."""
         if name is None:
-            self._refuse(None, fingerprint, addr, "peer is not an EasyTask agent")
+            self.refuse(None, fingerprint, addr, "peer is not an EasyTask agent")
             return "refuse"
         try:
             check_name(name)
         except BadName as exc:
-            self._refuse(name, fingerprint, addr, str(exc))
+            self.refuse(name, fingerprint, addr, str(exc))
             return "refuse"
         info = self.agents.get(name)
         if info is None:
@@ -116,10 +117,10 @@ class AgentRegistry:
         if info.fingerprint != fingerprint:
             if info.state == AgentState.REVOKED:
                 return "probe"
-            self._refuse(name, fingerprint, addr, self._held(name, info))
+            self.refuse(name, fingerprint, addr, self._held(name, info))
             return "refuse"
         if info.state == AgentState.REVOKED:
-            self._refuse(name, fingerprint, addr, "agent is revoked")
+            self.refuse(name, fingerprint, addr, "agent is revoked")
             return "refuse"
         return "trusted" if info.state == AgentState.ACCEPTED else "probe"
 
@@ -127,7 +128,9 @@ class AgentRegistry:
     def _held(name: str, info: AgentInfo) -> str:
         return f"name {name!r} is held by another key ({info.fingerprint}, {info.state})"
 
-    def _refuse(self, name: str | None, fingerprint: str, addr: str, reason: str) -> None:
+    def refuse(self, name: str | None, fingerprint: str, addr: str, reason: str) -> None:
+        """Refuse a peer on the agent port: logged, listed (`refused`) and audited."""
+        reason = reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 1] + "…"
         log.warning("refused agent %s from %s (key %s): %s", name, addr, fingerprint, reason)
         self.refused.append(
             {
@@ -172,7 +175,7 @@ class AgentRegistry:
         try:
             fields: dict[str, Any] = {**check_hello(hello), "address": link.addr}
         except BadHello as exc:
-            self._refuse(name, link.fingerprint, link.addr, f"bad hello: {exc}")
+            self.refuse(name, link.fingerprint, link.addr, f"bad hello: {exc}")
             return False
         if not trusted:
             enrolled = await self._enrol(link, hello, fields)
@@ -227,15 +230,15 @@ class AgentRegistry:
         existing = self.agents.get(name)
         if existing is not None and existing.fingerprint != link.fingerprint:
             if existing.state != AgentState.REVOKED:
-                self._refuse(name, link.fingerprint, link.addr, self._held(name, existing))
+                self.refuse(name, link.fingerprint, link.addr, self._held(name, existing))
                 return False
         elif existing is not None and existing.state == AgentState.REVOKED:
-            self._refuse(name, link.fingerprint, link.addr, "agent is revoked")
+            self.refuse(name, link.fingerprint, link.addr, "agent is revoked")
             return False
         reenrol = existing is not None and existing.state == AgentState.REVOKED
         token = hello.get("enroll")
         if existing is None and not token and not await self._pending_allowed(link.addr):
-            self._refuse(
+            self.refuse(
                 name,
                 link.fingerprint,
                 link.addr,
@@ -244,7 +247,7 @@ class AgentRegistry:
             )
             return False
         if reenrol and not token:
-            self._refuse(
+            self.refuse(
                 name,
                 link.fingerprint,
                 link.addr,
@@ -255,7 +258,15 @@ class AgentRegistry:
         valid = (existing is None or reenrol) and bool(token)
         valid = valid and await self.store.call(self.store.consume_enroll_token, token)
         if reenrol and not valid:
-            self._refuse(name, link.fingerprint, link.addr, "agent is revoked: invalid token")
+            self.refuse(name, link.fingerprint, link.addr, "agent is revoked: invalid token")
+            return False
+        if existing is None and token and not valid:
+            self.refuse(
+                name,
+                link.fingerprint,
+                link.addr,
+                "the enrolment token is unknown, spent or expired",
+            )
             return False
         enrolled = valid and existing is None
         state = AgentState.ACCEPTED if enrolled else AgentState.PENDING
@@ -272,7 +283,7 @@ class AgentRegistry:
             await self.reload(name)
             held = self.agents.get(name)
             reason = self._held(name, held) if held else f"name {name!r} is held by another key"
-            self._refuse(name, link.fingerprint, link.addr, reason)
+            self.refuse(name, link.fingerprint, link.addr, reason)
             return False
         self.agents[name] = self._info(row)
         action = "agent.enroll" if enrolled else "agent.reenroll" if reenrol else "agent.pending"

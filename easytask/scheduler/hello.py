@@ -24,6 +24,10 @@ class BadHello(ValueError):
 def _text(value: Any, where: str) -> str:
     if not isinstance(value, str) or len(value) > MAX_TEXT or "\x00" in value:
         raise BadHello(f"{where} must be a text of at most {MAX_TEXT} characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadHello(f"{where} is not valid Unicode text") from exc
     return value
 
 
@@ -130,10 +134,13 @@ def _labels(value: Any) -> str:
 
 
 def check_hello(hello: Any) -> dict[str, Any]:
-    """The agent fields a hello sets (slots, group labels, version, facts as JSON); `BadHello`."""
+    """The agent fields a hello sets (slots, group labels, version, facts as JSON); `BadHello`,
+    also for an `enroll` token that is not a short text."""
     if not isinstance(hello, dict):
         raise BadHello("the hello must be an object")
     slots = hello.get("slots")
+    if hello.get("enroll") is not None:
+        _text(hello["enroll"], "enroll")
     return {
         "slots": _count(slots, "slots", 1) if slots else 4,
         "groups": _labels(hello.get("groups")),

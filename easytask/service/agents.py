@@ -14,6 +14,7 @@ from easytask.store.audit import AuditNote
 from easytask.store.models import Agent, AgentState
 
 ACTIONS = {"accept": AgentState.ACCEPTED, "revoke": AgentState.REVOKED}
+MAX_TOKEN_USES = 1_000_000
 LABEL_ACTIONS = {"approve": True, "withdraw": False}
 
 
@@ -136,8 +137,10 @@ async def create_enroll_token(
     services: Services, actor: str, source: str, uses: int, ttl: float | None
 ) -> str:
     """A new enrolment token for `uses` agents, valid `ttl` seconds (None: no end)."""
-    if uses < 1:
-        raise APIError("uses must be at least 1")
+    if not 1 <= uses <= MAX_TOKEN_USES:
+        raise APIError(f"uses must be from 1 to {MAX_TOKEN_USES}")
+    if ttl is not None and ttl <= 0:
+        raise APIError("ttl must be positive")
     store = services.store
     note = AuditNote(actor, "agent.token", source, {"uses": uses, "ttl": ttl})
     return await store.call(store.create_enroll_token, uses, ttl, actor, note)

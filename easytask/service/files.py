@@ -44,7 +44,16 @@ def file_action(state: Path, data: dict[str, Any]) -> tuple[FileAction, str]:
         path = str(spec.get("path") or "")
         if not path:
             raise APIError("fetch.path is required")
+        if Path(path).name in ("", ".", ".."):
+            raise APIError(f"fetch.path {path!r} must name a file (it is kept under that name)")
         return FileAction("fetch", dest=path, store_dir=str(state / "fetched")), f"fetch {path}"
+    if kind == "copy":  # checked before any file is written
+        dest = str(spec.get("dest") or "")
+        if not dest:
+            raise APIError("copy.dest is required")
+        mode = spec.get("mode") or None
+        if mode is not None and not re.fullmatch(r"0?[0-7]{3,4}", str(mode)):
+            raise APIError(f"copy.mode {mode!r} is not an octal mode like 0644")
     upload = state / "uploads" / secrets.token_hex(8)
     name = safe_relative(str(spec.get("name") or ""))
     files = spec.get("files")
@@ -68,19 +77,18 @@ def file_action(state: Path, data: dict[str, Any]) -> tuple[FileAction, str]:
             target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             target.write_bytes(base64.b64decode(spec.get("data") or "", validate=True))
     except (ValueError, TypeError) as exc:
+        shutil.rmtree(upload, ignore_errors=True)
         raise APIError(f"{kind}: file data must be base64: {exc}") from exc
+    except APIError:
+        if not spec.get("upload"):
+            shutil.rmtree(upload, ignore_errors=True)
+        raise
     src = str(upload / name)
     if kind == "script":
         args = str(spec.get("args") or "")
         interpreter = spec.get("interpreter") or None
         action = FileAction("script", src=src, args=args, interpreter=interpreter)
         return action, f"script {name}" + (f" {args}" if args else "")
-    dest = str(spec.get("dest") or "")
-    if not dest:
-        raise APIError("copy.dest is required")
-    mode = spec.get("mode") or None
-    if mode is not None and not re.fullmatch(r"0?[0-7]{3,4}", str(mode)):
-        raise APIError(f"copy.mode {mode!r} is not an octal mode like 0644")
     action = FileAction(
         "copy",
         src=src,

@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import secrets
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -115,8 +116,10 @@ async def plan_bundle(
     skip_tags: tuple[str, ...] = (),
 ) -> PlaybookPlan:
     """Write a submitted playbook and its files to a private bundle dir, load and plan it."""
+    if name != Path(name).name or name in ("", ".", ".."):
+        raise PlaybookError(f"playbook name {name!r} must be a plain file name, no directory")
     bundle = services.state_dir / "bundles" / secrets.token_hex(8)
-    base = Path(name).name or "playbook.yml"
+    base = name
     entries = {base: text.encode()}
     for rel, data in files.items():
         parts = Path(rel).parts
@@ -129,7 +132,11 @@ async def plan_bundle(
         target = bundle / rel
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         target.write_bytes(data)
-    return await plan_file(services, bundle / base, extra_vars, limit, tags, skip_tags)
+    try:
+        return await plan_file(services, bundle / base, extra_vars, limit, tags, skip_tags)
+    except BaseException:  # a refused playbook leaves nothing behind
+        shutil.rmtree(bundle, ignore_errors=True)
+        raise
 
 
 async def resume_playbook_job(services: Services, job: Job) -> int:

@@ -38,6 +38,9 @@ class Gate(Protocol):
     async def admit(self, link: AgentLink, hello: dict[str, Any], trusted: bool) -> bool:
         """Called once the link is up and the agent said hello; False closes it."""
 
+    def refuse(self, name: str | None, fingerprint: str, addr: str, reason: str) -> None:
+        """Called when a peer gave no usable hello (its link is closed)."""
+
     def lost(self, link: AgentLink, exc: Exception | None) -> None:
         """Called when an admitted link goes away."""
 
@@ -208,21 +211,30 @@ class AgentListener:
             client.verdict == "trusted",
         )
         client.link = link
+        problem = ""
         try:
-            hello = await control.request(conn, "hello")
-            if client.name is None or hello.get("name") != client.name:
-                log.warning(
-                    "agent at %s: name in hello %r does not match %r; closing",
-                    client.addr,
-                    hello.get("name"),
-                    client.name,
-                )
-                ok = False
-            else:
-                ok = await self.gate.admit(link, hello, link.trusted)
+            hello: Any = await control.request(conn, "hello")
         except Exception as exc:  # a misbehaving peer must not hurt the listener
-            log.warning("agent at %s failed its hello: %s", client.addr, exc)
-            ok = False
+            problem = f"no valid hello: {exc or type(exc).__name__}"
+        else:
+            claimed = hello.get("name") if isinstance(hello, dict) else None
+            if not isinstance(hello, dict):
+                problem = "bad hello: the hello must be an object"
+            elif client.name is None or claimed != client.name:
+                problem = (
+                    f"bad hello: the name in the hello ({claimed!r}) is not the one in the "
+                    f"SSH version ({client.name!r})"
+                )
+        ok = False
+        if problem:
+            self.gate.refuse(client.name, client.fingerprint, client.addr, problem)
+        else:
+            try:
+                ok = await self.gate.admit(link, hello, link.trusted)
+            except Exception as exc:  # a failure here must not hurt the listener either
+                log.warning(
+                    "agent %s at %s could not be admitted: %s", client.name, client.addr, exc
+                )
         if ok:
             link.admitted = True
             if conn.is_closed():

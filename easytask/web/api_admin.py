@@ -13,7 +13,7 @@ from easytask.errors import APIError
 from easytask.service.context import Services
 from easytask.store.models import User
 from easytask.store.serialize import iso_utc
-from easytask.web.requests import ApiRequests, body, no_nul, source
+from easytask.web.requests import ApiRequests, body, id_number, no_nul, positive, source
 from easytask.web.runfilter import parse_time
 
 
@@ -39,8 +39,8 @@ class AdminApi:
                 since=parse_time(q.get("since")),
                 action=q.get("action") or None,
                 actor=q.get("actor") or None,
-                before_id=int(q["before"]) if q.get("before") else None,
-                limit=min(int(q.get("limit") or 200), 5000),
+                before_id=id_number(q["before"], "before") if q.get("before") else None,
+                limit=min(positive(q.get("limit") or "200", "limit"), 5000),
             )
         except ValueError as exc:
             raise APIError(str(exc)) from exc

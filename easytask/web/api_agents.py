@@ -91,9 +91,12 @@ class AgentsApi:
         data = await body(request)
         try:
             uses = int(data.get("uses") or 1)
+        except (TypeError, ValueError) as exc:
+            raise APIError(f"uses: {exc}") from exc
+        try:
             ttl = parse_duration(data["ttl"]) if data.get("ttl") else None
         except (TypeError, ValueError) as exc:
-            raise APIError(str(exc)) from exc
+            raise APIError(f"ttl: {exc}") from exc
         token = await agents.create_enroll_token(
             self.services, user.name, source(request), uses, ttl
         )

@@ -24,12 +24,16 @@ from easytask.web.requests import (
     ROLES_OPERATE,
     ApiRequests,
     body,
+    id_number,
     int_param,
     no_nul,
+    positive,
     source,
 )
 from easytask.web.runfilter import RunQuery, find_runs
 from easytask.web.sse import job_stream
+
+MAX_FORKS = 100_000
 
 
 def become_request(data: dict[str, Any]) -> BecomeRequest:
@@ -67,16 +71,21 @@ class JobsApi:
             raise APIError("pattern is required")
         if not command.strip() and data.get("kind", "command") == "command":
             raise APIError("command is required")
+        field = "timeout"
         try:
             timeout = None
             if data.get("timeout") not in (None, ""):
                 timeout = parse_duration(data["timeout"])
+            field = "pending_timeout"
             pending = self.services.pending_timeout
             if data.get("pending_timeout") not in (None, ""):
                 pending = parse_duration(data["pending_timeout"])
+            field = "forks"
             forks = int(data.get("forks") or 0)
+            if not 0 <= forks <= MAX_FORKS:
+                raise ValueError(f"must be from 0 (no limit) to {MAX_FORKS}, not {forks}")
         except (TypeError, ValueError) as exc:
-            raise APIError(str(exc)) from exc
+            raise APIError(f"{field}: {exc}") from exc
         try:
             secret_env = check_secret_env(data.get("secrets"))
         except ValueError as exc:
@@ -222,8 +231,8 @@ class JobsApi:
         if bad:
             raise APIError(f"unknown level {bad[0]!r}; use one of {', '.join(LEVELS)}")
         try:
-            after = int(q.get("after") or 0)
-            limit = min(int(q.get("limit") or 10000), 100000)
+            after = id_number(q["after"], "after") if q.get("after") not in (None, "", "0") else 0
+            limit = min(positive(q.get("limit") or "10000", "limit"), 100000)
         except ValueError as exc:
             raise APIError(str(exc)) from exc
         await self.services.writer.flush()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -19,6 +20,14 @@ from easytask.store.serialize import job_dict, run_dict, schedule_dict
 from easytask.web.requests import ROLES_OPERATE, ApiRequests, body, source
 
 MAX_PLAYBOOK_BODY = 64 << 20
+
+
+def pattern_limit(data: dict[str, Any]) -> str | None:
+    """The body's `limit`: a host pattern, or None."""
+    limit = data.get("limit") or None
+    if limit is not None and not isinstance(limit, str):
+        raise APIError("limit must be a host pattern (a string)")
+    return limit
 
 
 class PlaybooksApi:
@@ -42,7 +51,7 @@ class PlaybooksApi:
             files = {str(k): base64.b64decode(v, validate=True) for k, v in files_in.items()}
         except (ValueError, TypeError) as exc:
             raise APIError(f"files must hold base64 data: {exc}") from exc
-        limit = data.get("limit") or None
+        limit = pattern_limit(data)
         plan = await plan_bundle(
             self.services,
             str(data.get("name") or "playbook.yml"),
@@ -62,7 +71,7 @@ class PlaybooksApi:
         extra = data.get("extra_vars") or {}
         if not isinstance(extra, dict):
             raise APIError("extra_vars must be an object")
-        limit = data.get("limit") or None
+        limit = pattern_limit(data)
         plan = await plan_file(
             self.services,
             path,

@@ -20,7 +20,7 @@ from easytask.store.models import RunState, User
 from easytask.web.auth import CSRF_FIELD, SAFE_METHODS, SessionAuth, csrf_ok
 from easytask.web.errors import INTERNAL, PageError, http_status
 from easytask.web.format import fmt_duration, fmt_time
-from easytask.web.requests import ROLES_OPERATE, read_capped
+from easytask.web.requests import ROLES_OPERATE, no_nul, read_capped
 
 log = logging.getLogger("easytask.server")
 
@@ -104,6 +104,9 @@ class Console:
         data: dict[str, str] = {}
         if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
             data = dict(parse_qsl(raw.decode("utf-8", errors="replace"), keep_blank_values=True))
+        bad = next((name for name, value in data.items() if "\x00" in name + value), None)
+        if bad is not None:
+            raise PageError(f"a NUL character is not allowed in a form field ({bad!r})")
         request.scope["easytask.form"] = data
         return data
 
@@ -115,6 +118,7 @@ class Console:
         async def wrapped(request: Request) -> Response:
             user: User | None = None
             try:
+                no_nul(request)
                 user = await self.auth.user(request)
                 if user is None:
                     target = request.url.path + (

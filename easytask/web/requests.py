@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -21,6 +22,7 @@ from easytask.web.errors import INTERNAL, http_status, json_error
 log = logging.getLogger("easytask.server")
 
 MAX_BODY = 1 << 20
+MAX_ID = 2**63 - 1  # ids are 64-bit integers in the database
 CLIENT_KIND = re.compile(r"[A-Za-z0-9._:/+-]{1,32}")
 ROLES_OPERATE = ("admin", "operator")
 Handler = Callable[[Request], Awaitable[Response]]
@@ -38,32 +40,83 @@ async def read_capped(request: Request, limit: int) -> bytes | None:
 
 
 async def body(request: Request, limit: int = MAX_BODY) -> dict[str, Any]:
-    """The JSON body, size-limited and checked to be an object."""
+    """The JSON body, size-limited and checked to be an object of text the store can keep."""
     raw = await read_capped(request, limit)
     if raw is None:
         raise APIError("request body too large", status=413)
     try:
-        data = json.loads(raw or b"{}")
+        data = json.loads(raw or b"{}", parse_constant=_no_constant, parse_float=_finite)
+        if not isinstance(data, dict):
+            raise APIError("body must be a JSON object")
+        bad_text(data, "body")
     except ValueError as exc:
         raise APIError(f"body is not JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise APIError("body must be a JSON object")
+    except RecursionError as exc:
+        raise APIError("body is nested too deeply") from exc
     return data
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"{text[:20]} is too large a number")
+    return value
+
+
+def bad_text(value: Any, where: str) -> None:
+    """Refuse (400) a NUL character or a lone surrogate in any text inside `value` (keys too):
+    the database cannot keep either, and a NUL would cut a text short."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise APIError(f"{where}: a NUL character is not allowed")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise APIError(f"{where}: text is not valid Unicode (a lone surrogate)") from exc
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            bad_text(key, where)
+            bad_text(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            bad_text(item, f"{where}[{index}]")
+
+
 def no_nul(request: Request) -> None:
-    """Refuse query parameters holding NUL: the database would cut the text there, and a
-    filter cut to nothing matches everything."""
+    """Refuse a NUL character in the path or a query parameter: the database would cut the text
+    there, and a filter cut to nothing matches everything."""
+    if "\x00" in request.scope.get("path", ""):
+        raise APIError("a NUL character is not allowed in the URL")
     if any("\x00" in value for _, value in request.query_params.multi_items()):
         raise APIError("a NUL character is not allowed in a query parameter")
 
 
+def id_number(value: str, name: str) -> int:
+    """A database id from text: a number from 1 to 2**63 - 1 (ValueError otherwise)."""
+    number = int(value)
+    if not 0 < number <= MAX_ID:
+        raise ValueError(f"{name} {value!r} is out of range")
+    return number
+
+
+def positive(value: str, name: str) -> int:
+    """A count such as a page size from text: a whole number of at least 1 (ValueError)."""
+    number = int(value)
+    if number < 1:
+        raise ValueError(f"{name} must be at least 1, not {number}")
+    return number
+
+
 def int_param(request: Request, name: str) -> int:
-    """A path parameter as an int."""
+    """A path parameter as a database id (404 otherwise)."""
     try:
-        return int(request.path_params[name])
+        return id_number(request.path_params[name], name)
     except (KeyError, ValueError) as exc:
-        raise APIError(f"{name} must be a number", status=404) from exc
+        raise APIError(f"{name} must be a number from 1 to {MAX_ID}", status=404) from exc
 
 
 def source(request: Request) -> str:
@@ -121,6 +174,7 @@ class ApiRequests:
 
         async def wrapped(request: Request) -> Response:
             try:
+                no_nul(request)
                 user = await self.user(request)
                 if roles is not None and user.role not in roles:
                     raise APIError(f"role {user.role!r} may not do this", status=403)

@@ -12,6 +12,7 @@ from easytask.durations import parse_duration
 from easytask.errors import APIError
 from easytask.service.context import Services
 from easytask.store.models import Run, RunState
+from easytask.web.requests import MAX_ID, id_number
 
 # The filters that narrow the list (kept in every page link), in the order forms show them.
 FILTERS = ("since", "until", "task", "host", "user", "q")
@@ -42,9 +43,11 @@ def _opt_int(params: QueryParams, name: str) -> int | None:
     if not value:
         return None
     try:
-        return int(value)
+        return id_number(value, name)
     except ValueError as exc:
-        raise APIError(f"{name} must be a run id (a number), not {value!r}") from exc
+        raise APIError(
+            f"{name} must be a run id (a number from 1 to {MAX_ID}), not {value!r}"
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -74,13 +77,15 @@ class RunQuery:
             limit = int(raw_limit) if raw_limit else default_limit
         except ValueError as exc:
             raise APIError(f"limit must be a number, not {raw_limit!r}") from exc
+        if limit < 1:
+            raise APIError(f"limit must be at least 1, not {limit}")
         query = cls(
             filters=filters,
             statuses=statuses,
             job=_opt_int(params, "job"),
             before=_opt_int(params, "before"),
             after=_opt_int(params, "after"),
-            limit=min(max(limit, 1), max_limit),
+            limit=min(limit, max_limit),
         )
         if query.before is not None and query.after is not None:
             raise APIError("give before or after, not both")

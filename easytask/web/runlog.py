@@ -14,7 +14,7 @@ from easytask.loglines import LEVELS, SYSTEM
 from easytask.service.context import Services
 from easytask.store.models import LogLine, Run, User
 from easytask.web import sse
-from easytask.web.requests import ApiRequests, int_param
+from easytask.web.requests import MAX_ID, ApiRequests, int_param
 
 MAX_WINDOW = 2000
 MAX_TEXT = 10_000  # characters of one line sent to the viewer; the raw download has all of it
@@ -32,6 +32,7 @@ def parse_levels(value: str | None) -> list[str]:
 
 
 def _int(request: Request, name: str, default: int, low: int = 0, high: int | None = None) -> int:
+    """A number parameter from `low` (else 400); above `high` it is taken as `high`."""
     value = request.query_params.get(name)
     if value in (None, ""):
         return default
@@ -39,7 +40,8 @@ def _int(request: Request, name: str, default: int, low: int = 0, high: int | No
         number = int(value)
     except ValueError as exc:
         raise APIError(f"{name} must be a number") from exc
-    number = max(number, low)
+    if number < low or (high is None and number > MAX_ID):
+        raise APIError(f"{name} must be a number from {low} to {high or MAX_ID}")
     return min(number, high) if high is not None else number
 
 

@@ -9,10 +9,12 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
+from easytask.errors import APIError
 from easytask.scheduler import events
 from easytask.service.context import Services
 from easytask.store.models import RunState
 from easytask.store.serialize import run_dict
+from easytask.web.requests import MAX_ID
 
 CHUNK = 5000  # stored lines read per query while catching up
 KEEPALIVE = 15.0
@@ -34,13 +36,20 @@ def response(stream: AsyncIterator[str]) -> StreamingResponse:
 
 
 def resume_point(request: Request) -> int:
-    """The last seq the client has: `Last-Event-ID` (a reconnect) wins over `?after=`."""
-    for value in (request.headers.get("last-event-id"), request.query_params.get("after")):
+    """The last seq the client has: `Last-Event-ID` (a reconnect) wins over `?after=`; a value
+    that is not a seq is refused (400)."""
+    for name, value in (
+        ("Last-Event-ID", request.headers.get("last-event-id")),
+        ("after", request.query_params.get("after")),
+    ):
         if value:
             try:
-                return max(int(value), 0)
+                number = int(value)
             except ValueError:
-                continue
+                number = -1
+            if not 0 <= number <= MAX_ID:
+                raise APIError(f"{name} must be an event id (a number from 0 to {MAX_ID})")
+            return number
     return 0
 
 

@@ -1,0 +1,1 @@
+"""Corpora of hostile input, as data: `bad_input` holds what tests/test_bad_input.py sends."""
