@@ -23,6 +23,7 @@ PURE = [
     "masking",
     "names",
     "facts",
+    "grouping",
 ]
 IO_LIBS = {
     "asyncssh",
