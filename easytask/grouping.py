@@ -28,6 +28,8 @@ class HostOutput:
     stderr: list[str] = field(default_factory=list)
     # the lines compared were cut at a cap (the console's bounded view)
     cut: bool = False
+    # a playbook's task: runs of different tasks never fold together
+    task: str = ""
 
 
 @dataclass
@@ -40,6 +42,7 @@ class Group:
     stdout: list[str]
     stderr: list[str]
     cut: bool = False
+    task: str = ""
 
     @property
     def hosts_text(self) -> str:
@@ -47,6 +50,7 @@ class Group:
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            **({"task": self.task} if self.task else {}),
             "hosts": self.hosts,
             "hosts_text": self.hosts_text,
             "exit_code": self.exit_code,
@@ -68,15 +72,18 @@ def _digest(out: HostOutput) -> bytes:
 
 
 def fold(outputs: Iterable[HostOutput]) -> list[Group]:
-    """Hosts folded by (exit code, state, output): the biggest group first, then by first host.
-    Each group's hosts are in natural order (web2 before web10)."""
-    groups: dict[tuple[int | None, str, bytes], Group] = {}
+    """Hosts folded by (task, exit code, state, output): tasks in the order they first come,
+    within one the biggest group first, then by first host. Each group's hosts are in natural
+    order (web2 before web10)."""
+    groups: dict[tuple[str, int | None, str, bytes], Group] = {}
+    tasks: dict[str, int] = {}
     for out in outputs:
-        key = (out.exit_code, out.state, _digest(out))
+        tasks.setdefault(out.task, len(tasks))
+        key = (out.task, out.exit_code, out.state, _digest(out))
         group = groups.get(key)
         if group is None:
             groups[key] = Group(
-                [out.host], out.exit_code, out.state, out.stdout, out.stderr, out.cut
+                [out.host], out.exit_code, out.state, out.stdout, out.stderr, out.cut, out.task
             )
         else:
             group.hosts.append(out.host)
@@ -84,7 +91,7 @@ def fold(outputs: Iterable[HostOutput]) -> list[Group]:
     result = list(groups.values())
     for group in result:
         group.hosts.sort(key=host_sort_key)
-    result.sort(key=lambda g: (-len(g.hosts), host_sort_key(g.hosts[0])))
+    result.sort(key=lambda g: (tasks[g.task], -len(g.hosts), host_sort_key(g.hosts[0])))
     return result
 
 

@@ -149,6 +149,19 @@ def test_thousand_hosts_by_thousand_lines_is_quick() -> None:
     assert elapsed < 2.0
 
 
+def test_tasks_never_fold_together() -> None:
+    """A playbook's tasks keep their order and fold apart; the task is named in the dict."""
+    runs = [
+        HostOutput("b", 0, "success", ["x"], task="second"),
+        HostOutput("a", 0, "success", ["x"], task="first"),
+        HostOutput("c", 0, "success", ["x"], task="first"),
+    ]
+    groups = fold(runs)
+    assert [(g.task, g.hosts) for g in groups] == [("second", ["b"]), ("first", ["a", "c"])]
+    assert groups[0].as_dict()["task"] == "second"
+    assert "task" not in fold([out("a")])[0].as_dict()
+
+
 def test_natural_sort_key() -> None:
     assert sorted(["web10", "web9", "db1", "web010"], key=host_sort_key) == [
         "db1",

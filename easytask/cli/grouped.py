@@ -70,6 +70,7 @@ class GroupCollector:
                 r["state"],
                 self.lines.get((r["id"], "stdout"), []),
                 self.lines.get((r["id"], "stderr"), []),
+                task=r.get("task") or "",
             )
             for r in runs
         ]
@@ -118,7 +119,10 @@ def cmd_groups(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
     client = api_client(settings)
     data: dict[str, Any] = client.get(f"/api/jobs/{args.job}")
     outputs = []
-    for run in data["runs"]:
+    last: dict[tuple[str, str], dict[str, Any]] = {}
+    for run in sorted(data["runs"], key=lambda r: r["id"]):  # a retried run's last attempt
+        last[(run.get("task") or "", run["host"])] = run
+    for run in last.values():
         lines: dict[str, list[str]] = {"stdout": [], "stderr": []}
         after = 0
         while True:
@@ -131,7 +135,12 @@ def cmd_groups(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
             after = page[-1]["seq"]
         outputs.append(
             HostOutput(
-                run["host"], run["exit_code"], run["state"], lines["stdout"], lines["stderr"]
+                run["host"],
+                run["exit_code"],
+                run["state"],
+                lines["stdout"],
+                lines["stderr"],
+                task=run.get("task") or "",
             )
         )
     return write_groups(fold(outputs), data, args.format, out, args.raw, None)
@@ -146,13 +155,17 @@ def write_groups(
     elapsed: float | None,
 ) -> int:
     """Print the groups (JSON: a list of them); exit 0 when every run succeeded."""
-    ok = all(r["state"] == "success" for r in data["runs"])
+    ok = all(g.state in ("success", "skipped") for g in groups)
     if fmt == "json":
         print_json([g.as_dict() for g in groups], out)
         return EXIT_OK if ok else EXIT_FAILED
     color = out.isatty() and not os.environ.get("NO_COLOR")
     bold, red, reset = ("\033[1m", "\033[31m", "\033[0m") if color else ("", "", "")
+    task = ""
     for group in groups:
+        if group.task != task:
+            task = group.task
+            out.write(f"{bold}TASK {escape_controls(task)}{reset}\n")
         count = len(group.hosts)
         end = group.state if group.exit_code is None else f"{group.state}, exit {group.exit_code}"
         head = f"{escape_controls(group.hosts_text)} ({count} host{'s' if count != 1 else ''})"
