@@ -1,0 +1,70 @@
+"""The job page's grouped view: hosts with the same output and exit code folded together,
+bounded so a job of thousands of hosts with long outputs still renders at once."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from easytask.grouping import HostOutput, fold
+from easytask.store.db import Store
+from easytask.store.models import Run
+
+GROUP_LINES = 200  # output lines of each host compared and shown
+GROUP_TEXT = 2000  # characters of one line compared and shown
+GROUP_RUNS = 5000  # hosts folded; a bigger job's other runs are left out, and the page says so
+
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def shown(text: str) -> str:
+    """A line with its control characters written visibly (ESC as \\x1b), cut to GROUP_TEXT."""
+    if len(text) > GROUP_TEXT:
+        text = text[:GROUP_TEXT] + "…"
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+@dataclass
+class GroupedView:
+    """What the template shows: the groups, and how much was left out to keep it bounded."""
+
+    groups: list[dict[str, Any]] = field(default_factory=list)
+    hosts: int = 0
+    cut_hosts: int = 0  # hosts with more output than was compared
+    left_out: int = 0  # runs past GROUP_RUNS
+    lines: int = GROUP_LINES
+
+
+def job_groups(store: Store, runs: list[Run]) -> GroupedView:
+    """Fold a job's runs (each host's last attempt per task) by their first GROUP_LINES lines;
+    call on the database thread (`store.call`)."""
+    last: dict[tuple[str, str], Run] = {}
+    for run in sorted(runs, key=lambda r: r.id or 0):
+        last[(run.task, run.host)] = run
+    finals = list(last.values())
+    view = GroupedView(hosts=len(finals), left_out=max(len(finals) - GROUP_RUNS, 0))
+    outputs = []
+    for run in finals[:GROUP_RUNS]:
+        assert run.id is not None
+        rows = store.line_tuples(run.id, limit=GROUP_LINES + 1)
+        cut = len(rows) > GROUP_LINES
+        streams: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        for _seq, _ts, stream, _level, text in rows[:GROUP_LINES]:
+            if stream in streams:
+                streams[stream].append(shown(text))
+        view.cut_hosts += cut
+        outputs.append(
+            HostOutput(
+                run.host,
+                run.exit_code,
+                run.state,
+                streams["stdout"],
+                streams["stderr"],
+                cut=cut,
+                task=run.task,
+            )
+        )
+    for group in fold(outputs):
+        view.groups.append({**group.as_dict(), "task": group.task, "cut": group.cut})
+    return view
