@@ -16,13 +16,14 @@ GROUP_TEXT = 2000  # characters of one line compared and shown
 GROUP_RUNS = 5000  # hosts folded; a bigger job's other runs are left out, and the page says so
 
 _CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_VISIBLE = {c: f"\\x{c:02x}" for c in (*range(0x00, 0x09), *range(0x0B, 0x20), 0x7F)}
 
 
 def shown(text: str) -> str:
     """A line with its control characters written visibly (ESC as \\x1b), cut to GROUP_TEXT."""
     if len(text) > GROUP_TEXT:
         text = text[:GROUP_TEXT] + "…"
-    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return text.translate(_VISIBLE) if _CONTROLS.search(text) else text
 
 
 @dataclass
@@ -45,12 +46,13 @@ def job_groups(store: Store, runs: list[Run]) -> GroupedView:
     finals = list(last.values())
     view = GroupedView(hosts=len(finals), left_out=max(len(finals) - GROUP_RUNS, 0))
     outputs = []
-    for run in finals[:GROUP_RUNS]:
-        assert run.id is not None
-        rows = store.line_tuples(run.id, limit=GROUP_LINES + 1)
+    kept = finals[:GROUP_RUNS]
+    lines = store.first_lines([r.id or 0 for r in kept], GROUP_LINES + 1, GROUP_TEXT + 1)
+    for run in kept:
+        rows = lines[run.id or 0]
         cut = len(rows) > GROUP_LINES
         streams: dict[str, list[str]] = {"stdout": [], "stderr": []}
-        for _seq, _ts, stream, _level, text in rows[:GROUP_LINES]:
+        for _seq, stream, text in rows[:GROUP_LINES]:
             if stream in streams:
                 streams[stream].append(shown(text))
         view.cut_hosts += cut
