@@ -9,8 +9,8 @@ Two figures, each the median of --repeat rounds:
   (`easytask.cli.grouped.write_groups` into memory). One host in 100 differs in its last line
   and one in 50 fails with a line on stderr, so there are several groups to find.
 - console: the same runs and lines in a SQLite store (written with `Store.write_lines`), and the
-  job page's grouped view read from it (`easytask.web.grouped.job_groups`: each host's first 200
-  lines read, compared and kept).
+  job page's grouped view read from it (`easytask.web.grouped.job_groups`: each host's first
+  lines read, compared and kept: 100 each for 1,000 hosts).
 """
 
 from __future__ import annotations

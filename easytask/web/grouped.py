@@ -11,7 +11,9 @@ from easytask.grouping import HostOutput, fold
 from easytask.store.db import Store
 from easytask.store.models import Run
 
-GROUP_LINES = 200  # output lines of each host compared and shown
+GROUP_BUDGET = 100_000  # lines read for the whole view: a bigger job compares fewer per host
+GROUP_LINES = 1000  # at most this many lines of each host compared and shown
+GROUP_MIN_LINES = 20  # and at least this many, however many hosts
 GROUP_TEXT = 2000  # characters of one line compared and shown
 GROUP_RUNS = 5000  # hosts folded; a bigger job's other runs are left out, and the page says so
 
@@ -34,25 +36,27 @@ class GroupedView:
     hosts: int = 0
     cut_hosts: int = 0  # hosts with more output than was compared
     left_out: int = 0  # runs past GROUP_RUNS
-    lines: int = GROUP_LINES
+    lines: int = GROUP_LINES  # lines of each host compared and shown
 
 
 def job_groups(store: Store, runs: list[Run]) -> GroupedView:
-    """Fold a job's runs (each host's last attempt per task) by their first GROUP_LINES lines;
-    call on the database thread (`store.call`)."""
+    """Fold a job's runs (each host's last attempt per task) by their first lines: up to
+    GROUP_LINES each, fewer for a big job so that about GROUP_BUDGET lines are read in all; call
+    on the database thread (`store.call`)."""
     last: dict[tuple[str, str], Run] = {}
     for run in sorted(runs, key=lambda r: r.id or 0):
         last[(run.task, run.host)] = run
     finals = list(last.values())
-    view = GroupedView(hosts=len(finals), left_out=max(len(finals) - GROUP_RUNS, 0))
-    outputs = []
     kept = finals[:GROUP_RUNS]
-    lines = store.first_lines([r.id or 0 for r in kept], GROUP_LINES + 1, GROUP_TEXT + 1)
+    cap = max(GROUP_MIN_LINES, min(GROUP_LINES, GROUP_BUDGET // max(len(kept), 1)))
+    view = GroupedView(hosts=len(finals), left_out=len(finals) - len(kept), lines=cap)
+    outputs = []
+    lines = store.first_lines([r.id or 0 for r in kept], cap + 1, GROUP_TEXT + 1)
     for run in kept:
         rows = lines[run.id or 0]
-        cut = len(rows) > GROUP_LINES
+        cut = len(rows) > cap
         streams: dict[str, list[str]] = {"stdout": [], "stderr": []}
-        for _seq, stream, text in rows[:GROUP_LINES]:
+        for _seq, stream, text in rows[:cap]:
             if stream in streams:
                 streams[stream].append(shown(text))
         view.cut_hosts += cut

@@ -71,9 +71,9 @@ def test_job_page_groups_hosts_by_output(fleet: ServerHandle, browser: Any, cons
 def test_grouped_view_is_bounded_and_says_so(
     fleet: ServerHandle, browser: Any, consoles: list
 ) -> None:
-    """Past 200 lines a host's output is compared and shown only up to there, and the page
-    says which part was compared; hosts alike up to there fold together."""
-    command = "seq 1 300; [ {{ inventory_hostname }} = web01 ] && echo tail-differs; true"
+    """Past 1,000 lines (fewer for a big job) a host's output is compared and shown only up to
+    there, and the page says which part was compared; hosts alike up to there fold together."""
+    command = "seq 1 1100; [ {{ inventory_hostname }} = web01 ] && echo tail-differs; true"
     body = {"pattern": "web", "command": command, "extra_vars": {"x": 1}}
     job = fleet.post("/api/jobs", body)
     fleet.wait_job(job["job"]["id"])
@@ -82,7 +82,7 @@ def test_grouped_view_is_bounded_and_says_so(
     page = console.page
     page.goto(f"/jobs/{job['job']['id']}?view=grouped")
     note = page.get_by_test_id("grouped-cut").inner_text()
-    assert "first 200 lines" in note and "3 hosts have more" in note
+    assert "first 1000 lines" in note and "3 hosts have more" in note
     (only,) = groups_on(page)
     assert only[0] == "web[01:03]"
-    assert only[2].splitlines() == [str(n) for n in range(1, 201)]
+    assert only[2].splitlines() == [str(n) for n in range(1, 1001)]
