@@ -201,7 +201,9 @@ INTRO = """\
 `bench/grouping.py` times grouped output (`easytask run --group`, the job page's grouped view)
 for 1,000 hosts with 1,000 lines each: folding the outputs held in memory and printing them as
 text and as JSON, as the CLI does once the job has ended; and the console's grouped view read
-from a SQLite store holding the same million lines.
+from a SQLite store holding the same million lines. The CLI's figure is what `--group` adds
+once the job has ended; receiving the lines over the job's event stream, as the hosts print
+them, is the same as without `--group` and is not part of it.
 
 Run it with `.venv/bin/python -m bench.grouping --write`; `--quick` uses 50 hosts x 100 lines."""
 
