@@ -74,7 +74,7 @@ def _digest(out: HostOutput) -> bytes:
 def fold(outputs: Iterable[HostOutput]) -> list[Group]:
     """Hosts folded by (task, exit code, state, output): tasks in the order they first come,
     within one the biggest group first, then by first host. Each group's hosts are in natural
-    order (web2 before web10)."""
+    order (web2 before web10). When all runs are of one task, no group names it."""
     groups: dict[tuple[str, int | None, str, bytes], Group] = {}
     tasks: dict[str, int] = {}
     for out in outputs:
@@ -92,6 +92,9 @@ def fold(outputs: Iterable[HostOutput]) -> list[Group]:
     for group in result:
         group.hosts.sort(key=host_sort_key)
     result.sort(key=lambda g: (tasks[g.task], -len(g.hosts), host_sort_key(g.hosts[0])))
+    if len(tasks) == 1:  # one task (an ad hoc command): nothing to tell apart
+        for group in result:
+            group.task = ""
     return result
 
 

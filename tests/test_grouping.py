@@ -160,6 +160,8 @@ def test_tasks_never_fold_together() -> None:
     assert [(g.task, g.hosts) for g in groups] == [("second", ["b"]), ("first", ["a", "c"])]
     assert groups[0].as_dict()["task"] == "second"
     assert "task" not in fold([out("a")])[0].as_dict()
+    one_task = [HostOutput(h, 0, "success", ["x"], task="echo x") for h in ("a", "b")]
+    assert [(g.task, g.hosts) for g in fold(one_task)] == [("", ["a", "b"])]
 
 
 def test_natural_sort_key() -> None:
