@@ -99,3 +99,36 @@ def test_run_group_json_and_all_alike(fleet) -> None:
     assert both.returncode == 2 and "--group" in both.stderr
     missing = fleet.cli("groups", "nine")
     assert missing.returncode == 2 and "'nine' is not JOB or job:N" in missing.stderr
+
+
+def test_groups_of_a_playbook_fold_each_task_apart(fleet, tmp_path: Path) -> None:
+    """`groups JOB` of a playbook: each task's hosts fold apart under its name, tasks in order;
+    the JSON names each group's task."""
+    book = write(
+        tmp_path / "two.yml",
+        """\
+        name: two
+        hosts: web
+        tasks:
+          - name: first
+            shell: echo one
+          - name: second
+            shell: "echo {{ 'odd' if inventory_hostname == 'web02' else 'even' }}"
+        """,
+    )
+    played = fleet.cli("play", str(book), "--format", "json")
+    assert played.returncode == 0, played.stdout + played.stderr
+    job_id = json.loads(played.stdout)["job"]["id"]
+    result = fleet.cli("groups", str(job_id))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n\n")[:3] == [
+        "TASK first\n== web[01:04] (4 hosts): success, exit 0\none",
+        "TASK second\n== web01, web[03:04] (3 hosts): success, exit 0\neven",
+        "== web02 (1 host): success, exit 0\nodd",
+    ]
+    groups = json.loads(fleet.cli("groups", str(job_id), "--format", "json").stdout)
+    assert [(g["task"], g["hosts_text"]) for g in groups] == [
+        ("first", "web[01:04]"),
+        ("second", "web01, web[03:04]"),
+        ("second", "web02"),
+    ]
