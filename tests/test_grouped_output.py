@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import AgentFactory, ServerFactory, write
-from tests.support import SSHD
+from tests.support import SSHD, easytask_cmd, wait_until
 from tests.test_grouping import read_back
 
 # Every host prints the same, but db1 also writes to stderr and exits 3; web03 prints an escape.
@@ -132,3 +135,35 @@ def test_groups_of_a_playbook_fold_each_task_apart(fleet, tmp_path: Path) -> Non
         ("second", "web01, web[03:04]"),
         ("second", "web02"),
     ]
+
+
+def test_ctrl_c_terminates_the_job_and_prints_its_groups(fleet) -> None:
+    """SIGINT to `run --group` terminates the remote commands, then prints what they printed,
+    folded: both hosts terminated alike."""
+    proc = subprocess.Popen(
+        easytask_cmd("run", "web01,web02", "--group", "-a", "echo begun; sleep 60"),
+        env=fleet.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # as at a terminal: a test runner in the background has SIGINT ignored, and its children too
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        wait_until(
+            lambda: len(fleet.get("/api/runs", status="running")["runs"]) == 2, what="both running"
+        )
+        wait_until(
+            lambda: all(
+                any(ln["text"] == "begun" for ln in fleet.log_lines(r["id"]))
+                for r in fleet.get("/api/runs")["runs"]
+            ),
+            what="both printed",
+        )
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, out + err
+    assert "terminating job" in err
+    assert re.match(r"== web\[01:02\] \(2 hosts\): terminated.*\nbegun\n\n", out), out
