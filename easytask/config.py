@@ -37,7 +37,11 @@ class Settings:
     # the CLI
     url: str = _setting("http://127.0.0.1:8080")
     token: str | None = _setting(None)
-    inventory: str | None = _setting("inventory")
+    inventory: str | list[str] | None = _setting("inventory", "sources")  # `server -i A -i B`
+    inventory_timeout: float = _setting(30.0, "duration")  # one run of an inventory script
+    inventory_cache: float = _setting(30.0, "duration")  # the server reuses a script's output
+    vault_password_file: str | None = _setting(None)  # Ansible Vault password: a file or a script
+    vault_id: tuple[str, ...] | None = _setting(None, "list")  # LABEL@FILE: more vault passwords
     log_format: str = _setting("text", "choice", choices=("text", "json"))
     # the server
     state_dir: Path = _setting(Path(".easytask/server"), "path")
@@ -72,6 +76,13 @@ class Settings:
     # not settings: fixed by the code that builds a Settings
     schedule_interval: float = field(default=1.0, metadata={"internal": True})
     config_path: str | None = field(default=None, metadata={"internal": True})
+
+
+def inventory_sources(value: str | list[str] | None) -> list[str]:
+    """The inventory sources of the `inventory` setting: one, or a list (`-i A -i B`)."""
+    if not value:
+        return ["inventory"]
+    return [value] if isinstance(value, str) else list(value)
 
 
 def setting_names() -> list[str]:
@@ -127,6 +138,12 @@ def _convert(name: str, kind: str, value: Any, choices: tuple[str, ...] = ()) ->
             if not all(isinstance(item, str) for item in given):
                 raise ValueError(f"not a list of texts: {value!r}")
             return tuple(w for item in given for w in re.split(r"[,\s]+", item) if w) or None
+        if kind == "sources":  # one inventory source, or a list of them
+            if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+                return list(value)
+            if not isinstance(value, str):
+                raise ValueError(f"must be a path or a list of paths, got {value!r}")
+            return value
         if kind == "count":
             if isinstance(value, bool | float):
                 raise ValueError(f"not a whole number: {value!r}")

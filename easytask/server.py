@@ -42,6 +42,7 @@ from easytask.transport import sshlog
 from easytask.transport.agentless import SSHPool
 from easytask.transport.agentlink import AgentListener
 from easytask.transport.keys import load_or_create_key
+from easytask.vaultpass import load_vault
 from easytask.web.app import create_web_app
 
 log = logging.getLogger("easytask.server")
@@ -70,7 +71,11 @@ class Server:
         self.store: Store
         self.hub = LiveHub()
         self.metrics = Metrics()
-        self.inventory = InventorySource(config.inventory)
+        # the vault passwords are read (their scripts run) once, at start
+        self.vault = load_vault(config.vault_password_file, config.vault_id)
+        self.inventory = InventorySource(
+            config.inventory, config.inventory_timeout, config.inventory_cache, self.vault
+        )
         self._stop = asyncio.Event()
         self.cluster: Cluster | None = None
         self.fenced = False  # another server took this one's work over: stop, exit 1
@@ -188,6 +193,7 @@ class Server:
             self._submit_scheduled,
             self.server_id,
             interval=self.config.schedule_interval,
+            vault=self.vault,
         )
         self.retention = Retention(
             self.store,
@@ -201,6 +207,7 @@ class Server:
             state_dir=self.state_dir,
             server_id=self.server_id,
             pending_timeout=self.pending_timeout,
+            vault=self.vault,
             store=self.store,
             writer=self.writer,
             hub=self.hub,

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from easytask.errors import SourceLocation
+from easytask.vault import Vault, VaultError, VaultText, is_encrypted, mark_secret
 
 __all__ = ["Marks", "Source", "UnsafeText", "YamlError", "parse_yaml", "type_name"]
 
@@ -57,8 +58,10 @@ class YamlError(ValueError):
         problem: str = "",
         detail: str = "",
         line: str = "",
+        vault: bool = False,
     ) -> None:
         super().__init__(message)
+        self.vault = vault  # a vault value that cannot be decrypted, not a syntax error
         self.message = message
         self.location = location
         self.problem = problem
@@ -80,7 +83,7 @@ class Marks:
 class _Loader(_BaseLoader):  # type: ignore[valid-type,misc]
     """PyYAML's safe loader that keeps positions and reports duplicate keys."""
 
-    def __init__(self, stream: str, path: str, *, nodes: bool, vault: bool) -> None:
+    def __init__(self, stream: str, path: str, *, nodes: bool, vault: Vault | None) -> None:
         super().__init__(stream)
         self.path = path
         self.nodes = nodes
@@ -135,9 +138,15 @@ class _Loader(_BaseLoader):  # type: ignore[valid-type,misc]
         return _unsafe(self.construct_object(node, deep=True))
 
     def construct_vault(self, node: yaml.Node) -> Any:
-        if not self.vault:
+        if self.vault is None or not isinstance(node, yaml.ScalarNode):
             return self.construct_undefined(node)
-        raise YamlError("Ansible Vault values (!vault) are not supported", self.at(node.start_mark))
+        envelope = str(self.construct_scalar(node))
+        if self.vault.locked:
+            return VaultText("", envelope)
+        try:
+            return VaultText(self.vault.decrypt_text(envelope), envelope)
+        except VaultError as exc:
+            raise YamlError(str(exc), self.at(node.start_mark), vault=True) from None
 
 
 _Loader.add_constructor("tag:yaml.org,2002:map", _Loader.construct_marked_map)
@@ -234,12 +243,24 @@ class Source:
         return SourceLocation(self.path, line, len(text) - len(text.lstrip()) + 1)
 
 
-def parse_yaml(text: str, path: str, *, nodes: bool = False, vault: bool = False) -> Source:
+def parse_yaml(text: str, path: str, *, nodes: bool = False, vault: Vault | None = None) -> Source:
     """Parse YAML with positions; YamlError names file:line:col.
 
     `nodes` keeps each value's node and each list's items too (for `Source.value`,
-    `Source.template_at`); `vault` rejects `!vault` values by name rather than as an unknown tag.
+    `Source.template_at`). With a `vault`, `!vault` values are decrypted and a text encrypted
+    whole (`$ANSIBLE_VAULT;...`) is decrypted first; every string that came out of a vault is a
+    `VaultText` (a secret). Without one, `!vault` is an unknown tag.
     """
+    if vault is not None and is_encrypted(text):
+        if vault.locked:
+            return Source(path, "", None)
+        try:
+            plain = vault.decrypt_text(text, "file")
+        except VaultError as exc:
+            raise YamlError(str(exc), SourceLocation(path, 1, 1), vault=True) from None
+        source = parse_yaml(plain, path, nodes=nodes, vault=vault)
+        mark_secret(source.data)
+        return source
     loader = _Loader(text, path, nodes=nodes, vault=vault)
     try:
         data = loader.get_single_data()

@@ -8,6 +8,8 @@ command -v setsid >/dev/null 2>&1 || need+=(util-linux)
 # network partition tests use namespaces and veth pairs; script tests run /usr/bin/python3
 command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || need+=(iproute2)
 [ -x /usr/bin/python3 ] || need+=(python3)
+# become tests run commands through a real sudo (non-root agents, agentless hosts)
+command -v sudo >/dev/null 2>&1 || need+=(sudo)
 # The console's browser tests drive Debian's Chromium through Playwright (no `playwright install`).
 [ -x /usr/bin/chromium ] || need+=(chromium)
 # The PostgreSQL tests start their own cluster with initdb and pg_ctl (PATH or Debian's dirs).

@@ -123,5 +123,37 @@ def test_play_inventory_without_check_is_a_usage_error(
     a, _, playbook = _two_inventories(tmp_path)
     code, _ = run_cli("play", str(playbook), "-i", str(a))
     assert code == 2
-    assert "-i/--inventory is only read with --check" in capsys.readouterr().err
+    assert "-i/--inventory is only read with --check or --list-hosts" in capsys.readouterr().err
+    assert client.calls == []
+
+
+def test_play_lists_tasks_and_hosts_without_running(
+    client: FakeClient, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`play --list-tasks --list-hosts` print the play's hosts (from -i) and its tasks in order
+    with their tags, after --tags and --limit, as ansible-playbook does; nothing is sent."""
+    (tmp_path / "inv.ini").write_text("[web]\nweb1\nweb2\n[db]\ndb1\n")
+    book = tmp_path / "site.yml"
+    book.write_text(
+        "name: site\nhosts: web:db\ntasks:\n"
+        "  - {name: a, shell: x, tags: deploy}\n"
+        "  - {name: b, shell: x, tags: [debug, never]}\n"
+        "  - {name: c, shell: x, needs: [], tags: deploy}\n"
+        "  - {name: d, shell: x, needs: [a, c]}\n"
+    )
+    code, out = run_cli(
+        "play", str(book), "--list-tasks", "--list-hosts", "-i", str(tmp_path / "inv.ini"),
+        "-l", "!web2", "--skip-tags", "debug",
+    )  # fmt: skip
+    assert code == 0
+    assert out == (
+        f"\nplaybook: {book}\n\n  play #1 (web:db): site\n"
+        "    pattern: web:db\n    hosts (2):\n      web1\n      db1\n"
+        "    tasks:\n"
+        "      a\tTAGS: [deploy]\tat once\n"
+        "      c\tTAGS: [deploy]\tat once\n"
+        "      d\tTAGS: []\tneeds a, c\n"
+    )
+    code, out = run_cli("play", str(book), "--list-tasks", "--tags", "never")
+    assert code == 0 and out.endswith("    tasks:\n      b\tTAGS: [debug, never]\tafter a\n")
     assert client.calls == []

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,7 @@ import pytest
 from easytask.cli import inventory as cli_inventory
 from easytask.config import Settings
 from easytask.errors import EasyTaskError, InventoryError, NoHostsMatched, UsageError
+from tests.support import easytask_cmd
 
 CASES = Path(__file__).parent / "cases" / "inventory"
 SAMPLE = Path(__file__).parent.parent / "inventory"
@@ -111,3 +115,88 @@ def test_warnings_go_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:
     output = run("-i", str(CASES / "yaml_features" / "hosts.yml"), "--hosts", "odd")
     assert output == "odd1\n"
     assert "skipping unknown key 'extra' in group 'odd'" in capsys.readouterr().err
+
+
+# -- --yaml, --export, --output, scripts and the implicit localhost -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "golden"),
+    [
+        (["--list", "--yaml"], "list.yaml"),
+        (["--list", "-y"], "list.yaml"),
+        (["--list", "--export"], "list-export.json"),
+        (["--list", "--export", "--yaml"], "list-export.yaml"),
+    ],
+)
+def test_yaml_and_export_print_what_ansible_inventory_prints(argv: list[str], golden: str) -> None:
+    """`--list --yaml`, `--export`: the text of `ansible-inventory --list --yaml/--export`."""
+    assert run(*argv) == (SAMPLE_EXPECTED / golden).read_text().rstrip("\n") + "\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "golden", "tail"),
+    [(["--list"], "list.json", ""), (["--list", "--yaml"], "list.yaml", "\n")],
+)
+def test_output_writes_the_file_as_ansible_does(
+    tmp_path: Path, argv: list[str], golden: str, tail: str
+) -> None:
+    """--output FILE: the same text in the file (JSON without a final newline, as Ansible
+    writes it), nothing on standard output."""
+    target = tmp_path / "out"
+    assert run(*argv, "--output", str(target)) == ""
+    assert target.read_text() == (SAMPLE_EXPECTED / golden).read_text().rstrip("\n") + tail
+
+
+@pytest.mark.parametrize("flag", [["--yaml"], ["--export"], ["--output", "x"]])
+def test_list_only_flags_need_list(flag: list[str]) -> None:
+    with pytest.raises(UsageError) as exc:
+        run("--graph", *flag)
+    assert exc.value.message == f"inventory: {flag[0]} only goes with --list"
+
+
+def test_output_to_a_directory_that_does_not_exist_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="cannot write .*/nope/out: No such file or directory"):
+        run("--list", "--output", str(tmp_path / "nope" / "out"))
+
+
+@pytest.mark.parametrize("name", ["script", "script_dir"])
+def test_implicit_localhost_has_ansibles_variables(name: str) -> None:
+    """`--host localhost` on an inventory without it: Ansible's implicit localhost (local
+    connection, the interpreter running the command), with the `all` variables."""
+    spec = json.loads((CASES / name / "case.json").read_text())
+    expected = json.loads((CASES / name / "expected" / "host-localhost.json").read_text())
+    expected["ansible_python_interpreter"] = sys.executable
+    inventory = CASES / name / spec["sources"][0]
+    assert json.loads(run("--host", "localhost", inventory=inventory)) == expected
+    assert run("--hosts", "all:localhost", inventory=inventory).splitlines()[-1] == "localhost"
+    assert "localhost" not in run("--hosts", "all", inventory=inventory).split()
+    assert "localhost" not in json.loads(run("--list", inventory=inventory))["_meta"]["hostvars"]
+
+
+def test_script_inventory_through_the_real_cli(tmp_path: Path) -> None:
+    """The installed command runs a script given with -i, and inventory_timeout applies."""
+    case = CASES / "script"
+    done = subprocess.run(
+        easytask_cmd("inventory", "-i", str(case / "inventory.sh"), "--list"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (case / "expected" / "list.json").read_text()
+    slow = tmp_path / "slow.sh"
+    slow.write_text("#!/bin/sh\nexec sleep 30\n")
+    slow.chmod(0o755)
+    env = dict(os.environ, EASYTASK_INVENTORY_TIMEOUT="1s")
+    done = subprocess.run(
+        easytask_cmd("inventory", "-i", str(slow), "--list"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert done.returncode == 2
+    assert f"inventory script {slow} --list did not finish within 1s (inventory_timeout)" in (
+        done.stderr
+    )

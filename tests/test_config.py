@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from easytask.config import env_name, load_settings, setting_names, write_client_config
+from easytask.config import (
+    env_name,
+    inventory_sources,
+    load_settings,
+    setting_names,
+    write_client_config,
+)
 from easytask.errors import ConfigError
 
 
@@ -196,3 +202,20 @@ def test_server_flags_are_settings() -> None:
     }
     given = parser.parse_args(["server", "--upload-limit", "2k", "--keepalive", "5s"])
     assert (given.upload_limit, given.keepalive_interval) == (2048, 5.0)
+
+
+def test_inventory_sources_one_or_a_list(tmp_path: Path) -> None:
+    """`inventory` is one source, or a list in the file or from repeated `server -i`; the
+    script settings are durations; anything else names the setting."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('inventory = ["a.ini", "web1,web2,"]\ninventory_cache = "2m"\n')
+    env = {"EASYTASK_CONFIG": str(cfg), "EASYTASK_INVENTORY_TIMEOUT": "5s"}
+    settings = load_settings(env=env)
+    assert settings.inventory == ["a.ini", "web1,web2,"]
+    assert (settings.inventory_cache, settings.inventory_timeout) == (120.0, 5.0)
+    assert load_settings({"inventory": ["x", "y"]}, env=env).inventory == ["x", "y"]
+    assert inventory_sources(None) == ["inventory"]
+    assert inventory_sources("x") == ["x"]
+    cfg.write_text("inventory = 5\n")
+    with pytest.raises(ConfigError, match="inventory: must be a path or a list of paths, got 5"):
+        load_settings(env=env)

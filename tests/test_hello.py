@@ -20,7 +20,9 @@ def test_a_real_agents_hello_passes_unchanged() -> None:
             "files": False,
             "file_dirs": [],
             "slots": 4,
+            "become": ["deploy"],
         },
+        "user": "root",
     }
     assert check_facts(sent) == {**sent, "load": [float(x) for x in sent["load"]]}
     fields = check_hello(

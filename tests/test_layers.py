@@ -23,6 +23,7 @@ PURE = [
     "masking",
     "names",
     "facts",
+    "vault",
     "grouping",
 ]
 IO_LIBS = {

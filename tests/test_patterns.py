@@ -13,6 +13,7 @@ import pytest
 from easytask.errors import NoHostsMatched, PatternError
 from easytask.inventory import Inventory, load_inventory
 from easytask.inventory.patterns import order_parts, split_pattern, split_subscript
+from easytask.transport.invscript import script_runner
 
 CASES = Path(__file__).parent / "cases" / "inventory"
 
@@ -27,7 +28,8 @@ def golden_patterns() -> list[tuple[str, str, list[str]]]:
 
 def load_case(name: str) -> Inventory:
     spec = json.loads((CASES / name / "case.json").read_text())
-    return load_inventory([s if "," in s else str(CASES / name / s) for s in spec["sources"]])
+    sources = [s if "," in s else str(CASES / name / s) for s in spec["sources"]]
+    return load_inventory(sources, script_runner(30))
 
 
 @pytest.mark.parametrize(("name", "pattern", "hosts"), golden_patterns())

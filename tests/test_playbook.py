@@ -472,7 +472,7 @@ def test_unsafe_strings_are_not_templates(tree: Path) -> None:
         pytest.param("""\
             hosts: all
             command: x
-            become: true
+            become_method: su
             tasks:
               - name: a
                 shell: x
@@ -482,7 +482,7 @@ def test_unsafe_strings_are_not_templates(tree: Path) -> None:
                 depends_on: b
             """, [
                 "pb/x.yml:2:1: unknown key 'command' in the play (it belongs in a task)",
-                "pb/x.yml:3:1: unknown key 'become' in the play (EasyTask runs commands as the agent's (or SSH) user; 'become' is not supported)",
+                "pb/x.yml:3:1: unknown key 'become_method' in the play (set ansible_become_method in the inventory (agents use their own way))",
                 "pb/x.yml:7:5: unknown key 'register' in task 'a' (every task's output is results.<task name>; 'register' is not needed)",
                 "pb/x.yml:8:5: unknown key 'loop' in task 'a' (loops are not supported; use a shell loop in 'shell')",
                 "pb/x.yml:9:5: unknown key 'serial' in task 'a' (it belongs in the play)",
@@ -689,8 +689,9 @@ def test_vars_files_are_read_in_order_over_vars(tree: Path) -> None:
         ({"v.yml": "ok: 1\nbad name: 2\n"}, "[v.yml]", "pb/v.yml:2:1: invalid variable name 'bad name' (use letters, digits and _, not starting with a digit)"),
         ({"v.yml": "a: [1\n"}, "[v.yml]", "pb/v.yml:2:1: invalid YAML: did not find expected ',' or ']'"),
         ({"v.yml": "a: '{{ x'\n"}, "[v.yml]", "pb/v.yml:1:4: invalid template in variable 'a': unexpected end of template, expected 'end of print statement'."),
-        ({"v.yml": "$ANSIBLE_VAULT;1.1;AES256\n6162\n"}, "[v.yml]", "pb/x.yml:2:14: the vars file 'v.yml' is encrypted with Ansible Vault, which is not supported"),
-        ({"v.yml": "a: !vault |\n  $ANSIBLE_VAULT;1.1;AES256\n  6162\n"}, "[v.yml]", "pb/v.yml:1:4: Ansible Vault values (!vault) are not supported"),
+        ({"v.yml": "$ANSIBLE_VAULT;1.1;AES256\n6162\n"}, "[v.yml]", "pb/v.yml:1:1: the vault text is damaged (not the hex Ansible Vault writes)"),
+        ({"v.yml": "a: !vault |\n  $ANSIBLE_VAULT;1.1;AES256\n  6162\n"}, "[v.yml]", "pb/v.yml:1:4: the vault text is damaged (not the hex Ansible Vault writes)"),
+        ({"v.yml": "a: !vault |\n  $ANSIBLE_VAULT;1.2;AES256;prod\n  6162\n"}, "[v.yml]", "pb/v.yml:1:4: the vault text is damaged (not the hex Ansible Vault writes)"),
     ],
 )  # fmt: skip
 def test_vars_files_errors_name_the_file_and_line(

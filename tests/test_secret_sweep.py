@@ -196,6 +196,107 @@ def test_no_secret_value_anywhere_after_jobs_that_used_it(
     assert _file_hits(agent_dir, value, allowed) == []
 
 
+def test_vault_values_masked_and_never_stored(
+    start_server: ServerFactory, start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    """A vaulted group_vars file (made by ansible-vault, vault id `prod`) and a vaulted vars file
+    sent with the playbook: the server decrypts them with its --vault-id and
+    --vault-password-file; the job's output and stored command show ****, an ad hoc command's
+    output on the host too, and the values are in no column and no file of either state dir
+    (the sent vars file stays encrypted)."""
+    from tests.test_vault import ansible
+
+    group_value = f"vaulted-{secrets.token_hex(8)}"
+    file_value = f"filed-{secrets.token_hex(8)}"
+    write(tmp_path / "prod.pw", "prod password\n")
+    write(tmp_path / "default.pw", "default password\n")
+    inventory = write(tmp_path / "inv" / "hosts.ini", "[hosts]\nsw1\n")
+    group_vars = write(
+        tmp_path / "inv" / "group_vars" / "hosts.yml", f"db_password: {group_value}\n"
+    )
+    ansible("ansible-vault", "encrypt", "--vault-id", "prod@prod.pw", str(group_vars), cwd=tmp_path)
+    vars_file = write(tmp_path / "book" / "api.yml", f"api_key: {file_value}\n")
+    ansible(
+        "ansible-vault",
+        "encrypt",
+        "--vault-password-file",
+        "default.pw",
+        str(vars_file),
+        cwd=tmp_path,
+    )
+    book = write(
+        tmp_path / "book" / "vaulted.yml",
+        """\
+        name: vaulted
+        hosts: hosts
+        vars_files: [api.yml]
+        tasks:
+          - name: show
+            shell: echo "db={{ db_password }} api={{ api_key }}"; echo "{{ db_password }}" >&2
+        """,
+    )
+    server = start_server(
+        inventory,
+        "--vault-id",
+        f"prod@{tmp_path / 'prod.pw'}",
+        "--vault-password-file",
+        str(tmp_path / "default.pw"),
+    )
+    agent_dir = tmp_path / "agents"
+    start_agent(server, "sw1")
+
+    played = server.cli("play", str(book), "--format", "json")
+    assert played.returncode == 0, played.stdout + played.stderr
+    assert group_value not in played.stdout and file_value not in played.stdout
+    (run,) = server.get("/api/runs", limit=5)["runs"]
+    assert run["state"] == "success", run
+    assert sorted(ln["text"] for ln in server.log_lines(run["id"])) == [
+        "****",
+        "db=**** api=****",
+    ]
+    assert run["command"] == 'echo "db=**** api=****"; echo "****" >&2'
+
+    # a vars file the server has no password for: refused with the file and line, nothing runs
+    write(tmp_path / "other.pw", "another password\n")
+    other = write(tmp_path / "book" / "other.yml", "other: 1\n")
+    ansible("ansible-vault", "encrypt", "--vault-id", "x@other.pw", str(other), cwd=tmp_path)
+    refused = write(
+        tmp_path / "book" / "refused.yml",
+        "hosts: hosts\nvars_files: [other.yml]\ntasks: [{name: a, shell: 'true'}]\n",
+    )
+    runs_before = len(server.get("/api/runs", limit=100)["runs"])
+    failed = server.cli("play", str(refused))
+    assert failed.returncode == 2, failed.stdout + failed.stderr
+    assert (
+        "other.yml:1:1: cannot decrypt the vault file with the given password (vault id 'x')"
+        in failed.stderr
+    ), failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert len(server.get("/api/runs", limit=100)["runs"]) == runs_before
+
+    # an ad hoc command on a host with vault values: they are masked in its output too
+    holder = write(tmp_path / "host" / "conf.txt", f"password={group_value}\n")
+    adhoc = server.cli("run", "sw1", "-a", f"cat {holder}")
+    assert adhoc.returncode == 0, adhoc.stdout + adhoc.stderr
+    assert group_value not in adhoc.stdout and "password=****" in adhoc.stdout
+    # an ad hoc command templated with a vault value would be stored in clear: refused
+    templated = server.cli("run", "sw1", "-e", "x=1", "-a", "echo {{ db_password }}")
+    assert templated.returncode == 2, templated.stdout + templated.stderr
+    assert "would hold a value from an Ansible Vault" in templated.stderr, templated.stderr
+    assert group_value not in templated.stdout + templated.stderr
+
+    wait_until(
+        lambda: not [p for p in agent_dir.rglob("spool/*") if p.suffix in (".out", ".done")],
+        what="the agent's spool acknowledged",
+    )
+    kept = server.state_dir / "secrets"
+    assert not kept.exists() or list(kept.iterdir()) == []
+    for value in (group_value, file_value):
+        assert _database_hits(server.db_url, value) == []
+        assert _file_hits(server.state_dir, value, {}) == []
+        assert _file_hits(agent_dir, value, {}) == []
+
+
 def test_no_credential_value_anywhere_after_jobs_that_used_it(
     start_server: ServerFactory,
     start_agent: AgentFactory,

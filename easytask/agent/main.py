@@ -60,6 +60,7 @@ class AgentConfig:
     files: bool = True
     file_dirs: list[str] = field(default_factory=list)  # where file transfers may go (--file-dir)
     pass_env: list[str] = field(default_factory=list)  # variables commands get from the agent
+    allow_become: list[str] = field(default_factory=list)  # users runs may become
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -119,7 +120,12 @@ class Agent:
         self.host_key = load_or_create_key(self.state_dir / "host_key")
         self.pinned_path = self.state_dir / "server_keys"
         self.policy = make_policy(
-            config.run_as, config.allow, config.files, config.slots, config.file_dirs
+            config.run_as,
+            config.allow,
+            config.files,
+            config.slots,
+            config.file_dirs,
+            config.allow_become,
         )
         self.runner = Runner(
             self.state_dir,
@@ -127,6 +133,7 @@ class Agent:
             run_as=self.policy.run_as,
             supervisor_idle=config.supervisor_idle,
             pass_env=check_pass_env(config.pass_env),
+            grace=config.grace,
         )
         self.runner.collect_garbage()
         self.connected = asyncio.Event()
@@ -184,7 +191,11 @@ class Agent:
             "version": __version__,
             "groups": self.config.groups,
             "slots": self.config.slots,
-            "facts": {**facts.gather(self.runner.running), "policy": self.policy.describe()},
+            "facts": {
+                **facts.gather(self.runner.running),
+                "user": self.policy.default_user,  # whom commands run as, unless they become
+                "policy": self.policy.describe(),
+            },
             "fingerprint": self.fingerprint,
         }
         if self.config.enroll:
@@ -304,8 +315,11 @@ class Agent:
             process.stderr.write(f"easytask agent: bad run id {run_id!r}\n".encode())
             process.exit(2)
             return
+        become = None
         if not spool.exists():
             reason = self.policy.refusal(command)
+            if reason is None and env.get("EASYTASK_BECOME"):
+                become, reason = self.policy.become(str(env["EASYTASK_BECOME"]))
             # runner.start makes the spool before it first awaits: no other start slips in
             # between this count and the run being counted
             if reason is None and self.runner.running >= self.policy.slots:
@@ -318,7 +332,7 @@ class Agent:
             # out of the shell's command line (which `ps` shows every user of this host)
             exported, command = lift_exports(command)
             try:
-                await self.runner.start(key, command, {**exported, **extra})
+                await self.runner.start(key, command, {**exported, **extra}, become)
             except OSError as exc:
                 process.stderr.write(f"easytask agent: cannot start: {exc}\n".encode())
                 process.exit(127)

@@ -17,6 +17,12 @@ or misconfigured server cannot get past these limits:
   file transfers are off: SFTP could otherwise write `~/.ssh/authorized_keys` or a cron file and
   get past the allowlist.
 - `--slots N`: at most N runs at once; the agent refuses more even if its server asks.
+- `--allow-become USER,...`: the users a run may ask to become (`become`, `easytask run -b`);
+  default none.  A root agent starts such a command as the user itself (uid, gid, supplementary
+  groups, login environment); any other agent runs it through `sudo -n -u USER`.  Asking for
+  the user commands run as anyway (the `--run-as` user, else the agent's own) is no change and
+  always allowed.  With `--run-as`, that user is the default and `--allow-become` names the
+  users a run may ask for instead.
 """
 
 from __future__ import annotations
@@ -25,13 +31,16 @@ import fnmatch
 import os
 import platform
 import pwd
+import re
 import shlex
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 # Characters that make a command more than a list of words; refused when an allowlist is set.
 SHELL_SYNTAX = set(";&|<>()$`\\\n\r*?[]{}~!#")
+BECOME_USER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?\Z")
 
 
 class PolicyError(ValueError):
@@ -69,6 +78,38 @@ class Policy:
     files: bool = True
     slots: int = 4
     file_dirs: tuple[str, ...] = ()  # real paths: file transfers stay inside them (empty: anywhere)
+    allow_become: tuple[str, ...] = ()  # users a run may ask to become (--allow-become)
+
+    @property
+    def default_user(self) -> str:
+        """The user commands run as when a run asks for no other."""
+        if self.run_as is not None:
+            return self.run_as.name
+        try:
+            return pwd.getpwuid(os.geteuid()).pw_name
+        except KeyError:
+            return str(os.geteuid())
+
+    def become(self, user: str) -> tuple[Account | None, str | None]:
+        """The account a run that asks to become `user` runs as (None: no change), or why it
+        may not."""
+        if user == self.default_user:
+            return None, None
+        if user not in self.allow_become:
+            allowed = ",".join(self.allow_become)
+            if not allowed:
+                return None, (
+                    f"become {user!r} is not allowed: this agent allows no become "
+                    "(--allow-become names the users a run may ask for)"
+                )
+            return None, f"become {user!r} is not allowed on this agent (--allow-become {allowed})"
+        try:
+            account = account_of(user)
+        except KeyError:
+            return None, f"become {user!r}: no such user on this host"
+        if os.geteuid() != 0 and shutil.which("sudo") is None:
+            return None, f"become {user!r}: this agent is not root and sudo is not installed"
+        return account, None
 
     def files_refusal(self) -> str | None:
         """Why this agent makes no file transfers at all, or None."""
@@ -108,6 +149,7 @@ class Policy:
             "files": self.files_refusal() is None,
             "file_dirs": list(self.file_dirs),
             "slots": self.slots,
+            "become": list(self.allow_become),
         }
 
 
@@ -117,6 +159,7 @@ def make_policy(
     files: bool = True,
     slots: int = 4,
     file_dirs: list[str] | None = None,
+    allow_become: list[str] | None = None,
 ) -> Policy:
     """Check the options against this host and build the policy (PolicyError when it cannot)."""
     patterns = tuple(p.strip() for p in allow or () if p.strip())
@@ -128,6 +171,15 @@ def make_policy(
         if real not in dirs:
             dirs.append(real)
     transfers = files and (bool(dirs) or not patterns)
+    become: list[str] = []
+    for given in allow_become or ():
+        for name in (n.strip() for n in given.split(",")):
+            if not name:
+                continue
+            if not BECOME_USER.match(name):
+                raise PolicyError(f"--allow-become {name!r}: not a user name")
+            if name not in become:
+                become.append(name)
     account = None
     if run_as:
         try:
@@ -140,14 +192,7 @@ def make_policy(
                 f"--run-as {run_as}: the agent runs as {me}; only root can run commands "
                 "as another user"
             )
-        account = Account(
-            name=entry.pw_name,
-            uid=entry.pw_uid,
-            gid=entry.pw_gid,
-            groups=tuple(os.getgrouplist(entry.pw_name, entry.pw_gid)),
-            home=entry.pw_dir if Path(entry.pw_dir).is_dir() else "/",
-            shell=entry.pw_shell or "/bin/sh",
-        )
+        account = account_of(run_as)
         if transfers and entry.pw_uid != os.geteuid() and not sftp_switch_supported():
             raise PolicyError(
                 f"--run-as {run_as}: file transfers as another user are not supported on this "
@@ -155,7 +200,27 @@ def make_policy(
             )
     if slots < 1:
         raise PolicyError("--slots must be at least 1")
-    return Policy(run_as=account, allow=patterns, files=files, slots=slots, file_dirs=tuple(dirs))
+    return Policy(
+        run_as=account,
+        allow=patterns,
+        files=files,
+        slots=slots,
+        file_dirs=tuple(dirs),
+        allow_become=tuple(become),
+    )
+
+
+def account_of(name: str) -> Account:
+    """A user of this host as commands run as it (KeyError: no such user)."""
+    entry = pwd.getpwnam(name)
+    return Account(
+        name=entry.pw_name,
+        uid=entry.pw_uid,
+        gid=entry.pw_gid,
+        groups=tuple(os.getgrouplist(entry.pw_name, entry.pw_gid)),  # initgroups(3)'s list
+        home=entry.pw_dir if Path(entry.pw_dir).is_dir() else "/",
+        shell=entry.pw_shell or "/bin/sh",
+    )
 
 
 # setgroups(2) system call numbers: libc's setgroups() would change every thread of the process.

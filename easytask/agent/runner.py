@@ -19,6 +19,8 @@ from typing import Any
 
 from easytask.agent.policy import Account
 from easytask.agent.spool import RecordReader, Spool, spool_keys
+from easytask.transport.agentless import env_on_stdin
+from easytask.transport.become import sudo_line
 
 log = logging.getLogger("easytask.agent")
 
@@ -232,13 +234,16 @@ class Runner:
         run_as: Account | None = None,
         supervisor_idle: float = 60.0,
         pass_env: tuple[str, ...] = (),
+        grace: float = 5.0,
     ) -> None:
         self.supervisor_idle = supervisor_idle
+        self.grace = grace  # a command run through sudo is KILLed this long after a TERM
         self.root = state_dir / "spool"
         self.root.mkdir(parents=True, exist_ok=True)
         self.cap = cap
         self.run_as = run_as
         self.cwd = cwd or (run_as.home if run_as else os.path.expanduser("~"))
+        self.pass_env = pass_env
         self.env = command_env(run_as, passed=pass_env)  # every command's environment, at first
         self.jobs: dict[str, Job] = {}
         self.exits: dict[str, dict[str, Any]] = {}  # exit records `follow` read, for its caller
@@ -254,21 +259,18 @@ class Runner:
         keys, ended = spool_keys(self.root)
         return len(keys) - len(ended)
 
-    async def start(self, key: str, command: str, extra_env: dict[str, str]) -> Job:
+    async def start(
+        self, key: str, command: str, extra_env: dict[str, str], become: Account | None = None
+    ) -> Job:
         """Start a command under the supervisor (its own session, outliving this process).
 
         Its environment is exactly `command_env` and `extra_env` (the run's id and attempt).
+        With `become` (allowed by the policy already), it runs as that user: started as the
+        user itself when this agent is root, else through `sudo -n` (see `spec_for`).
         """
         spool = self.spool(key)
         spool.create()
-        spec: dict[str, Any] = {
-            "command": command,
-            "env": {**self.env, **extra_env},
-            "cwd": self.cwd,
-            "cap": self.cap,
-        }
-        if self.run_as is not None and self.run_as.uid != os.geteuid():
-            spec["user"] = self.run_as.spec()
+        spec = self.spec_for(command, extra_env, become)
         job = Job(key=key)
         supervisor = supervisor_process(self.root.parent / "supervisor.log", self.supervisor_idle)
         try:
@@ -281,6 +283,37 @@ class Runner:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return job
+
+    def spec_for(
+        self, command: str, extra_env: dict[str, str], become: Account | None = None
+    ) -> dict[str, Any]:
+        """What the supervisor needs to start a command, and as whom.
+
+        As root, a run that becomes a user starts as that user (uid, gid, its groups as
+        initgroups(3) lists them) with its login environment (HOME, USER, LOGNAME, SHELL) in its
+        home.  An agent that is not root cannot switch users itself: `sudo -n -H -u USER` does,
+        and sudo's own rules (env_reset) make the environment.
+        """
+        spec: dict[str, Any] = {"cap": self.cap}
+        account = self.run_as
+        if become is not None and os.geteuid() == 0:
+            account = become
+            spec.update(
+                command=command,
+                env={**command_env(become, passed=self.pass_env), **extra_env},
+                cwd=become.home,
+            )
+        elif become is not None:
+            # sudo's env_reset drops the environment: the run's variables (its secrets among
+            # them) come on the command's stdin instead, read as the user before the command
+            env_text, env_bytes = env_on_stdin(extra_env)
+            command = sudo_line(become.name, command, grace=self.grace, prelude=env_text)
+            spec.update(command=command, env=self.env, cwd="/", stdin=env_bytes.decode())
+        else:
+            spec.update(command=command, env={**self.env, **extra_env}, cwd=self.cwd)
+        if account is not None and account.uid != os.geteuid():
+            spec["user"] = account.spec()
+        return spec
 
     async def _watch(self, job: Job, spool: Spool, supervisor: SupervisorProcess) -> None:
         """Each poke from the supervisor means new records in the spool, until the exit record."""

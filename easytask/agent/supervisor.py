@@ -25,6 +25,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,9 +209,10 @@ class Supervisor:
         # the agent created the file (no O_CREAT: a spool nobody made is an error)
         out = open(os.open(spool.out_path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC), "ab", 0)
         try:
+            feed = str(spec.get("stdin") or "").encode()  # values a prelude of the command reads
             proc = subprocess.Popen(
                 [spec.get("shell") or "/bin/sh", "-c", spec["command"]],
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE if feed else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
@@ -236,6 +238,8 @@ class Supervisor:
             out.close()
             self.poke("x", spool.name)
             return 0
+        if feed and proc.stdin is not None:
+            threading.Thread(target=_feed, args=(proc.stdin, feed), daemon=True).start()
         out.write(Spool.proc_record(self.pid, self.start_time, proc.pid))
         run = _Run(spool, proc, out, int(spec.get("cap") or 0), self.poke)
         assert proc.stdout is not None and proc.stderr is not None
@@ -285,6 +289,19 @@ class Supervisor:
             self.say("error " + str(exc).replace("\n", " ") + "\n")
         else:
             self.say(f"ok {pgid}\n")
+
+
+def _feed(pipe: Any, data: bytes) -> None:
+    """Write a command's stdin and close it (a thread: the command reads when it is ready)."""
+    try:
+        pipe.write(data)
+    except OSError:
+        pass  # it ended, or closed its stdin, before reading: its own exit code says so
+    finally:
+        try:
+            pipe.close()
+        except OSError:
+            pass
 
 
 def serve(stdin_fd: int = 0, stdout_fd: int = 1) -> int:

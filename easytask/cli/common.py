@@ -7,14 +7,53 @@ import argparse
 import json
 import re
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from easytask.config import Settings
 from easytask.durations import parse_duration, parse_size
 from easytask.errors import UsageError
 
+if TYPE_CHECKING:
+    from easytask.vault import Vault
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_START, EXIT_BUG = 0, 1, 2, 3, 70
 FINAL = {"success", "failed", "terminated", "unreachable", "skipped"}
+
+
+VAULT_SETTINGS = ("vault_password_file", "vault_id")
+
+
+def add_vault_options(parser: argparse.ArgumentParser) -> None:
+    """`--vault-password-file` and `--vault-id`: the settings that open Ansible Vault values."""
+    parser.add_argument(
+        "--vault-password-file",
+        metavar="FILE",
+        help="the Ansible Vault password: a file, or an executable that prints it "
+        "(EASYTASK_VAULT_PASSWORD_FILE)",
+    )
+    parser.add_argument(
+        "--vault-id",
+        action="append",
+        metavar="LABEL@FILE",
+        help="a vault id's password file or script, repeatable (EASYTASK_VAULT_ID, "
+        "comma-separated)",
+    )
+
+
+def play_vault(args: argparse.Namespace, settings: Settings) -> Vault:
+    """The vault `play` opens: with --check the passwords of the settings; a run leaves the
+    vaults shut (the server decrypts with its own), and refuses vault flags it would not read."""
+    from easytask.vault import Vault
+    from easytask.vaultpass import load_vault
+
+    if args.check:
+        return load_vault(settings.vault_password_file, settings.vault_id)
+    if args.vault_password_file or args.vault_id:
+        raise UsageError(
+            "play: --vault-password-file/--vault-id are only read with --check; a playbook runs "
+            "with the server's vault passwords (`easytask server --vault-password-file`)"
+        )
+    return Vault(locked=True)
 
 
 class Parser(argparse.ArgumentParser):

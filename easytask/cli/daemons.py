@@ -37,7 +37,37 @@ def add_parsers(sub: Any) -> None:
         "-i",
         "--inventory",
         name="inventory",
-        help="inventory file or directory (default inventory)",
+        action="append",
+        metavar="PATH",
+        help="inventory file, directory, script or 'host1,host2,' list; repeatable "
+        "(default inventory)",
+    )
+    setting(
+        "--inventory-timeout",
+        name="inventory_timeout",
+        type=duration_arg,
+        help="how long one run of an inventory script may take (default 30s)",
+    )
+    setting(
+        "--inventory-cache",
+        name="inventory_cache",
+        type=duration_arg,
+        help="how long the output of an inventory script is reused before jobs run it again "
+        "(default 30s; 0: every job runs it)",
+    )
+    setting(
+        "--vault-password-file",
+        name="vault_password_file",
+        metavar="FILE",
+        help="the Ansible Vault password for the inventory and playbooks: a file, or an "
+        "executable that prints it (read once, at start)",
+    )
+    setting(
+        "--vault-id",
+        name="vault_id",
+        action="append",
+        metavar="LABEL@FILE",
+        help="a vault id's password file or script, repeatable; comma-separated in the variable",
     )
     setting(
         "--pending-timeout",
@@ -223,6 +253,14 @@ def add_parsers(sub: Any) -> None:
         help="run commands and file transfers as this user (EASYTASK_AGENT_RUN_AS)",
     )
     a.add_argument(
+        "--allow-become",
+        action="append",
+        default=[],
+        metavar="USER,...",
+        help="users a run may ask to become (become, run -b); default none "
+        "(repeatable; EASYTASK_AGENT_ALLOW_BECOME: comma-separated)",
+    )
+    a.add_argument(
         "--allow",
         action="append",
         default=[],
@@ -346,6 +384,7 @@ def cmd_agent(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         file_dirs=args.file_dir
         or [d for d in env.get("EASYTASK_AGENT_FILE_DIRS", "").split(":") if d],
         pass_env=args.pass_env or env.get("EASYTASK_AGENT_PASS_ENV", "").split(","),
+        allow_become=args.allow_become or [env.get("EASYTASK_AGENT_ALLOW_BECOME", "")],
     )
     if config.slots < 1:
         raise UsageError("--slots must be at least 1")

@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any, TextIO
 
+from easytask.cli.common import VAULT_SETTINGS, add_vault_options
 from easytask.config import Settings
 from easytask.errors import NoHostsMatched, UsageError
 
@@ -25,7 +26,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--inventory",
         action="append",
         metavar="PATH",
-        help="inventory file, directory or 'host1,host2,' list (repeatable; default from settings)",
+        help="inventory file, directory, script or 'host1,host2,' list (repeatable; default "
+        "from settings)",
     )
     action = p.add_mutually_exclusive_group()
     action.add_argument(
@@ -41,12 +43,22 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     action.add_argument("--host", metavar="NAME", help="one host's merged variables as JSON")
     action.add_argument("--hosts", metavar="PATTERN", help="the hosts a pattern selects, in order")
     p.add_argument("--vars", action="store_true", help="with --graph: show variables too")
+    p.add_argument("-y", "--yaml", action="store_true", help="with --list: YAML instead of JSON")
+    p.add_argument(
+        "--export",
+        action="store_true",
+        help="with --list: group variables on their groups, not merged into each host's",
+    )
+    p.add_argument(
+        "--output", metavar="FILE", help="with --list: write to FILE instead of standard output"
+    )
     p.add_argument(
         "--format",
         choices=("json", "text"),
         help="output format (--hosts: text or json; --list/--host: json; --graph: text)",
     )
-    p.set_defaults(func=run)
+    add_vault_options(p)
+    p.set_defaults(func=run, settings_from=VAULT_SETTINGS)
     return p
 
 
@@ -56,9 +68,24 @@ def run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         raise UsageError("inventory: choose one of --list, --graph, --host NAME or --hosts PATTERN")
     if args.vars and not args.graph:
         raise UsageError("inventory: --vars only goes with --graph")
-    from easytask.inventory import dumps_json, load_inventory  # only this command needs YAML
+    for flag, given in (
+        ("--yaml", args.yaml),
+        ("--export", args.export),
+        ("--output", args.output),
+    ):
+        if given and not args.list:
+            raise UsageError(f"inventory: {flag} only goes with --list")
+    from easytask.config import inventory_sources
+    from easytask.inventory import dumps_json, dumps_yaml, load_inventory  # needs YAML
+    from easytask.transport.invscript import script_runner
+    from easytask.vaultpass import load_vault
 
-    inventory = load_inventory(args.inventory or [settings.inventory or "inventory"])
+    vault = load_vault(settings.vault_password_file, settings.vault_id)
+    inventory = load_inventory(
+        args.inventory or inventory_sources(settings.inventory),
+        scripts=script_runner(settings.inventory_timeout),
+        vault=vault,
+    )
     for warning in inventory.warnings:
         sys.stderr.write(f"easytask: warning: {warning}\n")
     if args.hosts:
@@ -80,7 +107,18 @@ def run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         out.write(dumps_json(inventory.host_vars(matched[0])) + "\n")
     else:
         _only(args.format, "json", "--list")
-        out.write(dumps_json(inventory.to_list_json()) + "\n")
+        if args.yaml:
+            text = dumps_yaml(inventory.to_yaml_tree(export=args.export))
+        else:
+            text = dumps_json(inventory.to_list_json(export=args.export))
+        if args.output:  # as ansible-inventory: the text as it is, no newline added
+            try:
+                with open(args.output, "w", encoding="utf-8") as fh:
+                    fh.write(text)
+            except OSError as exc:
+                raise UsageError(f"inventory: cannot write {args.output}: {exc.strerror}") from None
+        else:
+            out.write(text.rstrip("\n") + "\n")
     return 0
 
 

@@ -12,7 +12,6 @@ from typing import Any, TextIO
 from easytask.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
-    EXIT_USAGE,
     FINAL,
     api_client,
     duration_arg,
@@ -32,7 +31,7 @@ RAW_HELP = (
 
 
 def add_parsers(sub: Any) -> None:
-    """Register `run`, `copy`, `checksum`, `fetch` and `play`."""
+    """Register `run`, `copy`, `checksum` and `fetch`."""
     r = sub.add_parser("run", help="run an ad hoc command on the hosts a pattern matches")
     r.add_argument("pattern", help="host pattern, e.g. 'web:&prod:!db'")
     what = r.add_mutually_exclusive_group(required=True)
@@ -91,6 +90,14 @@ def add_parsers(sub: Any) -> None:
         metavar="NAME",
         help="export NAME with its value in this environment, masked as **** (repeatable)",
     )
+    r.add_argument(
+        "-b",
+        "--become",
+        action="store_true",
+        help="run the command as another user (--become-user, default root); agents allow it "
+        "with --allow-become",
+    )
+    r.add_argument("--become-user", metavar="USER", help="the user to become (implies --become)")
     r.add_argument("--format", choices=("text", "json"), default="text")
     r.add_argument("--raw", action="store_true", help=RAW_HELP)
     add_group_flag(r)
@@ -124,50 +131,6 @@ def add_parsers(sub: Any) -> None:
     fe.add_argument("dest_dir")
     fe.add_argument("--pending-timeout", type=duration_arg)
     fe.set_defaults(func=cmd_fetch)
-
-    pl = sub.add_parser("play", help="run a playbook (or --check it without a server)")
-    pl.add_argument("playbook", help="playbook file, e.g. playbooks/health.yml")
-    pl.add_argument("-l", "--limit", help="further limit the hosts with a pattern")
-    pl.add_argument(
-        "-t",
-        "--tags",
-        action="append",
-        default=[],
-        metavar="TAGS",
-        help="only the tasks with one of these tags (a,b; repeatable; always, never, all, "
-        "tagged, untagged as in Ansible)",
-    )
-    pl.add_argument(
-        "--skip-tags",
-        action="append",
-        default=[],
-        metavar="TAGS",
-        help="leave out the tasks with one of these tags (a,b; repeatable)",
-    )
-    pl.add_argument(
-        "-e",
-        "--extra-vars",
-        action="append",
-        default=[],
-        metavar="VARS",
-        help="key=value, @file.yml or a JSON/YAML mapping (repeatable)",
-    )
-    pl.add_argument(
-        "--check",
-        action="store_true",
-        help="validate, render and print the plan; run nothing (no server needed)",
-    )
-    pl.add_argument(
-        "-i",
-        "--inventory",
-        action="append",
-        metavar="PATH",
-        help="inventory for --check, repeatable (default from settings); a run without --check "
-        "uses the server's inventory (`easytask server -i`)",
-    )
-    pl.add_argument("--format", choices=("text", "json"), default="text")
-    pl.add_argument("--raw", action="store_true", help=RAW_HELP)
-    pl.set_defaults(func=cmd_play)
 
 
 class RunView:
@@ -237,12 +200,13 @@ def _summary(data: dict[str, Any], elapsed: float, out: TextIO) -> int:
             r["state"],
             "" if r["exit_code"] is None else r["exit_code"],
             format_duration(r["duration"]) if r["duration"] is not None else "-",
+            r.get("ran_as") or "-",
             r["reason"],
         )
         for r in runs
     ]
     out.write("\n")
-    print_table(rows, ("HOST", "STATUS", "EXIT", "DURATION", "REASON"), out)
+    print_table(rows, ("HOST", "STATUS", "EXIT", "DURATION", "AS", "REASON"), out)
     counts: dict[str, int] = {}
     for r in runs:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
@@ -297,6 +261,10 @@ def cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         body["secrets"] = given
     if stored:
         body["credentials"] = stored
+    if args.become or args.become_user:
+        body["become"] = True
+    if args.become_user:
+        body["become_user"] = args.become_user
     if args.script:
         spec = _file_payload(Path(args.script), api_client(settings))
         spec.update(args=shlex.join(args.script_args), interpreter=args.interpreter)
@@ -491,7 +459,7 @@ def _submit_and_follow(
     body: dict[str, Any], fmt: str, settings: Settings, out: TextIO, raw: bool = False
 ) -> int:
     started = time.monotonic()
-    data = _post_and_follow(api_client(settings), "/api/jobs", body, fmt, out, raw)
+    data = post_and_follow(api_client(settings), "/api/jobs", body, fmt, out, raw)
     if data is None:
         return 130
     if fmt == "json":
@@ -499,7 +467,7 @@ def _submit_and_follow(
     return _summary(data, time.monotonic() - started, out)
 
 
-def _post_and_follow(
+def post_and_follow(
     client: Any, path: str, body: dict[str, Any], fmt: str, out: TextIO, raw: bool = False
 ) -> dict[str, Any] | None:
     """Submit a job, show its output until it ends (`raw`: control characters unescaped), and
@@ -513,116 +481,3 @@ def _post_and_follow(
     if fmt == "json":
         print_json(data, out)
     return data
-
-
-def cmd_play(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    import base64
-
-    from easytask.inventory import load_inventory
-    from easytask.plan import (
-        check_playbook,
-        dumps_check,
-        format_check,
-        parse_extra_vars,
-        plan_playbook,
-        tag_names,
-    )
-    from easytask.playbook import load_playbook
-
-    if args.inventory and not args.check:
-        raise UsageError(
-            "play: -i/--inventory is only read with --check; a playbook runs on the server's "
-            "inventory (set it with `easytask server -i`)"
-        )
-    started = time.monotonic()
-    playbook = load_playbook(args.playbook)
-    extra = parse_extra_vars(args.extra_vars)
-    tags = tag_names(",".join(args.tags), "--tags")
-    skip_tags = tag_names(",".join(args.skip_tags), "--skip-tags")
-    if args.check:
-        inventory = load_inventory(args.inventory or [settings.inventory or "inventory"])
-        # a secret nothing here sets comes from the server's credential store: a placeholder
-        stored = {
-            n: f"<credential {n}>"
-            for n in playbook.secrets
-            if n not in playbook.vars
-            and n not in extra
-            and not any(n in inventory.host_vars(h) for h in inventory.hosts)
-        }
-        plan = plan_playbook(
-            playbook,
-            inventory,
-            extra_vars={**stored, **extra},
-            limit=args.limit,
-            tags=tags,
-            skip_tags=skip_tags,
-        )
-        checked = check_playbook(plan)
-        out.write(dumps_check(checked) if args.format == "json" else format_check(plan, checked))
-        return EXIT_USAGE if any(c.error for c in checked) else EXIT_OK
-    base = Path(playbook.base_dir)
-    files = {}
-    local = [t.action.path for t in playbook.tasks if t.action.path] + list(playbook.vars_files)
-    for path in local:
-        rel = Path(path).resolve().relative_to(base.resolve())
-        files[str(rel)] = base64.b64encode(Path(path).read_bytes()).decode()
-    client = api_client(settings)
-    body = {
-        "name": Path(args.playbook).name,
-        "text": playbook.text,
-        "files": files,
-        "limit": args.limit,
-        "tags": list(tags),
-        "skip_tags": list(skip_tags),
-        "extra_vars": extra,
-    }
-    data = _post_and_follow(client, "/api/playbooks/run", body, args.format, out, args.raw)
-    if data is None:
-        return 130
-    if args.format != "json":
-        _recap(data, time.monotonic() - started, out)
-    ok = {"success", "skipped"}
-    return EXIT_OK if all(r["state"] in ok for r in _final_attempts(data["runs"])) else EXIT_FAILED
-
-
-def _final_attempts(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The last attempt of each (task, host): earlier failed attempts were retried."""
-    last: dict[tuple[str, str], dict[str, Any]] = {}
-    for run in sorted(runs, key=lambda r: r["id"]):
-        last[(run["task"], run["host"])] = run
-    return list(last.values())
-
-
-def _recap(data: dict[str, Any], elapsed: float, out: TextIO) -> None:
-    runs = _final_attempts(data["runs"])
-    out.write("\nTASKS\n")
-    rows = [
-        (
-            r["task"],
-            r["host"],
-            r["state"],
-            "" if r["exit_code"] is None else r["exit_code"],
-            r["attempt"],
-            format_duration(r["duration"]) if r["duration"] is not None else "-",
-            r["reason"],
-        )
-        for r in runs
-    ]
-    print_table(rows, ("TASK", "HOST", "STATUS", "EXIT", "TRY", "DURATION", "REASON"), out)
-    out.write("\nRECAP\n")
-    columns = ("ok", "failed", "skipped", "terminated", "unreachable")
-    per_host: dict[str, dict[str, int]] = {}
-    for r in runs:
-        counts = per_host.setdefault(r["host"], dict.fromkeys(columns, 0))
-        key = "ok" if r["state"] == "success" else r["state"]
-        if key in counts:
-            counts[key] += 1
-    print_table(
-        [(host, *(c[k] for k in columns)) for host, c in per_host.items()],
-        ("HOST", *(k.upper() for k in columns)),
-        out,
-    )
-    out.write(
-        f"\njob {data['job']['id']} ({escape_controls(data['job']['name'])}): "
-        f"{data['job']['state']} in {format_duration(elapsed)}\n"
-    )

@@ -19,6 +19,7 @@ from easytask.cli.grouped import add_parsers as add_group_parsers
 from easytask.cli.inventory import add_parser as add_inventory_parser
 from easytask.cli.jobs import add_parsers as add_job_parsers
 from easytask.cli.manage import add_parsers as add_manage_parsers
+from easytask.cli.play import add_parsers as add_play_parsers
 from easytask.cli.security import add_parsers as add_security_parsers
 from easytask.config import load_settings
 from easytask.errors import EasyTaskError, UsageError
@@ -151,6 +152,7 @@ def _add_commands(p: argparse.ArgumentParser, only: str | None) -> bool:
 
     add_daemon_parsers(sub)
     add_job_parsers(sub)
+    add_play_parsers(sub)
     add_group_parsers(sub)
     add_manage_parsers(sub)
     add_demo_parser(sub)

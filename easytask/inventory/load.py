@@ -7,26 +7,34 @@ import datetime
 import json
 import os
 import re
+import sys
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from easytask.errors import InventoryError, NoHostsMatched, PatternError, SourceLocation
 from easytask.facts import fact_vars
 from easytask.inventory.hostnames import AddressError, is_ip_address, parse_address
 from easytask.inventory.ini import parse_ini
 from easytask.inventory.model import Group, Host, InventoryData
+from easytask.inventory.patterns import IMPLICIT_LOCALHOST
 from easytask.inventory.patterns import select as select_hosts
-from easytask.inventory.yamlfile import load_document, parse_structured
+from easytask.inventory.script import ScriptRunner, is_script, parse_script
+from easytask.inventory.yamlfile import VaultFileError, load_document, parse_structured
 from easytask.sourceyaml import Source, UnsafeText, type_name
+from easytask.vault import Vault, VaultText
 
 __all__ = [
     "Group",
     "Host",
     "Inventory",
+    "ScriptRunner",
     "UnsafeText",
     "dumps_json",
+    "dumps_yaml",
     "load_inventory",
 ]
 
@@ -56,11 +64,18 @@ INTERNAL_VARS = frozenset((
 ))  # fmt: skip
 
 
-def load_inventory(paths: str | Path | Sequence[str | Path]) -> Inventory:
+def load_inventory(
+    paths: str | Path | Sequence[str | Path],
+    scripts: ScriptRunner | None = None,
+    vault: Vault | None = None,
+) -> Inventory:
     """Load one or more inventory sources: files, directories, or `host1,host2,` lists.
 
+    An executable file is an inventory script, run with `scripts` (without it, an error).
     No source at all gives an empty inventory (only the groups `all` and `ungrouped`).
+    `vault` holds the passwords for `!vault` values and encrypted files (none: no password).
     """
+    vault = vault if vault is not None else Vault()
     sources = [paths] if isinstance(paths, (str, Path)) else list(paths)
     data = InventoryData()
     var_dirs: list[Path] = []
@@ -72,10 +87,10 @@ def load_inventory(paths: str | Path | Sequence[str | Path]) -> Inventory:
         path = Path(os.path.expanduser(text))
         if not path.exists():
             raise InventoryError(f"inventory source not found: {text}")
-        _parse_source(path, data)
+        _parse_source(path, data, scripts, vault)
         var_dirs.append(path if path.is_dir() else path.parent)
     data.reconcile()
-    return Inventory(data, [str(s) for s in sources], _VarsFiles(var_dirs))
+    return Inventory(data, [str(s) for s in sources], _VarsFiles(var_dirs, vault))
 
 
 class Inventory:
@@ -87,6 +102,7 @@ class Inventory:
         self.sources = sources
         self._var_files = var_files
         self._group_hosts: dict[str, list[str]] = {}
+        self._implicit: dict[str, Host] = {}
         var_files.preload("group_vars", self.groups)
         var_files.preload("host_vars", self.hosts)
         self.warnings: list[str] = data.warnings + var_files.warnings
@@ -162,6 +178,11 @@ class Inventory:
         then ansible_group_priority, then name), group_vars/all, group_vars of the other groups
         in the same order, the host's inventory vars, host_vars/.
         """
+        return copy.deepcopy(self._merged_vars(name))
+
+    def _merged_vars(self, name: str) -> dict[str, Any]:
+        """host_vars without the copy: values shared with the groups, as Ansible shares them (its
+        YAML output then writes a value used by several hosts once, with an anchor)."""
         host = self._host(name)
         groups = self._sorted_groups([g for g in self.host_groups(name) if g != "all"])
         merged: dict[str, Any] = dict(self.groups["all"].vars)
@@ -175,7 +196,7 @@ class Inventory:
         merged.update(host.vars)
         for index in range(len(self._var_files.dirs)):
             merged.update(self._var_files.get(index, "host_vars", name))
-        return copy.deepcopy({k: v for k, v in merged.items() if k not in INTERNAL_VARS})
+        return {k: v for k, v in merged.items() if k not in INTERNAL_VARS}
 
     def group_vars(self, name: str) -> dict[str, Any]:
         """A group's own variables: the inventory's, then its group_vars files (`--graph --vars`)."""
@@ -211,15 +232,30 @@ class Inventory:
         )
 
     def _host(self, name: str) -> Host:
-        try:
+        if name in self.hosts:
             return self.hosts[name]
-        except KeyError:
-            raise NoHostsMatched(f"no host named {name!r} in the inventory") from None
+        if name in IMPLICIT_LOCALHOST:  # Ansible's implicit localhost: local, not in `all`
+            if name not in self._implicit:
+                local = {
+                    "ansible_python_interpreter": sys.executable,
+                    "ansible_connection": "local",
+                }
+                self._implicit[name] = Host(name, vars=local)
+            return self._implicit[name]
+        raise NoHostsMatched(f"no host named {name!r} in the inventory")
+
+    def own_host_vars(self, name: str) -> dict[str, Any]:
+        """A host's own variables: the inventory's, then its host_vars files (`--export`)."""
+        merged = dict(self._host(name).vars)
+        for index in range(len(self._var_files.dirs)):
+            merged.update(self._var_files.get(index, "host_vars", name))
+        return copy.deepcopy({k: v for k, v in merged.items() if k not in INTERNAL_VARS})
 
     # -- output like ansible-inventory -------------------------------------------------------
 
-    def to_list_json(self) -> dict[str, Any]:
-        """The data of `ansible-inventory --list` (dump it with `dumps_json` for the exact text)."""
+    def to_list_json(self, export: bool = False) -> dict[str, Any]:
+        """The data of `ansible-inventory --list [--export]` (dump it with `dumps_json` for the
+        exact text); with export, group variables stay on their groups."""
         out: dict[str, Any] = {}
         seen: set[str] = set()
 
@@ -230,6 +266,8 @@ class Inventory:
                 entry["hosts"] = list(group.hosts)
             if group.children:
                 entry["children"] = list(group.children)
+            if export and (values := self.group_vars(name)):
+                entry["vars"] = jsonable(values)
             if entry:
                 out[name] = entry
             for kid in group.children:
@@ -240,11 +278,41 @@ class Inventory:
         add("all")
         hostvars: dict[str, Any] = {}
         for host in self.group_hosts("all"):
-            values = self.host_vars(host)
+            values = self.own_host_vars(host) if export else self.host_vars(host)
             if values:
                 hostvars[host] = jsonable(values)
         out["_meta"] = {"hostvars": hostvars, "profile": "inventory_legacy"}
         return out
+
+    def to_yaml_tree(self, export: bool = False) -> dict[str, Any]:
+        """The tree `ansible-inventory --list --yaml [--export]` prints: a host's variables
+        where it first appears, `{}` after that."""
+        seen_hosts: set[str] = set()
+        seen_groups: set[str] = set()
+
+        def tree(name: str) -> dict[str, Any]:
+            group = self.groups[name]
+            children: dict[str, Any] = {}
+            for kid in group.children:
+                if kid in seen_groups:
+                    children[kid] = {}
+                else:
+                    children.update(tree(kid))
+                    seen_groups.add(kid)
+            hosts: dict[str, Any] = {}
+            for host in group.hosts if name != "all" else []:
+                values: dict[str, Any] = {}
+                if host not in seen_hosts:
+                    seen_hosts.add(host)
+                    values = self.own_host_vars(host) if export else self._merged_vars(host)
+                hosts[host] = values
+            entry = {"children": children, "hosts": hosts}
+            if export:
+                entry["vars"] = self.group_vars(name)
+            entry = {key: value for key, value in entry.items() if value}
+            return {name: entry} if entry else {}
+
+        return tree("all")
 
     def graph(self, group: str = "all", with_vars: bool = False) -> str:
         """The tree `ansible-inventory --graph [GROUP] [--vars]` prints (without a final newline)."""
@@ -276,7 +344,10 @@ class Inventory:
 
 
 def jsonable(value: Any) -> Any:
-    """Variables as Ansible writes them in JSON: dates in ISO form, `!unsafe` strings marked."""
+    """Variables as Ansible writes them in JSON: dates in ISO form, `!unsafe` strings marked,
+    `!vault` values as their ciphertext."""
+    if isinstance(value, VaultText) and value.ciphertext is not None:
+        return {"__ansible_vault": value.ciphertext}
     if isinstance(value, UnsafeText):
         return {"__ansible_unsafe": str(value)}
     if isinstance(value, Mapping):
@@ -295,6 +366,22 @@ def _json_key(key: Any) -> Any:
     if isinstance(key, str) or not isinstance(key, (int, float, type(None))):
         return key
     return json.dumps(key)
+
+
+class _YamlDumper(yaml.SafeDumper):
+    """Ansible's dumper for what an inventory holds: `!unsafe` strings written as plain ones,
+    anchors for shared lists and mappings only."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return isinstance(data, (datetime.date, datetime.time)) or super().ignore_aliases(data)
+
+
+_YamlDumper.add_representer(UnsafeText, lambda dumper, value: dumper.represent_str(str(value)))
+
+
+def dumps_yaml(data: Any) -> str:
+    """YAML formatted as ansible-inventory --yaml prints it: block style, sorted keys."""
+    return yaml.dump(data, Dumper=_YamlDumper, default_flow_style=False, allow_unicode=True)
 
 
 def dumps_json(data: Any) -> str:
@@ -319,15 +406,27 @@ def _parse_host_list(text: str, data: InventoryData) -> None:
             data.add_host(name, "ungrouped", port)
 
 
-def _parse_source(path: Path, data: InventoryData) -> None:
+def _parse_source(
+    path: Path, data: InventoryData, scripts: ScriptRunner | None, vault: Vault
+) -> None:
     if path.is_dir():
         for entry in sorted(os.listdir(path)):
             if not _IGNORED.search(entry):
-                _parse_source(path / entry, data)
+                _parse_source(path / entry, data, scripts, vault)
         return
     data.current_source = str(path)
     try:
-        _parse_file(path, data)
+        if is_script(path):
+            if scripts is None:
+                raise InventoryError(f"{path} is an inventory script, and scripts are not run here")
+            if parse_script(os.path.abspath(path), scripts, data):
+                return
+        try:
+            _parse_file(path, data, vault)
+        except InventoryError as exc:
+            if not is_script(path) and path.read_bytes().startswith(b"#!"):
+                exc.message += " (a file starting with #! is run as an inventory script only when it is executable: chmod +x it)"
+            raise
     finally:
         data.current_source = None
 
@@ -344,7 +443,7 @@ def _read_text(path: Path) -> str:
         raise InventoryError("not valid UTF-8", location=SourceLocation(str(path), line)) from None
 
 
-def _parse_file(path: Path, data: InventoryData) -> None:
+def _parse_file(path: Path, data: InventoryData, vault: Vault) -> None:
     """Parse one file the way Ansible's plugins take turns: YAML first if it may be YAML, then INI."""
     text = _read_text(path)
     name = str(path)
@@ -357,7 +456,9 @@ def _parse_file(path: Path, data: InventoryData) -> None:
         return
     yaml_error: InventoryError | None = None
     try:
-        doc = load_document(text, name)
+        doc = load_document(text, name, vault)
+    except VaultFileError:
+        raise
     except InventoryError as exc:
         yaml_error = exc
     else:
@@ -393,8 +494,9 @@ def _parse_toml(text: str, path: str, data: InventoryData) -> None:
 class _VarsFiles:
     """group_vars/ and host_vars/ beside each inventory source, read like Ansible's host_group_vars."""
 
-    def __init__(self, dirs: list[Path]) -> None:
+    def __init__(self, dirs: list[Path], vault: Vault) -> None:
         self.dirs = dirs
+        self.vault = vault
         self.warnings: list[str] = []
         self._cache: dict[tuple[int, str, str], dict[str, Any]] = {}
 
@@ -422,7 +524,7 @@ class _VarsFiles:
             return {}
         merged: dict[str, Any] = {}
         for file in _vars_files(folder, name):
-            doc = load_document(_read_text(file), str(file))
+            doc = load_document(_read_text(file), str(file), self.vault)
             if not doc.data:
                 continue
             if not isinstance(doc.data, Mapping):

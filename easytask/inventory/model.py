@@ -159,9 +159,9 @@ class InventoryData:
                         f"ansible_group_priority must be an integer, got {value!r}", at
                     ) from None
             else:
-                group.vars[key] = value
+                group.vars[key] = copy.deepcopy(value)  # a YAML alias is a copy, as in Ansible
         elif entity in self.hosts:
-            self.hosts[entity].vars[key] = value
+            self.hosts[entity].vars[key] = copy.deepcopy(value)
         else:
             raise _fail(f"{entity!r} is neither a known host nor a known group", at)
 

@@ -10,7 +10,18 @@ from typing import Any, Protocol
 from easytask.errors import NoHostsMatched, PatternError
 from easytask.inventory.hostnames import AddressError, parse_address
 
-__all__ = ["HostSource", "order_parts", "select", "split_pattern", "split_subscript"]
+__all__ = [
+    "IMPLICIT_LOCALHOST",
+    "HostSource",
+    "order_parts",
+    "select",
+    "split_pattern",
+    "split_subscript",
+]
+
+# A pattern naming one of these, when the inventory has no such host or group, selects the
+# implicit localhost of that name (not in `all`), as in Ansible.
+IMPLICIT_LOCALHOST = ("localhost", "127.0.0.1", "::1")
 
 # A name followed by [n], [-n], [a:b], [a:] (or the old [a-b]).
 _SUBSCRIPT = re.compile(r"(.+)\[(?:(-?[0-9]+)|([0-9]+)([:-])([0-9]*))\]")
@@ -144,6 +155,8 @@ def _enumerate(source: HostSource, name: str, part: str, pattern: str) -> list[s
     if not groups or name.startswith("~") or any(c in name for c in _GLOB_CHARS):
         hosts.extend(h for h in source.hosts if regex.match(h))
     if not hosts and not groups:
+        if name in IMPLICIT_LOCALHOST:
+            return [name]
         hint = ""
         if ":" in part and "," in pattern:
             hint = " (a pattern with ',' is split at ',' only, not at ':')"

@@ -10,8 +10,13 @@ from easytask.errors import InventoryError, SourceLocation
 from easytask.inventory.hostnames import RangeError, expand_host_pattern
 from easytask.inventory.model import InventoryData
 from easytask.sourceyaml import Source, UnsafeText, YamlError, parse_yaml, type_name
+from easytask.vault import Vault, VaultError, VaultText
 
-__all__ = ["load_document", "parse_structured"]
+__all__ = ["VaultFileError", "load_document", "parse_structured"]
+
+
+class VaultFileError(InventoryError):
+    """A vault value or file of the inventory cannot be decrypted."""
 
 
 def _json_object(pairs: list[tuple[str, Any]]) -> Any:
@@ -20,16 +25,30 @@ def _json_object(pairs: list[tuple[str, Any]]) -> Any:
     return dict(pairs)
 
 
-def load_document(text: str, path: str) -> Source:
-    """Parse JSON, or else YAML (Ansible tries JSON first too); errors name file:line:col."""
+def load_document(text: str, path: str, vault: Vault | None = None) -> Source:
+    """Parse JSON, or else YAML (Ansible tries JSON first too); errors name file:line:col.
+
+    `!vault` values (in JSON `{"__ansible_vault": ...}`) and a file encrypted whole are
+    decrypted with `vault` (none: no password)."""
+    vault = vault if vault is not None else Vault()
+
+    def json_object(pairs: list[tuple[str, Any]]) -> Any:
+        if len(pairs) == 1 and pairs[0][0] == "__ansible_vault" and isinstance(pairs[0][1], str):
+            try:
+                return VaultText(vault.decrypt_text(pairs[0][1]), pairs[0][1])
+            except VaultError as exc:
+                raise VaultFileError(str(exc), location=SourceLocation(path)) from None
+        return _json_object(pairs)
+
     try:
-        return Source(path, text, json.loads(text, object_pairs_hook=_json_object))
+        return Source(path, text, json.loads(text, object_pairs_hook=json_object))
     except ValueError:
         pass
     try:
-        return parse_yaml(text, path, vault=True)
+        return parse_yaml(text, path, vault=vault)
     except YamlError as exc:
-        raise InventoryError(exc.message, location=exc.location) from None
+        error = VaultFileError if exc.vault else InventoryError
+        raise error(exc.message, location=exc.location) from None
 
 
 def parse_structured(doc: Source, data: InventoryData, *, kind: str = "YAML") -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from easytask.errors import InventoryError, NoHostsMatched, UsageError
+from easytask.plan.become import host_request
 from easytask.templating import Vars, render
 
 CONNECTIONS = ("agent", "ssh")
@@ -70,6 +71,7 @@ def plan_adhoc(
     runs = []
     for host in hosts:
         hostvars = inventory.host_vars(host)
+        host_request(host, hostvars)  # its ansible_become* variables, checked before any run
         connection = connection_of(host, hostvars)
         line = command
         if extra_vars is not None:

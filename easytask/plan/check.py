@@ -9,9 +9,11 @@ from typing import Any
 
 from easytask.errors import TemplateError
 from easytask.facts import FACT_VARIABLES
+from easytask.masking import Masker
 from easytask.plan.playbook import PlannedTask, PlaybookPlan, TaskRun
 from easytask.plan.render import evaluate_when, render_action, run_label
 from easytask.templating import TemplateLimit, variables
+from easytask.vault import vault_values
 
 __all__ = [
     "CheckedRun",
@@ -84,13 +86,15 @@ class CheckedRun:
 
 
 def check_playbook(plan: PlaybookPlan) -> list[CheckedRun]:
-    """Render every run's command as it would run, with placeholders for results.<task>."""
+    """Render every run's command as it would run, with placeholders for results.<task>;
+    values from an Ansible Vault show as `****`."""
     checked: list[CheckedRun] = []
     for run in plan.runs:
         task = plan.task(run.task)
         host = run.host or run.candidates[0]
         known = "ansible_facts" in plan.host_vars.get(host, {})
         context = plan.context(host, _CheckResults(), None if known else _CHECK_FACTS)
+        mask = Masker(vault_values(plan.host_vars.get(host, {}), plan.playbook.vars))
         when: bool | None = True
         try:
             if task.when is not None:
@@ -101,9 +105,9 @@ def check_playbook(plan: PlaybookPlan) -> list[CheckedRun]:
         except TemplateError as exc:
             prefix = run_label(task, host) + ": "
             message = exc.message[len(prefix) :] if exc.message.startswith(prefix) else exc.message
-            checked.append(CheckedRun(run, host, None, when, message))
+            checked.append(CheckedRun(run, host, None, when, mask(message)))
             continue
-        checked.append(CheckedRun(run, host, line, when))
+        checked.append(CheckedRun(run, host, mask(line) if line is not None else None, when))
     return checked
 
 

@@ -21,6 +21,7 @@ from easytask.errors import (
     UsageError,
 )
 from easytask.plan.adhoc import HostSource, connection_of
+from easytask.plan.become import agentless_refusal, resolve_become, task_request
 from easytask.playbook import RESERVED_VARS, TAG, Action, Playbook, Task, load_yaml
 from easytask.templating import Vars
 
@@ -228,6 +229,15 @@ def plan_playbook(
                 values.update(inventory.host_vars(host))
                 connection_of(host, values)
                 host_vars[host] = values
+    for task in tasks:
+        for host in task.hosts:
+            values = host_vars[host]
+            become = resolve_become(host, values, task_request(playbook, task.task))
+            refusal = (
+                agentless_refusal(host, become) if connection_of(host, values) == "ssh" else None
+            )
+            if refusal:
+                raise UsageError(f"task {task.name!r}: {refusal}", location=task.location)
     return PlaybookPlan(
         playbook=playbook,
         hosts=play_hosts,

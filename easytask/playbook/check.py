@@ -24,7 +24,8 @@ from easytask.playbook.model import (
 )
 from easytask.playbook.tasks import TaskChecker
 from easytask.playbook.values import NAME, got, suggest
-from easytask.sourceyaml import YamlError, parse_yaml, type_name
+from easytask.sourceyaml import Source, YamlError, parse_yaml, type_name
+from easytask.vault import Vault
 
 __all__ = ["PlaybookChecker"]
 
@@ -32,7 +33,14 @@ _PERCENT = re.compile(r"(\d+)%\Z")
 
 
 class PlaybookChecker(TaskChecker):
-    """Checks a whole playbook: the play's keys here, its tasks and values in the base classes."""
+    """Checks a whole playbook: the play's keys here, its tasks and values in the base classes.
+
+    `vault` decrypts vaulted `vars_files` (none: no password).
+    """
+
+    def __init__(self, source: Source, path: str, vault: Vault | None = None) -> None:
+        super().__init__(source, path)
+        self.vault = vault if vault is not None else Vault()
 
     def play(self, data: Any, text: str) -> Playbook | None:
         top = SourceLocation(self.path, 1, 1)
@@ -62,6 +70,7 @@ class PlaybookChecker(TaskChecker):
         forks = self.integer(data, "forks", "the play", low=1)
         schedule, tz, catch_up = self.schedule(data)
         notify = self.notify(data)
+        become, become_user = self.become(data, "the play")
         tasks = self.tasks(data, defaults or Defaults())
         if hosts is None or tasks is None or defaults is None or self.errors:
             return None
@@ -83,6 +92,8 @@ class PlaybookChecker(TaskChecker):
             tz=tz,
             catch_up=catch_up,
             notify=notify,
+            become=become,
+            become_user=become_user,
             text=text,
             locations={k: self.src.key(data, k) for k in data},
         )
@@ -128,19 +139,13 @@ class PlaybookChecker(TaskChecker):
             self.fail(f"cannot read the vars file {shown!r}: {exc}", at)
             return {}
         name = os.path.join(os.path.dirname(self.path), shown)
-        if text.startswith("$ANSIBLE_VAULT"):
-            self.fail(
-                f"the vars file {shown!r} is encrypted with Ansible Vault, which is not supported",
-                at,
-            )
-            return {}
         try:
-            source = parse_yaml(text, name, nodes=True, vault=True)
+            source = parse_yaml(text, name, nodes=True, vault=self.vault)
         except YamlError as exc:
-            message = f"invalid YAML: {exc.detail}" if exc.detail else exc.message
+            message = f"invalid YAML: {exc.detail}" if exc.detail and not exc.vault else exc.message
             self.errors.append(PlaybookError(message, location=exc.location))
             return {}
-        inner = PlaybookChecker(source, name)
+        inner = PlaybookChecker(source, name, self.vault)
         self.errors.extend(PlaybookError(m, location=a) for m, a in source.duplicates)
         if source.data is None:
             return {}

@@ -9,6 +9,7 @@ from easytask.errors import PlaybookError, SourceLocation
 from easytask.playbook.check import PlaybookChecker
 from easytask.playbook.model import Playbook, PlaybookErrors
 from easytask.sourceyaml import Source, YamlError, parse_yaml
+from easytask.vault import Vault, is_encrypted
 
 __all__ = ["load_playbook", "load_yaml", "parse_playbook"]
 
@@ -16,12 +17,18 @@ __all__ = ["load_playbook", "load_yaml", "parse_playbook"]
 # -- YAML with positions ----------------------------------------------------------------------
 
 
-def load_yaml(text: str, path: str) -> tuple[Any, list[PlaybookError], Source]:
-    """Parse YAML: (data, duplicate-key problems, position source); syntax errors raise."""
+def load_yaml(
+    text: str, path: str, vault: Vault | None = None
+) -> tuple[Any, list[PlaybookError], Source]:
+    """Parse YAML: (data, duplicate-key problems, position source); syntax errors raise.
+
+    `!vault` values are decrypted with `vault` (none: `!vault` is an unknown tag)."""
     try:
-        source = parse_yaml(text, path, nodes=True)
+        source = parse_yaml(text, path, nodes=True, vault=vault)
     except YamlError as exc:
         message = f"invalid YAML: {exc.detail}{_yaml_hint(exc.detail, exc.line)}"
+        if exc.vault:
+            message = exc.message
         raise PlaybookErrors([PlaybookError(message, location=exc.location)]) from None
     problems = [PlaybookError(message, location=at) for message, at in source.duplicates]
     return source.data, problems, source
@@ -41,8 +48,10 @@ def _yaml_hint(problem: str, line: str) -> str:
 # -- loading ----------------------------------------------------------------------------------
 
 
-def load_playbook(path: str | Path) -> Playbook:
-    """Read and check a playbook file; raises PlaybookError (PlaybookErrors for its contents)."""
+def load_playbook(path: str | Path, vault: Vault | None = None) -> Playbook:
+    """Read and check a playbook file; raises PlaybookError (PlaybookErrors for its contents).
+
+    `vault` decrypts its `!vault` values and vaulted `vars_files` (none: no password)."""
     name = str(path)
     try:
         raw = Path(name).read_bytes()
@@ -55,14 +64,17 @@ def load_playbook(path: str | Path) -> Playbook:
         raise PlaybookErrors(
             [PlaybookError("not valid UTF-8", location=SourceLocation(name, line))]
         ) from None
-    return parse_playbook(text, name)
+    return parse_playbook(text, name, vault)
 
 
-def parse_playbook(text: str, path: str | Path) -> Playbook:
+def parse_playbook(text: str, path: str | Path, vault: Vault | None = None) -> Playbook:
     """Check a playbook's text; `path` names it in errors, and its directory holds its files."""
     name = str(path)
-    data, problems, source = load_yaml(text, name)
-    checker = PlaybookChecker(source, name)
+    if is_encrypted(text):
+        message = "an encrypted playbook is not supported: put its secrets in vaulted vars_files"
+        raise PlaybookErrors([PlaybookError(message, location=SourceLocation(name, 1, 1))])
+    data, problems, source = load_yaml(text, name, vault if vault is not None else Vault())
+    checker = PlaybookChecker(source, name, vault)
     playbook = checker.play(data, text)
     errors = _in_file_order(problems + checker.errors)
     if errors or playbook is None:

@@ -12,6 +12,7 @@ from easytask.errors import PlaybookError, SourceLocation
 
 __all__ = [
     "ACTIONS",
+    "BECOME_USER_RE",
     "CATCH_UP",
     "COPY_KEYS",
     "DEFAULTS_KEYS",
@@ -32,13 +33,13 @@ __all__ = [
 
 PLAY_KEYS = (
     "name", "hosts", "vars", "vars_files", "secrets", "defaults", "serial", "max_fail_percentage", "forks",
-    "schedule", "tz", "catch_up", "notify", "tasks",
+    "schedule", "tz", "catch_up", "notify", "become", "become_user", "tasks",
 )  # fmt: skip
 DEFAULTS_KEYS = ("timeout", "retries", "retry_delay", "retry_backoff")
 ACTIONS = ("command", "shell", "script", "copy")
 TASK_KEYS = (
     "name", *ACTIONS, "hosts", "needs", "when", *DEFAULTS_KEYS, "run_on", "run_once", "env",
-    "environment", "cwd", "tags",
+    "environment", "cwd", "tags", "become", "become_user",
 )  # fmt: skip
 COPY_KEYS = ("src", "dest", "mode")
 SCRIPT_KEYS = ("path", "args")
@@ -47,6 +48,8 @@ NOTIFY_KEYS = ("url", "events")
 NOTIFY_EVENTS = ("all", "failed")
 RESERVED_VARS = ("results",)
 TAG = re.compile(r"[A-Za-z0-9_.-]{1,100}")  # a tag name (task `tags`, --tags, --skip-tags)
+# A user to become: an account name as useradd takes it (it travels to the host as one word).
+BECOME_USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?\Z")
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,8 @@ class Task:
     env: Mapping[str, str] = field(default_factory=dict)
     cwd: str | None = None
     tags: tuple[str, ...] = ()  # for `play --tags/--skip-tags`
+    become: bool | None = None  # None: as the play says
+    become_user: str | None = None
     uses_results: tuple[str, ...] = ()
     locations: Mapping[str, SourceLocation] = field(default_factory=dict, repr=False)
 
@@ -146,6 +151,8 @@ class Playbook:
     tz: str | None = None
     catch_up: str = "none"
     notify: tuple[Notify, ...] = ()
+    become: bool | None = None  # None: as the command line or the inventory says
+    become_user: str | None = None
     text: str = field(default="", repr=False)
     locations: Mapping[str, SourceLocation] = field(default_factory=dict, repr=False)
 

@@ -107,6 +107,7 @@ class TaskChecker(ValueChecker):
         cwd = self.string(data, "cwd", label)
         if cwd is not None:
             self.template(data, "cwd", f"'cwd' of {label}")
+        become, become_user = self.become(data, label)
         if len(self.errors) > errors_before or action is None or not isinstance(name, str):
             return None
         return Task(
@@ -125,6 +126,8 @@ class TaskChecker(ValueChecker):
             env=env,
             tags=tags,
             cwd=cwd,
+            become=become,
+            become_user=become_user,
             uses_results=self.result_refs(data, name),
             locations={k: self.src.key(data, k) for k in data},
         )

@@ -11,7 +11,7 @@ from typing import Any
 from easytask.durations import parse_duration
 from easytask.errors import PatternError, PlaybookError, SourceLocation
 from easytask.inventory import split_pattern
-from easytask.playbook.model import Defaults
+from easytask.playbook.model import BECOME_USER_RE, Defaults
 from easytask.sourceyaml import Source, type_name
 from easytask.templating import is_template, syntax_problem
 
@@ -24,7 +24,7 @@ _HINTS = {
     "requires": "did you mean 'needs'?",
     "after": "did you mean 'needs'?",
     "delay": "did you mean 'retry_delay'?",
-    "become": "EasyTask runs commands as the agent's (or SSH) user; 'become' is not supported",
+    "become_method": "set ansible_become_method in the inventory (agents use their own way)",
     "loop": "loops are not supported; use a shell loop in 'shell'",
     "with_items": "loops are not supported; use a shell loop in 'shell'",
     "roles": "roles are not supported",
@@ -165,6 +165,19 @@ class ValueChecker:
             self.expect(data, key, where, "true or false")
             return False
         return bool(value)
+
+    def become(self, data: dict[Any, Any], where: str) -> tuple[bool | None, str | None]:
+        """`become` (true or false) and `become_user` (a user name; implies nothing by itself,
+        as in Ansible): None where absent."""
+        become = data.get("become")
+        if become is not None and not isinstance(become, bool):
+            self.expect(data, "become", where, "true or false")
+            become = None
+        user = data.get("become_user")
+        if user is not None and (not isinstance(user, str) or not BECOME_USER_RE.match(user)):
+            self.expect(data, "become_user", where, "a user name")
+            user = None
+        return become, user
 
     def integer(
         self, data: dict[Any, Any], key: str, where: str, *, low: int, default: Any = None

@@ -151,6 +151,8 @@ class JobEngine:
             masked=bool(masks(options)),
             vars=json.dumps(job_vars or {}),
         )
+        if options.become.as_dict():  # what a later server process needs to run it the same
+            job.vars = json.dumps({"become": options.become.as_dict()})
         now = utcnow()  # given, not defaulted: a model's default factory costs per object
         runs = [
             Run(

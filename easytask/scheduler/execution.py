@@ -15,6 +15,7 @@ from asyncssh import SSHClientConnection
 from easytask.errors import ConnectError
 from easytask.facts import GATHER_COMMAND, parse_gathered
 from easytask.masking import env_prefix
+from easytask.plan.become import agentless_refusal, resolve_become
 from easytask.scheduler.agents import AgentRegistry
 from easytask.scheduler.cluster import Cluster
 from easytask.scheduler.dispatch import OFFER, Dispatcher
@@ -32,9 +33,11 @@ from easytask.scheduler.output import RunOutput
 from easytask.scheduler.recording import Outcome, Recorder
 from easytask.store.db import Store
 from easytask.store.models import Run, RunState, as_utc, utcnow
+from easytask.store.runs import BECOME, RAN_AS
 from easytask.transport import executor
 from easytask.transport.agentless import SSHPool, SSHTarget, env_on_stdin, wrap_command
 from easytask.transport.agentlink import AgentLink
+from easytask.transport.become import sudo_line
 from easytask.transport.executor import ExecResult
 
 log = logging.getLogger("easytask.server")
@@ -74,6 +77,12 @@ class Execution:
 
     async def run(self, run: Run, hostvars: dict[str, Any], options: JobOptions) -> None:
         """Execute a run's command on its agent or over SSH, and record how it ended."""
+        as_user = resolve_become(run.host, hostvars, options.become)
+        options = replace(options, as_user=as_user)
+        if as_user is not None and run.connection == "agent":
+            # on the timeline before it is dispatched: a server that claims the run (it holds
+            # the agent) reads whom to ask for here
+            await self.recorder.event(run, BECOME, as_user.user)
         if run.connection == "agent":
             await self.agent_run(run, options)
         else:
@@ -90,6 +99,10 @@ class Execution:
         assert run.id is not None
         live = self.inflight.live[run.id]
         target = self._ssh_target(run.host, hostvars, options)
+        refusal = agentless_refusal(run.host, options.as_user)
+        if refusal:
+            await self.recorder.finish(run, RunState.FAILED, reason=refusal)
+            return
         await self.recorder.update(
             run, RunState.DISPATCHED, "dispatched", f"ssh {target.host}:{target.port}"
         )
@@ -105,12 +118,20 @@ class Execution:
         out = self.recorder.output(run, masks=masks(options))
         # the values go on the channel's stdin, never in the command line `ps` shows on the host
         env_text, env_bytes = env_on_stdin(command_env(options))
+        command = run.command
+        login = target.user or str(conn.get_extra_info("username") or "")
+        if options.as_user is not None:
+            # the values are read inside sudo: its env_reset would drop them otherwise
+            command = sudo_line(
+                options.as_user.user, command, grace=options.grace, prelude=env_text
+            )
+            env_text = ""
         outcome = await self._stream(
             run,
             live,
             options,
             conn,
-            wrap_command(run.command, key, env_text),
+            wrap_command(command, key, env_text),
             {},
             out,
             terminate=lambda grace: self.pool.terminate(target, key, grace),
@@ -118,6 +139,7 @@ class Execution:
         )
         if outcome.result is not None and outcome.result.lost:
             self.pool.drop(target)
+        await self._ran_as(run, outcome, None, options, login)
         await self.recorder.conclude(run, outcome, out)
 
     async def agent_run(self, run: Run, options: JobOptions, live: LiveRun | None = None) -> None:
@@ -218,6 +240,19 @@ class Execution:
                             run, first_seq=next_seq, stored=stored, masks=masks(options)
                         )
                 dispatch: asyncio.Future[None] | None = None
+                if (
+                    attach_from is None
+                    and options.as_user is not None
+                    and ("user" not in info.facts)
+                ):
+                    # an agent from before become would run the command as its own user
+                    version = info.facts.get("version") or "unknown"
+                    reason = (
+                        f"agent {run.host} (version {version}) cannot become another user; "
+                        "upgrade it"
+                    )
+                    await self.recorder.finish(run, RunState.FAILED, reason=reason)
+                    return None
                 if attach_from is None:
                     # Stored while the command starts, not before: the agent starts a run key
                     # once, so a server that died in between re-attaches instead of re-running.
@@ -228,6 +263,8 @@ class Execution:
                         )
                     )
                     env = {"EASYTASK_RUN": key}  # the command sees EASYTASK_RUN_ID, _ATTEMPT
+                    if options.as_user is not None:  # the agent decides whether and how
+                        env["EASYTASK_BECOME"] = options.as_user.user
                     out = self.recorder.output(run, masks=masks(options))
                     command = env_prefix(command_env(options)) + run.command
                 else:
@@ -264,9 +301,31 @@ class Execution:
                 await self.recorder.event(run, "agent lost", "waiting to re-attach")
                 continue
             stats = outcome.result.stats if outcome.result is not None else None
+            facts = info.facts
+            own = facts.get("user") or (facts.get("policy") or {}).get("run_as") or ""
+            await self._ran_as(run, outcome, stats, options, str(own))
             await self.recorder.conclude(run, outcome, out, stats)
             self._background(self._acknowledge(run, link, key), f"ack-{key}")
             return None
+
+    async def _ran_as(
+        self,
+        run: Run,
+        outcome: Outcome,
+        stats: dict[str, Any] | None,
+        options: JobOptions,
+        default: str,
+    ) -> None:
+        """The run's timeline says whom its command ran as (not for a run that never started:
+        refused by its agent, or not started at all)."""
+        if outcome.result is None or (stats and stats.get("refused")):
+            return
+        as_user = options.as_user
+        who = f"{as_user.user} (become, {as_user.method})" if as_user is not None else default
+        if run.connection == "agent" and as_user is not None:
+            who = f"{as_user.user} (become)"  # the agent's own way: as root, or through sudo
+        if who:
+            await self.recorder.event(run, RAN_AS, who)
 
     async def _acknowledge(self, run: Run, link: AgentLink, key: str) -> None:
         """Let the agent delete the run's spool once every line is stored."""

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import asyncssh
 
 from easytask.masking import Masker
+from easytask.plan.become import resolve_become
 from easytask.scheduler.inflight import JobOptions, masks
 from easytask.scheduler.output import RunOutput
 from easytask.store.db import Store
@@ -239,11 +240,13 @@ async def script(
     assert run.id is not None
     remote_dir = f"/tmp/.easytask-{run.id}-{secrets.token_hex(4)}"
     remote = f"{remote_dir}/{Path(action.src).name}"
+    # a script that runs as another user (become) must be readable by it while it runs
+    mode = 0o755 if resolve_become(run.host, hostvars, options.become) else 0o700
     try:
         async with conn.start_sftp_client() as sftp:
-            await sftp.mkdir(remote_dir, asyncssh.SFTPAttrs(permissions=0o700))
+            await sftp.mkdir(remote_dir, asyncssh.SFTPAttrs(permissions=mode))
             await sftp.put(action.src, remote, **SFTP_OPTS)
-            await sftp.chmod(remote, 0o700)
+            await sftp.chmod(remote, mode)
     except (OSError, asyncssh.Error) as exc:
         reason = Masker(masks(options))(f"could not upload the script: {exc}")
         await engine.finish(run, RunState.FAILED, reason=reason)

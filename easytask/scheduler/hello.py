@@ -60,6 +60,8 @@ def _policy(value: Any) -> dict[str, Any]:
         raise BadHello("facts.policy.files must be true or false")
     out["files"] = value.get("files", True)
     out["slots"] = _count(value.get("slots", 1), "facts.policy.slots", 1)
+    if value.get("become") is not None:  # the users runs may become (--allow-become)
+        out["become"] = _texts(value["become"], "facts.policy.become")
     return out
 
 

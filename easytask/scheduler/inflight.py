@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from easytask.plan.become import Become, BecomeRequest
 from easytask.store.db import Store
 from easytask.store.models import Run
 
@@ -28,6 +29,8 @@ class JobOptions:
     ssh_keys: dict[str, str] = field(default_factory=dict, repr=False)
     # For become (sudo -S reads it on stdin); this release only carries and masks it
     become_passwords: dict[str, str] = field(default_factory=dict, repr=False)
+    become: BecomeRequest = field(default_factory=BecomeRequest)  # the job's or task's ask
+    as_user: Become | None = None  # resolved for one run, with its host's variables
 
     def __post_init__(self) -> None:
         if self.timeout_total is None:

@@ -29,12 +29,14 @@ from easytask.plan import (
     stop_after_batch,
     task_result,
 )
+from easytask.plan.become import task_request
 from easytask.scheduler import fileops, secretfile
 from easytask.scheduler.engine import JobEngine
 from easytask.scheduler.inflight import JobOptions
 from easytask.store.audit import AuditNote
 from easytask.store.models import Job, Run, RunState
 from easytask.templating import render
+from easytask.vault import vault_values
 
 log = logging.getLogger("easytask.server")
 
@@ -267,19 +269,30 @@ class PlaybookJob:
         slot.result = task_result(stdout, stderr, fresh.exit_code, state)
 
     def masks(self, host: str) -> tuple[str, ...]:
-        """The values of the playbook's secret variables on a host."""
-        context = self.plan.context(host)
+        """The values of the playbook's secret variables on a host, and every value that came
+        from an Ansible Vault (its inventory vars, the play's vars and vars_files)."""
         values = []
-        for name in self.plan.playbook.secrets:
-            if name in context:
-                try:
-                    values.append(render("{{ " + name + " }}", context, what=f"secret {name}"))
-                except EasyTaskError:
-                    continue
-        return tuple(v for v in values if v)
+        if self.plan.playbook.secrets:
+            context = self.plan.context(host)
+            for name in self.plan.playbook.secrets:
+                if name in context:
+                    try:
+                        values.append(render("{{ " + name + " }}", context, what=f"secret {name}"))
+                    except EasyTaskError:
+                        continue
+        values += self.vault_masks(host)
+        return tuple(v for v in dict.fromkeys(values) if v)
+
+    def vault_masks(self, host: str) -> tuple[str, ...]:
+        """The values on a host that came from an Ansible Vault (cheap: no rendering)."""
+        return tuple(vault_values(self.plan.host_vars.get(host, {}), self.plan.playbook.vars))
 
     async def _attempt(self, run: Run, task: PlannedTask, action: Any, host: str) -> None:
-        masks = await off_loop(self.masks, host) if self.plan.playbook.secrets else ()
+        masks = (
+            await off_loop(self.masks, host)
+            if self.plan.playbook.secrets
+            else self.vault_masks(host)
+        )
         options = JobOptions(
             timeout=task.timeout,
             pending_timeout=self.pending_timeout,
@@ -287,6 +300,7 @@ class PlaybookJob:
             env=dict(action.env),  # exported apart from the command line (see shell_line)
             ssh_keys={h: k for h, k in self.ssh_keys.items() if h == host},
             become_passwords={h: p for h, p in self.become_passwords.items() if h == host},
+            become=task_request(self.plan.playbook, task.task),
         )
         hostvars = dict(self.plan.host_vars.get(host, {}))
         if action.kind == "copy":
@@ -317,7 +331,11 @@ class PlaybookJob:
             return
         # On an agent the command goes on under its supervisor: re-attach with the stored command
         # (for a script, the one that runs the already uploaded file).
-        options = JobOptions(timeout=task.timeout, pending_timeout=self.pending_timeout)
+        options = JobOptions(
+            timeout=task.timeout,
+            pending_timeout=self.pending_timeout,
+            become=task_request(self.plan.playbook, task.task),
+        )
         await self.engine.execute_one(run, dict(self.plan.host_vars.get(host, {})), options)
 
 
@@ -393,8 +411,8 @@ async def submit_playbook(
     runner.ssh_keys = dict(ssh_keys or {})
     runner.become_passwords = dict(become_passwords or {})
     assert job.id is not None
-    if plan.playbook.secrets:  # every host's values: a resumed run's output stays masked
-        masks = await off_loop(lambda: {m for host in plan.all_hosts for m in runner.masks(host)})
+    masks = await off_loop(lambda: {m for host in plan.all_hosts for m in runner.masks(host)})
+    if plan.playbook.secrets or masks:  # every host's values: a resumed run's output stays masked
         hidden = {k: v for k, v in plan.extra_vars.items() if k in plan.playbook.secrets}
         secretfile.save(engine.secrets_dir, job.id, {}, tuple(sorted(masks)), hidden)
     task = asyncio.create_task(_run(engine, runner), name=f"job-{job.id}")

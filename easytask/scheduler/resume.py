@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
 from easytask.errors import EasyTaskError
+from easytask.plan.become import Become, BecomeRequest
 from easytask.scheduler import secretfile
 from easytask.scheduler.agents import AgentRegistry
 from easytask.scheduler.execution import Execution
@@ -17,11 +19,21 @@ from easytask.scheduler.recording import Recorder
 from easytask.store import servers as rows
 from easytask.store.db import Store
 from easytask.store.models import OFFERED, Job, Run, RunState
+from easytask.store.runs import BECOME
 
 log = logging.getLogger("easytask.server")
 
 # Starts executing a job's runs on this server (its task is kept by the engine).
 StartJob = Callable[[Job, list[Run], dict[str, dict[str, Any]], JobOptions], None]
+
+
+def adhoc_become(job: Job) -> BecomeRequest:
+    """The become an ad hoc job asked for (`run -b`), as `JobEngine.submit` kept it."""
+    try:
+        spec = json.loads(job.vars or "{}")
+    except ValueError:
+        return BecomeRequest()
+    return BecomeRequest.from_dict(spec.get("become") if isinstance(spec, dict) else None)
 
 
 class TakeOver:
@@ -107,6 +119,7 @@ class TakeOver:
                 timeout=job.timeout,
                 pending_timeout=job.pending_timeout,
                 forks=job.forks,
+                become=adhoc_become(job),
                 **kept,
             )
             targets = {}
@@ -150,6 +163,10 @@ class TakeOver:
             if job is None:
                 return
             options = JobOptions(timeout=job.timeout, pending_timeout=job.pending_timeout)
+            events = await self.store.call(self.store.run_events, run.id)
+            asked = next((e.detail for e in reversed(events) if e.kind == BECOME), "")
+            if asked:  # whom the job's server resolved it to become (see Execution.run)
+                options = replace(options, as_user=Become(asked))
             if job.masked:
                 kept = secretfile.load(self.recorder.secrets_dir, run.job_id)
                 if not kept:

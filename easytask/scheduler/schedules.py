@@ -14,6 +14,7 @@ from easytask.errors import EasyTaskError
 from easytask.playbook import load_playbook
 from easytask.store.db import Store
 from easytask.store.models import Schedule, as_utc
+from easytask.vault import Vault
 
 log = logging.getLogger("easytask.server")
 
@@ -39,8 +40,10 @@ class Scheduler:
         server_id: str,
         clock: Clock = utc_now,
         interval: float = 1.0,
+        vault: Vault | None = None,
     ) -> None:
         self.store = store
+        self.vault = vault  # opens the playbooks' vaulted vars_files
         self.playbooks_dir = playbooks_dir
         self.submit = submit
         self.server_id = server_id
@@ -56,7 +59,7 @@ class Scheduler:
             return rows
         for path in sorted(self.playbooks_dir.glob("*.y*ml")):
             try:
-                book = await asyncio.to_thread(load_playbook, path)
+                book = await asyncio.to_thread(load_playbook, path, self.vault)
             except EasyTaskError as exc:
                 if self.errors.get(str(path)) != str(exc):
                     log.warning("schedules: %s", exc)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,30 +27,50 @@ from easytask.scheduler.schedules import Scheduler
 from easytask.sealing import Keyring
 from easytask.store.db import Store
 from easytask.transport.agentlink import AgentListener
+from easytask.transport.invscript import run_script
+from easytask.vault import Vault
 
 log = logging.getLogger("easytask.server")
 
 
 class InventorySource:
-    """The inventory file or directory, loaded again when a file of it changes."""
+    """The server's inventory sources, loaded again when a file of them changes and, when one is
+    an inventory script, when its output is older than `cache` seconds."""
 
-    def __init__(self, path: str | None) -> None:
-        self.path = path
+    def __init__(
+        self,
+        paths: str | list[str] | None,
+        timeout: float = 30.0,
+        cache: float = 30.0,
+        vault: Vault | None = None,
+    ) -> None:
+        self.paths = [paths] if isinstance(paths, str) else list(paths or [])
+        self.timeout = timeout
+        self.cache = cache
+        self.vault = vault
         self._inventory: Inventory | None = None
         self._stamp: Any = None
+        self._ran_script = False
+        self._loaded_at = 0.0
+        self._lock = threading.Lock()  # one load at a time: a script runs once for many jobs
 
     def now(self) -> Inventory:
-        """The inventory as its files are now (an empty one without files)."""
-        path = self.path
-        if not path or not Path(path).exists():
-            if self._inventory is None:
-                self._inventory = load_inventory([])
+        """The inventory as its files (and scripts) are now (an empty one without sources)."""
+        with self._lock:
+            sources = [p for p in self.paths if is_host_list(p) or Path(p).exists()]
+            stamp = tuple(tree_stamp(Path(p)) for p in sources if not is_host_list(p))
+            fresh = not self._ran_script or time.monotonic() - self._loaded_at < self.cache
+            if self._inventory is None or stamp != self._stamp or not fresh:
+                self._ran_script = False
+                self._inventory = None  # a failed load is tried again by the next job
+                self._inventory = load_inventory(sources, scripts=self._run, vault=self.vault)
+                self._stamp = stamp
+                self._loaded_at = time.monotonic()
             return self._inventory
-        stamp = tree_stamp(Path(path))
-        if self._inventory is None or stamp != self._stamp:
-            self._inventory = load_inventory(path)
-            self._stamp = stamp
-        return self._inventory
+
+    def _run(self, path: str, args: Sequence[str]) -> bytes | None:
+        self._ran_script = True
+        return run_script(path, args, self.timeout)
 
     def hostvars(self, host: str) -> dict[str, Any]:
         """The variables of a host the inventory lists (none for another host)."""
@@ -54,6 +78,11 @@ class InventorySource:
         if host in inventory.hosts:
             return inventory.host_vars(host)
         return {}
+
+
+def is_host_list(source: str) -> bool:
+    """`web1,web2,`: hosts named on the command line, not a path."""
+    return "," in source and not os.path.exists(source)
 
 
 def tree_stamp(path: Path) -> tuple[tuple[str, float], ...]:
@@ -71,6 +100,7 @@ class Services:
     state_dir: Path
     server_id: str
     pending_timeout: float
+    vault: Vault  # the Ansible Vault passwords, read at start
     store: Store
     writer: LogWriter
     hub: LiveHub

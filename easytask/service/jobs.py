@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from easytask.errors import APIError, PlaybookError
+from easytask.masking import Masker
 from easytask.plan import PlaybookPlan
+from easytask.plan.become import agentless_refusal, resolve_become, task_request
 from easytask.scheduler.egress import WebhookRefused, url_origin
 from easytask.scheduler.inflight import JobOptions
 from easytask.scheduler.playbooks import submit_playbook
@@ -28,6 +30,7 @@ from easytask.service.planning import plan_file, plan_pattern
 from easytask.service.scope import enforce_scope
 from easytask.store.audit import AuditNote
 from easytask.store.models import Job, Run, RunState, Schedule, User
+from easytask.vault import vault_values
 
 
 async def submit_adhoc(
@@ -57,6 +60,15 @@ async def submit_adhoc(
         agents = [p for p in planned if p.connection == "agent"] or planned
         chosen = services.registry.least_busy([p.host for p in agents])
         planned = [p for p in agents if p.host == chosen]
+    vaulted = vault_values(*(p.vars for p in planned))  # the hosts' vault values: masked too
+    if vaulted:
+        hide = Masker(vaulted)
+        held = [p.host for p in planned if hide(p.command) != p.command]
+        if held:  # an ad hoc command is stored as it runs: it may not carry a secret
+            raise APIError(
+                f"the command on {held[0]} would hold a value from an Ansible Vault, and a "
+                "command is stored as it runs; use a playbook task (its stored command is masked)"
+            )
     await enforce_scope(
         services,
         user,
@@ -82,7 +94,17 @@ async def submit_adhoc(
         become_passwords=per_host.become_passwords,
     )
     used = sorted({*opened.names, *per_host.names})
+    if vaulted:
+        options = replace(options, masks=(*options.masks, *vaulted))
     action = options.file_action
+    become: dict[str, list[str]] = {}  # user -> the hosts whose runs become that user
+    for p in planned:
+        as_user = resolve_become(p.host, p.vars, options.become)
+        refusal = agentless_refusal(p.host, as_user) if p.connection == "ssh" else None
+        if refusal:
+            raise APIError(refusal)
+        if as_user is not None:
+            become.setdefault(as_user.user, []).append(p.host)
     detail: dict[str, Any] = {
         "kind": kind,
         "pattern": pattern,
@@ -96,6 +118,8 @@ async def submit_adhoc(
         detail["extra_vars"] = sorted(extra_vars)  # names; the rendered command is stored
     if remote_user:
         detail["user"] = remote_user
+    if become:
+        detail["become"] = become
     if options.secret_env:
         detail["secrets"] = sorted(options.secret_env)  # names only, never values
     if used:
@@ -161,6 +185,9 @@ async def submit_plan(
     }
     if per_host.names:
         detail["credentials"] = per_host.names  # names only, never values
+    become = plan_become(plan)
+    if become:
+        detail["become"] = become
     submitted = await submit_playbook(
         services.engine,
         plan,
@@ -191,6 +218,18 @@ async def plan_credentials(
     return per_host
 
 
+def plan_become(plan: PlaybookPlan) -> dict[str, dict[str, list[str]]]:
+    """Task -> user -> the hosts whose runs of the task become that user (for the audit)."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for task in plan.tasks:
+        request = task_request(plan.playbook, task.task)
+        for host in task.hosts:
+            as_user = resolve_become(host, plan.host_vars.get(host, {}), request)
+            if as_user is not None:
+                out.setdefault(task.name, {}).setdefault(as_user.user, []).append(host)
+    return out
+
+
 async def submit_scheduled(services: Services, path: Path, name: str) -> int:
     """Start the playbook of a schedule (as the user `schedule`); the job's id."""
     plan = await plan_file(services, path)
@@ -214,6 +253,7 @@ async def submit_scheduled(services: Services, path: Path, name: str) -> int:
                 "playbook": plan.name,
                 "hosts": list(plan.hosts),
                 **({"credentials": per_host.names} if per_host.names else {}),
+                **({"become": plan_become(plan)} if plan_become(plan) else {}),
             },
         ),
         ssh_keys=per_host.ssh_keys,

@@ -75,7 +75,7 @@ async def plan_file(
     skip_tags: tuple[str, ...] = (),
 ) -> PlaybookPlan:
     """Load a playbook file and plan it against the inventory plus the accepted agents."""
-    playbook = await asyncio.to_thread(load_playbook, path)
+    playbook = await asyncio.to_thread(load_playbook, path, services.vault)
     inventory = await services.merged_inventory()
     given = dict(extra_vars or {})
     stored = await playbook_credentials(services, playbook, given)
@@ -141,7 +141,7 @@ async def resume_playbook_job(services: Services, job: Job) -> int:
     if not isinstance(spec, dict) or not spec.get("playbook"):
         raise ResumeError("the job holds no playbook to plan it again from")
     try:
-        playbook = await asyncio.to_thread(load_playbook, Path(spec["playbook"]))
+        playbook = await asyncio.to_thread(load_playbook, Path(spec["playbook"]), services.vault)
     except EasyTaskError as exc:
         raise ResumeError(f"{spec['playbook']}: {exc}") from exc
     plan = plan_playbook(

@@ -14,6 +14,7 @@ from easytask.playbook import PlaybookErrors, load_playbook
 from easytask.scheduler.egress import WebhookRefused, WebhookTargets
 from easytask.service.context import Services
 from easytask.store.serialize import schedule_dict
+from easytask.vault import Vault
 
 PLAYBOOK_SUFFIXES = (".yml", ".yaml")
 
@@ -54,7 +55,7 @@ def _playbook_files(root: Path) -> list[Path]:
     )
 
 
-def _playbook_entry(path: Path, webhooks: WebhookTargets) -> dict[str, Any]:
+def _playbook_entry(path: Path, webhooks: WebhookTargets, vault: Vault) -> dict[str, Any]:
     """What the listing says about one file: name, hosts, task count, or its errors (a
     `notify:` URL the server's webhook allowlist refuses is one)."""
     entry: dict[str, Any] = {
@@ -66,7 +67,7 @@ def _playbook_entry(path: Path, webhooks: WebhookTargets) -> dict[str, Any]:
         "schedule": None,
     }
     try:
-        book = load_playbook(path)
+        book = load_playbook(path, vault)
     except EasyTaskError as exc:
         problems = exc.errors if isinstance(exc, PlaybookErrors) else (exc,)
         entry["errors"] = [_problem(path, e) for e in problems]
@@ -122,7 +123,8 @@ async def playbook_listing(services: Services) -> dict[str, Any]:
 
     def read() -> list[tuple[dict[str, Any], str]]:
         return [
-            (_playbook_entry(p, services.webhooks), str(p.resolve())) for p in _playbook_files(root)
+            (_playbook_entry(p, services.webhooks, services.vault), str(p.resolve()))
+            for p in _playbook_files(root)
         ]
 
     now = datetime.now(UTC)

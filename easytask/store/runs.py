@@ -15,6 +15,9 @@ from easytask.store.audit import AuditNote
 from easytask.store.base import Queries
 from easytask.store.models import Job, JobWebhook, Run, RunEvent, RunState, WebhookDelivery, utcnow
 
+RAN_AS = "ran as"  # the timeline event that says whom a run's command ran as
+BECOME = "become"  # the timeline event that says whom an agent run asks its agent to become
+
 
 @dataclass(slots=True)
 class RunChange:
@@ -286,6 +289,17 @@ class RunQueries(Queries):
             return list(
                 s.exec(select(RunEvent).where(RunEvent.run_id == run_id).order_by(col(RunEvent.id)))
             )
+
+    def job_ran_as(self, job_id: int) -> dict[int, str]:
+        """Run id -> whom its command ran as (its `ran as` timeline event), for a job's runs."""
+        with self.session() as s:
+            rows = s.exec(
+                select(RunEvent.run_id, RunEvent.detail)
+                .join(Run, col(Run.id) == col(RunEvent.run_id))
+                .where(Run.job_id == job_id, RunEvent.kind == RAN_AS)
+                .order_by(col(RunEvent.id))
+            )
+            return {run_id: detail for run_id, detail in rows}
 
     def add_job_webhooks(self, job_id: int, hooks: Sequence[tuple[str, str]]) -> None:
         """Remember the webhooks (url, events) a job calls when it finishes."""

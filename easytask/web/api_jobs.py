@@ -10,13 +10,15 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from easytask.durations import parse_duration
-from easytask.errors import APIError
+from easytask.errors import APIError, UsageError
 from easytask.loglines import LEVELS
 from easytask.masking import check_secret_env
+from easytask.plan.become import BecomeRequest, check_user
 from easytask.scheduler.inflight import JobOptions
 from easytask.service import credentials, files, jobs
 from easytask.service.context import Services
 from easytask.store.models import User
+from easytask.store.runs import RAN_AS
 from easytask.store.serialize import job_dict, run_dict
 from easytask.web.requests import (
     ROLES_OPERATE,
@@ -28,6 +30,23 @@ from easytask.web.requests import (
 )
 from easytask.web.runfilter import RunQuery, find_runs
 from easytask.web.sse import job_stream
+
+
+def become_request(data: dict[str, Any]) -> BecomeRequest:
+    """`become` (true or false) and `become_user` of a submission; a user alone means become."""
+    become = data.get("become")
+    if become is not None and not isinstance(become, bool):
+        raise APIError("become must be true or false")
+    user = data.get("become_user")
+    if user in (None, ""):
+        return BecomeRequest(become=become)
+    if not isinstance(user, str):
+        raise APIError("become_user must be a user name")
+    try:
+        checked = check_user(user, "become_user")
+    except UsageError as exc:
+        raise APIError(exc.message) from exc
+    return BecomeRequest(become=True if become is None else become, user=checked)
 
 
 class JobsApi:
@@ -68,7 +87,11 @@ class JobsApi:
         for name in named:
             credentials.check_name(name)
         options = JobOptions(
-            timeout=timeout, pending_timeout=pending, forks=forks, secret_env=secret_env
+            timeout=timeout,
+            pending_timeout=pending,
+            forks=forks,
+            secret_env=secret_env,
+            become=become_request(data),
         )
         if data.get("kind") == "checksum":
             command, data["name"] = files.checksum_job(data)
@@ -122,7 +145,13 @@ class JobsApi:
         if job is None:
             raise APIError(f"no job {job_id}", status=404)
         runs = await store.call(store.job_runs, job_id)
-        return JSONResponse({"job": job_dict(job), "runs": [run_dict(r) for r in runs]})
+        ran_as = await store.call(store.job_ran_as, job_id)
+        return JSONResponse(
+            {
+                "job": job_dict(job),
+                "runs": [{**run_dict(r), "ran_as": ran_as.get(r.id or 0, "")} for r in runs],
+            }
+        )
 
     async def kill_job(self, request: Request, user: User) -> Response:
         """POST /api/jobs/{id}/kill: terminate every run of the job still in flight."""
@@ -170,9 +199,10 @@ class JobsApi:
         if run is None:
             raise APIError(f"no run {run_id}", status=404)
         events = await store.call(store.run_events, run_id)
+        ran_as = next((e.detail for e in reversed(events) if e.kind == RAN_AS), "")
         return JSONResponse(
             {
-                "run": run_dict(run),
+                "run": {**run_dict(run), "ran_as": ran_as},
                 "events": [
                     {"at": e.at.isoformat(), "kind": e.kind, "detail": e.detail} for e in events
                 ],

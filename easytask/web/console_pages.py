@@ -21,6 +21,7 @@ from easytask.service.context import Services
 from easytask.service.files import checksum_job, human_size
 from easytask.service.playbooks import playbook_listing
 from easytask.store.models import RunState, User
+from easytask.store.runs import RAN_AS
 from easytask.store.serialize import delivery_dict
 from easytask.web.console import Console
 from easytask.web.errors import PageError, http_status
@@ -154,6 +155,7 @@ class ConsolePages:
             run=run_row(run, job.submitted_by if job else ""),
             job=job,
             events=events,
+            ran_as=next((e.detail for e in reversed(events) if e.kind == RAN_AS), ""),
             final=run.state in RunState.FINAL,
             siblings=[run_row(r) for r in siblings if r.id != run.id][:50],
             initial_q=request.query_params.get("q") or "",

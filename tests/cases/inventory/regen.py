@@ -4,7 +4,9 @@
     python tests/cases/inventory/regen.py /tmp/ansible-venv/bin [CASE ...]
 
 For each case directory with a case.json ({"sources": [...], "graph": [...], "patterns": [...]}),
-this writes expected/list.json (`ansible-inventory --list`), expected/graph-GROUP.txt and
+this writes expected/list.json (`ansible-inventory --list`), list.yaml (`--list --yaml`),
+list-export.json and list-export.yaml (`--export`), host-localhost.json (`--host localhost`, for
+a case whose patterns name localhost), expected/graph-GROUP.txt and
 expected/graph-GROUP-vars.txt (`--graph [--vars]`) and expected/patterns.json (the hosts of
 `ansible PATTERN --list-hosts`). Patterns that Ansible cannot match, or whose order Ansible does
 not keep from one run to the next, are reported and left out.
@@ -61,6 +63,16 @@ def regen(bindir: Path, case: Path) -> None:
     if done.returncode != 0:
         sys.exit(f"{case.name}: ansible-inventory failed:\n{done.stderr}")
     (expected / "list.json").write_text(done.stdout)
+    for extra, name in (
+        (["--yaml"], "list.yaml"),
+        (["--export"], "list-export.json"),
+        (["--export", "--yaml"], "list-export.yaml"),
+    ):
+        done = ansible(bindir, "ansible-inventory", *inv, "--list", *extra)
+        (expected / name).write_text(done.stdout)
+    if "localhost" in spec.get("patterns", []):  # the implicit localhost's variables
+        done = ansible(bindir, "ansible-inventory", *inv, "--host", "localhost")
+        (expected / "host-localhost.json").write_text(done.stdout)
     for group in spec.get("graph", []):
         for extra, suffix in (([], ""), (["--vars"], "-vars")):
             done = ansible(bindir, "ansible-inventory", *inv, "--graph", group, *extra)

@@ -1,0 +1,471 @@
+"""Privilege escalation (become): playbook keys, `run -b`, inventory `ansible_become*`, decided by
+agents (root: the user itself; not root: `sudo -n`) and done with `sudo -n` on agentless hosts.
+
+Real processes throughout: a root agent, a non-root agent with a real sudoers rule, the
+loopback sshd.  Test users are created by the fixtures and removed after.
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sysconfig
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from easytask.errors import InventoryError, PlaybookError, UsageError
+from easytask.inventory import load_inventory
+from easytask.plan import plan_playbook
+from easytask.plan.become import Become, BecomeRequest, agentless_refusal, resolve_become
+from easytask.playbook import parse_playbook
+from tests.browser.support import Browserless, admin_password
+from tests.conftest import AgentFactory, ServerFactory, write
+from tests.support import REPO, SSHD, ServerHandle, launch_agent, wait_until
+from tests.support.pg import PostgresCluster
+from tests.support.procs import Procs
+
+TARGET = "etbecome"  # the user runs become
+GROUP = "etbecomegrp"  # a supplementary group of TARGET
+AGENT_USER = "etbecagent"  # a non-root agent's own account
+SUDOERS = Path("/etc/sudoers.d/easytask-test-become")
+
+# -- resolution (pure) --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("hostvars", "levels", "expected"),
+    [
+        ({}, [], None),
+        ({}, [BecomeRequest(become=True)], Become("root")),
+        ({}, [BecomeRequest(user="deploy")], None),  # a user alone asks nothing (as Ansible)
+        ({}, [BecomeRequest(True, "deploy")], Become("deploy")),
+        # the task's answer over the play's
+        ({}, [BecomeRequest(True, "deploy"), BecomeRequest(become=False)], None),
+        ({}, [BecomeRequest(True, "deploy"), BecomeRequest(user="app")], Become("app")),
+        # the inventory's variables over the keywords, as in Ansible
+        ({"ansible_become": "yes"}, [], Become("root")),
+        ({"ansible_become": "false"}, [BecomeRequest(become=True)], None),
+        ({"ansible_become_user": "app"}, [BecomeRequest(True, "deploy")], Become("app")),
+        ({"ansible_become": True, "ansible_become_method": "su"}, [], Become("root", "su")),
+    ],
+)
+def test_become_is_resolved_as_ansible_does(
+    hostvars: dict[str, Any], levels: list[BecomeRequest], expected: Become | None
+) -> None:
+    """Command line < play < task < inventory variables; the default user is root."""
+    assert resolve_become("h1", hostvars, *levels) == expected
+
+
+@pytest.mark.parametrize(
+    ("hostvars", "error", "message"),
+    [
+        (
+            {"ansible_become": True, "ansible_become_method": "doas"},
+            InventoryError,
+            "host 'h1': ansible_become_method 'doas' is not supported (use sudo or su)",
+        ),
+        ({"ansible_become": "maybe"}, InventoryError, "host 'h1': ansible_become: 'maybe'"),
+        ({"ansible_become_user": "a b"}, UsageError, "host 'h1': ansible_become_user: 'a b'"),
+    ],
+)
+def test_bad_become_variables_name_host_and_value(
+    hostvars: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    """A become variable EasyTask cannot honour is an error naming the host and the value."""
+    with pytest.raises(error) as caught:
+        resolve_become("h1", hostvars)
+    assert message in str(caught.value)
+
+
+def test_su_on_agentless_hosts_asks_for_a_become_password() -> None:
+    """su needs a password: refused on agentless hosts, with what to do instead."""
+    refusal = agentless_refusal("h1", Become("root", "su"))
+    assert refusal is not None and "needs a become password" in refusal
+    assert agentless_refusal("h1", Become("root", "sudo")) is None
+
+
+def test_playbook_become_keys_are_checked_and_su_over_ssh_is_refused_when_planned(
+    tmp_path: Path,
+) -> None:
+    """`become` must be a boolean and `become_user` a user name (errors at file:line); a play
+    that would `su` on an agentless host is refused when it is planned, naming task and host."""
+    bad = "hosts: all\nbecome: yes please\ntasks:\n  - name: a\n    command: id\n    become_user: 'x y'\n"
+    with pytest.raises(PlaybookError) as caught:
+        parse_playbook(bad, tmp_path / "pb.yml")
+    assert [str(e) for e in caught.value.errors] == [
+        f"{tmp_path / 'pb.yml'}:2:9: 'become' in the play must be true or false, got 'yes please'",
+        f"{tmp_path / 'pb.yml'}:6:18: 'become_user' in task 'a' must be a user name, got 'x y'",
+    ]
+    inv = write(
+        tmp_path / "inv.ini",
+        """\
+        agent1 ansible_become_method=su
+        ssh1 easytask_connection=ssh ansible_become_method=su
+        """,
+    )
+    book = parse_playbook(
+        "hosts: all\nbecome: true\ntasks:\n  - name: a\n    command: id\n", tmp_path / "pb.yml"
+    )
+    with pytest.raises(UsageError) as refused:
+        plan_playbook(book, load_inventory(inv))
+    assert "task 'a': host 'ssh1': become method 'su' needs a become password" in str(refused.value)
+    # the agent host alone: its agent decides how, the method does not matter
+    assert plan_playbook(book, load_inventory(inv), limit="agent1").hosts == ("agent1",)
+
+
+# -- fixtures -----------------------------------------------------------------------------------
+
+
+def _useradd(name: str, *args: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+        return False
+    except KeyError:
+        subprocess.run(["useradd", *args, name], check=True)
+        return True
+
+
+@pytest.fixture(scope="module")
+def target_user() -> Iterator[pwd.struct_passwd]:
+    """TARGET, with a home and a supplementary group (created when missing, removed after)."""
+    if os.geteuid() != 0:
+        pytest.skip("becoming another user needs root to set the users up")
+    made_group = False
+    try:
+        grp.getgrnam(GROUP)
+    except KeyError:
+        subprocess.run(["groupadd", GROUP], check=True)
+        made_group = True
+    made = _useradd(TARGET, "--create-home", "--shell", "/bin/sh", "--groups", GROUP)
+    yield pwd.getpwnam(TARGET)
+    if made:
+        subprocess.run(["userdel", "--remove", TARGET], check=False, capture_output=True)
+    if made_group:
+        subprocess.run(["groupdel", GROUP], check=False)
+
+
+@pytest.fixture(scope="module")
+def sudo_rule(target_user: pwd.struct_passwd) -> Iterator[str]:
+    """AGENT_USER may run anything as TARGET (only) without a password: a sudoers drop-in."""
+    if shutil.which("sudo") is None:
+        pytest.fail("sudo is missing: `make test` installs it (scripts/sysdeps.sh)")
+    made = _useradd(AGENT_USER, "--no-create-home", "--shell", "/bin/sh")
+    rule = f"{AGENT_USER} ALL=({TARGET}) NOPASSWD: ALL\n"
+    tmp = SUDOERS.with_suffix(".tmp")
+    tmp.write_text(rule)
+    tmp.chmod(0o440)
+    subprocess.run(["visudo", "-c", "-q", "-f", str(tmp)], check=True)
+    tmp.rename(SUDOERS)  # sudo ignores names with a dot: the .tmp file is never read
+    yield AGENT_USER
+    SUDOERS.unlink(missing_ok=True)
+    if made:
+        subprocess.run(["userdel", AGENT_USER], check=False)
+
+
+def _run(server: ServerHandle, pattern: str, command: str, **extra: Any) -> dict[str, Any]:
+    job = server.submit(pattern, command, **extra)
+    data = server.wait_job(job["job"]["id"], timeout=60)
+    (run,) = data["runs"]
+    run["output"] = [ln["text"] for ln in server.log_lines(run["id"]) if ln["stream"] != "system"]
+    return dict(run)
+
+
+# -- root agent ---------------------------------------------------------------------------------
+
+
+def test_root_agent_starts_the_command_as_the_user(
+    start_server: ServerFactory, start_agent: AgentFactory, target_user: pwd.struct_passwd
+) -> None:
+    """A root agent with --allow-become runs the command as the user: ids, groups, login
+    environment, home as working directory; the run, the audit and the CLI say whom as."""
+    server = start_server(None)
+    start_agent(server, "bec1", "--allow-become", f"nobody,{TARGET}")
+    run = _run(
+        server,
+        "bec1",
+        'id -un; id -Gn; echo "$HOME $USER $LOGNAME $SHELL"; pwd',
+        become=True,
+        become_user=TARGET,
+    )
+    assert run["state"] == "success", run
+    home = target_user.pw_dir
+    assert run["output"][0] == TARGET
+    assert GROUP in run["output"][1].split()
+    assert run["output"][2] == f"{home} {TARGET} {TARGET} /bin/sh"
+    assert run["output"][3] == home
+    assert run["ran_as"] == f"{TARGET} (become)"
+    detail = server.get(f"/api/runs/{run['id']}")
+    assert detail["run"]["ran_as"] == f"{TARGET} (become)"
+    console = Browserless(server)
+    assert console.login("admin", admin_password(server)).status_code == 303
+    page = console.http.get(f"/runs/{run['id']}").text
+    console.http.close()
+    assert f'<dd data-testid="ran-as">{TARGET} (become)</dd>' in page
+    events = server.get("/api/audit", action="job.submit")["events"]
+    assert events[0]["detail"]["become"] == {TARGET: ["bec1"]}
+
+    # the CLI: -b --become-user, and the summary's AS column
+    done = server.cli("run", "bec1", "-b", "--become-user", "nobody", "-a", "id -un")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "bec1 | nobody" in done.stdout
+    header = next(line for line in done.stdout.splitlines() if line.startswith("HOST"))
+    assert header.split() == ["HOST", "STATUS", "EXIT", "DURATION", "AS", "REASON"]
+    assert "nobody (become)" in done.stdout
+
+    # no become: the agent's own user, recorded too
+    plain = _run(server, "bec1", "id -un")
+    assert plain["output"] == ["root"] and plain["ran_as"] == "root"
+
+
+def test_agent_refuses_users_it_does_not_allow(
+    start_server: ServerFactory, start_agent: AgentFactory, target_user: pwd.struct_passwd
+) -> None:
+    """Default: no user may be asked for; a user not in --allow-become is refused with the
+    reason on the run, and nothing runs. Asking for the user commands run as anyway is no
+    change and runs."""
+    server = start_server(None)
+    start_agent(server, "bec2")
+    refused = _run(server, "bec2", "id -un", become=True, become_user=TARGET)
+    assert refused["state"] == "failed"
+    assert refused["reason"] == (
+        f"refused by the agent: become '{TARGET}' is not allowed: this agent allows no become "
+        "(--allow-become names the users a run may ask for)"
+    )
+    assert refused["ran_as"] == ""
+    assert TARGET not in refused["output"]
+    same = _run(server, "bec2", "id -un", become=True)  # root, as the agent is
+    assert same["state"] == "success" and same["output"] == ["root"]
+
+    start_agent(server, "bec3", "--allow-become", "nobody")
+    other = _run(server, "bec3", "id -un", become=True, become_user=TARGET)
+    assert other["state"] == "failed"
+    assert other["reason"] == (
+        f"refused by the agent: become '{TARGET}' is not allowed on this agent "
+        "(--allow-become nobody)"
+    )
+    bad = server.http.post(
+        "/api/jobs", json={"pattern": "bec3", "command": "id", "become_user": "a;b"}
+    )
+    assert bad.status_code == 400 and "'a;b' is not a user name" in bad.json()["error"]
+
+
+# -- non-root agent: sudo -n --------------------------------------------------------------------
+
+
+def _sleeping(user: str) -> bool:
+    """Whether a `sleep 300` of that user runs."""
+    found = subprocess.run(["pgrep", "-u", user, "-f", "sleep 300"], capture_output=True)
+    return found.returncode == 0
+
+
+def _python_for_others() -> list[str]:
+    """This interpreter may live in root's home: another user runs the system Python of the
+    same version on this checkout and this environment's packages."""
+    system = Path("/usr/bin/python3")
+    if not system.exists():
+        pytest.fail("/usr/bin/python3 is missing: `make test` installs it (scripts/sysdeps.sh)")
+    paths = f"{REPO}:{sysconfig.get_paths()['purelib']}:{sysconfig.get_paths()['platlib']}"
+    return [f"PYTHONPATH={paths}", str(system)]
+
+
+def test_non_root_agent_becomes_through_sudo(
+    start_server: ServerFactory, procs: Procs, sudo_rule: str
+) -> None:
+    """An agent that is not root runs become through `sudo -n -u USER`: the sudoers rule lets
+    it become TARGET; for root it has no rule, and sudo -n fails at once instead of asking."""
+    server = start_server(None)
+    state = Path(tempfile.mkdtemp(prefix="easytask-become-"))
+    try:
+        entry = pwd.getpwnam(sudo_rule)
+        os.chown(state, entry.pw_uid, entry.pw_gid)
+        as_agent_user = [
+            "setpriv",
+            f"--reuid={entry.pw_uid}",
+            f"--regid={entry.pw_gid}",
+            "--init-groups",
+            "--",
+            "env",
+            f"HOME={state}",  # not root's: its config files are not the agent's to read
+            *_python_for_others(),
+            "-m",
+            "easytask",
+        ]
+        launch_agent(
+            procs,
+            server,
+            "bec4",
+            state,
+            "--keepalive",
+            "1",
+            "--allow-become",
+            f"{TARGET},root",
+            command=as_agent_user,
+            timeout=40,
+        )
+        mine = _run(server, "bec4", "id -un")
+        assert mine["output"] == [sudo_rule] and mine["ran_as"] == sudo_rule
+        run = _run(server, "bec4", 'id -un; echo "$HOME"', become=True, become_user=TARGET)
+        assert run["state"] == "success", run
+        assert run["output"] == [TARGET, pwd.getpwnam(TARGET).pw_dir]
+        assert run["ran_as"] == f"{TARGET} (become)"
+        # a secret reaches the command under sudo (on its stdin: sudo's env_reset drops the
+        # environment, and a command line is for everyone to see), masked in the output
+        secret = _run(
+            server, "bec4", 'echo "t=$TOKEN"', become=True, become_user=TARGET,
+            secrets={"TOKEN": "s3cr3t-value"},
+        )  # fmt: skip
+        assert secret["state"] == "success" and secret["output"] == ["t=****"], secret
+        root = _run(server, "bec4", "id -un", become=True)
+        assert root["state"] == "failed" and root["exit_code"] == 1
+        assert any("a password is required" in line for line in root["output"]), root
+        # a kill reaches the command under sudo (sudo relays the agent's TERM to it)
+        job = server.submit("bec4", "sleep 300", become=True, become_user=TARGET)
+        run_id = job["runs"][0]["id"]
+        wait_until(lambda: _sleeping(TARGET), timeout=30, what="sleep as the target user")
+        server.post(f"/api/runs/{run_id}/kill")
+        ended = server.wait_job(job["job"]["id"], timeout=60)
+        assert ended["runs"][0]["state"] == "terminated", ended
+        wait_until(lambda: not _sleeping(TARGET), timeout=15, what="the sleep to end")
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+# -- agentless: sudo -n over SSH ----------------------------------------------------------------
+
+
+def test_agentless_host_becomes_through_sudo(
+    start_server: ServerFactory, sshd: SSHD, tmp_path: Path
+) -> None:
+    """Over plain SSH, `-b --become-user nobody` runs the command through sudo -n; the
+    inventory's ansible_become* variables do it without flags; su is refused at submission
+    (it needs a become password) and an unknown method names the host and the value."""
+    inv = write(
+        tmp_path / "inv.ini",
+        f"""\
+        [plain]
+        ssh1 {sshd.host_vars()}
+        [escalated]
+        ssh2 {sshd.host_vars()} ansible_become=true ansible_become_user=nobody
+        [su]
+        ssh3 {sshd.host_vars()} ansible_become_method=su
+        [odd]
+        ssh4 {sshd.host_vars()} ansible_become=yes ansible_become_method=doas
+        """,
+    )
+    server = start_server(inv)
+    done = server.cli("run", "ssh1", "-b", "--become-user", "nobody", "-a", "id -un")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ssh1 | nobody" in done.stdout
+    assert "nobody (become, sudo)" in done.stdout
+    plain = _run(server, "ssh1", "id -un")
+    assert plain["output"] == [sshd.user] and plain["ran_as"] == sshd.user
+    by_vars = _run(server, "ssh2", "id -un; echo $0")
+    assert by_vars["output"][0] == "nobody" and by_vars["ran_as"] == "nobody (become, sudo)"
+    # a secret exported to the command reaches it under sudo, masked
+    secret = _run(server, "ssh2", 'echo "t=$TOKEN"', secrets={"TOKEN": "s3cr3t-value"})
+    assert secret["output"][0] == "t=****"
+
+    su = server.http.post("/api/jobs", json={"pattern": "ssh3", "command": "id", "become": True})
+    assert su.status_code == 400
+    assert "become method 'su' needs a become password" in su.json()["error"]
+    odd = server.cli("run", "ssh4", "-a", "id")
+    assert odd.returncode == 2
+    assert "host 'ssh4': ansible_become_method 'doas' is not supported" in odd.stderr
+    assert server.get("/api/runs", host="ssh3")["runs"] == []
+
+
+# -- playbooks ----------------------------------------------------------------------------------
+
+
+def test_playbook_become_at_play_and_task_level(
+    start_server: ServerFactory,
+    start_agent: AgentFactory,
+    target_user: pwd.struct_passwd,
+    tmp_path: Path,
+) -> None:
+    """`become`/`become_user` of the play apply to its tasks; a task's own keys win; the
+    inventory's ansible_become_user wins over both (as in Ansible)."""
+    inv = write(
+        tmp_path / "inv.ini",
+        """\
+        [fleet]
+        pb1
+        pb2 ansible_become_user=nobody
+        """,
+    )
+    server = start_server(inv)
+    start_agent(server, "pb1", "--allow-become", f"{TARGET},nobody")
+    start_agent(server, "pb2", "--allow-become", f"{TARGET},nobody")
+    book = write(
+        tmp_path / "become.yml",
+        f"""\
+        hosts: fleet
+        become: true
+        become_user: {TARGET}
+        tasks:
+          - name: as-play
+            command: id -un
+          - name: not-become
+            command: id -un
+            become: false
+          - name: as-root
+            command: id -un
+            become_user: root
+        """,
+    )
+    done = server.cli("play", str(book), "--format", "json", timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    data = json.loads(done.stdout)
+    got = {}
+    for run in data["runs"]:
+        lines = [ln["text"] for ln in server.log_lines(run["id"]) if ln["stream"] == "stdout"]
+        got[(run["task"], run["host"])] = (lines, run["ran_as"])
+    assert got == {
+        ("as-play", "pb1"): ([TARGET], f"{TARGET} (become)"),
+        ("as-play", "pb2"): (["nobody"], "nobody (become)"),
+        ("not-become", "pb1"): (["root"], "root"),
+        ("not-become", "pb2"): (["root"], "root"),
+        ("as-root", "pb1"): (["root"], "root (become)"),
+        ("as-root", "pb2"): (["nobody"], "nobody (become)"),
+    }
+    events = server.get("/api/audit", action="job.submit")["events"]
+    assert events[0]["detail"]["become"] == {
+        "as-play": {TARGET: ["pb1"], "nobody": ["pb2"]},
+        "as-root": {"root": ["pb1"], "nobody": ["pb2"]},
+    }
+
+
+# -- several servers ----------------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+def test_a_run_handed_to_the_server_holding_its_agent_still_becomes(
+    postgres: PostgresCluster,
+    start_server: ServerFactory,
+    start_agent: AgentFactory,
+    tmp_path: Path,
+) -> None:
+    """Submitted on A with become, executed by B (which holds the agent): B asks the agent for
+    the user A resolved (the run's `become` event)."""
+    url = postgres.new_database()
+    a = start_server(None, "--db", url, state_dir=tmp_path / "a")
+    b_state = tmp_path / "b"
+    b_state.mkdir()
+    for name in ("client_key", "client_key.pub"):  # servers on one database share this key
+        shutil.copy(a.state_dir / name, b_state / name)
+    b = start_server(None, "--db", url, state_dir=b_state)
+    start_agent(b, "far1", "--allow-become", "nobody")
+    wait_until(lambda: a.agent_status("far1") == "online", timeout=30, what="seen from A")
+    run = _run(a, "far1", "id -un", become=True, become_user="nobody")
+    assert run["state"] == "success", run
+    assert run["output"] == ["nobody"] and run["ran_as"] == "nobody (become)"
+    kinds = [e["kind"] for e in a.get(f"/api/runs/{run['id']}")["events"]]
+    assert "handed over" in kinds and "become" in kinds
