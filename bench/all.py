@@ -1,10 +1,10 @@
 """Every benchmark in sequence, each writing its own report (what `make bench` runs).
 
-    .venv/bin/python -m bench.all [--only fanout,console,roundtrip,ingest,footprint,cluster] [--quick]
+    .venv/bin/python -m bench.all [--only fanout,console,roundtrip,ingest,footprint,cluster,grouping] [--quick]
         [--dry-run]
 
-Each benchmark runs with its defaults and `--write`: fanout, roundtrip, ingest, footprint and
-cluster rewrite their sections of docs/benchmarks.md, console rewrites bench/results/console.md.
+Each benchmark runs with its defaults and `--write`: fanout, roundtrip, ingest, footprint,
+cluster and grouping rewrite their sections of docs/benchmarks.md, console rewrites bench/results/console.md.
 `--quick` runs each with `--quick` and writes nothing.  A benchmark that fails does not stop the
 others; the exit status is 1 if any failed.
 """
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from tests.support import REPO
 
-ORDER = ["fanout", "console", "roundtrip", "ingest", "footprint", "cluster"]
+ORDER = ["fanout", "console", "roundtrip", "ingest", "footprint", "cluster", "grouping"]
 
 
 def commands(only: Sequence[str], quick: bool) -> list[list[str]]:

@@ -171,8 +171,21 @@ def test_cluster_quick_one_and_two_servers_and_both_backends(tmp_path: Path) -> 
     assert not _processes_mentioning(rec["postgres_root"])
 
 
+@pytest.mark.slow
+def test_grouping_quick_folds_and_renders(tmp_path: Path) -> None:
+    """`grouping.py --quick`: 50 hosts x 100 lines folded for the CLI and the console, nothing
+    left in the work dir."""
+    stdout, rec = _run_quick("grouping.py", tmp_path)
+    assert (rec["hosts"], rec["lines"]) == (50, 100)
+    assert rec["cli"]["groups"] == 2  # web0025 fails; the others print the same
+    assert rec["cli"]["largest"] == "web[0001:0024], web[0026:0050]"
+    assert rec["console"]["groups"] == 2 and rec["console"]["cut_hosts"] == 0
+    assert rec["cli"]["total"] > 0 and min(rec["console"]["seconds"]) > 0
+    assert re.search(r"^CLI: all three\s+\d+\.\d{3}$", stdout, re.M), stdout
+
+
 def test_all_runs_every_benchmark_with_write(tmp_path: Path) -> None:
-    """`make bench` (bench.all) runs the six benchmarks in order, each writing its report."""
+    """`make bench` (bench.all) runs the seven benchmarks in order, each writing its report."""
     result = subprocess.run(
         _bench("all", "--dry-run"),
         capture_output=True,
@@ -189,6 +202,7 @@ def test_all_runs_every_benchmark_with_write(tmp_path: Path) -> None:
         "== python -m bench.ingest --write",
         "== python -m bench.footprint --write",
         "== python -m bench.cluster --write",
+        "== python -m bench.grouping --write",
     ]
     assert "-m bench.all" in (REPO / "Makefile").read_text()
 

@@ -24,6 +24,7 @@ PURE = [
     "names",
     "facts",
     "vault",
+    "grouping",
 ]
 IO_LIBS = {
     "asyncssh",

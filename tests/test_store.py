@@ -482,6 +482,22 @@ def test_a_job_stream_starts_from_one_read(store: Store) -> None:
     assert store.job_stream_start(999999, False, 10) == ([], {}, [], None)
 
 
+def test_first_lines_of_many_runs_in_one_read(store: Store) -> None:
+    """Each run's lines up to a number, texts cut to a length, by run; a run with none is []."""
+    job, runs = _job(store, ["web1", "web2", "web3"])
+    a, b, c = (r.id or 0 for r in runs)
+    store.write_lines(
+        [(a, n, 1.0, "stdout", "INFO", f"a{n}-" + "x" * 20) for n in range(1, 6)]
+        + [(b, 1, 1.0, "stderr", "WARN", "bé")]
+    )
+    got = store.first_lines([a, b, c], 3, 4)
+    assert got == {
+        a: [(1, "stdout", "a1-x"), (2, "stdout", "a2-x"), (3, "stdout", "a3-x")],
+        b: [(1, "stderr", "bé")],
+        c: [],
+    }
+
+
 def test_sign_in_attempts_are_reserved_per_key_within_the_window(store: Store) -> None:
     """Five attempts per key in the window are reserved; the sixth waits; a success gives its
     own attempt back and clears the user's count, not the address's."""

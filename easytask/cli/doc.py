@@ -38,8 +38,16 @@ def render() -> str:
         "",
         "Text from hosts and the server (command output, host and task names, reasons) is printed",
         "with its control characters escaped as `\\x1b`, `\\r` and so on (tabs kept), so it cannot",
-        "move the cursor, retitle or clear the terminal; `run`, `play` and `logs` take `--raw` to",
-        "print the output as it was sent, e.g. into a file. `--format json` escapes them as JSON does.",
+        "move the cursor, retitle or clear the terminal; `run`, `play`, `logs` and `groups` take",
+        "`--raw` to print the output as it was sent, e.g. into a file. `--format json` escapes them",
+        "as JSON does.",
+        "",
+        "Grouped output, as `dshbak -c` or `clush -b` show it: `easytask run PATTERN --group -a CMD`",
+        "waits for the job to end, then prints hosts with the same output and exit code as one",
+        "block under their host list in inventory range notation (`== web[01:40], db1 (41 hosts):",
+        "success, exit 0`), the biggest group first; `easytask groups JOB` does the same for a",
+        "finished job. With `--format json` both print a list of groups: `hosts`, `hosts_text`,",
+        "`exit_code`, `state`, `stdout`, `stderr` (and `task` for a playbook's runs).",
         "",
     ]
     lines += _section("easytask", parser, 2)

@@ -19,6 +19,7 @@ from easytask.cli.common import (
     print_json,
     print_table,
 )
+from easytask.cli.grouped import add_group_flag, run_grouped
 from easytask.config import Settings
 from easytask.durations import format_duration
 from easytask.errors import UsageError
@@ -99,6 +100,7 @@ def add_parsers(sub: Any) -> None:
     r.add_argument("--become-user", metavar="USER", help="the user to become (implies --become)")
     r.add_argument("--format", choices=("text", "json"), default="text")
     r.add_argument("--raw", action="store_true", help=RAW_HELP)
+    add_group_flag(r)
     r.set_defaults(func=cmd_run)
 
     cp = sub.add_parser("copy", help="send a file or directory to every host the pattern matches")
@@ -269,6 +271,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         body.update(kind="script", script=spec)
     elif args.script_args:
         raise UsageError("run: arguments after the pattern are only for --script")
+    if args.group:
+        return run_grouped(args, body, settings, out)
     if args.one_line:
         if args.format == "json":
             raise UsageError("run: -o/--one-line is a text format; leave out --format json")

@@ -15,6 +15,7 @@ from easytask.cli.daemons import add_demo_parser
 from easytask.cli.daemons import add_parsers as add_daemon_parsers
 from easytask.cli.db import add_parsers as add_db_parsers
 from easytask.cli.export import add_parsers as add_export_parsers
+from easytask.cli.grouped import add_parsers as add_group_parsers
 from easytask.cli.inventory import add_parser as add_inventory_parser
 from easytask.cli.jobs import add_parsers as add_job_parsers
 from easytask.cli.manage import add_parsers as add_manage_parsers
@@ -152,6 +153,7 @@ def _add_commands(p: argparse.ArgumentParser, only: str | None) -> bool:
     add_daemon_parsers(sub)
     add_job_parsers(sub)
     add_play_parsers(sub)
+    add_group_parsers(sub)
     add_manage_parsers(sub)
     add_demo_parser(sub)
     add_inventory_parser(sub)

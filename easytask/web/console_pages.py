@@ -26,6 +26,7 @@ from easytask.store.serialize import delivery_dict
 from easytask.web.console import Console
 from easytask.web.errors import PageError, http_status
 from easytask.web.format import FAILED_STATES, job_row, playbook_row, run_row, shown_state
+from easytask.web.grouped import job_groups
 from easytask.web.requests import ROLES_OPERATE
 from easytask.web.runfilter import FILTERS, RunPage, RunQuery, find_runs
 
@@ -168,6 +169,10 @@ class ConsolePages:
         if job is None:
             raise PageError(f"no job {job_id}", status=404)
         runs = await store.call(store.job_runs, job_id)
+        grouped = None
+        if request.query_params.get("view") == "grouped":
+            await self.services.writer.flush()
+            grouped = await store.call(job_groups, store, runs)
         details = user.role == "admin"  # delivery errors tell which addresses answer
         deliveries = [
             delivery_dict(d, details=details) for d in await store.call(store.deliveries, job_id)
@@ -179,6 +184,7 @@ class ConsolePages:
             deliveries=deliveries,
             delivery_details=details,
             section="adhoc",
+            grouped=grouped,
             job=job,
             job_state=shown_state(job.state, Counter(r.state for r in runs)),
             runs=[run_row(r) for r in runs],
