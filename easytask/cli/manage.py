@@ -9,6 +9,7 @@ from typing import Any, TextIO
 from urllib.parse import quote
 
 from easytask.cli.agentinstall import add_parser as add_install_parser
+from easytask.cli.bootstrap import add_parser as add_bootstrap_parser
 from easytask.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -102,6 +103,7 @@ def add_parsers(sub: Any) -> None:
     # also after `token` (`agents token --format json`); not given, `agents --format` holds
     t.add_argument("--format", choices=("text", "json"), default=argparse.SUPPRESS)
     add_install_parser(agsub)
+    add_bootstrap_parser(agsub)
     ag.set_defaults(func=cmd_agents)
 
     sc = sub.add_parser(
