@@ -170,7 +170,8 @@ def test_failed_hosts_say_why_and_the_token_stays_root_only(
     hosts: Path,
 ) -> None:
     """A host whose sshd does not answer fails with "ssh unreachable"; an agent that never
-    comes online fails with "timeout" and its log; the exit status says some failed. The token
+    comes online fails with "timeout" and its log; the exit status says some failed. The
+    server built its wheel from its source tree, having none in its state dir. The token
     it was given is in a 0600 file in a 0700 dir, and in neither the agent's argv nor its
     environment."""
     sshd: SSHD = start_sshd(tmp_path / "sshd", procs)
@@ -184,9 +185,7 @@ def test_failed_hosts_say_why_and_the_token_stays_root_only(
         agentful
         """,
     )
-    server = start_server(inventory)
-    (server.state_dir / "wheels").mkdir()
-    shutil.copy(easytask_wheel, server.state_dir / "wheels")
+    server = start_server(inventory)  # no wheel in its state dir: it builds its own once
     refused = server.http.post("/api/agents/bootstrap", json={"pattern": "agentful"})
     assert refused.status_code == 400 and "is not an agentless host" in refused.json()["error"]
 
@@ -199,6 +198,7 @@ def test_failed_hosts_say_why_and_the_token_stays_root_only(
     assert "0 new agent(s), 0 already an agent, 2 failed" in out
     assert re.search(r"  gone: ssh unreachable: cannot connect to .*127\.0\.0\.1:\d+", out), out
     assert "  late: timeout: the agent was not online after 5s; its log: " in out, out
+    assert (server.state_dir / "wheels" / easytask_wheel.name).is_file()
     token_file = hosts / "late" / "state" / "enroll"
     assert token_file.stat().st_mode & 0o777 == 0o600
     assert token_file.parent.stat().st_mode & 0o777 == 0o700
