@@ -198,7 +198,12 @@ async def start_bootstrap(
         info = services.registry.agents.get(name)
         progress[name] = HostProgress(name)
         if info is not None and info.online:
-            continue  # already an agent: reported as such, nothing done
+            # already an agent: checked to be this host's (its SSH, if it has one), no more
+            if name in inventory.hosts:
+                hv = inventory.host_vars(name)
+                if str(hv.get("easytask_connection", "agent")) in ("ssh", "auto"):
+                    hostvars[name] = hv
+            continue
         try:
             check_name(name)
         except BadName as exc:
@@ -232,7 +237,7 @@ async def start_bootstrap(
         )
     wheel = await find_wheel(services) if plans and not req.index_url else None
     what = {"kind": "agents.bootstrap", "pattern": req.pattern}
-    keys = await host_credentials(services, user, source, hostvars, what) if plans else None
+    keys = await host_credentials(services, user, source, hostvars, what) if hostvars else None
     boot = Bootstrap(secrets.token_hex(6), user.name, req.pattern, progress)
     await services.audit(
         user.name,
@@ -298,8 +303,8 @@ async def _run_all(
         host = boot.hosts[name]
         plan = plans.get(name)
         if plan is None:
-            host.state = "already"
-            host.steps.append("already an agent: online under this name; nothing changed")
+            async with limit:
+                await _already(services, host, hostvars.get(name), ssh_keys)
             return
         async with limit:
             host.state = "working"
@@ -320,6 +325,47 @@ async def _run_all(
         await asyncio.gather(*(one(n) for n in boot.hosts))
     finally:
         boot.done = True
+
+
+async def _already(
+    services: Services,
+    host: HostProgress,
+    hv: dict[str, Any] | None,
+    ssh_keys: dict[str, str],
+) -> None:
+    """A host whose name has an online agent: nothing is changed. Where the host is reached
+    over SSH too, its host name (`uname -n`) must be the one the agent reports: an agent of the
+    same name on another machine is a failure, not a host done."""
+    name = host.name
+    info = services.registry.agents.get(name)
+    reported = str((info.facts if info else {}).get("hostname") or "")
+    if hv is None or not reported:
+        host.state = "already"
+        host.steps.append("already an agent: online under this name; nothing changed")
+        return
+    try:
+        conn = await services.engine.execution.ssh_connection(name, hv, ssh_keys.get(name))
+        async with asyncio.timeout(30):
+            result = await conn.run("uname -n", check=False)
+        seen = str(result.stdout or "").strip()
+    except (ConnectError, TimeoutError, OSError, asyncssh.Error) as exc:
+        host.state = "already"
+        host.steps.append(
+            f"already an agent: online under this name; nothing changed (the host was not "
+            f"checked over SSH: {exc or type(exc).__name__})"
+        )
+        return
+    if seen != reported:
+        _fail(
+            host,
+            f"an agent named {name} is online from another machine (it reports host name "
+            f"{reported!r}, this host is {seen!r}): revoke or delete it first",
+        )
+        return
+    host.state = "already"
+    host.steps.append(
+        f"already an agent: online under this name on this host ({seen}); nothing changed"
+    )
 
 
 def _fail(host: HostProgress, reason: str) -> None:
