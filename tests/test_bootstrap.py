@@ -176,7 +176,8 @@ def test_failed_hosts_say_why_and_the_token_stays_root_only(
     hosts: Path,
 ) -> None:
     """A host whose sshd does not answer fails with "ssh unreachable"; an agent that never
-    comes online fails with "timeout" and its log; the exit status says some failed. The
+    comes online fails with "timeout" and its log; a pip that cannot install fails with pip's
+    words; the exit status says some failed. The
     server built its wheel from its source tree, having none in its state dir. The token
     it was given is in a 0600 file in a 0700 dir, and in neither the agent's argv nor its
     environment."""
@@ -187,6 +188,7 @@ def test_failed_hosts_say_why_and_the_token_stays_root_only(
         tmp_path / "inventory",
         f"""\
         late {sshd.host_vars()} easytask_agent_prefix={hosts / "late"}
+        nopip {sshd.host_vars()} easytask_agent_prefix={hosts / "late"}
         gone {sshd.host_vars().replace(f"ansible_port={sshd.port}", f"ansible_port={closed}")}
         agentful
         """,
@@ -200,6 +202,22 @@ def test_failed_hosts_say_why_and_the_token_stays_root_only(
     assert server.get("/api/audit", action="agent.bootstrap")["events"] == []
 
     nowhere = f"127.0.0.1:{free_port()}"  # no server: the agent never comes online
+    # --index-url: no wheel is sent, the host's pip looks for easytask==VERSION in that index
+    # (nopip shares late's prefix: the venv it leaves is the one late then installs into)
+    empty = tmp_path / "index" / "simple"
+    empty.mkdir(parents=True)
+    result = server.cli(
+        "agents", "bootstrap", "nopip", "--index-url", f"file://{empty}", "--server", nowhere,
+        timeout=240,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert re.search(
+        r"  nopip: pip install failed \(exit 1\): .*easytask==0\.1\.0", result.stdout
+    ), result.stdout
+    assert list((hosts / "late" / "wheels").iterdir()) == []
+    assert not (hosts / "late" / "state" / "enroll").exists()  # no token minted or written
+    assert server.get("/api/audit", action="agent.token")["events"] == []
+
     result = server.cli(
         "agents", "bootstrap", "late,gone", "--server", nowhere, "--timeout", "5", timeout=240
     )
