@@ -63,7 +63,9 @@ def add_parsers(sub: Any) -> None:
     dl.set_defaults(func=cmd_deliveries)
 
     ag = sub.add_parser(
-        "agents", help="list agents; accept, revoke, delete; approve group labels; enrolment tokens"
+        "agents",
+        help="list agents; accept, revoke, delete; approve group labels; enrolment tokens; "
+        "install files; bootstrap agents over SSH",
     )
     ag.add_argument("--format", choices=("text", "json"), default="text")
     agsub = ag.add_subparsers(dest="agents_command", metavar="ACTION", parser_class=Parser)
