@@ -368,6 +368,19 @@ async def _already(
     )
 
 
+async def close_bootstraps(services: Services) -> None:
+    """The server stops: bootstraps under way end, their unfinished hosts failed."""
+    tasks = [b.task for b in services.bootstraps.values() if b.task and not b.task.done()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for boot in services.bootstraps.values():
+        for host in boot.hosts.values():
+            if host.state in ("waiting", "working"):
+                _fail(host, "the server stopped before this host was done")
+
+
 def _fail(host: HostProgress, reason: str) -> None:
     host.state = "failed"
     host.reason = reason
