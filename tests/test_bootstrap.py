@@ -16,6 +16,8 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
+from easytask.inventory import load_inventory
+from easytask.plan import plan_adhoc
 from easytask.transport.bootstrap import HostPlan, host_files, start_script
 from tests.conftest import ServerFactory, write
 from tests.support import Procs, wait_until
@@ -285,3 +287,24 @@ def test_the_detached_start_script(tmp_path: Path) -> None:
     assert 'set -- "$@" --enroll-file "$state/enroll"' in script.text
     assert 'setsid nohup "$@" </dev/null >>"$state/agent.log" 2>&1 &' in script.text
     assert 'echo $! >"$state/agent.pid"' in script.text
+
+
+def test_an_online_agent_of_the_name_reaches_an_ssh_host(tmp_path: Path) -> None:
+    """The rule the server applies after a bootstrap: a host of `via_agent` (an accepted agent
+    of its name is online) reads easytask_connection=agent whatever the inventory says; the
+    other hosts keep theirs."""
+    inventory = load_inventory(
+        write(
+            tmp_path / "hosts",
+            """\
+            boot1 easytask_connection=ssh ansible_host=10.0.0.1
+            boot2 easytask_connection=ssh ansible_host=10.0.0.2
+            """,
+        )
+    )
+    merged = inventory.with_extra_hosts({}, via_agent={"boot1"})
+    assert merged.host_vars("boot1")["easytask_connection"] == "agent"
+    assert merged.host_vars("boot1")["ansible_host"] == "10.0.0.1"
+    assert merged.host_vars("boot2")["easytask_connection"] == "ssh"
+    assert inventory.host_vars("boot1")["easytask_connection"] == "ssh"
+    assert plan_adhoc(merged, "all", "true")[0].connection == "agent"
