@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.installed
 # on both). `make test-pg` runs the PostgreSQL pass alone. See docs/operations.md.
 PG_TESTS := tests/test_store.py tests/test_migrations.py tests/test_adhoc.py \
 	tests/test_attacks.py tests/test_audit.py tests/test_retention.py tests/test_secrets.py \
-	tests/test_secret_sweep.py tests/test_inventory_server.py \
+	tests/test_secret_sweep.py tests/test_inventory_server.py tests/test_bootstrap.py \
 	tests/test_security.py tests/test_reliability.py tests/test_agents.py tests/test_auth.py \
 	tests/test_console.py tests/test_console_playbooks.py tests/test_export.py \
 	tests/test_fileops.py tests/test_notify.py tests/test_ops.py tests/test_play.py \

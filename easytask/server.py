@@ -30,6 +30,7 @@ from easytask.scheduler.notify import Notifier, Webhook
 from easytask.scheduler.retention import Retention
 from easytask.scheduler.schedules import Scheduler
 from easytask.sealing import load_keyring, settle_rotation
+from easytask.service.bootstrap import close_bootstraps
 from easytask.service.context import InventorySource, Services
 from easytask.service.jobs import submit_scheduled
 from easytask.service.planning import resume_playbook_job
@@ -383,6 +384,7 @@ class Server:
             self.cluster.stop_claiming()
         await self.scheduler.close()
         await self.retention.close()
+        await close_bootstraps(self.services)
         await self.listener.close()
         await self.engine.close()
         await self.registry.close()

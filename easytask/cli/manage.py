@@ -9,6 +9,7 @@ from typing import Any, TextIO
 from urllib.parse import quote
 
 from easytask.cli.agentinstall import add_parser as add_install_parser
+from easytask.cli.bootstrap import add_parser as add_bootstrap_parser
 from easytask.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -62,7 +63,9 @@ def add_parsers(sub: Any) -> None:
     dl.set_defaults(func=cmd_deliveries)
 
     ag = sub.add_parser(
-        "agents", help="list agents; accept, revoke, delete; approve group labels; enrolment tokens"
+        "agents",
+        help="list agents; accept, revoke, delete; approve group labels; enrolment tokens; "
+        "install files; bootstrap agents over SSH",
     )
     ag.add_argument("--format", choices=("text", "json"), default="text")
     agsub = ag.add_subparsers(dest="agents_command", metavar="ACTION", parser_class=Parser)
@@ -102,6 +105,7 @@ def add_parsers(sub: Any) -> None:
     # also after `token` (`agents token --format json`); not given, `agents --format` holds
     t.add_argument("--format", choices=("text", "json"), default=argparse.SUPPRESS)
     add_install_parser(agsub)
+    add_bootstrap_parser(agsub)
     ag.set_defaults(func=cmd_agents)
 
     sc = sub.add_parser(

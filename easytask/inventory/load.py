@@ -9,7 +9,7 @@ import os
 import re
 import sys
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +107,8 @@ class Inventory:
         var_files.preload("host_vars", self.hosts)
         self.warnings: list[str] = data.warnings + var_files.warnings
         self.facts: dict[str, dict[str, Any]] = {}  # host -> its fact variables (agents)
+        # hosts an online agent of their name reaches, whatever easytask_connection says
+        self.via_agent: frozenset[str] = frozenset()
 
     def __repr__(self) -> str:
         return f"<Inventory {len(self.hosts)} hosts, {len(self.groups)} groups from {self.sources}>"
@@ -152,10 +154,13 @@ class Inventory:
         self,
         extra: Mapping[str, Sequence[str]],
         facts: Mapping[str, Mapping[str, Any]] | None = None,
+        via_agent: Collection[str] = (),
     ) -> Inventory:
         """A copy with more hosts (e.g. connected agents) and group labels added; groups are
         created as needed. `facts` (host -> what its agent reports) become its fact variables
-        (`ansible_facts`, `ansible_hostname`, ...) among its magic vars."""
+        (`ansible_facts`, `ansible_hostname`, ...) among its magic vars. A host of `via_agent`
+        (an accepted agent of its name is online) is reached through that agent: its
+        `easytask_connection` reads `agent` even where the inventory says `ssh`."""
         data = InventoryData.copy_of(self.hosts, self.groups)
         for name, labels in extra.items():
             if name not in data.hosts:
@@ -167,6 +172,7 @@ class Inventory:
         data.reconcile()
         merged = Inventory(data, self.sources, self._var_files)
         merged.facts = {name: fact_vars(f) for name, f in (facts or {}).items()}
+        merged.via_agent = frozenset(via_agent)
         return merged
 
     # -- variables -------------------------------------------------------------------------
@@ -196,6 +202,8 @@ class Inventory:
         merged.update(host.vars)
         for index in range(len(self._var_files.dirs)):
             merged.update(self._var_files.get(index, "host_vars", name))
+        if name in self.via_agent:
+            merged["easytask_connection"] = "agent"
         return {k: v for k, v in merged.items() if k not in INTERNAL_VARS}
 
     def group_vars(self, name: str) -> dict[str, Any]:

@@ -353,6 +353,15 @@ class Execution:
             raise RuntimeError(f"exit code {result.exit_status}: {str(result.stderr or '')[:200]}")
         return parse_gathered(str(result.stdout or ""))
 
+    async def ssh_connection(
+        self, host: str, hostvars: dict[str, Any], ssh_key: str | None = None
+    ) -> SSHClientConnection:
+        """A pooled connection to an agentless host, as its runs get one (`ConnectError` if it
+        cannot be reached); `ssh_key` is its key from the credential store."""
+        options = JobOptions(ssh_keys={host: ssh_key} if ssh_key else {})
+        async with self._connect_limit:
+            return await self.pool.get(self._ssh_target(host, hostvars, options))
+
     def _ssh_target(self, host: str, hv: dict[str, Any], options: JobOptions) -> SSHTarget:
         return SSHTarget(
             host=str(hv.get("ansible_host") or host),

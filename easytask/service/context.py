@@ -8,7 +8,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -115,12 +115,16 @@ class Services:
     webhooks: WebhookTargets  # where a playbook's `notify:` may point
     keyring: Keyring  # seals and opens the credential store's values
     cluster: Cluster | None = None  # set when the server joins others on a shared database
+    # `agents bootstrap` runs under way or ended on this server (id -> its progress)
+    bootstraps: dict[str, Any] = field(default_factory=dict)
 
     async def merged_inventory(self) -> Inventory:
-        """The inventory plus the accepted agents it does not list."""
+        """The inventory plus the accepted agents it does not list; a host with an agent of
+        its name online on this server goes through that agent (docs/agents.md, bootstrap)."""
         inventory = await asyncio.to_thread(self.inventory.now)
+        online = {name for name, info in self.registry.agents.items() if info.online}
         return inventory.with_extra_hosts(
-            self.registry.declared_hosts(), facts=self.registry.declared_facts()
+            self.registry.declared_hosts(), facts=self.registry.declared_facts(), via_agent=online
         )
 
     async def live_servers(self) -> set[str]:

@@ -9,7 +9,7 @@ from starlette.routing import Route
 
 from easytask.durations import parse_duration
 from easytask.errors import APIError
-from easytask.service import agents
+from easytask.service import agents, bootstrap
 from easytask.service.context import Services
 from easytask.service.planning import plan_pattern
 from easytask.store.models import User
@@ -102,6 +102,19 @@ class AgentsApi:
         )
         return JSONResponse({"token": token, "uses": uses, "ttl": ttl}, status_code=201)
 
+    async def start_bootstrap(self, request: Request, user: User) -> Response:
+        """POST /api/agents/bootstrap: install agents on agentless hosts over their SSH
+        (pattern, limit, prefix, index_url, server, timeout); 202 with its id, followed at
+        GET /api/agents/bootstrap/{id}."""
+        data = await body(request)
+        boot = await bootstrap.start_bootstrap(self.services, user, source(request), data)
+        return JSONResponse(boot.view(), status_code=202)
+
+    async def get_bootstrap(self, request: Request, user: User) -> Response:
+        """GET /api/agents/bootstrap/{id}: each host's state and steps so far."""
+        boot = bootstrap.get_bootstrap(self.services, request.path_params["id"])
+        return JSONResponse(boot.view())
+
     async def hosts(self, request: Request, user: User) -> Response:
         """GET /api/hosts?pattern=&limit=: the hosts a pattern (within a limit) matches now."""
         pattern = request.query_params.get("pattern") or "all"
@@ -122,6 +135,8 @@ class AgentsApi:
         return [
             Route("/api/agents", route(self.list_agents)),
             Route("/api/agents/tokens", route(self.enroll_token, admin), methods=["POST"]),
+            Route("/api/agents/bootstrap", route(self.start_bootstrap, admin), methods=["POST"]),
+            Route("/api/agents/bootstrap/{id}", route(self.get_bootstrap, admin)),
             Route(
                 "/api/agents/{name}/{action}", route(self.set_agent_state, admin), methods=["POST"]
             ),
