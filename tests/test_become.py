@@ -28,7 +28,7 @@ from easytask.plan.become import Become, BecomeRequest, agentless_refusal, resol
 from easytask.playbook import parse_playbook
 from tests.browser.support import Browserless, admin_password
 from tests.conftest import AgentFactory, ServerFactory, write
-from tests.support import REPO, SSHD, ServerHandle, launch_agent, wait_until
+from tests.support import REPO, SSHD, ServerHandle, launch_agent, start_sshd, wait_until
 from tests.support.pg import PostgresCluster
 from tests.support.procs import Procs
 
@@ -36,6 +36,9 @@ TARGET = "etbecome"  # the user runs become
 GROUP = "etbecomegrp"  # a supplementary group of TARGET
 AGENT_USER = "etbecagent"  # a non-root agent's own account
 SUDOERS = Path("/etc/sudoers.d/easytask-test-become")
+PW_USER = "etbecpw"  # an SSH login whose sudo rule asks for its password
+PW_SUDOERS = Path("/etc/sudoers.d/easytask-test-become-pw")
+PW = "Pw-of-etbecpw-7c1"
 
 # -- resolution (pure) --------------------------------------------------------------------------
 
@@ -170,6 +173,26 @@ def sudo_rule(target_user: pwd.struct_passwd) -> Iterator[str]:
         subprocess.run(["userdel", AGENT_USER], check=False)
 
 
+@pytest.fixture(scope="module")
+def password_rule(target_user: pwd.struct_passwd) -> Iterator[str]:
+    """PW_USER (password PW) may run anything as TARGET with its password: sudo asks for it."""
+    if shutil.which("sudo") is None:
+        pytest.fail("sudo is missing: `make test` installs it (scripts/sysdeps.sh)")
+    made = _useradd(PW_USER, "--create-home", "--shell", "/bin/sh")
+    subprocess.run(["chpasswd"], input=f"{PW_USER}:{PW}\n", text=True, check=True)
+    tmp = PW_SUDOERS.with_suffix(".tmp")
+    tmp.write_text(
+        f"Defaults:{PW_USER} !lecture, timestamp_timeout=0\n{PW_USER} ALL=({TARGET}) ALL\n"
+    )
+    tmp.chmod(0o440)
+    subprocess.run(["visudo", "-c", "-q", "-f", str(tmp)], check=True)
+    tmp.rename(PW_SUDOERS)
+    yield PW_USER
+    PW_SUDOERS.unlink(missing_ok=True)
+    if made:
+        subprocess.run(["userdel", "--remove", PW_USER], check=False, capture_output=True)
+
+
 def _run(server: ServerHandle, pattern: str, command: str, **extra: Any) -> dict[str, Any]:
     job = server.submit(pattern, command, **extra)
     data = server.wait_job(job["job"]["id"], timeout=60)
@@ -195,7 +218,7 @@ def test_root_agent_starts_the_command_as_the_user(
         become=True,
         become_user=TARGET,
     )
-    assert run["state"] == "success", run
+    assert run["state"] == "success", run["reason"]
     home = target_user.pw_dir
     assert run["output"][0] == TARGET
     assert GROUP in run["output"][1].split()
@@ -313,7 +336,7 @@ def test_non_root_agent_becomes_through_sudo(
         mine = _run(server, "bec4", "id -un")
         assert mine["output"] == [sudo_rule] and mine["ran_as"] == sudo_rule
         run = _run(server, "bec4", 'id -un; echo "$HOME"', become=True, become_user=TARGET)
-        assert run["state"] == "success", run
+        assert run["state"] == "success", run["reason"]
         assert run["output"] == [TARGET, pwd.getpwnam(TARGET).pw_dir]
         assert run["ran_as"] == f"{TARGET} (become)"
         # a secret reaches the command under sudo (on its stdin: sudo's env_reset drops the
@@ -380,6 +403,52 @@ def test_agentless_host_becomes_through_sudo(
     assert odd.returncode == 2
     assert "host 'ssh4': ansible_become_method 'doas' is not supported" in odd.stderr
     assert server.get("/api/runs", host="ssh3")["runs"] == []
+
+
+def test_agentless_become_password_from_the_credential_store(
+    start_server: ServerFactory, procs: Procs, tmp_path: Path, password_rule: str
+) -> None:
+    """A host whose sudo asks for a password becomes with the `become-password` credential its
+    inventory names: `sudo -S` reads it from stdin (never argv), the run's secrets still reach
+    the command; without the credential sudo -n fails at once; the password is stored nowhere."""
+    # an sshd whose authorized keys the (non-root) login user can read
+    root = Path(tempfile.mkdtemp(prefix="easytask-sshd-pw-"))
+    root.chmod(0o755)
+    sshd = start_sshd(root, procs)
+    (root / "authorized_keys").chmod(0o644)
+    inv = write(
+        tmp_path / "inv.ini",
+        f"""\
+        [pw]
+        pw1 {sshd.host_vars()} ansible_user={password_rule} easytask_credential=sudo-pw
+        pw2 {sshd.host_vars()} ansible_user={password_rule}
+        pw3 {sshd.host_vars()} easytask_credential=sudo-pw
+        """,
+    )
+    server = start_server(inv)
+    made = server.cli("secrets", "set", "sudo-pw", "--kind", "become-password", input=PW + "\n")
+    assert made.returncode == 0, made.stdout + made.stderr
+    run = _run(
+        server, "pw1", 'id -un; echo "t=$TOKEN"', become=True, become_user=TARGET,
+        secrets={"TOKEN": "s3cr3t-value"},
+    )  # fmt: skip
+    assert run["state"] == "success", run["reason"]
+    assert run["output"] == [TARGET, "t=****"]
+    assert run["ran_as"] == f"{TARGET} (become, sudo)"
+    # root's sudo asks for no password: the password line is skipped, never the command's
+    asks_none = _run(
+        server, "pw3", 'id -un; echo "t=$TOKEN ${#TOKEN}"', become=True, become_user=TARGET,
+        secrets={"TOKEN": "s3cr3t-value"},
+    )  # fmt: skip
+    assert asks_none["state"] == "success", asks_none["reason"]
+    assert asks_none["output"] == [TARGET, f"t=**** {len('s3cr3t-value')}"]
+    without = _run(server, "pw2", "id -un", become=True, become_user=TARGET)
+    assert without["state"] == "failed"
+    assert any("password is required" in line for line in without["output"]), without
+    for path in server.state_dir.rglob("*"):
+        if path.is_file():
+            assert PW.encode() not in path.read_bytes(), path
+    shutil.rmtree(root, ignore_errors=True)
 
 
 # -- playbooks ----------------------------------------------------------------------------------
@@ -465,7 +534,7 @@ def test_a_run_handed_to_the_server_holding_its_agent_still_becomes(
     start_agent(b, "far1", "--allow-become", "nobody")
     wait_until(lambda: a.agent_status("far1") == "online", timeout=30, what="seen from A")
     run = _run(a, "far1", "id -un", become=True, become_user="nobody")
-    assert run["state"] == "success", run
+    assert run["state"] == "success", run["reason"]
     assert run["output"] == ["nobody"] and run["ran_as"] == "nobody (become)"
     kinds = [e["kind"] for e in a.get(f"/api/runs/{run['id']}")["events"]]
     assert "handed over" in kinds and "become" in kinds

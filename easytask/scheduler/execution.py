@@ -37,7 +37,7 @@ from easytask.store.runs import BECOME, RAN_AS
 from easytask.transport import executor
 from easytask.transport.agentless import SSHPool, SSHTarget, env_on_stdin, wrap_command
 from easytask.transport.agentlink import AgentLink
-from easytask.transport.become import sudo_line
+from easytask.transport.become import sudo_command
 from easytask.transport.executor import ExecResult
 
 log = logging.getLogger("easytask.server")
@@ -121,11 +121,16 @@ class Execution:
         command = run.command
         login = target.user or str(conn.get_extra_info("username") or "")
         if options.as_user is not None:
-            # the values are read inside sudo: its env_reset would drop them otherwise
-            command = sudo_line(
-                options.as_user.user, command, grace=options.grace, prelude=env_text
+            # the values are read inside sudo: its env_reset would drop them otherwise; a
+            # become password from the credential store goes first, to `sudo -S`
+            command, first = sudo_command(
+                options.as_user.user,
+                command,
+                grace=options.grace,
+                prelude=env_text,
+                password=options.become_passwords.get(run.host),
             )
-            env_text = ""
+            env_text, env_bytes = "", first + env_bytes
         outcome = await self._stream(
             run,
             live,

@@ -12,9 +12,10 @@ after `grace` seconds to what is left of it.
 
 from __future__ import annotations
 
+import secrets
 import shlex
 
-__all__ = ["sudo_line"]
+__all__ = ["sudo_command", "sudo_line"]
 
 # Runs "$1" as the target user in its home; forwards a TERM to the group, KILL after the grace;
 # ends as the command ended (its exit code, or the signal that killed it).
@@ -46,3 +47,22 @@ def sudo_line(
         f"sudo {mode} -H -u {shlex.quote(user)} -- /bin/sh -c {shlex.quote(wrapper)} sh "
         f"{shlex.quote(command)}"
     )
+
+
+def sudo_command(
+    user: str, command: str, *, grace: float, prelude: str = "", password: str | None = None
+) -> tuple[str, bytes]:
+    """`sudo_line` and the bytes that go first on the command's stdin.
+
+    With a become password: `sudo -S` reads its first line, and a marker line follows that the
+    prelude skips to (as the user), so a sudo that asks for no password (a NOPASSWD rule, a
+    cached ticket) leaves nothing of it to the command. Only the first line of a password is
+    sent. Without one: `sudo -n`, nothing on stdin.
+    """
+    if password is None:
+        return sudo_line(user, command, grace=grace, prelude=prelude), b""
+    marker = f"easytask-{secrets.token_hex(8)}"
+    skip = f'while IFS= read -r _et_m; do [ "$_et_m" = {marker} ] && break; done; unset _et_m; '
+    line = sudo_line(user, command, grace=grace, password=True, prelude=skip + prelude)
+    first = password.split("\n", 1)[0]
+    return line, f"{first}\n{marker}\n".encode()
