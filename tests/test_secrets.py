@@ -200,6 +200,23 @@ def _argv_holding(*needles: bytes) -> list[str]:
     return found
 
 
+def _env_playbook(host: str, token: str, command: str) -> str:
+    """A playbook whose one task gets the secret var `token` rendered into its `env:`."""
+    return f"""\
+name: envs
+hosts: {host}
+vars:
+  token: {token}
+secrets: [token]
+tasks:
+  - name: use
+    env:
+      TOKEN: "{{{{ token }}}}"
+      PLAIN: visible value
+    shell: '{command}'
+"""
+
+
 def _hold_until_released(tmp_path: Path, *names: str) -> tuple[str, Path, Path]:
     """A command that says it started, waits for a release file, then prints the SHA-256 of
     each variable (the values themselves would be masked, and quoting them would put them in
@@ -246,19 +263,7 @@ def test_agentless_secret_env_is_never_in_a_command_line(
     # a playbook task's env (a secret var rendered into it) travels the same way
     (tmp_path / "play").mkdir()
     command, started, release = _hold_until_released(tmp_path / "play", "TOKEN", "PLAIN")
-    text = f"""\
-name: envs
-hosts: plain1
-vars:
-  token: {token}
-secrets: [token]
-tasks:
-  - name: use
-    env:
-      TOKEN: "{{{{ token }}}}"
-      PLAIN: visible value
-    shell: '{command}'
-"""
+    text = _env_playbook("plain1", token, command)
     job = server.post("/api/playbooks/run", {"text": text})
     try:
         wait_until(started.exists, what="the playbook's command started")
@@ -309,19 +314,7 @@ def test_agent_secret_env_is_never_in_a_command_line(
 
     (tmp_path / "play").mkdir()
     command, started, release = _hold_until_released(tmp_path / "play", "TOKEN", "PLAIN")
-    text = f"""\
-name: envs
-hosts: sec1
-vars:
-  token: {token}
-secrets: [token]
-tasks:
-  - name: use
-    env:
-      TOKEN: "{{{{ token }}}}"
-      PLAIN: visible value
-    shell: '{command}'
-"""
+    text = _env_playbook("sec1", token, command)
     job = agent_server.post("/api/playbooks/run", {"text": text})
     try:
         wait_until(started.exists, what="the playbook's command started")
