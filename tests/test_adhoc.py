@@ -181,7 +181,9 @@ def test_offline_agent_run_waits_for_it_then_runs(
     tmp_path: Path, start_server: ServerFactory, start_agent: AgentFactory
 ) -> None:
     """A run for an agent that is offline waits, and runs when the agent comes back."""
-    inventory = write(tmp_path / "inv.ini", "[web]\nlate1\nlate2\n")
+    inventory = write(
+        tmp_path / "inv.ini", "[web]\nlate1\nlate2\n[web:vars]\neasytask_connection=agent\n"
+    )
     server = start_server(inventory)
     job = server.submit("late1", "echo hello from late1", pending_timeout=60)
     run_id = job["runs"][0]["id"]
@@ -199,7 +201,7 @@ def test_offline_agent_past_pending_timeout_is_unreachable(
     tmp_path: Path, start_server: ServerFactory
 ) -> None:
     """With a short --pending-timeout the run of an absent agent ends unreachable, exit 1."""
-    inventory = write(tmp_path / "inv.ini", "[web]\nlate2\n")
+    inventory = write(tmp_path / "inv.ini", "[web]\nlate2\n[web:vars]\neasytask_connection=agent\n")
     server = start_server(inventory)
     result = server.cli("run", "web", "-a", "true", "--pending-timeout", "1")
     assert result.returncode == 1

@@ -114,14 +114,15 @@ def test_playbook_become_keys_are_checked_and_su_over_ssh_is_refused_when_planne
         ssh1 easytask_connection=ssh ansible_become_method=su
         """,
     )
+    fleet = load_inventory(inv).with_extra_hosts({}, agents={"agent1"})  # agent1 enrolled one
     book = parse_playbook(
         "hosts: all\nbecome: true\ntasks:\n  - name: a\n    command: id\n", tmp_path / "pb.yml"
     )
     with pytest.raises(UsageError) as refused:
-        plan_playbook(book, load_inventory(inv))
+        plan_playbook(book, fleet)
     assert "task 'a': host 'ssh1': become method 'su' needs a become password" in str(refused.value)
     # the agent host alone: its agent decides how, the method does not matter
-    assert plan_playbook(book, load_inventory(inv), limit="agent1").hosts == ("agent1",)
+    assert plan_playbook(book, fleet, limit="agent1").hosts == ("agent1",)
 
 
 # -- fixtures -----------------------------------------------------------------------------------

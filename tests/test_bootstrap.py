@@ -192,7 +192,7 @@ def test_failed_hosts_say_why_and_the_token_stays_root_only(
         late {sshd.host_vars()} easytask_agent_prefix={hosts / "late"}
         nopip {sshd.host_vars()} easytask_agent_prefix={hosts / "late"}
         gone {sshd.host_vars().replace(f"ansible_port={sshd.port}", f"ansible_port={closed}")}
-        agentful
+        agentful easytask_connection=agent
         """,
     )
     server = start_server(inventory)  # no wheel in its state dir: it builds its own once

@@ -60,7 +60,9 @@ def books(tmp_path: Path) -> Path:
 @pytest.fixture
 def server(tmp_path: Path, books: Path, start_server: ServerFactory) -> ServerHandle:
     """A server with that playbooks dir and an inventory of web1 (no agent yet)."""
-    inventory = write(tmp_path / "inv" / "hosts.ini", "[web]\nweb1\n")
+    inventory = write(
+        tmp_path / "inv" / "hosts.ini", "[web]\nweb1\n[web:vars]\neasytask_connection=agent\n"
+    )
     return start_server(inventory, "--playbooks", str(books))
 
 

@@ -84,7 +84,7 @@ def test_queued_runs_survive_server_kill(
 ) -> None:
     """Runs queued for an absent agent survive kill -9 of the server and run once afterwards."""
     inventory = tmp_path / "inv.ini"
-    inventory.write_text("[web]\nlater1\n")
+    inventory.write_text("[web]\nlater1\n[web:vars]\neasytask_connection=agent\n")
     agents_addr = f"127.0.0.1:{free_port()}"
     server = start_server(inventory, agents=agents_addr)
     marker = tmp_path / "ran"
@@ -314,7 +314,7 @@ def test_playbook_job_continues_after_server_kill(
 ) -> None:
     """kill -9 of the server mid-task of a playbook: the restarted server finishes the job, once."""
     inventory = tmp_path / "inv.ini"
-    inventory.write_text("[pbweb]\npb1\npb2\n")
+    inventory.write_text("[pbweb]\npb1\npb2\n[pbweb:vars]\neasytask_connection=agent\n")
     marks = tmp_path / "marks"
     marks.mkdir()
     agents_addr = f"127.0.0.1:{free_port()}"
@@ -368,7 +368,7 @@ def test_playbook_job_continues_after_server_kill(
 def test_changed_playbook_is_not_resumed(start_server: ServerFactory, tmp_path: Path) -> None:
     """A playbook edited while its server was down is not continued: its runs end with the reason."""
     inventory = tmp_path / "inv.ini"
-    inventory.write_text("[pbweb]\npb1\npb2\n")
+    inventory.write_text("[pbweb]\npb1\npb2\n[pbweb:vars]\neasytask_connection=agent\n")
     server = start_server(inventory)
     book = RESUME_BOOK.format(marks=tmp_path)
     job = server.post("/api/playbooks/run", {"name": "resume.yml", "text": book})

@@ -26,7 +26,10 @@ BOOK = """\
 
 @pytest.fixture
 def server(start_server: ServerFactory, tmp_path: Path) -> ServerHandle:
-    inventory = write(tmp_path / "hosts.ini", "[web]\nweb1\nweb2\n[db]\ndb1\n")
+    inventory = write(
+        tmp_path / "hosts.ini",
+        "[web]\nweb1\nweb2\n[db]\ndb1\n[all:vars]\neasytask_connection=agent\n",
+    )
     books = tmp_path / "books"
     write(books / "nightly.yml", BOOK.format(name="nightly", hosts="all"))
     write(books / "webly.yml", BOOK.format(name="webly", hosts="web"))

@@ -25,6 +25,8 @@ def server(start_server: ServerFactory, tmp_path: Path) -> ServerHandle:
         web2
         [db]
         db1
+        [all:vars]
+        easytask_connection=agent
         """,
     )
     return start_server(inventory)

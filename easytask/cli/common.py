@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -125,6 +126,13 @@ _NAMED = {"\n": "\\n", "\r": "\\r"}
 def _shown(match: re.Match[str]) -> str:
     char = match.group()
     return _NAMED.get(char) or f"\\x{ord(char):02x}"
+
+
+def job_warnings(job: dict[str, Any]) -> None:
+    """A submitted job's warnings (connection variables of its hosts that are not honoured),
+    on stderr as Ansible prints its own."""
+    for warning in job.get("warnings") or ():
+        sys.stderr.write(f"[WARNING]: {escape_controls(str(warning))}\n")
 
 
 def escape_controls(text: str, newlines: bool = False) -> str:

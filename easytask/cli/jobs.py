@@ -16,6 +16,7 @@ from easytask.cli.common import (
     api_client,
     duration_arg,
     escape_controls,
+    job_warnings,
     print_json,
     print_table,
 )
@@ -330,6 +331,7 @@ class OneLineView:
 def _one_line(body: dict[str, Any], settings: Settings, out: TextIO, raw: bool) -> int:
     client = api_client(settings)
     sub = client.post("/api/jobs", body)
+    job_warnings(sub["job"])
     view = OneLineView(raw)
     if _follow_interruptible(client, sub["job"]["id"], view):
         return 130
@@ -474,6 +476,7 @@ def post_and_follow(
     return it as it ended (printed as JSON with `fmt` json); None if interrupted."""
     sub = client.post(path, body)
     job_id = sub["job"]["id"]
+    job_warnings(sub["job"])
     view = RunView(out, [r["host"] for r in sub["runs"]], raw) if fmt == "text" else None
     if _follow_interruptible(client, job_id, view):
         return None

@@ -9,7 +9,7 @@ import os
 import re
 import sys
 import tomllib
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +109,8 @@ class Inventory:
         self.facts: dict[str, dict[str, Any]] = {}  # host -> its fact variables (agents)
         # hosts an online agent of their name reaches, whatever easytask_connection says
         self.via_agent: frozenset[str] = frozenset()
+        # hosts that enrolled an agent (any state): `easytask_connection: auto` goes through it
+        self.agent_hosts: frozenset[str] = frozenset()
 
     def __repr__(self) -> str:
         return f"<Inventory {len(self.hosts)} hosts, {len(self.groups)} groups from {self.sources}>"
@@ -155,12 +157,14 @@ class Inventory:
         extra: Mapping[str, Sequence[str]],
         facts: Mapping[str, Mapping[str, Any]] | None = None,
         via_agent: Collection[str] = (),
+        agents: Iterable[str] = (),
     ) -> Inventory:
         """A copy with more hosts (e.g. connected agents) and group labels added; groups are
         created as needed. `facts` (host -> what its agent reports) become its fact variables
         (`ansible_facts`, `ansible_hostname`, ...) among its magic vars. A host of `via_agent`
         (an accepted agent of its name is online) is reached through that agent: its
-        `easytask_connection` reads `agent` even where the inventory says `ssh`."""
+        `easytask_connection` reads `agent` even where the inventory says `ssh`. `agents`: the
+        hosts that enrolled an agent, in any state (`agent_hosts`)."""
         data = InventoryData.copy_of(self.hosts, self.groups)
         for name, labels in extra.items():
             if name not in data.hosts:
@@ -173,6 +177,7 @@ class Inventory:
         merged = Inventory(data, self.sources, self._var_files)
         merged.facts = {name: fact_vars(f) for name, f in (facts or {}).items()}
         merged.via_agent = frozenset(via_agent)
+        merged.agent_hosts = frozenset(agents)
         return merged
 
     # -- variables -------------------------------------------------------------------------

@@ -1,12 +1,19 @@
 """Planning: an ad hoc command or a playbook plus an inventory -> the runs of a job (pure code)."""
 
-from easytask.plan.adhoc import CONNECTIONS, HostSource, PlannedRun, connection_of, plan_adhoc
+from easytask.plan.adhoc import HostSource, PlannedRun, plan_adhoc
 from easytask.plan.check import (
     CheckedRun,
     check_limits,
     check_playbook,
     dumps_check,
     format_check,
+)
+from easytask.plan.connection import (
+    CONNECTIONS,
+    SSHOptions,
+    connection_of,
+    connection_warnings,
+    ssh_options,
 )
 from easytask.plan.playbook import (
     PlannedTask,
@@ -37,10 +44,12 @@ __all__ = [
     "PlaybookPlan",
     "RenderedAction",
     "RunKey",
+    "SSHOptions",
     "TaskRun",
     "check_limits",
     "check_playbook",
     "connection_of",
+    "connection_warnings",
     "dumps_check",
     "evaluate_when",
     "format_check",
@@ -50,6 +59,7 @@ __all__ = [
     "render_action",
     "render_command",
     "serial_batches",
+    "ssh_options",
     "stop_after_batch",
     "tag_names",
     "tag_selected",

@@ -7,11 +7,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from easytask.errors import InventoryError, NoHostsMatched, UsageError
+from easytask.errors import NoHostsMatched, UsageError
 from easytask.plan.become import host_request
+from easytask.plan.connection import connection_of
 from easytask.templating import Vars, render
 
-CONNECTIONS = ("agent", "ssh")
 USER = re.compile(r"[A-Za-z_][A-Za-z0-9._-]{0,63}")  # a remote user name (-u)
 
 
@@ -31,16 +31,6 @@ class PlannedRun:
     connection: str
     command: str
     vars: dict[str, Any] = field(default_factory=dict)
-
-
-def connection_of(host: str, hostvars: dict[str, Any]) -> str:
-    """`easytask_connection` of a host (default: agent), checked."""
-    value = str(hostvars.get("easytask_connection", "agent"))
-    if value not in CONNECTIONS:
-        raise InventoryError(
-            f"host {host!r}: easytask_connection must be one of {', '.join(CONNECTIONS)}, not {value!r}"
-        )
-    return value
 
 
 def plan_adhoc(
@@ -68,11 +58,12 @@ def plan_adhoc(
         if not hosts:
             raise NoHostsMatched(f"no host of {pattern!r} is in --limit {limit!r}")
     magic = getattr(inventory, "magic_vars", None)
+    agents: frozenset[str] = getattr(inventory, "agent_hosts", frozenset())
     runs = []
     for host in hosts:
         hostvars = inventory.host_vars(host)
         host_request(host, hostvars)  # its ansible_become* variables, checked before any run
-        connection = connection_of(host, hostvars)
+        connection = connection_of(host, hostvars, agents)
         line = command
         if extra_vars is not None:
             base = dict(magic(host)) if callable(magic) else {}
@@ -82,9 +73,11 @@ def plan_adhoc(
         if user is not None:
             hostvars = {**hostvars, "ansible_user": user}
         runs.append(PlannedRun(host, connection, line, hostvars))
-    agents = [r.host for r in runs if r.connection == "agent"]
-    if user is not None and agents:
-        shown = ", ".join(agents[:5]) + (f" and {len(agents) - 5} more" if len(agents) > 5 else "")
+    through = [r.host for r in runs if r.connection == "agent"]
+    if user is not None and through:
+        shown = ", ".join(through[:5]) + (
+            f" and {len(through) - 5} more" if len(through) > 5 else ""
+        )
         raise UsageError(
             f"-u/--user {user!r} is the SSH user of agentless hosts; {shown} run commands through "
             "their agent, as the agent's user (leave out -u, or narrow the pattern)"

@@ -20,8 +20,9 @@ from easytask.errors import (
     SourceLocation,
     UsageError,
 )
-from easytask.plan.adhoc import HostSource, connection_of
+from easytask.plan.adhoc import HostSource
 from easytask.plan.become import agentless_refusal, resolve_become, task_request
+from easytask.plan.connection import connection_of, connection_warnings
 from easytask.playbook import RESERVED_VARS, TAG, Action, Playbook, Task, load_yaml
 from easytask.templating import Vars
 
@@ -113,6 +114,8 @@ class PlaybookPlan:
     tags: tuple[str, ...] = ()  # --tags: only tasks with one of these (Ansible's rules)
     skip_tags: tuple[str, ...] = ()  # --skip-tags
     credentials: tuple[str, ...] = ()  # secret vars the credential store gave (their names)
+    connections: Mapping[str, str] = field(default_factory=dict)  # host -> agent | ssh
+    warnings: tuple[str, ...] = ()  # connection variables of its hosts that are not honoured
 
     @property
     def name(self) -> str:
@@ -155,7 +158,9 @@ class PlaybookPlan:
         return {run.key: run for run in self.runs}
 
     def connection(self, host: str) -> str:
-        """How a host is reached: `agent` or `ssh` (its `easytask_connection`)."""
+        """How a host is reached: `agent` or `ssh` (see `connection_of`), as planned."""
+        if host in self.connections:
+            return self.connections[host]
         return connection_of(host, dict(self.host_vars.get(host, {})))
 
     def context(
@@ -221,21 +226,21 @@ def plan_playbook(
     batches = serial_batches(play_hosts, playbook.serial)
     runs = _runs(tasks, batches)
     host_vars: dict[str, dict[str, Any]] = {}
+    connections: dict[str, str] = {}
     magic = getattr(inventory, "magic_vars", None)
+    agents: frozenset[str] = getattr(inventory, "agent_hosts", frozenset())
     for task in tasks:
         for host in task.hosts:
             if host not in host_vars:
                 values = dict(magic(host)) if callable(magic) else {}
                 values.update(inventory.host_vars(host))
-                connection_of(host, values)
+                connections[host] = connection_of(host, values, agents)
                 host_vars[host] = values
     for task in tasks:
         for host in task.hosts:
             values = host_vars[host]
             become = resolve_become(host, values, task_request(playbook, task.task))
-            refusal = (
-                agentless_refusal(host, become) if connection_of(host, values) == "ssh" else None
-            )
+            refusal = agentless_refusal(host, become) if connections[host] == "ssh" else None
             if refusal:
                 raise UsageError(f"task {task.name!r}: {refusal}", location=task.location)
     return PlaybookPlan(
@@ -249,6 +254,8 @@ def plan_playbook(
         limit=limit,
         tags=tuple(tags),
         skip_tags=tuple(skip_tags),
+        connections=connections,
+        warnings=tuple(connection_warnings(host_vars, connections)),
     )
 
 

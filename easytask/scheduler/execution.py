@@ -16,6 +16,7 @@ from easytask.errors import ConnectError
 from easytask.facts import GATHER_COMMAND, parse_gathered
 from easytask.masking import env_prefix
 from easytask.plan.become import agentless_refusal, resolve_become
+from easytask.plan.connection import ssh_options
 from easytask.scheduler.agents import AgentRegistry
 from easytask.scheduler.cluster import Cluster
 from easytask.scheduler.dispatch import OFFER, Dispatcher
@@ -368,15 +369,31 @@ class Execution:
             return await self.pool.get(self._ssh_target(host, hostvars, options))
 
     def _ssh_target(self, host: str, hv: dict[str, Any], options: JobOptions) -> SSHTarget:
+        """The host's SSH connection from its variables (`plan.ssh_options`); jump hosts
+        (`ProxyJump`) are reached with the host's key and known hosts, each through the last;
+        a jump host without `user@` is logged in to as the local user, as OpenSSH does."""
+        ssh = ssh_options(host, hv)
+        known_hosts = str(hv.get("easytask_known_hosts") or self.known_hosts or "") or None
+        client_key = options.ssh_keys.get(host)
+        jump: SSHTarget | None = None
+        for hop in ssh.jumps:
+            jump = SSHTarget(
+                host=hop.host,
+                port=hop.port,
+                user=hop.user,
+                key_file=ssh.key_file,
+                known_hosts=known_hosts,
+                client_key=client_key,
+                jump=jump,
+            )
         return SSHTarget(
-            host=str(hv.get("ansible_host") or host),
-            port=int(hv.get("ansible_port") or 22),
-            user=str(hv["ansible_user"]) if hv.get("ansible_user") else None,
-            key_file=str(hv["ansible_ssh_private_key_file"])
-            if hv.get("ansible_ssh_private_key_file")
-            else None,
-            known_hosts=str(hv.get("easytask_known_hosts") or self.known_hosts or "") or None,
-            client_key=options.ssh_keys.get(host),
+            host=ssh.host,
+            port=ssh.port,
+            user=ssh.user,
+            key_file=ssh.key_file,
+            known_hosts=known_hosts,
+            client_key=client_key,
+            jump=jump,
         )
 
     async def file_connection(

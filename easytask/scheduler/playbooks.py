@@ -433,6 +433,7 @@ def resume_spec(plan: PlaybookPlan) -> dict[str, Any]:
         "tags": list(plan.tags),
         "skip_tags": list(plan.skip_tags),
         "extra_vars": {k: v for k, v in plan.extra_vars.items() if k not in secret},
+        **({"warnings": list(plan.warnings)} if plan.warnings else {}),
     }
 
 

@@ -201,7 +201,7 @@ async def start_bootstrap(
             # already an agent: checked to be this host's (its SSH, if it has one), no more
             if name in inventory.hosts:
                 hv = inventory.host_vars(name)
-                if str(hv.get("easytask_connection", "agent")) in ("ssh", "auto"):
+                if str(hv.get("easytask_connection", "auto")) in ("ssh", "auto"):
                     hostvars[name] = hv
             continue
         try:
@@ -209,7 +209,7 @@ async def start_bootstrap(
         except BadName as exc:
             raise APIError(f"host {name!r} cannot be an agent: {exc}") from exc
         hv = inventory.host_vars(name) if name in inventory.hosts else {}
-        if str(hv.get("easytask_connection", "agent")) not in ("ssh", "auto"):
+        if str(hv.get("easytask_connection", "auto")) not in ("ssh", "auto"):
             raise APIError(
                 f"host {name!r} is not an agentless host: bootstrap reaches a host over SSH "
                 "(easytask_connection=ssh with its ansible_* variables in the inventory)"

@@ -120,11 +120,16 @@ class Services:
 
     async def merged_inventory(self) -> Inventory:
         """The inventory plus the accepted agents it does not list; a host with an agent of
-        its name online on this server goes through that agent (docs/agents.md, bootstrap)."""
+        its name online on this server goes through that agent (docs/agents.md, bootstrap). Its
+        `agent_hosts` are the hosts with an enrolled agent (any state), which
+        `easytask_connection: auto` reaches through their agent."""
         inventory = await asyncio.to_thread(self.inventory.now)
         online = {name for name, info in self.registry.agents.items() if info.online}
         return inventory.with_extra_hosts(
-            self.registry.declared_hosts(), facts=self.registry.declared_facts(), via_agent=online
+            self.registry.declared_hosts(),
+            facts=self.registry.declared_facts(),
+            via_agent=online,
+            agents=self.registry.agents,
         )
 
     async def live_servers(self) -> set[str]:

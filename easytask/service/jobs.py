@@ -11,7 +11,7 @@ from typing import Any
 
 from easytask.errors import APIError, PlaybookError
 from easytask.masking import Masker
-from easytask.plan import PlaybookPlan
+from easytask.plan import PlaybookPlan, connection_warnings
 from easytask.plan.become import agentless_refusal, resolve_become, task_request
 from easytask.scheduler.egress import WebhookRefused, url_origin
 from easytask.scheduler.inflight import JobOptions
@@ -125,6 +125,11 @@ async def submit_adhoc(
     if used:
         detail["credentials"] = used  # names only, never values
     job_vars: dict[str, Any] = {}
+    warnings = connection_warnings(
+        {p.host: p.vars for p in planned}, {p.host: p.connection for p in planned}
+    )
+    if warnings:  # shown with the job (CLI and console), once per host and variable
+        job_vars["warnings"] = warnings
     if action is not None and action.kind in ("copy", "script"):
         detail["files"] = await asyncio.to_thread(file_digests, action.src)
         upload = upload_id(services.state_dir, action.src)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -47,7 +48,20 @@ def job_dict(job: Job) -> dict[str, Any]:
         "created_at": iso_time(job.created_at),
         "finished_at": iso_time(job.finished_at),
         "timeout": job.timeout,
+        "warnings": job_warnings(job),
     }
+
+
+def job_warnings(job: Job) -> list[str]:
+    """What the job was submitted with a warning about (connection variables of its hosts that
+    are not honoured), kept in `job.vars`."""
+    if '"warnings"' not in job.vars:
+        return []
+    try:
+        found = json.loads(job.vars).get("warnings")
+    except (ValueError, AttributeError):
+        return []
+    return [str(w) for w in found] if isinstance(found, list) else []
 
 
 def run_dict(run: Run) -> dict[str, Any]:

@@ -25,6 +25,7 @@ class SSHTarget:
     known_hosts: str | None = None
     password: str | None = field(default=None, repr=False)
     client_key: str | None = field(default=None, repr=False)  # a private key's text, not a file
+    jump: SSHTarget | None = None  # the host this one is reached through (`ProxyJump`)
 
 
 def pidfile_for(run_key: str) -> str:
@@ -135,13 +136,16 @@ class SSHPool:
             options["known_hosts"] = str(Path(target.known_hosts).expanduser())
         if target.password:
             options["password"] = target.password
+        if target.jump is not None:  # a direct-tcpip channel of the jump host's connection
+            options["tunnel"] = await self.get(target.jump)
         try:
             return await asyncssh.connect(target.host, target.port, **options)
         except (TimeoutError, OSError, asyncssh.Error) as exc:
             reason = str(exc) or type(exc).__name__
+            via = f" through {target.jump.host}:{target.jump.port}" if target.jump else ""
             raise ConnectError(
                 f"cannot connect to {target.user + '@' if target.user else ''}"
-                f"{target.host}:{target.port}: {reason}"
+                f"{target.host}:{target.port}{via}: {reason}"
             ) from exc
 
     def drop(self, target: SSHTarget) -> None:

@@ -22,7 +22,7 @@ from easytask.service.files import checksum_job, human_size
 from easytask.service.playbooks import playbook_listing
 from easytask.store.models import RunState, User
 from easytask.store.runs import RAN_AS
-from easytask.store.serialize import delivery_dict
+from easytask.store.serialize import delivery_dict, job_warnings
 from easytask.web.console import Console
 from easytask.web.errors import PageError, http_status
 from easytask.web.format import FAILED_STATES, job_row, playbook_row, run_row, shown_state
@@ -186,6 +186,7 @@ class ConsolePages:
             section="adhoc",
             grouped=grouped,
             job=job,
+            warnings=job_warnings(job),
             job_state=shown_state(job.state, Counter(r.state for r in runs)),
             runs=[run_row(r) for r in runs],
             final=job.state in RunState.FINAL,

@@ -35,10 +35,11 @@ class SSHD:
         )
 
 
-def start_sshd(root: Path, procs: Procs, sessions: int = 200) -> SSHD:
+def start_sshd(root: Path, procs: Procs, sessions: int = 200, log_level: str = "ERROR") -> SSHD:
     """Start sshd with its own config, host key and authorized key; UsePAM no, StrictModes no.
 
-    `sessions` is MaxSessions, and the start of MaxStartups (SESSIONS:30:2*SESSIONS)."""
+    `sessions` is MaxSessions, and the start of MaxStartups (SESSIONS:30:2*SESSIONS);
+    `log_level` its LogLevel (DEBUG1 logs each forwarded connection to `sshd.log`)."""
     if not Path(SSHD_BIN).exists():
         raise FileNotFoundError("sshd is missing (Debian: apt-get install openssh-server)")
     root.mkdir(parents=True, exist_ok=True)
@@ -67,7 +68,7 @@ def start_sshd(root: Path, procs: Procs, sessions: int = 200) -> SSHD:
         SetEnv HOME={home}
         MaxStartups {sessions}:30:{2 * sessions}
         MaxSessions {sessions}
-        LogLevel ERROR
+        LogLevel {log_level}
         Subsystem sftp internal-sftp
         """)
     )
