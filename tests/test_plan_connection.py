@@ -103,6 +103,8 @@ def test_inventory_variables_win_over_ssh_arguments() -> None:
         ({"ansible_connection": "local"}, "host 'db9': ansible_connection 'local' would run"),
         ({"ansible_password": "hunter2"}, "easytask secrets set NAME --kind ssh-key"),
         ({"ansible_ssh_pass": "hunter2"}, "easytask_credential: NAME"),
+        ({"ansible_become_password": "hunter2"}, "--kind become-password"),
+        ({"ansible_become_pass": "hunter2"}, "host 'db9': ansible_become_pass is a password"),
         (
             {"ansible_ssh_common_args": "-o ProxyCommand='ssh -W %h:%p b'"},
             "ProxyCommand is not supported",

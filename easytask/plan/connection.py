@@ -20,6 +20,7 @@ CONNECTIONS = ("auto", "agent", "ssh")
 SSH_LIKE = ("ssh", "paramiko", "smart")  # `ansible_connection` values reached over SSH
 SSH_ARGS = ("ansible_ssh_common_args", "ansible_ssh_extra_args")
 PASSWORDS = ("ansible_password", "ansible_ssh_pass", "ansible_ssh_password")
+BECOME_PASSWORDS = ("ansible_become_password", "ansible_become_pass")
 # Connection variables of Ansible that EasyTask reads (the others below are reported).
 HONOURED = frozenset(
     {
@@ -34,6 +35,7 @@ HONOURED = frozenset(
         "ansible_private_key_file",
         *SSH_ARGS,
         *PASSWORDS,
+        *BECOME_PASSWORDS,
     }
 )
 # Connection variables of Ansible's ssh connection (and a few of its others) that change how
@@ -42,6 +44,7 @@ HONOURED = frozenset(
 UNHONOURED = frozenset(
     {
         "ansible_become_exe",
+        "ansible_become_flags",
         "ansible_paramiko_pty",
         "ansible_pipelining",
         "ansible_scp_extra_args",
@@ -130,6 +133,13 @@ def ssh_options(host: str, hv: Mapping[str, Any]) -> SSHOptions:
                 "does not use; keep the host's SSH key in the credential store (`easytask "
                 "secrets set NAME --kind ssh-key --file KEY`) and name it with "
                 "`easytask_credential: NAME`"
+            )
+    for name in BECOME_PASSWORDS:
+        if hv.get(name) not in (None, ""):
+            raise InventoryError(
+                f"host {host!r}: {name} is a password in clear in the inventory, which EasyTask "
+                "does not use; keep it in the credential store (`easytask secrets set NAME "
+                "--kind become-password`) and name it with `easytask_credential: NAME`"
             )
     port_var = _first(hv, "ansible_port", "ansible_ssh_port")
     user_var = _first(hv, "ansible_user", "ansible_ssh_user")
