@@ -77,8 +77,9 @@ def test_connection_variables_refused_or_reported(
     tmp_path: Path, start_server: ServerFactory, sshd: SSHD
 ) -> None:
     """`ansible_connection=winrm` or `local` and a plain `ansible_password` refuse the
-    submission naming the host (nothing stored, nothing run); a variable EasyTask does not honour is reported once per job,
-    in the CLI's output and on the job page, however many tasks reach the host."""
+    submission naming the host (nothing stored, nothing run); a variable EasyTask does not
+    honour is reported once per job, in the CLI's output and on the job page, however many
+    tasks reach the host."""
     inventory = write(tmp_path / "inv" / "hosts.ini", "[win]\nwin1 ansible_connection=winrm\n")
     server = start_server(inventory, "--ssh-known-hosts", str(sshd.known_hosts))
     refused = server.cli("run", "all", "-a", "uptime")
