@@ -248,7 +248,10 @@ def test_file_names_outside_the_directory_are_refused(server: ServerHandle) -> N
         )
         assert resp.status_code == status, (name, resp.text)
         if status == 400:
-            assert "not a playbook file name" in resp.json()["error"], name
+            error = resp.json()["error"]
+            # a NUL is refused for the whole URL before the name is read
+            expected = "a NUL character" if "%00" in name else "not a playbook file name"
+            assert expected in error, (name, error)
     assert server.get("/api/runs")["runs"] == []
 
 
