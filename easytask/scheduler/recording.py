@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,9 @@ class Outcome:
     state: str | None = None
     reason: str = ""
     duration: float | None = None
+    # when the session ended, as this server saw it: the run's finished_at (recorded later,
+    # after its slot went to the next run)
+    ended_at: datetime = field(default_factory=utcnow)
 
 
 class Recorder:
@@ -209,6 +213,7 @@ class Recorder:
             out=out,
             duration=outcome.duration,
             stats=stats,
+            finished_at=outcome.ended_at,
             **extra,
         )
 
