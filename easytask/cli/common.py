@@ -8,7 +8,7 @@ import json
 import re
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from easytask.config import Settings
 from easytask.durations import parse_duration, parse_size
@@ -156,3 +156,41 @@ def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str], out: Text
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     for row in cells:
         out.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
+
+
+# -- following a job ------------------------------------------------------------------------
+
+
+class LineSink(Protocol):
+    """What takes a job's output lines as they arrive (printed, or kept for the end)."""
+
+    def line(self, ev: dict[str, Any]) -> None: ...
+
+
+def follow_job(client: Any, job_id: int, view: LineSink | None, run_id: int | None = None) -> None:
+    """Show a job's (or one run's) lines through `view` until it ends."""
+    # following a whole job, only its lines and its end are shown: no run-state events
+    for ev in client.events(f"/api/jobs/{job_id}/events" + ("?runs=0" if run_id is None else "")):
+        if ev["t"] == "line" and view is not None and (run_id is None or ev["run"] == run_id):
+            view.line(ev)
+        elif ev["t"] == "run" and run_id is not None and ev.get("id", ev.get("run")) == run_id:
+            if ev["state"] in FINAL:
+                return
+        elif ev["t"] == "job":
+            return
+
+
+def follow_interruptible(client: Any, job_id: int, view: LineSink | None) -> bool:
+    """Follow a job; the first Ctrl-C kills it and keeps following, a second leaves (True)."""
+    killed = False
+    while True:
+        try:
+            follow_job(client, job_id, view)
+            return False
+        except KeyboardInterrupt:
+            if killed:
+                sys.stderr.write("interrupted again: leaving; the server keeps the record\n")
+                return True
+            killed = True
+            sys.stderr.write(f"\nterminating job {job_id} (Ctrl-C again to leave now)\n")
+            client.post(f"/api/jobs/{job_id}/kill")

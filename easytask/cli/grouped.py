@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from collections import Counter
 from typing import Any, TextIO
 
-from easytask.cli.common import EXIT_FAILED, EXIT_OK, api_client, escape_controls, print_json
+from easytask.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    api_client,
+    escape_controls,
+    follow_interruptible,
+    print_json,
+)
 from easytask.config import Settings
 from easytask.durations import format_duration
 from easytask.errors import UsageError
@@ -86,32 +92,11 @@ def run_grouped(
     client = api_client(settings)
     job_id = client.post("/api/jobs", body)["job"]["id"]
     collector = GroupCollector()
-    if _follow(client, job_id, collector):
+    if follow_interruptible(client, job_id, collector):
         return 130
     data: dict[str, Any] = client.get(f"/api/jobs/{job_id}")
     groups = fold(collector.outputs(data["runs"]))
     return write_groups(groups, data, args.format, out, args.raw, time.monotonic() - started)
-
-
-def _follow(client: Any, job_id: int, collector: GroupCollector) -> bool:
-    """Collect a job's lines until it ends; the first Ctrl-C kills it and keeps collecting, a
-    second leaves (True)."""
-    killed = False
-    while True:
-        try:
-            for ev in client.events(f"/api/jobs/{job_id}/events?runs=0"):
-                if ev["t"] == "line":
-                    collector.line(ev)
-                elif ev["t"] == "job":
-                    return False
-            return False
-        except KeyboardInterrupt:
-            if killed:
-                sys.stderr.write("interrupted again: leaving; the server keeps the record\n")
-                return True
-            killed = True
-            sys.stderr.write(f"\nterminating job {job_id} (Ctrl-C again to leave now)\n")
-            client.post(f"/api/jobs/{job_id}/kill")
 
 
 def cmd_groups(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, TextIO
@@ -12,15 +11,16 @@ from typing import Any, TextIO
 from easytask.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
-    FINAL,
     api_client,
     duration_arg,
     escape_controls,
+    follow_interruptible,
+    follow_job,
     job_warnings,
     print_json,
     print_table,
 )
-from easytask.cli.grouped import add_group_flag, run_grouped
+from easytask.cli.grouped import GroupCollector, add_group_flag, run_grouped
 from easytask.config import Settings
 from easytask.durations import format_duration
 from easytask.errors import UsageError
@@ -163,36 +163,6 @@ class RunView:
         self.out.flush()
 
 
-def follow_job(
-    client: Any, job_id: int, view: RunView | OneLineView | None, run_id: int | None = None
-) -> None:
-    # following a whole job, only its lines and its end are shown: no run-state events
-    for ev in client.events(f"/api/jobs/{job_id}/events" + ("?runs=0" if run_id is None else "")):
-        if ev["t"] == "line" and view is not None and (run_id is None or ev["run"] == run_id):
-            view.line(ev)
-        elif ev["t"] == "run" and run_id is not None and ev.get("id", ev.get("run")) == run_id:
-            if ev["state"] in FINAL:
-                return
-        elif ev["t"] == "job":
-            return
-
-
-def _follow_interruptible(client: Any, job_id: int, view: RunView | OneLineView | None) -> bool:
-    """Follow a job; the first Ctrl-C kills it and keeps following, a second leaves (True)."""
-    killed = False
-    while True:
-        try:
-            follow_job(client, job_id, view)
-            return False
-        except KeyboardInterrupt:
-            if killed:
-                sys.stderr.write("interrupted again: leaving; the server keeps the record\n")
-                return True
-            killed = True
-            sys.stderr.write(f"\nterminating job {job_id} (Ctrl-C again to leave now)\n")
-            client.post(f"/api/jobs/{job_id}/kill")
-
-
 def _summary(data: dict[str, Any], elapsed: float, out: TextIO) -> int:
     runs = data["runs"]
     rows = [
@@ -298,20 +268,13 @@ def _list_hosts(client: Any, pattern: str, limit: str | None, fmt: str, out: Tex
     return EXIT_OK
 
 
-class OneLineView:
+class OneLineView(GroupCollector):
     """`-o`: a host's output kept until its run ends, then printed on one line (newlines as
     the two characters \\n), as Ansible's one-line callback does."""
 
     def __init__(self, raw: bool) -> None:
+        super().__init__()
         self.raw = raw
-        self.text: dict[tuple[int, str], list[str]] = {}
-        self.seen: dict[int, int] = {}
-
-    def line(self, ev: dict[str, Any]) -> None:
-        if ev["seq"] <= self.seen.get(ev["run"], 0):
-            return
-        self.seen[ev["run"]] = ev["seq"]
-        self.text.setdefault((ev["run"], ev["stream"]), []).append(ev["text"])
 
     def write(self, runs: list[dict[str, Any]], out: TextIO) -> None:
         for run in runs:
@@ -319,7 +282,7 @@ class OneLineView:
             if run["exit_code"] is not None:
                 parts.append(f"rc={run['exit_code']}")
             for stream in ("stdout", "stderr"):
-                lines = self.text.get((run["id"], stream))
+                lines = self.lines.get((run["id"], stream))
                 if lines:
                     text = "\\n".join(lines)
                     parts.append(f"({stream}) " + (text if self.raw else escape_controls(text)))
@@ -333,7 +296,7 @@ def _one_line(body: dict[str, Any], settings: Settings, out: TextIO, raw: bool) 
     sub = client.post("/api/jobs", body)
     job_warnings(sub["job"])
     view = OneLineView(raw)
-    if _follow_interruptible(client, sub["job"]["id"], view):
+    if follow_interruptible(client, sub["job"]["id"], view):
         return 130
     data: dict[str, Any] = client.get(f"/api/jobs/{sub['job']['id']}")
     view.write(data["runs"], out)
@@ -478,7 +441,7 @@ def post_and_follow(
     job_id = sub["job"]["id"]
     job_warnings(sub["job"])
     view = RunView(out, [r["host"] for r in sub["runs"]], raw) if fmt == "text" else None
-    if _follow_interruptible(client, job_id, view):
+    if follow_interruptible(client, job_id, view):
         return None
     data: dict[str, Any] = client.get(f"/api/jobs/{job_id}")
     if fmt == "json":

@@ -17,10 +17,11 @@ from easytask.cli.common import (
     Parser,
     api_client,
     escape_controls,
+    follow_job,
     print_json,
     print_table,
 )
-from easytask.cli.jobs import RAW_HELP, RunView, follow_job
+from easytask.cli.jobs import RAW_HELP, RunView
 from easytask.config import Settings
 from easytask.durations import format_duration
 from easytask.errors import UsageError
