@@ -251,13 +251,19 @@ def cmd_run(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     return _submit_and_follow(body, args.format, settings, out, args.raw)
 
 
-def _list_hosts(client: Any, pattern: str, limit: str | None, fmt: str, out: TextIO) -> int:
-    """`--list-hosts`: the hosts a pattern (within --limit) matches on the server, as Ansible
-    prints them."""
+def server_hosts(client: Any, pattern: str, limit: str | None) -> dict[str, Any]:
+    """`GET /api/hosts`: the hosts a pattern (within a limit pattern) matches on the server."""
     from urllib.parse import urlencode
 
     query = {"pattern": pattern, **({"limit": limit} if limit else {})}
-    data = client.get("/api/hosts?" + urlencode(query))
+    data: dict[str, Any] = client.get("/api/hosts?" + urlencode(query))
+    return data
+
+
+def _list_hosts(client: Any, pattern: str, limit: str | None, fmt: str, out: TextIO) -> int:
+    """`--list-hosts`: the hosts a pattern (within --limit) matches on the server, as Ansible
+    prints them."""
+    data = server_hosts(client, pattern, limit)
     if fmt == "json":
         print_json(data, out)
         return EXIT_OK

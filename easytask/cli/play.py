@@ -17,7 +17,7 @@ from easytask.cli.common import (
     escape_controls,
     play_vault,
 )
-from easytask.cli.jobs import RAW_HELP, post_and_follow
+from easytask.cli.jobs import RAW_HELP, post_and_follow, server_hosts
 from easytask.cli.recap import final_attempts, play_recap
 from easytask.config import Settings
 from easytask.errors import UsageError
@@ -107,10 +107,7 @@ def _play_listing(
                 allowed = set(inventory.select(args.limit))
                 hosts = [h for h in hosts if h in allowed]
         else:
-            query = {"pattern": playbook.hosts, **({"limit": args.limit} if args.limit else {})}
-            from urllib.parse import urlencode
-
-            data = api_client(settings).get("/api/hosts?" + urlencode(query))
+            data = server_hosts(api_client(settings), playbook.hosts, args.limit)
             hosts = [h["name"] for h in data["hosts"]]
     out.write(f"\nplaybook: {args.playbook}\n\n  play #1 ({playbook.hosts}): {playbook.name}\n")
     if args.list_hosts:
