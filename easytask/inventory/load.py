@@ -106,7 +106,7 @@ class Inventory:
         var_files.preload("group_vars", self.groups)
         var_files.preload("host_vars", self.hosts)
         self.warnings: list[str] = data.warnings + var_files.warnings
-        self.facts: dict[str, dict[str, Any]] = {}  # host -> its fact variables (agents)
+        self.facts: Mapping[str, Mapping[str, Any]] = {}  # host -> what its agent reports
         # hosts an online agent of their name reaches, whatever easytask_connection says
         self.via_agent: frozenset[str] = frozenset()
         # hosts that enrolled an agent (any state): `easytask_connection: auto` goes through it
@@ -175,7 +175,7 @@ class Inventory:
                 data.add_host(name, data.add_group(label))
         data.reconcile()
         merged = Inventory(data, self.sources, self._var_files)
-        merged.facts = {name: fact_vars(f) for name, f in (facts or {}).items()}
+        merged.facts = facts or {}  # named as variables when a host's are asked for
         merged.via_agent = frozenset(via_agent)
         merged.agent_hosts = frozenset(agents)
         return merged
@@ -229,7 +229,7 @@ class Inventory:
         short = name if is_ip_address(name) else name.split(".")[0]
         source = os.path.abspath(host.source) if host.source else None
         return {
-            **self.facts.get(name, {}),
+            **fact_vars(self.facts.get(name, {})),
             "inventory_hostname": name,
             "inventory_hostname_short": short,
             "group_names": [g for g in self.host_groups(name) if g != "all"],
