@@ -109,7 +109,13 @@ def test_agentless_run_fails_when_server_dies(
     wait_until(lambda: server.log_lines(run_id), what="first line")
     server.proc.kill9()
     server2 = start_server(inventory, state_dir=server.state_dir)
-    run = server2.get(f"/api/runs/{run_id}")["run"]
+    # the new process settles runs it finds in flight as it starts (on PostgreSQL, possibly
+    # just after it answers): wait for the run to end, then check how
+    run = wait_until(
+        lambda: (r := server2.get(f"/api/runs/{run_id}")["run"])["state"] != "running" and r,
+        timeout=30,
+        what="the run left in flight to end",
+    )
     assert run["state"] == "failed"
     assert run["reason"] == "connection lost (server restarted)"
 
