@@ -121,11 +121,17 @@ def evaluate_when(task: PlannedTask | Task, host: str | None, context: Mapping[s
 
 
 def task_result(
-    stdout: str = "", stderr: str = "", rc: int | None = None, state: str = "success"
+    stdout: str = "",
+    stderr: str = "",
+    rc: int | None = None,
+    state: str = "success",
+    *,
+    changed: bool = False,
 ) -> dict[str, Any]:
     """What `results.<task>` holds for a finished run (`state` skipped: its `when` was false).
 
     stdout/stderr lose their final newline, as in Ansible; `*_lines` split them into lines.
+    `changed`: what changed_when said (or Ansible's default, see `plan.outcome`).
     """
     out = stdout.rstrip("\r\n")
     err = stderr.rstrip("\r\n")
@@ -138,4 +144,5 @@ def task_result(
         "state": state,
         "failed": state not in ("success", "skipped"),
         "skipped": state == "skipped",
+        "changed": changed,
     }

@@ -40,6 +40,7 @@ ACTIONS = ("command", "shell", "script", "copy")
 TASK_KEYS = (
     "name", *ACTIONS, "hosts", "needs", "when", *DEFAULTS_KEYS, "run_on", "run_once", "env",
     "environment", "cwd", "tags", "become", "become_user",
+    *("ignore_errors", "failed_when", "changed_when"),
 )  # fmt: skip
 COPY_KEYS = ("src", "dest", "mode")
 SCRIPT_KEYS = ("path", "args")
@@ -104,6 +105,9 @@ class Task:
     tags: tuple[str, ...] = ()  # for `play --tags/--skip-tags`
     become: bool | None = None  # None: as the play says
     become_user: str | None = None
+    ignore_errors: bool = False  # a failed run does not stop the play nor fail the job
+    failed_when: str | None = None  # an expression over rc/stdout/stderr (a list: ANDed)
+    changed_when: str | None = None
     uses_results: tuple[str, ...] = ()
     locations: Mapping[str, SourceLocation] = field(default_factory=dict, repr=False)
 
