@@ -513,6 +513,80 @@ def test_playbook_become_at_play_and_task_level(
     }
 
 
+def test_play_become_flags_under_the_play_and_task_keys(
+    start_server: ServerFactory,
+    start_agent: AgentFactory,
+    target_user: pwd.struct_passwd,
+    tmp_path: Path,
+) -> None:
+    """`play -b --become-user U` makes the tasks become U; the play's and a task's own keys
+    go over the flags (as in Ansible); the API takes them as `become`/`become_user`, a bad
+    user is refused there and by the CLI before anything runs."""
+    server = start_server(write(tmp_path / "inv.ini", "[fleet]\npb3\n"))
+    start_agent(server, "pb3", "--allow-become", f"{TARGET},nobody")
+    book = write(
+        tmp_path / "flags.yml",
+        """\
+        hosts: fleet
+        tasks:
+          - name: flags
+            command: id -un
+          - name: task-user
+            command: id -un
+            become_user: nobody
+          - name: task-off
+            command: id -un
+            become: false
+        """,
+    )
+
+    def ran(*flags: str, path: Path = book) -> dict[str, tuple[list[str], str]]:
+        done = server.cli("play", str(path), *flags, "--format", "json", timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return {
+            run["task"]: (
+                [ln["text"] for ln in server.log_lines(run["id"]) if ln["stream"] == "stdout"],
+                run["ran_as"],
+            )
+            for run in json.loads(done.stdout)["runs"]
+        }
+
+    assert ran("-b", "--become-user", TARGET) == {
+        "flags": ([TARGET], f"{TARGET} (become)"),
+        "task-user": (["nobody"], "nobody (become)"),
+        "task-off": (["root"], "root"),
+    }
+    events = server.get("/api/audit", action="job.submit")["events"]
+    assert events[0]["detail"]["become"] == {
+        "flags": {TARGET: ["pb3"]},
+        "task-user": {"nobody": ["pb3"]},
+    }
+    # without the flags: nothing becomes (the task's user alone asks nothing, as in Ansible)
+    assert ran() == {
+        "flags": (["root"], "root"),
+        "task-user": (["root"], "root"),
+        "task-off": (["root"], "root"),
+    }
+    # --become-user alone means -b; the play's `become: false` goes over the flags
+    off = write(
+        tmp_path / "off.yml",
+        "hosts: fleet\nbecome: false\ntasks:\n  - {name: a, command: id -un}\n",
+    )
+    assert ran("--become-user", TARGET, path=off) == {"a": (["root"], "root")}
+
+    bad = server.cli("play", str(book), "--become-user", "a;b", timeout=60)
+    assert bad.returncode == 2 and "--become-user: 'a;b' is not a user name" in bad.stderr
+    text = book.read_text()
+    answer = server.http.post(
+        "/api/playbooks/run", json={"name": "f.yml", "text": text, "become_user": "a;b"}
+    )
+    assert answer.status_code == 400 and "'a;b' is not a user name" in answer.json()["error"]
+    answer = server.http.post(
+        "/api/playbooks/run", json={"name": "f.yml", "text": text, "become": "yes"}
+    )
+    assert answer.status_code == 400 and answer.json()["error"] == "become must be true or false"
+
+
 # -- several servers ----------------------------------------------------------------------------
 
 
