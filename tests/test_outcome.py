@@ -55,7 +55,7 @@ def run_judge(task: Task, rc: int | None, stdout: str = "", stderr: str = "", **
         ("failed_when: rc > limit", 4, "", "failed", False),
         ("failed_when: word in stdout", 0, "an ERROR", "failed", False),
         ("failed_when: ['rc != 0', \"'fatal' in stderr\"]", 1, "", "success", True),
-        ("failed_when: ['rc != 0', \"'fatal' in stderr\"]", 1, "", "success", True),
+        ("failed_when: true", 0, "", "failed", False),
         ("failed_when: stdout_lines | length > 2", 0, "a\nb\nc\n", "failed", False),
         ("changed_when: false", 0, "", "success", False),
         ("changed_when: \"'created' in stdout\"", 0, "user created", "success", True),
@@ -86,6 +86,10 @@ def test_reasons_name_the_rc_and_the_expression() -> None:
     ok = run_judge(task_of("failed_when: rc > 5"), 1)
     assert ok.reason == "exit code 1, ok by failed_when rc > 5 (false)"
     assert ok.notes == (("failed_when", "failed_when rc > 5 is false (exit code 1): success"),)
+    quiet = run_judge(task_of("changed_when: rc == 2"), 0)
+    assert quiet.notes == (
+        ("changed_when", "changed_when rc == 2 is false (exit code 0): not changed"),
+    )
     bad = run_judge(task_of("failed_when: \"'ERROR' in stdout\""), 0, "ERROR")
     assert bad.reason == "failed_when 'ERROR' in stdout is true (exit code 0)"
     assert bad.notes[0][1].endswith(": failed")

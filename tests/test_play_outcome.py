@@ -177,7 +177,7 @@ def test_failed_when_and_changed_when_decide_with_their_reasons(
     assert ok["reason"] == "exit code 1, ok by failed_when false (false)"
     events = timeline(fleet, ok)
     assert events["failed_when"] == "failed_when false is false (exit code 1): success"
-    assert events["changed_when"] == "false is false (exit code 1)"
+    assert events["changed_when"] == "changed_when false is false (exit code 1): not changed"
     assert events["finished"] == "failed: exit code 1"  # what the exit code said first
     assert runs[("created", "h1")]["changed"] is True
     assert timeline(fleet, runs[("created", "h1")])["changed"] == (

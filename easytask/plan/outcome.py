@@ -143,7 +143,9 @@ def judge(
             changed = evaluate(task.changed_when, scope, what=what)
         except TemplateError as exc:
             return Verdict(FAILED, str(exc), False, ((CHANGED_WHEN, str(exc)),), error=True)
-        notes.append((CHANGED_WHEN, f"{task.changed_when} is {_word(changed)} ({code}){seen}"))
+        said = "changed" if changed else "not changed"
+        why = f"changed_when {task.changed_when} is {_word(changed)} ({code})"
+        notes.append((CHANGED_WHEN, f"{why}: {said}{seen}"))
     if task.failed_when is not None:
         what = f"{label}, failed_when {task.failed_when!r}"
         try:
