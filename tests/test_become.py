@@ -26,6 +26,7 @@ from easytask.inventory import load_inventory
 from easytask.plan import plan_playbook
 from easytask.plan.become import Become, BecomeRequest, agentless_refusal, resolve_become
 from easytask.playbook import parse_playbook
+from easytask.scheduler.playbooks import resume_spec
 from tests.browser.support import Browserless, admin_password
 from tests.conftest import AgentFactory, ServerFactory, write
 from tests.support import REPO, SSHD, ServerHandle, launch_agent, start_sshd, wait_until
@@ -123,6 +124,33 @@ def test_playbook_become_keys_are_checked_and_su_over_ssh_is_refused_when_planne
     assert "task 'a': host 'ssh1': become method 'su' needs a become password" in str(refused.value)
     # the agent host alone: its agent decides how, the method does not matter
     assert plan_playbook(book, fleet, limit="agent1").hosts == ("agent1",)
+
+
+def test_the_command_line_is_the_lowest_level_of_a_play_and_is_kept_for_a_resume(
+    tmp_path: Path,
+) -> None:
+    """`play -b --become-user U` goes under the play's and tasks' keys and the inventory's
+    variables, and is kept with the job so a restarted server plans the same become."""
+    inv = write(tmp_path / "inv.ini", "h1\nh2 ansible_become_user=nobody\n")
+    book = parse_playbook(
+        "hosts: all\ntasks:\n  - {name: a, command: id}\n"
+        "  - {name: b, command: id, become_user: app}\n  - {name: c, command: id, become: false}\n",
+        tmp_path / "pb.yml",
+    )
+    cli = BecomeRequest(become=True, user="deploy")
+    plan = plan_playbook(book, load_inventory(inv), become=cli)
+
+    def who(task: str, host: str) -> Become | None:
+        request = plan.become_request(plan.task(task))
+        return resolve_become(host, plan.host_vars[host], request)
+
+    assert [who(t, "h1") for t in "abc"] == [Become("deploy"), Become("app"), None]
+    assert who("a", "h2") == Become("nobody")
+    spec = resume_spec(plan)
+    assert spec["become"] == {"become": True, "user": "deploy"}
+    again = plan_playbook(book, load_inventory(inv), become=BecomeRequest.from_dict(spec["become"]))
+    assert again.become == cli
+    assert "become" not in resume_spec(plan_playbook(book, load_inventory(inv)))
 
 
 # -- fixtures -----------------------------------------------------------------------------------

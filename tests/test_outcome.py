@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from easytask.inventory import load_inventory
+from easytask.plan import check_playbook, format_check, plan_playbook
 from easytask.plan.outcome import (
     EXPRESSION_TEXT,
     ResultScope,
@@ -202,3 +204,15 @@ def test_bad_expressions_are_caught_when_the_playbook_is_read(keys: str, message
     with pytest.raises(PlaybookErrors) as exc:
         task_of(keys)
     assert str(exc.value).startswith(message), str(exc.value)
+
+
+def test_check_shows_how_runs_are_judged(tmp_path: Path) -> None:
+    """`play --check` shows each task's failed_when, changed_when and ignore_errors."""
+    (tmp_path / "inv.ini").write_text("h1\n")
+    text = (
+        "hosts: all\ntasks:\n  - name: t\n    shell: grep -c x f\n    failed_when: rc > 1\n"
+        "    changed_when: false\n    ignore_errors: true\n"
+    )
+    plan = plan_playbook(parse_playbook(text, "pb/x.yml"), load_inventory(tmp_path / "inv.ini"))
+    shown = format_check(plan, check_playbook(plan))
+    assert "task t (shell) [failed_when rc > 1, changed_when false, ignore_errors]" in shown

@@ -135,6 +135,37 @@ def test_without_ignore_errors_the_failure_stops_the_host_and_fails_the_job(
     assert runs[("after", "h1")]["state"] == "skipped"
 
 
+def test_an_ignored_failure_does_not_count_for_max_fail_percentage(
+    fleet: ServerHandle, tmp_path: Path
+) -> None:
+    """With serial batches and max_fail_percentage 0, an ignored failure in the first batch
+    does not stop the next one."""
+    book = write(
+        tmp_path / "batches.yml",
+        """\
+        hosts: fleet
+        serial: 1
+        max_fail_percentage: 0
+        tasks:
+          - name: flaky
+            shell: exit 5
+            ignore_errors: true
+          - name: after
+            shell: echo after
+        """,
+    )
+    done = fleet.cli("play", str(book), "--format", "json", timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    data = json.loads(done.stdout)
+    runs = final(data["runs"])
+    assert data["job"]["state"] == "success"
+    assert {h: runs[("flaky", h)]["ignored"] for h in ("h1", "h2")} == {"h1": True, "h2": True}
+    assert {h: runs[("after", h)]["state"] for h in ("h1", "h2")} == {
+        "h1": "success",
+        "h2": "success",
+    }
+
+
 def test_failed_when_and_changed_when_decide_with_their_reasons(
     fleet: ServerHandle, tmp_path: Path
 ) -> None:
