@@ -12,7 +12,7 @@ import pytest
 from easytask.plan.outcome import EXPRESSION_TEXT
 from tests.browser.support import Browserless, admin_password
 from tests.conftest import AgentFactory, ServerFactory, write
-from tests.support import ServerHandle
+from tests.support import ServerHandle, free_port, wait_until
 
 
 @pytest.fixture
@@ -287,3 +287,35 @@ def test_expressions_see_a_bounded_head_of_a_huge_output(
     assert run["state"] == "success" and run["out_lines"] >= lines
     note = timeline(fleet, run)["failed_when"]
     assert note.endswith(f"it saw the first {EXPRESSION_TEXT} characters of the output")
+
+
+def test_a_run_resumed_after_a_server_kill_is_judged_too(
+    start_server: ServerFactory, start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    """kill -9 of the server while a failed_when task runs: the restarted server re-attaches to
+    the run, judges its end by the task's expressions, and ignore_errors still holds after."""
+    inventory = write(tmp_path / "inv.ini", "h1\n")
+    agents_addr = f"127.0.0.1:{free_port()}"
+    server = start_server(inventory, agents=agents_addr)
+    start_agent(server, "h1")
+    text = (
+        "hosts: h1\ntasks:\n"
+        "  - name: slow\n    shell: echo started; sleep 3; exit 1\n"
+        "    failed_when: false\n    changed_when: rc == 1\n"
+        "  - name: flaky\n    shell: exit 4\n    ignore_errors: true\n"
+        "  - name: after\n    shell: echo after\n"
+    )
+    job = server.post("/api/playbooks/run", {"name": "resume.yml", "text": text})
+    slow = next(r for r in job["runs"] if r["task"] == "slow")
+    wait_until(lambda: server.log_lines(slow["id"]), timeout=60, what="the slow task to start")
+    server.proc.kill9()
+    server2 = start_server(inventory, state_dir=server.state_dir, agents=agents_addr)
+    data = server2.wait_job(job["job"]["id"], timeout=120)
+    assert data["job"]["state"] == "success", data
+    runs = final(data["runs"])
+    judged = runs[("slow", "h1")]
+    assert (judged["state"], judged["exit_code"], judged["changed"]) == ("success", 1, True)
+    assert judged["reason"] == "exit code 1, ok by failed_when false (false)"
+    assert "resumed" in timeline(server2, judged)
+    assert runs[("flaky", "h1")]["ignored"] is True
+    assert runs[("after", "h1")]["state"] == "success"
