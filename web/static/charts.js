@@ -36,8 +36,8 @@
     return (i ? n.toFixed(1) : String(Math.round(n))) + " " + units[i];
   }
 
-  /* The host's samples between two moments, or null when there are none (404: nothing sampled
-   * or no metrics on this server; or no point in the range). */
+  /* The host's samples between two moments, or null when there are none (404: nothing sampled;
+   * 404 or 405: a server without host metrics; or no point in the range). */
   async function fetchMetrics(agent, since, until) {
     const url =
       "/api/agents/" + encodeURIComponent(agent) + "/metrics?since=" + encodeURIComponent(iso(since)) +
@@ -46,7 +46,7 @@
     try {
       data = await ET.api("GET", url);
     } catch (err) {
-      if (err.status === 404) return null;
+      if (err.status === 404 || err.status === 405) return null;
       throw err;
     }
     if (!data || !Array.isArray(data.t) || data.t.length === 0) return null;
