@@ -8,7 +8,7 @@ import json
 import math
 import time
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -23,8 +23,10 @@ from easytask.web.runlog import parse_levels
 
 MAX_BUCKETS = 600  # density points of one chart
 MAX_MARKS = 500  # ERROR/WARN lines marked on one chart
+MAX_LINK_EVENTS = 200  # agent link changes on one chart
 MARK_TEXT = 200  # characters of a marked line sent with it
-LEAD = 30.0  # seconds shown before the run's first attempt was queued
+LEAD = 30.0  # at most this many seconds are shown before the run's first attempt was queued
+MIN_LEAD = 2.0  # and at least this many; in between, a tenth of the run's span
 LINK_MARKS = {"agent.online": "reconnect", "agent.lost": "disconnect"}
 RunLookup = Callable[[Request], Awaitable[Run]]
 
@@ -117,16 +119,17 @@ class TimelineApi:
             event_json(e, by_id[e.run_id])
             for e in await store.call(store.events_of_runs, list(by_id))
         ]
+        now = time.time()
         start = min(epoch(a.created_at) for a in attempts)
         final = all(a.state in RunState.FINAL for a in attempts)
         ends = [epoch(a.finished_at) for a in attempts if a.finished_at is not None]
         end = max(ends) if final and ends else None
+        lead = min(LEAD, max(MIN_LEAD, ((end or now) - start) / 10))
         agent = run.agent or (run.host if run.connection == "agent" else "")
-        if agent:
-            since = as_utc(min(a.created_at for a in attempts)) - timedelta(seconds=LEAD)
-            for row in await store.call(store.agent_link_events, agent, since, 200):
-                at = epoch(row.at)
-                if row.action in LINK_MARKS and (end is None or at <= end + LEAD):
+        if agent:  # its link's drops and returns from the lead-in to the run's end
+            since = datetime.fromtimestamp(start - lead, UTC)
+            for row in await store.call(store.agent_link_events, agent, since, MAX_LINK_EVENTS):
+                if row.action in LINK_MARKS and (end is None or epoch(row.at) <= end):
                     events.append(link_json(row))
         events.sort(key=lambda e: e["at"])
         span = await store.call(store.line_span, run.id)
@@ -145,8 +148,8 @@ class TimelineApi:
                 "final": final,
                 "start": start,
                 "end": end,
-                "lead": LEAD,
-                "now": time.time(),
+                "lead": lead,
+                "now": now,
                 "attempts": [
                     {"run": a.id, "attempt": a.attempt, "state": a.state} for a in attempts
                 ],

@@ -4,6 +4,7 @@ real agent: a retry and a kill as marks at their times, click-to-log, live updat
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from pathlib import Path
@@ -89,10 +90,11 @@ def test_story_chart_marks_kill_and_click_to_log(
     page.locator("#timeline .tl-event[data-mark=started][data-attempt='2']").wait_for()
     # live: new WARN lines of the running attempt are marked as they come
     ready = int(timeline.get_attribute("data-ready") or 0)
+    ticks = page.locator("#timeline .tl-line.lv-WARN").count()
     wait_until(
-        lambda: page.locator("#timeline .tl-line.lv-WARN").count() >= 3,
+        lambda: page.locator("#timeline .tl-line.lv-WARN").count() > ticks,
         timeout=60,
-        what="WARN lines marked live",
+        what="new WARN lines marked live",
     )
     assert int(timeline.get_attribute("data-ready") or 0) > ready
     assert page.get_by_test_id("summary-empty").inner_text() == "no host metrics yet"
@@ -121,6 +123,7 @@ def test_story_chart_marks_kill_and_click_to_log(
         "#timeline .tl-line", "els => els.map(e => Number(e.dataset.seq))"
     )
     assert set(ticks) == warn_seqs
+    page.evaluate("document.getElementById('timeline').closest('section').scrollIntoView()")
     screenshot(page, "run-timeline")
 
     # click a moment on the chart: the log viewer scrolls to the first line printed then
@@ -186,24 +189,32 @@ def test_host_page_and_sparklines_without_metrics(
     assert not violations, violations
 
 
-def fake_metrics(start: float, end: float, cpus: int = 2) -> dict[str, Any]:
-    """Samples in the columnar form GET /api/agents/{name}/metrics answers with, every second."""
+def fake_metrics(start: float, end: float, steady_from: float, cpus: int = 2) -> dict[str, Any]:
+    """Samples every second in the columnar form GET /api/agents/{name}/metrics answers with:
+    busy and varying before `steady_from`, steady from then on."""
     t = [float(s) for s in range(int(start), int(end) + 1)]
-    n = len(t)
     gib = 1 << 30
+
+    def wave(low: float, high: float) -> list[float]:
+        return [
+            high if s >= steady_from else low + (high - low) * (1 + math.sin(s / 1800)) / 2
+            for s in t
+        ]
+
+    n = len(t)
     return {
         "agent": "story1",
         "cpus": cpus,
         "t": t,
-        "cpu": [10.0 + 80.0 * i / max(1, n - 1) for i in range(n)],
-        "iowait": [1.0] * n,
-        "load1": [0.5 + 3.0 * i / max(1, n - 1) for i in range(n)],
-        "load5": [0.5] * n,
-        "load15": [0.4] * n,
-        "mem_used": [gib + gib * i / max(1, n - 1) for i in range(n)],
+        "cpu": wave(5.0, 42.0),
+        "iowait": wave(0.0, 3.0),
+        "load1": wave(0.2, 3.5),
+        "load5": wave(0.2, 2.0),
+        "load15": wave(0.2, 1.0),
+        "mem_used": wave(0.5 * gib, 1.5 * gib),
         "mem_available": [2.0 * gib] * n,
-        "swap_used": [0.0] * (n - 1) + [64.0 * (1 << 20)],
-        "disk_root_pct": [50.0] * (n - 1) + [95.0],
+        "swap_used": wave(0.0, 64.0 * (1 << 20)),
+        "disk_root_pct": wave(60.0, 95.0),
         "disk_work_pct": [40.0] * n,
         "net_rx": [0.0] * n,
         "net_tx": [0.0] * n,
@@ -225,7 +236,7 @@ def test_metrics_drawn_and_summarised_once_the_endpoint_answers(
     run_id = job["runs"][0]["id"]
     data = server.get(f"/api/runs/{run_id}/timeline")
     now = time.time()
-    samples = fake_metrics(min(data["start"] - 20, now - 1800), now)
+    samples = fake_metrics(now - 6 * 3600, now + 60, data["start"] - 60)
     asked: list[str] = []
 
     def answer(route: Any) -> None:
@@ -246,8 +257,9 @@ def test_metrics_drawn_and_summarised_once_the_endpoint_answers(
     assert "swap in use (peak 64.0 MiB)" in stood
     assert "disk of / over 90 % (95 %)" in stood
     assert "load over the CPUs (peak 3.50 on 2)" in stood
-    assert page.get_by_test_id("peak-mem").inner_text() == "2.0 GiB"
-    assert page.get_by_test_id("avg-cpu").inner_text() == "50.0 %"
+    assert page.get_by_test_id("peak-mem").inner_text() == "1.5 GiB"
+    assert page.get_by_test_id("avg-cpu").inner_text() == "42.0 %"
+    page.evaluate("document.getElementById('timeline').closest('section').scrollIntoView()")
     screenshot(page, "run-timeline-metrics")
 
     page.goto("/agents/story1")

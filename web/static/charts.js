@@ -53,6 +53,21 @@
     return data;
   }
 
+  /* The samples taken in [from, to] (the same columns), or null when there are none. */
+  function clip(data, from, to) {
+    const keep = [];
+    data.t.forEach((t, i) => {
+      if (t >= from && t <= to) keep.push(i);
+    });
+    if (!keep.length) return null;
+    const out = {};
+    Object.keys(data).forEach((name) => {
+      const values = data[name];
+      out[name] = Array.isArray(values) && values.length === data.t.length ? keep.map((i) => values[i]) : values;
+    });
+    return out;
+  }
+
   function series(data, name) {
     const values = data[name];
     return Array.isArray(values) && values.length === data.t.length ? values : null;
@@ -130,7 +145,7 @@
     const ser = [{}];
     const scale = names[0].scale;
     names.forEach((n) => {
-      const values = n.values || series(data, n.name);
+      const values = "values" in n ? n.values : series(data, n.name);
       if (!values) return;
       cols.push(values);
       ser.push({ label: n.label, stroke: COLORS[n.color || n.name], scale: scale, width: 1.5, spanGaps: false });
@@ -146,7 +161,7 @@
         height: 160,
         tzDate: utc,
         scales: { x: { time: true, min: since, max: until } },
-        axes: [{}, { scale: scale, size: 60, values: names[0].fmt ? (u, vals) => vals.map(names[0].fmt) : undefined }],
+        axes: [{}, { scale: scale, size: 60 }],
         series: ser,
       },
       cols,
@@ -173,9 +188,13 @@
     }
     status.hidden = true;
     hostChart(el, data, "CPU %", [{ name: "cpu", label: "CPU", scale: "%" }, { name: "iowait", label: "iowait", scale: "%" }], since, until);
-    hostChart(el, data, "Memory", [
-      { name: "mem_used", label: "used", scale: "bytes", color: "mem", fmt: bytes },
-      { name: "swap_used", label: "swap", scale: "bytes", color: "swap" },
+    const gib = (name) => {
+      const values = series(data, name);
+      return values && values.map((v) => (v === null ? null : v / 1073741824));
+    };
+    hostChart(el, data, "Memory (GiB)", [
+      { name: "mem_used", label: "used", scale: "GiB", color: "mem", values: gib("mem_used") },
+      { name: "swap_used", label: "swap", scale: "GiB", color: "swap", values: gib("swap_used") },
     ], since, until);
     hostChart(el, data, "Load", [
       { name: "load1", label: "1 min", scale: "load" },
@@ -226,6 +245,7 @@
     utc: utc,
     bytes: bytes,
     fetchMetrics: fetchMetrics,
+    clip: clip,
     series: series,
     memPct: memPct,
     summarize: summarize,

@@ -10,6 +10,7 @@
   const ET = window.EasyTask;
   const EC = window.EasyTaskCharts;
   const REFRESH_MS = 3000;
+  const MAX_LABEL_ROWS = 8;
   const MARK_LABEL = {
     queued: "queued",
     dispatched: "dispatched",
@@ -55,7 +56,8 @@
       const [from, to] = this.window();
       if (data.agent) {
         try {
-          this.metrics = await EC.fetchMetrics(data.agent, from, to);
+          const metrics = await EC.fetchMetrics(data.agent, from, to);
+          this.metrics = metrics && EC.clip(metrics, from, to);
         } catch (err) {
           this.metrics = null;
         }
@@ -86,8 +88,15 @@
       const [from, to] = this.window();
       const tables = [[[from, to], [null, null]]];
       const series = [{}, { show: false, label: "" }];
-      tables.push([d.density.t, d.density.lines]);
-      series.push({ label: "lines/s", stroke: EC.COLORS.lines, fill: "rgba(102,112,133,.15)", scale: "lps", width: 1, paths: uPlot.paths.stepped({ align: 1 }) });
+      /* each value holds over its bucket: close the last bucket with a zero at its end */
+      const dt = d.density.t.slice();
+      const dl = d.density.lines.slice();
+      if (dt.length) {
+        dt.push(dt[dt.length - 1] + d.density.bucket);
+        dl.push(0);
+      }
+      tables.push([dt, dl]);
+      series.push({ label: "lines/s", stroke: EC.COLORS.lines, fill: "rgba(102,112,133,.15)", scale: "lps", width: 1, points: { show: false }, paths: uPlot.paths.stepped({ align: 1 }) });
       const m = this.metrics;
       if (m) {
         const cpu = EC.series(m, "cpu");
@@ -135,7 +144,7 @@
             axes: [
               {},
               { scale: "lps", label: "lines/s", size: 50 },
-              { scale: "%", side: 1, grid: { show: false }, size: 40, values: (u, vals) => vals.map((v) => v + "%") },
+              { scale: "%", side: 1, grid: { show: false }, size: 50, values: (u, vals) => vals.map((v) => v + "%") },
             ],
             series: cols.series,
             hooks: { setSize: [() => this.placeMarks()] },
@@ -169,8 +178,9 @@
       const left0 = box.left - host.left;
       const top0 = box.top - host.top;
       this.marksEl.replaceChildren();
+      const rows = []; /* the right end of the last label placed on each row of labels */
       const events = this.data.events;
-      events.forEach((e, i) => {
+      events.forEach((e) => {
         const x = u.valToPos(e.at, "x");
         if (x < 0 || x > box.width) return;
         const mark = document.createElement("button");
@@ -188,8 +198,17 @@
         const label = document.createElement("span");
         label.className = "tl-label";
         label.textContent = MARK_LABEL[e.mark] || "";
-        label.style.top = ((i % 4) * 14) + "px";
-        mark.appendChild(label);
+        if (label.textContent) {
+          /* the first row where the label does not run into another one; none: title only */
+          const w = 7 * label.textContent.length + 10;
+          const row = rows.findIndex((end) => end < x);
+          const at = row >= 0 ? row : rows.length < MAX_LABEL_ROWS ? rows.length : -1;
+          if (at >= 0) {
+            rows[at] = x + w;
+            label.style.top = at * 14 + "px";
+            mark.appendChild(label);
+          }
+        }
         mark.addEventListener("click", () => this.jumpTo(e.at));
         this.marksEl.appendChild(mark);
       });
