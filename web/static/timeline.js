@@ -44,6 +44,7 @@
     }
 
     async refresh() {
+      const began = Date.now();
       let data;
       try {
         data = await ET.api("GET", this.base + "/timeline");
@@ -66,12 +67,13 @@
       this.draw();
       this.root.dataset.final = data.final ? "1" : "0";
       this.root.dataset.ready = String((Number(this.root.dataset.ready) || 0) + 1);
-      if (!data.final) this.later();
+      if (!data.final) this.later(Date.now() - began);
     }
 
-    later() {
+    /* The next refresh: every 3 s, less often when the last one was slow (a huge log). */
+    later(took) {
       clearTimeout(this.timer);
-      this.timer = setTimeout(() => this.refresh(), REFRESH_MS);
+      this.timer = setTimeout(() => this.refresh(), Math.max(REFRESH_MS, 10 * (took || 0)));
     }
 
     /* From a little before the first attempt was queued to its end (now while it runs). */
