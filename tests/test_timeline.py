@@ -133,9 +133,9 @@ def test_retry_and_kill_on_one_axis(story_server: ServerHandle, tmp_path: Path) 
     assert after_end["seq"] == lines[-1]["seq"]
 
 
-def test_timeline_requests_checked(story_server: ServerHandle, tmp_path: Path) -> None:
+def test_timeline_requests_checked_and_timeout(story_server: ServerHandle, tmp_path: Path) -> None:
     """Any signed-in user reads a timeline as they read the run; bad input is a 4xx that says
-    what is wrong."""
+    what is wrong; a timeout is marked as such."""
     server = story_server
     job = server.submit("story1", "echo hello; echo 'ERROR oops'")
     run_id = job["runs"][0]["id"]
@@ -159,6 +159,13 @@ def test_timeline_requests_checked(story_server: ServerHandle, tmp_path: Path) -
         assert resp.status_code == 400 and "unknown level 'LOUD'" in resp.json()["error"]
     finally:
         viewer.close()
+    # a run that times out: its timeout is a mark of its own, before its end
+    slow = server.submit("story1", "sleep 30", timeout="1s")
+    server.wait_job(slow["job"]["id"])
+    events = server.get(f"/api/runs/{slow['runs'][0]['id']}/timeline")["events"]
+    marks = [e["mark"] for e in events if e["run"] is not None]
+    assert marks.index("timeout") < marks.index("end"), marks
+    assert next(e for e in events if e["mark"] == "timeout")["detail"] == "timeout after 1s"
 
 
 def test_agent_drop_and_return_on_the_run_and_the_host_page(
