@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=15.0, help="seconds before measuring")
     parser.add_argument("--samples", type=int, default=5000, help="samples timed on /proc")
     parser.add_argument("--quick", action="store_true", help="5 agents, 6 s windows")
-    parser.add_argument("--workdir", help="where the server and agents keep their state")
+    parser.add_argument("--workdir", help="where the server and agents keep their state (emptied)")
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     parser.add_argument("--json", help="save the figures here")
     args = parser.parse_args(argv)
@@ -194,12 +194,10 @@ def main(argv: list[str] | None = None) -> int:
         f"({sampling['core_pct_at_1s']:.3f} % of a core at 1 s)"
     )
     if args.workdir:
-        root = Path(args.workdir)
-        root.mkdir(parents=True, exist_ok=True)
-        ingest = measure_ingest(args.agents, args.window, args.settle, root)
-    else:
-        with tempfile.TemporaryDirectory(prefix="bench-hostmetrics-") as tmp:
-            ingest = measure_ingest(args.agents, args.window, args.settle, Path(tmp))
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    # everything the server and the agents write goes, whatever happens
+    with tempfile.TemporaryDirectory(prefix="bench-hostmetrics-", dir=args.workdir) as tmp:
+        ingest = measure_ingest(args.agents, args.window, args.settle, Path(tmp))
     rec = {
         "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "command": ["-m", "bench.hostmetrics", *(argv if argv is not None else [])],
