@@ -31,7 +31,9 @@ from bench.common import (
     conditions_lines,
     load_average,
     proc_cpu_seconds,
+    proc_rss_kib,
     raise_nofile,
+    start_agent,
     start_agentsim,
     start_server,
     write_section,
@@ -72,12 +74,22 @@ def _stored(server: Any) -> int:
     return int(db_execute(server.db_url, "SELECT count(*) FROM hostmetric")[0][0])
 
 
-def _window(server: Any, seconds: float) -> tuple[float, int]:
-    """The server's CPU seconds and the samples stored over `seconds`."""
+def _window(server: Any, seconds: float, agents: dict[str, Any]) -> tuple[float, int, dict]:
+    """The server's CPU seconds and the samples stored over `seconds`; each real agent's CPU
+    seconds over it and its RSS at its end."""
     pid = server.proc.pid
     cpu0, n0 = proc_cpu_seconds(pid), _stored(server)
+    before = {name: proc_cpu_seconds(p.pid) for name, p in agents.items()}
     time.sleep(seconds)
-    return proc_cpu_seconds(pid) - cpu0, _stored(server) - n0
+    cpu, stored = proc_cpu_seconds(pid) - cpu0, _stored(server) - n0
+    real = {
+        name: {
+            "cpu_pct": 100 * (proc_cpu_seconds(p.pid) - before[name]) / seconds,
+            "rss_mib": proc_rss_kib(p.pid) / 1024,
+        }
+        for name, p in agents.items()
+    }
+    return cpu, stored, real
 
 
 def measure_ingest(agents: int, window: float, settle: float, root: Path) -> dict[str, Any]:
@@ -90,6 +102,7 @@ def measure_ingest(agents: int, window: float, settle: float, root: Path) -> dic
         server = start_server(root / "server", inventory, procs)
         token = server.post("/api/agents/tokens", {"uses": agents, "ttl": "1h"})["token"]
         phases: dict[str, dict[str, float]] = {}
+        real: dict[str, Any] = {}
         for phase, interval in (("idle links", "0"), ("sampling at 1 s", "1")):
             sim = start_agentsim(
                 procs,
@@ -111,9 +124,26 @@ def measure_ingest(agents: int, window: float, settle: float, root: Path) -> dic
                 return server.online("hm") >= agents
 
             wait_until(online, timeout=60 + agents / 4, interval=0.5, what="agents online")
+            # two real agents on the real /proc beside them, one sampling every second
+            pair = {}
+            if interval == "1":
+                for name, every in (("sampling at 1 s", "1"), ("not sampling", "0")):
+                    pair[name] = start_agent(
+                        server,
+                        f"real{every}",
+                        root / f"real{every}",
+                        procs,
+                        "--metrics-interval",
+                        every,
+                        "--metrics-active-interval",
+                        every,
+                    )
             time.sleep(settle)  # connects, enrolments and the first batches settle
-            cpu, stored = _window(server, window)
+            cpu, stored, measured = _window(server, window, pair)
+            real = measured or real
             phases[phase] = {"cpu_s": cpu, "stored": stored, "window_s": window}
+            for proc in pair.values():
+                procs.stop(proc)
             procs.stop(sim)
             wait_until(lambda: server.online("hm") == 0, timeout=60, what="agents gone")
         server.close()
@@ -125,6 +155,7 @@ def measure_ingest(agents: int, window: float, settle: float, root: Path) -> dic
     return {
         "agents": agents,
         "phases": phases,
+        "real_agents": real,
         "ingest_cpu_s": extra,
         "ingest_core_pct": 100 * extra / window,
         "total_core_pct": 100 * busy["cpu_s"] / window,
@@ -155,6 +186,11 @@ def report(rec: dict[str, Any]) -> str:
             f"| server, {g['agents']} agents, {phase}: CPU over {p['window_s']:.0f} s | "
             f"{p['cpu_s']:.2f} s ({100 * p['cpu_s'] / p['window_s']:.1f} % of a core), "
             f"{p['stored'] / p['window_s']:.0f} samples/s stored | |"
+        )
+    for name, a in g.get("real_agents", {}).items():
+        lines.append(
+            f"| one real `easytask agent`, {name}, idle otherwise: CPU, RSS | "
+            f"{a['cpu_pct']:.2f} % of a core, {a['rss_mib']:.1f} MiB | |"
         )
     lines += [
         f"| server: ingest CPU per 1,000 samples (the difference) | "
