@@ -183,3 +183,23 @@ def test_iso_times_name_the_range_read(start_server: ServerFactory) -> None:
     assert data["since"] == "2023-11-14T22:13:20+00:00"
     assert data["until"] == "2023-11-14T22:13:20+00:00"
     assert data["cpus"] == 3
+
+
+def test_an_active_run_speeds_sampling_up(
+    start_server: ServerFactory, start_agent: AgentFactory
+) -> None:
+    """Idle at one sample a minute, an agent samples every second while a run is active, from
+    the run's start on."""
+    server = start_server()
+    start_agent(server, "mx6", "--metrics-interval", "60", "--metrics-active-interval", "1")
+    job = server.submit("mx6", "sleep 4")
+    data = server.wait_job(job["job"]["id"], timeout=60)
+    run = data["runs"][0]
+    assert run["state"] == "success"
+    started = datetime.fromisoformat(run["started_at"]).timestamp()
+    finished = datetime.fromisoformat(run["finished_at"]).timestamp()
+
+    def during() -> list[float]:
+        return [t for t in stored(server, "mx6") if started <= t <= finished]
+
+    wait_until(lambda: len(during()) >= 3, timeout=30, what="samples a second apart during the run")
