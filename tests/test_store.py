@@ -600,3 +600,29 @@ def test_latest_host_sample_per_known_agent(store: Store) -> None:
     latest = store.latest_host_samples(now - 300)
     assert set(latest) == {"web1"}
     assert latest["web1"][:2] == (pytest.approx(now - 8), 3.0)
+
+
+@pytest.mark.postgres
+def test_one_server_folds_host_samples_at_a_time(postgres: PostgresCluster) -> None:
+    """While another server of the database folds samples, a fold does nothing (no sample is
+    counted twice in its minute); after it, the fold goes on."""
+    from sqlalchemy import text
+
+    from easytask.store.metrics import ROLLUP_LOCK
+
+    store = Store(postgres.new_database(empty=True))
+    store.create_schema()
+    try:
+        minute = 1_796_400_000.0
+        store.write_host_samples(_samples("web1", minute, [1.0, 2.0]))
+        other = store.engine.connect()
+        held = other.begin()
+        other.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ROLLUP_LOCK})
+        assert store.rollup_host_samples(minute + 60) == 0
+        assert store.count_host_samples("web1") == 2
+        held.rollback()
+        other.close()
+        assert store.rollup_host_samples(minute + 60) == 2
+        assert [r[1] for r in store.host_minutes("web1", minute, minute + 59)] == [2]
+    finally:
+        store.close()

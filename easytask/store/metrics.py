@@ -21,6 +21,9 @@ from easytask.store.base import Queries
 # One row to store: agent, t, then the values in FIELDS order.
 SampleRow = tuple[Any, ...]
 KINDS = ("min", "avg", "max")
+# PostgreSQL: the advisory lock one fold holds, so servers sharing a database never fold the same
+# samples at once (both would count them in their minute)
+ROLLUP_LOCK = 0x686D_726F  # "hmro"
 _COLUMNS = ", ".join(FIELDS)
 
 
@@ -138,8 +141,12 @@ class MetricQueries(Queries):
 
     def rollup_host_samples(self, before: float) -> int:
         """Fold the raw samples taken before `before` into their minutes and delete them, in
-        one transaction; the number of samples folded."""
+        one transaction; the number of samples folded (0 while another server folds)."""
         with self.engine.begin() as conn:
+            if not self.is_sqlite:
+                lock = text("SELECT pg_try_advisory_xact_lock(:key)")
+                if not conn.execute(lock, {"key": ROLLUP_LOCK}).scalar():
+                    return 0
             conn.execute(text(_rollup_sql(self.is_sqlite)), {"before": before})
             gone = conn.execute(
                 text("DELETE FROM hostmetric WHERE t < :before"), {"before": before}
