@@ -68,6 +68,7 @@ class Settings:
     retention: float | None = _setting(None, "lifetime")  # seconds a successful run is kept
     retention_failed: float | None = _setting(None, "lifetime")  # failed runs (None: as retention)
     prune_interval: float = _setting(3600.0, "duration")
+    metrics_raw_retention: float = _setting(86400.0, "duration")  # raw host samples, then minutes
     trusted_proxy: str | None = _setting(None)  # a reverse proxy whose X-Forwarded-* we believe
     token_max_ttl: float | None = _setting(TOKEN_MAX_TTL, "lifetime")  # longest API token life
     audit_key_file: Path | None = _setting(None, "path")  # the audit chain's key (None: state dir)

@@ -23,6 +23,7 @@ from easytask.scheduler.auditanchor import AuditAnchor, CheckpointWebhook
 from easytask.scheduler.cluster import Cluster
 from easytask.scheduler.egress import WebhookRefused, WebhookTargets, parse_url
 from easytask.scheduler.engine import JobEngine
+from easytask.scheduler.hostmetrics import HostMetrics
 from easytask.scheduler.hub import LiveHub
 from easytask.scheduler.logwriter import LogWriter
 from easytask.scheduler.metrics import Metrics
@@ -141,6 +142,14 @@ class Server:
         self.registry = AgentRegistry(self.store, self.hub, self.store.owner)
         self.registry.pending_max = self.config.agents_pending_max
         await self.registry.load()
+        raw_retention = self.config.metrics_raw_retention
+        self.hostmetrics = HostMetrics(
+            self.store, raw_retention, rollup_interval=min(60.0, max(1.0, raw_retention / 4))
+        )
+        self.registry.on_online.append(
+            lambda name: self.hostmetrics.follow(name, self.registry.agents[name].link)
+        )
+        self.hostmetrics.start()
         self.pool = SSHPool()
         self.engine = JobEngine(
             self.store,
@@ -384,6 +393,7 @@ class Server:
             self.cluster.stop_claiming()
         await self.scheduler.close()
         await self.retention.close()
+        await self.hostmetrics.close()
         await close_bootstraps(self.services)
         await self.listener.close()
         await self.engine.close()

@@ -25,6 +25,7 @@ PURE = [
     "facts",
     "vault",
     "grouping",
+    "hostsample",
 ]
 IO_LIBS = {
     "asyncssh",

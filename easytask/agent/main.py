@@ -19,6 +19,7 @@ import asyncssh
 
 from easytask import __version__
 from easytask.agent import facts, sftp
+from easytask.agent.hostmetrics import SPOOL, HostSampler
 from easytask.agent.policy import make_policy
 from easytask.agent.runner import CHUNK, Runner, check_pass_env
 from easytask.masking import lift_exports
@@ -61,6 +62,9 @@ class AgentConfig:
     file_dirs: list[str] = field(default_factory=list)  # where file transfers may go (--file-dir)
     pass_env: list[str] = field(default_factory=list)  # variables commands get from the agent
     allow_become: list[str] = field(default_factory=list)  # users runs may become
+    metrics_interval: float = 10.0  # seconds between host samples (0: no sampling)
+    metrics_active_interval: float = 1.0  # ... while a run is active (0: as when idle)
+    metrics_spool: int = SPOOL  # samples kept until a server has them
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -136,6 +140,14 @@ class Agent:
             grace=config.grace,
         )
         self.runner.collect_garbage()
+        self.sampler: HostSampler | None = None
+        if config.metrics_interval > 0:
+            self.sampler = HostSampler(
+                config.metrics_interval,
+                config.metrics_active_interval,
+                self.runner.cwd,
+                spool=config.metrics_spool,
+            )
         self.connected = asyncio.Event()
         self._stop = asyncio.Event()
         self._conn: asyncssh.SSHServerConnection | None = None
@@ -266,6 +278,14 @@ class Agent:
                 return {"removed": acked}
             if op == "list":
                 return {"runs": {key: self.runner.status(key) for key in self.runner.run_keys()}}
+            if op == "metrics":  # host samples after the newest the server has stored
+                if self.sampler is None:
+                    return {"disabled": True, "fields": [], "samples": []}
+                return await self.sampler.batch(
+                    float(req.get("after") or 0.0),
+                    float(req.get("wait") or 0.0),
+                    int(req.get("limit") or 600),
+                )
             return {"error": f"unknown operation {op!r}"}
         except (ValueError, KeyError, TypeError) as exc:
             return {"error": f"bad request: {exc}"}
@@ -333,6 +353,8 @@ class Agent:
             exported, command = lift_exports(command)
             try:
                 await self.runner.start(key, command, {**exported, **extra}, become)
+                if self.sampler is not None:
+                    self.sampler.wake()
             except OSError as exc:
                 process.stderr.write(f"easytask agent: cannot start: {exc}\n".encode())
                 process.exit(127)
@@ -417,7 +439,21 @@ class Agent:
         )
 
     async def run(self) -> None:
-        """Stay connected until stopped, reconnecting with exponential backoff and jitter."""
+        """Stay connected until stopped, reconnecting with exponential backoff and jitter;
+        sample the host meanwhile, connected or not."""
+        sampling = None
+        if self.sampler is not None:
+            sampling = asyncio.create_task(
+                self.sampler.run(lambda: self.runner.running > 0), name="agent-host-samples"
+            )
+        try:
+            await self._connect_loop()
+        finally:
+            if sampling is not None:
+                sampling.cancel()
+                await asyncio.gather(sampling, return_exceptions=True)
+
+    async def _connect_loop(self) -> None:
         backoff = self.config.backoff_min
         while not self._stop.is_set():
             started = asyncio.get_running_loop().time()

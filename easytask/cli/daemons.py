@@ -193,6 +193,13 @@ def add_parsers(sub: Any) -> None:
         type=duration_arg,
         help="how often to prune (default 1h)",
     )
+    setting(
+        "--metrics-raw-retention",
+        name="metrics_raw_retention",
+        type=duration_arg,
+        help="keep agents' raw host samples this long, then only their one-minute "
+        "min/avg/max (default 24h)",
+    )
     s.set_defaults(func=cmd_server, settings_from=tuple(names))
 
     a = sub.add_parser("agent", help="run a resident agent that dials out to a server")
@@ -294,6 +301,18 @@ def add_parsers(sub: Any) -> None:
         "(repeatable; EASYTASK_AGENT_PASS_ENV: comma-separated)",
     )
     a.add_argument(
+        "--metrics-interval",
+        type=duration_arg,
+        default=10.0,
+        help="sample the host's CPU, memory, disk and network this often (default 10s; 0: never)",
+    )
+    a.add_argument(
+        "--metrics-active-interval",
+        type=duration_arg,
+        default=1.0,
+        help="... and this often while a run is active (default 1s; 0: as when idle)",
+    )
+    a.add_argument(
         "--log-format",
         choices=FORMATS,
         help="text, or json: one object per line (EASYTASK_LOG_FORMAT)",
@@ -385,6 +404,8 @@ def cmd_agent(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         or [d for d in env.get("EASYTASK_AGENT_FILE_DIRS", "").split(":") if d],
         pass_env=args.pass_env or env.get("EASYTASK_AGENT_PASS_ENV", "").split(","),
         allow_become=args.allow_become or [env.get("EASYTASK_AGENT_ALLOW_BECOME", "")],
+        metrics_interval=args.metrics_interval,
+        metrics_active_interval=args.metrics_active_interval,
     )
     if config.slots < 1:
         raise UsageError("--slots must be at least 1")

@@ -9,7 +9,7 @@ from starlette.routing import Route
 
 from easytask.durations import parse_duration
 from easytask.errors import APIError
-from easytask.service import agents, bootstrap
+from easytask.service import agents, bootstrap, hostmetrics
 from easytask.service.context import Services
 from easytask.service.planning import plan_pattern
 from easytask.store.models import User
@@ -49,6 +49,20 @@ class AgentsApi:
                 }
             )
         return JSONResponse({"agents": out, "refused": self.services.registry.refused[-20:]})
+
+    async def metrics(self, request: Request, user: User) -> Response:
+        """GET /api/agents/{name}/metrics?since=&until=&resolution=: the agent's host samples
+        as columns (docs/api.md)."""
+        query = request.query_params
+        data = await hostmetrics.agent_metrics(
+            self.services,
+            user,
+            request.path_params["name"],
+            since=query.get("since"),
+            until=query.get("until"),
+            resolution=query.get("resolution"),
+        )
+        return JSONResponse(data)
 
     async def set_agent_state(self, request: Request, user: User) -> Response:
         """POST /api/agents/{name}/accept|revoke|delete|approve|withdraw; all but delete take
@@ -137,6 +151,7 @@ class AgentsApi:
             Route("/api/agents/tokens", route(self.enroll_token, admin), methods=["POST"]),
             Route("/api/agents/bootstrap", route(self.start_bootstrap, admin), methods=["POST"]),
             Route("/api/agents/bootstrap/{id}", route(self.get_bootstrap, admin)),
+            Route("/api/agents/{name}/metrics", route(self.metrics)),
             Route(
                 "/api/agents/{name}/{action}", route(self.set_agent_state, admin), methods=["POST"]
             ),

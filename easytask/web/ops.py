@@ -11,6 +11,7 @@ from starlette.routing import Route
 from easytask.errors import APIError
 from easytask.scheduler.metrics import Snapshot
 from easytask.service.context import Services
+from easytask.service.hostmetrics import latest_samples
 from easytask.store.models import RunState, User
 from easytask.store.serialize import delivery_dict
 from easytask.web.requests import ApiRequests, int_param
@@ -70,6 +71,7 @@ class OpsApi:
             runs=runs,
             log_lines=server.writer.total_written,
             sse_viewers=server.hub.viewers,
+            hosts=await latest_samples(server),
         )
         text = server.metrics.render(snap, AGENT_STATUSES, RunState.ALL)
         return PlainTextResponse(text, media_type=PROMETHEUS_TYPE)
