@@ -25,6 +25,7 @@ PURE = [
     "facts",
     "vault",
     "grouping",
+    "headroom",
 ]
 IO_LIBS = {
     "asyncssh",

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from easytask.errors import Conflict
+from easytask.headroom import Limits, rank
 from easytask.names import BadName, check_name
 from easytask.scheduler import events
-from easytask.scheduler.hello import BadHello, check_hello, stored_facts
+from easytask.scheduler.agentinfo import AgentInfo, busy_note
+from easytask.scheduler.hello import BadHello, check_beat, check_hello, stored_facts
 from easytask.scheduler.hub import LiveHub
 from easytask.store.audit import AuditNote
 from easytask.store.db import Store
@@ -25,38 +27,6 @@ log = logging.getLogger("easytask.server")
 PENDING_WINDOW = 600  # seconds over which an address may make `pending_max` new requests
 REFUSAL_AUDIT_EVERY = 60.0  # seconds between audit events of one repeated refusal
 MAX_REASON = 300  # characters of a refusal's reason kept (it may quote what the peer sent)
-
-
-@dataclass
-class AgentInfo:
-    """What the scheduler keeps in memory about one agent."""
-
-    name: str
-    fingerprint: str
-    state: str
-    slots: int = 4
-    groups: list[str] = field(default_factory=list)  # the labels it reports
-    approved: list[str] = field(default_factory=list)  # the labels an admin approved
-    facts: dict[str, Any] = field(default_factory=dict)
-    link: AgentLink | None = None
-    running: int = 0
-    last_seen: float = 0.0
-
-    @property
-    def online(self) -> bool:
-        """Accepted and connected now."""
-        return self.link is not None and self.state == AgentState.ACCEPTED
-
-    @property
-    def member_of(self) -> list[str]:
-        """The groups its labels place it in: those it reports that an admin approved."""
-        return [g for g in self.groups if g in self.approved]
-
-    @property
-    def load(self) -> float:
-        """The host's 1-minute load average as last reported."""
-        loads = self.facts.get("load") or [0.0]
-        return float(loads[0])
 
 
 class AgentRegistry:
@@ -87,6 +57,7 @@ class AgentRegistry:
 
     @staticmethod
     def _info(row: Agent) -> AgentInfo:
+        facts = stored_facts(row.facts)
         return AgentInfo(
             name=row.name,
             fingerprint=row.fingerprint,
@@ -94,7 +65,8 @@ class AgentRegistry:
             slots=row.slots,
             groups=[g for g in row.groups.split(",") if g],
             approved=[g for g in row.approved_groups.split(",") if g],
-            facts=stored_facts(row.facts),
+            facts=facts,
+            busy=str(facts.get("busy") or ""),
         )
 
     # -- the gate ---------------------------------------------------------------------------
@@ -184,9 +156,17 @@ class AgentRegistry:
         info = self.agents[name]
         if info.link is not None and info.link is not link:
             info.link.close()  # the newest link of an agent wins
+        # busy or not by what it says in its hello: judged before it can be given work
+        facts = json.loads(fields["facts"])
+        said = AgentInfo(name, link.fingerprint, info.state, fields["slots"], facts=facts)
+        said.running, said.limits = info.running, info.limits
+        facts["busy"] = busy = said.judge()
+        fields["facts"] = json.dumps(facts)
+        note = busy_note(name, link.addr, busy, info.busy) if busy != info.busy else None
         updated: Agent | None = await self.store.call(
             self.store.update_agent,
             name,
+            note,
             connected=True,
             server=self.server_id,
             last_seen=utcnow(),
@@ -195,7 +175,7 @@ class AgentRegistry:
         assert updated is not None
         fresh = self._info(updated)
         info.slots, info.groups, info.facts = fresh.slots, fresh.groups, fresh.facts
-        info.approved = fresh.approved
+        info.approved, info.busy = fresh.approved, busy
         info.link = link
         info.last_seen = time.monotonic()
         log.info(
@@ -216,9 +196,69 @@ class AgentRegistry:
             )
         await self._notify()
         self._publish(name)
+        self._watch(link)
         for hook in self.on_online:
             hook(name)
         return True
+
+    # -- heartbeats and busy agents ---------------------------------------------------------
+
+    def _watch(self, link: AgentLink) -> None:
+        """Ask the agent for heartbeats on its control session; each one is judged."""
+        link.control.on_push = lambda message: self._beat(link, message)
+        self._spawn(self._subscribe(link))
+
+    async def _subscribe(self, link: AgentLink) -> None:
+        try:
+            first = await link.request("beats")
+        except Exception as exc:  # an older agent: its hello's figures stay
+            log.info("agent %s sends no heartbeats: %s", link.name, exc or type(exc).__name__)
+            return
+        self._beat(link, first)
+
+    def _beat(self, link: AgentLink, message: dict[str, Any]) -> None:
+        """A heartbeat: the agent's load, memory and free slots now."""
+        info = self.agents.get(link.name or "")
+        if info is None or info.link is not link or "beat" not in message:
+            return
+        try:
+            fields = check_beat(message["beat"])
+        except BadHello as exc:
+            log.warning("agent %s: heartbeat ignored: %s", info.name, exc)
+            return
+        info.facts.update(fields)
+        info.last_seen = time.monotonic()
+        self._rejudge(info)
+
+    def set_limits(self, limits: dict[str, Limits]) -> None:
+        """The server's limits per agent (from the inventory); an agent not named has none."""
+        for name, info in self.agents.items():
+            new = limits.get(name, Limits())
+            if new != info.limits:
+                info.limits = new
+                self._rejudge(info)
+
+    def _rejudge(self, info: AgentInfo) -> None:
+        """Judge a connected agent again; a change is logged, stored, audited and published."""
+        if not info.online:
+            return
+        busy = info.judge()
+        was, info.busy = info.busy, busy
+        info.facts["busy"] = busy
+        if busy == was:
+            return
+        if busy:
+            log.warning("agent %s is busy: %s (it gets no new work)", info.name, busy)
+        else:
+            log.info("agent %s is no longer busy (was: %s)", info.name, was)
+        addr = info.link.addr if info.link is not None else ""
+        note = busy_note(info.name, addr, busy, was)
+        self._spawn(
+            self.store.call(self.store.update_agent, info.name, note, facts=json.dumps(info.facts))
+        )
+        self._publish(info.name)
+        if not busy:
+            self._spawn(self._notify())  # runs waiting for it take it now
 
     async def _enrol(self, link: AgentLink, hello: dict[str, Any], fields: dict[str, Any]) -> bool:
         """An untrusted link's hello: a name with no record is enrolled by a valid token, else
@@ -443,6 +483,7 @@ class AgentRegistry:
             info.approved = fresh.approved
             if info.link is None:
                 info.slots, info.groups, info.facts = fresh.slots, fresh.groups, fresh.facts
+                info.busy = fresh.busy
             if info.link is not None and (
                 info.state != AgentState.ACCEPTED or info.link.fingerprint != info.fingerprint
             ):
@@ -453,18 +494,20 @@ class AgentRegistry:
 
     @staticmethod
     def status(info: AgentInfo) -> str:
-        """online | unreachable | pending | revoked."""
+        """online | busy | unreachable | pending | revoked."""
         if info.state != AgentState.ACCEPTED:
             return info.state
-        return "online" if info.link is not None else "unreachable"
+        if info.link is None:
+            return "unreachable"
+        return "busy" if info.busy else "online"
 
     def row_status(self, row: Agent, live_servers: set[str]) -> str:
-        """An agent's status as the console shows it: online also when another live server
-        sharing the database holds its link."""
+        """An agent's status as the console shows it: online (or busy, as last stored) also
+        when another live server sharing the database holds its link."""
         info = self.agents.get(row.name)
         status = self.status(info) if info else row.state
         if status == "unreachable" and row.connected and row.server in live_servers:
-            return "online"
+            return "busy" if stored_facts(row.facts).get("busy") else "online"
         return status
 
     def declared_hosts(self) -> dict[str, list[str]]:
@@ -486,35 +529,41 @@ class AgentRegistry:
         }
 
     def least_busy(self, candidates: Sequence[str]) -> str:
-        """The online agent with the lowest running/slots, then load; else the first candidate."""
-        best: tuple[float, float, int] | None = None
-        choice = candidates[0]
-        for index, name in enumerate(candidates):
+        """The online agent, not busy, with the most headroom (`easytask.headroom.rank`: free
+        slots, then load per CPU, then available memory; ties in the order given); the first
+        candidate when none is online and free of work limits (its run then waits for it)."""
+        ready = []
+        for name in candidates:
             info = self.agents.get(name)
-            if info is None or not info.online:
-                continue
-            score = (info.running / max(info.slots, 1), info.load, index)
-            if best is None or score < best:
-                best, choice = score, name
-        return choice
+            if info is not None and info.online and not info.busy:
+                ready.append((name, info.headroom))
+        ranked = rank(ready)
+        return ranked[0] if ranked else candidates[0]
 
     # -- capacity ---------------------------------------------------------------------------
 
-    def try_acquire(self, name: str) -> AgentInfo | None:
-        """Take a slot if the agent is online with one free now (no waiting)."""
+    def try_acquire(self, name: str, fresh: bool = True) -> AgentInfo | None:
+        """Take a slot if the agent is online with one free now (no waiting); a `fresh` run
+        (new work, not one to re-attach) also needs it not busy."""
         info = self.agents.get(name)
-        if info is not None and info.online and info.running < info.slots:
+        if (
+            info is not None
+            and info.online
+            and not (fresh and info.busy)
+            and info.running < info.slots
+        ):
             info.running += 1
             return info
         return None
 
-    async def acquire(self, name: str, timeout: float) -> AgentInfo | None:
-        """Wait until the agent is online with a free slot and take it; None on timeout."""
+    async def acquire(self, name: str, timeout: float, fresh: bool = True) -> AgentInfo | None:
+        """Wait until the agent is online (and, for a `fresh` run, not busy) with a free slot
+        and take it; None on timeout."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         async with self._changed:
             while True:
-                info = self.try_acquire(name)
+                info = self.try_acquire(name, fresh)
                 if info is not None:
                     return info
                 remaining = deadline - loop.time()
