@@ -84,6 +84,13 @@ def test_agent_over_max_load_gets_no_work_until_it_recovers(
     assert 'data-testid="busy-reason">load 3.1/CPU &gt; 2.0</span>' in row
     assert "Delete…" not in row  # it is connected
 
+    # the figures change with each heartbeat; the state (and its audit) only once
+    proc_root(hot, 3.5)
+    wait_until(lambda: agent(server, "hot")["busy"] == "load 3.5/CPU > 2.0", what="a new reason")
+    proc_root(hot, 3.1)
+    wait_until(
+        lambda: agent(server, "hot")["busy"] == "load 3.1/CPU > 2.0", what="the reason again"
+    )
     # --one goes to the other agent, though its load is higher
     assert one_host(server) == "cool"
     # a run pinned to the busy agent waits, and its pending timeout ends it

@@ -162,7 +162,8 @@ class AgentRegistry:
         said.running, said.limits = info.running, info.limits
         facts["busy"] = busy = said.judge()
         fields["facts"] = json.dumps(facts)
-        note = busy_note(name, link.addr, busy, info.busy) if busy != info.busy else None
+        changed = bool(busy) != bool(info.busy)
+        note = busy_note(name, link.addr, busy, info.busy) if changed else None
         updated: Agent | None = await self.store.call(
             self.store.update_agent,
             name,
@@ -245,7 +246,7 @@ class AgentRegistry:
         busy = info.judge()
         was, info.busy = info.busy, busy
         info.facts["busy"] = busy
-        if busy == was:
+        if bool(busy) == bool(was):  # the reason's figures change with every heartbeat
             return
         if busy:
             log.warning("agent %s is busy: %s (it gets no new work)", info.name, busy)
