@@ -12,13 +12,13 @@ import contextlib
 import logging
 
 from easytask.headroom import LIMIT_VARS, Limits, limits_from_vars
-from easytask.inventory import Inventory
 from easytask.service.context import Services
 from easytask.store.models import AgentState
 
 log = logging.getLogger("easytask.server")
 
 REFRESH_EVERY = 10.0  # seconds between readings of the inventory's limits
+MAX_PAUSE = 300.0  # seconds between readings while the inventory fails to load
 
 
 class LimitsWatch:
@@ -41,26 +41,31 @@ class LimitsWatch:
         self._wake.set()
 
     async def _loop(self) -> None:
+        pause = self.every
         while True:
             self._wake.clear()
             try:
                 await self.refresh()
-            except Exception as exc:  # an inventory that fails to load is tried again later
+                pause = self.every
+            except Exception as exc:  # tried again later, less often while it keeps failing
                 log.warning("agent limits not read from the inventory: %s", exc)
+                pause = min(pause * 2, MAX_PAUSE)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.every):
+                async with asyncio.timeout(pause):
                     await self._wake.wait()
 
     async def refresh(self) -> dict[str, Limits]:
         """The limits the inventory sets now for each accepted agent, given to the registry."""
         registry = self.services.registry
         names = [n for n, i in registry.agents.items() if i.state == AgentState.ACCEPTED]
-        merged = await self.services.merged_inventory()
-        limits = await asyncio.to_thread(self._read, merged, names)
+        limits = await asyncio.to_thread(self._read, registry.declared_hosts(), names)
         registry.set_limits(limits)
         return limits
 
-    def _read(self, inventory: Inventory, names: list[str]) -> dict[str, Limits]:
+    def _read(self, declared: dict[str, list[str]], names: list[str]) -> dict[str, Limits]:
+        # the inventory files as they are now; a dynamic inventory's last output (only jobs
+        # run its script again)
+        inventory = self.services.inventory.now(rerun_scripts=False).with_extra_hosts(declared)
         out: dict[str, Limits] = {}
         for name in names:
             if name not in inventory.hosts:
