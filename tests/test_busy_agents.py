@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.browser.support import Browserless, admin_password
 from tests.conftest import AgentFactory, ServerFactory
 from tests.support import ServerHandle, wait_until
+from tests.support.procs import REPO, easytask_cmd
 
 CPUS = os.cpu_count() or 1
 G = 1 << 30
@@ -148,3 +152,40 @@ def test_inventory_limit_tighter_than_the_agents_counts(
     proc_root(lean, 0.1, available=2 * G)
     assert server.wait_job(job["job"]["id"])["runs"][0]["state"] == "success"
     assert status_is(server, "lean", "online")
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--max-load", "0"], {}, "--max-load: 0.0 is not a load per CPU"),
+        (["--max-load", "nan"], {}, "--max-load: nan is not a load per CPU"),
+        ([], {"EASYTASK_AGENT_MAX_LOAD": "lots"}, "--max-load: 'lots' is not a load per CPU"),
+        ([], {"EASYTASK_AGENT_MIN_FREE_MEMORY": "a bit"}, "--min-free-memory: not a size"),
+        (["--min-free-memory", "a bit"], {}, "argument --min-free-memory: not a size: 'a bit'"),
+        (["--heartbeat", "0"], {}, "--heartbeat must be at least 50ms"),
+    ],
+)
+def test_bad_limits_stop_the_agent_before_it_dials(
+    tmp_path: Path, args: list[str], env: dict[str, str], message: str
+) -> None:
+    """A limit that is not one is a usage error (exit 2) naming the flag; nothing is dialled."""
+    result = subprocess.run(
+        easytask_cmd(
+            "agent",
+            "--server",
+            "127.0.0.1:1",
+            "--name",
+            "a1",
+            "--state-dir",
+            str(tmp_path / "s"),
+            *args,
+        ),
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert not (tmp_path / "s").exists()

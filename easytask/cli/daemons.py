@@ -436,6 +436,8 @@ def cmd_agent(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     )
     if config.slots < 1:
         raise UsageError("--slots must be at least 1")
+    if config.heartbeat < 0.05:
+        raise UsageError("--heartbeat must be at least 50ms")
     import asyncio
 
     try:
