@@ -61,7 +61,7 @@ def test_agent_over_max_load_gets_no_work_until_it_recovers(
     inventory.write_text("[pool]\nhot\ncool\n")
     server = start_server(inventory)
     hot = proc_root(tmp_path / "hot-proc", 0.05)
-    cool = proc_root(tmp_path / "cool-proc", 1.0)
+    cool = proc_root(tmp_path / "cool-proc", 5.0)  # no limit: never busy
     beat = ("--heartbeat", "0.2")
     start_agent(server, "hot", "--max-load", "2.0", "--proc-root", str(hot), *beat)
     start_agent(server, "cool", "--proc-root", str(cool), *beat)
@@ -95,8 +95,15 @@ def test_agent_over_max_load_gets_no_work_until_it_recovers(
     wait_until(
         lambda: agent(server, "hot")["busy"] == "load 3.1/CPU > 2.0", what="the reason again"
     )
-    # --one goes to the other agent, though its load is higher
+    # --one and run_on: any go to the other agent, though its load (5/CPU) is higher
     assert one_host(server) == "cool"
+    book = tmp_path / "any.yml"
+    book.write_text(
+        "name: any\nhosts: pool\ntasks:\n  - name: once\n    run_on: any\n    command: 'true'\n"
+    )
+    played = server.cli("play", str(book), "--format", "json")
+    assert played.returncode == 0, played.stdout + played.stderr
+    assert [r["host"] for r in json.loads(played.stdout)["runs"]] == ["cool"]
     # a run pinned to the busy agent waits, and its pending timeout ends it
     gone = server.submit("hot", "echo never", pending_timeout=1)
     ended = server.wait_job(gone["job"]["id"])["runs"][0]
