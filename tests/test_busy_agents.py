@@ -136,8 +136,9 @@ def test_agent_over_max_load_gets_no_work_until_it_recovers(
 def test_inventory_limit_tighter_than_the_agents_counts(
     start_server: ServerFactory, start_agent: AgentFactory, tmp_path: Path
 ) -> None:
-    """A group's easytask_min_free_memory above the agent's --min-free-memory makes it busy; an
-    agent busy when it connects is busy from its hello on."""
+    """A group's easytask_min_free_memory above the agent's --min-free-memory makes it busy (the
+    server's limit is read when the agent comes online); a run queued for it starts once enough
+    memory is available again."""
     inventory = tmp_path / "inv.ini"
     inventory.write_text("[small]\nlean\n\n[small:vars]\neasytask_min_free_memory=1G\n")
     server = start_server(inventory)
