@@ -7,15 +7,15 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from easytask.errors import Conflict
-from easytask.headroom import Limits, rank
 from easytask.names import BadName, check_name
 from easytask.scheduler import events
 from easytask.scheduler.agentinfo import AgentInfo, busy_note
-from easytask.scheduler.hello import BadHello, check_beat, check_hello, stored_facts
+from easytask.scheduler.heartbeats import Heartbeats
+from easytask.scheduler.hello import BadHello, check_hello, stored_facts
 from easytask.scheduler.hub import LiveHub
 from easytask.store.audit import AuditNote
 from easytask.store.db import Store
@@ -29,8 +29,9 @@ REFUSAL_AUDIT_EVERY = 60.0  # seconds between audit events of one repeated refus
 MAX_REASON = 300  # characters of a refusal's reason kept (it may quote what the peer sent)
 
 
-class AgentRegistry:
-    """Implements the link gate and tracks connected agents and their free slots."""
+class AgentRegistry(Heartbeats):
+    """Implements the link gate and tracks connected agents and their free slots (their
+    heartbeats, busy state and ranking: `Heartbeats`)."""
 
     def __init__(self, store: Store, hub: LiveHub, server_id: str) -> None:
         self.store = store
@@ -201,65 +202,6 @@ class AgentRegistry:
         for hook in self.on_online:
             hook(name)
         return True
-
-    # -- heartbeats and busy agents ---------------------------------------------------------
-
-    def _watch(self, link: AgentLink) -> None:
-        """Ask the agent for heartbeats on its control session; each one is judged."""
-        link.control.on_push = lambda message: self._beat(link, message)
-        self._spawn(self._subscribe(link))
-
-    async def _subscribe(self, link: AgentLink) -> None:
-        try:
-            first = await link.request("beats")
-        except Exception as exc:  # an older agent: its hello's figures stay
-            log.info("agent %s sends no heartbeats: %s", link.name, exc or type(exc).__name__)
-            return
-        self._beat(link, first)
-
-    def _beat(self, link: AgentLink, message: dict[str, Any]) -> None:
-        """A heartbeat: the agent's load, memory and free slots now."""
-        info = self.agents.get(link.name or "")
-        if info is None or info.link is not link or "beat" not in message:
-            return
-        try:
-            fields = check_beat(message["beat"])
-        except BadHello as exc:
-            log.warning("agent %s: heartbeat ignored: %s", info.name, exc)
-            return
-        info.facts.update(fields)
-        info.last_seen = time.monotonic()
-        self._rejudge(info)
-
-    def set_limits(self, limits: dict[str, Limits]) -> None:
-        """The server's limits per agent (from the inventory); an agent not named has none."""
-        for name, info in self.agents.items():
-            new = limits.get(name, Limits())
-            if new != info.limits:
-                info.limits = new
-                self._rejudge(info)
-
-    def _rejudge(self, info: AgentInfo) -> None:
-        """Judge a connected agent again; a change is logged, stored, audited and published."""
-        if not info.online:
-            return
-        busy = info.judge()
-        was, info.busy = info.busy, busy
-        info.facts["busy"] = busy
-        if bool(busy) == bool(was):  # the reason's figures change with every heartbeat
-            return
-        if busy:
-            log.warning("agent %s is busy: %s (it gets no new work)", info.name, busy)
-        else:
-            log.info("agent %s is no longer busy (was: %s)", info.name, was)
-        addr = info.link.addr if info.link is not None else ""
-        note = busy_note(info.name, addr, busy, was)
-        self._spawn(
-            self.store.call(self.store.update_agent, info.name, note, facts=json.dumps(info.facts))
-        )
-        self._publish(info.name)
-        if not busy:
-            self._spawn(self._notify())  # runs waiting for it take it now
 
     async def _enrol(self, link: AgentLink, hello: dict[str, Any], fields: dict[str, Any]) -> bool:
         """An untrusted link's hello: a name with no record is enrolled by a valid token, else
@@ -528,18 +470,6 @@ class AgentRegistry:
             for name, info in self.agents.items()
             if info.state == AgentState.ACCEPTED and info.facts
         }
-
-    def least_busy(self, candidates: Sequence[str]) -> str:
-        """The online agent, not busy, with the most headroom (`easytask.headroom.rank`: free
-        slots, then load per CPU, then available memory; ties in the order given); the first
-        candidate when none is online and free of work limits (its run then waits for it)."""
-        ready = []
-        for name in candidates:
-            info = self.agents.get(name)
-            if info is not None and info.online and not info.busy:
-                ready.append((name, info.headroom))
-        ranked = rank(ready)
-        return ranked[0] if ranked else candidates[0]
 
     # -- capacity ---------------------------------------------------------------------------
 
