@@ -162,6 +162,39 @@ def test_inventory_limit_tighter_than_the_agents_counts(
     assert status_is(server, "lean", "online")
 
 
+def test_a_started_run_is_reattached_though_its_agent_came_back_busy(
+    start_server: ServerFactory, start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    """Busy holds back new work only: a run started before, whose agent was killed and came back
+    busy, is re-attached and ends with all its lines."""
+    server = start_server()
+    root = proc_root(tmp_path / "hold-proc", 0.1)
+    state = tmp_path / "agents" / "hold"
+    flags = ("--max-load", "1.0", "--proc-root", str(root), "--heartbeat", "0.2")
+    first = start_agent(server, "hold", *flags, state_dir=state)
+    go = tmp_path / "go"
+    job = server.submit(
+        "hold", f"echo started; while [ ! -e {go} ]; do sleep 0.1; done; echo ended"
+    )
+    run_id = job["runs"][0]["id"]
+    wait_until(lambda: len(server.log_lines(run_id)) == 1, what="the run started")
+    proc_root(root, 5.0)
+    wait_until(lambda: status_is(server, "hold", "busy"), timeout=20, what="hold busy")
+    first.kill9()  # the command goes on under the agent's supervisor
+    wait_until(lambda: status_is(server, "hold", "unreachable"), timeout=20, what="link lost")
+    start_agent(server, "hold", *flags, state_dir=state, enroll=False, wait=False)
+    wait_until(lambda: status_is(server, "hold", "busy"), timeout=40, what="back, busy")
+    go.touch()
+    data = server.wait_job(job["job"]["id"], timeout=60)
+    assert data["runs"][0]["state"] == "success"
+    out = [ln["text"] for ln in server.log_lines(run_id) if ln["stream"] == "stdout"]
+    assert out == ["started", "ended"]
+    events = server.get(f"/api/runs/{run_id}")["events"]
+    assert "reattached" in [e["kind"] for e in events]
+    assert not [e for e in events if "busy" in e["detail"]]  # it waited for the link only
+    assert status_is(server, "hold", "busy")
+
+
 @pytest.mark.parametrize(
     ("args", "env", "message"),
     [
