@@ -32,6 +32,7 @@ from easytask.scheduler.retention import Retention
 from easytask.scheduler.schedules import Scheduler
 from easytask.sealing import load_keyring, settle_rotation
 from easytask.service.bootstrap import close_bootstraps
+from easytask.service.busy import LimitsWatch
 from easytask.service.context import InventorySource, Services
 from easytask.service.jobs import submit_scheduled
 from easytask.service.planning import resume_playbook_job
@@ -232,6 +233,9 @@ class Server:
             webhooks=self.webhook_targets,
             keyring=self.keyring,
         )
+        self.limits = LimitsWatch(self.services)
+        self.registry.on_online.append(lambda _name: self.limits.wake())
+        self.limits.start()
         self.app = await create_web_app(self.services)
         uv_config = uvicorn.Config(
             self.app,
@@ -395,6 +399,7 @@ class Server:
         await self.retention.close()
         await self.hostmetrics.close()
         await close_bootstraps(self.services)
+        await self.limits.close()
         await self.listener.close()
         await self.engine.close()
         await self.registry.close()

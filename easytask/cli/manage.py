@@ -268,6 +268,7 @@ def _show_agent(agents: list[dict[str, Any]], name: str, fmt: str, out: TextIO) 
     fields = [
         ("name", agent["name"]),
         ("status", agent["status"]),
+        ("busy", agent.get("busy") or ""),
         ("state", agent["state"]),
         ("key", agent["fingerprint"]),
         ("address", agent["address"]),
@@ -323,7 +324,7 @@ def cmd_agents(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
     rows = [
         (
             a["name"],
-            a["status"],
+            f"{a['status']} ({a['busy']})" if a.get("busy") else a["status"],
             (a["since"] or "")[:19].replace("T", " "),
             (a["last_seen"] or "")[:19].replace("T", " "),
             a["address"],

@@ -192,7 +192,7 @@ class PlaybookJob:
                 self.engine.store.update_run,
                 slot.run.id or 0,
                 "placed",
-                f"least busy agent: {host}",
+                f"the agent with the most headroom: {host}",
                 host=host,
                 agent=host,
             )

@@ -54,12 +54,15 @@ class InventorySource:
         self._loaded_at = 0.0
         self._lock = threading.Lock()  # one load at a time: a script runs once for many jobs
 
-    def now(self) -> Inventory:
-        """The inventory as its files (and scripts) are now (an empty one without sources)."""
+    def now(self, rerun_scripts: bool = True) -> Inventory:
+        """The inventory as its files (and scripts) are now (an empty one without sources);
+        without `rerun_scripts`, a script's output is kept however old it is (a background
+        reader must not run it when no job asks)."""
         with self._lock:
             sources = [p for p in self.paths if is_host_list(p) or Path(p).exists()]
             stamp = tuple(tree_stamp(Path(p)) for p in sources if not is_host_list(p))
             fresh = not self._ran_script or time.monotonic() - self._loaded_at < self.cache
+            fresh = fresh or (not rerun_scripts and self._inventory is not None)
             if self._inventory is None or stamp != self._stamp or not fresh:
                 self._ran_script = False
                 self._inventory = None  # a failed load is tried again by the next job

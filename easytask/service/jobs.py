@@ -50,7 +50,7 @@ async def submit_adhoc(
     credentials: Sequence[str] = (),
 ) -> tuple[Job, list[Run]]:
     """An ad hoc command (or checksum, copy, script, fetch) over a host pattern, audited with
-    the job in one transaction; `one` picks the least busy host of those matched; `limit`,
+    the job in one transaction; `one` picks the host with the most headroom of those matched; `limit`,
     `extra_vars` and `remote_user` as `plan_adhoc` takes them. `credentials`: stored
     credentials exported to the command (`env_name`)."""
     planned = await plan_pattern(

@@ -33,6 +33,7 @@ class AgentsApi:
                     "name": row.name,
                     "state": row.state,
                     "status": view.status,
+                    "busy": view.busy,
                     "fingerprint": row.fingerprint,
                     "address": row.address,
                     "server": row.server if row.connected else "",

@@ -55,6 +55,7 @@ class ConsolePages:
                     "name": row.name,
                     "state": row.state,
                     "status": view.status,
+                    "busy": view.busy,
                     "address": row.address,
                     "version": row.version,
                     "last_seen": row.last_seen,
@@ -90,7 +91,7 @@ class ConsolePages:
             "dashboard.html",
             section="dashboard",
             agent_counts={
-                k: counts.get(k, 0) for k in ("online", "unreachable", "pending", "revoked")
+                k: counts.get(k, 0) for k in ("online", "busy", "unreachable", "pending", "revoked")
             },
             agents_total=len(agents),
             running=[job_row(j, progress) for j in running],

@@ -16,7 +16,7 @@ from easytask.store.models import RunState, User
 from easytask.store.serialize import delivery_dict
 from easytask.web.requests import ApiRequests, int_param
 
-AGENT_STATUSES = ("online", "unreachable", "pending", "revoked")
+AGENT_STATUSES = ("online", "busy", "unreachable", "pending", "revoked")
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
