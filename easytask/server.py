@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import json
 import logging
 import os
@@ -161,6 +162,13 @@ class Server:
             known_hosts=self.config.ssh_known_hosts,
         )
         self.engine.reattach_timeout = self.config.reattach_timeout
+        self.engine.execution.allow_local = self.config.allow_local_connection
+        if self.config.allow_local_connection:
+            log.warning(
+                "allow_local_connection is on: hosts with `ansible_connection: local` run their "
+                "commands on this host as %s",
+                getpass.getuser(),
+            )
         self.engine.output_limit = self.config.output_limit or None
         self.engine.on_run_started.append(self.metrics.run_started)
         self.notifier = Notifier(

@@ -100,6 +100,14 @@ def add_parsers(sub: Any) -> None:
         "--ssh-known-hosts", name="ssh_known_hosts", help="known_hosts file for agentless hosts"
     )
     setting(
+        "--allow-local-connection",
+        name="allow_local_connection",
+        action="store_true",
+        default=None,
+        help="run the commands of inventory hosts with `ansible_connection: local` on this "
+        "server's own host, as the server's user (default: refused)",
+    )
+    setting(
         "--reattach-timeout",
         name="reattach_timeout",
         type=duration_arg,

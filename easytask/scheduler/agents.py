@@ -45,6 +45,8 @@ class AgentRegistry(Heartbeats):
         self.pending_max = 10
         self._new_pending: dict[str, deque[float]] = {}
         self._audited: dict[tuple[str | None, str, str, str], float] = {}
+        # how many deletes of each name started here: a hello that began before one is refused
+        self._deletes: dict[str, int] = {}
         # Hooks for servers sharing the database: an agent came online here; an agent's
         # enrolment state changed here (the others reload it).
         self.on_online: list[Callable[[str], None]] = []
@@ -136,6 +138,12 @@ class AgentRegistry(Heartbeats):
         """Admit a trusted agent, enrol one with a valid token, else record it as pending."""
         assert link.name is not None
         name = link.name
+        deletes = self._deletes.get(name, 0)
+
+        def deleted() -> bool:
+            """Whether a delete of this name began since the hello did (a delete wins)."""
+            return self._deletes.get(name, 0) != deletes
+
         if not trusted:
             # enrolled or accepted on another server sharing the database since we loaded it
             await self.reload(name)
@@ -150,11 +158,17 @@ class AgentRegistry(Heartbeats):
         except BadHello as exc:
             self.refuse(name, link.fingerprint, link.addr, f"bad hello: {exc}")
             return False
+        if deleted():
+            self._refuse_deleted(link)
+            return False
         if not trusted:
-            enrolled = await self._enrol(link, hello, fields)
+            enrolled = await self._enrol(link, hello, fields, deleted)
             if not enrolled:
                 return False
-        info = self.agents[name]
+        info = self.agents.get(name)
+        if info is None or deleted():
+            self._refuse_deleted(link)
+            return False
         if info.link is not None and info.link is not link:
             info.link.close()  # the newest link of an agent wins
         # busy or not by what it says in its hello: judged before it can be given work
@@ -165,6 +179,7 @@ class AgentRegistry(Heartbeats):
         fields["facts"] = json.dumps(facts)
         changed = bool(busy) != bool(info.busy)
         note = busy_note(name, link.addr, busy, info.busy) if changed else None
+        # an update, never an insert: a record deleted meanwhile stays deleted
         updated: Agent | None = await self.store.call(
             self.store.update_agent,
             name,
@@ -180,7 +195,9 @@ class AgentRegistry(Heartbeats):
             ),
             **fields,
         )
-        assert updated is not None
+        if updated is None or deleted():
+            self._refuse_deleted(link)
+            return False
         fresh = self._info(updated)
         info.slots, info.groups, info.facts = fresh.slots, fresh.groups, fresh.facts
         info.approved, info.busy = fresh.approved, busy
@@ -209,11 +226,27 @@ class AgentRegistry(Heartbeats):
             hook(name)
         return True
 
-    async def _enrol(self, link: AgentLink, hello: dict[str, Any], fields: dict[str, Any]) -> bool:
+    def _refuse_deleted(self, link: AgentLink) -> None:
+        assert link.name is not None
+        reason = (
+            f"the record of {link.name!r} was deleted while it said hello "
+            "(its next hello is a new request)"
+        )
+        self.refuse(link.name, link.fingerprint, link.addr, reason)
+
+    async def _enrol(
+        self,
+        link: AgentLink,
+        hello: dict[str, Any],
+        fields: dict[str, Any],
+        deleted: Callable[[], bool],
+    ) -> bool:
         """An untrusted link's hello: a name with no record is enrolled by a valid token, else
         pending; a pending name waits for an admin's accept; a revoked name takes a new key only
         with a valid token, and then waits for an admin too (pending). Another key on a pending
-        or accepted name, or a revoked key, is refused (and audited)."""
+        or accepted name, or a revoked key, is refused (and audited). Only a name with no
+        record when the hello was read creates one; a record deleted since (`deleted`, or gone
+        from the store) is not recreated: the link is refused."""
         name = link.name
         assert name is not None
         existing = self.agents.get(name)
@@ -266,11 +299,18 @@ class AgentRegistry(Heartbeats):
             link.public_key,
             state,
             replace_revoked=reenrol,
+            create=existing is None,
             **fields,
         )
-        if row is None:  # another server bound the name to another key meanwhile
+        if row is not None and deleted():  # deleted after this write: the delete stands
+            self._refuse_deleted(link)
+            return False
+        if row is None:  # deleted, or another server bound the name to another key meanwhile
             await self.reload(name)
             held = self.agents.get(name)
+            if held is None and existing is not None:
+                self._refuse_deleted(link)
+                return False
             reason = self._held(name, held) if held else f"name {name!r} is held by another key"
             self.refuse(name, link.fingerprint, link.addr, reason)
             return False
@@ -408,6 +448,9 @@ class AgentRegistry(Heartbeats):
         info = self.agents.get(name)
         if info is not None and info.link is not None:
             raise Conflict(f"agent {name!r} is connected: revoke it first")
+        # before the first await: a hello of this name in progress now is refused, whatever
+        # order its writes and this delete reach the store in
+        self._deletes[name] = self._deletes.get(name, 0) + 1
         row = await self.store.call(self.store.delete_agent, name, audit)
         self.agents.pop(name, None)
         if row is not None:

@@ -109,7 +109,7 @@ class PlaybookJob:
     async def host_facts(self, host: str) -> dict[str, Any]:
         """An agentless host's fact variables for this job (gathered once, on first use);
         none for agents (theirs come with the inventory) or when the playbook names no fact."""
-        if not self._gather or self.plan.connection(host) != "ssh":
+        if not self._gather or self.plan.connection(host) not in ("ssh", "local"):
             return {}
         if host not in self._facts:
             hostvars = dict(self.plan.host_vars.get(host, {}))

@@ -125,15 +125,18 @@ class Services:
         """The inventory plus the accepted agents it does not list; a host with an agent of
         its name online on this server goes through that agent (docs/agents.md, bootstrap). Its
         `agent_hosts` are the hosts with an enrolled agent (any state), which
-        `easytask_connection: auto` reaches through their agent."""
+        `easytask_connection: auto` reaches through their agent; its hosts of
+        `ansible_connection: local` run on this server's host if the admin allows it."""
         inventory = await asyncio.to_thread(self.inventory.now)
         online = {name for name, info in self.registry.agents.items() if info.online}
-        return inventory.with_extra_hosts(
+        merged = inventory.with_extra_hosts(
             self.registry.declared_hosts(),
             facts=self.registry.declared_facts(),
             via_agent=online,
             agents=self.registry.agents,
         )
+        merged.local_allowed = self.settings.allow_local_connection
+        return merged
 
     async def live_servers(self) -> set[str]:
         """Ids of the servers sharing the database whose heartbeat is recent (this one too)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -100,7 +100,12 @@ async def submit_adhoc(
     become: dict[str, list[str]] = {}  # user -> the hosts whose runs become that user
     for p in planned:
         as_user = resolve_become(p.host, p.vars, options.become)
-        refusal = agentless_refusal(p.host, as_user) if p.connection == "ssh" else None
+        has_password = p.host in per_host.become_passwords
+        refusal = (
+            agentless_refusal(p.host, as_user, p.connection, has_password)
+            if p.connection != "agent"
+            else None
+        )
         if refusal:
             raise APIError(refusal)
         if as_user is not None:
@@ -120,6 +125,9 @@ async def submit_adhoc(
         detail["user"] = remote_user
     if become:
         detail["become"] = become
+    local = [p.host for p in planned if p.connection == "local"]
+    if local:  # these run on the server's own host, as its user (allow_local_connection)
+        detail["local"] = local
     if options.secret_env:
         detail["secrets"] = sorted(options.secret_env)  # names only, never values
     if used:
@@ -190,9 +198,12 @@ async def submit_plan(
     }
     if per_host.names:
         detail["credentials"] = per_host.names  # names only, never values
-    become = plan_become(plan)
+    become = plan_become(plan, per_host.become_passwords)
     if become:
         detail["become"] = become
+    local = [h for h in plan.all_hosts if plan.connection(h) == "local"]
+    if local:  # these run on the server's own host, as its user (allow_local_connection)
+        detail["local"] = local
     submitted = await submit_playbook(
         services.engine,
         plan,
@@ -223,13 +234,22 @@ async def plan_credentials(
     return per_host
 
 
-def plan_become(plan: PlaybookPlan) -> dict[str, dict[str, list[str]]]:
-    """Task -> user -> the hosts whose runs of the task become that user (for the audit)."""
+def plan_become(
+    plan: PlaybookPlan, passwords: Mapping[str, str] | None = None
+) -> dict[str, dict[str, list[str]]]:
+    """Task -> user -> the hosts whose runs of the task become that user (for the audit).
+    With `passwords` (host -> become password), a run that cannot become its user without one
+    (`su` on an agentless host) is refused here (`APIError`), before anything is stored."""
     out: dict[str, dict[str, list[str]]] = {}
     for task in plan.tasks:
         request = plan.become_request(task)
         for host in task.hosts:
             as_user = resolve_become(host, plan.host_vars.get(host, {}), request)
+            connection = plan.connection(host)
+            if passwords is not None and connection == "ssh":
+                refusal = agentless_refusal(host, as_user, connection, host in passwords)
+                if refusal:
+                    raise APIError(f"task {task.name!r}: {refusal}")
             if as_user is not None:
                 out.setdefault(task.name, {}).setdefault(as_user.user, []).append(host)
     return out

@@ -61,13 +61,18 @@ class IdentityQueries(Queries):
         state: str,
         *,
         replace_revoked: bool = False,
+        create: bool = True,
         **fields: Any,
     ) -> Agent | None:
         """Create an agent's identity, or update the one its key already holds. A name stays
         bound to the key that first claimed it: another key gets None (refused), except on a
-        revoked name with `replace_revoked` (a re-enrolment, checked here in one transaction)."""
+        revoked name with `replace_revoked` (a re-enrolment, checked here in one transaction).
+        Without `create`, only an existing record is updated: None when there is none (it was
+        deleted since the caller read it, and a delete wins over a hello in progress)."""
         with self.session() as s:
             agent = s.exec(select(Agent).where(Agent.name == name)).first()
+            if agent is None and not create:
+                return None
             if agent is None:
                 agent = Agent(name=name, fingerprint=fingerprint, public_key=public_key)
             elif agent.fingerprint != fingerprint:
