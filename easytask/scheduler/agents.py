@@ -183,16 +183,18 @@ class AgentRegistry(Heartbeats):
         updated: Agent | None = await self.store.call(
             self.store.update_agent,
             name,
-            note,
+            [
+                AuditNote(
+                    name,
+                    "agent.online",
+                    f"agent {link.addr}",
+                    {"agent": name, "server": self.server_id},
+                ),
+                *([note] if note else []),
+            ],
             connected=True,
             server=self.server_id,
             last_seen=utcnow(),
-            audit=AuditNote(
-                name,
-                "agent.online",
-                f"agent {link.addr}",
-                {"agent": name, "server": self.server_id},
-            ),
             **fields,
         )
         if updated is None or deleted():
