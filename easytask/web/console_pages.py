@@ -20,6 +20,7 @@ from easytask.service import agents, jobs
 from easytask.service.context import Services
 from easytask.service.files import checksum_job, human_size
 from easytask.service.playbooks import playbook_listing
+from easytask.service.reading import Reader
 from easytask.store.models import RunState, User
 from easytask.store.runs import RAN_AS
 from easytask.store.serialize import delivery_dict, job_warnings
@@ -73,17 +74,16 @@ class ConsolePages:
     # -- pages ------------------------------------------------------------------------------
 
     async def dashboard(self, request: Request, user: User) -> Response:
-        """GET /: agents by state, jobs in flight, recent failures."""
-        store = self.services.store
-        agents = await self.agent_rows()
+        """GET /: agents by state, jobs in flight, recent failures (of the hosts the user may
+        read)."""
+        reader = await Reader.of(self.services, user)
+        agents = [a for a in await self.agent_rows() if reader.sees(a["name"])]
         counts = Counter(a["status"] for a in agents)
-        running = await store.call(
-            store.list_jobs, states=[RunState.QUEUED, RunState.RUNNING], limit=20
-        )
-        recent = await store.call(store.list_jobs, limit=10)
+        running = await reader.list_jobs(states=[RunState.QUEUED, RunState.RUNNING], limit=20)
+        recent = await reader.list_jobs(limit=10)
         ids = [j.id for j in running + recent if j.id is not None]
-        progress = await store.call(store.job_state_counts, ids)
-        failures = await store.call(store.find_runs, status=list(FAILED_STATES), limit=10)
+        progress = await reader.job_state_counts(ids)
+        failures = await reader.find_runs(status=list(FAILED_STATES), limit=10)
         return self.console.render(
             request,
             user,
@@ -106,7 +106,7 @@ class ConsolePages:
         page = RunPage([], None, None)
         try:
             query = RunQuery.from_params(q, default_limit=50, max_limit=500)
-            page = await find_runs(self.services, query)
+            page = await find_runs(await Reader.of(self.services, user), query)
         except APIError as exc:
             error = str(exc)
             query = RunQuery(
@@ -141,12 +141,11 @@ class ConsolePages:
         """GET /runs/{id}: details, timeline and the log viewer."""
         run_id = self.console.int_param(request, "run_id")
         store = self.services.store
-        run = await store.call(store.get_run, run_id)
-        if run is None:
-            raise PageError(f"no run {run_id}", status=404)
+        reader = await Reader.of(self.services, user)
+        run = await reader.run(run_id)
         job = await store.call(store.get_job, run.job_id)
         events = await store.call(store.run_events, run_id)
-        siblings = await store.call(store.job_runs, run.job_id)
+        siblings = await reader.job_runs(run.job_id)
         return self.console.render(
             request,
             user,
@@ -165,10 +164,7 @@ class ConsolePages:
         """GET /jobs/{id}: the per-host status grid, live."""
         job_id = self.console.int_param(request, "job_id")
         store = self.services.store
-        job = await store.call(store.get_job, job_id)
-        if job is None:
-            raise PageError(f"no job {job_id}", status=404)
-        runs = await store.call(store.job_runs, job_id)
+        job, runs = await (await Reader.of(self.services, user)).job(job_id)
         grouped = None
         if request.query_params.get("view") == "grouped":
             await self.services.writer.flush()
