@@ -4,6 +4,7 @@ id outside the scope is not found (a real server, agents in two groups)."""
 
 from __future__ import annotations
 
+import ast
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -177,3 +178,40 @@ def test_scoped_viewer_sees_no_other_group_in_streams_exports_and_pages(
     assert "db1" in una.http.get("/runs").text
     assert una.http.get(f"/runs/{ids['db_run']}").status_code == 200
     una.close()
+
+
+# Store reads of jobs and runs the web layer may make itself, each after the Reader has let the
+# job or run through (or for the metrics token, which reads the whole server).
+GATED = {
+    ("sse.py", "get_run"),  # the run stream: runlog.events asked the Reader for the run
+    ("sse.py", "get_job"),  # the job stream's end: api_jobs.job_events asked for the job
+    ("console_pages.py", "get_job"),  # the run page's job: the Reader gave the run
+    ("ops.py", "run_state_counts"),  # /metrics with the metrics token
+}
+READS = {
+    "get_run",
+    "get_job",
+    "job_runs",
+    "find_runs",
+    "find_jobs",
+    "list_jobs",
+    "job_state_counts",
+    "run_state_counts",
+    "read_job_lines",
+    "job_stream_start",
+}
+
+
+def test_web_layer_reads_jobs_and_runs_only_through_the_reader() -> None:
+    """No web module reads jobs or runs from the store except through `service.reading`
+    (the few reads after the Reader let a job or run through are listed), so no door can
+    forget the scope."""
+    found = set()
+    for path in sorted((Path(__file__).parent.parent / "easytask" / "web").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in READS:
+                owner = node.value
+                name = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", "")
+                if name == "store":
+                    found.add((path.name, node.attr))
+    assert found == GATED
