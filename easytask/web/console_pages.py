@@ -28,6 +28,7 @@ from easytask.web.console import Console
 from easytask.web.errors import PageError, http_status
 from easytask.web.format import FAILED_STATES, job_row, playbook_row, run_row, shown_state
 from easytask.web.grouped import job_groups
+from easytask.web.matrix import PLAYBOOK_KINDS, job_section, matrix
 from easytask.web.requests import ROLES_OPERATE
 from easytask.web.runfilter import FILTERS, RunPage, RunQuery, find_runs
 
@@ -150,7 +151,7 @@ class ConsolePages:
             request,
             user,
             "run.html",
-            section="runs",
+            section=job_section(job),
             run=run_row(run, job.submitted_by if job else ""),
             job=job,
             events=events,
@@ -161,7 +162,7 @@ class ConsolePages:
         )
 
     async def job_page(self, request: Request, user: User) -> Response:
-        """GET /jobs/{id}: the per-host status grid, live."""
+        """GET /jobs/{id}: the per-host status grid, live; a playbook's as tasks x hosts."""
         job_id = self.console.int_param(request, "job_id")
         store = self.services.store
         job, runs = await (await Reader.of(self.services, user)).job(job_id)
@@ -179,7 +180,8 @@ class ConsolePages:
             "job.html",
             deliveries=deliveries,
             delivery_details=details,
-            section="adhoc",
+            section=job_section(job),
+            matrix=matrix(job, runs) if job.kind in PLAYBOOK_KINDS else None,
             grouped=grouped,
             job=job,
             warnings=job_warnings(job),
