@@ -188,7 +188,11 @@ class ConsolePages:
             job_state=shown_state(job.state, Counter(r.state for r in runs)),
             runs=[run_row(r) for r in runs],
             final=job.state in RunState.FINAL,
-            again="/adhoc?" + urlencode({"pattern": job.pattern, "command": job.command}),
+            again=(
+                "/playbooks"  # a playbook runs again from its page, with its file
+                if job.kind in PLAYBOOK_KINDS
+                else "/adhoc?" + urlencode({"pattern": job.pattern, "command": job.command})
+            ),
         )
 
     def _adhoc(self, request: Request, user: User, status: int = 200, **fields: str) -> Response:

@@ -99,6 +99,7 @@ def test_playbook_job_page_is_a_tasks_by_hosts_matrix(
     assert flaky.get_attribute("href") == f"/runs/{runs[('flaky', 'web1', 2)]}"
     assert rows.nth(0).get_by_test_id("cell-attempts").first.inner_text() == ""
     assert current(page) == ["Playbooks"]
+    assert page.get_by_role("link", name="Run again…").get_attribute("href") == "/playbooks"
     screenshot(page, "job-matrix")
 
     flaky.click()
