@@ -65,8 +65,8 @@ def history(server: ServerHandle) -> dict[str, Any]:
 
 
 def test_scoped_viewer_reads_only_their_hosts_through_the_api(fleet: ServerHandle) -> None:
-    """Runs, jobs, logs, search and run counts in the API hold only the scope's hosts; a job
-    or run outside it answers 404 on every route, as for an id that does not exist."""
+    """Runs, jobs, logs, search, agents and run counts in the API hold only the scope's hosts;
+    a job or run outside it answers 404 on every route, as for an id that does not exist."""
     ids = history(fleet)
     vera = token_client(fleet, "vera")
     una = token_client(fleet, "una")
@@ -109,6 +109,9 @@ def test_scoped_viewer_reads_only_their_hosts_through_the_api(fleet: ServerHandl
         assert una.get(path).status_code != 404 or path.endswith("/fetched")
     assert vera.get(f"/api/runs/{ids['web_run']}/log").status_code == 200
 
+    assert {a["name"] for a in vera.get("/api/agents").json()["agents"]} == {"web1"}
+    assert {a["name"] for a in una.get("/api/agents").json()["agents"]} == {"web1", "db1"}
+
     metrics = vera.get("/metrics").text
     assert 'easytask_runs{state="failed"} 0' in metrics
     assert 'easytask_runs{state="success"} 1' in metrics
@@ -121,8 +124,8 @@ def test_scoped_viewer_sees_no_other_group_in_streams_exports_and_pages(
     fleet: ServerHandle, tmp_path: Path
 ) -> None:
     """A live job stream carries only the scope's runs and lines; an export (JSON Lines with
-    logs, CSV) holds only them and says so in its record; the console's runs, job, run and
-    dashboard pages show no host outside the scope, and its ids are not found."""
+    logs, CSV) holds only them and says so in its record; the console's runs, job, run, agents
+    and dashboard pages show no host outside the scope, and its ids are not found."""
     ids = history(fleet)
     gate = tmp_path / "gate"
     live = fleet.submit(
@@ -168,6 +171,8 @@ def test_scoped_viewer_sees_no_other_group_in_streams_exports_and_pages(
     assert "db1" not in dashboard and "No recent failures." in dashboard
     assert "<b>1</b> agents online" in dashboard
     assert "db1" not in console.http.get(f"/jobs/{ids['both']}").text
+    assert "web1" in console.http.get("/agents").text
+    assert "db1" not in console.http.get("/agents").text
     assert "db1" not in console.http.get(f"/runs/{ids['web_run']}").text
     for path in (f"/jobs/{ids['db']}", f"/runs/{ids['db_run']}", f"/runs/{ids['db_only_run']}"):
         page = console.http.get(path)

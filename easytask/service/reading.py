@@ -1,4 +1,5 @@
-"""What a user may read: jobs, runs, their logs and counts, limited to the hosts of their scope.
+"""What a user may read: jobs, runs, their logs and counts, and agents, limited to the hosts of
+their scope.
 
 Every door that reads jobs or runs (console pages, the API, SSE streams, exports, the
 dashboard's counts) asks a `Reader` made for its user, so a scope limits what its user sees in
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from easytask.errors import APIError
+from easytask.service.agents import AgentView, list_agents
 from easytask.service.context import Services
 from easytask.service.scope import scope_hosts
 from easytask.store.models import Job, Run, User
@@ -40,6 +42,10 @@ class Reader:
     def sees(self, host: str) -> bool:
         """Whether the user may read runs on `host`."""
         return self.hosts is None or host in self.hosts
+
+    async def agents(self) -> list[AgentView]:
+        """The agents whose host the user may read, by name, with their live status."""
+        return [view for view in await list_agents(self.services) if self.sees(view.row.name)]
 
     async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         store = self.services.store

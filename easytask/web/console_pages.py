@@ -46,10 +46,10 @@ class ConsolePages:
 
     # -- data helpers -----------------------------------------------------------------------
 
-    async def agent_rows(self) -> list[dict[str, Any]]:
-        """Every agent with its live status, load and running count."""
+    async def agent_rows(self, user: User) -> list[dict[str, Any]]:
+        """Every agent the user may see with its live status, load and running count."""
         out = []
-        for view in await agents.list_agents(self.services):
+        for view in await (await Reader.of(self.services, user)).agents():
             row, facts = view.row, view.facts
             load = facts.get("load") or []
             out.append(
@@ -78,7 +78,7 @@ class ConsolePages:
         """GET /: agents by state, jobs in flight, recent failures (of the hosts the user may
         read)."""
         reader = await Reader.of(self.services, user)
-        agents = [a for a in await self.agent_rows() if reader.sees(a["name"])]
+        agents = await self.agent_rows(user)
         counts = Counter(a["status"] for a in agents)
         running = await reader.list_jobs(states=[RunState.QUEUED, RunState.RUNNING], limit=20)
         recent = await reader.list_jobs(limit=10)
@@ -289,15 +289,17 @@ class ConsolePages:
         return RedirectResponse(f"/jobs/{job.id}", status_code=303)
 
     async def agents_page(self, request: Request, user: User) -> Response:
-        """GET /agents: every agent; accept and revoke for admins."""
-        agents = await self.agent_rows()
+        """GET /agents: every agent (a scoped user: of the scope); accept and revoke for admins."""
+        agents = await self.agent_rows(user)
+        scoped = (await Reader.of(self.services, user)).scoped
+        refused = [] if scoped else self.services.registry.refused
         return self.console.render(
             request,
             user,
             "agents.html",
             section="agents",
             agents=agents,
-            refused=list(reversed(self.services.registry.refused[-20:])),
+            refused=list(reversed(refused[-20:])),
             now=time.time(),
         )
 
@@ -309,7 +311,7 @@ class ConsolePages:
         action = request.path_params["action"]
         if action not in (*agents.ACTIONS, *agents.LABEL_ACTIONS, "delete"):
             raise PageError("unknown action", status=404)
-        row = next((a for a in await self.agent_rows() if a["name"] == name), None)
+        row = next((a for a in await self.agent_rows(user) if a["name"] == name), None)
         if row is None:
             raise PageError(f"no agent {name!r}", status=404)
         group = ""
