@@ -406,7 +406,7 @@ async def submit_playbook(
         source=source,
         pending_timeout=pending_timeout,
         forks=plan.forks or 0,
-        vars=json.dumps(resume_spec(plan)),
+        vars=json.dumps({**resume_spec(plan), "tasks": task_order(plan)}),
     )
     runs = job_runs_for(plan)
     if not runs:
@@ -429,6 +429,15 @@ async def submit_playbook(
     task = asyncio.create_task(_run(engine, runner), name=f"job-{job.id}")
     engine.adopt(job.id, task)
     return job, runs
+
+
+def task_order(plan: PlaybookPlan) -> list[dict[str, Any]]:
+    """The job's tasks in the order they run, each with the tasks it needs (kept in `job.vars`
+    for the job page's matrix)."""
+    return [
+        {"name": task.name, "needs": list(task.needs), "implied": task.needs_implied}
+        for task in plan.tasks
+    ]
 
 
 def resume_spec(plan: PlaybookPlan) -> dict[str, Any]:

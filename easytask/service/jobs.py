@@ -27,6 +27,7 @@ from easytask.service.credentials import (
 )
 from easytask.service.files import file_digests, upload_id
 from easytask.service.planning import plan_file, plan_pattern
+from easytask.service.reading import Reader
 from easytask.service.scope import enforce_scope
 from easytask.store.audit import AuditNote
 from easytask.store.models import Job, Run, RunState, Schedule, User
@@ -345,13 +346,20 @@ async def set_schedule_enabled(
 
 
 async def kill_job(services: Services, user: User, source: str, job_id: int) -> int:
-    """Terminate every run of a job still in flight; how many runs were asked to end."""
+    """Terminate every run of a job still in flight; how many runs were asked to end. A job
+    the user may not read is not found (404, the attempt audited)."""
     store = services.store
     if await store.call(store.get_job, job_id) is None:
         raise APIError(f"no job {job_id}", status=404)
     if user.scope:  # every host of the job in the scope, or nothing is killed
         hosts = [r.host for r in await store.call(store.job_runs, job_id)]
-        await enforce_scope(services, user, hosts, source, {"kind": "job.kill", "job": job_id})
+        reader = await Reader.of(services, user)
+        try:
+            await enforce_scope(services, user, hosts, source, {"kind": "job.kill", "job": job_id})
+        except APIError as exc:
+            if not any(reader.sees(host) for host in hosts):  # a job the user cannot read
+                raise APIError(f"no job {job_id}", status=404) from exc
+            raise
     count = services.engine.kill_job(job_id, user.name)
     if services.cluster is not None:  # the other servers were asked too: count them all
         runs = await store.call(store.job_runs, job_id)
@@ -361,13 +369,19 @@ async def kill_job(services: Services, user: User, source: str, job_id: int) -> 
 
 
 async def kill_run(services: Services, user: User, source: str, run_id: int) -> bool:
-    """Terminate one run; whether it was asked to end."""
+    """Terminate one run; whether it was asked to end. A run on a host outside the user's
+    scope is not found (404, the attempt audited)."""
     store = services.store
     run = await store.call(store.get_run, run_id)
     if run is None:
         raise APIError(f"no run {run_id}", status=404)
     what = {"kind": "run.kill", "run": run_id, "job": run.job_id}
-    await enforce_scope(services, user, [run.host], source, what)
+    try:
+        await enforce_scope(services, user, [run.host], source, what)
+    except APIError as exc:
+        if (await Reader.of(services, user)).sees(run.host):
+            raise
+        raise APIError(f"no run {run_id}", status=404) from exc
     if run.state in RunState.FINAL:
         raise APIError(f"run {run_id} already ended ({run.state})", status=409)
     killed = services.engine.kill_run(run_id, user.name) or (
