@@ -9,6 +9,7 @@ import pytest
 from easytask.store.db import Store, sqlite_url
 from easytask.store.lines import INDEX_CANDIDATES, POSITION_MARKS, index_words, like_pattern
 from easytask.store.models import Job, Run
+from tests.support import PostgresCluster
 
 
 @pytest.mark.parametrize(
@@ -101,9 +102,15 @@ NEEDLES = [
 ]
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    store = Store(sqlite_url(tmp_path / "easytask.db"))
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    """A store at the current schema, on each backend."""
+    if request.param == "postgres":
+        cluster: PostgresCluster = request.getfixturevalue("postgres")
+        url = cluster.new_database(empty=True)
+    else:
+        url = sqlite_url(tmp_path / "easytask.db")
+    store = Store(url)
     store.create_schema()
     return store
 

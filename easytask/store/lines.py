@@ -7,6 +7,7 @@ import re
 import sqlite3
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
 from itertools import chain
 from typing import Any
 
@@ -31,13 +32,127 @@ _ASCII_WORD = re.compile(r"[A-Za-z0-9]+")
 def _insert_lines_sql(rows: int) -> str:
     """One INSERT of `rows` log lines."""
     values = ",".join(["(?, ?, ?, ?, ?, ?)"] * rows)
-    return f"INSERT INTO log_line {_LINE_COLUMNS} VALUES {values}"
+    # OR IGNORE: a batch written again (its commit's answer lost) stores only what is new
+    return f"INSERT OR IGNORE INTO log_line {_LINE_COLUMNS} VALUES {values}"
 
 
 def _insert_chunk(dbapi_conn: Any) -> int:
     """Rows per multi-row INSERT: 512, or fewer where SQLite allows fewer parameters."""
     params = dbapi_conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
     return max(1, min(_LINE_CHUNK, params // 6))
+
+
+# -- PostgreSQL: weekly partitions and the chunk index -----------------------------------------
+
+CHUNK_LINES = 64  # lines of one run indexed together in a log_chunk row (PostgreSQL)
+RUN_DAY = "floor(extract(epoch FROM created_at) / 86400)::int"  # a run's partition key
+_PARTITION_LOCK = 0x6561_7370  # held while a server creates partitions
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_LINE_TYPES = ["int4", "int4", "float8", "text", "text", "text", "int4"]
+_CHUNK_TYPES = ["int4", "int4", "int4", "int4", "text"]
+# One line as COPY gets it: run_id, seq, ts, stream, level, text, day.
+PgRow = tuple[int, int, float, str, str, str, int]
+
+
+def day_of(when: datetime) -> int:
+    """Days since 1970-01-01 UTC: the partition key of the lines of a run created `when`."""
+    return int((when.astimezone(UTC) - _EPOCH).total_seconds() // 86400)
+
+
+def week_of(day: int) -> int:
+    """The first day (a Monday) of the week holding `day`: where its partition starts."""
+    return day - (day + 3) % 7
+
+
+def partition_names(week: int) -> tuple[str, str]:
+    """The log_line and log_chunk partitions of the week starting on day `week`."""
+    name = (_EPOCH + timedelta(days=week)).strftime("%Y%m%d")
+    return f"log_line_w{name}", f"log_chunk_w{name}"
+
+
+def partition_ddl(week: int) -> list[str]:
+    """The statements that create the week's partitions."""
+    return [
+        f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF {table} "
+        f"FOR VALUES FROM ({week}) TO ({week + 7})"
+        for name, table in zip(partition_names(week), ("log_line", "log_chunk"), strict=True)
+    ]
+
+
+def existing_weeks(pg: Any) -> set[int]:
+    """The weeks that have a log_line partition (read from the catalog)."""
+    rows = pg.execute(
+        "SELECT c.relname FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid "
+        "WHERE i.inhparent = 'log_line'::regclass"
+    ).fetchall()
+    weeks = set()
+    for (name,) in rows:
+        if name.startswith("log_line_w") and name[10:].isdigit():
+            when = datetime.strptime(name[10:], "%Y%m%d").replace(tzinfo=UTC)
+            weeks.add(day_of(when))
+    return weeks
+
+
+def clean(line: str) -> str:
+    """PostgreSQL text cannot hold NUL, which a command may well print: it becomes U+FFFD."""
+    return line.replace("\x00", "\ufffd") if "\x00" in line else line
+
+
+def chunks_of(lines: Sequence[PgRow]) -> list[tuple[int, int, int, int, str]]:
+    """(run_id, first_seq, last_seq, day, text) rows indexing `lines`: each run's lines of one
+    block of 64 seqs together, their texts joined by newlines.
+
+    A search that matches a chunk's text reads the lines between its first and last seq and
+    keeps those that match themselves; a line that holds the needle is in a chunk that holds
+    it, so nothing is missed, and what a batch split in two chunks is found through either.
+    """
+    groups: dict[tuple[int, int], list[Any]] = {}
+    for run_id, seq, _ts, _stream, _level, text_, day in lines:
+        key = (run_id, (seq - 1) // CHUNK_LINES)
+        group = groups.get(key)
+        if group is None:
+            groups[key] = [run_id, seq, seq, day, [text_]]
+        else:
+            if seq < group[1]:
+                group[1] = seq
+            if seq > group[2]:
+                group[2] = seq
+            group[4].append(text_)
+    return [(g[0], g[1], g[2], g[3], "\n".join(g[4])) for g in groups.values()]
+
+
+def _copy_lines(cur: Any, table: str, lines: Sequence[PgRow]) -> None:
+    with cur.copy(
+        f"COPY {table} (run_id, seq, ts, stream, level, text, day) FROM STDIN (FORMAT BINARY)"
+    ) as copy:
+        copy.set_types(_LINE_TYPES)
+        for line in lines:
+            copy.write_row(line)
+
+
+def _copy_chunks(cur: Any, chunks: Sequence[tuple[int, int, int, int, str]]) -> None:
+    with cur.copy(
+        "COPY log_chunk (run_id, first_seq, last_seq, day, text) FROM STDIN (FORMAT BINARY)"
+    ) as copy:
+        copy.set_types(_CHUNK_TYPES)
+        for chunk in chunks:
+            copy.write_row(chunk)
+
+
+def _insert_new_lines(cur: Any, lines: Sequence[PgRow]) -> list[PgRow]:
+    """Store those of `lines` not stored yet (a batch written again); the lines it stored."""
+    cur.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS log_line_retry (run_id int4, seq int4, ts float8, "
+        "stream text, level text, text text, day int4) ON COMMIT DELETE ROWS"
+    )
+    _copy_lines(cur, "log_line_retry", lines)
+    cur.execute(
+        "INSERT INTO log_line (run_id, seq, ts, stream, level, text, day) "
+        "SELECT run_id, seq, ts, stream, level, text, day FROM log_line_retry ORDER BY run_id, seq "
+        "ON CONFLICT (run_id, seq, day) DO NOTHING RETURNING run_id, seq"
+    )
+    stored = {(int(r), int(s)) for r, s in cur.fetchall()}
+    return [line for line in lines if (line[0], line[1]) in stored]
 
 
 def like_pattern(needle: str) -> tuple[str, str | None]:
@@ -83,6 +198,8 @@ class LineQueries(Queries):
 
     is_sqlite: bool
     _raw: Any
+    _run_day: dict[int, int]  # run id -> its lines' partition key (PostgreSQL)
+    _weeks: set[int]  # weeks whose partitions exist (PostgreSQL)
 
     def _raw_conn(self) -> Any:
         if self._raw is None:
@@ -98,7 +215,17 @@ class LineQueries(Queries):
             if self.is_sqlite:
                 self._write_lines_sqlite(conn, rows)
             else:
-                self._write_lines_postgres(conn, rows)
+                try:
+                    self._write_lines_postgres(conn, rows)
+                except Exception as exc:
+                    if getattr(exc, "sqlstate", None) != "23514":
+                        raise
+                    # no partition for a line: one was dropped (by retention on another server)
+                    # since this store read which exist; read again and try once more
+                    conn.rollback()
+                    self._weeks.clear()
+                    self._run_day.clear()
+                    self._write_lines_postgres(conn, rows)
             conn.commit()
         except BaseException:
             try:
@@ -135,21 +262,68 @@ class LineQueries(Queries):
         finally:
             cur.close()
 
-    @staticmethod
-    def _write_lines_postgres(conn: Any, rows: Sequence[LogRow]) -> None:
-        # COPY is psycopg's fastest path; the trigram index is kept by PostgreSQL itself.
-        # PostgreSQL text cannot hold NUL, which a command may well print: it becomes U+FFFD.
-        cur = conn.driver_connection.cursor()
+    def _write_lines_postgres(self, conn: Any, rows: Sequence[LogRow]) -> None:
+        """COPY the lines into their week's partition, then their chunks into the search index.
+
+        Each line goes to the partition of its run's week (`day`, see `run_days`). A batch
+        written again (a commit whose answer was lost, then retried) hits the unique key
+        `(run_id, seq, day)`: the batch then goes through `ON CONFLICT DO NOTHING` and only the
+        lines not stored yet are stored and indexed, so every line is stored exactly once.
+        """
+        import psycopg
+
+        pg = conn.driver_connection
+        days = self.run_days(pg, {row[0] for row in rows})
+        weeks = {week_of(day) for day in days.values()}
+        if not weeks <= self._weeks:
+            self._ensure_weeks(pg, weeks)
+        lines = [
+            (run_id, seq, ts, stream, level, clean(line), days[run_id])
+            for run_id, seq, ts, stream, level, line in rows
+            if run_id in days
+        ]
+        cur = pg.cursor()
         try:
-            with cur.copy(
-                "COPY log_line (run_id, seq, ts, stream, level, text) FROM STDIN"
-            ) as copy:
-                for run_id, seq, ts, stream, level, line in rows:
-                    if "\x00" in line:
-                        line = line.replace("\x00", "\ufffd")
-                    copy.write_row((run_id, seq, ts, stream, level, line))
+            try:
+                _copy_lines(cur, "log_line", lines)
+            except psycopg.errors.UniqueViolation:
+                pg.rollback()
+                lines = _insert_new_lines(cur, lines)
+            _copy_chunks(cur, chunks_of(lines))
         finally:
             cur.close()
+
+    def run_days(self, pg: Any, run_ids: set[int]) -> dict[int, int]:
+        """The partition key (`day`) of each run that exists, from a cache or the run table."""
+        cache: dict[int, int] = self._run_day
+        missing = [r for r in run_ids if r not in cache]
+        if missing:
+            if len(cache) > 100_000:
+                cache.clear()
+            found = pg.execute(
+                f"SELECT id, {RUN_DAY} FROM run WHERE id = ANY(%s)", (missing,)
+            ).fetchall()
+            pg.commit()
+            cache.update((int(i), int(d)) for i, d in found)
+        return {r: cache[r] for r in run_ids if r in cache}
+
+    def _ensure_weeks(self, pg: Any, weeks: set[int]) -> None:
+        """Create the weekly partitions of `weeks` (and of the week after each) if need be."""
+        if not self._weeks:
+            self._weeks.update(existing_weeks(pg))
+            pg.commit()
+        wanted = sorted({w for week in weeks for w in (week, week + 7)} - self._weeks)
+        if not wanted:
+            return
+        # Servers sharing the database create partitions one at a time.
+        pg.execute("SELECT pg_advisory_xact_lock(%s)", (_PARTITION_LOCK,))
+        have = existing_weeks(pg)
+        for week in wanted:
+            if week not in have:
+                for statement in partition_ddl(week):
+                    pg.execute(statement)
+        pg.commit()
+        self._weeks.update(wanted)
 
     def read_lines(
         self,
@@ -217,7 +391,7 @@ class LineQueries(Queries):
 
     def _runs_with_text(self, needle: str) -> Any:
         """A subquery of the ids of runs whose output contains a phrase."""
-        from sqlalchemy import column, false
+        from sqlalchemy import Text, column, exists, false, table
 
         needle = needle.replace("\x00", "")
         if not needle.strip():  # an empty phrase matches nothing, as in FTS5
@@ -230,8 +404,29 @@ class LineQueries(Queries):
                 .columns(column("rowid"))
             )
             return select(LogLine.run_id).where(col(LogLine.id).in_(matching)).distinct()
-        # ILIKE '%needle%' is served by the trigram index (see docs/decisions/0007-postgresql-and-migrations.md)
-        return select(LogLine.run_id).where(self._contains(col(LogLine.text), needle)).distinct()
+        # The chunks' trigram index finds the chunks holding the text. A needle without a newline
+        # that a chunk holds is held by one of its lines (lines are joined by newlines); one with
+        # a newline is confirmed on the lines.
+        pattern, escape = like_pattern(needle)
+        chunk = table(
+            "log_chunk",
+            column("run_id"),
+            column("first_seq"),
+            column("last_seq"),
+            column("text", Text),
+        )
+        found = select(chunk.c.run_id).where(chunk.c.text.ilike(pattern, escape=escape))
+        if "\n" in needle:
+            found = found.where(
+                exists(
+                    select(1).where(
+                        LogLine.run_id == chunk.c.run_id,
+                        col(LogLine.seq).between(chunk.c.first_seq, chunk.c.last_seq),
+                        self._contains(col(LogLine.text), needle),
+                    )
+                )
+            )
+        return found.select_from(chunk).distinct()
 
     def count_lines(self, run_id: int, levels: Sequence[str] | None = None) -> tuple[int, int]:
         """How many stored lines of a run have one of the levels (all when None), and the top seq."""
@@ -292,6 +487,8 @@ class LineQueries(Queries):
             found = None
             if self.is_sqlite:
                 found = self._search_by_index(s, run_id, needle, limit, levels)
+            else:
+                found = self._search_by_chunks(s, run_id, needle, limit, levels)
             if found is None:
                 q = select(LogLine.seq).where(
                     LogLine.run_id == run_id, self._contains(col(LogLine.text), needle)
@@ -341,6 +538,39 @@ class LineQueries(Queries):
                 return [bisect_left(shown, seq) for seq in seqs]
             hidden = marks(others, None) or []
         return [seq - 1 - bisect_left(hidden, seq) for seq in seqs]
+
+    @staticmethod
+    def _search_by_chunks(
+        s: Session,
+        run_id: int,
+        needle: str,
+        limit: int,
+        levels: Sequence[str] | None = None,
+    ) -> list[int]:
+        """Seqs of a run's lines containing `needle` (PostgreSQL): the chunks' trigram index
+        names the chunks that hold it, then only their lines are read and matched."""
+        pattern, escape = like_pattern(needle)
+        params: dict[str, Any] = {"run": run_id, "pattern": pattern, "limit": limit}
+        like = "ILIKE :pattern" + (" ESCAPE :escape" if escape else "")
+        if escape:
+            params["escape"] = escape
+        where = ""
+        if levels:
+            names = [f"lv{i}" for i in range(len(levels))]
+            where = " AND l.level IN (" + ", ".join(":" + n for n in names) + ")"
+            params.update(zip(names, levels, strict=True))
+        rows = s.connection().execute(
+            text(
+                "SELECT DISTINCT l.seq FROM log_chunk AS c JOIN log_line AS l "
+                "ON l.run_id = c.run_id AND l.day = c.day "
+                "AND l.seq BETWEEN c.first_seq AND c.last_seq "
+                f"WHERE c.run_id = :run AND c.text {like} AND l.text {like}"
+                + where
+                + " ORDER BY l.seq LIMIT :limit"
+            ),
+            params,
+        )
+        return [int(r[0]) for r in rows]
 
     def _search_by_index(
         self,
