@@ -62,6 +62,8 @@ def upgrade() -> None:
     op.execute("ALTER SEQUENCE log_line_id_seq OWNED BY log_line.id")
     op.execute("CREATE UNIQUE INDEX uq_log_line_run_seq ON log_line (run_id, seq, day)")
     op.execute("CREATE INDEX ix_log_line_run_level_seq ON log_line (run_id, level, seq)")
+    # a job's lines in arrival order (its event stream's catch-up), as the primary key did
+    op.execute("CREATE INDEX ix_log_line_id ON log_line (id)")
     op.execute(
         "CREATE TABLE log_chunk (run_id integer NOT NULL, first_seq integer NOT NULL, "
         "last_seq integer NOT NULL, day integer NOT NULL, text text NOT NULL) "
@@ -102,6 +104,7 @@ def downgrade() -> None:
     op.execute("ALTER SEQUENCE log_line_id_seq OWNED BY NONE")
     op.execute("DROP INDEX uq_log_line_run_seq")
     op.execute("DROP INDEX ix_log_line_run_level_seq")
+    op.execute("DROP INDEX ix_log_line_id")
     op.execute(
         "CREATE TABLE log_line ("
         "id bigint NOT NULL DEFAULT nextval('log_line_id_seq') PRIMARY KEY, "
