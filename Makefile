@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-pg check bench sysdeps clean
+.PHONY: demo test test-pg check bench bench-pgout sysdeps clean
 
 # `make test` runs the whole suite on SQLite and, side by side, every server-level test file again
 # with each server on its own PostgreSQL database (EASYTASK_TEST_DB=postgres; scripts/test-both.sh).
@@ -49,6 +49,10 @@ check: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.all
+
+# output on PostgreSQL and SQLite side by side, with a 10,000,000-line history (not in `make test`)
+bench-pgout: $(STAMP)
+	$(PY) -m bench.pgout --write
 
 clean:
 	rm -rf $(VENV) .easytask build dist
