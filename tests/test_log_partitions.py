@@ -120,6 +120,14 @@ def test_retention_drops_a_past_week_whole_and_deletes_rows_where_runs_stay(
     assert set(partition_names(old_week)) <= _partitions(store)
     assert set(partition_names(mixed_week)) <= _partitions(store)
 
+    # the runs list's date filter leaves out the weeks outside it, and finds what is inside
+    needle = f"run{mixed_failed} 150 end"
+    assert [r.id for r, _ in store.find_runs(text=needle, since=now - timedelta(days=28))] == [
+        mixed_failed
+    ]
+    assert store.find_runs(text=needle, since=now - timedelta(days=7)) == []
+    assert store.find_runs(text=needle, until=now - timedelta(days=28)) == []
+
     retention = Retention(store, retention=7 * 86400.0, retention_failed=365 * 86400.0)
     result = asyncio.run(retention.prune())
     assert (result["runs"], result["lines"]) == (2, 401)

@@ -23,7 +23,9 @@ class HistoryQueries(Queries):
 
     if TYPE_CHECKING:
 
-        def _runs_with_text(self, needle: str) -> Any: ...
+        def _runs_with_text(
+            self, needle: str, since: datetime | None = None, until: datetime | None = None
+        ) -> Any: ...
 
     def list_jobs(self, *, states: Sequence[str] | None = None, limit: int = 20) -> list[Job]:
         """Jobs, newest first, optionally only those in some states."""
@@ -99,7 +101,7 @@ class HistoryQueries(Queries):
             if job_id is not None:
                 q = q.where(Run.job_id == job_id)
             if text:
-                q = q.where(col(Run.id).in_(self._runs_with_text(text)))
+                q = q.where(col(Run.id).in_(self._runs_with_text(text, since, until)))
             if before_id is not None:
                 q = q.where(col(Run.id) < before_id)
             if after_id is not None:

@@ -7,6 +7,7 @@ import re
 import sqlite3
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from itertools import chain
 from typing import Any
 
@@ -16,7 +17,7 @@ from sqlmodel import Session, col, select
 from easytask.loglines import LEVELS
 from easytask.store import statements as sql
 from easytask.store.models import LogLine
-from easytask.store.pglog import LogRow, PgLineQueries, like_pattern
+from easytask.store.pglog import LogRow, PgLineQueries, day_of, like_pattern
 
 __all__ = ["LogRow", "LineQueries", "like_pattern"]
 
@@ -197,8 +198,11 @@ class LineQueries(PgLineQueries):
             ).one()
             return int(count or 0), int(top or 0)
 
-    def _runs_with_text(self, needle: str) -> Any:
-        """A subquery of the ids of runs whose output contains a phrase."""
+    def _runs_with_text(
+        self, needle: str, since: datetime | None = None, until: datetime | None = None
+    ) -> Any:
+        """A subquery of the ids of runs whose output contains a phrase; on PostgreSQL `since`
+        and `until` (of the runs' creation) leave out the weeks no such run is in."""
         from sqlalchemy import Text, column, exists, false, table
 
         needle = needle.replace("\x00", "")
@@ -222,8 +226,13 @@ class LineQueries(PgLineQueries):
             column("first_seq"),
             column("last_seq"),
             column("text", Text),
+            column("day"),
         )
         found = select(chunk.c.run_id).where(chunk.c.text.ilike(pattern, escape=escape))
+        if since is not None:
+            found = found.where(chunk.c.day >= day_of(since))
+        if until is not None:
+            found = found.where(chunk.c.day <= day_of(until))
         if "\n" in needle:
             found = found.where(
                 exists(
