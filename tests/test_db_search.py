@@ -139,6 +139,13 @@ def test_search_finds_exactly_the_lines_containing_the_text(store: Store) -> Non
         found = store.search_lines(run, needle)
         assert found == [(n, n - 1) for n in expected(LINES, needle)], needle
         assert store.search_lines(run, needle, levels=["INFO"]) == found, needle
+        # the log API's grep reads the same lines, after a seq and up to a limit too
+        want = expected(LINES, needle)
+        assert [line.seq for line in store.read_lines(run, grep=needle)] == want, needle
+        later = [n for n in want if n > 3][:2]
+        got = store.read_lines(run, grep=needle, after_seq=3, limit=2, levels=["INFO"])
+        assert [line.seq for line in got] == later, needle
+        assert all(line.text == LINES[line.seq - 1] for line in got)
     assert store.search_lines(other, "mixed case") == [(8, 7)]
     store.close()
 

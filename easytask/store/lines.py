@@ -17,12 +17,14 @@ from sqlmodel import Session, col, select
 from easytask.loglines import LEVELS
 from easytask.store import statements as sql
 from easytask.store.models import LogLine
-from easytask.store.pglog import LogRow, PgLineQueries, day_of, like_pattern
+from easytask.store.pglog import LogRow, PgLineQueries, chunk_matches, day_of, like_pattern
 
 __all__ = ["LogRow", "LineQueries", "like_pattern"]
 
 _LINE_COLUMNS = "(run_id, seq, ts, stream, level, text)"
 _LINE_CHUNK = 512  # rows per multi-row INSERT of log lines (SQLite)
+_FIELD_NAMES = ("id", "run_id", "seq", "ts", "stream", "level", "text")
+_LINE_FIELDS = ", ".join(f"l.{name}" for name in _FIELD_NAMES)
 INDEX_CANDIDATES = 20000  # lines the full-text index may name before a search reads them all
 POSITION_MARKS = 20_000  # seqs read from one side before trying the other (numbering matches)
 _ASCII_WORD = re.compile(r"[A-Za-z0-9]+")
@@ -145,6 +147,12 @@ class LineQueries(PgLineQueries):
     ) -> list[LogLine]:
         """A run's stored lines after a sequence number, optionally filtered."""
         with self.session() as s:
+            if grep and not self.is_sqlite:
+                # through the chunk index: only the lines of chunks holding the text are read
+                rows = chunk_matches(
+                    s, _LINE_FIELDS, run_id, grep, limit, list(levels or ()), after_seq
+                )
+                return [LogLine(**dict(zip(_FIELD_NAMES, row, strict=True))) for row in rows]
             q = select(LogLine).where(LogLine.run_id == run_id, LogLine.seq > after_seq)
             if levels:
                 q = q.where(col(LogLine.level).in_(list(levels)))

@@ -227,25 +227,48 @@ class PgLineQueries(Queries):
     ) -> list[int]:
         """Seqs of a run's lines containing `needle` (PostgreSQL): the chunks' trigram index
         names the chunks that hold it, then only their lines are read and matched."""
-        pattern, escape = like_pattern(needle)
-        params: dict[str, Any] = {"run": run_id, "pattern": pattern, "limit": limit}
-        like = "ILIKE :pattern" + (" ESCAPE :escape" if escape else "")
-        if escape:
-            params["escape"] = escape
-        where = ""
-        if levels:
-            names = [f"lv{i}" for i in range(len(levels))]
-            where = " AND l.level IN (" + ", ".join(":" + n for n in names) + ")"
-            params.update(zip(names, levels, strict=True))
-        rows = s.connection().execute(
-            text(
-                "SELECT DISTINCT l.seq FROM log_chunk AS c JOIN log_line AS l "
-                "ON l.run_id = c.run_id AND l.day = c.day "
-                "AND l.seq BETWEEN c.first_seq AND c.last_seq "
-                f"WHERE c.run_id = :run AND c.text {like} AND l.text {like}"
-                + where
-                + " ORDER BY l.seq LIMIT :limit"
-            ),
-            params,
-        )
+        rows = chunk_matches(s, "l.seq", run_id, needle, limit, levels)
         return [int(r[0]) for r in rows]
+
+
+def chunk_matches(
+    s: Session,
+    columns: str,
+    run_id: int,
+    needle: str,
+    limit: int | None,
+    levels: Sequence[str] | None = None,
+    after_seq: int = 0,
+) -> list[Any]:
+    """`columns` of a run's lines (`l`) after `after_seq` that contain `needle`, in seq order,
+    found through the chunk index: only the lines of chunks holding the needle are read."""
+    pattern, escape = like_pattern(needle)
+    params: dict[str, Any] = {"run": run_id, "pattern": pattern, "after": after_seq}
+    like = "ILIKE :pattern" + (" ESCAPE :escape" if escape else "")
+    if escape:
+        params["escape"] = escape
+    where = ""
+    if levels:
+        names = [f"lv{i}" for i in range(len(levels))]
+        where = " AND l.level IN (" + ", ".join(":" + n for n in names) + ")"
+        params.update(zip(names, levels, strict=True))
+    if limit:
+        params["limit"] = limit
+    # The chunks first (a few, from the trigram index), then each chunk's lines by the index on
+    # (run_id, seq, day): a LATERAL subquery kept apart by OFFSET 0, so that the planner reads
+    # only those lines, never the whole run.
+    rows = s.connection().execute(
+        text(
+            "WITH c AS MATERIALIZED (SELECT first_seq, last_seq, day FROM log_chunk "
+            f"WHERE run_id = :run AND last_seq > :after AND text {like}) "
+            f"SELECT DISTINCT {columns} FROM c CROSS JOIN LATERAL ("
+            "SELECT * FROM log_line AS l1 WHERE l1.run_id = :run AND l1.day = c.day "
+            "AND l1.seq BETWEEN c.first_seq AND c.last_seq AND l1.seq > :after "
+            f"AND l1.text {like} OFFSET 0) AS l WHERE true"
+            + where
+            + " ORDER BY l.seq"
+            + (" LIMIT :limit" if limit else "")
+        ),
+        params,
+    )
+    return list(rows)
