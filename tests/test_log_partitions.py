@@ -203,3 +203,38 @@ def test_revision_0011_moves_the_lines_of_0009_into_partitions(postgres: Postgre
         assert db_execute(url, "SELECT max(id) > :m FROM log_line", {"m": ids[-1][0]}) == [(True,)]
     finally:
         store.close()
+
+
+@pytest.mark.postgres
+def test_reads_of_a_run_name_its_week_so_only_its_partition_is_planned(pg_store: Store) -> None:
+    """Every read of one run's lines carries the run's `day` (planning a query over every
+    week's partition costs more than the query), and gives the same lines as before."""
+    from sqlalchemy import event
+
+    store = pg_store
+    old, new = _run(store, "old"), _run(store, "new")
+    _age(store, old, 20, "success")
+    store.write_lines(_rows(old, 1, 100) + _rows(new, 1, 100, word="fresh"))
+    other = Store(store.url)  # a store that did not write them: it reads the day from the lines
+    seen: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if "log_line" in statement:
+            seen.append(statement)
+
+    event.listen(other.engine, "before_cursor_execute", record)
+    try:
+        assert [line.seq for line in other.read_lines(old, after_seq=90)] == list(range(91, 101))
+        assert [line.seq for line in other.line_window(old, offset=10, limit=5)] == [
+            11, 12, 13, 14, 15
+        ]  # fmt: skip
+        assert other.line_stats(old) == (100, 100)
+        assert other.count_lines(old, ["INFO"]) == (100, 100)
+        assert other.search_lines(old, "line 42 end") == [(42, 41)]
+        assert [line.seq for line in other.read_lines(new, grep="fresh 7 ")] == [7]
+        assert [t[0] for t in other.line_tuples(old, after_seq=98)] == [99, 100]
+    finally:
+        other.close()
+    reads = [q for q in seen if "LIMIT 1" not in q]  # the one read of each run's day
+    assert len(reads) >= 7
+    assert all("day = " in q for q in reads), reads

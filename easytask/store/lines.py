@@ -149,11 +149,12 @@ class LineQueries(PgLineQueries):
         with self.session() as s:
             if grep and not self.is_sqlite:
                 # through the chunk index: only the lines of chunks holding the text are read
+                day = self.line_day(s, run_id)
                 rows = chunk_matches(
-                    s, _LINE_FIELDS, run_id, grep, limit, list(levels or ()), after_seq
+                    s, _LINE_FIELDS, run_id, grep, limit, list(levels or ()), after_seq, day
                 )
                 return [LogLine(**dict(zip(_FIELD_NAMES, row, strict=True))) for row in rows]
-            q = select(LogLine).where(LogLine.run_id == run_id, LogLine.seq > after_seq)
+            q = select(LogLine).where(self._of_run(s, run_id), LogLine.seq > after_seq)
             if levels:
                 q = q.where(col(LogLine.level).in_(list(levels)))
             if grep:
@@ -178,7 +179,7 @@ class LineQueries(PgLineQueries):
         """Stored stdout and stderr lines of a run (system lines excluded)."""
         with self.session() as s:
             value = s.exec(
-                select(func.count()).where(LogLine.run_id == run_id, LogLine.stream != "system")
+                select(func.count()).where(self._of_run(s, run_id), LogLine.stream != "system")
             ).one()
             return int(value or 0)
 
@@ -187,7 +188,7 @@ class LineQueries(PgLineQueries):
         with self.session() as s:
             value = s.exec(
                 select(func.sum(func.length(LogLine.text))).where(
-                    LogLine.run_id == run_id, LogLine.stream != "system"
+                    self._of_run(s, run_id), LogLine.stream != "system"
                 )
             ).one()
             return int(value or 0)
@@ -195,14 +196,14 @@ class LineQueries(PgLineQueries):
     def max_seq(self, run_id: int) -> int:
         """The highest stored sequence number of a run (0 when none)."""
         with self.session() as s:
-            value = s.exec(select(func.max(LogLine.seq)).where(LogLine.run_id == run_id)).one()
+            value = s.exec(select(func.max(LogLine.seq)).where(self._of_run(s, run_id))).one()
             return int(value or 0)
 
     def line_stats(self, run_id: int) -> tuple[int, int]:
         """Count of stored lines and the highest seq (they are equal when nothing is missing)."""
         with self.session() as s:
             count, top = s.exec(
-                select(func.count(), func.max(LogLine.seq)).where(LogLine.run_id == run_id)
+                select(func.count(), func.max(LogLine.seq)).where(self._of_run(s, run_id))
             ).one()
             return int(count or 0), int(top or 0)
 
@@ -256,13 +257,13 @@ class LineQueries(PgLineQueries):
     def count_lines(self, run_id: int, levels: Sequence[str] | None = None) -> tuple[int, int]:
         """How many stored lines of a run have one of the levels (all when None), and the top seq."""
         with self.session() as s:
-            top = s.exec(select(func.max(LogLine.seq)).where(LogLine.run_id == run_id)).one()
+            top = s.exec(select(func.max(LogLine.seq)).where(self._of_run(s, run_id))).one()
             if not levels:
                 return int(top or 0), int(top or 0)
             count = s.exec(
                 select(func.count())
                 .select_from(LogLine)
-                .where(LogLine.run_id == run_id, col(LogLine.level).in_(list(levels)))
+                .where(self._of_run(s, run_id), col(LogLine.level).in_(list(levels)))
             ).one()
             return int(count or 0), int(top or 0)
 
@@ -281,7 +282,7 @@ class LineQueries(PgLineQueries):
         the line just before `offset`, when the caller knows it) avoids counting from the start.
         """
         with self.session() as s:
-            q = select(LogLine).where(LogLine.run_id == run_id)
+            q = select(LogLine).where(self._of_run(s, run_id))
             if not levels:
                 q = q.where(LogLine.seq > offset, LogLine.seq <= offset + limit)
                 return list(s.exec(q.order_by(col(LogLine.seq))))
@@ -316,7 +317,7 @@ class LineQueries(PgLineQueries):
                 found = self._search_by_chunks(s, run_id, needle, limit, levels)
             if found is None:
                 q = select(LogLine.seq).where(
-                    LogLine.run_id == run_id, self._contains(col(LogLine.text), needle)
+                    self._of_run(s, run_id), self._contains(col(LogLine.text), needle)
                 )
                 if levels:
                     q = q.where(col(LogLine.level).in_(list(levels)))
@@ -345,7 +346,7 @@ class LineQueries(PgLineQueries):
             for name in names:
                 q = (
                     select(LogLine.seq)
-                    .where(LogLine.run_id == run_id, LogLine.level == name, LogLine.seq < last)
+                    .where(self._of_run(s, run_id), LogLine.level == name, LogLine.seq < last)
                     .order_by(col(LogLine.seq))
                 )
                 if most is not None:
@@ -435,12 +436,15 @@ class LineQueries(PgLineQueries):
     ) -> list[tuple[int, float, str, str, str]]:
         """(seq, ts, stream, level, text) of a run's lines after a seq: no ORM objects, for bulk reads."""
         with self.session() as s:
+            day = None if self.is_sqlite else self.line_day(s, run_id)
             rows = s.connection().execute(
                 text(
                     "SELECT seq, ts, stream, level, text FROM log_line "
-                    "WHERE run_id = :run AND seq > :after ORDER BY seq LIMIT :limit"
+                    "WHERE run_id = :run AND seq > :after"
+                    + ("" if day is None else " AND day = :day")
+                    + " ORDER BY seq LIMIT :limit"
                 ),
-                {"run": run_id, "after": after_seq, "limit": limit},
+                {"run": run_id, "after": after_seq, "limit": limit, "day": day},
             )
             return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 

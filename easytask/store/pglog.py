@@ -151,6 +151,7 @@ def like_pattern(needle: str) -> tuple[str, str | None]:
 class PgLineQueries(Queries):
     """PostgreSQL's side of the Store's queries on log lines."""
 
+    is_sqlite: bool
     _run_day: dict[int, int]  # run id -> its lines' partition key
     _weeks: set[int]  # weeks whose partitions exist
 
@@ -217,8 +218,39 @@ class PgLineQueries(Queries):
         pg.commit()
         self._weeks.update(wanted)
 
-    @staticmethod
+    def _of_run(self, s: Session, run_id: int) -> Any:
+        """`log_line.run_id = run_id`, and on PostgreSQL the run's `day` too, so that the query
+        reads the run's partition alone (planning for every week costs more than the query).
+        The day is the one its stored lines carry, read once per run."""
+        from sqlalchemy import and_, literal_column
+        from sqlmodel import col
+
+        from easytask.store.models import LogLine
+
+        cond = col(LogLine.run_id) == run_id
+        if self.is_sqlite:
+            return cond
+        day = self.line_day(s, run_id)
+        if day is None:
+            return cond
+        return and_(cond, literal_column("log_line.day") == day)
+
+    def line_day(self, s: Session, run_id: int) -> int | None:
+        """The partition key of a run's stored lines (None while it has none)."""
+        day = self._run_day.get(run_id)
+        if day is None:
+            day = (
+                s.connection()
+                .execute(text("SELECT day FROM log_line WHERE run_id = :r LIMIT 1"), {"r": run_id})
+                .scalar()
+            )
+            if day is None:
+                return None
+            self._run_day[run_id] = day = int(day)
+        return day
+
     def _search_by_chunks(
+        self,
         s: Session,
         run_id: int,
         needle: str,
@@ -227,7 +259,8 @@ class PgLineQueries(Queries):
     ) -> list[int]:
         """Seqs of a run's lines containing `needle` (PostgreSQL): the chunks' trigram index
         names the chunks that hold it, then only their lines are read and matched."""
-        rows = chunk_matches(s, "l.seq", run_id, needle, limit, levels)
+        day = self.line_day(s, run_id)
+        rows = chunk_matches(s, "l.seq", run_id, needle, limit, levels, day=day)
         return [int(r[0]) for r in rows]
 
 
@@ -239,6 +272,7 @@ def chunk_matches(
     limit: int | None,
     levels: Sequence[str] | None = None,
     after_seq: int = 0,
+    day: int | None = None,
 ) -> list[Any]:
     """`columns` of a run's lines (`l`) after `after_seq` that contain `needle`, in seq order,
     found through the chunk index: only the lines of chunks holding the needle are read."""
@@ -254,16 +288,21 @@ def chunk_matches(
         params.update(zip(names, levels, strict=True))
     if limit:
         params["limit"] = limit
+    in_week = ""
+    if day is not None:  # the run's partition only (see `_of_run`)
+        in_week = " AND day = :day"
+        params["day"] = day
     # The chunks first (a few, from the trigram index), then each chunk's lines by the index on
     # (run_id, seq, day): a LATERAL subquery kept apart by OFFSET 0, so that the planner reads
     # only those lines, never the whole run.
     rows = s.connection().execute(
         text(
             "WITH c AS MATERIALIZED (SELECT first_seq, last_seq, day FROM log_chunk "
-            f"WHERE run_id = :run AND last_seq > :after AND text {like}) "
+            f"WHERE run_id = :run AND last_seq > :after AND text {like}{in_week}) "
             f"SELECT DISTINCT {columns} FROM c CROSS JOIN LATERAL ("
             "SELECT * FROM log_line AS l1 WHERE l1.run_id = :run AND l1.day = c.day "
-            "AND l1.seq BETWEEN c.first_seq AND c.last_seq AND l1.seq > :after "
+            + ("" if day is None else "AND l1.day = :day ")
+            + "AND l1.seq BETWEEN c.first_seq AND c.last_seq AND l1.seq > :after "
             f"AND l1.text {like} OFFSET 0) AS l WHERE true"
             + where
             + " ORDER BY l.seq"
