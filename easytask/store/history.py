@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import bindparam, func, or_, text
+from sqlalchemy import bindparam, delete, exists, func, or_, text
 from sqlmodel import col, select
 
 from easytask.store.base import Queries
-from easytask.store.models import Job, LogLine, Run, RunState
+from easytask.store.models import Job, LogLine, Run, RunEvent, RunState
+from easytask.store.pglog import EPOCH, day_of, existing_weeks, partition_names
 
 
 def on_hosts(hosts: Collection[str]) -> Any:
@@ -31,10 +32,14 @@ class HistoryQueries(Queries):
     """The Store's queries over many jobs and runs (mixed into `Store`)."""
 
     is_sqlite: bool
+    _run_day: dict[int, int]
+    _weeks: set[int]
 
     if TYPE_CHECKING:
 
-        def _runs_with_text(self, needle: str) -> Any: ...
+        def _runs_with_text(
+            self, needle: str, since: datetime | None = None, until: datetime | None = None
+        ) -> Any: ...
 
     def list_jobs(
         self,
@@ -189,7 +194,7 @@ class HistoryQueries(Queries):
             if job_id is not None:
                 q = q.where(Run.job_id == job_id)
             if text:
-                q = q.where(col(Run.id).in_(self._runs_with_text(text)))
+                q = q.where(col(Run.id).in_(self._runs_with_text(text, since, until)))
             if before_id is not None:
                 q = q.where(col(Run.id) < before_id)
             if after_id is not None:
@@ -241,6 +246,60 @@ class HistoryQueries(Queries):
             ).one()
         return {"jobs": int(jobs or 0), "runs": int(runs or 0), "lines": int(lines or 0)}
 
+    def prune_weeks(
+        self, ok_before: datetime | None, failed_before: datetime | None
+    ) -> dict[str, int]:
+        """PostgreSQL: for each week that has ended and whose runs are all past retention, delete
+        those runs (with their timeline, and the jobs left without runs) and drop the week's
+        log partitions whole, one transaction per week. Weeks with a run to keep are left to
+        `prune_batch`. Returns what went, and how many weeks."""
+        from sqlalchemy import and_, not_
+
+        out = {"jobs": 0, "runs": 0, "lines": 0, "weeks": 0}
+        if self.is_sqlite or (ok_before is None and failed_before is None):
+            return out
+        cand = self._prunable(ok_before, failed_before)
+        today = day_of(datetime.now(UTC))
+        with self.session() as s:
+            weeks = sorted(existing_weeks(s.connection().connection.driver_connection))
+            s.commit()
+            for week in weeks:
+                if week + 7 > today:
+                    break
+                start = EPOCH + timedelta(days=week)
+                end = start + timedelta(days=7)
+                in_week = and_(col(Run.created_at) >= start, col(Run.created_at) < end)
+                kept = s.exec(select(func.count()).select_from(Run).where(in_week, not_(cand)))
+                if kept.one():
+                    continue
+                rows = list(s.exec(select(Run.id, Run.job_id).where(in_week)))
+                run_ids = [int(r[0] or 0) for r in rows]
+                job_ids = sorted({r[1] for r in rows})
+                lines_table, chunks_table = partition_names(week)
+                conn = s.connection()
+                lines = conn.execute(text(f"SELECT count(*) FROM {lines_table}")).scalar()
+                conn.execute(text(f"DROP TABLE {lines_table}, {chunks_table}"))
+                for i in range(0, len(run_ids), 1000):
+                    ids = run_ids[i : i + 1000]
+                    conn.execute(delete(RunEvent).where(col(RunEvent.run_id).in_(ids)))
+                    conn.execute(delete(Run).where(col(Run.id).in_(ids)))
+                for i in range(0, len(job_ids), 1000):
+                    ids = job_ids[i : i + 1000]
+                    jobs = conn.execute(
+                        delete(Job).where(
+                            col(Job.id).in_(ids),
+                            ~exists().where(col(Run.job_id) == col(Job.id)),
+                        )
+                    ).rowcount
+                    out["jobs"] += int(jobs or 0)
+                s.commit()
+                self._weeks.discard(week)
+                self._run_day.clear()
+                out["runs"] += len(run_ids)
+                out["lines"] += int(lines or 0)
+                out["weeks"] += 1
+        return out
+
     def prune_batch(
         self, ok_before: datetime | None, failed_before: datetime | None, batch: int = 100
     ) -> dict[str, int]:
@@ -268,6 +327,8 @@ class HistoryQueries(Queries):
                     "SELECT 'delete', id, text FROM log_line WHERE run_id IN :ids",
                     run_ids,
                 )
+            else:
+                run("DELETE FROM log_chunk WHERE run_id IN :ids", run_ids)
             run("DELETE FROM log_line WHERE run_id IN :ids", run_ids)
             run("DELETE FROM runevent WHERE run_id IN :ids", run_ids)
             run("DELETE FROM run WHERE id IN :ids", run_ids)
