@@ -16,6 +16,7 @@ from easytask.plan.connection import (
     ssh_options,
 )
 from easytask.plan.playbook import (
+    LoopItem,
     PlannedTask,
     PlaybookPlan,
     RunKey,
@@ -30,6 +31,7 @@ from easytask.plan.playbook import (
 from easytask.plan.render import (
     RenderedAction,
     evaluate_when,
+    loop_result,
     render_action,
     render_command,
     task_result,
@@ -39,6 +41,7 @@ __all__ = [
     "CONNECTIONS",
     "CheckedRun",
     "HostSource",
+    "LoopItem",
     "PlannedRun",
     "PlannedTask",
     "PlaybookPlan",
@@ -53,6 +56,7 @@ __all__ = [
     "dumps_check",
     "evaluate_when",
     "format_check",
+    "loop_result",
     "parse_extra_vars",
     "plan_adhoc",
     "plan_playbook",
