@@ -101,9 +101,10 @@ def host_items(
 
 
 def _rendered(item: Any, context: Vars, what: str) -> Any:
-    """A written item with its templates rendered (strings inside lists and mappings too)."""
+    """A written item with its templates rendered (strings inside lists and mappings too); a
+    string that is one `{{ expression }}` gives that expression's value, as in Ansible."""
     if isinstance(item, str):
-        return render(item, context, what=what) if is_template(item) else item
+        return template_value(item, context, what=what) if is_template(item) else item
     if isinstance(item, Mapping):
         return {k: _rendered(v, context, what) for k, v in item.items()}
     if isinstance(item, list | tuple):
