@@ -1,0 +1,213 @@
+"""Loops end to end on real agents: items in order per host, labels in the CLI, the console and
+results.<task>, a failed item, retries per item, the empty loop, bad loops refused unstored."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from tests.browser.support import Browserless, admin_password
+from tests.conftest import AgentFactory, ServerFactory, write
+from tests.support import REPO, ServerHandle
+
+
+@pytest.fixture
+def fleet(start_server: ServerFactory, start_agent: AgentFactory) -> ServerHandle:
+    """The sample inventory with agents for web1 and web2."""
+    server = start_server(REPO / "inventory")
+    for name in ("web1", "web2"):
+        start_agent(server, name)
+    return server
+
+
+def play(server: ServerHandle, path: Path, *args: str):
+    return server.cli("play", str(path), *args, timeout=120)
+
+
+def final(runs: list[dict]) -> dict[tuple[str, str], dict]:
+    out: dict[tuple[str, str], dict] = {}
+    for run in sorted(runs, key=lambda r: r["id"]):
+        out[(run["task"], run["host"])] = run
+    return out
+
+
+def at(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def test_items_run_in_order_per_host_and_later_tasks_see_every_result(
+    fleet: ServerHandle, tmp_path: Path
+) -> None:
+    """Each item is its own run named with its label; the second starts after the first ended
+    on the same host (the first sleeps, so running them at once would write them out of order);
+    the next task reads results.<task>.results in item order."""
+    book = write(
+        tmp_path / "loop.yml",
+        f"""\
+        name: loop
+        hosts: web
+        tasks:
+          - name: steps
+            loop:
+              - {{n: one, pause: 0.5}}
+              - {{n: two, pause: 0}}
+              - {{n: three, pause: 0}}
+            loop_control:
+              label: "step {{{{ item.n }}}}"
+            shell: sleep {{{{ item.pause }}}}; echo {{{{ item.n }}}} >> {tmp_path}/{{{{ inventory_hostname }}}}.log; echo {{{{ item.n }}}}
+          - name: report
+            shell: echo {{{{ results.steps.results | map(attribute='stdout') | join(',') }}}} {{{{ results.steps.state }}}} {{{{ results.steps.results[2].label }}}}
+        """,
+    )
+    result = play(fleet, book, "--format", "json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    runs = final(json.loads(result.stdout)["runs"])
+    names = ["steps (item=step one)", "steps (item=step two)", "steps (item=step three)"]
+    for host in ("web1", "web2"):
+        assert [runs[(n, host)]["state"] for n in [*names, "report"]] == ["success"] * 4
+        assert (tmp_path / f"{host}.log").read_text().split() == ["one", "two", "three"]
+        for before, after in zip(names, names[1:], strict=False):
+            assert at(runs[(after, host)]["started_at"]) >= at(runs[(before, host)]["finished_at"])
+        report = runs[("report", host)]
+        assert [ln["text"] for ln in fleet.log_lines(report["id"])] == [
+            "one,two,three success step three"
+        ]
+    assert len(runs) == 8
+
+    text = play(fleet, book)  # the text output names each item's run too
+    assert text.returncode == 0, text.stdout + text.stderr
+    for name in names:
+        assert name in text.stdout
+
+
+def test_a_failed_item_stops_that_host_only_and_retries_are_per_item(
+    fleet: ServerHandle, tmp_path: Path
+) -> None:
+    """Item b fails on web1: c and the next task do not run there; web2 goes on. An item that
+    fails once then succeeds within its retries counts as a success."""
+    counter = tmp_path / "count"
+    book = write(
+        tmp_path / "fail.yml",
+        f"""\
+        name: fail
+        hosts: web
+        tasks:
+          - name: flaky
+            run_once: true
+            retries: 1
+            retry_delay: 0.1s
+            loop: [x]
+            shell: n=$(cat {counter} 2>/dev/null || echo 0); echo $((n+1)) > {counter}; [ $n -ge 1 ]
+          - name: each
+            needs: []
+            loop: [a, b, c]
+            shell: test {{{{ item }}}} != b || test {{{{ inventory_hostname }}}} != web1
+          - name: next
+            shell: echo next
+        """,
+    )
+    result = play(fleet, book, "--format", "json")
+    assert result.returncode == 1, result.stdout + result.stderr
+    data = json.loads(result.stdout)
+    assert data["job"]["state"] == "failed"
+    flaky = sorted(
+        (r for r in data["runs"] if r["task"] == "flaky (item=x)"), key=lambda r: r["id"]
+    )
+    assert [(r["attempt"], r["state"]) for r in flaky] == [(1, "failed"), (2, "success")]
+    runs = final(data["runs"])
+    states = {
+        host: [
+            runs[(n, host)]["state"]
+            for n in ("each (item=a)", "each (item=b)", "each (item=c)", "next")
+        ]
+        for host in ("web1", "web2")
+    }
+    assert states == {
+        "web1": ["success", "failed", "skipped", "skipped"],
+        "web2": ["success", "success", "success", "success"],
+    }
+    assert (
+        "needs 'each (item=b)' on web1, which ended failed"
+        in runs[("each (item=c)", "web1")]["reason"]
+    )
+
+
+def test_an_empty_loop_skips_the_task_and_the_console_names_the_items(
+    fleet: ServerHandle, tmp_path: Path
+) -> None:
+    """No item on web2: its run is skipped as such and the next task runs. The job page and
+    the run page show the task with the item's label."""
+    book = write(
+        tmp_path / "empty.yml",
+        """\
+        name: empty
+        hosts: web
+        tasks:
+          - name: some
+            loop: "{{ ['only'] if inventory_hostname == 'web1' else [] }}"
+            loop_control: {label: "the {{ item }} one"}
+            shell: echo {{ item }}
+          - name: next
+            shell: echo {{ results.some.results | length }} {{ results.some.state }}
+        """,
+    )
+    result = play(fleet, book, "--format", "json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(result.stdout)
+    runs = final(data["runs"])
+    assert set(runs) == {
+        ("some (item=the only one)", "web1"), ("some", "web2"), ("next", "web1"), ("next", "web2"),
+    }  # fmt: skip
+    assert (runs[("some", "web2")]["state"], runs[("some", "web2")]["reason"]) == (
+        "skipped",
+        "the loop gave no item",
+    )
+    lines = {
+        h: [ln["text"] for ln in fleet.log_lines(runs[("next", h)]["id"])] for h in ("web1", "web2")
+    }
+    assert lines == {"web1": ["1 success"], "web2": ["0 skipped"]}
+
+    client = Browserless(fleet)
+    assert client.login("admin", admin_password(fleet)).status_code == 303
+    item = runs[("some (item=the only one)", "web1")]
+    job_page = client.http.get(f"/jobs/{data['job']['id']}")
+    assert job_page.status_code == 200
+    row = rf'href="/runs/{item["id"]}">web1</a></td>\s*<td class="task" data-testid="run-task">(.*?)</td>'
+    found = re.search(row, job_page.text)
+    assert found, job_page.text[job_page.text.find("status-grid") :]
+    assert found[1] == "some (item=the only one)"
+    run_page = client.http.get(f"/runs/{item['id']}")
+    assert run_page.status_code == 200
+    assert 'data-testid="task">some (item=the only one)</dd>' in run_page.text
+    client.close()
+
+
+def test_a_loop_that_gives_no_list_is_refused_and_nothing_is_stored(
+    fleet: ServerHandle, tmp_path: Path
+) -> None:
+    """Refused when the job is planned, naming the file:line, the task and the host."""
+    book = write(
+        tmp_path / "bad.yml",
+        """\
+        name: bad
+        hosts: web
+        tasks:
+          - name: ok
+            shell: echo ok
+          - name: broken
+            loop: "{{ inventory_hostname }}"
+            shell: echo {{ item }}
+        """,
+    )
+    result = play(fleet, book)
+    assert result.returncode != 0
+    assert "bad.yml:7:" in result.stderr
+    assert (
+        "task 'broken' on host 'web1', loop must give a list, got the text 'web1'" in result.stderr
+    )
+    assert fleet.get("/api/runs")["runs"] == []
+    assert [e for e in fleet.get("/api/audit")["events"] if e["action"] == "job.submit"] == []
