@@ -12,7 +12,7 @@ import pytest
 
 from tests.browser.support import Browserless, admin_password
 from tests.conftest import AgentFactory, ServerFactory, write
-from tests.support import REPO, ServerHandle
+from tests.support import REPO, ServerHandle, free_port, wait_until
 
 
 @pytest.fixture
@@ -211,3 +211,54 @@ def test_a_loop_that_gives_no_list_is_refused_and_nothing_is_stored(
     )
     assert fleet.get("/api/runs")["runs"] == []
     assert [e for e in fleet.get("/api/audit")["events"] if e["action"] == "job.submit"] == []
+
+
+RESUME_LOOP = """\
+name: resume-loop
+hosts: pbweb
+tasks:
+  - name: steps
+    loop: [a, b, c]
+    shell: >-
+      echo {{{{ item }}}} >> {marks}/{{{{ inventory_hostname }}}};
+      if [ {{{{ item }}}} = b ]; then for i in $(seq 1 30); do echo $i; sleep 0.1; done; fi;
+      echo {{{{ item }}}}
+  - name: none
+    loop: []
+    shell: echo never >> {marks}/never
+  - name: report
+    shell: echo {{{{ results.steps.results | map(attribute='stdout_lines') | map('last') | join(',') }}}}
+"""
+
+
+def test_a_loop_continues_after_a_server_kill(
+    start_server: ServerFactory, start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    """kill -9 of the server during item b: the restarted server re-attaches to b, runs c once,
+    and the next task still reads every item's result."""
+    inventory = tmp_path / "inv.ini"
+    inventory.write_text("[pbweb]\npb1\n[pbweb:vars]\neasytask_connection=agent\n")
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    agents_addr = f"127.0.0.1:{free_port()}"
+    server = start_server(inventory, agents=agents_addr)
+    start_agent(server, "pb1")
+    job = server.post(
+        "/api/playbooks/run", {"name": "resume.yml", "text": RESUME_LOOP.format(marks=marks)}
+    )
+    job_id = job["job"]["id"]
+    b = next(r for r in job["runs"] if r["task"] == "steps (item=b)")
+    wait_until(lambda: len(server.log_lines(b["id"])) > 5, timeout=60, what="item b's output")
+    server.proc.kill9()
+    server2 = start_server(inventory, state_dir=server.state_dir, agents=agents_addr)
+    data = server2.wait_job(job_id, timeout=120)
+    assert data["job"]["state"] == "success", data
+    runs = final(data["runs"])
+    assert [runs[(n, "pb1")]["state"] for n in ("steps (item=a)", "steps (item=b)", "steps (item=c)", "none", "report")] == [
+        "success", "success", "success", "skipped", "success",
+    ]  # fmt: skip
+    assert runs[("none", "pb1")]["reason"] == "the loop gave no item"
+    assert (marks / "pb1").read_text().split() == ["a", "b", "c"]
+    assert not (marks / "never").exists()
+    report = server2.log_lines(runs[("report", "pb1")]["id"])
+    assert [ln["text"] for ln in report] == ["a,b,c"]
