@@ -20,11 +20,14 @@ from easytask.plan import (
     dumps_check,
     format_check,
     loop_result,
+    loops,
     plan_playbook,
+    plan_runs,
     render_action,
     task_result,
 )
 from easytask.playbook import PlaybookErrors, parse_playbook
+from tests.support.cli import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -349,3 +352,42 @@ def test_loop_result_is_each_item_in_order_then_the_task_state() -> None:
     assert loop_result([(a, ok), (b, skipped)])["state"] == "success"
     assert loop_result([(a, skipped)])["state"] == "skipped"
     assert loop_result([]) == {"results": [], "state": "skipped", "failed": False, "skipped": True}
+
+
+def test_list_tasks_shows_each_loop_as_written(tmp_path: Path) -> None:
+    """`play --list-tasks` (no inventory, nothing sent) shows the loop each task has."""
+    book = tmp_path / "site.yml"
+    book.write_text(
+        "name: site\nhosts: all\ntasks:\n"
+        "  - {name: a, shell: x, loop: [1, two]}\n"
+        "  - name: b\n    shell: x\n    loop: '{{ users }}'\n"
+        "    loop_control: {loop_var: u, label: '{{ u.name }}'}\n"
+        "  - {name: c, shell: x, with_items: [[1], 2]}\n"
+        "  - {name: d, shell: x}\n"
+    )
+    code, out = run_cli("play", str(book), "--list-tasks")
+    assert code == 0
+    assert out.endswith(
+        "    tasks:\n"
+        "      a\tTAGS: []\tat once\tloop [1, two]\n"
+        "      b\tTAGS: []\tafter a\tloop {{ users }} as u label {{ u.name }}\n"
+        "      c\tTAGS: []\tafter b\twith_items [[1], 2]\n"
+        "      d\tTAGS: []\tafter c\n"
+    )
+
+
+def test_the_loops_of_a_job_have_a_time_limit(
+    tmp_path: Path, inventory: Inventory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rendering every loop and label of a job is bounded in time as a whole (LOOP_SECONDS)."""
+    monkeypatch.setattr(loops, "LOOP_SECONDS", -1.0)
+    with pytest.raises(PlaybookError, match="rendering the job's loops took more than -1s"):
+        plan_of(tmp_path, inventory, "hosts: web1\ntasks:\n  - {name: t, loop: [1], shell: x}\n")
+
+
+def test_runs_can_be_added_apart(tmp_path: Path, inventory: Inventory) -> None:
+    """plan_playbook(runs=False) then plan_runs (as the server does, in a thread) is the plan."""
+    text = "hosts: web\ntasks:\n  - {name: t, loop: [1, 2], shell: x}\n"
+    bare = plan_of(tmp_path, inventory, text, runs=False)
+    assert bare.runs == ()
+    assert plan_runs(bare).runs == plan_of(tmp_path, inventory, text).runs

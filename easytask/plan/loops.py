@@ -7,6 +7,7 @@ shows wherever runs show: the CLI, the console and `results.<task>` (see `loop_r
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -19,9 +20,18 @@ from easytask.templating import Vars, is_template, render
 from easytask.templating import value as template_value
 from easytask.vault import vault_values
 
-__all__ = ["LABEL_WIDTH", "MAX_LOOP_ITEMS", "LoopItem", "host_items", "item_run_name", "loop_items"]
+__all__ = [
+    "LABEL_WIDTH",
+    "LOOP_SECONDS",
+    "MAX_LOOP_ITEMS",
+    "LoopItem",
+    "host_items",
+    "item_run_name",
+    "loop_items",
+]
 
 MAX_LOOP_ITEMS = 10_000  # items of one task's loop on one host
+LOOP_SECONDS = 30.0  # time to render all the loops and labels of one job
 LABEL_WIDTH = 80  # characters of an item's label in its run's name
 
 
@@ -48,12 +58,14 @@ def host_items(
     host: str,
     context_of: Callable[[Mapping[str, Any] | None], Vars],
     secrets: Sequence[str] = (),
+    deadline: float | None = None,
 ) -> list[LoopItem]:
     """A task's loop items on a host: the list rendered with `context_of(None)` (the host's
     variables), each item's label with `context_of({loop_var: item})`; `secrets` never show.
 
     Raises PlaybookError at the task's `loop` (or `loop_control`) when the loop does not give
-    a list, or gives more than MAX_LOOP_ITEMS, or a label cannot be rendered."""
+    a list, or gives more than MAX_LOOP_ITEMS, or a label cannot be rendered, or the labels go
+    on past `deadline` (a time.monotonic() value)."""
     loop = task.loop
     assert loop is not None
     key = "with_items" if loop.flatten else "loop"
@@ -93,6 +105,11 @@ def host_items(
                 raise PlaybookError(exc.message, location=at) from None
         else:
             label = _item_text(item)
+        if deadline is not None and time.monotonic() > deadline:
+            raise PlaybookError(
+                f"{what}: rendering the job's loops took more than {LOOP_SECONDS:g}s",
+                location=task.at(key),
+            )
         label = _one_line(mask(label))
         shown = label if label not in seen else f"{label} #{index + 1}"
         seen.add(shown)
@@ -151,6 +168,7 @@ def loop_items(plan: Any) -> dict[tuple[str, str | None], list[LoopItem]]:
     Raises PlaybookError at the task's `loop` (or `loop_control`) for a loop that does not
     give a list, or an item's label that cannot be rendered."""
     names = {t.name for t in plan.tasks}
+    deadline = time.monotonic() + LOOP_SECONDS
     out: dict[tuple[str, str | None], list[LoopItem]] = {}
     for task in plan.tasks:
         if task.loop is None or not task.hosts:
@@ -165,6 +183,7 @@ def loop_items(plan: Any) -> dict[tuple[str, str | None], list[LoopItem]]:
                 host,
                 partial(plan.context, host, None, None),
                 _secret_values(plan, host),
+                deadline,
             )
             for item in items:
                 if item_run_name(task.name, item.shown) in names:

@@ -36,6 +36,7 @@ __all__ = [
     "TaskRun",
     "parse_extra_vars",
     "plan_playbook",
+    "plan_runs",
     "serial_batches",
     "stop_after_batch",
 ]
@@ -218,8 +219,12 @@ def plan_playbook(
     limit: str | None = None,
     tags: Sequence[str] = (),
     skip_tags: Sequence[str] = (),
+    runs: bool = True,
 ) -> PlaybookPlan:
     """Plan a playbook on an inventory; raises NoHostsMatched if the play selects no host.
+
+    `runs=False` leaves the runs out (`plan.runs` is empty) for `plan_runs` to add: that renders
+    the tasks' loops, which a server does in a thread, off its event loop.
 
     The inventory's `magic_vars(host)` (inventory_hostname, group_names, groups, ...) are used
     too when it has that method. Planning is deterministic: the same playbook, inventory, extra
@@ -280,7 +285,13 @@ def plan_playbook(
         connections=connections,
         warnings=tuple(connection_warnings(host_vars, connections)),
     )
-    return replace(plan, runs=tuple(_runs(tasks, batches, loop_items(plan))))
+    return plan_runs(plan) if runs else plan
+
+
+def plan_runs(plan: PlaybookPlan) -> PlaybookPlan:
+    """The plan with its runs: per task, per host, per item of a loop (rendered here, so a
+    PlaybookError for a loop that gives no list, see `loop_items`)."""
+    return replace(plan, runs=tuple(_runs(list(plan.tasks), plan.batches, loop_items(plan))))
 
 
 def tag_names(value: Any, option: str) -> tuple[str, ...]:
