@@ -209,8 +209,15 @@ def test_a_loop_that_gives_no_list_is_refused_and_nothing_is_stored(
     assert (
         "task 'broken' on host 'web1', loop must give a list, got the text 'web1'" in result.stderr
     )
+    refused = fleet.http.post(
+        "/api/playbooks/run", json={"name": "bad.yml", "text": book.read_text()}
+    )
+    assert refused.status_code == 400, refused.text
+    assert "bad.yml:7:" in refused.json()["error"]
+    assert "task 'broken' on host 'web1', loop must give a list" in refused.json()["error"]
     assert fleet.get("/api/runs")["runs"] == []
     assert [e for e in fleet.get("/api/audit")["events"] if e["action"] == "job.submit"] == []
+    assert not list((fleet.state_dir / "bundles").glob("*/bad.yml"))  # the refused bundle is gone
 
 
 RESUME_LOOP = """\
