@@ -183,6 +183,10 @@ def test_an_empty_loop_skips_the_task_and_the_console_names_the_items(
     run_page = client.http.get(f"/runs/{item['id']}")
     assert run_page.status_code == 200
     assert 'data-testid="task">some (item=the only one)</dd>' in run_page.text
+    adhoc = fleet.submit("web1", "echo hi")  # an ad hoc job's runs have no task to show
+    fleet.wait_job(adhoc["job"]["id"])
+    page = client.http.get(f"/jobs/{adhoc['job']['id']}").text
+    assert 'data-testid="run-task"' not in page and "<th>Task</th>" not in page
     client.close()
 
 
