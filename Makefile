@@ -4,7 +4,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-pg check bench sysdeps clean
+.PHONY: demo test test-pg check bench sysdeps clean vendor-uplot
+
+UPLOT_VERSION ?= 1.6.32
 
 # `make test` runs the whole suite on SQLite and, side by side, every server-level test file again
 # with each server on its own PostgreSQL database (EASYTASK_TEST_DB=postgres; scripts/test-both.sh).
@@ -22,7 +24,8 @@ PG_TESTS := tests/test_store.py tests/test_migrations.py tests/test_adhoc.py \
 	tests/test_credentials.py tests/test_ansible_connection.py tests/test_grouped_output.py tests/test_grouped_view.py \
 	tests/test_console_audit.py tests/test_agent_env.py tests/test_agent_names.py \
 	tests/test_agent_requests.py tests/test_light_agent.py tests/test_agent_labels.py tests/test_become.py \
-	tests/test_bad_input.py
+	tests/test_play_outcome.py \
+	tests/test_bad_input.py tests/test_timeline.py
 PG_TESTS += tests/test_play_loops.py
 
 $(STAMP): pyproject.toml
@@ -47,6 +50,10 @@ check: $(STAMP)
 	$(VENV)/bin/ruff format --check easytask tests bench
 	$(VENV)/bin/ruff check easytask tests bench
 	$(VENV)/bin/mypy easytask
+
+# Refresh web/static/vendor/uplot (the console's charts) from the npm registry, hash-checked.
+vendor-uplot:
+	bash scripts/vendor-uplot.sh $(UPLOT_VERSION)
 
 bench: $(STAMP)
 	$(PY) -m bench.all

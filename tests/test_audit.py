@@ -61,9 +61,9 @@ def test_runs_kills_and_agents_are_on_record(audited: ServerHandle) -> None:
 @pytest.mark.parametrize(
     ("tamper", "message"),
     [
-        (
-            "UPDATE audit_event SET detail = replace(detail, 'echo hello', 'echo bye') WHERE id = 3",
-            "row 3: contents do not match its hash (edited)",
+        (  # rows 1-4: agent.token, agent.enroll, agent.online, job.submit of `echo hello`
+            "UPDATE audit_event SET detail = replace(detail, 'echo hello', 'echo bye') WHERE id = 4",
+            "row 4: contents do not match its hash (edited)",
         ),
         (
             "DELETE FROM audit_event WHERE id = 3",
@@ -153,7 +153,7 @@ def test_a_chain_rewritten_without_the_key_is_caught(audited: ServerHandle) -> N
     rows are hashed with the audit key, which the database does not hold."""
 
     def edit(event: AuditEvent) -> bool:
-        if event.id != 3:
+        if event.id != 4:  # the job.submit of `echo hello`
             return False
         event.detail = event.detail.replace("echo hello", "echo bye")
         return True
@@ -161,7 +161,7 @@ def test_a_chain_rewritten_without_the_key_is_caught(audited: ServerHandle) -> N
     rewrite_plain(audited.db_url, edit)
     result = audited.cli("audit", "verify")
     assert result.returncode == 1
-    assert "row 3: not hashed with the audit key (the chain was rewritten)" in result.stdout
+    assert "row 4: not hashed with the audit key (the chain was rewritten)" in result.stdout
 
 
 def test_an_edited_checkpoint_fails_its_signature(audited: ServerHandle) -> None:

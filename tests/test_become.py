@@ -26,6 +26,7 @@ from easytask.inventory import load_inventory
 from easytask.plan import plan_playbook
 from easytask.plan.become import Become, BecomeRequest, agentless_refusal, resolve_become
 from easytask.playbook import parse_playbook
+from easytask.scheduler.playbooks import resume_spec
 from tests.browser.support import Browserless, admin_password
 from tests.conftest import AgentFactory, ServerFactory, write
 from tests.support import REPO, SSHD, ServerHandle, launch_agent, start_sshd, wait_until
@@ -123,6 +124,33 @@ def test_playbook_become_keys_are_checked_and_su_over_ssh_is_refused_when_planne
     assert "task 'a': host 'ssh1': become method 'su' needs a become password" in str(refused.value)
     # the agent host alone: its agent decides how, the method does not matter
     assert plan_playbook(book, fleet, limit="agent1").hosts == ("agent1",)
+
+
+def test_the_command_line_is_the_lowest_level_of_a_play_and_is_kept_for_a_resume(
+    tmp_path: Path,
+) -> None:
+    """`play -b --become-user U` goes under the play's and tasks' keys and the inventory's
+    variables, and is kept with the job so a restarted server plans the same become."""
+    inv = write(tmp_path / "inv.ini", "h1\nh2 ansible_become_user=nobody\n")
+    book = parse_playbook(
+        "hosts: all\ntasks:\n  - {name: a, command: id}\n"
+        "  - {name: b, command: id, become_user: app}\n  - {name: c, command: id, become: false}\n",
+        tmp_path / "pb.yml",
+    )
+    cli = BecomeRequest(become=True, user="deploy")
+    plan = plan_playbook(book, load_inventory(inv), become=cli)
+
+    def who(task: str, host: str) -> Become | None:
+        request = plan.become_request(plan.task(task))
+        return resolve_become(host, plan.host_vars[host], request)
+
+    assert [who(t, "h1") for t in "abc"] == [Become("deploy"), Become("app"), None]
+    assert who("a", "h2") == Become("nobody")
+    spec = resume_spec(plan)
+    assert spec["become"] == {"become": True, "user": "deploy"}
+    again = plan_playbook(book, load_inventory(inv), become=BecomeRequest.from_dict(spec["become"]))
+    assert again.become == cli
+    assert "become" not in resume_spec(plan_playbook(book, load_inventory(inv)))
 
 
 # -- fixtures -----------------------------------------------------------------------------------
@@ -511,6 +539,80 @@ def test_playbook_become_at_play_and_task_level(
         "as-play": {TARGET: ["pb1"], "nobody": ["pb2"]},
         "as-root": {"root": ["pb1"], "nobody": ["pb2"]},
     }
+
+
+def test_play_become_flags_under_the_play_and_task_keys(
+    start_server: ServerFactory,
+    start_agent: AgentFactory,
+    target_user: pwd.struct_passwd,
+    tmp_path: Path,
+) -> None:
+    """`play -b --become-user U` makes the tasks become U; the play's and a task's own keys
+    go over the flags (as in Ansible); the API takes them as `become`/`become_user`, a bad
+    user is refused there and by the CLI before anything runs."""
+    server = start_server(write(tmp_path / "inv.ini", "[fleet]\npb3\n"))
+    start_agent(server, "pb3", "--allow-become", f"{TARGET},nobody")
+    book = write(
+        tmp_path / "flags.yml",
+        """\
+        hosts: fleet
+        tasks:
+          - name: flags
+            command: id -un
+          - name: task-user
+            command: id -un
+            become_user: nobody
+          - name: task-off
+            command: id -un
+            become: false
+        """,
+    )
+
+    def ran(*flags: str, path: Path = book) -> dict[str, tuple[list[str], str]]:
+        done = server.cli("play", str(path), *flags, "--format", "json", timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return {
+            run["task"]: (
+                [ln["text"] for ln in server.log_lines(run["id"]) if ln["stream"] == "stdout"],
+                run["ran_as"],
+            )
+            for run in json.loads(done.stdout)["runs"]
+        }
+
+    assert ran("-b", "--become-user", TARGET) == {
+        "flags": ([TARGET], f"{TARGET} (become)"),
+        "task-user": (["nobody"], "nobody (become)"),
+        "task-off": (["root"], "root"),
+    }
+    events = server.get("/api/audit", action="job.submit")["events"]
+    assert events[0]["detail"]["become"] == {
+        "flags": {TARGET: ["pb3"]},
+        "task-user": {"nobody": ["pb3"]},
+    }
+    # without the flags: nothing becomes (the task's user alone asks nothing, as in Ansible)
+    assert ran() == {
+        "flags": (["root"], "root"),
+        "task-user": (["root"], "root"),
+        "task-off": (["root"], "root"),
+    }
+    # --become-user alone means -b; the play's `become: false` goes over the flags
+    off = write(
+        tmp_path / "off.yml",
+        "hosts: fleet\nbecome: false\ntasks:\n  - {name: a, command: id -un}\n",
+    )
+    assert ran("--become-user", TARGET, path=off) == {"a": (["root"], "root")}
+
+    bad = server.cli("play", str(book), "--become-user", "a;b", timeout=60)
+    assert bad.returncode == 2 and "--become-user: 'a;b' is not a user name" in bad.stderr
+    text = book.read_text()
+    answer = server.http.post(
+        "/api/playbooks/run", json={"name": "f.yml", "text": text, "become_user": "a;b"}
+    )
+    assert answer.status_code == 400 and "'a;b' is not a user name" in answer.json()["error"]
+    answer = server.http.post(
+        "/api/playbooks/run", json={"name": "f.yml", "text": text, "become": "yes"}
+    )
+    assert answer.status_code == 400 and answer.json()["error"] == "become must be true or false"
 
 
 # -- several servers ----------------------------------------------------------------------------

@@ -351,7 +351,11 @@ def test_loop_result_is_each_item_in_order_then_the_task_state() -> None:
     assert (result["state"], result["failed"], result["skipped"]) == ("failed", True, False)
     assert loop_result([(a, ok), (b, skipped)])["state"] == "success"
     assert loop_result([(a, skipped)])["state"] == "skipped"
-    assert loop_result([]) == {"results": [], "state": "skipped", "failed": False, "skipped": True}
+    assert result["changed"] is False
+    assert loop_result([(a, task_result(rc=0, changed=True)), (b, ok)])["changed"] is True
+    assert loop_result([]) == {
+        "results": [], "state": "skipped", "failed": False, "skipped": True, "changed": False,
+    }  # fmt: skip
 
 
 def test_list_tasks_shows_each_loop_as_written(tmp_path: Path) -> None:

@@ -472,9 +472,10 @@ def test_task_result() -> None:
     """A result holds output without its final newline, its lines, the exit code and the state."""
     assert task_result("a\nb\n", "oops\n", 1, "failed") == {
         "stdout": "a\nb", "stderr": "oops", "stdout_lines": ["a", "b"], "stderr_lines": ["oops"],
-        "rc": 1, "state": "failed", "failed": True, "skipped": False,
+        "rc": 1, "state": "failed", "failed": True, "skipped": False, "changed": False,
     }  # fmt: skip
     assert task_result(state="skipped")["skipped"] is True
+    assert task_result(changed=True)["changed"] is True
 
 
 # -- extra vars -------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from easytask.cli.common import (
     play_vault,
 )
 from easytask.cli.jobs import RAW_HELP, post_and_follow, server_hosts
-from easytask.cli.recap import final_attempts, play_recap
+from easytask.cli.recap import play_ok, play_recap
 from easytask.config import Settings
 from easytask.errors import UsageError
 
@@ -76,6 +76,14 @@ def add_parsers(sub: Any) -> None:
         help="inventory for --check and --list-hosts, repeatable (default from settings for "
         "--check); a run uses the server's inventory (`easytask server -i`)",
     )
+    pl.add_argument(
+        "-b",
+        "--become",
+        action="store_true",
+        help="run the tasks as another user (--become-user, default root), as ansible-playbook "
+        "-b; the play's and tasks' become keys go over it",
+    )
+    pl.add_argument("--become-user", metavar="USER", help="the user to become (implies --become)")
     pl.add_argument("--format", choices=("text", "json"), default="text")
     pl.add_argument("--raw", action="store_true", help=RAW_HELP)
     add_vault_options(pl)
@@ -142,6 +150,16 @@ def _loop_text(loop: Any) -> str:
     )
 
 
+def _become(args: argparse.Namespace) -> Any:
+    """`-b`/`--become-user` as the lowest become level (a user alone means become)."""
+    from easytask.plan.become import BecomeRequest, check_user
+
+    if not (args.become or args.become_user):
+        return BecomeRequest()
+    user = check_user(args.become_user, "--become-user") if args.become_user else None
+    return BecomeRequest(become=True, user=user)
+
+
 def cmd_play(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     import base64
 
@@ -169,6 +187,7 @@ def cmd_play(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     extra = parse_extra_vars(args.extra_vars)
     tags = tag_names(",".join(args.tags), "--tags")
     skip_tags = tag_names(",".join(args.skip_tags), "--skip-tags")
+    become = _become(args)
     if args.list_tasks or args.list_hosts:
         return _play_listing(args, settings, playbook, tags, skip_tags, out, vault)
     if args.check:
@@ -192,6 +211,7 @@ def cmd_play(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
             limit=args.limit,
             tags=tags,
             skip_tags=skip_tags,
+            become=become,
         )
         checked = check_playbook(plan)
         out.write(dumps_check(checked) if args.format == "json" else format_check(plan, checked))
@@ -211,11 +231,12 @@ def cmd_play(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         "tags": list(tags),
         "skip_tags": list(skip_tags),
         "extra_vars": extra,
+        **({"become": True} if become.become else {}),
+        **({"become_user": become.user} if become.user else {}),
     }
     data = post_and_follow(client, "/api/playbooks/run", body, args.format, out, args.raw)
     if data is None:
         return 130
     if args.format != "json":
         play_recap(data, time.monotonic() - started, out)
-    ok = {"success", "skipped"}
-    return EXIT_OK if all(r["state"] in ok for r in final_attempts(data["runs"])) else EXIT_FAILED
+    return EXIT_OK if play_ok(data["runs"]) else EXIT_FAILED

@@ -127,9 +127,14 @@ def resolve_become(host: str, hostvars: Mapping[str, Any], *levels: BecomeReques
     return Become(user=merged.user or DEFAULT_USER, method=merged.method or "sudo")
 
 
-def task_request(playbook: Playbook, task: Task) -> BecomeRequest:
-    """The play's `become`/`become_user` with the task's over them."""
+def task_request(
+    playbook: Playbook, task: Task, command_line: BecomeRequest | None = None
+) -> BecomeRequest:
+    """The command line's (`play -b --become-user U`), then the play's `become`/`become_user`
+    over it, then the task's over them."""
     play = BecomeRequest(become=playbook.become, user=playbook.become_user)
+    if command_line is not None:
+        play = play.over(command_line)
     return BecomeRequest(become=task.become, user=task.become_user).over(play)
 
 

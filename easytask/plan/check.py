@@ -243,6 +243,12 @@ def _task_header(task: PlannedTask) -> str:
         settings.append(f"retries {task.retries} every {_short(task.retry_delay)}{backoff}")
     if task.env:
         settings.append("env " + " ".join(task.env))
+    if task.task.failed_when is not None:
+        settings.append(f"failed_when {task.task.failed_when}")
+    if task.task.changed_when is not None:
+        settings.append(f"changed_when {task.task.changed_when}")
+    if task.task.ignore_errors:
+        settings.append("ignore_errors")
     return head + (" [" + ", ".join(settings) + "]" if settings else "")
 
 

@@ -21,7 +21,7 @@ from easytask.errors import (
     UsageError,
 )
 from easytask.plan.adhoc import HostSource
-from easytask.plan.become import agentless_refusal, resolve_become, task_request
+from easytask.plan.become import BecomeRequest, agentless_refusal, resolve_become, task_request
 from easytask.plan.connection import connection_of, connection_warnings
 from easytask.plan.loops import MAX_LOOP_ITEMS, LoopItem, item_run_name, loop_items
 from easytask.playbook import RESERVED_VARS, TAG, Action, Loop, Playbook, Task, load_yaml
@@ -132,6 +132,7 @@ class PlaybookPlan:
     credentials: tuple[str, ...] = ()  # secret vars the credential store gave (their names)
     connections: Mapping[str, str] = field(default_factory=dict)  # host -> agent | ssh
     warnings: tuple[str, ...] = ()  # connection variables of its hosts that are not honoured
+    become: BecomeRequest = field(default_factory=BecomeRequest)  # `play -b --become-user U`
 
     @property
     def name(self) -> str:
@@ -157,6 +158,11 @@ class PlaybookPlan:
     def max_fail_percentage(self) -> float | None:
         """See `stop_after_batch`."""
         return self.playbook.max_fail_percentage
+
+    def become_request(self, task: PlannedTask) -> BecomeRequest:
+        """Whom a task's runs ask to become: the command line's, the play's, the task's (the
+        host's inventory variables go over it, see `resolve_become`)."""
+        return task_request(self.playbook, task.task, self.become)
 
     def task(self, name: str) -> PlannedTask:
         """The planned task of that name (KeyError if none)."""
@@ -219,10 +225,12 @@ def plan_playbook(
     limit: str | None = None,
     tags: Sequence[str] = (),
     skip_tags: Sequence[str] = (),
+    become: BecomeRequest | None = None,
     runs: bool = True,
 ) -> PlaybookPlan:
     """Plan a playbook on an inventory; raises NoHostsMatched if the play selects no host.
 
+    `become` is the command line's (`play -b`): the play's and the tasks' keys go over it.
     `runs=False` leaves the runs out (`plan.runs` is empty) for `plan_runs` to add: that renders
     the tasks' loops, which a server does in a thread, off its event loop.
 
@@ -267,8 +275,9 @@ def plan_playbook(
     for task in tasks:
         for host in task.hosts:
             values = host_vars[host]
-            become = resolve_become(host, values, task_request(playbook, task.task))
-            refusal = agentless_refusal(host, become) if connections[host] == "ssh" else None
+            request = task_request(playbook, task.task, become)
+            as_user = resolve_become(host, values, request)
+            refusal = agentless_refusal(host, as_user) if connections[host] == "ssh" else None
             if refusal:
                 raise UsageError(f"task {task.name!r}: {refusal}", location=task.location)
     plan = PlaybookPlan(
@@ -284,6 +293,7 @@ def plan_playbook(
         skip_tags=tuple(skip_tags),
         connections=connections,
         warnings=tuple(connection_warnings(host_vars, connections)),
+        become=become or BecomeRequest(),
     )
     return plan_runs(plan) if runs else plan
 

@@ -122,11 +122,17 @@ def evaluate_when(task: PlannedTask | Task, host: str | None, context: Mapping[s
 
 
 def task_result(
-    stdout: str = "", stderr: str = "", rc: int | None = None, state: str = "success"
+    stdout: str = "",
+    stderr: str = "",
+    rc: int | None = None,
+    state: str = "success",
+    *,
+    changed: bool = False,
 ) -> dict[str, Any]:
     """What `results.<task>` holds for a finished run (`state` skipped: its `when` was false).
 
     stdout/stderr lose their final newline, as in Ansible; `*_lines` split them into lines.
+    `changed`: what changed_when said (or Ansible's default, see `plan.outcome`).
     """
     out = stdout.rstrip("\r\n")
     err = stderr.rstrip("\r\n")
@@ -139,6 +145,7 @@ def task_result(
         "state": state,
         "failed": state not in ("success", "skipped"),
         "skipped": state == "skipped",
+        "changed": changed,
     }
 
 
@@ -147,7 +154,8 @@ def loop_result(
 ) -> dict[str, Any]:
     """What `results.<task>` holds for a loop on a host, in the shape Ansible registers a loop:
     `results`, each item's `task_result(...)` in item order with its `item` (and its
-    `loop_var`), `label` and `index`; then the task's `state`, `failed` and `skipped`.
+    `loop_var`), `label` and `index`; then the task's `state`, `failed` and `skipped`, and
+    `changed` when any item changed.
 
     The state is the first item's that did not succeed or skip; skipped when every item
     skipped (or there was none); success otherwise. An item with no result yet (it never ran)
@@ -166,4 +174,5 @@ def loop_result(
         "state": state,
         "failed": bad is not None,
         "skipped": state == "skipped",
+        "changed": any(r.get("changed") for r in results),
     }

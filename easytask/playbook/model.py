@@ -41,7 +41,8 @@ DEFAULTS_KEYS = ("timeout", "retries", "retry_delay", "retry_backoff")
 ACTIONS = ("command", "shell", "script", "copy")
 TASK_KEYS = (
     "name", *ACTIONS, "hosts", "needs", "when", *DEFAULTS_KEYS, "run_on", "run_once", "env",
-    "environment", "cwd", "tags", "become", "become_user", "loop", "with_items", "loop_control",
+    "environment", "cwd", "tags", "become", "become_user",
+    *("ignore_errors", "failed_when", "changed_when"), "loop", "with_items", "loop_control",
 )  # fmt: skip
 LOOP_CONTROL_KEYS = ("label", "loop_var")
 COPY_KEYS = ("src", "dest", "mode")
@@ -125,6 +126,9 @@ class Task:
     tags: tuple[str, ...] = ()  # for `play --tags/--skip-tags`
     become: bool | None = None  # None: as the play says
     become_user: str | None = None
+    ignore_errors: bool = False  # a failed run does not stop the play nor fail the job
+    failed_when: str | None = None  # an expression over rc/stdout/stderr (a list: ANDed)
+    changed_when: str | None = None
     uses_results: tuple[str, ...] = ()
     loop: Loop | None = None  # `loop`/`with_items`: one run per item
     locations: Mapping[str, SourceLocation] = field(default_factory=dict, repr=False)

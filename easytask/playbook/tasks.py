@@ -32,6 +32,7 @@ from easytask.templating import attribute_refs, is_template, syntax_problem, var
 __all__ = ["TaskChecker"]
 
 _MODE = re.compile(r"[0-7]{3,4}\Z")
+_CONDITIONS = ("when", "failed_when", "changed_when")  # bare expressions, not templates
 
 
 def implied_order(tasks: list[Task], written: list[Any]) -> list[Task]:
@@ -111,6 +112,9 @@ class TaskChecker(ValueChecker):
         if cwd is not None:
             self.template(data, "cwd", f"'cwd' of {label}")
         become, become_user = self.become(data, label)
+        ignore_errors = self.boolean(data, "ignore_errors", label)
+        failed_when = self.condition(data, "failed_when", label)
+        changed_when = self.condition(data, "changed_when", label)
         loop = self.loop(data, label)
         if len(self.errors) > errors_before or action is None or not isinstance(name, str):
             return None
@@ -132,6 +136,9 @@ class TaskChecker(ValueChecker):
             cwd=cwd,
             become=become,
             become_user=become_user,
+            ignore_errors=ignore_errors,
+            failed_when=failed_when,
+            changed_when=changed_when,
             uses_results=self.result_refs(data, name),
             loop=loop,
             locations={k: self.src.key(data, k) for k in data},
@@ -415,13 +422,16 @@ class TaskChecker(ValueChecker):
         return tuple(dict.fromkeys(names))
 
     def when(self, data: dict[Any, Any], label: str) -> str | None:
-        value = data.get("when")
+        return self.condition(data, "when", label)
+
+    def condition(self, data: dict[Any, Any], key: str, label: str) -> str | None:
+        """A bare expression (`when`, `failed_when`, `changed_when`), or a list of them that
+        must all hold, as one expression; errors point at the bad item."""
+        value = data.get(key)
         if value is None:
             return None
         container, items = (
-            (value, list(enumerate(value)))
-            if isinstance(value, list)
-            else (data, [("when", value)])
+            (value, list(enumerate(value))) if isinstance(value, list) else (data, [(key, value)])
         )
         exprs: list[str] = []
         for where, item in items:
@@ -432,16 +442,18 @@ class TaskChecker(ValueChecker):
                 self.bad(
                     container,
                     where,
-                    f"'when' in {label} must be an expression (or a list of them), got {got(item)}",
+                    f"'{key}' in {label} must be an expression (or a list of them), got {got(item)}",
                 )
             elif "{{" in item or "{%" in item:
                 self.bad(
                     container,
                     where,
-                    f"'when' in {label} is already an expression: write it without {{{{ }}}}",
+                    f"'{key}' in {label} is already an expression: write it without {{{{ }}}}",
                 )
             elif problem := syntax_problem(item, expression=True):
-                self.bad(container, where, f"invalid expression in 'when' of {label}: {problem[1]}")
+                self.bad(
+                    container, where, f"invalid expression in '{key}' of {label}: {problem[1]}"
+                )
             else:
                 exprs.append(item.strip())
                 continue
@@ -492,13 +504,13 @@ def _strings(container: Any, where: Any) -> Iterator[tuple[Any, Any, bool]]:
 
 def _template_slots(data: dict[Any, Any]) -> Iterator[tuple[Any, Any, bool]]:
     """(container, key or index, is-an-expression) of every string of a task that is rendered."""
-    for key in (*ACTIONS, "env", "environment", "cwd", "when"):
+    for key in (*ACTIONS, "env", "environment", "cwd", *_CONDITIONS):
         value = data.get(key)
         if isinstance(value, str):
-            yield data, key, key == "when"
+            yield data, key, key in _CONDITIONS
         elif isinstance(value, list):
             yield from (
-                (value, i, key == "when") for i, v in enumerate(value) if isinstance(v, str)
+                (value, i, key in _CONDITIONS) for i, v in enumerate(value) if isinstance(v, str)
             )
         elif isinstance(value, dict):
             for sub, item in value.items():

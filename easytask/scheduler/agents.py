@@ -190,6 +190,12 @@ class AgentRegistry:
             connected=True,
             server=self.server_id,
             last_seen=utcnow(),
+            audit=AuditNote(
+                name,
+                "agent.online",
+                f"agent {link.addr}",
+                {"agent": name, "server": self.server_id},
+            ),
             **fields,
         )
         assert updated is not None
@@ -334,10 +340,18 @@ class AgentRegistry:
             return
         info.link = None
         log.warning("agent %s unreachable: %s", info.name, exc or "connection closed")
-        self._spawn(self._mark_lost(info.name))
+        self._spawn(self._mark_lost(info.name, link.addr, str(exc or "connection closed")))
 
-    async def _mark_lost(self, name: str) -> None:
-        await self.store.call(self.store.update_agent, name, connected=False, last_seen=utcnow())
+    async def _mark_lost(self, name: str, addr: str, reason: str) -> None:
+        note = AuditNote(
+            name,
+            "agent.lost",
+            f"agent {addr}",
+            {"agent": name, "server": self.server_id, "reason": reason},
+        )
+        await self.store.call(
+            self.store.update_agent, name, note, connected=False, last_seen=utcnow()
+        )
         await self._notify()
         self._publish(name)
 

@@ -30,12 +30,14 @@ from easytask.plan import (
     stop_after_batch,
     task_result,
 )
-from easytask.plan.become import task_request
+from easytask.plan.outcome import ignored
 from easytask.scheduler import fileops, secretfile
 from easytask.scheduler.engine import JobEngine
 from easytask.scheduler.inflight import JobOptions
+from easytask.scheduler.verdicts import judge_attempt, mark_ignored
 from easytask.store.audit import AuditNote
 from easytask.store.models import Job, Run, RunState
+from easytask.store.runs import CHANGED, IGNORED
 from easytask.templating import render
 from easytask.vault import vault_values
 
@@ -74,6 +76,7 @@ class _Slot:
     state: str = RunState.QUEUED
     skipped_by_when: bool = False
     result: dict[str, Any] | None = None
+    ignored: bool = False  # it failed, and its task's ignore_errors lets the play go past it
     resumed: bool = False  # its row was started (or a retry queued) by a previous server process
 
 
@@ -134,7 +137,7 @@ class PlaybookJob:
             failed = {
                 s.run.host
                 for s in batch
-                if s.planned.host is not None and s.state not in OK_FOR_NEEDS
+                if s.planned.host is not None and s.state not in OK_FOR_NEEDS and not s.ignored
             }
             if index != batches[-1] and stop_after_batch(
                 len(failed), len(hosts), self.plan.max_fail_percentage
@@ -172,7 +175,7 @@ class PlaybookJob:
         for need in planned.needs:
             dep = self.slots[need]
             await dep.done.wait()
-            if dep.state not in OK_FOR_NEEDS or (
+            if (dep.state not in OK_FOR_NEEDS and not dep.ignored) or (
                 dep.state == RunState.SKIPPED and not dep.skipped_by_when
             ):
                 await self._skip(
@@ -224,9 +227,9 @@ class PlaybookJob:
             return
         if self._forks is not None:
             async with self._forks:
-                await self._attempts(slot, task, action, host)
+                await self._attempts(slot, task, action, host, context)
         else:
-            await self._attempts(slot, task, action, host)
+            await self._attempts(slot, task, action, host, context)
 
     def _results(self, planned: TaskRun) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -240,8 +243,11 @@ class PlaybookJob:
                 out[name] = slots[0].result
         return out
 
-    async def _attempts(self, slot: _Slot, task: PlannedTask, action: Any, host: str) -> None:
-        """Run the task, retrying with delay and backoff; every attempt is its own run row."""
+    async def _attempts(
+        self, slot: _Slot, task: PlannedTask, action: Any, host: str, context: Mapping[str, Any]
+    ) -> None:
+        """Run the task, retrying with delay and backoff; every attempt is its own run row,
+        judged by the task's failed_when/changed_when when it ends."""
         run = slot.run
         attempt = run.attempt
         resumed = slot.resumed
@@ -253,10 +259,12 @@ class PlaybookJob:
                 await self._attempt(run, task, action, host)
             fresh = await self.engine.store.call(self.engine.store.get_run, run.id or 0)
             assert fresh is not None
-            state = fresh.state
+            verdict = await judge_attempt(self.engine, fresh, task.task, host, context, off_loop)
+            state = verdict.state
             if (
                 state == RunState.SUCCESS
                 or attempt > task.retries
+                or verdict.error
                 or state == RunState.TERMINATED
                 and "killed by" in fresh.reason
             ):
@@ -275,8 +283,11 @@ class PlaybookJob:
             run = nxt
             slot.run = nxt
         slot.state = state
+        if ignored(task.task, state, verdict.error):
+            slot.ignored = True
+            await mark_ignored(self.engine, run, verdict)
         stdout, stderr = await self.engine.output_text(run.id or 0)
-        slot.result = task_result(stdout, stderr, fresh.exit_code, state)
+        slot.result = task_result(stdout, stderr, fresh.exit_code, state, changed=verdict.changed)
 
     def masks(self, host: str) -> tuple[str, ...]:
         """The values of the playbook's secret variables on a host, and every value that came
@@ -310,7 +321,7 @@ class PlaybookJob:
             env=dict(action.env),  # exported apart from the command line (see shell_line)
             ssh_keys={h: k for h, k in self.ssh_keys.items() if h == host},
             become_passwords={h: p for h, p in self.become_passwords.items() if h == host},
-            become=task_request(self.plan.playbook, task.task),
+            become=self.plan.become_request(task),
         )
         hostvars = dict(self.plan.host_vars.get(host, {}))
         if action.kind == "copy":
@@ -344,7 +355,7 @@ class PlaybookJob:
         options = JobOptions(
             timeout=task.timeout,
             pending_timeout=self.pending_timeout,
-            become=task_request(self.plan.playbook, task.task),
+            become=self.plan.become_request(task),
         )
         await self.engine.execute_one(run, dict(self.plan.host_vars.get(host, {})), options)
 
@@ -443,6 +454,7 @@ def resume_spec(plan: PlaybookPlan) -> dict[str, Any]:
         "tags": list(plan.tags),
         "skip_tags": list(plan.skip_tags),
         "extra_vars": {k: v for k, v in plan.extra_vars.items() if k not in secret},
+        **({"become": plan.become.as_dict()} if plan.become.as_dict() else {}),
         **({"warnings": list(plan.warnings)} if plan.warnings else {}),
     }
 
@@ -486,6 +498,7 @@ async def resume_playbook(
     current = [latest[(row.task, row.host)] for row in originals]
     runner = PlaybookJob(engine, plan, job, current, pending_timeout)
     runner.ssh_keys = dict(ssh_keys or {})
+    marks = await engine.store.call(engine.store.job_run_marks, job.id)
     left = 0
     for slot in runner.slots.values():
         run = slot.run
@@ -509,11 +522,13 @@ async def resume_playbook(
             continue
         slot.state = run.state
         slot.skipped_by_when = run.reason.startswith("when is false") or run.reason == EMPTY_LOOP
+        slot.ignored = IGNORED in marks.get(run.id or 0, ())
         if run.state == RunState.SKIPPED:
             slot.result = task_result(rc=None, state=RunState.SKIPPED)
         else:
             stdout, stderr = await engine.output_text(run.id or 0)
-            slot.result = task_result(stdout, stderr, run.exit_code, run.state)
+            changed = CHANGED in marks.get(run.id or 0, ())
+            slot.result = task_result(stdout, stderr, run.exit_code, run.state, changed=changed)
         slot.done.set()
     task_ = asyncio.create_task(_run(engine, runner), name=f"job-{job.id}")
     engine.adopt(job.id, task_)

@@ -12,7 +12,7 @@ from typing import Any
 from easytask.errors import APIError, PlaybookError
 from easytask.masking import Masker
 from easytask.plan import PlaybookPlan, connection_warnings
-from easytask.plan.become import agentless_refusal, resolve_become, task_request
+from easytask.plan.become import agentless_refusal, resolve_become
 from easytask.scheduler.egress import WebhookRefused, url_origin
 from easytask.scheduler.inflight import JobOptions
 from easytask.scheduler.playbooks import submit_playbook
@@ -227,7 +227,7 @@ def plan_become(plan: PlaybookPlan) -> dict[str, dict[str, list[str]]]:
     """Task -> user -> the hosts whose runs of the task become that user (for the audit)."""
     out: dict[str, dict[str, list[str]]] = {}
     for task in plan.tasks:
-        request = task_request(plan.playbook, task.task)
+        request = plan.become_request(task)
         for host in task.hosts:
             as_user = resolve_become(host, plan.host_vars.get(host, {}), request)
             if as_user is not None:

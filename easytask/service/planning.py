@@ -13,6 +13,7 @@ from typing import Any
 
 from easytask.errors import EasyTaskError, NoHostsMatched, PlaybookError
 from easytask.plan import PlannedRun, PlaybookPlan, plan_adhoc, plan_playbook, plan_runs
+from easytask.plan.become import BecomeRequest
 from easytask.playbook import Playbook, load_playbook
 from easytask.scheduler import secretfile
 from easytask.scheduler.playbooks import ResumeError, check_resumable, resume_playbook
@@ -74,8 +75,10 @@ async def plan_file(
     limit: str | None = None,
     tags: tuple[str, ...] = (),
     skip_tags: tuple[str, ...] = (),
+    become: BecomeRequest | None = None,
 ) -> PlaybookPlan:
-    """Load a playbook file and plan it against the inventory plus the accepted agents."""
+    """Load a playbook file and plan it against the inventory plus the accepted agents;
+    `become` as the command line asks (`play -b`)."""
     playbook = await asyncio.to_thread(load_playbook, path, services.vault)
     inventory = await services.merged_inventory()
     given = dict(extra_vars or {})
@@ -87,6 +90,7 @@ async def plan_file(
         limit=limit,
         tags=tags,
         skip_tags=skip_tags,
+        become=become,
         runs=False,
     )
     plan = await asyncio.to_thread(plan_runs, plan)  # renders the loops: off the event loop
@@ -116,6 +120,7 @@ async def plan_bundle(
     extra_vars: dict[str, Any],
     tags: tuple[str, ...] = (),
     skip_tags: tuple[str, ...] = (),
+    become: BecomeRequest | None = None,
 ) -> PlaybookPlan:
     """Write a submitted playbook and its files to a private bundle dir, load and plan it."""
     if name != Path(name).name or name in ("", ".", ".."):
@@ -135,7 +140,7 @@ async def plan_bundle(
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         target.write_bytes(data)
     try:
-        return await plan_file(services, bundle / base, extra_vars, limit, tags, skip_tags)
+        return await plan_file(services, bundle / base, extra_vars, limit, tags, skip_tags, become)
     except BaseException:  # a refused playbook leaves nothing behind
         shutil.rmtree(bundle, ignore_errors=True)
         raise
@@ -163,6 +168,7 @@ async def resume_playbook_job(services: Services, job: Job) -> int:
         limit=spec.get("limit"),
         tags=tuple(spec.get("tags") or ()),
         skip_tags=tuple(spec.get("skip_tags") or ()),
+        become=BecomeRequest.from_dict(spec.get("become")),
         runs=False,
     )
     plan = await asyncio.to_thread(plan_runs, plan)  # renders the loops: off the event loop

@@ -30,6 +30,7 @@ from easytask.store.identities import IdentityQueries
 from easytask.store.lines import LineQueries
 from easytask.store.logins import LoginQueries
 from easytask.store.runs import RunQueries
+from easytask.store.timeline import TimelineQueries
 from easytask.store.timetable import ScheduleQueries
 
 T = TypeVar("T")
@@ -118,6 +119,7 @@ class Store(
     LineQueries,
     LoginQueries,
     CredentialQueries,
+    TimelineQueries,
 ):
     """Every query EasyTask makes; call from the database thread (see `call`)."""
 

@@ -17,6 +17,10 @@ from easytask.store.models import Job, JobWebhook, Run, RunEvent, RunState, Webh
 
 RAN_AS = "ran as"  # the timeline event that says whom a run's command ran as
 BECOME = "become"  # the timeline event that says whom an agent run asks its agent to become
+# Marks of a playbook run, kept as timeline events (their detail says why):
+CHANGED = "changed"  # the run changed something (changed_when, or as Ansible's modules say)
+IGNORED = "ignored"  # the run failed and its task has ignore_errors: the job does not fail by it
+MARKS = (CHANGED, IGNORED)
 
 
 @dataclass(slots=True)
@@ -242,6 +246,13 @@ class RunQueries(Queries):
         for r in sorted(rows, key=lambda r: (r.attempt, r.id or 0)):
             latest[(r.task, r.host)] = r
         states = [r.state for r in latest.values()]
+        ignored: set[int] = set()
+        if RunState.FAILED in states:  # a failure that ignore_errors let pass counts as done
+            ignored = self._marked(conn, job_id, IGNORED)
+            states = [
+                RunState.SUCCESS if r.state == RunState.FAILED and r.id in ignored else r.state
+                for r in latest.values()
+            ]
         if all(st in (RunState.SUCCESS, RunState.SKIPPED) for st in states):
             state = RunState.SUCCESS
         elif any(st == RunState.TERMINATED for st in states):
@@ -258,14 +269,25 @@ class RunQueries(Queries):
         counts: dict[str, int] = {}
         for r in rows:
             counts[r.state] = counts.get(r.state, 0) + 1
-        audit_chain.append(
-            conn,
-            job.submitted_by,
-            "job.finish",
-            "",
-            {"job": job.id, "kind": job.kind, "state": job.state, "runs": counts},
-        )
+        detail: dict[str, Any] = {"job": job.id, "kind": job.kind, "state": job.state}
+        detail["runs"] = counts
+        if ignored:  # failed runs the job went past (ignore_errors)
+            detail["ignored"] = sum(1 for r in latest.values() if r.id in ignored)
+        audit_chain.append(conn, job.submitted_by, "job.finish", "", detail)
         return job
+
+    @staticmethod
+    def _marked(conn: Any, job_id: int, kind: str) -> set[int]:
+        rows = conn.execute(sql.RUN_MARKS, {"job_id": job_id, "kinds": [kind]})
+        return {row.run_id for row in rows}
+
+    def job_run_marks(self, job_id: int) -> dict[int, set[str]]:
+        """Run id -> its marks (CHANGED, IGNORED), for a job's runs that have any."""
+        with self.engine.connect() as conn:
+            marks: dict[int, set[str]] = {}
+            for row in conn.execute(sql.RUN_MARKS, {"job_id": job_id, "kinds": list(MARKS)}):
+                marks.setdefault(row.run_id, set()).add(row.kind)
+            return marks
 
     def unfinished_runs(self, job_ids: Sequence[int] | None = None) -> list[Run]:
         """Runs not in a final state of this server's jobs, or of jobs no server owns (reconciled

@@ -33,6 +33,15 @@ RUN_OUTCOMES = select(RUN.c.id, RUN.c.task, RUN.c.host, RUN.c.attempt, RUN.c.sta
     RUN.c.job_id == bindparam("job_id")
 )
 JOB_ROW = select(JOB).where(JOB.c.id == bindparam("job_id"))
+# the marks a job's runs carry as timeline events (a playbook run that changed, that was ignored)
+RUN_MARKS = (
+    select(RUN_EVENT.c.run_id, RUN_EVENT.c.kind)
+    .join(RUN, RUN.c.id == RUN_EVENT.c.run_id)
+    .where(
+        RUN.c.job_id == bindparam("job_id"),
+        RUN_EVENT.c.kind.in_(bindparam("kinds", expanding=True)),
+    )
+)
 JOB_RUNNING = (
     JOB.update()
     .where(JOB.c.id.in_(bindparam("job_ids", expanding=True)), JOB.c.state == RunState.QUEUED)

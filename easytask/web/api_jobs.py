@@ -18,7 +18,7 @@ from easytask.scheduler.inflight import JobOptions
 from easytask.service import credentials, files, jobs
 from easytask.service.context import Services
 from easytask.store.models import User
-from easytask.store.runs import RAN_AS
+from easytask.store.runs import CHANGED, IGNORED, RAN_AS
 from easytask.store.serialize import job_dict, run_dict
 from easytask.web.requests import (
     ROLES_OPERATE,
@@ -155,10 +155,19 @@ class JobsApi:
             raise APIError(f"no job {job_id}", status=404)
         runs = await store.call(store.job_runs, job_id)
         ran_as = await store.call(store.job_ran_as, job_id)
+        marks = await store.call(store.job_run_marks, job_id)
         return JSONResponse(
             {
                 "job": job_dict(job),
-                "runs": [{**run_dict(r), "ran_as": ran_as.get(r.id or 0, "")} for r in runs],
+                "runs": [
+                    {
+                        **run_dict(r),
+                        "ran_as": ran_as.get(r.id or 0, ""),
+                        "changed": CHANGED in marks.get(r.id or 0, ()),
+                        "ignored": IGNORED in marks.get(r.id or 0, ()),
+                    }
+                    for r in runs
+                ],
             }
         )
 
@@ -209,9 +218,15 @@ class JobsApi:
             raise APIError(f"no run {run_id}", status=404)
         events = await store.call(store.run_events, run_id)
         ran_as = next((e.detail for e in reversed(events) if e.kind == RAN_AS), "")
+        kinds = {e.kind for e in events}
         return JSONResponse(
             {
-                "run": {**run_dict(run), "ran_as": ran_as},
+                "run": {
+                    **run_dict(run),
+                    "ran_as": ran_as,
+                    "changed": CHANGED in kinds,
+                    "ignored": IGNORED in kinds,
+                },
                 "events": [
                     {"at": e.at.isoformat(), "kind": e.kind, "detail": e.detail} for e in events
                 ],

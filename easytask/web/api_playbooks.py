@@ -17,6 +17,7 @@ from easytask.service.planning import plan_bundle, plan_file
 from easytask.service.playbooks import playbook_listing, playbook_path
 from easytask.store.models import User
 from easytask.store.serialize import job_dict, run_dict, schedule_dict
+from easytask.web.api_jobs import become_request
 from easytask.web.requests import ROLES_OPERATE, ApiRequests, body, source
 
 MAX_PLAYBOOK_BODY = 64 << 20
@@ -38,7 +39,8 @@ class PlaybooksApi:
         self.api = api
 
     async def run_playbook(self, request: Request, user: User) -> Response:
-        """POST /api/playbooks/run: a playbook's text and files, --limit and extra vars."""
+        """POST /api/playbooks/run: a playbook's text and files, --limit, extra vars, tags and
+        `become`/`become_user` (the command line's: the play's and tasks' keys go over it)."""
         data = await body(request, limit=MAX_PLAYBOOK_BODY)
         text = data.get("text")
         if not isinstance(text, str) or not text.strip():
@@ -61,6 +63,7 @@ class PlaybooksApi:
             extra,
             tag_names(data.get("tags"), "tags"),
             tag_names(data.get("skip_tags"), "skip_tags"),
+            become_request(data),
         )
         return await self._submitted(request, user, plan, {})
 
@@ -79,6 +82,7 @@ class PlaybooksApi:
             limit,
             tag_names(data.get("tags"), "tags"),
             tag_names(data.get("skip_tags"), "skip_tags"),
+            become_request(data),
         )
         return await self._submitted(request, user, plan, {"file": path.name})
 

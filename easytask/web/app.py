@@ -16,8 +16,10 @@ from easytask.web.api_agents import AgentsApi
 from easytask.web.api_credentials import CredentialsApi
 from easytask.web.api_jobs import JobsApi
 from easytask.web.api_playbooks import PlaybooksApi
+from easytask.web.api_timeline import TimelineApi
 from easytask.web.auth import SessionAuth, ensure_admin_password
 from easytask.web.console import Console, web_dir
+from easytask.web.console_hosts import HostPages
 from easytask.web.console_pages import ConsolePages
 from easytask.web.export import ExportApi
 from easytask.web.ops import OpsApi
@@ -66,18 +68,21 @@ def routes(services: Services, auth: SessionAuth) -> list[BaseRoute]:
     api.session_user = auth.api_user
     root = web_dir()
     console = Console(auth, root)
+    runlog = RunLogApi(services, api)
     return [
         *OpsApi(services, api).routes(),
         *AdminApi(services, api).routes(),
         *JobsApi(services, api).routes(),
         *AgentsApi(services, api).routes(),
         *PlaybooksApi(services, api).routes(),
-        *RunLogApi(services, api).routes(),
+        *runlog.routes(),
+        *TimelineApi(services, api, runlog.run_for).routes(),
         *UsersApi(services, api, auth).routes(),
         *CredentialsApi(services, api).routes(),
         *ExportApi(services, api).routes(),
         *console.routes(),
         *ConsolePages(services, console).routes(),
+        *HostPages(services, console).routes(),
         Mount("/static", StaticFiles(directory=root / "static"), name="static"),
     ]
 

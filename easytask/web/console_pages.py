@@ -21,7 +21,7 @@ from easytask.service.context import Services
 from easytask.service.files import checksum_job, human_size
 from easytask.service.playbooks import playbook_listing
 from easytask.store.models import RunState, User
-from easytask.store.runs import RAN_AS
+from easytask.store.runs import MARKS, RAN_AS
 from easytask.store.serialize import delivery_dict, job_warnings
 from easytask.web.console import Console
 from easytask.web.errors import PageError, http_status
@@ -156,6 +156,7 @@ class ConsolePages:
             job=job,
             events=events,
             ran_as=next((e.detail for e in reversed(events) if e.kind == RAN_AS), ""),
+            marks={e.kind: e.detail for e in events if e.kind in MARKS},
             final=run.state in RunState.FINAL,
             siblings=[run_row(r) for r in siblings if r.id != run.id][:50],
             initial_q=request.query_params.get("q") or "",
@@ -169,6 +170,7 @@ class ConsolePages:
         if job is None:
             raise PageError(f"no job {job_id}", status=404)
         runs = await store.call(store.job_runs, job_id)
+        marks = await store.call(store.job_run_marks, job_id)
         grouped = None
         if request.query_params.get("view") == "grouped":
             await self.services.writer.flush()
@@ -188,7 +190,7 @@ class ConsolePages:
             job=job,
             warnings=job_warnings(job),
             job_state=shown_state(job.state, Counter(r.state for r in runs)),
-            runs=[run_row(r) for r in runs],
+            runs=[{**run_row(r), "marks": sorted(marks.get(r.id or 0, ()))} for r in runs],
             final=job.state in RunState.FINAL,
             again="/adhoc?" + urlencode({"pattern": job.pattern, "command": job.command}),
         )

@@ -67,6 +67,10 @@ class RunLogApi:
         self.services = services
         self.api = api
 
+    async def run_for(self, request: Request) -> Run:
+        """The run a request names, read as every run endpoint reads it (404 if none)."""
+        return await self._run(request)
+
     async def _run(self, request: Request) -> Run:
         run_id = int_param(request, "run_id")
         store = self.services.store

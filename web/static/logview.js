@@ -459,6 +459,13 @@
       this.scrollToPos(match.pos);
     }
 
+    /* Scroll to a line (by its position in the current view) and mark it, as the timeline asks. */
+    jump(seq, pos) {
+      this.curSeq = seq;
+      this.root.dataset.jumped = seq;
+      this.scrollToPos(pos);
+    }
+
     showCount() {
       if (!this.matches.length) {
         this.countEl.textContent = this.query ? "no match" : "";
