@@ -172,22 +172,24 @@ def test_an_empty_loop_skips_the_task_and_the_console_names_the_items(
     assert lines == {"web1": ["1 success"], "web2": ["0 skipped"]}
 
     client = Browserless(fleet)
-    assert client.login("admin", admin_password(fleet)).status_code == 303
-    item = runs[("some (item=the only one)", "web1")]
-    job_page = client.http.get(f"/jobs/{data['job']['id']}")
-    assert job_page.status_code == 200
-    row = rf'href="/runs/{item["id"]}">web1</a></td>\s*<td class="task" data-testid="run-task">(.*?)</td>'
-    found = re.search(row, job_page.text)
-    assert found, job_page.text[job_page.text.find("status-grid") :]
-    assert found[1] == "some (item=the only one)"
-    run_page = client.http.get(f"/runs/{item['id']}")
-    assert run_page.status_code == 200
-    assert 'data-testid="task">some (item=the only one)</dd>' in run_page.text
-    adhoc = fleet.submit("web1", "echo hi")  # an ad hoc job's runs have no task to show
-    fleet.wait_job(adhoc["job"]["id"])
-    page = client.http.get(f"/jobs/{adhoc['job']['id']}").text
-    assert 'data-testid="run-task"' not in page and "<th>Task</th>" not in page
-    client.close()
+    try:
+        assert client.login("admin", admin_password(fleet)).status_code == 303
+        item = runs[("some (item=the only one)", "web1")]
+        job_page = client.http.get(f"/jobs/{data['job']['id']}")
+        assert job_page.status_code == 200
+        row = rf'href="/runs/{item["id"]}">web1</a>[^\n]*</td>\s*<td class="task" data-testid="run-task">(.*?)</td>'
+        found = re.search(row, job_page.text)
+        assert found, job_page.text[job_page.text.find("status-grid") :]
+        assert found[1] == "some (item=the only one)"
+        run_page = client.http.get(f"/runs/{item['id']}")
+        assert run_page.status_code == 200
+        assert 'data-testid="task">some (item=the only one)</dd>' in run_page.text
+        adhoc = fleet.submit("web1", "echo hi")  # an ad hoc job's runs have no task to show
+        fleet.wait_job(adhoc["job"]["id"])
+        page = client.http.get(f"/jobs/{adhoc['job']['id']}").text
+        assert 'data-testid="run-task"' not in page and "<th>Task</th>" not in page
+    finally:
+        client.close()
 
 
 def test_a_loop_that_gives_no_list_is_refused_and_nothing_is_stored(
@@ -273,3 +275,32 @@ def test_a_loop_continues_after_a_server_kill(
     assert not (marks / "never").exists()
     report = server2.log_lines(runs[("report", "pb1")]["id"])
     assert [ln["text"] for ln in report] == ["a,b,c"]
+
+
+def test_ignore_errors_lets_the_later_items_run(fleet: ServerHandle, tmp_path: Path) -> None:
+    """With ignore_errors a failed item is marked ignored and the next items run; failed_when
+    and changed_when judge each item with the item in scope."""
+    book = write(
+        tmp_path / "ignore.yml",
+        """\
+        name: ignore
+        hosts: web1
+        tasks:
+          - name: each
+            ignore_errors: true
+            loop: [a, b, c]
+            shell: echo {{ item }}
+            failed_when: item == 'b'
+            changed_when: item == 'c'
+          - name: next
+            shell: echo {{ results.each.failed }} {{ results.each.changed }}
+        """,
+    )
+    result = play(fleet, book, "--format", "json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    runs = final(json.loads(result.stdout)["runs"])
+    each = [runs[(f"each (item={i})", "web1")] for i in "abc"]
+    assert [r["state"] for r in each] == ["success", "failed", "success"]
+    assert [r["ignored"] for r in each] == [False, True, False]
+    assert [r["changed"] for r in each] == [False, False, True]
+    assert [ln["text"] for ln in fleet.log_lines(runs[("next", "web1")]["id"])] == ["True True"]
