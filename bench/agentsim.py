@@ -1,7 +1,7 @@
 """Many real agents in one process: each its own key, its own reverse SSH link, real commands.
 
     python -m bench.agentsim --server 127.0.0.1:8022 --count 500 --prefix sim --state-dir DIR \
-        [--enroll TOKEN] [--group GROUP]
+        [--enroll TOKEN] [--group GROUP] [--metrics-interval S] [--synthetic-samples]
 
 Agents are named PREFIX0001..PREFIXNNNN.  Used by the fan-out benchmark; each agent is the same
 `easytask.agent.main.Agent` class the `easytask agent` command runs.
@@ -12,11 +12,39 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import random
 import resource
 import signal
+import time
 from pathlib import Path
 
 from easytask.agent.main import Agent, AgentConfig
+from easytask.hostsample import CpuTimes, Reading
+
+
+class SyntheticHost:
+    """Plausible, changing host readings without reading /proc: N senders in one process cost
+    what the link and the server cost, not N times the sampling (measured apart)."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+        self.net = 0
+
+    def __call__(self, work_dir: str, proc: str) -> Reading:
+        self.ticks += 100
+        self.net += random.randrange(1000, 100_000)
+        idle = self.ticks * random.uniform(0.2, 0.9)
+        load = random.uniform(0, 4)
+        return Reading(
+            t=time.time(),
+            cpu=CpuTimes(self.ticks, int(idle), int(self.ticks * 0.01)),
+            net=(self.net, self.net // 2),
+            load=(load, load * 0.9, load * 0.8),
+            mem=(random.randrange(1 << 30, 4 << 30), 4 << 30, 0),
+            disk_root=42.5,
+            disk_work=42.5,
+            procs=random.randrange(100, 300),
+        )
 
 
 def raise_nofile() -> None:
@@ -38,10 +66,16 @@ async def main(args: argparse.Namespace) -> None:
                 slots=args.slots,
                 keepalive_interval=args.keepalive,
                 backoff_max=5,
+                metrics_interval=args.metrics_interval,
+                metrics_active_interval=args.metrics_interval,
             )
         )
         for i in range(1, args.count + 1)
     ]
+    if args.synthetic_samples:
+        for agent in agents:
+            if agent.sampler is not None:
+                agent.sampler.reader = SyntheticHost()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -66,5 +100,11 @@ if __name__ == "__main__":
     parser.add_argument("--group", action="append", default=[])
     parser.add_argument("--slots", type=int, default=4)
     parser.add_argument("--keepalive", type=float, default=30, help="SSH keepalive interval (s)")
+    parser.add_argument(
+        "--metrics-interval", type=float, default=10.0, help="host samples every S s (0: none)"
+    )
+    parser.add_argument(
+        "--synthetic-samples", action="store_true", help="made-up host readings, not /proc"
+    )
     logging.basicConfig(level=logging.WARNING)
     asyncio.run(main(parser.parse_args()))

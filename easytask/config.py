@@ -53,6 +53,8 @@ class Settings:
     keepalive_count: int = _setting(3, "count")
     agents_pending_max: int = _setting(10, "count")  # pending agent requests per address
     ssh_known_hosts: str | None = _setting(None)
+    # `ansible_connection: local` hosts run commands on the server's host, as its user
+    allow_local_connection: bool = _setting(False, "bool")
     reattach_timeout: float = _setting(3600.0, "duration")
     server_timeout: float = _setting(15.0, "duration")  # shared database: silence before take-over
     playbooks: str | None = _setting("playbooks")
@@ -68,6 +70,7 @@ class Settings:
     retention: float | None = _setting(None, "lifetime")  # seconds a successful run is kept
     retention_failed: float | None = _setting(None, "lifetime")  # failed runs (None: as retention)
     prune_interval: float = _setting(3600.0, "duration")
+    metrics_raw_retention: float = _setting(86400.0, "duration")  # raw host samples, then minutes
     trusted_proxy: str | None = _setting(None)  # a reverse proxy whose X-Forwarded-* we believe
     token_max_ttl: float | None = _setting(TOKEN_MAX_TTL, "lifetime")  # longest API token life
     audit_key_file: Path | None = _setting(None, "path")  # the audit chain's key (None: state dir)
@@ -144,6 +147,15 @@ def _convert(name: str, kind: str, value: Any, choices: tuple[str, ...] = ()) ->
             if not isinstance(value, str):
                 raise ValueError(f"must be a path or a list of paths, got {value!r}")
             return value
+        if kind == "bool":  # true/false in a file; 1/0, true/false, yes/no, on/off as text
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"must be true or false, got {value!r}")
         if kind == "count":
             if isinstance(value, bool | float):
                 raise ValueError(f"not a whole number: {value!r}")

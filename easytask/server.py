@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from easytask.scheduler.auditanchor import AuditAnchor, CheckpointWebhook
 from easytask.scheduler.cluster import Cluster
 from easytask.scheduler.egress import WebhookRefused, WebhookTargets, parse_url
 from easytask.scheduler.engine import JobEngine
+from easytask.scheduler.hostmetrics import HostMetrics
 from easytask.scheduler.hub import LiveHub
 from easytask.scheduler.logwriter import LogWriter
 from easytask.scheduler.metrics import Metrics
@@ -31,6 +33,7 @@ from easytask.scheduler.retention import Retention
 from easytask.scheduler.schedules import Scheduler
 from easytask.sealing import load_keyring, settle_rotation
 from easytask.service.bootstrap import close_bootstraps
+from easytask.service.busy import LimitsWatch
 from easytask.service.context import InventorySource, Services
 from easytask.service.jobs import submit_scheduled
 from easytask.service.planning import resume_playbook_job
@@ -141,6 +144,14 @@ class Server:
         self.registry = AgentRegistry(self.store, self.hub, self.store.owner)
         self.registry.pending_max = self.config.agents_pending_max
         await self.registry.load()
+        raw_retention = self.config.metrics_raw_retention
+        self.hostmetrics = HostMetrics(
+            self.store, raw_retention, rollup_interval=min(60.0, max(1.0, raw_retention / 4))
+        )
+        self.registry.on_online.append(
+            lambda name: self.hostmetrics.follow(name, self.registry.agents[name].link)
+        )
+        self.hostmetrics.start()
         self.pool = SSHPool()
         self.engine = JobEngine(
             self.store,
@@ -151,6 +162,13 @@ class Server:
             known_hosts=self.config.ssh_known_hosts,
         )
         self.engine.reattach_timeout = self.config.reattach_timeout
+        self.engine.execution.allow_local = self.config.allow_local_connection
+        if self.config.allow_local_connection:
+            log.warning(
+                "allow_local_connection is on: hosts with `ansible_connection: local` run their "
+                "commands on this host as %s",
+                getpass.getuser(),
+            )
         self.engine.output_limit = self.config.output_limit or None
         self.engine.on_run_started.append(self.metrics.run_started)
         self.notifier = Notifier(
@@ -223,6 +241,9 @@ class Server:
             webhooks=self.webhook_targets,
             keyring=self.keyring,
         )
+        self.limits = LimitsWatch(self.services)
+        self.registry.on_online.append(lambda _name: self.limits.wake())
+        self.limits.start()
         self.app = await create_web_app(self.services)
         uv_config = uvicorn.Config(
             self.app,
@@ -384,7 +405,9 @@ class Server:
             self.cluster.stop_claiming()
         await self.scheduler.close()
         await self.retention.close()
+        await self.hostmetrics.close()
         await close_bootstraps(self.services)
+        await self.limits.close()
         await self.listener.close()
         await self.engine.close()
         await self.registry.close()

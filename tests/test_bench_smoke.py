@@ -222,3 +222,16 @@ def test_pyinfra_fanout_quick_times_both_tools(tmp_path: Path) -> None:
     assert row["n"] == 3
     assert min(row["cold"] + row["pooled"] + row["pyinfra"]) > 0
     assert re.search(r"^\s*3\s+\d+\.\d\d\s+\d+\.\d\d\s+\d+\.\d\d\s", stdout, re.M), stdout
+
+
+@pytest.mark.slow
+def test_hostmetrics_quick_samples_and_ingests(tmp_path: Path) -> None:
+    """`hostmetrics.py --quick`: a CPU cost per sample from the real /proc, samples of 5 agents
+    stored through the real ingest path while they sample, none while they do not."""
+    stdout, rec = _run_quick("hostmetrics.py", tmp_path)
+    assert rec["sampling"]["cpu_per_sample_ms"] > 0
+    assert rec["sampling"]["full_queue_kib"] > 0
+    phases = rec["ingest"]["phases"]
+    assert phases["idle links"]["stored"] == 0
+    assert phases["sampling at 1 s"]["stored"] > 0
+    assert "1,000 agents at 1 s, ingest alone" in stdout

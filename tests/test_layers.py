@@ -25,6 +25,8 @@ PURE = [
     "facts",
     "vault",
     "grouping",
+    "hostsample",
+    "headroom",
 ]
 IO_LIBS = {
     "asyncssh",

@@ -27,6 +27,8 @@ from easytask.plan import (
     task_result,
 )
 from easytask.playbook import PlaybookErrors, parse_playbook
+from easytask.store.models import Job, Run
+from easytask.web.matrix import matrix
 from tests.support.cli import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
@@ -395,3 +397,22 @@ def test_runs_can_be_added_apart(tmp_path: Path, inventory: Inventory) -> None:
     bare = plan_of(tmp_path, inventory, text, runs=False)
     assert bare.runs == ()
     assert plan_runs(bare).runs == plan_of(tmp_path, inventory, text).runs
+
+
+def test_the_job_page_matrix_folds_items_into_their_task_row() -> None:
+    """A loop's item runs (`task (item=label)`) show in their task's row of the job page's
+    matrix, one entry per item with its label, each with its latest attempt."""
+    tasks = [{"name": "steps", "needs": []}, {"name": "next", "needs": ["steps"], "implied": True}]
+    job = Job(id=1, kind="playbook", vars=json.dumps({"tasks": tasks}))
+    runs = [
+        Run(id=1, job_id=1, task="steps (item=a)", host="web1", state="success"),
+        Run(id=2, job_id=1, task="steps (item=b)", host="web1", state="failed"),
+        Run(id=3, job_id=1, task="steps (item=b)", host="web1", state="success", attempt=2),
+        Run(id=4, job_id=1, task="steps", host="web2", state="skipped"),
+        Run(id=5, job_id=1, task="next", host="web1", state="success"),
+    ]
+    built = matrix(job, runs)
+    assert [r["name"] for r in built["rows"]] == ["steps", "next"]
+    web1, web2 = built["rows"][0]["cells"]
+    assert [(e["label"], e["id"], e["attempts"]) for e in web1] == [("a", 1, 1), ("b", 3, 2)]
+    assert [(e["label"], e["state"]) for e in web2] == [("", "skipped")]

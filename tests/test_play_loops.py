@@ -177,17 +177,19 @@ def test_an_empty_loop_skips_the_task_and_the_console_names_the_items(
         item = runs[("some (item=the only one)", "web1")]
         job_page = client.http.get(f"/jobs/{data['job']['id']}")
         assert job_page.status_code == 200
-        row = rf'href="/runs/{item["id"]}">web1</a>[^\n]*</td>\s*<td class="task" data-testid="run-task">(.*?)</td>'
+        row = rf'<td class="task">([^<]*)</td>\s*<td class="host"><a href="/runs/{item["id"]}">web1'
         found = re.search(row, job_page.text)
         assert found, job_page.text[job_page.text.find("status-grid") :]
         assert found[1] == "some (item=the only one)"
+        # the tasks x hosts matrix: the item in its task's row, with its label
+        assert 'data-testid="cell-label">the only one</span>' in job_page.text
         run_page = client.http.get(f"/runs/{item['id']}")
         assert run_page.status_code == 200
         assert 'data-testid="task">some (item=the only one)</dd>' in run_page.text
         adhoc = fleet.submit("web1", "echo hi")  # an ad hoc job's runs have no task to show
         fleet.wait_job(adhoc["job"]["id"])
         page = client.http.get(f"/jobs/{adhoc['job']['id']}").text
-        assert 'data-testid="run-task"' not in page and "<th>Task</th>" not in page
+        assert '<td class="task">' not in page and "<th>Task</th>" not in page
     finally:
         client.close()
 

@@ -541,3 +541,88 @@ def test_sign_in_reservations_of_several_servers_take_turns(postgres: PostgresCl
     finally:
         for st in stores:
             st.close()
+
+
+def _samples(agent: str, start: float, values: list[float]) -> list[tuple[Any, ...]]:
+    """Rows (agent, t, *FIELDS) a second apart, every field the given value."""
+    from easytask.hostsample import FIELDS
+
+    return [(agent, start + i, *([v] * len(FIELDS))) for i, v in enumerate(values)]
+
+
+def test_host_samples_are_stored_once_and_rolled_up_by_the_minute(store: Store) -> None:
+    """A sample stored twice is kept once; the fold makes one row per minute with count, min,
+    average and max, deletes the raw rows, and folds a late sample into its minute."""
+    minute = 1_796_400_000.0  # a minute's start
+    rows = _samples("web1", minute, [10.0, 20.0, 30.0]) + _samples("web1", minute + 60, [50.0])
+    store.write_host_samples(rows)
+    store.write_host_samples(rows[:2])  # sent again after a link drop
+    assert store.count_host_samples("web1") == 4
+    assert [r[:2] for r in store.host_samples("web1", minute, minute + 120)] == [
+        (minute, 10.0),
+        (minute + 1, 20.0),
+        (minute + 2, 30.0),
+        (minute + 60, 50.0),
+    ]
+    assert store.rollup_host_samples(minute + 60) == 3  # the first minute only
+    assert store.count_host_samples("web1") == 1
+    # the first minute from its rollup, the second from the raw sample left
+    assert [(t, n, cpu) for t, n, cpu, *_ in store.host_minutes("web1", minute, minute + 120)] == [
+        (minute, 3, 20.0),
+        (minute + 60, 1, 50.0),
+    ]
+    store.write_host_samples(_samples("web1", minute + 30, [60.0]))  # late, into a rolled minute
+    store.rollup_host_samples(minute + 60)
+    row = store.host_minutes("web1", minute, minute + 59)[0]
+    assert (row[0], row[1], row[2]) == (minute, 4, 30.0)
+    from sqlalchemy import text
+
+    with store.engine.connect() as conn:
+        low, high = conn.execute(
+            text("SELECT cpu_min, cpu_max FROM hostmetric_rollup WHERE agent = 'web1'")
+        ).one()
+    assert (low, high) == (10.0, 60.0)
+    assert store.prune_host_rollups(minute + 1, dry_run=True) == 1
+    assert store.prune_host_rollups(minute + 1) == 1
+    assert store.host_minutes("web1", minute, minute + 59) == []
+
+
+def test_latest_host_sample_per_known_agent(store: Store) -> None:
+    """Each known agent's newest sample since a time; unknown names and older samples are not."""
+    store.register_agent("web1", "SHA256:a", "ssh-ed25519 A", "accepted")
+    store.register_agent("web2", "SHA256:b", "ssh-ed25519 B", "accepted")
+    now = time.time()
+    store.write_host_samples(
+        _samples("web1", now - 10, [1.0, 2.0, 3.0])
+        + _samples("web2", now - 1000, [7.0])
+        + _samples("ghost", now - 5, [9.0])
+    )
+    latest = store.latest_host_samples(now - 300)
+    assert set(latest) == {"web1"}
+    assert latest["web1"][:2] == (pytest.approx(now - 8), 3.0)
+
+
+@pytest.mark.postgres
+def test_one_server_folds_host_samples_at_a_time(postgres: PostgresCluster) -> None:
+    """While another server of the database folds samples, a fold does nothing (no sample is
+    counted twice in its minute); after it, the fold goes on."""
+    from sqlalchemy import text
+
+    from easytask.store.metrics import ROLLUP_LOCK
+
+    store = Store(postgres.new_database(empty=True))
+    store.create_schema()
+    try:
+        minute = 1_796_400_000.0
+        store.write_host_samples(_samples("web1", minute, [1.0, 2.0]))
+        other = store.engine.connect()
+        held = other.begin()
+        other.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ROLLUP_LOCK})
+        assert store.rollup_host_samples(minute + 60) == 0
+        assert store.count_host_samples("web1") == 2
+        held.rollback()
+        other.close()
+        assert store.rollup_host_samples(minute + 60) == 2
+        assert [r[1] for r in store.host_minutes("web1", minute, minute + 59)] == [2]
+    finally:
+        store.close()

@@ -8,6 +8,36 @@ from dataclasses import dataclass, field
 
 from easytask.store.models import Run, as_utc
 
+# Per-agent gauges from each agent's newest host sample: (sample field, metric name, help).
+HOST_GAUGES = (
+    ("cpu", "easytask_agent_cpu_percent", "CPU busy over the agent's last sample interval."),
+    ("iowait", "easytask_agent_iowait_percent", "CPU waiting for I/O over that interval."),
+    ("load1", "easytask_agent_load1", "1-minute load average of the agent's host."),
+    ("load5", "easytask_agent_load5", "5-minute load average of the agent's host."),
+    ("load15", "easytask_agent_load15", "15-minute load average of the agent's host."),
+    ("mem_used", "easytask_agent_memory_used_bytes", "Memory in use (total minus available)."),
+    ("mem_available", "easytask_agent_memory_available_bytes", "Memory available."),
+    ("swap_used", "easytask_agent_swap_used_bytes", "Swap in use."),
+    ("disk_root_pct", "easytask_agent_disk_root_used_percent", "Use of the file system of /."),
+    (
+        "disk_work_pct",
+        "easytask_agent_disk_work_used_percent",
+        "Use of the file system of the agent's working directory.",
+    ),
+    (
+        "net_rx",
+        "easytask_agent_network_receive_bytes_per_second",
+        "Bytes received per second (all interfaces but loopback).",
+    ),
+    (
+        "net_tx",
+        "easytask_agent_network_transmit_bytes_per_second",
+        "Bytes sent per second (all interfaces but loopback).",
+    ),
+    ("procs", "easytask_agent_processes", "Processes on the agent's host."),
+    ("t", "easytask_agent_sample_timestamp_seconds", "When the agent took its newest sample."),
+)
+
 # Seconds from queued to started: a healthy dispatch takes milliseconds, a waiting one minutes.
 DISPATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 
@@ -52,6 +82,8 @@ class Snapshot:
     runs: Mapping[str, int]  # by state
     log_lines: int
     sse_viewers: int
+    # each agent's newest host sample of the last minutes: name -> {t, field: value or None}
+    hosts: Mapping[str, Mapping[str, float | None]] = field(default_factory=dict)
 
 
 class Metrics:
@@ -123,7 +155,22 @@ class Metrics:
                 f'easytask_webhook_attempts_total{{outcome="{outcome}"}} '
                 f"{self.webhook_attempts.get(outcome, 0)}"
             )
+        for key, name, text in HOST_GAUGES:
+            values = [
+                (a, float(v))
+                for a, s in sorted(snap.hosts.items())
+                if (v := s.get(key)) is not None
+            ]
+            if not values:
+                continue
+            family(name, "gauge", text)
+            out.extend(f'{name}{{agent="{_label(a)}"}} {_num(v)}' for a, v in values)
         return "\n".join(out) + "\n"
+
+
+def _label(value: str) -> str:
+    """A label value escaped as the text format asks (agent names need none; to be sure)."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _num(value: float) -> str:

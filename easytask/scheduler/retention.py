@@ -8,6 +8,9 @@ Files in the state dir go the same way: a fetched file (`fetched/RUN_ID/`) once 
 gone, an upload (`uploads/ID/`) and a submitted playbook's bundle (`bundles/ID/`) once no job
 row refers to them any more; none younger than the shorter retention (a file in the making
 has no row yet).
+
+Agents' host samples, rolled up into minutes (easytask.scheduler.hostmetrics), go after the
+longer of the two ages: they explain any run still kept.
 """
 
 from __future__ import annotations
@@ -74,11 +77,15 @@ class Retention:
         }
         store = self.store
         ages = [a for a in (ok_age, failed_age) if a is not None]
+        minutes_before = (now - timedelta(seconds=max(ages))).timestamp() if ages else None
         if dry_run:
             counts = await store.call(store.prune_counts, ok_before, failed_before)
             # (the files of the runs counted are not old enough to count yet: they go with them)
             files = await self._sweep_files(min(ages), dry_run=True) if ages else 0
-            return {**result, **counts, "files": files}
+            minutes = 0
+            if minutes_before is not None:
+                minutes = await store.call(store.prune_host_rollups, minutes_before, True)
+            return {**result, **counts, "files": files, "metric_minutes": minutes}
         total = {"jobs": 0, "runs": 0, "lines": 0}
         while ok_before is not None or failed_before is not None:
             done = await store.call(store.prune_batch, ok_before, failed_before, BATCH)
@@ -87,7 +94,10 @@ class Retention:
             if done["runs"] < BATCH:
                 break
         files = await self._sweep_files(min(ages)) if ages else 0
-        return {**result, **total, "files": files}
+        minutes = 0
+        if minutes_before is not None:
+            minutes = await store.call(store.prune_host_rollups, minutes_before)
+        return {**result, **total, "files": files, "metric_minutes": minutes}
 
     async def _sweep_files(self, age: float, dry_run: bool = False) -> int:
         """Remove (or count) the state dir's files older than `age` whose run or job is gone."""
@@ -118,13 +128,15 @@ class Retention:
         while True:
             try:
                 result = await self.prune()
-                if result["runs"] or result["files"]:
+                if result["runs"] or result["files"] or result["metric_minutes"]:
                     log.info(
-                        "retention: deleted %d job(s), %d run(s), %d log line(s), %d file(s)",
+                        "retention: deleted %d job(s), %d run(s), %d log line(s), %d file(s), "
+                        "%d minute(s) of host samples",
                         result["jobs"],
                         result["runs"],
                         result["lines"],
                         result["files"],
+                        result["metric_minutes"],
                     )
                     await self.store.call(self.store.audit, "server", "prune", "retention", result)
             except asyncio.CancelledError:

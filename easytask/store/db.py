@@ -29,6 +29,7 @@ from easytask.store.history import HistoryQueries
 from easytask.store.identities import IdentityQueries
 from easytask.store.lines import LineQueries
 from easytask.store.logins import LoginQueries
+from easytask.store.metrics import MetricQueries
 from easytask.store.runs import RunQueries
 from easytask.store.timeline import TimelineQueries
 from easytask.store.timetable import ScheduleQueries
@@ -120,6 +121,7 @@ class Store(
     LoginQueries,
     CredentialQueries,
     TimelineQueries,
+    MetricQueries,
 ):
     """Every query EasyTask makes; call from the database thread (see `call`)."""
 

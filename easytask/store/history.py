@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +11,20 @@ from sqlmodel import col, select
 
 from easytask.store.base import Queries
 from easytask.store.models import Job, LogLine, Run, RunState
+
+
+def on_hosts(hosts: Collection[str]) -> Any:
+    """Runs on one of these hosts (none when empty): the one place a reader's scope becomes SQL."""
+    return col(Run.host).in_(sorted(hosts))
+
+
+def host_matches(host: str) -> Any:
+    """Runs on a host by name, `*` and `?` as wildcards."""
+    if "*" in host or "?" in host:
+        pattern = host.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        pattern = pattern.replace("*", "%").replace("?", "_")
+        return col(Run.host).like(pattern, escape="\\")
+    return Run.host == host
 
 
 class HistoryQueries(Queries):
@@ -22,31 +36,111 @@ class HistoryQueries(Queries):
 
         def _runs_with_text(self, needle: str) -> Any: ...
 
-    def list_jobs(self, *, states: Sequence[str] | None = None, limit: int = 20) -> list[Job]:
-        """Jobs, newest first, optionally only those in some states."""
+    def list_jobs(
+        self,
+        *,
+        states: Sequence[str] | None = None,
+        limit: int = 20,
+        hosts: Collection[str] | None = None,
+    ) -> list[Job]:
+        """Jobs, newest first, optionally only those in some states; with `hosts`, only jobs
+        with a run on one of them (a scoped reader's view, see `service.reading`)."""
         with self.session() as s:
             q = select(Job)
             if states:
                 q = q.where(col(Job.state).in_(list(states)))
+            if hosts is not None:
+                q = q.where(col(Job.id).in_(select(Run.job_id).where(on_hosts(hosts))))
             return list(s.exec(q.order_by(col(Job.id).desc()).limit(limit)))
 
-    def run_state_counts(self) -> dict[str, int]:
-        """How many runs are in each state, over the whole store."""
+    def find_jobs(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        status: Sequence[str] | None = None,
+        host: str | None = None,
+        task: str | None = None,
+        user: str | None = None,
+        kind: str | None = None,
+        text: str | None = None,
+        before_id: int | None = None,
+        after_id: int | None = None,
+        limit: int = 50,
+        hosts: Collection[str] | None = None,
+    ) -> list[Job]:
+        """Jobs newest first, keyset-paginated by id (before or after), with the runs list's
+        filters: `status` is the job's state; `host`, `task` and `text` keep the jobs with a run
+        that matches (as `find_runs`); `task` also matches the job's name; with `hosts`, only
+        jobs with a run on one of them."""
         with self.session() as s:
-            q = select(Run.state, func.count()).group_by(col(Run.state))
+            q = select(Job)
+            if since is not None:
+                q = q.where(Job.created_at >= since)
+            if until is not None:
+                q = q.where(Job.created_at < until)
+            if status:
+                q = q.where(col(Job.state).in_(list(status)))
+            if kind:
+                q = q.where(Job.kind == kind)
+            if user:
+                q = q.where(Job.submitted_by == user)
+            runs = select(Run.job_id)
+            narrowed = False
+            if host:
+                runs = runs.where(host_matches(host))
+                narrowed = True
+            if text:
+                runs = runs.where(col(Run.id).in_(self._runs_with_text(text)))
+                narrowed = True
+            if hosts is not None:
+                runs = runs.where(on_hosts(hosts))
+                narrowed = True
+            if narrowed:
+                q = q.where(col(Job.id).in_(runs))
+            if task:
+                in_runs = select(Run.job_id).where(
+                    col(Run.task).icontains(task, autoescape=True)
+                    | col(Run.command).icontains(task, autoescape=True)
+                )
+                q = q.where(
+                    col(Job.name).icontains(task, autoescape=True)
+                    | col(Job.command).icontains(task, autoescape=True)
+                    | col(Job.id).in_(in_runs)
+                )
+            if before_id is not None:
+                q = q.where(col(Job.id) < before_id)
+            if after_id is not None:
+                q = q.where(col(Job.id) > after_id).order_by(col(Job.id)).limit(limit)
+                rows = list(s.exec(q))
+                rows.reverse()
+                return rows
+            return list(s.exec(q.order_by(col(Job.id).desc()).limit(limit)))
+
+    def run_state_counts(self, hosts: Collection[str] | None = None) -> dict[str, int]:
+        """How many runs are in each state, over the whole store (only on `hosts` if given)."""
+        with self.session() as s:
+            q = select(Run.state, func.count())
+            if hosts is not None:
+                q = q.where(on_hosts(hosts))
+            q = q.group_by(col(Run.state))
             return {state: int(count) for state, count in s.exec(q)}
 
-    def job_state_counts(self, job_ids: Sequence[int]) -> dict[int, dict[str, int]]:
-        """For each job, how many of its runs are in each state."""
+    def job_state_counts(
+        self, job_ids: Sequence[int], hosts: Collection[str] | None = None
+    ) -> dict[int, dict[str, int]]:
+        """For each job, how many of its runs are in each state (only runs on `hosts` if
+        given)."""
         out: dict[int, dict[str, int]] = {jid: {} for jid in job_ids}
         if not job_ids:
             return out
         with self.session() as s:
-            q = (
-                select(Run.job_id, Run.state, func.count())
-                .where(col(Run.job_id).in_(list(job_ids)))
-                .group_by(col(Run.job_id), col(Run.state))
+            q = select(Run.job_id, Run.state, func.count()).where(
+                col(Run.job_id).in_(list(job_ids))
             )
+            if hosts is not None:
+                q = q.where(on_hosts(hosts))
+            q = q.group_by(col(Run.job_id), col(Run.state))
             for job_id, state, count in s.exec(q):
                 out[job_id][state] = int(count)
         return out
@@ -65,11 +159,13 @@ class HistoryQueries(Queries):
         before_id: int | None = None,
         after_id: int | None = None,
         limit: int = 50,
+        hosts: Collection[str] | None = None,
     ) -> list[tuple[Run, str]]:
         """Runs with who submitted them, newest first, keyset-paginated by id (before or after).
 
         `host` may hold `*`/`?` wildcards; `task` matches the task name or the command; `text`
         is searched in the output as one phrase (FTS5 on SQLite), so no input is a syntax error.
+        With `hosts`, only runs on those hosts (a scoped reader's view, see `service.reading`).
         """
         with self.session() as s:
             q = select(Run, Job.submitted_by).join(Job, col(Job.id) == col(Run.job_id))
@@ -80,12 +176,9 @@ class HistoryQueries(Queries):
             if status:
                 q = q.where(col(Run.state).in_(list(status)))
             if host:
-                if "*" in host or "?" in host:
-                    pattern = host.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-                    pattern = pattern.replace("*", "%").replace("?", "_")
-                    q = q.where(col(Run.host).like(pattern, escape="\\"))
-                else:
-                    q = q.where(Run.host == host)
+                q = q.where(host_matches(host))
+            if hosts is not None:
+                q = q.where(on_hosts(hosts))
             if task:
                 q = q.where(
                     col(Run.task).icontains(task, autoescape=True)

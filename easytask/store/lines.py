@@ -6,7 +6,7 @@ import functools
 import re
 import sqlite3
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from itertools import chain
 from typing import Any
 
@@ -172,16 +172,28 @@ class LineQueries(Queries):
                 q = q.limit(limit)
             return list(s.exec(q))
 
-    def read_job_lines(self, job_id: int, after_id: int = 0, limit: int = 5000) -> list[Any]:
+    def read_job_lines(
+        self,
+        job_id: int,
+        after_id: int = 0,
+        limit: int = 5000,
+        hosts: Collection[str] | None = None,
+    ) -> list[Any]:
         """Lines of every run of a job in arrival order (by row id), after a row id: rows with
-        the fields of LogLine (id, run_id, seq, ts, stream, level, text)."""
+        the fields of LogLine (id, run_id, seq, ts, stream, level, text); with `hosts`, only
+        of the runs on those hosts."""
         with self.engine.connect() as conn:
-            return self._job_lines(conn, job_id, after_id, limit)
+            return self._job_lines(conn, job_id, after_id, limit, hosts)
 
     @staticmethod
-    def _job_lines(conn: Any, job_id: int, after_id: int, limit: int) -> list[Any]:
+    def _job_lines(
+        conn: Any, job_id: int, after_id: int, limit: int, hosts: Collection[str] | None = None
+    ) -> list[Any]:
         params = {"job_id": job_id, "after_id": after_id, "limit": limit}
-        return list(conn.execute(sql.JOB_LINES, params))
+        statement = sql.JOB_LINES
+        if hosts is not None:
+            statement = statement.where(sql.RUN.c.host.in_(sorted(hosts)))
+        return list(conn.execute(statement, params))
 
     def count_output_lines(self, run_id: int) -> int:
         """Stored stdout and stderr lines of a run (system lines excluded)."""

@@ -124,7 +124,7 @@ class Run(SQLModel, table=True):
     job_id: int = Field(foreign_key="job.id", index=True)
     task: str = ""
     host: str = Field(index=True)
-    connection: str = "agent"  # agent | ssh
+    connection: str = "agent"  # agent | ssh | local
     agent: str = ""
     command: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     state: str = Field(default=RunState.QUEUED)
@@ -327,3 +327,76 @@ class Credential(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow, sa_type=TZ)
     last_used_at: datetime | None = Field(default=None, sa_type=TZ)
     last_used_by: str = ""
+
+
+class HostMetric(SQLModel, table=True):
+    """One host sample an agent took (see easytask.hostsample): its time is its key."""
+
+    __tablename__ = "hostmetric"
+    __table_args__ = (Index("ix_hostmetric_t", "t"),)
+
+    agent: str = Field(primary_key=True)
+    t: float = Field(primary_key=True)  # epoch seconds, to the millisecond
+    cpu: float | None = None
+    iowait: float | None = None
+    load1: float | None = None
+    load5: float | None = None
+    load15: float | None = None
+    mem_used: float | None = None
+    mem_available: float | None = None
+    swap_used: float | None = None
+    disk_root_pct: float | None = None
+    disk_work_pct: float | None = None
+    net_rx: float | None = None
+    net_tx: float | None = None
+    procs: float | None = None
+
+
+class HostMetricRollup(SQLModel, table=True):
+    """One agent's samples of one minute: how many, and each field's min, average and max."""
+
+    __tablename__ = "hostmetric_rollup"
+    __table_args__ = (Index("ix_hostmetric_rollup_t", "t"),)
+
+    agent: str = Field(primary_key=True)
+    t: float = Field(primary_key=True)  # the minute's start, epoch seconds
+    n: int = 0
+    cpu_min: float | None = None
+    cpu_avg: float | None = None
+    cpu_max: float | None = None
+    iowait_min: float | None = None
+    iowait_avg: float | None = None
+    iowait_max: float | None = None
+    load1_min: float | None = None
+    load1_avg: float | None = None
+    load1_max: float | None = None
+    load5_min: float | None = None
+    load5_avg: float | None = None
+    load5_max: float | None = None
+    load15_min: float | None = None
+    load15_avg: float | None = None
+    load15_max: float | None = None
+    mem_used_min: float | None = None
+    mem_used_avg: float | None = None
+    mem_used_max: float | None = None
+    mem_available_min: float | None = None
+    mem_available_avg: float | None = None
+    mem_available_max: float | None = None
+    swap_used_min: float | None = None
+    swap_used_avg: float | None = None
+    swap_used_max: float | None = None
+    disk_root_pct_min: float | None = None
+    disk_root_pct_avg: float | None = None
+    disk_root_pct_max: float | None = None
+    disk_work_pct_min: float | None = None
+    disk_work_pct_avg: float | None = None
+    disk_work_pct_max: float | None = None
+    net_rx_min: float | None = None
+    net_rx_avg: float | None = None
+    net_rx_max: float | None = None
+    net_tx_min: float | None = None
+    net_tx_avg: float | None = None
+    net_tx_max: float | None = None
+    procs_min: float | None = None
+    procs_avg: float | None = None
+    procs_max: float | None = None
