@@ -57,7 +57,7 @@ def task_order(job: Job, runs: list[Run]) -> list[dict[str, Any]]:
         for t in listed
         if isinstance(t, dict)
     ]
-    known = {t["name"] for t in tasks}
+    known: set[str] = {str(t["name"]) for t in tasks}
     for run in runs:
         task, _ = run_label(run, known)
         if task not in known:
