@@ -34,6 +34,7 @@ __all__ = [
     "is_template",
     "render",
     "syntax_problem",
+    "value",
     "variables",
 ]
 
@@ -505,6 +506,34 @@ def evaluate(expr: str, context: Mapping[str, Any], *, what: str) -> bool:
     try:
         compiled, names = _compiled_expression(expr)
         return bool(compiled(**_scope(context, names, what, ())))
+    except TemplateError:
+        raise
+    except Exception as exc:
+        raise _error(what, exc) from None
+    finally:
+        if token is not None:
+            _BUDGET.reset(token)
+
+
+_SINGLE = re.compile(r"\s*\{\{(.*)\}\}\s*", re.DOTALL)
+
+
+def value(template: str, context: Mapping[str, Any], *, what: str) -> Any:
+    """The value a template gives: for one `{{ expression }}` alone, the expression's own value
+    (a list stays a list, as Ansible gives it to `loop`); for anything else, the rendered text."""
+    m = _SINGLE.fullmatch(template)
+    if not m or "{{" in m[1] or "}}" in m[1] or syntax_problem(m[1], expression=True):
+        return render(template, context, what=what)
+    own = _BUDGET.get() is None
+    token = _BUDGET.set(_Budget()) if own else None
+    try:
+        compiled, names = _compiled_expression(m[1].strip())
+        result = compiled(**_scope(context, names, what, ()))
+        if isinstance(result, Undefined):
+            str(result)  # raises: the variable is undefined
+        if isinstance(result, Iterator):  # a filter's generator (map, select, ...): its items
+            result = list(_counted(result))
+        return result
     except TemplateError:
         raise
     except Exception as exc:

@@ -191,7 +191,8 @@ def test_needs_across_hosts_once_and_any(book_dir: Path, inventory: Inventory) -
     }
     assert plan.run(RunKey("pick", None)).candidates == ("web1", "web2", "db1")
     assert plan.run(RunKey("report", "web1")).results_from == {
-        "web": RunKey("web", "web1"), "pick": RunKey("pick", None), "first": RunKey("first", "web1"),
+        "web": (RunKey("web", "web1"),), "pick": (RunKey("pick", None),),
+        "first": (RunKey("first", "web1"),),
     }  # fmt: skip
 
 
@@ -210,12 +211,13 @@ def test_results_come_from_the_same_host_or_the_single_run(
           - {name: any, shell: x, run_on: any, needs: [local, pick]}
         """)  # fmt: skip
     assert plan.run(RunKey("use", "web2")).results_from == {
-        "local": RunKey("local", "web2"), "pick": RunKey("pick", None),
+        "local": (RunKey("local", "web2"),), "pick": (RunKey("pick", None),),
     }  # fmt: skip
     assert plan.run(RunKey("later", "web1")).results_from == {
-        "local": RunKey("local", "web1"), "pick": RunKey("pick", None), "use": RunKey("use", "web1"),
+        "local": (RunKey("local", "web1"),), "pick": (RunKey("pick", None),),
+        "use": (RunKey("use", "web1"),),
     }  # fmt: skip
-    assert plan.run(RunKey("any", None)).results_from == {"pick": RunKey("pick", None)}
+    assert plan.run(RunKey("any", None)).results_from == {"pick": (RunKey("pick", None),)}
 
 
 def test_batches_of_runs(book_dir: Path, inventory: Inventory) -> None:

@@ -477,14 +477,14 @@ def test_unsafe_strings_are_not_templates(tree: Path) -> None:
               - name: a
                 shell: x
                 register: out
-                loop: [1]
+                with_dict: {a: 1}
                 serial: 1
                 depends_on: b
             """, [
                 "pb/x.yml:2:1: unknown key 'command' in the play (it belongs in a task)",
                 "pb/x.yml:3:1: unknown key 'become_method' in the play (set ansible_become_method in the inventory (agents use their own way))",
                 "pb/x.yml:7:5: unknown key 'register' in task 'a' (every task's output is results.<task name>; 'register' is not needed)",
-                "pb/x.yml:8:5: unknown key 'loop' in task 'a' (loops are not supported; use a shell loop in 'shell')",
+                "pb/x.yml:8:5: unknown key 'with_dict' in task 'a' (with_dict lookups are not supported: write 'loop' with a list or a template giving one)",
                 "pb/x.yml:9:5: unknown key 'serial' in task 'a' (it belongs in the play)",
                 "pb/x.yml:10:5: unknown key 'depends_on' in task 'a' (did you mean 'needs'?)",
             ], id="misplaced-keys"),

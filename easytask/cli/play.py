@@ -131,8 +131,23 @@ def _play_listing(
                 if task.needs_implied
                 else ("needs " + ", ".join(task.needs) if task.needs else "at once")
             )
-            out.write(f"      {task.name}\tTAGS: [{', '.join(task.tags)}]\t{order}\n")
+            loop = f"\t{_loop_text(task.loop)}" if task.loop is not None else ""
+            out.write(f"      {task.name}\tTAGS: [{', '.join(task.tags)}]\t{order}{loop}\n")
     return EXIT_OK
+
+
+def _loop_text(loop: Any) -> str:
+    """How --list-tasks shows a task's loop: its items as written (each host renders them)."""
+    key = "with_items" if loop.flatten else "loop"
+    if loop.template is not None:
+        over = loop.template.strip()
+    else:
+        over = ", ".join(str(i) for i in loop.items or ())
+        over = f"[{over if len(over) <= 60 else over[:57] + '...'}]"
+    label = f" label {loop.label}" if loop.label else ""
+    return escape_controls(
+        f"{key} {over}" + (f" as {loop.loop_var}" if loop.loop_var != "item" else "") + label
+    )
 
 
 def _become(args: argparse.Namespace) -> Any:

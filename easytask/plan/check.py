@@ -10,7 +10,7 @@ from typing import Any
 from easytask.errors import TemplateError
 from easytask.facts import FACT_VARIABLES
 from easytask.masking import Masker
-from easytask.plan.playbook import PlannedTask, PlaybookPlan, TaskRun
+from easytask.plan.playbook import LoopItem, PlannedTask, PlaybookPlan, TaskRun
 from easytask.plan.render import evaluate_when, render_action, run_label
 from easytask.templating import TemplateLimit, variables
 from easytask.vault import vault_values
@@ -54,15 +54,21 @@ _CHECK_FACTS = {name: _ResultText(name, "fact") for name in FACT_VARIABLES}
 
 
 class _CheckResults(Mapping[str, Any]):
-    """`results` in --check: any task's results, as placeholders."""
+    """`results` in --check: any task's results, as placeholders; a loop's as its list of
+    items (see `loop_result`) whose results are placeholders."""
 
-    def __getitem__(self, name: str) -> _ResultText:
+    def __init__(self, loops: Mapping[str, list[LoopItem]] | None = None) -> None:
+        self._loops = dict(loops or {})
+
+    def __getitem__(self, name: str) -> Any:
+        if name in self._loops:
+            return _loop_placeholder(name, self._loops[name])
         return _ResultText(name)
 
-    def __getattr__(self, name: str) -> _ResultText:
+    def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
-        return _ResultText(name)
+        return self[name]
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str)
@@ -72,6 +78,27 @@ class _CheckResults(Mapping[str, Any]):
 
     def __len__(self) -> int:
         return 0
+
+
+def _loop_placeholder(name: str, items: list[LoopItem]) -> dict[str, Any]:
+    def one(item: LoopItem) -> dict[str, Any]:
+        path = f"{name}.results[{item.index}]"
+        keys = ("stdout", "stderr", "stdout_lines", "stderr_lines", "rc", "state", "failed")
+        known = {"item": item.value, "label": item.label, "index": item.index}
+        return {**{k: _ResultText(f"{path}.{k}") for k in keys}, **known}
+
+    flags = {k: _ResultText(f"{name}.{k}") for k in ("state", "failed", "skipped")}
+    return {"results": [one(i) for i in items], **flags}
+
+
+def _loops_seen(plan: PlaybookPlan, run: TaskRun) -> dict[str, list[LoopItem]]:
+    """The items of the loops whose results a run may read (on its host)."""
+    out: dict[str, list[LoopItem]] = {}
+    for name, keys in run.results_from.items():
+        if plan.task(name).loop is not None:
+            found = (plan.run(k).item for k in keys)
+            out[name] = [i for i in found if i is not None]
+    return out
 
 
 @dataclass(frozen=True)
@@ -93,9 +120,14 @@ def check_playbook(plan: PlaybookPlan) -> list[CheckedRun]:
         task = plan.task(run.task)
         host = run.host or run.candidates[0]
         known = "ansible_facts" in plan.host_vars.get(host, {})
-        context = plan.context(host, _CheckResults(), None if known else _CHECK_FACTS)
+        facts = None if known else _CHECK_FACTS
+        results = _CheckResults(_loops_seen(plan, run))
+        context = plan.context(host, results, facts, plan.item_vars(run))
         mask = Masker(vault_values(plan.host_vars.get(host, {}), plan.playbook.vars))
         when: bool | None = True
+        if run.empty_loop:
+            checked.append(CheckedRun(run, host, None, False))
+            continue
         try:
             if task.when is not None:
                 # A condition on results is only known at run time.
@@ -123,7 +155,8 @@ def check_limits(plan: PlaybookPlan) -> None:
         seen.add(run.task)
         task = plan.task(run.task)
         host = run.host or run.candidates[0]
-        context = plan.context(host, _CheckResults())
+        results = _CheckResults(_loops_seen(plan, run))
+        context = plan.context(host, results, None, plan.item_vars(run))
         try:
             if task.when is not None and "results" not in variables(task.when, expression=True):
                 evaluate_when(task, host, context)
@@ -170,10 +203,14 @@ def format_check(plan: PlaybookPlan, checked: Sequence[CheckedRun]) -> str:
             lines.append("  (no hosts)")
         for item in runs:
             who = f"any of {', '.join(item.run.candidates)}" if item.run.host is None else item.host
+            if item.run.item is not None:
+                who += f" (item={item.run.item.shown})"
             if len(plan.batches) > 1:
                 who += f" (batch {item.run.batch + 1})"
             if item.error is not None:
                 lines.append(f"  {who}: ERROR {item.error}")
+            elif item.run.empty_loop:
+                lines.append(f"  {who}: skipped (the loop gave no item)")
             elif item.when is False:
                 lines.append(f"  {who}: skipped (when: {task.when})")
             else:
@@ -192,6 +229,8 @@ def _task_header(task: PlannedTask) -> str:
         head += " once on any host"
     elif task.run_once:
         head += " once"
+    if task.loop is not None:
+        head += " loop" + (f" as {task.loop.loop_var}" if task.loop.loop_var != "item" else "")
     if task.needs_implied:
         head += " after " + ", ".join(task.needs)
     elif task.needs:
@@ -235,6 +274,7 @@ def dumps_check(checked: Sequence[CheckedRun]) -> str:
         json.dumps(
             {
                 "task": c.run.task,
+                **({"item": c.run.item.label} if c.run.item is not None else {}),
                 "host": c.run.host,
                 "candidates": list(c.run.candidates),
                 "batch": c.run.batch,

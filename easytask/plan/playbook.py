@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, NamedTuple
 
@@ -23,23 +23,29 @@ from easytask.errors import (
 from easytask.plan.adhoc import HostSource
 from easytask.plan.become import BecomeRequest, agentless_refusal, resolve_become, task_request
 from easytask.plan.connection import connection_of, connection_warnings
-from easytask.playbook import RESERVED_VARS, TAG, Action, Playbook, Task, load_yaml
+from easytask.plan.loops import MAX_LOOP_ITEMS, LoopItem, item_run_name, loop_items
+from easytask.playbook import RESERVED_VARS, TAG, Action, Loop, Playbook, Task, load_yaml
 from easytask.templating import Vars
 
 __all__ = [
+    "MAX_LOOP_ITEMS",
+    "LoopItem",
     "PlannedTask",
     "PlaybookPlan",
     "RunKey",
     "TaskRun",
     "parse_extra_vars",
     "plan_playbook",
+    "plan_runs",
     "serial_batches",
     "stop_after_batch",
 ]
 
 
 class RunKey(NamedTuple):
-    """A run of a job: a task on a host (host None: a `run_on: any` run, placed when it starts)."""
+    """A run of a job: a task on a host (host None: a `run_on: any` run, placed when it starts).
+
+    `task` is the run's name: the task's, or for an item of a loop `task (item=label)`."""
 
     task: str
     host: str | None
@@ -66,6 +72,7 @@ class PlannedTask:
     cwd: str | None
     location: SourceLocation
     task: Task = field(repr=False)
+    loop: Loop | None = None  # one run per item (see LoopItem)
 
     @property
     def single(self) -> bool:
@@ -82,8 +89,10 @@ class TaskRun:
     """One run to queue: its task and host, its batch, the runs it waits for, whose results it sees.
 
     `candidates` are the hosts a `run_on: any` run may go to (the host itself otherwise).
-    `results_from` maps each task whose `results.<task>` this run may read to the run that
-    provides them: the run of that task on the same host, or the task's single run.
+    `results_from` maps each task whose `results.<task>` this run may read to the runs that
+    provide them: the run of that task on the same host (every item's, for a loop), or the
+    task's single run. `item` is the run's item of its task's loop; `empty_loop`: the loop
+    gave no item on this host, so this run stands for the task, skipped.
     """
 
     task: str
@@ -91,12 +100,19 @@ class TaskRun:
     candidates: tuple[str, ...]
     batch: int
     needs: tuple[RunKey, ...]
-    results_from: Mapping[str, RunKey] = field(default_factory=dict)
+    results_from: Mapping[str, tuple[RunKey, ...]] = field(default_factory=dict)
+    item: LoopItem | None = None
+    empty_loop: bool = False
+
+    @property
+    def name(self) -> str:
+        """The run's name (its row's `task`): the task's, `task (item=label)` for an item."""
+        return self.task if self.item is None else item_run_name(self.task, self.item.shown)
 
     @property
     def key(self) -> RunKey:
-        """(task, host) of this run."""
-        return RunKey(self.task, self.host)
+        """(name, host) of this run."""
+        return RunKey(self.name, self.host)
 
 
 @dataclass(frozen=True)
@@ -174,19 +190,28 @@ class PlaybookPlan:
         host: str,
         results: Mapping[str, Any] | None = None,
         facts: Mapping[str, Any] | None = None,
+        item: Mapping[str, Any] | None = None,
     ) -> Vars:
         """The template variables on a host: facts < inventory and magic vars < play vars <
-        extra vars.
+        extra vars < the loop's item.
 
         `results` (task name -> `task_result(...)`) is there as-is, never rendered. `facts` are
         an agentless host's fact variables gathered for the job (an agent's are among its
-        magic vars already).
+        magic vars already). `item` is a loop item's variable (see `item_vars`), already
+        rendered when the job was planned.
         """
         base = {**(facts or {}), **self.host_vars.get(host, {})}
         base.setdefault("inventory_hostname", host)
         base.update(playbook_dir=self.playbook.base_dir, ansible_play_hosts=list(self.hosts))
-        literal = {"results": results if results is not None else {}}
+        literal = {"results": results if results is not None else {}, **(item or {})}
         return Vars(base, self.playbook.vars, self.extra_vars, literal=literal)
+
+    def item_vars(self, run: TaskRun) -> dict[str, Any]:
+        """The loop variable of a run of a loop's item (`item`, or the task's `loop_var`)."""
+        loop = self.task(run.task).loop
+        if run.item is None or loop is None:
+            return {}
+        return {loop.loop_var: run.item.value}
 
 
 # -- planning ---------------------------------------------------------------------------------
@@ -201,10 +226,13 @@ def plan_playbook(
     tags: Sequence[str] = (),
     skip_tags: Sequence[str] = (),
     become: BecomeRequest | None = None,
+    runs: bool = True,
 ) -> PlaybookPlan:
     """Plan a playbook on an inventory; raises NoHostsMatched if the play selects no host.
 
     `become` is the command line's (`play -b`): the play's and the tasks' keys go over it.
+    `runs=False` leaves the runs out (`plan.runs` is empty) for `plan_runs` to add: that renders
+    the tasks' loops, which a server does in a thread, off its event loop.
 
     The inventory's `magic_vars(host)` (inventory_hostname, group_names, groups, ...) are used
     too when it has that method. Planning is deterministic: the same playbook, inventory, extra
@@ -233,7 +261,6 @@ def plan_playbook(
         for t in _dependency_order(playbook)
     ]
     batches = serial_batches(play_hosts, playbook.serial)
-    runs = _runs(tasks, batches)
     host_vars: dict[str, dict[str, Any]] = {}
     connections: dict[str, str] = {}
     magic = getattr(inventory, "magic_vars", None)
@@ -258,11 +285,11 @@ def plan_playbook(
             )
             if refusal:
                 raise UsageError(f"task {task.name!r}: {refusal}", location=task.location)
-    return PlaybookPlan(
+    plan = PlaybookPlan(
         playbook=playbook,
         hosts=play_hosts,
         tasks=tuple(tasks),
-        runs=tuple(runs),
+        runs=(),
         batches=batches,
         host_vars=host_vars,
         extra_vars=extra,
@@ -273,6 +300,13 @@ def plan_playbook(
         warnings=tuple(connection_warnings(host_vars, connections)),
         become=become or BecomeRequest(),
     )
+    return plan_runs(plan) if runs else plan
+
+
+def plan_runs(plan: PlaybookPlan) -> PlaybookPlan:
+    """The plan with its runs: per task, per host, per item of a loop (rendered here, so a
+    PlaybookError for a loop that gives no list, see `loop_items`)."""
+    return replace(plan, runs=tuple(_runs(list(plan.tasks), plan.batches, loop_items(plan))))
 
 
 def tag_names(value: Any, option: str) -> tuple[str, ...]:
@@ -359,13 +393,20 @@ def _planned_task(
         cwd=task.cwd,
         location=task.location,
         task=task,
+        loop=task.loop,
     )
 
 
-def _runs(tasks: list[PlannedTask], batches: tuple[tuple[str, ...], ...]) -> list[TaskRun]:
+def _runs(
+    tasks: list[PlannedTask],
+    batches: tuple[tuple[str, ...], ...],
+    items: Mapping[tuple[str, str | None], list[LoopItem]],
+) -> list[TaskRun]:
+    """Every run: per task, per host (one for a single task), per item of a loop in order."""
     batch_of = {h: i for i, batch in enumerate(batches) for h in batch}
     by_task: dict[str, list[RunKey]] = {}
-    keys_of: dict[str, set[RunKey]] = {}
+    # task -> host (None: a `run_on: any` run) -> its runs, one per item for a loop, in order
+    per_host: dict[str, dict[str | None, list[RunKey]]] = {}
     last_batch: dict[str, int] = {}  # the latest batch among a task's runs
     batch_of_run: dict[RunKey, int] = {}
     ancestors: dict[str, list[str]] = {}
@@ -379,47 +420,56 @@ def _runs(tasks: list[PlannedTask], batches: tuple[tuple[str, ...], ...]) -> lis
         ancestors[task.name] = list(
             dict.fromkeys(a for n in task.needs for a in (*ancestors[n], n))
         )
+        units: list[str | None]
         if not task.hosts:
-            keys = []
+            units = []
         elif task.run_on_any:
-            keys = [RunKey(task.name, None)]
+            units = [None]
         elif task.run_once:
-            keys = [RunKey(task.name, task.hosts[0])]
+            units = [task.hosts[0]]
         else:
-            keys = [RunKey(task.name, h) for h in task.hosts]
-        for key in keys:
+            units = list(task.hosts)
+        mine: dict[str | None, list[RunKey]] = {}
+        for host in units:
             needs: list[RunKey] = []
             # A run goes in its host's batch; a single run (once, any) in the first one.
-            batch = 0 if task.single else batch_of.get(key.host or "", 0)
+            batch = 0 if task.single else batch_of.get(host or "", 0)
             for need in waits_for[task.name]:
-                same = RunKey(need, key.host)
-                if not task.single and same in keys_of[need]:
-                    needs.append(same)
-                    batch = max(batch, batch_of_run[same])
+                same = per_host[need].get(host)
+                if not task.single and same:
+                    needs.extend(same)
+                    batch = max(batch, *(batch_of_run[k] for k in same))
                 else:  # it runs elsewhere (or once): wait for all its runs
                     needs.extend(by_task[need])
                     batch = max(batch, last_batch[need])
-            batch_of_run[key] = batch
-            results_from: dict[str, RunKey] = {}
+            results_from: dict[str, tuple[RunKey, ...]] = {}
             for earlier in ancestors[task.name]:
-                same = RunKey(earlier, key.host)
-                if key.host is not None and same in keys_of[earlier]:
-                    results_from[earlier] = same
+                if host is not None and host in per_host[earlier]:
+                    results_from[earlier] = tuple(per_host[earlier][host])
                 elif single[earlier] and by_task[earlier]:
-                    results_from[earlier] = by_task[earlier][0]
-            runs.append(
-                TaskRun(
+                    results_from[earlier] = tuple(by_task[earlier])
+            listed = items.get((task.name, host), []) if task.loop is not None else None
+            keys: list[RunKey] = []
+            variants: list[LoopItem | None] = [*listed] if listed else [None]
+            for item in variants:
+                run = TaskRun(
                     task=task.name,
-                    host=key.host,
-                    candidates=task.hosts if key.host is None else (key.host,),
+                    host=host,
+                    candidates=task.hosts if host is None else (host,),
                     batch=batch,
-                    needs=tuple(dict.fromkeys(needs)),
+                    # an item waits for the item before it on its host, as in Ansible
+                    needs=tuple(dict.fromkeys([*needs, *keys[-1:]])),
                     results_from=results_from,
+                    item=item,
+                    empty_loop=listed == [],
                 )
-            )
-        by_task[task.name] = keys
-        keys_of[task.name] = set(keys)
-        last_batch[task.name] = max((batch_of_run[k] for k in keys), default=0)
+                runs.append(run)
+                keys.append(run.key)
+                batch_of_run[run.key] = batch
+            mine[host] = keys
+        per_host[task.name] = mine
+        by_task[task.name] = [k for keys in mine.values() for k in keys]
+        last_batch[task.name] = max((batch_of_run[k] for k in by_task[task.name]), default=0)
     return runs
 
 

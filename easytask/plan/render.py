@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from easytask.errors import TemplateError
-from easytask.plan.playbook import PlannedTask
+from easytask.plan.playbook import LoopItem, PlannedTask
 from easytask.playbook import Task
 from easytask.templating import evaluate, render
 
 __all__ = [
     "RenderedAction",
     "evaluate_when",
+    "loop_result",
     "render_action",
     "render_command",
     "run_label",
@@ -145,4 +146,33 @@ def task_result(
         "failed": state not in ("success", "skipped"),
         "skipped": state == "skipped",
         "changed": changed,
+    }
+
+
+def loop_result(
+    items: Sequence[tuple[LoopItem, Mapping[str, Any] | None]], loop_var: str = "item"
+) -> dict[str, Any]:
+    """What `results.<task>` holds for a loop on a host, in the shape Ansible registers a loop:
+    `results`, each item's `task_result(...)` in item order with its `item` (and its
+    `loop_var`), `label` and `index`; then the task's `state`, `failed` and `skipped`, and
+    `changed` when any item changed.
+
+    The state is the first item's that did not succeed or skip; skipped when every item
+    skipped (or there was none); success otherwise. An item with no result yet (it never ran)
+    counts as skipped."""
+    results = []
+    for item, result in items:
+        one = dict(result) if result is not None else task_result(rc=None, state="skipped")
+        one.update(item=item.value, label=item.label, index=item.index)
+        one[loop_var] = item.value
+        results.append(one)
+    states = [r["state"] for r in results]
+    bad = next((s for s in states if s not in ("success", "skipped")), None)
+    state = bad or ("skipped" if all(s == "skipped" for s in states) else "success")
+    return {
+        "results": results,
+        "state": state,
+        "failed": bad is not None,
+        "skipped": state == "skipped",
+        "changed": any(r.get("changed") for r in results),
     }

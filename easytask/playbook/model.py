@@ -25,6 +25,8 @@ __all__ = [
     "TASK_KEYS",
     "Action",
     "Defaults",
+    "LOOP_CONTROL_KEYS",
+    "Loop",
     "Notify",
     "Playbook",
     "PlaybookErrors",
@@ -40,8 +42,9 @@ ACTIONS = ("command", "shell", "script", "copy")
 TASK_KEYS = (
     "name", *ACTIONS, "hosts", "needs", "when", *DEFAULTS_KEYS, "run_on", "run_once", "env",
     "environment", "cwd", "tags", "become", "become_user",
-    *("ignore_errors", "failed_when", "changed_when"),
+    *("ignore_errors", "failed_when", "changed_when"), "loop", "with_items", "loop_control",
 )  # fmt: skip
+LOOP_CONTROL_KEYS = ("label", "loop_var")
 COPY_KEYS = ("src", "dest", "mode")
 SCRIPT_KEYS = ("path", "args")
 CATCH_UP = ("none", "one")
@@ -84,6 +87,24 @@ class Action:
 
 
 @dataclass(frozen=True)
+class Loop:
+    """A task's `loop` (or `with_items`): the items, given as a list or as a template that gives
+    one, rendered per host when the job is planned; each item is its own run.
+
+    `items`: the list as written (its strings may be templates); `template`: the text that
+    gives the list; `flatten`: `with_items`, whose lists inside the list are spread out one level
+    as Ansible does; `label`: the template of an item's name (None: the item itself);
+    `loop_var`: the variable that holds the item in the task's templates.
+    """
+
+    items: tuple[Any, ...] | None = None
+    template: str | None = None
+    flatten: bool = False
+    label: str | None = None
+    loop_var: str = "item"
+
+
+@dataclass(frozen=True)
 class Task:
     """One task: an action and how and where it runs; `timeout` etc. already include the defaults."""
 
@@ -109,6 +130,7 @@ class Task:
     failed_when: str | None = None  # an expression over rc/stdout/stderr (a list: ANDed)
     changed_when: str | None = None
     uses_results: tuple[str, ...] = ()
+    loop: Loop | None = None  # `loop`/`with_items`: one run per item
     locations: Mapping[str, SourceLocation] = field(default_factory=dict, repr=False)
 
     @property

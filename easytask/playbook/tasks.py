@@ -13,18 +13,21 @@ from easytask.errors import SourceLocation
 from easytask.playbook.model import (
     ACTIONS,
     COPY_KEYS,
+    LOOP_CONTROL_KEYS,
     PLAY_KEYS,
+    RESERVED_VARS,
     SCRIPT_KEYS,
     TAG,
     TASK_KEYS,
     Action,
     Defaults,
+    Loop,
     Task,
 )
 from easytask.playbook.needs import DependencyChecker
 from easytask.playbook.values import NAME, ValueChecker, got, suggest
 from easytask.sourceyaml import type_name
-from easytask.templating import attribute_refs, is_template, syntax_problem
+from easytask.templating import attribute_refs, is_template, syntax_problem, variables
 
 __all__ = ["TaskChecker"]
 
@@ -112,6 +115,7 @@ class TaskChecker(ValueChecker):
         ignore_errors = self.boolean(data, "ignore_errors", label)
         failed_when = self.condition(data, "failed_when", label)
         changed_when = self.condition(data, "changed_when", label)
+        loop = self.loop(data, label)
         if len(self.errors) > errors_before or action is None or not isinstance(name, str):
             return None
         return Task(
@@ -136,6 +140,7 @@ class TaskChecker(ValueChecker):
             failed_when=failed_when,
             changed_when=changed_when,
             uses_results=self.result_refs(data, name),
+            loop=loop,
             locations={k: self.src.key(data, k) for k in data},
         )
 
@@ -329,6 +334,73 @@ class TaskChecker(ValueChecker):
             self.needs_at[data["name"]] = list(seen.values())
         return tuple(seen)
 
+    def loop(self, data: dict[Any, Any], label: str) -> Loop | None:
+        """`loop` (or `with_items`, which spreads out lists inside the list one level) and
+        `loop_control`. Items are fixed when the job is planned: they cannot use results."""
+        key = "with_items" if "with_items" in data else "loop"
+        if "loop" in data and "with_items" in data:
+            self.bad(data, "with_items", f"{label} has both 'loop' and 'with_items' (use 'loop')")
+            return None
+        control = data.get("loop_control")
+        if key not in data:
+            if "loop_control" in data:
+                self.fail(
+                    f"{label} has 'loop_control' but no 'loop'", self.src.key(data, "loop_control")
+                )
+            return None
+        value = data[key]
+        what = f"{key!r} of {label}"
+        items: tuple[Any, ...] | None = None
+        template: str | None = None
+        if isinstance(value, list):
+            self.nested_templates(data, key, what)
+            self._no_results(data, key, what)
+            items = tuple(value)
+        elif isinstance(value, str) and is_template(value):
+            if self.template(data, key, what):
+                self._no_results(data, key, what)
+            template = value
+        else:
+            self.bad(
+                data,
+                key,
+                f"{what} must be a list or a template giving one "
+                f'(such as "{{{{ packages }}}}"), got {got(value)}',
+            )
+            return None
+        name, text = "item", None
+        if control is not None:
+            where = f"'loop_control' of {label}"
+            if not isinstance(control, dict):
+                self.expect(data, "loop_control", label, "a mapping with 'label' and/or 'loop_var'")
+                return None
+            self.unknown_keys(control, LOOP_CONTROL_KEYS, where)
+            text = self.string(control, "label", where)
+            if text is not None and self.template(control, "label", f"'label' of {where}"):
+                self._no_results(control, "label", f"'label' of {where}")
+            var = control.get("loop_var")
+            if var is not None:
+                if not isinstance(var, str) or not NAME.match(var):
+                    self.expect(control, "loop_var", where, "a variable name")
+                elif var in RESERVED_VARS:
+                    self.bad(control, "loop_var", f"'loop_var' of {where}: {var!r} is reserved")
+                else:
+                    name = var
+        return Loop(items, template, key == "with_items", text, name)
+
+    def _no_results(self, container: Any, where: Any, what: str) -> None:
+        """A loop's items and labels are rendered when the job is planned, before any run."""
+        for slot, at_key, _ in _strings(container, where):
+            text = slot[at_key]
+            if is_template(text) and not syntax_problem(text) and "results" in variables(text):
+                self.bad(
+                    slot,
+                    at_key,
+                    f"{what} uses results: a loop's items are fixed when the job is "
+                    "planned, before any task runs (loop over the output in a 'shell' instead)",
+                )
+                return
+
     def tags(self, data: dict[Any, Any], label: str) -> tuple[str, ...]:
         """`tags`: a list of names, or one text of names separated by commas (as Ansible takes)."""
         value = data.get("tags")
@@ -418,6 +490,16 @@ class TaskChecker(ValueChecker):
                 if isinstance(item, str):
                     self.template(value, name, what)
         return out
+
+
+def _strings(container: Any, where: Any) -> Iterator[tuple[Any, Any, bool]]:
+    """(container, key or index, False) of every string in a value, however deep."""
+    value = container[where]
+    if isinstance(value, str):
+        yield container, where, False
+    elif isinstance(value, dict | list):
+        for key in value if isinstance(value, dict) else range(len(value)):
+            yield from _strings(value, key)
 
 
 def _template_slots(data: dict[Any, Any]) -> Iterator[tuple[Any, Any, bool]]:

@@ -25,8 +25,8 @@ _HINTS = {
     "after": "did you mean 'needs'?",
     "delay": "did you mean 'retry_delay'?",
     "become_method": "set ansible_become_method in the inventory (agents use their own way)",
-    "loop": "loops are not supported; use a shell loop in 'shell'",
-    "with_items": "loops are not supported; use a shell loop in 'shell'",
+    "loop_var": "put it in 'loop_control'",
+    "index_var": "not supported: loop_control takes 'label' and 'loop_var'",
     "roles": "roles are not supported",
     "gather_facts": "facts are there when the playbook names one (ansible_facts, "
     "ansible_hostname, ...): agents report them, agentless hosts gather them; remove it",
@@ -84,6 +84,8 @@ class ValueChecker:
             elif key not in known:
                 if key in _HINTS:
                     hint = f" ({_HINTS[key]})"
+                elif key.startswith("with_") and "loop" in known:
+                    hint = f" ({key} lookups are not supported: write 'loop' with a list or a template giving one)"
                 elif key in elsewhere:
                     hint = (
                         " (it belongs in a task)"

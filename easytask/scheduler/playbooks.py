@@ -25,6 +25,7 @@ from easytask.plan import (
     TaskRun,
     check_limits,
     evaluate_when,
+    loop_result,
     render_action,
     stop_after_batch,
     task_result,
@@ -43,6 +44,7 @@ from easytask.vault import vault_values
 log = logging.getLogger("easytask.server")
 
 ANY_HOST = "(any)"
+EMPTY_LOOP = "the loop gave no item"  # the reason of a loop's run on a host with no item
 OK_FOR_NEEDS = (RunState.SUCCESS, RunState.SKIPPED)
 
 T = TypeVar("T")
@@ -183,6 +185,10 @@ class PlaybookJob:
                     + f", which ended {dep.state}",
                 )
                 return
+        if planned.empty_loop:  # skipped as a false `when` is: what waits for it goes on
+            slot.skipped_by_when = True
+            await self._skip(slot, EMPTY_LOOP)
+            return
         host = planned.host
         if host is None and slot.run.host != ANY_HOST:
             host = slot.run.host  # placed by a previous server process
@@ -207,7 +213,7 @@ class PlaybookJob:
             slot.state = RunState.UNREACHABLE
             slot.result = task_result(stderr=reason, rc=None, state=RunState.UNREACHABLE)
             return
-        context = self.plan.context(host, results, facts)
+        context = self.plan.context(host, results, facts, self.plan.item_vars(planned))
         try:
             action = await off_loop(_prepare, task, host, context)
             if action is None:
@@ -227,10 +233,14 @@ class PlaybookJob:
 
     def _results(self, planned: TaskRun) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for name, key in planned.results_from.items():
-            slot = self.slots.get(key)
-            if slot is not None and slot.result is not None:
-                out[name] = slot.result
+        for name, keys in planned.results_from.items():
+            slots = [self.slots[k] for k in keys if k in self.slots]
+            loop = self.plan.task(name).loop
+            if loop is not None:  # every item's result, in item order
+                items = [(s.planned.item, s.result) for s in slots if s.planned.item is not None]
+                out[name] = loop_result(items, loop.loop_var)
+            elif slots and slots[0].result is not None:
+                out[name] = slots[0].result
         return out
 
     async def _attempts(
@@ -360,7 +370,7 @@ def job_runs_for(plan: PlaybookPlan) -> list[Run]:
         runs.append(
             Run(
                 job_id=0,
-                task=planned.task,
+                task=planned.name,
                 host=host,
                 connection=connection,
                 agent=host if connection == "agent" else "",
@@ -485,7 +495,7 @@ async def resume_playbook(
     rows = await engine.store.call(engine.store.job_runs, job.id)
     originals = sorted((r for r in rows if r.attempt == 1), key=lambda r: r.id or 0)
     if len(originals) != len(plan.runs) or any(
-        row.task != planned.task
+        row.task != planned.name
         or (planned.host is not None and row.host != planned.host)
         or (planned.host is None and row.host != ANY_HOST and row.host not in planned.candidates)
         for row, planned in zip(originals, plan.runs, strict=False)
@@ -520,7 +530,7 @@ async def resume_playbook(
             left += 1
             continue
         slot.state = run.state
-        slot.skipped_by_when = run.reason.startswith("when is false")
+        slot.skipped_by_when = run.reason.startswith("when is false") or run.reason == EMPTY_LOOP
         slot.ignored = IGNORED in marks.get(run.id or 0, ())
         if run.state == RunState.SKIPPED:
             slot.result = task_result(rc=None, state=RunState.SKIPPED)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from easytask.errors import EasyTaskError, NoHostsMatched, PlaybookError
-from easytask.plan import PlannedRun, PlaybookPlan, plan_adhoc, plan_playbook
+from easytask.plan import PlannedRun, PlaybookPlan, plan_adhoc, plan_playbook, plan_runs
 from easytask.plan.become import BecomeRequest
 from easytask.playbook import Playbook, load_playbook
 from easytask.scheduler import secretfile
@@ -91,7 +91,9 @@ async def plan_file(
         tags=tags,
         skip_tags=skip_tags,
         become=become,
+        runs=False,
     )
+    plan = await asyncio.to_thread(plan_runs, plan)  # renders the loops: off the event loop
     return replace(plan, credentials=tuple(sorted(stored)))
 
 
@@ -167,7 +169,9 @@ async def resume_playbook_job(services: Services, job: Job) -> int:
         tags=tuple(spec.get("tags") or ()),
         skip_tags=tuple(spec.get("skip_tags") or ()),
         become=BecomeRequest.from_dict(spec.get("become")),
+        runs=False,
     )
+    plan = await asyncio.to_thread(plan_runs, plan)  # renders the loops: off the event loop
     check_resumable(plan, spec)
     agentless = {
         h: plan.host_vars.get(h, {}) for h in plan.all_hosts if plan.connection(h) != "agent"

@@ -4,6 +4,8 @@ that host (its state, attempts and duration), tasks in playbook order with their
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,9 +20,17 @@ def job_section(job: Job | None) -> str:
     return "playbooks" if job is not None and job.kind in PLAYBOOK_KINDS else "adhoc"
 
 
-def run_label(run: Run) -> str:
-    """The label that tells apart runs of one task on one host (a loop's item); none yet."""
-    return ""
+_ITEM = re.compile(r"(?P<task>.+) \(item=(?P<label>.*)\)\Z", re.S)
+
+
+def run_label(run: Run, tasks: Collection[str]) -> tuple[str, str]:
+    """The task a run belongs to and the label that tells apart its runs on one host: a loop's
+    item runs are named `task (item=label)` (see plan/loops.py), any other run its task."""
+    if run.task not in tasks:
+        found = _ITEM.match(run.task)
+        if found and found["task"] in tasks:
+            return found["task"], found["label"]
+    return run.task, ""
 
 
 @dataclass
@@ -47,17 +57,20 @@ def task_order(job: Job, runs: list[Run]) -> list[dict[str, Any]]:
         for t in listed
         if isinstance(t, dict)
     ]
-    known = {t["name"] for t in tasks}
+    known: set[str] = {str(t["name"]) for t in tasks}
     for run in runs:
-        if run.task not in known:
-            known.add(run.task)
-            tasks.append({"name": run.task, "needs": [], "implied": False})
+        task, _ = run_label(run, known)
+        if task not in known:
+            known.add(task)
+            tasks.append({"name": task, "needs": [], "implied": False})
     return tasks
 
 
 def matrix(job: Job, runs: list[Run]) -> dict[str, Any]:
     """Tasks (rows) x hosts (columns) of a playbook job; a cell holds, per label, the latest
     attempt of the run of that task on that host, with how many attempts it took."""
+    tasks = task_order(job, runs)
+    names = {t["name"] for t in tasks}
     hosts: list[str] = []
     seen: set[str] = set()
     latest: dict[tuple[str, str, str], Run] = {}
@@ -66,7 +79,8 @@ def matrix(job: Job, runs: list[Run]) -> dict[str, Any]:
         if run.host not in seen:
             seen.add(run.host)
             hosts.append(run.host)
-        key = (run.task, run.host, run_label(run))
+        task, label = run_label(run, names)
+        key = (task, run.host, label)
         latest[key] = run
         attempts[key] = max(attempts.get(key, 0), run.attempt)
     cells: dict[tuple[str, str], Cell] = {}
@@ -81,7 +95,6 @@ def matrix(job: Job, runs: list[Run]) -> dict[str, Any]:
                 "started_at": run.started_at,
             }
         )
-    tasks = task_order(job, runs)
     return {
         "hosts": hosts,
         "rows": [
