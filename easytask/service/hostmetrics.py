@@ -99,3 +99,37 @@ async def latest_samples(services: Services) -> dict[str, dict[str, Any]]:
     store = services.store
     found = await store.call(store.latest_host_samples, time.time() - LATEST_AGE)
     return {name: dict(zip(("t", *FIELDS), row, strict=True)) for name, row in found.items()}
+
+
+RECENT_MINUTES = (1, 1440)  # the range of `minutes` GET /api/agents/metrics/recent accepts
+
+
+async def recent_cpu(services: Services, user: User, minutes: str | None) -> dict[str, Any]:
+    """Every agent's CPU over the last `minutes` (default 60) for the agents page's sparklines,
+    in one answer: a point per minute (its average) then the newest sample. Agents outside the
+    user's scope are left out, as GET /api/agents/{name}/metrics refuses them."""
+    low, high = RECENT_MINUTES
+    try:
+        span = int(minutes) if minutes not in (None, "") else 60
+    except ValueError:
+        span = 0
+    if not low <= span <= high:
+        raise APIError(f"minutes: a whole number from {low} to {high}, got {minutes!r}")
+    now = time.time()
+    since = now - span * 60.0
+    store = services.store
+    names = [row.name for row in await store.call(store.list_agents)]
+    outside = set(await outside_scope(services, user, names)) if user.scope else set()
+    by_minute = await store.call(store.recent_host_cpu, since)
+    latest = await store.call(store.latest_host_samples, since)
+    cpu_at = 1 + FIELDS.index("cpu")
+    agents: dict[str, dict[str, list[Any]]] = {}
+    for name in names:
+        if name in outside:
+            continue
+        points = [(max(t, since), cpu) for t, cpu in by_minute.get(name, [])]
+        newest = latest.get(name)
+        if newest is not None and (not points or float(newest[0]) > points[-1][0]):
+            points.append((float(newest[0]), newest[cpu_at]))
+        agents[name] = {"t": [p[0] for p in points], "cpu": [p[1] for p in points]}
+    return {"minutes": span, "since": _iso(since), "until": _iso(now), "agents": agents}
