@@ -49,6 +49,10 @@ def test_samples_arrive_and_read_back_as_columns(
         "/api/agents/mx1/metrics", since="2001-01-01T00:00:00Z", until="2001-01-01T01:00:00Z"
     )
     assert old["t"] == [] and old["cpu"] == []
+    # a range from after the newest sample into the future holds no sample from before it
+    last = data["t"][-1] + 0.001
+    later = server.get("/api/agents/mx1/metrics", since=last, until=last + 600)
+    assert all(t >= last for t in later["t"]), (last, later["t"])
     text = server.http.get("/metrics").text
     assert 'easytask_agent_cpu_percent{agent="mx1"}' in text
     assert 'easytask_agent_memory_available_bytes{agent="mx1"}' in text
@@ -137,10 +141,14 @@ def test_old_samples_roll_up_into_minutes_and_prune_with_retention(
     assert minutes["resolution"] == "minute" and minutes["t"]
     assert all(t % 60 == 0 for t in minutes["t"])
     assert all(0 <= v <= 100 for v in minutes["cpu"] if v is not None)
+
     # the agents page's batch reads the same minutes, then the newest raw sample
-    recent = server.get("/api/agents/metrics/recent", minutes=60)["agents"]["mx4"]
-    newest = max(stored(server, "mx4"))
-    assert recent["t"][-1] >= newest and recent["t"][-1] % 60 != 0
+    def recent_cpu() -> dict[str, list[float]] | None:
+        found = server.get("/api/agents/metrics/recent", minutes=60)["agents"]["mx4"]
+        return found if found["t"] and found["t"][-1] % 60 != 0 else None
+
+    recent = wait_until(recent_cpu, timeout=20, what="the newest raw sample in the batch")
+    assert recent["t"][-1] > time.time() - 10
     assert all(t % 60 == 0 for t in recent["t"][:-1]) and recent["t"] == sorted(recent["t"])
     settled = {  # minutes no sample can join any more
         t: v for t, v in zip(minutes["t"], minutes["cpu"], strict=True) if t + 75 < time.time()

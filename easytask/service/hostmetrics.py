@@ -76,8 +76,9 @@ async def agent_metrics(
         raw = await store.call(store.host_samples, name, start, end)
         cut = raw[0][0] if raw else end
         minutes = await store.call(store.host_minutes, name, start, cut)
-        # the minutes wholly before the first raw sample, at their start (count left out)
-        rows = [(m[0], *m[2:]) for m in minutes if m[0] + 60 <= cut] + raw
+        # the minutes wholly in the range before its first raw sample, at their start (count
+        # left out): a minute begun before `since` holds samples from before it
+        rows = [(m[0], *m[2:]) for m in minutes if m[0] >= start and m[0] + 60 <= cut] + raw
         shown = "raw" if len(rows) == len(raw) else "mixed"
     else:
         minutes = await store.call(store.host_minutes, name, start, end)
