@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-pg check bench sysdeps clean vendor-uplot
+.PHONY: demo test test-pg check bench sysdeps clean vendor-uplot bench-pgout
 
 UPLOT_VERSION ?= 1.6.32
 
@@ -25,7 +25,9 @@ PG_TESTS := tests/test_store.py tests/test_migrations.py tests/test_adhoc.py \
 	tests/test_console_audit.py tests/test_agent_env.py tests/test_agent_names.py \
 	tests/test_agent_requests.py tests/test_light_agent.py tests/test_agent_labels.py tests/test_become.py \
 	tests/test_play_outcome.py \
-	tests/test_bad_input.py tests/test_timeline.py tests/test_host_metrics.py
+	tests/test_bad_input.py tests/test_timeline.py tests/test_host_metrics.py \
+	tests/test_busy_agents.py tests/test_scoped_reading.py tests/test_api_jobs.py \
+	tests/test_log_partitions.py tests/test_db_search.py
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,6 +58,10 @@ vendor-uplot:
 
 bench: $(STAMP)
 	$(PY) -m bench.all
+
+# output on PostgreSQL and SQLite side by side, with a 10,000,000-line history (not in `make test`)
+bench-pgout: $(STAMP)
+	$(PY) -m bench.pgout --write
 
 clean:
 	rm -rf $(VENV) .easytask build dist

@@ -53,6 +53,8 @@ class Settings:
     keepalive_count: int = _setting(3, "count")
     agents_pending_max: int = _setting(10, "count")  # pending agent requests per address
     ssh_known_hosts: str | None = _setting(None)
+    # `ansible_connection: local` hosts run commands on the server's host, as its user
+    allow_local_connection: bool = _setting(False, "bool")
     reattach_timeout: float = _setting(3600.0, "duration")
     server_timeout: float = _setting(15.0, "duration")  # shared database: silence before take-over
     playbooks: str | None = _setting("playbooks")
@@ -145,6 +147,15 @@ def _convert(name: str, kind: str, value: Any, choices: tuple[str, ...] = ()) ->
             if not isinstance(value, str):
                 raise ValueError(f"must be a path or a list of paths, got {value!r}")
             return value
+        if kind == "bool":  # true/false in a file; 1/0, true/false, yes/no, on/off as text
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"must be true or false, got {value!r}")
         if kind == "count":
             if isinstance(value, bool | float):
                 raise ValueError(f"not a whole number: {value!r}")

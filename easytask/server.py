@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ from easytask.scheduler.retention import Retention
 from easytask.scheduler.schedules import Scheduler
 from easytask.sealing import load_keyring, settle_rotation
 from easytask.service.bootstrap import close_bootstraps
+from easytask.service.busy import LimitsWatch
 from easytask.service.context import InventorySource, Services
 from easytask.service.jobs import submit_scheduled
 from easytask.service.planning import resume_playbook_job
@@ -160,6 +162,13 @@ class Server:
             known_hosts=self.config.ssh_known_hosts,
         )
         self.engine.reattach_timeout = self.config.reattach_timeout
+        self.engine.execution.allow_local = self.config.allow_local_connection
+        if self.config.allow_local_connection:
+            log.warning(
+                "allow_local_connection is on: hosts with `ansible_connection: local` run their "
+                "commands on this host as %s",
+                getpass.getuser(),
+            )
         self.engine.output_limit = self.config.output_limit or None
         self.engine.on_run_started.append(self.metrics.run_started)
         self.notifier = Notifier(
@@ -232,6 +241,9 @@ class Server:
             webhooks=self.webhook_targets,
             keyring=self.keyring,
         )
+        self.limits = LimitsWatch(self.services)
+        self.registry.on_online.append(lambda _name: self.limits.wake())
+        self.limits.start()
         self.app = await create_web_app(self.services)
         uv_config = uvicorn.Config(
             self.app,
@@ -395,6 +407,7 @@ class Server:
         await self.retention.close()
         await self.hostmetrics.close()
         await close_bootstraps(self.services)
+        await self.limits.close()
         await self.listener.close()
         await self.engine.close()
         await self.registry.close()

@@ -138,7 +138,8 @@ def test_agents_listing_in_text_and_json(
 def test_run_one_picks_least_busy_and_slots_are_respected(
     start_server: ServerFactory, start_agent: AgentFactory, tmp_path: Path
 ) -> None:
-    """--one runs on the least busy agent; an agent never runs more than its slots at once."""
+    """--one runs on the agent with the most free slots; an agent never runs more than its
+    slots at once."""
     inventory = tmp_path / "inv.ini"
     inventory.write_text("[pool]\nslot1\nslot2\n")
     server = start_server(inventory)
@@ -148,6 +149,12 @@ def test_run_one_picks_least_busy_and_slots_are_respected(
     wait_until(
         lambda: server.get(f"/api/jobs/{busy['job']['id']}")["runs"][0]["state"] == "running",
         what="slot2 busy",
+    )
+    # slot2 has 1 free slot of 2, slot1 1 of 1: equal, so fill slot2
+    fuller = server.submit("slot2", "sleep 15")
+    wait_until(
+        lambda: server.get(f"/api/jobs/{fuller['job']['id']}")["runs"][0]["state"] == "running",
+        what="slot2 full",
     )
     one = server.cli("run", "pool", "--one", "-a", "echo on $EASYTASK_RUN_ID")
     assert one.returncode == 0, one.stderr
@@ -160,6 +167,7 @@ def test_run_one_picks_least_busy_and_slots_are_respected(
     spans = sorted((d["runs"][0]["started_at"], d["runs"][0]["finished_at"]) for d in datas)
     assert spans[0][1] <= spans[1][0]  # no overlap
     server.post(f"/api/jobs/{busy['job']['id']}/kill")
+    server.post(f"/api/jobs/{fuller['job']['id']}/kill")
 
 
 def _supervisors_of(pid: int) -> list[int]:

@@ -4,7 +4,10 @@ jump host, what cannot be honoured is refused or reported."""
 
 from __future__ import annotations
 
+import os
+import pwd
 import re
+import socket
 from pathlib import Path
 
 from tests.browser.support import Browserless, admin_password
@@ -127,3 +130,89 @@ def test_connection_variables_refused_or_reported(
     page = console.http.get(f"/jobs/{job_id}").text
     console.close()
     assert page.count(warning) == 1, page
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process runs (a zombie waiting for its parent does not)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+def test_local_connection_runs_on_the_server_host_only_when_allowed(
+    tmp_path: Path, start_server: ServerFactory
+) -> None:
+    """`ansible_connection: local` is refused naming the host and the setting that allows it;
+    with `--allow-local-connection` the command runs on the server's host as the server's user:
+    stdout and stderr streamed, the exit code kept, a secret on stdin (not in the command line,
+    masked in the output), none of the server's environment, a timeout ending the command's
+    whole process group; audited with the job and on the run's timeline."""
+    inventory = write(tmp_path / "inv" / "hosts.ini", "[here]\nme1 ansible_connection=local\n")
+    marker = tmp_path / "ran-here"
+    refused_server = start_server(inventory)
+    refused = refused_server.cli("run", "me1", "-a", f"touch {marker}")
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "host 'me1': ansible_connection 'local' would run on the EasyTask server" in (
+        refused.stderr
+    )
+    assert "--allow-local-connection" in refused.stderr
+    assert "EASYTASK_ALLOW_LOCAL_CONNECTION" in refused.stderr
+    assert refused_server.get("/api/runs")["runs"] == []
+    assert not marker.exists()
+    refused_server.close()
+
+    server = start_server(inventory, "--allow-local-connection")
+    user = pwd.getpwuid(os.getuid()).pw_name
+    command = (
+        'id -un; echo "t=$TOKEN"; echo to-stderr >&2; '
+        "tr '\\0' ' ' </proc/$$/cmdline | grep -c 's3c[r]3t'; "
+        "env | grep -c -e '^EASYTASK_' -e '^PYTHONPATH=' ; exit 3"
+    )
+    job = server.submit("me1", command, secrets={"TOKEN": "s3cr3t-value"})
+    data = server.wait_job(job["job"]["id"], timeout=60)
+    (run,) = data["runs"]
+    assert (run["state"], run["exit_code"], run["connection"]) == ("failed", 3, "local")
+    lines = server.log_lines(run["id"])
+    out = [ln["text"] for ln in lines if ln["stream"] == "stdout"]
+    err = [ln["text"] for ln in lines if ln["stream"] == "stderr"]
+    assert out == [user, "t=****", "0", "0"], lines
+    assert err == ["to-stderr"], lines
+    assert run["ran_as"] == user
+    detail = server.get(f"/api/runs/{run['id']}")
+    dispatched = [e for e in detail["events"] if e["kind"] == "dispatched"]
+    assert dispatched and dispatched[0]["detail"] == f"local: the server's host, as {user}"
+    events = server.get("/api/audit", action="job.submit")["events"]
+    assert events[0]["detail"]["local"] == ["me1"]
+
+    # become goes through sudo, as on agentless hosts
+    job = server.submit("me1", "id -un", become=True, become_user="nobody")
+    (run,) = server.wait_job(job["job"]["id"], timeout=60)["runs"]
+    assert (run["state"], run["ran_as"]) == ("success", "nobody (become, sudo)"), run
+    became = [ln["text"] for ln in server.log_lines(run["id"]) if ln["stream"] == "stdout"]
+    assert became == ["nobody"], became
+
+    # a playbook naming a fact gathers the host's, as on agentless hosts
+    book = write(
+        tmp_path / "facts.yml",
+        """\
+        name: facts
+        hosts: me1
+        tasks:
+          - name: name
+            command: "echo host={{ ansible_hostname }}"
+        """,
+    )
+    played = server.cli("play", str(book))
+    assert played.returncode == 0, played.stdout + played.stderr
+    assert f"host={socket.gethostname().split('.')[0]}" in played.stdout, played.stdout
+
+    pidfile = tmp_path / "child.pid"
+    job = server.submit("me1", f"sleep 300 & echo $! >{pidfile}; wait", timeout="1s")
+    data = server.wait_job(job["job"]["id"], timeout=60)
+    (run,) = data["runs"]
+    assert run["state"] in ("failed", "terminated"), run
+    assert "timeout after 1s" in (run["reason"] or ""), run
+    child = int(pidfile.read_text())
+    wait_until(lambda: not _alive(child), timeout=15, what="the command's child killed")

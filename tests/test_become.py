@@ -21,12 +21,13 @@ from typing import Any
 
 import pytest
 
-from easytask.errors import InventoryError, PlaybookError, UsageError
+from easytask.errors import APIError, InventoryError, PlaybookError, UsageError
 from easytask.inventory import load_inventory
 from easytask.plan import plan_playbook
 from easytask.plan.become import Become, BecomeRequest, agentless_refusal, resolve_become
 from easytask.playbook import parse_playbook
 from easytask.scheduler.playbooks import resume_spec
+from easytask.service.jobs import plan_become
 from tests.browser.support import Browserless, admin_password
 from tests.conftest import AgentFactory, ServerFactory, write
 from tests.support import REPO, SSHD, ServerHandle, launch_agent, start_sshd, wait_until
@@ -40,6 +41,8 @@ SUDOERS = Path("/etc/sudoers.d/easytask-test-become")
 PW_USER = "etbecpw"  # an SSH login whose sudo rule asks for its password
 PW_SUDOERS = Path("/etc/sudoers.d/easytask-test-become-pw")
 PW = "Pw-of-etbecpw-7c1"
+SU_USER = "etbecsu"  # a user su becomes, with its own password
+SU_PW = "Su-pw-of-etbecsu-4e2"
 
 # -- resolution (pure) --------------------------------------------------------------------------
 
@@ -90,17 +93,24 @@ def test_bad_become_variables_name_host_and_value(
 
 
 def test_su_on_agentless_hosts_asks_for_a_become_password() -> None:
-    """su needs a password: refused on agentless hosts, with what to do instead."""
-    refusal = agentless_refusal("h1", Become("root", "su"))
+    """su needs a password: refused on an agentless host that has no become password, with what
+    to do instead; never on the server's own host (local); sudo needs none."""
+    refusal = agentless_refusal("h1", Become("root", "su"), "ssh", password=False)
     assert refusal is not None and "needs a become password" in refusal
-    assert agentless_refusal("h1", Become("root", "sudo")) is None
+    assert "easytask_credential: NAME" in refusal
+    assert agentless_refusal("h1", Become("root", "su"), "ssh", password=True) is None
+    assert agentless_refusal("h1", Become("root", "su")) is None  # not known yet: planning
+    local = agentless_refusal("h1", Become("root", "su"), "local", password=True)
+    assert local is not None and "not available on the server's own host" in local
+    assert agentless_refusal("h1", Become("root", "sudo"), "ssh", password=False) is None
 
 
-def test_playbook_become_keys_are_checked_and_su_over_ssh_is_refused_when_planned(
+def test_playbook_become_keys_are_checked_and_su_over_ssh_without_password_is_refused(
     tmp_path: Path,
 ) -> None:
     """`become` must be a boolean and `become_user` a user name (errors at file:line); a play
-    that would `su` on an agentless host is refused when it is planned, naming task and host."""
+    that would `su` on an agentless host with no become password is refused when it is
+    submitted (its credentials known), naming task and host."""
     bad = "hosts: all\nbecome: yes please\ntasks:\n  - name: a\n    command: id\n    become_user: 'x y'\n"
     with pytest.raises(PlaybookError) as caught:
         parse_playbook(bad, tmp_path / "pb.yml")
@@ -119,11 +129,15 @@ def test_playbook_become_keys_are_checked_and_su_over_ssh_is_refused_when_planne
     book = parse_playbook(
         "hosts: all\nbecome: true\ntasks:\n  - name: a\n    command: id\n", tmp_path / "pb.yml"
     )
-    with pytest.raises(UsageError) as refused:
-        plan_playbook(book, fleet)
+    plan = plan_playbook(book, fleet)
+    with pytest.raises(APIError) as refused:
+        plan_become(plan, {})
     assert "task 'a': host 'ssh1': become method 'su' needs a become password" in str(refused.value)
+    assert plan_become(plan, {"ssh1": "pw"}) == {"a": {"root": ["agent1", "ssh1"]}}
     # the agent host alone: its agent decides how, the method does not matter
-    assert plan_playbook(book, fleet, limit="agent1").hosts == ("agent1",)
+    assert plan_become(plan_playbook(book, fleet, limit="agent1"), {}) == {
+        "a": {"root": ["agent1"]}
+    }
 
 
 def test_the_command_line_is_the_lowest_level_of_a_play_and_is_kept_for_a_resume(
@@ -477,6 +491,83 @@ def test_agentless_become_password_from_the_credential_store(
     for path in server.state_dir.rglob("*"):
         if path.is_file():
             assert PW.encode() not in path.read_bytes(), path
+    shutil.rmtree(root, ignore_errors=True)
+
+
+# -- agentless: su on a terminal ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def su_user() -> Iterator[str]:
+    """SU_USER, whose password is SU_PW (su asks for the target user's own)."""
+    if os.geteuid() != 0:
+        pytest.skip("su to another user needs root to set the users up")
+    made = _useradd(SU_USER, "--create-home", "--shell", "/bin/sh")
+    subprocess.run(["chpasswd"], input=f"{SU_USER}:{SU_PW}\n", text=True, check=True)
+    yield SU_USER
+    if made:
+        subprocess.run(["userdel", "--remove", SU_USER], check=False, capture_output=True)
+
+
+def test_agentless_host_becomes_through_su_with_its_password(
+    start_server: ServerFactory, procs: Procs, tmp_path: Path, password_rule: str, su_user: str
+) -> None:
+    """`ansible_become_method: su` on an agentless host: su runs on a terminal, its prompt is
+    answered with the `become-password` credential the inventory names (never in argv), the
+    command's secrets still reach it, and nothing of the dialogue (prompt, password) is in the
+    output; a wrong password fails the run with su's own message; without a credential the job
+    is refused at submission; a timeout ends the command as the user; the password is stored
+    nowhere."""
+    root = Path(tempfile.mkdtemp(prefix="easytask-sshd-su-"))
+    root.chmod(0o755)
+    sshd = start_sshd(root, procs)
+    (root / "authorized_keys").chmod(0o644)
+    su = "ansible_become=true ansible_become_method=su"
+    inv = write(
+        tmp_path / "inv.ini",
+        f"""\
+        [su]
+        su1 {sshd.host_vars()} ansible_user={password_rule} {su} ansible_become_user={SU_USER} easytask_credential=su-pw
+        su2 {sshd.host_vars()} ansible_user={password_rule} {su} ansible_become_user={SU_USER}
+        su3 {sshd.host_vars()} ansible_user={password_rule} {su} ansible_become_user={SU_USER} easytask_credential=su-bad
+        su4 {sshd.host_vars()} {su} ansible_become_user={SU_USER} easytask_credential=su-pw
+        """,
+    )  # fmt: skip
+    server = start_server(inv)
+    for name, value in (("su-pw", SU_PW), ("su-bad", "not-" + SU_PW)):
+        made = server.cli("secrets", "set", name, "--kind", "become-password", input=value + "\n")
+        assert made.returncode == 0, made.stdout + made.stderr
+    command = 'id -un; echo "t=$TOKEN"; echo to-stderr >&2; pwd'
+    run = _run(server, "su1", command, secrets={"TOKEN": "s3cr3t-value"})
+    assert run["state"] == "success", (run["reason"], run["output"])
+    home = pwd.getpwnam(SU_USER).pw_dir
+    # on a terminal stderr comes with stdout; no CR, no prompt, no password
+    assert run["output"] == [SU_USER, "t=****", "to-stderr", home], run["output"]
+    assert run["ran_as"] == f"{SU_USER} (become, su)"
+    lines = server.log_lines(run["id"])
+    assert not any("assword" in ln["text"] or SU_PW in ln["text"] for ln in lines), lines
+    # a login su asks no password of (root): the command starts at once
+    as_root = _run(server, "su4", command, secrets={"TOKEN": "s3cr3t-value"})
+    assert as_root["state"] == "success", (as_root["reason"], as_root["output"])
+    assert as_root["output"] == [SU_USER, "t=****", "to-stderr", home]
+
+    wrong = _run(server, "su3", "id -un")
+    assert wrong["state"] == "failed", wrong
+    system = [ln["text"] for ln in server.log_lines(wrong["id"]) if ln["stream"] == "system"]
+    assert any("Authentication failure" in t for t in system), system
+    assert wrong["output"] == []
+
+    refused = server.http.post("/api/jobs", json={"pattern": "su2", "command": "id"})
+    assert refused.status_code == 400
+    assert "host 'su2': become method 'su' needs a become password" in refused.json()["error"]
+    assert server.get("/api/runs", host="su2")["runs"] == []
+
+    timed = _run(server, "su1", "sleep 300", timeout="2s")
+    assert timed["state"] in ("failed", "terminated"), timed
+    wait_until(lambda: not _sleeping(SU_USER), timeout=15, what="the sleep to end")
+    for path in server.state_dir.rglob("*"):
+        if path.is_file():
+            assert SU_PW.encode() not in path.read_bytes(), path
     shutil.rmtree(root, ignore_errors=True)
 
 

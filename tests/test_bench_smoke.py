@@ -172,6 +172,21 @@ def test_cluster_quick_one_and_two_servers_and_both_backends(tmp_path: Path) -> 
 
 
 @pytest.mark.slow
+@pytest.mark.postgres
+def test_pgout_quick_ingests_and_searches_on_both_backends(tmp_path: Path) -> None:
+    """`pgout.py --quick`: `seq 1 20000` stored and found on SQLite and PostgreSQL, with CPU
+    seconds per 100k lines, and a word and a phrase found in a 100,000-line history on both."""
+    stdout, rec = _run_quick("pgout.py", tmp_path)
+    for backend in ("sqlite", "postgresql"):
+        real, hist = rec["real"][backend], rec["history"][backend]
+        assert real["lines"] == 20_000 and real["rate"] > 0 and real["server_cpu_100k"] > 0
+        assert hist["lines"] == 100_000
+        assert all(hist[k] > 0 for k in ("run_word", "run_phrase", "all_word", "all_phrase"))
+    assert rec["real"]["postgresql"]["pg_cpu_100k"] > 0
+    assert "PostgreSQL CPU s per 100k lines" in stdout
+
+
+@pytest.mark.slow
 def test_grouping_quick_folds_and_renders(tmp_path: Path) -> None:
     """`grouping.py --quick`: 50 hosts x 100 lines folded for the CLI and the console, nothing
     left in the work dir."""

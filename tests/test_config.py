@@ -114,6 +114,7 @@ SERVER_SETTINGS = [
         None,
     ),
     ("metrics_token", "m-flag", "m-env", '"m-file"', ("m-flag", "m-env", "m-file"), None),
+    ("allow_local_connection", True, "off", "true", (True, False, True), False),
 ]
 
 
@@ -173,6 +174,7 @@ def _toml_sample(name: str) -> str:
         ("reattach_timeout", "soon", "reattach_timeout: not a duration: 'soon'"),
         ("keepalive_count", "many", "keepalive_count: invalid literal"),
         ("retention", "0", "retention: must be positive"),
+        ("allow_local_connection", "maybe", "allow_local_connection: must be true or false"),
     ],
 )
 def test_bad_setting_values_name_the_setting(

@@ -9,6 +9,7 @@ import pytest
 from easytask.store.db import Store, sqlite_url
 from easytask.store.lines import INDEX_CANDIDATES, POSITION_MARKS, index_words, like_pattern
 from easytask.store.models import Job, Run
+from tests.support import PostgresCluster
 
 
 @pytest.mark.parametrize(
@@ -101,9 +102,15 @@ NEEDLES = [
 ]
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    store = Store(sqlite_url(tmp_path / "easytask.db"))
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    """A store at the current schema, on each backend."""
+    if request.param == "postgres":
+        cluster: PostgresCluster = request.getfixturevalue("postgres")
+        url = cluster.new_database(empty=True)
+    else:
+        url = sqlite_url(tmp_path / "easytask.db")
+    store = Store(url)
     store.create_schema()
     return store
 
@@ -132,6 +139,13 @@ def test_search_finds_exactly_the_lines_containing_the_text(store: Store) -> Non
         found = store.search_lines(run, needle)
         assert found == [(n, n - 1) for n in expected(LINES, needle)], needle
         assert store.search_lines(run, needle, levels=["INFO"]) == found, needle
+        # the log API's grep reads the same lines, after a seq and up to a limit too
+        want = expected(LINES, needle)
+        assert [line.seq for line in store.read_lines(run, grep=needle)] == want, needle
+        later = [n for n in want if n > 3][:2]
+        got = store.read_lines(run, grep=needle, after_seq=3, limit=2, levels=["INFO"])
+        assert [line.seq for line in got] == later, needle
+        assert all(line.text == LINES[line.seq - 1] for line in got)
     assert store.search_lines(other, "mixed case") == [(8, 7)]
     store.close()
 

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from easytask.agent import facts
-from easytask.scheduler.hello import BadHello, check_facts, check_hello, clean_facts, stored_facts
+from easytask.headroom import Limits
+from easytask.scheduler.hello import (
+    BadHello,
+    check_beat,
+    check_facts,
+    check_hello,
+    clean_facts,
+    stored_facts,
+)
 
 
 def test_a_real_agents_hello_passes_unchanged() -> None:
@@ -23,6 +32,7 @@ def test_a_real_agents_hello_passes_unchanged() -> None:
             "become": ["deploy"],
         },
         "user": "root",
+        **facts.headroom(Path("/proc"), 2, 4, Limits(2.0, 256 << 20)),
     }
     assert check_facts(sent) == {**sent, "load": [float(x) for x in sent["load"]]}
     fields = check_hello(
@@ -44,6 +54,12 @@ def test_a_real_agents_hello_passes_unchanged() -> None:
         ({"hostname": "x" * 300}, "facts.hostname"),
         ({"extra": {"nested": 1}}, "facts.extra"),
         ({"policy": "all"}, "facts.policy"),
+        ({"mem_available": -1}, "facts.mem_available"),
+        ({"mem_available": 1.5}, "facts.mem_available"),
+        ({"min_free_memory": "256M"}, "facts.min_free_memory"),
+        ({"max_load": "2"}, "facts.max_load"),
+        ({"max_load": float("nan")}, "facts.max_load"),
+        ({"free_slots": -2}, "facts.free_slots"),
         ({f"k{i}": i for i in range(100)}, "at most 64"),
     ],
 )
@@ -65,3 +81,29 @@ def test_stored_facts_written_before_the_schema_cannot_break_a_page() -> None:
     assert stored_facts('{"load": {"a": 1}, "os": "Linux 6"}') == {"os": "Linux 6"}
     assert stored_facts("not json") == {}
     assert stored_facts('["a"]') == {}
+
+
+def test_a_heartbeat_keeps_its_headroom_fields_only() -> None:
+    """A heartbeat is checked as the hello's facts are, and carries nothing but headroom: an
+    agent cannot rename itself, change its policy or declare itself busy in one."""
+    beat = facts.headroom(Path("/proc"), 1, 4, Limits(None, None))
+    assert check_beat(beat) == {**beat, "load": [float(x) for x in beat["load"]]}
+    sneaky = {**beat, "hostname": "other", "policy": {"slots": 99}, "busy": ""}
+    assert set(check_beat(sneaky)) == set(beat)
+    with pytest.raises(BadHello, match="facts.mem_available"):
+        check_beat({**beat, "mem_available": "lots"})
+    with pytest.raises(BadHello, match="a heartbeat must be an object"):
+        check_beat([1])
+
+
+def test_headroom_reads_a_proc_root(tmp_path: Path) -> None:
+    """The agent's reading: loadavg and meminfo under its --proc-root, its free slots and its
+    own limits."""
+    (tmp_path / "loadavg").write_text("3.50 2.25 1.00 3/200 999\n")
+    (tmp_path / "meminfo").write_text("MemTotal: 8000 kB\nMemAvailable: 2048 kB\n")
+    room = facts.headroom(tmp_path, 3, 4, Limits(2.0, 1 << 20))
+    assert room["load"] == [3.5, 2.25, 1.0] and room["mem_available"] == 2048 * 1024
+    assert (room["running"], room["free_slots"]) == (3, 1)
+    assert (room["max_load"], room["min_free_memory"]) == (2.0, 1 << 20)
+    empty = facts.headroom(tmp_path / "none", 0, 4, Limits())
+    assert empty["load"] == [0.0, 0.0, 0.0] and empty["mem_available"] is None

@@ -26,6 +26,7 @@ PURE = [
     "vault",
     "grouping",
     "hostsample",
+    "headroom",
 ]
 IO_LIBS = {
     "asyncssh",

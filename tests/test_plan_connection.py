@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from easytask.errors import InventoryError
+from easytask.errors import InventoryError, UsageError
 from easytask.inventory import load_inventory
 from easytask.plan import (
     SSHOptions,
@@ -171,3 +171,39 @@ def test_the_implicit_localhost_needs_an_agent_of_that_name(tmp_path: Any) -> No
     assert "host 'localhost': ansible_connection 'local' would run" in str(err.value)
     merged = load_inventory(str(path)).with_extra_hosts({}, agents={"localhost"})
     assert [r.connection for r in plan_adhoc(merged, "localhost", "id")] == ["agent"]
+
+
+def test_local_connection_only_where_the_server_allows_it(tmp_path: Any) -> None:
+    """`ansible_connection: local` is the server's own host where the admin allows it (the
+    refusal names the setting otherwise); an enrolled agent of the host's name still wins, and a
+    password in clear is refused as for SSH hosts."""
+    local = {"ansible_connection": "local"}
+    with pytest.raises(InventoryError) as err:
+        connection_of("me1", local)
+    assert "--allow-local-connection" in str(err.value)
+    assert "EASYTASK_ALLOW_LOCAL_CONNECTION" in str(err.value)
+    assert connection_of("me1", local, allow_local=True) == "local"
+    assert connection_of("me1", local, {"me1"}, allow_local=True) == "agent"
+    with pytest.raises(InventoryError, match="ansible_become_pass is a password in clear"):
+        connection_of("me1", {**local, "ansible_become_pass": "x"}, allow_local=True)
+    path = tmp_path / "hosts.ini"
+    path.write_text("web1\n")
+    inventory = load_inventory(str(path))
+    inventory.local_allowed = True
+    assert [r.connection for r in plan_adhoc(inventory, "localhost", "id")] == ["local"]
+    book = parse_playbook(
+        "name: p\nhosts: localhost\nbecome: true\ntasks:\n  - name: a\n    command: id\n",
+        "p.yml",
+    )
+    assert plan_playbook(book, inventory).connection("localhost") == "local"
+    path.write_text("me1 ansible_connection=local ansible_become_method=su\n")
+    su = load_inventory(str(path))
+    su.local_allowed = True
+    with pytest.raises(UsageError, match="'su' is not available on the server's own host"):
+        plan_playbook(
+            parse_playbook(
+                "name: p\nhosts: me1\nbecome: true\ntasks:\n  - name: a\n    command: id\n",
+                "p.yml",
+            ),
+            su,
+        )

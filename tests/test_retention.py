@@ -36,8 +36,8 @@ def _left(server: ServerHandle, word: str) -> tuple[list[int], int, int]:
     runs = [r[0] for r in db_execute(url, "SELECT id FROM run ORDER BY id")]
     pattern = {"p": f"%{word}%"}
     lines = db_execute(url, "SELECT count(*) FROM log_line WHERE text LIKE :p", pattern)[0][0]
-    if is_postgres(url):  # the trigram index is part of the table: what is left is indexed
-        indexed = db_execute(url, "SELECT count(*) FROM log_line WHERE text ILIKE :p", pattern)
+    if is_postgres(url):  # the chunks the trigram index covers
+        indexed = db_execute(url, "SELECT count(*) FROM log_chunk WHERE text ILIKE :p", pattern)
     else:
         indexed = db_execute(
             url, "SELECT count(*) FROM log_fts WHERE log_fts MATCH :w", {"w": word}

@@ -166,6 +166,7 @@ def test_each_listed_default_is_the_default(name: str) -> None:
         "size": parse_size,
         "count": int,
         "path": Path,
+        "bool": {"true": True, "false": False}.get,
     }.get(kind, str)
     assert read(text) == field.default, f"{name}: listed `{text}`, is {field.default!r}"
     if kind == "choice":

@@ -6,10 +6,12 @@ from __future__ import annotations
 import os
 import platform
 import socket
+from pathlib import Path
 from typing import Any
 
 from easytask import __version__
 from easytask.facts import meminfo_mb, os_release, release_fields
+from easytask.headroom import Limits, parse_mem_available
 
 
 def local_facts() -> dict[str, Any]:
@@ -50,4 +52,36 @@ def gather(running: int = 0) -> dict[str, Any]:
         "version": __version__,
         "python": platform.python_version(),
         "running": running,
+    }
+
+
+def _read(path: Path) -> str:
+    try:
+        with open(path, encoding="ascii", errors="replace") as fh:
+            return fh.read(64 * 1024)
+    except OSError:
+        return ""
+
+
+def headroom(proc_root: Path, running: int, slots: int, limits: Limits) -> dict[str, Any]:
+    """What each heartbeat (and the hello) says about room for work: load averages, CPUs,
+    available memory in bytes, running runs, free slots and the agent's own limits. Two small
+    reads under `proc_root` (/proc, or a host's /proc mounted elsewhere)."""
+    try:
+        load = [max(float(x), 0.0) for x in _read(proc_root / "loadavg").split()[:3]]
+    except ValueError:
+        load = []
+    if len(load) != 3:
+        try:
+            load = list(os.getloadavg()) if proc_root == Path("/proc") else [0.0, 0.0, 0.0]
+        except OSError:
+            load = [0.0, 0.0, 0.0]
+    return {
+        "load": [round(x, 2) for x in load],
+        "cpus": os.cpu_count() or 1,
+        "mem_available": parse_mem_available(_read(proc_root / "meminfo")),
+        "running": running,
+        "free_slots": max(slots - running, 0),
+        "max_load": limits.max_load,
+        "min_free_memory": limits.min_free_memory,
     }

@@ -22,6 +22,7 @@ from easytask.agent import facts, sftp
 from easytask.agent.hostmetrics import SPOOL, HostSampler
 from easytask.agent.policy import make_policy
 from easytask.agent.runner import CHUNK, Runner, check_pass_env
+from easytask.headroom import Limits
 from easytask.masking import lift_exports
 from easytask.names import check_labels, check_name
 from easytask.transport import sshlog
@@ -65,6 +66,10 @@ class AgentConfig:
     metrics_interval: float = 10.0  # seconds between host samples (0: no sampling)
     metrics_active_interval: float = 1.0  # ... while a run is active (0: as when idle)
     metrics_spool: int = SPOOL  # samples kept until a server has them
+    max_load: float | None = None  # busy above this load per CPU (--max-load)
+    min_free_memory: int | None = None  # busy below this many bytes available (--min-free-memory)
+    heartbeat: float = 5.0  # seconds between heartbeats carrying the headroom (--heartbeat)
+    proc_root: Path = Path("/proc")  # where loadavg and meminfo are read (--proc-root)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -153,6 +158,8 @@ class Agent:
         self._conn: asyncssh.SSHServerConnection | None = None
         self.current_server = ""  # the HOST:PORT of the server the link is up to
         self._tasks: set[asyncio.Task[Any]] = set()
+        # control sessions whose server asked for heartbeats (op "beats")
+        self._beat_sinks: set[asyncssh.SSHServerProcess[bytes]] = set()
 
     @property
     def fingerprint(self) -> str:
@@ -205,6 +212,7 @@ class Agent:
             "slots": self.config.slots,
             "facts": {
                 **facts.gather(self.runner.running),
+                **self.headroom(),
                 "user": self.policy.default_user,  # whom commands run as, unless they become
                 "policy": self.policy.describe(),
             },
@@ -213,6 +221,28 @@ class Agent:
         if self.config.enroll:
             reply["enroll"] = self.config.enroll
         return reply
+
+    def headroom(self) -> dict[str, Any]:
+        """This host's room for work now (see easytask.agent.facts.headroom)."""
+        limits = Limits(self.config.max_load, self.config.min_free_memory)
+        return facts.headroom(self.config.proc_root, self.runner.running, self.policy.slots, limits)
+
+    def _beat_line(self) -> bytes:
+        return (json.dumps({"beat": self.headroom()}) + "\n").encode()
+
+    async def _heartbeats(self) -> None:
+        """Every `heartbeat` seconds, the headroom to each control session that asked for it."""
+        while True:
+            await asyncio.sleep(self.config.heartbeat)
+            sinks = [p for p in self._beat_sinks if not p.is_closing()]
+            self._beat_sinks.intersection_update(sinks)
+            if sinks:
+                line = self._beat_line()
+                for process in sinks:
+                    try:
+                        process.stdout.write(line)
+                    except (asyncssh.Error, OSError):  # the session is going away
+                        self._beat_sinks.discard(process)
 
     async def _control(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
         raw = await process.stdin.readline()
@@ -231,7 +261,12 @@ class Agent:
         pending: set[asyncio.Task[None]] = set()
 
         async def answer(req: Any) -> None:
-            reply = await self._answer(req)
+            if isinstance(req, dict) and req.get("op") == "beats":
+                # heartbeats follow on this session, each a line without an id
+                self._beat_sinks.add(process)
+                reply = {"beat": self.headroom(), "every": self.config.heartbeat}
+            else:
+                reply = await self._answer(req)
             if isinstance(req, dict) and "id" in req:
                 reply["id"] = req["id"]
             if not process.is_closing():
@@ -250,6 +285,7 @@ class Agent:
         except (asyncssh.Error, OSError):
             pass
         finally:
+            self._beat_sinks.discard(process)
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
             if not process.is_closing():
@@ -265,7 +301,7 @@ class Agent:
             if op == "hello":
                 return self.hello()
             if op == "facts":
-                return {"facts": facts.gather(self.runner.running)}
+                return {"facts": {**facts.gather(self.runner.running), **self.headroom()}}
             if op == "cancel":
                 grace = float(req.get("grace", self.config.grace))
                 found = await self.runner.terminate(str(req["run"]), grace, req.get("by", ""))
@@ -475,9 +511,12 @@ class Agent:
                 )
                 stop_wait = asyncio.create_task(self._stop.wait(), name="agent-stop-wait")
                 closed = asyncio.create_task(conn.wait_closed(), name="agent-conn-closed")
+                beats = asyncio.create_task(self._heartbeats(), name="agent-heartbeat")
                 await asyncio.wait({stop_wait, closed}, return_when=asyncio.FIRST_COMPLETED)
                 stop_wait.cancel()
                 closed.cancel()
+                beats.cancel()
+                self._beat_sinks.clear()
                 self.connected.clear()
                 self.write_status(False)
                 self._conn = None

@@ -10,6 +10,7 @@ from typing import Any, TextIO
 from easytask.cli.common import duration_arg, size_arg
 from easytask.config import Settings, env_name
 from easytask.errors import UsageError
+from easytask.headroom import Limits, limits_from_vars
 from easytask.proclog import FORMATS
 
 __all__ = ["add_demo_parser", "add_parsers"]
@@ -97,6 +98,14 @@ def add_parsers(sub: Any) -> None:
     )
     setting(
         "--ssh-known-hosts", name="ssh_known_hosts", help="known_hosts file for agentless hosts"
+    )
+    setting(
+        "--allow-local-connection",
+        name="allow_local_connection",
+        action="store_true",
+        default=None,
+        help="run the commands of inventory hosts with `ansible_connection: local` on this "
+        "server's own host, as the server's user (default: refused)",
     )
     setting(
         "--reattach-timeout",
@@ -313,6 +322,32 @@ def add_parsers(sub: Any) -> None:
         help="... and this often while a run is active (default 1s; 0: as when idle)",
     )
     a.add_argument(
+        "--max-load",
+        type=float,
+        metavar="LOAD",
+        help="busy (no new work) while the 1-minute load per CPU is above this, e.g. 2.0 "
+        "(EASYTASK_AGENT_MAX_LOAD)",
+    )
+    a.add_argument(
+        "--min-free-memory",
+        type=size_arg,
+        metavar="SIZE",
+        help="busy (no new work) while less memory than this is available, e.g. 256M "
+        "(EASYTASK_AGENT_MIN_FREE_MEMORY)",
+    )
+    a.add_argument(
+        "--heartbeat",
+        type=duration_arg,
+        default=5.0,
+        help="how often the agent reports its load, memory and free slots (default 5s)",
+    )
+    a.add_argument(
+        "--proc-root",
+        metavar="DIR",
+        help="read loadavg and meminfo here instead of /proc, e.g. the host's /proc mounted "
+        "into a container (EASYTASK_AGENT_PROC_ROOT)",
+    )
+    a.add_argument(
         "--log-format",
         choices=FORMATS,
         help="text, or json: one object per line (EASYTASK_LOG_FORMAT)",
@@ -360,6 +395,17 @@ def _enroll_file(path: str | None) -> str | None:
         raise UsageError(f"--enroll-file {path}: {exc.strerror or exc}") from exc
 
 
+def _limits(max_load: float | str | None, min_free: int | str | None) -> Limits:
+    """The agent's --max-load and --min-free-memory (or their variables), checked."""
+    try:
+        return limits_from_vars(
+            {"easytask_max_load": max_load, "easytask_min_free_memory": min_free}
+        )
+    except ValueError as exc:
+        flag = "--max-load" if "max_load" in str(exc) else "--min-free-memory"
+        raise UsageError(f"{flag}: {str(exc).partition(': ')[2]}") from exc
+
+
 def cmd_agent(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     from easytask.agent.main import AgentConfig, serve
 
@@ -381,6 +427,12 @@ def cmd_agent(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         g.strip() for g in env.get("EASYTASK_AGENT_GROUPS", "").split(",") if g.strip()
     ]
     assert server and name and state_dir
+    limits = _limits(
+        env.get("EASYTASK_AGENT_MAX_LOAD") if args.max_load is None else args.max_load,
+        env.get("EASYTASK_AGENT_MIN_FREE_MEMORY")
+        if args.min_free_memory is None
+        else args.min_free_memory,
+    )
     config = AgentConfig(
         server=server,
         name=name,
@@ -406,9 +458,15 @@ def cmd_agent(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         allow_become=args.allow_become or [env.get("EASYTASK_AGENT_ALLOW_BECOME", "")],
         metrics_interval=args.metrics_interval,
         metrics_active_interval=args.metrics_active_interval,
+        max_load=limits.max_load,
+        min_free_memory=limits.min_free_memory,
+        heartbeat=args.heartbeat,
+        proc_root=Path(args.proc_root or env.get("EASYTASK_AGENT_PROC_ROOT") or "/proc"),
     )
     if config.slots < 1:
         raise UsageError("--slots must be at least 1")
+    if config.heartbeat < 0.05:
+        raise UsageError("--heartbeat must be at least 50ms")
     import asyncio
 
     try:

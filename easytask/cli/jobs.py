@@ -73,7 +73,8 @@ def add_parsers(sub: Any) -> None:
     r.add_argument(
         "--one",
         action="store_true",
-        help="run on one host only: the least busy connected agent the pattern matches",
+        help="run on one host only: the connected agent the pattern matches with the most headroom "
+        "(free slots, then load per CPU, then free memory), never a busy one while another is free",
     )
     r.add_argument(
         "--secret",

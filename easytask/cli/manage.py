@@ -1,5 +1,5 @@
-"""Commands that read and manage what the server holds: `runs`, `logs`, `kill`, `deliveries`,
-`agents`, `schedules`, `audit`."""
+"""Commands that read and manage what the server holds: `runs`, `jobs`, `logs`, `kill`,
+`deliveries`, `agents`, `schedules`, `audit`."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ __all__ = ["add_parsers"]
 
 
 def add_parsers(sub: Any) -> None:
-    """Register `runs`, `logs`, `kill`, `deliveries`, `agents`, `schedules` and `audit`."""
+    """Register `runs`, `jobs`, `logs`, `kill`, `deliveries`, `agents`, `schedules` and
+    `audit`."""
     rs = sub.add_parser("runs", help="list runs, newest first")
     rs.add_argument("--since", help="ISO time or duration ago (1h, 2d)")
     rs.add_argument("--until", help="ISO time or duration ago")
@@ -41,6 +42,19 @@ def add_parsers(sub: Any) -> None:
     rs.add_argument("--limit", type=int, default=50)
     rs.add_argument("--format", choices=("text", "json"), default="text")
     rs.set_defaults(func=cmd_runs)
+
+    jb = sub.add_parser("jobs", help="list jobs, newest first, with their runs by state")
+    jb.add_argument("--since", help="ISO time or duration ago (1h, 2d)")
+    jb.add_argument("--until", help="ISO time or duration ago")
+    jb.add_argument("--status", help="the job's state: success, failed, running, ... (comma list)")
+    jb.add_argument("--kind", choices=("adhoc", "playbook", "schedule"))
+    jb.add_argument("--host", help="jobs with a run on this host (* and ? as wildcards)")
+    jb.add_argument("--task", help="name, command, playbook or a task of it contains this")
+    jb.add_argument("--user", help="submitted by this user")
+    jb.add_argument("--before", type=int, help="jobs older than this job id (the next page)")
+    jb.add_argument("--limit", type=int, default=50)
+    jb.add_argument("--format", choices=("text", "json"), default="text")
+    jb.set_defaults(func=cmd_jobs)
 
     lg = sub.add_parser("logs", help="print a run's output")
     lg.add_argument("run", type=run_number, help="the run: N or run:N")
@@ -173,6 +187,41 @@ def cmd_runs(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     return EXIT_OK
 
 
+def cmd_jobs(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    client = api_client(settings)
+    data = client.get(
+        "/api/jobs",
+        since=args.since,
+        until=args.until,
+        status=args.status,
+        kind=args.kind,
+        host=args.host,
+        task=args.task,
+        user=args.user,
+        before=args.before,
+        limit=args.limit,
+    )
+    if args.format == "json":
+        print_json(data["jobs"], out)
+        return EXIT_OK
+    rows = [
+        (
+            j["id"],
+            j["kind"],
+            j["state"],
+            " ".join(f"{state}={n}" for state, n in sorted(j["runs"].items())),
+            j["submitted_by"],
+            (j["created_at"] or "")[:19].replace("T", " "),
+            escape_controls(j["name"])[:40],
+        )
+        for j in data["jobs"]
+    ]
+    print_table(rows, ("JOB", "KIND", "STATUS", "RUNS", "USER", "CREATED (UTC)", "NAME"), out)
+    if data.get("next_before"):
+        out.write(f"(more: --before {data['next_before']})\n")
+    return EXIT_OK
+
+
 def cmd_logs(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     client = api_client(settings)
     info = client.get(f"/api/runs/{args.run}")
@@ -268,6 +317,7 @@ def _show_agent(agents: list[dict[str, Any]], name: str, fmt: str, out: TextIO) 
     fields = [
         ("name", agent["name"]),
         ("status", agent["status"]),
+        ("busy", agent.get("busy") or ""),
         ("state", agent["state"]),
         ("key", agent["fingerprint"]),
         ("address", agent["address"]),
@@ -323,7 +373,7 @@ def cmd_agents(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
     rows = [
         (
             a["name"],
-            a["status"],
+            f"{a['status']} ({a['busy']})" if a.get("busy") else a["status"],
             (a["since"] or "")[:19].replace("T", " "),
             (a["last_seen"] or "")[:19].replace("T", " "),
             a["address"],

@@ -111,6 +111,8 @@ class Inventory:
         self.via_agent: frozenset[str] = frozenset()
         # hosts that enrolled an agent (any state): `easytask_connection: auto` goes through it
         self.agent_hosts: frozenset[str] = frozenset()
+        # `ansible_connection: local` hosts run on the server's own host (the admin allows it)
+        self.local_allowed = False
 
     def __repr__(self) -> str:
         return f"<Inventory {len(self.hosts)} hosts, {len(self.groups)} groups from {self.sources}>"

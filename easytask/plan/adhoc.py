@@ -59,11 +59,12 @@ def plan_adhoc(
             raise NoHostsMatched(f"no host of {pattern!r} is in --limit {limit!r}")
     magic = getattr(inventory, "magic_vars", None)
     agents: frozenset[str] = getattr(inventory, "agent_hosts", frozenset())
+    allow_local = bool(getattr(inventory, "local_allowed", False))
     runs = []
     for host in hosts:
         hostvars = inventory.host_vars(host)
         host_request(host, hostvars)  # its ansible_become* variables, checked before any run
-        connection = connection_of(host, hostvars, agents)
+        connection = connection_of(host, hostvars, agents, allow_local)
         line = command
         if extra_vars is not None:
             base = dict(magic(host)) if callable(magic) else {}

@@ -138,17 +138,29 @@ def task_request(
     return BecomeRequest(become=task.become, user=task.become_user).over(play)
 
 
-def agentless_refusal(host: str, become: Become | None) -> str | None:
-    """Why a run cannot become its user over plain SSH, or None.
+def agentless_refusal(
+    host: str, become: Become | None, connection: str = "ssh", password: bool | None = None
+) -> str | None:
+    """Why a run cannot become its user over plain SSH (or on the server's own host,
+    `connection` local), or None. `password`: whether the host has a become password from the
+    credential store (None: not known yet, when a playbook is planned).
 
-    `su` asks for the target user's password on a terminal: without a become password (which
-    would come from the credential store, sent on stdin, never in argv) it cannot work.
+    `su` asks for the target user's password on a terminal: without a become password (from
+    the credential store, answered on that terminal, never in argv) it cannot work.
     `sudo` runs with `-n`: a host that wants a password fails the run with sudo's own message.
     """
-    if become is not None and become.method == "su":
+    if become is None or become.method != "su":
+        return None
+    if connection == "local":
         return (
-            f"host {host!r}: become method 'su' needs a become password, and no become password "
-            "is available for agentless hosts yet; use sudo (ansible_become_method=sudo) with a "
-            "NOPASSWD rule, or an agent on the host"
+            f"host {host!r}: become method 'su' is not available on the server's own host "
+            "(ansible_connection: local); use sudo (ansible_become_method=sudo)"
+        )
+    if password is False:
+        return (
+            f"host {host!r}: become method 'su' needs a become password: keep the password of "
+            f"{become.user!r} in the credential store (`easytask secrets set NAME --kind "
+            "become-password`) and name it with `easytask_credential: NAME`; or use sudo "
+            "(ansible_become_method=sudo) with a NOPASSWD rule, or an agent on the host"
         )
     return None

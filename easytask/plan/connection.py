@@ -1,7 +1,8 @@
 """How an inventory host is reached, from its `easytask_connection` and `ansible_*` variables.
 
-Pure code: an Ansible inventory's connection variables become either the choice of the host's
-agent or the options of one SSH connection (host, port, user, key file, jump hosts); what
+Pure code: an Ansible inventory's connection variables become the choice of the host's agent,
+of the server's own host (`ansible_connection: local`, where the server's admin allows it), or
+the options of one SSH connection (host, port, user, key file, jump hosts); what
 EasyTask cannot honour is refused with a message naming the host, or, for a variable that only
 tunes how Ansible connects, named in a warning of the job (`connection_warnings`).
 """
@@ -17,6 +18,7 @@ from typing import Any
 from easytask.errors import InventoryError
 
 CONNECTIONS = ("auto", "agent", "ssh")
+LOCAL = "local"  # a run's connection on the server's own host (`ansible_connection: local`)
 SSH_LIKE = ("ssh", "paramiko", "smart")  # `ansible_connection` values reached over SSH
 SSH_ARGS = ("ansible_ssh_common_args", "ansible_ssh_extra_args")
 PASSWORDS = ("ansible_password", "ansible_ssh_pass", "ansible_ssh_password")
@@ -93,11 +95,15 @@ class SSHOptions:
 
 
 def connection_of(
-    host: str, hostvars: Mapping[str, Any], agents: Collection[str] = frozenset()
+    host: str,
+    hostvars: Mapping[str, Any],
+    agents: Collection[str] = frozenset(),
+    allow_local: bool = False,
 ) -> str:
-    """How a host is reached: `agent` or `ssh`, from its `easytask_connection` (default `auto`:
-    through its agent if it has enrolled one, in `agents`, else over SSH), checked: a host
-    reached over SSH whose variables cannot be honoured is refused here."""
+    """How a host is reached: `agent`, `ssh` or `local`, from its `easytask_connection`
+    (default `auto`: through its agent if it has enrolled one, in `agents`, else as its
+    `ansible_connection` says), checked: a host whose variables cannot be honoured is refused
+    here, and `ansible_connection: local` (the server's own host) unless `allow_local`."""
     value = str(hostvars.get("easytask_connection", "auto"))
     if value not in CONNECTIONS:
         raise InventoryError(
@@ -106,26 +112,29 @@ def connection_of(
         )
     if value == "auto":
         value = "agent" if host in agents else "ssh"
+    if value == "ssh" and str(hostvars.get("ansible_connection") or "ssh") == LOCAL:
+        if not allow_local:
+            raise InventoryError(local_refusal(host))
+        _no_clear_passwords(host, hostvars)
+        return LOCAL
     if value == "ssh":
         ssh_options(host, hostvars)
     return value
 
 
-def ssh_options(host: str, hv: Mapping[str, Any]) -> SSHOptions:
-    """The SSH connection of a host from its `ansible_*` variables; InventoryError naming the
-    host for what cannot be honoured (another `ansible_connection`, a password in clear, a
-    `ProxyCommand`, SSH arguments that do not parse)."""
-    kind = str(hv.get("ansible_connection") or "ssh")
-    if kind == "local":
-        raise InventoryError(
-            f"host {host!r}: ansible_connection 'local' would run on the EasyTask server "
-            "itself, which is not allowed; reach the host over SSH or through an agent"
-        )
-    if kind not in SSH_LIKE:
-        raise InventoryError(
-            f"host {host!r}: ansible_connection {kind!r} is not supported; EasyTask reaches a "
-            f"host over SSH ({', '.join(SSH_LIKE)}) or through its agent"
-        )
+def local_refusal(host: str) -> str:
+    """Why a host of `ansible_connection: local` is refused where the admin has not allowed it."""
+    return (
+        f"host {host!r}: ansible_connection 'local' would run on the EasyTask server itself, "
+        "which this server does not allow; an admin allows it with `easytask server "
+        "--allow-local-connection` (EASYTASK_ALLOW_LOCAL_CONNECTION=1, or "
+        "`allow_local_connection = true` in its config file); else reach the host over SSH or "
+        "through an agent"
+    )
+
+
+def _no_clear_passwords(host: str, hv: Mapping[str, Any]) -> None:
+    """InventoryError for a password in clear in a host's variables (SSH or become)."""
     for name in PASSWORDS:
         if hv.get(name) not in (None, ""):
             raise InventoryError(
@@ -141,6 +150,22 @@ def ssh_options(host: str, hv: Mapping[str, Any]) -> SSHOptions:
                 "does not use; keep it in the credential store (`easytask secrets set NAME "
                 "--kind become-password`) and name it with `easytask_credential: NAME`"
             )
+
+
+def ssh_options(host: str, hv: Mapping[str, Any]) -> SSHOptions:
+    """The SSH connection of a host from its `ansible_*` variables; InventoryError naming the
+    host for what cannot be honoured (another `ansible_connection`, a password in clear, a
+    `ProxyCommand`, SSH arguments that do not parse)."""
+    kind = str(hv.get("ansible_connection") or "ssh")
+    if kind == LOCAL:
+        raise InventoryError(local_refusal(host))
+    if kind not in SSH_LIKE:
+        raise InventoryError(
+            f"host {host!r}: ansible_connection {kind!r} is not supported; EasyTask reaches a "
+            f"host over SSH ({', '.join(SSH_LIKE)}), through its agent, or, where the server "
+            "allows it, on the server's own host (local)"
+        )
+    _no_clear_passwords(host, hv)
     port_var = _first(hv, "ansible_port", "ansible_ssh_port")
     user_var = _first(hv, "ansible_user", "ansible_ssh_user")
     parsed = parse_ssh_args(host, [(n, hv.get(n)) for n in SSH_ARGS])

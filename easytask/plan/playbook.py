@@ -164,7 +164,7 @@ class PlaybookPlan:
         return {run.key: run for run in self.runs}
 
     def connection(self, host: str) -> str:
-        """How a host is reached: `agent` or `ssh` (see `connection_of`), as planned."""
+        """How a host is reached: `agent`, `ssh` or `local` (see `connection_of`), as planned."""
         if host in self.connections:
             return self.connections[host]
         return connection_of(host, dict(self.host_vars.get(host, {})))
@@ -238,19 +238,24 @@ def plan_playbook(
     connections: dict[str, str] = {}
     magic = getattr(inventory, "magic_vars", None)
     agents: frozenset[str] = getattr(inventory, "agent_hosts", frozenset())
+    allow_local = bool(getattr(inventory, "local_allowed", False))
     for task in tasks:
         for host in task.hosts:
             if host not in host_vars:
                 values = dict(magic(host)) if callable(magic) else {}
                 values.update(inventory.host_vars(host))
-                connections[host] = connection_of(host, values, agents)
+                connections[host] = connection_of(host, values, agents, allow_local)
                 host_vars[host] = values
     for task in tasks:
         for host in task.hosts:
             values = host_vars[host]
             request = task_request(playbook, task.task, become)
             as_user = resolve_become(host, values, request)
-            refusal = agentless_refusal(host, as_user) if connections[host] == "ssh" else None
+            refusal = (
+                agentless_refusal(host, as_user, connections[host])
+                if connections[host] != "agent"
+                else None
+            )
             if refusal:
                 raise UsageError(f"task {task.name!r}: {refusal}", location=task.location)
     return PlaybookPlan(

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 from easytask.errors import Conflict
 from easytask.names import BadName, check_name
 from easytask.scheduler import events
+from easytask.scheduler.agentinfo import AgentInfo, busy_note
+from easytask.scheduler.heartbeats import Heartbeats
 from easytask.scheduler.hello import BadHello, check_hello, stored_facts
 from easytask.scheduler.hub import LiveHub
 from easytask.store.audit import AuditNote
@@ -27,40 +29,9 @@ REFUSAL_AUDIT_EVERY = 60.0  # seconds between audit events of one repeated refus
 MAX_REASON = 300  # characters of a refusal's reason kept (it may quote what the peer sent)
 
 
-@dataclass
-class AgentInfo:
-    """What the scheduler keeps in memory about one agent."""
-
-    name: str
-    fingerprint: str
-    state: str
-    slots: int = 4
-    groups: list[str] = field(default_factory=list)  # the labels it reports
-    approved: list[str] = field(default_factory=list)  # the labels an admin approved
-    facts: dict[str, Any] = field(default_factory=dict)
-    link: AgentLink | None = None
-    running: int = 0
-    last_seen: float = 0.0
-
-    @property
-    def online(self) -> bool:
-        """Accepted and connected now."""
-        return self.link is not None and self.state == AgentState.ACCEPTED
-
-    @property
-    def member_of(self) -> list[str]:
-        """The groups its labels place it in: those it reports that an admin approved."""
-        return [g for g in self.groups if g in self.approved]
-
-    @property
-    def load(self) -> float:
-        """The host's 1-minute load average as last reported."""
-        loads = self.facts.get("load") or [0.0]
-        return float(loads[0])
-
-
-class AgentRegistry:
-    """Implements the link gate and tracks connected agents and their free slots."""
+class AgentRegistry(Heartbeats):
+    """Implements the link gate and tracks connected agents and their free slots (their
+    heartbeats, busy state and ranking: `Heartbeats`)."""
 
     def __init__(self, store: Store, hub: LiveHub, server_id: str) -> None:
         self.store = store
@@ -74,6 +45,8 @@ class AgentRegistry:
         self.pending_max = 10
         self._new_pending: dict[str, deque[float]] = {}
         self._audited: dict[tuple[str | None, str, str, str], float] = {}
+        # how many deletes of each name started here: a hello that began before one is refused
+        self._deletes: dict[str, int] = {}
         # Hooks for servers sharing the database: an agent came online here; an agent's
         # enrolment state changed here (the others reload it).
         self.on_online: list[Callable[[str], None]] = []
@@ -87,6 +60,7 @@ class AgentRegistry:
 
     @staticmethod
     def _info(row: Agent) -> AgentInfo:
+        facts = stored_facts(row.facts)
         return AgentInfo(
             name=row.name,
             fingerprint=row.fingerprint,
@@ -94,7 +68,8 @@ class AgentRegistry:
             slots=row.slots,
             groups=[g for g in row.groups.split(",") if g],
             approved=[g for g in row.approved_groups.split(",") if g],
-            facts=stored_facts(row.facts),
+            facts=facts,
+            busy=str(facts.get("busy") or ""),
         )
 
     # -- the gate ---------------------------------------------------------------------------
@@ -163,6 +138,12 @@ class AgentRegistry:
         """Admit a trusted agent, enrol one with a valid token, else record it as pending."""
         assert link.name is not None
         name = link.name
+        deletes = self._deletes.get(name, 0)
+
+        def deleted() -> bool:
+            """Whether a delete of this name began since the hello did (a delete wins)."""
+            return self._deletes.get(name, 0) != deletes
+
         if not trusted:
             # enrolled or accepted on another server sharing the database since we loaded it
             await self.reload(name)
@@ -177,31 +158,51 @@ class AgentRegistry:
         except BadHello as exc:
             self.refuse(name, link.fingerprint, link.addr, f"bad hello: {exc}")
             return False
+        if deleted():
+            self._refuse_deleted(link)
+            return False
         if not trusted:
-            enrolled = await self._enrol(link, hello, fields)
+            enrolled = await self._enrol(link, hello, fields, deleted)
             if not enrolled:
                 return False
-        info = self.agents[name]
+        info = self.agents.get(name)
+        if info is None or deleted():
+            self._refuse_deleted(link)
+            return False
         if info.link is not None and info.link is not link:
             info.link.close()  # the newest link of an agent wins
+        # busy or not by what it says in its hello: judged before it can be given work
+        facts = json.loads(fields["facts"])
+        said = AgentInfo(name, link.fingerprint, info.state, fields["slots"], facts=facts)
+        said.running, said.limits = info.running, info.limits
+        facts["busy"] = busy = said.judge()
+        fields["facts"] = json.dumps(facts)
+        changed = bool(busy) != bool(info.busy)
+        note = busy_note(name, link.addr, busy, info.busy) if changed else None
+        # an update, never an insert: a record deleted meanwhile stays deleted
         updated: Agent | None = await self.store.call(
             self.store.update_agent,
             name,
+            [
+                AuditNote(
+                    name,
+                    "agent.online",
+                    f"agent {link.addr}",
+                    {"agent": name, "server": self.server_id},
+                ),
+                *([note] if note else []),
+            ],
             connected=True,
             server=self.server_id,
             last_seen=utcnow(),
-            audit=AuditNote(
-                name,
-                "agent.online",
-                f"agent {link.addr}",
-                {"agent": name, "server": self.server_id},
-            ),
             **fields,
         )
-        assert updated is not None
+        if updated is None or deleted():
+            self._refuse_deleted(link)
+            return False
         fresh = self._info(updated)
         info.slots, info.groups, info.facts = fresh.slots, fresh.groups, fresh.facts
-        info.approved = fresh.approved
+        info.approved, info.busy = fresh.approved, busy
         info.link = link
         info.last_seen = time.monotonic()
         log.info(
@@ -222,15 +223,32 @@ class AgentRegistry:
             )
         await self._notify()
         self._publish(name)
+        self._watch(link)
         for hook in self.on_online:
             hook(name)
         return True
 
-    async def _enrol(self, link: AgentLink, hello: dict[str, Any], fields: dict[str, Any]) -> bool:
+    def _refuse_deleted(self, link: AgentLink) -> None:
+        assert link.name is not None
+        reason = (
+            f"the record of {link.name!r} was deleted while it said hello "
+            "(its next hello is a new request)"
+        )
+        self.refuse(link.name, link.fingerprint, link.addr, reason)
+
+    async def _enrol(
+        self,
+        link: AgentLink,
+        hello: dict[str, Any],
+        fields: dict[str, Any],
+        deleted: Callable[[], bool],
+    ) -> bool:
         """An untrusted link's hello: a name with no record is enrolled by a valid token, else
         pending; a pending name waits for an admin's accept; a revoked name takes a new key only
         with a valid token, and then waits for an admin too (pending). Another key on a pending
-        or accepted name, or a revoked key, is refused (and audited)."""
+        or accepted name, or a revoked key, is refused (and audited). Only a name with no
+        record when the hello was read creates one; a record deleted since (`deleted`, or gone
+        from the store) is not recreated: the link is refused."""
         name = link.name
         assert name is not None
         existing = self.agents.get(name)
@@ -283,11 +301,18 @@ class AgentRegistry:
             link.public_key,
             state,
             replace_revoked=reenrol,
+            create=existing is None,
             **fields,
         )
-        if row is None:  # another server bound the name to another key meanwhile
+        if row is not None and deleted():  # deleted after this write: the delete stands
+            self._refuse_deleted(link)
+            return False
+        if row is None:  # deleted, or another server bound the name to another key meanwhile
             await self.reload(name)
             held = self.agents.get(name)
+            if held is None and existing is not None:
+                self._refuse_deleted(link)
+                return False
             reason = self._held(name, held) if held else f"name {name!r} is held by another key"
             self.refuse(name, link.fingerprint, link.addr, reason)
             return False
@@ -425,6 +450,9 @@ class AgentRegistry:
         info = self.agents.get(name)
         if info is not None and info.link is not None:
             raise Conflict(f"agent {name!r} is connected: revoke it first")
+        # before the first await: a hello of this name in progress now is refused, whatever
+        # order its writes and this delete reach the store in
+        self._deletes[name] = self._deletes.get(name, 0) + 1
         row = await self.store.call(self.store.delete_agent, name, audit)
         self.agents.pop(name, None)
         if row is not None:
@@ -457,6 +485,7 @@ class AgentRegistry:
             info.approved = fresh.approved
             if info.link is None:
                 info.slots, info.groups, info.facts = fresh.slots, fresh.groups, fresh.facts
+                info.busy = fresh.busy
             if info.link is not None and (
                 info.state != AgentState.ACCEPTED or info.link.fingerprint != info.fingerprint
             ):
@@ -467,18 +496,20 @@ class AgentRegistry:
 
     @staticmethod
     def status(info: AgentInfo) -> str:
-        """online | unreachable | pending | revoked."""
+        """online | busy | unreachable | pending | revoked."""
         if info.state != AgentState.ACCEPTED:
             return info.state
-        return "online" if info.link is not None else "unreachable"
+        if info.link is None:
+            return "unreachable"
+        return "busy" if info.busy else "online"
 
     def row_status(self, row: Agent, live_servers: set[str]) -> str:
-        """An agent's status as the console shows it: online also when another live server
-        sharing the database holds its link."""
+        """An agent's status as the console shows it: online (or busy, as last stored) also
+        when another live server sharing the database holds its link."""
         info = self.agents.get(row.name)
         status = self.status(info) if info else row.state
         if status == "unreachable" and row.connected and row.server in live_servers:
-            return "online"
+            return "busy" if stored_facts(row.facts).get("busy") else "online"
         return status
 
     def declared_hosts(self) -> dict[str, list[str]]:
@@ -499,36 +530,30 @@ class AgentRegistry:
             if info.state == AgentState.ACCEPTED and info.facts
         }
 
-    def least_busy(self, candidates: Sequence[str]) -> str:
-        """The online agent with the lowest running/slots, then load; else the first candidate."""
-        best: tuple[float, float, int] | None = None
-        choice = candidates[0]
-        for index, name in enumerate(candidates):
-            info = self.agents.get(name)
-            if info is None or not info.online:
-                continue
-            score = (info.running / max(info.slots, 1), info.load, index)
-            if best is None or score < best:
-                best, choice = score, name
-        return choice
-
     # -- capacity ---------------------------------------------------------------------------
 
-    def try_acquire(self, name: str) -> AgentInfo | None:
-        """Take a slot if the agent is online with one free now (no waiting)."""
+    def try_acquire(self, name: str, fresh: bool = True) -> AgentInfo | None:
+        """Take a slot if the agent is online with one free now (no waiting); a `fresh` run
+        (new work, not one to re-attach) also needs it not busy."""
         info = self.agents.get(name)
-        if info is not None and info.online and info.running < info.slots:
+        if (
+            info is not None
+            and info.online
+            and not (fresh and info.busy)
+            and info.running < info.slots
+        ):
             info.running += 1
             return info
         return None
 
-    async def acquire(self, name: str, timeout: float) -> AgentInfo | None:
-        """Wait until the agent is online with a free slot and take it; None on timeout."""
+    async def acquire(self, name: str, timeout: float, fresh: bool = True) -> AgentInfo | None:
+        """Wait until the agent is online (and, for a `fresh` run, not busy) with a free slot
+        and take it; None on timeout."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         async with self._changed:
             while True:
-                info = self.try_acquire(name)
+                info = self.try_acquire(name, fresh)
                 if info is not None:
                     return info
                 remaining = deadline - loop.time()

@@ -47,8 +47,9 @@ class Dispatcher:
         """Take a slot on the run's agent, waiting up to `timeout` for it to be online; with
         `offer`, hand the run over (returns OFFER) if another server holds the agent."""
         said = timeout if said is None else said
+        fresh = not started  # new work waits while the agent is busy; a re-attach does not
         if started or not live.kill.is_set():
-            free = self.registry.try_acquire(run.host)  # the usual case: online, a slot free
+            free = self.registry.try_acquire(run.host, fresh)  # the usual case: a slot free
             if free is not None:
                 return free
         info = self.registry.agents.get(run.host)
@@ -58,7 +59,11 @@ class Dispatcher:
             await self.recorder.event(
                 run, "waiting", f"agent {run.host} not connected; waiting up to {said:g}s"
             )
-        acquire = asyncio.create_task(self.acquire(run, timeout, offer))
+        elif fresh and info.busy:
+            await self.recorder.event(
+                run, "waiting", f"agent {run.host} is busy ({info.busy}); waiting up to {said:g}s"
+            )
+        acquire = asyncio.create_task(self.acquire(run, timeout, offer, fresh))
         killed = asyncio.create_task(live.kill.wait())
         try:
             wait_set = {acquire} if started else {acquire, killed}
@@ -76,11 +81,12 @@ class Dispatcher:
             return None
         got = acquire.result()
         if got is None and not started:
-            await self.recorder.finish(
-                run,
-                RunState.UNREACHABLE,
-                reason=f"agent {run.host} did not connect within {said:g}s",
-            )
+            info = self.registry.agents.get(run.host)
+            if info is not None and info.online and info.busy:
+                reason = f"agent {run.host} stayed busy ({info.busy}) for {said:g}s"
+            else:
+                reason = f"agent {run.host} did not connect within {said:g}s"
+            await self.recorder.finish(run, RunState.UNREACHABLE, reason=reason)
         return got
 
     async def try_offer(self, run: Run, prepare: Callable[[], Awaitable[None]]) -> bool:
@@ -98,17 +104,22 @@ class Dispatcher:
         return True
 
     async def acquire(
-        self, run: Run, timeout: float, offer: Callable[[], Awaitable[None]] | None
+        self,
+        run: Run,
+        timeout: float,
+        offer: Callable[[], Awaitable[None]] | None,
+        fresh: bool = True,
     ) -> Slot:
-        """A slot on the run's agent; OFFER once the run went to the server holding the agent."""
+        """A slot on the run's agent (not busy, for `fresh` work); OFFER once the run went to
+        the server holding the agent."""
         cluster = self.cluster
         if offer is None or cluster is None:
-            return await self.registry.acquire(run.host, timeout)
+            return await self.registry.acquire(run.host, timeout, fresh)
         end = time.monotonic() + timeout
         while True:
             if await self.try_offer(run, offer):
                 return OFFER
             slice_ = min(max(end - time.monotonic(), 0.0), cluster.beat)
-            got = await self.registry.acquire(run.host, slice_)
+            got = await self.registry.acquire(run.host, slice_, fresh)
             if got is not None or time.monotonic() >= end:
                 return got

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -16,7 +17,7 @@ from easytask.errors import ConnectError
 from easytask.facts import GATHER_COMMAND, parse_gathered
 from easytask.masking import env_prefix
 from easytask.plan.become import agentless_refusal, resolve_become
-from easytask.plan.connection import ssh_options
+from easytask.plan.connection import LOCAL, local_refusal, ssh_options
 from easytask.scheduler.agents import AgentRegistry
 from easytask.scheduler.cluster import Cluster
 from easytask.scheduler.dispatch import OFFER, Dispatcher
@@ -38,8 +39,9 @@ from easytask.store.runs import BECOME, RAN_AS
 from easytask.transport import executor
 from easytask.transport.agentless import SSHPool, SSHTarget, env_on_stdin, wrap_command
 from easytask.transport.agentlink import AgentLink
-from easytask.transport.become import sudo_command
+from easytask.transport.become import SU_TERM_MODES, SuDialog, become_command
 from easytask.transport.executor import ExecResult
+from easytask.transport.local import LocalExecution, LocalHost
 
 log = logging.getLogger("easytask.server")
 
@@ -75,6 +77,8 @@ class Execution:
         self.cluster: Cluster | None = None
         self.background_tasks: set[asyncio.Task[None]] = set()
         self._connect_limit = asyncio.Semaphore(64)
+        self.local = LocalHost()  # `ansible_connection: local`: this server's own host
+        self.allow_local = False  # ... where the admin allows it
 
     async def run(self, run: Run, hostvars: dict[str, Any], options: JobOptions) -> None:
         """Execute a run's command on its agent or over SSH, and record how it ended."""
@@ -87,7 +91,7 @@ class Execution:
         if run.connection == "agent":
             await self.agent_run(run, options)
         else:
-            await self._ssh_run(run, hostvars, options)
+            await self._direct_run(run, hostvars, options)
 
     async def close(self) -> None:
         """Acknowledgements on their way: a moment to arrive, then they are cancelled."""
@@ -96,54 +100,85 @@ class Execution:
             for task in late:
                 task.cancel()
 
-    async def _ssh_run(self, run: Run, hostvars: dict[str, Any], options: JobOptions) -> None:
+    async def _direct_run(self, run: Run, hostvars: dict[str, Any], options: JobOptions) -> None:
+        """A run without an agent: over SSH to the host's own sshd, or (`local`, where the admin
+        allows it) as a process on this server's host, as the server's user."""
         assert run.id is not None
         live = self.inflight.live[run.id]
-        target = self._ssh_target(run.host, hostvars, options)
-        refusal = agentless_refusal(run.host, options.as_user)
+        local = run.connection == LOCAL
+        # the process group's pid file names this server too: other installations may share a host
+        key = f"{self.store.owner or 'et'}-{run.id}-{run.attempt}"
+        conn: SSHClientConnection | LocalHost = self.local
+        target = None if local else self._ssh_target(run.host, hostvars, options)
+        login = getpass.getuser()
+        where = (
+            f"ssh {target.host}:{target.port}"
+            if target
+            else f"local: the server's host, as {login}"
+        )
+
+        def terminate(grace: float) -> Any:
+            if target is None:
+                return self.local.terminate(key, grace)
+            return self.pool.terminate(target, key, grace)
+
+        # checked again here for a local run: planned by another server, or before a restart
+        refusal = (
+            local_refusal(run.host)
+            if local and not self.allow_local
+            else agentless_refusal(
+                run.host, options.as_user, run.connection, run.host in options.become_passwords
+            )
+        )
         if refusal:
             await self.recorder.finish(run, RunState.FAILED, reason=refusal)
             return
-        await self.recorder.update(
-            run, RunState.DISPATCHED, "dispatched", f"ssh {target.host}:{target.port}"
-        )
-        try:
-            async with self._connect_limit:
-                conn = await self.pool.get(target)
-        except ConnectError as exc:
-            await self.recorder.finish(run, RunState.UNREACHABLE, reason=str(exc))
-            return
-        # The host may serve other EasyTask installations whose run ids overlap with ours: the
-        # pid file of the run's process group is named after this server's lasting id too.
-        key = f"{self.store.owner or 'et'}-{run.id}-{run.attempt}"
-        out = self.recorder.output(run, masks=masks(options))
-        # the values go on the channel's stdin, never in the command line `ps` shows on the host
+        await self.recorder.update(run, RunState.DISPATCHED, "dispatched", where)
+        if target is not None:
+            try:
+                async with self._connect_limit:
+                    conn = await self.pool.get(target)
+            except ConnectError as exc:
+                await self.recorder.finish(run, RunState.UNREACHABLE, reason=str(exc))
+                return
+            login = target.user or str(conn.get_extra_info("username") or "")
+        # the values go on stdin, never in the command line `ps` shows on the host
         env_text, env_bytes = env_on_stdin(command_env(options))
-        command = run.command
-        login = target.user or str(conn.get_extra_info("username") or "")
+        command, dialog = run.command, None
         if options.as_user is not None:
-            # the values are read inside sudo: its env_reset would drop them otherwise; a
-            # become password from the credential store goes first, to `sudo -S`
-            command, first = sudo_command(
-                options.as_user.user,
-                command,
-                grace=options.grace,
-                prelude=env_text,
-                password=options.become_passwords.get(run.host),
-            )
-            env_text, env_bytes = "", first + env_bytes
+            # the values are read as the user (sudo's env_reset would drop them); a become
+            # password goes first to `sudo -S`, or answers su's prompt (`SuDialog`)
+            try:
+                command, env_bytes, dialog = become_command(
+                    options.as_user.user,
+                    options.as_user.method,
+                    command,
+                    grace=options.grace,
+                    prelude=env_text,
+                    stdin=env_bytes,
+                    password=options.become_passwords.get(run.host),
+                )
+            except ValueError as exc:
+                await self.recorder.finish(run, RunState.FAILED, reason=f"{run.host}: {exc}")
+                return
+            env_text = ""
+        out = self.recorder.output(run, masks=masks(options))
         outcome = await self._stream(
             run,
             live,
             options,
             conn,
-            wrap_command(command, key, env_text),
+            env_text + command if local else wrap_command(command, key, env_text),
             {},
             out,
-            terminate=lambda grace: self.pool.terminate(target, key, grace),
+            terminate=terminate,
             stdin=env_bytes,
+            local_key=key,
+            dialog=dialog,
         )
-        if outcome.result is not None and outcome.result.lost:
+        if dialog is not None and not dialog.passed:  # su never started the command: why
+            out.system(dialog.said() or "su did not start the command", "ERROR")
+        if target is not None and outcome.result is not None and outcome.result.lost:
             self.pool.drop(target)
         await self._ran_as(run, outcome, None, options, login)
         await self.recorder.conclude(run, outcome, out)
@@ -350,6 +385,9 @@ class Execution:
         self, host: str, hostvars: dict[str, Any], options: JobOptions
     ) -> dict[str, Any]:
         """An agentless host's facts, read with one command (`easytask.facts.GATHER_COMMAND`)."""
+        # where local is not allowed, `ssh_options` refuses such a host (`local_refusal`)
+        if str(hostvars.get("ansible_connection") or "") == LOCAL and self.allow_local:
+            return await self.local.gather_facts()
         target = self._ssh_target(host, hostvars, options)
         async with self._connect_limit:
             conn = await self.pool.get(target)
@@ -374,27 +412,12 @@ class Execution:
         a jump host without `user@` is logged in to as the local user, as OpenSSH does."""
         ssh = ssh_options(host, hv)
         known_hosts = str(hv.get("easytask_known_hosts") or self.known_hosts or "") or None
-        client_key = options.ssh_keys.get(host)
+        base = SSHTarget(ssh.host, ssh.port, ssh.user, ssh.key_file, known_hosts)
+        base = replace(base, client_key=options.ssh_keys.get(host))
         jump: SSHTarget | None = None
         for hop in ssh.jumps:
-            jump = SSHTarget(
-                host=hop.host,
-                port=hop.port,
-                user=hop.user,
-                key_file=ssh.key_file,
-                known_hosts=known_hosts,
-                client_key=client_key,
-                jump=jump,
-            )
-        return SSHTarget(
-            host=ssh.host,
-            port=ssh.port,
-            user=ssh.user,
-            key_file=ssh.key_file,
-            known_hosts=known_hosts,
-            client_key=client_key,
-            jump=jump,
-        )
+            jump = replace(base, host=hop.host, port=hop.port, user=hop.user, jump=jump)
+        return replace(base, jump=jump)
 
     async def file_connection(
         self, run: Run, hostvars: dict[str, Any], options: JobOptions
@@ -409,6 +432,10 @@ class Execution:
             await self.registry.release(run.host)
             assert info.link is not None
             return info.link.conn
+        if run.connection == LOCAL:
+            why = "copy, script and fetch are not available on the server's own host (local)"
+            await self.recorder.finish(run, RunState.FAILED, reason=f"host {run.host!r}: {why}")
+            return None
         target = self._ssh_target(run.host, hostvars, options)
         await self.recorder.update(
             run, RunState.DISPATCHED, "dispatched", f"ssh {target.host}:{target.port}"
@@ -426,7 +453,7 @@ class Execution:
         run: Run,
         live: LiveRun,
         options: JobOptions,
-        conn: SSHClientConnection,
+        conn: SSHClientConnection | LocalHost,
         command: str,
         env: dict[str, str],
         out: RunOutput,
@@ -434,14 +461,19 @@ class Execution:
         attach: bool = False,
         dispatched: asyncio.Future[None] | None = None,
         stdin: bytes = b"",
+        local_key: str = "",
+        dialog: SuDialog | None = None,
     ) -> Outcome:
         """Run (or re-attach to) one command and stream its output; kill or time it out if asked.
-        `dispatched`: the storing of the run's dispatch, awaited before it is marked started."""
+        `dispatched`: the storing of the run's dispatch, awaited before it is marked started.
+        On the server's own host (`LocalHost`), `local_key` names the run's process group."""
         assert run.id is not None
         paused = [False]
-        execution: executor.Execution | None = None
+        execution: executor.Execution | LocalExecution | None = None
 
         def on_data(stream: str, data: bytes) -> None:
+            if dialog is not None and not (data := dialog.feed(data)):
+                return  # su's dialogue, never stored
             out.data(stream, data)
             if (
                 not paused[0]
@@ -458,7 +490,13 @@ class Execution:
 
         started = time.monotonic()
         try:
-            execution = await executor.start(conn, command, on_data, env, stdin)
+            if isinstance(conn, LocalHost):
+                execution = await conn.start(local_key, command, on_data, stdin)
+            else:
+                modes = SU_TERM_MODES if dialog is not None else None
+                execution = await executor.start(conn, command, on_data, env, stdin, modes)
+                if dialog is not None:
+                    dialog.attach(execution.channel)
         except Exception as exc:
             if dispatched is not None:
                 await dispatched
@@ -510,7 +548,9 @@ class Execution:
             await dispatched
         await self.recorder.update(run, RunState.RUNNING, "started", "", started_at=at)
 
-    async def _resume_when_drained(self, execution: executor.Execution, paused: list[bool]) -> None:
+    async def _resume_when_drained(
+        self, execution: executor.Execution | LocalExecution, paused: list[bool]
+    ) -> None:
         await self.writer.wait_below(BACKLOG_HIGH // 2, BACKLOG_HIGH_BYTES // 2)
         paused[0] = False
         chan = execution.channel

@@ -14,7 +14,11 @@ MAX_TEXT = 256
 MAX_GROUPS = 64
 
 TEXT_FACTS = ("hostname", "os", "system", "distribution", "arch", "version", "python")
-COUNT_FACTS = ("cpus", "running")
+COUNT_FACTS = ("cpus", "running", "free_slots")
+BYTE_FACTS = ("mem_available", "min_free_memory")  # may be null: the host or agent does not say
+MAX_BYTES = 1 << 62
+# what a heartbeat carries (easytask.agent.facts.headroom); the server adds `busy`
+BEAT_FACTS = ("load", "cpus", "running", "free_slots", *BYTE_FACTS, "max_load")
 
 
 class BadHello(ValueError):
@@ -92,6 +96,13 @@ def check_facts(facts: Any) -> dict[str, Any]:
             out[key] = [_number(v, f"{where}[{i}]") for i, v in enumerate(value)]
         elif key == "policy":
             out[key] = _policy(value)
+        elif key in BYTE_FACTS:
+            whole = isinstance(value, int) and not isinstance(value, bool)
+            if value is not None and not (whole and 0 <= value <= MAX_BYTES):
+                raise BadHello(f"{where} must be a number of bytes or null")
+            out[key] = value
+        elif key == "max_load":
+            out[key] = None if value is None else _number(value, where)
         elif value is None or isinstance(value, bool):
             out[key] = value
         elif isinstance(value, int | float):
@@ -101,6 +112,14 @@ def check_facts(facts: Any) -> dict[str, Any]:
     if len(json.dumps(out)) > MAX_FACTS_BYTES:
         raise BadHello(f"facts may take at most {MAX_FACTS_BYTES} bytes")
     return out
+
+
+def check_beat(beat: Any) -> dict[str, Any]:
+    """The headroom fields of a heartbeat, checked as the hello's facts are (`BadHello`);
+    other fields are left out."""
+    if not isinstance(beat, dict):
+        raise BadHello("a heartbeat must be an object")
+    return check_facts({k: v for k, v in beat.items() if k in BEAT_FACTS})
 
 
 def clean_facts(facts: Any) -> dict[str, Any]:

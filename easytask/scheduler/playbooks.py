@@ -109,7 +109,7 @@ class PlaybookJob:
     async def host_facts(self, host: str) -> dict[str, Any]:
         """An agentless host's fact variables for this job (gathered once, on first use);
         none for agents (theirs come with the inventory) or when the playbook names no fact."""
-        if not self._gather or self.plan.connection(host) != "ssh":
+        if not self._gather or self.plan.connection(host) not in ("ssh", "local"):
             return {}
         if host not in self._facts:
             hostvars = dict(self.plan.host_vars.get(host, {}))
@@ -192,7 +192,7 @@ class PlaybookJob:
                 self.engine.store.update_run,
                 slot.run.id or 0,
                 "placed",
-                f"least busy agent: {host}",
+                f"the agent with the most headroom: {host}",
                 host=host,
                 agent=host,
             )
@@ -406,7 +406,7 @@ async def submit_playbook(
         source=source,
         pending_timeout=pending_timeout,
         forks=plan.forks or 0,
-        vars=json.dumps(resume_spec(plan)),
+        vars=json.dumps({**resume_spec(plan), "tasks": task_order(plan)}),
     )
     runs = job_runs_for(plan)
     if not runs:
@@ -429,6 +429,15 @@ async def submit_playbook(
     task = asyncio.create_task(_run(engine, runner), name=f"job-{job.id}")
     engine.adopt(job.id, task)
     return job, runs
+
+
+def task_order(plan: PlaybookPlan) -> list[dict[str, Any]]:
+    """The job's tasks in the order they run, each with the tasks it needs (kept in `job.vars`
+    for the job page's matrix)."""
+    return [
+        {"name": task.name, "needs": list(task.needs), "implied": task.needs_implied}
+        for task in plan.tasks
+    ]
 
 
 def resume_spec(plan: PlaybookPlan) -> dict[str, Any]:

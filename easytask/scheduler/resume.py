@@ -83,7 +83,7 @@ class TakeOver:
             if kinds[run.job_id] != "adhoc":
                 playbook_jobs.setdefault(run.job_id, []).append(run)
                 continue
-            if run.connection == "ssh" and run.state != RunState.QUEUED:
+            if run.connection != "agent" and run.state != RunState.QUEUED:
                 await self.recorder.finish(run, RunState.FAILED, reason=f"connection lost ({why})")
                 await self.recorder.finish_job(run.job_id)
                 counts["failed"] += 1

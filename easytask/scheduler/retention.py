@@ -1,5 +1,8 @@
 """Retention: delete runs (with their log lines and index rows) older than the settings allow.
 
+On PostgreSQL a week whose runs are all past retention goes whole: its log partitions are
+dropped rather than their rows deleted (`Store.prune_weeks`).
+
 Successful runs go after `retention`, failed, terminated and unreachable ones after
 `retention_failed` (the same age when unset). Runs still in flight are never touched, jobs go
 when their last run goes, and the audit log is never pruned.
@@ -86,7 +89,9 @@ class Retention:
             if minutes_before is not None:
                 minutes = await store.call(store.prune_host_rollups, minutes_before, True)
             return {**result, **counts, "files": files, "metric_minutes": minutes}
-        total = {"jobs": 0, "runs": 0, "lines": 0}
+        # PostgreSQL first drops whole weeks of log partitions; the rest goes run by run
+        weeks = await store.call(store.prune_weeks, ok_before, failed_before)
+        total = {key: weeks[key] for key in ("jobs", "runs", "lines")}
         while ok_before is not None or failed_before is not None:
             done = await store.call(store.prune_batch, ok_before, failed_before, BATCH)
             for key in total:

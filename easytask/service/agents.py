@@ -23,13 +23,14 @@ class AgentView:
     """An agent as stored, with what this server knows of it now."""
 
     row: Agent
-    status: str  # online, unreachable, pending or revoked
+    status: str  # online, busy, unreachable, pending or revoked
     running: int  # runs it executes for this server
-    facts: dict[str, Any]
+    facts: dict[str, Any]  # as last reported (its heartbeats, when this server holds it)
     labels: list[str]  # the group labels it reports
     approved: list[str]  # the labels an admin approved (reported now or not)
     groups: list[str]  # the labels that place it in groups: approved, or the inventory's
     pending: list[str]  # the labels that place it nowhere until an admin approves them
+    busy: str = ""  # why it takes no new work (status busy), e.g. "load 3.1/CPU > 2.0"
 
 
 async def list_agents(services: Services) -> list[AgentView]:
@@ -45,16 +46,20 @@ async def list_agents(services: Services) -> list[AgentView]:
         labels = [g for g in row.groups.split(",") if g]
         approved = [g for g in row.approved_groups.split(",") if g]
         placed = set(inventory.host_groups(row.name)) if row.name in inventory.hosts else set()
+        held = info is not None and info.online  # its heartbeats come here: fresher than stored
+        facts = dict(info.facts) if info is not None and held else stored_facts(row.facts)
+        status = registry.row_status(row, live)
         out.append(
             AgentView(
                 row=row,
-                status=registry.row_status(row, live),
+                status=status,
                 running=info.running if info else 0,
-                facts=stored_facts(row.facts),
+                facts=facts,
                 labels=labels,
                 approved=approved,
                 groups=[g for g in labels if g in approved or g in placed],
                 pending=[g for g in labels if g not in approved and g not in placed],
+                busy=str(facts.get("busy") or "") if status == "busy" else "",
             )
         )
     return out

@@ -54,12 +54,15 @@ class InventorySource:
         self._loaded_at = 0.0
         self._lock = threading.Lock()  # one load at a time: a script runs once for many jobs
 
-    def now(self) -> Inventory:
-        """The inventory as its files (and scripts) are now (an empty one without sources)."""
+    def now(self, rerun_scripts: bool = True) -> Inventory:
+        """The inventory as its files (and scripts) are now (an empty one without sources);
+        without `rerun_scripts`, a script's output is kept however old it is (a background
+        reader must not run it when no job asks)."""
         with self._lock:
             sources = [p for p in self.paths if is_host_list(p) or Path(p).exists()]
             stamp = tuple(tree_stamp(Path(p)) for p in sources if not is_host_list(p))
             fresh = not self._ran_script or time.monotonic() - self._loaded_at < self.cache
+            fresh = fresh or (not rerun_scripts and self._inventory is not None)
             if self._inventory is None or stamp != self._stamp or not fresh:
                 self._ran_script = False
                 self._inventory = None  # a failed load is tried again by the next job
@@ -122,15 +125,18 @@ class Services:
         """The inventory plus the accepted agents it does not list; a host with an agent of
         its name online on this server goes through that agent (docs/agents.md, bootstrap). Its
         `agent_hosts` are the hosts with an enrolled agent (any state), which
-        `easytask_connection: auto` reaches through their agent."""
+        `easytask_connection: auto` reaches through their agent; its hosts of
+        `ansible_connection: local` run on this server's host if the admin allows it."""
         inventory = await asyncio.to_thread(self.inventory.now)
         online = {name for name, info in self.registry.agents.items() if info.online}
-        return inventory.with_extra_hosts(
+        merged = inventory.with_extra_hosts(
             self.registry.declared_hosts(),
             facts=self.registry.declared_facts(),
             via_agent=online,
             agents=self.registry.agents,
         )
+        merged.local_allowed = self.settings.allow_local_connection
+        return merged
 
     async def live_servers(self) -> set[str]:
         """Ids of the servers sharing the database whose heartbeat is recent (this one too)."""

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from easytask import exports
 from easytask.errors import APIError
 from easytask.service.context import Services
+from easytask.service.reading import Reader
 from easytask.store.models import Run, as_utc
 
 RUN_BATCH = 500
@@ -109,15 +110,17 @@ class Exporter:
 
     async def stream(
         self,
-        actor: str,
+        reader: Reader,
         source: str,
         query: dict[str, Any],
         fmt: str,
         logs: bool,
         manifest: dict[str, Any],
     ) -> AsyncIterator[bytes]:
-        """The export's records, then its signed manifest kept and its end audited."""
+        """The export's records (the runs the reader may see), then its signed manifest kept
+        and its end audited."""
         store = self.services.store
+        actor = reader.user.name
         encoder = exports.Encoder(fmt)
         digest = hashlib.sha256()
         size = runs = lines = 0
@@ -132,7 +135,7 @@ class Exporter:
         after = 0
         while True:
             # oldest first, keyset by run id: each batch is one short query on the DB thread
-            batch = await store.call(store.find_runs, **query, after_id=after, limit=RUN_BATCH)
+            batch = await reader.find_runs(**query, after_id=after, limit=RUN_BATCH)
             if not batch:
                 break
             batch.reverse()

@@ -10,6 +10,7 @@ from easytask.errors import APIError
 from easytask.hostsample import FIELDS, columns
 from easytask.scheduler.hello import stored_facts
 from easytask.service.context import Services
+from easytask.service.reading import Reader
 from easytask.service.scope import outside_scope
 from easytask.store.models import User
 
@@ -108,7 +109,7 @@ RECENT_MINUTES = (1, 1440)  # the range of `minutes` GET /api/agents/metrics/rec
 async def recent_cpu(services: Services, user: User, minutes: str | None) -> dict[str, Any]:
     """Every agent's CPU over the last `minutes` (default 60) for the agents page's sparklines,
     in one answer: a point per minute (its average) then the newest sample. Agents outside the
-    user's scope are left out, as GET /api/agents/{name}/metrics refuses them."""
+    user may not read are left out, as they are from the agents list (one `Reader`)."""
     low, high = RECENT_MINUTES
     try:
         span = int(minutes) if minutes not in (None, "") else 60
@@ -119,15 +120,13 @@ async def recent_cpu(services: Services, user: User, minutes: str | None) -> dic
     now = time.time()
     since = now - span * 60.0
     store = services.store
-    names = [row.name for row in await store.call(store.list_agents)]
-    outside = set(await outside_scope(services, user, names)) if user.scope else set()
+    reader = await Reader.of(services, user)
+    names = [view.row.name for view in await reader.agents()]
     by_minute = await store.call(store.recent_host_cpu, since)
     latest = await store.call(store.latest_host_samples, since)
     cpu_at = 1 + FIELDS.index("cpu")
     agents: dict[str, dict[str, list[Any]]] = {}
     for name in names:
-        if name in outside:
-            continue
         points = [(max(t, since), cpu) for t, cpu in by_minute.get(name, [])]
         newest = latest.get(name)
         if newest is not None and (not points or float(newest[0]) > points[-1][0]):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from easytask.service.credentials import (
 )
 from easytask.service.files import file_digests, upload_id
 from easytask.service.planning import plan_file, plan_pattern
+from easytask.service.reading import Reader
 from easytask.service.scope import enforce_scope
 from easytask.store.audit import AuditNote
 from easytask.store.models import Job, Run, RunState, Schedule, User
@@ -50,7 +51,7 @@ async def submit_adhoc(
     credentials: Sequence[str] = (),
 ) -> tuple[Job, list[Run]]:
     """An ad hoc command (or checksum, copy, script, fetch) over a host pattern, audited with
-    the job in one transaction; `one` picks the least busy host of those matched; `limit`,
+    the job in one transaction; `one` picks the host with the most headroom of those matched; `limit`,
     `extra_vars` and `remote_user` as `plan_adhoc` takes them. `credentials`: stored
     credentials exported to the command (`env_name`)."""
     planned = await plan_pattern(
@@ -100,7 +101,12 @@ async def submit_adhoc(
     become: dict[str, list[str]] = {}  # user -> the hosts whose runs become that user
     for p in planned:
         as_user = resolve_become(p.host, p.vars, options.become)
-        refusal = agentless_refusal(p.host, as_user) if p.connection == "ssh" else None
+        has_password = p.host in per_host.become_passwords
+        refusal = (
+            agentless_refusal(p.host, as_user, p.connection, has_password)
+            if p.connection != "agent"
+            else None
+        )
         if refusal:
             raise APIError(refusal)
         if as_user is not None:
@@ -120,6 +126,9 @@ async def submit_adhoc(
         detail["user"] = remote_user
     if become:
         detail["become"] = become
+    local = [p.host for p in planned if p.connection == "local"]
+    if local:  # these run on the server's own host, as its user (allow_local_connection)
+        detail["local"] = local
     if options.secret_env:
         detail["secrets"] = sorted(options.secret_env)  # names only, never values
     if used:
@@ -190,9 +199,12 @@ async def submit_plan(
     }
     if per_host.names:
         detail["credentials"] = per_host.names  # names only, never values
-    become = plan_become(plan)
+    become = plan_become(plan, per_host.become_passwords)
     if become:
         detail["become"] = become
+    local = [h for h in plan.all_hosts if plan.connection(h) == "local"]
+    if local:  # these run on the server's own host, as its user (allow_local_connection)
+        detail["local"] = local
     submitted = await submit_playbook(
         services.engine,
         plan,
@@ -223,13 +235,22 @@ async def plan_credentials(
     return per_host
 
 
-def plan_become(plan: PlaybookPlan) -> dict[str, dict[str, list[str]]]:
-    """Task -> user -> the hosts whose runs of the task become that user (for the audit)."""
+def plan_become(
+    plan: PlaybookPlan, passwords: Mapping[str, str] | None = None
+) -> dict[str, dict[str, list[str]]]:
+    """Task -> user -> the hosts whose runs of the task become that user (for the audit).
+    With `passwords` (host -> become password), a run that cannot become its user without one
+    (`su` on an agentless host) is refused here (`APIError`), before anything is stored."""
     out: dict[str, dict[str, list[str]]] = {}
     for task in plan.tasks:
         request = plan.become_request(task)
         for host in task.hosts:
             as_user = resolve_become(host, plan.host_vars.get(host, {}), request)
+            connection = plan.connection(host)
+            if passwords is not None and connection == "ssh":
+                refusal = agentless_refusal(host, as_user, connection, host in passwords)
+                if refusal:
+                    raise APIError(f"task {task.name!r}: {refusal}")
             if as_user is not None:
                 out.setdefault(task.name, {}).setdefault(as_user.user, []).append(host)
     return out
@@ -325,13 +346,20 @@ async def set_schedule_enabled(
 
 
 async def kill_job(services: Services, user: User, source: str, job_id: int) -> int:
-    """Terminate every run of a job still in flight; how many runs were asked to end."""
+    """Terminate every run of a job still in flight; how many runs were asked to end. A job
+    the user may not read is not found (404, the attempt audited)."""
     store = services.store
     if await store.call(store.get_job, job_id) is None:
         raise APIError(f"no job {job_id}", status=404)
     if user.scope:  # every host of the job in the scope, or nothing is killed
         hosts = [r.host for r in await store.call(store.job_runs, job_id)]
-        await enforce_scope(services, user, hosts, source, {"kind": "job.kill", "job": job_id})
+        reader = await Reader.of(services, user)
+        try:
+            await enforce_scope(services, user, hosts, source, {"kind": "job.kill", "job": job_id})
+        except APIError as exc:
+            if not any(reader.sees(host) for host in hosts):  # a job the user cannot read
+                raise APIError(f"no job {job_id}", status=404) from exc
+            raise
     count = services.engine.kill_job(job_id, user.name)
     if services.cluster is not None:  # the other servers were asked too: count them all
         runs = await store.call(store.job_runs, job_id)
@@ -341,13 +369,19 @@ async def kill_job(services: Services, user: User, source: str, job_id: int) -> 
 
 
 async def kill_run(services: Services, user: User, source: str, run_id: int) -> bool:
-    """Terminate one run; whether it was asked to end."""
+    """Terminate one run; whether it was asked to end. A run on a host outside the user's
+    scope is not found (404, the attempt audited)."""
     store = services.store
     run = await store.call(store.get_run, run_id)
     if run is None:
         raise APIError(f"no run {run_id}", status=404)
     what = {"kind": "run.kill", "run": run_id, "job": run.job_id}
-    await enforce_scope(services, user, [run.host], source, what)
+    try:
+        await enforce_scope(services, user, [run.host], source, what)
+    except APIError as exc:
+        if (await Reader.of(services, user)).sees(run.host):
+            raise
+        raise APIError(f"no run {run_id}", status=404) from exc
     if run.state in RunState.FINAL:
         raise APIError(f"run {run_id} already ended ({run.state})", status=409)
     killed = services.engine.kill_run(run_id, user.name) or (

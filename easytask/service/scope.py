@@ -26,16 +26,23 @@ def check_scope_pattern(scope: str) -> str:
     return scope
 
 
-async def outside_scope(services: Services, user: User, hosts: Sequence[str]) -> list[str]:
-    """The hosts a user may not run on (none when the user has no scope)."""
+async def scope_hosts(services: Services, user: User) -> frozenset[str] | None:
+    """The hosts a user's scope selects now (None: the user has no scope, every host)."""
     if not user.scope:
-        return []
+        return None
     inventory = await services.merged_inventory()
     try:
-        allowed = set(inventory.select(user.scope))
+        return frozenset(inventory.select(user.scope))
     except EasyTaskError as exc:  # a scope that matches nothing allows nothing
         log.info("scope %r of user %s selects no host: %s", user.scope, user.name, exc)
-        allowed = set()
+        return frozenset()
+
+
+async def outside_scope(services: Services, user: User, hosts: Sequence[str]) -> list[str]:
+    """The hosts a user may not run on (none when the user has no scope)."""
+    allowed = await scope_hosts(services, user)
+    if allowed is None:
+        return []
     return [host for host in dict.fromkeys(hosts) if host not in allowed]
 
 

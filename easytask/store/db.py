@@ -131,6 +131,8 @@ class Store(
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="easytask-db")
         self._raw: Any = None
+        self._run_day: dict[int, int] = {}
+        self._weeks: set[int] = set()
         # The server this store works for (set by the server): its jobs carry it, and a server
         # resumes only its own unfinished jobs when several share the database.
         self.owner = ""

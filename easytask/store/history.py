@@ -2,51 +2,150 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Collection, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import bindparam, func, or_, text
+from sqlalchemy import bindparam, delete, exists, func, or_, text
 from sqlmodel import col, select
 
 from easytask.store.base import Queries
-from easytask.store.models import Job, LogLine, Run, RunState
+from easytask.store.models import Job, LogLine, Run, RunEvent, RunState
+from easytask.store.pglog import EPOCH, day_of, existing_weeks, partition_names
+
+
+def on_hosts(hosts: Collection[str]) -> Any:
+    """Runs on one of these hosts (none when empty): the one place a reader's scope becomes SQL."""
+    return col(Run.host).in_(sorted(hosts))
+
+
+def host_matches(host: str) -> Any:
+    """Runs on a host by name, `*` and `?` as wildcards."""
+    if "*" in host or "?" in host:
+        pattern = host.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        pattern = pattern.replace("*", "%").replace("?", "_")
+        return col(Run.host).like(pattern, escape="\\")
+    return Run.host == host
 
 
 class HistoryQueries(Queries):
     """The Store's queries over many jobs and runs (mixed into `Store`)."""
 
     is_sqlite: bool
+    _run_day: dict[int, int]
+    _weeks: set[int]
 
     if TYPE_CHECKING:
 
-        def _runs_with_text(self, needle: str) -> Any: ...
+        def _runs_with_text(
+            self, needle: str, since: datetime | None = None, until: datetime | None = None
+        ) -> Any: ...
 
-    def list_jobs(self, *, states: Sequence[str] | None = None, limit: int = 20) -> list[Job]:
-        """Jobs, newest first, optionally only those in some states."""
+    def list_jobs(
+        self,
+        *,
+        states: Sequence[str] | None = None,
+        limit: int = 20,
+        hosts: Collection[str] | None = None,
+    ) -> list[Job]:
+        """Jobs, newest first, optionally only those in some states; with `hosts`, only jobs
+        with a run on one of them (a scoped reader's view, see `service.reading`)."""
         with self.session() as s:
             q = select(Job)
             if states:
                 q = q.where(col(Job.state).in_(list(states)))
+            if hosts is not None:
+                q = q.where(col(Job.id).in_(select(Run.job_id).where(on_hosts(hosts))))
             return list(s.exec(q.order_by(col(Job.id).desc()).limit(limit)))
 
-    def run_state_counts(self) -> dict[str, int]:
-        """How many runs are in each state, over the whole store."""
+    def find_jobs(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        status: Sequence[str] | None = None,
+        host: str | None = None,
+        task: str | None = None,
+        user: str | None = None,
+        kind: str | None = None,
+        text: str | None = None,
+        before_id: int | None = None,
+        after_id: int | None = None,
+        limit: int = 50,
+        hosts: Collection[str] | None = None,
+    ) -> list[Job]:
+        """Jobs newest first, keyset-paginated by id (before or after), with the runs list's
+        filters: `status` is the job's state; `host`, `task` and `text` keep the jobs with a run
+        that matches (as `find_runs`); `task` also matches the job's name; with `hosts`, only
+        jobs with a run on one of them."""
         with self.session() as s:
-            q = select(Run.state, func.count()).group_by(col(Run.state))
+            q = select(Job)
+            if since is not None:
+                q = q.where(Job.created_at >= since)
+            if until is not None:
+                q = q.where(Job.created_at < until)
+            if status:
+                q = q.where(col(Job.state).in_(list(status)))
+            if kind:
+                q = q.where(Job.kind == kind)
+            if user:
+                q = q.where(Job.submitted_by == user)
+            runs = select(Run.job_id)
+            narrowed = False
+            if host:
+                runs = runs.where(host_matches(host))
+                narrowed = True
+            if text:
+                runs = runs.where(col(Run.id).in_(self._runs_with_text(text)))
+                narrowed = True
+            if hosts is not None:
+                runs = runs.where(on_hosts(hosts))
+                narrowed = True
+            if narrowed:
+                q = q.where(col(Job.id).in_(runs))
+            if task:
+                in_runs = select(Run.job_id).where(
+                    col(Run.task).icontains(task, autoescape=True)
+                    | col(Run.command).icontains(task, autoescape=True)
+                )
+                q = q.where(
+                    col(Job.name).icontains(task, autoescape=True)
+                    | col(Job.command).icontains(task, autoescape=True)
+                    | col(Job.id).in_(in_runs)
+                )
+            if before_id is not None:
+                q = q.where(col(Job.id) < before_id)
+            if after_id is not None:
+                q = q.where(col(Job.id) > after_id).order_by(col(Job.id)).limit(limit)
+                rows = list(s.exec(q))
+                rows.reverse()
+                return rows
+            return list(s.exec(q.order_by(col(Job.id).desc()).limit(limit)))
+
+    def run_state_counts(self, hosts: Collection[str] | None = None) -> dict[str, int]:
+        """How many runs are in each state, over the whole store (only on `hosts` if given)."""
+        with self.session() as s:
+            q = select(Run.state, func.count())
+            if hosts is not None:
+                q = q.where(on_hosts(hosts))
+            q = q.group_by(col(Run.state))
             return {state: int(count) for state, count in s.exec(q)}
 
-    def job_state_counts(self, job_ids: Sequence[int]) -> dict[int, dict[str, int]]:
-        """For each job, how many of its runs are in each state."""
+    def job_state_counts(
+        self, job_ids: Sequence[int], hosts: Collection[str] | None = None
+    ) -> dict[int, dict[str, int]]:
+        """For each job, how many of its runs are in each state (only runs on `hosts` if
+        given)."""
         out: dict[int, dict[str, int]] = {jid: {} for jid in job_ids}
         if not job_ids:
             return out
         with self.session() as s:
-            q = (
-                select(Run.job_id, Run.state, func.count())
-                .where(col(Run.job_id).in_(list(job_ids)))
-                .group_by(col(Run.job_id), col(Run.state))
+            q = select(Run.job_id, Run.state, func.count()).where(
+                col(Run.job_id).in_(list(job_ids))
             )
+            if hosts is not None:
+                q = q.where(on_hosts(hosts))
+            q = q.group_by(col(Run.job_id), col(Run.state))
             for job_id, state, count in s.exec(q):
                 out[job_id][state] = int(count)
         return out
@@ -65,11 +164,13 @@ class HistoryQueries(Queries):
         before_id: int | None = None,
         after_id: int | None = None,
         limit: int = 50,
+        hosts: Collection[str] | None = None,
     ) -> list[tuple[Run, str]]:
         """Runs with who submitted them, newest first, keyset-paginated by id (before or after).
 
         `host` may hold `*`/`?` wildcards; `task` matches the task name or the command; `text`
         is searched in the output as one phrase (FTS5 on SQLite), so no input is a syntax error.
+        With `hosts`, only runs on those hosts (a scoped reader's view, see `service.reading`).
         """
         with self.session() as s:
             q = select(Run, Job.submitted_by).join(Job, col(Job.id) == col(Run.job_id))
@@ -80,12 +181,9 @@ class HistoryQueries(Queries):
             if status:
                 q = q.where(col(Run.state).in_(list(status)))
             if host:
-                if "*" in host or "?" in host:
-                    pattern = host.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-                    pattern = pattern.replace("*", "%").replace("?", "_")
-                    q = q.where(col(Run.host).like(pattern, escape="\\"))
-                else:
-                    q = q.where(Run.host == host)
+                q = q.where(host_matches(host))
+            if hosts is not None:
+                q = q.where(on_hosts(hosts))
             if task:
                 q = q.where(
                     col(Run.task).icontains(task, autoescape=True)
@@ -96,7 +194,7 @@ class HistoryQueries(Queries):
             if job_id is not None:
                 q = q.where(Run.job_id == job_id)
             if text:
-                q = q.where(col(Run.id).in_(self._runs_with_text(text)))
+                q = q.where(col(Run.id).in_(self._runs_with_text(text, since, until)))
             if before_id is not None:
                 q = q.where(col(Run.id) < before_id)
             if after_id is not None:
@@ -148,6 +246,60 @@ class HistoryQueries(Queries):
             ).one()
         return {"jobs": int(jobs or 0), "runs": int(runs or 0), "lines": int(lines or 0)}
 
+    def prune_weeks(
+        self, ok_before: datetime | None, failed_before: datetime | None
+    ) -> dict[str, int]:
+        """PostgreSQL: for each week that has ended and whose runs are all past retention, delete
+        those runs (with their timeline, and the jobs left without runs) and drop the week's
+        log partitions whole, one transaction per week. Weeks with a run to keep are left to
+        `prune_batch`. Returns what went, and how many weeks."""
+        from sqlalchemy import and_, not_
+
+        out = {"jobs": 0, "runs": 0, "lines": 0, "weeks": 0}
+        if self.is_sqlite or (ok_before is None and failed_before is None):
+            return out
+        cand = self._prunable(ok_before, failed_before)
+        today = day_of(datetime.now(UTC))
+        with self.session() as s:
+            weeks = sorted(existing_weeks(s.connection().connection.driver_connection))
+            s.commit()
+            for week in weeks:
+                if week + 7 > today:
+                    break
+                start = EPOCH + timedelta(days=week)
+                end = start + timedelta(days=7)
+                in_week = and_(col(Run.created_at) >= start, col(Run.created_at) < end)
+                kept = s.exec(select(func.count()).select_from(Run).where(in_week, not_(cand)))
+                if kept.one():
+                    continue
+                rows = list(s.exec(select(Run.id, Run.job_id).where(in_week)))
+                run_ids = [int(r[0] or 0) for r in rows]
+                job_ids = sorted({r[1] for r in rows})
+                lines_table, chunks_table = partition_names(week)
+                conn = s.connection()
+                lines = conn.execute(text(f"SELECT count(*) FROM {lines_table}")).scalar()
+                conn.execute(text(f"DROP TABLE {lines_table}, {chunks_table}"))
+                for i in range(0, len(run_ids), 1000):
+                    ids = run_ids[i : i + 1000]
+                    conn.execute(delete(RunEvent).where(col(RunEvent.run_id).in_(ids)))
+                    conn.execute(delete(Run).where(col(Run.id).in_(ids)))
+                for i in range(0, len(job_ids), 1000):
+                    ids = job_ids[i : i + 1000]
+                    jobs = conn.execute(
+                        delete(Job).where(
+                            col(Job.id).in_(ids),
+                            ~exists().where(col(Run.job_id) == col(Job.id)),
+                        )
+                    ).rowcount
+                    out["jobs"] += int(jobs or 0)
+                s.commit()
+                self._weeks.discard(week)
+                self._run_day.clear()
+                out["runs"] += len(run_ids)
+                out["lines"] += int(lines or 0)
+                out["weeks"] += 1
+        return out
+
     def prune_batch(
         self, ok_before: datetime | None, failed_before: datetime | None, batch: int = 100
     ) -> dict[str, int]:
@@ -175,6 +327,8 @@ class HistoryQueries(Queries):
                     "SELECT 'delete', id, text FROM log_line WHERE run_id IN :ids",
                     run_ids,
                 )
+            else:
+                run("DELETE FROM log_chunk WHERE run_id IN :ids", run_ids)
             run("DELETE FROM log_line WHERE run_id IN :ids", run_ids)
             run("DELETE FROM runevent WHERE run_id IN :ids", run_ids)
             run("DELETE FROM run WHERE id IN :ids", run_ids)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -61,13 +62,18 @@ class IdentityQueries(Queries):
         state: str,
         *,
         replace_revoked: bool = False,
+        create: bool = True,
         **fields: Any,
     ) -> Agent | None:
         """Create an agent's identity, or update the one its key already holds. A name stays
         bound to the key that first claimed it: another key gets None (refused), except on a
-        revoked name with `replace_revoked` (a re-enrolment, checked here in one transaction)."""
+        revoked name with `replace_revoked` (a re-enrolment, checked here in one transaction).
+        Without `create`, only an existing record is updated: None when there is none (it was
+        deleted since the caller read it, and a delete wins over a hello in progress)."""
         with self.session() as s:
             agent = s.exec(select(Agent).where(Agent.name == name)).first()
+            if agent is None and not create:
+                return None
             if agent is None:
                 agent = Agent(name=name, fingerprint=fingerprint, public_key=public_key)
             elif agent.fingerprint != fingerprint:
@@ -102,7 +108,9 @@ class IdentityQueries(Queries):
                 agent.state = state
                 agent.state_since = utcnow()
             s.add(agent)
-            audit_chain.append_note(s.connection(), audit, fingerprint=agent.fingerprint)
+            notes = [audit] if audit is None or isinstance(audit, AuditNote) else audit
+            for note in notes:
+                audit_chain.append_note(s.connection(), note, fingerprint=agent.fingerprint)
             s.commit()
             s.refresh(agent)
             return agent
@@ -169,10 +177,10 @@ class IdentityQueries(Queries):
             return agent
 
     def update_agent(
-        self, name: str, audit: AuditNote | None = None, **fields: Any
+        self, name: str, audit: AuditNote | Sequence[AuditNote] | None = None, **fields: Any
     ) -> Agent | None:
-        """Change some fields of an agent; with `audit`, its audit event in the same transaction
-        (the agent's fingerprint added to its detail)."""
+        """Change some fields of an agent; with `audit`, its audit event (or events, in order) in
+        the same transaction (the agent's fingerprint added to each detail)."""
         with self.session() as s:
             agent = s.exec(select(Agent).where(Agent.name == name)).first()
             if agent is None:
@@ -184,7 +192,9 @@ class IdentityQueries(Queries):
             for key, value in fields.items():
                 setattr(agent, key, value)
             s.add(agent)
-            audit_chain.append_note(s.connection(), audit, fingerprint=agent.fingerprint)
+            notes = [audit] if audit is None or isinstance(audit, AuditNote) else audit
+            for note in notes:
+                audit_chain.append_note(s.connection(), note, fingerprint=agent.fingerprint)
             s.commit()
             s.refresh(agent)
             return agent

@@ -6,7 +6,8 @@ import functools
 import re
 import sqlite3
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
+from datetime import datetime
 from itertools import chain
 from typing import Any
 
@@ -15,13 +16,15 @@ from sqlmodel import Session, col, select
 
 from easytask.loglines import LEVELS
 from easytask.store import statements as sql
-from easytask.store.base import Queries
 from easytask.store.models import LogLine
+from easytask.store.pglog import LogRow, PgLineQueries, chunk_matches, day_of, like_pattern
 
-# One row of the log writer's batch: run_id, seq, ts, stream, level, text.
-LogRow = tuple[int, int, float, str, str, str]
+__all__ = ["LogRow", "LineQueries", "like_pattern"]
+
 _LINE_COLUMNS = "(run_id, seq, ts, stream, level, text)"
 _LINE_CHUNK = 512  # rows per multi-row INSERT of log lines (SQLite)
+_FIELD_NAMES = ("id", "run_id", "seq", "ts", "stream", "level", "text")
+_LINE_FIELDS = ", ".join(f"l.{name}" for name in _FIELD_NAMES)
 INDEX_CANDIDATES = 20000  # lines the full-text index may name before a search reads them all
 POSITION_MARKS = 20_000  # seqs read from one side before trying the other (numbering matches)
 _ASCII_WORD = re.compile(r"[A-Za-z0-9]+")
@@ -31,26 +34,14 @@ _ASCII_WORD = re.compile(r"[A-Za-z0-9]+")
 def _insert_lines_sql(rows: int) -> str:
     """One INSERT of `rows` log lines."""
     values = ",".join(["(?, ?, ?, ?, ?, ?)"] * rows)
-    return f"INSERT INTO log_line {_LINE_COLUMNS} VALUES {values}"
+    # OR IGNORE: a batch written again (its commit's answer lost) stores only what is new
+    return f"INSERT OR IGNORE INTO log_line {_LINE_COLUMNS} VALUES {values}"
 
 
 def _insert_chunk(dbapi_conn: Any) -> int:
     """Rows per multi-row INSERT: 512, or fewer where SQLite allows fewer parameters."""
     params = dbapi_conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
     return max(1, min(_LINE_CHUNK, params // 6))
-
-
-def like_pattern(needle: str) -> tuple[str, str | None]:
-    """A `LIKE` pattern for lines containing `needle` literally, and its escape character.
-
-    `%`, `_` and the escape character are escaped; the pattern carries an escape character only
-    when it needs one (an ESCAPE clause costs a little per row on SQLite).
-    """
-    needle = needle.replace("\x00", "")  # PostgreSQL text cannot hold NUL; no stored line has it
-    if not any(ch in needle for ch in "\\%_"):
-        return "%" + needle + "%", None
-    escaped = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return "%" + escaped + "%", "\\"
 
 
 def index_words(needle: str) -> tuple[list[str], str | None]:
@@ -78,7 +69,7 @@ def index_words(needle: str) -> tuple[list[str], str | None]:
     return words, prefix
 
 
-class LineQueries(Queries):
+class LineQueries(PgLineQueries):
     """The Store's queries on log lines (mixed into `Store`; called on the database thread)."""
 
     is_sqlite: bool
@@ -98,7 +89,17 @@ class LineQueries(Queries):
             if self.is_sqlite:
                 self._write_lines_sqlite(conn, rows)
             else:
-                self._write_lines_postgres(conn, rows)
+                try:
+                    self._write_lines_postgres(conn, rows)
+                except Exception as exc:
+                    if getattr(exc, "sqlstate", None) != "23514":
+                        raise
+                    # no partition for a line: one was dropped (by retention on another server)
+                    # since this store read which exist; read again and try once more
+                    conn.rollback()
+                    self._weeks.clear()
+                    self._run_day.clear()
+                    self._write_lines_postgres(conn, rows)
             conn.commit()
         except BaseException:
             try:
@@ -135,22 +136,6 @@ class LineQueries(Queries):
         finally:
             cur.close()
 
-    @staticmethod
-    def _write_lines_postgres(conn: Any, rows: Sequence[LogRow]) -> None:
-        # COPY is psycopg's fastest path; the trigram index is kept by PostgreSQL itself.
-        # PostgreSQL text cannot hold NUL, which a command may well print: it becomes U+FFFD.
-        cur = conn.driver_connection.cursor()
-        try:
-            with cur.copy(
-                "COPY log_line (run_id, seq, ts, stream, level, text) FROM STDIN"
-            ) as copy:
-                for run_id, seq, ts, stream, level, line in rows:
-                    if "\x00" in line:
-                        line = line.replace("\x00", "\ufffd")
-                    copy.write_row((run_id, seq, ts, stream, level, line))
-        finally:
-            cur.close()
-
     def read_lines(
         self,
         run_id: int,
@@ -162,7 +147,14 @@ class LineQueries(Queries):
     ) -> list[LogLine]:
         """A run's stored lines after a sequence number, optionally filtered."""
         with self.session() as s:
-            q = select(LogLine).where(LogLine.run_id == run_id, LogLine.seq > after_seq)
+            if grep and not self.is_sqlite:
+                # through the chunk index: only the lines of chunks holding the text are read
+                day = self.line_day(s, run_id)
+                rows = chunk_matches(
+                    s, _LINE_FIELDS, run_id, grep, limit, list(levels or ()), after_seq, day
+                )
+                return [LogLine(**dict(zip(_FIELD_NAMES, row, strict=True))) for row in rows]
+            q = select(LogLine).where(self._of_run(s, run_id), LogLine.seq > after_seq)
             if levels:
                 q = q.where(col(LogLine.level).in_(list(levels)))
             if grep:
@@ -172,22 +164,34 @@ class LineQueries(Queries):
                 q = q.limit(limit)
             return list(s.exec(q))
 
-    def read_job_lines(self, job_id: int, after_id: int = 0, limit: int = 5000) -> list[Any]:
+    def read_job_lines(
+        self,
+        job_id: int,
+        after_id: int = 0,
+        limit: int = 5000,
+        hosts: Collection[str] | None = None,
+    ) -> list[Any]:
         """Lines of every run of a job in arrival order (by row id), after a row id: rows with
-        the fields of LogLine (id, run_id, seq, ts, stream, level, text)."""
+        the fields of LogLine (id, run_id, seq, ts, stream, level, text); with `hosts`, only
+        of the runs on those hosts."""
         with self.engine.connect() as conn:
-            return self._job_lines(conn, job_id, after_id, limit)
+            return self._job_lines(conn, job_id, after_id, limit, hosts)
 
     @staticmethod
-    def _job_lines(conn: Any, job_id: int, after_id: int, limit: int) -> list[Any]:
+    def _job_lines(
+        conn: Any, job_id: int, after_id: int, limit: int, hosts: Collection[str] | None = None
+    ) -> list[Any]:
         params = {"job_id": job_id, "after_id": after_id, "limit": limit}
-        return list(conn.execute(sql.JOB_LINES, params))
+        statement = sql.JOB_LINES
+        if hosts is not None:
+            statement = statement.where(sql.RUN.c.host.in_(sorted(hosts)))
+        return list(conn.execute(statement, params))
 
     def count_output_lines(self, run_id: int) -> int:
         """Stored stdout and stderr lines of a run (system lines excluded)."""
         with self.session() as s:
             value = s.exec(
-                select(func.count()).where(LogLine.run_id == run_id, LogLine.stream != "system")
+                select(func.count()).where(self._of_run(s, run_id), LogLine.stream != "system")
             ).one()
             return int(value or 0)
 
@@ -196,7 +200,7 @@ class LineQueries(Queries):
         with self.session() as s:
             value = s.exec(
                 select(func.sum(func.length(LogLine.text))).where(
-                    LogLine.run_id == run_id, LogLine.stream != "system"
+                    self._of_run(s, run_id), LogLine.stream != "system"
                 )
             ).one()
             return int(value or 0)
@@ -204,20 +208,23 @@ class LineQueries(Queries):
     def max_seq(self, run_id: int) -> int:
         """The highest stored sequence number of a run (0 when none)."""
         with self.session() as s:
-            value = s.exec(select(func.max(LogLine.seq)).where(LogLine.run_id == run_id)).one()
+            value = s.exec(select(func.max(LogLine.seq)).where(self._of_run(s, run_id))).one()
             return int(value or 0)
 
     def line_stats(self, run_id: int) -> tuple[int, int]:
         """Count of stored lines and the highest seq (they are equal when nothing is missing)."""
         with self.session() as s:
             count, top = s.exec(
-                select(func.count(), func.max(LogLine.seq)).where(LogLine.run_id == run_id)
+                select(func.count(), func.max(LogLine.seq)).where(self._of_run(s, run_id))
             ).one()
             return int(count or 0), int(top or 0)
 
-    def _runs_with_text(self, needle: str) -> Any:
-        """A subquery of the ids of runs whose output contains a phrase."""
-        from sqlalchemy import column, false
+    def _runs_with_text(
+        self, needle: str, since: datetime | None = None, until: datetime | None = None
+    ) -> Any:
+        """A subquery of the ids of runs whose output contains a phrase; on PostgreSQL `since`
+        and `until` (of the runs' creation) leave out the weeks no such run is in."""
+        from sqlalchemy import Text, column, exists, false, table
 
         needle = needle.replace("\x00", "")
         if not needle.strip():  # an empty phrase matches nothing, as in FTS5
@@ -230,19 +237,45 @@ class LineQueries(Queries):
                 .columns(column("rowid"))
             )
             return select(LogLine.run_id).where(col(LogLine.id).in_(matching)).distinct()
-        # ILIKE '%needle%' is served by the trigram index (see docs/decisions/0007-postgresql-and-migrations.md)
-        return select(LogLine.run_id).where(self._contains(col(LogLine.text), needle)).distinct()
+        # The chunks' trigram index finds the chunks holding the text. A needle without a newline
+        # that a chunk holds is held by one of its lines (lines are joined by newlines); one with
+        # a newline is confirmed on the lines.
+        pattern, escape = like_pattern(needle)
+        chunk = table(
+            "log_chunk",
+            column("run_id"),
+            column("first_seq"),
+            column("last_seq"),
+            column("text", Text),
+            column("day"),
+        )
+        found = select(chunk.c.run_id).where(chunk.c.text.ilike(pattern, escape=escape))
+        if since is not None:
+            found = found.where(chunk.c.day >= day_of(since))
+        if until is not None:
+            found = found.where(chunk.c.day <= day_of(until))
+        if "\n" in needle:
+            found = found.where(
+                exists(
+                    select(1).where(
+                        LogLine.run_id == chunk.c.run_id,
+                        col(LogLine.seq).between(chunk.c.first_seq, chunk.c.last_seq),
+                        self._contains(col(LogLine.text), needle),
+                    )
+                )
+            )
+        return found.select_from(chunk).distinct()
 
     def count_lines(self, run_id: int, levels: Sequence[str] | None = None) -> tuple[int, int]:
         """How many stored lines of a run have one of the levels (all when None), and the top seq."""
         with self.session() as s:
-            top = s.exec(select(func.max(LogLine.seq)).where(LogLine.run_id == run_id)).one()
+            top = s.exec(select(func.max(LogLine.seq)).where(self._of_run(s, run_id))).one()
             if not levels:
                 return int(top or 0), int(top or 0)
             count = s.exec(
                 select(func.count())
                 .select_from(LogLine)
-                .where(LogLine.run_id == run_id, col(LogLine.level).in_(list(levels)))
+                .where(self._of_run(s, run_id), col(LogLine.level).in_(list(levels)))
             ).one()
             return int(count or 0), int(top or 0)
 
@@ -261,7 +294,7 @@ class LineQueries(Queries):
         the line just before `offset`, when the caller knows it) avoids counting from the start.
         """
         with self.session() as s:
-            q = select(LogLine).where(LogLine.run_id == run_id)
+            q = select(LogLine).where(self._of_run(s, run_id))
             if not levels:
                 q = q.where(LogLine.seq > offset, LogLine.seq <= offset + limit)
                 return list(s.exec(q.order_by(col(LogLine.seq))))
@@ -292,9 +325,11 @@ class LineQueries(Queries):
             found = None
             if self.is_sqlite:
                 found = self._search_by_index(s, run_id, needle, limit, levels)
+            else:
+                found = self._search_by_chunks(s, run_id, needle, limit, levels)
             if found is None:
                 q = select(LogLine.seq).where(
-                    LogLine.run_id == run_id, self._contains(col(LogLine.text), needle)
+                    self._of_run(s, run_id), self._contains(col(LogLine.text), needle)
                 )
                 if levels:
                     q = q.where(col(LogLine.level).in_(list(levels)))
@@ -323,7 +358,7 @@ class LineQueries(Queries):
             for name in names:
                 q = (
                     select(LogLine.seq)
-                    .where(LogLine.run_id == run_id, LogLine.level == name, LogLine.seq < last)
+                    .where(self._of_run(s, run_id), LogLine.level == name, LogLine.seq < last)
                     .order_by(col(LogLine.seq))
                 )
                 if most is not None:
@@ -413,12 +448,15 @@ class LineQueries(Queries):
     ) -> list[tuple[int, float, str, str, str]]:
         """(seq, ts, stream, level, text) of a run's lines after a seq: no ORM objects, for bulk reads."""
         with self.session() as s:
+            day = None if self.is_sqlite else self.line_day(s, run_id)
             rows = s.connection().execute(
                 text(
                     "SELECT seq, ts, stream, level, text FROM log_line "
-                    "WHERE run_id = :run AND seq > :after ORDER BY seq LIMIT :limit"
+                    "WHERE run_id = :run AND seq > :after"
+                    + ("" if day is None else " AND day = :day")
+                    + " ORDER BY seq LIMIT :limit"
                 ),
-                {"run": run_id, "after": after_seq, "limit": limit},
+                {"run": run_id, "after": after_seq, "limit": limit, "day": day},
             )
             return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 

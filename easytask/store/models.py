@@ -124,7 +124,7 @@ class Run(SQLModel, table=True):
     job_id: int = Field(foreign_key="job.id", index=True)
     task: str = ""
     host: str = Field(index=True)
-    connection: str = "agent"  # agent | ssh
+    connection: str = "agent"  # agent | ssh | local
     agent: str = ""
     command: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     state: str = Field(default=RunState.QUEUED)

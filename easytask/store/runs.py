@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import TYPE_CHECKING, Any
@@ -48,7 +48,14 @@ class RunQueries(Queries):
 
     if TYPE_CHECKING:
 
-        def _job_lines(self, conn: Any, job_id: int, after_id: int, limit: int) -> list[Any]: ...
+        def _job_lines(
+            self,
+            conn: Any,
+            job_id: int,
+            after_id: int,
+            limit: int,
+            hosts: Collection[str] | None = None,
+        ) -> list[Any]: ...
 
     def create_job(
         self, job: Job, runs: Sequence[Run], audit: AuditNote | None = None
@@ -116,30 +123,35 @@ class RunQueries(Queries):
             return s.get(Job, job_id)
 
     def job_stream_start(
-        self, job_id: int, runs: bool, limit: int
+        self, job_id: int, runs: bool, limit: int, hosts: Collection[str] | None = None
     ) -> tuple[list[Run], dict[int, str], list[Any], Job | None]:
         """What a job's event stream starts with: its runs (if `runs`), their hosts by run id,
         its first `limit` lines (rows as `read_job_lines` gives them), and the job as it is
-        after those lines were read; one connection, plain statements (a client waits)."""
+        after those lines were read; one connection, plain statements (a client waits). With
+        `hosts`, only the runs on those hosts and their lines."""
         with self.engine.connect() as conn:
             if runs:
                 with Session(conn) as s:
-                    snapshot = list(
-                        s.exec(select(Run).where(Run.job_id == job_id).order_by(col(Run.id)))
-                    )
-                hosts = {r.id or 0: r.host for r in snapshot}
+                    q = select(Run).where(Run.job_id == job_id)
+                    if hosts is not None:
+                        q = q.where(col(Run.host).in_(sorted(hosts)))
+                    snapshot = list(s.exec(q.order_by(col(Run.id))))
+                on = {r.id or 0: r.host for r in snapshot}
             else:
                 snapshot = []
                 rows = conn.execute(sql.RUN_HOSTS, {"job_id": job_id})
-                hosts = {row.id: row.host for row in rows}
-            lines = self._job_lines(conn, job_id, 0, limit) if limit else []
+                on = {row.id: row.host for row in rows if hosts is None or row.host in hosts}
+            lines = self._job_lines(conn, job_id, 0, limit, hosts) if limit else []
             found = conn.execute(sql.JOB_ROW, {"job_id": job_id}).first()
-            return snapshot, hosts, lines, Job(**found._mapping) if found else None
+            return snapshot, on, lines, Job(**found._mapping) if found else None
 
-    def job_runs(self, job_id: int) -> list[Run]:
-        """The runs of a job, in host order of submission."""
+    def job_runs(self, job_id: int, hosts: Collection[str] | None = None) -> list[Run]:
+        """The runs of a job, in host order of submission (only those on `hosts` if given)."""
         with self.session() as s:
-            return list(s.exec(select(Run).where(Run.job_id == job_id).order_by(col(Run.id))))
+            q = select(Run).where(Run.job_id == job_id)
+            if hosts is not None:
+                q = q.where(col(Run.host).in_(sorted(hosts)))
+            return list(s.exec(q.order_by(col(Run.id))))
 
     def get_run(self, run_id: int) -> Run | None:
         """One run."""

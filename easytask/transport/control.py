@@ -3,16 +3,21 @@
 `request` opens a session for one request and one reply (the hello, before an agent is
 admitted).  `ControlChannel` keeps one session open per link and sends many requests over it,
 each with an `id` its reply carries back, so status checks, acknowledgements and cancels cost one
-message each way instead of a channel open and close.
+message each way instead of a channel open and close. Once asked (`beats`), the agent also sends
+its heartbeats on that session: lines without an `id`, handed to `on_push`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import asyncssh
+
+log = logging.getLogger("easytask.server")
 
 SUBSYSTEM = "easytask"
 SESSION_OP = "session"  # the first line of a long-lived control session
@@ -62,6 +67,7 @@ class ControlChannel:
         self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._next_id = 0
         self._reader: asyncio.Task[None] | None = None
+        self.on_push: Callable[[dict[str, Any]], None] | None = None  # lines without an id
 
     async def request(self, op: str, timeout: float = 15.0, **args: Any) -> dict[str, Any]:
         """Send one request and wait for its reply."""
@@ -92,6 +98,9 @@ class ControlChannel:
             async for line in proc.stdout:
                 try:
                     reply = json.loads(line)
+                    if isinstance(reply, dict) and "id" not in reply:
+                        self._pushed(reply)
+                        continue
                     fut = self._waiting.get(int(reply.pop("id")))
                 except (ValueError, KeyError, TypeError):
                     continue
@@ -106,6 +115,14 @@ class ControlChannel:
             for fut in self._waiting.values():
                 if not fut.done():
                     fut.set_exception(ConnectionError("the agent's control session closed"))
+
+    def _pushed(self, message: dict[str, Any]) -> None:
+        if self.on_push is None:
+            return
+        try:
+            self.on_push(message)
+        except Exception:  # a bad message must not end the session
+            log.exception("a message the agent sent could not be handled")
 
     def close(self) -> None:
         if self._proc is not None:

@@ -115,11 +115,13 @@ async def start(
     on_data: DataCallback,
     env: Mapping[str, str] | None = None,
     stdin: bytes = b"",
+    term_modes: Mapping[int, int] | None = None,
 ) -> Execution:
     """Open a session running `command`; output chunks go to `on_data` as they arrive.
 
     `stdin`: bytes written to the command's stdin at once (sent with the request, no round
-    trip more); the channel stays open after them, as it does without."""
+    trip more); the channel stays open after them, as it does without. With `term_modes`, the
+    session gets a pseudo-terminal in those modes (its output is then all stdout)."""
     holder: list[_Session] = []
 
     def factory() -> _Session:
@@ -128,7 +130,10 @@ async def start(
         return session
 
     env_arg: dict[str | bytes, str | bytes] = {k: v for k, v in (env or {}).items()}
-    chan, _ = await conn.create_session(factory, command, env=env_arg, encoding=None)
+    pty: dict[str, Any] = {}
+    if term_modes is not None:
+        pty = {"term_type": "dumb", "term_modes": dict(term_modes), "request_pty": "force"}
+    chan, _ = await conn.create_session(factory, command, env=env_arg, encoding=None, **pty)
     if stdin:
         chan.write(stdin)
     return Execution(holder[0])

@@ -12,6 +12,7 @@ from easytask.errors import APIError
 from easytask.service import agents, bootstrap, hostmetrics
 from easytask.service.context import Services
 from easytask.service.planning import plan_pattern
+from easytask.service.reading import Reader
 from easytask.store.models import User
 from easytask.web.requests import ApiRequests, body, source
 
@@ -24,15 +25,18 @@ class AgentsApi:
         self.api = api
 
     async def list_agents(self, request: Request, user: User) -> Response:
-        """GET /api/agents: every agent with its state and facts."""
+        """GET /api/agents: every agent with its state and facts (of the hosts a scoped user
+        may read; agents that were refused only for users without a scope)."""
+        reader = await Reader.of(self.services, user)
         out = []
-        for view in await agents.list_agents(self.services):
+        for view in await reader.agents():
             row = view.row
             out.append(
                 {
                     "name": row.name,
                     "state": row.state,
                     "status": view.status,
+                    "busy": view.busy,
                     "fingerprint": row.fingerprint,
                     "address": row.address,
                     "server": row.server if row.connected else "",
@@ -48,7 +52,8 @@ class AgentsApi:
                     "since": row.state_since.isoformat() if row.state_since else None,
                 }
             )
-        return JSONResponse({"agents": out, "refused": self.services.registry.refused[-20:]})
+        refused = [] if reader.scoped else self.services.registry.refused[-20:]
+        return JSONResponse({"agents": out, "refused": refused})
 
     async def metrics(self, request: Request, user: User) -> Response:
         """GET /api/agents/{name}/metrics?since=&until=&resolution=: the agent's host samples

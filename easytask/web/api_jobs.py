@@ -17,6 +17,7 @@ from easytask.plan.become import BecomeRequest, check_user
 from easytask.scheduler.inflight import JobOptions
 from easytask.service import credentials, files, jobs
 from easytask.service.context import Services
+from easytask.service.reading import Reader
 from easytask.store.models import User
 from easytask.store.runs import CHANGED, IGNORED, RAN_AS
 from easytask.store.serialize import job_dict, run_dict
@@ -30,7 +31,7 @@ from easytask.web.requests import (
     positive,
     source,
 )
-from easytask.web.runfilter import RunQuery, find_runs
+from easytask.web.runfilter import RunQuery, find_jobs, find_runs, job_kind
 from easytask.web.sse import job_stream
 
 MAX_FORKS = 100_000
@@ -143,17 +144,32 @@ class JobsApi:
 
     async def fetched(self, request: Request, user: User) -> Response:
         """GET /api/runs/{id}/fetched: the file a fetch run brought back."""
-        path = files.fetched_file(self.services, int_param(request, "run_id"))
+        run = await (await Reader.of(self.services, user)).run(int_param(request, "run_id"))
+        path = files.fetched_file(self.services, run.id or 0)
         return FileResponse(path, filename=path.name)
+
+    async def list_jobs(self, request: Request, user: User) -> Response:
+        """GET /api/jobs: jobs newest first with the runs list's filters (since, until, status,
+        task, host, user, q) and `kind`; keyset pages by id (`before`/`after`, `limit`), so a
+        page stays the same while jobs are added. Each job counts its runs by state."""
+        no_nul(request)
+        query = RunQuery.from_params(request.query_params, default_limit=50, max_limit=500)
+        reader = await Reader.of(self.services, user)
+        page = await find_jobs(reader, query, job_kind(request.query_params))
+        counts = await reader.job_state_counts([j.id for j in page.rows if j.id is not None])
+        return JSONResponse(
+            {
+                "jobs": [{**job_dict(j), "runs": counts.get(j.id or 0, {})} for j in page.rows],
+                "next_before": page.older_before,
+                "prev_after": page.newer_after,
+            }
+        )
 
     async def get_job(self, request: Request, user: User) -> Response:
         """GET /api/jobs/{id}: the job and its runs."""
         job_id = int_param(request, "job_id")
         store = self.services.store
-        job = await store.call(store.get_job, job_id)
-        if job is None:
-            raise APIError(f"no job {job_id}", status=404)
-        runs = await store.call(store.job_runs, job_id)
+        job, runs = await (await Reader.of(self.services, user)).job(job_id)
         ran_as = await store.call(store.job_ran_as, job_id)
         marks = await store.call(store.job_run_marks, job_id)
         return JSONResponse(
@@ -180,16 +196,14 @@ class JobsApi:
     async def job_events(self, request: Request, user: User) -> Response:
         """GET /api/jobs/{id}/events: SSE of stored then live lines and state changes."""
         job_id = int_param(request, "job_id")
-        store = self.services.store
-        if not self.services.engine.running_here(job_id) and (
-            await store.call(store.get_job, job_id) is None
-        ):
-            raise APIError(f"no job {job_id}", status=404)
+        reader = await Reader.of(self.services, user)
+        if reader.scoped or not self.services.engine.running_here(job_id):
+            await reader.job(job_id)  # 404 for no job, or one of hosts outside the scope
         follow = request.query_params.get("follow", "1") != "0"
         lines = request.query_params.get("lines", "1") != "0"
         runs = request.query_params.get("runs", "1") != "0"
         return StreamingResponse(
-            job_stream(self.services, job_id, follow, lines, runs),
+            job_stream(reader, job_id, follow, lines, runs),
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
@@ -200,7 +214,7 @@ class JobsApi:
         """GET /api/runs: the console's filters (see runfilter), newest first, keyset pages."""
         no_nul(request)
         query = RunQuery.from_params(request.query_params, default_limit=100, max_limit=1000)
-        page = await find_runs(self.services, query)
+        page = await find_runs(await Reader.of(self.services, user), query)
         return JSONResponse(
             {
                 "runs": [{**run_dict(r), "submitted_by": by} for r, by in page.rows],
@@ -213,9 +227,7 @@ class JobsApi:
         """GET /api/runs/{id}: the run and its timeline."""
         run_id = int_param(request, "run_id")
         store = self.services.store
-        run = await store.call(store.get_run, run_id)
-        if run is None:
-            raise APIError(f"no run {run_id}", status=404)
+        run = await (await Reader.of(self.services, user)).run(run_id)
         events = await store.call(store.run_events, run_id)
         ran_as = next((e.detail for e in reversed(events) if e.kind == RAN_AS), "")
         kinds = {e.kind for e in events}
@@ -239,8 +251,7 @@ class JobsApi:
         run_id = int_param(request, "run_id")
         q = request.query_params
         store = self.services.store
-        if await store.call(store.get_run, run_id) is None:
-            raise APIError(f"no run {run_id}", status=404)
+        await (await Reader.of(self.services, user)).run(run_id)
         levels = [lv.strip().upper() for lv in (q.get("level") or "").split(",") if lv.strip()]
         bad = [lv for lv in levels if lv not in LEVELS]
         if bad:
@@ -281,6 +292,7 @@ class JobsApi:
         op = ROLES_OPERATE
         return [
             Route("/api/jobs", route(self.submit, op), methods=["POST"]),
+            Route("/api/jobs", route(self.list_jobs), methods=["GET"]),
             Route("/api/uploads", route(self.upload, op), methods=["POST"]),
             Route("/api/jobs/{job_id}", route(self.get_job)),
             Route("/api/jobs/{job_id}/events", route(self.job_events)),

@@ -28,7 +28,7 @@ MARK_TEXT = 200  # characters of a marked line sent with it
 LEAD = 30.0  # at most this many seconds are shown before the run's first attempt was queued
 MIN_LEAD = 2.0  # and at least this many; in between, a tenth of the run's span
 LINK_MARKS = {"agent.online": "reconnect", "agent.lost": "disconnect"}
-RunLookup = Callable[[Request], Awaitable[Run]]
+RunLookup = Callable[[Request, User], Awaitable[Run]]
 
 
 def event_mark(kind: str, detail: str) -> str:
@@ -109,7 +109,7 @@ class TimelineApi:
 
     async def timeline(self, request: Request, user: User) -> Response:
         """GET /api/runs/{id}/timeline: events, link changes, density and marks, in epoch seconds."""
-        run = await self.run_for(request)
+        run = await self.run_for(request, user)
         assert run.id is not None
         store = self.services.store
         await self.services.writer.flush()
@@ -166,7 +166,7 @@ class TimelineApi:
     async def seek(self, request: Request, user: User) -> Response:
         """GET /api/runs/{id}/seek?at=EPOCH[&level=..]: the first line printed at or after a
         moment (else the last one), its seq and its position in the level-filtered log."""
-        run = await self.run_for(request)
+        run = await self.run_for(request, user)
         assert run.id is not None
         raw = request.query_params.get("at") or ""
         try:

@@ -22,6 +22,7 @@ from easytask.web.console import Console, web_dir
 from easytask.web.console_hosts import HostPages
 from easytask.web.console_pages import ConsolePages
 from easytask.web.export import ExportApi
+from easytask.web.openapi import OpenApi
 from easytask.web.ops import OpsApi
 from easytask.web.requests import ApiRequests
 from easytask.web.runlog import RunLogApi
@@ -69,7 +70,7 @@ def routes(services: Services, auth: SessionAuth) -> list[BaseRoute]:
     root = web_dir()
     console = Console(auth, root)
     runlog = RunLogApi(services, api)
-    return [
+    listed: list[BaseRoute] = [
         *OpsApi(services, api).routes(),
         *AdminApi(services, api).routes(),
         *JobsApi(services, api).routes(),
@@ -85,6 +86,8 @@ def routes(services: Services, auth: SessionAuth) -> list[BaseRoute]:
         *HostPages(services, console).routes(),
         Mount("/static", StaticFiles(directory=root / "static"), name="static"),
     ]
+    listed[0:0] = OpenApi(api, listed).routes()  # the document lists itself too
+    return listed
 
 
 async def create_web_app(services: Services) -> Starlette:

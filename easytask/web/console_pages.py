@@ -20,6 +20,7 @@ from easytask.service import agents, jobs
 from easytask.service.context import Services
 from easytask.service.files import checksum_job, human_size
 from easytask.service.playbooks import playbook_listing
+from easytask.service.reading import Reader
 from easytask.store.models import RunState, User
 from easytask.store.runs import MARKS, RAN_AS
 from easytask.store.serialize import delivery_dict, job_warnings
@@ -27,6 +28,7 @@ from easytask.web.console import Console
 from easytask.web.errors import PageError, http_status
 from easytask.web.format import FAILED_STATES, job_row, playbook_row, run_row, shown_state
 from easytask.web.grouped import job_groups
+from easytask.web.matrix import PLAYBOOK_KINDS, job_section, matrix
 from easytask.web.requests import ROLES_OPERATE
 from easytask.web.runfilter import FILTERS, RunPage, RunQuery, find_runs
 
@@ -44,10 +46,10 @@ class ConsolePages:
 
     # -- data helpers -----------------------------------------------------------------------
 
-    async def agent_rows(self) -> list[dict[str, Any]]:
-        """Every agent with its live status, load and running count."""
+    async def agent_rows(self, user: User) -> list[dict[str, Any]]:
+        """Every agent the user may see with its live status, load and running count."""
         out = []
-        for view in await agents.list_agents(self.services):
+        for view in await (await Reader.of(self.services, user)).agents():
             row, facts = view.row, view.facts
             load = facts.get("load") or []
             out.append(
@@ -55,6 +57,7 @@ class ConsolePages:
                     "name": row.name,
                     "state": row.state,
                     "status": view.status,
+                    "busy": view.busy,
                     "address": row.address,
                     "version": row.version,
                     "last_seen": row.last_seen,
@@ -73,24 +76,23 @@ class ConsolePages:
     # -- pages ------------------------------------------------------------------------------
 
     async def dashboard(self, request: Request, user: User) -> Response:
-        """GET /: agents by state, jobs in flight, recent failures."""
-        store = self.services.store
-        agents = await self.agent_rows()
+        """GET /: agents by state, jobs in flight, recent failures (of the hosts the user may
+        read)."""
+        reader = await Reader.of(self.services, user)
+        agents = await self.agent_rows(user)
         counts = Counter(a["status"] for a in agents)
-        running = await store.call(
-            store.list_jobs, states=[RunState.QUEUED, RunState.RUNNING], limit=20
-        )
-        recent = await store.call(store.list_jobs, limit=10)
+        running = await reader.list_jobs(states=[RunState.QUEUED, RunState.RUNNING], limit=20)
+        recent = await reader.list_jobs(limit=10)
         ids = [j.id for j in running + recent if j.id is not None]
-        progress = await store.call(store.job_state_counts, ids)
-        failures = await store.call(store.find_runs, status=list(FAILED_STATES), limit=10)
+        progress = await reader.job_state_counts(ids)
+        failures = await reader.find_runs(status=list(FAILED_STATES), limit=10)
         return self.console.render(
             request,
             user,
             "dashboard.html",
             section="dashboard",
             agent_counts={
-                k: counts.get(k, 0) for k in ("online", "unreachable", "pending", "revoked")
+                k: counts.get(k, 0) for k in ("online", "busy", "unreachable", "pending", "revoked")
             },
             agents_total=len(agents),
             running=[job_row(j, progress) for j in running],
@@ -106,7 +108,7 @@ class ConsolePages:
         page = RunPage([], None, None)
         try:
             query = RunQuery.from_params(q, default_limit=50, max_limit=500)
-            page = await find_runs(self.services, query)
+            page = await find_runs(await Reader.of(self.services, user), query)
         except APIError as exc:
             error = str(exc)
             query = RunQuery(
@@ -141,17 +143,16 @@ class ConsolePages:
         """GET /runs/{id}: details, timeline and the log viewer."""
         run_id = self.console.int_param(request, "run_id")
         store = self.services.store
-        run = await store.call(store.get_run, run_id)
-        if run is None:
-            raise PageError(f"no run {run_id}", status=404)
+        reader = await Reader.of(self.services, user)
+        run = await reader.run(run_id)
         job = await store.call(store.get_job, run.job_id)
         events = await store.call(store.run_events, run_id)
-        siblings = await store.call(store.job_runs, run.job_id)
+        siblings = await reader.job_runs(run.job_id)
         return self.console.render(
             request,
             user,
             "run.html",
-            section="runs",
+            section=job_section(job),
             run=run_row(run, job.submitted_by if job else ""),
             job=job,
             events=events,
@@ -163,13 +164,10 @@ class ConsolePages:
         )
 
     async def job_page(self, request: Request, user: User) -> Response:
-        """GET /jobs/{id}: the per-host status grid, live."""
+        """GET /jobs/{id}: the per-host status grid, live; a playbook's as tasks x hosts."""
         job_id = self.console.int_param(request, "job_id")
         store = self.services.store
-        job = await store.call(store.get_job, job_id)
-        if job is None:
-            raise PageError(f"no job {job_id}", status=404)
-        runs = await store.call(store.job_runs, job_id)
+        job, runs = await (await Reader.of(self.services, user)).job(job_id)
         marks = await store.call(store.job_run_marks, job_id)
         grouped = None
         if request.query_params.get("view") == "grouped":
@@ -185,14 +183,19 @@ class ConsolePages:
             "job.html",
             deliveries=deliveries,
             delivery_details=details,
-            section="adhoc",
+            section=job_section(job),
+            matrix=matrix(job, runs) if job.kind in PLAYBOOK_KINDS else None,
             grouped=grouped,
             job=job,
             warnings=job_warnings(job),
             job_state=shown_state(job.state, Counter(r.state for r in runs)),
             runs=[{**run_row(r), "marks": sorted(marks.get(r.id or 0, ()))} for r in runs],
             final=job.state in RunState.FINAL,
-            again="/adhoc?" + urlencode({"pattern": job.pattern, "command": job.command}),
+            again=(
+                "/playbooks"  # a playbook runs again from its page, with its file
+                if job.kind in PLAYBOOK_KINDS
+                else "/adhoc?" + urlencode({"pattern": job.pattern, "command": job.command})
+            ),
         )
 
     def _adhoc(self, request: Request, user: User, status: int = 200, **fields: str) -> Response:
@@ -289,15 +292,17 @@ class ConsolePages:
         return RedirectResponse(f"/jobs/{job.id}", status_code=303)
 
     async def agents_page(self, request: Request, user: User) -> Response:
-        """GET /agents: every agent; accept and revoke for admins."""
-        agents = await self.agent_rows()
+        """GET /agents: every agent (a scoped user: of the scope); accept and revoke for admins."""
+        agents = await self.agent_rows(user)
+        scoped = (await Reader.of(self.services, user)).scoped
+        refused = [] if scoped else self.services.registry.refused
         return self.console.render(
             request,
             user,
             "agents.html",
             section="agents",
             agents=agents,
-            refused=list(reversed(self.services.registry.refused[-20:])),
+            refused=list(reversed(refused[-20:])),
             now=time.time(),
         )
 
@@ -309,7 +314,7 @@ class ConsolePages:
         action = request.path_params["action"]
         if action not in (*agents.ACTIONS, *agents.LABEL_ACTIONS, "delete"):
             raise PageError("unknown action", status=404)
-        row = next((a for a in await self.agent_rows() if a["name"] == name), None)
+        row = next((a for a in await self.agent_rows(user) if a["name"] == name), None)
         if row is None:
             raise PageError(f"no agent {name!r}", status=404)
         group = ""

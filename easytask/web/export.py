@@ -12,6 +12,7 @@ from easytask import exports
 from easytask.errors import APIError
 from easytask.service.context import Services
 from easytask.service.export import Exporter
+from easytask.service.reading import Reader
 from easytask.store.models import RunState, User
 from easytask.web.requests import ApiRequests, no_nul, source
 from easytask.web.runfilter import parse_time
@@ -62,11 +63,14 @@ class ExportApi:
             raise APIError(f"format must be one of {', '.join(exports.FORMATS)}")
         logs = request.query_params.get("logs", "0") in ("1", "true", "yes", "on")
         filters = self.filters(request)
+        reader = await Reader.of(self.exporter.services, user)
+        if reader.scoped:  # the record says the export holds only the runs of the scope
+            filters["shown"]["scope"] = user.scope
         where = source(request)
         manifest = await self.exporter.start(user.name, where, fmt, logs, filters["shown"])
         name = f"easytask-export-{manifest['export']}.{fmt}"
         return StreamingResponse(
-            self.exporter.stream(user.name, where, filters["query"], fmt, logs, manifest),
+            self.exporter.stream(reader, where, filters["query"], fmt, logs, manifest),
             media_type="text/csv; charset=utf-8" if fmt == "csv" else "application/x-ndjson",
             headers={
                 # the file name is ours: nothing from the request reaches a header

@@ -8,15 +8,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from easytask.errors import APIError
 from easytask.scheduler.metrics import Snapshot
 from easytask.service.context import Services
 from easytask.service.hostmetrics import latest_samples
+from easytask.service.reading import Reader
 from easytask.store.models import RunState, User
 from easytask.store.serialize import delivery_dict
 from easytask.web.requests import ApiRequests, int_param
 
-AGENT_STATUSES = ("online", "unreachable", "pending", "revoked")
+AGENT_STATUSES = ("online", "busy", "unreachable", "pending", "revoked")
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -55,17 +55,20 @@ class OpsApi:
         return await self.api.route(self._metrics_for_user)(request)
 
     async def _metrics_for_user(self, request: Request, user: User) -> Response:
-        return await self._metrics(request)
+        return await self._metrics(request, await Reader.of(self.services, user))
 
-    async def _metrics(self, request: Request) -> Response:
-        """Prometheus text exposition."""
+    async def _metrics(self, request: Request, reader: Reader | None = None) -> Response:
+        """Prometheus text exposition (run counts of the hosts a user's token may read)."""
         server = self.services
         registry = server.registry
         agents: dict[str, int] = {}
         for info in registry.agents.values():
             status = registry.status(info)
             agents[status] = agents.get(status, 0) + 1
-        runs = await server.store.call(server.store.run_state_counts)
+        if reader is None:  # the metrics token: the whole server
+            runs = await server.store.call(server.store.run_state_counts)
+        else:
+            runs = await reader.run_state_counts()
         snap = Snapshot(
             agents=agents,
             runs=runs,
@@ -81,8 +84,7 @@ class OpsApi:
         its details for admins only."""
         job_id = int_param(request, "job_id")
         store = self.services.store
-        if await store.call(store.get_job, job_id) is None:
-            raise APIError(f"no job {job_id}", status=404)
+        await (await Reader.of(self.services, user)).job(job_id)
         rows = await store.call(store.deliveries, job_id)
         details = user.role == "admin"
         return JSONResponse({"deliveries": [delivery_dict(r, details=details) for r in rows]})

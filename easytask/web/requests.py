@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -172,6 +173,7 @@ class ApiRequests:
     def route(self, handler: UserHandler, roles: tuple[str, ...] | None = None) -> Handler:
         """Wrap a handler with authentication, an optional role check and error mapping."""
 
+        @functools.wraps(handler)
         async def wrapped(request: Request) -> Response:
             try:
                 no_nul(request)
@@ -187,4 +189,5 @@ class ApiRequests:
                 log.exception("API error on %s %s", request.method, request.url.path)
                 return json_error(500, INTERNAL)
 
+        wrapped.roles = roles  # type: ignore[attr-defined]  # for the OpenAPI document
         return wrapped

@@ -10,8 +10,8 @@ from starlette.datastructures import QueryParams
 
 from easytask.durations import parse_duration
 from easytask.errors import APIError
-from easytask.service.context import Services
-from easytask.store.models import Run, RunState
+from easytask.service.reading import Reader
+from easytask.store.models import Job, Run, RunState
 from easytask.web.requests import MAX_ID, id_number
 
 # The filters that narrow the list (kept in every page link), in the order forms show them.
@@ -128,13 +128,13 @@ class RunPage:
     older_before: int | None  # pass as `before` for the page of older runs; None: nothing older
 
 
-async def find_runs(services: Services, query: RunQuery) -> RunPage:
-    """The page of runs a query asks for (output searched after pending lines are stored)."""
-    store = services.store
+async def find_runs(reader: Reader, query: RunQuery) -> RunPage:
+    """The page of runs a query asks for, of those the reader may see (output searched after
+    pending lines are stored)."""
     args = query.store_args()
     if args["text"]:
-        await services.writer.flush()
-    rows = await store.call(store.find_runs, **args)
+        await reader.services.writer.flush()
+    rows = await reader.find_runs(**args)
     more = len(rows) > query.limit
     if more:
         rows = rows[1:] if query.after is not None else rows[: query.limit]
@@ -146,4 +146,47 @@ async def find_runs(services: Services, query: RunQuery) -> RunPage:
         rows,
         newer_after=rows[0][0].id if has_newer else None,
         older_before=rows[-1][0].id if has_older else None,
+    )
+
+
+JOB_KINDS = ("adhoc", "playbook", "schedule")
+
+
+@dataclass
+class JobPage:
+    """A page of jobs (newest first) and the cursors next to it, as `RunPage`."""
+
+    rows: list[Job]
+    newer_after: int | None
+    older_before: int | None
+
+
+def job_kind(params: QueryParams) -> str | None:
+    """The `kind` filter of the jobs list (adhoc, playbook or schedule), checked."""
+    kind = (params.get("kind") or "").strip()
+    if kind and kind not in JOB_KINDS:
+        raise APIError(f"unknown kind {kind!r}; use one of {', '.join(JOB_KINDS)}")
+    return kind or None
+
+
+async def find_jobs(reader: Reader, query: RunQuery, kind: str | None = None) -> JobPage:
+    """The page of jobs a query asks for, of those with a run the reader may see: the runs
+    list's filters (`status` is the job's state; `task` its name, command or playbook, or a
+    task of it; `host` and `q` a run of it), newest first, keyset pages by id."""
+    args = query.store_args()
+    del args["job_id"]
+    if args["text"]:
+        await reader.services.writer.flush()
+    rows = await reader.find_jobs(**args, kind=kind)
+    more = len(rows) > query.limit
+    if more:
+        rows = rows[1:] if query.after is not None else rows[: query.limit]
+    if not rows:
+        return JobPage(rows, None, None)
+    has_newer = more if query.after is not None else query.before is not None
+    has_older = more if query.after is None else True
+    return JobPage(
+        rows,
+        newer_after=rows[0].id if has_newer else None,
+        older_before=rows[-1].id if has_older else None,
     )

@@ -12,6 +12,7 @@ from starlette.routing import Route
 from easytask.errors import APIError
 from easytask.loglines import LEVELS, SYSTEM
 from easytask.service.context import Services
+from easytask.service.reading import Reader
 from easytask.store.models import LogLine, Run, User
 from easytask.web import sse
 from easytask.web.requests import MAX_ID, ApiRequests, int_param
@@ -67,21 +68,18 @@ class RunLogApi:
         self.services = services
         self.api = api
 
-    async def run_for(self, request: Request) -> Run:
+    async def run_for(self, request: Request, user: User) -> Run:
         """The run a request names, read as every run endpoint reads it (404 if none)."""
-        return await self._run(request)
+        return await self._run(request, user)
 
-    async def _run(self, request: Request) -> Run:
-        run_id = int_param(request, "run_id")
-        store = self.services.store
-        run = await store.call(store.get_run, run_id)
-        if run is None:
-            raise APIError(f"no run {run_id}", status=404)
-        return run
+    async def _run(self, request: Request, user: User) -> Run:
+        """The run of the path, if the user may read it (404 otherwise)."""
+        reader = await Reader.of(self.services, user)
+        return await reader.run(int_param(request, "run_id"))
 
     async def events(self, request: Request, user: User) -> Response:
         """GET /api/runs/{id}/events: SSE of lines after `Last-Event-ID`/`after`, states, `end`."""
-        run = await self._run(request)
+        run = await self._run(request, user)
         assert run.id is not None
         follow = request.query_params.get("follow", "1") != "0"
         return sse.response(
@@ -90,7 +88,7 @@ class RunLogApi:
 
     async def lines(self, request: Request, user: User) -> Response:
         """GET /api/runs/{id}/lines: lines at positions offset.. of the level-filtered log."""
-        run = await self._run(request)
+        run = await self._run(request, user)
         assert run.id is not None
         levels = parse_levels(request.query_params.get("level"))
         offset = _int(request, "offset", 0)
@@ -120,7 +118,7 @@ class RunLogApi:
 
         q is literal text (no wildcards, no query syntax), matched ignoring case.
         """
-        run = await self._run(request)
+        run = await self._run(request, user)
         assert run.id is not None
         needle = request.query_params.get("q") or ""
         if not needle.strip():
@@ -147,7 +145,7 @@ class RunLogApi:
 
     async def raw(self, request: Request, user: User) -> Response:
         """GET /api/runs/{id}/raw: the run's output as text/plain, streamed."""
-        run = await self._run(request)
+        run = await self._run(request, user)
         assert run.id is not None
         system = request.query_params.get("system", "0") != "0"
         await self.services.writer.flush()

@@ -12,6 +12,7 @@ from starlette.responses import StreamingResponse
 from easytask.errors import APIError
 from easytask.scheduler import events
 from easytask.service.context import Services
+from easytask.service.reading import Reader
 from easytask.store.models import RunState
 from easytask.store.serialize import run_dict
 from easytask.web.requests import MAX_ID
@@ -156,10 +157,12 @@ async def run_stream(
 
 
 async def job_stream(
-    services: Services, job_id: int, follow: bool, lines: bool = True, runs: bool = True
+    reader: Reader, job_id: int, follow: bool, lines: bool = True, runs: bool = True
 ) -> AsyncIterator[str]:
     """Stored then live events of a job: run states (unless not `runs`: a client that
-    only prints lines and waits for the end), lines (unless not `lines`), and its end."""
+    only prints lines and waits for the end), lines (unless not `lines`), and its end; only
+    of the runs on hosts the reader may see."""
+    services = reader.services
     store = services.store
     # jobstate: carries a job's events except its lines (a status grid gets no line flood)
     sub = services.hub.subscribe(f"job:{job_id}" if lines else f"jobstate:{job_id}")
@@ -167,8 +170,8 @@ async def job_stream(
     try:
         await services.writer.flush()
         # runs (or their hosts), the first lines and the job, in one trip to the database
-        snapshot, hosts, rows, job = await store.call(
-            store.job_stream_start, job_id, runs, 5000 if lines else 0
+        snapshot, hosts, rows, job = await reader.job_stream_start(
+            job_id, runs, 5000 if lines else 0
         )
         for run in snapshot:
             yield job_event(events.run_row(run_dict(run)))
@@ -178,7 +181,7 @@ async def job_stream(
                 yield job_event(job_line(row, hosts.get(row.run_id, "")))
             if len(rows) < 5000:
                 break
-            rows = await store.call(store.read_job_lines, job_id, rows[-1].id or 0, 5000)
+            rows = await reader.job_lines(job_id, rows[-1].id or 0, 5000)
             if len(rows) < 5000:  # the job's state, read after its last line
                 job = await store.call(store.get_job, job_id)
         if job is None or job.state in RunState.FINAL or not follow:
@@ -192,7 +195,7 @@ async def job_stream(
                 if not lines:
                     # State events may have been dropped with the lines: resend every state.
                     sub.reset()
-                    for run in await store.call(store.job_runs, job_id):
+                    for run in await reader.job_runs(job_id):
                         yield job_event(events.run_row(run_dict(run)))
                     job = await store.call(store.get_job, job_id)
                     if job is not None and job.state in RunState.FINAL:
@@ -213,7 +216,9 @@ async def job_stream(
             # everything already waiting goes out in one write
             chunk: list[str] = []
             while event is not None:
-                if event["t"] == "line":
+                if "host" in event and not reader.sees(event["host"] or ""):
+                    pass  # of a run on a host outside the reader's scope
+                elif event["t"] == "line":
                     if lines and event["seq"] > last.get(event["run"], 0):
                         last[event["run"]] = event["seq"]
                         chunk.append(job_event(event))

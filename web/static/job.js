@@ -1,4 +1,5 @@
-/* Ad hoc job page: the per-host status grid, kept live from /api/jobs/{id}/events. */
+/* Job page: the status grid (and a playbook's tasks x hosts matrix), kept live from
+   /api/jobs/{id}/events. */
 (function () {
   "use strict";
   const ET = window.EasyTask;
@@ -7,53 +8,102 @@
     const grid = document.getElementById("status-grid");
     if (!grid) return;
     const jobId = grid.dataset.job;
-    const rows = new Map();
+    const unit = grid.dataset.unit || "host";
+    const matrix = document.getElementById("matrix");
+    const rows = new Map(); // run id -> {els: [row or cell entry], state, started}
+
+    function track(id, el) {
+      let r = rows.get(id);
+      if (!r) {
+        r = { els: [], state: el.querySelector(".st").textContent.trim(), started: ET.parseUtc(el.dataset.started) };
+        rows.set(id, r);
+      }
+      r.els.push(el);
+      return r;
+    }
     grid.querySelectorAll("tbody tr").forEach(function (tr) {
-      rows.set(String(tr.dataset.run), {
-        tr: tr,
-        state: tr.querySelector(".st").textContent.trim(),
-        started: ET.parseUtc(tr.dataset.started),
-      });
+      track(String(tr.dataset.run), tr);
     });
+    if (matrix) {
+      matrix.querySelectorAll("a.entry").forEach(function (a) {
+        track(String(a.dataset.run), a);
+      });
+    }
     const summary = document.getElementById("job-summary");
     const kill = document.getElementById("kill-job");
     ET.armKill(kill);
 
     function showSummary() {
       const counts = {};
+      let shown = 0;
       rows.forEach(function (r) {
+        if (!r.els.some(function (el) { return el.tagName === "TR"; })) return;
+        shown += 1;
         counts[r.state] = (counts[r.state] || 0) + 1;
       });
       const parts = Object.keys(counts).sort().map(function (k) {
         return counts[k] + " " + k;
       });
-      summary.textContent = rows.size + " host(s): " + parts.join(", ");
+      summary.textContent = shown + " " + unit + "(s): " + parts.join(", ");
+    }
+
+    /* A run the page does not know yet (a retry's next attempt): its matrix cell follows it. */
+    function adopt(id) {
+      if (!matrix) return;
+      ET.api("GET", "/api/runs/" + encodeURIComponent(id)).then(function (data) {
+        const run = data.run;
+        let cell = null;
+        matrix.querySelectorAll("td.cell").forEach(function (td) {
+          if (td.dataset.task === run.task && td.dataset.host === run.host) cell = td;
+        });
+        const entry = cell && cell.querySelector("a.entry");
+        if (!entry || rows.has(id)) return;
+        const old = rows.get(String(entry.dataset.run));
+        if (old) old.els = old.els.filter(function (el) { return el !== entry; });
+        entry.dataset.run = id;
+        entry.href = "/runs/" + id;
+        entry.dataset.started = "";
+        entry.querySelector(".attempt").textContent = run.attempt > 1 ? "×" + run.attempt : "";
+        entry.querySelector(".dur").textContent = "";
+        const r = track(id, entry);
+        r.started = null;
+        update(run);
+      }).catch(function () { /* the next event tries again */ });
     }
 
     function update(ev) {
       const id = String(ev.run !== undefined ? ev.run : ev.id);
       const r = rows.get(id);
-      if (!r) return;
+      if (!r) {
+        adopt(id);
+        return;
+      }
       r.state = ev.state;
-      r.tr.dataset.state = ev.state;
-      ET.setState(r.tr.querySelector(".st"), ev.state);
       if (ev.state === "running" && !r.started) r.started = Date.now();
+      r.els.forEach(function (el) {
+        el.dataset.state = ev.state;
+        ET.setState(el.querySelector(".st"), ev.state);
+        const exit = el.querySelector(".exit");
+        if (exit && ev.exit_code !== undefined && ev.exit_code !== null) exit.textContent = ev.exit_code;
+        const reason = el.querySelector(".reason");
+        if (reason && ev.reason) reason.textContent = ev.reason;
+        if (ET.FINAL.indexOf(ev.state) >= 0) {
+          let seconds = ev.duration;
+          if ((seconds === undefined || seconds === null) && r.started) seconds = (Date.now() - r.started) / 1000;
+          el.querySelector(".dur").textContent = ET.fmtDuration(seconds);
+        }
+      });
       const jobState = document.getElementById("job-state");
       if (ev.state !== "queued" && jobState && jobState.textContent.trim() === "queued") ET.setState(jobState, "running");
-      if (ev.exit_code !== undefined && ev.exit_code !== null) r.tr.querySelector(".exit").textContent = ev.exit_code;
-      if (ev.reason) r.tr.querySelector(".reason").textContent = ev.reason;
-      if (ET.FINAL.indexOf(ev.state) >= 0) {
-        let seconds = ev.duration;
-        if ((seconds === undefined || seconds === null) && r.started) seconds = (Date.now() - r.started) / 1000;
-        r.tr.querySelector(".dur").textContent = ET.fmtDuration(seconds);
-      }
       showSummary();
     }
 
     function tick() {
       rows.forEach(function (r) {
         if (r.state === "running" && r.started) {
-          r.tr.querySelector(".dur").textContent = ET.fmtDuration((Date.now() - r.started) / 1000);
+          r.els.forEach(function (el) {
+            el.querySelector(".dur").textContent = ET.fmtDuration((Date.now() - r.started) / 1000);
+          });
         }
       });
     }

@@ -1,0 +1,113 @@
+"""Heartbeats and busy agents: the registry's half that judges each agent's headroom.
+
+After admitting an agent the registry asks it for heartbeats (`_watch`); each one updates its
+facts and is judged against the tighter of its own and the inventory's limits (`_rejudge`).
+Only a change between busy and not busy is logged, stored, audited and published.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+from easytask.headroom import Limits, rank
+from easytask.scheduler.agentinfo import AgentInfo, busy_note
+from easytask.scheduler.hello import BadHello, check_beat
+from easytask.store.db import Store
+from easytask.store.models import utcnow
+from easytask.transport.agentlink import AgentLink
+
+log = logging.getLogger("easytask.server")
+
+
+class Heartbeats:
+    """Heartbeats, limits and the choice among agents (mixed into `AgentRegistry`)."""
+
+    agents: dict[str, AgentInfo]
+    store: Store
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        raise NotImplementedError
+
+    def _publish(self, name: str) -> None:
+        raise NotImplementedError
+
+    async def _notify(self) -> None:
+        raise NotImplementedError
+
+    def _watch(self, link: AgentLink) -> None:
+        """Ask the agent for heartbeats on its control session; each one is judged."""
+        link.control.on_push = lambda message: self._beat(link, message)
+        self._spawn(self._subscribe(link))
+
+    async def _subscribe(self, link: AgentLink) -> None:
+        try:
+            first = await link.request("beats")
+        except Exception as exc:  # an older agent: its hello's figures stay
+            log.info("agent %s sends no heartbeats: %s", link.name, exc or type(exc).__name__)
+            return
+        self._beat(link, first)
+
+    def _beat(self, link: AgentLink, message: dict[str, Any]) -> None:
+        """A heartbeat: the agent's load, memory and free slots now."""
+        info = self.agents.get(link.name or "")
+        if info is None or info.link is not link or "beat" not in message:
+            return
+        try:
+            fields = check_beat(message["beat"])
+        except BadHello as exc:
+            log.warning("agent %s: heartbeat ignored: %s", info.name, exc)
+            return
+        info.facts.update(fields)
+        info.last_seen = time.monotonic()
+        self._rejudge(info)
+
+    def set_limits(self, limits: dict[str, Limits]) -> None:
+        """The server's limits per agent (from the inventory); an agent not named has none."""
+        for name, info in self.agents.items():
+            new = limits.get(name, Limits())
+            if new != info.limits:
+                info.limits = new
+                self._rejudge(info)
+
+    def _rejudge(self, info: AgentInfo) -> None:
+        """Judge a connected agent again; a change is logged, stored, audited and published."""
+        if not info.online:
+            return
+        busy = info.judge()
+        was, info.busy = info.busy, busy
+        info.facts["busy"] = busy
+        if bool(busy) == bool(was):  # the reason's figures change with every heartbeat
+            return
+        if busy:
+            log.warning("agent %s is busy: %s (it gets no new work)", info.name, busy)
+        else:
+            log.info("agent %s is no longer busy (was: %s)", info.name, was)
+        addr = info.link.addr if info.link is not None else ""
+        note = busy_note(info.name, addr, busy, was)
+        # stored with its audit event; its status (busy or online) holds since now
+        facts = json.dumps(info.facts)
+        since = utcnow()
+        self._spawn(
+            self.store.call(
+                self.store.update_agent, info.name, note, facts=facts, state_since=since
+            )
+        )
+        self._publish(info.name)
+        if not busy:
+            self._spawn(self._notify())  # runs waiting for it take it now
+
+    def least_busy(self, candidates: Sequence[str]) -> str:
+        """The online agent, not busy, with the most headroom (`easytask.headroom.rank`: free
+        slots, then load per CPU, then available memory; ties in the order given); the first
+        candidate when none is online and free of work limits (its run then waits for it)."""
+        ready = []
+        for name in candidates:
+            info = self.agents.get(name)
+            if info is not None and info.online and not info.busy:
+                ready.append((name, info.headroom))
+        ranked = rank(ready)
+        return ranked[0] if ranked else candidates[0]
