@@ -49,6 +49,10 @@ def test_samples_arrive_and_read_back_as_columns(
         "/api/agents/mx1/metrics", since="2001-01-01T00:00:00Z", until="2001-01-01T01:00:00Z"
     )
     assert old["t"] == [] and old["cpu"] == []
+    # a range from after the newest sample into the future holds no sample from before it
+    last = data["t"][-1] + 0.001
+    later = server.get("/api/agents/mx1/metrics", since=last, until=last + 600)
+    assert all(t >= last for t in later["t"]), (last, later["t"])
     text = server.http.get("/metrics").text
     assert 'easytask_agent_cpu_percent{agent="mx1"}' in text
     assert 'easytask_agent_memory_available_bytes{agent="mx1"}' in text
@@ -76,6 +80,14 @@ def test_bad_requests_are_refused_with_the_reason(
     assert resp.status_code == 404 and "nobody" in resp.json()["error"]
     # an agent that samples nothing has nothing stored, and says so by empty columns
     assert server.get("/api/agents/mx2/metrics")["t"] == []
+    # the agents page's batch: a bad span is refused naming it; an empty agent has empty lists
+    for minutes in ("0", "1441", "an hour", "1.5"):
+        resp = server.http.get(f"/api/agents/metrics/recent?minutes={minutes}")
+        assert resp.status_code == 400, minutes
+        assert resp.json()["error"].startswith("minutes:"), resp.json()
+    recent = server.get("/api/agents/metrics/recent")
+    assert recent["minutes"] == 60
+    assert recent["agents"] == {"mx2": {"t": [], "cpu": []}}
 
 
 @pytest.mark.chaos
@@ -129,6 +141,21 @@ def test_old_samples_roll_up_into_minutes_and_prune_with_retention(
     assert minutes["resolution"] == "minute" and minutes["t"]
     assert all(t % 60 == 0 for t in minutes["t"])
     assert all(0 <= v <= 100 for v in minutes["cpu"] if v is not None)
+
+    # the agents page's batch reads the same minutes, then the newest raw sample
+    def recent_cpu() -> dict[str, list[float]] | None:
+        found = server.get("/api/agents/metrics/recent", minutes=60)["agents"]["mx4"]
+        return found if found["t"] and found["t"][-1] % 60 != 0 else None
+
+    recent = wait_until(recent_cpu, timeout=20, what="the newest raw sample in the batch")
+    assert recent["t"][-1] > time.time() - 10
+    assert all(t % 60 == 0 for t in recent["t"][:-1]) and recent["t"] == sorted(recent["t"])
+    settled = {  # minutes no sample can join any more
+        t: v for t, v in zip(minutes["t"], minutes["cpu"], strict=True) if t + 75 < time.time()
+    }
+    by_minute = dict(zip(recent["t"][:-1], recent["cpu"][:-1], strict=True))
+    for t, v in settled.items():
+        assert by_minute[t] == pytest.approx(v), (t, by_minute, settled)
     dry = server.post("/api/prune", {"dry_run": True, "retention": "1s"})
     assert dry["metric_minutes"] >= 1
     done = server.post("/api/prune", {"retention": "1s"})
@@ -164,6 +191,13 @@ def test_a_scoped_user_reads_only_agents_in_scope(
     refused = otto.get("/api/agents/mxdb/metrics")
     assert refused.status_code == 403
     assert refused.json()["error"] == "agent 'mxdb' is outside your scope 'web'"
+    # the agents page's batch leaves the agent outside the scope out; an admin sees both
+    wait_until(lambda: stored(server, "mxdb"), timeout=30, what="mxdb's samples stored")
+    recent = otto.get("/api/agents/metrics/recent")
+    assert recent.status_code == 200 and list(recent.json()["agents"]) == ["mxweb"]
+    assert recent.json()["agents"]["mxweb"]["t"]
+    both = server.get("/api/agents/metrics/recent")["agents"]
+    assert sorted(both) == ["mxdb", "mxweb"] and all(both[a]["cpu"] for a in both)
     otto.close()
 
 

@@ -10,6 +10,7 @@ from easytask.errors import APIError
 from easytask.hostsample import FIELDS, columns
 from easytask.scheduler.hello import stored_facts
 from easytask.service.context import Services
+from easytask.service.reading import Reader
 from easytask.service.scope import outside_scope
 from easytask.store.models import User
 
@@ -76,8 +77,9 @@ async def agent_metrics(
         raw = await store.call(store.host_samples, name, start, end)
         cut = raw[0][0] if raw else end
         minutes = await store.call(store.host_minutes, name, start, cut)
-        # the minutes wholly before the first raw sample, at their start (count left out)
-        rows = [(m[0], *m[2:]) for m in minutes if m[0] + 60 <= cut] + raw
+        # the minutes wholly in the range before its first raw sample, at their start (count
+        # left out): a minute begun before `since` holds samples from before it
+        rows = [(m[0], *m[2:]) for m in minutes if m[0] >= start and m[0] + 60 <= cut] + raw
         shown = "raw" if len(rows) == len(raw) else "mixed"
     else:
         minutes = await store.call(store.host_minutes, name, start, end)
@@ -99,3 +101,35 @@ async def latest_samples(services: Services) -> dict[str, dict[str, Any]]:
     store = services.store
     found = await store.call(store.latest_host_samples, time.time() - LATEST_AGE)
     return {name: dict(zip(("t", *FIELDS), row, strict=True)) for name, row in found.items()}
+
+
+RECENT_MINUTES = (1, 1440)  # the range of `minutes` GET /api/agents/metrics/recent accepts
+
+
+async def recent_cpu(services: Services, user: User, minutes: str | None) -> dict[str, Any]:
+    """Every agent's CPU over the last `minutes` (default 60) for the agents page's sparklines,
+    in one answer: a point per minute (its average) then the newest sample. Agents outside the
+    user may not read are left out, as they are from the agents list (one `Reader`)."""
+    low, high = RECENT_MINUTES
+    try:
+        span = int(minutes) if minutes not in (None, "") else 60
+    except ValueError:
+        span = 0
+    if not low <= span <= high:
+        raise APIError(f"minutes: a whole number from {low} to {high}, got {minutes!r}")
+    now = time.time()
+    since = now - span * 60.0
+    store = services.store
+    reader = await Reader.of(services, user)
+    names = [view.row.name for view in await reader.agents()]
+    by_minute = await store.call(store.recent_host_cpu, since)
+    latest = await store.call(store.latest_host_samples, since)
+    cpu_at = 1 + FIELDS.index("cpu")
+    agents: dict[str, dict[str, list[Any]]] = {}
+    for name in names:
+        points = [(max(t, since), cpu) for t, cpu in by_minute.get(name, [])]
+        newest = latest.get(name)
+        if newest is not None and (not points or float(newest[0]) > points[-1][0]):
+            points.append((float(newest[0]), newest[cpu_at]))
+        agents[name] = {"t": [p[0] for p in points], "cpu": [p[1] for p in points]}
+    return {"minutes": span, "since": _iso(since), "until": _iso(now), "agents": agents}

@@ -128,6 +128,37 @@ class MetricQueries(Queries):
             have[1] = total
         return [tuple(merged[t]) for t in sorted(merged)]
 
+    def recent_host_cpu(self, since: float) -> dict[str, list[tuple[float, float | None]]]:
+        """Every agent's CPU from `since` on, one point per minute (its average, at the
+        minute's start) from the rollups and the raw samples not rolled up yet, by name then
+        time; an agent without a sample since then is left out."""
+        start = since - since % 60
+        minute = _minute(self.is_sqlite)
+        rolled = (
+            "SELECT agent, t, n, cpu_avg FROM hostmetric_rollup WHERE t >= :start ORDER BY agent, t"
+        )
+        raw = (
+            f"SELECT agent, {minute} AS minute, count(*), avg(cpu) FROM hostmetric "
+            "WHERE t >= :start GROUP BY agent, minute"
+        )
+        merged: dict[str, dict[float, tuple[int, float | None]]] = {}
+        with self.engine.connect() as conn:
+            rows = [tuple(r) for r in conn.execute(text(rolled), {"start": start})]
+            rows += [tuple(r) for r in conn.execute(text(raw), {"start": start})]
+        for agent, t, n, cpu in rows:
+            minutes = merged.setdefault(str(agent), {})
+            t, n = float(t), int(n)
+            have = minutes.get(t)
+            if have is None or have[1] is None:
+                minutes[t] = (n if have is None else have[0] + n, cpu)
+            elif cpu is not None:
+                total = have[0] + n
+                minutes[t] = (total, (have[1] * have[0] + float(cpu) * n) / total)
+        return {
+            agent: [(t, minutes[t][1]) for t in sorted(minutes)]
+            for agent, minutes in sorted(merged.items())
+        }
+
     def latest_host_samples(self, since: float) -> dict[str, tuple[Any, ...]]:
         """Each known agent's newest sample taken from `since` on: name -> (t, *FIELDS)."""
         sql = (

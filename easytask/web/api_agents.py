@@ -69,6 +69,14 @@ class AgentsApi:
         )
         return JSONResponse(data)
 
+    async def recent_metrics(self, request: Request, user: User) -> Response:
+        """GET /api/agents/metrics/recent?minutes=60: every agent's CPU over the last minutes,
+        a point per minute and the newest sample, for the agents page's sparklines."""
+        data = await hostmetrics.recent_cpu(
+            self.services, user, request.query_params.get("minutes")
+        )
+        return JSONResponse(data)
+
     async def set_agent_state(self, request: Request, user: User) -> Response:
         """POST /api/agents/{name}/accept|revoke|delete|approve|withdraw; all but delete take
         an optional `fingerprint` (409 if the agent holds another key); approve and withdraw
@@ -156,6 +164,7 @@ class AgentsApi:
             Route("/api/agents/tokens", route(self.enroll_token, admin), methods=["POST"]),
             Route("/api/agents/bootstrap", route(self.start_bootstrap, admin), methods=["POST"]),
             Route("/api/agents/bootstrap/{id}", route(self.get_bootstrap, admin)),
+            Route("/api/agents/metrics/recent", route(self.recent_metrics)),
             Route("/api/agents/{name}/metrics", route(self.metrics)),
             Route(
                 "/api/agents/{name}/{action}", route(self.set_agent_state, admin), methods=["POST"]

@@ -3,9 +3,10 @@ real agent: a retry and a kill as marks at their times, click-to-log, live updat
 
 from __future__ import annotations
 
-import json
-import math
 import re
+import shlex
+import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,34 @@ from tests.support import wait_until as _wait_until
 from tests.test_timeline import job_runs, story_book
 
 pytestmark = pytest.mark.browser
+
+FAST = ("--metrics-interval", "1", "--metrics-active-interval", "0.5")
+MIB = 1 << 20
+HELD = 800  # MiB the hot run holds (host memory moves by a few hundred MiB on a busy machine)
+ROSE = 400  # MiB above the agent's baseline that count as the rise
+# A run that holds HELD MiB and keeps one CPU busy for 6 s, saying so in its output.
+HOT = f"""
+import time
+print("hot: started", flush=True)
+time.sleep(2)
+held = b"x" * ({HELD} << 20)
+print("MARK holding {HELD} MiB", flush=True)
+end = time.time() + 6
+tick = time.time()
+while time.time() < end:
+    if time.time() >= tick:
+        print("hot: holding, burning a CPU", flush=True)
+        tick += 0.5
+del held
+print("hot: released", flush=True)
+time.sleep(2)
+"""
+# what the chart holds: its series' labels and how many points each has
+SERIES = """() => {
+  const u = window.easytaskTimeline.plot;
+  return u.series.map((s, i) => [s.label || '', s.show !== false,
+    i ? u.data[i].filter((v) => v !== null && v !== undefined).length : u.data[0].length]);
+}"""
 
 # every event mark on the chart: [mark, kind, attempt, at, its centre x, where the chart puts at]
 MARKS = """() => {
@@ -57,7 +86,16 @@ def csp_watch(console: Console) -> list[str]:
 def story(tmp_path: Path, start_server: ServerFactory, start_agent: AgentFactory) -> ServerHandle:
     inventory = write(tmp_path / "inv" / "hosts.ini", "[story]\nstory1\n")
     server = start_server(inventory)
-    start_agent(server, "story1")
+    start_agent(server, "story1", "--metrics-interval", "0")  # no host metrics
+    return server
+
+
+@pytest.fixture
+def sampled(tmp_path: Path, start_server: ServerFactory, start_agent: AgentFactory) -> ServerHandle:
+    """A server and one agent sampling its host every second, twice a second while it runs."""
+    inventory = write(tmp_path / "inv" / "hosts.ini", "[hot]\nhot1\n")
+    server = start_server(inventory)
+    start_agent(server, "hot1", *FAST)
     return server
 
 
@@ -189,83 +227,159 @@ def test_host_page_and_sparklines_without_metrics(
     assert not violations, violations
 
 
-def fake_metrics(start: float, end: float, steady_from: float, cpus: int = 2) -> dict[str, Any]:
-    """Samples every second in the columnar form GET /api/agents/{name}/metrics answers with:
-    busy and varying before `steady_from`, steady from then on."""
-    t = [float(s) for s in range(int(start), int(end) + 1)]
-    gib = 1 << 30
+def metrics(server: ServerHandle, agent: str, since: float, until: float) -> dict[str, Any]:
+    """The agent's samples in [since, until] from the real endpoint (epoch seconds)."""
+    return dict(server.get(f"/api/agents/{agent}/metrics", since=since, until=until))
 
-    def wave(low: float, high: float) -> list[float]:
-        return [
-            high if s >= steady_from else low + (high - low) * (1 + math.sin(s / 1800)) / 2
-            for s in t
-        ]
 
-    n = len(t)
-    return {
-        "agent": "story1",
-        "cpus": cpus,
-        "t": t,
-        "cpu": wave(5.0, 42.0),
-        "iowait": wave(0.0, 3.0),
-        "load1": wave(0.2, 3.5),
-        "load5": wave(0.2, 2.0),
-        "load15": wave(0.2, 1.0),
-        "mem_used": wave(0.5 * gib, 1.5 * gib),
-        "mem_available": [2.0 * gib] * n,
-        "swap_used": wave(0.0, 64.0 * (1 << 20)),
-        "disk_root_pct": wave(60.0, 95.0),
-        "disk_work_pct": [40.0] * n,
-        "net_rx": [0.0] * n,
-        "net_tx": [0.0] * n,
-        "procs": [100] * n,
-    }
+def fmt_bytes(n: float) -> str:
+    """As the console's charts.js writes bytes."""
+    units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    i = 0
+    while abs(n) >= 1024 and i < len(units) - 1:
+        n /= 1024
+        i += 1
+    return f"{n:.1f} {units[i]}" if i else f"{round(n)} {units[i]}"
+
+
+def stood_out(data: dict[str, Any]) -> str:
+    """What the summary says stood out over these samples, as charts.js decides it."""
+    notes = []
+    swap = [v for v in data["swap_used"] if v is not None]
+    if swap and max(swap) > 0:
+        notes.append(f"swap in use (peak {fmt_bytes(max(swap))})")
+    for name, label in (("disk_root_pct", "/"), ("disk_work_pct", "the working directory")):
+        pct = [v for v in data[name] if v is not None]
+        if pct and max(pct) > 90:
+            notes.append(f"disk of {label} over 90 % ({max(pct):.0f} %)")
+    load = [v for v in data["load1"] if v is not None]
+    cpus = data["cpus"] or 0
+    if cpus > 0 and load and max(load) > cpus:
+        notes.append(f"load over the CPUs (peak {max(load):.2f} on {cpus})")
+    return "; ".join(notes) or "nothing"
 
 
 @pytest.mark.timeout(300)
-def test_metrics_drawn_and_summarised_once_the_endpoint_answers(
-    story: ServerHandle, browser: Any, consoles: list[Console]
+def test_a_hot_run_shows_its_rise_on_the_chart_aligned_with_its_output(
+    sampled: ServerHandle, browser: Any, consoles: list[Console]
 ) -> None:
-    """The host metrics endpoint is served by the metrics side of the server; here the browser
-    is answered in its documented columnar form, to check that the run chart draws CPU, memory
-    and load, that the summary says peak memory, average CPU and what stood out, and that the
-    host page and the sparkline draw them."""
-    server = story
-    job = server.submit("story1", "for i in $(seq 1 20); do echo tick $i; sleep 0.05; done")
-    server.wait_job(job["job"]["id"])
+    """A run holding 800 MiB and burning a CPU on an agent that samples its host: the samples
+    around the line it prints when it holds the memory are higher than the agent's baseline
+    before the run, the moment of the peak seeks to the lines printed while held, and in
+    Chromium the chart draws CPU, memory and load from the real endpoint, the summary reads
+    those samples, the host page draws its 24 h charts and the agents page its sparkline from
+    one request."""
+    server = sampled
+    wait_until(
+        lambda: len(server.get("/api/agents/hot1/metrics")["t"]) >= 6,
+        timeout=60,
+        what="a baseline of samples before the run",
+    )
+    job = server.submit("hot1", f"{sys.executable} -c {shlex.quote(HOT)}")
+    done = server.wait_job(job["job"]["id"], timeout=120)
     run_id = job["runs"][0]["id"]
+    assert done["runs"][0]["state"] == "success", done
+    lines = server.log_lines(run_id)
+    marker = next(ln for ln in lines if ln["text"].startswith("MARK holding"))
+    released = next(ln for ln in lines if ln["text"] == "hot: released")
     data = server.get(f"/api/runs/{run_id}/timeline")
-    now = time.time()
-    samples = fake_metrics(now - 6 * 3600, now + 60, data["start"] - 60)
-    asked: list[str] = []
+    assert data["final"] and data["agent"] == "hot1"
+    start, end = data["start"], data["end"]
+    since, until = start - data["lead"], end + max(2.0, (end - start) * 0.03)  # the chart's range
+    wait_until(
+        lambda: metrics(server, "hot1", until, time.time() + 60)["t"],
+        timeout=60,
+        what="the samples of the chart's whole range stored",
+    )
 
-    def answer(route: Any) -> None:
-        asked.append(route.request.url)
-        route.fulfill(status=200, content_type="application/json", body=json.dumps(samples))
+    # the data: memory up by most of what the run held, from its marker line to its release
+    base = metrics(server, "hot1", start - 60, start)
+    assert len(base["t"]) >= 3, base["t"]
+    base_mem = statistics.median(base["mem_used"])
+    base_cpu = statistics.mean(base["cpu"])
+    window = metrics(server, "hot1", since, until)
+    points = list(zip(window["t"], window["mem_used"], window["cpu"], strict=True))
+    held = [p for p in points if marker["ts"] + 0.6 <= p[0] <= released["ts"] - 0.1]
+    before = [p for p in points if start <= p[0] <= marker["ts"] - 1.0]
+    assert len(held) >= 4 and before, (marker["ts"], released["ts"], window["t"])
+    assert statistics.median(p[1] for p in held) > base_mem + ROSE * MIB, (base_mem, held)
+    assert min(p[1] for p in before) < base_mem + ROSE * MIB, (base_mem, before)
+    # CPU: higher than before the run, unless the host was busy already (a loaded machine)
+    held_cpu = statistics.mean(p[2] for p in held)
+    assert held_cpu > base_cpu or held_cpu >= 90, (base_cpu, held)
+    # the moment memory peaked is when the run printed that it held it
+    peak_at = max(points, key=lambda p: p[1])[0]
+    found = server.get(f"/api/runs/{run_id}/seek", at=peak_at)
+    assert marker["seq"] <= found["seq"] <= released["seq"], (peak_at, found, marker, released)
 
+    # the page: the chart draws CPU, memory and load from those samples
     one = Console(browser, server)
     consoles.append(one)
+    violations = csp_watch(one)
     page = one.page
-    page.route(re.compile(r"/api/agents/story1/metrics\?"), answer)
     page.goto(f"/runs/{run_id}")
+    page.locator("#timeline[data-final='1'] .tl-plot .uplot canvas").wait_for()
     page.get_by_test_id("peak-mem").wait_for()
-    assert "since=" in asked[0] and "until=" in asked[0]
+    shown = page.evaluate("() => window.easytaskTimeline.metrics")
+    # the page asked for the same range (to the millisecond): the same samples
+    assert len(shown["t"]) >= len(window["t"]) - 1
+    assert set(shown["t"]) <= set(window["t"])
+    drawn = {label: (visible, n) for label, visible, n in page.evaluate(SERIES)}
+    for label in ("CPU %", "memory %", "load"):
+        assert drawn[label] == (True, len(shown["t"])), drawn
+    assert drawn["lines/s"][1] >= 1
     legend = page.locator("#timeline .u-legend").inner_text()
     for label in ("lines/s", "CPU %", "memory %", "load"):
         assert label in legend
-    stood = page.get_by_test_id("stood-out").inner_text()
-    assert "swap in use (peak 64.0 MiB)" in stood
-    assert "disk of / over 90 % (95 %)" in stood
-    assert "load over the CPUs (peak 3.50 on 2)" in stood
-    assert page.get_by_test_id("peak-mem").inner_text() == "1.5 GiB"
-    assert page.get_by_test_id("avg-cpu").inner_text() == "42.0 %"
+    assert "no host metrics" not in page.get_by_test_id("timeline-status").inner_text()
+    # the summary reads them: peak memory (while held), average CPU, what stood out
+    assert page.get_by_test_id("peak-mem").inner_text() == fmt_bytes(max(window["mem_used"]))
+    cpu = [v for v in shown["cpu"] if v is not None]
+    assert page.get_by_test_id("avg-cpu").inner_text() == f"{sum(cpu) / len(cpu):.1f} %"
+    assert page.get_by_test_id("stood-out").inner_text() == stood_out(shown)
+    # memory on the chart is higher at the marker's moment than at the run's start
+    mem_at = page.evaluate(
+        """(ats) => {
+          const u = window.easytaskTimeline.plot;
+          const i = u.series.findIndex((s) => s.label === 'memory %');
+          return ats.map((at) => {
+            let best = null;
+            u.data[0].forEach((t, j) => {
+              if (u.data[i][j] != null && (best === null || Math.abs(t - at) < Math.abs(u.data[0][best] - at))) best = j;
+            });
+            return u.valToPos(u.data[i][best], '%');
+          });
+        }""",
+        [held[len(held) // 2][0], before[0][0]],
+    )
+    assert mem_at[0] < mem_at[1]  # higher up on screen
     page.evaluate("document.getElementById('timeline').closest('section').scrollIntoView()")
     screenshot(page, "run-timeline-metrics")
 
-    page.goto("/agents/story1")
+    # the host page: 24 h charts from the endpoint (resolution auto: minutes over 24 h)
+    with page.expect_response(re.compile(r"/api/agents/hot1/metrics\?")) as answer:
+        page.goto("/agents/hot1")
+    asked = answer.value
+    assert "resolution=auto" in asked.url and asked.ok
+    host = asked.json()
+    assert host["resolution"] == "minute" and host["t"], host
     page.locator("#host-charts .chart canvas").first.wait_for()
     assert page.locator("#host-charts .chart").count() == 3
     assert page.get_by_test_id("host-metrics-status").is_hidden()
+    assert page.get_by_test_id("agent-status").inner_text() == "online"
+    assert "hostname" in page.get_by_test_id("facts").inner_text()
+    page.locator(f"tr[data-run='{run_id}'] .state-success").wait_for()
+    assert page.locator("[data-testid=link-history] tr[data-action='agent.online']").count() >= 1
     screenshot(page, "host-metrics")
-    page.goto("/agents")
-    page.locator("tr[data-agent=story1] .spark canvas").wait_for()
+
+    # the agents page: every sparkline from one request
+    asked_urls: list[str] = []
+    page.on("request", lambda req: asked_urls.append(req.url) if "/metrics" in req.url else None)
+    with page.expect_response(re.compile(r"/api/agents/metrics/recent\?minutes=60")) as answer:
+        page.goto("/agents")
+    recent = answer.value.json()["agents"]["hot1"]
+    spark = page.locator("tr[data-agent=hot1] .spark")
+    page.locator("tr[data-agent=hot1] .spark canvas").wait_for()
+    assert spark.get_attribute("data-points") == str(len(recent["t"]))
+    assert len(asked_urls) == 1, asked_urls
+    assert not violations, violations

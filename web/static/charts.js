@@ -38,10 +38,10 @@
 
   /* The host's samples between two moments, or null when there are none (404: nothing sampled;
    * 404 or 405: a server without host metrics; or no point in the range). */
-  async function fetchMetrics(agent, since, until) {
+  async function fetchMetrics(agent, since, until, resolution) {
     const url =
       "/api/agents/" + encodeURIComponent(agent) + "/metrics?since=" + encodeURIComponent(iso(since)) +
-      "&until=" + encodeURIComponent(iso(until));
+      "&until=" + encodeURIComponent(iso(until)) + "&resolution=" + encodeURIComponent(resolution || "auto");
     let data;
     try {
       data = await ET.api("GET", url);
@@ -177,7 +177,7 @@
     const status = el.querySelector(".chart-empty");
     let data;
     try {
-      data = await fetchMetrics(agent, since, until);
+      data = await fetchMetrics(agent, since, until, "auto");
     } catch (err) {
       status.textContent = err.message;
       return;
@@ -204,17 +204,8 @@
   }
 
   /* A small CPU line for the last hour, or a dash while the agent has no metrics. */
-  async function sparkline(el) {
-    const until = Date.now() / 1000;
-    const since = until - 3600;
-    let data = null;
-    try {
-      data = await fetchMetrics(el.dataset.agent, since, until);
-    } catch (err) {
-      data = null;
-    }
-    const cpu = data && series(data, "cpu");
-    if (!cpu) {
+  function sparkline(el, points, since, until) {
+    if (!points || !points.t.length) {
       el.textContent = "—";
       el.title = "no host metrics yet";
       el.dataset.empty = "1";
@@ -222,6 +213,8 @@
     }
     el.textContent = "";
     el.title = "CPU % over the last hour";
+    el.dataset.empty = "0";
+    el.dataset.points = String(points.t.length);
     new uPlot(
       {
         width: 120,
@@ -233,11 +226,26 @@
         legend: { show: false },
         scales: { x: { time: true, min: since, max: until }, y: { range: [0, 100] } },
         axes: [{ show: false }, { show: false }],
-        series: [{}, { stroke: COLORS.cpu, width: 1 }],
+        series: [{}, { stroke: COLORS.cpu, width: 1, points: { show: points.t.length < 3, size: 3 } }],
       },
-      [data.t, cpu],
+      [points.t, points.cpu],
       el
     );
+  }
+
+  /* Every sparkline of the page from one request (GET /api/agents/metrics/recent). */
+  async function sparklines(els) {
+    if (!els.length) return;
+    let data = null;
+    try {
+      data = await ET.api("GET", "/api/agents/metrics/recent?minutes=60");
+    } catch (err) {
+      data = null;
+    }
+    const agents = (data && data.agents) || {};
+    const until = Date.now() / 1000;
+    const since = until - 3600;
+    els.forEach((el) => sparkline(el, agents[el.dataset.agent], since, until));
   }
 
   window.EasyTaskCharts = {
@@ -255,6 +263,6 @@
   document.addEventListener("DOMContentLoaded", function () {
     const host = document.getElementById("host-charts");
     if (host) hostCharts(host);
-    document.querySelectorAll(".spark[data-agent]").forEach((el) => sparkline(el));
+    sparklines(Array.from(document.querySelectorAll(".spark[data-agent]")));
   });
 })();
