@@ -177,6 +177,10 @@ def test_scoped_viewer_sees_no_other_group_in_streams_exports_and_pages(
     for path in (f"/jobs/{ids['db']}", f"/runs/{ids['db_run']}", f"/runs/{ids['db_only_run']}"):
         page = console.http.get(path)
         assert page.status_code == 404 and SECRET not in page.text, path
+    # an agent's page outside the scope is not found; inside it, its recent runs are in scope
+    assert console.http.get("/agents/db1").status_code == 404
+    agent_page = console.http.get("/agents/web1")
+    assert agent_page.status_code == 200 and "db1" not in agent_page.text
     console.close()
     una = Browserless(fleet)  # the same pages show every host to a user without a scope
     assert una.login("una", "una-pass-12").status_code == 303

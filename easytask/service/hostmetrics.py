@@ -11,7 +11,6 @@ from easytask.hostsample import FIELDS, columns
 from easytask.scheduler.hello import stored_facts
 from easytask.service.context import Services
 from easytask.service.reading import Reader
-from easytask.service.scope import outside_scope
 from easytask.store.models import User
 
 RESOLUTIONS = ("auto", "raw", "minute")
@@ -64,10 +63,8 @@ async def agent_metrics(
         raise APIError(f"since: at most {int(MAX_SPAN // 86400)} days before until")
     store = services.store
     row = await store.call(store.get_agent, name)
-    if row is None:
-        raise APIError(f"no agent {name!r}", status=404)
-    if await outside_scope(services, user, [name]):
-        raise APIError(f"agent {name!r} is outside your scope {user.scope!r}", status=403)
+    if row is None or not (await Reader.of(services, user)).sees(name):
+        raise APIError(f"no agent {name!r}", status=404)  # outside the scope: not found either
     info = services.registry.agents.get(name)
     facts = info.facts if info is not None and info.facts else stored_facts(row.facts)
     if resolution == "auto":

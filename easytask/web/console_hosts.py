@@ -11,8 +11,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from easytask.service import agents
 from easytask.service.context import Services
+from easytask.service.reading import Reader
 from easytask.store.models import AuditEvent, User, as_utc, utcnow
 from easytask.web.console import Console
 from easytask.web.errors import PageError
@@ -70,13 +70,14 @@ class HostPages:
     async def host_page(self, request: Request, user: User) -> Response:
         """GET /agents/{name}: facts, recent runs and outcomes, link history, 24 h charts."""
         name = request.path_params["name"]
-        view = next(
-            (v for v in await agents.list_agents(self.services) if v.row.name == name), None
-        )
-        if view is None:
+        reader = await Reader.of(self.services, user)
+        view = next((v for v in await reader.agents() if v.row.name == name), None)
+        if view is None:  # outside the user's scope: not found either
             raise PageError(f"no agent {name!r}", status=404)
         store = self.services.store
-        runs = await store.call(store.agent_runs, name, RECENT_RUNS)
+        runs = [
+            r for r in await store.call(store.agent_runs, name, RECENT_RUNS) if reader.sees(r.host)
+        ]
         since = utcnow() - timedelta(days=30)
         links = await store.call(store.agent_link_events, name, since, LINK_HISTORY)
         load = view.facts.get("load") or []
