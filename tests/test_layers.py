@@ -26,6 +26,7 @@ PURE = [
     "vault",
     "grouping",
     "hostsample",
+    "jobtemplate",
 ]
 IO_LIBS = {
     "asyncssh",

@@ -16,6 +16,7 @@ from easytask.web.api_agents import AgentsApi
 from easytask.web.api_credentials import CredentialsApi
 from easytask.web.api_jobs import JobsApi
 from easytask.web.api_playbooks import PlaybooksApi
+from easytask.web.api_templates import TemplatesApi
 from easytask.web.api_timeline import TimelineApi
 from easytask.web.auth import SessionAuth, ensure_admin_password
 from easytask.web.console import Console, web_dir
@@ -79,6 +80,7 @@ def routes(services: Services, auth: SessionAuth) -> list[BaseRoute]:
         *TimelineApi(services, api, runlog.run_for).routes(),
         *UsersApi(services, api, auth).routes(),
         *CredentialsApi(services, api).routes(),
+        *TemplatesApi(services, api).routes(),
         *ExportApi(services, api).routes(),
         *console.routes(),
         *ConsolePages(services, console).routes(),
