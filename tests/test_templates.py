@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import AgentFactory, ServerFactory, write
-from tests.support import ServerHandle, db_execute
+from tests.support import ServerHandle, db_execute, wait_until
 
 ECHO = {
     "name": "echo-path",
@@ -272,4 +272,138 @@ def test_launch_quotes_parameters_and_checks_who_may(
     assert _lines(server, played.json()["job"]) == ["env is a b"]
     assert value not in json.dumps(server.get("/api/audit"))
     for c in (operator, viewer, vera, scoped):
+        c.close()
+
+
+GUARDED = {
+    "name": "guarded",
+    "command": "echo deploying {{ params.env | quote }}",
+    "pattern": "web",
+    "params": [{"name": "env", "type": "choice", "choices": ["staging", "prod"], "required": True}],
+    "launch": {"roles": ["operator"]},
+    "approval": "required",
+    "approvers": {"users": ["carol"]},
+}
+
+
+def test_approval_by_a_second_user(
+    start_server: ServerFactory, start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    """A launch of a template with `approval: required` (or reaching a host of the server's
+    `approval_hosts`) waits as a job `awaiting approval` with no runs; the requester may not
+    approve it, nor a user without the approver right (403, audited); an approver's approval
+    starts it as the requester's job and names the approver; a rejection needs a comment and
+    runs nothing; one decision wins (409 for the next); a launch left waiting expires; the
+    server's webhook hears every step, and every step is in the audit log."""
+    from tests.test_notify import Receiver
+
+    receiver = Receiver()
+    inventory = write(tmp_path / "inv.ini", "[web]\ntp1\n[db]\ntp2\n")
+    server = start_server(
+        inventory,
+        "--notify-url",
+        receiver.url,
+        "--approval-expiry",
+        "8s",
+        "--approval-hosts",
+        "db",
+    )
+    start_agent(server, "tp1")
+    assert server.http.post("/api/templates", json=GUARDED).status_code == 201
+    opal = _client(server, "opal", "operator")
+    carol = _client(server, "carol", "viewer")
+    dave = _client(server, "dave", "operator")
+
+    asked = opal.post("/api/templates/guarded/launch", json={"params": {"env": "prod"}})
+    assert asked.status_code == 202, asked.text
+    job_id = asked.json()["job"]["id"]
+    assert asked.json()["runs"] == [] and asked.json()["job"]["state"] == "awaiting approval"
+    assert server.get(f"/api/jobs/{job_id}")["runs"] == []
+    waiting = carol.get("/api/approvals").json()["approvals"]
+    assert [(a["job"], a["requested_by"], a["may_decide"]) for a in waiting] == [
+        (job_id, "opal", True)
+    ]
+    assert opal.get("/api/approvals").json()["approvals"][0]["may_decide"] is False
+
+    own = opal.post(f"/api/jobs/{job_id}/approve", json={"comment": "me"})
+    assert own.status_code == 403 and "requester may not approve" in own.json()["error"]
+    other = dave.post(f"/api/jobs/{job_id}/approve", json={})
+    assert other.status_code == 403 and "approver right" in other.json()["error"]
+    assert server.get(f"/api/jobs/{job_id}")["job"]["state"] == "awaiting approval"
+
+    approved = carol.post(f"/api/jobs/{job_id}/approve", json={"comment": "go ahead"})
+    assert approved.status_code == 200, approved.text
+    decision = approved.json()
+    assert decision["state"] == "approved" and decision["decided_by"] == "carol"
+    launched = server.wait_job(decision["launched_job"])
+    assert launched["job"]["submitted_by"] == "opal"
+    assert [ln["text"] for ln in server.log_lines(launched["runs"][0]["id"])] == ["deploying prod"]
+    assert server.get(f"/api/jobs/{job_id}")["job"]["state"] == "approved"
+    twice = carol.post(f"/api/jobs/{job_id}/approve", json={})
+    assert twice.status_code == 409 and "no longer awaiting approval" in twice.json()["error"]
+    submit = next(e for e in _audit(server, "job.submit") if e["detail"].get("template"))  # type: ignore[union-attr]
+    assert submit["actor"] == "opal"
+    assert submit["detail"]["template"]["approved_by"] == "carol"  # type: ignore[index]
+
+    second = opal.post("/api/templates/guarded/launch", json={"params": {"env": "staging"}})
+    second_id = second.json()["job"]["id"]
+    no_comment = carol.post(f"/api/jobs/{second_id}/reject", json={})
+    assert no_comment.status_code == 400 and "comment is required" in no_comment.json()["error"]
+    listed = server.cli("approvals", "list")
+    assert (
+        listed.returncode == 0
+        and str(second_id) in listed.stdout
+        and "env=staging" in listed.stdout
+    )
+    rejected = server.cli("reject", str(second_id), "-m", "not today")
+    assert rejected.returncode == 0 and f"job {second_id}: rejected" in rejected.stdout
+    after = server.get(f"/api/jobs/{second_id}")
+    assert after["job"]["state"] == "rejected" and after["runs"] == []
+    assert server.get(f"/api/jobs/{second_id}/approval")["comment"] == "not today"
+
+    plain = {**ECHO, "name": "anywhere", "pattern": "all"}
+    assert server.http.post("/api/templates", json=plain).status_code == 201
+    ruled = opal.post("/api/templates/anywhere/launch", json={"params": {"path": "p"}})
+    assert ruled.status_code == 202, ruled.text  # tp2 is in approval_hosts: waits too
+    ruled_id = ruled.json()["job"]["id"]
+    expired = wait_until(
+        lambda: server.get(f"/api/jobs/{ruled_id}/approval")["state"] == "expired",
+        timeout=60,
+        what="the waiting launch to expire",
+    )
+    assert expired
+    late = carol.post(f"/api/jobs/{ruled_id}/approve", json={})
+    assert late.status_code in (403, 409)
+    assert server.get(f"/api/jobs/{ruled_id}")["job"]["state"] == "expired"
+
+    actions = [e["action"] for e in server.get("/api/audit")["events"]]
+    for action in (
+        "approval.request",
+        "approval.approve.refused",
+        "approval.approve",
+        "approval.reject",
+        "approval.expire",
+    ):
+        assert action in actions, action
+    events = wait_until(
+        lambda: (
+            (
+                seen := [
+                    h.get("X-EasyTask-Event") or h.get("x-easytask-event")
+                    for h, _ in receiver.requests
+                ]
+            )
+            and {"approval.requested", "approval.approved", "approval.rejected", "approval.expired"}
+            <= set(seen)
+            and seen
+        ),
+        timeout=30,
+        what="the approval webhooks",
+    )
+    assert events.count("approval.requested") == 3
+    bodies = [json.loads(b) for _, b in receiver.requests]
+    approved_body = next(b for b in bodies if b["event"] == "approval.approved")
+    assert approved_body["job"] == job_id and approved_body["decided_by"] == "carol"
+    receiver.close()
+    for c in (opal, carol, dave):
         c.close()
