@@ -85,6 +85,15 @@ def approval_dict(row: JobApproval) -> dict[str, Any]:
     }
 
 
+def job_template(job: Job) -> dict[str, Any] | None:
+    """The template a job was launched from (name, values, who approved), if it was."""
+    try:
+        about = json.loads(job.vars or "{}").get("template")
+    except (ValueError, AttributeError):
+        return None
+    return about if isinstance(about, dict) else None
+
+
 def _invalid(exc: TemplateInvalid) -> APIError:
     return APIError(exc.message)
 

@@ -20,6 +20,7 @@ from easytask.service import agents, jobs
 from easytask.service.context import Services
 from easytask.service.files import checksum_job, human_size
 from easytask.service.playbooks import playbook_listing
+from easytask.service.templates import approval_dict, job_template
 from easytask.store.models import RunState, User
 from easytask.store.runs import MARKS, RAN_AS
 from easytask.store.serialize import delivery_dict, job_warnings
@@ -175,6 +176,7 @@ class ConsolePages:
         if request.query_params.get("view") == "grouped":
             await self.services.writer.flush()
             grouped = await store.call(job_groups, store, runs)
+        approval = await store.call(store.get_approval, job_id)
         details = user.role == "admin"  # delivery errors tell which addresses answer
         deliveries = [
             delivery_dict(d, details=details) for d in await store.call(store.deliveries, job_id)
@@ -193,6 +195,8 @@ class ConsolePages:
             runs=[{**run_row(r), "marks": sorted(marks.get(r.id or 0, ()))} for r in runs],
             final=job.state in RunState.FINAL,
             again="/adhoc?" + urlencode({"pattern": job.pattern, "command": job.command}),
+            approval=approval_dict(approval) if approval is not None else None,
+            launched_from=job_template(job),
         )
 
     def _adhoc(self, request: Request, user: User, status: int = 200, **fields: str) -> Response:
