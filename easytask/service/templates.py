@@ -32,6 +32,7 @@ from easytask.jobtemplate import (
     may_approve,
     may_launch,
 )
+from easytask.scheduler.events import job_state as job_state_event
 from easytask.scheduler.inflight import JobOptions
 from easytask.service import jobs
 from easytask.service.context import Services
@@ -336,6 +337,13 @@ async def request_approval(
     return Launch(job, [], approval)
 
 
+def _tell_viewers(services: Services, job_id: int, state: str) -> None:
+    """A decided job's new state, to those following it (its page, `--follow`)."""
+    services.engine.recorder.publish(
+        job_state_event(job_id, state), (f"job:{job_id}", f"jobstate:{job_id}")
+    )
+
+
 async def _waiting(services: Services, job_id: int) -> tuple[JobApproval, Job]:
     store = services.store
     approval = await store.call(store.get_approval, job_id)
@@ -413,6 +421,7 @@ async def approve(
     )
     if decided is None:
         raise APIError(f"job {job_id} is no longer awaiting approval", status=409)
+    _tell_viewers(services, job_id, RunState.APPROVED)
     if hook is not None:
         await hook("approval.approved", job, decided)
     try:
@@ -460,6 +469,7 @@ async def reject(
     )
     if decided is None:
         raise APIError(f"job {job_id} is no longer awaiting approval", status=409)
+    _tell_viewers(services, job_id, RunState.REJECTED)
     if hook is not None:
         await hook("approval.rejected", job, decided)
     return decided
@@ -482,6 +492,7 @@ async def expire_approvals(services: Services, hook: ApprovalHook | None = None)
         if decided is None:
             continue
         count += 1
+        _tell_viewers(services, approval.job_id, RunState.EXPIRED)
         job = await store.call(store.get_job, approval.job_id)
         if hook is not None and job is not None:
             await hook("approval.expired", job, decided)

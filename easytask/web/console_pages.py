@@ -82,6 +82,7 @@ class ConsolePages:
             store.list_jobs, states=[RunState.QUEUED, RunState.RUNNING], limit=20
         )
         recent = await store.call(store.list_jobs, limit=10)
+        awaiting = await store.call(store.list_jobs, states=[RunState.AWAITING_APPROVAL], limit=20)
         ids = [j.id for j in running + recent if j.id is not None]
         progress = await store.call(store.job_state_counts, ids)
         failures = await store.call(store.find_runs, status=list(FAILED_STATES), limit=10)
@@ -95,6 +96,7 @@ class ConsolePages:
             },
             agents_total=len(agents),
             running=[job_row(j, progress) for j in running],
+            awaiting=[job_row(j, {}) for j in awaiting],
             recent=[job_row(j, progress) for j in recent],
             failures=[run_row(r, by) for r, by in failures],
             failed_filter=",".join(FAILED_STATES),

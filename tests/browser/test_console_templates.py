@@ -78,6 +78,9 @@ def test_template_launched_from_its_form_waits_for_a_second_user(
     assert "awaiting approval" in waiting.inner_text()
     assert server.get(f"/api/jobs/{job_id}")["runs"] == []
 
+    op.click("nav >> text=Dashboard")
+    assert op.get_by_test_id("awaiting-approval").inner_text().startswith("1")
+    op.locator(f"[data-testid=awaiting-jobs] a[href='/jobs/{job_id}']").wait_for()
     op.click("nav >> text=Approvals")
     assert "Your own launch" in op.locator(f".approval[data-job='{job_id}']").inner_text()
     assert op.get_by_test_id(f"approve-{job_id}").count() == 0
