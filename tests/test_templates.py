@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import secrets
+import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.conftest import AgentFactory, ServerFactory, write
-from tests.support import ServerHandle, db_execute, wait_until
+from tests.support import REPO, ServerHandle, db_execute, easytask_cmd, wait_until
 
 ECHO = {
     "name": "echo-path",
@@ -304,7 +305,7 @@ def test_approval_by_a_second_user(
         "--notify-url",
         receiver.url,
         "--approval-expiry",
-        "8s",
+        "20s",
         "--approval-hosts",
         "db",
     )
@@ -344,6 +345,41 @@ def test_approval_by_a_second_user(
     submit = next(e for e in _audit(server, "job.submit") if e["detail"].get("template"))  # type: ignore[union-attr]
     assert submit["actor"] == "opal"
     assert submit["detail"]["template"]["approved_by"] == "carol"  # type: ignore[index]
+
+    # the CLI: `launch --follow` waits for the approval, then follows the job that runs
+    def as_user(name: str) -> dict[str, str]:
+        token = server.post("/api/tokens", {"name": "cli", "user": name})["token"]
+        return {**server.env(), "EASYTASK_TOKEN": token}
+
+    follow = subprocess.Popen(
+        easytask_cmd("launch", "guarded", "-p", "env=staging", "--follow"),
+        env=as_user("opal"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        (cli_job,) = wait_until(
+            lambda: [a["job"] for a in server.get("/api/approvals")["approvals"]],
+            what="the CLI's launch to wait",
+        )
+        by_cli = subprocess.run(
+            easytask_cmd("approve", str(cli_job), "-m", "fine"),
+            env=as_user("carol"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=REPO,
+        )
+        assert by_cli.returncode == 0, by_cli.stderr
+        assert f"job {cli_job}: approved; job " in by_cli.stdout
+        out, err = follow.communicate(timeout=120)
+    finally:
+        follow.kill()
+    assert follow.returncode == 0, err
+    assert f"job {cli_job}: awaiting approval" in out
+    assert f"job {cli_job}: approved by carol: fine" in out and "deploying staging" in out
 
     second = opal.post("/api/templates/guarded/launch", json={"params": {"env": "staging"}})
     second_id = second.json()["job"]["id"]
@@ -400,7 +436,7 @@ def test_approval_by_a_second_user(
         timeout=30,
         what="the approval webhooks",
     )
-    assert events.count("approval.requested") == 3
+    assert events.count("approval.requested") == 4
     bodies = [json.loads(b) for _, b in receiver.requests]
     approved_body = next(b for b in bodies if b["event"] == "approval.approved")
     assert approved_body["job"] == job_id and approved_body["decided_by"] == "carol"

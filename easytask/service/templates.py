@@ -409,6 +409,14 @@ async def approve(
     requester = await store.call(store.get_user, approval.requested_by)
     if requester is None or requester.disabled:
         raise APIError(f"the requester {approval.requested_by!r} is no longer a user", status=409)
+    if not may_launch(definition, requester.role, requester.name):  # changed since the request
+        raise APIError(
+            f"{requester.name} may no longer launch template {approval.template!r}", status=409
+        )
+    what: dict[str, object] = {"kind": "template", "template": approval.template, "job": job_id}
+    await enforce_scope(
+        services, requester, await template_hosts(services, definition), source, what
+    )
     request = json.loads(approval.request)
     note = AuditNote(
         user.name,
