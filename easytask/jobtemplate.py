@@ -10,6 +10,8 @@ A template's definition is a mapping (JSON from the API, YAML from `templates cr
     pattern: web                  # the hosts (a playbook's own `hosts:` when empty)
     limit: ""                     # the default --limit; a launch may give another
     timeout: 5m                   # a command's timeout
+    retries: 2                    # a command's further attempts after a failure
+    retry_delay: 10s              # between them
     params:
       - {name: service, type: choice, choices: [nginx, redis], default: nginx, required: true}
     launch: {roles: [operator], users: [alice]}
@@ -58,6 +60,7 @@ CREDENTIAL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 MAX_TEXT = 4096  # characters of a text value
 MAX_PARAMS = 50
 MAX_COMMAND = 64 * 1024
+MAX_RETRIES = 10
 TRUE = ("true", "yes", "on", "1")
 FALSE = ("false", "no", "off", "0", "")
 
@@ -113,6 +116,8 @@ class TemplateDefinition:
     pattern: str = ""
     limit: str = ""
     timeout: float | None = None
+    retries: int = 0
+    retry_delay: float = 5.0
     params: tuple[Param, ...] = ()
     roles: tuple[str, ...] = ("operator",)
     users: tuple[str, ...] = ()
@@ -129,6 +134,8 @@ class TemplateDefinition:
             "pattern": self.pattern,
             "limit": self.limit,
             "timeout": self.timeout,
+            "retries": self.retries,
+            "retry_delay": self.retry_delay,
             "params": [p.as_dict() for p in self.params],
             "launch": {"roles": list(self.roles), "users": list(self.users)},
             "approval": "required" if self.approval else "none",
@@ -236,7 +243,7 @@ def check_definition(data: Any) -> TemplateDefinition:
     if not isinstance(data, Mapping):
         raise TemplateInvalid("a template is a mapping")
     known = {"name", "kind", "command", "playbook", "description", "pattern", "limit"}
-    known |= {"timeout", "params", "launch", "approval", "approvers"}
+    known |= {"timeout", "retries", "retry_delay", "params", "launch", "approval", "approvers"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise TemplateInvalid(f"unknown key {unknown[0]!r}", unknown[0])
@@ -284,6 +291,23 @@ def check_definition(data: Any) -> TemplateDefinition:
             timeout = parse_duration(data["timeout"])
         except (TypeError, ValueError) as exc:
             raise TemplateInvalid(f"timeout: {exc}", "timeout") from exc
+    retries = data.get("retries") or 0
+    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= MAX_RETRIES:
+        raise TemplateInvalid(f"retries must be a whole number from 0 to {MAX_RETRIES}", "retries")
+    if retries and kind != "command":
+        raise TemplateInvalid(
+            "retries are for command templates (a playbook's tasks set their own)", "retries"
+        )
+    if retries and any(p.type == "credential" for p in params):
+        raise TemplateInvalid(
+            "a command template with retries takes no credential parameter", "retries"
+        )
+    retry_delay = 5.0
+    if data.get("retry_delay") not in (None, ""):
+        try:
+            retry_delay = parse_duration(data["retry_delay"])
+        except (TypeError, ValueError) as exc:
+            raise TemplateInvalid(f"retry_delay: {exc}", "retry_delay") from exc
     launch = data.get("launch") or {}
     if not isinstance(launch, Mapping) or set(launch) - {"roles", "users"}:
         raise TemplateInvalid("launch is a mapping of roles and users", "launch")
@@ -318,6 +342,8 @@ def check_definition(data: Any) -> TemplateDefinition:
         pattern=pattern,
         limit=_text(data, "limit", ""),
         timeout=timeout,
+        retries=retries,
+        retry_delay=retry_delay,
         params=params,
         roles=roles,
         users=users,

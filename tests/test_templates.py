@@ -265,6 +265,36 @@ def test_launch_quotes_parameters_and_checks_who_may(
     missing = operator.post("/api/templates/use-token/launch", json={"params": {"tok": "nope"}})
     assert missing.status_code == 404 and "no credential 'nope'" in missing.json()["error"]
 
+    counter = tmp_path / "attempts"
+    flaky = {
+        "name": "flaky",
+        "command": (
+            f"n=$(cat {counter} 2>/dev/null || echo 0); echo $((n+1)) > {counter}; "
+            "echo attempt $((n+1)) {{ params.tag | quote }}; [ $n -ge 2 ]"
+        ),
+        "pattern": "web",
+        "retries": 2,
+        "retry_delay": "0s",
+        "timeout": "30s",
+        "params": [{"name": "tag", "default": "a b"}],
+    }
+    assert server.http.post("/api/templates", json=flaky).status_code == 201
+    no_cred = {**flaky, "name": "flaky2"}
+    no_cred["params"] = [*flaky["params"], {"name": "t", "type": "credential"}]  # type: ignore[misc]
+    refused_retries = server.http.post("/api/templates", json=no_cred)
+    assert refused_retries.status_code == 400
+    assert "retries takes no credential parameter" in refused_retries.json()["error"]
+    retried = operator.post("/api/templates/flaky/launch", json={"params": {}})
+    assert retried.status_code == 201, retried.text
+    done = server.wait_job(retried.json()["job"]["id"])
+    assert done["job"]["state"] == "success"
+    assert [(r["attempt"], r["state"]) for r in done["runs"]] == [
+        (1, "failed"),
+        (2, "failed"),
+        (3, "success"),
+    ]
+    assert server.log_lines(done["runs"][2]["id"])[0]["text"] == "attempt 3 a b"
+
     book = {"name": "show-env", "kind": "playbook", "playbook": "show.yml"}
     book["params"] = [{"name": "env", "type": "choice", "choices": ["a b", "c"]}]  # type: ignore[assignment]
     assert server.http.post("/api/templates", json=book).status_code == 201

@@ -37,7 +37,7 @@ from easytask.scheduler.inflight import JobOptions
 from easytask.service import jobs
 from easytask.service.context import Services
 from easytask.service.credentials import env_name
-from easytask.service.planning import plan_file
+from easytask.service.planning import plan_bundle, plan_file
 from easytask.service.playbooks import playbook_path
 from easytask.service.scope import enforce_scope
 from easytask.store.audit import AuditNote
@@ -266,6 +266,8 @@ async def start(
         return await jobs.submit_plan(
             services, user, source, plan, {"file": path.name, "template": about}
         )
+    if definition.retries:
+        return await start_with_retries(services, user, source, definition, values, limit, about)
     credentials = [
         values[p.name] for p in definition.params if p.type == "credential" and values[p.name]
     ]
@@ -289,6 +291,35 @@ async def start(
         credentials=list(dict.fromkeys(credentials)),
         template=about,
     )
+
+
+async def start_with_retries(
+    services: Services,
+    user: User,
+    source: str,
+    definition: TemplateDefinition,
+    values: dict[str, Any],
+    limit: str | None,
+    about: dict[str, Any],
+) -> tuple[Job, list[Run]]:
+    """A command template with retries runs as a one-task playbook (the playbook engine retries
+    a failed run), its command rendered with the same `params`, quoted as saved."""
+    import yaml
+
+    task: dict[str, Any] = {
+        "name": definition.name,
+        "shell": definition.body,
+        "retries": definition.retries,
+        "retry_delay": f"{definition.retry_delay:g}s",
+    }
+    if definition.timeout:
+        task["timeout"] = f"{definition.timeout:g}s"
+    book = {"name": definition.name, "hosts": definition.pattern, "tasks": [task]}
+    text = yaml.safe_dump(book, sort_keys=False)
+    plan = await plan_bundle(
+        services, f"{definition.name}.yml", text, {}, limit, {"params": values}
+    )
+    return await jobs.submit_plan(services, user, source, plan, {"template": about})
 
 
 # -- approvals ------------------------------------------------------------------------------
