@@ -4,8 +4,10 @@ launch gives (pure code).
 A template's definition is a mapping (JSON from the API, YAML from `templates create -f`):
 
     name: restart
-    kind: command                 # command | playbook
+    kind: command                 # command | script | playbook
     command: systemctl restart {{ params.service | quote }}
+    script: "#!/bin/sh\n..."      # kind script: the script's text; its values in PARAM_NAME
+    args: "{{ params.service | quote }}"   # kind script: its arguments
     playbook: deploy.yml          # kind playbook: a file of the server's playbooks directory
     pattern: web                  # the hosts (a playbook's own `hosts:` when empty)
     limit: ""                     # the default --limit; a launch may give another
@@ -51,7 +53,7 @@ __all__ = [
     "unquoted_params",
 ]
 
-KINDS = ("command", "playbook")
+KINDS = ("command", "script", "playbook")
 PARAM_TYPES = ("text", "number", "choice", "boolean", "credential")
 LAUNCH_ROLES = ("operator", "viewer", "auditor")  # admins may always launch
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
@@ -111,7 +113,9 @@ class TemplateDefinition:
 
     name: str
     kind: str
-    body: str  # the command, or the playbook's file name
+    body: str  # the command, the script's text, or the playbook's file name
+    args: str = ""  # a script's arguments (a template, its parameters quoted)
+    interpreter: str = ""  # a script's interpreter (its #! line when empty)
     description: str = ""
     pattern: str = ""
     limit: str = ""
@@ -141,7 +145,10 @@ class TemplateDefinition:
             "approval": "required" if self.approval else "none",
             "approvers": {"roles": list(self.approver_roles), "users": list(self.approver_users)},
         }
-        out["command" if self.kind == "command" else "playbook"] = self.body
+        out[self.kind] = self.body
+        if self.kind == "script":
+            out["args"] = self.args
+            out["interpreter"] = self.interpreter
         return out
 
 
@@ -184,10 +191,10 @@ def _param(data: Any, index: int, kind: str) -> Param:
     ptype = data.get("type") or "text"
     if ptype not in PARAM_TYPES:
         raise TemplateInvalid(f"{where}type must be one of {', '.join(PARAM_TYPES)}", name)
-    if ptype == "credential" and kind != "command":
+    if ptype == "credential" and kind == "playbook":
         raise TemplateInvalid(
-            f"{where}a credential parameter is for command templates (a playbook names its "
-            "credentials in `secrets:`)",
+            f"{where}a credential parameter is for command and script templates (a playbook "
+            "names its credentials in `secrets:`)",
             name,
         )
     required = data.get("required", False)
@@ -242,7 +249,8 @@ def check_definition(data: Any) -> TemplateDefinition:
     """A template's definition, checked; TemplateInvalid naming the first thing wrong."""
     if not isinstance(data, Mapping):
         raise TemplateInvalid("a template is a mapping")
-    known = {"name", "kind", "command", "playbook", "description", "pattern", "limit"}
+    known = {"name", "kind", "command", "script", "args", "interpreter", "playbook"}
+    known |= {"description", "pattern", "limit"}
     known |= {"timeout", "retries", "retry_delay", "params", "launch", "approval", "approvers"}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -252,7 +260,7 @@ def check_definition(data: Any) -> TemplateDefinition:
         raise TemplateInvalid(
             f"name {name!r}: a letter, then letters, digits, '_', '.' or '-' (64 at most)", "name"
         )
-    kind = data.get("kind") or ("playbook" if data.get("playbook") else "command")
+    kind = data.get("kind") or next((k for k in ("playbook", "script") if data.get(k)), "command")
     if kind not in KINDS:
         raise TemplateInvalid(f"kind must be one of {', '.join(KINDS)}", "kind")
     raw_params = data.get("params") or []
@@ -265,9 +273,22 @@ def check_definition(data: Any) -> TemplateDefinition:
             raise TemplateInvalid(f"parameter {p.name} is given twice", p.name)
         seen.add(p.name)
     pattern = _text(data, "pattern", "")
-    if kind == "command":
-        if data.get("playbook"):
-            raise TemplateInvalid("a command template has no playbook", "playbook")
+    args = interpreter = ""
+    for other in {"command", "script", "playbook"} - {kind}:
+        if data.get(other):
+            raise TemplateInvalid(f"a {kind} template has no {other}", other)
+    if kind == "script":
+        body = data.get("script")
+        if not isinstance(body, str) or not body.strip() or len(body) > MAX_COMMAND:
+            raise TemplateInvalid("script is required (its text, at most 64 KiB)", "script")
+        if not pattern:
+            raise TemplateInvalid("pattern is required for a script template", "pattern")
+        args = _text(data, "args", "")
+        problems = unquoted_params(args, {p.name for p in params})
+        if problems:
+            raise TemplateInvalid(f"args: {problems[0]}", "args")
+        interpreter = _text(data, "interpreter", "", 200)
+    elif kind == "command":
         body = data.get("command")
         if not isinstance(body, str) or not body.strip() or len(body) > MAX_COMMAND:
             raise TemplateInvalid("command is required (text, at most 64 KiB)", "command")
@@ -277,8 +298,6 @@ def check_definition(data: Any) -> TemplateDefinition:
         if problems:
             raise TemplateInvalid(f"command: {problems[0]}", "command")
     else:
-        if data.get("command"):
-            raise TemplateInvalid("a playbook template has no command", "command")
         body = _text(data, "playbook", "")
         if not body or body != body.split("/")[-1] or body.startswith("."):
             raise TemplateInvalid(
@@ -294,7 +313,7 @@ def check_definition(data: Any) -> TemplateDefinition:
     retries = data.get("retries") or 0
     if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= MAX_RETRIES:
         raise TemplateInvalid(f"retries must be a whole number from 0 to {MAX_RETRIES}", "retries")
-    if retries and kind != "command":
+    if retries and kind == "playbook":
         raise TemplateInvalid(
             "retries are for command templates (a playbook's tasks set their own)", "retries"
         )
@@ -338,6 +357,8 @@ def check_definition(data: Any) -> TemplateDefinition:
         name=name,
         kind=kind,
         body=body,
+        args=args,
+        interpreter=interpreter,
         description=_text(data, "description", ""),
         pattern=pattern,
         limit=_text(data, "limit", ""),

@@ -31,11 +31,11 @@ from easytask.scheduler.notify import Notifier, Webhook
 from easytask.scheduler.retention import Retention
 from easytask.scheduler.schedules import Scheduler
 from easytask.sealing import load_keyring, settle_rotation
+from easytask.service.approvals import approval_dict, expire_approvals
 from easytask.service.bootstrap import close_bootstraps
 from easytask.service.context import InventorySource, Services
 from easytask.service.jobs import submit_scheduled
 from easytask.service.planning import resume_playbook_job
-from easytask.service.templates import approval_dict, expire_approvals
 from easytask.statefiles import load_or_create_secret
 from easytask.store import checkpoints, schema
 from easytask.store.audit import hashed_with_another_key

@@ -265,6 +265,26 @@ def test_launch_quotes_parameters_and_checks_who_may(
     missing = operator.post("/api/templates/use-token/launch", json={"params": {"tok": "nope"}})
     assert missing.status_code == 404 and "no credential 'nope'" in missing.json()["error"]
 
+    script = {
+        "name": "script-path",
+        "script": '#!/bin/sh\necho "arg=$1 env=$PARAM_PATH n=$#"\n',
+        "args": "{{ params.path | quote }}",
+        "pattern": "web",
+        "params": [{"name": "path", "required": True}],
+    }
+    unquoted_args = server.http.post(
+        "/api/templates", json={**script, "name": "s2", "args": "{{ params.path }}"}
+    )
+    assert (
+        unquoted_args.status_code == 400
+        and "args: params.path must be written" in (unquoted_args.json()["error"])
+    )
+    assert server.http.post("/api/templates", json=script).status_code == 201
+    scripted = operator.post("/api/templates/script-path/launch", json={"params": {"path": evil}})
+    assert scripted.status_code == 201, scripted.text
+    assert _lines(server, scripted.json()["job"]) == [f"arg={evil} env={evil} n=1"]
+    assert not marker.exists()
+
     counter = tmp_path / "attempts"
     flaky = {
         "name": "flaky",

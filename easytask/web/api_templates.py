@@ -9,7 +9,7 @@ from starlette.routing import Route
 
 from easytask.errors import APIError
 from easytask.jobtemplate import may_approve, may_launch
-from easytask.service import templates
+from easytask.service import approvals, templates
 from easytask.service.context import Services
 from easytask.store.models import RunState, User
 from easytask.store.serialize import job_dict, run_dict
@@ -73,7 +73,7 @@ class TemplatesApi:
         """POST /api/templates/{name}/launch: {"params": {...}, "limit": "..."}; 201 with the
         job and its runs, or 202 with a job awaiting approval (no runs)."""
         data = await body(request)
-        done = await templates.launch(
+        done = await approvals.launch(
             self.services,
             user,
             source(request),
@@ -82,7 +82,7 @@ class TemplatesApi:
             data.get("limit"),
             self.services.approval_hook,
         )
-        approval = templates.approval_dict(done.approval) if done.approval else None
+        approval = approvals.approval_dict(done.approval) if done.approval else None
         return JSONResponse(
             {
                 "job": job_dict(done.job),
@@ -95,7 +95,7 @@ class TemplatesApi:
     async def list_approvals(self, request: Request, user: User) -> Response:
         """GET /api/approvals?state=awaiting|all: approval requests, newest first, with
         whether this user may decide each."""
-        await templates.expire_approvals(self.services, self.services.approval_hook)
+        await approvals.expire_approvals(self.services, self.services.approval_hook)
         wanted = request.query_params.get("state") or "awaiting"
         states = {"awaiting": RunState.AWAITING_APPROVAL, "all": None}
         if wanted not in states:
@@ -105,7 +105,7 @@ class TemplatesApi:
         defs = {r.name: templates.definition_of(r) for r in await store.call(store.list_templates)}
         out = []
         for row in rows:
-            entry = templates.approval_dict(row)
+            entry = approvals.approval_dict(row)
             definition = defs.get(row.template)
             entry["may_decide"] = bool(
                 row.state == RunState.AWAITING_APPROVAL
@@ -126,13 +126,13 @@ class TemplatesApi:
         row = await store.call(store.get_approval, job_id)
         if row is None:
             raise APIError(f"job {job_id} has no approval request", status=404)
-        return JSONResponse(templates.approval_dict(row))
+        return JSONResponse(approvals.approval_dict(row))
 
     async def approve(self, request: Request, user: User) -> Response:
         """POST /api/jobs/{id}/approve: {"comment": "..."}; starts the launch."""
         data = await body(request)
-        await templates.expire_approvals(self.services, self.services.approval_hook)
-        row = await templates.approve(
+        await approvals.expire_approvals(self.services, self.services.approval_hook)
+        row = await approvals.approve(
             self.services,
             user,
             source(request),
@@ -140,13 +140,13 @@ class TemplatesApi:
             data.get("comment"),
             self.services.approval_hook,
         )
-        return JSONResponse(templates.approval_dict(row))
+        return JSONResponse(approvals.approval_dict(row))
 
     async def reject(self, request: Request, user: User) -> Response:
         """POST /api/jobs/{id}/reject: {"comment": "..."} (required)."""
         data = await body(request)
-        await templates.expire_approvals(self.services, self.services.approval_hook)
-        row = await templates.reject(
+        await approvals.expire_approvals(self.services, self.services.approval_hook)
+        row = await approvals.reject(
             self.services,
             user,
             source(request),
@@ -154,7 +154,7 @@ class TemplatesApi:
             data.get("comment"),
             self.services.approval_hook,
         )
-        return JSONResponse(templates.approval_dict(row))
+        return JSONResponse(approvals.approval_dict(row))
 
     def routes(self) -> list[Route]:
         """The template and approval routes."""

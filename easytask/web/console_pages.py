@@ -17,10 +17,11 @@ from easytask.durations import parse_duration
 from easytask.errors import APIError, EasyTaskError
 from easytask.scheduler.inflight import JobOptions
 from easytask.service import agents, jobs
+from easytask.service.approvals import approval_dict
 from easytask.service.context import Services
 from easytask.service.files import checksum_job, human_size
 from easytask.service.playbooks import playbook_listing
-from easytask.service.templates import approval_dict, job_template
+from easytask.service.templates import job_template
 from easytask.store.models import RunState, User
 from easytask.store.runs import MARKS, RAN_AS
 from easytask.store.serialize import delivery_dict, job_warnings

@@ -14,7 +14,7 @@ from starlette.routing import Route
 
 from easytask.errors import APIError, EasyTaskError
 from easytask.jobtemplate import Param, TemplateDefinition, may_approve, may_launch
-from easytask.service import templates
+from easytask.service import approvals, templates
 from easytask.service.context import Services
 from easytask.store.models import RunState, User
 from easytask.web.console import Console
@@ -164,13 +164,13 @@ class TemplatePages:
             else:
                 given[p.name] = form.get(f"param.{p.name}", "")
         limit = form.get("limit", "").strip()
-        _values, problems = templates.launch_values(definition, given)
+        _values, problems = approvals.launch_values(definition, given)
         if problems:
             return await self._form(
                 request, user, name, 400, given, problems, "fix the fields marked", limit
             )
         try:
-            done = await templates.launch(
+            done = await approvals.launch(
                 self.services,
                 user,
                 self._source(request),
@@ -210,14 +210,14 @@ class TemplatePages:
     async def approvals_page(self, request: Request, user: User, error: str = "") -> Response:
         """GET /approvals: launches awaiting approval (approve or reject those this user may
         decide), then the last decided ones."""
-        await templates.expire_approvals(self.services, self.services.approval_hook)
+        await approvals.expire_approvals(self.services, self.services.approval_hook)
         store = self.services.store
         defs: dict[str, TemplateDefinition] = {
             r.name: templates.definition_of(r) for r in await store.call(store.list_templates)
         }
         rows = []
         for a in await store.call(store.list_approvals, None, 100):
-            entry = templates.approval_dict(a)
+            entry = approvals.approval_dict(a)
             definition = defs.get(a.template)
             entry["may_decide"] = bool(
                 a.state == RunState.AWAITING_APPROVAL
@@ -253,7 +253,7 @@ class TemplatePages:
         except ValueError as exc:
             raise PageError("not a job id", status=404) from exc
         form = await self.console.form(request)
-        decide = templates.approve if action == "approve" else templates.reject
+        decide = approvals.approve if action == "approve" else approvals.reject
         try:
             row = await decide(
                 self.services,
