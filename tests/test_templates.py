@@ -447,6 +447,24 @@ def test_approval_by_a_second_user(
     assert after["job"]["state"] == "rejected" and after["runs"] == []
     assert server.get(f"/api/jobs/{second_id}/approval")["comment"] == "not today"
 
+    # a launch that can no longer start once approved (its credential was removed) fails
+    assert server.cli("secrets", "set", "gone-token", input="v-1").returncode == 0
+    needs = {
+        "name": "needs-token",
+        "command": "printenv {{ params.tok | quote }}",
+        "pattern": "web",
+        "params": [{"name": "tok", "type": "credential"}],
+        "approval": "required",
+    }
+    assert server.http.post("/api/templates", json=needs).status_code == 201
+    asked = opal.post("/api/templates/needs-token/launch", json={"params": {"tok": "gone-token"}})
+    assert asked.status_code == 202, asked.text
+    assert server.cli("secrets", "rm", "gone-token").returncode == 0
+    failed = server.http.post(f"/api/jobs/{asked.json()['job']['id']}/approve", json={})
+    assert failed.status_code == 409 and "approved, but the launch failed" in failed.json()["error"]
+    assert server.get(f"/api/jobs/{asked.json()['job']['id']}")["job"]["state"] == "failed"
+    assert _audit(server, "approval.launch_failed")
+
     plain = {**ECHO, "name": "anywhere", "pattern": "all"}
     assert server.http.post("/api/templates", json=plain).status_code == 201
     ruled = opal.post("/api/templates/anywhere/launch", json={"params": {"path": "p"}})
@@ -486,7 +504,7 @@ def test_approval_by_a_second_user(
         timeout=30,
         what="the approval webhooks",
     )
-    assert events.count("approval.requested") == 4
+    assert events.count("approval.requested") == 5
     bodies = [json.loads(b) for _, b in receiver.requests]
     approved_body = next(b for b in bodies if b["event"] == "approval.approved")
     assert approved_body["job"] == job_id and approved_body["decided_by"] == "carol"

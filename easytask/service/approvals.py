@@ -266,9 +266,10 @@ async def approve(
             approved_by=user.name,
         )
     except EasyTaskError as exc:
-        await services.audit(
-            user.name, "approval.launch_failed", source, {"job": job_id, "error": str(exc)}
-        )
+        what = {"job": job_id, "template": approval.template, "error": str(exc)}
+        note = AuditNote(user.name, "approval.launch_failed", source, what)
+        await store.call(store.approved_launch_failed, job_id, note)
+        _tell_viewers(services, job_id, RunState.FAILED)
         raise APIError(f"approved, but the launch failed: {exc}", status=409) from exc
     assert launched.id is not None
     await store.call(store.set_launched, job_id, launched.id)

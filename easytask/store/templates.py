@@ -147,6 +147,18 @@ class TemplateQueries(Queries):
             )
             s.commit()
 
+    def approved_launch_failed(self, job_id: int, audit: AuditNote) -> None:
+        """An approved request whose launch failed: its job ends `failed`, with the audit
+        event in the same transaction."""
+        with self.session() as s:
+            s.execute(
+                update(Job)
+                .where(col(Job.id) == job_id, col(Job.state) == RunState.APPROVED)
+                .values(state=RunState.FAILED, finished_at=utcnow())
+            )
+            audit_chain.append_note(s.connection(), audit)
+            s.commit()
+
     def expired_approvals(self, now: datetime) -> list[JobApproval]:
         """Waiting requests whose time is up."""
         with self.session() as s:
