@@ -49,6 +49,10 @@ class Settings:
     agents: str = _setting("127.0.0.1:8022")
     http: str = _setting("127.0.0.1:8080")
     pending_timeout: float = _setting(60.0, "duration")
+    approval_expiry: float = _setting(86400.0, "duration")  # a launch waits this long for approval
+    approval_hosts: str | None = _setting(
+        None
+    )  # host pattern: a template launch touching it needs approval
     keepalive_interval: float = _setting(10.0, "duration")
     keepalive_count: int = _setting(3, "count")
     agents_pending_max: int = _setting(10, "count")  # pending agent requests per address

@@ -32,6 +32,7 @@ from easytask.scheduler.notify import Notifier, Webhook
 from easytask.scheduler.retention import Retention
 from easytask.scheduler.schedules import Scheduler
 from easytask.sealing import load_keyring, settle_rotation
+from easytask.service.approvals import approval_dict, expire_approvals
 from easytask.service.bootstrap import close_bootstraps
 from easytask.service.busy import LimitsWatch
 from easytask.service.context import InventorySource, Services
@@ -41,7 +42,7 @@ from easytask.statefiles import load_or_create_secret
 from easytask.store import checkpoints, schema
 from easytask.store.audit import hashed_with_another_key
 from easytask.store.db import Store, safe_url, sqlite_url
-from easytask.store.models import Job
+from easytask.store.models import Job, JobApproval
 from easytask.transport import sshlog
 from easytask.transport.agentless import SSHPool
 from easytask.transport.agentlink import AgentListener
@@ -240,6 +241,7 @@ class Server:
             audit_anchor=self.audit_anchor,
             webhooks=self.webhook_targets,
             keyring=self.keyring,
+            approval_hook=self._approval_event,
         )
         self.limits = LimitsWatch(self.services)
         self.registry.on_online.append(lambda _name: self.limits.wake())
@@ -288,6 +290,7 @@ class Server:
             await self._join_cluster(f"{host}:{self.agents_port}")
         self.scheduler.start()
         self.retention.start()
+        self._approval_task = asyncio.create_task(self._expire_approvals(), name="approvals")
         counts = await self.engine.resume(self.inventory.hostvars, self._resume_playbook)
         if any(counts.values()):
             log.warning(
@@ -339,6 +342,19 @@ class Server:
 
     async def _resume_playbook(self, job: Job) -> int:
         return await resume_playbook_job(self.services, job)
+
+    async def _approval_event(self, event: str, job: Job, approval: JobApproval) -> None:
+        await self.notifier.approval(event, job, approval_dict(approval))
+
+    async def _expire_approvals(self) -> None:
+        """Expire template launches that waited too long for approval, every so often."""
+        every = min(max(self.config.approval_expiry / 4, 1.0), 60.0)
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await expire_approvals(self.services, self._approval_event)
+            except Exception:  # the next round tries again
+                log.exception("expiring approvals failed")
 
     async def _job_finished(self, job: Job) -> None:
         self.metrics.job_finished(job.state)
@@ -405,6 +421,11 @@ class Server:
             self.cluster.stop_claiming()
         await self.scheduler.close()
         await self.retention.close()
+        task = getattr(self, "_approval_task", None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await self.hostmetrics.close()
         await close_bootstraps(self.services)
         await self.limits.close()

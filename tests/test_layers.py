@@ -27,6 +27,7 @@ PURE = [
     "grouping",
     "hostsample",
     "headroom",
+    "jobtemplate",
 ]
 IO_LIBS = {
     "asyncssh",

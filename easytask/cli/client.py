@@ -146,6 +146,16 @@ class Client:
         )
         return checked(answer.status, answer.body, answer.reason)
 
+    def send(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """PUT or DELETE (or any method) with a JSON body, return JSON."""
+        answer = self._call(
+            method,
+            path,
+            body=json.dumps(body or {}).encode(),
+            headers={"content-type": "application/json"},
+        )
+        return checked(answer.status, answer.body, answer.reason)
+
     def stream_to(self, path: str, fh: Any, params: dict[str, Any]) -> tuple[int, str, str]:
         """GET a download into an open binary file: (bytes, SHA-256, export id header)."""
         import hashlib

@@ -77,6 +77,18 @@ def add_parsers(sub: Any) -> None:
         help="how long a run waits for an offline agent (default 60s)",
     )
     setting(
+        "--approval-expiry",
+        name="approval_expiry",
+        type=duration_arg,
+        help="how long a template launch waits for approval before it expires (default 24h)",
+    )
+    setting(
+        "--approval-hosts",
+        name="approval_hosts",
+        metavar="PATTERN",
+        help="a host pattern: a template launch reaching one of its hosts waits for approval",
+    )
+    setting(
         "--keepalive",
         name="keepalive_interval",
         metavar="KEEPALIVE",

@@ -21,6 +21,7 @@ from easytask.cli.jobs import add_parsers as add_job_parsers
 from easytask.cli.manage import add_parsers as add_manage_parsers
 from easytask.cli.play import add_parsers as add_play_parsers
 from easytask.cli.security import add_parsers as add_security_parsers
+from easytask.cli.templates import add_parsers as add_template_parsers
 from easytask.config import load_settings
 from easytask.errors import EasyTaskError, UsageError
 from easytask.proclog import setup_logging
@@ -159,6 +160,7 @@ def _add_commands(p: argparse.ArgumentParser, only: str | None) -> bool:
     add_inventory_parser(sub)
     add_security_parsers(sub)
     add_credential_parsers(sub)
+    add_template_parsers(sub)
     add_export_parsers(sub)
     add_db_parsers(sub)
     return one is None or one.found

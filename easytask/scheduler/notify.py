@@ -125,13 +125,36 @@ class Notifier:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _deliver(self, job: Job, url: str, body: bytes) -> None:
+    async def approval(self, event: str, job: Job, detail: dict[str, Any]) -> None:
+        """Tell the server's webhook (`--webhook`) that a launch awaits approval or was decided:
+        `approval.requested`, `approval.approved`, `approval.rejected`, `approval.expired`
+        (returns at once; delivered, retried and recorded as a job's finish is)."""
+        assert job.id is not None
+        if self.default is None:
+            return
+        body = {
+            "event": event,
+            "job": job.id,
+            "name": job.name,
+            "pattern": job.pattern,
+            "submitted_by": job.submitted_by,
+            **detail,
+            "url": f"{self.console_url.rstrip('/')}/jobs/{job.id}",
+        }
+        data = json.dumps(body, sort_keys=True, default=str).encode()
+        task = asyncio.create_task(
+            self._deliver(job, self.default.url, data, event), name=f"webhook-approval-{job.id}"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, job: Job, url: str, body: bytes, event: str = "job.finished") -> None:
         assert job.id is not None
         delivery = secrets.token_hex(8)
         headers = {
             "content-type": "application/json",
             SIGNATURE_HEADER: sign(self.secret, body),
-            "X-EasyTask-Event": "job.finished",
+            "X-EasyTask-Event": event,
             "X-EasyTask-Delivery": delivery,
         }
         for attempt in range(1, self.attempts + 1):
@@ -156,7 +179,7 @@ class Notifier:
                 job_id=job.id,
                 delivery=delivery,
                 url=url,
-                event=job.state,
+                event=job.state if event == "job.finished" else event,
                 attempt=attempt,
                 ok=ok,
                 status_code=status,

@@ -120,6 +120,8 @@ class Services:
     cluster: Cluster | None = None  # set when the server joins others on a shared database
     # `agents bootstrap` runs under way or ended on this server (id -> its progress)
     bootstraps: dict[str, Any] = field(default_factory=dict)
+    # told when a template launch awaits approval or is decided (service.templates.ApprovalHook)
+    approval_hook: Any = None
 
     async def merged_inventory(self) -> Inventory:
         """The inventory plus the accepted agents it does not list; a host with an agent of

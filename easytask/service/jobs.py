@@ -49,11 +49,13 @@ async def submit_adhoc(
     extra_vars: dict[str, Any] | None = None,
     remote_user: str | None = None,
     credentials: Sequence[str] = (),
+    template: dict[str, Any] | None = None,
 ) -> tuple[Job, list[Run]]:
     """An ad hoc command (or checksum, copy, script, fetch) over a host pattern, audited with
     the job in one transaction; `one` picks the host with the most headroom of those matched; `limit`,
     `extra_vars` and `remote_user` as `plan_adhoc` takes them. `credentials`: stored
-    credentials exported to the command (`env_name`)."""
+    credentials exported to the command (`env_name`). `template`: the job template launched
+    (its name, parameters and approval), kept in the audit event and the job's vars."""
     planned = await plan_pattern(
         services, pattern, command, limit=limit, extra_vars=extra_vars, user=remote_user
     )
@@ -134,6 +136,8 @@ async def submit_adhoc(
     if used:
         detail["credentials"] = used  # names only, never values
     job_vars: dict[str, Any] = {}
+    if template is not None:
+        detail["template"] = job_vars["template"] = template
     warnings = connection_warnings(
         {p.host: p.vars for p in planned}, {p.host: p.connection for p in planned}
     )

@@ -17,7 +17,7 @@ from easytask.errors import APIError
 from easytask.service.agents import AgentView, list_agents
 from easytask.service.context import Services
 from easytask.service.scope import scope_hosts
-from easytask.store.models import Job, Run, User
+from easytask.store.models import Job, Run, RunState, User
 
 
 @dataclass(frozen=True)
@@ -61,11 +61,13 @@ class Reader:
 
     async def job(self, job_id: int) -> tuple[Job, list[Run]]:
         """A job and the runs of it the user may read (404 when there is no such job, or
-        none of its runs is on a host the user may read)."""
+        none of its runs is on a host the user may read and the user did not submit it: a
+        launch awaiting approval has no runs yet, and its requester still sees it)."""
         store = self.services.store
         job = await store.call(store.get_job, job_id)
         runs = await self.job_runs(job_id) if job is not None else []
-        if job is None or (self.scoped and not runs):
+        own = job is not None and job.submitted_by == self.user.name
+        if job is None or (self.scoped and not runs and not own):
             raise APIError(f"no job {job_id}", status=404)
         return job, runs
 
@@ -88,6 +90,15 @@ class Reader:
         """The newest jobs with a run the user may read."""
         rows: list[Job] = await self._call("list_jobs", states=states, limit=limit)
         return rows
+
+    async def awaiting_approval(self, limit: int = 20) -> list[Job]:
+        """Launches awaiting approval the user may see: all of them, or for a user with a scope
+        their own (such a job has no runs to judge its hosts by)."""
+        store = self.services.store
+        rows: list[Job] = await store.call(
+            store.list_jobs, states=[RunState.AWAITING_APPROVAL], limit=limit
+        )
+        return [j for j in rows if not self.scoped or j.submitted_by == self.user.name]
 
     async def job_state_counts(self, job_ids: Sequence[int]) -> dict[int, dict[str, int]]:
         """Per job, how many of the runs the user may read are in each state."""

@@ -3,7 +3,7 @@
 The Store's queries live in its parts: jobs and runs in `runs.py`, listing, searching and
 pruning them in `history.py`, schedules in `timetable.py`, the audit chain in `audit.py`, log
 lines in `lines.py`, sign-in attempts in `logins.py`, agents, users and tokens in
-`identities.py`; sealed credentials in `credentials.py`; the statements on the path a waiting client is on in `statements.py`.  What servers sharing the database record about each
+`identities.py`; sealed credentials in `credentials.py`; job templates and approvals in `templates.py`; the statements on the path a waiting client is on in `statements.py`.  What servers sharing the database record about each
 other is in `servers.py`.
 """
 
@@ -31,6 +31,7 @@ from easytask.store.lines import LineQueries
 from easytask.store.logins import LoginQueries
 from easytask.store.metrics import MetricQueries
 from easytask.store.runs import RunQueries
+from easytask.store.templates import TemplateQueries
 from easytask.store.timeline import TimelineQueries
 from easytask.store.timetable import ScheduleQueries
 
@@ -122,6 +123,7 @@ class Store(
     CredentialQueries,
     TimelineQueries,
     MetricQueries,
+    TemplateQueries,
 ):
     """Every query EasyTask makes; call from the database thread (see `call`)."""
 

@@ -54,9 +54,18 @@ class RunState:
     TERMINATED = "terminated"
     UNREACHABLE = "unreachable"
     SKIPPED = "skipped"
+    # A job's alone: a template launch waiting for a second user (no runs yet), and how that
+    # ended: approved (its launch is another job, named in its approval), rejected or expired.
+    AWAITING_APPROVAL = "awaiting approval"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
 
-    FINAL = frozenset({SUCCESS, FAILED, TERMINATED, UNREACHABLE, SKIPPED})
+    FINAL = frozenset(
+        {SUCCESS, FAILED, TERMINATED, UNREACHABLE, SKIPPED, APPROVED, REJECTED, EXPIRED}
+    )
     ALL = (QUEUED, DISPATCHED, RUNNING, SUCCESS, FAILED, TERMINATED, UNREACHABLE, SKIPPED)
+    JOB_ONLY = (AWAITING_APPROVAL, APPROVED, REJECTED, EXPIRED)
 
 
 class Agent(SQLModel, table=True):
@@ -400,3 +409,38 @@ class HostMetricRollup(SQLModel, table=True):
     procs_min: float | None = None
     procs_avg: float | None = None
     procs_max: float | None = None
+
+
+class JobTemplate(SQLModel, table=True):
+    """A saved launch (a command or a playbook) with typed parameters (see easytask.jobtemplate)."""
+
+    __tablename__ = "job_template"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True)
+    kind: str = "command"  # command | playbook
+    definition: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
+    approval: bool = False  # a launch waits for a second user's approval
+    created_by: str = ""
+    created_at: datetime = Field(default_factory=utcnow, sa_type=TZ)
+    updated_by: str = ""
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=TZ)
+
+
+class JobApproval(SQLModel, table=True):
+    """A launch waiting for (or given) a second user's decision; its job waits with it."""
+
+    __tablename__ = "job_approval"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="job.id", index=True, unique=True)
+    template: str = ""
+    request: str = Field(default="{}", sa_column=Column(Text, nullable=False, default="{}"))
+    requested_by: str = ""
+    state: str = Field(default="awaiting approval", index=True)
+    expires_at: datetime = Field(default_factory=utcnow, sa_type=TZ)
+    decided_by: str = ""
+    decided_at: datetime | None = Field(default=None, sa_type=TZ)
+    comment: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    launched_job: int | None = None
+    created_at: datetime = Field(default_factory=utcnow, sa_type=TZ)

@@ -16,11 +16,13 @@ from easytask.web.api_agents import AgentsApi
 from easytask.web.api_credentials import CredentialsApi
 from easytask.web.api_jobs import JobsApi
 from easytask.web.api_playbooks import PlaybooksApi
+from easytask.web.api_templates import TemplatesApi
 from easytask.web.api_timeline import TimelineApi
 from easytask.web.auth import SessionAuth, ensure_admin_password
 from easytask.web.console import Console, web_dir
 from easytask.web.console_hosts import HostPages
 from easytask.web.console_pages import ConsolePages
+from easytask.web.console_templates import TemplatePages
 from easytask.web.export import ExportApi
 from easytask.web.openapi import OpenApi
 from easytask.web.ops import OpsApi
@@ -80,9 +82,11 @@ def routes(services: Services, auth: SessionAuth) -> list[BaseRoute]:
         *TimelineApi(services, api, runlog.run_for).routes(),
         *UsersApi(services, api, auth).routes(),
         *CredentialsApi(services, api).routes(),
+        *TemplatesApi(services, api).routes(),
         *ExportApi(services, api).routes(),
         *console.routes(),
         *ConsolePages(services, console).routes(),
+        *TemplatePages(services, console).routes(),
         *HostPages(services, console).routes(),
         Mount("/static", StaticFiles(directory=root / "static"), name="static"),
     ]

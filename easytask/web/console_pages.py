@@ -17,10 +17,12 @@ from easytask.durations import parse_duration
 from easytask.errors import APIError, EasyTaskError
 from easytask.scheduler.inflight import JobOptions
 from easytask.service import agents, jobs
+from easytask.service.approvals import approval_dict
 from easytask.service.context import Services
 from easytask.service.files import checksum_job, human_size
 from easytask.service.playbooks import playbook_listing
 from easytask.service.reading import Reader
+from easytask.service.templates import job_template
 from easytask.store.models import RunState, User
 from easytask.store.runs import MARKS, RAN_AS
 from easytask.store.serialize import delivery_dict, job_warnings
@@ -83,6 +85,7 @@ class ConsolePages:
         counts = Counter(a["status"] for a in agents)
         running = await reader.list_jobs(states=[RunState.QUEUED, RunState.RUNNING], limit=20)
         recent = await reader.list_jobs(limit=10)
+        awaiting = await reader.awaiting_approval()
         ids = [j.id for j in running + recent if j.id is not None]
         progress = await reader.job_state_counts(ids)
         failures = await reader.find_runs(status=list(FAILED_STATES), limit=10)
@@ -96,6 +99,7 @@ class ConsolePages:
             },
             agents_total=len(agents),
             running=[job_row(j, progress) for j in running],
+            awaiting=[job_row(j, {}) for j in awaiting],
             recent=[job_row(j, progress) for j in recent],
             failures=[run_row(r, by) for r, by in failures],
             failed_filter=",".join(FAILED_STATES),
@@ -173,6 +177,7 @@ class ConsolePages:
         if request.query_params.get("view") == "grouped":
             await self.services.writer.flush()
             grouped = await store.call(job_groups, store, runs)
+        approval = await store.call(store.get_approval, job_id)
         details = user.role == "admin"  # delivery errors tell which addresses answer
         deliveries = [
             delivery_dict(d, details=details) for d in await store.call(store.deliveries, job_id)
@@ -196,6 +201,8 @@ class ConsolePages:
                 if job.kind in PLAYBOOK_KINDS
                 else "/adhoc?" + urlencode({"pattern": job.pattern, "command": job.command})
             ),
+            approval=approval_dict(approval) if approval is not None else None,
+            launched_from=job_template(job),
         )
 
     def _adhoc(self, request: Request, user: User, status: int = 200, **fields: str) -> Response:
