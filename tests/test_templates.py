@@ -370,6 +370,8 @@ def test_approval_by_a_second_user(
     job_id = asked.json()["job"]["id"]
     assert asked.json()["runs"] == [] and asked.json()["job"]["state"] == "awaiting approval"
     assert server.get(f"/api/jobs/{job_id}")["runs"] == []
+    listed = server.http.get("/api/jobs", params={"status": "awaiting approval"})
+    assert [j["id"] for j in listed.json()["jobs"]] == [job_id], listed.text
     waiting = carol.get("/api/approvals").json()["approvals"]
     assert [(a["job"], a["requested_by"], a["may_decide"]) for a in waiting] == [
         (job_id, "opal", True)

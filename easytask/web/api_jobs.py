@@ -153,7 +153,9 @@ class JobsApi:
         task, host, user, q) and `kind`; keyset pages by id (`before`/`after`, `limit`), so a
         page stays the same while jobs are added. Each job counts its runs by state."""
         no_nul(request)
-        query = RunQuery.from_params(request.query_params, default_limit=50, max_limit=500)
+        query = RunQuery.from_params(
+            request.query_params, default_limit=50, max_limit=500, jobs=True
+        )
         reader = await Reader.of(self.services, user)
         page = await find_jobs(reader, query, job_kind(request.query_params))
         counts = await reader.job_state_counts([j.id for j in page.rows if j.id is not None])

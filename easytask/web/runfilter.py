@@ -62,14 +62,18 @@ class RunQuery:
     limit: int = 50
 
     @classmethod
-    def from_params(cls, params: QueryParams, default_limit: int, max_limit: int) -> RunQuery:
-        """Read a query string; `status` may repeat and hold comma lists. Bad input: APIError."""
+    def from_params(
+        cls, params: QueryParams, default_limit: int, max_limit: int, jobs: bool = False
+    ) -> RunQuery:
+        """Read a query string; `status` may repeat and hold comma lists (with `jobs`, a job's
+        own states such as `awaiting approval` too). Bad input: APIError."""
         statuses: list[str] = []
         for value in params.getlist("status"):
             statuses += [s.strip() for s in value.split(",") if s.strip()]
-        bad = [s for s in statuses if s not in RunState.ALL]
+        known = RunState.ALL + RunState.JOB_ONLY if jobs else RunState.ALL
+        bad = [s for s in statuses if s not in known]
         if bad:
-            raise APIError(f"unknown status {bad[0]!r}; use one of {', '.join(RunState.ALL)}")
+            raise APIError(f"unknown status {bad[0]!r}; use one of {', '.join(known)}")
         filters = {name: (params.get(name) or "").strip() for name in FILTERS}
         filters["q"] = params.get("q") or ""  # a phrase: inner spacing is kept as typed
         raw_limit = (params.get("limit") or "").strip()
