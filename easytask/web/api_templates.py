@@ -3,6 +3,8 @@ approvals (a second user approves or rejects a launch that waits)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -130,23 +132,17 @@ class TemplatesApi:
 
     async def approve(self, request: Request, user: User) -> Response:
         """POST /api/jobs/{id}/approve: {"comment": "..."}; starts the launch."""
-        data = await body(request)
-        await approvals.expire_approvals(self.services, self.services.approval_hook)
-        row = await approvals.approve(
-            self.services,
-            user,
-            source(request),
-            int_param(request, "job_id"),
-            data.get("comment"),
-            self.services.approval_hook,
-        )
-        return JSONResponse(approvals.approval_dict(row))
+        return await self._decide(request, user, approvals.approve)
 
     async def reject(self, request: Request, user: User) -> Response:
         """POST /api/jobs/{id}/reject: {"comment": "..."} (required)."""
+        return await self._decide(request, user, approvals.reject)
+
+    async def _decide(self, request: Request, user: User, decide: Any) -> Response:
+        """One decision on a launch awaiting approval (after the expired ones are settled)."""
         data = await body(request)
         await approvals.expire_approvals(self.services, self.services.approval_hook)
-        row = await approvals.reject(
+        row = await decide(
             self.services,
             user,
             source(request),
