@@ -25,7 +25,8 @@ PG_TESTS := tests/test_store.py tests/test_migrations.py tests/test_adhoc.py \
 	tests/test_console_audit.py tests/test_agent_env.py tests/test_agent_names.py \
 	tests/test_agent_requests.py tests/test_light_agent.py tests/test_agent_labels.py tests/test_become.py \
 	tests/test_play_outcome.py \
-	tests/test_bad_input.py tests/test_timeline.py tests/test_host_metrics.py
+	tests/test_bad_input.py tests/test_timeline.py tests/test_host_metrics.py \
+	tests/test_db_faults.py
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -16,8 +16,9 @@ from starlette.responses import Response
 
 from easytask.errors import APIError, EasyTaskError
 from easytask.service.context import Services
+from easytask.store import outage
 from easytask.store.models import User
-from easytask.web.errors import INTERNAL, http_status, json_error
+from easytask.web.errors import INTERNAL, error_response, json_error
 
 log = logging.getLogger("easytask.server")
 
@@ -173,6 +174,7 @@ class ApiRequests:
         """Wrap a handler with authentication, an optional role check and error mapping."""
 
         async def wrapped(request: Request) -> Response:
+            outage.impatient.set(True)  # a database outage answers 503, it is not waited out
             try:
                 no_nul(request)
                 user = await self.user(request)
@@ -180,7 +182,7 @@ class ApiRequests:
                     raise APIError(f"role {user.role!r} may not do this", status=403)
                 return await handler(request, user)
             except EasyTaskError as exc:
-                return json_error(http_status(exc), str(exc))
+                return error_response(exc)
             except HTTPException:
                 raise
             except Exception:
