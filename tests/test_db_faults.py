@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import shutil
 import sqlite3
 import subprocess
 import time
@@ -27,7 +28,7 @@ from easytask.errors import Unavailable
 from easytask.store import outage
 from easytask.store.db import Store
 from tests.conftest import AgentFactory, ServerFactory
-from tests.support import PostgresCluster, ServerHandle, wait_until
+from tests.support import PostgresCluster, ServerHandle, db_execute, wait_until
 
 pytestmark = pytest.mark.chaos
 
@@ -190,6 +191,61 @@ def test_postgres_restart_while_agents_stream(
         assert (ended["state"], ended["exit_code"]) == ("failed", 3)
         assert_stored_once(server, short_run, ["short done"])
         assert server.proc.alive()
+    finally:
+        cluster.stop()
+
+
+@pytest.mark.postgres
+def test_two_servers_stay_up_through_a_postgres_restart(
+    start_server: ServerFactory, start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    """Two servers on one PostgreSQL, down longer than --server-timeout: once it is back neither
+    takes the other over (both heartbeats are as old as the outage); both stay up and each
+    job's lines are stored once."""
+    cluster = PostgresCluster()
+    try:
+        cluster.start()
+        cluster.execute("CREATE DATABASE pair")
+        url = cluster.url("pair")
+        a = start_server(None, "--db", url, "--server-timeout", "3s", state_dir=tmp_path / "a")
+        (tmp_path / "b").mkdir()
+        for name in ("client_key", "client_key.pub"):
+            shutil.copy(a.state_dir / name, tmp_path / "b" / name)
+        b = start_server(None, "--db", url, "--server-timeout", "3s", state_dir=tmp_path / "b")
+        start_agent(a, "pair-a")
+        start_agent(b, "pair-b")
+        command = "for i in $(seq 1 60); do echo p-$i; sleep 0.2; done"
+        jobs = [(a, a.submit("pair-a", command)), (b, b.submit("pair-b", command))]
+        for server, job in jobs:
+            run_id = job["runs"][0]["id"]
+            wait_until(
+                lambda s=server, r=run_id: len(s.log_lines(r)) >= 3,  # type: ignore[misc]
+                what="first lines",
+            )
+        cluster.halt()
+        wait_until(lambda: all(readyz(s).status_code == 503 for s in (a, b)), what="both not ready")
+        time.sleep(8)  # longer than the servers' 3 s timeout
+        cluster.resume()
+        for server, job in jobs:
+            final = server.wait_job(job["job"]["id"], timeout=120)
+            assert final["job"]["state"] == "success", final
+            lines = server.log_lines(job["runs"][0]["id"])
+            assert [ln["text"] for ln in lines] == [f"p-{i}" for i in range(1, 61)]
+        # the servers look for stopped ones again once the others had time to beat: nobody is
+        ids = {(s.state_dir / "server.id").read_text().strip() for s in (a, b)}
+        wait_until(
+            lambda: all(
+                "stopped servers again after the database outage: 0 found" in s.proc.output()
+                for s in (a, b)
+            ),
+            timeout=30,
+            what="take-over checks to resume on both servers",
+        )
+        assert {row[0] for row in db_execute(url, "SELECT id FROM server_node")} == ids
+        for server in (a, b):
+            assert server.proc.alive()
+            assert "took over" not in server.proc.output()
+            assert "presumed dead" not in server.proc.output()
     finally:
         cluster.stop()
 
