@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-pg check bench sysdeps clean vendor-uplot
+.PHONY: demo test test-pg check bench bench-faults sysdeps clean vendor-uplot
 
 UPLOT_VERSION ?= 1.6.32
 
@@ -57,6 +57,10 @@ vendor-uplot:
 
 bench: $(STAMP)
 	$(PY) -m bench.all
+
+# PostgreSQL down for 60 s while 100 agents stream output (not part of `make test`).
+bench-faults: $(STAMP)
+	$(PY) -m bench.dbfaults --agents 100 --pause 60
 
 clean:
 	rm -rf $(VENV) .easytask build dist
