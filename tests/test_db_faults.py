@@ -4,8 +4,8 @@ The server stays up, the API answers 503 with `Retry-After`, /readyz says not re
 output waits in the agents' spools and a bounded server buffer, and once the database is back
 every line is stored once, in order, and every run ends with its true state.
 
-EASYTASK_FAULT_PAUSE (seconds PostgreSQL stays down, default 12) and EASYTASK_FAULT_AGENTS
-(default 3) run the long version: `EASYTASK_FAULT_PAUSE=60 EASYTASK_FAULT_AGENTS=100`.
+DBFAULTS_PAUSE (seconds PostgreSQL stays down, default 12) and DBFAULTS_AGENTS
+(default 3) run the long version: `DBFAULTS_PAUSE=60 DBFAULTS_AGENTS=100`.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from tests.support import PostgresCluster, ServerHandle, db_execute, wait_until
 
 pytestmark = pytest.mark.chaos
 
-PAUSE = float(os.environ.get("EASYTASK_FAULT_PAUSE", "12"))
-AGENTS = int(os.environ.get("EASYTASK_FAULT_AGENTS", "3"))
+PAUSE = float(os.environ.get("DBFAULTS_PAUSE", "12"))
+AGENTS = int(os.environ.get("DBFAULTS_AGENTS", "3"))
 ROUNDS, PER_ROUND = 40, 500  # lines "line R.N", printed over about 20 s
 PAD = "x" * 40
 STREAM = f'for r in $(seq 1 {ROUNDS}); do seq -f "line $r.%g {PAD}" 1 {PER_ROUND}; sleep 0.5; done'
@@ -80,6 +80,57 @@ def test_a_call_postgres_refuses_is_unavailable_until_it_answers(
     try:
         asyncio.run(scenario())
     finally:
+        st.close()
+
+
+@pytest.mark.postgres
+def test_a_request_is_told_503_while_the_runs_wait_for_their_lines(
+    postgres: PostgresCluster,
+) -> None:
+    """While the database refuses connections, the log writer keeps its lines: a flush by the
+    task answering a request raises Unavailable at once, a flush by a task it started (a run)
+    waits, and returns once the lines are stored, once each."""
+    from easytask.scheduler.logwriter import LogWriter
+    from easytask.store.models import Job, Run
+
+    url = postgres.new_database()
+    name = url.rsplit("/", 1)[1]
+    st = Store(url)
+    job, runs = st.create_job(
+        Job(kind="adhoc", name="x", pattern="all", command="x", submitted_by="t"),
+        [Run(job_id=0, task="x", host="h1", command="x")],
+    )
+    rid = runs[0].id or 0
+
+    async def scenario() -> None:
+        writer = LogWriter(st, interval=0.05)
+        writer.start()
+        writer.add([(rid, 1, time.time(), "stdout", "INFO", "one")])
+        await writer.flush()
+        postgres.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+        postgres.execute(
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+        )
+        outage.mark_impatient()
+        writer.add([(rid, 2, time.time(), "stdout", "INFO", "two")])
+        run_task = asyncio.create_task(writer.flush())  # a run: waits the outage out
+        with pytest.raises(Unavailable):
+            async with asyncio.timeout(30):  # in this task (wait_for would start another)
+                await writer.flush()
+        assert writer.stalled and not run_task.done()
+        problem = st.health.problem()
+        assert problem is not None and "unreachable" in problem
+        postgres.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+        await asyncio.wait_for(run_task, 30)
+        await writer.flush()  # stored now: the request's flush returns too
+        await writer.close()
+
+    try:
+        asyncio.run(scenario())
+        assert [line.text for line in st.read_lines(rid)] == ["one", "two"]
+        assert st.health.problem() is None
+    finally:
+        postgres.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
         st.close()
 
 

@@ -141,12 +141,12 @@ class LogWriter:
     async def flush(self) -> None:
         """Return once every line added before this call is stored.
 
-        The scheduler waits through a database outage; an API request (`outage.impatient` set)
+        The scheduler waits through a database outage; an API request (`outage.mark_impatient`)
         gets `Unavailable` instead of waiting for the database to come back."""
         target = self._added
         if self._written >= target:
             return
-        impatient = outage.impatient.get()
+        impatient = outage.is_impatient()
 
         def done() -> bool:
             return self._written >= target or (impatient and self.stalled)

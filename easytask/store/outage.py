@@ -9,6 +9,7 @@ writer and the run-state writer use it: output and run ends wait, they are never
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import sqlite3
@@ -24,9 +25,23 @@ RETRY_AFTER = 5  # seconds a client is told to wait before it asks again
 BACKOFF_FIRST = 0.2
 BACKOFF_MAX = 5.0
 
-# Set while the server answers an HTTP request: waits on the database (a flush of buffered
-# output) give up with `Unavailable` during an outage instead of waiting for it to end.
-impatient: ContextVar[bool] = ContextVar("impatient", default=False)
+# The task answering an HTTP request (see `mark_impatient`): its waits on the database (a flush
+# of buffered output) give up with `Unavailable` during an outage instead of waiting for it to
+# end.  A task it starts (a job's runs) inherits the variable but is another task: it waits.
+_impatient: ContextVar[object | None] = ContextVar("impatient", default=None)
+
+
+def mark_impatient() -> None:
+    """The current task answers a request: it is told 503 rather than made to wait out an
+    outage."""
+    _impatient.set(asyncio.current_task())
+
+
+def is_impatient() -> bool:
+    """The current task answers a request (`mark_impatient`)."""
+    task = _impatient.get()
+    return task is not None and task is asyncio.current_task()
+
 
 _DISK_FULL_TEXTS = (
     "database or disk is full",

@@ -118,7 +118,7 @@ class Console:
 
         async def wrapped(request: Request) -> Response:
             user: User | None = None
-            outage.impatient.set(True)  # a database outage answers 503, it is not waited out
+            outage.mark_impatient()  # a database outage answers 503, it is not waited out
             try:
                 no_nul(request)
                 user = await self.auth.user(request)

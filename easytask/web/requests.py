@@ -174,7 +174,7 @@ class ApiRequests:
         """Wrap a handler with authentication, an optional role check and error mapping."""
 
         async def wrapped(request: Request) -> Response:
-            outage.impatient.set(True)  # a database outage answers 503, it is not waited out
+            outage.mark_impatient()  # a database outage answers 503, it is not waited out
             try:
                 no_nul(request)
                 user = await self.user(request)
