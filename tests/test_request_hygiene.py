@@ -40,7 +40,7 @@ def test_readyz_says_not_ready_and_logs_why(
         assert ready.headers["retry-after"].isdigit()
         assert name not in ready.text and "connection" not in ready.text
         wait_until(
-            lambda: "not ready: the database does not answer" in server.proc.output(),
+            lambda: "is unavailable: unreachable" in server.proc.output(),
             timeout=30,
             what="the reason in the server log",
         )

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from easytask.config import Settings
+from easytask.errors import Unavailable
 from easytask.inventory import Inventory, load_inventory
 from easytask.scheduler.agents import AgentRegistry
 from easytask.scheduler.auditanchor import AuditAnchor
@@ -145,6 +146,8 @@ class Services:
         try:
             async with asyncio.timeout(5):
                 await self.store.call(self.store.ping)
+        except Unavailable:
+            problems["database"] = "not ready"  # the store logged the outage when it began
         except Exception as exc:
             log.warning("not ready: the database does not answer: %s: %s", type(exc).__name__, exc)
             problems["database"] = "not ready"
