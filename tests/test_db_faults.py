@@ -342,6 +342,8 @@ def test_sqlite_disk_full_while_agents_stream(
             timeout=60,
             what="output from every agent",
         )
+        # a run that ends while the disk is full: its end is stored once space returns
+        short = server.submit(names[0], "sleep 3; echo short done; exit 3")
         filler = disk / "filler"
         fill(filler)
         ready = wait_until(
@@ -368,6 +370,9 @@ def test_sqlite_disk_full_while_agents_stream(
         assert {r["state"] for r in data["runs"]} == {"success"}
         for run_id in runs.values():
             assert_stored_once(server, run_id, expected_lines())
+        ended = server.wait_job(short["job"]["id"], timeout=60)["runs"][0]
+        assert (ended["state"], ended["exit_code"]) == ("failed", 3)
+        assert_stored_once(server, ended["id"], ["short done"])
         with sqlite3.connect(db) as conn:
             assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         assert server.proc.alive()
