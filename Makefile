@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-pg check bench sysdeps clean vendor-uplot bench-pgout
+.PHONY: demo test test-pg check bench sysdeps clean vendor-uplot bench-pgout bench-faults
 
 UPLOT_VERSION ?= 1.6.32
 
@@ -28,7 +28,7 @@ PG_TESTS := tests/test_store.py tests/test_migrations.py tests/test_adhoc.py \
 	tests/test_bad_input.py tests/test_timeline.py tests/test_host_metrics.py \
 	tests/test_busy_agents.py tests/test_scoped_reading.py tests/test_api_jobs.py \
 	tests/test_log_partitions.py tests/test_db_search.py tests/test_play_loops.py \
-	tests/test_templates.py
+	tests/test_templates.py tests/test_db_faults.py
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -63,6 +63,10 @@ bench: $(STAMP)
 # output on PostgreSQL and SQLite side by side, with a 10,000,000-line history (not in `make test`)
 bench-pgout: $(STAMP)
 	$(PY) -m bench.pgout --write
+
+# PostgreSQL down for 60 s while 100 agents stream output (not part of `make test`).
+bench-faults: $(STAMP)
+	$(PY) -m bench.dbfaults --agents 100 --pause 60
 
 clean:
 	rm -rf $(VENV) .easytask build dist

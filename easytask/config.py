@@ -64,6 +64,7 @@ class Settings:
     playbooks: str | None = _setting("playbooks")
     output_limit: int | None = _setting(256 << 20, "size")  # 0: no limit
     upload_limit: int = _setting(1 << 30, "size")
+    log_buffer: int = _setting(16 << 20, "size")  # output held while the database is away
     public_url: str | None = _setting(None)  # the console's address as users reach it
     notify_url: str | None = _setting(None)  # webhook called when any job finishes
     notify_events: str = _setting("all", "choice", choices=("all", "failed"))

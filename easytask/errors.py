@@ -138,6 +138,14 @@ class RateLimited(APIError):
         self.retry_after = retry_after
 
 
+class Unavailable(APIError):
+    """The database is unavailable; try again later."""
+
+    def __init__(self, message: str | None = None, *, retry_after: int = 5):
+        super().__init__(message, status=503)
+        self.retry_after = retry_after
+
+
 class Conflict(APIError):
     """The request conflicts with the current state."""
 

@@ -26,7 +26,7 @@ from easytask.scheduler.egress import WebhookRefused, WebhookTargets, parse_url
 from easytask.scheduler.engine import JobEngine
 from easytask.scheduler.hostmetrics import HostMetrics
 from easytask.scheduler.hub import LiveHub
-from easytask.scheduler.logwriter import LogWriter
+from easytask.scheduler.logwriter import LogWriter, buffer_limits
 from easytask.scheduler.metrics import Metrics
 from easytask.scheduler.notify import Notifier, Webhook
 from easytask.scheduler.retention import Retention
@@ -139,7 +139,7 @@ class Server:
         )
         await self.audit_anchor.start()
         self.admin_token = await self._ensure_admin()
-        self.writer = LogWriter(self.store)
+        self.writer = LogWriter(self.store, **buffer_limits(self.config.log_buffer))
         self.writer.start()
         # agents record the lasting id of the server holding them (servers share the database)
         self.registry = AgentRegistry(self.store, self.hub, self.store.owner)

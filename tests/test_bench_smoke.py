@@ -250,3 +250,15 @@ def test_hostmetrics_quick_samples_and_ingests(tmp_path: Path) -> None:
     assert phases["idle links"]["stored"] == 0
     assert phases["sampling at 1 s"]["stored"] > 0
     assert "1,000 agents at 1 s, ingest alone" in stdout
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_dbfaults_quick_keeps_every_promise(tmp_path: Path) -> None:
+    """`dbfaults.py --quick`: 5 agents, PostgreSQL down 5 s: the server stays up, the API answers
+    503 with Retry-After, /readyz says unreachable, every line is stored once."""
+    stdout, rec = _run_quick("dbfaults.py", tmp_path)
+    assert rec["problems"] == []
+    assert rec["api_while_down"] == {"503 retry-after": rec["api_while_down"]["503 retry-after"]}
+    assert rec["runs_complete"] == rec["agents"] == 5
+    assert "runs with every line once:     5 of 5" in stdout

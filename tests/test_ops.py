@@ -33,7 +33,8 @@ def test_healthz_and_readyz_answer_without_a_token(start_server: ServerFactory) 
     server = start_server()
     assert httpx.get(server.url + "/healthz").json() == {"status": "ok"}
     ready = httpx.get(server.url + "/readyz")
-    assert (ready.status_code, ready.json()) == (200, {"status": "ready"})
+    assert (ready.status_code, ready.json()["status"]) == (200, "ready")
+    assert ready.json()["buffer"]["lines"] == 0
 
 
 def test_metrics_need_a_token(start_server: ServerFactory, monkeypatch: Any) -> None:

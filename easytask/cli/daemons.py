@@ -173,6 +173,13 @@ def add_parsers(sub: Any) -> None:
         help="largest file a copy or script may upload (default 1G)",
     )
     setting(
+        "--log-buffer",
+        name="log_buffer",
+        type=size_arg,
+        help="output held in memory while the database is slow or away; runs stop being read "
+        "(their agents spool) once it is full (default 16M)",
+    )
+    setting(
         "--retention",
         name="retention",
         help="delete successful runs older than this, e.g. 90d (default: keep)",

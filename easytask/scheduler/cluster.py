@@ -282,13 +282,26 @@ class Cluster:
     # -- heartbeats and take-overs ----------------------------------------------------------
 
     async def _heartbeats(self) -> None:
+        # After this server's own heartbeats failed (the database was away), every server's
+        # heartbeat is as old as the outage: no take-over until the others have had the time
+        # to beat again, or a database restart would make the servers stop each other.
+        quiet_until = 0.0
+        missed = False
         while True:
             await asyncio.sleep(self.beat)
             try:
                 ok = await self.store.call(rows.heartbeat, self.store, self.node)
             except Exception as exc:
                 log.warning("heartbeat not recorded: %s", exc)
+                missed = True
                 continue
+            if missed:
+                missed = False
+                quiet_until = time.monotonic() + self.dead_after + 2 * self.beat
+                log.info(
+                    "heartbeat recorded again; no take-over of other servers for %.0f s",
+                    quiet_until - time.monotonic(),
+                )
             if not ok:
                 log.error(
                     "this server was presumed dead (no heartbeat for %gs) and its work was taken "
@@ -298,6 +311,8 @@ class Cluster:
                 for fenced in self.on_fenced:
                     fenced()
                 return
+            if quiet_until and time.monotonic() < quiet_until:
+                continue
             try:
                 taken = await self.store.call(
                     rows.take_over, self.store, self.node, self.dead_after
@@ -305,6 +320,12 @@ class Cluster:
             except Exception as exc:
                 log.warning("could not check for stopped servers: %s", exc)
                 continue
+            if quiet_until:
+                quiet_until = 0.0
+                log.info(
+                    "checked for stopped servers again after the database outage: %d found",
+                    len(taken),
+                )
             for t in taken:
                 log.warning(
                     "server %s stopped: took over %d job(s); %d of its %d run(s) in flight are "

@@ -45,10 +45,6 @@ from easytask.transport.local import LocalExecution, LocalHost
 
 log = logging.getLogger("easytask.server")
 
-# Lines / bytes waiting for the writer before channels are paused (SSH flow control does the rest).
-BACKLOG_HIGH = 50_000
-BACKLOG_HIGH_BYTES = 16 << 20
-
 
 class Execution:
     """Runs one run's command on its host (agent or agentless, one code path) to its end."""
@@ -478,7 +474,9 @@ class Execution:
             if (
                 not paused[0]
                 and execution is not None
-                and self.writer.over(BACKLOG_HIGH, BACKLOG_HIGH_BYTES)
+                # the writer's buffer is full (a slow or absent database): stop reading this
+                # run's channel; SSH flow control holds the rest in the agent's spool
+                and self.writer.over()
             ):
                 chan = execution.channel
                 if chan is not None:
@@ -551,7 +549,7 @@ class Execution:
     async def _resume_when_drained(
         self, execution: executor.Execution | LocalExecution, paused: list[bool]
     ) -> None:
-        await self.writer.wait_below(BACKLOG_HIGH // 2, BACKLOG_HIGH_BYTES // 2)
+        await self.writer.wait_below()
         paused[0] = False
         chan = execution.channel
         if chan is not None:

@@ -47,7 +47,9 @@ class RunStateWriter:
             while self._queue:
                 batch, self._queue = self._queue, []
                 try:
-                    results = await self.store.call(
+                    # through a database outage: retried until stored (a run that ended meanwhile
+                    # records its end when the database is back)
+                    results = await self.store.persist(
                         self.store.update_runs, [change for change, _ in batch]
                     )
                 except Exception as exc:

@@ -10,7 +10,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from easytask.cron import Cron
-from easytask.errors import EasyTaskError
+from easytask.errors import EasyTaskError, Unavailable
 from easytask.playbook import load_playbook
 from easytask.store.db import Store
 from easytask.store.models import Schedule, as_utc
@@ -154,6 +154,8 @@ class Scheduler:
                 await self.tick()
             except asyncio.CancelledError:
                 raise
+            except Unavailable:
+                pass  # the database is away: its outage is logged once; fire times wait
             except Exception:
                 log.exception("schedule loop error")
             await asyncio.sleep(self.interval)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from easytask.config import Settings
+from easytask.errors import Unavailable
 from easytask.inventory import Inventory, load_inventory
 from easytask.scheduler.agents import AgentRegistry
 from easytask.scheduler.auditanchor import AuditAnchor
@@ -147,17 +148,33 @@ class Services:
         return await self.cluster.live_servers()
 
     async def ready(self) -> dict[str, str]:
-        """What /readyz checks: the database answers, the agent listener is up. Empty if ready."""
+        """What /readyz checks: the database answers (and, after a fault such as a full disk,
+        has stored a write since), the agent listener is up. Empty if ready."""
         problems: dict[str, str] = {}
         try:
             async with asyncio.timeout(5):
                 await self.store.call(self.store.ping)
+        except Unavailable:
+            problems["database"] = "not ready"  # the store logged the outage when it began
         except Exception as exc:
             log.warning("not ready: the database does not answer: %s: %s", type(exc).__name__, exc)
             problems["database"] = "not ready"
+        known = self.store.health.problem()
+        if known is not None:
+            problems["database"] = known
         if not self.listener.listening:
             problems["agent_listener"] = "not listening"
         return problems
+
+    def output_buffer(self) -> dict[str, int]:
+        """Output waiting for the database, and the limit at which runs stop being read."""
+        writer = self.writer
+        return {
+            "lines": writer.backlog,
+            "bytes": writer.backlog_bytes,
+            "limit_lines": writer.limit_lines,
+            "limit_bytes": writer.limit_bytes,
+        }
 
     async def audit(self, actor: str, action: str, source: str, detail: dict[str, Any]) -> None:
         """Append an event to the audit chain on its own (for an event that changes nothing)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,7 +22,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DisconnectionError
 from sqlmodel import SQLModel, create_engine, select
 
-from easytask.store import schema
+from easytask.errors import Unavailable
+from easytask.store import outage, schema
 from easytask.store.audit import AuditQueries
 from easytask.store.credentials import CredentialQueries
 from easytask.store.history import HistoryQueries
@@ -38,6 +39,7 @@ from easytask.store.timetable import ScheduleQueries
 T = TypeVar("T")
 PING_AFTER_IDLE = 5.0  # seconds a PostgreSQL connection rests in the pool before it is checked
 M = TypeVar("M", bound=SQLModel)
+CONNECT_TIMEOUT = 5  # seconds to open a PostgreSQL connection
 
 
 def sqlite_url(path: Path) -> str:
@@ -84,7 +86,8 @@ def make_engine(url: str) -> Engine:
 
         return engine
     if url.startswith("postgresql"):
-        engine = create_engine(url)
+        # a PostgreSQL that cannot be reached fails a call within seconds, it does not hang it
+        engine = create_engine(url, connect_args={"connect_timeout": CONNECT_TIMEOUT})
 
         @event.listens_for(engine, "connect")
         def _utc(dbapi_conn: Any, _record: Any) -> None:
@@ -138,13 +141,53 @@ class Store(
         # The server this store works for (set by the server): its jobs carry it, and a server
         # resumes only its own unfinished jobs when several share the database.
         self.owner = ""
+        self.health = outage.Health(safe_url(url))
 
     # -- plumbing ---------------------------------------------------------------------------
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a store method on the database thread without blocking the event loop."""
+        """Run a store method on the database thread without blocking the event loop.
+
+        A database fault (see `outage.fault_of`) is raised as `Unavailable` (503 with
+        `Retry-After` in the API) and noted in `health`; any other error as it is."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+        try:
+            result = await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+        except Exception as exc:
+            fault = outage.fault_of(exc)
+            if fault is None:
+                raise
+            self.health.failed(fault, exc)
+            raise Unavailable(
+                f"the database is unavailable ({fault}); try again in {outage.RETRY_AFTER} s",
+                retry_after=outage.RETRY_AFTER,
+            ) from exc
+        self.health.answered(wrote=False)
+        return result
+
+    async def persist(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        on_fault: Callable[[], Awaitable[None]] | None = None,
+        **kwargs: Any,
+    ) -> T:
+        """`call` a store method that writes, again and again through database faults (with
+        backoff up to `outage.BACKOFF_MAX`) until it succeeds: for what must be stored, never
+        dropped (output lines, run states).  `on_fault` is awaited after each failed attempt.
+        Any other error is raised."""
+        delay = outage.BACKOFF_FIRST
+        while True:
+            try:
+                result = await self.call(fn, *args, **kwargs)
+            except Unavailable:
+                if on_fault is not None:
+                    await on_fault()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, outage.BACKOFF_MAX)
+                continue
+            self.health.answered(wrote=True)
+            return result
 
     def close(self) -> None:
         """Close connections and stop the database thread."""

@@ -16,9 +16,10 @@ from starlette.routing import Route
 from easytask import __version__
 from easytask.errors import APIError, EasyTaskError, RateLimited
 from easytask.loglines import LEVELS
+from easytask.store import outage
 from easytask.store.models import RunState, User
 from easytask.web.auth import CSRF_FIELD, SAFE_METHODS, SessionAuth, csrf_ok
-from easytask.web.errors import INTERNAL, PageError, http_status
+from easytask.web.errors import INTERNAL, PageError, http_status, retry_headers
 from easytask.web.format import fmt_duration, fmt_time
 from easytask.web.requests import ROLES_OPERATE, no_nul, read_capped
 
@@ -117,6 +118,7 @@ class Console:
 
         async def wrapped(request: Request) -> Response:
             user: User | None = None
+            outage.mark_impatient()  # a database outage answers 503, it is not waited out
             try:
                 no_nul(request)
                 user = await self.auth.user(request)
@@ -140,9 +142,11 @@ class Console:
                     raise PageError(f"role {user.role!r} may not do this", status=403)
                 return await handler(request, user)
             except EasyTaskError as exc:
-                return self.render(
+                page = self.render(
                     request, user, "error.html", status=http_status(exc), message=str(exc)
                 )
+                page.headers.update(retry_headers(exc))
+                return page
             except Exception:
                 log.exception("console error on %s %s", request.method, request.url.path)
                 return self.render(request, user, "error.html", status=500, message=INTERNAL)

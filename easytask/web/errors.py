@@ -21,3 +21,16 @@ def http_status(exc: EasyTaskError) -> int:
 def json_error(status: int, message: str) -> JSONResponse:
     """An API error response: `{"error": message}`."""
     return JSONResponse({"error": message}, status_code=status)
+
+
+def retry_headers(exc: BaseException) -> dict[str, str]:
+    """`Retry-After` for an error that says when to ask again (the database away: 503)."""
+    retry_after = getattr(exc, "retry_after", None)
+    return {"retry-after": str(retry_after)} if retry_after is not None else {}
+
+
+def error_response(exc: EasyTaskError) -> JSONResponse:
+    """The API's answer to an EasyTask error: its status, message and `Retry-After` if any."""
+    response = json_error(http_status(exc), str(exc))
+    response.headers.update(retry_headers(exc))
+    return response

@@ -13,6 +13,7 @@ from easytask.service.context import Services
 from easytask.service.hostmetrics import latest_samples
 from easytask.service.reading import Reader
 from easytask.store.models import RunState, User
+from easytask.store.outage import RETRY_AFTER
 from easytask.store.serialize import delivery_dict
 from easytask.web.requests import ApiRequests, int_param
 
@@ -34,12 +35,19 @@ class OpsApi:
     async def readyz(self, request: Request) -> Response:
         """GET /readyz: 200 when the database answers and agents can connect, else 503.
 
-        Anyone may ask, so the answer names what is not ready, never why (the log says why).
+        Anyone may ask, so the answer names what is not ready and the kind of fault (a database
+        "unavailable: disk full for 12 s"), never the error's text (the log has it); with the
+        output waiting for the database (`buffer`).
         """
         problems = await self.services.ready()
+        buffer = self.services.output_buffer()
         if problems:
-            return JSONResponse({"status": "not ready", "problems": problems}, status_code=503)
-        return JSONResponse({"status": "ready"})
+            return JSONResponse(
+                {"status": "not ready", "problems": problems, "buffer": buffer},
+                status_code=503,
+                headers={"retry-after": str(RETRY_AFTER)},
+            )
+        return JSONResponse({"status": "ready", "buffer": buffer})
 
     async def metrics(self, request: Request) -> Response:
         """GET /metrics: with the metrics token (if one is set) or any API token."""

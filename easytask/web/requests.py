@@ -17,8 +17,9 @@ from starlette.responses import Response
 
 from easytask.errors import APIError, EasyTaskError
 from easytask.service.context import Services
+from easytask.store import outage
 from easytask.store.models import User
-from easytask.web.errors import INTERNAL, http_status, json_error
+from easytask.web.errors import INTERNAL, error_response, json_error
 
 log = logging.getLogger("easytask.server")
 
@@ -175,6 +176,7 @@ class ApiRequests:
 
         @functools.wraps(handler)
         async def wrapped(request: Request) -> Response:
+            outage.mark_impatient()  # a database outage answers 503, it is not waited out
             try:
                 no_nul(request)
                 user = await self.user(request)
@@ -182,7 +184,7 @@ class ApiRequests:
                     raise APIError(f"role {user.role!r} may not do this", status=403)
                 return await handler(request, user)
             except EasyTaskError as exc:
-                return json_error(http_status(exc), str(exc))
+                return error_response(exc)
             except HTTPException:
                 raise
             except Exception:

@@ -90,6 +90,15 @@ class PostgresCluster:
             # a zone far from UTC, so a time read back in the server's zone would show
             "-c timezone=Pacific/Auckland"
         )
+        self._options = options
+        self.resume()
+
+    def halt(self) -> None:
+        """Stop the server (`pg_ctl stop -m fast`: clients are disconnected), keeping its files."""
+        self._run(pg_bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def resume(self) -> None:
+        """Start the server on its files and port; return once it accepts connections."""
         self._run(
             pg_bin("pg_ctl"),
             "-D",
@@ -98,7 +107,7 @@ class PostgresCluster:
             str(self.log),
             "-w",
             "-o",
-            options,
+            self._options,
             "start",
         )
 
