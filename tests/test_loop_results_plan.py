@@ -26,7 +26,7 @@ from easytask.plan import (
     task_result,
 )
 from easytask.plan.loops import run_items
-from easytask.playbook import parse_playbook
+from easytask.playbook import PlaybookErrors, parse_playbook
 from tests.support.cli import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
@@ -180,3 +180,32 @@ def test_an_item_renders_its_command_with_its_value(tmp_path: Path, inventory: I
     item = run_items(plan, "greet", "web1", listed("bin"))[0]
     context = plan.context("web1", {}, None, {"item": item.value})
     assert render_action(task, "web1", context).shell_line() == "echo hello bin"
+
+
+def test_the_loader_checks_the_results_a_loop_reads() -> None:
+    """A loop (or its label) reading results of a task it does not need, or of no task, is
+    refused at its line, as any other template reading results is."""
+    with pytest.raises(PlaybookErrors) as exc:
+        parse_playbook(
+            textwrap.dedent("""\
+                hosts: all
+                tasks:
+                  - name: a
+                    needs: []
+                    shell: x
+                  - name: b
+                    needs: []
+                    loop: "{{ results.a.stdout_lines }}"
+                    shell: echo {{ item }}
+                  - name: c
+                    needs: [a]
+                    loop: ["{{ results.a.rc }}", x]
+                    loop_control: {label: "{{ results.nope.rc }}"}
+                    shell: echo {{ item }}
+                """),
+            "pb/x.yml",
+        )
+    assert [str(e) for e in exc.value.errors] == [
+        "pb/x.yml:8:11: task 'b' uses results.a but does not need 'a' (add it to 'needs')",
+        "pb/x.yml:13:27: task 'c' uses results.nope, but there is no task 'nope'",
+    ]

@@ -168,6 +168,15 @@ class TaskChecker(ValueChecker):
             at = self.src.value(container, where)
             for used in attribute_refs(container[where], "results", expression=expression):
                 found.setdefault(used, at)
+        control = data.get("loop_control")
+        loops = [(data, "loop"), (data, "with_items")]
+        loops += [(control, "label")] if isinstance(control, dict) else []
+        for container, key in loops:  # a loop over results (see Loop.at_run)
+            if key in container:
+                for slot, at_key, _ in _strings(container, key):
+                    at = self.src.value(slot, at_key)
+                    for used in attribute_refs(slot[at_key], "results", expression=False):
+                        found.setdefault(used, at)
         return tuple(found)
 
     def action(self, data: dict[Any, Any], kind: str, label: str) -> Action | None:
