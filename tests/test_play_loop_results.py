@@ -95,6 +95,31 @@ def test_a_loop_over_the_task_above_runs_its_items_per_host(
     assert [ln["text"] for ln in fleet.log_lines(runs[("after", "web2")]["id"])] == ["skipped"]
 
 
+def test_the_ansible_habit_prints_each_item_as_it_runs(fleet: ServerHandle, tmp_path: Path) -> None:
+    """The loop over /etc/passwd's users, followed in text: each item's output as it comes,
+    and the recap names the items."""
+    book = write(
+        tmp_path / "passwd.yml",
+        """\
+        name: passwd
+        hosts: web1
+        tasks:
+          - name: list users
+            command: "cut -d: -f1 /etc/passwd"
+          - name: greet
+            command: echo hello {{ item }}
+            loop: "{{ results['list users'].stdout_lines }}"
+        """,
+    )
+    result = fleet.cli("play", str(book), timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    users = [u.split(":")[0] for u in Path("/etc/passwd").read_text().splitlines() if u]
+    assert "root" in users
+    printed = [ln for ln in result.stdout.splitlines() if " | hello " in ln]
+    assert [ln.split(" | hello ", 1)[1] for ln in printed] == users
+    assert "greet (item=root)" in result.stdout
+
+
 def test_a_loop_that_cannot_be_rendered_fails_that_host_only(
     fleet: ServerHandle, tmp_path: Path
 ) -> None:
