@@ -124,7 +124,8 @@ def test_a_loop_that_cannot_be_rendered_fails_that_host_only(
     fleet: ServerHandle, tmp_path: Path
 ) -> None:
     """On web1 the loop gives a text, not a list: that host's task fails with the reason on its
-    run and the task below is skipped there; web2 runs its items; the job ends failed."""
+    run and the task below is skipped there (ignore_errors judges items, and there is none);
+    web2 runs its items, the failed one ignored; the job ends failed."""
     book = write(
         tmp_path / "bad.yml",
         """\
@@ -136,6 +137,8 @@ def test_a_loop_that_cannot_be_rendered_fails_that_host_only(
           - name: each
             loop: "{{ results.probe.stdout if inventory_hostname == 'web1' else results.probe.stdout_lines }}"
             shell: echo {{ item }}
+            ignore_errors: true
+            failed_when: item == '1'
           - name: after
             shell: echo after
         """,
@@ -152,8 +155,10 @@ def test_a_loop_that_cannot_be_rendered_fails_that_host_only(
     assert "task 'each' on host 'web1', loop must give a list, got the text 'one'" in each["reason"]
     assert runs[("after", "web1")]["state"] == "skipped"
     assert runs[("after", "web1")]["reason"] == "needs 'each' on web1, which ended failed"
-    assert [runs[(n, "web2")]["state"] for n in ("each (item=1)", "each (item=2)", "after")] == [
-        "success", "success", "success",
+    # ignore_errors lets a failed item pass, as in a planned loop; not a loop with no items
+    web2 = [runs[(n, "web2")] for n in ("each (item=1)", "each (item=2)", "after")]
+    assert [(r["state"], r["ignored"]) for r in web2] == [
+        ("failed", True), ("success", False), ("success", False),
     ]  # fmt: skip
 
 
