@@ -626,3 +626,27 @@ def test_one_server_folds_host_samples_at_a_time(postgres: PostgresCluster) -> N
         assert [r[1] for r in store.host_minutes("web1", minute, minute + 59)] == [2]
     finally:
         store.close()
+
+
+def test_a_loop_over_results_is_expanded_once(store: Store) -> None:
+    """expand_run gives the run that stands for a loop its first item's name and adds one
+    queued run per other item, in order, in one transaction; a second call finds it expanded
+    and changes nothing (so two server processes never expand a loop twice)."""
+    job, (web1, web2) = _job(store, ["web1", "web2"])
+    assert job.id is not None and web1.id is not None
+    names = ["uptime (item=a)", "uptime (item=b)", "uptime (item=c)"]
+    rows = store.expand_run(web1.id, "uptime", names)
+    assert rows is not None
+    assert [(r.task, r.host, r.attempt, r.state, r.server) for r in rows] == [
+        (n, "web1", 1, RunState.QUEUED, web1.server) for n in names
+    ]
+    assert rows[0].id == web1.id and rows[1].id > web2.id and rows[2].id > rows[1].id
+    assert [(e.kind, e.detail) for e in store.run_events(web1.id)][-1] == (
+        "loop", "item 1 of 3: uptime (item=a)",
+    )  # fmt: skip
+    assert store.run_events(rows[2].id or 0)[0].detail == "host web1, item 3 of 3 of uptime"
+    assert store.expand_run(web1.id, "uptime", names) is None
+    store.update_run(web2.id or 0, "finished", state=RunState.SKIPPED)
+    assert store.expand_run(web2.id or 0, "uptime", ["uptime (item=x)"]) is None
+    tasks = sorted((r.task, r.host) for r in store.job_runs(job.id))
+    assert tasks == sorted([*((n, "web1") for n in names), ("uptime", "web2")])

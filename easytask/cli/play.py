@@ -145,8 +145,12 @@ def _loop_text(loop: Any) -> str:
         over = ", ".join(str(i) for i in loop.items or ())
         over = f"[{over if len(over) <= 60 else over[:57] + '...'}]"
     label = f" label {loop.label}" if loop.label else ""
-    return escape_controls(
-        f"{key} {over}" + (f" as {loop.loop_var}" if loop.loop_var != "item" else "") + label
+    known = " (over results: its items are known when it runs)" if loop.at_run else ""
+    return (
+        escape_controls(
+            f"{key} {over}" + (f" as {loop.loop_var}" if loop.loop_var != "item" else "") + label
+        )
+        + known
     )
 
 

@@ -16,6 +16,7 @@ from easytask.templating import TemplateLimit, variables
 from easytask.vault import vault_values
 
 __all__ = [
+    "AT_RUN_NOTE",
     "CheckedRun",
     "check_limits",
     "check_playbook",
@@ -50,6 +51,8 @@ class _ResultText(str):
 
 
 # Facts in --check: placeholders where the host's own are not known (agentless, or no agent).
+AT_RUN_NOTE = "a loop over results: its items are known when it runs"
+
 _CHECK_FACTS = {name: _ResultText(name, "fact") for name in FACT_VARIABLES}
 
 
@@ -128,6 +131,9 @@ def check_playbook(plan: PlaybookPlan) -> list[CheckedRun]:
         if run.empty_loop:
             checked.append(CheckedRun(run, host, None, False))
             continue
+        if run.at_run:  # its items come from results: known on the host when it runs
+            checked.append(CheckedRun(run, host, None, None))
+            continue
         try:
             if task.when is not None:
                 # A condition on results is only known at run time.
@@ -153,6 +159,8 @@ def check_limits(plan: PlaybookPlan) -> None:
         if run.task in seen:
             continue
         seen.add(run.task)
+        if run.at_run:  # its items (and so its commands) are rendered when it runs
+            continue
         task = plan.task(run.task)
         host = run.host or run.candidates[0]
         results = _CheckResults(_loops_seen(plan, run))
@@ -211,6 +219,8 @@ def format_check(plan: PlaybookPlan, checked: Sequence[CheckedRun]) -> str:
                 lines.append(f"  {who}: ERROR {item.error}")
             elif item.run.empty_loop:
                 lines.append(f"  {who}: skipped (the loop gave no item)")
+            elif item.run.at_run:
+                lines.append(f"  {who}: {AT_RUN_NOTE}")
             elif item.when is False:
                 lines.append(f"  {who}: skipped (when: {task.when})")
             else:
@@ -275,6 +285,7 @@ def dumps_check(checked: Sequence[CheckedRun]) -> str:
             {
                 "task": c.run.task,
                 **({"item": c.run.item.label} if c.run.item is not None else {}),
+                **({"items": AT_RUN_NOTE} if c.run.at_run else {}),
                 "host": c.run.host,
                 "candidates": list(c.run.candidates),
                 "batch": c.run.batch,

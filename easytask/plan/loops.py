@@ -28,6 +28,7 @@ __all__ = [
     "host_items",
     "item_run_name",
     "loop_items",
+    "run_items",
 ]
 
 MAX_LOOP_ITEMS = 10_000  # items of one task's loop on one host
@@ -167,11 +168,10 @@ def loop_items(plan: Any) -> dict[tuple[str, str | None], list[LoopItem]]:
 
     Raises PlaybookError at the task's `loop` (or `loop_control`) for a loop that does not
     give a list, or an item's label that cannot be rendered."""
-    names = {t.name for t in plan.tasks}
     deadline = time.monotonic() + LOOP_SECONDS
     out: dict[tuple[str, str | None], list[LoopItem]] = {}
     for task in plan.tasks:
-        if task.loop is None or not task.hosts:
+        if task.loop is None or not task.hosts or task.loop.at_run:
             continue
         units: list[str | None] = (
             [None] if task.run_on_any else [task.hosts[0]] if task.run_once else list(task.hosts)
@@ -185,15 +185,44 @@ def loop_items(plan: Any) -> dict[tuple[str, str | None], list[LoopItem]]:
                 _secret_values(plan, host),
                 deadline,
             )
-            for item in items:
-                if item_run_name(task.name, item.shown) in names:
-                    raise PlaybookError(
-                        f"task {task.name!r}: the run of item {item.shown!r} would be named "
-                        f"{item_run_name(task.name, item.shown)!r}, like another task: rename one",
-                        location=task.location,
-                    )
+            _check_names(plan, task, items)
             out[(task.name, unit)] = items
     return out
+
+
+def run_items(
+    plan: Any,
+    task_name: str,
+    host: str,
+    results: Mapping[str, Any],
+    facts: Mapping[str, Any] | None = None,
+) -> list[LoopItem]:
+    """The items of a loop that uses `results` (`Loop.at_run`) on a host, rendered when the
+    tasks it waits for have ended there: `results` are theirs (task -> `task_result(...)`).
+
+    Raises PlaybookError as `loop_items` does (not a list, too many items, a template or
+    label that fails, an item's run named like another task)."""
+    task = plan.task(task_name)
+    items = host_items(
+        task.task,
+        host,
+        partial(plan.context, host, results, facts),
+        _secret_values(plan, host),
+        time.monotonic() + LOOP_SECONDS,
+    )
+    _check_names(plan, task, items)
+    return items
+
+
+def _check_names(plan: Any, task: Any, items: Sequence[LoopItem]) -> None:
+    names = {t.name for t in plan.tasks}
+    for item in items:
+        if item_run_name(task.name, item.shown) in names:
+            raise PlaybookError(
+                f"task {task.name!r}: the run of item {item.shown!r} would be named "
+                f"{item_run_name(task.name, item.shown)!r}, like another task: rename one",
+                location=task.location,
+            )
 
 
 def _secret_values(plan: Any, host: str) -> list[str]:

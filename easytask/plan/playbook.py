@@ -92,7 +92,9 @@ class TaskRun:
     `results_from` maps each task whose `results.<task>` this run may read to the runs that
     provide them: the run of that task on the same host (every item's, for a loop), or the
     task's single run. `item` is the run's item of its task's loop; `empty_loop`: the loop
-    gave no item on this host, so this run stands for the task, skipped.
+    gave no item on this host, so this run stands for the task, skipped. `at_run`: the loop
+    uses results, so this run stands for the task until its items are rendered on the host
+    (when its needs have ended), and then for its first item (see `run_items`).
     """
 
     task: str
@@ -103,6 +105,7 @@ class TaskRun:
     results_from: Mapping[str, tuple[RunKey, ...]] = field(default_factory=dict)
     item: LoopItem | None = None
     empty_loop: bool = False
+    at_run: bool = False
 
     @property
     def name(self) -> str:
@@ -448,7 +451,10 @@ def _runs(
                     results_from[earlier] = tuple(per_host[earlier][host])
                 elif single[earlier] and by_task[earlier]:
                     results_from[earlier] = tuple(by_task[earlier])
-            listed = items.get((task.name, host), []) if task.loop is not None else None
+            at_run = task.loop is not None and task.loop.at_run
+            listed = (
+                items.get((task.name, host), []) if task.loop is not None and not at_run else None
+            )
             keys: list[RunKey] = []
             variants: list[LoopItem | None] = [*listed] if listed else [None]
             for item in variants:
@@ -462,6 +468,7 @@ def _runs(
                     results_from=results_from,
                     item=item,
                     empty_loop=listed == [],
+                    at_run=at_run,
                 )
                 runs.append(run)
                 keys.append(run.key)

@@ -94,7 +94,9 @@ class Loop:
     `items`: the list as written (its strings may be templates); `template`: the text that
     gives the list; `flatten`: `with_items`, whose lists inside the list are spread out one level
     as Ansible does; `label`: the template of an item's name (None: the item itself);
-    `loop_var`: the variable that holds the item in the task's templates.
+    `loop_var`: the variable that holds the item in the task's templates; `at_run`: the items
+    or the label use `results`, so they are rendered on each host when the tasks the loop
+    waits for have ended there, not when the job is planned.
     """
 
     items: tuple[Any, ...] | None = None
@@ -102,6 +104,7 @@ class Loop:
     flatten: bool = False
     label: str | None = None
     loop_var: str = "item"
+    at_run: bool = False
 
 
 @dataclass(frozen=True)

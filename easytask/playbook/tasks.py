@@ -168,6 +168,15 @@ class TaskChecker(ValueChecker):
             at = self.src.value(container, where)
             for used in attribute_refs(container[where], "results", expression=expression):
                 found.setdefault(used, at)
+        control = data.get("loop_control")
+        loops = [(data, "loop"), (data, "with_items")]
+        loops += [(control, "label")] if isinstance(control, dict) else []
+        for container, key in loops:  # a loop over results (see Loop.at_run)
+            if key in container:
+                for slot, at_key, _ in _strings(container, key):
+                    at = self.src.value(slot, at_key)
+                    for used in attribute_refs(slot[at_key], "results", expression=False):
+                        found.setdefault(used, at)
         return tuple(found)
 
     def action(self, data: dict[Any, Any], kind: str, label: str) -> Action | None:
@@ -336,7 +345,8 @@ class TaskChecker(ValueChecker):
 
     def loop(self, data: dict[Any, Any], label: str) -> Loop | None:
         """`loop` (or `with_items`, which spreads out lists inside the list one level) and
-        `loop_control`. Items are fixed when the job is planned: they cannot use results."""
+        `loop_control`. Items are rendered when the job is planned, unless they (or the label)
+        use `results`: then on each host when the tasks it waits for have ended there."""
         key = "with_items" if "with_items" in data else "loop"
         if "loop" in data and "with_items" in data:
             self.bad(data, "with_items", f"{label} has both 'loop' and 'with_items' (use 'loop')")
@@ -352,13 +362,14 @@ class TaskChecker(ValueChecker):
         what = f"{key!r} of {label}"
         items: tuple[Any, ...] | None = None
         template: str | None = None
+        at_run = False
         if isinstance(value, list):
             self.nested_templates(data, key, what)
-            self._no_results(data, key, what)
+            at_run = _uses_results(data, key)
             items = tuple(value)
         elif isinstance(value, str) and is_template(value):
             if self.template(data, key, what):
-                self._no_results(data, key, what)
+                at_run = _uses_results(data, key)
             template = value
         else:
             self.bad(
@@ -377,7 +388,7 @@ class TaskChecker(ValueChecker):
             self.unknown_keys(control, LOOP_CONTROL_KEYS, where)
             text = self.string(control, "label", where)
             if text is not None and self.template(control, "label", f"'label' of {where}"):
-                self._no_results(control, "label", f"'label' of {where}")
+                at_run = at_run or _uses_results(control, "label")
             var = control.get("loop_var")
             if var is not None:
                 if not isinstance(var, str) or not NAME.match(var):
@@ -386,20 +397,7 @@ class TaskChecker(ValueChecker):
                     self.bad(control, "loop_var", f"'loop_var' of {where}: {var!r} is reserved")
                 else:
                     name = var
-        return Loop(items, template, key == "with_items", text, name)
-
-    def _no_results(self, container: Any, where: Any, what: str) -> None:
-        """A loop's items and labels are rendered when the job is planned, before any run."""
-        for slot, at_key, _ in _strings(container, where):
-            text = slot[at_key]
-            if is_template(text) and not syntax_problem(text) and "results" in variables(text):
-                self.bad(
-                    slot,
-                    at_key,
-                    f"{what} uses results: a loop's items are fixed when the job is "
-                    "planned, before any task runs (loop over the output in a 'shell' instead)",
-                )
-                return
+        return Loop(items, template, key == "with_items", text, name, at_run)
 
     def tags(self, data: dict[Any, Any], label: str) -> tuple[str, ...]:
         """`tags`: a list of names, or one text of names separated by commas (as Ansible takes)."""
@@ -520,3 +518,13 @@ def _template_slots(data: dict[Any, Any]) -> Iterator[tuple[Any, Any, bool]]:
                     yield value, sub, False
                 elif isinstance(item, list):
                     yield from ((item, i, False) for i, v in enumerate(item) if isinstance(v, str))
+
+
+def _uses_results(container: Any, where: Any) -> bool:
+    """Whether a loop's items (or its label) use `results`: then they are rendered when the
+    task runs on a host, not when the job is planned."""
+    for slot, at_key, _ in _strings(container, where):
+        text = slot[at_key]
+        if is_template(text) and not syntax_problem(text) and "results" in variables(text):
+            return True
+    return False

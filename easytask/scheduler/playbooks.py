@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
-import shlex
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,10 +28,20 @@ from easytask.plan import (
     stop_after_batch,
     task_result,
 )
+from easytask.plan.loops import item_run_name, run_items
 from easytask.plan.outcome import ignored
 from easytask.scheduler import fileops, secretfile
 from easytask.scheduler.engine import JobEngine
 from easytask.scheduler.inflight import JobOptions
+from easytask.scheduler.playrows import (
+    ANY_HOST,
+    ResumeError,
+    item_of,
+    job_runs_for,
+    resume_spec,
+    retry_due,
+    task_order,
+)
 from easytask.scheduler.verdicts import judge_attempt, mark_ignored
 from easytask.store.audit import AuditNote
 from easytask.store.models import Job, Run, RunState
@@ -43,9 +51,9 @@ from easytask.vault import vault_values
 
 log = logging.getLogger("easytask.server")
 
-ANY_HOST = "(any)"
 EMPTY_LOOP = "the loop gave no item"  # the reason of a loop's run on a host with no item
 OK_FOR_NEEDS = (RunState.SUCCESS, RunState.SKIPPED)
+LOST = (RunState.FAILED, RunState.TERMINATED)  # a loop over results whose items never came
 
 T = TypeVar("T")
 
@@ -78,6 +86,8 @@ class _Slot:
     result: dict[str, Any] | None = None
     ignored: bool = False  # it failed, and its task's ignore_errors lets the play go past it
     resumed: bool = False  # its row was started (or a retry queued) by a previous server process
+    # a loop over results (`TaskRun.at_run`) once its items are rendered: their runs, in order
+    members: list[RunKey] | None = None
 
 
 class PlaybookJob:
@@ -107,6 +117,10 @@ class PlaybookJob:
         # agentless hosts gather facts once per job, when the playbook names one
         self._gather = uses_facts(plan.playbook.text)
         self._facts: dict[str, asyncio.Task[dict[str, Any]]] = {}
+        # after a restart: the latest row of each (run name, host), and the runs' marks, for
+        # the items of a loop over results that the previous process had rendered
+        self.stored: dict[tuple[str, str], Run] = {}
+        self.marks: dict[int, set[str]] = {}
 
     async def host_facts(self, host: str) -> dict[str, Any]:
         """An agentless host's fact variables for this job (gathered once, on first use);
@@ -133,6 +147,8 @@ class PlaybookJob:
             async with asyncio.TaskGroup() as tg:
                 for slot in batch:
                     tg.create_task(self._guarded(slot), name=f"play-run-{slot.run.id}")
+            # the items of loops over results were added while the batch ran
+            batch = [s for s in self.slots.values() if s.planned.batch == index and not s.members]
             hosts = {s.run.host for s in batch if s.planned.host is not None}
             failed = {
                 s.run.host
@@ -173,18 +189,18 @@ class PlaybookJob:
         if slot.done.is_set():  # finished before a server restart
             return
         for need in planned.needs:
-            dep = self.slots[need]
-            await dep.done.wait()
-            if (dep.state not in OK_FOR_NEEDS and not dep.ignored) or (
-                dep.state == RunState.SKIPPED and not dep.skipped_by_when
-            ):
-                await self._skip(
-                    slot,
-                    f"needs {need.task!r}"
-                    + (f" on {need.host}" if need.host else "")
-                    + f", which ended {dep.state}",
-                )
-                return
+            await self.slots[need].done.wait()
+            for key, dep in self._ended(need):
+                if (dep.state not in OK_FOR_NEEDS and not dep.ignored) or (
+                    dep.state == RunState.SKIPPED and not dep.skipped_by_when
+                ):
+                    await self._skip(
+                        slot,
+                        f"needs {key.task!r}"
+                        + (f" on {key.host}" if key.host else "")
+                        + f", which ended {dep.state}",
+                    )
+                    return
         if planned.empty_loop:  # skipped as a false `when` is: what waits for it goes on
             slot.skipped_by_when = True
             await self._skip(slot, EMPTY_LOOP)
@@ -213,6 +229,9 @@ class PlaybookJob:
             slot.state = RunState.UNREACHABLE
             slot.result = task_result(stderr=reason, rc=None, state=RunState.UNREACHABLE)
             return
+        if planned.at_run and planned.item is None:
+            await self._expand(slot, host, results, facts)
+            return
         context = self.plan.context(host, results, facts, self.plan.item_vars(planned))
         try:
             action = await off_loop(_prepare, task, host, context)
@@ -231,17 +250,128 @@ class PlaybookJob:
         else:
             await self._attempts(slot, task, action, host, context)
 
+    def _ended(self, key: RunKey) -> list[tuple[RunKey, _Slot]]:
+        """The runs a planned run stands for: itself, or a loop over results' items."""
+        slot = self.slots[key]
+        if slot.members:
+            return [(k, self.slots[k]) for k in slot.members]
+        return [(key, slot)]
+
     def _results(self, planned: TaskRun) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for name, keys in planned.results_from.items():
-            slots = [self.slots[k] for k in keys if k in self.slots]
+            slots = [s for k in keys if k in self.slots for _, s in self._ended(k)]
             loop = self.plan.task(name).loop
             if loop is not None:  # every item's result, in item order
                 items = [(s.planned.item, s.result) for s in slots if s.planned.item is not None]
                 out[name] = loop_result(items, loop.loop_var)
+                if any(s.planned.at_run and s.state in LOST for s in slots if not s.planned.item):
+                    # its items could not be rendered: the task failed before any item
+                    out[name].update(state=RunState.FAILED, failed=True, skipped=False)
             elif slots and slots[0].result is not None:
                 out[name] = slots[0].result
         return out
+
+    async def _expand(
+        self, slot: _Slot, host: str, results: Mapping[str, Any], facts: Mapping[str, Any]
+    ) -> None:
+        """Render a loop over results on its host now that its needs have ended, give its run
+        the first item and queue a run for each other item (one transaction), then run the
+        items in order. The rows a previous server process made for them are taken as they
+        are: a loop is expanded once."""
+        planned = slot.planned
+        try:
+            items = await off_loop(run_items, self.plan, planned.task, host, results, facts)
+        except EasyTaskError as exc:
+            reason = f"the loop's items: {exc}"
+            await self.engine.finish(slot.run, RunState.FAILED, reason=reason)
+            slot.state = RunState.FAILED
+            slot.result = task_result(stderr=reason, rc=None, state=RunState.FAILED)
+            return
+        if not items and slot.run.task == planned.task:
+            slot.skipped_by_when = True  # as a planned loop with no item: what waits goes on
+            await self._skip(slot, EMPTY_LOOP)
+            return
+        names = [item_run_name(planned.task, i.shown) for i in items]
+        rows: list[Run] | None = None
+        if slot.run.task == planned.task:
+            rows = await self.engine.store.call(
+                self.engine.store.expand_run, slot.run.id or 0, planned.task, names
+            )
+        restarted = rows is None
+        if rows is None:  # expanded before a server restart: its rows are stored
+            found = [self.stored.get((name, slot.run.host)) for name in names]
+            if not items or any(r is None for r in found):
+                await self._lost_items(slot, planned.task)
+                return
+            rows = [r for r in found if r is not None]
+        keys: list[RunKey] = []
+        for item, row in zip(items, rows, strict=True):
+            child = _Slot(
+                TaskRun(
+                    task=planned.task,
+                    host=planned.host,
+                    candidates=planned.candidates,
+                    batch=planned.batch,
+                    needs=tuple(keys[-1:]),  # an item waits for the item before it
+                    results_from=planned.results_from,
+                    item=item,
+                ),
+                row,
+            )
+            self.slots[child.planned.key] = child
+            keys.append(child.planned.key)
+            if restarted:
+                await self.restore(child)
+            elif row is not slot.run:
+                self.engine.track(row)
+        slot.members = keys
+        for key in keys:
+            await self._guarded(self.slots[key])
+
+    async def _lost_items(self, slot: _Slot, task: str) -> None:
+        """A restarted server rendered other items than the stored ones: end the loop there."""
+        reason = "not resumed: the loop's items are not the ones rendered before the restart"
+        for (name, host), row in self.stored.items():
+            if host == slot.run.host and item_of(name, task) and row.state not in RunState.FINAL:
+                await self.engine.finish(row, RunState.TERMINATED, reason=reason)
+        if slot.run.state not in RunState.FINAL:
+            await self.engine.finish(slot.run, RunState.TERMINATED, reason=reason)
+        slot.state = RunState.TERMINATED
+        slot.result = task_result(stderr=reason, rc=None, state=RunState.TERMINATED)
+
+    async def restore(self, slot: _Slot) -> int:
+        """Take a run's stored row as a previous server process left it; returns 1 when it is
+        still to run (resumed, or its next attempt queued), else 0 (it ended: its result kept)."""
+        run = slot.run
+        engine = self.engine
+        task = self.plan.task(slot.planned.task)
+        engine.track(run)
+        if run.state not in RunState.FINAL:
+            slot.resumed = run.attempt > 1 or run.state != RunState.QUEUED
+            if slot.resumed:
+                await engine.store.call(
+                    engine.store.update_run, run.id or 0, "resumed", "by a restarted server"
+                )
+            return 1
+        if retry_due(run, task):
+            # The old process ended this attempt but died before queuing the next one.
+            nxt = await engine.store.call(engine.store.add_attempt, run.id or 0, run.attempt + 1)
+            engine.track(nxt)
+            slot.run = nxt
+            slot.resumed = True
+            return 1
+        slot.state = run.state
+        slot.skipped_by_when = run.reason.startswith("when is false") or run.reason == EMPTY_LOOP
+        slot.ignored = IGNORED in self.marks.get(run.id or 0, ())
+        if run.state == RunState.SKIPPED:
+            slot.result = task_result(rc=None, state=RunState.SKIPPED)
+        else:
+            stdout, stderr = await engine.output_text(run.id or 0)
+            changed = CHANGED in self.marks.get(run.id or 0, ())
+            slot.result = task_result(stdout, stderr, run.exit_code, run.state, changed=changed)
+        slot.done.set()
+        return 0
 
     async def _attempts(
         self, slot: _Slot, task: PlannedTask, action: Any, host: str, context: Mapping[str, Any]
@@ -360,37 +490,6 @@ class PlaybookJob:
         await self.engine.execute_one(run, dict(self.plan.host_vars.get(host, {})), options)
 
 
-def job_runs_for(plan: PlaybookPlan) -> list[Run]:
-    """One queued run row per planned run (run_on any: host chosen when it starts)."""
-    runs = []
-    for planned in plan.runs:
-        task = plan.task(planned.task)
-        host = planned.host or ANY_HOST
-        connection = plan.connection(planned.host or planned.candidates[0])
-        runs.append(
-            Run(
-                job_id=0,
-                task=planned.name,
-                host=host,
-                connection=connection,
-                agent=host if connection == "agent" else "",
-                command=_preview(task),
-            )
-        )
-    return runs
-
-
-def _preview(task: PlannedTask) -> str:
-    action = task.action
-    if action.kind == "copy":
-        return f"copy {action.path_text} -> {action.dest}"
-    if action.kind == "script":
-        return f"script {action.path_text}" + (f" {action.args}" if action.args else "")
-    if action.argv is not None:
-        return shlex.join(action.argv)
-    return action.command or ""
-
-
 async def submit_playbook(
     engine: JobEngine,
     plan: PlaybookPlan,
@@ -441,44 +540,6 @@ async def submit_playbook(
     return job, runs
 
 
-def task_order(plan: PlaybookPlan) -> list[dict[str, Any]]:
-    """The job's tasks in the order they run, each with the tasks it needs (kept in `job.vars`
-    for the job page's matrix)."""
-    return [
-        {"name": task.name, "needs": list(task.needs), "implied": task.needs_implied}
-        for task in plan.tasks
-    ]
-
-
-def resume_spec(plan: PlaybookPlan) -> dict[str, Any]:
-    """What a later server process needs to plan the same job again (kept in `job.vars`).
-
-    Secret extra vars are left out: they wait in the job's secrets file (mode 0600) instead.
-    """
-    secret = set(plan.playbook.secrets)
-    return {
-        "playbook": str(Path(plan.playbook.path).resolve()),
-        "sha256": hashlib.sha256(plan.playbook.text.encode()).hexdigest(),
-        "limit": plan.limit,
-        "tags": list(plan.tags),
-        "skip_tags": list(plan.skip_tags),
-        "extra_vars": {k: v for k, v in plan.extra_vars.items() if k not in secret},
-        **({"become": plan.become.as_dict()} if plan.become.as_dict() else {}),
-        **({"warnings": list(plan.warnings)} if plan.warnings else {}),
-    }
-
-
-class ResumeError(EasyTaskError):
-    """The playbook job cannot be continued after the server restarted."""
-
-
-def check_resumable(plan: PlaybookPlan, spec: dict[str, Any]) -> None:
-    """Raise ResumeError unless `plan` was made from the very playbook text the job started with."""
-    digest = hashlib.sha256(plan.playbook.text.encode()).hexdigest()
-    if digest != spec.get("sha256"):
-        raise ResumeError(f"{spec.get('playbook')} changed since the job started")
-
-
 async def resume_playbook(
     engine: JobEngine,
     plan: PlaybookPlan,
@@ -493,9 +554,12 @@ async def resume_playbook(
     """
     assert job.id is not None
     rows = await engine.store.call(engine.store.job_runs, job.id)
+    # the planned runs' rows first; then those added for the items of loops over results
     originals = sorted((r for r in rows if r.attempt == 1), key=lambda r: r.id or 0)
+    extra = originals[len(plan.runs) :]
+    originals = originals[: len(plan.runs)]
     if len(originals) != len(plan.runs) or any(
-        row.task != planned.name
+        (row.task != planned.name and not (planned.at_run and item_of(row.task, planned.name)))
         or (planned.host is not None and row.host != planned.host)
         or (planned.host is None and row.host != ANY_HOST and row.host not in planned.candidates)
         for row, planned in zip(originals, plan.runs, strict=False)
@@ -507,52 +571,18 @@ async def resume_playbook(
     current = [latest[(row.task, row.host)] for row in originals]
     runner = PlaybookJob(engine, plan, job, current, pending_timeout)
     runner.ssh_keys = dict(ssh_keys or {})
-    marks = await engine.store.call(engine.store.job_run_marks, job.id)
-    left = 0
+    runner.marks = await engine.store.call(engine.store.job_run_marks, job.id)
+    runner.stored = dict(latest)
+    left = sum(1 for row in extra if latest[(row.task, row.host)].state not in RunState.FINAL)
     for slot in runner.slots.values():
-        run = slot.run
-        task = plan.task(slot.planned.task)
-        engine.track(run)
-        if run.state not in RunState.FINAL:
-            left += 1
-            slot.resumed = run.attempt > 1 or run.state != RunState.QUEUED
-            if slot.resumed:
-                await engine.store.call(
-                    engine.store.update_run, run.id or 0, "resumed", "by a restarted server"
-                )
+        if slot.planned.at_run and slot.run.task != slot.planned.name:
+            # its loop was expanded: its items are taken up again when it runs (see _expand)
+            left += slot.run.state not in RunState.FINAL
             continue
-        if _retry_due(run, task):
-            # The old process ended this attempt but died before queuing the next one.
-            nxt = await engine.store.call(engine.store.add_attempt, run.id or 0, run.attempt + 1)
-            engine.track(nxt)
-            slot.run = nxt
-            slot.resumed = True
-            left += 1
-            continue
-        slot.state = run.state
-        slot.skipped_by_when = run.reason.startswith("when is false") or run.reason == EMPTY_LOOP
-        slot.ignored = IGNORED in marks.get(run.id or 0, ())
-        if run.state == RunState.SKIPPED:
-            slot.result = task_result(rc=None, state=RunState.SKIPPED)
-        else:
-            stdout, stderr = await engine.output_text(run.id or 0)
-            changed = CHANGED in marks.get(run.id or 0, ())
-            slot.result = task_result(stdout, stderr, run.exit_code, run.state, changed=changed)
-        slot.done.set()
+        left += await runner.restore(slot)
     task_ = asyncio.create_task(_run(engine, runner), name=f"job-{job.id}")
     engine.adopt(job.id, task_)
     return left
-
-
-def _retry_due(run: Run, task: PlannedTask) -> bool:
-    """Whether the retry loop would have queued another attempt after this ended one."""
-    return (
-        run.state in (RunState.FAILED, RunState.TERMINATED, RunState.UNREACHABLE)
-        and run.attempt <= task.retries
-        and "killed by" not in run.reason
-        and not run.reason.startswith("internal error")
-        and (run.started_at is not None or run.state == RunState.UNREACHABLE)
-    )
 
 
 async def _run(engine: JobEngine, runner: PlaybookJob) -> None:

@@ -117,6 +117,50 @@ class RunQueries(Queries):
             s.refresh(run)
             return run
 
+    def expand_run(self, run_id: int, stands_for: str, names: Sequence[str]) -> list[Run] | None:
+        """Give a queued run that stands for a loop whose items were just rendered (a loop over
+        results) its items, in one transaction: the run takes the first item's name, a new
+        queued run (same job, host, connection, command) is added for each other item, in
+        order. None when the run no longer stands for the loop (already expanded, or ended),
+        so a loop is expanded once whichever server gets there first."""
+        assert names
+        with self.session() as s:
+            run = s.get(Run, run_id, with_for_update=True)
+            if run is None:
+                raise KeyError(run_id)
+            if run.task != stands_for or run.state != RunState.QUEUED or run.attempt != 1:
+                return None
+            total = len(names)
+            run.task = names[0]
+            s.add(run)
+            s.add(RunEvent(run_id=run_id, kind="loop", detail=f"item 1 of {total}: {names[0]}"))
+            added = []
+            for index, name in enumerate(names[1:], start=2):
+                row = Run(
+                    job_id=run.job_id,
+                    task=name,
+                    host=run.host,
+                    connection=run.connection,
+                    agent=run.agent,
+                    command=run.command,
+                    server=run.server or self.owner,
+                )
+                s.add(row)
+                s.flush()
+                assert row.id is not None
+                s.add(
+                    RunEvent(
+                        run_id=row.id,
+                        kind="queued",
+                        detail=f"host {row.host}, item {index} of {total} of {stands_for}",
+                    )
+                )
+                added.append(row)
+            s.commit()
+            for row in (run, *added):
+                s.refresh(row)
+            return [run, *added]
+
     def get_job(self, job_id: int) -> Job | None:
         """One job."""
         with self.session() as s:
