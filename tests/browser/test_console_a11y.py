@@ -172,7 +172,9 @@ def tab_order(page: Any, url: str) -> None:
 def test_every_page_is_named_landmarked_keyboard_reachable_and_fits(
     fleet: ServerHandle, browser: Any, consoles: list[Console]
 ) -> None:
-    adhoc = fleet.wait_job(fleet.submit("all", "echo hello")["job"]["id"])
+    adhoc = fleet.wait_job(
+        fleet.submit("all", 'for i in $(seq 1 40); do echo "INFO line $i"; done')["job"]["id"]
+    )
     book = fleet.post("/api/playbooks/run", {"name": "release.yml", "text": BOOK})["job"]
     fleet.wait_job(book["id"])
     fleet.post("/api/templates", TEMPLATE)
@@ -217,6 +219,8 @@ def test_every_page_is_named_landmarked_keyboard_reachable_and_fits(
     assert page.locator("#timeline canvas").first.get_attribute("aria-describedby") == (
         "timeline-summary"
     )
+    page.locator("#logview .logline").first.wait_for()
+    page.evaluate("() => window.scrollTo(0, document.getElementById('logview').offsetTop - 220)")
     screenshot(page, "run-phone")
     page.goto(f"/jobs/{adhoc['job']['id']}")
     assert page.locator("#job-state").get_attribute("aria-live") == "polite"
