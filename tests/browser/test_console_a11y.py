@@ -225,3 +225,24 @@ def test_every_page_is_named_landmarked_keyboard_reachable_and_fits(
     page.goto(f"/jobs/{adhoc['job']['id']}")
     assert page.locator("#job-state").get_attribute("aria-live") == "polite"
     assert page.get_by_test_id("job-summary").get_attribute("aria-live") == "polite"
+
+
+def test_sign_in_page_is_labelled_and_fits_a_phone(fleet: ServerHandle, browser: Any) -> None:
+    """Before sign-in: the form's fields are named, the user name field has the focus with the
+    skip link just before it, and the page fits 390 px."""
+    context = browser.new_context(base_url=fleet.url, viewport={"width": 390, "height": 844})
+    try:
+        page = context.new_page()
+        page.goto("/login")
+        found = page.evaluate(AUDIT)
+        assert (found["unnamed"], found["pictures"], found["h1"], found["main"]) == ([], [], 1, 1)
+        assert found["mainNav"] == 0, found  # no navigation before sign-in
+        no_sideways_scroll(page, "/login")
+        # the user name field has the focus; the skip link is the one stop before it
+        assert page.evaluate("() => document.activeElement.name") == "username"
+        page.keyboard.press("Shift+Tab")
+        assert page.evaluate(WHERE) == "skip"
+        page.keyboard.press("Tab")
+        assert page.evaluate("() => document.activeElement.name") == "username"
+    finally:
+        context.close()
