@@ -139,6 +139,18 @@
     return Math.max(200, el.clientWidth || 600);
   }
 
+  /* A chart's text alternative: its canvas named as an image, described by a text element. */
+  function describe(plot, label, describedBy) {
+    plot.root.querySelectorAll("canvas").forEach((canvas) => {
+      canvas.setAttribute("role", "img");
+      canvas.setAttribute("aria-label", label);
+      if (describedBy) canvas.setAttribute("aria-describedby", describedBy);
+    });
+    /* the legend is a table whose rows each start with the series' name */
+    plot.root.querySelectorAll(".u-legend th").forEach((th) => th.setAttribute("scope", "row"));
+    return plot;
+  }
+
   /* One chart of some of the host's series over [since, until]. */
   function hostChart(el, data, title, names, since, until) {
     const cols = [data.t];
@@ -154,7 +166,7 @@
     box.className = "chart";
     box.dataset.chart = title;
     el.appendChild(box);
-    return new uPlot(
+    const plot = new uPlot(
       {
         title: title,
         width: width(el) - 32,
@@ -167,6 +179,8 @@
       cols,
       box
     );
+    const shown = ser.slice(1).map((x) => x.label).join(", ");
+    return describe(plot, title + " chart over the last hours (" + shown + "); values in its legend", null);
   }
 
   /* The host page: CPU, memory and load over the last `hours`. */
@@ -215,7 +229,7 @@
     el.title = "CPU % over the last hour";
     el.dataset.empty = "0";
     el.dataset.points = String(points.t.length);
-    new uPlot(
+    const plot = new uPlot(
       {
         width: 120,
         height: 28,
@@ -231,6 +245,8 @@
       [points.t, points.cpu],
       el
     );
+    const last = points.cpu.filter((v) => v !== null).slice(-1)[0];
+    describe(plot, "CPU % over the last hour" + (last !== undefined ? ", last " + Math.round(last) + "%" : ""), null);
   }
 
   /* Every sparkline of the page from one request (GET /api/agents/metrics/recent). */
@@ -258,6 +274,7 @@
     memPct: memPct,
     summarize: summarize,
     showSummary: showSummary,
+    describe: describe,
   };
 
   document.addEventListener("DOMContentLoaded", function () {

@@ -155,6 +155,7 @@
           this.plotEl
         );
         this.plot.over.addEventListener("click", (ev) => this.clicked(ev));
+        EC.describe(this.plot, "Story chart: output lines per second and the host's CPU and memory over the run's time; its summary is beside it and its events in the Timeline table below", "timeline-summary");
       }
       this.placeMarks();
       const n = this.data.events.length;
