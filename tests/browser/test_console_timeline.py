@@ -23,8 +23,8 @@ pytestmark = pytest.mark.browser
 
 FAST = ("--metrics-interval", "1", "--metrics-active-interval", "0.5")
 MIB = 1 << 20
-HELD = 800  # MiB the hot run holds (host memory moves by a few hundred MiB on a busy machine)
-ROSE = 400  # MiB above the agent's baseline that count as the rise
+HELD = 2000  # MiB the hot run holds (host memory moves by several hundred MiB on a busy machine)
+ROSE = 1000  # MiB above the agent's baseline that count as the rise
 # A run that holds HELD MiB and keeps one CPU busy for 6 s, saying so in its output.
 HOT = f"""
 import time
@@ -263,7 +263,7 @@ def stood_out(data: dict[str, Any]) -> str:
 def test_a_hot_run_shows_its_rise_on_the_chart_aligned_with_its_output(
     sampled: ServerHandle, browser: Any, consoles: list[Console]
 ) -> None:
-    """A run holding 800 MiB and burning a CPU on an agent that samples its host: the samples
+    """A run holding 2,000 MiB and burning a CPU on an agent that samples its host: the samples
     around the line it prints when it holds the memory are higher than the agent's baseline
     before the run, the moment of the peak seeks to the lines printed while held, and in
     Chromium the chart draws CPU, memory and load from the real endpoint, the summary reads
