@@ -16,6 +16,7 @@ from easytask.web.api_agents import AgentsApi
 from easytask.web.api_credentials import CredentialsApi
 from easytask.web.api_jobs import JobsApi
 from easytask.web.api_playbooks import PlaybooksApi
+from easytask.web.api_schedules import SchedulesApi
 from easytask.web.api_templates import TemplatesApi
 from easytask.web.api_timeline import TimelineApi
 from easytask.web.auth import SessionAuth, ensure_admin_password
@@ -78,6 +79,7 @@ def routes(services: Services, auth: SessionAuth) -> list[BaseRoute]:
         *JobsApi(services, api).routes(),
         *AgentsApi(services, api).routes(),
         *PlaybooksApi(services, api).routes(),
+        *SchedulesApi(services, api).routes(),
         *runlog.routes(),
         *TimelineApi(services, api, runlog.run_for).routes(),
         *UsersApi(services, api, auth).routes(),
