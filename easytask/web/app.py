@@ -23,6 +23,7 @@ from easytask.web.auth import SessionAuth, ensure_admin_password
 from easytask.web.console import Console, web_dir
 from easytask.web.console_hosts import HostPages
 from easytask.web.console_pages import ConsolePages
+from easytask.web.console_schedules import SchedulePages
 from easytask.web.console_templates import TemplatePages
 from easytask.web.export import ExportApi
 from easytask.web.openapi import OpenApi
@@ -89,6 +90,7 @@ def routes(services: Services, auth: SessionAuth) -> list[BaseRoute]:
         *console.routes(),
         *ConsolePages(services, console).routes(),
         *TemplatePages(services, console).routes(),
+        *SchedulePages(services, console).routes(),
         *HostPages(services, console).routes(),
         Mount("/static", StaticFiles(directory=root / "static"), name="static"),
     ]
