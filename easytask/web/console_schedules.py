@@ -6,6 +6,7 @@ delete buttons."""
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import PurePath
 from typing import Any
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
@@ -63,7 +64,7 @@ def _shown(data: dict[str, Any]) -> dict[str, Any]:
     elif kind == "adhoc":
         out["what"] = f"{target.get('pattern')}: {target.get('command')}"
     else:
-        out["what"] = f"playbook file {data.get('path', '')}"
+        out["what"] = f"playbook file {PurePath(data.get('path') or '').name}"
     return out
 
 
