@@ -172,6 +172,16 @@ def test_stored_schedules_crud_validation_pause_and_run_now(
     assert [datetime.fromisoformat(t).weekday() for t in edited.json()["next_fires"]] == [0] * 3
     assert _audit(server, "schedule.update")[0]["detail"]["cron"] == "0 4 * * 1"
 
+    # a scoped operator: never resumes (a schedule fires with the server's authority), and
+    # pauses or runs only a schedule whose hosts are all in the scope
+    outsider = _client(server, "otto", "operator", scope="elsewhere")
+    assert outsider.post("/api/schedules/nightly/pause").status_code == 403
+    assert outsider.post("/api/schedules/nightly/run").status_code == 403
+    assert outsider.post("/api/schedules/nightly/resume").status_code == 403
+    assert server.get("/api/schedules/nightly")["enabled"]
+    assert {e["actor"] for e in _audit(server, "job.refused")} == {"otto"}
+    outsider.close()
+
     paused = operator.post("/api/schedules/nightly/pause")
     assert paused.status_code == 200 and not paused.json()["enabled"]
     assert server.http.post("/api/schedules/nightly/resume").json()["enabled"]
