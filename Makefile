@@ -19,7 +19,7 @@ PG_TESTS := tests/test_store.py tests/test_migrations.py tests/test_adhoc.py \
 	tests/test_security.py tests/test_reliability.py tests/test_agents.py tests/test_auth.py \
 	tests/test_console.py tests/test_console_playbooks.py tests/test_export.py \
 	tests/test_fileops.py tests/test_notify.py tests/test_ops.py tests/test_play.py \
-	tests/test_schedules.py tests/test_api_runs.py tests/test_policy.py tests/test_login_limit.py \
+	tests/test_schedules.py tests/test_stored_schedules.py tests/test_api_runs.py tests/test_policy.py tests/test_login_limit.py \
 	tests/test_request_hygiene.py tests/test_passwords.py tests/test_scope_actions.py \
 	tests/test_credentials.py tests/test_ansible_connection.py tests/test_grouped_output.py tests/test_grouped_view.py \
 	tests/test_console_audit.py tests/test_agent_env.py tests/test_agent_names.py \

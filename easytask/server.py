@@ -38,11 +38,12 @@ from easytask.service.busy import LimitsWatch
 from easytask.service.context import InventorySource, Services
 from easytask.service.jobs import submit_scheduled
 from easytask.service.planning import resume_playbook_job
+from easytask.service.schedules import fire_stored
 from easytask.statefiles import load_or_create_secret
 from easytask.store import checkpoints, schema
 from easytask.store.audit import hashed_with_another_key
 from easytask.store.db import Store, safe_url, sqlite_url
-from easytask.store.models import Job, JobApproval
+from easytask.store.models import Job, JobApproval, Schedule
 from easytask.transport import sshlog
 from easytask.transport.agentless import SSHPool
 from easytask.transport.agentlink import AgentListener
@@ -214,6 +215,7 @@ class Server:
             self.server_id,
             interval=self.config.schedule_interval,
             vault=self.vault,
+            submit_stored=self._fire_stored,
         )
         self.retention = Retention(
             self.store,
@@ -339,6 +341,9 @@ class Server:
 
     async def _submit_scheduled(self, path: Path, name: str) -> int:
         return await submit_scheduled(self.services, path, name)
+
+    async def _fire_stored(self, row: Schedule) -> int:
+        return await fire_stored(self.services, row)
 
     async def _resume_playbook(self, job: Job) -> int:
         return await resume_playbook_job(self.services, job)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote
 
@@ -124,12 +125,27 @@ def add_parsers(sub: Any) -> None:
     ag.set_defaults(func=cmd_agents)
 
     sc = sub.add_parser(
-        "schedules", help="list schedules with next fire times; enable, disable, run"
+        "schedules",
+        help="schedules with next fire times: list, show, create, rm, pause, resume, run",
     )
     sc.add_argument("--format", choices=("text", "json"), default="text")
     scsub = sc.add_subparsers(dest="schedules_command", metavar="ACTION", parser_class=Parser)
-    for action in ("enable", "disable", "run"):
-        x = scsub.add_parser(action, help=f"{action} a schedule")
+    scsub.add_parser("list", help="every schedule, from files and stored (the default)")
+    x = scsub.add_parser("show", help="one schedule, what it runs and its next fire times")
+    x.add_argument("name")
+    x = scsub.add_parser("create", help="store a schedule from a YAML or JSON file (admin)")
+    x.add_argument("-f", "--file", required=True, help="the schedule (see docs/concepts.md)")
+    x.add_argument("--replace", action="store_true", help="replace the schedule of that name")
+    x = scsub.add_parser("rm", help="delete a stored schedule (admin)")
+    x.add_argument("name")
+    for action, helptext in (
+        ("pause", "stop a schedule firing until it is resumed"),
+        ("resume", "let a paused schedule fire again"),
+        ("disable", "the same as pause"),
+        ("enable", "the same as resume"),
+        ("run", "start a schedule now, out of its timetable"),
+    ):
+        x = scsub.add_parser(action, help=helptext)
         x.add_argument("name")
     sc.set_defaults(func=cmd_schedules)
 
@@ -406,11 +422,29 @@ def cmd_agents(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
 
 def cmd_schedules(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     client = api_client(settings)
-    action = args.schedules_command
-    if action:
-        data = client.post(f"/api/schedules/{args.name}/{action}")
+    action = args.schedules_command or "list"
+    if action == "create":
+        return create_schedule(client, args, out)
+    if action in ("show", "rm"):
+        path = f"/api/schedules/{quote(args.name, safe='')}"
+        if action == "rm":
+            client.send("DELETE", path)
+            out.write(f"schedule {args.name}: removed\n")
+            return EXIT_OK
+        row = client.get(path)
+        if args.format == "json":
+            print_json(row, out)
+            return EXIT_OK
+        import yaml  # only here: the server extra's, which an agent's install lacks
+
+        out.write(yaml.safe_dump(row, sort_keys=False))
+        return EXIT_OK
+    if action != "list":
+        data = client.post(f"/api/schedules/{quote(args.name, safe='')}/{action}")
         if action == "run":
             out.write(f"schedule {args.name}: started job {data['job']}\n")
+        elif action in ("pause", "resume"):
+            out.write(f"schedule {args.name}: {'resumed' if data['enabled'] else 'paused'}\n")
         else:
             out.write(f"schedule {args.name}: {'enabled' if data['enabled'] else 'disabled'}\n")
         return EXIT_OK
@@ -428,14 +462,45 @@ def cmd_schedules(args: argparse.Namespace, settings: Settings, out: TextIO) -> 
             (s["last_fire"] or "-")[:16].replace("T", " "),
             s["last_job"] or "-",
             s["catch_up"],
+            s.get("origin", "file"),
         )
         for s in data["schedules"]
     ]
     print_table(
         rows,
-        ("NAME", "CRON", "TZ", "ENABLED", "NEXT (UTC)", "LAST (UTC)", "LAST JOB", "CATCH-UP"),
+        (
+            "NAME",
+            "CRON",
+            "TZ",
+            "ENABLED",
+            "NEXT (UTC)",
+            "LAST (UTC)",
+            "LAST JOB",
+            "CATCH-UP",
+            "FROM",
+        ),
         out,
     )
+    return EXIT_OK
+
+
+def create_schedule(client: Any, args: argparse.Namespace, out: TextIO) -> int:
+    """`schedules create -f FILE [--replace]`: store (or replace) a schedule."""
+    import yaml  # only here: the server extra's, which an agent's install lacks
+
+    try:
+        data = yaml.safe_load(Path(args.file).read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise UsageError(f"--file {args.file}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise UsageError(f"--file {args.file}: a schedule is a mapping")
+    if args.replace:
+        name = quote(str(data.get("name")), safe="")
+        row = client.send("PUT", f"/api/schedules/{name}", data)
+        out.write(f"schedule {row['name']}: replaced\n")
+    else:
+        row = client.post("/api/schedules", data)
+        out.write(f"schedule {row['name']}: created\n")
     return EXIT_OK
 
 

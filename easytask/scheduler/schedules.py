@@ -21,6 +21,8 @@ log = logging.getLogger("easytask.server")
 Clock = Callable[[], datetime]
 # Starts the playbook at `path` for a schedule; returns the job id.
 Submit = Callable[[Path, str], Awaitable[int]]
+# Starts what a schedule stored in the database runs; returns the job id.
+SubmitStored = Callable[[Schedule], Awaitable[int]]
 ON_TIME = timedelta(minutes=2)  # a fire this late still counts as on time, not as a catch-up
 
 
@@ -30,7 +32,8 @@ def utc_now() -> datetime:
 
 
 class Scheduler:
-    """Reads schedules from the playbooks dir and fires them; the store decides who fires."""
+    """Reads schedules from the playbooks dir and fires them with those stored in the database
+    (through the API); the store decides who fires."""
 
     def __init__(
         self,
@@ -41,11 +44,13 @@ class Scheduler:
         clock: Clock = utc_now,
         interval: float = 1.0,
         vault: Vault | None = None,
+        submit_stored: SubmitStored | None = None,
     ) -> None:
         self.store = store
         self.vault = vault  # opens the playbooks' vaulted vars_files
         self.playbooks_dir = playbooks_dir
         self.submit = submit
+        self.submit_stored = submit_stored
         self.server_id = server_id
         self.clock = clock
         self.interval = interval
@@ -133,7 +138,12 @@ class Scheduler:
         await self.store.call(self.store.update_schedule, row.name, next_fire=nxt)
         if not claimed:
             return None  # another server fired it
-        job_id = await self.submit(Path(row.path), row.name)
+        if row.origin == "db":
+            if self.submit_stored is None:
+                return None
+            job_id = await self.submit_stored(row)
+        else:
+            job_id = await self.submit(Path(row.path), row.name)
         await self.store.call(self.store.set_fire_job, row.id, due, job_id)
         await self.store.call(self.store.update_schedule, row.name, last_fire=due, last_job=job_id)
         log.info("schedule %s fired for %s: job %d", row.name, due.isoformat(), job_id)

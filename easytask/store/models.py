@@ -258,6 +258,10 @@ class Schedule(SQLModel, table=True):
     last_fire: datetime | None = Field(default=None, sa_type=TZ)
     last_job: int | None = None
     updated_at: datetime = Field(default_factory=utcnow, sa_type=TZ)
+    origin: str = "file"  # file: read from a playbook's `schedule:`; db: made through the API
+    target: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    # ^ db: what it runs, JSON (see easytask.service.schedules)
+    created_by: str = ""
 
 
 class ScheduleFire(SQLModel, table=True):

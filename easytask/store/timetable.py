@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, TypeVar
 
+from sqlalchemy import delete
 from sqlmodel import SQLModel, col, select
 
+from easytask.store import audit as audit_chain
 from easytask.store.audit import AuditNote
 from easytask.store.base import Queries
 from easytask.store.models import Schedule, ScheduleFire, utcnow
@@ -23,6 +25,8 @@ class ScheduleQueries(Queries):
             row = s.exec(select(Schedule).where(Schedule.name == name)).first()
             if row is None:
                 row = Schedule(name=name, path=path, cron=cron, tz=tz, catch_up=catch_up)
+            elif row.origin != "file":
+                return row  # a stored schedule of that name: the file does not replace it
             elif (row.path, row.cron, row.tz, row.catch_up) != (path, cron, tz, catch_up):
                 if (row.cron, row.tz) != (cron, tz):
                     row.next_fire = None  # recomputed from the new expression
@@ -46,6 +50,30 @@ class ScheduleQueries(Queries):
         """Change a schedule's fields (enabled, next_fire, last_fire, last_job); with `audit`,
         its audit event in the same transaction."""
         return self.update_named(Schedule, name, fields, audit)
+
+    def create_schedule(self, row: Schedule, audit: AuditNote) -> Schedule | None:
+        """Store a new schedule with its audit event; None if the name is taken."""
+        with self.session() as s:
+            if s.exec(select(Schedule).where(Schedule.name == row.name)).first() is not None:
+                return None
+            s.add(row)
+            s.flush()
+            audit_chain.append_note(s.connection(), audit)
+            s.commit()
+            s.refresh(row)
+            return row
+
+    def delete_schedule(self, name: str, audit: AuditNote) -> bool:
+        """Delete a schedule and its fire records with the audit event; False if none."""
+        with self.session() as s:
+            row = s.exec(select(Schedule).where(Schedule.name == name)).first()
+            if row is None:
+                return False
+            s.exec(delete(ScheduleFire).where(col(ScheduleFire.schedule_id) == row.id))
+            s.delete(row)
+            audit_chain.append_note(s.connection(), audit)
+            s.commit()
+            return True
 
     def claim_fire(self, schedule_id: int, fire_time: datetime, server: str) -> bool:
         """Record that a schedule fires for `fire_time`; False if it already did (any server)."""

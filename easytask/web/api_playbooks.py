@@ -1,4 +1,4 @@
-"""The API of playbooks and schedules: run a playbook sent or on the server, list, switch, run now."""
+"""The API of playbooks: run a playbook sent or on the server, list them."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from easytask.service.context import Services
 from easytask.service.planning import plan_bundle, plan_file
 from easytask.service.playbooks import playbook_listing, playbook_path
 from easytask.store.models import User
-from easytask.store.serialize import job_dict, run_dict, schedule_dict
+from easytask.store.serialize import job_dict, run_dict
 from easytask.web.api_jobs import become_request
 from easytask.web.requests import ROLES_OPERATE, ApiRequests, body, source
 
@@ -32,7 +32,7 @@ def pattern_limit(data: dict[str, Any]) -> str | None:
 
 
 class PlaybooksApi:
-    """/api/playbooks and /api/schedules."""
+    """/api/playbooks."""
 
     def __init__(self, services: Services, api: ApiRequests) -> None:
         self.services = services
@@ -98,37 +98,12 @@ class PlaybooksApi:
         """GET /api/playbooks: the playbooks of the server's playbooks directory."""
         return JSONResponse(await playbook_listing(self.services))
 
-    async def list_schedules(self, request: Request, user: User) -> Response:
-        """GET /api/schedules: every schedule with its next and last fire time."""
-        store = self.services.store
-        await self.services.scheduler.sync()
-        rows = await store.call(store.list_schedules)
-        return JSONResponse({"schedules": [schedule_dict(r) for r in rows]})
-
-    async def schedule_action(self, request: Request, user: User) -> Response:
-        """POST /api/schedules/{name}/enable|disable|run."""
-        name = request.path_params["name"]
-        action = request.path_params["action"]
-        if action in ("enable", "disable"):
-            row = await jobs.set_schedule_enabled(
-                self.services, user, source(request), name, action == "enable"
-            )
-            return JSONResponse(schedule_dict(row))
-        if action == "run":
-            job_id = await jobs.run_schedule_now(self.services, user, source(request), name)
-            return JSONResponse({"schedule": name, "job": job_id}, status_code=201)
-        raise APIError(f"unknown action {action!r}", status=404)
-
     def routes(self) -> list[Route]:
-        """The playbook and schedule routes."""
+        """The playbook routes."""
         route = self.api.route
         op = ROLES_OPERATE
         return [
             Route("/api/playbooks/run", route(self.run_playbook, op), methods=["POST"]),
-            Route("/api/schedules", route(self.list_schedules)),
-            Route(
-                "/api/schedules/{name}/{action}", route(self.schedule_action, op), methods=["POST"]
-            ),
             Route("/api/playbooks", route(self.list_playbooks)),
             Route("/api/playbooks/{file}/run", route(self.run_playbook_file, op), methods=["POST"]),
         ]

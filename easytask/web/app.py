@@ -16,12 +16,14 @@ from easytask.web.api_agents import AgentsApi
 from easytask.web.api_credentials import CredentialsApi
 from easytask.web.api_jobs import JobsApi
 from easytask.web.api_playbooks import PlaybooksApi
+from easytask.web.api_schedules import SchedulesApi
 from easytask.web.api_templates import TemplatesApi
 from easytask.web.api_timeline import TimelineApi
 from easytask.web.auth import SessionAuth, ensure_admin_password
 from easytask.web.console import Console, web_dir
 from easytask.web.console_hosts import HostPages
 from easytask.web.console_pages import ConsolePages
+from easytask.web.console_schedules import SchedulePages
 from easytask.web.console_templates import TemplatePages
 from easytask.web.export import ExportApi
 from easytask.web.openapi import OpenApi
@@ -78,6 +80,7 @@ def routes(services: Services, auth: SessionAuth) -> list[BaseRoute]:
         *JobsApi(services, api).routes(),
         *AgentsApi(services, api).routes(),
         *PlaybooksApi(services, api).routes(),
+        *SchedulesApi(services, api).routes(),
         *runlog.routes(),
         *TimelineApi(services, api, runlog.run_for).routes(),
         *UsersApi(services, api, auth).routes(),
@@ -87,6 +90,7 @@ def routes(services: Services, auth: SessionAuth) -> list[BaseRoute]:
         *console.routes(),
         *ConsolePages(services, console).routes(),
         *TemplatePages(services, console).routes(),
+        *SchedulePages(services, console).routes(),
         *HostPages(services, console).routes(),
         Mount("/static", StaticFiles(directory=root / "static"), name="static"),
     ]
