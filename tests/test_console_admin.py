@@ -4,11 +4,13 @@ Each action goes through a form with the CSRF field, is audited, and is refused 
 from __future__ import annotations
 
 import re
+import secrets
+from pathlib import Path
 
 import httpx
 
 from tests.browser.support import Browserless, add_user, admin_password
-from tests.conftest import ServerFactory
+from tests.conftest import ServerFactory, write
 
 SECRET = re.compile(r'<code class="admin-secret" id="(?:one-time-password|token-secret)">([^<]+)<')
 
@@ -183,3 +185,71 @@ def test_admin_pages_refuse_other_roles_and_auditors_read_the_log(
     assert aud.http.get("/admin/users").status_code == 403
     assert aud.http.get("/admin/tokens").status_code == 403
     aud.close()
+
+
+def test_inventory_browser_shows_origins_masks_secrets_and_last_contact(
+    start_server: ServerFactory, tmp_path: Path
+) -> None:
+    """A host's variables with the layer each comes from (group, host, a group_vars file), the
+    vault value and a password variable masked (in no page), an agentless host's last contact
+    from its newest run; not for an operator."""
+    from tests.test_vault import ansible
+
+    vaulted = f"vaulted-{secrets.token_hex(8)}"
+    plain_secret = f"plain-{secrets.token_hex(8)}"
+    write(tmp_path / "prod.pw", "prod password\n")
+    inventory = write(
+        tmp_path / "inv" / "hosts.ini",
+        "[web]\n"
+        f"web1 easytask_connection=ssh ansible_host=127.0.0.1 ansible_port=1 "
+        f"api_token={plain_secret}\n"
+        "web2 easytask_connection=ssh ansible_host=127.0.0.1 ansible_port=1\n"
+        "[web:vars]\ntier=front\n[all:vars]\nregion=eu\n",
+    )
+    group_vars = write(
+        tmp_path / "inv" / "group_vars" / "web.yml", f"db_password: {vaulted}\nowner: ops\n"
+    )
+    ansible("ansible-vault", "encrypt", "--vault-id", "prod@prod.pw", str(group_vars), cwd=tmp_path)
+    server = start_server(inventory, "--vault-id", f"prod@{tmp_path / 'prod.pw'}")
+    ran = server.cli("run", "web1", "-a", "true")
+    assert "unreachable" in ran.stdout + ran.stderr, ran.stdout + ran.stderr
+    admin = Browserless(server)
+    assert admin.login("admin", admin_password(server)).status_code == 303
+
+    page = admin.http.get("/admin/inventory")
+    assert page.status_code == 200, page.text
+    rows = dict(re.findall(r'<tr data-host="([^"]+)">(.*?)</tr>', page.text, re.S))
+    assert "unreachable" in rows["web1"] and "(run " in rows["web1"]
+    assert "no run yet" in rows["web2"]
+    assert 'data-group="web"' in page.text
+
+    page = admin.http.get("/admin/inventory", params={"host": "web1"})
+    assert page.status_code == 200
+    cells = {
+        name: (value, origin)
+        for name, value, origin in re.findall(
+            r'<tr data-var="([^"]+)">\s*<td>.*?</td>\s*<td><code>(.*?)</code>.*?</td>\s*'
+            r'<td class="inventory-origin">(.*?)</td>',
+            page.text,
+            re.S,
+        )
+    }
+    assert cells["tier"] == ("front", "group web")
+    assert cells["region"] == ("eu", "group all")
+    # every string of a vaulted file is a vault value
+    assert cells["owner"][0] == "****" and cells["owner"][1].endswith("/group_vars/web")
+    assert cells["db_password"][0] == "****" and cells["db_password"][1].endswith("group_vars/web")
+    assert cells["api_token"] == ("****", "host")
+    assert cells["ansible_port"] == ("1", "host")
+    group = admin.http.get("/admin/inventory", params={"group": "web"})
+    assert group.status_code == 200 and "****" in group.text
+    for text in (page.text, group.text, admin.http.get("/admin/inventory").text):
+        assert vaulted not in text and plain_secret not in text
+    assert admin.http.get("/admin/inventory", params={"host": "nope"}).status_code == 404
+    admin.close()
+
+    add_user(server, "olga", "operator", "operator-pass-1")
+    olga = Browserless(server)
+    assert olga.login("olga", "operator-pass-1").status_code == 303
+    assert olga.http.get("/admin/inventory", params={"host": "web1"}).status_code == 403
+    olga.close()

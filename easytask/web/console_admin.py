@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import secrets
 from datetime import datetime
 from typing import Any
@@ -16,11 +17,14 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from easytask.errors import APIError
+from easytask.errors import APIError, EasyTaskError
+from easytask.inventory import Inventory
+from easytask.masking import MASK, Masker
 from easytask.service import users
 from easytask.service.context import Services
 from easytask.service.scope import check_scope_pattern
-from easytask.store.models import AuditEvent, User, as_utc
+from easytask.store.models import AuditEvent, Run, User, as_utc
+from easytask.vault import VaultText
 from easytask.web.api_admin import event_dict
 from easytask.web.auth import ROLES, hash_password
 from easytask.web.console import Console
@@ -35,6 +39,57 @@ AUDIT_PAGE = 50
 AUDIT_BATCH = 500
 AUDIT_SCAN = 20_000  # rows read at most for one page of a text or "until" filter
 EXPORT_MAX = 5000
+
+
+SECRET_NAME = re.compile(r"pass|secret|token|private_key", re.IGNORECASE)
+INVENTORY_HOSTS = 2000  # hosts listed at most on the inventory page
+
+
+def vault_strings(value: Any) -> list[str]:
+    """Every vault value inside a variable's value."""
+    if isinstance(value, VaultText):
+        return [str(value)]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in vault_strings(v)]
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in vault_strings(v)]
+    return []
+
+
+def shown_value(name: str, value: Any, masker: Masker) -> tuple[str, bool]:
+    """A variable's value as the inventory page shows it, and whether it was masked: a vault
+    value, or a variable named like a password, secret or token, is `****`; any vault value's
+    text inside another value is masked too."""
+    if isinstance(value, VaultText) or (SECRET_NAME.search(name) and value not in (None, "")):
+        return MASK, True
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    masked = masker(text)
+    return masked, masked != text
+
+
+def var_rows(values: dict[str, Any], origins: dict[str, str]) -> list[dict[str, Any]]:
+    """Variables as rows: name, shown value, masked or not, origin."""
+    masker = Masker(s for v in values.values() for s in vault_strings(v))
+    rows = []
+    for key in sorted(values):
+        text, masked = shown_value(str(key), values[key], masker)
+        rows.append({"name": key, "value": text, "masked": masked, "origin": origins.get(key, "")})
+    return rows
+
+
+def connection_of(values: dict[str, Any]) -> str:
+    """How a host without an agent is reached, as its variables say."""
+    return str(values.get("easytask_connection") or values.get("ansible_connection") or "ssh")
+
+
+def reach_text(run: Run | None) -> str:
+    """An agentless host's last contact, from its newest run made without an agent."""
+    if run is None:
+        return "no run yet"
+    at = as_utc(run.finished_at or run.started_at or run.created_at)
+    when = at.strftime("%Y-%m-%d %H:%M:%S") if at else ""
+    word = "unreachable" if run.state == "unreachable" else f"reached ({run.state})"
+    return f"{word} {when} (run {run.id})"
 
 
 def one_time_password() -> str:
@@ -330,6 +385,75 @@ class AdminPages:
             },
         )
 
+    # -- inventory ----------------------------------------------------------------------------
+
+    async def inventory_page(self, request: Request, user: User) -> Response:
+        """GET /admin/inventory: groups and hosts; `?host=` a host's variables with where each
+        comes from, `?group=` a group's own; secret values masked."""
+        try:
+            inventory: Inventory = await asyncio.to_thread(self.services.inventory.now)
+        except EasyTaskError as exc:
+            raise PageError(f"the inventory does not load: {exc}", status=500) from exc
+        store = self.services.store
+        agents = {row.name for row in await store.call(store.list_agents)}
+        names = list(inventory.hosts)[:INVENTORY_HOSTS]
+        agentless = [n for n in names if n not in agents]
+        last = await store.call(store.agentless_last_runs, agentless)
+        hosts = [
+            {
+                "name": n,
+                "groups": [g for g in inventory.host_groups(n) if g != "all"],
+                "agent": n in agents,
+                "connection": "agent" if n in agents else connection_of(inventory.host_vars(n)),
+                "reach": "" if n in agents else reach_text(last.get(n)),
+            }
+            for n in names
+        ]
+        groups = [
+            {
+                "name": g.name,
+                "parents": g.parents,
+                "children": g.children,
+                "hosts": len(inventory.group_hosts(g.name)),
+                "vars": len(inventory.group_vars(g.name)),
+            }
+            for g in inventory.groups.values()
+        ]
+        q = request.query_params
+        host_name = (q.get("host") or "").strip()
+        group_name = (q.get("group") or "").strip()
+        detail: dict[str, Any] | None = None
+        if host_name:
+            if host_name not in inventory.hosts:
+                raise PageError(f"no host {host_name!r} in the inventory", status=404)
+            detail = {
+                "kind": "host",
+                "name": host_name,
+                "vars": var_rows(
+                    inventory.host_vars(host_name), inventory.host_var_origins(host_name)
+                ),
+            }
+        elif group_name:
+            if group_name not in inventory.groups:
+                raise PageError(f"no group {group_name!r} in the inventory", status=404)
+            values = inventory.group_vars(group_name)
+            detail = {
+                "kind": "group",
+                "name": group_name,
+                "vars": var_rows(values, {k: f"group {group_name}" for k in values}),
+            }
+        return self.console.render(
+            request,
+            user,
+            "admin_inventory.html",
+            section="admin-inventory",
+            hosts=hosts,
+            more=max(0, len(inventory.hosts) - len(names)),
+            groups=groups,
+            detail=detail,
+            sources=inventory.sources,
+        )
+
     def routes(self) -> list[Route]:
         """The admin and audit routes."""
         page = self.console.page
@@ -354,6 +478,7 @@ class AdminPages:
                 page(self.token_revoke, ADMIN),
                 methods=["POST"],
             ),
+            Route("/admin/inventory", page(self.inventory_page, ADMIN)),
             Route("/audit", page(self.audit_page, AUDIT)),
             Route("/audit/export", page(self.audit_export, AUDIT)),
         ]
