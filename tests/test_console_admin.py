@@ -10,7 +10,8 @@ from pathlib import Path
 import httpx
 
 from tests.browser.support import Browserless, add_user, admin_password
-from tests.conftest import ServerFactory, write
+from tests.conftest import AgentFactory, ServerFactory, write
+from tests.support import wait_until
 
 SECRET = re.compile(r'<code class="admin-secret" id="(?:one-time-password|token-secret)">([^<]+)<')
 
@@ -253,3 +254,41 @@ def test_inventory_browser_shows_origins_masks_secrets_and_last_contact(
     assert olga.login("olga", "operator-pass-1").status_code == 303
     assert olga.http.get("/admin/inventory", params={"host": "web1"}).status_code == 403
     olga.close()
+
+
+def test_agent_accept_revoke_and_delete_go_through_confirm_pages(
+    start_server: ServerFactory, start_agent: AgentFactory
+) -> None:
+    """The agents page links Accept…, Revoke… and Delete… to pages naming the agent's key
+    before the form that does it; each action is audited; an operator gets 403 on them."""
+    server = start_server()
+    start_agent(server, "gamma", enroll=False, wait=False)
+    wait_until(lambda: server.agent_status("gamma") == "pending", what="pending agent")
+    (row,) = [a for a in server.get("/api/agents")["agents"] if a["name"] == "gamma"]
+    key = row["fingerprint"]
+    admin = Browserless(server)
+    assert admin.login("admin", admin_password(server)).status_code == 303
+    listing = admin.http.get("/agents").text
+    assert 'href="/agents/gamma/accept"' in listing and 'href="/agents/gamma/revoke"' in listing
+    assert 'action="/agents/gamma/revoke"' not in listing  # no one-click revoke
+    for action in ("accept", "revoke"):
+        confirm = admin.http.get(f"/agents/gamma/{action}")
+        assert confirm.status_code == 200 and key in confirm.text
+        assert f'action="/agents/gamma/{action}"' in confirm.text
+        assert admin.form_post(f"/agents/gamma/{action}", {"fingerprint": key}).status_code == 303
+        (event,) = events(server, f"agent.{action}")
+        assert event["detail"] == {"agent": "gamma", "fingerprint": key}
+    add_user(server, "olga", "operator", "operator-pass-1")
+    olga = Browserless(server)
+    assert olga.login("olga", "operator-pass-1").status_code == 303
+    assert olga.http.get("/agents/gamma/delete").status_code == 403
+    assert olga.form_post("/agents/gamma/delete", {}).status_code == 403
+    olga.close()
+    wait_until(lambda: server.agent_status("gamma") == "revoked", what="revoked agent")
+    confirm = admin.http.get("/agents/gamma/delete")
+    assert confirm.status_code == 200 and key in confirm.text and "forgets" in confirm.text
+    assert admin.form_post("/agents/gamma/delete", {}).status_code == 303
+    (deleted,) = events(server, "agent.delete")
+    assert deleted["actor"] == "admin" and deleted["detail"]["agent"] == "gamma"  # type: ignore[index]
+    assert server.agent_status("gamma") is None
+    admin.close()
