@@ -88,7 +88,12 @@ def reach_text(run: Run | None) -> str:
         return "no run yet"
     at = as_utc(run.finished_at or run.started_at or run.created_at)
     when = at.strftime("%Y-%m-%d %H:%M:%S") if at else ""
-    word = "unreachable" if run.state == "unreachable" else f"reached ({run.state})"
+    if run.state == "unreachable":
+        word = "unreachable"
+    elif run.state in ("queued", "dispatched"):
+        word = f"not tried yet ({run.state})"
+    else:
+        word = f"reached ({run.state})"
     return f"{word} {when} (run {run.id})"
 
 

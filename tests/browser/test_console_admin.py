@@ -8,16 +8,22 @@ from typing import Any
 import pytest
 
 from tests.browser.conftest import Console, screenshot
-from tests.conftest import ServerFactory
+from tests.conftest import ServerFactory, write
 
 pytestmark = pytest.mark.browser
 
 
 @pytest.mark.timeout(300)
 def test_admin_walks_users_tokens_and_the_audit_log(
-    start_server: ServerFactory, browser: Any, consoles: list[Console]
+    tmp_path: Any, start_server: ServerFactory, browser: Any, consoles: list[Console]
 ) -> None:
-    server = start_server()
+    inventory = write(
+        tmp_path / "inv" / "hosts.ini",
+        "[web]\nweb1 easytask_connection=ssh ansible_host=127.0.0.1 ansible_port=1 tier=edge\n"
+        "web2 easytask_connection=ssh ansible_host=127.0.0.1 ansible_port=1\n"
+        "[web:vars]\ntier=front\ndeploy_token=t0ps3cret\n[all:vars]\nregion=eu\n",
+    )
+    server = start_server(inventory)
     admin = Console(browser, server)
     consoles.append(admin)
     page = admin.page
@@ -67,3 +73,15 @@ def test_admin_walks_users_tokens_and_the_audit_log(
     assert actions == ["token.revoke", "token.create", "user.create"], actions
     screenshot(page, "audit")
     assert password not in page.content() and secret not in page.content()
+
+    page.get_by_test_id("nav-admin").get_by_role("link", name="Inventory").click()
+    page.wait_for_url("**/admin/inventory")
+    page.locator('tr[data-host="web1"]').get_by_role("link", name="web1").click()
+    page.wait_for_url("**/admin/inventory?host=web1")
+    detail = page.get_by_test_id("inventory-detail")
+    assert detail.locator('tr[data-var="tier"] .inventory-origin').inner_text() == "host"
+    assert detail.locator('tr[data-var="region"] .inventory-origin').inner_text() == "group all"
+    token = detail.locator('tr[data-var="deploy_token"]')
+    assert "****" in token.inner_text() and "group web" in token.inner_text()
+    assert "t0ps3cret" not in page.content()
+    screenshot(page, "admin-inventory")
