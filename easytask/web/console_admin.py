@@ -472,7 +472,7 @@ class AdminPages:
                 methods=["POST"],
             ),
             Route(
-                "/admin/users/{name}/{action:str}",
+                "/admin/users/{name}/{action}",
                 page(self.user_switch, ADMIN),
                 methods=["POST"],
             ),
