@@ -156,6 +156,26 @@ def test_yaml_values_keep_their_types() -> None:
     assert values["template"] == "{{ not_rendered }}"
 
 
+@pytest.mark.parametrize(
+    ("host", "var", "origin"),
+    [
+        ("web1.example.com", "http_port", "group_vars/all"),
+        ("web1.example.com", "tier", "group_vars/web"),
+        ("web1.example.com", "weight", "host_vars/web1.example.com"),
+        ("db1", "tier", "group prod"),
+        ("db1", "ansible_user", "host_vars/db1"),
+        ("db1", "x", "group_vars/dbs"),
+        ("lonely2", "region", "group all"),
+    ],
+)
+def test_host_var_origins_name_the_layer_that_won(host: str, var: str, origin: str) -> None:
+    """Each variable's origin is the layer whose value `host_vars` keeps, for every variable."""
+    inventory = load_inventory(case_sources("ini_features"))
+    origins = inventory.host_var_origins(host)
+    assert set(origins) == set(inventory.host_vars(host))
+    assert origins[var] == origin or origins[var].endswith("/" + origin), origins[var]
+
+
 def test_host_vars_are_copies() -> None:
     """Changing returned vars does not change the inventory."""
     inventory = load_inventory(case_sources("ini_features"))

@@ -213,6 +213,30 @@ class Inventory:
             merged["easytask_connection"] = "agent"
         return {k: v for k, v in merged.items() if k not in INTERNAL_VARS}
 
+    def host_var_origins(self, name: str) -> dict[str, str]:
+        """Where each of a host's variables comes from: the last layer of `host_vars`'s chain that
+        set it (`group all`, `group web`, `host`; a group_vars/ or host_vars/ file's path)."""
+        groups = self._sorted_groups([g for g in self.host_groups(name) if g != "all"])
+        files, dirs = self._var_files, range(len(self._var_files.dirs))
+        layers: list[tuple[Mapping[str, Any], str]] = [(self.groups["all"].vars, "group all")]
+        layers += [(self.groups[g].vars, f"group {g}") for g in groups]
+        layers += [
+            (files.get(i, "group_vars", "all"), f"{files.dirs[i]}/group_vars/all") for i in dirs
+        ]
+        layers += [
+            (files.get(i, "group_vars", g), f"{files.dirs[i]}/group_vars/{g}")
+            for i in dirs
+            for g in groups
+        ]
+        layers.append((self._host(name).vars, "host"))
+        layers += [
+            (files.get(i, "host_vars", name), f"{files.dirs[i]}/host_vars/{name}") for i in dirs
+        ]
+        origins = {key: origin for values, origin in layers for key in values}
+        if name in self.via_agent:
+            origins["easytask_connection"] = "agent"
+        return {k: v for k, v in origins.items() if k not in INTERNAL_VARS}
+
     def group_vars(self, name: str) -> dict[str, Any]:
         """A group's own variables: the inventory's, then its group_vars files (`--graph --vars`)."""
         if name not in self.groups:

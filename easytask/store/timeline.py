@@ -134,6 +134,17 @@ class TimelineQueries(Queries):
             rows = list(s.exec(q.order_by(col(AuditEvent.id).desc()).limit(limit)))
         return [r for r in rows if json.loads(r.detail).get("agent") == name]
 
+    def agentless_last_runs(self, names: list[str]) -> dict[str, Run]:
+        """Each named host's newest run made without an agent (ssh, local): its last contact."""
+        found: dict[str, Run] = {}
+        with self.session() as s:
+            for name in names:
+                q = select(Run).where(col(Run.host) == name, col(Run.connection) != "agent")
+                row = s.exec(q.order_by(col(Run.id).desc()).limit(1)).first()
+                if row is not None:
+                    found[name] = row
+        return found
+
     def agent_runs(self, name: str, limit: int = 20) -> list[Run]:
         """An agent's most recent runs, newest first."""
         with self.session() as s:

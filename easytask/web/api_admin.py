@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -11,10 +12,23 @@ from starlette.routing import Route
 from easytask.durations import parse_duration
 from easytask.errors import APIError
 from easytask.service.context import Services
-from easytask.store.models import User
+from easytask.store.models import AuditEvent, User
 from easytask.store.serialize import iso_utc
 from easytask.web.requests import ApiRequests, body, id_number, no_nul, positive, source
 from easytask.web.runfilter import parse_time
+
+
+def event_dict(e: AuditEvent) -> dict[str, Any]:
+    """An audit event as the API lists it (and the console exports it)."""
+    return {
+        "id": e.id,
+        "at": iso_utc(e.at),
+        "actor": e.actor,
+        "action": e.action,
+        "source": e.source,
+        "detail": json.loads(e.detail),
+        "hash": e.hash,
+    }
 
 
 class AdminApi:
@@ -44,22 +58,7 @@ class AdminApi:
             )
         except ValueError as exc:
             raise APIError(str(exc)) from exc
-        return JSONResponse(
-            {
-                "events": [
-                    {
-                        "id": e.id,
-                        "at": iso_utc(e.at),
-                        "actor": e.actor,
-                        "action": e.action,
-                        "source": e.source,
-                        "detail": json.loads(e.detail),
-                        "hash": e.hash,
-                    }
-                    for e in rows
-                ]
-            }
-        )
+        return JSONResponse({"events": [event_dict(e) for e in rows]})
 
     async def verify_audit(self, request: Request, user: User) -> Response:
         """GET /api/audit/verify: walk the keyed chain and check it against the checkpoints."""

@@ -21,6 +21,7 @@ from easytask.web.api_templates import TemplatesApi
 from easytask.web.api_timeline import TimelineApi
 from easytask.web.auth import SessionAuth, ensure_admin_password
 from easytask.web.console import Console, web_dir
+from easytask.web.console_admin import AdminPages
 from easytask.web.console_hosts import HostPages
 from easytask.web.console_pages import ConsolePages
 from easytask.web.console_schedules import SchedulePages
@@ -92,6 +93,7 @@ def routes(services: Services, auth: SessionAuth) -> list[BaseRoute]:
         *TemplatePages(services, console).routes(),
         *SchedulePages(services, console).routes(),
         *HostPages(services, console).routes(),
+        *AdminPages(services, console, api).routes(),
         Mount("/static", StaticFiles(directory=root / "static"), name="static"),
     ]
     listed[0:0] = OpenApi(api, listed).routes()  # the document lists itself too

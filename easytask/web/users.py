@@ -29,13 +29,13 @@ LOGIN_BODY = 8 * 1024
 OWN_PASSWORD_KEYS = {"password", "current_password"}  # what a non-admin may send about itself
 
 
-def _password(value: object) -> str:
+def checked_password(value: object) -> str:
     if not isinstance(value, str) or not MIN_PASSWORD <= len(value) <= MAX_PASSWORD:
         raise APIError(f"password must be a string of {MIN_PASSWORD} to {MAX_PASSWORD} characters")
     return value
 
 
-def _ttl(value: object) -> float | None:
+def checked_ttl(value: object) -> float | None:
     if value in (None, ""):
         return None
     try:
@@ -47,7 +47,7 @@ def _ttl(value: object) -> float | None:
     return seconds
 
 
-def _token_name(value: object, default: str) -> str:
+def checked_token_name(value: object, default: str) -> str:
     name = str(value or default).strip()
     if not TOKEN_NAME_RE.match(name):
         raise APIError("token name must be 1-100 characters without control characters")
@@ -86,7 +86,7 @@ class UsersApi:
             )
         if role not in ROLES:
             raise APIError(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
-        password = _password(data.get("password"))
+        password = checked_password(data.get("password"))
         scope = check_scope_pattern(str(data.get("scope") or ""))
         password_hash = await asyncio.to_thread(hash_password, password)
         created = await users.create_user(
@@ -115,7 +115,7 @@ class UsersApi:
                 raise APIError("you cannot disable your own account", status=409)
             fields["disabled"] = detail["disabled"] = data["disabled"]
         if "password" in data:
-            password = _password(data["password"])
+            password = checked_password(data["password"])
             if name == user.name:
                 await self._check_current_password(request, user, data.get("current_password"))
             fields["password_hash"] = await asyncio.to_thread(hash_password, password)
@@ -158,8 +158,8 @@ class UsersApi:
         owner = str(data.get("user") or user.name)
         if owner != user.name and user.role != "admin":
             raise APIError("only an admin may create tokens for another user", status=403)
-        name = _token_name(data.get("name"), "cli")
-        ttl = _ttl(data.get("ttl"))
+        name = checked_token_name(data.get("name"), "cli")
+        ttl = checked_ttl(data.get("ttl"))
         secret, row = await users.issue_token(
             self.services, user.name, source(request), owner, name, ttl
         )
@@ -183,8 +183,8 @@ class UsersApi:
             password = data.get("password")
             if not name or not isinstance(password, str):
                 raise APIError("name and password are required")
-            token_name = _token_name(data.get("token_name"), f"login {address}")
-            ttl = _ttl(data.get("ttl"))
+            token_name = checked_token_name(data.get("token_name"), f"login {address}")
+            ttl = checked_ttl(data.get("ttl"))
             user = await self.auth.checked_login(name, password, address, source(request))
             secret, row = await users.issue_token(
                 self.services, user.name, source(request), user.name, token_name, ttl, login=True
