@@ -195,6 +195,11 @@ def test_every_page_is_named_landmarked_keyboard_reachable_and_fits(
         ("/templates", "Templates"),
         ("/templates/greet", "Templates"),
         ("/approvals", "Approvals"),
+        ("/schedules", "Schedules"),
+        ("/admin/users", "Users"),
+        ("/admin/tokens", "Tokens"),
+        ("/admin/inventory", "Inventory"),
+        ("/audit", "Audit"),
     ]
     console = Console(browser, fleet)
     consoles.append(console)
