@@ -449,7 +449,7 @@ class Agent:
             try:
                 conn = await self._dial(host, port)
             except (TimeoutError, OSError, asyncssh.Error) as exc:
-                errors.append(f"{host}:{port}: {exc or type(exc).__name__}")
+                errors.append(f"{host}:{port}: {str(exc) or type(exc).__name__}")
                 continue
             self.current_server = f"{host}:{port}"
             return conn
@@ -497,7 +497,7 @@ class Agent:
                 conn = await self.connect_once()
             except (TimeoutError, OSError, asyncssh.Error) as exc:
                 log.warning(
-                    "cannot connect to %s: %s", self.config.server, exc or type(exc).__name__
+                    "cannot connect to %s: %s", self.config.server, str(exc) or type(exc).__name__
                 )
             else:
                 self._conn = conn

@@ -128,9 +128,31 @@ class _AgentClient(asyncssh.SSHClient):
         self.addr = ""
         self.verdict: Verdict = "refuse"
         self.link: AgentLink | None = None
+        self.counted = False  # holds one of the listener's handshake places
 
     def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
         self._conn = conn
+        listener = self._listener
+        if listener.max_handshakes > 0 and listener.handshaking >= listener.max_handshakes:
+            # cheaper than a key exchange: the agent backs off (with jitter) and comes again
+            listener.shed += 1
+            if listener.shed == 1 or listener.shed % 1000 == 0:
+                log.warning(
+                    "%d agent handshakes in progress: closing new agent connections until "
+                    "they end (%d closed so far; their agents retry)",
+                    listener.handshaking,
+                    listener.shed,
+                )
+            conn.abort()
+            return
+        listener.handshaking += 1
+        self.counted = True
+
+    def handshake_done(self) -> None:
+        """The connection no longer holds a handshake place (admitted, refused or gone)."""
+        if self.counted:
+            self.counted = False
+            self._listener.handshaking -= 1
 
     def validate_host_public_key(
         self, host: str, addr: str, port: int, key: asyncssh.SSHKey
@@ -146,6 +168,7 @@ class _AgentClient(asyncssh.SSHClient):
         return self.verdict != "refuse"
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.handshake_done()
         if self.link is not None and self.link.admitted:
             self._listener.gate.lost(self.link, exc)
 
@@ -159,8 +182,14 @@ class AgentListener:
         client_key: asyncssh.SSHKey,
         keepalive_interval: float = 10.0,
         keepalive_count: int = 3,
+        handshakes: int = 64,
     ) -> None:
         self.gate = gate
+        # connections between their TCP accept and the end of their admission, at most
+        # `max_handshakes`: one more is closed before the key exchange (its agent retries later)
+        self.max_handshakes = handshakes
+        self.handshaking = 0
+        self.shed = 0  # connections closed so, since the start
         self.client_key = client_key
         self.keepalive_interval = keepalive_interval
         self.keepalive_count = keepalive_count
@@ -235,6 +264,7 @@ class AgentListener:
                 log.warning(
                     "agent %s at %s could not be admitted: %s", client.name, client.addr, exc
                 )
+        client.handshake_done()
         if ok:
             link.admitted = True
             if conn.is_closed():
