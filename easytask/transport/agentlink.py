@@ -65,6 +65,7 @@ class AgentLink:
         self.trusted = trusted
         self.admitted = False
         self.control = control.ControlChannel(conn)
+        self.keepalive = (0.0, 0)  # the listener's interval and count (set when it accepts)
         self._acks: list[str] = []
         self._ack_timer: asyncio.TimerHandle | None = None
         self._sending: set[asyncio.Task[None]] = set()
@@ -110,6 +111,13 @@ class AgentLink:
         self._send_acks()
         if self._sending:
             await asyncio.gather(*self._sending, return_exceptions=True)
+
+    def keepalive_at_least(self, seconds: float) -> None:
+        """Keepalives on this link no more often than every `seconds` (its agent's heartbeat
+        pace: any data received resets the keepalive timer, so a beat is a keepalive)."""
+        interval, count = self.keepalive
+        if interval > 0 and seconds > interval:
+            self.conn.set_keepalive(seconds, count)
 
     def close(self) -> None:
         """Close the link."""
@@ -240,6 +248,7 @@ class AgentListener:
             client.verdict == "trusted",
         )
         client.link = link
+        link.keepalive = (self.keepalive_interval, self.keepalive_count)
         problem = ""
         try:
             hello: Any = await control.request(conn, "hello")
