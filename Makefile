@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-pg check bench sysdeps clean vendor-uplot bench-pgout
+.PHONY: demo test test-pg check bench sysdeps clean vendor-uplot bench-pgout bench-scale
 
 UPLOT_VERSION ?= 1.6.32
 
@@ -63,6 +63,10 @@ bench: $(STAMP)
 # output on PostgreSQL and SQLite side by side, with a 10,000,000-line history (not in `make test`)
 bench-pgout: $(STAMP)
 	$(PY) -m bench.pgout --write
+
+# 10,000 simulated agents on one server: online, fan-out to all, idle CPU, RSS (not in `make test`)
+bench-scale: $(STAMP)
+	$(PY) -m bench.scale --write
 
 clean:
 	rm -rf $(VENV) .easytask build dist

@@ -250,3 +250,19 @@ def test_hostmetrics_quick_samples_and_ingests(tmp_path: Path) -> None:
     assert phases["idle links"]["stored"] == 0
     assert phases["sampling at 1 s"]["stored"] > 0
     assert "1,000 agents at 1 s, ingest alone" in stdout
+
+
+@pytest.mark.slow
+def test_scale_quick_puts_every_agent_online_and_stores_each_run_once(tmp_path: Path) -> None:
+    """`scale.py --quick`: 200 agents over 2 simulator processes all online, `easytask run all`
+    reaches each of them, its job stored with one run per agent; nothing left running."""
+    stdout, rec = _run_quick("scale.py", tmp_path)
+    r = rec["result"]
+    assert (r["agents"], r["procs"]) == (200, 2)
+    assert r["online_at_end"] == 200
+    (fan,) = r["fanouts"]
+    assert fan["runs"] == fan["hosts"] == 200
+    assert fan["summary"].startswith("200 success")
+    assert fan["seconds"] > 0 and r["idle_cpu_s"] >= 0 and r["rss_mib"] > 0
+    assert "easytask run all -a true" in stdout
+    assert "-m bench.scale --write" in (REPO / "Makefile").read_text()  # `make bench-scale`
