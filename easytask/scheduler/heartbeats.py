@@ -26,6 +26,9 @@ log = logging.getLogger("easytask.server")
 # packet, a parse and a judgement, so 10,000 agents at the agents' own 5 s pace would keep a
 # fifth of a core busy. Past BEATS_PER_SECOND * 5 agents each is asked to beat more slowly.
 BEATS_PER_SECOND = 200.0
+# a link's keepalives (when the pace asked is slow) come no sooner than this many paces after
+# the last data received: never while heartbeats come (a small fleet keeps --keepalive)
+KEEPALIVE_PER_PACE = 1.5
 REPACE_FROM = 5.0  # seconds: the agents' own default pace; below it no one is asked again
 
 
@@ -68,9 +71,8 @@ class Heartbeats:
         except Exception as exc:  # an older agent: its hello's figures stay
             log.info("agent %s sends no heartbeats: %s", link.name, exc or type(exc).__name__)
             return
-        every = first.get("every")
-        if isinstance(every, int | float) and not isinstance(every, bool):
-            link.keepalive_at_least(float(every))  # a heartbeat shows the link is alive
+        # a heartbeat shows the link alive: no keepalive while they come at the pace asked
+        link.keepalive_at_least(KEEPALIVE_PER_PACE * pace)
         self._beat(link, first)
 
     def _beat(self, link: AgentLink, message: dict[str, Any]) -> None:
