@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-pg check bench sysdeps clean vendor-uplot bench-pgout bench-faults
+.PHONY: demo test test-pg check bench sysdeps clean vendor-uplot bench-pgout bench-faults bench-scale
 
 UPLOT_VERSION ?= 1.6.32
 
@@ -24,7 +24,7 @@ PG_TESTS := tests/test_store.py tests/test_migrations.py tests/test_adhoc.py \
 	tests/test_credentials.py tests/test_ansible_connection.py tests/test_grouped_output.py tests/test_grouped_view.py \
 	tests/test_console_audit.py tests/test_agent_env.py tests/test_agent_names.py \
 	tests/test_agent_requests.py tests/test_light_agent.py tests/test_agent_labels.py tests/test_become.py \
-	tests/test_play_outcome.py tests/test_console_admin.py \
+	tests/test_play_outcome.py tests/test_console_admin.py tests/test_agent_handshakes.py \
 	tests/test_bad_input.py tests/test_timeline.py tests/test_host_metrics.py \
 	tests/test_busy_agents.py tests/test_scoped_reading.py tests/test_api_jobs.py \
 	tests/test_log_partitions.py tests/test_db_search.py tests/test_play_loops.py \
@@ -68,6 +68,10 @@ bench-pgout: $(STAMP)
 # PostgreSQL down for 60 s while 100 agents stream output (not part of `make test`).
 bench-faults: $(STAMP)
 	$(PY) -m bench.dbfaults --agents 100 --pause 60
+
+# 10,000 simulated agents on one server: online, fan-out to all, idle CPU, RSS (not in `make test`)
+bench-scale: $(STAMP)
+	$(PY) -m bench.scale --write
 
 clean:
 	rm -rf $(VENV) .easytask build dist

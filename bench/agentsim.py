@@ -65,7 +65,7 @@ async def main(args: argparse.Namespace) -> None:
                 groups=args.group,
                 slots=args.slots,
                 keepalive_interval=args.keepalive,
-                backoff_max=5,
+                backoff_max=args.backoff_max,
                 metrics_interval=args.metrics_interval,
                 metrics_active_interval=args.metrics_interval,
             )
@@ -99,6 +99,9 @@ if __name__ == "__main__":
     parser.add_argument("--enroll")
     parser.add_argument("--group", action="append", default=[])
     parser.add_argument("--slots", type=int, default=4)
+    parser.add_argument(
+        "--backoff-max", type=float, default=5, help="longest wait between reconnects (s)"
+    )
     parser.add_argument("--keepalive", type=float, default=30, help="SSH keepalive interval (s)")
     parser.add_argument(
         "--metrics-interval", type=float, default=10.0, help="host samples every S s (0: none)"

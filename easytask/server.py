@@ -188,7 +188,11 @@ class Server:
         client_key = load_or_create_key(self.state_dir / "client_key")
         self.client_public_key = client_key.export_public_key("openssh").decode().strip()
         self.listener = AgentListener(
-            self.registry, client_key, self.config.keepalive_interval, self.config.keepalive_count
+            self.registry,
+            client_key,
+            self.config.keepalive_interval,
+            self.config.keepalive_count,
+            handshakes=self.config.agents_handshakes,
         )
         host, port = split_addr(self.config.agents, 8022)
         try:

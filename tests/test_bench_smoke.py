@@ -262,3 +262,19 @@ def test_dbfaults_quick_keeps_every_promise(tmp_path: Path) -> None:
     assert rec["api_while_down"] == {"503 retry-after": rec["api_while_down"]["503 retry-after"]}
     assert rec["runs_complete"] == rec["agents"] == 5
     assert "runs with every line once:     5 of 5" in stdout
+
+
+@pytest.mark.slow
+def test_scale_quick_puts_every_agent_online_and_stores_each_run_once(tmp_path: Path) -> None:
+    """`scale.py --quick`: 200 agents over 2 simulator processes all online, `easytask run all`
+    reaches each of them, its job stored with one run per agent; nothing left running."""
+    stdout, rec = _run_quick("scale.py", tmp_path)
+    r = rec["result"]
+    assert (r["agents"], r["procs"]) == (200, 2)
+    assert r["online_at_end"] == 200
+    (fan,) = r["fanouts"]
+    assert fan["runs"] == fan["hosts"] == 200
+    assert fan["summary"].startswith("200 success")
+    assert fan["seconds"] > 0 and r["idle_cpu_s"] >= 0 and r["rss_mib"] > 0
+    assert "easytask run all -a true" in stdout
+    assert "-m bench.scale --write" in (REPO / "Makefile").read_text()  # `make bench-scale`

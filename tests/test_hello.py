@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from easytask.agent import facts
+from easytask.agent.main import MAX_BEAT_EVERY, Agent, AgentConfig
 from easytask.headroom import Limits
+from easytask.scheduler.heartbeats import BEATS_PER_SECOND, beat_pace
 from easytask.scheduler.hello import (
     BadHello,
     check_beat,
@@ -107,3 +109,29 @@ def test_headroom_reads_a_proc_root(tmp_path: Path) -> None:
     assert (room["max_load"], room["min_free_memory"]) == (2.0, 1 << 20)
     empty = facts.headroom(tmp_path / "none", 0, 4, Limits())
     assert empty["load"] == [0.0, 0.0, 0.0] and empty["mem_available"] is None
+
+
+def test_a_server_with_many_agents_asks_each_for_fewer_heartbeats() -> None:
+    """The pace a server asks for keeps its whole fleet at BEATS_PER_SECOND at most: 10,000
+    agents beat every 50 s, not every 5 (2,000 packets a second); a small fleet keeps the
+    agents' own pace (they never beat faster than --heartbeat)."""
+    assert beat_pace(10_000) == 50.0
+    assert 10_000 / beat_pace(10_000) <= BEATS_PER_SECOND
+    assert beat_pace(3) < 5.0
+
+
+def test_an_agent_beats_at_the_pace_its_server_asks_never_faster_than_its_own(
+    tmp_path: Path,
+) -> None:
+    """`beats` with `every` slows the agent's heartbeats (capped at MAX_BEAT_EVERY); a pace
+    faster than --heartbeat, or none (an older server), leaves --heartbeat; the reply says which."""
+    agent = Agent(AgentConfig(server="127.0.0.1:1", name="a", state_dir=tmp_path, heartbeat=5.0))
+    sink = object()
+    reply = agent.beats_asked(sink, {"op": "beats", "every": 50.0})
+    assert (reply["every"], agent.beat_every) == (50.0, 50.0)
+    assert set(reply["beat"]) >= {"load", "free_slots"}
+    assert sink in agent._beat_sinks
+    assert agent.beats_asked(sink, {"op": "beats", "every": 1e9})["every"] == MAX_BEAT_EVERY
+    assert agent.beats_asked(sink, {"op": "beats", "every": 0.5})["every"] == 5.0
+    assert agent.beats_asked(sink, {"op": "beats"})["every"] == 5.0
+    assert agent.beats_asked(sink, {"op": "beats", "every": True})["every"] == 5.0

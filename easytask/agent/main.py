@@ -33,6 +33,7 @@ from easytask.transport.keys import load_or_create_key
 log = logging.getLogger("easytask.agent")
 
 AGENT_VERSION_PREFIX = "EasyTaskAgent_"
+MAX_BEAT_EVERY = 300.0  # seconds: the slowest heartbeat pace a server may ask for
 
 
 def quoteless(reason: str) -> str:
@@ -160,6 +161,7 @@ class Agent:
         self._tasks: set[asyncio.Task[Any]] = set()
         # control sessions whose server asked for heartbeats (op "beats")
         self._beat_sinks: set[asyncssh.SSHServerProcess[bytes]] = set()
+        self.beat_every = config.heartbeat  # the pace the server asked for (at least --heartbeat)
 
     @property
     def fingerprint(self) -> str:
@@ -230,10 +232,22 @@ class Agent:
     def _beat_line(self) -> bytes:
         return (json.dumps({"beat": self.headroom()}) + "\n").encode()
 
+    def beats_asked(self, sink: Any, req: dict[str, Any]) -> dict[str, Any]:
+        """A server asked for heartbeats on a control session (`sink`): they follow on it, at
+        the pace it asks (`every`, seconds: a server with many agents spaces them out) but never
+        faster than --heartbeat. The reply is the first one, with the pace."""
+        self._beat_sinks.add(sink)
+        asked = req.get("every")
+        if isinstance(asked, int | float) and not isinstance(asked, bool) and asked > 0:
+            self.beat_every = max(self.config.heartbeat, min(float(asked), MAX_BEAT_EVERY))
+        else:
+            self.beat_every = self.config.heartbeat
+        return {"beat": self.headroom(), "every": self.beat_every}
+
     async def _heartbeats(self) -> None:
-        """Every `heartbeat` seconds, the headroom to each control session that asked for it."""
+        """Every `beat_every` seconds, the headroom to each control session that asked for it."""
         while True:
-            await asyncio.sleep(self.config.heartbeat)
+            await asyncio.sleep(self.beat_every)
             sinks = [p for p in self._beat_sinks if not p.is_closing()]
             self._beat_sinks.intersection_update(sinks)
             if sinks:
@@ -263,8 +277,7 @@ class Agent:
         async def answer(req: Any) -> None:
             if isinstance(req, dict) and req.get("op") == "beats":
                 # heartbeats follow on this session, each a line without an id
-                self._beat_sinks.add(process)
-                reply = {"beat": self.headroom(), "every": self.config.heartbeat}
+                reply = self.beats_asked(process, req)
             else:
                 reply = await self._answer(req)
             if isinstance(req, dict) and "id" in req:
@@ -449,7 +462,7 @@ class Agent:
             try:
                 conn = await self._dial(host, port)
             except (TimeoutError, OSError, asyncssh.Error) as exc:
-                errors.append(f"{host}:{port}: {exc or type(exc).__name__}")
+                errors.append(f"{host}:{port}: {str(exc) or type(exc).__name__}")
                 continue
             self.current_server = f"{host}:{port}"
             return conn
@@ -497,7 +510,7 @@ class Agent:
                 conn = await self.connect_once()
             except (TimeoutError, OSError, asyncssh.Error) as exc:
                 log.warning(
-                    "cannot connect to %s: %s", self.config.server, exc or type(exc).__name__
+                    "cannot connect to %s: %s", self.config.server, str(exc) or type(exc).__name__
                 )
             else:
                 self._conn = conn

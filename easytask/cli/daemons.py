@@ -102,6 +102,14 @@ def add_parsers(sub: Any) -> None:
         help="missed keepalives before unreachable (default 3)",
     )
     setting(
+        "--agents-handshakes",
+        name="agents_handshakes",
+        type=int,
+        help="agent connections in their handshake at once; more are closed at once and their "
+        "agents retry after a jittered backoff, so a whole fleet reconnecting is admitted at a "
+        "steady rate (default 64)",
+    )
+    setting(
         "--agents-pending-max",
         name="agents_pending_max",
         type=int,

@@ -65,6 +65,7 @@ class AgentLink:
         self.trusted = trusted
         self.admitted = False
         self.control = control.ControlChannel(conn)
+        self.keepalive = (0.0, 0)  # the listener's interval and count (set when it accepts)
         self._acks: list[str] = []
         self._ack_timer: asyncio.TimerHandle | None = None
         self._sending: set[asyncio.Task[None]] = set()
@@ -111,6 +112,13 @@ class AgentLink:
         if self._sending:
             await asyncio.gather(*self._sending, return_exceptions=True)
 
+    def keepalive_at_least(self, seconds: float) -> None:
+        """Keepalives on this link no more often than every `seconds` (its agent's heartbeat
+        pace: any data received resets the keepalive timer, so a beat is a keepalive)."""
+        interval, count = self.keepalive
+        if interval > 0 and seconds > interval:
+            self.conn.set_keepalive(seconds, count)
+
     def close(self) -> None:
         """Close the link."""
         self.conn.close()
@@ -128,9 +136,31 @@ class _AgentClient(asyncssh.SSHClient):
         self.addr = ""
         self.verdict: Verdict = "refuse"
         self.link: AgentLink | None = None
+        self.counted = False  # holds one of the listener's handshake places
 
     def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
         self._conn = conn
+        listener = self._listener
+        if listener.max_handshakes > 0 and listener.handshaking >= listener.max_handshakes:
+            # cheaper than a key exchange: the agent backs off (with jitter) and comes again
+            listener.shed += 1
+            if listener.shed == 1 or listener.shed % 1000 == 0:
+                log.warning(
+                    "%d agent handshakes in progress: closing new agent connections until "
+                    "they end (%d closed so far; their agents retry)",
+                    listener.handshaking,
+                    listener.shed,
+                )
+            conn.abort()
+            return
+        listener.handshaking += 1
+        self.counted = True
+
+    def handshake_done(self) -> None:
+        """The connection no longer holds a handshake place (admitted, refused or gone)."""
+        if self.counted:
+            self.counted = False
+            self._listener.handshaking -= 1
 
     def validate_host_public_key(
         self, host: str, addr: str, port: int, key: asyncssh.SSHKey
@@ -146,6 +176,7 @@ class _AgentClient(asyncssh.SSHClient):
         return self.verdict != "refuse"
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.handshake_done()
         if self.link is not None and self.link.admitted:
             self._listener.gate.lost(self.link, exc)
 
@@ -159,8 +190,14 @@ class AgentListener:
         client_key: asyncssh.SSHKey,
         keepalive_interval: float = 10.0,
         keepalive_count: int = 3,
+        handshakes: int = 64,
     ) -> None:
         self.gate = gate
+        # connections between their TCP accept and the end of their admission, at most
+        # `max_handshakes`: one more is closed before the key exchange (its agent retries later)
+        self.max_handshakes = handshakes
+        self.handshaking = 0
+        self.shed = 0  # connections closed so, since the start
         self.client_key = client_key
         self.keepalive_interval = keepalive_interval
         self.keepalive_count = keepalive_count
@@ -211,6 +248,7 @@ class AgentListener:
             client.verdict == "trusted",
         )
         client.link = link
+        link.keepalive = (self.keepalive_interval, self.keepalive_count)
         problem = ""
         try:
             hello: Any = await control.request(conn, "hello")
@@ -235,6 +273,7 @@ class AgentListener:
                 log.warning(
                     "agent %s at %s could not be admitted: %s", client.name, client.addr, exc
                 )
+        client.handshake_done()
         if ok:
             link.admitted = True
             if conn.is_closed():

@@ -1,0 +1,255 @@
+"""Many agents on one server: time to all online, fan-out to all of them, idle CPU and memory.
+
+    .venv/bin/python -m bench.scale [--agents 10000] [--procs 4] [--idle 60] [--quick]
+        [--workdir DIR] [--write] [--json FILE]
+
+A real `easytask server` and N simulated agents spread over several processes
+(bench/agentsim.py: each agent its own key and its own reverse SSH link, the same `Agent` class
+the `easytask agent` command runs), all enrolled with one token. Measured:
+- the time from starting the simulators to every agent online (GET /api/agents);
+- the real CLI `easytask run all -a true`, start to exit (target: < 10 s at 10,000), its job's
+  runs counted in the database (one per agent, none twice) and the server's CPU seconds for it;
+- the server's CPU over an idle window with every link up (keepalives, heartbeats; target:
+  < 10 % of a core) and its RSS (target: < 1 GiB).
+Every figure is also given in CPU seconds, which do not depend on the machine being shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    DOC,
+    conditions_lines,
+    load_average,
+    proc_cpu_seconds,
+    proc_rss_kib,
+    raise_nofile,
+    start_agentsim,
+    start_server,
+    write_section,
+)
+from tests.support import Procs, db_execute, easytask_cli, wait_until
+
+FANOUT_TARGET = 10.0  # seconds, CLI start to exit, at 10,000 agents
+IDLE_TARGET = 10.0  # percent of a core
+RSS_TARGET = 1024.0  # MiB
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def fan_out(server: Any, n: int) -> tuple[float, int, str]:
+    """`easytask run all -a true` from start to exit: its wall clock, its job and its summary."""
+    t0 = time.perf_counter()
+    done = subprocess.run(
+        [*easytask_cli(), "run", "all", "-a", "true"],
+        env=server.env(),
+        cwd=server.state_dir,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    elapsed = time.perf_counter() - t0
+    summary = re.search(r"job (\d+): (\d+) host\(s\): (.*)", done.stdout)
+    if done.returncode != 0 or summary is None or int(summary.group(2)) != n:
+        tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
+        raise BenchError(f"easytask run all exited {done.returncode}:\n{tail}")
+    return elapsed, int(summary.group(1)), summary.group(3).strip()
+
+
+def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    raise_nofile()  # the server is our child: it inherits the limit
+    procs = Procs()
+    inventory = root / "inventory.ini"
+    inventory.write_text("")
+    n, per = args.agents, -(-args.agents // args.procs)
+    rec: dict[str, Any] = {"agents": n, "procs": args.procs}
+    try:
+        server = start_server(root / "server", inventory, procs)
+        pid = server.proc.pid
+        token = server.post("/api/agents/tokens", {"uses": n, "ttl": "2h"})["token"]
+        sims = []
+        t0 = time.perf_counter()
+        cpu0 = proc_cpu_seconds(pid)
+        left = n
+        for p in range(args.procs):
+            count = min(per, left)
+            left -= count
+            if count <= 0:
+                break
+            sims.append(
+                start_agentsim(
+                    procs,
+                    server,
+                    count,
+                    f"sc{p}-",
+                    "scale",
+                    token,
+                    root / "sim",
+                    root / f"agentsim-{p}.log",
+                    "--metrics-interval",
+                    "0",
+                    "--keepalive",
+                    str(args.keepalive),
+                    "--backoff-max",
+                    "30",  # the agents' default: many reconnecting back off as they would
+                )
+            )
+        seen = {"online": 0}
+
+        def all_online() -> bool:
+            for sim in sims:
+                if not sim.alive():
+                    raise BenchError(f"agentsim exited:\n{sim.tail()}")
+            seen["online"] = server.online("scale")
+            return seen["online"] >= n
+
+        wait_until(all_online, timeout=120 + n / 10, interval=3.0, what=f"{n} agents online")
+        rec["online_s"] = time.perf_counter() - t0
+        rec["online_cpu_s"] = proc_cpu_seconds(pid) - cpu0
+        say(f"{n} agents online after {rec['online_s']:.1f} s")
+        time.sleep(args.settle)
+        # idle: every link up, keepalives and heartbeats only
+        cpu0 = proc_cpu_seconds(pid)
+        time.sleep(args.idle)
+        rec["idle_cpu_s"] = proc_cpu_seconds(pid) - cpu0
+        rec["idle_window_s"] = args.idle
+        rec["rss_mib"] = proc_rss_kib(pid) / 1024
+        say(
+            f"idle: {100 * rec['idle_cpu_s'] / args.idle:.1f} % of a core, "
+            f"RSS {rec['rss_mib']:.0f} MiB"
+        )
+        fanouts = []
+        for _ in range(args.repeat):
+            cpu0 = proc_cpu_seconds(pid)
+            elapsed, job, summary = fan_out(server, n)
+            cpu = proc_cpu_seconds(pid) - cpu0
+            rows = db_execute(
+                server.db_url,
+                "SELECT count(*), count(DISTINCT host) FROM run WHERE job_id = :j",
+                {"j": job},
+            )[0]
+            fanouts.append(
+                {
+                    "seconds": elapsed,
+                    "server_cpu_s": cpu,
+                    "job": job,
+                    "summary": summary,
+                    "runs": int(rows[0]),
+                    "hosts": int(rows[1]),
+                }
+            )
+            say(f"fan-out to {n}: {elapsed:.2f} s, server CPU {cpu:.2f} s ({summary})")
+        rec["fanouts"] = fanouts
+        rec["rss_after_mib"] = proc_rss_kib(pid) / 1024
+        rec["hwm_mib"] = proc_rss_kib(pid, "VmHWM") / 1024
+        rec["sim_cpu_s"] = sum(proc_cpu_seconds(s.pid) for s in sims)
+        rec["online_at_end"] = server.online("scale")
+        server.close()
+    finally:
+        procs.stop_all()
+    return rec
+
+
+def report(rec: dict[str, Any]) -> str:
+    r = rec["result"]
+    n = r["agents"]
+    best = min(r["fanouts"], key=lambda f: f["seconds"])
+    idle_pct = 100 * r["idle_cpu_s"] / r["idle_window_s"]
+    lines = [
+        *conditions_lines(rec["command"], rec["when"], rec["load_before"], rec["load_after"]),
+        "- The server, the agent simulators and the CLI share these 2 CPUs (and other work on"
+        " the machine ran at the same time): wall-clock figures are bounded by that sharing; the"
+        " CPU seconds are not.",
+        "",
+        "| figure | value | target |",
+        "|---|---:|---|",
+        f"| agents (simulator processes) | {n:,} ({r['procs']}) | |",
+        f"| time to all online (enrol + connect + hello) | {r['online_s']:.1f} s, server CPU "
+        f"{r['online_cpu_s']:.1f} s ({1000 * r['online_cpu_s'] / n:.2f} ms per agent) | |",
+        f"| `easytask run all -a true`, CLI start to exit (best of {len(r['fanouts'])}) | "
+        f"{best['seconds']:.2f} s | < {FANOUT_TARGET:g} s at 10,000 |",
+        f"| fan-out: server CPU | {best['server_cpu_s']:.2f} s "
+        f"({1000 * best['server_cpu_s'] / n:.3f} ms per run) | |",
+        f"| fan-out: runs stored / distinct hosts | {best['runs']:,} / {best['hosts']:,} | "
+        f"{n:,} / {n:,} |",
+        f"| idle server CPU over {r['idle_window_s']:.0f} s | {r['idle_cpu_s']:.2f} s "
+        f"({idle_pct:.1f} % of a core) | < {IDLE_TARGET:g} % |",
+        f"| server RSS idle / after the fan-out / peak | {r['rss_mib']:.0f} / "
+        f"{r['rss_after_mib']:.0f} / {r['hwm_mib']:.0f} MiB | < {RSS_TARGET:g} MiB |",
+        f"| agent simulators: CPU in all | {r['sim_cpu_s']:.1f} s | |",
+    ]
+    met = (
+        best["seconds"] < FANOUT_TARGET
+        and idle_pct < IDLE_TARGET
+        and r["hwm_mib"] < RSS_TARGET
+        and best["runs"] == best["hosts"] == n
+    )
+    lines += ["", f"Targets at {n:,} agents: **{'met' if met else 'not met'}**."]
+    return "\n".join(lines)
+
+
+INTRO = """\
+`bench/scale.py` puts N simulated agents (bench/agentsim.py, several processes, each agent its
+own key and reverse SSH link) on one real server and measures the time to all online, the real
+`easytask run all -a true` to every one of them (its runs counted in the database), the
+server's idle CPU with every link up, and its memory. `make bench-scale` runs it at 10,000."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--agents", type=int, default=10_000)
+    parser.add_argument("--procs", type=int, default=4, help="agent simulator processes")
+    parser.add_argument("--idle", type=float, default=60.0, help="idle window (s)")
+    parser.add_argument("--settle", type=float, default=10.0, help="seconds before the window")
+    parser.add_argument("--repeat", type=int, default=2, help="fan-outs")
+    parser.add_argument("--keepalive", type=float, default=30.0, help="agents' SSH keepalive (s)")
+    parser.add_argument("--quick", action="store_true", help="200 agents in 2 processes, short")
+    parser.add_argument("--workdir", help="where the server and agents keep their state (emptied)")
+    parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    parser.add_argument("--json", help="save the figures here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.agents, args.procs, args.idle, args.settle, args.repeat = 200, 2, 3.0, 1.0, 1
+    load_before = load_average()
+    if args.workdir:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="bench-scale-", dir=args.workdir) as tmp:
+        result = measure(args, Path(tmp))
+    rec = {
+        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": ["-m", "bench.scale", *(argv if argv is not None else [])],
+        "load_before": load_before,
+        "load_after": load_average(),
+        "result": result,
+    }
+    print(report(rec).replace("**", ""))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rec, indent=2) + "\n")
+    if args.write:
+        write_section(DOC, "scale", "Many agents on one server", INTRO, report(rec))
+        print(f"wrote {DOC}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from bench.common import exit_on_sigterm
+
+    exit_on_sigterm()
+    raise SystemExit(main(sys.argv[1:]))
