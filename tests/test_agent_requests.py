@@ -27,8 +27,9 @@ BAD_FACTS_AGENT = [
     "-c",
     "import sys\n"
     "import easytask.agent.facts as f\n"
-    "real = f.gather\n"
+    "real, room = f.gather, f.headroom\n"
     "f.gather = lambda running=0: {**real(running), 'load': {'a': 1}}\n"
+    "f.headroom = lambda *a, **k: {**room(*a, **k), 'load': {'a': 1}}\n"
     "from easytask.cli.main import main\n"
     "sys.exit(main(sys.argv[1:]))\n",
 ]
