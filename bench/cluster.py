@@ -46,6 +46,7 @@ from bench.common import (
     start_agent,
     start_agentsim,
     start_server,
+    start_server_on,
     wait_job_events,
 )
 from bench.ingest import BATCH, store_alone
@@ -411,15 +412,7 @@ def real_ingest(root: Path, n: int, backend: str, pg: Any) -> dict[str, Any]:
     procs = Procs()
     db: Database | None = None
     try:
-        inventory = root / "inventory.ini"
-        inventory.write_text("")
-        state = root / f"ingest-{backend}"
-        if backend == "postgresql":
-            url = pg.new_database()
-            server = start_server(state, inventory, procs, "--db", url)
-        else:
-            url = f"sqlite:///{state / 'easytask.db'}"
-            server = start_server(state, inventory, procs)
+        server, url = start_server_on(root, backend, pg, procs, f"ingest-{backend}")
         start_agent(server, f"ing-{backend}", root / f"ingest-agent-{backend}", procs)
         warm = submit_one(server, f"ing-{backend}", "true")
         wait_job_events(server.http, warm)

@@ -57,6 +57,20 @@ def start_server(state_dir: Path, inventory: Path, procs: Procs, *extra: str) ->
     return server
 
 
+def start_server_on(
+    root: Path, backend: str, pg: Any, procs: Procs, state_name: str
+) -> tuple[ServerHandle, str]:
+    """A server with an empty inventory on `backend` (`postgresql`: a new database of `pg`;
+    else SQLite in its state dir); the server and its database URL."""
+    inventory = root / "inventory.ini"
+    inventory.write_text("")
+    state = root / state_name
+    if backend == "postgresql":
+        url = pg.new_database()
+        return start_server(state, inventory, procs, "--db", url), url
+    return start_server(state, inventory, procs), f"sqlite:///{state / 'easytask.db'}"
+
+
 def start_agentsim(
     procs: Procs,
     server: ServerHandle,
@@ -289,12 +303,20 @@ def run(
         print()
     for line in lines:
         print(line.replace("**", "").replace("`", ""))
+    save(args, rec, section, block(rec), say)
+    return 0
+
+
+def save(
+    args: Any, rec: Record, section: tuple[str, str, str], text: str, say: Callable[[str], None]
+) -> None:
+    """Keep a benchmark's record (--json) and write its section (`section` = name, title,
+    intro; `text` its figures) of docs/benchmarks.md (--write)."""
     if args.json:
         Path(args.json).write_text(json.dumps(rec, indent=2) + "\n")
     if args.write:
-        write_section(DOC, *section, block(rec))
+        write_section(DOC, *section, text)
         say(f"wrote {DOC}")
-    return 0
 
 
 def shown_python() -> str:

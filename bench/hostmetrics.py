@@ -18,7 +18,6 @@ Two figures:
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 import tracemalloc
@@ -27,16 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
-    DOC,
     conditions_lines,
     load_average,
     proc_cpu_seconds,
     proc_rss_kib,
     raise_nofile,
+    save,
     start_agent,
     start_agentsim,
     start_server,
-    write_section,
 )
 from easytask.agent.hostmetrics import SPOOL, HostSampler
 from tests.support import Procs, db_execute, wait_until
@@ -243,11 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         "ingest": ingest,
     }
     print(report(rec).replace("**", ""))
-    if args.json:
-        Path(args.json).write_text(json.dumps(rec, indent=2) + "\n")
-    if args.write:
-        write_section(DOC, "hostmetrics", "Host samples: sampling and ingest", INTRO, report(rec))
-        print(f"wrote {DOC}")
+    save(args, rec, ("hostmetrics", "Host samples: sampling and ingest", INTRO), report(rec), print)
     return 0
 
 

@@ -36,7 +36,7 @@ from bench.common import (
     load_average,
     run,
     start_agent,
-    start_server,
+    start_server_on,
     wait_job_events,
 )
 from tests.support import Procs
@@ -58,15 +58,7 @@ def real_path(root: Path, n: int, backend: str, pg: Any) -> dict[str, Any]:
     procs = Procs()
     db: Database | None = None
     try:
-        inventory = root / "inventory.ini"
-        inventory.write_text("")
-        state = root / f"real-{backend}"
-        if backend == "postgresql":
-            url = pg.new_database()
-            server = start_server(state, inventory, procs, "--db", url)
-        else:
-            url = f"sqlite:///{state / 'easytask.db'}"
-            server = start_server(state, inventory, procs)
+        server, url = start_server_on(root, backend, pg, procs, f"real-{backend}")
         agent = start_agent(server, f"out-{backend}", root / f"agent-{backend}", procs)
         warm = submit_one(server, f"out-{backend}", "true")
         wait_job_events(server.http, warm)

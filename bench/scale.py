@@ -17,7 +17,6 @@ Every figure is also given in CPU seconds, which do not depend on the machine be
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import subprocess
 import tempfile
@@ -27,15 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
-    DOC,
     conditions_lines,
     load_average,
     proc_cpu_seconds,
     proc_rss_kib,
     raise_nofile,
+    save,
     start_agentsim,
     start_server,
-    write_section,
 )
 from tests.support import Procs, db_execute, easytask_cli, wait_until
 
@@ -238,11 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         "result": result,
     }
     print(report(rec).replace("**", ""))
-    if args.json:
-        Path(args.json).write_text(json.dumps(rec, indent=2) + "\n")
-    if args.write:
-        write_section(DOC, "scale", "Many agents on one server", INTRO, report(rec))
-        print(f"wrote {DOC}")
+    save(args, rec, ("scale", "Many agents on one server", INTRO), report(rec), print)
     return 0
 
 
