@@ -8,9 +8,9 @@ PY=${PY:-.venv/bin/python}
 logs=$(mktemp -d)
 # each pass its own temp root: pytest's numbered temp dirs keep only the newest three, so a
 # session starting beside another may otherwise delete the directories it is using
-"$PY" -m pytest -q -p no:cacheprovider --basetemp "$logs/tmp-sqlite" >"$logs/sqlite.log" 2>&1 &
+"$PY" -m pytest -q -p no:cacheprovider --durations=15 --basetemp "$logs/tmp-sqlite" >"$logs/sqlite.log" 2>&1 &
 sqlite_pid=$!
-EASYTASK_TEST_DB=postgres "$PY" -m pytest -q -p no:cacheprovider --basetemp "$logs/tmp-pg" \
+EASYTASK_TEST_DB=postgres "$PY" -m pytest -q -p no:cacheprovider --durations=15 --basetemp "$logs/tmp-pg" \
     -m 'not sqlite' "$@" >"$logs/postgres.log" 2>&1 &
 pg_pid=$!
 wait "$sqlite_pid"; sqlite_rc=$?
