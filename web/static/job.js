@@ -47,11 +47,29 @@
       summary.textContent = shown + " " + unit + "(s): " + parts.join(", ");
     }
 
-    /* A run the page does not know yet (a retry's next attempt): its matrix cell follows it. */
-    function adopt(id) {
+    /* A run the page does not know yet (a retry's next attempt): its matrix cell follows it.
+       Events for it that arrive while its record is fetched are kept, and the latest state of
+       the two wins (a run's state only moves forward). */
+    const pending = new Map(); // run id -> latest event seen before its cell took it
+    const fetching = new Set();
+    function rank(state) {
+      if (ET.FINAL.indexOf(state) >= 0) return 2;
+      return state === "queued" ? 0 : 1;
+    }
+    function adopt(id, ev) {
       if (!matrix) return;
+      if (ev) {
+        const seen = pending.get(id);
+        if (!seen || rank(ev.state) >= rank(seen.state)) pending.set(id, ev);
+      }
+      if (fetching.has(id)) return;
+      fetching.add(id);
       ET.api("GET", "/api/runs/" + encodeURIComponent(id)).then(function (data) {
+        fetching.delete(id);
         const run = data.run;
+        const seen = pending.get(id);
+        pending.delete(id);
+        const latest = seen && rank(seen.state) > rank(run.state) ? seen : run;
         let cell = null;
         matrix.querySelectorAll("td.cell").forEach(function (td) {
           if (td.dataset.task === run.task && td.dataset.host === run.host) cell = td;
@@ -67,15 +85,17 @@
         entry.querySelector(".dur").textContent = "";
         const r = track(id, entry);
         r.started = null;
-        update(run);
-      }).catch(function () { /* the next event tries again */ });
+        update(latest);
+      }).catch(function () {
+        fetching.delete(id); /* the next event tries again */
+      });
     }
 
     function update(ev) {
       const id = String(ev.run !== undefined ? ev.run : ev.id);
       const r = rows.get(id);
       if (!r) {
-        adopt(id);
+        adopt(id, ev);
         return;
       }
       r.state = ev.state;
