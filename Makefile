@@ -12,7 +12,8 @@ UPLOT_VERSION ?= 1.6.32
 # with each server on its own PostgreSQL database (EASYTASK_TEST_DB=postgres; scripts/test-both.sh).
 # Tests marked `sqlite` handle the SQLite file itself; tests/test_multiserver.py starts its servers
 # on PostgreSQL itself; the browser tests drive the same console (tests/test_console.py covers it
-# on both). `make test-pg` runs the PostgreSQL pass alone. See docs/operations.md.
+# on both). The PostgreSQL lane, being shorter, then runs the slowest SQLite files (the bench smoke
+# runs, the multi-server tests). `make test-pg` runs the PostgreSQL pass alone. See docs/operations.md.
 PG_TESTS := tests/test_store.py tests/test_migrations.py tests/test_adhoc.py \
 	tests/test_attacks.py tests/test_audit.py tests/test_retention.py tests/test_secrets.py \
 	tests/test_secret_sweep.py tests/test_inventory_server.py tests/test_bootstrap.py \
