@@ -317,10 +317,6 @@ def check_definition(data: Any) -> TemplateDefinition:
         raise TemplateInvalid(
             "retries are for command templates (a playbook's tasks set their own)", "retries"
         )
-    if retries and any(p.type == "credential" for p in params):
-        raise TemplateInvalid(
-            "a command template with retries takes no credential parameter", "retries"
-        )
     retry_delay = 5.0
     if data.get("retry_delay") not in (None, ""):
         try:

@@ -5,6 +5,7 @@ launch it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 
 from tests.conftest import AgentFactory, ServerFactory, write
 from tests.support import REPO, ServerHandle, db_execute, easytask_cmd, wait_until
+from tests.test_secret_sweep import _database_hits, _file_hits
 
 ECHO = {
     "name": "echo-path",
@@ -299,11 +301,6 @@ def test_launch_quotes_parameters_and_checks_who_may(
         "params": [{"name": "tag", "default": "a b"}],
     }
     assert server.http.post("/api/templates", json=flaky).status_code == 201
-    no_cred = {**flaky, "name": "flaky2"}
-    no_cred["params"] = [*flaky["params"], {"name": "t", "type": "credential"}]  # type: ignore[misc]
-    refused_retries = server.http.post("/api/templates", json=no_cred)
-    assert refused_retries.status_code == 400
-    assert "retries takes no credential parameter" in refused_retries.json()["error"]
     retried = operator.post("/api/templates/flaky/launch", json={"params": {}})
     assert retried.status_code == 201, retried.text
     done = server.wait_job(retried.json()["job"]["id"])
@@ -324,6 +321,80 @@ def test_launch_quotes_parameters_and_checks_who_may(
     assert value not in json.dumps(server.get("/api/audit"))
     for c in (operator, viewer, vera, scoped):
         c.close()
+
+
+def test_a_retried_command_template_gets_its_credential_on_every_attempt(
+    tpl_server: ServerHandle, tmp_path: Path
+) -> None:
+    """A command template with retries and a credential parameter: the command fails on its first
+    attempt and succeeds on its second, and both attempts see the credential in their environment
+    (each prints a hash of it, the same as the server's); the value is masked in the output and the
+    stored command, named (never valued) in the audit event, in no table and no file of either
+    state dir once the job ended. A credential scoped away from the hosts is refused (403)."""
+    server = tpl_server
+    value = f"rt-{secrets.token_hex(8)}"
+    assert server.cli("secrets", "set", "deploy-token", input=value).returncode == 0
+    counter = tmp_path / "cred-attempts"
+    template = {
+        "name": "flaky-cred",
+        "command": (
+            f"n=$(cat {counter} 2>/dev/null || echo 0); echo $((n+1)) > {counter}; "
+            "echo attempt $((n+1)) $(printenv {{ params.tok | quote }} | sha256sum | cut -c1-16); "
+            "printenv {{ params.tok | quote }}; [ $n -ge 1 ]"
+        ),
+        "pattern": "web",
+        "retries": 2,
+        "retry_delay": "0s",
+        "timeout": "30s",
+        "params": [{"name": "tok", "type": "credential", "required": True}],
+    }
+    made = server.http.post("/api/templates", json=template)
+    assert made.status_code == 201, made.text
+    operator = _client(server, "otto", "operator")
+    started = operator.post(
+        "/api/templates/flaky-cred/launch", json={"params": {"tok": "deploy-token"}}
+    )
+    assert started.status_code == 201, started.text
+    done = server.wait_job(started.json()["job"]["id"])
+    assert done["job"]["state"] == "success"
+    assert [(r["attempt"], r["state"]) for r in done["runs"]] == [(1, "failed"), (2, "success")]
+    digest = hashlib.sha256(f"{value}\n".encode()).hexdigest()[:16]
+    for attempt, run in enumerate(done["runs"], start=1):
+        texts = [ln["text"] for ln in server.log_lines(run["id"])]
+        assert texts == [f"attempt {attempt} {digest}", "****"], texts
+        assert value not in run["command"] and "DEPLOY_TOKEN=****" in run["command"]
+    (submitted,) = [
+        e
+        for e in _audit(server, "job.submit")
+        if e["detail"].get("template", {}).get("name") == "flaky-cred"  # type: ignore[union-attr]
+    ]
+    assert submitted["detail"]["credentials"] == ["deploy-token"]  # type: ignore[index]
+
+    # a credential scoped to other hosts is refused before anything is stored
+    jobs_before = len(db_execute(server.db_url, "SELECT id FROM job"))
+    assert server.cli("secrets", "set", "db-only", "--scope", "db", input="x" * 12).returncode == 0
+    refused = operator.post("/api/templates/flaky-cred/launch", json={"params": {"tok": "db-only"}})
+    assert refused.status_code == 403 and "may only be used on 'db'" in refused.json()["error"]
+    assert len(db_execute(server.db_url, "SELECT id FROM job")) == jobs_before
+
+    kept = server.state_dir / "secrets"
+    wait_until(
+        lambda: not kept.exists() or list(kept.iterdir()) == [], what="the job's secrets dropped"
+    )
+    assert _database_hits(server.db_url, value) == []
+    assert _file_hits(server.state_dir, value, {}) == []
+    wait_until(
+        lambda: (
+            not [
+                p
+                for p in (tmp_path / "agents").rglob("spool/*")
+                if p.suffix in (".out", ".done") and not p.name.startswith("adhoc-")
+            ]
+        ),
+        what="the agent's spool acknowledged",
+    )
+    assert _file_hits(tmp_path / "agents", value, {}) == []
+    operator.close()
 
 
 GUARDED = {

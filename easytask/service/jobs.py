@@ -176,9 +176,16 @@ async def check_webhooks(services: Services, plan: PlaybookPlan, actor: str, sou
 
 
 async def submit_plan(
-    services: Services, user: User, source: str, plan: PlaybookPlan, extra: dict[str, Any]
+    services: Services,
+    user: User,
+    source: str,
+    plan: PlaybookPlan,
+    extra: dict[str, Any],
+    credentials: Sequence[str] = (),
 ) -> tuple[Job, list[Run]]:
-    """Start a planned playbook, its audit event stored with the job."""
+    """Start a planned playbook, its audit event stored with the job. `credentials`: stored
+    credentials the caller already opened into the plan's secret variables (named in the audit
+    event, their last use noted)."""
     await enforce_scope(
         services,
         user,
@@ -189,6 +196,7 @@ async def submit_plan(
     await check_webhooks(services, plan, user.name, source)
     what = {"kind": "playbook", "playbook": plan.name, "pattern": plan.playbook.hosts}
     per_host = await plan_credentials(services, user, source, plan, what)
+    per_host.names = sorted({*per_host.names, *credentials})
     detail = {
         "kind": "playbook",
         "playbook": plan.name,

@@ -27,7 +27,7 @@ from easytask.jobtemplate import (
 from easytask.scheduler.inflight import JobOptions
 from easytask.service import jobs
 from easytask.service.context import Services
-from easytask.service.credentials import env_name
+from easytask.service.credentials import AS_VALUE, env_name, open_credentials
 from easytask.service.files import file_action
 from easytask.service.planning import plan_bundle, plan_file
 from easytask.service.playbooks import playbook_path
@@ -272,9 +272,24 @@ async def start_with_retries(
     about: dict[str, Any],
 ) -> tuple[Job, list[Run]]:
     """A command template with retries runs as a one-task playbook (the playbook engine retries
-    a failed run), its command rendered with the same `params`, quoted as saved."""
+    a failed run), its command rendered with the same `params`, quoted as saved.
+
+    A credential parameter's value reaches every attempt the way a playbook's `secrets:` do: the
+    task exports it (`env:`, apart from the command line) from a secret variable that is masked
+    in the output, left out of the job's stored vars and kept only in the job's 0600 secrets file
+    while the job is unfinished (a restarted server's next attempt still gets it)."""
     import yaml
 
+    names = list(
+        dict.fromkeys(
+            values[p.name] for p in definition.params if p.type == "credential" and values[p.name]
+        )
+    )
+    rendered = {
+        p.name: env_name(values[p.name]) if p.type == "credential" and values[p.name] else v
+        for p in definition.params
+        for v in [values[p.name]]
+    }
     task: dict[str, Any] = {
         "name": definition.name,
         "shell": definition.body,
@@ -283,9 +298,47 @@ async def start_with_retries(
     }
     if definition.timeout:
         task["timeout"] = f"{definition.timeout:g}s"
-    book = {"name": definition.name, "hosts": definition.pattern, "tasks": [task]}
+    secret_vars = {n: f"credential_{env_name(n).lower()}" for n in names}
+    if names:
+        task["env"] = {env_name(n): "{{ " + secret_vars[n] + " }}" for n in names}
+    book: dict[str, Any] = {"name": definition.name, "hosts": definition.pattern}
+    if names:
+        book["secrets"] = sorted(secret_vars.values())
+    book["tasks"] = [task]
     text = yaml.safe_dump(book, sort_keys=False)
+    opened: dict[str, str] = {}
+    if names:
+        hosts = await _launch_hosts(services, definition, limit)
+        what = {"kind": "template", "template": definition.name, "pattern": definition.pattern}
+        opened = (
+            await open_credentials(
+                services, user, source, {n: hosts for n in names}, what, kinds=AS_VALUE
+            )
+        ).values
+    secret_values = {secret_vars[n]: opened[n] for n in names}
     plan = await plan_bundle(
-        services, f"{definition.name}.yml", text, {}, limit, {"params": values}
+        services,
+        f"{definition.name}.yml",
+        text,
+        {},
+        limit,
+        {"params": rendered, **secret_values},
     )
-    return await jobs.submit_plan(services, user, source, plan, {"template": about})
+    return await jobs.submit_plan(
+        services, user, source, plan, {"template": about}, credentials=names
+    )
+
+
+async def _launch_hosts(
+    services: Services, definition: TemplateDefinition, limit: str | None
+) -> list[str]:
+    """The hosts a command template's launch reaches: its pattern, kept to `limit`."""
+    hosts = await template_hosts(services, definition)
+    if not limit:
+        return hosts
+    inventory = await services.merged_inventory()
+    try:
+        allowed = set(inventory.select(limit))
+    except EasyTaskError as exc:
+        raise APIError(f"limit {limit!r}: {exc}") from exc
+    return [h for h in hosts if h in allowed]
