@@ -30,7 +30,7 @@ PG_TESTS := tests/test_store.py tests/test_migrations.py tests/test_adhoc.py \
 	tests/test_busy_agents.py tests/test_scoped_reading.py tests/test_api_jobs.py \
 	tests/test_log_partitions.py tests/test_db_search.py tests/test_play_loops.py \
 	tests/test_templates.py tests/test_db_faults.py \
-	tests/test_play_loop_results.py
+	tests/test_play_loop_results.py tests/test_approval_rules.py
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -302,6 +302,8 @@ def _one_line(body: dict[str, Any], settings: Settings, out: TextIO, raw: bool) 
     client = api_client(settings)
     sub = client.post("/api/jobs", body)
     job_warnings(sub["job"])
+    if awaits_approval(sub, out):
+        return EXIT_OK
     view = OneLineView(raw)
     if follow_interruptible(client, sub["job"]["id"], view):
         return 130
@@ -434,9 +436,27 @@ def _submit_and_follow(
     data = post_and_follow(api_client(settings), "/api/jobs", body, fmt, out, raw)
     if data is None:
         return 130
+    if data["job"]["state"] == "awaiting approval":
+        return EXIT_OK
     if fmt == "json":
         return EXIT_OK if all(r["state"] == "success" for r in data["runs"]) else EXIT_FAILED
     return _summary(data, time.monotonic() - started, out)
+
+
+def awaits_approval(sub: dict[str, Any], out: TextIO) -> bool:
+    """Whether an approval rule holds the submitted job (said, with how to decide it)."""
+    if sub["job"]["state"] != "awaiting approval":
+        return False
+    job_id = sub["job"]["id"]
+    rules = ", ".join((sub.get("approval") or {}).get("rules") or []) or "-"
+    out.write(
+        escape_controls(
+            f"job {job_id}: awaiting approval (approval rule {rules}); an admin decides it: "
+            f"easytask approve {job_id} -m COMMENT"
+        )
+        + "\n"
+    )
+    return True
 
 
 def post_and_follow(
@@ -447,6 +467,10 @@ def post_and_follow(
     sub = client.post(path, body)
     job_id = sub["job"]["id"]
     job_warnings(sub["job"])
+    if awaits_approval(sub, out):
+        if fmt == "json":
+            print_json(sub, out)
+        return sub
     view = RunView(out, [r["host"] for r in sub["runs"]], raw) if fmt == "text" else None
     if follow_interruptible(client, job_id, view):
         return None

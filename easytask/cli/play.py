@@ -241,6 +241,8 @@ def cmd_play(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     data = post_and_follow(client, "/api/playbooks/run", body, args.format, out, args.raw)
     if data is None:
         return 130
+    if data["job"]["state"] == "awaiting approval":
+        return EXIT_OK
     if args.format != "json":
         play_recap(data, time.monotonic() - started, out)
     return EXIT_OK if play_ok(data["runs"]) else EXIT_FAILED

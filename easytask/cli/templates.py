@@ -62,8 +62,25 @@ def add_parsers(sub: Any) -> None:
     la.add_argument("--format", choices=("text", "json"), default="text")
     la.set_defaults(func=cmd_launch)
 
-    ap = sub.add_parser("approvals", help="launches awaiting approval")
-    ap.add_argument("action", nargs="?", choices=("list",), default="list")
+    ap = sub.add_parser(
+        "approvals",
+        help="launches awaiting approval; `approvals rules ...`: the approval rules (admin)",
+    )
+    ap.add_argument(
+        "action",
+        nargs="?",
+        choices=("list", "rules"),
+        default="list",
+        help="list: approval requests; rules: the host patterns whose submissions wait",
+    )
+    ap.add_argument(
+        "rule_action",
+        nargs="?",
+        choices=("list", "add", "remove", "pause", "resume"),
+        help="with rules: list them, add PATTERN, remove/pause/resume ID (admin)",
+    )
+    ap.add_argument("target", nargs="?", help="with rules: the host pattern (add) or rule id")
+    ap.add_argument("--note", default="", help="with rules add: why the hosts need approval")
     ap.add_argument("--all", action="store_true", help="decided ones too")
     ap.add_argument("--format", choices=("text", "json"), default="text")
     ap.set_defaults(func=cmd_approvals)
@@ -185,7 +202,52 @@ def cmd_launch(args: argparse.Namespace, settings: Settings, out: TextIO) -> int
     return EXIT_FAILED if bad else EXIT_OK
 
 
+def cmd_rules(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    """`approvals rules list|add|remove|pause|resume`."""
+    client = api_client(settings)
+    action = args.rule_action or "list"
+    if action != "list" and not args.target:
+        what = "a host pattern" if action == "add" else "a rule id"
+        raise UsageError(f"approvals rules {action} needs {what}")
+    if action == "add":
+        row = client.post("/api/approval-rules", {"pattern": args.target, "note": args.note})
+        out.write(escape_controls(f"rule {row['id']}: {row['pattern']} needs approval") + "\n")
+        return EXIT_OK
+    if action == "remove":
+        row = client.send("DELETE", f"/api/approval-rules/{_name(args.target)}", None)
+        out.write(escape_controls(f"rule {row['id']}: {row['pattern']} removed") + "\n")
+        return EXIT_OK
+    if action in ("pause", "resume"):
+        row = client.send(
+            "PATCH", f"/api/approval-rules/{_name(args.target)}", {"paused": action == "pause"}
+        )
+        state = "paused" if row["paused"] else "active"
+        out.write(escape_controls(f"rule {row['id']}: {row['pattern']} {state}") + "\n")
+        return EXIT_OK
+    rows = client.get("/api/approval-rules")["rules"]
+    if args.format == "json":
+        out.write(json.dumps(rows, indent=2) + "\n")
+        return EXIT_OK
+    table = [
+        (
+            str(r["id"]),
+            r["pattern"],
+            "server setting" if r["read_only"] else ("paused" if r["paused"] else "active"),
+            r["created_by"],
+            (r["created_at"] or "-")[:19].replace("T", " "),
+            r["note"] or "-",
+        )
+        for r in rows
+    ]
+    print_table(table, ("ID", "PATTERN", "STATE", "BY", "CREATED", "NOTE"), out)
+    return EXIT_OK
+
+
 def cmd_approvals(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    if args.action == "rules":
+        return cmd_rules(args, settings, out)
+    if args.rule_action or args.target:
+        raise UsageError("approvals list takes no further arguments (approvals rules ...)")
     client = api_client(settings)
     rows = client.get("/api/approvals", state="all" if args.all else "awaiting")["approvals"]
     if args.format == "json":
@@ -194,7 +256,7 @@ def cmd_approvals(args: argparse.Namespace, settings: Settings, out: TextIO) -> 
     table = [
         (
             str(r["job"]),
-            r["template"],
+            r["template"] or f"{r['kind']} {r.get('pattern', '')}".strip(),
             r["requested_by"],
             " ".join(f"{k}={v}" for k, v in sorted(r["params"].items())) or "-",
             r["state"],

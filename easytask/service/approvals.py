@@ -4,21 +4,31 @@ it (it starts as the requester's job) or rejects it, or it expires; each step au
 the server's webhook.
 
 A launch needs approval when its template says `approval: required`, or when one of its hosts is
-selected by the server's `approval_hosts` pattern.
+selected by an approval rule (service.approvalrules: the admins' rules and the server's
+`approval_hosts`). Any other submission an approval rule holds (an ad hoc run, a playbook, a
+schedule's fire) waits the same way; an admin (not the requester) approves it and it starts as
+its requester's (a schedule's fire: as the schedule).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from easytask.errors import APIError, EasyTaskError
 from easytask.jobtemplate import TemplateDefinition, check_values, may_approve, may_launch
+from easytask.plan.become import BecomeRequest
 from easytask.scheduler.events import job_state as job_state_event
+from easytask.scheduler.inflight import JobOptions
+from easytask.service import approvalrules, jobs
+from easytask.service.approvalrules import SCHEDULE_USER, held_by_schedule
 from easytask.service.context import Services
+from easytask.service.planning import plan_file
 from easytask.service.scope import enforce_scope
 from easytask.service.templates import definition_of, get_template, start, template_hosts
 from easytask.store.audit import AuditNote
@@ -33,11 +43,13 @@ ApprovalHook = Callable[[str, Job, JobApproval], Awaitable[None]]
 def approval_dict(row: JobApproval) -> dict[str, Any]:
     """An approval request as the API returns it."""
     request = json.loads(row.request)
-    return {
+    out = {
         "job": row.job_id,
+        "kind": request.get("kind") or "template",
         "template": row.template,
         "params": request.get("params", {}),
         "limit": request.get("limit") or "",
+        "rules": request.get("rules") or [],
         "requested_by": row.requested_by,
         "state": row.state,
         "created_at": row.created_at.isoformat(),
@@ -47,6 +59,17 @@ def approval_dict(row: JobApproval) -> dict[str, Any]:
         "comment": row.comment,
         "launched_job": row.launched_job,
     }
+    if not row.template:  # what a held submission would run (never a secret value)
+        out.update(
+            {
+                k: request[k]
+                for k in ("pattern", "command", "playbook", "hosts", "credentials")
+                if k in request
+            }
+        )
+        if "extra" in request and request["extra"].get("schedule"):
+            out["schedule"] = request["extra"]["schedule"]
+    return out
 
 
 @dataclass
@@ -95,23 +118,13 @@ async def launch(
     hosts = await template_hosts(services, definition)
     what: dict[str, object] = {"kind": "template", "template": name, "pattern": definition.pattern}
     await enforce_scope(services, user, hosts, source, what)
-    if definition.approval or await touches_approval_hosts(services, hosts):
-        return await request_approval(services, user, source, definition, values, limit, hook)
+    rules = await approvalrules.matching_rules(services, hosts)
+    if definition.approval or rules:
+        return await request_approval(
+            services, user, source, definition, values, limit, hook, rules
+        )
     job, runs = await start(services, user, source, definition, values, limit)
     return Launch(job, runs)
-
-
-async def touches_approval_hosts(services: Services, hosts: list[str]) -> bool:
-    """Whether one of these hosts is selected by the server's `approval_hosts` pattern."""
-    pattern = services.settings.approval_hosts
-    if not pattern:
-        return False
-    inventory = await services.merged_inventory()
-    try:
-        guarded = set(inventory.select(pattern))
-    except EasyTaskError:
-        return False
-    return any(h in guarded for h in hosts)
 
 
 # -- approvals ------------------------------------------------------------------------------
@@ -125,10 +138,13 @@ async def request_approval(
     values: dict[str, Any],
     limit: str | None,
     hook: ApprovalHook | None,
+    rules: list[str] | None = None,
 ) -> Launch:
     """Store a job awaiting approval (no runs) with its request, audited together."""
     expires = utcnow() + timedelta(seconds=services.settings.approval_expiry)
-    request = {"params": values, "limit": limit or ""}
+    request: dict[str, Any] = {"params": values, "limit": limit or ""}
+    if rules:
+        request["rules"] = rules
     job = Job(
         kind="template",
         name=definition.name,
@@ -190,6 +206,10 @@ async def _check_approver(
     reason = ""
     if user.name == approval.requested_by:
         reason = "the requester may not approve or reject their own launch"
+    elif not approval.template and (user.scope or user.role != "admin"):
+        reason = (
+            f"{user.name} may not decide: only an admin decides a submission an approval rule holds"
+        )
     elif user.scope or not (
         user.role == "admin"
         or (definition is not None and may_approve(definition, user.role, user.name))
@@ -225,13 +245,13 @@ async def approve(
     the approval's `launched_job`. One decision wins (409 for the other)."""
     comment = _comment(comment, required=False)
     approval, job = await _waiting(services, job_id)
+    if not approval.template:
+        return await _approve_held(services, user, source, approval, job, comment, hook)
     definition = await _check_approver(services, user, source, approval, "approval.approve")
     if definition is None:
         raise APIError(f"template {approval.template!r} no longer exists", status=409)
     store = services.store
-    requester = await store.call(store.get_user, approval.requested_by)
-    if requester is None or requester.disabled:
-        raise APIError(f"the requester {approval.requested_by!r} is no longer a user", status=409)
+    requester = await _requester(services, approval, job)
     if not may_launch(definition, requester.role, requester.name):  # changed since the request
         raise APIError(
             f"{requester.name} may no longer launch template {approval.template!r}", status=409
@@ -275,6 +295,124 @@ async def approve(
     await store.call(store.set_launched, job_id, launched.id)
     decided.launched_job = launched.id
     return decided
+
+
+async def _requester(services: Services, approval: JobApproval, job: Job) -> User:
+    """Who a waiting submission starts as: its requester (409 if no longer a user), or the
+    schedule whose fire it was."""
+    if held_by_schedule(approval.requested_by, job.source):
+        return SCHEDULE_USER
+    store = services.store
+    requester = await store.call(store.get_user, approval.requested_by)
+    if requester is None or requester.disabled:
+        raise APIError(f"the requester {approval.requested_by!r} is no longer a user", status=409)
+    return requester
+
+
+async def _approve_held(
+    services: Services,
+    user: User,
+    source: str,
+    approval: JobApproval,
+    job: Job,
+    comment: str,
+    hook: ApprovalHook | None,
+) -> JobApproval:
+    """Approve a submission an approval rule held (admins only) and start it as its requester."""
+    job_id = approval.job_id
+    await _check_approver(services, user, source, approval, "approval.approve")
+    requester = await _requester(services, approval, job)
+    request = json.loads(approval.request)
+    note = AuditNote(
+        user.name,
+        "approval.approve",
+        source,
+        {
+            "job": job_id,
+            "kind": request.get("kind"),
+            "rules": request.get("rules") or [],
+            "comment": comment,
+        },
+    )
+    store = services.store
+    decided = await store.call(
+        store.decide_approval, job_id, RunState.APPROVED, user.name, comment, note
+    )
+    if decided is None:
+        raise APIError(f"job {job_id} is no longer awaiting approval", status=409)
+    _tell_viewers(services, job_id, RunState.APPROVED)
+    if hook is not None:
+        await hook("approval.approved", job, decided)
+    try:
+        launched = await start_held(services, requester, f"approval of job {job_id}", request)
+    except EasyTaskError as exc:
+        what = {"job": job_id, "kind": request.get("kind"), "error": str(exc)}
+        note = AuditNote(user.name, "approval.launch_failed", source, what)
+        await store.call(store.approved_launch_failed, job_id, note)
+        _tell_viewers(services, job_id, RunState.FAILED)
+        raise APIError(f"approved, but the launch failed: {exc}", status=409) from exc
+    assert launched.id is not None
+    await store.call(store.set_launched, job_id, launched.id)
+    decided.launched_job = launched.id
+    return decided
+
+
+async def start_held(
+    services: Services, requester: User, source: str, request: Mapping[str, Any]
+) -> Job:
+    """Start what a held submission asked for, planned again now (its requester's scope and
+    credential rules apply again); a playbook changed since the request is refused (409)."""
+    kind = request.get("kind")
+    limit = request.get("limit") or None
+    become = BecomeRequest.from_dict(request.get("become"))
+    if kind == "adhoc":
+        options = JobOptions(
+            timeout=request.get("timeout"),
+            pending_timeout=float(request.get("pending_timeout") or services.pending_timeout),
+            forks=int(request.get("forks") or 0),
+            become=become,
+        )
+        job, _ = await jobs.submit_adhoc(
+            services,
+            requester,
+            source,
+            pattern=str(request["pattern"]),
+            command=str(request["command"]),
+            kind="command",
+            name=str(request.get("name") or request["command"]),
+            options=options,
+            one=bool(request.get("one")),
+            limit=limit,
+            extra_vars=request.get("extra_vars"),
+            remote_user=request.get("user") or None,
+            credentials=list(request.get("credentials") or []),
+            hold=False,
+        )
+        return job
+    if kind not in ("playbook", "schedule"):
+        raise APIError(f"cannot start a held submission of kind {kind!r}", status=409)
+    path = Path(str(request["playbook"]))
+    if kind == "schedule":
+        schedule = str((request.get("extra") or {}).get("schedule") or "")
+        job_id = await jobs.submit_scheduled(services, path, schedule, hold=False)
+        started = await services.store.call(services.store.get_job, job_id)
+        assert started is not None
+        return started
+    plan = await plan_file(
+        services,
+        path,
+        dict(request.get("extra_vars") or {}),
+        limit,
+        tuple(request.get("tags") or ()),
+        tuple(request.get("skip_tags") or ()),
+        become,
+    )
+    if hashlib.sha256(plan.playbook.text.encode()).hexdigest() != request.get("sha256"):
+        raise APIError(f"the playbook {path.name} changed since the request", status=409)
+    job, _ = await jobs.submit_plan(
+        services, requester, source, plan, dict(request.get("extra") or {}), hold=False
+    )
+    return job
 
 
 async def reject(

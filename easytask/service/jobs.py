@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -16,6 +17,7 @@ from easytask.plan.become import agentless_refusal, resolve_become
 from easytask.scheduler.egress import WebhookRefused, url_origin
 from easytask.scheduler.inflight import JobOptions
 from easytask.scheduler.playbooks import submit_playbook
+from easytask.service import approvalrules
 from easytask.service.context import Services
 from easytask.service.credentials import (
     AS_VALUE,
@@ -50,12 +52,15 @@ async def submit_adhoc(
     remote_user: str | None = None,
     credentials: Sequence[str] = (),
     template: dict[str, Any] | None = None,
+    hold: bool = True,
 ) -> tuple[Job, list[Run]]:
     """An ad hoc command (or checksum, copy, script, fetch) over a host pattern, audited with
     the job in one transaction; `one` picks the host with the most headroom of those matched; `limit`,
     `extra_vars` and `remote_user` as `plan_adhoc` takes them. `credentials`: stored
     credentials exported to the command (`env_name`). `template`: the job template launched
-    (its name, parameters and approval), kept in the audit event and the job's vars."""
+    (its name, parameters and approval), kept in the audit event and the job's vars. A
+    submission whose hosts an approval rule selects waits as a job awaiting approval (no runs;
+    `hold=False`: it was decided already, a template launch or an approved request)."""
     planned = await plan_pattern(
         services, pattern, command, limit=limit, extra_vars=extra_vars, user=remote_user
     )
@@ -85,6 +90,7 @@ async def submit_adhoc(
         services, user, source, {n: hosts for n in credentials}, what, kinds=AS_VALUE
     )
     env = {env_name(n): v for n, v in opened.values.items()}
+    inline = sorted(options.secret_env)  # given with the request: never stored
     clash = sorted(set(env) & set(options.secret_env))
     if clash:
         raise APIError(f"secret {', '.join(clash)} given twice (a value and a credential)")
@@ -113,6 +119,37 @@ async def submit_adhoc(
             raise APIError(refusal)
         if as_user is not None:
             become.setdefault(as_user.user, []).append(p.host)
+    rules = await approvalrules.matching_rules(services, hosts) if hold else []
+    if rules:
+        if kind != "command" or action is not None:
+            raise approvalrules.cannot_wait(rules, f"a {kind} job's files are not kept")
+        if inline:
+            raise approvalrules.cannot_wait(
+                rules, "its secret values are not stored (use stored credentials)"
+            )
+        request: dict[str, Any] = {
+            "kind": "adhoc",
+            "pattern": pattern,
+            "command": command,
+            "name": name[:200],
+            "limit": limit or "",
+            "hosts": hosts,
+            "one": one,
+            "timeout": options.timeout,
+            "pending_timeout": options.pending_timeout,
+            "forks": options.forks,
+            "credentials": list(credentials),
+        }
+        if extra_vars is not None:
+            request["extra_vars"] = extra_vars
+        if remote_user:
+            request["user"] = remote_user
+        if options.become.as_dict():
+            request["become"] = options.become.as_dict()
+        waiting = Job(
+            kind="adhoc", name=name[:200], pattern=pattern, command=command, timeout=options.timeout
+        )
+        return await approvalrules.hold(services, user, source, rules, request, waiting), []
     detail: dict[str, Any] = {
         "kind": kind,
         "pattern": pattern,
@@ -182,10 +219,12 @@ async def submit_plan(
     plan: PlaybookPlan,
     extra: dict[str, Any],
     credentials: Sequence[str] = (),
+    hold: bool = True,
 ) -> tuple[Job, list[Run]]:
     """Start a planned playbook, its audit event stored with the job. `credentials`: stored
     credentials the caller already opened into the plan's secret variables (named in the audit
-    event, their last use noted)."""
+    event, their last use noted). A playbook whose hosts an approval rule selects waits as a job
+    awaiting approval (`hold=False`: decided already)."""
     await enforce_scope(
         services,
         user,
@@ -214,6 +253,9 @@ async def submit_plan(
     become = plan_become(plan, per_host.become_passwords)
     if become:
         detail["become"] = become
+    rules = await approvalrules.matching_rules(services, list(plan.all_hosts)) if hold else []
+    if rules:
+        return await hold_plan(services, user, source, plan, extra, rules), []
     local = [h for h in plan.all_hosts if plan.connection(h) == "local"]
     if local:  # these run on the server's own host, as its user (allow_local_connection)
         detail["local"] = local
@@ -229,6 +271,47 @@ async def submit_plan(
     )
     await note_use(services, per_host.names, user.name)
     return submitted
+
+
+async def hold_plan(
+    services: Services,
+    user: User,
+    source: str,
+    plan: PlaybookPlan,
+    extra: dict[str, Any],
+    rules: list[str],
+    kind: str = "playbook",
+) -> Job:
+    """A playbook the approval `rules` hold: stored to wait (what to plan again on approval, no
+    secret value: a secret given with the request cannot wait, 409)."""
+    given = sorted((set(plan.playbook.secrets) & set(plan.extra_vars)) - set(plan.credentials))
+    if given:
+        raise approvalrules.cannot_wait(
+            rules, f"its secret {given[0]!r} is not stored (use a stored credential)"
+        )
+    request: dict[str, Any] = {
+        "kind": kind,
+        "playbook": str(Path(plan.playbook.path).resolve()),
+        "sha256": hashlib.sha256(plan.playbook.text.encode()).hexdigest(),
+        "name": plan.name,
+        "pattern": plan.playbook.hosts,
+        "limit": plan.limit or "",
+        "hosts": list(plan.all_hosts),
+        "extra_vars": {k: v for k, v in plan.extra_vars.items() if k not in plan.credentials},
+        "tags": list(plan.tags),
+        "skip_tags": list(plan.skip_tags),
+        "extra": extra,
+    }
+    if plan.become.as_dict():
+        request["become"] = plan.become.as_dict()
+    waiting = Job(
+        kind=kind,
+        name=plan.name,
+        pattern=plan.playbook.hosts,
+        command=Path(plan.playbook.path).name,
+        vars=json.dumps({"playbook": request["playbook"]}),  # keeps a submitted bundle
+    )
+    return await approvalrules.hold(services, user, source, rules, request, waiting)
 
 
 async def plan_credentials(
@@ -268,13 +351,21 @@ def plan_become(
     return out
 
 
-async def submit_scheduled(services: Services, path: Path, name: str) -> int:
-    """Start the playbook of a schedule (as the user `schedule`); the job's id."""
+async def submit_scheduled(services: Services, path: Path, name: str, hold: bool = True) -> int:
+    """Start the playbook of a schedule (as the user `schedule`); the job's id (one awaiting
+    approval when an approval rule selects its hosts, unless `hold=False`)."""
     plan = await plan_file(services, path)
     source = f"schedule {name}"
     await check_webhooks(services, plan, "schedule", source)
     what = {"kind": "schedule", "playbook": plan.name}
     per_host = await plan_credentials(services, None, source, plan, what)
+    rules = await approvalrules.matching_rules(services, list(plan.all_hosts)) if hold else []
+    if rules:
+        extra = {"schedule": name, "file": path.name}
+        user = approvalrules.SCHEDULE_USER
+        waiting = await hold_plan(services, user, source, plan, extra, rules, kind="schedule")
+        assert waiting.id is not None
+        return waiting.id
     job, _ = await submit_playbook(
         services.engine,
         plan,

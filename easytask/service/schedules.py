@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from easytask.cron import Cron
 from easytask.errors import APIError, EasyTaskError
 from easytask.scheduler.inflight import JobOptions
-from easytask.service import approvals, jobs
+from easytask.service import approvalrules, approvals, jobs
 from easytask.service.context import Services
 from easytask.service.planning import plan_file
 from easytask.service.playbooks import playbook_path
@@ -32,7 +32,7 @@ KINDS = ("template", "playbook", "adhoc")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SHOWN_FIRES = 3  # next fire times shown in the list and on a schedule's page
 # The user a stored schedule fires as: the server's authority (no scope), as file schedules.
-FIRING_USER = User(name="schedule", role="admin", scope="")
+FIRING_USER = approvalrules.SCHEDULE_USER
 
 
 class ScheduleInvalid(APIError):
@@ -292,7 +292,8 @@ async def target_hosts(services: Services, row: Schedule) -> list[str]:
 
 async def fire_stored(services: Services, row: Schedule) -> int:
     """Start what a stored schedule runs, as the user `schedule` with source `schedule NAME`;
-    the job's id (a template that needs approval: the job awaiting approval)."""
+    the job's id (one that needs approval — its template's or an approval rule's: the job
+    awaiting approval, which an approver starts as the schedule)."""
     target = stored_target(row)
     user = FIRING_USER
     source = f"schedule {row.name}"

@@ -159,7 +159,8 @@ async def start(
     limit: str | None,
     approved_by: str = "",
 ) -> tuple[Job, list[Run]]:
-    """Start a template's job now, as `user`, with checked values."""
+    """Start a template's job now, as `user`, with checked values (whether it needs approval
+    was decided by its launch: service.approvals)."""
     about: dict[str, Any] = {"name": definition.name, "params": values}
     if approved_by:
         about["approved_by"] = approved_by
@@ -167,7 +168,7 @@ async def start(
         path = playbook_path(services, definition.body)
         plan = await plan_file(services, path, {"params": values}, limit)
         return await jobs.submit_plan(
-            services, user, source, plan, {"file": path.name, "template": about}
+            services, user, source, plan, {"file": path.name, "template": about}, hold=False
         )
     if definition.kind == "script":
         return await start_script(services, user, source, definition, values, limit, about)
@@ -195,6 +196,7 @@ async def start(
         extra_vars={"params": rendered},
         credentials=list(dict.fromkeys(credentials)),
         template=about,
+        hold=False,
     )
 
 
@@ -259,6 +261,7 @@ async def start_script(
         limit=limit,
         credentials=list(dict.fromkeys(credentials)),
         template=about,
+        hold=False,
     )
 
 
@@ -325,7 +328,7 @@ async def start_with_retries(
         {"params": rendered, **secret_values},
     )
     return await jobs.submit_plan(
-        services, user, source, plan, {"template": about}, credentials=names
+        services, user, source, plan, {"template": about}, credentials=names, hold=False
     )
 
 

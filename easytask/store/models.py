@@ -448,3 +448,19 @@ class JobApproval(SQLModel, table=True):
     comment: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     launched_job: int | None = None
     created_at: datetime = Field(default_factory=utcnow, sa_type=TZ)
+
+
+class ApprovalRule(SQLModel, table=True):
+    """A host pattern whose submissions wait for approval (admins manage them; see
+    easytask.service.approvalrules); a paused rule holds nothing."""
+
+    __tablename__ = "approval_rule"
+
+    id: int | None = Field(default=None, primary_key=True)
+    pattern: str = ""
+    note: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
+    paused: bool = False
+    created_by: str = ""
+    created_at: datetime = Field(default_factory=utcnow, sa_type=TZ)
+    updated_by: str = ""
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=TZ)

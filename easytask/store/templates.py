@@ -1,5 +1,5 @@
 """Job templates and approvals: saving, listing, deleting templates; a launch's approval
-request, its decision and its expiry; a part of `Store`."""
+request, its decision and its expiry; the approval rules; a part of `Store`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from sqlmodel import col, select
 from easytask.store import audit as audit_chain
 from easytask.store.audit import AuditNote
 from easytask.store.base import Queries
-from easytask.store.models import Job, JobApproval, JobTemplate, RunState, utcnow
+from easytask.store.models import ApprovalRule, Job, JobApproval, JobTemplate, RunState, utcnow
 
 AWAITING = RunState.AWAITING_APPROVAL
 
@@ -166,3 +166,47 @@ class TemplateQueries(Queries):
                 JobApproval.state == AWAITING, col(JobApproval.expires_at) <= now
             )
             return list(s.exec(q))
+
+    # -- approval rules ---------------------------------------------------------------------
+
+    def list_approval_rules(self) -> list[ApprovalRule]:
+        """Every approval rule, oldest first."""
+        with self.session() as s:
+            return list(s.exec(select(ApprovalRule).order_by(col(ApprovalRule.id))))
+
+    def create_approval_rule(self, row: ApprovalRule, audit: AuditNote) -> ApprovalRule:
+        """Store a new rule with its audit event (which names the new id) in one transaction."""
+        with self.session() as s:
+            s.add(row)
+            s.flush()
+            audit_chain.append_note(s.connection(), audit, rule=row.id)
+            s.commit()
+            s.refresh(row)
+            return row
+
+    def pause_approval_rule(
+        self, rule_id: int, paused: bool, actor: str, audit: AuditNote
+    ) -> ApprovalRule | None:
+        """Pause or resume a rule with its audit event; None if there is no such rule."""
+        with self.session() as s:
+            row = s.get(ApprovalRule, rule_id)
+            if row is None:
+                return None
+            row.paused, row.updated_by, row.updated_at = paused, actor, utcnow()
+            s.add(row)
+            s.flush()
+            audit_chain.append_note(s.connection(), audit)
+            s.commit()
+            s.refresh(row)
+            return row
+
+    def delete_approval_rule(self, rule_id: int, audit: AuditNote) -> ApprovalRule | None:
+        """Delete a rule with its audit event in the same transaction; None if none."""
+        with self.session() as s:
+            row = s.get(ApprovalRule, rule_id)
+            if row is None:
+                return None
+            s.delete(row)
+            audit_chain.append_note(s.connection(), audit)
+            s.commit()
+            return row

@@ -15,10 +15,10 @@ from easytask.loglines import LEVELS
 from easytask.masking import check_secret_env
 from easytask.plan.become import BecomeRequest, check_user
 from easytask.scheduler.inflight import JobOptions
-from easytask.service import credentials, files, jobs
+from easytask.service import approvals, credentials, files, jobs
 from easytask.service.context import Services
 from easytask.service.reading import Reader
-from easytask.store.models import User
+from easytask.store.models import Job, Run, RunState, User
 from easytask.store.runs import CHANGED, IGNORED, RAN_AS
 from easytask.store.serialize import job_dict, run_dict
 from easytask.web.requests import (
@@ -121,9 +121,7 @@ class JobsApi:
             **_adhoc_selection(data),
             credentials=list(dict.fromkeys(named)),
         )
-        return JSONResponse(
-            {"job": job_dict(job), "runs": [run_dict(r) for r in runs]}, status_code=201
-        )
+        return await submitted(self.services, job, runs)
 
     async def upload(self, request: Request, user: User) -> Response:
         """POST /api/uploads?name=FILE: the raw body, streamed to disk, for a later copy or script.
@@ -305,6 +303,19 @@ class JobsApi:
             Route("/api/runs/{run_id}/kill", route(self.kill_run, op), methods=["POST"]),
             Route("/api/runs/{run_id}/fetched", route(self.fetched)),
         ]
+
+
+async def submitted(services: Services, job: Job, runs: list[Run]) -> Response:
+    """A submission's answer: 201 with the job and its runs, or 202 with a job an approval rule
+    holds (no runs) and its approval request."""
+    if job.state != RunState.AWAITING_APPROVAL:
+        return JSONResponse(
+            {"job": job_dict(job), "runs": [run_dict(r) for r in runs]}, status_code=201
+        )
+    store = services.store
+    row = await store.call(store.get_approval, job.id or 0)
+    approval = approvals.approval_dict(row) if row is not None else None
+    return JSONResponse({"job": job_dict(job), "runs": [], "approval": approval}, status_code=202)
 
 
 def _adhoc_selection(data: dict[str, Any]) -> dict[str, Any]:

@@ -16,8 +16,7 @@ from easytask.service.context import Services
 from easytask.service.planning import plan_bundle, plan_file
 from easytask.service.playbooks import playbook_listing, playbook_path
 from easytask.store.models import User
-from easytask.store.serialize import job_dict, run_dict
-from easytask.web.api_jobs import become_request
+from easytask.web.api_jobs import become_request, submitted
 from easytask.web.requests import ROLES_OPERATE, ApiRequests, body, source
 
 MAX_PLAYBOOK_BODY = 64 << 20
@@ -90,9 +89,7 @@ class PlaybooksApi:
         self, request: Request, user: User, plan: PlaybookPlan, extra: dict[str, str]
     ) -> Response:
         job, runs = await jobs.submit_plan(self.services, user, source(request), plan, extra)
-        return JSONResponse(
-            {"job": job_dict(job), "runs": [run_dict(r) for r in runs]}, status_code=201
-        )
+        return await submitted(self.services, job, runs)
 
     async def list_playbooks(self, request: Request, user: User) -> Response:
         """GET /api/playbooks: the playbooks of the server's playbooks directory."""

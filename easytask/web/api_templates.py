@@ -1,5 +1,6 @@
-"""API of job templates (admins manage them; whom a template allows launches it) and of
-approvals (a second user approves or rejects a launch that waits)."""
+"""API of job templates (admins manage them; whom a template allows launches it), of
+approvals (a second user approves or rejects a launch that waits) and of the approval rules
+(admins manage them)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from starlette.routing import Route
 
 from easytask.errors import APIError
 from easytask.jobtemplate import may_approve, may_launch
-from easytask.service import approvals, templates
+from easytask.service import approvalrules, approvals, templates
 from easytask.service.context import Services
 from easytask.store.models import RunState, User
 from easytask.store.serialize import job_dict, run_dict
@@ -152,10 +153,43 @@ class TemplatesApi:
         )
         return JSONResponse(approvals.approval_dict(row))
 
+    async def list_rules(self, request: Request, user: User) -> Response:
+        """GET /api/approval-rules: the approval rules, the server's setting first (read-only)."""
+        return JSONResponse({"rules": await approvalrules.list_rules(self.services)})
+
+    async def add_rule(self, request: Request, user: User) -> Response:
+        """POST /api/approval-rules: {"pattern": "...", "note": "..."}; 201 with the rule."""
+        data = await body(request)
+        row = await approvalrules.add_rule(self.services, user, source(request), data)
+        return JSONResponse(approvalrules.rule_dict(row), status_code=201)
+
+    async def pause_rule(self, request: Request, user: User) -> Response:
+        """PATCH /api/approval-rules/{rule_id}: {"paused": true|false}."""
+        data = await body(request)
+        row = await approvalrules.pause_rule(
+            self.services, user, source(request), request.path_params["rule_id"], data
+        )
+        return JSONResponse(approvalrules.rule_dict(row))
+
+    async def remove_rule(self, request: Request, user: User) -> Response:
+        """DELETE /api/approval-rules/{rule_id}."""
+        row = await approvalrules.remove_rule(
+            self.services, user, source(request), request.path_params["rule_id"]
+        )
+        return JSONResponse({"id": row.id, "pattern": row.pattern, "removed": True})
+
     def routes(self) -> list[Route]:
-        """The template and approval routes."""
+        """The template, approval and approval rule routes."""
         route = self.api.route
         return [
+            Route("/api/approval-rules", route(self.list_rules), methods=["GET"]),
+            Route("/api/approval-rules", route(self.add_rule, ADMIN), methods=["POST"]),
+            Route(
+                "/api/approval-rules/{rule_id}", route(self.pause_rule, ADMIN), methods=["PATCH"]
+            ),
+            Route(
+                "/api/approval-rules/{rule_id}", route(self.remove_rule, ADMIN), methods=["DELETE"]
+            ),
             Route("/api/templates", route(self.list_all), methods=["GET"]),
             Route("/api/templates", route(self.create, ADMIN), methods=["POST"]),
             Route("/api/templates/{name}", route(self.get), methods=["GET"]),
