@@ -59,16 +59,18 @@ def approval_dict(row: JobApproval) -> dict[str, Any]:
         "comment": row.comment,
         "launched_job": row.launched_job,
     }
-    if not row.template:  # what a held submission would run (never a secret value)
-        out.update(
-            {
-                k: request[k]
-                for k in ("pattern", "command", "playbook", "hosts", "credentials")
-                if k in request
-            }
-        )
-        if "extra" in request and request["extra"].get("schedule"):
-            out["schedule"] = request["extra"]["schedule"]
+    # what a held submission would run (never a secret value); empty for a template launch
+    extra = request.get("extra") if isinstance(request.get("extra"), dict) else {}
+    out.update(
+        {
+            "pattern": request.get("pattern") or "",
+            "command": request.get("command") or "",
+            "playbook": Path(request["playbook"]).name if request.get("playbook") else "",
+            "hosts": request.get("hosts") or [],
+            "credentials": request.get("credentials") or [],
+            "schedule": extra.get("schedule") or "",
+        }
+    )
     return out
 
 

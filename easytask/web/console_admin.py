@@ -20,7 +20,7 @@ from starlette.routing import Route
 from easytask.errors import APIError, EasyTaskError
 from easytask.inventory import Inventory
 from easytask.masking import MASK, Masker
-from easytask.service import users
+from easytask.service import approvalrules, users
 from easytask.service.context import Services
 from easytask.service.scope import check_scope_pattern
 from easytask.store.models import AuditEvent, Run, User, as_utc
@@ -322,6 +322,54 @@ class AdminPages:
         self._changed(None)
         return RedirectResponse("/admin/tokens", status_code=303)
 
+    # -- approval rules -----------------------------------------------------------------------
+
+    async def rules_page(
+        self, request: Request, user: User, status: int = 200, **extra: Any
+    ) -> Response:
+        """GET /admin/approval-rules: the rules (the server's setting read-only) and the add
+        form."""
+        context: dict[str, Any] = {"error": "", "form": {}}
+        context.update(extra)
+        return self.console.render(
+            request,
+            user,
+            "admin_rules.html",
+            status=status,
+            section="admin-rules",
+            rules=await approvalrules.list_rules(self.services),
+            **context,
+        )
+
+    async def rule_create(self, request: Request, user: User) -> Response:
+        """POST /admin/approval-rules: pattern, note (a bad pattern: shown on the form, 400)."""
+        form = await self.console.form(request)
+        data = {"pattern": form.get("pattern") or "", "note": form.get("note") or ""}
+        try:
+            await approvalrules.add_rule(self.services, user, _source(request), data)
+        except APIError as exc:
+            return await self.rules_page(
+                request, user, status=exc.status, error=str(exc), form=dict(form)
+            )
+        return RedirectResponse("/admin/approval-rules", status_code=303)
+
+    async def rule_action(self, request: Request, user: User) -> Response:
+        """POST /admin/approval-rules/{rule_id}/pause|resume|delete."""
+        rule_id = request.path_params["rule_id"]
+        action = request.path_params["action"]
+        try:
+            if action == "delete":
+                await approvalrules.remove_rule(self.services, user, _source(request), rule_id)
+            elif action in ("pause", "resume"):
+                await approvalrules.pause_rule(
+                    self.services, user, _source(request), rule_id, {"paused": action == "pause"}
+                )
+            else:
+                raise PageError("not found", status=404)
+        except APIError as exc:
+            raise PageError(str(exc), status=exc.status) from exc
+        return RedirectResponse("/admin/approval-rules", status_code=303)
+
     # -- audit log ----------------------------------------------------------------------------
 
     async def _events(self, flt: AuditFilter, want: int) -> tuple[list[AuditEvent], bool]:
@@ -484,6 +532,13 @@ class AdminPages:
                 methods=["POST"],
             ),
             Route("/admin/inventory", page(self.inventory_page, ADMIN)),
+            Route("/admin/approval-rules", page(self.rules_page, ADMIN), methods=["GET"]),
+            Route("/admin/approval-rules", page(self.rule_create, ADMIN), methods=["POST"]),
+            Route(
+                "/admin/approval-rules/{rule_id}/{action}",
+                page(self.rule_action, ADMIN),
+                methods=["POST"],
+            ),
             Route("/audit", page(self.audit_page, AUDIT)),
             Route("/audit/export", page(self.audit_export, AUDIT)),
         ]

@@ -199,6 +199,7 @@ def test_every_page_is_named_landmarked_keyboard_reachable_and_fits(
         ("/admin/users", "Users"),
         ("/admin/tokens", "Tokens"),
         ("/admin/inventory", "Inventory"),
+        ("/admin/approval-rules", "Approval rules"),
         ("/audit", "Audit"),
     ]
     console = Console(browser, fleet)
