@@ -257,6 +257,10 @@ def test_a_stored_schedule_fires_through_the_launch_path(sched_server: ServerHan
     job = server.get(f"/api/jobs/{waiting}")
     assert job["job"]["state"] == "awaiting approval" and job["runs"] == []
     assert server.get(f"/api/jobs/{waiting}/approval")["requested_by"] == "schedule"
+    approved = server.http.post(f"/api/jobs/{waiting}/approve", json={"comment": "go"})
+    assert approved.status_code == 200, approved.text  # starts as the schedule
+    ran = server.wait_job(approved.json()["launched_job"])
+    assert ran["job"]["state"] == "success" and ran["job"]["submitted_by"] == "schedule"
     (submitted,) = [e for e in _audit(server, "job.submit") if e["source"] == "schedule tick"]
     assert submitted["actor"] == "schedule"
     (fire,) = db_execute(
