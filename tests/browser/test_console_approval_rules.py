@@ -97,6 +97,10 @@ def test_admin_manages_rules_by_keyboard_and_a_held_run_is_approved(
     assert held.status_code == 202, held.text
     job_id = held.json()["job"]["id"]
 
+    page.goto(f"/jobs/{job_id}")
+    waiting = page.get_by_test_id("job-approval").inner_text()
+    assert "Held by" in waiting and "prod" in waiting and "echo approved-run" in waiting
+
     page.get_by_role("link", name="Approvals").first.click()
     page.wait_for_url("**/approvals")
     card = page.locator(f'section.approval[data-job="{job_id}"]')
