@@ -53,6 +53,17 @@ def rules_server(start_server: ServerFactory, start_agent: AgentFactory, tmp_pat
             shell: echo deployed {{ what | default('all') }}
         """,
     )
+    write(
+        books / "nightly.yml",
+        """\
+        name: nightly
+        hosts: prod
+        schedule: "0 0 1 1 *"
+        tasks:
+          - name: say
+            shell: echo nightly-from-file
+        """,
+    )
     server = start_server(inventory, "--playbooks", str(books), "--approval-hosts", "legacy")
     start_agent(server, "ar1")
     start_agent(server, "ar2")
@@ -138,8 +149,8 @@ def test_admins_manage_rules_through_the_api_and_the_cli_audited(
 def test_a_rule_holds_every_kind_of_submission_until_an_admin_approves(
     rules_server: ServerHandle, tmp_path: Path
 ) -> None:
-    """With a rule on `prod`: an ad hoc run (API and CLI), a playbook, a template launch and a
-    stored schedule's fire on a prod host each wait `awaiting approval` with no runs (the
+    """With a rule on `prod`: an ad hoc run (API and CLI), a playbook, a template launch, a
+    stored schedule's fire and a file schedule run now on a prod host each wait `awaiting approval` with no runs (the
     request audited with the rule); the requester and a non-admin may not approve; an admin's
     approval starts the job as the requester (the schedule's as the schedule) and it runs. A run
     on other hosts does not wait, nor one on prod once the rule is paused; a held run that
@@ -223,6 +234,19 @@ def test_a_rule_holds_every_kind_of_submission_until_an_admin_approves(
     tick = server.wait_job(started.json()["launched_job"])
     assert tick["job"]["state"] == "success" and tick["job"]["submitted_by"] == "schedule"
     assert [ln["text"] for ln in server.log_lines(tick["runs"][0]["id"])] == ["tick-tock"]
+
+    now = carol.post("/api/schedules/nightly/run")  # a schedule read from a playbook file
+    assert now.status_code == 201, now.text
+    from_file = now.json()["job"]
+    assert server.get(f"/api/jobs/{from_file}")["job"]["state"] == "awaiting approval"
+    assert server.get(f"/api/jobs/{from_file}/approval")["schedule"] == "nightly"
+    started = server.http.post(f"/api/jobs/{from_file}/approve", json={"comment": "ok"})
+    assert started.status_code == 200, started.text
+    nightly = server.wait_job(started.json()["launched_job"])
+    assert nightly["job"]["state"] == "success" and nightly["job"]["submitted_by"] == "schedule"
+    assert [ln["text"] for ln in server.log_lines(nightly["runs"][0]["id"])] == [
+        "nightly-from-file"
+    ]
 
     paused = server.http.patch(f"/api/approval-rules/{rule_id}", json={"paused": True})
     assert paused.status_code == 200
