@@ -150,8 +150,8 @@ def test_a_rule_holds_every_kind_of_submission_until_an_admin_approves(
     rules_server: ServerHandle, tmp_path: Path
 ) -> None:
     """With a rule on `prod`: an ad hoc run (API and CLI), a playbook, a template launch, a
-    stored schedule's fire and a file schedule run now on a prod host each wait `awaiting approval` with no runs (the
-    request audited with the rule); the requester and a non-admin may not approve; an admin's
+    stored schedule's fire and a file schedule run now on a prod host each wait `awaiting
+    approval` with no runs (the request audited with the rule); the requester and a non-admin may not approve; an admin's
     approval starts the job as the requester (the schedule's as the schedule) and it runs. A run
     on other hosts does not wait, nor one on prod once the rule is paused; a held run that
     carries an inline secret cannot wait (409, nothing stored)."""
