@@ -1,4 +1,4 @@
-"""The console's admin and auditor pages: users, API tokens and the audit log.
+"""The console's admin and auditor pages: users, API tokens, approval rules and the audit log.
 
 Every change goes through the same service functions as the API (audited in the same
 transaction); the forms carry the session's CSRF token like every console form."""
