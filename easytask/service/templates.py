@@ -280,7 +280,7 @@ async def start_with_retries(
     A credential parameter's value reaches every attempt the way a playbook's `secrets:` do: the
     task exports it (`env:`, apart from the command line) from a secret variable that is masked
     in the output, left out of the job's stored vars and kept only in the job's 0600 secrets file
-    while the job is unfinished (a restarted server's next attempt still gets it)."""
+    while the job is unfinished, as a playbook's secret variables are."""
     import yaml
 
     names = list(
