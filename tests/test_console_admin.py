@@ -356,8 +356,9 @@ def test_the_audit_page_checks_new_events_and_walks_the_whole_chain_on_request(
 def test_the_audit_page_sees_rows_deleted_before_its_last_check(
     start_server: ServerFactory,
 ) -> None:
-    """A row deleted before the point the page checked up to (the count differs) and then the
-    checkpoint file deleted: each shows on the next load without a walk of the whole chain."""
+    """The checkpoint file deleted, the event the page checked last deleted (the end cut off) and
+    an event before it deleted (the count up to it differs): each shows on the next load,
+    without a walk of the whole chain."""
     server = start_server()
     for _ in range(3):
         server.post("/api/prune", {"dry_run": True})  # rows 2-4
@@ -371,7 +372,24 @@ def test_the_audit_page_sees_rows_deleted_before_its_last_check(
     assert server.cli("audit", "checkpoint").returncode == 0
     assert admin.form_post("/audit/verify", {}).status_code == 303
     assert 'data-verify="ok"' in verify_box(admin)
+    # the end cut off: the event the page checked last is gone
     server.post("/api/prune", {"dry_run": True})
+    head = int(server.get("/api/audit")["events"][0]["id"])
+    assert f"up to event {head} " in verify_box(admin)
+    columns = "id, at, actor, action, source, detail, prev_hash, hash"
+    (row,) = db_execute(server.db_url, f"SELECT {columns} FROM audit_event WHERE id = {head}")
+    db_execute(server.db_url, f"DELETE FROM audit_event WHERE id = {head}")
+    box = verify_box(admin)
+    assert 'data-verify="broken"' in box and f"row {head}: deleted after it was verified" in box
+    names = columns.split(", ")
+    db_execute(
+        server.db_url,
+        f"INSERT INTO audit_event ({columns}) VALUES ({', '.join(':' + n for n in names)})",
+        dict(zip(names, row, strict=True)),
+    )
+    assert admin.form_post("/audit/verify", {}).status_code == 303
+    assert 'data-verify="ok"' in verify_box(admin)
+    # an event before that point deleted: the count up to it differs
     db_execute(server.db_url, "DELETE FROM audit_event WHERE id = 2")
     box = verify_box(admin)
     assert 'data-verify="broken"' in box and "(rows deleted or inserted before it)" in box
