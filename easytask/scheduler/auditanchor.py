@@ -24,7 +24,8 @@ FIRST_WALK_WAIT = 1.0  # seconds the audit page waits for this process's first w
 
 
 def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """The time now as the console shows times (UTC)."""
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _public(result: dict[str, Any]) -> dict[str, Any]:
