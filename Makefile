@@ -12,8 +12,9 @@ UPLOT_VERSION ?= 1.6.32
 # with each server on its own PostgreSQL database (EASYTASK_TEST_DB=postgres; scripts/test-both.sh).
 # Tests marked `sqlite` handle the SQLite file itself; tests/test_multiserver.py starts its servers
 # on PostgreSQL itself; the browser tests drive the same console (tests/test_console.py covers it
-# on both). The PostgreSQL lane, being shorter, then runs the slowest SQLite files (the bench smoke
-# runs, the multi-server tests). `make test-pg` runs the PostgreSQL pass alone. See docs/operations.md.
+# on both; the admin and schedules pages' browser tests run on both too). The PostgreSQL lane,
+# being shorter, then runs the slowest SQLite files (the bench smoke runs, the multi-server tests).
+# `make test-pg` runs the PostgreSQL pass alone. See docs/operations.md.
 PG_TESTS := tests/test_store.py tests/test_migrations.py tests/test_adhoc.py \
 	tests/test_attacks.py tests/test_audit.py tests/test_retention.py tests/test_secrets.py \
 	tests/test_secret_sweep.py tests/test_inventory_server.py tests/test_bootstrap.py \
@@ -30,7 +31,8 @@ PG_TESTS := tests/test_store.py tests/test_migrations.py tests/test_adhoc.py \
 	tests/test_busy_agents.py tests/test_scoped_reading.py tests/test_api_jobs.py \
 	tests/test_log_partitions.py tests/test_db_search.py tests/test_play_loops.py \
 	tests/test_templates.py tests/test_db_faults.py \
-	tests/test_play_loop_results.py tests/test_approval_rules.py
+	tests/test_play_loop_results.py tests/test_approval_rules.py \
+	tests/browser/test_console_admin.py tests/browser/test_console_schedules.py
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

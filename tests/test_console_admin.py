@@ -11,7 +11,7 @@ import httpx
 
 from tests.browser.support import Browserless, add_user, admin_password
 from tests.conftest import AgentFactory, ServerFactory, write
-from tests.support import wait_until
+from tests.support import db_execute, wait_until
 
 SECRET = re.compile(r'<code class="admin-secret" id="(?:one-time-password|token-secret)">([^<]+)<')
 
@@ -291,4 +291,106 @@ def test_agent_accept_revoke_and_delete_go_through_confirm_pages(
     (deleted,) = events(server, "agent.delete")
     assert deleted["actor"] == "admin" and deleted["detail"]["agent"] == "gamma"  # type: ignore[index]
     assert server.agent_status("gamma") is None
+    admin.close()
+
+
+def verify_box(admin: Browserless) -> str:
+    """The audit page's verification box (its text, with its data-verify state)."""
+    page = admin.http.get("/audit")
+    assert page.status_code == 200, page.text
+    match = re.search(r'(<section class="card audit-verify.*?</section>)', page.text, re.S)
+    assert match, page.text
+    return match.group(1)
+
+
+def test_the_audit_page_checks_new_events_and_walks_the_whole_chain_on_request(
+    start_server: ServerFactory,
+) -> None:
+    """The page checks only the events added since its last check (a new event edited in the
+    database shows at once, naming it); an event edited before that shows when the auditor asks
+    for the whole chain, as `GET /api/audit/verify` says; deleted rows and a deleted checkpoint
+    file show on the next load."""
+    server = start_server()
+    admin = Browserless(server)
+    assert admin.login("admin", admin_password(server)).status_code == 303
+    wait_until(lambda: 'data-verify="ok"' in verify_box(admin), what="the first walk")
+    head = int(server.get("/api/audit")["events"][0]["id"])
+    assert f"up to event {head} " in verify_box(admin)
+
+    # a new event, edited before the page looks: broken there, on the page and the API
+    server.post("/api/prune", {"dry_run": True})
+    new = head + 1
+    (original,) = db_execute(
+        server.db_url, "SELECT actor FROM audit_event WHERE id = :id", {"id": new}
+    )
+    db_execute(
+        server.db_url, "UPDATE audit_event SET actor = 'mallory' WHERE id = :id", {"id": new}
+    )
+    box = verify_box(admin)
+    assert 'data-verify="broken"' in box
+    assert f"at event {new} " in box and f"row {new}: contents do not match its hash" in box
+    result = server.get("/api/audit/verify")
+    assert not result["ok"] and result["bad_row"] == new, result
+    # put back, the whole chain walked again on request: intact
+    db_execute(
+        server.db_url,
+        "UPDATE audit_event SET actor = :a WHERE id = :id",
+        {"a": original[0], "id": new},
+    )
+    assert admin.form_post("/audit/verify", {}, csrf=False).status_code == 403
+    resp = admin.form_post("/audit/verify", {})
+    assert resp.status_code == 303 and resp.headers["location"] == "/audit"
+    assert f"up to event {new} " in verify_box(admin)
+
+    # an event already checked, edited: the page's check from its last point does not read it
+    # again; the whole chain, walked on request, is broken there, as the API says
+    db_execute(server.db_url, "UPDATE audit_event SET action = 'x' WHERE id = 2")
+    assert 'data-verify="ok"' in verify_box(admin)
+    assert admin.form_post("/audit/verify", {}).status_code == 303
+    box = verify_box(admin)
+    assert 'data-verify="broken"' in box and "row 2: contents do not match its hash" in box
+    assert server.get("/api/audit/verify")["bad_row"] == 2
+    admin.close()
+
+
+def test_the_audit_page_sees_rows_deleted_before_its_last_check(
+    start_server: ServerFactory,
+) -> None:
+    """The checkpoint file deleted, the event the page checked last deleted (the end cut off) and
+    an event before it deleted (the count up to it differs): each shows on the next load,
+    without a walk of the whole chain."""
+    server = start_server()
+    for _ in range(3):
+        server.post("/api/prune", {"dry_run": True})  # rows 2-4
+    admin = Browserless(server)
+    assert admin.login("admin", admin_password(server)).status_code == 303
+    wait_until(lambda: 'data-verify="ok"' in verify_box(admin), what="the first walk")
+    (server.state_dir / "audit.checkpoints").unlink()
+    box = verify_box(admin)
+    assert 'data-verify="broken"' in box and "no checkpoint (the file was deleted?)" in box
+    assert admin.form_post("/audit/verify", {}).status_code == 303  # a checkpoint is written
+    assert server.cli("audit", "checkpoint").returncode == 0
+    assert admin.form_post("/audit/verify", {}).status_code == 303
+    assert 'data-verify="ok"' in verify_box(admin)
+    # the end cut off: the event the page checked last is gone
+    server.post("/api/prune", {"dry_run": True})
+    head = int(server.get("/api/audit")["events"][0]["id"])
+    assert f"up to event {head} " in verify_box(admin)
+    columns = "id, at, actor, action, source, detail, prev_hash, hash"
+    (row,) = db_execute(server.db_url, f"SELECT {columns} FROM audit_event WHERE id = {head}")
+    db_execute(server.db_url, f"DELETE FROM audit_event WHERE id = {head}")
+    box = verify_box(admin)
+    assert 'data-verify="broken"' in box and f"row {head}: deleted after it was verified" in box
+    names = columns.split(", ")
+    db_execute(
+        server.db_url,
+        f"INSERT INTO audit_event ({columns}) VALUES ({', '.join(':' + n for n in names)})",
+        dict(zip(names, row, strict=True)),
+    )
+    assert admin.form_post("/audit/verify", {}).status_code == 303
+    assert 'data-verify="ok"' in verify_box(admin)
+    # an event before that point deleted: the count up to it differs
+    db_execute(server.db_url, "DELETE FROM audit_event WHERE id = 2")
+    box = verify_box(admin)
+    assert 'data-verify="broken"' in box and "(rows deleted or inserted before it)" in box
     admin.close()

@@ -15,10 +15,22 @@ import httpx
 
 from easytask import __version__
 from easytask.scheduler.egress import url_origin
-from easytask.store.checkpoints import CheckpointLog
+from easytask.store.audit import ChainPoint
+from easytask.store.checkpoints import Checkpoint, CheckpointLog
 from easytask.store.db import Store
 
 log = logging.getLogger("easytask.server")
+FIRST_WALK_WAIT = 1.0  # seconds the audit page waits for this process's first walk of the chain
+
+
+def _now() -> str:
+    """The time now as the console shows times (UTC)."""
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _public(result: dict[str, Any]) -> dict[str, Any]:
+    """A walk's result as the API gives it (without where the walk got to)."""
+    return {k: v for k, v in result.items() if k != "point"}
 
 
 class CheckpointWebhook:
@@ -153,6 +165,18 @@ class AuditAnchor:
         self._plain_until: int | None = None
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        # what the last walk of the chain found (see `status`), kept per process
+        self._verify_lock = asyncio.Lock()
+        self._whole_lock = asyncio.Lock()
+        self._whole_task: asyncio.Task[None] | None = None
+        self._result: dict[str, Any] | None = None
+        self._point: ChainPoint | None = None
+        self._at = ""
+        self._whole_at = ""
+        self._good: list[Checkpoint] = []
+        self._problems: list[str] = []
+        self._offset = 0
+        self._line = 0
 
     async def checkpoint(self, *, force: bool = False) -> dict[str, Any] | None:
         """Sign and write a checkpoint of the chain's head unless it did not move; what was
@@ -179,19 +203,110 @@ class AuditAnchor:
             return {"head_id": head_id, "head_hash": head_hash, "count": count, "at": at}
 
     async def verify(self) -> dict[str, Any]:
-        """The chain checked with its key, then against every signed checkpoint; a checkpoint
-        whose signature fails is reported."""
-        good, problems = await asyncio.to_thread(self.checkpoints.read)
+        """The whole chain checked with its key, then against every signed checkpoint (the file
+        read again from its start); a checkpoint whose signature fails is reported. What it
+        finds is kept for `status`."""
+        async with self._whole_lock:
+            started = _now()
+            good, problems, offset, line = await asyncio.to_thread(
+                self.checkpoints.read_from, 0, 0, partial=True
+            )
+            result = await self._walk(good, problems, None)
+            async with self._verify_lock:
+                self._whole_at = started
+                self._keep(result, good, problems, offset, line)
+            return _public(result)
+
+    def verify_in_background(self) -> None:
+        """Start a walk of the whole chain (`verify`) unless one is under way."""
+        if self._whole_task is None or self._whole_task.done():
+            self._whole_task = asyncio.create_task(self._verify_quietly(), name="audit-verify")
+
+    @property
+    def verifying(self) -> bool:
+        """Whether a walk of the whole chain is under way."""
+        return self._whole_task is not None and not self._whole_task.done()
+
+    async def status(self) -> dict[str, Any]:
+        """The chain's state for the audit page, cheap however long the chain: the rows added
+        since the last walk are checked from where it ended (see `easytask.store.audit.verify`);
+        until this process has walked the whole chain once, `pending`. A break, once found, is
+        reported until a walk of the whole chain finds the chain intact. The first call waits up to
+        FIRST_WALK_WAIT seconds for the first walk."""
+        if self._result is None:
+            self.verify_in_background()
+            task = self._whole_task
+            assert task is not None
+            # a short chain is walked at once: wait that long rather than show `pending`
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), FIRST_WALK_WAIT)
+        async with self._verify_lock:
+            if self._result is None:
+                return {"pending": True, "verifying": True}
+            if self._result["ok"] and self._point is not None:
+                try:
+                    size = self.checkpoints.path.stat().st_size
+                except FileNotFoundError:
+                    size = -1
+                if size < self._offset:
+                    # the file shrank or went: read what it holds now, from its start
+                    good, problems, offset, line = await asyncio.to_thread(
+                        self.checkpoints.read_from, 0, 0
+                    )
+                else:
+                    more, new, offset, line = await asyncio.to_thread(
+                        self.checkpoints.read_from, self._offset, self._line
+                    )
+                    good, problems = self._good + more, self._problems + new
+                result = await self._walk(good, problems, self._point)
+                self._keep(result, good, problems, offset, line)
+            return {
+                **_public(self._result),
+                "upto": self._point.last_id if self._point is not None else None,
+                "verified_at": self._at,
+                "whole_at": self._whole_at,
+                "verifying": self.verifying,
+            }
+
+    async def _walk(
+        self, good: list[Checkpoint], problems: list[str], since: ChainPoint | None
+    ) -> dict[str, Any]:
         if not good and not problems:
             # the server writes one as it starts: none means the file was deleted
-            problems.append(
+            problems = [
                 f"{self.checkpoints.path.name}: no checkpoint (the file was deleted?): rows "
                 "deleted from the end of the chain cannot be told"
-            )
-        result = await self.store.call(self.store.audit_verify, good)
+            ]
+        # a walk of the whole chain reads every event: on a thread of its own, so the database
+        # thread's other calls do not wait for it; one from a point is short
+        call = self.store.call if since is not None else self.store.call_aside
+        result = await call(self.store.audit_verify, good, since)
         if result["ok"] and problems:
-            result = {"ok": False, "rows": result["rows"], "problem": "; ".join(problems)}
+            result = {
+                "ok": False,
+                "rows": result["rows"],
+                "problem": "; ".join(problems),
+                "point": result["point"],
+            }
         return result
+
+    def _keep(
+        self,
+        result: dict[str, Any],
+        good: list[Checkpoint],
+        problems: list[str],
+        offset: int,
+        line: int,
+    ) -> None:
+        self._result, self._at = result, _now()
+        self._point = result.get("point") if result["ok"] else None
+        self._good, self._problems, self._offset, self._line = good, problems, offset, line
+
+    async def _verify_quietly(self) -> None:
+        try:
+            await self.verify()
+        except Exception:
+            log.exception("audit chain verification failed")
 
     async def start(self) -> None:
         """Checkpoint now (a server starting anchors the chain it found), then in the background."""
@@ -199,6 +314,7 @@ class AuditAnchor:
             self.webhook.start()
         await self.checkpoint(force=True)
         self._task = asyncio.create_task(self._loop(), name="audit-checkpoints")
+        self.verify_in_background()
 
     async def _loop(self) -> None:
         while True:
@@ -209,7 +325,11 @@ class AuditAnchor:
                 log.exception("audit checkpoint failed")
 
     async def close(self) -> None:
-        """Stop the loop and write a last checkpoint."""
+        """Stop the loop and any walk of the chain, and write a last checkpoint."""
+        if self._whole_task is not None:
+            self._whole_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._whole_task
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -11,11 +11,11 @@ import hashlib
 import hmac
 import json
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, bindparam, select, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 from sqlmodel import select as model_select
@@ -121,74 +121,143 @@ def append(
     return event
 
 
+@dataclass(slots=True)
+class ChainPoint:
+    """How far a walk of the chain got with every row good: the last row's id and hash, the rows
+    up to it, whether a keyed row was among them, and the hashes of the rows checkpoints name
+    (so a later walk from here checks new checkpoints without reading old rows again)."""
+
+    last_id: int = 0
+    last_hash: str = GENESIS
+    count: int = 0
+    keyed: bool = False
+    heads: dict[int, str] = field(default_factory=dict)
+
+
 def verify(
-    session: Session, key: bytes | None = None, checkpoints: list[Checkpoint] | None = None
+    session: Session,
+    key: bytes | None = None,
+    checkpoints: list[Checkpoint] | None = None,
+    since: ChainPoint | None = None,
 ) -> dict[str, Any]:
     """Walk the chain; report the first row that was edited, deleted or inserted out of order,
-    then any checkpoint whose head is gone or changed (the end truncated, the chain rewritten)."""
+    then any checkpoint whose head is gone or changed (the end truncated, the chain rewritten).
+
+    With `since` (a point an earlier walk reached) only the rows after it are read: that row
+    must still be there with the same hash and the same number of rows up to it (two look-ups),
+    so a truncation or a row deleted or inserted before it shows; an edit of a row before it
+    shows at the next whole walk. The result's `point` is where the walk got to."""
     checkpoints = checkpoints or []
     # rows up to here may be plain sha256 (written before the key); none after
     plain_until = min((c.plain_until for c in checkpoints), default=None)
-    heads = {c.head_id: c.head_hash for c in checkpoints}
-    seen: dict[int, str] = {}
-    prev_hash = GENESIS
-    prev_id = 0
-    count = 0
-    keyed_seen = False
+    wanted = {c.head_id for c in checkpoints}
+    start = since or ChainPoint()
+    point = ChainPoint(start.last_id, start.last_hash, start.count, start.keyed, dict(start.heads))
+    conn = session.connection()
 
     def broken(row: int, problem: str) -> dict[str, Any]:
-        return {"ok": False, "rows": count, "bad_row": row, "problem": f"row {row}: {problem}"}
+        return {
+            "ok": False,
+            "rows": point.count,
+            "bad_row": row,
+            "problem": f"row {row}: {problem}",
+        }
 
-    for event in session.exec(model_select(AuditEvent).order_by(col(AuditEvent.id))):
-        assert event.id is not None
-        if event.prev_hash != prev_hash:
+    if start.last_id:
+        found = conn.execute(_ROW_HASH, {"id": start.last_id}).scalar()
+        if found is None:
+            return broken(start.last_id, "deleted after it was verified (rows gone from the chain)")
+        if found != start.last_hash:
+            return broken(start.last_id, "its hash changed after it was verified (rewritten)")
+        count = conn.execute(sql.AUDIT_COUNT, {"head": start.last_id}).scalar() or 0
+        if count != start.count:
+            return broken(
+                start.last_id,
+                f"{count} rows up to it, {start.count} when it was verified "
+                "(rows deleted or inserted before it)",
+            )
+        missing = [h for h in wanted if 0 < h <= start.last_id and h not in point.heads]
+        for i in range(0, len(missing), 500):
+            chunk = missing[i : i + 500]
+            rows = conn.execute(_ROW_HASHES, {"ids": chunk})
+            point.heads.update({int(r[0]): str(r[1]) for r in rows})
+    prev_hash, prev_id = point.last_hash, point.last_id
+    rows = conn.execution_options(yield_per=2000).execute(_ROWS_AFTER, {"after": start.last_id})
+    for event_id, at, actor, action, source, detail, row_prev, row_hash in rows:
+        if row_prev != prev_hash:
             problem = (
                 "a row before it was deleted or replaced"
-                if event.id != prev_id + 1
+                if event_id != prev_id + 1
                 else "it does not follow the row before it (inserted out of order?)"
             )
-            return broken(event.id, f"chain broken: {problem}")
-        if event.id != prev_id + 1:
-            return broken(event.id, f"rows {prev_id + 1}..{event.id - 1} are missing")
-        signed = canonical(
-            event.id, event.at, event.actor, event.action, event.source, event.detail
-        )
-        if event.hash.startswith(KEYED):
+            return broken(event_id, f"chain broken: {problem}")
+        if event_id != prev_id + 1:
+            return broken(event_id, f"rows {prev_id + 1}..{event_id - 1} are missing")
+        signed = canonical(event_id, at, actor, action, source, detail)
+        if row_hash.startswith(KEYED):
             if key is None:
-                return broken(event.id, "hashed with the audit key, which this server lacks")
-            if hashed_with_another_key(key, event.hash):
+                return broken(event_id, "hashed with the audit key, which this server lacks")
+            if hashed_with_another_key(key, row_hash):
                 return broken(
-                    event.id,
-                    f"hashed with another audit key ({event.hash.split(':')[1]}, this server's "
+                    event_id,
+                    f"hashed with another audit key ({row_hash.split(':')[1]}, this server's "
                     f"is {key_id(key)}): servers sharing a database share one key file",
                 )
-            good = hmac.compare_digest(keyed_hash(key, prev_hash, signed), event.hash)
-            keyed_seen = True
-        elif keyed_seen or (plain_until is not None and event.id > plain_until):
-            return broken(event.id, "not hashed with the audit key (the chain was rewritten)")
+            good = hmac.compare_digest(keyed_hash(key, prev_hash, signed), row_hash)
+            point.keyed = True
+        elif point.keyed or (plain_until is not None and event_id > plain_until):
+            return broken(event_id, "not hashed with the audit key (the chain was rewritten)")
         else:
-            good = chain_hash(prev_hash, signed) == event.hash
+            good = chain_hash(prev_hash, signed) == row_hash
         if not good:
-            return broken(event.id, "contents do not match its hash (edited)")
-        if event.id in heads:
-            seen[event.id] = event.hash
-        prev_hash, prev_id = event.hash, event.id
-        count += 1
-    for point in sorted(checkpoints, key=lambda c: (c.head_id, c.count), reverse=True):
-        if point.head_id > prev_id or point.count > count:
+            return broken(event_id, "contents do not match its hash (edited)")
+        if event_id in wanted:
+            point.heads[event_id] = row_hash
+        prev_hash, prev_id = row_hash, event_id
+        point.last_id, point.last_hash = event_id, row_hash
+        point.count += 1
+    count = point.count
+    for check in sorted(checkpoints, key=lambda c: (c.head_id, c.count), reverse=True):
+        if check.head_id > prev_id or check.count > count:
             return {
                 "ok": False,
                 "rows": count,
                 "bad_row": prev_id,
                 "problem": f"truncated: the chain ends at row {prev_id} ({count} rows) but the "
-                f"{point.describe()} recorded more: rows were deleted from its end",
+                f"{check.describe()} recorded more: rows were deleted from its end",
             }
-        if point.head_id and seen.get(point.head_id) != point.head_hash:
+        if check.head_id and point.heads.get(check.head_id) != check.head_hash:
             return broken(
-                point.head_id,
-                f"differs from the {point.describe()} (the chain was rewritten)",
+                check.head_id,
+                f"differs from the {check.describe()} (the chain was rewritten)",
             )
-    return {"ok": True, "rows": count, "head": prev_hash, "checkpoints": len(checkpoints)}
+    return {
+        "ok": True,
+        "rows": count,
+        "head": prev_hash,
+        "checkpoints": len(checkpoints),
+        "point": point,
+    }
+
+
+_ROW_HASH = select(sql.AUDIT.c.hash).where(sql.AUDIT.c.id == bindparam("id"))
+_ROW_HASHES = select(sql.AUDIT.c.id, sql.AUDIT.c.hash).where(
+    sql.AUDIT.c.id.in_(bindparam("ids", expanding=True))
+)
+_ROWS_AFTER = (
+    select(
+        sql.AUDIT.c.id,
+        sql.AUDIT.c.at,
+        sql.AUDIT.c.actor,
+        sql.AUDIT.c.action,
+        sql.AUDIT.c.source,
+        sql.AUDIT.c.detail,
+        sql.AUDIT.c.prev_hash,
+        sql.AUDIT.c.hash,
+    )
+    .where(sql.AUDIT.c.id > bindparam("after"))
+    .order_by(sql.AUDIT.c.id)
+)
 
 
 class AuditQueries:
@@ -231,10 +300,13 @@ class AuditQueries:
         """Hash every event appended from now on with `key` (the chain's HMAC key)."""
         KEYS[self.engine] = key
 
-    def audit_verify(self, checkpoints: list[Checkpoint] | None = None) -> dict[str, Any]:
-        """Walk the audit chain with its key, against signed checkpoints (see `verify`)."""
+    def audit_verify(
+        self, checkpoints: list[Checkpoint] | None = None, since: ChainPoint | None = None
+    ) -> dict[str, Any]:
+        """Walk the audit chain with its key, against signed checkpoints, from the start or from
+        a point an earlier walk reached (see `verify`)."""
         with self.session() as s:
-            return verify(s, KEYS.get(self.engine), checkpoints)
+            return verify(s, KEYS.get(self.engine), checkpoints, since)
 
     def audit_head(self) -> tuple[int, str]:
         """(id, hash) of the chain's last row: one look-up by primary key."""

@@ -72,15 +72,31 @@ class CheckpointLog:
 
     def read(self) -> tuple[list[Checkpoint], list[str]]:
         """The checkpoints whose signature is this server's, and what is wrong with the others."""
+        good, problems, _, _ = self.read_from(0, 0, partial=True)
+        return good, problems
+
+    def read_from(
+        self, offset: int, line: int, *, partial: bool = False
+    ) -> tuple[list[Checkpoint], list[str], int, int]:
+        """`read` of the lines after byte `offset` (line `line`): the checkpoints, the problems,
+        and the offset and line number to read on from. Unless `partial`, a last line without
+        its newline (still being written) waits for the next call. A file shorter than `offset`
+        is read from its start."""
         ours = exports.public_key_text(self.key)
         good: list[Checkpoint] = []
         problems: list[str] = []
         try:
-            text = self.path.read_text()
+            with self.path.open("rb") as fh:
+                if fh.seek(0, os.SEEK_END) < offset:
+                    offset, line = 0, 0
+                fh.seek(offset)
+                data = fh.read()
         except FileNotFoundError:
-            return good, problems
+            return good, problems, 0, 0
+        whole = data if partial else data[: data.rfind(b"\n") + 1]
         public = self.key.public_key()
-        for number, raw in enumerate(text.splitlines(), start=1):
+        for number, raw in enumerate(whole.decode(errors="replace").splitlines(), start=line + 1):
+            line = number
             if not raw.strip():
                 continue
             where = f"{self.path.name} line {number}"
@@ -104,7 +120,7 @@ class CheckpointLog:
             except (ValueError, TypeError, KeyError, InvalidSignature) as exc:
                 reason = str(exc) if isinstance(exc, ValueError) and str(exc) else "edited"
                 problems.append(f"{where}: checkpoint signature is not valid ({reason})")
-        return good, problems
+        return good, problems, offset + len(whole), line
 
 
 def open_log(state_dir: Path, server: str = "") -> CheckpointLog:

@@ -165,6 +165,23 @@ class Store(
         self.health.answered(wrote=False)
         return result
 
+    async def call_aside(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`call` on a thread of its own, with its own connection: for a long read (a walk of
+        the whole audit chain) that must not hold up the database thread's other calls."""
+        try:
+            result = await asyncio.to_thread(fn, *args, **kwargs)
+        except Exception as exc:
+            fault = outage.fault_of(exc)
+            if fault is None:
+                raise
+            self.health.failed(fault, exc)
+            raise Unavailable(
+                f"the database is unavailable ({fault}); try again in {outage.RETRY_AFTER} s",
+                retry_after=outage.RETRY_AFTER,
+            ) from exc
+        self.health.answered(wrote=False)
+        return result
+
     async def persist(
         self,
         fn: Callable[..., T],

@@ -398,7 +398,7 @@ class AdminPages:
         """GET /audit: filtered events (paged by id), the chain's verify status, export link."""
         flt = AuditFilter(request)
         events, more = await self._events(flt, AUDIT_PAGE)
-        verified = await self.services.audit_anchor.verify()
+        verified = await self.services.audit_anchor.status()
         rows = [
             {
                 "id": e.id,
@@ -423,6 +423,12 @@ class AdminPages:
             export=flt.query(),
             verified=verified,
         )
+
+    async def audit_verify(self, request: Request, user: User) -> Response:
+        """POST /audit/verify: walk the whole chain now (as `GET /api/audit/verify`), then show
+        the audit page with what it found."""
+        await self.services.audit_anchor.verify()
+        return RedirectResponse("/audit", status_code=303)
 
     async def audit_export(self, request: Request, user: User) -> Response:
         """GET /audit/export: the filtered events as `/api/audit` gives them (a JSON download)."""
@@ -541,4 +547,5 @@ class AdminPages:
             ),
             Route("/audit", page(self.audit_page, AUDIT)),
             Route("/audit/export", page(self.audit_export, AUDIT)),
+            Route("/audit/verify", page(self.audit_verify, AUDIT), methods=["POST"]),
         ]

@@ -73,6 +73,13 @@ def test_admin_walks_users_tokens_and_the_audit_log(
     assert actions == ["token.revoke", "token.create", "user.create"], actions
     screenshot(page, "audit")
     assert password not in page.content() and secret not in page.content()
+    page.get_by_role("button", name="Verify the whole chain now").click()
+    page.wait_for_url("**/audit")
+    box = page.get_by_test_id("audit-verify")
+    assert box.get_attribute("data-verify") == "ok"
+    assert "Chain intact" in box.inner_text() and "whole chain was last walked at 20" in (
+        box.inner_text()
+    )
 
     page.get_by_test_id("nav-admin").get_by_role("link", name="Inventory").click()
     page.wait_for_url("**/admin/inventory")
