@@ -141,17 +141,24 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 "SELECT count(*), count(DISTINCT host) FROM run WHERE job_id = :j",
                 {"j": job},
             )[0]
+            # what the links cost meanwhile anyway (heartbeats, keepalives: the idle rate)
+            # is not the fan-out's: what is left is its own, per run
+            net = cpu - rec["idle_cpu_s"] / args.idle * elapsed
             fanouts.append(
                 {
                     "seconds": elapsed,
                     "server_cpu_s": cpu,
+                    "net_cpu_s": net,
                     "job": job,
                     "summary": summary,
                     "runs": int(rows[0]),
                     "hosts": int(rows[1]),
                 }
             )
-            say(f"fan-out to {n}: {elapsed:.2f} s, server CPU {cpu:.2f} s ({summary})")
+            say(
+                f"fan-out to {n}: {elapsed:.2f} s, server CPU {cpu:.2f} s, "
+                f"{1000 * net / n:.3f} ms per run net of the idle rate ({summary})"
+            )
         rec["fanouts"] = fanouts
         rec["rss_after_mib"] = proc_rss_kib(pid) / 1024
         rec["hwm_mib"] = proc_rss_kib(pid, "VmHWM") / 1024

@@ -84,6 +84,10 @@ def test_history_and_logs(fleet) -> None:
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     run_id = data["runs"][0]["id"]
+    # whom it ran as is stored with the run's end, before the job's end is told
+    assert data["runs"][0]["ran_as"], data["runs"][0]
+    events = [e["kind"] for e in fleet.get(f"/api/runs/{run_id}")["events"]]
+    assert events == ["queued", "dispatched", "started", "ran as", "finished"]
     listing = fleet.cli(
         "runs", "--host", "web1", "--status", "success", "--since", "1h", "--format", "json"
     )

@@ -16,7 +16,7 @@ from easytask.errors import Conflict
 from easytask.store.audit import AuditNote
 from easytask.store.db import Store, sqlite_url
 from easytask.store.models import Job, Run, RunState, WebhookDelivery, as_utc
-from easytask.store.runs import JOB_END, JOB_RUNNING, RunChange
+from easytask.store.runs import JOB_END, JOB_RUNNING, RunChange, new_runs
 from tests.support import PostgresCluster
 
 
@@ -38,6 +38,29 @@ def _job(store: Store, hosts: list[str], by: str = "alice") -> tuple[Job, list[R
     job = Job(kind="adhoc", name="uptime", pattern="all", command="uptime", submitted_by=by)
     runs = [Run(job_id=0, task="uptime", host=h, command="uptime") for h in hosts]
     return store.create_job(job, runs)
+
+
+def test_new_runs_are_the_runs_a_model_makes(store: Store) -> None:
+    """A job's runs made by `new_runs` (no validation per field) hold what `Run(...)` holds,
+    defaults included, change like them and are stored like them."""
+    at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    values = {"created_at": at, "job_id": 0, "task": "t", "host": "web1", "command": "true"}
+    made = Run(**values)
+    fast = new_runs([values, {**values, "host": "web2", "connection": "ssh"}])
+    assert fast[0].model_dump() == made.model_dump()
+    assert fast[0].model_fields_set == made.model_fields_set
+    assert fast[1].connection == "ssh" and fast[1].state == RunState.QUEUED
+    (alone,) = new_runs([{"job_id": 0, "host": "db1"}])  # a default factory is called
+    assert abs((datetime.now(UTC) - alone.created_at).total_seconds()) < 60
+    fast[0].state = RunState.RUNNING
+    assert fast[0].state == RunState.RUNNING
+    fast[0].state = RunState.QUEUED
+    job = Job(kind="adhoc", name="t", pattern="all", command="true", submitted_by="alice")
+    job, stored = store.create_job(job, fast)
+    assert [r.id for r in stored] == [r.id for r in store.job_runs(job.id or 0)]
+    rows = {r.host: r for r in store.job_runs(job.id or 0)}
+    assert rows["web1"].connection == "agent" and rows["web2"].connection == "ssh"
+    assert as_utc(rows["web1"].created_at) == at and rows["web1"].state == RunState.QUEUED
 
 
 def test_agents_users_and_tokens(store: Store) -> None:

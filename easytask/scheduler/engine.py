@@ -28,6 +28,7 @@ from easytask.scheduler.resume import TakeOver
 from easytask.store.audit import AuditNote
 from easytask.store.db import Store
 from easytask.store.models import Job, Run, RunState, utcnow
+from easytask.store.runs import new_runs
 from easytask.transport.agentless import SSHPool
 
 log = logging.getLogger("easytask.server")
@@ -154,18 +155,18 @@ class JobEngine:
         if options.become.as_dict():  # what a later server process needs to run it the same
             job.vars = json.dumps({"become": options.become.as_dict()})
         now = utcnow()  # given, not defaulted: a model's default factory costs per object
-        runs = [
-            Run(
-                created_at=now,
-                job_id=0,
-                task=name,
-                host=p.host,
-                connection=p.connection,
-                agent=p.host if p.connection == "agent" else "",
-                command=p.command,
-            )
+        runs = new_runs(
+            {
+                "created_at": now,
+                "job_id": 0,
+                "task": name,
+                "host": p.host,
+                "connection": p.connection,
+                "agent": p.host if p.connection == "agent" else "",
+                "command": p.command,
+            }
             for p in planned
-        ]
+        )
         job, runs = await self.store.call(self.store.create_job, job, runs, audit)
         assert job.id is not None
         secretfile.save(self.secrets_dir, job.id, options.secret_env, options.masks)

@@ -8,7 +8,6 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
-from datetime import datetime
 from typing import Any
 
 from asyncssh import SSHClientConnection
@@ -79,7 +78,8 @@ class Execution:
     async def run(self, run: Run, hostvars: dict[str, Any], options: JobOptions) -> None:
         """Execute a run's command on its agent or over SSH, and record how it ended."""
         as_user = resolve_become(run.host, hostvars, options.become)
-        options = replace(options, as_user=as_user)
+        if as_user != options.as_user:  # a copy per run only where it differs
+            options = replace(options, as_user=as_user)
         if as_user is not None and run.connection == "agent":
             # on the timeline before it is dispatched: a server that claims the run (it holds
             # the agent) reads whom to ask for here
@@ -176,7 +176,7 @@ class Execution:
             out.system(dialog.said() or "su did not start the command", "ERROR")
         if target is not None and outcome.result is not None and outcome.result.lost:
             self.pool.drop(target)
-        await self._ran_as(run, outcome, None, options, login)
+        self._ran_as(run, outcome, None, options, login)
         await self.recorder.conclude(run, outcome, out)
 
     async def agent_run(self, run: Run, options: JobOptions, live: LiveRun | None = None) -> None:
@@ -294,10 +294,8 @@ class Execution:
                     # Stored while the command starts, not before: the agent starts a run key
                     # once, so a server that died in between re-attaches instead of re-running.
                     run.state = RunState.DISPATCHED
-                    dispatch = asyncio.ensure_future(
-                        self.recorder.update(
-                            run, RunState.DISPATCHED, "dispatched", f"agent {run.host}"
-                        )
+                    dispatch = self.recorder.update_soon(
+                        run, RunState.DISPATCHED, "dispatched", f"agent {run.host}"
                     )
                     env = {"EASYTASK_RUN": key}  # the command sees EASYTASK_RUN_ID, _ATTEMPT
                     if options.as_user is not None:  # the agent decides whether and how
@@ -319,7 +317,9 @@ class Execution:
                 outcome = await self._stream(
                     run,
                     live,
-                    replace(options, timeout=remaining),
+                    options
+                    if remaining == options.timeout
+                    else replace(options, timeout=remaining),
                     link.conn,
                     command,
                     env,
@@ -340,12 +340,15 @@ class Execution:
             stats = outcome.result.stats if outcome.result is not None else None
             facts = info.facts
             own = facts.get("user") or (facts.get("policy") or {}).get("run_as") or ""
-            await self._ran_as(run, outcome, stats, options, str(own))
+            self._ran_as(run, outcome, stats, options, str(own))
             await self.recorder.conclude(run, outcome, out, stats)
-            self._background(self._acknowledge(run, link, key), f"ack-{key}")
+            if self.writer.backlog:  # lines still on their way to the database
+                self._background(self._acknowledge(run, link, key), f"ack-{key}")
+            else:  # every line is stored: no task per run for that
+                link.acknowledge(key)
             return None
 
-    async def _ran_as(
+    def _ran_as(
         self,
         run: Run,
         outcome: Outcome,
@@ -361,8 +364,8 @@ class Execution:
         who = f"{as_user.user} (become, {as_user.method})" if as_user is not None else default
         if run.connection == "agent" and as_user is not None:
             who = f"{as_user.user} (become)"  # the agent's own way: as root, or through sudo
-        if who:
-            await self.recorder.event(run, RAN_AS, who)
+        if who:  # stored before the run's end, asked for next (no wait per run for it)
+            self.recorder.note(run, RAN_AS, who)
 
     async def _acknowledge(self, run: Run, link: AgentLink, key: str) -> None:
         """Let the agent delete the run's spool once every line is stored."""
@@ -501,11 +504,13 @@ class Execution:
             if attach:
                 return Outcome(result=ExecResult(lost=True, error=str(exc)))
             return Outcome(state=RunState.FAILED, reason=f"could not start: {exc}")
-        # Stored while the command runs; waited for before the run's end is recorded (the run
-        # states are stored in the order they are asked for).
+        # Stored while the command runs, after its dispatch (the run states are stored in the
+        # order they are asked for); waited for before the run's end is recorded.
         marked: asyncio.Future[None] | None = None
         if not attach:
-            marked = asyncio.ensure_future(self._mark_started(run, dispatched, utcnow()))
+            marked = self.recorder.update_soon(
+                run, RunState.RUNNING, "started", "", started_at=utcnow()
+            )
         elif dispatched is not None:
             await dispatched
         reason = ""
@@ -536,15 +541,10 @@ class Execution:
         finally:
             execution.close()
             if marked is not None:
+                if dispatched is not None:
+                    await dispatched
                 await marked
         return Outcome(result=result, reason=reason, duration=time.monotonic() - started)
-
-    async def _mark_started(
-        self, run: Run, dispatched: asyncio.Future[None] | None, at: datetime
-    ) -> None:
-        if dispatched is not None:
-            await dispatched
-        await self.recorder.update(run, RunState.RUNNING, "started", "", started_at=at)
 
     async def _resume_when_drained(
         self, execution: executor.Execution | LocalExecution, paused: list[bool]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -76,16 +77,51 @@ class Recorder:
         assert run.id is not None
         await self.run_state.change(run.id, kind, detail)
 
+    def note(self, run: Run, kind: str, detail: str) -> None:
+        """Add an event to a run's timeline without waiting for it: stored before any change
+        of the run asked for after it (a failure is logged)."""
+        assert run.id is not None
+        self.run_state.queue(run.id, kind, detail).add_done_callback(_log_failure)
+
     async def update(self, run: Run, state: str, event: str, detail: str, **fields: Any) -> None:
         """Move a run to a new state (not a final one) with its timeline event."""
+        await self.update_soon(run, state, event, detail, **fields)
+
+    def update_soon(
+        self, run: Run, state: str, event: str, detail: str, **fields: Any
+    ) -> asyncio.Future[None]:
+        """`update` without a task: queued now, after every change of the run asked for
+        before; the future is done once it is stored and the viewers were told."""
         assert run.id is not None
         then = ""
         if state == RunState.RUNNING and run.job_id not in self.inflight.running_jobs:
             self.inflight.running_jobs.add(run.job_id)
             then = JOB_RUNNING  # the job is marked running with its first run's start
-        await self.run_state.change(
+        stored = self.run_state.queue(
             run.id, event, detail, job_id=run.job_id, then=then, state=state, **fields
         )
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def told(fut: asyncio.Future[Any]) -> None:
+            exc = fut.exception() if not fut.cancelled() else asyncio.CancelledError()
+            if done.cancelled():  # the caller went away: as when its wait was cancelled
+                return
+            if exc is not None:
+                done.set_exception(exc)
+                return
+            try:
+                self._updated(run, state, fields)
+            except Exception as err:  # noqa: BLE001 - the caller awaits it
+                done.set_exception(err)
+                return
+            done.set_result(None)
+
+        stored.add_done_callback(told)
+        return done
+
+    def _updated(self, run: Run, state: str, fields: dict[str, Any]) -> None:
+        """After a state change was stored: the run object, the hooks, the viewers."""
+        assert run.id is not None
         run.state = state
         for key, value in fields.items():
             setattr(run, key, value)
@@ -250,6 +286,11 @@ class Recorder:
         """Tell viewers of a job something that concerns all its runs."""
         log.info("job %s: %s", job.id, text)
         self.publish(events.job_notice(job.id, text), (f"job:{job.id}", f"jobstate:{job.id}"))
+
+
+def _log_failure(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.warning("a run event could not be stored: %s", fut.exception())
 
 
 def _call_hook(hook: Callable[[Run], None], run: Run) -> None:

@@ -36,11 +36,25 @@ class RunStateWriter:
         """Store a change of one run, after every change queued before it (KeyError: no run).
         With `then` (see RunChange), its job's change goes in the same transaction; returns the
         job if that ended it."""
+        return await self.queue(run_id, event, detail, job_id=job_id, then=then, **fields)
+
+    def queue(
+        self,
+        run_id: int,
+        event: str | None = None,
+        detail: str = "",
+        *,
+        job_id: int = 0,
+        then: str = "",
+        **fields: Any,
+    ) -> asyncio.Future[Job | None]:
+        """`change` without waiting: the change is queued now, in order; the future is done
+        once it is stored (no task per change: a fan-out queues several for each of its runs)."""
         fut: asyncio.Future[Job | None] = asyncio.get_running_loop().create_future()
         self._queue.append((RunChange(run_id, event, detail, fields, job_id, then), fut))
         if self._task is None:
             self._task = asyncio.create_task(self._drain(), name="run-state-writer")
-        return await fut
+        return fut
 
     async def _drain(self) -> None:
         try:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.orm.instrumentation import manager_of_class
 from sqlmodel import Session, col, select
 
 from easytask.store import audit as audit_chain
@@ -39,6 +40,34 @@ class RunChange:
 
 JOB_RUNNING = "running"
 JOB_END = "end"
+
+
+def new_runs(rows: Iterable[dict[str, Any]]) -> list[Run]:
+    """Unsaved `Run` objects from their values (every other field its default), for a job's
+    runs before `create_job` stores them.
+
+    The same objects `Run(**values)` makes, without its validation and its instrumented
+    setattr of every field (about 0.1 ms a run: a fan-out to thousands of hosts made that a
+    large part of its submission). The values are taken as they are: the caller's own, of the
+    right types.
+    """
+    manager = manager_of_class(Run)
+    fields = Run.model_fields
+    plain = {n: f.get_default() for n, f in fields.items() if f.default_factory is None}
+    factories = {n: f.default_factory for n, f in fields.items() if f.default_factory is not None}
+    runs = []
+    for values in rows:
+        run = manager.new_instance()
+        state = run.__dict__
+        state.update(plain)
+        for name, factory in factories.items():
+            if name not in values:
+                state[name] = factory()  # type: ignore[call-arg]
+        state.update(values)
+        object.__setattr__(run, "__pydantic_fields_set__", set(values))
+        object.__setattr__(run, "__pydantic_extra__", None)
+        runs.append(run)
+    return runs
 
 
 class RunQueries(Queries):
