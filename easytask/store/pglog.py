@@ -266,6 +266,14 @@ _JOB_CHUNKS = (
     "WHERE r.job_id = :job{hosts} AND c.first_id > :lo AND c.last_id > :after "
     "ORDER BY c.first_id LIMIT :k"
 )
+# The first id of a job's lines: each run's first chunk (its lines are numbered as they come,
+# so the chunk of its first seqs holds its first ids), read in the run's own week.
+_JOB_FLOOR = (
+    "SELECT min(f.first_id) FROM run AS r CROSS JOIN LATERAL (SELECT c.first_id "
+    "FROM log_chunk AS c WHERE c.run_id = r.id "
+    f"AND c.day = {RUN_DAY.replace('created_at', 'r.created_at')} "
+    "ORDER BY c.first_seq LIMIT 1) AS f WHERE r.job_id = :job{hosts}"
+)
 _CHUNK_LINES = (
     "SELECT l.id, l.run_id, l.seq, l.ts, l.stream, l.level, l.text "
     "FROM unnest(CAST(:runs AS int4[]), CAST(:days AS int4[]), CAST(:fs AS int4[]), "
@@ -285,7 +293,8 @@ def job_lines(
     chunks' id ranges, so that no index on the lines' ids is kept.
 
     The chunks holding lines after `after_id` are taken in order of their first id, `k` at a
-    time (a chunk's ids span less than `ID_BLOCK`, so they start after `after_id - ID_BLOCK`).
+    time (a chunk's ids span less than `ID_BLOCK`, so they start after `after_id - ID_BLOCK`,
+    and none starts before the job's first line, `_JOB_FLOOR`).
     Every line with an id below the first id of the k-th chunk is in the chunks before it:
     those lines are read by (run_id, seq), kept by id, and the next round starts there.
     """
@@ -297,12 +306,16 @@ def job_lines(
             return []
         where_hosts = " AND r.host IN (" + ", ".join(f":h{i}" for i in range(len(names))) + ")"
         params.update({f"h{i}": name for i, name in enumerate(names)})
+    floor = conn.execute(text(_JOB_FLOOR.format(hosts=where_hosts)), params).scalar()
+    if floor is None:
+        return []  # no chunk, no line
     chunk_query = text(_JOB_CHUNKS.format(hosts=where_hosts))
     out: list[Any] = []
     after = after_id
     k = max(16, limit // 32)
     while len(out) < limit:
-        params.update(lo=after - ID_BLOCK, after=after, k=k)
+        # chunks of other jobs before this job's first line are not read
+        params.update(lo=max(after - ID_BLOCK, int(floor) - 1), after=after, k=k)
         chunks = conn.execute(chunk_query, params).all()
         if not chunks:
             break
