@@ -9,14 +9,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from alembic import command
 from sqlalchemy import text
 
 from easytask.scheduler.retention import Retention
+from easytask.store import pglog
 from easytask.store.db import Store, make_engine, sqlite_url
 from easytask.store.lines import LogRow
 from easytask.store.models import Job, Run
 from easytask.store.pglog import day_of, partition_names, week_of
-from easytask.store.schema import head_revision, upgrade
+from easytask.store.schema import alembic_config, head_revision, upgrade
 from tests.support import PostgresCluster, db_execute
 
 
@@ -74,6 +76,63 @@ def test_a_batch_written_again_stores_each_line_once(store: Store) -> None:
             {"r": run},
         )
         assert covered == [(150,)]
+
+
+def _pages(store: Store, job_id: int, limit: int, hosts: set[str] | None = None) -> list[str]:
+    """A job's lines as its event stream reads them: page after page from the last id."""
+    out: list[str] = []
+    after = 0
+    while True:
+        with store.engine.connect() as conn:
+            page = store._job_lines(conn, job_id, after, limit, hosts)
+        assert len(page) <= limit
+        out += [f"{line.run_id}:{line.text}" for line in page]
+        if len(page) < limit:
+            return out
+        after = page[-1].id
+
+
+@pytest.mark.parametrize("block", [None, 16])
+def test_a_job_stream_reads_its_lines_in_arrival_order_page_by_page(
+    store: Store, block: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lines of several runs, written in interleaved batches (one written again, one lone line
+    per batch) come back in the order they arrived, once each, whatever the page size, and
+    only those of the hosts asked for. With blocks of 16 ids on PostgreSQL a batch takes
+    several blocks, and a page may begin inside chunks that began before it."""
+    if block is not None:
+        if store.is_sqlite:
+            pytest.skip("ids come in blocks on PostgreSQL only")
+        monkeypatch.setattr(pglog, "ID_BLOCK", block)
+    job, runs = store.create_job(Job(command="x"), [Run(host=h, command="x") for h in "abc"])
+    a, b, c = (r.id or 0 for r in runs)
+    other = _run(store)  # another job's lines in the same batches
+    arrived: list[str] = []
+    seqs = {a: 0, b: 0, c: 0, other: 0}
+    for batch in range(12):
+        rows: list[LogRow] = []
+        for i in range(40):
+            run = (a, b, other)[i % 3] if batch % 2 else (b, a, a, other)[i % 4]
+            seqs[run] += 1
+            rows.append((run, seqs[run], 0.0, "stdout", "INFO", f"{batch}.{i}"))
+        seqs[c] += 1
+        rows.append((c, seqs[c], 0.0, "stdout", "INFO", f"{batch}.lone"))
+        store.write_lines(rows)
+        if batch == 5:
+            store.write_lines(rows)  # the same batch again: nothing new
+        arrived += [f"{r[0]}:{r[5]}" for r in rows if r[0] != other]
+    assert len(arrived) == len(set(arrived)) == 12 * 41 - sum(
+        1 for batch in range(12) for i in range(40)
+        if ((a, b, other)[i % 3] if batch % 2 else (b, a, a, other)[i % 4]) == other
+    )  # fmt: skip
+    for limit in (1, 7, 100, 5000):
+        assert _pages(store, job.id or 0, limit) == arrived, limit
+    only_c = [line for line in arrived if line.startswith(f"{c}:")]
+    assert _pages(store, job.id or 0, 5, {"c"}) == only_c
+    assert _pages(store, job.id or 0, 5, set()) == []
+    assert [f"{r.run_id}:{r.text}" for r in store.read_job_lines(job.id or 0, 0, 10)] == (
+        arrived[:10]
+    )
 
 
 def _age(store: Store, run_id: int, days: float, state: str) -> None:
@@ -238,3 +297,87 @@ def test_reads_of_a_run_name_its_week_so_only_its_partition_is_planned(pg_store:
     reads = [q for q in seen if "LIMIT 1" not in q]  # the one read of each run's day
     assert len(reads) >= 7
     assert all("day = " in q for q in reads), reads
+
+
+@pytest.mark.postgres
+def test_revision_0015_keeps_one_btree_per_line_and_builds_the_chunks_again(
+    postgres: PostgresCluster,
+) -> None:
+    """Lines and chunks stored under 0014 (ids one by one) are read, searched, filtered and
+    streamed in id order after 0015; INFO lines are left out of the level index, no index on
+    the lines' ids is kept, new lines get ids after the old ones; and 0015 goes back down."""
+    url = postgres.new_database(empty=True)
+    engine = make_engine(url)
+    upgrade(engine, "0014")
+    engine.dispose()
+    store = Store(url)
+    try:
+        job, runs = store.create_job(Job(command="x"), [Run(host=h, command="x") for h in "ab"])
+        a, b = (r.id or 0 for r in runs)
+        day = db_execute(url, f"SELECT {pglog.RUN_DAY} FROM run WHERE id = :r", {"r": a})[0][0]
+        for week in (week_of(day), week_of(day) + 7):
+            for statement in pglog.partition_ddl(week):
+                db_execute(url, statement)
+        lines = [
+            (run, i, "ERROR" if i % 10 == 0 else "INFO", f"{'ab'[k]} old {i}")
+            for i in range(1, 101)
+            for k, run in enumerate((a, b))
+        ]
+        for run, seq, level, line in lines:  # 0014's own ids, one by one
+            db_execute(
+                url,
+                "INSERT INTO log_line (run_id, seq, ts, stream, level, text, day) "
+                "VALUES (:r, :s, 1.0, 'stdout', :lv, :x, :d)",
+                {"r": run, "s": seq, "lv": level, "x": line, "d": day},
+            )
+        db_execute(
+            url,
+            "INSERT INTO log_chunk (run_id, first_seq, last_seq, day, text) "
+            "SELECT run_id, min(seq), max(seq), day, string_agg(text, E'\\n' ORDER BY seq) "
+            "FROM log_line GROUP BY run_id, day, (seq - 1) / 64",
+        )
+        old_max = db_execute(url, "SELECT max(id) FROM log_line")[0][0]
+        store.create_schema()
+        assert store.schema_state().current == head_revision()
+
+        indexes = dict(db_execute(url, "SELECT indexname, indexdef FROM pg_indexes "
+                                       "WHERE tablename IN ('log_line', 'log_chunk')"))  # fmt: skip
+        assert "ix_log_line_id" not in indexes
+        assert "WHERE ((level)::text <> 'INFO'::text)" in indexes["ix_log_line_run_level_seq"]
+        assert "(first_id)" in indexes["ix_log_chunk_first_id"]
+        arrived = [f"{run}:{line}" for run, _, _, line in lines]
+        assert _pages(store, job.id or 0, 7) == arrived
+        assert store.search_lines(a, "a old 55") == [(55, 54)]
+        assert store.count_lines(a, ["ERROR"]) == (10, 100)
+        assert store.count_lines(a, ["INFO"]) == (90, 100)
+        assert [line.seq for line in store.line_window(a, offset=2, limit=2, levels=["ERROR"])] == [
+            30, 40
+        ]  # fmt: skip
+        store.write_lines([(a, 101, 2.0, "stdout", "INFO", "a new 101")])
+        store.write_lines([(b, 101, 2.0, "stdout", "INFO", "b new 101")])
+        assert _pages(store, job.id or 0, 7) == arrived + [f"{a}:a new 101", f"{b}:b new 101"]
+        assert db_execute(url, "SELECT min(id) > :m FROM log_line WHERE seq = 101", {"m": old_max})[
+            0
+        ][0]
+        assert store.search_lines(b, "b new 101") == [(101, 100)]
+    finally:
+        store.close()
+
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            cfg = alembic_config()
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0014")
+    finally:
+        engine.dispose()
+    indexes = dict(db_execute(url, "SELECT indexname, indexdef FROM pg_indexes "
+                                   "WHERE tablename IN ('log_line', 'log_chunk')"))  # fmt: skip
+    assert "ix_log_line_id" in indexes and "WHERE" not in indexes["ix_log_line_run_level_seq"]
+    assert db_execute(
+        url, "SELECT count(*), max(seq) FROM log_line WHERE run_id = :r", {"r": a}
+    ) == [(101, 101)]
+    columns = db_execute(
+        url, "SELECT column_name FROM information_schema.columns WHERE table_name = 'log_chunk'"
+    )
+    assert ("first_id",) not in columns

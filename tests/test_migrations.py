@@ -74,8 +74,8 @@ def _server(url: str, state: Path) -> subprocess.CompletedProcess[str]:
 def _partitioned_log(diff: Any) -> bool:
     """A difference from the models that PostgreSQL's partitioned log tables make on purpose:
     the chunk table and every partition; on log_line, the partition key `day` in the unique
-    key, an index on `id` in place of the primary key, and no foreign key to run (retention
-    drops a week's lines with their partition)."""
+    key, no primary key (a job's stream reads lines by id through the chunks, revision 0015),
+    and no foreign key to run (retention drops a week's lines with their partition)."""
     kind = diff[0]
     if kind == "remove_column":
         return bool(diff[2] == "log_line" and diff[3].name == "day")
@@ -84,10 +84,7 @@ def _partitioned_log(diff: Any) -> bool:
     if name.startswith(("log_chunk", "log_line_w")):
         return True
     if name == "log_line":
-        return kind == "add_fk" or getattr(item, "name", "") in (
-            "uq_log_line_run_seq",
-            "ix_log_line_id",
-        )
+        return kind == "add_fk" or getattr(item, "name", "") == "uq_log_line_run_seq"
     return False
 
 

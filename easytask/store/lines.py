@@ -17,7 +17,16 @@ from sqlmodel import Session, col, select
 from easytask.loglines import LEVELS
 from easytask.store import statements as sql
 from easytask.store.models import LogLine
-from easytask.store.pglog import LogRow, PgLineQueries, chunk_matches, day_of, like_pattern
+from easytask.store.pglog import (
+    LogRow,
+    PgLineQueries,
+    chunk_matches,
+    count_of_levels,
+    day_of,
+    job_lines,
+    like_pattern,
+    of_levels,
+)
 
 __all__ = ["LogRow", "LineQueries", "like_pattern"]
 
@@ -156,7 +165,7 @@ class LineQueries(PgLineQueries):
                 return [LogLine(**dict(zip(_FIELD_NAMES, row, strict=True))) for row in rows]
             q = select(LogLine).where(self._of_run(s, run_id), LogLine.seq > after_seq)
             if levels:
-                q = q.where(col(LogLine.level).in_(list(levels)))
+                q = q.where(of_levels(self.is_sqlite, list(levels)))
             if grep:
                 q = q.where(self._contains(col(LogLine.text), grep))
             q = q.order_by(col(LogLine.seq))
@@ -181,6 +190,8 @@ class LineQueries(PgLineQueries):
     def _job_lines(
         conn: Any, job_id: int, after_id: int, limit: int, hosts: Collection[str] | None = None
     ) -> list[Any]:
+        if conn.dialect.name == "postgresql":
+            return job_lines(conn, job_id, after_id, limit, hosts)
         params = {"job_id": job_id, "after_id": after_id, "limit": limit}
         statement = sql.JOB_LINES
         if hosts is not None:
@@ -272,12 +283,9 @@ class LineQueries(PgLineQueries):
             top = s.exec(select(func.max(LogLine.seq)).where(self._of_run(s, run_id))).one()
             if not levels:
                 return int(top or 0), int(top or 0)
-            count = s.exec(
-                select(func.count())
-                .select_from(LogLine)
-                .where(self._of_run(s, run_id), col(LogLine.level).in_(list(levels)))
-            ).one()
-            return int(count or 0), int(top or 0)
+            where = [self._of_run(s, run_id)]
+            count = count_of_levels(s, self.is_sqlite, where, levels, int(top or 0))
+            return count, int(top or 0)
 
     def line_window(
         self,
@@ -298,7 +306,7 @@ class LineQueries(PgLineQueries):
             if not levels:
                 q = q.where(LogLine.seq > offset, LogLine.seq <= offset + limit)
                 return list(s.exec(q.order_by(col(LogLine.seq))))
-            q = q.where(col(LogLine.level).in_(list(levels)))
+            q = q.where(of_levels(self.is_sqlite, levels))
             if after_seq is not None:
                 q = q.where(LogLine.seq > after_seq).order_by(col(LogLine.seq)).limit(limit)
             else:
@@ -332,7 +340,7 @@ class LineQueries(PgLineQueries):
                     self._of_run(s, run_id), self._contains(col(LogLine.text), needle)
                 )
                 if levels:
-                    q = q.where(col(LogLine.level).in_(list(levels)))
+                    q = q.where(of_levels(self.is_sqlite, levels))
                 found = [int(seq) for seq in s.exec(q.order_by(col(LogLine.seq)).limit(limit))]
             if not levels or not found:
                 return [(seq, seq - 1) for seq in found]
@@ -358,7 +366,11 @@ class LineQueries(PgLineQueries):
             for name in names:
                 q = (
                     select(LogLine.seq)
-                    .where(self._of_run(s, run_id), LogLine.level == name, LogLine.seq < last)
+                    .where(
+                        self._of_run(s, run_id),
+                        of_levels(self.is_sqlite, [name]),
+                        LogLine.seq < last,
+                    )
                     .order_by(col(LogLine.seq))
                 )
                 if most is not None:

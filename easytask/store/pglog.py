@@ -6,12 +6,18 @@ UTC of the run's `created_at`); each batch's lines of one run and one block of 6
 written as one `log_chunk` row, whose text the trigram index covers. Search asks the chunk index,
 then reads and matches only the lines of the chunks it names. Retention drops a week's
 partitions once every run of that week is past retention (`drop_old_weeks`).
+
+A line costs one b-tree entry, the unique `(run_id, seq, day)` (revision 0015): the level
+index leaves out INFO lines (`of_levels`, `count_of_levels`), a job's stream reads lines in id
+order through the chunks' id ranges (`job_lines`), and ids are numbered by the writer from one
+value of the id sequence per batch (`line_ids`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import text
@@ -28,10 +34,61 @@ CHUNK_LINES = 64  # lines of one run indexed together in a log_chunk row (Postgr
 RUN_DAY = "floor(extract(epoch FROM created_at) / 86400)::int"  # a run's partition key
 _PARTITION_LOCK = 0x6561_7370  # held while a server creates partitions
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_LINE_TYPES = ["int4", "int4", "float8", "text", "text", "text", "int4"]
-_CHUNK_TYPES = ["int4", "int4", "int4", "int4", "text"]
-# One line as COPY gets it: run_id, seq, ts, stream, level, text, day.
-PgRow = tuple[int, int, float, str, str, str, int]
+_LINE_TYPES = ["int8", "int4", "int4", "float8", "text", "text", "text", "int4"]
+_CHUNK_TYPES = ["int4", "int4", "int4", "int4", "text", "int8", "int8"]
+# One line as COPY gets it: id, run_id, seq, ts, stream, level, text, day.
+PgRow = tuple[int, int, int, float, str, str, str, int]
+# One chunk row: run_id, first_seq, last_seq, day, text, first_id, last_id.
+ChunkRow = tuple[int, int, int, int, str, int, int]
+# Line ids come in blocks: the id sequence steps by ID_BLOCK (revision 0015), the writer takes
+# one value per batch (per ID_BLOCK lines) and numbers the batch's lines from it, so a line
+# costs no call of the sequence. A chunk's lines are in one block: last_id - first_id < ID_BLOCK.
+ID_BLOCK = 1 << 20
+# The level most lines have (stdout's). PostgreSQL's level index leaves its lines out (it is
+# partial, revision 0015): a filter on the other levels reads that index, one that includes it
+# reads the lines in seq order, and counts of it are the rest subtracted from the run's seqs.
+COMMON_LEVEL = "INFO"
+
+
+def of_levels(is_sqlite: bool, levels: Collection[str]) -> Any:
+    """`log_line.level IN levels`; on PostgreSQL without the common level, also a literal
+    `level <> 'INFO'`, so that the planner may use the partial level index whatever the
+    parameters (a bound parameter would not prove the index's predicate)."""
+    from sqlalchemy import and_
+    from sqlmodel import col
+
+    from easytask.store.models import LogLine
+
+    cond = col(LogLine.level).in_(list(levels))
+    if is_sqlite or COMMON_LEVEL in levels:
+        return cond
+    return and_(cond, text(f"log_line.level <> '{COMMON_LEVEL}'"))
+
+
+def count_of_levels(
+    s: Session, is_sqlite: bool, where: Sequence[Any], levels: Collection[str], lines: int
+) -> int:
+    """How many of the `lines` lines matching `where` (a run's first `lines` seqs: seqs have
+    no gaps) have one of `levels`. On PostgreSQL, with the common level among them, the lines
+    of the other levels (in the partial index) are counted and subtracted."""
+    from sqlalchemy import func
+    from sqlmodel import col, select
+
+    from easytask.store.models import LogLine
+
+    if is_sqlite or COMMON_LEVEL not in levels:
+        q = select(func.count()).select_from(LogLine).where(*where, of_levels(is_sqlite, levels))
+        return int(s.exec(q).one() or 0)
+    q = (
+        select(func.count())
+        .select_from(LogLine)
+        .where(
+            *where,
+            col(LogLine.level).not_in(list(levels)),
+            text(f"log_line.level <> '{COMMON_LEVEL}'"),
+        )
+    )
+    return lines - int(s.exec(q).one() or 0)
 
 
 def day_of(when: datetime) -> int:
@@ -78,41 +135,97 @@ def clean(line: str) -> str:
     return line.replace("\x00", "\ufffd") if "\x00" in line else line
 
 
-def chunks_of(lines: Sequence[PgRow]) -> list[tuple[int, int, int, int, str]]:
-    """(run_id, first_seq, last_seq, day, text) rows indexing `lines`: each run's lines of one
-    block of 64 seqs together, their texts joined by newlines.
+def chunks_of(lines: Sequence[PgRow]) -> list[ChunkRow]:
+    """(run_id, first_seq, last_seq, day, text, first_id, last_id) rows indexing `lines`: each
+    run's lines of one block of 64 seqs and one block of ids together, their texts joined by
+    newlines.
 
     A search that matches a chunk's text reads the lines between its first and last seq and
     keeps those that match themselves; a line that holds the needle is in a chunk that holds
     it, so nothing is missed, and what a batch split in two chunks is found through either.
+    A job's stream reads lines by id through the chunks' id ranges (`job_lines`).
     """
-    groups: dict[tuple[int, int], list[Any]] = {}
-    for run_id, seq, _ts, _stream, _level, text_, day in lines:
-        key = (run_id, (seq - 1) // CHUNK_LINES)
+    if not lines:
+        return []
+    runs = list(map(itemgetter(1), lines))
+    if runs.count(runs[0]) == len(runs):
+        return _run_chunks(lines)
+    return _chunks_line_by_line(lines)
+
+
+def _run_chunks(lines: Sequence[PgRow]) -> list[ChunkRow]:
+    """`chunks_of` the lines of one run, in the order they came. Most often their seqs follow
+    one another and their ids are in one block: the chunks are then slices, cut where a block
+    of 64 seqs ends, with no work per line."""
+    first, last, count = lines[0], lines[-1], len(lines)
+    ids = list(map(itemgetter(0), lines))
+    seq0 = first[2]
+    if not (
+        last[2] - seq0 == count - 1
+        and first[0] // ID_BLOCK == last[0] // ID_BLOCK
+        and list(map(itemgetter(2), lines)) == list(range(seq0, seq0 + count))
+        and ids == sorted(ids)
+    ):
+        return _chunks_line_by_line(lines)
+    texts = list(map(itemgetter(6), lines))
+    run_id, day = first[1], first[7]
+    out: list[ChunkRow] = []
+    a = 0
+    while a < count:
+        b = min(count, a + CHUNK_LINES - (seq0 + a - 1) % CHUNK_LINES)
+        out.append((run_id, seq0 + a, seq0 + b - 1, day, "\n".join(texts[a:b]), ids[a], ids[b - 1]))
+        a = b
+    return out
+
+
+def _chunks_line_by_line(lines: Sequence[PgRow]) -> list[ChunkRow]:
+    """`chunks_of`, grouping each line by its run, block of seqs and block of ids."""
+    groups: dict[tuple[int, int, int], list[Any]] = {}
+    for line_id, run_id, seq, _ts, _stream, _level, text_, day in lines:
+        key = (run_id, (seq - 1) // CHUNK_LINES, line_id // ID_BLOCK)
         group = groups.get(key)
         if group is None:
-            groups[key] = [run_id, seq, seq, day, [text_]]
+            groups[key] = [run_id, seq, seq, day, [text_], line_id, line_id]
         else:
             if seq < group[1]:
                 group[1] = seq
             if seq > group[2]:
                 group[2] = seq
             group[4].append(text_)
-    return [(g[0], g[1], g[2], g[3], "\n".join(g[4])) for g in groups.values()]
+            if line_id < group[5]:
+                group[5] = line_id
+            if line_id > group[6]:
+                group[6] = line_id
+    return [(g[0], g[1], g[2], g[3], "\n".join(g[4]), g[5], g[6]) for g in groups.values()]
+
+
+def pg_rows(ids: Sequence[int], rows: Sequence[LogRow], days: dict[int, int]) -> list[PgRow]:
+    """The writer's rows as COPY takes them: with their ids and partition keys, NUL replaced."""
+    if "\x00" in "".join(map(itemgetter(5), rows)):
+        rows = [(r, s, t, st, lv, clean(x)) for r, s, t, st, lv, x in rows]
+    if len(days) == 1:
+        (day,) = days.values()
+        return [
+            (i, r, s, t, st, lv, x, day) for i, (r, s, t, st, lv, x) in zip(ids, rows, strict=True)
+        ]
+    return [
+        (i, r, s, t, st, lv, x, days[r]) for i, (r, s, t, st, lv, x) in zip(ids, rows, strict=True)
+    ]
 
 
 def _copy_lines(cur: Any, table: str, lines: Sequence[PgRow]) -> None:
     with cur.copy(
-        f"COPY {table} (run_id, seq, ts, stream, level, text, day) FROM STDIN (FORMAT BINARY)"
+        f"COPY {table} (id, run_id, seq, ts, stream, level, text, day) FROM STDIN (FORMAT BINARY)"
     ) as copy:
         copy.set_types(_LINE_TYPES)
         for line in lines:
             copy.write_row(line)
 
 
-def _copy_chunks(cur: Any, chunks: Sequence[tuple[int, int, int, int, str]]) -> None:
+def _copy_chunks(cur: Any, chunks: Sequence[ChunkRow]) -> None:
     with cur.copy(
-        "COPY log_chunk (run_id, first_seq, last_seq, day, text) FROM STDIN (FORMAT BINARY)"
+        "COPY log_chunk (run_id, first_seq, last_seq, day, text, first_id, last_id) "
+        "FROM STDIN (FORMAT BINARY)"
     ) as copy:
         copy.set_types(_CHUNK_TYPES)
         for chunk in chunks:
@@ -122,17 +235,115 @@ def _copy_chunks(cur: Any, chunks: Sequence[tuple[int, int, int, int, str]]) -> 
 def _insert_new_lines(cur: Any, lines: Sequence[PgRow]) -> list[PgRow]:
     """Store those of `lines` not stored yet (a batch written again); the lines it stored."""
     cur.execute(
-        "CREATE TEMP TABLE IF NOT EXISTS log_line_retry (run_id int4, seq int4, ts float8, "
-        "stream text, level text, text text, day int4) ON COMMIT DELETE ROWS"
+        "CREATE TEMP TABLE IF NOT EXISTS log_line_retry (id int8, run_id int4, seq int4, "
+        "ts float8, stream text, level text, text text, day int4) ON COMMIT DELETE ROWS"
     )
     _copy_lines(cur, "log_line_retry", lines)
     cur.execute(
-        "INSERT INTO log_line (run_id, seq, ts, stream, level, text, day) "
-        "SELECT run_id, seq, ts, stream, level, text, day FROM log_line_retry ORDER BY run_id, seq "
-        "ON CONFLICT (run_id, seq, day) DO NOTHING RETURNING run_id, seq"
+        "INSERT INTO log_line (id, run_id, seq, ts, stream, level, text, day) "
+        "SELECT id, run_id, seq, ts, stream, level, text, day FROM log_line_retry ORDER BY id "
+        "ON CONFLICT (run_id, seq, day) DO NOTHING RETURNING id"
     )
-    stored = {(int(r), int(s)) for r, s in cur.fetchall()}
-    return [line for line in lines if (line[0], line[1]) in stored]
+    stored = {int(r) for (r,) in cur.fetchall()}
+    return [line for line in lines if line[0] in stored]
+
+
+def line_ids(pg: Any, count: int) -> list[int]:
+    """Ids for `count` new lines, in order: a block of the id sequence per `ID_BLOCK` lines."""
+    blocks = pg.execute(
+        "SELECT nextval('log_line_id_seq') FROM generate_series(1, %s)",
+        ((count + ID_BLOCK - 1) // ID_BLOCK,),
+    ).fetchall()
+    bases = [int(b) for (b,) in blocks]
+    if len(bases) == 1:
+        return list(range(bases[0], bases[0] + count))
+    return [bases[i // ID_BLOCK] + i % ID_BLOCK for i in range(count)]
+
+
+_JOB_CHUNKS = (
+    "SELECT c.run_id, c.day, c.first_seq, c.last_seq, c.first_id, c.last_id "
+    "FROM log_chunk AS c JOIN run AS r ON r.id = c.run_id "
+    "WHERE r.job_id = :job{hosts} AND c.first_id > :lo AND c.last_id > :after "
+    "ORDER BY c.first_id LIMIT :k"
+)
+# The first id of a job's lines: each run's first chunk (its lines are numbered as they come,
+# so the chunk of its first seqs holds its first ids), read in the run's own week.
+_JOB_FLOOR = (
+    "SELECT min(f.first_id) FROM run AS r CROSS JOIN LATERAL (SELECT c.first_id "
+    "FROM log_chunk AS c WHERE c.run_id = r.id "
+    f"AND c.day = {RUN_DAY.replace('created_at', 'r.created_at')} "
+    "ORDER BY c.first_seq LIMIT 1) AS f WHERE r.job_id = :job{hosts}"
+)
+_CHUNK_LINES = (
+    "SELECT l.id, l.run_id, l.seq, l.ts, l.stream, l.level, l.text "
+    "FROM unnest(CAST(:runs AS int4[]), CAST(:days AS int4[]), CAST(:fs AS int4[]), "
+    "CAST(:ls AS int4[]), CAST(:fi AS int8[]), CAST(:li AS int8[])) "
+    "AS c(run_id, day, first_seq, last_seq, first_id, last_id) "
+    "CROSS JOIN LATERAL (SELECT * FROM log_line AS l1 WHERE l1.run_id = c.run_id "
+    "AND l1.day = c.day AND l1.seq BETWEEN c.first_seq AND c.last_seq "
+    "AND l1.id BETWEEN c.first_id AND c.last_id AND l1.id > :after AND l1.id < :cut "
+    "OFFSET 0) AS l ORDER BY l.id LIMIT :limit"
+)
+
+
+def job_lines(
+    conn: Any, job_id: int, after_id: int, limit: int, hosts: Collection[str] | None = None
+) -> list[Any]:
+    """Lines of a job's runs after a line id, in id order (PostgreSQL): read through the
+    chunks' id ranges, so that no index on the lines' ids is kept.
+
+    The chunks holding lines after `after_id` are taken in order of their first id, `k` at a
+    time (a chunk's ids span less than `ID_BLOCK`, so they start after `after_id - ID_BLOCK`,
+    and none starts before the job's first line, `_JOB_FLOOR`).
+    Every line with an id below the first id of the k-th chunk is in the chunks before it:
+    those lines are read by (run_id, seq), kept by id, and the next round starts there.
+    """
+    params: dict[str, Any] = {"job": job_id}
+    where_hosts = ""
+    if hosts is not None:
+        names = sorted(hosts)
+        if not names:
+            return []
+        where_hosts = " AND r.host IN (" + ", ".join(f":h{i}" for i in range(len(names))) + ")"
+        params.update({f"h{i}": name for i, name in enumerate(names)})
+    floor = conn.execute(text(_JOB_FLOOR.format(hosts=where_hosts)), params).scalar()
+    if floor is None:
+        return []  # no chunk, no line
+    chunk_query = text(_JOB_CHUNKS.format(hosts=where_hosts))
+    out: list[Any] = []
+    after = after_id
+    k = max(16, limit // 32)
+    while len(out) < limit:
+        # chunks of other jobs before this job's first line are not read
+        params.update(lo=max(after - ID_BLOCK, int(floor) - 1), after=after, k=k)
+        chunks = conn.execute(chunk_query, params).all()
+        if not chunks:
+            break
+        full = len(chunks) == k
+        cut = int(chunks[-1].first_id) if full else None
+        if cut is not None and cut <= after + 1:
+            k *= 2  # the chunks read all began before `after`: read more of them
+            continue
+        use = chunks[:-1] if full else chunks
+        found = conn.execute(
+            text(_CHUNK_LINES),
+            {
+                "runs": [c.run_id for c in use],
+                "days": [c.day for c in use],
+                "fs": [c.first_seq for c in use],
+                "ls": [c.last_seq for c in use],
+                "fi": [c.first_id for c in use],
+                "li": [c.last_id for c in use],
+                "after": after,
+                "cut": cut if cut is not None else 1 << 62,
+                "limit": limit - len(out),
+            },
+        ).all()
+        out.extend(found)
+        if cut is None:
+            break
+        after = cut - 1
+    return out
 
 
 def like_pattern(needle: str) -> tuple[str, str | None]:
@@ -166,15 +377,13 @@ class PgLineQueries(Queries):
         import psycopg
 
         pg = conn.driver_connection
-        days = self.run_days(pg, {row[0] for row in rows})
+        run_ids = set(map(itemgetter(0), rows))
+        days = self.run_days(pg, run_ids)
         weeks = {week_of(day) for day in days.values()}
         if not weeks <= self._weeks:
             self._ensure_weeks(pg, weeks)
-        lines = [
-            (run_id, seq, ts, stream, level, clean(line), days[run_id])
-            for run_id, seq, ts, stream, level, line in rows
-            if run_id in days
-        ]
+        kept = rows if len(days) == len(run_ids) else [row for row in rows if row[0] in days]
+        lines = pg_rows(line_ids(pg, len(kept)), kept, days)
         cur = pg.cursor()
         try:
             try:

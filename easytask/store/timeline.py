@@ -13,6 +13,7 @@ from sqlmodel import col, select
 
 from easytask.store.base import Queries
 from easytask.store.models import AuditEvent, LogLine, Run, RunEvent
+from easytask.store.pglog import count_of_levels, of_levels
 
 # The audit actions that tell an agent's link and standing: its history on the host page.
 LINK_ACTIONS = (
@@ -84,7 +85,7 @@ class TimelineQueries(Queries):
         with self.session() as s:
             q = (
                 select(LogLine.seq, LogLine.ts, LogLine.level, LogLine.text)
-                .where(LogLine.run_id == run_id, col(LogLine.level).in_(list(levels)))
+                .where(LogLine.run_id == run_id, of_levels(self.is_sqlite, levels))
                 .order_by(col(LogLine.seq))
                 .limit(limit)
             )
@@ -98,7 +99,7 @@ class TimelineQueries(Queries):
         with self.session() as s:
             q = select(LogLine.seq).where(LogLine.run_id == run_id)
             if levels:
-                q = q.where(col(LogLine.level).in_(list(levels)))
+                q = q.where(of_levels(self.is_sqlite, levels))
             found = s.exec(q.where(LogLine.ts >= at).order_by(col(LogLine.seq)).limit(1)).first()
             if found is None:
                 found = s.exec(q.order_by(col(LogLine.seq).desc()).limit(1)).first()
@@ -107,16 +108,8 @@ class TimelineQueries(Queries):
             seq = int(found)
             if not levels:
                 return seq, seq - 1  # seqs have no gaps
-            before = s.exec(
-                select(func.count())
-                .select_from(LogLine)
-                .where(
-                    LogLine.run_id == run_id,
-                    col(LogLine.level).in_(list(levels)),
-                    LogLine.seq < seq,
-                )
-            ).one()
-            return seq, int(before or 0)
+            where = [LogLine.run_id == run_id, LogLine.seq < seq]
+            return seq, count_of_levels(s, self.is_sqlite, where, levels, seq - 1)
 
     def agent_link_events(
         self, name: str, since: datetime | None = None, limit: int = 100
