@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.browser.support import Browserless, admin_password
 from tests.conftest import AgentFactory, ServerFactory, write
 from tests.support import ServerHandle, db_execute
 from tests.test_stored_schedules import _due_now
@@ -256,3 +257,26 @@ def test_a_rule_holds_every_kind_of_submission_until_an_admin_approves(
     assert "s3cr3t-value" not in json.dumps(server.get("/api/audit"))
     for c in (operator, carol, other_op):
         c.close()
+
+
+def test_a_rule_id_out_of_range_is_not_found(rules_server: ServerHandle) -> None:
+    """A rule id no rule can have (beyond the id column's range, or not a number) is a 404
+    naming it, through the API and the console, and nothing changes."""
+    server = rules_server
+    made = server.http.post("/api/approval-rules", json={"pattern": "prod"})
+    assert made.status_code == 201, made.text
+    for bad in ("99999999999999999999", "3000000000", "-1", "0", "x"):
+        removed = server.http.delete(f"/api/approval-rules/{bad}")
+        assert removed.status_code == 404, (bad, removed.text)
+        assert "no approval rule" in removed.json()["error"] and bad in removed.json()["error"]
+        paused = server.http.patch(f"/api/approval-rules/{bad}", json={"paused": True})
+        assert paused.status_code == 404, (bad, paused.text)
+    console = Browserless(server)
+    assert console.login("admin", admin_password(server)).status_code == 303
+    page = console.form_post("/admin/approval-rules/99999999999999999999/pause", {})
+    assert page.status_code == 404, page.text
+    assert [(r["pattern"], r["paused"]) for r in _rules(server)] == [
+        ("legacy", False),
+        ("prod", False),
+    ]
+    console.http.close()
