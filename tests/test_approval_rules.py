@@ -259,6 +259,44 @@ def test_a_rule_holds_every_kind_of_submission_until_an_admin_approves(
         c.close()
 
 
+def test_a_held_submission_is_not_shown_to_a_user_whose_scope_lacks_its_hosts(
+    rules_server: ServerHandle,
+) -> None:
+    """A submission an approval rule holds has no runs to judge its hosts by: a user with a
+    scope sees only their own (as the dashboard shows them), so an operator scoped to `web` sees
+    neither the command nor the hosts of another user's held run on `prod`, in the list of
+    approvals (API and console) or by its job id (404); an unscoped admin sees it."""
+    server = rules_server
+    assert server.http.post("/api/approval-rules", json={"pattern": "prod"}).status_code == 201
+    held = server.http.post("/api/jobs", json={"pattern": "prod", "command": "echo hidden-cmd"})
+    assert held.status_code == 202, held.text
+    job_id = held.json()["job"]["id"]
+    scoped = _client(server, "sid", "operator", scope="web")
+    mine = scoped.post("/api/jobs", json={"pattern": "web", "command": "echo mine"})
+    assert mine.status_code == 201, mine.text
+
+    for state in ("awaiting", "all"):
+        listed = scoped.get("/api/approvals", params={"state": state})
+        assert listed.status_code == 200, listed.text
+        assert "hidden-cmd" not in listed.text and job_id not in [
+            a["job"] for a in listed.json()["approvals"]
+        ]
+    one = scoped.get(f"/api/jobs/{job_id}/approval")
+    assert one.status_code == 404 and "hidden-cmd" not in one.text
+    assert scoped.get(f"/api/jobs/{job_id}").status_code == 404
+
+    console = Browserless(server)
+    assert console.login("sid", "long-enough-1").status_code == 303
+    page = console.http.get("/approvals")
+    assert page.status_code == 200 and "hidden-cmd" not in page.text
+
+    admin_view = server.get("/api/approvals")["approvals"]
+    assert [a["command"] for a in admin_view if a["job"] == job_id] == ["echo hidden-cmd"]
+    assert server.get(f"/api/jobs/{job_id}/approval")["command"] == "echo hidden-cmd"
+    scoped.close()
+    console.http.close()
+
+
 def test_a_rule_id_out_of_range_is_not_found(rules_server: ServerHandle) -> None:
     """A rule id no rule can have (beyond the id column's range, or not a number) is a 404
     naming it, through the API and the console, and nothing changes."""

@@ -16,6 +16,7 @@ from easytask.errors import APIError, EasyTaskError
 from easytask.jobtemplate import Param, TemplateDefinition, may_approve, may_launch
 from easytask.service import approvals, templates
 from easytask.service.context import Services
+from easytask.service.reading import Reader
 from easytask.store.models import RunState, User
 from easytask.web.console import Console
 from easytask.web.errors import PageError, http_status
@@ -216,7 +217,10 @@ class TemplatePages:
             r.name: templates.definition_of(r) for r in await store.call(store.list_templates)
         }
         rows = []
+        reader = await Reader.of(self.services, user)
         for a in await store.call(store.list_approvals, None, 100):
+            if not reader.sees_approval(a):
+                continue  # a user with a scope sees their own requests only
             entry = approvals.approval_dict(a)
             definition = defs.get(a.template)
             entry["may_decide"] = bool(
