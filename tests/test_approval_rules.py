@@ -318,3 +318,45 @@ def test_a_rule_id_out_of_range_is_not_found(rules_server: ServerHandle) -> None
         ("prod", False),
     ]
     console.http.close()
+
+
+def test_a_template_launch_a_rule_holds_is_decided_by_an_admin_only(
+    rules_server: ServerHandle,
+) -> None:
+    """A template whose own approvers name a non-admin, launched onto a host an approval rule
+    selects: the rule's hold is an admin's to decide, so that approver is refused (403, audited,
+    `may_decide` false for them) and an admin other than the requester approves it."""
+    server = rules_server
+    assert server.http.post("/api/approval-rules", json={"pattern": "prod"}).status_code == 201
+    template = {
+        "name": "say-prod",
+        "command": "echo said-prod",
+        "pattern": "prod",
+        "launch": {"roles": ["operator"]},
+        "approvers": {"users": ["vera"]},
+    }
+    assert server.http.post("/api/templates", json=template).status_code == 201
+    operator = _client(server, "opal", "operator")
+    vera = _client(server, "vera", "operator")
+    carol = _client(server, "carol", "admin")
+    launch = operator.post("/api/templates/say-prod/launch", json={"params": {}})
+    assert launch.status_code == 202, launch.text
+    job_id = launch.json()["job"]["id"]
+    assert launch.json()["approval"]["rules"] == ["prod"]
+
+    (listed,) = [a for a in vera.get("/api/approvals").json()["approvals"] if a["job"] == job_id]
+    assert listed["may_decide"] is False
+    refused = vera.post(f"/api/jobs/{job_id}/approve", json={"comment": "mine to decide?"})
+    assert refused.status_code == 403 and "only an admin" in refused.json()["error"], refused.text
+    rejected = vera.post(f"/api/jobs/{job_id}/reject", json={"comment": "no"})
+    assert rejected.status_code == 403, rejected.text
+    assert [e["actor"] for e in _audit(server, "approval.approve.refused")] == ["vera"]
+    assert server.get(f"/api/jobs/{job_id}")["job"]["state"] == "awaiting approval"
+
+    (as_admin,) = [a for a in carol.get("/api/approvals").json()["approvals"] if a["job"] == job_id]
+    assert as_admin["may_decide"] is True
+    approved = carol.post(f"/api/jobs/{job_id}/approve", json={"comment": "ok"})
+    assert approved.status_code == 200, approved.text
+    assert server.wait_job(approved.json()["launched_job"])["job"]["state"] == "success"
+    for c in (operator, vera, carol):
+        c.close()

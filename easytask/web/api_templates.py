@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from easytask.errors import APIError
-from easytask.jobtemplate import may_approve, may_launch
+from easytask.jobtemplate import may_launch
 from easytask.service import approvalrules, approvals, templates
 from easytask.service.context import Services
 from easytask.service.reading import Reader
@@ -116,15 +116,7 @@ class TemplatesApi:
         for row in rows:
             entry = approvals.approval_dict(row)
             definition = defs.get(row.template)
-            entry["may_decide"] = bool(
-                row.state == RunState.AWAITING_APPROVAL
-                and user.name != row.requested_by
-                and not user.scope
-                and (
-                    user.role == "admin"
-                    or (definition is not None and may_approve(definition, user.role, user.name))
-                )
-            )
+            entry["may_decide"] = approvals.may_decide(user, row, definition)
             out.append(entry)
         return JSONResponse({"approvals": out})
 
