@@ -360,3 +360,23 @@ def test_a_template_launch_a_rule_holds_is_decided_by_an_admin_only(
     assert server.wait_job(approved.json()["launched_job"])["job"]["state"] == "success"
     for c in (operator, vera, carol):
         c.close()
+
+
+def test_a_held_submission_in_json_format_prints_json_only(
+    rules_server: ServerHandle, tmp_path: Path
+) -> None:
+    """`run --format json` and `play --format json` of a submission a rule holds print one JSON
+    document (the job awaiting approval and its request) on stdout; the note that it waits goes
+    to stderr."""
+    server = rules_server
+    assert server.http.post("/api/approval-rules", json={"pattern": "prod"}).status_code == 201
+    ran = server.cli("run", "ar2", "-a", "echo held-json", "--format", "json")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    data = json.loads(ran.stdout)
+    assert data["job"]["state"] == "awaiting approval" and data["runs"] == []
+    assert data["approval"]["rules"] == ["prod"]
+    assert "awaiting approval (approval rule prod)" in ran.stderr
+    played = server.cli("play", str(tmp_path / "books" / "deploy.yml"), "--format", "json")
+    assert played.returncode == 0, played.stdout + played.stderr
+    assert json.loads(played.stdout)["job"]["state"] == "awaiting approval"
+    assert "awaiting approval" in played.stderr
