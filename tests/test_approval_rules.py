@@ -380,3 +380,27 @@ def test_a_held_submission_in_json_format_prints_json_only(
     assert played.returncode == 0, played.stdout + played.stderr
     assert json.loads(played.stdout)["job"]["state"] == "awaiting approval"
     assert "awaiting approval" in played.stderr
+
+
+def test_a_held_schedule_fire_whose_playbook_changed_is_refused_on_approval(
+    rules_server: ServerHandle, tmp_path: Path
+) -> None:
+    """A file schedule's fire held by a rule, its playbook edited before the approval: the
+    approval does not run the edited playbook (409 naming the change, audited
+    `approval.launch_failed`), as for a held playbook."""
+    server = rules_server
+    assert server.http.post("/api/approval-rules", json={"pattern": "prod"}).status_code == 201
+    now = server.http.post("/api/schedules/nightly/run")
+    assert now.status_code == 201, now.text
+    job_id = now.json()["job"]
+    assert server.get(f"/api/jobs/{job_id}")["job"]["state"] == "awaiting approval"
+    book = tmp_path / "books" / "nightly.yml"
+    book.write_text(book.read_text().replace("nightly-from-file", "edited-after-the-request"))
+    carol = _client(server, "carol", "admin")
+    approved = carol.post(f"/api/jobs/{job_id}/approve", json={"comment": "ok"})
+    assert approved.status_code == 409, approved.text
+    assert "changed since the request" in approved.json()["error"]
+    (failed,) = _audit(server, "approval.launch_failed")
+    assert failed["detail"]["job"] == job_id
+    assert "edited-after-the-request" not in json.dumps(server.get("/api/jobs"))
+    carol.close()

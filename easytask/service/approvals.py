@@ -420,7 +420,9 @@ async def start_held(
     path = Path(str(request["playbook"]))
     if kind == "schedule":
         schedule = str((request.get("extra") or {}).get("schedule") or "")
-        job_id = await jobs.submit_scheduled(services, path, schedule, hold=False)
+        job_id = await jobs.submit_scheduled(
+            services, path, schedule, hold=False, sha256=str(request.get("sha256") or "-")
+        )
         started = await services.store.call(services.store.get_job, job_id)
         assert started is not None
         return started
