@@ -351,6 +351,13 @@ def test_a_template_launch_a_rule_holds_is_decided_by_an_admin_only(
     rejected = vera.post(f"/api/jobs/{job_id}/reject", json={"comment": "no"})
     assert rejected.status_code == 403, rejected.text
     assert [e["actor"] for e in _audit(server, "approval.approve.refused")] == ["vera"]
+    console = Browserless(server)
+    assert console.login("vera", "long-enough-1").status_code == 303
+    page = console.http.get("/approvals")
+    assert page.status_code == 200 and f"/approvals/{job_id}/approve" not in page.text
+    assert "An admin decides what an approval rule holds." in page.text
+    assert "You do not hold the approver right" not in page.text
+    console.http.close()
     assert server.get(f"/api/jobs/{job_id}")["job"]["state"] == "awaiting approval"
 
     (as_admin,) = [a for a in carol.get("/api/approvals").json()["approvals"] if a["job"] == job_id]
