@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.browser.support import Browserless, admin_password
 from tests.conftest import AgentFactory, ServerFactory, write
 from tests.support import ServerHandle, db_execute
 from tests.test_stored_schedules import _due_now
@@ -256,3 +257,157 @@ def test_a_rule_holds_every_kind_of_submission_until_an_admin_approves(
     assert "s3cr3t-value" not in json.dumps(server.get("/api/audit"))
     for c in (operator, carol, other_op):
         c.close()
+
+
+def test_a_held_submission_is_not_shown_to_a_user_whose_scope_lacks_its_hosts(
+    rules_server: ServerHandle,
+) -> None:
+    """A submission an approval rule holds has no runs to judge its hosts by: a user with a
+    scope sees only their own (as the dashboard shows them), so an operator scoped to `web` sees
+    neither the command nor the hosts of another user's held run on `prod`, in the list of
+    approvals (API and console) or by its job id (404); an unscoped admin sees it."""
+    server = rules_server
+    assert server.http.post("/api/approval-rules", json={"pattern": "prod"}).status_code == 201
+    held = server.http.post("/api/jobs", json={"pattern": "prod", "command": "echo hidden-cmd"})
+    assert held.status_code == 202, held.text
+    job_id = held.json()["job"]["id"]
+    scoped = _client(server, "sid", "operator", scope="web")
+    mine = scoped.post("/api/jobs", json={"pattern": "web", "command": "echo mine"})
+    assert mine.status_code == 201, mine.text
+
+    for state in ("awaiting", "all"):
+        listed = scoped.get("/api/approvals", params={"state": state})
+        assert listed.status_code == 200, listed.text
+        assert "hidden-cmd" not in listed.text and job_id not in [
+            a["job"] for a in listed.json()["approvals"]
+        ]
+    one = scoped.get(f"/api/jobs/{job_id}/approval")
+    assert one.status_code == 404 and "hidden-cmd" not in one.text
+    assert scoped.get(f"/api/jobs/{job_id}").status_code == 404
+
+    console = Browserless(server)
+    assert console.login("sid", "long-enough-1").status_code == 303
+    page = console.http.get("/approvals")
+    assert page.status_code == 200 and "hidden-cmd" not in page.text
+
+    admin_view = server.get("/api/approvals")["approvals"]
+    assert [a["command"] for a in admin_view if a["job"] == job_id] == ["echo hidden-cmd"]
+    assert server.get(f"/api/jobs/{job_id}/approval")["command"] == "echo hidden-cmd"
+    scoped.close()
+    console.http.close()
+
+
+def test_a_rule_id_out_of_range_is_not_found(rules_server: ServerHandle) -> None:
+    """A rule id no rule can have (beyond the id column's range, or not a number) is a 404
+    naming it, through the API and the console, and nothing changes."""
+    server = rules_server
+    made = server.http.post("/api/approval-rules", json={"pattern": "prod"})
+    assert made.status_code == 201, made.text
+    for bad in ("99999999999999999999", "3000000000", "-1", "0", "x"):
+        removed = server.http.delete(f"/api/approval-rules/{bad}")
+        assert removed.status_code == 404, (bad, removed.text)
+        assert "no approval rule" in removed.json()["error"] and bad in removed.json()["error"]
+        paused = server.http.patch(f"/api/approval-rules/{bad}", json={"paused": True})
+        assert paused.status_code == 404, (bad, paused.text)
+    console = Browserless(server)
+    assert console.login("admin", admin_password(server)).status_code == 303
+    page = console.form_post("/admin/approval-rules/99999999999999999999/pause", {})
+    assert page.status_code == 404, page.text
+    assert [(r["pattern"], r["paused"]) for r in _rules(server)] == [
+        ("legacy", False),
+        ("prod", False),
+    ]
+    console.http.close()
+
+
+def test_a_template_launch_a_rule_holds_is_decided_by_an_admin_only(
+    rules_server: ServerHandle,
+) -> None:
+    """A template whose own approvers name a non-admin, launched onto a host an approval rule
+    selects: the rule's hold is an admin's to decide, so that approver is refused (403, audited,
+    `may_decide` false for them) and an admin other than the requester approves it."""
+    server = rules_server
+    assert server.http.post("/api/approval-rules", json={"pattern": "prod"}).status_code == 201
+    template = {
+        "name": "say-prod",
+        "command": "echo said-prod",
+        "pattern": "prod",
+        "launch": {"roles": ["operator"]},
+        "approvers": {"users": ["vera"]},
+    }
+    assert server.http.post("/api/templates", json=template).status_code == 201
+    operator = _client(server, "opal", "operator")
+    vera = _client(server, "vera", "operator")
+    carol = _client(server, "carol", "admin")
+    launch = operator.post("/api/templates/say-prod/launch", json={"params": {}})
+    assert launch.status_code == 202, launch.text
+    job_id = launch.json()["job"]["id"]
+    assert launch.json()["approval"]["rules"] == ["prod"]
+
+    (listed,) = [a for a in vera.get("/api/approvals").json()["approvals"] if a["job"] == job_id]
+    assert listed["may_decide"] is False
+    refused = vera.post(f"/api/jobs/{job_id}/approve", json={"comment": "mine to decide?"})
+    assert refused.status_code == 403 and "only an admin" in refused.json()["error"], refused.text
+    rejected = vera.post(f"/api/jobs/{job_id}/reject", json={"comment": "no"})
+    assert rejected.status_code == 403, rejected.text
+    assert [e["actor"] for e in _audit(server, "approval.approve.refused")] == ["vera"]
+    console = Browserless(server)
+    assert console.login("vera", "long-enough-1").status_code == 303
+    page = console.http.get("/approvals")
+    assert page.status_code == 200 and f"/approvals/{job_id}/approve" not in page.text
+    assert "An admin decides what an approval rule holds." in page.text
+    assert "You do not hold the approver right" not in page.text
+    console.http.close()
+    assert server.get(f"/api/jobs/{job_id}")["job"]["state"] == "awaiting approval"
+
+    (as_admin,) = [a for a in carol.get("/api/approvals").json()["approvals"] if a["job"] == job_id]
+    assert as_admin["may_decide"] is True
+    approved = carol.post(f"/api/jobs/{job_id}/approve", json={"comment": "ok"})
+    assert approved.status_code == 200, approved.text
+    assert server.wait_job(approved.json()["launched_job"])["job"]["state"] == "success"
+    for c in (operator, vera, carol):
+        c.close()
+
+
+def test_a_held_submission_in_json_format_prints_json_only(
+    rules_server: ServerHandle, tmp_path: Path
+) -> None:
+    """`run --format json` and `play --format json` of a submission a rule holds print one JSON
+    document (the job awaiting approval and its request) on stdout; the note that it waits goes
+    to stderr."""
+    server = rules_server
+    assert server.http.post("/api/approval-rules", json={"pattern": "prod"}).status_code == 201
+    ran = server.cli("run", "ar2", "-a", "echo held-json", "--format", "json")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    data = json.loads(ran.stdout)
+    assert data["job"]["state"] == "awaiting approval" and data["runs"] == []
+    assert data["approval"]["rules"] == ["prod"]
+    assert "awaiting approval (approval rule prod)" in ran.stderr
+    played = server.cli("play", str(tmp_path / "books" / "deploy.yml"), "--format", "json")
+    assert played.returncode == 0, played.stdout + played.stderr
+    assert json.loads(played.stdout)["job"]["state"] == "awaiting approval"
+    assert "awaiting approval" in played.stderr
+
+
+def test_a_held_schedule_fire_whose_playbook_changed_is_refused_on_approval(
+    rules_server: ServerHandle, tmp_path: Path
+) -> None:
+    """A file schedule's fire held by a rule, its playbook edited before the approval: the
+    approval does not run the edited playbook (409 naming the change, audited
+    `approval.launch_failed`), as for a held playbook."""
+    server = rules_server
+    assert server.http.post("/api/approval-rules", json={"pattern": "prod"}).status_code == 201
+    now = server.http.post("/api/schedules/nightly/run")
+    assert now.status_code == 201, now.text
+    job_id = now.json()["job"]
+    assert server.get(f"/api/jobs/{job_id}")["job"]["state"] == "awaiting approval"
+    book = tmp_path / "books" / "nightly.yml"
+    book.write_text(book.read_text().replace("nightly-from-file", "edited-after-the-request"))
+    carol = _client(server, "carol", "admin")
+    approved = carol.post(f"/api/jobs/{job_id}/approve", json={"comment": "ok"})
+    assert approved.status_code == 409, approved.text
+    assert "changed since the request" in approved.json()["error"]
+    (failed,) = _audit(server, "approval.launch_failed")
+    assert failed["detail"]["job"] == job_id
+    assert "edited-after-the-request" not in json.dumps(server.get("/api/jobs"))
+    carol.close()

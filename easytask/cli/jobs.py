@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, TextIO
@@ -444,7 +445,8 @@ def _submit_and_follow(
 
 
 def awaits_approval(sub: dict[str, Any], out: TextIO) -> bool:
-    """Whether an approval rule holds the submitted job (said, with how to decide it)."""
+    """Whether an approval rule holds the submitted job (said on `out`, with how to decide
+    it)."""
     if sub["job"]["state"] != "awaiting approval":
         return False
     job_id = sub["job"]["id"]
@@ -467,7 +469,7 @@ def post_and_follow(
     sub = client.post(path, body)
     job_id = sub["job"]["id"]
     job_warnings(sub["job"])
-    if awaits_approval(sub, out):
+    if awaits_approval(sub, sys.stderr if fmt == "json" else out):  # stdout: JSON only
         if fmt == "json":
             print_json(sub, out)
         return sub

@@ -21,6 +21,7 @@ from easytask.store.models import ApprovalRule, Job, JobApproval, User, utcnow
 MAX_NOTE = 500
 MAX_PATTERN = 1000
 SERVER_RULE = "server"  # the id the `approval_hosts` setting is shown with
+MAX_RULE_ID = 2**31 - 1  # the id column is a 32-bit integer on PostgreSQL
 # Who a schedule's fire runs as (the server's own authority); a held fire starts as it too.
 SCHEDULE_USER = User(name="schedule", role="admin", scope="")
 
@@ -106,6 +107,8 @@ def _rule_id(value: Any) -> int:
         number = int(value)
     except (TypeError, ValueError) as exc:
         raise APIError(f"no approval rule {value!r}", status=404) from exc
+    if not 0 < number <= MAX_RULE_ID:  # no rule has it (and the database could not look it up)
+        raise APIError(f"no approval rule {value}", status=404)
     return number
 
 

@@ -199,6 +199,30 @@ async def _waiting(services: Services, job_id: int) -> tuple[JobApproval, Job]:
     return approval, job
 
 
+def held_by_rule(approval: JobApproval) -> bool:
+    """Whether an approval rule holds this request (any held submission; a template launch
+    that reached a rule's hosts): an admin's to decide, whatever the template's approvers."""
+    if not approval.template:
+        return True
+    try:
+        return bool(json.loads(approval.request).get("rules"))
+    except (ValueError, AttributeError):
+        return False
+
+
+def may_decide(user: User, approval: JobApproval, definition: TemplateDefinition | None) -> bool:
+    """Whether `user` may approve or reject this waiting request (as `_check_approver`)."""
+    if approval.state != RunState.AWAITING_APPROVAL or user.name == approval.requested_by:
+        return False
+    if user.scope:
+        return False
+    if user.role == "admin":
+        return True
+    return not held_by_rule(approval) and (
+        definition is not None and may_approve(definition, user.role, user.name)
+    )
+
+
 async def _check_approver(
     services: Services, user: User, source: str, approval: JobApproval, action: str
 ) -> TemplateDefinition | None:
@@ -208,7 +232,7 @@ async def _check_approver(
     reason = ""
     if user.name == approval.requested_by:
         reason = "the requester may not approve or reject their own launch"
-    elif not approval.template and (user.scope or user.role != "admin"):
+    elif held_by_rule(approval) and (user.scope or user.role != "admin"):
         reason = (
             f"{user.name} may not decide: only an admin decides a submission an approval rule holds"
         )
@@ -396,7 +420,9 @@ async def start_held(
     path = Path(str(request["playbook"]))
     if kind == "schedule":
         schedule = str((request.get("extra") or {}).get("schedule") or "")
-        job_id = await jobs.submit_scheduled(services, path, schedule, hold=False)
+        job_id = await jobs.submit_scheduled(
+            services, path, schedule, hold=False, sha256=str(request.get("sha256") or "-")
+        )
         started = await services.store.call(services.store.get_job, job_id)
         assert started is not None
         return started

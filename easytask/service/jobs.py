@@ -351,10 +351,15 @@ def plan_become(
     return out
 
 
-async def submit_scheduled(services: Services, path: Path, name: str, hold: bool = True) -> int:
+async def submit_scheduled(
+    services: Services, path: Path, name: str, hold: bool = True, sha256: str = ""
+) -> int:
     """Start the playbook of a schedule (as the user `schedule`); the job's id (one awaiting
-    approval when an approval rule selects its hosts, unless `hold=False`)."""
+    approval when an approval rule selects its hosts, unless `hold=False`). With `sha256` (an
+    approved request's), a playbook whose text no longer has that hash is refused (409)."""
     plan = await plan_file(services, path)
+    if sha256 and hashlib.sha256(plan.playbook.text.encode()).hexdigest() != sha256:
+        raise APIError(f"the playbook {path.name} changed since the request", status=409)
     source = f"schedule {name}"
     await check_webhooks(services, plan, "schedule", source)
     what = {"kind": "schedule", "playbook": plan.name}

@@ -17,7 +17,7 @@ from easytask.errors import APIError
 from easytask.service.agents import AgentView, list_agents
 from easytask.service.context import Services
 from easytask.service.scope import scope_hosts
-from easytask.store.models import Job, Run, RunState, User
+from easytask.store.models import Job, JobApproval, Run, RunState, User
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,11 @@ class Reader:
             store.list_jobs, states=[RunState.AWAITING_APPROVAL], limit=limit
         )
         return [j for j in rows if not self.scoped or j.submitted_by == self.user.name]
+
+    def sees_approval(self, approval: JobApproval) -> bool:
+        """Whether the user may see an approval request (what it would run, on which hosts):
+        every one, or for a user with a scope their own, as `awaiting_approval`."""
+        return not self.scoped or approval.requested_by == self.user.name
 
     async def job_state_counts(self, job_ids: Sequence[int]) -> dict[int, dict[str, int]]:
         """Per job, how many of the runs the user may read are in each state."""

@@ -11,9 +11,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from easytask.errors import APIError
-from easytask.jobtemplate import may_approve, may_launch
+from easytask.jobtemplate import may_launch
 from easytask.service import approvalrules, approvals, templates
 from easytask.service.context import Services
+from easytask.service.reading import Reader
 from easytask.store.models import RunState, User
 from easytask.store.serialize import job_dict, run_dict
 from easytask.web.requests import ApiRequests, body, int_param, source
@@ -104,21 +105,18 @@ class TemplatesApi:
         if wanted not in states:
             raise APIError("state must be awaiting or all")
         store = self.services.store
-        rows = await store.call(store.list_approvals, states[wanted])
+        reader = await Reader.of(self.services, user)
+        rows = [
+            r
+            for r in await store.call(store.list_approvals, states[wanted])
+            if reader.sees_approval(r)
+        ]
         defs = {r.name: templates.definition_of(r) for r in await store.call(store.list_templates)}
         out = []
         for row in rows:
             entry = approvals.approval_dict(row)
             definition = defs.get(row.template)
-            entry["may_decide"] = bool(
-                row.state == RunState.AWAITING_APPROVAL
-                and user.name != row.requested_by
-                and not user.scope
-                and (
-                    user.role == "admin"
-                    or (definition is not None and may_approve(definition, user.role, user.name))
-                )
-            )
+            entry["may_decide"] = approvals.may_decide(user, row, definition)
             out.append(entry)
         return JSONResponse({"approvals": out})
 
@@ -127,7 +125,7 @@ class TemplatesApi:
         job_id = int_param(request, "job_id")
         store = self.services.store
         row = await store.call(store.get_approval, job_id)
-        if row is None:
+        if row is None or not (await Reader.of(self.services, user)).sees_approval(row):
             raise APIError(f"job {job_id} has no approval request", status=404)
         return JSONResponse(approvals.approval_dict(row))
 

@@ -13,9 +13,10 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from easytask.errors import APIError, EasyTaskError
-from easytask.jobtemplate import Param, TemplateDefinition, may_approve, may_launch
+from easytask.jobtemplate import Param, TemplateDefinition, may_launch
 from easytask.service import approvals, templates
 from easytask.service.context import Services
+from easytask.service.reading import Reader
 from easytask.store.models import RunState, User
 from easytask.web.console import Console
 from easytask.web.errors import PageError, http_status
@@ -216,18 +217,13 @@ class TemplatePages:
             r.name: templates.definition_of(r) for r in await store.call(store.list_templates)
         }
         rows = []
+        reader = await Reader.of(self.services, user)
         for a in await store.call(store.list_approvals, None, 100):
+            if not reader.sees_approval(a):
+                continue  # a user with a scope sees their own requests only
             entry = approvals.approval_dict(a)
             definition = defs.get(a.template)
-            entry["may_decide"] = bool(
-                a.state == RunState.AWAITING_APPROVAL
-                and user.name != a.requested_by
-                and not user.scope
-                and (
-                    user.role == "admin"
-                    or (definition is not None and may_approve(definition, user.role, user.name))
-                )
-            )
+            entry["may_decide"] = approvals.may_decide(user, a, definition)
             entry["own"] = user.name == a.requested_by
             rows.append(entry)
         waiting = [r for r in rows if r["state"] == RunState.AWAITING_APPROVAL]
