@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 from typing import Any, Literal, Protocol
 
 import asyncssh
@@ -15,6 +16,25 @@ log = logging.getLogger("easytask.server")
 Verdict = Literal["trusted", "probe", "refuse"]
 AGENT_VERSION_PREFIX = "EasyTaskAgent_"
 ACK_DELAY = 5.0  # seconds: acknowledgements no command carried go out in one request after this
+# descriptors kept for everything but agent links: the database, the web server and its clients,
+# agentless SSH, scripts, log and state files
+SPARE_FILES = 256
+
+
+def raise_open_files() -> tuple[int, int]:
+    """Raise this process's open-file limit to its hard limit (each agent link holds one
+    descriptor); returns (the limit now, the agent links it leaves room for)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft == resource.RLIM_INFINITY:
+        wanted = soft
+    if soft != wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, wanted, exc)
+    return soft, max(soft - SPARE_FILES, soft // 2)
 
 
 def claimed_name(server_version: str | None) -> str | None:
@@ -66,6 +86,7 @@ class AgentLink:
         self.admitted = False
         self.control = control.ControlChannel(conn)
         self.keepalive = (0.0, 0)  # the listener's interval and count (set when it accepts)
+        self.beats_every = 0.0  # the heartbeat pace its agent was last asked for (s)
         self._acks: list[str] = []
         self._ack_timer: asyncio.TimerHandle | None = None
         self._sending: set[asyncio.Task[None]] = set()
@@ -137,10 +158,27 @@ class _AgentClient(asyncssh.SSHClient):
         self.verdict: Verdict = "refuse"
         self.link: AgentLink | None = None
         self.counted = False  # holds one of the listener's handshake places
+        self.open = False  # counted among the listener's links
 
     def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
         self._conn = conn
         listener = self._listener
+        listener.links += 1
+        self.open = True
+        if listener.max_links > 0 and listener.links > listener.max_links:
+            # past the open-file limit the database and the web server would fail to open files
+            listener.over_limit += 1
+            if listener.over_limit == 1 or listener.over_limit % 1000 == 0:
+                log.warning(
+                    "the open-file limit (%d) bounds the fleet: %d agent links are open, the "
+                    "most it leaves room for; closing new agent connections (%d so far). "
+                    "Raise the limit (ulimit -n, systemd LimitNOFILE=) to connect more agents",
+                    listener.open_files,
+                    listener.max_links,
+                    listener.over_limit,
+                )
+            conn.abort()
+            return
         if listener.max_handshakes > 0 and listener.handshaking >= listener.max_handshakes:
             # cheaper than a key exchange: the agent backs off (with jitter) and comes again
             listener.shed += 1
@@ -177,6 +215,9 @@ class _AgentClient(asyncssh.SSHClient):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.handshake_done()
+        if self.open:
+            self.open = False
+            self._listener.links -= 1
         if self.link is not None and self.link.admitted:
             self._listener.gate.lost(self.link, exc)
 
@@ -191,8 +232,16 @@ class AgentListener:
         keepalive_interval: float = 10.0,
         keepalive_count: int = 3,
         handshakes: int = 64,
+        max_links: int = 0,
+        open_files: int = 0,
     ) -> None:
         self.gate = gate
+        # agent connections open at once, at most `max_links` (what the open-file limit,
+        # `open_files`, leaves room for; 0: no bound): one more is closed at once
+        self.max_links = max_links
+        self.open_files = open_files
+        self.links = 0
+        self.over_limit = 0  # connections closed so, since the start
         # connections between their TCP accept and the end of their admission, at most
         # `max_handshakes`: one more is closed before the key exchange (its agent retries later)
         self.max_handshakes = handshakes
@@ -251,7 +300,12 @@ class AgentListener:
         link.keepalive = (self.keepalive_interval, self.keepalive_count)
         problem = ""
         try:
-            hello: Any = await control.request(conn, "hello")
+            # on the link's control session, kept open for its heartbeats and later requests
+            # (a session less to open and close per admission)
+            try:
+                hello: Any = await link.request("hello")
+            except ConnectionError:  # an agent without control sessions: a session of its own
+                hello = await control.request(conn, "hello")
         except Exception as exc:  # a misbehaving peer must not hurt the listener
             problem = f"no valid hello: {exc or type(exc).__name__}"
         else:
