@@ -1,5 +1,6 @@
 """A fleet reconnecting at once: the server holds at most --agents-handshakes connections in
-their handshake; one more is closed before any key exchange and its agent retries later."""
+their handshake; no more is accepted meanwhile: the next wait in the kernel's queue (no retries
+for the server to close) and are taken as places free."""
 
 from __future__ import annotations
 
@@ -20,27 +21,32 @@ def _connect(addr: str) -> socket.socket:
     return sock
 
 
-def test_connections_past_the_handshake_cap_are_closed_before_the_key_exchange(
-    start_server: ServerFactory, start_agent: AgentFactory, tmp_path: Path
+def test_connections_past_the_handshake_cap_wait_until_a_place_frees(
+    start_server: ServerFactory, start_agent: AgentFactory
 ) -> None:
     """Two silent peers hold both handshake places (the server, the SSH client of a reverse
-    link, sends them its version); a third is closed with nothing sent, and the log says why;
-    once the two are gone, a real agent connects and comes online."""
+    link, sends them its version); a third is not accepted (nothing sent to it, the log says
+    new connections wait) until one of the two is gone, then it gets the version; once both
+    are gone, a real agent connects and comes online."""
     server = start_server(None, "--agents-handshakes", "2")
     held = [_connect(server.agents_addr) for _ in range(2)]
     for sock in held:
         assert sock.recv(64).startswith(b"SSH-2.0-")
     extra = _connect(server.agents_addr)
-    assert extra.recv(64) == b""  # closed before the version exchange
-    extra.close()
     log = server.state_dir / "server.log"
     wait_until(
-        lambda: "2 agent handshakes in progress: closing new agent connections" in log.read_text(),
+        lambda: "2 agent handshakes in progress: new agent connections wait" in log.read_text(),
         timeout=10,
-        what="the shedding logged",
+        what="the wait logged",
     )
-    for sock in held:
-        sock.close()
+    extra.setblocking(False)
+    with pytest.raises(BlockingIOError):  # not accepted: nothing sent
+        extra.recv(64)
+    extra.setblocking(True)
+    held[0].close()
+    assert extra.recv(64).startswith(b"SSH-2.0-")  # taken once a place freed
+    extra.close()
+    held[1].close()
     start_agent(server, "after")
     assert server.agent_status("after") == "online"
 
