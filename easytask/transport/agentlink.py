@@ -328,11 +328,12 @@ class AgentListener:
                 sock.close()
             log.debug("agent connection from %s failed: %s", addr[0], exc)
             return
-        await self._admit(conn)
+        if conn.is_closed():  # its agent gave up meanwhile (it retries)
+            client.gone()
+            return
+        await self._admit(conn, client)
 
-    async def _admit(self, conn: asyncssh.SSHClientConnection) -> None:
-        client = conn.get_owner()
-        assert isinstance(client, _AgentClient)
+    async def _admit(self, conn: asyncssh.SSHClientConnection, client: _AgentClient) -> None:
         link = AgentLink(
             conn,
             client.name,
