@@ -238,6 +238,7 @@ class AgentListener:
     async def start(self, host: str, port: int) -> int:
         """Listen for agents; returns the bound port."""
         self._options = asyncssh.SSHClientConnectionOptions(
+            config=None,  # nothing from the machine's ~/.ssh/config
             known_hosts=([], [], []),  # never None: every key goes through the gate
             client_keys=[self.client_key],
             agent_path=None,
