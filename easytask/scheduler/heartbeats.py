@@ -86,7 +86,8 @@ class Heartbeats:
         info.facts.update(fields)
         info.last_seen = time.monotonic()
         self._rejudge(info)
-        if link.beats_every < self._paced:  # asked before the fleet doubled: slower now
+        if self._paced > REPACE_FROM and link.beats_every < self._paced:
+            # asked before the fleet doubled: slower now
             link.beats_every = self._paced
             self._spawn(self._subscribe(link, self._paced))
 
