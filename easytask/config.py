@@ -56,7 +56,7 @@ class Settings:
     keepalive_interval: float = _setting(10.0, "duration")
     keepalive_count: int = _setting(3, "count")
     agents_pending_max: int = _setting(10, "count")  # pending agent requests per address
-    # agent connections in their handshake (SSH, hello, admission) at once; more are closed at once
+    # agent connections in their handshake (SSH, hello, admission) at once; more wait to be accepted
     agents_handshakes: int = _setting(64, "count")
     ssh_known_hosts: str | None = _setting(None)
     # `ansible_connection: local` hosts run commands on the server's host, as its user

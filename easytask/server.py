@@ -46,7 +46,7 @@ from easytask.store.db import Store, safe_url, sqlite_url
 from easytask.store.models import Job, JobApproval, Schedule
 from easytask.transport import sshlog
 from easytask.transport.agentless import SSHPool
-from easytask.transport.agentlink import AgentListener
+from easytask.transport.agentlink import AgentListener, raise_open_files
 from easytask.transport.keys import load_or_create_key
 from easytask.vaultpass import load_vault
 from easytask.web.app import create_web_app
@@ -187,12 +187,16 @@ class Server:
         self.engine.secrets_dir = self.state_dir / "secrets"
         client_key = load_or_create_key(self.state_dir / "client_key")
         self.client_public_key = client_key.export_public_key("openssh").decode().strip()
+        open_files, max_links = raise_open_files()
+        log.info("open-file limit %d: room for %d agent links", open_files, max_links)
         self.listener = AgentListener(
             self.registry,
             client_key,
             self.config.keepalive_interval,
             self.config.keepalive_count,
             handshakes=self.config.agents_handshakes,
+            max_links=max_links,
+            open_files=open_files,
         )
         host, port = split_addr(self.config.agents, 8022)
         try:
@@ -250,7 +254,7 @@ class Server:
             approval_hook=self._approval_event,
         )
         self.limits = LimitsWatch(self.services)
-        self.registry.on_online.append(lambda _name: self.limits.wake())
+        self.registry.on_online.append(self.limits.wake)
         self.limits.start()
         self.app = await create_web_app(self.services)
         uv_config = uvicorn.Config(

@@ -230,3 +230,24 @@ def test_bad_limits_stop_the_agent_before_it_dials(
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_limits_follow_an_approved_label_and_an_inventory_edit(
+    start_server: ServerFactory, start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    """The server reads a connected agent's limits again when the groups its labels place it
+    in change (an admin approves a label whose group sets one) and when the inventory changes,
+    though it reads only an agent coming online when nothing else changed."""
+    inventory = tmp_path / "inv.ini"
+    inventory.write_text("[small]\n\n[small:vars]\neasytask_min_free_memory=1G\n")
+    server = start_server(inventory)
+    lean = proc_root(tmp_path / "lean-proc", 0.1, available=512 << 20)
+    start_agent(server, "lean", "--group", "small", "--proc-root", str(lean), "--heartbeat", "0.2")
+    start_agent(server, "other", "--heartbeat", "0.2")  # comes online after: lean not re-read
+    assert status_is(server, "lean", "online")  # the label places it in no group yet
+    approved = server.cli("agents", "approve", "lean", "--groups", "small")
+    assert approved.returncode == 0, approved.stdout + approved.stderr
+    wait_until(lambda: status_is(server, "lean", "busy"), timeout=40, what="lean busy")
+    assert agent(server, "lean")["busy"] == "memory available 512M < 1G"
+    inventory.write_text("[small]\n\n[small:vars]\neasytask_min_free_memory=256M\n")
+    wait_until(lambda: status_is(server, "lean", "online"), timeout=40, what="lean ready")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from easytask.agent import facts
-from easytask.agent.main import MAX_BEAT_EVERY, Agent, AgentConfig
+from easytask.agent.main import MAX_BEAT_EVERY, Agent, AgentConfig, keepalive_for
 from easytask.headroom import Limits
 from easytask.scheduler.heartbeats import BEATS_PER_SECOND, beat_pace
 from easytask.scheduler.hello import (
@@ -135,3 +135,17 @@ def test_an_agent_beats_at_the_pace_its_server_asks_never_faster_than_its_own(
     assert agent.beats_asked(sink, {"op": "beats", "every": 0.5})["every"] == 5.0
     assert agent.beats_asked(sink, {"op": "beats"})["every"] == 5.0
     assert agent.beats_asked(sink, {"op": "beats", "every": True})["every"] == 5.0
+
+
+def test_an_agent_asked_for_slow_heartbeats_sends_keepalives_no_more_often() -> None:
+    """At 10,000 agents the server asks for a heartbeat every 50 s: an agent of --keepalive 15
+    (count 4) then sends one every 75 s and gives up after one missed (a silent server noticed
+    within 150 s, not 300); a pace no slower than its own --heartbeat, or keepalives already as
+    slow, or none, leave them as they are."""
+    assert keepalive_for(50.0, 5.0, 15.0, 4) == (75.0, 1)
+    assert keepalive_for(50.0, 5.0, 30.0, 4) == (75.0, 1)
+    assert keepalive_for(50.0, 5.0, 60.0, 4) == (75.0, 3)
+    assert keepalive_for(5.0, 5.0, 15.0, 4) == (15.0, 4)  # a small fleet: its own pace
+    assert keepalive_for(8.0, 5.0, 15.0, 4) == (15.0, 4)  # 12 s would be more often
+    assert keepalive_for(50.0, 5.0, 0.0, 4) == (0.0, 4)  # keepalives off stay off
+    assert keepalive_for(50.0, 60.0, 15.0, 4) == (15.0, 4)  # slower by its own --heartbeat

@@ -15,6 +15,7 @@ import pytest
 from easytask.errors import Conflict
 from easytask.store.audit import AuditNote
 from easytask.store.db import Store, sqlite_url
+from easytask.store.identities import InvalidToken
 from easytask.store.models import Job, Run, RunState, WebhookDelivery, as_utc
 from easytask.store.runs import JOB_END, JOB_RUNNING, RunChange, new_runs
 from tests.support import PostgresCluster
@@ -61,6 +62,34 @@ def test_new_runs_are_the_runs_a_model_makes(store: Store) -> None:
     rows = {r.host: r for r in store.job_runs(job.id or 0)}
     assert rows["web1"].connection == "agent" and rows["web2"].connection == "ssh"
     assert as_utc(rows["web1"].created_at) == at and rows["web1"].state == RunState.QUEUED
+
+
+def test_an_enrolment_spends_its_token_and_audits_in_the_records_transaction(
+    store: Store,
+) -> None:
+    """An agent enrolled by a token: the token's use, the record (online) and its agent.enroll
+    and agent.online events are one transaction; a spent token changes nothing at all."""
+    token = store.create_enroll_token(uses=1, ttl=600, created_by="admin")
+    before = len(store.audit_events())
+    notes = [
+        AuditNote("web1", "agent.enroll", "agent 10.0.0.5", {"agent": "web1"}),
+        AuditNote("web1", "agent.online", "agent 10.0.0.5", {"agent": "web1", "server": "s1"}),
+    ]
+    row = store.register_agent(
+        "web1", "SHA256:k", "ssh-ed25519 A", "accepted", token=token, audit=notes,
+        connected=True, server="s1",
+    )  # fmt: skip
+    assert row is not None and row.connected and row.state == "accepted"
+    events = store.audit_events()[: len(store.audit_events()) - before]
+    assert [e.action for e in reversed(events)] == ["agent.enroll", "agent.online"]
+    assert all(json.loads(e.detail)["fingerprint"] == "SHA256:k" for e in events)
+    assert not store.consume_enroll_token(token)  # its one use is spent
+    with pytest.raises(InvalidToken):
+        store.register_agent(
+            "web2", "SHA256:m", "ssh-ed25519 B", "accepted", token=token, audit=notes
+        )
+    assert store.get_agent("web2") is None
+    assert len(store.audit_events()) == before + 2
 
 
 def test_agents_users_and_tokens(store: Store) -> None:

@@ -34,6 +34,20 @@ log = logging.getLogger("easytask.agent")
 
 AGENT_VERSION_PREFIX = "EasyTaskAgent_"
 MAX_BEAT_EVERY = 300.0  # seconds: the slowest heartbeat pace a server may ask for
+KEEPALIVE_PER_BEAT = 1.5  # keepalives at most every 1.5 heartbeats when paced (`keepalive_for`)
+
+
+def keepalive_for(asked: float, heartbeat: float, interval: float, count: int) -> tuple[float, int]:
+    """The keepalive (interval, count) of a link whose server asked for heartbeats every
+    `asked` s, for an agent of --heartbeat, --keepalive and --keepalive-count. A large fleet's
+    server asks for a slower pace than the agent's own: keepalives (a request and a reply each;
+    667 a second at 10,000 agents every 15 s) then come every 1.5 heartbeats at most, with
+    fewer missed ones allowed: a silent server is noticed within two such intervals or
+    interval x count, the longer (one that stops or dies closes its connections: noticed at once)."""
+    slow = KEEPALIVE_PER_BEAT * asked
+    if asked <= heartbeat or interval <= 0 or slow <= interval:
+        return interval, count
+    return slow, max(1, int(interval * count // slow))
 
 
 def quoteless(reason: str) -> str:
@@ -242,6 +256,14 @@ class Agent:
             self.beat_every = max(self.config.heartbeat, min(float(asked), MAX_BEAT_EVERY))
         else:
             self.beat_every = self.config.heartbeat
+        if self._conn is not None:
+            interval, count = keepalive_for(
+                self.beat_every,
+                self.config.heartbeat,
+                self.config.keepalive_interval,
+                self.config.keepalive_count,
+            )
+            self._conn.set_keepalive(interval, count)
         return {"beat": self.headroom(), "every": self.beat_every}
 
     async def _heartbeats(self) -> None:

@@ -105,9 +105,9 @@ def add_parsers(sub: Any) -> None:
         "--agents-handshakes",
         name="agents_handshakes",
         type=int,
-        help="agent connections in their handshake at once; more are closed at once and their "
-        "agents retry after a jittered backoff, so a whole fleet reconnecting is admitted at a "
-        "steady rate (default 64)",
+        help="agent connections in their handshake at once; no more is accepted meanwhile (the "
+        "next wait in the kernel's queue, past it their agents retry after a jittered backoff), "
+        "so a whole fleet reconnecting is admitted at a steady rate (default 64)",
     )
     setting(
         "--agents-pending-max",

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from easytask.headroom import Headroom, Limits, busy_reason
 from easytask.store.audit import AuditNote
-from easytask.store.models import AgentState
+from easytask.store.models import AgentState, utcnow
 from easytask.transport.agentlink import AgentLink
 
 
@@ -75,3 +76,32 @@ def busy_note(name: str, addr: str, busy: str, was: str) -> AuditNote:
     action = "agent.busy" if busy else "agent.ready"
     detail = {"agent": name, "reason": busy} if busy else {"agent": name, "was": was}
     return AuditNote(name, action, f"agent {addr}", detail)
+
+
+def going_online(
+    link: AgentLink, server_id: str, fields: dict[str, Any], info: AgentInfo | None
+) -> tuple[dict[str, Any], list[AuditNote], str]:
+    """What an agent's record becomes as it comes online on this server (`fields`: from its
+    hello; `info`: as known before, None for one just enrolled), its audit events, and whether
+    it is busy: judged by what it says in its hello, before it can be given work."""
+    assert link.name is not None
+    name = link.name
+    facts = json.loads(fields["facts"])
+    state = info.state if info is not None else AgentState.ACCEPTED
+    said = AgentInfo(name, link.fingerprint, state, fields["slots"], facts=facts)
+    if info is not None:
+        said.running, said.limits = info.running, info.limits
+    facts["busy"] = busy = said.judge()
+    was = info.busy if info is not None else ""
+    detail = {"agent": name, "server": server_id}
+    notes = [AuditNote(name, "agent.online", f"agent {link.addr}", detail)]
+    if bool(busy) != bool(was):
+        notes.append(busy_note(name, link.addr, busy, was))
+    online = {
+        **fields,
+        "facts": json.dumps(facts),
+        "connected": True,
+        "server": server_id,
+        "last_seen": utcnow(),
+    }
+    return online, notes, busy

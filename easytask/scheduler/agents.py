@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import deque
@@ -13,12 +12,13 @@ from typing import Any
 from easytask.errors import Conflict
 from easytask.names import BadName, check_name
 from easytask.scheduler import events
-from easytask.scheduler.agentinfo import AgentInfo, busy_note
+from easytask.scheduler.agentinfo import AgentInfo, going_online
 from easytask.scheduler.heartbeats import Heartbeats
 from easytask.scheduler.hello import BadHello, check_hello, stored_facts
 from easytask.scheduler.hub import LiveHub
 from easytask.store.audit import AuditNote
 from easytask.store.db import Store
+from easytask.store.identities import InvalidToken
 from easytask.store.models import Agent, AgentState, utcnow
 from easytask.transport.agentlink import AgentLink, Verdict
 
@@ -135,7 +135,11 @@ class AgentRegistry(Heartbeats):
         )
 
     async def admit(self, link: AgentLink, hello: dict[str, Any], trusted: bool) -> bool:
-        """Admit a trusted agent, enrol one with a valid token, else record it as pending."""
+        """Admit a trusted agent, enrol one with a valid token, else record it as pending.
+
+        One transaction per admission: a trusted agent's record goes online with its
+        agent.online event (and agent.busy if its hello says so); an agent enrolled by a token
+        has the token's use, its record, agent.enroll and agent.online in one."""
         assert link.name is not None
         name = link.name
         deletes = self._deletes.get(name, 0)
@@ -163,44 +167,31 @@ class AgentRegistry(Heartbeats):
             return False
         if not trusted:
             enrolled = await self._enrol(link, hello, fields, deleted)
-            if not enrolled:
+            if enrolled is None:
                 return False
+            return await self._came_online(link, *enrolled)
         info = self.agents.get(name)
         if info is None or deleted():
             self._refuse_deleted(link)
             return False
         if info.link is not None and info.link is not link:
             info.link.close()  # the newest link of an agent wins
-        # busy or not by what it says in its hello: judged before it can be given work
-        facts = json.loads(fields["facts"])
-        said = AgentInfo(name, link.fingerprint, info.state, fields["slots"], facts=facts)
-        said.running, said.limits = info.running, info.limits
-        facts["busy"] = busy = said.judge()
-        fields["facts"] = json.dumps(facts)
-        changed = bool(busy) != bool(info.busy)
-        note = busy_note(name, link.addr, busy, info.busy) if changed else None
+        online, notes, busy = going_online(link, self.server_id, fields, info)
         # an update, never an insert: a record deleted meanwhile stays deleted
         updated: Agent | None = await self.store.call(
-            self.store.update_agent,
-            name,
-            [
-                AuditNote(
-                    name,
-                    "agent.online",
-                    f"agent {link.addr}",
-                    {"agent": name, "server": self.server_id},
-                ),
-                *([note] if note else []),
-            ],
-            connected=True,
-            server=self.server_id,
-            last_seen=utcnow(),
-            **fields,
+            self.store.update_agent, name, notes, **online
         )
         if updated is None or deleted():
             self._refuse_deleted(link)
             return False
-        fresh = self._info(updated)
+        return await self._came_online(link, updated, busy)
+
+    async def _came_online(self, link: AgentLink, row: Agent, busy: str) -> bool:
+        """The agent's record is online (`row`, as stored): it takes work from now on."""
+        assert link.name is not None
+        name = link.name
+        info = self.agents.setdefault(name, self._info(row))
+        fresh = self._info(row)
         info.slots, info.groups, info.facts = fresh.slots, fresh.groups, fresh.facts
         info.approved, info.busy = fresh.approved, busy
         info.link = link
@@ -242,23 +233,26 @@ class AgentRegistry(Heartbeats):
         hello: dict[str, Any],
         fields: dict[str, Any],
         deleted: Callable[[], bool],
-    ) -> bool:
+    ) -> tuple[Agent, str] | None:
         """An untrusted link's hello: a name with no record is enrolled by a valid token, else
         pending; a pending name waits for an admin's accept; a revoked name takes a new key only
         with a valid token, and then waits for an admin too (pending). Another key on a pending
         or accepted name, or a revoked key, is refused (and audited). Only a name with no
         record when the hello was read creates one; a record deleted since (`deleted`, or gone
-        from the store) is not recreated: the link is refused."""
+        from the store) is not recreated: the link is refused.
+
+        An agent enrolled by its token goes online in the same transaction: returns its
+        record and whether it is busy (None: not admitted)."""
         name = link.name
         assert name is not None
         existing = self.agents.get(name)
         if existing is not None and existing.fingerprint != link.fingerprint:
             if existing.state != AgentState.REVOKED:
                 self.refuse(name, link.fingerprint, link.addr, self._held(name, existing))
-                return False
+                return None
         elif existing is not None and existing.state == AgentState.REVOKED:
             self.refuse(name, link.fingerprint, link.addr, "agent is revoked")
-            return False
+            return None
         reenrol = existing is not None and existing.state == AgentState.REVOKED
         token = hello.get("enroll")
         if existing is None and not token and not await self._pending_allowed(link.addr):
@@ -269,7 +263,7 @@ class AgentRegistry(Heartbeats):
                 f"too many pending requests from {link.addr} (at most {self.pending_max}, "
                 f"and {self.pending_max} new ones per {PENDING_WINDOW // 60} minutes)",
             )
-            return False
+            return None
         if reenrol and not token:
             self.refuse(
                 name,
@@ -277,55 +271,62 @@ class AgentRegistry(Heartbeats):
                 link.addr,
                 "agent is revoked: a new key needs an enrolment token and an admin's accept",
             )
-            return False
+            return None
         # a token enrols a name with no record; a pending name waits for an admin, token or not
-        valid = (existing is None or reenrol) and bool(token)
-        valid = valid and await self.store.call(self.store.consume_enroll_token, token)
-        if reenrol and not valid:
-            self.refuse(name, link.fingerprint, link.addr, "agent is revoked: invalid token")
-            return False
-        if existing is None and token and not valid:
-            self.refuse(
+        spend = (existing is None or reenrol) and bool(token)
+        enrolled = spend and existing is None
+        state = AgentState.ACCEPTED if enrolled else AgentState.PENDING
+        action = "agent.enroll" if enrolled else "agent.reenroll" if reenrol else "agent.pending"
+        notes = []
+        if existing is None or reenrol:  # a pending agent's reconnects are not new requests
+            notes.append(
+                AuditNote(
+                    name,
+                    action,
+                    f"agent {link.addr}",
+                    {"agent": name, "fingerprint": link.fingerprint},
+                )
+            )
+        written, busy = fields, ""
+        if enrolled:
+            written, online_notes, busy = going_online(link, self.server_id, fields, None)
+            notes += online_notes
+        try:
+            row = await self.store.call(
+                self.store.register_agent,
                 name,
                 link.fingerprint,
-                link.addr,
-                "the enrolment token is unknown, spent or expired",
+                link.public_key,
+                state,
+                replace_revoked=reenrol,
+                create=existing is None,
+                token=token if spend else None,
+                audit=notes,
+                **written,
             )
-            return False
-        enrolled = valid and existing is None
-        state = AgentState.ACCEPTED if enrolled else AgentState.PENDING
-        row = await self.store.call(
-            self.store.register_agent,
-            name,
-            link.fingerprint,
-            link.public_key,
-            state,
-            replace_revoked=reenrol,
-            create=existing is None,
-            **fields,
-        )
+        except InvalidToken:
+            reason = (
+                "agent is revoked: invalid token"
+                if reenrol
+                else "the enrolment token is unknown, spent or expired"
+            )
+            self.refuse(name, link.fingerprint, link.addr, reason)
+            return None
         if row is not None and deleted():  # deleted after this write: the delete stands
             self._refuse_deleted(link)
-            return False
+            if enrolled:  # its record says online: it is not
+                await self._mark_lost(name, link.addr, "refused: its record was deleted")
+            return None
         if row is None:  # deleted, or another server bound the name to another key meanwhile
             await self.reload(name)
             held = self.agents.get(name)
             if held is None and existing is not None:
                 self._refuse_deleted(link)
-                return False
+                return None
             reason = self._held(name, held) if held else f"name {name!r} is held by another key"
             self.refuse(name, link.fingerprint, link.addr, reason)
-            return False
+            return None
         self.agents[name] = self._info(row)
-        action = "agent.enroll" if enrolled else "agent.reenroll" if reenrol else "agent.pending"
-        if existing is None or reenrol:  # a pending agent's reconnects are not new requests
-            await self.store.call(
-                self.store.audit,
-                name,
-                action,
-                f"agent {link.addr}",
-                {"agent": name, "fingerprint": link.fingerprint},
-            )
         if not enrolled:
             log.info(
                 "agent %s (key %s) is pending: accept it with "
@@ -338,10 +339,10 @@ class AgentRegistry(Heartbeats):
             self._publish(name)
             if reenrol:
                 self._changed_here(name)
-            return False
+            return None
         log.info("agent %s enrolled by token (key %s)", name, link.fingerprint)
         self._changed_here(name)
-        return True
+        return row, busy
 
     async def _pending_allowed(self, addr: str) -> bool:
         """Whether `addr` may open one more pending request now (and count it if so)."""

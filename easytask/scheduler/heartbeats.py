@@ -58,12 +58,10 @@ class Heartbeats:
         """Ask the agent for heartbeats on its control session; each one is judged."""
         link.control.on_push = lambda message: self._beat(link, message)
         pace = beat_pace(len(self.agents))
-        self._spawn(self._subscribe(link, pace))
         if pace >= 2 * self._paced:  # the fleet doubled: the links up already are asked again
-            self._paced = pace
-            for info in list(self.agents.values()):
-                if info.link is not None and info.link is not link:
-                    self._spawn(self._subscribe(info.link, pace))
+            self._paced = pace  # each at its next heartbeat (spread as they come, not at once)
+        link.beats_every = pace
+        self._spawn(self._subscribe(link, pace))
 
     async def _subscribe(self, link: AgentLink, pace: float) -> None:
         try:
@@ -88,10 +86,18 @@ class Heartbeats:
         info.facts.update(fields)
         info.last_seen = time.monotonic()
         self._rejudge(info)
+        if self._paced > REPACE_FROM and link.beats_every < self._paced:
+            # asked before the fleet doubled: slower now
+            link.beats_every = self._paced
+            self._spawn(self._subscribe(link, self._paced))
 
-    def set_limits(self, limits: dict[str, Limits]) -> None:
-        """The server's limits per agent (from the inventory); an agent not named has none."""
-        for name, info in self.agents.items():
+    def set_limits(self, limits: dict[str, Limits], only: Sequence[str] | None = None) -> None:
+        """The server's limits per agent (from the inventory); an agent not named has none
+        (`only`: these agents' limits, the others' stay)."""
+        for name in list(self.agents) if only is None else only:
+            info = self.agents.get(name)
+            if info is None:
+                continue
             new = limits.get(name, Limits())
             if new != info.limits:
                 info.limits = new

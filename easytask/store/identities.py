@@ -33,6 +33,10 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+class InvalidToken(ValueError):
+    """An enrolment token that is unknown, spent or expired (nothing was changed)."""
+
+
 class IdentityQueries(Queries):
     """The Store's queries on who may connect and act (mixed into `Store`; database thread)."""
 
@@ -63,14 +67,22 @@ class IdentityQueries(Queries):
         *,
         replace_revoked: bool = False,
         create: bool = True,
+        token: str | None = None,
+        audit: Sequence[AuditNote] = (),
         **fields: Any,
     ) -> Agent | None:
         """Create an agent's identity, or update the one its key already holds. A name stays
         bound to the key that first claimed it: another key gets None (refused), except on a
         revoked name with `replace_revoked` (a re-enrolment, checked here in one transaction).
         Without `create`, only an existing record is updated: None when there is none (it was
-        deleted since the caller read it, and a delete wins over a hello in progress)."""
+        deleted since the caller read it, and a delete wins over a hello in progress).
+
+        With `token`, one use of that enrolment token is spent in the same transaction
+        (`InvalidToken` if it is unknown, spent or expired: nothing changes); `audit`: the
+        events of the change, in order, also in it (the agent's fingerprint added to each)."""
         with self.session() as s:
+            if token is not None and not self._spend_token(s, token):
+                raise InvalidToken("the enrolment token is unknown, spent or expired")
             agent = s.exec(select(Agent).where(Agent.name == name)).first()
             if agent is None and not create:
                 return None
@@ -88,6 +100,8 @@ class IdentityQueries(Queries):
             for key, value in fields.items():
                 setattr(agent, key, value)
             s.add(agent)
+            for note in audit:
+                audit_chain.append_note(s.connection(), note, fingerprint=agent.fingerprint)
             s.commit()
             s.refresh(agent)
             return agent
@@ -231,18 +245,25 @@ class IdentityQueries(Queries):
     def consume_enroll_token(self, token: str) -> bool:
         """Use up one use of an enrolment token; False if unknown, spent or expired."""
         with self.session() as s:
-            row = s.exec(
-                select(EnrollToken).where(EnrollToken.token_hash == hash_secret(token))
-            ).first()
-            if row is None or row.uses_left <= 0:
+            if not self._spend_token(s, token):
                 return False
-            expires = as_utc(row.expires_at)
-            if expires is not None and expires < utcnow():
-                return False
-            row.uses_left -= 1
-            s.add(row)
             s.commit()
             return True
+
+    @staticmethod
+    def _spend_token(s: Any, token: str) -> bool:
+        """Take one use of an enrolment token in the session's transaction (not committed)."""
+        row = s.exec(
+            select(EnrollToken).where(EnrollToken.token_hash == hash_secret(token))
+        ).first()
+        if row is None or row.uses_left <= 0:
+            return False
+        expires = as_utc(row.expires_at)
+        if expires is not None and expires < utcnow():
+            return False
+        row.uses_left -= 1
+        s.add(row)
+        return True
 
     def ensure_user(self, name: str, role: str) -> User:
         """Return the user, creating it if needed."""

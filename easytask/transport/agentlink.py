@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import resource
+import socket
 from typing import Any, Literal, Protocol
 
 import asyncssh
@@ -15,6 +18,25 @@ log = logging.getLogger("easytask.server")
 Verdict = Literal["trusted", "probe", "refuse"]
 AGENT_VERSION_PREFIX = "EasyTaskAgent_"
 ACK_DELAY = 5.0  # seconds: acknowledgements no command carried go out in one request after this
+# descriptors kept for everything but agent links: the database, the web server and its clients,
+# agentless SSH, scripts, log and state files
+SPARE_FILES = 256
+
+
+def raise_open_files() -> tuple[int, int]:
+    """Raise this process's open-file limit to its hard limit (each agent link holds one
+    descriptor); returns (the limit now, the agent links it leaves room for)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft == resource.RLIM_INFINITY:
+        wanted = soft
+    if soft != wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, wanted, exc)
+    return soft, max(soft - SPARE_FILES, soft // 2)
 
 
 def claimed_name(server_version: str | None) -> str | None:
@@ -66,6 +88,7 @@ class AgentLink:
         self.admitted = False
         self.control = control.ControlChannel(conn)
         self.keepalive = (0.0, 0)  # the listener's interval and count (set when it accepts)
+        self.beats_every = 0.0  # the heartbeat pace its agent was last asked for (s)
         self._acks: list[str] = []
         self._ack_timer: asyncio.TimerHandle | None = None
         self._sending: set[asyncio.Task[None]] = set()
@@ -137,30 +160,24 @@ class _AgentClient(asyncssh.SSHClient):
         self.verdict: Verdict = "refuse"
         self.link: AgentLink | None = None
         self.counted = False  # holds one of the listener's handshake places
+        self.open = False  # counted among the listener's links
 
     def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
         self._conn = conn
-        listener = self._listener
-        if listener.max_handshakes > 0 and listener.handshaking >= listener.max_handshakes:
-            # cheaper than a key exchange: the agent backs off (with jitter) and comes again
-            listener.shed += 1
-            if listener.shed == 1 or listener.shed % 1000 == 0:
-                log.warning(
-                    "%d agent handshakes in progress: closing new agent connections until "
-                    "they end (%d closed so far; their agents retry)",
-                    listener.handshaking,
-                    listener.shed,
-                )
-            conn.abort()
-            return
-        listener.handshaking += 1
-        self.counted = True
 
     def handshake_done(self) -> None:
         """The connection no longer holds a handshake place (admitted, refused or gone)."""
         if self.counted:
             self.counted = False
             self._listener.handshaking -= 1
+            self._listener.room.set()
+
+    def gone(self) -> None:
+        """The connection is closed: its descriptor is free."""
+        self.handshake_done()
+        if self.open:
+            self.open = False
+            self._listener.links -= 1
 
     def validate_host_public_key(
         self, host: str, addr: str, port: int, key: asyncssh.SSHKey
@@ -176,7 +193,7 @@ class _AgentClient(asyncssh.SSHClient):
         return self.verdict != "refuse"
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.handshake_done()
+        self.gone()
         if self.link is not None and self.link.admitted:
             self._listener.gate.lost(self.link, exc)
 
@@ -191,54 +208,133 @@ class AgentListener:
         keepalive_interval: float = 10.0,
         keepalive_count: int = 3,
         handshakes: int = 64,
+        max_links: int = 0,
+        open_files: int = 0,
     ) -> None:
         self.gate = gate
+        # agent connections open at once, at most `max_links` (what the open-file limit,
+        # `open_files`, leaves room for; 0: no bound): one more is closed at once
+        self.max_links = max_links
+        self.open_files = open_files
+        self.links = 0
+        self.over_limit = 0  # connections closed so, since the start
         # connections between their TCP accept and the end of their admission, at most
-        # `max_handshakes`: one more is closed before the key exchange (its agent retries later)
+        # `max_handshakes`: no more is accepted meanwhile; the next wait in the kernel's queue
+        # (`backlog`), costing the server nothing, and past it their agents retry later
         self.max_handshakes = handshakes
         self.handshaking = 0
-        self.shed = 0  # connections closed so, since the start
+        self.room = asyncio.Event()  # set when a handshake place frees
+        self.waits = 0  # times the listener waited for a place, since the start
+        self.backlog = max(128, 4 * handshakes) if handshakes > 0 else 1024
         self.client_key = client_key
         self.keepalive_interval = keepalive_interval
         self.keepalive_count = keepalive_count
-        self._acceptor: asyncssh.SSHAcceptor | None = None
+        self._options: asyncssh.SSHClientConnectionOptions | None = None
+        self._sock: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.port = 0
 
     async def start(self, host: str, port: int) -> int:
         """Listen for agents; returns the bound port."""
-        self._acceptor = await asyncssh.listen_reverse(
-            host,
-            port,
-            client_factory=lambda: _AgentClient(self),
-            acceptor=self._accept,
+        self._options = asyncssh.SSHClientConnectionOptions(
+            config=None,  # nothing from the machine's ~/.ssh/config
             known_hosts=([], [], []),  # never None: every key goes through the gate
             client_keys=[self.client_key],
             agent_path=None,
-            config=None,
             username="easytask",
             keepalive_interval=self.keepalive_interval,
             keepalive_count_max=self.keepalive_count,
             encryption_algs=control.LINK_CIPHERS,
             login_timeout=30,
-            backlog=1024,
+            connect_timeout=30,
         )
-        self.port = self._acceptor.get_port()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.create_server((host, port), family=family, backlog=self.backlog)
+        sock.setblocking(False)
+        self._sock = sock
+        self.port = sock.getsockname()[1]
+        self._accepting = asyncio.create_task(self._accept_loop(sock), name="agent-accept")
         return self.port
 
     @property
     def listening(self) -> bool:
         """Whether agents can connect now."""
-        return self._acceptor is not None and bool(self._acceptor.is_serving())
+        return self._accepting is not None and not self._accepting.done()
 
-    def _accept(self, conn: asyncssh.SSHClientConnection) -> None:
-        task = asyncio.create_task(self._admit(conn), name="agent-admit")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    async def _accept_loop(self, sock: socket.socket) -> None:
+        """Accept agents' connections while a handshake place is free (a whole fleet
+        reconnecting at once is admitted at a steady rate: the rest wait in the kernel's queue,
+        not in retries the server would have to close)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if self.max_handshakes > 0 and self.handshaking >= self.max_handshakes:
+                self.waits += 1
+                if self.waits == 1 or self.waits % 1000 == 0:
+                    log.info(
+                        "%d agent handshakes in progress: new agent connections wait in the "
+                        "queue until one ends (%d times so far)",
+                        self.handshaking,
+                        self.waits,
+                    )
+                while self.handshaking >= self.max_handshakes:
+                    self.room.clear()
+                    await self.room.wait()
+            try:
+                conn_sock, addr = await loop.sock_accept(sock)
+            except OSError as exc:  # out of descriptors, or the like: tried again shortly
+                log.warning("cannot accept agent connections: %s", exc)
+                await asyncio.sleep(1.0)
+                continue
+            if self.max_links > 0 and self.links >= self.max_links:
+                # past the open-file limit the database and the web server would fail to open
+                # files: closed at once, its agent retries after its backoff
+                conn_sock.close()
+                self.over_limit += 1
+                if self.over_limit == 1 or self.over_limit % 1000 == 0:
+                    log.warning(
+                        "the open-file limit (%d) bounds the fleet: %d agent links are open, "
+                        "the most it leaves room for; closing new agent connections (%d so "
+                        "far). Raise the limit (ulimit -n, systemd LimitNOFILE=) to connect "
+                        "more agents",
+                        self.open_files,
+                        self.max_links,
+                        self.over_limit,
+                    )
+                continue
+            client = _AgentClient(self)
+            client.counted = client.open = True
+            self.handshaking += 1
+            self.links += 1
+            task = asyncio.create_task(self._connect(client, conn_sock, addr), name="agent-admit")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
-    async def _admit(self, conn: asyncssh.SSHClientConnection) -> None:
-        client = conn.get_owner()
-        assert isinstance(client, _AgentClient)
+    async def _connect(
+        self, client: _AgentClient, sock: socket.socket, addr: tuple[Any, ...]
+    ) -> None:
+        """The SSH client's side of one accepted connection (a reverse link), then its hello."""
+        try:
+            conn = await asyncssh.connect(
+                addr[0],
+                addr[1],
+                sock=sock,
+                config=None,
+                options=self._options,
+                client_factory=lambda: client,
+            )
+        except Exception as exc:  # a misbehaving peer must not hurt the listener
+            client.gone()
+            with contextlib.suppress(OSError):
+                sock.close()
+            log.debug("agent connection from %s failed: %s", addr[0], exc)
+            return
+        if conn.is_closed():  # its agent gave up meanwhile (it retries)
+            client.gone()
+            return
+        await self._admit(conn, client)
+
+    async def _admit(self, conn: asyncssh.SSHClientConnection, client: _AgentClient) -> None:
         link = AgentLink(
             conn,
             client.name,
@@ -251,7 +347,12 @@ class AgentListener:
         link.keepalive = (self.keepalive_interval, self.keepalive_count)
         problem = ""
         try:
-            hello: Any = await control.request(conn, "hello")
+            # on the link's control session, kept open for its heartbeats and later requests
+            # (a session less to open and close per admission)
+            try:
+                hello: Any = await link.request("hello")
+            except ConnectionError:  # an agent without control sessions: a session of its own
+                hello = await control.request(conn, "hello")
         except Exception as exc:  # a misbehaving peer must not hurt the listener
             problem = f"no valid hello: {exc or type(exc).__name__}"
         else:
@@ -283,8 +384,10 @@ class AgentListener:
 
     async def close(self) -> None:
         """Stop listening."""
-        if self._acceptor is not None:
-            self._acceptor.close()
-            await self._acceptor.wait_closed()
+        if self._accepting is not None:
+            self._accepting.cancel()
+            await asyncio.gather(self._accepting, return_exceptions=True)
+        if self._sock is not None:
+            self._sock.close()
         for task in list(self._tasks):
             task.cancel()
