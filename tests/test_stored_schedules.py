@@ -237,7 +237,7 @@ def test_stored_schedules_crud_validation_pause_and_run_now(
 def test_a_stored_schedule_fires_through_the_launch_path(sched_server: ServerHandle) -> None:
     """When its time comes, a stored ad hoc schedule runs as the schedule's job (source
     `schedule NAME`); a template with `approval: required` fired by a schedule waits for
-    approval."""
+    approval, which the schedule's creator may not give (another admin does)."""
     server = sched_server
     adhoc = {
         "name": "tick",
@@ -257,7 +257,17 @@ def test_a_stored_schedule_fires_through_the_launch_path(sched_server: ServerHan
     job = server.get(f"/api/jobs/{waiting}")
     assert job["job"]["state"] == "awaiting approval" and job["runs"] == []
     assert server.get(f"/api/jobs/{waiting}/approval")["requested_by"] == "schedule"
-    approved = server.http.post(f"/api/jobs/{waiting}/approve", json={"comment": "go"})
+    mine = server.http.post(f"/api/jobs/{waiting}/approve", json={"comment": "mine"})
+    assert mine.status_code == 403, mine.text  # the schedule's creator stands for its requester
+    assert "a schedule's creator may not approve" in mine.json()["error"]
+    server.post(
+        "/api/users", {"name": "carol", "role": "admin", "password": "long-enough-1", "scope": ""}
+    )
+    token = server.post("/api/tokens", {"name": "t", "user": "carol"})["token"]
+    with httpx.Client(
+        base_url=server.url, headers={"authorization": f"Bearer {token}"}, timeout=30
+    ) as carol:
+        approved = carol.post(f"/api/jobs/{waiting}/approve", json={"comment": "go"})
     assert approved.status_code == 200, approved.text  # starts as the schedule
     ran = server.wait_job(approved.json()["launched_job"])
     assert ran["job"]["state"] == "success" and ran["job"]["submitted_by"] == "schedule"

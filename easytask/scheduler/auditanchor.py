@@ -173,6 +173,7 @@ class AuditAnchor:
         self._point: ChainPoint | None = None
         self._at = ""
         self._whole_at = ""
+        self._breaks = 0  # breaks found by the audit page's checks of what is new
         self._good: list[Checkpoint] = []
         self._problems: list[str] = []
         self._offset = 0
@@ -208,11 +209,16 @@ class AuditAnchor:
         finds is kept for `status`."""
         async with self._whole_lock:
             started = _now()
+            breaks = self._breaks
             good, problems, offset, line = await asyncio.to_thread(
                 self.checkpoints.read_from, 0, 0, partial=True
             )
             result = await self._walk(good, problems, None)
             async with self._verify_lock:
+                if result["ok"] and self._breaks != breaks and self._result is not None:
+                    # a page found a break while this walk read rows it had passed already:
+                    # the break stands until a walk begun after it finds the chain intact
+                    return _public(self._result)
                 self._whole_at = started
                 self._keep(result, good, problems, offset, line)
             return _public(result)
@@ -259,6 +265,8 @@ class AuditAnchor:
                     )
                     good, problems = self._good + more, self._problems + new
                 result = await self._walk(good, problems, self._point)
+                if not result["ok"]:
+                    self._breaks += 1
                 self._keep(result, good, problems, offset, line)
             return {
                 **_public(self._result),

@@ -232,6 +232,8 @@ async def _check_approver(
     reason = ""
     if user.name == approval.requested_by:
         reason = "the requester may not approve or reject their own launch"
+    elif user.name and user.name == await _schedule_creator(services, approval):
+        reason = "a schedule's creator may not approve or reject its fires"
     elif held_by_rule(approval) and (user.scope or user.role != "admin"):
         reason = (
             f"{user.name} may not decide: only an admin decides a submission an approval rule holds"
@@ -246,6 +248,20 @@ async def _check_approver(
         await services.audit(user.name, f"{action}.refused", source, what)
         raise APIError(f"refused: {reason}", status=403)
     return definition
+
+
+async def _schedule_creator(services: Services, approval: JobApproval) -> str:
+    """Who made the stored schedule whose fire this is ("" for anything else): they stand in
+    for the requester, so the two-person rule holds for what a schedule starts."""
+    if approval.requested_by != SCHEDULE_USER.name:
+        return ""
+    store = services.store
+    job = await store.call(store.get_job, approval.job_id)
+    if job is None or not held_by_schedule(job.submitted_by, job.source):
+        return ""
+    name = job.source.removeprefix("schedule ")
+    rows = await store.call(store.list_schedules)
+    return next((row.created_by for row in rows if row.name == name), "")
 
 
 def _comment(comment: Any, required: bool) -> str:
@@ -371,7 +387,9 @@ async def _approve_held(
         await hook("approval.approved", job, decided)
     try:
         launched = await start_held(services, requester, f"approval of job {job_id}", request)
-    except EasyTaskError as exc:
+    except (EasyTaskError, KeyError, TypeError, ValueError) as exc:
+        # a request that cannot be started (one edited in the database included) fails the
+        # approved job with its reason instead of leaving it approved with nothing started
         what = {"job": job_id, "kind": request.get("kind"), "error": str(exc)}
         note = AuditNote(user.name, "approval.launch_failed", source, what)
         await store.call(store.approved_launch_failed, job_id, note)

@@ -76,6 +76,8 @@
         });
         const entry = cell && cell.querySelector("a.entry");
         if (!entry || rows.has(id)) return;
+        // two retries fetched at once may come back out of order: a later attempt keeps its cell
+        if (Number(entry.dataset.run) > Number(id)) return;
         const old = rows.get(String(entry.dataset.run));
         if (old) old.els = old.els.filter(function (el) { return el !== entry; });
         entry.dataset.run = id;
