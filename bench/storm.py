@@ -578,7 +578,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(report(rec).replace("**", ""))
     save(args, rec, ("storm", "Reconnect storm", INTRO), report(rec), say)
-    return 0 if all(met(r) for r in result.values()) else 1
+    # the time target is reported; what must hold whatever the load: every run and line once
+    return 0 if all(r["counts"]["ok"] for r in result.values()) else 1
 
 
 if __name__ == "__main__":
