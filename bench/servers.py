@@ -251,6 +251,13 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             db.close()
         procs.stop_all()
         pg.stop()
+        if args.logs:  # the servers' and simulators' logs, kept past the work dir
+            out = Path(args.logs)
+            for log in root.glob("**/*.log"):
+                if log.parent == root or log.name == "server.log":
+                    dest = out / log.relative_to(root)
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(log, dest)
     return rec
 
 
@@ -334,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settle", type=float, default=10.0, help="seconds after all online")
     parser.add_argument("--quick", action="store_true", help="30 agents, short")
     parser.add_argument("--workdir", help="where the servers and agents keep their state (emptied)")
+    parser.add_argument("--logs", help="copy the servers' and simulators' logs here at the end")
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     parser.add_argument("--json", help="save the figures here")
     args = parser.parse_args(argv)

@@ -370,6 +370,7 @@ def single(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         if db is not None:
             db.close()
         procs.stop_all()
+        keep_logs(args, root)
 
 
 def handoff(args: argparse.Namespace, root: Path) -> dict[str, Any]:
@@ -454,6 +455,18 @@ def handoff(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             db.close()
         procs.stop_all()
         pg.stop()
+        keep_logs(args, root)
+
+
+def keep_logs(args: argparse.Namespace, root: Path) -> None:
+    """Copy the servers' and simulators' logs to --logs (the work dir is removed)."""
+    if not args.logs:
+        return
+    for log in root.glob("**/*.log"):
+        if log.parent == root or log.name.startswith("server"):
+            dest = Path(args.logs) / root.name / log.relative_to(root)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(log, dest)
 
 
 def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
@@ -577,6 +590,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-handoff", dest="handoff", action="store_false")
     parser.add_argument("--quick", action="store_true", help="30 agents, short runs")
     parser.add_argument("--workdir", help="where the servers and agents keep their state (emptied)")
+    parser.add_argument("--logs", help="copy the servers' and simulators' logs here at the end")
     parser.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     parser.add_argument("--json", help="save the figures here")
     args = parser.parse_args(argv)

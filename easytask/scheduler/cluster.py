@@ -311,7 +311,10 @@ class Cluster:
         while True:
             await asyncio.sleep(self.beat)
             try:
-                ok = await self.store.call(rows.heartbeat, self.store, self.node)
+                # its own thread, not the database thread's queue: a fan-out queueing seconds of
+                # work there must not make this server look dead to the others (who would take
+                # its work over and stop it)
+                ok = await asyncio.to_thread(rows.heartbeat, self.store, self.node)
             except Exception as exc:
                 log.warning("heartbeat not recorded: %s", exc)
                 missed = True
@@ -335,7 +338,8 @@ class Cluster:
             if quiet_until and time.monotonic() < quiet_until:
                 continue
             try:
-                taken = await self.store.call(
+                # its own thread too (its own transaction): the next heartbeat waits for it
+                taken = await asyncio.to_thread(
                     rows.take_over, self.store, self.node, self.dead_after
                 )
             except Exception as exc:
