@@ -316,11 +316,18 @@ def single(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     inventory = root / "inventory.ini"
     inventory.write_text("")
     state = root / "single"
-    agents_addr = f"127.0.0.1:{free_port()}"
     n = args.agents
     db: Database | None = None
     try:
-        server = start_server(state, inventory, procs, "--agents", agents_addr)
+        for attempt in range(5):  # a free port may be taken before the server binds it
+            agents_addr = f"127.0.0.1:{free_port()}"
+            try:
+                server = start_server(state, inventory, procs, "--agents", agents_addr)
+                break
+            except AssertionError:
+                if attempt == 4:
+                    raise
+                procs.stop_all()
         sid = server_id(server)
         db = Database(server.db_url)
         sims = start_sims(args, procs, server, root, "st")
