@@ -527,8 +527,8 @@ def rows(label: str, r: dict[str, Any]) -> list[str]:
         )
     else:
         out.append(
-            f"| {label}: A holds B's job (`--server-timeout {r['server_timeout']}`) | "
-            f"{r['job_taken_s']:.1f} s after the kill | |"
+            f"| {label}: A holds B's job (`--server-timeout {r['server_timeout']}`; looked at "
+            f"once every agent was back) | by {r['job_taken_s']:.1f} s after the kill | |"
         )
     out += [
         f"| {label}: server CPU until all online | {r['server_cpu_to_online_s']:.1f} s "
