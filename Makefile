@@ -72,9 +72,13 @@ bench-pgout: $(STAMP)
 bench-faults: $(STAMP)
 	$(PY) -m bench.dbfaults --agents 100 --pause 60
 
-# 10,000 simulated agents on one server: online, fan-out to all, idle CPU, RSS (not in `make test`)
+# 10,000 simulated agents on one server: online, fan-out to all, idle CPU, RSS (not in `make test`);
+# a reconnect storm of 5,000 after kill -9 (one server, then the hand-off between two); three
+# servers on one PostgreSQL with 3,000 agents. One big run at a time on a shared machine.
 bench-scale: $(STAMP)
 	$(PY) -m bench.scale --write
+	$(PY) -m bench.storm --agents 5000 --write
+	$(PY) -m bench.servers --agents 3000 --write
 
 clean:
 	rm -rf $(VENV) .easytask build dist

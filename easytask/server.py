@@ -325,6 +325,7 @@ class Server:
         self.registry.on_online.append(lambda _name: cluster.agent_online())
         self.registry.on_changed.append(lambda name: cluster.notify("agent", name=name))
         self.writer.on_written.append(cluster.lines_written)
+        cluster.writer = self.writer
         cluster.on_fenced.append(self._fenced)
 
         async def take_over(server: str, jobs: list[int]) -> None:

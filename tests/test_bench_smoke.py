@@ -278,3 +278,59 @@ def test_scale_quick_puts_every_agent_online_and_stores_each_run_once(tmp_path: 
     assert fan["seconds"] > 0 and r["idle_cpu_s"] >= 0 and r["rss_mib"] > 0
     assert "easytask run all -a true" in stdout
     assert "-m bench.scale --write" in (REPO / "Makefile").read_text()  # `make bench-scale`
+
+
+@pytest.mark.slow
+def test_storm_quick_one_server_every_run_and_line_once_after_kill_9(tmp_path: Path) -> None:
+    """`storm.py --quick --no-handoff`: 20 agents with runs printing lines, the server killed
+    with kill -9 and started again: every agent back, one run per host, every run `success`,
+    executed once, each line stored once; nothing left running."""
+    stdout, rec = _run_quick("storm.py", tmp_path, "--no-handoff")
+    r = rec["result"]["single"]
+    c = r["counts"]
+    assert set(rec["result"]) == {"single"}
+    assert c["ok"] and c["runs"] == c["hosts"] == c["runs_every_line_once"] == 20
+    assert c["states"] == {"success": 20} and c["executed_twice"] == c["hosts_twice"] == 0
+    assert c["lines_stored"] == 20 * 6 and c["started_once"] == c["executed_once"] == 20
+    assert r["online_api"] == 20 and 0 < r["back_online_s"] < 60
+    assert "every agent online again after the kill" in stdout
+    assert "-m bench.storm" in (REPO / "Makefile").read_text()  # `make bench-scale`
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_storm_quick_handoff_every_run_and_line_once_on_the_other_server(tmp_path: Path) -> None:
+    """`storm.py --quick --no-single`: two servers on PostgreSQL, 20 agents on B with runs in
+    flight, B killed with kill -9: A holds every agent and finishes every run, each once, each
+    line stored once."""
+    stdout, rec = _run_quick("storm.py", tmp_path, "--no-single")
+    r = rec["result"]["handoff"]
+    c = r["counts"]
+    assert set(rec["result"]) == {"handoff"}
+    assert c["ok"] and c["runs"] == c["hosts"] == c["runs_every_line_once"] == 20
+    assert c["states"] == {"success": 20} and c["executed_twice"] == c["hosts_twice"] == 0
+    assert c["lines_stored"] == 20 * 6 and c["started_once"] == c["executed_once"] == 20
+    assert r["runs_on_a"] == 20 and r["b_rows_left"] == 0
+    assert "A holds B's job" in stdout
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_servers_quick_fan_out_from_each_server_and_live_lines_across(tmp_path: Path) -> None:
+    """`servers.py --quick`: three servers on one PostgreSQL, 30 agents spread over them: the
+    CLI's fan-out from each server stores one run per agent (two thirds run by the other
+    servers); a viewer on the next server gets every timed line of a run, each once."""
+    stdout, rec = _run_quick("servers.py", tmp_path)
+    r = rec["result"]
+    assert (r["agents"], r["servers"], r["shares"]) == (30, 3, [10, 10, 10])
+    assert [f["server"] for f in r["fanouts"]] == [0, 1, 2]
+    for f in r["fanouts"]:
+        assert f["runs"] == f["hosts"] == 30 and f["elsewhere"] == 20
+        assert f["summary"].startswith("30 success") and f["seconds"] > 0
+    assert [(v["from"], v["to"]) for v in r["views"]] == [(0, 1), (1, 2), (2, 0)]
+    for v in r["views"]:
+        assert v["state"] == "success" and v["ran_on_holder"]
+        assert v["seen"] == 30 and v["missed"] == [] and v["twice"] == 0
+    assert r["latency_ms"]["samples"] > 0 and r["latency_ms"]["p99"] >= r["latency_ms"]["p50"] > 0
+    assert "live output across servers" in stdout
+    assert "-m bench.servers" in (REPO / "Makefile").read_text()  # `make bench-scale`

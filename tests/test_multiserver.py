@@ -396,3 +396,27 @@ def test_servers_on_one_database_share_the_sign_in_limit(
     assert statuses.count(401) <= 5, statuses
     assert login(a, "auditor-pass-1") == 429
     assert login(b, "auditor-pass-1") == 429
+
+
+@pytest.mark.postgres
+def test_a_viewer_on_another_server_gets_every_line_before_the_job_ends(
+    postgres: PostgresCluster,
+    start_server: ServerFactory,
+    start_agent: AgentFactory,
+    tmp_path: Path,
+) -> None:
+    """A job on B, whose agent B holds, printing its lines just before it ends: a viewer of the
+    job on A gets every line, each once, before the job's final event (the end must not
+    overtake the last lines on their way from B to A)."""
+    url = postgres.new_database()
+    a = start_server(None, "--db", url, state_dir=tmp_path / "a")
+    b = _second_server(start_server, a, url, tmp_path / "b")
+    start_agent(b, "near1")
+    wait_until(lambda: a.agent_status("near1") == "online", timeout=30, what="seen from A")
+    for attempt in range(10):  # the race is lost now and then, not every time
+        job = b.submit("near1", f"sleep 1; seq 1 300; echo last-{attempt}")
+        job_id = job["job"]["id"]
+        events = _sse_events(a, f"/api/jobs/{job_id}/events")
+        lines = [e["text"] for e in events if e["t"] == "line"]
+        assert lines == [*map(str, range(1, 301)), f"last-{attempt}"], (attempt, lines[-3:])
+        assert events[-1] == {"t": "job", "job": job_id, "state": "success"}

@@ -20,12 +20,14 @@ import contextlib
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from easytask.scheduler import events
 from easytask.scheduler.agents import AgentRegistry
 from easytask.scheduler.hub import LiveHub
+from easytask.scheduler.logwriter import LogWriter
 from easytask.store import servers as rows
 from easytask.store.db import Store
 from easytask.store.lines import LogRow
@@ -93,6 +95,9 @@ class Cluster:
         self._holders_lock = asyncio.Lock()
         self._offer_queued = False
         self._listening = asyncio.Event()
+        # this server's log writer: state events wait for the lines stored before them
+        self.writer: LogWriter | None = None
+        self._deferred: deque[tuple[int, dict[str, Any], list[str]]] = deque()
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -161,7 +166,22 @@ class Cluster:
             self._wake(int(event["run"]))  # a run claimed here, followed here by its job
         if len(event.get("reason") or "") > 1000:
             event = {**event, "reason": event["reason"][:1000] + "…"}
+        writer = self.writer
+        if writer is not None:
+            mark = writer.total_written + writer.backlog
+            if self._deferred or mark > writer.total_written:
+                # sent after the notice of the lines stored before it (in order): a viewer on
+                # another server gets a run's last lines before its end
+                self._deferred.append((mark, event, list(topics)))
+                return
         self.notify("hub", e=event, t=list(topics))
+
+    def _release(self) -> None:
+        """Send the state events whose lines are now stored and announced."""
+        stored = self.writer.total_written if self.writer is not None else 0
+        while self._deferred and self._deferred[0][0] <= stored:
+            _, event, topics = self._deferred.popleft()
+            self.notify("hub", e=event, t=topics)
 
     def lines_written(self, batch: list[LogRow]) -> None:
         """After a batch of lines is stored: tell the others which line ranges they can read."""
@@ -186,6 +206,7 @@ class Cluster:
                 chunk, size = [], 0
         if chunk:
             self.notify("lines", r=chunk)
+        self._release()
 
     async def _send(self) -> None:
         import psycopg
@@ -290,7 +311,10 @@ class Cluster:
         while True:
             await asyncio.sleep(self.beat)
             try:
-                ok = await self.store.call(rows.heartbeat, self.store, self.node)
+                # its own thread, not the database thread's queue: a fan-out queueing seconds of
+                # work there must not make this server look dead to the others (who would take
+                # its work over and stop it)
+                ok = await asyncio.to_thread(rows.heartbeat, self.store, self.node)
             except Exception as exc:
                 log.warning("heartbeat not recorded: %s", exc)
                 missed = True
@@ -314,7 +338,8 @@ class Cluster:
             if quiet_until and time.monotonic() < quiet_until:
                 continue
             try:
-                taken = await self.store.call(
+                # its own thread too (its own transaction): the next heartbeat waits for it
+                taken = await asyncio.to_thread(
                     rows.take_over, self.store, self.node, self.dead_after
                 )
             except Exception as exc:

@@ -169,8 +169,11 @@ class Recorder:
                     truncated=True, dropped_lines=out.dropped_lines, dropped_bytes=out.dropped_bytes
                 )
         detail = state + (f": {reason}" if reason else "")
-        if run.id in self.inflight.claimed:
-            # the job's own server reads the output (results, counts) once it sees the end
+        if run.id in self.inflight.claimed or (
+            self.cluster is not None and out is not None and out.lines
+        ):
+            # the job's own server reads the output (results, counts) once it sees the end;
+            # the other servers' viewers get the notice of the last lines stored before it
             await self.writer.flush()
         open_runs = self.inflight.open_runs
         left = open_runs.get(run.job_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Collection
 
 from easytask.headroom import LIMIT_VARS, Limits, limits_from_vars
@@ -21,6 +22,9 @@ log = logging.getLogger("easytask.server")
 
 REFRESH_EVERY = 10.0  # seconds between readings of the inventory's limits
 MAX_PAUSE = 300.0  # seconds between readings while the inventory fails to load
+# A reading walks every agent: while a fleet comes online (a reconnect storm wakes it for each
+# agent), readings may take at most this share of the time; a small fleet's take milliseconds.
+WAKE_SHARE = 0.1
 
 
 class LimitsWatch:
@@ -59,6 +63,7 @@ class LimitsWatch:
         while True:
             self._wake.clear()
             woken, self._woken = self._woken, set()
+            started = time.monotonic()
             try:
                 await self.refresh(None if whole or "" in woken else woken)
                 pause = self.every
@@ -67,10 +72,18 @@ class LimitsWatch:
                 pause = min(pause * 2, MAX_PAUSE)
                 self._base = None  # everyone's again next time
             whole = True
+            rest = min(self.rest_after(time.monotonic() - started), pause)
+            await asyncio.sleep(rest)  # a wake meanwhile is kept for after
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(pause):
+                async with asyncio.timeout(pause - rest):
                     await self._wake.wait()
                     whole = False
+
+    @staticmethod
+    def rest_after(took: float) -> float:
+        """Seconds before the next reading after one that took `took` s: readings use at most
+        WAKE_SHARE of the time, however often agents come online."""
+        return took * (1 / WAKE_SHARE - 1)
 
     async def refresh(self, only: Collection[str] | None = None) -> dict[str, Limits]:
         """The limits the inventory sets now for each accepted agent (`only`: those of these
