@@ -9,8 +9,10 @@ import resource
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +193,55 @@ def git_revision() -> str:
     if not head:
         return "?"
     return f"{head} + uncommitted changes" if dirty else head
+
+
+def start_fleet(
+    procs: Procs,
+    server: ServerHandle,
+    agents: int,
+    processes: int,
+    prefix: str,
+    group: str,
+    state_dir: Path,
+    logs: Path,
+    *options: str,
+) -> list[Proc]:
+    """AGENTS simulated agents over PROCESSES simulator processes, enrolling with one token of
+    `server` (agents PREFIX0-0001...; process P logs to LOGS-P.log)."""
+    per = -(-agents // processes)
+    token = server.post("/api/agents/tokens", {"uses": agents, "ttl": "2h"})["token"]
+    sims, left = [], agents
+    for p in range(processes):
+        count = min(per, left)
+        left -= count
+        if count <= 0:
+            break
+        log = logs.with_name(f"{logs.name}-{p}.log")
+        sims.append(
+            start_agentsim(
+                procs, server, count, f"{prefix}{p}-", group, token, state_dir, log, *options
+            )  # fmt: skip
+        )
+    return sims
+
+
+def measured(
+    args: Any, module: str, argv: Sequence[str] | None, measure: Callable[[Any, Path], Any]
+) -> Record:
+    """Run `measure(args, a temporary directory)` (under --workdir when given) and wrap what it
+    found in a record: when, the command, the load average before and after."""
+    load_before = load_average()
+    if args.workdir:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"bench-{module}-", dir=args.workdir) as tmp:
+        result = measure(args, Path(tmp))
+    return {
+        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": ["-m", f"bench.{module}", *(argv if argv is not None else [])],
+        "load_before": load_before,
+        "load_after": load_average(),
+        "result": result,
+    }
 
 
 # -- shared by the roundtrip, ingest and footprint benchmarks --------------------------------------

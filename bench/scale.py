@@ -19,20 +19,18 @@ from __future__ import annotations
 import argparse
 import re
 import subprocess
-import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from bench.common import (
     conditions_lines,
-    load_average,
+    measured,
     proc_cpu_seconds,
     proc_rss_kib,
     raise_nofile,
     save,
-    start_agentsim,
+    start_fleet,
     start_server,
 )
 from tests.support import Procs, db_execute, easytask_cli, wait_until
@@ -88,39 +86,29 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     procs = Procs()
     inventory = root / "inventory.ini"
     inventory.write_text("")
-    n, per = args.agents, -(-args.agents // args.procs)
+    n = args.agents
     rec: dict[str, Any] = {"agents": n, "procs": args.procs}
     try:
         server = start_server(root / "server", inventory, procs)
         pid = server.proc.pid
-        token = server.post("/api/agents/tokens", {"uses": n, "ttl": "2h"})["token"]
-        sims = []
         t0 = time.perf_counter()
         cpu0 = proc_cpu_seconds(pid)
-        left = n
-        for p in range(args.procs):
-            count = min(per, left)
-            left -= count
-            if count <= 0:
-                break
-            sims.append(
-                start_agentsim(
-                    procs,
-                    server,
-                    count,
-                    f"sc{p}-",
-                    "scale",
-                    token,
-                    root / "sim",
-                    root / f"agentsim-{p}.log",
-                    "--metrics-interval",
-                    "0",
-                    "--keepalive",
-                    str(args.keepalive),
-                    "--backoff-max",
-                    "30",  # the agents' default: many reconnecting back off as they would
-                )
-            )
+        sims = start_fleet(
+            procs,
+            server,
+            n,
+            args.procs,
+            "sc",
+            "scale",
+            root / "sim",
+            root / "agentsim",
+            "--metrics-interval",
+            "0",
+            "--keepalive",
+            str(args.keepalive),
+            "--backoff-max",
+            "30",  # the agents' default: many reconnecting back off as they would
+        )
         seen = {"online": 0}
 
         def all_online() -> bool:
@@ -244,18 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.agents, args.procs, args.idle, args.settle, args.repeat = 200, 2, 3.0, 1.0, 1
-    load_before = load_average()
-    if args.workdir:
-        Path(args.workdir).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="bench-scale-", dir=args.workdir) as tmp:
-        result = measure(args, Path(tmp))
-    rec = {
-        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": ["-m", "bench.scale", *(argv if argv is not None else [])],
-        "load_before": load_before,
-        "load_after": load_average(),
-        "result": result,
-    }
+    rec = measured(args, "scale", argv, measure)
     print(report(rec).replace("**", ""))
     save(args, rec, ("scale", "Many agents on one server", INTRO), report(rec), print)
     return 0

@@ -23,10 +23,8 @@ import argparse
 import json
 import shutil
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +33,7 @@ import httpx
 from bench.cluster import postmaster_pid, tree_cpu
 from bench.common import (
     conditions_lines,
-    load_average,
+    measured,
     percentile,
     proc_cpu_seconds,
     proc_rss_kib,
@@ -349,22 +347,11 @@ def main(argv: list[str] | None = None) -> int:
         args.agents, args.lines, args.settle = 30, 30, 1.0
     if args.servers < 2 or args.agents < args.servers or args.lines < 1 or args.repeat < 1:
         parser.error("at least 2 servers, an agent per server, --lines and --repeat positive")
-    load_before = load_average()
-    if args.workdir:
-        Path(args.workdir).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="bench-servers-", dir=args.workdir) as tmp:
-        result = measure(args, Path(tmp))
-    rec = {
-        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": ["-m", "bench.servers", *(argv if argv is not None else [])],
-        "load_before": load_before,
-        "load_after": load_average(),
-        "result": result,
-    }
+    rec = measured(args, "servers", argv, measure)
     print(report(rec).replace("**", ""))
     save(args, rec, ("servers", "Many servers on one PostgreSQL", INTRO), report(rec), say)
     # the targets are reported; what must hold whatever the load: every run stored once, ended
-    return 0 if correct(result) else 1
+    return 0 if correct(rec["result"]) else 1
 
 
 if __name__ == "__main__":

@@ -28,20 +28,18 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from bench.common import (
     conditions_lines,
-    load_average,
+    measured,
     proc_cpu_seconds,
     raise_nofile,
     save,
-    start_agentsim,
+    start_fleet,
     start_server,
 )
 from tests.support import Proc, Procs, ServerHandle, free_port, wait_until
@@ -179,34 +177,23 @@ def start_sims(
     *options: str,
 ) -> list[Proc]:
     """N agents over --procs simulator processes enrolling with one token of `server`."""
-    n, per = args.agents, -(-args.agents // args.procs)
-    token = server.post("/api/agents/tokens", {"uses": n, "ttl": "2h"})["token"]
-    sims, left = [], n
-    for p in range(args.procs):
-        count = min(per, left)
-        left -= count
-        if count <= 0:
-            break
-        sims.append(
-            start_agentsim(
-                procs,
-                server,
-                count,
-                f"{tag}{p}-",
-                GROUP,
-                token,
-                root / f"{tag}-sim",
-                root / f"{tag}-agentsim-{p}.log",
-                "--metrics-interval",
-                "0",
-                "--backoff-max",
-                str(args.backoff_max),  # the agents' default: 30 s
-                "--slots",
-                "2",
-                *options,
-            )
-        )
-    return sims
+    return start_fleet(
+        procs,
+        server,
+        args.agents,
+        args.procs,
+        tag,
+        GROUP,
+        root / f"{tag}-sim",
+        root / f"{tag}-agentsim",
+        "--metrics-interval",
+        "0",
+        "--backoff-max",
+        str(args.backoff_max),  # the agents' default: 30 s
+        "--slots",
+        "2",
+        *options,
+    )
 
 
 def check_alive(sims: list[Proc], *servers: ServerHandle) -> None:
@@ -626,27 +613,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--agents, --handoff-agents, --procs, --burst and --period must be positive")
     if args.lines <= args.burst:
         parser.error("--lines must be more than --burst (runs print on both sides of the kill)")
-    load_before = load_average()
-    if args.workdir:
-        Path(args.workdir).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="bench-storm-", dir=args.workdir) as tmp:
-        result = measure(args, Path(tmp))
-    rec = {
-        "when": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": ["-m", "bench.storm", *(argv if argv is not None else [])],
-        "load_before": load_before,
-        "load_after": load_average(),
-        "procs": args.procs,
-        "lines": args.lines,
-        "period": args.period,
-        "burst": args.burst,
-        "backoff_max": args.backoff_max,
-        "result": result,
-    }
+    rec = measured(args, "storm", argv, measure)
+    rec.update(
+        procs=args.procs,
+        lines=args.lines,
+        period=args.period,
+        burst=args.burst,
+        backoff_max=args.backoff_max,
+    )
     print(report(rec).replace("**", ""))
     save(args, rec, ("storm", "Reconnect storm", INTRO), report(rec), say)
     # the time target is reported; what must hold whatever the load: every run and line once
-    return 0 if all(r["counts"]["ok"] for r in result.values()) else 1
+    return 0 if all(r["counts"]["ok"] for r in rec["result"].values()) else 1
 
 
 if __name__ == "__main__":
