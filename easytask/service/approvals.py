@@ -309,14 +309,7 @@ async def approve(
         source,
         {"job": job_id, "template": approval.template, "comment": comment},
     )
-    decided = await store.call(
-        store.decide_approval, job_id, RunState.APPROVED, user.name, comment, note
-    )
-    if decided is None:
-        raise APIError(f"job {job_id} is no longer awaiting approval", status=409)
-    _tell_viewers(services, job_id, RunState.APPROVED)
-    if hook is not None:
-        await hook("approval.approved", job, decided)
+    decided = await _decide(services, job, RunState.APPROVED, user, comment, note, hook)
     try:
         launched, _ = await start(
             services,
@@ -377,14 +370,7 @@ async def _approve_held(
         },
     )
     store = services.store
-    decided = await store.call(
-        store.decide_approval, job_id, RunState.APPROVED, user.name, comment, note
-    )
-    if decided is None:
-        raise APIError(f"job {job_id} is no longer awaiting approval", status=409)
-    _tell_viewers(services, job_id, RunState.APPROVED)
-    if hook is not None:
-        await hook("approval.approved", job, decided)
+    decided = await _decide(services, job, RunState.APPROVED, user, comment, note, hook)
     try:
         launched = await start_held(services, requester, f"approval of job {job_id}", request)
     except (EasyTaskError, KeyError, TypeError, ValueError) as exc:
@@ -479,15 +465,29 @@ async def reject(
         source,
         {"job": job_id, "template": approval.template, "comment": comment},
     )
+    return await _decide(services, job, RunState.REJECTED, user, comment, note, hook)
+
+
+async def _decide(
+    services: Services,
+    job: Job,
+    state: str,
+    user: User,
+    comment: str,
+    note: AuditNote,
+    hook: ApprovalHook | None,
+) -> JobApproval:
+    """Record an approver's decision (with its audit event, in one transaction; 409 when the
+    job no longer waits), tell the job's viewers and the webhook."""
     store = services.store
-    decided = await store.call(
-        store.decide_approval, job_id, RunState.REJECTED, user.name, comment, note
-    )
+    job_id = job.id or 0
+    decided = await store.call(store.decide_approval, job_id, state, user.name, comment, note)
     if decided is None:
         raise APIError(f"job {job_id} is no longer awaiting approval", status=409)
-    _tell_viewers(services, job_id, RunState.REJECTED)
+    _tell_viewers(services, job_id, state)
     if hook is not None:
-        await hook("approval.rejected", job, decided)
+        event = "approval.approved" if state == RunState.APPROVED else "approval.rejected"
+        await hook(event, job, decided)
     return decided
 
 
