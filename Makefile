@@ -13,7 +13,7 @@ UPLOT_VERSION ?= 1.6.32
 # Tests marked `sqlite` handle the SQLite file itself; tests/test_multiserver.py starts its servers
 # on PostgreSQL itself; the browser tests drive the same console (tests/test_console.py covers it
 # on both; the admin and schedules pages' browser tests run on both too). The PostgreSQL lane,
-# being shorter, then runs the slowest SQLite files (the bench smoke runs, the multi-server tests).
+# being shorter, then runs the slowest SQLite files (the bench smoke runs, a two-server console test).
 # `make test-pg` runs the PostgreSQL pass alone. See docs/operations.md.
 PG_TESTS := tests/test_store.py tests/test_migrations.py tests/test_adhoc.py \
 	tests/test_attacks.py tests/test_audit.py tests/test_retention.py tests/test_secrets.py \

@@ -3,14 +3,13 @@
 # with each server on its own PostgreSQL database. Both lanes run side by side (the tests mostly
 # wait on real servers and agents); each writes its own log, shown when it ends.
 # The second lane is shorter, so after its PostgreSQL pass it also takes the SQLite pass's
-# slowest files (LATE: the bench smoke runs and the multi-server tests, the console's included,
-# which start their own PostgreSQL); the first lane skips them. Each pass writes a JUnit report
+# slowest files (LATE: the bench smoke runs and the two-server console test, which start their
+# own PostgreSQL); the first lane skips them. Each pass writes a JUnit report
 # beside its log with every test's time, so the lanes can be balanced again as the suite grows.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-LATE=(tests/test_bench_smoke.py tests/test_multiserver.py
-    tests/browser/test_console_schedules_two_servers.py)
+LATE=(tests/test_bench_smoke.py tests/browser/test_console_schedules_two_servers.py)
 logs=$(mktemp -d)
 ignore=()
 for f in "${LATE[@]}"; do ignore+=(--ignore "$f"); done
