@@ -151,8 +151,15 @@ class Store(
         A database fault (see `outage.fault_of`) is raised as `Unavailable` (503 with
         `Retry-After` in the API) and noted in `health`; any other error as it is."""
         loop = asyncio.get_running_loop()
+        return await self._answered(
+            loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+        )
+
+    async def _answered(self, work: Awaitable[T]) -> T:
+        """Await a call's `work`: a database fault becomes `Unavailable` and is noted in
+        `health`, an answer is noted too."""
         try:
-            result = await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+            result = await work
         except Exception as exc:
             fault = outage.fault_of(exc)
             if fault is None:
@@ -168,19 +175,7 @@ class Store(
     async def call_aside(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """`call` on a thread of its own, with its own connection: for a long read (a walk of
         the whole audit chain) that must not hold up the database thread's other calls."""
-        try:
-            result = await asyncio.to_thread(fn, *args, **kwargs)
-        except Exception as exc:
-            fault = outage.fault_of(exc)
-            if fault is None:
-                raise
-            self.health.failed(fault, exc)
-            raise Unavailable(
-                f"the database is unavailable ({fault}); try again in {outage.RETRY_AFTER} s",
-                retry_after=outage.RETRY_AFTER,
-            ) from exc
-        self.health.answered(wrote=False)
-        return result
+        return await self._answered(asyncio.to_thread(fn, *args, **kwargs))
 
     async def persist(
         self,
