@@ -11,24 +11,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.browser.support import Browserless, admin_password
 from tests.conftest import AgentFactory, ServerFactory, write
 from tests.support import ServerHandle, db_execute
 from tests.test_stored_schedules import _due_now
-
-
-def _client(server: ServerHandle, name: str, role: str, scope: str = "") -> httpx.Client:
-    """An API client signed in as a new user of this role."""
-    server.post(
-        "/api/users", {"name": name, "role": role, "password": "long-enough-1", "scope": scope}
-    )
-    token = server.post("/api/tokens", {"name": "t", "user": name})["token"]
-    return httpx.Client(
-        base_url=server.url, headers={"authorization": f"Bearer {token}"}, timeout=30
-    )
+from tests.test_templates import _client
 
 
 def _audit(server: ServerHandle, action: str) -> list[dict[str, Any]]:

@@ -11,12 +11,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from easytask.store.db import Store
 from tests.conftest import AgentFactory, ServerFactory, write
 from tests.support import PostgresCluster, ServerHandle, db_execute, wait_until
+from tests.test_templates import _client
 
 TEMPLATE = {
     "name": "say-env",
@@ -45,16 +45,6 @@ tasks:
 
 def _audit(server: ServerHandle, action: str) -> list[dict[str, Any]]:
     return list(server.get("/api/audit", action=action)["events"])
-
-
-def _client(server: ServerHandle, name: str, role: str, scope: str = "") -> httpx.Client:
-    server.post(
-        "/api/users", {"name": name, "role": role, "password": "long-enough-1", "scope": scope}
-    )
-    token = server.post("/api/tokens", {"name": "t", "user": name})["token"]
-    return httpx.Client(
-        base_url=server.url, headers={"authorization": f"Bearer {token}"}, timeout=30
-    )
 
 
 def _due_now(server: ServerHandle, name: str) -> int:
@@ -260,13 +250,7 @@ def test_a_stored_schedule_fires_through_the_launch_path(sched_server: ServerHan
     mine = server.http.post(f"/api/jobs/{waiting}/approve", json={"comment": "mine"})
     assert mine.status_code == 403, mine.text  # the schedule's creator stands for its requester
     assert "a schedule's creator may not approve" in mine.json()["error"]
-    server.post(
-        "/api/users", {"name": "carol", "role": "admin", "password": "long-enough-1", "scope": ""}
-    )
-    token = server.post("/api/tokens", {"name": "t", "user": "carol"})["token"]
-    with httpx.Client(
-        base_url=server.url, headers={"authorization": f"Bearer {token}"}, timeout=30
-    ) as carol:
+    with _client(server, "carol", "admin") as carol:
         approved = carol.post(f"/api/jobs/{waiting}/approve", json={"comment": "go"})
     assert approved.status_code == 200, approved.text  # starts as the schedule
     ran = server.wait_job(approved.json()["launched_job"])
