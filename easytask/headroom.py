@@ -1,7 +1,7 @@
 """How much room an agent's host has for more work (pure code).
 
 An agent reads its load average and available memory from two small /proc files
-(`parse_loadavg`, `parse_mem_available`) and reports them with its free slots in its hello and
+(`easytask.hostsample`'s `load_average` and `memory`) and reports them with its free slots in its hello and
 in each heartbeat. The server judges them against the limits (`Limits`: the tighter of the
 agent's `--max-load`/`--min-free-memory` and the inventory's `easytask_max_load`/
 `easytask_min_free_memory`): an agent over one is busy (`busy_reason`). `run_on: any` and
@@ -11,7 +11,6 @@ agent's `--max-load`/`--min-free-memory` and the inventory's `easytask_max_load`
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,8 +23,6 @@ __all__ = [
     "Limits",
     "busy_reason",
     "limits_from_vars",
-    "parse_loadavg",
-    "parse_mem_available",
     "rank",
     "show_bytes",
 ]
@@ -33,7 +30,6 @@ __all__ = [
 MAX_LOAD_VAR = "easytask_max_load"
 MIN_FREE_MEMORY_VAR = "easytask_min_free_memory"
 LIMIT_VARS = (MAX_LOAD_VAR, MIN_FREE_MEMORY_VAR)
-_MEM_AVAILABLE = re.compile(r"^MemAvailable:\s+(\d+)\s*kB", re.M)
 
 
 @dataclass(frozen=True)
@@ -67,20 +63,6 @@ class Limits:
 
     def __bool__(self) -> bool:
         return self.max_load is not None or self.min_free_memory is not None
-
-
-def parse_loadavg(text: str) -> float:
-    """The 1-minute load average of a /proc/loadavg text; ValueError if it has none."""
-    value = float(text.split()[0]) if text.split() else math.nan
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"not a load average: {text[:40]!r}")
-    return value
-
-
-def parse_mem_available(text: str) -> int | None:
-    """Bytes of `MemAvailable` in a /proc/meminfo text (None if it has no such line)."""
-    match = _MEM_AVAILABLE.search(text)
-    return int(match[1]) * 1024 if match else None
 
 
 def show_bytes(value: int) -> str:

@@ -9,8 +9,6 @@ from easytask.headroom import (
     Limits,
     busy_reason,
     limits_from_vars,
-    parse_loadavg,
-    parse_mem_available,
     rank,
 )
 
@@ -22,24 +20,6 @@ Buffers:           10000 kB
 """
 G = 1 << 30
 M = 1 << 20
-
-
-def test_loadavg_gives_the_one_minute_load() -> None:
-    """The first field of /proc/loadavg is the 1-minute load."""
-    assert parse_loadavg("3.10 1.50 0.75 2/345 6789\n") == 3.1
-
-
-@pytest.mark.parametrize("text", ["", "x 1 2", "-1 0 0", "nan 0 0"])
-def test_loadavg_that_is_not_one_is_refused(text: str) -> None:
-    """A text with no load average is a ValueError, never a made-up zero."""
-    with pytest.raises(ValueError):
-        parse_loadavg(text)
-
-
-def test_meminfo_gives_available_bytes() -> None:
-    """MemAvailable is read in bytes; a meminfo without it gives None."""
-    assert parse_mem_available(MEMINFO) == 2 * G
-    assert parse_mem_available("MemTotal: 100 kB\n") is None
 
 
 @pytest.mark.parametrize(

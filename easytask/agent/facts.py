@@ -11,7 +11,8 @@ from typing import Any
 
 from easytask import __version__
 from easytask.facts import meminfo_mb, os_release, release_fields
-from easytask.headroom import Limits, parse_mem_available
+from easytask.headroom import Limits
+from easytask.hostsample import load_average, memory
 
 
 def local_facts() -> dict[str, Any]:
@@ -67,19 +68,18 @@ def headroom(proc_root: Path, running: int, slots: int, limits: Limits) -> dict[
     """What each heartbeat (and the hello) says about room for work: load averages, CPUs,
     available memory in bytes, running runs, free slots and the agent's own limits. Two small
     reads under `proc_root` (/proc, or a host's /proc mounted elsewhere)."""
-    try:
-        load = [max(float(x), 0.0) for x in _read(proc_root / "loadavg").split()[:3]]
-    except ValueError:
-        load = []
-    if len(load) != 3:
+    read = load_average(_read(proc_root / "loadavg"))
+    load = [max(x, 0.0) for x in read] if read else []
+    if not load:
         try:
             load = list(os.getloadavg()) if proc_root == Path("/proc") else [0.0, 0.0, 0.0]
         except OSError:
             load = [0.0, 0.0, 0.0]
+    mem = memory(_read(proc_root / "meminfo"))
     return {
         "load": [round(x, 2) for x in load],
         "cpus": os.cpu_count() or 1,
-        "mem_available": parse_mem_available(_read(proc_root / "meminfo")),
+        "mem_available": mem[1] if mem else None,
         "running": running,
         "free_slots": max(slots - running, 0),
         "max_load": limits.max_load,
