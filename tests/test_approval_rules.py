@@ -15,9 +15,8 @@ import pytest
 
 from tests.browser.support import Browserless, admin_password
 from tests.conftest import AgentFactory, ServerFactory, write
-from tests.support import ServerHandle, db_execute
+from tests.support import ServerHandle, db_execute, user_client
 from tests.test_stored_schedules import _due_now
-from tests.test_templates import _client
 
 
 def _audit(server: ServerHandle, action: str) -> list[dict[str, Any]]:
@@ -106,7 +105,7 @@ def test_admins_manage_rules_through_the_api_and_the_cli_audited(
     web_rule = [r for r in _rules(server) if r["pattern"] == "web:&ar1"][0]
 
     for who, role in (("opal", "operator"), ("vic", "viewer"), ("aud", "auditor")):
-        client = _client(server, who, role)
+        client = user_client(server, who, role)
         assert client.get("/api/approval-rules").status_code == 200
         assert client.post("/api/approval-rules", json={"pattern": "web"}).status_code == 403
         paused = client.patch(f"/api/approval-rules/{rule['id']}", json={"paused": True})
@@ -149,9 +148,9 @@ def test_a_rule_holds_every_kind_of_submission_until_an_admin_approves(
     made = server.http.post("/api/approval-rules", json={"pattern": "prod"})
     assert made.status_code == 201, made.text
     rule_id = made.json()["id"]
-    operator = _client(server, "opal", "operator")
-    carol = _client(server, "carol", "admin")
-    other_op = _client(server, "otto", "operator")
+    operator = user_client(server, "opal", "operator")
+    carol = user_client(server, "carol", "admin")
+    other_op = user_client(server, "otto", "operator")
 
     free = operator.post("/api/jobs", json={"pattern": "web", "command": "echo free"})
     assert free.status_code == 201, free.text
@@ -260,7 +259,7 @@ def test_a_held_submission_is_not_shown_to_a_user_whose_scope_lacks_its_hosts(
     held = server.http.post("/api/jobs", json={"pattern": "prod", "command": "echo hidden-cmd"})
     assert held.status_code == 202, held.text
     job_id = held.json()["job"]["id"]
-    scoped = _client(server, "sid", "operator", scope="web")
+    scoped = user_client(server, "sid", "operator", scope="web")
     mine = scoped.post("/api/jobs", json={"pattern": "web", "command": "echo mine"})
     assert mine.status_code == 201, mine.text
 
@@ -325,9 +324,9 @@ def test_a_template_launch_a_rule_holds_is_decided_by_an_admin_only(
         "approvers": {"users": ["vera"]},
     }
     assert server.http.post("/api/templates", json=template).status_code == 201
-    operator = _client(server, "opal", "operator")
-    vera = _client(server, "vera", "operator")
-    carol = _client(server, "carol", "admin")
+    operator = user_client(server, "opal", "operator")
+    vera = user_client(server, "vera", "operator")
+    carol = user_client(server, "carol", "admin")
     launch = operator.post("/api/templates/say-prod/launch", json={"params": {}})
     assert launch.status_code == 202, launch.text
     job_id = launch.json()["job"]["id"]
@@ -392,7 +391,7 @@ def test_a_held_schedule_fire_whose_playbook_changed_is_refused_on_approval(
     assert server.get(f"/api/jobs/{job_id}")["job"]["state"] == "awaiting approval"
     book = tmp_path / "books" / "nightly.yml"
     book.write_text(book.read_text().replace("nightly-from-file", "edited-after-the-request"))
-    carol = _client(server, "carol", "admin")
+    carol = user_client(server, "carol", "admin")
     approved = carol.post(f"/api/jobs/{job_id}/approve", json={"comment": "ok"})
     assert approved.status_code == 409, approved.text
     assert "changed since the request" in approved.json()["error"]

@@ -8,23 +8,13 @@ import json
 import secrets
 from pathlib import Path
 
-import httpx
 import pytest
 
 from easytask.sealing import KEY_FILE, key_id
 from tests.conftest import AgentFactory, ServerFactory, write
-from tests.support import ServerHandle, db_execute
+from tests.support import ServerHandle, db_execute, user_client
 from tests.support.sshd import SSHD
 from tests.test_secret_sweep import _database_hits
-
-
-def _client(server: ServerHandle, name: str, role: str, scope: str = "") -> httpx.Client:
-    """An API client signed in as a new user of this role."""
-    server.post(
-        "/api/users", {"name": name, "role": role, "password": "long-enough-1", "scope": scope}
-    )
-    token = server.post("/api/tokens", {"name": "t", "user": name})["token"]
-    return httpx.Client(base_url=server.url, headers={"authorization": f"Bearer {token}"})
 
 
 def _audit(server: ServerHandle, action: str) -> list[dict[str, object]]:
@@ -70,7 +60,7 @@ def test_admin_manages_credentials_and_nobody_else_may(
     assert [e["detail"]["created"] for e in events] == [True, False, True]
 
     for role in ("operator", "viewer"):
-        client = _client(server, f"u-{role}", role)
+        client = user_client(server, f"u-{role}", role)
         assert client.get("/api/credentials").status_code == 403
         put = client.post("/api/credentials", json={"name": "x1", "value": "v"})
         assert put.status_code == 403 and "may not do this" in put.json()["error"]
@@ -147,13 +137,13 @@ def test_jobs_use_credentials_masked_and_audited(
     assert [ln["text"] for ln in server.log_lines(run_id)] == ["v=****"]
     assert _audit(server, "job.submit")[0]["detail"]["credentials"] == ["api_token2"]
 
-    operator = _client(server, "opal", "operator")
+    operator = user_client(server, "opal", "operator")
     used = operator.post(
         "/api/jobs", json={"pattern": "cr1", "command": "true", "credentials": ["api-token"]}
     )
     assert used.status_code == 201, used.text
     assert operator.get("/api/credentials").status_code == 403
-    viewer = _client(server, "vic", "viewer")
+    viewer = user_client(server, "vic", "viewer")
     seen = viewer.post(
         "/api/jobs", json={"pattern": "cr1", "command": "true", "credentials": ["api-token"]}
     )

@@ -15,8 +15,7 @@ import pytest
 
 from easytask.store.db import Store
 from tests.conftest import AgentFactory, ServerFactory, write
-from tests.support import PostgresCluster, ServerHandle, db_execute, wait_until
-from tests.test_templates import _client
+from tests.support import PostgresCluster, ServerHandle, db_execute, user_client, wait_until
 
 TEMPLATE = {
     "name": "say-env",
@@ -145,8 +144,8 @@ def test_stored_schedules_crud_validation_pause_and_run_now(
     assert server.http.put("/api/schedules/from-file", json=NIGHTLY).status_code == 409
     assert server.http.delete("/api/schedules/from-file").status_code == 409
 
-    viewer = _client(server, "vic", "viewer")
-    operator = _client(server, "opal", "operator")
+    viewer = user_client(server, "vic", "viewer")
+    operator = user_client(server, "opal", "operator")
     assert viewer.get("/api/schedules/nightly").json()["name"] == "nightly"
     assert viewer.post("/api/schedules", json={**NIGHTLY, "name": "v"}).status_code == 403
     assert operator.put("/api/schedules/nightly", json=NIGHTLY).status_code == 403
@@ -164,7 +163,7 @@ def test_stored_schedules_crud_validation_pause_and_run_now(
 
     # a scoped operator: never resumes (a schedule fires with the server's authority), and
     # pauses or runs only a schedule whose hosts are all in the scope
-    outsider = _client(server, "otto", "operator", scope="elsewhere")
+    outsider = user_client(server, "otto", "operator", scope="elsewhere")
     assert outsider.post("/api/schedules/nightly/pause").status_code == 403
     assert outsider.post("/api/schedules/nightly/run").status_code == 403
     assert outsider.post("/api/schedules/nightly/resume").status_code == 403
@@ -250,7 +249,7 @@ def test_a_stored_schedule_fires_through_the_launch_path(sched_server: ServerHan
     mine = server.http.post(f"/api/jobs/{waiting}/approve", json={"comment": "mine"})
     assert mine.status_code == 403, mine.text  # the schedule's creator stands for its requester
     assert "a schedule's creator may not approve" in mine.json()["error"]
-    with _client(server, "carol", "admin") as carol:
+    with user_client(server, "carol", "admin") as carol:
         approved = carol.post(f"/api/jobs/{waiting}/approve", json={"comment": "go"})
     assert approved.status_code == 200, approved.text  # starts as the schedule
     ran = server.wait_job(approved.json()["launched_job"])

@@ -11,11 +11,10 @@ import secrets
 import subprocess
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.conftest import AgentFactory, ServerFactory, write
-from tests.support import REPO, ServerHandle, db_execute, easytask_cmd, wait_until
+from tests.support import REPO, ServerHandle, db_execute, easytask_cmd, user_client, wait_until
 from tests.test_secret_sweep import _database_hits, _file_hits
 
 ECHO = {
@@ -33,17 +32,6 @@ ECHO = {
     ],
     "launch": {"roles": ["operator"], "users": ["vera"]},
 }
-
-
-def _client(server: ServerHandle, name: str, role: str, scope: str = "") -> httpx.Client:
-    """An API client signed in as a new user of this role."""
-    server.post(
-        "/api/users", {"name": name, "role": role, "password": "long-enough-1", "scope": scope}
-    )
-    token = server.post("/api/tokens", {"name": "t", "user": name})["token"]
-    return httpx.Client(
-        base_url=server.url, headers={"authorization": f"Bearer {token}"}, timeout=30
-    )
 
 
 def _audit(server: ServerHandle, action: str) -> list[dict[str, object]]:
@@ -146,7 +134,7 @@ def test_admin_manages_templates_and_bad_ones_are_refused(tpl_server: ServerHand
     renamed = server.http.put("/api/templates/echo-path", json={**ECHO, "name": "other"})
     assert renamed.status_code == 400 and "keeps its name" in renamed.json()["error"]
 
-    operator = _client(server, "opal", "operator")
+    operator = user_client(server, "opal", "operator")
     assert operator.post("/api/templates", json={**ECHO, "name": "mine"}).status_code == 403
     assert operator.delete("/api/templates/echo-path").status_code == 403
     listed = operator.get("/api/templates").json()["templates"]
@@ -186,7 +174,7 @@ def test_launch_quotes_parameters_and_checks_who_may(
     assert server.http.post("/api/templates", json=ECHO).status_code == 201
     marker = tmp_path / "pwned"
     evil = f"x; touch {marker}"
-    operator = _client(server, "opal", "operator")
+    operator = user_client(server, "opal", "operator")
     started = operator.post(
         "/api/templates/echo-path/launch", json={"params": {"path": evil, "count": "2"}}
     )
@@ -224,17 +212,17 @@ def test_launch_quotes_parameters_and_checks_who_may(
     assert cli_bad.returncode == 2 and "parameter count: must be a number" in cli_bad.stderr
     assert len(db_execute(server.db_url, "SELECT id FROM job")) == jobs_before
 
-    viewer = _client(server, "vic", "viewer")
+    viewer = user_client(server, "vic", "viewer")
     refused = viewer.post("/api/templates/echo-path/launch", json={"params": {"path": "a"}})
     assert refused.status_code == 403 and "vic may not launch" in refused.json()["error"]
-    vera = _client(server, "vera", "viewer")  # named by the template: may launch
+    vera = user_client(server, "vera", "viewer")  # named by the template: may launch
     allowed = vera.post("/api/templates/echo-path/launch", json={"params": {"path": "v"}})
     assert allowed.status_code == 201, allowed.text
     server.wait_job(allowed.json()["job"]["id"])
 
     wide = {**ECHO, "name": "everywhere", "pattern": "all"}
     assert server.http.post("/api/templates", json=wide).status_code == 201
-    scoped = _client(server, "scot", "operator", scope="web")
+    scoped = user_client(server, "scot", "operator", scope="web")
     outside = scoped.post(
         "/api/templates/everywhere/launch", json={"params": {"path": "a"}, "limit": "tp1"}
     )
@@ -350,7 +338,7 @@ def test_a_retried_command_template_gets_its_credential_on_every_attempt(
     }
     made = server.http.post("/api/templates", json=template)
     assert made.status_code == 201, made.text
-    operator = _client(server, "otto", "operator")
+    operator = user_client(server, "otto", "operator")
     started = operator.post(
         "/api/templates/flaky-cred/launch", json={"params": {"tok": "deploy-token"}}
     )
@@ -432,9 +420,9 @@ def test_approval_by_a_second_user(
     )
     start_agent(server, "tp1")
     assert server.http.post("/api/templates", json=GUARDED).status_code == 201
-    opal = _client(server, "opal", "operator")
-    carol = _client(server, "carol", "viewer")
-    dave = _client(server, "dave", "operator")
+    opal = user_client(server, "opal", "operator")
+    carol = user_client(server, "carol", "viewer")
+    dave = user_client(server, "dave", "operator")
 
     asked = opal.post("/api/templates/guarded/launch", json={"params": {"env": "prod"}})
     assert asked.status_code == 202, asked.text

@@ -19,6 +19,7 @@ from tests.support.servers import (
     db_execute,
     launch_agent,
     launch_server,
+    user_client,
 )
 from tests.support.sshd import SSHD, SSHD_BIN, start_sshd
 
@@ -41,5 +42,6 @@ __all__ = [
     "launch_agent",
     "launch_server",
     "start_sshd",
+    "user_client",
     "wait_until",
 ]

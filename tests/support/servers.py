@@ -120,6 +120,17 @@ class ServerHandle:
         self.http.close()
 
 
+def user_client(server: ServerHandle, name: str, role: str, scope: str = "") -> httpx.Client:
+    """An API client signed in as a new user of this role (and host scope)."""
+    server.post(
+        "/api/users", {"name": name, "role": role, "password": "long-enough-1", "scope": scope}
+    )
+    token = server.post("/api/tokens", {"name": "t", "user": name})["token"]
+    return httpx.Client(
+        base_url=server.url, headers={"authorization": f"Bearer {token}"}, timeout=30
+    )
+
+
 def launch_server(
     procs: Procs,
     state_dir: Path,
