@@ -29,6 +29,7 @@ DEFAULT_CAP = 2 << 30  # bytes of output spooled per run before the rest is cut 
 POLL = 0.05
 GATHER = 0.005  # seconds: output printed this soon after a batch waits for the next one
 READ = 1 << 20  # bytes of spool read at once
+SPOOLS_KEPT = 64  # `Spool` objects a runner keeps for the runs asking again
 ACK_INLINE = 8  # spools an acknowledgement deletes on the event loop; more go to a thread
 
 # What a command's environment takes from the agent's (docs/agents.md, "The command's
@@ -249,10 +250,18 @@ class Runner:
         self.jobs: dict[str, Job] = {}
         self.exits: dict[str, dict[str, Any]] = {}  # exit records `follow` read, for its caller
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._spools: dict[str, Spool] = {}
 
     def spool(self, key: str) -> Spool:
-        """The spool of a run key (raises ValueError for a bad key)."""
-        return Spool(self.root, key)
+        """The spool of a run key (raises ValueError for a bad key); a run asks for it several
+        times, and a `Spool` is only its paths: the last few are kept."""
+        found = self._spools.get(key)
+        if found is None:
+            found = Spool(self.root, key)
+            if len(self._spools) >= SPOOLS_KEPT:
+                self._spools.clear()
+            self._spools[key] = found
+        return found
 
     @property
     def running(self) -> int:
@@ -371,7 +380,8 @@ class Runner:
                     continue
                 # a run this process started says when it exited: no need to look before
                 if job is None or job.exited or job.done:
-                    info = spool.exit_info()
+                    # the supervisor said it wrote the exit record: it ends the file open here
+                    info = spool.exit_info_in(fh) if job and job.exited else spool.exit_info()
                     if info is not None:
                         self.exits[key] = info  # for the caller, who sends the exit status
                         rest = fh.read()
