@@ -9,8 +9,10 @@ times that per collection, a cost per run that grows with the fleet.
 `Pacer.step`, called every few seconds (`STEP_EVERY`), moves what survived until then out of the automatic
 collections' sight (`gc.freeze`): they scan only what came since. Objects that die are still
 freed at once by their reference counts; only garbage in reference cycles among the frozen
-waits, until the next sweep: every `sweep_every` seconds the frozen objects are given back
-(`gc.unfreeze`) for one full collection before the next freeze.
+waits, until the next sweep: every `sweep_every` seconds, or sooner once the frozen objects
+are a quarter more than after the last sweep (a fan-out's runs, frozen while in flight, would
+otherwise hold their memory until then), the frozen objects are given back (`gc.unfreeze`) for
+one full collection before the next freeze.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import time
 from collections.abc import Callable
 
 STEP_EVERY = 10.0  # seconds between steps (what survived is frozen: a freeze costs nothing)
-SWEEP_EVERY = 900.0  # seconds between full collections of everything
+SWEEP_EVERY = 900.0  # seconds between full collections of everything, at most
+SWEEP_GROWTH = 1.25  # ... or once the frozen objects grew by this factor since the last one
 
 
 class Pacer:
@@ -33,13 +36,18 @@ class Pacer:
         self.clock = clock
         self.swept = clock()
         self.sweeps = 0
+        self.kept = 0  # objects frozen right after the last sweep (0: none yet)
 
     def step(self) -> None:
         """Freeze what is tracked now; first, when a sweep is due, collect everything."""
         now = self.clock()
-        if now - self.swept >= self.sweep_every:
+        grown = self.kept > 0 and gc.get_freeze_count() > SWEEP_GROWTH * self.kept
+        if grown or now - self.swept >= self.sweep_every:
             gc.unfreeze()
             gc.collect()
             self.swept = now
             self.sweeps += 1
+            self.kept = 0
         gc.freeze()
+        if not self.kept:
+            self.kept = gc.get_freeze_count()
