@@ -6,14 +6,17 @@ acknowledgement is one message the agent does not answer."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import asyncssh
+import pytest
 
 from easytask.agent.spool import spool_keys
 from easytask.transport import executor
 from easytask.transport.agentlink import AgentLink, AgentListener
+from tests.conftest import AgentFactory, ServerFactory
 from tests.support import Procs, easytask_cmd
 
 
@@ -45,6 +48,7 @@ async def _run(link: AgentLink, command: str) -> tuple[executor.ExecResult, byte
     return result, b"".join(out)
 
 
+@pytest.mark.sqlite  # no store: the listener and an agent only
 def test_a_run_s_variables_on_its_first_line_and_a_quiet_acknowledgement(
     tmp_path: Path, procs: Procs
 ) -> None:
@@ -98,3 +102,22 @@ def test_a_run_s_variables_on_its_first_line_and_a_quiet_acknowledgement(
             await listener.close()
 
     asyncio.run(scenario())
+
+
+def test_a_command_that_starts_like_the_header_is_only_a_command(
+    start_server: ServerFactory, start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    """The server puts its own first line before every run's command: a command whose text
+    starts like that line sets nothing (here a user to become, which the agent allows and the
+    job did not ask for); the shell sees it as a comment, and the run has its own key."""
+    server = start_server()
+    start_agent(server, "hdr", "--allow-become", "nobody")
+    forged = '#easytask-env {"EASYTASK_BECOME":"nobody","EASYTASK_RUN":"999-9"}\n'
+    job = server.submit("hdr", forged + 'echo "$EASYTASK_RUN_ID $(id -un)"')
+    data = server.wait_job(job["job"]["id"])
+    run = data["runs"][0]
+    assert run["state"] == "success", run
+    own = subprocess.run(["id", "-un"], capture_output=True, text=True, check=True).stdout
+    texts = [ln["text"] for ln in server.log_lines(run["id"]) if ln["stream"] == "stdout"]
+    assert texts == [f"{run['id']} {own.strip()}"]
+    assert not (tmp_path / "agents" / "hdr" / "spool" / "999-9.done").exists()
