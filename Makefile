@@ -26,6 +26,7 @@ PG_TESTS := tests/test_store.py tests/test_migrations.py tests/test_adhoc.py \
 	tests/test_credentials.py tests/test_ansible_connection.py tests/test_grouped_output.py tests/test_grouped_view.py \
 	tests/test_console_audit.py tests/test_agent_env.py tests/test_agent_names.py \
 	tests/test_agent_requests.py tests/test_light_agent.py tests/test_agent_labels.py tests/test_become.py \
+	tests/test_agent_link_messages.py \
 	tests/test_play_outcome.py tests/test_console_admin.py tests/test_agent_handshakes.py \
 	tests/test_bad_input.py tests/test_timeline.py tests/test_host_metrics.py \
 	tests/test_busy_agents.py tests/test_scoped_reading.py tests/test_api_jobs.py \

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from easytask.agent.main import Agent, AgentConfig
+from easytask.gcpace import STEP_EVERY, Pacer
 from easytask.hostsample import CpuTimes, Reading
 
 
@@ -84,7 +85,16 @@ async def main(args: argparse.Namespace) -> None:
     for agent in agents:
         tasks.append(asyncio.create_task(agent.run(), name=f"agent-{agent.config.name}"))
         await asyncio.sleep(0)  # stagger a little so the server is not hit all at once
-    await stop.wait()
+    # the objects of every agent of this process (one agent's process holds few) out of each
+    # full collection's way, as the server keeps its links' (easytask/gcpace.py)
+    pacer = Pacer()
+    while not stop.is_set():
+        pacer.step()
+        try:
+            async with asyncio.timeout(STEP_EVERY):
+                await stop.wait()
+        except TimeoutError:
+            pass
     for agent in agents:
         agent.stop()
     await asyncio.gather(*tasks, return_exceptions=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import resource
 import subprocess
 import time
 from pathlib import Path
@@ -33,7 +34,7 @@ from bench.common import (
     start_fleet,
     start_server,
 )
-from tests.support import Procs, db_execute, easytask_cli, wait_until
+from tests.support import Procs, children_of, db_execute, easytask_cli, wait_until
 
 FANOUT_TARGET = 10.0  # seconds, CLI start to exit, at 10,000 agents
 IDLE_TARGET = 10.0  # percent of a core
@@ -62,8 +63,33 @@ def online_count(server: Any) -> int:
     return int(found.group(1)) if found else 0
 
 
+last_cli_cpu = [0.0]  # the last `fan_out`'s CLI CPU seconds
+
+
+def children_cpu_seconds() -> float:
+    """User plus system CPU seconds of this process's children that have ended."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
+def sims_cpu_seconds(sims: list[Any]) -> tuple[float, float]:
+    """CPU seconds of the agent simulators so far, and of their agents' supervisors (the
+    processes that start the agents' commands: one per simulator, not counted in its own)."""
+    own = supervisors = 0.0
+    for sim in sims:
+        own += proc_cpu_seconds(sim.pid)
+        for child in children_of(sim.pid):
+            try:
+                supervisors += proc_cpu_seconds(child)
+            except OSError:  # gone meanwhile
+                pass
+    return own, supervisors
+
+
 def fan_out(server: Any, n: int) -> tuple[float, int, str]:
-    """`easytask run all -a true` from start to exit: its wall clock, its job and its summary."""
+    """`easytask run all -a true` from start to exit: its wall clock, its job and its summary
+    (the CLI's own CPU seconds in `last_cli_cpu`)."""
+    cli0 = children_cpu_seconds()
     t0 = time.perf_counter()
     done = subprocess.run(
         [*easytask_cli(), "run", "all", "-a", "true"],
@@ -74,10 +100,12 @@ def fan_out(server: Any, n: int) -> tuple[float, int, str]:
         timeout=900,
     )
     elapsed = time.perf_counter() - t0
+    cli_cpu = children_cpu_seconds() - cli0
     summary = re.search(r"job (\d+): (\d+) host\(s\): (.*)", done.stdout)
     if done.returncode != 0 or summary is None or int(summary.group(2)) != n:
         tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
         raise BenchError(f"easytask run all exited {done.returncode}:\n{tail}")
+    last_cli_cpu[0] = cli_cpu
     return elapsed, int(summary.group(1)), summary.group(3).strip()
 
 
@@ -136,8 +164,12 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         fanouts = []
         for _ in range(args.repeat):
             cpu0 = proc_cpu_seconds(pid)
+            sim0, sup0 = sims_cpu_seconds(sims)
             elapsed, job, summary = fan_out(server, n)
+            cli_cpu = last_cli_cpu[0]
             cpu = proc_cpu_seconds(pid) - cpu0
+            sim1, sup1 = sims_cpu_seconds(sims)
+            sim_cpu, sup_cpu = sim1 - sim0, sup1 - sup0
             rows = db_execute(
                 server.db_url,
                 "SELECT count(*), count(DISTINCT host) FROM run WHERE job_id = :j",
@@ -151,6 +183,9 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                     "seconds": elapsed,
                     "server_cpu_s": cpu,
                     "net_cpu_s": net,
+                    "sim_cpu_s": sim_cpu,
+                    "supervisor_cpu_s": sup_cpu,
+                    "cli_cpu_s": cli_cpu,
                     "job": job,
                     "summary": summary,
                     "runs": int(rows[0]),
@@ -159,7 +194,10 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             )
             say(
                 f"fan-out to {n}: {elapsed:.2f} s, server CPU {cpu:.2f} s, "
-                f"{1000 * net / n:.3f} ms per run net of the idle rate ({summary})"
+                f"{1000 * net / n:.3f} ms per run net of the idle rate; agents' CPU "
+                f"{sim_cpu:.2f} s ({1000 * sim_cpu / n:.3f} ms per run), their supervisors' "
+                f"{sup_cpu:.2f} s; CLI CPU {cli_cpu:.2f} s "
+                f"({summary})"
             )
         rec["fanouts"] = fanouts
         rec["rss_after_mib"] = proc_rss_kib(pid) / 1024
@@ -192,6 +230,11 @@ def report(rec: dict[str, Any]) -> str:
         f"{best['seconds']:.2f} s | < {FANOUT_TARGET:g} s at 10,000 |",
         f"| fan-out: server CPU | {best['server_cpu_s']:.2f} s "
         f"({1000 * best['server_cpu_s'] / n:.3f} ms per run) | |",
+        f"| fan-out: server CPU net of the idle rate | {1000 * best['net_cpu_s'] / n:.3f} ms per "
+        "run | |",
+        f"| fan-out: agent simulators' CPU / their supervisors' / the CLI's | "
+        f"{best.get('sim_cpu_s', 0):.2f} s ({1000 * best.get('sim_cpu_s', 0) / n:.3f} ms per run)"
+        f" / {best.get('supervisor_cpu_s', 0):.2f} s / {best.get('cli_cpu_s', 0):.2f} s | |",
         f"| fan-out: runs stored / distinct hosts | {best['runs']:,} / {best['hosts']:,} | "
         f"{n:,} / {n:,} |",
         f"| idle server CPU over {r['idle_window_s']:.0f} s | {r['idle_cpu_s']:.2f} s "

@@ -19,6 +19,7 @@ import uvicorn
 from easytask import __version__
 from easytask.config import Settings
 from easytask.errors import ConfigError, StartError
+from easytask.gcpace import STEP_EVERY, Pacer
 from easytask.scheduler.agents import AgentRegistry
 from easytask.scheduler.auditanchor import AuditAnchor, CheckpointWebhook
 from easytask.scheduler.cluster import Cluster
@@ -83,6 +84,7 @@ class Server:
             config.inventory, config.inventory_timeout, config.inventory_cache, self.vault
         )
         self._stop = asyncio.Event()
+        self._gc_timer: asyncio.TimerHandle | None = None
         self.cluster: Cluster | None = None
         self.fenced = False  # another server took this one's work over: stop, exit 1
         self.http_port = 0
@@ -300,6 +302,7 @@ class Server:
             await self._join_cluster(f"{host}:{self.agents_port}")
         self.scheduler.start()
         self.retention.start()
+        self._pace_gc(Pacer())  # the links' objects out of every full collection's way
         self._approval_task = asyncio.create_task(self._expire_approvals(), name="approvals")
         counts = await self.engine.resume(self.inventory.hostvars, self._resume_playbook)
         if any(counts.values()):
@@ -421,6 +424,10 @@ class Server:
             fh.write(password + "\n")
         return token
 
+    def _pace_gc(self, pacer: Pacer) -> None:
+        pacer.step()
+        self._gc_timer = asyncio.get_running_loop().call_later(STEP_EVERY, self._pace_gc, pacer)
+
     async def wait(self) -> None:
         """Until stop() is called."""
         await self._stop.wait()
@@ -435,6 +442,8 @@ class Server:
             self.cluster.stop_claiming()
         await self.scheduler.close()
         await self.retention.close()
+        if self._gc_timer is not None:
+            self._gc_timer.cancel()
         task = getattr(self, "_approval_task", None)
         if task is not None:
             task.cancel()

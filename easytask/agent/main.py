@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import random
-import re
 import signal
 import time
 from dataclasses import dataclass, field
@@ -20,14 +19,14 @@ import asyncssh
 from easytask import __version__
 from easytask.agent import facts, sftp
 from easytask.agent.hostmetrics import SPOOL, HostSampler
-from easytask.agent.policy import make_policy
+from easytask.agent.policy import make_policy, quoteless
 from easytask.agent.runner import CHUNK, Runner, check_pass_env
 from easytask.headroom import Limits
 from easytask.masking import lift_exports
 from easytask.names import check_labels, check_name
 from easytask.transport import sshlog
 from easytask.transport.control import LINK_CIPHERS, SESSION_OP, SUBSYSTEM
-from easytask.transport.executor import STATS_SIGNAL
+from easytask.transport.executor import EXEC_HEADER_FEATURE, STATS_SIGNAL, split_env_header
 from easytask.transport.keys import load_or_create_key
 
 log = logging.getLogger("easytask.agent")
@@ -48,11 +47,6 @@ def keepalive_for(asked: float, heartbeat: float, interval: float, count: int) -
     if asked <= heartbeat or interval <= 0 or slow <= interval:
         return interval, count
     return slow, max(1, int(interval * count // slow))
-
-
-def quoteless(reason: str) -> str:
-    """A refusal without the quoted command (it may hold rendered secrets)."""
-    return re.sub(r"^'.*' is not in", "the command is not in", reason, flags=re.S)
 
 
 @dataclass
@@ -233,6 +227,7 @@ class Agent:
                 "policy": self.policy.describe(),
             },
             "fingerprint": self.fingerprint,
+            "features": [EXEC_HEADER_FEATURE],  # see easytask.transport.executor
         }
         if self.config.enroll:
             reply["enroll"] = self.config.enroll
@@ -302,8 +297,9 @@ class Agent:
                 reply = self.beats_asked(process, req)
             else:
                 reply = await self._answer(req)
-            if isinstance(req, dict) and "id" in req:
-                reply["id"] = req["id"]
+            if not isinstance(req, dict) or "id" not in req:
+                return  # a request without an id asks no reply (the server's acknowledgements)
+            reply["id"] = req["id"]
             if not process.is_closing():
                 process.stdout.write((json.dumps(reply) + "\n").encode())
 
@@ -313,6 +309,9 @@ class Agent:
                     req = json.loads(raw)
                 except ValueError as exc:
                     req = {"op": None, "bad": str(exc)}
+                if isinstance(req, dict) and req.get("op") == "ack" and "id" not in req:
+                    self.runner.ack_quietly(req)  # a few unlinks: here, no task, no reply
+                    continue
                 # a cancel waits out its grace period: it must not hold up the requests after it
                 task = asyncio.create_task(answer(req), name="control-request")
                 pending.add(task)
@@ -343,10 +342,8 @@ class Agent:
                 return {"found": found}
             if op == "status":
                 return self.runner.status(str(req["run"]))
-            if op == "ack":  # deleting files is slow on some disks: off the event loop
-                keys = [str(k) for k in req["runs"]] if "runs" in req else [str(req["run"])]
-                acked = await asyncio.to_thread(lambda: [k for k in keys if self.runner.ack(k)])
-                return {"removed": acked}
+            if op == "ack":
+                return {"removed": await self.runner.ack_soon(self.runner.acked_keys(req))}
             if op == "list":
                 return {"runs": {key: self.runner.status(key) for key in self.runner.run_keys()}}
             if op == "metrics":  # host samples after the newest the server has stored
@@ -373,6 +370,9 @@ class Agent:
 
     async def _exec(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
         env = dict(process.env)
+        command = process.command or ""
+        if not env:  # the variables may come on the command's first line (no `env` request)
+            env, command = split_env_header(command)  # a bad one: ValueError, the session fails
         if env.get("EASYTASK_ACK"):  # ended runs the server has stored: their spools may go
             for done in str(env["EASYTASK_ACK"]).split(","):
                 with contextlib.suppress(ValueError):
@@ -390,7 +390,6 @@ class Agent:
                 return
             await self._stream(process, attach, after)
             return
-        command = process.command or ""
         # `EASYTASK_RUN=ID-ATTEMPT` (one SSH request), or the two variables it stands for
         run_id, _, attempt = str(env.get("EASYTASK_RUN", "")).partition("-")
         run_id = run_id or env.get("EASYTASK_RUN_ID", "")

@@ -230,3 +230,8 @@ SETGROUPS_SYSCALLS = {"x86_64": 116, "aarch64": 159, "arm64": 159}
 def sftp_switch_supported() -> bool:
     """Whether file transfers can act as another user here (Linux on x86_64 or arm64)."""
     return platform.system() == "Linux" and platform.machine() in SETGROUPS_SYSCALLS
+
+
+def quoteless(reason: str) -> str:
+    """A refusal without the quoted command (it may hold rendered secrets)."""
+    return re.sub(r"^'.*' is not in", "the command is not in", reason, flags=re.S)

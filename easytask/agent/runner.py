@@ -29,6 +29,8 @@ DEFAULT_CAP = 2 << 30  # bytes of output spooled per run before the rest is cut 
 POLL = 0.05
 GATHER = 0.005  # seconds: output printed this soon after a batch waits for the next one
 READ = 1 << 20  # bytes of spool read at once
+SPOOLS_KEPT = 64  # `Spool` objects a runner keeps for the runs asking again
+ACK_INLINE = 8  # spools an acknowledgement deletes on the event loop; more go to a thread
 
 # What a command's environment takes from the agent's (docs/agents.md, "The command's
 # environment"): where programs are and how text is shown, nothing the agent was configured with.
@@ -248,10 +250,18 @@ class Runner:
         self.jobs: dict[str, Job] = {}
         self.exits: dict[str, dict[str, Any]] = {}  # exit records `follow` read, for its caller
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._spools: dict[str, Spool] = {}
 
     def spool(self, key: str) -> Spool:
-        """The spool of a run key (raises ValueError for a bad key)."""
-        return Spool(self.root, key)
+        """The spool of a run key (raises ValueError for a bad key); a run asks for it several
+        times, and a `Spool` is only its paths: the last few are kept."""
+        found = self._spools.get(key)
+        if found is None:
+            found = Spool(self.root, key)
+            if len(self._spools) >= SPOOLS_KEPT:
+                self._spools.clear()
+            self._spools[key] = found
+        return found
 
     @property
     def running(self) -> int:
@@ -370,7 +380,8 @@ class Runner:
                     continue
                 # a run this process started says when it exited: no need to look before
                 if job is None or job.exited or job.done:
-                    info = spool.exit_info()
+                    # the supervisor said it wrote the exit record: it ends the file open here
+                    info = spool.exit_info_in(fh) if job and job.exited else spool.exit_info()
                     if info is not None:
                         self.exits[key] = info  # for the caller, who sends the exit status
                         rest = fh.read()
@@ -415,6 +426,43 @@ class Runner:
     def ack(self, key: str) -> bool:
         """Delete a finished run's spool once the scheduler has stored everything."""
         return self.spool(key).retire()  # only an ended run's spool: a running one stays
+
+    @staticmethod
+    def acked_keys(req: dict[str, Any]) -> list[str]:
+        """The run keys an acknowledgement names (`runs`, or one `run`; KeyError if neither)."""
+        return [str(k) for k in req["runs"]] if "runs" in req else [str(req["run"])]
+
+    async def ack_soon(self, keys: list[str]) -> list[str]:
+        """`ack_all`: a few at once, many in a thread (deleting files is slow on some disks)."""
+        if len(keys) <= ACK_INLINE:
+            return self.ack_all(keys)
+        return await asyncio.to_thread(self.ack_all, keys)
+
+    def ack_quietly(self, req: Any) -> None:
+        """An acknowledgement that asks no reply: as `ack_soon`, a bad one logged."""
+        try:
+            keys = self.acked_keys(req)
+        except (KeyError, TypeError) as exc:
+            log.warning("a bad acknowledgement was ignored: %s", exc)
+            return
+        if len(keys) <= ACK_INLINE:
+            self.ack_all(keys)
+            return
+        task = asyncio.create_task(asyncio.to_thread(self.ack_all, keys), name="agent-ack")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def ack_all(self, keys: list[str]) -> list[str]:
+        """`ack` each run; those whose spool went (a bad key, or a disk that refuses, is
+        logged and the others go on)."""
+        removed = []
+        for key in keys:
+            try:
+                if self.ack(key):
+                    removed.append(key)
+            except (ValueError, OSError) as exc:
+                log.warning("the spool of run %s could not be deleted: %s", key, exc)
+        return removed
 
     def run_keys(self) -> list[str]:
         """Every run key that has a spool."""

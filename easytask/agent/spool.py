@@ -202,6 +202,17 @@ class Spool:
         except (OSError, ValueError):
             return None
 
+    @staticmethod
+    def exit_info_in(fh: BinaryIO) -> dict[str, Any] | None:
+        """`exit_info` from the spool file open for reading (no open more; its position kept)."""
+        pos = fh.tell()
+        try:
+            return _exit_record(fh)
+        except (OSError, ValueError):
+            return None
+        finally:
+            fh.seek(pos)
+
     def write_exit(self, info: dict[str, Any], out: BinaryIO | None = None) -> None:
         """Append the exit record (through `out`, the file opened for appending, if given) and
         mark the spool ended."""

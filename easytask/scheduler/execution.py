@@ -39,7 +39,7 @@ from easytask.transport import executor
 from easytask.transport.agentless import SSHPool, SSHTarget, env_on_stdin, wrap_command
 from easytask.transport.agentlink import AgentLink
 from easytask.transport.become import SU_TERM_MODES, SuDialog, become_command
-from easytask.transport.executor import ExecResult
+from easytask.transport.executor import EXEC_HEADER_FEATURE, ExecResult, env_header
 from easytask.transport.local import LocalExecution, LocalHost
 
 log = logging.getLogger("easytask.server")
@@ -313,6 +313,8 @@ class Execution:
                 acks = link.take_acks()
                 if acks:  # ended runs whose spools the agent may delete, along for the ride
                     env["EASYTASK_ACK"] = ",".join(acks)
+                if EXEC_HEADER_FEATURE in link.features:  # no `env` request: on the first line
+                    command, env = env_header(env) + command, {}
                 remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
                 outcome = await self._stream(
                     run,

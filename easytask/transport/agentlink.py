@@ -89,6 +89,7 @@ class AgentLink:
         self.control = control.ControlChannel(conn)
         self.keepalive = (0.0, 0)  # the listener's interval and count (set when it accepts)
         self.beats_every = 0.0  # the heartbeat pace its agent was last asked for (s)
+        self.features: frozenset[str] = frozenset()  # what its hello says it can do
         self._acks: list[str] = []
         self._ack_timer: asyncio.TimerHandle | None = None
         self._sending: set[asyncio.Task[None]] = set()
@@ -102,7 +103,8 @@ class AgentLink:
 
         Deleting a spool is never urgent: the key rides on the next command sent to the agent
         (`EASYTASK_ACK`, see `take_acks`), or, when none comes within `ACK_DELAY`, goes out with
-        the others in one request.
+        the others in one message on the control session that asks no reply (the agent deletes
+        only the spools it is told of: one it never hears of stays, and goes after a week).
         """
         self._acks.append(key)
         if self._ack_timer is None:
@@ -118,14 +120,23 @@ class AgentLink:
 
     def _send_acks(self) -> None:
         keys = self.take_acks()
-        if keys:
-            task = asyncio.create_task(self._ack(keys), name="agent-ack")
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
+        if not keys:
+            return
+        try:
+            if self.control.tell_now("ack", runs=keys):  # the usual case: no task, no reply
+                return
+        except (asyncssh.Error, OSError) as exc:  # the spools stay; removed after a week
+            log.info("agent %s: could not acknowledge %d run(s): %s", self.name, len(keys), exc)
+            return
+        task = asyncio.create_task(self._ack(keys), name="agent-ack")  # opens the session
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
 
     async def _ack(self, keys: list[str]) -> None:
         try:
-            await self.request("ack", runs=keys)
+            # no reply asked: one message to the agent instead of a request and its answer
+            # (an agent from before answers anyway, a line the heartbeats' reader ignores)
+            await self.control.tell("ack", runs=keys)
         except Exception as exc:  # the spools stay; the agent removes them after a week
             log.info("agent %s: could not acknowledge %d run(s): %s", self.name, len(keys), exc)
 
@@ -365,6 +376,10 @@ class AgentListener:
                     f"SSH version ({client.name!r})"
                 )
         ok = False
+        if not problem:
+            said = hello.get("features")
+            if isinstance(said, list):
+                link.features = frozenset(f for f in said if isinstance(f, str))
         if problem:
             self.gate.refuse(client.name, client.fingerprint, client.addr, problem)
         else:

@@ -4,7 +4,8 @@
 admitted).  `ControlChannel` keeps one session open per link and sends many requests over it,
 each with an `id` its reply carries back, so status checks, acknowledgements and cancels cost one
 message each way instead of a channel open and close. Once asked (`beats`), the agent also sends
-its heartbeats on that session: lines without an `id`, handed to `on_push`.
+its heartbeats on that session: lines without an `id`, handed to `on_push`. A request without
+an `id` (`tell`: spool acknowledgements) gets no reply.
 """
 
 from __future__ import annotations
@@ -83,6 +84,22 @@ class ControlChannel:
         finally:
             self._waiting.pop(rid, None)
         return _checked(op, reply)
+
+    def tell_now(self, op: str, **args: Any) -> bool:
+        """Send one request that wants no reply (a line without an `id`: one message, where a
+        request and its reply are two) on the session if it is open; False if it is not.
+        Whether the agent did it is not known here."""
+        proc = self._proc
+        if proc is None or proc.is_closing():
+            return False
+        proc.stdin.write(json.dumps({"op": op, **args}) + "\n")
+        return True
+
+    async def tell(self, op: str, timeout: float = 15.0, **args: Any) -> None:
+        """`tell_now`, opening the session first if needed (raises if it cannot)."""
+        async with asyncio.timeout(timeout):
+            proc = await self._open()
+        proc.stdin.write(json.dumps({"op": op, **args}) + "\n")
 
     async def _open(self) -> asyncssh.SSHClientProcess[str]:
         async with self._opening:

@@ -16,6 +16,13 @@ from easytask.loglines import STDERR, STDOUT
 # channel with it when the run has counts to report; its message is the run's exit record (JSON).
 STATS_SIGNAL = "stats@easytask"
 
+# An agent that says so in its hello (`EXEC_HEADER_FEATURE` among its `features`) takes a
+# command's variables on the command's first line, `#easytask-env {JSON}`, when its session got
+# no `env` request: one SSH message (two, with the SSH_MSG_IGNORE asyncssh sends before each on
+# an encrypted link) less per run. To a shell the line is a comment.
+EXEC_HEADER = "#easytask-env "
+EXEC_HEADER_FEATURE = "exec-header"
+
 # Called for every chunk, in the order the far side sent them: (stream, data).
 DataCallback = Callable[[str, bytes], None]
 
@@ -107,6 +114,25 @@ class Execution:
         """Close the channel (the remote command keeps its own fate)."""
         if self._session.chan is not None:
             self._session.chan.close()
+
+
+def env_header(env: Mapping[str, str]) -> str:
+    """The first line of a command that carries its variables (see EXEC_HEADER)."""
+    return EXEC_HEADER + json.dumps(dict(env), separators=(",", ":")) + "\n"
+
+
+def split_env_header(command: str) -> tuple[dict[str, str], str]:
+    """A command's variables from its first line (none if it has no such line) and the
+    command after it; ValueError if the line is there but not an object of strings."""
+    if not command.startswith(EXEC_HEADER):
+        return {}, command
+    first, _, rest = command.partition("\n")
+    env = json.loads(first[len(EXEC_HEADER) :])
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+    ):
+        raise ValueError("the command's variables must be an object of strings")
+    return env, rest
 
 
 async def start(

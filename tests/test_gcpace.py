@@ -1,0 +1,65 @@
+"""The collector's pacing (easytask/gcpace.py): what survived a step is out of the automatic
+collections' sight; garbage in cycles among it is reclaimed at the next sweep."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections.abc import Iterator
+
+import pytest
+
+from easytask.gcpace import Pacer
+
+
+class _Node:
+    def __init__(self) -> None:
+        self.me = self  # a reference cycle: only the collector frees it
+
+
+@pytest.fixture(autouse=True)
+def _thawed() -> Iterator[None]:
+    yield
+    gc.unfreeze()
+
+
+def test_a_step_freezes_what_survived_and_a_sweep_reclaims_cycles_among_it() -> None:
+    now = [0.0]
+    pacer = Pacer(sweep_every=900.0, clock=lambda: now[0])
+    node = _Node()
+    gone = weakref.ref(node)
+    pacer.step()
+    assert gc.get_freeze_count() > 0
+    del node
+    gc.collect()  # a full collection leaves the frozen alone
+    assert gone() is not None
+    now[0] = 899.0
+    pacer.step()  # no sweep before its time
+    assert gone() is not None and pacer.sweeps == 0
+    now[0] = 900.0
+    pacer.step()
+    assert gone() is None and pacer.sweeps == 1
+    assert gc.get_freeze_count() > 0  # frozen again after the sweep
+
+
+def test_a_sweep_comes_sooner_once_the_frozen_objects_grew_by_a_quarter() -> None:
+    """Garbage in cycles among objects frozen while in use (a fan-out's runs) is reclaimed once
+    the frozen objects are a quarter more than after the last sweep, not only every 15
+    minutes."""
+    gc.unfreeze()
+    gc.collect()
+    pacer = Pacer(sweep_every=900.0, clock=lambda: 0.0)
+    pacer.step()
+    kept = gc.get_freeze_count()
+    nodes = [_Node() for _ in range(kept // 8)]  # an eighth more: no sweep
+    gone = weakref.ref(nodes[0])
+    pacer.step()
+    del nodes
+    pacer.step()
+    assert gone() is not None and pacer.sweeps == 0
+    more = [_Node() for _ in range(kept // 4)]  # then past a quarter: swept
+    pacer.step()
+    assert pacer.sweeps == 0
+    pacer.step()
+    assert gone() is None and pacer.sweeps == 1
+    del more
