@@ -270,9 +270,10 @@ class Execution:
                         # A new server process: continue after what is stored.  The agent numbers
                         # only output lines; our seq also counts system lines.
                         await self.writer.flush()
-                        attach_from = await self.store.call(self.store.count_output_lines, run.id)
-                        next_seq = await self.store.call(self.store.max_seq, run.id) + 1
-                        stored = await self.store.call(self.store.output_bytes, run.id)
+                        attach_from, top, stored = await self.store.call(
+                            self.store.resume_point, run.id
+                        )
+                        next_seq = top + 1
                         out = self.recorder.output(
                             run, first_seq=next_seq, stored=stored, masks=masks(options)
                         )
