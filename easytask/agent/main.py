@@ -35,6 +35,13 @@ log = logging.getLogger("easytask.agent")
 AGENT_VERSION_PREFIX = "EasyTaskAgent_"
 MAX_BEAT_EVERY = 300.0  # seconds: the slowest heartbeat pace a server may ask for
 KEEPALIVE_PER_BEAT = 1.5  # keepalives at most every 1.5 heartbeats when paced (`keepalive_for`)
+# seconds: the longest wait between tries while every server refuses the connection (none is
+# listening: a try costs a server nothing), so a fleet is back soon after its server restarts
+REFUSED_BACKOFF_MAX = 5.0
+
+
+class NoServerListening(OSError):
+    """Every server refused the connection: none of them is listening now."""
 
 
 def keepalive_for(asked: float, heartbeat: float, interval: float, count: int) -> tuple[float, int]:
@@ -480,14 +487,18 @@ class Agent:
         preferred, the next ones are tried when it does not answer.
         """
         errors: list[str] = []
+        refused = 0
         for host, port in self.config.addresses:
             try:
                 conn = await self._dial(host, port)
             except (TimeoutError, OSError, asyncssh.Error) as exc:
                 errors.append(f"{host}:{port}: {str(exc) or type(exc).__name__}")
+                refused += isinstance(exc, ConnectionRefusedError)
                 continue
             self.current_server = f"{host}:{port}"
             return conn
+        if refused == len(errors):
+            raise NoServerListening("; ".join(errors))
         raise OSError("; ".join(errors))
 
     async def _dial(self, host: str, port: int) -> asyncssh.SSHServerConnection:
@@ -510,8 +521,9 @@ class Agent:
         )
 
     async def run(self) -> None:
-        """Stay connected until stopped, reconnecting with exponential backoff and jitter;
-        sample the host meanwhile, connected or not."""
+        """Stay connected until stopped, reconnecting with exponential backoff and jitter (at
+        most `REFUSED_BACKOFF_MAX` while no server listens); sample the host meanwhile,
+        connected or not."""
         sampling = None
         if self.sampler is not None:
             sampling = asyncio.create_task(
@@ -528,9 +540,12 @@ class Agent:
         backoff = self.config.backoff_min
         while not self._stop.is_set():
             started = asyncio.get_running_loop().time()
+            longest = self.config.backoff_max
             try:
                 conn = await self.connect_once()
             except (TimeoutError, OSError, asyncssh.Error) as exc:
+                if isinstance(exc, NoServerListening):  # e.g. the server is starting again
+                    longest = min(longest, REFUSED_BACKOFF_MAX)
                 log.warning(
                     "cannot connect to %s: %s", self.config.server, str(exc) or type(exc).__name__
                 )
@@ -561,8 +576,9 @@ class Agent:
                     backoff = self.config.backoff_min
             if self._stop.is_set():
                 break
+            backoff = min(backoff, longest)
             delay = backoff * (0.5 + random.random())
-            backoff = min(backoff * 2, self.config.backoff_max)
+            backoff = min(backoff * 2, longest)
             try:
                 async with asyncio.timeout(delay):
                     await self._stop.wait()
