@@ -7,7 +7,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from easytask.agent.main import REFUSED_BACKOFF_MAX
+from easytask.agent.backoff import REFUSED_BACKOFF_MAX, Backoff, NoServerListening, no_server
 from tests.conftest import AgentFactory, ServerFactory
 from tests.support import free_port, wait_until
 
@@ -51,3 +51,19 @@ def test_agent_retries_soon_while_no_server_listens(
     up = time.monotonic()
     wait_until(lambda: server2.agent_status("back1") == "online", timeout=30, what="online")
     assert time.monotonic() - up < REFUSED_BACKOFF_MAX * 1.5 + 5
+
+
+def test_backoff_is_short_only_while_no_server_listens() -> None:
+    """Doubling up to --backoff-max after timeouts; at most REFUSED_BACKOFF_MAX (x 1.5 jitter)
+    as soon as a try is refused, also right after long waits; from the shortest after a reset."""
+    backoff = Backoff(0.5, 60.0)
+    waits = [backoff.next_delay(refused=False) for _ in range(12)]
+    assert 0.25 <= waits[0] <= 0.75 and max(waits[-3:]) >= 30
+    assert all(backoff.next_delay(refused=True) <= REFUSED_BACKOFF_MAX * 1.5 for _ in range(20))
+    assert backoff.next_delay(refused=False) <= 2 * REFUSED_BACKOFF_MAX * 1.5
+    backoff.reset()
+    assert backoff.next_delay(refused=False) <= 0.75
+    refused = ConnectionRefusedError(111, "Connect call failed")
+    assert isinstance(no_server([("a:1", refused), ("b:2", refused)]), NoServerListening)
+    mixed = no_server([("a:1", refused), ("b:2", TimeoutError())])
+    assert not isinstance(mixed, NoServerListening) and "b:2: TimeoutError" in str(mixed)

@@ -7,7 +7,6 @@ import contextlib
 import json
 import logging
 import os
-import random
 import re
 import signal
 import time
@@ -19,6 +18,7 @@ import asyncssh
 
 from easytask import __version__
 from easytask.agent import facts, sftp
+from easytask.agent.backoff import Backoff, NoServerListening, no_server
 from easytask.agent.hostmetrics import SPOOL, HostSampler
 from easytask.agent.policy import make_policy
 from easytask.agent.runner import CHUNK, Runner, check_pass_env
@@ -35,13 +35,6 @@ log = logging.getLogger("easytask.agent")
 AGENT_VERSION_PREFIX = "EasyTaskAgent_"
 MAX_BEAT_EVERY = 300.0  # seconds: the slowest heartbeat pace a server may ask for
 KEEPALIVE_PER_BEAT = 1.5  # keepalives at most every 1.5 heartbeats when paced (`keepalive_for`)
-# seconds: the longest wait between tries while every server refuses the connection (none is
-# listening: a try costs a server nothing), so a fleet is back soon after its server restarts
-REFUSED_BACKOFF_MAX = 5.0
-
-
-class NoServerListening(OSError):
-    """Every server refused the connection: none of them is listening now."""
 
 
 def keepalive_for(asked: float, heartbeat: float, interval: float, count: int) -> tuple[float, int]:
@@ -486,20 +479,16 @@ class Agent:
         Servers sharing one database are interchangeable to an agent: the first on the list is
         preferred, the next ones are tried when it does not answer.
         """
-        errors: list[str] = []
-        refused = 0
+        failures: list[tuple[str, Exception]] = []
         for host, port in self.config.addresses:
             try:
                 conn = await self._dial(host, port)
             except (TimeoutError, OSError, asyncssh.Error) as exc:
-                errors.append(f"{host}:{port}: {str(exc) or type(exc).__name__}")
-                refused += isinstance(exc, ConnectionRefusedError)
+                failures.append((f"{host}:{port}", exc))
                 continue
             self.current_server = f"{host}:{port}"
             return conn
-        if refused == len(errors):
-            raise NoServerListening("; ".join(errors))
-        raise OSError("; ".join(errors))
+        raise no_server(failures)
 
     async def _dial(self, host: str, port: int) -> asyncssh.SSHServerConnection:
         return await asyncssh.connect_reverse(
@@ -521,9 +510,8 @@ class Agent:
         )
 
     async def run(self) -> None:
-        """Stay connected until stopped, reconnecting with exponential backoff and jitter (at
-        most `REFUSED_BACKOFF_MAX` while no server listens); sample the host meanwhile,
-        connected or not."""
+        """Stay connected until stopped, reconnecting with exponential backoff and jitter (see
+        `Backoff`); sample the host meanwhile, connected or not."""
         sampling = None
         if self.sampler is not None:
             sampling = asyncio.create_task(
@@ -537,15 +525,14 @@ class Agent:
                 await asyncio.gather(sampling, return_exceptions=True)
 
     async def _connect_loop(self) -> None:
-        backoff = self.config.backoff_min
+        backoff = Backoff(self.config.backoff_min, self.config.backoff_max)
         while not self._stop.is_set():
             started = asyncio.get_running_loop().time()
-            longest = self.config.backoff_max
+            refused = False
             try:
                 conn = await self.connect_once()
             except (TimeoutError, OSError, asyncssh.Error) as exc:
-                if isinstance(exc, NoServerListening):  # e.g. the server is starting again
-                    longest = min(longest, REFUSED_BACKOFF_MAX)
+                refused = isinstance(exc, NoServerListening)  # e.g. the server starting again
                 log.warning(
                     "cannot connect to %s: %s", self.config.server, str(exc) or type(exc).__name__
                 )
@@ -573,14 +560,11 @@ class Agent:
                 conn.close()
                 log.info("disconnected from %s", self.current_server)
                 if asyncio.get_running_loop().time() - started > 30:
-                    backoff = self.config.backoff_min
+                    backoff.reset()
             if self._stop.is_set():
                 break
-            backoff = min(backoff, longest)
-            delay = backoff * (0.5 + random.random())
-            backoff = min(backoff * 2, longest)
             try:
-                async with asyncio.timeout(delay):
+                async with asyncio.timeout(backoff.next_delay(refused)):
                     await self._stop.wait()
             except TimeoutError:
                 pass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections import deque
@@ -62,8 +63,9 @@ class AgentRegistry(Heartbeats):
             self.agents[row.name] = self._info(row)
 
     @staticmethod
-    def _info(row: Agent) -> AgentInfo:
-        facts = stored_facts(row.facts)
+    def _info(row: Agent, checked: bool = False) -> AgentInfo:
+        """An agent's record as kept here (`checked`: its facts are a hello's, just checked)."""
+        facts = json.loads(row.facts) if checked else stored_facts(row.facts)
         return AgentInfo(
             name=row.name,
             fingerprint=row.fingerprint,
@@ -193,8 +195,8 @@ class AgentRegistry(Heartbeats):
         """The agent's record is online (`row`, as stored): it takes work from now on."""
         assert link.name is not None
         name = link.name
-        info = self.agents.setdefault(name, self._info(row))
-        fresh = self._info(row)
+        fresh = self._info(row, checked=True)
+        info = self.agents.setdefault(name, fresh)
         info.slots, info.groups, info.facts = fresh.slots, fresh.groups, fresh.facts
         info.approved, info.busy = fresh.approved, busy
         info.link = link
@@ -573,8 +575,7 @@ class AgentRegistry(Heartbeats):
             except TimeoutError:
                 return None
             finally:
-                if not waiter.done():  # timed out or cancelled: no longer waiting
-                    waiter.cancel()
+                if waiter.cancel() or waiter.cancelled():  # timed out or cancelled: gone
                     with contextlib.suppress(ValueError):
                         waiters.remove(waiter)
                     if not waiters and self._waiters.get(name) is waiters:
