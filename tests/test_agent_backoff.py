@@ -7,7 +7,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from easytask.agent.backoff import REFUSED_BACKOFF_MAX, Backoff, NoServerListening, no_server
+from easytask.agent.link import REFUSED_BACKOFF_MAX, Backoff, NoServerListening, no_server
 from tests.conftest import AgentFactory, ServerFactory
 from tests.support import free_port, wait_until
 

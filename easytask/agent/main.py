@@ -18,8 +18,15 @@ import asyncssh
 
 from easytask import __version__
 from easytask.agent import facts, sftp
-from easytask.agent.backoff import Backoff, NoServerListening, no_server
 from easytask.agent.hostmetrics import SPOOL, HostSampler
+from easytask.agent.link import (
+    HANDSHAKE_WAIT,
+    Backoff,
+    NoServerListening,
+    keepalive_for,
+    no_server,
+    open_tcp,
+)
 from easytask.agent.policy import make_policy
 from easytask.agent.runner import CHUNK, Runner, check_pass_env
 from easytask.headroom import Limits
@@ -34,20 +41,6 @@ log = logging.getLogger("easytask.agent")
 
 AGENT_VERSION_PREFIX = "EasyTaskAgent_"
 MAX_BEAT_EVERY = 300.0  # seconds: the slowest heartbeat pace a server may ask for
-KEEPALIVE_PER_BEAT = 1.5  # keepalives at most every 1.5 heartbeats when paced (`keepalive_for`)
-
-
-def keepalive_for(asked: float, heartbeat: float, interval: float, count: int) -> tuple[float, int]:
-    """The keepalive (interval, count) of a link whose server asked for heartbeats every
-    `asked` s, for an agent of --heartbeat, --keepalive and --keepalive-count. A large fleet's
-    server asks for a slower pace than the agent's own: keepalives (a request and a reply each;
-    667 a second at 10,000 agents every 15 s) then come every 1.5 heartbeats at most, with
-    fewer missed ones allowed: a silent server is noticed within two such intervals or
-    interval x count, the longer (one that stops or dies closes its connections: noticed at once)."""
-    slow = KEEPALIVE_PER_BEAT * asked
-    if asked <= heartbeat or interval <= 0 or slow <= interval:
-        return interval, count
-    return slow, max(1, int(interval * count // slow))
 
 
 def quoteless(reason: str) -> str:
@@ -491,23 +484,29 @@ class Agent:
         raise no_server(failures)
 
     async def _dial(self, host: str, port: int) -> asyncssh.SSHServerConnection:
-        return await asyncssh.connect_reverse(
-            host,
-            port,
-            server_factory=lambda: _ServerSide(self),
-            server_host_keys=[self.host_key],
-            process_factory=self.handle,
-            encoding=None,
-            server_version=agent_version_string(self.config.name),
-            sftp_factory=sftp.sftp_factory(self.policy),
-            allow_scp=False,
-            keepalive_interval=self.config.keepalive_interval,
-            keepalive_count_max=self.config.keepalive_count,
-            encryption_algs=LINK_CIPHERS,
-            config=None,
-            login_timeout=30,
-            connect_timeout=15,
-        )
+        sock = await open_tcp(host, port)
+        try:
+            return await asyncssh.connect_reverse(
+                host,
+                port,
+                sock=sock,
+                server_factory=lambda: _ServerSide(self),
+                server_host_keys=[self.host_key],
+                process_factory=self.handle,
+                encoding=None,
+                server_version=agent_version_string(self.config.name),
+                sftp_factory=sftp.sftp_factory(self.policy),
+                allow_scp=False,
+                keepalive_interval=self.config.keepalive_interval,
+                keepalive_count_max=self.config.keepalive_count,
+                encryption_algs=LINK_CIPHERS,
+                config=None,
+                login_timeout=HANDSHAKE_WAIT,
+                connect_timeout=HANDSHAKE_WAIT,
+            )
+        except BaseException:
+            sock.close()
+            raise
 
     async def run(self) -> None:
         """Stay connected until stopped, reconnecting with exponential backoff and jitter (see

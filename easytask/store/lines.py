@@ -227,16 +227,24 @@ class LineQueries(PgLineQueries):
         stored output lines (`count_output_lines`), its highest seq (`max_seq`) and the
         characters of its stored output (`output_bytes`)."""
         from sqlalchemy import case
+        from sqlalchemy import select as core_select
 
-        output = col(LogLine.stream) != "system"
+        from easytask.store.statements import LOG_LINE
+
+        output = LOG_LINE.c.stream != "system"
         with self.session() as s:
-            lines, top, chars = s.exec(
-                select(
-                    func.sum(case((output, 1), else_=0)),
-                    func.max(LogLine.seq),
-                    func.sum(case((output, func.length(LogLine.text)), else_=0)),
-                ).where(self._of_run(s, run_id))
-            ).one()
+            # a Core statement on the session's connection: no ORM compilation per run
+            lines, top, chars = (
+                s.connection()
+                .execute(
+                    core_select(
+                        func.sum(case((output, 1), else_=0)),
+                        func.max(LOG_LINE.c.seq),
+                        func.sum(case((output, func.length(LOG_LINE.c.text)), else_=0)),
+                    ).where(self._of_run(s, run_id))
+                )
+                .one()
+            )
             return int(lines or 0), int(top or 0), int(chars or 0)
 
     def line_stats(self, run_id: int) -> tuple[int, int]:
