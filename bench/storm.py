@@ -12,7 +12,7 @@ own key and reverse SSH link, the same `Agent` class the `easytask agent` comman
   every PERIOD s; once every run is running and has a line stored, the server is killed with
   `kill -9` and started again on the same state dir and agent port.
 - **hand-off** (two servers on one PostgreSQL): the agents know `--server B,A` and start on B
-  (those B turns away past its handshake limit go on to A, as agents do), the job is submitted
+  (those B does not take in time go on to A, as agents do), the job is submitted
   to B; B is killed with `kill -9` and not started again: its agents reconnect to A, which takes B's job and runs over once B's heartbeat is older than
   `--server-timeout` (15 s, the default).
 
@@ -403,7 +403,7 @@ def handoff(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             args, procs, b, root, "ho", "--server", f"{b.agents_addr},{a.agents_addr}"
         )
         t0 = time.perf_counter()
-        # B closes connections past its handshake limit: those agents go on to A, as they should
+        # agents B does not take in time (their connection or handshake times out) go on to A
         wait_online(db, [a_id, b_id], n, sims, [a, b], timeout=300 + n / 5)
         on_b = db.online(b_id)
         say(f"hand-off: {n} agents online after {time.perf_counter() - t0:.1f} s, {on_b} on B")
@@ -546,7 +546,7 @@ def rows(label: str, r: dict[str, Any]) -> list[str]:
         out.insert(
             0,
             f"| {label}: agents B held when it was killed (the others had gone on to A when B "
-            f"closed their connection past its handshake limit) | {r['on_b_at_kill']:,} of "
+            f"did not take their connection in time) | {r['on_b_at_kill']:,} of "
             f"{n:,} | |",
         )
     return out
