@@ -33,6 +33,7 @@ PG_TESTS := tests/test_store.py tests/test_migrations.py tests/test_adhoc.py \
 	tests/test_log_partitions.py tests/test_db_search.py tests/test_play_loops.py \
 	tests/test_templates.py tests/test_db_faults.py \
 	tests/test_play_loop_results.py tests/test_approval_rules.py \
+	tests/test_agent_backoff.py \
 	tests/browser/test_console_admin.py tests/browser/test_console_schedules.py
 
 $(STAMP): pyproject.toml

@@ -12,7 +12,7 @@ own key and reverse SSH link, the same `Agent` class the `easytask agent` comman
   every PERIOD s; once every run is running and has a line stored, the server is killed with
   `kill -9` and started again on the same state dir and agent port.
 - **hand-off** (two servers on one PostgreSQL): the agents know `--server B,A` and start on B
-  (those B turns away past its handshake limit go on to A, as agents do), the job is submitted
+  (those B does not take in time go on to A, as agents do), the job is submitted
   to B; B is killed with `kill -9` and not started again: its agents reconnect to A, which takes B's job and runs over once B's heartbeat is older than
   `--server-timeout` (15 s, the default).
 
@@ -339,6 +339,7 @@ def single(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         server = start_server(state, inventory, procs, "--agents", agents_addr)
         t_up = time.perf_counter() - t_kill
         pid = server.proc.pid
+        cpu_up = proc_cpu_seconds(pid)  # its start, before (most) agents are back
         back_s, curve = watch_back(db, sid, n, t_kill, sims, [server], args.give_up)
         cpu_back = proc_cpu_seconds(pid)
         say(f"one server: {curve[-1][1]} agents back online {curve[-1][0]:.1f} s after the kill")
@@ -353,6 +354,7 @@ def single(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             "job": job_id,
             "job_state": state_final,
             "restart_s": t_up,
+            "server_cpu_start_s": cpu_up,
             "back_online_s": back_s,
             "back_at_end": curve[-1],
             "online_at": {s: curve_at(curve, s) for s in (10, 30, 60, 120, 300)},
@@ -401,7 +403,7 @@ def handoff(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             args, procs, b, root, "ho", "--server", f"{b.agents_addr},{a.agents_addr}"
         )
         t0 = time.perf_counter()
-        # B closes connections past its handshake limit: those agents go on to A, as they should
+        # agents B does not take in time (their connection or handshake times out) go on to A
         wait_online(db, [a_id, b_id], n, sims, [a, b], timeout=300 + n / 5)
         on_b = db.online(b_id)
         say(f"hand-off: {n} agents online after {time.perf_counter() - t0:.1f} s, {on_b} on B")
@@ -517,9 +519,15 @@ def rows(label: str, r: dict[str, Any]) -> list[str]:
             f"| {label}: A holds B's job (`--server-timeout {r['server_timeout']}`; looked at "
             f"once every agent was back) | by {r['job_taken_s']:.1f} s after the kill | |"
         )
+    cpu_text = (
+        f"{r['server_cpu_to_online_s']:.1f} s ({1000 * r['server_cpu_to_online_s'] / n:.1f} ms "
+        "per agent"
+    )
+    if "server_cpu_start_s" in r:  # net of the start (imports, reading the state)
+        net = r["server_cpu_to_online_s"] - r["server_cpu_start_s"]
+        cpu_text += f"; {1000 * net / n:.1f} ms net of the {r['server_cpu_start_s']:.1f} s start"
     out += [
-        f"| {label}: server CPU until all online | {r['server_cpu_to_online_s']:.1f} s "
-        f"({1000 * r['server_cpu_to_online_s'] / n:.1f} ms per agent) | |",
+        f"| {label}: server CPU until all online | {cpu_text}) | |",
         f"| {label}: job final (`{r['job_state']}`) after the kill | {r['job_final_s']:.1f} s, "
         f"server CPU {r['server_cpu_to_final_s']:.1f} s | |",
         f"| {label}: runs stored / distinct hosts / a host twice | {c['runs']:,} / "
@@ -538,7 +546,7 @@ def rows(label: str, r: dict[str, Any]) -> list[str]:
         out.insert(
             0,
             f"| {label}: agents B held when it was killed (the others had gone on to A when B "
-            f"closed their connection past its handshake limit) | {r['on_b_at_kill']:,} of "
+            f"did not take their connection in time) | {r['on_b_at_kill']:,} of "
             f"{n:,} | |",
         )
     return out

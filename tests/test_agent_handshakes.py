@@ -51,6 +51,20 @@ def test_connections_past_the_handshake_cap_wait_until_a_place_frees(
     assert server.agent_status("after") == "online"
 
 
+def test_an_agent_keeps_its_place_in_the_queue_past_its_tcp_timeout(
+    start_server: ServerFactory, start_agent: AgentFactory
+) -> None:
+    """The one handshake place is held by a silent peer until the server's 30 s login timeout
+    drops it, longer than an agent gives its TCP connection (15 s): a real agent queued behind
+    it waits for its handshake and comes online without a failed try."""
+    server = start_server(None, "--agents-handshakes", "1")
+    held = _connect(server.agents_addr)
+    assert held.recv(64).startswith(b"SSH-2.0-")
+    agent = start_agent(server, "queued")  # returns once the server has it online
+    assert "cannot connect" not in agent.output()
+    held.close()
+
+
 def _server_with_open_files(tmp_path: Path, procs: Procs, soft: int, hard: int) -> ServerHandle:
     """A real server started with this open-file limit (soft, hard), as a service manager or
     `ulimit -n` would give it."""

@@ -236,6 +236,9 @@ def test_log_lines_search_and_windows(store: Store) -> None:
     assert store.count_output_lines(a) == 3
     assert store.output_bytes(a) == sum(len(line.text) for line in lines[:3])
     assert store.max_seq(a) == 4 and store.max_seq(999999) == 0
+    # the same three in one query, as a run re-attached after a restart reads them
+    assert store.resume_point(a) == (3, 4, store.output_bytes(a))
+    assert store.resume_point(999999) == (0, 0, 0)
     assert store.line_stats(a) == (4, 4)
     assert store.count_lines(a) == (4, 4)
     assert store.count_lines(a, ["INFO"]) == (3, 4)

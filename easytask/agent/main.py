@@ -7,7 +7,6 @@ import contextlib
 import json
 import logging
 import os
-import random
 import signal
 import time
 from dataclasses import dataclass, field
@@ -19,6 +18,14 @@ import asyncssh
 from easytask import __version__
 from easytask.agent import facts, sftp
 from easytask.agent.hostmetrics import SPOOL, HostSampler
+from easytask.agent.link import (
+    HANDSHAKE_WAIT,
+    Backoff,
+    NoServerListening,
+    keepalive_for,
+    no_server,
+    open_tcp,
+)
 from easytask.agent.policy import make_policy, quoteless
 from easytask.agent.runner import CHUNK, Runner, check_pass_env
 from easytask.headroom import Limits
@@ -33,20 +40,6 @@ log = logging.getLogger("easytask.agent")
 
 AGENT_VERSION_PREFIX = "EasyTaskAgent_"
 MAX_BEAT_EVERY = 300.0  # seconds: the slowest heartbeat pace a server may ask for
-KEEPALIVE_PER_BEAT = 1.5  # keepalives at most every 1.5 heartbeats when paced (`keepalive_for`)
-
-
-def keepalive_for(asked: float, heartbeat: float, interval: float, count: int) -> tuple[float, int]:
-    """The keepalive (interval, count) of a link whose server asked for heartbeats every
-    `asked` s, for an agent of --heartbeat, --keepalive and --keepalive-count. A large fleet's
-    server asks for a slower pace than the agent's own: keepalives (a request and a reply each;
-    667 a second at 10,000 agents every 15 s) then come every 1.5 heartbeats at most, with
-    fewer missed ones allowed: a silent server is noticed within two such intervals or
-    interval x count, the longer (one that stops or dies closes its connections: noticed at once)."""
-    slow = KEEPALIVE_PER_BEAT * asked
-    if asked <= heartbeat or interval <= 0 or slow <= interval:
-        return interval, count
-    return slow, max(1, int(interval * count // slow))
 
 
 @dataclass
@@ -478,39 +471,45 @@ class Agent:
         Servers sharing one database are interchangeable to an agent: the first on the list is
         preferred, the next ones are tried when it does not answer.
         """
-        errors: list[str] = []
+        failures: list[tuple[str, Exception]] = []
         for host, port in self.config.addresses:
             try:
                 conn = await self._dial(host, port)
             except (TimeoutError, OSError, asyncssh.Error) as exc:
-                errors.append(f"{host}:{port}: {str(exc) or type(exc).__name__}")
+                failures.append((f"{host}:{port}", exc))
                 continue
             self.current_server = f"{host}:{port}"
             return conn
-        raise OSError("; ".join(errors))
+        raise no_server(failures)
 
     async def _dial(self, host: str, port: int) -> asyncssh.SSHServerConnection:
-        return await asyncssh.connect_reverse(
-            host,
-            port,
-            server_factory=lambda: _ServerSide(self),
-            server_host_keys=[self.host_key],
-            process_factory=self.handle,
-            encoding=None,
-            server_version=agent_version_string(self.config.name),
-            sftp_factory=sftp.sftp_factory(self.policy),
-            allow_scp=False,
-            keepalive_interval=self.config.keepalive_interval,
-            keepalive_count_max=self.config.keepalive_count,
-            encryption_algs=LINK_CIPHERS,
-            config=None,
-            login_timeout=30,
-            connect_timeout=15,
-        )
+        sock = await open_tcp(host, port)
+        try:
+            return await asyncssh.connect_reverse(
+                host,
+                port,
+                sock=sock,
+                server_factory=lambda: _ServerSide(self),
+                server_host_keys=[self.host_key],
+                process_factory=self.handle,
+                encoding=None,
+                server_version=agent_version_string(self.config.name),
+                sftp_factory=sftp.sftp_factory(self.policy),
+                allow_scp=False,
+                keepalive_interval=self.config.keepalive_interval,
+                keepalive_count_max=self.config.keepalive_count,
+                encryption_algs=LINK_CIPHERS,
+                config=None,
+                login_timeout=HANDSHAKE_WAIT,
+                connect_timeout=HANDSHAKE_WAIT,
+            )
+        except BaseException:
+            sock.close()
+            raise
 
     async def run(self) -> None:
-        """Stay connected until stopped, reconnecting with exponential backoff and jitter;
-        sample the host meanwhile, connected or not."""
+        """Stay connected until stopped, reconnecting with exponential backoff and jitter (see
+        `Backoff`); sample the host meanwhile, connected or not."""
         sampling = None
         if self.sampler is not None:
             sampling = asyncio.create_task(
@@ -524,12 +523,14 @@ class Agent:
                 await asyncio.gather(sampling, return_exceptions=True)
 
     async def _connect_loop(self) -> None:
-        backoff = self.config.backoff_min
+        backoff = Backoff(self.config.backoff_min, self.config.backoff_max)
         while not self._stop.is_set():
             started = asyncio.get_running_loop().time()
+            refused = False
             try:
                 conn = await self.connect_once()
             except (TimeoutError, OSError, asyncssh.Error) as exc:
+                refused = isinstance(exc, NoServerListening)  # e.g. the server starting again
                 log.warning(
                     "cannot connect to %s: %s", self.config.server, str(exc) or type(exc).__name__
                 )
@@ -557,13 +558,11 @@ class Agent:
                 conn.close()
                 log.info("disconnected from %s", self.current_server)
                 if asyncio.get_running_loop().time() - started > 30:
-                    backoff = self.config.backoff_min
+                    backoff.reset()
             if self._stop.is_set():
                 break
-            delay = backoff * (0.5 + random.random())
-            backoff = min(backoff * 2, self.config.backoff_max)
             try:
-                async with asyncio.timeout(delay):
+                async with asyncio.timeout(backoff.next_delay(refused)):
                     await self._stop.wait()
             except TimeoutError:
                 pass

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import time
 from collections import deque
@@ -38,7 +40,9 @@ class AgentRegistry(Heartbeats):
         self.hub = hub
         self.server_id = server_id
         self.agents: dict[str, AgentInfo] = {}
-        self._changed = asyncio.Condition()
+        # runs waiting for a slot, by agent name: a change of one agent wakes only its own
+        # (a fleet reconnecting after a restart has a run waiting on every agent)
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.refused: list[dict[str, Any]] = []  # recent refusals, for the API and tests
         # pending requests one address may hold, and make per PENDING_WINDOW seconds
@@ -59,8 +63,9 @@ class AgentRegistry(Heartbeats):
             self.agents[row.name] = self._info(row)
 
     @staticmethod
-    def _info(row: Agent) -> AgentInfo:
-        facts = stored_facts(row.facts)
+    def _info(row: Agent, checked: bool = False) -> AgentInfo:
+        """An agent's record as kept here (`checked`: its facts are a hello's, just checked)."""
+        facts = json.loads(row.facts) if checked else stored_facts(row.facts)
         return AgentInfo(
             name=row.name,
             fingerprint=row.fingerprint,
@@ -190,8 +195,8 @@ class AgentRegistry(Heartbeats):
         """The agent's record is online (`row`, as stored): it takes work from now on."""
         assert link.name is not None
         name = link.name
-        info = self.agents.setdefault(name, self._info(row))
-        fresh = self._info(row)
+        fresh = self._info(row, checked=True)
+        info = self.agents.setdefault(name, fresh)
         info.slots, info.groups, info.facts = fresh.slots, fresh.groups, fresh.facts
         info.approved, info.busy = fresh.approved, busy
         info.link = link
@@ -212,7 +217,7 @@ class AgentRegistry(Heartbeats):
                 name,
                 ",".join(waiting),
             )
-        await self._notify()
+        self._wake(name)
         self._publish(name)
         self._watch(link)
         for hook in self.on_online:
@@ -378,7 +383,7 @@ class AgentRegistry(Heartbeats):
         await self.store.call(
             self.store.update_agent, name, note, connected=False, last_seen=utcnow()
         )
-        await self._notify()
+        self._wake(name)
         self._publish(name)
 
     def _spawn(self, coro: Any) -> None:
@@ -391,9 +396,11 @@ class AgentRegistry(Heartbeats):
         if info is not None:
             self.hub.publish(events.agent_state(name, self.status(info)), "agents")
 
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+    def _wake(self, name: str) -> None:
+        """The runs waiting for agent `name` look at it again (it changed)."""
+        for waiter in self._waiters.pop(name, ()):
+            if not waiter.done():
+                waiter.set_result(None)
 
     # -- administration ---------------------------------------------------------------------
 
@@ -416,7 +423,7 @@ class AgentRegistry(Heartbeats):
         if state == AgentState.REVOKED and info.link is not None:
             info.link.close()
             info.link = None
-        await self._notify()
+        self._wake(name)
         self._publish(name)
         self._changed_here(name)
         return row
@@ -492,7 +499,7 @@ class AgentRegistry(Heartbeats):
             ):
                 info.link.close()
                 info.link = None
-        await self._notify()
+        self._wake(name)
         self._publish(name)
 
     @staticmethod
@@ -552,26 +559,34 @@ class AgentRegistry(Heartbeats):
         and take it; None on timeout."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        async with self._changed:
-            while True:
-                info = self.try_acquire(name, fresh)
-                if info is not None:
-                    return info
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    return None
-                try:
-                    async with asyncio.timeout(remaining):
-                        await self._changed.wait()
-                except TimeoutError:
-                    return None
+        while True:
+            info = self.try_acquire(name, fresh)
+            if info is not None:
+                return info
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            waiter: asyncio.Future[None] = loop.create_future()
+            waiters = self._waiters.setdefault(name, [])
+            waiters.append(waiter)
+            try:
+                async with asyncio.timeout(remaining):
+                    await waiter
+            except TimeoutError:
+                return None
+            finally:
+                if waiter.cancel() or waiter.cancelled():  # timed out or cancelled: gone
+                    with contextlib.suppress(ValueError):
+                        waiters.remove(waiter)
+                    if not waiters and self._waiters.get(name) is waiters:
+                        del self._waiters[name]
 
     async def release(self, name: str) -> None:
         """Give back a slot."""
         info = self.agents.get(name)
         if info is not None and info.running > 0:
             info.running -= 1
-        await self._notify()
+        self._wake(name)
 
     async def close(self) -> None:
         """Close every link (after the acknowledgements waiting for it are sent)."""

@@ -270,9 +270,8 @@ class Execution:
                         # A new server process: continue after what is stored.  The agent numbers
                         # only output lines; our seq also counts system lines.
                         await self.writer.flush()
-                        attach_from = await self.store.call(self.store.count_output_lines, run.id)
-                        next_seq = await self.store.call(self.store.max_seq, run.id) + 1
-                        stored = await self.store.call(self.store.output_bytes, run.id)
+                        point = await self.store.call(self.store.resume_point, run.id)
+                        attach_from, next_seq, stored = point[0], point[1] + 1, point[2]
                         out = self.recorder.output(
                             run, first_seq=next_seq, stored=stored, masks=masks(options)
                         )

@@ -51,7 +51,7 @@ class Heartbeats:
     def _publish(self, name: str) -> None:
         raise NotImplementedError
 
-    async def _notify(self) -> None:
+    def _wake(self, name: str) -> None:
         raise NotImplementedError
 
     def _watch(self, link: AgentLink) -> None:
@@ -128,7 +128,7 @@ class Heartbeats:
         )
         self._publish(info.name)
         if not busy:
-            self._spawn(self._notify())  # runs waiting for it take it now
+            self._wake(info.name)  # runs waiting for it take it now
 
     def least_busy(self, candidates: Sequence[str]) -> str:
         """The online agent, not busy, with the most headroom (`easytask.headroom.rank`: free

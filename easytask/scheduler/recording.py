@@ -77,6 +77,12 @@ class Recorder:
         assert run.id is not None
         await self.run_state.change(run.id, kind, detail)
 
+    def event_soon(self, run: Run, kind: str, detail: str) -> asyncio.Future[Any]:
+        """`event` without waiting: queued now, in order; the future is done once it is stored
+        (events queued together are stored together)."""
+        assert run.id is not None
+        return self.run_state.queue(run.id, kind, detail)
+
     def note(self, run: Run, kind: str, detail: str) -> None:
         """Add an event to a run's timeline without waiting for it: stored before any change
         of the run asked for after it (a failure is logged)."""

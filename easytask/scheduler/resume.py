@@ -75,6 +75,8 @@ class TakeOver:
         by_job: dict[int, list[Run]] = {}
         playbook_jobs: dict[int, list[Run]] = {}
         kinds: dict[int, str] = {}
+        # one transaction for the `resumed` events of many runs, not one each
+        noted: list[asyncio.Future[Any]] = []
         for run in await self.store.call(self.store.unfinished_runs, job_ids):
             assert run.id is not None
             if run.job_id not in kinds:
@@ -88,8 +90,11 @@ class TakeOver:
                 await self.recorder.finish_job(run.job_id)
                 counts["failed"] += 1
                 continue
-            await self.recorder.event(run, "resumed", f"by server {self.registry.server_id}")
+            noted.append(
+                self.recorder.event_soon(run, "resumed", f"by server {self.registry.server_id}")
+            )
             by_job.setdefault(run.job_id, []).append(run)
+        await asyncio.gather(*noted)
         for job_id, left in playbook_jobs.items():
             job = await self.store.call(self.store.get_job, job_id)
             reason = f"{why}: this kind of job cannot be continued"

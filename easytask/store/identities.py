@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+from sqlalchemy import bindparam
+from sqlalchemy import select as sa_select
 from sqlmodel import SQLModel, col, func, select
 
 from easytask.errors import Conflict
@@ -26,6 +28,9 @@ from easytask.store.models import (
 )
 
 M = TypeVar("M", bound=SQLModel)
+
+AGENT: Any = Agent.__table__  # type: ignore[attr-defined]
+AGENT_BY_NAME = sa_select(AGENT).where(AGENT.c.name == bindparam("agent_name"))
 
 
 def hash_secret(secret: str) -> str:
@@ -194,33 +199,37 @@ class IdentityQueries(Queries):
         self, name: str, audit: AuditNote | Sequence[AuditNote] | None = None, **fields: Any
     ) -> Agent | None:
         """Change some fields of an agent; with `audit`, its audit event (or events, in order) in
-        the same transaction (the agent's fingerprint added to each detail)."""
-        with self.session() as s:
-            agent = s.exec(select(Agent).where(Agent.name == name)).first()
-            if agent is None:
+        the same transaction (the agent's fingerprint added to each detail).
+
+        Plain statements, no ORM unit of work: every agent coming online or going away makes
+        one, and a fleet reconnecting after a restart makes thousands within a minute."""
+        with self.engine.begin() as conn:
+            row = conn.execute(AGENT_BY_NAME, {"agent_name": name}).mappings().first()
+            if row is None:
                 return None
-            if "state" in fields and fields["state"] != agent.state:
-                agent.state_since = utcnow()
-            if "connected" in fields and fields["connected"] != agent.connected:
-                agent.state_since = utcnow()
-            for key, value in fields.items():
-                setattr(agent, key, value)
-            s.add(agent)
+            values = dict(fields)
+            changed = any(
+                key in fields and fields[key] != row[key] for key in ("state", "connected")
+            )
+            if changed and "state_since" not in fields:
+                values["state_since"] = utcnow()
+            if values:
+                conn.execute(AGENT.update().where(AGENT.c.id == row["id"]).values(**values))
             notes = [audit] if audit is None or isinstance(audit, AuditNote) else audit
             for note in notes:
-                audit_chain.append_note(s.connection(), note, fingerprint=agent.fingerprint)
-            s.commit()
-            s.refresh(agent)
-            return agent
+                audit_chain.append_note(conn, note, fingerprint=row["fingerprint"])
+        return Agent(**{**row, **values})
 
     def disconnect_all_agents(self, server: str) -> None:
-        """Mark every agent held by this server as not connected (used at start and stop)."""
-        with self.session() as s:
-            for agent in s.exec(select(Agent).where(Agent.server == server, Agent.connected)):
-                agent.connected = False
-                agent.state_since = utcnow()
-                s.add(agent)
-            s.commit()
+        """Mark every agent held by this server as not connected (used at start and stop).
+
+        One statement: after a crash every agent of the fleet is still marked connected here."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                AGENT.update()
+                .where(AGENT.c.server == server, AGENT.c.connected)
+                .values(connected=False, state_since=utcnow())
+            )
 
     def create_enroll_token(
         self, uses: int, ttl: float | None, created_by: str, audit: AuditNote | None = None

@@ -222,6 +222,31 @@ class LineQueries(PgLineQueries):
             value = s.exec(select(func.max(LogLine.seq)).where(self._of_run(s, run_id))).one()
             return int(value or 0)
 
+    def resume_point(self, run_id: int) -> tuple[int, int, int]:
+        """What a run re-attached by a new server process continues after, in one query: its
+        stored output lines (`count_output_lines`), its highest seq (`max_seq`) and the
+        characters of its stored output (`output_bytes`)."""
+        from sqlalchemy import case
+        from sqlalchemy import select as core_select
+
+        from easytask.store.statements import LOG_LINE
+
+        output = LOG_LINE.c.stream != "system"
+        with self.session() as s:
+            # a Core statement on the session's connection: no ORM compilation per run
+            lines, top, chars = (
+                s.connection()
+                .execute(
+                    core_select(
+                        func.sum(case((output, 1), else_=0)),
+                        func.max(LOG_LINE.c.seq),
+                        func.sum(case((output, func.length(LOG_LINE.c.text)), else_=0)),
+                    ).where(self._of_run(s, run_id))
+                )
+                .one()
+            )
+            return int(lines or 0), int(top or 0), int(chars or 0)
+
     def line_stats(self, run_id: int) -> tuple[int, int]:
         """Count of stored lines and the highest seq (they are equal when nothing is missing)."""
         with self.session() as s:

@@ -236,7 +236,9 @@ class AgentListener:
         self.handshaking = 0
         self.room = asyncio.Event()  # set when a handshake place frees
         self.waits = 0  # times the listener waited for a place, since the start
-        self.backlog = max(128, 4 * handshakes) if handshakes > 0 else 1024
+        # deep enough for a fleet reconnecting at once to wait there, not in TCP retries (the
+        # kernel caps it at net.core.somaxconn; agents wait for their handshake up to 60 s)
+        self.backlog = max(1024, 64 * handshakes) if handshakes > 0 else 1024
         self.client_key = client_key
         self.keepalive_interval = keepalive_interval
         self.keepalive_count = keepalive_count
