@@ -145,6 +145,7 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                     "0",
                     "--backoff-max",
                     "30",
+                    "--gc-pacing",
                 )
             )
 

@@ -24,6 +24,7 @@ from easytask.scheduler.auditanchor import AuditAnchor, CheckpointWebhook
 from easytask.scheduler.cluster import Cluster
 from easytask.scheduler.egress import WebhookRefused, WebhookTargets, parse_url
 from easytask.scheduler.engine import JobEngine
+from easytask.scheduler.gcpacing import CollectorPacing
 from easytask.scheduler.hostmetrics import HostMetrics
 from easytask.scheduler.hub import LiveHub
 from easytask.scheduler.logwriter import LogWriter, buffer_limits
@@ -302,6 +303,9 @@ class Server:
         self.retention.start()
         self._approval_task = asyncio.create_task(self._expire_approvals(), name="approvals")
         counts = await self.engine.resume(self.inventory.hostvars, self._resume_playbook)
+        inflight = self.engine.inflight
+        self.gc_pacing = CollectorPacing(busy=lambda: bool(inflight.live or inflight.claimed))
+        self.gc_pacing.start()
         if any(counts.values()):
             log.warning(
                 "taking over from the previous server process: %d run(s) resumed, "
@@ -435,6 +439,9 @@ class Server:
             self.cluster.stop_claiming()
         await self.scheduler.close()
         await self.retention.close()
+        pacing = getattr(self, "gc_pacing", None)
+        if pacing is not None:
+            await pacing.close()
         task = getattr(self, "_approval_task", None)
         if task is not None:
             task.cancel()
