@@ -12,7 +12,9 @@ freed at once by their reference counts; only garbage in reference cycles among 
 waits, until the next sweep: every `sweep_every` seconds, or sooner once the frozen objects
 are a quarter more than after the last sweep (a fan-out's runs, frozen while in flight, would
 otherwise hold their memory until then), the frozen objects are given back (`gc.unfreeze`) for
-one full collection before the next freeze.
+one full collection before the next freeze. A sweep walks every object (hundreds of ms with
+thousands of links, the process doing nothing else): one that growth calls for waits for a step
+where `busy()` says no run is in flight, unless `sweep_every` has passed.
 """
 
 from __future__ import annotations
@@ -27,12 +29,17 @@ SWEEP_GROWTH = 1.25  # ... or once the frozen objects grew by this factor since 
 
 
 class Pacer:
-    """Freezes what survived at each step; one full collection every `sweep_every` seconds."""
+    """Freezes what survived at each step; a full collection every `sweep_every` seconds at most,
+    sooner when the frozen objects grew and nothing is busy."""
 
     def __init__(
-        self, sweep_every: float = SWEEP_EVERY, clock: Callable[[], float] = time.monotonic
+        self,
+        sweep_every: float = SWEEP_EVERY,
+        clock: Callable[[], float] = time.monotonic,
+        busy: Callable[[], bool] = lambda: False,
     ) -> None:
         self.sweep_every = sweep_every
+        self.busy = busy
         self.clock = clock
         self.swept = clock()
         self.sweeps = 0
@@ -42,7 +49,7 @@ class Pacer:
         """Freeze what is tracked now; first, when a sweep is due, collect everything."""
         now = self.clock()
         grown = self.kept > 0 and gc.get_freeze_count() > SWEEP_GROWTH * self.kept
-        if grown or now - self.swept >= self.sweep_every:
+        if (grown and not self.busy()) or now - self.swept >= self.sweep_every:
             gc.unfreeze()
             gc.collect()
             self.swept = now

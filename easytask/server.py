@@ -302,7 +302,9 @@ class Server:
             await self._join_cluster(f"{host}:{self.agents_port}")
         self.scheduler.start()
         self.retention.start()
-        self._pace_gc(Pacer())  # the links' objects out of every full collection's way
+        inflight = self.engine.inflight
+        # the links' objects out of every full collection's way; everything swept when quiet
+        self._pace_gc(Pacer(busy=lambda: bool(inflight.live or inflight.claimed)))
         self._approval_task = asyncio.create_task(self._expire_approvals(), name="approvals")
         counts = await self.engine.resume(self.inventory.hostvars, self._resume_playbook)
         if any(counts.values()):

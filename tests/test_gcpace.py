@@ -63,3 +63,24 @@ def test_a_sweep_comes_sooner_once_the_frozen_objects_grew_by_a_quarter() -> Non
     pacer.step()
     assert gone() is None and pacer.sweeps == 1
     del more
+
+
+def test_a_sweep_for_growth_waits_until_nothing_runs() -> None:
+    """A sweep walks every object, the process doing nothing else: one that growth calls for
+    waits for a step with no run in flight (a viewer's live lines would wait behind it)."""
+    gc.unfreeze()
+    gc.collect()
+    busy = [True]
+    pacer = Pacer(sweep_every=900.0, clock=lambda: 0.0, busy=lambda: busy[0])
+    pacer.step()
+    kept = gc.get_freeze_count()
+    nodes = [_Node() for _ in range(kept // 2)]
+    gone = weakref.ref(nodes[0])
+    pacer.step()
+    del nodes
+    pacer.step()
+    pacer.step()
+    assert gone() is not None and pacer.sweeps == 0  # grown by half, but busy
+    busy[0] = False
+    pacer.step()
+    assert gone() is None and pacer.sweeps == 1

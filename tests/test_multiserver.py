@@ -420,3 +420,80 @@ def test_a_viewer_on_another_server_gets_every_line_before_the_job_ends(
         lines = [e["text"] for e in events if e["t"] == "line"]
         assert lines == [*map(str, range(1, 301)), f"last-{attempt}"], (attempt, lines[-3:])
         assert events[-1] == {"t": "job", "job": job_id, "state": "success"}
+
+
+@pytest.mark.postgres
+def test_a_fan_out_across_servers_is_handed_over_and_told_in_batches(
+    postgres: PostgresCluster,
+    start_server: ServerFactory,
+    start_agent: AgentFactory,
+    tmp_path: Path,
+) -> None:
+    """A fan-out on A to agents B holds: every run executed once, by B; the servers tell each
+    other of its runs' changes in a few notifications carrying many notices each (a fan-out of
+    thousands of runs sent one notification per change, which every server had to receive)."""
+    import threading
+
+    import psycopg
+
+    url = postgres.new_database()
+    a = start_server(None, "--db", url, state_dir=tmp_path / "a")
+    b = _second_server(start_server, a, url, tmp_path / "b")
+    names = [f"fan{i:02d}" for i in range(12)]
+    for name in names:
+        start_agent(b, name)
+    for name in names:
+        wait_until(lambda n=name: a.agent_status(n) == "online", timeout=30, what=f"{name} on A")
+    received: list[dict[str, Any]] = []
+    listening = threading.Event()
+    stop = threading.Event()
+
+    def listen() -> None:  # what the servers tell each other, as another server hears it
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("LISTEN easytask")
+            listening.set()
+            while not stop.is_set():
+                for note in conn.notifies(timeout=0.2):
+                    received.append(json.loads(note.payload))
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    assert listening.wait(10)
+    ledger = tmp_path / "ledger"
+    job = a.submit("fan*", f'echo "$EASYTASK_RUN_ID" >> {ledger}')
+    job_id = job["job"]["id"]
+    final = a.wait_job(job_id, timeout=120)
+    assert final["job"]["state"] == "success", final["runs"]
+    run_ids = sorted(r["id"] for r in final["runs"])
+    assert len(run_ids) == 12
+
+    def ended() -> set[int]:  # the runs whose end B told the others (for their viewers)
+        return {
+            n["e"]["run"]
+            for n in _notices(received)
+            if n.get("k") == "hub" and n["e"].get("t") == "run" and n["e"].get("state") == "success"
+        }
+
+    wait_until(lambda: ended() == set(run_ids), timeout=30, what="every run's end told")
+    stop.set()
+    listener.join(10)
+    assert sorted(int(x) for x in ledger.read_text().split()) == run_ids  # each once
+    by = db_execute(
+        url,
+        "SELECT count(*) FROM run JOIN job ON job.id = run.job_id "
+        "WHERE run.job_id = :j AND run.server <> job.server",
+        {"j": job_id},
+    )
+    assert by == [(12,)]  # every run executed by B, the server holding its agent
+    # each run's dispatch, start and end, and more: several notices in each notification
+    notices = _notices(received)
+    assert len(notices) >= 3 * 12
+    assert len(received) * 3 <= len(notices), (len(received), len(notices))
+
+
+def _notices(received: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The notices in the notifications received (several may travel in one)."""
+    out: list[dict[str, Any]] = []
+    for note in received:
+        out += note["m"] if note.get("k") == "many" else [note]
+    return out

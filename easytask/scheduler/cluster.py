@@ -22,7 +22,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from easytask.scheduler import events
 from easytask.scheduler.agents import AgentRegistry
@@ -38,6 +38,66 @@ log = logging.getLogger("easytask.server")
 CHANNEL = "easytask"
 MAX_PAYLOAD = 7000  # PostgreSQL's limit is 8000 bytes
 HOLDERS_FOR = 0.5  # seconds the map of which server holds which agent is reused
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class Batched(Generic[K, V]):
+    """Asks for many keys in one call: what is asked while a call is on its way goes together
+    in the next one (a fan-out asks for hundreds of runs at once: one statement, not one each).
+    `fetch` answers the keys it knows; the others get `missing`."""
+
+    def __init__(self, fetch: Callable[[list[K]], Awaitable[dict[K, V]]], missing: V) -> None:
+        self.fetch = fetch
+        self.missing = missing
+        self._asked: dict[K, list[asyncio.Future[V]]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def get(self, key: K) -> V:
+        """The answer for one key (with every other key asked meanwhile)."""
+        fut: asyncio.Future[V] = asyncio.get_running_loop().create_future()
+        self._asked.setdefault(key, []).append(fut)
+        if self._task is None:
+            self._task = asyncio.create_task(self._answer(), name="cluster-batch")
+        return await fut
+
+    async def _answer(self) -> None:
+        try:
+            while self._asked:
+                await asyncio.sleep(0)  # the other runs woken with this one ask too
+                asked, self._asked = self._asked, {}
+                waiting = [f for futs in asked.values() for f in futs if not f.done()]
+                if not waiting:
+                    continue
+                try:
+                    found = await self.fetch(list(asked))
+                except BaseException as exc:
+                    for fut in waiting:
+                        if not fut.done():
+                            if isinstance(exc, asyncio.CancelledError):
+                                fut.cancel()
+                            else:
+                                fut.set_exception(exc)
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
+                    continue
+                for key, futs in asked.items():
+                    for fut in futs:
+                        if not fut.done():
+                            fut.set_result(found.get(key, self.missing))
+        finally:
+            self._task = None
+            for futs in self._asked.values():  # cancelled: nobody will answer these
+                for fut in futs:
+                    fut.cancel()
+            self._asked = {}
+
+    def cancel(self) -> None:
+        """Stop answering (the server is stopping)."""
+        if self._task is not None:
+            self._task.cancel()
 
 
 class RunControl(Protocol):
@@ -58,8 +118,8 @@ class RunControl(Protocol):
     def executes_here(self, run: Run, claimed: bool = False) -> bool:
         """This server executes the run itself."""
 
-    def execute_claimed(self, run: Run) -> None:
-        """Execute a run of another server's job, claimed here."""
+    def execute_claimed(self, runs: list[Run]) -> None:
+        """Execute runs of other servers' jobs, claimed here."""
 
 
 class Cluster:
@@ -98,6 +158,9 @@ class Cluster:
         # this server's log writer: state events wait for the lines stored before them
         self.writer: LogWriter | None = None
         self._deferred: deque[tuple[int, dict[str, Any], list[str]]] = deque()
+        # a fan-out's runs are handed over, and read back by their followers, in batches
+        self._offers = Batched(self._offer_many, False)
+        self._reads: Batched[int, Run | None] = Batched(self._read_many, None)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -140,6 +203,8 @@ class Cluster:
         """Leave: mark the heartbeat old so another server takes what is left at once."""
         for task in self._tasks:
             task.cancel()
+        self._offers.cancel()
+        self._reads.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         try:
             await self.store.call(rows.leave, self.store, self.node)
@@ -214,10 +279,11 @@ class Cluster:
         conn: Any = None
         while True:
             # what queued up meanwhile goes in one statement (in order: one transaction)
-            payloads = [await self._outbox.get()]
-            while not self._outbox.empty() and len(payloads) < 200:
-                payloads.append(self._outbox.get_nowait())
+            notes = [await self._outbox.get()]
+            while not self._outbox.empty() and len(notes) < 2000:
+                notes.append(self._outbox.get_nowait())
             self._offer_queued = False
+            payloads = self._pack(notes)
             while True:
                 try:
                     if conn is None or conn.closed:
@@ -238,6 +304,25 @@ class Cluster:
                     log.warning("cluster notice not sent (%s); retrying", exc)
                     conn = None
                     await asyncio.sleep(1)
+
+    def _pack(self, notes: list[str]) -> list[str]:
+        """Notices in as few notifications as fit (in order): a fan-out tells the others of
+        thousands of state changes, and each notification costs every server to receive."""
+        head = json.dumps({"k": "many", "s": self.node, "m": []}, separators=(",", ":"))[:-2]
+        room = MAX_PAYLOAD - len(head.encode()) - 2
+        out: list[str] = []
+        group: list[str] = []
+        size = 0
+        for note in notes:
+            n = len(note.encode()) + 1
+            if group and size + n > room:
+                out.append(group[0] if len(group) == 1 else head + ",".join(group) + "]}")
+                group, size = [], 0
+            group.append(note)
+            size += n
+        if group:
+            out.append(group[0] if len(group) == 1 else head + ",".join(group) + "]}")
+        return out
 
     async def _listen(self) -> None:
         import psycopg
@@ -270,7 +355,10 @@ class Cluster:
         if note.get("s") == self.node:
             return
         kind = note.get("k")
-        if kind == "offer":
+        if kind == "many":
+            for one in note["m"]:
+                await self._received(one)
+        elif kind == "offer":
             self._claim_wake.set()
         elif kind == "hub":
             event, topics = note["e"], tuple(note["t"])
@@ -385,13 +473,21 @@ class Cluster:
         return {n.id for n in found if rows.alive(n, self.dead_after)} | {self.node}
 
     async def offer(self, run: Run) -> bool:
-        """Hand the run to the server that holds its agent."""
+        """Hand the run to the server that holds its agent (with the other runs offered
+        meanwhile: one statement, one notice)."""
         assert run.id is not None
-        if not await self.store.call(rows.offer, self.store, run.id, self.node):
+        if not await self._offers.get(run.id):
             return False
         run.server = OFFERED
         self.notify("offer")
         return True
+
+    async def _offer_many(self, run_ids: list[int]) -> dict[int, bool]:
+        done = await self.store.call(rows.offer_many, self.store, run_ids, self.node)
+        return {run_id: True for run_id in done}
+
+    async def _read_many(self, run_ids: list[int]) -> dict[int, Run | None]:
+        return dict(await self.store.call(rows.runs, self.store, run_ids))
 
     def agent_online(self) -> None:
         """An agent connected here: it may have runs waiting on offer."""
@@ -413,7 +509,8 @@ class Cluster:
                 continue
             for run in claimed:
                 log.info("run %s on %s: claimed (its agent is held here)", run.id, run.host)
-                self.engine.execute_claimed(run)
+            if claimed:
+                self.engine.execute_claimed(claimed)
             if len(claimed) >= 500:
                 self._claim_wake.set()
 
@@ -434,7 +531,7 @@ class Cluster:
                     for w in waits:
                         w.cancel()
                 changed.clear()
-                row = await self.store.call(self.store.get_run, run.id)
+                row = await self._reads.get(run.id)  # with the other runs woken meanwhile
                 if row is None:
                     return True
                 for name in Run.model_fields:
@@ -475,7 +572,10 @@ class Cluster:
                 if run_id not in self._changed:
                     continue
                 now = (state, server)
-                if state in RunState.FINAL or server == OFFERED or self._seen.get(run_id) != now:
+                # a follower acts on a run that ended, is on offer, or came back to this
+                # server; a run another server executes (dispatched, running) needs no look
+                back = server in ("", self.node) and self._seen.get(run_id) != now
+                if state in RunState.FINAL or server == OFFERED or back:
                     self._seen[run_id] = now
                     self._wake(run_id)
 

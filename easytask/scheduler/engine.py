@@ -330,9 +330,9 @@ class JobEngine:
         """Tell viewers and the finish hooks that a job reached its final state."""
         await self.recorder.job_finished(job)
 
-    def execute_claimed(self, run: Run) -> None:
-        """Execute a run of another server's job, claimed because its agent is held here."""
-        self.take_over.execute_claimed(run)
+    def execute_claimed(self, runs: list[Run]) -> None:
+        """Execute runs of other servers' jobs, claimed because their agents are held here."""
+        self.take_over.execute_claimed(runs)
 
     async def execute_one(self, run: Run, hostvars: dict[str, Any], options: JobOptions) -> None:
         """Execute one run row to its end (the same path as ad hoc runs)."""

@@ -19,7 +19,6 @@ from easytask.scheduler.recording import Recorder
 from easytask.store import servers as rows
 from easytask.store.db import Store
 from easytask.store.models import OFFERED, Job, Run, RunState
-from easytask.store.runs import BECOME
 
 log = logging.getLogger("easytask.server")
 
@@ -152,24 +151,31 @@ class TakeOver:
                 "stopped; not continued (a command may still be running)",
             )
 
-    def execute_claimed(self, run: Run) -> None:
-        """Execute a run of another server's job, claimed because its agent is held here."""
-        assert run.id is not None
-        live = LiveRun(run)
-        self.inflight.claimed[run.id] = live
-        task = asyncio.create_task(self._claimed_run(run, live), name=f"claimed-{run.id}")
-        self.claimed_tasks.add(task)
-        task.add_done_callback(self.claimed_tasks.discard)
+    def execute_claimed(self, runs: list[Run]) -> None:
+        """Execute runs of other servers' jobs, claimed because their agents are held here
+        (their jobs and become users read once for them all)."""
+        details = asyncio.ensure_future(self.store.call(rows.claim_details, self.store, runs))
+        for run in runs:
+            assert run.id is not None
+            live = LiveRun(run)
+            self.inflight.claimed[run.id] = live
+            task = asyncio.create_task(
+                self._claimed_run(run, live, details), name=f"claimed-{run.id}"
+            )
+            self.claimed_tasks.add(task)
+            task.add_done_callback(self.claimed_tasks.discard)
 
-    async def _claimed_run(self, run: Run, live: LiveRun) -> None:
+    async def _claimed_run(
+        self, run: Run, live: LiveRun, details: asyncio.Future[rows.ClaimDetails]
+    ) -> None:
         assert run.id is not None
         try:
-            job = await self.store.call(self.store.get_job, run.job_id)
+            known = await asyncio.shield(details)  # one run cancelled: not the others' read
+            job = known.jobs.get(run.job_id)
             if job is None:
                 return
             options = JobOptions(timeout=job.timeout, pending_timeout=job.pending_timeout)
-            events = await self.store.call(self.store.run_events, run.id)
-            asked = next((e.detail for e in reversed(events) if e.kind == BECOME), "")
+            asked = known.become.get(run.id, "")
             if asked:  # whom the job's server resolved it to become (see Execution.run)
                 options = replace(options, as_user=Become(asked))
             if job.masked:

@@ -16,7 +16,18 @@ from sqlalchemy import and_, delete, update
 from sqlmodel import col, select
 
 from easytask.store.db import Store
-from easytask.store.models import OFFERED, Agent, Job, Run, RunState, ServerNode, as_utc, utcnow
+from easytask.store.models import (
+    OFFERED,
+    Agent,
+    Job,
+    Run,
+    RunEvent,
+    RunState,
+    ServerNode,
+    as_utc,
+    utcnow,
+)
+from easytask.store.runs import BECOME
 
 FINAL = list(RunState.FINAL)
 
@@ -87,6 +98,38 @@ def offer(store: Store, run_id: int, node: str) -> bool:
     return _move(store, run_id, (node, ""), OFFERED)
 
 
+def offer_many(store: Store, run_ids: Sequence[int], node: str) -> set[int]:
+    """`offer` for many runs in one statement: the ids of those handed over (a run that
+    ended, or that is not this server's, is not)."""
+    done: set[int] = set()
+    with store.engine.begin() as conn:
+        for start in range(0, len(run_ids), 1000):
+            chunk = list(run_ids[start : start + 1000])
+            found = conn.execute(
+                update(Run)
+                .where(
+                    col(Run.id).in_(chunk),
+                    col(Run.server).in_([node, ""]),
+                    col(Run.state).not_in(FINAL),
+                )
+                .values(server=OFFERED)
+                .returning(col(Run.id))
+            )
+            done.update(int(i or 0) for i in found.scalars())
+    return done
+
+
+def runs(store: Store, run_ids: Sequence[int]) -> dict[int, Run]:
+    """These runs as stored, by id (one query for a fan-out's worth)."""
+    out: dict[int, Run] = {}
+    with store.session() as s:
+        for start in range(0, len(run_ids), 1000):
+            chunk = list(run_ids[start : start + 1000])
+            for run in s.exec(select(Run).where(col(Run.id).in_(chunk))):
+                out[run.id or 0] = run
+    return out
+
+
 def retract(store: Store, run_id: int, node: str) -> bool:
     """Take back a run nobody claimed; False when a server claimed it meanwhile."""
     return _move(store, run_id, (OFFERED,), node)
@@ -109,12 +152,13 @@ def _move(store: Store, run_id: int, from_: Sequence[str], to: str) -> bool:
 
 
 def claim(store: Store, agents: Sequence[str], node: str, limit: int = 500) -> list[Run]:
-    """Offered runs of these agents, now this server's to execute (row locks; no run twice)."""
+    """Offered runs of these agents, now this server's to execute (row locks; no run twice):
+    one statement for them all."""
     if not agents:
         return []
     with store.session() as s:
-        q = (
-            select(Run)
+        offered = (
+            select(Run.id)
             .where(
                 col(Run.server) == OFFERED,
                 col(Run.agent).in_(list(agents)),
@@ -124,13 +168,43 @@ def claim(store: Store, agents: Sequence[str], node: str, limit: int = 500) -> l
             .limit(limit)
         )
         if not store.is_sqlite:
-            q = q.with_for_update(skip_locked=True)
-        runs = list(s.exec(q))
-        for run in runs:
-            run.server = node
-            s.add(run)
+            offered = offered.with_for_update(skip_locked=True)
+        taken = s.scalars(
+            update(Run)
+            .where(col(Run.id).in_(offered.scalar_subquery()), col(Run.server) == OFFERED)
+            .values(server=node)
+            .returning(Run),
+            execution_options={"synchronize_session": False},
+        ).all()
         s.commit()
-        return runs
+        return sorted(taken, key=lambda run: run.id or 0)
+
+
+@dataclass
+class ClaimDetails:
+    """What a server needs to execute runs it claimed: their jobs, and whom each run's job's
+    server resolved it to become (its BECOME event), by run id."""
+
+    jobs: dict[int, Job]
+    become: dict[int, str]
+
+
+def claim_details(store: Store, claimed: Sequence[Run]) -> ClaimDetails:
+    """The jobs and become users of claimed runs, in two queries for them all."""
+    ids = [run.id for run in claimed if run.id is not None]
+    job_ids = sorted({run.job_id for run in claimed})
+    become: dict[int, str] = {}
+    with store.session() as s:
+        jobs = {job.id or 0: job for job in s.exec(select(Job).where(col(Job.id).in_(job_ids)))}
+        for start in range(0, len(ids), 1000):
+            q = (
+                select(RunEvent.run_id, RunEvent.detail)
+                .where(col(RunEvent.run_id).in_(ids[start : start + 1000]), RunEvent.kind == BECOME)
+                .order_by(col(RunEvent.id))
+            )
+            for run_id, detail in s.exec(q):
+                become[run_id] = detail  # the last one asked
+    return ClaimDetails(jobs, become)
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import resource
 import socket
 from typing import Any, Literal, Protocol
@@ -17,7 +18,10 @@ log = logging.getLogger("easytask.server")
 
 Verdict = Literal["trusted", "probe", "refuse"]
 AGENT_VERSION_PREFIX = "EasyTaskAgent_"
-ACK_DELAY = 5.0  # seconds: acknowledgements no command carried go out in one request after this
+# seconds: acknowledgements no command carried go out in one message after this to twice this,
+# spread so a fan-out's links do not all send theirs in the same moment (a burst that stalled live
+# output)
+ACK_DELAY = 5.0
 # descriptors kept for everything but agent links: the database, the web server and its clients,
 # agentless SSH, scripts, log and state files
 SPARE_FILES = 256
@@ -102,13 +106,15 @@ class AgentLink:
         """Let the agent delete the spool of an ended run (its lines are stored).
 
         Deleting a spool is never urgent: the key rides on the next command sent to the agent
-        (`EASYTASK_ACK`, see `take_acks`), or, when none comes within `ACK_DELAY`, goes out with
+        (`EASYTASK_ACK`, see `take_acks`), or, when none comes within `ACK_DELAY` (up to twice that,
+        spread at random over the links), goes out with
         the others in one message on the control session that asks no reply (the agent deletes
         only the spools it is told of: one it never hears of stays, and goes after a week).
         """
         self._acks.append(key)
         if self._ack_timer is None:
-            self._ack_timer = asyncio.get_running_loop().call_later(ACK_DELAY, self._send_acks)
+            delay = ACK_DELAY * (1.0 + random.random())
+            self._ack_timer = asyncio.get_running_loop().call_later(delay, self._send_acks)
 
     def take_acks(self) -> list[str]:
         """The acknowledgements waiting to be sent, for a command about to go to the agent."""
