@@ -20,10 +20,9 @@ from easytask.inventory import load_inventory
 from easytask.plan import plan_adhoc
 from easytask.transport.bootstrap import HostPlan, host_files, start_script
 from tests.conftest import ServerFactory, write
-from tests.support import Procs, wait_until
+from tests.support import Procs, user_client, wait_until
 from tests.support.procs import free_port
 from tests.support.sshd import SSHD, start_sshd
-from tests.test_credentials import _client
 from tests.test_light_agent import parse_env_file, parse_unit, values
 
 TOKEN = re.compile(rb"et_enroll_[A-Za-z0-9_-]+")
@@ -198,7 +197,7 @@ def test_failed_hosts_say_why_and_the_token_stays_root_only(
     server = start_server(inventory)  # no wheel in its state dir: it builds its own once
     refused = server.http.post("/api/agents/bootstrap", json={"pattern": "agentful"})
     assert refused.status_code == 400 and "is not an agentless host" in refused.json()["error"]
-    with _client(server, "op", "operator") as operator:  # admins only
+    with user_client(server, "op", "operator") as operator:  # admins only
         assert operator.post("/api/agents/bootstrap", json={"pattern": "late"}).status_code == 403
         assert operator.get("/api/agents/bootstrap/x").status_code == 403
     assert server.get("/api/audit", action="agent.bootstrap")["events"] == []
