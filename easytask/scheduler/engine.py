@@ -167,10 +167,15 @@ class JobEngine:
             }
             for p in planned
         )
-        job, runs = await self.store.call(self.store.create_job, job, runs, audit)
+        targets = {p.host: p.vars for p in planned}
+        offered = await self.dispatcher.offers_at_submit(runs, targets, options)
+        job, runs = await self.store.call(self.store.create_job, job, runs, audit, offered)
         assert job.id is not None
         secretfile.save(self.secrets_dir, job.id, options.secret_env, options.masks)
-        targets = {p.host: p.vars for p in planned}
+        if offered and self.cluster is not None:
+            # followed from now: an end told before the job's task reaches a run is not missed
+            self.cluster.expect([runs[i].id or 0 for i in offered])
+            self.cluster.notify("offer")
         self._start_job(job, runs, targets, options)
         return job, runs
 
