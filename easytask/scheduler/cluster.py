@@ -119,8 +119,8 @@ class RunControl(Protocol):
     def executes_here(self, run: Run, claimed: bool = False) -> bool:
         """This server executes the run itself."""
 
-    def execute_claimed(self, runs: list[Run]) -> None:
-        """Execute runs of other servers' jobs, claimed here."""
+    def execute_claimed(self, runs: list[Run], details: rows.ClaimDetails) -> None:
+        """Execute runs of other servers' jobs, claimed here (their jobs and become users)."""
 
 
 class Cluster:
@@ -506,14 +506,14 @@ class Cluster:
             if not online:
                 continue
             try:
-                claimed = await self.store.call(rows.claim, self.store, online, self.node)
+                claimed, details = await self.store.call(rows.claim, self.store, online, self.node)
             except Exception as exc:
                 log.warning("could not claim offered runs: %s", exc)
                 continue
             for run in claimed:
                 log.info("run %s on %s: claimed (its agent is held here)", run.id, run.host)
             if claimed:
-                self.engine.execute_claimed(claimed)
+                self.engine.execute_claimed(claimed, details)
             if len(claimed) >= 500:
                 self._claim_wake.set()
 
@@ -537,8 +537,10 @@ class Cluster:
                 row = await self._reads.get(run.id)  # with the other runs woken meanwhile
                 if row is None:
                     return True
-                for name in Run.model_fields:
-                    setattr(run, name, getattr(row, name))
+                for name in Run.model_fields:  # most fields are as they were: set the others
+                    value = getattr(row, name)
+                    if getattr(run, name) != value:
+                        setattr(run, name, value)
                 if row.state in RunState.FINAL:
                     return True
                 if self.engine.executes_here(row):

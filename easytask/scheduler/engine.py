@@ -29,6 +29,7 @@ from easytask.store.audit import AuditNote
 from easytask.store.db import Store
 from easytask.store.models import Job, Run, RunState, utcnow
 from easytask.store.runs import new_runs
+from easytask.store.servers import ClaimDetails
 from easytask.transport.agentless import SSHPool
 
 log = logging.getLogger("easytask.server")
@@ -335,9 +336,9 @@ class JobEngine:
         """Tell viewers and the finish hooks that a job reached its final state."""
         await self.recorder.job_finished(job)
 
-    def execute_claimed(self, runs: list[Run]) -> None:
+    def execute_claimed(self, runs: list[Run], details: ClaimDetails) -> None:
         """Execute runs of other servers' jobs, claimed because their agents are held here."""
-        self.take_over.execute_claimed(runs)
+        self.take_over.execute_claimed(runs, details)
 
     async def execute_one(self, run: Run, hostvars: dict[str, Any], options: JobOptions) -> None:
         """Execute one run row to its end (the same path as ad hoc runs)."""
