@@ -44,9 +44,12 @@ class Dispatcher:
         hand-over per run once the job runs); returns their timeline events by position.
 
         Not for a job with a forks limit (its runs wait here for a slot first), with masked
-        values (executed where they are known), or moving files."""
+        values (executed where they are known), moving files, or no pending time (its runs
+        are never handed over: see Execution._agent_run_here)."""
         cluster = self.cluster
         if cluster is None or options.forks > 0 or options.file_action is not None:
+            return {}
+        if options.pending_timeout <= 0:
             return {}
         if masks(options):
             return {}
