@@ -523,6 +523,11 @@ class Cluster:
         for run_id in run_ids:
             self._changed.setdefault(run_id, KillSwitch())
 
+    def forget(self, run_id: int) -> None:
+        """The run is no longer followed here."""
+        self._changed.pop(run_id, None)
+        self._seen.pop(run_id, None)
+
     async def follow(self, run: Run, kill: KillSwitch, give_back_at: float | None) -> bool:
         """Wait for a run another server executes: True once it ended (fields copied into `run`),
         False when it is this server's to execute (it came back, unclaimed or taken over)."""

@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
 
+from easytask.errors import EasyTaskError
 from easytask.plan.become import resolve_become
 from easytask.scheduler.agents import AgentInfo, AgentRegistry
 from easytask.scheduler.cluster import Cluster
@@ -62,7 +63,10 @@ class Dispatcher:
             if holder is None:
                 continue
             said: list[tuple[str, str]] = []
-            as_user = resolve_become(run.host, targets.get(run.host, {}), options.become)
+            try:
+                as_user = resolve_become(run.host, targets.get(run.host, {}), options.become)
+            except EasyTaskError:  # bad become variables: the run says so when it runs
+                continue
             if as_user is not None:  # whom the claiming server asks for (see Execution.run)
                 said.append((BECOME, as_user.user))
             said.append(("handed over", f"agent {run.host} is held by {holder}"))

@@ -248,6 +248,8 @@ class JobEngine:
         finally:
             for run in runs:
                 self.inflight.live.pop(run.id or 0, None)
+                if self.cluster is not None:  # one offered at submission and never followed
+                    self.cluster.forget(run.id or 0)
             ended_here = self.inflight.open_runs.pop(job.id, None) is None
         if not ended_here:  # runs ended elsewhere (another server), or some were still open
             await self.recorder.finish_job(job.id)
