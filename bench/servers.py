@@ -199,9 +199,11 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         for i, server in enumerate(servers):
             for _ in range(args.repeat):
                 cpu0 = cpu()
+                sims0 = sum(proc_cpu_seconds(s.pid) for s in sims)
                 began = time.time()
                 elapsed, job, summary = fan_out(server, n)
                 used = [b - a for a, b in zip(cpu0, cpu(), strict=True)]
+                sims_used = sum(proc_cpu_seconds(s.pid) for s in sims) - sims0
                 runs, hosts, elsewhere = db.rows(
                     "SELECT count(*), count(DISTINCT host), "
                     "sum(CASE WHEN server <> :s THEN 1 ELSE 0 END) FROM run WHERE job_id = :j",
@@ -212,6 +214,7 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 fanouts.append(
                     {
                         "phases": phases,
+                        "sims_cpu_s": sims_used,
                         "server": i,
                         "seconds": elapsed,
                         "servers_cpu_s": used[:-1],
@@ -225,7 +228,8 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 )
                 say(
                     f"fan-out from server {i}: {elapsed:.2f} s, servers' CPU "
-                    f"{sum(used[:-1]):.2f} s, PostgreSQL {used[-1]:.2f} s ({summary}); "
+                    f"{sum(used[:-1]):.2f} s, PostgreSQL {used[-1]:.2f} s, agent simulators "
+                    f"{sims_used:.2f} s ({summary}); "
                     "runs held elsewhere, seconds after the job's creation (median/last): "
                     + ", ".join(f"{k} {a:.2f}/{b:.2f}" for k, (a, b) in phases.items())
                 )
