@@ -59,6 +59,40 @@ def say(text: str) -> None:
     print(f"[servers {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
+def fan_out_phases(
+    db: Any, job: int, server: str, began: float, ended: float
+) -> dict[str, tuple[float, float]]:
+    """Where a fan-out's time went for the runs another server executed: each timeline event
+    (handed over, dispatched, finished), seconds after the job was created (median, last); the
+    job's end, and the CLI's start and exit."""
+    found = db.rows(
+        "SELECT e.kind, percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM e.at - "
+        "j.created_at)), max(extract(epoch FROM e.at - j.created_at)) FROM runevent e "
+        "JOIN run r ON r.id = e.run_id JOIN job j ON j.id = r.job_id "
+        "WHERE r.job_id = :j AND r.server <> :s GROUP BY e.kind ORDER BY 2",
+        j=job,
+        s=server,
+    )
+    out = {str(kind): (float(mid), float(last)) for kind, mid, last in found}
+    here = db.rows(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM r.finished_at - "
+        "j.created_at)), max(extract(epoch FROM r.finished_at - j.created_at)) FROM run r "
+        "JOIN job j ON j.id = r.job_id WHERE r.job_id = :j AND r.server = :s",
+        j=job,
+        s=server,
+    )[0]
+    out["finished by the job's server"] = (float(here[0] or 0), float(here[1] or 0))
+    created, end = db.rows(
+        "SELECT extract(epoch FROM created_at), extract(epoch FROM finished_at - created_at)"
+        " FROM job WHERE id = :j",
+        j=job,
+    )[0]
+    out["job end"] = (float(end or 0), float(end or 0))
+    out = {"CLI start": (began - float(created), began - float(created)), **out}
+    out["CLI exit"] = (ended - float(created), ended - float(created))
+    return out
+
+
 def latency_command(lines: int, interval: float) -> str:
     """Wait for the viewer, then print LINES lines `lat I EPOCH`, one every INTERVAL s."""
     return (
@@ -165,16 +199,22 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         for i, server in enumerate(servers):
             for _ in range(args.repeat):
                 cpu0 = cpu()
+                sims0 = sum(proc_cpu_seconds(s.pid) for s in sims)
+                began = time.time()
                 elapsed, job, summary = fan_out(server, n)
                 used = [b - a for a, b in zip(cpu0, cpu(), strict=True)]
+                sims_used = sum(proc_cpu_seconds(s.pid) for s in sims) - sims0
                 runs, hosts, elsewhere = db.rows(
                     "SELECT count(*), count(DISTINCT host), "
                     "sum(CASE WHEN server <> :s THEN 1 ELSE 0 END) FROM run WHERE job_id = :j",
                     j=job,
                     s=ids[i],
                 )[0]
+                phases = fan_out_phases(db, job, ids[i], began, began + elapsed)
                 fanouts.append(
                     {
+                        "phases": phases,
+                        "sims_cpu_s": sims_used,
                         "server": i,
                         "seconds": elapsed,
                         "servers_cpu_s": used[:-1],
@@ -188,7 +228,10 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 )
                 say(
                     f"fan-out from server {i}: {elapsed:.2f} s, servers' CPU "
-                    f"{sum(used[:-1]):.2f} s, PostgreSQL {used[-1]:.2f} s ({summary})"
+                    f"{sum(used[:-1]):.2f} s, PostgreSQL {used[-1]:.2f} s, agent simulators "
+                    f"{sims_used:.2f} s ({summary}); "
+                    "runs held elsewhere, seconds after the job's creation (median/last): "
+                    + ", ".join(f"{k} {a:.2f}/{b:.2f}" for k, (a, b) in phases.items())
                 )
         rec["fanouts"] = fanouts
 

@@ -491,6 +491,48 @@ def test_a_fan_out_across_servers_is_handed_over_and_told_in_batches(
     assert len(received) * 3 <= len(notices), (len(received), len(notices))
 
 
+@pytest.mark.postgres
+def test_runs_whose_agents_another_server_holds_are_on_offer_from_the_jobs_creation(
+    postgres: PostgresCluster,
+    start_server: ServerFactory,
+    start_agent: AgentFactory,
+    tmp_path: Path,
+) -> None:
+    """A fan-out on A to agents B holds and to one A holds: B's runs are stored on offer with the
+    job, their `handed over` event in the same transaction as their `queued` one (not handed
+    over one by one once the job runs), each executed once by B; A's own run stays A's."""
+    url = postgres.new_database()
+    a = start_server(None, "--db", url, state_dir=tmp_path / "a")
+    b = _second_server(start_server, a, url, tmp_path / "b")
+    names = [f"pre{i}" for i in range(6)]
+    for name in names:
+        start_agent(b, name)
+    start_agent(a, "pre-a")
+    for name in [*names, "pre-a"]:
+        wait_until(lambda n=name: a.agent_status(n) == "online", timeout=30, what=f"{name} on A")
+    ledger = tmp_path / "ledger"
+    job = a.submit("pre*", f'echo "$EASYTASK_RUN_ID" >> {ledger}')
+    final = a.wait_job(job["job"]["id"], timeout=120)
+    assert final["job"]["state"] == "success", final["runs"]
+    runs = {r["host"]: r["id"] for r in final["runs"]}
+    assert sorted(runs) == sorted([*names, "pre-a"])
+    assert sorted(int(x) for x in ledger.read_text().split()) == sorted(runs.values())  # once
+    a_id = (tmp_path / "a" / "server.id").read_text().strip()
+    b_id = (tmp_path / "b" / "server.id").read_text().strip()
+    for host, run_id in runs.items():
+        events = a.get(f"/api/runs/{run_id}")["events"]
+        kinds = [e["kind"] for e in events]
+        at = {e["kind"]: e["at"] for e in events}
+        (server,) = db_execute(url, f"SELECT server FROM run WHERE id = {run_id}")[0]
+        if host == "pre-a":
+            assert "handed over" not in kinds and server == a_id
+            continue
+        assert server == b_id
+        assert kinds[:2] == ["queued", "handed over"], kinds
+        assert at["handed over"] == at["queued"], events  # one transaction: the job's creation
+        assert kinds.count("started") == 1 and kinds.count("handed over") == 1
+
+
 def _notices(received: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The notices in the notifications received (several may travel in one)."""
     out: list[dict[str, Any]] = []

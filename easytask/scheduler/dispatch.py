@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections.abc import Awaitable, Callable
-from typing import Literal
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Literal
 
+from easytask.errors import EasyTaskError
+from easytask.plan.become import resolve_become
 from easytask.scheduler.agents import AgentInfo, AgentRegistry
 from easytask.scheduler.cluster import Cluster
-from easytask.scheduler.inflight import LiveRun
+from easytask.scheduler.inflight import JobOptions, LiveRun, masks
 from easytask.scheduler.recording import Recorder
-from easytask.store.models import Run, RunState
+from easytask.store.models import OFFERED, Run, RunState
+from easytask.store.runs import BECOME
 
 
 class Handed(enum.Enum):
@@ -33,6 +36,43 @@ class Dispatcher:
         self.registry = registry
         self.recorder = recorder
         self.cluster: Cluster | None = None
+
+    async def offers_at_submit(
+        self, runs: list[Run], targets: Mapping[str, Mapping[str, Any]], options: JobOptions
+    ) -> dict[int, list[tuple[str, str]]]:
+        """Mark the runs of a new job whose agents another live server holds as on offer from
+        the start (stored so with the job: one statement and one notice for them all, no
+        hand-over per run once the job runs); returns their timeline events by position.
+
+        Not for a job with a forks limit (its runs wait here for a slot first), with masked
+        values (executed where they are known), moving files, or no pending time (its runs
+        are never handed over: see Execution._agent_run_here)."""
+        cluster = self.cluster
+        if cluster is None or options.forks > 0 or options.file_action is not None:
+            return {}
+        if options.pending_timeout <= 0:
+            return {}
+        if masks(options):
+            return {}
+        notes: dict[int, list[tuple[str, str]]] = {}
+        for i, run in enumerate(runs):
+            info = self.registry.agents.get(run.host)
+            if run.connection != "agent" or (info is not None and info.online):
+                continue
+            holder = await cluster.holder(run.host)
+            if holder is None:
+                continue
+            said: list[tuple[str, str]] = []
+            try:
+                as_user = resolve_become(run.host, targets.get(run.host, {}), options.become)
+            except EasyTaskError:  # bad become variables: the run says so when it runs
+                continue
+            if as_user is not None:  # whom the claiming server asks for (see Execution.run)
+                said.append((BECOME, as_user.user))
+            said.append(("handed over", f"agent {run.host} is held by {holder}"))
+            run.server = OFFERED
+            notes[i] = said
+        return notes
 
     async def wait_agent(
         self,

@@ -29,6 +29,7 @@ from easytask.store.audit import AuditNote
 from easytask.store.db import Store
 from easytask.store.models import Job, Run, RunState, utcnow
 from easytask.store.runs import new_runs
+from easytask.store.servers import ClaimDetails
 from easytask.transport.agentless import SSHPool
 
 log = logging.getLogger("easytask.server")
@@ -167,10 +168,15 @@ class JobEngine:
             }
             for p in planned
         )
-        job, runs = await self.store.call(self.store.create_job, job, runs, audit)
+        targets = {p.host: p.vars for p in planned}
+        offered = await self.dispatcher.offers_at_submit(runs, targets, options)
+        job, runs = await self.store.call(self.store.create_job, job, runs, audit, offered)
         assert job.id is not None
         secretfile.save(self.secrets_dir, job.id, options.secret_env, options.masks)
-        targets = {p.host: p.vars for p in planned}
+        if offered and self.cluster is not None:
+            # followed from now: an end told before the job's task reaches a run is not missed
+            self.cluster.expect([runs[i].id or 0 for i in offered])
+            self.cluster.notify("offer")
         self._start_job(job, runs, targets, options)
         return job, runs
 
@@ -242,6 +248,8 @@ class JobEngine:
         finally:
             for run in runs:
                 self.inflight.live.pop(run.id or 0, None)
+                if self.cluster is not None:  # one offered at submission and never followed
+                    self.cluster.forget(run.id or 0)
             ended_here = self.inflight.open_runs.pop(job.id, None) is None
         if not ended_here:  # runs ended elsewhere (another server), or some were still open
             await self.recorder.finish_job(job.id)
@@ -330,9 +338,9 @@ class JobEngine:
         """Tell viewers and the finish hooks that a job reached its final state."""
         await self.recorder.job_finished(job)
 
-    def execute_claimed(self, runs: list[Run]) -> None:
+    def execute_claimed(self, runs: list[Run], details: ClaimDetails) -> None:
         """Execute runs of other servers' jobs, claimed because their agents are held here."""
-        self.take_over.execute_claimed(runs)
+        self.take_over.execute_claimed(runs, details)
 
     async def execute_one(self, run: Run, hostvars: dict[str, Any], options: JobOptions) -> None:
         """Execute one run row to its end (the same path as ad hoc runs)."""

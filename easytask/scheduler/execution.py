@@ -33,7 +33,7 @@ from easytask.scheduler.logwriter import LogWriter
 from easytask.scheduler.output import RunOutput
 from easytask.scheduler.recording import Outcome, Recorder
 from easytask.store.db import Store
-from easytask.store.models import Run, RunState, as_utc, utcnow
+from easytask.store.models import OFFERED, Run, RunState, as_utc, utcnow
 from easytask.store.runs import BECOME, RAN_AS
 from easytask.transport import executor
 from easytask.transport.agentless import SSHPool, SSHTarget, env_on_stdin, wrap_command
@@ -80,9 +80,9 @@ class Execution:
         as_user = resolve_become(run.host, hostvars, options.become)
         if as_user != options.as_user:  # a copy per run only where it differs
             options = replace(options, as_user=as_user)
-        if as_user is not None and run.connection == "agent":
-            # on the timeline before it is dispatched: a server that claims the run (it holds
-            # the agent) reads whom to ask for here
+        if as_user is not None and run.connection == "agent" and run.server != OFFERED:
+            # on the timeline before it is dispatched (offered at submit: stored then): a server
+            # that claims the run (it holds the agent) reads whom to ask for here
             await self.recorder.event(run, BECOME, as_user.user)
         if run.connection == "agent":
             await self.agent_run(run, options)

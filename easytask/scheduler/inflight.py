@@ -79,6 +79,23 @@ class KillSwitch(asyncio.Event):
         return lambda: self._callbacks.remove(callback)
 
 
+async def first_set(*switches: KillSwitch) -> None:
+    """Until one of them is set: callbacks on one future, no task per wait (a job's server
+    waits so on every run another server executes)."""
+    woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def wake() -> None:
+        if not woken.done():
+            woken.set_result(None)
+
+    stops = [switch.on_set(wake) for switch in switches]
+    try:
+        await woken
+    finally:
+        for stop in stops:
+            stop()
+
+
 @dataclass
 class LiveRun:
     """What the engine knows about a run while it is in flight."""

@@ -151,10 +151,9 @@ class TakeOver:
                 "stopped; not continued (a command may still be running)",
             )
 
-    def execute_claimed(self, runs: list[Run]) -> None:
+    def execute_claimed(self, runs: list[Run], details: rows.ClaimDetails) -> None:
         """Execute runs of other servers' jobs, claimed because their agents are held here
-        (their jobs and become users read once for them all)."""
-        details = asyncio.ensure_future(self.store.call(rows.claim_details, self.store, runs))
+        (their jobs and become users read with the claim, once for them all)."""
         for run in runs:
             assert run.id is not None
             live = LiveRun(run)
@@ -165,12 +164,9 @@ class TakeOver:
             self.claimed_tasks.add(task)
             task.add_done_callback(self.claimed_tasks.discard)
 
-    async def _claimed_run(
-        self, run: Run, live: LiveRun, details: asyncio.Future[rows.ClaimDetails]
-    ) -> None:
+    async def _claimed_run(self, run: Run, live: LiveRun, known: rows.ClaimDetails) -> None:
         assert run.id is not None
         try:
-            known = await asyncio.shield(details)  # one run cancelled: not the others' read
             job = known.jobs.get(run.job_id)
             if job is None:
                 return

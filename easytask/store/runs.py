@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from typing import TYPE_CHECKING, Any
@@ -87,10 +87,16 @@ class RunQueries(Queries):
         ) -> list[Any]: ...
 
     def create_job(
-        self, job: Job, runs: Sequence[Run], audit: AuditNote | None = None
+        self,
+        job: Job,
+        runs: Sequence[Run],
+        audit: AuditNote | None = None,
+        notes: Mapping[int, Sequence[tuple[str, str]]] | None = None,
     ) -> tuple[Job, list[Run]]:
         """Insert a job and its runs, each with a `queued` event, in one transaction; with
-        `audit`, its audit event too (the job's id added to its detail).
+        `audit`, its audit event too (the job's id added to its detail); with `notes`, further
+        timeline events (kind, detail) of the runs at these positions, after their `queued`
+        (a run handed to another server from the start says so).
 
         Plain statements, no ORM unit of work: a client waits on this before its job starts.
         """
@@ -115,6 +121,12 @@ class RunQueries(Queries):
                     {"run_id": run.id, "at": now, "kind": "queued", "detail": f"host {run.host}"}
                     for run in runs
                 ]
+                for i, more in (notes or {}).items():
+                    run_id = runs[i].id
+                    events += [
+                        {"run_id": run_id, "at": now, "kind": kind, "detail": detail}
+                        for kind, detail in more
+                    ]
                 # one INSERT for all events; no model objects (pydantic defaults cost per object)
                 conn.execute(sql.INSERT_RUN_EVENTS, events)
             audit_chain.append_note(conn, audit, job=job.id)

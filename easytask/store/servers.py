@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, delete, update
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from easytask.store.db import Store
 from easytask.store.models import (
@@ -151,33 +151,27 @@ def _move(store: Store, run_id: int, from_: Sequence[str], to: str) -> bool:
     return bool(done)
 
 
-def claim(store: Store, agents: Sequence[str], node: str, limit: int = 500) -> list[Run]:
-    """Offered runs of these agents, now this server's to execute (row locks; no run twice):
-    one statement for them all."""
-    if not agents:
-        return []
-    with store.session() as s:
-        offered = (
-            select(Run.id)
-            .where(
-                col(Run.server) == OFFERED,
-                col(Run.agent).in_(list(agents)),
-                col(Run.state).not_in(FINAL),
-            )
-            .order_by(col(Run.id))
-            .limit(limit)
+def _claim(store: Store, s: Session, agents: Sequence[str], node: str, limit: int) -> list[Run]:
+    offered = (
+        select(Run.id)
+        .where(
+            col(Run.server) == OFFERED,
+            col(Run.agent).in_(list(agents)),
+            col(Run.state).not_in(FINAL),
         )
-        if not store.is_sqlite:
-            offered = offered.with_for_update(skip_locked=True)
-        taken = s.scalars(
-            update(Run)
-            .where(col(Run.id).in_(offered.scalar_subquery()), col(Run.server) == OFFERED)
-            .values(server=node)
-            .returning(Run),
-            execution_options={"synchronize_session": False},
-        ).all()
-        s.commit()
-        return sorted(taken, key=lambda run: run.id or 0)
+        .order_by(col(Run.id))
+        .limit(limit)
+    )
+    if not store.is_sqlite:
+        offered = offered.with_for_update(skip_locked=True)
+    taken = s.scalars(
+        update(Run)
+        .where(col(Run.id).in_(offered.scalar_subquery()), col(Run.server) == OFFERED)
+        .values(server=node)
+        .returning(Run),
+        execution_options={"synchronize_session": False},
+    ).all()
+    return sorted(taken, key=lambda run: run.id or 0)
 
 
 @dataclass
@@ -189,22 +183,36 @@ class ClaimDetails:
     become: dict[int, str]
 
 
-def claim_details(store: Store, claimed: Sequence[Run]) -> ClaimDetails:
-    """The jobs and become users of claimed runs, in two queries for them all."""
+def _details(s: Session, claimed: Sequence[Run]) -> ClaimDetails:
     ids = [run.id for run in claimed if run.id is not None]
     job_ids = sorted({run.job_id for run in claimed})
     become: dict[int, str] = {}
-    with store.session() as s:
-        jobs = {job.id or 0: job for job in s.exec(select(Job).where(col(Job.id).in_(job_ids)))}
-        for start in range(0, len(ids), 1000):
-            q = (
-                select(RunEvent.run_id, RunEvent.detail)
-                .where(col(RunEvent.run_id).in_(ids[start : start + 1000]), RunEvent.kind == BECOME)
-                .order_by(col(RunEvent.id))
-            )
-            for run_id, detail in s.exec(q):
-                become[run_id] = detail  # the last one asked
+    jobs = {job.id or 0: job for job in s.exec(select(Job).where(col(Job.id).in_(job_ids)))}
+    for start in range(0, len(ids), 1000):
+        q = (
+            select(RunEvent.run_id, RunEvent.detail)
+            .where(col(RunEvent.run_id).in_(ids[start : start + 1000]), RunEvent.kind == BECOME)
+            .order_by(col(RunEvent.id))
+        )
+        for run_id, detail in s.exec(q):
+            become[run_id] = detail  # the last one asked
     return ClaimDetails(jobs, become)
+
+
+def claim(
+    store: Store, agents: Sequence[str], node: str, limit: int = 500
+) -> tuple[list[Run], ClaimDetails]:
+    """Offered runs of these agents, now this server's to execute (row locks; no run twice),
+    with their jobs and become users: one statement for the claim, two queries for the rest,
+    in one transaction (the claim stands only with them read) and one call on the database
+    thread (the claimed runs start without waiting in its queue a second time)."""
+    if not agents:
+        return [], ClaimDetails({}, {})
+    with store.session() as s:
+        taken = _claim(store, s, agents, node, limit)
+        details = _details(s, taken) if taken else ClaimDetails({}, {})
+        s.commit()
+        return taken, details
 
 
 @dataclass
