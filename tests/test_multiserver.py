@@ -488,7 +488,10 @@ def test_a_fan_out_across_servers_is_handed_over_and_told_in_batches(
     # each run's dispatch, start and end, and more: several notices in each notification
     notices = _notices(received)
     assert len(notices) >= 3 * 12
-    assert len(received) * 3 <= len(notices), (len(received), len(notices))
+    # how many go together depends on what was queued when each was sent (a loaded machine
+    # spreads them out), but the burst of dispatches always shares notifications
+    sizes = [len(n["m"]) if n.get("k") == "many" else 1 for n in received]
+    assert max(sizes) >= 3 and len(received) < len(notices), sizes
 
 
 @pytest.mark.postgres
