@@ -199,6 +199,13 @@ def test_killing_a_server_hands_its_jobs_and_running_commands_to_another(
     # B's heartbeat row is gone: it was taken over once
     assert db_execute(url, "SELECT id FROM server_node") == [(a_id,)]
     assert "took over 1 job(s)" in a.proc.output()
+    # both agents' coming online on A is on record (admissions stored together, each with its
+    # event), and the audit chain is whole
+    online = [json.loads(d) for (d,) in db_execute(url, "SELECT detail FROM audit_event")]
+    on_a = {e.get("agent") for e in online if e.get("server") == a_id}
+    assert on_a >= {"mover", "idle2"}, online
+    verified = a.cli("audit", "verify")
+    assert verified.returncode == 0 and "intact" in verified.stdout, verified.stdout
 
     # work goes on: a new job on A runs on both agents
     after = a.submit("mover,idle2", "echo still-here")

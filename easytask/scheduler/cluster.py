@@ -22,10 +22,11 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Protocol
 
 from easytask.scheduler import events
 from easytask.scheduler.agents import AgentRegistry
+from easytask.scheduler.batches import Batched
 from easytask.scheduler.hub import LiveHub
 from easytask.scheduler.logwriter import LogWriter
 from easytask.store import servers as rows
@@ -38,66 +39,6 @@ log = logging.getLogger("easytask.server")
 CHANNEL = "easytask"
 MAX_PAYLOAD = 7000  # PostgreSQL's limit is 8000 bytes
 HOLDERS_FOR = 0.5  # seconds the map of which server holds which agent is reused
-
-
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-class Batched(Generic[K, V]):
-    """Asks for many keys in one call: what is asked while a call is on its way goes together
-    in the next one (a fan-out asks for hundreds of runs at once: one statement, not one each).
-    `fetch` answers the keys it knows; the others get `missing`."""
-
-    def __init__(self, fetch: Callable[[list[K]], Awaitable[dict[K, V]]], missing: V) -> None:
-        self.fetch = fetch
-        self.missing = missing
-        self._asked: dict[K, list[asyncio.Future[V]]] = {}
-        self._task: asyncio.Task[None] | None = None
-
-    async def get(self, key: K) -> V:
-        """The answer for one key (with every other key asked meanwhile)."""
-        fut: asyncio.Future[V] = asyncio.get_running_loop().create_future()
-        self._asked.setdefault(key, []).append(fut)
-        if self._task is None:
-            self._task = asyncio.create_task(self._answer(), name="cluster-batch")
-        return await fut
-
-    async def _answer(self) -> None:
-        try:
-            while self._asked:
-                await asyncio.sleep(0)  # the other runs woken with this one ask too
-                asked, self._asked = self._asked, {}
-                waiting = [f for futs in asked.values() for f in futs if not f.done()]
-                if not waiting:
-                    continue
-                try:
-                    found = await self.fetch(list(asked))
-                except BaseException as exc:
-                    for fut in waiting:
-                        if not fut.done():
-                            if isinstance(exc, asyncio.CancelledError):
-                                fut.cancel()
-                            else:
-                                fut.set_exception(exc)
-                    if isinstance(exc, asyncio.CancelledError):
-                        raise
-                    continue
-                for key, futs in asked.items():
-                    for fut in futs:
-                        if not fut.done():
-                            fut.set_result(found.get(key, self.missing))
-        finally:
-            self._task = None
-            for futs in self._asked.values():  # cancelled: nobody will answer these
-                for fut in futs:
-                    fut.cancel()
-            self._asked = {}
-
-    def cancel(self) -> None:
-        """Stop answering (the server is stopping)."""
-        if self._task is not None:
-            self._task.cancel()
 
 
 class RunControl(Protocol):
