@@ -89,6 +89,10 @@ class Cluster:
         self._tasks: list[asyncio.Task[None]] = []
         self._outbox: asyncio.Queue[str] = asyncio.Queue()
         self._claim_wake = asyncio.Event()
+        # the next claim looks for the runs of every agent online here (offers were made), or
+        # only of those that came online since the last (a fleet reconnecting: not all each time)
+        self._claim_every = True
+        self._claim_fresh: set[str] = set()
         self._changed: dict[int, asyncio.Event] = {}  # runs followed here, woken on changes
         self._seen: dict[int, tuple[str, str]] = {}  # their (state, server) at the last look
         self._holders: dict[str, str] = {}
@@ -276,7 +280,7 @@ class Cluster:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     self._listening.set()
                     # anything missed while not listening: look for offers now
-                    self._claim_wake.set()
+                    self._claim_all()
                     async for note in conn.notifies():
                         try:
                             await self._received(json.loads(note.payload))
@@ -300,7 +304,7 @@ class Cluster:
             for one in note["m"]:
                 await self._received(one)
         elif kind == "offer":
-            self._claim_wake.set()
+            self._claim_all()
         elif kind == "hub":
             event, topics = note["e"], tuple(note["t"])
             self.hub.publish(event, *topics)
@@ -394,7 +398,7 @@ class Cluster:
                         await hook(t.server, t.jobs)
                 if t.offered:
                     self.notify("offer")
-                    self._claim_wake.set()
+                    self._claim_all()
 
     # -- hand-offs --------------------------------------------------------------------------
 
@@ -430,30 +434,43 @@ class Cluster:
     async def _read_many(self, run_ids: list[int]) -> dict[int, Run | None]:
         return dict(await self.store.call(rows.runs, self.store, run_ids))
 
-    def agent_online(self) -> None:
+    def agent_online(self, name: str) -> None:
         """An agent connected here: it may have runs waiting on offer."""
+        self._claim_fresh.add(name)
+        self._claim_wake.set()
+
+    def _claim_all(self) -> None:
+        """Runs were offered: the next claim looks at every agent online here."""
+        self._claim_every = True
         self._claim_wake.set()
 
     async def _claims(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
+            try:
                 async with asyncio.timeout(self.beat):
                     await self._claim_wake.wait()
+            except TimeoutError:
+                self._claim_every = True  # every beat: whatever a missed notice offered
             self._claim_wake.clear()
-            online = [name for name, info in self.registry.agents.items() if info.online]
+            every, fresh = self._claim_every, self._claim_fresh
+            self._claim_every, self._claim_fresh = False, set()
+            agents = self.registry.agents
+            names = agents if every else fresh
+            online = [name for name in names if (info := agents.get(name)) and info.online]
             if not online:
                 continue
             try:
                 claimed = await self.store.call(rows.claim, self.store, online, self.node)
             except Exception as exc:
                 log.warning("could not claim offered runs: %s", exc)
+                self._claim_every = True
                 continue
             for run in claimed:
                 log.info("run %s on %s: claimed (its agent is held here)", run.id, run.host)
             if claimed:
                 self.engine.execute_claimed(claimed)
             if len(claimed) >= 500:
-                self._claim_wake.set()
+                self._claim_all()
 
     async def follow(self, run: Run, kill: asyncio.Event, give_back_at: float | None) -> bool:
         """Wait for a run another server executes: True once it ended (fields copied into `run`),
