@@ -327,7 +327,7 @@ class Server:
             dead_after=self.config.server_timeout,
         )
         self.engine.cluster = cluster
-        self.registry.on_online.append(lambda _name: cluster.agent_online())
+        self.registry.on_online.append(cluster.agent_online)
         self.registry.on_changed.append(lambda name: cluster.notify("agent", name=name))
         self.writer.on_written.append(cluster.lines_written)
         cluster.writer = self.writer

@@ -199,6 +199,13 @@ def test_killing_a_server_hands_its_jobs_and_running_commands_to_another(
     # B's heartbeat row is gone: it was taken over once
     assert db_execute(url, "SELECT id FROM server_node") == [(a_id,)]
     assert "took over 1 job(s)" in a.proc.output()
+    # both agents' coming online on A is on record (admissions stored together, each with its
+    # event), and the audit chain is one line (each server hashes with its own key here)
+    chain = db_execute(url, "SELECT id, prev_hash, hash, detail FROM audit_event ORDER BY id")
+    assert [row[0] for row in chain] == list(range(1, len(chain) + 1))
+    assert all(row[1] == before[2] for before, row in zip(chain, chain[1:], strict=False))
+    on_a = {json.loads(row[3]).get("agent") for row in chain if a_id in row[3]}
+    assert on_a >= {"mover", "idle2"}, chain
 
     # work goes on: a new job on A runs on both agents
     after = a.submit("mover,idle2", "echo still-here")

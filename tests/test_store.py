@@ -239,6 +239,12 @@ def test_log_lines_search_and_windows(store: Store) -> None:
     # the same three in one query, as a run re-attached after a restart reads them
     assert store.resume_point(a) == (3, 4, store.output_bytes(a))
     assert store.resume_point(999999) == (0, 0, 0)
+    # a fleet's re-attached runs read together: the same answers, a run with no line left out
+    assert store.resume_points([a, b, 999999]) == {
+        a: store.resume_point(a),
+        b: store.resume_point(b),
+    }
+    assert store.resume_points([a]) == {a: store.resume_point(a)}
     assert store.line_stats(a) == (4, 4)
     assert store.count_lines(a) == (4, 4)
     assert store.count_lines(a, ["INFO"]) == (3, 4)
@@ -368,6 +374,73 @@ def test_changes_store_their_audit_event_with_them(store: Store) -> None:
     assert store.audit_verify()["ok"] is True
 
 
+def test_many_agents_change_in_one_transaction_each_with_its_audit_events(store: Store) -> None:
+    """`update_agents`: changes of several agents in order, in one transaction with their audit
+    events (the chain's tail read once); a name with no record changes nothing and appends
+    nothing; a later change of the same agent in the batch sees the earlier one; and when one
+    change fails, none is stored and no event is appended."""
+    note = AuditNote
+    for name in ("web1", "web2", "web3"):
+        store.register_agent(name, f"SHA256:{name}", "ssh-ed25519 AAAA", "accepted")
+    before = len(store.audit_events(limit=1000))
+    got = store.update_agents(
+        [
+            (
+                "web1",
+                note("web1", "agent.online", "agent a", {"agent": "web1"}),
+                {"connected": True},
+            ),
+            ("nobody", note("nobody", "agent.online", "agent b", {}), {"connected": True}),
+            (
+                "web2",
+                [
+                    note("web2", "agent.online", "agent c", {"agent": "web2"}),
+                    note("web2", "agent.busy", "agent c", {"agent": "web2", "reason": "load"}),
+                ],
+                {"connected": True, "server": "s1"},
+            ),
+            (
+                "web1",
+                note("web1", "agent.lost", "agent a", {"agent": "web1"}),
+                {"connected": False},
+            ),
+            ("web3", None, {"slots": 7}),
+        ]
+    )
+    assert [None if a is None else (a.name, a.connected) for a in got] == [
+        ("web1", True),
+        None,
+        ("web2", True),
+        ("web1", False),
+        ("web3", False),
+    ]
+    assert got[2] is not None and got[2].server == "s1" and got[4] is not None
+    assert got[4].slots == 7
+    stored = {a.name: a for a in store.list_agents()}
+    assert not stored["web1"].connected and stored["web2"].connected and stored["web3"].slots == 7
+    events = [(e.action, json.loads(e.detail)) for e in reversed(store.audit_events(limit=1000))]
+    assert events[before:] == [
+        ("agent.online", {"agent": "web1", "fingerprint": "SHA256:web1"}),
+        ("agent.online", {"agent": "web2", "fingerprint": "SHA256:web2"}),
+        ("agent.busy", {"agent": "web2", "reason": "load", "fingerprint": "SHA256:web2"}),
+        ("agent.lost", {"agent": "web1", "fingerprint": "SHA256:web1"}),
+    ]
+    assert store.audit_verify()["ok"] is True
+
+    # a change that cannot be stored (no such field): the batch's other changes and every
+    # audit event go with it
+    with pytest.raises(KeyError):
+        store.update_agents(
+            [
+                ("web3", note("web3", "agent.online", "agent d", {}), {"connected": True}),
+                ("web2", note("web2", "agent.lost", "agent c", {}), {"no_such_field": 1}),
+            ]
+        )
+    assert not store.get_agent("web3").connected  # type: ignore[union-attr]
+    assert len(store.audit_events(limit=1000)) == before + 4
+    assert store.audit_verify()["ok"] is True
+
+
 def test_prune_deletes_runs_lines_and_index(store: Store) -> None:
     """Pruning removes old runs with their lines and search entries; recent ones stay."""
     old_job, old_runs = _job(store, ["web1"])
@@ -390,7 +463,8 @@ def test_prune_deletes_runs_lines_and_index(store: Store) -> None:
 
 @pytest.mark.postgres
 def test_audit_chain_stays_a_line_with_several_writers(postgres: PostgresCluster) -> None:
-    """Stores of several servers appending audit events at once still form one valid chain."""
+    """Stores of several servers appending audit events at once, one at a time and in batches,
+    still form one valid chain."""
     url = postgres.new_database()
     stores = [Store(url) for _ in range(4)]
     try:
@@ -399,12 +473,27 @@ def test_audit_chain_stays_a_line_with_several_writers(postgres: PostgresCluster
             for i in range(15):
                 st.audit(f"server{n}", "test.append", "", {"i": i})
 
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            for future in [pool.submit(append, st, n) for n, st in enumerate(stores)]:
+        def admit(st: Store, n: int) -> None:
+            # a server's admissions in batches: several events a transaction
+            name = f"agent{n}"
+            for i in range(5):
+                online = AuditNote(name, "agent.online", "", {"i": i})
+                lost = AuditNote(name, "agent.lost", "", {"i": i})
+                st.update_agents(
+                    [(name, online, {"connected": True}), (name, lost, {"connected": False})]
+                )
+
+        for n, st in enumerate(stores):
+            st.register_agent(f"agent{n}", f"SHA256:{n}", "ssh-ed25519 AAAA", "accepted")
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            work = [pool.submit(append, st, n) for n, st in enumerate(stores)]
+            work += [pool.submit(admit, st, n) for n, st in enumerate(stores)]
+            for future in work:
                 future.result()
         events = stores[0].audit_events(limit=1000)
-        assert len(events) == 60
-        assert len({e.prev_hash for e in events}) == 60
+        assert len(events) == 60 + 40
+        assert len({e.prev_hash for e in events}) == 100
+        assert sorted(e.id for e in events) == list(range(1, 101))  # one after the other
         assert stores[0].audit_verify()["ok"] is True
     finally:
         for st in stores:

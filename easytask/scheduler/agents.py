@@ -15,12 +15,13 @@ from easytask.errors import Conflict
 from easytask.names import BadName, check_name
 from easytask.scheduler import events
 from easytask.scheduler.agentinfo import AgentInfo, going_online
+from easytask.scheduler.batches import Gathered
 from easytask.scheduler.heartbeats import Heartbeats
 from easytask.scheduler.hello import BadHello, check_hello, stored_facts
 from easytask.scheduler.hub import LiveHub
 from easytask.store.audit import AuditNote
 from easytask.store.db import Store
-from easytask.store.identities import InvalidToken
+from easytask.store.identities import AgentChange, InvalidToken
 from easytask.store.models import Agent, AgentState, utcnow
 from easytask.transport.agentlink import AgentLink, Verdict
 
@@ -55,6 +56,10 @@ class AgentRegistry(Heartbeats):
         # enrolment state changed here (the others reload it).
         self.on_online: list[Callable[[str], None]] = []
         self.on_changed: list[Callable[[str], None]] = []
+        # agents going online or lost meanwhile: their records and audit events in one transaction
+        self._changes: Gathered[AgentChange, Agent | None] = Gathered(
+            lambda many: self.store.call(self.store.update_agents, many)
+        )
 
     async def load(self) -> None:
         """Read every known agent from the store."""
@@ -183,9 +188,7 @@ class AgentRegistry(Heartbeats):
             info.link.close()  # the newest link of an agent wins
         online, notes, busy = going_online(link, self.server_id, fields, info)
         # an update, never an insert: a record deleted meanwhile stays deleted
-        updated: Agent | None = await self.store.call(
-            self.store.update_agent, name, notes, **online
-        )
+        updated: Agent | None = await self._changes.put((name, notes, online))
         if updated is None or deleted():
             self._refuse_deleted(link)
             return False
@@ -380,9 +383,7 @@ class AgentRegistry(Heartbeats):
             f"agent {addr}",
             {"agent": name, "server": self.server_id, "reason": reason},
         )
-        await self.store.call(
-            self.store.update_agent, name, note, connected=False, last_seen=utcnow()
-        )
+        await self._changes.put((name, note, {"connected": False, "last_seen": utcnow()}))
         self._wake(name)
         self._publish(name)
 

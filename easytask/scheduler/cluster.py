@@ -22,10 +22,11 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Protocol
 
 from easytask.scheduler import events
 from easytask.scheduler.agents import AgentRegistry
+from easytask.scheduler.batches import Batched
 from easytask.scheduler.hub import LiveHub
 from easytask.scheduler.inflight import KillSwitch, first_set
 from easytask.scheduler.logwriter import LogWriter
@@ -39,66 +40,6 @@ log = logging.getLogger("easytask.server")
 CHANNEL = "easytask"
 MAX_PAYLOAD = 7000  # PostgreSQL's limit is 8000 bytes
 HOLDERS_FOR = 0.5  # seconds the map of which server holds which agent is reused
-
-
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-class Batched(Generic[K, V]):
-    """Asks for many keys in one call: what is asked while a call is on its way goes together
-    in the next one (a fan-out asks for hundreds of runs at once: one statement, not one each).
-    `fetch` answers the keys it knows; the others get `missing`."""
-
-    def __init__(self, fetch: Callable[[list[K]], Awaitable[dict[K, V]]], missing: V) -> None:
-        self.fetch = fetch
-        self.missing = missing
-        self._asked: dict[K, list[asyncio.Future[V]]] = {}
-        self._task: asyncio.Task[None] | None = None
-
-    async def get(self, key: K) -> V:
-        """The answer for one key (with every other key asked meanwhile)."""
-        fut: asyncio.Future[V] = asyncio.get_running_loop().create_future()
-        self._asked.setdefault(key, []).append(fut)
-        if self._task is None:
-            self._task = asyncio.create_task(self._answer(), name="cluster-batch")
-        return await fut
-
-    async def _answer(self) -> None:
-        try:
-            while self._asked:
-                await asyncio.sleep(0)  # the other runs woken with this one ask too
-                asked, self._asked = self._asked, {}
-                waiting = [f for futs in asked.values() for f in futs if not f.done()]
-                if not waiting:
-                    continue
-                try:
-                    found = await self.fetch(list(asked))
-                except BaseException as exc:
-                    for fut in waiting:
-                        if not fut.done():
-                            if isinstance(exc, asyncio.CancelledError):
-                                fut.cancel()
-                            else:
-                                fut.set_exception(exc)
-                    if isinstance(exc, asyncio.CancelledError):
-                        raise
-                    continue
-                for key, futs in asked.items():
-                    for fut in futs:
-                        if not fut.done():
-                            fut.set_result(found.get(key, self.missing))
-        finally:
-            self._task = None
-            for futs in self._asked.values():  # cancelled: nobody will answer these
-                for fut in futs:
-                    fut.cancel()
-            self._asked = {}
-
-    def cancel(self) -> None:
-        """Stop answering (the server is stopping)."""
-        if self._task is not None:
-            self._task.cancel()
 
 
 class RunControl(Protocol):
@@ -149,6 +90,10 @@ class Cluster:
         self._tasks: list[asyncio.Task[None]] = []
         self._outbox: asyncio.Queue[str] = asyncio.Queue()
         self._claim_wake = asyncio.Event()
+        # the next claim looks for the runs of every agent online here (offers were made), or
+        # only of those that came online since the last (a fleet reconnecting: not all each time)
+        self._claim_every = True
+        self._claim_fresh: set[str] = set()
         self._changed: dict[int, KillSwitch] = {}  # runs followed here, woken on changes
         self._seen: dict[int, tuple[str, str]] = {}  # their (state, server) at the last look
         self._holders: dict[str, str] = {}
@@ -338,7 +283,7 @@ class Cluster:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     self._listening.set()
                     # anything missed while not listening: look for offers now
-                    self._claim_wake.set()
+                    self._claim_all()
                     async for note in conn.notifies():
                         try:
                             await self._received(json.loads(note.payload))
@@ -362,7 +307,7 @@ class Cluster:
             for one in note["m"]:
                 await self._received(one)
         elif kind == "offer":
-            self._claim_wake.set()
+            self._claim_all()
         elif kind == "hub":
             event, topics = note["e"], tuple(note["t"])
             self.hub.publish(event, *topics)
@@ -456,7 +401,7 @@ class Cluster:
                         await hook(t.server, t.jobs)
                 if t.offered:
                     self.notify("offer")
-                    self._claim_wake.set()
+                    self._claim_all()
 
     # -- hand-offs --------------------------------------------------------------------------
 
@@ -492,30 +437,43 @@ class Cluster:
     async def _read_many(self, run_ids: list[int]) -> dict[int, Run | None]:
         return dict(await self.store.call(rows.runs, self.store, run_ids))
 
-    def agent_online(self) -> None:
+    def agent_online(self, name: str) -> None:
         """An agent connected here: it may have runs waiting on offer."""
+        self._claim_fresh.add(name)
+        self._claim_wake.set()
+
+    def _claim_all(self) -> None:
+        """Runs were offered: the next claim looks at every agent online here."""
+        self._claim_every = True
         self._claim_wake.set()
 
     async def _claims(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
+            try:
                 async with asyncio.timeout(self.beat):
                     await self._claim_wake.wait()
+            except TimeoutError:
+                self._claim_every = True  # every beat: whatever a missed notice offered
             self._claim_wake.clear()
-            online = [name for name, info in self.registry.agents.items() if info.online]
+            every, fresh = self._claim_every, self._claim_fresh
+            self._claim_every, self._claim_fresh = False, set()
+            agents = self.registry.agents
+            names = agents if every else fresh
+            online = [name for name in names if (info := agents.get(name)) and info.online]
             if not online:
                 continue
             try:
                 claimed, details = await self.store.call(rows.claim, self.store, online, self.node)
             except Exception as exc:
                 log.warning("could not claim offered runs: %s", exc)
+                self._claim_every = True
                 continue
             for run in claimed:
                 log.info("run %s on %s: claimed (its agent is held here)", run.id, run.host)
             if claimed:
                 self.engine.execute_claimed(claimed, details)
             if len(claimed) >= 500:
-                self._claim_wake.set()
+                self._claim_all()
 
     def expect(self, run_ids: list[int]) -> None:
         """Runs offered from their job's start: their ends wake `follow` even when told before

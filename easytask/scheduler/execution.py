@@ -269,8 +269,7 @@ class Execution:
                     else:
                         # A new server process: continue after what is stored.  The agent numbers
                         # only output lines; our seq also counts system lines.
-                        await self.writer.flush()
-                        point = await self.store.call(self.store.resume_point, run.id)
+                        point = await self.recorder.resume_point(run.id)
                         attach_from, next_seq, stored = point[0], point[1] + 1, point[2]
                         out = self.recorder.output(
                             run, first_seq=next_seq, stored=stored, masks=masks(options)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from easytask.scheduler import events, secretfile
+from easytask.scheduler.batches import Batched
 from easytask.scheduler.cluster import Cluster
 from easytask.scheduler.hub import LiveHub
 from easytask.scheduler.inflight import InFlight
@@ -48,6 +49,7 @@ class Recorder:
         self.hub = hub
         self.inflight = inflight
         self.run_state = RunStateWriter(store)
+        self._points = Batched(lambda ids: store.call(store.resume_points, ids), (0, 0, 0))
         self.output_limit: int | None = DEFAULT_LIMIT
         self.secrets_dir: Path | None = None  # where unfinished jobs' secrets are kept
         self.cluster: Cluster | None = None
@@ -71,6 +73,13 @@ class Recorder:
             stored=stored,
             masks=masks,
         )
+
+    async def resume_point(self, run_id: int) -> tuple[int, int, int]:
+        """Where a run re-attached by a new server process continues (`Store.resume_point`),
+        after every line received here is stored: the runs re-attached meanwhile (a fleet's,
+        after a hand-off) are read in one query."""
+        await self.writer.flush()
+        return await self._points.get(run_id)
 
     async def event(self, run: Run, kind: str, detail: str) -> None:
         """Add an event to a run's timeline."""

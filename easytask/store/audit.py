@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -87,6 +88,15 @@ def append_note(conn: Connection, note: AuditNote | None, **known: Any) -> None:
         append(conn, note.actor, note.action, note.source, {**known, **note.detail})
 
 
+def append_notes(conn: Connection, notes: Sequence[tuple[AuditNote, dict[str, Any]]]) -> None:
+    """Append many notes in the caller's transaction, in order, each with what only its change
+    knows (see `append_note`): the chain's lock taken and its tail read once for them all."""
+    append_many(
+        conn,
+        [(n.actor, n.action, n.source, {**known, **n.detail}) for n, known in notes],
+    )
+
+
 def append(
     conn: Connection, actor: str, action: str, source: str, detail: dict[str, Any]
 ) -> AuditEvent:
@@ -95,30 +105,91 @@ def append(
     Plain statements, no ORM unit of work: every submitted and finished job appends one, on the
     path a client waits on.
     """
+    return append_many(conn, [(actor, action, source, detail)])[0]
+
+
+def append_many(
+    conn: Connection, events: Sequence[tuple[str, str, str, dict[str, Any]]]
+) -> list[AuditEvent]:
+    """Add events (actor, action, source, detail) at the end of the chain, in order, in the
+    caller's transaction: the chain's lock and its tail once for them all.
+
+    On PostgreSQL the rows' ids are drawn from the table's sequence with the tail, under the
+    lock (no other writer draws meanwhile: the ids follow each other), so each row goes in
+    with its hash, all in one statement; on SQLite (one writer) each row is inserted and then
+    hashed with the id it got.
+    """
+    if not events:
+        return []
+    at = datetime.now(UTC)
+    key = KEYS.get(conn.engine)
+    out: list[AuditEvent] = []
     if conn.dialect.name == "postgresql":
         # Several servers may append at once: the lock, held until the caller commits, keeps
         # the chain a line (SQLite has one writer anyway).
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHAIN_LOCK})
+        drawn = conn.execute(_TAIL_AND_IDS, {"n": len(events)}).all()
+        prev_hash = drawn[0][0] if drawn[0][0] is not None else GENESIS
+        for (actor, action, source, detail), event_id in zip(
+            events, sorted(int(row[1]) for row in drawn), strict=True
+        ):
+            event = _chained(key, event_id, prev_hash, at, actor, action, source, detail)
+            out.append(event)
+            prev_hash = event.hash
+        conn.execute(sql.INSERT_AUDIT, [event.model_dump() for event in out])
+        return out
     last = conn.execute(sql.AUDIT_TAIL).scalar()
     prev_hash = last if last is not None else GENESIS
-    at = datetime.now(UTC)
+    for actor, action, source, detail in events:
+        body = json.dumps(detail, sort_keys=True, default=str)
+        values: dict[str, Any] = {
+            "at": at,
+            "actor": actor,
+            "action": action,
+            "source": source,
+            "detail": body,
+            "prev_hash": prev_hash,
+        }
+        inserted = conn.execute(sql.INSERT_AUDIT, {**values, "hash": ""})
+        event = _chained(key, sql.new_id(inserted), prev_hash, at, actor, action, source, detail)
+        conn.execute(sql.AUDIT_HASH, {"event_id": event.id, "hash": event.hash})
+        out.append(event)
+        prev_hash = event.hash
+    return out
+
+
+def _chained(
+    key: bytes | None,
+    event_id: int,
+    prev_hash: str,
+    at: datetime,
+    actor: str,
+    action: str,
+    source: str,
+    detail: dict[str, Any],
+) -> AuditEvent:
+    """The row of one event with its id, after the row whose hash is `prev_hash`."""
     body = json.dumps(detail, sort_keys=True, default=str)
-    values: dict[str, Any] = {
-        "at": at,
-        "actor": actor,
-        "action": action,
-        "source": source,
-        "detail": body,
-        "prev_hash": prev_hash,
-    }
-    inserted = conn.execute(sql.INSERT_AUDIT, {**values, "hash": ""})
-    event_id = sql.new_id(inserted)
-    event = AuditEvent(id=event_id, **values)
     signed = canonical(event_id, at, actor, action, source, body)
-    key = KEYS.get(conn.engine)
-    event.hash = keyed_hash(key, prev_hash, signed) if key else chain_hash(prev_hash, signed)
-    conn.execute(sql.AUDIT_HASH, {"event_id": event_id, "hash": event.hash})
-    return event
+    digest = keyed_hash(key, prev_hash, signed) if key else chain_hash(prev_hash, signed)
+    return AuditEvent(
+        id=event_id,
+        at=at,
+        actor=actor,
+        action=action,
+        source=source,
+        detail=body,
+        prev_hash=prev_hash,
+        hash=digest,
+    )
+
+
+# the chain's tail and `n` new ids of its table (on PostgreSQL; under the chain's lock)
+_TAIL_AND_IDS = text(
+    "SELECT (SELECT hash FROM audit_event ORDER BY id DESC LIMIT 1),"
+    " nextval(pg_get_serial_sequence('audit_event', 'id'))"
+    " FROM generate_series(1, :n)"
+)
 
 
 @dataclass(slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 from collections.abc import Sequence
@@ -30,7 +31,19 @@ from easytask.store.models import (
 M = TypeVar("M", bound=SQLModel)
 
 AGENT: Any = Agent.__table__  # type: ignore[attr-defined]
-AGENT_BY_NAME = sa_select(AGENT).where(AGENT.c.name == bindparam("agent_name"))
+AGENTS_BY_NAMES = sa_select(AGENT).where(AGENT.c.name.in_(bindparam("names", expanding=True)))
+# (name, audit event or events or None, fields): one change of `IdentityQueries.update_agents`
+AgentChange = tuple[str, AuditNote | Sequence[AuditNote] | None, dict[str, Any]]
+
+
+@functools.cache
+def _update_agent(names: tuple[str, ...]) -> Any:
+    """UPDATE agent SET each of `names` WHERE id = :agent_id; values bound as `new_NAME`."""
+    return (
+        AGENT.update()
+        .where(AGENT.c.id == bindparam("agent_id"))
+        .values({name: bindparam(f"new_{name}", type_=AGENT.c[name].type) for name in names})
+    )
 
 
 def hash_secret(secret: str) -> str:
@@ -199,26 +212,56 @@ class IdentityQueries(Queries):
         self, name: str, audit: AuditNote | Sequence[AuditNote] | None = None, **fields: Any
     ) -> Agent | None:
         """Change some fields of an agent; with `audit`, its audit event (or events, in order) in
-        the same transaction (the agent's fingerprint added to each detail).
+        the same transaction (the agent's fingerprint added to each detail)."""
+        return self.update_agents([(name, audit, fields)])[0]
+
+    def update_agents(self, changes: Sequence[AgentChange]) -> list[Agent | None]:
+        """`update_agent` for many changes (name, audit, fields) in one transaction, in order:
+        each agent as stored after its change (None: no such record, nothing written). Every
+        change's audit events are in that transaction, the audit chain's lock and tail taken
+        once for them all.
 
         Plain statements, no ORM unit of work: every agent coming online or going away makes
-        one, and a fleet reconnecting after a restart makes thousands within a minute."""
+        one, and a fleet reconnecting after a restart makes thousands within a minute (its
+        admissions go together, see `AgentRegistry.admit`)."""
+        out: list[Agent | None] = []
         with self.engine.begin() as conn:
-            row = conn.execute(AGENT_BY_NAME, {"agent_name": name}).mappings().first()
-            if row is None:
-                return None
-            values = dict(fields)
-            changed = any(
-                key in fields and fields[key] != row[key] for key in ("state", "connected")
-            )
-            if changed and "state_since" not in fields:
-                values["state_since"] = utcnow()
-            if values:
-                conn.execute(AGENT.update().where(AGENT.c.id == row["id"]).values(**values))
-            notes = [audit] if audit is None or isinstance(audit, AuditNote) else audit
-            for note in notes:
-                audit_chain.append_note(conn, note, fingerprint=row["fingerprint"])
-        return Agent(**{**row, **values})
+            names = sorted({name for name, _, _ in changes})
+            rows = {
+                str(r["name"]): dict(r)
+                for r in conn.execute(AGENTS_BY_NAMES, {"names": names}).mappings()
+            }
+            updates: list[tuple[tuple[str, ...], dict[str, Any]]] = []
+            notes: list[tuple[AuditNote, dict[str, Any]]] = []
+            for name, audit, fields in changes:
+                row = rows.get(name)
+                if row is None:
+                    out.append(None)
+                    continue
+                values = dict(fields)
+                changed = any(
+                    key in fields and fields[key] != row[key] for key in ("state", "connected")
+                )
+                if changed and "state_since" not in fields:
+                    values["state_since"] = utcnow()
+                if values:
+                    bound = {f"new_{key}": value for key, value in values.items()}
+                    updates.append((tuple(sorted(values)), {"agent_id": row["id"], **bound}))
+                row.update(values)  # a later change of the same agent in this batch sees it
+                out.append(Agent(**row))
+                listed = [audit] if audit is None or isinstance(audit, AuditNote) else audit
+                notes += [(n, {"fingerprint": row["fingerprint"]}) for n in listed if n]
+            # the same fields changed, one statement for many rows (in order)
+            i = 0
+            while i < len(updates):
+                keys = updates[i][0]
+                j = i
+                while j < len(updates) and updates[j][0] == keys:
+                    j += 1
+                conn.execute(_update_agent(keys), [params for _, params in updates[i:j]])
+                i = j
+            audit_chain.append_notes(conn, notes)
+        return out
 
     def disconnect_all_agents(self, server: str) -> None:
         """Mark every agent held by this server as not connected (used at start and stop).
