@@ -549,3 +549,31 @@ def _notices(received: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for note in received:
         out += note["m"] if note.get("k") == "many" else [note]
     return out
+
+
+@pytest.mark.postgres
+def test_agents_changed_on_one_server_are_known_to_the_others(
+    postgres: PostgresCluster,
+    start_server: ServerFactory,
+    start_agent: AgentFactory,
+    tmp_path: Path,
+) -> None:
+    """Agents enrolled on B are known on A (read there again together, as B tells of them), and
+    one revoked on A loses its link on B, which holds it: B refuses its runs from then on, while
+    the other agents stay online on both."""
+    url = postgres.new_database()
+    a = start_server(None, "--db", url, state_dir=tmp_path / "a")
+    b = _second_server(start_server, a, url, tmp_path / "b")
+    names = [f"rv{i}" for i in range(8)]
+    for name in names:
+        start_agent(b, name)
+    for name in names:
+        wait_until(lambda n=name: a.agent_status(n) == "online", timeout=30, what=f"{name} on A")
+    assert a.cli("agents", "revoke", "rv0").returncode == 0
+    wait_until(lambda: b.agent_status("rv0") == "revoked", timeout=30, what="rv0 revoked on B")
+    assert [b.agent_status(n) for n in names[1:]] == ["online"] * 7
+    refused = b.cli("run", "rv0", "-a", "true")
+    assert refused.returncode != 0 and "rv0 not accepted" in refused.stderr, refused.stderr
+    job = a.submit("rv*", "true")
+    assert sorted(r["host"] for r in job["runs"]) == names[1:]
+    assert a.wait_job(job["job"]["id"])["job"]["state"] == "success"

@@ -374,6 +374,22 @@ def test_changes_store_their_audit_event_with_them(store: Store) -> None:
     assert store.audit_verify()["ok"] is True
 
 
+def test_many_agents_read_by_name_in_one_call(store: Store) -> None:
+    """`get_agents`: the records of the names that exist (past one query's share of names),
+    as `get_agent` reads them one by one; a name with no record is left out."""
+    names = [f"node{i:04d}" for i in range(1203)]
+    for i, name in enumerate(names):
+        store.register_agent(
+            name, f"SHA256:{name}", "ssh-ed25519 AAAA", "accepted", slots=1 + i % 3
+        )
+    got = store.get_agents([*names, "nobody"])
+    assert sorted(got) == names
+    for name in (names[0], names[600], names[-1]):
+        one = store.get_agent(name)
+        assert one is not None and got[name].id == one.id and got[name].slots == one.slots
+    assert store.get_agents([]) == {}
+
+
 def test_many_agents_change_in_one_transaction_each_with_its_audit_events(store: Store) -> None:
     """`update_agents`: changes of several agents in order, in one transaction with their audit
     events (the chain's tail read once); a name with no record changes nothing and appends

@@ -465,21 +465,20 @@ class AgentRegistry(Heartbeats):
         row = await self.store.call(self.store.delete_agent, name, audit)
         self.agents.pop(name, None)
         if row is not None:
-            self._notify_deleted(name)
+            self.hub.publish(events.agent_state(name, "deleted"), "agents")
             self._changed_here(name)
         return row
-
-    def _notify_deleted(self, name: str) -> None:
-        self.hub.publish(events.agent_state(name, "deleted"), "agents")
 
     def _changed_here(self, name: str) -> None:
         for hook in self.on_changed:
             hook(name)
 
     async def reload(self, name: str) -> None:
-        """Read one agent again from the store (another server enrolled, accepted or revoked
-        it); a revoked agent's link here is closed."""
-        row = await self.store.call(self.store.get_agent, name)
+        """Read one agent again from the store (another server enrolled, accepted or revoked it)."""
+        self.refresh(name, await self.store.call(self.store.get_agent, name))
+
+    def refresh(self, name: str, row: Agent | None) -> None:
+        """Take one agent's record as just read; a revoked agent's link here is closed."""
         if row is None:  # deleted
             gone = self.agents.pop(name, None)
             if gone is not None and gone.link is not None:

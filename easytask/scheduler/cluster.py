@@ -107,6 +107,9 @@ class Cluster:
         # a fan-out's runs are handed over, and read back by their followers, in batches
         self._offers = Batched(self._offer_many, False)
         self._reads: Batched[int, Run | None] = Batched(self._read_many, None)
+        # agents another server changed, read again together, the listener not waiting for it
+        self._stale: set[str] = set()
+        self._reloader: asyncio.Task[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -151,6 +154,8 @@ class Cluster:
             task.cancel()
         self._offers.cancel()
         self._reads.cancel()
+        if self._reloader is not None:
+            self._reloader.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         try:
             await self.store.call(rows.leave, self.store, self.node)
@@ -322,7 +327,28 @@ class Cluster:
             if note.get("job"):
                 self.engine.kill_job(int(note["job"]), by, local=True)
         elif kind == "agent":
-            await self.registry.reload(str(note.get("name")))
+            self._stale.add(str(note.get("name")))
+            if self._reloader is None or self._reloader.done():
+                self._reloader = asyncio.create_task(self._reload_stale(), name="cluster-agents")
+
+    async def _reload_stale(self) -> None:
+        """Read again the agents other servers changed, those told meanwhile in the same query
+        (a fleet enrolling on the other servers: thousands of notices, one read each before,
+        the listener waiting on every one and the fleet's newest agents unknown here for long)."""
+        while self._stale:
+            await asyncio.sleep(0)  # the rest of this notification's notices first
+            names, self._stale = sorted(self._stale), set()
+            try:
+                found = await self.store.call(self.store.get_agents, names)
+            except Exception as exc:
+                log.warning(
+                    "could not read %d agents changed on other servers: %s", len(names), exc
+                )
+                self._stale.update(names)
+                await asyncio.sleep(2)
+                continue
+            for name in names:
+                self.registry.refresh(name, found.get(name))
 
     async def _relay_lines(self, spans: list[list[Any]]) -> None:
         for run_id, job_id, host, first, last in spans:

@@ -68,6 +68,17 @@ class IdentityQueries(Queries):
         with self.session() as s:
             return s.exec(select(Agent).where(Agent.name == name)).first()
 
+    def get_agents(self, names: list[str]) -> dict[str, Agent]:
+        """The agents of these names that exist, by name (a few hundred per query)."""
+        found: dict[str, Agent] = {}
+        with self.session() as s:
+            for i in range(0, len(names), 500):
+                part = names[i : i + 500]
+                found.update(
+                    (a.name, a) for a in s.exec(select(Agent).where(col(Agent.name).in_(part)))
+                )
+        return found
+
     def count_pending(self, address: str) -> int:
         """How many pending agent requests came last from `address`."""
         with self.session() as s:
