@@ -21,6 +21,7 @@ from easytask.agent.hostmetrics import SPOOL, HostSampler
 from easytask.agent.link import (
     HANDSHAKE_WAIT,
     Backoff,
+    Dialled,
     NoServerListening,
     keepalive_for,
     no_server,
@@ -488,7 +489,7 @@ class Agent:
             return await asyncssh.connect_reverse(
                 host,
                 port,
-                sock=sock,
+                tunnel=Dialled(sock),  # the socket connected, its writes batched
                 server_factory=lambda: _ServerSide(self),
                 server_host_keys=[self.host_key],
                 process_factory=self.handle,
