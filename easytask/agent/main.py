@@ -21,7 +21,6 @@ from easytask.agent.hostmetrics import SPOOL, HostSampler
 from easytask.agent.link import (
     HANDSHAKE_WAIT,
     Backoff,
-    Dialled,
     NoServerListening,
     keepalive_for,
     no_server,
@@ -489,7 +488,7 @@ class Agent:
             return await asyncssh.connect_reverse(
                 host,
                 port,
-                tunnel=Dialled(sock),  # the socket connected, its writes batched
+                sock=sock,
                 server_factory=lambda: _ServerSide(self),
                 server_host_keys=[self.host_key],
                 process_factory=self.handle,
