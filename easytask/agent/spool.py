@@ -159,14 +159,15 @@ class Spool:
     def create(self) -> None:
         """Make the empty output file (FileExistsError: this run was started before).
 
-        The spare file an acknowledged run left is emptied and renamed: creating a file costs up
+        The spare file an acknowledged run left (emptied then) is renamed: creating a file costs up
         to a millisecond of CPU on some disks, renaming one a few microseconds.  Runs start one
         at a time in the agent's event loop, so the check and the rename are not raced.
         """
         if self.exists():
             raise FileExistsError(f"run {self.key} was started before")
         try:
-            os.truncate(self._spare, 0)  # empty already (`retire`): this is the belt and braces
+            if os.stat(self._spare).st_size:  # `retire` emptied it: this is belt and braces
+                _empty(self._spare)
             os.rename(self._spare, self._out)
             return
         except FileNotFoundError:
@@ -179,7 +180,7 @@ class Spool:
         run if there is none.  False if there was no ended spool."""
         try:
             if not _exists(self._spare):
-                os.truncate(self._done, 0)  # the run's output (secrets too) leaves the disk
+                _empty(self._done)  # the run's output (secrets too) leaves the disk
                 os.rename(self._done, self._spare)
             else:
                 os.unlink(self._done)
@@ -297,6 +298,19 @@ class Spool:
         for path in (self._out, self._done):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+
+
+def _empty(path: str) -> None:
+    """Truncate a file to nothing through a descriptor of its own, closed at once.
+
+    Not `os.truncate(path, 0)`: ext4 (its default `auto_da_alloc`) takes a file truncated to
+    nothing for one about to be rewritten, and has the next close of it write its new data out
+    at once.  Without a descriptor of ours to close, that close was the supervisor's, after the
+    run's records: a write to the disk started per run (a run's spool file, created, written,
+    read and retired, measured at 194 µs of CPU and 3.5 ms against 48 µs and 0.2 ms).  Our
+    own close right after the truncation has nothing to write.
+    """
+    os.close(os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC))
 
 
 def _exists(path: str) -> bool:
