@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from easytask.agent.runner import Runner
+from easytask.agent.runner import Job, Runner
 from easytask.agent.spool import Spool
 
 SIGPIPE_BIT = 1 << 12  # SIGPIPE is signal 13: bit 12 of /proc's SigIgn mask
@@ -157,3 +157,28 @@ def test_a_follower_ends_when_the_supervisor_is_killed(tmp_path: Path) -> None:
 
     info = asyncio.run(scenario())
     assert info["lost"] and info["signal"] == "KILL" and info["exit_code"] is None
+
+
+def test_a_quiet_run_keeps_no_waiter_per_second(tmp_path: Path) -> None:
+    """A follower of a run that prints nothing wakes every second to look at the spool; each
+    such wait leaves nothing behind (a run quiet for hours would otherwise hold thousands), and
+    the run still ends with its exit status when the supervisor says so."""
+
+    async def waits() -> int:
+        job = Job(key="7-1")
+        for _ in range(5):
+            await job.wait(job.version, 0.01)  # nothing happens: the timer ends each wait
+        return len(job._waiters)
+
+    assert asyncio.run(waits()) == 0
+
+    async def quiet_run() -> dict[str, Any]:
+        runner = Runner(tmp_path / "state", supervisor_idle=0)
+        job = await runner.start("8-1", "sleep 1.5", {})
+        async with asyncio.timeout(30):
+            async for _ in runner.follow("8-1", 0):
+                pass
+        assert job.done and job.exited and "8-1" not in runner.jobs
+        return runner.exits["8-1"]
+
+    assert asyncio.run(quiet_run())["exit_code"] == 0

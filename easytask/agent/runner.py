@@ -148,9 +148,9 @@ class Job:
             await fut
         finally:
             timer.cancel()
-            if not fut.done() or fut.cancelled():
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(fut)
+            # woken by the timer or cancelled, it is still listed (a bump takes the list)
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(fut)
 
 
 def _wake(fut: asyncio.Future[None]) -> None:
