@@ -153,8 +153,11 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         time.sleep(args.settle)
         # idle: every link up, keepalives and heartbeats only
         cpu0 = proc_cpu_seconds(pid)
+        sim0 = sims_cpu_seconds(sims)[0]
         time.sleep(args.idle)
         rec["idle_cpu_s"] = proc_cpu_seconds(pid) - cpu0
+        # the simulators' own background (heartbeats, keepalives, the collector's pacing)
+        rec["sim_idle_cpu_s"] = sims_cpu_seconds(sims)[0] - sim0
         rec["idle_window_s"] = args.idle
         rec["rss_mib"] = proc_rss_kib(pid) / 1024
         say(
@@ -178,12 +181,14 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             # what the links cost meanwhile anyway (heartbeats, keepalives: the idle rate)
             # is not the fan-out's: what is left is its own, per run
             net = cpu - rec["idle_cpu_s"] / args.idle * elapsed
+            sim_net = sim_cpu - rec["sim_idle_cpu_s"] / args.idle * elapsed
             fanouts.append(
                 {
                     "seconds": elapsed,
                     "server_cpu_s": cpu,
                     "net_cpu_s": net,
                     "sim_cpu_s": sim_cpu,
+                    "sim_net_cpu_s": sim_net,
                     "supervisor_cpu_s": sup_cpu,
                     "cli_cpu_s": cli_cpu,
                     "job": job,
@@ -195,7 +200,8 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             say(
                 f"fan-out to {n}: {elapsed:.2f} s, server CPU {cpu:.2f} s, "
                 f"{1000 * net / n:.3f} ms per run net of the idle rate; agents' CPU "
-                f"{sim_cpu:.2f} s ({1000 * sim_cpu / n:.3f} ms per run), their supervisors' "
+                f"{sim_cpu:.2f} s ({1000 * sim_cpu / n:.3f} ms per run, "
+                f"{1000 * sim_net / n:.3f} net of their idle rate), their supervisors' "
                 f"{sup_cpu:.2f} s; CLI CPU {cli_cpu:.2f} s "
                 f"({summary})"
             )

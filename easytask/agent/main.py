@@ -496,6 +496,9 @@ class Agent:
                 server_version=agent_version_string(self.config.name),
                 sftp_factory=sftp.sftp_factory(self.policy),
                 allow_scp=False,
+                # no session of the agent's is interactive: a line editor in front of each
+                # session's output would only cost every write a wrapper call
+                line_editor=False,
                 keepalive_interval=self.config.keepalive_interval,
                 keepalive_count_max=self.config.keepalive_count,
                 encryption_algs=LINK_CIPHERS,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -12,7 +13,7 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,15 +104,58 @@ def supervisor_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
 
 @dataclass
 class Job:
-    """A run whose supervisor this agent process started."""
+    """A run whose supervisor this agent process started.
+
+    Its followers wait for a change (`wait`): the supervisor's word that the spool has new
+    records (`bump`), or that the command ended or the supervisor went away (`end`).  No task
+    of its own: the supervisor's reader wakes the followers directly.
+    """
 
     key: str
     started: float = field(default_factory=time.monotonic)
-    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     version: int = 0
-    done: bool = False
-    poked: asyncio.Event = field(default_factory=asyncio.Event)  # new records in the spool
+    done: bool = False  # no more word from the supervisor about it (it exited or went away)
     exited: bool = False  # the supervisor wrote the exit record
+    on_end: Callable[[Job], None] | None = None  # the runner forgets it
+    _waiters: list[asyncio.Future[None]] = field(default_factory=list)
+
+    def bump(self) -> None:
+        """Something changed: wake every follower."""
+        self.version += 1
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    def end(self, exited: bool) -> None:
+        """The supervisor said the command ended (`exited`), or went away without saying."""
+        self.exited = self.exited or exited
+        if not self.done:
+            self.done = True
+            if self.on_end is not None:
+                self.on_end(self)
+        self.bump()
+
+    async def wait(self, seen: int, timeout: float) -> None:
+        """Until the version is past `seen`, the job is done, or `timeout` seconds passed."""
+        if self.version != seen or self.done:
+            return
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(fut)
+        timer = loop.call_later(timeout, _wake, fut)
+        try:
+            await fut
+        finally:
+            timer.cancel()
+            # woken by the timer or cancelled, it is still listed (a bump takes the list)
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(fut)
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 class SupervisorProcess:
@@ -187,9 +231,13 @@ class SupervisorProcess:
                 kind, _, rest = line.decode(errors="surrogateescape").rstrip("\n").partition(" ")
                 if kind in ("p", "x"):
                     job = self.watchers.get(rest)
-                    if job is not None:
-                        job.exited = job.exited or kind == "x"
-                        job.poked.set()
+                    if job is None:
+                        continue
+                    if kind == "p":
+                        job.bump()
+                    else:
+                        self.forget(rest)
+                        job.end(exited=True)
                     continue
                 fut = self.pending.popleft()
                 if fut.done():
@@ -209,8 +257,10 @@ class SupervisorProcess:
             fut = self.pending.popleft()
             if not fut.done():
                 fut.set_exception(OSError("the agent's supervisor process exited"))
-        for job in self.watchers.values():
-            job.poked.set()  # their watchers fall back to reading the spools
+        jobs = list(self.watchers.values())
+        self.watchers.clear()
+        for job in jobs:
+            job.end(exited=False)  # their followers fall back to reading the spools
 
 
 _supervisors: dict[asyncio.AbstractEventLoop, SupervisorProcess] = {}
@@ -281,18 +331,22 @@ class Runner:
         spool = self.spool(key)
         spool.create()
         spec = self.spec_for(command, extra_env, become)
-        job = Job(key=key)
+        job = Job(key=key, on_end=self._ended)
         supervisor = supervisor_process(self.root.parent / "supervisor.log", self.supervisor_idle)
+        # known before the supervisor is asked: its word that the command ended may come first
+        self.jobs[key] = job
         try:
             await supervisor.start_run(spool.name, spec, job)
         except BaseException:
+            if self.jobs.get(key) is job:
+                del self.jobs[key]
             spool.remove()  # nothing started: no spool to count as running or to keep
             raise
-        self.jobs[key] = job
-        task = asyncio.create_task(self._watch(job, spool, supervisor), name=f"run-{key}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
         return job
+
+    def _ended(self, job: Job) -> None:
+        if self.jobs.get(job.key) is job:
+            del self.jobs[job.key]
 
     def spec_for(
         self, command: str, extra_env: dict[str, str], become: Account | None = None
@@ -325,30 +379,6 @@ class Runner:
             spec["user"] = account.spec()
         return spec
 
-    async def _watch(self, job: Job, spool: Spool, supervisor: SupervisorProcess) -> None:
-        """Each poke from the supervisor means new records in the spool, until the exit record."""
-        try:
-            while not job.exited:
-                try:
-                    async with asyncio.timeout(1.0):
-                        await job.poked.wait()
-                except TimeoutError:
-                    if spool.exit_info() is not None or not spool.supervisor_alive():
-                        break
-                job.poked.clear()
-                await self._bump(job)
-        finally:
-            supervisor.forget(spool.name)
-            job.done = True
-            await self._bump(job)
-            self.jobs.pop(job.key, None)
-
-    @staticmethod
-    async def _bump(job: Job) -> None:
-        async with job.changed:
-            job.version += 1
-            job.changed.notify_all()
-
     async def follow(self, key: str, after_seq: int) -> AsyncIterator[list[tuple[str, bytes]]]:
         """Batches of records with seq > after_seq, live until the run ends; a batch is a list of
         (stream, data) runs of consecutive records of one stream, their data joined.
@@ -363,12 +393,12 @@ class Runner:
         reader = RecordReader()
         loop = asyncio.get_running_loop()
         sent = -1e9
+        job = self.jobs.get(key)  # a run this process started: its supervisor says what changed
         with spool.open() as fh:
             while True:
                 gap = sent + GATHER - loop.time()
                 if gap > 0:
                     await asyncio.sleep(gap)
-                job = self.jobs.get(key)
                 seen = job.version if job else 0
                 data = fh.read(READ)
                 if data:
@@ -379,7 +409,7 @@ class Runner:
                         sent = loop.time() if len(data) < READ else -1e9
                     continue
                 # a run this process started says when it exited: no need to look before
-                if job is None or job.exited or job.done:
+                if job is None or job.done:
                     # the supervisor said it wrote the exit record: it ends the file open here
                     info = spool.exit_info_in(fh) if job and job.exited else spool.exit_info()
                     if info is not None:
@@ -389,8 +419,7 @@ class Runner:
                         if batch:
                             yield batch
                         return
-                if job is None and not spool.supervisor_alive():
-                    if spool.exit_info() is None:
+                    if not spool.supervisor_alive():
                         spool.write_exit(
                             {
                                 "exit_code": None,
@@ -399,17 +428,18 @@ class Runner:
                                 "reason": "supervisor died (host restart?)",
                             }
                         )
-                    continue
-                if job is not None:
-                    async with job.changed:
-                        if job.version == seen and not job.done:
-                            try:
-                                async with asyncio.timeout(1.0):
-                                    await job.changed.wait()
-                            except TimeoutError:
-                                pass
-                else:
+                        continue
                     await asyncio.sleep(POLL)
+                else:
+                    await job.wait(seen, 1.0)
+                    # a second without word: look at the spool (a supervisor killed without
+                    # its pipe closing, say)
+                    if (
+                        not job.done
+                        and job.version == seen
+                        and (spool.exit_info() is not None or not spool.supervisor_alive())
+                    ):
+                        job.end(exited=False)
 
     def status(self, key: str) -> dict[str, Any]:
         """unknown | running | finished, with the exit record when finished."""

@@ -18,6 +18,7 @@ take) or deletes it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
@@ -144,45 +145,45 @@ class Spool:
             raise ValueError(f"bad run key {key!r}")
         self.root = root
         self.key = key
-        self.out_path = root / (key + OUT_SUFFIX)
-        self.done_path = root / (key + DONE_SUFFIX)
-
-    @property
-    def name(self) -> str:
-        """The spool's name between the agent and the supervisor (a path, not a file)."""
-        return str(self.root / self.key)
+        # the paths as text too: a run uses them several times, and a system call takes text
+        self.name = os.path.join(root, key)  # its name between the agent and the supervisor
+        self._out = self.name + OUT_SUFFIX
+        self._done = self.name + DONE_SUFFIX
+        self._spare = os.path.join(root, SPARE)
+        self.out_path = Path(self._out)
+        self.done_path = Path(self._done)
 
     def exists(self) -> bool:
-        return self.out_path.exists() or self.done_path.exists()
+        return _exists(self._out) or _exists(self._done)
 
     def create(self) -> None:
         """Make the empty output file (FileExistsError: this run was started before).
 
-        The spare file an acknowledged run left is emptied and renamed: creating a file costs up
+        The spare file an acknowledged run left (emptied then) is renamed: creating a file costs up
         to a millisecond of CPU on some disks, renaming one a few microseconds.  Runs start one
         at a time in the agent's event loop, so the check and the rename are not raced.
         """
         if self.exists():
             raise FileExistsError(f"run {self.key} was started before")
-        spare = self.root / SPARE
         try:
-            os.close(os.open(spare, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC))
-            os.rename(spare, self.out_path)
+            if os.stat(self._spare).st_size:  # `retire` emptied it: this is belt and braces
+                _empty(self._spare)
+            os.rename(self._spare, self._out)
             return
         except FileNotFoundError:
             pass
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-        os.close(os.open(self.out_path, flags, 0o600))
+        os.close(os.open(self._out, flags, 0o600))
 
     def retire(self) -> bool:
         """Delete an ended spool (its lines are stored); its file becomes the spare for the next
         run if there is none.  False if there was no ended spool."""
         try:
-            if not (self.root / SPARE).exists():
-                os.truncate(self.done_path, 0)  # the run's output (secrets too) leaves the disk
-                os.rename(self.done_path, self.root / SPARE)
+            if not _exists(self._spare):
+                _empty(self._done)  # the run's output (secrets too) leaves the disk
+                os.rename(self._done, self._spare)
             else:
-                self.done_path.unlink()
+                os.unlink(self._done)
         except FileNotFoundError:
             return False
         return True
@@ -190,14 +191,14 @@ class Spool:
     def open(self) -> BinaryIO:
         """The spool file for reading, wherever it is now (FileNotFoundError: no spool)."""
         try:
-            return self.out_path.open("rb")
+            return open(self._out, "rb")
         except FileNotFoundError:
-            return self.done_path.open("rb")  # renamed meanwhile: the command ended
+            return open(self._done, "rb")  # renamed meanwhile: the command ended
 
     def exit_info(self) -> dict[str, Any] | None:
         """The exit record, once the command ended."""
         try:
-            with self.done_path.open("rb") as fh:
+            with open(self._done, "rb") as fh:
                 return _exit_record(fh)
         except (OSError, ValueError):
             return None
@@ -221,7 +222,7 @@ class Spool:
         record = HEADER.pack(0, EXIT_CODE, len(data)) + data
         if out is None:
             try:
-                fd = os.open(self.out_path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+                fd = os.open(self._out, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
             except FileNotFoundError:
                 return  # ended already
             try:
@@ -230,7 +231,7 @@ class Spool:
                 os.close(fd)
         else:
             out.write(record)
-        os.rename(self.out_path, self.done_path)
+        os.rename(self._out, self._done)
 
     def records(self, after_seq: int = 0) -> Iterator[Record]:
         """Stored records with seq > after_seq, in order."""
@@ -294,8 +295,31 @@ class Spool:
 
     def remove(self) -> None:
         """Delete the spool, whether it ended or not."""
-        self.out_path.unlink(missing_ok=True)
-        self.done_path.unlink(missing_ok=True)
+        for path in (self._out, self._done):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+
+def _empty(path: str) -> None:
+    """Truncate a file to nothing through a descriptor of its own, closed at once.
+
+    Not `os.truncate(path, 0)`: ext4 (its default `auto_da_alloc`) takes a file truncated to
+    nothing for one about to be rewritten, and has the next close of it write its new data out
+    at once.  Without a descriptor of ours to close, that close was the supervisor's, after the
+    run's records: a write to the disk started per run (a run's spool file, created, written,
+    read and retired, measured at 194 µs of CPU and 3.5 ms against 48 µs and 0.2 ms).  Our
+    own close right after the truncation has nothing to write.
+    """
+    os.close(os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC))
+
+
+def _exists(path: str) -> bool:
+    """os.path.exists, as a spool uses it (a file it cannot stat is one that is not there)."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    return True
 
 
 def _exit_record(fh: BinaryIO) -> dict[str, Any] | None:
