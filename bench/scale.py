@@ -17,14 +17,18 @@ Every figure is also given in CPU seconds, which do not depend on the machine be
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import resource
+import statistics
 import subprocess
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    CLK_TCK,
     conditions_lines,
     measured,
     proc_cpu_seconds,
@@ -36,6 +40,7 @@ from bench.common import (
 )
 from tests.support import Procs, children_of, db_execute, easytask_cli, wait_until
 
+CPUS = os.cpu_count() or 1
 FANOUT_TARGET = 10.0  # seconds, CLI start to exit, at 10,000 agents
 IDLE_TARGET = 10.0  # percent of a core
 RSS_TARGET = 1024.0  # MiB
@@ -72,18 +77,28 @@ def children_cpu_seconds() -> float:
     return used.ru_utime + used.ru_stime
 
 
-def sims_cpu_seconds(sims: list[Any]) -> tuple[float, float]:
-    """CPU seconds of the agent simulators so far, and of their agents' supervisors (the
-    processes that start the agents' commands: one per simulator, not counted in its own)."""
-    own = supervisors = 0.0
+def sims_cpu_seconds(sims: list[Any]) -> tuple[float, float, float]:
+    """CPU seconds of the agent simulators so far, of their agents' supervisors (the
+    processes that start the agents' commands: one per simulator, not counted in its own), and
+    of the commands those supervisors ran and reaped (each `sh -c true`: its own process)."""
+    own = supervisors = commands = 0.0
     for sim in sims:
         own += proc_cpu_seconds(sim.pid)
         for child in children_of(sim.pid):
             try:
-                supervisors += proc_cpu_seconds(child)
+                fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
             except OSError:  # gone meanwhile
-                pass
-    return own, supervisors
+                continue
+            supervisors += (int(fields[11]) + int(fields[12])) / CLK_TCK
+            commands += (int(fields[13]) + int(fields[14])) / CLK_TCK
+    return own, supervisors, commands
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds every CPU of the machine spent busy so far (all processes, the kernel's
+    own work included: /proc/stat, all but idle and I/O wait)."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / CLK_TCK
 
 
 def fan_out(server: Any, n: int) -> tuple[float, int, str]:
@@ -107,6 +122,37 @@ def fan_out(server: Any, n: int) -> tuple[float, int, str]:
         raise BenchError(f"easytask run all exited {done.returncode}:\n{tail}")
     last_cli_cpu[0] = cli_cpu
     return elapsed, int(summary.group(1)), summary.group(3).strip()
+
+
+def _when(value: Any) -> float:
+    """A stored time as seconds since the epoch (SQLite returns text, PostgreSQL datetimes)."""
+    at = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
+
+
+def fan_out_phases(
+    url: str, job: int, began: float, ended: float
+) -> dict[str, tuple[float, float]]:
+    """Where a fan-out's time went: each timeline event of its runs (queued, dispatched,
+    started, finished, ...), seconds after the job was created (median, last), the job's end,
+    and the CLI's start and exit."""
+    created, end = db_execute(
+        url, "SELECT created_at, finished_at FROM job WHERE id = :j", {"j": job}
+    )[0]
+    t0 = _when(created)
+    found: dict[str, list[float]] = {}
+    for kind, at in db_execute(
+        url,
+        "SELECT e.kind, e.at FROM runevent e JOIN run r ON r.id = e.run_id WHERE r.job_id = :j",
+        {"j": job},
+    ):
+        found.setdefault(str(kind), []).append(_when(at) - t0)
+    out = {"CLI start": (began - t0, began - t0)}
+    for kind, times in sorted(found.items(), key=lambda kv: statistics.median(kv[1])):
+        out[kind] = (statistics.median(times), max(times))
+    out["job end"] = (_when(end) - t0, _when(end) - t0)
+    out["CLI exit"] = (ended - t0, ended - t0)
+    return out
 
 
 def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
@@ -167,12 +213,15 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         fanouts = []
         for _ in range(args.repeat):
             cpu0 = proc_cpu_seconds(pid)
-            sim0, sup0 = sims_cpu_seconds(sims)
+            sim0, sup0, cmd0 = sims_cpu_seconds(sims)
+            busy0, began = machine_busy_seconds(), time.time()
             elapsed, job, summary = fan_out(server, n)
+            busy = machine_busy_seconds() - busy0
             cli_cpu = last_cli_cpu[0]
             cpu = proc_cpu_seconds(pid) - cpu0
-            sim1, sup1 = sims_cpu_seconds(sims)
-            sim_cpu, sup_cpu = sim1 - sim0, sup1 - sup0
+            sim1, sup1, cmd1 = sims_cpu_seconds(sims)
+            sim_cpu, sup_cpu, cmd_cpu = sim1 - sim0, sup1 - sup0, cmd1 - cmd0
+            phases = fan_out_phases(server.db_url, job, began, began + elapsed)
             rows = db_execute(
                 server.db_url,
                 "SELECT count(*), count(DISTINCT host) FROM run WHERE job_id = :j",
@@ -190,11 +239,14 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                     "sim_cpu_s": sim_cpu,
                     "sim_net_cpu_s": sim_net,
                     "supervisor_cpu_s": sup_cpu,
+                    "commands_cpu_s": cmd_cpu,
+                    "machine_busy_s": busy,
                     "cli_cpu_s": cli_cpu,
                     "job": job,
                     "summary": summary,
                     "runs": int(rows[0]),
                     "hosts": int(rows[1]),
+                    "phases": phases,
                 }
             )
             say(
@@ -202,8 +254,11 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 f"{1000 * net / n:.3f} ms per run net of the idle rate; agents' CPU "
                 f"{sim_cpu:.2f} s ({1000 * sim_cpu / n:.3f} ms per run, "
                 f"{1000 * sim_net / n:.3f} net of their idle rate), their supervisors' "
-                f"{sup_cpu:.2f} s; CLI CPU {cli_cpu:.2f} s "
-                f"({summary})"
+                f"{sup_cpu:.2f} s, their commands' {cmd_cpu:.2f} s; CLI CPU {cli_cpu:.2f} s; "
+                f"the machine busy {busy:.2f} CPU-s ({100 * busy / (CPUS * elapsed):.0f} % of "
+                f"its {CPUS} CPUs) "
+                f"({summary}); seconds after the job's creation (median/last): "
+                + ", ".join(f"{k} {a:.2f}/{b:.2f}" for k, (a, b) in phases.items())
             )
         rec["fanouts"] = fanouts
         rec["rss_after_mib"] = proc_rss_kib(pid) / 1024
@@ -241,6 +296,12 @@ def report(rec: dict[str, Any]) -> str:
         f"| fan-out: agent simulators' CPU / their supervisors' / the CLI's | "
         f"{best.get('sim_cpu_s', 0):.2f} s ({1000 * best.get('sim_cpu_s', 0) / n:.3f} ms per run)"
         f" / {best.get('supervisor_cpu_s', 0):.2f} s / {best.get('cli_cpu_s', 0):.2f} s | |",
+        f"| fan-out: the commands' own CPU (each `sh -c true`, reaped by the supervisors) | "
+        f"{best.get('commands_cpu_s', 0):.2f} s ({1000 * best.get('commands_cpu_s', 0) / n:.3f} ms"
+        " per run) | |",
+        f"| fan-out: the machine's busy CPU (every process and the kernel) | "
+        f"{best.get('machine_busy_s', 0):.2f} s ({100 * best.get('machine_busy_s', 0) / (CPUS * best['seconds']):.0f}"
+        f" % of its {CPUS} CPUs over the fan-out) | |",
         f"| fan-out: runs stored / distinct hosts | {best['runs']:,} / {best['hosts']:,} | "
         f"{n:,} / {n:,} |",
         f"| idle server CPU over {r['idle_window_s']:.0f} s | {r['idle_cpu_s']:.2f} s "

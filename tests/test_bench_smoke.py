@@ -276,6 +276,11 @@ def test_scale_quick_puts_every_agent_online_and_stores_each_run_once(tmp_path: 
     assert fan["runs"] == fan["hosts"] == 200
     assert fan["summary"].startswith("200 success")
     assert fan["seconds"] > 0 and r["idle_cpu_s"] >= 0 and r["rss_mib"] > 0
+    # the 200 `sh -c true` ran and were reaped by the supervisors; the machine did the rest too
+    assert fan["commands_cpu_s"] > 0 and fan["machine_busy_s"] >= fan["server_cpu_s"]
+    phases = fan["phases"]  # the runs' timeline, seconds after the job's creation
+    assert phases["CLI start"][0] < 0 < phases["dispatched"][0] <= phases["finished"][1]
+    assert phases["dispatched"][0] <= phases["job end"][0] <= phases["CLI exit"][0]
     assert "easytask run all -a true" in stdout
     assert "-m bench.scale --write" in (REPO / "Makefile").read_text()  # `make bench-scale`
 
