@@ -147,6 +147,14 @@ def fan_out_phases(
         {"j": job},
     ):
         found.setdefault(str(kind), []).append(_when(at) - t0)
+    # the events' times are when they were stored (a batch at a time); the runs' own times
+    # are when each started and ended
+    for field in ("started_at", "finished_at"):
+        times = [
+            _when(at) - t0
+            for (at,) in db_execute(url, f"SELECT {field} FROM run WHERE job_id = :j", {"j": job})
+        ]
+        found[f"run {field.removesuffix('_at')}"] = times
     out = {"CLI start": (began - t0, began - t0)}
     for kind, times in sorted(found.items(), key=lambda kv: statistics.median(kv[1])):
         out[kind] = (statistics.median(times), max(times))
