@@ -97,6 +97,26 @@ def _second_server(
     return start_server(None, "--db", url, *extra, state_dir=state)
 
 
+def _agents_on_b(
+    postgres: PostgresCluster,
+    start_server: ServerFactory,
+    start_agent: AgentFactory,
+    tmp_path: Path,
+    prefix: str,
+    count: int,
+) -> tuple[str, ServerHandle, ServerHandle, list[str]]:
+    """Servers A and B on a new database, `count` agents connected to B, each seen online on A."""
+    url = postgres.new_database()
+    a = start_server(None, "--db", url, state_dir=tmp_path / "a")
+    b = _second_server(start_server, a, url, tmp_path / "b")
+    names = [f"{prefix}{i:02d}" for i in range(count)]
+    for name in names:
+        start_agent(b, name)
+    for name in names:
+        wait_until(lambda n=name: a.agent_status(n) == "online", timeout=30, what=f"{name} on A")
+    return url, a, b, names
+
+
 def _failover_pair(
     start_server: ServerFactory, url: str, tmp_path: Path
 ) -> tuple[ServerHandle, ServerHandle]:
@@ -443,14 +463,7 @@ def test_a_fan_out_across_servers_is_handed_over_and_told_in_batches(
 
     import psycopg
 
-    url = postgres.new_database()
-    a = start_server(None, "--db", url, state_dir=tmp_path / "a")
-    b = _second_server(start_server, a, url, tmp_path / "b")
-    names = [f"fan{i:02d}" for i in range(12)]
-    for name in names:
-        start_agent(b, name)
-    for name in names:
-        wait_until(lambda n=name: a.agent_status(n) == "online", timeout=30, what=f"{name} on A")
+    url, a, b, names = _agents_on_b(postgres, start_server, start_agent, tmp_path, "fan", 12)
     received: list[dict[str, Any]] = []
     listening = threading.Event()
     stop = threading.Event()
@@ -561,19 +574,12 @@ def test_agents_changed_on_one_server_are_known_to_the_others(
     """Agents enrolled on B are known on A (read there again together, as B tells of them), and
     one revoked on A loses its link on B, which holds it: B refuses its runs from then on, while
     the other agents stay online on both."""
-    url = postgres.new_database()
-    a = start_server(None, "--db", url, state_dir=tmp_path / "a")
-    b = _second_server(start_server, a, url, tmp_path / "b")
-    names = [f"rv{i}" for i in range(8)]
-    for name in names:
-        start_agent(b, name)
-    for name in names:
-        wait_until(lambda n=name: a.agent_status(n) == "online", timeout=30, what=f"{name} on A")
-    assert a.cli("agents", "revoke", "rv0").returncode == 0
-    wait_until(lambda: b.agent_status("rv0") == "revoked", timeout=30, what="rv0 revoked on B")
+    _, a, b, names = _agents_on_b(postgres, start_server, start_agent, tmp_path, "rv", 8)
+    assert a.cli("agents", "revoke", "rv00").returncode == 0
+    wait_until(lambda: b.agent_status("rv00") == "revoked", timeout=30, what="rv00 revoked on B")
     assert [b.agent_status(n) for n in names[1:]] == ["online"] * 7
-    refused = b.cli("run", "rv0", "-a", "true")
-    assert refused.returncode != 0 and "rv0 not accepted" in refused.stderr, refused.stderr
+    refused = b.cli("run", "rv00", "-a", "true")
+    assert refused.returncode != 0 and "rv00 not accepted" in refused.stderr, refused.stderr
     job = a.submit("rv*", "true")
     assert sorted(r["host"] for r in job["runs"]) == names[1:]
     assert a.wait_job(job["job"]["id"])["job"]["state"] == "success"

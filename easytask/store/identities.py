@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import secrets
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from easytask.store.models import (
     as_utc,
     utcnow,
 )
+from easytask.store.statements import update_by_id
 
 M = TypeVar("M", bound=SQLModel)
 
@@ -36,14 +36,9 @@ AGENTS_BY_NAMES = sa_select(AGENT).where(AGENT.c.name.in_(bindparam("names", exp
 AgentChange = tuple[str, AuditNote | Sequence[AuditNote] | None, dict[str, Any]]
 
 
-@functools.cache
 def _update_agent(names: tuple[str, ...]) -> Any:
     """UPDATE agent SET each of `names` WHERE id = :agent_id; values bound as `new_NAME`."""
-    return (
-        AGENT.update()
-        .where(AGENT.c.id == bindparam("agent_id"))
-        .values({name: bindparam(f"new_{name}", type_=AGENT.c[name].type) for name in names})
-    )
+    return update_by_id(AGENT, "agent_id", names)
 
 
 def hash_secret(secret: str) -> str:

@@ -78,10 +78,16 @@ def new_id(result: Any) -> int:
 
 
 @functools.cache
+def update_by_id(table: Any, key: str, names: tuple[str, ...]) -> Any:
+    """UPDATE table SET each of `names` WHERE id = :KEY; values bound as `new_NAME` (one
+    statement executed for many rows changing the same columns)."""
+    return (
+        table.update()
+        .where(table.c.id == bindparam(key))
+        .values({name: bindparam(f"new_{name}", type_=table.c[name].type) for name in names})
+    )
+
+
 def update_runs(names: tuple[str, ...]) -> Any:
     """UPDATE run SET each of `names` WHERE id = :run_id; values bound as `new_NAME`."""
-    return (
-        RUN.update()
-        .where(RUN.c.id == bindparam("run_id"))
-        .values({name: bindparam(f"new_{name}", type_=RUN.c[name].type) for name in names})
-    )
+    return update_by_id(RUN, "run_id", names)
