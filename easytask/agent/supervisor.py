@@ -38,7 +38,7 @@ CHUNK = 65536
 # the dispositions a command starts with reset to the default, as `subprocess` resets them
 # (this process ignores SIGPIPE; Python ignores SIGXFSZ)
 RESET_SIGNALS = tuple(
-    getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, name)
+    getattr(signal, name) for name in ("SIGPIPE", "SIGXFSZ") if hasattr(signal, name)
 )
 
 

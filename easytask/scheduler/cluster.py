@@ -521,7 +521,7 @@ class Cluster:
         try:
             while True:
                 if not changed.is_set() and (asked_kill or not kill.is_set()):
-                    await first_set(changed) if asked_kill else await first_set(changed, kill)
+                    await (first_set(changed) if asked_kill else first_set(changed, kill))
                 changed.clear()
                 row = await self._reads.get(run.id)  # with the other runs woken meanwhile
                 if row is None:

@@ -48,11 +48,13 @@ class Dispatcher:
         values (executed where they are known), moving files, or no pending time (its runs
         are never handed over: see Execution._agent_run_here)."""
         cluster = self.cluster
-        if cluster is None or options.forks > 0 or options.file_action is not None:
-            return {}
-        if options.pending_timeout <= 0:
-            return {}
-        if masks(options):
+        if (
+            cluster is None
+            or options.forks > 0
+            or options.file_action is not None
+            or options.pending_timeout <= 0
+            or masks(options)
+        ):
             return {}
         notes: dict[int, list[tuple[str, str]]] = {}
         for i, run in enumerate(runs):

@@ -133,7 +133,8 @@ def append_many(
         for (actor, action, source, detail), event_id in zip(
             events, sorted(int(row[1]) for row in drawn), strict=True
         ):
-            event = _chained(key, event_id, prev_hash, at, actor, action, source, detail)
+            body = json.dumps(detail, sort_keys=True, default=str)
+            event = _chained(key, event_id, prev_hash, at, actor, action, source, body)
             out.append(event)
             prev_hash = event.hash
         conn.execute(sql.INSERT_AUDIT, [event.model_dump() for event in out])
@@ -151,7 +152,7 @@ def append_many(
             "prev_hash": prev_hash,
         }
         inserted = conn.execute(sql.INSERT_AUDIT, {**values, "hash": ""})
-        event = _chained(key, sql.new_id(inserted), prev_hash, at, actor, action, source, detail)
+        event = _chained(key, sql.new_id(inserted), prev_hash, at, actor, action, source, body)
         conn.execute(sql.AUDIT_HASH, {"event_id": event.id, "hash": event.hash})
         out.append(event)
         prev_hash = event.hash
@@ -166,10 +167,10 @@ def _chained(
     actor: str,
     action: str,
     source: str,
-    detail: dict[str, Any],
+    body: str,
 ) -> AuditEvent:
-    """The row of one event with its id, after the row whose hash is `prev_hash`."""
-    body = json.dumps(detail, sort_keys=True, default=str)
+    """The row of one event with its id and its detail as stored (`body`, JSON), after the row
+    whose hash is `prev_hash`."""
     signed = canonical(event_id, at, actor, action, source, body)
     digest = keyed_hash(key, prev_hash, signed) if key else chain_hash(prev_hash, signed)
     return AuditEvent(

@@ -6,6 +6,8 @@ import hashlib
 import secrets
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from itertools import groupby
+from operator import itemgetter
 from typing import Any, TypeVar
 
 from sqlalchemy import bindparam
@@ -66,12 +68,10 @@ class IdentityQueries(Queries):
     def get_agents(self, names: list[str]) -> dict[str, Agent]:
         """The agents of these names that exist, by name (a few hundred per query)."""
         found: dict[str, Agent] = {}
-        with self.session() as s:
+        with self.engine.connect() as conn:
             for i in range(0, len(names), 500):
-                part = names[i : i + 500]
-                found.update(
-                    (a.name, a) for a in s.exec(select(Agent).where(col(Agent.name).in_(part)))
-                )
+                rows = conn.execute(AGENTS_BY_NAMES, {"names": names[i : i + 500]}).mappings()
+                found.update((str(row["name"]), Agent(**row)) for row in rows)
         return found
 
     def count_pending(self, address: str) -> int:
@@ -258,14 +258,8 @@ class IdentityQueries(Queries):
                 listed = [audit] if audit is None or isinstance(audit, AuditNote) else audit
                 notes += [(n, {"fingerprint": row["fingerprint"]}) for n in listed if n]
             # the same fields changed, one statement for many rows (in order)
-            i = 0
-            while i < len(updates):
-                keys = updates[i][0]
-                j = i
-                while j < len(updates) and updates[j][0] == keys:
-                    j += 1
-                conn.execute(_update_agent(keys), [params for _, params in updates[i:j]])
-                i = j
+            for keys, same in groupby(updates, key=itemgetter(0)):
+                conn.execute(_update_agent(keys), [params for _, params in same])
             audit_chain.append_notes(conn, notes)
         return out
 

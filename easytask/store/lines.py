@@ -11,7 +11,8 @@ from datetime import datetime
 from itertools import chain
 from typing import Any
 
-from sqlalchemy import func, text
+from sqlalchemy import case, func, text
+from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 
 from easytask.loglines import LEVELS
@@ -76,6 +77,16 @@ def index_words(needle: str) -> tuple[list[str], str | None]:
             prefix = match.group().lower()
     words.sort(key=len, reverse=True)
     return words, prefix
+
+
+_OUTPUT = sql.LOG_LINE.c.stream != "system"
+# where a re-attached run continues: its stored output lines, its highest seq (system lines
+# count too) and the characters of its stored output
+RESUME_COLUMNS = (
+    func.sum(case((_OUTPUT, 1), else_=0)),
+    func.max(sql.LOG_LINE.c.seq),
+    func.sum(case((_OUTPUT, func.length(sql.LOG_LINE.c.text)), else_=0)),
+)
 
 
 class LineQueries(PgLineQueries):
@@ -226,23 +237,11 @@ class LineQueries(PgLineQueries):
         """What a run re-attached by a new server process continues after, in one query: its
         stored output lines (`count_output_lines`), its highest seq (`max_seq`) and the
         characters of its stored output (`output_bytes`)."""
-        from sqlalchemy import case
-        from sqlalchemy import select as core_select
-
-        from easytask.store.statements import LOG_LINE
-
-        output = LOG_LINE.c.stream != "system"
         with self.session() as s:
             # a Core statement on the session's connection: no ORM compilation per run
             lines, top, chars = (
                 s.connection()
-                .execute(
-                    core_select(
-                        func.sum(case((output, 1), else_=0)),
-                        func.max(LOG_LINE.c.seq),
-                        func.sum(case((output, func.length(LOG_LINE.c.text)), else_=0)),
-                    ).where(self._of_run(s, run_id))
-                )
+                .execute(core_select(*RESUME_COLUMNS).where(self._of_run(s, run_id)))
                 .one()
             )
             return int(lines or 0), int(top or 0), int(chars or 0)
@@ -250,27 +249,16 @@ class LineQueries(PgLineQueries):
     def resume_points(self, run_ids: Sequence[int]) -> dict[int, tuple[int, int, int]]:
         """`resume_point` of many runs (a fleet's re-attached runs after a hand-off), by run id,
         in one grouped query per thousand; a run with no line stored is not in the answer."""
-        from sqlalchemy import case
-        from sqlalchemy import select as core_select
-
-        from easytask.store.statements import LOG_LINE
-
         if len(run_ids) == 1:  # one run: its partition alone (see `_of_run`)
             return {run_ids[0]: self.resume_point(run_ids[0])}
-        output = LOG_LINE.c.stream != "system"
         out: dict[int, tuple[int, int, int]] = {}
         with self.engine.connect() as conn:
             for start in range(0, len(run_ids), 1000):
                 chunk = list(run_ids[start : start + 1000])
                 q = (
-                    core_select(
-                        LOG_LINE.c.run_id,
-                        func.sum(case((output, 1), else_=0)),
-                        func.max(LOG_LINE.c.seq),
-                        func.sum(case((output, func.length(LOG_LINE.c.text)), else_=0)),
-                    )
-                    .where(LOG_LINE.c.run_id.in_(chunk))
-                    .group_by(LOG_LINE.c.run_id)
+                    core_select(sql.LOG_LINE.c.run_id, *RESUME_COLUMNS)
+                    .where(sql.LOG_LINE.c.run_id.in_(chunk))
+                    .group_by(sql.LOG_LINE.c.run_id)
                 )
                 for run_id, lines, top, chars in conn.execute(q):
                     out[int(run_id)] = (int(lines or 0), int(top or 0), int(chars or 0))
