@@ -10,34 +10,14 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import asyncssh
 import pytest
 
 from easytask.agent.spool import spool_keys
 from easytask.transport import executor
-from easytask.transport.agentlink import AgentLink, AgentListener
+from easytask.transport.agentlink import AgentLink
 from tests.conftest import AgentFactory, ServerFactory
-from tests.support import Procs, easytask_cmd
-
-
-class _Gate:
-    """Admits every agent and hands its link to the test."""
-
-    def __init__(self) -> None:
-        self.links: asyncio.Queue[AgentLink] = asyncio.Queue()
-
-    def check_key(self, name: str | None, fingerprint: str, public_key: str, addr: str) -> str:
-        return "trusted"
-
-    async def admit(self, link: AgentLink, hello: dict[str, Any], trusted: bool) -> bool:
-        self.links.put_nowait(link)
-        return True
-
-    def refuse(self, name: str | None, fingerprint: str, addr: str, reason: str) -> None:
-        raise AssertionError(f"agent refused: {reason}")
-
-    def lost(self, link: AgentLink, exc: Exception | None) -> None:
-        pass
+from tests.support import Procs
+from tests.support.links import linked_agent
 
 
 async def _run(link: AgentLink, command: str) -> tuple[executor.ExecResult, bytes]:
@@ -57,30 +37,10 @@ def test_a_run_s_variables_on_its_first_line_and_a_quiet_acknowledgement(
     EASYTASK_RUN_ID) and the line is not part of the command. An acknowledgement sent without
     an id deletes the run's spool and gets no reply: nothing arrives on the control session
     before the answer to the next request."""
-    state = tmp_path / "agent"
+    state = tmp_path / "quiet"
 
     async def scenario() -> None:
-        gate = _Gate()
-        listener = AgentListener(gate, asyncssh.generate_private_key("ssh-ed25519"))
-        port = await listener.start("127.0.0.1", 0)
-        agent = procs.start(
-            [
-                *easytask_cmd(),
-                "agent",
-                "--server",
-                f"127.0.0.1:{port}",
-                "--name",
-                "quiet",
-                "--state-dir",
-                str(state),
-                "--metrics-interval",
-                "0",
-            ],
-            tmp_path / "agent.log",
-        )
-        try:
-            async with asyncio.timeout(60):
-                link = await gate.links.get()
+        async with linked_agent(procs, tmp_path, "quiet") as (link, _agent):
             assert executor.EXEC_HEADER_FEATURE in link.features
             header = executor.env_header({"EASYTASK_RUN": "41-2"})
             result, out = await _run(link, header + 'echo "$EASYTASK_RUN_ID $EASYTASK_ATTEMPT"')
@@ -97,9 +57,6 @@ def test_a_run_s_variables_on_its_first_line_and_a_quiet_acknowledgement(
             assert (await link.request("status", run="41-2"))["state"] == "unknown"
             assert spool_keys(state / "spool")[0] == []
             assert pushed == []
-        finally:
-            agent.stop(10)
-            await listener.close()
 
     asyncio.run(scenario())
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -17,6 +16,7 @@ import asyncssh
 
 from easytask import __version__
 from easytask.agent import facts, sftp
+from easytask.agent.commands import Commands
 from easytask.agent.hostmetrics import SPOOL, HostSampler
 from easytask.agent.link import (
     HANDSHAKE_WAIT,
@@ -26,15 +26,15 @@ from easytask.agent.link import (
     no_server,
     open_tcp,
 )
-from easytask.agent.policy import make_policy, quoteless
-from easytask.agent.runner import CHUNK, Runner, check_pass_env
+from easytask.agent.policy import make_policy
+from easytask.agent.runner import Runner, check_pass_env
 from easytask.headroom import Limits
-from easytask.masking import lift_exports
 from easytask.names import check_labels, check_name
 from easytask.transport import sshlog
 from easytask.transport.control import LINK_CIPHERS, SESSION_OP, SUBSYSTEM
-from easytask.transport.executor import EXEC_HEADER_FEATURE, STATS_SIGNAL, split_env_header
+from easytask.transport.executor import EXEC_HEADER_FEATURE
 from easytask.transport.keys import load_or_create_key
+from easytask.transport.linkrun import CONTROL_RUN_FEATURE, RUN_OP
 
 log = logging.getLogger("easytask.agent")
 
@@ -155,6 +155,7 @@ class Agent:
                 self.runner.cwd,
                 spool=config.metrics_spool,
             )
+        self.commands = Commands(self.runner, self.policy, self._run_started)
         self.connected = asyncio.Event()
         self._stop = asyncio.Event()
         self._conn: asyncssh.SSHServerConnection | None = None
@@ -163,6 +164,10 @@ class Agent:
         # control sessions whose server asked for heartbeats (op "beats")
         self._beat_sinks: set[asyncssh.SSHServerProcess[bytes]] = set()
         self.beat_every = config.heartbeat  # the pace the server asked for (at least --heartbeat)
+
+    def _run_started(self) -> None:
+        if self.sampler is not None:
+            self.sampler.wake()
 
     @property
     def fingerprint(self) -> str:
@@ -200,7 +205,7 @@ class Agent:
                 process.stderr.write(f"unknown subsystem {process.subsystem}\n".encode())
                 process.exit(1)
             else:
-                await self._exec(process)
+                await self.commands.exec(process)
         except Exception:  # one bad session must never bring the agent down
             log.exception("session failed")
             if not process.is_closing():
@@ -220,7 +225,8 @@ class Agent:
                 "policy": self.policy.describe(),
             },
             "fingerprint": self.fingerprint,
-            "features": [EXEC_HEADER_FEATURE],  # see easytask.transport.executor
+            # see easytask.transport.executor and easytask.agent.commands
+            "features": [EXEC_HEADER_FEATURE, CONTROL_RUN_FEATURE],
         }
         if self.config.enroll:
             reply["enroll"] = self.config.enroll
@@ -281,8 +287,11 @@ class Agent:
         process.exit(0)
 
     async def _control_session(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
-        """Answer requests until the server closes the session; replies carry the request id."""
+        """Answer requests until the server closes the session; replies carry the request id.
+        When it closes, the runs it started go on (their followers here stop: the server
+        re-attaches to them)."""
         pending: set[asyncio.Task[None]] = set()
+        runs: set[asyncio.Task[None]] = set()
 
         async def answer(req: Any) -> None:
             if isinstance(req, dict) and req.get("op") == "beats":
@@ -307,12 +316,16 @@ class Agent:
                     continue
                 # a cancel waits out its grace period: it must not hold up the requests after it
                 task = asyncio.create_task(answer(req), name="control-request")
-                pending.add(task)
-                task.add_done_callback(pending.discard)
+                tasks = runs if isinstance(req, dict) and req.get("op") == RUN_OP else pending
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
         except (asyncssh.Error, OSError):
             pass
         finally:
             self._beat_sinks.discard(process)
+            for task in runs:
+                task.cancel()
+            pending.update(runs)
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
             if not process.is_closing():
@@ -325,6 +338,8 @@ class Agent:
             if "bad" in req:
                 raise ValueError(req["bad"])
             op = req.get("op")
+            if op == RUN_OP:
+                return await self.commands.control_run(req)
             if op == "hello":
                 return self.hello()
             if op == "facts":
@@ -350,118 +365,6 @@ class Agent:
             return {"error": f"unknown operation {op!r}"}
         except (ValueError, KeyError, TypeError) as exc:
             return {"error": f"bad request: {exc}"}
-
-    def _refuse(
-        self, process: asyncssh.SSHServerProcess[bytes], reason: str, key: str = ""
-    ) -> None:
-        """End a session the policy does not allow; the run records why (the server masks the
-        command's secrets there; this log, which cannot tell them, never quotes the command)."""
-        log.warning("refused a run %s: %s", key or "(no run id)", quoteless(reason))
-        process.stderr.write(f"easytask agent: refused: {reason}\n".encode())
-        info = {"exit_code": None, "signal": None, "refused": reason}
-        process.exit_with_signal(STATS_SIGNAL, False, json.dumps(info))
-
-    async def _exec(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
-        env = dict(process.env)
-        command = process.command or ""
-        if not env:  # the variables may come on the command's first line (no `env` request)
-            env, command = split_env_header(command)  # a bad one: ValueError, the session fails
-        if env.get("EASYTASK_ACK"):  # ended runs the server has stored: their spools may go
-            for done in str(env["EASYTASK_ACK"]).split(","):
-                with contextlib.suppress(ValueError):
-                    self.runner.ack(done)
-        attach = env.get("EASYTASK_ATTACH")
-        if attach:
-            try:
-                after = int(env.get("EASYTASK_FROM_SEQ") or 0)
-                known = self.runner.spool(attach).exists()
-            except ValueError:
-                known = False
-            if not known:
-                process.stderr.write(f"easytask agent: no run {attach!r} here\n".encode())
-                process.exit(255)
-                return
-            await self._stream(process, attach, after)
-            return
-        # `EASYTASK_RUN=ID-ATTEMPT` (one SSH request), or the two variables it stands for
-        run_id, _, attempt = str(env.get("EASYTASK_RUN", "")).partition("-")
-        run_id = run_id or env.get("EASYTASK_RUN_ID", "")
-        attempt = attempt or env.get("EASYTASK_ATTEMPT", "1")
-        key = f"{run_id}-{attempt}" if run_id else f"adhoc-{time.time_ns()}"
-        if not command:
-            process.stderr.write(b"easytask agent: no command given\n")
-            process.exit(2)
-            return
-        try:
-            spool = self.runner.spool(key)
-        except ValueError:
-            process.stderr.write(f"easytask agent: bad run id {run_id!r}\n".encode())
-            process.exit(2)
-            return
-        become = None
-        if not spool.exists():
-            reason = self.policy.refusal(command)
-            if reason is None and env.get("EASYTASK_BECOME"):
-                become, reason = self.policy.become(str(env["EASYTASK_BECOME"]))
-            # runner.start makes the spool before it first awaits: no other start slips in
-            # between this count and the run being counted
-            if reason is None and self.runner.running >= self.policy.slots:
-                reason = f"all {self.policy.slots} slots are in use (--slots)"
-            if reason is not None:
-                self._refuse(process, reason, key)
-                return
-            extra = {"EASYTASK_RUN_ID": run_id, "EASYTASK_ATTEMPT": attempt} if run_id else {}
-            # the secrets the server exports first go to the command's environment instead,
-            # out of the shell's command line (which `ps` shows every user of this host)
-            exported, command = lift_exports(command)
-            try:
-                await self.runner.start(key, command, {**exported, **extra}, become)
-                if self.sampler is not None:
-                    self.sampler.wake()
-            except OSError as exc:
-                process.stderr.write(f"easytask agent: cannot start: {exc}\n".encode())
-                process.exit(127)
-                return
-        # else: this run was started before (a retried dispatch): never start it twice
-        await self._stream(process, key, 0)
-
-    async def _stream(
-        self, process: asyncssh.SSHServerProcess[bytes], key: str, after: int
-    ) -> None:
-        """Send a run's records after `after` in order, then its exit status."""
-        drain_stdin = asyncio.create_task(self._drain(process), name=f"stdin-{key}")
-        try:
-            async for batch in self.runner.follow(key, after):
-                # consecutive records of one stream go out in one write, one drain per batch
-                for stream, data in batch:
-                    (process.stderr if stream == "stderr" else process.stdout).write(data)
-                await process.stdout.drain()
-                await process.stderr.drain()
-        except (asyncssh.Error, OSError, BrokenPipeError):
-            return  # the link went away; the run goes on and is re-attached later
-        finally:
-            drain_stdin.cancel()
-            ended = self.runner.exits.pop(key, None)
-        if process.is_closing():
-            return
-        info = ended or self.runner.spool(key).exit_info() or {}
-        if info.get("dropped_lines") or info.get("lost"):
-            # counts the server must record: sent with the exit, no question needed
-            process.exit_with_signal(STATS_SIGNAL, False, json.dumps(info))
-        elif info.get("signal"):
-            process.exit_with_signal(str(info["signal"]))
-        else:
-            code = info.get("exit_code")
-            process.exit(int(code) if code is not None else 255)
-
-    @staticmethod
-    async def _drain(process: asyncssh.SSHServerProcess[bytes]) -> None:
-        """Read stdin so the session notices signals and the client's EOF."""
-        try:
-            while await process.stdin.read(CHUNK):
-                pass
-        except (asyncssh.Error, OSError):
-            pass
 
     # -- connection loop --------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -379,7 +379,9 @@ class Runner:
             spec["user"] = account.spec()
         return spec
 
-    async def follow(self, key: str, after_seq: int) -> AsyncIterator[list[tuple[str, bytes]]]:
+    async def follow(
+        self, key: str, after_seq: int, reader: RecordReader | None = None
+    ) -> AsyncGenerator[list[tuple[str, bytes]], None]:
         """Batches of records with seq > after_seq, live until the run ends; a batch is a list of
         (stream, data) runs of consecutive records of one stream, their data joined.
 
@@ -390,7 +392,7 @@ class Runner:
         per read costs more than the read.
         """
         spool = self.spool(key)
-        reader = RecordReader()
+        reader = reader or RecordReader()  # the caller's, to know the last seq it was given
         loop = asyncio.get_running_loop()
         sent = -1e9
         job = self.jobs.get(key)  # a run this process started: its supervisor says what changed

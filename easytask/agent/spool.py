@@ -70,6 +70,7 @@ class RecordReader:
 
     def __init__(self) -> None:
         self._buf = bytearray()
+        self.last_seq = 0  # of the last output record `feed_runs` returned
 
     def feed(self, data: bytes) -> list[Record]:
         """Add bytes and return the records they completed."""
@@ -110,6 +111,7 @@ class RecordReader:
             pos = end
             if seq <= after_seq or code not in STREAM_NAMES:
                 continue
+            self.last_seq = seq
             if code != current:
                 if pieces:
                     runs.append((STREAM_NAMES.get(current, "stdout"), b"".join(pieces)))

@@ -23,9 +23,9 @@ from easytask.scheduler.dispatch import OFFER, Dispatcher
 from easytask.scheduler.inflight import (
     InFlight,
     JobOptions,
-    KillSwitch,
     LiveRun,
     command_env,
+    ended_or_stopped,
     masks,
     run_timeout_text,
 )
@@ -35,14 +35,18 @@ from easytask.scheduler.recording import Outcome, Recorder
 from easytask.store.db import Store
 from easytask.store.models import OFFERED, Run, RunState, as_utc, utcnow
 from easytask.store.runs import BECOME, RAN_AS
-from easytask.transport import executor
+from easytask.transport import executor, linkrun
 from easytask.transport.agentless import SSHPool, SSHTarget, env_on_stdin, wrap_command
 from easytask.transport.agentlink import AgentLink
 from easytask.transport.become import SU_TERM_MODES, SuDialog, become_command
 from easytask.transport.executor import EXEC_HEADER_FEATURE, ExecResult, env_header
+from easytask.transport.linkrun import CONTROL_RUN_FEATURE, LinkExecution
 from easytask.transport.local import LocalExecution, LocalHost
 
 log = logging.getLogger("easytask.server")
+
+# a command started: on a session, on an agent's control session, or on this host
+Started = executor.Execution | LinkExecution | LocalExecution
 
 
 class Execution:
@@ -311,7 +315,11 @@ class Execution:
                 acks = link.take_acks()
                 if acks:  # ended runs whose spools the agent may delete, along for the ride
                     env["EASYTASK_ACK"] = ",".join(acks)
-                if EXEC_HEADER_FEATURE in link.features:  # no `env` request: on the first line
+                # a new run as one request on the control session (see transport.linkrun);
+                # else a session, its variables on the command's first line where the agent
+                # reads them there (no `env` request)
+                on_link = attach_from is None and CONTROL_RUN_FEATURE in link.features
+                if not on_link and EXEC_HEADER_FEATURE in link.features:
                     command, env = env_header(env) + command, {}
                 remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
                 outcome = await self._stream(
@@ -320,7 +328,7 @@ class Execution:
                     options
                     if remaining == options.timeout
                     else replace(options, timeout=remaining),
-                    link.conn,
+                    link if on_link else link.conn,
                     command,
                     env,
                     out,
@@ -452,7 +460,7 @@ class Execution:
         run: Run,
         live: LiveRun,
         options: JobOptions,
-        conn: SSHClientConnection | LocalHost,
+        conn: SSHClientConnection | LocalHost | AgentLink,
         command: str,
         env: dict[str, str],
         out: RunOutput,
@@ -468,7 +476,7 @@ class Execution:
         On the server's own host (`LocalHost`), `local_key` names the run's process group."""
         assert run.id is not None
         paused = [False]
-        execution: executor.Execution | LocalExecution | None = None
+        execution: Started | None = None
 
         def on_data(stream: str, data: bytes) -> None:
             if dialog is not None and not (data := dialog.feed(data)):
@@ -493,6 +501,8 @@ class Execution:
         try:
             if isinstance(conn, LocalHost):
                 execution = await conn.start(local_key, command, on_data, stdin)
+            elif isinstance(conn, AgentLink):  # one request on its control session
+                execution = await linkrun.start(conn, command, on_data, env)
             else:
                 modes = SU_TERM_MODES if dialog is not None else None
                 execution = await executor.start(conn, command, on_data, env, stdin, modes)
@@ -515,7 +525,7 @@ class Execution:
             await dispatched
         reason = ""
         try:
-            if await _ended_or_stopped(execution.ended, live.kill, options.timeout):
+            if await ended_or_stopped(execution.ended, live.kill, options.timeout):
                 result = await execution.wait()
             else:
                 if live.kill.is_set():
@@ -546,45 +556,12 @@ class Execution:
                 await marked
         return Outcome(result=result, reason=reason, duration=time.monotonic() - started)
 
-    async def _resume_when_drained(
-        self, execution: executor.Execution | LocalExecution, paused: list[bool]
-    ) -> None:
+    async def _resume_when_drained(self, execution: Started, paused: list[bool]) -> None:
         await self.writer.wait_below()
         paused[0] = False
         chan = execution.channel
         if chan is not None:
             chan.resume_reading()
-
-
-async def _ended_or_stopped(
-    ended: asyncio.Future[None], kill: KillSwitch, timeout: float | None
-) -> bool:
-    """Wait until the command ended (True), or it was killed or timed out (False).
-
-    Callbacks on the two and a timer, not a task per wait: a fan-out waits once per run.
-    """
-    if ended.done():
-        return True
-    if kill.is_set():
-        return False
-    loop = asyncio.get_running_loop()
-    wake: asyncio.Future[None] = loop.create_future()
-
-    def poke(*_: Any) -> None:
-        if not wake.done():
-            wake.set_result(None)
-
-    ended.add_done_callback(poke)
-    unhook = kill.on_set(poke)
-    timer = loop.call_later(timeout, poke) if timeout is not None else None
-    try:
-        await wake
-    finally:
-        ended.remove_done_callback(poke)
-        unhook()
-        if timer is not None:
-            timer.cancel()
-    return ended.done()
 
 
 def _agent_terminator(link: AgentLink, key: str, live: LiveRun) -> Callable[[float], Any]:

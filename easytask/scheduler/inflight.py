@@ -126,3 +126,34 @@ class InFlight:
         """The caller executes the run itself: it is this server's, and the caller is the claim
         that took it or, when no claim here did, the job's driver."""
         return run.server in ("", self.store.owner) and (claimed or run.id not in self.claimed)
+
+
+async def ended_or_stopped(
+    ended: asyncio.Future[None], kill: KillSwitch, timeout: float | None
+) -> bool:
+    """Wait until the command ended (True), or it was killed or timed out (False).
+
+    Callbacks on the two and a timer, not a task per wait: a fan-out waits once per run.
+    """
+    if ended.done():
+        return True
+    if kill.is_set():
+        return False
+    loop = asyncio.get_running_loop()
+    wake: asyncio.Future[None] = loop.create_future()
+
+    def poke(*_: Any) -> None:
+        if not wake.done():
+            wake.set_result(None)
+
+    ended.add_done_callback(poke)
+    unhook = kill.on_set(poke)
+    timer = loop.call_later(timeout, poke) if timeout is not None else None
+    try:
+        await wake
+    finally:
+        ended.remove_done_callback(poke)
+        unhook()
+        if timer is not None:
+            timer.cancel()
+    return ended.done()

@@ -85,6 +85,27 @@ class ControlChannel:
             self._waiting.pop(rid, None)
         return _checked(op, reply)
 
+    async def send(
+        self, op: str, timeout: float = 15.0, **args: Any
+    ) -> asyncio.Future[dict[str, Any]]:
+        """Send one request and return at once: its reply settles the future (an `error`
+        reply too, unchecked); the session's end fails it with ConnectionError."""
+        self._next_id += 1
+        rid = self._next_id
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[rid] = fut
+        try:
+            proc = self._proc
+            if proc is None:
+                async with asyncio.timeout(timeout):
+                    proc = await self._open()
+            proc.stdin.write(json.dumps({"id": rid, "op": op, **args}) + "\n")
+        except BaseException:
+            self._waiting.pop(rid, None)
+            raise
+        fut.add_done_callback(lambda _: self._waiting.pop(rid, None))
+        return fut
+
     def tell_now(self, op: str, **args: Any) -> bool:
         """Send one request that wants no reply (a line without an `id`: one message, where a
         request and its reply are two) on the session if it is open; False if it is not.

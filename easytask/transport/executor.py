@@ -104,6 +104,11 @@ class Execution:
         """The SSH channel (for flow control: pause_reading / resume_reading)."""
         return self._session.chan
 
+    @property
+    def result(self) -> ExecResult:
+        """How the command ended, once `ended` is done."""
+        return self._session.result
+
     async def wait(self) -> ExecResult:
         """Wait until the command ends or the link is lost."""
         if not self._session.done.done():
