@@ -78,3 +78,20 @@ def test_a_command_that_starts_like_the_header_is_only_a_command(
     texts = [ln["text"] for ln in server.log_lines(run["id"]) if ln["stream"] == "stdout"]
     assert texts == [f"{run['id']} {own.strip()}"]
     assert not (tmp_path / "agents" / "hdr" / "spool" / "999-9.done").exists()
+
+
+@pytest.mark.sqlite  # no store: the listener and an agent only
+def test_a_request_and_its_answer_are_one_packet_each_way(tmp_path: Path, procs: Procs) -> None:
+    """Neither end of an agent link sends an empty SSH_MSG_IGNORE before each packet (a CBC
+    defence; links use no CBC cipher): a control request is one SSH packet out and its answer
+    one packet back (asyncssh numbers every packet it sends and receives)."""
+
+    async def scenario() -> None:
+        async with linked_agent(procs, tmp_path, "lean") as (link, _agent):
+            await link.request("status", run="1-1")  # the session is open, its window known
+            conn: Any = link.conn
+            sent, received = conn._send_seq, conn._recv_seq
+            assert (await link.request("status", run="1-1"))["state"] == "unknown"
+            assert (conn._send_seq - sent, conn._recv_seq - received) == (1, 1)
+
+    asyncio.run(scenario())

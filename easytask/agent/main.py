@@ -31,7 +31,12 @@ from easytask.agent.runner import Runner, check_pass_env
 from easytask.headroom import Limits
 from easytask.names import check_labels, check_name
 from easytask.transport import sshlog
-from easytask.transport.control import LINK_CIPHERS, SESSION_OP, SUBSYSTEM
+from easytask.transport.control import (
+    LINK_CIPHERS,
+    SESSION_OP,
+    SUBSYSTEM,
+    without_padding_ignores,
+)
 from easytask.transport.executor import EXEC_HEADER_FEATURE
 from easytask.transport.keys import load_or_create_key
 from easytask.transport.linkrun import CONTROL_RUN_FEATURE, RUN_OP
@@ -103,6 +108,9 @@ class _ServerSide(asyncssh.SSHServer):
 
     def __init__(self, agent: Agent) -> None:
         self._agent = agent
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        without_padding_ignores(conn)
 
     def begin_auth(self, username: str) -> bool:
         return True

@@ -181,6 +181,7 @@ class _AgentClient(asyncssh.SSHClient):
 
     def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
         self._conn = conn
+        control.without_padding_ignores(conn)
 
     def handshake_done(self) -> None:
         """The connection no longer holds a handshake place (admitted, refused or gone)."""

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 import asyncssh
+from asyncssh.constants import MSG_IGNORE
+from asyncssh.packet import String
 
 log = logging.getLogger("easytask.server")
 
@@ -33,6 +35,28 @@ LINK_CIPHERS = (
     "aes256-ctr",
     "aes128-ctr",
 )
+
+
+def without_padding_ignores(
+    conn: asyncssh.SSHClientConnection | asyncssh.SSHServerConnection,
+) -> None:
+    """Send no SSH_MSG_IGNORE of its own before every packet on this agent link.
+
+    asyncssh puts an empty SSH_MSG_IGNORE before each packet it sends once the link is
+    encrypted: RFC 4251 9.3.1's defence for CBC ciphers, whose next IV the previous packet
+    gives away. A link negotiates only from `LINK_CIPHERS` (AEAD and counter modes, no CBC),
+    where the packet costs an encryption, a send and, on the far side, a decryption and a
+    dispatch, and protects nothing. Other packets, and IGNOREs that carry data, go as before;
+    both ends drop theirs (either alone halves its own side)."""
+    send = conn.send_packet
+    empty = String(b"")
+
+    def send_packet(pkttype: int, *args: bytes, handler: Any = None) -> None:
+        if pkttype == MSG_IGNORE and args == (empty,):
+            return
+        send(pkttype, *args, handler=handler)
+
+    conn.send_packet = send_packet  # type: ignore[method-assign]
 
 
 async def request(
