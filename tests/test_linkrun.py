@@ -81,6 +81,12 @@ def test_a_long_loud_run_goes_on_in_a_session_of_its_own_every_byte_once(
             first_err = streams.index("stderr")
             assert b"50000\n" in b"".join(d for s, d in out[:first_err] if s == "stdout")
 
+            # 2 MB printed before the agent first looks: the answer still carries only its
+            # first part (a control session's line stays small), the rest comes re-attached
+            result, out, execution = await _run(link, "seq 1 300000", "22-1")
+            assert result.exit_code == 0 and execution.channel is not None
+            assert _joined(out, "stdout") == "".join(f"{n}\n" for n in range(1, 300001)).encode()
+
             # quiet at first, then printing after the answer's wait: the same
             result, out, execution = await _run(
                 link, "sleep 0.3; echo one; sleep 0.3; echo two", "21-1"

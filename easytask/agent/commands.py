@@ -147,7 +147,7 @@ class Commands:
         reader = RecordReader()
         loop = asyncio.get_running_loop()
         first = 0.0
-        follow = self.runner.follow(key, 0, reader)
+        follow = self.runner.follow(key, 0, reader, chunk=REPLY_BYTES)  # a batch: <= 16 KiB
         try:
             while size < REPLY_BYTES:
                 if not first:
@@ -166,6 +166,7 @@ class Commands:
             pass
         finally:
             await follow.aclose()
+        self.runner.exits.pop(key, None)  # read, perhaps, but the re-attach sends it
         return {"out": out, "running": True, "seq": reader.last_seq}
 
     # -- on a session of its own ------------------------------------------------------------

@@ -380,7 +380,11 @@ class Runner:
         return spec
 
     async def follow(
-        self, key: str, after_seq: int, reader: RecordReader | None = None
+        self,
+        key: str,
+        after_seq: int,
+        reader: RecordReader | None = None,
+        chunk: int = READ,
     ) -> AsyncGenerator[list[tuple[str, bytes]], None]:
         """Batches of records with seq > after_seq, live until the run ends; a batch is a list of
         (stream, data) runs of consecutive records of one stream, their data joined.
@@ -402,13 +406,13 @@ class Runner:
                 if gap > 0:
                     await asyncio.sleep(gap)
                 seen = job.version if job else 0
-                data = fh.read(READ)
+                data = fh.read(chunk)
                 if data:
                     batch = reader.feed_runs(data, after_seq)
                     if batch:
                         yield batch
                         # a full read means a backlog (a replay): no pause until it is sent
-                        sent = loop.time() if len(data) < READ else -1e9
+                        sent = loop.time() if len(data) < chunk else -1e9
                     continue
                 # a run this process started says when it exited: no need to look before
                 if job is None or job.done:
@@ -416,10 +420,10 @@ class Runner:
                     info = spool.exit_info_in(fh) if job and job.exited else spool.exit_info()
                     if info is not None:
                         self.exits[key] = info  # for the caller, who sends the exit status
-                        rest = fh.read()
-                        batch = reader.feed_runs(rest, after_seq) if rest else []
-                        if batch:
-                            yield batch
+                        while rest := fh.read(chunk):  # what came before the exit record
+                            batch = reader.feed_runs(rest, after_seq)
+                            if batch:
+                                yield batch
                         return
                     if not spool.supervisor_alive():
                         spool.write_exit(
