@@ -4,6 +4,7 @@ collections' sight; garbage in cycles among it is reclaimed at the next sweep.""
 from __future__ import annotations
 
 import gc
+import sys
 import weakref
 from collections.abc import Iterator
 
@@ -42,24 +43,32 @@ def test_a_step_freezes_what_survived_and_a_sweep_reclaims_cycles_among_it() -> 
     assert gc.get_freeze_count() > 0  # frozen again after the sweep
 
 
-def test_a_sweep_comes_sooner_once_the_frozen_objects_grew_by_a_quarter() -> None:
+def _grown_by(fraction: float, kept: int) -> list[_Node]:
+    """Objects (each in a reference cycle) until the process holds `fraction` more memory
+    blocks than `kept`."""
+    nodes: list[_Node] = []
+    while sys.getallocatedblocks() < kept * (1 + fraction):
+        nodes.extend(_Node() for _ in range(1000))
+    return nodes
+
+
+def test_a_sweep_comes_sooner_once_memory_grew_by_a_quarter() -> None:
     """Garbage in cycles among objects frozen while in use (a fan-out's runs) is reclaimed once
-    the frozen objects are a quarter more than after the last sweep, not only every 15
-    minutes."""
+    the process holds a quarter more memory blocks than after the last sweep, not only every
+    15 minutes."""
     gc.unfreeze()
     gc.collect()
     pacer = Pacer(sweep_every=900.0, clock=lambda: 0.0)
     pacer.step()
-    kept = gc.get_freeze_count()
-    nodes = [_Node() for _ in range(kept // 8)]  # an eighth more: no sweep
+    kept = pacer.kept
+    assert kept == pytest.approx(sys.getallocatedblocks(), rel=0.01)
+    nodes = _grown_by(0.1, kept)  # a tenth more: no sweep
     gone = weakref.ref(nodes[0])
     pacer.step()
-    del nodes
+    del nodes  # frozen: the cycles stay, and so do their blocks
     pacer.step()
     assert gone() is not None and pacer.sweeps == 0
-    more = [_Node() for _ in range(kept // 4)]  # then past a quarter: swept
-    pacer.step()
-    assert pacer.sweeps == 0
+    more = _grown_by(0.3, kept)  # then past a quarter: swept
     pacer.step()
     assert gone() is None and pacer.sweeps == 1
     del more
@@ -73,8 +82,7 @@ def test_a_sweep_for_growth_waits_until_nothing_runs() -> None:
     busy = [True]
     pacer = Pacer(sweep_every=900.0, clock=lambda: 0.0, busy=lambda: busy[0])
     pacer.step()
-    kept = gc.get_freeze_count()
-    nodes = [_Node() for _ in range(kept // 2)]
+    nodes = _grown_by(0.5, pacer.kept)
     gone = weakref.ref(nodes[0])
     pacer.step()
     del nodes
