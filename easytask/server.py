@@ -11,7 +11,7 @@ import os
 import secrets
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import uvicorn
@@ -85,6 +85,7 @@ class Server:
         )
         self._stop = asyncio.Event()
         self._gc_timer: asyncio.TimerHandle | None = None
+        self._gc_unhook: Callable[[], None] | None = None
         self.cluster: Cluster | None = None
         self.fenced = False  # another server took this one's work over: stop, exit 1
         self.http_port = 0
@@ -304,7 +305,9 @@ class Server:
         self.retention.start()
         inflight = self.engine.inflight
         # the links' objects out of every full collection's way; everything swept when quiet
-        self._pace_gc(Pacer(busy=lambda: bool(inflight.live or inflight.claimed)))
+        pacer = Pacer(busy=lambda: bool(inflight.live or inflight.claimed))
+        self._gc_unhook = pacer.between_steps()
+        self._pace_gc(pacer)
         self._approval_task = asyncio.create_task(self._expire_approvals(), name="approvals")
         counts = await self.engine.resume(self.inventory.hostvars, self._resume_playbook)
         if any(counts.values()):
@@ -446,6 +449,9 @@ class Server:
         await self.retention.close()
         if self._gc_timer is not None:
             self._gc_timer.cancel()
+        if self._gc_unhook is not None:
+            self._gc_unhook()
+            self._gc_unhook = None
         task = getattr(self, "_approval_task", None)
         if task is not None:
             task.cancel()

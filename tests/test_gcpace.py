@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from easytask.gcpace import Pacer
+from easytask.gcpace import QUIET_BEFORE_SWEEP, Pacer
 
 
 class _Node:
@@ -58,10 +58,12 @@ def test_a_sweep_comes_sooner_once_memory_grew_by_a_quarter() -> None:
     15 minutes."""
     gc.unfreeze()
     gc.collect()
-    pacer = Pacer(sweep_every=900.0, clock=lambda: 0.0)
+    now = [0.0]
+    pacer = Pacer(sweep_every=900.0, clock=lambda: now[0])
     pacer.step()
     kept = pacer.kept
     assert kept == pytest.approx(sys.getallocatedblocks(), rel=0.01)
+    now[0] = QUIET_BEFORE_SWEEP  # quiet long enough
     nodes = _grown_by(0.1, kept)  # a tenth more: no sweep
     gone = weakref.ref(nodes[0])
     pacer.step()
@@ -74,21 +76,68 @@ def test_a_sweep_comes_sooner_once_memory_grew_by_a_quarter() -> None:
     del more
 
 
-def test_a_sweep_for_growth_waits_until_nothing_runs() -> None:
+def test_a_sweep_for_growth_waits_until_nothing_ran_for_a_while() -> None:
     """A sweep walks every object, the process doing nothing else: one that growth calls for
-    waits for a step with no run in flight (a viewer's live lines would wait behind it)."""
+    waits until no run was in flight for `QUIET_BEFORE_SWEEP` seconds (not in the moments after
+    a fan-out, while its clients read its results; a viewer's live lines would wait behind
+    it)."""
     gc.unfreeze()
     gc.collect()
     busy = [True]
-    pacer = Pacer(sweep_every=900.0, clock=lambda: 0.0, busy=lambda: busy[0])
+    now = [0.0]
+    pacer = Pacer(sweep_every=900.0, clock=lambda: now[0], busy=lambda: busy[0])
     pacer.step()
     nodes = _grown_by(0.5, pacer.kept)
     gone = weakref.ref(nodes[0])
     pacer.step()
     del nodes
-    pacer.step()
+    now[0] = 100.0
     pacer.step()
     assert gone() is not None and pacer.sweeps == 0  # grown by half, but busy
     busy[0] = False
+    pacer.step()  # quiet from now on
+    now[0] += QUIET_BEFORE_SWEEP - 0.5
+    pacer.step()
+    assert gone() is not None and pacer.sweeps == 0  # not quiet for long enough
+    busy[0] = True
+    now[0] += 1.0
+    pacer.step()  # busy again: the quiet starts over
+    busy[0] = False
+    pacer.step()
+    now[0] += QUIET_BEFORE_SWEEP - 0.5
+    pacer.step()
+    assert gone() is not None and pacer.sweeps == 0
+    now[0] += 0.5
     pacer.step()
     assert gone() is None and pacer.sweeps == 1
+
+
+def test_what_survives_is_frozen_between_steps_after_a_middle_collection() -> None:
+    """A step is a timer on the server's event loop, late while a fan-out's callbacks run: a
+    collection of the middle generation a second or more after the last freeze freezes what
+    survived, so the automatic full collections meanwhile do not scan it again and again."""
+    gc.unfreeze()
+    gc.collect()
+    now = [0.0]
+    pacer = Pacer(sweep_every=900.0, clock=lambda: now[0])
+    pacer.step()
+    unhook = pacer.between_steps()
+    try:
+        frozen = gc.get_freeze_count()
+        soon = [_Node() for _ in range(1000)]
+        gc.collect(1)  # within the second: nothing frozen
+        assert gc.get_freeze_count() == frozen
+        now[0] = 1.0
+        later = [_Node() for _ in range(1000)]
+        gc.collect(0)  # the youngest generation only: nothing frozen
+        assert gc.get_freeze_count() == frozen
+        gc.collect(1)
+        assert gc.get_freeze_count() >= frozen + 2000
+    finally:
+        unhook()
+    now[0] = 5.0
+    frozen = gc.get_freeze_count()
+    after = [_Node() for _ in range(1000)]
+    gc.collect(1)  # unhooked: no more freezes between steps
+    assert gc.get_freeze_count() == frozen
+    assert len(soon) == len(later) == len(after) == 1000
