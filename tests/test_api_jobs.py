@@ -9,6 +9,9 @@ from typing import Any
 
 import pytest
 
+from easytask.store.models import Run
+from easytask.store.serialize import RUN_KEYS, run_dict
+from easytask.web.api_jobs import JOB_RUN_KEYS
 from tests.browser.support import add_user
 from tests.conftest import AgentFactory, ServerFactory, write
 from tests.support import ServerHandle
@@ -89,6 +92,31 @@ def test_api_jobs_filters_and_pages_by_cursor(fleet: ServerHandle) -> None:
     assert out.returncode == 0, out.stderr
     assert re.search(rf"^{failed}\s+adhoc\s+failed\s+failed=1\s+admin\s", out.stdout, re.M)
     assert f"\n{first} " not in out.stdout
+
+
+def test_submission_answers_hosts_and_a_job_answers_the_fields_asked(fleet: ServerHandle) -> None:
+    """`POST /api/jobs?runs=0` answers the runs' hosts instead of the runs; `GET
+    /api/jobs/{id}?fields=...` gives each run those fields alone, with the values the whole
+    answer has; a field that is no run's is refused, naming it."""
+    resp = fleet.http.post("/api/jobs?runs=0", json={"pattern": "all", "command": "id -un"})
+    assert resp.status_code == 201, resp.text
+    short = resp.json()
+    assert short["hosts"] == ["web1", "db1"] and "runs" not in short
+    whole = fleet.wait_job(short["job"]["id"])
+    assert [set(r) for r in whole["runs"]] == [set(JOB_RUN_KEYS)] * 2
+    assert [r["ran_as"] for r in whole["runs"]] != ["", ""]  # a stored `ran as` event each
+    names = ["host", "state", "ran_as", "duration", "changed"]
+    picked = fleet.get(f"/api/jobs/{short['job']['id']}", fields=",".join(names))
+    assert picked["job"] == whole["job"]
+    assert picked["runs"] == [{n: r[n] for n in names} for r in whole["runs"]]
+    assert [list(r) for r in picked["runs"]] == [names, names]  # in the order asked
+    assert fleet.submit("web1", "true")["runs"][0]["host"] == "web1"  # without: the runs
+    for fields, named in (("host,bogus", "'bogus'"), (",", "no run field")):
+        resp = fleet.http.get(f"/api/jobs/{short['job']['id']}", params={"fields": fields})
+        assert resp.status_code == 400 and named in resp.json()["error"], resp.text
+    # the keys of the API's runs are those `run_dict` gives
+    run = Run(job_id=1, task="t", host="h", connection="agent", command="true")
+    assert tuple(run_dict(run)) == RUN_KEYS
 
 
 def documented() -> set[tuple[str, str]]:

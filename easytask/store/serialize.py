@@ -6,6 +6,8 @@ import json
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import Row
+
 from easytask.store.models import (
     ApiToken,
     Credential,
@@ -64,8 +66,16 @@ def job_warnings(job: Job) -> list[str]:
     return [str(w) for w in found] if isinstance(found, list) else []
 
 
-def run_dict(run: Run) -> dict[str, Any]:
-    """A run as the API returns it."""
+# the fields of a run as `run_dict` gives it
+RUN_KEYS = (
+    "id", "job", "task", "host", "connection", "agent", "command", "state", "attempt",
+    "exit_code", "signal", "reason", "created_at", "started_at", "finished_at", "duration",
+    "out_bytes", "out_lines", "truncated", "dropped_lines", "dropped_bytes",
+)  # fmt: skip
+
+
+def run_dict(run: Run | Row[Any]) -> dict[str, Any]:
+    """A run as the API returns it (from its model object or a row of its fields)."""
     duration = None
     if run.started_at and run.finished_at:
         duration = (run.finished_at - run.started_at).total_seconds()
