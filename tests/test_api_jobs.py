@@ -4,18 +4,20 @@ routes, which docs/api.md must match route for route (a real server and agents).
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from easytask.store.models import Run
-from easytask.store.serialize import RUN_KEYS, run_dict
+from easytask.store.serialize import RUN_KEYS, RUN_VALUES, run_dict
 from easytask.web.api_jobs import JOB_RUN_KEYS
 from tests.browser.support import add_user
 from tests.conftest import AgentFactory, ServerFactory, write
 from tests.support import ServerHandle
 
+DAY = timedelta(days=1, seconds=2.5)
 API_DOC = Path(__file__).resolve().parent.parent / "docs" / "api.md"
 # `GET /api/jobs/{id}`, `POST /api/schedules/{name}/enable|disable|run`, `GET /metrics`
 DOC_ROUTE = re.compile(
@@ -114,9 +116,12 @@ def test_submission_answers_hosts_and_a_job_answers_the_fields_asked(fleet: Serv
     for fields, named in (("host,bogus", "'bogus'"), (",", "no run field")):
         resp = fleet.http.get(f"/api/jobs/{short['job']['id']}", params={"fields": fields})
         assert resp.status_code == 400 and named in resp.json()["error"], resp.text
-    # the keys of the API's runs are those `run_dict` gives
-    run = Run(job_id=1, task="t", host="h", connection="agent", command="true")
-    assert tuple(run_dict(run)) == RUN_KEYS
+    # each field alone is what `run_dict` gives: unstarted, running, ended
+    now = datetime.now(UTC)
+    for times in ({}, {"started_at": now}, {"started_at": now, "finished_at": now + DAY}):
+        run = Run(id=3, job_id=1, task="t", host="h", connection="agent", command="c", **times)
+        assert {name: value(run) for name, value in RUN_VALUES.items()} == run_dict(run)
+        assert tuple(run_dict(run)) == RUN_KEYS
 
 
 def documented() -> set[tuple[str, str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -20,7 +21,7 @@ from easytask.service.context import Services
 from easytask.service.reading import Reader
 from easytask.store.models import Job, Run, RunState, User
 from easytask.store.runs import CHANGED, IGNORED, RAN_AS
-from easytask.store.serialize import RUN_KEYS, job_dict, run_dict
+from easytask.store.serialize import RUN_KEYS, RUN_VALUES, job_dict, run_dict
 from easytask.web.requests import (
     ROLES_OPERATE,
     ApiRequests,
@@ -176,17 +177,25 @@ class JobsApi:
         reader = await Reader.of(self.services, user)
         job, rows, ran_as, marks = await reader.job_rows(job_id)
         none: set[str] = set()
-        runs = [
-            {
-                **run_dict(r),
-                "ran_as": ran_as.get(r.id, ""),
-                "changed": CHANGED in marks.get(r.id, none),
-                "ignored": IGNORED in marks.get(r.id, none),
+        if fields is None:
+            runs = [
+                {
+                    **run_dict(r),
+                    "ran_as": ran_as.get(r.id, ""),
+                    "changed": CHANGED in marks.get(r.id, none),
+                    "ignored": IGNORED in marks.get(r.id, none),
+                }
+                for r in rows
+            ]
+        else:  # only the fields asked for are worked out
+            values: dict[str, Callable[[Any], Any]] = {
+                **RUN_VALUES,
+                "ran_as": lambda r: ran_as.get(r.id, ""),
+                "changed": lambda r: CHANGED in marks.get(r.id, none),
+                "ignored": lambda r: IGNORED in marks.get(r.id, none),
             }
-            for r in rows
-        ]
-        if fields is not None:
-            runs = [{name: run[name] for name in fields} for run in runs]
+            picked = [(name, values[name]) for name in fields]
+            runs = [{name: value(r) for name, value in picked} for r in rows]
         return JSONResponse({"job": job_dict(job), "runs": runs})
 
     async def kill_job(self, request: Request, user: User) -> Response:
