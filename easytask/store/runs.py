@@ -104,22 +104,27 @@ class RunQueries(Queries):
         with self.engine.begin() as conn:
             values = {name: getattr(job, name) for name in sql.JOB_FIELDS}
             job.id = sql.new_id(conn.execute(sql.INSERT_JOB, values))
+            # The runs' fields are read and set in their objects' own dicts, where a model
+            # keeps them (`new_runs` fills them so): these objects are in no session (their
+            # rows are inserted here), so no change needs tracking, and the instrumented
+            # attribute costs ten times as much (0.2 s for a job of 10,000 runs).
+            fields = [run.__dict__ for run in runs]
             rows = []
-            for run in runs:
-                run.job_id = job.id
-                run.server = run.server or job.server
-                rows.append({name: getattr(run, name) for name in sql.RUN_FIELDS})
+            for values in fields:
+                values["job_id"] = job.id
+                values["server"] = values["server"] or job.server
+                rows.append({name: values[name] for name in sql.RUN_FIELDS})
             if rows:
                 # one executemany; the ids are read back in order (one transaction inserting
                 # in order numbers its rows in that order)
                 conn.execute(sql.INSERT_RUNS, rows)
                 ids = conn.execute(sql.RUN_IDS, {"job_id": job.id}).scalars()
-                for run, run_id in zip(runs, ids, strict=True):
-                    run.id = run_id
+                for values, run_id in zip(fields, ids, strict=True):
+                    values["id"] = run_id
                 now = utcnow()
                 events = [
-                    {"run_id": run.id, "at": now, "kind": "queued", "detail": f"host {run.host}"}
-                    for run in runs
+                    {"run_id": v["id"], "at": now, "kind": "queued", "detail": f"host {v['host']}"}
+                    for v in fields
                 ]
                 for i, more in (notes or {}).items():
                     run_id = runs[i].id
