@@ -99,7 +99,7 @@ RUN_VALUES: dict[str, Callable[[Any], Any]] = {
             "signal",
             "reason",
         )
-    },  # fmt: skip
+    },
     **{name: _time_of(name) for name in ("created_at", "started_at", "finished_at")},
     "duration": run_duration,
     **{
