@@ -4,15 +4,20 @@ routes, which docs/api.md must match route for route (a real server and agents).
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from easytask.store.models import Run
+from easytask.store.serialize import RUN_KEYS, RUN_VALUES, run_dict
+from easytask.web.api_jobs import JOB_RUN_KEYS
 from tests.browser.support import add_user
 from tests.conftest import AgentFactory, ServerFactory, write
 from tests.support import ServerHandle
 
+DAY = timedelta(days=1, seconds=2.5)
 API_DOC = Path(__file__).resolve().parent.parent / "docs" / "api.md"
 # `GET /api/jobs/{id}`, `POST /api/schedules/{name}/enable|disable|run`, `GET /metrics`
 DOC_ROUTE = re.compile(
@@ -89,6 +94,34 @@ def test_api_jobs_filters_and_pages_by_cursor(fleet: ServerHandle) -> None:
     assert out.returncode == 0, out.stderr
     assert re.search(rf"^{failed}\s+adhoc\s+failed\s+failed=1\s+admin\s", out.stdout, re.M)
     assert f"\n{first} " not in out.stdout
+
+
+def test_submission_answers_hosts_and_a_job_answers_the_fields_asked(fleet: ServerHandle) -> None:
+    """`POST /api/jobs?runs=0` answers the runs' hosts instead of the runs; `GET
+    /api/jobs/{id}?fields=...` gives each run those fields alone, with the values the whole
+    answer has; a field that is no run's is refused, naming it."""
+    resp = fleet.http.post("/api/jobs?runs=0", json={"pattern": "all", "command": "id -un"})
+    assert resp.status_code == 201, resp.text
+    short = resp.json()
+    assert short["hosts"] == ["web1", "db1"] and "runs" not in short
+    whole = fleet.wait_job(short["job"]["id"])
+    assert [set(r) for r in whole["runs"]] == [set(JOB_RUN_KEYS)] * 2
+    assert [r["ran_as"] for r in whole["runs"]] != ["", ""]  # a stored `ran as` event each
+    names = ["host", "state", "ran_as", "duration", "changed"]
+    picked = fleet.get(f"/api/jobs/{short['job']['id']}", fields=",".join(names))
+    assert picked["job"] == whole["job"]
+    assert picked["runs"] == [{n: r[n] for n in names} for r in whole["runs"]]
+    assert [list(r) for r in picked["runs"]] == [names, names]  # in the order asked
+    assert fleet.submit("web1", "true")["runs"][0]["host"] == "web1"  # without: the runs
+    for fields, named in (("host,bogus", "'bogus'"), (",", "no run field")):
+        resp = fleet.http.get(f"/api/jobs/{short['job']['id']}", params={"fields": fields})
+        assert resp.status_code == 400 and named in resp.json()["error"], resp.text
+    # each field alone is what `run_dict` gives: unstarted, running, ended
+    now = datetime.now(UTC)
+    for times in ({}, {"started_at": now}, {"started_at": now, "finished_at": now + DAY}):
+        run = Run(id=3, job_id=1, task="t", host="h", connection="agent", command="c", **times)
+        assert {name: value(run) for name, value in RUN_VALUES.items()} == run_dict(run)
+        assert tuple(run_dict(run)) == RUN_KEYS
 
 
 def documented() -> set[tuple[str, str]]:

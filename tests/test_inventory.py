@@ -378,6 +378,19 @@ def test_with_extra_hosts_takes_an_ungrouped_host_out_of_ungrouped() -> None:
     assert inventory.select("web") == ["a1"]
 
 
+def test_with_extra_hosts_lists_each_member_once() -> None:
+    """A host labelled with a group it is in already (or twice) is listed in it once, and the
+    group's hosts and each host's groups agree, in a fleet of thousands as in a handful."""
+    base = load_inventory(SAMPLE)
+    fleet = {f"n{i:05d}": ["fleet", "fleet"] for i in range(20_000)}
+    merged = base.with_extra_hosts({**fleet, "web1": ["web", "fleet"], "web2": ["web"]})
+    assert merged.select("web") == ["web1", "web2"]
+    assert merged.select("fleet") == [*fleet, "web1"]
+    assert merged.hosts["web1"].groups.count("fleet") == 1
+    assert all(merged.hosts[h].groups == ["fleet"] for h in fleet)
+    assert len(merged.groups["fleet"].hosts) == len(fleet) + 1
+
+
 def test_with_extra_hosts_refuses_a_string_of_groups() -> None:
     """Group labels must be a list; a bare string is a mistake, not letters."""
     with pytest.raises(InventoryError):

@@ -86,6 +86,8 @@ def test_scoped_viewer_reads_only_their_hosts_through_the_api(fleet: ServerHandl
 
     both = vera.get(f"/api/jobs/{ids['both']}").json()
     assert [r["host"] for r in both["runs"]] == ["web1"]
+    picked = vera.get(f"/api/jobs/{ids['both']}", params={"fields": "host,state"}).json()
+    assert picked["runs"] == [{"host": "web1", "state": "success"}]
     jobs = vera.get("/api/jobs").json()["jobs"]
     assert [j["id"] for j in jobs] == [ids["both"]]
     assert jobs[0]["runs"] == {"success": 1}  # the db1 run is not counted either

@@ -151,11 +151,18 @@ def print_json(data: Any, out: TextIO) -> None:
 def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str], out: TextIO) -> None:
     """Rows in aligned columns; every cell's control characters escaped (`escape_controls`)."""
     cells = [[str(h) for h in headers]] + [
-        ["" if c is None else escape_controls(str(c)) for c in row] for row in rows
+        ["" if c is None else str(c) for c in row] for row in rows
     ]
+    # a tab is not escaped: one search over every cell tells whether any needs it (rarely)
+    if _CONTROL.search("\t".join("\t".join(row) for row in cells)):
+        cells = [[escape_controls(c) for c in row] for row in cells]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    for row in cells:
-        out.write("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n")
+    out.write(
+        "".join(
+            "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n"
+            for row in cells
+        )
+    )
 
 
 # -- following a job ------------------------------------------------------------------------

@@ -90,7 +90,7 @@ def run_grouped(
         raise UsageError("run: --group and -o/--one-line are two ways to print; choose one")
     started = time.monotonic()
     client = api_client(settings)
-    job_id = client.post("/api/jobs", body)["job"]["id"]
+    job_id = client.post("/api/jobs?runs=0", body)["job"]["id"]
     collector = GroupCollector()
     if follow_interruptible(client, job_id, collector):
         return 130

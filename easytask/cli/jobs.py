@@ -165,6 +165,9 @@ class RunView:
         self.out.flush()
 
 
+SUMMARY_FIELDS = "host,state,exit_code,duration,ran_as,reason"  # of each run, for `_summary`
+
+
 def _summary(data: dict[str, Any], elapsed: float, out: TextIO) -> int:
     runs = data["runs"]
     rows = [
@@ -276,6 +279,9 @@ def _list_hosts(client: Any, pattern: str, limit: str | None, fmt: str, out: Tex
     return EXIT_OK
 
 
+ONE_LINE_FIELDS = "id,host,state,exit_code,reason"  # of each run, for `OneLineView.write`
+
+
 class OneLineView(GroupCollector):
     """`-o`: a host's output kept until its run ends, then printed on one line (newlines as
     the two characters \\n), as Ansible's one-line callback does."""
@@ -301,14 +307,14 @@ class OneLineView(GroupCollector):
 
 def _one_line(body: dict[str, Any], settings: Settings, out: TextIO, raw: bool) -> int:
     client = api_client(settings)
-    sub = client.post("/api/jobs", body)
+    sub = client.post("/api/jobs?runs=0", body)
     job_warnings(sub["job"])
     if awaits_approval(sub, out):
         return EXIT_OK
     view = OneLineView(raw)
     if follow_interruptible(client, sub["job"]["id"], view):
         return 130
-    data: dict[str, Any] = client.get(f"/api/jobs/{sub['job']['id']}")
+    data: dict[str, Any] = client.get(f"/api/jobs/{sub['job']['id']}", fields=ONE_LINE_FIELDS)
     view.write(data["runs"], out)
     return EXIT_OK if all(r["state"] == "success" for r in data["runs"]) else EXIT_FAILED
 
@@ -434,7 +440,7 @@ def _submit_and_follow(
     body: dict[str, Any], fmt: str, settings: Settings, out: TextIO, raw: bool = False
 ) -> int:
     started = time.monotonic()
-    data = post_and_follow(api_client(settings), "/api/jobs", body, fmt, out, raw)
+    data = post_and_follow(api_client(settings), "/api/jobs", body, fmt, out, raw, SUMMARY_FIELDS)
     if data is None:
         return 130
     if data["job"]["state"] == "awaiting approval":
@@ -461,22 +467,40 @@ def awaits_approval(sub: dict[str, Any], out: TextIO) -> bool:
     return True
 
 
+def submitted_hosts(sub: dict[str, Any]) -> list[str]:
+    """The hosts of a submitted job's runs: its answer's `hosts` (asked with `?runs=0`), or
+    from its `runs` (a server that does not know `?runs=0`)."""
+    if "hosts" in sub:
+        return list(sub["hosts"])
+    return [r["host"] for r in sub["runs"]]
+
+
 def post_and_follow(
-    client: Any, path: str, body: dict[str, Any], fmt: str, out: TextIO, raw: bool = False
+    client: Any,
+    path: str,
+    body: dict[str, Any],
+    fmt: str,
+    out: TextIO,
+    raw: bool = False,
+    fields: str | None = None,
 ) -> dict[str, Any] | None:
     """Submit a job, show its output until it ends (`raw`: control characters unescaped), and
-    return it as it ended (printed as JSON with `fmt` json); None if interrupted."""
-    sub = client.post(path, body)
+    return it as it ended (printed as JSON with `fmt` json; in text, with `fields`, only these
+    fields of its runs); None if interrupted."""
+    sub = client.post(path + "?runs=0", body)  # the runs' hosts, not the runs
     job_id = sub["job"]["id"]
     job_warnings(sub["job"])
     if awaits_approval(sub, sys.stderr if fmt == "json" else out):  # stdout: JSON only
         if fmt == "json":
             print_json(sub, out)
         return sub
-    view = RunView(out, [r["host"] for r in sub["runs"]], raw) if fmt == "text" else None
+    view = RunView(out, submitted_hosts(sub), raw) if fmt == "text" else None
     if follow_interruptible(client, job_id, view):
         return None
-    data: dict[str, Any] = client.get(f"/api/jobs/{job_id}")
+    if fmt == "json" or fields is None:
+        data: dict[str, Any] = client.get(f"/api/jobs/{job_id}")
+    else:
+        data = client.get(f"/api/jobs/{job_id}", fields=fields)
     if fmt == "json":
         print_json(data, out)
     return data

@@ -95,6 +95,9 @@ def _flag(value: Any, what: str) -> bool:
     raise InventoryError(f"{what}: {value!r} is not true or false")
 
 
+HOST_VARS = ("ansible_become", "ansible_become_user", "ansible_become_method")  # host_request's
+
+
 def host_request(host: str, hostvars: Mapping[str, Any]) -> BecomeRequest:
     """The inventory's `ansible_become*` variables of a host, checked (errors name the host)."""
     become = hostvars.get("ansible_become")
@@ -118,6 +121,8 @@ def host_request(host: str, hostvars: Mapping[str, Any]) -> BecomeRequest:
 def resolve_become(host: str, hostvars: Mapping[str, Any], *levels: BecomeRequest) -> Become | None:
     """Whom a run on `host` runs as: the levels (lowest first) under the host's inventory
     variables; None when nothing asks to become another user."""
+    if not any([v in hostvars for v in HOST_VARS]) and not any([lv.become for lv in levels]):
+        return None  # nothing asks (most runs: a fan-out asks this of each of thousands)
     merged = BecomeRequest()
     for level in levels:
         merged = level.over(merged)

@@ -66,10 +66,29 @@ class Reader:
         store = self.services.store
         job = await store.call(store.get_job, job_id)
         runs = await self.job_runs(job_id) if job is not None else []
+        return self._found(job_id, job, bool(runs)), runs
+
+    async def job_rows(
+        self, job_id: int
+    ) -> tuple[Job, list[Any], dict[int, str], dict[int, set[str]]]:
+        """`job` with its runs as `Store.job_run_rows` reads them (rows, not model objects),
+        whom each ran as and their marks."""
+        store = self.services.store
+        job = await store.call(store.get_job, job_id)
+        rows: list[Any] = []
+        ran_as: dict[int, str] = {}
+        marks: dict[int, set[str]] = {}
+        if job is not None:
+            rows, ran_as, marks = await self._call("job_run_rows", job_id)
+        return self._found(job_id, job, bool(rows)), rows, ran_as, marks
+
+    def _found(self, job_id: int, job: Job | None, any_runs: bool) -> Job:
+        """The job, or a 404 if there is none or the user may read none of its runs and did
+        not submit it."""
         own = job is not None and job.submitted_by == self.user.name
-        if job is None or (self.scoped and not runs and not own):
+        if job is None or (self.scoped and not any_runs and not own):
             raise APIError(f"no job {job_id}", status=404)
-        return job, runs
+        return job
 
     async def job_runs(self, job_id: int) -> list[Run]:
         """The runs of a job the user may read, in order of submission."""

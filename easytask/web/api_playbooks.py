@@ -39,7 +39,8 @@ class PlaybooksApi:
 
     async def run_playbook(self, request: Request, user: User) -> Response:
         """POST /api/playbooks/run: a playbook's text and files, --limit, extra vars, tags and
-        `become`/`become_user` (the command line's: the play's and tasks' keys go over it)."""
+        `become`/`become_user` (the command line's: the play's and tasks' keys go over it);
+        `?runs=0` as for POST /api/jobs."""
         data = await body(request, limit=MAX_PLAYBOOK_BODY)
         text = data.get("text")
         if not isinstance(text, str) or not text.strip():
@@ -67,7 +68,9 @@ class PlaybooksApi:
         return await self._submitted(request, user, plan, {})
 
     async def run_playbook_file(self, request: Request, user: User) -> Response:
-        """POST /api/playbooks/{file}/run: run a playbook of the server's playbooks directory."""
+        """POST /api/playbooks/{file}/run: run a playbook of the server's playbooks directory.
+
+        `?runs=0` as for POST /api/jobs."""
         path = playbook_path(self.services, request.path_params["file"])
         data = await body(request)
         extra = data.get("extra_vars") or {}
@@ -89,7 +92,7 @@ class PlaybooksApi:
         self, request: Request, user: User, plan: PlaybookPlan, extra: dict[str, str]
     ) -> Response:
         job, runs = await jobs.submit_plan(self.services, user, source(request), plan, extra)
-        return await submitted(self.services, job, runs)
+        return await submitted(self.services, job, runs, request)
 
     async def list_playbooks(self, request: Request, user: User) -> Response:
         """GET /api/playbooks: the playbooks of the server's playbooks directory."""
