@@ -380,14 +380,14 @@ class RunQueries(Queries):
 
     @staticmethod
     def _marked(conn: Any, job_id: int, kind: str) -> set[int]:
-        rows = conn.execute(sql.RUN_MARKS, {"job_id": job_id, "kinds": [kind]})
+        rows = conn.execute(sql.RUN_NOTES, {"job_id": job_id, "kinds": [kind]})
         return {row.run_id for row in rows}
 
     def job_run_marks(self, job_id: int) -> dict[int, set[str]]:
         """Run id -> its marks (CHANGED, IGNORED), for a job's runs that have any."""
         with self.engine.connect() as conn:
             marks: dict[int, set[str]] = {}
-            for row in conn.execute(sql.RUN_MARKS, {"job_id": job_id, "kinds": list(MARKS)}):
+            for row in conn.execute(sql.RUN_NOTES, {"job_id": job_id, "kinds": list(MARKS)}):
                 marks.setdefault(row.run_id, set()).add(row.kind)
             return marks
 

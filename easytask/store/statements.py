@@ -34,7 +34,8 @@ RUN_OUTCOMES = select(RUN.c.id, RUN.c.task, RUN.c.host, RUN.c.attempt, RUN.c.sta
 )
 JOB_ROW = select(JOB).where(JOB.c.id == bindparam("job_id"))
 JOB_RUNS = select(RUN).where(RUN.c.job_id == bindparam("job_id")).order_by(RUN.c.id)
-# timeline events of a job's runs of some kinds (whom a run ran as, its marks), oldest first
+# timeline events of a job's runs of some kinds (whom a run ran as; its marks: a playbook run
+# that changed, that was ignored), oldest first
 RUN_NOTES = (
     select(RUN_EVENT.c.run_id, RUN_EVENT.c.kind, RUN_EVENT.c.detail)
     .join(RUN, RUN.c.id == RUN_EVENT.c.run_id)
@@ -43,15 +44,6 @@ RUN_NOTES = (
         RUN_EVENT.c.kind.in_(bindparam("kinds", expanding=True)),
     )
     .order_by(RUN_EVENT.c.id)
-)
-# the marks a job's runs carry as timeline events (a playbook run that changed, that was ignored)
-RUN_MARKS = (
-    select(RUN_EVENT.c.run_id, RUN_EVENT.c.kind)
-    .join(RUN, RUN.c.id == RUN_EVENT.c.run_id)
-    .where(
-        RUN.c.job_id == bindparam("job_id"),
-        RUN_EVENT.c.kind.in_(bindparam("kinds", expanding=True)),
-    )
 )
 JOB_RUNNING = (
     JOB.update()

@@ -95,18 +95,10 @@ class ControlChannel:
         self.on_push: Callable[[dict[str, Any]], None] | None = None  # lines without an id
 
     async def request(self, op: str, timeout: float = 15.0, **args: Any) -> dict[str, Any]:
-        """Send one request and wait for its reply."""
-        self._next_id += 1
-        rid = self._next_id
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._waiting[rid] = fut
-        try:
-            async with asyncio.timeout(timeout):
-                proc = await self._open()
-                proc.stdin.write(json.dumps({"id": rid, "op": op, **args}) + "\n")
-                reply = await fut
-        finally:
-            self._waiting.pop(rid, None)
+        """Send one request and wait for its reply (a timeout cancels the wait, and with it the
+        reply's future: its id is forgotten)."""
+        async with asyncio.timeout(timeout):
+            reply = await (await self.send(op, timeout, **args))
         return _checked(op, reply)
 
     async def send(

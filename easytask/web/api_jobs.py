@@ -177,23 +177,16 @@ class JobsApi:
         reader = await Reader.of(self.services, user)
         job, rows, ran_as, marks = await reader.job_rows(job_id)
         none: set[str] = set()
+        in_job: dict[str, Callable[[Any], Any]] = {  # a run's fields beside `run_dict`'s
+            "ran_as": lambda r: ran_as.get(r.id, ""),
+            "changed": lambda r: CHANGED in marks.get(r.id, none),
+            "ignored": lambda r: IGNORED in marks.get(r.id, none),
+        }
         if fields is None:
-            runs = [
-                {
-                    **run_dict(r),
-                    "ran_as": ran_as.get(r.id, ""),
-                    "changed": CHANGED in marks.get(r.id, none),
-                    "ignored": IGNORED in marks.get(r.id, none),
-                }
-                for r in rows
-            ]
+            extra = list(in_job.items())
+            runs = [{**run_dict(r), **{name: value(r) for name, value in extra}} for r in rows]
         else:  # only the fields asked for are worked out
-            values: dict[str, Callable[[Any], Any]] = {
-                **RUN_VALUES,
-                "ran_as": lambda r: ran_as.get(r.id, ""),
-                "changed": lambda r: CHANGED in marks.get(r.id, none),
-                "ignored": lambda r: IGNORED in marks.get(r.id, none),
-            }
+            values = {**RUN_VALUES, **in_job}
             picked = [(name, values[name]) for name in fields]
             runs = [{name: value(r) for name, value in picked} for r in rows]
         return JSONResponse({"job": job_dict(job), "runs": runs})
