@@ -92,6 +92,24 @@ def test_an_enrolment_spends_its_token_and_audits_in_the_records_transaction(
     assert len(store.audit_events()) == before + 2
 
 
+def test_a_hello_read_before_an_admins_decision_does_not_undo_it(store: Store) -> None:
+    """A pending agent's hello that read its record before an accept or a revoke landed
+    writes "pending" for its own key: an accepted record stays accepted, a revoked one is
+    refused (None) with nothing changed; a token still enrols a pending record of its key."""
+    store.register_agent("web1", "SHA256:k", "ssh-ed25519 A", "pending")
+    store.update_agent("web1", state="accepted")
+    row = store.register_agent("web1", "SHA256:k", "ssh-ed25519 A", "pending", create=False)
+    assert row is not None and row.state == "accepted"
+    store.update_agent("web1", state="revoked")
+    since = store.get_agent("web1").state_since
+    assert store.register_agent("web1", "SHA256:k", "ssh-ed25519 A", "pending") is None
+    kept = store.get_agent("web1")
+    assert (kept.state, kept.state_since) == ("revoked", since)
+    store.register_agent("db1", "SHA256:d", "ssh-ed25519 D", "pending")
+    enrolled = store.register_agent("db1", "SHA256:d", "ssh-ed25519 D", "accepted")
+    assert enrolled is not None and enrolled.state == "accepted"
+
+
 def test_agents_users_and_tokens(store: Store) -> None:
     """Agents, enrolment tokens, users and API tokens round-trip with UTC-aware times."""
     agent = store.register_agent("web1", "SHA256:x", "ssh-ed25519 AAA", "pending", slots=2)

@@ -331,10 +331,19 @@ class AgentRegistry(Heartbeats):
             if held is None and existing is not None:
                 self._refuse_deleted(link)
                 return None
-            reason = self._held(name, held) if held else f"name {name!r} is held by another key"
+            if held is None:
+                reason = f"name {name!r} is held by another key"
+            elif held.fingerprint == link.fingerprint:
+                reason = "agent is revoked"
+            else:
+                reason = self._held(name, held)
             self.refuse(name, link.fingerprint, link.addr, reason)
             return None
         self.agents[name] = self._info(row)
+        if not enrolled and row.state == AgentState.ACCEPTED:  # accepted since the hello was read
+            log.info("agent %s was accepted meanwhile: its next hello goes online", name)
+            self._publish(name)
+            return None
         if not enrolled:
             log.info(
                 "agent %s (key %s) is pending: accept it with "

@@ -98,6 +98,8 @@ class IdentityQueries(Queries):
         """Create an agent's identity, or update the one its key already holds. A name stays
         bound to the key that first claimed it: another key gets None (refused), except on a
         revoked name with `replace_revoked` (a re-enrolment, checked here in one transaction).
+        An admin's decision is never undone by a hello read before it: a key's own record,
+        if accepted, stays accepted; if revoked, the hello gets None and nothing changes.
         Without `create`, only an existing record is updated: None when there is none (it was
         deleted since the caller read it, and a delete wins over a hello in progress).
 
@@ -118,6 +120,10 @@ class IdentityQueries(Queries):
                 agent.fingerprint = fingerprint
                 agent.public_key = public_key
                 agent.approved_groups = ""  # approvals were given to the old key
+            elif agent.state == AgentState.REVOKED:  # revoked since the hello was read
+                return None
+            elif agent.state == AgentState.ACCEPTED:  # accepted since: a hello never undoes it
+                state = agent.state
             if agent.state != state:
                 agent.state = state
                 agent.state_since = utcnow()
