@@ -191,7 +191,10 @@ def test_offline_agent_run_waits_for_it_then_runs(
     server = start_server(inventory)
     job = server.submit("late1", "echo hello from late1", pending_timeout=60)
     run_id = job["runs"][0]["id"]
-    time.sleep(0.5)
+    wait_until(
+        lambda: "waiting" in [e["kind"] for e in server.get(f"/api/runs/{run_id}")["events"]],
+        what="the run waiting for its agent",
+    )
     assert server.get(f"/api/runs/{run_id}")["run"]["state"] == "queued"
     start_agent(server, "late1")
     data = server.wait_job(job["job"]["id"])

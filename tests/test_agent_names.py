@@ -3,7 +3,6 @@ processes with their own state dirs (so their own keys) claiming one name."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,12 @@ def refusals(server: ServerHandle, name: str, fingerprint: str) -> list[dict[str
         for e in events
         if e["detail"].get("agent") == name and e["detail"].get("fingerprint") == fingerprint
     ]
+
+
+def hellos_judged(state_dir: Path) -> int:
+    """How many of an agent's links have ended so far (each after the server judged its hello)."""
+    log = state_dir / "agent.log"
+    return log.read_text().count("disconnected from") if log.exists() else 0
 
 
 def fingerprint_of(state_dir: Path) -> str:
@@ -108,7 +113,9 @@ def test_revoked_name_needs_a_token_and_an_accept_for_a_new_key(
         server.get("/api/audit", action="agent.enroll")["events"][-1]["detail"]["fingerprint"]
         == old_key
     )  # the first enrolment only
-    time.sleep(2)  # reconnects with the same (used) token change nothing
+    # reconnects with the same (used) token change nothing
+    judged = hellos_judged(fresh)
+    wait_until(lambda: hellos_judged(fresh) >= judged + 2, what="two more hellos")
     assert agent_row(server, "lamda")["state"] == "pending"
     assert server.cli("agents", "accept", "lamda", "--fingerprint", new_key).returncode == 0
     wait_until(lambda: server.agent_status("lamda") == "online", timeout=40, what="online")
