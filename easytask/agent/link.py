@@ -1,11 +1,17 @@
-"""An agent's link to its servers: dialling one, the wait before trying again (exponential
-backoff with jitter), its keepalives."""
+"""An agent's link to its servers: dialling them (the next one too when the first is slow to
+answer), the wait before trying again (exponential backoff with jitter), its keepalives."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import socket
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+log = logging.getLogger("easytask.agent")
+T = TypeVar("T")
 
 # seconds: the longest wait between tries while every server refuses the connection (none is
 # listening: a try costs a server nothing), so a fleet is back soon after its server restarts
@@ -15,6 +21,9 @@ REFUSED_BACKOFF_MAX = 5.0
 # keeps the next connections in its queue until a handshake place is free (see AgentListener)
 CONNECT_TIMEOUT = 15.0
 HANDSHAKE_WAIT = 60.0
+# seconds without a handshake from a server before the next one listed is dialled too (a server
+# that hangs keeps its TCP port open: its agents would otherwise wait HANDSHAKE_WAIT for it)
+HEDGE_AFTER = 5.0
 
 
 class NoServerListening(OSError):
@@ -50,6 +59,59 @@ def no_server(failures: list[tuple[str, Exception]]) -> OSError:
     if failures and all(isinstance(exc, ConnectionRefusedError) for _, exc in failures):
         return NoServerListening(text)
     return OSError(text)
+
+
+async def first_to_answer(
+    dials: list[tuple[str, Callable[[], Awaitable[T]]]],
+    close: Callable[[T], Any],
+    failed: tuple[type[Exception], ...] = (OSError, TimeoutError),
+    hedge_after: float = HEDGE_AFTER,
+) -> tuple[str, T]:
+    """Dial servers in the order listed (`dials`: each one's address and its dial) and return
+    the first that answers, with its address. The next one is dialled as soon as the last
+    fails, or alongside it when it has not answered within `hedge_after` seconds; the
+    first to answer wins and the others are cancelled (one that answered too is `close`d).
+    A dial raising one of `failed` did not answer; `no_server(...)` when none answered."""
+    waiting = list(dials)
+    dialling: dict[asyncio.Task[T], str] = {}
+    failures: list[tuple[str, Exception]] = []
+    try:
+        while waiting or dialling:
+            if waiting:
+                where, dial = waiting.pop(0)
+                if dialling:
+                    log.info(
+                        "no answer from %s within %gs: dialling %s too",
+                        ", ".join(dialling.values()),
+                        hedge_after,
+                        where,
+                    )
+                dialling[asyncio.ensure_future(dial())] = where
+            while dialling:
+                done, _ = await asyncio.wait(
+                    dialling,
+                    timeout=hedge_after if waiting else None,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if not done:
+                    break  # none answered in time: the next is dialled alongside
+                for task in done:
+                    where = dialling.pop(task)
+                    exc = task.exception()
+                    if exc is None:
+                        return where, task.result()
+                    if not isinstance(exc, failed):
+                        raise exc
+                    failures.append((where, exc))
+                if waiting:
+                    break  # one failed: the next is dialled now
+        raise no_server(failures)
+    finally:
+        for task in dialling:
+            task.cancel()
+        for other in await asyncio.gather(*dialling, return_exceptions=True):
+            if not isinstance(other, BaseException):
+                close(other)  # answered as well, after the winner
 
 
 class Backoff:

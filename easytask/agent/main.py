@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -22,8 +23,8 @@ from easytask.agent.link import (
     HANDSHAKE_WAIT,
     Backoff,
     NoServerListening,
+    first_to_answer,
     keepalive_for,
-    no_server,
     open_tcp,
 )
 from easytask.agent.policy import make_policy
@@ -380,18 +381,18 @@ class Agent:
         """Dial the servers in order and let the first that answers in as SSH client.
 
         Servers sharing one database are interchangeable to an agent: the first on the list is
-        preferred, the next ones are tried when it does not answer.
+        preferred; the next is tried when it fails, or dialled alongside it when it has not
+        answered within HEDGE_AFTER seconds (it may hang: see `first_to_answer`).
         """
-        failures: list[tuple[str, Exception]] = []
-        for host, port in self.config.addresses:
-            try:
-                conn = await self._dial(host, port)
-            except (TimeoutError, OSError, asyncssh.Error) as exc:
-                failures.append((f"{host}:{port}", exc))
-                continue
-            self.current_server = f"{host}:{port}"
-            return conn
-        raise no_server(failures)
+        self.current_server, conn = await first_to_answer(
+            [
+                (f"{host}:{port}", functools.partial(self._dial, host, port))
+                for host, port in self.config.addresses
+            ],
+            close=lambda late: late.close(),
+            failed=(TimeoutError, OSError, asyncssh.Error),
+        )
+        return conn
 
     async def _dial(self, host: str, port: int) -> asyncssh.SSHServerConnection:
         sock = await open_tcp(host, port)
