@@ -334,7 +334,8 @@ def test_a_server_presumed_dead_stops_when_it_wakes_up(
 ) -> None:
     """Server B frozen (SIGSTOP) past the timeout: A takes its job over; B, thawed, finds its
     heartbeat row gone and exits 1 without storing anything twice."""
-    a, b = _failover_pair(start_server, postgres.new_database(), tmp_path)
+    url = postgres.new_database()
+    a, b = _failover_pair(start_server, url, tmp_path)
     assert (a.state_dir / "admin.password").exists()
     assert not (b.state_dir / "admin.password").exists()  # the admin's password is A's
     start_agent(b, "frozen1", "--server", f"{b.agents_addr},{a.agents_addr}")
@@ -352,6 +353,11 @@ def test_a_server_presumed_dead_stops_when_it_wakes_up(
     assert b.proc.popen.returncode == 1
     assert "presumed dead" in b.proc.output()
     assert [ln["text"] for ln in a.log_lines(run_id)] == [f"f-{i}" for i in range(1, 26)]
+    # B, waking, lost its old link: the agent's record stays A's and connected
+    a_id = (tmp_path / "a" / "server.id").read_text().strip()
+    held = "SELECT connected, server FROM agent WHERE name = 'frozen1'"
+    assert db_execute(url, held) == [(True, a_id)]
+    assert a.agent_status("frozen1") == "online"
 
 
 @pytest.mark.postgres

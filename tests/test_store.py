@@ -15,7 +15,7 @@ import pytest
 from easytask.errors import Conflict
 from easytask.store.audit import AuditNote
 from easytask.store.db import Store, sqlite_url
-from easytask.store.identities import InvalidToken
+from easytask.store.identities import HELD_BY, InvalidToken
 from easytask.store.models import Job, Run, RunState, WebhookDelivery, as_utc
 from easytask.store.runs import JOB_END, JOB_RUNNING, RunChange, new_runs
 from tests.support import PostgresCluster
@@ -473,6 +473,25 @@ def test_many_agents_change_in_one_transaction_each_with_its_audit_events(store:
     assert not store.get_agent("web3").connected  # type: ignore[union-attr]
     assert len(store.audit_events(limit=1000)) == before + 4
     assert store.audit_verify()["ok"] is True
+
+
+def test_a_link_lost_after_its_agent_moved_on_leaves_the_record_alone(store: Store) -> None:
+    """A lost link's change (`HELD_BY` its server) is written only while the record says that
+    server holds the agent; once another server does, the record stays theirs and only the
+    audit event (what happened on the first) is appended."""
+    store.register_agent("web1", "SHA256:k", "ssh-ed25519 A", "accepted")
+    online = {"connected": True, "server": "s2"}
+    store.update_agents([("web1", None, online)])
+    since = store.get_agent("web1").state_since  # type: ignore[union-attr]
+    lost = AuditNote("web1", "agent.lost", "agent a", {"agent": "web1", "server": "s1"})
+    (kept,) = store.update_agents([("web1", lost, {"connected": False, HELD_BY: "s1"})])
+    assert kept is not None and (kept.connected, kept.server) == (True, "s2")
+    row = store.get_agent("web1")
+    assert row is not None and (row.connected, row.server, row.state_since) == (True, "s2", since)
+    assert store.audit_events(limit=1)[0].action == "agent.lost"
+    (gone,) = store.update_agents([("web1", lost, {"connected": False, HELD_BY: "s2"})])
+    assert gone is not None and not gone.connected
+    assert not store.get_agent("web1").connected  # type: ignore[union-attr]
 
 
 def test_prune_deletes_runs_lines_and_index(store: Store) -> None:

@@ -20,7 +20,7 @@ from easytask.scheduler.hello import stored_facts
 from easytask.scheduler.hub import LiveHub
 from easytask.store.audit import AuditNote
 from easytask.store.db import Store
-from easytask.store.identities import AgentChange
+from easytask.store.identities import HELD_BY, AgentChange
 from easytask.store.models import Agent, AgentState, utcnow
 from easytask.transport.agentlink import AgentLink
 
@@ -93,7 +93,8 @@ class AgentRegistry(Gate, Heartbeats):
             f"agent {addr}",
             {"agent": name, "server": self.server_id, "reason": reason},
         )
-        await self._changes.put((name, note, {"connected": False, "last_seen": utcnow()}))
+        lost = {"connected": False, "last_seen": utcnow(), HELD_BY: self.server_id}
+        await self._changes.put((name, note, lost))
         self._wake(name)
         self._publish(name)
 

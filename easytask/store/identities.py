@@ -33,7 +33,16 @@ from easytask.store.statements import update_by_id
 M = TypeVar("M", bound=SQLModel)
 
 AGENT: Any = Agent.__table__  # type: ignore[attr-defined]
-AGENTS_BY_NAMES = sa_select(AGENT).where(AGENT.c.name.in_(bindparam("names", expanding=True)))
+# locked in one order (by id), so two servers' batches never wait on each other in a circle
+AGENTS_BY_NAMES = (
+    sa_select(AGENT)
+    .where(AGENT.c.name.in_(bindparam("names", expanding=True)))
+    .order_by(AGENT.c.id)
+    .with_for_update()
+)
+# a change's condition, not a field: its fields are written only while the record says this
+# server holds the agent's link (a link lost here after the agent moved on leaves it alone)
+HELD_BY = "held_by"
 # (name, audit event or events or None, fields): one change of `IdentityQueries.update_agents`
 AgentChange = tuple[str, AuditNote | Sequence[AuditNote] | None, dict[str, Any]]
 
@@ -235,7 +244,9 @@ class IdentityQueries(Queries):
 
         Plain statements, no ORM unit of work: every agent coming online or going away makes
         one, and a fleet reconnecting after a restart makes thousands within a minute (its
-        admissions go together, see `AgentRegistry.admit`)."""
+        admissions go together, see `AgentRegistry.admit`). A change with `HELD_BY: server`
+        writes its fields only while the record says that server holds the agent's link (its
+        audit events are written either way: they say what happened there)."""
         out: list[Agent | None] = []
         with self.engine.begin() as conn:
             names = sorted({name for name, _, _ in changes})
@@ -251,10 +262,12 @@ class IdentityQueries(Queries):
                     out.append(None)
                     continue
                 values = dict(fields)
+                if values.pop(HELD_BY, row["server"]) != row["server"]:
+                    values = {}  # another server holds its link now: the record is theirs
                 changed = any(
-                    key in fields and fields[key] != row[key] for key in ("state", "connected")
+                    key in values and values[key] != row[key] for key in ("state", "connected")
                 )
-                if changed and "state_since" not in fields:
+                if changed and "state_since" not in values:
                     values["state_since"] = utcnow()
                 if values:
                     bound = {f"new_{key}": value for key, value in values.items()}
