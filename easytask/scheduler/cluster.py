@@ -124,6 +124,7 @@ class Cluster:
             agents=agents,
             process=process,
         )
+        self.store.fence_node = self.node
         back = await self.store.call(rows.orphaned_claims, self.store, self.node)
         if back:
             log.warning(

@@ -16,6 +16,7 @@ from easytask.errors import Unavailable
 from easytask.store import outage
 from easytask.store.db import Store
 from easytask.store.lines import LogRow
+from easytask.store.pglog import Fenced
 
 log = logging.getLogger("easytask.server")
 LIMIT_LINES = 50_000  # lines buffered before producers pause
@@ -116,10 +117,18 @@ class LogWriter:
                 try:
                     await self.store.persist(self.store.write_lines, rows, on_fault=self._stall)
                     break
+                except Fenced as exc:
+                    log.error("%d output lines not stored: %s", len(rows), exc)
+                    self._fenced = True
                 except Exception:
                     # Lines are never dropped: keep them and try again shortly.
                     log.exception("storing %d log lines failed; retrying", len(rows))
                     await asyncio.sleep(0.5)
+                if self._fenced:  # another server took the runs over: it stores their lines
+                    self._added -= len(rows)
+                    self._added_bytes -= nbytes
+                    self.fence()
+                    return
             self.stalled = False
             self._written += len(rows)
             self._written_bytes += nbytes

@@ -141,6 +141,9 @@ class Store(
         # The server this store works for (set by the server): its jobs carry it, and a server
         # resumes only its own unfinished jobs when several share the database.
         self.owner = ""
+        # With several servers (PostgreSQL): the server whose heartbeat row each batch of
+        # output lines must find (see `PgLineQueries._hold_fence`); None: no such check.
+        self.fence_node: str | None = None
         self.health = outage.Health(safe_url(url))
 
     # -- plumbing ---------------------------------------------------------------------------

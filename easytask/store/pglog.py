@@ -28,6 +28,12 @@ from easytask.store.base import Queries
 # One row of the log writer's batch: run_id, seq, ts, stream, level, text.
 LogRow = tuple[int, int, float, str, str, str]
 
+
+class Fenced(Exception):
+    """This server's heartbeat row is gone: another server took its work over (and re-read
+    its runs' output from the agents), so it stores no more lines."""
+
+
 # -- weekly partitions and the chunk index -----------------------------------------
 
 CHUNK_LINES = 64  # lines of one run indexed together in a log_chunk row (PostgreSQL)
@@ -363,6 +369,7 @@ class PgLineQueries(Queries):
     """PostgreSQL's side of the Store's queries on log lines."""
 
     is_sqlite: bool
+    fence_node: str | None
     _run_day: dict[int, int]  # run id -> its lines' partition key
     _weeks: set[int]  # weeks whose partitions exist
 
@@ -377,6 +384,8 @@ class PgLineQueries(Queries):
         import psycopg
 
         pg = conn.driver_connection
+        if self.fence_node is not None:
+            self._hold_fence(pg, self.fence_node)
         run_ids = set(map(itemgetter(0), rows))
         days = self.run_days(pg, run_ids)
         weeks = {week_of(day) for day in days.values()}
@@ -394,6 +403,17 @@ class PgLineQueries(Queries):
             _copy_chunks(cur, chunks_of(lines))
         finally:
             cur.close()
+
+    @staticmethod
+    def _hold_fence(pg: Any, node: str) -> None:
+        """Lines are stored only while this server's heartbeat row exists, and it stays until
+        they are (a take-over, which deletes it, skips a row held so and waits its turn): a
+        server that wakes up after another took its runs over cannot store a line twice."""
+        found = pg.execute(
+            "SELECT 1 FROM server_node WHERE id = %s FOR KEY SHARE", (node,)
+        ).fetchone()
+        if found is None:
+            raise Fenced(f"server {node} was presumed dead: its runs are another server's")
 
     def run_days(self, pg: Any, run_ids: set[int]) -> dict[int, int]:
         """The partition key (`day`) of each run that exists, from a cache or the run table."""
