@@ -1,13 +1,12 @@
 """Ansible-compatible inventories: INI/YAML files and directories, variables, host patterns."""
 
+from easytask.inventory.dumps import dumps_json, dumps_yaml
 from easytask.inventory.load import (
     Group,
     Host,
     Inventory,
     ScriptRunner,
     UnsafeText,
-    dumps_json,
-    dumps_yaml,
     load_inventory,
 )
 from easytask.inventory.patterns import split_pattern

@@ -1,31 +1,26 @@
-"""Ansible-compatible inventories: load INI/YAML files and directories, merge vars, select hosts."""
+"""Ansible-compatible inventories: load sources into an `Inventory`, merge vars, select hosts."""
 
 from __future__ import annotations
 
 import copy
-import datetime
-import json
 import os
-import re
 import sys
-import tomllib
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from easytask.errors import InventoryError, NoHostsMatched, PatternError, SourceLocation
+from easytask.errors import InventoryError, NoHostsMatched, PatternError
 from easytask.facts import fact_vars
-from easytask.inventory.hostnames import AddressError, is_ip_address, parse_address
-from easytask.inventory.ini import parse_ini
+from easytask.inventory.dumps import jsonable
+from easytask.inventory.hostnames import is_ip_address
 from easytask.inventory.model import Group, Host, InventoryData
 from easytask.inventory.patterns import IMPLICIT_LOCALHOST
 from easytask.inventory.patterns import select as select_hosts
-from easytask.inventory.script import ScriptRunner, is_script, parse_script
-from easytask.inventory.yamlfile import VaultFileError, load_document, parse_structured
-from easytask.sourceyaml import Source, UnsafeText, type_name
-from easytask.vault import Vault, VaultText
+from easytask.inventory.script import ScriptRunner
+from easytask.inventory.sources import parse_host_list, parse_source
+from easytask.inventory.varsfiles import VarsFiles
+from easytask.sourceyaml import UnsafeText
+from easytask.vault import Vault
 
 __all__ = [
     "Group",
@@ -33,23 +28,8 @@ __all__ = [
     "Inventory",
     "ScriptRunner",
     "UnsafeText",
-    "dumps_json",
-    "dumps_yaml",
     "load_inventory",
 ]
-
-# Names Ansible skips inside an inventory directory: hidden files, vars dirs, backup/doc extensions.
-_IGNORED_EXTENSIONS = (
-    ".pyc", ".pyo", ".swp", ".bak", "~", ".rpm", ".md", ".txt", ".rst", ".orig", ".cfg", ".retry",
-)  # fmt: skip
-_IGNORED = re.compile(
-    "|".join(
-        [r"^\.", "^host_vars$", "^group_vars$", "^vars_plugins$"]
-        + [re.escape(ext) + "$" for ext in _IGNORED_EXTENSIONS]
-    )
-)
-_YAML_EXTENSIONS = (".yaml", ".yml", ".json")
-_VARS_EXTENSIONS = ("", ".yml", ".yaml", ".json")  # looked up in this order; the first one wins
 
 # Variables Ansible computes itself; `ansible-inventory` leaves them out of its output.
 INTERNAL_VARS = frozenset((
@@ -82,21 +62,21 @@ def load_inventory(
     for source in sources:
         text = str(source)
         if "," in text and not os.path.exists(text):
-            _parse_host_list(text, data)
+            parse_host_list(text, data)
             continue
         path = Path(os.path.expanduser(text))
         if not path.exists():
             raise InventoryError(f"inventory source not found: {text}")
-        _parse_source(path, data, scripts, vault)
+        parse_source(path, data, scripts, vault)
         var_dirs.append(path if path.is_dir() else path.parent)
     data.reconcile()
-    return Inventory(data, [str(s) for s in sources], _VarsFiles(var_dirs, vault))
+    return Inventory(data, [str(s) for s in sources], VarsFiles(var_dirs, vault))
 
 
 class Inventory:
     """Hosts and groups in inventory order, with Ansible's variable precedence and host patterns."""
 
-    def __init__(self, data: InventoryData, sources: list[str], var_files: _VarsFiles) -> None:
+    def __init__(self, data: InventoryData, sources: list[str], var_files: VarsFiles) -> None:
         self.hosts: dict[str, Host] = data.hosts
         self.groups: dict[str, Group] = data.groups
         self.sources = sources
@@ -380,219 +360,3 @@ class Inventory:
 
         walk(group, 0)
         return "\n".join(lines)
-
-
-def jsonable(value: Any) -> Any:
-    """Variables as Ansible writes them in JSON: dates in ISO form, `!unsafe` strings marked,
-    `!vault` values as their ciphertext."""
-    if isinstance(value, VaultText) and value.ciphertext is not None:
-        return {"__ansible_vault": value.ciphertext}
-    if isinstance(value, UnsafeText):
-        return {"__ansible_unsafe": str(value)}
-    if isinstance(value, Mapping):
-        return {_json_key(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, (datetime.date, datetime.time)):
-        return value.isoformat()
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "surrogateescape")
-    return value
-
-
-def _json_key(key: Any) -> Any:
-    # Keys become strings before sorting, so that {1: a, two: b} can be written at all.
-    if isinstance(key, str) or not isinstance(key, (int, float, type(None))):
-        return key
-    return json.dumps(key)
-
-
-class _YamlDumper(yaml.SafeDumper):
-    """Ansible's dumper for what an inventory holds: `!unsafe` strings written as plain ones,
-    anchors for shared lists and mappings only."""
-
-    def ignore_aliases(self, data: Any) -> bool:
-        return isinstance(data, (datetime.date, datetime.time)) or super().ignore_aliases(data)
-
-
-_YamlDumper.add_representer(UnsafeText, lambda dumper, value: dumper.represent_str(str(value)))
-
-
-def dumps_yaml(data: Any) -> str:
-    """YAML formatted as ansible-inventory --yaml prints it: block style, sorted keys."""
-    return yaml.dump(data, Dumper=_YamlDumper, default_flow_style=False, allow_unicode=True)
-
-
-def dumps_json(data: Any) -> str:
-    """JSON formatted exactly as ansible-inventory prints it: sorted keys, indent 4, UTF-8."""
-    return json.dumps(jsonable(data), sort_keys=True, indent=4, ensure_ascii=False)
-
-
-# -- reading sources ----------------------------------------------------------------------------
-
-
-def _parse_host_list(text: str, data: InventoryData) -> None:
-    """`-i 'web1,web2:2222,'`: hosts separated by commas, all in `ungrouped`."""
-    for item in text.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        try:
-            name, port = parse_address(item)
-        except AddressError:
-            name, port = item, None
-        if name not in data.hosts:
-            data.add_host(name, "ungrouped", port)
-
-
-def _parse_source(
-    path: Path, data: InventoryData, scripts: ScriptRunner | None, vault: Vault
-) -> None:
-    if path.is_dir():
-        for entry in sorted(os.listdir(path)):
-            if not _IGNORED.search(entry):
-                _parse_source(path / entry, data, scripts, vault)
-        return
-    data.current_source = str(path)
-    try:
-        if is_script(path):
-            if scripts is None:
-                raise InventoryError(f"{path} is an inventory script, and scripts are not run here")
-            if parse_script(os.path.abspath(path), scripts, data):
-                return
-        try:
-            _parse_file(path, data, vault)
-        except InventoryError as exc:
-            if not is_script(path) and path.read_bytes().startswith(b"#!"):
-                exc.message += " (a file starting with #! is run as an inventory script only when it is executable: chmod +x it)"
-            raise
-    finally:
-        data.current_source = None
-
-
-def _read_text(path: Path) -> str:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise InventoryError(f"cannot read {path}: {exc.strerror}") from None
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise InventoryError("not valid UTF-8", location=SourceLocation(str(path), line)) from None
-
-
-def _parse_file(path: Path, data: InventoryData, vault: Vault) -> None:
-    """Parse one file the way Ansible's plugins take turns: YAML first if it may be YAML, then INI."""
-    text = _read_text(path)
-    name = str(path)
-    ext = os.path.splitext(name)[1]
-    if ext == ".toml":
-        _parse_toml(text, name, data)
-        return
-    if ext and ext not in _YAML_EXTENSIONS:
-        parse_ini(text, name, data)
-        return
-    yaml_error: InventoryError | None = None
-    try:
-        doc = load_document(text, name, vault)
-    except VaultFileError:
-        raise
-    except InventoryError as exc:
-        yaml_error = exc
-    else:
-        if isinstance(doc.data, Mapping) or doc.data is None:
-            if doc.data:
-                parse_structured(doc, data)
-            return
-        yaml_error = InventoryError(
-            f"a YAML inventory must be a mapping of group names, got {type_name(doc.data)}",
-            location=doc.at(),
-        )
-    # Not a YAML inventory: Ansible then tries the file as INI.
-    try:
-        parse_ini(text, name, data)
-    except InventoryError:
-        if ext:
-            raise yaml_error from None
-        raise
-
-
-def _parse_toml(text: str, path: str, data: InventoryData) -> None:
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        m = re.search(r"\(at line (\d+), column (\d+)\)$", str(exc))
-        at = SourceLocation(path, int(m[1]), int(m[2])) if m else SourceLocation(path)
-        message = str(exc)[: m.start()].strip() if m else str(exc)
-        raise InventoryError(f"invalid TOML: {message}", location=at) from None
-    if doc:
-        parse_structured(Source(path, "", doc), data, kind="TOML")
-
-
-class _VarsFiles:
-    """group_vars/ and host_vars/ beside each inventory source, read like Ansible's host_group_vars."""
-
-    def __init__(self, dirs: list[Path], vault: Vault) -> None:
-        self.dirs = dirs
-        self.vault = vault
-        self.warnings: list[str] = []
-        self._cache: dict[tuple[int, str, str], dict[str, Any]] = {}
-
-    def preload(self, kind: str, names: Mapping[str, object]) -> None:
-        """Read the files of every entity now, so that errors show when the inventory loads."""
-        for index in range(len(self.dirs)):
-            for name in names:
-                self.get(index, kind, name)
-
-    def get(self, index: int, kind: str, name: str) -> dict[str, Any]:
-        key = (index, kind, name)
-        if key not in self._cache:
-            self._cache[key] = self._load(self.dirs[index], kind, name)
-        return self._cache[key]
-
-    def _load(self, base: Path, kind: str, name: str) -> dict[str, Any]:
-        if name.startswith(os.sep):
-            return {}
-        folder = base / kind
-        if not folder.is_dir():
-            if folder.exists():
-                message = f"{folder} is not a directory; skipping it"
-                if message not in self.warnings:
-                    self.warnings.append(message)
-            return {}
-        merged: dict[str, Any] = {}
-        for file in _vars_files(folder, name):
-            doc = load_document(_read_text(file), str(file), self.vault)
-            if not doc.data:
-                continue
-            if not isinstance(doc.data, Mapping):
-                raise InventoryError(
-                    f"a vars file must be a mapping of variables, got {type_name(doc.data)}",
-                    location=doc.at(),
-                )
-            merged.update(doc.data)
-        return merged
-
-
-def _vars_files(folder: Path, name: str) -> list[Path]:
-    """`NAME`, else NAME.yml, NAME.yaml, NAME.json; a directory stands for all files inside it."""
-    for ext in _VARS_EXTENSIONS:
-        candidate = folder / (name + ext)
-        if candidate.exists():
-            return _files_in(candidate) if candidate.is_dir() else [candidate]
-    return []
-
-
-def _files_in(folder: Path) -> list[Path]:
-    found: list[Path] = []
-    for entry in sorted(os.listdir(folder)):
-        if entry.startswith(".") or entry.endswith("~"):
-            continue
-        path = folder / entry
-        ext = os.path.splitext(entry)[1]
-        if path.is_dir() and not ext:
-            found.extend(_files_in(path))
-        elif path.is_file() and (not ext or ext in _VARS_EXTENSIONS):
-            found.append(path)
-    return found
