@@ -1,4 +1,4 @@
-"""Extra vars: `-e key=value ...`, `-e @file.yml` or `-e '{"json": ...}'` as variables (pure code)."""
+"""Extra vars: `-e key=value ...`, `-e @file.yml` or `-e {"json": ...}` as variables (pure code)."""
 
 from __future__ import annotations
 
