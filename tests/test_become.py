@@ -26,7 +26,7 @@ from easytask.inventory import load_inventory
 from easytask.plan import plan_playbook
 from easytask.plan.become import Become, BecomeRequest, agentless_refusal, resolve_become
 from easytask.playbook import parse_playbook
-from easytask.scheduler.playbooks import resume_spec
+from easytask.scheduler.playrows import resume_spec
 from easytask.service.jobs import plan_become
 from tests.browser.support import Browserless, admin_password
 from tests.conftest import AgentFactory, ServerFactory, write

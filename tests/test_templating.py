@@ -318,7 +318,7 @@ def test_a_variables_template_counts_towards_the_template_that_uses_it() -> None
 
 def test_playbook_templates_render_off_the_event_loop() -> None:
     """A heavy but allowed render runs in a worker thread: the event loop goes on meanwhile."""
-    from easytask.scheduler.playbooks import off_loop
+    from easytask.scheduler.renderthreads import off_loop
 
     heavy = "{% for i in range(900) %}{% for j in range(1000) %}{% endfor %}{% endfor %}done"
 

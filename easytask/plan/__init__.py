@@ -15,13 +15,9 @@ from easytask.plan.connection import (
     connection_warnings,
     ssh_options,
 )
+from easytask.plan.extravars import parse_extra_vars
+from easytask.plan.loops import LoopItem
 from easytask.plan.playbook import (
-    LoopItem,
-    PlannedTask,
-    PlaybookPlan,
-    RunKey,
-    TaskRun,
-    parse_extra_vars,
     plan_playbook,
     plan_runs,
     serial_batches,
@@ -29,6 +25,7 @@ from easytask.plan.playbook import (
     tag_names,
     tag_selected,
 )
+from easytask.plan.playbookplan import PlannedTask, PlaybookPlan, RunKey, TaskRun
 from easytask.plan.render import (
     RenderedAction,
     evaluate_when,

@@ -10,7 +10,8 @@ from typing import Any
 from easytask.errors import TemplateError
 from easytask.facts import FACT_VARIABLES
 from easytask.masking import Masker
-from easytask.plan.playbook import LoopItem, PlannedTask, PlaybookPlan, TaskRun
+from easytask.plan.loops import LoopItem
+from easytask.plan.playbookplan import PlannedTask, PlaybookPlan, TaskRun
 from easytask.plan.render import evaluate_when, render_action, run_label
 from easytask.templating import TemplateLimit, variables
 from easytask.vault import vault_values

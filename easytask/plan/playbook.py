@@ -1,223 +1,33 @@
 """A playbook and an inventory -> the runs of a job: hosts, serial batches, dependencies (pure code).
 
-The engine takes a `PlaybookPlan`: every `TaskRun` with the runs it waits for and its batch, and
-renders each command when the run starts (`render_action`), with the results of earlier runs.
+The engine takes the `PlaybookPlan` made here (`plan/playbookplan.py`): every `TaskRun` with the
+runs it waits for and its batch, and renders each command when the run starts (`render_action`),
+with the results of earlier runs.
 `check_playbook` renders everything up front for `easytask play --check`.
 """
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from functools import cached_property
-from typing import Any, NamedTuple
+from dataclasses import replace
+from typing import Any
 
-from easytask.errors import (
-    NoHostsMatched,
-    PatternError,
-    PlaybookError,
-    SourceLocation,
-    UsageError,
-)
+from easytask.errors import NoHostsMatched, PatternError, UsageError
 from easytask.plan.adhoc import HostSource
 from easytask.plan.become import BecomeRequest, agentless_refusal, resolve_become, task_request
 from easytask.plan.connection import connection_of, connection_warnings
-from easytask.plan.loops import MAX_LOOP_ITEMS, LoopItem, item_run_name, loop_items
-from easytask.playbook import RESERVED_VARS, TAG, Action, Loop, Playbook, Task, load_yaml
-from easytask.templating import Vars
+from easytask.plan.loops import LoopItem, loop_items
+from easytask.plan.playbookplan import PlannedTask, PlaybookPlan, RunKey, TaskRun
+from easytask.playbook import RESERVED_VARS, TAG, Playbook, Task
 
 __all__ = [
-    "MAX_LOOP_ITEMS",
-    "LoopItem",
-    "PlannedTask",
-    "PlaybookPlan",
-    "RunKey",
-    "TaskRun",
-    "parse_extra_vars",
     "plan_playbook",
     "plan_runs",
     "serial_batches",
     "stop_after_batch",
+    "tag_names",
+    "tag_selected",
 ]
-
-
-class RunKey(NamedTuple):
-    """A run of a job: a task on a host (host None: a `run_on: any` run, placed when it starts).
-
-    `task` is the run's name: the task's, or for an item of a loop `task (item=label)`."""
-
-    task: str
-    host: str | None
-
-
-@dataclass(frozen=True)
-class PlannedTask:
-    """A task as it runs in this job: its hosts after --limit, and its settings with the defaults."""
-
-    name: str
-    kind: str  # command | shell | script | copy
-    action: Action
-    hosts: tuple[str, ...]  # where it runs (per host), or the hosts it may run on (once, any)
-    needs: tuple[str, ...]
-    needs_implied: bool  # the task above, since the task names no `needs`
-    when: str | None
-    timeout: float | None
-    retries: int
-    retry_delay: float
-    retry_backoff: float
-    run_on_any: bool
-    run_once: bool
-    env: Mapping[str, str]
-    cwd: str | None
-    location: SourceLocation
-    task: Task = field(repr=False)
-    loop: Loop | None = None  # one run per item (see LoopItem)
-
-    @property
-    def single(self) -> bool:
-        """Whether the task runs once in all rather than once per host."""
-        return self.run_once or self.run_on_any
-
-    def retry_wait(self, attempt: int) -> float:
-        """Seconds to wait before attempt `attempt` (2, 3, ...): retry_delay × retry_backoff^(n-2)."""
-        return self.retry_delay * self.retry_backoff ** max(attempt - 2, 0)
-
-
-@dataclass(frozen=True)
-class TaskRun:
-    """One run to queue: its task and host, its batch, the runs it waits for, whose results it sees.
-
-    `candidates` are the hosts a `run_on: any` run may go to (the host itself otherwise).
-    `results_from` maps each task whose `results.<task>` this run may read to the runs that
-    provide them: the run of that task on the same host (every item's, for a loop), or the
-    task's single run. `item` is the run's item of its task's loop; `empty_loop`: the loop
-    gave no item on this host, so this run stands for the task, skipped. `at_run`: the loop
-    uses results, so this run stands for the task until its items are rendered on the host
-    (when its needs have ended), and then for its first item (see `run_items`).
-    """
-
-    task: str
-    host: str | None
-    candidates: tuple[str, ...]
-    batch: int
-    needs: tuple[RunKey, ...]
-    results_from: Mapping[str, tuple[RunKey, ...]] = field(default_factory=dict)
-    item: LoopItem | None = None
-    empty_loop: bool = False
-    at_run: bool = False
-
-    @property
-    def name(self) -> str:
-        """The run's name (its row's `task`): the task's, `task (item=label)` for an item."""
-        return self.task if self.item is None else item_run_name(self.task, self.item.shown)
-
-    @property
-    def key(self) -> RunKey:
-        """(name, host) of this run."""
-        return RunKey(self.name, self.host)
-
-
-@dataclass(frozen=True)
-class PlaybookPlan:
-    """A planned playbook job: tasks in dependency order and every run, in order."""
-
-    playbook: Playbook
-    hosts: tuple[str, ...]  # the play's hosts after --limit
-    tasks: tuple[PlannedTask, ...]  # in dependency order (file order among equals)
-    runs: tuple[TaskRun, ...]  # in task order, then host order
-    batches: tuple[tuple[str, ...], ...]
-    host_vars: Mapping[str, Mapping[str, Any]] = field(repr=False)  # inventory + magic vars
-    extra_vars: Mapping[str, Any] = field(default_factory=dict)
-    limit: str | None = None
-    tags: tuple[str, ...] = ()  # --tags: only tasks with one of these (Ansible's rules)
-    skip_tags: tuple[str, ...] = ()  # --skip-tags
-    credentials: tuple[str, ...] = ()  # secret vars the credential store gave (their names)
-    connections: Mapping[str, str] = field(default_factory=dict)  # host -> agent | ssh
-    warnings: tuple[str, ...] = ()  # connection variables of its hosts that are not honoured
-    become: BecomeRequest = field(default_factory=BecomeRequest)  # `play -b --become-user U`
-
-    @property
-    def name(self) -> str:
-        """The playbook's name."""
-        return self.playbook.name
-
-    @property
-    def all_hosts(self) -> tuple[str, ...]:
-        """Every host the job may run on: the play's and each task's (run_on any candidates too)."""
-        hosts = list(self.hosts)
-        for task in self.tasks:
-            hosts += task.hosts
-        for run in self.runs:
-            hosts += run.candidates
-        return tuple(dict.fromkeys(hosts))
-
-    @property
-    def forks(self) -> int | None:
-        """At most this many runs at once (None: no limit of the playbook's own)."""
-        return self.playbook.forks
-
-    @property
-    def max_fail_percentage(self) -> float | None:
-        """See `stop_after_batch`."""
-        return self.playbook.max_fail_percentage
-
-    def become_request(self, task: PlannedTask) -> BecomeRequest:
-        """Whom a task's runs ask to become: the command line's, the play's, the task's (the
-        host's inventory variables go over it, see `resolve_become`)."""
-        return task_request(self.playbook, task.task, self.become)
-
-    def task(self, name: str) -> PlannedTask:
-        """The planned task of that name (KeyError if none)."""
-        for task in self.tasks:
-            if task.name == name:
-                return task
-        raise KeyError(name)
-
-    def run(self, key: RunKey) -> TaskRun:
-        """The run with that key (KeyError if none)."""
-        return self._run_index[key]
-
-    @cached_property
-    def _run_index(self) -> dict[RunKey, TaskRun]:
-        return {run.key: run for run in self.runs}
-
-    def connection(self, host: str) -> str:
-        """How a host is reached: `agent`, `ssh` or `local` (see `connection_of`), as planned."""
-        if host in self.connections:
-            return self.connections[host]
-        return connection_of(host, dict(self.host_vars.get(host, {})))
-
-    def context(
-        self,
-        host: str,
-        results: Mapping[str, Any] | None = None,
-        facts: Mapping[str, Any] | None = None,
-        item: Mapping[str, Any] | None = None,
-    ) -> Vars:
-        """The template variables on a host: facts < inventory and magic vars < play vars <
-        extra vars < the loop's item.
-
-        `results` (task name -> `task_result(...)`) is there as-is, never rendered. `facts` are
-        an agentless host's fact variables gathered for the job (an agent's are among its
-        magic vars already). `item` is a loop item's variable (see `item_vars`), already
-        rendered when the job was planned.
-        """
-        base = {**(facts or {}), **self.host_vars.get(host, {})}
-        base.setdefault("inventory_hostname", host)
-        base.update(playbook_dir=self.playbook.base_dir, ansible_play_hosts=list(self.hosts))
-        literal = {"results": results if results is not None else {}, **(item or {})}
-        return Vars(base, self.playbook.vars, self.extra_vars, literal=literal)
-
-    def item_vars(self, run: TaskRun) -> dict[str, Any]:
-        """The loop variable of a run of a loop's item (`item`, or the task's `loop_var`)."""
-        loop = self.task(run.task).loop
-        if run.item is None or loop is None:
-            return {}
-        return {loop.loop_var: run.item.value}
-
-
-# -- planning ---------------------------------------------------------------------------------
 
 
 def plan_playbook(
@@ -520,69 +330,3 @@ def stop_after_batch(failed: int, size: int, max_fail_percentage: float | None) 
     if max_fail_percentage is None:
         return failed >= size
     return failed * 100 > max_fail_percentage * size
-
-
-# -- extra vars -------------------------------------------------------------------------------
-
-
-def parse_extra_vars(values: Sequence[str]) -> dict[str, Any]:
-    """`-e` values merged in order: `key=value ...` (strings), `@file.yml`, or a JSON/YAML mapping."""
-    merged: dict[str, Any] = {}
-    for value in values:
-        merged.update(_extra_vars(value))
-    return merged
-
-
-def _extra_vars(value: str) -> dict[str, Any]:
-    text = value.strip()
-    if text.startswith("@"):
-        path = text[1:]
-        try:
-            with open(path, encoding="utf-8") as handle:
-                body = handle.read()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not valid UTF-8"
-            raise UsageError(f"-e @{path}: cannot read the file: {reason}") from None
-        return _vars_mapping(body, path, f"-e @{path}")
-    if text.startswith(("{", "[")):
-        return _vars_mapping(text, "-e", "-e")
-    out: dict[str, Any] = {}
-    try:
-        words = shlex.split(text)
-    except ValueError as exc:
-        raise UsageError(f"-e {value!r}: {exc}") from None
-    for word in words:
-        key, eq, item = word.partition("=")
-        if not eq or not key:
-            raise UsageError(f"-e {value!r}: expected key=value, @file.yml or a JSON mapping")
-        _check_var_name(key, f"-e {value!r}", None)
-        out[key] = item
-    return out
-
-
-def _vars_mapping(text: str, path: str, what: str) -> dict[str, Any]:
-    inline = path == "-e"  # positions in a command-line value are not worth a file:line
-    try:
-        data, problems, source = load_yaml(text, path)
-    except PlaybookError as exc:
-        raise UsageError(
-            f"{what}: {exc.message}", location=None if inline else exc.location
-        ) from None
-    if problems:
-        at = None if inline else problems[0].location
-        raise UsageError(f"{what}: {problems[0].message}", location=at)
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        at = None if inline else SourceLocation(path, 1, 1)
-        raise UsageError(f"{what}: extra vars must be a mapping", location=at)
-    for key in data:
-        _check_var_name(key, what, None if inline else source.key(data, key))
-    return dict(data)
-
-
-def _check_var_name(key: Any, what: str, at: SourceLocation | None) -> None:
-    if not isinstance(key, str) or not key.isidentifier():
-        raise UsageError(f"{what}: invalid variable name {key!r}", location=at)
-    if key in RESERVED_VARS:
-        raise UsageError(f"{what}: the variable name {key!r} is reserved", location=at)

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from easytask.errors import TemplateError
-from easytask.plan.playbook import LoopItem, PlannedTask
+from easytask.plan.loops import LoopItem
+from easytask.plan.playbookplan import PlannedTask
 from easytask.playbook import Task
 from easytask.templating import evaluate, render
 

@@ -1,27 +1,24 @@
-"""Executing a planned playbook: batches, the `needs` DAG, `when`, retries, results, files."""
+"""A playbook job in flight: its batches, the `needs` DAG, `when`, runs placed, results for
+`results.<task>`, loops over results expanded when they run, rows taken back after a restart.
+
+Each run's attempts are in `playattempts.py`; a job is submitted or resumed by `playstart.py`.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from functools import partial
-from pathlib import Path
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any
 
 from easytask.errors import EasyTaskError
 from easytask.facts import fact_vars, uses_facts
-from easytask.masking import Masker
 from easytask.plan import (
     PlannedTask,
     PlaybookPlan,
     RenderedAction,
     RunKey,
     TaskRun,
-    check_limits,
     evaluate_when,
     loop_result,
     render_action,
@@ -29,42 +26,19 @@ from easytask.plan import (
     task_result,
 )
 from easytask.plan.loops import item_run_name, run_items
-from easytask.plan.outcome import ignored
-from easytask.scheduler import fileops, secretfile
 from easytask.scheduler.engine import JobEngine
 from easytask.scheduler.inflight import JobOptions
-from easytask.scheduler.playrows import (
-    ANY_HOST,
-    ResumeError,
-    item_of,
-    job_runs_for,
-    resume_spec,
-    retry_due,
-    task_order,
-)
-from easytask.scheduler.verdicts import judge_attempt, mark_ignored
-from easytask.store.audit import AuditNote
+from easytask.scheduler.playattempts import Attempts
+from easytask.scheduler.playrows import ANY_HOST, Slot, item_of, retry_due
+from easytask.scheduler.renderthreads import off_loop
 from easytask.store.models import Job, Run, RunState
 from easytask.store.runs import CHANGED, IGNORED
-from easytask.templating import render
-from easytask.vault import vault_values
 
 log = logging.getLogger("easytask.server")
 
 EMPTY_LOOP = "the loop gave no item"  # the reason of a loop's run on a host with no item
 OK_FOR_NEEDS = (RunState.SUCCESS, RunState.SKIPPED)
 LOST = (RunState.FAILED, RunState.TERMINATED)  # a loop over results whose items never came
-
-T = TypeVar("T")
-
-# Templates render in these threads, never on the event loop: a render's work is bounded
-# (easytask.templating: steps, output, time) but may take up to its time limit.
-_RENDER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="easytask-render")
-
-
-async def off_loop(fn: Callable[..., T], *args: Any) -> T:
-    """Run a call that renders templates in the render threads."""
-    return await asyncio.get_running_loop().run_in_executor(_RENDER, partial(fn, *args))
 
 
 def _prepare(task: PlannedTask, host: str, context: Mapping[str, Any]) -> RenderedAction | None:
@@ -74,23 +48,7 @@ def _prepare(task: PlannedTask, host: str, context: Mapping[str, Any]) -> Render
     return render_action(task, host, context)
 
 
-@dataclass
-class _Slot:
-    """Where a planned run stands: its current row, final state, result for `results.<task>`."""
-
-    planned: TaskRun
-    run: Run
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-    state: str = RunState.QUEUED
-    skipped_by_when: bool = False
-    result: dict[str, Any] | None = None
-    ignored: bool = False  # it failed, and its task's ignore_errors lets the play go past it
-    resumed: bool = False  # its row was started (or a retry queued) by a previous server process
-    # a loop over results (`TaskRun.at_run`) once its items are rendered: their runs, in order
-    members: list[RunKey] | None = None
-
-
-class PlaybookJob:
+class PlaybookJob(Attempts):
     """One playbook job in flight."""
 
     def __init__(
@@ -105,8 +63,8 @@ class PlaybookJob:
         self.plan = plan
         self.job = job
         self.pending_timeout = pending_timeout
-        self.slots: dict[RunKey, _Slot] = {
-            planned.key: _Slot(planned, run) for planned, run in zip(plan.runs, runs, strict=True)
+        self.slots: dict[RunKey, Slot] = {
+            planned.key: Slot(planned, run) for planned, run in zip(plan.runs, runs, strict=True)
         }
         forks = plan.forks or 0
         self._forks = asyncio.Semaphore(forks) if forks > 0 else None
@@ -165,7 +123,7 @@ class PlaybookJob:
                 )
                 await self.engine.job_event(self.job, self.stopped_reason)
 
-    async def _guarded(self, slot: _Slot) -> None:
+    async def _guarded(self, slot: Slot) -> None:
         try:
             await self._one(slot)
         except asyncio.CancelledError:
@@ -177,13 +135,13 @@ class PlaybookJob:
         finally:
             slot.done.set()
 
-    async def _skip(self, slot: _Slot, reason: str) -> None:
+    async def _skip(self, slot: Slot, reason: str) -> None:
         await self.engine.finish(slot.run, RunState.SKIPPED, reason=reason)
         slot.state = RunState.SKIPPED
         slot.result = task_result(rc=None, state=RunState.SKIPPED)
         slot.done.set()
 
-    async def _one(self, slot: _Slot) -> None:
+    async def _one(self, slot: Slot) -> None:
         planned = slot.planned
         task = self.plan.task(planned.task)
         if slot.done.is_set():  # finished before a server restart
@@ -250,7 +208,7 @@ class PlaybookJob:
         else:
             await self._attempts(slot, task, action, host, context)
 
-    def _ended(self, key: RunKey) -> list[tuple[RunKey, _Slot]]:
+    def _ended(self, key: RunKey) -> list[tuple[RunKey, Slot]]:
         """The runs a planned run stands for: itself, or a loop over results' items."""
         slot = self.slots[key]
         if slot.members:
@@ -273,7 +231,7 @@ class PlaybookJob:
         return out
 
     async def _expand(
-        self, slot: _Slot, host: str, results: Mapping[str, Any], facts: Mapping[str, Any]
+        self, slot: Slot, host: str, results: Mapping[str, Any], facts: Mapping[str, Any]
     ) -> None:
         """Render a loop over results on its host now that its needs have ended, give its run
         the first item and queue a run for each other item (one transaction), then run the
@@ -307,7 +265,7 @@ class PlaybookJob:
             rows = [r for r in found if r is not None]
         keys: list[RunKey] = []
         for item, row in zip(items, rows, strict=True):
-            child = _Slot(
+            child = Slot(
                 TaskRun(
                     task=planned.task,
                     host=planned.host,
@@ -329,7 +287,7 @@ class PlaybookJob:
         for key in keys:
             await self._guarded(self.slots[key])
 
-    async def _lost_items(self, slot: _Slot, task: str) -> None:
+    async def _lost_items(self, slot: Slot, task: str) -> None:
         """A restarted server rendered other items than the stored ones: end the loop there."""
         reason = "not resumed: the loop's items are not the ones rendered before the restart"
         for (name, host), row in self.stored.items():
@@ -340,7 +298,7 @@ class PlaybookJob:
         slot.state = RunState.TERMINATED
         slot.result = task_result(stderr=reason, rc=None, state=RunState.TERMINATED)
 
-    async def restore(self, slot: _Slot) -> int:
+    async def restore(self, slot: Slot) -> int:
         """Take a run's stored row as a previous server process left it; returns 1 when it is
         still to run (resumed, or its next attempt queued), else 0 (it ended: its result kept)."""
         run = slot.run
@@ -372,224 +330,3 @@ class PlaybookJob:
             slot.result = task_result(stdout, stderr, run.exit_code, run.state, changed=changed)
         slot.done.set()
         return 0
-
-    async def _attempts(
-        self, slot: _Slot, task: PlannedTask, action: Any, host: str, context: Mapping[str, Any]
-    ) -> None:
-        """Run the task, retrying with delay and backoff; every attempt is its own run row,
-        judged by the task's failed_when/changed_when when it ends."""
-        run = slot.run
-        attempt = run.attempt
-        resumed = slot.resumed
-        while True:
-            if resumed:
-                await self._resumed_attempt(run, task, action, host)
-                resumed = False
-            else:
-                await self._attempt(run, task, action, host)
-            fresh = await self.engine.store.call(self.engine.store.get_run, run.id or 0)
-            assert fresh is not None
-            verdict = await judge_attempt(self.engine, fresh, task.task, host, context, off_loop)
-            state = verdict.state
-            if (
-                state == RunState.SUCCESS
-                or attempt > task.retries
-                or verdict.error
-                or state == RunState.TERMINATED
-                and "killed by" in fresh.reason
-            ):
-                break
-            attempt += 1
-            wait = task.retry_wait(attempt)
-            nxt = await self.engine.store.call(self.engine.store.add_attempt, run.id or 0, attempt)
-            await self.engine.store.call(
-                self.engine.store.update_run,
-                run.id or 0,
-                "retry scheduled",
-                f"attempt {attempt} (run {nxt.id}) in {wait:g}s",
-            )
-            self.engine.track(nxt)
-            await asyncio.sleep(wait)
-            run = nxt
-            slot.run = nxt
-        slot.state = state
-        if ignored(task.task, state, verdict.error):
-            slot.ignored = True
-            await mark_ignored(self.engine, run, verdict)
-        stdout, stderr = await self.engine.output_text(run.id or 0)
-        slot.result = task_result(stdout, stderr, fresh.exit_code, state, changed=verdict.changed)
-
-    def masks(self, host: str) -> tuple[str, ...]:
-        """The values of the playbook's secret variables on a host, and every value that came
-        from an Ansible Vault (its inventory vars, the play's vars and vars_files)."""
-        values = []
-        if self.plan.playbook.secrets:
-            context = self.plan.context(host)
-            for name in self.plan.playbook.secrets:
-                if name in context:
-                    try:
-                        values.append(render("{{ " + name + " }}", context, what=f"secret {name}"))
-                    except EasyTaskError:
-                        continue
-        values += self.vault_masks(host)
-        return tuple(v for v in dict.fromkeys(values) if v)
-
-    def vault_masks(self, host: str) -> tuple[str, ...]:
-        """The values on a host that came from an Ansible Vault (cheap: no rendering)."""
-        return tuple(vault_values(self.plan.host_vars.get(host, {}), self.plan.playbook.vars))
-
-    async def _attempt(self, run: Run, task: PlannedTask, action: Any, host: str) -> None:
-        masks = (
-            await off_loop(self.masks, host)
-            if self.plan.playbook.secrets
-            else self.vault_masks(host)
-        )
-        options = JobOptions(
-            timeout=task.timeout,
-            pending_timeout=self.pending_timeout,
-            masks=masks,
-            env=dict(action.env),  # exported apart from the command line (see shell_line)
-            ssh_keys={h: k for h, k in self.ssh_keys.items() if h == host},
-            become_passwords={h: p for h, p in self.become_passwords.items() if h == host},
-            become=self.plan.become_request(task),
-        )
-        hostvars = dict(self.plan.host_vars.get(host, {}))
-        if action.kind == "copy":
-            await fileops.copy(self.engine, run, hostvars, action, options)
-            return
-        if action.kind == "script":
-            await fileops.script(self.engine, run, hostvars, action, options)
-            return
-        # the stored command shows the exports, and **** where a secret was rendered into it
-        shown = Masker(masks)(action.shell_line())
-        await self.engine.store.call(
-            self.engine.store.update_run, run.id or 0, None, "", command=shown
-        )
-        run.command = action.shell_line(env=False)
-        await self.engine.execute_one(run, hostvars, options)
-
-    async def _resumed_attempt(self, run: Run, task: PlannedTask, action: Any, host: str) -> None:
-        """Go on with an attempt a previous server process left queued or in flight."""
-        if run.state == RunState.QUEUED or action.kind == "copy":
-            # A copy sends whole files to a temporary name: sending again is safe.
-            await self._attempt(run, task, action, host)
-            return
-        if run.connection != "agent":
-            # The link to an agentless host went with the old process.
-            await self.engine.finish(
-                run, RunState.FAILED, reason="connection lost (server restarted)"
-            )
-            return
-        # On an agent the command goes on under its supervisor: re-attach with the stored command
-        # (for a script, the one that runs the already uploaded file).
-        options = JobOptions(
-            timeout=task.timeout,
-            pending_timeout=self.pending_timeout,
-            become=self.plan.become_request(task),
-        )
-        await self.engine.execute_one(run, dict(self.plan.host_vars.get(host, {})), options)
-
-
-async def submit_playbook(
-    engine: JobEngine,
-    plan: PlaybookPlan,
-    *,
-    user: str,
-    source: str,
-    pending_timeout: float,
-    kind: str = "playbook",
-    audit: AuditNote | None = None,
-    ssh_keys: Mapping[str, str] | None = None,
-    become_passwords: Mapping[str, str] | None = None,
-) -> tuple[Job, list[Run]]:
-    """Record a playbook job and its runs (with `audit`, the submission's audit event in the
-    same transaction), then run it in the background. A template past its limits is refused
-    first (TemplateLimit), with nothing stored."""
-    await off_loop(check_limits, plan)
-    job = Job(
-        kind=kind,
-        name=plan.name,
-        pattern=plan.playbook.hosts,
-        command=Path(plan.playbook.path).name,
-        submitted_by=user,
-        source=source,
-        pending_timeout=pending_timeout,
-        forks=plan.forks or 0,
-        vars=json.dumps({**resume_spec(plan), "tasks": task_order(plan)}),
-    )
-    runs = job_runs_for(plan)
-    if not runs:
-        raise EasyTaskError("the playbook selects no host for any task")
-    job, runs = await engine.store.call(engine.store.create_job, job, runs, audit)
-    assert job.id is not None
-    if plan.playbook.notify:
-        hooks = [(n.url, n.events) for n in plan.playbook.notify]
-        await engine.store.call(engine.store.add_job_webhooks, job.id, hooks)
-    for run in runs:
-        engine.track(run)
-    runner = PlaybookJob(engine, plan, job, runs, pending_timeout)
-    runner.ssh_keys = dict(ssh_keys or {})
-    runner.become_passwords = dict(become_passwords or {})
-    assert job.id is not None
-    masks = await off_loop(lambda: {m for host in plan.all_hosts for m in runner.masks(host)})
-    if plan.playbook.secrets or masks:  # every host's values: a resumed run's output stays masked
-        hidden = {k: v for k, v in plan.extra_vars.items() if k in plan.playbook.secrets}
-        secretfile.save(engine.secrets_dir, job.id, {}, tuple(sorted(masks)), hidden)
-    task = asyncio.create_task(_run(engine, runner), name=f"job-{job.id}")
-    engine.adopt(job.id, task)
-    return job, runs
-
-
-async def resume_playbook(
-    engine: JobEngine,
-    plan: PlaybookPlan,
-    job: Job,
-    pending_timeout: float,
-    ssh_keys: Mapping[str, str] | None = None,
-) -> int:
-    """Continue a playbook job a previous server process left unfinished; returns runs to go.
-
-    Finished runs keep their result (for `needs`, `when` and `results.<task>`); a run in flight
-    on an agent is re-attached; queued runs and retries run in their batches as before.
-    """
-    assert job.id is not None
-    rows = await engine.store.call(engine.store.job_runs, job.id)
-    # the planned runs' rows first; then those added for the items of loops over results
-    originals = sorted((r for r in rows if r.attempt == 1), key=lambda r: r.id or 0)
-    extra = originals[len(plan.runs) :]
-    originals = originals[: len(plan.runs)]
-    if len(originals) != len(plan.runs) or any(
-        (row.task != planned.name and not (planned.at_run and item_of(row.task, planned.name)))
-        or (planned.host is not None and row.host != planned.host)
-        or (planned.host is None and row.host != ANY_HOST and row.host not in planned.candidates)
-        for row, planned in zip(originals, plan.runs, strict=False)
-    ):
-        raise ResumeError("the inventory no longer gives the hosts the job was planned for")
-    latest: dict[tuple[str, str], Run] = {}
-    for row in sorted(rows, key=lambda r: (r.attempt, r.id or 0)):
-        latest[(row.task, row.host)] = row
-    current = [latest[(row.task, row.host)] for row in originals]
-    runner = PlaybookJob(engine, plan, job, current, pending_timeout)
-    runner.ssh_keys = dict(ssh_keys or {})
-    runner.marks = await engine.store.call(engine.store.job_run_marks, job.id)
-    runner.stored = dict(latest)
-    left = sum(1 for row in extra if latest[(row.task, row.host)].state not in RunState.FINAL)
-    for slot in runner.slots.values():
-        if slot.planned.at_run and slot.run.task != slot.planned.name:
-            # its loop was expanded: its items are taken up again when it runs (see _expand)
-            left += slot.run.state not in RunState.FINAL
-            continue
-        left += await runner.restore(slot)
-    task_ = asyncio.create_task(_run(engine, runner), name=f"job-{job.id}")
-    engine.adopt(job.id, task_)
-    return left
-
-
-async def _run(engine: JobEngine, runner: PlaybookJob) -> None:
-    try:
-        await runner.run()
-    finally:
-        job_id = runner.job.id or 0
-        done = await engine.store.call(engine.store.finish_job_if_done, job_id)
-        if done is not None:
-            await engine.job_finished(done)

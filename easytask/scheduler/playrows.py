@@ -1,15 +1,18 @@
-"""A playbook job's rows: one queued row per planned run, what a later server process needs to
-plan the job again, and how a stored row is read when it does."""
+"""A playbook job's rows: one queued row per planned run, where each planned run stands while
+the job runs (`Slot`), what a later server process needs to plan the job again, and how a
+stored row is read when it does."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import shlex
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from easytask.errors import EasyTaskError
-from easytask.plan import PlannedTask, PlaybookPlan
+from easytask.plan import PlannedTask, PlaybookPlan, RunKey, TaskRun
 from easytask.store.models import Run, RunState
 
 ANY_HOST = "(any)"  # the host of a `run_on: any` run until it is placed
@@ -44,6 +47,22 @@ def _preview(task: PlannedTask) -> str:
     if action.argv is not None:
         return shlex.join(action.argv)
     return action.command or ""
+
+
+@dataclass
+class Slot:
+    """Where a planned run stands: its current row, final state, result for `results.<task>`."""
+
+    planned: TaskRun
+    run: Run
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    state: str = RunState.QUEUED
+    skipped_by_when: bool = False
+    result: dict[str, Any] | None = None
+    ignored: bool = False  # it failed, and its task's ignore_errors lets the play go past it
+    resumed: bool = False  # its row was started (or a retry queued) by a previous server process
+    # a loop over results (`TaskRun.at_run`) once its items are rendered: their runs, in order
+    members: list[RunKey] | None = None
 
 
 def task_order(plan: PlaybookPlan) -> list[dict[str, Any]]:

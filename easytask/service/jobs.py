@@ -16,7 +16,7 @@ from easytask.plan import PlaybookPlan, connection_warnings
 from easytask.plan.become import agentless_refusal, resolve_become
 from easytask.scheduler.egress import WebhookRefused, url_origin
 from easytask.scheduler.inflight import JobOptions
-from easytask.scheduler.playbooks import submit_playbook
+from easytask.scheduler.playstart import submit_playbook
 from easytask.service import approvalrules
 from easytask.service.context import Services
 from easytask.service.credentials import (

@@ -16,8 +16,8 @@ from easytask.plan import PlannedRun, PlaybookPlan, plan_adhoc, plan_playbook, p
 from easytask.plan.become import BecomeRequest
 from easytask.playbook import Playbook, load_playbook
 from easytask.scheduler import secretfile
-from easytask.scheduler.playbooks import resume_playbook
 from easytask.scheduler.playrows import ResumeError, check_resumable
+from easytask.scheduler.playstart import resume_playbook
 from easytask.service.context import Services
 from easytask.service.credentials import AS_VALUE, host_credentials, open_credentials
 from easytask.store.models import AgentState, Job
