@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from easytask.store.db import Store
 from tests.browser.support import add_user
 from tests.conftest import AgentFactory, ServerFactory, write
 from tests.support import PostgresCluster, ServerHandle, db_execute, free_port, wait_until
@@ -308,16 +308,23 @@ def test_a_schedule_fires_once_across_two_servers(
     start_agent(a, "sched1")
     fires = wait_until(
         lambda: db_execute(
-            url, "SELECT fire_time, server, job_id FROM schedule_fire WHERE job_id IS NOT NULL"
+            url,
+            "SELECT schedule_id, fire_time, server, job_id FROM schedule_fire"
+            " WHERE job_id IS NOT NULL",
         ),
         timeout=75,
         what="the first fire",
     )
-    time.sleep(4)  # both servers tick every second: a second fire for that minute would be here
+    (schedule_id, fire_time, _, job_id) = fires[0]
+    # the other server's claim of that minute, as its tick makes it, is refused
+    other = Store(url)
+    try:
+        assert not other.claim_fire(schedule_id, fire_time, "the-other-server")
+    finally:
+        other.close()
     again = db_execute(url, "SELECT fire_time, server, job_id FROM schedule_fire")
     minutes = [row[0] for row in again]
     assert len(minutes) == len(set(minutes))  # one fire per minute, whichever server made it
-    job_id = fires[0][2]
     jobs = db_execute(url, "SELECT id FROM job WHERE name = 'tick'")
     # a minute that came before the agent connected fired with no host to run on: no job
     assert (job_id,) in jobs and len(jobs) == len([row for row in again if row[2] is not None])
