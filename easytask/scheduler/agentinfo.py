@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from easytask.headroom import Headroom, Limits, busy_reason
 from easytask.store.audit import AuditNote
 from easytask.store.models import AgentState, utcnow
 from easytask.transport.agentlink import AgentLink
+
+if TYPE_CHECKING:
+    from easytask.store.db import Store
 
 
 @dataclass
@@ -105,3 +109,20 @@ def going_online(
         "last_seen": utcnow(),
     }
     return online, notes, busy
+
+
+class RegistryPart:
+    """What a part of the registry mixed into `AgentRegistry` (its gate, its heartbeats) uses
+    of the whole: its agents, its store, and the registry's own ways to act on a change."""
+
+    agents: dict[str, AgentInfo]
+    store: Store
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        raise NotImplementedError
+
+    def _publish(self, name: str) -> None:
+        raise NotImplementedError
+
+    def _wake(self, name: str) -> None:
+        raise NotImplementedError

@@ -11,15 +11,14 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
 from easytask.names import BadName, check_name
-from easytask.scheduler.agentinfo import AgentInfo, going_online
+from easytask.scheduler.agentinfo import AgentInfo, RegistryPart, going_online
 from easytask.scheduler.batches import Gathered
 from easytask.scheduler.hello import BadHello, check_hello
 from easytask.store.audit import AuditNote
-from easytask.store.db import Store
 from easytask.store.identities import AgentChange, InvalidToken
 from easytask.store.models import Agent, AgentState, utcnow
 from easytask.transport.agentlink import AgentLink, Verdict
@@ -31,11 +30,9 @@ REFUSAL_AUDIT_EVERY = 60.0  # seconds between audit events of one repeated refus
 MAX_REASON = 300  # characters of a refusal's reason kept (it may quote what the peer sent)
 
 
-class Gate:
+class Gate(RegistryPart):
     """Judges keys and hellos on the agent port (mixed into `AgentRegistry`)."""
 
-    agents: dict[str, AgentInfo]
-    store: Store
     server_id: str
     refused: list[dict[str, Any]]
     pending_max: int
@@ -45,15 +42,6 @@ class Gate:
     _deletes: dict[str, int]
     _changes: Gathered[AgentChange, Agent | None]
     _watch: Callable[[AgentLink], None]  # the registry's heartbeats
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        raise NotImplementedError
-
-    def _publish(self, name: str) -> None:
-        raise NotImplementedError
-
-    def _wake(self, name: str) -> None:
-        raise NotImplementedError
 
     def _changed_here(self, name: str) -> None:
         raise NotImplementedError

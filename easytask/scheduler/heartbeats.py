@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from easytask.headroom import Limits, rank
-from easytask.scheduler.agentinfo import AgentInfo, busy_note
+from easytask.scheduler.agentinfo import AgentInfo, RegistryPart, busy_note
 from easytask.scheduler.hello import BadHello, check_beat
-from easytask.store.db import Store
 from easytask.store.models import utcnow
 from easytask.transport.agentlink import AgentLink
 
@@ -38,21 +37,10 @@ def beat_pace(agents: int) -> float:
     return round(agents / BEATS_PER_SECOND, 1)
 
 
-class Heartbeats:
+class Heartbeats(RegistryPart):
     """Heartbeats, limits and the choice among agents (mixed into `AgentRegistry`)."""
 
-    agents: dict[str, AgentInfo]
-    store: Store
     _paced = REPACE_FROM  # the pace every link was last asked for, once the fleet outgrew 5 s
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        raise NotImplementedError
-
-    def _publish(self, name: str) -> None:
-        raise NotImplementedError
-
-    def _wake(self, name: str) -> None:
-        raise NotImplementedError
 
     def _watch(self, link: AgentLink) -> None:
         """Ask the agent for heartbeats on its control session; each one is judged."""
