@@ -84,6 +84,10 @@ def test_an_enrolment_spends_its_token_and_audits_in_the_records_transaction(
     assert [e.action for e in reversed(events)] == ["agent.enroll", "agent.online"]
     assert all(json.loads(e.detail)["fingerprint"] == "SHA256:k" for e in events)
     assert not store.consume_enroll_token(token)  # its one use is spent
+    again = store.register_agent(
+        "web1", "SHA256:k", "ssh-ed25519 A", "accepted", token=token, connected=True
+    )  # the same key's hello with it once more (on another server): nothing left to spend
+    assert again is not None and again.state == "accepted"
     with pytest.raises(InvalidToken):
         store.register_agent(
             "web2", "SHA256:m", "ssh-ed25519 B", "accepted", token=token, audit=notes

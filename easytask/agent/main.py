@@ -168,6 +168,8 @@ class Agent:
         self.connected = asyncio.Event()
         self._stop = asyncio.Event()
         self._conn: asyncssh.SSHServerConnection | None = None
+        # the link the agent took at its last dial (None: none answered), known once chosen
+        self._taken: asyncio.Future[asyncssh.SSHServerConnection | None] | None = None
         self.current_server = ""  # the HOST:PORT of the server the link is up to
         self._tasks: set[asyncio.Task[Any]] = set()
         # control sessions whose server asked for heartbeats (op "beats")
@@ -208,6 +210,9 @@ class Agent:
     async def handle(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
         """Serve one session: a control request or a command."""
         try:
+            if not await self._on_taken_link(process):
+                process.exit(1)
+                return
             if process.subsystem == SUBSYSTEM:
                 await self._control(process)
             elif process.subsystem:
@@ -219,6 +224,15 @@ class Agent:
             log.exception("session failed")
             if not process.is_closing():
                 process.exit(255)
+
+    async def _on_taken_link(self, process: asyncssh.SSHServerProcess[bytes]) -> bool:
+        """Whether a session came on the link the agent took. Dialling two servers at once,
+        both may answer, and a busy agent may be asked for its hello on both before it has
+        closed the other: that one answers nothing (so no second server admits it)."""
+        taken = self._taken
+        if taken is None:
+            return False
+        return process.get_extra_info("connection") is await asyncio.shield(taken)
 
     def hello(self) -> dict[str, Any]:
         """Who this agent is: name, version, labels, slots, facts, enrolment token."""
@@ -384,14 +398,20 @@ class Agent:
         preferred; the next is tried when it fails, or dialled alongside it when it has not
         answered within HEDGE_AFTER seconds (it may hang: see `first_to_answer`).
         """
-        self.current_server, conn = await first_to_answer(
-            [
-                (f"{host}:{port}", functools.partial(self._dial, host, port))
-                for host, port in self.config.addresses
-            ],
-            close=lambda late: late.close(),
-            failed=(TimeoutError, OSError, asyncssh.Error),
-        )
+        taken = self._taken = asyncio.get_running_loop().create_future()
+        try:
+            self.current_server, conn = await first_to_answer(
+                [
+                    (f"{host}:{port}", functools.partial(self._dial, host, port))
+                    for host, port in self.config.addresses
+                ],
+                close=lambda late: late.close(),
+                failed=(TimeoutError, OSError, asyncssh.Error),
+            )
+        except BaseException:
+            taken.set_result(None)
+            raise
+        taken.set_result(conn)
         return conn
 
     async def _dial(self, host: str, port: int) -> asyncssh.SSHServerConnection:

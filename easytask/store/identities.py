@@ -113,12 +113,20 @@ class IdentityQueries(Queries):
         deleted since the caller read it, and a delete wins over a hello in progress).
 
         With `token`, one use of that enrolment token is spent in the same transaction
-        (`InvalidToken` if it is unknown, spent or expired: nothing changes); `audit`: the
+        (`InvalidToken` if it is unknown, spent or expired: nothing changes), unless the key
+        is already accepted under this name; `audit`: the
         events of the change, in order, also in it (the agent's fingerprint added to each)."""
         with self.session() as s:
-            if token is not None and not self._spend_token(s, token):
-                raise InvalidToken("the enrolment token is unknown, spent or expired")
             agent = s.exec(select(Agent).where(Agent.name == name)).first()
+            # a key already accepted under this name spends no token (another server enrolled
+            # it a moment ago)
+            enrolled = (
+                agent is not None
+                and agent.fingerprint == fingerprint
+                and agent.state == AgentState.ACCEPTED
+            )
+            if token is not None and not enrolled and not self._spend_token(s, token):
+                raise InvalidToken("the enrolment token is unknown, spent or expired")
             if agent is None and not create:
                 return None
             if agent is None:
