@@ -67,6 +67,7 @@ async def main(args: argparse.Namespace) -> None:
                 slots=args.slots,
                 keepalive_interval=args.keepalive,
                 backoff_max=args.backoff_max,
+                hedge_after=args.hedge_after,
                 metrics_interval=args.metrics_interval,
                 metrics_active_interval=args.metrics_interval,
             )
@@ -113,6 +114,9 @@ if __name__ == "__main__":
         "--backoff-max", type=float, default=5, help="longest wait between reconnects (s)"
     )
     parser.add_argument("--keepalive", type=float, default=30, help="SSH keepalive interval (s)")
+    parser.add_argument(
+        "--hedge-after", type=float, default=5, help="s before the next server is dialled too"
+    )
     parser.add_argument(
         "--metrics-interval", type=float, default=10.0, help="host samples every S s (0: none)"
     )

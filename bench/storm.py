@@ -399,8 +399,18 @@ def handoff(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         b = start_server(root / "b", inventory, procs, *extra)
         a_id, b_id = server_id(a), server_id(b)
         db = Database(url)
+        # B holds the fleet when it dies: the agents wait for B's handshake as long as it takes
+        # while it enrols them (the next server is dialled alongside only after 60 s)
         sims = start_sims(
-            args, procs, b, root, "ho", "--server", f"{b.agents_addr},{a.agents_addr}"
+            args,
+            procs,
+            b,
+            root,
+            "ho",
+            "--server",
+            f"{b.agents_addr},{a.agents_addr}",
+            "--hedge-after",
+            "60",
         )
         t0 = time.perf_counter()
         # agents B does not take in time (their connection or handshake times out) go on to A

@@ -21,6 +21,7 @@ from easytask.agent.commands import Commands
 from easytask.agent.hostmetrics import SPOOL, HostSampler
 from easytask.agent.link import (
     HANDSHAKE_WAIT,
+    HEDGE_AFTER,
     Backoff,
     NoServerListening,
     first_to_answer,
@@ -62,6 +63,7 @@ class AgentConfig:
     keepalive_count: int = 4
     backoff_min: float = 0.5
     backoff_max: float = 30.0
+    hedge_after: float = HEDGE_AFTER  # s without a handshake before the next server is dialled too
     grace: float = 5.0
     spool_cap: int = 2 << 30
     supervisor_idle: float = 60.0  # seconds without runs before the supervisor exits (0: never)
@@ -396,7 +398,7 @@ class Agent:
 
         Servers sharing one database are interchangeable to an agent: the first on the list is
         preferred; the next is tried when it fails, or dialled alongside it when it has not
-        answered within HEDGE_AFTER seconds (it may hang: see `first_to_answer`).
+        answered within --hedge-after seconds (it may hang: see `first_to_answer`).
         """
         taken = self._taken = asyncio.get_running_loop().create_future()
         try:
@@ -407,6 +409,7 @@ class Agent:
                 ],
                 close=lambda late: late.close(),
                 failed=(TimeoutError, OSError, asyncssh.Error),
+                hedge_after=self.config.hedge_after,
             )
         except BaseException:
             taken.set_result(None)

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, TextIO
 
+from easytask.agent.link import HEDGE_AFTER
 from easytask.cli.common import duration_arg, size_arg
 from easytask.config import Settings, env_name
 from easytask.errors import UsageError
@@ -278,6 +279,13 @@ def add_parsers(sub: Any) -> None:
         "--backoff-max", type=duration_arg, default=30.0, help="longest wait between reconnects"
     )
     a.add_argument(
+        "--hedge-after",
+        type=duration_arg,
+        default=HEDGE_AFTER,
+        help="with several --server addresses: how long a server may take to answer before "
+        "the next one is dialled too (default 5s; the first to answer holds the link)",
+    )
+    a.add_argument(
         "--spool-cap",
         type=size_arg,
         default=2 << 30,
@@ -474,6 +482,7 @@ def cmd_agent(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
         keepalive_interval=args.keepalive,
         keepalive_count=args.keepalive_count,
         backoff_max=args.backoff_max,
+        hedge_after=args.hedge_after,
         spool_cap=args.spool_cap,
         supervisor_idle=args.supervisor_idle,
         run_as=args.run_as or env.get("EASYTASK_AGENT_RUN_AS") or None,
