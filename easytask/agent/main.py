@@ -172,6 +172,7 @@ class Agent:
         self._conn: asyncssh.SSHServerConnection | None = None
         # the link the agent took at its last dial (None: none answered), known once chosen
         self._taken: asyncio.Future[asyncssh.SSHServerConnection | None] | None = None
+        self._several_servers = len(config.addresses) > 1
         self.current_server = ""  # the HOST:PORT of the server the link is up to
         self._tasks: set[asyncio.Task[Any]] = set()
         # control sessions whose server asked for heartbeats (op "beats")
@@ -230,11 +231,15 @@ class Agent:
     async def _on_taken_link(self, process: asyncssh.SSHServerProcess[bytes]) -> bool:
         """Whether a session came on the link the agent took. Dialling two servers at once,
         both may answer, and a busy agent may be asked for its hello on both before it has
-        closed the other: that one answers nothing (so no second server admits it)."""
+        closed the other: that one answers nothing (so no second server admits it). With one
+        server there is no other link: nothing to wait for."""
+        if not self._several_servers:
+            return True
         taken = self._taken
         if taken is None:
             return False
-        return process.get_extra_info("connection") is await asyncio.shield(taken)
+        chosen = taken.result() if taken.done() else await asyncio.shield(taken)
+        return process.get_extra_info("connection") is chosen
 
     def hello(self) -> dict[str, Any]:
         """Who this agent is: name, version, labels, slots, facts, enrolment token."""
